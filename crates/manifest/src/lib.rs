@@ -1,0 +1,1 @@
+//! `rollway.toml`: schema, parsing with spans, validation, layering and parity.

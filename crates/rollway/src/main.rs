@@ -1,0 +1,3 @@
+//! The `rollway` binary: command-line parsing and output only.
+
+fn main() {}
