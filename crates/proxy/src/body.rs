@@ -1,0 +1,261 @@
+//! Body types: `RequestBody` streams a client's body to an instance under the size limit and read timeout;
+//! `ProxyBody` streams an answer back and releases what the request held when it ends.
+//!
+//! Neither buffers a whole body: frames pass through one at a time.
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use tokio::time::Sleep;
+
+use crate::instance::{InFlightGuard, InstanceLive};
+use crate::server::ActiveRequest;
+use crate::upstream::Sender;
+
+/// The body of every answer the proxy gives.
+pub struct ProxyBody {
+    kind: Kind,
+    // Returned to the instance's pool when the upstream answer has been read to its end.
+    checkin: Option<(Sender, Arc<InstanceLive>, usize)>,
+    // Held until the body ends or is dropped: the instance's in-flight count (what a drain waits for) and
+    // the connection's active-request count (what stops the idle timer).
+    in_flight: Option<InFlightGuard>,
+    active: Option<ActiveRequest>,
+}
+
+/// Why a request body stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestBodyError {
+    #[error("request body is larger than {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("no request body data for {timeout:?}")]
+    Timeout { timeout: Duration },
+    #[error("reading the request body failed")]
+    Client(#[source] hyper::Error),
+}
+
+/// A client's request body on its way to an instance.
+pub struct RequestBody {
+    inner: Option<Incoming>,
+    limit: u64,
+    received: u64,
+    timeout: Duration,
+    // Created on the first pending read, reset whenever data arrives.
+    sleep: Option<Pin<Box<Sleep>>>,
+    data_since_sleep: bool,
+}
+
+enum Kind {
+    Empty,
+    Full(Option<Bytes>),
+    Upstream(Incoming),
+}
+
+impl ProxyBody {
+    pub fn empty() -> ProxyBody {
+        ProxyBody::new(Kind::Empty)
+    }
+
+    pub fn full(bytes: Bytes) -> ProxyBody {
+        ProxyBody::new(Kind::Full(Some(bytes)))
+    }
+
+    pub(crate) fn upstream(
+        incoming: Incoming,
+        checkin: Option<(Sender, Arc<InstanceLive>, usize)>,
+        in_flight: Option<InFlightGuard>,
+    ) -> ProxyBody {
+        let mut body = ProxyBody::new(Kind::Upstream(incoming));
+        body.checkin = checkin;
+        body.in_flight = in_flight;
+        body.finish_if_ended();
+        body
+    }
+
+    pub(crate) fn attach_active(&mut self, active: ActiveRequest) {
+        self.active = Some(active);
+    }
+
+    fn new(kind: Kind) -> ProxyBody {
+        ProxyBody {
+            kind,
+            checkin: None,
+            in_flight: None,
+            active: None,
+        }
+    }
+
+    fn finish_if_ended(&mut self) {
+        if self.is_end_stream() {
+            self.finish();
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some((sender, instance, max_idle)) = self.checkin.take() {
+            instance.connections.checkin(sender, max_idle);
+        }
+        self.in_flight = None;
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let polled = match &mut this.kind {
+            Kind::Empty => Poll::Ready(None),
+            Kind::Full(bytes) => Poll::Ready(bytes.take().map(|bytes| Ok(Frame::data(bytes)))),
+            Kind::Upstream(incoming) => Pin::new(incoming).poll_frame(cx),
+        };
+        match &polled {
+            Poll::Ready(None) => this.finish(),
+            Poll::Ready(Some(Ok(_))) => this.finish_if_ended(),
+            // An error mid-answer: the connection is not reusable; dropping the sender closes it.
+            Poll::Ready(Some(Err(_))) => {
+                this.checkin = None;
+                this.in_flight = None;
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Empty => true,
+            Kind::Full(bytes) => bytes.is_none(),
+            Kind::Upstream(incoming) => incoming.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Empty => SizeHint::with_exact(0),
+            Kind::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
+            Kind::Full(None) => SizeHint::with_exact(0),
+            Kind::Upstream(incoming) => incoming.size_hint(),
+        }
+    }
+}
+
+impl fmt::Debug for ProxyBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProxyBody").finish_non_exhaustive()
+    }
+}
+
+impl RequestBody {
+    pub(crate) fn new(incoming: Incoming, limit: u64, timeout: Duration) -> RequestBody {
+        let inner = if incoming.is_end_stream() {
+            None
+        } else {
+            Some(incoming)
+        };
+        RequestBody {
+            inner,
+            limit,
+            received: 0,
+            timeout,
+            sleep: None,
+            data_since_sleep: false,
+        }
+    }
+
+    pub(crate) fn empty() -> RequestBody {
+        RequestBody {
+            inner: None,
+            limit: 0,
+            received: 0,
+            timeout: Duration::ZERO,
+            sleep: None,
+            data_since_sleep: false,
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = RequestBodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
+        let this = &mut *self;
+        let Some(incoming) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(incoming).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.received += data.len() as u64;
+                    if this.received > this.limit {
+                        this.inner = None;
+                        return Poll::Ready(Some(Err(RequestBodyError::TooLarge {
+                            limit: this.limit,
+                        })));
+                    }
+                }
+                this.data_since_sleep = true;
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(error))) => {
+                this.inner = None;
+                Poll::Ready(Some(Err(RequestBodyError::Client(error))))
+            }
+            Poll::Ready(None) => {
+                this.inner = None;
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                let deadline = tokio::time::Instant::now() + this.timeout;
+                let sleep = match &mut this.sleep {
+                    Some(sleep) => {
+                        if this.data_since_sleep {
+                            sleep.as_mut().reset(deadline);
+                        }
+                        sleep
+                    }
+                    None => this
+                        .sleep
+                        .insert(Box::pin(tokio::time::sleep_until(deadline))),
+                };
+                this.data_since_sleep = false;
+                ready!(sleep.as_mut().poll(cx));
+                this.inner = None;
+                Poll::Ready(Some(Err(RequestBodyError::Timeout {
+                    timeout: this.timeout,
+                })))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(Incoming::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or(SizeHint::with_exact(0), Incoming::size_hint)
+    }
+}
+
+impl fmt::Debug for RequestBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequestBody")
+            .field("received", &self.received)
+            .finish_non_exhaustive()
+    }
+}

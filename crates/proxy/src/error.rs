@@ -1,0 +1,249 @@
+//! Everything that can go wrong with one proxied request, and the single place where an error becomes the
+//! answer a client sees (`error_response`).
+//!
+//! Control-plane mistakes (unknown instance, bad weight) are `ControlError`, never an HTTP answer.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::header::{self, HeaderValue};
+use hyper::{Response, StatusCode};
+
+use crate::body::ProxyBody;
+use crate::routing::{InstanceId, ReleaseId, RouteName};
+
+/// Why one request could not be answered by an instance.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("no route for host `{host}` and path `{path}`")]
+    NoRoute { host: String, path: String },
+    #[error("request has no host")]
+    MissingHost,
+    #[error("no ready instance for route `{route}` within {waited:?}")]
+    NoReadyInstance {
+        route: RouteName,
+        waited: Duration,
+        retry_after: Duration,
+    },
+    #[error("waiting queue of route `{route}` is full ({max_waiting} requests)")]
+    QueueFull {
+        route: RouteName,
+        max_waiting: usize,
+        retry_after: Duration,
+    },
+    #[error("instance `{instance}` at `{addr}`: connect failed")]
+    Connect {
+        instance: InstanceId,
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("instance `{instance}` at `{addr}`: connection failed before an answer")]
+    Upstream {
+        instance: InstanceId,
+        addr: SocketAddr,
+        #[source]
+        source: hyper::Error,
+    },
+    #[error("instance `{instance}` at `{addr}`: no answer within {timeout:?}")]
+    UpstreamTimeout {
+        instance: InstanceId,
+        addr: SocketAddr,
+        timeout: Duration,
+    },
+    #[error("request body is larger than {limit} bytes")]
+    BodyTooLarge { limit: u64 },
+    #[error("client sent the request body too slowly (no data for {timeout:?})")]
+    ClientTimeout { timeout: Duration },
+    #[error("request headers are larger than {limit} bytes")]
+    HeadersTooLarge { limit: usize },
+    #[error("client went away before an answer")]
+    ClientGone {
+        #[source]
+        source: hyper::Error,
+    },
+}
+
+/// Who caused an error: decides the status class and whether it counts against a release.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// The client (bad or slow request).
+    Client,
+    /// An instance of the app.
+    Instance,
+    /// The proxy's own bounds (waiting queue).
+    Proxy,
+}
+
+/// Error kinds as counted in per-release stats and `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    Connect,
+    Upstream,
+    UpstreamTimeout,
+    NoReadyInstance,
+    QueueFull,
+    BodyTooLarge,
+    ClientTimeout,
+    HeadersTooLarge,
+    ClientGone,
+    NoRoute,
+    BadRequest,
+    /// A request tried again on another instance (not an error seen by the client).
+    Retried,
+}
+
+impl ErrorKind {
+    pub const ALL: [ErrorKind; 12] = [
+        ErrorKind::Connect,
+        ErrorKind::Upstream,
+        ErrorKind::UpstreamTimeout,
+        ErrorKind::NoReadyInstance,
+        ErrorKind::QueueFull,
+        ErrorKind::BodyTooLarge,
+        ErrorKind::ClientTimeout,
+        ErrorKind::HeadersTooLarge,
+        ErrorKind::ClientGone,
+        ErrorKind::NoRoute,
+        ErrorKind::BadRequest,
+        ErrorKind::Retried,
+    ];
+
+    /// Position in `ALL`; used as an array index by the stats.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The label used in `/metrics`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Connect => "connect",
+            ErrorKind::Upstream => "upstream",
+            ErrorKind::UpstreamTimeout => "upstream_timeout",
+            ErrorKind::NoReadyInstance => "no_ready_instance",
+            ErrorKind::QueueFull => "queue_full",
+            ErrorKind::BodyTooLarge => "body_too_large",
+            ErrorKind::ClientTimeout => "client_timeout",
+            ErrorKind::HeadersTooLarge => "headers_too_large",
+            ErrorKind::ClientGone => "client_gone",
+            ErrorKind::NoRoute => "no_route",
+            ErrorKind::BadRequest => "bad_request",
+            ErrorKind::Retried => "retried",
+        }
+    }
+}
+
+impl ProxyError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ProxyError::NoRoute { .. } => ErrorKind::NoRoute,
+            ProxyError::MissingHost => ErrorKind::BadRequest,
+            ProxyError::NoReadyInstance { .. } => ErrorKind::NoReadyInstance,
+            ProxyError::QueueFull { .. } => ErrorKind::QueueFull,
+            ProxyError::Connect { .. } => ErrorKind::Connect,
+            ProxyError::Upstream { .. } => ErrorKind::Upstream,
+            ProxyError::UpstreamTimeout { .. } => ErrorKind::UpstreamTimeout,
+            ProxyError::BodyTooLarge { .. } => ErrorKind::BodyTooLarge,
+            ProxyError::ClientTimeout { .. } => ErrorKind::ClientTimeout,
+            ProxyError::HeadersTooLarge { .. } => ErrorKind::HeadersTooLarge,
+            ProxyError::ClientGone { .. } => ErrorKind::ClientGone,
+        }
+    }
+
+    pub fn cause(&self) -> Cause {
+        match self {
+            ProxyError::NoRoute { .. }
+            | ProxyError::MissingHost
+            | ProxyError::BodyTooLarge { .. }
+            | ProxyError::ClientTimeout { .. }
+            | ProxyError::HeadersTooLarge { .. }
+            | ProxyError::ClientGone { .. } => Cause::Client,
+            ProxyError::NoReadyInstance { .. } | ProxyError::QueueFull { .. } => Cause::Proxy,
+            ProxyError::Connect { .. }
+            | ProxyError::Upstream { .. }
+            | ProxyError::UpstreamTimeout { .. } => Cause::Instance,
+        }
+    }
+
+    /// Whether the failure happened before the instance could have acted on the request, so another
+    /// instance may be tried. This says nothing of the request itself: `forward` also requires that its
+    /// body was not sent or that its method is idempotent.
+    pub fn retry_allowed(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::Connect { .. } | ProxyError::Upstream { .. }
+        )
+    }
+}
+
+/// Turns an error into the answer the client gets. This is the only place that picks a status code for a
+/// failure, so the 502/503/504/408/413/431 rules live here and nowhere else.
+pub fn error_response(error: &ProxyError) -> Response<ProxyBody> {
+    let status = match error {
+        ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
+        ProxyError::MissingHost => StatusCode::BAD_REQUEST,
+        ProxyError::NoReadyInstance { .. } | ProxyError::QueueFull { .. } => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+        ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        ProxyError::ClientTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+        ProxyError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        // Nobody reads this answer; 499 is nginx's convention for the access log.
+        ProxyError::ClientGone { .. } => {
+            StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST)
+        }
+    };
+    // The reason phrase only: details (instance addresses) are for the logs, not for the internet.
+    let text = format!(
+        "{} {}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("Error")
+    );
+    let mut response = Response::new(ProxyBody::full(Bytes::from(text)));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if let ProxyError::NoReadyInstance { retry_after, .. }
+    | ProxyError::QueueFull { retry_after, .. } = error
+    {
+        headers.insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(retry_after.as_secs().max(1)),
+        );
+    }
+    if matches!(
+        error,
+        ProxyError::ClientTimeout { .. }
+            | ProxyError::BodyTooLarge { .. }
+            | ProxyError::HeadersTooLarge { .. }
+    ) {
+        // The rest of the request cannot be trusted to be read; close so the next request starts clean.
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+/// A mistake in a control-plane call.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("unknown instance `{instance}`")]
+    UnknownInstance { instance: InstanceId },
+    #[error("instance `{instance}` already exists")]
+    DuplicateInstance { instance: InstanceId },
+    #[error("unknown route `{route}`")]
+    UnknownRoute { route: RouteName },
+    #[error("route `{route}` has no pool for release `{release}`")]
+    UnknownPool {
+        route: RouteName,
+        release: ReleaseId,
+    },
+    #[error("weight {weight} for release `{release}` is above 100")]
+    WeightOutOfRange { release: ReleaseId, weight: u8 },
+}

@@ -1,0 +1,1 @@
+//! Unit tests of header rewriting and body-error classification.

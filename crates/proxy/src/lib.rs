@@ -1,0 +1,43 @@
+//! Rollway's data plane: a reverse proxy that routes by host and path prefix to release pools, drains
+//! instances without failing a request, retries only when safe, and counts per release.
+//!
+//! It knows nothing of the store, the drivers or the manifest: the agent drives it through `Proxy`.
+//!
+//! Life of a proxied request:
+//! 1. `server` accepts the connection (plain or TLS) and serves HTTP/1.1 or HTTP/2 on it; `TimedIo`
+//!    answers 408 to a client that stalls inside a request head and closes idle connections.
+//! 2. `forward::handle` loads the current `RoutingTable` snapshot (no lock) and finds the route by host,
+//!    then by longest path prefix.
+//! 3. `Route::pick` draws a pool by weight and takes its least-loaded ready instance, counting the request
+//!    on it (`InFlightGuard`); with no ready instance the request waits in the route's bounded queue.
+//! 4. Hop-by-hop headers go, `X-Forwarded-*` and `X-Request-Id` come, and `upstream::send` writes the
+//!    request on a pooled keep-alive connection.
+//! 5. A connect failure, or a failure before any answer byte when the request can be replayed, is retried
+//!    on another instance; passive health takes out an instance that keeps refusing connections.
+//! 6. The answer streams back through `ProxyBody`, which releases the in-flight count and returns the
+//!    connection to the pool at its end; an upgrade becomes a tunnel that holds the count instead.
+//! 7. Any failure becomes an answer in exactly one place, `error_response`.
+
+mod body;
+mod config;
+mod control;
+mod error;
+mod forward;
+mod health;
+mod instance;
+pub mod metrics;
+mod routing;
+mod server;
+mod stats;
+mod upstream;
+
+pub use body::{ProxyBody, RequestBodyError};
+pub use config::{PassiveHealthConfig, ProxyConfig, WaitingConfig};
+pub use control::{DrainOutcome, InstanceSpec, Proxy};
+pub use error::{Cause, ControlError, ErrorKind, ProxyError, error_response};
+pub use instance::{InFlightGuard, InstanceLive};
+pub use routing::{
+    InstanceId, InstanceState, Pool, ReleaseId, Route, RouteName, RouteSpec, RoutingTable,
+};
+pub use server::{serve, serve_tls};
+pub use stats::{LatencySummary, ReleaseStats, ReleaseStatsSnapshot, StatusClassCounts};

@@ -1,0 +1,405 @@
+//! Listeners: accepts connections (plain or TLS), serves HTTP/1.1 and HTTP/2 on them through `forward`,
+//! and enforces the header-read and idle timeouts hyper-util's auto server does not have.
+//!
+//! The caller binds the listener (tests use `127.0.0.1:0`) and owns the shutdown signal.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use atomic_waker::AtomicWaker;
+use hyper::Request;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpListener;
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::control::Proxy;
+use crate::forward::{self, ConnectionContext, Scheme};
+
+/// Serves plain HTTP (HTTP/1.1 and h2c) on `listener` until `shutdown` is cancelled, then stops
+/// accepting, lets open requests finish, and returns when the last connection has closed.
+pub async fn serve(
+    listener: TcpListener,
+    proxy: Proxy,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
+    serve_with(listener, proxy, shutdown, None).await
+}
+
+/// Serves HTTP/1.1 and HTTP/2 over TLS (ALPN `h2`, `http/1.1`) with the given rustls configuration.
+pub async fn serve_tls(
+    listener: TcpListener,
+    proxy: Proxy,
+    tls: Arc<rustls::ServerConfig>,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
+    serve_with(
+        listener,
+        proxy,
+        shutdown,
+        Some(tokio_rustls::TlsAcceptor::from(tls)),
+    )
+    .await
+}
+
+/// One request in progress on a downstream connection; while any exists, the connection's timers sleep.
+#[derive(Debug)]
+pub(crate) struct ActiveRequest {
+    activity: Arc<ConnectionActivity>,
+}
+
+/// Shared between a connection's IO wrapper and the requests it carries.
+#[derive(Debug, Default)]
+pub(crate) struct ConnectionActivity {
+    active: AtomicUsize,
+    // Wakes the IO wrapper when the last request ends, so it arms the idle timer even if hyper is not
+    // polling the socket for another reason.
+    reader: AtomicWaker,
+}
+
+impl ConnectionActivity {
+    pub(crate) fn start(self: &Arc<Self>) -> ActiveRequest {
+        self.active.fetch_add(1, Ordering::AcqRel);
+        ActiveRequest {
+            activity: Arc::clone(self),
+        }
+    }
+}
+
+impl Drop for ActiveRequest {
+    fn drop(&mut self) {
+        if self.activity.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.activity.reader.wake();
+        }
+    }
+}
+
+async fn serve_with(
+    listener: TcpListener,
+    proxy: Proxy,
+    shutdown: CancellationToken,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> io::Result<()> {
+    let config = proxy.config().clone();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        // Our own timer (`TimedIo`) answers 408; hyper's would close silently.
+        .header_read_timeout(None)
+        .max_buf_size(config.max_header_bytes.max(8192))
+        .timer(TokioTimer::new());
+    builder
+        .http2()
+        .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(Some(Duration::from_secs(20)))
+        .timer(TokioTimer::new());
+    let builder = Arc::new(builder);
+    let tracker = TaskTracker::new();
+    let scheme = if tls.is_some() {
+        Scheme::Https
+    } else {
+        Scheme::Http
+    };
+    loop {
+        let (stream, client_addr) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Typically EMFILE: back off instead of spinning, and keep serving.
+                    tracing::warn!(message = "Accepting a connection failed.", %error);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let connection = Connection {
+            proxy: proxy.clone(),
+            builder: Arc::clone(&builder),
+            client_addr,
+            scheme,
+            shutdown: shutdown.clone(),
+            tracker: tracker.clone(),
+        };
+        match &tls {
+            None => {
+                tracker.spawn(connection.run(stream));
+            }
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                let header_read_timeout = config.header_read_timeout;
+                tracker.spawn(async move {
+                    match tokio::time::timeout(header_read_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => connection.run(stream).await,
+                        Ok(Err(error)) => {
+                            tracing::debug!(message = "TLS handshake failed.", %error, client = %client_addr);
+                        }
+                        Err(_elapsed) => {
+                            tracing::debug!(message = "TLS handshake timed out.", client = %client_addr);
+                        }
+                    }
+                });
+            }
+        }
+    }
+    tracker.close();
+    tracker.wait().await;
+    Ok(())
+}
+
+struct Connection {
+    proxy: Proxy,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    client_addr: SocketAddr,
+    scheme: Scheme,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Connection {
+    async fn run<S>(self, stream: S)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let config = self.proxy.config();
+        let activity = Arc::new(ConnectionActivity::default());
+        let io = TimedIo::new(
+            stream,
+            Arc::clone(&activity),
+            config.header_read_timeout,
+            config.idle_timeout,
+        );
+        let context = Arc::new(ConnectionContext {
+            proxy: self.proxy.clone(),
+            client_addr: self.client_addr,
+            scheme: self.scheme,
+            tracker: self.tracker.clone(),
+        });
+        let service = service_fn(move |request: Request<Incoming>| {
+            // Counted here, synchronously, so the IO wrapper sees the request before it next reads.
+            let active = activity.start();
+            forward::handle(request, Arc::clone(&context), active)
+        });
+        let connection = self
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(io), service);
+        tokio::pin!(connection);
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(error) = result {
+                    tracing::debug!(message = "Connection ended with an error.", %error, client = %self.client_addr);
+                }
+            }
+            () = self.shutdown.cancelled() => {
+                connection.as_mut().graceful_shutdown();
+                let _ = connection.await;
+            }
+        }
+    }
+}
+
+/// The downstream socket with the two timers a silent client needs: a header-read timeout (answered 408
+/// when part of a request head arrived, closed silently when nothing did) and an idle timeout between
+/// requests. Both sleep while a request is in progress (`ConnectionActivity`); body read timeouts are the
+/// request body's job.
+struct TimedIo<S> {
+    inner: S,
+    activity: Arc<ConnectionActivity>,
+    header_read_timeout: Duration,
+    idle_timeout: Duration,
+    phase: Phase,
+    protocol: Protocol,
+    sleep: Pin<Box<Sleep>>,
+    // Bytes of the 408 answer still to write, once the header-read timeout fired.
+    timeout_answer: Option<&'static [u8]>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for a request head; `started` once some byte of it arrived.
+    Header { started: bool },
+    /// Between requests on a keep-alive connection.
+    Idle,
+    /// A request is in progress.
+    Busy,
+    /// The timeout fired; the connection reads as closed.
+    Closed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Unknown,
+    Http1,
+    Http2,
+}
+
+const REQUEST_TIMEOUT_ANSWER: &[u8] =
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 20\r\nconnection: close\r\n\r\n408 Request Timeout\n";
+
+impl<S> TimedIo<S> {
+    fn new(
+        inner: S,
+        activity: Arc<ConnectionActivity>,
+        header_read_timeout: Duration,
+        idle_timeout: Duration,
+    ) -> Self {
+        TimedIo {
+            inner,
+            activity,
+            header_read_timeout,
+            idle_timeout,
+            phase: Phase::Header { started: false },
+            protocol: Protocol::Unknown,
+            sleep: Box::pin(tokio::time::sleep(header_read_timeout)),
+            timeout_answer: None,
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TimedIo<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.phase == Phase::Closed {
+            return Poll::Ready(Ok(()));
+        }
+        if let Some(remaining) = this.timeout_answer {
+            return this.poll_write_timeout_answer(cx, remaining);
+        }
+        if this.activity.active.load(Ordering::Acquire) > 0 {
+            this.phase = Phase::Busy;
+            this.activity.reader.register(cx.waker());
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        }
+        if this.phase == Phase::Busy {
+            this.phase = Phase::Idle;
+            this.sleep
+                .as_mut()
+                .reset(Instant::now() + this.idle_timeout);
+        }
+        let filled_before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let read = &buf.filled()[filled_before..];
+                if !read.is_empty() {
+                    if this.protocol == Protocol::Unknown {
+                        this.protocol = if read.starts_with(b"PRI ") {
+                            Protocol::Http2
+                        } else {
+                            Protocol::Http1
+                        };
+                    }
+                    match (this.phase, this.protocol) {
+                        // HTTP/2 frames between streams (pings, window updates) are not a request head.
+                        (_, Protocol::Http2) => {
+                            if this.phase != Phase::Idle {
+                                this.phase = Phase::Idle;
+                                this.sleep
+                                    .as_mut()
+                                    .reset(Instant::now() + this.idle_timeout);
+                            }
+                        }
+                        (Phase::Idle, _) => {
+                            this.phase = Phase::Header { started: true };
+                            this.sleep
+                                .as_mut()
+                                .reset(Instant::now() + this.header_read_timeout);
+                        }
+                        (Phase::Header { .. }, _) => this.phase = Phase::Header { started: true },
+                        _ => {}
+                    }
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
+            Poll::Pending => {
+                // Registers the waker for the last request's end too, in case it is still being dropped.
+                this.activity.reader.register(cx.waker());
+                if this.activity.active.load(Ordering::Acquire) > 0 {
+                    return Poll::Pending;
+                }
+                if this.sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                match this.phase {
+                    Phase::Header { started: true } if this.protocol == Protocol::Http1 => {
+                        this.poll_write_timeout_answer(cx, REQUEST_TIMEOUT_ANSWER)
+                    }
+                    _ => {
+                        this.phase = Phase::Closed;
+                        Poll::Ready(Ok(()))
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> TimedIo<S> {
+    /// Writes the 408 answer straight to the socket (hyper is between messages, writing nothing), then
+    /// reports end of stream so hyper closes the connection.
+    fn poll_write_timeout_answer(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut remaining: &'static [u8],
+    ) -> Poll<io::Result<()>> {
+        while !remaining.is_empty() {
+            match Pin::new(&mut self.inner).poll_write(cx, remaining) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => break,
+                Poll::Ready(Ok(n)) => remaining = &remaining[n..],
+                Poll::Pending => {
+                    self.timeout_answer = Some(remaining);
+                    return Poll::Pending;
+                }
+            }
+        }
+        let _ = Pin::new(&mut self.inner).poll_flush(cx);
+        self.timeout_answer = None;
+        self.phase = Phase::Closed;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for TimedIo<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

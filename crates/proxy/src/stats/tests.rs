@@ -1,0 +1,59 @@
+//! Unit tests of the latency histogram and the per-release counters.
+
+use std::time::Duration;
+
+use super::*;
+
+#[test]
+fn bucket_index_is_the_smallest_bucket_whose_bound_holds_the_value() {
+    for micros in [
+        0u64, 1, 99, 100, 101, 141, 142, 200, 201, 999, 1_000, 123_456, 10_000_000,
+    ] {
+        let index = bucket_index(micros);
+        assert!(
+            bucket_bound(index) >= Duration::from_micros(micros),
+            "{micros}"
+        );
+        if index > 0 {
+            assert!(
+                bucket_bound(index - 1) < Duration::from_micros(micros),
+                "{micros}"
+            );
+        }
+    }
+    assert_eq!(bucket_index(u64::MAX), LATENCY_BUCKETS);
+}
+
+#[test]
+fn quantiles_come_from_the_histogram() {
+    let stats = ReleaseStats::new(ReleaseId::new("demo@1"));
+    for _ in 0..98 {
+        stats.record_response(200, Duration::from_millis(1));
+    }
+    stats.record_response(503, Duration::from_millis(400));
+    stats.record_response(404, Duration::from_millis(400));
+    let snapshot = stats.snapshot();
+    assert_eq!(snapshot.requests.success, 98);
+    assert_eq!(snapshot.requests.server_error, 1);
+    assert_eq!(snapshot.requests.client_error, 1);
+    assert_eq!(snapshot.total_requests(), 100);
+    assert_eq!(snapshot.latency.count, 100);
+    assert_eq!(snapshot.latency.p50, bucket_bound(bucket_index(1_000)));
+    assert!(snapshot.latency.p50 >= Duration::from_millis(1));
+    assert!(snapshot.latency.p99 >= Duration::from_millis(400));
+    assert!(snapshot.latency.p99 < Duration::from_millis(566));
+}
+
+#[test]
+fn errors_and_in_flight_are_counted() {
+    let stats = ReleaseStats::new(ReleaseId::new("demo@1"));
+    stats.record_error(ErrorKind::Connect);
+    stats.record_error(ErrorKind::Connect);
+    stats.in_flight_started();
+    stats.in_flight_started();
+    stats.in_flight_finished();
+    let snapshot = stats.snapshot();
+    assert_eq!(snapshot.error_count(ErrorKind::Connect), 2);
+    assert_eq!(snapshot.error_count(ErrorKind::UpstreamTimeout), 0);
+    assert_eq!(snapshot.in_flight, 1);
+}
