@@ -1,1 +1,154 @@
 //! `rollway.toml`: schema, parsing with spans, validation, layering and parity.
+//!
+//! The only IO is reading the file `load` is given. Parsing is three steps, each with its own
+//! types: the spanned TOML tree (`read`), the checked [`Config`] (`validate`), and one
+//! environment's effective settings, [`ResolvedManifest`] (`resolve`). Every problem is collected
+//! into [`Diagnostics`]; nothing stops at the first error.
+
+mod diagnostic;
+pub mod interpolate;
+mod parity;
+mod read;
+mod resolve;
+mod schema;
+pub mod units;
+mod validate;
+
+use std::path::Path;
+
+pub use diagnostic::{Diagnostic, Diagnostics, LocatedDiagnostic};
+pub use parity::{Difference, ParityReport};
+pub use resolve::{Environment, Reference, RequiredConfig, ResolvedManifest};
+pub use schema::{
+    Alerts, Analysis, App, Build, Config, Health, Release, Route, Service, ServiceSource, Step,
+    Strategy, StrategyKind, defaults,
+};
+pub use validate::RESERVED_ENV;
+
+/// The file name Rollway looks for in an app folder.
+pub const FILE_NAME: &str = "rollway.toml";
+
+/// A valid manifest: the shared settings and every declared environment, already layered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Manifest {
+    /// The shared settings, before any environment is layered on.
+    pub shared: Config,
+    /// Invariant: in manifest order, names unique; empty when none are declared.
+    pub environments: Vec<Environment>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read `{path}`")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Invalid(#[from] Diagnostics),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("no environment `{name}` in the manifest; declared: {declared}")]
+pub struct UnknownEnvironment {
+    pub name: String,
+    pub declared: String,
+    pub suggestion: Option<String>,
+}
+
+/// Reads and parses the manifest at `path`.
+pub fn load(path: &Path) -> Result<Manifest, LoadError> {
+    let source = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    Ok(parse(&source, &path.display().to_string())?)
+}
+
+/// Parses manifest text; `path` is only used in diagnostics.
+pub fn parse(source: &str, path: &str) -> Result<Manifest, Diagnostics> {
+    let (root, syntax_errors) = toml::de::DeTable::parse_recoverable(source);
+    if !syntax_errors.is_empty() {
+        let items = syntax_errors
+            .iter()
+            .map(|error| {
+                let span = error.span().unwrap_or(0..0);
+                Diagnostic::new(
+                    span,
+                    format!("invalid TOML: {}", error.message().trim_end()),
+                )
+                .label("here")
+                .help("see https://toml.io for the syntax")
+            })
+            .collect();
+        return Err(Diagnostics::new(path, source, items));
+    }
+    let mut reader = read::Reader::default();
+    reader.known_keys(root.get_ref(), validate::ROOT_KEYS, "");
+    let shared = validate::config(&mut reader, root.get_ref(), root.span());
+    let environments = resolve::environments(&mut reader, root.get_ref());
+    match shared {
+        Some(shared) if reader.diagnostics.is_empty() => Ok(Manifest {
+            shared,
+            environments,
+        }),
+        _ => Err(Diagnostics::new(path, source, reader.diagnostics)),
+    }
+}
+
+impl Manifest {
+    pub fn environment_names(&self) -> Vec<&str> {
+        self.environments
+            .iter()
+            .map(|environment| environment.name.as_str())
+            .collect()
+    }
+
+    /// The effective manifest for `environment`. A manifest that declares no environment serves
+    /// any name with its shared settings.
+    pub fn resolve(&self, environment: &str) -> Result<ResolvedManifest, UnknownEnvironment> {
+        if self.environments.is_empty() {
+            return Ok(ResolvedManifest {
+                environment: environment.to_owned(),
+                agents: Vec::new(),
+                secrets: Vec::new(),
+                config: self.shared.clone(),
+            });
+        }
+        match self
+            .environments
+            .iter()
+            .find(|candidate| candidate.name == environment)
+        {
+            Some(found) => Ok(ResolvedManifest {
+                environment: found.name.clone(),
+                agents: found.agents.clone(),
+                secrets: found.secrets.clone(),
+                config: found.config.clone(),
+            }),
+            None => {
+                let names = self.environment_names();
+                Err(UnknownEnvironment {
+                    name: environment.to_owned(),
+                    declared: read::list(&names),
+                    suggestion: read::suggest(environment, names.iter().copied())
+                        .map(str::to_owned),
+                })
+            }
+        }
+    }
+
+    /// Every declared environment resolved, in manifest order.
+    pub fn resolve_all(&self) -> Vec<ResolvedManifest> {
+        self.environments
+            .iter()
+            .filter_map(|environment| self.resolve(&environment.name).ok())
+            .collect()
+    }
+
+    /// What differs between the declared environments.
+    pub fn parity(&self) -> ParityReport {
+        ParityReport::new(&self.resolve_all())
+    }
+}

@@ -1,0 +1,271 @@
+//! Environments: layering each environment's settings over the shared ones, and what one
+//! environment requires before a deploy may start.
+//!
+//! Layering is done on the spanned TOML tree (tables merge key by key, any other value replaces),
+//! then the layered tree is validated like the shared one, so an error in an environment's
+//! override points at the override.
+
+use std::ops::Range;
+
+use serde::Serialize;
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use crate::interpolate::{is_env_name, references};
+use crate::read::{Reader, list, suggest};
+use crate::schema::Config;
+use crate::validate::{self, is_slug};
+
+/// Keys an environment may set besides the sections it overrides.
+const ENVIRONMENT_ONLY_KEYS: &[&str] = &["agents", "secrets"];
+/// Sections an environment may override.
+const OVERRIDABLE: &[&str] = &[
+    "build", "services", "release", "strategy", "analysis", "routes", "env", "alerts",
+];
+
+/// One environment: where it deploys, what it must have, and its layered settings.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Environment {
+    pub name: String,
+    /// Agent URLs this environment deploys to; empty means the local agent.
+    pub agents: Vec<String>,
+    /// Secret names that must be set before a deploy starts.
+    pub secrets: Vec<String>,
+    pub config: Config,
+}
+
+/// The effective manifest for one environment.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ResolvedManifest {
+    pub environment: String,
+    pub agents: Vec<String>,
+    pub secrets: Vec<String>,
+    #[serde(flatten)]
+    pub config: Config,
+}
+
+/// What must be set (on the agent, as secrets) before this environment can be deployed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RequiredConfig {
+    /// Names listed under `secrets` for the environment.
+    pub secrets: Vec<String>,
+    /// `${NAME}` references in env values, with where each is used (`env.DATABASE_URL`).
+    pub references: Vec<Reference>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Reference {
+    pub name: String,
+    pub used_by: Vec<String>,
+}
+
+impl RequiredConfig {
+    /// Every required name, listed secrets first, without duplicates.
+    pub fn names(&self) -> Vec<String> {
+        let mut names = self.secrets.clone();
+        for reference in &self.references {
+            if !names.contains(&reference.name) {
+                names.push(reference.name.clone());
+            }
+        }
+        names
+    }
+
+    /// The required names for which `is_set` answers false, in order.
+    pub fn missing(&self, is_set: impl Fn(&str) -> bool) -> Vec<String> {
+        self.names()
+            .into_iter()
+            .filter(|name| !is_set(name))
+            .collect()
+    }
+}
+
+impl ResolvedManifest {
+    /// Secrets listed for the environment plus every `${NAME}` the env values reference.
+    pub fn required_config(&self) -> RequiredConfig {
+        let mut found: Vec<Reference> = Vec::new();
+        let mut note =
+            |name: String, used_by: String| match found.iter_mut().find(|r| r.name == name) {
+                Some(reference) => reference.used_by.push(used_by),
+                None => found.push(Reference {
+                    name,
+                    used_by: vec![used_by],
+                }),
+            };
+        for (key, value) in &self.config.env {
+            for name in references(value).unwrap_or_default() {
+                note(name, format!("env.{key}"));
+            }
+        }
+        for service in &self.config.services {
+            for (key, value) in &service.env {
+                for name in references(value).unwrap_or_default() {
+                    note(name, format!("services.{}.env.{key}", service.name));
+                }
+            }
+        }
+        RequiredConfig {
+            secrets: self.secrets.clone(),
+            references: found,
+        }
+    }
+}
+
+/// Reads the `environments` table: each environment's own keys, and its layered config.
+pub(crate) fn environments(reader: &mut Reader, root: &DeTable<'_>) -> Vec<Environment> {
+    let Some(value) = root.get("environments") else {
+        return Vec::new();
+    };
+    let Some(table) = reader.table(value, "environments", "write `[environments.production]`")
+    else {
+        return Vec::new();
+    };
+    let base: DeTable<'_> = root
+        .iter()
+        .filter(|(key, _)| key.get_ref() != "environments")
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect();
+    let mut environments = Vec::with_capacity(table.len());
+    for (key, value) in table.iter() {
+        let name: &str = key.get_ref();
+        let section = format!("environments.{name}");
+        if !is_slug(name) {
+            reader.invalid(
+                key.span(),
+                format!("`{name}` is not a valid environment name"),
+                "invalid name",
+                "accepted: lowercase letters, digits and `-`, starting with a letter",
+            );
+            continue;
+        }
+        let Some(overlay) = reader.table(value, &section, &format!("write `[{section}]`")) else {
+            continue;
+        };
+        let mut ok = true;
+        for overlay_key in overlay.keys() {
+            let overlay_name: &str = overlay_key.get_ref();
+            if ENVIRONMENT_ONLY_KEYS.contains(&overlay_name) || OVERRIDABLE.contains(&overlay_name)
+            {
+                continue;
+            }
+            ok = false;
+            let mut accepted: Vec<&str> = ENVIRONMENT_ONLY_KEYS.to_vec();
+            accepted.extend_from_slice(OVERRIDABLE);
+            let help = if overlay_name == "app" {
+                "the app is the same in every environment; remove `app` here".to_owned()
+            } else {
+                match suggest(overlay_name, accepted.iter().copied()) {
+                    Some(close) => format!("did you mean `{close}`?"),
+                    None => format!("accepted keys: {}", list(&accepted)),
+                }
+            };
+            reader.invalid(
+                overlay_key.span(),
+                format!("unknown key `{overlay_name}` in `[{section}]`"),
+                "unknown key",
+                help,
+            );
+        }
+        let agents = overlay
+            .get("agents")
+            .and_then(|value| reader.string_array(value, &format!("{section}.agents")))
+            .unwrap_or_default();
+        for agent in &agents {
+            let url = agent.get_ref();
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                ok = false;
+                reader.invalid(
+                    agent.span(),
+                    format!("agent `{url}` is not an `http://` or `https://` URL"),
+                    "not a URL",
+                    "write the agent's API address, such as `\"https://10.0.0.5:7443\"`",
+                );
+            }
+        }
+        let secrets = overlay
+            .get("secrets")
+            .and_then(|value| reader.string_array(value, &format!("{section}.secrets")))
+            .unwrap_or_default();
+        let mut secret_names: Vec<String> = Vec::with_capacity(secrets.len());
+        for secret in &secrets {
+            let secret_name = secret.get_ref();
+            if !is_env_name(secret_name) {
+                ok = false;
+                reader.invalid(secret.span(), format!("`{secret_name}` is not a valid secret name"), "invalid name", "secrets are handed to the app as variables: letters, digits and `_`, not starting with a digit");
+            } else if secret_names.contains(secret_name) {
+                reader.invalid(
+                    secret.span(),
+                    format!("secret `{secret_name}` is listed twice"),
+                    "duplicate",
+                    "list each secret once",
+                );
+            } else {
+                secret_names.push(secret_name.clone());
+            }
+        }
+        let mut layered = base.clone();
+        for (overlay_key, overlay_value) in overlay.iter() {
+            if OVERRIDABLE.contains(&overlay_key.get_ref().as_ref()) {
+                merge_entry(&mut layered, overlay_key, overlay_value);
+            }
+        }
+        let config = validate::config(reader, &layered, value.span());
+        let (Some(config), true) = (config, ok) else {
+            continue;
+        };
+        check_environment(reader, name, &config, &secret_names, value.span());
+        environments.push(Environment {
+            name: name.to_owned(),
+            agents: agents.into_iter().map(Spanned::into_inner).collect(),
+            secrets: secret_names,
+            config,
+        });
+    }
+    environments
+}
+
+/// Rules that need both the layered config and the environment's own keys.
+fn check_environment(
+    reader: &mut Reader,
+    name: &str,
+    config: &Config,
+    secrets: &[String],
+    span: Range<usize>,
+) {
+    if let Some(backup) = config
+        .release
+        .as_ref()
+        .and_then(|release| release.backup.as_ref())
+    {
+        let in_env = config.env.iter().any(|(key, _)| key == backup);
+        if !in_env && !secrets.contains(backup) {
+            reader.invalid(
+                span,
+                format!("`release.backup` names `{backup}`, which environment `{name}` neither sets in `env` nor lists in `secrets`"),
+                "backup target unknown",
+                format!("add `{backup}` to `[env]` or to `secrets` of `[environments.{name}]`"),
+            );
+        }
+    }
+}
+
+/// Layers `value` over the entry `key` of `table`: tables merge key by key, anything else replaces.
+fn merge_entry<'i>(
+    table: &mut DeTable<'i>,
+    key: &Spanned<std::borrow::Cow<'i, str>>,
+    value: &Spanned<DeValue<'i>>,
+) {
+    let name: &str = key.get_ref();
+    match (table.get_mut(name), value.get_ref()) {
+        (Some(existing), DeValue::Table(overlay)) if existing.get_ref().is_table() => {
+            if let DeValue::Table(existing_table) = existing.get_mut() {
+                for (overlay_key, overlay_value) in overlay.iter() {
+                    merge_entry(existing_table, overlay_key, overlay_value);
+                }
+            }
+        }
+        _ => {
+            table.insert(key.clone(), value.clone());
+        }
+    }
+}

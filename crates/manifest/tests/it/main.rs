@@ -1,0 +1,5 @@
+//! Integration tests of the manifest crate: data-driven cases, resolution and generated manifests.
+
+mod data;
+mod properties;
+mod resolve;
