@@ -358,3 +358,6 @@ fn build_demo_app(profile_dir: &Path) {
         Err(error) => panic!("cannot build demo-app: cannot run `{command:?}`: {error}"),
     }
 }
+
+#[cfg(test)]
+mod tests;

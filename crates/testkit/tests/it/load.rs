@@ -194,7 +194,7 @@ fn assert_no_failures_names_the_failed_requests() {
 }
 
 /// Polls the running load's counters until `done` holds; panics after [`PATIENCE`].
-async fn wait_for(load: &testkit::load::LoadHandle, done: impl Fn(&Report) -> bool) {
+pub async fn wait_for(load: &testkit::load::LoadHandle, done: impl Fn(&Report) -> bool) {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
         let report = load.snapshot();
