@@ -258,8 +258,9 @@ impl Drop for DemoProcess {
 /// Path of the `demo-app` binary, building it once if needed.
 ///
 /// In order: the `CARGO_BIN_EXE_demo-app` env var; `demo-app` in the profile directory of the
-/// running test (`target/debug/deps/it-xxxx` → `target/debug/demo-app`); otherwise
-/// `cargo build -p testkit --bin demo-app` into that target directory, run once per process.
+/// running test (`target/debug/deps/it-xxxx` → `target/debug/demo-app`) unless `demo-app.rs` is
+/// newer than it; otherwise `cargo build -p testkit --bin demo-app` into that target directory,
+/// run at most once per process.
 /// Panics with the reason when none of these yields a binary.
 pub fn demo_app_path() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
@@ -314,7 +315,7 @@ fn locate_demo_app() -> PathBuf {
         exe_dir
     };
     let candidate = profile_dir.join(format!("demo-app{}", std::env::consts::EXE_SUFFIX));
-    if candidate.is_file() {
+    if candidate.is_file() && !is_older_than_source(&candidate) {
         return candidate;
     }
     build_demo_app(profile_dir);
@@ -326,6 +327,17 @@ fn locate_demo_app() -> PathBuf {
         );
     }
     candidate
+}
+
+/// True when `demo-app.rs` changed after `binary` was built (another crate's tests would run a
+/// stale app otherwise). Unknown modification times count as fresh.
+fn is_older_than_source(binary: &Path) -> bool {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/bin/demo-app.rs");
+    let modified = |path: &Path| std::fs::metadata(path).and_then(|metadata| metadata.modified());
+    match (modified(binary), modified(&source)) {
+        (Ok(built), Ok(edited)) => built < edited,
+        _ => false,
+    }
 }
 
 fn build_demo_app(profile_dir: &Path) {
