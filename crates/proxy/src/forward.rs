@@ -159,12 +159,17 @@ async fn forward(
                     && let Some(downstream_upgrade) = downstream_upgrade
                 {
                     let upstream_upgrade = hyper::upgrade::on(&mut response);
+                    let websocket = response
+                        .headers()
+                        .get(header::UPGRADE)
+                        .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"websocket"));
                     spawn_tunnel(
                         context,
                         downstream_upgrade,
                         upstream_upgrade,
                         guard,
                         active.take(),
+                        websocket,
                     );
                     let (mut head, _) = response.into_parts();
                     strip_hop_by_hop(&mut head.headers, true);
@@ -303,27 +308,24 @@ fn spawn_tunnel(
     upstream: hyper::upgrade::OnUpgrade,
     guard: InFlightGuard,
     active: Option<ActiveRequest>,
+    websocket: bool,
 ) {
     let cut = guard.instance().cut.clone();
     context.tracker.spawn(async move {
         let _guard = guard;
         let _active = active;
-        let (downstream, upstream) = match tokio::try_join!(downstream, upstream) {
-            Ok(both) => both,
-            Err(error) => {
-                tracing::debug!(message = "Upgrade failed.", %error);
-                return;
+        match tokio::try_join!(downstream, upstream) {
+            Ok((downstream, upstream)) => {
+                crate::tunnel::run(
+                    TokioIo::new(downstream),
+                    TokioIo::new(upstream),
+                    cut,
+                    websocket,
+                )
+                .await;
             }
-        };
-        let mut downstream = TokioIo::new(downstream);
-        let mut upstream = TokioIo::new(upstream);
-        tokio::select! {
-            _ = tokio::io::copy_bidirectional(&mut downstream, &mut upstream) => {}
-            () = cut.cancelled() => {}
+            Err(error) => tracing::debug!(message = "Upgrade failed.", %error),
         }
-        use tokio::io::AsyncWriteExt;
-        let _ = downstream.shutdown().await;
-        let _ = upstream.shutdown().await;
     });
 }
 

@@ -29,6 +29,7 @@ pub mod metrics;
 mod routing;
 mod server;
 mod stats;
+mod tunnel;
 mod upstream;
 
 pub use body::{ProxyBody, RequestBodyError};

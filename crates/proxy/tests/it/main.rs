@@ -1,1 +1,13 @@
-//! Integration tests of the proxy: real sockets on 127.0.0.1, real demo-app processes.
+//! Integration tests of the proxy: real sockets on 127.0.0.1, real `demo-app` processes from testkit.
+//!
+//! Every test binds port 0, bounds its load by count or duration, and asserts counts, states and
+//! orderings, never wall-clock speed.
+
+mod support;
+
+mod limits;
+mod manners;
+mod protocols;
+mod retry;
+mod swap;
+mod waiting;
