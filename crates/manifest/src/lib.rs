@@ -10,6 +10,7 @@ pub mod interpolate;
 mod parity;
 mod read;
 mod resolve;
+pub mod scaffold;
 mod schema;
 pub mod units;
 mod validate;

@@ -112,11 +112,23 @@ fn flatten(prefix: &str, value: &Value, out: &mut Vec<(String, String)>) {
             ));
         }
         Value::Array(items) => {
-            for (idx, item) in items.iter().enumerate() {
+            let keyed = items.iter().all(|item| {
+                ["name", "service"]
+                    .iter()
+                    .any(|field| item.get(*field).is_some_and(Value::is_string))
+            });
+            if !keyed {
+                // Steps and the like read best as one value: `weight=10 pause=1m, weight=100`.
+                let text = items.iter().map(compact).collect::<Vec<_>>().join(", ");
+                out.push((prefix.to_owned(), text));
+                return;
+            }
+            for item in items {
                 let label = ["name", "service"]
                     .iter()
                     .find_map(|field| item.get(*field).and_then(Value::as_str))
-                    .map_or_else(|| idx.to_string(), str::to_owned);
+                    .unwrap_or_default()
+                    .to_owned();
                 let mut inner = item.clone();
                 if let Value::Object(map) = &mut inner {
                     map.remove("name");
@@ -127,6 +139,19 @@ fn flatten(prefix: &str, value: &Value, out: &mut Vec<(String, String)>) {
         }
         Value::Null => {}
         scalar_value => out.push((prefix.to_owned(), scalar(scalar_value))),
+    }
+}
+
+/// `key=value key=value` for one object, leaving out unset fields.
+fn compact(value: &Value) -> String {
+    match value {
+        Value::Object(map) => map
+            .iter()
+            .filter(|(_, inner)| !inner.is_null())
+            .map(|(key, inner)| format!("{key}={}", scalar(inner)))
+            .collect::<Vec<_>>()
+            .join(" "),
+        other => scalar(other),
     }
 }
 

@@ -153,6 +153,8 @@ pub(crate) fn environments(reader: &mut Reader, root: &DeTable<'_>) -> Vec<Envir
             accepted.extend_from_slice(OVERRIDABLE);
             let help = if overlay_name == "app" {
                 "the app is the same in every environment; remove `app` here".to_owned()
+            } else if validate::SERVICE_KEYS.contains(&overlay_name) {
+                format!("service settings go under the service: `[{section}.services.NAME]`")
             } else {
                 match suggest(overlay_name, accepted.iter().copied()) {
                     Some(close) => format!("did you mean `{close}`?"),

@@ -30,7 +30,7 @@ pub(crate) const ROOT_KEYS: &[&str] = &[
     "alerts",
 ];
 
-const SERVICE_KEYS: &[&str] = &[
+pub(crate) const SERVICE_KEYS: &[&str] = &[
     "run",
     "image",
     "dockerfile",

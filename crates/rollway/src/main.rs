@@ -1,3 +1,62 @@
-//! The `rollway` binary: command-line parsing and output only.
+//! The `rollway` binary: command-line parsing, one call per command, and rendering.
+//!
+//! Decisions live in the library crates; this crate only maps their results to output and to
+//! exit codes (DESIGN.md: 0 success, 1 deploy failed, 2 usage or manifest error, 3 agent).
 
-fn main() {}
+mod cli;
+mod commands;
+mod printer;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+use crate::printer::Printer;
+
+/// Exit codes, the one place they are chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    Success,
+    /// A deploy failed or was rolled back, or the command failed for another reason.
+    Failure,
+    /// A usage or manifest error.
+    Usage,
+}
+
+impl From<ExitStatus> for ExitCode {
+    fn from(status: ExitStatus) -> Self {
+        ExitCode::from(match status {
+            ExitStatus::Success => 0,
+            ExitStatus::Failure => 1,
+            ExitStatus::Usage => 2,
+        })
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let printer = Printer::new(cli.global.quiet);
+    let result = match cli.command {
+        Command::Init(args) => commands::init::run(&args, printer),
+        Command::Check(args) => commands::check::run(&args, printer),
+    };
+    match result {
+        Ok(status) => status.into(),
+        Err(error) => {
+            // A closed pipe (`rollway check --json | head`) is not an error of ours.
+            if error
+                .chain()
+                .filter_map(|cause| cause.downcast_ref::<std::io::Error>())
+                .any(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            {
+                return ExitCode::SUCCESS;
+            }
+            printer.error(&error.to_string());
+            for cause in error.chain().skip(1) {
+                printer.raw_stderr(&format!("  Caused by: {cause}\n"));
+            }
+            ExitStatus::Failure.into()
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! `rollway init`: look at the app folder and write a commented rollway.toml for it.
+
+use std::path::Path;
+
+use anyhow::Context;
+use manifest::scaffold::{self, ProjectFiles};
+
+use crate::ExitStatus;
+use crate::cli::InitArgs;
+use crate::printer::Printer;
+
+pub fn run(args: &InitArgs, printer: Printer) -> anyhow::Result<ExitStatus> {
+    let target = args.dir.join(manifest::FILE_NAME);
+    if target.exists() && !args.force {
+        printer.error(&format!("`{}` already exists", target.display()));
+        printer.hint("run `rollway check` to validate it, or `rollway init --force` to replace it");
+        return Ok(ExitStatus::Usage);
+    }
+    let project = read_project(&args.dir)?;
+    let detected = scaffold::detect(&project);
+    let text = scaffold::template(&project, &detected);
+    std::fs::write(&target, &text)
+        .with_context(|| format!("cannot write `{}`", target.display()))?;
+
+    let how = match (&detected.run, detected.has_dockerfile) {
+        (Some(run), _) => format!("{} app, started with `{run}`", detected.kind),
+        (None, true) => "built from its Dockerfile".to_owned(),
+        (None, false) => "app kind not recognised".to_owned(),
+    };
+    printer.status("Created", &format!("{} ({how})", target.display()));
+    if detected.run.is_none() && !detected.has_dockerfile {
+        printer
+            .warning("set `run` under `[services.web]` to the command that serves HTTP on $PORT");
+    }
+    printer.hint("check the health path under `[services.web]`, then run `rollway check`");
+    Ok(ExitStatus::Success)
+}
+
+/// Reads what `scaffold::detect` needs: top-level names and a few well-known files.
+fn read_project(dir: &Path) -> anyhow::Result<ProjectFiles> {
+    let entries = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read the folder `{}`", dir.display()))?;
+    let mut project = ProjectFiles {
+        folder_name: std::fs::canonicalize(dir)
+            .ok()
+            .and_then(|path| {
+                path.file_name()
+                    .map(|name| name.to_string_lossy().into_owned())
+            })
+            .unwrap_or_default(),
+        ..ProjectFiles::default()
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if entry.path().join("wsgi.py").is_file() {
+            project.wsgi_modules.push(name.clone());
+        }
+        project.files.push(name);
+    }
+    project.files.sort();
+    project.wsgi_modules.sort();
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).ok();
+    project.package_json = read("package.json");
+    project.cargo_toml = read("Cargo.toml");
+    Ok(project)
+}

@@ -1,0 +1,4 @@
+//! One module per command, each with `run(args, printer) -> anyhow::Result<ExitStatus>`.
+
+pub mod check;
+pub mod init;
