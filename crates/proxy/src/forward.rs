@@ -92,6 +92,7 @@ async fn forward(
     if let Some(length) = content_length(request.headers())
         && length > config.max_body_bytes
     {
+        discard_body(request.into_body()).await;
         return Err((
             ProxyError::BodyTooLarge {
                 limit: config.max_body_bytes,
@@ -327,6 +328,23 @@ fn spawn_tunnel(
             Err(error) => tracing::debug!(message = "Upgrade failed.", %error),
         }
     });
+}
+
+/// Reads and drops a refused body, up to a bound, before the 413 goes out. Closing a socket with unread
+/// data makes the kernel send a reset, which can destroy the 413 before the client reads it.
+async fn discard_body(mut body: Incoming) {
+    const DISCARD_LIMIT: usize = 1024 * 1024;
+    const DISCARD_TIME: std::time::Duration = std::time::Duration::from_secs(1);
+    let _ = tokio::time::timeout(DISCARD_TIME, async {
+        let mut discarded = 0;
+        while let Some(Ok(frame)) = http_body_util::BodyExt::frame(&mut body).await {
+            discarded += frame.data_ref().map_or(0, |data| data.len());
+            if discarded > DISCARD_LIMIT {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// Turns a failure caused by the client's own body (too large, too slow, gone) into the client's error.
