@@ -27,7 +27,12 @@ pub fn run(args: &InitArgs, printer: Printer) -> anyhow::Result<ExitStatus> {
         (None, true) => "built from its Dockerfile".to_owned(),
         (None, false) => "app kind not recognised".to_owned(),
     };
-    printer.status("Created", &format!("{} ({how})", target.display()));
+    let shown = if args.dir == std::path::Path::new(".") {
+        manifest::FILE_NAME.to_owned()
+    } else {
+        target.display().to_string()
+    };
+    printer.status("Created", &format!("{shown} ({how})"));
     if detected.run.is_none() && !detected.has_dockerfile {
         printer
             .warning("set `run` under `[services.web]` to the command that serves HTTP on $PORT");

@@ -1,0 +1,22 @@
+//! End-to-end tests of the `rollway` binary: what a user types and what they see.
+
+mod check;
+mod frame;
+mod init;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+pub fn rollway(dir: &Path, args: &[&str]) -> Output {
+    testkit::cli::run(Path::new(env!("CARGO_BIN_EXE_rollway")), dir, args)
+}
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A transcript with the temporary directory replaced by `[TEMP]`.
+pub fn transcript(output: &Output, temp: &Path) -> String {
+    let temp = temp.display().to_string();
+    testkit::cli::transcript(output, &[(&temp, "[TEMP]")])
+}
