@@ -1,0 +1,1 @@
+//! The daemon: store, control API, deployment state machine, health gate and proxy control.

@@ -1,0 +1,1 @@
+//! Typed client of the agent API, and the wire types the agent and its clients share.
