@@ -305,14 +305,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TimedIo<S> {
                     }
                     match (this.phase, this.protocol) {
                         // HTTP/2 frames between streams (pings, window updates) are not a request head.
-                        (_, Protocol::Http2) => {
-                            if this.phase != Phase::Idle {
-                                this.phase = Phase::Idle;
-                                this.sleep
-                                    .as_mut()
-                                    .reset(Instant::now() + this.idle_timeout);
-                            }
+                        (phase, Protocol::Http2) if phase != Phase::Idle => {
+                            this.phase = Phase::Idle;
+                            this.sleep
+                                .as_mut()
+                                .reset(Instant::now() + this.idle_timeout);
                         }
+                        (_, Protocol::Http2) => {}
                         (Phase::Idle, _) => {
                             this.phase = Phase::Header { started: true };
                             this.sleep

@@ -162,7 +162,7 @@ impl ReleaseStatsSnapshot {
 pub fn bucket_bound(bucket_idx: usize) -> Duration {
     // 100 µs * 2^(i/2), computed exactly for even i and with sqrt 2 for odd i.
     let base = 100u64 << (bucket_idx / 2);
-    if bucket_idx % 2 == 0 {
+    if bucket_idx.is_multiple_of(2) {
         Duration::from_micros(base)
     } else {
         Duration::from_secs_f64(base as f64 * std::f64::consts::SQRT_2 / 1e6)

@@ -34,7 +34,7 @@ async fn fifty_swaps_under_load_fail_no_request() {
         let old_instance = InstanceId::new(format!("i-{}", swap - 1));
         let old_release = ReleaseId::new(format!("r-{}", swap - 1));
         let new_release = ReleaseId::new(format!("r-{swap}"));
-        let addr = if swap % 2 == 0 {
+        let addr = if swap.is_multiple_of(2) {
             process_a.addr()
         } else {
             process_b.addr()
@@ -93,7 +93,7 @@ async fn fifty_swaps_under_load_fail_no_request() {
     // Seen from the client: the process of a drained release answers nothing that started after the drain
     // while the other process is current (the last drained release alternates with the current one).
     let (_, _, last_drained_at) = drained_totals.last().expect("swaps");
-    let drained_version = if N_SWAPS % 2 == 0 { "B" } else { "A" };
+    let drained_version = if N_SWAPS.is_multiple_of(2) { "B" } else { "A" };
     let late = report
         .records
         .iter()
