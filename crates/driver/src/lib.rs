@@ -1,0 +1,148 @@
+//! The Driver trait: how the agent starts, stops, adopts and reads the logs of instances.
+//!
+//! A driver knows nothing of the proxy, the store or deployments: it is told what to run and
+//! reports what it sees. `process` (children in their own process group) is the embedded default.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub mod process;
+
+/// Everything a driver needs to run one instance.
+#[derive(Clone)]
+pub struct InstanceSpec {
+    /// Unique across the host, stable for the instance's life: `logistix-production-r3-web-1`.
+    pub instance_id: String,
+    /// The unpacked release folder the command runs in.
+    pub workdir: PathBuf,
+    /// A shell command line, run with `/bin/sh -c`.
+    pub command: String,
+    /// The resolved environment (secrets included). Never logged, never written to disk.
+    pub env: Vec<(String, String)>,
+    /// Given to the instance as `PORT`; it must listen on 127.0.0.1:PORT.
+    pub port: u16,
+    /// Time between SIGTERM and SIGKILL.
+    pub stop_timeout: Duration,
+}
+
+impl std::fmt::Debug for InstanceSpec {
+    // Deliberately leaves out `env`: it holds secret values.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InstanceSpec")
+            .field("instance_id", &self.instance_id)
+            .field("workdir", &self.workdir)
+            .field("command", &self.command)
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a driver sees of an instance.
+///
+/// `last_exit` is the exit code, or 128 + the signal number when a signal ended the process (as
+/// shells report it); `None` when it is not known (an adopted process is not our child).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum InstanceStatus {
+    /// The process runs; `restarts` counts crash restarts since it was started.
+    Running { pid: u32, restarts: u32 },
+    /// It crashed and waits for its backoff before the next start.
+    Restarting {
+        restarts: u32,
+        last_exit: Option<i32>,
+    },
+    /// It was stopped, or its supervisor gave up.
+    Stopped { last_exit: Option<i32> },
+    /// The driver has no such instance.
+    Unknown,
+}
+
+/// One line of an instance's captured output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    pub instance_id: String,
+    pub line: String,
+}
+
+/// Where a follower of an instance's output (`rollway logs -f`) has read up to.
+///
+/// Opaque to the caller: get the first one from [`Driver::logs_after`] with `None` and pass back
+/// the one each call returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct LogCursor {
+    /// Byte offset into the current output file, always just after a complete line.
+    pub(crate) offset: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error("cannot start instance `{instance_id}` (`{command}` in `{workdir}`)")]
+    Spawn {
+        instance_id: String,
+        command: String,
+        workdir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no instance `{0}`")]
+    UnknownInstance(String),
+    /// Instance ids name directories; they must be one plain path component.
+    #[error(
+        "invalid instance id `{0}`: use letters, digits, `-`, `_` and `.`, not starting with `.`"
+    )]
+    InvalidInstanceId(String),
+    /// `start` of an instance that already runs (supervised here, or left by an earlier agent
+    /// process: then `adopt` or `stop` it first).
+    #[error("instance `{instance_id}` already runs (pid {pid})")]
+    AlreadyRunning { instance_id: String, pid: u32 },
+    #[error("{what} for instance `{instance_id}` at `{path}`")]
+    Io {
+        what: &'static str,
+        instance_id: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot signal instance `{instance_id}` (pid {pid})")]
+    Signal {
+        instance_id: String,
+        pid: u32,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The operations every driver offers. Futures are `Send` so the agent can drive them anywhere.
+pub trait Driver: Send + Sync + 'static {
+    /// Starts the instance and supervises it (restart with backoff when it crashes).
+    fn start(&self, spec: InstanceSpec) -> impl Future<Output = Result<(), DriverError>> + Send;
+
+    /// Takes over an instance started by an earlier agent process. Returns false when it no longer
+    /// runs (then nothing is supervised and the caller decides whether to start it again).
+    fn adopt(&self, spec: InstanceSpec) -> impl Future<Output = Result<bool, DriverError>> + Send;
+
+    /// SIGTERM (or the equivalent), then SIGKILL after `spec.stop_timeout`; resolves once it is gone.
+    fn stop(&self, instance_id: &str) -> impl Future<Output = Result<(), DriverError>> + Send;
+
+    fn status(&self, instance_id: &str) -> InstanceStatus;
+
+    /// Instances this driver's state shows as running, including ones from an earlier agent process.
+    fn running(&self) -> Vec<String>;
+
+    /// The last `n` lines of output of the instance.
+    fn logs(&self, instance_id: &str, n: usize) -> Result<Vec<LogLine>, DriverError>;
+
+    /// The complete lines written after `cursor`, and the cursor to pass next time (for
+    /// `rollway logs -f`). `None` means "from now": no lines, and a cursor at the current end.
+    ///
+    /// To show a tail and then follow it, take the cursor first, then call [`Driver::logs`]: a
+    /// line written in between is shown twice rather than lost. Lines written between two calls
+    /// that span a log rotation may be skipped.
+    fn logs_after(
+        &self,
+        instance_id: &str,
+        cursor: Option<LogCursor>,
+    ) -> Result<(Vec<LogLine>, LogCursor), DriverError>;
+}

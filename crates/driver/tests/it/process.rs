@@ -1,0 +1,258 @@
+//! Start, crash-restart, stop (graceful and forced), process groups and secrets of instances.
+
+use std::time::Duration;
+
+use driver::process::ProcessDriver;
+use driver::{Driver, InstanceStatus};
+
+use crate::support::{
+    answers, demo_spec, eventually, files_below, get, process_alive, running_pid, shell_quote, spec,
+};
+
+#[tokio::test]
+async fn start_serves_with_its_env_and_logs_then_stops() {
+    let temporary = tempfile::tempdir().expect("temporary directory");
+    let state_dir = temporary.path().join("state");
+    let driver = ProcessDriver::new(state_dir.clone()).expect("driver");
+    let spec = demo_spec(
+        "demo-web-1",
+        temporary.path(),
+        &[("VERSION", "v1"), ("GREETING", "hello")],
+    );
+
+    driver.start(spec.clone()).await.expect("start");
+
+    assert_eq!(answers(&spec).await, "v1\n");
+    assert_eq!(
+        get(spec.port, "/env/GREETING").await.as_deref(),
+        Some("hello")
+    );
+    assert_eq!(
+        get(spec.port, "/env/PORT").await,
+        Some(spec.port.to_string())
+    );
+    let pid = running_pid(&driver, "demo-web-1");
+    assert_eq!(
+        driver.status("demo-web-1"),
+        InstanceStatus::Running { pid, restarts: 0 }
+    );
+    assert_eq!(driver.running(), ["demo-web-1"]);
+    let logs = driver.logs("demo-web-1", 10).expect("logs");
+    assert!(
+        logs.iter()
+            .any(|log_line| log_line.line.contains(r#""event":"starting""#)),
+        "{logs:?}"
+    );
+    assert!(
+        logs.iter()
+            .all(|log_line| log_line.instance_id == "demo-web-1")
+    );
+    assert!(matches!(
+        driver.start(spec.clone()).await,
+        Err(driver::DriverError::AlreadyRunning { pid: running, .. }) if running == pid
+    ));
+
+    driver.stop("demo-web-1").await.expect("stop");
+
+    assert_eq!(
+        driver.status("demo-web-1"),
+        InstanceStatus::Stopped { last_exit: Some(0) }
+    );
+    assert!(!process_alive(pid));
+    assert!(get(spec.port, "/").await.is_none());
+    assert!(driver.running().is_empty());
+    assert!(!state_dir.join("demo-web-1/pid").exists());
+    let logs = driver.logs("demo-web-1", 1).expect("logs after stop");
+    assert!(logs[0].line.contains(r#""event":"stopped""#), "{logs:?}");
+}
+
+#[tokio::test]
+async fn a_crashed_instance_is_restarted_and_reaped() {
+    let temporary = tempfile::tempdir().expect("temporary directory");
+    let driver = ProcessDriver::new(temporary.path().join("state")).expect("driver");
+    let spec = demo_spec("crashy-web-1", temporary.path(), &[("CRASH_AFTER_S", "1")]);
+    driver.start(spec.clone()).await.expect("start");
+    answers(&spec).await;
+    let first_pid = running_pid(&driver, "crashy-web-1");
+
+    let (pid, restarts) = eventually("the instance is restarted", async || {
+        match driver.status("crashy-web-1") {
+            InstanceStatus::Running { pid, restarts } if restarts >= 1 => Some((pid, restarts)),
+            _ => None,
+        }
+    })
+    .await;
+
+    assert_ne!(pid, first_pid);
+    assert!(restarts >= 1);
+    // The crashed process was waited for: no zombie is left behind.
+    assert!(!process_alive(first_pid));
+    assert!(!std::path::Path::new(&format!("/proc/{first_pid}")).exists());
+    answers(&spec).await;
+    let logs = driver.logs("crashy-web-1", 100).expect("logs");
+    assert!(
+        logs.iter()
+            .any(|log_line| log_line.line.contains(r#""event":"crash""#)),
+        "{logs:?}"
+    );
+
+    driver.stop("crashy-web-1").await.expect("stop");
+    assert!(matches!(
+        driver.status("crashy-web-1"),
+        InstanceStatus::Stopped { .. }
+    ));
+}
+
+#[tokio::test]
+async fn stop_kills_an_instance_that_ignores_sigterm_and_does_not_restart_it() {
+    let temporary = tempfile::tempdir().expect("temporary directory");
+    let state_dir = temporary.path().join("state");
+    let driver = ProcessDriver::new(state_dir.clone()).expect("driver");
+    let mut spec = demo_spec(
+        "stubborn-web-1",
+        temporary.path(),
+        &[("IGNORE_SIGTERM_S", "600")],
+    );
+    spec.stop_timeout = Duration::from_secs(1);
+    driver.start(spec.clone()).await.expect("start");
+    answers(&spec).await;
+    let pid = running_pid(&driver, "stubborn-web-1");
+
+    driver.stop("stubborn-web-1").await.expect("stop");
+
+    assert!(!process_alive(pid));
+    // 128 + SIGKILL: it was killed, not restarted, and did not exit on its own.
+    assert_eq!(
+        driver.status("stubborn-web-1"),
+        InstanceStatus::Stopped {
+            last_exit: Some(137)
+        }
+    );
+    let logs = driver.logs("stubborn-web-1", 10).expect("logs");
+    assert!(
+        logs.iter()
+            .any(|log_line| log_line.line.contains(r#""event":"sigterm""#)),
+        "the instance was asked first: {logs:?}"
+    );
+    assert!(get(spec.port, "/").await.is_none());
+    assert!(driver.running().is_empty());
+    assert!(!state_dir.join("stubborn-web-1/pid").exists());
+}
+
+#[tokio::test]
+async fn stop_ends_the_whole_process_group() {
+    let temporary = tempfile::tempdir().expect("temporary directory");
+    let driver = ProcessDriver::new(temporary.path().join("state")).expect("driver");
+    // The shell stays the group leader; demo-app is its child in the same group.
+    let command = format!("{} & wait", shell_quote(&testkit::demo::demo_app_path()));
+    let mut spec = spec(
+        "grouped-web-1",
+        temporary.path(),
+        command,
+        &[("IGNORE_SIGTERM_S", "600")],
+    );
+    spec.stop_timeout = Duration::from_secs(1);
+    driver.start(spec.clone()).await.expect("start");
+    answers(&spec).await;
+    let shell_pid = running_pid(&driver, "grouped-web-1");
+    let app_pid = app_pid(&driver, "grouped-web-1");
+    assert_ne!(app_pid, shell_pid);
+    assert!(process_alive(app_pid));
+
+    driver.stop("grouped-web-1").await.expect("stop");
+
+    assert!(!process_alive(shell_pid));
+    // demo-app is the shell's child, so it may linger as a zombie until init reaps it.
+    assert!(!process_alive(app_pid), "demo-app survived its group");
+    assert!(get(spec.port, "/").await.is_none());
+}
+
+#[tokio::test]
+async fn a_secret_reaches_the_env_but_no_file_and_no_argv() {
+    let temporary = tempfile::tempdir().expect("temporary directory");
+    let state_dir = temporary.path().join("state");
+    let driver = ProcessDriver::new(state_dir.clone()).expect("driver");
+    let secret = format!("canary-secret-{}-a9f3c1", std::process::id());
+    let spec = demo_spec(
+        "secretive-web-1",
+        temporary.path(),
+        &[("DATABASE_URL", secret.as_str())],
+    );
+    assert!(!format!("{spec:?}").contains(&secret));
+    driver.start(spec.clone()).await.expect("start");
+    answers(&spec).await;
+    assert_eq!(
+        get(spec.port, "/env/DATABASE_URL").await.as_deref(),
+        Some(secret.as_str())
+    );
+    let pid = running_pid(&driver, "secretive-web-1");
+
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("read cmdline");
+    assert!(!contains(&cmdline, secret.as_bytes()), "secret in argv");
+    let files = files_below(&state_dir);
+    assert!(!files.is_empty());
+    for path in &files {
+        let bytes = std::fs::read(path).expect("read state file");
+        assert!(
+            !contains(&bytes, secret.as_bytes()),
+            "secret in `{}`",
+            path.display()
+        );
+    }
+
+    driver.stop("secretive-web-1").await.expect("stop");
+    for path in files_below(&state_dir) {
+        let bytes = std::fs::read(&path).expect("read state file");
+        assert!(
+            !contains(&bytes, secret.as_bytes()),
+            "secret in `{}`",
+            path.display()
+        );
+    }
+}
+
+#[tokio::test]
+async fn only_a_few_agent_variables_reach_the_instance() {
+    let temporary = tempfile::tempdir().expect("temporary directory");
+    let driver = ProcessDriver::new(temporary.path().join("state")).expect("driver");
+    // Cargo sets CARGO_PKG_NAME for the test binary; it must not leak into instances.
+    assert!(std::env::var_os("CARGO_PKG_NAME").is_some());
+    let spec = demo_spec("clean-web-1", temporary.path(), &[]);
+    driver.start(spec.clone()).await.expect("start");
+    answers(&spec).await;
+    assert_eq!(get(spec.port, "/env/CARGO_PKG_NAME").await, None);
+    driver.stop("clean-web-1").await.expect("stop");
+}
+
+#[tokio::test]
+async fn a_command_that_cannot_start_is_an_error_naming_it() {
+    let temporary = tempfile::tempdir().expect("temporary directory");
+    let driver = ProcessDriver::new(temporary.path().join("state")).expect("driver");
+    let spec = demo_spec("nowhere-web-1", &temporary.path().join("missing"), &[]);
+    let error = driver.start(spec).await.expect_err("missing workdir");
+    let message = error.to_string();
+    assert!(message.contains("nowhere-web-1"), "{message}");
+    assert!(message.contains("missing"), "{message}");
+    assert!(matches!(
+        driver.status("nowhere-web-1"),
+        InstanceStatus::Stopped { .. }
+    ));
+    assert!(driver.running().is_empty());
+}
+
+/// The pid demo-app printed in its `starting` event.
+fn app_pid(driver: &ProcessDriver, instance_id: &str) -> u32 {
+    let logs = driver.logs(instance_id, 100).expect("logs");
+    logs.iter()
+        .filter_map(|log_line| serde_json::from_str::<serde_json::Value>(&log_line.line).ok())
+        .find(|event| event["event"] == "starting")
+        .and_then(|event| event["pid"].as_u64())
+        .and_then(|pid| u32::try_from(pid).ok())
+        .unwrap_or_else(|| panic!("no starting event in {logs:?}"))
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle)
+}
