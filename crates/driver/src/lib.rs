@@ -123,15 +123,19 @@ pub trait Driver: Send + Sync + 'static {
     /// runs (then nothing is supervised and the caller decides whether to start it again).
     fn adopt(&self, spec: InstanceSpec) -> impl Future<Output = Result<bool, DriverError>> + Send;
 
-    /// SIGTERM (or the equivalent), then SIGKILL after `spec.stop_timeout`; resolves once it is gone.
+    /// SIGTERM (or the equivalent), then SIGKILL after `spec.stop_timeout`; resolves once it is gone
+    /// and will not be restarted. Stopping an instance that does not run is `Ok`; one left running
+    /// by an earlier agent process (see [`Driver::running`]) is stopped without being adopted.
     fn stop(&self, instance_id: &str) -> impl Future<Output = Result<(), DriverError>> + Send;
 
+    /// What this driver process supervises; `Unknown` for instances it never started or adopted.
     fn status(&self, instance_id: &str) -> InstanceStatus;
 
     /// Instances this driver's state shows as running, including ones from an earlier agent process.
     fn running(&self) -> Vec<String>;
 
-    /// The last `n` lines of output of the instance.
+    /// The last `n` lines of output of the instance, oldest first (also after it stopped, and for
+    /// one an earlier agent process ran). `UnknownInstance` when it never ran on this host.
     fn logs(&self, instance_id: &str, n: usize) -> Result<Vec<LogLine>, DriverError>;
 
     /// The complete lines written after `cursor`, and the cursor to pass next time (for
