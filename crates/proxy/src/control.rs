@@ -151,6 +151,23 @@ impl Proxy {
         })
     }
 
+    /// Removes a route only when no instance is left on it, and says whether it did. The check and the
+    /// removal happen under one lock, so an instance added meanwhile is never cut (unlike `remove_route`).
+    pub fn remove_route_if_empty(&self, route: &RouteName) -> Result<bool, ControlError> {
+        self.edit(|state| {
+            if !state.routes.contains_key(route) {
+                return Err(ControlError::UnknownRoute {
+                    route: route.clone(),
+                });
+            }
+            if state.instances.values().any(|entry| entry.route == *route) {
+                return Ok(false);
+            }
+            state.routes.remove(route);
+            Ok(true)
+        })
+    }
+
     /// Adds an instance in state `Starting` (no traffic yet). The route must exist. Its release gets a
     /// pool if it has none: with weight 100 when it is the route's first pool, else 0 (a new release takes
     /// traffic only when `set_weights` says so).

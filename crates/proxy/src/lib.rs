@@ -21,11 +21,17 @@
 mod body;
 mod config;
 mod control;
+pub mod control_client;
+pub mod control_socket;
+mod desired;
 mod error;
 mod forward;
 mod health;
 mod instance;
 pub mod metrics;
+mod observed;
+pub mod process;
+mod routes_file;
 mod routing;
 mod server;
 mod stats;
@@ -35,8 +41,17 @@ mod upstream;
 pub use body::{ProxyBody, RequestBodyError};
 pub use config::{PassiveHealthConfig, ProxyConfig, WaitingConfig};
 pub use control::{DrainOutcome, InstanceSpec, Proxy};
+pub use desired::{
+    ApplyError, ApplyReport, DesiredInstance, DesiredPool, DesiredRoute, DesiredState, Problem,
+    apply,
+};
 pub use error::{Cause, ControlError, ErrorKind, ProxyError, error_response};
 pub use instance::{InFlightGuard, InstanceLive};
+pub use observed::{
+    ObservedInstance, ObservedInstanceState, ObservedLatency, ObservedReleaseStats, ObservedRoute,
+    ObservedState, ObservedStatusClasses, ObservedWeight,
+};
+pub use routes_file::{ROUTES_FILE_NAME, RoutesFile, RoutesFileError};
 pub use routing::{
     InstanceId, InstanceState, Pool, ReleaseId, Route, RouteName, RouteSpec, RoutingTable,
 };

@@ -1,0 +1,224 @@
+//! `ObservedState`: what a proxy routes right now (routes, weights, instances and their life-cycle state)
+//! and each release's counters, as plain serialisable data for the control socket and the agent.
+//!
+//! Read from one routing snapshot plus the stats counters; it changes nothing. The wire types here mirror
+//! the proxy's own (`ReleaseStatsSnapshot`, `InstanceState`) so the JSON stays stable when those change.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::control::Proxy;
+use crate::desired::desired_name;
+use crate::routing::InstanceState;
+use crate::stats::ReleaseStatsSnapshot;
+
+/// Everything a proxy routes, and every release's counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObservedState {
+    /// One entry per (route, path), sorted by route name then path.
+    pub routes: Vec<ObservedRoute>,
+    /// Sorted by release; requests that reached no release are under release `""`, last.
+    pub releases: Vec<ObservedReleaseStats>,
+}
+
+/// One route and one of its path prefixes (a route with several paths has an entry per path).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObservedRoute {
+    /// The route's name in the desired state.
+    pub name: String,
+    pub hosts: Vec<String>,
+    pub path: String,
+    /// Share of new requests per release pool; a pool exists while it has an instance.
+    pub weights: Vec<ObservedWeight>,
+    /// Instances still listed, whatever their state; an instance that was removed is absent.
+    pub instances: Vec<ObservedInstance>,
+    /// Requests waiting for a ready instance now.
+    pub waiting: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObservedWeight {
+    pub release: String,
+    pub weight: u8,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObservedInstance {
+    /// The instance's id in the desired state.
+    pub id: String,
+    pub release: String,
+    pub addr: SocketAddr,
+    pub state: ObservedInstanceState,
+    /// Requests and upgraded connections open on it now.
+    pub in_flight: usize,
+    /// Whether passive health took it out of traffic after failed connections.
+    pub down: bool,
+}
+
+/// An instance's life cycle as the proxy sees it; removed instances are not listed at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ObservedInstanceState {
+    /// Added, not ready yet: takes no request.
+    Starting,
+    Ready,
+    /// Takes no new request; in-flight ones finish.
+    Draining,
+    /// Nothing in flight any more; removed right after.
+    Drained,
+}
+
+/// One release's counters since this proxy process started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObservedReleaseStats {
+    pub release: String,
+    pub requests: ObservedStatusClasses,
+    /// Count per error kind (the `/metrics` `kind` labels); every kind is listed, seen or not.
+    pub errors: BTreeMap<String, u64>,
+    pub in_flight: u64,
+    pub latency: ObservedLatency,
+}
+
+/// Answers by status class.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObservedStatusClasses {
+    pub informational: u64,
+    pub success: u64,
+    pub redirection: u64,
+    pub client_error: u64,
+    pub server_error: u64,
+}
+
+/// Time to the answer's head. Quantiles are histogram bucket bounds (at most ~41% above the true value).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObservedLatency {
+    pub count: u64,
+    pub sum_us: u64,
+    pub p50_us: u64,
+    pub p90_us: u64,
+    pub p99_us: u64,
+}
+
+impl ObservedState {
+    /// Reads `proxy` now.
+    pub fn read(proxy: &Proxy) -> ObservedState {
+        let table = proxy.routing_table();
+        let waiting: BTreeMap<String, usize> = proxy
+            .waiting()
+            .into_iter()
+            .map(|(route, n_waiting)| (route.to_string(), n_waiting))
+            .collect();
+        let mut routes: Vec<ObservedRoute> = table
+            .routes()
+            .iter()
+            .map(|route| ObservedRoute {
+                name: desired_name(route.name().as_str()).to_owned(),
+                hosts: route.spec().hosts.clone(),
+                path: route.spec().path_prefix.clone(),
+                weights: route
+                    .pools()
+                    .iter()
+                    .map(|pool| ObservedWeight {
+                        release: pool.release().to_string(),
+                        weight: pool.weight(),
+                    })
+                    .collect(),
+                instances: route
+                    .pools()
+                    .iter()
+                    .flat_map(|pool| pool.instances().iter())
+                    .map(|instance| ObservedInstance {
+                        id: desired_name(instance.id().as_str()).to_owned(),
+                        release: instance.release().to_string(),
+                        addr: instance.addr(),
+                        state: instance.state().into(),
+                        in_flight: instance.in_flight(),
+                        down: instance.is_down(),
+                    })
+                    .collect(),
+                waiting: waiting
+                    .get(route.name().as_str())
+                    .copied()
+                    .unwrap_or_default(),
+            })
+            .collect();
+        routes.sort_by(|a, b| (&a.name, &a.path).cmp(&(&b.name, &b.path)));
+        ObservedState {
+            routes,
+            releases: proxy
+                .all_stats()
+                .iter()
+                .map(ObservedReleaseStats::from)
+                .collect(),
+        }
+    }
+
+    /// The instance with this desired id, on whichever route (the first path's entry for a route with
+    /// several paths); `None` once it was removed.
+    pub fn instance(&self, id: &str) -> Option<&ObservedInstance> {
+        self.routes
+            .iter()
+            .flat_map(|route| route.instances.iter())
+            .find(|instance| instance.id == id)
+    }
+
+    pub fn route(&self, name: &str) -> Option<&ObservedRoute> {
+        self.routes.iter().find(|route| route.name == name)
+    }
+
+    pub fn release(&self, release: &str) -> Option<&ObservedReleaseStats> {
+        self.releases.iter().find(|stats| stats.release == release)
+    }
+}
+
+impl ObservedReleaseStats {
+    /// All answers counted, whatever their class.
+    pub fn total_requests(&self) -> u64 {
+        let r = &self.requests;
+        r.informational + r.success + r.redirection + r.client_error + r.server_error
+    }
+}
+
+impl From<InstanceState> for ObservedInstanceState {
+    fn from(state: InstanceState) -> Self {
+        match state {
+            InstanceState::Starting => ObservedInstanceState::Starting,
+            InstanceState::Ready => ObservedInstanceState::Ready,
+            InstanceState::Draining => ObservedInstanceState::Draining,
+            InstanceState::Drained => ObservedInstanceState::Drained,
+        }
+    }
+}
+
+impl From<&ReleaseStatsSnapshot> for ObservedReleaseStats {
+    fn from(snapshot: &ReleaseStatsSnapshot) -> Self {
+        let micros =
+            |duration: std::time::Duration| u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
+        let r = &snapshot.requests;
+        ObservedReleaseStats {
+            release: snapshot.release.to_string(),
+            requests: ObservedStatusClasses {
+                informational: r.informational,
+                success: r.success,
+                redirection: r.redirection,
+                client_error: r.client_error,
+                server_error: r.server_error,
+            },
+            errors: snapshot
+                .errors
+                .iter()
+                .map(|(kind, count)| (kind.as_str().to_owned(), *count))
+                .collect(),
+            in_flight: snapshot.in_flight,
+            latency: ObservedLatency {
+                count: snapshot.latency.count,
+                sum_us: micros(snapshot.latency.sum),
+                p50_us: micros(snapshot.latency.p50),
+                p90_us: micros(snapshot.latency.p90),
+                p99_us: micros(snapshot.latency.p99),
+            },
+        }
+    }
+}
