@@ -7,6 +7,7 @@ mod support;
 
 mod limits;
 mod manners;
+mod process;
 mod protocols;
 mod retry;
 mod swap;

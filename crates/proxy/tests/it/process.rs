@@ -1,0 +1,290 @@
+//! The proxy as its own process (`proxy::process::run`), driven over its control socket: swaps by
+//! desired state under load, the saved routing after a restart, the socket's mode and the single-proxy
+//! lock.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use proxy::control_client::{ControlClient, ControlClientError};
+use proxy::control_socket::SOCKET_FILE_NAME;
+use proxy::process::{ProcessConfig, ProcessError};
+use proxy::{
+    DesiredInstance, DesiredPool, DesiredRoute, DesiredState, ObservedInstanceState,
+    ROUTES_FILE_NAME,
+};
+use testkit::load::Load;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::assert_eventually;
+use crate::support::{HOST, demo, get};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_state_swaps_releases_under_load_with_no_failed_request() {
+    let process_a = demo("A");
+    let process_b = demo("B");
+    let state_dir = tempfile::tempdir().expect("temporary state dir");
+    let running = RunningProxy::start(state_dir.path()).await;
+
+    let observed = running
+        .client
+        .put_state(&one_release("r-a", "a", process_a.addr()))
+        .await
+        .expect("put A");
+    assert_eq!(
+        instance_state(&observed, "a"),
+        Some(ObservedInstanceState::Ready)
+    );
+    let answer = get(running.addr, HOST, "/").await;
+    assert_eq!(
+        answer.headers().get("x-version").map(|v| v.as_bytes()),
+        Some(&b"A"[..])
+    );
+
+    let load = Load::new(running.addr)
+        .host(HOST)
+        .concurrency(4)
+        .duration(Duration::from_secs(30))
+        .start();
+    assert_eventually!(
+        load.snapshot().versions.get("A").copied().unwrap_or(0) > 20,
+        "A got no traffic: {}",
+        load.snapshot()
+    );
+    // B in, A out, in one desired state.
+    let observed = running
+        .client
+        .put_state(&one_release("r-b", "b", process_b.addr()))
+        .await
+        .expect("put B");
+    assert_eq!(
+        instance_state(&observed, "b"),
+        Some(ObservedInstanceState::Ready)
+    );
+    assert!(
+        matches!(
+            instance_state(&observed, "a"),
+            Some(ObservedInstanceState::Draining | ObservedInstanceState::Drained) | None
+        ),
+        "A still takes requests: {observed:?}"
+    );
+    assert_eventually!(
+        instance_state(&running.client.state().await.expect("state"), "a").is_none(),
+        "A was never removed"
+    );
+    let b_before = load.snapshot().versions.get("B").copied().unwrap_or(0);
+    assert_eventually!(
+        load.snapshot().versions.get("B").copied().unwrap_or(0) > b_before + 20,
+        "B got no traffic after the swap: {}",
+        load.snapshot()
+    );
+    let report = load.stop().await;
+
+    report.assert_no_failures();
+    assert!(
+        report.versions.get("A").copied().unwrap_or(0) > 20,
+        "{report}"
+    );
+    assert!(
+        report.versions.get("B").copied().unwrap_or(0) > 20,
+        "{report}"
+    );
+    let stats = running.client.stats().await.expect("stats");
+    let release_a = stats
+        .iter()
+        .find(|stats| stats.release == "r-a")
+        .expect("r-a stats");
+    assert_eq!(release_a.in_flight, 0);
+    assert_eq!(release_a.requests.server_error, 0);
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_proxy_serves_its_saved_routing_at_once() {
+    let process_a = demo("A");
+    let state_dir = tempfile::tempdir().expect("temporary state dir");
+
+    let first = RunningProxy::start(state_dir.path()).await;
+    first
+        .client
+        .put_state(&one_release("r-a", "a", process_a.addr()))
+        .await
+        .expect("put A");
+    first.stop().await;
+    assert!(state_dir.path().join(ROUTES_FILE_NAME).is_file());
+    assert!(
+        !state_dir.path().join(SOCKET_FILE_NAME).exists(),
+        "a stopped proxy leaves no socket behind"
+    );
+
+    // No put: the routing comes from routes.json, ready instances ready before the first request.
+    let second = RunningProxy::start(state_dir.path()).await;
+    let report = Load::new(second.addr)
+        .host(HOST)
+        .concurrency(4)
+        .count(200)
+        .start()
+        .wait()
+        .await;
+    report.assert_no_failures();
+    assert_eq!(report.versions.get("A").copied(), Some(200), "{report}");
+    let observed = second.client.state().await.expect("state");
+    assert_eq!(
+        instance_state(&observed, "a"),
+        Some(ObservedInstanceState::Ready)
+    );
+    second.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_socket_is_private_and_a_second_proxy_is_refused() {
+    let state_dir = tempfile::tempdir().expect("temporary state dir");
+    let running = RunningProxy::start(state_dir.path()).await;
+
+    let socket = state_dir.path().join(SOCKET_FILE_NAME);
+    let mode = std::fs::metadata(&socket)
+        .expect("socket metadata")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "socket mode {mode:o}");
+
+    let second = tokio::time::timeout(
+        Duration::from_secs(10),
+        proxy::process::run(config(state_dir.path()), CancellationToken::new()),
+    )
+    .await
+    .expect("a refused start returns at once");
+    assert!(
+        matches!(second, Err(ProcessError::AlreadyRunning { pid: Some(pid), .. }) if pid == std::process::id()),
+        "{second:?}"
+    );
+    // The refused start touched nothing: the first proxy still answers on its socket.
+    let health = running
+        .client
+        .healthz()
+        .await
+        .expect("first proxy still answers");
+    assert_eq!(health.listen, Some(running.addr));
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_socket_is_replaced_and_a_refused_state_is_not_saved() {
+    let state_dir = tempfile::tempdir().expect("temporary state dir");
+    // A socket file nobody listens on, as a proxy killed with -9 leaves it.
+    drop(
+        std::os::unix::net::UnixListener::bind(state_dir.path().join(SOCKET_FILE_NAME))
+            .expect("bind stale socket"),
+    );
+    let running = RunningProxy::start(state_dir.path()).await;
+
+    let mut invalid = one_release("r-a", "a", SocketAddr::from(([127, 0, 0, 1], 1)));
+    invalid.routes[0].pools[0].weight = 101;
+    let error = running
+        .client
+        .put_state(&invalid)
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(&error, ControlClientError::Refused { status, code, .. } if status.as_u16() == 422 && code == "invalid_state"),
+        "{error}"
+    );
+    assert!(
+        !state_dir.path().join(ROUTES_FILE_NAME).exists(),
+        "a refused state was saved"
+    );
+    let observed = running.client.state().await.expect("state");
+    assert!(observed.routes.is_empty(), "{observed:?}");
+    running.stop().await;
+}
+
+/// `proxy::process::run` in a task, on 127.0.0.1:0 with `state_dir`, and a client of its socket.
+struct RunningProxy {
+    addr: SocketAddr,
+    client: ControlClient,
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<Result<(), ProcessError>>>,
+}
+
+impl RunningProxy {
+    async fn start(state_dir: &Path) -> RunningProxy {
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(proxy::process::run(config(state_dir), shutdown.clone()));
+        let client =
+            ControlClient::new(socket_path(state_dir)).with_timeout(Duration::from_secs(2));
+        // Bounded: the socket answers once everything is bound, or the task ends with its error.
+        let mut addr = None;
+        for _ in 0..500 {
+            if task.is_finished() {
+                let ended = task.await;
+                panic!("proxy process ended early: {ended:?}");
+            }
+            if let Ok(health) = client.healthz().await {
+                addr = health.listen;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        RunningProxy {
+            addr: addr.expect("proxy process answered on its socket within 10 s"),
+            client,
+            shutdown,
+            task: Some(task),
+        }
+    }
+
+    /// Stops it as SIGTERM would and waits, bounded, for a clean exit.
+    async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            let stopped = tokio::time::timeout(Duration::from_secs(20), task).await;
+            assert!(
+                matches!(stopped, Ok(Ok(Ok(())))),
+                "proxy process did not stop cleanly: {stopped:?}"
+            );
+        }
+    }
+}
+
+impl Drop for RunningProxy {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+fn config(state_dir: &Path) -> ProcessConfig {
+    let mut config = ProcessConfig::new(state_dir, SocketAddr::from(([127, 0, 0, 1], 0)));
+    config.shutdown_timeout = Duration::from_secs(10);
+    config
+}
+
+fn socket_path(state_dir: &Path) -> PathBuf {
+    state_dir.join(SOCKET_FILE_NAME)
+}
+
+/// Route `web` for `demo.test` with one ready instance of one release.
+fn one_release(release: &str, instance: &str, addr: SocketAddr) -> DesiredState {
+    DesiredState {
+        routes: vec![DesiredRoute {
+            name: "web".to_owned(),
+            hosts: vec![HOST.to_owned()],
+            paths: vec!["/".to_owned()],
+            drain_timeout_ms: 5_000,
+            pools: vec![DesiredPool {
+                release: release.to_owned(),
+                weight: 100,
+                instances: vec![DesiredInstance {
+                    id: instance.to_owned(),
+                    addr,
+                    ready: true,
+                }],
+            }],
+        }],
+    }
+}
+
+fn instance_state(observed: &proxy::ObservedState, id: &str) -> Option<ObservedInstanceState> {
+    observed.instance(id).map(|instance| instance.state)
+}
