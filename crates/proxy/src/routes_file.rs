@@ -5,6 +5,7 @@
 
 use std::fs;
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -119,7 +120,14 @@ impl RoutesFile {
             let path = path.to_path_buf();
             move |source| RoutesFileError::Write { path, source }
         };
-        let mut file = fs::File::create(&temporary).map_err(write_error(&temporary))?;
+        // Owner-only like the rest of the state directory, though it holds addresses, never a secret.
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&temporary)
+            .map_err(write_error(&temporary))?;
         file.write_all(&text).map_err(write_error(&temporary))?;
         file.sync_all().map_err(write_error(&temporary))?;
         drop(file);

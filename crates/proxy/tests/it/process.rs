@@ -200,6 +200,43 @@ async fn a_stale_socket_is_replaced_and_a_refused_state_is_not_saved() {
     running.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_lets_a_request_in_flight_finish_and_refuses_new_connections() {
+    let process_a = demo("A");
+    let state_dir = tempfile::tempdir().expect("temporary state dir");
+    let running = RunningProxy::start(state_dir.path()).await;
+    running
+        .client
+        .put_state(&one_release("r-a", "a", process_a.addr()))
+        .await
+        .expect("put A");
+    let addr = running.addr;
+    let slow = tokio::spawn(async move { get(addr, HOST, "/sleep?ms=500").await });
+    assert_eventually!(
+        running
+            .client
+            .state()
+            .await
+            .expect("state")
+            .instance("a")
+            .is_some_and(|instance| instance.in_flight == 1),
+        "the slow request never reached A"
+    );
+    running.stop().await;
+
+    let answer = tokio::time::timeout(Duration::from_secs(10), slow)
+        .await
+        .expect("the slow request ends")
+        .expect("the slow request task");
+    assert_eq!(answer.status(), 200);
+    assert_eq!(&answer.body()[..], b"slept 500ms\n");
+    let refused = tokio::net::TcpStream::connect(addr).await;
+    assert!(
+        refused.is_err(),
+        "a stopped proxy still accepts: {refused:?}"
+    );
+}
+
 /// `proxy::process::run` in a task, on 127.0.0.1:0 with `state_dir`, and a client of its socket.
 struct RunningProxy {
     addr: SocketAddr,
