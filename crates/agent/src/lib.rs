@@ -1,1 +1,235 @@
 //! The daemon: store, control API, deployment state machine, health gate and proxy control.
+//!
+//! `run` is the whole agent process: it owns the state directory, starts (or finds) the proxy
+//! process, recovers what a previous agent left, serves the API, and on shutdown leaves the app
+//! instances and the proxy running.
+
+pub mod api;
+pub mod artifact;
+pub mod deploy;
+pub mod engine;
+pub mod health;
+pub mod proxy_link;
+pub mod recover;
+pub mod store;
+pub mod tokens;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use client::local::{ADMIN_TOKEN_FILE, AGENT_FILE, LocalAgent};
+use driver::process::ProcessDriver;
+use tokio_util::sync::CancellationToken;
+
+use crate::artifact::ArtifactStore;
+use crate::engine::{Engine, InstancePhase, Paths, now_ms};
+use crate::proxy_link::ProxyLink;
+use crate::store::Store;
+use crate::tokens::{PlainToken, Role};
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub state_dir: PathBuf,
+    pub api: SocketAddr,
+    pub proxy: SocketAddr,
+    /// The `rollway` binary, started again as `rollway proxy`.
+    pub exe: PathBuf,
+}
+
+/// What the caller learns once the agent serves.
+pub struct Started {
+    pub api: SocketAddr,
+    pub proxy: SocketAddr,
+    /// Only on the first start of a state directory: the admin token, shown once.
+    pub admin_token: Option<PlainToken>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("cannot prepare the state directory `{path}`")]
+    StateDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("another agent already runs on `{0}`")]
+    AlreadyRunning(String),
+    #[error("cannot open the store")]
+    Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Proxy(#[from] proxy_link::LinkError),
+    #[error("cannot listen on `{addr}`")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the API server failed")]
+    Serve(#[source] std::io::Error),
+}
+
+/// Runs the agent until `shutdown` fires.
+pub async fn run(
+    config: AgentConfig,
+    shutdown: CancellationToken,
+    on_started: impl FnOnce(Started),
+) -> Result<(), AgentError> {
+    let state_dir = config.state_dir.clone();
+    let dir_error = |source| AgentError::StateDir {
+        path: state_dir.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(&state_dir).map_err(dir_error)?;
+    std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(dir_error)?;
+    let _lock = lock_state_dir(&state_dir)?;
+
+    let store = Arc::new(Store::open(&state_dir.join("rollway.db"))?);
+    let admin_token = ensure_admin_token(&store, &state_dir)?;
+    let paths = Paths::new(state_dir.clone());
+    let driver = Arc::new(ProcessDriver::new(paths.instances.clone()).map_err(dir_error)?);
+    let artifacts = ArtifactStore::new(state_dir.join("artifacts"));
+    let proxy = ProxyLink::new(state_dir.join("proxy"));
+    proxy.ensure_running(&config.exe, config.proxy).await?;
+
+    let listener = tokio::net::TcpListener::bind(config.api)
+        .await
+        .map_err(|source| AgentError::Bind {
+            addr: config.api,
+            source,
+        })?;
+    let api_addr = listener.local_addr().map_err(|source| AgentError::Bind {
+        addr: config.api,
+        source,
+    })?;
+    let (events, _) = tokio::sync::broadcast::channel(1024);
+    let engine = Arc::new(Engine {
+        store,
+        driver,
+        proxy,
+        proxy_addr: config.proxy,
+        artifacts,
+        paths,
+        events,
+        runtimes: Mutex::new(BTreeMap::new()),
+        proxy_push: tokio::sync::Mutex::new(()),
+        shutdown: shutdown.clone(),
+    });
+    recover::recover(&engine).await;
+    tokio::spawn(expire_warm_instances(engine.clone()));
+
+    let agent_file = LocalAgent {
+        api: format!("http://{api_addr}"),
+        proxy: config.proxy.to_string(),
+        pid: std::process::id(),
+    };
+    write_private(
+        &state_dir.join(AGENT_FILE),
+        serde_json::to_string_pretty(&agent_file)
+            .unwrap_or_default()
+            .as_bytes(),
+    )
+    .map_err(dir_error)?;
+    tracing::info!(message = "Agent serving.", api = %api_addr, proxy = %config.proxy, state = %state_dir.display());
+    on_started(Started {
+        api: api_addr,
+        proxy: config.proxy,
+        admin_token,
+    });
+
+    let served = api::serve(listener, engine.clone(), shutdown.clone()).await;
+    // Deploys in flight park at their next step; instances and the proxy keep running.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _ = std::fs::remove_file(state_dir.join(AGENT_FILE));
+    tracing::info!(message = "Agent stopped; instances and the proxy keep running.");
+    served.map_err(AgentError::Serve)
+}
+
+/// One agent per state directory: an exclusive lock held for the process's life.
+fn lock_state_dir(state_dir: &std::path::Path) -> Result<std::fs::File, AgentError> {
+    let path = state_dir.join("agent.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|source| AgentError::StateDir {
+            path: path.display().to_string(),
+            source,
+        })?;
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+        .map_err(|_| AgentError::AlreadyRunning(state_dir.display().to_string()))?;
+    Ok(file)
+}
+
+/// The first start creates the admin token and writes it to `admin.token` (0600).
+fn ensure_admin_token(
+    store: &Store,
+    state_dir: &std::path::Path,
+) -> Result<Option<PlainToken>, AgentError> {
+    if store.count_tokens()? > 0 {
+        return Ok(None);
+    }
+    let (_, plain) = tokens::create(store, "admin", Role::Admin)?;
+    let path = state_dir.join(ADMIN_TOKEN_FILE);
+    write_private(&path, format!("{}\n", plain.expose()).as_bytes()).map_err(|source| {
+        AgentError::StateDir {
+            path: path.display().to_string(),
+            source,
+        }
+    })?;
+    Ok(Some(plain))
+}
+
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let temp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&temp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&temp, path)
+}
+
+/// Stops warm instances whose keep-warm time is over (they are out of traffic already).
+async fn expire_warm_instances(engine: Arc<Engine>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if engine.shutdown.is_cancelled() {
+            return;
+        }
+        let now = now_ms();
+        let expired: Vec<(engine::AppEnv, String)> = engine
+            .runtimes
+            .lock()
+            .map(|runtimes| {
+                runtimes
+                    .iter()
+                    .flat_map(|(key, runtime)| {
+                        runtime
+                            .instances
+                            .iter()
+                            .filter(|(_, instance)| {
+                                instance.phase == InstancePhase::Warm
+                                    && instance.warm_until.is_some_and(|until| until <= now)
+                            })
+                            .map(|(id, _)| (key.clone(), id.clone()))
+                            .collect::<Vec<_>>()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (key, id) in expired {
+            deploy::spec::stop_instances(&engine, &key, std::slice::from_ref(&id)).await;
+        }
+    }
+}

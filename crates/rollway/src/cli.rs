@@ -28,12 +28,171 @@ pub struct GlobalArgs {
     pub quiet: bool,
 }
 
+/// How to reach an agent: flags, then environment, then the local agent of this user.
+#[derive(Debug, Args, Clone)]
+pub struct AgentArgs {
+    /// The agent's API, such as `http://10.0.0.5:7440` (default: the local agent).
+    #[arg(long, env = "ROLLWAY_AGENT", global = true)]
+    pub agent: Option<String>,
+    /// The API token (default: the local agent's admin token).
+    #[arg(long, env = "ROLLWAY_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Write a commented rollway.toml for the app in this folder.
     Init(InitArgs),
     /// Validate the manifest, show what differs between environments and what each one requires.
     Check(CheckArgs),
+    /// Start a local agent if none runs, deploy this folder, print its URL.
+    Up(DeployArgs),
+    /// Deploy this folder, with live progress until it is done.
+    Deploy(DeployArgs),
+    /// Current release, instances and their state, traffic weights.
+    Status(EnvArgs),
+    /// Numbered release history.
+    Releases(EnvArgs),
+    /// Make an earlier release current again (the previous good one by default).
+    Rollback(RollbackArgs),
+    /// Output of the app's instances.
+    Logs(LogsArgs),
+    /// The audit log.
+    Events(EventsArgs),
+    /// API tokens and their roles.
+    #[command(subcommand)]
+    Tokens(TokensCommand),
+    /// Run the agent in the foreground.
+    Agent(AgentRunArgs),
+    /// Run the proxy in the foreground (the agent starts it; you rarely need this).
+    Proxy(ProxyRunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// The environment to deploy to (default: `development` for `up`, `production` for `deploy`).
+    #[arg(long, short)]
+    pub env: Option<String>,
+    /// Override the manifest's strategy for this deploy.
+    #[arg(long, value_parser = ["blue-green", "rolling", "canary"])]
+    pub strategy: Option<String>,
+    /// A note kept with the release.
+    #[arg(long, short)]
+    pub message: Option<String>,
+    /// Return once the deployment has started.
+    #[arg(long)]
+    pub detach: bool,
+    /// The app folder.
+    #[arg(long, default_value = ".")]
+    pub dir: PathBuf,
+    /// Print the final deployment as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub agent: AgentArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct EnvArgs {
+    #[arg(long, short, default_value = "production")]
+    pub env: String,
+    /// The app (default: `app.name` of ./rollway.toml).
+    #[arg(long)]
+    pub app: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub agent: AgentArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    #[command(flatten)]
+    pub target: EnvArgs,
+    /// The release to go back to.
+    #[arg(long)]
+    pub to: Option<u64>,
+    /// Return once the rollback has started.
+    #[arg(long)]
+    pub detach: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    #[command(flatten)]
+    pub target: EnvArgs,
+    /// Lines per instance.
+    #[arg(long, short = 'n', default_value_t = 100)]
+    pub lines: usize,
+    /// Keep printing new lines.
+    #[arg(long, short)]
+    pub follow: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Keep printing new events.
+    #[arg(long, short)]
+    pub follow: bool,
+    /// How many of the latest events.
+    #[arg(long, short = 'n', default_value_t = 50)]
+    pub lines: usize,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub agent: AgentArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokensCommand {
+    /// Create a token; its value is shown once.
+    Create {
+        #[arg(long, value_parser = ["viewer", "deployer", "admin"])]
+        role: String,
+        /// A name saying who or what uses it (`ci`, `alice`).
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        agent: AgentArgs,
+    },
+    /// List tokens (never their values).
+    List {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        agent: AgentArgs,
+    },
+    /// Revoke a token by id.
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        agent: AgentArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct AgentRunArgs {
+    /// State directory (default: $XDG_STATE_HOME/rollway).
+    #[arg(long)]
+    pub state: Option<PathBuf>,
+    /// Address of the control API.
+    #[arg(long, default_value = "127.0.0.1:7440")]
+    pub api: std::net::SocketAddr,
+    /// Address the proxy serves the apps on.
+    #[arg(long, default_value = "127.0.0.1:7480")]
+    pub proxy: std::net::SocketAddr,
+}
+
+#[derive(Debug, Args)]
+pub struct ProxyRunArgs {
+    /// The proxy's state directory (routes.json, control socket).
+    #[arg(long)]
+    pub state: PathBuf,
+    /// Address to serve the apps on.
+    #[arg(long)]
+    pub listen: std::net::SocketAddr,
 }
 
 #[derive(Debug, Args)]

@@ -22,6 +22,8 @@ pub enum ExitStatus {
     Failure,
     /// A usage or manifest error.
     Usage,
+    /// The agent cannot be reached or refuses the token.
+    Unreachable,
 }
 
 impl From<ExitStatus> for ExitCode {
@@ -30,6 +32,7 @@ impl From<ExitStatus> for ExitCode {
             ExitStatus::Success => 0,
             ExitStatus::Failure => 1,
             ExitStatus::Usage => 2,
+            ExitStatus::Unreachable => 3,
         })
     }
 }
@@ -40,6 +43,18 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Init(args) => commands::init::run(&args, printer),
         Command::Check(args) => commands::check::run(&args, printer),
+        Command::Up(args) => commands::deploy::run(&args, commands::deploy::Mode::Up, printer),
+        Command::Deploy(args) => {
+            commands::deploy::run(&args, commands::deploy::Mode::Deploy, printer)
+        }
+        Command::Status(args) => commands::inspect::status(&args, printer),
+        Command::Releases(args) => commands::inspect::releases(&args, printer),
+        Command::Rollback(args) => commands::rollback::run(&args, printer),
+        Command::Logs(args) => commands::inspect::logs(&args, printer),
+        Command::Events(args) => commands::inspect::events(&args, printer),
+        Command::Tokens(command) => commands::tokens::run(&command, printer),
+        Command::Agent(args) => commands::agent::run_agent(&args, printer),
+        Command::Proxy(args) => commands::agent::run_proxy(&args, printer),
     };
     match result {
         Ok(status) => status.into(),

@@ -1,4 +1,61 @@
 //! One module per command, each with `run(args, printer) -> anyhow::Result<ExitStatus>`.
 
+pub mod agent;
 pub mod check;
+pub mod connect;
+pub mod deploy;
 pub mod init;
+pub mod inspect;
+pub mod rollback;
+pub mod tokens;
+pub mod up;
+
+use client::ClientError;
+
+use crate::ExitStatus;
+use crate::printer::Printer;
+
+/// Prints an agent error and chooses its exit code: 3 when the agent is unreachable or refuses the
+/// token, 2 when it refused the request as invalid, 1 otherwise.
+pub fn client_error(printer: &Printer, error: ClientError) -> anyhow::Result<ExitStatus> {
+    printer.error(&error.to_string());
+    let status = match &error {
+        ClientError::Unreachable { .. } => {
+            printer.hint("is the agent running? `rollway up` starts a local one");
+            ExitStatus::Unreachable
+        }
+        ClientError::Unauthorized { .. } | ClientError::Forbidden { .. } => {
+            printer.hint(
+                "pass a token with `--token` or `ROLLWAY_TOKEN`; `rollway tokens create` makes one",
+            );
+            ExitStatus::Unreachable
+        }
+        ClientError::Api { status, code, .. } => {
+            if code == "locked" {
+                printer.hint("wait for it to finish, or watch it with `rollway events -f`");
+            }
+            if (400..500).contains(status) {
+                ExitStatus::Usage
+            } else {
+                ExitStatus::Failure
+            }
+        }
+        ClientError::Decode { .. } | ClientError::InvalidUrl(_) => ExitStatus::Failure,
+    };
+    Ok(status)
+}
+
+/// `--app`, else `app.name` of ./rollway.toml.
+pub fn app_name(explicit: Option<&str>, printer: &Printer) -> Option<String> {
+    if let Some(app) = explicit {
+        return Some(app.to_owned());
+    }
+    match manifest::load(std::path::Path::new(manifest::FILE_NAME)) {
+        Ok(manifest) => Some(manifest.shared.app.name),
+        Err(_) => {
+            printer.error("no app given and no valid `rollway.toml` here");
+            printer.hint("pass `--app NAME`, or run the command in the app folder");
+            None
+        }
+    }
+}

@@ -1,0 +1,409 @@
+//! Route handlers: parse the request, call the engine or the store, answer a wire type.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Extension, Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use client::wire::{
+    AgentInfo, DeployRequest, DeploymentView, EventView, InstanceView, LogLineView, ReleaseView,
+    RollbackRequest, StatusView, TokenCreated, TokenRequest, TokenView, WeightView,
+};
+use futures_util::Stream;
+use serde::Deserialize;
+
+use crate::api::auth::Caller;
+use crate::api::error::ApiError;
+use crate::api::views;
+use crate::deploy::start;
+use crate::engine::{Engine, now_ms};
+use crate::store::NewEvent;
+use crate::tokens::{self, Role};
+
+type ApiResult<T> = Result<Json<T>, ApiError>;
+
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+pub async fn agent_info(State(engine): State<Arc<Engine>>) -> ApiResult<AgentInfo> {
+    Ok(Json(AgentInfo {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        proxy: engine.proxy_addr.to_string(),
+        state_dir: engine.paths.state_dir.display().to_string(),
+    }))
+}
+
+pub async fn artifact_exists(
+    State(engine): State<Arc<Engine>>,
+    Path(digest): Path<String>,
+) -> StatusCode {
+    if engine.artifacts.has(&digest) {
+        StatusCode::OK
+    } else {
+        StatusCode::NOT_FOUND
+    }
+}
+
+pub async fn upload_artifact(
+    State(engine): State<Arc<Engine>>,
+    Path(digest): Path<String>,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let size = body.len();
+    let artifacts = engine.artifacts.clone();
+    let stored_digest = digest.clone();
+    tokio::task::spawn_blocking(move || artifacts.put(&stored_digest, &body))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(|error| ApiError::bad_request(error.to_string()))?;
+    let _ = engine.store.record_artifact(&digest, size as u64, now_ms());
+    Ok(StatusCode::CREATED)
+}
+
+pub async fn deploy(
+    State(engine): State<Arc<Engine>>,
+    Extension(caller): Extension<Caller>,
+    Path((app, env)): Path<(String, String)>,
+    Json(request): Json<DeployRequest>,
+) -> Result<(StatusCode, Json<DeploymentView>), ApiError> {
+    let deployment = start::deploy(&engine, &caller.name, &app, &env, &request)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(views::deployment_view(&deployment)),
+    ))
+}
+
+pub async fn rollback(
+    State(engine): State<Arc<Engine>>,
+    Extension(caller): Extension<Caller>,
+    Path((app, env)): Path<(String, String)>,
+    Json(request): Json<RollbackRequest>,
+) -> Result<(StatusCode, Json<DeploymentView>), ApiError> {
+    let deployment = start::rollback(&engine, &caller.name, &app, &env, &request)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(views::deployment_view(&deployment)),
+    ))
+}
+
+pub async fn deployment(
+    State(engine): State<Arc<Engine>>,
+    Path(id): Path<String>,
+) -> ApiResult<DeploymentView> {
+    let deployment = engine
+        .store
+        .deployment(&id)
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::not_found(format!("no deployment `{id}`")))?;
+    Ok(Json(views::deployment_view(&deployment)))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct AfterQuery {
+    #[serde(default)]
+    pub after: i64,
+    #[serde(default = "default_limit")]
+    pub limit: usize,
+}
+
+fn default_limit() -> usize {
+    200
+}
+
+pub async fn deployment_events(
+    State(engine): State<Arc<Engine>>,
+    Path(id): Path<String>,
+    Query(query): Query<AfterQuery>,
+) -> ApiResult<Vec<EventView>> {
+    let events = engine
+        .store
+        .events_for_deployment(&id, query.after)
+        .map_err(ApiError::internal)?;
+    Ok(Json(events.iter().map(views::event_view).collect()))
+}
+
+/// Server-sent events of one deployment, from the start, until it finishes.
+pub async fn deployment_stream(
+    State(engine): State<Arc<Engine>>,
+    Path(id): Path<String>,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    engine
+        .store
+        .deployment(&id)
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::not_found(format!("no deployment `{id}`")))?;
+    let stream = event_stream(engine, Some(id), 0);
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+pub async fn events(
+    State(engine): State<Arc<Engine>>,
+    Query(query): Query<AfterQuery>,
+) -> ApiResult<Vec<EventView>> {
+    let events = engine
+        .store
+        .events_after(query.after, query.limit.min(10_000))
+        .map_err(ApiError::internal)?;
+    Ok(Json(events.iter().map(views::event_view).collect()))
+}
+
+/// Server-sent events of the whole audit log, from `after` on, until the client leaves.
+pub async fn events_stream(
+    State(engine): State<Arc<Engine>>,
+    Query(query): Query<AfterQuery>,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    Sse::new(event_stream(engine, None, query.after)).keep_alive(KeepAlive::default())
+}
+
+/// Stored events first, then live ones; a deployment's stream ends with its `deployment.finished`.
+fn event_stream(
+    engine: Arc<Engine>,
+    deployment: Option<String>,
+    after: i64,
+) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    struct Cursor {
+        engine: Arc<Engine>,
+        deployment: Option<String>,
+        after: i64,
+        live: tokio::sync::broadcast::Receiver<EventView>,
+        queue: std::collections::VecDeque<EventView>,
+        backlog_read: bool,
+        finished: bool,
+    }
+    // Subscribe before reading the backlog so that nothing falls between the two.
+    let cursor = Cursor {
+        live: engine.events.subscribe(),
+        engine,
+        deployment,
+        after,
+        queue: std::collections::VecDeque::new(),
+        backlog_read: false,
+        finished: false,
+    };
+    futures_util::stream::unfold(cursor, |mut cursor| async move {
+        loop {
+            if cursor.finished {
+                return None;
+            }
+            if let Some(event) = cursor.queue.pop_front() {
+                if event.id <= cursor.after {
+                    continue;
+                }
+                cursor.after = event.id;
+                cursor.finished =
+                    cursor.deployment.is_some() && event.kind == "deployment.finished";
+                let data = serde_json::to_string(&event).unwrap_or_default();
+                let sse = SseEvent::default()
+                    .event("event")
+                    .id(event.id.to_string())
+                    .data(data);
+                return Some((Ok(sse), cursor));
+            }
+            if !cursor.backlog_read {
+                cursor.backlog_read = true;
+                let stored = match &cursor.deployment {
+                    Some(id) => cursor.engine.store.events_for_deployment(id, cursor.after),
+                    None => cursor.engine.store.events_after(cursor.after, 10_000),
+                };
+                cursor
+                    .queue
+                    .extend(stored.unwrap_or_default().iter().map(views::event_view));
+                continue;
+            }
+            match tokio::time::timeout(Duration::from_secs(30), cursor.live.recv()).await {
+                Ok(Ok(event)) => {
+                    let wanted = match &cursor.deployment {
+                        Some(id) => event.deployment_id.as_deref() == Some(id.as_str()),
+                        None => true,
+                    };
+                    if wanted {
+                        cursor.queue.push_back(event);
+                    }
+                }
+                // Fell behind the live channel: read the store again from the cursor.
+                Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {
+                    cursor.backlog_read = false
+                }
+                Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => return None,
+                Err(_) => {}
+            }
+        }
+    })
+}
+
+pub async fn status(
+    State(engine): State<Arc<Engine>>,
+    Path((app, env)): Path<(String, String)>,
+) -> ApiResult<StatusView> {
+    let current = engine
+        .store
+        .current(&app, &env)
+        .map_err(ApiError::internal)?;
+    let runtime = engine.runtime(&(app.clone(), env.clone()));
+    let instances = runtime
+        .instances
+        .iter()
+        .map(|(id, instance)| InstanceView {
+            id: id.clone(),
+            release: instance.release,
+            service: instance.service.clone(),
+            port: instance.port,
+            state: match (
+                instance.phase,
+                runtime
+                    .weights
+                    .iter()
+                    .any(|(release, weight)| *release == instance.release && *weight > 0),
+            ) {
+                (crate::engine::InstancePhase::Ready, true) => "serving".to_owned(),
+                (phase, _) => phase.as_str().to_owned(),
+            },
+        })
+        .collect();
+    let deployment = engine
+        .store
+        .deployments(&app, &env, 1)
+        .map_err(ApiError::internal)?
+        .into_iter()
+        .next()
+        .map(|deployment| views::deployment_view(&deployment));
+    let url = runtime
+        .routes
+        .first()
+        .map(|route| match route.hosts.first() {
+            Some(host) => format!(
+                "http://{host}:{}/ (via {})",
+                engine.proxy_addr.port(),
+                engine.proxy_addr
+            ),
+            None => format!("http://{}/", engine.proxy_addr),
+        });
+    Ok(Json(StatusView {
+        app,
+        environment: env,
+        current_release: current,
+        url,
+        instances,
+        weights: runtime
+            .weights
+            .iter()
+            .map(|(release, weight)| WeightView {
+                release: *release,
+                weight: *weight,
+            })
+            .collect(),
+        deployment,
+    }))
+}
+
+pub async fn releases(
+    State(engine): State<Arc<Engine>>,
+    Path((app, env)): Path<(String, String)>,
+) -> ApiResult<Vec<ReleaseView>> {
+    let current = engine
+        .store
+        .current(&app, &env)
+        .map_err(ApiError::internal)?;
+    let releases = engine
+        .store
+        .releases(&app, &env)
+        .map_err(ApiError::internal)?;
+    Ok(Json(
+        releases
+            .iter()
+            .map(|release| views::release_view(release, current))
+            .collect(),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LogsQuery {
+    #[serde(default = "default_lines")]
+    pub n: usize,
+}
+
+fn default_lines() -> usize {
+    100
+}
+
+pub async fn logs(
+    State(engine): State<Arc<Engine>>,
+    Path((app, env)): Path<(String, String)>,
+    Query(query): Query<LogsQuery>,
+) -> ApiResult<Vec<LogLineView>> {
+    let runtime = engine.runtime(&(app, env));
+    let mut lines = Vec::new();
+    for id in runtime.instances.keys() {
+        if let Ok(found) = driver::Driver::logs(engine.driver.as_ref(), id, query.n.min(10_000)) {
+            lines.extend(found.into_iter().map(|line| LogLineView {
+                instance_id: line.instance_id,
+                line: line.line,
+            }));
+        }
+    }
+    Ok(Json(lines))
+}
+
+pub async fn tokens(State(engine): State<Arc<Engine>>) -> ApiResult<Vec<TokenView>> {
+    let tokens = engine.store.tokens().map_err(ApiError::internal)?;
+    Ok(Json(tokens.iter().map(views::token_view).collect()))
+}
+
+pub async fn create_token(
+    State(engine): State<Arc<Engine>>,
+    Extension(caller): Extension<Caller>,
+    Json(request): Json<TokenRequest>,
+) -> Result<(StatusCode, Json<TokenCreated>), ApiError> {
+    let role: Role = request.role.parse().map_err(|_| {
+        ApiError::bad_request(format!(
+            "unknown role `{}`; accepted: viewer, deployer, admin",
+            request.role
+        ))
+    })?;
+    if request.name.trim().is_empty() {
+        return Err(ApiError::bad_request("the token needs a name"));
+    }
+    let (record, plain) =
+        tokens::create(&engine.store, request.name.trim(), role).map_err(ApiError::internal)?;
+    engine.record(NewEvent {
+        app: None,
+        environment: None,
+        deployment_id: None,
+        kind: "token.created".to_owned(),
+        message: format!("{} created token `{}` ({role})", caller.name, record.name),
+        data_json: "{}".to_owned(),
+    });
+    Ok((
+        StatusCode::CREATED,
+        Json(TokenCreated {
+            id: record.id,
+            name: record.name,
+            role: role.to_string(),
+            token: plain.expose().to_owned(),
+        }),
+    ))
+}
+
+pub async fn revoke_token(
+    State(engine): State<Arc<Engine>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    if !engine.store.revoke_token(&id).map_err(ApiError::internal)? {
+        return Err(ApiError::not_found(format!("no token `{id}`")));
+    }
+    engine.record(NewEvent {
+        app: None,
+        environment: None,
+        deployment_id: None,
+        kind: "token.revoked".to_owned(),
+        message: format!("{} revoked token `{id}`", caller.name),
+        data_json: "{}".to_owned(),
+    });
+    Ok(StatusCode::NO_CONTENT)
+}

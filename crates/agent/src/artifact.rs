@@ -1,0 +1,294 @@
+//! Artifacts on the agent: content-addressed storage of packed app folders, and safe unpacking.
+//! An artifact is stored only under the digest of its bytes, written atomically, and unpacked
+//! only into a fresh folder with every entry checked. Building (the manifest's `build` command)
+//! and pruning happen elsewhere; this module does not know releases.
+
+use std::collections::HashSet;
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Component, Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+/// A folder of artifacts: `<dir>/sha256/<digest>.tar.zst`.
+#[derive(Debug, Clone)]
+pub struct ArtifactStore {
+    dir: PathBuf,
+}
+
+/// Why an artifact could not be stored or unpacked.
+#[derive(Debug, thiserror::Error)]
+pub enum ArtifactError {
+    #[error("`{digest}` is not a sha256 digest (64 lowercase hex digits)")]
+    InvalidDigest { digest: String },
+    #[error("artifact bytes have digest `{actual}`, not `{expected}`")]
+    DigestMismatch { expected: String, actual: String },
+    #[error("artifact `{digest}` is not stored")]
+    NotFound { digest: String },
+    #[error("cannot unpack into `{path}`: it already exists")]
+    DestinationExists { path: PathBuf },
+    #[error("artifact `{digest}` has an unsafe entry `{entry}`: {reason}")]
+    UnsafeEntry {
+        digest: String,
+        entry: String,
+        reason: &'static str,
+    },
+    #[error("cannot {operation} `{path}`")]
+    Io {
+        operation: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl ArtifactStore {
+    /// A store rooted at `dir`; folders are created on the first `put`.
+    pub fn new(dir: impl Into<PathBuf>) -> ArtifactStore {
+        ArtifactStore { dir: dir.into() }
+    }
+
+    /// Where artifact `digest` is (or would be) stored.
+    pub fn path(&self, digest: &str) -> Result<PathBuf, ArtifactError> {
+        check_digest(digest)?;
+        Ok(self.dir.join("sha256").join(format!("{digest}.tar.zst")))
+    }
+
+    /// Stores `bytes` as artifact `digest`, after checking that they are: a mismatch is refused.
+    /// Atomic (temporary file, fsync, rename, fsync of the folder), so a crash leaves either the
+    /// whole artifact or none. Storing a digest that is already there does nothing.
+    pub fn put(&self, digest: &str, bytes: &[u8]) -> Result<(), ArtifactError> {
+        let path = self.path(digest)?;
+        let actual = hex::encode(Sha256::digest(bytes));
+        if actual != digest {
+            return Err(ArtifactError::DigestMismatch {
+                expected: digest.to_owned(),
+                actual,
+            });
+        }
+        if path.is_file() {
+            return Ok(());
+        }
+        let folder = self.dir.join("sha256");
+        fs::create_dir_all(&folder).map_err(io_error("create", &folder))?;
+        let temporary = folder.join(format!(".{digest}.{}.tmp", random_suffix()));
+        let written = write_synced(&temporary, bytes)
+            .and_then(|()| fs::rename(&temporary, &path).map_err(io_error("rename", &temporary)));
+        if let Err(error) = written {
+            // Best effort: the temporary file holds nothing anyone will read.
+            let _ = fs::remove_file(&temporary);
+            return Err(error);
+        }
+        sync_dir(&folder)
+    }
+
+    /// Whether artifact `digest` is stored. An invalid digest is never stored.
+    pub fn has(&self, digest: &str) -> bool {
+        self.path(digest).is_ok_and(|path| path.is_file())
+    }
+
+    /// Unpacks artifact `digest` into `dest`, which must not exist yet.
+    ///
+    /// Every entry is checked before it is written: only files, directories and symlinks; no
+    /// absolute path, no `..`, nothing written through a symlink; no symlink pointing outside
+    /// `dest`. tar's `unpack_in` guards against traversal on top of that. The artifact is unpacked into a temporary sibling of
+    /// `dest`, renamed into place when complete, so `dest` never holds half an artifact.
+    /// Modification times are set to now, not the artifact's 0: some tools (Python's zipfile,
+    /// hence pip) refuse files dated before 1980.
+    pub fn unpack(&self, digest: &str, dest: &Path) -> Result<(), ArtifactError> {
+        let path = self.path(digest)?;
+        if !path.is_file() {
+            return Err(ArtifactError::NotFound {
+                digest: digest.to_owned(),
+            });
+        }
+        if fs::symlink_metadata(dest).is_ok() {
+            return Err(ArtifactError::DestinationExists {
+                path: dest.to_owned(),
+            });
+        }
+        let file_name = dest.file_name().map_or_else(
+            || "artifact".into(),
+            |name| name.to_string_lossy().into_owned(),
+        );
+        let parent = match dest.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        fs::create_dir_all(&parent).map_err(io_error("create", &parent))?;
+        let temporary = parent.join(format!(".{file_name}.{}.unpacking", random_suffix()));
+        fs::create_dir(&temporary).map_err(io_error("create", &temporary))?;
+        let unpacked = unpack_into(digest, &path, &temporary)
+            .and_then(|()| fs::rename(&temporary, dest).map_err(io_error("rename", &temporary)));
+        if let Err(error) = unpacked {
+            // Best effort: a leftover `.unpacking` folder is garbage, never mistaken for `dest`.
+            let _ = fs::remove_dir_all(&temporary);
+            return Err(error);
+        }
+        Ok(())
+    }
+}
+
+/// Checks that `digest` is 64 lowercase hex digits, which also makes it safe in a file name.
+pub fn check_digest(digest: &str) -> Result<(), ArtifactError> {
+    let valid = digest.len() == 64
+        && digest
+            .bytes()
+            .all(|byte| byte.is_ascii_digit() || (b'a'..=b'f').contains(&byte));
+    if valid {
+        Ok(())
+    } else {
+        Err(ArtifactError::InvalidDigest {
+            digest: digest.to_owned(),
+        })
+    }
+}
+
+fn unpack_into(digest: &str, archive_path: &Path, dest: &Path) -> Result<(), ArtifactError> {
+    let read_error = io_error("read", archive_path);
+    let file = fs::File::open(archive_path).map_err(io_error("open", archive_path))?;
+    let decoder = zstd::Decoder::new(file).map_err(io_error("decompress", archive_path))?;
+    let mut archive = tar::Archive::new(decoder);
+    archive.set_preserve_permissions(false);
+    archive.set_preserve_mtime(false);
+    archive.set_unpack_xattrs(false);
+    archive.set_overwrite(false);
+    let entries = archive.entries().map_err(&read_error)?;
+    // The symlinks unpacked so far: no later entry may be written through one.
+    let mut symlinks: HashSet<PathBuf> = HashSet::new();
+    for entry in entries {
+        let mut entry = entry.map_err(&read_error)?;
+        let entry_path = entry.path().map_err(&read_error)?.into_owned();
+        let unsafe_entry = |reason| ArtifactError::UnsafeEntry {
+            digest: digest.to_owned(),
+            entry: entry_path.display().to_string(),
+            reason,
+        };
+        let normalized = normalized_entry_path(&entry_path).map_err(unsafe_entry)?;
+        if normalized
+            .ancestors()
+            .any(|ancestor| symlinks.contains(ancestor))
+        {
+            return Err(unsafe_entry("its path goes through a symlink"));
+        }
+        let is_symlink = match entry.header().entry_type() {
+            tar::EntryType::Regular | tar::EntryType::Directory => false,
+            tar::EntryType::Symlink => {
+                let target = entry
+                    .link_name()
+                    .map_err(&read_error)?
+                    .ok_or_else(|| unsafe_entry("it is a symlink without a target"))?;
+                check_symlink_target(&normalized, &target).map_err(unsafe_entry)?;
+                true
+            }
+            _ => {
+                return Err(unsafe_entry(
+                    "only files, directories and symlinks are allowed",
+                ));
+            }
+        };
+        let unpacked = entry
+            .unpack_in(dest)
+            .map_err(io_error("unpack into", dest))?;
+        if !unpacked {
+            return Err(unsafe_entry("it would be written outside the destination"));
+        }
+        if is_symlink {
+            symlinks.insert(normalized);
+        }
+    }
+    Ok(())
+}
+
+/// An entry's path without `.` components. Refused: absolute paths, `..`, and an empty path.
+fn normalized_entry_path(path: &Path) -> Result<PathBuf, &'static str> {
+    let mut normalized = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::Normal(name) => normalized.push(name),
+            Component::CurDir => {}
+            Component::ParentDir => return Err("its path contains `..`"),
+            Component::RootDir | Component::Prefix(_) => return Err("its path is absolute"),
+        }
+    }
+    if normalized.as_os_str().is_empty() {
+        return Err("its path is empty");
+    }
+    Ok(normalized)
+}
+
+/// A symlink must point inside the destination. Its target may climb with leading `..` no
+/// higher than the destination, then only descend: `..` after a name could climb out of a
+/// symlinked folder. This holds because the folders holding a symlink are real folders (no entry
+/// is written through a symlink) and every symlink it may pass through was checked the same way.
+fn check_symlink_target(link: &Path, target: &Path) -> Result<(), &'static str> {
+    let mut depth = link
+        .parent()
+        .map_or(0, |parent| parent.components().count());
+    let mut descending = false;
+    for component in target.components() {
+        match component {
+            Component::Normal(_) => descending = true,
+            Component::CurDir => {}
+            Component::ParentDir if descending => {
+                return Err("it is a symlink whose target has `..` after a name");
+            }
+            Component::ParentDir => {
+                depth = depth
+                    .checked_sub(1)
+                    .ok_or("it is a symlink pointing outside the artifact")?;
+            }
+            Component::RootDir | Component::Prefix(_) => {
+                return Err("it is a symlink to an absolute path");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), ArtifactError> {
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(io_error("create", path))?;
+    file.write_all(bytes).map_err(io_error("write", path))?;
+    file.sync_all().map_err(io_error("sync", path))
+}
+
+/// Makes a rename in `dir` durable.
+fn sync_dir(dir: &Path) -> Result<(), ArtifactError> {
+    #[cfg(unix)]
+    {
+        fs::File::open(dir)
+            .and_then(|file| file.sync_all())
+            .map_err(io_error("sync", dir))?;
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
+/// A suffix that keeps concurrent temporary names apart. Falls back to the process id and a
+/// counter should the OS fail to give random bytes.
+fn random_suffix() -> String {
+    let mut bytes = [0u8; 8];
+    if getrandom::fill(&mut bytes).is_ok() {
+        return hex::encode(bytes);
+    }
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let count = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{}-{count}", std::process::id())
+}
+
+fn io_error(operation: &'static str, path: &Path) -> impl Fn(io::Error) -> ArtifactError {
+    let path = path.to_owned();
+    move |source| ArtifactError::Io {
+        operation,
+        path: path.clone(),
+        source,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,21 @@
+//! Test-only fault injection: kill the agent (SIGKILL, as `kill -9` would) right before a chosen
+//! transition is written, so tests can prove recovery from every state.
+//!
+//! Read only in debug builds (`cfg(debug_assertions)`); a release binary ignores the variable.
+
+use crate::deploy::state::State;
+
+/// Name of the variable: the state whose transition is never written, e.g. `Shifting`.
+pub const CRASH_AT_VAR: &str = "ROLLWAY_TEST_CRASH_BEFORE";
+
+/// Kills the process if the test asked for a crash before `next` is written.
+pub fn crash_point(next: State) {
+    #[cfg(debug_assertions)]
+    if std::env::var(CRASH_AT_VAR).is_ok_and(|wanted| wanted == next.as_str()) {
+        tracing::warn!(message = "Killing the agent for a test.", state = %next);
+        let _ =
+            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = next;
+}

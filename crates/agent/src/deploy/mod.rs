@@ -1,0 +1,7 @@
+//! Deployments: the pure state machine, the executor that drives it, and what a release needs to run.
+
+pub mod executor;
+pub mod fault;
+pub mod spec;
+pub mod start;
+pub mod state;

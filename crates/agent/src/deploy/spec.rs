@@ -1,0 +1,505 @@
+//! What a release needs to run: its manifest re-resolved from the store, its unpacked folder and
+//! build, its instances' specs and environment, and the edits of the runtime view that go with
+//! starting and stopping them.
+
+use std::io::Write as _;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use driver::{Driver, InstanceSpec};
+use manifest::{Health, ResolvedManifest, Service};
+
+use crate::engine::{AppEnv, Engine, InstancePhase, RouteInfo, RuntimeInstance, now_ms};
+use crate::store::{Deployment, InstanceRecord, NewEvent};
+
+/// How long a build command may run.
+pub const BUILD_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// A release as the executor uses it.
+pub struct LoadedRelease {
+    pub number: u64,
+    pub artifact: String,
+    pub resolved: ResolvedManifest,
+}
+
+/// What the store keeps of a release's config: the manifest text and the environment, so the
+/// release can be resolved again exactly as it was deployed.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ReleaseConfig {
+    pub manifest: String,
+    pub environment: String,
+}
+
+pub fn load_release(engine: &Engine, key: &AppEnv, number: u64) -> Result<LoadedRelease, String> {
+    let release = engine
+        .store
+        .release(&key.0, &key.1, number)
+        .map_err(|error| error.to_string())?
+        .ok_or_else(|| format!("no release {number} of `{}` in `{}`", key.0, key.1))?;
+    let config: ReleaseConfig = serde_json::from_str(&release.config_json)
+        .map_err(|error| format!("release {number} has an unreadable config: {error}"))?;
+    let resolved = resolve(&config)?;
+    Ok(LoadedRelease {
+        number,
+        artifact: release.artifact,
+        resolved,
+    })
+}
+
+pub fn resolve(config: &ReleaseConfig) -> Result<ResolvedManifest, String> {
+    let manifest = manifest::parse(&config.manifest, manifest::FILE_NAME)
+        .map_err(|diagnostics| diagnostics.render(false))?;
+    manifest
+        .resolve(&config.environment)
+        .map_err(|error| error.to_string())
+}
+
+/// Unpacks the artifact into the release folder (once) and runs the build command there.
+pub async fn prepare(
+    engine: &Arc<Engine>,
+    deployment: &Deployment,
+    release: &LoadedRelease,
+) -> Result<(), String> {
+    let dir = engine
+        .paths
+        .release_dir(&deployment.app, &deployment.environment, release.number);
+    let built_marker = dir.join(".rollway-built");
+    if built_marker.exists() {
+        return Ok(());
+    }
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)
+            .map_err(|error| format!("cannot clear `{}`: {error}", dir.display()))?;
+    }
+    let parent = dir.parent().ok_or("release folder has no parent")?;
+    std::fs::create_dir_all(parent)
+        .map_err(|error| format!("cannot create `{}`: {error}", parent.display()))?;
+    let staging = parent.join(format!(".{}.unpacking", release.number));
+    let _ = std::fs::remove_dir_all(&staging);
+    engine
+        .artifacts
+        .unpack(&release.artifact, &staging)
+        .map_err(|error| {
+            format!(
+                "cannot unpack artifact `{}`: {error}",
+                short(&release.artifact)
+            )
+        })?;
+    std::fs::rename(&staging, &dir)
+        .map_err(|error| format!("cannot move the release into `{}`: {error}", dir.display()))?;
+    if let Some(build) = &release.resolved.config.build {
+        run_build(
+            engine,
+            deployment,
+            &dir,
+            &build.command,
+            &base_env(&release.resolved)?,
+        )
+        .await?;
+    }
+    std::fs::write(&built_marker, b"")
+        .map_err(|error| format!("cannot write `{}`: {error}", built_marker.display()))?;
+    Ok(())
+}
+
+/// Runs the release command once in the release folder, with the release's environment.
+pub async fn run_release_command(
+    engine: &Arc<Engine>,
+    deployment: &Deployment,
+    release: &LoadedRelease,
+    command: &str,
+) -> Result<(), String> {
+    let dir = engine
+        .paths
+        .release_dir(&deployment.app, &deployment.environment, release.number);
+    let mut env = base_env(&release.resolved)?;
+    env.push(("ROLLWAY_APP".to_owned(), deployment.app.clone()));
+    env.push((
+        "ROLLWAY_ENVIRONMENT".to_owned(),
+        deployment.environment.clone(),
+    ));
+    env.push(("ROLLWAY_RELEASE".to_owned(), release.number.to_string()));
+    run_command(engine, deployment, &dir, "release command", command, &env).await
+}
+
+async fn run_build(
+    engine: &Arc<Engine>,
+    deployment: &Deployment,
+    dir: &Path,
+    command: &str,
+    env: &[(String, String)],
+) -> Result<(), String> {
+    run_command(engine, deployment, dir, "build command", command, env).await
+}
+
+/// Most output lines of one command that become events (all of them go to the deployment's log).
+const MAX_OUTPUT_EVENTS: usize = 200;
+
+/// Runs `command` with `sh -c` in `dir`: its output goes to the deployment's log file and, line by
+/// line, to the deployment's events (so `rollway deploy` shows it live).
+async fn run_command(
+    engine: &Arc<Engine>,
+    deployment: &Deployment,
+    dir: &Path,
+    label: &str,
+    command: &str,
+    env: &[(String, String)],
+) -> Result<(), String> {
+    use tokio::io::AsyncBufReadExt as _;
+
+    std::fs::create_dir_all(&engine.paths.deploy_logs).map_err(|error| error.to_string())?;
+    let log_path = engine
+        .paths
+        .deploy_logs
+        .join(format!("{}.log", deployment.id));
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|error| format!("cannot open `{}`: {error}", log_path.display()))?;
+    let event = |kind: &str, message: String| NewEvent {
+        app: Some(deployment.app.clone()),
+        environment: Some(deployment.environment.clone()),
+        deployment_id: Some(deployment.id.clone()),
+        kind: kind.to_owned(),
+        message,
+        data_json: "{}".to_owned(),
+    };
+    engine.record(event(
+        "deployment.command",
+        format!("the {label}: {command}"),
+    ));
+    // Short-lived and awaited inside the deploy step, unlike instances, so pipes are safe here.
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "build and release commands end inside their deploy step"
+    )]
+    let mut child = tokio::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(command)
+        .current_dir(dir)
+        .env_clear()
+        .envs(passthrough_env())
+        .envs(
+            env.iter()
+                .map(|(key, value)| (key.as_str(), value.as_str())),
+        )
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|error| format!("cannot run the {label} `{command}`: {error}"))?;
+    let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+        return Err(format!("the {label} has no output pipes"));
+    };
+    let mut out_lines = tokio::io::BufReader::new(stdout).lines();
+    let mut err_lines = tokio::io::BufReader::new(stderr).lines();
+    let mut tail: std::collections::VecDeque<String> = std::collections::VecDeque::new();
+    let mut n_lines = 0usize;
+    let run = async {
+        let (mut out_open, mut err_open) = (true, true);
+        while out_open || err_open {
+            let line = tokio::select! {
+                line = out_lines.next_line(), if out_open => match line {
+                    Ok(Some(line)) => Some(line),
+                    _ => { out_open = false; None }
+                },
+                line = err_lines.next_line(), if err_open => match line {
+                    Ok(Some(line)) => Some(line),
+                    _ => { err_open = false; None }
+                },
+            };
+            let Some(line) = line else { continue };
+            let _ = writeln!(log, "{line}");
+            n_lines += 1;
+            if n_lines <= MAX_OUTPUT_EVENTS {
+                engine.record(event("deployment.output", line.clone()));
+            }
+            tail.push_back(line);
+            if tail.len() > 10 {
+                tail.pop_front();
+            }
+        }
+        child.wait().await
+    };
+    let status = match tokio::time::timeout(BUILD_TIMEOUT, run).await {
+        Ok(status) => status.map_err(|error| error.to_string())?,
+        Err(_) => {
+            return Err(format!(
+                "the {label} `{command}` ran longer than {}s",
+                BUILD_TIMEOUT.as_secs()
+            ));
+        }
+    };
+    if status.success() {
+        Ok(())
+    } else {
+        let tail: Vec<String> = tail.iter().map(|line| format!("  | {line}")).collect();
+        Err(format!(
+            "the {label} `{command}` failed ({status}); its last output:\n{}",
+            tail.join("\n")
+        ))
+    }
+}
+
+/// `(service, replica index)` for every instance the release runs.
+pub fn wanted_instances(resolved: &ResolvedManifest) -> Vec<(String, usize)> {
+    resolved
+        .config
+        .services
+        .iter()
+        .flat_map(|service| {
+            (0..service.replicas as usize).map(|index| (service.name.clone(), index))
+        })
+        .collect()
+}
+
+pub fn instance_id(key: &AppEnv, release: u64, service: &str, index: usize) -> String {
+    format!("{}-{}-r{release}-{service}-{}", key.0, key.1, index + 1)
+}
+
+/// Starts one instance of `service` and records it as starting.
+pub async fn start_instance(
+    engine: &Arc<Engine>,
+    key: &AppEnv,
+    release: &LoadedRelease,
+    service_name: &str,
+    index: usize,
+) -> Result<String, String> {
+    let id = instance_id(key, release.number, service_name, index);
+    let service = release
+        .resolved
+        .config
+        .service(service_name)
+        .ok_or_else(|| format!("no service `{service_name}` in release {}", release.number))?;
+    let port = free_port().map_err(|error| format!("no free port for `{id}`: {error}"))?;
+    let spec = instance_spec(engine, key, release, service, &id, port)?;
+    engine.with_runtime(key, |runtime| {
+        runtime.instances.insert(
+            id.clone(),
+            RuntimeInstance {
+                release: release.number,
+                service: service_name.to_owned(),
+                port,
+                phase: InstancePhase::Starting,
+                warm_until: None,
+            },
+        );
+    });
+    persist_instance(engine, key, &id);
+    engine
+        .driver
+        .start(spec)
+        .await
+        .map_err(|error| error.to_string())?;
+    engine.record(NewEvent {
+        app: Some(key.0.clone()),
+        environment: Some(key.1.clone()),
+        deployment_id: None,
+        kind: "instance.started".to_owned(),
+        message: format!("instance {id} started on port {port}"),
+        data_json: "{}".to_owned(),
+    });
+    Ok(id)
+}
+
+/// The driver spec of an instance (also used to adopt it after a restart).
+pub fn instance_spec(
+    engine: &Engine,
+    key: &AppEnv,
+    release: &LoadedRelease,
+    service: &Service,
+    id: &str,
+    port: u16,
+) -> Result<InstanceSpec, String> {
+    let command = match &service.source {
+        manifest::ServiceSource::Run { run } => run.clone(),
+        manifest::ServiceSource::Image { run: Some(run), .. }
+        | manifest::ServiceSource::Dockerfile { run: Some(run), .. } => run.clone(),
+        _ => {
+            return Err(format!(
+                "service `{}` runs an image, which needs the container driver",
+                service.name
+            ));
+        }
+    };
+    let mut env = base_env(&release.resolved)?;
+    for (name, value) in &service.env {
+        let value = interpolate(name, value)?;
+        env.retain(|(existing, _)| existing != name);
+        env.push((name.clone(), value));
+    }
+    env.push(("ROLLWAY_APP".to_owned(), key.0.clone()));
+    env.push(("ROLLWAY_ENVIRONMENT".to_owned(), key.1.clone()));
+    env.push(("ROLLWAY_RELEASE".to_owned(), release.number.to_string()));
+    env.push(("ROLLWAY_INSTANCE".to_owned(), id.to_owned()));
+    Ok(InstanceSpec {
+        instance_id: id.to_owned(),
+        workdir: engine.paths.release_dir(&key.0, &key.1, release.number),
+        command,
+        env,
+        port,
+        stop_timeout: service.stop_timeout.as_std(),
+    })
+}
+
+/// The app-wide variables with `${NAME}` references filled in.
+fn base_env(resolved: &ResolvedManifest) -> Result<Vec<(String, String)>, String> {
+    resolved
+        .config
+        .env
+        .iter()
+        .map(|(name, value)| Ok((name.clone(), interpolate(name, value)?)))
+        .collect()
+}
+
+fn interpolate(name: &str, value: &str) -> Result<String, String> {
+    // Secrets arrive with the release phase; until then a reference has nothing to resolve from.
+    manifest::interpolate::interpolate(value, |_| None).map_err(|unresolved| match unresolved {
+        manifest::interpolate::Unresolved::Missing(names) => {
+            format!("`{name}` references unset {}", names.join(", "))
+        }
+        manifest::interpolate::Unresolved::Syntax(reason) => format!("`{name}`: {reason}"),
+    })
+}
+
+/// The routes of a release's manifest, as the runtime keeps them.
+pub fn routes(resolved: &ResolvedManifest) -> Vec<RouteInfo> {
+    resolved
+        .config
+        .routes
+        .iter()
+        .map(|route| RouteInfo {
+            service: route.service.clone(),
+            hosts: route.hosts.clone(),
+            paths: route.paths.clone(),
+            drain: resolved
+                .config
+                .service(&route.service)
+                .map_or(manifest::defaults::DRAIN.as_std(), |service| {
+                    service.drain.as_std()
+                }),
+        })
+        .collect()
+}
+
+/// Host header of health checks: `health.host`, else the route's first host, else `localhost`.
+pub fn health_host(resolved: &ResolvedManifest, service: &Service, health: &Health) -> String {
+    health.host.clone().unwrap_or_else(|| {
+        resolved
+            .config
+            .routes
+            .iter()
+            .find(|route| route.service == service.name)
+            .and_then(|route| route.hosts.first().cloned())
+            .unwrap_or_else(|| "localhost".to_owned())
+    })
+}
+
+pub fn set_phase(
+    engine: &Engine,
+    key: &AppEnv,
+    id: &str,
+    phase: InstancePhase,
+    warm_until: Option<i64>,
+) {
+    engine.with_runtime(key, |runtime| {
+        if let Some(instance) = runtime.instances.get_mut(id) {
+            instance.phase = phase;
+            instance.warm_until = warm_until;
+        }
+    });
+    persist_instance(engine, key, id);
+}
+
+fn persist_instance(engine: &Engine, key: &AppEnv, id: &str) {
+    let Some(instance) = engine.runtime(key).instances.get(id).cloned() else {
+        return;
+    };
+    let record = InstanceRecord {
+        instance_id: id.to_owned(),
+        app: key.0.clone(),
+        environment: key.1.clone(),
+        release: instance.release,
+        service: instance.service.clone(),
+        port: instance.port,
+        state: instance.phase.as_str().to_owned(),
+        warm_until: instance.warm_until,
+        updated_at: now_ms(),
+    };
+    if let Err(error) = engine.store.upsert_instance(&record) {
+        tracing::error!(message = "Cannot record an instance.", instance = %id, %error);
+    }
+}
+
+/// Takes instances out of routing, lets them drain, then stops them. Routing first, always.
+pub async fn stop_instances(engine: &Arc<Engine>, key: &AppEnv, ids: &[String]) {
+    if ids.is_empty() {
+        return;
+    }
+    let mut drain = Duration::ZERO;
+    engine.with_runtime(key, |runtime| {
+        for id in ids {
+            if let Some(instance) = runtime.instances.get_mut(id) {
+                instance.phase = InstancePhase::Warm;
+            }
+        }
+        drain = runtime
+            .routes
+            .iter()
+            .map(|route| route.drain)
+            .max()
+            .unwrap_or_default();
+    });
+    if engine.push_routes().await.is_ok() {
+        wait_gone_from_proxy(engine, ids, drain).await;
+    }
+    for id in ids {
+        if let Err(error) = engine.driver.stop(id).await {
+            tracing::warn!(message = "Cannot stop an instance.", instance = %id, %error);
+        }
+        engine.with_runtime(key, |runtime| runtime.instances.remove(id));
+        let _ = engine.store.remove_instance(id);
+    }
+}
+
+/// Waits (bounded by the drain time and a margin) until the proxy no longer holds `ids`.
+async fn wait_gone_from_proxy(engine: &Engine, ids: &[String], drain: Duration) {
+    let deadline = tokio::time::Instant::now() + drain + Duration::from_secs(2);
+    while tokio::time::Instant::now() < deadline {
+        match engine.proxy.observed_instances().await {
+            Ok(present) if !ids.iter().any(|id| present.contains(id)) => return,
+            Ok(_) => {}
+            Err(_) => return,
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Variables the agent hands through to builds and instances.
+pub fn passthrough_env() -> Vec<(String, String)> {
+    ["PATH", "HOME", "LANG", "TZ"]
+        .iter()
+        .filter_map(|name| {
+            std::env::var(name)
+                .ok()
+                .map(|value| ((*name).to_owned(), value))
+        })
+        .collect()
+}
+
+fn free_port() -> std::io::Result<u16> {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
+    Ok(listener.local_addr()?.port())
+}
+
+fn short(digest: &str) -> &str {
+    digest.get(..12).unwrap_or(digest)
+}
+
+#[allow(dead_code, reason = "time helper shared by tests")]
+fn _now() -> i64 {
+    now_ms()
+}

@@ -1,0 +1,274 @@
+//! Starting a deployment: everything checked before anything moves (manifest, environment,
+//! required config, artifact, the deploy lock), then the executor takes over.
+
+use std::sync::Arc;
+
+use client::wire::{DeployRequest, RollbackRequest};
+
+use crate::deploy::executor::{self, DeploymentData, LOCK_TTL};
+use crate::deploy::spec::{self, ReleaseConfig};
+use crate::deploy::state::State;
+use crate::engine::{Engine, now_ms};
+use crate::store::{Deployment, NewDeployment, NewEvent, NewRelease, ReleaseOutcome};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("the manifest is invalid:\n{0}")]
+    InvalidManifest(String),
+    #[error("{0}")]
+    UnknownEnvironment(String),
+    #[error("missing for {environment}: {}", names.join(", "))]
+    MissingConfig {
+        environment: String,
+        names: Vec<String>,
+    },
+    #[error("the manifest names app `{manifest}`, not `{path}`")]
+    AppMismatch { manifest: String, path: String },
+    #[error("artifact `{0}` was not uploaded")]
+    UnknownArtifact(String),
+    #[error(
+        "a deployment of `{app}` to `{environment}` is in progress: {holder} holds the lock since {since} (deployment `{deployment}`)"
+    )]
+    Locked {
+        app: String,
+        environment: String,
+        holder: String,
+        since: String,
+        deployment: String,
+    },
+    #[error("{0}")]
+    NothingToRollBack(String),
+    #[error("the agent is shutting down and takes no deploys")]
+    ShuttingDown,
+    #[error("store: {0}")]
+    Store(String),
+}
+
+/// Checks the request, records the release and the deployment, and starts the executor.
+pub fn deploy(
+    engine: &Arc<Engine>,
+    caller: &str,
+    app: &str,
+    env: &str,
+    request: &DeployRequest,
+) -> Result<Deployment, StartError> {
+    if engine.shutdown.is_cancelled() {
+        return Err(StartError::ShuttingDown);
+    }
+    let config = ReleaseConfig {
+        manifest: request.manifest.clone(),
+        environment: env.to_owned(),
+    };
+    let manifest = manifest::parse(&config.manifest, manifest::FILE_NAME)
+        .map_err(|diagnostics| StartError::InvalidManifest(diagnostics.render(false)))?;
+    if manifest.shared.app.name != app {
+        return Err(StartError::AppMismatch {
+            manifest: manifest.shared.app.name.clone(),
+            path: app.to_owned(),
+        });
+    }
+    let resolved = manifest
+        .resolve(env)
+        .map_err(|error| StartError::UnknownEnvironment(error.to_string()))?;
+    // Secrets arrive with the release phase; until then nothing required can be set on the agent.
+    let missing = resolved.required_config().missing(|_| false);
+    if !missing.is_empty() {
+        return Err(StartError::MissingConfig {
+            environment: env.to_owned(),
+            names: missing,
+        });
+    }
+    if !engine.artifacts.has(&request.artifact) {
+        return Err(StartError::UnknownArtifact(request.artifact.clone()));
+    }
+    let strategy = request
+        .strategy
+        .clone()
+        .unwrap_or_else(|| resolved.config.strategy.kind.as_str().to_owned());
+    let config_json =
+        serde_json::to_string(&config).map_err(|error| StartError::Store(error.to_string()))?;
+    let store = &engine.store;
+    let from = store.current(app, env).map_err(store_error)?;
+    let release = store
+        .create_release(NewRelease {
+            app: app.to_owned(),
+            environment: env.to_owned(),
+            artifact: request.artifact.clone(),
+            config_json,
+            secrets_version: None,
+            created_by: caller.to_owned(),
+            message: request.message.clone(),
+            strategy: strategy.clone(),
+        })
+        .map_err(store_error)?;
+    match begin(
+        engine,
+        caller,
+        app,
+        env,
+        "deploy",
+        from,
+        release.number,
+        &strategy,
+    ) {
+        Ok(deployment) => Ok(deployment),
+        Err(error) => {
+            let _ = store.set_release_outcome(app, env, release.number, ReleaseOutcome::Failed);
+            Err(error)
+        }
+    }
+}
+
+/// A rollback: to `--to N`, or to the release that served before the current one.
+pub fn rollback(
+    engine: &Arc<Engine>,
+    caller: &str,
+    app: &str,
+    env: &str,
+    request: &RollbackRequest,
+) -> Result<Deployment, StartError> {
+    if engine.shutdown.is_cancelled() {
+        return Err(StartError::ShuttingDown);
+    }
+    let store = &engine.store;
+    let current = store.current(app, env).map_err(store_error)?;
+    let target = match request.to {
+        Some(number) => {
+            store
+                .release(app, env, number)
+                .map_err(store_error)?
+                .ok_or_else(|| {
+                    StartError::NothingToRollBack(format!(
+                        "no release {number} of `{app}` in `{env}`"
+                    ))
+                })?;
+            number
+        }
+        None => store
+            .releases(app, env)
+            .map_err(store_error)?
+            .into_iter()
+            .find(|release| {
+                Some(release.number) != current && release.outcome == ReleaseOutcome::Superseded
+            })
+            .map(|release| release.number)
+            .ok_or_else(|| {
+                StartError::NothingToRollBack(format!(
+                    "`{app}` in `{env}` has no earlier good release"
+                ))
+            })?,
+    };
+    if Some(target) == current {
+        return Err(StartError::NothingToRollBack(format!(
+            "release {target} is already current"
+        )));
+    }
+    let strategy = "blue-green".to_owned();
+    let loaded = spec::load_release(engine, &(app.to_owned(), env.to_owned()), target)
+        .map_err(StartError::InvalidManifest)?;
+    let _ = loaded;
+    begin(
+        engine, caller, app, env, "rollback", current, target, &strategy,
+    )
+}
+
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one call site per kind; a struct would only rename them"
+)]
+fn begin(
+    engine: &Arc<Engine>,
+    caller: &str,
+    app: &str,
+    env: &str,
+    kind: &str,
+    from: Option<u64>,
+    to: u64,
+    strategy: &str,
+) -> Result<Deployment, StartError> {
+    let store = &engine.store;
+    let deployment = store
+        .create_deployment(NewDeployment {
+            app: app.to_owned(),
+            environment: env.to_owned(),
+            kind: kind.to_owned(),
+            from_release: from,
+            to_release: to,
+            strategy: strategy.to_owned(),
+            created_by: caller.to_owned(),
+            data_json: serde_json::to_string(&DeploymentData::default()).unwrap_or_default(),
+        })
+        .map_err(store_error)?;
+    let ttl = i64::try_from(LOCK_TTL.as_millis()).unwrap_or(60_000);
+    match store
+        .acquire_lock(app, env, caller, &deployment.id, ttl, now_ms())
+        .map_err(store_error)?
+    {
+        Ok(_) => {}
+        Err(holder) => {
+            let _ = store.transition(
+                &deployment.id,
+                State::Pending.as_str(),
+                State::Failed.as_str(),
+                Some("another deployment holds the lock"),
+                None,
+            );
+            return Err(StartError::Locked {
+                app: app.to_owned(),
+                environment: env.to_owned(),
+                holder: holder.owner,
+                since: format_time(holder.acquired_at),
+                deployment: holder.deployment_id,
+            });
+        }
+    }
+    engine.record(NewEvent {
+        app: Some(app.to_owned()),
+        environment: Some(env.to_owned()),
+        deployment_id: Some(deployment.id.clone()),
+        kind: format!("deployment.{kind}"),
+        message: match from {
+            Some(from) => format!(
+                "{caller} started a {kind} of {app} to {env}: release {from} → {to} ({strategy})"
+            ),
+            None => {
+                format!("{caller} started a {kind} of {app} to {env}: release {to} ({strategy})")
+            }
+        },
+        data_json: "{}".to_owned(),
+    });
+    tokio::spawn(executor::run(engine.clone(), deployment.id.clone()));
+    Ok(deployment)
+}
+
+fn store_error(error: impl std::fmt::Display) -> StartError {
+    StartError::Store(error.to_string())
+}
+
+/// Unix ms as `2026-11-23 04:05:06 UTC`.
+pub fn format_time(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Howard Hinnant's days-to-civil algorithm.
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}

@@ -1,0 +1,153 @@
+//! The deployment state machine, pure: where a deployment goes next, and what a restarted agent
+//! does with one it finds unfinished.
+//!
+//! Nothing here touches the store, the driver, the proxy or the clock; the executor persists each
+//! transition before it performs the step's effects.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// The states of DESIGN.md's state machine that this agent implements. `BackingUp` joins with
+/// backups and `Observing` with analysis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum State {
+    Pending,
+    /// Unpack the artifact, run the build command.
+    Preparing,
+    /// Run the release command (migrations) once, before any new instance starts.
+    Releasing,
+    /// Start the new instances.
+    Starting,
+    /// Health gate: N consecutive passes per instance.
+    Verifying,
+    /// Move traffic (one switch, or instance by instance).
+    Shifting,
+    Succeeded,
+    /// Traffic goes back to the release that served before.
+    RollingBack,
+    RolledBack,
+    Failed,
+}
+
+/// How the step in a state ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepResult {
+    Done,
+    Failed,
+}
+
+/// Whether the target release already runs (a warm rollback) or must be started (cold).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    Cold,
+    Warm,
+}
+
+/// What a restarted agent does with a deployment it finds in `state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recovery {
+    /// Traffic never moved: stop what was started, mark the deployment failed.
+    Undo,
+    /// Traffic may have moved: finish the step from where it was.
+    Resume(State),
+    /// Nothing to do.
+    Finished,
+}
+
+impl State {
+    pub const ALL: [State; 10] = [
+        State::Pending,
+        State::Preparing,
+        State::Releasing,
+        State::Starting,
+        State::Verifying,
+        State::Shifting,
+        State::Succeeded,
+        State::RollingBack,
+        State::RolledBack,
+        State::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Pending => "Pending",
+            State::Preparing => "Preparing",
+            State::Releasing => "Releasing",
+            State::Starting => "Starting",
+            State::Verifying => "Verifying",
+            State::Shifting => "Shifting",
+            State::Succeeded => "Succeeded",
+            State::RollingBack => "RollingBack",
+            State::RolledBack => "RolledBack",
+            State::Failed => "Failed",
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, State::Succeeded | State::RolledBack | State::Failed)
+    }
+
+    /// True once traffic may have reached the target release.
+    pub fn traffic_may_have_moved(self) -> bool {
+        matches!(
+            self,
+            State::Shifting | State::Succeeded | State::RollingBack | State::RolledBack
+        )
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for State {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        State::ALL
+            .into_iter()
+            .find(|state| state.as_str() == text)
+            .ok_or_else(|| format!("unknown deployment state `{text}`"))
+    }
+}
+
+/// The transition function. A failure before traffic moved ends in `Failed` with traffic
+/// untouched; a failure while shifting goes back to the earlier release.
+pub fn next(state: State, result: StepResult, plan: Plan) -> State {
+    use State::*;
+    match (state, result) {
+        (Pending, StepResult::Done) => match plan {
+            Plan::Cold => Preparing,
+            Plan::Warm => Verifying,
+        },
+        (Preparing, StepResult::Done) => Releasing,
+        (Releasing, StepResult::Done) => Starting,
+        (Starting, StepResult::Done) => Verifying,
+        (Verifying, StepResult::Done) => Shifting,
+        (Shifting, StepResult::Done) => Succeeded,
+        (RollingBack, StepResult::Done) => RolledBack,
+        (Pending | Preparing | Releasing | Starting | Verifying, StepResult::Failed) => Failed,
+        (Shifting, StepResult::Failed) => RollingBack,
+        (RollingBack, StepResult::Failed) => Failed,
+        (terminal @ (Succeeded | RolledBack | Failed), _) => terminal,
+    }
+}
+
+/// What to do on restart with a deployment last written in `state`.
+pub fn recover(state: State) -> Recovery {
+    match state {
+        State::Pending
+        | State::Preparing
+        | State::Releasing
+        | State::Starting
+        | State::Verifying => Recovery::Undo,
+        State::Shifting => Recovery::Resume(State::Shifting),
+        State::RollingBack => Recovery::Resume(State::RollingBack),
+        State::Succeeded | State::RolledBack | State::Failed => Recovery::Finished,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,215 @@
+//! The engine: the agent's shared state (store, driver, proxy link, artifacts) and the in-memory
+//! view of what serves where, from which the proxy's desired routing state is computed.
+//!
+//! Invariant: the store is the source of truth; `Runtime` is rebuilt from it on start. The proxy
+//! only ever receives a whole desired state computed here (`desired_state`), never piecemeal edits.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use client::wire::EventView;
+use driver::process::ProcessDriver;
+use proxy::{DesiredInstance, DesiredPool, DesiredRoute, DesiredState};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use crate::artifact::ArtifactStore;
+use crate::proxy_link::ProxyLink;
+use crate::store::{NewEvent, Store};
+
+/// `(app, environment)`.
+pub type AppEnv = (String, String);
+
+/// Where an instance is in its life, as the agent sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstancePhase {
+    /// Started, not yet through the health gate.
+    Starting,
+    /// Passed the health gate; routable.
+    Ready,
+    /// Out of traffic but kept running so a rollback is a switch.
+    Warm,
+}
+
+impl InstancePhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstancePhase::Starting => "starting",
+            InstancePhase::Ready => "ready",
+            InstancePhase::Warm => "warm",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "starting" => Some(InstancePhase::Starting),
+            "ready" => Some(InstancePhase::Ready),
+            "warm" => Some(InstancePhase::Warm),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RuntimeInstance {
+    pub release: u64,
+    pub service: String,
+    pub port: u16,
+    pub phase: InstancePhase,
+    /// Unix ms after which a warm instance is stopped.
+    pub warm_until: Option<i64>,
+}
+
+/// The route of an app in one environment, from its current release's manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteInfo {
+    pub service: String,
+    pub hosts: Vec<String>,
+    pub paths: Vec<String>,
+    pub drain: Duration,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Runtime {
+    pub routes: Vec<RouteInfo>,
+    /// Traffic per release in percent; empty when nothing serves.
+    /// Invariant: weights of a non-empty list sum to 100.
+    pub weights: Vec<(u64, u8)>,
+    pub instances: BTreeMap<String, RuntimeInstance>,
+}
+
+/// Folders under the state directory.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub state_dir: PathBuf,
+    pub releases: PathBuf,
+    pub instances: PathBuf,
+    pub deploy_logs: PathBuf,
+}
+
+impl Paths {
+    pub fn new(state_dir: PathBuf) -> Paths {
+        Paths {
+            releases: state_dir.join("releases"),
+            instances: state_dir.join("instances"),
+            deploy_logs: state_dir.join("deployments"),
+            state_dir,
+        }
+    }
+
+    pub fn release_dir(&self, app: &str, env: &str, number: u64) -> PathBuf {
+        self.releases.join(app).join(env).join(number.to_string())
+    }
+}
+
+pub struct Engine {
+    pub store: Arc<Store>,
+    pub driver: Arc<ProcessDriver>,
+    pub proxy: ProxyLink,
+    pub proxy_addr: SocketAddr,
+    pub artifacts: ArtifactStore,
+    pub paths: Paths,
+    pub events: broadcast::Sender<EventView>,
+    /// std Mutex: held for map edits only, never across an await.
+    pub runtimes: Mutex<BTreeMap<AppEnv, Runtime>>,
+    /// Serialises pushes to the proxy so a stale desired state never overtakes a newer one.
+    pub proxy_push: tokio::sync::Mutex<()>,
+    pub shutdown: CancellationToken,
+}
+
+impl Engine {
+    /// Writes an event to the audit log and tells live followers. The single place events are made.
+    pub fn record(&self, event: NewEvent) {
+        match self.store.record_event(event) {
+            Ok(stored) => {
+                let view = crate::api::views::event_view(&stored);
+                tracing::info!(
+                    message = "Event.",
+                    kind = %view.kind,
+                    deployment = view.deployment_id.as_deref().unwrap_or(""),
+                    text = %view.message
+                );
+                let _ = self.events.send(view);
+            }
+            Err(error) => tracing::error!(message = "Cannot record an event.", %error),
+        }
+    }
+
+    pub fn with_runtime<T>(&self, key: &AppEnv, edit: impl FnOnce(&mut Runtime) -> T) -> T {
+        let mut runtimes = self
+            .runtimes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        edit(runtimes.entry(key.clone()).or_default())
+    }
+
+    pub fn runtime(&self, key: &AppEnv) -> Runtime {
+        self.with_runtime(key, |runtime| runtime.clone())
+    }
+
+    /// The whole routing state the proxy should have now.
+    pub fn desired_state(&self) -> DesiredState {
+        let runtimes = self
+            .runtimes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut routes = Vec::new();
+        for ((app, env), runtime) in runtimes.iter() {
+            for route in &runtime.routes {
+                let pools = runtime
+                    .weights
+                    .iter()
+                    .map(|(release, weight)| DesiredPool {
+                        release: release_id(app, env, *release),
+                        weight: *weight,
+                        instances: runtime
+                            .instances
+                            .iter()
+                            .filter(|(_, instance)| {
+                                instance.release == *release
+                                    && instance.service == route.service
+                                    && instance.phase == InstancePhase::Ready
+                            })
+                            .map(|(id, instance)| DesiredInstance {
+                                id: id.clone(),
+                                addr: SocketAddr::from(([127, 0, 0, 1], instance.port)),
+                                ready: true,
+                            })
+                            .collect(),
+                    })
+                    .collect();
+                routes.push(DesiredRoute {
+                    name: format!("{app}/{env}/{}", route.service),
+                    hosts: route.hosts.clone(),
+                    paths: route.paths.clone(),
+                    drain_timeout_ms: u64::try_from(route.drain.as_millis()).unwrap_or(u64::MAX),
+                    pools,
+                });
+            }
+        }
+        DesiredState { routes }
+    }
+
+    /// Sends the current desired state to the proxy.
+    pub async fn push_routes(&self) -> Result<(), crate::proxy_link::LinkError> {
+        let _serial = self.proxy_push.lock().await;
+        let desired = self.desired_state();
+        self.proxy.put_state(&desired).await
+    }
+}
+
+/// The proxy's name for a release: `app/env@N`, so metrics tell releases apart.
+pub fn release_id(app: &str, env: &str, release: u64) -> String {
+    format!("{app}/{env}@{release}")
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
+        })
+}

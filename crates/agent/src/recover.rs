@@ -1,0 +1,168 @@
+//! Start-up after any stop, clean or kill -9: rebuild the runtime view from the store, adopt the
+//! instances that still run (restart those that do not), give the proxy the routes again, and
+//! finish or undo every deployment that was in flight.
+
+use std::sync::Arc;
+
+use driver::Driver;
+
+use crate::deploy::executor::{self, DeploymentData};
+use crate::deploy::spec;
+use crate::deploy::state::{self, Recovery, State};
+use crate::engine::{AppEnv, Engine, InstancePhase, RuntimeInstance};
+use crate::store::NewEvent;
+
+pub async fn recover(engine: &Arc<Engine>) {
+    rebuild_runtime(engine);
+    adopt_instances(engine).await;
+    if let Err(error) = engine.push_routes().await {
+        tracing::error!(message = "Cannot give the proxy its routes.", %error);
+    }
+    resume_deployments(engine).await;
+}
+
+fn rebuild_runtime(engine: &Arc<Engine>) {
+    let records = engine.store.all_instances().unwrap_or_default();
+    for record in records {
+        let key: AppEnv = (record.app.clone(), record.environment.clone());
+        let phase = InstancePhase::parse(&record.state).unwrap_or(InstancePhase::Starting);
+        engine.with_runtime(&key, |runtime| {
+            runtime.instances.insert(
+                record.instance_id.clone(),
+                RuntimeInstance {
+                    release: record.release,
+                    service: record.service.clone(),
+                    port: record.port,
+                    phase,
+                    warm_until: record.warm_until,
+                },
+            );
+        });
+    }
+    let keys: Vec<AppEnv> = engine
+        .runtimes
+        .lock()
+        .map(|runtimes| runtimes.keys().cloned().collect())
+        .unwrap_or_default();
+    let mut all_keys = keys;
+    for (app, env, _) in engine.store.apps().unwrap_or_default() {
+        let key = (app, env);
+        if !all_keys.contains(&key) {
+            all_keys.push(key);
+        }
+    }
+    for key in all_keys {
+        let Ok(Some(current)) = engine.store.current(&key.0, &key.1) else {
+            continue;
+        };
+        let Ok(release) = spec::load_release(engine, &key, current) else {
+            continue;
+        };
+        engine.with_runtime(&key, |runtime| {
+            runtime.routes = spec::routes(&release.resolved);
+            runtime.weights = vec![(current, 100)];
+        });
+    }
+}
+
+async fn adopt_instances(engine: &Arc<Engine>) {
+    let runtimes: Vec<(AppEnv, Vec<(String, RuntimeInstance)>)> = engine
+        .runtimes
+        .lock()
+        .map(|runtimes| {
+            runtimes
+                .iter()
+                .map(|(key, runtime)| {
+                    (
+                        key.clone(),
+                        runtime
+                            .instances
+                            .iter()
+                            .map(|(id, instance)| (id.clone(), instance.clone()))
+                            .collect(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    for (key, instances) in runtimes {
+        for (id, instance) in instances {
+            let Ok(release) = spec::load_release(engine, &key, instance.release) else {
+                continue;
+            };
+            let Some(service) = release.resolved.config.service(&instance.service) else {
+                continue;
+            };
+            let Ok(driver_spec) =
+                spec::instance_spec(engine, &key, &release, service, &id, instance.port)
+            else {
+                continue;
+            };
+            match engine.driver.adopt(driver_spec.clone()).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    // Gone while the agent was away: start it again on its port.
+                    tracing::warn!(message = "Instance was not running; starting it again.", instance = %id);
+                    if let Err(error) = engine.driver.start(driver_spec).await {
+                        tracing::error!(message = "Cannot restart an instance.", instance = %id, %error);
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(message = "Cannot adopt an instance.", instance = %id, %error)
+                }
+            }
+        }
+    }
+}
+
+async fn resume_deployments(engine: &Arc<Engine>) {
+    let unfinished = engine.store.unfinished_deployments().unwrap_or_default();
+    for deployment in unfinished {
+        let Ok(current) = deployment.state.parse::<State>() else {
+            continue;
+        };
+        match state::recover(current) {
+            Recovery::Finished => {}
+            Recovery::Undo => {
+                let data: DeploymentData =
+                    serde_json::from_str(&deployment.data_json).unwrap_or_default();
+                let key: AppEnv = (deployment.app.clone(), deployment.environment.clone());
+                // Instances of the target that the store did not know yet are stopped by id too.
+                let mut data = data;
+                for (id, instance) in engine.runtime(&key).instances {
+                    if instance.release == deployment.to_release
+                        && instance.phase == InstancePhase::Starting
+                        && !data.started.contains(&id)
+                    {
+                        data.started.push(id);
+                    }
+                }
+                executor::undo(engine, &deployment, &data).await;
+                let reason = format!("the agent restarted during {current}; traffic never moved");
+                let _ = engine.store.transition(
+                    &deployment.id,
+                    current.as_str(),
+                    State::Failed.as_str(),
+                    Some(&reason),
+                    None,
+                );
+                engine.record(NewEvent {
+                    app: Some(deployment.app.clone()),
+                    environment: Some(deployment.environment.clone()),
+                    deployment_id: Some(deployment.id.clone()),
+                    kind: "deployment.finished".to_owned(),
+                    message: format!("Failed: {reason}"),
+                    data_json: "{}".to_owned(),
+                });
+                let _ = engine.store.release_lock(
+                    &deployment.app,
+                    &deployment.environment,
+                    &deployment.id,
+                );
+            }
+            Recovery::Resume(_) => {
+                tokio::spawn(executor::run(engine.clone(), deployment.id.clone()));
+            }
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! The store's schema, as an append-only list of migrations tracked in SQLite's `user_version`.
+//! Never edit a migration that has shipped: add a new one at the end of the list.
+
+use rusqlite_migration::{M, Migrations};
+
+/// Every migration of the store, oldest first. `Migrations::to_latest` applies the missing ones.
+pub(super) fn migrations() -> Migrations<'static> {
+    Migrations::from_slice(MIGRATIONS)
+}
+
+pub(super) static MIGRATIONS: &[M<'static>] = &[M::up(V1_INITIAL)];
+
+/// The first schema.
+///
+/// Invariants kept by the schema itself rather than by the Rust code, so that a bug elsewhere
+/// cannot break them:
+/// - A release is immutable once written, except its `outcome` (trigger `releases_immutable`).
+/// - Release numbers are never reused, even if releases are pruned later: they come from
+///   `release_counters`, not from `MAX(number)`.
+/// - The current release of an (app, environment) exists (foreign key).
+/// - Events are append-only (triggers `events_append_only_*`); ids come from AUTOINCREMENT, so
+///   they strictly increase and are never reused.
+/// - Every `*_json` column holds valid JSON.
+const V1_INITIAL: &str = r#"
+CREATE TABLE release_counters (
+    app          TEXT    NOT NULL,
+    environment  TEXT    NOT NULL,
+    last_number  INTEGER NOT NULL,
+    PRIMARY KEY (app, environment)
+) STRICT;
+
+CREATE TABLE releases (
+    app              TEXT    NOT NULL,
+    environment      TEXT    NOT NULL,
+    number           INTEGER NOT NULL CHECK (number >= 1),
+    artifact         TEXT    NOT NULL,
+    config_json      TEXT    NOT NULL CHECK (json_valid(config_json)),
+    secrets_version  TEXT,
+    strategy         TEXT    NOT NULL,
+    created_by       TEXT    NOT NULL,
+    created_at       INTEGER NOT NULL,
+    outcome          TEXT    NOT NULL
+        CHECK (outcome IN ('pending', 'live', 'superseded', 'failed', 'rolled_back')),
+    message          TEXT,
+    PRIMARY KEY (app, environment, number)
+) STRICT;
+
+CREATE TRIGGER releases_immutable
+BEFORE UPDATE OF app, environment, number, artifact, config_json, secrets_version,
+                 strategy, created_by, created_at, message ON releases
+BEGIN
+    SELECT RAISE(ABORT, 'a release is immutable except its outcome');
+END;
+
+CREATE TABLE current_releases (
+    app          TEXT    NOT NULL,
+    environment  TEXT    NOT NULL,
+    number       INTEGER NOT NULL,
+    updated_at   INTEGER NOT NULL,
+    PRIMARY KEY (app, environment),
+    FOREIGN KEY (app, environment, number) REFERENCES releases (app, environment, number)
+) STRICT;
+
+CREATE TABLE deployments (
+    id            TEXT    NOT NULL PRIMARY KEY,
+    app           TEXT    NOT NULL,
+    environment   TEXT    NOT NULL,
+    kind          TEXT    NOT NULL CHECK (kind IN ('deploy', 'rollback')),
+    from_release  INTEGER,
+    to_release    INTEGER NOT NULL,
+    strategy      TEXT    NOT NULL,
+    state         TEXT    NOT NULL,
+    reason        TEXT,
+    data_json     TEXT    NOT NULL CHECK (json_valid(data_json)),
+    created_by    TEXT    NOT NULL,
+    created_at    INTEGER NOT NULL,
+    updated_at    INTEGER NOT NULL,
+    FOREIGN KEY (app, environment, to_release) REFERENCES releases (app, environment, number)
+) STRICT;
+
+CREATE INDEX deployments_by_app ON deployments (app, environment);
+CREATE INDEX deployments_by_state ON deployments (state);
+
+CREATE TABLE deploy_locks (
+    app            TEXT    NOT NULL,
+    environment    TEXT    NOT NULL,
+    owner          TEXT    NOT NULL,
+    deployment_id  TEXT    NOT NULL,
+    acquired_at    INTEGER NOT NULL,
+    heartbeat_at   INTEGER NOT NULL,
+    expires_at     INTEGER NOT NULL,
+    PRIMARY KEY (app, environment)
+) STRICT;
+
+CREATE TABLE events (
+    id             INTEGER PRIMARY KEY AUTOINCREMENT,
+    at             INTEGER NOT NULL,
+    app            TEXT,
+    environment    TEXT,
+    deployment_id  TEXT,
+    kind           TEXT    NOT NULL,
+    message        TEXT    NOT NULL,
+    data_json      TEXT    NOT NULL CHECK (json_valid(data_json))
+) STRICT;
+
+CREATE INDEX events_by_deployment ON events (deployment_id, id);
+
+CREATE TRIGGER events_append_only_update
+BEFORE UPDATE ON events
+BEGIN
+    SELECT RAISE(ABORT, 'events are append-only');
+END;
+
+CREATE TRIGGER events_append_only_delete
+BEFORE DELETE ON events
+BEGIN
+    SELECT RAISE(ABORT, 'events are append-only');
+END;
+
+CREATE TABLE instances (
+    instance_id  TEXT    NOT NULL PRIMARY KEY,
+    app          TEXT    NOT NULL,
+    environment  TEXT    NOT NULL,
+    release      INTEGER NOT NULL,
+    service      TEXT    NOT NULL,
+    port         INTEGER NOT NULL CHECK (port BETWEEN 0 AND 65535),
+    state        TEXT    NOT NULL,
+    warm_until   INTEGER,
+    updated_at   INTEGER NOT NULL
+) STRICT;
+
+CREATE INDEX instances_by_app ON instances (app, environment);
+
+CREATE TABLE artifacts (
+    digest       TEXT    NOT NULL PRIMARY KEY,
+    size         INTEGER NOT NULL CHECK (size >= 0),
+    recorded_at  INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE tokens (
+    id          TEXT    NOT NULL PRIMARY KEY,
+    name        TEXT    NOT NULL,
+    role        TEXT    NOT NULL CHECK (role IN ('viewer', 'deployer', 'admin')),
+    hash        TEXT    NOT NULL UNIQUE,
+    created_at  INTEGER NOT NULL,
+    revoked_at  INTEGER
+) STRICT;
+"#;

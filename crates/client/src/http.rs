@@ -1,0 +1,368 @@
+//! The typed HTTP client of the agent API: one method per route, errors sorted by who is at fault.
+//!
+//! It speaks plain HTTP/1.1 to the agent (loopback or a TLS-terminating address later); the token
+//! travels in the `Authorization` header only, never in a URL or a log line.
+
+use std::ops::ControlFlow;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::wire::{
+    AgentInfo, DeployRequest, DeploymentView, ErrorBody, EventView, LogLineView, ReleaseView,
+    RollbackRequest, StatusView, TokenCreated, TokenRequest, TokenView,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the agent at `{url}`")]
+    Unreachable {
+        url: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("the agent refused the token: {message}")]
+    Unauthorized { message: String },
+    #[error("the token's role does not allow this: {message}")]
+    Forbidden { message: String },
+    #[error("{message}")]
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error("unexpected answer from the agent for `{path}`")]
+    Decode {
+        path: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("invalid agent URL `{0}`; expected `http://host:port`")]
+    InvalidUrl(String),
+}
+
+impl ClientError {
+    /// True when the agent could not be reached or refused the token (exit code 3).
+    pub fn is_access(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Unreachable { .. }
+                | ClientError::Unauthorized { .. }
+                | ClientError::Forbidden { .. }
+        )
+    }
+
+    /// The API's error code, when the agent answered with one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ClientError::Api { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+}
+
+/// A client of one agent. Cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    base: String,
+    token: Option<String>,
+    http: HyperClient<HttpConnector, Full<Bytes>>,
+}
+
+impl std::fmt::Debug for Client {
+    // Leaves out the token.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    pub fn new(base: &str, token: Option<String>) -> Result<Client, ClientError> {
+        let base = base.trim_end_matches('/').to_owned();
+        if !base.starts_with("http://") || base.parse::<hyper::Uri>().is_err() {
+            return Err(ClientError::InvalidUrl(base));
+        }
+        let http = HyperClient::builder(TokioExecutor::new()).build_http();
+        Ok(Client { base, token, http })
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    pub async fn healthz(&self) -> Result<(), ClientError> {
+        self.request_bytes(Method::GET, "/healthz", None, None)
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn agent_info(&self) -> Result<AgentInfo, ClientError> {
+        self.get("/v1/agent").await
+    }
+
+    pub async fn artifact_exists(&self, digest: &str) -> Result<bool, ClientError> {
+        match self
+            .request_bytes(Method::HEAD, &format!("/v1/artifacts/{digest}"), None, None)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(ClientError::Api { status: 404, .. }) => Ok(false),
+            Err(error) => Err(error),
+        }
+    }
+
+    pub async fn upload_artifact(&self, digest: &str, bytes: Vec<u8>) -> Result<(), ClientError> {
+        self.request_bytes(
+            Method::PUT,
+            &format!("/v1/artifacts/{digest}"),
+            Some(Bytes::from(bytes)),
+            Some("application/zstd"),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn deploy(
+        &self,
+        app: &str,
+        env: &str,
+        request: &DeployRequest,
+    ) -> Result<DeploymentView, ClientError> {
+        self.post(
+            &format!("/v1/apps/{app}/environments/{env}/deployments"),
+            request,
+        )
+        .await
+    }
+
+    pub async fn rollback(
+        &self,
+        app: &str,
+        env: &str,
+        request: &RollbackRequest,
+    ) -> Result<DeploymentView, ClientError> {
+        self.post(
+            &format!("/v1/apps/{app}/environments/{env}/rollback"),
+            request,
+        )
+        .await
+    }
+
+    pub async fn deployment(&self, id: &str) -> Result<DeploymentView, ClientError> {
+        self.get(&format!("/v1/deployments/{id}")).await
+    }
+
+    pub async fn status(&self, app: &str, env: &str) -> Result<StatusView, ClientError> {
+        self.get(&format!("/v1/apps/{app}/environments/{env}/status"))
+            .await
+    }
+
+    pub async fn releases(&self, app: &str, env: &str) -> Result<Vec<ReleaseView>, ClientError> {
+        self.get(&format!("/v1/apps/{app}/environments/{env}/releases"))
+            .await
+    }
+
+    pub async fn logs(
+        &self,
+        app: &str,
+        env: &str,
+        n: usize,
+    ) -> Result<Vec<LogLineView>, ClientError> {
+        self.get(&format!("/v1/apps/{app}/environments/{env}/logs?n={n}"))
+            .await
+    }
+
+    pub async fn events(&self, after: i64, limit: usize) -> Result<Vec<EventView>, ClientError> {
+        self.get(&format!("/v1/events?after={after}&limit={limit}"))
+            .await
+    }
+
+    pub async fn deployment_events(
+        &self,
+        id: &str,
+        after: i64,
+    ) -> Result<Vec<EventView>, ClientError> {
+        self.get(&format!("/v1/deployments/{id}/events?after={after}"))
+            .await
+    }
+
+    pub async fn create_token(&self, request: &TokenRequest) -> Result<TokenCreated, ClientError> {
+        self.post("/v1/tokens", request).await
+    }
+
+    pub async fn tokens(&self) -> Result<Vec<TokenView>, ClientError> {
+        self.get("/v1/tokens").await
+    }
+
+    pub async fn revoke_token(&self, id: &str) -> Result<(), ClientError> {
+        self.request_bytes(Method::DELETE, &format!("/v1/tokens/{id}"), None, None)
+            .await
+            .map(|_| ())
+    }
+
+    /// Follows a server-sent events stream, calling `on_event(name, data)` until it returns
+    /// `Break` or the stream ends.
+    pub async fn follow(
+        &self,
+        path: &str,
+        mut on_event: impl FnMut(&str, &str) -> ControlFlow<()>,
+    ) -> Result<(), ClientError> {
+        let request = self.build(Method::GET, path, None, None)?;
+        let response = self
+            .http
+            .request(request)
+            .await
+            .map_err(|source| self.unreachable(source))?;
+        let status = response.status();
+        let mut body = response.into_body();
+        if !status.is_success() {
+            let bytes = body
+                .collect()
+                .await
+                .map_err(|source| self.unreachable(source))?
+                .to_bytes();
+            return Err(api_error(status, &bytes));
+        }
+        let mut buffer = String::new();
+        let (mut event, mut data) = (String::from("message"), String::new());
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|source| self.unreachable(source))?;
+            let Some(chunk) = frame.data_ref() else {
+                continue;
+            };
+            buffer.push_str(&String::from_utf8_lossy(chunk));
+            while let Some(newline) = buffer.find('\n') {
+                let line: String = buffer.drain(..=newline).collect();
+                let line = line.trim_end_matches(['\n', '\r']);
+                if line.is_empty() {
+                    if !data.is_empty() && on_event(&event, &data).is_break() {
+                        return Ok(());
+                    }
+                    event = String::from("message");
+                    data.clear();
+                } else if let Some(value) = line.strip_prefix("event:") {
+                    event = value.trim().to_owned();
+                } else if let Some(value) = line.strip_prefix("data:") {
+                    if !data.is_empty() {
+                        data.push('\n');
+                    }
+                    data.push_str(value.strip_prefix(' ').unwrap_or(value));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let bytes = self.request_bytes(Method::GET, path, None, None).await?;
+        decode(path, &bytes)
+    }
+
+    async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let body = serde_json::to_vec(body).map_err(|source| ClientError::Decode {
+            path: path.to_owned(),
+            source,
+        })?;
+        let bytes = self
+            .request_bytes(
+                Method::POST,
+                path,
+                Some(Bytes::from(body)),
+                Some("application/json"),
+            )
+            .await?;
+        decode(path, &bytes)
+    }
+
+    async fn request_bytes(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Bytes>,
+        content_type: Option<&str>,
+    ) -> Result<Bytes, ClientError> {
+        let request = self.build(method, path, body, content_type)?;
+        let response = self
+            .http
+            .request(request)
+            .await
+            .map_err(|source| self.unreachable(source))?;
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|source| self.unreachable(source))?
+            .to_bytes();
+        if status.is_success() {
+            Ok(bytes)
+        } else {
+            Err(api_error(status, &bytes))
+        }
+    }
+
+    fn build(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Bytes>,
+        content_type: Option<&str>,
+    ) -> Result<Request<Full<Bytes>>, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let mut builder = Request::builder().method(method).uri(&url);
+        if let Some(token) = &self.token {
+            builder = builder.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        if let Some(content_type) = content_type {
+            builder = builder.header(hyper::header::CONTENT_TYPE, content_type);
+        }
+        builder
+            .body(Full::new(body.unwrap_or_default()))
+            .map_err(|_| ClientError::InvalidUrl(url))
+    }
+
+    fn unreachable(&self, source: impl std::error::Error + Send + Sync + 'static) -> ClientError {
+        ClientError::Unreachable {
+            url: self.base.clone(),
+            source: Box::new(source),
+        }
+    }
+}
+
+fn decode<T: DeserializeOwned>(path: &str, bytes: &[u8]) -> Result<T, ClientError> {
+    serde_json::from_slice(bytes).map_err(|source| ClientError::Decode {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn api_error(status: StatusCode, bytes: &[u8]) -> ClientError {
+    let (code, message) = match serde_json::from_slice::<ErrorBody>(bytes) {
+        Ok(body) => (body.error.code, body.error.message),
+        Err(_) => (
+            status.as_str().to_owned(),
+            format!("the agent answered {status}"),
+        ),
+    };
+    match status {
+        StatusCode::UNAUTHORIZED => ClientError::Unauthorized { message },
+        StatusCode::FORBIDDEN => ClientError::Forbidden { message },
+        _ => ClientError::Api {
+            status: status.as_u16(),
+            code,
+            message,
+        },
+    }
+}

@@ -1,0 +1,158 @@
+//! The agent API's wire types: what goes over `/v1` as JSON, shared by the agent and its clients.
+//!
+//! Both sides import these types, so the API cannot drift between them. Nothing here holds a secret
+//! value except `TokenCreated::token`, which the API answers exactly once.
+
+use serde::{Deserialize, Serialize};
+
+/// The body of every error answer: `{ "error": { "code", "message" } }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable: `unauthorized`, `forbidden`, `not_found`, `locked`, `invalid_manifest`, ...
+    pub code: String,
+    /// One sentence for people.
+    pub message: String,
+}
+
+/// `POST /v1/apps/{app}/environments/{env}/deployments`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployRequest {
+    /// sha256 of an artifact already uploaded with `PUT /v1/artifacts/{digest}`.
+    pub artifact: String,
+    /// The text of `rollway.toml`.
+    pub manifest: String,
+    /// Overrides the manifest's strategy for this deploy.
+    pub strategy: Option<String>,
+    pub message: Option<String>,
+}
+
+/// `POST /v1/apps/{app}/environments/{env}/rollback`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct RollbackRequest {
+    /// The release to go back to; the previous good release when absent.
+    pub to: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentView {
+    pub id: String,
+    pub app: String,
+    pub environment: String,
+    /// `deploy` or `rollback`.
+    pub kind: String,
+    pub state: String,
+    pub from_release: Option<u64>,
+    pub to_release: u64,
+    pub strategy: String,
+    pub reason: Option<String>,
+    pub created_by: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl DeploymentView {
+    /// Terminal states: nothing more will happen to this deployment.
+    pub fn is_finished(&self) -> bool {
+        matches!(self.state.as_str(), "Succeeded" | "Failed" | "RolledBack")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventView {
+    pub id: i64,
+    /// Unix milliseconds.
+    pub at: i64,
+    pub app: Option<String>,
+    pub environment: Option<String>,
+    pub deployment_id: Option<String>,
+    /// Dotted kind: `deployment.state`, `instance.healthy`, `token.created`, ...
+    pub kind: String,
+    pub message: String,
+    pub data: serde_json::Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseView {
+    pub number: u64,
+    pub artifact: String,
+    pub strategy: String,
+    pub created_by: String,
+    pub created_at: i64,
+    pub outcome: String,
+    pub message: Option<String>,
+    pub current: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusView {
+    pub app: String,
+    pub environment: String,
+    pub current_release: Option<u64>,
+    /// Where the app answers through the proxy.
+    pub url: Option<String>,
+    pub instances: Vec<InstanceView>,
+    /// Traffic share per release, in percent.
+    pub weights: Vec<WeightView>,
+    pub deployment: Option<DeploymentView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceView {
+    pub id: String,
+    pub release: u64,
+    pub service: String,
+    pub port: u16,
+    /// `starting`, `healthy`, `unhealthy`, `serving`, `warm`, `draining`, `stopped`.
+    pub state: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WeightView {
+    pub release: u64,
+    pub weight: u8,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLineView {
+    pub instance_id: String,
+    pub line: String,
+}
+
+/// `POST /v1/tokens`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRequest {
+    pub name: String,
+    /// `viewer`, `deployer` or `admin`.
+    pub role: String,
+}
+
+/// The answer to `POST /v1/tokens`: the only time the token's value is shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenCreated {
+    pub id: String,
+    pub name: String,
+    pub role: String,
+    pub token: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenView {
+    pub id: String,
+    pub name: String,
+    pub role: String,
+    pub created_at: i64,
+    pub revoked: bool,
+}
+
+/// `GET /v1/agent`: who the agent is and where its proxy listens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentInfo {
+    pub version: String,
+    pub proxy: String,
+    pub state_dir: String,
+}

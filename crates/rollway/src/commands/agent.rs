@@ -1,0 +1,82 @@
+//! `rollway agent` and `rollway proxy`: the two long-running processes, in the foreground.
+
+use tokio_util::sync::CancellationToken;
+
+use crate::ExitStatus;
+use crate::cli::{AgentRunArgs, ProxyRunArgs};
+use crate::printer::Printer;
+
+pub fn run_agent(args: &AgentRunArgs, printer: Printer) -> anyhow::Result<ExitStatus> {
+    let state_dir = args.state.clone().unwrap_or_else(super::connect::state_dir);
+    let exe = std::env::current_exe()?;
+    let config = agent::AgentConfig {
+        state_dir: state_dir.clone(),
+        api: args.api,
+        proxy: args.proxy,
+        exe,
+    };
+    init_tracing();
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(stop_on_signal(shutdown.clone()));
+        agent::run(config, shutdown, |started| {
+            printer.status(
+                "Listening",
+                &format!(
+                    "API on http://{}, apps on http://{}",
+                    started.api, started.proxy
+                ),
+            );
+            if let Some(token) = started.admin_token {
+                // The one time the admin token is shown; it is in admin.token (0600) too.
+                printer.status(
+                    "Created",
+                    &format!(
+                        "admin token (shown once; also in `{}`):",
+                        state_dir.join("admin.token").display()
+                    ),
+                );
+                let _ = printer.data(token.expose());
+            }
+        })
+        .await
+    })?;
+    Ok(ExitStatus::Success)
+}
+
+pub fn run_proxy(args: &ProxyRunArgs, _printer: Printer) -> anyhow::Result<ExitStatus> {
+    init_tracing();
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(stop_on_signal(shutdown.clone()));
+        let config = proxy::process::ProcessConfig::new(args.state.clone(), args.listen);
+        proxy::process::run(config, shutdown).await
+    })?;
+    Ok(ExitStatus::Success)
+}
+
+async fn stop_on_signal(shutdown: CancellationToken) {
+    let mut terminate =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(_) => return,
+        };
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    shutdown.cancel();
+}
+
+/// JSON lines on stderr; `RUST_LOG`-style filtering through `ROLLWAY_LOG` (default `info`).
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ROLLWAY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

@@ -1,0 +1,295 @@
+//! `rollway deploy` and `rollway up`: check locally, pack, upload if new, start the deployment,
+//! follow its progress until it ends.
+
+use std::ops::ControlFlow;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use client::Client;
+use client::wire::{DeployRequest, DeploymentView, EventView};
+
+use crate::ExitStatus;
+use crate::cli::DeployArgs;
+use crate::commands::connect::{self, NoAgent};
+use crate::printer::Printer;
+
+/// Which command the user typed: `up` starts a local agent and defaults to `development`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Up,
+    Deploy,
+}
+
+pub fn run(args: &DeployArgs, mode: Mode, printer: Printer) -> anyhow::Result<ExitStatus> {
+    let manifest_path = args.dir.join(manifest::FILE_NAME);
+    let source = match std::fs::read_to_string(&manifest_path) {
+        Ok(source) => source,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            printer.error(&format!("no `{}` here", manifest_path.display()));
+            printer.hint("run `rollway init` to write one for this folder");
+            return Ok(ExitStatus::Usage);
+        }
+        Err(error) => {
+            return Err(error).with_context(|| format!("cannot read `{}`", manifest_path.display()));
+        }
+    };
+    let manifest = match manifest::parse(&source, &manifest_path.display().to_string()) {
+        Ok(manifest) => manifest,
+        Err(diagnostics) => {
+            printer.raw_stderr(&diagnostics.render(printer.color()));
+            return Ok(ExitStatus::Usage);
+        }
+    };
+    let env = match (&args.env, mode) {
+        (Some(env), _) => env.clone(),
+        (None, Mode::Up)
+            if manifest.environments.is_empty()
+                || manifest.environment_names().contains(&"development") =>
+        {
+            "development".to_owned()
+        }
+        (None, Mode::Up) => manifest
+            .environment_names()
+            .first()
+            .map_or("development", |name| name)
+            .to_owned(),
+        (None, Mode::Deploy) => "production".to_owned(),
+    };
+    let resolved = match manifest.resolve(&env) {
+        Ok(resolved) => resolved,
+        Err(unknown) => {
+            printer.error(&unknown.to_string());
+            if let Some(suggestion) = unknown.suggestion {
+                printer.hint(&format!("did you mean `--env {suggestion}`?"));
+            }
+            return Ok(ExitStatus::Usage);
+        }
+    };
+    // Nothing is packed or sent while something required is missing.
+    let missing = resolved.required_config().names();
+    if !missing.is_empty() {
+        printer.error(&format!("missing for {env}: {}", missing.join(", ")));
+        printer.hint(&format!(
+            "set each with `rollway secrets set NAME --env {env}` before deploying"
+        ));
+        return Ok(ExitStatus::Usage);
+    }
+    let app = manifest.shared.app.name.clone();
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let client = match mode {
+            Mode::Up if args.agent.agent.is_none() => super::up::ensure_local_agent(&printer).await,
+            _ => connect::client(&args.agent),
+        };
+        let client = match client {
+            Ok(client) => client,
+            Err(NoAgent { message, hint }) => {
+                printer.error(&message);
+                printer.hint(&hint);
+                return Ok(ExitStatus::Unreachable);
+            }
+        };
+        deploy(&client, args, &printer, &app, &env, source).await
+    })
+}
+
+async fn deploy(
+    client: &Client,
+    args: &DeployArgs,
+    printer: &Printer,
+    app: &str,
+    env: &str,
+    source: String,
+) -> anyhow::Result<ExitStatus> {
+    let started = tokio::time::Instant::now();
+    let dir = args.dir.clone();
+    let artifact = tokio::task::spawn_blocking(move || client::artifact::pack(&dir))
+        .await?
+        .with_context(|| format!("cannot pack `{}`", args.dir.display()))?;
+    printer.status(
+        "Packed",
+        &format!(
+            "{} files, {} ({})",
+            artifact.n_files,
+            human_size(artifact.size),
+            short(&artifact.digest)
+        ),
+    );
+    let known = match client.artifact_exists(&artifact.digest).await {
+        Ok(known) => known,
+        Err(error) => return super::client_error(printer, error),
+    };
+    if known {
+        printer.status("Reusing", "artifact already on the agent");
+    } else {
+        let n_bytes = artifact.bytes.len();
+        if let Err(error) = client
+            .upload_artifact(&artifact.digest, artifact.bytes)
+            .await
+        {
+            return super::client_error(printer, error);
+        }
+        printer.status("Uploaded", &human_size(n_bytes as u64));
+    }
+    let request = DeployRequest {
+        artifact: artifact.digest.clone(),
+        manifest: source,
+        strategy: args.strategy.clone(),
+        message: args.message.clone(),
+    };
+    let deployment = match client.deploy(app, env, &request).await {
+        Ok(deployment) => deployment,
+        Err(error) => return super::client_error(printer, error),
+    };
+    printer.status(
+        "Deploying",
+        &format!(
+            "{app}@{} to {env} ({}, deployment {})",
+            deployment.to_release, deployment.strategy, deployment.id
+        ),
+    );
+    if args.detach {
+        return finish_json(printer, args.json, &deployment, ExitStatus::Success);
+    }
+    follow(client, printer, &deployment, started).await?;
+    let last = match client.deployment(&deployment.id).await {
+        Ok(last) => last,
+        Err(error) => return super::client_error(printer, error),
+    };
+    let status = report_end(printer, &last, started.elapsed());
+    if last.state == "Succeeded"
+        && let Ok(status_view) = client.status(app, env).await
+        && let Some(url) = status_view.url
+    {
+        printer.status("Serving", &url);
+    }
+    finish_json(printer, args.json, &last, status)
+}
+
+/// Renders a deployment's events as they arrive, until it finishes.
+pub async fn follow(
+    client: &Client,
+    printer: &Printer,
+    deployment: &DeploymentView,
+    started: tokio::time::Instant,
+) -> anyhow::Result<()> {
+    let path = format!("/v1/deployments/{}/stream", deployment.id);
+    let result = client
+        .follow(&path, |_, data| {
+            let Ok(event) = serde_json::from_str::<EventView>(data) else {
+                return ControlFlow::Continue(());
+            };
+            render_event(printer, &event, started.elapsed());
+            if event.kind == "deployment.finished" {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .await;
+    if result.is_err() {
+        // The stream broke (agent restarted?): poll until the deployment ends.
+        for _ in 0..600 {
+            match client.deployment(&deployment.id).await {
+                Ok(view) if view.is_finished() => return Ok(()),
+                _ => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        }
+    }
+    Ok(())
+}
+
+fn render_event(printer: &Printer, event: &EventView, elapsed: Duration) {
+    let at = format!("({:.1}s)", elapsed.as_secs_f64());
+    match event.kind.as_str() {
+        "deployment.state" => {
+            let next = event.message.rsplit(' ').next().unwrap_or_default();
+            let what = match next {
+                "Preparing" => "the release: unpack, build",
+                "Releasing" => "the release command",
+                "Starting" => "new instances",
+                "Verifying" => "health of the new instances",
+                "Shifting" => "traffic to the new release",
+                "RollingBack" => "traffic to the earlier release",
+                _ => return,
+            };
+            let verb = if next == "RollingBack" {
+                "Rolling back"
+            } else {
+                next
+            };
+            printer.status(verb, &format!("{what} {at}"));
+        }
+        "deployment.output" => printer.status("", &format!("| {}", event.message)),
+        "deployment.command" => printer.status("Running", &event.message),
+        "instance.started" => printer.status("Started", &event.message),
+        "instance.healthy" => printer.status("Healthy", &event.message),
+        "deployment.weights" => printer.status("Shifted", &format!("{} {at}", event.message)),
+        "deployment.step_failed" => printer.warning(&event.message),
+        _ => {}
+    }
+}
+
+fn report_end(printer: &Printer, deployment: &DeploymentView, elapsed: Duration) -> ExitStatus {
+    let took = format!("in {:.1}s", elapsed.as_secs_f64());
+    match deployment.state.as_str() {
+        "Succeeded" => {
+            printer.status(
+                "Finished",
+                &format!(
+                    "{} {}@{} is live {took}",
+                    deployment.kind, deployment.app, deployment.to_release
+                ),
+            );
+            ExitStatus::Success
+        }
+        "RolledBack" => {
+            printer.error(&format!(
+                "the {} was rolled back: {}",
+                deployment.kind,
+                deployment.reason.as_deref().unwrap_or("no reason recorded")
+            ));
+            ExitStatus::Failure
+        }
+        _ => {
+            printer.error(&format!(
+                "the {} failed: {}",
+                deployment.kind,
+                deployment.reason.as_deref().unwrap_or("no reason recorded")
+            ));
+            printer.hint(&format!(
+                "traffic stays on the release that served before; see `rollway logs --env {}`",
+                deployment.environment
+            ));
+            ExitStatus::Failure
+        }
+    }
+}
+
+pub fn finish_json(
+    printer: &Printer,
+    json: bool,
+    deployment: &DeploymentView,
+    status: ExitStatus,
+) -> anyhow::Result<ExitStatus> {
+    if json {
+        printer.data(&serde_json::to_string_pretty(deployment)?)?;
+    }
+    Ok(status)
+}
+
+fn human_size(bytes: u64) -> String {
+    match bytes {
+        0..1024 => format!("{bytes} B"),
+        1024..1_048_576 => format!("{:.1} KiB", bytes as f64 / 1024.0),
+        _ => format!("{:.1} MiB", bytes as f64 / 1_048_576.0),
+    }
+}
+
+fn short(digest: &str) -> String {
+    format!("sha256:{}", digest.get(..12).unwrap_or(digest))
+}
+
+#[allow(dead_code, reason = "used by tests of the module")]
+fn _path(_: &Path) {}

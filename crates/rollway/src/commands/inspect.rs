@@ -1,0 +1,212 @@
+//! `rollway status`, `releases`, `logs` and `events`: reading what the agent knows.
+
+use std::ops::ControlFlow;
+use std::time::Duration;
+
+use client::wire::EventView;
+
+use crate::ExitStatus;
+use crate::cli::{EnvArgs, EventsArgs, LogsArgs};
+use crate::commands::{app_name, client_error, connect};
+use crate::printer::Printer;
+
+macro_rules! connect_or_exit {
+    ($printer:expr, $args:expr) => {
+        match connect::client($args) {
+            Ok(client) => client,
+            Err(no_agent) => {
+                $printer.error(&no_agent.message);
+                $printer.hint(&no_agent.hint);
+                return Ok(ExitStatus::Unreachable);
+            }
+        }
+    };
+}
+
+pub fn status(args: &EnvArgs, printer: Printer) -> anyhow::Result<ExitStatus> {
+    let Some(app) = app_name(args.app.as_deref(), &printer) else {
+        return Ok(ExitStatus::Usage);
+    };
+    let client = connect_or_exit!(printer, &args.agent);
+    tokio::runtime::Runtime::new()?.block_on(async {
+        let status = match client.status(&app, &args.env).await {
+            Ok(status) => status,
+            Err(error) => return client_error(&printer, error),
+        };
+        if args.json {
+            printer.data(&serde_json::to_string_pretty(&status)?)?;
+            return Ok(ExitStatus::Success);
+        }
+        let mut out = String::new();
+        let current = status
+            .current_release
+            .map_or_else(|| "none".to_owned(), |n| n.to_string());
+        out.push_str(&format!(
+            "{} in {}: release {current}\n",
+            status.app, status.environment
+        ));
+        if let Some(url) = &status.url {
+            out.push_str(&format!("url       {url}\n"));
+        }
+        let weights: Vec<String> = status
+            .weights
+            .iter()
+            .map(|w| format!("release {} {}%", w.release, w.weight))
+            .collect();
+        out.push_str(&format!(
+            "traffic   {}\n",
+            if weights.is_empty() {
+                "none".to_owned()
+            } else {
+                weights.join(", ")
+            }
+        ));
+        for instance in &status.instances {
+            out.push_str(&format!(
+                "instance  {:<40} release {:<4} port {:<6} {}\n",
+                instance.id, instance.release, instance.port, instance.state
+            ));
+        }
+        if let Some(deployment) = &status.deployment {
+            let reason = deployment
+                .reason
+                .as_deref()
+                .map(|reason| format!(": {reason}"))
+                .unwrap_or_default();
+            out.push_str(&format!(
+                "last      {} {} → release {} {}{reason}\n",
+                deployment.id, deployment.kind, deployment.to_release, deployment.state
+            ));
+        }
+        printer.data(&out)?;
+        Ok(ExitStatus::Success)
+    })
+}
+
+pub fn releases(args: &EnvArgs, printer: Printer) -> anyhow::Result<ExitStatus> {
+    let Some(app) = app_name(args.app.as_deref(), &printer) else {
+        return Ok(ExitStatus::Usage);
+    };
+    let client = connect_or_exit!(printer, &args.agent);
+    tokio::runtime::Runtime::new()?.block_on(async {
+        let releases = match client.releases(&app, &args.env).await {
+            Ok(releases) => releases,
+            Err(error) => return client_error(&printer, error),
+        };
+        if args.json {
+            printer.data(&serde_json::to_string_pretty(&releases)?)?;
+            return Ok(ExitStatus::Success);
+        }
+        let mut out = format!(
+            "{:<3} {:<8} {:<12} {:<11} {:<10} {:<24} message\n",
+            "", "release", "artifact", "outcome", "by", "when"
+        );
+        for release in &releases {
+            out.push_str(&format!(
+                "{:<3} {:<8} {:<12} {:<11} {:<10} {:<24} {}\n",
+                if release.current { "*" } else { "" },
+                release.number,
+                release.artifact.get(..12).unwrap_or(&release.artifact),
+                release.outcome,
+                release.created_by,
+                agent::deploy::start::format_time(release.created_at),
+                release.message.as_deref().unwrap_or(""),
+            ));
+        }
+        printer.data(&out)?;
+        Ok(ExitStatus::Success)
+    })
+}
+
+pub fn logs(args: &LogsArgs, printer: Printer) -> anyhow::Result<ExitStatus> {
+    let target = &args.target;
+    let Some(app) = app_name(target.app.as_deref(), &printer) else {
+        return Ok(ExitStatus::Usage);
+    };
+    let client = connect_or_exit!(printer, &target.agent);
+    tokio::runtime::Runtime::new()?.block_on(async {
+        let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+        loop {
+            let lines = match client.logs(&app, &target.env, args.lines).await {
+                Ok(lines) => lines,
+                Err(error) => return client_error(&printer, error),
+            };
+            // Following re-reads the tail and prints what is new per instance.
+            let mut by_instance: std::collections::BTreeMap<&str, Vec<&str>> =
+                std::collections::BTreeMap::new();
+            for line in &lines {
+                by_instance
+                    .entry(&line.instance_id)
+                    .or_default()
+                    .push(&line.line);
+            }
+            let mut out = String::new();
+            for (instance, lines) in by_instance {
+                let already = seen.get(instance).copied().unwrap_or(0).min(lines.len());
+                let start = if args.follow { already } else { 0 };
+                for line in &lines[start..] {
+                    out.push_str(&format!("{instance} | {line}\n"));
+                }
+                seen.insert(instance.to_owned(), lines.len());
+            }
+            if target.json {
+                printer.data(&serde_json::to_string_pretty(&lines)?)?;
+            } else if !out.is_empty() {
+                printer.data(out.trim_end())?;
+            }
+            if !args.follow {
+                return Ok(ExitStatus::Success);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    })
+}
+
+pub fn events(args: &EventsArgs, printer: Printer) -> anyhow::Result<ExitStatus> {
+    let client = connect_or_exit!(printer, &args.agent);
+    tokio::runtime::Runtime::new()?.block_on(async {
+        let all = match client.events(0, 100_000).await {
+            Ok(events) => events,
+            Err(error) => return client_error(&printer, error),
+        };
+        let start = all.len().saturating_sub(args.lines);
+        let show = |event: &EventView| -> anyhow::Result<()> {
+            if args.json {
+                printer.data(&serde_json::to_string(event)?)?;
+            } else {
+                printer.data(&format!(
+                    "{}  {:<22} {}",
+                    agent::deploy::start::format_time(event.at),
+                    event.kind,
+                    event.message
+                ))?;
+            }
+            Ok(())
+        };
+        for event in &all[start..] {
+            show(event)?;
+        }
+        if args.follow {
+            let after = all.last().map_or(0, |event| event.id);
+            let mut failure = None;
+            let result = client
+                .follow(&format!("/v1/events/stream?after={after}"), |_, data| {
+                    if let Ok(event) = serde_json::from_str::<EventView>(data)
+                        && let Err(error) = show(&event)
+                    {
+                        failure = Some(error);
+                        return ControlFlow::Break(());
+                    }
+                    ControlFlow::Continue(())
+                })
+                .await;
+            if let Some(error) = failure {
+                return Err(error);
+            }
+            if let Err(error) = result {
+                return client_error(&printer, error);
+            }
+        }
+        Ok(ExitStatus::Success)
+    })
+}
