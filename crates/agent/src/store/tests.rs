@@ -676,3 +676,38 @@ fn open_names_the_file_it_could_not_create() {
         "cannot create store file `/nonexistent-dir/rollway.db`"
     );
 }
+
+#[test]
+fn concurrent_writers_never_share_a_release_number() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("rollway.db");
+    // Two handles on one file (two connections, as a second process would have), each shared
+    // by two threads.
+    let stores = [
+        Store::open(&path).expect("open"),
+        Store::open(&path).expect("open again"),
+    ];
+    let mut numbers: Vec<u64> = std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..4)
+            .map(|thread_idx| {
+                let store = stores[thread_idx % 2].clone();
+                scope.spawn(move || {
+                    (0..25)
+                        .map(|_| {
+                            store
+                                .create_release(new_release("a", "prod"))
+                                .expect("create")
+                                .number
+                        })
+                        .collect::<Vec<u64>>()
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .flat_map(|thread| thread.join().expect("thread"))
+            .collect()
+    });
+    numbers.sort_unstable();
+    assert_eq!(numbers, (1..=100).collect::<Vec<u64>>());
+}
