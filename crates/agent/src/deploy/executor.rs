@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::deploy::state::{self, Plan, State, StepResult};
 use crate::deploy::{fault, spec};
-use crate::engine::{AppEnv, Engine, InstancePhase, RuntimeInstance, now_ms};
+use crate::engine::{AppEnv, Engine, InstancePhase, now_ms};
 use crate::health;
 use crate::store::{Deployment, NewEvent, ReleaseOutcome};
 
@@ -551,6 +551,3 @@ fn scaled(previous: &[(u64, u8)], keep: u8, target: u64, share: u8) -> Vec<(u64,
     weights.retain(|(_, weight)| *weight > 0);
     weights
 }
-
-#[allow(dead_code, reason = "kept for the rolling unit tests")]
-fn _assert_instance(_: &RuntimeInstance) {}

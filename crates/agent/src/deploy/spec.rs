@@ -498,8 +498,3 @@ fn free_port() -> std::io::Result<u16> {
 fn short(digest: &str) -> &str {
     digest.get(..12).unwrap_or(digest)
 }
-
-#[allow(dead_code, reason = "time helper shared by tests")]
-fn _now() -> i64 {
-    now_ms()
-}

@@ -2,7 +2,6 @@
 //! follow its progress until it ends.
 
 use std::ops::ControlFlow;
-use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -31,7 +30,8 @@ pub fn run(args: &DeployArgs, mode: Mode, printer: Printer) -> anyhow::Result<Ex
             return Ok(ExitStatus::Usage);
         }
         Err(error) => {
-            return Err(error).with_context(|| format!("cannot read `{}`", manifest_path.display()));
+            return Err(error)
+                .with_context(|| format!("cannot read `{}`", manifest_path.display()));
         }
     };
     let manifest = match manifest::parse(&source, &manifest_path.display().to_string()) {
@@ -290,6 +290,3 @@ fn human_size(bytes: u64) -> String {
 fn short(digest: &str) -> String {
     format!("sha256:{}", digest.get(..12).unwrap_or(digest))
 }
-
-#[allow(dead_code, reason = "used by tests of the module")]
-fn _path(_: &Path) {}
