@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::artifact::ArtifactStore;
 use crate::proxy_link::ProxyLink;
-use crate::store::{NewEvent, Store};
+use crate::store::{Event, NewEvent, Store};
 
 /// `(app, environment)`.
 pub type AppEnv = (String, String);
@@ -124,18 +124,21 @@ impl Engine {
     /// Writes an event to the audit log and tells live followers. The single place events are made.
     pub fn record(&self, event: NewEvent) {
         match self.store.record_event(event) {
-            Ok(stored) => {
-                let view = crate::api::views::event_view(&stored);
-                tracing::info!(
-                    message = "Event.",
-                    kind = %view.kind,
-                    deployment = view.deployment_id.as_deref().unwrap_or(""),
-                    text = %view.message
-                );
-                let _ = self.events.send(view);
-            }
+            Ok(stored) => self.publish(&stored),
             Err(error) => tracing::error!(message = "Cannot record an event.", %error),
         }
+    }
+
+    /// Tells the trace log and live followers about an event already in the store.
+    pub fn publish(&self, stored: &Event) {
+        let view = crate::api::views::event_view(stored);
+        tracing::info!(
+            message = "Event.",
+            kind = %view.kind,
+            deployment = view.deployment_id.as_deref().unwrap_or(""),
+            text = %view.message
+        );
+        let _ = self.events.send(view);
     }
 
     pub fn with_runtime<T>(&self, key: &AppEnv, edit: impl FnOnce(&mut Runtime) -> T) -> T {

@@ -22,7 +22,10 @@ pub async fn recover(engine: &Arc<Engine>) {
 }
 
 fn rebuild_runtime(engine: &Arc<Engine>) {
-    let records = engine.store.all_instances().unwrap_or_default();
+    let records = engine.store.all_instances().unwrap_or_else(|error| {
+        tracing::error!(message = "Cannot read the instances from the store.", %error);
+        Vec::new()
+    });
     for record in records {
         let key: AppEnv = (record.app.clone(), record.environment.clone());
         let phase = InstancePhase::parse(&record.state).unwrap_or(InstancePhase::Starting);
@@ -116,7 +119,10 @@ async fn adopt_instances(engine: &Arc<Engine>) {
 }
 
 async fn resume_deployments(engine: &Arc<Engine>) {
-    let unfinished = engine.store.unfinished_deployments().unwrap_or_default();
+    let unfinished = engine.store.unfinished_deployments().unwrap_or_else(|error| {
+        tracing::error!(message = "Cannot read unfinished deployments from the store.", %error);
+        Vec::new()
+    });
     for deployment in unfinished {
         let Ok(current) = deployment.state.parse::<State>() else {
             continue;

@@ -81,22 +81,19 @@ async fn drive(engine: &Arc<Engine>, id: &str) -> Result<(), String> {
         }
         fault::crash_point(next);
         let data_json = serde_json::to_string(&data).map_err(|error| error.to_string())?;
-        engine
+        // The transition and its event are one transaction: a kill -9 cannot keep one without the other.
+        let (_, event) = engine
             .store
-            .transition(
+            .transition_with_event(
                 id,
                 current.as_str(),
                 next.as_str(),
                 reason.as_deref(),
                 Some(&data_json),
+                event(&deployment, "deployment.state", format!("{current} → {next}")),
             )
             .map_err(|error| error.to_string())?;
-        record(
-            engine,
-            &deployment,
-            "deployment.state",
-            format!("{} → {next}", current),
-        );
+        engine.publish(&event);
     }
 }
 
@@ -492,14 +489,18 @@ fn spawn_heartbeat(engine: Arc<Engine>, id: String) -> tokio::task::JoinHandle<(
 }
 
 fn record(engine: &Engine, deployment: &Deployment, kind: &str, message: String) {
-    engine.record(NewEvent {
+    engine.record(event(deployment, kind, message));
+}
+
+fn event(deployment: &Deployment, kind: &str, message: String) -> NewEvent {
+    NewEvent {
         app: Some(deployment.app.clone()),
         environment: Some(deployment.environment.clone()),
         deployment_id: Some(deployment.id.clone()),
         kind: kind.to_owned(),
         message,
         data_json: "{}".to_owned(),
-    });
+    }
 }
 
 /// A failure reason with the last lines the instance printed, which usually say why.
