@@ -1,9 +1,12 @@
-//! The Rollway test kit: a demo app, a bounded load loop, and later temporary agents and fault injection.
+//! The Rollway test kit: a demo app, a bounded load loop, temporary agents and fault injection.
 //!
 //! - [`demo`] starts the `demo-app` binary (an HTTP/1.1 + h2c app whose faults are set by env vars).
 //! - [`cli`] runs the `rollway` binary and renders its transcript for snapshots.
 //! - [`load`] sends bounded, counted load and reports every request's outcome.
+//! - [`agent`] runs a real `rollway agent` in a temporary state directory and deploys the demo app
+//!   to it; dropping it kills the agent, its proxy and its instances.
 
+pub mod agent;
 pub mod cli;
 pub mod demo;
 pub mod load;

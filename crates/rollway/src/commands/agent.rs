@@ -1,5 +1,7 @@
 //! `rollway agent` and `rollway proxy`: the two long-running processes, in the foreground.
 
+use std::io::IsTerminal as _;
+
 use tokio_util::sync::CancellationToken;
 
 use crate::ExitStatus;
@@ -29,15 +31,24 @@ pub fn run_agent(args: &AgentRunArgs, printer: Printer) -> anyhow::Result<ExitSt
                 ),
             );
             if let Some(token) = started.admin_token {
-                // The one time the admin token is shown; it is in admin.token (0600) too.
-                printer.status(
-                    "Created",
-                    &format!(
-                        "admin token (shown once; also in `{}`):",
-                        state_dir.join("admin.token").display()
-                    ),
-                );
-                let _ = printer.data(token.expose());
+                let path = state_dir.join("admin.token");
+                // Shown once, and only to a person: a service's stdout ends up in a log file,
+                // where a token must never be (DESIGN.md, promise 7). It is in admin.token (0600).
+                if std::io::stdout().is_terminal() {
+                    printer.status(
+                        "Created",
+                        &format!("admin token (shown once; also in `{}`):", path.display()),
+                    );
+                    let _ = printer.data(token.expose());
+                } else {
+                    printer.status(
+                        "Created",
+                        &format!(
+                            "admin token in `{}` (not printed: stdout is not a terminal)",
+                            path.display()
+                        ),
+                    );
+                }
             }
         })
         .await

@@ -1,5 +1,6 @@
 //! End-to-end tests of the `rollway` binary: what a user types and what they see.
 
+mod agent;
 mod check;
 mod frame;
 mod init;

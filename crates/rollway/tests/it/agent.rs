@@ -1,0 +1,441 @@
+//! End-to-end tests of the agent: the real `rollway agent`, its proxy and the demo app, with a load
+//! loop counting every failed request while deploys, rollbacks, failed releases and kill -9 happen.
+//!
+//! Each test has its own state directory and loopback ports; assertions are about counts, states
+//! and orderings, never about how long anything took.
+
+use std::path::Path;
+use std::time::Duration;
+
+use testkit::agent::{APP, Ran, TestAgent, TestApp};
+use testkit::load::{Load, LoadHandle};
+
+const ENV: &str = "production";
+const CRASH_BEFORE: &str = "ROLLWAY_TEST_CRASH_BEFORE";
+/// Bound of every load loop; tests stop theirs long before.
+const LOAD_BOUND: Duration = Duration::from_secs(240);
+/// Bound of waits for a deployment to end.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// An agent in a fresh temporary directory. `agent` is declared first so it is dropped (and kills
+/// everything it started) before the directory is removed.
+struct Setup {
+    agent: TestAgent,
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    async fn start() -> Setup {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let agent = TestAgent::start(rollway_bin(), &dir.path().join("state")).await;
+        Setup { agent, dir }
+    }
+
+    /// The demo app in folder `name` of the test directory.
+    fn app(&self, name: &str, version: &str) -> TestApp {
+        TestApp::new(self.dir.path().join(name)).version(version)
+    }
+
+    /// Four clients through the proxy until stopped.
+    fn load(&self) -> LoadHandle {
+        Load::new(self.agent.proxy_addr())
+            .concurrency(4)
+            .duration(LOAD_BOUND)
+            .start()
+    }
+}
+
+fn rollway_bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_rollway"))
+}
+
+#[track_caller]
+fn assert_contains(ran: &Ran, needle: &str) {
+    assert!(
+        ran.stderr.contains(needle) || ran.stdout.contains(needle),
+        "expected `{needle}` in the output:\n{ran}"
+    );
+}
+
+/// Asserts that the instances the agent reports are exactly the ones running: one live pid file
+/// and one process group per instance, and no other process inside the state directory.
+#[track_caller]
+fn assert_instances_match(agent: &TestAgent, reported: &[&str]) {
+    let reported: Vec<String> = reported.iter().map(|id| (*id).to_owned()).collect();
+    let pid_files: Vec<String> = agent.instance_pid_files().into_keys().collect();
+    assert_eq!(
+        pid_files, reported,
+        "live pid files vs. the agent's instances"
+    );
+    let processes = agent.instance_processes();
+    let running: Vec<String> = processes.keys().cloned().collect();
+    assert_eq!(
+        running, reported,
+        "running instances vs. the agent's instances"
+    );
+    for (id, groups) in &processes {
+        assert_eq!(groups.len(), 1, "instance `{id}` runs in {groups:?}");
+    }
+}
+
+fn instance(release: u64) -> String {
+    format!("{APP}-{ENV}-r{release}-web-1")
+}
+
+// a. Deploys and rollbacks under continuous load.
+
+/// What the test expects of the releases: version and outcome per number (index + 1).
+#[derive(Default)]
+struct Model {
+    releases: Vec<(&'static str, &'static str)>,
+    current: Option<usize>,
+}
+
+impl Model {
+    fn deployed(&mut self, version: &'static str) -> u64 {
+        if let Some(current) = self.current {
+            self.releases[current].1 = "superseded";
+        }
+        self.releases.push((version, "live"));
+        self.current = Some(self.releases.len() - 1);
+        self.releases.len() as u64
+    }
+
+    /// A rollback without `--to` goes to the newest release that was superseded by a deploy.
+    fn default_target(&self) -> u64 {
+        let index = self
+            .releases
+            .iter()
+            .rposition(|(_, outcome)| *outcome == "superseded")
+            .expect("a release to roll back to");
+        index as u64 + 1
+    }
+
+    fn rolled_back_to(&mut self, number: u64) -> &'static str {
+        if let Some(current) = self.current {
+            self.releases[current].1 = "rolled back";
+        }
+        let index = number as usize - 1;
+        self.releases[index].1 = "live";
+        self.current = Some(index);
+        self.releases[index].0
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploys_and_rollbacks_under_load_fail_no_request() {
+    let setup = Setup::start().await;
+    let agent = &setup.agent;
+    let mut model = Model::default();
+    let versions = ["v1", "v2"];
+    let first = setup.app("app", versions[0]);
+    agent.deploy(&first, ENV).await.assert_code(0);
+    model.deployed(versions[0]);
+    agent.assert_serves("v1").await;
+    let load = setup.load();
+
+    for step in 1..20 {
+        let version = versions[step % 2];
+        let app = if step < 10 {
+            setup.app("app", version)
+        } else {
+            setup.app("app", version).strategy("rolling").replicas(2)
+        };
+        let ran = agent.deploy(&app, ENV).await;
+        ran.assert_code(0);
+        let number = model.deployed(version);
+        assert_contains(&ran, &format!("{APP}@{number}"));
+        agent.assert_serves(version).await;
+    }
+
+    for to in [None, None, None, None, Some(3)] {
+        let target = to.unwrap_or_else(|| model.default_target());
+        agent.rollback(APP, ENV, to).await.assert_code(0);
+        let version = model.rolled_back_to(target);
+        agent.assert_serves(version).await;
+        let status = agent.status(APP, ENV).await;
+        assert_eq!(status.current_release(), Some(target), "{status}");
+        assert_eq!(status.weights(), vec![(target, 100)], "{status}");
+    }
+
+    let report = load.stop().await;
+    report.assert_no_failures();
+    assert!(report.total > 0, "the load loop sent nothing");
+    assert_eq!(
+        report.versions.keys().collect::<Vec<_>>(),
+        ["v1", "v2"],
+        "{report}"
+    );
+}
+
+// b. Releases that never become healthy, or crash, never receive traffic.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_that_never_becomes_healthy_or_crashes_never_gets_traffic() {
+    let setup = Setup::start().await;
+    let agent = &setup.agent;
+    agent
+        .deploy(&setup.app("app", "v1"), ENV)
+        .await
+        .assert_code(0);
+    let load = setup.load();
+
+    let unhealthy = setup
+        .app("app", "v2")
+        .health_delay(Duration::from_secs(600))
+        .start_timeout("1s");
+    let crashing = setup.app("app", "v3").env("CRASH_AFTER_S", "0");
+    let missing = setup.app("app", "v4").run("/nonexistent/demo-app");
+    for (release, app) in [(2, unhealthy), (3, crashing), (4, missing)] {
+        let ran = agent.deploy(&app, ENV).await;
+        ran.assert_code(1);
+        assert_contains(&ran, &instance(release));
+        agent.assert_serves("v1").await;
+        let status = agent.status(APP, ENV).await;
+        assert_eq!(status.deployment_state(), Some("Failed"), "{status}");
+        assert_eq!(status.current_release(), Some(1), "{status}");
+    }
+
+    let report = load.stop().await;
+    report.assert_no_failures();
+    assert_eq!(
+        report.versions.keys().collect::<Vec<_>>(),
+        ["v1"],
+        "{report}"
+    );
+    let status = agent.status(APP, ENV).await;
+    let expected = instance(1);
+    assert_eq!(
+        status.instances().into_iter().collect::<Vec<_>>(),
+        [(expected.clone(), "serving".to_owned())],
+        "{status}"
+    );
+    assert_instances_match(agent, &[&expected]);
+}
+
+// c. kill -9 of the agent before each transition: on restart it finishes or undoes the deploy.
+
+/// Where traffic must end after the restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ends {
+    /// The deployment is undone: `Failed`, v1 serves.
+    Undone,
+    /// The deployment is finished: `Succeeded`, v2 serves, v1 stays warm.
+    Finished,
+}
+
+async fn check_agent_killed_before(state: &str, ends: Ends) {
+    let mut setup = Setup::start().await;
+    setup
+        .agent
+        .deploy(&setup.app("v1", "v1"), ENV)
+        .await
+        .assert_code(0);
+    let load = setup.load();
+
+    setup.agent.restart_with_env(&[(CRASH_BEFORE, state)]).await;
+    let token = setup.agent.admin_token().to_owned();
+    let deploy = setup
+        .agent
+        .deploy_command(&setup.app("v2", "v2"), ENV, Some(&token))
+        .spawn()
+        .expect("spawn rollway deploy");
+    assert!(
+        setup.agent.wait_exit(PATIENCE).await,
+        "the agent did not kill itself before {state}:\n{}",
+        setup.agent.log()
+    );
+    setup.agent.restart_with_env(&[]).await;
+    let agent = &setup.agent;
+    let status = agent.wait_deployment_finished(APP, ENV, PATIENCE).await;
+    // The deploy command saw the agent die; whatever it reports, it must end.
+    let ran = tokio::time::timeout(PATIENCE, deploy.wait_with_output())
+        .await
+        .expect("rollway deploy ended")
+        .expect("rollway deploy output");
+    let ran = format!(
+        "exit {:?}\n{}",
+        ran.status.code(),
+        String::from_utf8_lossy(&ran.stderr)
+    );
+
+    match ends {
+        Ends::Undone => {
+            assert_eq!(status.deployment_state(), Some("Failed"), "{status}\n{ran}");
+            assert!(
+                status
+                    .deployment_reason()
+                    .is_some_and(|reason| reason.contains("agent restarted")),
+                "{status}"
+            );
+            assert_eq!(status.current_release(), Some(1), "{status}");
+            agent.assert_serves("v1").await;
+            assert_eq!(
+                status.instances().into_iter().collect::<Vec<_>>(),
+                [(instance(1), "serving".to_owned())],
+                "{status}"
+            );
+            assert_instances_match(agent, &[&instance(1)]);
+        }
+        Ends::Finished => {
+            assert_eq!(
+                status.deployment_state(),
+                Some("Succeeded"),
+                "{status}\n{ran}"
+            );
+            assert_eq!(status.current_release(), Some(2), "{status}");
+            agent.assert_serves("v2").await;
+            assert_eq!(
+                status.instances().into_iter().collect::<Vec<_>>(),
+                [
+                    (instance(1), "warm".to_owned()),
+                    (instance(2), "serving".to_owned())
+                ],
+                "{status}"
+            );
+            assert_instances_match(agent, &[&instance(1), &instance(2)]);
+        }
+    }
+    let report = load.stop().await;
+    report.assert_no_failures();
+    assert!(report.total > 0, "the load loop sent nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_killed_before_preparing_undoes_the_deploy() {
+    check_agent_killed_before("Preparing", Ends::Undone).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_killed_before_releasing_undoes_the_deploy() {
+    check_agent_killed_before("Releasing", Ends::Undone).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_killed_before_starting_undoes_the_deploy() {
+    check_agent_killed_before("Starting", Ends::Undone).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_killed_before_verifying_undoes_the_deploy() {
+    check_agent_killed_before("Verifying", Ends::Undone).await;
+}
+
+/// `Verifying` is the last state written: traffic never moved, so the deploy is undone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_killed_before_shifting_undoes_the_deploy() {
+    check_agent_killed_before("Shifting", Ends::Undone).await;
+}
+
+/// `Shifting` was written and traffic moved: the restarted agent finishes the shift.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_killed_before_succeeded_finishes_the_deploy() {
+    check_agent_killed_before("Succeeded", Ends::Finished).await;
+}
+
+// d. Tokens: none, too weak, and never written or shown anywhere.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_required_have_roles_and_are_never_written_down() {
+    let setup = Setup::start().await;
+    let agent = &setup.agent;
+    let app = setup.app("app", "v1");
+    agent.deploy(&app, ENV).await.assert_code(0);
+    let deployments = format!("/v1/apps/{APP}/environments/{ENV}/deployments");
+
+    let ran = agent.deploy_command(&app, ENV, None).output().await;
+    let ran = ran.expect("rollway deploy");
+    assert_eq!(ran.status.code(), Some(3), "{ran:?}");
+    assert_eq!(agent.api_status("GET", "/v1/agent", None).await, 401);
+    assert_eq!(
+        agent
+            .api_status("GET", "/v1/agent", Some("rw_not-a-token"))
+            .await,
+        401
+    );
+    assert_eq!(agent.api_status("POST", &deployments, None).await, 401);
+
+    let created = agent
+        .cli(&[
+            "tokens", "create", "--role", "viewer", "--name", "x", "--json",
+        ])
+        .await;
+    created.assert_code(0);
+    let created: serde_json::Value = serde_json::from_str(&created.stdout).expect("token JSON");
+    let viewer = created["token"].as_str().expect("token value").to_owned();
+    assert_eq!(
+        agent.api_status("GET", "/v1/agent", Some(&viewer)).await,
+        200
+    );
+    assert_eq!(
+        agent.api_status("POST", &deployments, Some(&viewer)).await,
+        403
+    );
+    let ran =
+        testkit::agent::run(agent.deploy_command(&app.clone().version("v2"), ENV, Some(&viewer)))
+            .await;
+    ran.assert_code(3);
+    agent.assert_serves("v1").await;
+
+    let state = agent.state_dir();
+    let admin = agent.admin_token().to_owned();
+    assert_eq!(
+        testkit::agent::files_containing(state, &admin),
+        [state.join("admin.token")],
+        "the admin token is written outside admin.token"
+    );
+    assert_eq!(
+        testkit::agent::files_containing(state, &viewer),
+        Vec::<std::path::PathBuf>::new(),
+        "the viewer token is written down"
+    );
+    assert_eq!(
+        testkit::agent::processes_with_cmdline_containing(&admin),
+        Vec::<u32>::new(),
+        "a process shows the admin token in its command line"
+    );
+}
+
+// e. One deployment at a time per app and environment.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_concurrent_deploy_is_refused_naming_the_lock_holder() {
+    let setup = Setup::start().await;
+    let agent = &setup.agent;
+    agent
+        .deploy(&setup.app("v1", "v1"), ENV)
+        .await
+        .assert_code(0);
+
+    let slow = setup.app("slow", "v2").health_delay(Duration::from_secs(3));
+    let token = agent.admin_token().to_owned();
+    let first = agent
+        .deploy_command(&slow, ENV, Some(&token))
+        .spawn()
+        .expect("spawn rollway deploy");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let status = agent.status(APP, ENV).await;
+        if status.0["deployment"]["to_release"].as_u64() == Some(2) {
+            assert!(
+                !status.deployment_finished(),
+                "the slow deploy ended: {status}"
+            );
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let second = agent.deploy(&setup.app("second", "v3"), ENV).await;
+    second.assert_code(2);
+    assert_contains(&second, "admin");
+    assert_contains(&second, "since");
+
+    let first = tokio::time::timeout(PATIENCE, first.wait_with_output())
+        .await
+        .expect("the first deploy ended")
+        .expect("rollway deploy output");
+    assert_eq!(first.status.code(), Some(0), "{first:?}");
+    agent.assert_serves("v2").await;
+}

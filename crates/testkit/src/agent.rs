@@ -1,0 +1,762 @@
+//! Temporary agents for end-to-end tests: the real `rollway agent` on loopback with its own state
+//! directory, the demo app as a deployable app, and the verbs tests use (`deploy`, `rollback`,
+//! `status`, `kill9`, `restart_with_env`).
+//!
+//! Everything runs as real processes. Dropping a [`TestAgent`] kills the agent and everything it
+//! started (its proxy and the app instances, which outlive an agent on purpose), so a test leaves
+//! nothing running whatever way it ends.
+//!
+//! ```no_run
+//! # async fn example(rollway: &std::path::Path, dir: &std::path::Path) {
+//! use testkit::agent::{TestAgent, TestApp};
+//! let agent = TestAgent::start(rollway, &dir.join("state")).await;
+//! let app = TestApp::new(dir.join("app")).version("v1");
+//! agent.deploy(&app, "production").await.assert_code(0);
+//! agent.assert_serves("v1").await;
+//! # }
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+
+use crate::demo::{demo_app_path, free_port};
+use crate::load::{Load, Report};
+
+/// How long the agent may take to answer `/healthz` after it was started.
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one `rollway` command may run before the test fails.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
+/// The app name every [`TestApp`] uses unless told otherwise.
+pub const APP: &str = "demo";
+
+/// A running `rollway agent` with a temporary state directory.
+pub struct TestAgent {
+    rollway: PathBuf,
+    state_dir: PathBuf,
+    api: SocketAddr,
+    proxy: SocketAddr,
+    admin_token: String,
+    child: Option<Child>,
+}
+
+/// What one `rollway` command did.
+#[derive(Debug, Clone)]
+pub struct Ran {
+    /// `None` when it was killed by a signal.
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// A deployable copy of the demo app: a folder with a `rollway.toml` whose `web` service runs
+/// `demo-app`. The manifest is written when the app is deployed.
+#[derive(Debug, Clone)]
+pub struct TestApp {
+    dir: PathBuf,
+    name: String,
+    version: String,
+    run: Option<String>,
+    env: Vec<(String, String)>,
+    replicas: u32,
+    strategy: String,
+    start_timeout: String,
+    keep_warm: String,
+}
+
+impl TestAgent {
+    /// Starts `rollway agent --state STATE_DIR` on free loopback ports, waits until `/healthz`
+    /// answers and reads the admin token. Panics (with the agent's output) when it does not start.
+    pub async fn start(rollway: &Path, state_dir: &Path) -> TestAgent {
+        TestAgent::start_with_env(rollway, state_dir, &[]).await
+    }
+
+    /// [`TestAgent::start`] with extra variables for the agent process (`ROLLWAY_TEST_CRASH_BEFORE`).
+    pub async fn start_with_env(
+        rollway: &Path,
+        state_dir: &Path,
+        extra_env: &[(&str, &str)],
+    ) -> TestAgent {
+        std::fs::create_dir_all(state_dir)
+            .unwrap_or_else(|error| panic!("cannot create `{}`: {error}", state_dir.display()));
+        let port = || free_port().unwrap_or_else(|error| panic!("no free port: {error}"));
+        let mut agent = TestAgent {
+            rollway: rollway.to_owned(),
+            state_dir: state_dir.to_owned(),
+            api: SocketAddr::from((Ipv4Addr::LOCALHOST, port())),
+            proxy: SocketAddr::from((Ipv4Addr::LOCALHOST, port())),
+            admin_token: String::new(),
+            child: None,
+        };
+        agent.spawn(extra_env).await;
+        let token_path = state_dir.join("admin.token");
+        agent.admin_token = std::fs::read_to_string(&token_path)
+            .unwrap_or_else(|error| panic!("cannot read `{}`: {error}", token_path.display()))
+            .trim()
+            .to_owned();
+        agent
+    }
+
+    pub fn api_url(&self) -> String {
+        format!("http://{}", self.api)
+    }
+
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api
+    }
+
+    /// Where the apps answer.
+    pub fn proxy_addr(&self) -> SocketAddr {
+        self.proxy
+    }
+
+    pub fn admin_token(&self) -> &str {
+        &self.admin_token
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    /// Kills the agent process (SIGKILL) and reaps it; its proxy and instances keep running.
+    pub async fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+        }
+    }
+
+    /// Waits until the agent process exits by itself (a test crash point), bounded by `timeout`.
+    /// Returns whether it exited.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> bool {
+        let Some(child) = self.child.as_mut() else {
+            return true;
+        };
+        if tokio::time::timeout(timeout, child.wait()).await.is_ok() {
+            self.child = None;
+            return true;
+        }
+        false
+    }
+
+    /// Kills the agent (if it still runs) and starts it again on the same state directory and
+    /// ports, with `extra_env` added to its environment (nothing else carries over).
+    pub async fn restart_with_env(&mut self, extra_env: &[(&str, &str)]) {
+        self.kill9().await;
+        self.spawn(extra_env).await;
+    }
+
+    /// `rollway ARGS --agent URL` with the admin token (given through the environment, never argv).
+    pub async fn cli(&self, args: &[&str]) -> Ran {
+        self.cli_as(Some(&self.admin_token), args).await
+    }
+
+    /// `rollway ARGS --agent URL` with `token`, or with no token at all.
+    pub async fn cli_as(&self, token: Option<&str>, args: &[&str]) -> Ran {
+        run(self.command(token, args)).await
+    }
+
+    /// The command behind [`TestAgent::cli_as`], for tests that run it in the background.
+    pub fn command(&self, token: Option<&str>, args: &[&str]) -> Command {
+        let mut command = Command::new(&self.rollway);
+        command
+            .args(args)
+            .arg("--agent")
+            .arg(self.api_url())
+            .env("NO_COLOR", "1")
+            .env_remove("ROLLWAY_AGENT")
+            .env_remove("ROLLWAY_TOKEN")
+            // No fallback to a local agent of the user running the tests.
+            .env("ROLLWAY_STATE_DIR", self.state_dir.join("no-local-agent"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        if let Some(token) = token {
+            command.env("ROLLWAY_TOKEN", token);
+        }
+        command
+    }
+
+    /// Writes `app`'s manifest and runs `rollway deploy --env ENV --dir APP` until it ends.
+    pub async fn deploy(&self, app: &TestApp, env: &str) -> Ran {
+        run(self.deploy_command(app, env, Some(&self.admin_token))).await
+    }
+
+    /// The deploy command of [`TestAgent::deploy`], with `token`, to run in the background.
+    pub fn deploy_command(&self, app: &TestApp, env: &str, token: Option<&str>) -> Command {
+        let dir = app.write();
+        let dir = dir.display().to_string();
+        self.command(token, &["deploy", "--env", env, "--dir", &dir])
+    }
+
+    /// `rollway rollback --env ENV --app APP [--to N]`.
+    pub async fn rollback(&self, app: &str, env: &str, to: Option<u64>) -> Ran {
+        let to = to.map(|number| number.to_string());
+        let mut args = vec!["rollback", "--env", env, "--app", app];
+        if let Some(to) = &to {
+            args.extend(["--to", to.as_str()]);
+        }
+        self.cli(&args).await
+    }
+
+    /// `rollway status --env ENV --app APP --json`, parsed.
+    pub async fn status(&self, app: &str, env: &str) -> Status {
+        let ran = self
+            .cli(&["status", "--env", env, "--app", app, "--json"])
+            .await;
+        ran.assert_code(0);
+        Status(serde_json::from_str(&ran.stdout).unwrap_or_else(|error| {
+            panic!("`rollway status --json` printed no JSON ({error}):\n{ran}")
+        }))
+    }
+
+    /// Polls `status` until the latest deployment is in a terminal state, bounded by `timeout`.
+    pub async fn wait_deployment_finished(
+        &self,
+        app: &str,
+        env: &str,
+        timeout: Duration,
+    ) -> Status {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let status = self.status(app, env).await;
+            if status.deployment_finished() {
+                return status;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the deployment did not finish within {timeout:?}: {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Sends `n` requests through the proxy, one at a time.
+    pub async fn sample(&self, n: u64) -> Report {
+        Load::new(self.proxy)
+            .concurrency(1)
+            .count(n)
+            .start()
+            .wait()
+            .await
+    }
+
+    /// Panics unless five fresh requests through the proxy all answer `version`.
+    #[track_caller]
+    pub fn assert_serves(&self, version: &str) -> impl Future<Output = ()> + '_ {
+        let caller = std::panic::Location::caller();
+        let version = version.to_owned();
+        async move {
+            let report = self.sample(5).await;
+            let answered: Vec<Option<&str>> = report
+                .records
+                .iter()
+                .map(|record| record.version.as_deref())
+                .collect();
+            assert!(
+                report.failed == 0 && answered.iter().all(|got| *got == Some(version.as_str())),
+                "expected every answer from `{version}`, got {answered:?} ({report}) at {caller}"
+            );
+        }
+    }
+
+    /// The status code of one request to the control API, with `token` as a bearer token.
+    pub async fn api_status(&self, method: &str, path: &str, token: Option<&str>) -> u16 {
+        let auth = token.map_or_else(String::new, |token| {
+            format!("Authorization: Bearer {token}\r\n")
+        });
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\n{auth}Content-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}",
+            self.api
+        );
+        http_status(self.api, &request)
+            .await
+            .unwrap_or_else(|error| panic!("`{method} {path}` to the agent failed: {error}"))
+    }
+
+    /// Instance id → pid, for every pid file under `STATE/instances/*/pid` whose process lives.
+    pub fn instance_pid_files(&self) -> BTreeMap<String, u32> {
+        let mut found = BTreeMap::new();
+        for (id, pid) in pid_files(&self.state_dir.join("instances")) {
+            if is_alive(pid) {
+                found.insert(id, pid);
+            }
+        }
+        found
+    }
+
+    /// Instance id → the process groups running it, found in `/proc` by working directory (under
+    /// `STATE/releases`) and `ROLLWAY_INSTANCE`. One group per instance means no duplicates.
+    pub fn instance_processes(&self) -> BTreeMap<String, BTreeSet<i32>> {
+        let releases = self.state_dir.join("releases");
+        let mut found: BTreeMap<String, BTreeSet<i32>> = BTreeMap::new();
+        for process in processes_under(&releases) {
+            let id = process.instance.unwrap_or_else(|| "?".to_owned());
+            found.entry(id).or_default().insert(process.pgid);
+        }
+        found
+    }
+
+    /// The agent's own output so far (stdout then stderr), for failure messages.
+    pub fn log(&self) -> String {
+        let read =
+            |name: &str| std::fs::read_to_string(self.state_dir.join(name)).unwrap_or_default();
+        format!("{}{}", read("agent.stdout.log"), read("agent.stderr.log"))
+    }
+
+    async fn spawn(&mut self, extra_env: &[(&str, &str)]) {
+        let open = |name: &str| {
+            let path = self.state_dir.join(name);
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .unwrap_or_else(|error| panic!("cannot open `{}`: {error}", path.display()))
+        };
+        let mut command = Command::new(&self.rollway);
+        command
+            .arg("agent")
+            .arg("--state")
+            .arg(&self.state_dir)
+            .arg("--api")
+            .arg(self.api.to_string())
+            .arg("--proxy")
+            .arg(self.proxy.to_string())
+            // The proxy inherits this directory, which is how `Drop` recognises it.
+            .current_dir(&self.state_dir)
+            .env("NO_COLOR", "1")
+            .env_remove("ROLLWAY_TOKEN")
+            .env_remove("ROLLWAY_TEST_CRASH_BEFORE")
+            .stdin(Stdio::null())
+            .stdout(open("agent.stdout.log"))
+            .stderr(open("agent.stderr.log"))
+            .kill_on_drop(true);
+        for (key, value) in extra_env {
+            command.env(key, value);
+        }
+        let child = command.spawn().unwrap_or_else(|error| {
+            panic!("cannot start `{} agent`: {error}", self.rollway.display())
+        });
+        self.child = Some(child);
+        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+        let request = format!(
+            "GET /healthz HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.api
+        );
+        loop {
+            if matches!(http_status(self.api, &request).await, Ok(200)) {
+                return;
+            }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!(
+                    "the agent exited ({status}) before serving:\n{}",
+                    self.log()
+                );
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the agent did not answer /healthz within {START_TIMEOUT:?}:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for TestAgent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.start_kill();
+            // A SIGKILLed child is reaped by tokio's orphan queue; no await is possible here.
+        }
+        // The proxy and the instances outlive an agent on purpose; a test must not leak them.
+        // Pid files are checked against the working directory so a reused pid is never hit.
+        let mut pids: Vec<u32> = pid_files(&self.state_dir.join("instances"))
+            .into_values()
+            .collect();
+        if let Ok(text) = std::fs::read_to_string(self.state_dir.join("proxy/proxy.pid"))
+            && let Some(pid) = first_number(&text)
+        {
+            pids.push(pid);
+        }
+        for pid in pids {
+            if cwd_of(pid).is_some_and(|cwd| cwd.starts_with(&self.state_dir)) {
+                kill_group_and_process(pid, process_group(pid));
+            }
+        }
+        // Whatever else still runs inside the state directory (an instance whose pid file was
+        // not written yet, a build command).
+        for process in processes_under(&self.state_dir) {
+            kill_group_and_process(process.pid, Some(process.pgid));
+        }
+    }
+}
+
+impl TestApp {
+    /// The demo app in `dir` (created on deploy): app `demo`, version `v1`, one replica,
+    /// blue-green, fast health checks.
+    pub fn new(dir: impl Into<PathBuf>) -> TestApp {
+        TestApp {
+            dir: dir.into(),
+            name: APP.to_owned(),
+            version: "v1".to_owned(),
+            run: None,
+            env: Vec::new(),
+            replicas: 1,
+            strategy: "blue-green".to_owned(),
+            start_timeout: "10s".to_owned(),
+            keep_warm: "5m".to_owned(),
+        }
+    }
+
+    /// `VERSION`: what `GET /` answers.
+    pub fn version(mut self, version: impl Into<String>) -> TestApp {
+        self.version = version.into();
+        self
+    }
+
+    /// One more variable in `[env]` (`ERROR_RATE`, `CRASH_AFTER_S`, ...).
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> TestApp {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    pub fn replicas(mut self, replicas: u32) -> TestApp {
+        self.replicas = replicas;
+        self
+    }
+
+    /// `blue-green` or `rolling`.
+    pub fn strategy(mut self, strategy: impl Into<String>) -> TestApp {
+        self.strategy = strategy.into();
+        self
+    }
+
+    /// Health answers 503 for this long after the app listens (`HEALTH_DELAY_S`).
+    pub fn health_delay(self, delay: Duration) -> TestApp {
+        let seconds = format!("{}", delay.as_secs_f64());
+        self.env("HEALTH_DELAY_S", seconds)
+    }
+
+    /// `health.start_timeout`, as the manifest writes it (`"1s"`).
+    pub fn start_timeout(mut self, timeout: impl Into<String>) -> TestApp {
+        self.start_timeout = timeout.into();
+        self
+    }
+
+    /// Replaces the command of the `web` service (default: the demo app's absolute path).
+    pub fn run(mut self, command: impl Into<String>) -> TestApp {
+        self.run = Some(command.into());
+        self
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn version_str(&self) -> &str {
+        &self.version
+    }
+
+    /// The manifest this app deploys with.
+    pub fn manifest(&self) -> String {
+        let run = self
+            .run
+            .clone()
+            .unwrap_or_else(|| demo_app_path().display().to_string());
+        let mut text = format!(
+            r#"[app]
+name = {name:?}
+
+[services.web]
+run = {run:?}
+replicas = {replicas}
+health = {{ path = "/health", interval = "100ms", timeout = "1s", healthy = 2, start_timeout = {start_timeout:?} }}
+drain = "2s"
+stop_timeout = "2s"
+
+[strategy]
+kind = {strategy:?}
+keep_warm = {keep_warm:?}
+
+[env]
+VERSION = {version:?}
+"#,
+            name = self.name,
+            replicas = self.replicas,
+            start_timeout = self.start_timeout,
+            strategy = self.strategy,
+            keep_warm = self.keep_warm,
+            version = self.version,
+        );
+        for (key, value) in &self.env {
+            text.push_str(&format!("{key} = {value:?}\n"));
+        }
+        text
+    }
+
+    /// Writes the folder (manifest and one file) and returns it.
+    pub fn write(&self) -> PathBuf {
+        std::fs::create_dir_all(&self.dir)
+            .unwrap_or_else(|error| panic!("cannot create `{}`: {error}", self.dir.display()));
+        let files = [
+            ("rollway.toml", self.manifest()),
+            ("README", format!("demo app {}\n", self.version)),
+        ];
+        for (name, text) in files {
+            let path = self.dir.join(name);
+            std::fs::write(&path, text)
+                .unwrap_or_else(|error| panic!("cannot write `{}`: {error}", path.display()));
+        }
+        self.dir.clone()
+    }
+}
+
+impl Ran {
+    /// Panics with the whole transcript unless the exit code is `code`.
+    #[track_caller]
+    pub fn assert_code(&self, code: i32) -> &Ran {
+        assert_eq!(self.code, Some(code), "unexpected exit code:\n{self}");
+        self
+    }
+}
+
+impl fmt::Display for Ran {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "exit_code: {:?}\n----- stdout -----\n{}\n----- stderr -----\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// `rollway status --json` as JSON, with accessors for what tests compare.
+#[derive(Debug, Clone)]
+pub struct Status(pub serde_json::Value);
+
+impl Status {
+    pub fn current_release(&self) -> Option<u64> {
+        self.0["current_release"].as_u64()
+    }
+
+    /// State of the latest deployment (`Succeeded`, `Failed`, ...), if any.
+    pub fn deployment_state(&self) -> Option<&str> {
+        self.0["deployment"]["state"].as_str()
+    }
+
+    pub fn deployment_reason(&self) -> Option<&str> {
+        self.0["deployment"]["reason"].as_str()
+    }
+
+    pub fn deployment_finished(&self) -> bool {
+        matches!(
+            self.deployment_state(),
+            Some("Succeeded" | "Failed" | "RolledBack")
+        )
+    }
+
+    /// Instance id → state (`serving`, `warm`, `starting`, ...).
+    pub fn instances(&self) -> BTreeMap<String, String> {
+        self.0["instances"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|instance| {
+                Some((
+                    instance["id"].as_str()?.to_owned(),
+                    instance["state"].as_str()?.to_owned(),
+                ))
+            })
+            .collect()
+    }
+
+    /// `(release, weight)` pairs.
+    pub fn weights(&self) -> Vec<(u64, u64)> {
+        self.0["weights"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|weight| Some((weight["release"].as_u64()?, weight["weight"].as_u64()?)))
+            .collect()
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = serde_json::to_string_pretty(&self.0).unwrap_or_default();
+        f.write_str(&text)
+    }
+}
+
+/// Runs `command` to its end, bounded by [`COMMAND_TIMEOUT`].
+pub async fn run(mut command: Command) -> Ran {
+    let described = format!("{:?}", command.as_std());
+    let output = tokio::time::timeout(COMMAND_TIMEOUT, command.output())
+        .await
+        .unwrap_or_else(|_| panic!("`{described}` ran longer than {COMMAND_TIMEOUT:?}"))
+        .unwrap_or_else(|error| panic!("cannot run `{described}`: {error}"));
+    Ran {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// Every file under `dir` (recursively) whose bytes contain `needle`.
+pub fn files_containing(dir: &Path, needle: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            match entry.file_type() {
+                Ok(kind) if kind.is_dir() => pending.push(path),
+                Ok(kind) if kind.is_file() && contains(&path, needle) => found.push(path),
+                _ => {}
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// Pids of every live process whose command line contains `needle`.
+pub fn processes_with_cmdline_containing(needle: &str) -> Vec<u32> {
+    all_pids()
+        .filter(|pid| contains(Path::new(&format!("/proc/{pid}/cmdline")), needle))
+        .collect()
+}
+
+fn contains(path: &Path, needle: &str) -> bool {
+    std::fs::read(path).is_ok_and(|bytes| {
+        bytes
+            .windows(needle.len())
+            .any(|window| window == needle.as_bytes())
+    })
+}
+
+/// One process found in `/proc`.
+#[derive(Debug, Clone)]
+struct ProcessInfo {
+    pid: u32,
+    pgid: i32,
+    /// `ROLLWAY_INSTANCE` from its environment.
+    instance: Option<String>,
+}
+
+fn all_pids() -> impl Iterator<Item = u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+}
+
+/// Live (not zombie) processes whose working directory is `dir` or below it.
+fn processes_under(dir: &Path) -> Vec<ProcessInfo> {
+    all_pids()
+        .filter(|pid| cwd_of(*pid).is_some_and(|cwd| cwd.starts_with(dir)))
+        .filter(|pid| is_alive(*pid))
+        .filter_map(|pid| {
+            let pgid = process_group(pid)?;
+            let instance = std::fs::read(format!("/proc/{pid}/environ"))
+                .ok()
+                .and_then(|environ| {
+                    environ.split(|byte| *byte == 0).find_map(|pair| {
+                        pair.strip_prefix(b"ROLLWAY_INSTANCE=")
+                            .map(|id| String::from_utf8_lossy(id).into_owned())
+                    })
+                });
+            Some(ProcessInfo {
+                pid,
+                pgid,
+                instance,
+            })
+        })
+        .collect()
+}
+
+fn cwd_of(pid: u32) -> Option<PathBuf> {
+    std::fs::read_link(format!("/proc/{pid}/cwd")).ok()
+}
+
+/// Fields after the command name in `/proc/PID/stat`: state, ppid, pgrp, ...
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+fn process_group(pid: u32) -> Option<i32> {
+    stat_fields(pid)?.get(2)?.parse().ok()
+}
+
+/// Exists and is not a zombie.
+fn is_alive(pid: u32) -> bool {
+    stat_fields(pid).is_some_and(|fields| fields.first().is_some_and(|state| state != "Z"))
+}
+
+/// `instance id → pid` from `DIR/*/pid` files (`PID START_TIME`).
+fn pid_files(dir: &Path) -> BTreeMap<String, u32> {
+    let mut found = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let Some(id) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        if let Ok(text) = std::fs::read_to_string(entry.path().join("pid"))
+            && let Some(pid) = first_number(&text)
+        {
+            found.insert(id, pid);
+        }
+    }
+    found
+}
+
+fn first_number(text: &str) -> Option<u32> {
+    text.split_whitespace().next()?.parse().ok()
+}
+
+fn kill_group_and_process(pid: u32, pgid: Option<i32>) {
+    use rustix::process::{Pid, Signal, kill_process, kill_process_group};
+    if let Some(group) = pgid.and_then(Pid::from_raw)
+        && group.as_raw_nonzero().get() > 1
+    {
+        let _ = kill_process_group(group, Signal::KILL);
+    }
+    if let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) {
+        let _ = kill_process(pid, Signal::KILL);
+    }
+}
+
+/// The status code of one HTTP/1.1 exchange (`request` must ask for `Connection: close`).
+async fn http_status(addr: SocketAddr, request: &str) -> std::io::Result<u16> {
+    let exchange = async {
+        let mut stream = TcpStream::connect(addr).await?;
+        stream.write_all(request.as_bytes()).await?;
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await?;
+        let answer = String::from_utf8_lossy(&answer);
+        answer
+            .split_whitespace()
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("not an HTTP answer: {answer:?}")))
+    };
+    tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .map_err(|_| std::io::Error::other("no answer within 10s"))?
+}
