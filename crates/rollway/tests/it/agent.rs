@@ -166,6 +166,12 @@ async fn deploys_and_rollbacks_under_load_fail_no_request() {
         ["v1", "v2"],
         "{report}"
     );
+    // Every release is still warm (keep_warm is 5m): 10 blue-green instances, 20 rolling ones,
+    // each running exactly once.
+    let instances = agent.status(APP, ENV).await.instances();
+    assert_eq!(instances.len(), 30, "{instances:?}");
+    let ids: Vec<&str> = instances.keys().map(String::as_str).collect();
+    assert_instances_match(agent, &ids);
 }
 
 // b. Releases that never become healthy, or crash, never receive traffic.
@@ -224,11 +230,47 @@ enum Ends {
     Finished,
 }
 
-async fn check_agent_killed_before(state: &str, ends: Ends) {
+/// How the app of a crash test deploys: blue-green with one instance, or rolling with two.
+#[derive(Debug, Clone, Copy)]
+enum Shape {
+    BlueGreen,
+    Rolling,
+}
+
+impl Shape {
+    fn app(self, setup: &Setup, version: &str) -> TestApp {
+        let app = setup.app(version, version);
+        match self {
+            Shape::BlueGreen => app,
+            Shape::Rolling => app.strategy("rolling").replicas(2),
+        }
+    }
+
+    /// `(instance id, state)` of every instance of `release`.
+    fn instances(self, release: u64, state: &str) -> Vec<(String, String)> {
+        let replicas = match self {
+            Shape::BlueGreen => 1,
+            Shape::Rolling => 2,
+        };
+        (1..=replicas)
+            .map(|replica| {
+                (
+                    format!("{APP}-{ENV}-r{release}-web-{replica}"),
+                    state.to_owned(),
+                )
+            })
+            .collect()
+    }
+}
+
+/// Deploys v1, restarts the agent so that it kills itself before writing `state`, deploys v2,
+/// restarts the agent normally and checks where the deployment and the traffic ended; a load
+/// loop runs the whole time, the agent's downtime included.
+async fn check_agent_killed_before(state: &str, shape: Shape, ends: Ends) {
     let mut setup = Setup::start().await;
     setup
         .agent
-        .deploy(&setup.app("v1", "v1"), ENV)
+        .deploy(&shape.app(&setup, "v1"), ENV)
         .await
         .assert_code(0);
     let load = setup.load();
@@ -237,7 +279,7 @@ async fn check_agent_killed_before(state: &str, ends: Ends) {
     let token = setup.agent.admin_token().to_owned();
     let deploy = setup
         .agent
-        .deploy_command(&setup.app("v2", "v2"), ENV, Some(&token))
+        .deploy_command(&shape.app(&setup, "v2"), ENV, Some(&token))
         .spawn()
         .expect("spawn rollway deploy");
     assert!(
@@ -248,18 +290,16 @@ async fn check_agent_killed_before(state: &str, ends: Ends) {
     setup.agent.restart_with_env(&[]).await;
     let agent = &setup.agent;
     let status = agent.wait_deployment_finished(APP, ENV, PATIENCE).await;
-    // The deploy command saw the agent die; whatever it reports, it must end.
+    // The deploy command follows the deployment across the restart; it exits 3 only when the
+    // agent died before answering the deploy request itself.
     let ran = tokio::time::timeout(PATIENCE, deploy.wait_with_output())
         .await
         .expect("rollway deploy ended")
         .expect("rollway deploy output");
-    let ran = format!(
-        "exit {:?}\n{}",
-        ran.status.code(),
-        String::from_utf8_lossy(&ran.stderr)
-    );
+    let code = ran.status.code();
+    let ran = format!("exit {code:?}\n{}", String::from_utf8_lossy(&ran.stderr));
 
-    match ends {
+    let (current, serves, instances, pid_files) = match ends {
         Ends::Undone => {
             assert_eq!(status.deployment_state(), Some("Failed"), "{status}\n{ran}");
             assert!(
@@ -268,14 +308,9 @@ async fn check_agent_killed_before(state: &str, ends: Ends) {
                     .is_some_and(|reason| reason.contains("agent restarted")),
                 "{status}"
             );
-            assert_eq!(status.current_release(), Some(1), "{status}");
-            agent.assert_serves("v1").await;
-            assert_eq!(
-                status.instances().into_iter().collect::<Vec<_>>(),
-                [(instance(1), "serving".to_owned())],
-                "{status}"
-            );
-            assert_instances_match(agent, &[&instance(1)]);
+            assert!(matches!(code, Some(1 | 3)), "{ran}");
+            let instances = shape.instances(1, "serving");
+            (1, "v1", instances.clone(), instances)
         }
         Ends::Finished => {
             assert_eq!(
@@ -283,19 +318,23 @@ async fn check_agent_killed_before(state: &str, ends: Ends) {
                 Some("Succeeded"),
                 "{status}\n{ran}"
             );
-            assert_eq!(status.current_release(), Some(2), "{status}");
-            agent.assert_serves("v2").await;
-            assert_eq!(
-                status.instances().into_iter().collect::<Vec<_>>(),
-                [
-                    (instance(1), "warm".to_owned()),
-                    (instance(2), "serving".to_owned())
-                ],
-                "{status}"
-            );
-            assert_instances_match(agent, &[&instance(1), &instance(2)]);
+            assert!(matches!(code, Some(0 | 3)), "{ran}");
+            let mut instances = shape.instances(1, "warm");
+            instances.extend(shape.instances(2, "serving"));
+            (2, "v2", instances.clone(), instances)
         }
-    }
+    };
+    assert_eq!(status.current_release(), Some(current), "{status}");
+    assert_eq!(status.weights(), vec![(current, 100)], "{status}");
+    agent.assert_serves(serves).await;
+    assert_eq!(
+        status.instances().into_iter().collect::<Vec<_>>(),
+        instances,
+        "{status}"
+    );
+    let ids: Vec<&str> = pid_files.iter().map(|(id, _)| id.as_str()).collect();
+    assert_instances_match(agent, &ids);
+
     let report = load.stop().await;
     report.assert_no_failures();
     assert!(report.total > 0, "the load loop sent nothing");
@@ -303,34 +342,44 @@ async fn check_agent_killed_before(state: &str, ends: Ends) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_killed_before_preparing_undoes_the_deploy() {
-    check_agent_killed_before("Preparing", Ends::Undone).await;
+    check_agent_killed_before("Preparing", Shape::BlueGreen, Ends::Undone).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_killed_before_releasing_undoes_the_deploy() {
-    check_agent_killed_before("Releasing", Ends::Undone).await;
+    check_agent_killed_before("Releasing", Shape::BlueGreen, Ends::Undone).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_killed_before_starting_undoes_the_deploy() {
-    check_agent_killed_before("Starting", Ends::Undone).await;
+    check_agent_killed_before("Starting", Shape::BlueGreen, Ends::Undone).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_killed_before_verifying_undoes_the_deploy() {
-    check_agent_killed_before("Verifying", Ends::Undone).await;
+    check_agent_killed_before("Verifying", Shape::BlueGreen, Ends::Undone).await;
 }
 
 /// `Verifying` is the last state written: traffic never moved, so the deploy is undone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_killed_before_shifting_undoes_the_deploy() {
-    check_agent_killed_before("Shifting", Ends::Undone).await;
+    check_agent_killed_before("Shifting", Shape::BlueGreen, Ends::Undone).await;
 }
 
 /// `Shifting` was written and traffic moved: the restarted agent finishes the shift.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_killed_before_succeeded_finishes_the_deploy() {
-    check_agent_killed_before("Succeeded", Ends::Finished).await;
+    check_agent_killed_before("Succeeded", Shape::BlueGreen, Ends::Finished).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_killed_before_a_rolling_shift_undoes_the_deploy() {
+    check_agent_killed_before("Shifting", Shape::Rolling, Ends::Undone).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_killed_after_a_rolling_shift_finishes_the_deploy() {
+    check_agent_killed_before("Succeeded", Shape::Rolling, Ends::Finished).await;
 }
 
 // d. Tokens: none, too weak, and never written or shown anywhere.
