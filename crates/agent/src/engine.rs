@@ -111,6 +111,7 @@ pub struct Engine {
     pub proxy: ProxyLink,
     pub proxy_addr: SocketAddr,
     pub artifacts: ArtifactStore,
+    pub master_key: crate::secrets::MasterKey,
     pub paths: Paths,
     pub events: broadcast::Sender<EventView>,
     /// std Mutex: held for map edits only, never across an await.

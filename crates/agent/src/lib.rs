@@ -11,6 +11,7 @@ pub mod engine;
 pub mod health;
 pub mod proxy_link;
 pub mod recover;
+pub mod secrets;
 pub mod store;
 pub mod tokens;
 
@@ -68,6 +69,8 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Secrets(#[from] secrets::SecretError),
     #[error("the API server failed")]
     Serve(#[source] std::io::Error),
 }
@@ -90,6 +93,7 @@ pub async fn run(
 
     let store = Arc::new(Store::open(&state_dir.join("rollway.db"))?);
     let admin_token = ensure_admin_token(&store, &state_dir)?;
+    let master_key = secrets::MasterKey::load_or_create(&state_dir)?;
     let paths = Paths::new(state_dir.clone());
     let driver = Arc::new(ProcessDriver::new(paths.instances.clone()).map_err(dir_error)?);
     let artifacts = ArtifactStore::new(state_dir.join("artifacts"));
@@ -113,6 +117,7 @@ pub async fn run(
         proxy,
         proxy_addr: config.proxy,
         artifacts,
+        master_key,
         paths,
         events,
         runtimes: Mutex::new(BTreeMap::new()),

@@ -24,7 +24,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::tokens::Role;
 
+mod backups;
 mod migrations;
+mod secrets;
+
+pub use backups::{BackupKind, BackupReason, BackupRecord};
+pub use secrets::{SealedSecret, SecretMeta};
 
 /// A cheap-clone handle on the store.
 #[derive(Clone)]

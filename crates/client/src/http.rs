@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 
 use crate::wire::{
     AgentInfo, DeployRequest, DeploymentView, ErrorBody, EventView, LogLineView, ReleaseView,
-    RollbackRequest, StatusView, TokenCreated, TokenRequest, TokenView,
+    RollbackRequest, SecretValue, SecretView, StatusView, TokenCreated, TokenRequest, TokenView,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -192,6 +192,25 @@ impl Client {
     ) -> Result<Vec<EventView>, ClientError> {
         self.get(&format!("/v1/deployments/{id}/events?after={after}"))
             .await
+    }
+
+    pub async fn secrets(&self, app: &str, env: &str) -> Result<Vec<SecretView>, ClientError> {
+        self.get(&format!("/v1/apps/{app}/environments/{env}/secrets")).await
+    }
+
+    pub async fn set_secret(&self, app: &str, env: &str, name: &str, value: &SecretValue) -> Result<SecretView, ClientError> {
+        let body = serde_json::to_vec(value).map_err(|source| ClientError::Decode { path: "secrets".to_owned(), source })?;
+        let path = format!("/v1/apps/{app}/environments/{env}/secrets/{name}");
+        let bytes = self
+            .request_bytes(Method::PUT, &path, Some(Bytes::from(body)), Some("application/json"))
+            .await?;
+        decode(&path, &bytes)
+    }
+
+    pub async fn unset_secret(&self, app: &str, env: &str, name: &str) -> Result<(), ClientError> {
+        self.request_bytes(Method::DELETE, &format!("/v1/apps/{app}/environments/{env}/secrets/{name}"), None, None)
+            .await
+            .map(|_| ())
     }
 
     pub async fn create_token(&self, request: &TokenRequest) -> Result<TokenCreated, ClientError> {

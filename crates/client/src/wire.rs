@@ -156,3 +156,24 @@ pub struct AgentInfo {
     pub proxy: String,
     pub state_dir: String,
 }
+
+/// `PUT /v1/apps/{app}/environments/{env}/secrets/{name}`: the value travels in the body only.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretValue {
+    pub value: String,
+}
+
+impl std::fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretValue(***)")
+    }
+}
+
+/// A secret as listed: name, version, who and when; never the value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretView {
+    pub name: String,
+    pub version: u64,
+    pub created_by: String,
+    pub created_at: i64,
+}

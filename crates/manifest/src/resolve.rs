@@ -20,7 +20,7 @@ use crate::validate::{self, is_slug};
 const ENVIRONMENT_ONLY_KEYS: &[&str] = &["agents", "secrets"];
 /// Sections an environment may override.
 const OVERRIDABLE: &[&str] = &[
-    "build", "services", "release", "strategy", "analysis", "routes", "env", "alerts",
+    "build", "services", "release", "strategy", "analysis", "routes", "env", "alerts", "flags",
 ];
 
 /// One environment: where it deploys, what it must have, and its layered settings.

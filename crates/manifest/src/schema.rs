@@ -23,6 +23,9 @@ pub struct Config {
     #[serde(serialize_with = "as_map")]
     pub env: Vec<(String, String)>,
     pub alerts: Option<Alerts>,
+    /// Feature flags, handed to the app as `FLAG_<NAME>=true|false`, in manifest order.
+    #[serde(serialize_with = "as_bool_map")]
+    pub flags: Vec<(String, bool)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -192,5 +195,9 @@ fn as_map<S: serde::Serializer>(
     pairs: &[(String, String)],
     serializer: S,
 ) -> Result<S::Ok, S::Error> {
+    serializer.collect_map(pairs.iter().map(|(key, value)| (key, value)))
+}
+
+fn as_bool_map<S: serde::Serializer>(pairs: &[(String, bool)], serializer: S) -> Result<S::Ok, S::Error> {
     serializer.collect_map(pairs.iter().map(|(key, value)| (key, value)))
 }

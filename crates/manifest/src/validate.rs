@@ -28,6 +28,7 @@ pub(crate) const ROOT_KEYS: &[&str] = &[
     "env",
     "environments",
     "alerts",
+    "flags",
 ];
 
 pub(crate) const SERVICE_KEYS: &[&str] = &[
@@ -78,6 +79,10 @@ pub(crate) fn config(
         None => Vec::new(),
     };
     let alerts = root.get("alerts").and_then(|value| alerts(reader, value));
+    let flags = match root.get("flags") {
+        Some(value) => flags(reader, value),
+        None => Vec::new(),
+    };
     let services = services?;
     let routes = routes(reader, root.get("routes"), &services);
     require_health(reader, root, &services, &routes);
@@ -91,7 +96,38 @@ pub(crate) fn config(
         routes,
         env,
         alerts,
+        flags,
     })
+}
+
+/// `[flags]`: names usable in a variable name, boolean values.
+fn flags(reader: &mut Reader, value: &Value<'_>) -> Vec<(String, bool)> {
+    let Some(table) = reader.table(value, "flags", "write `[flags]` followed by `NEW_CHECKOUT = true`") else {
+        return Vec::new();
+    };
+    let mut flags = Vec::with_capacity(table.len());
+    for (key, flag_value) in table.iter() {
+        let name: &str = key.get_ref();
+        if !is_env_name(name) {
+            reader.invalid(
+                key.span(),
+                format!("`{name}` is not a valid flag name"),
+                "invalid name",
+                "flags reach the app as `FLAG_<NAME>`: letters, digits and `_`, not starting with a digit",
+            );
+            continue;
+        }
+        match flag_value.get_ref() {
+            DeValue::Boolean(on) => flags.push((name.to_owned(), *on)),
+            _ => reader.invalid(
+                flag_value.span(),
+                format!("flag `{name}` must be `true` or `false`"),
+                "expected a boolean",
+                format!("write `{name} = true`"),
+            ),
+        }
+    }
+    flags
 }
 
 fn app(reader: &mut Reader, root: &DeTable<'_>, root_span: Range<usize>) -> Option<App> {

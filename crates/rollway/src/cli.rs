@@ -59,6 +59,9 @@ pub enum Command {
     Logs(LogsArgs),
     /// The audit log.
     Events(EventsArgs),
+    /// Secrets of an environment: set (value from stdin), list (never values), unset.
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
     /// API tokens and their roles.
     #[command(subcommand)]
     Tokens(TokensCommand),
@@ -144,6 +147,28 @@ pub struct EventsArgs {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum SecretsCommand {
+    /// Set a secret; the value is read from stdin, never from the command line.
+    Set {
+        /// The variable name the app reads, such as `JWT_SECRET`.
+        name: String,
+        #[command(flatten)]
+        target: EnvArgs,
+    },
+    /// Names, versions and dates of the secrets set for an environment.
+    List {
+        #[command(flatten)]
+        target: EnvArgs,
+    },
+    /// Unset a secret (earlier versions stay, for rollbacks).
+    Unset {
+        name: String,
+        #[command(flatten)]
+        target: EnvArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum TokensCommand {
     /// Create a token; its value is shown once.
     Create {
@@ -216,4 +241,6 @@ pub struct CheckArgs {
     /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub agent: AgentArgs,
 }

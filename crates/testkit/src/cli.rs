@@ -14,6 +14,8 @@ pub fn run(binary: &Path, dir: &Path, args: &[&str]) -> Output {
         .env("NO_COLOR", "1")
         .env_remove("ROLLWAY_AGENT")
         .env_remove("ROLLWAY_TOKEN")
+        // Never the developer's own local agent: a state dir of the test's own, empty.
+        .env("ROLLWAY_STATE_DIR", dir.join(".rollway-test-state"))
         .stdin(Stdio::null())
         .output()
         .unwrap_or_else(|error| panic!("cannot run `{}`: {error}", binary.display()))

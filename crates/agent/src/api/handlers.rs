@@ -11,7 +11,8 @@ use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use client::wire::{
     AgentInfo, DeployRequest, DeploymentView, EventView, InstanceView, LogLineView, ReleaseView,
-    RollbackRequest, StatusView, TokenCreated, TokenRequest, TokenView, WeightView,
+    RollbackRequest, SecretValue, SecretView, StatusView, TokenCreated, TokenRequest, TokenView,
+    WeightView,
 };
 use futures_util::Stream;
 use serde::Deserialize;
@@ -331,21 +332,32 @@ fn default_lines() -> usize {
     100
 }
 
-pub async fn logs(
-    State(engine): State<Arc<Engine>>,
-    Path((app, env)): Path<(String, String)>,
-    Query(query): Query<LogsQuery>,
-) -> ApiResult<Vec<LogLineView>> {
-    let runtime = engine.runtime(&(app, env));
-    let mut lines = Vec::new();
-    for id in runtime.instances.keys() {
-        if let Ok(found) = driver::Driver::logs(engine.driver.as_ref(), id, query.n.min(10_000)) {
-            lines.extend(found.into_iter().map(|line| LogLineView {
-                instance_id: line.instance_id,
-                line: line.line,
-            }));
+pub async fn logs(State(engine): State<Arc<Engine>>, Path((app, env)): Path<(String, String)>, Query(query): Query<LogsQuery>) -> ApiResult<Vec<LogLineView>> {
+    let key = (app.clone(), env.clone());
+    let runtime = engine.runtime(&key);
+    // A second line of defence: the current secret values never leave through this route, even
+    // if the app printed them.
+    let secret_values: Vec<crate::secrets::Secret> = crate::secrets::snapshot(&engine.store, &app, &env)
+        .and_then(|versions| crate::secrets::open_versions(&engine.store, &engine.master_key, &app, &env, &versions))
+        .map(|values| values.into_values().collect())
+        .unwrap_or_default();
+    let n = query.n.min(10_000);
+    let engine_for_read = engine.clone();
+    let ids: Vec<String> = runtime.instances.keys().cloned().collect();
+    let lines = tokio::task::spawn_blocking(move || {
+        let mut lines = Vec::new();
+        for id in ids {
+            if let Ok(found) = driver::Driver::logs(engine_for_read.driver.as_ref(), &id, n) {
+                lines.extend(found.into_iter().map(|line| LogLineView {
+                    instance_id: line.instance_id,
+                    line: crate::secrets::scrub(&line.line, &secret_values),
+                }));
+            }
         }
-    }
+        lines
+    })
+    .await
+    .map_err(ApiError::internal)?;
     Ok(Json(lines))
 }
 
@@ -403,6 +415,53 @@ pub async fn revoke_token(
         deployment_id: None,
         kind: "token.revoked".to_owned(),
         message: format!("{} revoked token `{id}`", caller.name),
+        data_json: "{}".to_owned(),
+    });
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn secrets(State(engine): State<Arc<Engine>>, Path((app, env)): Path<(String, String)>) -> ApiResult<Vec<SecretView>> {
+    let metas = crate::secrets::list(&engine.store, &app, &env).map_err(ApiError::internal)?;
+    Ok(Json(metas.into_iter().map(|meta| SecretView { name: meta.name, version: meta.version, created_by: meta.created_by, created_at: meta.created_at }).collect()))
+}
+
+pub async fn set_secret(
+    State(engine): State<Arc<Engine>>,
+    Extension(caller): Extension<Caller>,
+    Path((app, env, name)): Path<(String, String, String)>,
+    Json(body): Json<SecretValue>,
+) -> ApiResult<SecretView> {
+    if !manifest::interpolate::is_env_name(&name) {
+        return Err(ApiError::bad_request(format!("`{name}` is not a valid secret name; use letters, digits and `_`")));
+    }
+    let value = crate::secrets::Secret::new(body.value);
+    let now = now_ms();
+    let version = crate::secrets::set(&engine.store, &engine.master_key, &app, &env, &name, &value, &caller.name, now).map_err(ApiError::internal)?;
+    engine.record(NewEvent {
+        app: Some(app.clone()),
+        environment: Some(env.clone()),
+        deployment_id: None,
+        kind: "secret.set".to_owned(),
+        message: format!("{} set secret {name} (version {version})", caller.name),
+        data_json: "{}".to_owned(),
+    });
+    Ok(Json(SecretView { name, version, created_by: caller.name, created_at: now }))
+}
+
+pub async fn unset_secret(
+    State(engine): State<Arc<Engine>>,
+    Extension(caller): Extension<Caller>,
+    Path((app, env, name)): Path<(String, String, String)>,
+) -> Result<StatusCode, ApiError> {
+    if !crate::secrets::unset(&engine.store, &app, &env, &name, &caller.name, now_ms()).map_err(ApiError::internal)? {
+        return Err(ApiError::not_found(format!("no secret `{name}` set for `{app}` in `{env}`")));
+    }
+    engine.record(NewEvent {
+        app: Some(app),
+        environment: Some(env),
+        deployment_id: None,
+        kind: "secret.unset".to_owned(),
+        message: format!("{} unset secret {name}", caller.name),
         data_json: "{}".to_owned(),
     });
     Ok(StatusCode::NO_CONTENT)

@@ -25,6 +25,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
             get(handlers::releases),
         )
         .route("/apps/{app}/environments/{env}/logs", get(handlers::logs))
+        .route("/apps/{app}/environments/{env}/secrets", get(handlers::secrets))
         .route("/deployments/{id}", get(handlers::deployment))
         .route("/deployments/{id}/events", get(handlers::deployment_events))
         .route("/deployments/{id}/stream", get(handlers::deployment_stream))

@@ -7,10 +7,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+
 use driver::{Driver, InstanceSpec};
 use manifest::{Health, ResolvedManifest, Service};
 
 use crate::engine::{AppEnv, Engine, InstancePhase, RouteInfo, RuntimeInstance, now_ms};
+use crate::secrets::Secret;
 use crate::store::{Deployment, InstanceRecord, NewEvent};
 
 /// How long a build command may run.
@@ -21,6 +24,8 @@ pub struct LoadedRelease {
     pub number: u64,
     pub artifact: String,
     pub resolved: ResolvedManifest,
+    /// The secret versions recorded with the release, opened. Never logged (`Secret` prints `***`).
+    pub secrets: BTreeMap<String, Secret>,
 }
 
 /// What the store keeps of a release's config: the manifest text and the environment, so the
@@ -40,10 +45,16 @@ pub fn load_release(engine: &Engine, key: &AppEnv, number: u64) -> Result<Loaded
     let config: ReleaseConfig = serde_json::from_str(&release.config_json)
         .map_err(|error| format!("release {number} has an unreadable config: {error}"))?;
     let resolved = resolve(&config)?;
+    let versions: BTreeMap<String, u64> = match &release.secrets_version {
+        Some(json) => serde_json::from_str(json).map_err(|error| format!("release {number} has unreadable secret versions: {error}"))?,
+        None => BTreeMap::new(),
+    };
+    let secrets = crate::secrets::open_versions(&engine.store, &engine.master_key, &key.0, &key.1, &versions).map_err(|error| error.to_string())?;
     Ok(LoadedRelease {
         number,
         artifact: release.artifact,
         resolved,
+        secrets,
     })
 }
 
@@ -94,7 +105,7 @@ pub async fn prepare(
             deployment,
             &dir,
             &build.command,
-            &base_env(&release.resolved)?,
+            &base_env(release)?,
         )
         .await?;
     }
@@ -113,7 +124,7 @@ pub async fn run_release_command(
     let dir = engine
         .paths
         .release_dir(&deployment.app, &deployment.environment, release.number);
-    let mut env = base_env(&release.resolved)?;
+    let mut env = base_env(release)?;
     env.push(("ROLLWAY_APP".to_owned(), deployment.app.clone()));
     env.push((
         "ROLLWAY_ENVIRONMENT".to_owned(),
@@ -325,9 +336,9 @@ pub fn instance_spec(
             ));
         }
     };
-    let mut env = base_env(&release.resolved)?;
+    let mut env = base_env(release)?;
     for (name, value) in &service.env {
-        let value = interpolate(name, value)?;
+        let value = interpolate(name, value, &release.secrets)?;
         env.retain(|(existing, _)| existing != name);
         env.push((name.clone(), value));
     }
@@ -345,24 +356,35 @@ pub fn instance_spec(
     })
 }
 
-/// The app-wide variables with `${NAME}` references filled in.
-fn base_env(resolved: &ResolvedManifest) -> Result<Vec<(String, String)>, String> {
-    resolved
-        .config
-        .env
-        .iter()
-        .map(|(name, value)| Ok((name.clone(), interpolate(name, value)?)))
-        .collect()
+/// The app-wide variables: the manifest's `[env]` with `${NAME}` filled in from the release's
+/// secrets, every listed secret under its own name, and the environment's flags as `FLAG_NAME`.
+pub fn base_env(release: &LoadedRelease) -> Result<Vec<(String, String)>, String> {
+    let mut env: Vec<(String, String)> = Vec::new();
+    for name in &release.resolved.secrets {
+        let value = release
+            .secrets
+            .get(name)
+            .ok_or_else(|| format!("secret `{name}` is not set for `{}`", release.resolved.environment))?;
+        env.push((name.clone(), value.expose().to_owned()));
+    }
+    for (name, value) in &release.resolved.config.env {
+        let value = interpolate(name, value, &release.secrets)?;
+        env.retain(|(existing, _)| existing != name);
+        env.push((name.clone(), value));
+    }
+    for (flag, on) in &release.resolved.config.flags {
+        env.push((format!("FLAG_{flag}"), on.to_string()));
+    }
+    Ok(env)
 }
 
-fn interpolate(name: &str, value: &str) -> Result<String, String> {
-    // Secrets arrive with the release phase; until then a reference has nothing to resolve from.
-    manifest::interpolate::interpolate(value, |_| None).map_err(|unresolved| match unresolved {
-        manifest::interpolate::Unresolved::Missing(names) => {
-            format!("`{name}` references unset {}", names.join(", "))
-        }
-        manifest::interpolate::Unresolved::Syntax(reason) => format!("`{name}`: {reason}"),
-    })
+fn interpolate(name: &str, value: &str, secrets: &BTreeMap<String, Secret>) -> Result<String, String> {
+    manifest::interpolate::interpolate(value, |reference| secrets.get(reference).map(|secret| secret.expose().to_owned())).map_err(
+        |unresolved| match unresolved {
+            manifest::interpolate::Unresolved::Missing(names) => format!("`{name}` references unset {}", names.join(", ")),
+            manifest::interpolate::Unresolved::Syntax(reason) => format!("`{name}`: {reason}"),
+        },
+    )
 }
 
 /// The routes of a release's manifest, as the runtime keeps them.

@@ -70,8 +70,10 @@ pub fn deploy(
     let resolved = manifest
         .resolve(env)
         .map_err(|error| StartError::UnknownEnvironment(error.to_string()))?;
-    // Secrets arrive with the release phase; until then nothing required can be set on the agent.
-    let missing = resolved.required_config().missing(|_| false);
+    let secret_versions = crate::secrets::snapshot(&engine.store, app, env).map_err(store_error)?;
+    let missing = resolved
+        .required_config()
+        .missing(|name| secret_versions.contains_key(name));
     if !missing.is_empty() {
         return Err(StartError::MissingConfig {
             environment: env.to_owned(),
@@ -95,7 +97,10 @@ pub fn deploy(
             environment: env.to_owned(),
             artifact: request.artifact.clone(),
             config_json,
-            secrets_version: None,
+            // The versions, never the values: a rollback opens exactly these again.
+            secrets_version: Some(
+                serde_json::to_string(&secret_versions).map_err(|error| StartError::Store(error.to_string()))?,
+            ),
             created_by: caller.to_owned(),
             message: request.message.clone(),
             strategy: strategy.clone(),

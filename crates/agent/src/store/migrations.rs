@@ -8,7 +8,7 @@ pub(super) fn migrations() -> Migrations<'static> {
     Migrations::from_slice(MIGRATIONS)
 }
 
-pub(super) static MIGRATIONS: &[M<'static>] = &[M::up(V1_INITIAL)];
+pub(super) static MIGRATIONS: &[M<'static>] = &[M::up(V1_INITIAL), M::up(V2_SECRETS_BACKUPS)];
 
 /// The first schema.
 ///
@@ -145,4 +145,46 @@ CREATE TABLE tokens (
     created_at  INTEGER NOT NULL,
     revoked_at  INTEGER
 ) STRICT;
+"#;
+
+/// Secrets (encrypted, versioned, never deleted: a release keeps the versions it used, so a rollback
+/// gets them back) and database backups.
+///
+/// - A secret version is immutable; `ciphertext` NULL is an unset (a tombstone version).
+/// - The store never sees a secret value in clear: `nonce` and `ciphertext` come from XChaCha20-Poly1305.
+const V2_SECRETS_BACKUPS: &str = r#"
+CREATE TABLE secrets (
+    app          TEXT    NOT NULL,
+    environment  TEXT    NOT NULL,
+    name         TEXT    NOT NULL,
+    version      INTEGER NOT NULL CHECK (version >= 1),
+    nonce        BLOB,
+    ciphertext   BLOB,
+    created_by   TEXT    NOT NULL,
+    created_at   INTEGER NOT NULL,
+    PRIMARY KEY (app, environment, name, version)
+) STRICT;
+
+CREATE TRIGGER secrets_immutable
+BEFORE UPDATE ON secrets
+BEGIN
+    SELECT RAISE(ABORT, 'a secret version is immutable');
+END;
+
+CREATE TABLE backups (
+    id             TEXT    NOT NULL PRIMARY KEY,
+    app            TEXT    NOT NULL,
+    environment    TEXT    NOT NULL,
+    release        INTEGER,
+    deployment_id  TEXT,
+    kind           TEXT    NOT NULL CHECK (kind IN ('sqlite', 'postgres')),
+    reason         TEXT    NOT NULL CHECK (reason IN ('release', 'manual', 'schedule')),
+    target         TEXT    NOT NULL,
+    path           TEXT    NOT NULL,
+    size           INTEGER NOT NULL,
+    sha256         TEXT    NOT NULL,
+    created_at     INTEGER NOT NULL
+) STRICT;
+
+CREATE INDEX backups_by_app ON backups (app, environment, created_at);
 "#;

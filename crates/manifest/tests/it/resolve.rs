@@ -89,6 +89,7 @@ fn parity_lists_only_what_differs() {
     assert_eq!(
         settings,
         vec![
+            "flags.NEW_CHECKOUT",
             "routes.web.hosts",
             "secrets",
             "services.web.health.timeout",

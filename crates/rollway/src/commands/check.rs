@@ -66,6 +66,10 @@ pub fn run(args: &CheckArgs, printer: Printer) -> anyhow::Result<ExitStatus> {
         None => manifest.resolve_all(),
     };
     let parity = parity_for(&manifest, args.env.as_deref());
+    let missing = match &args.env {
+        Some(env) => missing_on_agent(args, &manifest.shared.app.name, env, &selected),
+        None => Verified::NotAsked,
+    };
 
     if args.json {
         let environments: Vec<_> = selected
@@ -88,6 +92,15 @@ pub fn run(args: &CheckArgs, printer: Printer) -> anyhow::Result<ExitStatus> {
         printer.data(&serde_json::to_string_pretty(&out)?)?;
     } else {
         printer.data(&render_text(&manifest, &selected, &parity))?;
+    }
+    match &missing {
+        Verified::Missing { env, names } if !names.is_empty() => {
+            printer.error(&format!("missing for {env}: {}", names.join(", ")));
+            printer.hint(&format!("set each with `rollway secrets set NAME --env {env}` (the value is read from stdin)"));
+            return Ok(ExitStatus::Usage);
+        }
+        Verified::Unreachable(reason) => printer.warning(&format!("required secrets not verified: {reason}")),
+        _ => {}
     }
     let scope = match &args.env {
         Some(name) => format!(" for `{name}`"),
@@ -254,4 +267,35 @@ fn print_json_errors(
     let out = json!({ "ok": false, "file": path, "errors": errors });
     printer.data(&serde_json::to_string_pretty(&out)?)?;
     Ok(())
+}
+
+/// Whether the environment's required secrets were checked against an agent.
+enum Verified {
+    NotAsked,
+    Missing { env: String, names: Vec<String> },
+    Unreachable(String),
+}
+
+/// Asks the agent (given, or the local one when it runs) which required secrets are not set.
+fn missing_on_agent(args: &CheckArgs, app: &str, env: &str, selected: &[ResolvedManifest]) -> Verified {
+    let Some(resolved) = selected.first() else { return Verified::NotAsked };
+    let required = resolved.required_config();
+    if required.names().is_empty() {
+        return Verified::Missing { env: env.to_owned(), names: Vec::new() };
+    }
+    let client = match super::connect::client(&args.agent) {
+        Ok(client) => client,
+        Err(no_agent) => return Verified::Unreachable(no_agent.message),
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => return Verified::Unreachable(error.to_string()),
+    };
+    match runtime.block_on(client.secrets(app, env)) {
+        Ok(set) => Verified::Missing {
+            env: env.to_owned(),
+            names: required.missing(|name| set.iter().any(|secret| secret.name == name)),
+        },
+        Err(error) => Verified::Unreachable(error.to_string()),
+    }
 }

@@ -66,15 +66,6 @@ pub fn run(args: &DeployArgs, mode: Mode, printer: Printer) -> anyhow::Result<Ex
             return Ok(ExitStatus::Usage);
         }
     };
-    // Nothing is packed or sent while something required is missing.
-    let missing = resolved.required_config().names();
-    if !missing.is_empty() {
-        printer.error(&format!("missing for {env}: {}", missing.join(", ")));
-        printer.hint(&format!(
-            "set each with `rollway secrets set NAME --env {env}` before deploying"
-        ));
-        return Ok(ExitStatus::Usage);
-    }
     let app = manifest.shared.app.name.clone();
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
@@ -90,6 +81,20 @@ pub fn run(args: &DeployArgs, mode: Mode, printer: Printer) -> anyhow::Result<Ex
                 return Ok(ExitStatus::Unreachable);
             }
         };
+        // Nothing is packed or sent while something required is missing.
+        let required = resolved.required_config();
+        if !required.names().is_empty() {
+            let set = match client.secrets(&app, &env).await {
+                Ok(set) => set,
+                Err(error) => return super::client_error(&printer, error),
+            };
+            let missing = required.missing(|name| set.iter().any(|secret| secret.name == name));
+            if !missing.is_empty() {
+                printer.error(&format!("missing for {env}: {}", missing.join(", ")));
+                printer.hint(&format!("set each with `rollway secrets set NAME --env {env}` (the value is read from stdin)"));
+                return Ok(ExitStatus::Usage);
+            }
+        }
         deploy(&client, args, &printer, &app, &env, source).await
     })
 }

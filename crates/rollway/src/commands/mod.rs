@@ -7,6 +7,7 @@ pub mod deploy;
 pub mod init;
 pub mod inspect;
 pub mod rollback;
+pub mod secrets;
 pub mod tokens;
 pub mod up;
 

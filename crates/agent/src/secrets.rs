@@ -1,0 +1,198 @@
+//! Secrets: encrypted at rest with XChaCha20-Poly1305, versioned, and held in memory only as
+//! [`Secret`], a type that cannot be printed or serialized by accident.
+//!
+//! The key comes from `ROLLWAY_MASTER_KEY` (64 hex digits) or the state directory's `master.key`
+//! (0600, made on first start). A sealed value is bound to its app, environment, name and version
+//! (the AEAD's associated data), so a ciphertext cannot be moved to another secret.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use zeroize::Zeroizing;
+
+use crate::store::{SealedSecret, SecretMeta, Store, StoreError};
+
+/// The variable that may hold the master key.
+pub const MASTER_KEY_VAR: &str = "ROLLWAY_MASTER_KEY";
+pub const MASTER_KEY_FILE: &str = "master.key";
+
+/// A secret value. `Debug` and `Display` print `***`; there is no `Serialize`; reading the value
+/// takes an explicit `expose()`, done only where env is handed to an instance.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Zeroizing<String>);
+
+impl Secret {
+    pub fn new(value: String) -> Self {
+        Secret(Zeroizing::new(value))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl std::fmt::Display for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("`{MASTER_KEY_VAR}` must be 64 hex digits (32 bytes)")]
+    BadKeyVar,
+    #[error("`{path}` must hold 64 hex digits (32 bytes)")]
+    BadKeyFile { path: String },
+    #[error("cannot read or create the master key `{path}`")]
+    KeyFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("secret `{name}` version {version} cannot be decrypted with this master key")]
+    Decrypt { name: String, version: u64 },
+    #[error("cannot encrypt secret `{name}`")]
+    Encrypt { name: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("secret `{name}` version {version} of `{app}` in `{env}` is not in the store")]
+    MissingVersion { app: String, env: String, name: String, version: u64 },
+}
+
+/// The key every secret is sealed with.
+pub struct MasterKey(Zeroizing<[u8; 32]>);
+
+impl std::fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MasterKey(***)")
+    }
+}
+
+impl MasterKey {
+    /// From `ROLLWAY_MASTER_KEY`, else `state_dir/master.key`, made (0600) when missing.
+    pub fn load_or_create(state_dir: &Path) -> Result<MasterKey, SecretError> {
+        if let Ok(text) = std::env::var(MASTER_KEY_VAR) {
+            return parse_key(text.trim()).ok_or(SecretError::BadKeyVar);
+        }
+        let path = state_dir.join(MASTER_KEY_FILE);
+        let display = path.display().to_string();
+        match std::fs::read_to_string(&path) {
+            Ok(text) => parse_key(text.trim()).ok_or(SecretError::BadKeyFile { path: display }),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                let key: [u8; 32] = XChaCha20Poly1305::generate_key(&mut OsRng).into();
+                let mut file = std::fs::OpenOptions::new()
+                    .create_new(true)
+                    .write(true)
+                    .mode(0o600)
+                    .open(&path)
+                    .map_err(|source| SecretError::KeyFile { path: display.clone(), source })?;
+                use std::io::Write as _;
+                file.write_all(Zeroizing::new(hex::encode(key)).as_bytes())
+                    .and_then(|()| file.sync_all())
+                    .map_err(|source| SecretError::KeyFile { path: display, source })?;
+                Ok(MasterKey(Zeroizing::new(key)))
+            }
+            Err(source) => Err(SecretError::KeyFile { path: display, source }),
+        }
+    }
+
+    fn cipher(&self) -> XChaCha20Poly1305 {
+        XChaCha20Poly1305::new((&*self.0).into())
+    }
+}
+
+fn parse_key(text: &str) -> Option<MasterKey> {
+    let bytes = Zeroizing::new(hex::decode(text).ok()?);
+    let key: [u8; 32] = bytes.as_slice().try_into().ok()?;
+    Some(MasterKey(Zeroizing::new(key)))
+}
+
+fn associated_data(app: &str, env: &str, name: &str, version: u64) -> Vec<u8> {
+    format!("rollway-secret\0{app}\0{env}\0{name}\0{version}").into_bytes()
+}
+
+/// Sets a new version of `name` and returns its version.
+pub fn set(store: &Store, key: &MasterKey, app: &str, env: &str, name: &str, value: &Secret, by: &str, now_ms: i64) -> Result<u64, SecretError> {
+    let cipher = key.cipher();
+    let seal = |version: u64| {
+        let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
+        let payload = Payload { msg: value.expose().as_bytes(), aad: &associated_data(app, env, name, version) };
+        let ciphertext = cipher.encrypt(&nonce, payload).ok()?;
+        Some(SealedSecret { nonce: nonce.to_vec(), ciphertext })
+    };
+    let version = store.put_secret(app, env, name, &seal, by, now_ms)?;
+    // A failed seal would have been written as an unset: refuse to call that a success.
+    if store.secret_version(app, env, name, version)?.is_none() {
+        return Err(SecretError::Encrypt { name: name.to_owned() });
+    }
+    Ok(version)
+}
+
+/// Records that `name` is unset from now on (earlier versions stay for rollbacks).
+pub fn unset(store: &Store, app: &str, env: &str, name: &str, by: &str, now_ms: i64) -> Result<bool, SecretError> {
+    let set = store.current_secrets(app, env)?.iter().any(|meta| meta.name == name);
+    if set {
+        store.put_secret(app, env, name, &|_| None, by, now_ms)?;
+    }
+    Ok(set)
+}
+
+pub fn list(store: &Store, app: &str, env: &str) -> Result<Vec<SecretMeta>, SecretError> {
+    Ok(store.current_secrets(app, env)?)
+}
+
+/// The versions a release records: every secret set for (app, env) now.
+pub fn snapshot(store: &Store, app: &str, env: &str) -> Result<BTreeMap<String, u64>, SecretError> {
+    Ok(store
+        .current_secrets(app, env)?
+        .into_iter()
+        .map(|meta| (meta.name, meta.version))
+        .collect())
+}
+
+/// Opens the recorded versions of a release.
+pub fn open_versions(store: &Store, key: &MasterKey, app: &str, env: &str, versions: &BTreeMap<String, u64>) -> Result<BTreeMap<String, Secret>, SecretError> {
+    let cipher = key.cipher();
+    let mut values = BTreeMap::new();
+    for (name, version) in versions {
+        let sealed = store
+            .secret_version(app, env, name, *version)?
+            .ok_or_else(|| SecretError::MissingVersion { app: app.to_owned(), env: env.to_owned(), name: name.clone(), version: *version })?;
+        if sealed.nonce.len() != 24 {
+            return Err(SecretError::Decrypt { name: name.clone(), version: *version });
+        }
+        let nonce = XNonce::from_slice(&sealed.nonce);
+        let plain = Zeroizing::new(
+            cipher
+                .decrypt(nonce, Payload { msg: &sealed.ciphertext, aad: &associated_data(app, env, name, *version) })
+                .map_err(|_| SecretError::Decrypt { name: name.clone(), version: *version })?,
+        );
+        let text = String::from_utf8(plain.to_vec()).map_err(|_| SecretError::Decrypt { name: name.clone(), version: *version })?;
+        values.insert(name.clone(), Secret::new(text));
+    }
+    Ok(values)
+}
+
+/// Replaces every occurrence of a secret value in `text` with `***` (a second line of defence for
+/// app output shown through the API; values shorter than 4 characters are left, to keep text readable).
+pub fn scrub(text: &str, values: &[Secret]) -> String {
+    let mut out = text.to_owned();
+    for value in values {
+        if value.expose().len() >= 4 && out.contains(value.expose()) {
+            out = out.replace(value.expose(), "***");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;
