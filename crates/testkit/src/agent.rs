@@ -338,6 +338,9 @@ impl TestAgent {
             .stdin(Stdio::null())
             .stdout(open("agent.stdout.log"))
             .stderr(open("agent.stderr.log"))
+            // Its own group, so killing the groups of what runs in the state directory never
+            // reaches the test process.
+            .process_group(0)
             .kill_on_drop(true);
         for (key, value) in extra_env {
             command.env(key, value);
@@ -731,9 +734,10 @@ fn first_number(text: &str) -> Option<u32> {
 }
 
 fn kill_group_and_process(pid: u32, pgid: Option<i32>) {
-    use rustix::process::{Pid, Signal, kill_process, kill_process_group};
+    use rustix::process::{Pid, Signal, getpgrp, kill_process, kill_process_group};
     if let Some(group) = pgid.and_then(Pid::from_raw)
         && group.as_raw_nonzero().get() > 1
+        && group != getpgrp()
     {
         let _ = kill_process_group(group, Signal::KILL);
     }
