@@ -287,17 +287,7 @@ async fn check_agent_killed_before(state: &str, shape: Shape, ends: Ends) {
         "the agent did not kill itself before {state}:\n{}",
         setup.agent.log()
     );
-    // The proxy serves on its own while no agent runs: some requests are answered meanwhile.
-    let answered = load.snapshot().ok;
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while load.snapshot().ok < answered + 20 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no answers while the agent was down: {}",
-            load.snapshot()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_answers_while_down(&load).await;
     setup.agent.restart_with_env(&[]).await;
     let agent = &setup.agent;
     let status = agent.wait_deployment_finished(APP, ENV, PATIENCE).await;
@@ -349,6 +339,107 @@ async fn check_agent_killed_before(state: &str, shape: Shape, ends: Ends) {
     let report = load.stop().await;
     report.assert_no_failures();
     assert!(report.total > 0, "the load loop sent nothing");
+}
+
+/// The proxy serves on its own while no agent runs: waits until some requests were answered.
+async fn wait_answers_while_down(load: &LoadHandle) {
+    let answered = load.snapshot().ok;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while load.snapshot().ok < answered + 20 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no answers while the agent was down: {}",
+            load.snapshot()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// v1 then v2 deployed (v1 warm); the agent kills itself before writing `state` of a rollback
+/// to v1 and is restarted.
+async fn check_rollback_killed_before(state: &str, ends: Ends) {
+    let mut setup = Setup::start().await;
+    for version in ["v1", "v2"] {
+        setup
+            .agent
+            .deploy(&setup.app(version, version), ENV)
+            .await
+            .assert_code(0);
+    }
+    let load = setup.load();
+
+    setup.agent.restart_with_env(&[(CRASH_BEFORE, state)]).await;
+    let token = setup.agent.admin_token().to_owned();
+    let rollback = setup
+        .agent
+        .command(Some(&token), &["rollback", "--env", ENV, "--app", APP])
+        .spawn()
+        .expect("spawn rollway rollback");
+    assert!(
+        setup.agent.wait_exit(PATIENCE).await,
+        "the agent did not kill itself before {state}:\n{}",
+        setup.agent.log()
+    );
+    wait_answers_while_down(&load).await;
+    setup.agent.restart_with_env(&[]).await;
+    let agent = &setup.agent;
+    let status = agent.wait_deployment_finished(APP, ENV, PATIENCE).await;
+    let ran = tokio::time::timeout(PATIENCE, rollback.wait_with_output())
+        .await
+        .expect("rollway rollback ended")
+        .expect("rollway rollback output");
+    let ran = format!(
+        "exit {:?}\n{}",
+        ran.status.code(),
+        String::from_utf8_lossy(&ran.stderr)
+    );
+
+    let (current, serves, instances) = match ends {
+        Ends::Undone => {
+            assert_eq!(status.deployment_state(), Some("Failed"), "{status}\n{ran}");
+            (2, "v2", [(instance(1), "warm"), (instance(2), "serving")])
+        }
+        Ends::Finished => {
+            assert_eq!(
+                status.deployment_state(),
+                Some("Succeeded"),
+                "{status}\n{ran}"
+            );
+            (1, "v1", [(instance(1), "serving"), (instance(2), "warm")])
+        }
+    };
+    assert_eq!(status.current_release(), Some(current), "{status}");
+    assert_eq!(status.weights(), vec![(current, 100)], "{status}");
+    agent.assert_serves(serves).await;
+    let expected: Vec<(String, String)> = instances
+        .iter()
+        .map(|(id, state)| (id.clone(), (*state).to_owned()))
+        .collect();
+    assert_eq!(
+        status.instances().into_iter().collect::<Vec<_>>(),
+        expected,
+        "{status}"
+    );
+    assert_instances_match(agent, &[&instance(1), &instance(2)]);
+    // The release left warm is still a working rollback target.
+    let target = if current == 1 { 2 } else { 1 };
+    agent.rollback(APP, ENV, Some(target)).await.assert_code(0);
+    agent
+        .assert_serves(if target == 1 { "v1" } else { "v2" })
+        .await;
+
+    let report = load.stop().await;
+    report.assert_no_failures();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_killed_before_a_rollback_shifts_undoes_it() {
+    check_rollback_killed_before("Shifting", Ends::Undone).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_killed_after_a_rollback_shifted_finishes_it() {
+    check_rollback_killed_before("Succeeded", Ends::Finished).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
