@@ -85,7 +85,7 @@ pub struct Runtime {
 #[derive(Debug, Clone)]
 pub struct Paths {
     pub state_dir: PathBuf,
-    pub releases: PathBuf,
+    pub builds: PathBuf,
     pub instances: PathBuf,
     pub deploy_logs: PathBuf,
 }
@@ -93,15 +93,27 @@ pub struct Paths {
 impl Paths {
     pub fn new(state_dir: PathBuf) -> Paths {
         Paths {
-            releases: state_dir.join("releases"),
+            builds: state_dir.join("builds"),
             instances: state_dir.join("instances"),
             deploy_logs: state_dir.join("deployments"),
             state_dir,
         }
     }
 
-    pub fn release_dir(&self, app: &str, env: &str, number: u64) -> PathBuf {
-        self.releases.join(app).join(env).join(number.to_string())
+    /// The unpacked and built artifact a release runs in. Keyed by the artifact and the build
+    /// command, not the release: a config-only deploy reuses the folder, with no rebuild.
+    pub fn build_dir(&self, artifact: &str, build_command: Option<&str>) -> PathBuf {
+        use sha2::Digest as _;
+        let mut hasher = sha2::Sha256::new();
+        hasher.update(artifact.as_bytes());
+        hasher.update([0]);
+        hasher.update(build_command.unwrap_or("").as_bytes());
+        let key = hex::encode(hasher.finalize());
+        self.builds.join(format!(
+            "{}-{}",
+            artifact.get(..12).unwrap_or(artifact),
+            &key[..12]
+        ))
     }
 }
 

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod artifact;
+pub mod backup;
 pub mod deploy;
 pub mod engine;
 pub mod health;
@@ -126,6 +127,7 @@ pub async fn run(
     });
     recover::recover(&engine).await;
     tokio::spawn(expire_warm_instances(engine.clone()));
+    tokio::spawn(scheduled_backups(engine.clone()));
 
     let agent_file = LocalAgent {
         api: format!("http://{api_addr}"),
@@ -236,5 +238,16 @@ async fn expire_warm_instances(engine: Arc<Engine>) {
         for (key, id) in expired {
             deploy::spec::stop_instances(&engine, &key, std::slice::from_ref(&id)).await;
         }
+    }
+}
+
+/// Takes scheduled backups when they fall due.
+async fn scheduled_backups(engine: Arc<Engine>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        if engine.shutdown.is_cancelled() {
+            return;
+        }
+        backup::run_schedules(&engine).await;
     }
 }

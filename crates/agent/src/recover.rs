@@ -119,10 +119,13 @@ async fn adopt_instances(engine: &Arc<Engine>) {
 }
 
 async fn resume_deployments(engine: &Arc<Engine>) {
-    let unfinished = engine.store.unfinished_deployments().unwrap_or_else(|error| {
-        tracing::error!(message = "Cannot read unfinished deployments from the store.", %error);
-        Vec::new()
-    });
+    let unfinished = engine
+        .store
+        .unfinished_deployments()
+        .unwrap_or_else(|error| {
+            tracing::error!(message = "Cannot read unfinished deployments from the store.", %error);
+            Vec::new()
+        });
     for deployment in unfinished {
         let Ok(current) = deployment.state.parse::<State>() else {
             continue;

@@ -65,7 +65,12 @@ pub enum SecretError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("secret `{name}` version {version} of `{app}` in `{env}` is not in the store")]
-    MissingVersion { app: String, env: String, name: String, version: u64 },
+    MissingVersion {
+        app: String,
+        env: String,
+        name: String,
+        version: u64,
+    },
 }
 
 /// The key every secret is sealed with.
@@ -94,14 +99,23 @@ impl MasterKey {
                     .write(true)
                     .mode(0o600)
                     .open(&path)
-                    .map_err(|source| SecretError::KeyFile { path: display.clone(), source })?;
+                    .map_err(|source| SecretError::KeyFile {
+                        path: display.clone(),
+                        source,
+                    })?;
                 use std::io::Write as _;
                 file.write_all(Zeroizing::new(hex::encode(key)).as_bytes())
                     .and_then(|()| file.sync_all())
-                    .map_err(|source| SecretError::KeyFile { path: display, source })?;
+                    .map_err(|source| SecretError::KeyFile {
+                        path: display,
+                        source,
+                    })?;
                 Ok(MasterKey(Zeroizing::new(key)))
             }
-            Err(source) => Err(SecretError::KeyFile { path: display, source }),
+            Err(source) => Err(SecretError::KeyFile {
+                path: display,
+                source,
+            }),
         }
     }
 
@@ -120,26 +134,60 @@ fn associated_data(app: &str, env: &str, name: &str, version: u64) -> Vec<u8> {
     format!("rollway-secret\0{app}\0{env}\0{name}\0{version}").into_bytes()
 }
 
+/// Which secret: app, environment and name.
+#[derive(Debug, Clone, Copy)]
+pub struct SecretName<'a> {
+    pub app: &'a str,
+    pub env: &'a str,
+    pub name: &'a str,
+}
+
 /// Sets a new version of `name` and returns its version.
-pub fn set(store: &Store, key: &MasterKey, app: &str, env: &str, name: &str, value: &Secret, by: &str, now_ms: i64) -> Result<u64, SecretError> {
+pub fn set(
+    store: &Store,
+    key: &MasterKey,
+    target: SecretName<'_>,
+    value: &Secret,
+    by: &str,
+    now_ms: i64,
+) -> Result<u64, SecretError> {
+    let SecretName { app, env, name } = target;
     let cipher = key.cipher();
     let seal = |version: u64| {
         let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
-        let payload = Payload { msg: value.expose().as_bytes(), aad: &associated_data(app, env, name, version) };
+        let payload = Payload {
+            msg: value.expose().as_bytes(),
+            aad: &associated_data(app, env, name, version),
+        };
         let ciphertext = cipher.encrypt(&nonce, payload).ok()?;
-        Some(SealedSecret { nonce: nonce.to_vec(), ciphertext })
+        Some(SealedSecret {
+            nonce: nonce.to_vec(),
+            ciphertext,
+        })
     };
     let version = store.put_secret(app, env, name, &seal, by, now_ms)?;
     // A failed seal would have been written as an unset: refuse to call that a success.
     if store.secret_version(app, env, name, version)?.is_none() {
-        return Err(SecretError::Encrypt { name: name.to_owned() });
+        return Err(SecretError::Encrypt {
+            name: name.to_owned(),
+        });
     }
     Ok(version)
 }
 
 /// Records that `name` is unset from now on (earlier versions stay for rollbacks).
-pub fn unset(store: &Store, app: &str, env: &str, name: &str, by: &str, now_ms: i64) -> Result<bool, SecretError> {
-    let set = store.current_secrets(app, env)?.iter().any(|meta| meta.name == name);
+pub fn unset(
+    store: &Store,
+    app: &str,
+    env: &str,
+    name: &str,
+    by: &str,
+    now_ms: i64,
+) -> Result<bool, SecretError> {
+    let set = store
+        .current_secrets(app, env)?
+        .iter()
+        .any(|meta| meta.name == name);
     if set {
         store.put_secret(app, env, name, &|_| None, by, now_ms)?;
     }
@@ -160,23 +208,49 @@ pub fn snapshot(store: &Store, app: &str, env: &str) -> Result<BTreeMap<String, 
 }
 
 /// Opens the recorded versions of a release.
-pub fn open_versions(store: &Store, key: &MasterKey, app: &str, env: &str, versions: &BTreeMap<String, u64>) -> Result<BTreeMap<String, Secret>, SecretError> {
+pub fn open_versions(
+    store: &Store,
+    key: &MasterKey,
+    app: &str,
+    env: &str,
+    versions: &BTreeMap<String, u64>,
+) -> Result<BTreeMap<String, Secret>, SecretError> {
     let cipher = key.cipher();
     let mut values = BTreeMap::new();
     for (name, version) in versions {
         let sealed = store
             .secret_version(app, env, name, *version)?
-            .ok_or_else(|| SecretError::MissingVersion { app: app.to_owned(), env: env.to_owned(), name: name.clone(), version: *version })?;
+            .ok_or_else(|| SecretError::MissingVersion {
+                app: app.to_owned(),
+                env: env.to_owned(),
+                name: name.clone(),
+                version: *version,
+            })?;
         if sealed.nonce.len() != 24 {
-            return Err(SecretError::Decrypt { name: name.clone(), version: *version });
+            return Err(SecretError::Decrypt {
+                name: name.clone(),
+                version: *version,
+            });
         }
         let nonce = XNonce::from_slice(&sealed.nonce);
         let plain = Zeroizing::new(
             cipher
-                .decrypt(nonce, Payload { msg: &sealed.ciphertext, aad: &associated_data(app, env, name, *version) })
-                .map_err(|_| SecretError::Decrypt { name: name.clone(), version: *version })?,
+                .decrypt(
+                    nonce,
+                    Payload {
+                        msg: &sealed.ciphertext,
+                        aad: &associated_data(app, env, name, *version),
+                    },
+                )
+                .map_err(|_| SecretError::Decrypt {
+                    name: name.clone(),
+                    version: *version,
+                })?,
         );
-        let text = String::from_utf8(plain.to_vec()).map_err(|_| SecretError::Decrypt { name: name.clone(), version: *version })?;
+        let text = String::from_utf8(plain.to_vec()).map_err(|_| SecretError::Decrypt {
+            name: name.clone(),
+            version: *version,
+        })?;
         values.insert(name.clone(), Secret::new(text));
     }
     Ok(values)

@@ -133,6 +133,9 @@ enum EntryKind {
     Symlink,
 }
 
+/// Left out of every artifact (see `walk`).
+pub const MANIFEST_FILE_NAME: &str = "rollway.toml";
+
 /// The entries of `dir` that are not ignored, sorted by their path in the archive.
 fn walk(dir: &Path) -> Result<Vec<Entry>, ArtifactError> {
     let walker = ignore::WalkBuilder::new(dir)
@@ -156,6 +159,11 @@ fn walk(dir: &Path) -> Result<Vec<Entry>, ArtifactError> {
             source,
         })?;
         if entry.depth() == 0 {
+            continue;
+        }
+        // The manifest travels beside the artifact, not in it: a change of config or flags alone
+        // then keeps the same digest, and the agent reuses the artifact and its build.
+        if entry.depth() == 1 && entry.file_name() == MANIFEST_FILE_NAME {
             continue;
         }
         let disk_path = entry.path().to_owned();

@@ -15,8 +15,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::wire::{
-    AgentInfo, DeployRequest, DeploymentView, ErrorBody, EventView, LogLineView, ReleaseView,
-    RollbackRequest, SecretValue, SecretView, StatusView, TokenCreated, TokenRequest, TokenView,
+    AgentInfo, BackupView, DeployRequest, DeploymentView, ErrorBody, EventView, LogLineView,
+    ReleaseView, RestoreView, RollbackRequest, SecretValue, SecretView, StatusView, TokenCreated,
+    TokenRequest, TokenView,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -194,23 +195,69 @@ impl Client {
             .await
     }
 
-    pub async fn secrets(&self, app: &str, env: &str) -> Result<Vec<SecretView>, ClientError> {
-        self.get(&format!("/v1/apps/{app}/environments/{env}/secrets")).await
+    pub async fn backups(&self, app: &str, env: &str) -> Result<Vec<BackupView>, ClientError> {
+        self.get(&format!("/v1/apps/{app}/environments/{env}/backups"))
+            .await
     }
 
-    pub async fn set_secret(&self, app: &str, env: &str, name: &str, value: &SecretValue) -> Result<SecretView, ClientError> {
-        let body = serde_json::to_vec(value).map_err(|source| ClientError::Decode { path: "secrets".to_owned(), source })?;
+    pub async fn create_backup(&self, app: &str, env: &str) -> Result<BackupView, ClientError> {
+        self.post(
+            &format!("/v1/apps/{app}/environments/{env}/backups"),
+            &serde_json::json!({}),
+        )
+        .await
+    }
+
+    pub async fn restore_backup(
+        &self,
+        app: &str,
+        env: &str,
+        id: &str,
+    ) -> Result<RestoreView, ClientError> {
+        self.post(
+            &format!("/v1/apps/{app}/environments/{env}/backups/{id}/restore"),
+            &serde_json::json!({}),
+        )
+        .await
+    }
+
+    pub async fn secrets(&self, app: &str, env: &str) -> Result<Vec<SecretView>, ClientError> {
+        self.get(&format!("/v1/apps/{app}/environments/{env}/secrets"))
+            .await
+    }
+
+    pub async fn set_secret(
+        &self,
+        app: &str,
+        env: &str,
+        name: &str,
+        value: &SecretValue,
+    ) -> Result<SecretView, ClientError> {
+        let body = serde_json::to_vec(value).map_err(|source| ClientError::Decode {
+            path: "secrets".to_owned(),
+            source,
+        })?;
         let path = format!("/v1/apps/{app}/environments/{env}/secrets/{name}");
         let bytes = self
-            .request_bytes(Method::PUT, &path, Some(Bytes::from(body)), Some("application/json"))
+            .request_bytes(
+                Method::PUT,
+                &path,
+                Some(Bytes::from(body)),
+                Some("application/json"),
+            )
             .await?;
         decode(&path, &bytes)
     }
 
     pub async fn unset_secret(&self, app: &str, env: &str, name: &str) -> Result<(), ClientError> {
-        self.request_bytes(Method::DELETE, &format!("/v1/apps/{app}/environments/{env}/secrets/{name}"), None, None)
-            .await
-            .map(|_| ())
+        self.request_bytes(
+            Method::DELETE,
+            &format!("/v1/apps/{app}/environments/{env}/secrets/{name}"),
+            None,
+            None,
+        )
+        .await
+        .map(|_| ())
     }
 
     pub async fn create_token(&self, request: &TokenRequest) -> Result<TokenCreated, ClientError> {

@@ -177,3 +177,25 @@ pub struct SecretView {
     pub created_by: String,
     pub created_at: i64,
 }
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupView {
+    pub id: String,
+    pub release: Option<u64>,
+    /// `release` (before a release command), `manual` or `schedule`.
+    pub reason: String,
+    /// `sqlite` or `postgres`.
+    pub kind: String,
+    /// The database, without its password.
+    pub target: String,
+    pub size: u64,
+    pub sha256: String,
+    pub created_at: i64,
+}
+
+/// The answer to a restore: what the agent did, step by step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreView {
+    pub backup: String,
+    pub steps: Vec<String>,
+}

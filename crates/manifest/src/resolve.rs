@@ -21,6 +21,7 @@ const ENVIRONMENT_ONLY_KEYS: &[&str] = &["agents", "secrets"];
 /// Sections an environment may override.
 const OVERRIDABLE: &[&str] = &[
     "build", "services", "release", "strategy", "analysis", "routes", "env", "alerts", "flags",
+    "backup",
 ];
 
 /// One environment: where it deploys, what it must have, and its layered settings.

@@ -23,9 +23,86 @@ pub struct Config {
     #[serde(serialize_with = "as_map")]
     pub env: Vec<(String, String)>,
     pub alerts: Option<Alerts>,
+    /// Backups besides the one before each release command.
+    pub backup: BackupPolicy,
     /// Feature flags, handed to the app as `FLAG_<NAME>=true|false`, in manifest order.
     #[serde(serialize_with = "as_bool_map")]
     pub flags: Vec<(String, bool)>,
+}
+
+/// `[backup]`: a schedule for backups of the database named by `release.backup`, and retention.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BackupPolicy {
+    pub schedule: Option<Schedule>,
+    /// Backups kept per environment (scheduled, manual and pre-release together).
+    pub keep: u32,
+}
+
+/// When scheduled backups run (UTC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Schedule {
+    /// `daily 03:00`
+    Daily { hour: u8, minute: u8 },
+    /// `hourly` (at minute 0) or `hourly :15`
+    Hourly { minute: u8 },
+}
+
+impl Schedule {
+    pub fn parse(text: &str) -> Result<Schedule, String> {
+        let words: Vec<&str> = text.split_whitespace().collect();
+        let minute = |text: &str| text.parse::<u8>().ok().filter(|minute| *minute < 60);
+        match words.as_slice() {
+            ["hourly"] => Ok(Schedule::Hourly { minute: 0 }),
+            ["hourly", at] => at
+                .strip_prefix(':')
+                .and_then(minute)
+                .map(|minute| Schedule::Hourly { minute })
+                .ok_or_else(|| format!("`{at}` is not a minute such as `:15`")),
+            ["daily", at] => {
+                let (hour, min) = at
+                    .split_once(':')
+                    .ok_or_else(|| format!("`{at}` is not a time such as `03:00`"))?;
+                let hour = hour.parse::<u8>().ok().filter(|hour| *hour < 24);
+                match (hour, minute(min)) {
+                    (Some(hour), Some(minute)) => Ok(Schedule::Daily { hour, minute }),
+                    _ => Err(format!("`{at}` is not a time such as `03:00`")),
+                }
+            }
+            _ => Err(format!("`{text}` is not a schedule")),
+        }
+    }
+
+    /// The latest time at or before `now` (unix seconds, UTC) when a backup was due.
+    pub fn last_due(&self, now_secs: i64) -> i64 {
+        match *self {
+            Schedule::Hourly { minute } => {
+                let hour_start = now_secs - now_secs.rem_euclid(3600);
+                let due = hour_start + i64::from(minute) * 60;
+                if due <= now_secs { due } else { due - 3600 }
+            }
+            Schedule::Daily { hour, minute } => {
+                let day_start = now_secs - now_secs.rem_euclid(86_400);
+                let due = day_start + i64::from(hour) * 3600 + i64::from(minute) * 60;
+                if due <= now_secs { due } else { due - 86_400 }
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Schedule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Schedule::Hourly { minute: 0 } => write!(f, "hourly"),
+            Schedule::Hourly { minute } => write!(f, "hourly :{minute:02}"),
+            Schedule::Daily { hour, minute } => write!(f, "daily {hour:02}:{minute:02}"),
+        }
+    }
+}
+
+impl Serialize for Schedule {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -178,6 +255,7 @@ pub mod defaults {
     pub const ANALYSIS_INTERVAL: Duration = Duration::from_secs(1);
     pub const ANALYSIS_WINDOW: Duration = Duration::from_secs(30);
     pub const MIN_REQUESTS: u64 = 50;
+    pub const BACKUPS_KEPT: u32 = 14;
 
     pub fn max_error_rate() -> Ratio {
         Ratio::new(0.01).unwrap_or_else(|| unreachable!("0.01 is within 0..=1"))
@@ -198,6 +276,9 @@ fn as_map<S: serde::Serializer>(
     serializer.collect_map(pairs.iter().map(|(key, value)| (key, value)))
 }
 
-fn as_bool_map<S: serde::Serializer>(pairs: &[(String, bool)], serializer: S) -> Result<S::Ok, S::Error> {
+fn as_bool_map<S: serde::Serializer>(
+    pairs: &[(String, bool)],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
     serializer.collect_map(pairs.iter().map(|(key, value)| (key, value)))
 }

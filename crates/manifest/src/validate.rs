@@ -12,8 +12,8 @@ use toml::de::{DeTable, DeValue};
 use crate::interpolate::{is_env_name, references};
 use crate::read::{Reader, Value, list, suggest};
 use crate::schema::{
-    Alerts, Analysis, App, Build, Config, Health, Release, Route, Service, ServiceSource, Step,
-    Strategy, StrategyKind, defaults,
+    Alerts, Analysis, App, BackupPolicy, Build, Config, Health, Release, Route, Schedule, Service,
+    ServiceSource, Step, Strategy, StrategyKind, defaults,
 };
 
 /// Top-level sections of `rollway.toml`.
@@ -29,6 +29,7 @@ pub(crate) const ROOT_KEYS: &[&str] = &[
     "environments",
     "alerts",
     "flags",
+    "backup",
 ];
 
 pub(crate) const SERVICE_KEYS: &[&str] = &[
@@ -79,6 +80,7 @@ pub(crate) fn config(
         None => Vec::new(),
     };
     let alerts = root.get("alerts").and_then(|value| alerts(reader, value));
+    let backup = backup_policy(reader, root.get("backup"));
     let flags = match root.get("flags") {
         Some(value) => flags(reader, value),
         None => Vec::new(),
@@ -96,13 +98,54 @@ pub(crate) fn config(
         routes,
         env,
         alerts,
+        backup,
         flags,
     })
 }
 
+fn backup_policy(reader: &mut Reader, value: Option<&Value<'_>>) -> BackupPolicy {
+    let mut policy = BackupPolicy {
+        schedule: None,
+        keep: defaults::BACKUPS_KEPT,
+    };
+    let Some(value) = value else { return policy };
+    let Some(table) = reader.table(
+        value,
+        "backup",
+        "write `[backup]` followed by `schedule = \"daily 03:00\"`",
+    ) else {
+        return policy;
+    };
+    reader.known_keys(table, &["schedule", "keep"], "backup");
+    if let Some(schedule_value) = table.get("schedule")
+        && let Some(text) = reader.string(schedule_value, "backup.schedule")
+    {
+        match Schedule::parse(&text) {
+            Ok(schedule) => policy.schedule = Some(schedule),
+            Err(reason) => reader.invalid(
+                schedule_value.span(),
+                format!("`backup.schedule` is not a schedule: {reason}"),
+                "not a schedule",
+                "accepted: `\"daily HH:MM\"` (UTC), `\"hourly\"` or `\"hourly :MM\"`",
+            ),
+        }
+    }
+    if let Some(keep) = table
+        .get("keep")
+        .and_then(|value| reader.integer_in(value, "backup.keep", 1..=1000))
+    {
+        policy.keep = keep as u32;
+    }
+    policy
+}
+
 /// `[flags]`: names usable in a variable name, boolean values.
 fn flags(reader: &mut Reader, value: &Value<'_>) -> Vec<(String, bool)> {
-    let Some(table) = reader.table(value, "flags", "write `[flags]` followed by `NEW_CHECKOUT = true`") else {
+    let Some(table) = reader.table(
+        value,
+        "flags",
+        "write `[flags]` followed by `NEW_CHECKOUT = true`",
+    ) else {
         return Vec::new();
     };
     let mut flags = Vec::with_capacity(table.len());

@@ -59,6 +59,13 @@ pub enum Command {
     Logs(LogsArgs),
     /// The audit log.
     Events(EventsArgs),
+    /// Database backups: list, create now, restore one.
+    Backups {
+        #[command(subcommand)]
+        command: Option<BackupsCommand>,
+        #[command(flatten)]
+        target: EnvArgs,
+    },
     /// Secrets of an environment: set (value from stdin), list (never values), unset.
     #[command(subcommand)]
     Secrets(SecretsCommand),
@@ -97,12 +104,13 @@ pub struct DeployArgs {
 
 #[derive(Debug, Args)]
 pub struct EnvArgs {
-    #[arg(long, short, default_value = "production")]
+    #[arg(long, short, default_value = "production", global = true)]
     pub env: String,
     /// The app (default: `app.name` of ./rollway.toml).
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub app: Option<String>,
-    #[arg(long)]
+    /// Print data as JSON on stdout.
+    #[arg(long, global = true)]
     pub json: bool,
     #[command(flatten)]
     pub agent: AgentArgs,
@@ -144,6 +152,19 @@ pub struct EventsArgs {
     pub json: bool,
     #[command(flatten)]
     pub agent: AgentArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupsCommand {
+    /// Backups of the environment, newest first (the default).
+    List,
+    /// Back up the current release's database now.
+    Create,
+    /// Restore a backup into the current release's database (traffic is held meanwhile).
+    Restore {
+        /// The backup's id, as `rollway backups` lists it.
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -52,6 +52,9 @@ fn main() -> ExitCode {
         Command::Rollback(args) => commands::rollback::run(&args, printer),
         Command::Logs(args) => commands::inspect::logs(&args, printer),
         Command::Events(args) => commands::inspect::events(&args, printer),
+        Command::Backups { command, target } => {
+            commands::backups::run(command.as_ref(), &target, printer)
+        }
         Command::Secrets(command) => commands::secrets::run(&command, printer),
         Command::Tokens(command) => commands::tokens::run(&command, printer),
         Command::Agent(args) => commands::agent::run_agent(&args, printer),

@@ -10,9 +10,9 @@ use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use client::wire::{
-    AgentInfo, DeployRequest, DeploymentView, EventView, InstanceView, LogLineView, ReleaseView,
-    RollbackRequest, SecretValue, SecretView, StatusView, TokenCreated, TokenRequest, TokenView,
-    WeightView,
+    AgentInfo, BackupView, DeployRequest, DeploymentView, EventView, InstanceView, LogLineView,
+    ReleaseView, RestoreView, RollbackRequest, SecretValue, SecretView, StatusView, TokenCreated,
+    TokenRequest, TokenView, WeightView,
 };
 use futures_util::Stream;
 use serde::Deserialize;
@@ -332,15 +332,28 @@ fn default_lines() -> usize {
     100
 }
 
-pub async fn logs(State(engine): State<Arc<Engine>>, Path((app, env)): Path<(String, String)>, Query(query): Query<LogsQuery>) -> ApiResult<Vec<LogLineView>> {
+pub async fn logs(
+    State(engine): State<Arc<Engine>>,
+    Path((app, env)): Path<(String, String)>,
+    Query(query): Query<LogsQuery>,
+) -> ApiResult<Vec<LogLineView>> {
     let key = (app.clone(), env.clone());
     let runtime = engine.runtime(&key);
     // A second line of defence: the current secret values never leave through this route, even
     // if the app printed them.
-    let secret_values: Vec<crate::secrets::Secret> = crate::secrets::snapshot(&engine.store, &app, &env)
-        .and_then(|versions| crate::secrets::open_versions(&engine.store, &engine.master_key, &app, &env, &versions))
-        .map(|values| values.into_values().collect())
-        .unwrap_or_default();
+    let secret_values: Vec<crate::secrets::Secret> =
+        crate::secrets::snapshot(&engine.store, &app, &env)
+            .and_then(|versions| {
+                crate::secrets::open_versions(
+                    &engine.store,
+                    &engine.master_key,
+                    &app,
+                    &env,
+                    &versions,
+                )
+            })
+            .map(|values| values.into_values().collect())
+            .unwrap_or_default();
     let n = query.n.min(10_000);
     let engine_for_read = engine.clone();
     let ids: Vec<String> = runtime.instances.keys().cloned().collect();
@@ -420,9 +433,22 @@ pub async fn revoke_token(
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub async fn secrets(State(engine): State<Arc<Engine>>, Path((app, env)): Path<(String, String)>) -> ApiResult<Vec<SecretView>> {
+pub async fn secrets(
+    State(engine): State<Arc<Engine>>,
+    Path((app, env)): Path<(String, String)>,
+) -> ApiResult<Vec<SecretView>> {
     let metas = crate::secrets::list(&engine.store, &app, &env).map_err(ApiError::internal)?;
-    Ok(Json(metas.into_iter().map(|meta| SecretView { name: meta.name, version: meta.version, created_by: meta.created_by, created_at: meta.created_at }).collect()))
+    Ok(Json(
+        metas
+            .into_iter()
+            .map(|meta| SecretView {
+                name: meta.name,
+                version: meta.version,
+                created_by: meta.created_by,
+                created_at: meta.created_at,
+            })
+            .collect(),
+    ))
 }
 
 pub async fn set_secret(
@@ -432,11 +458,25 @@ pub async fn set_secret(
     Json(body): Json<SecretValue>,
 ) -> ApiResult<SecretView> {
     if !manifest::interpolate::is_env_name(&name) {
-        return Err(ApiError::bad_request(format!("`{name}` is not a valid secret name; use letters, digits and `_`")));
+        return Err(ApiError::bad_request(format!(
+            "`{name}` is not a valid secret name; use letters, digits and `_`"
+        )));
     }
     let value = crate::secrets::Secret::new(body.value);
     let now = now_ms();
-    let version = crate::secrets::set(&engine.store, &engine.master_key, &app, &env, &name, &value, &caller.name, now).map_err(ApiError::internal)?;
+    let version = crate::secrets::set(
+        &engine.store,
+        &engine.master_key,
+        crate::secrets::SecretName {
+            app: &app,
+            env: &env,
+            name: &name,
+        },
+        &value,
+        &caller.name,
+        now,
+    )
+    .map_err(ApiError::internal)?;
     engine.record(NewEvent {
         app: Some(app.clone()),
         environment: Some(env.clone()),
@@ -445,7 +485,12 @@ pub async fn set_secret(
         message: format!("{} set secret {name} (version {version})", caller.name),
         data_json: "{}".to_owned(),
     });
-    Ok(Json(SecretView { name, version, created_by: caller.name, created_at: now }))
+    Ok(Json(SecretView {
+        name,
+        version,
+        created_by: caller.name,
+        created_at: now,
+    }))
 }
 
 pub async fn unset_secret(
@@ -453,8 +498,12 @@ pub async fn unset_secret(
     Extension(caller): Extension<Caller>,
     Path((app, env, name)): Path<(String, String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    if !crate::secrets::unset(&engine.store, &app, &env, &name, &caller.name, now_ms()).map_err(ApiError::internal)? {
-        return Err(ApiError::not_found(format!("no secret `{name}` set for `{app}` in `{env}`")));
+    if !crate::secrets::unset(&engine.store, &app, &env, &name, &caller.name, now_ms())
+        .map_err(ApiError::internal)?
+    {
+        return Err(ApiError::not_found(format!(
+            "no secret `{name}` set for `{app}` in `{env}`"
+        )));
     }
     engine.record(NewEvent {
         app: Some(app),
@@ -465,4 +514,77 @@ pub async fn unset_secret(
         data_json: "{}".to_owned(),
     });
     Ok(StatusCode::NO_CONTENT)
+}
+
+fn backup_view(record: &crate::store::BackupRecord) -> BackupView {
+    BackupView {
+        id: record.id.clone(),
+        release: record.release,
+        reason: record.reason.as_str().to_owned(),
+        kind: record.kind.as_str().to_owned(),
+        target: record.target.clone(),
+        size: record.size,
+        sha256: record.sha256.clone(),
+        created_at: record.created_at,
+    }
+}
+
+pub async fn backups(
+    State(engine): State<Arc<Engine>>,
+    Path((app, env)): Path<(String, String)>,
+) -> ApiResult<Vec<BackupView>> {
+    let records = engine
+        .store
+        .backups(&app, &env)
+        .map_err(ApiError::internal)?;
+    Ok(Json(records.iter().map(backup_view).collect()))
+}
+
+pub async fn create_backup(
+    State(engine): State<Arc<Engine>>,
+    Extension(caller): Extension<Caller>,
+    Path((app, env)): Path<(String, String)>,
+) -> Result<(StatusCode, Json<BackupView>), ApiError> {
+    match crate::backup::on_demand(&engine, &app, &env, crate::store::BackupReason::Manual).await {
+        Ok(record) => {
+            engine.record(NewEvent {
+                app: Some(app),
+                environment: Some(env),
+                deployment_id: None,
+                kind: "backup.created".to_owned(),
+                message: format!(
+                    "{} took backup {} of {} ({} bytes)",
+                    caller.name, record.id, record.target, record.size
+                ),
+                data_json: "{}".to_owned(),
+            });
+            Ok((StatusCode::CREATED, Json(backup_view(&record))))
+        }
+        Err(reason) => Err(ApiError::new(StatusCode::CONFLICT, "backup_failed", reason)),
+    }
+}
+
+pub async fn restore_backup(
+    State(engine): State<Arc<Engine>>,
+    Extension(caller): Extension<Caller>,
+    Path((app, env, id)): Path<(String, String, String)>,
+) -> ApiResult<RestoreView> {
+    let record = engine
+        .store
+        .backup(&id)
+        .map_err(ApiError::internal)?
+        .filter(|record| record.app == app && record.environment == env)
+        .ok_or_else(|| ApiError::not_found(format!("no backup `{id}` of `{app}` in `{env}`")))?;
+    let steps = crate::backup::restore_live(&engine, &record)
+        .await
+        .map_err(|reason| ApiError::new(StatusCode::CONFLICT, "restore_failed", reason))?;
+    engine.record(NewEvent {
+        app: Some(app),
+        environment: Some(env),
+        deployment_id: None,
+        kind: "backup.restored".to_owned(),
+        message: format!("{} restored backup {id}: {}", caller.name, steps.join("; ")),
+        data_json: "{}".to_owned(),
+    });
+    Ok(Json(RestoreView { backup: id, steps }))
 }

@@ -25,7 +25,14 @@ pub fn router(engine: Arc<Engine>) -> Router {
             get(handlers::releases),
         )
         .route("/apps/{app}/environments/{env}/logs", get(handlers::logs))
-        .route("/apps/{app}/environments/{env}/secrets", get(handlers::secrets))
+        .route(
+            "/apps/{app}/environments/{env}/secrets",
+            get(handlers::secrets),
+        )
+        .route(
+            "/apps/{app}/environments/{env}/backups",
+            get(handlers::backups),
+        )
         .route("/deployments/{id}", get(handlers::deployment))
         .route("/deployments/{id}/events", get(handlers::deployment_events))
         .route("/deployments/{id}/stream", get(handlers::deployment_stream))
@@ -46,6 +53,18 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route(
             "/apps/{app}/environments/{env}/rollback",
             post(handlers::rollback),
+        )
+        .route(
+            "/apps/{app}/environments/{env}/secrets/{name}",
+            put(handlers::set_secret).delete(handlers::unset_secret),
+        )
+        .route(
+            "/apps/{app}/environments/{env}/backups",
+            post(handlers::create_backup),
+        )
+        .route(
+            "/apps/{app}/environments/{env}/backups/{id}/restore",
+            post(handlers::restore_backup),
         )
         .route_layer(from_fn(|request, next| {
             auth::require(Role::Deployer, request, next)

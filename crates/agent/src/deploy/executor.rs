@@ -23,6 +23,9 @@ pub struct DeploymentData {
     pub previous_weights: Vec<(u64, u8)>,
     /// Instances this deployment started (stopped again when it is undone).
     pub started: Vec<String>,
+    /// The backup taken before the release command, for the restore hint when it fails.
+    #[serde(default)]
+    pub backup_id: Option<String>,
 }
 
 /// How long a deploy lock lives without a heartbeat.
@@ -90,7 +93,11 @@ async fn drive(engine: &Arc<Engine>, id: &str) -> Result<(), String> {
                 next.as_str(),
                 reason.as_deref(),
                 Some(&data_json),
-                event(&deployment, "deployment.state", format!("{current} → {next}")),
+                event(
+                    &deployment,
+                    "deployment.state",
+                    format!("{current} → {next}"),
+                ),
             )
             .map_err(|error| error.to_string())?;
         engine.publish(&event);
@@ -130,13 +137,37 @@ async fn step(
             Ok(())
         }
         State::Preparing => spec::prepare(engine, deployment, &release).await,
+        State::BackingUp => {
+            // Only a deploy runs the release command, so only a deploy needs the backup first.
+            let variable = release
+                .resolved
+                .config
+                .release
+                .as_ref()
+                .and_then(|phase| phase.backup.clone());
+            match (variable, deployment.kind.as_str()) {
+                (Some(variable), "deploy") => {
+                    data.backup_id =
+                        spec::backup_before_release(engine, deployment, &release, &variable)
+                            .await?;
+                    Ok(())
+                }
+                _ => Ok(()),
+            }
+        }
         State::Releasing => {
             // A rollback goes back to code whose schema is already in place: no release command.
             match (&release.resolved.config.release, deployment.kind.as_str()) {
                 (Some(phase), "deploy") => match &phase.command {
-                    Some(command) => {
-                        spec::run_release_command(engine, deployment, &release, command).await
-                    }
+                    Some(command) => spec::run_release_command(engine, deployment, &release, command)
+                        .await
+                        .map_err(|reason| match &data.backup_id {
+                            Some(id) => format!(
+                                "{reason}\nthe database was backed up just before; to restore it: `rollway backups restore {id} --app {} --env {}`",
+                                deployment.app, deployment.environment
+                            ),
+                            None => reason,
+                        }),
                     None => Ok(()),
                 },
                 _ => Ok(()),

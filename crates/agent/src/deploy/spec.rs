@@ -46,10 +46,13 @@ pub fn load_release(engine: &Engine, key: &AppEnv, number: u64) -> Result<Loaded
         .map_err(|error| format!("release {number} has an unreadable config: {error}"))?;
     let resolved = resolve(&config)?;
     let versions: BTreeMap<String, u64> = match &release.secrets_version {
-        Some(json) => serde_json::from_str(json).map_err(|error| format!("release {number} has unreadable secret versions: {error}"))?,
+        Some(json) => serde_json::from_str(json)
+            .map_err(|error| format!("release {number} has unreadable secret versions: {error}"))?,
         None => BTreeMap::new(),
     };
-    let secrets = crate::secrets::open_versions(&engine.store, &engine.master_key, &key.0, &key.1, &versions).map_err(|error| error.to_string())?;
+    let secrets =
+        crate::secrets::open_versions(&engine.store, &engine.master_key, &key.0, &key.1, &versions)
+            .map_err(|error| error.to_string())?;
     Ok(LoadedRelease {
         number,
         artifact: release.artifact,
@@ -72,11 +75,20 @@ pub async fn prepare(
     deployment: &Deployment,
     release: &LoadedRelease,
 ) -> Result<(), String> {
-    let dir = engine
-        .paths
-        .release_dir(&deployment.app, &deployment.environment, release.number);
+    let dir = workdir(engine, release);
     let built_marker = dir.join(".rollway-built");
     if built_marker.exists() {
+        engine.record(NewEvent {
+            app: Some(deployment.app.clone()),
+            environment: Some(deployment.environment.clone()),
+            deployment_id: Some(deployment.id.clone()),
+            kind: "deployment.reuse".to_owned(),
+            message: format!(
+                "artifact {} already built here: no rebuild",
+                short(&release.artifact)
+            ),
+            data_json: "{}".to_owned(),
+        });
         return Ok(());
     }
     if dir.exists() {
@@ -86,7 +98,7 @@ pub async fn prepare(
     let parent = dir.parent().ok_or("release folder has no parent")?;
     std::fs::create_dir_all(parent)
         .map_err(|error| format!("cannot create `{}`: {error}", parent.display()))?;
-    let staging = parent.join(format!(".{}.unpacking", release.number));
+    let staging = parent.join(format!(".{}.unpacking", deployment.id));
     let _ = std::fs::remove_dir_all(&staging);
     engine
         .artifacts
@@ -121,9 +133,7 @@ pub async fn run_release_command(
     release: &LoadedRelease,
     command: &str,
 ) -> Result<(), String> {
-    let dir = engine
-        .paths
-        .release_dir(&deployment.app, &deployment.environment, release.number);
+    let dir = workdir(engine, release);
     let mut env = base_env(release)?;
     env.push(("ROLLWAY_APP".to_owned(), deployment.app.clone()));
     env.push((
@@ -255,6 +265,88 @@ async fn run_command(
     }
 }
 
+/// Backs up the database named by `variable` before the release command; the backup's id, or
+/// `None` when there is no database yet.
+pub async fn backup_before_release(
+    engine: &Arc<Engine>,
+    deployment: &Deployment,
+    release: &LoadedRelease,
+    variable: &str,
+) -> Result<Option<String>, String> {
+    let target = database_target(engine, release, variable)?;
+    let taken = crate::backup::create(
+        engine,
+        crate::backup::Request {
+            app: &deployment.app,
+            environment: &deployment.environment,
+            release: Some(release.number),
+            deployment_id: Some(&deployment.id),
+            reason: crate::store::BackupReason::Release,
+            target: &target,
+            keep: release.resolved.config.backup.keep as usize,
+        },
+    )
+    .await
+    .map_err(|reason| {
+        format!(
+            "the backup of `{}` failed, so the release command did not run: {reason}",
+            target.display()
+        )
+    })?;
+    let event = |message: String| NewEvent {
+        app: Some(deployment.app.clone()),
+        environment: Some(deployment.environment.clone()),
+        deployment_id: Some(deployment.id.clone()),
+        kind: "backup.created".to_owned(),
+        message,
+        data_json: "{}".to_owned(),
+    };
+    match taken {
+        crate::backup::Taken::Backup(record) => {
+            engine.record(event(format!(
+                "backup {} of {} ({} bytes)",
+                record.id, record.target, record.size
+            )));
+            Ok(Some(record.id))
+        }
+        crate::backup::Taken::NothingYet(reason) => {
+            engine.record(event(reason));
+            Ok(None)
+        }
+    }
+}
+
+/// The database a release's `variable` names, from its resolved environment (secrets included).
+pub fn database_target(
+    engine: &Engine,
+    release: &LoadedRelease,
+    variable: &str,
+) -> Result<crate::backup::Target, String> {
+    let env = base_env(release)?;
+    let url = env
+        .iter()
+        .find(|(name, _)| name == variable)
+        .map(|(_, value)| value.clone())
+        .ok_or_else(|| {
+            format!(
+                "`{variable}` (named by `release.backup`) is not set for `{}`",
+                release.resolved.environment
+            )
+        })?;
+    crate::backup::Target::parse(&url, &workdir(engine, release))
+}
+
+/// The folder a release's commands and instances run in.
+pub fn workdir(engine: &Engine, release: &LoadedRelease) -> std::path::PathBuf {
+    let build = release
+        .resolved
+        .config
+        .build
+        .as_ref()
+        .map(|build| build.command.as_str());
+    engine.paths.build_dir(&release.artifact, build)
+}
+
 /// `(service, replica index)` for every instance the release runs.
 pub fn wanted_instances(resolved: &ResolvedManifest) -> Vec<(String, usize)> {
     resolved
@@ -348,11 +440,13 @@ pub fn instance_spec(
     env.push(("ROLLWAY_INSTANCE".to_owned(), id.to_owned()));
     Ok(InstanceSpec {
         instance_id: id.to_owned(),
-        workdir: engine.paths.release_dir(&key.0, &key.1, release.number),
+        workdir: workdir(engine, release),
         command,
         env,
         port,
         stop_timeout: service.stop_timeout.as_std(),
+        // The container driver is not wired into the agent yet; image services are refused above.
+        image: None,
     })
 }
 
@@ -361,10 +455,12 @@ pub fn instance_spec(
 pub fn base_env(release: &LoadedRelease) -> Result<Vec<(String, String)>, String> {
     let mut env: Vec<(String, String)> = Vec::new();
     for name in &release.resolved.secrets {
-        let value = release
-            .secrets
-            .get(name)
-            .ok_or_else(|| format!("secret `{name}` is not set for `{}`", release.resolved.environment))?;
+        let value = release.secrets.get(name).ok_or_else(|| {
+            format!(
+                "secret `{name}` is not set for `{}`",
+                release.resolved.environment
+            )
+        })?;
         env.push((name.clone(), value.expose().to_owned()));
     }
     for (name, value) in &release.resolved.config.env {
@@ -378,13 +474,22 @@ pub fn base_env(release: &LoadedRelease) -> Result<Vec<(String, String)>, String
     Ok(env)
 }
 
-fn interpolate(name: &str, value: &str, secrets: &BTreeMap<String, Secret>) -> Result<String, String> {
-    manifest::interpolate::interpolate(value, |reference| secrets.get(reference).map(|secret| secret.expose().to_owned())).map_err(
-        |unresolved| match unresolved {
-            manifest::interpolate::Unresolved::Missing(names) => format!("`{name}` references unset {}", names.join(", ")),
-            manifest::interpolate::Unresolved::Syntax(reason) => format!("`{name}`: {reason}"),
-        },
-    )
+fn interpolate(
+    name: &str,
+    value: &str,
+    secrets: &BTreeMap<String, Secret>,
+) -> Result<String, String> {
+    manifest::interpolate::interpolate(value, |reference| {
+        secrets
+            .get(reference)
+            .map(|secret| secret.expose().to_owned())
+    })
+    .map_err(|unresolved| match unresolved {
+        manifest::interpolate::Unresolved::Missing(names) => {
+            format!("`{name}` references unset {}", names.join(", "))
+        }
+        manifest::interpolate::Unresolved::Syntax(reason) => format!("`{name}`: {reason}"),
+    })
 }
 
 /// The routes of a release's manifest, as the runtime keeps them.
@@ -488,7 +593,7 @@ pub async fn stop_instances(engine: &Arc<Engine>, key: &AppEnv, ids: &[String]) 
 }
 
 /// Waits (bounded by the drain time and a margin) until the proxy no longer holds `ids`.
-async fn wait_gone_from_proxy(engine: &Engine, ids: &[String], drain: Duration) {
+pub async fn wait_gone_from_proxy(engine: &Engine, ids: &[String], drain: Duration) {
     let deadline = tokio::time::Instant::now() + drain + Duration::from_secs(2);
     while tokio::time::Instant::now() < deadline {
         match engine.proxy.observed_instances().await {

@@ -38,6 +38,8 @@ pub enum StartError {
     },
     #[error("{0}")]
     NothingToRollBack(String),
+    #[error("{0}")]
+    Unsupported(String),
     #[error("the agent is shutting down and takes no deploys")]
     ShuttingDown,
     #[error("store: {0}")]
@@ -87,6 +89,13 @@ pub fn deploy(
         .strategy
         .clone()
         .unwrap_or_else(|| resolved.config.strategy.kind.as_str().to_owned());
+    // Never quietly deploy a canary as something else: canary steps and analysis land with
+    // progressive delivery.
+    if strategy == "canary" {
+        return Err(StartError::Unsupported(
+            "the canary strategy is not available in this agent yet; use `blue-green` or `rolling` (`--strategy` or `[strategy] kind`)".to_owned(),
+        ));
+    }
     let config_json =
         serde_json::to_string(&config).map_err(|error| StartError::Store(error.to_string()))?;
     let store = &engine.store;
@@ -99,7 +108,8 @@ pub fn deploy(
             config_json,
             // The versions, never the values: a rollback opens exactly these again.
             secrets_version: Some(
-                serde_json::to_string(&secret_versions).map_err(|error| StartError::Store(error.to_string()))?,
+                serde_json::to_string(&secret_versions)
+                    .map_err(|error| StartError::Store(error.to_string()))?,
             ),
             created_by: caller.to_owned(),
             message: request.message.clone(),

@@ -7,13 +7,15 @@
 use std::fmt;
 use std::str::FromStr;
 
-/// The states of DESIGN.md's state machine that this agent implements. `BackingUp` joins with
-/// backups and `Observing` with analysis.
+/// The states of DESIGN.md's state machine that this agent implements. `Observing` joins with
+/// analysis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum State {
     Pending,
     /// Unpack the artifact, run the build command.
     Preparing,
+    /// Back up the database the release command touches.
+    BackingUp,
     /// Run the release command (migrations) once, before any new instance starts.
     Releasing,
     /// Start the new instances.
@@ -55,9 +57,10 @@ pub enum Recovery {
 }
 
 impl State {
-    pub const ALL: [State; 10] = [
+    pub const ALL: [State; 11] = [
         State::Pending,
         State::Preparing,
+        State::BackingUp,
         State::Releasing,
         State::Starting,
         State::Verifying,
@@ -72,6 +75,7 @@ impl State {
         match self {
             State::Pending => "Pending",
             State::Preparing => "Preparing",
+            State::BackingUp => "BackingUp",
             State::Releasing => "Releasing",
             State::Starting => "Starting",
             State::Verifying => "Verifying",
@@ -122,13 +126,17 @@ pub fn next(state: State, result: StepResult, plan: Plan) -> State {
             Plan::Cold => Preparing,
             Plan::Warm => Verifying,
         },
-        (Preparing, StepResult::Done) => Releasing,
+        (Preparing, StepResult::Done) => BackingUp,
+        (BackingUp, StepResult::Done) => Releasing,
         (Releasing, StepResult::Done) => Starting,
         (Starting, StepResult::Done) => Verifying,
         (Verifying, StepResult::Done) => Shifting,
         (Shifting, StepResult::Done) => Succeeded,
         (RollingBack, StepResult::Done) => RolledBack,
-        (Pending | Preparing | Releasing | Starting | Verifying, StepResult::Failed) => Failed,
+        (
+            Pending | Preparing | BackingUp | Releasing | Starting | Verifying,
+            StepResult::Failed,
+        ) => Failed,
         (Shifting, StepResult::Failed) => RollingBack,
         (RollingBack, StepResult::Failed) => Failed,
         (terminal @ (Succeeded | RolledBack | Failed), _) => terminal,
@@ -140,6 +148,7 @@ pub fn recover(state: State) -> Recovery {
     match state {
         State::Pending
         | State::Preparing
+        | State::BackingUp
         | State::Releasing
         | State::Starting
         | State::Verifying => Recovery::Undo,

@@ -10,8 +10,32 @@ fn key() -> MasterKey {
 fn set_open_and_roll_back_to_an_earlier_version() {
     let store = Store::open_in_memory().expect("store");
     let key = key();
-    let v1 = set(&store, &key, "shop", "production", "JWT_SECRET", &Secret::new("first-value".into()), "admin", 1).expect("set");
-    let v2 = set(&store, &key, "shop", "production", "JWT_SECRET", &Secret::new("second-value".into()), "admin", 2).expect("set");
+    let v1 = set(
+        &store,
+        &key,
+        SecretName {
+            app: "shop",
+            env: "production",
+            name: "JWT_SECRET",
+        },
+        &Secret::new("first-value".into()),
+        "admin",
+        1,
+    )
+    .expect("set");
+    let v2 = set(
+        &store,
+        &key,
+        SecretName {
+            app: "shop",
+            env: "production",
+            name: "JWT_SECRET",
+        },
+        &Secret::new("second-value".into()),
+        "admin",
+        2,
+    )
+    .expect("set");
     assert_eq!((v1, v2), (1, 2));
     let now = snapshot(&store, "shop", "production").expect("snapshot");
     assert_eq!(now, BTreeMap::from([("JWT_SECRET".to_owned(), 2)]));
@@ -24,21 +48,51 @@ fn set_open_and_roll_back_to_an_earlier_version() {
 fn unset_hides_the_name_but_keeps_old_versions() {
     let store = Store::open_in_memory().expect("store");
     let key = key();
-    set(&store, &key, "shop", "staging", "TOKEN", &Secret::new("value-1234".into()), "admin", 1).expect("set");
+    set(
+        &store,
+        &key,
+        SecretName {
+            app: "shop",
+            env: "staging",
+            name: "TOKEN",
+        },
+        &Secret::new("value-1234".into()),
+        "admin",
+        1,
+    )
+    .expect("set");
     assert!(unset(&store, "shop", "staging", "TOKEN", "admin", 2).expect("unset"));
     assert!(list(&store, "shop", "staging").expect("list").is_empty());
     let old = BTreeMap::from([("TOKEN".to_owned(), 1)]);
-    assert_eq!(open_versions(&store, &key, "shop", "staging", &old).expect("open")["TOKEN"].expose(), "value-1234");
+    assert_eq!(
+        open_versions(&store, &key, "shop", "staging", &old).expect("open")["TOKEN"].expose(),
+        "value-1234"
+    );
     assert!(!unset(&store, "shop", "staging", "TOKEN", "admin", 3).expect("unset twice"));
 }
 
 #[test]
 fn a_ciphertext_cannot_be_moved_to_another_secret_or_opened_with_another_key() {
     let store = Store::open_in_memory().expect("store");
-    set(&store, &key(), "shop", "production", "A", &Secret::new("value-a".into()), "admin", 1).expect("set");
+    set(
+        &store,
+        &key(),
+        SecretName {
+            app: "shop",
+            env: "production",
+            name: "A",
+        },
+        &Secret::new("value-a".into()),
+        "admin",
+        1,
+    )
+    .expect("set");
     let other = parse_key(&"cd".repeat(32)).expect("valid key");
     let versions = BTreeMap::from([("A".to_owned(), 1)]);
-    assert!(matches!(open_versions(&store, &other, "shop", "production", &versions), Err(SecretError::Decrypt { .. })));
+    assert!(matches!(
+        open_versions(&store, &other, "shop", "production", &versions),
+        Err(SecretError::Decrypt { .. })
+    ));
 }
 
 #[test]
@@ -54,6 +108,11 @@ fn master_key_file_is_private_and_stable() {
     let first = MasterKey::load_or_create(dir.path()).expect("create");
     let second = MasterKey::load_or_create(dir.path()).expect("load");
     assert_eq!(*first.0, *second.0);
-    let mode = std::fs::metadata(dir.path().join(MASTER_KEY_FILE)).expect("key file").permissions();
-    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600);
+    let mode = std::fs::metadata(dir.path().join(MASTER_KEY_FILE))
+        .expect("key file")
+        .permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
 }

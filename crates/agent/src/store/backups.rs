@@ -85,18 +85,25 @@ impl Store {
         let subject = format!("backups of `{app}` in `{env}`");
         let connection = self.connection();
         let mut statement = connection
-            .prepare(&format!("{SELECT} WHERE app = ?1 AND environment = ?2 ORDER BY created_at DESC, id DESC"))
+            .prepare(&format!(
+                "{SELECT} WHERE app = ?1 AND environment = ?2 ORDER BY created_at DESC, id DESC"
+            ))
             .map_err(|source| self.error("list backups", subject.clone(), source))?;
         let rows = statement
             .query_map(params![app, env], backup_from_row)
             .map_err(|source| self.error("list backups", subject.clone(), source))?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(|source| self.error("list backups", subject, source))
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(|source| self.error("list backups", subject, source))
     }
 
     pub fn backup(&self, id: &str) -> Result<Option<BackupRecord>, StoreError> {
         let connection = self.connection();
         connection
-            .query_row(&format!("{SELECT} WHERE id = ?1"), params![id], backup_from_row)
+            .query_row(
+                &format!("{SELECT} WHERE id = ?1"),
+                params![id],
+                backup_from_row,
+            )
             .optional()
             .map_err(|source| self.error("read a backup", format!("backup `{id}`"), source))
     }
@@ -119,9 +126,15 @@ fn backup_from_row(row: &Row<'_>) -> rusqlite::Result<BackupRecord> {
         id: row.get(0)?,
         app: row.get(1)?,
         environment: row.get(2)?,
-        release: row.get::<_, Option<i64>>(3)?.map(|n| u64::try_from(n).unwrap_or(0)),
+        release: row
+            .get::<_, Option<i64>>(3)?
+            .map(|n| u64::try_from(n).unwrap_or(0)),
         deployment_id: row.get(4)?,
-        kind: if kind == "postgres" { BackupKind::Postgres } else { BackupKind::Sqlite },
+        kind: if kind == "postgres" {
+            BackupKind::Postgres
+        } else {
+            BackupKind::Sqlite
+        },
         reason: match reason.as_str() {
             "manual" => BackupReason::Manual,
             "schedule" => BackupReason::Schedule,

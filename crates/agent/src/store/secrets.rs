@@ -26,6 +26,9 @@ pub struct SecretMeta {
     pub created_at: i64,
 }
 
+/// A row's nonce and ciphertext; both NULL for an unset.
+type NonceAndCiphertext = (Option<Vec<u8>>, Option<Vec<u8>>);
+
 impl Store {
     /// Adds a new version of `name`, sealed by `seal` for that version inside the same transaction
     /// (so the version in the AEAD's associated data is the one written); `None` records an unset.
@@ -69,7 +72,9 @@ impl Store {
                 ],
             )
             .map_err(|source| self.error("write a secret", subject.clone(), source))?;
-        transaction.commit().map_err(|source| self.error("write a secret", subject, source))?;
+        transaction
+            .commit()
+            .map_err(|source| self.error("write a secret", subject, source))?;
         Ok(u64::try_from(version).unwrap_or(0))
     }
 
@@ -103,7 +108,8 @@ impl Store {
             .map_err(|source| self.error("list secrets", subject.clone(), source))?;
         let mut metas = Vec::new();
         for row in rows {
-            let (meta, set) = row.map_err(|source| self.error("list secrets", subject.clone(), source))?;
+            let (meta, set) =
+                row.map_err(|source| self.error("list secrets", subject.clone(), source))?;
             if set {
                 metas.push(meta);
             }
@@ -112,10 +118,16 @@ impl Store {
     }
 
     /// One sealed version; `None` when it does not exist or is an unset.
-    pub fn secret_version(&self, app: &str, env: &str, name: &str, version: u64) -> Result<Option<SealedSecret>, StoreError> {
+    pub fn secret_version(
+        &self,
+        app: &str,
+        env: &str,
+        name: &str,
+        version: u64,
+    ) -> Result<Option<SealedSecret>, StoreError> {
         let subject = format!("secret `{name}` version {version} of `{app}` in `{env}`");
         let connection = self.connection();
-        let row: Option<(Option<Vec<u8>>, Option<Vec<u8>>)> = connection
+        let row: Option<NonceAndCiphertext> = connection
             .query_row(
                 "SELECT nonce, ciphertext FROM secrets WHERE app = ?1 AND environment = ?2 AND name = ?3 AND version = ?4",
                 params![app, env, name, i64::try_from(version).unwrap_or(i64::MAX)],

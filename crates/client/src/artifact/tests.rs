@@ -252,3 +252,22 @@ fn debug_leaves_the_bytes_out() {
     assert!(debug.starts_with("Artifact { digest: "), "{debug}");
     assert!(!debug.contains("bytes"), "{debug}");
 }
+
+#[test]
+fn the_manifest_is_not_part_of_the_artifact() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("app.py"), "print('hi')\n").expect("write");
+    std::fs::write(dir.path().join("rollway.toml"), "[app]\nname = \"a\"\n").expect("write");
+    let first = pack(dir.path()).expect("pack");
+    std::fs::write(
+        dir.path().join("rollway.toml"),
+        "[app]\nname = \"a\"\n[flags]\nX = true\n",
+    )
+    .expect("write");
+    let second = pack(dir.path()).expect("pack");
+    assert_eq!(
+        first.digest, second.digest,
+        "a config-only change keeps the artifact"
+    );
+    assert_eq!(first.n_files, 1);
+}

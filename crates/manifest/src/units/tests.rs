@@ -37,3 +37,24 @@ fn weights_are_bounded() {
     assert_eq!(Weight::new(101), None);
     assert_eq!(Weight::new(-1), None);
 }
+
+#[test]
+fn schedules() {
+    use crate::Schedule;
+    assert_eq!(
+        Schedule::parse("daily 03:00"),
+        Ok(Schedule::Daily { hour: 3, minute: 0 })
+    );
+    assert_eq!(
+        Schedule::parse("hourly :15"),
+        Ok(Schedule::Hourly { minute: 15 })
+    );
+    assert!(Schedule::parse("daily 24:00").is_err());
+    // 2026-11-23 04:10 UTC: the last daily 03:00 is today, the last hourly :15 was 03:15.
+    let now = 1_795_407_000;
+    assert_eq!(
+        Schedule::Daily { hour: 3, minute: 0 }.last_due(now),
+        1_795_402_800
+    );
+    assert_eq!(Schedule::Hourly { minute: 15 }.last_due(now), 1_795_403_700);
+}

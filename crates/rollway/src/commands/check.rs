@@ -99,7 +99,9 @@ pub fn run(args: &CheckArgs, printer: Printer) -> anyhow::Result<ExitStatus> {
             printer.hint(&format!("set each with `rollway secrets set NAME --env {env}` (the value is read from stdin)"));
             return Ok(ExitStatus::Usage);
         }
-        Verified::Unreachable(reason) => printer.warning(&format!("required secrets not verified: {reason}")),
+        Verified::Unreachable(reason) => {
+            printer.warning(&format!("required secrets not verified: {reason}"))
+        }
         _ => {}
     }
     let scope = match &args.env {
@@ -277,11 +279,21 @@ enum Verified {
 }
 
 /// Asks the agent (given, or the local one when it runs) which required secrets are not set.
-fn missing_on_agent(args: &CheckArgs, app: &str, env: &str, selected: &[ResolvedManifest]) -> Verified {
-    let Some(resolved) = selected.first() else { return Verified::NotAsked };
+fn missing_on_agent(
+    args: &CheckArgs,
+    app: &str,
+    env: &str,
+    selected: &[ResolvedManifest],
+) -> Verified {
+    let Some(resolved) = selected.first() else {
+        return Verified::NotAsked;
+    };
     let required = resolved.required_config();
     if required.names().is_empty() {
-        return Verified::Missing { env: env.to_owned(), names: Vec::new() };
+        return Verified::Missing {
+            env: env.to_owned(),
+            names: Vec::new(),
+        };
     }
     let client = match super::connect::client(&args.agent) {
         Ok(client) => client,

@@ -212,6 +212,7 @@ fn render_event(printer: &Printer, event: &EventView, elapsed: Duration) {
             let next = event.message.rsplit(' ').next().unwrap_or_default();
             let what = match next {
                 "Preparing" => "the release: unpack, build",
+                "BackingUp" => "the database before the release command",
                 "Releasing" => "the release command",
                 "Starting" => "new instances",
                 "Verifying" => "health of the new instances",
@@ -219,15 +220,17 @@ fn render_event(printer: &Printer, event: &EventView, elapsed: Duration) {
                 "RollingBack" => "traffic to the earlier release",
                 _ => return,
             };
-            let verb = if next == "RollingBack" {
-                "Rolling back"
-            } else {
-                next
+            let verb = match next {
+                "RollingBack" => "Rolling back",
+                "BackingUp" => "Backing up",
+                other => other,
             };
             printer.status(verb, &format!("{what} {at}"));
         }
         "deployment.output" => printer.status("", &format!("| {}", event.message)),
         "deployment.command" => printer.status("Running", &event.message),
+        "backup.created" => printer.status("Backed up", &event.message),
+        "deployment.reuse" => printer.status("Reusing", &event.message),
         "instance.started" => printer.status("Started", &event.message),
         "instance.healthy" => printer.status("Healthy", &event.message),
         "deployment.weights" => printer.status("Shifted", &format!("{} {at}", event.message)),

@@ -1,6 +1,7 @@
 //! One module per command, each with `run(args, printer) -> anyhow::Result<ExitStatus>`.
 
 pub mod agent;
+pub mod backups;
 pub mod check;
 pub mod connect;
 pub mod deploy;

@@ -7,7 +7,9 @@ fn transitions() {
     let table = [
         (Pending, Done, Plan::Cold, Preparing),
         (Pending, Done, Plan::Warm, Verifying),
-        (Preparing, Done, Plan::Cold, Releasing),
+        (Preparing, Done, Plan::Cold, BackingUp),
+        (BackingUp, Done, Plan::Cold, Releasing),
+        (BackingUp, Fail, Plan::Cold, Failed),
         (Releasing, Done, Plan::Cold, Starting),
         (Releasing, Fail, Plan::Cold, Failed),
         (Starting, Done, Plan::Cold, Verifying),
@@ -37,6 +39,7 @@ fn a_failure_before_shifting_never_reaches_a_traffic_state() {
     for state in [
         State::Pending,
         State::Preparing,
+        State::BackingUp,
         State::Releasing,
         State::Starting,
         State::Verifying,

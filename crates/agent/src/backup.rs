@@ -1,0 +1,535 @@
+//! Database backups: taken before every release command, on demand and on a schedule; restored
+//! with one command.
+//!
+//! SQLite goes through SQLite's online backup API (a consistent copy while the app writes);
+//! PostgreSQL through `pg_dump` in custom format and `pg_restore`. The password reaches those
+//! tools through `PGPASSWORD` in their environment, never their argv.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::Digest as _;
+
+use crate::engine::{Engine, now_ms};
+use crate::store::{BackupKind, BackupReason, BackupRecord};
+
+/// Backups kept per app and environment when the manifest says nothing.
+pub const DEFAULT_KEEP: usize = 14;
+/// How long `pg_dump` and `pg_restore` may run.
+pub const TOOL_TIMEOUT: Duration = Duration::from_secs(1800);
+
+/// What a database URL points at.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Target {
+    Sqlite { path: PathBuf },
+    Postgres { url: PgUrl },
+}
+
+/// A PostgreSQL URL taken apart, so the password can travel in `PGPASSWORD` only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PgUrl {
+    pub host: String,
+    pub port: Option<u16>,
+    pub user: Option<String>,
+    password: Option<String>,
+    pub database: String,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.display())
+    }
+}
+
+impl Target {
+    /// `sqlite:PATH`, `sqlite://PATH`, `sqlite:///ABS/PATH` (relative paths from `workdir`), or
+    /// `postgres://` / `postgresql://` URLs.
+    pub fn parse(url: &str, workdir: &Path) -> Result<Target, String> {
+        if let Some(rest) = url.strip_prefix("sqlite:") {
+            let path = rest.strip_prefix("//").unwrap_or(rest);
+            if path.is_empty() {
+                return Err("the `sqlite:` URL has no path".to_owned());
+            }
+            let path = PathBuf::from(path);
+            let path = if path.is_absolute() {
+                path
+            } else {
+                workdir.join(path)
+            };
+            return Ok(Target::Sqlite { path });
+        }
+        if let Some(rest) = url
+            .strip_prefix("postgres://")
+            .or_else(|| url.strip_prefix("postgresql://"))
+        {
+            return parse_pg(rest).map(|url| Target::Postgres { url });
+        }
+        let scheme = url.split_once(':').map_or("(none)", |(scheme, _)| scheme);
+        Err(format!(
+            "cannot back up a `{scheme}` database; accepted: `sqlite:PATH`, `postgres://USER:PASSWORD@HOST:PORT/DB`"
+        ))
+    }
+
+    /// For records and messages: the password never appears.
+    pub fn display(&self) -> String {
+        match self {
+            Target::Sqlite { path } => format!("sqlite:{}", path.display()),
+            Target::Postgres { url } => {
+                let user = url
+                    .user
+                    .as_deref()
+                    .map(|user| format!("{user}@"))
+                    .unwrap_or_default();
+                let port = url.port.map(|port| format!(":{port}")).unwrap_or_default();
+                format!("postgres://{user}{}{port}/{}", url.host, url.database)
+            }
+        }
+    }
+
+    pub fn kind(&self) -> BackupKind {
+        match self {
+            Target::Sqlite { .. } => BackupKind::Sqlite,
+            Target::Postgres { .. } => BackupKind::Postgres,
+        }
+    }
+}
+
+fn parse_pg(rest: &str) -> Result<PgUrl, String> {
+    let (authority, path) = rest
+        .split_once('/')
+        .ok_or("the PostgreSQL URL has no database name")?;
+    let database = path.split(['?', '#']).next().unwrap_or_default();
+    if database.is_empty() {
+        return Err("the PostgreSQL URL has no database name".to_owned());
+    }
+    let (credentials, host_port) = match authority.rsplit_once('@') {
+        Some((credentials, host_port)) => (Some(credentials), host_port),
+        None => (None, authority),
+    };
+    let (user, password) = match credentials {
+        Some(credentials) => match credentials.split_once(':') {
+            Some((user, password)) => (Some(percent_decode(user)), Some(percent_decode(password))),
+            None => (Some(percent_decode(credentials)), None),
+        },
+        None => (None, None),
+    };
+    let (host, port) = match host_port.rsplit_once(':') {
+        Some((host, port)) => (
+            host,
+            Some(
+                port.parse::<u16>()
+                    .map_err(|_| "the PostgreSQL URL's port is not a number")?,
+            ),
+        ),
+        None => (host_port, None),
+    };
+    Ok(PgUrl {
+        host: if host.is_empty() {
+            "localhost".to_owned()
+        } else {
+            host.to_owned()
+        },
+        port,
+        user,
+        password,
+        database: percent_decode(database),
+    })
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut idx = 0;
+    while idx < bytes.len() {
+        if bytes[idx] == b'%'
+            && let Some(hex) = text.get(idx + 1..idx + 3)
+            && let Ok(byte) = u8::from_str_radix(hex, 16)
+        {
+            out.push(byte);
+            idx += 3;
+            continue;
+        }
+        out.push(bytes[idx]);
+        idx += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Where a backup is taken from, and why.
+pub struct Request<'a> {
+    pub app: &'a str,
+    pub environment: &'a str,
+    pub release: Option<u64>,
+    pub deployment_id: Option<&'a str>,
+    pub reason: BackupReason,
+    pub target: &'a Target,
+    /// How many backups of this app and environment to keep.
+    pub keep: usize,
+}
+
+/// The outcome of a backup: a record, or nothing because there is no database yet.
+pub enum Taken {
+    Backup(BackupRecord),
+    NothingYet(String),
+}
+
+/// Takes a backup, records it, and prunes the oldest beyond `keep`.
+pub async fn create(engine: &Arc<Engine>, request: Request<'_>) -> Result<Taken, String> {
+    let dir = engine
+        .paths
+        .state_dir
+        .join("backups")
+        .join(request.app)
+        .join(request.environment);
+    std::fs::create_dir_all(&dir)
+        .map_err(|error| format!("cannot create `{}`: {error}", dir.display()))?;
+    let id = format!("b-{}-{}", now_ms(), random_suffix());
+    let (extension, kind) = match request.target {
+        Target::Sqlite { .. } => ("sqlite", BackupKind::Sqlite),
+        Target::Postgres { .. } => ("dump", BackupKind::Postgres),
+    };
+    let path = dir.join(format!("{id}.{extension}"));
+    match request.target {
+        Target::Sqlite { path: database } => {
+            if !database.exists() {
+                return Ok(Taken::NothingYet(format!(
+                    "no database at `{}` yet: nothing to back up",
+                    database.display()
+                )));
+            }
+            let (database, out) = (database.clone(), path.clone());
+            tokio::task::spawn_blocking(move || sqlite_copy(&database, &out))
+                .await
+                .map_err(|error| error.to_string())??;
+        }
+        Target::Postgres { url } => {
+            let args = vec![
+                "--format=custom".to_owned(),
+                "--no-password".to_owned(),
+                format!("--file={}", path.display()),
+            ];
+            run_pg_tool("pg_dump", &args, url).await?;
+        }
+    }
+    let (size, sha256) = file_digest(&path)?;
+    let record = BackupRecord {
+        id,
+        app: request.app.to_owned(),
+        environment: request.environment.to_owned(),
+        release: request.release,
+        deployment_id: request.deployment_id.map(str::to_owned),
+        kind,
+        reason: request.reason,
+        target: request.target.display(),
+        path: path.display().to_string(),
+        size,
+        sha256,
+        created_at: now_ms(),
+    };
+    engine
+        .store
+        .insert_backup(&record)
+        .map_err(|error| error.to_string())?;
+    prune(engine, request.app, request.environment, request.keep);
+    Ok(Taken::Backup(record))
+}
+
+/// Restores `record` into `target`, after checking the file is the one recorded.
+pub async fn restore(record: &BackupRecord, target: &Target) -> Result<String, String> {
+    let path = PathBuf::from(&record.path);
+    let (_, sha256) = file_digest(&path)?;
+    if sha256 != record.sha256 {
+        return Err(format!(
+            "backup `{}` at `{}` does not match its recorded checksum; refusing to restore it",
+            record.id, record.path
+        ));
+    }
+    match (target, record.kind) {
+        (Target::Sqlite { path: database }, BackupKind::Sqlite) => {
+            let (backup, database) = (path.clone(), database.clone());
+            let shown = database.display().to_string();
+            tokio::task::spawn_blocking(move || sqlite_copy(&backup, &database))
+                .await
+                .map_err(|error| error.to_string())??;
+            Ok(format!(
+                "restored `{shown}` from backup `{}` with SQLite's online backup",
+                record.id
+            ))
+        }
+        (Target::Postgres { url }, BackupKind::Postgres) => {
+            let args = vec![
+                "--clean".to_owned(),
+                "--if-exists".to_owned(),
+                "--no-owner".to_owned(),
+                "--no-password".to_owned(),
+                "--single-transaction".to_owned(),
+                format!("--dbname={}", url.database),
+                path.display().to_string(),
+            ];
+            run_pg_tool("pg_restore", &args, url).await?;
+            Ok(format!(
+                "restored `{}` from backup `{}` with pg_restore --clean",
+                target.display(),
+                record.id
+            ))
+        }
+        _ => Err(format!(
+            "backup `{}` is a {} backup; the database is `{}`",
+            record.id,
+            record.kind.as_str(),
+            target.display()
+        )),
+    }
+}
+
+/// A backup now of the current release's database (`rollway backups create`, and the schedule).
+pub async fn on_demand(
+    engine: &Arc<Engine>,
+    app: &str,
+    env: &str,
+    reason: BackupReason,
+) -> Result<BackupRecord, String> {
+    let key = (app.to_owned(), env.to_owned());
+    let current = engine
+        .store
+        .current(app, env)
+        .map_err(|error| error.to_string())?
+        .ok_or_else(|| format!("`{app}` has no current release in `{env}`"))?;
+    let release = crate::deploy::spec::load_release(engine, &key, current)?;
+    let variable = release
+        .resolved
+        .config
+        .release
+        .as_ref()
+        .and_then(|phase| phase.backup.clone())
+        .ok_or_else(|| {
+            format!(
+                "release {current} of `{app}` names no database: set `[release] backup = \"VAR\"`"
+            )
+        })?;
+    let target = crate::deploy::spec::database_target(engine, &release, &variable)?;
+    let request = Request {
+        app,
+        environment: env,
+        release: Some(current),
+        deployment_id: None,
+        reason,
+        target: &target,
+        keep: release.resolved.config.backup.keep as usize,
+    };
+    match create(engine, request).await? {
+        Taken::Backup(record) => Ok(record),
+        Taken::NothingYet(reason) => Err(reason),
+    }
+}
+
+/// Restores `record` into the database of the current release: the app's instances are taken out
+/// of traffic first (requests wait in the proxy), the restore runs, traffic comes back.
+pub async fn restore_live(
+    engine: &Arc<Engine>,
+    record: &BackupRecord,
+) -> Result<Vec<String>, String> {
+    let key = (record.app.clone(), record.environment.clone());
+    let current = engine
+        .store
+        .current(&key.0, &key.1)
+        .map_err(|error| error.to_string())?
+        .ok_or_else(|| format!("`{}` has no current release in `{}`", key.0, key.1))?;
+    let release = crate::deploy::spec::load_release(engine, &key, current)?;
+    let variable = release
+        .resolved
+        .config
+        .release
+        .as_ref()
+        .and_then(|phase| phase.backup.clone())
+        .ok_or_else(|| format!("release {current} names no database (`[release] backup`)"))?;
+    let target = crate::deploy::spec::database_target(engine, &release, &variable)?;
+    let mut steps = Vec::new();
+    // The app's writers are its instances: hold traffic and let in-flight requests finish.
+    let held = engine.with_runtime(&key, |runtime| std::mem::take(&mut runtime.weights));
+    let serving: Vec<u64> = held.iter().map(|(release, _)| *release).collect();
+    let ids: Vec<String> = engine
+        .runtime(&key)
+        .instances
+        .iter()
+        .filter(|(_, instance)| {
+            serving.contains(&instance.release)
+                && instance.phase == crate::engine::InstancePhase::Ready
+        })
+        .map(|(id, _)| id.clone())
+        .collect();
+    if !held.is_empty() {
+        engine
+            .push_routes()
+            .await
+            .map_err(|error| error.to_string())?;
+        crate::deploy::spec::wait_gone_from_proxy(engine, &ids, Duration::from_secs(30)).await;
+        steps.push(format!(
+            "held new requests and drained {} instance(s)",
+            ids.len()
+        ));
+    }
+    let result = restore(record, &target).await;
+    if let Ok(done) = &result {
+        steps.push(done.clone());
+    }
+    if !held.is_empty() {
+        engine.with_runtime(&key, |runtime| runtime.weights = held);
+        if let Err(error) = engine.push_routes().await {
+            steps.push(format!("could not give traffic back: {error}"));
+        } else {
+            steps.push("traffic flows again".to_owned());
+        }
+    }
+    result?;
+    Ok(steps)
+}
+
+/// Takes the scheduled backups that are due (called every 30 s by the agent).
+pub async fn run_schedules(engine: &Arc<Engine>) {
+    let apps = engine.store.apps().unwrap_or_default();
+    let now = now_ms();
+    for (app, env, current) in apps {
+        let Some(current) = current else { continue };
+        let key = (app.clone(), env.clone());
+        let Ok(release) = crate::deploy::spec::load_release(engine, &key, current) else {
+            continue;
+        };
+        let Some(schedule) = release.resolved.config.backup.schedule else {
+            continue;
+        };
+        let due_ms = schedule.last_due(now / 1000) * 1000;
+        let last = engine
+            .store
+            .backups(&app, &env)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|record| record.reason == BackupReason::Schedule)
+            .map(|record| record.created_at)
+            .max();
+        if last.is_some_and(|last| last >= due_ms) {
+            continue;
+        }
+        let (kind, message) = match on_demand(engine, &app, &env, BackupReason::Schedule).await {
+            Ok(record) => (
+                "backup.created",
+                format!(
+                    "scheduled backup {} of {} ({} bytes)",
+                    record.id, record.target, record.size
+                ),
+            ),
+            Err(reason) => (
+                "backup.failed",
+                format!("the scheduled backup ({schedule}) failed: {reason}"),
+            ),
+        };
+        engine.record(crate::store::NewEvent {
+            app: Some(app.clone()),
+            environment: Some(env.clone()),
+            deployment_id: None,
+            kind: kind.to_owned(),
+            message,
+            data_json: "{}".to_owned(),
+        });
+    }
+}
+
+/// Copies one SQLite database onto another with the online backup API (readers and writers of
+/// the source may go on; the destination's content is replaced as a whole).
+fn sqlite_copy(from: &Path, to: &Path) -> Result<(), String> {
+    let source =
+        rusqlite::Connection::open_with_flags(from, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|error| format!("cannot open `{}`: {error}", from.display()))?;
+    let mut destination = rusqlite::Connection::open(to)
+        .map_err(|error| format!("cannot open `{}`: {error}", to.display()))?;
+    destination
+        .busy_timeout(Duration::from_secs(10))
+        .map_err(|error| format!("`{}`: {error}", to.display()))?;
+    let backup = rusqlite::backup::Backup::new(&source, &mut destination).map_err(|error| {
+        format!(
+            "cannot start copying `{}` to `{}`: {error}",
+            from.display(),
+            to.display()
+        )
+    })?;
+    backup
+        .run_to_completion(256, Duration::from_millis(5), None)
+        .map_err(|error| {
+            format!(
+                "cannot copy `{}` to `{}`: {error}",
+                from.display(),
+                to.display()
+            )
+        })
+}
+
+async fn run_pg_tool(tool: &str, args: &[String], url: &PgUrl) -> Result<(), String> {
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "pg_dump and pg_restore end inside the backup step"
+    )]
+    let mut command = tokio::process::Command::new(tool);
+    command
+        .args(args)
+        .env_clear()
+        .envs(crate::deploy::spec::passthrough_env())
+        .env("PGHOST", &url.host)
+        .env("PGDATABASE", &url.database)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    if let Some(port) = url.port {
+        command.env("PGPORT", port.to_string());
+    }
+    if let Some(user) = &url.user {
+        command.env("PGUSER", user);
+    }
+    if let Some(password) = &url.password {
+        command.env("PGPASSWORD", password);
+    }
+    let output = tokio::time::timeout(TOOL_TIMEOUT, command.output())
+        .await
+        .map_err(|_| format!("`{tool}` ran longer than {}s", TOOL_TIMEOUT.as_secs()))?
+        .map_err(|error| {
+            format!("cannot run `{tool}` (is the PostgreSQL client installed?): {error}")
+        })?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        Err(format!(
+            "`{tool}` failed ({}): {}",
+            output.status,
+            stderr.trim()
+        ))
+    }
+}
+
+/// Removes the oldest backups of (app, env) beyond `keep` (files and records).
+pub fn prune(engine: &Engine, app: &str, env: &str, keep: usize) {
+    let Ok(backups) = engine.store.backups(app, env) else {
+        return;
+    };
+    for old in backups.into_iter().skip(keep.max(1)) {
+        let _ = std::fs::remove_file(&old.path);
+        let _ = engine.store.delete_backup(&old.id);
+    }
+}
+
+fn file_digest(path: &Path) -> Result<(u64, String), String> {
+    let mut file = std::fs::File::open(path)
+        .map_err(|error| format!("cannot read `{}`: {error}", path.display()))?;
+    let mut hasher = sha2::Sha256::new();
+    let size = std::io::copy(&mut file, &mut hasher)
+        .map_err(|error| format!("cannot read `{}`: {error}", path.display()))?;
+    Ok((size, hex::encode(hasher.finalize())))
+}
+
+fn random_suffix() -> String {
+    let mut bytes = [0u8; 4];
+    let _ = getrandom::fill(&mut bytes);
+    hex::encode(bytes)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,91 @@
+//! `rollway backups [list] | create | restore ID`.
+
+use crate::ExitStatus;
+use crate::cli::{BackupsCommand, EnvArgs};
+use crate::commands::{app_name, client_error, connect};
+use crate::printer::Printer;
+
+pub fn run(
+    command: Option<&BackupsCommand>,
+    target: &EnvArgs,
+    printer: Printer,
+) -> anyhow::Result<ExitStatus> {
+    let Some(app) = app_name(target.app.as_deref(), &printer) else {
+        return Ok(ExitStatus::Usage);
+    };
+    let env = &target.env;
+    let client = match connect::client(&target.agent) {
+        Ok(client) => client,
+        Err(no_agent) => {
+            printer.error(&no_agent.message);
+            printer.hint(&no_agent.hint);
+            return Ok(ExitStatus::Unreachable);
+        }
+    };
+    tokio::runtime::Runtime::new()?.block_on(async {
+        match command.unwrap_or(&BackupsCommand::List) {
+            BackupsCommand::List => {
+                let backups = match client.backups(&app, env).await {
+                    Ok(backups) => backups,
+                    Err(error) => return client_error(&printer, error),
+                };
+                if target.json {
+                    printer.data(&serde_json::to_string_pretty(&backups)?)?;
+                    return Ok(ExitStatus::Success);
+                }
+                if backups.is_empty() {
+                    printer.status("Backups", &format!("none yet for {app} in {env}"));
+                    return Ok(ExitStatus::Success);
+                }
+                let mut out = format!(
+                    "{:<28} {:<8} {:<9} {:<10} {:<24} database\n",
+                    "id", "release", "reason", "size", "taken"
+                );
+                for backup in &backups {
+                    out.push_str(&format!(
+                        "{:<28} {:<8} {:<9} {:<10} {:<24} {}\n",
+                        backup.id,
+                        backup
+                            .release
+                            .map_or_else(|| "-".to_owned(), |n| n.to_string()),
+                        backup.reason,
+                        backup.size,
+                        agent::deploy::start::format_time(backup.created_at),
+                        backup.target
+                    ));
+                }
+                printer.data(&out)?;
+            }
+            BackupsCommand::Create => match client.create_backup(&app, env).await {
+                Ok(backup) => {
+                    if target.json {
+                        printer.data(&serde_json::to_string_pretty(&backup)?)?;
+                    }
+                    printer.status(
+                        "Backed up",
+                        &format!(
+                            "{} to `{}` ({} bytes, sha256 {})",
+                            backup.target,
+                            backup.id,
+                            backup.size,
+                            &backup.sha256[..12.min(backup.sha256.len())]
+                        ),
+                    );
+                }
+                Err(error) => return client_error(&printer, error),
+            },
+            BackupsCommand::Restore { id } => match client.restore_backup(&app, env, id).await {
+                Ok(restored) => {
+                    if target.json {
+                        printer.data(&serde_json::to_string_pretty(&restored)?)?;
+                    }
+                    for step in &restored.steps {
+                        printer.status("Restore", step);
+                    }
+                }
+                Err(error) => return client_error(&printer, error),
+            },
+        }
+        Ok(ExitStatus::Success)
+    })
+}
