@@ -1,13 +1,15 @@
 //! The Driver trait: how the agent starts, stops, adopts and reads the logs of instances.
 //!
 //! A driver knows nothing of the proxy, the store or deployments: it is told what to run and
-//! reports what it sees. `process` (children in their own process group) is the embedded default.
+//! reports what it sees. `process` (children in their own process group) is the embedded default;
+//! `container` runs images through the Docker Engine API (which podman serves too).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub mod container;
 pub mod process;
 
 /// Everything a driver needs to run one instance.
@@ -15,12 +17,24 @@ pub mod process;
 pub struct InstanceSpec {
     /// Unique across the host, stable for the instance's life: `logistix-production-r3-web-1`.
     pub instance_id: String,
-    /// The unpacked release folder the command runs in.
+    /// The unpacked release folder the command runs in (process driver; the container driver
+    /// runs in the image's own working directory and ignores it).
     pub workdir: PathBuf,
-    /// A shell command line, run with `/bin/sh -c`.
+    /// A shell command line, run with `/bin/sh -c`. The container driver runs it the same way
+    /// inside the image (replacing the image's entrypoint and command); empty means "the image's
+    /// own entrypoint and command".
     pub command: String,
-    /// The resolved environment (secrets included). Never logged, never written to disk.
+    /// The resolved environment (secrets included). Never logged, never written to disk (the
+    /// container driver writes it to a tmpfs only, see [`container`]).
+    ///
+    /// The container driver also copies `ROLLWAY_APP`, `ROLLWAY_ENVIRONMENT` and
+    /// `ROLLWAY_RELEASE` into the container's labels, so they must never hold secrets.
     pub env: Vec<(String, String)>,
+    /// The image the container driver runs: a reference the engine already has, best its
+    /// content-addressed id (`sha256:...`, from [`container::ContainerDriver::image_digest`]) so a
+    /// moved tag cannot change what a release runs. `None` for the process driver, which ignores
+    /// it; the container driver refuses a spec without one.
+    pub image: Option<String>,
     /// Given to the instance as `PORT`; it must listen on 127.0.0.1:PORT.
     pub port: u16,
     /// Time between SIGTERM and SIGKILL.
@@ -34,6 +48,7 @@ impl std::fmt::Debug for InstanceSpec {
             .field("instance_id", &self.instance_id)
             .field("workdir", &self.workdir)
             .field("command", &self.command)
+            .field("image", &self.image)
             .field("port", &self.port)
             .finish_non_exhaustive()
     }
@@ -72,7 +87,9 @@ pub struct LogLine {
 /// the one each call returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct LogCursor {
-    /// Byte offset into the current output file, always just after a complete line.
+    /// Process driver: byte offset into the current output file, always just after a complete
+    /// line. Container driver: the engine's timestamp (nanoseconds since the Unix epoch) of the
+    /// last line handed out.
     pub(crate) offset: u64,
 }
 
@@ -104,6 +121,19 @@ pub enum DriverError {
         path: PathBuf,
         #[source]
         source: std::io::Error,
+    },
+    /// A spec this driver cannot run: the container driver without an image, an env name that
+    /// is not a shell identifier, an image without a command.
+    #[error("cannot run instance `{instance_id}`: {reason}")]
+    InvalidSpec { instance_id: String, reason: String },
+    /// The container engine failed or refused an operation on an instance's container.
+    #[error("{what} for instance `{instance_id}` (container `{container}`)")]
+    Engine {
+        what: &'static str,
+        instance_id: String,
+        container: String,
+        #[source]
+        source: container::EngineError,
     },
     #[error("cannot signal instance `{instance_id}` (pid {pid})")]
     Signal {

@@ -331,7 +331,7 @@ impl Shared {
 }
 
 /// Instance ids become directory names, so they must be one plain path component.
-fn validate_instance_id(instance_id: &str) -> Result<(), DriverError> {
+pub(crate) fn validate_instance_id(instance_id: &str) -> Result<(), DriverError> {
     let valid = !instance_id.is_empty()
         && !instance_id.starts_with('.')
         && instance_id

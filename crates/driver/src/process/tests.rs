@@ -50,6 +50,7 @@ async fn unknown_instances() {
                 env: Vec::new(),
                 port: 1,
                 stop_timeout: Duration::from_secs(1),
+                image: None,
             })
             .await
             .expect("adopt")

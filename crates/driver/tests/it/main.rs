@@ -1,6 +1,8 @@
-//! Integration tests of the process driver against real processes (`demo-app` and `/bin/sh`).
+//! Integration tests of the process driver against real processes (`demo-app` and `/bin/sh`), and
+//! of the container driver against the real container engine.
 
 mod adopt;
+mod container;
 mod logs;
 mod process;
 mod support;

@@ -30,6 +30,7 @@ pub fn spec(
             .collect(),
         port: testkit::demo::free_port().expect("free port"),
         stop_timeout: Duration::from_secs(5),
+        image: None,
     }
 }
 

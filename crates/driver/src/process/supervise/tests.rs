@@ -55,6 +55,7 @@ fn child_env_is_the_spec_env_plus_port_and_a_few_agent_variables() {
         env: vec![("DATABASE_URL".into(), "postgres://secret".into())],
         port: 4321,
         stop_timeout: Duration::from_secs(1),
+        image: None,
     };
     let env = child_env(&spec);
     let names: Vec<&str> = env

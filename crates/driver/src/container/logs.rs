@@ -1,0 +1,198 @@
+//! A container's output through the engine's logs API: the last `n` lines, and the lines after a
+//! cursor (the engine's timestamp of the last line handed out).
+//!
+//! Every line is asked for with its timestamp (`2026-11-23T04:10:32.123456789Z text`); the
+//! timestamp is stripped before the line is handed out and only kept as the cursor.
+
+use bollard::Docker;
+use bollard::container::LogOutput;
+use bollard::query_parameters::LogsOptions;
+use futures_util::StreamExt;
+
+use super::engine::EngineError;
+
+/// Most lines one `logs_after` call returns, so a follower far behind catches up in steps.
+pub(crate) const MAX_LINES_AFTER: usize = 10_000;
+
+/// One line of output and the engine's timestamp of it (nanoseconds since the Unix epoch; 0 when
+/// the engine sent none that parses).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TimedLine {
+    pub(crate) nanos: u64,
+    pub(crate) line: String,
+}
+
+/// The last `n` lines of the container's stdout and stderr, oldest first.
+pub(crate) async fn tail(
+    docker: &Docker,
+    container: &str,
+    n: usize,
+) -> Result<Vec<TimedLine>, EngineError> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let options = LogsOptions {
+        stdout: true,
+        stderr: true,
+        timestamps: true,
+        tail: n.to_string(),
+        ..LogsOptions::default()
+    };
+    let mut lines = collect(docker, container, options, usize::MAX, 0).await?;
+    let skip = lines.len().saturating_sub(n);
+    Ok(lines.split_off(skip))
+}
+
+/// The lines stamped after `after_nanos` (at most [`MAX_LINES_AFTER`]), oldest first.
+///
+/// The engine's `since` filter takes whole seconds, so it is given the cursor's second and the
+/// lines of that second up to the cursor are dropped here. Two lines stamped in the very same
+/// nanosecond as the cursor line would lose the second one; the engine stamps at nanosecond
+/// resolution, so this does not happen in practice.
+pub(crate) async fn after(
+    docker: &Docker,
+    container: &str,
+    after_nanos: u64,
+) -> Result<Vec<TimedLine>, EngineError> {
+    let since = i32::try_from(after_nanos / 1_000_000_000).unwrap_or(i32::MAX);
+    let options = LogsOptions {
+        stdout: true,
+        stderr: true,
+        timestamps: true,
+        since,
+        ..LogsOptions::default()
+    };
+    collect(docker, container, options, MAX_LINES_AFTER, after_nanos).await
+}
+
+/// Follows the output of a running container until it ends, handing each line to `on_line`.
+pub(crate) async fn follow(
+    docker: &Docker,
+    container: &str,
+    on_line: &mut (dyn FnMut(&str) + Send),
+) -> Result<(), EngineError> {
+    let options = LogsOptions {
+        follow: true,
+        stdout: true,
+        stderr: true,
+        ..LogsOptions::default()
+    };
+    let mut stream = docker.logs(container, Some(options));
+    while let Some(output) = stream.next().await {
+        for line in split_output(&output?) {
+            on_line(&line);
+        }
+    }
+    Ok(())
+}
+
+/// Reads a (non-following) logs stream into timed lines newer than `after_nanos`, stopping after
+/// `limit` lines.
+async fn collect(
+    docker: &Docker,
+    container: &str,
+    options: LogsOptions,
+    limit: usize,
+    after_nanos: u64,
+) -> Result<Vec<TimedLine>, EngineError> {
+    let mut stream = docker.logs(container, Some(options));
+    let mut lines = Vec::new();
+    while let Some(output) = stream.next().await {
+        for raw in split_output(&output?) {
+            let line = parse_timed(&raw);
+            if line.nanos > after_nanos || after_nanos == 0 {
+                lines.push(line);
+                if lines.len() >= limit {
+                    return Ok(lines);
+                }
+            }
+        }
+    }
+    Ok(lines)
+}
+
+/// The lines of one chunk of output (normally exactly one line with its newline).
+fn split_output(output: &LogOutput) -> Vec<String> {
+    let bytes = match output {
+        LogOutput::StdOut { message }
+        | LogOutput::StdErr { message }
+        | LogOutput::Console { message } => message,
+        LogOutput::StdIn { .. } => return Vec::new(),
+    };
+    let bytes = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+    bytes
+        .split(|&byte| byte == b'\n')
+        .map(|line| String::from_utf8_lossy(line.strip_suffix(b"\r").unwrap_or(line)).into_owned())
+        .collect()
+}
+
+/// Splits `2026-11-23T04:10:32.123456789Z text` into its timestamp and text; a line without a
+/// timestamp that parses keeps all its text and gets 0.
+pub(crate) fn parse_timed(raw: &str) -> TimedLine {
+    if let Some((stamp, text)) = raw.split_once(' ')
+        && let Some(nanos) = parse_rfc3339_nanos(stamp)
+    {
+        return TimedLine {
+            nanos,
+            line: text.to_owned(),
+        };
+    }
+    if let Some(nanos) = parse_rfc3339_nanos(raw) {
+        // An empty line: the timestamp alone.
+        return TimedLine {
+            nanos,
+            line: String::new(),
+        };
+    }
+    TimedLine {
+        nanos: 0,
+        line: raw.to_owned(),
+    }
+}
+
+/// Nanoseconds since the Unix epoch of a UTC RFC 3339 timestamp as the engine writes them
+/// (`2026-11-23T04:10:32.123456789Z`, any number of fraction digits).
+pub(crate) fn parse_rfc3339_nanos(stamp: &str) -> Option<u64> {
+    let stamp = stamp.strip_suffix('Z')?;
+    let (date, time) = stamp.split_once('T')?;
+    let mut date_parts = date.splitn(3, '-');
+    let year: i64 = date_parts.next()?.parse().ok()?;
+    let month: u32 = date_parts.next()?.parse().ok()?;
+    let day: u32 = date_parts.next()?.parse().ok()?;
+    let (clock, fraction) = match time.split_once('.') {
+        Some((clock, fraction)) => (clock, fraction),
+        None => (time, ""),
+    };
+    let mut clock_parts = clock.splitn(3, ':');
+    let hour: u64 = clock_parts.next()?.parse().ok()?;
+    let minute: u64 = clock_parts.next()?.parse().ok()?;
+    let second: u64 = clock_parts.next()?.parse().ok()?;
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 {
+        return None;
+    }
+    if second > 60 || !fraction.chars().all(|c| c.is_ascii_digit()) || fraction.len() > 9 {
+        return None;
+    }
+    let fraction_nanos: u64 = if fraction.is_empty() {
+        0
+    } else {
+        fraction.parse::<u64>().ok()? * 10u64.pow(9 - fraction.len() as u32)
+    };
+    let days = u64::try_from(days_from_civil(year, month, day)).ok()?;
+    let seconds = days * 86_400 + hour * 3_600 + minute * 60 + second;
+    seconds
+        .checked_mul(1_000_000_000)?
+        .checked_add(fraction_nanos)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year - era * 400;
+    let month = i64::from(month);
+    let day_of_year =
+        (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + i64::from(day) - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
+}
