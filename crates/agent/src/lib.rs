@@ -4,6 +4,7 @@
 //! process, recovers what a previous agent left, serves the API, and on shutdown leaves the app
 //! instances and the proxy running.
 
+pub mod analysis;
 pub mod api;
 pub mod artifact;
 pub mod backup;

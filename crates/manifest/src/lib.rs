@@ -114,6 +114,7 @@ impl Manifest {
                 environment: environment.to_owned(),
                 agents: Vec::new(),
                 secrets: Vec::new(),
+                approval: false,
                 config: self.shared.clone(),
             });
         }
@@ -126,6 +127,7 @@ impl Manifest {
                 environment: found.name.clone(),
                 agents: found.agents.clone(),
                 secrets: found.secrets.clone(),
+                approval: found.approval,
                 config: found.config.clone(),
             }),
             None => {

@@ -17,7 +17,7 @@ use crate::schema::Config;
 use crate::validate::{self, is_slug};
 
 /// Keys an environment may set besides the sections it overrides.
-const ENVIRONMENT_ONLY_KEYS: &[&str] = &["agents", "secrets"];
+const ENVIRONMENT_ONLY_KEYS: &[&str] = &["agents", "secrets", "approval"];
 /// Sections an environment may override.
 const OVERRIDABLE: &[&str] = &[
     "build", "services", "release", "strategy", "analysis", "routes", "env", "alerts", "flags",
@@ -32,6 +32,8 @@ pub struct Environment {
     pub agents: Vec<String>,
     /// Secret names that must be set before a deploy starts.
     pub secrets: Vec<String>,
+    /// A deploy waits at `AwaitingApproval` until `rollway approve`.
+    pub approval: bool,
     pub config: Config,
 }
 
@@ -41,6 +43,7 @@ pub struct ResolvedManifest {
     pub environment: String,
     pub agents: Vec<String>,
     pub secrets: Vec<String>,
+    pub approval: bool,
     #[serde(flatten)]
     pub config: Config,
 }
@@ -185,6 +188,21 @@ pub(crate) fn environments(reader: &mut Reader, root: &DeTable<'_>) -> Vec<Envir
                 );
             }
         }
+        let approval = overlay
+            .get("approval")
+            .and_then(|value| match value.get_ref() {
+                DeValue::Boolean(flag) => Some(*flag),
+                _ => {
+                    reader.invalid(
+                        value.span(),
+                        format!("`{section}.approval` must be `true` or `false`"),
+                        "expected a boolean",
+                        "write `approval = true` to hold deploys until `rollway approve`",
+                    );
+                    None
+                }
+            })
+            .unwrap_or(false);
         let secrets = overlay
             .get("secrets")
             .and_then(|value| reader.string_array(value, &format!("{section}.secrets")))
@@ -221,6 +239,7 @@ pub(crate) fn environments(reader: &mut Reader, root: &DeTable<'_>) -> Vec<Envir
             name: name.to_owned(),
             agents: agents.into_iter().map(Spanned::into_inner).collect(),
             secrets: secret_names,
+            approval,
             config,
         });
     }

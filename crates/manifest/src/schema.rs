@@ -171,6 +171,8 @@ pub struct Release {
     pub command: Option<String>,
     /// Name of the variable holding the database URL to back up before `command` runs.
     pub backup: Option<String>,
+    /// Runs against the new instances (their URLs in `ROLLWAY_SMOKE_URLS`) before any traffic.
+    pub smoke: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -221,6 +223,12 @@ pub struct Analysis {
     pub min_requests: u64,
     pub max_error_rate: Ratio,
     pub max_p99: Option<Duration>,
+    /// How long the analysis stays armed after a release takes all traffic.
+    pub observe: Duration,
+    /// A release whose 5xx share is worse than its baseline's by more than this fails.
+    pub baseline_margin: Ratio,
+    /// A release whose p99 is more than this many times its baseline's fails.
+    pub latency_margin: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -256,6 +264,12 @@ pub mod defaults {
     pub const ANALYSIS_WINDOW: Duration = Duration::from_secs(30);
     pub const MIN_REQUESTS: u64 = 50;
     pub const BACKUPS_KEPT: u32 = 14;
+    pub const OBSERVE: Duration = Duration::from_secs(60);
+    pub const LATENCY_MARGIN: f64 = 2.0;
+
+    pub fn baseline_margin() -> Ratio {
+        Ratio::new(0.01).unwrap_or_else(|| unreachable!("0.01 is within 0..=1"))
+    }
 
     pub fn max_error_rate() -> Ratio {
         Ratio::new(0.01).unwrap_or_else(|| unreachable!("0.01 is within 0..=1"))

@@ -411,7 +411,10 @@ fn release(reader: &mut Reader, value: &Value<'_>) -> Option<Release> {
         "release",
         "write `[release]` followed by `command = \"...\"`",
     )?;
-    reader.known_keys(table, &["command", "backup"], "release");
+    reader.known_keys(table, &["command", "backup", "smoke"], "release");
+    let smoke = table
+        .get("smoke")
+        .and_then(|value| reader.nonempty_string(value, "release.smoke"));
     let command = table
         .get("command")
         .and_then(|value| reader.nonempty_string(value, "release.command"));
@@ -428,7 +431,11 @@ fn release(reader: &mut Reader, value: &Value<'_>) -> Option<Release> {
         }
         Some(name)
     });
-    Some(Release { command, backup })
+    Some(Release {
+        command,
+        backup,
+        smoke,
+    })
 }
 
 fn strategy(reader: &mut Reader, value: &Value<'_>) -> Option<Strategy> {
@@ -595,6 +602,9 @@ fn analysis(reader: &mut Reader, value: Option<&Value<'_>>) -> Option<Analysis> 
         min_requests: defaults::MIN_REQUESTS,
         max_error_rate: defaults::max_error_rate(),
         max_p99: None,
+        observe: defaults::OBSERVE,
+        baseline_margin: defaults::baseline_margin(),
+        latency_margin: defaults::LATENCY_MARGIN,
     };
     let Some(value) = value else {
         return Some(analysis);
@@ -612,9 +622,40 @@ fn analysis(reader: &mut Reader, value: Option<&Value<'_>>) -> Option<Analysis> 
             "min_requests",
             "max_error_rate",
             "max_p99",
+            "observe",
+            "baseline_margin",
+            "latency_margin",
         ],
         "analysis",
     );
+    if let Some(observe) = table
+        .get("observe")
+        .and_then(|value| reader.duration(value, "analysis.observe"))
+    {
+        analysis.observe = observe;
+    }
+    if let Some(margin) = table
+        .get("baseline_margin")
+        .and_then(|value| reader.ratio(value, "analysis.baseline_margin"))
+    {
+        analysis.baseline_margin = margin;
+    }
+    if let Some(margin_value) = table.get("latency_margin") {
+        let margin = match margin_value.get_ref() {
+            DeValue::Float(float) => float.as_str().replace('_', "").parse::<f64>().ok(),
+            DeValue::Integer(integer) => integer.as_str().parse::<f64>().ok(),
+            _ => None,
+        };
+        match margin {
+            Some(margin) if (1.0..=100.0).contains(&margin) => analysis.latency_margin = margin,
+            _ => reader.invalid(
+                margin_value.span(),
+                "`analysis.latency_margin` must be a number from 1 to 100",
+                "not a latency margin",
+                "write `latency_margin = 2.0` (a p99 over twice the baseline's fails)",
+            ),
+        }
+    }
     if let Some(interval) = table
         .get("interval")
         .and_then(|value| reader.positive_duration(value, "analysis.interval"))
