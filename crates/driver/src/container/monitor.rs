@@ -149,7 +149,11 @@ pub(crate) async fn run(
             Ok(container) => status_of(&container),
             Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 404, ..
-            }) => InstanceStatus::Stopped { last_exit: None },
+            }) => {
+                // Removed behind the driver's back: nothing is left to watch.
+                watched.observe(InstanceStatus::Stopped { last_exit: None });
+                return;
+            }
             Err(error) => {
                 warn!(message = "Cannot inspect the instance container.", container = %watched.container, %error);
                 continue;
