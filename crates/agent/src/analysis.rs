@@ -24,7 +24,11 @@ pub struct Sample {
 
 impl Sample {
     pub fn error_rate(&self) -> f64 {
-        if self.requests == 0 { 0.0 } else { self.errors as f64 / self.requests as f64 }
+        if self.requests == 0 {
+            0.0
+        } else {
+            self.errors as f64 / self.requests as f64
+        }
     }
 }
 
@@ -45,9 +49,13 @@ pub struct Bounds {
 pub enum Verdict {
     /// Enough evidence that the release is within its bounds.
     Pass,
-    Fail { reason: String },
+    Fail {
+        reason: String,
+    },
     /// Not enough requests, or not enough evidence either way yet.
-    Inconclusive { reason: String },
+    Inconclusive {
+        reason: String,
+    },
 }
 
 impl Verdict {
@@ -77,6 +85,9 @@ impl fmt::Display for Verdict {
 /// Type I and type II error bounds of the sequential test.
 pub const ALPHA: f64 = 0.01;
 pub const BETA: f64 = 0.01;
+/// Below this difference, p99 latencies are treated as equal: 1 ms against 4 ms is noise, not a
+/// regression, however many times larger.
+pub const LATENCY_NOISE_US: u64 = 20_000;
 /// The lowest error rate assumed for a baseline, so one error does not look infinitely worse.
 pub const BASELINE_FLOOR: f64 = 0.001;
 
@@ -112,7 +123,10 @@ pub fn sprt(errors: u64, n: u64, p0: f64, p1: f64) -> Sprt {
 pub fn evaluate(release: Sample, baseline: Option<Sample>, bounds: &Bounds) -> Verdict {
     if release.requests < bounds.min_requests {
         return Verdict::Inconclusive {
-            reason: format!("{} of {} requests needed", release.requests, bounds.min_requests),
+            reason: format!(
+                "{} of {} requests needed",
+                release.requests, bounds.min_requests
+            ),
         };
     }
     let rate = release.error_rate();
@@ -122,7 +136,11 @@ pub fn evaluate(release: Sample, baseline: Option<Sample>, bounds: &Bounds) -> V
         && release.p99_us > max_p99
     {
         return Verdict::Fail {
-            reason: format!("p99 {} above the bound {}", micros(release.p99_us), micros(max_p99)),
+            reason: format!(
+                "p99 {} above the bound {}",
+                micros(release.p99_us),
+                micros(max_p99)
+            ),
         };
     }
     if let Some(baseline) = baseline
@@ -130,6 +148,7 @@ pub fn evaluate(release: Sample, baseline: Option<Sample>, bounds: &Bounds) -> V
         && release.latency_count >= bounds.min_requests
         && baseline.p99_us > 0
         && release.p99_us as f64 > baseline.p99_us as f64 * bounds.latency_margin
+        && release.p99_us.saturating_sub(baseline.p99_us) > LATENCY_NOISE_US
     {
         return Verdict::Fail {
             reason: format!(
@@ -141,7 +160,12 @@ pub fn evaluate(release: Sample, baseline: Option<Sample>, bounds: &Bounds) -> V
         };
     }
     // Errors against the absolute bound: H0 half the bound, H1 the bound.
-    let absolute = sprt(release.errors, release.requests, bounds.max_error_rate / 2.0, bounds.max_error_rate);
+    let absolute = sprt(
+        release.errors,
+        release.requests,
+        bounds.max_error_rate / 2.0,
+        bounds.max_error_rate,
+    );
     if absolute == Sprt::AcceptH1 {
         return Verdict::Fail {
             reason: format!(
@@ -176,13 +200,21 @@ pub fn evaluate(release: Sample, baseline: Option<Sample>, bounds: &Bounds) -> V
     match (absolute, relative) {
         (Sprt::AcceptH0, None | Some(Sprt::AcceptH0)) => Verdict::Pass,
         _ => Verdict::Inconclusive {
-            reason: format!("5xx share {:.2}% over {} requests: not conclusive yet", rate * 100.0, release.requests),
+            reason: format!(
+                "5xx share {:.2}% over {} requests: not conclusive yet",
+                rate * 100.0,
+                release.requests
+            ),
         },
     }
 }
 
 fn micros(us: u64) -> String {
-    if us >= 1000 { format!("{}ms", us / 1000) } else { format!("{us}µs") }
+    if us >= 1000 {
+        format!("{}ms", us / 1000)
+    } else {
+        format!("{us}µs")
+    }
 }
 
 #[cfg(test)]

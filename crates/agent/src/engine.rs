@@ -131,6 +131,18 @@ pub struct Engine {
     /// Serialises pushes to the proxy so a stale desired state never overtakes a newer one.
     pub proxy_push: tokio::sync::Mutex<()>,
     pub shutdown: CancellationToken,
+    /// Signals for running deployments (promote, abort, approve), by deployment id.
+    /// std Mutex: map edits only, never held across an await.
+    pub signals: Mutex<BTreeMap<String, Vec<Signal>>>,
+    pub signalled: tokio::sync::Notify,
+}
+
+/// What a person tells a running deployment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Signal {
+    Promote { by: String },
+    Abort { by: String },
+    Approve { by: String },
 }
 
 impl Engine {
@@ -207,6 +219,41 @@ impl Engine {
             }
         }
         DesiredState { routes }
+    }
+
+    pub fn signal(&self, deployment: &str, signal: Signal) {
+        if let Ok(mut signals) = self.signals.lock() {
+            signals
+                .entry(deployment.to_owned())
+                .or_default()
+                .push(signal);
+        }
+        self.signalled.notify_waiters();
+    }
+
+    pub fn take_signals(&self, deployment: &str) -> Vec<Signal> {
+        self.signals
+            .lock()
+            .map(|mut signals| signals.remove(deployment).unwrap_or_default())
+            .unwrap_or_default()
+    }
+
+    /// Removes a pending abort of `deployment`, returning who asked for it.
+    pub fn take_abort(&self, deployment: &str) -> Option<String> {
+        let mut signals = self.signals.lock().ok()?;
+        let pending = signals.get_mut(deployment)?;
+        let idx = pending
+            .iter()
+            .position(|signal| matches!(signal, Signal::Abort { .. }))?;
+        match pending.remove(idx) {
+            Signal::Abort { by } => Some(by),
+            _ => None,
+        }
+    }
+
+    /// Sleeps `at_most`, or less when a signal arrives.
+    pub async fn wait_for_signal(&self, at_most: Duration) {
+        let _ = tokio::time::timeout(at_most, self.signalled.notified()).await;
     }
 
     /// Sends the current desired state to the proxy.

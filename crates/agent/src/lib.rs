@@ -125,6 +125,8 @@ pub async fn run(
         runtimes: Mutex::new(BTreeMap::new()),
         proxy_push: tokio::sync::Mutex::new(()),
         shutdown: shutdown.clone(),
+        signals: Mutex::new(BTreeMap::new()),
+        signalled: tokio::sync::Notify::new(),
     });
     recover::recover(&engine).await;
     tokio::spawn(expire_warm_instances(engine.clone()));

@@ -161,6 +161,15 @@ impl Client {
         self.get(&format!("/v1/deployments/{id}")).await
     }
 
+    /// `promote`, `abort` or `approve` a running deployment.
+    pub async fn signal(&self, id: &str, verb: &str) -> Result<DeploymentView, ClientError> {
+        self.post(
+            &format!("/v1/deployments/{id}/{verb}"),
+            &serde_json::json!({}),
+        )
+        .await
+    }
+
     pub async fn status(&self, app: &str, env: &str) -> Result<StatusView, ClientError> {
         self.get(&format!("/v1/apps/{app}/environments/{env}/status"))
             .await

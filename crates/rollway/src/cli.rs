@@ -55,6 +55,17 @@ pub enum Command {
     Releases(EnvArgs),
     /// Make an earlier release current again (the previous good one by default).
     Rollback(RollbackArgs),
+    /// Move a canary on to its next step now.
+    Promote(EnvArgs),
+    /// Stop the running deployment; a canary leaves traffic at once.
+    Abort(EnvArgs),
+    /// Release a deployment held at its approval gate.
+    Approve {
+        /// The deployment's id (`rollway status` shows it).
+        deployment: String,
+        #[command(flatten)]
+        agent: AgentArgs,
+    },
     /// Output of the app's instances.
     Logs(LogsArgs),
     /// The audit log.

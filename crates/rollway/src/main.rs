@@ -50,6 +50,11 @@ fn main() -> ExitCode {
         Command::Status(args) => commands::inspect::status(&args, printer),
         Command::Releases(args) => commands::inspect::releases(&args, printer),
         Command::Rollback(args) => commands::rollback::run(&args, printer),
+        Command::Promote(args) => commands::signal::run_current(&args, "promote", printer),
+        Command::Abort(args) => commands::signal::run_current(&args, "abort", printer),
+        Command::Approve { deployment, agent } => {
+            commands::signal::run(&agent, &deployment, "approve", printer)
+        }
         Command::Logs(args) => commands::inspect::logs(&args, printer),
         Command::Events(args) => commands::inspect::events(&args, printer),
         Command::Backups { command, target } => {

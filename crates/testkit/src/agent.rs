@@ -69,6 +69,24 @@ pub struct TestApp {
     strategy: String,
     start_timeout: String,
     keep_warm: String,
+    /// `analysis.observe`; "0s" by default so tests that are not about the watch after the
+    /// switch do not wait it out.
+    observe: String,
+    /// Environment name → the secrets it requires (`[environments.E] secrets`).
+    secrets: BTreeMap<String, Vec<String>>,
+    flags: Vec<(String, bool)>,
+    build: Option<String>,
+    release_command: Option<String>,
+    release_backup: Option<String>,
+    /// Extra files written into the folder: path relative to it → content.
+    files: BTreeMap<String, String>,
+}
+
+/// One HTTP answer: status and body (lossy UTF-8).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub status: u16,
+    pub body: String,
 }
 
 impl TestAgent {
@@ -183,6 +201,96 @@ impl TestAgent {
             command.env("ROLLWAY_TOKEN", token);
         }
         command
+    }
+
+    /// `rollway ARGS --agent URL` with the admin token and `stdin` as its standard input (the way
+    /// `rollway secrets set` reads a value).
+    pub async fn cli_with_stdin(&self, args: &[&str], stdin: &str) -> Ran {
+        let mut command = self.command(Some(&self.admin_token), args);
+        command.stdin(Stdio::piped());
+        let described = format!("{:?}", command.as_std());
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|error| panic!("cannot run `{described}`: {error}"));
+        if let Some(mut input) = child.stdin.take() {
+            input
+                .write_all(stdin.as_bytes())
+                .await
+                .unwrap_or_else(|error| panic!("cannot write the stdin of `{described}`: {error}"));
+        }
+        let output = tokio::time::timeout(COMMAND_TIMEOUT, child.wait_with_output())
+            .await
+            .unwrap_or_else(|_| panic!("`{described}` ran longer than {COMMAND_TIMEOUT:?}"))
+            .unwrap_or_else(|error| panic!("cannot run `{described}`: {error}"));
+        Ran {
+            code: output.status.code(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// `rollway secrets set NAME --env ENV --app APP` with `value` on stdin (never in argv).
+    pub async fn set_secret(&self, app: &str, env: &str, name: &str, value: &str) -> Ran {
+        self.cli_with_stdin(&["secrets", "set", name, "--env", env, "--app", app], value)
+            .await
+    }
+
+    /// `rollway deploy --env ENV --dir DIR` of a folder that already holds its `rollway.toml`.
+    pub async fn deploy_dir(&self, dir: &Path, env: &str) -> Ran {
+        let dir = dir.display().to_string();
+        self.cli(&["deploy", "--env", env, "--dir", &dir]).await
+    }
+
+    /// Every event of the audit log (`rollway events --json`), oldest first.
+    pub async fn events(&self) -> Vec<serde_json::Value> {
+        let ran = self.cli(&["events", "--json", "-n", "1000000"]).await;
+        ran.assert_code(0);
+        ran.stdout
+            .lines()
+            .filter(|line| !line.trim().is_empty())
+            .map(|line| {
+                serde_json::from_str(line).unwrap_or_else(|error| {
+                    panic!(
+                        "`rollway events --json` printed a line that is not JSON ({error}): {line}"
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// `rollway backups --json` of `app` in `env`, newest first.
+    pub async fn backups(&self, app: &str, env: &str) -> Vec<serde_json::Value> {
+        let ran = self
+            .cli(&["backups", "--env", env, "--app", app, "--json"])
+            .await;
+        ran.assert_code(0);
+        serde_json::from_str(&ran.stdout).unwrap_or_else(|error| {
+            panic!("`rollway backups --json` printed no JSON ({error}):\n{ran}")
+        })
+    }
+
+    /// `GET PATH` through the proxy with `Host: HOST` (the proxy's address when `None`).
+    pub async fn get(&self, host: Option<&str>, path: &str) -> Answer {
+        let host = host.map_or_else(|| self.proxy.to_string(), str::to_owned);
+        http(self.proxy, "GET", &host, path, &[], "").await
+    }
+
+    /// One request to the control API with the admin token; `body` is sent as JSON when not empty.
+    pub async fn api(&self, method: &str, path: &str, body: &str) -> Answer {
+        let auth = format!("Bearer {}", self.admin_token);
+        let headers = [
+            ("authorization", auth.as_str()),
+            ("content-type", "application/json"),
+        ];
+        http(
+            self.api,
+            method,
+            &self.api.to_string(),
+            path,
+            &headers,
+            body,
+        )
+        .await
     }
 
     /// Writes `app`'s manifest and runs `rollway deploy --env ENV --dir APP` until it ends.
@@ -419,7 +527,62 @@ impl TestApp {
             strategy: "blue-green".to_owned(),
             start_timeout: "10s".to_owned(),
             keep_warm: "5m".to_owned(),
+            observe: "0s".to_owned(),
+            secrets: BTreeMap::new(),
+            flags: Vec::new(),
+            build: None,
+            release_command: None,
+            release_backup: None,
+            files: BTreeMap::new(),
         }
+    }
+
+    /// `[environments.ENV] secrets = [NAMES]`: required, and handed to the app under their names.
+    pub fn secrets(mut self, env: &str, names: &[&str]) -> TestApp {
+        self.secrets.insert(
+            env.to_owned(),
+            names.iter().map(|name| (*name).to_owned()).collect(),
+        );
+        self
+    }
+
+    /// One feature flag in `[flags]` (the app sees `FLAG_NAME=true|false`).
+    pub fn flag(mut self, name: impl Into<String>, on: bool) -> TestApp {
+        let name = name.into();
+        self.flags.retain(|(existing, _)| *existing != name);
+        self.flags.push((name, on));
+        self
+    }
+
+    /// `[build] command`.
+    pub fn build(mut self, command: impl Into<String>) -> TestApp {
+        self.build = Some(command.into());
+        self
+    }
+
+    /// `[release] command`, and `backup` (the variable naming the database) when given.
+    pub fn release(mut self, command: impl Into<String>, backup: Option<&str>) -> TestApp {
+        self.release_command = Some(command.into());
+        self.release_backup = backup.map(str::to_owned);
+        self
+    }
+
+    /// `analysis.observe`, as the manifest writes it (`"10s"`).
+    pub fn observe(mut self, observe: impl Into<String>) -> TestApp {
+        self.observe = observe.into();
+        self
+    }
+
+    /// `strategy.keep_warm`, as the manifest writes it (`"1s"`).
+    pub fn keep_warm(mut self, keep_warm: impl Into<String>) -> TestApp {
+        self.keep_warm = keep_warm.into();
+        self
+    }
+
+    /// One more file in the app folder (`path` relative to it; part of the artifact).
+    pub fn file(mut self, path: impl Into<String>, content: impl Into<String>) -> TestApp {
+        self.files.insert(path.into(), content.into());
+        self
     }
 
     /// `VERSION`: what `GET /` answers.
@@ -492,6 +655,9 @@ stop_timeout = "2s"
 kind = {strategy:?}
 keep_warm = {keep_warm:?}
 
+[analysis]
+observe = {observe:?}
+
 [env]
 VERSION = {version:?}
 "#,
@@ -500,10 +666,29 @@ VERSION = {version:?}
             start_timeout = self.start_timeout,
             strategy = self.strategy,
             keep_warm = self.keep_warm,
+            observe = self.observe,
             version = self.version,
         );
         for (key, value) in &self.env {
             text.push_str(&format!("{key} = {value:?}\n"));
+        }
+        if let Some(build) = &self.build {
+            text.push_str(&format!("\n[build]\ncommand = {build:?}\n"));
+        }
+        if let Some(command) = &self.release_command {
+            text.push_str(&format!("\n[release]\ncommand = {command:?}\n"));
+            if let Some(backup) = &self.release_backup {
+                text.push_str(&format!("backup = {backup:?}\n"));
+            }
+        }
+        if !self.flags.is_empty() {
+            text.push_str("\n[flags]\n");
+            for (name, on) in &self.flags {
+                text.push_str(&format!("{name} = {on}\n"));
+            }
+        }
+        for (env, names) in &self.secrets {
+            text.push_str(&format!("\n[environments.{env}]\nsecrets = {names:?}\n"));
         }
         text
     }
@@ -513,11 +698,20 @@ VERSION = {version:?}
         std::fs::create_dir_all(&self.dir)
             .unwrap_or_else(|error| panic!("cannot create `{}`: {error}", self.dir.display()));
         let files = [
-            ("rollway.toml", self.manifest()),
-            ("README", format!("demo app {}\n", self.version)),
+            ("rollway.toml".to_owned(), self.manifest()),
+            ("README".to_owned(), format!("demo app {}\n", self.version)),
         ];
-        for (name, text) in files {
-            let path = self.dir.join(name);
+        let extra = self
+            .files
+            .iter()
+            .map(|(name, text)| (name.clone(), text.clone()));
+        for (name, text) in files.into_iter().chain(extra) {
+            let path = self.dir.join(&name);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).unwrap_or_else(|error| {
+                    panic!("cannot create `{}`: {error}", parent.display())
+                });
+            }
             std::fs::write(&path, text)
                 .unwrap_or_else(|error| panic!("cannot write `{}`: {error}", path.display()));
         }
@@ -635,6 +829,77 @@ pub fn files_containing(dir: &Path, needle: &str) -> Vec<PathBuf> {
     }
     found.sort();
     found
+}
+
+/// One HTTP/1.1 request on a fresh connection (bounded by 10 s), answered as status and body.
+/// Panics when there is no complete answer.
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Answer {
+    use http_body_util::{BodyExt as _, Full};
+    let exchange = async {
+        let stream = TcpStream::connect(addr).await?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(std::io::Error::other)?;
+        let driver = tokio::spawn(connection);
+        let mut request = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, host);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request
+            .body(Full::new(bytes::Bytes::from(body.to_owned())))
+            .map_err(std::io::Error::other)?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(std::io::Error::other)?;
+        let status = response.status().as_u16();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(std::io::Error::other)?
+            .to_bytes();
+        driver.abort();
+        Ok::<_, std::io::Error>(Answer {
+            status,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
+    };
+    match tokio::time::timeout(Duration::from_secs(10), exchange).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(error)) => panic!("`{method} {path}` (Host `{host}`) to {addr} failed: {error}"),
+        Err(_) => panic!("`{method} {path}` (Host `{host}`) to {addr}: no answer within 10s"),
+    }
+}
+
+/// Hex SHA-256 of `value` (what the demo app's `/sha256/NAME` answers).
+pub fn sha256_hex(value: impl AsRef<[u8]>) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(value.as_ref())
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+/// `n_bytes` random bytes from the kernel, as hex (canary secrets, database names).
+pub fn random_hex(n_bytes: usize) -> String {
+    use std::io::Read as _;
+    let mut bytes = vec![0u8; n_bytes];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut file| file.read_exact(&mut bytes))
+        .unwrap_or_else(|error| panic!("cannot read `/dev/urandom`: {error}"));
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 /// Pids of every live process whose command line contains `needle`.

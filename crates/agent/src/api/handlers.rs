@@ -588,3 +588,91 @@ pub async fn restore_backup(
     });
     Ok(Json(RestoreView { backup: id, steps }))
 }
+
+/// Promote, abort and approve: a signal to a running deployment, checked against its state.
+async fn signal(
+    engine: &Engine,
+    caller: &Caller,
+    id: &str,
+    make: fn(String) -> crate::engine::Signal,
+    allowed: &[&str],
+    verb: &str,
+) -> ApiResult<DeploymentView> {
+    let deployment = engine
+        .store
+        .deployment(id)
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::not_found(format!("no deployment `{id}`")))?;
+    if !allowed.contains(&deployment.state.as_str()) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "wrong_state",
+            format!(
+                "deployment `{id}` is {}; it can be {verb} only while {}",
+                deployment.state,
+                allowed.join(" or ")
+            ),
+        ));
+    }
+    engine.signal(id, make(caller.name.clone()));
+    Ok(Json(views::deployment_view(&deployment)))
+}
+
+pub async fn promote(
+    State(engine): State<Arc<Engine>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<DeploymentView> {
+    signal(
+        &engine,
+        &caller,
+        &id,
+        |by| crate::engine::Signal::Promote { by },
+        &["Shifting"],
+        "promoted",
+    )
+    .await
+}
+
+pub async fn approve(
+    State(engine): State<Arc<Engine>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<DeploymentView> {
+    signal(
+        &engine,
+        &caller,
+        &id,
+        |by| crate::engine::Signal::Approve { by },
+        &["AwaitingApproval"],
+        "approved",
+    )
+    .await
+}
+
+pub async fn abort(
+    State(engine): State<Arc<Engine>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<DeploymentView> {
+    let running = [
+        "Pending",
+        "Preparing",
+        "BackingUp",
+        "Releasing",
+        "Starting",
+        "Verifying",
+        "AwaitingApproval",
+        "Shifting",
+        "Observing",
+    ];
+    signal(
+        &engine,
+        &caller,
+        &id,
+        |by| crate::engine::Signal::Abort { by },
+        &running,
+        "aborted",
+    )
+    .await
+}

@@ -66,6 +66,9 @@ pub fn router(engine: Arc<Engine>) -> Router {
             "/apps/{app}/environments/{env}/backups/{id}/restore",
             post(handlers::restore_backup),
         )
+        .route("/deployments/{id}/promote", post(handlers::promote))
+        .route("/deployments/{id}/abort", post(handlers::abort))
+        .route("/deployments/{id}/approve", post(handlers::approve))
         .route_layer(from_fn(|request, next| {
             auth::require(Role::Deployer, request, next)
         }));

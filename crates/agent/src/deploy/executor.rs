@@ -9,8 +9,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::analysis::{self, Bounds, Sample, Verdict};
 use crate::deploy::state::{self, Plan, State, StepResult};
 use crate::deploy::{fault, spec};
+use crate::engine::Signal;
 use crate::engine::{AppEnv, Engine, InstancePhase, now_ms};
 use crate::health;
 use crate::store::{Deployment, NewEvent, ReleaseOutcome};
@@ -26,6 +28,22 @@ pub struct DeploymentData {
     /// The backup taken before the release command, for the restore hint when it fails.
     #[serde(default)]
     pub backup_id: Option<String>,
+    /// Hold at `AwaitingApproval` before traffic moves.
+    #[serde(default)]
+    pub approval: bool,
+    /// Watch the release after it takes all traffic.
+    #[serde(default)]
+    pub observe: bool,
+}
+
+impl DeploymentData {
+    fn plan(&self) -> Plan {
+        Plan {
+            warm: self.plan.as_deref() == Some("warm"),
+            approval: self.approval,
+            observe: self.observe,
+        }
+    }
 }
 
 /// How long a deploy lock lives without a heartbeat.
@@ -59,17 +77,17 @@ async fn drive(engine: &Arc<Engine>, id: &str) -> Result<(), String> {
         }
         let mut data: DeploymentData =
             serde_json::from_str(&deployment.data_json).unwrap_or_default();
-        let outcome = step(engine, &deployment, current, &mut data).await;
+        // An abort between steps stops the deployment at the next boundary; the steps that wait
+        // (approval, canary steps, observing) also see it while they wait.
+        let outcome = match engine.take_abort(id) {
+            Some(by) if current != State::RollingBack => Err(format!("aborted by {by}")),
+            _ => step(engine, &deployment, current, &mut data).await,
+        };
         let (result, reason) = match outcome {
             Ok(()) => (StepResult::Done, None),
             Err(reason) => (StepResult::Failed, Some(reason)),
         };
-        let plan = if data.plan.as_deref() == Some("warm") {
-            Plan::Warm
-        } else {
-            Plan::Cold
-        };
-        let next = state::next(current, result, plan);
+        let next = state::next(current, result, data.plan());
         if let Some(reason) = &reason {
             // Undo what a failed step started, before the failure is written down.
             if next == State::Failed {
@@ -134,6 +152,12 @@ async fn step(
             let warm = running >= wanted && wanted > 0;
             data.plan = Some(if warm { "warm" } else { "cold" }.to_owned());
             data.previous_weights = runtime.weights.clone();
+            // Gates and the watch after the switch are for new releases; a rollback goes straight
+            // back to a release that served before.
+            let deploying = deployment.kind == "deploy";
+            data.approval = deploying && release.resolved.approval;
+            data.observe =
+                deploying && !release.resolved.config.analysis.observe.as_std().is_zero();
             Ok(())
         }
         State::Preparing => spec::prepare(engine, deployment, &release).await,
@@ -196,15 +220,297 @@ async fn step(
                 .filter(|(_, instance)| instance.release == target)
                 .map(|(id, _)| id.clone())
                 .collect();
-            for instance_id in ids {
-                verify_instance(engine, &key, &release, &instance_id).await?;
+            for instance_id in &ids {
+                verify_instance(engine, &key, &release, instance_id).await?;
+            }
+            // The smoke command talks to the new instances directly, before any user does.
+            let smoke = release
+                .resolved
+                .config
+                .release
+                .as_ref()
+                .and_then(|phase| phase.smoke.clone());
+            if let (Some(smoke), "deploy") = (smoke, deployment.kind.as_str()) {
+                spec::run_smoke(engine, deployment, &release, &smoke, &ids).await?;
             }
             Ok(())
         }
+        State::AwaitingApproval => await_approval(engine, deployment).await,
         State::Shifting => shift(engine, deployment, &key, &release, data).await,
+        State::Observing => observe(engine, deployment, &key, &release, data).await,
         State::RollingBack => roll_back(engine, deployment, &key, data).await,
         State::Succeeded | State::RolledBack | State::Failed => Ok(()),
     }
+}
+
+/// Waits for `rollway approve` (or `abort`). Nothing routes to the new release meanwhile.
+async fn await_approval(engine: &Arc<Engine>, deployment: &Deployment) -> Result<(), String> {
+    record(
+        engine,
+        deployment,
+        "deployment.awaiting_approval",
+        format!(
+            "release {} is verified and waits for `rollway approve {}`",
+            deployment.to_release, deployment.id
+        ),
+    );
+    loop {
+        for signal in engine.take_signals(&deployment.id) {
+            match signal {
+                Signal::Approve { by } => {
+                    record(
+                        engine,
+                        deployment,
+                        "deployment.approved",
+                        format!("{by} approved release {}", deployment.to_release),
+                    );
+                    return Ok(());
+                }
+                Signal::Abort { by } => {
+                    return Err(format!("aborted by {by} before traffic moved"));
+                }
+                Signal::Promote { .. } => {}
+            }
+        }
+        if engine.shutdown.is_cancelled() {
+            return Err("the agent stopped while the deployment waited for approval".to_owned());
+        }
+        engine.wait_for_signal(Duration::from_secs(1)).await;
+    }
+}
+
+/// After the switch: the same analysis, armed for `observe`; a failing verdict rolls back.
+async fn observe(
+    engine: &Arc<Engine>,
+    deployment: &Deployment,
+    key: &AppEnv,
+    release: &spec::LoadedRelease,
+    _data: &DeploymentData,
+) -> Result<(), String> {
+    let analysis = &release.resolved.config.analysis;
+    let window = analysis.observe.as_std();
+    record(
+        engine,
+        deployment,
+        "deployment.observing",
+        format!(
+            "release {} takes all traffic; analysis stays armed for {}",
+            deployment.to_release, analysis.observe
+        ),
+    );
+    let mut watch = Watch::start(
+        engine,
+        key,
+        deployment.to_release,
+        Vec::new(),
+        bounds(release),
+    )
+    .await;
+    let deadline = tokio::time::Instant::now() + window;
+    loop {
+        for signal in engine.take_signals(&deployment.id) {
+            if let Signal::Abort { by } = signal {
+                return Err(format!("aborted by {by} while observing"));
+            }
+        }
+        let verdict = watch.evaluate(engine, deployment).await;
+        if let Verdict::Fail { reason } = verdict {
+            return Err(format!("the analysis failed after the switch: {reason}"));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            if matches!(verdict, Verdict::Inconclusive { .. }) {
+                record(
+                    engine,
+                    deployment,
+                    "analysis.inconclusive",
+                    format!("the observation window ended without enough evidence ({verdict})"),
+                );
+            }
+            return Ok(());
+        }
+        engine.wait_for_signal(analysis.interval.as_std()).await;
+    }
+}
+
+/// The bounds of a release's `[analysis]`.
+fn bounds(release: &spec::LoadedRelease) -> Bounds {
+    let analysis = &release.resolved.config.analysis;
+    Bounds {
+        min_requests: analysis.min_requests,
+        max_error_rate: analysis.max_error_rate.get(),
+        max_p99_us: analysis
+            .max_p99
+            .map(|p99| u64::try_from(p99.as_std().as_micros()).unwrap_or(u64::MAX)),
+        baseline_margin: analysis.baseline_margin.get(),
+        latency_margin: analysis.latency_margin,
+    }
+}
+
+/// Waits out one canary step under analysis: its pause with enough requests, or `promote`.
+/// Below `min_requests` the step does not pass; after a bound it holds for `promote` or `abort`.
+async fn canary_step(
+    engine: &Arc<Engine>,
+    deployment: &Deployment,
+    watch: &mut Watch,
+    pause: Option<Duration>,
+    interval: Duration,
+) -> Result<(), String> {
+    let started = tokio::time::Instant::now();
+    let hold_after = pause.map(|pause| pause + (pause * 2).max(Duration::from_secs(60)));
+    let mut said_holding = false;
+    loop {
+        for signal in engine.take_signals(&deployment.id) {
+            match signal {
+                Signal::Abort { by } => return Err(format!("the canary was aborted by {by}")),
+                Signal::Promote { by } => {
+                    record(
+                        engine,
+                        deployment,
+                        "deployment.promoted",
+                        format!("{by} promoted the canary"),
+                    );
+                    return Ok(());
+                }
+                Signal::Approve { .. } => {}
+            }
+        }
+        let verdict = watch.evaluate(engine, deployment).await;
+        if let Verdict::Fail { reason } = verdict {
+            return Err(format!("the canary analysis failed: {reason}"));
+        }
+        let enough = watch.last_requests >= watch.bounds.min_requests;
+        match (pause, hold_after) {
+            (Some(pause), _) if started.elapsed() >= pause && enough => return Ok(()),
+            (Some(_), Some(hold_after)) if started.elapsed() >= hold_after && !said_holding => {
+                said_holding = true;
+                record(
+                    engine,
+                    deployment,
+                    "deployment.holding",
+                    format!(
+                        "only {} of {} requests reached the canary: holding for `rollway promote` or `rollway abort`",
+                        watch.last_requests, watch.bounds.min_requests
+                    ),
+                );
+            }
+            (None, _) if !said_holding => {
+                said_holding = true;
+                record(
+                    engine,
+                    deployment,
+                    "deployment.holding",
+                    "this step has no pause: waiting for `rollway promote` (or `rollway abort`)"
+                        .to_owned(),
+                );
+            }
+            _ => {}
+        }
+        engine.wait_for_signal(interval).await;
+    }
+}
+
+/// One analysis run: the target's and its baselines' counters since the watch started.
+struct Watch {
+    key: AppEnv,
+    target: u64,
+    baselines: Vec<u64>,
+    bounds: Bounds,
+    start: std::collections::BTreeMap<String, Sample>,
+    /// Requests the target answered at the last evaluation.
+    last_requests: u64,
+}
+
+impl Watch {
+    async fn start(
+        engine: &Engine,
+        key: &AppEnv,
+        target: u64,
+        baselines: Vec<u64>,
+        bounds: Bounds,
+    ) -> Watch {
+        let start = read_samples(engine).await;
+        Watch {
+            key: key.clone(),
+            target,
+            baselines,
+            bounds,
+            start,
+            last_requests: 0,
+        }
+    }
+
+    /// Samples since the start, judged; every verdict is an event with its figures.
+    async fn evaluate(&mut self, engine: &Engine, deployment: &Deployment) -> Verdict {
+        let now = read_samples(engine).await;
+        let since = |release: u64| -> Sample {
+            let name = crate::engine::release_id(&self.key.0, &self.key.1, release);
+            let current = now.get(&name).copied().unwrap_or_default();
+            let start = self.start.get(&name).copied().unwrap_or_default();
+            Sample {
+                requests: current.requests.saturating_sub(start.requests),
+                errors: current.errors.saturating_sub(start.errors),
+                p99_us: current.p99_us,
+                latency_count: current.latency_count,
+            }
+        };
+        let target = since(self.target);
+        let baseline = (!self.baselines.is_empty()).then(|| {
+            self.baselines.iter().map(|release| since(*release)).fold(
+                Sample::default(),
+                |sum, sample| Sample {
+                    requests: sum.requests + sample.requests,
+                    errors: sum.errors + sample.errors,
+                    p99_us: sum.p99_us.max(sample.p99_us),
+                    latency_count: sum.latency_count + sample.latency_count,
+                },
+            )
+        });
+        self.last_requests = target.requests;
+        let verdict = analysis::evaluate(target, baseline, &self.bounds);
+        let figures = serde_json::json!({ "release": self.target, "sample": target, "baseline": baseline, "verdict": verdict });
+        engine.record(NewEvent {
+            app: Some(self.key.0.clone()),
+            environment: Some(self.key.1.clone()),
+            deployment_id: Some(deployment.id.clone()),
+            kind: "analysis.verdict".to_owned(),
+            message: format!(
+                "release {}: {verdict} ({} requests, {} 5xx, p99 {}ms)",
+                self.target,
+                target.requests,
+                target.errors,
+                target.p99_us / 1000
+            ),
+            data_json: figures.to_string(),
+        });
+        verdict
+    }
+}
+
+/// Per-release counters from the proxy, keyed by the proxy's release name.
+async fn read_samples(engine: &Engine) -> std::collections::BTreeMap<String, Sample> {
+    let Ok(stats) = engine.proxy.client().stats().await else {
+        return std::collections::BTreeMap::new();
+    };
+    stats
+        .into_iter()
+        .map(|release| {
+            let classes = &release.requests;
+            let requests = classes.informational
+                + classes.success
+                + classes.redirection
+                + classes.client_error
+                + classes.server_error;
+            (
+                release.release.clone(),
+                Sample {
+                    requests,
+                    errors: classes.server_error,
+                    p99_us: release.latency.p99_us,
+                    latency_count: release.latency.count,
+                },
+            )
+        })
+        .collect()
 }
 
 /// Runs the health gate of one instance and makes it routable.
@@ -292,8 +598,55 @@ async fn shift(
     let target = deployment.to_release;
     let keep_warm = release.resolved.config.strategy.keep_warm.as_std();
     let rolling = deployment.strategy == "rolling" && !data.previous_weights.is_empty();
+    // A first deploy has nothing to compare a canary with: it takes traffic in one switch.
+    let canary = deployment.strategy == "canary" && !data.previous_weights.is_empty();
     let routes = spec::routes(&release.resolved);
-    if rolling {
+    if canary {
+        let steps = release.resolved.config.strategy.steps.clone();
+        let baselines: Vec<u64> = data
+            .previous_weights
+            .iter()
+            .map(|(release, _)| *release)
+            .collect();
+        let mut watch = Watch::start(engine, key, target, baselines, bounds(release)).await;
+        let interval = release.resolved.config.analysis.interval.as_std();
+        let n_steps = steps.len();
+        for (idx, step) in steps.iter().enumerate() {
+            let share = step.weight.get();
+            engine.with_runtime(key, |runtime| {
+                runtime.routes = routes.clone();
+                runtime.weights = if share >= 100 {
+                    vec![(target, 100)]
+                } else {
+                    scaled(&data.previous_weights, 100 - share, target, share)
+                };
+            });
+            engine
+                .push_routes()
+                .await
+                .map_err(|error| error.to_string())?;
+            record(
+                engine,
+                deployment,
+                "deployment.weights",
+                format!(
+                    "canary step {}/{n_steps}: release {target} takes {share}% of traffic",
+                    idx + 1
+                ),
+            );
+            if share >= 100 {
+                break;
+            }
+            canary_step(
+                engine,
+                deployment,
+                &mut watch,
+                step.pause.map(|pause| pause.as_std()),
+                interval,
+            )
+            .await?;
+        }
+    } else if rolling {
         let wanted = spec::wanted_instances(&release.resolved);
         let n_wanted = wanted.len().max(1);
         for (done, (service, index)) in wanted.into_iter().enumerate() {

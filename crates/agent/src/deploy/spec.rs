@@ -265,6 +265,40 @@ async fn run_command(
     }
 }
 
+/// Runs the smoke command against the new instances (`ROLLWAY_SMOKE_URL`: the first one,
+/// `ROLLWAY_SMOKE_URLS`: all, space-separated) before any traffic reaches them.
+pub async fn run_smoke(
+    engine: &Arc<Engine>,
+    deployment: &Deployment,
+    release: &LoadedRelease,
+    command: &str,
+    instance_ids: &[String],
+) -> Result<(), String> {
+    let runtime = engine.runtime(&(deployment.app.clone(), deployment.environment.clone()));
+    let urls: Vec<String> = instance_ids
+        .iter()
+        .filter_map(|id| runtime.instances.get(id))
+        .filter(|instance| {
+            release
+                .resolved
+                .config
+                .routes
+                .iter()
+                .any(|route| route.service == instance.service)
+        })
+        .map(|instance| format!("http://127.0.0.1:{}", instance.port))
+        .collect();
+    let mut env = base_env(release)?;
+    env.push((
+        "ROLLWAY_SMOKE_URL".to_owned(),
+        urls.first().cloned().unwrap_or_default(),
+    ));
+    env.push(("ROLLWAY_SMOKE_URLS".to_owned(), urls.join(" ")));
+    env.push(("ROLLWAY_RELEASE".to_owned(), release.number.to_string()));
+    let dir = workdir(engine, release);
+    run_command(engine, deployment, &dir, "smoke command", command, &env).await
+}
+
 /// Backs up the database named by `variable` before the release command; the backup's id, or
 /// `None` when there is no database yet.
 pub async fn backup_before_release(

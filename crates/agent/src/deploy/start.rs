@@ -89,13 +89,6 @@ pub fn deploy(
         .strategy
         .clone()
         .unwrap_or_else(|| resolved.config.strategy.kind.as_str().to_owned());
-    // Never quietly deploy a canary as something else: canary steps and analysis land with
-    // progressive delivery.
-    if strategy == "canary" {
-        return Err(StartError::Unsupported(
-            "the canary strategy is not available in this agent yet; use `blue-green` or `rolling` (`--strategy` or `[strategy] kind`)".to_owned(),
-        ));
-    }
     let config_json =
         serde_json::to_string(&config).map_err(|error| StartError::Store(error.to_string()))?;
     let store = &engine.store;

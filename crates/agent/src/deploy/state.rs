@@ -7,8 +7,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-/// The states of DESIGN.md's state machine that this agent implements. `Observing` joins with
-/// analysis.
+/// The states of DESIGN.md's state machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum State {
     Pending,
@@ -20,10 +19,14 @@ pub enum State {
     Releasing,
     /// Start the new instances.
     Starting,
-    /// Health gate: N consecutive passes per instance.
+    /// Health gate (N consecutive passes per instance), then the smoke command.
     Verifying,
-    /// Move traffic (one switch, or instance by instance).
+    /// Held until `rollway approve` (environments with `approval = true`).
+    AwaitingApproval,
+    /// Move traffic: one switch, instance by instance, or canary steps under analysis.
     Shifting,
+    /// All traffic on the new release, analysis still armed.
+    Observing,
     Succeeded,
     /// Traffic goes back to the release that served before.
     RollingBack,
@@ -38,11 +41,15 @@ pub enum StepResult {
     Failed,
 }
 
-/// Whether the target release already runs (a warm rollback) or must be started (cold).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Plan {
-    Cold,
-    Warm,
+/// The route a deployment takes through the states, fixed when it starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Plan {
+    /// The target release already runs (a warm rollback): nothing to prepare or start.
+    pub warm: bool,
+    /// Hold at `AwaitingApproval` before traffic moves.
+    pub approval: bool,
+    /// Watch the release after it takes all traffic.
+    pub observe: bool,
 }
 
 /// What a restarted agent does with a deployment it finds in `state`.
@@ -50,21 +57,23 @@ pub enum Plan {
 pub enum Recovery {
     /// Traffic never moved: stop what was started, mark the deployment failed.
     Undo,
-    /// Traffic may have moved: finish the step from where it was.
+    /// Finish the step from where it was (traffic may have moved, or a verified release waits).
     Resume(State),
     /// Nothing to do.
     Finished,
 }
 
 impl State {
-    pub const ALL: [State; 11] = [
+    pub const ALL: [State; 13] = [
         State::Pending,
         State::Preparing,
         State::BackingUp,
         State::Releasing,
         State::Starting,
         State::Verifying,
+        State::AwaitingApproval,
         State::Shifting,
+        State::Observing,
         State::Succeeded,
         State::RollingBack,
         State::RolledBack,
@@ -79,7 +88,9 @@ impl State {
             State::Releasing => "Releasing",
             State::Starting => "Starting",
             State::Verifying => "Verifying",
+            State::AwaitingApproval => "AwaitingApproval",
             State::Shifting => "Shifting",
+            State::Observing => "Observing",
             State::Succeeded => "Succeeded",
             State::RollingBack => "RollingBack",
             State::RolledBack => "RolledBack",
@@ -95,7 +106,11 @@ impl State {
     pub fn traffic_may_have_moved(self) -> bool {
         matches!(
             self,
-            State::Shifting | State::Succeeded | State::RollingBack | State::RolledBack
+            State::Shifting
+                | State::Observing
+                | State::Succeeded
+                | State::RollingBack
+                | State::RolledBack
         )
     }
 }
@@ -118,26 +133,31 @@ impl FromStr for State {
 }
 
 /// The transition function. A failure before traffic moved ends in `Failed` with traffic
-/// untouched; a failure while shifting goes back to the earlier release.
+/// untouched; a failure while shifting or observing goes back to the earlier release.
 pub fn next(state: State, result: StepResult, plan: Plan) -> State {
     use State::*;
+    let after_verifying = if plan.approval {
+        AwaitingApproval
+    } else {
+        Shifting
+    };
     match (state, result) {
-        (Pending, StepResult::Done) => match plan {
-            Plan::Cold => Preparing,
-            Plan::Warm => Verifying,
-        },
+        (Pending, StepResult::Done) if plan.warm => Verifying,
+        (Pending, StepResult::Done) => Preparing,
         (Preparing, StepResult::Done) => BackingUp,
         (BackingUp, StepResult::Done) => Releasing,
         (Releasing, StepResult::Done) => Starting,
         (Starting, StepResult::Done) => Verifying,
-        (Verifying, StepResult::Done) => Shifting,
-        (Shifting, StepResult::Done) => Succeeded,
+        (Verifying, StepResult::Done) => after_verifying,
+        (AwaitingApproval, StepResult::Done) => Shifting,
+        (Shifting, StepResult::Done) if plan.observe => Observing,
+        (Shifting | Observing, StepResult::Done) => Succeeded,
         (RollingBack, StepResult::Done) => RolledBack,
         (
-            Pending | Preparing | BackingUp | Releasing | Starting | Verifying,
+            Pending | Preparing | BackingUp | Releasing | Starting | Verifying | AwaitingApproval,
             StepResult::Failed,
         ) => Failed,
-        (Shifting, StepResult::Failed) => RollingBack,
+        (Shifting | Observing, StepResult::Failed) => RollingBack,
         (RollingBack, StepResult::Failed) => Failed,
         (terminal @ (Succeeded | RolledBack | Failed), _) => terminal,
     }
@@ -152,7 +172,10 @@ pub fn recover(state: State) -> Recovery {
         | State::Releasing
         | State::Starting
         | State::Verifying => Recovery::Undo,
+        // Verified instances were adopted; the deployment keeps waiting for its approval.
+        State::AwaitingApproval => Recovery::Resume(State::AwaitingApproval),
         State::Shifting => Recovery::Resume(State::Shifting),
+        State::Observing => Recovery::Resume(State::Observing),
         State::RollingBack => Recovery::Resume(State::RollingBack),
         State::Succeeded | State::RolledBack | State::Failed => Recovery::Finished,
     }

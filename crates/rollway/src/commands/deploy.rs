@@ -208,21 +208,22 @@ pub async fn follow(
 fn render_event(printer: &Printer, event: &EventView, elapsed: Duration) {
     let at = format!("({:.1}s)", elapsed.as_secs_f64());
     match event.kind.as_str() {
+        // BackingUp and Releasing show through what they do (`Backed up`, `Running`), if anything.
         "deployment.state" => {
             let next = event.message.rsplit(' ').next().unwrap_or_default();
             let what = match next {
                 "Preparing" => "the release: unpack, build",
-                "BackingUp" => "the database before the release command",
-                "Releasing" => "the release command",
                 "Starting" => "new instances",
                 "Verifying" => "health of the new instances",
                 "Shifting" => "traffic to the new release",
+                "AwaitingApproval" => "approval: `rollway approve` releases it",
+                "Observing" => "the new release with all traffic, analysis armed",
                 "RollingBack" => "traffic to the earlier release",
                 _ => return,
             };
             let verb = match next {
                 "RollingBack" => "Rolling back",
-                "BackingUp" => "Backing up",
+                "AwaitingApproval" => "Awaiting",
                 other => other,
             };
             printer.status(verb, &format!("{what} {at}"));
@@ -230,6 +231,11 @@ fn render_event(printer: &Printer, event: &EventView, elapsed: Duration) {
         "deployment.output" => printer.status("", &format!("| {}", event.message)),
         "deployment.command" => printer.status("Running", &event.message),
         "backup.created" => printer.status("Backed up", &event.message),
+        "analysis.verdict" if event.message.contains(": fail") => printer.warning(&event.message),
+        "deployment.holding" | "deployment.awaiting_approval" => {
+            printer.status("Waiting", &event.message)
+        }
+        "deployment.promoted" | "deployment.approved" => printer.status("Promoted", &event.message),
         "deployment.reuse" => printer.status("Reusing", &event.message),
         "instance.started" => printer.status("Started", &event.message),
         "instance.healthy" => printer.status("Healthy", &event.message),

@@ -9,6 +9,7 @@ pub mod init;
 pub mod inspect;
 pub mod rollback;
 pub mod secrets;
+pub mod signal;
 pub mod tokens;
 pub mod up;
 

@@ -19,25 +19,25 @@ const PATIENCE: Duration = Duration::from_secs(60);
 
 /// An agent in a fresh temporary directory. `agent` is declared first so it is dropped (and kills
 /// everything it started) before the directory is removed.
-struct Setup {
-    agent: TestAgent,
-    dir: tempfile::TempDir,
+pub(crate) struct Setup {
+    pub(crate) agent: TestAgent,
+    pub(crate) dir: tempfile::TempDir,
 }
 
 impl Setup {
-    async fn start() -> Setup {
+    pub(crate) async fn start() -> Setup {
         let dir = tempfile::tempdir().expect("tempdir");
         let agent = TestAgent::start(rollway_bin(), &dir.path().join("state")).await;
         Setup { agent, dir }
     }
 
     /// The demo app in folder `name` of the test directory.
-    fn app(&self, name: &str, version: &str) -> TestApp {
+    pub(crate) fn app(&self, name: &str, version: &str) -> TestApp {
         TestApp::new(self.dir.path().join(name)).version(version)
     }
 
     /// Four clients through the proxy until stopped.
-    fn load(&self) -> LoadHandle {
+    pub(crate) fn load(&self) -> LoadHandle {
         Load::new(self.agent.proxy_addr())
             .concurrency(4)
             .duration(LOAD_BOUND)
@@ -45,12 +45,12 @@ impl Setup {
     }
 }
 
-fn rollway_bin() -> &'static Path {
+pub(crate) fn rollway_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_rollway"))
 }
 
 #[track_caller]
-fn assert_contains(ran: &Ran, needle: &str) {
+pub(crate) fn assert_contains(ran: &Ran, needle: &str) {
     assert!(
         ran.stderr.contains(needle) || ran.stdout.contains(needle),
         "expected `{needle}` in the output:\n{ran}"

@@ -4,6 +4,7 @@ mod agent;
 mod check;
 mod frame;
 mod init;
+mod release_phase;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;

@@ -1,29 +1,51 @@
 use super::*;
 
+const COLD: Plan = Plan {
+    warm: false,
+    approval: false,
+    observe: true,
+};
+const WARM: Plan = Plan {
+    warm: true,
+    approval: false,
+    observe: false,
+};
+const GATED: Plan = Plan {
+    warm: false,
+    approval: true,
+    observe: true,
+};
+
 #[test]
 fn transitions() {
     use State::*;
     use StepResult::{Done, Failed as Fail};
     let table = [
-        (Pending, Done, Plan::Cold, Preparing),
-        (Pending, Done, Plan::Warm, Verifying),
-        (Preparing, Done, Plan::Cold, BackingUp),
-        (BackingUp, Done, Plan::Cold, Releasing),
-        (BackingUp, Fail, Plan::Cold, Failed),
-        (Releasing, Done, Plan::Cold, Starting),
-        (Releasing, Fail, Plan::Cold, Failed),
-        (Starting, Done, Plan::Cold, Verifying),
-        (Verifying, Done, Plan::Warm, Shifting),
-        (Shifting, Done, Plan::Cold, Succeeded),
-        (RollingBack, Done, Plan::Cold, RolledBack),
-        (Pending, Fail, Plan::Cold, Failed),
-        (Preparing, Fail, Plan::Cold, Failed),
-        (Starting, Fail, Plan::Cold, Failed),
-        (Verifying, Fail, Plan::Warm, Failed),
-        (Shifting, Fail, Plan::Cold, RollingBack),
-        (RollingBack, Fail, Plan::Cold, Failed),
-        (Succeeded, Fail, Plan::Cold, Succeeded),
-        (Failed, Done, Plan::Cold, Failed),
+        (Pending, Done, COLD, Preparing),
+        (Pending, Done, WARM, Verifying),
+        (Preparing, Done, COLD, BackingUp),
+        (BackingUp, Done, COLD, Releasing),
+        (Releasing, Done, COLD, Starting),
+        (Starting, Done, COLD, Verifying),
+        (Verifying, Done, COLD, Shifting),
+        (Verifying, Done, GATED, AwaitingApproval),
+        (AwaitingApproval, Done, GATED, Shifting),
+        (AwaitingApproval, Fail, GATED, Failed),
+        (Shifting, Done, COLD, Observing),
+        (Shifting, Done, WARM, Succeeded),
+        (Observing, Done, COLD, Succeeded),
+        (Observing, Fail, COLD, RollingBack),
+        (RollingBack, Done, COLD, RolledBack),
+        (Pending, Fail, COLD, Failed),
+        (Preparing, Fail, COLD, Failed),
+        (BackingUp, Fail, COLD, Failed),
+        (Releasing, Fail, COLD, Failed),
+        (Starting, Fail, COLD, Failed),
+        (Verifying, Fail, WARM, Failed),
+        (Shifting, Fail, COLD, RollingBack),
+        (RollingBack, Fail, COLD, Failed),
+        (Succeeded, Fail, COLD, Succeeded),
+        (Failed, Done, COLD, Failed),
     ];
     for (state, result, plan, expected) in table {
         assert_eq!(
@@ -36,16 +58,25 @@ fn transitions() {
 
 #[test]
 fn a_failure_before_shifting_never_reaches_a_traffic_state() {
-    for state in [
-        State::Pending,
-        State::Preparing,
-        State::BackingUp,
-        State::Releasing,
-        State::Starting,
-        State::Verifying,
-    ] {
-        let after = next(state, StepResult::Failed, Plan::Cold);
-        assert!(!after.traffic_may_have_moved(), "{state} -> {after}");
+    for state in State::ALL
+        .into_iter()
+        .filter(|state| !state.traffic_may_have_moved())
+    {
+        for plan in [COLD, WARM, GATED] {
+            let after = next(state, StepResult::Failed, plan);
+            assert!(!after.traffic_may_have_moved(), "{state} -> {after}");
+        }
+    }
+}
+
+#[test]
+fn every_path_from_pending_ends_in_a_terminal_state() {
+    for plan in [COLD, WARM, GATED] {
+        let mut state = State::Pending;
+        for _ in 0..State::ALL.len() {
+            state = next(state, StepResult::Done, plan);
+        }
+        assert_eq!(state, State::Succeeded, "{plan:?}");
     }
 }
 
@@ -53,7 +84,15 @@ fn a_failure_before_shifting_never_reaches_a_traffic_state() {
 fn recovery() {
     assert_eq!(recover(State::Starting), Recovery::Undo);
     assert_eq!(recover(State::Verifying), Recovery::Undo);
+    assert_eq!(
+        recover(State::AwaitingApproval),
+        Recovery::Resume(State::AwaitingApproval)
+    );
     assert_eq!(recover(State::Shifting), Recovery::Resume(State::Shifting));
+    assert_eq!(
+        recover(State::Observing),
+        Recovery::Resume(State::Observing)
+    );
     assert_eq!(
         recover(State::RollingBack),
         Recovery::Resume(State::RollingBack)
