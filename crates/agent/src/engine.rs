@@ -61,6 +61,8 @@ pub struct RuntimeInstance {
     pub phase: InstancePhase,
     /// Unix ms after which a warm instance is stopped.
     pub warm_until: Option<i64>,
+    /// Failed its continuous health checks: out of routing until it passes again.
+    pub unhealthy: bool,
 }
 
 /// The route of an app in one environment, from its current release's manifest.
@@ -135,6 +137,10 @@ pub struct Engine {
     /// std Mutex: map edits only, never held across an await.
     pub signals: Mutex<BTreeMap<String, Vec<Signal>>>,
     pub signalled: tokio::sync::Notify,
+    /// In-memory counters for `/metrics`. std Mutex: increments only.
+    pub counters: Mutex<crate::metrics::Counters>,
+    /// Published events that may be alerts, for the alerts task.
+    pub alerts: tokio::sync::mpsc::UnboundedSender<EventView>,
 }
 
 /// What a person tells a running deployment.
@@ -163,6 +169,9 @@ impl Engine {
             deployment = view.deployment_id.as_deref().unwrap_or(""),
             text = %view.message
         );
+        if crate::alerts::alert_text(&view).is_some() {
+            let _ = self.alerts.send(view.clone());
+        }
         let _ = self.events.send(view);
     }
 
@@ -200,6 +209,7 @@ impl Engine {
                                 instance.release == *release
                                     && instance.service == route.service
                                     && instance.phase == InstancePhase::Ready
+                                    && !instance.unhealthy
                             })
                             .map(|(id, instance)| DesiredInstance {
                                 id: id.clone(),

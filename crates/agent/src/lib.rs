@@ -4,6 +4,7 @@
 //! process, recovers what a previous agent left, serves the API, and on shutdown leaves the app
 //! instances and the proxy running.
 
+pub mod alerts;
 pub mod analysis;
 pub mod api;
 pub mod artifact;
@@ -11,11 +12,13 @@ pub mod backup;
 pub mod deploy;
 pub mod engine;
 pub mod health;
+pub mod metrics;
 pub mod proxy_link;
 pub mod recover;
 pub mod secrets;
 pub mod store;
 pub mod tokens;
+pub mod watch;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -39,6 +42,8 @@ pub struct AgentConfig {
     pub state_dir: PathBuf,
     pub api: SocketAddr,
     pub proxy: SocketAddr,
+    /// Where the proxy serves `/metrics`, if anywhere.
+    pub proxy_metrics: Option<SocketAddr>,
     /// The `rollway` binary, started again as `rollway proxy`.
     pub exe: PathBuf,
 }
@@ -100,7 +105,9 @@ pub async fn run(
     let driver = Arc::new(ProcessDriver::new(paths.instances.clone()).map_err(dir_error)?);
     let artifacts = ArtifactStore::new(state_dir.join("artifacts"));
     let proxy = ProxyLink::new(state_dir.join("proxy"));
-    proxy.ensure_running(&config.exe, config.proxy).await?;
+    proxy
+        .ensure_running(&config.exe, config.proxy, config.proxy_metrics)
+        .await?;
 
     let listener = tokio::net::TcpListener::bind(config.api)
         .await
@@ -113,6 +120,7 @@ pub async fn run(
         source,
     })?;
     let (events, _) = tokio::sync::broadcast::channel(1024);
+    let (alerts, alerts_queue) = tokio::sync::mpsc::unbounded_channel();
     let engine = Arc::new(Engine {
         store,
         driver,
@@ -127,10 +135,15 @@ pub async fn run(
         shutdown: shutdown.clone(),
         signals: Mutex::new(BTreeMap::new()),
         signalled: tokio::sync::Notify::new(),
+        alerts,
+        counters: Mutex::new(metrics::Counters::default()),
     });
+    tokio::spawn(alerts::run(engine.clone(), alerts_queue));
     recover::recover(&engine).await;
     tokio::spawn(expire_warm_instances(engine.clone()));
     tokio::spawn(scheduled_backups(engine.clone()));
+    tokio::spawn(watch::health_loop(engine.clone()));
+    tokio::spawn(watch::error_rate_loop(engine.clone()));
 
     let agent_file = LocalAgent {
         api: format!("http://{api_addr}"),

@@ -49,7 +49,12 @@ impl ProxyLink {
     }
 
     /// Reuses a proxy that answers, or starts `exe proxy --state DIR --listen ADDR` detached.
-    pub async fn ensure_running(&self, exe: &Path, listen: SocketAddr) -> Result<(), LinkError> {
+    pub async fn ensure_running(
+        &self,
+        exe: &Path,
+        listen: SocketAddr,
+        metrics: Option<SocketAddr>,
+    ) -> Result<(), LinkError> {
         if self.client.healthz().await.is_ok() {
             return Ok(());
         }
@@ -85,6 +90,9 @@ impl ProxyLink {
             .stdin(std::process::Stdio::null())
             .stdout(log)
             .stderr(log_err);
+        if let Some(metrics) = metrics {
+            command.arg("--metrics").arg(metrics.to_string());
+        }
         std::os::unix::process::CommandExt::process_group(&mut command, 0);
         let child = command.spawn().map_err(|source| LinkError::Spawn {
             exe: exe.display().to_string(),

@@ -38,6 +38,7 @@ fn rebuild_runtime(engine: &Arc<Engine>) {
                     port: record.port,
                     phase,
                     warm_until: record.warm_until,
+                    unhealthy: false,
                 },
             );
         });

@@ -240,6 +240,9 @@ pub struct AgentRunArgs {
     /// Address the proxy serves the apps on.
     #[arg(long, default_value = "127.0.0.1:7480")]
     pub proxy: std::net::SocketAddr,
+    /// Where the proxy serves its own `/metrics` (Prometheus text), if anywhere.
+    #[arg(long)]
+    pub proxy_metrics: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -250,6 +253,9 @@ pub struct ProxyRunArgs {
     /// Address to serve the apps on.
     #[arg(long)]
     pub listen: std::net::SocketAddr,
+    /// Where to serve `/metrics` (Prometheus text), if anywhere.
+    #[arg(long)]
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Args)]

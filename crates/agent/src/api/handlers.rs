@@ -676,3 +676,14 @@ pub async fn abort(
     )
     .await
 }
+
+/// Prometheus text format (role viewer: scrape with a bearer token).
+pub async fn metrics(State(engine): State<Arc<Engine>>) -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        crate::metrics::render(&engine).await,
+    )
+}

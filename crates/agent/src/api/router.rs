@@ -37,6 +37,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/deployments/{id}/events", get(handlers::deployment_events))
         .route("/deployments/{id}/stream", get(handlers::deployment_stream))
         .route("/events", get(handlers::events))
+        .route("/metrics", get(handlers::metrics))
         .route("/events/stream", get(handlers::events_stream))
         .route_layer(from_fn(|request, next| {
             auth::require(Role::Viewer, request, next)

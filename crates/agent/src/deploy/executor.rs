@@ -467,6 +467,16 @@ impl Watch {
         });
         self.last_requests = target.requests;
         let verdict = analysis::evaluate(target, baseline, &self.bounds);
+        if let Ok(mut counters) = engine.counters.lock() {
+            *counters
+                .verdicts
+                .entry((
+                    self.key.0.clone(),
+                    self.key.1.clone(),
+                    verdict.name().to_owned(),
+                ))
+                .or_default() += 1;
+        }
         let figures = serde_json::json!({ "release": self.target, "sample": target, "baseline": baseline, "verdict": verdict });
         engine.record(NewEvent {
             app: Some(self.key.0.clone()),

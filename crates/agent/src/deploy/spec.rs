@@ -422,6 +422,7 @@ pub async fn start_instance(
                 port,
                 phase: InstancePhase::Starting,
                 warm_until: None,
+                unhealthy: false,
             },
         );
     });

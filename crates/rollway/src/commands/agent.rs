@@ -15,6 +15,7 @@ pub fn run_agent(args: &AgentRunArgs, printer: Printer) -> anyhow::Result<ExitSt
         state_dir: state_dir.clone(),
         api: args.api,
         proxy: args.proxy,
+        proxy_metrics: args.proxy_metrics,
         exe,
     };
     init_tracing();
@@ -62,7 +63,8 @@ pub fn run_proxy(args: &ProxyRunArgs, _printer: Printer) -> anyhow::Result<ExitS
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
-        let config = proxy::process::ProcessConfig::new(args.state.clone(), args.listen);
+        let mut config = proxy::process::ProcessConfig::new(args.state.clone(), args.listen);
+        config.metrics = args.metrics;
         proxy::process::run(config, shutdown).await
     })?;
     Ok(ExitStatus::Success)

@@ -1,0 +1,142 @@
+//! Alerts: a Slack-compatible webhook (`{"text": ...}`) for the events a person must hear about,
+//! posted with retries and backoff, once per event.
+//!
+//! The webhook URL is a secret (`[alerts] webhook = "SECRET_NAME"`): it is read from the store
+//! when an alert is sent and never logged; errors say "the webhook", not where it points.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use client::wire::EventView;
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::engine::Engine;
+use crate::secrets::Secret;
+
+/// Attempts per alert, and the first backoff (doubled after each failure).
+pub const ATTEMPTS: u32 = 4;
+pub const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What an alert says, or `None` for events that are not alerts.
+pub fn alert_text(event: &EventView) -> Option<String> {
+    let scope = match (&event.app, &event.environment) {
+        (Some(app), Some(env)) => format!("{app} in {env}"),
+        _ => "rollway".to_owned(),
+    };
+    let text = match event.kind.as_str() {
+        "deployment.finished" if event.message.starts_with("Failed") => {
+            format!("deploy failed: {}", event.message)
+        }
+        "deployment.finished" if event.message.starts_with("RolledBack") => {
+            format!("rolled back automatically: {}", event.message)
+        }
+        "instance.unhealthy" => event.message.clone(),
+        "watch.error_rate" => format!("error rate above the bound: {}", event.message),
+        "backup.failed" => event.message.clone(),
+        _ => return None,
+    };
+    Some(format!("[rollway] {scope}: {text}"))
+}
+
+/// Sends the alerts of events as they are published; one task for the agent's life.
+pub async fn run(engine: Arc<Engine>, mut events: tokio::sync::mpsc::UnboundedReceiver<EventView>) {
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_webpki_roots()
+        .https_or_http()
+        .enable_http1()
+        .build();
+    let http: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
+    while let Some(event) = events.recv().await {
+        let Some(text) = alert_text(&event) else {
+            continue;
+        };
+        let (Some(app), Some(env)) = (event.app.clone(), event.environment.clone()) else {
+            continue;
+        };
+        let Some(url) = webhook_url(&engine, &app, &env) else {
+            continue;
+        };
+        let http = http.clone();
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            let body = serde_json::json!({ "text": text }).to_string();
+            match post_with_retries(&http, &url, body).await {
+                Ok(attempts) => {
+                    tracing::info!(message = "Alert sent.", kind = %event.kind, event = event.id, attempts)
+                }
+                Err(error) => {
+                    tracing::warn!(message = "Alert not delivered.", kind = %event.kind, event = event.id, %error);
+                    engine.record(crate::store::NewEvent {
+                        app: Some(app),
+                        environment: Some(env),
+                        deployment_id: event.deployment_id.clone(),
+                        kind: "alert.failed".to_owned(),
+                        message: format!(
+                            "the alert for event {} was not delivered: {error}",
+                            event.id
+                        ),
+                        data_json: "{}".to_owned(),
+                    });
+                }
+            }
+        });
+    }
+}
+
+/// The webhook URL of (app, env): the current release names the secret holding it.
+fn webhook_url(engine: &Engine, app: &str, env: &str) -> Option<Secret> {
+    let key = (app.to_owned(), env.to_owned());
+    let current = engine.store.current(app, env).ok().flatten()?;
+    let release = crate::deploy::spec::load_release(engine, &key, current).ok()?;
+    let name = release.resolved.config.alerts.as_ref()?.webhook.clone()?;
+    let versions = crate::secrets::snapshot(&engine.store, app, env).ok()?;
+    let version = *versions.get(&name)?;
+    let wanted = std::collections::BTreeMap::from([(name.clone(), version)]);
+    let mut opened =
+        crate::secrets::open_versions(&engine.store, &engine.master_key, app, env, &wanted).ok()?;
+    opened.remove(&name)
+}
+
+type HttpClient = Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    Full<Bytes>,
+>;
+
+/// POSTs `body`, retrying on connection errors, 429 and 5xx with doubling backoff.
+async fn post_with_retries(http: &HttpClient, url: &Secret, body: String) -> Result<u32, String> {
+    let mut backoff = FIRST_BACKOFF;
+    let mut last_error = String::new();
+    for attempt in 1..=ATTEMPTS {
+        let request = hyper::Request::post(url.expose())
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .header(hyper::header::USER_AGENT, "rollway-alerts")
+            .body(Full::new(Bytes::from(body.clone())))
+            .map_err(|_| "the webhook URL is not a valid URL".to_owned())?;
+        match tokio::time::timeout(REQUEST_TIMEOUT, http.request(request)).await {
+            Ok(Ok(response)) if response.status().is_success() => return Ok(attempt),
+            Ok(Ok(response)) => {
+                let status = response.status();
+                last_error = format!("the webhook answered {status}");
+                if status.is_client_error() && status != hyper::StatusCode::TOO_MANY_REQUESTS {
+                    return Err(last_error);
+                }
+            }
+            Ok(Err(_)) => last_error = "cannot reach the webhook".to_owned(),
+            Err(_) => {
+                last_error = format!(
+                    "the webhook did not answer within {}s",
+                    REQUEST_TIMEOUT.as_secs()
+                )
+            }
+        }
+        if attempt < ATTEMPTS {
+            tokio::time::sleep(backoff).await;
+            backoff *= 2;
+        }
+    }
+    Err(format!("{last_error} ({ATTEMPTS} attempts)"))
+}

@@ -1,0 +1,222 @@
+//! The continuous watch, outside deploys: active health checks on every routed instance for its
+//! whole life, and the current release's error rate over a sliding window.
+//!
+//! An instance that fails `unhealthy` checks in a row leaves routing (unless it is the last one
+//! serving) and comes back after `healthy` passes; both are events, the first one an alert. An
+//! error rate that crosses the bound is an alert, not a rollback: there is nothing newer to undo.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::analysis::{self, Sample, Sprt};
+use crate::engine::{AppEnv, Engine, InstancePhase, release_id};
+use crate::store::NewEvent;
+
+/// How often the watch looks at error rates.
+pub const TICK: Duration = Duration::from_secs(1);
+
+/// Health checks of every ready instance, each at its service's interval.
+pub async fn health_loop(engine: Arc<Engine>) {
+    // Consecutive results per instance: (passes, failures).
+    let mut streaks: BTreeMap<String, (u32, u32)> = BTreeMap::new();
+    loop {
+        tokio::time::sleep(TICK).await;
+        if engine.shutdown.is_cancelled() {
+            return;
+        }
+        let runtimes: Vec<(AppEnv, crate::engine::Runtime)> = engine
+            .runtimes
+            .lock()
+            .map(|runtimes| {
+                runtimes
+                    .iter()
+                    .map(|(key, runtime)| (key.clone(), runtime.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut seen = Vec::new();
+        for (key, runtime) in runtimes {
+            // A deploy in flight runs its own health gate.
+            if engine.store.lock(&key.0, &key.1).ok().flatten().is_some() {
+                continue;
+            }
+            let Some(current) = runtime.weights.first().map(|(release, _)| *release) else {
+                continue;
+            };
+            let Ok(release) = crate::deploy::spec::load_release(&engine, &key, current) else {
+                continue;
+            };
+            for (id, instance) in &runtime.instances {
+                if instance.phase != InstancePhase::Ready
+                    || !runtime
+                        .weights
+                        .iter()
+                        .any(|(release, _)| *release == instance.release)
+                {
+                    continue;
+                }
+                let Some(service) = release.resolved.config.service(&instance.service) else {
+                    continue;
+                };
+                let Some(health) = &service.health else {
+                    continue;
+                };
+                seen.push(id.clone());
+                let addr = std::net::SocketAddr::from(([127, 0, 0, 1], instance.port));
+                let host = crate::deploy::spec::health_host(&release.resolved, service, health);
+                let passed =
+                    crate::health::probe(addr, &health.path, &host, health.timeout.as_std())
+                        .await
+                        .is_ok();
+                let streak = streaks.entry(id.clone()).or_default();
+                *streak = if passed {
+                    (streak.0 + 1, 0)
+                } else {
+                    (0, streak.1 + 1)
+                };
+                let (passes, failures) = *streak;
+                if !passed && failures == health.unhealthy && !instance.unhealthy {
+                    let others_healthy = runtime.instances.iter().any(|(other, candidate)| {
+                        other != id
+                            && candidate.phase == InstancePhase::Ready
+                            && !candidate.unhealthy
+                            && candidate.release == instance.release
+                    });
+                    // The last one serving stays: a failing instance still beats none at all.
+                    let what = if others_healthy {
+                        set_unhealthy(&engine, &key, id, true);
+                        "taken out of traffic"
+                    } else {
+                        "kept in traffic: it is the last one serving"
+                    };
+                    record(
+                        &engine,
+                        &key,
+                        "instance.unhealthy",
+                        format!("instance {id} failed {failures} health checks in a row; {what}"),
+                    );
+                    let _ = engine.push_routes().await;
+                } else if passed && instance.unhealthy && passes >= health.healthy {
+                    set_unhealthy(&engine, &key, id, false);
+                    record(
+                        &engine,
+                        &key,
+                        "instance.recovered",
+                        format!("instance {id} passes its health checks again; back in traffic"),
+                    );
+                    let _ = engine.push_routes().await;
+                }
+            }
+        }
+        streaks.retain(|id, _| seen.contains(id));
+    }
+}
+
+fn set_unhealthy(engine: &Engine, key: &AppEnv, id: &str, unhealthy: bool) {
+    engine.with_runtime(key, |runtime| {
+        if let Some(instance) = runtime.instances.get_mut(id) {
+            instance.unhealthy = unhealthy;
+        }
+    });
+}
+
+/// The current release's error rate over the analysis window, judged like a deploy's analysis
+/// against the absolute bound; crossing it is an alert (once, until it recovers).
+pub async fn error_rate_loop(engine: Arc<Engine>) {
+    let mut history: BTreeMap<String, VecDeque<(tokio::time::Instant, Sample)>> = BTreeMap::new();
+    let mut breached: BTreeMap<String, bool> = BTreeMap::new();
+    loop {
+        tokio::time::sleep(TICK).await;
+        if engine.shutdown.is_cancelled() {
+            return;
+        }
+        let Ok(stats) = engine.proxy.client().stats().await else {
+            continue;
+        };
+        let now = tokio::time::Instant::now();
+        for (app, env, current) in engine.store.apps().unwrap_or_default() {
+            let Some(current) = current else { continue };
+            let key = (app.clone(), env.clone());
+            if engine.store.lock(&app, &env).ok().flatten().is_some() {
+                continue;
+            }
+            let Ok(release) = crate::deploy::spec::load_release(&engine, &key, current) else {
+                continue;
+            };
+            let analysis = &release.resolved.config.analysis;
+            let name = release_id(&app, &env, current);
+            let Some(observed) = stats.iter().find(|candidate| candidate.release == name) else {
+                continue;
+            };
+            let classes = &observed.requests;
+            let sample = Sample {
+                requests: classes.informational
+                    + classes.success
+                    + classes.redirection
+                    + classes.client_error
+                    + classes.server_error,
+                errors: classes.server_error,
+                p99_us: observed.latency.p99_us,
+                latency_count: observed.latency.count,
+            };
+            let window = history.entry(name.clone()).or_default();
+            window.push_back((now, sample));
+            while window
+                .front()
+                .is_some_and(|(at, _)| now.duration_since(*at) > analysis.window.as_std())
+            {
+                window.pop_front();
+            }
+            let Some((_, oldest)) = window.front() else {
+                continue;
+            };
+            let requests = sample.requests.saturating_sub(oldest.requests);
+            let errors = sample.errors.saturating_sub(oldest.errors);
+            if requests < analysis.min_requests {
+                continue;
+            }
+            let bound = analysis.max_error_rate.get();
+            let verdict = analysis::sprt(errors, requests, bound / 2.0, bound);
+            let was = breached.get(&name).copied().unwrap_or(false);
+            let rate = errors as f64 / requests as f64 * 100.0;
+            match verdict {
+                Sprt::AcceptH1 if !was => {
+                    breached.insert(name.clone(), true);
+                    record(
+                        &engine,
+                        &key,
+                        "watch.error_rate",
+                        format!(
+                            "release {current}: 5xx share {rate:.2}% ({errors} of {requests} over {}) is above the bound {:.2}%",
+                            analysis.window,
+                            bound * 100.0
+                        ),
+                    );
+                }
+                Sprt::AcceptH0 if was => {
+                    breached.insert(name.clone(), false);
+                    record(
+                        &engine,
+                        &key,
+                        "watch.recovered",
+                        format!("release {current}: 5xx share {rate:.2}% is back under the bound"),
+                    );
+                }
+                _ => {}
+            }
+        }
+        history.retain(|name, _| stats.iter().any(|candidate| &candidate.release == name));
+    }
+}
+
+fn record(engine: &Engine, key: &AppEnv, kind: &str, message: String) {
+    engine.record(NewEvent {
+        app: Some(key.0.clone()),
+        environment: Some(key.1.clone()),
+        deployment_id: None,
+        kind: kind.to_owned(),
+        message,
+        data_json: "{}".to_owned(),
+    });
+}
