@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use client::wire::EventView;
-use driver::process::ProcessDriver;
 use proxy::{DesiredInstance, DesiredPool, DesiredRoute, DesiredState};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -121,7 +120,7 @@ impl Paths {
 
 pub struct Engine {
     pub store: Arc<Store>,
-    pub driver: Arc<ProcessDriver>,
+    pub drivers: crate::drivers::Drivers,
     pub proxy: ProxyLink,
     pub proxy_addr: SocketAddr,
     pub artifacts: ArtifactStore,

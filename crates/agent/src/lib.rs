@@ -10,6 +10,7 @@ pub mod api;
 pub mod artifact;
 pub mod backup;
 pub mod deploy;
+pub mod drivers;
 pub mod engine;
 pub mod health;
 pub mod metrics;
@@ -123,7 +124,7 @@ pub async fn run(
     let (alerts, alerts_queue) = tokio::sync::mpsc::unbounded_channel();
     let engine = Arc::new(Engine {
         store,
-        driver,
+        drivers: drivers::Drivers::new(driver),
         proxy,
         proxy_addr: config.proxy,
         artifacts,

@@ -4,8 +4,6 @@
 
 use std::sync::Arc;
 
-use driver::Driver;
-
 use crate::deploy::executor::{self, DeploymentData};
 use crate::deploy::spec;
 use crate::deploy::state::{self, Recovery, State};
@@ -102,12 +100,12 @@ async fn adopt_instances(engine: &Arc<Engine>) {
             else {
                 continue;
             };
-            match engine.driver.adopt(driver_spec.clone()).await {
+            match engine.drivers.adopt(driver_spec.clone()).await {
                 Ok(true) => {}
                 Ok(false) => {
                     // Gone while the agent was away: start it again on its port.
                     tracing::warn!(message = "Instance was not running; starting it again.", instance = %id);
-                    if let Err(error) = engine.driver.start(driver_spec).await {
+                    if let Err(error) = engine.drivers.start(driver_spec).await {
                         tracing::error!(message = "Cannot restart an instance.", instance = %id, %error);
                     }
                 }

@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::tokens::Role;
 
 mod backups;
+mod images;
 mod migrations;
 mod secrets;
 

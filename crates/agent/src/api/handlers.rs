@@ -360,7 +360,7 @@ pub async fn logs(
     let lines = tokio::task::spawn_blocking(move || {
         let mut lines = Vec::new();
         for id in ids {
-            if let Ok(found) = driver::Driver::logs(engine_for_read.driver.as_ref(), &id, n) {
+            if let Ok(found) = engine_for_read.drivers.logs(&id, n) {
                 lines.extend(found.into_iter().map(|line| LogLineView {
                     instance_id: line.instance_id,
                     line: crate::secrets::scrub(&line.line, &secret_values),

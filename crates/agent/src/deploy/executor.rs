@@ -160,7 +160,10 @@ async fn step(
                 deploying && !release.resolved.config.analysis.observe.as_std().is_zero();
             Ok(())
         }
-        State::Preparing => spec::prepare(engine, deployment, &release).await,
+        State::Preparing => {
+            spec::prepare(engine, deployment, &release).await?;
+            spec::prepare_images(engine, deployment, &release).await
+        }
         State::BackingUp => {
             // Only a deploy runs the release command, so only a deploy needs the backup first.
             let variable = release
@@ -548,9 +551,9 @@ async fn verify_instance(
                 instance.service, release.number
             )
         })?;
-    let driver = engine.driver.clone();
+    let engine_for_alive = engine.clone();
     let alive_id = instance_id.to_owned();
-    let alive = move || match driver::Driver::status(driver.as_ref(), &alive_id) {
+    let alive = move || match engine_for_alive.drivers.status(&alive_id) {
         driver::InstanceStatus::Running { restarts: 0, .. } => Ok(()),
         driver::InstanceStatus::Running { .. } => {
             Err(format!("instance `{alive_id}` crashed while starting"))
@@ -904,7 +907,7 @@ fn with_log_tail(engine: &Engine, instance_id: &str, reason: String) -> String {
     } else {
         format!("instance `{instance_id}`: {reason}")
     };
-    match driver::Driver::logs(engine.driver.as_ref(), instance_id, 5) {
+    match engine.drivers.logs(instance_id, 5) {
         Ok(lines) if !lines.is_empty() => {
             let tail: Vec<String> = lines
                 .iter()

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use std::collections::BTreeMap;
 
-use driver::{Driver, InstanceSpec};
+use driver::InstanceSpec;
 use manifest::{Health, ResolvedManifest, Service};
 
 use crate::engine::{AppEnv, Engine, InstancePhase, RouteInfo, RuntimeInstance, now_ms};
@@ -26,6 +26,8 @@ pub struct LoadedRelease {
     pub resolved: ResolvedManifest,
     /// The secret versions recorded with the release, opened. Never logged (`Secret` prints `***`).
     pub secrets: BTreeMap<String, Secret>,
+    /// Service → image id, for container services (recorded when the release was prepared).
+    pub images: BTreeMap<String, String>,
 }
 
 /// What the store keeps of a release's config: the manifest text and the environment, so the
@@ -53,11 +55,16 @@ pub fn load_release(engine: &Engine, key: &AppEnv, number: u64) -> Result<Loaded
     let secrets =
         crate::secrets::open_versions(&engine.store, &engine.master_key, &key.0, &key.1, &versions)
             .map_err(|error| error.to_string())?;
+    let images = engine
+        .store
+        .release_images(&key.0, &key.1, number)
+        .map_err(|error| error.to_string())?;
     Ok(LoadedRelease {
         number,
         artifact: release.artifact,
         resolved,
         secrets,
+        images,
     })
 }
 
@@ -126,6 +133,108 @@ pub async fn prepare(
     Ok(())
 }
 
+/// Pulls or builds the image of every container service of the release and records its id
+/// (once per release: a rollback runs exactly these images even after a tag moved).
+pub async fn prepare_images(
+    engine: &Arc<Engine>,
+    deployment: &Deployment,
+    release: &LoadedRelease,
+) -> Result<(), String> {
+    let containers: Vec<&Service> = release
+        .resolved
+        .config
+        .services
+        .iter()
+        .filter(|service| !matches!(service.source, manifest::ServiceSource::Run { .. }))
+        .collect();
+    if containers.is_empty() {
+        return Ok(());
+    }
+    let driver = engine.drivers.container().await?;
+    let event = |kind: &str, message: String| NewEvent {
+        app: Some(deployment.app.clone()),
+        environment: Some(deployment.environment.clone()),
+        deployment_id: Some(deployment.id.clone()),
+        kind: kind.to_owned(),
+        message,
+        data_json: "{}".to_owned(),
+    };
+    for service in containers {
+        if release.images.contains_key(&service.name) {
+            continue;
+        }
+        let mut n_lines = 0usize;
+        let mut on_line = |line: &str| {
+            n_lines += 1;
+            if n_lines <= MAX_OUTPUT_EVENTS {
+                engine.record(event("deployment.output", line.to_owned()));
+            }
+        };
+        let image = match &service.source {
+            manifest::ServiceSource::Image { image, .. } => {
+                let reference = image_reference(image, release)?;
+                engine.record(event(
+                    "deployment.command",
+                    format!("the image of `{}`: {reference}", service.name),
+                ));
+                match driver.image_digest(&reference).await {
+                    Ok(id) => id,
+                    Err(_) => driver
+                        .pull_image(&reference, None, &mut on_line)
+                        .await
+                        .map_err(|error| format!("cannot pull `{reference}`: {error}"))?,
+                }
+            }
+            manifest::ServiceSource::Dockerfile { dockerfile, .. } => {
+                let tag = format!(
+                    "rollway/{}-{}:{}",
+                    deployment.app, deployment.environment, release.number
+                );
+                engine.record(event(
+                    "deployment.command",
+                    format!("building `{}` from {dockerfile}", service.name),
+                ));
+                driver
+                    .build_image(&workdir(engine, release), dockerfile, &tag, &mut on_line)
+                    .await
+                    .map_err(|error| format!("cannot build `{dockerfile}`: {error}"))?
+            }
+            manifest::ServiceSource::Run { .. } => continue,
+        };
+        engine
+            .store
+            .set_release_image(
+                &deployment.app,
+                &deployment.environment,
+                release.number,
+                &service.name,
+                &image,
+            )
+            .map_err(|error| error.to_string())?;
+        engine.record(event(
+            "deployment.image",
+            format!("`{}` runs image {}", service.name, short(&image)),
+        ));
+    }
+    Ok(())
+}
+
+/// `{version}` in an image reference is the release's `VERSION` variable.
+fn image_reference(image: &str, release: &LoadedRelease) -> Result<String, String> {
+    if !image.contains("{version}") {
+        return Ok(image.to_owned());
+    }
+    let version = release
+        .resolved
+        .config
+        .env
+        .iter()
+        .find(|(name, _)| name == "VERSION")
+        .map(|(_, value)| value.clone())
+        .ok_or_else(|| format!("`{image}` uses `{{version}}`, which needs `VERSION` in `[env]`"))?;
+    Ok(image.replace("{version}", &version))
+}
+
 /// Runs the release command once in the release folder, with the release's environment.
 pub async fn run_release_command(
     engine: &Arc<Engine>,
@@ -141,6 +250,57 @@ pub async fn run_release_command(
         deployment.environment.clone(),
     ));
     env.push(("ROLLWAY_RELEASE".to_owned(), release.number.to_string()));
+    // An app of containers runs its release command as a one-off container of its first image.
+    let image = release
+        .resolved
+        .config
+        .services
+        .iter()
+        .find_map(|service| release.images.get(&service.name));
+    if let Some(image) = image {
+        let driver = engine.drivers.container().await?;
+        engine.record(NewEvent {
+            app: Some(deployment.app.clone()),
+            environment: Some(deployment.environment.clone()),
+            deployment_id: Some(deployment.id.clone()),
+            kind: "deployment.command".to_owned(),
+            message: format!(
+                "the release command in a one-off container of {}: {command}",
+                short(image)
+            ),
+            data_json: "{}".to_owned(),
+        });
+        let mut tail: std::collections::VecDeque<String> = std::collections::VecDeque::new();
+        let mut n_lines = 0usize;
+        let code = driver
+            .run_once(image, &env, command, |line| {
+                n_lines += 1;
+                if n_lines <= MAX_OUTPUT_EVENTS {
+                    engine.record(NewEvent {
+                        app: Some(deployment.app.clone()),
+                        environment: Some(deployment.environment.clone()),
+                        deployment_id: Some(deployment.id.clone()),
+                        kind: "deployment.output".to_owned(),
+                        message: line.to_owned(),
+                        data_json: "{}".to_owned(),
+                    });
+                }
+                tail.push_back(line.to_owned());
+                if tail.len() > 10 {
+                    tail.pop_front();
+                }
+            })
+            .await
+            .map_err(|error| format!("cannot run the release command: {error}"))?;
+        if code != 0 {
+            let tail: Vec<String> = tail.iter().map(|line| format!("  | {line}")).collect();
+            return Err(format!(
+                "the release command `{command}` exited with {code}; its last output:\n{}",
+                tail.join("\n")
+            ));
+        }
+        return Ok(());
+    }
     run_command(engine, deployment, &dir, "release command", command, &env).await
 }
 
@@ -427,11 +587,7 @@ pub async fn start_instance(
         );
     });
     persist_instance(engine, key, &id);
-    engine
-        .driver
-        .start(spec)
-        .await
-        .map_err(|error| error.to_string())?;
+    engine.drivers.start(spec).await?;
     engine.record(NewEvent {
         app: Some(key.0.clone()),
         environment: Some(key.1.clone()),
@@ -452,15 +608,17 @@ pub fn instance_spec(
     id: &str,
     port: u16,
 ) -> Result<InstanceSpec, String> {
-    let command = match &service.source {
-        manifest::ServiceSource::Run { run } => run.clone(),
-        manifest::ServiceSource::Image { run: Some(run), .. }
-        | manifest::ServiceSource::Dockerfile { run: Some(run), .. } => run.clone(),
-        _ => {
-            return Err(format!(
-                "service `{}` runs an image, which needs the container driver",
-                service.name
-            ));
+    let (command, image) = match &service.source {
+        manifest::ServiceSource::Run { run } => (run.clone(), None),
+        manifest::ServiceSource::Image { run, .. }
+        | manifest::ServiceSource::Dockerfile { run, .. } => {
+            let image = release.images.get(&service.name).cloned().ok_or_else(|| {
+                format!(
+                    "release {} has no image recorded for service `{}`: it was not prepared",
+                    release.number, service.name
+                )
+            })?;
+            (run.clone().unwrap_or_default(), Some(image))
         }
     };
     let mut env = base_env(release)?;
@@ -480,8 +638,7 @@ pub fn instance_spec(
         env,
         port,
         stop_timeout: service.stop_timeout.as_std(),
-        // The container driver is not wired into the agent yet; image services are refused above.
-        image: None,
+        image,
     })
 }
 
@@ -619,7 +776,7 @@ pub async fn stop_instances(engine: &Arc<Engine>, key: &AppEnv, ids: &[String]) 
         wait_gone_from_proxy(engine, ids, drain).await;
     }
     for id in ids {
-        if let Err(error) = engine.driver.stop(id).await {
+        if let Err(error) = engine.drivers.stop(id).await {
             tracing::warn!(message = "Cannot stop an instance.", instance = %id, %error);
         }
         engine.with_runtime(key, |runtime| runtime.instances.remove(id));

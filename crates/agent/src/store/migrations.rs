@@ -8,7 +8,11 @@ pub(super) fn migrations() -> Migrations<'static> {
     Migrations::from_slice(MIGRATIONS)
 }
 
-pub(super) static MIGRATIONS: &[M<'static>] = &[M::up(V1_INITIAL), M::up(V2_SECRETS_BACKUPS)];
+pub(super) static MIGRATIONS: &[M<'static>] = &[
+    M::up(V1_INITIAL),
+    M::up(V2_SECRETS_BACKUPS),
+    M::up(V3_RELEASE_IMAGES),
+];
 
 /// The first schema.
 ///
@@ -187,4 +191,23 @@ CREATE TABLE backups (
 ) STRICT;
 
 CREATE INDEX backups_by_app ON backups (app, environment, created_at);
+"#;
+
+/// The image each container service of a release runs, recorded once when the release is
+/// prepared (by id, so a rollback runs exactly that image even after a tag moved).
+const V3_RELEASE_IMAGES: &str = r#"
+CREATE TABLE release_images (
+    app          TEXT    NOT NULL,
+    environment  TEXT    NOT NULL,
+    release      INTEGER NOT NULL,
+    service      TEXT    NOT NULL,
+    image        TEXT    NOT NULL,
+    PRIMARY KEY (app, environment, release, service)
+) STRICT;
+
+CREATE TRIGGER release_images_immutable
+BEFORE UPDATE ON release_images
+BEGIN
+    SELECT RAISE(ABORT, 'a release image is recorded once');
+END;
 "#;

@@ -1,0 +1,123 @@
+//! The drivers the agent runs instances with: the process driver always, the container driver
+//! when a release has `image` or `dockerfile` services (connected on first use, so an agent on a
+//! host without Docker works as long as nothing asks for containers).
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+
+use driver::container::{ContainerDriver, ContainerDriverConfig};
+use driver::process::ProcessDriver;
+use driver::{Driver, DriverError, InstanceSpec, InstanceStatus, LogLine};
+
+pub struct Drivers {
+    pub process: Arc<ProcessDriver>,
+    container: tokio::sync::OnceCell<Arc<ContainerDriver>>,
+    /// Instances run by the container driver. std Mutex: set edits only.
+    containers: Mutex<BTreeSet<String>>,
+}
+
+impl Drivers {
+    pub fn new(process: Arc<ProcessDriver>) -> Drivers {
+        Drivers {
+            process,
+            container: tokio::sync::OnceCell::new(),
+            containers: Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    /// The container driver, connecting to the Docker Engine API on first use.
+    pub async fn container(&self) -> Result<Arc<ContainerDriver>, String> {
+        self.container
+            .get_or_try_init(|| async {
+                let mut config = ContainerDriverConfig::default();
+                if let Ok(network) = std::env::var("ROLLWAY_CONTAINER_NETWORK") {
+                    config.network = Some(network);
+                }
+                ContainerDriver::connect(config)
+                    .await
+                    .map(Arc::new)
+                    .map_err(|error| {
+                        format!("this release needs the container driver, but {error}")
+                    })
+            })
+            .await
+            .cloned()
+    }
+
+    fn is_container(&self, instance_id: &str) -> bool {
+        self.containers
+            .lock()
+            .map(|set| set.contains(instance_id))
+            .unwrap_or(false)
+    }
+
+    fn mark(&self, spec: &InstanceSpec) {
+        if spec.image.is_some()
+            && let Ok(mut set) = self.containers.lock()
+        {
+            set.insert(spec.instance_id.clone());
+        }
+    }
+
+    pub async fn start(&self, spec: InstanceSpec) -> Result<(), String> {
+        if spec.image.is_some() {
+            self.mark(&spec);
+            let container = self.container().await?;
+            container
+                .start(spec)
+                .await
+                .map_err(|error| error.to_string())
+        } else {
+            self.process
+                .start(spec)
+                .await
+                .map_err(|error| error.to_string())
+        }
+    }
+
+    pub async fn adopt(&self, spec: InstanceSpec) -> Result<bool, String> {
+        if spec.image.is_some() {
+            self.mark(&spec);
+            let container = self.container().await?;
+            container
+                .adopt(spec)
+                .await
+                .map_err(|error| error.to_string())
+        } else {
+            self.process
+                .adopt(spec)
+                .await
+                .map_err(|error| error.to_string())
+        }
+    }
+
+    pub async fn stop(&self, instance_id: &str) -> Result<(), DriverError> {
+        if self.is_container(instance_id) {
+            if let Some(container) = self.container.get() {
+                container.stop(instance_id).await?;
+            }
+            if let Ok(mut set) = self.containers.lock() {
+                set.remove(instance_id);
+            }
+            Ok(())
+        } else {
+            self.process.stop(instance_id).await
+        }
+    }
+
+    pub fn status(&self, instance_id: &str) -> InstanceStatus {
+        match (self.is_container(instance_id), self.container.get()) {
+            (true, Some(container)) => container.status(instance_id),
+            (true, None) => InstanceStatus::Unknown,
+            (false, _) => self.process.status(instance_id),
+        }
+    }
+
+    pub fn logs(&self, instance_id: &str, n: usize) -> Result<Vec<LogLine>, DriverError> {
+        match (self.is_container(instance_id), self.container.get()) {
+            (true, Some(container)) => container.logs(instance_id, n),
+            (true, None) => Ok(Vec::new()),
+            (false, _) => self.process.logs(instance_id, n),
+        }
+    }
+}
