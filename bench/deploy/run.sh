@@ -135,6 +135,10 @@ VERSION = "v0"
 
 [strategy]
 kind = "blue-green"
+
+# The watch after the switch (default 1m) is not part of the deploy's cost being measured here.
+[analysis]
+observe = "0s"
 TOML
 
 # Prepare steps for hyperfine (run before each timed run, not timed).

@@ -14,6 +14,7 @@ use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::wire::LockView;
 use crate::wire::{
     AgentInfo, BackupView, DeployRequest, DeploymentView, ErrorBody, EventView, LogLineView,
     ReleaseView, RestoreView, RollbackRequest, SecretValue, SecretView, StatusView, TokenCreated,
@@ -202,6 +203,23 @@ impl Client {
     ) -> Result<Vec<EventView>, ClientError> {
         self.get(&format!("/v1/deployments/{id}/events?after={after}"))
             .await
+    }
+
+    pub async fn lock(&self, app: &str, env: &str) -> Result<Option<LockView>, ClientError> {
+        self.get(&format!("/v1/apps/{app}/environments/{env}/lock"))
+            .await
+    }
+
+    pub async fn release_lock(
+        &self,
+        app: &str,
+        env: &str,
+    ) -> Result<Option<LockView>, ClientError> {
+        let path = format!("/v1/apps/{app}/environments/{env}/lock");
+        let bytes = self
+            .request_bytes(Method::DELETE, &path, None, None)
+            .await?;
+        decode(&path, &bytes)
     }
 
     pub async fn backups(&self, app: &str, env: &str) -> Result<Vec<BackupView>, ClientError> {

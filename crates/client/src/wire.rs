@@ -199,3 +199,13 @@ pub struct RestoreView {
     pub backup: String,
     pub steps: Vec<String>,
 }
+
+/// The deploy lock of an app in an environment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockView {
+    pub owner: String,
+    pub deployment_id: String,
+    pub acquired_at: i64,
+    pub heartbeat_at: i64,
+    pub expires_at: i64,
+}

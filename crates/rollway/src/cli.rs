@@ -77,6 +77,13 @@ pub enum Command {
         #[command(flatten)]
         target: EnvArgs,
     },
+    /// The deploy lock: who holds it and since when; release a stale one (admin).
+    Lock {
+        #[command(subcommand)]
+        command: Option<LockCommand>,
+        #[command(flatten)]
+        target: EnvArgs,
+    },
     /// Secrets of an environment: set (value from stdin), list (never values), unset.
     #[command(subcommand)]
     Secrets(SecretsCommand),
@@ -176,6 +183,14 @@ pub enum BackupsCommand {
         /// The backup's id, as `rollway backups` lists it.
         id: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LockCommand {
+    /// Who holds the lock, since when, until when (the default).
+    Status,
+    /// Clear the lock (admin); for a stale lock whose deployment is gone.
+    Release,
 }
 
 #[derive(Debug, Subcommand)]

@@ -60,6 +60,9 @@ fn main() -> ExitCode {
         Command::Backups { command, target } => {
             commands::backups::run(command.as_ref(), &target, printer)
         }
+        Command::Lock { command, target } => {
+            commands::lock::run(command.as_ref(), &target, printer)
+        }
         Command::Secrets(command) => commands::secrets::run(&command, printer),
         Command::Tokens(command) => commands::tokens::run(&command, printer),
         Command::Agent(args) => commands::agent::run_agent(&args, printer),

@@ -39,6 +39,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/events", get(handlers::events))
         .route("/metrics", get(handlers::metrics))
         .route("/events/stream", get(handlers::events_stream))
+        .route("/apps/{app}/environments/{env}/lock", get(handlers::lock))
         .route_layer(from_fn(|request, next| {
             auth::require(Role::Viewer, request, next)
         }));
@@ -79,6 +80,10 @@ pub fn router(engine: Arc<Engine>) -> Router {
             get(handlers::tokens).post(handlers::create_token),
         )
         .route("/tokens/{id}", delete(handlers::revoke_token))
+        .route(
+            "/apps/{app}/environments/{env}/lock",
+            delete(handlers::release_lock),
+        )
         .route_layer(from_fn(|request, next| {
             auth::require(Role::Admin, request, next)
         }));

@@ -7,6 +7,7 @@ pub mod connect;
 pub mod deploy;
 pub mod init;
 pub mod inspect;
+pub mod lock;
 pub mod rollback;
 pub mod secrets;
 pub mod signal;
