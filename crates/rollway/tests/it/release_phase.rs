@@ -48,7 +48,7 @@ async fn logistix_backup_before_migration_restores_schema_and_rows() {
     );
     let ran = agent.deploy_dir(&logistix.dir, ENV).await;
     ran.assert_code(0);
-    assert_contains(&ran, "Backing up");
+    assert_contains(&ran, "Backed up");
     assert_contains(&ran, "applied 003_add_weight");
 
     // The first deploy found no database yet: one backup, taken for release 2.
@@ -596,6 +596,19 @@ impl Logistix {
     async fn deploy_v1(setup: &Setup) -> Logistix {
         let dir = setup.dir.path().join("logistix");
         copy_dir(&crate::repo_root().join("examples/logistix"), &dir);
+        // The watch after the switch is not what these tests are about: no minute of observing.
+        let manifest = dir.join("rollway.toml");
+        let text = std::fs::read_to_string(&manifest).expect("the example's manifest");
+        let text: String = text
+            .lines()
+            .filter(|line| !line.starts_with("observe ="))
+            .map(|line| match line {
+                "[analysis]" => "[analysis]\nobserve = \"0s\"\n".to_owned(),
+                _ => format!("{line}\n"),
+            })
+            .collect();
+        assert!(text.contains("observe = \"0s\""), "{text}");
+        std::fs::write(&manifest, text).expect("write the manifest");
         let data = setup.dir.path().join("data");
         std::fs::create_dir_all(&data).expect("data dir");
         let logistix = Logistix {

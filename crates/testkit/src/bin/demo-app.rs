@@ -23,7 +23,9 @@
 //! The rate is held in parts per million, so the count is exact for any rate with six decimals.
 //!
 //! Endpoints besides `/` and the health path: `GET /sleep?ms=N`, `POST /echo` (streams the body
-//! back), `GET /ws` (websocket echo), `GET /env/NAME` (value of env var `NAME`, 404 if unset).
+//! back), `GET /ws` (websocket echo), `GET /env/NAME` (value of env var `NAME`, 404 if unset),
+//! `GET /sha256/NAME` (hex SHA-256 of env var `NAME`, so a test learns which secret an instance got
+//! without the value travelling).
 //! `LATENCY_MS` and `ERROR_RATE` apply to all of them alike (latency first, then the error).
 //! Without `IGNORE_SIGTERM_S`, SIGTERM (or SIGINT) is a graceful shutdown: stop accepting, let
 //! in-flight requests finish, exit 0.
@@ -368,6 +370,9 @@ async fn app_request(app: &App, request: Request<Incoming>) -> Response<Body> {
         (&Method::POST, "/echo") => Response::new(request.into_body().boxed()),
         (&Method::GET, "/ws") => websocket(request),
         (&Method::GET, _) if path.starts_with("/env/") => env_endpoint(&path["/env/".len()..]),
+        (&Method::GET, _) if path.starts_with("/sha256/") => {
+            sha256_endpoint(&path["/sha256/".len()..])
+        }
         (_, "/" | "/sleep" | "/echo" | "/ws") => text(
             StatusCode::METHOD_NOT_ALLOWED,
             "method not allowed; `POST /echo`, otherwise `GET`\n",
@@ -404,6 +409,18 @@ async fn sleep_endpoint(request: &Request<Incoming>) -> Response<Body> {
 fn env_endpoint(name: &str) -> Response<Body> {
     match std::env::var_os(name) {
         Some(value) if !name.is_empty() => text(StatusCode::OK, value.into_vec()),
+        _ => text(StatusCode::NOT_FOUND, format!("`{name}` is not set\n")),
+    }
+}
+
+fn sha256_endpoint(name: &str) -> Response<Body> {
+    use sha2::Digest as _;
+    match std::env::var_os(name) {
+        Some(value) if !name.is_empty() => {
+            let digest = sha2::Sha256::digest(value.into_vec());
+            let hex: String = digest.iter().map(|byte| format!("{byte:02x}")).collect();
+            text(StatusCode::OK, hex)
+        }
         _ => text(StatusCode::NOT_FOUND, format!("`{name}` is not set\n")),
     }
 }
