@@ -4,6 +4,7 @@ mod agent;
 mod check;
 mod frame;
 mod init;
+mod monitoring;
 mod release_phase;
 
 use std::path::{Path, PathBuf};
