@@ -402,11 +402,12 @@ impl TestAgent {
     }
 
     /// Instance id → the process groups running it, found in `/proc` by working directory (under
-    /// `STATE/releases`) and `ROLLWAY_INSTANCE`. One group per instance means no duplicates.
+    /// `STATE/builds`, where a release's artifact is unpacked and built) and `ROLLWAY_INSTANCE`.
+    /// One group per instance means no duplicates.
     pub fn instance_processes(&self) -> BTreeMap<String, BTreeSet<i32>> {
-        let releases = self.state_dir.join("releases");
+        let builds = self.state_dir.join("builds");
         let mut found: BTreeMap<String, BTreeSet<i32>> = BTreeMap::new();
-        for process in processes_under(&releases) {
+        for process in processes_under(&builds) {
             let id = process.instance.unwrap_or_else(|| "?".to_owned());
             found.entry(id).or_default().insert(process.pgid);
         }
