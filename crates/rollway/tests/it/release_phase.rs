@@ -86,16 +86,44 @@ async fn logistix_backup_before_migration_restores_schema_and_rows() {
     sqlite_copy(&file, &fresh);
     assert_eq!(sqlite_snapshot(&fresh), before, "the restore drill");
 
+    // The restore holds traffic in the proxy meanwhile: readers wait, none fails.
+    let load = Load::new(agent.proxy_addr())
+        .host(LOGISTIX_HOST)
+        .path("/shipments?limit=5")
+        .concurrency(4)
+        .duration(LOAD_BOUND)
+        .start();
     let restored = agent
         .cli(&["backups", "restore", &id, "--app", LOGISTIX, "--env", ENV])
         .await;
     restored.assert_code(0);
     assert_contains(&restored, "restored");
+    assert_contains(&restored, "drained 2 instance(s)");
+    let report = load.stop().await;
+    report.assert_no_failures();
+    assert!(report.total > 0, "the load loop sent nothing");
     assert_eq!(
         logistix.snapshot(),
         before,
         "the restored database is not the pre-migration one"
     );
+
+    // On demand: a second backup, `manual`, of the restored database.
+    let created = agent
+        .cli(&[
+            "backups", "create", "--app", LOGISTIX, "--env", ENV, "--json",
+        ])
+        .await;
+    created.assert_code(0);
+    let created: Value = serde_json::from_str(&created.stdout).expect("backup JSON");
+    let backups = agent.backups(LOGISTIX, ENV).await;
+    assert_eq!(backups.len(), 2, "{backups:#?}");
+    assert_eq!(backups[0]["id"], created["id"], "{backups:#?}");
+    assert_eq!(backups[0]["reason"], "manual", "{backups:#?}");
+    let id = created["id"].as_str().expect("backup id");
+    let file = logistix.backup_file(agent, id, "sqlite");
+    assert_recorded_file(&created, &file);
+    assert_eq!(sqlite_snapshot(&file), before);
 }
 
 // 2. The same with PostgreSQL: pg_dump before the release command, pg_restore gives it back.
@@ -106,6 +134,7 @@ async fn postgres_backup_before_migration_restores_schema_and_rows() {
         return;
     };
     let database = postgres.create_database().await;
+    let watch = CmdlineWatch::start(&[&postgres.password]);
     let setup = Setup::start().await;
     let agent = &setup.agent;
     let names = [
@@ -210,6 +239,7 @@ async fn postgres_backup_before_migration_restores_schema_and_rows() {
     assert_contains(&restored, "restored");
     assert_eq!(postgres.snapshot(&database).await, before);
     assert_no_secret_in_outputs(&[&ran, &restored], &postgres.password);
+    watch.assert_clean();
 
     drop(setup);
     postgres.drop_database(&drill).await;
@@ -303,6 +333,7 @@ async fn a_canary_secret_appears_in_no_log_event_answer_output_file_or_cmdline()
             None,
         )
         .keep_warm("1s");
+    let watch = CmdlineWatch::start(&[&canaries[0], &canaries[1]]);
     let mut outputs: Vec<Ran> = Vec::new();
     for (release, canary) in (1..).zip(&canaries) {
         let set = agent.set_secret(APP, ENV, "CANARY", canary).await;
@@ -410,6 +441,7 @@ async fn a_canary_secret_appears_in_no_log_event_answer_output_file_or_cmdline()
     }
     // The store files exist and were searched.
     assert!(state.join("rollway.db").is_file());
+    watch.assert_clean();
 }
 
 // 5. Missing secrets: all named at once, nothing uploaded, recorded or started.
@@ -923,6 +955,45 @@ impl Postgres {
             count,
             checksum,
         }
+    }
+}
+
+/// Samples every process's command line in the background (every 10 ms) for secret values, so a
+/// short-lived process (a release command, pg_dump) that showed one is caught too.
+struct CmdlineWatch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<(u64, Vec<u32>)>,
+}
+
+impl CmdlineWatch {
+    fn start(secrets: &[&str]) -> CmdlineWatch {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let secrets: Vec<String> = secrets.iter().map(|secret| (*secret).to_owned()).collect();
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let (mut n_rounds, mut hits) = (0, Vec::new());
+            while !stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                for secret in &secrets {
+                    hits.extend(processes_with_cmdline_containing(secret));
+                }
+                n_rounds += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            (n_rounds, hits)
+        });
+        CmdlineWatch { stop, thread }
+    }
+
+    /// Stops sampling; panics if any command line showed a secret.
+    #[track_caller]
+    fn assert_clean(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let (n_rounds, hits) = self.thread.join().expect("the cmdline watch");
+        assert!(n_rounds > 0, "the cmdline watch never ran");
+        assert!(
+            hits.is_empty(),
+            "processes {hits:?} showed a secret in their command line"
+        );
     }
 }
 
