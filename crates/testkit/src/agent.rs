@@ -80,6 +80,16 @@ pub struct TestApp {
     release_backup: Option<String>,
     /// Extra files written into the folder: path relative to it → content.
     files: BTreeMap<String, String>,
+    /// `strategy.steps` as TOML (`[{ weight = 20, pause = "3s" }, { weight = 100 }]`).
+    steps: Option<String>,
+    /// More `[analysis]` lines, as TOML (`interval = "200ms"`).
+    analysis: Vec<String>,
+    /// `[release] smoke`.
+    smoke: Option<String>,
+    /// Environments with `approval = true`.
+    approval: BTreeSet<String>,
+    /// `[alerts] webhook`: the name of the secret holding the URL.
+    alerts_webhook: Option<String>,
 }
 
 /// One HTTP answer: status and body (lossy UTF-8).
@@ -535,7 +545,44 @@ impl TestApp {
             release_command: None,
             release_backup: None,
             files: BTreeMap::new(),
+            steps: None,
+            analysis: Vec::new(),
+            smoke: None,
+            approval: BTreeSet::new(),
+            alerts_webhook: None,
         }
+    }
+
+    /// `kind = "canary"` with `steps` as the manifest writes them:
+    /// `[{ weight = 20, pause = "3s" }, { weight = 100 }]`.
+    pub fn canary(mut self, steps: impl Into<String>) -> TestApp {
+        self.strategy = "canary".to_owned();
+        self.steps = Some(steps.into());
+        self
+    }
+
+    /// One more line in `[analysis]`, as the manifest writes it (`min_requests = 50`).
+    pub fn analysis(mut self, line: impl Into<String>) -> TestApp {
+        self.analysis.push(line.into());
+        self
+    }
+
+    /// `[release] smoke`: a command run against the new instances before any traffic.
+    pub fn smoke(mut self, command: impl Into<String>) -> TestApp {
+        self.smoke = Some(command.into());
+        self
+    }
+
+    /// `[environments.ENV] approval = true`.
+    pub fn approval(mut self, env: &str) -> TestApp {
+        self.approval.insert(env.to_owned());
+        self
+    }
+
+    /// `[alerts] webhook = SECRET`: the secret that holds the webhook URL.
+    pub fn alerts_webhook(mut self, secret: impl Into<String>) -> TestApp {
+        self.alerts_webhook = Some(secret.into());
+        self
     }
 
     /// `[environments.ENV] secrets = [NAMES]`: required, and handed to the app under their names.
@@ -655,10 +702,10 @@ stop_timeout = "2s"
 [strategy]
 kind = {strategy:?}
 keep_warm = {keep_warm:?}
-
+{steps}
 [analysis]
 observe = {observe:?}
-
+{analysis}
 [env]
 VERSION = {version:?}
 "#,
@@ -668,6 +715,15 @@ VERSION = {version:?}
             strategy = self.strategy,
             keep_warm = self.keep_warm,
             observe = self.observe,
+            steps = self
+                .steps
+                .as_ref()
+                .map_or_else(String::new, |steps| format!("steps = {steps}\n")),
+            analysis = self
+                .analysis
+                .iter()
+                .map(|line| format!("{line}\n"))
+                .collect::<String>(),
             version = self.version,
         );
         for (key, value) in &self.env {
@@ -676,11 +732,20 @@ VERSION = {version:?}
         if let Some(build) = &self.build {
             text.push_str(&format!("\n[build]\ncommand = {build:?}\n"));
         }
+        if self.release_command.is_some() || self.smoke.is_some() {
+            text.push_str("\n[release]\n");
+        }
         if let Some(command) = &self.release_command {
-            text.push_str(&format!("\n[release]\ncommand = {command:?}\n"));
+            text.push_str(&format!("command = {command:?}\n"));
             if let Some(backup) = &self.release_backup {
                 text.push_str(&format!("backup = {backup:?}\n"));
             }
+        }
+        if let Some(smoke) = &self.smoke {
+            text.push_str(&format!("smoke = {smoke:?}\n"));
+        }
+        if let Some(webhook) = &self.alerts_webhook {
+            text.push_str(&format!("\n[alerts]\nwebhook = {webhook:?}\n"));
         }
         if !self.flags.is_empty() {
             text.push_str("\n[flags]\n");
@@ -688,8 +753,15 @@ VERSION = {version:?}
                 text.push_str(&format!("{name} = {on}\n"));
             }
         }
-        for (env, names) in &self.secrets {
-            text.push_str(&format!("\n[environments.{env}]\nsecrets = {names:?}\n"));
+        let envs: BTreeSet<&String> = self.secrets.keys().chain(&self.approval).collect();
+        for env in envs {
+            text.push_str(&format!("\n[environments.{env}]\n"));
+            if let Some(names) = self.secrets.get(env) {
+                text.push_str(&format!("secrets = {names:?}\n"));
+            }
+            if self.approval.contains(env) {
+                text.push_str("approval = true\n");
+            }
         }
         text
     }

@@ -276,7 +276,7 @@ pub fn free_port() -> io::Result<u16> {
 }
 
 /// Every variable `demo-app` reads; cleared from the inherited environment before spawning.
-const DEMO_APP_VARIABLES: [&str; 9] = [
+const DEMO_APP_VARIABLES: [&str; 10] = [
     "PORT",
     "VERSION",
     "HEALTH_PATH",
@@ -286,6 +286,7 @@ const DEMO_APP_VARIABLES: [&str; 9] = [
     "HEALTH_DELAY_S",
     "CRASH_AFTER_S",
     "IGNORE_SIGTERM_S",
+    "BAD_AFTER_S",
 ];
 
 const POLL_INTERVAL: Duration = Duration::from_millis(20);

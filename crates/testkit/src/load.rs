@@ -44,6 +44,7 @@ pub struct Load {
     duration: Option<Duration>,
     count: Option<u64>,
     timeout: Duration,
+    rate: Option<u32>,
 }
 
 /// A running load loop. Dropping it without [`LoadHandle::stop`] or [`LoadHandle::wait`] aborts the clients.
@@ -119,7 +120,16 @@ impl Load {
             duration: None,
             count: None,
             timeout: Duration::from_secs(5),
+            rate: None,
         }
+    }
+
+    /// Paces the loop at `per_second` requests in total: request `k` starts no earlier than
+    /// `k / per_second` after the start, on whichever client is free. Without it every client sends
+    /// its next request as soon as the last one ended.
+    pub fn rate(mut self, per_second: u32) -> Load {
+        self.rate = Some(per_second.max(1));
+        self
     }
 
     /// The `Host` header (routing key for the proxy); defaults to the address.
@@ -194,6 +204,9 @@ impl Load {
                 count: self.count,
                 deadline: start + self.duration.unwrap_or(MAX_DURATION),
                 timeout: self.timeout,
+                pace: self
+                    .rate
+                    .map(|per_second| Duration::from_secs(1) / per_second),
                 start,
             },
             stopping: AtomicBool::new(false),
@@ -376,6 +389,8 @@ struct Plan {
     count: Option<u64>,
     deadline: Instant,
     timeout: Duration,
+    /// Time between request starts (`Load::rate`).
+    pace: Option<Duration>,
     start: Instant,
 }
 
@@ -411,6 +426,16 @@ async fn client(shared: Arc<Shared>) {
         let ticket = shared.n_started.fetch_add(1, Ordering::SeqCst);
         if plan.count.is_some_and(|count| ticket >= count) {
             break;
+        }
+        if let Some(pace) = plan.pace {
+            let due = plan.start + pace.saturating_mul(u32::try_from(ticket).unwrap_or(u32::MAX));
+            if due >= plan.deadline {
+                break;
+            }
+            tokio::time::sleep_until(due).await;
+            if shared.stopping.load(Ordering::SeqCst) {
+                break;
+            }
         }
         let started = Instant::now();
         let (outcome, version) =

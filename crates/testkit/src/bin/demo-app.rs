@@ -16,11 +16,14 @@
 //! | `HEALTH_DELAY_S`   | `0`       | seconds after listening during which health answers 503                 |
 //! | `CRASH_AFTER_S`    | unset     | exit with code 1 this many seconds after the process started            |
 //! | `IGNORE_SIGTERM_S` | unset     | on SIGTERM keep serving this long, then shut down gracefully            |
+//! | `BAD_AFTER_S`      | unset     | `ERROR_RATE` and `LATENCY_MS` start this many seconds after listening   |
 //!
 //! Seconds accept decimals (`0.5`). `ERROR_RATE` is deterministic, not random: the n-th non-health
 //! request (counted across all connections, starting at 1) fails when `floor(n * rate)` steps up, so
 //! `0.05` fails exactly requests 20, 40, 60, … and exactly 5 of every 100 consecutive requests.
 //! The rate is held in parts per million, so the count is exact for any rate with six decimals.
+//! With `BAD_AFTER_S`, requests answered before then are good and not counted: the first bad
+//! request is the first one of the bad period (so `0.05` fails its 20th, 40th, ...).
 //!
 //! Endpoints besides `/` and the health path: `GET /sleep?ms=N`, `POST /echo` (streams the body
 //! back), `GET /ws` (websocket echo), `GET /env/NAME` (value of env var `NAME`, 404 if unset),
@@ -101,6 +104,8 @@ struct Config {
     health_delay: Duration,
     crash_after: Option<Duration>,
     ignore_sigterm: Option<Duration>,
+    /// `ERROR_RATE` and `LATENCY_MS` start this long after listening (from the start when `None`).
+    bad_after: Option<Duration>,
 }
 
 /// A missing or invalid environment variable: which one, what it held, what is accepted.
@@ -196,6 +201,7 @@ impl Config {
             health_delay: seconds("HEALTH_DELAY_S")?.unwrap_or(Duration::ZERO),
             crash_after: seconds("CRASH_AFTER_S")?,
             ignore_sigterm: seconds("IGNORE_SIGTERM_S")?,
+            bad_after: seconds("BAD_AFTER_S")?,
         })
     }
 }
@@ -231,8 +237,10 @@ struct App {
     config: Config,
     /// Health answers 503 before this instant.
     healthy_at: Instant,
-    /// Non-health requests seen so far; drives the deterministic `ERROR_RATE`.
+    /// Non-health requests seen so far (in the bad period); drives the deterministic `ERROR_RATE`.
     n_requests: AtomicU64,
+    /// `ERROR_RATE` and `LATENCY_MS` apply from this instant on.
+    bad_at: Instant,
 }
 
 fn event(value: serde_json::Value) {
@@ -279,6 +287,7 @@ async fn run(config: Config) -> i32 {
     let app = Arc::new(App {
         healthy_at: Instant::now() + config.health_delay,
         n_requests: AtomicU64::new(0),
+        bad_at: Instant::now() + config.bad_after.unwrap_or(Duration::ZERO),
         config,
     });
     event(json!({"event": "listening", "port": app.config.port, "version": app.config.version}));
@@ -355,12 +364,14 @@ fn health(app: &App) -> Response<Body> {
 }
 
 async fn app_request(app: &App, request: Request<Incoming>) -> Response<Body> {
-    let n = app.n_requests.fetch_add(1, Ordering::Relaxed) + 1;
-    if !app.config.latency.is_zero() {
-        sleep(app.config.latency).await;
-    }
-    if is_injected_error(n, app.config.error_rate_ppm) {
-        return text(StatusCode::INTERNAL_SERVER_ERROR, "injected error\n");
+    if Instant::now() >= app.bad_at {
+        let n = app.n_requests.fetch_add(1, Ordering::Relaxed) + 1;
+        if !app.config.latency.is_zero() {
+            sleep(app.config.latency).await;
+        }
+        if is_injected_error(n, app.config.error_rate_ppm) {
+            return text(StatusCode::INTERNAL_SERVER_ERROR, "injected error\n");
+        }
     }
 
     let path = request.uri().path().to_owned();
