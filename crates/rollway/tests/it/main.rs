@@ -5,6 +5,7 @@ mod check;
 mod frame;
 mod init;
 mod monitoring;
+mod progressive;
 mod release_phase;
 
 use std::path::{Path, PathBuf};
