@@ -56,6 +56,15 @@ pub struct Ran {
     pub stderr: String,
 }
 
+/// What runs the `web` service of a [`TestApp`]: the demo app as a process (`run = ...`), or a
+/// container (`image = ...` when [`TestApp::image`] was given, else `dockerfile = "Dockerfile"`,
+/// built by the agent from the app folder, which must then hold that file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Driver {
+    Process,
+    Container,
+}
+
 /// A deployable copy of the demo app: a folder with a `rollway.toml` whose `web` service runs
 /// `demo-app`. The manifest is written when the app is deployed.
 #[derive(Debug, Clone)]
@@ -64,6 +73,9 @@ pub struct TestApp {
     name: String,
     version: String,
     run: Option<String>,
+    driver: Driver,
+    /// The image of a container `web` service (`{version}` allowed); `None`: its Dockerfile.
+    image: Option<String>,
     env: Vec<(String, String)>,
     replicas: u32,
     strategy: String,
@@ -533,6 +545,8 @@ impl TestApp {
             name: APP.to_owned(),
             version: "v1".to_owned(),
             run: None,
+            driver: Driver::Process,
+            image: None,
             env: Vec::new(),
             replicas: 1,
             strategy: "blue-green".to_owned(),
@@ -674,6 +688,24 @@ impl TestApp {
         self
     }
 
+    /// Runs the `web` service with `driver` (see [`Driver`]).
+    pub fn driver(mut self, driver: Driver) -> TestApp {
+        self.driver = driver;
+        self
+    }
+
+    /// `image = REFERENCE` for a container `web` service (instead of `dockerfile`).
+    pub fn image(mut self, reference: impl Into<String>) -> TestApp {
+        self.image = Some(reference.into());
+        self
+    }
+
+    /// `[app] name` (default [`APP`]).
+    pub fn named(mut self, name: impl Into<String>) -> TestApp {
+        self.name = name.into();
+        self
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -684,16 +716,31 @@ impl TestApp {
 
     /// The manifest this app deploys with.
     pub fn manifest(&self) -> String {
-        let run = self
-            .run
-            .clone()
-            .unwrap_or_else(|| demo_app_path().display().to_string());
+        let source = match (self.driver, &self.image) {
+            (Driver::Process, _) => {
+                let run = self
+                    .run
+                    .clone()
+                    .unwrap_or_else(|| demo_app_path().display().to_string());
+                format!("run = {run:?}")
+            }
+            (Driver::Container, image) => {
+                let mut source = match image {
+                    Some(image) => format!("image = {image:?}"),
+                    None => r#"dockerfile = "Dockerfile""#.to_owned(),
+                };
+                if let Some(run) = &self.run {
+                    source.push_str(&format!("\nrun = {run:?}"));
+                }
+                source
+            }
+        };
         let mut text = format!(
             r#"[app]
 name = {name:?}
 
 [services.web]
-run = {run:?}
+{source}
 replicas = {replicas}
 health = {{ path = "/health", interval = "100ms", timeout = "1s", healthy = 2, start_timeout = {start_timeout:?} }}
 drain = "2s"

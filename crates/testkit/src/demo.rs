@@ -276,8 +276,9 @@ pub fn free_port() -> io::Result<u16> {
 }
 
 /// Every variable `demo-app` reads; cleared from the inherited environment before spawning.
-const DEMO_APP_VARIABLES: [&str; 10] = [
+const DEMO_APP_VARIABLES: [&str; 11] = [
     "PORT",
+    "HOST",
     "VERSION",
     "HEALTH_PATH",
     "ERROR_RATE",

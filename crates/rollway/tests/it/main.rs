@@ -2,6 +2,7 @@
 
 mod agent;
 mod check;
+mod containers;
 mod frame;
 mod init;
 mod monitoring;

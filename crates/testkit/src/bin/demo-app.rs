@@ -7,7 +7,8 @@
 //!
 //! | variable           | default   | meaning                                                                 |
 //! |--------------------|-----------|-------------------------------------------------------------------------|
-//! | `PORT`             | required  | port on 127.0.0.1, 1-65535                                              |
+//! | `PORT`             | required  | port on `$HOST`, 1-65535                                                |
+//! | `HOST`             | 127.0.0.1 | IP address to listen on (`0.0.0.0` inside a container)                  |
 //! | `VERSION`          | `dev`     | `GET /` answers `$VERSION\n`                                            |
 //! | `HEALTH_PATH`      | `/health` | 200 `ok` when healthy, 503 otherwise                                    |
 //! | `ERROR_RATE`       | `0`       | share (0.0-1.0) of non-health requests answered 500, see below          |
@@ -35,7 +36,7 @@
 
 use std::convert::Infallible;
 use std::fmt;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::unix::ffi::OsStringExt;
 use std::pin::pin;
 use std::sync::Arc;
@@ -92,6 +93,7 @@ fn main() {
 
 /// Configuration read once from the environment at start.
 struct Config {
+    host: IpAddr,
     port: u16,
     version: String,
     /// Invariant: a valid header value (checked when parsed).
@@ -139,6 +141,15 @@ impl Config {
             Some(raw) => match raw.trim().parse::<u16>() {
                 Ok(port) if port != 0 => port,
                 _ => return Err(invalid("PORT", Some(raw), PORT_ACCEPTED)),
+            },
+        };
+
+        const HOST_ACCEPTED: &str = "an IP address, e.g. `127.0.0.1` or `0.0.0.0`";
+        let host = match read_var("HOST", HOST_ACCEPTED)? {
+            None => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            Some(raw) => match raw.trim().parse::<IpAddr>() {
+                Ok(host) => host,
+                Err(_) => return Err(invalid("HOST", Some(raw), HOST_ACCEPTED)),
             },
         };
 
@@ -191,6 +202,7 @@ impl Config {
         };
 
         Ok(Config {
+            host,
             port,
             version,
             version_header,
@@ -276,7 +288,7 @@ async fn run(config: Config) -> i32 {
         _ = sigint.recv() => { event(json!({"event": "stopped", "reason": "sigint"})); return 0; }
     }
 
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, config.port));
+    let addr = SocketAddr::from((config.host, config.port));
     let listener = match TcpListener::bind(addr).await {
         Ok(listener) => listener,
         Err(error) => {
