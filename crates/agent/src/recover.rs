@@ -117,6 +117,27 @@ async fn adopt_instances(engine: &Arc<Engine>) {
     }
 }
 
+/// The release command of an app of containers runs in a one-off container, which outlives an
+/// agent killed during it: remove it (and its env file, which holds the secrets).
+async fn remove_release_containers(engine: &Arc<Engine>, deployment: &crate::store::Deployment) {
+    let key: AppEnv = (deployment.app.clone(), deployment.environment.clone());
+    let containers = spec::load_release(engine, &key, deployment.to_release)
+        .is_ok_and(|release| !release.images.is_empty());
+    if !containers {
+        return;
+    }
+    let removed = match engine.drivers.container().await {
+        Ok(driver) => driver
+            .remove_run_once(&deployment.app, &deployment.environment)
+            .await
+            .map_err(|error| error.to_string()),
+        Err(error) => Err(error),
+    };
+    if let Err(error) = removed {
+        tracing::error!(message = "Cannot remove the release command's container.", deployment = %deployment.id, %error);
+    }
+}
+
 async fn resume_deployments(engine: &Arc<Engine>) {
     let unfinished = engine
         .store
@@ -144,6 +165,9 @@ async fn resume_deployments(engine: &Arc<Engine>) {
                     {
                         data.started.push(id);
                     }
+                }
+                if current == State::Releasing {
+                    remove_release_containers(engine, &deployment).await;
                 }
                 executor::undo(engine, &deployment, &data).await;
                 let reason = format!("the agent restarted during {current}; traffic never moved");

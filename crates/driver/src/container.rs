@@ -292,6 +292,43 @@ impl ContainerDriver {
         run_once::run(&self.docker, request, &mut on_line).await
     }
 
+    /// Removes (killing them if they still run) the one-off containers of `app` in
+    /// `environment`, and their env files: what an agent process killed during a release
+    /// command left. Only for a restarted agent undoing that deployment, when no release
+    /// command of `app` in `environment` can be running legitimately. Returns how many.
+    pub async fn remove_run_once(
+        &self,
+        app: &str,
+        environment: &str,
+    ) -> Result<usize, EngineError> {
+        let filters = HashMap::from([(
+            "label".to_owned(),
+            vec![
+                format!("{LABEL_OWNER}={}", self.config.owner),
+                format!("{LABEL_RUN_ONCE}=true"),
+                format!("{LABEL_APP}={app}"),
+                format!("{LABEL_ENVIRONMENT}={environment}"),
+            ],
+        )]);
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..ListContainersOptions::default()
+        };
+        let containers = self.docker.list_containers(Some(options)).await?;
+        let names: Vec<String> = containers
+            .into_iter()
+            .filter_map(|container| container.names?.into_iter().next())
+            .map(|name| name.trim_start_matches('/').to_owned())
+            .collect();
+        for name in &names {
+            let env_path = env_file::path(&self.config.env_dir, name);
+            run_once::remove(&self.docker, name, &env_path).await;
+            info!(message = "Removed a one-off container left by an earlier agent.", container = %name);
+        }
+        Ok(names.len())
+    }
+
     /// The watched entry of `instance_id` unless it is stopping or stopped.
     fn active(&self, instance_id: &str) -> Option<Arc<Watched>> {
         lock(&self.instances)

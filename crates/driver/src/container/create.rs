@@ -81,11 +81,7 @@ pub(crate) fn instance_body(
         (LABEL_OWNER.to_owned(), owner.to_owned()),
         (LABEL_INSTANCE.to_owned(), spec.instance_id.clone()),
     ]);
-    for (variable, label) in IDENTITY_LABELS {
-        if let Some((_, value)) = spec.env.iter().rev().find(|(name, _)| name == variable) {
-            labels.insert(label.to_owned(), value.clone());
-        }
-    }
+    insert_identity_labels(&mut labels, &spec.env);
     let port = format!("{}/tcp", spec.port);
     let port_bindings = HashMap::from([(
         port.clone(),
@@ -117,20 +113,34 @@ pub(crate) fn instance_body(
     })
 }
 
-/// The create body of a one-off container: no port, no restart.
+/// App, environment and release labels from the `ROLLWAY_*` variables of `env` (the last
+/// value of each wins, as in the env file).
+fn insert_identity_labels(labels: &mut HashMap<String, String>, env: &[(String, String)]) {
+    for (variable, label) in IDENTITY_LABELS {
+        if let Some((_, value)) = env.iter().rev().find(|(name, _)| name == variable) {
+            labels.insert(label.to_owned(), value.clone());
+        }
+    }
+}
+
+/// The create body of a one-off container: no port, no restart. Labelled with app,
+/// environment and release like an instance, so a restarted agent finds the one-off container
+/// of a release command it was killed during ([`super::ContainerDriver::remove_run_once`]).
 pub(crate) fn run_once_body(
     image: &str,
     command: &str,
+    env: &[(String, String)],
     image_config: Option<&ImageConfig>,
     owner: &str,
     network: Option<&str>,
     env_path: &Path,
 ) -> Result<ContainerCreateBody, String> {
     let (entrypoint, cmd) = entrypoint_and_cmd(command, image_config)?;
-    let labels = HashMap::from([
+    let mut labels = HashMap::from([
         (LABEL_OWNER.to_owned(), owner.to_owned()),
         (LABEL_RUN_ONCE.to_owned(), "true".to_owned()),
     ]);
+    insert_identity_labels(&mut labels, env);
     Ok(ContainerCreateBody {
         image: Some(image.to_owned()),
         entrypoint: Some(entrypoint),

@@ -49,6 +49,7 @@ pub(crate) async fn run(
     let body = create::run_once_body(
         request.image,
         request.command,
+        request.env,
         image_config,
         request.owner,
         request.network,
@@ -174,7 +175,7 @@ impl Drop for Cleanup {
     }
 }
 
-async fn remove(docker: &Docker, container: &str, env_path: &std::path::Path) {
+pub(crate) async fn remove(docker: &Docker, container: &str, env_path: &std::path::Path) {
     let options = RemoveContainerOptions {
         force: true,
         ..RemoveContainerOptions::default()

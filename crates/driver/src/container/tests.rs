@@ -9,7 +9,7 @@ use bollard::models::{
     RestartPolicyNameEnum,
 };
 
-use super::create::{container_name, entrypoint_and_cmd, instance_body};
+use super::create::{container_name, entrypoint_and_cmd, instance_body, run_once_body};
 use super::env_file::{self, Reader};
 use super::image::split_reference;
 use super::logs::{parse_rfc3339_nanos, parse_timed};
@@ -146,6 +146,41 @@ fn the_engine_sees_port_only_and_the_port_is_published_on_loopback() {
     assert_eq!(
         container_name(&spec.instance_id),
         "rollway-shop-production-r3-web-1"
+    );
+}
+
+#[test]
+fn one_off_containers_carry_app_environment_and_release_labels_but_no_secret() {
+    let env = [
+        ("DATABASE_URL", "postgres://secret"),
+        ("ROLLWAY_APP", "shop"),
+        ("ROLLWAY_ENVIRONMENT", "production"),
+        ("ROLLWAY_RELEASE", "3"),
+    ]
+    .map(|(name, value)| (name.to_owned(), value.to_owned()));
+    let body = run_once_body(
+        "sha256:abc",
+        "migrate",
+        &env,
+        None,
+        "rollway",
+        None,
+        Path::new("/dev/shm/x/rollway-run-1.env"),
+    )
+    .unwrap_or_else(|reason| panic!("{reason}"));
+    assert_eq!(body.env, Some(Vec::new()));
+    assert!(!format!("{body:?}").contains("secret"));
+    let labels = body.labels.expect("labels");
+    assert_eq!(labels["dev.rollway.run-once"], "true");
+    assert_eq!(labels["dev.rollway.app"], "shop");
+    assert_eq!(labels["dev.rollway.environment"], "production");
+    assert_eq!(labels["dev.rollway.release"], "3");
+    assert!(!labels.contains_key("dev.rollway.instance"));
+    assert!(
+        body.host_config
+            .expect("host config")
+            .restart_policy
+            .is_none()
     );
 }
 

@@ -478,6 +478,78 @@ async fn secret_reaches_the_app_and_no_log(driver: Driver) {
     );
 }
 
+/// The agent is killed (kill -9, not a crash point) while the release command runs in its
+/// one-off container: the restarted agent undoes the deploy and removes that container and its
+/// env file, v1 serving all along.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_off_container_running_when_the_agent_is_killed_is_removed_on_restart() {
+    let Some(mut setup) = Setup::start(Driver::Container, "oneoff").await else {
+        return;
+    };
+    setup
+        .agent()
+        .deploy(&setup.app("v1", "v1"), ENV)
+        .await
+        .assert_code(0);
+    let load = setup.load();
+    let token = setup.agent().admin_token().to_owned();
+    let slow = setup
+        .app("v2", "v2")
+        .release("echo migrating; sleep 600", None);
+    let deploy = setup
+        .agent()
+        .deploy_command(&slow, ENV, Some(&token))
+        .spawn()
+        .expect("spawn rollway deploy");
+    let app_filter = setup.app_filter();
+    let one_off = || {
+        docker(&[
+            "ps",
+            "-aq",
+            "--filter",
+            &app_filter,
+            "--filter",
+            "label=dev.rollway.run-once",
+        ])
+        .expect("docker ps")
+    };
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while one_off().trim().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no one-off container of the app runs the release command:\n{}",
+            setup.agent().log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    setup.agent_mut().kill9().await;
+    wait_answers_while_down(&load).await;
+    setup.restart_agent(&[]).await;
+    let agent = setup.agent();
+    let status = agent
+        .wait_deployment_finished(&setup.name, ENV, PATIENCE)
+        .await;
+    assert_eq!(status.deployment_state(), Some("Failed"), "{status}");
+    assert_eq!(status.current_release(), Some(1), "{status}");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !one_off().trim().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the one-off container was left behind:\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    setup.assert_instances_match(&[&setup.instance(1, 1)]);
+    agent.assert_serves("v1").await;
+    let ran = tokio::time::timeout(PATIENCE, deploy.wait_with_output())
+        .await
+        .expect("rollway deploy ended")
+        .expect("rollway deploy output");
+    assert!(matches!(ran.status.code(), Some(1 | 3)), "{ran:?}");
+    load.stop().await.assert_no_failures();
+}
+
 // e. A release runs the image recorded for it, whatever its tag points at now.
 
 /// `image = "<repository>:moving"`: release 1 records the image the tag names then; the tag
