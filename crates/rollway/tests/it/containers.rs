@@ -4,8 +4,10 @@
 //!
 //! Nothing can be pulled here, so the first container test of a run makes the images itself: a
 //! root file system holding the demo app, `/bin/sh` and the shared libraries `ldd` lists, packed
-//! with `tar` and `docker import`ed as `rollway-e2e-<pid>:{v1..v5}` (its command the demo app,
-//! `HOST=0.0.0.0` so it listens on the container's interface). `dockerfile` apps build `FROM` it.
+//! with `tar` and `docker import`ed as `rollway-e2e-<pid>:base` (its command the demo app,
+//! `HOST=0.0.0.0` so it listens on the container's interface). `:v1` ... `:v5` are built `FROM`
+//! it with `TAGGED=<tag>` (so a test sees which tag `image = "...:{version}"` ran), and so are
+//! the images the agent builds for `dockerfile` apps.
 //! Every image, and every container of one (labels are inherited), carries the labels
 //! `dev.rollway.e2e=containers` and `dev.rollway.e2e-run=<pid of the test process>`: leftovers
 //! of runs whose process is gone are removed when a run starts, this run's containers when each
@@ -84,10 +86,16 @@ async fn deploys_and_rollbacks_under_load(driver: Driver) {
         versions.push(version);
         assert_contains(&ran, &format!("{}@{}", setup.name, versions.len()));
         agent.assert_serves(version).await;
-        if driver == Driver::Container && step >= 5 {
-            // Built by the agent from the uploaded folder's Dockerfile.
-            let built = agent.get(None, "/env/BUILT").await;
-            assert_eq!((built.status, built.body.as_str()), (200, "dockerfile"));
+        if driver == Driver::Container {
+            // `image = "...:{version}"` ran the image tagged with the version, or the agent
+            // built the uploaded folder's Dockerfile.
+            let (variable, expected) = if step < 5 {
+                ("TAGGED", version)
+            } else {
+                ("BUILT", "dockerfile")
+            };
+            let answer = agent.get(None, &format!("/env/{variable}")).await;
+            assert_eq!((answer.status, answer.body.as_str()), (200, expected));
         }
     }
 
@@ -276,6 +284,16 @@ async fn containers_are_adopted_when_the_agent_finishes_a_rolling_deploy_after_a
         Ends::Finished,
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_of_a_rolling_deploy_killed_before_shifting_are_stopped_on_restart() {
+    agent_killed_before(Driver::Process, "Shifting", Shape::Rolling, Ends::Undone).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_of_a_rolling_deploy_killed_before_shifting_are_stopped_on_restart() {
+    agent_killed_before(Driver::Container, "Shifting", Shape::Rolling, Ends::Undone).await;
 }
 
 /// Deploys v1, restarts the agent so that it kills itself (SIGKILL) before writing `state`,
@@ -700,7 +718,7 @@ impl Setup {
         match &self.images {
             Some(images) => app.file(
                 "Dockerfile",
-                format!("FROM {}:v1\nENV BUILT=dockerfile\n", images.repository),
+                format!("FROM {}:base\nENV BUILT=dockerfile\n", images.repository),
             ),
             None => app,
         }
@@ -837,8 +855,8 @@ struct Container {
     ports: String,
 }
 
-/// The test images of this run: `<repository>:v1` ... `:v5`, all one image. Removed (with every
-/// image built from them) when the last test holding them ends.
+/// The test images of this run: `<repository>:base`, and `:v1` ... `:v5` built from it. Removed
+/// (with every image built from them) when the last test holding them ends.
 struct Images {
     repository: String,
 }
@@ -856,7 +874,13 @@ impl Images {
             }
             static SKIPPED: OnceLock<()> = OnceLock::new();
             SKIPPED.get_or_init(|| {
-                eprintln!("skipping the container driver's e2e tests: no Docker engine reachable ({error})");
+                // Straight to stderr, past the test harness's capture of `eprintln!`, so the
+                // line shows in a passing run too.
+                use std::io::Write as _;
+                let line = format!(
+                    "skipping the container driver's e2e tests: no Docker engine reachable ({error})\n"
+                );
+                let _ = std::io::stderr().write_all(line.as_bytes());
             });
             return None;
         }
@@ -907,7 +931,7 @@ impl Images {
             .arg("-cf")
             .arg(&tarball)
             .arg("."));
-        let first = format!("{repository}:{}", VERSIONS[0]);
+        let base = format!("{repository}:base");
         run(Command::new("docker")
             .arg("import")
             .args([
@@ -920,22 +944,26 @@ impl Images {
             ])
             .args(["--change", r#"CMD ["demo-app"]"#])
             .arg(&tarball)
-            .arg(&first));
+            .arg(&base));
         let _ = std::fs::remove_file(&tarball);
-        for version in &VERSIONS[1..] {
-            run(Command::new("docker").args(["tag", &first, &format!("{repository}:{version}")]));
+        let images = Images { repository };
+        for version in VERSIONS {
+            images.build(
+                &format!("{}:{version}", images.repository),
+                &format!("TAGGED={version}"),
+            );
         }
-        Images { repository }
+        images
     }
 }
 
 impl Images {
-    /// Builds `tag` `FROM` the test image with `ENV {env}` (labels inherited).
+    /// Builds `tag` `FROM` the imported image with `ENV {env}` (labels inherited).
     fn build(&self, tag: &str, env: &str) {
         let context = tempfile::tempdir().expect("build context");
         std::fs::write(
             context.path().join("Dockerfile"),
-            format!("FROM {}:v1\nENV {env}\n", self.repository),
+            format!("FROM {}:base\nENV {env}\n", self.repository),
         )
         .expect("write the Dockerfile");
         run(Command::new("docker")
