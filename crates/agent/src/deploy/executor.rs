@@ -626,27 +626,8 @@ async fn shift(
         let n_steps = steps.len();
         for (idx, step) in steps.iter().enumerate() {
             let share = step.weight.get();
-            engine.with_runtime(key, |runtime| {
-                runtime.routes = routes.clone();
-                runtime.weights = if share >= 100 {
-                    vec![(target, 100)]
-                } else {
-                    scaled(&data.previous_weights, 100 - share, target, share)
-                };
-            });
-            engine
-                .push_routes()
-                .await
-                .map_err(|error| error.to_string())?;
-            record(
-                engine,
-                deployment,
-                "deployment.weights",
-                format!(
-                    "canary step {}/{n_steps}: release {target} takes {share}% of traffic",
-                    idx + 1
-                ),
-            );
+            let step_name = format!("canary step {}/{n_steps}: ", idx + 1);
+            give_share(engine, deployment, key, &routes, data, share, &step_name).await?;
             if share >= 100 {
                 break;
             }
@@ -670,40 +651,10 @@ async fn shift(
             }
             verify_instance(engine, key, release, &instance_id).await?;
             let share = u8::try_from(100 * (done + 1) / n_wanted).unwrap_or(100);
-            engine.with_runtime(key, |runtime| {
-                runtime.routes = routes.clone();
-                runtime.weights = if share >= 100 {
-                    vec![(target, 100)]
-                } else {
-                    scaled(&data.previous_weights, 100 - share, target, share)
-                };
-            });
-            engine
-                .push_routes()
-                .await
-                .map_err(|error| error.to_string())?;
-            record(
-                engine,
-                deployment,
-                "deployment.weights",
-                format!("release {target} takes {share}% of traffic"),
-            );
+            give_share(engine, deployment, key, &routes, data, share, "").await?;
         }
     } else {
-        engine.with_runtime(key, |runtime| {
-            runtime.routes = routes.clone();
-            runtime.weights = vec![(target, 100)];
-        });
-        engine
-            .push_routes()
-            .await
-            .map_err(|error| error.to_string())?;
-        record(
-            engine,
-            deployment,
-            "deployment.weights",
-            format!("release {target} takes 100% of traffic"),
-        );
+        give_share(engine, deployment, key, &routes, data, 100, "").await?;
     }
     // The earlier releases leave traffic but stay warm for a rollback.
     let warm_until = now_ms() + i64::try_from(keep_warm.as_millis()).unwrap_or(i64::MAX);
@@ -799,6 +750,39 @@ async fn roll_back(
         );
     }
     spec::stop_instances(engine, key, &data.started).await;
+    Ok(())
+}
+
+/// Gives the target release `share` percent of traffic (the earlier releases keep the rest in
+/// their proportions), tells the proxy, and records it. The one place a deploy moves traffic.
+async fn give_share(
+    engine: &Arc<Engine>,
+    deployment: &Deployment,
+    key: &AppEnv,
+    routes: &[crate::engine::RouteInfo],
+    data: &DeploymentData,
+    share: u8,
+    step_name: &str,
+) -> Result<(), String> {
+    let target = deployment.to_release;
+    engine.with_runtime(key, |runtime| {
+        runtime.routes = routes.to_vec();
+        runtime.weights = if share >= 100 {
+            vec![(target, 100)]
+        } else {
+            scaled(&data.previous_weights, 100 - share, target, share)
+        };
+    });
+    engine
+        .push_routes()
+        .await
+        .map_err(|error| error.to_string())?;
+    record(
+        engine,
+        deployment,
+        "deployment.weights",
+        format!("{step_name}release {target} takes {share}% of traffic"),
+    );
     Ok(())
 }
 

@@ -14,13 +14,8 @@ pub fn run(
         return Ok(ExitStatus::Usage);
     };
     let env = &target.env;
-    let client = match connect::client(&target.agent) {
-        Ok(client) => client,
-        Err(no_agent) => {
-            printer.error(&no_agent.message);
-            printer.hint(&no_agent.hint);
-            return Ok(ExitStatus::Unreachable);
-        }
+    let Some(client) = connect::client_or_report(&target.agent, &printer) else {
+        return Ok(ExitStatus::Unreachable);
     };
     tokio::runtime::Runtime::new()?.block_on(async {
         match command.unwrap_or(&BackupsCommand::List) {

@@ -39,6 +39,18 @@ pub fn client(args: &AgentArgs) -> Result<Client, NoAgent> {
     })
 }
 
+/// The client, or `None` after telling the user why there is none and what to do.
+pub fn client_or_report(args: &AgentArgs, printer: &crate::printer::Printer) -> Option<Client> {
+    match client(args) {
+        Ok(client) => Some(client),
+        Err(no_agent) => {
+            printer.error(&no_agent.message);
+            printer.hint(&no_agent.hint);
+            None
+        }
+    }
+}
+
 pub fn state_dir() -> PathBuf {
     local::default_state_dir()
 }

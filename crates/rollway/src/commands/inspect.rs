@@ -10,24 +10,13 @@ use crate::cli::{EnvArgs, EventsArgs, LogsArgs};
 use crate::commands::{app_name, client_error, connect};
 use crate::printer::Printer;
 
-macro_rules! connect_or_exit {
-    ($printer:expr, $args:expr) => {
-        match connect::client($args) {
-            Ok(client) => client,
-            Err(no_agent) => {
-                $printer.error(&no_agent.message);
-                $printer.hint(&no_agent.hint);
-                return Ok(ExitStatus::Unreachable);
-            }
-        }
-    };
-}
-
 pub fn status(args: &EnvArgs, printer: Printer) -> anyhow::Result<ExitStatus> {
     let Some(app) = app_name(args.app.as_deref(), &printer) else {
         return Ok(ExitStatus::Usage);
     };
-    let client = connect_or_exit!(printer, &args.agent);
+    let Some(client) = connect::client_or_report(&args.agent, &printer) else {
+        return Ok(ExitStatus::Unreachable);
+    };
     tokio::runtime::Runtime::new()?.block_on(async {
         let status = match client.status(&app, &args.env).await {
             Ok(status) => status,
@@ -87,7 +76,9 @@ pub fn releases(args: &EnvArgs, printer: Printer) -> anyhow::Result<ExitStatus> 
     let Some(app) = app_name(args.app.as_deref(), &printer) else {
         return Ok(ExitStatus::Usage);
     };
-    let client = connect_or_exit!(printer, &args.agent);
+    let Some(client) = connect::client_or_report(&args.agent, &printer) else {
+        return Ok(ExitStatus::Unreachable);
+    };
     tokio::runtime::Runtime::new()?.block_on(async {
         let releases = match client.releases(&app, &args.env).await {
             Ok(releases) => releases,
@@ -123,7 +114,9 @@ pub fn logs(args: &LogsArgs, printer: Printer) -> anyhow::Result<ExitStatus> {
     let Some(app) = app_name(target.app.as_deref(), &printer) else {
         return Ok(ExitStatus::Usage);
     };
-    let client = connect_or_exit!(printer, &target.agent);
+    let Some(client) = connect::client_or_report(&target.agent, &printer) else {
+        return Ok(ExitStatus::Unreachable);
+    };
     tokio::runtime::Runtime::new()?.block_on(async {
         let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
         loop {
@@ -163,7 +156,9 @@ pub fn logs(args: &LogsArgs, printer: Printer) -> anyhow::Result<ExitStatus> {
 }
 
 pub fn events(args: &EventsArgs, printer: Printer) -> anyhow::Result<ExitStatus> {
-    let client = connect_or_exit!(printer, &args.agent);
+    let Some(client) = connect::client_or_report(&args.agent, &printer) else {
+        return Ok(ExitStatus::Unreachable);
+    };
     tokio::runtime::Runtime::new()?.block_on(async {
         let all = match client.events(0, 100_000).await {
             Ok(events) => events,

@@ -12,13 +12,8 @@ pub fn run(args: &RollbackArgs, printer: Printer) -> anyhow::Result<ExitStatus> 
     let Some(app) = app_name(target.app.as_deref(), &printer) else {
         return Ok(ExitStatus::Usage);
     };
-    let client = match connect::client(&target.agent) {
-        Ok(client) => client,
-        Err(no_agent) => {
-            printer.error(&no_agent.message);
-            printer.hint(&no_agent.hint);
-            return Ok(ExitStatus::Unreachable);
-        }
+    let Some(client) = connect::client_or_report(&target.agent, &printer) else {
+        return Ok(ExitStatus::Unreachable);
     };
     tokio::runtime::Runtime::new()?.block_on(async {
         let started = tokio::time::Instant::now();

@@ -19,13 +19,8 @@ pub fn run(command: &SecretsCommand, printer: Printer) -> anyhow::Result<ExitSta
         return Ok(ExitStatus::Usage);
     };
     let env = &target.env;
-    let client = match connect::client(&target.agent) {
-        Ok(client) => client,
-        Err(no_agent) => {
-            printer.error(&no_agent.message);
-            printer.hint(&no_agent.hint);
-            return Ok(ExitStatus::Unreachable);
-        }
+    let Some(client) = connect::client_or_report(&target.agent, &printer) else {
+        return Ok(ExitStatus::Unreachable);
     };
     // Read stdin before anything else so a prompt or a pipe is consumed once.
     let value = match command {

@@ -10,13 +10,8 @@ pub fn run_current(target: &EnvArgs, verb: &str, printer: Printer) -> anyhow::Re
     let Some(app) = app_name(target.app.as_deref(), &printer) else {
         return Ok(ExitStatus::Usage);
     };
-    let client = match connect::client(&target.agent) {
-        Ok(client) => client,
-        Err(no_agent) => {
-            printer.error(&no_agent.message);
-            printer.hint(&no_agent.hint);
-            return Ok(ExitStatus::Unreachable);
-        }
+    let Some(client) = connect::client_or_report(&target.agent, &printer) else {
+        return Ok(ExitStatus::Unreachable);
     };
     let env = target.env.clone();
     let id = tokio::runtime::Runtime::new()?.block_on(async { client.status(&app, &env).await });
@@ -42,13 +37,8 @@ pub fn run(
     verb: &str,
     printer: Printer,
 ) -> anyhow::Result<ExitStatus> {
-    let client = match connect::client(agent) {
-        Ok(client) => client,
-        Err(no_agent) => {
-            printer.error(&no_agent.message);
-            printer.hint(&no_agent.hint);
-            return Ok(ExitStatus::Unreachable);
-        }
+    let Some(client) = connect::client_or_report(agent, &printer) else {
+        return Ok(ExitStatus::Unreachable);
     };
     tokio::runtime::Runtime::new()?.block_on(async {
         match client.signal(id, verb).await {

@@ -13,13 +13,8 @@ pub fn run(command: &TokensCommand, printer: Printer) -> anyhow::Result<ExitStat
         | TokensCommand::List { agent, .. }
         | TokensCommand::Revoke { agent, .. } => agent,
     };
-    let client = match connect::client(agent) {
-        Ok(client) => client,
-        Err(no_agent) => {
-            printer.error(&no_agent.message);
-            printer.hint(&no_agent.hint);
-            return Ok(ExitStatus::Unreachable);
-        }
+    let Some(client) = connect::client_or_report(agent, &printer) else {
+        return Ok(ExitStatus::Unreachable);
     };
     tokio::runtime::Runtime::new()?.block_on(async {
         match command {
