@@ -4,14 +4,15 @@
 //!
 //! Nothing can be pulled here, so the first container test of a run makes the images itself: a
 //! root file system holding the demo app, `/bin/sh` and the shared libraries `ldd` lists, packed
-//! with `tar` and `docker import`ed as `rollway-e2e-<pid>:base` (its command the demo app,
+//! with `tar` and `docker import`ed as `rollway-e2e-<pid>-<n>:base` (its command the demo app,
 //! `HOST=0.0.0.0` so it listens on the container's interface). `:v1` ... `:v5` are built `FROM`
 //! it with `TAGGED=<tag>` (so a test sees which tag `image = "...:{version}"` ran), and so are
 //! the images the agent builds for `dockerfile` apps.
 //! Every image, and every container of one (labels are inherited), carries the labels
 //! `dev.rollway.e2e=containers` and `dev.rollway.e2e-run=<pid of the test process>`: leftovers
 //! of runs whose process is gone are removed when a run starts, this run's containers when each
-//! test ends, its images when the last test holding them ends. Each test's agent keeps its env
+//! test ends, its images (by `dev.rollway.e2e-images=<repository>`) when the last test holding
+//! them ends; the next test to need images imports them again as `<n + 1>`. Each test's agent keeps its env
 //! files in a directory of its own on /dev/shm (`RUNTIME_DIRECTORY`), and each test deploys an
 //! app of its own name, so tests running side by side never share a container name.
 //!
@@ -21,6 +22,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
@@ -39,6 +41,8 @@ const PATIENCE: Duration = Duration::from_secs(60);
 const LABEL_E2E: &str = "dev.rollway.e2e=containers";
 /// Label naming the test process that made an image (and, inherited, a container).
 const LABEL_RUN: &str = "dev.rollway.e2e-run";
+/// Label naming the repository of the images (one per import) an image or container comes from.
+const LABEL_IMAGES: &str = "dev.rollway.e2e-images";
 /// Versions the app image is tagged with (`image = "...:{version}"`).
 const VERSIONS: [&str; 5] = ["v1", "v2", "v3", "v4", "v5"];
 
@@ -898,7 +902,9 @@ impl Images {
     }
 
     fn import() -> Images {
-        let repository = format!("rollway-e2e-{}", std::process::id());
+        static GENERATION: AtomicU32 = AtomicU32::new(0);
+        let generation = GENERATION.fetch_add(1, Ordering::Relaxed);
+        let repository = format!("rollway-e2e-{}-{generation}", std::process::id());
         let root = tempfile::tempdir().expect("image root");
         let binaries = [
             (testkit::demo::demo_app_path(), "usr/local/bin/demo-app"),
@@ -936,7 +942,10 @@ impl Images {
             .arg("import")
             .args([
                 "--change",
-                &format!("LABEL {LABEL_E2E} {LABEL_RUN}={}", std::process::id()),
+                &format!(
+                    "LABEL {LABEL_E2E} {LABEL_RUN}={} {LABEL_IMAGES}={repository}",
+                    std::process::id()
+                ),
             ])
             .args([
                 "--change",
@@ -974,8 +983,10 @@ impl Images {
 
 impl Drop for Images {
     fn drop(&mut self) {
-        remove_containers(&[&run_filter()]);
-        remove_images(&[&run_filter()]);
+        // By this generation's label: a test may already be importing the next one.
+        let filter = format!("label={LABEL_IMAGES}={}", self.repository);
+        remove_containers(&[&filter]);
+        remove_images(&[&filter]);
     }
 }
 
