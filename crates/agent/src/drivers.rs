@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use driver::container::{ContainerDriver, ContainerDriverConfig};
 use driver::process::ProcessDriver;
-use driver::{Driver, DriverError, InstanceSpec, InstanceStatus, LogLine};
+use driver::{Driver, DriverError, InstanceSpec, InstanceStatus, LogCursor, LogLine};
 
 pub struct Drivers {
     pub process: Arc<ProcessDriver>,
@@ -118,6 +118,19 @@ impl Drivers {
             (true, Some(container)) => container.logs(instance_id, n),
             (true, None) => Ok(Vec::new()),
             (false, _) => self.process.logs(instance_id, n),
+        }
+    }
+
+    /// Lines after `cursor` (`None`: from now on), for following.
+    pub fn logs_after(
+        &self,
+        instance_id: &str,
+        cursor: Option<LogCursor>,
+    ) -> Result<(Vec<LogLine>, LogCursor), DriverError> {
+        match (self.is_container(instance_id), self.container.get()) {
+            (true, Some(container)) => container.logs_after(instance_id, cursor),
+            (true, None) => Err(DriverError::UnknownInstance(instance_id.to_owned())),
+            (false, _) => self.process.logs_after(instance_id, cursor),
         }
     }
 }

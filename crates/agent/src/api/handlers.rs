@@ -733,3 +733,70 @@ pub async fn release_lock(
     }
     Ok(Json(removed.as_ref().map(lock_view)))
 }
+
+/// Server-sent events of the app's output: each new line of every instance of (app, env), with
+/// the current secret values scrubbed, until the client leaves.
+pub async fn logs_stream(
+    State(engine): State<Arc<Engine>>,
+    Path((app, env)): Path<(String, String)>,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    struct Follow {
+        engine: Arc<Engine>,
+        key: (String, String),
+        cursors: std::collections::BTreeMap<String, driver::LogCursor>,
+        queue: std::collections::VecDeque<LogLineView>,
+    }
+    let follow = Follow {
+        engine,
+        key: (app, env),
+        cursors: std::collections::BTreeMap::new(),
+        queue: std::collections::VecDeque::new(),
+    };
+    let stream = futures_util::stream::unfold(follow, |mut follow| async move {
+        loop {
+            if let Some(line) = follow.queue.pop_front() {
+                let data = serde_json::to_string(&line).unwrap_or_default();
+                return Some((Ok(SseEvent::default().event("log").data(data)), follow));
+            }
+            let secret_values: Vec<crate::secrets::Secret> =
+                crate::secrets::snapshot(&follow.engine.store, &follow.key.0, &follow.key.1)
+                    .and_then(|versions| {
+                        crate::secrets::open_versions(
+                            &follow.engine.store,
+                            &follow.engine.master_key,
+                            &follow.key.0,
+                            &follow.key.1,
+                            &versions,
+                        )
+                    })
+                    .map(|values| values.into_values().collect())
+                    .unwrap_or_default();
+            let ids: Vec<String> = follow
+                .engine
+                .runtime(&follow.key)
+                .instances
+                .keys()
+                .cloned()
+                .collect();
+            for id in ids {
+                let cursor = follow.cursors.get(&id).cloned();
+                if let Ok((lines, next)) = follow.engine.drivers.logs_after(&id, cursor) {
+                    follow.cursors.insert(id.clone(), next);
+                    follow
+                        .queue
+                        .extend(lines.into_iter().map(|line| LogLineView {
+                            instance_id: line.instance_id,
+                            line: crate::secrets::scrub(&line.line, &secret_values),
+                        }));
+                }
+            }
+            if follow.queue.is_empty() {
+                if follow.engine.shutdown.is_cancelled() {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}

@@ -40,6 +40,10 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/metrics", get(handlers::metrics))
         .route("/events/stream", get(handlers::events_stream))
         .route("/apps/{app}/environments/{env}/lock", get(handlers::lock))
+        .route(
+            "/apps/{app}/environments/{env}/logs/stream",
+            get(handlers::logs_stream),
+        )
         .route_layer(from_fn(|request, next| {
             auth::require(Role::Viewer, request, next)
         }));

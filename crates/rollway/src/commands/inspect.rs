@@ -1,7 +1,6 @@
 //! `rollway status`, `releases`, `logs` and `events`: reading what the agent knows.
 
 use std::ops::ControlFlow;
-use std::time::Duration;
 
 use client::wire::EventView;
 
@@ -118,40 +117,52 @@ pub fn logs(args: &LogsArgs, printer: Printer) -> anyhow::Result<ExitStatus> {
         return Ok(ExitStatus::Unreachable);
     };
     tokio::runtime::Runtime::new()?.block_on(async {
-        let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
-        loop {
-            let lines = match client.logs(&app, &target.env, args.lines).await {
-                Ok(lines) => lines,
-                Err(error) => return client_error(&printer, error),
-            };
-            // Following re-reads the tail and prints what is new per instance.
-            let mut by_instance: std::collections::BTreeMap<&str, Vec<&str>> =
-                std::collections::BTreeMap::new();
-            for line in &lines {
-                by_instance
-                    .entry(&line.instance_id)
-                    .or_default()
-                    .push(&line.line);
+        let lines = match client.logs(&app, &target.env, args.lines).await {
+            Ok(lines) => lines,
+            Err(error) => return client_error(&printer, error),
+        };
+        if target.json {
+            printer.data(&serde_json::to_string_pretty(&lines)?)?;
+        } else {
+            let out: Vec<String> = lines
+                .iter()
+                .map(|line| format!("{} | {}", line.instance_id, line.line))
+                .collect();
+            if !out.is_empty() {
+                printer.data(&out.join("\n"))?;
             }
-            let mut out = String::new();
-            for (instance, lines) in by_instance {
-                let already = seen.get(instance).copied().unwrap_or(0).min(lines.len());
-                let start = if args.follow { already } else { 0 };
-                for line in &lines[start..] {
-                    out.push_str(&format!("{instance} | {line}\n"));
-                }
-                seen.insert(instance.to_owned(), lines.len());
-            }
-            if target.json {
-                printer.data(&serde_json::to_string_pretty(&lines)?)?;
-            } else if !out.is_empty() {
-                printer.data(out.trim_end())?;
-            }
-            if !args.follow {
-                return Ok(ExitStatus::Success);
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
         }
+        if !args.follow {
+            return Ok(ExitStatus::Success);
+        }
+        // New lines arrive as server-sent events, one per line, from every instance.
+        let mut failure = None;
+        let result = client
+            .follow(
+                &format!("/v1/apps/{app}/environments/{}/logs/stream", target.env),
+                |_, data| {
+                    if let Ok(line) = serde_json::from_str::<client::wire::LogLineView>(data) {
+                        let text = if target.json {
+                            data.to_owned()
+                        } else {
+                            format!("{} | {}", line.instance_id, line.line)
+                        };
+                        if let Err(error) = printer.data(&text) {
+                            failure = Some(error);
+                            return ControlFlow::Break(());
+                        }
+                    }
+                    ControlFlow::Continue(())
+                },
+            )
+            .await;
+        if let Some(error) = failure {
+            return Err(error.into());
+        }
+        if let Err(error) = result {
+            return client_error(&printer, error);
+        }
+        Ok(ExitStatus::Success)
     })
 }
 
