@@ -307,6 +307,7 @@ async fn observe(
         deployment.to_release,
         Vec::new(),
         bounds(release),
+        analysis.window.as_std(),
     )
     .await;
     let deadline = tokio::time::Instant::now() + window;
@@ -412,14 +413,22 @@ async fn canary_step(
     }
 }
 
-/// One analysis run: the target's and its baselines' counters since the watch started.
+/// One analysis run: the target's and its baselines' counters over the sliding window
+/// (`analysis.window`), so good traffic long ago cannot outweigh bad traffic now.
 struct Watch {
     key: AppEnv,
     target: u64,
     baselines: Vec<u64>,
     bounds: Bounds,
-    start: std::collections::BTreeMap<String, Sample>,
-    /// Requests the target answered at the last evaluation.
+    window: Duration,
+    /// Counters read at the start and at each evaluation, oldest first; the front is what the
+    /// current counters are compared with. Invariant: never empty; only the front is older than
+    /// `window`.
+    history: std::collections::VecDeque<(
+        tokio::time::Instant,
+        std::collections::BTreeMap<String, Sample>,
+    )>,
+    /// Requests the target answered in the window at the last evaluation.
     last_requests: u64,
 }
 
@@ -430,6 +439,7 @@ impl Watch {
         target: u64,
         baselines: Vec<u64>,
         bounds: Bounds,
+        window: Duration,
     ) -> Watch {
         let start = read_samples(engine).await;
         Watch {
@@ -437,18 +447,34 @@ impl Watch {
             target,
             baselines,
             bounds,
-            start,
+            window,
+            history: std::collections::VecDeque::from([(tokio::time::Instant::now(), start)]),
             last_requests: 0,
         }
     }
 
-    /// Samples since the start, judged; every verdict is an event with its figures.
+    /// Samples over the window, judged; every verdict is an event with its figures.
     async fn evaluate(&mut self, engine: &Engine, deployment: &Deployment) -> Verdict {
         let now = read_samples(engine).await;
+        let at = tokio::time::Instant::now();
+        // The base is the newest reading at least `window` old (the start until there is one).
+        while self
+            .history
+            .get(1)
+            .is_some_and(|(read_at, _)| at.duration_since(*read_at) >= self.window)
+        {
+            self.history.pop_front();
+        }
+        let base = self
+            .history
+            .front()
+            .map(|(_, base)| base.clone())
+            .unwrap_or_default();
+        self.history.push_back((at, now.clone()));
         let since = |release: u64| -> Sample {
             let name = crate::engine::release_id(&self.key.0, &self.key.1, release);
             let current = now.get(&name).copied().unwrap_or_default();
-            let start = self.start.get(&name).copied().unwrap_or_default();
+            let start = base.get(&name).copied().unwrap_or_default();
             Sample {
                 requests: current.requests.saturating_sub(start.requests),
                 errors: current.errors.saturating_sub(start.errors),
@@ -621,8 +647,17 @@ async fn shift(
             .iter()
             .map(|(release, _)| *release)
             .collect();
-        let mut watch = Watch::start(engine, key, target, baselines, bounds(release)).await;
-        let interval = release.resolved.config.analysis.interval.as_std();
+        let analysis = &release.resolved.config.analysis;
+        let mut watch = Watch::start(
+            engine,
+            key,
+            target,
+            baselines,
+            bounds(release),
+            analysis.window.as_std(),
+        )
+        .await;
+        let interval = analysis.interval.as_std();
         let n_steps = steps.len();
         for (idx, step) in steps.iter().enumerate() {
             let share = step.weight.get();

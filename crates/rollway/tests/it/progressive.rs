@@ -515,6 +515,52 @@ async fn release_turning_bad_after_the_switch_is_switched_back_within_the_window
     );
 }
 
+/// The analysis judges a sliding window (`analysis.window`), not everything since the switch: a
+/// release that served well for 20 s and then fails 2% of its requests is switched back within a
+/// 30 s window. Judged on every request since the switch, the 20 s of good answers outweigh the
+/// bad ones for about 13 s more, past the end of the window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_small_error_share_is_judged_over_the_window_not_since_the_switch() {
+    let setup = Setup::start().await;
+    let agent = &setup.agent;
+    agent
+        .deploy(&setup.app("app", "v1"), ENV)
+        .await
+        .assert_code(0);
+    let load = TimedLoad::start(agent, 4);
+
+    let turning_bad = setup
+        .app("app", "v2")
+        .observe("30s")
+        .analysis(r#"interval = "200ms""#)
+        .analysis(r#"window = "5s""#)
+        .analysis(format!("min_requests = {MIN_REQUESTS}"))
+        .env("BAD_AFTER_S", "20")
+        .env("ERROR_RATE", "0.02");
+    agent.deploy(&turning_bad, ENV).await.assert_code(1);
+    agent.assert_serves("v1").await;
+    let (report, started_at_ms) = load.stop().await;
+
+    let status = agent.status(APP, ENV).await;
+    assert_eq!(status.deployment_state(), Some("RolledBack"), "{status}");
+    assert_contains(
+        status.deployment_reason().unwrap_or_default(),
+        "the analysis failed after the switch: 5xx share",
+    );
+    assert_failures_all_from(&report, "v2");
+    let id = deployment_id(agent).await;
+    let events = deployment_events(agent, &id).await;
+    let weights = of_kind(&events, "deployment.weights");
+    assert_eq!(weights.len(), 2, "{events:#?}");
+    print_detection(
+        "2% after 20 s, 5 s window",
+        &report,
+        started_at_ms,
+        "v2",
+        at_ms(weights[1]),
+    );
+}
+
 // 5. Gates: approval holds before traffic moves; a failing smoke command stops the deploy.
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
