@@ -92,13 +92,18 @@ pub struct ObservedStatusClasses {
 }
 
 /// Time to the answer's head. Quantiles are histogram bucket bounds (at most ~41% above the true value).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObservedLatency {
     pub count: u64,
     pub sum_us: u64,
     pub p50_us: u64,
     pub p90_us: u64,
     pub p99_us: u64,
+    /// Cumulative counts per finite histogram bucket, `(upper bound in µs, count)`, ascending.
+    /// Two readings subtracted give the histogram of the requests in between, so a reader can
+    /// compute quantiles over a window instead of the release's whole life.
+    #[serde(default)]
+    pub buckets: Vec<(u64, u64)>,
 }
 
 impl ObservedState {
@@ -218,6 +223,12 @@ impl From<&ReleaseStatsSnapshot> for ObservedReleaseStats {
                 p50_us: micros(snapshot.latency.p50),
                 p90_us: micros(snapshot.latency.p90),
                 p99_us: micros(snapshot.latency.p99),
+                buckets: snapshot
+                    .latency
+                    .cumulative_buckets
+                    .iter()
+                    .map(|(bound, count)| (micros(*bound), *count))
+                    .collect(),
             },
         }
     }

@@ -426,7 +426,7 @@ struct Watch {
     /// `window`.
     history: std::collections::VecDeque<(
         tokio::time::Instant,
-        std::collections::BTreeMap<String, Sample>,
+        std::collections::BTreeMap<String, Reading>,
     )>,
     /// Requests the target answered in the window at the last evaluation.
     last_requests: u64,
@@ -471,28 +471,20 @@ impl Watch {
             .map(|(_, base)| base.clone())
             .unwrap_or_default();
         self.history.push_back((at, now.clone()));
-        let since = |release: u64| -> Sample {
+        let since = |release: u64| -> Reading {
             let name = crate::engine::release_id(&self.key.0, &self.key.1, release);
-            let current = now.get(&name).copied().unwrap_or_default();
-            let start = base.get(&name).copied().unwrap_or_default();
-            Sample {
-                requests: current.requests.saturating_sub(start.requests),
-                errors: current.errors.saturating_sub(start.errors),
-                p99_us: current.p99_us,
-                latency_count: current.latency_count,
-            }
+            let current = now.get(&name).cloned().unwrap_or_default();
+            let start = base.get(&name).cloned().unwrap_or_default();
+            current.minus(&start)
         };
-        let target = since(self.target);
+        let target_reading = since(self.target);
+        let target = target_reading.sample();
         let baseline = (!self.baselines.is_empty()).then(|| {
-            self.baselines.iter().map(|release| since(*release)).fold(
-                Sample::default(),
-                |sum, sample| Sample {
-                    requests: sum.requests + sample.requests,
-                    errors: sum.errors + sample.errors,
-                    p99_us: sum.p99_us.max(sample.p99_us),
-                    latency_count: sum.latency_count + sample.latency_count,
-                },
-            )
+            self.baselines
+                .iter()
+                .map(|release| since(*release))
+                .fold(Reading::default(), |sum, reading| sum.plus(&reading))
+                .sample()
         });
         self.last_requests = target.requests;
         let verdict = analysis::evaluate(target, baseline, &self.bounds);
@@ -526,7 +518,7 @@ impl Watch {
 }
 
 /// Per-release counters from the proxy, keyed by the proxy's release name.
-async fn read_samples(engine: &Engine) -> std::collections::BTreeMap<String, Sample> {
+async fn read_samples(engine: &Engine) -> std::collections::BTreeMap<String, Reading> {
     let Ok(stats) = engine.proxy.client().stats().await else {
         return std::collections::BTreeMap::new();
     };
@@ -539,17 +531,85 @@ async fn read_samples(engine: &Engine) -> std::collections::BTreeMap<String, Sam
                 + classes.redirection
                 + classes.client_error
                 + classes.server_error;
-            (
-                release.release.clone(),
-                Sample {
-                    requests,
-                    errors: classes.server_error,
-                    p99_us: release.latency.p99_us,
-                    latency_count: release.latency.count,
-                },
-            )
+            let reading = Reading {
+                requests,
+                errors: classes.server_error,
+                buckets: release.latency.buckets.clone(),
+            };
+            (release.release.clone(), reading)
         })
         .collect()
+}
+
+/// One release's counters at one moment (or the difference of two moments): requests, 5xx and
+/// the latency histogram, so the p99 is over the same requests as the error rate.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Reading {
+    requests: u64,
+    errors: u64,
+    /// Cumulative counts per bucket, `(upper bound in µs, count)`.
+    buckets: Vec<(u64, u64)>,
+}
+
+impl Reading {
+    fn minus(&self, earlier: &Reading) -> Reading {
+        Reading {
+            requests: self.requests.saturating_sub(earlier.requests),
+            errors: self.errors.saturating_sub(earlier.errors),
+            buckets: self
+                .buckets
+                .iter()
+                .map(|(bound, count)| {
+                    let before = earlier
+                        .buckets
+                        .iter()
+                        .find(|(other, _)| other == bound)
+                        .map_or(0, |(_, count)| *count);
+                    (*bound, count.saturating_sub(before))
+                })
+                .collect(),
+        }
+    }
+
+    fn plus(&self, other: &Reading) -> Reading {
+        let buckets = if self.buckets.is_empty() {
+            other.buckets.clone()
+        } else {
+            self.buckets
+                .iter()
+                .map(|(bound, count)| {
+                    let more = other
+                        .buckets
+                        .iter()
+                        .find(|(candidate, _)| candidate == bound)
+                        .map_or(0, |(_, count)| *count);
+                    (*bound, count + more)
+                })
+                .collect()
+        };
+        Reading {
+            requests: self.requests + other.requests,
+            errors: self.errors + other.errors,
+            buckets,
+        }
+    }
+
+    /// The sample analysis judges: the p99 is the bound of the bucket holding the 99th percentile.
+    fn sample(&self) -> Sample {
+        let latency_count = self.buckets.last().map_or(0, |(_, count)| *count);
+        let rank = (latency_count as f64 * 0.99).ceil() as u64;
+        let p99_us = self
+            .buckets
+            .iter()
+            .find(|(_, count)| *count >= rank && rank > 0)
+            .map_or(0, |(bound, _)| *bound);
+        Sample {
+            requests: self.requests,
+            errors: self.errors,
+            p99_us,
+            latency_count,
+        }
+    }
 }
 
 /// Runs the health gate of one instance and makes it routable.
@@ -968,3 +1028,6 @@ fn scaled(previous: &[(u64, u8)], keep: u8, target: u64, share: u8) -> Vec<(u64,
     weights.retain(|(_, weight)| *weight > 0);
     weights
 }
+
+#[cfg(test)]
+mod tests;
