@@ -1,7 +1,9 @@
 //! Benchmark helper for bench/proxy: runs either the upstream (a minimal hyper HTTP/1.1 server answering
 //! `/small` and `/64k`) or Rollway's proxy with one static route to it.
 //!
-//! Usage: `bench_proxy upstream LISTEN_ADDR` or `bench_proxy proxy LISTEN_ADDR UPSTREAM_ADDR`.
+//! Usage: `bench_proxy upstream LISTEN_ADDR` or `bench_proxy proxy LISTEN_ADDR UPSTREAM_ADDR [WORKERS]`.
+//! The proxy serves as `rollway proxy` does: one worker thread per core (`proxy::workers`) unless
+//! WORKERS says otherwise.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -29,10 +31,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some("proxy") => {
             let listen: SocketAddr = args.get(2).ok_or("missing LISTEN_ADDR")?.parse()?;
             let upstream: SocketAddr = args.get(3).ok_or("missing UPSTREAM_ADDR")?.parse()?;
-            runtime.block_on(proxy(listen, upstream))
+            let workers = match args.get(4) {
+                Some(workers) => workers.parse()?,
+                None => proxy::workers::default_workers(),
+            };
+            runtime.block_on(proxy(listen, upstream, workers))
         }
         _ => Err(
-            "usage: bench_proxy upstream LISTEN_ADDR | bench_proxy proxy LISTEN_ADDR UPSTREAM_ADDR"
+            "usage: bench_proxy upstream LISTEN_ADDR | bench_proxy proxy LISTEN_ADDR UPSTREAM_ADDR [WORKERS]"
                 .into(),
         ),
     }
@@ -62,7 +68,11 @@ async fn upstream(listen: SocketAddr) -> Result<(), Box<dyn std::error::Error>> 
     }
 }
 
-async fn proxy(listen: SocketAddr, upstream: SocketAddr) -> Result<(), Box<dyn std::error::Error>> {
+async fn proxy(
+    listen: SocketAddr,
+    upstream: SocketAddr,
+    workers: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
     let proxy = Proxy::new(ProxyConfig::default());
     let route = RouteName::new("bench");
     proxy.set_route(RouteSpec {
@@ -78,7 +88,9 @@ async fn proxy(listen: SocketAddr, upstream: SocketAddr) -> Result<(), Box<dyn s
         addr: upstream,
     })?;
     proxy.mark_ready(&instance)?;
-    let listener = TcpListener::bind(listen).await?;
-    proxy::serve(listener, proxy, CancellationToken::new()).await?;
+    let listeners = proxy::workers::DataListeners::bind(listen, workers)?;
+    proxy::workers::serve(listeners, proxy, CancellationToken::new())?
+        .wait()
+        .await?;
     Ok(())
 }

@@ -202,7 +202,7 @@ impl DesiredState {
                 route
                     .hosts
                     .iter()
-                    .map(|host| crate::routing::normalise_host(host))
+                    .map(|host| crate::routing::normalise_host(host).into_owned())
                     .collect()
             };
             for path in route.effective_paths() {

@@ -27,6 +27,8 @@ use crate::upstream::{self, SendFailure};
 pub(crate) struct ConnectionContext {
     pub(crate) proxy: Proxy,
     pub(crate) client_addr: SocketAddr,
+    /// The client's IP as a header value, made once per connection for `X-Forwarded-For`.
+    pub(crate) client_ip: HeaderValue,
     pub(crate) scheme: Scheme,
     pub(crate) tracker: TaskTracker,
 }
@@ -88,7 +90,8 @@ async fn forward(
     let config = proxy.config();
     let started = Instant::now();
 
-    let host = request_host(&request).ok_or((ProxyError::MissingHost, None))?;
+    let host_value = request_host(&request).ok_or((ProxyError::MissingHost, None))?;
+    let host = host_value.to_str().unwrap_or_default();
     if let Some(length) = content_length(request.headers())
         && length > config.max_body_bytes
     {
@@ -100,7 +103,7 @@ async fn forward(
             None,
         ));
     }
-    let host_key = normalise_host(&host);
+    let host_key = normalise_host(host);
     let route_name = {
         let table = proxy.inner().table.load();
         let route = table
@@ -108,7 +111,7 @@ async fn forward(
             .ok_or_else(|| {
                 (
                     ProxyError::NoRoute {
-                        host: host_key.clone(),
+                        host: host_key.clone().into_owned(),
                         path: request.uri().path().to_owned(),
                     },
                     None,
@@ -120,8 +123,13 @@ async fn forward(
     let upgrade = request.version() == Version::HTTP_11 && is_upgrade(request.headers());
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
     let (mut parts, body) = request.into_parts();
-    let path = parts.uri.path().to_owned();
-    prepare_request_headers(&mut parts.headers, &host, context, request_id, upgrade);
+    prepare_request_headers(
+        &mut parts.headers,
+        &host_value,
+        context,
+        request_id,
+        upgrade,
+    );
     let upstream_uri = origin_form(&parts.uri);
     let replayable = body.is_end_stream() && is_idempotent(&parts.method);
     let body = RequestBody::new(body, config.max_body_bytes, config.body_read_timeout);
@@ -145,7 +153,7 @@ async fn forward(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let guard = pick_or_wait(proxy, &route_name, &host_key, &path, &tried).await?;
+        let guard = pick_or_wait(proxy, &route_name, &host_key, parts.uri.path(), &tried).await?;
         let instance = Arc::clone(guard.instance());
         let stats = Arc::clone(guard.stats());
         let upstream_request = match pending.take() {
@@ -371,17 +379,18 @@ fn classify_body_error(error: ProxyError) -> ProxyError {
     error
 }
 
-fn request_host(request: &Request<Incoming>) -> Option<String> {
+/// The request's host as a header value (text, never empty): a `Host` header is shared, not copied.
+fn request_host(request: &Request<Incoming>) -> Option<HeaderValue> {
     // HTTP/2 carries the host in `:authority`; HTTP/1.1 in `Host` (an absolute URI wins, per RFC 9112).
     if let Some(authority) = request.uri().authority() {
-        return Some(authority.as_str().to_owned());
+        // An authority is visible ASCII, always a valid header value.
+        return HeaderValue::from_str(authority.as_str()).ok();
     }
     request
         .headers()
         .get(header::HOST)
-        .and_then(|value| value.to_str().ok())
-        .filter(|host| !host.is_empty())
-        .map(str::to_owned)
+        .filter(|value| value.to_str().is_ok_and(|host| !host.is_empty()))
+        .cloned()
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {
@@ -422,6 +431,10 @@ fn origin_form(uri: &Uri) -> Uri {
 /// Removes hop-by-hop headers: the fixed list of RFC 9110 section 7.6.1 and any named in `Connection`.
 /// For an upgrade, `Upgrade` and `Connection: upgrade` are end-to-end in effect and are kept.
 fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    // Most messages carry none: one pass over the names beats a hashed removal per listed header.
+    if !upgrade && !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -448,23 +461,38 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
+/// Whether `name` is one `strip_hop_by_hop` removes whatever `Connection` says.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::UPGRADE
+        || name == header::TE
+        || name == header::TRAILER
+        || name == header::TRANSFER_ENCODING
+        || name == header::PROXY_AUTHENTICATE
+        || name == header::PROXY_AUTHORIZATION
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+}
+
 fn prepare_request_headers(
     headers: &mut HeaderMap,
-    host: &str,
+    host: &HeaderValue,
     context: &ConnectionContext,
     request_id: &HeaderValue,
     upgrade: bool,
 ) {
     strip_hop_by_hop(headers, upgrade);
-    let client_ip = context.client_addr.ip().to_string();
     let forwarded_for = match headers
         .get(&X_FORWARDED_FOR)
         .and_then(|value| value.to_str().ok())
     {
-        Some(earlier) => format!("{earlier}, {client_ip}"),
-        None => client_ip,
+        Some(earlier) => {
+            let client_ip = context.client_addr.ip();
+            HeaderValue::from_str(&format!("{earlier}, {client_ip}")).ok()
+        }
+        None => Some(context.client_ip.clone()),
     };
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+    if let Some(value) = forwarded_for {
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
     let proto = match context.scheme {
@@ -472,13 +500,17 @@ fn prepare_request_headers(
         Scheme::Https => "https",
     };
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
-    if let Ok(value) = HeaderValue::from_str(host) {
-        if !headers.contains_key(header::HOST) {
-            headers.insert(header::HOST, value.clone());
-        }
-        headers.insert(X_FORWARDED_HOST.clone(), value);
+    if !headers.contains_key(header::HOST) {
+        headers.insert(header::HOST, host.clone());
     }
+    headers.insert(X_FORWARDED_HOST.clone(), host.clone());
     headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+}
+
+/// The client's IP as an `X-Forwarded-For` value.
+pub(crate) fn client_ip_value(client_addr: SocketAddr) -> HeaderValue {
+    HeaderValue::from_str(&client_addr.ip().to_string())
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 /// The client's `X-Request-Id` when it sent a usable one, else a new random 128-bit hex id.
@@ -489,8 +521,14 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
     {
         return value.clone();
     }
-    let id = format!("{:016x}{:016x}", random_u64(), random_u64());
-    HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = [0u8; 32];
+    for (half, value) in id.chunks_exact_mut(16).zip([random_u64(), random_u64()]) {
+        for (index, digit) in half.iter_mut().enumerate() {
+            *digit = HEX[((value >> (60 - 4 * index)) & 0xf) as usize];
+        }
+    }
+    HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 #[cfg(test)]

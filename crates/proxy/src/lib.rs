@@ -37,6 +37,7 @@ mod server;
 mod stats;
 mod tunnel;
 mod upstream;
+pub mod workers;
 
 pub use body::{ProxyBody, RequestBodyError};
 pub use config::{PassiveHealthConfig, ProxyConfig, WaitingConfig};

@@ -41,6 +41,7 @@ use crate::control_socket::{Health, SOCKET_FILE_NAME, serve_control};
 use crate::desired::{self, ApplyError};
 use crate::observed::ObservedState;
 use crate::routes_file::{RoutesFile, RoutesFileError};
+use crate::workers::DataListeners;
 
 /// The pid file's name inside the state directory; it is also the lock that keeps a second proxy out.
 pub const PID_FILE_NAME: &str = "proxy.pid";
@@ -58,6 +59,9 @@ pub struct ProcessConfig {
     /// Where `/metrics` is served, if anywhere.
     pub metrics: Option<SocketAddr>,
     pub config: ProxyConfig,
+    /// Data-plane worker threads, each with its own runtime and `SO_REUSEPORT` listener
+    /// (`crate::workers`); one per core by default.
+    pub workers: usize,
     /// After SIGTERM (or `shutdown`): how long requests in flight get to finish before the process
     /// returns anyway.
     pub shutdown_timeout: Duration,
@@ -125,7 +129,7 @@ pub enum ProcessError {
 #[derive(Debug)]
 pub struct ProxyProcess {
     proxy: Proxy,
-    data: TcpListener,
+    data: DataListeners,
     data_addr: SocketAddr,
     metrics: Option<(TcpListener, SocketAddr)>,
     control: UnixListener,
@@ -150,6 +154,7 @@ impl ProcessConfig {
             listen,
             metrics: None,
             config: ProxyConfig::default(),
+            workers: crate::workers::default_workers(),
             shutdown_timeout: Duration::from_secs(30),
         }
     }
@@ -193,8 +198,13 @@ impl ProxyProcess {
             );
         }
 
-        let data = bind_tcp(config.listen).await?;
-        let data_addr = local_addr(&data, config.listen)?;
+        let data = DataListeners::bind(config.listen, config.workers).map_err(|source| {
+            ProcessError::Bind {
+                addr: config.listen,
+                source,
+            }
+        })?;
+        let data_addr = data.local_addr();
         let metrics = match config.metrics {
             Some(addr) => {
                 let listener = bind_tcp(addr).await?;
@@ -250,7 +260,13 @@ impl ProxyProcess {
             listen: Some(self.data_addr),
             metrics: self.metrics_addr(),
         };
-        let data = tokio::spawn(crate::serve(self.data, self.proxy.clone(), stop.clone()));
+        let data = crate::workers::serve(self.data, self.proxy.clone(), stop.clone()).map_err(
+            |source| ProcessError::Serve {
+                server: "data listener",
+                source,
+            },
+        )?;
+        let data = tokio::spawn(data.wait());
         let metrics = self.metrics.map(|(listener, _)| {
             tokio::spawn(crate::metrics::serve_metrics(
                 listener,

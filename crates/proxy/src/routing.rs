@@ -4,6 +4,7 @@
 //! A snapshot is never mutated; the control plane (`control`) builds a new one and swaps it in. The live
 //! counters it points to (in-flight counts, stats) are shared atomics, so reading it takes no lock.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
@@ -157,7 +158,7 @@ impl RoutingTable {
             }
             for host in &route.spec.hosts {
                 by_host
-                    .entry(normalise_host(host).to_owned())
+                    .entry(normalise_host(host).into_owned())
                     .or_default()
                     .push(route_idx);
             }
@@ -298,7 +299,7 @@ impl Pool {
 }
 
 /// Lowercases a host and drops its port (`Example.com:8080` -> `example.com`); keeps IPv6 brackets.
-pub(crate) fn normalise_host(host: &str) -> String {
+pub(crate) fn normalise_host(host: &str) -> Cow<'_, str> {
     let without_port = if let Some(rest) = host.strip_prefix('[') {
         match rest.find(']') {
             Some(end) => &host[..end + 2],
@@ -307,7 +308,11 @@ pub(crate) fn normalise_host(host: &str) -> String {
     } else {
         host.rsplit_once(':').map_or(host, |(name, _)| name)
     };
-    without_port.to_ascii_lowercase()
+    if without_port.bytes().any(|byte| byte.is_ascii_uppercase()) {
+        Cow::Owned(without_port.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(without_port)
+    }
 }
 
 fn prefix_matches(prefix: &str, path: &str) -> bool {

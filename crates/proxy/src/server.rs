@@ -183,6 +183,7 @@ impl Connection {
         let context = Arc::new(ConnectionContext {
             proxy: self.proxy.clone(),
             client_addr: self.client_addr,
+            client_ip: forward::client_ip_value(self.client_addr),
             scheme: self.scheme,
             tracker: self.tracker.clone(),
         });

@@ -19,12 +19,25 @@ use crate::config::ProxyConfig;
 use crate::error::ProxyError;
 use crate::instance::InstanceLive;
 
-/// Idle keep-alive connections of one instance.
-#[derive(Debug, Default)]
+/// Idle keep-alive connections of one instance, kept apart per worker thread (`crate::workers`): a
+/// connection's driver task runs on the thread that opened it, so a request that takes a connection from
+/// its own thread's shard never hands off to another thread. Threads that are not workers (a
+/// multi-thread runtime serving through `serve`) share shard 0.
+#[derive(Debug)]
 pub(crate) struct ConnectionPool {
     // std Mutex: the critical section is a push or pop on a Vec, never held across an await, and per
-    // instance, so contention is limited to requests racing for the same instance's spare connections.
-    idle: Mutex<Vec<IdleConnection>>,
+    // instance and thread, so it is uncontended but for non-worker threads sharing shard 0.
+    shards: Box<[Mutex<Vec<IdleConnection>>]>,
+}
+
+impl Default for ConnectionPool {
+    fn default() -> ConnectionPool {
+        ConnectionPool {
+            shards: (0..crate::workers::shard_count())
+                .map(|_| Mutex::default())
+                .collect(),
+        }
+    }
 }
 
 /// A connection that has carried a request and can carry another once its answer is read.
@@ -47,7 +60,7 @@ impl ConnectionPool {
     fn checkout(&self, idle_timeout: Duration) -> Option<Sender> {
         let now = Instant::now();
         let mut idle = self
-            .idle
+            .shard()
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         while let Some(connection) = idle.pop() {
@@ -60,12 +73,18 @@ impl ConnectionPool {
         None
     }
 
+    /// Keeps `sender` for reuse on this thread; `max_idle` bounds the instance's idle connections over
+    /// all shards (each gets its share, at least one).
     pub(crate) fn checkin(&self, sender: Sender, max_idle: usize) {
         if sender.is_closed() {
             return;
         }
+        let max_idle = max_idle.div_ceil(self.shards.len());
+        if max_idle == 0 {
+            return;
+        }
         let mut idle = self
-            .idle
+            .shard()
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         if idle.len() >= max_idle {
@@ -79,10 +98,16 @@ impl ConnectionPool {
     }
 
     pub(crate) fn clear(&self) {
-        self.idle
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clear();
+        for shard in &self.shards {
+            shard
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .clear();
+        }
+    }
+
+    fn shard(&self) -> &Mutex<Vec<IdleConnection>> {
+        &self.shards[crate::workers::current() % self.shards.len()]
     }
 }
 

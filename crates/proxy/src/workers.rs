@@ -1,0 +1,157 @@
+//! Thread-per-core serving, as nginx's workers do: N threads, each with its own current-thread tokio
+//! runtime and its own `SO_REUSEPORT` listener on the one data address, all sharing one `Proxy` (its
+//! routing snapshot and counters are lock-free and shared by every thread).
+//!
+//! A request, the upstream connection it is sent on (the pool keeps a shard per worker, see
+//! `upstream::ConnectionPool`) and that connection's driver task all live on the thread that accepted the
+//! client, so handing the request to the upstream connection and the answer back never wakes another
+//! thread. The kernel spreads new connections over the listeners.
+
+use std::cell::Cell;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+use std::thread;
+
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use crate::control::Proxy;
+
+thread_local! {
+    // 0 on threads that are not workers; worker `i` is `i + 1`.
+    static WORKER: Cell<usize> = const { Cell::new(0) };
+}
+
+/// This thread's worker number (0 when it is not a worker), used to pick its upstream pool shard.
+pub(crate) fn current() -> usize {
+    WORKER.with(Cell::get)
+}
+
+/// How many shards an upstream pool has: one per default worker, plus one for non-worker threads.
+pub(crate) fn shard_count() -> usize {
+    static COUNT: OnceLock<usize> = OnceLock::new();
+    *COUNT.get_or_init(|| default_workers() + 1)
+}
+
+/// One worker per core this process may use (a cgroup CPU quota counts).
+pub fn default_workers() -> usize {
+    thread::available_parallelism().map_or(1, std::num::NonZero::get)
+}
+
+/// The data listener as `workers` sockets bound to one address with `SO_REUSEPORT`.
+#[derive(Debug)]
+pub struct DataListeners {
+    listeners: Vec<std::net::TcpListener>,
+    local_addr: SocketAddr,
+}
+
+impl DataListeners {
+    /// Binds `workers` (at least one) listening sockets to `addr`; with port 0 the first picks the port
+    /// and the others join it. Call within a tokio runtime.
+    pub fn bind(addr: SocketAddr, workers: usize) -> io::Result<DataListeners> {
+        let workers = workers.max(1);
+        let mut listeners = Vec::with_capacity(workers);
+        let mut local_addr = addr;
+        for _ in 0..workers {
+            let socket = if addr.is_ipv4() {
+                TcpSocket::new_v4()?
+            } else {
+                TcpSocket::new_v6()?
+            };
+            // As `TcpListener::bind` does, so a restart does not wait for TIME_WAIT.
+            socket.set_reuseaddr(true)?;
+            socket.set_reuseport(true)?;
+            socket.bind(local_addr)?;
+            let listener = socket.listen(1024)?;
+            local_addr = listener.local_addr()?;
+            listeners.push(listener.into_std()?);
+        }
+        Ok(DataListeners {
+            listeners,
+            local_addr,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+}
+
+/// Running workers. Dropping this cuts them: each runtime is dropped with what it still runs.
+#[derive(Debug)]
+pub struct Workers {
+    done: Vec<oneshot::Receiver<io::Result<()>>>,
+    cut: CancellationToken,
+}
+
+/// Starts one worker thread per listener, each serving plain HTTP (`crate::serve`) on its listener until
+/// `shutdown` is cancelled.
+pub fn serve(
+    listeners: DataListeners,
+    proxy: Proxy,
+    shutdown: CancellationToken,
+) -> io::Result<Workers> {
+    let mut workers = Workers {
+        done: Vec::with_capacity(listeners.listeners.len()),
+        cut: CancellationToken::new(),
+    };
+    for (index, listener) in listeners.listeners.into_iter().enumerate() {
+        let (sender, receiver) = oneshot::channel();
+        let proxy = proxy.clone();
+        let shutdown = shutdown.clone();
+        let cut = workers.cut.clone();
+        thread::Builder::new()
+            .name(format!("proxy-worker-{index}"))
+            .spawn(move || {
+                WORKER.with(|worker| worker.set(index + 1));
+                let _ = sender.send(run_worker(listener, proxy, shutdown, cut));
+            })?;
+        workers.done.push(receiver);
+    }
+    Ok(workers)
+}
+
+fn run_worker(
+    listener: std::net::TcpListener,
+    proxy: Proxy,
+    shutdown: CancellationToken,
+    cut: CancellationToken,
+) -> io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(async move {
+        let listener = TcpListener::from_std(listener)?;
+        tokio::select! {
+            result = crate::serve(listener, proxy, shutdown) => result,
+            () = cut.cancelled() => Ok(()),
+        }
+    });
+    // Ends what is left on this thread: idle upstream connections' tasks, and after a cut, requests.
+    drop(runtime);
+    result
+}
+
+impl Workers {
+    /// Waits until every worker has stopped: after `shutdown`, once its last connection closed.
+    pub async fn wait(mut self) -> io::Result<()> {
+        let mut result = Ok(());
+        for done in &mut self.done {
+            let outcome = done
+                .await
+                .unwrap_or_else(|_| Err(io::Error::other("a proxy worker thread panicked")));
+            if result.is_ok() {
+                result = outcome;
+            }
+        }
+        result
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        self.cut.cancel();
+    }
+}
