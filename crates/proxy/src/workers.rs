@@ -52,6 +52,14 @@ impl DataListeners {
     /// and the others join it. Call within a tokio runtime.
     pub fn bind(addr: SocketAddr, workers: usize) -> io::Result<DataListeners> {
         let workers = workers.max(1);
+        // SO_REUSEPORT would let a second proxy of the same user bind this port too and silently
+        // take half its connections: first make sure nothing listens here, with a plain bind.
+        if addr.port() != 0 {
+            let probe = std::net::TcpListener::bind(addr).map_err(|error| {
+                io::Error::new(error.kind(), format!("`{addr}` is already in use: {error}"))
+            })?;
+            drop(probe);
+        }
         let mut listeners = Vec::with_capacity(workers);
         let mut local_addr = addr;
         for _ in 0..workers {

@@ -656,7 +656,11 @@ impl Setup {
             Driver::Process => "p",
             Driver::Container => "c",
         };
-        let name = format!("{scenario}-{letter}{}", std::process::id());
+        // Container names are global to the engine: every setup gets its own app name, even
+        // when tests of one scenario run at the same time.
+        static SETUPS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = SETUPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("{scenario}-{letter}{}-{n}", std::process::id());
         let dir = tempfile::tempdir().expect("tempdir");
         let runtime_dir = tempfile::Builder::new()
             .prefix("rollway-e2e-")
