@@ -89,7 +89,6 @@ impl From<StartError> for ApiError {
             }
             StartError::Locked { .. } => (StatusCode::CONFLICT, "locked"),
             StartError::NothingToRollBack(_) => (StatusCode::CONFLICT, "nothing_to_roll_back"),
-            StartError::Unsupported(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unsupported"),
             StartError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             StartError::Store(_) => return ApiError::internal(&error),
         };

@@ -38,8 +38,6 @@ pub enum StartError {
     },
     #[error("{0}")]
     NothingToRollBack(String),
-    #[error("{0}")]
-    Unsupported(String),
     #[error("the agent is shutting down and takes no deploys")]
     ShuttingDown,
     #[error("store: {0}")]
@@ -172,9 +170,9 @@ pub fn rollback(
         )));
     }
     let strategy = "blue-green".to_owned();
-    let loaded = spec::load_release(engine, &(app.to_owned(), env.to_owned()), target)
+    // The target must still load (manifest, recorded secret versions) before anything moves.
+    spec::load_release(engine, &(app.to_owned(), env.to_owned()), target)
         .map_err(StartError::InvalidManifest)?;
-    let _ = loaded;
     begin(
         engine, caller, app, env, "rollback", current, target, &strategy,
     )
