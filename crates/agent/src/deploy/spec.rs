@@ -487,24 +487,27 @@ pub async fn backup_before_release(
             target.display()
         )
     })?;
-    let event = |message: String| NewEvent {
+    let event = |kind: &str, message: String| NewEvent {
         app: Some(deployment.app.clone()),
         environment: Some(deployment.environment.clone()),
         deployment_id: Some(deployment.id.clone()),
-        kind: "backup.created".to_owned(),
+        kind: kind.to_owned(),
         message,
         data_json: "{}".to_owned(),
     };
     match taken {
         crate::backup::Taken::Backup(record) => {
-            engine.record(event(format!(
-                "backup {} of {} ({} bytes)",
-                record.id, record.target, record.size
-            )));
+            engine.record(event(
+                "backup.created",
+                format!(
+                    "backup {} of {} ({} bytes)",
+                    record.id, record.target, record.size
+                ),
+            ));
             Ok(Some(record.id))
         }
         crate::backup::Taken::NothingYet(reason) => {
-            engine.record(event(reason));
+            engine.record(event("backup.skipped", reason));
             Ok(None)
         }
     }

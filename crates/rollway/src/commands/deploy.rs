@@ -231,6 +231,7 @@ fn render_event(printer: &Printer, event: &EventView, elapsed: Duration) {
         "deployment.output" => printer.status("", &format!("| {}", event.message)),
         "deployment.command" => printer.status("Running", &event.message),
         "backup.created" => printer.status("Backed up", &event.message),
+        "backup.skipped" => printer.status("Skipped", &format!("the backup: {}", event.message)),
         "analysis.verdict" if event.message.contains(": fail") => printer.warning(&event.message),
         "deployment.holding" | "deployment.awaiting_approval" => {
             printer.status("Waiting", &event.message)
