@@ -178,14 +178,11 @@ async fn resume_deployments(engine: &Arc<Engine>) {
                     Some(&reason),
                     None,
                 );
-                engine.record(NewEvent {
-                    app: Some(deployment.app.clone()),
-                    environment: Some(deployment.environment.clone()),
-                    deployment_id: Some(deployment.id.clone()),
-                    kind: "deployment.finished".to_owned(),
-                    message: format!("Failed: {reason}"),
-                    data_json: "{}".to_owned(),
-                });
+                engine.record(NewEvent::for_deployment(
+                    &deployment,
+                    "deployment.finished",
+                    format!("Failed: {reason}"),
+                ));
                 let _ = engine.store.release_lock(
                     &deployment.app,
                     &deployment.environment,

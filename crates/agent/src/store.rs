@@ -173,6 +173,20 @@ pub struct NewEvent {
     pub data_json: String,
 }
 
+impl NewEvent {
+    /// An event about `deployment` (its app, environment and id filled in).
+    pub fn for_deployment(deployment: &Deployment, kind: &str, message: String) -> NewEvent {
+        NewEvent {
+            app: Some(deployment.app.clone()),
+            environment: Some(deployment.environment.clone()),
+            deployment_id: Some(deployment.id.clone()),
+            kind: kind.to_owned(),
+            message,
+            data_json: "{}".to_owned(),
+        }
+    }
+}
+
 /// An instance the agent believes runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstanceRecord {

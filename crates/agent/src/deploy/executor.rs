@@ -111,7 +111,7 @@ async fn drive(engine: &Arc<Engine>, id: &str) -> Result<(), String> {
                 next.as_str(),
                 reason.as_deref(),
                 Some(&data_json),
-                event(
+                NewEvent::for_deployment(
                     &deployment,
                     "deployment.state",
                     format!("{current} → {next}"),
@@ -965,18 +965,7 @@ fn spawn_heartbeat(engine: Arc<Engine>, id: String) -> tokio::task::JoinHandle<(
 }
 
 fn record(engine: &Engine, deployment: &Deployment, kind: &str, message: String) {
-    engine.record(event(deployment, kind, message));
-}
-
-fn event(deployment: &Deployment, kind: &str, message: String) -> NewEvent {
-    NewEvent {
-        app: Some(deployment.app.clone()),
-        environment: Some(deployment.environment.clone()),
-        deployment_id: Some(deployment.id.clone()),
-        kind: kind.to_owned(),
-        message,
-        data_json: "{}".to_owned(),
-    }
+    engine.record(NewEvent::for_deployment(deployment, kind, message));
 }
 
 /// A failure reason with the last lines the instance printed, which usually say why.

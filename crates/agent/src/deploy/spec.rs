@@ -85,17 +85,14 @@ pub async fn prepare(
     let dir = workdir(engine, release);
     let built_marker = dir.join(".rollway-built");
     if built_marker.exists() {
-        engine.record(NewEvent {
-            app: Some(deployment.app.clone()),
-            environment: Some(deployment.environment.clone()),
-            deployment_id: Some(deployment.id.clone()),
-            kind: "deployment.reuse".to_owned(),
-            message: format!(
+        engine.record(NewEvent::for_deployment(
+            deployment,
+            "deployment.reuse",
+            format!(
                 "artifact {} already built here: no rebuild",
                 short(&release.artifact)
             ),
-            data_json: "{}".to_owned(),
-        });
+        ));
         return Ok(());
     }
     if dir.exists() {
@@ -151,14 +148,7 @@ pub async fn prepare_images(
         return Ok(());
     }
     let driver = engine.drivers.container().await?;
-    let event = |kind: &str, message: String| NewEvent {
-        app: Some(deployment.app.clone()),
-        environment: Some(deployment.environment.clone()),
-        deployment_id: Some(deployment.id.clone()),
-        kind: kind.to_owned(),
-        message,
-        data_json: "{}".to_owned(),
-    };
+    let event = |kind: &str, message: String| NewEvent::for_deployment(deployment, kind, message);
     for service in containers {
         if release.images.contains_key(&service.name) {
             continue;
@@ -259,31 +249,25 @@ pub async fn run_release_command(
         .find_map(|service| release.images.get(&service.name));
     if let Some(image) = image {
         let driver = engine.drivers.container().await?;
-        engine.record(NewEvent {
-            app: Some(deployment.app.clone()),
-            environment: Some(deployment.environment.clone()),
-            deployment_id: Some(deployment.id.clone()),
-            kind: "deployment.command".to_owned(),
-            message: format!(
+        engine.record(NewEvent::for_deployment(
+            deployment,
+            "deployment.command",
+            format!(
                 "the release command in a one-off container of {}: {command}",
                 short(image)
             ),
-            data_json: "{}".to_owned(),
-        });
+        ));
         let mut tail: std::collections::VecDeque<String> = std::collections::VecDeque::new();
         let mut n_lines = 0usize;
         let code = driver
             .run_once(image, &env, command, |line| {
                 n_lines += 1;
                 if n_lines <= MAX_OUTPUT_EVENTS {
-                    engine.record(NewEvent {
-                        app: Some(deployment.app.clone()),
-                        environment: Some(deployment.environment.clone()),
-                        deployment_id: Some(deployment.id.clone()),
-                        kind: "deployment.output".to_owned(),
-                        message: line.to_owned(),
-                        data_json: "{}".to_owned(),
-                    });
+                    engine.record(NewEvent::for_deployment(
+                        deployment,
+                        "deployment.output",
+                        line.to_owned(),
+                    ));
                 }
                 tail.push_back(line.to_owned());
                 if tail.len() > 10 {
@@ -339,14 +323,7 @@ async fn run_command(
         .append(true)
         .open(&log_path)
         .map_err(|error| format!("cannot open `{}`: {error}", log_path.display()))?;
-    let event = |kind: &str, message: String| NewEvent {
-        app: Some(deployment.app.clone()),
-        environment: Some(deployment.environment.clone()),
-        deployment_id: Some(deployment.id.clone()),
-        kind: kind.to_owned(),
-        message,
-        data_json: "{}".to_owned(),
-    };
+    let event = |kind: &str, message: String| NewEvent::for_deployment(deployment, kind, message);
     engine.record(event(
         "deployment.command",
         format!("the {label}: {command}"),
@@ -487,14 +464,7 @@ pub async fn backup_before_release(
             target.display()
         )
     })?;
-    let event = |kind: &str, message: String| NewEvent {
-        app: Some(deployment.app.clone()),
-        environment: Some(deployment.environment.clone()),
-        deployment_id: Some(deployment.id.clone()),
-        kind: kind.to_owned(),
-        message,
-        data_json: "{}".to_owned(),
-    };
+    let event = |kind: &str, message: String| NewEvent::for_deployment(deployment, kind, message);
     match taken {
         crate::backup::Taken::Backup(record) => {
             engine.record(event(
