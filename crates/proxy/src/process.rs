@@ -25,8 +25,10 @@
 use std::fs;
 use std::io::{self, Read, Seek, Write};
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, UnixListener};
@@ -65,6 +67,9 @@ pub struct ProcessConfig {
     /// After SIGTERM (or `shutdown`): how long requests in flight get to finish before the process
     /// returns anyway.
     pub shutdown_timeout: Duration,
+    /// Data listeners handed over by the process that holds them (the agent, see `crate::handover`);
+    /// `None` binds `listen` here. One worker per listener.
+    pub listeners: Option<Arc<Vec<OwnedFd>>>,
 }
 
 /// Why the proxy process could not start or stopped badly.
@@ -103,6 +108,8 @@ pub enum ProcessError {
         #[source]
         source: ApplyError,
     },
+    #[error("the handed-over data listeners cannot be used")]
+    HandedOver(#[source] io::Error),
     #[error("cannot listen on `{addr}`")]
     Bind {
         addr: SocketAddr,
@@ -134,6 +141,10 @@ pub struct ProxyProcess {
     metrics: Option<(TcpListener, SocketAddr)>,
     control: UnixListener,
     socket: BoundSocket,
+    /// `listeners.sock`: gives out `handover_fds`, the data listeners, to whoever holds them next.
+    handover: UnixListener,
+    handover_socket: BoundSocket,
+    handover_fds: Arc<Vec<OwnedFd>>,
     routes_file: RoutesFile,
     pid_file: PidFile,
     sigterm: Signal,
@@ -156,6 +167,7 @@ impl ProcessConfig {
             config: ProxyConfig::default(),
             workers: crate::workers::default_workers(),
             shutdown_timeout: Duration::from_secs(30),
+            listeners: None,
         }
     }
 }
@@ -198,13 +210,35 @@ impl ProxyProcess {
             );
         }
 
-        let data = DataListeners::bind(config.listen, config.workers).map_err(|source| {
-            ProcessError::Bind {
-                addr: config.listen,
-                source,
+        let data = match &config.listeners {
+            Some(fds) => {
+                let duplicates = fds
+                    .iter()
+                    .map(OwnedFd::try_clone)
+                    .collect::<io::Result<Vec<_>>>()
+                    .map_err(ProcessError::HandedOver)?;
+                let data = DataListeners::from_fds(duplicates).map_err(ProcessError::HandedOver)?;
+                if config.listen.port() != 0 && data.local_addr() != config.listen {
+                    return Err(ProcessError::HandedOver(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!(
+                            "the listeners are on `{}`, not on `{}`",
+                            data.local_addr(),
+                            config.listen
+                        ),
+                    )));
+                }
+                data
             }
-        })?;
+            None => DataListeners::bind(config.listen, config.workers).map_err(|source| {
+                ProcessError::Bind {
+                    addr: config.listen,
+                    source,
+                }
+            })?,
+        };
         let data_addr = data.local_addr();
+        let handover_fds = Arc::new(data.duplicate().map_err(ProcessError::HandedOver)?);
         let metrics = match config.metrics {
             Some(addr) => {
                 let listener = bind_tcp(addr).await?;
@@ -214,6 +248,8 @@ impl ProxyProcess {
             None => None,
         };
         let (control, socket) = bind_control(&socket_path)?;
+        let (handover, handover_socket) =
+            bind_control(&state_dir.join(crate::handover::LISTENERS_FILE_NAME))?;
         pid_file.write_pid()?;
         tracing::info!(
             message = "Proxy started.",
@@ -228,6 +264,9 @@ impl ProxyProcess {
             metrics,
             control,
             socket,
+            handover,
+            handover_socket,
+            handover_fds,
             routes_file,
             pid_file,
             sigterm,
@@ -274,6 +313,11 @@ impl ProxyProcess {
                 stop.clone(),
             ))
         });
+        let handover = tokio::spawn(crate::handover::serve(
+            self.handover,
+            self.handover_fds.clone(),
+            stop.clone(),
+        ));
         let control = tokio::spawn(serve_control(
             self.control,
             self.proxy.clone(),
@@ -289,6 +333,8 @@ impl ProxyProcess {
         stop.cancel();
         // Gone from the file system at once, so the agent sees "no proxy" instead of a hanging connect.
         self.socket.remove();
+        self.handover_socket.remove();
+        let _ = join(handover, "hand-over socket", Duration::from_secs(1)).await;
 
         let mut result = Ok(());
         let control_result = join(control, "control socket", Duration::from_secs(5)).await;

@@ -271,6 +271,10 @@ pub struct ProxyRunArgs {
     /// Where to serve `/metrics` (Prometheus text), if anywhere.
     #[arg(long)]
     pub metrics: Option<std::net::SocketAddr>,
+    /// Take the data listeners from the Unix socket on stdin instead of binding `--listen` (the agent
+    /// holds them, so they outlive this process).
+    #[arg(long, hide = true)]
+    pub listeners_on_stdin: bool,
 }
 
 #[derive(Debug, Args)]

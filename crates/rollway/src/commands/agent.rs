@@ -59,12 +59,24 @@ pub fn run_agent(args: &AgentRunArgs, printer: Printer) -> anyhow::Result<ExitSt
 
 pub fn run_proxy(args: &ProxyRunArgs, _printer: Printer) -> anyhow::Result<ExitStatus> {
     init_tracing();
+    let listeners = if args.listeners_on_stdin {
+        use std::os::fd::AsFd as _;
+        let stdin = std::io::stdin().as_fd().try_clone_to_owned()?;
+        let stream = std::os::unix::net::UnixStream::from(stdin);
+        let fds = proxy::handover::receive(&stream, std::time::Duration::from_secs(10)).map_err(
+            |error| anyhow::anyhow!("cannot take the data listeners from stdin: {error}"),
+        )?;
+        Some(std::sync::Arc::new(fds))
+    } else {
+        None
+    };
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
         let mut config = proxy::process::ProcessConfig::new(args.state.clone(), args.listen);
         config.metrics = args.metrics;
+        config.listeners = listeners;
         proxy::process::run(config, shutdown).await
     })?;
     Ok(ExitStatus::Success)

@@ -8,6 +8,7 @@ mod init;
 mod monitoring;
 mod progressive;
 mod release_phase;
+mod robust;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;

@@ -1,0 +1,208 @@
+//! The first fault or mistake does not stop the agent (issue 11): the proxy is supervised and its
+//! listening sockets outlive it, an agent whose proxy address is taken says so and exits, the watch
+//! never takes out the last instances, and `status` tells the truth (instances, proxy, unknown
+//! environments).
+//!
+//! Assertions are about counts, states and events, never about how long anything took.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use testkit::agent::{APP, TestAgent};
+use testkit::load::{Load, Outcome};
+
+use crate::agent::{Setup, assert_contains, rollway_bin};
+
+const ENV: &str = "production";
+const PATIENCE: Duration = Duration::from_secs(60);
+
+fn of_kind<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    events
+        .iter()
+        .filter(|event| event["kind"] == kind)
+        .collect()
+}
+
+fn proxy_pid(agent: &TestAgent) -> i32 {
+    let text =
+        std::fs::read_to_string(agent.state_dir().join("proxy/proxy.pid")).expect("proxy.pid");
+    text.trim().parse().expect("a pid in proxy.pid")
+}
+
+/// Polls `status` until `done` holds, bounded by `PATIENCE`.
+async fn wait_status(agent: &TestAgent, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let status = agent.status(APP, ENV).await.0;
+        if done(&status) {
+            return status;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "status never got there: {status:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+// 1. A kill -9 of the proxy under load: restarted on the same sockets, no connection refused, only
+// what was in flight (one connection per client at most) fails; an event and an alert say so.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_proxy_is_restarted_and_refuses_no_connection() {
+    let setup = Setup::start().await;
+    let agent = &setup.agent;
+    let receiver = testkit::webhook::Receiver::start().await;
+    agent
+        .set_secret(APP, ENV, "ALERTS_URL", &receiver.url("/hook"))
+        .await
+        .assert_code(0);
+    let app = setup
+        .app("app", "v1")
+        .replicas(2)
+        .alerts_webhook("ALERTS_URL");
+    agent.deploy(&app, ENV).await.assert_code(0);
+
+    const CLIENTS: usize = 4;
+    let load = Load::new(agent.proxy_addr())
+        .concurrency(CLIENTS)
+        .duration(Duration::from_secs(120))
+        .start();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let killed = proxy_pid(agent);
+    let killed_ok = tokio::process::Command::new("kill")
+        .args(["-9", &killed.to_string()])
+        .status()
+        .await
+        .expect("run kill");
+    assert!(killed_ok.success(), "kill -9 {killed} failed");
+
+    let status = wait_status(agent, |status| {
+        status["proxy"]["restarts"] == 1 && status["proxy"]["state"] == "serving"
+    })
+    .await;
+    assert_ne!(status["proxy"]["pid"], killed, "{status:#}");
+    assert_eq!(status["proxy"]["holds_listeners"], true, "{status:#}");
+    assert_contains_value(&status["proxy"]["last_exit"], "killed by signal 9");
+    // Serving again through the new proxy, then a little more load on it.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let report = load.stop().await;
+
+    eprintln!("outcomes across the proxy kill: {:?}", report.outcomes);
+    let refused = report
+        .outcomes
+        .get(&Outcome::ConnectError)
+        .copied()
+        .unwrap_or(0);
+    assert_eq!(
+        refused, 0,
+        "connections were refused: {:?}",
+        report.outcomes
+    );
+    assert!(
+        report.failed <= CLIENTS as u64,
+        "more failed than one in flight per client: {:?}",
+        report.outcomes
+    );
+    assert!(report.ok > 0, "{:?}", report.outcomes);
+    let after_kill = report
+        .records
+        .iter()
+        .rev()
+        .take(20)
+        .filter(|record| record.outcome == Outcome::Status(200))
+        .count();
+    assert_eq!(after_kill, 20, "the last requests did not all succeed");
+
+    let events = agent.events().await;
+    let exited = of_kind(&events, "proxy.exited");
+    assert_eq!(exited.len(), 1, "{events:#?}");
+    assert_contains_value(&exited[0]["message"], &format!("pid {killed}"));
+    assert_eq!(of_kind(&events, "proxy.restarted").len(), 1, "{events:#?}");
+
+    let received = receiver.wait_for(2, PATIENCE).await;
+    let texts: Vec<String> = received
+        .iter()
+        .map(|request| request.body.clone())
+        .collect();
+    assert!(
+        texts.iter().any(|text| text.contains("the proxy (pid")),
+        "no alert for the proxy's exit: {texts:#?}"
+    );
+
+    // The CLI shows it too.
+    let ran = agent.cli(&["status", "--app", APP, "--env", ENV]).await;
+    ran.assert_code(0);
+    assert_contains(&ran, "proxy     serving on");
+    assert_contains(&ran, "restarted once");
+}
+
+// 2. An agent whose proxy address is taken says so and exits non-zero, instead of running on
+// without a proxy.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_whose_proxy_address_is_taken_exits_and_says_so() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr");
+    let mut command = tokio::process::Command::new(rollway_bin());
+    command
+        .arg("agent")
+        .arg("--state")
+        .arg(dir.path().join("state"))
+        .arg("--api")
+        .arg("127.0.0.1:0")
+        .arg("--proxy")
+        .arg(addr.to_string())
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(PATIENCE, command.output())
+        .await
+        .expect("the agent exits")
+        .expect("run the agent");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_ne!(output.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on `{addr}` for the apps")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--proxy ADDR"), "{stderr}");
+    // No proxy was left behind on the state directory.
+    assert!(
+        !dir.path().join("state/proxy/proxy.pid").exists() || {
+            let text = std::fs::read_to_string(dir.path().join("state/proxy/proxy.pid"))
+                .unwrap_or_default();
+            text.trim().is_empty()
+        }
+    );
+    drop(taken);
+}
+
+// 3. Status tells the truth: an unknown environment is an error, not `release none`.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_of_an_unknown_environment_is_an_error_naming_the_known_ones() {
+    let setup = Setup::start().await;
+    let agent = &setup.agent;
+    agent
+        .deploy(&setup.app("app", "v1"), ENV)
+        .await
+        .assert_code(0);
+    let ran = agent
+        .cli(&["status", "--app", APP, "--env", "staging"])
+        .await;
+    assert_ne!(ran.code, Some(0), "{ran}");
+    assert_contains(&ran, "has no environment `staging`");
+    assert_contains(&ran, "`production`");
+    let ran = agent
+        .cli(&["status", "--app", "nosuchapp", "--env", ENV])
+        .await;
+    assert_ne!(ran.code, Some(0), "{ran}");
+    assert_contains(&ran, "no app `nosuchapp`");
+}
+
+#[track_caller]
+fn assert_contains_value(value: &Value, needle: &str) {
+    let text = value.as_str().unwrap_or_default();
+    assert!(text.contains(needle), "expected `{needle}` in {value}");
+}
