@@ -34,7 +34,7 @@ pub fn alert_text(event: &EventView) -> Option<String> {
         "deployment.finished" if event.message.starts_with("RolledBack") => {
             format!("rolled back automatically: {}", event.message)
         }
-        "instance.unhealthy" => event.message.clone(),
+        "instance.unhealthy" | "watch.all_unhealthy" => event.message.clone(),
         "watch.error_rate" => format!("error rate above the bound: {}", event.message),
         "backup.failed" => event.message.clone(),
         "proxy.exited" | "proxy.restarted" | "proxy.restart_failed" => event.message.clone(),

@@ -206,3 +206,165 @@ fn assert_contains_value(value: &Value, needle: &str) {
     let text = value.as_str().unwrap_or_default();
     assert!(text.contains(needle), "expected `{needle}` in {value}");
 }
+
+async fn signal_group(pid: u32, signal: &str) {
+    let status = tokio::process::Command::new("kill")
+        .args([signal, "--", &format!("-{pid}")])
+        .status()
+        .await
+        .expect("run kill");
+    assert!(status.success(), "kill {signal} -{pid} failed");
+}
+
+// 4. Every replica failing /health: they stay in traffic (fail open), requests keep being answered,
+// and one alert says so; when they pass again, the watch says they recovered.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_replicas_failing_health_stay_routed_and_alert() {
+    let setup = Setup::start().await;
+    let agent = &setup.agent;
+    let receiver = testkit::webhook::Receiver::start().await;
+    agent
+        .set_secret(APP, ENV, "ALERTS_URL", &receiver.url("/hook"))
+        .await
+        .assert_code(0);
+    let fail_file = setup.dir.path().join("health-fails");
+    let app = setup
+        .app("app", "v1")
+        .replicas(2)
+        .env("HEALTH_FAIL_FILE", fail_file.display().to_string())
+        .alerts_webhook("ALERTS_URL");
+    agent.deploy(&app, ENV).await.assert_code(0);
+    let load = setup.load();
+
+    std::fs::write(&fail_file, "").expect("make health fail");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while of_kind(&agent.events().await, "watch.all_unhealthy").is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "no fail-open event");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A few more watch ticks: nobody is taken out meanwhile.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let status = agent.status(APP, ENV).await;
+    let states: Vec<String> = status.instances().into_values().collect();
+    assert_eq!(states, ["serving", "serving"], "{status}");
+    let events = agent.events().await;
+    assert_eq!(
+        of_kind(&events, "watch.all_unhealthy").len(),
+        1,
+        "{events:#?}"
+    );
+    assert_eq!(
+        of_kind(&events, "instance.unhealthy").len(),
+        0,
+        "{events:#?}"
+    );
+
+    std::fs::remove_file(&fail_file).expect("health passes again");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while of_kind(&agent.events().await, "watch.recovered").is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "no recovery event");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let report = load.stop().await;
+    report.assert_no_failures();
+
+    let received = receiver.wait_for(1, PATIENCE).await;
+    assert!(
+        received
+            .iter()
+            .any(|request| request.body.contains("fail open")),
+        "no fail-open alert: {received:#?}"
+    );
+}
+
+// 5. A new release frozen (SIGSTOP) while it is observed sends no errors to count; its failing
+// health checks roll it back to the warm release that served before.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_release_is_rolled_back_while_observed() {
+    let setup = Setup::start().await;
+    let agent = &setup.agent;
+    agent
+        .deploy(&setup.app("app", "v1").replicas(2), ENV)
+        .await
+        .assert_code(0);
+    let v2 = setup.app("app", "v2").replicas(2).observe("60s");
+    let deploy = tokio::spawn(testkit::agent::run(agent.deploy_command(
+        &v2,
+        ENV,
+        Some(agent.admin_token()),
+    )));
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while agent.status(APP, ENV).await.deployment_state() != Some("Observing") {
+        assert!(tokio::time::Instant::now() < deadline, "never observing");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let frozen: Vec<u32> = agent
+        .instance_pid_files()
+        .into_iter()
+        .filter(|(id, _)| id.contains("-r2-"))
+        .map(|(_, pid)| pid)
+        .collect();
+    assert_eq!(frozen.len(), 2, "{frozen:?}");
+    for pid in &frozen {
+        signal_group(*pid, "-STOP").await;
+    }
+    let ran = tokio::time::timeout(PATIENCE * 2, deploy)
+        .await
+        .expect("the deploy ends")
+        .expect("the deploy task");
+    // Thawed if still there (the rollback stops them: SIGKILL after the drain works on them too).
+    for pid in &frozen {
+        let _ = tokio::process::Command::new("kill")
+            .args(["-CONT", "--", &format!("-{pid}")])
+            .status()
+            .await;
+    }
+    ran.assert_code(1);
+    let status = agent.status(APP, ENV).await;
+    assert_eq!(status.deployment_state(), Some("RolledBack"), "{status}");
+    let reason = status.deployment_reason().unwrap_or_default();
+    assert!(
+        reason.contains("every instance of release 2") && reason.contains("release 1 is warm"),
+        "{status}"
+    );
+    assert_eq!(status.weights(), vec![(1, 100)], "{status}");
+    agent.assert_serves("v1").await;
+}
+
+// 6. A deploy whose instances never become healthy leaves no ghost: status lists only what runs,
+// before and after an agent restart.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_start_leaves_no_starting_ghost() {
+    let mut setup = Setup::start().await;
+    setup
+        .agent
+        .deploy(&setup.app("app", "v1"), ENV)
+        .await
+        .assert_code(0);
+    let fail_file = setup.dir.path().join("never-healthy");
+    std::fs::write(&fail_file, "").expect("write");
+    let v2 = setup
+        .app("app", "v2")
+        .env("HEALTH_FAIL_FILE", fail_file.display().to_string())
+        .start_timeout("2s");
+    setup.agent.deploy(&v2, ENV).await.assert_code(1);
+    let expected = [(format!("{APP}-{ENV}-r1-web-1"), "serving".to_owned())];
+    let status = setup.agent.status(APP, ENV).await;
+    assert_eq!(
+        status.instances().into_iter().collect::<Vec<_>>(),
+        expected,
+        "{status}"
+    );
+    setup.agent.kill9().await;
+    setup.agent.restart_with_env(&[]).await;
+    let status = setup.agent.status(APP, ENV).await;
+    assert_eq!(
+        status.instances().into_iter().collect::<Vec<_>>(),
+        expected,
+        "{status}"
+    );
+    assert_eq!(status.0["proxy"]["state"], "serving", "{status}");
+}
