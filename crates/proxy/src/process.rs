@@ -12,11 +12,13 @@
 //!   any way that matters (the agent starts it in its own process group); it keeps routing with its last
 //!   state, and the restarted agent puts its full desired state again, which changes nothing when nothing
 //!   changed.
-//! - The proxy stopping (SIGTERM): requests in flight finish within `shutdown_timeout`; new connections
-//!   are refused from the signal on (the gap a hot restart with socket hand-over would close; not built
-//!   yet). On its next start the routing comes back from `routes.json`, ready instances ready at once.
+//! - The proxy stopping (SIGTERM): requests in flight finish within `shutdown_timeout`. When it was
+//!   started on handed-over listeners (`ProcessConfig::listeners`, as the agent does), the sockets stay
+//!   open in their holder and new connections wait in the backlog for the next proxy; a proxy that bound
+//!   its own listeners refuses new connections from the signal on. On its next start the routing comes
+//!   back from `routes.json`, ready instances ready at once.
 //! - The proxy killed (-9) or the host rebooting: the routing, from `routes.json` (saved before each
-//!   change took effect). Lost: requests in flight, per-release counters (they restart at zero, so a reader
+//!   change took effect); with a holder of the listeners, no connection is refused meanwhile. Lost: requests in flight, per-release counters (they restart at zero, so a reader
 //!   must treat a smaller count as a restart), passive-health marks, and drains in progress (the leaving
 //!   instances are simply not in `routes.json`, so they get no new request). An instance that died
 //!   meanwhile is taken out by passive health on the first refused connection.
