@@ -102,6 +102,10 @@ pub struct StatusView {
     /// The proxy process that serves this agent's apps (absent from agents before it was added).
     #[serde(default)]
     pub proxy: Option<ProxyView>,
+    /// When the latest deployment's observation window ended without enough evidence: the agent's
+    /// words for it (the release took all traffic with no verdict either way).
+    #[serde(default)]
+    pub inconclusive: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -303,6 +303,17 @@ pub async fn status(
         .into_iter()
         .next()
         .map(|deployment| views::deployment_view(&deployment));
+    let inconclusive = match &deployment {
+        Some(deployment) => engine
+            .store
+            .events_for_deployment(&deployment.id, 0)
+            .map_err(ApiError::internal)?
+            .into_iter()
+            .rev()
+            .find(|event| event.kind == "analysis.inconclusive")
+            .map(|event| event.message),
+        None => None,
+    };
     let url = runtime
         .routes
         .first()
@@ -330,6 +341,7 @@ pub async fn status(
             .collect(),
         deployment,
         proxy: Some(views::proxy_view(&engine.proxy.status())),
+        inconclusive,
     }))
 }
 

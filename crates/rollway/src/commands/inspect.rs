@@ -85,6 +85,9 @@ pub fn status(args: &EnvArgs, printer: Printer) -> anyhow::Result<ExitStatus> {
                 deployment.id, deployment.kind, deployment.to_release, deployment.state
             ));
         }
+        if let Some(inconclusive) = &status.inconclusive {
+            out.push_str(&format!("verdict   inconclusive: {inconclusive}\n"));
+        }
         printer.data(&out)?;
         Ok(ExitStatus::Success)
     })

@@ -368,3 +368,23 @@ async fn a_failed_start_leaves_no_starting_ghost() {
     );
     assert_eq!(status.0["proxy"]["state"], "serving", "{status}");
 }
+
+// 7. An observation window that ends without evidence says so in `status`, not only in the events.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inconclusive_observation_is_shown_in_status() {
+    let setup = Setup::start().await;
+    let agent = &setup.agent;
+    agent
+        .deploy(&setup.app("app", "v1"), ENV)
+        .await
+        .assert_code(0);
+    agent
+        .deploy(&setup.app("app", "v2").observe("2s"), ENV)
+        .await
+        .assert_code(0);
+    let status = agent.status(APP, ENV).await;
+    assert_contains_value(&status.0["inconclusive"], "without enough evidence");
+    let ran = agent.cli(&["status", "--app", APP, "--env", ENV]).await;
+    assert_contains(&ran, "verdict   inconclusive:");
+}
