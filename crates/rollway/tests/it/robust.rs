@@ -388,3 +388,43 @@ async fn an_inconclusive_observation_is_shown_in_status() {
     let ran = agent.cli(&["status", "--app", APP, "--env", ENV]).await;
     assert_contains(&ran, "verdict   inconclusive:");
 }
+
+// 8. After an agent restart the proxy it adopts is supervised the same way: the new agent holds its
+// listeners again (taken from the proxy), so killing the proxy refuses no connection.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adopted_proxy_is_supervised_with_its_listeners_held() {
+    let mut setup = Setup::start().await;
+    setup
+        .agent
+        .deploy(&setup.app("app", "v1").replicas(2), ENV)
+        .await
+        .assert_code(0);
+    setup.agent.kill9().await;
+    setup.agent.restart_with_env(&[]).await;
+    let agent = &setup.agent;
+    let status = agent.status(APP, ENV).await;
+    assert_eq!(status.0["proxy"]["holds_listeners"], true, "{status}");
+    let load = Load::new(agent.proxy_addr())
+        .concurrency(2)
+        .duration(Duration::from_secs(120))
+        .start();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let killed = proxy_pid(agent);
+    let status = tokio::process::Command::new("kill")
+        .args(["-9", &killed.to_string()])
+        .status()
+        .await
+        .expect("run kill");
+    assert!(status.success());
+    wait_status(agent, |status| status["proxy"]["restarts"] == 1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let report = load.stop().await;
+    assert_eq!(
+        report.outcomes.get(&Outcome::ConnectError),
+        None,
+        "{:?}",
+        report.outcomes
+    );
+    assert!(report.failed <= 2, "{:?}", report.outcomes);
+}
