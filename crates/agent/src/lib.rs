@@ -113,10 +113,6 @@ pub async fn run(
         metrics: config.proxy_metrics,
     };
     let proxy_addr = proxy.start(&proxy_command).await?;
-    let proxy_command = proxy_link::ProxyCommand {
-        listen: proxy_addr,
-        ..proxy_command
-    };
 
     let listener = tokio::net::TcpListener::bind(config.api)
         .await
@@ -149,7 +145,14 @@ pub async fn run(
     });
     tokio::spawn(alerts::run(engine.clone(), alerts_queue));
     recover::recover(&engine).await;
-    tokio::spawn(proxy_supervisor::supervise(engine.clone(), proxy_command));
+    // A proxy still running from an older binary (the agent was upgraded) hands over to a new one,
+    // once the routes are known again (the upgrade gives the new proxy the whole desired state).
+    if engine.proxy.runs_other_binary().await
+        && let Err(error) = proxy_supervisor::upgrade(&engine, "the agent's binary changed").await
+    {
+        tracing::error!(message = "Cannot upgrade the proxy; the old one keeps serving.", error = %error_chain(&error));
+    }
+    tokio::spawn(proxy_supervisor::supervise(engine.clone()));
     tokio::spawn(expire_warm_instances(engine.clone()));
     tokio::spawn(scheduled_backups(engine.clone()));
     tokio::spawn(watch::health_loop(engine.clone()));

@@ -94,6 +94,20 @@ struct Shared {
     /// Exit statuses of proxies this agent started (it is their parent and reaps them), by pid.
     /// std Mutex: inserts by the reaping threads, reads by the supervisor.
     exits: Mutex<BTreeMap<u32, std::process::ExitStatus>>,
+    /// How proxies are started, set at start.
+    command: OnceLock<ProxyCommand>,
+    /// Held while a proxy is replaced on purpose (an upgrade), so the supervisor does not take the
+    /// old one's exit for a crash. tokio Mutex: held across the whole hand-over.
+    replacing: tokio::sync::Mutex<()>,
+}
+
+/// How a proxy process begins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Launch {
+    /// No proxy runs: a fresh one.
+    Fresh,
+    /// A hot restart: the new one takes over from the running one, which drains and exits.
+    Takeover,
 }
 
 /// How to start a proxy process.
@@ -122,6 +136,8 @@ impl ProxyLink {
                     holds_listeners: false,
                 }),
                 exits: Mutex::new(BTreeMap::new()),
+                command: OnceLock::new(),
+                replacing: tokio::sync::Mutex::new(()),
             }),
         }
     }
@@ -130,6 +146,7 @@ impl ProxyLink {
     /// data listeners here and starts a proxy on them. A taken address is an error, not a warning in
     /// a log nobody reads. Returns the address the apps are served on.
     pub async fn start(&self, command: &ProxyCommand) -> Result<SocketAddr, LinkError> {
+        let _ = self.shared.command.set(command.clone());
         if let Ok(health) = self.client.healthz().await {
             let listen = health.listen.unwrap_or(command.listen);
             let path = self.dir.join(proxy::handover::LISTENERS_FILE_NAME);
@@ -153,6 +170,10 @@ impl ProxyLink {
                 status.pid = Some(health.pid);
                 status.listen = listen;
             });
+            let _ = self.shared.command.set(ProxyCommand {
+                listen,
+                ..command.clone()
+            });
             return Ok(listen);
         }
         let listeners =
@@ -173,13 +194,49 @@ impl ProxyLink {
             listen,
             ..command.clone()
         };
-        self.spawn(&command).await?;
+        let _ = self.shared.command.set(command.clone());
+        self.spawn(&command, Launch::Fresh).await?;
         Ok(listen)
+    }
+
+    /// How proxies are started (set by `start`).
+    pub fn command(&self) -> Option<ProxyCommand> {
+        self.shared.command.get().cloned()
+    }
+
+    /// Whether the running proxy was started from another file than the agent's binary (an upgrade
+    /// installed since): compares `proxy::process::binary_identity` of both.
+    pub async fn runs_other_binary(&self) -> bool {
+        let Some(command) = self.command() else {
+            return false;
+        };
+        let ours = proxy::process::binary_identity(&command.exe);
+        match self.client.healthz().await {
+            Ok(health) => ours.is_some() && health.binary.is_some() && health.binary != ours,
+            Err(_) => false,
+        }
+    }
+
+    /// A hot restart: a new proxy of the agent's binary takes the listeners, the routing and the
+    /// counters over from the running one, which stops accepting, drains and exits. No connection is
+    /// refused meanwhile. Returns the new pid.
+    pub async fn upgrade(&self) -> Result<u32, LinkError> {
+        let command = self.command().ok_or_else(|| LinkError::Spawn {
+            exe: "rollway".to_owned(),
+            source: std::io::Error::other("the proxy was never started by this agent"),
+        })?;
+        let _replacing = self.shared.replacing.lock().await;
+        self.spawn(&command, Launch::Takeover).await
+    }
+
+    /// Taken by the supervisor before it acts on an exit: an upgrade in progress finishes first.
+    pub async fn wait_replacement(&self) {
+        let _ = self.shared.replacing.lock().await;
     }
 
     /// Starts a proxy process, detached (its own process group, no pipe to the agent: a kill -9 of the
     /// agent leaves it serving), on the held listeners when there are any, and waits until it answers.
-    pub async fn spawn(&self, command: &ProxyCommand) -> Result<u32, LinkError> {
+    pub async fn spawn(&self, command: &ProxyCommand, launch: Launch) -> Result<u32, LinkError> {
         let exe = command.exe.display().to_string();
         let spawn_error = |source| LinkError::Spawn {
             exe: exe.clone(),
@@ -208,6 +265,9 @@ impl ProxyLink {
             .stderr(log_err);
         if let Some(metrics) = command.metrics {
             process.arg("--metrics").arg(metrics.to_string());
+        }
+        if launch == Launch::Takeover {
+            process.arg("--takeover");
         }
         // The listeners cross on a socket pair that is the child's stdin: std places it at fd 0 in
         // the child only, so no app instance started meanwhile can inherit a listener.

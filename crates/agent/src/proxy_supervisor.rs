@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::engine::Engine;
-use crate::proxy_link::{ProxyCommand, ProxyHealth};
+use crate::proxy_link::{Launch, ProxyHealth};
 use crate::store::NewEvent;
 
 /// Waits between failed restarts, growing to the last one and staying there.
@@ -23,7 +23,7 @@ const BACKOFF: [Duration; 6] = [
 ];
 
 /// Runs until the agent shuts down; the proxy keeps running after that, on purpose.
-pub async fn supervise(engine: Arc<Engine>, command: ProxyCommand) {
+pub async fn supervise(engine: Arc<Engine>) {
     loop {
         let Some(pid) = engine.proxy.status().pid else {
             return;
@@ -34,6 +34,11 @@ pub async fn supervise(engine: Arc<Engine>, command: ProxyCommand) {
         };
         if engine.shutdown.is_cancelled() {
             return;
+        }
+        // Replaced on purpose (an upgrade): the new one is the one to watch now.
+        engine.proxy.wait_replacement().await;
+        if engine.proxy.status().pid != Some(pid) {
+            continue;
         }
         let exited_at = tokio::time::Instant::now();
         engine.proxy.set_status(|status| {
@@ -54,11 +59,35 @@ pub async fn supervise(engine: Arc<Engine>, command: ProxyCommand) {
                 }
             ),
         );
-        restart(&engine, &command, exited_at).await;
+        restart(&engine, exited_at).await;
     }
 }
 
-async fn restart(engine: &Arc<Engine>, command: &ProxyCommand, exited_at: tokio::time::Instant) {
+/// Replaces the running proxy with one of the agent's binary (a hot restart) and says so.
+pub async fn upgrade(
+    engine: &Arc<Engine>,
+    why: &str,
+) -> Result<(Option<u32>, u32), crate::proxy_link::LinkError> {
+    let previous = engine.proxy.status().pid;
+    let pid = engine.proxy.upgrade().await?;
+    if let Err(error) = engine.push_routes().await {
+        tracing::error!(message = "Cannot give the new proxy its routes.", %error);
+    }
+    record(
+        engine,
+        "proxy.upgraded",
+        format!(
+            "{why}: the proxy (pid {pid}) took over the listeners from pid {}, which drains and exits",
+            previous.map_or_else(|| "unknown".to_owned(), |pid| pid.to_string())
+        ),
+    );
+    Ok((previous, pid))
+}
+
+async fn restart(engine: &Arc<Engine>, exited_at: tokio::time::Instant) {
+    let Some(command) = engine.proxy.command() else {
+        return;
+    };
     let mut attempt = 0usize;
     loop {
         let wait = BACKOFF[attempt.min(BACKOFF.len() - 1)];
@@ -69,7 +98,7 @@ async fn restart(engine: &Arc<Engine>, command: &ProxyCommand, exited_at: tokio:
             }
         }
         attempt += 1;
-        match engine.proxy.spawn(command).await {
+        match engine.proxy.spawn(&command, Launch::Fresh).await {
             Ok(pid) => {
                 // It reloaded routes.json already; the agent's whole state makes sure it is current.
                 if let Err(error) = engine.push_routes().await {

@@ -175,6 +175,13 @@ pub struct ProxyView {
     pub holds_listeners: bool,
 }
 
+/// `POST /v1/proxy/upgrade`: which process served before and which serves now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProxyUpgradeView {
+    pub previous_pid: Option<u32>,
+    pub proxy: ProxyView,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ProxyState {

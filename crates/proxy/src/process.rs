@@ -53,6 +53,9 @@ pub const PID_FILE_NAME: &str = "proxy.pid";
 /// How long an existing socket gets to answer before it is taken for stale.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// How long a successor waits for a retiring proxy to give up its pid file.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(10);
+
 /// Everything one proxy process needs.
 #[derive(Debug, Clone)]
 pub struct ProcessConfig {
@@ -72,6 +75,10 @@ pub struct ProcessConfig {
     /// Data listeners handed over by the process that holds them (the agent, see `crate::handover`);
     /// `None` binds `listen` here. One worker per listener.
     pub listeners: Option<Arc<Vec<OwnedFd>>>,
+    /// A hot restart: take over from the proxy running on this state directory (its listeners when
+    /// none are given, then its counters, pid file and sockets once it retires). Without a running
+    /// proxy it is an ordinary start.
+    pub takeover: bool,
 }
 
 /// Why the proxy process could not start or stopped badly.
@@ -109,6 +116,12 @@ pub enum ProcessError {
         path: PathBuf,
         #[source]
         source: ApplyError,
+    },
+    #[error("the running proxy (pid {pid}) did not retire")]
+    Takeover {
+        pid: u32,
+        #[source]
+        source: crate::control_client::ControlClientError,
     },
     #[error("the handed-over data listeners cannot be used")]
     HandedOver(#[source] io::Error),
@@ -148,7 +161,7 @@ pub struct ProxyProcess {
     handover_socket: BoundSocket,
     handover_fds: Arc<Vec<OwnedFd>>,
     routes_file: RoutesFile,
-    pid_file: PidFile,
+    pid_file: Option<PidFile>,
     sigterm: Signal,
     shutdown_timeout: Duration,
 }
@@ -170,6 +183,7 @@ impl ProcessConfig {
             workers: crate::workers::default_workers(),
             shutdown_timeout: Duration::from_secs(30),
             listeners: None,
+            takeover: false,
         }
     }
 }
@@ -189,8 +203,39 @@ impl ProxyProcess {
                 path: state_dir.clone(),
                 source,
             })?;
-        let mut pid_file = PidFile::lock(&state_dir)?;
         let socket_path = state_dir.join(SOCKET_FILE_NAME);
+        let mut listeners = config.listeners.clone();
+        let mut inherited_stats = Vec::new();
+        let mut pid_file =
+            if config.takeover {
+                let predecessor = ControlClient::new(&socket_path).with_timeout(PROBE_TIMEOUT * 5);
+                match predecessor.healthz().await {
+                    Ok(health) => {
+                        if listeners.is_none() {
+                            let path = state_dir.join(crate::handover::LISTENERS_FILE_NAME);
+                            let fds = crate::handover::fetch(&path, PROBE_TIMEOUT * 5)
+                                .map_err(ProcessError::HandedOver)?;
+                            listeners = Some(Arc::new(fds));
+                        }
+                        // From here the predecessor accepts nothing; connections wait in the shared
+                        // backlog until this process serves.
+                        inherited_stats = predecessor.retire().await.map_err(|source| {
+                            ProcessError::Takeover {
+                                pid: health.pid,
+                                source,
+                            }
+                        })?;
+                        tracing::info!(
+                            message = "Taking over from the running proxy.",
+                            predecessor = health.pid
+                        );
+                        PidFile::lock_when_released(&state_dir, TAKEOVER_WAIT).await?
+                    }
+                    Err(_) => PidFile::lock(&state_dir)?,
+                }
+            } else {
+                PidFile::lock(&state_dir)?
+            };
         remove_stale_socket(&state_dir, &socket_path).await?;
         // Registered before anything is served, so a SIGTERM from now on stops us gracefully.
         let sigterm = signal(SignalKind::terminate()).map_err(ProcessError::Signal)?;
@@ -212,7 +257,8 @@ impl ProxyProcess {
             );
         }
 
-        let data = match &config.listeners {
+        proxy.carry_over_stats(&inherited_stats);
+        let data = match &listeners {
             Some(fds) => {
                 let duplicates = fds
                     .iter()
@@ -243,7 +289,13 @@ impl ProxyProcess {
         let handover_fds = Arc::new(data.duplicate().map_err(ProcessError::HandedOver)?);
         let metrics = match config.metrics {
             Some(addr) => {
-                let listener = bind_tcp(addr).await?;
+                // A retiring predecessor closes its metrics listener as it retires; give it a moment.
+                let wait = if config.takeover {
+                    TAKEOVER_WAIT
+                } else {
+                    Duration::ZERO
+                };
+                let listener = bind_tcp_retrying(addr, wait).await?;
                 let bound = local_addr(&listener, addr)?;
                 Some((listener, bound))
             }
@@ -270,7 +322,7 @@ impl ProxyProcess {
             handover_socket,
             handover_fds,
             routes_file,
-            pid_file,
+            pid_file: Some(pid_file),
             sigterm,
             shutdown_timeout: config.shutdown_timeout,
         })
@@ -300,7 +352,9 @@ impl ProxyProcess {
             pid: std::process::id(),
             listen: Some(self.data_addr),
             metrics: self.metrics_addr(),
+            binary: binary_identity(Path::new("/proc/self/exe")),
         };
+        let retire = CancellationToken::new();
         let data = crate::workers::serve(self.data, self.proxy.clone(), stop.clone()).map_err(
             |source| ProcessError::Serve {
                 server: "data listener",
@@ -326,16 +380,24 @@ impl ProxyProcess {
             self.routes_file,
             health,
             stop.clone(),
+            retire.clone(),
         ));
 
         tokio::select! {
             () = shutdown.cancelled() => {}
             _ = self.sigterm.recv() => tracing::info!(message = "SIGTERM received; stopping."),
+            () = retire.cancelled() => {}
         }
         stop.cancel();
         // Gone from the file system at once, so the agent sees "no proxy" instead of a hanging connect.
         self.socket.remove();
         self.handover_socket.remove();
+        if retire.is_cancelled() {
+            // The successor waits for this lock; it gets it now, not after our drain.
+            if let Some(pid_file) = self.pid_file.take() {
+                pid_file.remove();
+            }
+        }
         let _ = join(handover, "hand-over socket", Duration::from_secs(1)).await;
 
         let mut result = Ok(());
@@ -368,7 +430,9 @@ impl ProxyProcess {
                 result = Err(error);
             }
         }
-        self.pid_file.remove();
+        if let Some(pid_file) = self.pid_file.take() {
+            pid_file.remove();
+        }
         tracing::info!(message = "Proxy stopped.");
         result
     }
@@ -396,6 +460,33 @@ struct PidFile {
 }
 
 impl PidFile {
+    /// Waits (bounded) for a retiring predecessor to give up the lock, then takes it.
+    async fn lock_when_released(state_dir: &Path, wait: Duration) -> Result<PidFile, ProcessError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match PidFile::lock(state_dir) {
+                Err(ProcessError::AlreadyRunning { .. })
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                // Opened just before the predecessor removed it: the lock is on a file nobody sees.
+                Ok(pid_file) if !pid_file.is_at_path() => {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Whether the locked file is still the one at the path.
+    fn is_at_path(&self) -> bool {
+        match (self.file.metadata(), fs::metadata(&self.path)) {
+            (Ok(ours), Ok(at_path)) => ours.ino() == at_path.ino() && ours.dev() == at_path.dev(),
+            _ => false,
+        }
+    }
+
     fn lock(state_dir: &Path) -> Result<PidFile, ProcessError> {
         let path = state_dir.join(PID_FILE_NAME);
         let pid_error = |source| ProcessError::PidFile {
@@ -519,10 +610,20 @@ fn bind_control(socket_path: &Path) -> Result<(UnixListener, BoundSocket), Proce
     }
 }
 
-async fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, ProcessError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| ProcessError::Bind { addr, source })
+async fn bind_tcp_retrying(addr: SocketAddr, wait: Duration) -> Result<TcpListener, ProcessError> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match TcpListener::bind(addr).await {
+            Ok(listener) => return Ok(listener),
+            Err(error)
+                if error.kind() == io::ErrorKind::AddrInUse
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(source) => return Err(ProcessError::Bind { addr, source }),
+        }
+    }
 }
 
 fn local_addr(listener: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, ProcessError> {
@@ -547,4 +648,18 @@ async fn join(
         })),
         Err(_elapsed) => None,
     }
+}
+
+/// Names the executable file behind `path` (device, inode, size, modification time): a new build
+/// installed over the old one is a new file, while a running process keeps naming the one it started
+/// from (`/proc/self/exe` of a replaced binary still points at the old inode).
+pub fn binary_identity(path: &Path) -> Option<String> {
+    let metadata = fs::metadata(path).ok()?;
+    Some(format!(
+        "{}:{}:{}:{}",
+        metadata.dev(),
+        metadata.ino(),
+        metadata.size(),
+        metadata.mtime()
+    ))
 }

@@ -345,6 +345,30 @@ pub async fn status(
     }))
 }
 
+/// `POST /v1/proxy/upgrade` (admin): a hot restart of the proxy onto the agent's binary.
+pub async fn upgrade_proxy(
+    State(engine): State<Arc<Engine>>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<client::wire::ProxyUpgradeView> {
+    let why = format!("{} asked for it", caller.name);
+    let (previous_pid, _) = crate::proxy_supervisor::upgrade(&engine, &why)
+        .await
+        .map_err(|error| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "proxy_upgrade_failed",
+                format!(
+                    "the new proxy did not take over, so the old one keeps serving: {}",
+                    crate::error_chain(&error)
+                ),
+            )
+        })?;
+    Ok(Json(client::wire::ProxyUpgradeView {
+        previous_pid,
+        proxy: views::proxy_view(&engine.proxy.status()),
+    }))
+}
+
 pub async fn releases(
     State(engine): State<Arc<Engine>>,
     Path((app, env)): Path<(String, String)>,

@@ -84,6 +84,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
             get(handlers::tokens).post(handlers::create_token),
         )
         .route("/tokens/{id}", delete(handlers::revoke_token))
+        .route("/proxy/upgrade", post(handlers::upgrade_proxy))
         .route(
             "/apps/{app}/environments/{env}/lock",
             delete(handlers::release_lock),

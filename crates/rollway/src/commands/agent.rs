@@ -57,7 +57,14 @@ pub fn run_agent(args: &AgentRunArgs, printer: Printer) -> anyhow::Result<ExitSt
     Ok(ExitStatus::Success)
 }
 
-pub fn run_proxy(args: &ProxyRunArgs, _printer: Printer) -> anyhow::Result<ExitStatus> {
+pub fn run_proxy(args: &ProxyRunArgs, printer: Printer) -> anyhow::Result<ExitStatus> {
+    if let Some(crate::cli::ProxyAction::Upgrade { json, agent }) = &args.action {
+        return super::proxy::upgrade(agent, *json, printer);
+    }
+    let (Some(state), Some(listen)) = (args.state.clone(), args.listen) else {
+        printer.error("`rollway proxy` needs `--state DIR` and `--listen ADDR`");
+        return Ok(ExitStatus::Usage);
+    };
     init_tracing();
     let listeners = if args.listeners_on_stdin {
         use std::os::fd::AsFd as _;
@@ -74,9 +81,10 @@ pub fn run_proxy(args: &ProxyRunArgs, _printer: Printer) -> anyhow::Result<ExitS
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
-        let mut config = proxy::process::ProcessConfig::new(args.state.clone(), args.listen);
+        let mut config = proxy::process::ProcessConfig::new(state, listen);
         config.metrics = args.metrics;
         config.listeners = listeners;
+        config.takeover = args.takeover;
         proxy::process::run(config, shutdown).await
     })?;
     Ok(ExitStatus::Success)

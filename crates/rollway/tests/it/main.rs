@@ -9,6 +9,7 @@ mod monitoring;
 mod progressive;
 mod release_phase;
 mod robust;
+mod upgrade;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
