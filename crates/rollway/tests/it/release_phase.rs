@@ -493,10 +493,12 @@ async fn missing_secrets_are_all_named_and_nothing_moves() {
     releases.assert_code(0);
     let releases: Value = serde_json::from_str(&releases.stdout).expect("releases JSON");
     assert_eq!(releases, serde_json::json!([]), "a release was recorded");
-    let status = agent.status(APP, ENV).await;
-    assert_eq!(status.current_release(), None, "{status}");
-    assert_eq!(status.deployment_state(), None, "{status}");
-    assert!(status.instances().is_empty(), "{status}");
+    // Nothing was recorded, so the agent knows no such app (status says so instead of `release none`).
+    let status = agent
+        .cli(&["status", "--env", ENV, "--app", APP, "--json"])
+        .await;
+    assert_ne!(status.code, Some(0), "{status}");
+    assert_contains(&status, &format!("no app `{APP}` on this agent"));
     assert!(agent.instance_pid_files().is_empty());
     assert!(agent.instance_processes().is_empty());
     let events = agent.events().await;
