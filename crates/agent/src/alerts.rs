@@ -37,6 +37,7 @@ pub fn alert_text(event: &EventView) -> Option<String> {
         "instance.unhealthy" => event.message.clone(),
         "watch.error_rate" => format!("error rate above the bound: {}", event.message),
         "backup.failed" => event.message.clone(),
+        "deployment.awaiting_approval" => format!("a deploy waits for approval: {}", event.message),
         _ => return None,
     };
     Some(format!("[rollway] {scope}: {text}"))
