@@ -141,3 +141,6 @@ async fn post_with_retries(http: &HttpClient, url: &Secret, body: String) -> Res
     }
     Err(format!("{last_error} ({ATTEMPTS} attempts)"))
 }
+
+#[cfg(test)]
+mod tests;
