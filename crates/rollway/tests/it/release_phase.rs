@@ -353,7 +353,7 @@ async fn a_canary_secret_appears_in_no_log_event_answer_output_file_or_cmdline()
         .smoke(r#"echo "smoke sees $CANARY""#)
         // The app prints it to its own output, which the logs route shows.
         .run(format!(
-            r#"echo "app starts with $CANARY"; exec {}"#,
+            r#"echo "app starts with $CANARY"; (while sleep 0.2; do echo "app still has $CANARY"; done) & exec {}"#,
             testkit::demo::demo_app_path().display()
         ))
         .keep_warm("1s");
@@ -387,6 +387,26 @@ async fn a_canary_secret_appears_in_no_log_event_answer_output_file_or_cmdline()
     ran.assert_code(0);
     outputs.push(ran);
     assert_secret_served(agent, "CANARY", &canaries[1]).await;
+
+    // The logs stream too.
+    let mut follow = agent
+        .command(
+            Some(agent.admin_token()),
+            &["logs", "-f", "--env", ENV, "--app", APP],
+        )
+        .spawn()
+        .expect("rollway logs -f");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let _ = follow.start_kill();
+    let followed = follow.wait_with_output().await.expect("rollway logs -f");
+    let followed = String::from_utf8_lossy(&followed.stdout).into_owned();
+    assert!(followed.contains("app still has ***"), "{followed}");
+    for canary in &canaries {
+        assert!(
+            !followed.contains(canary.as_str()),
+            "`logs -f` shows the canary"
+        );
+    }
 
     for args in [
         &["status", "--json"][..],

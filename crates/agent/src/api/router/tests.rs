@@ -289,6 +289,12 @@ async fn unknown_routes_and_methods_answer_in_the_envelope() {
     assert_eq!(answer.status, 405, "{answer:?}");
     let body = answer.envelope("POST /v1/agent");
     assert_eq!(body.error.code, "method_not_allowed");
+    // A malformed query is an extractor rejection like a malformed body.
+    let answer = api
+        .call("GET", "/v1/events?after=yesterday", Some(admin), b"")
+        .await;
+    assert_eq!(answer.status, 400, "{answer:?}");
+    assert_eq!(answer.envelope("bad query").error.code, "bad_request");
     let answer = api.call("GET", "/healthz", None, b"").await;
     assert_eq!((answer.status, answer.body.as_str()), (200, "ok"));
 }
