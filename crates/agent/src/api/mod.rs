@@ -13,6 +13,7 @@ pub mod views;
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -20,7 +21,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse as _, Response};
 use bytes::Bytes;
 use hyper::body::{Frame, SizeHint};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -308,16 +309,28 @@ impl AsyncWrite for Prefixed {
     }
 }
 
-/// A layer: every request body fails once nothing of it arrived for `idle`.
+/// A layer: every request body fails once nothing of it arrived for `idle`, and the answer is
+/// then a 408 in the envelope, whatever the handler made of the failed read.
 async fn limit_body(idle: Duration, request: Request, next: Next) -> Response {
+    let stalled = Arc::new(AtomicBool::new(false));
     let request = request.map(|body| {
         Body::new(IdleTimeoutBody {
             inner: body,
             idle,
             timer: Box::pin(tokio::time::sleep(idle)),
+            stalled: stalled.clone(),
         })
     });
-    next.run(request).await
+    let response = next.run(request).await;
+    if stalled.load(Ordering::Relaxed) && !response.status().is_success() {
+        return error::ApiError::new(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            "timeout",
+            BodyStalled(idle).to_string(),
+        )
+        .into_response();
+    }
+    response
 }
 
 /// A request body that keeps a deadline: `idle` after the last part that arrived.
@@ -325,6 +338,8 @@ struct IdleTimeoutBody {
     inner: Body,
     idle: Duration,
     timer: Pin<Box<tokio::time::Sleep>>,
+    /// Set when the deadline passed, for `limit_body`'s answer.
+    stalled: Arc<AtomicBool>,
 }
 
 /// The error of a body that stopped arriving.
@@ -348,7 +363,10 @@ impl hyper::body::Body for IdleTimeoutBody {
                 Poll::Ready(frame)
             }
             Poll::Pending => match this.timer.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(axum::Error::new(BodyStalled(this.idle))))),
+                Poll::Ready(()) => {
+                    this.stalled.store(true, Ordering::Relaxed);
+                    Poll::Ready(Some(Err(axum::Error::new(BodyStalled(this.idle)))))
+                }
                 Poll::Pending => Poll::Pending,
             },
         }

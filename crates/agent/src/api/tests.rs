@@ -89,8 +89,9 @@ async fn a_stalled_body_fails_in_the_envelope() {
     let head = "POST /echo HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"a\":";
     tcp.write_all(head.as_bytes()).await.expect("write");
     let answer = parse(&read_all(&mut tcp).await);
-    assert!(answer.status == 400 || answer.status == 408, "{answer:?}");
+    assert_eq!(answer.status, 408, "{answer:?}");
     let error = answer.envelope("stalled body").error;
+    assert_eq!(error.code, "timeout");
     assert!(
         error.message.contains("sent nothing for 400 ms"),
         "{error:?}"
