@@ -848,3 +848,49 @@ async fn set_secret(agent: &TestAgent, name: &str, value: &str) -> Ran {
     ran.assert_code(0);
     ran
 }
+
+/// A kill -9 while a deploy waits for approval: the restarted agent keeps it waiting (nothing was
+/// migrated or started to undo), and an approval then finishes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_waiting_for_approval_survives_a_kill_9_of_the_agent() {
+    let mut setup = Setup::start().await;
+    setup
+        .agent
+        .deploy(&setup.app("app", "v1"), ENV)
+        .await
+        .assert_code(0);
+    let migrations = setup.dir.path().join("migrations.log");
+    let app = gated(&setup, "v2", &migrations);
+    let deploy = setup
+        .agent
+        .deploy_command(&app, ENV, Some(setup.agent.admin_token()))
+        .spawn()
+        .expect("rollway deploy");
+    let status = wait_state(&setup.agent, 2, "AwaitingApproval").await;
+    let id = status.0["deployment"]["id"]
+        .as_str()
+        .expect("deployment id")
+        .to_owned();
+    setup.agent.kill9().await;
+    drop(deploy);
+    setup.agent.restart_with_env(&[]).await;
+    let agent = &setup.agent;
+    let held = wait_state(agent, 2, "AwaitingApproval").await;
+    assert_eq!(held.weights(), [(1, 100)], "{held}");
+    assert!(
+        !migrations.exists(),
+        "the migration ran before the approval"
+    );
+    let approver = token(agent, "approver").await;
+    agent
+        .cli_as(Some(&approver), &["approve", &id])
+        .await
+        .assert_code(0);
+    let status = agent.wait_deployment_finished(APP, ENV, PATIENCE).await;
+    assert_eq!(status.deployment_state(), Some("Succeeded"), "{status}");
+    agent.assert_serves("v2").await;
+    assert_eq!(
+        std::fs::read_to_string(&migrations).expect("migrations ran"),
+        "v2\n"
+    );
+}
