@@ -255,6 +255,18 @@ async fn step(
 /// Waits for `rollway approve` (or `abort`). Nothing has touched the database or the instances
 /// yet: the API lets only another token with role approver or admin send the approval.
 async fn await_approval(engine: &Arc<Engine>, deployment: &Deployment) -> Result<(), String> {
+    // An approval recorded before a restart counts: the agent may have died between the
+    // approval and the transition after it.
+    let events = engine
+        .store
+        .events_for_deployment(&deployment.id, 0)
+        .map_err(|error| error.to_string())?;
+    if events
+        .iter()
+        .any(|event| event.kind == "deployment.approved")
+    {
+        return Ok(());
+    }
     record(
         engine,
         deployment,

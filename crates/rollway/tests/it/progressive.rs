@@ -894,3 +894,51 @@ async fn a_deploy_waiting_for_approval_survives_a_kill_9_of_the_agent() {
         "v2\n"
     );
 }
+
+/// A kill -9 right after the approval, before the next state is written: the restarted agent
+/// finds the approval in the audit log and goes on, without asking again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_is_not_lost_when_the_agent_dies_right_after_it() {
+    let mut setup = Setup::start().await;
+    setup
+        .agent
+        .deploy(&setup.app("app", "v1"), ENV)
+        .await
+        .assert_code(0);
+    setup
+        .agent
+        .restart_with_env(&[("ROLLWAY_TEST_CRASH_BEFORE", "BackingUp")])
+        .await;
+    let migrations = setup.dir.path().join("migrations.log");
+    let app = gated(&setup, "v2", &migrations);
+    let deploy = setup
+        .agent
+        .deploy_command(&app, ENV, Some(setup.agent.admin_token()))
+        .spawn()
+        .expect("rollway deploy");
+    let status = wait_state(&setup.agent, 2, "AwaitingApproval").await;
+    let id = status.0["deployment"]["id"]
+        .as_str()
+        .expect("deployment id")
+        .to_owned();
+    let approver = token(&setup.agent, "approver").await;
+    setup
+        .agent
+        .cli_as(Some(&approver), &["approve", &id])
+        .await
+        .assert_code(0);
+    assert!(
+        setup.agent.wait_exit(PATIENCE).await,
+        "the agent did not kill itself before BackingUp"
+    );
+    drop(deploy);
+    setup.agent.restart_with_env(&[]).await;
+    let agent = &setup.agent;
+    let status = agent.wait_deployment_finished(APP, ENV, PATIENCE).await;
+    assert_eq!(status.deployment_state(), Some("Succeeded"), "{status}");
+    agent.assert_serves("v2").await;
+    assert_eq!(
+        std::fs::read_to_string(&migrations).expect("migrations ran"),
+        "v2\n"
+    );
+}
