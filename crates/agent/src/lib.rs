@@ -15,6 +15,7 @@ pub mod engine;
 pub mod health;
 pub mod metrics;
 pub mod proxy_link;
+pub mod proxy_supervisor;
 pub mod recover;
 pub mod secrets;
 pub mod store;
@@ -105,10 +106,13 @@ pub async fn run(
     let paths = Paths::new(state_dir.clone());
     let driver = Arc::new(ProcessDriver::new(paths.instances.clone()).map_err(dir_error)?);
     let artifacts = ArtifactStore::new(state_dir.join("artifacts"));
-    let proxy = ProxyLink::new(state_dir.join("proxy"));
-    proxy
-        .ensure_running(&config.exe, config.proxy, config.proxy_metrics)
-        .await?;
+    let proxy = ProxyLink::new(state_dir.join("proxy"), config.proxy);
+    let proxy_command = proxy_link::ProxyCommand {
+        exe: config.exe.clone(),
+        listen: config.proxy,
+        metrics: config.proxy_metrics,
+    };
+    let proxy_addr = proxy.start(&proxy_command).await?;
 
     let listener = tokio::net::TcpListener::bind(config.api)
         .await
@@ -126,7 +130,7 @@ pub async fn run(
         store,
         drivers: drivers::Drivers::new(driver),
         proxy,
-        proxy_addr: config.proxy,
+        proxy_addr,
         artifacts,
         master_key,
         paths,
@@ -141,6 +145,14 @@ pub async fn run(
     });
     tokio::spawn(alerts::run(engine.clone(), alerts_queue));
     recover::recover(&engine).await;
+    // A proxy still running from an older binary (the agent was upgraded) hands over to a new one,
+    // once the routes are known again (the upgrade gives the new proxy the whole desired state).
+    if engine.proxy.runs_other_binary().await
+        && let Err(error) = proxy_supervisor::upgrade(&engine, "the agent's binary changed").await
+    {
+        tracing::error!(message = "Cannot upgrade the proxy; the old one keeps serving.", error = %error_chain(&error));
+    }
+    tokio::spawn(proxy_supervisor::supervise(engine.clone()));
     tokio::spawn(expire_warm_instances(engine.clone()));
     tokio::spawn(scheduled_backups(engine.clone()));
     tokio::spawn(watch::health_loop(engine.clone()));
@@ -148,7 +160,7 @@ pub async fn run(
 
     let agent_file = LocalAgent {
         api: format!("http://{api_addr}"),
-        proxy: config.proxy.to_string(),
+        proxy: proxy_addr.to_string(),
         pid: std::process::id(),
     };
     write_private(
@@ -158,10 +170,10 @@ pub async fn run(
             .as_bytes(),
     )
     .map_err(dir_error)?;
-    tracing::info!(message = "Agent serving.", api = %api_addr, proxy = %config.proxy, state = %state_dir.display());
+    tracing::info!(message = "Agent serving.", api = %api_addr, proxy = %proxy_addr, state = %state_dir.display());
     on_started(Started {
         api: api_addr,
-        proxy: config.proxy,
+        proxy: proxy_addr,
         admin_token,
     });
 
@@ -267,4 +279,20 @@ async fn scheduled_backups(engine: Arc<Engine>) {
         }
         backup::run_schedules(&engine).await;
     }
+}
+
+/// An error and every cause under it, `: `-separated, so the OS's or SQLite's own words reach the
+/// user (`cannot write `x`: No space left on device (os error 28)`).
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }

@@ -17,6 +17,43 @@ pub async fn recover(engine: &Arc<Engine>) {
         tracing::error!(message = "Cannot give the proxy its routes.", %error);
     }
     resume_deployments(engine).await;
+    remove_ghosts(engine).await;
+}
+
+/// Instances still `starting` with no deployment in flight for their app and environment are left
+/// over from a deploy that failed or was cut short: nothing will ever take them further.
+async fn remove_ghosts(engine: &Arc<Engine>) {
+    let in_flight: Vec<AppEnv> = engine
+        .store
+        .unfinished_deployments()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|deployment| (deployment.app, deployment.environment))
+        .collect();
+    let ghosts: Vec<(AppEnv, Vec<String>)> = engine
+        .runtimes
+        .lock()
+        .map(|runtimes| {
+            runtimes
+                .iter()
+                .filter(|(key, _)| !in_flight.contains(key))
+                .map(|(key, runtime)| {
+                    let ids = runtime
+                        .instances
+                        .iter()
+                        .filter(|(_, instance)| instance.phase == InstancePhase::Starting)
+                        .map(|(id, _)| id.clone())
+                        .collect::<Vec<_>>();
+                    (key.clone(), ids)
+                })
+                .filter(|(_, ids)| !ids.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    for (key, ids) in ghosts {
+        tracing::warn!(message = "Removing instances left starting by an earlier deploy.", app = %key.0, environment = %key.1, instances = ?ids);
+        spec::stop_instances(engine, &key, &ids).await;
+    }
 }
 
 fn rebuild_runtime(engine: &Arc<Engine>) {
@@ -155,17 +192,7 @@ async fn resume_deployments(engine: &Arc<Engine>) {
             Recovery::Undo => {
                 let data: DeploymentData =
                     serde_json::from_str(&deployment.data_json).unwrap_or_default();
-                let key: AppEnv = (deployment.app.clone(), deployment.environment.clone());
-                // Instances of the target that the store did not know yet are stopped by id too.
-                let mut data = data;
-                for (id, instance) in engine.runtime(&key).instances {
-                    if instance.release == deployment.to_release
-                        && instance.phase == InstancePhase::Starting
-                        && !data.started.contains(&id)
-                    {
-                        data.started.push(id);
-                    }
-                }
+                // Instances of the target the store did not know yet are stopped by `undo` too.
                 if current == State::Releasing {
                     remove_release_containers(engine, &deployment).await;
                 }

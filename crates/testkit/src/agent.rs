@@ -193,6 +193,14 @@ impl TestAgent {
         self.spawn(extra_env).await;
     }
 
+    /// Kills the agent and starts it again from another `rollway` binary (an upgrade installed), on the
+    /// same state directory and ports. CLI commands use that binary from now on too.
+    pub async fn restart_with_binary(&mut self, rollway: &Path) {
+        self.kill9().await;
+        self.rollway = rollway.to_owned();
+        self.spawn(&[]).await;
+    }
+
     /// `rollway ARGS --agent URL` with the admin token (given through the environment, never argv).
     pub async fn cli(&self, args: &[&str]) -> Ran {
         self.cli_as(Some(&self.admin_token), args).await

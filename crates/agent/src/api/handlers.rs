@@ -258,11 +258,42 @@ pub async fn status(
     State(engine): State<Arc<Engine>>,
     Path((app, env)): Path<(String, String)>,
 ) -> ApiResult<StatusView> {
+    let known = engine.store.apps().map_err(ApiError::internal)?;
+    if !known.iter().any(|(a, e, _)| *a == app && *e == env) {
+        let environments: Vec<String> = known
+            .iter()
+            .filter(|(a, _, _)| *a == app)
+            .map(|(_, e, _)| format!("`{e}`"))
+            .collect();
+        return Err(ApiError::not_found(if environments.is_empty() {
+            format!("no app `{app}` on this agent: deploy it first (`rollway deploy --env {env}`)")
+        } else {
+            format!(
+                "app `{app}` has no environment `{env}` on this agent; it has {}",
+                environments.join(", ")
+            )
+        }));
+    }
     let current = engine
         .store
         .current(&app, &env)
         .map_err(ApiError::internal)?;
     let runtime = engine.runtime(&(app.clone(), env.clone()));
+    // What the proxy holds now tells which instances are draining; without an answer, none are.
+    let observed: std::collections::BTreeMap<String, proxy::ObservedInstanceState> = engine
+        .proxy
+        .client()
+        .state()
+        .await
+        .map(|observed| {
+            observed
+                .routes
+                .into_iter()
+                .flat_map(|route| route.instances)
+                .map(|instance| (instance.id, instance.state))
+                .collect()
+        })
+        .unwrap_or_default();
     let instances = runtime
         .instances
         .iter()
@@ -271,16 +302,15 @@ pub async fn status(
             release: instance.release,
             service: instance.service.clone(),
             port: instance.port,
-            state: match (
-                instance.phase,
+            state: views::instance_state(
+                instance,
                 runtime
                     .weights
                     .iter()
                     .any(|(release, weight)| *release == instance.release && *weight > 0),
-            ) {
-                (crate::engine::InstancePhase::Ready, true) => "serving".to_owned(),
-                (phase, _) => phase.as_str().to_owned(),
-            },
+                observed.get(id).copied(),
+                engine.drivers.status(id),
+            ),
         })
         .collect();
     let deployment = engine
@@ -290,6 +320,17 @@ pub async fn status(
         .into_iter()
         .next()
         .map(|deployment| views::deployment_view(&deployment));
+    let inconclusive = match &deployment {
+        Some(deployment) => engine
+            .store
+            .events_for_deployment(&deployment.id, 0)
+            .map_err(ApiError::internal)?
+            .into_iter()
+            .rev()
+            .find(|event| event.kind == "analysis.inconclusive")
+            .map(|event| event.message),
+        None => None,
+    };
     let url = runtime
         .routes
         .first()
@@ -316,6 +357,32 @@ pub async fn status(
             })
             .collect(),
         deployment,
+        proxy: Some(views::proxy_view(&engine.proxy.status())),
+        inconclusive,
+    }))
+}
+
+/// `POST /v1/proxy/upgrade` (admin): a hot restart of the proxy onto the agent's binary.
+pub async fn upgrade_proxy(
+    State(engine): State<Arc<Engine>>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<client::wire::ProxyUpgradeView> {
+    let why = format!("{} asked for it", caller.name);
+    let (previous_pid, _) = crate::proxy_supervisor::upgrade(&engine, &why)
+        .await
+        .map_err(|error| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "proxy_upgrade_failed",
+                format!(
+                    "the new proxy did not take over, so the old one keeps serving: {}",
+                    crate::error_chain(&error)
+                ),
+            )
+        })?;
+    Ok(Json(client::wire::ProxyUpgradeView {
+        previous_pid,
+        proxy: views::proxy_view(&engine.proxy.status()),
     }))
 }
 

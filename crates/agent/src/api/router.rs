@@ -180,6 +180,12 @@ pub fn routes() -> Vec<Route> {
         ),
         route(
             Admin,
+            Method::POST,
+            "/proxy/upgrade",
+            handlers::upgrade_proxy,
+        ),
+        route(
+            Admin,
             Method::DELETE,
             "/apps/{app}/environments/{env}/lock",
             handlers::release_lock,

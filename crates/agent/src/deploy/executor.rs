@@ -330,6 +330,7 @@ async fn observe(
     )
     .await;
     let deadline = tokio::time::Instant::now() + window;
+    let mut health = ReleaseHealth::default();
     loop {
         for signal in engine.take_signals(&deployment.id) {
             if let Signal::Abort { by } = signal {
@@ -339,6 +340,29 @@ async fn observe(
         let verdict = watch.evaluate(engine, deployment).await;
         if let Verdict::Fail { reason } = verdict {
             return Err(format!("the analysis failed after the switch: {reason}"));
+        }
+        // A release that stops answering its health checks altogether (frozen, deadlocked) sends
+        // no errors to count: the checks are the evidence.
+        if let Some(dead) = health.all_failing(engine, key, release).await {
+            match warm_fallback(engine, key, deployment.to_release).await {
+                Some(previous) => {
+                    return Err(format!(
+                        "{dead} after the switch, while release {previous} is warm and healthy"
+                    ));
+                }
+                None if !health.said_no_fallback => {
+                    health.said_no_fallback = true;
+                    record(
+                        engine,
+                        deployment,
+                        "deployment.no_fallback",
+                        format!(
+                            "{dead}; no earlier release is warm and healthy to go back to, so it keeps the traffic"
+                        ),
+                    );
+                }
+                None => {}
+            }
         }
         if tokio::time::Instant::now() >= deadline {
             if matches!(verdict, Verdict::Inconclusive { .. }) {
@@ -353,6 +377,96 @@ async fn observe(
         }
         engine.wait_for_signal(analysis.interval.as_std()).await;
     }
+}
+
+/// Consecutive health-check failures of a release's instances while it is observed.
+#[derive(Default)]
+struct ReleaseHealth {
+    failures: std::collections::BTreeMap<String, u32>,
+    said_no_fallback: bool,
+}
+
+impl ReleaseHealth {
+    /// Probes every ready instance of the release once; when every one of them has failed its
+    /// service's `unhealthy` checks in a row, says so.
+    async fn all_failing(
+        &mut self,
+        engine: &Arc<Engine>,
+        key: &AppEnv,
+        release: &spec::LoadedRelease,
+    ) -> Option<String> {
+        let instances: Vec<(String, crate::engine::RuntimeInstance)> = engine
+            .runtime(key)
+            .instances
+            .into_iter()
+            .filter(|(_, instance)| {
+                instance.release == release.number && instance.phase == InstancePhase::Ready
+            })
+            .collect();
+        let mut checks = Vec::new();
+        for (id, instance) in &instances {
+            let Some(service) = release.resolved.config.service(&instance.service) else {
+                continue;
+            };
+            let Some(check) = &service.health else {
+                continue;
+            };
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], instance.port));
+            let host = spec::health_host(&release.resolved, service, check);
+            let path = check.path.clone();
+            let timeout = check.timeout.as_std();
+            let threshold = check.unhealthy;
+            let id = id.clone();
+            checks.push(async move {
+                let passed = health::probe(addr, &path, &host, timeout).await.is_ok();
+                (id, passed, threshold)
+            });
+        }
+        if checks.is_empty() {
+            return None;
+        }
+        let results = futures_util::future::join_all(checks).await;
+        let mut all_failing = true;
+        let mut streak = u32::MAX;
+        for (id, passed, threshold) in &results {
+            let failures = self.failures.entry(id.clone()).or_default();
+            *failures = if *passed { 0 } else { *failures + 1 };
+            all_failing &= *failures >= *threshold;
+            streak = streak.min(*failures);
+        }
+        all_failing.then(|| {
+            format!(
+                "every instance of release {} ({}) failed its last {streak} health checks",
+                release.number,
+                results.len()
+            )
+        })
+    }
+}
+
+/// An earlier release of this app whose instances still run warm and pass a health check now.
+async fn warm_fallback(engine: &Arc<Engine>, key: &AppEnv, target: u64) -> Option<u64> {
+    let warm: Vec<(String, crate::engine::RuntimeInstance)> = engine
+        .runtime(key)
+        .instances
+        .into_iter()
+        .filter(|(_, instance)| instance.release != target && instance.phase == InstancePhase::Warm)
+        .collect();
+    let previous = warm.iter().map(|(_, instance)| instance.release).max()?;
+    let release = spec::load_release(engine, key, previous).ok()?;
+    for (_, instance) in warm.iter().filter(|(_, i)| i.release == previous) {
+        let service = release.resolved.config.service(&instance.service)?;
+        let check = service.health.as_ref()?;
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], instance.port));
+        let host = spec::health_host(&release.resolved, service, check);
+        if health::probe(addr, &check.path, &host, check.timeout.as_std())
+            .await
+            .is_err()
+        {
+            return None;
+        }
+    }
+    Some(previous)
 }
 
 /// The bounds of a release's `[analysis]`.
@@ -932,7 +1046,18 @@ pub async fn undo(engine: &Arc<Engine>, deployment: &Deployment, data: &Deployme
             );
         }
     } else {
-        spec::stop_instances(engine, &key, &data.started).await;
+        // Instances of the target that never made it into `started` (a start that failed half-way,
+        // a kill -9 before the list was written) are stopped by id too: no ghost stays `starting`.
+        let mut ids = data.started.clone();
+        for (id, instance) in engine.runtime(&key).instances {
+            if instance.release == deployment.to_release
+                && instance.phase == InstancePhase::Starting
+                && !ids.contains(&id)
+            {
+                ids.push(id);
+            }
+        }
+        spec::stop_instances(engine, &key, &ids).await;
     }
     if deployment.kind == "deploy" {
         let _ = engine.store.set_release_outcome(

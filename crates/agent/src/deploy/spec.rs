@@ -581,7 +581,13 @@ pub async fn start_instance(
         );
     });
     persist_instance(engine, key, &id);
-    engine.drivers.start(spec).await?;
+    if let Err(error) = engine.drivers.start(spec).await {
+        // Nothing runs: forget it now rather than leave it `starting` for good.
+        let _ = engine.drivers.stop(&id).await;
+        engine.with_runtime(key, |runtime| runtime.instances.remove(&id));
+        let _ = engine.store.remove_instance(&id);
+        return Err(error);
+    }
     engine.record(NewEvent {
         app: Some(key.0.clone()),
         environment: Some(key.1.clone()),

@@ -8,6 +8,8 @@ mod init;
 mod monitoring;
 mod progressive;
 mod release_phase;
+mod robust;
+mod upgrade;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;

@@ -45,7 +45,10 @@ impl TestApi {
         let engine = Arc::new(Engine {
             store,
             drivers: crate::drivers::Drivers::new(Arc::new(process)),
-            proxy: crate::proxy_link::ProxyLink::new(state.join("proxy")),
+            proxy: crate::proxy_link::ProxyLink::new(
+                state.join("proxy"),
+                SocketAddr::from(([127, 0, 0, 1], 9)),
+            ),
             proxy_addr: SocketAddr::from(([127, 0, 0, 1], 9)),
             artifacts: crate::artifact::ArtifactStore::new(state.join("artifacts")),
             master_key: crate::secrets::MasterKey::load_or_create(&state).expect("master key"),
@@ -198,7 +201,7 @@ fn valid(param: &str) -> String {
 async fn every_route_answers_errors_in_the_envelope() {
     let api = TestApi::start().await;
     let routes = routes();
-    assert!(routes.len() >= 29, "{} routes", routes.len());
+    assert!(routes.len() >= 30, "{} routes", routes.len());
     for route in &routes {
         let method = route.method.as_str();
         let path = concrete(route.path, valid);
