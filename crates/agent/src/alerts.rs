@@ -38,6 +38,7 @@ pub fn alert_text(event: &EventView) -> Option<String> {
         "watch.error_rate" => format!("error rate above the bound: {}", event.message),
         "backup.failed" => event.message.clone(),
         "proxy.exited" | "proxy.restarted" | "proxy.restart_failed" => event.message.clone(),
+        "deployment.awaiting_approval" => format!("a deploy waits for approval: {}", event.message),
         _ => return None,
     };
     Some(format!("[rollway] {scope}: {text}"))
@@ -163,3 +164,6 @@ async fn post_with_retries(http: &HttpClient, url: &Secret, body: String) -> Res
     }
     Err(format!("{last_error} ({ATTEMPTS} attempts)"))
 }
+
+#[cfg(test)]
+mod tests;

@@ -325,7 +325,8 @@ pub async fn on_demand(
 }
 
 /// Restores `record` into the database of the current release: the app's instances are taken out
-/// of traffic first (requests wait in the proxy), the restore runs, traffic comes back.
+/// of traffic first (requests wait in the proxy), the live database is backed up, the restore
+/// runs, traffic comes back. Returns the steps taken.
 pub async fn restore_live(
     engine: &Arc<Engine>,
     record: &BackupRecord,
@@ -370,7 +371,37 @@ pub async fn restore_live(
             ids.len()
         ));
     }
-    let result = restore(record, &target).await;
+    // The live database is backed up first, so a restore of the wrong backup can be undone.
+    // Nothing is pruned now: pruning could remove the very backup being restored.
+    let result = match create(
+        engine,
+        Request {
+            app: &key.0,
+            environment: &key.1,
+            release: Some(current),
+            deployment_id: None,
+            reason: BackupReason::Manual,
+            target: &target,
+            keep: usize::MAX,
+        },
+    )
+    .await
+    {
+        Ok(Taken::Backup(before)) => {
+            steps.push(format!(
+                "backed up the live database first as {} ({} bytes)",
+                before.id, before.size
+            ));
+            restore(record, &target).await
+        }
+        Ok(Taken::NothingYet(reason)) => {
+            steps.push(format!("no live database to back up first: {reason}"));
+            restore(record, &target).await
+        }
+        Err(reason) => Err(format!(
+            "the backup of the live database failed, so nothing was restored: {reason}"
+        )),
+    };
     if let Ok(done) = &result {
         steps.push(done.clone());
     }

@@ -24,7 +24,7 @@ pub use schema::{
     Alerts, Analysis, App, BackupPolicy, Build, Config, Health, Release, Route, Schedule, Service,
     ServiceSource, Step, Strategy, StrategyKind, defaults,
 };
-pub use validate::RESERVED_ENV;
+pub use validate::{RESERVED_ENV, is_slug};
 
 /// The file name Rollway looks for in an app folder.
 pub const FILE_NAME: &str = "rollway.toml";

@@ -178,10 +178,14 @@ pub enum BackupsCommand {
     List,
     /// Back up the current release's database now.
     Create,
-    /// Restore a backup into the current release's database (traffic is held meanwhile).
+    /// Restore a backup into the current release's database (admin; traffic is held meanwhile,
+    /// and the live database is backed up first).
     Restore {
         /// The backup's id, as `rollway backups` lists it.
         id: String,
+        /// Restore without asking (needed when stdin is not a terminal).
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -219,7 +223,7 @@ pub enum SecretsCommand {
 pub enum TokensCommand {
     /// Create a token; its value is shown once.
     Create {
-        #[arg(long, value_parser = ["viewer", "deployer", "admin"])]
+        #[arg(long, value_parser = ["viewer", "deployer", "approver", "admin"])]
         role: String,
         /// A name saying who or what uses it (`ci`, `alice`).
         #[arg(long)]

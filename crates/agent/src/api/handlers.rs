@@ -19,9 +19,11 @@ use serde::Deserialize;
 
 use crate::api::auth::Caller;
 use crate::api::error::ApiError;
-use crate::api::views;
+use crate::api::{input, views};
+use crate::deploy::executor::DeploymentData;
 use crate::deploy::start;
 use crate::engine::{Engine, now_ms};
+use crate::secrets::Scrubber;
 use crate::store::NewEvent;
 use crate::tokens::{self, Role};
 
@@ -72,7 +74,15 @@ pub async fn deploy(
     Path((app, env)): Path<(String, String)>,
     Json(request): Json<DeployRequest>,
 ) -> Result<(StatusCode, Json<DeploymentView>), ApiError> {
-    let deployment = start::deploy(&engine, &caller.name, &app, &env, &request)?;
+    input::manifest(&request.manifest)?;
+    let deployment = start::deploy(
+        &engine,
+        &caller.name,
+        &caller.token_id,
+        &app,
+        &env,
+        &request,
+    )?;
     Ok((
         StatusCode::ACCEPTED,
         Json(views::deployment_view(&deployment)),
@@ -85,7 +95,14 @@ pub async fn rollback(
     Path((app, env)): Path<(String, String)>,
     Json(request): Json<RollbackRequest>,
 ) -> Result<(StatusCode, Json<DeploymentView>), ApiError> {
-    let deployment = start::rollback(&engine, &caller.name, &app, &env, &request)?;
+    let deployment = start::rollback(
+        &engine,
+        &caller.name,
+        &caller.token_id,
+        &app,
+        &env,
+        &request,
+    )?;
     Ok((
         StatusCode::ACCEPTED,
         Json(views::deployment_view(&deployment)),
@@ -406,21 +423,10 @@ pub async fn logs(
 ) -> ApiResult<Vec<LogLineView>> {
     let key = (app.clone(), env.clone());
     let runtime = engine.runtime(&key);
-    // A second line of defence: the current secret values never leave through this route, even
-    // if the app printed them.
-    let secret_values: Vec<crate::secrets::Secret> =
-        crate::secrets::snapshot(&engine.store, &app, &env)
-            .and_then(|versions| {
-                crate::secrets::open_versions(
-                    &engine.store,
-                    &engine.master_key,
-                    &app,
-                    &env,
-                    &versions,
-                )
-            })
-            .map(|values| values.into_values().collect())
-            .unwrap_or_default();
+    // No secret value leaves through this route, even if the app printed one: every version of
+    // every secret (a rollback brings old ones back), and nothing at all if they cannot be opened.
+    let scrubber = Scrubber::for_environment(&engine.store, &engine.master_key, &app, &env)
+        .map_err(ApiError::internal)?;
     let n = query.n.min(10_000);
     let engine_for_read = engine.clone();
     let ids: Vec<String> = runtime.instances.keys().cloned().collect();
@@ -430,7 +436,7 @@ pub async fn logs(
             if let Ok(found) = engine_for_read.drivers.logs(&id, n) {
                 lines.extend(found.into_iter().map(|line| LogLineView {
                     instance_id: line.instance_id,
-                    line: crate::secrets::scrub(&line.line, &secret_values),
+                    line: scrubber.scrub(&line.line).into_owned(),
                 }));
             }
         }
@@ -451,15 +457,11 @@ pub async fn create_token(
     Extension(caller): Extension<Caller>,
     Json(request): Json<TokenRequest>,
 ) -> Result<(StatusCode, Json<TokenCreated>), ApiError> {
-    let role: Role = request.role.parse().map_err(|_| {
-        ApiError::bad_request(format!(
-            "unknown role `{}`; accepted: viewer, deployer, admin",
-            request.role
-        ))
-    })?;
-    if request.name.trim().is_empty() {
-        return Err(ApiError::bad_request("the token needs a name"));
-    }
+    let role: Role = request
+        .role
+        .parse()
+        .map_err(|error: tokens::ParseRoleError| ApiError::bad_request(error.to_string()))?;
+    input::token_name(request.name.trim())?;
     let (record, plain) =
         tokens::create(&engine.store, request.name.trim(), role).map_err(ApiError::internal)?;
     engine.record(NewEvent {
@@ -524,11 +526,8 @@ pub async fn set_secret(
     Path((app, env, name)): Path<(String, String, String)>,
     Json(body): Json<SecretValue>,
 ) -> ApiResult<SecretView> {
-    if !manifest::interpolate::is_env_name(&name) {
-        return Err(ApiError::bad_request(format!(
-            "`{name}` is not a valid secret name; use letters, digits and `_`"
-        )));
-    }
+    // The name was checked with the path (`input::check_path`).
+    input::secret_value(&body.value)?;
     let value = crate::secrets::Secret::new(body.value);
     let now = now_ms();
     let version = crate::secrets::set(
@@ -701,11 +700,40 @@ pub async fn promote(
     .await
 }
 
+/// Approval needs role approver or admin (the route's layer) and a token other than the one
+/// that started the deployment: nobody approves their own deploy.
 pub async fn approve(
     State(engine): State<Arc<Engine>>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<DeploymentView> {
+    let deployment = engine
+        .store
+        .deployment(&id)
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::not_found(format!("no deployment `{id}`")))?;
+    let data: DeploymentData = serde_json::from_str(&deployment.data_json).unwrap_or_default();
+    match data.started_by_token {
+        Some(starter) if starter == caller.token_id => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "own_deployment",
+                format!(
+                    "the token that started deployment `{id}` cannot approve it; another token with role approver or admin must"
+                ),
+            ));
+        }
+        Some(_) => {}
+        None => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "unknown_starter",
+                format!(
+                    "deployment `{id}` does not record which token started it, so nobody can approve it; abort it and deploy again"
+                ),
+            ));
+        }
+    }
     signal(
         &engine,
         &caller,
@@ -802,7 +830,7 @@ pub async fn release_lock(
 }
 
 /// Server-sent events of the app's output: each new line of every instance of (app, env), with
-/// the current secret values scrubbed, until the client leaves.
+/// every secret value scrubbed, until the client leaves.
 pub async fn logs_stream(
     State(engine): State<Arc<Engine>>,
     Path((app, env)): Path<(String, String)>,
@@ -825,19 +853,16 @@ pub async fn logs_stream(
                 let data = serde_json::to_string(&line).unwrap_or_default();
                 return Some((Ok(SseEvent::default().event("log").data(data)), follow));
             }
-            let secret_values: Vec<crate::secrets::Secret> =
-                crate::secrets::snapshot(&follow.engine.store, &follow.key.0, &follow.key.1)
-                    .and_then(|versions| {
-                        crate::secrets::open_versions(
-                            &follow.engine.store,
-                            &follow.engine.master_key,
-                            &follow.key.0,
-                            &follow.key.1,
-                            &versions,
-                        )
-                    })
-                    .map(|values| values.into_values().collect())
-                    .unwrap_or_default();
+            // Opened again for each batch, so a secret set meanwhile is hidden too; when the
+            // secrets cannot be opened, the stream ends rather than show output unscrubbed.
+            let Ok(scrubber) = Scrubber::for_environment(
+                &follow.engine.store,
+                &follow.engine.master_key,
+                &follow.key.0,
+                &follow.key.1,
+            ) else {
+                return None;
+            };
             let ids: Vec<String> = follow
                 .engine
                 .runtime(&follow.key)
@@ -853,7 +878,7 @@ pub async fn logs_stream(
                         .queue
                         .extend(lines.into_iter().map(|line| LogLineView {
                             instance_id: line.instance_id,
-                            line: crate::secrets::scrub(&line.line, &secret_values),
+                            line: scrubber.scrub(&line.line).into_owned(),
                         }));
                 }
             }

@@ -28,12 +28,15 @@ pub struct DeploymentData {
     /// The backup taken before the release command, for the restore hint when it fails.
     #[serde(default)]
     pub backup_id: Option<String>,
-    /// Hold at `AwaitingApproval` before traffic moves.
+    /// Hold at `AwaitingApproval` before the backup and the release command.
     #[serde(default)]
     pub approval: bool,
     /// Watch the release after it takes all traffic.
     #[serde(default)]
     pub observe: bool,
+    /// The id of the token that started the deployment: it may not approve it.
+    #[serde(default)]
+    pub started_by_token: Option<String>,
 }
 
 impl DeploymentData {
@@ -85,7 +88,10 @@ async fn drive(engine: &Arc<Engine>, id: &str) -> Result<(), String> {
         };
         let (result, reason) = match outcome {
             Ok(()) => (StepResult::Done, None),
-            Err(reason) => (StepResult::Failed, Some(reason)),
+            Err(reason) => (
+                StepResult::Failed,
+                Some(scrub_reason(engine, &deployment, &reason)),
+            ),
         };
         let next = state::next(current, result, data.plan());
         if let Some(reason) = &reason {
@@ -246,15 +252,28 @@ async fn step(
     }
 }
 
-/// Waits for `rollway approve` (or `abort`). Nothing routes to the new release meanwhile.
+/// Waits for `rollway approve` (or `abort`). Nothing has touched the database or the instances
+/// yet: the API lets only another token with role approver or admin send the approval.
 async fn await_approval(engine: &Arc<Engine>, deployment: &Deployment) -> Result<(), String> {
+    // An approval recorded before a restart counts: the agent may have died between the
+    // approval and the transition after it.
+    let events = engine
+        .store
+        .events_for_deployment(&deployment.id, 0)
+        .map_err(|error| error.to_string())?;
+    if events
+        .iter()
+        .any(|event| event.kind == "deployment.approved")
+    {
+        return Ok(());
+    }
     record(
         engine,
         deployment,
         "deployment.awaiting_approval",
         format!(
-            "release {} is verified and waits for `rollway approve {}`",
-            deployment.to_release, deployment.id
+            "release {} is prepared and waits for `rollway approve {}` by an approver or admin other than {}; nothing was backed up, migrated or started yet",
+            deployment.to_release, deployment.id, deployment.created_by
         ),
     );
     loop {
@@ -1091,6 +1110,15 @@ fn spawn_heartbeat(engine: Arc<Engine>, id: String) -> tokio::task::JoinHandle<(
 
 fn record(engine: &Engine, deployment: &Deployment, kind: &str, message: String) {
     engine.record(NewEvent::for_deployment(deployment, kind, message));
+}
+
+/// A failure reason as it may be shown: it often quotes command or app output, so every secret
+/// value is hidden first; if the secrets cannot be opened, the reason is withheld.
+fn scrub_reason(engine: &Engine, deployment: &Deployment, reason: &str) -> String {
+    match spec::scrubber(engine, deployment) {
+        Ok(scrubber) => scrubber.scrub(reason).into_owned(),
+        Err(error) => format!("the step failed, and its reason is withheld: {error}"),
+    }
 }
 
 /// A failure reason with the last lines the instance printed, which usually say why.

@@ -13,7 +13,7 @@ use driver::InstanceSpec;
 use manifest::{Health, ResolvedManifest, Service};
 
 use crate::engine::{AppEnv, Engine, InstancePhase, RouteInfo, RuntimeInstance, now_ms};
-use crate::secrets::Secret;
+use crate::secrets::{Scrubber, Secret};
 use crate::store::{Deployment, InstanceRecord, NewEvent};
 
 /// How long a build command may run.
@@ -149,6 +149,7 @@ pub async fn prepare_images(
     }
     let driver = engine.drivers.container().await?;
     let event = |kind: &str, message: String| NewEvent::for_deployment(deployment, kind, message);
+    let scrubber = scrubber(engine, deployment)?;
     for service in containers {
         if release.images.contains_key(&service.name) {
             continue;
@@ -157,7 +158,10 @@ pub async fn prepare_images(
         let mut on_line = |line: &str| {
             n_lines += 1;
             if n_lines <= MAX_OUTPUT_EVENTS {
-                engine.record(event("deployment.output", line.to_owned()));
+                engine.record(event(
+                    "deployment.output",
+                    scrubber.scrub(line).into_owned(),
+                ));
             }
         };
         let image = match &service.source {
@@ -257,19 +261,21 @@ pub async fn run_release_command(
                 short(image)
             ),
         ));
+        let scrubber = scrubber(engine, deployment)?;
         let mut tail: std::collections::VecDeque<String> = std::collections::VecDeque::new();
         let mut n_lines = 0usize;
         let code = driver
             .run_once(image, &env, command, |line| {
+                let line = scrubber.scrub(line).into_owned();
                 n_lines += 1;
                 if n_lines <= MAX_OUTPUT_EVENTS {
                     engine.record(NewEvent::for_deployment(
                         deployment,
                         "deployment.output",
-                        line.to_owned(),
+                        line.clone(),
                     ));
                 }
-                tail.push_back(line.to_owned());
+                tail.push_back(line);
                 if tail.len() > 10 {
                     tail.pop_front();
                 }
@@ -298,6 +304,17 @@ async fn run_build(
     run_command(engine, deployment, dir, "build command", command, env).await
 }
 
+/// The scrubber of a deployment's app and environment (every version of every secret).
+pub fn scrubber(engine: &Engine, deployment: &Deployment) -> Result<Scrubber, String> {
+    Scrubber::for_environment(
+        &engine.store,
+        &engine.master_key,
+        &deployment.app,
+        &deployment.environment,
+    )
+    .map_err(|error| format!("cannot open the secrets to hide them from output: {error}"))
+}
+
 /// Most output lines of one command that become events (all of them go to the deployment's log).
 const MAX_OUTPUT_EVENTS: usize = 200;
 
@@ -324,6 +341,9 @@ async fn run_command(
         .open(&log_path)
         .map_err(|error| format!("cannot open `{}`: {error}", log_path.display()))?;
     let event = |kind: &str, message: String| NewEvent::for_deployment(deployment, kind, message);
+    // Built before the command starts: it holds every version of every secret, so whatever the
+    // command prints is scrubbed before it reaches the log file, an event or a failure reason.
+    let scrubber = scrubber(engine, deployment)?;
     engine.record(event(
         "deployment.command",
         format!("the {label}: {command}"),
@@ -370,6 +390,7 @@ async fn run_command(
                 },
             };
             let Some(line) = line else { continue };
+            let line = scrubber.scrub(&line).into_owned();
             let _ = writeln!(log, "{line}");
             n_lines += 1;
             if n_lines <= MAX_OUTPUT_EVENTS {

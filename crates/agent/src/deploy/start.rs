@@ -48,6 +48,7 @@ pub enum StartError {
 pub fn deploy(
     engine: &Arc<Engine>,
     caller: &str,
+    token_id: &str,
     app: &str,
     env: &str,
     request: &DeployRequest,
@@ -110,6 +111,7 @@ pub fn deploy(
     match begin(
         engine,
         caller,
+        token_id,
         app,
         env,
         "deploy",
@@ -129,6 +131,7 @@ pub fn deploy(
 pub fn rollback(
     engine: &Arc<Engine>,
     caller: &str,
+    token_id: &str,
     app: &str,
     env: &str,
     request: &RollbackRequest,
@@ -174,7 +177,7 @@ pub fn rollback(
     spec::load_release(engine, &(app.to_owned(), env.to_owned()), target)
         .map_err(StartError::InvalidManifest)?;
     begin(
-        engine, caller, app, env, "rollback", current, target, &strategy,
+        engine, caller, token_id, app, env, "rollback", current, target, &strategy,
     )
 }
 
@@ -185,6 +188,7 @@ pub fn rollback(
 fn begin(
     engine: &Arc<Engine>,
     caller: &str,
+    token_id: &str,
     app: &str,
     env: &str,
     kind: &str,
@@ -202,7 +206,11 @@ fn begin(
             to_release: to,
             strategy: strategy.to_owned(),
             created_by: caller.to_owned(),
-            data_json: serde_json::to_string(&DeploymentData::default()).unwrap_or_default(),
+            data_json: serde_json::to_string(&DeploymentData {
+                started_by_token: Some(token_id.to_owned()),
+                ..DeploymentData::default()
+            })
+            .unwrap_or_default(),
         })
         .map_err(store_error)?;
     let ttl = i64::try_from(LOCK_TTL.as_millis()).unwrap_or(60_000);
