@@ -87,8 +87,7 @@ pub fn deploy(
         .strategy
         .clone()
         .unwrap_or_else(|| resolved.config.strategy.kind.as_str().to_owned());
-    let config_json =
-        serde_json::to_string(&config).map_err(|error| StartError::Store(error.to_string()))?;
+    let config_json = serde_json::to_string(&config).map_err(store_error)?;
     let store = &engine.store;
     let from = store.current(app, env).map_err(store_error)?;
     let release = store
@@ -98,10 +97,7 @@ pub fn deploy(
             artifact: request.artifact.clone(),
             config_json,
             // The versions, never the values: a rollback opens exactly these again.
-            secrets_version: Some(
-                serde_json::to_string(&secret_versions)
-                    .map_err(|error| StartError::Store(error.to_string()))?,
-            ),
+            secrets_version: Some(serde_json::to_string(&secret_versions).map_err(store_error)?),
             created_by: caller.to_owned(),
             message: request.message.clone(),
             strategy: strategy.clone(),
@@ -247,8 +243,8 @@ fn begin(
     Ok(deployment)
 }
 
-fn store_error(error: impl std::fmt::Display) -> StartError {
-    StartError::Store(error.to_string())
+fn store_error(error: impl std::error::Error + 'static) -> StartError {
+    StartError::Store(crate::report::chain(&error))
 }
 
 /// Unix ms as `2026-11-23 04:05:06 UTC`.
