@@ -16,6 +16,7 @@ pub mod health;
 pub mod metrics;
 pub mod proxy_link;
 pub mod recover;
+pub mod report;
 pub mod secrets;
 pub mod store;
 pub mod tokens;
@@ -104,7 +105,8 @@ pub async fn run(
     let master_key = secrets::MasterKey::load_or_create(&state_dir)?;
     let paths = Paths::new(state_dir.clone());
     let driver = Arc::new(ProcessDriver::new(paths.instances.clone()).map_err(dir_error)?);
-    let artifacts = ArtifactStore::new(state_dir.join("artifacts"));
+    let artifacts = ArtifactStore::new(state_dir.join("artifacts"))
+        .with_limits(artifact::ArtifactLimits::from_env());
     let proxy = ProxyLink::new(state_dir.join("proxy"));
     proxy
         .ensure_running(&config.exe, config.proxy, config.proxy_metrics)

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::analysis::{self, Bounds, Sample, Verdict};
 use crate::deploy::state::{self, Plan, State, StepResult};
-use crate::deploy::{fault, spec};
+use crate::deploy::{fault, prepare, spec};
 use crate::engine::Signal;
 use crate::engine::{AppEnv, Engine, InstancePhase, now_ms};
 use crate::health;
@@ -65,7 +65,7 @@ async fn drive(engine: &Arc<Engine>, id: &str) -> Result<(), String> {
         let deployment = engine
             .store
             .deployment(id)
-            .map_err(|error| error.to_string())?
+            .map_err(|error| crate::report::chain(&error))?
             .ok_or_else(|| format!("no deployment `{id}`"))?;
         let current: State = deployment.state.parse()?;
         if current.is_terminal() {
@@ -101,7 +101,8 @@ async fn drive(engine: &Arc<Engine>, id: &str) -> Result<(), String> {
             );
         }
         fault::crash_point(next);
-        let data_json = serde_json::to_string(&data).map_err(|error| error.to_string())?;
+        let data_json =
+            serde_json::to_string(&data).map_err(|error| crate::report::chain(&error))?;
         // The transition and its event are one transaction: a kill -9 cannot keep one without the other.
         let (_, event) = engine
             .store
@@ -117,7 +118,7 @@ async fn drive(engine: &Arc<Engine>, id: &str) -> Result<(), String> {
                     format!("{current} → {next}"),
                 ),
             )
-            .map_err(|error| error.to_string())?;
+            .map_err(|error| crate::report::chain(&error))?;
         engine.publish(&event);
     }
 }
@@ -161,7 +162,9 @@ async fn step(
             Ok(())
         }
         State::Preparing => {
-            spec::prepare(engine, deployment, &release).await?;
+            prepare::prepare(engine, deployment, &release)
+                .await
+                .map_err(|error| crate::report::chain(&error))?;
             spec::prepare_images(engine, deployment, &release).await
         }
         State::BackingUp => {
@@ -774,7 +777,7 @@ async fn shift(
     engine
         .push_routes()
         .await
-        .map_err(|error| error.to_string())?;
+        .map_err(|error| crate::report::chain(&error))?;
     let store = &engine.store;
     if let Some(from) = deployment.from_release.filter(|from| *from != target) {
         // The release a rollback leaves is not a rollback target itself.
@@ -787,10 +790,10 @@ async fn shift(
     }
     store
         .set_release_outcome(&key.0, &key.1, target, ReleaseOutcome::Live)
-        .map_err(|error| error.to_string())?;
+        .map_err(|error| crate::report::chain(&error))?;
     store
         .set_current(&key.0, &key.1, target)
-        .map_err(|error| error.to_string())?;
+        .map_err(|error| crate::report::chain(&error))?;
     Ok(())
 }
 
@@ -823,7 +826,7 @@ async fn roll_back(
     engine
         .push_routes()
         .await
-        .map_err(|error| error.to_string())?;
+        .map_err(|error| crate::report::chain(&error))?;
     record(
         engine,
         deployment,
@@ -871,7 +874,7 @@ async fn give_share(
     engine
         .push_routes()
         .await
-        .map_err(|error| error.to_string())?;
+        .map_err(|error| crate::report::chain(&error))?;
     record(
         engine,
         deployment,

@@ -2,6 +2,7 @@
 
 pub mod executor;
 pub mod fault;
+pub mod prepare;
 pub mod spec;
 pub mod start;
 pub mod state;
