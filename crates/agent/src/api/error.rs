@@ -92,6 +92,7 @@ impl From<StartError> for ApiError {
                 (StatusCode::UNPROCESSABLE_ENTITY, "unknown_artifact")
             }
             StartError::Locked { .. } => (StatusCode::CONFLICT, "locked"),
+            StartError::RouteConflict(_) => (StatusCode::CONFLICT, "route_conflict"),
             StartError::NothingToRollBack(_) => (StatusCode::CONFLICT, "nothing_to_roll_back"),
             StartError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             StartError::Store(_) => return ApiError::internal(error),

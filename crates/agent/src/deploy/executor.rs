@@ -820,11 +820,10 @@ async fn roll_back(
     for instance_id in earlier {
         spec::set_phase(engine, key, &instance_id, InstancePhase::Ready, None);
     }
-    engine.with_runtime(key, |runtime| {
-        runtime.weights = data.previous_weights.clone()
-    });
     engine
-        .push_routes()
+        .change_routing(key, |runtime| {
+            runtime.weights = data.previous_weights.clone()
+        })
         .await
         .map_err(|error| crate::report::chain(&error))?;
     record(
@@ -863,16 +862,15 @@ async fn give_share(
     step_name: &str,
 ) -> Result<(), String> {
     let target = deployment.to_release;
-    engine.with_runtime(key, |runtime| {
-        runtime.routes = routes.to_vec();
-        runtime.weights = if share >= 100 {
-            vec![(target, 100)]
-        } else {
-            scaled(&data.previous_weights, 100 - share, target, share)
-        };
-    });
     engine
-        .push_routes()
+        .change_routing(key, |runtime| {
+            runtime.routes = routes.to_vec();
+            runtime.weights = if share >= 100 {
+                vec![(target, 100)]
+            } else {
+                scaled(&data.previous_weights, 100 - share, target, share)
+            };
+        })
         .await
         .map_err(|error| crate::report::chain(&error))?;
     record(

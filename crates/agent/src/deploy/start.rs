@@ -1,10 +1,12 @@
 //! Starting a deployment: everything checked before anything moves (manifest, environment,
-//! required config, artifact, the deploy lock), then the executor takes over.
+//! required config, artifact, routes claimed by no other app or environment, the deploy lock), then
+//! the executor takes over.
 
 use std::sync::Arc;
 
 use client::wire::{DeployRequest, RollbackRequest};
 
+use crate::deploy::claims::{self, RouteConflict};
 use crate::deploy::executor::{self, DeploymentData, LOCK_TTL};
 use crate::deploy::spec::{self, ReleaseConfig};
 use crate::deploy::state::State;
@@ -36,6 +38,8 @@ pub enum StartError {
         since: String,
         deployment: String,
     },
+    #[error(transparent)]
+    RouteConflict(#[from] Box<RouteConflict>),
     #[error("{0}")]
     NothingToRollBack(String),
     #[error("the agent is shutting down and takes no deploys")]
@@ -83,6 +87,11 @@ pub fn deploy(
     if !engine.artifacts.has(&request.artifact) {
         return Err(StartError::UnknownArtifact(request.artifact.clone()));
     }
+    // Held until the deployment is recorded, so two deploys cannot claim one route at once.
+    let _claiming = CLAIMING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    check_routes(engine, app, env, &spec::routes(&resolved))?;
     let strategy = request
         .strategy
         .clone()
@@ -167,8 +176,12 @@ pub fn rollback(
     }
     let strategy = "blue-green".to_owned();
     // The target must still load (manifest, recorded secret versions) before anything moves.
-    spec::load_release(engine, &(app.to_owned(), env.to_owned()), target)
+    let loaded = spec::load_release(engine, &(app.to_owned(), env.to_owned()), target)
         .map_err(StartError::InvalidManifest)?;
+    let _claiming = CLAIMING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    check_routes(engine, app, env, &spec::routes(&loaded.resolved))?;
     begin(
         engine, caller, app, env, "rollback", current, target, &strategy,
     )
@@ -241,6 +254,23 @@ fn begin(
     });
     tokio::spawn(executor::run(engine.clone(), deployment.id.clone()));
     Ok(deployment)
+}
+
+/// Serialises the route check with the recording of the deployment that claims the routes.
+/// std Mutex: held by synchronous code only (store calls), never across an await.
+static CLAIMING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn check_routes(
+    engine: &Engine,
+    app: &str,
+    env: &str,
+    routes: &[crate::engine::RouteInfo],
+) -> Result<(), StartError> {
+    let key = (app.to_owned(), env.to_owned());
+    match claims::find_conflict(engine, &key, routes).map_err(store_error)? {
+        Some(conflict) => Err(StartError::RouteConflict(Box::new(conflict))),
+        None => Ok(()),
+    }
 }
 
 fn store_error(error: impl std::error::Error + 'static) -> StartError {
