@@ -122,7 +122,20 @@ pub fn deploy(
         release.number,
         &strategy,
     ) {
-        Ok(deployment) => Ok(deployment),
+        Ok(deployment) => {
+            // Alerts must not vanish unnoticed: the deploy goes on, and its progress says why
+            // nobody will be alerted.
+            if let Some(warning) =
+                resolved.webhook_warning(|name| secret_versions.contains_key(name))
+            {
+                engine.record(NewEvent::for_deployment(
+                    &deployment,
+                    "alerts.off",
+                    warning.to_string(),
+                ));
+            }
+            Ok(deployment)
+        }
         Err(error) => {
             let _ = store.set_release_outcome(app, env, release.number, ReleaseOutcome::Failed);
             Err(error)
