@@ -136,11 +136,22 @@ async fn step(
     match current {
         State::Pending => {
             let runtime = engine.runtime(&key);
+            // Warm means the routed services still run; workers stop at every switch and are
+            // started again in Verifying.
+            let routed: Vec<&str> = release
+                .resolved
+                .config
+                .routes
+                .iter()
+                .map(|route| route.service.as_str())
+                .collect();
             let running = runtime
                 .instances
                 .values()
                 .filter(|instance| {
-                    instance.release == target && instance.phase != InstancePhase::Starting
+                    instance.release == target
+                        && instance.phase != InstancePhase::Starting
+                        && routed.contains(&instance.service.as_str())
                 })
                 .count();
             let wanted: usize = release
@@ -148,6 +159,7 @@ async fn step(
                 .config
                 .services
                 .iter()
+                .filter(|service| routed.contains(&service.name.as_str()))
                 .map(|service| service.replicas as usize)
                 .sum();
             let warm = running >= wanted && wanted > 0;
@@ -219,6 +231,17 @@ async fn step(
             Ok(())
         }
         State::Verifying => {
+            if data.plan.as_deref() == Some("warm") {
+                // A warm rollback finds its routed instances running, not its workers.
+                for (service, index) in spec::wanted_instances(&release.resolved) {
+                    let instance_id = spec::instance_id(&key, target, &service, index);
+                    if !engine.runtime(&key).instances.contains_key(&instance_id) {
+                        let started =
+                            spec::start_instance(engine, &key, &release, &service, index).await?;
+                        data.started.push(started);
+                    }
+                }
+            }
             let ids: Vec<String> = engine
                 .runtime(&key)
                 .instances
@@ -754,18 +777,19 @@ async fn shift(
     } else {
         give_share(engine, deployment, key, &routes, data, 100, "").await?;
     }
-    // The earlier releases leave traffic but stay warm for a rollback.
+    // Only the release that served just before stays warm, for a rollback that is one switch;
+    // older warm releases and superseded workers stop once the switch is recorded.
     let warm_until = now_ms() + i64::try_from(keep_warm.as_millis()).unwrap_or(i64::MAX);
-    let earlier: Vec<String> = engine
-        .runtime(key)
-        .instances
+    let previous: Vec<u64> = data
+        .previous_weights
         .iter()
-        .filter(|(_, instance)| {
-            instance.release != target && instance.phase == InstancePhase::Ready
-        })
-        .map(|(id, _)| id.clone())
+        .map(|(release, _)| *release)
         .collect();
-    for instance_id in earlier {
+    let routed: std::collections::BTreeSet<String> =
+        routes.iter().map(|route| route.service.clone()).collect();
+    let (warm, superseded) =
+        after_switch(&engine.runtime(key).instances, target, &previous, &routed);
+    for instance_id in warm {
         spec::set_phase(
             engine,
             key,
@@ -794,7 +818,48 @@ async fn shift(
     store
         .set_current(&key.0, &key.1, target)
         .map_err(|error| crate::report::chain(&error))?;
+    if !superseded.is_empty() {
+        record(
+            engine,
+            deployment,
+            "deployment.stopping",
+            format!(
+                "stopping {} instance(s) of older releases and superseded workers: {}",
+                superseded.len(),
+                superseded.join(", ")
+            ),
+        );
+        // Drained first: `stop_instances` takes them out of routing before the driver stops them.
+        spec::stop_instances(engine, key, &superseded).await;
+    }
     Ok(())
+}
+
+/// After a switch to `target`: which instances of other releases stay warm (the routed services
+/// of the releases that served just before, `previous`) and which stop (everything else: older
+/// warm releases, and workers, which would otherwise keep running jobs with the old code).
+/// Instances still starting belong to no finished switch and are left alone.
+pub fn after_switch(
+    instances: &std::collections::BTreeMap<String, crate::engine::RuntimeInstance>,
+    target: u64,
+    previous: &[u64],
+    routed: &std::collections::BTreeSet<String>,
+) -> (Vec<String>, Vec<String>) {
+    let mut warm = Vec::new();
+    let mut stop = Vec::new();
+    for (id, instance) in instances {
+        if instance.release == target || instance.phase == InstancePhase::Starting {
+            continue;
+        }
+        if previous.contains(&instance.release) && routed.contains(&instance.service) {
+            if instance.phase == InstancePhase::Ready {
+                warm.push(id.clone());
+            }
+        } else {
+            stop.push(id.clone());
+        }
+    }
+    (warm, stop)
 }
 
 async fn roll_back(
