@@ -102,6 +102,10 @@ pub struct TestApp {
     approval: BTreeSet<String>,
     /// `[alerts] webhook`: the name of the secret holding the URL.
     alerts_webhook: Option<String>,
+    /// `[routes.web] hosts`; `None`: no `[routes]` (the web service answers every host).
+    hosts: Option<Vec<String>>,
+    /// Environment name → its own `routes.web.hosts` (`[environments.E] routes`).
+    env_hosts: BTreeMap<String, Vec<String>>,
 }
 
 /// One HTTP answer: status and body (lossy UTF-8).
@@ -564,7 +568,24 @@ impl TestApp {
             smoke: None,
             approval: BTreeSet::new(),
             alerts_webhook: None,
+            hosts: None,
+            env_hosts: BTreeMap::new(),
         }
+    }
+
+    /// `[routes.web] hosts = HOSTS`.
+    pub fn hosts(mut self, hosts: &[&str]) -> TestApp {
+        self.hosts = Some(hosts.iter().map(|host| (*host).to_owned()).collect());
+        self
+    }
+
+    /// `[environments.ENV] routes = { web = { hosts = HOSTS } }` (declares `env`).
+    pub fn env_hosts(mut self, env: &str, hosts: &[&str]) -> TestApp {
+        self.env_hosts.insert(
+            env.to_owned(),
+            hosts.iter().map(|host| (*host).to_owned()).collect(),
+        );
+        self
     }
 
     /// `kind = "canary"` with `steps` as the manifest writes them:
@@ -800,9 +821,20 @@ VERSION = {version:?}
                 text.push_str(&format!("{name} = {on}\n"));
             }
         }
-        let envs: BTreeSet<&String> = self.secrets.keys().chain(&self.approval).collect();
+        if let Some(hosts) = &self.hosts {
+            text.push_str(&format!("\n[routes.web]\nhosts = {hosts:?}\n"));
+        }
+        let envs: BTreeSet<&String> = self
+            .secrets
+            .keys()
+            .chain(&self.approval)
+            .chain(self.env_hosts.keys())
+            .collect();
         for env in envs {
             text.push_str(&format!("\n[environments.{env}]\n"));
+            if let Some(hosts) = self.env_hosts.get(env) {
+                text.push_str(&format!("routes = {{ web = {{ hosts = {hosts:?} }} }}\n"));
+            }
             if let Some(names) = self.secrets.get(env) {
                 text.push_str(&format!("secrets = {names:?}\n"));
             }
