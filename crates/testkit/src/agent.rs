@@ -106,6 +106,8 @@ pub struct TestApp {
     hosts: Option<Vec<String>>,
     /// Environment name → its own `routes.web.hosts` (`[environments.E] routes`).
     env_hosts: BTreeMap<String, Vec<String>>,
+    /// A `worker` service (no route, no health check) running the same program as `web`.
+    worker: bool,
 }
 
 /// One HTTP answer: status and body (lossy UTF-8).
@@ -570,7 +572,14 @@ impl TestApp {
             alerts_webhook: None,
             hosts: None,
             env_hosts: BTreeMap::new(),
+            worker: false,
         }
+    }
+
+    /// Adds a `worker` service: no route, no health check, the demo app's program.
+    pub fn worker(mut self) -> TestApp {
+        self.worker = true;
+        self
     }
 
     /// `[routes.web] hosts = HOSTS`.
@@ -820,6 +829,15 @@ VERSION = {version:?}
             for (name, on) in &self.flags {
                 text.push_str(&format!("{name} = {on}\n"));
             }
+        }
+        if self.worker {
+            let run = self
+                .run
+                .clone()
+                .unwrap_or_else(|| demo_app_path().display().to_string());
+            text.push_str(&format!(
+                "\n[services.worker]\nrun = {run:?}\nstop_timeout = \"2s\"\n"
+            ));
         }
         if let Some(hosts) = &self.hosts {
             text.push_str(&format!("\n[routes.web]\nhosts = {hosts:?}\n"));

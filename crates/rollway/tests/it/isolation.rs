@@ -283,3 +283,63 @@ impl Drop for Mounted {
             .status();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn superseded_workers_stop_at_the_switch() {
+    let setup = Setup::start().await;
+    let agent = &setup.agent;
+    let app = |version| setup.app("app", version).worker().keep_warm("10m");
+    agent.deploy(&app("v1"), ENV).await.assert_code(0);
+    agent.deploy(&app("v2"), ENV).await.assert_code(0);
+    let id = |release: u64, service: &str| format!("{APP}-{ENV}-r{release}-{service}-1");
+    let running: Vec<String> = agent.instance_pid_files().into_keys().collect();
+    assert_eq!(
+        running,
+        [id(1, "web"), id(2, "web"), id(2, "worker")],
+        "the old worker stopped; the old web instance stays warm"
+    );
+    // A warm rollback is one switch for the web service and starts its worker again.
+    agent.rollback(APP, ENV, None).await.assert_code(0);
+    let running: Vec<String> = agent.instance_pid_files().into_keys().collect();
+    assert_eq!(running, [id(1, "web"), id(1, "worker"), id(2, "web")]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_webhook_secret_is_said_by_check_and_by_the_deploy() {
+    let setup = Setup::start().await;
+    let agent = &setup.agent;
+    let app = setup.app("app", "v1").alerts_webhook("SLACK_WEBHOOK_URL");
+    let dir = app.write();
+    let manifest = dir.join("rollway.toml").display().to_string();
+    let check = agent
+        .cli(&["check", "--env", ENV, "--file", &manifest])
+        .await;
+    check.assert_code(0);
+    let said = "alerts are off in `production`: the webhook secret `SLACK_WEBHOOK_URL` is not set; set it with `rollway secrets set SLACK_WEBHOOK_URL --env production`";
+    assert_contains(&check, said);
+    assert_contains(&check, "route `web` in `production` answers every host");
+    let deploy = agent.deploy_dir(&dir, ENV).await;
+    deploy.assert_code(0);
+    assert_contains(&deploy, said);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inconclusive_observation_is_said_in_the_last_line() {
+    let setup = Setup::start().await;
+    let agent = &setup.agent;
+    // No traffic at all while observing: the verdict cannot be a pass.
+    let ran = agent
+        .deploy(&setup.app("app", "v1").observe("2s"), ENV)
+        .await;
+    ran.assert_code(0);
+    // The line that gives the outcome (only the URL follows it).
+    let finished = ran
+        .stderr
+        .lines()
+        .find(|line| line.trim_start().starts_with("Finished"))
+        .unwrap_or_default();
+    assert!(
+        finished.contains("is live") && finished.contains("not verified under traffic: the observation window ended without enough evidence (inconclusive: 0 of 50 requests needed)"),
+        "{ran}"
+    );
+}
