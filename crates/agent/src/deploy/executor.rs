@@ -970,6 +970,9 @@ pub async fn undo(engine: &Arc<Engine>, deployment: &Deployment, data: &Deployme
             .collect();
         let warm_until = now_ms() + 60_000;
         for instance_id in ids {
+            if data.started.contains(&instance_id) {
+                continue;
+            }
             spec::set_phase(
                 engine,
                 &key,
@@ -978,6 +981,8 @@ pub async fn undo(engine: &Arc<Engine>, deployment: &Deployment, data: &Deployme
                 Some(warm_until),
             );
         }
+        // The workers it started again stop: a release out of traffic runs no jobs.
+        spec::stop_instances(engine, &key, &data.started).await;
     } else {
         spec::stop_instances(engine, &key, &data.started).await;
     }
