@@ -343,3 +343,32 @@ async fn an_inconclusive_observation_is_said_in_the_last_line() {
         "{ran}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_in_flight_holds_its_routes() {
+    let setup = Setup::start().await;
+    let agent = &setup.agent;
+    // `shop`'s first deploy waits for approval: its routes serve nothing yet, but are claimed.
+    let shop = setup.app("shop", "v1").named("shop").approval(ENV);
+    let mut held = agent.deploy_command(&shop, ENV, Some(agent.admin_token()));
+    held.kill_on_drop(true);
+    let _held = held.spawn().expect("rollway deploy starts");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = agent
+            .api("GET", "/v1/apps/shop/environments/production/status", "")
+            .await;
+        if status.body.contains("AwaitingApproval") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "shop never waited for approval: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let blog = setup.app("blog", "v1").named("blog");
+    let ran = agent.deploy(&blog, ENV).await;
+    ran.assert_code(2);
+    assert_contains(&ran, "which `web` of `shop` in `production` already routes");
+}
