@@ -99,11 +99,12 @@ async fn one_artifact_deploys_to_two_environments_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_answers_while_three_large_artifacts_unpack() {
     let dir = tempfile::tempdir().expect("tempdir");
-    // Every unpack holds its thread for a while, as a large artifact on a slow disk does.
+    // Every unpack holds its thread for a while, as a large artifact on a slow disk does. The
+    // agent has one async worker per core (2 here): unpacks on them would stall the API.
     let agent = TestAgent::start_with_env(
         rollway_bin(),
         &dir.path().join("state"),
-        &[("ROLLWAY_TEST_UNPACK_DELAY_MS", "4000")],
+        &[("ROLLWAY_TEST_UNPACK_DELAY_MS", "8000")],
     )
     .await;
     let mut deploys = Vec::new();
@@ -116,24 +117,25 @@ async fn the_api_answers_while_three_large_artifacts_unpack() {
         command.kill_on_drop(true);
         deploys.push(command.spawn().expect("rollway deploy starts"));
     }
-    // Wait until the three deployments are preparing, then ask for a status.
+    // Once two deployments are unpacking, ask for a status.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let preparing = agent.log().matches("→ Preparing").count();
-        if preparing >= 3 || tokio::time::Instant::now() > deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    while agent.log().matches("Pending → Preparing").count() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "two deployments never reached Preparing:\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let status = tokio::time::timeout(
-        Duration::from_secs(3),
+        Duration::from_secs(4),
         agent.api("GET", "/v1/apps/one/environments/production/status", ""),
     )
     .await
     .expect("the API answers while artifacts unpack");
     assert_eq!(status.status, 200, "{status:?}");
     for deploy in deploys {
-        let output = tokio::time::timeout(Duration::from_secs(90), deploy.wait_with_output())
+        let output = tokio::time::timeout(Duration::from_secs(120), deploy.wait_with_output())
             .await
             .expect("the deploy ends")
             .expect("deploy output");
