@@ -112,7 +112,8 @@ async fn the_api_answers_while_three_large_artifacts_unpack() {
         let app = testkit::agent::TestApp::new(dir.path().join(name))
             .named(name)
             .hosts(&[&format!("{name}.localhost")])
-            .file("data.bin", "x".repeat(4 << 20));
+            // Its own bytes: three artifacts, not one shared by three deploys.
+            .file("data.bin", format!("{name}\n").repeat(1 << 20));
         let mut command = agent.deploy_command(&app, ENV, Some(agent.admin_token()));
         command.kill_on_drop(true);
         deploys.push(command.spawn().expect("rollway deploy starts"));
