@@ -129,3 +129,6 @@ impl From<ArtifactError> for ApiError {
         ApiError::new(status, code, crate::report::chain(&error))
     }
 }
+
+#[cfg(test)]
+mod tests;
