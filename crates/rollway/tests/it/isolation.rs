@@ -375,3 +375,19 @@ async fn a_deploy_in_flight_holds_its_routes() {
     ran.assert_code(2);
     assert_contains(&ran, "which `web` of `shop` in `production` already routes");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leftovers_of_a_killed_unpack_are_removed_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    // What an agent killed while unpacking leaves behind.
+    let leftover = state.join("builds/.0123456789ab-0123456789ab.5f3a.unpacking");
+    std::fs::create_dir_all(leftover.join("lib")).expect("leftover");
+    std::fs::write(leftover.join("lib/half.py"), "print(").expect("leftover file");
+    let agent = TestAgent::start(rollway_bin(), &state).await;
+    assert_eq!(
+        names_in(&agent.state_dir().join("builds")),
+        Vec::<String>::new(),
+        "the leftover unpack folder is gone"
+    );
+}
