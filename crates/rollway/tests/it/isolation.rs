@@ -391,3 +391,30 @@ async fn leftovers_of_a_killed_unpack_are_removed_at_start() {
         "the leftover unpack folder is gone"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_waiting_for_approval_is_an_alert() {
+    let setup = Setup::start().await;
+    let agent = &setup.agent;
+    let receiver = testkit::webhook::Receiver::start().await;
+    agent
+        .set_secret(APP, ENV, "ALERTS_URL", &receiver.url("/hook"))
+        .await
+        .assert_code(0);
+    let app = |version| setup.app("app", version).alerts_webhook("ALERTS_URL");
+    agent.deploy(&app("v1"), ENV).await.assert_code(0);
+    let mut held = agent.deploy_command(&app("v2").approval(ENV), ENV, Some(agent.admin_token()));
+    held.kill_on_drop(true);
+    let _held = held.spawn().expect("rollway deploy starts");
+    let received = receiver.wait_for(1, Duration::from_secs(60)).await;
+    let texts: Vec<&str> = received
+        .iter()
+        .map(|request| request.body.as_str())
+        .collect();
+    assert!(
+        texts.iter().any(|text| text.contains(
+            "[rollway] demo in production: waiting for approval: release 2 is verified and waits for `rollway approve"
+        )),
+        "{texts:#?}"
+    );
+}
