@@ -3,8 +3,9 @@
 //!
 //! Invariant: the store is the source of truth; `Runtime` is rebuilt from it on start. The proxy
 //! only ever receives a whole desired state computed here (`desired_state`), never piecemeal edits.
-//! Invariant: routes and weights change only through `change_routing`, which undoes a change the
-//! proxy refused, so the runtime view never diverges from what the proxy accepted.
+//! Invariant: deployments change routes and weights only through `change_routing`, which undoes a
+//! change the proxy refused, so the runtime view never keeps routing the proxy did not accept (the
+//! other writers are start-up, from the store, and a restore's traffic hold in `backup`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
