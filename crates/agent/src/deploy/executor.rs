@@ -885,9 +885,18 @@ async fn roll_back(
     for instance_id in earlier {
         spec::set_phase(engine, key, &instance_id, InstancePhase::Ready, None);
     }
+    // The routes go back too: the release left may have routed other hosts, and a first
+    // deploy undone routes nothing, so it claims no host.
+    let previous_routes = match deployment.from_release {
+        Some(from) => spec::load_release(engine, key, from)
+            .map(|release| spec::routes(&release.resolved))
+            .unwrap_or_else(|_| engine.runtime(key).routes),
+        None => Vec::new(),
+    };
     engine
         .change_routing(key, |runtime| {
-            runtime.weights = data.previous_weights.clone()
+            runtime.weights = data.previous_weights.clone();
+            runtime.routes = previous_routes;
         })
         .await
         .map_err(|error| crate::report::chain(&error))?;

@@ -418,3 +418,44 @@ async fn a_deploy_waiting_for_approval_is_an_alert() {
         "{texts:#?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_gives_back_the_earlier_routes() {
+    let setup = Setup::start().await;
+    let agent = &setup.agent;
+    let app = |version| setup.app("app", version);
+    agent
+        .deploy(&app("v1").hosts(&["first.localhost"]), ENV)
+        .await
+        .assert_code(0);
+    // v2 moves to another host, then is aborted while observing: traffic goes back to v1.
+    let moved = app("v2").hosts(&["second.localhost"]).observe("60s");
+    let mut deploy = agent.deploy_command(&moved, ENV, Some(agent.admin_token()));
+    deploy.kill_on_drop(true);
+    let deploy = deploy.spawn().expect("rollway deploy starts");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while agent.status(APP, ENV).await.deployment_state() != Some("Observing") {
+        assert!(tokio::time::Instant::now() < deadline, "v2 never observed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    agent
+        .cli(&["abort", "--env", ENV, "--app", APP])
+        .await
+        .assert_code(0);
+    let output = tokio::time::timeout(Duration::from_secs(60), deploy.wait_with_output())
+        .await
+        .expect("the deploy ends")
+        .expect("deploy output");
+    assert_eq!(output.status.code(), Some(1));
+    let status = agent.status(APP, ENV).await;
+    assert_eq!(status.deployment_state(), Some("RolledBack"), "{status}");
+    let answer = agent.get(Some("first.localhost"), "/").await;
+    assert_eq!(answer.status, 200, "v1's host serves again: {answer:?}");
+    assert!(answer.body.contains("v1"), "{answer:?}");
+    // The host v2 took is free again for another app.
+    let other = setup
+        .app("other", "o1")
+        .named("other")
+        .hosts(&["second.localhost"]);
+    agent.deploy(&other, ENV).await.assert_code(0);
+}
