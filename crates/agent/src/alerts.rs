@@ -22,26 +22,27 @@ pub const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What an alert says, or `None` for events that are not alerts.
+///
+/// One arm per alerting event kind: its prefix, then the event's own message. A new alert is one
+/// more arm (and a row in the tests).
 pub fn alert_text(event: &EventView) -> Option<String> {
     let scope = match (&event.app, &event.environment) {
         (Some(app), Some(env)) => format!("{app} in {env}"),
         _ => "rollway".to_owned(),
     };
-    let text = match event.kind.as_str() {
-        "deployment.finished" if event.message.starts_with("Failed") => {
-            format!("deploy failed: {}", event.message)
-        }
+    let prefix = match event.kind.as_str() {
+        "deployment.finished" if event.message.starts_with("Failed") => "deploy failed: ",
         "deployment.finished" if event.message.starts_with("RolledBack") => {
-            format!("rolled back automatically: {}", event.message)
+            "rolled back automatically: "
         }
-        "instance.unhealthy" | "watch.all_unhealthy" => event.message.clone(),
-        "watch.error_rate" => format!("error rate above the bound: {}", event.message),
-        "backup.failed" => event.message.clone(),
-        "proxy.exited" | "proxy.restarted" | "proxy.restart_failed" => event.message.clone(),
-        "deployment.awaiting_approval" => format!("a deploy waits for approval: {}", event.message),
+        "deployment.awaiting_approval" => "waiting for approval: ",
+        "instance.unhealthy" | "watch.all_unhealthy" | "backup.failed" => "",
+        "proxy.exited" | "proxy.restarted" | "proxy.restart_failed" => "",
+        "instance.recovered" | "watch.recovered" => "recovered: ",
+        "watch.error_rate" => "error rate above the bound: ",
         _ => return None,
     };
-    Some(format!("[rollway] {scope}: {text}"))
+    Some(format!("[rollway] {scope}: {prefix}{}", event.message))
 }
 
 /// Sends the alerts of events as they are published; one task for the agent's life.

@@ -201,7 +201,7 @@ pub async fn create(engine: &Arc<Engine>, request: Request<'_>) -> Result<Taken,
             let (database, out) = (database.clone(), path.clone());
             tokio::task::spawn_blocking(move || sqlite_copy(&database, &out))
                 .await
-                .map_err(|error| error.to_string())??;
+                .map_err(|error| crate::report::chain(&error))??;
         }
         Target::Postgres { url } => {
             let args = vec![
@@ -230,7 +230,7 @@ pub async fn create(engine: &Arc<Engine>, request: Request<'_>) -> Result<Taken,
     engine
         .store
         .insert_backup(&record)
-        .map_err(|error| error.to_string())?;
+        .map_err(|error| crate::report::chain(&error))?;
     prune(engine, request.app, request.environment, request.keep);
     Ok(Taken::Backup(record))
 }
@@ -251,7 +251,7 @@ pub async fn restore(record: &BackupRecord, target: &Target) -> Result<String, S
             let shown = database.display().to_string();
             tokio::task::spawn_blocking(move || sqlite_copy(&backup, &database))
                 .await
-                .map_err(|error| error.to_string())??;
+                .map_err(|error| crate::report::chain(&error))??;
             Ok(format!(
                 "restored `{shown}` from backup `{}` with SQLite's online backup",
                 record.id
@@ -294,7 +294,7 @@ pub async fn on_demand(
     let current = engine
         .store
         .current(app, env)
-        .map_err(|error| error.to_string())?
+        .map_err(|error| crate::report::chain(&error))?
         .ok_or_else(|| format!("`{app}` has no current release in `{env}`"))?;
     let release = crate::deploy::spec::load_release(engine, &key, current)?;
     let variable = release
@@ -335,7 +335,7 @@ pub async fn restore_live(
     let current = engine
         .store
         .current(&key.0, &key.1)
-        .map_err(|error| error.to_string())?
+        .map_err(|error| crate::report::chain(&error))?
         .ok_or_else(|| format!("`{}` has no current release in `{}`", key.0, key.1))?;
     let release = crate::deploy::spec::load_release(engine, &key, current)?;
     let variable = release
@@ -364,7 +364,7 @@ pub async fn restore_live(
         engine
             .push_routes()
             .await
-            .map_err(|error| error.to_string())?;
+            .map_err(|error| crate::report::chain(&error))?;
         crate::deploy::spec::wait_gone_from_proxy(engine, &ids, Duration::from_secs(30)).await;
         steps.push(format!(
             "held new requests and drained {} instance(s)",

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod proxy_link;
 pub mod proxy_supervisor;
 pub mod recover;
+pub mod report;
 pub mod secrets;
 pub mod store;
 pub mod tokens;
@@ -105,7 +106,8 @@ pub async fn run(
     let master_key = secrets::MasterKey::load_or_create(&state_dir)?;
     let paths = Paths::new(state_dir.clone());
     let driver = Arc::new(ProcessDriver::new(paths.instances.clone()).map_err(dir_error)?);
-    let artifacts = ArtifactStore::new(state_dir.join("artifacts"));
+    let artifacts = ArtifactStore::new(state_dir.join("artifacts"))
+        .with_limits(artifact::ArtifactLimits::from_env());
     let proxy = ProxyLink::new(state_dir.join("proxy"), config.proxy);
     let proxy_command = proxy_link::ProxyCommand {
         exe: config.exe.clone(),
@@ -150,7 +152,7 @@ pub async fn run(
     if engine.proxy.runs_other_binary().await
         && let Err(error) = proxy_supervisor::upgrade(&engine, "the agent's binary changed").await
     {
-        tracing::error!(message = "Cannot upgrade the proxy; the old one keeps serving.", error = %error_chain(&error));
+        tracing::error!(message = "Cannot upgrade the proxy; the old one keeps serving.", error = %report::chain(&error));
     }
     tokio::spawn(proxy_supervisor::supervise(engine.clone()));
     tokio::spawn(expire_warm_instances(engine.clone()));
@@ -279,20 +281,4 @@ async fn scheduled_backups(engine: Arc<Engine>) {
         }
         backup::run_schedules(&engine).await;
     }
-}
-
-/// An error and every cause under it, `: `-separated, so the OS's or SQLite's own words reach the
-/// user (`cannot write `x`: No space left on device (os error 28)`).
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }

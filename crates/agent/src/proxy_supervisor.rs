@@ -133,12 +133,12 @@ async fn restart(engine: &Arc<Engine>, exited_at: tokio::time::Instant) {
                         "proxy.restart_failed",
                         format!(
                             "the proxy cannot be started again: {}; retrying every {}s",
-                            crate::error_chain(&error),
+                            crate::report::chain(&error),
                             BACKOFF[BACKOFF.len() - 1].as_secs()
                         ),
                     );
                 } else {
-                    tracing::warn!(message = "The proxy cannot be started again.", error = %crate::error_chain(&error));
+                    tracing::warn!(message = "The proxy cannot be started again.", error = %crate::report::chain(&error));
                 }
             }
         }

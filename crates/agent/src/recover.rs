@@ -1,6 +1,7 @@
 //! Start-up after any stop, clean or kill -9: rebuild the runtime view from the store, adopt the
 //! instances that still run (restart those that do not), give the proxy the routes again, and
-//! finish or undo every deployment that was in flight.
+//! finish or undo every deployment that was in flight. Temporary unpack folders and uploads a
+//! killed agent left are removed first.
 
 use std::sync::Arc;
 
@@ -11,6 +12,8 @@ use crate::engine::{AppEnv, Engine, InstancePhase, RuntimeInstance};
 use crate::store::NewEvent;
 
 pub async fn recover(engine: &Arc<Engine>) {
+    // Nothing unpacks yet: whatever temporary folder exists was left by a killed agent.
+    crate::deploy::prepare::clean_leftovers(engine);
     rebuild_runtime(engine);
     adopt_instances(engine).await;
     if let Err(error) = engine.push_routes().await {
@@ -167,7 +170,7 @@ async fn remove_release_containers(engine: &Arc<Engine>, deployment: &crate::sto
         Ok(driver) => driver
             .remove_run_once(&deployment.app, &deployment.environment)
             .await
-            .map_err(|error| error.to_string()),
+            .map_err(|error| crate::report::chain(&error)),
         Err(error) => Err(error),
     };
     if let Err(error) = removed {

@@ -19,7 +19,7 @@ use std::path::Path;
 
 pub use diagnostic::{Diagnostic, Diagnostics, LocatedDiagnostic};
 pub use parity::{Difference, ParityReport};
-pub use resolve::{Environment, Reference, RequiredConfig, ResolvedManifest};
+pub use resolve::{Environment, Reference, RequiredConfig, ResolvedManifest, Warning};
 pub use schema::{
     Alerts, Analysis, App, BackupPolicy, Build, Config, Health, Release, Route, Schedule, Service,
     ServiceSource, Step, Strategy, StrategyKind, defaults,

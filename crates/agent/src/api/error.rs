@@ -1,8 +1,10 @@
 //! The one place API errors become answers: `{ "error": { "code", "message" } }` with a status.
 //!
-//! Internal errors are logged here and answered with a generic message, never echoed. Answers
-//! that axum makes itself (an unknown route, a wrong method, a body too large, a rejected
-//! extractor) pass through [`envelope`], so every error of the API has the same shape.
+//! Internal errors are logged here with their whole chain of causes, and answered with that chain
+//! (the cause from the OS or SQLite, such as "database or disk is full"), so the person at the CLI
+//! knows what went wrong without reading the agent's log. Answers that axum makes itself (an unknown
+//! route, a wrong method, a body too large, a rejected extractor) pass through [`envelope`], so every
+//! error of the API has the same shape.
 
 use axum::Json;
 use axum::extract::Request;
@@ -12,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use client::wire::{ErrorBody, ErrorDetail};
 
 use crate::api::input::InputError;
+use crate::artifact::ArtifactError;
 use crate::deploy::start::StartError;
 
 #[derive(Debug)]
@@ -61,12 +64,13 @@ impl ApiError {
         ApiError::new(status, code_for(status), message)
     }
 
-    pub fn internal(error: impl std::fmt::Display) -> Self {
+    pub fn internal(error: impl std::error::Error + 'static) -> Self {
+        let error = crate::report::chain(&error);
         tracing::error!(message = "Internal error in the API.", %error);
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
-            "internal error; see the agent's log",
+            format!("internal error: {error}"),
         )
     }
 }
@@ -184,10 +188,43 @@ impl From<StartError> for ApiError {
                 (StatusCode::UNPROCESSABLE_ENTITY, "unknown_artifact")
             }
             StartError::Locked { .. } => (StatusCode::CONFLICT, "locked"),
+            StartError::RouteConflict(_) => (StatusCode::CONFLICT, "route_conflict"),
             StartError::NothingToRollBack(_) => (StatusCode::CONFLICT, "nothing_to_roll_back"),
             StartError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
-            StartError::Store(_) => return ApiError::internal(&error),
+            StartError::Store(_) => return ApiError::internal(error),
         };
         ApiError::new(status, code, error.to_string())
     }
 }
+
+impl From<ArtifactError> for ApiError {
+    fn from(error: ArtifactError) -> Self {
+        let (status, code) = match &error {
+            ArtifactError::InvalidDigest { .. } | ArtifactError::DigestMismatch { .. } => {
+                (StatusCode::BAD_REQUEST, "bad_artifact")
+            }
+            ArtifactError::TooLarge { .. }
+            | ArtifactError::UnpacksTooLarge { .. }
+            | ArtifactError::ExpandsTooMuch { .. } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "artifact_too_large")
+            }
+            ArtifactError::UnsafeEntry { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "unsafe_artifact")
+            }
+            ArtifactError::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
+            // The agent's disk, not the request: 5xx, so the CLI exits 1 (a runtime failure).
+            ArtifactError::Io { source, .. }
+                if source.kind() == std::io::ErrorKind::StorageFull =>
+            {
+                (StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage")
+            }
+            ArtifactError::DestinationExists { .. } | ArtifactError::Io { .. } => {
+                return ApiError::internal(error);
+            }
+        };
+        ApiError::new(status, code, crate::report::chain(&error))
+    }
+}
+
+#[cfg(test)]
+mod tests;

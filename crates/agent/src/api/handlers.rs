@@ -63,7 +63,7 @@ pub async fn upload_artifact(
     tokio::task::spawn_blocking(move || artifacts.put(&stored_digest, &body))
         .await
         .map_err(ApiError::internal)?
-        .map_err(|error| ApiError::bad_request(error.to_string()))?;
+        .map_err(ApiError::from)?;
     let _ = engine.store.record_artifact(&digest, size as u64, now_ms());
     Ok(StatusCode::CREATED)
 }
@@ -376,7 +376,7 @@ pub async fn upgrade_proxy(
                 "proxy_upgrade_failed",
                 format!(
                     "the new proxy did not take over, so the old one keeps serving: {}",
-                    crate::error_chain(&error)
+                    crate::report::chain(&error)
                 ),
             )
         })?;

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::analysis::{self, Bounds, Sample, Verdict};
 use crate::deploy::state::{self, Plan, State, StepResult};
-use crate::deploy::{fault, spec};
+use crate::deploy::{fault, prepare, spec};
 use crate::engine::Signal;
 use crate::engine::{AppEnv, Engine, InstancePhase, now_ms};
 use crate::health;
@@ -68,7 +68,7 @@ async fn drive(engine: &Arc<Engine>, id: &str) -> Result<(), String> {
         let deployment = engine
             .store
             .deployment(id)
-            .map_err(|error| error.to_string())?
+            .map_err(|error| crate::report::chain(&error))?
             .ok_or_else(|| format!("no deployment `{id}`"))?;
         let current: State = deployment.state.parse()?;
         if current.is_terminal() {
@@ -107,7 +107,8 @@ async fn drive(engine: &Arc<Engine>, id: &str) -> Result<(), String> {
             );
         }
         fault::crash_point(next);
-        let data_json = serde_json::to_string(&data).map_err(|error| error.to_string())?;
+        let data_json =
+            serde_json::to_string(&data).map_err(|error| crate::report::chain(&error))?;
         // The transition and its event are one transaction: a kill -9 cannot keep one without the other.
         let (_, event) = engine
             .store
@@ -123,7 +124,7 @@ async fn drive(engine: &Arc<Engine>, id: &str) -> Result<(), String> {
                     format!("{current} → {next}"),
                 ),
             )
-            .map_err(|error| error.to_string())?;
+            .map_err(|error| crate::report::chain(&error))?;
         engine.publish(&event);
     }
 }
@@ -141,11 +142,22 @@ async fn step(
     match current {
         State::Pending => {
             let runtime = engine.runtime(&key);
+            // Warm means the routed services still run; workers stop at every switch and are
+            // started again in Verifying.
+            let routed: Vec<&str> = release
+                .resolved
+                .config
+                .routes
+                .iter()
+                .map(|route| route.service.as_str())
+                .collect();
             let running = runtime
                 .instances
                 .values()
                 .filter(|instance| {
-                    instance.release == target && instance.phase != InstancePhase::Starting
+                    instance.release == target
+                        && instance.phase != InstancePhase::Starting
+                        && routed.contains(&instance.service.as_str())
                 })
                 .count();
             let wanted: usize = release
@@ -153,6 +165,7 @@ async fn step(
                 .config
                 .services
                 .iter()
+                .filter(|service| routed.contains(&service.name.as_str()))
                 .map(|service| service.replicas as usize)
                 .sum();
             let warm = running >= wanted && wanted > 0;
@@ -167,7 +180,9 @@ async fn step(
             Ok(())
         }
         State::Preparing => {
-            spec::prepare(engine, deployment, &release).await?;
+            prepare::prepare(engine, deployment, &release)
+                .await
+                .map_err(|error| crate::report::chain(&error))?;
             spec::prepare_images(engine, deployment, &release).await
         }
         State::BackingUp => {
@@ -222,6 +237,17 @@ async fn step(
             Ok(())
         }
         State::Verifying => {
+            if data.plan.as_deref() == Some("warm") {
+                // A warm rollback finds its routed instances running, not its workers.
+                for (service, index) in spec::wanted_instances(&release.resolved) {
+                    let instance_id = spec::instance_id(&key, target, &service, index);
+                    if !engine.runtime(&key).instances.contains_key(&instance_id) {
+                        let started =
+                            spec::start_instance(engine, &key, &release, &service, index).await?;
+                        data.started.push(started);
+                    }
+                }
+            }
             let ids: Vec<String> = engine
                 .runtime(&key)
                 .instances
@@ -884,18 +910,19 @@ async fn shift(
     } else {
         give_share(engine, deployment, key, &routes, data, 100, "").await?;
     }
-    // The earlier releases leave traffic but stay warm for a rollback.
+    // Only the release that served just before stays warm, for a rollback that is one switch;
+    // older warm releases and superseded workers stop once the switch is recorded.
     let warm_until = now_ms() + i64::try_from(keep_warm.as_millis()).unwrap_or(i64::MAX);
-    let earlier: Vec<String> = engine
-        .runtime(key)
-        .instances
+    let previous: Vec<u64> = data
+        .previous_weights
         .iter()
-        .filter(|(_, instance)| {
-            instance.release != target && instance.phase == InstancePhase::Ready
-        })
-        .map(|(id, _)| id.clone())
+        .map(|(release, _)| *release)
         .collect();
-    for instance_id in earlier {
+    let routed: std::collections::BTreeSet<String> =
+        routes.iter().map(|route| route.service.clone()).collect();
+    let (warm, superseded) =
+        after_switch(&engine.runtime(key).instances, target, &previous, &routed);
+    for instance_id in warm {
         spec::set_phase(
             engine,
             key,
@@ -907,7 +934,7 @@ async fn shift(
     engine
         .push_routes()
         .await
-        .map_err(|error| error.to_string())?;
+        .map_err(|error| crate::report::chain(&error))?;
     let store = &engine.store;
     if let Some(from) = deployment.from_release.filter(|from| *from != target) {
         // The release a rollback leaves is not a rollback target itself.
@@ -920,11 +947,52 @@ async fn shift(
     }
     store
         .set_release_outcome(&key.0, &key.1, target, ReleaseOutcome::Live)
-        .map_err(|error| error.to_string())?;
+        .map_err(|error| crate::report::chain(&error))?;
     store
         .set_current(&key.0, &key.1, target)
-        .map_err(|error| error.to_string())?;
+        .map_err(|error| crate::report::chain(&error))?;
+    if !superseded.is_empty() {
+        record(
+            engine,
+            deployment,
+            "deployment.stopping",
+            format!(
+                "stopping {} instance(s) of older releases and superseded workers: {}",
+                superseded.len(),
+                superseded.join(", ")
+            ),
+        );
+        // Drained first: `stop_instances` takes them out of routing before the driver stops them.
+        spec::stop_instances(engine, key, &superseded).await;
+    }
     Ok(())
+}
+
+/// After a switch to `target`: which instances of other releases stay warm (the routed services
+/// of the releases that served just before, `previous`) and which stop (everything else: older
+/// warm releases, and workers, which would otherwise keep running jobs with the old code).
+/// Instances still starting belong to no finished switch and are left alone.
+pub fn after_switch(
+    instances: &std::collections::BTreeMap<String, crate::engine::RuntimeInstance>,
+    target: u64,
+    previous: &[u64],
+    routed: &std::collections::BTreeSet<String>,
+) -> (Vec<String>, Vec<String>) {
+    let mut warm = Vec::new();
+    let mut stop = Vec::new();
+    for (id, instance) in instances {
+        if instance.release == target || instance.phase == InstancePhase::Starting {
+            continue;
+        }
+        if previous.contains(&instance.release) && routed.contains(&instance.service) {
+            if instance.phase == InstancePhase::Ready {
+                warm.push(id.clone());
+            }
+        } else {
+            stop.push(id.clone());
+        }
+    }
+    (warm, stop)
 }
 
 async fn roll_back(
@@ -950,13 +1018,21 @@ async fn roll_back(
     for instance_id in earlier {
         spec::set_phase(engine, key, &instance_id, InstancePhase::Ready, None);
     }
-    engine.with_runtime(key, |runtime| {
-        runtime.weights = data.previous_weights.clone()
-    });
+    // The routes go back too: the release left may have routed other hosts, and a first
+    // deploy undone routes nothing, so it claims no host.
+    let previous_routes = match deployment.from_release {
+        Some(from) => spec::load_release(engine, key, from)
+            .map(|release| spec::routes(&release.resolved))
+            .unwrap_or_else(|_| engine.runtime(key).routes),
+        None => Vec::new(),
+    };
     engine
-        .push_routes()
+        .change_routing(key, |runtime| {
+            runtime.weights = data.previous_weights.clone();
+            runtime.routes = previous_routes;
+        })
         .await
-        .map_err(|error| error.to_string())?;
+        .map_err(|error| crate::report::chain(&error))?;
     record(
         engine,
         deployment,
@@ -993,18 +1069,17 @@ async fn give_share(
     step_name: &str,
 ) -> Result<(), String> {
     let target = deployment.to_release;
-    engine.with_runtime(key, |runtime| {
-        runtime.routes = routes.to_vec();
-        runtime.weights = if share >= 100 {
-            vec![(target, 100)]
-        } else {
-            scaled(&data.previous_weights, 100 - share, target, share)
-        };
-    });
     engine
-        .push_routes()
+        .change_routing(key, |runtime| {
+            runtime.routes = routes.to_vec();
+            runtime.weights = if share >= 100 {
+                vec![(target, 100)]
+            } else {
+                scaled(&data.previous_weights, 100 - share, target, share)
+            };
+        })
         .await
-        .map_err(|error| error.to_string())?;
+        .map_err(|error| crate::report::chain(&error))?;
     record(
         engine,
         deployment,
@@ -1037,6 +1112,9 @@ pub async fn undo(engine: &Arc<Engine>, deployment: &Deployment, data: &Deployme
             .collect();
         let warm_until = now_ms() + 60_000;
         for instance_id in ids {
+            if data.started.contains(&instance_id) {
+                continue;
+            }
             spec::set_phase(
                 engine,
                 &key,
@@ -1045,6 +1123,8 @@ pub async fn undo(engine: &Arc<Engine>, deployment: &Deployment, data: &Deployme
                 Some(warm_until),
             );
         }
+        // The workers it started again stop: a release out of traffic runs no jobs.
+        spec::stop_instances(engine, &key, &data.started).await;
     } else {
         // Instances of the target that never made it into `started` (a start that failed half-way,
         // a kill -9 before the list was written) are stopped by id too: no ghost stays `starting`.

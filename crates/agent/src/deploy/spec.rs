@@ -42,7 +42,7 @@ pub fn load_release(engine: &Engine, key: &AppEnv, number: u64) -> Result<Loaded
     let release = engine
         .store
         .release(&key.0, &key.1, number)
-        .map_err(|error| error.to_string())?
+        .map_err(|error| crate::report::chain(&error))?
         .ok_or_else(|| format!("no release {number} of `{}` in `{}`", key.0, key.1))?;
     let config: ReleaseConfig = serde_json::from_str(&release.config_json)
         .map_err(|error| format!("release {number} has an unreadable config: {error}"))?;
@@ -54,11 +54,11 @@ pub fn load_release(engine: &Engine, key: &AppEnv, number: u64) -> Result<Loaded
     };
     let secrets =
         crate::secrets::open_versions(&engine.store, &engine.master_key, &key.0, &key.1, &versions)
-            .map_err(|error| error.to_string())?;
+            .map_err(|error| crate::report::chain(&error))?;
     let images = engine
         .store
         .release_images(&key.0, &key.1, number)
-        .map_err(|error| error.to_string())?;
+        .map_err(|error| crate::report::chain(&error))?;
     Ok(LoadedRelease {
         number,
         artifact: release.artifact,
@@ -73,61 +73,7 @@ pub fn resolve(config: &ReleaseConfig) -> Result<ResolvedManifest, String> {
         .map_err(|diagnostics| diagnostics.render(false))?;
     manifest
         .resolve(&config.environment)
-        .map_err(|error| error.to_string())
-}
-
-/// Unpacks the artifact into the release folder (once) and runs the build command there.
-pub async fn prepare(
-    engine: &Arc<Engine>,
-    deployment: &Deployment,
-    release: &LoadedRelease,
-) -> Result<(), String> {
-    let dir = workdir(engine, release);
-    let built_marker = dir.join(".rollway-built");
-    if built_marker.exists() {
-        engine.record(NewEvent::for_deployment(
-            deployment,
-            "deployment.reuse",
-            format!(
-                "artifact {} already built here: no rebuild",
-                short(&release.artifact)
-            ),
-        ));
-        return Ok(());
-    }
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir)
-            .map_err(|error| format!("cannot clear `{}`: {error}", dir.display()))?;
-    }
-    let parent = dir.parent().ok_or("release folder has no parent")?;
-    std::fs::create_dir_all(parent)
-        .map_err(|error| format!("cannot create `{}`: {error}", parent.display()))?;
-    let staging = parent.join(format!(".{}.unpacking", deployment.id));
-    let _ = std::fs::remove_dir_all(&staging);
-    engine
-        .artifacts
-        .unpack(&release.artifact, &staging)
-        .map_err(|error| {
-            format!(
-                "cannot unpack artifact `{}`: {error}",
-                short(&release.artifact)
-            )
-        })?;
-    std::fs::rename(&staging, &dir)
-        .map_err(|error| format!("cannot move the release into `{}`: {error}", dir.display()))?;
-    if let Some(build) = &release.resolved.config.build {
-        run_build(
-            engine,
-            deployment,
-            &dir,
-            &build.command,
-            &base_env(release)?,
-        )
-        .await?;
-    }
-    std::fs::write(&built_marker, b"")
-        .map_err(|error| format!("cannot write `{}`: {error}", built_marker.display()))?;
-    Ok(())
+        .map_err(|error| crate::report::chain(&error))
 }
 
 /// Pulls or builds the image of every container service of the release and records its id
@@ -176,7 +122,12 @@ pub async fn prepare_images(
                     Err(_) => driver
                         .pull_image(&reference, None, &mut on_line)
                         .await
-                        .map_err(|error| format!("cannot pull `{reference}`: {error}"))?,
+                        .map_err(|error| {
+                            format!(
+                                "cannot pull `{reference}`: {}",
+                                crate::report::chain(&error)
+                            )
+                        })?,
                 }
             }
             manifest::ServiceSource::Dockerfile { dockerfile, .. } => {
@@ -191,7 +142,12 @@ pub async fn prepare_images(
                 driver
                     .build_image(&workdir(engine, release), dockerfile, &tag, &mut on_line)
                     .await
-                    .map_err(|error| format!("cannot build `{dockerfile}`: {error}"))?
+                    .map_err(|error| {
+                        format!(
+                            "cannot build `{dockerfile}`: {}",
+                            crate::report::chain(&error)
+                        )
+                    })?
             }
             manifest::ServiceSource::Run { .. } => continue,
         };
@@ -204,7 +160,7 @@ pub async fn prepare_images(
                 &service.name,
                 &image,
             )
-            .map_err(|error| error.to_string())?;
+            .map_err(|error| crate::report::chain(&error))?;
         engine.record(event(
             "deployment.image",
             format!("`{}` runs image {}", service.name, short(&image)),
@@ -281,7 +237,12 @@ pub async fn run_release_command(
                 }
             })
             .await
-            .map_err(|error| format!("cannot run the release command: {error}"))?;
+            .map_err(|error| {
+                format!(
+                    "cannot run the release command: {}",
+                    crate::report::chain(&error)
+                )
+            })?;
         if code != 0 {
             let tail: Vec<String> = tail.iter().map(|line| format!("  | {line}")).collect();
             return Err(format!(
@@ -294,7 +255,7 @@ pub async fn run_release_command(
     run_command(engine, deployment, &dir, "release command", command, &env).await
 }
 
-async fn run_build(
+pub(crate) async fn run_build(
     engine: &Arc<Engine>,
     deployment: &Deployment,
     dir: &Path,
@@ -330,7 +291,8 @@ async fn run_command(
 ) -> Result<(), String> {
     use tokio::io::AsyncBufReadExt as _;
 
-    std::fs::create_dir_all(&engine.paths.deploy_logs).map_err(|error| error.to_string())?;
+    std::fs::create_dir_all(&engine.paths.deploy_logs)
+        .map_err(|error| crate::report::chain(&error))?;
     let log_path = engine
         .paths
         .deploy_logs
@@ -404,7 +366,7 @@ async fn run_command(
         child.wait().await
     };
     let status = match tokio::time::timeout(BUILD_TIMEOUT, run).await {
-        Ok(status) => status.map_err(|error| error.to_string())?,
+        Ok(status) => status.map_err(|error| crate::report::chain(&error))?,
         Err(_) => {
             return Err(format!(
                 "the {label} `{command}` ran longer than {}s",
