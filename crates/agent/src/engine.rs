@@ -224,6 +224,7 @@ impl Engine {
                     paths: route.paths.clone(),
                     drain_timeout_ms: u64::try_from(route.drain.as_millis()).unwrap_or(u64::MAX),
                     pools,
+                    ..DesiredRoute::new(String::new())
                 });
             }
         }

@@ -79,6 +79,7 @@ async fn proxy(
         name: route.clone(),
         hosts: Vec::new(),
         path_prefix: "/".to_owned(),
+        settings: proxy::RouteSettings::default(),
     });
     let instance = InstanceId::new("upstream");
     proxy.add_instance(InstanceSpec {

@@ -1,7 +1,8 @@
-//! Body types: `RequestBody` streams a client's body to an instance under the size limit and read timeout;
-//! `ProxyBody` streams an answer back and releases what the request held when it ends.
+//! Body types: `RequestBody` streams a client's body to an instance under the size limit and read timeout
+//! (or carries a small body `forward` read whole first); `ProxyBody` streams an answer back under the
+//! route's idle timeout and releases what the request held when it ends.
 //!
-//! Neither buffers a whole body: frames pass through one at a time.
+//! Neither buffers a large body: frames pass through one at a time.
 
 use std::fmt;
 use std::pin::Pin;
@@ -20,6 +21,8 @@ use crate::upstream::Sender;
 /// The body of every answer the proxy gives.
 pub struct ProxyBody {
     kind: Kind,
+    // Longest silence of the instance inside its answer; the timer is reset by every frame.
+    idle: Option<(Duration, Pin<Box<Sleep>>)>,
     // Returned to the instance's pool when the upstream answer has been read to its end.
     checkin: Option<(Sender, Arc<InstanceLive>, usize)>,
     // Held until the body ends or is dropped: the instance's in-flight count (what a drain waits for) and
@@ -39,9 +42,20 @@ pub enum RequestBodyError {
     Client(#[source] hyper::Error),
 }
 
+/// Why an answer body stopped before its end.
+#[derive(Debug, thiserror::Error)]
+pub enum AnswerBodyError {
+    #[error("reading the answer from the instance failed")]
+    Upstream(#[source] hyper::Error),
+    #[error("instance sent nothing for {timeout:?} in the middle of its answer")]
+    Idle { timeout: Duration },
+}
+
 /// A client's request body on its way to an instance.
 pub struct RequestBody {
     inner: Option<Incoming>,
+    // A body read whole before the request was sent (see `ProxyConfig::request_buffer_bytes`).
+    full: Option<Bytes>,
     limit: u64,
     received: u64,
     timeout: Duration,
@@ -69,10 +83,12 @@ impl ProxyBody {
         incoming: Incoming,
         checkin: Option<(Sender, Arc<InstanceLive>, usize)>,
         in_flight: Option<InFlightGuard>,
+        idle_timeout: Duration,
     ) -> ProxyBody {
         let mut body = ProxyBody::new(Kind::Upstream(incoming));
         body.checkin = checkin;
         body.in_flight = in_flight;
+        body.idle = Some((idle_timeout, Box::pin(tokio::time::sleep(idle_timeout))));
         body.finish_if_ended();
         body
     }
@@ -84,6 +100,7 @@ impl ProxyBody {
     fn new(kind: Kind) -> ProxyBody {
         ProxyBody {
             kind,
+            idle: None,
             checkin: None,
             in_flight: None,
             active: None,
@@ -106,23 +123,40 @@ impl ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = AnswerBodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, AnswerBodyError>>> {
         let this = &mut *self;
         let polled = match &mut this.kind {
             Kind::Empty => Poll::Ready(None),
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|bytes| Ok(Frame::data(bytes)))),
-            Kind::Upstream(incoming) => Pin::new(incoming).poll_frame(cx),
+            Kind::Upstream(incoming) => match Pin::new(incoming).poll_frame(cx) {
+                Poll::Ready(polled) => {
+                    if let Some((timeout, sleep)) = &mut this.idle {
+                        sleep.as_mut().reset(tokio::time::Instant::now() + *timeout);
+                    }
+                    Poll::Ready(polled.map(|frame| frame.map_err(AnswerBodyError::Upstream)))
+                }
+                Poll::Pending => match &mut this.idle {
+                    Some((timeout, sleep)) => match sleep.as_mut().poll(cx) {
+                        Poll::Ready(()) => {
+                            Poll::Ready(Some(Err(AnswerBodyError::Idle { timeout: *timeout })))
+                        }
+                        Poll::Pending => Poll::Pending,
+                    },
+                    None => Poll::Pending,
+                },
+            },
         };
         match &polled {
             Poll::Ready(None) => this.finish(),
             Poll::Ready(Some(Ok(_))) => this.finish_if_ended(),
             // An error mid-answer: the connection is not reusable; dropping the sender closes it.
             Poll::Ready(Some(Err(_))) => {
+                this.kind = Kind::Empty;
                 this.checkin = None;
                 this.in_flight = None;
             }
@@ -164,6 +198,7 @@ impl RequestBody {
         };
         RequestBody {
             inner,
+            full: None,
             limit,
             received: 0,
             timeout,
@@ -175,12 +210,31 @@ impl RequestBody {
     pub(crate) fn empty() -> RequestBody {
         RequestBody {
             inner: None,
+            full: None,
             limit: 0,
             received: 0,
             timeout: Duration::ZERO,
             sleep: None,
             data_since_sleep: false,
         }
+    }
+
+    /// A body already read whole.
+    pub(crate) fn full(bytes: Bytes) -> RequestBody {
+        let mut body = RequestBody::empty();
+        body.full = (!bytes.is_empty()).then_some(bytes);
+        body
+    }
+
+    /// Reads the whole body (under its limit and pause timeout), for a body small enough to be held.
+    pub(crate) async fn read_whole(mut self) -> Result<Bytes, RequestBodyError> {
+        let mut collected = bytes::BytesMut::new();
+        while let Some(frame) = http_body_util::BodyExt::frame(&mut self).await {
+            if let Ok(data) = frame?.into_data() {
+                collected.extend_from_slice(&data);
+            }
+        }
+        Ok(collected.freeze())
     }
 }
 
@@ -193,6 +247,9 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
         let this = &mut *self;
+        if let Some(full) = this.full.take() {
+            return Poll::Ready(Some(Ok(Frame::data(full))));
+        }
         let Some(incoming) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
@@ -242,10 +299,13 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(Incoming::is_end_stream)
+        self.full.is_none() && self.inner.as_ref().is_none_or(Incoming::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
+        if let Some(full) = &self.full {
+            return SizeHint::with_exact(full.len() as u64);
+        }
         self.inner
             .as_ref()
             .map_or(SizeHint::with_exact(0), Incoming::size_hint)

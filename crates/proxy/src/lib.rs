@@ -39,14 +39,17 @@ mod tunnel;
 mod upstream;
 pub mod workers;
 
-pub use body::{ProxyBody, RequestBodyError};
-pub use config::{PassiveHealthConfig, ProxyConfig, WaitingConfig};
+pub use body::{AnswerBodyError, ProxyBody, RequestBodyError};
+pub use config::{
+    PassiveHealthConfig, ProxyConfig, RouteSettings, TrustedProxy, TrustedProxyParseError,
+    UpstreamProtocol, WaitingConfig,
+};
 pub use control::{DrainOutcome, InstanceSpec, Proxy};
 pub use desired::{
     ApplyError, ApplyReport, DesiredInstance, DesiredPool, DesiredRoute, DesiredState, Problem,
     apply,
 };
-pub use error::{Cause, ControlError, ErrorKind, ProxyError, error_response};
+pub use error::{BadRequestReason, Cause, ControlError, ErrorKind, ProxyError, error_response};
 pub use instance::{InFlightGuard, InstanceLive};
 pub use observed::{
     ObservedInstance, ObservedInstanceState, ObservedLatency, ObservedReleaseStats, ObservedRoute,

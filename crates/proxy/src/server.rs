@@ -97,6 +97,7 @@ async fn serve_with(
         // Our own timer (`TimedIo`) answers 408; hyper's would close silently.
         .header_read_timeout(None)
         .max_buf_size(config.max_header_bytes.max(8192))
+        .max_headers(config.max_request_header_fields)
         .timer(TokioTimer::new());
     builder
         .http2()
@@ -305,13 +306,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TimedIo<S> {
                         };
                     }
                     match (this.phase, this.protocol) {
-                        // HTTP/2 frames between streams (pings, window updates) are not a request head.
-                        (phase, Protocol::Http2) if phase != Phase::Idle => {
-                            this.phase = Phase::Idle;
-                            this.sleep
-                                .as_mut()
-                                .reset(Instant::now() + this.idle_timeout);
+                        // Until its first request, an HTTP/2 connection is held to the header-read
+                        // timeout as an HTTP/1.1 one is: a preface and settings are not a request.
+                        (Phase::Header { .. }, Protocol::Http2) => {
+                            this.phase = Phase::Header { started: true };
                         }
+                        // HTTP/2 frames between streams (pings, window updates) are not a request head.
                         (_, Protocol::Http2) => {}
                         (Phase::Idle, _) => {
                             this.phase = Phase::Header { started: true };

@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::body::RequestBody;
-use crate::config::ProxyConfig;
+use crate::config::{ProxyConfig, RouteSettings};
 use crate::error::ProxyError;
 use crate::instance::InstanceLive;
 
@@ -120,6 +120,7 @@ pub(crate) async fn send(
     instance: &Arc<InstanceLive>,
     mut request: Request<RequestBody>,
     config: &ProxyConfig,
+    settings: &RouteSettings,
     upgrade: bool,
 ) -> Result<(Response<Incoming>, Sender), SendFailure> {
     loop {
@@ -131,7 +132,7 @@ pub(crate) async fn send(
         let reused = pooled.is_some();
         let mut sender = match pooled {
             Some(sender) => sender,
-            None => match connect(instance, config).await {
+            None => match connect(instance, config, settings).await {
                 Ok(sender) => sender,
                 Err(error) => {
                     return Err(SendFailure {
@@ -144,11 +145,7 @@ pub(crate) async fn send(
         if reused && sender.ready().await.is_err() {
             continue;
         }
-        let sent = tokio::time::timeout(
-            config.upstream_response_timeout,
-            sender.try_send_request(request),
-        )
-        .await;
+        let sent = tokio::time::timeout(settings.timeout, sender.try_send_request(request)).await;
         match sent {
             Ok(Ok(response)) => return Ok((response, sender)),
             Ok(Err(mut failure)) => match failure.take_message() {
@@ -169,7 +166,7 @@ pub(crate) async fn send(
                     error: ProxyError::UpstreamTimeout {
                         instance: instance.id().clone(),
                         addr: instance.addr(),
-                        timeout: config.upstream_response_timeout,
+                        timeout: settings.timeout,
                     },
                     request: None,
                 });
@@ -180,7 +177,11 @@ pub(crate) async fn send(
 
 /// Opens a new HTTP/1.1 connection to the instance. Its driver task ends when the connection closes or
 /// the instance is cut.
-async fn connect(instance: &Arc<InstanceLive>, config: &ProxyConfig) -> Result<Sender, ProxyError> {
+async fn connect(
+    instance: &Arc<InstanceLive>,
+    config: &ProxyConfig,
+    settings: &RouteSettings,
+) -> Result<Sender, ProxyError> {
     let connect_error = |source| ProxyError::Connect {
         instance: instance.id().clone(),
         addr: instance.addr(),
@@ -199,6 +200,7 @@ async fn connect(instance: &Arc<InstanceLive>, config: &ProxyConfig) -> Result<S
     // Requests and small answers are single writes; Nagle would add up to 40 ms to each.
     let _ = stream.set_nodelay(true);
     let (sender, connection) = http1::Builder::new()
+        .max_headers(settings.max_header_fields)
         .handshake(TokioIo::new(stream))
         .await
         .map_err(|source| ProxyError::Upstream {

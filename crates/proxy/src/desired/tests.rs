@@ -34,6 +34,7 @@ fn route(name: &str, hosts: &[&str], paths: &[&str], pools: Vec<DesiredPool>) ->
         paths: paths.iter().map(|path| (*path).to_owned()).collect(),
         drain_timeout_ms: 1_000,
         pools,
+        ..DesiredRoute::new(name)
     }
 }
 

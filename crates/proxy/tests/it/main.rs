@@ -5,6 +5,7 @@
 
 mod support;
 
+mod conformance;
 mod limits;
 mod manners;
 mod process;

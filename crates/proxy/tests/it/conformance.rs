@@ -1,0 +1,526 @@
+//! Conformance with RFC 9110/9112/9113 and common proxy practice, one case per item of issue 13 ("The
+//! proxy is invisible to apps and clients"): raw bytes in over a `TcpStream`, and the bytes the instance
+//! saw and the bytes the client got out.
+//!
+//! See: issue 13. The instance here is `RawInstance`, a byte recorder with a canned answer, so what the
+//! proxy sends is checked byte for byte rather than through another HTTP library's reading of it.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper::Request;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use proxy::{ProxyConfig, ReleaseId, RouteSettings};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::assert_eventually;
+use crate::support::{HOST, TestProxy};
+
+/// An instance that records every request's raw bytes and answers each with `answer` (then closes, unless
+/// the answer is a `101`, in which case it reads until the proxy closes and records that it did).
+struct RawInstance {
+    addr: SocketAddr,
+    requests: Arc<Mutex<Vec<String>>>,
+    connections: Arc<AtomicUsize>,
+    saw_end: Arc<AtomicBool>,
+}
+
+impl RawInstance {
+    async fn start(answer: &'static [u8]) -> RawInstance {
+        RawInstance::start_with(answer, false).await
+    }
+
+    /// `silent`: read the request and never answer.
+    async fn start_with(answer: &'static [u8], silent: bool) -> RawInstance {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let saw_end = Arc::new(AtomicBool::new(false));
+        let instance = RawInstance {
+            addr,
+            requests: Arc::clone(&requests),
+            connections: Arc::clone(&connections),
+            saw_end: Arc::clone(&saw_end),
+        };
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                connections.fetch_add(1, Ordering::SeqCst);
+                let requests = Arc::clone(&requests);
+                let saw_end = Arc::clone(&saw_end);
+                tokio::spawn(async move {
+                    let Some(request) = read_request(&mut stream).await else {
+                        return;
+                    };
+                    requests
+                        .lock()
+                        .expect("lock")
+                        .push(String::from_utf8_lossy(&request).into_owned());
+                    if silent {
+                        tokio::time::sleep(Duration::from_secs(30)).await;
+                        return;
+                    }
+                    if stream.write_all(answer).await.is_err() {
+                        return;
+                    }
+                    if answer.starts_with(b"HTTP/1.1 101") {
+                        let mut buffer = [0u8; 1024];
+                        while let Ok(n) = stream.read(&mut buffer).await {
+                            if n == 0 {
+                                saw_end.store(true, Ordering::SeqCst);
+                                break;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        instance
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.requests.lock().expect("lock").clone()
+    }
+
+    /// The header lines of the only request received, lowercased names, in order.
+    fn only_request_lines(&self) -> Vec<String> {
+        let requests = self.requests();
+        assert_eq!(requests.len(), 1, "{requests:?}");
+        let head = requests[0]
+            .split("\r\n\r\n")
+            .next()
+            .unwrap_or("")
+            .to_owned();
+        head.split("\r\n")
+            .skip(1)
+            .map(|line| match line.split_once(':') {
+                Some((name, value)) => format!("{}: {}", name.to_ascii_lowercase(), value.trim()),
+                None => line.to_owned(),
+            })
+            .collect()
+    }
+}
+
+/// Reads one request: the head, then a `Content-Length` body or a chunked body up to its last chunk.
+async fn read_request(stream: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut request = Vec::new();
+    let mut buffer = [0u8; 4096];
+    let head_end = loop {
+        if let Some(end) = find(&request, b"\r\n\r\n") {
+            break end + 4;
+        }
+        let n = stream.read(&mut buffer).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        request.extend_from_slice(&buffer[..n]);
+    };
+    let head = String::from_utf8_lossy(&request[..head_end]).to_ascii_lowercase();
+    let length = head
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length:"))
+        .and_then(|value| value.trim().parse::<usize>().ok());
+    let chunked = head.contains("transfer-encoding: chunked");
+    loop {
+        let body = &request[head_end..];
+        let complete = match length {
+            Some(length) => body.len() >= length,
+            None if chunked => find(body, b"0\r\n\r\n").is_some(),
+            None => true,
+        };
+        if complete {
+            return Some(request);
+        }
+        let n = stream.read(&mut buffer).await.ok()?;
+        if n == 0 {
+            return Some(request);
+        }
+        request.extend_from_slice(&buffer[..n]);
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack
+        .windows(needle.len())
+        .position(|window| window == needle)
+}
+
+/// Sends raw bytes to the proxy and reads until it closes (bounded, so a bug fails instead of hanging).
+async fn exchange(proxy: SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(proxy).await.expect("connect");
+    stream.write_all(request).await.expect("write");
+    read_to_end(&mut stream).await
+}
+
+async fn read_to_end(stream: &mut TcpStream) -> String {
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+        .await
+        .expect("the proxy kept the connection open")
+        .expect("read");
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+async fn proxy_to(
+    instance: &RawInstance,
+    config: ProxyConfig,
+    settings: RouteSettings,
+) -> TestProxy {
+    let test_proxy = TestProxy::start_with(config, settings).await;
+    test_proxy.add_ready("raw", "R", instance.addr);
+    test_proxy
+}
+
+const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok";
+
+fn header_count(answer: &str, name: &str) -> usize {
+    let prefix = format!("{name}:");
+    answer
+        .split("\r\n")
+        .filter(|line| line.to_ascii_lowercase().starts_with(&prefix))
+        .count()
+}
+
+// 1. RFC 9113 section 8.2.3: cookies split over HTTP/2 fields reach an HTTP/1.1 app joined with "; ".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_13_http2_cookie_fields_are_joined_with_semicolons() {
+    let instance = RawInstance::start(OK).await;
+    let test_proxy = proxy_to(&instance, ProxyConfig::default(), RouteSettings::default()).await;
+    let stream = TcpStream::connect(test_proxy.addr).await.expect("connect");
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(connection);
+    let request = Request::get(format!("http://{HOST}/"))
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
+        .body(Empty::<Bytes>::new())
+        .expect("request");
+    let response = sender.send_request(request).await.expect("h2 request");
+    assert_eq!(response.status(), 200);
+    let lines = instance.only_request_lines();
+    let cookies: Vec<&String> = lines
+        .iter()
+        .filter(|line| line.starts_with("cookie:"))
+        .collect();
+    assert_eq!(cookies, ["cookie: a=1; b=2"], "{lines:?}");
+}
+
+// 2. An upgraded client that goes away is passed on to the instance at once, and the in-flight count
+// (what a drain waits for) falls back to zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_13_an_upgraded_client_going_away_reaches_the_instance() {
+    let instance = RawInstance::start(
+        b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n",
+    )
+    .await;
+    let test_proxy = proxy_to(&instance, ProxyConfig::default(), RouteSettings::default()).await;
+    let mut stream = TcpStream::connect(test_proxy.addr).await.expect("connect");
+    stream
+        .write_all(
+            b"GET /ws HTTP/1.1\r\nHost: demo.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        )
+        .await
+        .expect("write");
+    let mut head = vec![0u8; 1024];
+    let n = stream.read(&mut head).await.expect("read 101");
+    assert!(head[..n].starts_with(b"HTTP/1.1 101 "), "{:?}", &head[..n]);
+    let stats = || {
+        test_proxy
+            .proxy
+            .stats(&ReleaseId::new("R"))
+            .expect("stats")
+            .in_flight
+    };
+    assert_eq!(stats(), 1);
+    drop(stream);
+    assert_eventually!(
+        instance.saw_end.load(Ordering::SeqCst),
+        "the instance never learnt that the client went away"
+    );
+    assert_eventually!(stats() == 0, "the tunnel still counts as in flight");
+}
+
+// 3. An answer with more than 100 header fields is passed on, not turned into a 502 against the release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_13_answers_with_many_header_fields_pass() {
+    let mut answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n".to_vec();
+    for field_idx in 0..150 {
+        answer.extend_from_slice(format!("x-field-{field_idx}: {field_idx}\r\n").as_bytes());
+    }
+    answer.extend_from_slice(b"\r\nok");
+    let instance = RawInstance::start(answer.leak()).await;
+    let test_proxy = proxy_to(&instance, ProxyConfig::default(), RouteSettings::default()).await;
+    let answer = exchange(
+        test_proxy.addr,
+        b"GET / HTTP/1.1\r\nHost: demo.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    let n_fields = answer
+        .split("\r\n")
+        .filter(|line| line.starts_with("x-field-"))
+        .count();
+    assert_eq!(n_fields, 150);
+    let stats = test_proxy.proxy.stats(&ReleaseId::new("R")).expect("stats");
+    assert_eq!(
+        (stats.requests.success, stats.requests.server_error),
+        (1, 0)
+    );
+}
+
+// 4. Time to the answer's head, silence inside an answer, body size and answer header fields are the
+// route's own settings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_13_limits_and_timeouts_are_per_route() {
+    let silent = RawInstance::start_with(OK, true).await;
+    let settings = RouteSettings {
+        timeout: Duration::from_millis(300),
+        max_body_bytes: 10,
+        max_header_fields: 10,
+        ..RouteSettings::default()
+    };
+    let test_proxy = proxy_to(&silent, ProxyConfig::default(), settings).await;
+    let answer = exchange(
+        test_proxy.addr,
+        b"GET / HTTP/1.1\r\nHost: demo.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 504 "), "{answer}");
+    let answer = exchange(
+        test_proxy.addr,
+        b"POST / HTTP/1.1\r\nHost: demo.test\r\nContent-Length: 11\r\nConnection: close\r\n\r\nhello world",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
+    test_proxy.stop().await;
+
+    let mut many = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n".to_vec();
+    for field_idx in 0..20 {
+        many.extend_from_slice(format!("x-field-{field_idx}: {field_idx}\r\n").as_bytes());
+    }
+    many.extend_from_slice(b"\r\nok");
+    let instance = RawInstance::start(many.leak()).await;
+    let test_proxy = proxy_to(&instance, ProxyConfig::default(), settings).await;
+    let answer = exchange(
+        test_proxy.addr,
+        b"GET / HTTP/1.1\r\nHost: demo.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 502 "), "{answer}");
+    test_proxy.stop().await;
+
+    // A chunked answer that stops in the middle is cut after the route's idle timeout.
+    let stalled = RawInstance::start(
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n5\r\nhello\r\n",
+    )
+    .await;
+    let settings = RouteSettings {
+        idle_timeout: Duration::from_millis(300),
+        ..RouteSettings::default()
+    };
+    let test_proxy = proxy_to(&stalled, ProxyConfig::default(), settings).await;
+    let answer = exchange(
+        test_proxy.addr,
+        b"GET / HTTP/1.1\r\nHost: demo.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert!(answer.contains("hello"), "{answer}");
+    assert!(!answer.ends_with("0\r\n\r\n"), "{answer}");
+}
+
+// 5. RFC 9112 section 3.2.2: the host that routes the request is the `Host` the app gets; two `Host`
+// fields are a 400 (section 3.2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_13_the_routed_host_is_the_host_the_app_gets() {
+    let instance = RawInstance::start(OK).await;
+    let test_proxy = proxy_to(&instance, ProxyConfig::default(), RouteSettings::default()).await;
+    let answer = exchange(
+        test_proxy.addr,
+        b"GET http://demo.test/x HTTP/1.1\r\nHost: other.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    let lines = instance.only_request_lines();
+    let hosts: Vec<&String> = lines
+        .iter()
+        .filter(|line| line.starts_with("host:"))
+        .collect();
+    assert_eq!(hosts, ["host: demo.test"], "{lines:?}");
+    assert!(instance.requests()[0].starts_with("GET /x HTTP/1.1\r\n"));
+
+    let answer = exchange(
+        test_proxy.addr,
+        b"GET / HTTP/1.1\r\nHost: demo.test\r\nHost: other.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    assert_eq!(instance.requests().len(), 1);
+}
+
+// 6. Interim answers (103 Early Hints) reach the client; trailers reach an HTTP/1.1 client that sent
+// `TE: trailers`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_13_trailers_reach_a_client_that_asked_for_them() {
+    let instance = RawInstance::start(
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-checksum\r\nconnection: close\r\n\r\n2\r\nok\r\n0\r\nx-checksum: abc\r\n\r\n",
+    )
+    .await;
+    let test_proxy = proxy_to(&instance, ProxyConfig::default(), RouteSettings::default()).await;
+    let answer = exchange(
+        test_proxy.addr,
+        b"GET / HTTP/1.1\r\nHost: demo.test\r\nTE: trailers\r\nConnection: close, TE\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert!(answer.ends_with("0\r\nx-checksum: abc\r\n\r\n"), "{answer}");
+    let lines = instance.only_request_lines();
+    assert!(lines.contains(&"te: trailers".to_owned()), "{lines:?}");
+}
+
+// 7. A trailing dot names the same host; every `X-Forwarded-For` line of a trusted proxy is kept;
+// `Expect: 100-continue` with a body over the limit gets 413 at once, with no `100 Continue`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_13_fqdn_hosts_forwarding_chains_and_expect_continue() {
+    let instance = RawInstance::start(OK).await;
+    let config = ProxyConfig {
+        trusted_proxies: vec!["127.0.0.0/8".parse().expect("network")],
+        ..ProxyConfig::default()
+    };
+    let settings = RouteSettings {
+        max_body_bytes: 10,
+        ..RouteSettings::default()
+    };
+    let test_proxy = proxy_to(&instance, config, settings).await;
+    let answer = exchange(
+        test_proxy.addr,
+        b"GET / HTTP/1.1\r\nHost: demo.test.\r\nX-Forwarded-For: 192.0.2.1\r\nX-Forwarded-For: 198.51.100.2\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    let lines = instance.only_request_lines();
+    assert!(
+        lines.contains(&"x-forwarded-for: 192.0.2.1, 198.51.100.2, 127.0.0.1".to_owned()),
+        "{lines:?}"
+    );
+
+    let answer = exchange(
+        test_proxy.addr,
+        b"POST / HTTP/1.1\r\nHost: demo.test\r\nContent-Length: 1000\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
+    assert_eq!(instance.requests().len(), 1);
+}
+
+// 8. Forwarding headers from a peer that is not a trusted proxy are dropped and replaced by the proxy's
+// own, so an app cannot be fooled and gunicorn sees no contradictory scheme headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_13_forwarding_headers_from_clients_are_not_believed() {
+    let instance = RawInstance::start(OK).await;
+    let test_proxy = proxy_to(&instance, ProxyConfig::default(), RouteSettings::default()).await;
+    let answer = exchange(
+        test_proxy.addr,
+        b"GET / HTTP/1.1\r\nHost: demo.test\r\nForwarded: for=6.6.6.6;proto=https\r\nX-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: evil.test\r\nX-Forwarded-Port: 443\r\nX-Forwarded-Prefix: /admin\r\nX-Forwarded-Ssl: on\r\nX-Real-IP: 6.6.6.6\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    let lines = instance.only_request_lines();
+    let forwarding: Vec<&String> = lines
+        .iter()
+        .filter(|line| {
+            line.starts_with("x-forwarded-")
+                || line.starts_with("forwarded:")
+                || line.starts_with("x-real-ip:")
+        })
+        .collect();
+    assert_eq!(
+        forwarding,
+        [
+            "x-forwarded-for: 127.0.0.1",
+            "x-forwarded-proto: http",
+            "x-forwarded-host: demo.test",
+        ],
+        "{lines:?}"
+    );
+}
+
+// 9. A bad chunk size is a 400 (no status outside the standard); CONNECT is refused (405) and never
+// reaches the app; a connection that only sends the HTTP/2 preface is closed at the header-read timeout;
+// a slow small body holds no instance connection and is the client's 408; the app's `X-Request-Id` stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_13_bad_chunks_connect_silent_h2_slow_bodies_and_request_ids() {
+    let instance = RawInstance::start(
+        b"HTTP/1.1 200 OK\r\nx-request-id: app-1\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+    )
+    .await;
+    let config = ProxyConfig {
+        header_read_timeout: Duration::from_millis(300),
+        body_read_timeout: Duration::from_millis(300),
+        ..ProxyConfig::default()
+    };
+    let test_proxy = proxy_to(&instance, config, RouteSettings::default()).await;
+
+    let answer = exchange(
+        test_proxy.addr,
+        b"GET / HTTP/1.1\r\nHost: demo.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert_eq!(header_count(&answer, "x-request-id"), 1, "{answer}");
+    assert!(answer.contains("x-request-id: app-1\r\n"), "{answer}");
+    assert_eq!(instance.connections.load(Ordering::SeqCst), 1);
+
+    let answer = exchange(
+        test_proxy.addr,
+        b"POST / HTTP/1.1\r\nHost: demo.test\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+
+    let answer = exchange(
+        test_proxy.addr,
+        b"CONNECT demo.test:443 HTTP/1.1\r\nHost: demo.test:443\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 405 "), "{answer}");
+
+    // Preface and an empty SETTINGS frame, then nothing.
+    let answer = exchange(
+        test_proxy.addr,
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00",
+    )
+    .await;
+    assert!(!answer.is_empty());
+
+    let answer = exchange(
+        test_proxy.addr,
+        b"POST / HTTP/1.1\r\nHost: demo.test\r\nContent-Length: 10\r\n\r\nhello",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+    // The bad chunk's body may have started on an instance connection; the CONNECT and the slow body did
+    // not.
+    assert!(
+        instance.connections.load(Ordering::SeqCst) <= 2,
+        "{:?}",
+        instance.requests()
+    );
+    assert!(
+        instance
+            .requests()
+            .iter()
+            .all(|request| !request.starts_with("CONNECT")
+                && !request.contains("hello\r\n0")
+                && !request.ends_with("hello")),
+        "{:?}",
+        instance.requests()
+    );
+}
