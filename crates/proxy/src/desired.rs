@@ -367,6 +367,15 @@ impl DesiredRoute {
         }
     }
 
+    /// Sets every field that `settings` covers.
+    pub fn set_settings(&mut self, settings: RouteSettings) {
+        self.timeout_ms = millis(settings.timeout);
+        self.idle_timeout_ms = millis(settings.idle_timeout);
+        self.max_body_bytes = settings.max_body_bytes;
+        self.max_header_fields = settings.max_header_fields;
+        self.protocol = settings.protocol;
+    }
+
     /// The path prefixes routed: `paths`, or `/` when it is empty.
     pub fn effective_paths(&self) -> Vec<&str> {
         if self.paths.is_empty() {
