@@ -16,6 +16,7 @@ use tokio::time::Sleep;
 
 use crate::instance::{InFlightGuard, InstanceLive};
 use crate::server::ActiveRequest;
+use crate::stats::ReleaseStats;
 use crate::upstream::Sender;
 
 /// The body of every answer the proxy gives.
@@ -29,6 +30,9 @@ pub struct ProxyBody {
     // the connection's active-request count (what stops the idle timer).
     in_flight: Option<InFlightGuard>,
     active: Option<ActiveRequest>,
+    // A gRPC answer not counted yet: its `grpc-status` comes in the trailers. Holds the stats to count it
+    // in and the time to its head.
+    grpc_pending: Option<(Arc<ReleaseStats>, Duration)>,
 }
 
 /// Why a request body stopped.
@@ -93,6 +97,19 @@ impl ProxyBody {
         body
     }
 
+    /// Counts the answer in `stats` once its trailers tell its `grpc-status` (see `crate::grpc`).
+    pub(crate) fn count_grpc_status(&mut self, stats: Arc<ReleaseStats>, latency: Duration) {
+        self.grpc_pending = Some((stats, latency));
+    }
+
+    fn record_grpc(&mut self, grpc_status: Option<u32>) {
+        if let Some((stats, latency)) = self.grpc_pending.take() {
+            // No status at all is a broken answer: counted as UNKNOWN, a server error.
+            let status = crate::grpc::counted_status(grpc_status.unwrap_or(2));
+            stats.record_response(status, latency);
+        }
+    }
+
     pub(crate) fn attach_active(&mut self, active: ActiveRequest) {
         self.active = Some(active);
     }
@@ -104,6 +121,7 @@ impl ProxyBody {
             checkin: None,
             in_flight: None,
             active: None,
+            grpc_pending: None,
         }
     }
 
@@ -151,6 +169,17 @@ impl Body for ProxyBody {
                 },
             },
         };
+        if this.grpc_pending.is_some() {
+            match &polled {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(trailers) = frame.trailers_ref() {
+                        this.record_grpc(crate::grpc::status(trailers));
+                    }
+                }
+                Poll::Ready(None) | Poll::Ready(Some(Err(_))) => this.record_grpc(None),
+                Poll::Pending => {}
+            }
+        }
         match &polled {
             Poll::Ready(None) => this.finish(),
             Poll::Ready(Some(Ok(_))) => this.finish_if_ended(),
@@ -179,6 +208,15 @@ impl Body for ProxyBody {
             Kind::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
             Kind::Full(None) => SizeHint::with_exact(0),
             Kind::Upstream(incoming) => incoming.size_hint(),
+        }
+    }
+}
+
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        // The client went away before the gRPC answer ended: counted as CANCELLED.
+        if self.grpc_pending.is_some() {
+            self.record_grpc(Some(1));
         }
     }
 }

@@ -205,7 +205,21 @@ async fn forward(
         match upstream::send(&instance, upstream_request, config, &settings, upgrade).await {
             Ok((mut response, sender)) => {
                 instance.record_success();
-                stats.record_response(response.status().as_u16(), started.elapsed());
+                let latency = started.elapsed();
+                // A gRPC answer is counted by its `grpc-status`, which a 200 carries in its trailers
+                // unless it is a trailers-only answer.
+                let grpc_pending = settings.protocol == UpstreamProtocol::Grpc
+                    && response.status() == StatusCode::OK
+                    && crate::grpc::status(response.headers()).is_none();
+                if !grpc_pending {
+                    let status = match crate::grpc::status(response.headers()) {
+                        Some(grpc_status) if settings.protocol == UpstreamProtocol::Grpc => {
+                            crate::grpc::counted_status(grpc_status)
+                        }
+                        _ => response.status().as_u16(),
+                    };
+                    stats.record_response(status, latency);
+                }
                 if response.status() == StatusCode::SWITCHING_PROTOCOLS
                     && let Some(downstream_upgrade) = downstream_upgrade
                 {
@@ -235,8 +249,11 @@ async fn forward(
                         config.upstream_max_idle_per_instance,
                     )
                 });
-                let body =
+                let mut body =
                     ProxyBody::upstream(incoming, checkin, Some(guard), settings.idle_timeout);
+                if grpc_pending {
+                    body.count_grpc_status(stats, latency);
+                }
                 return Ok(Response::from_parts(head, body));
             }
             Err(SendFailure { error, request }) => {
@@ -665,7 +682,12 @@ fn prepare_request_headers(
     if !headers.contains_key(&X_FORWARDED_HOST) {
         headers.insert(X_FORWARDED_HOST.clone(), host.clone());
     }
-    headers.insert(header::HOST, host.clone());
+    if protocol == UpstreamProtocol::Http1 {
+        headers.insert(header::HOST, host.clone());
+    } else {
+        // HTTP/2 carries the host in `:authority` (see `upstream_uri`).
+        headers.remove(header::HOST);
+    }
     headers.insert(X_REQUEST_ID.clone(), request_id.clone());
 }
 

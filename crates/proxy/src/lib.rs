@@ -26,6 +26,7 @@ pub mod control_socket;
 mod desired;
 mod error;
 mod forward;
+mod grpc;
 mod health;
 mod instance;
 pub mod metrics;

@@ -6,6 +6,7 @@
 mod support;
 
 mod conformance;
+mod grpc;
 mod limits;
 mod manners;
 mod process;
