@@ -5,14 +5,16 @@
 //! See: issue 13. The instance here is `RawInstance`, a byte recorder with a canned answer, so what the
 //! proxy sends is checked byte for byte rather than through another HTTP library's reading of it.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Empty;
-use hyper::Request;
+use http_body_util::{Empty, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use proxy::{ProxyConfig, ReleaseId, RouteSettings};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -523,4 +525,58 @@ async fn issue_13_bad_chunks_connect_silent_h2_slow_bodies_and_request_ids() {
         "{:?}",
         instance.requests()
     );
+}
+
+// 10. A route whose instances speak h2c gets HTTP/2 upstream, whatever the client spoke: the instance sees
+// `:authority` and no `Host`, and its trailers reach an HTTP/1.1 client that asked for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_13_h2c_instances_get_http2() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|request: Request<Incoming>| async move {
+                    let seen = format!(
+                        "{:?} {} host={:?}",
+                        request.version(),
+                        request.uri(),
+                        request.headers().get("host")
+                    );
+                    let mut trailers = hyper::HeaderMap::new();
+                    trailers.insert("x-checksum", hyper::header::HeaderValue::from_static("abc"));
+                    let body = StreamBody::new(futures_util::stream::iter([
+                        Ok::<_, Infallible>(Frame::data(Bytes::from(seen))),
+                        Ok(Frame::trailers(trailers)),
+                    ]));
+                    let mut response = Response::new(body);
+                    response.headers_mut().insert(
+                        "trailer",
+                        hyper::header::HeaderValue::from_static("x-checksum"),
+                    );
+                    Ok::<_, Infallible>(response)
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    let settings = RouteSettings {
+        protocol: proxy::UpstreamProtocol::H2c,
+        ..RouteSettings::default()
+    };
+    let test_proxy = TestProxy::start_with(ProxyConfig::default(), settings).await;
+    test_proxy.add_ready("h2", "H", addr);
+    let answer = exchange(
+        test_proxy.addr,
+        b"GET /x?y=1 HTTP/1.1\r\nHost: demo.test\r\nTE: trailers\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert!(
+        answer.contains("HTTP/2.0 http://demo.test/x?y=1 host=None"),
+        "{answer}"
+    );
+    assert!(answer.ends_with("0\r\nx-checksum: abc\r\n\r\n"), "{answer}");
 }
