@@ -141,6 +141,11 @@ async fn forward(
         && settings.protocol == UpstreamProtocol::Http1
         && is_upgrade(request.headers());
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+    // Interim answers can be passed on to an HTTP/1.1 client only (hyper's HTTP/2 server has no way to
+    // send them, and HTTP/1.0 clients must not get them).
+    let interim = (request.version() == Version::HTTP_11)
+        .then(|| active.as_ref().map(ActiveRequest::interim_sender))
+        .flatten();
     let (mut parts, body) = request.into_parts();
     prepare_request_headers(
         &mut parts.headers,
@@ -179,6 +184,19 @@ async fn forward(
         *upstream.uri_mut() = upstream_uri.clone();
         *upstream.version_mut() = upstream_version;
         *upstream.headers_mut() = headers;
+        if let Some(interim) = interim.clone()
+            && upstream_version == Version::HTTP_11
+        {
+            // 100 Continue is hop-by-hop (hyper answered the client's own); 101 is a final answer here.
+            hyper::ext::on_informational(&mut upstream, move |answer| {
+                let status = answer.status();
+                if status != StatusCode::CONTINUE && status != StatusCode::SWITCHING_PROTOCOLS {
+                    let mut headers = answer.headers().clone();
+                    strip_hop_by_hop(&mut headers, false);
+                    interim.send(status, &headers);
+                }
+            });
+        }
         upstream
     };
     // A replayable request is rebuilt for each attempt, so it keeps its headers; others move them.

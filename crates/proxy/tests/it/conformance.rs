@@ -367,8 +367,8 @@ async fn issue_13_the_routed_host_is_the_host_the_app_gets() {
     assert_eq!(instance.requests().len(), 1);
 }
 
-// 6. Interim answers (103 Early Hints) reach the client; trailers reach an HTTP/1.1 client that sent
-// `TE: trailers`.
+// 6. Trailers reach an HTTP/1.1 client that sent `TE: trailers`; interim answers (103 Early Hints) reach
+// the client (next case).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issue_13_trailers_reach_a_client_that_asked_for_them() {
     let instance = RawInstance::start(
@@ -385,6 +385,50 @@ async fn issue_13_trailers_reach_a_client_that_asked_for_them() {
     assert!(answer.ends_with("0\r\nx-checksum: abc\r\n\r\n"), "{answer}");
     let lines = instance.only_request_lines();
     assert!(lines.contains(&"te: trailers".to_owned()), "{lines:?}");
+}
+
+// An interim answer reaches the client as soon as the instance sends it, before the final answer exists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_13_early_hints_reach_the_client_before_the_answer() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (go_on, wait) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            return;
+        };
+        if read_request(&mut stream).await.is_none() {
+            return;
+        }
+        let hints = b"HTTP/1.1 103 Early Hints\r\nlink: </style.css>; rel=preload\r\n\r\n";
+        if stream.write_all(hints).await.is_err() || wait.await.is_err() {
+            return;
+        }
+        let _ = stream
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+            .await;
+    });
+    let test_proxy = TestProxy::start_with(ProxyConfig::default(), RouteSettings::default()).await;
+    test_proxy.add_ready("hints", "H", addr);
+    let mut stream = TcpStream::connect(test_proxy.addr).await.expect("connect");
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: demo.test\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let expected = b"HTTP/1.1 103 Early Hints\r\nlink: </style.css>; rel=preload\r\n\r\n";
+    let mut hints = vec![0u8; expected.len()];
+    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut hints))
+        .await
+        .expect("no interim answer before the final one")
+        .expect("read");
+    assert_eq!(
+        String::from_utf8_lossy(&hints),
+        String::from_utf8_lossy(expected)
+    );
+    go_on.send(()).expect("instance waiting");
+    let rest = read_to_end(&mut stream).await;
+    assert!(rest.starts_with("HTTP/1.1 200 OK\r\n"), "{rest}");
+    assert!(rest.ends_with("\r\n\r\nok"), "{rest}");
 }
 
 // 7. A trailing dot names the same host; every `X-Forwarded-For` line of a trusted proxy is kept;
