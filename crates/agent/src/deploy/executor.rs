@@ -660,6 +660,7 @@ async fn verify_instance(
                 timeout: health.timeout.as_std(),
                 healthy: if warm { 1 } else { health.healthy },
                 start_timeout: health.start_timeout.as_std(),
+                protocol: service.protocol,
             };
             let addr = std::net::SocketAddr::from(([127, 0, 0, 1], instance.port));
             if let Err(reason) = health::gate(addr, &check, alive).await {
