@@ -271,6 +271,10 @@ pub struct ProxyRunArgs {
     /// Where to serve `/metrics` (Prometheus text), if anywhere.
     #[arg(long)]
     pub metrics: Option<std::net::SocketAddr>,
+    /// A proxy in front whose forwarding headers are believed (`10.0.0.0/8`, `::1`); repeatable. From any
+    /// other peer, `X-Forwarded-*`, `Forwarded` and `X-Real-IP` are dropped.
+    #[arg(long = "trusted-proxy", value_name = "ADDR_OR_NETWORK")]
+    pub trusted_proxies: Vec<proxy::TrustedProxy>,
 }
 
 #[derive(Debug, Args)]

@@ -65,6 +65,7 @@ pub fn run_proxy(args: &ProxyRunArgs, _printer: Printer) -> anyhow::Result<ExitS
         tokio::spawn(stop_on_signal(shutdown.clone()));
         let mut config = proxy::process::ProcessConfig::new(args.state.clone(), args.listen);
         config.metrics = args.metrics;
+        config.config.trusted_proxies = args.trusted_proxies.clone();
         proxy::process::run(config, shutdown).await
     })?;
     Ok(ExitStatus::Success)
