@@ -473,18 +473,15 @@ async fn issue_13_7b_every_forwarded_for_line_of_a_trusted_proxy_is_kept() {
     );
 }
 
-// 7. `Expect: 100-continue` with a body over the limit gets 413 at once, with no `100 Continue`.
+// 7. `Expect: 100-continue` with a body over the limit (the default 100 MiB) gets 413 at once, with no
+// `100 Continue`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issue_13_7c_expect_continue_over_the_limit_gets_413_without_100() {
     let instance = RawInstance::start(OK).await;
-    let settings = RouteSettings {
-        max_body_bytes: 10,
-        ..RouteSettings::default()
-    };
-    let test_proxy = proxy_to(&instance, ProxyConfig::default(), settings).await;
+    let test_proxy = proxy_to(&instance, ProxyConfig::default(), RouteSettings::default()).await;
     let answer = exchange(
         test_proxy.addr,
-        b"POST / HTTP/1.1\r\nHost: demo.test\r\nContent-Length: 1000\r\nExpect: 100-continue\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: demo.test\r\nContent-Length: 200000000\r\nExpect: 100-continue\r\n\r\n",
     )
     .await;
     assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
