@@ -175,6 +175,9 @@ async fn forward(
             .map_err(|error| (request_body_error(error), None))?;
         body = RequestBody::full(bytes.clone());
         whole_body = Some(bytes);
+        // The client's `Expect: 100-continue` was answered here (hyper sent `100 Continue` when the body
+        // was read); the instance gets the whole body at once and nothing to answer.
+        parts.headers.remove(header::EXPECT);
     }
     let replayable = whole_body.is_some() && is_idempotent(&parts.method);
 

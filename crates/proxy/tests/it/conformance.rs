@@ -488,6 +488,34 @@ async fn issue_13_7c_expect_continue_over_the_limit_gets_413_without_100() {
     assert_eq!(instance.requests().len(), 0);
 }
 
+// 7. Within the limit, the proxy answers `Expect: 100-continue` itself: the client gets one `100 Continue`,
+// the instance gets the whole body and no expectation to answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_13_7d_expect_continue_within_the_limit_is_answered_by_the_proxy() {
+    let instance = RawInstance::start(OK).await;
+    let test_proxy = proxy_to(&instance, ProxyConfig::default(), RouteSettings::default()).await;
+    let mut stream = TcpStream::connect(test_proxy.addr).await.expect("connect");
+    stream
+        .write_all(b"POST / HTTP/1.1\r\nHost: demo.test\r\nContent-Length: 5\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write head");
+    let mut interim = vec![0u8; b"HTTP/1.1 100 Continue\r\n\r\n".len()];
+    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut interim))
+        .await
+        .expect("no 100 Continue")
+        .expect("read");
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    stream.write_all(b"hello").await.expect("write body");
+    let answer = read_to_end(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    let lines = instance.only_request_lines();
+    assert!(
+        !lines.iter().any(|line| line.starts_with("expect:")),
+        "{lines:?}"
+    );
+    assert!(instance.requests()[0].ends_with("\r\n\r\nhello"));
+}
+
 // 8. Forwarding headers from a peer that is not a trusted proxy are dropped and replaced by the proxy's
 // own, so an app cannot be fooled and gunicorn sees no contradictory scheme headers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
