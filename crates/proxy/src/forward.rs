@@ -31,6 +31,8 @@ pub(crate) struct ConnectionContext {
     pub(crate) client_addr: SocketAddr,
     /// The client's IP as a header value, made once per connection for `X-Forwarded-For`.
     pub(crate) client_ip: HeaderValue,
+    /// Whether the peer is a trusted proxy (`ProxyConfig::trusted_proxies`), decided once per connection.
+    pub(crate) trusted_peer: bool,
     pub(crate) scheme: Scheme,
     pub(crate) tracker: TaskTracker,
 }
@@ -630,20 +632,6 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
         || name == PROXY_CONNECTION
 }
 
-/// Forwarding headers a client could use to pose as a proxy: believed only from a trusted proxy.
-static CLIENT_FORWARDING_HEADERS: [HeaderName; 10] = [
-    HeaderName::from_static("forwarded"),
-    HeaderName::from_static("x-forwarded-for"),
-    HeaderName::from_static("x-forwarded-proto"),
-    HeaderName::from_static("x-forwarded-host"),
-    HeaderName::from_static("x-forwarded-port"),
-    HeaderName::from_static("x-forwarded-prefix"),
-    HeaderName::from_static("x-forwarded-ssl"),
-    HeaderName::from_static("x-forwarded-protocol"),
-    HeaderName::from_static("x-forwarded-scheme"),
-    HeaderName::from_static("x-real-ip"),
-];
-
 /// Rewrites a request's head for the instance: hop-by-hop fields go; `Host` becomes the host that routed
 /// it; cookies split over several fields (HTTP/2) are joined with `; ` (RFC 9113 section 8.2.3);
 /// forwarding headers are the proxy's own unless the peer is a trusted proxy (see docs/proxy.md).
@@ -668,8 +656,7 @@ fn prepare_request_headers(
     }
     join_cookies(headers);
 
-    let trusted = context.proxy.config().trusts(context.client_addr.ip());
-    let forwarded_for = if trusted {
+    let forwarded_for = if context.trusted_peer {
         let earlier: Vec<&str> = headers
             .get_all(&X_FORWARDED_FOR)
             .iter()
@@ -684,8 +671,16 @@ fn prepare_request_headers(
             HeaderValue::from_str(&format!("{}, {client_ip}", earlier.join(", "))).ok()
         }
     } else {
-        for name in &CLIENT_FORWARDING_HEADERS {
-            headers.remove(name);
+        // Most requests carry none: one pass over the names, and no allocation then.
+        if headers.keys().any(is_client_forwarding_header) {
+            let names: Vec<HeaderName> = headers
+                .keys()
+                .filter(|name| is_client_forwarding_header(name))
+                .cloned()
+                .collect();
+            for name in names {
+                headers.remove(name);
+            }
         }
         Some(context.client_ip.clone())
     };
@@ -710,6 +705,13 @@ fn prepare_request_headers(
         headers.remove(header::HOST);
     }
     headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+}
+
+/// Forwarding headers a client could use to pose as a proxy (every `X-Forwarded-*`, `Forwarded`,
+/// `X-Real-IP`): believed only from a trusted proxy.
+fn is_client_forwarding_header(name: &HeaderName) -> bool {
+    let name = name.as_str();
+    name.starts_with("x-forwarded-") || name == "forwarded" || name == "x-real-ip"
 }
 
 /// Joins several `Cookie` fields into one, separated by `; ` (RFC 9113 section 8.2.3, RFC 6265 section

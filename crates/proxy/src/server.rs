@@ -229,6 +229,7 @@ impl Connection {
             proxy: self.proxy.clone(),
             client_addr: self.client_addr,
             client_ip: forward::client_ip_value(self.client_addr),
+            trusted_peer: config.trusts(self.client_addr.ip()),
             scheme: self.scheme,
             tracker: self.tracker.clone(),
         });
