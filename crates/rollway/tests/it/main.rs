@@ -4,6 +4,7 @@ mod agent;
 mod check;
 mod containers;
 mod frame;
+mod grpc;
 mod init;
 mod monitoring;
 mod progressive;

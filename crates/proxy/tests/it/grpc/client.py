@@ -1,10 +1,11 @@
 """A gRPC load loop for the proxy's tests, bounded in count and time.
 
-Usage: client.py TARGET AUTHORITY STOP_FILE MAX_SECONDS MAX_CALLS. Alternates unary calls and
+Usage: client.py TARGET AUTHORITY STOP_FILE MAX_SECONDS MAX_CALLS [FAIL_EVERY]. Alternates unary calls and
 server-streaming calls (3 messages) on one channel until STOP_FILE exists, MAX_SECONDS pass or MAX_CALLS
 calls were made, then prints one JSON line:
 {"ok": N, "failed": N, "errors": [...], "versions": {"A": N, ...}, "failed_as_asked": N}
-Every tenth call is `Fail`, which must end in INTERNAL: it counts in `failed_as_asked`, not `failed`.
+Every FAIL_EVERY-th call (default 10; 0 for none) is `Fail`, which must end in INTERNAL: it counts in
+`failed_as_asked`, not `failed`.
 """
 
 import json
@@ -22,6 +23,7 @@ def identity(data):
 def main():
     target, authority, stop_file = sys.argv[1], sys.argv[2], sys.argv[3]
     max_seconds, max_calls = float(sys.argv[4]), int(sys.argv[5])
+    fail_every = int(sys.argv[6]) if len(sys.argv) > 6 else 10
     channel = grpc.insecure_channel(target, options=[("grpc.default_authority", authority)])
     unary = channel.unary_unary("/demo.Echo/Unary", request_serializer=identity, response_deserializer=identity)
     stream = channel.unary_stream("/demo.Echo/Stream", request_serializer=identity, response_deserializer=identity)
@@ -34,7 +36,7 @@ def main():
     while call < max_calls and time.monotonic() < deadline and not os.path.exists(stop_file):
         call += 1
         try:
-            if call % 10 == 0:
+            if fail_every and call % fail_every == 0:
                 try:
                     fail(b"x", timeout=10)
                     failed += 1
