@@ -267,7 +267,7 @@ pub struct Route {
     pub hosts: Vec<String>,
     /// Path prefixes, each starting with `/`; never empty (defaults to `/`).
     pub paths: Vec<String>,
-    /// Time from sending a request to an instance to its answer's head (504 past it).
+    /// Time an instance has to answer once the request (or its last body chunk) reached it (504 past it).
     pub timeout: Duration,
     /// Longest silence of an instance in the middle of its answer (the answer is cut past it).
     pub idle_timeout: Duration,

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use tokio::sync::Notify;
 use tokio::time::Sleep;
 
 use crate::instance::{InFlightGuard, InstanceLive};
@@ -66,6 +67,8 @@ pub struct RequestBody {
     // Created on the first pending read, reset whenever data arrives.
     sleep: Option<Pin<Box<Sleep>>>,
     data_since_sleep: bool,
+    // Notified whenever a chunk is taken on its way to the instance (see `upstream::answer_within`).
+    progress: Option<Arc<Notify>>,
 }
 
 enum Kind {
@@ -242,6 +245,7 @@ impl RequestBody {
             timeout,
             sleep: None,
             data_since_sleep: false,
+            progress: None,
         }
     }
 
@@ -254,6 +258,7 @@ impl RequestBody {
             timeout: Duration::ZERO,
             sleep: None,
             data_since_sleep: false,
+            progress: None,
         }
     }
 
@@ -262,6 +267,17 @@ impl RequestBody {
         let mut body = RequestBody::empty();
         body.full = (!bytes.is_empty()).then_some(bytes);
         body
+    }
+
+    /// A signal notified each time a chunk of the body is taken by the connection to the instance.
+    pub(crate) fn progress(&mut self) -> Arc<Notify> {
+        Arc::clone(self.progress.get_or_insert_with(Arc::default))
+    }
+
+    fn made_progress(&self) {
+        if let Some(progress) = &self.progress {
+            progress.notify_one();
+        }
     }
 
     /// Reads the whole body (under its limit and pause timeout), for a body small enough to be held.
@@ -286,6 +302,7 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
         let this = &mut *self;
         if let Some(full) = this.full.take() {
+            this.made_progress();
             return Poll::Ready(Some(Ok(Frame::data(full))));
         }
         let Some(incoming) = this.inner.as_mut() else {
@@ -303,6 +320,7 @@ impl Body for RequestBody {
                     }
                 }
                 this.data_since_sleep = true;
+                this.made_progress();
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(error))) => {

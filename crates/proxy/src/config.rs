@@ -55,7 +55,8 @@ pub struct ProxyConfig {
 /// set them. `RouteSettings::default()` holds the documented defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RouteSettings {
-    /// Time from sending a request to an instance to its answer's head; past it the client gets 504.
+    /// Time an instance has to take the next chunk of the request body and, once the body is sent, to
+    /// give its answer's head; past it the client gets 504. A body that keeps moving is never cut by it.
     pub timeout: Duration,
     /// Longest silence of an instance in the middle of its answer body; past it the answer is cut.
     pub idle_timeout: Duration,

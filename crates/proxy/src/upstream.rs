@@ -8,11 +8,12 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hyper::body::Incoming;
+use hyper::body::{Body, Incoming};
 use hyper::client::conn::{http1, http2};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::body::RequestBody;
@@ -193,10 +194,17 @@ pub(crate) async fn send(
         if reused && sender.ready().await.is_err() {
             continue;
         }
-        let sent = tokio::time::timeout(settings.timeout, sender.try_send_request(request)).await;
+        // Most requests have no body: no signal to allocate then.
+        let progress = (!request.body().is_end_stream()).then(|| request.body_mut().progress());
+        let sent = answer_within(
+            settings.timeout,
+            progress.as_deref(),
+            sender.try_send_request(request),
+        )
+        .await;
         match sent {
-            Ok(Ok(response)) => return Ok((response, Sender::Http1(sender))),
-            Ok(Err(mut failure)) => match failure.take_message() {
+            Some(Ok(response)) => return Ok((response, Sender::Http1(sender))),
+            Some(Err(mut failure)) => match failure.take_message() {
                 Some(unsent) if reused => request = unsent,
                 unsent => {
                     return Err(SendFailure {
@@ -209,7 +217,7 @@ pub(crate) async fn send(
                     });
                 }
             },
-            Err(_elapsed) => {
+            None => {
                 return Err(SendFailure {
                     error: ProxyError::UpstreamTimeout {
                         instance: instance.id().clone(),
@@ -219,6 +227,27 @@ pub(crate) async fn send(
                     request: None,
                 });
             }
+        }
+    }
+}
+
+/// Waits for an instance's answer head. The route's timeout runs from the last chunk of the request body
+/// the connection took (or from the start, for a request without a body): a large upload that keeps
+/// moving is not cut, and an instance that stops reading the body, or answering, is.
+async fn answer_within<F: std::future::Future>(
+    timeout: Duration,
+    progress: Option<&Notify>,
+    answer: F,
+) -> Option<F::Output> {
+    let Some(progress) = progress else {
+        return tokio::time::timeout(timeout, answer).await.ok();
+    };
+    tokio::pin!(answer);
+    loop {
+        tokio::select! {
+            output = &mut answer => return Some(output),
+            () = progress.notified() => {}
+            () = tokio::time::sleep(timeout) => return None,
         }
     }
 }
@@ -253,10 +282,17 @@ async fn send_h2(
             instance.connections.set_h2_handle(None);
             continue;
         }
-        let sent = tokio::time::timeout(settings.timeout, sender.try_send_request(request)).await;
+        // Most requests have no body: no signal to allocate then.
+        let progress = (!request.body().is_end_stream()).then(|| request.body_mut().progress());
+        let sent = answer_within(
+            settings.timeout,
+            progress.as_deref(),
+            sender.try_send_request(request),
+        )
+        .await;
         match sent {
-            Ok(Ok(response)) => return Ok((response, Sender::Http2)),
-            Ok(Err(mut failure)) => {
+            Some(Ok(response)) => return Ok((response, Sender::Http2)),
+            Some(Err(mut failure)) => {
                 if sender.is_closed() {
                     instance.connections.set_h2_handle(None);
                 }
@@ -274,7 +310,7 @@ async fn send_h2(
                     }
                 }
             }
-            Err(_elapsed) => {
+            None => {
                 return Err(SendFailure {
                     error: ProxyError::UpstreamTimeout {
                         instance: instance.id().clone(),

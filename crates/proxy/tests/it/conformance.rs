@@ -615,6 +615,33 @@ async fn issue_13_9d_a_slow_small_body_holds_no_instance() {
     assert_eq!(stats.total_requests(), 0);
 }
 
+// 9. The route's timeout is the instance's time to answer, not the client's time to upload: a large body
+// that keeps moving reaches the instance however long it takes in total, and its answer comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_13_9f_a_long_upload_that_keeps_moving_is_not_a_504() {
+    let instance = RawInstance::start(OK).await;
+    let settings = RouteSettings {
+        timeout: Duration::from_secs(1),
+        ..RouteSettings::default()
+    };
+    let test_proxy = proxy_to(&instance, ProxyConfig::default(), settings).await;
+    // 8 chunks of 16 KiB (more than the 64 KiB read before sending), 200 ms apart: 1.6 s in all.
+    const CHUNK: usize = 16 * 1024;
+    let mut stream = TcpStream::connect(test_proxy.addr).await.expect("connect");
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nHost: demo.test\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        8 * CHUNK
+    );
+    stream.write_all(head.as_bytes()).await.expect("write head");
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        stream.write_all(&[b'x'; CHUNK]).await.expect("write chunk");
+    }
+    let answer = read_to_end(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert!(instance.requests()[0].ends_with(&"x".repeat(CHUNK)));
+}
+
 // 9. An app's own `X-Request-Id` on its answer is kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issue_13_9e_the_apps_request_id_is_kept() {
