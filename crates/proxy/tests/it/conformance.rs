@@ -437,6 +437,54 @@ async fn issue_13_early_hints_reach_the_client_before_the_answer() {
     assert!(rest.ends_with("\r\n\r\nok"), "{rest}");
 }
 
+// Interim answers keep their place on a keep-alive connection: each lands before its own final answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_13_early_hints_on_a_keep_alive_connection_stay_in_order() {
+    let instance = RawInstance::start(
+        b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+    )
+    .await;
+    let test_proxy = proxy_to(&instance, ProxyConfig::default(), RouteSettings::default()).await;
+    let mut stream = TcpStream::connect(test_proxy.addr).await.expect("connect");
+    let mut transcript = String::new();
+    for last in [false, false, true] {
+        let close = if last { "Connection: close\r\n" } else { "" };
+        let request = format!("GET / HTTP/1.1\r\nHost: demo.test\r\n{close}\r\n");
+        stream.write_all(request.as_bytes()).await.expect("write");
+        if last {
+            transcript.push_str(&read_to_end(&mut stream).await);
+            break;
+        }
+        // Read up to the end of this answer (its body is `ok`).
+        let mut answer = Vec::new();
+        while !answer.ends_with(b"\r\n\r\nok") {
+            let mut buffer = [0u8; 4096];
+            let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer))
+                .await
+                .expect("an answer")
+                .expect("read");
+            assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&answer));
+            answer.extend_from_slice(&buffer[..n]);
+        }
+        transcript.push_str(&String::from_utf8_lossy(&answer));
+    }
+    let answers: Vec<&str> = transcript
+        .split("HTTP/1.1 ")
+        .filter(|part| !part.is_empty())
+        .collect();
+    assert_eq!(answers.len(), 6, "{transcript}");
+    for pair in answers.chunks(2) {
+        assert!(
+            pair[0].starts_with("103 Early Hints\r\nlink: </a.css>; rel=preload\r\n\r\n"),
+            "{transcript}"
+        );
+        assert!(
+            pair[1].starts_with("200 OK\r\n") && pair[1].ends_with("\r\n\r\nok"),
+            "{transcript}"
+        );
+    }
+}
+
 // 7. A trailing dot names the same host (a fully qualified name).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issue_13_7a_a_host_with_a_trailing_dot_is_routed() {
