@@ -271,9 +271,15 @@ pub struct ProxyRunArgs {
     /// Where to serve `/metrics` (Prometheus text), if anywhere.
     #[arg(long)]
     pub metrics: Option<std::net::SocketAddr>,
-    /// A proxy in front whose forwarding headers are believed (`10.0.0.0/8`, `::1`); repeatable. From any
-    /// other peer, `X-Forwarded-*`, `Forwarded` and `X-Real-IP` are dropped.
-    #[arg(long = "trusted-proxy", value_name = "ADDR_OR_NETWORK")]
+    /// A proxy in front whose forwarding headers are believed (`10.0.0.0/8`, `::1`); repeatable, or a
+    /// comma-separated list in the environment (which the proxy an agent starts inherits). From any other
+    /// peer, `X-Forwarded-*`, `Forwarded` and `X-Real-IP` are dropped.
+    #[arg(
+        long = "trusted-proxy",
+        value_name = "ADDR_OR_NETWORK",
+        env = "ROLLWAY_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
     pub trusted_proxies: Vec<proxy::TrustedProxy>,
 }
 
