@@ -233,3 +233,6 @@ impl Default for PassiveHealthConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
