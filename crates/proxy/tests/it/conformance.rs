@@ -669,24 +669,34 @@ async fn issue_13_9d_a_slow_small_body_holds_no_instance() {
 async fn issue_13_9f_a_long_upload_that_keeps_moving_is_not_a_504() {
     let instance = RawInstance::start(OK).await;
     let settings = RouteSettings {
-        timeout: Duration::from_secs(1),
+        timeout: Duration::from_secs(2),
         ..RouteSettings::default()
     };
     let test_proxy = proxy_to(&instance, ProxyConfig::default(), settings).await;
-    // 8 chunks of 16 KiB (more than the 64 KiB read before sending), 200 ms apart: 1.6 s in all.
+    // 10 chunks of 16 KiB (more than the 64 KiB read before sending), 300 ms apart: 3 s in all, each
+    // pause well inside the 2 s timeout.
     const CHUNK: usize = 16 * 1024;
+    const N_CHUNKS: usize = 10;
     let mut stream = TcpStream::connect(test_proxy.addr).await.expect("connect");
     let head = format!(
         "POST /upload HTTP/1.1\r\nHost: demo.test\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        8 * CHUNK
+        N_CHUNKS * CHUNK
     );
     stream.write_all(head.as_bytes()).await.expect("write head");
-    for _ in 0..8 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        stream.write_all(&[b'x'; CHUNK]).await.expect("write chunk");
+    let mut n_sent = 0;
+    for _ in 0..N_CHUNKS {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // A write fails only if the proxy gave up; its answer (read below) says why.
+        if stream.write_all(&[b'x'; CHUNK]).await.is_err() {
+            break;
+        }
+        n_sent += 1;
     }
     let answer = read_to_end(&mut stream).await;
-    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert!(
+        answer.starts_with("HTTP/1.1 200 "),
+        "after {n_sent} chunks: {answer}"
+    );
     assert!(instance.requests()[0].ends_with(&"x".repeat(CHUNK)));
 }
 
