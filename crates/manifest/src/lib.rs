@@ -112,7 +112,6 @@ impl Manifest {
         if self.environments.is_empty() {
             return Ok(ResolvedManifest {
                 environment: environment.to_owned(),
-                agents: Vec::new(),
                 secrets: Vec::new(),
                 approval: false,
                 config: self.shared.clone(),
@@ -125,7 +124,6 @@ impl Manifest {
         {
             Some(found) => Ok(ResolvedManifest {
                 environment: found.name.clone(),
-                agents: found.agents.clone(),
                 secrets: found.secrets.clone(),
                 approval: found.approval,
                 config: found.config.clone(),
