@@ -141,7 +141,18 @@ impl TestAgent {
             admin_token: String::new(),
             child: None,
         };
-        agent.spawn(extra_env).await;
+        // A free port can be taken again before the agent binds it (by another test, or as the source
+        // port of some client's connection): the agent then exits saying so, and gets other ports.
+        for attempt in 1.. {
+            match agent.try_spawn(extra_env).await {
+                Ok(()) => break,
+                Err(exited) if attempt < 5 && exited.contains("already in use") => {
+                    agent.api = SocketAddr::from((Ipv4Addr::LOCALHOST, port()));
+                    agent.proxy = SocketAddr::from((Ipv4Addr::LOCALHOST, port()));
+                }
+                Err(exited) => panic!("{exited}"),
+            }
+        }
         let token_path = state_dir.join("admin.token");
         agent.admin_token = std::fs::read_to_string(&token_path)
             .unwrap_or_else(|error| panic!("cannot read `{}`: {error}", token_path.display()))
@@ -458,6 +469,13 @@ impl TestAgent {
     }
 
     async fn spawn(&mut self, extra_env: &[(&str, &str)]) {
+        if let Err(exited) = self.try_spawn(extra_env).await {
+            panic!("{exited}");
+        }
+    }
+
+    /// Starts the agent and waits until it serves; `Err` with its output when it exited first.
+    async fn try_spawn(&mut self, extra_env: &[(&str, &str)]) -> Result<(), String> {
         let open = |name: &str| {
             let path = self.state_dir.join(name);
             std::fs::OpenOptions::new()
@@ -501,15 +519,15 @@ impl TestAgent {
         );
         loop {
             if matches!(http_status(self.api, &request).await, Ok(200)) {
-                return;
+                return Ok(());
             }
             if let Some(child) = self.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
-                panic!(
+                return Err(format!(
                     "the agent exited ({status}) before serving:\n{}",
                     self.log()
-                );
+                ));
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
