@@ -47,6 +47,9 @@ pub struct AgentConfig {
     pub proxy_metrics: Option<SocketAddr>,
     /// The `rollway` binary, started again as `rollway proxy`.
     pub exe: PathBuf,
+    /// `--master-key FILE`; `None`: `ROLLWAY_MASTER_KEY`, a systemd credential, or the default
+    /// file outside the state directory (see [`secrets::master_key`]).
+    pub master_key: Option<PathBuf>,
 }
 
 /// What the caller learns once the agent serves.
@@ -55,6 +58,10 @@ pub struct Started {
     pub proxy: SocketAddr,
     /// Only on the first start of a state directory: the admin token, shown once.
     pub admin_token: Option<PlainToken>,
+    /// Where the master key came from.
+    pub master_key: secrets::master_key::KeyOrigin,
+    /// `Some((from, to))` on the start that moved a `master.key` out of the state directory.
+    pub master_key_moved: Option<(PathBuf, PathBuf)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -101,7 +108,14 @@ pub async fn run(
 
     let store = Arc::new(Store::open(&state_dir.join("rollway.db"))?);
     let admin_token = ensure_admin_token(&store, &state_dir)?;
-    let master_key = secrets::MasterKey::load_or_create(&state_dir)?;
+    let loaded_key = secrets::master_key::load(
+        &secrets::master_key::KeySources::from_env(config.master_key.clone()),
+        &state_dir,
+    )?;
+    if let Some((from, to)) = &loaded_key.moved {
+        tracing::info!(message = "Moved the master key out of the state directory.", from = %from.display(), to = %to.display());
+    }
+    let (master_key, master_key_origin) = (loaded_key.key, loaded_key.origin);
     let paths = Paths::new(state_dir.clone());
     let driver = Arc::new(ProcessDriver::new(paths.instances.clone()).map_err(dir_error)?);
     let artifacts = ArtifactStore::new(state_dir.join("artifacts"));
@@ -163,6 +177,8 @@ pub async fn run(
         api: api_addr,
         proxy: config.proxy,
         admin_token,
+        master_key: master_key_origin,
+        master_key_moved: loaded_key.moved,
     });
 
     let served = api::serve(listener, engine.clone(), shutdown.clone()).await;

@@ -258,6 +258,11 @@ pub struct AgentRunArgs {
     /// Where the proxy serves its own `/metrics` (Prometheus text), if anywhere.
     #[arg(long)]
     pub proxy_metrics: Option<std::net::SocketAddr>,
+    /// The master key file, kept apart from the state directory (made when missing; default:
+    /// `ROLLWAY_MASTER_KEY`, else `$CREDENTIALS_DIRECTORY/master.key`, else
+    /// `/etc/rollway/master.key` as root or `$XDG_CONFIG_HOME/rollway/master.key`).
+    #[arg(long, value_name = "FILE")]
+    pub master_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

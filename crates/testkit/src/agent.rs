@@ -165,6 +165,13 @@ impl TestAgent {
         &self.state_dir
     }
 
+    /// The agent's master key file: `STATE.master.key`, a sibling of the state directory.
+    pub fn master_key_file(&self) -> PathBuf {
+        let mut name = self.state_dir.as_os_str().to_owned();
+        name.push(".master.key");
+        PathBuf::from(name)
+    }
+
     /// Kills the agent process (SIGKILL) and reaps it; its proxy and instances keep running.
     pub async fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -461,6 +468,9 @@ impl TestAgent {
             .arg(self.api.to_string())
             .arg("--proxy")
             .arg(self.proxy.to_string())
+            // Beside the state directory, never in it, and never the host's own key file.
+            .arg("--master-key")
+            .arg(self.master_key_file())
             // The proxy inherits this directory, which is how `Drop` recognises it.
             .current_dir(&self.state_dir)
             .env("NO_COLOR", "1")
