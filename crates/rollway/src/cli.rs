@@ -94,6 +94,10 @@ pub enum Command {
     Agent(AgentRunArgs),
     /// Run the proxy in the foreground (the agent starts it; you rarely need this).
     Proxy(ProxyRunArgs),
+    /// Confine this process with Landlock, then run the command (how a non-root agent starts
+    /// apps; not for people).
+    #[command(hide = true)]
+    Sandbox(SandboxArgs),
 }
 
 #[derive(Debug, Args)]
@@ -276,6 +280,19 @@ pub struct ProxyRunArgs {
     /// Where to serve `/metrics` (Prometheus text), if anywhere.
     #[arg(long)]
     pub metrics: Option<std::net::SocketAddr>,
+}
+
+#[derive(Debug, Args)]
+pub struct SandboxArgs {
+    /// A folder the command may read, write and run files in (repeatable).
+    #[arg(long = "allow-rw", value_name = "DIR")]
+    pub allow_rw: Vec<PathBuf>,
+    /// A folder or file the command may read and run, not change (repeatable).
+    #[arg(long = "allow-ro", value_name = "PATH")]
+    pub allow_ro: Vec<PathBuf>,
+    /// The program and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<std::ffi::OsString>,
 }
 
 #[derive(Debug, Args)]

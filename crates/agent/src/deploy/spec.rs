@@ -612,6 +612,7 @@ pub fn instance_spec(
         port,
         stop_timeout: service.stop_timeout.as_std(),
         image,
+        confinement: driver::Confinement::default(),
     })
 }
 

@@ -29,6 +29,7 @@ fn spec(env: &[(&str, &str)]) -> InstanceSpec {
         port: 4321,
         stop_timeout: Duration::from_secs(5),
         image: Some("sha256:abc".into()),
+        confinement: crate::Confinement::default(),
     }
 }
 

@@ -440,6 +440,7 @@ impl Setup {
             port: testkit::demo::free_port().expect("free port"),
             stop_timeout: Duration::from_secs(5),
             image: Some(self.images().app_id.clone()),
+            confinement: driver::Confinement::default(),
         }
     }
 

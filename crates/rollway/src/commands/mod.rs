@@ -9,6 +9,7 @@ pub mod init;
 pub mod inspect;
 pub mod lock;
 pub mod rollback;
+pub mod sandbox;
 pub mod secrets;
 pub mod signal;
 pub mod tokens;
