@@ -13,6 +13,7 @@ pub mod deploy;
 pub mod drivers;
 pub mod engine;
 pub mod health;
+pub mod isolation;
 pub mod metrics;
 pub mod proxy_link;
 pub mod recover;
@@ -62,6 +63,8 @@ pub struct Started {
     pub master_key: secrets::master_key::KeyOrigin,
     /// `Some((from, to))` on the start that moved a `master.key` out of the state directory.
     pub master_key_moved: Option<(PathBuf, PathBuf)>,
+    /// How apps are confined on this host (`Isolation::describe` says it in words).
+    pub isolation: driver::Isolation,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +119,8 @@ pub async fn run(
         tracing::info!(message = "Moved the master key out of the state directory.", from = %from.display(), to = %to.display());
     }
     let (master_key, master_key_origin) = (loaded_key.key, loaded_key.origin);
+    let isolation = driver::Isolation::detect(&config.exe);
+    tracing::info!(message = "Apps are isolated.", isolation = %isolation.describe());
     let paths = Paths::new(state_dir.clone());
     let driver = Arc::new(ProcessDriver::new(paths.instances.clone()).map_err(dir_error)?);
     let artifacts = ArtifactStore::new(state_dir.join("artifacts"));
@@ -143,6 +148,7 @@ pub async fn run(
         proxy_addr: config.proxy,
         artifacts,
         master_key,
+        isolation: isolation.clone(),
         paths,
         events,
         runtimes: Mutex::new(BTreeMap::new()),
@@ -179,6 +185,7 @@ pub async fn run(
         admin_token,
         master_key: master_key_origin,
         master_key_moved: loaded_key.moved,
+        isolation,
     });
 
     let served = api::serve(listener, engine.clone(), shutdown.clone()).await;

@@ -165,6 +165,14 @@ impl TestAgent {
         &self.state_dir
     }
 
+    /// What the agent gives apps, beside the state directory: `STATE-apps` (release folders,
+    /// private temp folders).
+    pub fn apps_dir(&self) -> PathBuf {
+        let mut name = self.state_dir.as_os_str().to_owned();
+        name.push("-apps");
+        PathBuf::from(name)
+    }
+
     /// The agent's master key file: `STATE.master.key`, a sibling of the state directory.
     pub fn master_key_file(&self) -> PathBuf {
         let mut name = self.state_dir.as_os_str().to_owned();
@@ -431,12 +439,11 @@ impl TestAgent {
     }
 
     /// Instance id → the process groups running it, found in `/proc` by working directory (under
-    /// `STATE/builds`, where a release's artifact is unpacked and built) and `ROLLWAY_INSTANCE`.
+    /// `STATE-apps`, where a release's artifact is unpacked and built) and `ROLLWAY_INSTANCE`.
     /// One group per instance means no duplicates.
     pub fn instance_processes(&self) -> BTreeMap<String, BTreeSet<i32>> {
-        let builds = self.state_dir.join("builds");
         let mut found: BTreeMap<String, BTreeSet<i32>> = BTreeMap::new();
-        for process in processes_under(&builds) {
+        for process in processes_under(&self.apps_dir()) {
             let id = process.instance.unwrap_or_else(|| "?".to_owned());
             found.entry(id).or_default().insert(process.pgid);
         }
@@ -533,15 +540,20 @@ impl Drop for TestAgent {
         {
             pids.push(pid);
         }
+        let apps_dir = self.apps_dir();
         for pid in pids {
-            if cwd_of(pid).is_some_and(|cwd| cwd.starts_with(&self.state_dir)) {
+            if cwd_of(pid)
+                .is_some_and(|cwd| cwd.starts_with(&self.state_dir) || cwd.starts_with(&apps_dir))
+            {
                 kill_group_and_process(pid, process_group(pid));
             }
         }
-        // Whatever else still runs inside the state directory (an instance whose pid file was
-        // not written yet, a build command).
-        for process in processes_under(&self.state_dir) {
-            kill_group_and_process(process.pid, Some(process.pgid));
+        // Whatever else still runs inside the state or apps directory (an instance whose pid
+        // file was not written yet, a build command).
+        for dir in [&self.state_dir, &apps_dir] {
+            for process in processes_under(dir) {
+                kill_group_and_process(process.pid, Some(process.pgid));
+            }
         }
     }
 }

@@ -56,3 +56,15 @@ pub fn token_view(token: &TokenRecord) -> TokenView {
         revoked: token.revoked_at.is_some(),
     }
 }
+
+pub fn isolation_view(isolation: &driver::Isolation) -> client::wire::IsolationView {
+    use client::wire::IsolationView;
+    match isolation {
+        driver::Isolation::Users => IsolationView::Users,
+        driver::Isolation::Landlock { abi, .. } => IsolationView::Landlock { abi: *abi },
+        driver::Isolation::None { user, reason } => IsolationView::None {
+            user: user.clone(),
+            reason: reason.clone(),
+        },
+    }
+}

@@ -99,6 +99,7 @@ pub async fn prepare(
         std::fs::remove_dir_all(&dir)
             .map_err(|error| format!("cannot clear `{}`: {error}", dir.display()))?;
     }
+    let home = app_home(engine, &deployment.app, &deployment.environment)?;
     let parent = dir.parent().ok_or("release folder has no parent")?;
     std::fs::create_dir_all(parent)
         .map_err(|error| format!("cannot create `{}`: {error}", parent.display()))?;
@@ -115,6 +116,14 @@ pub async fn prepare(
         })?;
     std::fs::rename(&staging, &dir)
         .map_err(|error| format!("cannot move the release into `{}`: {error}", dir.display()))?;
+    // The build runs as the app's user and writes here; nothing else of the host is theirs.
+    home.take_ownership(&dir).map_err(|error| {
+        format!(
+            "cannot give `{}` to the app's user (uid {}): {error}",
+            dir.display(),
+            home.user.uid
+        )
+    })?;
     if let Some(build) = &release.resolved.config.build {
         run_build(
             engine,
@@ -259,8 +268,9 @@ pub async fn run_release_command(
         ));
         let mut tail: std::collections::VecDeque<String> = std::collections::VecDeque::new();
         let mut n_lines = 0usize;
+        let user = app_home(engine, &deployment.app, &deployment.environment)?.user;
         let code = driver
-            .run_once(image, &env, command, |line| {
+            .run_once(image, &env, command, Some(user), |line| {
                 n_lines += 1;
                 if n_lines <= MAX_OUTPUT_EVENTS {
                     engine.record(NewEvent::for_deployment(
@@ -314,6 +324,11 @@ async fn run_command(
     use tokio::io::AsyncBufReadExt as _;
 
     std::fs::create_dir_all(&engine.paths.deploy_logs).map_err(|error| error.to_string())?;
+    let confinement = app_home(engine, &deployment.app, &deployment.environment)?
+        .confinement(&engine.isolation, "commands");
+    confinement.prepare().map_err(|error| {
+        format!("cannot prepare the private temp folder of the {label}: {error}")
+    })?;
     let log_path = engine
         .paths
         .deploy_logs
@@ -329,16 +344,17 @@ async fn run_command(
         format!("the {label}: {command}"),
     ));
     // Short-lived and awaited inside the deploy step, unlike instances, so pipes are safe here.
-    #[allow(
-        clippy::disallowed_methods,
-        reason = "build and release commands end inside their deploy step"
-    )]
-    let mut child = tokio::process::Command::new("/bin/sh")
-        .arg("-c")
-        .arg(command)
-        .current_dir(dir)
+    // Confined like the app's instances: its user, or the sandbox, and a private HOME/TMPDIR.
+    let private = confinement.env();
+    let mut child = confinement
+        .command(command, dir)
         .env_clear()
-        .envs(passthrough_env())
+        .envs(
+            passthrough_env()
+                .into_iter()
+                .filter(|(name, _)| !private.iter().any(|(private, _)| private == name.as_str())),
+        )
+        .envs(private.iter().cloned())
         .envs(
             env.iter()
                 .map(|(key, value)| (key.as_str(), value.as_str())),
@@ -503,7 +519,8 @@ pub fn database_target(
     crate::backup::Target::parse(&url, &workdir(engine, release))
 }
 
-/// The folder a release's commands and instances run in.
+/// The folder a release's commands and instances run in, in its app environment's folder (the
+/// manifest's app name is the deployed app's: `start` refuses a mismatch).
 pub fn workdir(engine: &Engine, release: &LoadedRelease) -> std::path::PathBuf {
     let build = release
         .resolved
@@ -511,7 +528,22 @@ pub fn workdir(engine: &Engine, release: &LoadedRelease) -> std::path::PathBuf {
         .build
         .as_ref()
         .map(|build| build.command.as_str());
-    engine.paths.build_dir(&release.artifact, build)
+    engine.paths.build_dir(
+        &release.resolved.config.app.name,
+        &release.resolved.environment,
+        &release.artifact,
+        build,
+    )
+}
+
+/// The app environment's folder and user, made on first use.
+pub fn app_home(
+    engine: &Engine,
+    app: &str,
+    environment: &str,
+) -> Result<crate::isolation::AppHome, String> {
+    crate::isolation::AppHome::ensure(&engine.paths.apps, app, environment)
+        .map_err(|error| format!("{error}: {}", error.source))
 }
 
 /// `(service, replica index)` for every instance the release runs.
@@ -604,6 +636,16 @@ pub fn instance_spec(
     env.push(("ROLLWAY_ENVIRONMENT".to_owned(), key.1.clone()));
     env.push(("ROLLWAY_RELEASE".to_owned(), release.number.to_string()));
     env.push(("ROLLWAY_INSTANCE".to_owned(), id.to_owned()));
+    let home = app_home(engine, &key.0, &key.1)?;
+    let confinement = if image.is_some() {
+        // A container has its own file system and processes; it only needs a non-root user.
+        driver::Confinement {
+            user: Some(home.user),
+            ..driver::Confinement::default()
+        }
+    } else {
+        home.confinement(&engine.isolation, id)
+    };
     Ok(InstanceSpec {
         instance_id: id.to_owned(),
         workdir: workdir(engine, release),
@@ -612,7 +654,7 @@ pub fn instance_spec(
         port,
         stop_timeout: service.stop_timeout.as_std(),
         image,
-        confinement: driver::Confinement::default(),
+        confinement,
     })
 }
 
