@@ -45,6 +45,8 @@ pub struct TestAgent {
     proxy: SocketAddr,
     admin_token: String,
     child: Option<Child>,
+    /// Run the agent as this uid and gid (no supplementary groups) instead of the test's user.
+    run_as: Option<(u32, u32)>,
 }
 
 /// What one `rollway` command did.
@@ -102,6 +104,8 @@ pub struct TestApp {
     approval: BTreeSet<String>,
     /// `[alerts] webhook`: the name of the secret holding the URL.
     alerts_webhook: Option<String>,
+    /// `[routes.web] hosts`; empty: no `[routes]` (the proxy's catch-all, one app per agent).
+    hosts: Vec<String>,
 }
 
 /// One HTTP answer: status and body (lossy UTF-8).
@@ -124,6 +128,22 @@ impl TestAgent {
         state_dir: &Path,
         extra_env: &[(&str, &str)],
     ) -> TestAgent {
+        TestAgent::start_inner(rollway, state_dir, extra_env, None).await
+    }
+
+    /// [`TestAgent::start`] with the agent running as `uid`:`gid` (the test must be root). The
+    /// state directory's parent must be writable by that user (the apps directory and the master
+    /// key file are made beside the state directory).
+    pub async fn start_as(rollway: &Path, state_dir: &Path, uid: u32, gid: u32) -> TestAgent {
+        TestAgent::start_inner(rollway, state_dir, &[], Some((uid, gid))).await
+    }
+
+    async fn start_inner(
+        rollway: &Path,
+        state_dir: &Path,
+        extra_env: &[(&str, &str)],
+        run_as: Option<(u32, u32)>,
+    ) -> TestAgent {
         std::fs::create_dir_all(state_dir)
             .unwrap_or_else(|error| panic!("cannot create `{}`: {error}", state_dir.display()));
         let port = || free_port().unwrap_or_else(|error| panic!("no free port: {error}"));
@@ -134,7 +154,16 @@ impl TestAgent {
             proxy: SocketAddr::from((Ipv4Addr::LOCALHOST, port())),
             admin_token: String::new(),
             child: None,
+            run_as,
         };
+        if let Some((uid, gid)) = run_as {
+            std::os::unix::fs::chown(state_dir, Some(uid), Some(gid)).unwrap_or_else(|error| {
+                panic!(
+                    "cannot give `{}` to uid {uid}: {error}",
+                    state_dir.display()
+                )
+            });
+        }
         agent.spawn(extra_env).await;
         let token_path = state_dir.join("admin.token");
         agent.admin_token = std::fs::read_to_string(&token_path)
@@ -493,6 +522,10 @@ impl TestAgent {
         for (key, value) in extra_env {
             command.env(key, value);
         }
+        if let Some((uid, gid)) = self.run_as {
+            // std drops root's supplementary groups when it switches users.
+            command.uid(uid).gid(gid).env("HOME", "/nonexistent");
+        }
         let child = command.spawn().unwrap_or_else(|error| {
             panic!("cannot start `{} agent`: {error}", self.rollway.display())
         });
@@ -586,7 +619,14 @@ impl TestApp {
             smoke: None,
             approval: BTreeSet::new(),
             alerts_webhook: None,
+            hosts: Vec::new(),
         }
+    }
+
+    /// `[routes.web] hosts = [HOST]`, so several apps can share one agent's proxy.
+    pub fn host(mut self, host: impl Into<String>) -> TestApp {
+        self.hosts.push(host.into());
+        self
     }
 
     /// `kind = "canary"` with `steps` as the manifest writes them:
@@ -812,6 +852,9 @@ VERSION = {version:?}
         }
         if let Some(smoke) = &self.smoke {
             text.push_str(&format!("smoke = {smoke:?}\n"));
+        }
+        if !self.hosts.is_empty() {
+            text.push_str(&format!("\n[routes.web]\nhosts = {:?}\n", self.hosts));
         }
         if let Some(webhook) = &self.alerts_webhook {
             text.push_str(&format!("\n[alerts]\nwebhook = {webhook:?}\n"));

@@ -5,6 +5,7 @@ mod check;
 mod containers;
 mod frame;
 mod init;
+mod isolation;
 mod monitoring;
 mod progressive;
 mod release_phase;
