@@ -36,6 +36,12 @@ pub fn apps_dir(state_dir: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// Makes the apps directory crossable by app users (0711), as it must be before any instance
+/// starts or is adopted: a service manager may have reset its mode.
+pub fn prepare_apps_dir(apps_dir: &Path) -> std::io::Result<()> {
+    make_dir(apps_dir, 0o711)
+}
+
 /// One app environment's place on this host: its folder and its user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppHome {
@@ -113,9 +119,11 @@ impl AppHome {
     }
 
     /// Gives a release folder (unpacked by the agent) to the app's user, recursively. Nothing
-    /// to do unless the agent is root.
+    /// to do unless the agent is root, or when the folder is the user's already.
     pub fn take_ownership(&self, folder: &Path) -> std::io::Result<()> {
-        if !rustix::process::geteuid().is_root() {
+        if !rustix::process::geteuid().is_root()
+            || std::fs::symlink_metadata(folder)?.uid() == self.user.uid
+        {
             return Ok(());
         }
         chown_tree(folder, self.user)

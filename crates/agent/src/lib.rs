@@ -121,7 +121,12 @@ pub async fn run(
     let (master_key, master_key_origin) = (loaded_key.key, loaded_key.origin);
     let isolation = driver::Isolation::detect(&config.exe);
     tracing::info!(message = "Apps are isolated.", isolation = %isolation.describe());
+
     let paths = Paths::new(state_dir.clone());
+    isolation::prepare_apps_dir(&paths.apps).map_err(|source| AgentError::StateDir {
+        path: paths.apps.display().to_string(),
+        source,
+    })?;
     let driver = Arc::new(ProcessDriver::new(paths.instances.clone()).map_err(dir_error)?);
     let artifacts = ArtifactStore::new(state_dir.join("artifacts"));
     let proxy = ProxyLink::new(state_dir.join("proxy"));

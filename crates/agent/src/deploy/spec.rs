@@ -85,6 +85,12 @@ pub async fn prepare(
     let dir = workdir(engine, release);
     let built_marker = dir.join(".rollway-built");
     if built_marker.exists() {
+        // Built here before, maybe under another user (an agent that was not root then).
+        app_home(engine, &deployment.app, &deployment.environment)?
+            .take_ownership(&dir)
+            .map_err(|error| {
+                format!("cannot give `{}` to the app's user: {error}", dir.display())
+            })?;
         engine.record(NewEvent::for_deployment(
             deployment,
             "deployment.reuse",
