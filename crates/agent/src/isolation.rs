@@ -175,6 +175,24 @@ fn make_dir(dir: &Path, mode: u32) -> std::io::Result<()> {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
 }
 
+/// Copies a folder tree (files with their modes, folders, symbolic links as links) into `to`,
+/// which must not exist yet; for release folders an earlier version kept in the state directory.
+pub fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    let metadata = std::fs::symlink_metadata(from)?;
+    if metadata.is_symlink() {
+        std::os::unix::fs::symlink(std::fs::read_link(from)?, to)
+    } else if metadata.is_dir() {
+        std::fs::create_dir(to)?;
+        for entry in std::fs::read_dir(from)? {
+            let entry = entry?;
+            copy_tree(&entry.path(), &to.join(entry.file_name()))?;
+        }
+        std::fs::set_permissions(to, metadata.permissions())
+    } else {
+        std::fs::copy(from, to).map(|_| ())
+    }
+}
+
 /// `chown -R` that never follows a symbolic link (an app could plant one pointing anywhere).
 fn chown_tree(path: &Path, user: AppUser) -> std::io::Result<()> {
     std::os::unix::fs::lchown(path, Some(user.uid), Some(user.gid))?;

@@ -542,6 +542,43 @@ pub fn workdir(engine: &Engine, release: &LoadedRelease) -> std::path::PathBuf {
     )
 }
 
+/// After an upgrade from a version that kept release folders in the state directory
+/// (`<state>/builds/<name>`): copies the release's folder to its place in the app environment's
+/// folder and hands it to the app's user, so that an adopted instance that crashes can start
+/// again. Nothing to do when the folder is in place or there is no old one.
+pub fn carry_over_legacy_build(engine: &Engine, release: &LoadedRelease) -> Result<(), String> {
+    let dir = workdir(engine, release);
+    let Some(name) = dir.file_name() else {
+        return Ok(());
+    };
+    let legacy = engine.paths.state_dir.join("builds").join(name);
+    if dir.exists() || !legacy.is_dir() {
+        return Ok(());
+    }
+    let home = app_home(
+        engine,
+        &release.resolved.config.app.name,
+        &release.resolved.environment,
+    )?;
+    let parent = dir.parent().ok_or("release folder has no parent")?;
+    std::fs::create_dir_all(parent)
+        .map_err(|error| format!("cannot create `{}`: {error}", parent.display()))?;
+    let staging = parent.join(format!(".{}.carrying-over", release.number));
+    let _ = std::fs::remove_dir_all(&staging);
+    crate::isolation::copy_tree(&legacy, &staging)
+        .and_then(|()| home.take_ownership(&staging))
+        .and_then(|()| std::fs::rename(&staging, &dir))
+        .map_err(|error| {
+            format!(
+                "cannot carry `{}` over to `{}`: {error}",
+                legacy.display(),
+                dir.display()
+            )
+        })?;
+    tracing::info!(message = "Carried a release folder over from the state directory.", from = %legacy.display(), to = %dir.display());
+    Ok(())
+}
+
 /// The app environment's folder and user, made on first use.
 pub fn app_home(
     engine: &Engine,

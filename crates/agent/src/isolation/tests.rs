@@ -58,3 +58,26 @@ fn as_root_each_app_environment_owns_its_folder_and_keeps_its_uid() {
     assert_eq!(owner(&release.join("link")), home.user.uid);
     assert_eq!(owner(Path::new("/etc/shadow")), 0, "links are not followed");
 }
+
+#[test]
+fn copy_tree_keeps_modes_and_links() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let from = root.path().join("from");
+    std::fs::create_dir_all(from.join("bin")).expect("dirs");
+    std::fs::write(from.join("bin/run"), "#!/bin/sh\n").expect("file");
+    std::fs::set_permissions(from.join("bin/run"), std::fs::Permissions::from_mode(0o750))
+        .expect("chmod");
+    std::os::unix::fs::symlink("bin/run", from.join("link")).expect("symlink");
+    let to = root.path().join("to");
+    copy_tree(&from, &to).expect("copy");
+    assert_eq!(
+        std::fs::read_to_string(to.join("bin/run")).expect("copied"),
+        "#!/bin/sh\n"
+    );
+    let mode = std::fs::metadata(to.join("bin/run")).expect("meta").mode() & 0o777;
+    assert_eq!(mode, 0o750);
+    assert_eq!(
+        std::fs::read_link(to.join("link")).expect("link"),
+        Path::new("bin/run")
+    );
+}

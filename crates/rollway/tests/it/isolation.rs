@@ -345,3 +345,55 @@ fn is_root() -> bool {
         })
         .unwrap_or(false)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_upgrade_a_release_folder_left_in_the_state_dir_is_carried_over() {
+    let mut setup = Setup::start().await;
+    let app = setup.app("app", "v1");
+    setup.agent.deploy(&app, ENV).await.assert_code(0);
+    setup.agent.assert_serves("v1").await;
+    setup.agent.kill9().await;
+    // The layout before isolation: release folders inside the state directory.
+    let builds = setup
+        .agent
+        .apps_dir()
+        .join(testkit::agent::APP)
+        .join(ENV)
+        .join("builds");
+    let release = only_child(&builds);
+    let legacy = setup.agent.state_dir().join("builds");
+    std::fs::create_dir_all(&legacy).expect("legacy builds");
+    std::fs::rename(
+        &release,
+        legacy.join(release.file_name().expect("folder name")),
+    )
+    .expect("move the release folder back");
+
+    setup.agent.restart_with_env(&[]).await;
+    assert!(
+        release.join("README").is_file(),
+        "carried over:\n{}",
+        setup.agent.log()
+    );
+    let pids = setup.agent.instance_pid_files();
+    let (id, pid) = pids.iter().next().expect("one instance");
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = setup.agent.instance_pid_files();
+        if now.get(id).is_some_and(|new| new != pid) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "`{id}` did not start again:\n{}",
+            setup.agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    setup.agent.assert_serves("v1").await;
+}
