@@ -121,6 +121,9 @@ pub async fn run(
     let (master_key, master_key_origin) = (loaded_key.key, loaded_key.origin);
     let isolation = driver::Isolation::detect(&config.exe);
     tracing::info!(message = "Apps are isolated.", isolation = %isolation.describe());
+    if let Some(gap) = isolation.gap() {
+        tracing::warn!(message = "App isolation has a gap.", gap = %gap);
+    }
 
     let paths = Paths::new(state_dir.clone());
     isolation::prepare_apps_dir(&paths.apps).map_err(|source| AgentError::StateDir {

@@ -70,6 +70,24 @@ impl Isolation {
         }
     }
 
+    /// What this isolation does not stop, for a warning at start; `None` when nothing is known.
+    pub fn gap(&self) -> Option<String> {
+        match self {
+            Isolation::Landlock { abi, .. }
+                if *abi < crate::sandbox::UNIX_SOCKETS_CONFINED_FROM_ABI =>
+            {
+                Some(format!(
+                    "Landlock before ABI {} cannot stop an app from connecting to a Unix socket by its path (the proxy's control socket, a container engine's socket); run the agent as root to give each app its own user",
+                    crate::sandbox::UNIX_SOCKETS_CONFINED_FROM_ABI
+                ))
+            }
+            Isolation::None { .. } => Some(
+                "apps can read the agent's state directory and each other's files; run the agent as root, or on a kernel with Landlock".to_owned(),
+            ),
+            _ => None,
+        }
+    }
+
     /// The confinement of a process of the app environment that `user` was allocated to, with
     /// `temp_dir` as its private folder.
     pub fn confinement(&self, user: AppUser, temp_dir: PathBuf) -> Confinement {

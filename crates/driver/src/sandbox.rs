@@ -6,7 +6,9 @@
 //! `/lib`, `/etc`, ...), use a few devices (`/dev/null`, `/dev/urandom`), and read its own
 //! `/proc/self`: not the agent's state directory, not another app's folder, not another
 //! process's `/proc/PID/environ`. Signals and abstract Unix sockets are scoped to the sandbox too
-//! (Landlock ABI 6). Nothing here needs privileges or `unsafe`: the `landlock` crate makes the
+//! (Landlock ABI 6), and Unix sockets by path from ABI 9 (Linux 7.1); before that, a confined
+//! process can still connect to a socket whose path it knows (see
+//! [`UNIX_SOCKETS_CONFINED_FROM_ABI`]). Nothing here needs privileges or `unsafe`: the `landlock` crate makes the
 //! system calls, and the exec is std's.
 //!
 //! This module does not choose the folders (the agent does) and does not start processes (the
@@ -22,7 +24,12 @@ use landlock::{
 
 /// The newest Landlock ABI whose rights the sandbox asks for; older kernels get what they
 /// support (best effort), a kernel without Landlock gets an error, never a silent "no sandbox".
-const WANTED_ABI: ABI = ABI::V6;
+/// V9 brings `ResolveUnix`: connecting to a Unix socket by path only beneath the allowed folders.
+const WANTED_ABI: ABI = ABI::V9;
+
+/// Before this ABI, Landlock cannot stop a confined process from connecting to a Unix socket by
+/// its path (the proxy's control socket in the state directory, a container engine's socket).
+pub const UNIX_SOCKETS_CONFINED_FROM_ABI: u32 = 9;
 
 /// System folders every confined process may read and execute from.
 pub const SYSTEM_READ_ONLY: [&str; 7] =

@@ -34,6 +34,9 @@ pub fn run_agent(args: &AgentRunArgs, printer: Printer) -> anyhow::Result<ExitSt
             );
             // A fact about the host, labelled like `warning:` so it can be grepped for.
             printer.raw_stderr(&format!("isolation: {}\n", started.isolation.describe()));
+            if let Some(gap) = started.isolation.gap() {
+                printer.warning(&gap);
+            }
             if let Some((from, to)) = &started.master_key_moved {
                 printer.status(
                     "Moved",

@@ -68,6 +68,15 @@ def attack():
             leaked.append(int(pid))
     report["environ_readable_pids"] = environs
     report["environ_with_victim_secret"] = leaked
+    import socket
+    for name, path in targets["sockets"].items():
+        try:
+            client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            client.connect(path)
+            client.close()
+            report[name] = "connected"
+        except Exception as error:
+            report[name] = type(error).__name__
     try:
         os.kill(int(targets["agent_pid"]), 0)
         report["signal_agent"] = "allowed"
@@ -124,6 +133,10 @@ async fn as_root_a_hostile_app_reads_nothing_of_the_agent_or_another_app() {
     );
     let report = attack(agent, setup.dir.path()).await;
     assert_denied(agent, &report).await;
+    assert_eq!(
+        report["proxy_control_socket"], "PermissionError",
+        "{report:#}"
+    );
 
     let uid = report["uid"].as_u64().expect("uid");
     assert!((61184..=65519).contains(&uid), "{report}");
@@ -165,7 +178,7 @@ async fn not_as_root_a_hostile_app_is_confined_by_landlock_or_the_agent_says_why
     )
     .await;
     let isolation = isolation(&agent).await;
-    match isolation["kind"].as_str() {
+    let abi = match isolation["kind"].as_str() {
         Some("landlock") => {
             let abi = isolation["abi"].as_u64().expect("abi");
             assert!(
@@ -175,6 +188,7 @@ async fn not_as_root_a_hostile_app_is_confined_by_landlock_or_the_agent_says_why
                 "{}",
                 agent.log()
             );
+            abi
         }
         Some("none") => {
             let reason = isolation["reason"].as_str().unwrap_or_default();
@@ -188,10 +202,29 @@ async fn not_as_root_a_hostile_app_is_confined_by_landlock_or_the_agent_says_why
             return;
         }
         _ => panic!("unexpected isolation {isolation}"),
-    }
+    };
     let report = attack(&agent, dir.path()).await;
     assert_denied(&agent, &report).await;
     assert_eq!(report["uid"], u64::from(UNPRIVILEGED), "{report}");
+    if abi >= 9 {
+        assert_eq!(
+            report["proxy_control_socket"], "PermissionError",
+            "{report:#}"
+        );
+    } else {
+        // Known gap, said at start: before ABI 9 Landlock does not confine Unix sockets by path.
+        eprintln!(
+            "landlock ABI {abi}: the proxy's control socket was {}",
+            report["proxy_control_socket"]
+        );
+        assert!(
+            agent
+                .log()
+                .contains("cannot stop an app from connecting to a Unix socket"),
+            "{}",
+            agent.log()
+        );
+    }
 }
 
 /// Deploys the victim (with a secret) and the hostile app (with a deployer token), and returns
@@ -252,6 +285,7 @@ async fn attack(agent: &TestAgent, dir: &Path) -> serde_json::Value {
         "files": files,
         "dirs": dirs,
         "api": agent.api_url(),
+        "sockets": { "proxy_control_socket": state.join("proxy/proxy.sock") },
         "agent_pid": agent_pid,
         "victim_pid": victim_pid,
     });
