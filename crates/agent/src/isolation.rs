@@ -36,6 +36,31 @@ pub fn apps_dir(state_dir: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// What a sandboxed app must not even see (Landlock already keeps it from opening them): the
+/// state directory, where the proxy's control socket is, and the container engine's sockets.
+pub fn hidden_from_apps(state_dir: &Path) -> Vec<PathBuf> {
+    let mut hidden = vec![state_dir.to_path_buf()];
+    hidden.extend(
+        [
+            "/var/run/docker.sock",
+            "/run/docker.sock",
+            "/run/podman/podman.sock",
+        ]
+        .iter()
+        .map(PathBuf::from),
+    );
+    if let Some(runtime_dir) = std::env::var_os("XDG_RUNTIME_DIR") {
+        hidden.push(PathBuf::from(runtime_dir).join("podman/podman.sock"));
+    }
+    if let Some(socket) = std::env::var("DOCKER_HOST")
+        .ok()
+        .and_then(|host| host.strip_prefix("unix://").map(PathBuf::from))
+    {
+        hidden.push(socket);
+    }
+    hidden
+}
+
 /// Makes the apps directory crossable by app users (0711), as it must be before any instance
 /// starts or is adopted: a service manager may have reset its mode.
 pub fn prepare_apps_dir(apps_dir: &Path) -> std::io::Result<()> {

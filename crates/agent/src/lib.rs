@@ -119,7 +119,7 @@ pub async fn run(
         tracing::info!(message = "Moved the master key out of the state directory.", from = %from.display(), to = %to.display());
     }
     let (master_key, master_key_origin) = (loaded_key.key, loaded_key.origin);
-    let isolation = driver::Isolation::detect(&config.exe);
+    let isolation = driver::Isolation::detect(&config.exe, isolation::hidden_from_apps(&state_dir));
     tracing::info!(message = "Apps are isolated.", isolation = %isolation.describe());
     if let Some(gap) = isolation.gap() {
         tracing::warn!(message = "App isolation has a gap.", gap = %gap);

@@ -16,8 +16,14 @@ use std::path::{Path, PathBuf};
 pub enum Isolation {
     /// The agent runs as root: every app environment runs as its own unprivileged user.
     Users,
-    /// Landlock through `rollway sandbox` (`exe`), at this kernel ABI.
-    Landlock { abi: u32, exe: PathBuf },
+    /// Landlock through `rollway sandbox` (`exe`), at this kernel ABI. `hidden` are covered in a
+    /// mount namespace of the app's own (empty when this host cannot: `cannot_hide` says why).
+    Landlock {
+        abi: u32,
+        exe: PathBuf,
+        hidden: Vec<PathBuf>,
+        cannot_hide: Option<String>,
+    },
     /// Neither: apps run as the agent's own user, unconfined.
     None { user: String, reason: String },
 }
@@ -37,21 +43,30 @@ pub struct Confinement {
     pub user: Option<AppUser>,
     /// Confine with Landlock through `EXE sandbox` before the command runs.
     pub sandbox: Option<PathBuf>,
+    /// Paths the sandbox covers up (`--hide`): the agent's state directory, engine sockets.
+    pub hide: Vec<PathBuf>,
     /// The private folder given as `HOME` and `TMPDIR`: made 0700 and owned by `user` before
     /// the process starts, and writable inside the sandbox.
     pub temp_dir: Option<PathBuf>,
 }
 
 impl Isolation {
-    /// Root gets per-app users; anyone else Landlock when the kernel has it.
-    pub fn detect(exe: &Path) -> Isolation {
+    /// Root gets per-app users; anyone else Landlock when the kernel has it, probed by running
+    /// `EXE sandbox --probe` once, which also tries to hide `hide`.
+    pub fn detect(exe: &Path, hide: Vec<PathBuf>) -> Isolation {
         if rustix::process::geteuid().is_root() {
             return Isolation::Users;
         }
-        match crate::sandbox::probe() {
-            Ok(abi) => Isolation::Landlock {
-                abi,
+        match crate::sandbox::probe_with(exe, &hide) {
+            Ok(probe) => Isolation::Landlock {
+                abi: probe.abi,
                 exe: exe.to_path_buf(),
+                hidden: if probe.hiding.is_ok() {
+                    hide
+                } else {
+                    Vec::new()
+                },
+                cannot_hide: probe.hiding.err(),
             },
             Err(error) => Isolation::None {
                 user: format!("uid {}", rustix::process::geteuid().as_raw()),
@@ -73,14 +88,14 @@ impl Isolation {
     /// What this isolation does not stop, for a warning at start; `None` when nothing is known.
     pub fn gap(&self) -> Option<String> {
         match self {
-            Isolation::Landlock { abi, .. }
-                if *abi < crate::sandbox::UNIX_SOCKETS_CONFINED_FROM_ABI =>
-            {
-                Some(format!(
-                    "Landlock before ABI {} cannot stop an app from connecting to a Unix socket by its path (the proxy's control socket, a container engine's socket); run the agent as root to give each app its own user",
-                    crate::sandbox::UNIX_SOCKETS_CONFINED_FROM_ABI
-                ))
-            }
+            Isolation::Landlock {
+                abi,
+                cannot_hide: Some(reason),
+                ..
+            } if *abi < crate::sandbox::UNIX_SOCKETS_CONFINED_FROM_ABI => Some(format!(
+                "Landlock before ABI {} cannot stop an app from connecting to a Unix socket by its path (the proxy's control socket, a container engine's socket), and the agent's paths cannot be hidden ({reason}); run the agent as root to give each app its own user",
+                crate::sandbox::UNIX_SOCKETS_CONFINED_FROM_ABI
+            )),
             Isolation::None { .. } => Some(
                 "apps can read the agent's state directory and each other's files; run the agent as root, or on a kernel with Landlock".to_owned(),
             ),
@@ -96,6 +111,10 @@ impl Isolation {
             sandbox: match self {
                 Isolation::Landlock { exe, .. } => Some(exe.clone()),
                 _ => None,
+            },
+            hide: match self {
+                Isolation::Landlock { hidden, .. } => hidden.clone(),
+                _ => Vec::new(),
             },
             temp_dir: Some(temp_dir),
         }
@@ -120,6 +139,9 @@ impl Confinement {
                 process.arg("sandbox");
                 for folder in std::iter::once(workdir).chain(self.temp_dir.as_deref()) {
                     process.arg("--allow-rw").arg(folder);
+                }
+                for hidden in &self.hide {
+                    process.arg("--hide").arg(hidden);
                 }
                 process.arg("--").arg("/bin/sh");
                 process

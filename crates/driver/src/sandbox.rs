@@ -6,10 +6,11 @@
 //! `/lib`, `/etc`, ...), use a few devices (`/dev/null`, `/dev/urandom`), and read its own
 //! `/proc/self`: not the agent's state directory, not another app's folder, not another
 //! process's `/proc/PID/environ`. Signals and abstract Unix sockets are scoped to the sandbox too
-//! (Landlock ABI 6), and Unix sockets by path from ABI 9 (Linux 7.1); before that, a confined
-//! process can still connect to a socket whose path it knows (see
-//! [`UNIX_SOCKETS_CONFINED_FROM_ABI`]). Nothing here needs privileges or `unsafe`: the `landlock` crate makes the
-//! system calls, and the exec is std's.
+//! (Landlock ABI 6), and Unix sockets by path from ABI 9 (Linux 7.1). Before that, a confined
+//! process could still connect to a socket whose path it knows (the proxy's control socket), so
+//! the sandbox also covers the agent's paths up in a mount namespace of its own ([`hide`], best
+//! effort: it needs unprivileged user namespaces). Nothing here needs privileges or `unsafe`: the `landlock` crate makes the
+//! system calls, the exec is std's, and the one `unsafe` call (`unshare`) is explained where it is.
 //!
 //! This module does not choose the folders (the agent does) and does not start processes (the
 //! process driver does, through [`crate::confine::Confinement`]).
@@ -61,12 +62,27 @@ pub struct Policy {
     pub read_write: Vec<PathBuf>,
     /// Further folders or files it may read and execute, not change.
     pub read_only: Vec<PathBuf>,
+    /// Folders and files (sockets) made to vanish for the process, best effort: an empty
+    /// read-only tmpfs over a folder, `/dev/null` over a file, in a mount namespace of its own.
+    /// Landlock already keeps it from opening them; this also keeps it from connecting to Unix
+    /// sockets in them, which Landlock cannot stop before ABI 9.
+    pub hide: Vec<PathBuf>,
+}
+
+/// What `rollway sandbox --probe` found: the Landlock ABI, and whether paths can be hidden.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    pub abi: u32,
+    /// `Err(reason)` when this host gives unprivileged processes no user namespaces.
+    pub hiding: Result<(), String>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
     #[error("the kernel has no Landlock ({0})")]
     Unavailable(&'static str),
+    #[error("{0}")]
+    Probe(String),
     #[error("cannot build the Landlock ruleset")]
     Ruleset(#[source] landlock::RulesetError),
     #[error("cannot open `{path}` for a Landlock rule")]
@@ -112,6 +128,108 @@ pub fn probe() -> Result<u32, SandboxError> {
         LandlockStatus::NotImplemented => Err(SandboxError::Unavailable(
             "not built into this kernel (needs Linux 5.13 or later with CONFIG_SECURITY_LANDLOCK)",
         )),
+    }
+}
+
+/// Hides `paths` from this process and what it execs: a new user namespace (mapping only its own
+/// uid and gid, so nothing is gained) with a private mount namespace, where an empty read-only
+/// tmpfs (mode 000) covers each folder and `/dev/null` each other file. Must run while the
+/// process has a single thread (a user namespace requires it), before Landlock (which forbids
+/// mounts afterwards, so the covers cannot be lifted).
+pub fn hide(paths: &[PathBuf]) -> Result<(), String> {
+    use rustix::mount::{MountFlags, MountPropagationFlags};
+    use rustix::thread::UnshareFlags;
+    let paths: Vec<&PathBuf> = paths.iter().filter(|path| path.exists()).collect();
+    if paths.is_empty() {
+        return Ok(());
+    }
+    let uid = rustix::process::getuid().as_raw();
+    let gid = rustix::process::getgid().as_raw();
+    // SAFETY: `unshare_unsafe` is unsafe only for `CLONE_FILES`, which would split the file
+    // descriptor table between threads; these flags do not include it, and the sandbox process
+    // runs a single thread at this point anyway.
+    #[allow(unsafe_code)]
+    let unshared =
+        unsafe { rustix::thread::unshare_unsafe(UnshareFlags::NEWUSER | UnshareFlags::NEWNS) };
+    unshared.map_err(|error| format!("no user namespace: {error}"))?;
+    let write = |file: &str, text: String| {
+        std::fs::write(file, text).map_err(|error| format!("cannot write `{file}`: {error}"))
+    };
+    write("/proc/self/setgroups", "deny".to_owned())?;
+    write("/proc/self/uid_map", format!("{uid} {uid} 1"))?;
+    write("/proc/self/gid_map", format!("{gid} {gid} 1"))?;
+    rustix::mount::mount_change(
+        "/",
+        MountPropagationFlags::PRIVATE | MountPropagationFlags::REC,
+    )
+    .map_err(|error| format!("cannot make the mounts private: {error}"))?;
+    for path in paths {
+        let covered = if path.is_dir() {
+            rustix::mount::mount(
+                "rollway-hidden",
+                path.as_path(),
+                "tmpfs",
+                MountFlags::RDONLY | MountFlags::NODEV | MountFlags::NOSUID | MountFlags::NOEXEC,
+                c"mode=000,size=4k",
+            )
+        } else {
+            rustix::mount::mount_bind("/dev/null", path.as_path())
+        };
+        covered.map_err(|error| format!("cannot hide `{}`: {error}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// `rollway sandbox --probe`: hides `policy.hide` and applies Landlock to this process, as a
+/// sandbox would, and says what worked; the agent runs it once at start.
+pub fn probe_self(policy: &Policy) -> Result<Probe, SandboxError> {
+    let hiding = hide(&policy.hide);
+    restrict_self(policy)?;
+    Ok(Probe {
+        abi: probe()?,
+        hiding,
+    })
+}
+
+/// Runs `EXE sandbox --probe --hide PATH...` and reads what it found.
+pub fn probe_with(exe: &Path, hide: &[PathBuf]) -> Result<Probe, SandboxError> {
+    let mut command = std::process::Command::new(exe);
+    command.arg("sandbox").arg("--probe");
+    for path in hide {
+        command.arg("--hide").arg(path);
+    }
+    let output = command
+        .arg("--")
+        .arg("/bin/true")
+        .output()
+        .map_err(|source| SandboxError::Exec {
+            program: exe.display().to_string(),
+            source,
+        })?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name))
+            .map(str::to_owned)
+    };
+    match (output.status.success(), field("abi "), field("hiding ")) {
+        (true, Some(abi), Some(hiding)) => Ok(Probe {
+            abi: abi.trim().parse().unwrap_or(0),
+            hiding: match hiding.trim() {
+                "ok" => Ok(()),
+                reason => Err(reason.to_owned()),
+            },
+        }),
+        _ => {
+            // `error: the kernel has no Landlock (...)`, as `rollway sandbox` reports it.
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let reason = stderr
+                .lines()
+                .find_map(|line| line.strip_prefix("error: "))
+                .unwrap_or("the sandbox probe failed")
+                .to_owned();
+            Err(SandboxError::Probe(reason))
+        }
     }
 }
 
@@ -170,6 +288,10 @@ pub fn restrict_self(policy: &Policy) -> Result<(), SandboxError> {
 /// `rollway sandbox`: confines this process with `policy`, then replaces it with `program`
 /// (its environment and working directory unchanged). Returns only on failure.
 pub fn exec(policy: &Policy, program: &Path, args: &[OsString]) -> SandboxError {
+    if let Err(reason) = hide(&policy.hide) {
+        // Best effort: Landlock below still keeps every hidden file from being opened.
+        eprintln!("rollway sandbox: cannot hide the agent's paths ({reason}); Landlock only");
+    }
     if let Err(error) = restrict_self(policy) {
         return error;
     }

@@ -290,6 +290,12 @@ pub struct SandboxArgs {
     /// A folder or file the command may read and run, not change (repeatable).
     #[arg(long = "allow-ro", value_name = "PATH")]
     pub allow_ro: Vec<PathBuf>,
+    /// A folder or file to cover up for the command, best effort (repeatable).
+    #[arg(long = "hide", value_name = "PATH")]
+    pub hide: Vec<PathBuf>,
+    /// Only try the confinement and print what works (`abi N`, `hiding ok|REASON`).
+    #[arg(long)]
+    pub probe: bool,
     /// The program and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<std::ffi::OsString>,

@@ -52,6 +52,8 @@ fn the_report_names_the_isolation() {
     let landlock = Isolation::Landlock {
         abi: 7,
         exe: PathBuf::from("/usr/bin/rollway"),
+        hidden: vec![PathBuf::from("/var/lib/rollway")],
+        cannot_hide: None,
     };
     assert_eq!(landlock.describe(), "landlock ABI v7");
     let none = Isolation::None {
@@ -65,4 +67,10 @@ fn the_report_names_the_isolation() {
     let confinement = landlock.confinement(USER, PathBuf::from("/t"));
     assert_eq!(confinement.user, None, "no user switch without root");
     assert_eq!(confinement.sandbox, Some(PathBuf::from("/usr/bin/rollway")));
+    assert_eq!(confinement.hide, vec![PathBuf::from("/var/lib/rollway")]);
+    assert_eq!(
+        landlock.gap(),
+        None,
+        "hidden paths close the Unix socket gap"
+    );
 }

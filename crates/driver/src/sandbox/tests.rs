@@ -31,6 +31,7 @@ fn a_confined_thread_reads_its_folders_and_the_system_only() {
     let policy = Policy {
         read_write: vec![own.clone()],
         read_only: Vec::new(),
+        hide: Vec::new(),
     };
     let outcome = confined(policy, move || {
         let kind = |result: std::io::Result<Vec<u8>>| result.err().map(|error| error.kind());
