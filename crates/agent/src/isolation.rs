@@ -7,10 +7,17 @@
 //! not listed):
 //!
 //! ```text
-//! <state>-apps/<app>/<environment>/      0700, owned by the app environment's user
-//!     builds/<artifact>-<build key>/     release folders (unpacked, built, run in)
-//!     tmp/<instance id>/, tmp/commands/  private HOME and TMPDIR of instances and commands
+//! <state>-apps/<app>/<environment>/      0710, the agent's, group: the app environment's
+//!     builds/                            0710, the same
+//!         <artifact>-<build key>/        a release folder (unpacked, built, run in): the app's
+//!     tmp/                               0710, the same
+//!         <instance id>/, commands/      private HOME and TMPDIR: the app's, 0700
 //! ```
+//!
+//! The app owns its release and temp folders but none of the folders above them, so it cannot
+//! swap one of them for a symbolic link that would send the agent's (root's) writes elsewhere;
+//! its group lets it through them, and no other app. A release folder is handed over (`chown`)
+//! before it is moved into place, while no app can reach into it.
 //!
 //! As root, each app environment gets its own numeric user (uid = gid) from systemd's dynamic
 //! range, chosen by a hash of app and environment and moved on past uids that other app
@@ -110,10 +117,11 @@ impl AppHome {
             make_dir(crossable, 0o711).map_err(error(crossable))?;
         }
         let root = rustix::process::geteuid().is_root();
+        // The folder's group records the allocation.
         let recorded = std::fs::metadata(&dir)
             .ok()
-            .map(|metadata| metadata.uid())
-            .filter(|uid| (FIRST_APP_UID..=LAST_APP_UID).contains(uid));
+            .map(|metadata| metadata.gid())
+            .filter(|gid| (FIRST_APP_UID..=LAST_APP_UID).contains(gid));
         let uid = match recorded {
             Some(uid) => uid,
             None if root => {
@@ -125,9 +133,14 @@ impl AppHome {
             None => preferred_uid(app, environment),
         };
         let user = AppUser { uid, gid: uid };
-        make_dir(&dir, 0o700).map_err(error(&dir))?;
-        if root {
-            std::os::unix::fs::chown(&dir, Some(uid), Some(uid)).map_err(error(&dir))?;
+        for private in [dir.clone(), dir.join("builds"), dir.join("tmp")] {
+            if root {
+                make_dir(&private, 0o710).map_err(error(&private))?;
+                // Owner first, so the folder is never the app's to swap.
+                std::os::unix::fs::lchown(&private, Some(0), Some(uid)).map_err(error(&private))?;
+            } else {
+                make_dir(&private, 0o700).map_err(error(&private))?;
+            }
         }
         Ok(AppHome { dir, user })
     }
@@ -143,15 +156,23 @@ impl AppHome {
         isolation.confinement(self.user, self.dir.join("tmp").join(name))
     }
 
-    /// Gives a release folder (unpacked by the agent) to the app's user, recursively. Nothing
-    /// to do unless the agent is root, or when the folder is the user's already.
+    /// Gives a release folder to the app's user, recursively. Call it before the folder is moved
+    /// where the app can reach it: the folder is made 0700 first and handed over last, so no
+    /// process of the app can swap anything inside while the walk runs. Nothing to do unless the
+    /// agent is root, or when the folder is the user's already.
     pub fn take_ownership(&self, folder: &Path) -> std::io::Result<()> {
-        if !rustix::process::geteuid().is_root()
-            || std::fs::symlink_metadata(folder)?.uid() == self.user.uid
-        {
+        let metadata = std::fs::symlink_metadata(folder)?;
+        if !rustix::process::geteuid().is_root() || metadata.uid() == self.user.uid {
             return Ok(());
         }
-        chown_tree(folder, self.user)
+        if !metadata.is_dir() {
+            return Err(std::io::Error::other("not a folder"));
+        }
+        std::fs::set_permissions(folder, std::fs::Permissions::from_mode(0o700))?;
+        for entry in std::fs::read_dir(folder)? {
+            chown_tree(&entry?.path(), self.user)?;
+        }
+        std::os::unix::fs::lchown(folder, Some(self.user.uid), Some(self.user.gid))
     }
 }
 
@@ -173,7 +194,8 @@ fn first_free(preferred: u32, taken: &BTreeSet<u32>) -> Option<u32> {
         .find(|uid| !taken.contains(uid))
 }
 
-/// The uids owning app environment folders (`<apps>/<app>/<environment>`).
+/// The uids app environment folders (`<apps>/<app>/<environment>`) are allocated to (their
+/// group).
 fn owners(apps_dir: &Path) -> BTreeSet<u32> {
     let children = |dir: &Path| {
         std::fs::read_dir(dir)
@@ -188,7 +210,7 @@ fn owners(apps_dir: &Path) -> BTreeSet<u32> {
         .flat_map(|app| children(app))
         .filter_map(|dir| std::fs::symlink_metadata(dir).ok())
         .filter(|metadata| metadata.is_dir())
-        .map(|metadata| metadata.uid())
+        .map(|metadata| metadata.gid())
         .collect()
 }
 

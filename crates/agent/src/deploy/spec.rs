@@ -84,13 +84,13 @@ pub async fn prepare(
 ) -> Result<(), String> {
     let dir = workdir(engine, release);
     let built_marker = dir.join(".rollway-built");
-    if built_marker.exists() {
-        // Built here before, maybe under another user (an agent that was not root then).
-        app_home(engine, &deployment.app, &deployment.environment)?
-            .take_ownership(&dir)
-            .map_err(|error| {
-                format!("cannot give `{}` to the app's user: {error}", dir.display())
-            })?;
+    let home = app_home(engine, &deployment.app, &deployment.environment)?;
+    // Built here before, but under another user (an agent that was not root then): built again
+    // below, rather than handing over a tree an app may be changing.
+    let owned_by_another = rustix::process::geteuid().is_root()
+        && std::fs::symlink_metadata(&dir)
+            .is_ok_and(|metadata| std::os::unix::fs::MetadataExt::uid(&metadata) != home.user.uid);
+    if built_marker.exists() && !owned_by_another {
         engine.record(NewEvent::for_deployment(
             deployment,
             "deployment.reuse",
@@ -105,7 +105,6 @@ pub async fn prepare(
         std::fs::remove_dir_all(&dir)
             .map_err(|error| format!("cannot clear `{}`: {error}", dir.display()))?;
     }
-    let home = app_home(engine, &deployment.app, &deployment.environment)?;
     let parent = dir.parent().ok_or("release folder has no parent")?;
     std::fs::create_dir_all(parent)
         .map_err(|error| format!("cannot create `{}`: {error}", parent.display()))?;
@@ -120,16 +119,17 @@ pub async fn prepare(
                 short(&release.artifact)
             )
         })?;
-    std::fs::rename(&staging, &dir)
-        .map_err(|error| format!("cannot move the release into `{}`: {error}", dir.display()))?;
     // The build runs as the app's user and writes here; nothing else of the host is theirs.
-    home.take_ownership(&dir).map_err(|error| {
+    // Handed over before the move, while the app cannot reach into it.
+    home.take_ownership(&staging).map_err(|error| {
         format!(
             "cannot give `{}` to the app's user (uid {}): {error}",
-            dir.display(),
+            staging.display(),
             home.user.uid
         )
     })?;
+    std::fs::rename(&staging, &dir)
+        .map_err(|error| format!("cannot move the release into `{}`: {error}", dir.display()))?;
     if let Some(build) = &release.resolved.config.build {
         run_build(
             engine,

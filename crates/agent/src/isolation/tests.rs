@@ -32,15 +32,19 @@ fn as_root_each_app_environment_owns_its_folder_and_keeps_its_uid() {
     let preferred = preferred_uid("shop", "production");
     let squatter = apps.join("other").join("env");
     std::fs::create_dir_all(&squatter).expect("squatter");
-    std::os::unix::fs::chown(&squatter, Some(preferred), Some(preferred)).expect("chown");
+    std::os::unix::fs::chown(&squatter, Some(0), Some(preferred)).expect("chown");
 
     let home = AppHome::ensure(&apps, "shop", "production").expect("ensure");
     assert_ne!(home.user.uid, preferred, "a collision moves on");
-    let metadata = std::fs::metadata(&home.dir).expect("dir");
-    assert_eq!(
-        (metadata.uid(), metadata.gid(), metadata.mode() & 0o777),
-        (home.user.uid, home.user.uid, 0o700)
-    );
+    for dir in [home.dir.clone(), home.builds(), home.dir.join("tmp")] {
+        let metadata = std::fs::metadata(&dir).expect("dir");
+        assert_eq!(
+            (metadata.uid(), metadata.gid(), metadata.mode() & 0o777),
+            (0, home.user.uid, 0o710),
+            "{}: the agent's, crossable by the app's group only",
+            dir.display()
+        );
+    }
     assert_eq!(
         std::fs::metadata(&apps).expect("apps").mode() & 0o777,
         0o711
@@ -54,6 +58,7 @@ fn as_root_each_app_environment_owns_its_folder_and_keeps_its_uid() {
     std::os::unix::fs::symlink("/etc/shadow", release.join("link")).expect("symlink");
     home.take_ownership(&release).expect("chown");
     let owner = |path: &Path| std::fs::symlink_metadata(path).expect("meta").uid();
+    assert_eq!(owner(&release), home.user.uid);
     assert_eq!(owner(&release.join("src/app.py")), home.user.uid);
     assert_eq!(owner(&release.join("link")), home.user.uid);
     assert_eq!(owner(Path::new("/etc/shadow")), 0, "links are not followed");

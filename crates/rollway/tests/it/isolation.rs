@@ -68,6 +68,13 @@ def attack():
             leaked.append(int(pid))
     report["environ_readable_pids"] = environs
     report["environ_with_victim_secret"] = leaked
+    # Swap the folder holding its release folders, to send the agent's next unpack elsewhere.
+    builds = os.path.dirname(os.getcwd())
+    try:
+        os.rename(builds, builds + ".moved")
+        report["swap_builds"] = "renamed"
+    except Exception as error:
+        report["swap_builds"] = type(error).__name__
     import socket
     for name, path in targets["sockets"].items():
         try:
@@ -146,13 +153,20 @@ async fn as_root_a_hostile_app_reads_nothing_of_the_agent_or_another_app() {
         "no supplementary groups"
     );
     use std::os::unix::fs::MetadataExt as _;
-    let owner = |app: &str| {
-        std::fs::metadata(agent.apps_dir().join(app).join(ENV))
-            .expect("app folder")
-            .uid()
+    // An app environment's folder is the agent's, with the app's group; its release folder is
+    // the app's.
+    let group = |app: &str| {
+        let folder = std::fs::metadata(agent.apps_dir().join(app).join(ENV)).expect("app folder");
+        assert_eq!((folder.uid(), folder.mode() & 0o777), (0, 0o710));
+        folder.gid()
     };
-    assert_eq!(u64::from(owner(HOSTILE)), uid);
-    assert_ne!(owner(VICTIM), owner(HOSTILE), "each app has its own user");
+    assert_eq!(u64::from(group(HOSTILE)), uid);
+    assert_ne!(group(VICTIM), group(HOSTILE), "each app has its own user");
+    let release = only_child(&agent.apps_dir().join(HOSTILE).join(ENV).join("builds"));
+    assert_eq!(
+        u64::from(std::fs::metadata(&release).expect("release").uid()),
+        uid
+    );
     let state = std::fs::metadata(agent.state_dir()).expect("state dir");
     assert_eq!((state.uid(), state.mode() & 0o777), (0, 0o700));
 }
@@ -334,6 +348,7 @@ async fn assert_denied(agent: &TestAgent, report: &serde_json::Value) {
         "{report:#}"
     );
     assert_eq!(report["signal_agent"], "PermissionError", "{report:#}");
+    assert_eq!(report["swap_builds"], "PermissionError", "{report:#}");
     assert_eq!(report["mint_admin_token"], 401, "{report:#}");
     let tokens = agent.cli(&["tokens", "list", "--json"]).await;
     tokens.assert_code(0);
