@@ -45,6 +45,9 @@ pub struct Confinement {
     pub sandbox: Option<PathBuf>,
     /// Paths the sandbox covers up (`--hide`): the agent's state directory, engine sockets.
     pub hide: Vec<PathBuf>,
+    /// Containers only: the manifest's `user` (`uid[:gid]` or a name of the image's), which the
+    /// container runs as instead of `user`.
+    pub container_user: Option<String>,
     /// The private folder given as `HOME` and `TMPDIR`: made 0700 and owned by `user` before
     /// the process starts, and writable inside the sandbox.
     pub temp_dir: Option<PathBuf>,
@@ -117,6 +120,7 @@ impl Isolation {
                 _ => Vec::new(),
             },
             temp_dir: Some(temp_dir),
+            container_user: None,
         }
     }
 }

@@ -279,14 +279,14 @@ impl ContainerDriver {
         image: &str,
         env: &[(String, String)],
         command: &str,
-        user: Option<crate::AppUser>,
+        confinement: &crate::Confinement,
         mut on_line: impl FnMut(&str) + Send,
     ) -> Result<i32, ContainerError> {
         let request = run_once::RunOnce {
             image,
             env,
             command,
-            user,
+            confinement,
             owner: &self.config.owner,
             network: self.config.network.as_deref(),
             env_dir: &self.config.env_dir,
@@ -419,7 +419,7 @@ impl ContainerDriver {
         image_user: Option<&str>,
     ) -> Result<(), DriverError> {
         let path = self.env_path(container);
-        let run_as = create::run_as(spec.confinement.user, image_user);
+        let run_as = create::run_as(&spec.confinement, image_user);
         let reader = env_file::Reader::of_image_user(run_as.as_deref());
         env_file::write(&path, &spec.env, reader).map_err(|source| DriverError::Io {
             what: "cannot write the env file",

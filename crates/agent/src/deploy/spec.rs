@@ -274,9 +274,20 @@ pub async fn run_release_command(
         ));
         let mut tail: std::collections::VecDeque<String> = std::collections::VecDeque::new();
         let mut n_lines = 0usize;
-        let user = app_home(engine, &deployment.app, &deployment.environment)?.user;
+        // As its app's user, or as the manifest's `user` of the service whose image it is.
+        let confinement = driver::Confinement {
+            user: Some(app_home(engine, &deployment.app, &deployment.environment)?.user),
+            container_user: release
+                .resolved
+                .config
+                .services
+                .iter()
+                .find(|service| release.images.get(&service.name) == Some(image))
+                .and_then(|service| service.user.clone()),
+            ..driver::Confinement::default()
+        };
         let code = driver
-            .run_once(image, &env, command, Some(user), |line| {
+            .run_once(image, &env, command, &confinement, |line| {
                 n_lines += 1;
                 if n_lines <= MAX_OUTPUT_EVENTS {
                     engine.record(NewEvent::for_deployment(
@@ -684,6 +695,7 @@ pub fn instance_spec(
         // A container has its own file system and processes; it only needs a non-root user.
         driver::Confinement {
             user: Some(home.user),
+            container_user: service.user.clone(),
             ..driver::Confinement::default()
         }
     } else {

@@ -12,7 +12,7 @@ use bollard::models::{
 };
 
 use super::env_file;
-use crate::{AppUser, InstanceSpec};
+use crate::{Confinement, InstanceSpec};
 
 /// Every container the driver creates carries this label, with the driver's `owner` as value;
 /// `running()` and the tests' cleanup select by it.
@@ -67,12 +67,18 @@ pub(crate) fn entrypoint_and_cmd(
     Ok((entrypoint, cmd))
 }
 
-/// The user a container runs as: the app's own (`uid:gid`) when the image would run as root,
-/// else the image's non-root `USER`. `None` (the image's root) only when no app user is given.
-/// The engine's socket is never mounted into a container, so this user cannot reach the engine.
-pub(crate) fn run_as(app_user: Option<AppUser>, image_user: Option<&str>) -> Option<String> {
+/// The user a container runs as: the manifest's `user` when it says one; else the app's own
+/// (`uid:gid`) when the image would run as root; else the image's non-root `USER`. `None` (the
+/// image's root) only when no app user is given. The engine's socket is never mounted into a
+/// container, so this user cannot reach the engine.
+pub(crate) fn run_as(confinement: &Confinement, image_user: Option<&str>) -> Option<String> {
+    if let Some(user) = &confinement.container_user {
+        return Some(user.clone());
+    }
     match env_file::Reader::of_image_user(image_user) {
-        env_file::Reader::Root => app_user.map(|user| format!("{}:{}", user.uid, user.gid)),
+        env_file::Reader::Root => confinement
+            .user
+            .map(|user| format!("{}:{}", user.uid, user.gid)),
         env_file::Reader::Uid(_) | env_file::Reader::Named => image_user.map(str::to_owned),
     }
 }
@@ -88,7 +94,7 @@ pub(crate) fn instance_body(
 ) -> Result<ContainerCreateBody, String> {
     let (entrypoint, cmd) = entrypoint_and_cmd(&spec.command, image_config)?;
     let user = run_as(
-        spec.confinement.user,
+        &spec.confinement,
         image_config.and_then(|config| config.user.as_deref()),
     );
     let mut labels = HashMap::from([
@@ -145,7 +151,7 @@ fn insert_identity_labels(labels: &mut HashMap<String, String>, env: &[(String, 
 pub(crate) fn run_once_body(
     image: &str,
     command: &str,
-    user: Option<AppUser>,
+    confinement: &Confinement,
     env: &[(String, String)],
     image_config: Option<&ImageConfig>,
     owner: &str,
@@ -162,7 +168,10 @@ pub(crate) fn run_once_body(
         image: Some(image.to_owned()),
         entrypoint: Some(entrypoint),
         cmd: Some(cmd),
-        user: run_as(user, image_config.and_then(|config| config.user.as_deref())),
+        user: run_as(
+            confinement,
+            image_config.and_then(|config| config.user.as_deref()),
+        ),
         env: Some(Vec::new()),
         labels: Some(labels),
         host_config: Some(common_host_config(network, env_path)),

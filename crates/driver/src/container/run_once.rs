@@ -20,8 +20,8 @@ pub(crate) struct RunOnce<'a> {
     pub(crate) image: &'a str,
     pub(crate) env: &'a [(String, String)],
     pub(crate) command: &'a str,
-    /// Runs as this user when the image would run as root.
-    pub(crate) user: Option<crate::AppUser>,
+    /// Who the container runs as (see `create::run_as`).
+    pub(crate) confinement: &'a crate::Confinement,
     pub(crate) owner: &'a str,
     pub(crate) network: Option<&'a str>,
     pub(crate) env_dir: &'a std::path::Path,
@@ -51,7 +51,7 @@ pub(crate) async fn run(
     let body = create::run_once_body(
         request.image,
         request.command,
-        request.user,
+        request.confinement,
         request.env,
         image_config,
         request.owner,
@@ -60,7 +60,7 @@ pub(crate) async fn run(
     )
     .map_err(invalid)?;
     let run_as = create::run_as(
-        request.user,
+        request.confinement,
         image_config.and_then(|config| config.user.as_deref()),
     );
     let reader = env_file::Reader::of_image_user(run_as.as_deref());

@@ -162,7 +162,7 @@ fn one_off_containers_carry_app_environment_and_release_labels_but_no_secret() {
     let body = run_once_body(
         "sha256:abc",
         "migrate",
-        None,
+        &crate::Confinement::default(),
         &env,
         None,
         "rollway",
@@ -294,12 +294,31 @@ fn a_container_runs_as_the_app_user_unless_its_image_names_a_non_root_user() {
         uid: 61300,
         gid: 61300,
     });
-    assert_eq!(run_as(app, None).as_deref(), Some("61300:61300"));
-    assert_eq!(run_as(app, Some("root")).as_deref(), Some("61300:61300"));
-    assert_eq!(run_as(app, Some("0:0")).as_deref(), Some("61300:61300"));
-    assert_eq!(run_as(app, Some("1000")).as_deref(), Some("1000"));
-    assert_eq!(run_as(app, Some("app")).as_deref(), Some("app"));
-    assert_eq!(run_as(None, None), None);
+    let of = |user| crate::Confinement {
+        user,
+        ..crate::Confinement::default()
+    };
+    assert_eq!(run_as(&of(app), None).as_deref(), Some("61300:61300"));
+    assert_eq!(
+        run_as(&of(app), Some("root")).as_deref(),
+        Some("61300:61300")
+    );
+    assert_eq!(
+        run_as(&of(app), Some("0:0")).as_deref(),
+        Some("61300:61300")
+    );
+    assert_eq!(run_as(&of(app), Some("1000")).as_deref(), Some("1000"));
+    assert_eq!(run_as(&of(app), Some("app")).as_deref(), Some("app"));
+    assert_eq!(run_as(&of(None), None), None);
+    let manifest_says = crate::Confinement {
+        container_user: Some("0".to_owned()),
+        ..of(app)
+    };
+    assert_eq!(
+        run_as(&manifest_says, None).as_deref(),
+        Some("0"),
+        "the manifest wins"
+    );
     let mut with_user = spec(&[]);
     with_user.command = "exec app".into();
     with_user.confinement.user = app;

@@ -263,7 +263,7 @@ async fn run_once_streams_the_output_returns_the_exit_code_and_removes_the_conta
             &images.app_id,
             &env,
             r#"echo "$GREETING from once"; echo "$TOKEN" >&2; exit 3"#,
-            None,
+            &driver::Confinement::default(),
             |line| lines.push(line.to_owned()),
         )
         .await
@@ -276,9 +276,13 @@ async fn run_once_streams_the_output_returns_the_exit_code_and_removes_the_conta
     let mut quiet = Vec::new();
     let exit = setup
         .driver
-        .run_once(&images.app_id, &[], "true", None, |line| {
-            quiet.push(line.to_owned())
-        })
+        .run_once(
+            &images.app_id,
+            &[],
+            "true",
+            &driver::Confinement::default(),
+            |line| quiet.push(line.to_owned()),
+        )
         .await
         .expect("run once");
     assert_eq!((exit, quiet.len()), (0, 0));
@@ -290,7 +294,10 @@ async fn run_once_streams_the_output_returns_the_exit_code_and_removes_the_conta
             &images.app_id,
             &env,
             r#"while read key value; do [ "$key" = Uid: ] && echo "$value $GREETING"; done < /proc/self/status; true"#,
-            Some(APP_USER),
+            &driver::Confinement {
+                user: Some(APP_USER),
+                ..driver::Confinement::default()
+            },
             |line| uid.push(line.to_owned()),
         )
         .await
