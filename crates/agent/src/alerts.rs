@@ -22,24 +22,27 @@ pub const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What an alert says, or `None` for events that are not alerts.
+///
+/// One arm per alerting event kind: its prefix, then the event's own message. A new alert is one
+/// more arm (and a row in the tests).
 pub fn alert_text(event: &EventView) -> Option<String> {
     let scope = match (&event.app, &event.environment) {
         (Some(app), Some(env)) => format!("{app} in {env}"),
         _ => "rollway".to_owned(),
     };
-    let text = match event.kind.as_str() {
-        "deployment.finished" if event.message.starts_with("Failed") => {
-            format!("deploy failed: {}", event.message)
-        }
+    let prefix = match event.kind.as_str() {
+        "deployment.finished" if event.message.starts_with("Failed") => "deploy failed: ",
         "deployment.finished" if event.message.starts_with("RolledBack") => {
-            format!("rolled back automatically: {}", event.message)
+            "rolled back automatically: "
         }
-        "instance.unhealthy" => event.message.clone(),
-        "watch.error_rate" => format!("error rate above the bound: {}", event.message),
-        "backup.failed" => event.message.clone(),
+        "deployment.awaiting_approval" => "waiting for approval: ",
+        "instance.unhealthy" | "watch.all_unhealthy" | "backup.failed" => "",
+        "proxy.exited" | "proxy.restarted" | "proxy.restart_failed" => "",
+        "instance.recovered" | "watch.recovered" => "recovered: ",
+        "watch.error_rate" => "error rate above the bound: ",
         _ => return None,
     };
-    Some(format!("[rollway] {scope}: {text}"))
+    Some(format!("[rollway] {scope}: {prefix}{}", event.message))
 }
 
 /// Sends the alerts of events as they are published; one task for the agent's life.
@@ -54,37 +57,59 @@ pub async fn run(engine: Arc<Engine>, mut events: tokio::sync::mpsc::UnboundedRe
         let Some(text) = alert_text(&event) else {
             continue;
         };
-        let (Some(app), Some(env)) = (event.app.clone(), event.environment.clone()) else {
-            continue;
-        };
-        let Some(url) = webhook_url(&engine, &app, &env) else {
-            continue;
-        };
-        let http = http.clone();
-        let engine = engine.clone();
-        tokio::spawn(async move {
-            let body = serde_json::json!({ "text": text }).to_string();
-            match post_with_retries(&http, &url, body).await {
-                Ok(attempts) => {
-                    tracing::info!(message = "Alert sent.", kind = %event.kind, event = event.id, attempts)
+        // An app's event goes to its environment's webhook; an agent-wide one (the proxy) to every
+        // webhook an app on this agent has, once each.
+        let targets: Vec<(String, String, Secret)> =
+            match (event.app.clone(), event.environment.clone()) {
+                (Some(app), Some(env)) => webhook_url(&engine, &app, &env)
+                    .map(|url| vec![(app, env, url)])
+                    .unwrap_or_default(),
+                _ => every_webhook(&engine),
+            };
+        for (app, env, url) in targets {
+            let http = http.clone();
+            let engine = engine.clone();
+            let event = event.clone();
+            let text = text.clone();
+            tokio::spawn(async move {
+                let body = serde_json::json!({ "text": text }).to_string();
+                match post_with_retries(&http, &url, body).await {
+                    Ok(attempts) => {
+                        tracing::info!(message = "Alert sent.", kind = %event.kind, event = event.id, attempts)
+                    }
+                    Err(error) => {
+                        tracing::warn!(message = "Alert not delivered.", kind = %event.kind, event = event.id, %error);
+                        engine.record(crate::store::NewEvent {
+                            app: Some(app),
+                            environment: Some(env),
+                            deployment_id: event.deployment_id.clone(),
+                            kind: "alert.failed".to_owned(),
+                            message: format!(
+                                "the alert for event {} was not delivered: {error}",
+                                event.id
+                            ),
+                            data_json: "{}".to_owned(),
+                        });
+                    }
                 }
-                Err(error) => {
-                    tracing::warn!(message = "Alert not delivered.", kind = %event.kind, event = event.id, %error);
-                    engine.record(crate::store::NewEvent {
-                        app: Some(app),
-                        environment: Some(env),
-                        deployment_id: event.deployment_id.clone(),
-                        kind: "alert.failed".to_owned(),
-                        message: format!(
-                            "the alert for event {} was not delivered: {error}",
-                            event.id
-                        ),
-                        data_json: "{}".to_owned(),
-                    });
-                }
-            }
-        });
+            });
+        }
     }
+}
+
+/// Every (app, environment) with a webhook, each distinct URL once.
+fn every_webhook(engine: &Engine) -> Vec<(String, String, Secret)> {
+    let mut targets: Vec<(String, String, Secret)> = Vec::new();
+    for (app, env, _) in engine.store.apps().unwrap_or_default() {
+        if let Some(url) = webhook_url(engine, &app, &env)
+            && !targets
+                .iter()
+                .any(|(_, _, known)| known.expose() == url.expose())
+        {
+            targets.push((app, env, url));
+        }
+    }
+    targets
 }
 
 /// The webhook URL of (app, env): the current release names the secret holding it.
@@ -140,3 +165,6 @@ async fn post_with_retries(http: &HttpClient, url: &Secret, body: String) -> Res
     }
     Err(format!("{last_error} ({ATTEMPTS} attempts)"))
 }
+
+#[cfg(test)]
+mod tests;

@@ -2,11 +2,16 @@
 //! An artifact is stored only under the digest of its bytes, written atomically, and unpacked
 //! only into a fresh folder with every entry checked. Building (the manifest's `build` command)
 //! and pruning happen elsewhere; this module does not know releases.
+//!
+//! Artifacts are bounded (`ArtifactLimits`): a compressed size, an unpacked size, and an expansion
+//! ratio watched while unpacking, so a decompression bomb is refused before it fills the disk.
 
 use std::collections::HashSet;
 use std::fs;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use sha2::{Digest, Sha256};
 
@@ -14,6 +19,60 @@ use sha2::{Digest, Sha256};
 #[derive(Debug, Clone)]
 pub struct ArtifactStore {
     dir: PathBuf,
+    limits: ArtifactLimits,
+}
+
+/// How large an artifact may be. The agent reads them from its environment
+/// ([`ArtifactLimits::from_env`]); the defaults fit a web app with its dependencies vendored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArtifactLimits {
+    /// Bytes of the stored `tar+zstd` (`ROLLWAY_ARTIFACT_MAX_SIZE`, default 1 GiB).
+    pub max_compressed: u64,
+    /// Bytes of the unpacked tar stream, headers included (`ROLLWAY_ARTIFACT_MAX_UNPACKED`,
+    /// default 4 GiB).
+    pub max_unpacked: u64,
+    /// Most unpacked bytes per compressed byte (`ROLLWAY_ARTIFACT_MAX_RATIO`, default 200) once
+    /// past [`RATIO_FLOOR`]: source code and dependencies compress 3-20 times; a zstd bomb
+    /// thousands of times.
+    pub max_ratio: u64,
+}
+
+/// Below this many unpacked bytes the expansion ratio is not judged: a tiny artifact of text
+/// compresses well and is harmless.
+pub const RATIO_FLOOR: u64 = 64 * 1024 * 1024;
+
+impl Default for ArtifactLimits {
+    fn default() -> Self {
+        ArtifactLimits {
+            max_compressed: 1 << 30,
+            max_unpacked: 4 << 30,
+            max_ratio: 200,
+        }
+    }
+}
+
+impl ArtifactLimits {
+    /// The defaults, each overridden by its variable when that holds a whole number.
+    pub fn from_env() -> ArtifactLimits {
+        let read = |name: &str, default: u64| {
+            std::env::var(name)
+                .ok()
+                .and_then(|value| value.trim().parse::<u64>().ok())
+                .unwrap_or(default)
+        };
+        let defaults = ArtifactLimits::default();
+        ArtifactLimits {
+            max_compressed: read("ROLLWAY_ARTIFACT_MAX_SIZE", defaults.max_compressed),
+            max_unpacked: read("ROLLWAY_ARTIFACT_MAX_UNPACKED", defaults.max_unpacked),
+            max_ratio: read("ROLLWAY_ARTIFACT_MAX_RATIO", defaults.max_ratio),
+        }
+    }
+
+    /// Most unpacked bytes allowed for an artifact of `compressed` bytes.
+    fn unpacked_bound(&self, compressed: u64) -> u64 {
+        let by_ratio = compressed.saturating_mul(self.max_ratio).max(RATIO_FLOOR);
+        self.max_unpacked.min(by_ratio)
+    }
 }
 
 /// Why an artifact could not be stored or unpacked.
@@ -33,6 +92,22 @@ pub enum ArtifactError {
         entry: String,
         reason: &'static str,
     },
+    #[error(
+        "artifact of {size} bytes is larger than the agent's limit of {limit} bytes (`ROLLWAY_ARTIFACT_MAX_SIZE`); leave build output and data out with `.rollwayignore`"
+    )]
+    TooLarge { size: u64, limit: u64 },
+    #[error(
+        "artifact `{digest}` unpacks to more than {limit} bytes (the agent's limit, `ROLLWAY_ARTIFACT_MAX_UNPACKED`); leave build output and data out with `.rollwayignore`"
+    )]
+    UnpacksTooLarge { digest: String, limit: u64 },
+    #[error(
+        "artifact `{digest}` expands more than {ratio} times its {compressed} compressed bytes: refused as a decompression bomb (`ROLLWAY_ARTIFACT_MAX_RATIO` raises the bound)"
+    )]
+    ExpandsTooMuch {
+        digest: String,
+        compressed: u64,
+        ratio: u64,
+    },
     #[error("cannot {operation} `{path}`")]
     Io {
         operation: &'static str,
@@ -45,7 +120,26 @@ pub enum ArtifactError {
 impl ArtifactStore {
     /// A store rooted at `dir`; folders are created on the first `put`.
     pub fn new(dir: impl Into<PathBuf>) -> ArtifactStore {
-        ArtifactStore { dir: dir.into() }
+        ArtifactStore {
+            dir: dir.into(),
+            limits: ArtifactLimits::default(),
+        }
+    }
+
+    /// The same store, bounded by `limits`.
+    pub fn with_limits(mut self, limits: ArtifactLimits) -> ArtifactStore {
+        self.limits = limits;
+        self
+    }
+
+    pub fn limits(&self) -> ArtifactLimits {
+        self.limits
+    }
+
+    /// Removes what an interrupted `put` left (`.<digest>.<random>.tmp`); called at agent start,
+    /// before anything writes. Returns how many were removed.
+    pub fn clean_leftovers(&self) -> usize {
+        remove_hidden_with_suffix(&self.dir.join("sha256"), ".tmp")
     }
 
     /// Where artifact `digest` is (or would be) stored.
@@ -59,6 +153,13 @@ impl ArtifactStore {
     /// whole artifact or none. Storing a digest that is already there does nothing.
     pub fn put(&self, digest: &str, bytes: &[u8]) -> Result<(), ArtifactError> {
         let path = self.path(digest)?;
+        let size = bytes.len() as u64;
+        if size > self.limits.max_compressed {
+            return Err(ArtifactError::TooLarge {
+                size,
+                limit: self.limits.max_compressed,
+            });
+        }
         let actual = hex::encode(Sha256::digest(bytes));
         if actual != digest {
             return Err(ArtifactError::DigestMismatch {
@@ -118,7 +219,7 @@ impl ArtifactStore {
         fs::create_dir_all(&parent).map_err(io_error("create", &parent))?;
         let temporary = parent.join(format!(".{file_name}.{}.unpacking", random_suffix()));
         fs::create_dir(&temporary).map_err(io_error("create", &temporary))?;
-        let unpacked = unpack_into(digest, &path, &temporary)
+        let unpacked = unpack_into(digest, &path, &temporary, &self.limits)
             .and_then(|()| fs::rename(&temporary, dest).map_err(io_error("rename", &temporary)));
         if let Err(error) = unpacked {
             // Best effort: a leftover `.unpacking` folder is garbage, never mistaken for `dest`.
@@ -144,11 +245,106 @@ pub fn check_digest(digest: &str) -> Result<(), ArtifactError> {
     }
 }
 
-fn unpack_into(digest: &str, archive_path: &Path, dest: &Path) -> Result<(), ArtifactError> {
-    let read_error = io_error("read", archive_path);
+/// Removes the hidden entries (`.name…suffix`) of `dir`, files or folders; a missing `dir` has none.
+pub fn remove_hidden_with_suffix(dir: &Path, suffix: &str) -> usize {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if !(name.starts_with('.') && name.ends_with(suffix)) {
+            continue;
+        }
+        let path = entry.path();
+        let result = if entry.file_type().is_ok_and(|kind| kind.is_dir()) {
+            fs::remove_dir_all(&path)
+        } else {
+            fs::remove_file(&path)
+        };
+        match result {
+            Ok(()) => removed += 1,
+            Err(error) => {
+                tracing::warn!(message = "Cannot remove a leftover.", path = %path.display(), %error)
+            }
+        }
+    }
+    removed
+}
+
+/// Counts the bytes read through it and fails once they pass `limit`, so no single entry can
+/// write past the bound either.
+struct Bounded<R> {
+    inner: R,
+    read: Arc<AtomicU64>,
+    limit: u64,
+}
+
+impl<R: Read> Read for Bounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let total = self.read.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
+        if total > self.limit {
+            return Err(io::Error::other("the artifact unpacks past its bound"));
+        }
+        Ok(n)
+    }
+}
+
+fn unpack_into(
+    digest: &str,
+    archive_path: &Path,
+    dest: &Path,
+    limits: &ArtifactLimits,
+) -> Result<(), ArtifactError> {
     let file = fs::File::open(archive_path).map_err(io_error("open", archive_path))?;
+    let compressed = file
+        .metadata()
+        .map_err(io_error("read", archive_path))?
+        .len();
+    if compressed > limits.max_compressed {
+        return Err(ArtifactError::TooLarge {
+            size: compressed,
+            limit: limits.max_compressed,
+        });
+    }
+    let bound = limits.unpacked_bound(compressed);
+    let unpacked_bytes = Arc::new(AtomicU64::new(0));
+    // Any error once past the bound is the bound's doing, whatever tar made of it.
+    let past_bound = |error: ArtifactError| {
+        if unpacked_bytes.load(Ordering::Relaxed) <= bound {
+            error
+        } else if bound < limits.max_unpacked {
+            ArtifactError::ExpandsTooMuch {
+                digest: digest.to_owned(),
+                compressed,
+                ratio: limits.max_ratio,
+            }
+        } else {
+            ArtifactError::UnpacksTooLarge {
+                digest: digest.to_owned(),
+                limit: limits.max_unpacked,
+            }
+        }
+    };
     let decoder = zstd::Decoder::new(file).map_err(io_error("decompress", archive_path))?;
-    let mut archive = tar::Archive::new(decoder);
+    let bounded = Bounded {
+        inner: decoder,
+        read: unpacked_bytes.clone(),
+        limit: bound,
+    };
+    entries_into(digest, archive_path, bounded, dest).map_err(past_bound)
+}
+
+fn entries_into(
+    digest: &str,
+    archive_path: &Path,
+    stream: impl Read,
+    dest: &Path,
+) -> Result<(), ArtifactError> {
+    let read_error = io_error("read", archive_path);
+    let mut archive = tar::Archive::new(stream);
     archive.set_preserve_permissions(false);
     archive.set_preserve_mtime(false);
     archive.set_unpack_xattrs(false);

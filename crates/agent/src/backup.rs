@@ -204,7 +204,7 @@ pub async fn create(engine: &Arc<Engine>, request: Request<'_>) -> Result<Taken,
                 keep_sidecars_with_the_app(&database)
             })
             .await
-            .map_err(|error| error.to_string())??;
+            .map_err(|error| crate::report::chain(&error))??;
         }
         Target::Postgres { url } => {
             let args = vec![
@@ -233,7 +233,7 @@ pub async fn create(engine: &Arc<Engine>, request: Request<'_>) -> Result<Taken,
     engine
         .store
         .insert_backup(&record)
-        .map_err(|error| error.to_string())?;
+        .map_err(|error| crate::report::chain(&error))?;
     prune(engine, request.app, request.environment, request.keep);
     Ok(Taken::Backup(record))
 }
@@ -257,7 +257,7 @@ pub async fn restore(record: &BackupRecord, target: &Target) -> Result<String, S
                 keep_sidecars_with_the_app(&database)
             })
             .await
-            .map_err(|error| error.to_string())??;
+            .map_err(|error| crate::report::chain(&error))??;
             Ok(format!(
                 "restored `{shown}` from backup `{}` with SQLite's online backup",
                 record.id
@@ -300,7 +300,7 @@ pub async fn on_demand(
     let current = engine
         .store
         .current(app, env)
-        .map_err(|error| error.to_string())?
+        .map_err(|error| crate::report::chain(&error))?
         .ok_or_else(|| format!("`{app}` has no current release in `{env}`"))?;
     let release = crate::deploy::spec::load_release(engine, &key, current)?;
     let variable = release
@@ -331,7 +331,8 @@ pub async fn on_demand(
 }
 
 /// Restores `record` into the database of the current release: the app's instances are taken out
-/// of traffic first (requests wait in the proxy), the restore runs, traffic comes back.
+/// of traffic first (requests wait in the proxy), the live database is backed up, the restore
+/// runs, traffic comes back. Returns the steps taken.
 pub async fn restore_live(
     engine: &Arc<Engine>,
     record: &BackupRecord,
@@ -340,7 +341,7 @@ pub async fn restore_live(
     let current = engine
         .store
         .current(&key.0, &key.1)
-        .map_err(|error| error.to_string())?
+        .map_err(|error| crate::report::chain(&error))?
         .ok_or_else(|| format!("`{}` has no current release in `{}`", key.0, key.1))?;
     let release = crate::deploy::spec::load_release(engine, &key, current)?;
     let variable = release
@@ -369,14 +370,44 @@ pub async fn restore_live(
         engine
             .push_routes()
             .await
-            .map_err(|error| error.to_string())?;
+            .map_err(|error| crate::report::chain(&error))?;
         crate::deploy::spec::wait_gone_from_proxy(engine, &ids, Duration::from_secs(30)).await;
         steps.push(format!(
             "held new requests and drained {} instance(s)",
             ids.len()
         ));
     }
-    let result = restore(record, &target).await;
+    // The live database is backed up first, so a restore of the wrong backup can be undone.
+    // Nothing is pruned now: pruning could remove the very backup being restored.
+    let result = match create(
+        engine,
+        Request {
+            app: &key.0,
+            environment: &key.1,
+            release: Some(current),
+            deployment_id: None,
+            reason: BackupReason::Manual,
+            target: &target,
+            keep: usize::MAX,
+        },
+    )
+    .await
+    {
+        Ok(Taken::Backup(before)) => {
+            steps.push(format!(
+                "backed up the live database first as {} ({} bytes)",
+                before.id, before.size
+            ));
+            restore(record, &target).await
+        }
+        Ok(Taken::NothingYet(reason)) => {
+            steps.push(format!("no live database to back up first: {reason}"));
+            restore(record, &target).await
+        }
+        Err(reason) => Err(format!(
+            "the backup of the live database failed, so nothing was restored: {reason}"
+        )),
+    };
     if let Ok(done) = &result {
         steps.push(done.clone());
     }

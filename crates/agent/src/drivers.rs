@@ -37,7 +37,10 @@ impl Drivers {
                     .await
                     .map(Arc::new)
                     .map_err(|error| {
-                        format!("this release needs the container driver, but {error}")
+                        format!(
+                            "this release needs the container driver, but {}",
+                            crate::report::chain(&error)
+                        )
                     })
             })
             .await
@@ -66,12 +69,12 @@ impl Drivers {
             container
                 .start(spec)
                 .await
-                .map_err(|error| error.to_string())
+                .map_err(|error| crate::report::chain(&error))
         } else {
             self.process
                 .start(spec)
                 .await
-                .map_err(|error| error.to_string())
+                .map_err(|error| crate::report::chain(&error))
         }
     }
 
@@ -82,12 +85,12 @@ impl Drivers {
             container
                 .adopt(spec)
                 .await
-                .map_err(|error| error.to_string())
+                .map_err(|error| crate::report::chain(&error))
         } else {
             self.process
                 .adopt(spec)
                 .await
-                .map_err(|error| error.to_string())
+                .map_err(|error| crate::report::chain(&error))
         }
     }
 

@@ -3,6 +3,9 @@
 //!
 //! Invariant: the store is the source of truth; `Runtime` is rebuilt from it on start. The proxy
 //! only ever receives a whole desired state computed here (`desired_state`), never piecemeal edits.
+//! Invariant: deployments change routes and weights only through `change_routing`, which undoes a
+//! change the proxy refused, so the runtime view never keeps routing the proxy did not accept (the
+//! other writers are start-up, from the store, and a restore's traffic hold in `backup`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -280,6 +283,31 @@ impl Engine {
         let _ = tokio::time::timeout(at_most, self.signalled.notified()).await;
     }
 
+    /// Changes the routes and weights of `key` and sends the proxy the whole new state. When the
+    /// proxy does not take it, the change is undone: the runtime view never holds routing the
+    /// proxy refused, so one app's refused change cannot fail every later push of every app.
+    pub async fn change_routing(
+        &self,
+        key: &AppEnv,
+        edit: impl FnOnce(&mut Runtime),
+    ) -> Result<(), crate::proxy_link::LinkError> {
+        let _serial = self.proxy_push.lock().await;
+        let (routes, weights) = self.with_runtime(key, |runtime| {
+            let before = (runtime.routes.clone(), runtime.weights.clone());
+            edit(runtime);
+            before
+        });
+        let desired = self.desired_state();
+        let pushed = self.proxy.put_state(&desired).await;
+        if pushed.is_err() {
+            self.with_runtime(key, |runtime| {
+                runtime.routes = routes;
+                runtime.weights = weights;
+            });
+        }
+        pushed
+    }
+
     /// Sends the current desired state to the proxy.
     pub async fn push_routes(&self) -> Result<(), crate::proxy_link::LinkError> {
         let _serial = self.proxy_push.lock().await;
@@ -300,3 +328,6 @@ pub fn now_ms() -> i64 {
             i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
         })
 }
+
+#[cfg(test)]
+mod tests;

@@ -176,6 +176,24 @@ impl AppHome {
     }
 }
 
+/// Every app environment's `builds/` folder, for the start-up clean-up of interrupted unpacks.
+pub fn builds_dirs(apps_dir: &Path) -> Vec<PathBuf> {
+    let children = |dir: &Path| {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .map(|entry| entry.path())
+            .collect::<Vec<_>>()
+    };
+    children(apps_dir)
+        .iter()
+        .flat_map(|app| children(app))
+        .map(|environment| environment.join("builds"))
+        .filter(|builds| builds.is_dir())
+        .collect()
+}
+
 /// The uid a hash of app and environment points at (FNV-1a: stable across Rust versions).
 pub fn preferred_uid(app: &str, environment: &str) -> u32 {
     let mut hash: u32 = 0x811c_9dc5;

@@ -16,7 +16,9 @@ pub mod health;
 pub mod isolation;
 pub mod metrics;
 pub mod proxy_link;
+pub mod proxy_supervisor;
 pub mod recover;
+pub mod report;
 pub mod secrets;
 pub mod store;
 pub mod tokens;
@@ -131,11 +133,15 @@ pub async fn run(
         source,
     })?;
     let driver = Arc::new(ProcessDriver::new(paths.instances.clone()).map_err(dir_error)?);
-    let artifacts = ArtifactStore::new(state_dir.join("artifacts"));
-    let proxy = ProxyLink::new(state_dir.join("proxy"));
-    proxy
-        .ensure_running(&config.exe, config.proxy, config.proxy_metrics)
-        .await?;
+    let artifacts = ArtifactStore::new(state_dir.join("artifacts"))
+        .with_limits(artifact::ArtifactLimits::from_env());
+    let proxy = ProxyLink::new(state_dir.join("proxy"), config.proxy);
+    let proxy_command = proxy_link::ProxyCommand {
+        exe: config.exe.clone(),
+        listen: config.proxy,
+        metrics: config.proxy_metrics,
+    };
+    let proxy_addr = proxy.start(&proxy_command).await?;
 
     let listener = tokio::net::TcpListener::bind(config.api)
         .await
@@ -153,7 +159,7 @@ pub async fn run(
         store,
         drivers: drivers::Drivers::new(driver),
         proxy,
-        proxy_addr: config.proxy,
+        proxy_addr,
         artifacts,
         master_key,
         isolation: isolation.clone(),
@@ -169,6 +175,14 @@ pub async fn run(
     });
     tokio::spawn(alerts::run(engine.clone(), alerts_queue));
     recover::recover(&engine).await;
+    // A proxy still running from an older binary (the agent was upgraded) hands over to a new one,
+    // once the routes are known again (the upgrade gives the new proxy the whole desired state).
+    if engine.proxy.runs_other_binary().await
+        && let Err(error) = proxy_supervisor::upgrade(&engine, "the agent's binary changed").await
+    {
+        tracing::error!(message = "Cannot upgrade the proxy; the old one keeps serving.", error = %report::chain(&error));
+    }
+    tokio::spawn(proxy_supervisor::supervise(engine.clone()));
     tokio::spawn(expire_warm_instances(engine.clone()));
     tokio::spawn(scheduled_backups(engine.clone()));
     tokio::spawn(watch::health_loop(engine.clone()));
@@ -176,7 +190,7 @@ pub async fn run(
 
     let agent_file = LocalAgent {
         api: format!("http://{api_addr}"),
-        proxy: config.proxy.to_string(),
+        proxy: proxy_addr.to_string(),
         pid: std::process::id(),
     };
     write_private(
@@ -186,10 +200,10 @@ pub async fn run(
             .as_bytes(),
     )
     .map_err(dir_error)?;
-    tracing::info!(message = "Agent serving.", api = %api_addr, proxy = %config.proxy, state = %state_dir.display());
+    tracing::info!(message = "Agent serving.", api = %api_addr, proxy = %proxy_addr, state = %state_dir.display());
     on_started(Started {
         api: api_addr,
-        proxy: config.proxy,
+        proxy: proxy_addr,
         admin_token,
         master_key: master_key_origin,
         master_key_moved: loaded_key.moved,

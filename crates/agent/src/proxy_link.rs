@@ -1,12 +1,20 @@
 //! The agent's link to its proxy: a separate `rollway proxy` process, started by the agent if none
 //! answers on the control socket, and outliving the agent (as app instances do).
 //!
+//! The agent holds a duplicate of the proxy's data listeners (bound here, or taken from a running
+//! proxy through `proxy::handover`), so when the proxy dies the sockets stay open and connections
+//! wait in the backlog until the supervisor (`crate::proxy_supervisor`) has started the next one.
+//!
 //! The agent only ever sends the whole desired routing state; the proxy persists it before
 //! applying it, so a proxy restarted without the agent still serves the last known routes.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::ExitStatusExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use proxy::DesiredState;
@@ -20,102 +28,368 @@ pub enum LinkError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "cannot listen on `{addr}` for the apps: {source}; stop what listens there, or give the agent another address with `--proxy ADDR`"
+    )]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the proxy did not answer on `{socket}` within {seconds}s; see `{log}`")]
     NotReady {
         socket: String,
         seconds: u64,
         log: String,
     },
+    #[error("the proxy exited at start ({status}): {last_line}; see `{log}`")]
+    ExitedAtStart {
+        status: String,
+        last_line: String,
+        log: String,
+    },
     #[error("the proxy refused the routing update: {0}")]
     Control(String),
 }
 
-/// Where the proxy process keeps its files, and how to reach it.
+/// How the proxy process is doing, as its supervisor sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyHealth {
+    Serving,
+    /// It exited; a new one is being started.
+    Restarting,
+    /// It exited and could not be started again (the supervisor keeps trying).
+    Down,
+}
+
+/// What the supervisor knows of the proxy process.
+#[derive(Debug, Clone)]
+pub struct ProxyStatus {
+    pub health: ProxyHealth,
+    pub pid: Option<u32>,
+    pub listen: SocketAddr,
+    /// Restarts since this agent started.
+    pub restarts: u64,
+    /// How the last proxy process ended, when one did.
+    pub last_exit: Option<String>,
+    /// Whether this agent holds the data listeners (so a proxy restart refuses no connection).
+    pub holds_listeners: bool,
+}
+
+/// Where the proxy process keeps its files, how to reach it, and what this agent holds of it.
 #[derive(Clone)]
 pub struct ProxyLink {
     pub dir: PathBuf,
     pub socket: PathBuf,
     client: ControlClient,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    /// The data listeners, duplicated from the ones the proxy serves on: while the agent holds
+    /// them, a connection arriving while no proxy runs waits in the backlog. Set once at start.
+    listeners: OnceLock<Arc<Vec<OwnedFd>>>,
+    /// std Mutex: short reads and writes of the status, never held across an await.
+    status: Mutex<ProxyStatus>,
+    /// Exit statuses of proxies this agent started (it is their parent and reaps them), by pid.
+    /// std Mutex: inserts by the reaping threads, reads by the supervisor.
+    exits: Mutex<BTreeMap<u32, std::process::ExitStatus>>,
+    /// How proxies are started, set at start.
+    command: OnceLock<ProxyCommand>,
+    /// Held while a proxy is replaced on purpose (an upgrade), so the supervisor does not take the
+    /// old one's exit for a crash. tokio Mutex: held across the whole hand-over.
+    replacing: tokio::sync::Mutex<()>,
+}
+
+/// How a proxy process begins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Launch {
+    /// No proxy runs: a fresh one.
+    Fresh,
+    /// A hot restart: the new one takes over from the running one, which drains and exits.
+    Takeover,
+}
+
+/// How to start a proxy process.
+#[derive(Debug, Clone)]
+pub struct ProxyCommand {
+    pub exe: PathBuf,
+    pub listen: SocketAddr,
+    pub metrics: Option<SocketAddr>,
 }
 
 impl ProxyLink {
-    pub fn new(dir: PathBuf) -> ProxyLink {
+    pub fn new(dir: PathBuf, listen: SocketAddr) -> ProxyLink {
         let socket = dir.join(proxy::control_socket::SOCKET_FILE_NAME);
         ProxyLink {
             client: ControlClient::new(socket.clone()),
             dir,
             socket,
+            shared: Arc::new(Shared {
+                listeners: OnceLock::new(),
+                status: Mutex::new(ProxyStatus {
+                    health: ProxyHealth::Down,
+                    pid: None,
+                    listen,
+                    restarts: 0,
+                    last_exit: None,
+                    holds_listeners: false,
+                }),
+                exits: Mutex::new(BTreeMap::new()),
+                command: OnceLock::new(),
+                replacing: tokio::sync::Mutex::new(()),
+            }),
         }
     }
 
-    /// Reuses a proxy that answers, or starts `exe proxy --state DIR --listen ADDR` detached.
-    pub async fn ensure_running(
-        &self,
-        exe: &Path,
-        listen: SocketAddr,
-        metrics: Option<SocketAddr>,
-    ) -> Result<(), LinkError> {
-        if self.client.healthz().await.is_ok() {
-            return Ok(());
+    /// At agent start: adopts a proxy that answers (and takes a copy of its listeners), or binds the
+    /// data listeners here and starts a proxy on them. A taken address is an error, not a warning in
+    /// a log nobody reads. Returns the address the apps are served on.
+    pub async fn start(&self, command: &ProxyCommand) -> Result<SocketAddr, LinkError> {
+        let _ = self.shared.command.set(command.clone());
+        if let Ok(health) = self.client.healthz().await {
+            let listen = health.listen.unwrap_or(command.listen);
+            let path = self.dir.join(proxy::handover::LISTENERS_FILE_NAME);
+            let fetched = tokio::task::spawn_blocking(move || {
+                proxy::handover::fetch(&path, Duration::from_secs(2))
+            })
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|fetched| fetched);
+            match fetched {
+                Ok(fds) => {
+                    let _ = self.shared.listeners.set(Arc::new(fds));
+                }
+                Err(error) => tracing::warn!(
+                    message = "The running proxy did not hand over its listeners; a proxy crash will refuse connections until it is back.",
+                    %error
+                ),
+            }
+            self.set_status(|status| {
+                status.health = ProxyHealth::Serving;
+                status.pid = Some(health.pid);
+                status.listen = listen;
+            });
+            let _ = self.shared.command.set(ProxyCommand {
+                listen,
+                ..command.clone()
+            });
+            return Ok(listen);
         }
-        std::fs::create_dir_all(&self.dir).map_err(|source| LinkError::Spawn {
-            exe: exe.display().to_string(),
+        let listeners =
+            proxy::workers::DataListeners::bind(command.listen, proxy::workers::default_workers())
+                .map_err(|source| LinkError::Bind {
+                    addr: command.listen,
+                    source,
+                })?;
+        let listen = listeners.local_addr();
+        let fds = listeners.duplicate().map_err(|source| LinkError::Bind {
+            addr: command.listen,
             source,
         })?;
+        drop(listeners);
+        let _ = self.shared.listeners.set(Arc::new(fds));
+        self.set_status(|status| status.listen = listen);
+        let command = ProxyCommand {
+            listen,
+            ..command.clone()
+        };
+        let _ = self.shared.command.set(command.clone());
+        self.spawn(&command, Launch::Fresh).await?;
+        Ok(listen)
+    }
+
+    /// How proxies are started (set by `start`).
+    pub fn command(&self) -> Option<ProxyCommand> {
+        self.shared.command.get().cloned()
+    }
+
+    /// Whether the running proxy was started from another file than the agent's binary (an upgrade
+    /// installed since): compares `proxy::process::binary_identity` of both.
+    pub async fn runs_other_binary(&self) -> bool {
+        let Some(command) = self.command() else {
+            return false;
+        };
+        let ours = proxy::process::binary_identity(&command.exe);
+        match self.client.healthz().await {
+            Ok(health) => ours.is_some() && health.binary.is_some() && health.binary != ours,
+            Err(_) => false,
+        }
+    }
+
+    /// A hot restart: a new proxy of the agent's binary takes the listeners, the routing and the
+    /// counters over from the running one, which stops accepting, drains and exits. No connection is
+    /// refused meanwhile. Returns the new pid.
+    pub async fn upgrade(&self) -> Result<u32, LinkError> {
+        let command = self.command().ok_or_else(|| LinkError::Spawn {
+            exe: "rollway".to_owned(),
+            source: std::io::Error::other("the proxy was never started by this agent"),
+        })?;
+        let _replacing = self.shared.replacing.lock().await;
+        self.spawn(&command, Launch::Takeover).await
+    }
+
+    /// Taken by the supervisor before it acts on an exit: an upgrade in progress finishes first.
+    pub async fn wait_replacement(&self) {
+        let _ = self.shared.replacing.lock().await;
+    }
+
+    /// Starts a proxy process, detached (its own process group, no pipe to the agent: a kill -9 of the
+    /// agent leaves it serving), on the held listeners when there are any, and waits until it answers.
+    pub async fn spawn(&self, command: &ProxyCommand, launch: Launch) -> Result<u32, LinkError> {
+        let exe = command.exe.display().to_string();
+        let spawn_error = |source| LinkError::Spawn {
+            exe: exe.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&self.dir).map_err(spawn_error)?;
         let log_path = self.dir.join("proxy.log");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log_path)
-            .map_err(|source| LinkError::Spawn {
-                exe: exe.display().to_string(),
-                source,
-            })?;
-        let log_err = log.try_clone().map_err(|source| LinkError::Spawn {
-            exe: exe.display().to_string(),
-            source,
-        })?;
-        // Its own process group, no pipe to the agent: a kill -9 of the agent leaves it serving.
+            .map_err(spawn_error)?;
+        let log_err = log.try_clone().map_err(spawn_error)?;
         #[allow(
             clippy::disallowed_methods,
             reason = "the proxy is Rollway's own process, not an app instance"
         )]
-        let mut command = std::process::Command::new(exe);
-        command
+        let mut process = std::process::Command::new(&command.exe);
+        process
             .arg("proxy")
             .arg("--state")
             .arg(&self.dir)
             .arg("--listen")
-            .arg(listen.to_string())
-            .stdin(std::process::Stdio::null())
+            .arg(command.listen.to_string())
             .stdout(log)
             .stderr(log_err);
-        if let Some(metrics) = metrics {
-            command.arg("--metrics").arg(metrics.to_string());
+        if let Some(metrics) = command.metrics {
+            process.arg("--metrics").arg(metrics.to_string());
         }
-        std::os::unix::process::CommandExt::process_group(&mut command, 0);
-        let child = command.spawn().map_err(|source| LinkError::Spawn {
-            exe: exe.display().to_string(),
-            source,
-        })?;
-        // Reap it if it exits while this agent lives; otherwise it is adopted by init.
-        std::thread::spawn(move || {
-            let mut child = child;
-            let _ = child.wait();
-        });
+        if launch == Launch::Takeover {
+            process.arg("--takeover");
+        }
+        // The listeners cross on a socket pair that is the child's stdin: std places it at fd 0 in
+        // the child only, so no app instance started meanwhile can inherit a listener.
+        let handover = match self.shared.listeners.get() {
+            Some(fds) => {
+                let (ours, theirs) = UnixStream::pair().map_err(spawn_error)?;
+                process
+                    .arg("--listeners-on-stdin")
+                    .stdin(std::process::Stdio::from(OwnedFd::from(theirs)));
+                Some((ours, fds.clone()))
+            }
+            None => {
+                process.stdin(std::process::Stdio::null());
+                None
+            }
+        };
+        std::os::unix::process::CommandExt::process_group(&mut process, 0);
+        let mut child = process.spawn().map_err(spawn_error)?;
+        // The child has its end now; drop ours of it so a dead child is seen as a closed socket.
+        drop(process);
+        let pid = child.id();
+        if let Some((ours, fds)) = handover {
+            let borrowed: Vec<_> = fds.iter().map(AsFd::as_fd).collect();
+            if let Err(source) = proxy::handover::send(&ours, &borrowed) {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(spawn_error(source));
+            }
+        }
         let wait = Duration::from_secs(15);
         let deadline = tokio::time::Instant::now() + wait;
-        while tokio::time::Instant::now() < deadline {
-            if self.client.healthz().await.is_ok() {
-                return Ok(());
+        loop {
+            if let Ok(health) = self.client.healthz().await
+                && health.pid == pid
+            {
+                break;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(LinkError::ExitedAtStart {
+                    status: describe_exit(status),
+                    last_line: last_line(&log_path),
+                    log: log_path.display().to_string(),
+                });
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(LinkError::NotReady {
+                    socket: self.socket.display().to_string(),
+                    seconds: wait.as_secs(),
+                    log: log_path.display().to_string(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Err(LinkError::NotReady {
-            socket: self.socket.display().to_string(),
-            seconds: wait.as_secs(),
-            log: log_path.display().to_string(),
-        })
+        // Reap it when it exits while this agent lives (the supervisor reads the status); after
+        // the agent is gone it is adopted by init.
+        let shared = self.shared.clone();
+        std::thread::spawn(move || {
+            if let Ok(status) = child.wait()
+                && let Ok(mut exits) = shared.exits.lock()
+            {
+                exits.insert(pid, status);
+            }
+        });
+        self.set_status(|status| {
+            status.health = ProxyHealth::Serving;
+            status.pid = Some(pid);
+            status.holds_listeners = self.shared.listeners.get().is_some();
+        });
+        Ok(pid)
+    }
+
+    /// Waits until the proxy process `pid` has exited, and says how it ended when this agent is its
+    /// parent. Returns at once when it is already gone.
+    pub async fn wait_exit(&self, pid: u32) -> String {
+        match wait_for_exit(pid).await {
+            Ok(()) => {}
+            Err(error) => {
+                // No pidfd (an old kernel): ask the proxy itself, often.
+                tracing::debug!(message = "pidfd unavailable; polling the proxy.", %error);
+                loop {
+                    match self.client.healthz().await {
+                        Ok(health) if health.pid == pid => {}
+                        _ => break,
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        // The reaping thread may need a moment to record the status.
+        for _ in 0..20 {
+            if let Some(status) = self
+                .shared
+                .exits
+                .lock()
+                .ok()
+                .and_then(|mut exits| exits.remove(&pid))
+            {
+                return describe_exit(status);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        "exited (it was started by an earlier agent, so its exit status is unknown)".to_owned()
+    }
+
+    pub fn status(&self) -> ProxyStatus {
+        self.shared
+            .status
+            .lock()
+            .map(|status| status.clone())
+            .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
+    }
+
+    pub fn set_status(&self, edit: impl FnOnce(&mut ProxyStatus)) {
+        let mut status = self
+            .shared
+            .status
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        status.holds_listeners = self.shared.listeners.get().is_some();
+        edit(&mut status);
     }
 
     pub async fn put_state(&self, desired: &DesiredState) -> Result<(), LinkError> {
@@ -144,4 +418,57 @@ impl ProxyLink {
     pub fn client(&self) -> &ControlClient {
         &self.client
     }
+}
+
+/// Resolves when process `pid` has exited (a pidfd becomes readable then); works for processes this
+/// agent did not start, such as a proxy adopted after an agent restart.
+async fn wait_for_exit(pid: u32) -> std::io::Result<()> {
+    let raw = i32::try_from(pid).map_err(std::io::Error::other)?;
+    let pid = rustix::process::Pid::from_raw(raw)
+        .ok_or_else(|| std::io::Error::other("pid 0 is not a process"))?;
+    let pidfd = match rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::NONBLOCK) {
+        Ok(pidfd) => pidfd,
+        // Already gone.
+        Err(rustix::io::Errno::SRCH) => return Ok(()),
+        Err(errno) => return Err(errno.into()),
+    };
+    // The replacement (`register_with_interest`) is `unsafe`; the worry behind the deprecation is a
+    // `T` that does not own its descriptor, and an `OwnedFd` owns it for the `AsyncFd`'s whole life.
+    #[allow(
+        deprecated,
+        reason = "an OwnedFd upholds the I/O safety the deprecation is about"
+    )]
+    let pidfd = tokio::io::unix::AsyncFd::with_interest(pidfd, tokio::io::Interest::READABLE)?;
+    let _ready = pidfd.readable().await?;
+    Ok(())
+}
+
+fn describe_exit(status: std::process::ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(signal)) => format!("killed by signal {signal}"),
+        (None, None) => format!("ended ({status})"),
+    }
+}
+
+/// The last non-empty line of a log file, for an error message.
+fn last_line(path: &Path) -> String {
+    use std::io::{Read as _, Seek as _};
+    const TAIL: u64 = 4096;
+    std::fs::File::open(path)
+        .and_then(|mut file| {
+            let len = file.metadata()?.len();
+            file.seek(std::io::SeekFrom::Start(len.saturating_sub(TAIL)))?;
+            let mut bytes = Vec::new();
+            file.read_to_end(&mut bytes)?;
+            Ok(String::from_utf8_lossy(&bytes).into_owned())
+        })
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .rev()
+                .find(|line| !line.trim().is_empty())
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| "no output".to_owned())
 }

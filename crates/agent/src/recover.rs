@@ -1,6 +1,7 @@
 //! Start-up after any stop, clean or kill -9: rebuild the runtime view from the store, adopt the
 //! instances that still run (restart those that do not), give the proxy the routes again, and
-//! finish or undo every deployment that was in flight.
+//! finish or undo every deployment that was in flight. Temporary unpack folders and uploads a
+//! killed agent left are removed first.
 
 use std::sync::Arc;
 
@@ -11,12 +12,51 @@ use crate::engine::{AppEnv, Engine, InstancePhase, RuntimeInstance};
 use crate::store::NewEvent;
 
 pub async fn recover(engine: &Arc<Engine>) {
+    // Nothing unpacks yet: whatever temporary folder exists was left by a killed agent.
+    crate::deploy::prepare::clean_leftovers(engine);
     rebuild_runtime(engine);
     adopt_instances(engine).await;
     if let Err(error) = engine.push_routes().await {
         tracing::error!(message = "Cannot give the proxy its routes.", %error);
     }
     resume_deployments(engine).await;
+    remove_ghosts(engine).await;
+}
+
+/// Instances still `starting` with no deployment in flight for their app and environment are left
+/// over from a deploy that failed or was cut short: nothing will ever take them further.
+async fn remove_ghosts(engine: &Arc<Engine>) {
+    let in_flight: Vec<AppEnv> = engine
+        .store
+        .unfinished_deployments()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|deployment| (deployment.app, deployment.environment))
+        .collect();
+    let ghosts: Vec<(AppEnv, Vec<String>)> = engine
+        .runtimes
+        .lock()
+        .map(|runtimes| {
+            runtimes
+                .iter()
+                .filter(|(key, _)| !in_flight.contains(key))
+                .map(|(key, runtime)| {
+                    let ids = runtime
+                        .instances
+                        .iter()
+                        .filter(|(_, instance)| instance.phase == InstancePhase::Starting)
+                        .map(|(id, _)| id.clone())
+                        .collect::<Vec<_>>();
+                    (key.clone(), ids)
+                })
+                .filter(|(_, ids)| !ids.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    for (key, ids) in ghosts {
+        tracing::warn!(message = "Removing instances left starting by an earlier deploy.", app = %key.0, environment = %key.1, instances = ?ids);
+        spec::stop_instances(engine, &key, &ids).await;
+    }
 }
 
 fn rebuild_runtime(engine: &Arc<Engine>) {
@@ -133,7 +173,7 @@ async fn remove_release_containers(engine: &Arc<Engine>, deployment: &crate::sto
         Ok(driver) => driver
             .remove_run_once(&deployment.app, &deployment.environment)
             .await
-            .map_err(|error| error.to_string()),
+            .map_err(|error| crate::report::chain(&error)),
         Err(error) => Err(error),
     };
     if let Err(error) = removed {
@@ -158,17 +198,7 @@ async fn resume_deployments(engine: &Arc<Engine>) {
             Recovery::Undo => {
                 let data: DeploymentData =
                     serde_json::from_str(&deployment.data_json).unwrap_or_default();
-                let key: AppEnv = (deployment.app.clone(), deployment.environment.clone());
-                // Instances of the target that the store did not know yet are stopped by id too.
-                let mut data = data;
-                for (id, instance) in engine.runtime(&key).instances {
-                    if instance.release == deployment.to_release
-                        && instance.phase == InstancePhase::Starting
-                        && !data.started.contains(&id)
-                    {
-                        data.started.push(id);
-                    }
-                }
+                // Instances of the target the store did not know yet are stopped by `undo` too.
                 if current == State::Releasing {
                     remove_release_containers(engine, &deployment).await;
                 }

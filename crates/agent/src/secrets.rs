@@ -91,6 +91,13 @@ impl std::fmt::Debug for MasterKey {
 }
 
 impl MasterKey {
+    /// A new random key (tests, and [`master_key`] when it makes a key file).
+    pub fn generate() -> MasterKey {
+        MasterKey(Zeroizing::new(
+            XChaCha20Poly1305::generate_key(&mut OsRng).into(),
+        ))
+    }
+
     fn cipher(&self) -> XChaCha20Poly1305 {
         XChaCha20Poly1305::new((&*self.0).into())
     }
@@ -198,46 +205,109 @@ pub fn open_versions(
                 name: name.clone(),
                 version: *version,
             })?;
-        if sealed.nonce.len() != 24 {
-            return Err(SecretError::Decrypt {
-                name: name.clone(),
-                version: *version,
-            });
-        }
-        let nonce = XNonce::from_slice(&sealed.nonce);
-        let plain = Zeroizing::new(
-            cipher
-                .decrypt(
-                    nonce,
-                    Payload {
-                        msg: &sealed.ciphertext,
-                        aad: &associated_data(app, env, name, *version),
-                    },
-                )
-                .map_err(|_| SecretError::Decrypt {
-                    name: name.clone(),
-                    version: *version,
-                })?,
+        values.insert(
+            name.clone(),
+            open_sealed(&cipher, SecretName { app, env, name }, *version, &sealed)?,
         );
-        let text = String::from_utf8(plain.to_vec()).map_err(|_| SecretError::Decrypt {
-            name: name.clone(),
-            version: *version,
-        })?;
-        values.insert(name.clone(), Secret::new(text));
     }
     Ok(values)
 }
 
-/// Replaces every occurrence of a secret value in `text` with `***` (a second line of defence for
-/// app output shown through the API; values shorter than 4 characters are left, to keep text readable).
-pub fn scrub(text: &str, values: &[Secret]) -> String {
-    let mut out = text.to_owned();
-    for value in values {
-        if value.expose().len() >= 4 && out.contains(value.expose()) {
-            out = out.replace(value.expose(), "***");
-        }
+fn open_sealed(
+    cipher: &XChaCha20Poly1305,
+    target: SecretName<'_>,
+    version: u64,
+    sealed: &SealedSecret,
+) -> Result<Secret, SecretError> {
+    let SecretName { app, env, name } = target;
+    let decrypt_error = || SecretError::Decrypt {
+        name: name.to_owned(),
+        version,
+    };
+    if sealed.nonce.len() != 24 {
+        return Err(decrypt_error());
     }
-    out
+    let nonce = XNonce::from_slice(&sealed.nonce);
+    let plain = Zeroizing::new(
+        cipher
+            .decrypt(
+                nonce,
+                Payload {
+                    msg: &sealed.ciphertext,
+                    aad: &associated_data(app, env, name, version),
+                },
+            )
+            .map_err(|_| decrypt_error())?,
+    );
+    let text = String::from_utf8(plain.to_vec()).map_err(|_| decrypt_error())?;
+    Ok(Secret::new(text))
+}
+
+/// Hides secret values in text: every version of every secret of one app and environment (a
+/// rollback can bring any of them back), longest first, each replaced by `***`.
+///
+/// Every line of build, release and smoke output passes through one before it becomes an
+/// event, a log line or a file, and so does app output shown by the logs routes. It works on
+/// whole lines (its callers read line by line), so a value split across read chunks is still
+/// whole when scrubbed.
+pub struct Scrubber {
+    /// Invariant: no value shorter than `MIN_SCRUBBED`; sorted longest first, so a value that
+    /// contains another is replaced whole.
+    values: Vec<Secret>,
+}
+
+/// Shorter values are not scrubbed (the API refuses them as secrets), so that ordinary words
+/// are never shredded.
+pub const MIN_SCRUBBED: usize = 4;
+
+impl Scrubber {
+    /// Every version of every secret of (app, env), opened.
+    pub fn for_environment(
+        store: &Store,
+        key: &MasterKey,
+        app: &str,
+        env: &str,
+    ) -> Result<Scrubber, SecretError> {
+        let cipher = key.cipher();
+        let mut values = Vec::new();
+        for (name, version, sealed) in store.all_secret_versions(app, env)? {
+            let target = SecretName {
+                app,
+                env,
+                name: &name,
+            };
+            values.push(open_sealed(&cipher, target, version, &sealed)?);
+        }
+        Ok(Scrubber::new(values))
+    }
+
+    pub fn new(values: impl IntoIterator<Item = Secret>) -> Scrubber {
+        let mut values: Vec<Secret> = values
+            .into_iter()
+            .filter(|value| value.expose().chars().count() >= MIN_SCRUBBED)
+            .collect();
+        // Longest first; equal values next to each other for `dedup`.
+        values.sort_by(|a, b| (b.expose().len(), a.expose()).cmp(&(a.expose().len(), b.expose())));
+        values.dedup();
+        Scrubber { values }
+    }
+
+    /// `line` with every secret value replaced by `***`.
+    pub fn scrub<'a>(&self, line: &'a str) -> std::borrow::Cow<'a, str> {
+        let mut out = std::borrow::Cow::Borrowed(line);
+        for value in &self.values {
+            if out.contains(value.expose()) {
+                out = std::borrow::Cow::Owned(out.replace(value.expose(), "***"));
+            }
+        }
+        out
+    }
+}
+
+impl std::fmt::Debug for Scrubber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Scrubber({} values)", self.values.len())
+    }
 }
 
 #[cfg(test)]

@@ -19,7 +19,9 @@ pub enum Role {
     Viewer,
     /// Also deploys, rolls back, promotes and aborts.
     Deployer,
-    /// Also manages tokens, secrets, backups and locks.
+    /// Also approves deployments held at an approval gate (never one its own token started).
+    Approver,
+    /// Also manages tokens, secrets, backup restores and locks.
     Admin,
 }
 
@@ -35,12 +37,15 @@ pub struct TokenHash(String);
 /// The prefix of every token, so that secret scanners and humans recognise one.
 pub const TOKEN_PREFIX: &str = "rwy_";
 
-/// A string that is not one of `viewer`, `deployer` or `admin`.
+/// A string that is not one of `viewer`, `deployer`, `approver` or `admin`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown role `{0}`, expected `viewer`, `deployer` or `admin`")]
+#[error("unknown role `{0}`, expected `viewer`, `deployer`, `approver` or `admin`")]
 pub struct ParseRoleError(pub String);
 
 impl Role {
+    /// Every role, lowest first.
+    pub const ALL: [Role; 4] = [Role::Viewer, Role::Deployer, Role::Approver, Role::Admin];
+
     /// Whether a token with this role may do something that needs `needed`.
     pub fn allows(&self, needed: Role) -> bool {
         *self >= needed
@@ -50,6 +55,7 @@ impl Role {
         match self {
             Role::Viewer => "viewer",
             Role::Deployer => "deployer",
+            Role::Approver => "approver",
             Role::Admin => "admin",
         }
     }
@@ -68,6 +74,7 @@ impl FromStr for Role {
         match s {
             "viewer" => Ok(Role::Viewer),
             "deployer" => Ok(Role::Deployer),
+            "approver" => Ok(Role::Approver),
             "admin" => Ok(Role::Admin),
             other => Err(ParseRoleError(other.to_owned())),
         }

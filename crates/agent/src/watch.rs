@@ -1,11 +1,12 @@
 //! The continuous watch, outside deploys: active health checks on every routed instance for its
 //! whole life, and the current release's error rate over a sliding window.
 //!
-//! An instance that fails `unhealthy` checks in a row leaves routing (unless it is the last one
-//! serving) and comes back after `healthy` passes; both are events, the first one an alert. An
+//! An instance that fails `unhealthy` checks in a row leaves routing and comes back after `healthy`
+//! passes; both are events, the first one an alert. When every instance of a release's service
+//! fails, none leaves (fail open) and one alert says so. An
 //! error rate that crosses the bound is an alert, not a rollback: there is nothing newer to undo.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,9 +18,15 @@ use crate::store::NewEvent;
 pub const TICK: Duration = Duration::from_secs(1);
 
 /// Health checks of every ready instance, each at its service's interval.
+///
+/// Fail open, as Envoy's panic threshold does: when every instance of a release's service fails its
+/// checks, they all stay in routing (some of its paths may still work, and nothing else would answer)
+/// and an alert goes out; the failing ones leave routing only while others of the group pass.
 pub async fn health_loop(engine: Arc<Engine>) {
     // Consecutive results per instance: (passes, failures).
     let mut streaks: BTreeMap<String, (u32, u32)> = BTreeMap::new();
+    // Groups (app, env, release, service) currently failing open, so the alert goes out once.
+    let mut failing_open: BTreeSet<(AppEnv, u64, String)> = BTreeSet::new();
     loop {
         tokio::time::sleep(TICK).await;
         if engine.shutdown.is_cancelled() {
@@ -36,6 +43,7 @@ pub async fn health_loop(engine: Arc<Engine>) {
             })
             .unwrap_or_default();
         let mut seen = Vec::new();
+        let mut still_open = BTreeSet::new();
         for (key, runtime) in runtimes {
             // A deploy in flight runs its own health gate.
             if engine.store.lock(&key.0, &key.1).ok().flatten().is_some() {
@@ -47,6 +55,8 @@ pub async fn health_loop(engine: Arc<Engine>) {
             let Ok(release) = crate::deploy::spec::load_release(&engine, &key, current) else {
                 continue;
             };
+            // Each routed instance's verdict this tick, grouped by (release, service).
+            let mut groups: BTreeMap<(u64, String), Vec<Judged>> = BTreeMap::new();
             for (id, instance) in &runtime.instances {
                 if instance.phase != InstancePhase::Ready
                     || !runtime
@@ -76,41 +86,101 @@ pub async fn health_loop(engine: Arc<Engine>) {
                     (0, streak.1 + 1)
                 };
                 let (passes, failures) = *streak;
-                if !passed && failures == health.unhealthy && !instance.unhealthy {
-                    let others_healthy = runtime.instances.iter().any(|(other, candidate)| {
-                        other != id
-                            && candidate.phase == InstancePhase::Ready
-                            && !candidate.unhealthy
-                            && candidate.release == instance.release
+                // Out while failing; back once it passed `healthy` checks in a row.
+                let failing = if instance.unhealthy {
+                    passes < health.healthy
+                } else {
+                    failures >= health.unhealthy
+                };
+                groups
+                    .entry((instance.release, instance.service.clone()))
+                    .or_default()
+                    .push(Judged {
+                        id: id.clone(),
+                        out: instance.unhealthy,
+                        failing,
+                        failures,
                     });
-                    // The last one serving stays: a failing instance still beats none at all.
-                    let what = if others_healthy {
-                        set_unhealthy(&engine, &key, id, true);
-                        "taken out of traffic"
+            }
+            let mut changed = false;
+            for ((release_number, service), judged) in groups {
+                let group = (key.clone(), release_number, service.clone());
+                let all_failing = judged.iter().all(|instance| instance.failing);
+                if all_failing {
+                    still_open.insert(group.clone());
+                    if failing_open.insert(group) {
+                        record(
+                            &engine,
+                            &key,
+                            "watch.all_unhealthy",
+                            format!(
+                                "all {} instances of release {release_number} (service `{service}`) fail their health checks; they stay in traffic (fail open): nothing else could answer",
+                                judged.len()
+                            ),
+                        );
+                    }
+                } else if failing_open.remove(&group) {
+                    record(
+                        &engine,
+                        &key,
+                        "watch.recovered",
+                        format!(
+                            "release {release_number} (service `{service}`): some instances pass their health checks again"
+                        ),
+                    );
+                }
+                for instance in judged {
+                    let out = instance.failing && !all_failing;
+                    if out == instance.out {
+                        continue;
+                    }
+                    set_unhealthy(&engine, &key, &instance.id, out);
+                    changed = true;
+                    let (kind, message) = if out {
+                        (
+                            "instance.unhealthy",
+                            format!(
+                                "instance {} failed {} health checks in a row; taken out of traffic",
+                                instance.id, instance.failures
+                            ),
+                        )
+                    } else if instance.failing {
+                        (
+                            "instance.kept_in_traffic",
+                            format!(
+                                "instance {} fails its health checks but is back in traffic: every instance of release {release_number} fails (fail open)",
+                                instance.id
+                            ),
+                        )
                     } else {
-                        "kept in traffic: it is the last one serving"
+                        (
+                            "instance.recovered",
+                            format!(
+                                "instance {} passes its health checks again; back in traffic",
+                                instance.id
+                            ),
+                        )
                     };
-                    record(
-                        &engine,
-                        &key,
-                        "instance.unhealthy",
-                        format!("instance {id} failed {failures} health checks in a row; {what}"),
-                    );
-                    let _ = engine.push_routes().await;
-                } else if passed && instance.unhealthy && passes >= health.healthy {
-                    set_unhealthy(&engine, &key, id, false);
-                    record(
-                        &engine,
-                        &key,
-                        "instance.recovered",
-                        format!("instance {id} passes its health checks again; back in traffic"),
-                    );
-                    let _ = engine.push_routes().await;
+                    record(&engine, &key, kind, message);
                 }
             }
+            if changed {
+                let _ = engine.push_routes().await;
+            }
         }
+        failing_open.retain(|group| still_open.contains(group));
         streaks.retain(|id, _| seen.contains(id));
     }
+}
+
+/// One instance's health verdict in one tick.
+struct Judged {
+    id: String,
+    /// Out of routing before this tick.
+    out: bool,
+    /// Fails its checks (by the `unhealthy`/`healthy` streak rules).
+    failing: bool,
+    failures: u32,
 }
 
 fn set_unhealthy(engine: &Engine, key: &AppEnv, id: &str, unhealthy: bool) {

@@ -222,6 +222,11 @@ impl Client {
         decode(&path, &bytes)
     }
 
+    /// `POST /v1/proxy/upgrade`: the agent hands the listeners to a new proxy of its binary.
+    pub async fn upgrade_proxy(&self) -> Result<crate::wire::ProxyUpgradeView, ClientError> {
+        self.post("/v1/proxy/upgrade", &serde_json::json!({})).await
+    }
+
     pub async fn backups(&self, app: &str, env: &str) -> Result<Vec<BackupView>, ClientError> {
         self.get(&format!("/v1/apps/{app}/environments/{env}/backups"))
             .await

@@ -99,6 +99,13 @@ pub struct StatusView {
     /// Traffic share per release, in percent.
     pub weights: Vec<WeightView>,
     pub deployment: Option<DeploymentView>,
+    /// The proxy process that serves this agent's apps (absent from agents before it was added).
+    #[serde(default)]
+    pub proxy: Option<ProxyView>,
+    /// When the latest deployment's observation window ended without enough evidence: the agent's
+    /// words for it (the release took all traffic with no verdict either way).
+    #[serde(default)]
+    pub inconclusive: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,8 +114,90 @@ pub struct InstanceView {
     pub release: u64,
     pub service: String,
     pub port: u16,
-    /// `starting`, `healthy`, `unhealthy`, `serving`, `warm`, `draining`, `stopped`.
-    pub state: String,
+    pub state: InstanceState,
+}
+
+/// An instance's real state, as the agent, the driver and the proxy see it together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InstanceState {
+    /// Started, not yet through the health gate.
+    Starting,
+    /// Through the health gate, not (yet) given traffic.
+    Healthy,
+    /// Routed: its release has traffic and it passes its health checks.
+    Serving,
+    /// Taken out of routing by the health watch; back when it passes again.
+    OutOfTraffic,
+    /// Out of traffic, kept running so a rollback is one switch.
+    Warm,
+    /// Leaving routing: finishing the requests it has, taking no new ones.
+    Draining,
+    /// Its process exited and the driver is restarting it (or gave up).
+    Crashed,
+    /// Not running.
+    Stopped,
+}
+
+impl InstanceState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstanceState::Starting => "starting",
+            InstanceState::Healthy => "healthy",
+            InstanceState::Serving => "serving",
+            InstanceState::OutOfTraffic => "out_of_traffic",
+            InstanceState::Warm => "warm",
+            InstanceState::Draining => "draining",
+            InstanceState::Crashed => "crashed",
+            InstanceState::Stopped => "stopped",
+        }
+    }
+}
+
+impl std::fmt::Display for InstanceState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The proxy process, as the agent's supervisor sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProxyView {
+    pub state: ProxyState,
+    pub pid: Option<u32>,
+    /// Where it serves the apps.
+    pub listen: String,
+    /// Restarts since the agent started.
+    pub restarts: u64,
+    /// How the last proxy process ended, when one did.
+    pub last_exit: Option<String>,
+    /// Whether the agent holds the listening sockets, so a proxy restart refuses no connection.
+    pub holds_listeners: bool,
+}
+
+/// `POST /v1/proxy/upgrade`: which process served before and which serves now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProxyUpgradeView {
+    pub previous_pid: Option<u32>,
+    pub proxy: ProxyView,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProxyState {
+    Serving,
+    Restarting,
+    Down,
+}
+
+impl std::fmt::Display for ProxyState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ProxyState::Serving => "serving",
+            ProxyState::Restarting => "restarting",
+            ProxyState::Down => "down",
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

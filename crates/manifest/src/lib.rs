@@ -19,12 +19,12 @@ use std::path::Path;
 
 pub use diagnostic::{Diagnostic, Diagnostics, LocatedDiagnostic};
 pub use parity::{Difference, ParityReport};
-pub use resolve::{Environment, Reference, RequiredConfig, ResolvedManifest};
+pub use resolve::{Environment, Reference, RequiredConfig, ResolvedManifest, Warning};
 pub use schema::{
     Alerts, Analysis, App, BackupPolicy, Build, Config, Health, Release, Route, Schedule, Service,
     ServiceSource, Step, Strategy, StrategyKind, defaults,
 };
-pub use validate::RESERVED_ENV;
+pub use validate::{RESERVED_ENV, is_slug};
 
 /// The file name Rollway looks for in an app folder.
 pub const FILE_NAME: &str = "rollway.toml";

@@ -84,7 +84,59 @@ impl RequiredConfig {
     }
 }
 
+/// Something valid that will likely bite later: `rollway check` prints it, and a deploy goes on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Warning {
+    #[error(
+        "route `{service}` in `{environment}` answers every host, so no other app or environment can be routed beside it on the same agent; add `hosts = [\"{suggestion}\"]` under [routes.{service}] (or under [environments.{environment}])"
+    )]
+    AnyHost {
+        environment: String,
+        service: String,
+        suggestion: String,
+    },
+    #[error(
+        "alerts are off in `{environment}`: the webhook secret `{secret}` is not set; set it with `rollway secrets set {secret} --env {environment}`"
+    )]
+    WebhookSecretMissing { environment: String, secret: String },
+}
+
 impl ResolvedManifest {
+    /// What `check` warns about without asking an agent: routes that answer every host.
+    pub fn warnings(&self, app: &str) -> Vec<Warning> {
+        self.config
+            .routes
+            .iter()
+            .filter(|route| route.hosts.is_empty())
+            .map(|route| Warning::AnyHost {
+                environment: self.environment.clone(),
+                service: route.service.clone(),
+                suggestion: if self.environment == "development" {
+                    format!("{app}.localhost")
+                } else {
+                    format!("{app}-{}.localhost", self.environment)
+                },
+            })
+            .collect()
+    }
+
+    /// The secret naming the alerts webhook, when alerts are configured.
+    pub fn alerts_webhook(&self) -> Option<&str> {
+        self.config
+            .alerts
+            .as_ref()
+            .and_then(|alerts| alerts.webhook.as_deref())
+    }
+
+    /// Alerts that would vanish: the webhook's secret, when `is_set` says it is not set.
+    pub fn webhook_warning(&self, is_set: impl Fn(&str) -> bool) -> Option<Warning> {
+        let secret = self.alerts_webhook()?;
+        (!is_set(secret)).then(|| Warning::WebhookSecretMissing {
+            environment: self.environment.clone(),
+            secret: secret.to_owned(),
+        })
+    }
+
     /// Secrets listed for the environment plus every `${NAME}` the env values reference.
     pub fn required_config(&self) -> RequiredConfig {
         let mut found: Vec<Reference> = Vec::new();

@@ -139,7 +139,7 @@ pub fn template(project: &ProjectFiles, detected: &Detected) -> String {
         out.push_str(&format!("env = {{ {} }}\n", pairs.join(", ")));
     }
     out.push_str(
-        "\n\
+        &"\n\
          # Once per deploy, before any new instance starts (migrations). With `backup`, the database\n\
          # named by that variable is backed up first.\n\
          # [release]\n\
@@ -155,22 +155,26 @@ pub fn template(project: &ProjectFiles, detected: &Detected) -> String {
          max_error_rate = 0.01         # share of 5xx answers\n\
          # max_p99 = \"800ms\"\n\
          \n\
-         # Without [routes], the `web` service answers every host.\n\
-         # [routes.web]\n\
-         # hosts = [\"example.com\"]\n\
+         # Which requests reach `web`. Every app and environment on one agent needs its own host;\n\
+         # `*.localhost` names reach this machine from a browser, no DNS needed.\n\
+         [routes.web]\n\
+         hosts = [\"{name}.localhost\"]\n\
          \n\
          [env]                         # every environment\n\
          LOG_LEVEL = \"info\"\n\
          \n\
          [environments.development]\n\
          env = { LOG_LEVEL = \"debug\" }\n\
+         analysis = { observe = \"0s\" }   # no watch after the switch while developing\n\
          \n\
          [environments.production]\n\
+         routes = { web = { hosts = [\"{name}.example.com\"] } }   # your domain\n\
          # Secrets are set with `rollway secrets set NAME` and must exist before a deploy starts.\n\
          secrets = []\n\
          \n\
          # [alerts]\n\
-         # webhook = \"SLACK_WEBHOOK_URL\"   # the name of a secret holding the URL, never the URL\n",
+         # webhook = \"SLACK_WEBHOOK_URL\"   # the name of a secret holding the URL, never the URL\n"
+            .replace("{name}", &name),
     );
     out
 }

@@ -960,8 +960,9 @@ fn alerts(reader: &mut Reader, value: &Value<'_>) -> Option<Alerts> {
     Some(Alerts { webhook })
 }
 
-/// Lowercase letters, digits and `-`, starting with a letter, at most 63 characters.
-pub(crate) fn is_slug(name: &str) -> bool {
+/// Lowercase letters, digits and `-`, starting with a letter, at most 63 characters: the rule
+/// for app and environment names (the agent's API checks names in paths with it too).
+pub fn is_slug(name: &str) -> bool {
     name.len() <= 63
         && name.starts_with(|c: char| c.is_ascii_lowercase())
         && name

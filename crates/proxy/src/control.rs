@@ -336,6 +336,31 @@ impl Proxy {
         state.releases.get(release).map(|stats| stats.snapshot())
     }
 
+    /// Adds a predecessor's counters (a hot restart) to this proxy's, release by release; releases this
+    /// proxy does not route yet get their counters now, so they continue when they are routed.
+    pub fn carry_over_stats(&self, observed: &[crate::observed::ObservedReleaseStats]) {
+        let mut state = self.lock();
+        for release in observed {
+            let counts = release.counts();
+            let stats = if release.release.is_empty() {
+                self.inner.unrouted.clone()
+            } else {
+                let id = ReleaseId::new(release.release.as_str());
+                state
+                    .releases
+                    .entry(id.clone())
+                    .or_insert_with(|| Arc::new(ReleaseStats::new(id)))
+                    .clone()
+            };
+            stats.carry_over(
+                counts.requests,
+                &counts.errors,
+                &counts.latency_counts,
+                counts.latency_sum,
+            );
+        }
+    }
+
     /// The counters of every release, sorted by release, then the unrouted ones (release ``).
     pub fn all_stats(&self) -> Vec<ReleaseStatsSnapshot> {
         let mut snapshots: Vec<_> = self

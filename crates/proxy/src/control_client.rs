@@ -108,6 +108,12 @@ impl ControlClient {
         self.call(Method::GET, "/v1/stats", None).await
     }
 
+    /// Asks the proxy to retire in favour of a successor (a hot restart): it answers its counters, then
+    /// stops accepting, gives up its sockets and pid file, finishes what it has in flight and exits.
+    pub async fn retire(&self) -> Result<Vec<ObservedReleaseStats>, ControlClientError> {
+        self.call(Method::POST, "/v1/retire", None).await
+    }
+
     /// Succeeds when a proxy answers on the socket: its process id and where it serves.
     pub async fn healthz(&self) -> Result<Health, ControlClientError> {
         self.call(Method::GET, "/healthz", None).await

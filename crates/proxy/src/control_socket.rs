@@ -54,15 +54,23 @@ pub enum ControlRequestError {
     Save(#[source] RoutesFileError),
     #[error("saving the desired state did not finish")]
     SaveTask(#[source] tokio::task::JoinError),
+    #[error(
+        "this proxy retired in favour of a successor; send the state to the successor's socket"
+    )]
+    Retired,
 }
 
 /// The answer to `GET /healthz`: which process answers, and where it serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Health {
     pub pid: u32,
     /// The data listener's bound address (useful when it was given port 0).
     pub listen: Option<SocketAddr>,
     pub metrics: Option<SocketAddr>,
+    /// Which executable file this process runs (`process::binary_identity`), so the agent can tell a
+    /// proxy of an older binary and hand its sockets to a new one.
+    #[serde(default)]
+    pub binary: Option<String>,
 }
 
 /// Serves the control API on `listener` until `shutdown` is cancelled, then stops accepting and returns
@@ -73,11 +81,13 @@ pub async fn serve_control(
     routes_file: RoutesFile,
     health: Health,
     shutdown: CancellationToken,
+    retire: CancellationToken,
 ) -> io::Result<()> {
     let server = Arc::new(ControlServer {
         proxy,
         routes_file,
         health,
+        retire,
         apply: tokio::sync::Mutex::new(()),
     });
     let tracker = TaskTracker::new();
@@ -142,6 +152,7 @@ pub fn error_response(error: &ControlRequestError) -> Response<Full<Bytes>> {
         ControlRequestError::Apply(ApplyError::Control { .. }) => {
             (StatusCode::INTERNAL_SERVER_ERROR, "apply_failed")
         }
+        ControlRequestError::Retired => (StatusCode::CONFLICT, "retired"),
         ControlRequestError::Save(_) | ControlRequestError::SaveTask(_) => {
             (StatusCode::INTERNAL_SERVER_ERROR, "save_failed")
         }
@@ -171,6 +182,8 @@ struct ControlServer {
     proxy: Proxy,
     routes_file: RoutesFile,
     health: Health,
+    /// Cancelled by `POST /v1/retire`: the process hands over to a successor.
+    retire: CancellationToken,
     // tokio Mutex: held across the save (a blocking task) so that two PUTs save and apply in one order and
     // the file always holds the state applied last.
     apply: tokio::sync::Mutex<()>,
@@ -197,6 +210,22 @@ impl ControlServer {
                     .map(ObservedReleaseStats::from)
                     .collect();
                 Ok(json_response(StatusCode::OK, &stats))
+            }
+            (&Method::POST, "/v1/retire") => {
+                // No routing change may land here any more: it would be lost with this process.
+                let _serialised = self.apply.lock().await;
+                let stats: Vec<ObservedReleaseStats> = self
+                    .proxy
+                    .all_stats()
+                    .iter()
+                    .map(ObservedReleaseStats::from)
+                    .collect();
+                tracing::info!(message = "Retiring: a successor takes the listeners.");
+                self.retire.cancel();
+                Ok(json_response(StatusCode::OK, &stats))
+            }
+            (&Method::PUT, "/v1/state") if self.retire.is_cancelled() => {
+                Err(ControlRequestError::Retired)
             }
             (&Method::PUT, "/v1/state") => {
                 let body = Limited::new(request.into_body(), MAX_STATE_BYTES)

@@ -26,6 +26,7 @@ pub mod control_socket;
 mod desired;
 mod error;
 mod forward;
+pub mod handover;
 mod health;
 mod instance;
 pub mod metrics;

@@ -106,6 +106,53 @@ pub struct ObservedLatency {
     pub buckets: Vec<(u64, u64)>,
 }
 
+/// An `ObservedReleaseStats` as plain counts again, for `Proxy::carry_over_stats`.
+pub(crate) struct ObservedCounts {
+    pub requests: crate::stats::StatusClassCounts,
+    pub errors: Vec<(crate::error::ErrorKind, u64)>,
+    /// Per bucket, the overflow bucket last.
+    pub latency_counts: Vec<u64>,
+    pub latency_sum: std::time::Duration,
+}
+
+impl ObservedReleaseStats {
+    pub(crate) fn counts(&self) -> ObservedCounts {
+        let requests = crate::stats::StatusClassCounts {
+            informational: self.requests.informational,
+            success: self.requests.success,
+            redirection: self.requests.redirection,
+            client_error: self.requests.client_error,
+            server_error: self.requests.server_error,
+        };
+        let errors = crate::error::ErrorKind::ALL
+            .iter()
+            .map(|kind| (*kind, self.errors.get(kind.as_str()).copied().unwrap_or(0)))
+            .collect();
+        // A reading without this build's buckets (an older proxy) carries no latency at all rather
+        // than latencies in the wrong buckets.
+        let same_buckets = self.latency.buckets.len() == crate::stats::LATENCY_BUCKETS;
+        let mut latency_counts = Vec::with_capacity(crate::stats::LATENCY_BUCKETS + 1);
+        if same_buckets {
+            let mut below = 0;
+            for (_, cumulative) in &self.latency.buckets {
+                latency_counts.push(cumulative.saturating_sub(below));
+                below = (*cumulative).max(below);
+            }
+            latency_counts.push(self.latency.count.saturating_sub(below));
+        }
+        ObservedCounts {
+            requests,
+            errors,
+            latency_counts,
+            latency_sum: if same_buckets {
+                std::time::Duration::from_micros(self.latency.sum_us)
+            } else {
+                std::time::Duration::ZERO
+            },
+        }
+    }
+}
+
 impl ObservedState {
     /// Reads `proxy` now.
     pub fn read(proxy: &Proxy) -> ObservedState {
@@ -231,5 +278,60 @@ impl From<&ReleaseStatsSnapshot> for ObservedReleaseStats {
                     .collect(),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::error::ErrorKind;
+    use crate::routing::ReleaseId;
+    use crate::stats::ReleaseStats;
+
+    /// A hot restart carries counters over through their JSON form: the successor's counters read
+    /// exactly as the predecessor's did (in-flight requests stay with the predecessor).
+    #[test]
+    fn counters_carried_over_read_the_same() {
+        let before = ReleaseStats::new(ReleaseId::new("app/prod@1"));
+        for (status, millis) in [
+            (200, 1),
+            (200, 3),
+            (503, 40),
+            (301, 7),
+            (404, 2),
+            (200, 200_000),
+        ] {
+            before.record_response(status, Duration::from_millis(millis));
+        }
+        before.record_error(ErrorKind::ALL[0]);
+        before.in_flight_started();
+        let observed = ObservedReleaseStats::from(&before.snapshot());
+        let json = serde_json::to_string(&observed).expect("to JSON");
+        let observed: ObservedReleaseStats = serde_json::from_str(&json).expect("from JSON");
+
+        let after = ReleaseStats::new(ReleaseId::new("app/prod@1"));
+        let counts = observed.counts();
+        after.carry_over(
+            counts.requests,
+            &counts.errors,
+            &counts.latency_counts,
+            counts.latency_sum,
+        );
+        let mut expected = before.snapshot();
+        expected.in_flight = 0;
+        assert_eq!(after.snapshot(), expected);
+    }
+
+    #[test]
+    fn a_reading_without_buckets_carries_no_latency() {
+        let before = ReleaseStats::new(ReleaseId::new("r"));
+        before.record_response(200, Duration::from_millis(5));
+        let mut observed = ObservedReleaseStats::from(&before.snapshot());
+        observed.latency.buckets.clear();
+        let counts = observed.counts();
+        assert!(counts.latency_counts.is_empty());
+        assert_eq!(counts.requests.success, 1);
     }
 }

@@ -12,11 +12,13 @@
 //!   any way that matters (the agent starts it in its own process group); it keeps routing with its last
 //!   state, and the restarted agent puts its full desired state again, which changes nothing when nothing
 //!   changed.
-//! - The proxy stopping (SIGTERM): requests in flight finish within `shutdown_timeout`; new connections
-//!   are refused from the signal on (the gap a hot restart with socket hand-over would close; not built
-//!   yet). On its next start the routing comes back from `routes.json`, ready instances ready at once.
+//! - The proxy stopping (SIGTERM): requests in flight finish within `shutdown_timeout`. When it was
+//!   started on handed-over listeners (`ProcessConfig::listeners`, as the agent does), the sockets stay
+//!   open in their holder and new connections wait in the backlog for the next proxy; a proxy that bound
+//!   its own listeners refuses new connections from the signal on. On its next start the routing comes
+//!   back from `routes.json`, ready instances ready at once.
 //! - The proxy killed (-9) or the host rebooting: the routing, from `routes.json` (saved before each
-//!   change took effect). Lost: requests in flight, per-release counters (they restart at zero, so a reader
+//!   change took effect); with a holder of the listeners, no connection is refused meanwhile. Lost: requests in flight, per-release counters (they restart at zero, so a reader
 //!   must treat a smaller count as a restart), passive-health marks, and drains in progress (the leaving
 //!   instances are simply not in `routes.json`, so they get no new request). An instance that died
 //!   meanwhile is taken out by passive health on the first refused connection.
@@ -25,8 +27,10 @@
 use std::fs;
 use std::io::{self, Read, Seek, Write};
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, UnixListener};
@@ -49,6 +53,9 @@ pub const PID_FILE_NAME: &str = "proxy.pid";
 /// How long an existing socket gets to answer before it is taken for stale.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// How long a successor waits for a retiring proxy to give up its pid file.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(10);
+
 /// Everything one proxy process needs.
 #[derive(Debug, Clone)]
 pub struct ProcessConfig {
@@ -65,6 +72,13 @@ pub struct ProcessConfig {
     /// After SIGTERM (or `shutdown`): how long requests in flight get to finish before the process
     /// returns anyway.
     pub shutdown_timeout: Duration,
+    /// Data listeners handed over by the process that holds them (the agent, see `crate::handover`);
+    /// `None` binds `listen` here. One worker per listener.
+    pub listeners: Option<Arc<Vec<OwnedFd>>>,
+    /// A hot restart: take over from the proxy running on this state directory (its listeners when
+    /// none are given, then its counters, pid file and sockets once it retires). Without a running
+    /// proxy it is an ordinary start.
+    pub takeover: bool,
 }
 
 /// Why the proxy process could not start or stopped badly.
@@ -103,6 +117,14 @@ pub enum ProcessError {
         #[source]
         source: ApplyError,
     },
+    #[error("the running proxy (pid {pid}) did not retire")]
+    Takeover {
+        pid: u32,
+        #[source]
+        source: crate::control_client::ControlClientError,
+    },
+    #[error("the handed-over data listeners cannot be used")]
+    HandedOver(#[source] io::Error),
     #[error("cannot listen on `{addr}`")]
     Bind {
         addr: SocketAddr,
@@ -134,8 +156,12 @@ pub struct ProxyProcess {
     metrics: Option<(TcpListener, SocketAddr)>,
     control: UnixListener,
     socket: BoundSocket,
+    /// `listeners.sock`: gives out `handover_fds`, the data listeners, to whoever holds them next.
+    handover: UnixListener,
+    handover_socket: BoundSocket,
+    handover_fds: Arc<Vec<OwnedFd>>,
     routes_file: RoutesFile,
-    pid_file: PidFile,
+    pid_file: Option<PidFile>,
     sigterm: Signal,
     shutdown_timeout: Duration,
 }
@@ -156,6 +182,8 @@ impl ProcessConfig {
             config: ProxyConfig::default(),
             workers: crate::workers::default_workers(),
             shutdown_timeout: Duration::from_secs(30),
+            listeners: None,
+            takeover: false,
         }
     }
 }
@@ -175,8 +203,39 @@ impl ProxyProcess {
                 path: state_dir.clone(),
                 source,
             })?;
-        let mut pid_file = PidFile::lock(&state_dir)?;
         let socket_path = state_dir.join(SOCKET_FILE_NAME);
+        let mut listeners = config.listeners.clone();
+        let mut inherited_stats = Vec::new();
+        let mut pid_file =
+            if config.takeover {
+                let predecessor = ControlClient::new(&socket_path).with_timeout(PROBE_TIMEOUT * 5);
+                match predecessor.healthz().await {
+                    Ok(health) => {
+                        if listeners.is_none() {
+                            let path = state_dir.join(crate::handover::LISTENERS_FILE_NAME);
+                            let fds = crate::handover::fetch(&path, PROBE_TIMEOUT * 5)
+                                .map_err(ProcessError::HandedOver)?;
+                            listeners = Some(Arc::new(fds));
+                        }
+                        // From here the predecessor accepts nothing; connections wait in the shared
+                        // backlog until this process serves.
+                        inherited_stats = predecessor.retire().await.map_err(|source| {
+                            ProcessError::Takeover {
+                                pid: health.pid,
+                                source,
+                            }
+                        })?;
+                        tracing::info!(
+                            message = "Taking over from the running proxy.",
+                            predecessor = health.pid
+                        );
+                        PidFile::lock_when_released(&state_dir, TAKEOVER_WAIT).await?
+                    }
+                    Err(_) => PidFile::lock(&state_dir)?,
+                }
+            } else {
+                PidFile::lock(&state_dir)?
+            };
         remove_stale_socket(&state_dir, &socket_path).await?;
         // Registered before anything is served, so a SIGTERM from now on stops us gracefully.
         let sigterm = signal(SignalKind::terminate()).map_err(ProcessError::Signal)?;
@@ -198,22 +257,53 @@ impl ProxyProcess {
             );
         }
 
-        let data = DataListeners::bind(config.listen, config.workers).map_err(|source| {
-            ProcessError::Bind {
-                addr: config.listen,
-                source,
+        proxy.carry_over_stats(&inherited_stats);
+        let data = match &listeners {
+            Some(fds) => {
+                let duplicates = fds
+                    .iter()
+                    .map(OwnedFd::try_clone)
+                    .collect::<io::Result<Vec<_>>>()
+                    .map_err(ProcessError::HandedOver)?;
+                let data = DataListeners::from_fds(duplicates).map_err(ProcessError::HandedOver)?;
+                if config.listen.port() != 0 && data.local_addr() != config.listen {
+                    return Err(ProcessError::HandedOver(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!(
+                            "the listeners are on `{}`, not on `{}`",
+                            data.local_addr(),
+                            config.listen
+                        ),
+                    )));
+                }
+                data
             }
-        })?;
+            None => DataListeners::bind(config.listen, config.workers).map_err(|source| {
+                ProcessError::Bind {
+                    addr: config.listen,
+                    source,
+                }
+            })?,
+        };
         let data_addr = data.local_addr();
+        let handover_fds = Arc::new(data.duplicate().map_err(ProcessError::HandedOver)?);
         let metrics = match config.metrics {
             Some(addr) => {
-                let listener = bind_tcp(addr).await?;
+                // A retiring predecessor closes its metrics listener as it retires; give it a moment.
+                let wait = if config.takeover {
+                    TAKEOVER_WAIT
+                } else {
+                    Duration::ZERO
+                };
+                let listener = bind_tcp_retrying(addr, wait).await?;
                 let bound = local_addr(&listener, addr)?;
                 Some((listener, bound))
             }
             None => None,
         };
         let (control, socket) = bind_control(&socket_path)?;
+        let (handover, handover_socket) =
+            bind_control(&state_dir.join(crate::handover::LISTENERS_FILE_NAME))?;
         pid_file.write_pid()?;
         tracing::info!(
             message = "Proxy started.",
@@ -228,8 +318,11 @@ impl ProxyProcess {
             metrics,
             control,
             socket,
+            handover,
+            handover_socket,
+            handover_fds,
             routes_file,
-            pid_file,
+            pid_file: Some(pid_file),
             sigterm,
             shutdown_timeout: config.shutdown_timeout,
         })
@@ -259,7 +352,9 @@ impl ProxyProcess {
             pid: std::process::id(),
             listen: Some(self.data_addr),
             metrics: self.metrics_addr(),
+            binary: binary_identity(Path::new("/proc/self/exe")),
         };
+        let retire = CancellationToken::new();
         let data = crate::workers::serve(self.data, self.proxy.clone(), stop.clone()).map_err(
             |source| ProcessError::Serve {
                 server: "data listener",
@@ -274,21 +369,36 @@ impl ProxyProcess {
                 stop.clone(),
             ))
         });
+        let handover = tokio::spawn(crate::handover::serve(
+            self.handover,
+            self.handover_fds.clone(),
+            stop.clone(),
+        ));
         let control = tokio::spawn(serve_control(
             self.control,
             self.proxy.clone(),
             self.routes_file,
             health,
             stop.clone(),
+            retire.clone(),
         ));
 
         tokio::select! {
             () = shutdown.cancelled() => {}
             _ = self.sigterm.recv() => tracing::info!(message = "SIGTERM received; stopping."),
+            () = retire.cancelled() => {}
         }
         stop.cancel();
         // Gone from the file system at once, so the agent sees "no proxy" instead of a hanging connect.
         self.socket.remove();
+        self.handover_socket.remove();
+        if retire.is_cancelled() {
+            // The successor waits for this lock; it gets it now, not after our drain.
+            if let Some(pid_file) = self.pid_file.take() {
+                pid_file.remove();
+            }
+        }
+        let _ = join(handover, "hand-over socket", Duration::from_secs(1)).await;
 
         let mut result = Ok(());
         let control_result = join(control, "control socket", Duration::from_secs(5)).await;
@@ -320,7 +430,9 @@ impl ProxyProcess {
                 result = Err(error);
             }
         }
-        self.pid_file.remove();
+        if let Some(pid_file) = self.pid_file.take() {
+            pid_file.remove();
+        }
         tracing::info!(message = "Proxy stopped.");
         result
     }
@@ -348,6 +460,33 @@ struct PidFile {
 }
 
 impl PidFile {
+    /// Waits (bounded) for a retiring predecessor to give up the lock, then takes it.
+    async fn lock_when_released(state_dir: &Path, wait: Duration) -> Result<PidFile, ProcessError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match PidFile::lock(state_dir) {
+                Err(ProcessError::AlreadyRunning { .. })
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                // Opened just before the predecessor removed it: the lock is on a file nobody sees.
+                Ok(pid_file) if !pid_file.is_at_path() => {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Whether the locked file is still the one at the path.
+    fn is_at_path(&self) -> bool {
+        match (self.file.metadata(), fs::metadata(&self.path)) {
+            (Ok(ours), Ok(at_path)) => ours.ino() == at_path.ino() && ours.dev() == at_path.dev(),
+            _ => false,
+        }
+    }
+
     fn lock(state_dir: &Path) -> Result<PidFile, ProcessError> {
         let path = state_dir.join(PID_FILE_NAME);
         let pid_error = |source| ProcessError::PidFile {
@@ -471,10 +610,20 @@ fn bind_control(socket_path: &Path) -> Result<(UnixListener, BoundSocket), Proce
     }
 }
 
-async fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, ProcessError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| ProcessError::Bind { addr, source })
+async fn bind_tcp_retrying(addr: SocketAddr, wait: Duration) -> Result<TcpListener, ProcessError> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match TcpListener::bind(addr).await {
+            Ok(listener) => return Ok(listener),
+            Err(error)
+                if error.kind() == io::ErrorKind::AddrInUse
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(source) => return Err(ProcessError::Bind { addr, source }),
+        }
+    }
 }
 
 fn local_addr(listener: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, ProcessError> {
@@ -499,4 +648,18 @@ async fn join(
         })),
         Err(_elapsed) => None,
     }
+}
+
+/// Names the executable file behind `path` (device, inode, size, modification time): a new build
+/// installed over the old one is a new file, while a running process keeps naming the one it started
+/// from (`/proc/self/exe` of a replaced binary still points at the old inode).
+pub fn binary_identity(path: &Path) -> Option<String> {
+    let metadata = fs::metadata(path).ok()?;
+    Some(format!(
+        "{}:{}:{}:{}",
+        metadata.dev(),
+        metadata.ino(),
+        metadata.size(),
+        metadata.mtime()
+    ))
 }

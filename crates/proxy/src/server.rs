@@ -7,7 +7,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -187,11 +187,38 @@ impl Connection {
             scheme: self.scheme,
             tracker: self.tracker.clone(),
         });
-        let service = service_fn(move |request: Request<Incoming>| {
-            // Counted here, synchronously, so the IO wrapper sees the request before it next reads.
-            let active = activity.start();
-            forward::handle(request, Arc::clone(&context), active)
-        });
+        // Set when the process stops accepting: every HTTP/1 answer from then on says
+        // `connection: close`, so a keep-alive client opens its next connection to the successor
+        // instead of racing a close (`drain` below).
+        let closing = Arc::new(AtomicBool::new(false));
+        let seen_http2 = Arc::new(AtomicBool::new(false));
+        let service = {
+            let closing = Arc::clone(&closing);
+            let seen_http2 = Arc::clone(&seen_http2);
+            service_fn(move |request: Request<Incoming>| {
+                // Counted here, synchronously, so the IO wrapper sees the request before it next reads.
+                let active = activity.start();
+                let http1 = request.version() < hyper::Version::HTTP_2;
+                if !http1 {
+                    seen_http2.store(true, Ordering::Relaxed);
+                }
+                let closing = Arc::clone(&closing);
+                let answer = forward::handle(request, Arc::clone(&context), active);
+                async move {
+                    let mut response = answer.await?;
+                    if http1
+                        && closing.load(Ordering::Relaxed)
+                        && response.status() != hyper::StatusCode::SWITCHING_PROTOCOLS
+                    {
+                        response.headers_mut().insert(
+                            hyper::header::CONNECTION,
+                            hyper::header::HeaderValue::from_static("close"),
+                        );
+                    }
+                    Ok::<_, std::convert::Infallible>(response)
+                }
+            })
+        };
         let connection = self
             .builder
             .serve_connection_with_upgrades(TokioIo::new(io), service);
@@ -203,12 +230,32 @@ impl Connection {
                 }
             }
             () = self.shutdown.cancelled() => {
+                closing.store(true, Ordering::Relaxed);
+                // HTTP/2 has GOAWAY, which clients retry safely. An HTTP/1 connection gets its next
+                // answer with `connection: close`; only one that stays idle through the grace is
+                // closed under the client, as hyper's graceful shutdown does at once.
+                if !seen_http2.load(Ordering::Relaxed) {
+                    tokio::select! {
+                        result = connection.as_mut() => {
+                            if let Err(error) = result {
+                                tracing::debug!(message = "Connection ended with an error.", %error, client = %self.client_addr);
+                            }
+                            return;
+                        }
+                        () = tokio::time::sleep(HTTP1_DRAIN_GRACE) => {}
+                    }
+                }
                 connection.as_mut().graceful_shutdown();
                 let _ = connection.await;
             }
         }
     }
 }
+
+/// How long an HTTP/1 keep-alive connection may stay idle after the process stopped accepting before
+/// it is closed: a client sending meanwhile is answered (with `connection: close`) instead of finding
+/// the connection closed under it.
+const HTTP1_DRAIN_GRACE: Duration = Duration::from_secs(2);
 
 /// The downstream socket with the two timers a silent client needs: a header-read timeout (answered 408
 /// when part of a request head arrived, closed silently when nothing did) and an idle timeout between

@@ -135,6 +135,37 @@ impl ReleaseStats {
         }
     }
 
+    /// Adds counts a predecessor process recorded for this release (a hot restart), so a reader sees
+    /// the counters continue instead of starting again at zero. `latency_counts` are per bucket (not
+    /// cumulative), the overflow bucket last; `in_flight` is not carried: those requests stay with the
+    /// predecessor, which finishes them.
+    pub fn carry_over(
+        &self,
+        requests: StatusClassCounts,
+        errors: &[(ErrorKind, u64)],
+        latency_counts: &[u64],
+        latency_sum: Duration,
+    ) {
+        let classes = [
+            requests.informational,
+            requests.success,
+            requests.redirection,
+            requests.client_error,
+            requests.server_error,
+        ];
+        for (counter, count) in self.by_class.iter().zip(classes) {
+            counter.fetch_add(count, Ordering::Relaxed);
+        }
+        for (kind, count) in errors {
+            self.errors[kind.index()].fetch_add(*count, Ordering::Relaxed);
+        }
+        for (bucket, count) in self.latency_buckets.iter().zip(latency_counts) {
+            bucket.fetch_add(*count, Ordering::Relaxed);
+        }
+        let micros = u64::try_from(latency_sum.as_micros()).unwrap_or(u64::MAX);
+        self.latency_sum_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
     fn record_latency(&self, latency: Duration) {
         let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
         self.latency_buckets[bucket_index(micros)].fetch_add(1, Ordering::Relaxed);

@@ -10,6 +10,7 @@
 use std::cell::Cell;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::OnceLock;
 use std::thread;
 
@@ -82,8 +83,69 @@ impl DataListeners {
         })
     }
 
+    /// Listeners handed over by another process (`crate::handover`): every descriptor must be a
+    /// listening TCP socket, all on one address.
+    pub fn from_fds(fds: Vec<OwnedFd>) -> io::Result<DataListeners> {
+        let mut listeners = Vec::with_capacity(fds.len());
+        let mut local_addr = None;
+        for fd in fds {
+            let accepting = rustix::net::sockopt::socket_acceptconn(&fd).unwrap_or(false);
+            let listener = std::net::TcpListener::from(fd);
+            let addr = listener.local_addr().map_err(|error| {
+                io::Error::new(
+                    error.kind(),
+                    format!("a handed-over descriptor is not a TCP socket: {error}"),
+                )
+            })?;
+            if !accepting {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("the handed-over socket on `{addr}` is not listening"),
+                ));
+            }
+            match local_addr {
+                None => local_addr = Some(addr),
+                Some(first) if first != addr => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!(
+                            "handed-over listeners are on `{first}` and `{addr}`, not one address"
+                        ),
+                    ));
+                }
+                Some(_) => {}
+            }
+            listener.set_nonblocking(true)?;
+            listeners.push(listener);
+        }
+        let local_addr = local_addr.ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "no listener was handed over")
+        })?;
+        Ok(DataListeners {
+            listeners,
+            local_addr,
+        })
+    }
+
+    /// Duplicates of the listening sockets, to hand over or to hold while a proxy restarts.
+    pub fn duplicate(&self) -> io::Result<Vec<OwnedFd>> {
+        self.listeners
+            .iter()
+            .map(|listener| listener.as_fd().try_clone_to_owned())
+            .collect()
+    }
+
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// How many sockets (and so workers) there are.
+    pub fn len(&self) -> usize {
+        self.listeners.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.listeners.is_empty()
     }
 }
 

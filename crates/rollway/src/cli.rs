@@ -92,7 +92,7 @@ pub enum Command {
     Tokens(TokensCommand),
     /// Run the agent in the foreground.
     Agent(AgentRunArgs),
-    /// Run the proxy in the foreground (the agent starts it; you rarely need this).
+    /// Run the proxy in the foreground (the agent starts it; you rarely need this), or `upgrade` it.
     Proxy(ProxyRunArgs),
     /// Confine this process with Landlock, then run the command (how a non-root agent starts
     /// apps; not for people).
@@ -182,10 +182,14 @@ pub enum BackupsCommand {
     List,
     /// Back up the current release's database now.
     Create,
-    /// Restore a backup into the current release's database (traffic is held meanwhile).
+    /// Restore a backup into the current release's database (admin; traffic is held meanwhile,
+    /// and the live database is backed up first).
     Restore {
         /// The backup's id, as `rollway backups` lists it.
         id: String,
+        /// Restore without asking (needed when stdin is not a terminal).
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -223,7 +227,7 @@ pub enum SecretsCommand {
 pub enum TokensCommand {
     /// Create a token; its value is shown once.
     Create {
-        #[arg(long, value_parser = ["viewer", "deployer", "admin"])]
+        #[arg(long, value_parser = ["viewer", "deployer", "approver", "admin"])]
         role: String,
         /// A name saying who or what uses it (`ci`, `alice`).
         #[arg(long)]
@@ -270,16 +274,40 @@ pub struct AgentRunArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct ProxyRunArgs {
+    #[command(subcommand)]
+    pub action: Option<ProxyAction>,
     /// The proxy's state directory (routes.json, control socket).
-    #[arg(long)]
-    pub state: PathBuf,
+    #[arg(long, required = true)]
+    pub state: Option<PathBuf>,
     /// Address to serve the apps on.
+    #[arg(long, required = true)]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Take over from the proxy running on `--state` (a hot restart): its listeners, counters and
+    /// sockets; it finishes what it has in flight and exits.
     #[arg(long)]
-    pub listen: std::net::SocketAddr,
+    pub takeover: bool,
     /// Where to serve `/metrics` (Prometheus text), if anywhere.
     #[arg(long)]
     pub metrics: Option<std::net::SocketAddr>,
+    /// Take the data listeners from the Unix socket on stdin instead of binding `--listen` (the agent
+    /// holds them, so they outlive this process).
+    #[arg(long, hide = true)]
+    pub listeners_on_stdin: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProxyAction {
+    /// Hand the listening sockets to a new proxy of the agent's binary and drain the old one: no
+    /// connection is refused and no request in flight is cut (admin).
+    Upgrade {
+        /// Print the result as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        agent: AgentArgs,
+    },
 }
 
 #[derive(Debug, Args)]

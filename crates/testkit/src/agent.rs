@@ -104,8 +104,12 @@ pub struct TestApp {
     approval: BTreeSet<String>,
     /// `[alerts] webhook`: the name of the secret holding the URL.
     alerts_webhook: Option<String>,
-    /// `[routes.web] hosts`; empty: no `[routes]` (the proxy's catch-all, one app per agent).
-    hosts: Vec<String>,
+    /// `[routes.web] hosts`; `None`: no `[routes]` (the web service answers every host).
+    hosts: Option<Vec<String>>,
+    /// Environment name → its own `routes.web.hosts` (`[environments.E] routes`).
+    env_hosts: BTreeMap<String, Vec<String>>,
+    /// A `worker` service (no route, no health check) running the same program as `web`.
+    worker: bool,
 }
 
 /// One HTTP answer: status and body (lossy UTF-8).
@@ -235,6 +239,14 @@ impl TestAgent {
     pub async fn restart_with_env(&mut self, extra_env: &[(&str, &str)]) {
         self.kill9().await;
         self.spawn(extra_env).await;
+    }
+
+    /// Kills the agent and starts it again from another `rollway` binary (an upgrade installed), on the
+    /// same state directory and ports. CLI commands use that binary from now on too.
+    pub async fn restart_with_binary(&mut self, rollway: &Path) {
+        self.kill9().await;
+        self.rollway = rollway.to_owned();
+        self.spawn(&[]).await;
     }
 
     /// `rollway ARGS --agent URL` with the admin token (given through the environment, never argv).
@@ -619,13 +631,30 @@ impl TestApp {
             smoke: None,
             approval: BTreeSet::new(),
             alerts_webhook: None,
-            hosts: Vec::new(),
+            hosts: None,
+            env_hosts: BTreeMap::new(),
+            worker: false,
         }
     }
 
-    /// `[routes.web] hosts = [HOST]`, so several apps can share one agent's proxy.
-    pub fn host(mut self, host: impl Into<String>) -> TestApp {
-        self.hosts.push(host.into());
+    /// Adds a `worker` service: no route, no health check, the demo app's program.
+    pub fn worker(mut self) -> TestApp {
+        self.worker = true;
+        self
+    }
+
+    /// `[routes.web] hosts = HOSTS`.
+    pub fn hosts(mut self, hosts: &[&str]) -> TestApp {
+        self.hosts = Some(hosts.iter().map(|host| (*host).to_owned()).collect());
+        self
+    }
+
+    /// `[environments.ENV] routes = { web = { hosts = HOSTS } }` (declares `env`).
+    pub fn env_hosts(mut self, env: &str, hosts: &[&str]) -> TestApp {
+        self.env_hosts.insert(
+            env.to_owned(),
+            hosts.iter().map(|host| (*host).to_owned()).collect(),
+        );
         self
     }
 
@@ -853,9 +882,6 @@ VERSION = {version:?}
         if let Some(smoke) = &self.smoke {
             text.push_str(&format!("smoke = {smoke:?}\n"));
         }
-        if !self.hosts.is_empty() {
-            text.push_str(&format!("\n[routes.web]\nhosts = {:?}\n", self.hosts));
-        }
         if let Some(webhook) = &self.alerts_webhook {
             text.push_str(&format!("\n[alerts]\nwebhook = {webhook:?}\n"));
         }
@@ -865,9 +891,29 @@ VERSION = {version:?}
                 text.push_str(&format!("{name} = {on}\n"));
             }
         }
-        let envs: BTreeSet<&String> = self.secrets.keys().chain(&self.approval).collect();
+        if self.worker {
+            let run = self
+                .run
+                .clone()
+                .unwrap_or_else(|| demo_app_path().display().to_string());
+            text.push_str(&format!(
+                "\n[services.worker]\nrun = {run:?}\nstop_timeout = \"2s\"\n"
+            ));
+        }
+        if let Some(hosts) = &self.hosts {
+            text.push_str(&format!("\n[routes.web]\nhosts = {hosts:?}\n"));
+        }
+        let envs: BTreeSet<&String> = self
+            .secrets
+            .keys()
+            .chain(&self.approval)
+            .chain(self.env_hosts.keys())
+            .collect();
         for env in envs {
             text.push_str(&format!("\n[environments.{env}]\n"));
+            if let Some(hosts) = self.env_hosts.get(env) {
+                text.push_str(&format!("routes = {{ web = {{ hosts = {hosts:?} }} }}\n"));
+            }
             if let Some(names) = self.secrets.get(env) {
                 text.push_str(&format!("secrets = {names:?}\n"));
             }

@@ -16,6 +16,8 @@ use crate::tokens::{self, Role};
 /// The authenticated caller, put in the request's extensions.
 #[derive(Debug, Clone)]
 pub struct Caller {
+    /// The token's id (`t-…`): who started a deployment, so that token cannot approve it.
+    pub token_id: String,
     pub name: String,
     pub role: Role,
 }
@@ -38,6 +40,7 @@ pub async fn authenticate(
         Ok(Some(record)) => {
             let role = record.role;
             request.extensions_mut().insert(Caller {
+                token_id: record.id,
                 name: record.name,
                 role,
             });

@@ -19,9 +19,11 @@ use serde::Deserialize;
 
 use crate::api::auth::Caller;
 use crate::api::error::ApiError;
-use crate::api::views;
+use crate::api::{input, views};
+use crate::deploy::executor::DeploymentData;
 use crate::deploy::start;
 use crate::engine::{Engine, now_ms};
+use crate::secrets::Scrubber;
 use crate::store::NewEvent;
 use crate::tokens::{self, Role};
 
@@ -62,7 +64,7 @@ pub async fn upload_artifact(
     tokio::task::spawn_blocking(move || artifacts.put(&stored_digest, &body))
         .await
         .map_err(ApiError::internal)?
-        .map_err(|error| ApiError::bad_request(error.to_string()))?;
+        .map_err(ApiError::from)?;
     let _ = engine.store.record_artifact(&digest, size as u64, now_ms());
     Ok(StatusCode::CREATED)
 }
@@ -73,7 +75,15 @@ pub async fn deploy(
     Path((app, env)): Path<(String, String)>,
     Json(request): Json<DeployRequest>,
 ) -> Result<(StatusCode, Json<DeploymentView>), ApiError> {
-    let deployment = start::deploy(&engine, &caller.name, &app, &env, &request)?;
+    input::manifest(&request.manifest)?;
+    let deployment = start::deploy(
+        &engine,
+        &caller.name,
+        &caller.token_id,
+        &app,
+        &env,
+        &request,
+    )?;
     Ok((
         StatusCode::ACCEPTED,
         Json(views::deployment_view(&deployment)),
@@ -86,7 +96,14 @@ pub async fn rollback(
     Path((app, env)): Path<(String, String)>,
     Json(request): Json<RollbackRequest>,
 ) -> Result<(StatusCode, Json<DeploymentView>), ApiError> {
-    let deployment = start::rollback(&engine, &caller.name, &app, &env, &request)?;
+    let deployment = start::rollback(
+        &engine,
+        &caller.name,
+        &caller.token_id,
+        &app,
+        &env,
+        &request,
+    )?;
     Ok((
         StatusCode::ACCEPTED,
         Json(views::deployment_view(&deployment)),
@@ -242,11 +259,42 @@ pub async fn status(
     State(engine): State<Arc<Engine>>,
     Path((app, env)): Path<(String, String)>,
 ) -> ApiResult<StatusView> {
+    let known = engine.store.apps().map_err(ApiError::internal)?;
+    if !known.iter().any(|(a, e, _)| *a == app && *e == env) {
+        let environments: Vec<String> = known
+            .iter()
+            .filter(|(a, _, _)| *a == app)
+            .map(|(_, e, _)| format!("`{e}`"))
+            .collect();
+        return Err(ApiError::not_found(if environments.is_empty() {
+            format!("no app `{app}` on this agent: deploy it first (`rollway deploy --env {env}`)")
+        } else {
+            format!(
+                "app `{app}` has no environment `{env}` on this agent; it has {}",
+                environments.join(", ")
+            )
+        }));
+    }
     let current = engine
         .store
         .current(&app, &env)
         .map_err(ApiError::internal)?;
     let runtime = engine.runtime(&(app.clone(), env.clone()));
+    // What the proxy holds now tells which instances are draining; without an answer, none are.
+    let observed: std::collections::BTreeMap<String, proxy::ObservedInstanceState> = engine
+        .proxy
+        .client()
+        .state()
+        .await
+        .map(|observed| {
+            observed
+                .routes
+                .into_iter()
+                .flat_map(|route| route.instances)
+                .map(|instance| (instance.id, instance.state))
+                .collect()
+        })
+        .unwrap_or_default();
     let instances = runtime
         .instances
         .iter()
@@ -255,16 +303,15 @@ pub async fn status(
             release: instance.release,
             service: instance.service.clone(),
             port: instance.port,
-            state: match (
-                instance.phase,
+            state: views::instance_state(
+                instance,
                 runtime
                     .weights
                     .iter()
                     .any(|(release, weight)| *release == instance.release && *weight > 0),
-            ) {
-                (crate::engine::InstancePhase::Ready, true) => "serving".to_owned(),
-                (phase, _) => phase.as_str().to_owned(),
-            },
+                observed.get(id).copied(),
+                engine.drivers.status(id),
+            ),
         })
         .collect();
     let deployment = engine
@@ -274,6 +321,17 @@ pub async fn status(
         .into_iter()
         .next()
         .map(|deployment| views::deployment_view(&deployment));
+    let inconclusive = match &deployment {
+        Some(deployment) => engine
+            .store
+            .events_for_deployment(&deployment.id, 0)
+            .map_err(ApiError::internal)?
+            .into_iter()
+            .rev()
+            .find(|event| event.kind == "analysis.inconclusive")
+            .map(|event| event.message),
+        None => None,
+    };
     let url = runtime
         .routes
         .first()
@@ -300,6 +358,32 @@ pub async fn status(
             })
             .collect(),
         deployment,
+        proxy: Some(views::proxy_view(&engine.proxy.status())),
+        inconclusive,
+    }))
+}
+
+/// `POST /v1/proxy/upgrade` (admin): a hot restart of the proxy onto the agent's binary.
+pub async fn upgrade_proxy(
+    State(engine): State<Arc<Engine>>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<client::wire::ProxyUpgradeView> {
+    let why = format!("{} asked for it", caller.name);
+    let (previous_pid, _) = crate::proxy_supervisor::upgrade(&engine, &why)
+        .await
+        .map_err(|error| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "proxy_upgrade_failed",
+                format!(
+                    "the new proxy did not take over, so the old one keeps serving: {}",
+                    crate::report::chain(&error)
+                ),
+            )
+        })?;
+    Ok(Json(client::wire::ProxyUpgradeView {
+        previous_pid,
+        proxy: views::proxy_view(&engine.proxy.status()),
     }))
 }
 
@@ -340,21 +424,10 @@ pub async fn logs(
 ) -> ApiResult<Vec<LogLineView>> {
     let key = (app.clone(), env.clone());
     let runtime = engine.runtime(&key);
-    // A second line of defence: the current secret values never leave through this route, even
-    // if the app printed them.
-    let secret_values: Vec<crate::secrets::Secret> =
-        crate::secrets::snapshot(&engine.store, &app, &env)
-            .and_then(|versions| {
-                crate::secrets::open_versions(
-                    &engine.store,
-                    &engine.master_key,
-                    &app,
-                    &env,
-                    &versions,
-                )
-            })
-            .map(|values| values.into_values().collect())
-            .unwrap_or_default();
+    // No secret value leaves through this route, even if the app printed one: every version of
+    // every secret (a rollback brings old ones back), and nothing at all if they cannot be opened.
+    let scrubber = Scrubber::for_environment(&engine.store, &engine.master_key, &app, &env)
+        .map_err(ApiError::internal)?;
     let n = query.n.min(10_000);
     let engine_for_read = engine.clone();
     let ids: Vec<String> = runtime.instances.keys().cloned().collect();
@@ -364,7 +437,7 @@ pub async fn logs(
             if let Ok(found) = engine_for_read.drivers.logs(&id, n) {
                 lines.extend(found.into_iter().map(|line| LogLineView {
                     instance_id: line.instance_id,
-                    line: crate::secrets::scrub(&line.line, &secret_values),
+                    line: scrubber.scrub(&line.line).into_owned(),
                 }));
             }
         }
@@ -385,15 +458,11 @@ pub async fn create_token(
     Extension(caller): Extension<Caller>,
     Json(request): Json<TokenRequest>,
 ) -> Result<(StatusCode, Json<TokenCreated>), ApiError> {
-    let role: Role = request.role.parse().map_err(|_| {
-        ApiError::bad_request(format!(
-            "unknown role `{}`; accepted: viewer, deployer, admin",
-            request.role
-        ))
-    })?;
-    if request.name.trim().is_empty() {
-        return Err(ApiError::bad_request("the token needs a name"));
-    }
+    let role: Role = request
+        .role
+        .parse()
+        .map_err(|error: tokens::ParseRoleError| ApiError::bad_request(error.to_string()))?;
+    input::token_name(request.name.trim())?;
     let (record, plain) =
         tokens::create(&engine.store, request.name.trim(), role).map_err(ApiError::internal)?;
     engine.record(NewEvent {
@@ -458,11 +527,8 @@ pub async fn set_secret(
     Path((app, env, name)): Path<(String, String, String)>,
     Json(body): Json<SecretValue>,
 ) -> ApiResult<SecretView> {
-    if !manifest::interpolate::is_env_name(&name) {
-        return Err(ApiError::bad_request(format!(
-            "`{name}` is not a valid secret name; use letters, digits and `_`"
-        )));
-    }
+    // The name was checked with the path (`input::check_path`).
+    input::secret_value(&body.value)?;
     let value = crate::secrets::Secret::new(body.value);
     let now = now_ms();
     let version = crate::secrets::set(
@@ -635,11 +701,40 @@ pub async fn promote(
     .await
 }
 
+/// Approval needs role approver or admin (the route's layer) and a token other than the one
+/// that started the deployment: nobody approves their own deploy.
 pub async fn approve(
     State(engine): State<Arc<Engine>>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<DeploymentView> {
+    let deployment = engine
+        .store
+        .deployment(&id)
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::not_found(format!("no deployment `{id}`")))?;
+    let data: DeploymentData = serde_json::from_str(&deployment.data_json).unwrap_or_default();
+    match data.started_by_token {
+        Some(starter) if starter == caller.token_id => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "own_deployment",
+                format!(
+                    "the token that started deployment `{id}` cannot approve it; another token with role approver or admin must"
+                ),
+            ));
+        }
+        Some(_) => {}
+        None => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "unknown_starter",
+                format!(
+                    "deployment `{id}` does not record which token started it, so nobody can approve it; abort it and deploy again"
+                ),
+            ));
+        }
+    }
     signal(
         &engine,
         &caller,
@@ -736,7 +831,7 @@ pub async fn release_lock(
 }
 
 /// Server-sent events of the app's output: each new line of every instance of (app, env), with
-/// the current secret values scrubbed, until the client leaves.
+/// every secret value scrubbed, until the client leaves.
 pub async fn logs_stream(
     State(engine): State<Arc<Engine>>,
     Path((app, env)): Path<(String, String)>,
@@ -759,19 +854,16 @@ pub async fn logs_stream(
                 let data = serde_json::to_string(&line).unwrap_or_default();
                 return Some((Ok(SseEvent::default().event("log").data(data)), follow));
             }
-            let secret_values: Vec<crate::secrets::Secret> =
-                crate::secrets::snapshot(&follow.engine.store, &follow.key.0, &follow.key.1)
-                    .and_then(|versions| {
-                        crate::secrets::open_versions(
-                            &follow.engine.store,
-                            &follow.engine.master_key,
-                            &follow.key.0,
-                            &follow.key.1,
-                            &versions,
-                        )
-                    })
-                    .map(|values| values.into_values().collect())
-                    .unwrap_or_default();
+            // Opened again for each batch, so a secret set meanwhile is hidden too; when the
+            // secrets cannot be opened, the stream ends rather than show output unscrubbed.
+            let Ok(scrubber) = Scrubber::for_environment(
+                &follow.engine.store,
+                &follow.engine.master_key,
+                &follow.key.0,
+                &follow.key.1,
+            ) else {
+                return None;
+            };
             let ids: Vec<String> = follow
                 .engine
                 .runtime(&follow.key)
@@ -787,7 +879,7 @@ pub async fn logs_stream(
                         .queue
                         .extend(lines.into_iter().map(|line| LogLineView {
                             instance_id: line.instance_id,
-                            line: crate::secrets::scrub(&line.line, &secret_values),
+                            line: scrubber.scrub(&line.line).into_owned(),
                         }));
                 }
             }

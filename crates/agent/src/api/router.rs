@@ -1,103 +1,246 @@
-//! Every route of the control API and the role it needs, in one place.
+//! Every route of the control API and the role it needs, in one place: [`routes`] is the list,
+//! [`router`] builds the API from it (and tests walk the same list, so no route is forgotten).
+//!
+//! Roles: viewer reads; deployer deploys, rolls back, promotes, aborts and takes backups;
+//! approver also approves deployments held at a gate (never one its own token started); admin
+//! also manages tokens, secrets, backup restores and locks.
 
 use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::handler::Handler;
+use axum::http::Method;
 use axum::middleware::{from_fn, from_fn_with_state};
-use axum::routing::{delete, get, post, put};
+use axum::routing::{MethodFilter, MethodRouter, get, on};
 
-use crate::api::{auth, handlers};
+use crate::api::{auth, error, handlers, input};
 use crate::engine::Engine;
 use crate::tokens::Role;
 
-/// Largest artifact the API takes.
+/// Largest artifact the API takes (on the artifact route only; every other route takes
+/// [`input::MAX_JSON_BODY`]).
 pub const MAX_ARTIFACT_BYTES: usize = 512 * 1024 * 1024;
 
-pub fn router(engine: Arc<Engine>) -> Router {
-    let viewer = Router::new()
-        .route("/agent", get(handlers::agent_info))
-        .route(
+/// One route: a method on a path under `/v1`, the role it needs, its handler.
+pub struct Route {
+    pub method: Method,
+    pub path: &'static str,
+    pub role: Role,
+    handler: MethodRouter<Arc<Engine>>,
+}
+
+/// Every `/v1` route.
+pub fn routes() -> Vec<Route> {
+    use Role::{Admin, Approver, Deployer, Viewer};
+    vec![
+        route(Viewer, Method::GET, "/agent", handlers::agent_info),
+        route(
+            Viewer,
+            Method::GET,
             "/apps/{app}/environments/{env}/status",
-            get(handlers::status),
-        )
-        .route(
+            handlers::status,
+        ),
+        route(
+            Viewer,
+            Method::GET,
             "/apps/{app}/environments/{env}/releases",
-            get(handlers::releases),
-        )
-        .route("/apps/{app}/environments/{env}/logs", get(handlers::logs))
-        .route(
-            "/apps/{app}/environments/{env}/secrets",
-            get(handlers::secrets),
-        )
-        .route(
-            "/apps/{app}/environments/{env}/backups",
-            get(handlers::backups),
-        )
-        .route("/deployments/{id}", get(handlers::deployment))
-        .route("/deployments/{id}/events", get(handlers::deployment_events))
-        .route("/deployments/{id}/stream", get(handlers::deployment_stream))
-        .route("/events", get(handlers::events))
-        .route("/metrics", get(handlers::metrics))
-        .route("/events/stream", get(handlers::events_stream))
-        .route("/apps/{app}/environments/{env}/lock", get(handlers::lock))
-        .route(
+            handlers::releases,
+        ),
+        route(
+            Viewer,
+            Method::GET,
+            "/apps/{app}/environments/{env}/logs",
+            handlers::logs,
+        ),
+        route(
+            Viewer,
+            Method::GET,
             "/apps/{app}/environments/{env}/logs/stream",
-            get(handlers::logs_stream),
-        )
-        .route_layer(from_fn(|request, next| {
-            auth::require(Role::Viewer, request, next)
-        }));
-    let deployer = Router::new()
-        .route(
-            "/artifacts/{digest}",
-            put(handlers::upload_artifact).head(handlers::artifact_exists),
-        )
-        .route(
-            "/apps/{app}/environments/{env}/deployments",
-            post(handlers::deploy),
-        )
-        .route(
-            "/apps/{app}/environments/{env}/rollback",
-            post(handlers::rollback),
-        )
-        .route(
-            "/apps/{app}/environments/{env}/secrets/{name}",
-            put(handlers::set_secret).delete(handlers::unset_secret),
-        )
-        .route(
+            handlers::logs_stream,
+        ),
+        route(
+            Viewer,
+            Method::GET,
+            "/apps/{app}/environments/{env}/secrets",
+            handlers::secrets,
+        ),
+        route(
+            Viewer,
+            Method::GET,
             "/apps/{app}/environments/{env}/backups",
-            post(handlers::create_backup),
-        )
-        .route(
-            "/apps/{app}/environments/{env}/backups/{id}/restore",
-            post(handlers::restore_backup),
-        )
-        .route("/deployments/{id}/promote", post(handlers::promote))
-        .route("/deployments/{id}/abort", post(handlers::abort))
-        .route("/deployments/{id}/approve", post(handlers::approve))
-        .route_layer(from_fn(|request, next| {
-            auth::require(Role::Deployer, request, next)
-        }));
-    let admin = Router::new()
-        .route(
-            "/tokens",
-            get(handlers::tokens).post(handlers::create_token),
-        )
-        .route("/tokens/{id}", delete(handlers::revoke_token))
-        .route(
+            handlers::backups,
+        ),
+        route(
+            Viewer,
+            Method::GET,
             "/apps/{app}/environments/{env}/lock",
-            delete(handlers::release_lock),
+            handlers::lock,
+        ),
+        route(
+            Viewer,
+            Method::GET,
+            "/deployments/{id}",
+            handlers::deployment,
+        ),
+        route(
+            Viewer,
+            Method::GET,
+            "/deployments/{id}/events",
+            handlers::deployment_events,
+        ),
+        route(
+            Viewer,
+            Method::GET,
+            "/deployments/{id}/stream",
+            handlers::deployment_stream,
+        ),
+        route(Viewer, Method::GET, "/events", handlers::events),
+        route(
+            Viewer,
+            Method::GET,
+            "/events/stream",
+            handlers::events_stream,
+        ),
+        route(Viewer, Method::GET, "/metrics", handlers::metrics),
+        route(
+            Deployer,
+            Method::PUT,
+            "/artifacts/{digest}",
+            handlers::upload_artifact,
         )
-        .route_layer(from_fn(|request, next| {
-            auth::require(Role::Admin, request, next)
-        }));
-    let v1 = viewer
-        .merge(deployer)
-        .merge(admin)
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_ARTIFACT_BYTES))
-        .layer(from_fn_with_state(engine.clone(), auth::authenticate));
+        .with_body_limit(MAX_ARTIFACT_BYTES),
+        route(
+            Deployer,
+            Method::HEAD,
+            "/artifacts/{digest}",
+            handlers::artifact_exists,
+        ),
+        route(
+            Deployer,
+            Method::POST,
+            "/apps/{app}/environments/{env}/deployments",
+            handlers::deploy,
+        ),
+        route(
+            Deployer,
+            Method::POST,
+            "/apps/{app}/environments/{env}/rollback",
+            handlers::rollback,
+        ),
+        route(
+            Deployer,
+            Method::POST,
+            "/apps/{app}/environments/{env}/backups",
+            handlers::create_backup,
+        ),
+        route(
+            Deployer,
+            Method::POST,
+            "/deployments/{id}/promote",
+            handlers::promote,
+        ),
+        route(
+            Deployer,
+            Method::POST,
+            "/deployments/{id}/abort",
+            handlers::abort,
+        ),
+        route(
+            Approver,
+            Method::POST,
+            "/deployments/{id}/approve",
+            handlers::approve,
+        ),
+        route(
+            Admin,
+            Method::PUT,
+            "/apps/{app}/environments/{env}/secrets/{name}",
+            handlers::set_secret,
+        ),
+        route(
+            Admin,
+            Method::DELETE,
+            "/apps/{app}/environments/{env}/secrets/{name}",
+            handlers::unset_secret,
+        ),
+        route(
+            Admin,
+            Method::POST,
+            "/apps/{app}/environments/{env}/backups/{id}/restore",
+            handlers::restore_backup,
+        ),
+        route(Admin, Method::GET, "/tokens", handlers::tokens),
+        route(Admin, Method::POST, "/tokens", handlers::create_token),
+        route(
+            Admin,
+            Method::DELETE,
+            "/tokens/{id}",
+            handlers::revoke_token,
+        ),
+        route(
+            Admin,
+            Method::POST,
+            "/proxy/upgrade",
+            handlers::upgrade_proxy,
+        ),
+        route(
+            Admin,
+            Method::DELETE,
+            "/apps/{app}/environments/{env}/lock",
+            handlers::release_lock,
+        ),
+    ]
+}
+
+fn route<H, T>(role: Role, method: Method, path: &'static str, handler: H) -> Route
+where
+    H: Handler<T, Arc<Engine>>,
+    T: 'static,
+{
+    let filter = MethodFilter::try_from(method.clone())
+        .unwrap_or_else(|_| panic!("`{method}` is not a method a route can take"));
+    Route {
+        method,
+        path,
+        role,
+        handler: on(filter, handler),
+    }
+}
+
+impl Route {
+    /// A body limit of its own instead of [`input::MAX_JSON_BODY`].
+    fn with_body_limit(mut self, limit: usize) -> Route {
+        self.handler = self.handler.layer(DefaultBodyLimit::max(limit));
+        self
+    }
+}
+
+/// The API. Layers, outermost first: every error answer becomes the envelope; every request but
+/// `/healthz` is authenticated before routing, so an unknown route without a token is a 401, not
+/// a 404; JSON bodies are limited; path parameters are checked; then each route's role.
+pub fn router(engine: Arc<Engine>) -> Router {
+    let mut v1 = Router::new();
+    for route in routes() {
+        let role = route.role;
+        v1 = v1.route(
+            route.path,
+            route.handler.route_layer(from_fn(move |request, next| {
+                auth::require(role, request, next)
+            })),
+        );
+    }
+    let v1 = v1
+        .layer(from_fn(input::check_path))
+        .layer(DefaultBodyLimit::max(input::MAX_JSON_BODY));
     Router::new()
         .nest("/v1", v1)
+        .fallback(error::no_route)
+        .layer(from_fn_with_state(engine.clone(), auth::authenticate))
         .route("/healthz", get(handlers::healthz))
+        .layer(from_fn(error::envelope))
         .with_state(engine)
 }
+
+#[cfg(test)]
+pub(crate) mod tests;

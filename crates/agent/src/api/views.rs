@@ -1,6 +1,13 @@
 //! Store records as the API shows them (`client::wire` types).
 
-use client::wire::{DeploymentView, EventView, ReleaseView, TokenView};
+use client::wire::{
+    DeploymentView, EventView, InstanceState, ProxyState, ProxyView, ReleaseView, TokenView,
+};
+use driver::InstanceStatus;
+use proxy::ObservedInstanceState;
+
+use crate::engine::{InstancePhase, RuntimeInstance};
+use crate::proxy_link::{ProxyHealth, ProxyStatus};
 
 use crate::store::{Deployment, Event, Release, TokenRecord};
 
@@ -54,6 +61,49 @@ pub fn token_view(token: &TokenRecord) -> TokenView {
         role: token.role.to_string(),
         created_at: token.created_at,
         revoked: token.revoked_at.is_some(),
+    }
+}
+
+/// An instance's real state: the driver says whether it runs, the proxy whether it drains, the agent
+/// where it is in its life and whether the watch took it out.
+pub fn instance_state(
+    instance: &RuntimeInstance,
+    release_has_traffic: bool,
+    in_proxy: Option<ObservedInstanceState>,
+    driver: InstanceStatus,
+) -> InstanceState {
+    match driver {
+        InstanceStatus::Restarting { .. } => return InstanceState::Crashed,
+        InstanceStatus::Stopped { .. } => return InstanceState::Stopped,
+        InstanceStatus::Running { .. } | InstanceStatus::Unknown => {}
+    }
+    if matches!(
+        in_proxy,
+        Some(ObservedInstanceState::Draining | ObservedInstanceState::Drained)
+    ) {
+        return InstanceState::Draining;
+    }
+    match instance.phase {
+        InstancePhase::Starting => InstanceState::Starting,
+        InstancePhase::Warm => InstanceState::Warm,
+        InstancePhase::Ready if instance.unhealthy => InstanceState::OutOfTraffic,
+        InstancePhase::Ready if release_has_traffic => InstanceState::Serving,
+        InstancePhase::Ready => InstanceState::Healthy,
+    }
+}
+
+pub fn proxy_view(status: &ProxyStatus) -> ProxyView {
+    ProxyView {
+        state: match status.health {
+            ProxyHealth::Serving => ProxyState::Serving,
+            ProxyHealth::Restarting => ProxyState::Restarting,
+            ProxyHealth::Down => ProxyState::Down,
+        },
+        pid: status.pid,
+        listen: status.listen.to_string(),
+        restarts: status.restarts,
+        last_exit: status.last_exit.clone(),
+        holds_listeners: status.holds_listeners,
     }
 }
 

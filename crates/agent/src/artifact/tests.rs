@@ -288,3 +288,116 @@ fn pack_put_unpack_round_trip() {
         .expect("mtime");
     assert!(modified > std::time::UNIX_EPOCH + std::time::Duration::from_secs(315_532_800));
 }
+
+/// What is left in `dir`, by name.
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .map(|entry| {
+                    entry
+                        .expect("entry")
+                        .file_name()
+                        .to_string_lossy()
+                        .into_owned()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// A zstd-compressed tar holding one file of `size` zero bytes: a few KiB that unpack to `size`.
+fn zeros_artifact(size: u64) -> (String, Vec<u8>) {
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_path("zeros.bin").expect("path");
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_mode(0o644);
+    header.set_size(size);
+    header.set_cksum();
+    builder
+        .append(&header, std::io::repeat(0).take(size))
+        .expect("append");
+    let tar_bytes = builder.into_inner().expect("finish tar");
+    let bytes = zstd::encode_all(tar_bytes.as_slice(), 19).expect("compress");
+    (hex::encode(Sha256::digest(&bytes)), bytes)
+}
+
+#[test]
+fn a_zstd_bomb_is_refused_and_leaves_nothing() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let store = ArtifactStore::new(root.path().join("artifacts"));
+    let (digest, bytes) = zeros_artifact(RATIO_FLOOR + 8 * 1024 * 1024);
+    assert!((bytes.len() as u64) * store.limits().max_ratio < RATIO_FLOOR);
+    store.put(&digest, &bytes).expect("put");
+    let builds = root.path().join("builds");
+    let result = store.unpack(&digest, &builds.join("app"));
+    match result {
+        Err(ArtifactError::ExpandsTooMuch { ratio, .. }) => assert_eq!(ratio, 200),
+        other => panic!("expected a refused bomb, got {other:?}"),
+    }
+    assert_eq!(
+        names_in(&builds),
+        Vec::<String>::new(),
+        "builds/ after a bomb"
+    );
+}
+
+#[test]
+fn unpacked_and_compressed_sizes_are_bounded() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let limits = ArtifactLimits {
+        max_compressed: 1 << 20,
+        max_unpacked: 100_000,
+        max_ratio: 1_000_000,
+    };
+    let store = ArtifactStore::new(root.path().join("artifacts")).with_limits(limits);
+    let (digest, bytes) = zeros_artifact(200_000);
+    store.put(&digest, &bytes).expect("put");
+    let builds = root.path().join("builds");
+    match store.unpack(&digest, &builds.join("app")) {
+        Err(ArtifactError::UnpacksTooLarge { limit, .. }) => assert_eq!(limit, 100_000),
+        other => panic!("expected the unpacked bound, got {other:?}"),
+    }
+    assert_eq!(names_in(&builds), Vec::<String>::new());
+
+    let small = ArtifactStore::new(root.path().join("small")).with_limits(ArtifactLimits {
+        max_compressed: 10,
+        ..limits
+    });
+    match small.put(&digest, &bytes) {
+        Err(error @ ArtifactError::TooLarge { .. }) => {
+            assert!(
+                error.to_string().contains("ROLLWAY_ARTIFACT_MAX_SIZE"),
+                "{error}"
+            )
+        }
+        other => panic!("expected the compressed bound, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_corrupted_artifact_leaves_nothing_in_builds() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let store = ArtifactStore::new(root.path().join("artifacts"));
+    let (digest, bytes) = raw_artifact(&[Raw::File("a.txt", "a"), Raw::File("b.txt", "b")]);
+    store.put(&digest, &bytes).expect("put");
+    // Corrupt the stored file behind the store's back (a bad disk), keeping its name.
+    let path = store.path(&digest).expect("path");
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).expect("truncate");
+    let builds = root.path().join("builds");
+    assert!(store.unpack(&digest, &builds.join("app")).is_err());
+    assert_eq!(names_in(&builds), Vec::<String>::new());
+}
+
+#[test]
+fn leftovers_of_interrupted_work_are_removed() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let builds = root.path().join("builds");
+    std::fs::create_dir_all(builds.join(".app.0123.unpacking/sub")).expect("leftover");
+    std::fs::create_dir_all(builds.join("kept")).expect("kept");
+    assert_eq!(remove_hidden_with_suffix(&builds, ".unpacking"), 1);
+    assert_eq!(names_in(&builds), ["kept"]);
+}

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::analysis::{self, Bounds, Sample, Verdict};
 use crate::deploy::state::{self, Plan, State, StepResult};
-use crate::deploy::{fault, spec};
+use crate::deploy::{fault, prepare, spec};
 use crate::engine::Signal;
 use crate::engine::{AppEnv, Engine, InstancePhase, now_ms};
 use crate::health;
@@ -28,12 +28,15 @@ pub struct DeploymentData {
     /// The backup taken before the release command, for the restore hint when it fails.
     #[serde(default)]
     pub backup_id: Option<String>,
-    /// Hold at `AwaitingApproval` before traffic moves.
+    /// Hold at `AwaitingApproval` before the backup and the release command.
     #[serde(default)]
     pub approval: bool,
     /// Watch the release after it takes all traffic.
     #[serde(default)]
     pub observe: bool,
+    /// The id of the token that started the deployment: it may not approve it.
+    #[serde(default)]
+    pub started_by_token: Option<String>,
 }
 
 impl DeploymentData {
@@ -65,7 +68,7 @@ async fn drive(engine: &Arc<Engine>, id: &str) -> Result<(), String> {
         let deployment = engine
             .store
             .deployment(id)
-            .map_err(|error| error.to_string())?
+            .map_err(|error| crate::report::chain(&error))?
             .ok_or_else(|| format!("no deployment `{id}`"))?;
         let current: State = deployment.state.parse()?;
         if current.is_terminal() {
@@ -85,7 +88,10 @@ async fn drive(engine: &Arc<Engine>, id: &str) -> Result<(), String> {
         };
         let (result, reason) = match outcome {
             Ok(()) => (StepResult::Done, None),
-            Err(reason) => (StepResult::Failed, Some(reason)),
+            Err(reason) => (
+                StepResult::Failed,
+                Some(scrub_reason(engine, &deployment, &reason)),
+            ),
         };
         let next = state::next(current, result, data.plan());
         if let Some(reason) = &reason {
@@ -101,7 +107,8 @@ async fn drive(engine: &Arc<Engine>, id: &str) -> Result<(), String> {
             );
         }
         fault::crash_point(next);
-        let data_json = serde_json::to_string(&data).map_err(|error| error.to_string())?;
+        let data_json =
+            serde_json::to_string(&data).map_err(|error| crate::report::chain(&error))?;
         // The transition and its event are one transaction: a kill -9 cannot keep one without the other.
         let (_, event) = engine
             .store
@@ -117,7 +124,7 @@ async fn drive(engine: &Arc<Engine>, id: &str) -> Result<(), String> {
                     format!("{current} → {next}"),
                 ),
             )
-            .map_err(|error| error.to_string())?;
+            .map_err(|error| crate::report::chain(&error))?;
         engine.publish(&event);
     }
 }
@@ -135,11 +142,22 @@ async fn step(
     match current {
         State::Pending => {
             let runtime = engine.runtime(&key);
+            // Warm means the routed services still run; workers stop at every switch and are
+            // started again in Verifying.
+            let routed: Vec<&str> = release
+                .resolved
+                .config
+                .routes
+                .iter()
+                .map(|route| route.service.as_str())
+                .collect();
             let running = runtime
                 .instances
                 .values()
                 .filter(|instance| {
-                    instance.release == target && instance.phase != InstancePhase::Starting
+                    instance.release == target
+                        && instance.phase != InstancePhase::Starting
+                        && routed.contains(&instance.service.as_str())
                 })
                 .count();
             let wanted: usize = release
@@ -147,6 +165,7 @@ async fn step(
                 .config
                 .services
                 .iter()
+                .filter(|service| routed.contains(&service.name.as_str()))
                 .map(|service| service.replicas as usize)
                 .sum();
             let warm = running >= wanted && wanted > 0;
@@ -161,7 +180,9 @@ async fn step(
             Ok(())
         }
         State::Preparing => {
-            spec::prepare(engine, deployment, &release).await?;
+            prepare::prepare(engine, deployment, &release)
+                .await
+                .map_err(|error| crate::report::chain(&error))?;
             spec::prepare_images(engine, deployment, &release).await
         }
         State::BackingUp => {
@@ -216,6 +237,17 @@ async fn step(
             Ok(())
         }
         State::Verifying => {
+            if data.plan.as_deref() == Some("warm") {
+                // A warm rollback finds its routed instances running, not its workers.
+                for (service, index) in spec::wanted_instances(&release.resolved) {
+                    let instance_id = spec::instance_id(&key, target, &service, index);
+                    if !engine.runtime(&key).instances.contains_key(&instance_id) {
+                        let started =
+                            spec::start_instance(engine, &key, &release, &service, index).await?;
+                        data.started.push(started);
+                    }
+                }
+            }
             let ids: Vec<String> = engine
                 .runtime(&key)
                 .instances
@@ -246,15 +278,28 @@ async fn step(
     }
 }
 
-/// Waits for `rollway approve` (or `abort`). Nothing routes to the new release meanwhile.
+/// Waits for `rollway approve` (or `abort`). Nothing has touched the database or the instances
+/// yet: the API lets only another token with role approver or admin send the approval.
 async fn await_approval(engine: &Arc<Engine>, deployment: &Deployment) -> Result<(), String> {
+    // An approval recorded before a restart counts: the agent may have died between the
+    // approval and the transition after it.
+    let events = engine
+        .store
+        .events_for_deployment(&deployment.id, 0)
+        .map_err(|error| error.to_string())?;
+    if events
+        .iter()
+        .any(|event| event.kind == "deployment.approved")
+    {
+        return Ok(());
+    }
     record(
         engine,
         deployment,
         "deployment.awaiting_approval",
         format!(
-            "release {} is verified and waits for `rollway approve {}`",
-            deployment.to_release, deployment.id
+            "release {} is prepared and waits for `rollway approve {}` by an approver or admin other than {}; nothing was backed up, migrated or started yet",
+            deployment.to_release, deployment.id, deployment.created_by
         ),
     );
     loop {
@@ -311,6 +356,7 @@ async fn observe(
     )
     .await;
     let deadline = tokio::time::Instant::now() + window;
+    let mut health = ReleaseHealth::default();
     loop {
         for signal in engine.take_signals(&deployment.id) {
             if let Signal::Abort { by } = signal {
@@ -320,6 +366,29 @@ async fn observe(
         let verdict = watch.evaluate(engine, deployment).await;
         if let Verdict::Fail { reason } = verdict {
             return Err(format!("the analysis failed after the switch: {reason}"));
+        }
+        // A release that stops answering its health checks altogether (frozen, deadlocked) sends
+        // no errors to count: the checks are the evidence.
+        if let Some(dead) = health.all_failing(engine, key, release).await {
+            match warm_fallback(engine, key, deployment.to_release).await {
+                Some(previous) => {
+                    return Err(format!(
+                        "{dead} after the switch, while release {previous} is warm and healthy"
+                    ));
+                }
+                None if !health.said_no_fallback => {
+                    health.said_no_fallback = true;
+                    record(
+                        engine,
+                        deployment,
+                        "deployment.no_fallback",
+                        format!(
+                            "{dead}; no earlier release is warm and healthy to go back to, so it keeps the traffic"
+                        ),
+                    );
+                }
+                None => {}
+            }
         }
         if tokio::time::Instant::now() >= deadline {
             if matches!(verdict, Verdict::Inconclusive { .. }) {
@@ -334,6 +403,96 @@ async fn observe(
         }
         engine.wait_for_signal(analysis.interval.as_std()).await;
     }
+}
+
+/// Consecutive health-check failures of a release's instances while it is observed.
+#[derive(Default)]
+struct ReleaseHealth {
+    failures: std::collections::BTreeMap<String, u32>,
+    said_no_fallback: bool,
+}
+
+impl ReleaseHealth {
+    /// Probes every ready instance of the release once; when every one of them has failed its
+    /// service's `unhealthy` checks in a row, says so.
+    async fn all_failing(
+        &mut self,
+        engine: &Arc<Engine>,
+        key: &AppEnv,
+        release: &spec::LoadedRelease,
+    ) -> Option<String> {
+        let instances: Vec<(String, crate::engine::RuntimeInstance)> = engine
+            .runtime(key)
+            .instances
+            .into_iter()
+            .filter(|(_, instance)| {
+                instance.release == release.number && instance.phase == InstancePhase::Ready
+            })
+            .collect();
+        let mut checks = Vec::new();
+        for (id, instance) in &instances {
+            let Some(service) = release.resolved.config.service(&instance.service) else {
+                continue;
+            };
+            let Some(check) = &service.health else {
+                continue;
+            };
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], instance.port));
+            let host = spec::health_host(&release.resolved, service, check);
+            let path = check.path.clone();
+            let timeout = check.timeout.as_std();
+            let threshold = check.unhealthy;
+            let id = id.clone();
+            checks.push(async move {
+                let passed = health::probe(addr, &path, &host, timeout).await.is_ok();
+                (id, passed, threshold)
+            });
+        }
+        if checks.is_empty() {
+            return None;
+        }
+        let results = futures_util::future::join_all(checks).await;
+        let mut all_failing = true;
+        let mut streak = u32::MAX;
+        for (id, passed, threshold) in &results {
+            let failures = self.failures.entry(id.clone()).or_default();
+            *failures = if *passed { 0 } else { *failures + 1 };
+            all_failing &= *failures >= *threshold;
+            streak = streak.min(*failures);
+        }
+        all_failing.then(|| {
+            format!(
+                "every instance of release {} ({}) failed its last {streak} health checks",
+                release.number,
+                results.len()
+            )
+        })
+    }
+}
+
+/// An earlier release of this app whose instances still run warm and pass a health check now.
+async fn warm_fallback(engine: &Arc<Engine>, key: &AppEnv, target: u64) -> Option<u64> {
+    let warm: Vec<(String, crate::engine::RuntimeInstance)> = engine
+        .runtime(key)
+        .instances
+        .into_iter()
+        .filter(|(_, instance)| instance.release != target && instance.phase == InstancePhase::Warm)
+        .collect();
+    let previous = warm.iter().map(|(_, instance)| instance.release).max()?;
+    let release = spec::load_release(engine, key, previous).ok()?;
+    for (_, instance) in warm.iter().filter(|(_, i)| i.release == previous) {
+        let service = release.resolved.config.service(&instance.service)?;
+        let check = service.health.as_ref()?;
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], instance.port));
+        let host = spec::health_host(&release.resolved, service, check);
+        if health::probe(addr, &check.path, &host, check.timeout.as_std())
+            .await
+            .is_err()
+        {
+            return None;
+        }
+    }
+    Some(previous)
 }
 
 /// The bounds of a release's `[analysis]`.
@@ -751,18 +910,19 @@ async fn shift(
     } else {
         give_share(engine, deployment, key, &routes, data, 100, "").await?;
     }
-    // The earlier releases leave traffic but stay warm for a rollback.
+    // Only the release that served just before stays warm, for a rollback that is one switch;
+    // older warm releases and superseded workers stop once the switch is recorded.
     let warm_until = now_ms() + i64::try_from(keep_warm.as_millis()).unwrap_or(i64::MAX);
-    let earlier: Vec<String> = engine
-        .runtime(key)
-        .instances
+    let previous: Vec<u64> = data
+        .previous_weights
         .iter()
-        .filter(|(_, instance)| {
-            instance.release != target && instance.phase == InstancePhase::Ready
-        })
-        .map(|(id, _)| id.clone())
+        .map(|(release, _)| *release)
         .collect();
-    for instance_id in earlier {
+    let routed: std::collections::BTreeSet<String> =
+        routes.iter().map(|route| route.service.clone()).collect();
+    let (warm, superseded) =
+        after_switch(&engine.runtime(key).instances, target, &previous, &routed);
+    for instance_id in warm {
         spec::set_phase(
             engine,
             key,
@@ -774,7 +934,7 @@ async fn shift(
     engine
         .push_routes()
         .await
-        .map_err(|error| error.to_string())?;
+        .map_err(|error| crate::report::chain(&error))?;
     let store = &engine.store;
     if let Some(from) = deployment.from_release.filter(|from| *from != target) {
         // The release a rollback leaves is not a rollback target itself.
@@ -787,11 +947,52 @@ async fn shift(
     }
     store
         .set_release_outcome(&key.0, &key.1, target, ReleaseOutcome::Live)
-        .map_err(|error| error.to_string())?;
+        .map_err(|error| crate::report::chain(&error))?;
     store
         .set_current(&key.0, &key.1, target)
-        .map_err(|error| error.to_string())?;
+        .map_err(|error| crate::report::chain(&error))?;
+    if !superseded.is_empty() {
+        record(
+            engine,
+            deployment,
+            "deployment.stopping",
+            format!(
+                "stopping {} instance(s) of older releases and superseded workers: {}",
+                superseded.len(),
+                superseded.join(", ")
+            ),
+        );
+        // Drained first: `stop_instances` takes them out of routing before the driver stops them.
+        spec::stop_instances(engine, key, &superseded).await;
+    }
     Ok(())
+}
+
+/// After a switch to `target`: which instances of other releases stay warm (the routed services
+/// of the releases that served just before, `previous`) and which stop (everything else: older
+/// warm releases, and workers, which would otherwise keep running jobs with the old code).
+/// Instances still starting belong to no finished switch and are left alone.
+pub fn after_switch(
+    instances: &std::collections::BTreeMap<String, crate::engine::RuntimeInstance>,
+    target: u64,
+    previous: &[u64],
+    routed: &std::collections::BTreeSet<String>,
+) -> (Vec<String>, Vec<String>) {
+    let mut warm = Vec::new();
+    let mut stop = Vec::new();
+    for (id, instance) in instances {
+        if instance.release == target || instance.phase == InstancePhase::Starting {
+            continue;
+        }
+        if previous.contains(&instance.release) && routed.contains(&instance.service) {
+            if instance.phase == InstancePhase::Ready {
+                warm.push(id.clone());
+            }
+        } else {
+            stop.push(id.clone());
+        }
+    }
+    (warm, stop)
 }
 
 async fn roll_back(
@@ -817,13 +1018,21 @@ async fn roll_back(
     for instance_id in earlier {
         spec::set_phase(engine, key, &instance_id, InstancePhase::Ready, None);
     }
-    engine.with_runtime(key, |runtime| {
-        runtime.weights = data.previous_weights.clone()
-    });
+    // The routes go back too: the release left may have routed other hosts, and a first
+    // deploy undone routes nothing, so it claims no host.
+    let previous_routes = match deployment.from_release {
+        Some(from) => spec::load_release(engine, key, from)
+            .map(|release| spec::routes(&release.resolved))
+            .unwrap_or_else(|_| engine.runtime(key).routes),
+        None => Vec::new(),
+    };
     engine
-        .push_routes()
+        .change_routing(key, |runtime| {
+            runtime.weights = data.previous_weights.clone();
+            runtime.routes = previous_routes;
+        })
         .await
-        .map_err(|error| error.to_string())?;
+        .map_err(|error| crate::report::chain(&error))?;
     record(
         engine,
         deployment,
@@ -860,18 +1069,17 @@ async fn give_share(
     step_name: &str,
 ) -> Result<(), String> {
     let target = deployment.to_release;
-    engine.with_runtime(key, |runtime| {
-        runtime.routes = routes.to_vec();
-        runtime.weights = if share >= 100 {
-            vec![(target, 100)]
-        } else {
-            scaled(&data.previous_weights, 100 - share, target, share)
-        };
-    });
     engine
-        .push_routes()
+        .change_routing(key, |runtime| {
+            runtime.routes = routes.to_vec();
+            runtime.weights = if share >= 100 {
+                vec![(target, 100)]
+            } else {
+                scaled(&data.previous_weights, 100 - share, target, share)
+            };
+        })
         .await
-        .map_err(|error| error.to_string())?;
+        .map_err(|error| crate::report::chain(&error))?;
     record(
         engine,
         deployment,
@@ -904,6 +1112,9 @@ pub async fn undo(engine: &Arc<Engine>, deployment: &Deployment, data: &Deployme
             .collect();
         let warm_until = now_ms() + 60_000;
         for instance_id in ids {
+            if data.started.contains(&instance_id) {
+                continue;
+            }
             spec::set_phase(
                 engine,
                 &key,
@@ -912,8 +1123,21 @@ pub async fn undo(engine: &Arc<Engine>, deployment: &Deployment, data: &Deployme
                 Some(warm_until),
             );
         }
-    } else {
+        // The workers it started again stop: a release out of traffic runs no jobs.
         spec::stop_instances(engine, &key, &data.started).await;
+    } else {
+        // Instances of the target that never made it into `started` (a start that failed half-way,
+        // a kill -9 before the list was written) are stopped by id too: no ghost stays `starting`.
+        let mut ids = data.started.clone();
+        for (id, instance) in engine.runtime(&key).instances {
+            if instance.release == deployment.to_release
+                && instance.phase == InstancePhase::Starting
+                && !ids.contains(&id)
+            {
+                ids.push(id);
+            }
+        }
+        spec::stop_instances(engine, &key, &ids).await;
     }
     if deployment.kind == "deploy" {
         let _ = engine.store.set_release_outcome(
@@ -966,6 +1190,15 @@ fn spawn_heartbeat(engine: Arc<Engine>, id: String) -> tokio::task::JoinHandle<(
 
 fn record(engine: &Engine, deployment: &Deployment, kind: &str, message: String) {
     engine.record(NewEvent::for_deployment(deployment, kind, message));
+}
+
+/// A failure reason as it may be shown: it often quotes command or app output, so every secret
+/// value is hidden first; if the secrets cannot be opened, the reason is withheld.
+fn scrub_reason(engine: &Engine, deployment: &Deployment, reason: &str) -> String {
+    match spec::scrubber(engine, deployment) {
+        Ok(scrubber) => scrubber.scrub(reason).into_owned(),
+        Err(error) => format!("the step failed, and its reason is withheld: {error}"),
+    }
 }
 
 /// A failure reason with the last lines the instance printed, which usually say why.

@@ -1,7 +1,8 @@
 //! Test-only fault injection: kill the agent (SIGKILL, as `kill -9` would) right before a chosen
-//! transition is written, so tests can prove recovery from every state.
+//! transition is written, so tests can prove recovery from every state; slow unpacks down, so tests
+//! can prove the API still answers while they run.
 //!
-//! Read only in debug builds (`cfg(debug_assertions)`); a release binary ignores the variable.
+//! Variables are read only in debug builds (`cfg(debug_assertions)`); a release binary ignores the variable.
 
 use crate::deploy::state::State;
 
@@ -18,4 +19,19 @@ pub fn crash_point(next: State) {
     }
     #[cfg(not(debug_assertions))]
     let _ = next;
+}
+
+/// Name of the variable: milliseconds every unpack sleeps first, on the thread that unpacks, so a
+/// test can hold several unpacks in progress at once.
+pub const UNPACK_DELAY_VAR: &str = "ROLLWAY_TEST_UNPACK_DELAY_MS";
+
+/// Blocks the calling thread for the test's unpack delay, if one was asked for.
+pub fn unpack_delay() {
+    #[cfg(debug_assertions)]
+    if let Some(ms) = std::env::var(UNPACK_DELAY_VAR)
+        .ok()
+        .and_then(|value| value.parse::<u64>().ok())
+    {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
 }

@@ -13,7 +13,7 @@ use driver::InstanceSpec;
 use manifest::{Health, ResolvedManifest, Service};
 
 use crate::engine::{AppEnv, Engine, InstancePhase, RouteInfo, RuntimeInstance, now_ms};
-use crate::secrets::Secret;
+use crate::secrets::{Scrubber, Secret};
 use crate::store::{Deployment, InstanceRecord, NewEvent};
 
 /// How long a build command may run.
@@ -42,7 +42,7 @@ pub fn load_release(engine: &Engine, key: &AppEnv, number: u64) -> Result<Loaded
     let release = engine
         .store
         .release(&key.0, &key.1, number)
-        .map_err(|error| error.to_string())?
+        .map_err(|error| crate::report::chain(&error))?
         .ok_or_else(|| format!("no release {number} of `{}` in `{}`", key.0, key.1))?;
     let config: ReleaseConfig = serde_json::from_str(&release.config_json)
         .map_err(|error| format!("release {number} has an unreadable config: {error}"))?;
@@ -54,11 +54,11 @@ pub fn load_release(engine: &Engine, key: &AppEnv, number: u64) -> Result<Loaded
     };
     let secrets =
         crate::secrets::open_versions(&engine.store, &engine.master_key, &key.0, &key.1, &versions)
-            .map_err(|error| error.to_string())?;
+            .map_err(|error| crate::report::chain(&error))?;
     let images = engine
         .store
         .release_images(&key.0, &key.1, number)
-        .map_err(|error| error.to_string())?;
+        .map_err(|error| crate::report::chain(&error))?;
     Ok(LoadedRelease {
         number,
         artifact: release.artifact,
@@ -73,76 +73,7 @@ pub fn resolve(config: &ReleaseConfig) -> Result<ResolvedManifest, String> {
         .map_err(|diagnostics| diagnostics.render(false))?;
     manifest
         .resolve(&config.environment)
-        .map_err(|error| error.to_string())
-}
-
-/// Unpacks the artifact into the release folder (once) and runs the build command there.
-pub async fn prepare(
-    engine: &Arc<Engine>,
-    deployment: &Deployment,
-    release: &LoadedRelease,
-) -> Result<(), String> {
-    let dir = workdir(engine, release);
-    let built_marker = dir.join(".rollway-built");
-    let home = app_home(engine, &deployment.app, &deployment.environment)?;
-    // Built here before, but under another user (an agent that was not root then): built again
-    // below, rather than handing over a tree an app may be changing.
-    let owned_by_another = rustix::process::geteuid().is_root()
-        && std::fs::symlink_metadata(&dir)
-            .is_ok_and(|metadata| std::os::unix::fs::MetadataExt::uid(&metadata) != home.user.uid);
-    if built_marker.exists() && !owned_by_another {
-        engine.record(NewEvent::for_deployment(
-            deployment,
-            "deployment.reuse",
-            format!(
-                "artifact {} already built here: no rebuild",
-                short(&release.artifact)
-            ),
-        ));
-        return Ok(());
-    }
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir)
-            .map_err(|error| format!("cannot clear `{}`: {error}", dir.display()))?;
-    }
-    let parent = dir.parent().ok_or("release folder has no parent")?;
-    std::fs::create_dir_all(parent)
-        .map_err(|error| format!("cannot create `{}`: {error}", parent.display()))?;
-    let staging = parent.join(format!(".{}.unpacking", deployment.id));
-    let _ = std::fs::remove_dir_all(&staging);
-    engine
-        .artifacts
-        .unpack(&release.artifact, &staging)
-        .map_err(|error| {
-            format!(
-                "cannot unpack artifact `{}`: {error}",
-                short(&release.artifact)
-            )
-        })?;
-    // The build runs as the app's user and writes here; nothing else of the host is theirs.
-    // Handed over before the move, while the app cannot reach into it.
-    home.take_ownership(&staging).map_err(|error| {
-        format!(
-            "cannot give `{}` to the app's user (uid {}): {error}",
-            staging.display(),
-            home.user.uid
-        )
-    })?;
-    std::fs::rename(&staging, &dir)
-        .map_err(|error| format!("cannot move the release into `{}`: {error}", dir.display()))?;
-    if let Some(build) = &release.resolved.config.build {
-        run_build(
-            engine,
-            deployment,
-            &dir,
-            &build.command,
-            &base_env(release)?,
-        )
-        .await?;
-    }
-    std::fs::write(&built_marker, b"")
-        .map_err(|error| format!("cannot write `{}`: {error}", built_marker.display()))?;
-    Ok(())
+        .map_err(|error| crate::report::chain(&error))
 }
 
 /// Pulls or builds the image of every container service of the release and records its id
@@ -164,6 +95,7 @@ pub async fn prepare_images(
     }
     let driver = engine.drivers.container().await?;
     let event = |kind: &str, message: String| NewEvent::for_deployment(deployment, kind, message);
+    let scrubber = scrubber(engine, deployment)?;
     for service in containers {
         if release.images.contains_key(&service.name) {
             continue;
@@ -172,7 +104,10 @@ pub async fn prepare_images(
         let mut on_line = |line: &str| {
             n_lines += 1;
             if n_lines <= MAX_OUTPUT_EVENTS {
-                engine.record(event("deployment.output", line.to_owned()));
+                engine.record(event(
+                    "deployment.output",
+                    scrubber.scrub(line).into_owned(),
+                ));
             }
         };
         let image = match &service.source {
@@ -187,7 +122,12 @@ pub async fn prepare_images(
                     Err(_) => driver
                         .pull_image(&reference, None, &mut on_line)
                         .await
-                        .map_err(|error| format!("cannot pull `{reference}`: {error}"))?,
+                        .map_err(|error| {
+                            format!(
+                                "cannot pull `{reference}`: {}",
+                                crate::report::chain(&error)
+                            )
+                        })?,
                 }
             }
             manifest::ServiceSource::Dockerfile { dockerfile, .. } => {
@@ -202,7 +142,12 @@ pub async fn prepare_images(
                 driver
                     .build_image(&workdir(engine, release), dockerfile, &tag, &mut on_line)
                     .await
-                    .map_err(|error| format!("cannot build `{dockerfile}`: {error}"))?
+                    .map_err(|error| {
+                        format!(
+                            "cannot build `{dockerfile}`: {}",
+                            crate::report::chain(&error)
+                        )
+                    })?
             }
             manifest::ServiceSource::Run { .. } => continue,
         };
@@ -215,7 +160,7 @@ pub async fn prepare_images(
                 &service.name,
                 &image,
             )
-            .map_err(|error| error.to_string())?;
+            .map_err(|error| crate::report::chain(&error))?;
         engine.record(event(
             "deployment.image",
             format!("`{}` runs image {}", service.name, short(&image)),
@@ -272,6 +217,7 @@ pub async fn run_release_command(
                 short(image)
             ),
         ));
+        let scrubber = scrubber(engine, deployment)?;
         let mut tail: std::collections::VecDeque<String> = std::collections::VecDeque::new();
         let mut n_lines = 0usize;
         // As its app's user, or as the manifest's `user` of the service whose image it is.
@@ -288,21 +234,27 @@ pub async fn run_release_command(
         };
         let code = driver
             .run_once(image, &env, command, &confinement, |line| {
+                let line = scrubber.scrub(line).into_owned();
                 n_lines += 1;
                 if n_lines <= MAX_OUTPUT_EVENTS {
                     engine.record(NewEvent::for_deployment(
                         deployment,
                         "deployment.output",
-                        line.to_owned(),
+                        line.clone(),
                     ));
                 }
-                tail.push_back(line.to_owned());
+                tail.push_back(line);
                 if tail.len() > 10 {
                     tail.pop_front();
                 }
             })
             .await
-            .map_err(|error| format!("cannot run the release command: {error}"))?;
+            .map_err(|error| {
+                format!(
+                    "cannot run the release command: {}",
+                    crate::report::chain(&error)
+                )
+            })?;
         if code != 0 {
             let tail: Vec<String> = tail.iter().map(|line| format!("  | {line}")).collect();
             return Err(format!(
@@ -315,7 +267,7 @@ pub async fn run_release_command(
     run_command(engine, deployment, &dir, "release command", command, &env).await
 }
 
-async fn run_build(
+pub(crate) async fn run_build(
     engine: &Arc<Engine>,
     deployment: &Deployment,
     dir: &Path,
@@ -323,6 +275,17 @@ async fn run_build(
     env: &[(String, String)],
 ) -> Result<(), String> {
     run_command(engine, deployment, dir, "build command", command, env).await
+}
+
+/// The scrubber of a deployment's app and environment (every version of every secret).
+pub fn scrubber(engine: &Engine, deployment: &Deployment) -> Result<Scrubber, String> {
+    Scrubber::for_environment(
+        &engine.store,
+        &engine.master_key,
+        &deployment.app,
+        &deployment.environment,
+    )
+    .map_err(|error| format!("cannot open the secrets to hide them from output: {error}"))
 }
 
 /// Most output lines of one command that become events (all of them go to the deployment's log).
@@ -340,7 +303,8 @@ async fn run_command(
 ) -> Result<(), String> {
     use tokio::io::AsyncBufReadExt as _;
 
-    std::fs::create_dir_all(&engine.paths.deploy_logs).map_err(|error| error.to_string())?;
+    std::fs::create_dir_all(&engine.paths.deploy_logs)
+        .map_err(|error| crate::report::chain(&error))?;
     let confinement = app_home(engine, &deployment.app, &deployment.environment)?
         .confinement(&engine.isolation, "commands");
     confinement.prepare().map_err(|error| {
@@ -356,6 +320,9 @@ async fn run_command(
         .open(&log_path)
         .map_err(|error| format!("cannot open `{}`: {error}", log_path.display()))?;
     let event = |kind: &str, message: String| NewEvent::for_deployment(deployment, kind, message);
+    // Built before the command starts: it holds every version of every secret, so whatever the
+    // command prints is scrubbed before it reaches the log file, an event or a failure reason.
+    let scrubber = scrubber(engine, deployment)?;
     engine.record(event(
         "deployment.command",
         format!("the {label}: {command}"),
@@ -403,6 +370,7 @@ async fn run_command(
                 },
             };
             let Some(line) = line else { continue };
+            let line = scrubber.scrub(&line).into_owned();
             let _ = writeln!(log, "{line}");
             n_lines += 1;
             if n_lines <= MAX_OUTPUT_EVENTS {
@@ -416,7 +384,7 @@ async fn run_command(
         child.wait().await
     };
     let status = match tokio::time::timeout(BUILD_TIMEOUT, run).await {
-        Ok(status) => status.map_err(|error| error.to_string())?,
+        Ok(status) => status.map_err(|error| crate::report::chain(&error))?,
         Err(_) => {
             return Err(format!(
                 "the {label} `{command}` ran longer than {}s",
@@ -646,7 +614,13 @@ pub async fn start_instance(
         );
     });
     persist_instance(engine, key, &id);
-    engine.drivers.start(spec).await?;
+    if let Err(error) = engine.drivers.start(spec).await {
+        // Nothing runs: forget it now rather than leave it `starting` for good.
+        let _ = engine.drivers.stop(&id).await;
+        engine.with_runtime(key, |runtime| runtime.instances.remove(&id));
+        let _ = engine.store.remove_instance(&id);
+        return Err(error);
+    }
     engine.record(NewEvent {
         app: Some(key.0.clone()),
         environment: Some(key.1.clone()),

@@ -1,10 +1,12 @@
 //! Starting a deployment: everything checked before anything moves (manifest, environment,
-//! required config, artifact, the deploy lock), then the executor takes over.
+//! required config, artifact, routes claimed by no other app or environment, the deploy lock), then
+//! the executor takes over.
 
 use std::sync::Arc;
 
 use client::wire::{DeployRequest, RollbackRequest};
 
+use crate::deploy::claims::{self, RouteConflict};
 use crate::deploy::executor::{self, DeploymentData, LOCK_TTL};
 use crate::deploy::spec::{self, ReleaseConfig};
 use crate::deploy::state::State;
@@ -36,6 +38,8 @@ pub enum StartError {
         since: String,
         deployment: String,
     },
+    #[error(transparent)]
+    RouteConflict(#[from] Box<RouteConflict>),
     #[error("{0}")]
     NothingToRollBack(String),
     #[error("the agent is shutting down and takes no deploys")]
@@ -48,6 +52,7 @@ pub enum StartError {
 pub fn deploy(
     engine: &Arc<Engine>,
     caller: &str,
+    token_id: &str,
     app: &str,
     env: &str,
     request: &DeployRequest,
@@ -83,12 +88,16 @@ pub fn deploy(
     if !engine.artifacts.has(&request.artifact) {
         return Err(StartError::UnknownArtifact(request.artifact.clone()));
     }
+    // Held until the deployment is recorded, so two deploys cannot claim one route at once.
+    let _claiming = CLAIMING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    check_routes(engine, app, env, &spec::routes(&resolved))?;
     let strategy = request
         .strategy
         .clone()
         .unwrap_or_else(|| resolved.config.strategy.kind.as_str().to_owned());
-    let config_json =
-        serde_json::to_string(&config).map_err(|error| StartError::Store(error.to_string()))?;
+    let config_json = serde_json::to_string(&config).map_err(store_error)?;
     let store = &engine.store;
     let from = store.current(app, env).map_err(store_error)?;
     let release = store
@@ -98,10 +107,7 @@ pub fn deploy(
             artifact: request.artifact.clone(),
             config_json,
             // The versions, never the values: a rollback opens exactly these again.
-            secrets_version: Some(
-                serde_json::to_string(&secret_versions)
-                    .map_err(|error| StartError::Store(error.to_string()))?,
-            ),
+            secrets_version: Some(serde_json::to_string(&secret_versions).map_err(store_error)?),
             created_by: caller.to_owned(),
             message: request.message.clone(),
             strategy: strategy.clone(),
@@ -110,6 +116,7 @@ pub fn deploy(
     match begin(
         engine,
         caller,
+        token_id,
         app,
         env,
         "deploy",
@@ -117,7 +124,20 @@ pub fn deploy(
         release.number,
         &strategy,
     ) {
-        Ok(deployment) => Ok(deployment),
+        Ok(deployment) => {
+            // Alerts must not vanish unnoticed: the deploy goes on, and its progress says why
+            // nobody will be alerted.
+            if let Some(warning) =
+                resolved.webhook_warning(|name| secret_versions.contains_key(name))
+            {
+                engine.record(NewEvent::for_deployment(
+                    &deployment,
+                    "alerts.off",
+                    warning.to_string(),
+                ));
+            }
+            Ok(deployment)
+        }
         Err(error) => {
             let _ = store.set_release_outcome(app, env, release.number, ReleaseOutcome::Failed);
             Err(error)
@@ -129,6 +149,7 @@ pub fn deploy(
 pub fn rollback(
     engine: &Arc<Engine>,
     caller: &str,
+    token_id: &str,
     app: &str,
     env: &str,
     request: &RollbackRequest,
@@ -171,10 +192,14 @@ pub fn rollback(
     }
     let strategy = "blue-green".to_owned();
     // The target must still load (manifest, recorded secret versions) before anything moves.
-    spec::load_release(engine, &(app.to_owned(), env.to_owned()), target)
+    let loaded = spec::load_release(engine, &(app.to_owned(), env.to_owned()), target)
         .map_err(StartError::InvalidManifest)?;
+    let _claiming = CLAIMING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    check_routes(engine, app, env, &spec::routes(&loaded.resolved))?;
     begin(
-        engine, caller, app, env, "rollback", current, target, &strategy,
+        engine, caller, token_id, app, env, "rollback", current, target, &strategy,
     )
 }
 
@@ -185,6 +210,7 @@ pub fn rollback(
 fn begin(
     engine: &Arc<Engine>,
     caller: &str,
+    token_id: &str,
     app: &str,
     env: &str,
     kind: &str,
@@ -202,7 +228,11 @@ fn begin(
             to_release: to,
             strategy: strategy.to_owned(),
             created_by: caller.to_owned(),
-            data_json: serde_json::to_string(&DeploymentData::default()).unwrap_or_default(),
+            data_json: serde_json::to_string(&DeploymentData {
+                started_by_token: Some(token_id.to_owned()),
+                ..DeploymentData::default()
+            })
+            .unwrap_or_default(),
         })
         .map_err(store_error)?;
     let ttl = i64::try_from(LOCK_TTL.as_millis()).unwrap_or(60_000);
@@ -247,8 +277,25 @@ fn begin(
     Ok(deployment)
 }
 
-fn store_error(error: impl std::fmt::Display) -> StartError {
-    StartError::Store(error.to_string())
+/// Serialises the route check with the recording of the deployment that claims the routes.
+/// std Mutex: held by synchronous code only (store calls), never across an await.
+static CLAIMING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn check_routes(
+    engine: &Engine,
+    app: &str,
+    env: &str,
+    routes: &[crate::engine::RouteInfo],
+) -> Result<(), StartError> {
+    let key = (app.to_owned(), env.to_owned());
+    match claims::find_conflict(engine, &key, routes).map_err(store_error)? {
+        Some(conflict) => Err(StartError::RouteConflict(Box::new(conflict))),
+        None => Ok(()),
+    }
+}
+
+fn store_error(error: impl std::error::Error + 'static) -> StartError {
+    StartError::Store(crate::report::chain(&error))
 }
 
 /// Unix ms as `2026-11-23 04:05:06 UTC`.

@@ -13,6 +13,9 @@ pub enum State {
     Pending,
     /// Unpack the artifact, run the build command.
     Preparing,
+    /// Held until `rollway approve` by another token with role approver or admin (environments
+    /// with `approval = true`), before anything touches the database or the instances.
+    AwaitingApproval,
     /// Back up the database the release command touches.
     BackingUp,
     /// Run the release command (migrations) once, before any new instance starts.
@@ -21,8 +24,6 @@ pub enum State {
     Starting,
     /// Health gate (N consecutive passes per instance), then the smoke command.
     Verifying,
-    /// Held until `rollway approve` (environments with `approval = true`).
-    AwaitingApproval,
     /// Move traffic: one switch, instance by instance, or canary steps under analysis.
     Shifting,
     /// All traffic on the new release, analysis still armed.
@@ -46,7 +47,7 @@ pub enum StepResult {
 pub struct Plan {
     /// The target release already runs (a warm rollback): nothing to prepare or start.
     pub warm: bool,
-    /// Hold at `AwaitingApproval` before traffic moves.
+    /// Hold at `AwaitingApproval` after preparing, before the backup and the release command.
     pub approval: bool,
     /// Watch the release after it takes all traffic.
     pub observe: bool,
@@ -67,11 +68,11 @@ impl State {
     pub const ALL: [State; 13] = [
         State::Pending,
         State::Preparing,
+        State::AwaitingApproval,
         State::BackingUp,
         State::Releasing,
         State::Starting,
         State::Verifying,
-        State::AwaitingApproval,
         State::Shifting,
         State::Observing,
         State::Succeeded,
@@ -134,22 +135,20 @@ impl FromStr for State {
 
 /// The transition function. A failure before traffic moved ends in `Failed` with traffic
 /// untouched; a failure while shifting or observing goes back to the earlier release.
+///
+/// The approval gate comes right after preparing: an unapproved deployment has not backed up,
+/// migrated or started anything, so aborting it leaves the database as it was.
 pub fn next(state: State, result: StepResult, plan: Plan) -> State {
     use State::*;
-    let after_verifying = if plan.approval {
-        AwaitingApproval
-    } else {
-        Shifting
-    };
     match (state, result) {
         (Pending, StepResult::Done) if plan.warm => Verifying,
         (Pending, StepResult::Done) => Preparing,
-        (Preparing, StepResult::Done) => BackingUp,
+        (Preparing, StepResult::Done) if plan.approval => AwaitingApproval,
+        (Preparing | AwaitingApproval, StepResult::Done) => BackingUp,
         (BackingUp, StepResult::Done) => Releasing,
         (Releasing, StepResult::Done) => Starting,
         (Starting, StepResult::Done) => Verifying,
-        (Verifying, StepResult::Done) => after_verifying,
-        (AwaitingApproval, StepResult::Done) => Shifting,
+        (Verifying, StepResult::Done) => Shifting,
         (Shifting, StepResult::Done) if plan.observe => Observing,
         (Shifting | Observing, StepResult::Done) => Succeeded,
         (RollingBack, StepResult::Done) => RolledBack,
@@ -172,7 +171,7 @@ pub fn recover(state: State) -> Recovery {
         | State::Releasing
         | State::Starting
         | State::Verifying => Recovery::Undo,
-        // Verified instances were adopted; the deployment keeps waiting for its approval.
+        // Nothing was started or migrated yet; the prepared release keeps waiting for approval.
         State::AwaitingApproval => Recovery::Resume(State::AwaitingApproval),
         State::Shifting => Recovery::Resume(State::Shifting),
         State::Observing => Recovery::Resume(State::Observing),

@@ -12,8 +12,6 @@ use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use chacha20poly1305::XChaCha20Poly1305;
-use chacha20poly1305::aead::{KeyInit, OsRng};
 use zeroize::Zeroizing;
 
 use super::{MASTER_KEY_FILE, MASTER_KEY_VAR, MasterKey, SecretError, parse_key};
@@ -138,9 +136,7 @@ pub fn load(sources: &KeySources, state_dir: &Path) -> Result<LoadedKey, SecretE
                 key
             }
             None => {
-                let key = MasterKey(Zeroizing::new(
-                    XChaCha20Poly1305::generate_key(&mut OsRng).into(),
-                ));
+                let key = MasterKey::generate();
                 write_key(file, &key)?;
                 key
             }

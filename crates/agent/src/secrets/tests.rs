@@ -99,5 +99,78 @@ fn a_ciphertext_cannot_be_moved_to_another_secret_or_opened_with_another_key() {
 fn secrets_never_print() {
     let secret = Secret::new("hunter2-long".into());
     assert_eq!(format!("{secret} {secret:?}"), "*** ***");
-    assert_eq!(scrub("token=hunter2-long!", &[secret]), "token=***!");
+    assert_eq!(
+        Scrubber::new([secret]).scrub("token=hunter2-long!"),
+        "token=***!"
+    );
+}
+
+#[test]
+fn the_scrubber_hides_every_version_of_every_secret() {
+    let store = Store::open_in_memory().expect("store");
+    let key = key();
+    let set_value = |name: &'static str, value: &str| {
+        set(
+            &store,
+            &key,
+            SecretName {
+                app: "shop",
+                env: "production",
+                name,
+            },
+            &Secret::new(value.to_owned()),
+            "admin",
+            1,
+        )
+        .expect("set");
+    };
+    set_value("DATABASE_URL", "postgres://u:old-password@db/shop");
+    set_value("DATABASE_URL", "postgres://u:new-password@db/shop");
+    set_value("JWT_SECRET", "jwt-canary");
+    unset(&store, "shop", "production", "JWT_SECRET", "admin", 2).expect("unset");
+    // Another environment's values are not this scrubber's business.
+    set(
+        &store,
+        &key,
+        SecretName {
+            app: "shop",
+            env: "staging",
+            name: "OTHER",
+        },
+        &Secret::new("staging-only".into()),
+        "admin",
+        1,
+    )
+    .expect("set");
+    let scrubber = Scrubber::for_environment(&store, &key, "shop", "production").expect("open");
+    let table = [
+        (
+            "error: cannot connect to postgres://u:old-password@db/shop",
+            "error: cannot connect to ***",
+        ),
+        (
+            "connecting to postgres://u:new-password@db/shop (jwt-canary)",
+            "connecting to *** (***)",
+        ),
+        ("staging-only stays", "staging-only stays"),
+        ("nothing secret here", "nothing secret here"),
+        ("", ""),
+    ];
+    for (line, expected) in table {
+        assert_eq!(scrubber.scrub(line), expected, "{line}");
+    }
+}
+
+#[test]
+fn the_scrubber_prefers_the_longest_value_and_skips_short_ones() {
+    let scrubber = Scrubber::new([
+        Secret::new("abcd".into()),
+        Secret::new("abcdefgh".into()),
+        Secret::new("abc".into()),
+    ]);
+    assert_eq!(
+        scrubber.scrub("x abcdefgh y abcd z abc"),
+        "x *** y *** z abc"
+    );
+    assert_eq!(format!("{scrubber:?}"), "Scrubber(2 values)");
 }

@@ -12,6 +12,7 @@ pub(super) static MIGRATIONS: &[M<'static>] = &[
     M::up(V1_INITIAL),
     M::up(V2_SECRETS_BACKUPS),
     M::up(V3_RELEASE_IMAGES),
+    M::up(V4_APPROVER_ROLE),
 ];
 
 /// The first schema.
@@ -210,4 +211,21 @@ BEFORE UPDATE ON release_images
 BEGIN
     SELECT RAISE(ABORT, 'a release image is recorded once');
 END;
+"#;
+
+/// The `approver` role (between deployer and admin). SQLite cannot change a CHECK constraint in
+/// place, so the tokens table is rebuilt with the same rows.
+const V4_APPROVER_ROLE: &str = r#"
+CREATE TABLE tokens_v4 (
+    id          TEXT    NOT NULL PRIMARY KEY,
+    name        TEXT    NOT NULL,
+    role        TEXT    NOT NULL CHECK (role IN ('viewer', 'deployer', 'approver', 'admin')),
+    hash        TEXT    NOT NULL UNIQUE,
+    created_at  INTEGER NOT NULL,
+    revoked_at  INTEGER
+) STRICT;
+INSERT INTO tokens_v4 (id, name, role, hash, created_at, revoked_at)
+    SELECT id, name, role, hash, created_at, revoked_at FROM tokens;
+DROP TABLE tokens;
+ALTER TABLE tokens_v4 RENAME TO tokens;
 "#;

@@ -117,6 +117,38 @@ impl Store {
         Ok(metas)
     }
 
+    /// Every sealed version of every secret of (app, env), unsets left out: what the scrubber
+    /// hides, since a rollback can bring any of them back.
+    pub fn all_secret_versions(
+        &self,
+        app: &str,
+        env: &str,
+    ) -> Result<Vec<(String, u64, SealedSecret)>, StoreError> {
+        let subject = format!("secrets of `{app}` in `{env}`");
+        let connection = self.connection();
+        let mut statement = connection
+            .prepare(
+                "SELECT name, version, nonce, ciphertext FROM secrets
+                 WHERE app = ?1 AND environment = ?2 AND ciphertext IS NOT NULL
+                 ORDER BY name, version",
+            )
+            .map_err(|source| self.error("read secrets", subject.clone(), source))?;
+        let rows = statement
+            .query_map(params![app, env], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    u64::try_from(row.get::<_, i64>(1)?).unwrap_or(0),
+                    SealedSecret {
+                        nonce: row.get(2)?,
+                        ciphertext: row.get(3)?,
+                    },
+                ))
+            })
+            .map_err(|source| self.error("read secrets", subject.clone(), source))?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(|source| self.error("read secrets", subject, source))
+    }
+
     /// One sealed version; `None` when it does not exist or is an unset.
     pub fn secret_version(
         &self,

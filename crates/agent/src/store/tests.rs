@@ -577,6 +577,28 @@ fn tokens_are_found_by_hash_and_revoked_once() {
 }
 
 #[test]
+fn every_role_is_stored() {
+    let store = store();
+    for (idx, role) in Role::ALL.into_iter().enumerate() {
+        let token = TokenRecord {
+            id: format!("t-{idx}"),
+            name: role.to_string(),
+            role,
+            hash: format!("{idx:064}"),
+            created_at: 7,
+            revoked_at: None,
+        };
+        store
+            .insert_token(&token)
+            .expect("the schema takes every role");
+        assert_eq!(
+            store.token_by_hash(&token.hash).expect("lookup"),
+            Some(token)
+        );
+    }
+}
+
+#[test]
 fn migrations_are_valid() {
     assert!(migrations::migrations().validate().is_ok());
 }

@@ -13,22 +13,27 @@ fn roles_are_ordered() {
     check_allows(Role::Viewer, Role::Admin, false);
     check_allows(Role::Deployer, Role::Viewer, true);
     check_allows(Role::Deployer, Role::Deployer, true);
+    check_allows(Role::Deployer, Role::Approver, false);
     check_allows(Role::Deployer, Role::Admin, false);
+    check_allows(Role::Approver, Role::Deployer, true);
+    check_allows(Role::Approver, Role::Approver, true);
+    check_allows(Role::Approver, Role::Admin, false);
     check_allows(Role::Admin, Role::Viewer, true);
     check_allows(Role::Admin, Role::Deployer, true);
+    check_allows(Role::Admin, Role::Approver, true);
     check_allows(Role::Admin, Role::Admin, true);
 }
 
 #[test]
 fn roles_parse_and_print() {
-    for role in [Role::Viewer, Role::Deployer, Role::Admin] {
+    for role in Role::ALL {
         assert_eq!(role.to_string().parse::<Role>(), Ok(role));
     }
     assert_eq!("admin".parse::<Role>(), Ok(Role::Admin));
     let error = "Admin".parse::<Role>().expect_err("case matters");
     assert_eq!(
         error.to_string(),
-        "unknown role `Admin`, expected `viewer`, `deployer` or `admin`"
+        "unknown role `Admin`, expected `viewer`, `deployer`, `approver` or `admin`"
     );
     assert_eq!(
         serde_json::to_string(&Role::Deployer).ok().as_deref(),

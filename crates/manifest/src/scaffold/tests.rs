@@ -81,3 +81,17 @@ fn app_names_are_slugs() {
     assert_eq!(app_name("___"), "app");
     assert_eq!(app_name("logistix"), "logistix");
 }
+
+#[test]
+fn the_template_routes_a_host_and_does_not_watch_in_development() {
+    let project = project("Shop API", &["app.py"]);
+    let text = template(&project, &detect(&project));
+    let manifest = crate::parse(&text, "rollway.toml").expect("the template parses");
+    let development = manifest.resolve("development").expect("development");
+    assert_eq!(development.config.routes[0].hosts, ["shop-api.localhost"]);
+    assert!(development.config.analysis.observe.as_std().is_zero());
+    assert_eq!(development.warnings("shop-api"), []);
+    let production = manifest.resolve("production").expect("production");
+    assert_eq!(production.config.routes[0].hosts, ["shop-api.example.com"]);
+    assert!(!production.config.analysis.observe.as_std().is_zero());
+}

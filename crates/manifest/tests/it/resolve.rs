@@ -134,3 +134,48 @@ fn diagnostics_carry_line_and_column() {
     assert_eq!((located[0].line, located[0].column), (5, 1));
     assert_eq!(located[0].help.as_deref(), Some("did you mean `health`?"));
 }
+
+#[test]
+fn a_route_answering_every_host_and_an_unset_webhook_are_warnings() {
+    let source = r#"
+[app]
+name = "shop"
+
+[services.web]
+run = "./server"
+health = { path = "/up" }
+
+[alerts]
+webhook = "SLACK_WEBHOOK_URL"
+
+[environments.development]
+
+[environments.production]
+routes = { web = { hosts = ["shop.example.com"] } }
+"#;
+    let manifest = manifest::parse(source, "rollway.toml").expect("valid manifest");
+    let development = manifest.resolve("development").expect("declared");
+    let warnings: Vec<String> = development
+        .warnings("shop")
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        warnings,
+        [
+            "route `web` in `development` answers every host, so no other app or environment can be routed beside it on the same agent; add `hosts = [\"shop.localhost\"]` under [routes.web] (or under [environments.development])"
+        ]
+    );
+    let production = manifest.resolve("production").expect("declared");
+    assert!(production.warnings("shop").is_empty());
+    assert_eq!(
+        production
+            .webhook_warning(|_| false)
+            .map(|warning| warning.to_string())
+            .as_deref(),
+        Some(
+            "alerts are off in `production`: the webhook secret `SLACK_WEBHOOK_URL` is not set; set it with `rollway secrets set SLACK_WEBHOOK_URL --env production`"
+        )
+    );
+    assert_eq!(production.webhook_warning(|_| true), None);
+}

@@ -73,14 +73,34 @@ pub fn run_agent(args: &AgentRunArgs, printer: Printer) -> anyhow::Result<ExitSt
     Ok(ExitStatus::Success)
 }
 
-pub fn run_proxy(args: &ProxyRunArgs, _printer: Printer) -> anyhow::Result<ExitStatus> {
+pub fn run_proxy(args: &ProxyRunArgs, printer: Printer) -> anyhow::Result<ExitStatus> {
+    if let Some(crate::cli::ProxyAction::Upgrade { json, agent }) = &args.action {
+        return super::proxy::upgrade(agent, *json, printer);
+    }
+    let (Some(state), Some(listen)) = (args.state.clone(), args.listen) else {
+        printer.error("`rollway proxy` needs `--state DIR` and `--listen ADDR`");
+        return Ok(ExitStatus::Usage);
+    };
     init_tracing();
+    let listeners = if args.listeners_on_stdin {
+        use std::os::fd::AsFd as _;
+        let stdin = std::io::stdin().as_fd().try_clone_to_owned()?;
+        let stream = std::os::unix::net::UnixStream::from(stdin);
+        let fds = proxy::handover::receive(&stream, std::time::Duration::from_secs(10)).map_err(
+            |error| anyhow::anyhow!("cannot take the data listeners from stdin: {error}"),
+        )?;
+        Some(std::sync::Arc::new(fds))
+    } else {
+        None
+    };
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
-        let mut config = proxy::process::ProcessConfig::new(args.state.clone(), args.listen);
+        let mut config = proxy::process::ProcessConfig::new(state, listen);
         config.metrics = args.metrics;
+        config.listeners = listeners;
+        config.takeover = args.takeover;
         proxy::process::run(config, shutdown).await
     })?;
     Ok(ExitStatus::Success)

@@ -69,18 +69,66 @@ pub fn run(
                 }
                 Err(error) => return client_error(&printer, error),
             },
-            BackupsCommand::Restore { id } => match client.restore_backup(&app, env, id).await {
-                Ok(restored) => {
-                    if target.json {
-                        printer.data(&serde_json::to_string_pretty(&restored)?)?;
-                    }
-                    for step in &restored.steps {
-                        printer.status("Restore", step);
-                    }
+            BackupsCommand::Restore { id, yes } => {
+                match confirm_restore(id, &app, env, *yes, &printer)? {
+                    Confirmation::Yes => {}
+                    Confirmation::No => return Ok(ExitStatus::Failure),
+                    Confirmation::CannotAsk => return Ok(ExitStatus::Usage),
                 }
-                Err(error) => return client_error(&printer, error),
-            },
+                match client.restore_backup(&app, env, id).await {
+                    Ok(restored) => {
+                        if target.json {
+                            printer.data(&serde_json::to_string_pretty(&restored)?)?;
+                        }
+                        for step in &restored.steps {
+                            printer.status("Restore", step);
+                        }
+                    }
+                    Err(error) => return client_error(&printer, error),
+                }
+            }
         }
         Ok(ExitStatus::Success)
     })
+}
+
+enum Confirmation {
+    Yes,
+    No,
+    /// Stdin is not a terminal and `--yes` was not given.
+    CannotAsk,
+}
+
+/// A restore replaces the live database: asked on the terminal, or `--yes`.
+fn confirm_restore(
+    id: &str,
+    app: &str,
+    env: &str,
+    yes: bool,
+    printer: &Printer,
+) -> anyhow::Result<Confirmation> {
+    use std::io::{BufRead as _, IsTerminal as _};
+    if yes {
+        return Ok(Confirmation::Yes);
+    }
+    if !std::io::stdin().is_terminal() {
+        printer.error(&format!(
+            "restoring `{id}` replaces the database of {app} in {env}, and there is no terminal to confirm it"
+        ));
+        printer.hint(&format!(
+            "pass `--yes` to restore without asking: `rollway backups restore {id} --app {app} --env {env} --yes`"
+        ));
+        return Ok(Confirmation::CannotAsk);
+    }
+    printer.raw_stderr(&format!(
+        "Restore backup `{id}` into the database of {app} in {env}? The live database is backed up first. [y/N] "
+    ));
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    if matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes") {
+        Ok(Confirmation::Yes)
+    } else {
+        printer.status("Cancelled", "nothing was restored");
+        Ok(Confirmation::No)
+    }
 }

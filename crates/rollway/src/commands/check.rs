@@ -1,5 +1,6 @@
 //! `rollway check`: validate the manifest, print the parity report and what each environment
-//! requires before it can be deployed.
+//! requires before it can be deployed, and warn about what is valid but will bite (a route
+//! answering every host, an alerts webhook whose secret is not set).
 
 use std::fmt::Write as _;
 
@@ -93,8 +94,25 @@ pub fn run(args: &CheckArgs, printer: Printer) -> anyhow::Result<ExitStatus> {
     } else {
         printer.data(&render_text(&manifest, &selected, &parity))?;
     }
+    let warned: Vec<ResolvedManifest> = if selected.is_empty() {
+        manifest.resolve("development").into_iter().collect()
+    } else {
+        selected.clone()
+    };
+    for resolved in &warned {
+        for warning in resolved.warnings(&manifest.shared.app.name) {
+            printer.warning(&warning.to_string());
+        }
+    }
+    if let Verified::Missing {
+        alerts_off: Some(warning),
+        ..
+    } = &missing
+    {
+        printer.warning(&warning.to_string());
+    }
     match &missing {
-        Verified::Missing { env, names } if !names.is_empty() => {
+        Verified::Missing { env, names, .. } if !names.is_empty() => {
             printer.error(&format!("missing for {env}: {}", names.join(", ")));
             printer.hint(&format!("set each with `rollway secrets set NAME --env {env}` (the value is read from stdin)"));
             return Ok(ExitStatus::Usage);
@@ -274,7 +292,12 @@ fn print_json_errors(
 /// Whether the environment's required secrets were checked against an agent.
 enum Verified {
     NotAsked,
-    Missing { env: String, names: Vec<String> },
+    Missing {
+        env: String,
+        names: Vec<String>,
+        /// The alerts webhook's secret is not set: alerts would vanish.
+        alerts_off: Option<manifest::Warning>,
+    },
     Unreachable(String),
 }
 
@@ -289,10 +312,11 @@ fn missing_on_agent(
         return Verified::NotAsked;
     };
     let required = resolved.required_config();
-    if required.names().is_empty() {
+    if required.names().is_empty() && resolved.alerts_webhook().is_none() {
         return Verified::Missing {
             env: env.to_owned(),
             names: Vec::new(),
+            alerts_off: None,
         };
     }
     let client = match super::connect::client(&args.agent) {
@@ -304,10 +328,14 @@ fn missing_on_agent(
         Err(error) => return Verified::Unreachable(error.to_string()),
     };
     match runtime.block_on(client.secrets(app, env)) {
-        Ok(set) => Verified::Missing {
-            env: env.to_owned(),
-            names: required.missing(|name| set.iter().any(|secret| secret.name == name)),
-        },
+        Ok(set) => {
+            let is_set = |name: &str| set.iter().any(|secret| secret.name == name);
+            Verified::Missing {
+                env: env.to_owned(),
+                names: required.missing(is_set),
+                alerts_off: resolved.webhook_warning(is_set),
+            }
+        }
         Err(error) => Verified::Unreachable(error.to_string()),
     }
 }

@@ -157,12 +157,12 @@ async fn deploy(
     if args.detach {
         return finish_json(printer, args.json, &deployment, ExitStatus::Success);
     }
-    follow(client, printer, &deployment, started).await?;
+    let followed = follow(client, printer, &deployment, started).await?;
     let last = match client.deployment(&deployment.id).await {
         Ok(last) => last,
         Err(error) => return super::client_error(printer, error),
     };
-    let status = report_end(printer, &last, started.elapsed());
+    let status = report_end(printer, &last, started.elapsed(), &followed);
     if last.state == "Succeeded"
         && let Ok(status_view) = client.status(app, env).await
         && let Some(url) = status_view.url
@@ -172,19 +172,30 @@ async fn deploy(
     finish_json(printer, args.json, &last, status)
 }
 
+/// What following a deployment learned that its last line must say.
+#[derive(Debug, Default)]
+pub struct Followed {
+    /// The observation window ended without a verdict: the agent's words for it.
+    pub inconclusive: Option<String>,
+}
+
 /// Renders a deployment's events as they arrive, until it finishes.
 pub async fn follow(
     client: &Client,
     printer: &Printer,
     deployment: &DeploymentView,
     started: tokio::time::Instant,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Followed> {
     let path = format!("/v1/deployments/{}/stream", deployment.id);
+    let mut followed = Followed::default();
     let result = client
         .follow(&path, |_, data| {
             let Ok(event) = serde_json::from_str::<EventView>(data) else {
                 return ControlFlow::Continue(());
             };
+            if event.kind == "analysis.inconclusive" {
+                followed.inconclusive = Some(event.message.clone());
+            }
             render_event(printer, &event, started.elapsed());
             if event.kind == "deployment.finished" {
                 ControlFlow::Break(())
@@ -197,12 +208,12 @@ pub async fn follow(
         // The stream broke (agent restarted?): poll until the deployment ends.
         for _ in 0..600 {
             match client.deployment(&deployment.id).await {
-                Ok(view) if view.is_finished() => return Ok(()),
+                Ok(view) if view.is_finished() => return Ok(followed),
                 _ => tokio::time::sleep(Duration::from_millis(500)).await,
             }
         }
     }
-    Ok(())
+    Ok(followed)
 }
 
 fn render_event(printer: &Printer, event: &EventView, elapsed: Duration) {
@@ -238,6 +249,8 @@ fn render_event(printer: &Printer, event: &EventView, elapsed: Duration) {
         }
         "deployment.promoted" | "deployment.approved" => printer.status("Promoted", &event.message),
         "deployment.reuse" => printer.status("Reusing", &event.message),
+        "deployment.stopping" => printer.status("Stopping", &event.message),
+        "alerts.off" => printer.warning(&event.message),
         "instance.started" => printer.status("Started", &event.message),
         "instance.healthy" => printer.status("Healthy", &event.message),
         "deployment.weights" => printer.status("Shifted", &format!("{} {at}", event.message)),
@@ -246,14 +259,25 @@ fn render_event(printer: &Printer, event: &EventView, elapsed: Duration) {
     }
 }
 
-fn report_end(printer: &Printer, deployment: &DeploymentView, elapsed: Duration) -> ExitStatus {
+fn report_end(
+    printer: &Printer,
+    deployment: &DeploymentView,
+    elapsed: Duration,
+    followed: &Followed,
+) -> ExitStatus {
     let took = format!("in {:.1}s", elapsed.as_secs_f64());
     match deployment.state.as_str() {
         "Succeeded" => {
+            // An observation without a verdict is not a pass: the last line says so.
+            let caveat = followed
+                .inconclusive
+                .as_deref()
+                .map(|reason| format!("; not verified under traffic: {reason}"))
+                .unwrap_or_default();
             printer.status(
                 "Finished",
                 &format!(
-                    "{} {}@{} is live {took}",
+                    "{} {}@{} is live {took}{caveat}",
                     deployment.kind, deployment.app, deployment.to_release
                 ),
             );

@@ -49,6 +49,25 @@ pub fn status(args: &EnvArgs, printer: Printer) -> anyhow::Result<ExitStatus> {
                 weights.join(", ")
             }
         ));
+        if let Some(proxy) = &status.proxy {
+            let pid = proxy
+                .pid
+                .map(|pid| format!(" (pid {pid})"))
+                .unwrap_or_default();
+            let restarts = match proxy.restarts {
+                0 => String::new(),
+                1 => ", restarted once".to_owned(),
+                n => format!(", restarted {n} times"),
+            };
+            let last_exit = match (&proxy.last_exit, proxy.restarts) {
+                (Some(exit), _) => format!("; last exit: {exit}"),
+                (None, _) => String::new(),
+            };
+            out.push_str(&format!(
+                "proxy     {} on {}{pid}{restarts}{last_exit}\n",
+                proxy.state, proxy.listen
+            ));
+        }
         for instance in &status.instances {
             out.push_str(&format!(
                 "instance  {:<40} release {:<4} port {:<6} {}\n",
@@ -65,6 +84,9 @@ pub fn status(args: &EnvArgs, printer: Printer) -> anyhow::Result<ExitStatus> {
                 "last      {} {} → release {} {}{reason}\n",
                 deployment.id, deployment.kind, deployment.to_release, deployment.state
             ));
+        }
+        if let Some(inconclusive) = &status.inconclusive {
+            out.push_str(&format!("verdict   inconclusive: {inconclusive}\n"));
         }
         printer.data(&out)?;
         Ok(ExitStatus::Success)

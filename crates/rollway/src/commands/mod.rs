@@ -8,6 +8,7 @@ pub mod deploy;
 pub mod init;
 pub mod inspect;
 pub mod lock;
+pub mod proxy;
 pub mod rollback;
 pub mod sandbox;
 pub mod secrets;

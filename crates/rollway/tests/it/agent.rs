@@ -71,6 +71,34 @@ pub(crate) fn assert_contains(ran: &Ran, needle: &str) {
     );
 }
 
+/// After a switch only the release that served just before stays warm: every instance is
+/// `current`'s (serving) or of one earlier release (warm).
+#[track_caller]
+pub(crate) fn assert_current_and_one_warm(
+    instances: &std::collections::BTreeMap<String, String>,
+    current: u64,
+) {
+    let release_of = |id: &str| {
+        id.split('-')
+            .find_map(|part| part.strip_prefix('r')?.parse::<u64>().ok())
+    };
+    let mut warm_releases = std::collections::BTreeSet::new();
+    for (id, state) in instances {
+        let release = release_of(id).unwrap_or_else(|| panic!("no release in `{id}`"));
+        if release == current {
+            assert_eq!(state, "serving", "{instances:?}");
+        } else {
+            assert_eq!(state, "warm", "{instances:?}");
+            warm_releases.insert(release);
+        }
+    }
+    assert_eq!(
+        warm_releases.len(),
+        1,
+        "one earlier release stays warm: {instances:?}"
+    );
+}
+
 /// Asserts that the instances the agent reports are exactly the ones running: one live pid file
 /// and one process group per instance, and no other process inside the state directory.
 #[track_caller]
@@ -180,10 +208,10 @@ async fn deploys_and_rollbacks_under_load_fail_no_request() {
         ["v1", "v2"],
         "{report}"
     );
-    // Every release is still warm (keep_warm is 5m): 10 blue-green instances, 20 rolling ones,
-    // each running exactly once.
+    // Only the release that served before the last rollback stays warm (keep_warm keeps one
+    // earlier release); every instance the agent reports runs exactly once.
     let instances = agent.status(APP, ENV).await.instances();
-    assert_eq!(instances.len(), 30, "{instances:?}");
+    assert_current_and_one_warm(&instances, 3);
     let ids: Vec<&str> = instances.keys().map(String::as_str).collect();
     assert_instances_match(agent, &ids);
 }
@@ -603,4 +631,111 @@ async fn a_second_concurrent_deploy_is_refused_naming_the_lock_holder() {
         .expect("rollway deploy output");
     assert_eq!(first.status.code(), Some(0), "{first:?}");
     agent.assert_serves("v2").await;
+}
+
+// f. The API bounds what a client may hold: an oversized body, a head sent byte by byte past the
+// header timeout and idle connections are refused, in the error envelope, while a deploy proceeds.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_idle_and_oversized_api_clients_are_refused_while_a_deploy_proceeds() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::TcpStream;
+
+    let setup = Setup::start().await;
+    let agent = &setup.agent;
+    agent
+        .deploy(&setup.app("app", "v1"), ENV)
+        .await
+        .assert_code(0);
+    let api = agent.api_addr();
+    // Idle connections that never say a thing.
+    let mut idle = Vec::new();
+    for _ in 0..50 {
+        idle.push(TcpStream::connect(api).await.expect("connect"));
+    }
+    // A head sent one byte every 300 ms: ~70 bytes take longer than the 10 s header timeout.
+    let slow = tokio::spawn(async move {
+        let mut tcp = TcpStream::connect(api).await.expect("connect");
+        let head = b"GET /v1/agent HTTP/1.1\r\nhost: agent\r\nx-slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+        for byte in head {
+            if tcp.write_all(&[*byte]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        let mut raw = Vec::new();
+        let _ = tcp.read_to_end(&mut raw).await;
+        String::from_utf8_lossy(&raw).into_owned()
+    });
+    let mut deploy = agent
+        .deploy_command(
+            &setup.app("app", "v2").health_delay(Duration::from_secs(2)),
+            ENV,
+            Some(agent.admin_token()),
+        )
+        .spawn()
+        .expect("rollway deploy");
+
+    // A 2 MiB JSON body: 413 in the envelope, before it is read whole.
+    let mut tcp = TcpStream::connect(api).await.expect("connect");
+    let body = format!(r#"{{"name": "{}", "role": "viewer"}}"#, "x".repeat(2 << 20));
+    let head = format!(
+        "POST /v1/tokens HTTP/1.1\r\nhost: agent\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        agent.admin_token(),
+        body.len()
+    );
+    tcp.write_all(head.as_bytes()).await.expect("write");
+    let _ = tcp.write_all(body.as_bytes()).await;
+    let mut raw = Vec::new();
+    let _ = tcp.read_to_end(&mut raw).await;
+    let answer = String::from_utf8_lossy(&raw).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert_envelope(&answer, "too_large");
+
+    let ended = tokio::time::timeout(PATIENCE, deploy.wait())
+        .await
+        .expect("the deploy ended")
+        .expect("rollway deploy");
+    assert_eq!(ended.code(), Some(0));
+    agent.assert_serves("v2").await;
+
+    let answer = tokio::time::timeout(PATIENCE, slow)
+        .await
+        .expect("the slow client was cut off")
+        .expect("slow client");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert_envelope(&answer, "timeout");
+    for mut tcp in idle {
+        let mut raw = Vec::new();
+        let _ = tokio::time::timeout(PATIENCE, tcp.read_to_end(&mut raw)).await;
+        assert!(
+            raw.starts_with(b"HTTP/1.1 408"),
+            "an idle connection was kept"
+        );
+    }
+    assert_eq!(
+        agent
+            .api_status("GET", "/v1/agent", Some(agent.admin_token()))
+            .await,
+        200
+    );
+}
+
+/// The error envelope of a raw answer: `{ "error": { "code", "message" } }` with `code`.
+#[track_caller]
+fn assert_envelope(answer: &str, code: &str) {
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((answer, ""));
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/json"),
+        "{answer}"
+    );
+    let body: serde_json::Value = serde_json::from_str(body).expect("a JSON body");
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|message| !message.is_empty()),
+        "{body}"
+    );
 }

@@ -86,3 +86,15 @@ fn missing_manifest_points_at_init() {
     assert_eq!(output.status.code(), Some(2));
     insta::assert_snapshot!(transcript(&output, dir.path()));
 }
+
+#[test]
+fn a_route_answering_every_host_is_a_warning() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    write(
+        dir.path(),
+        "[app]\nname = \"shop\"\n\n[services.web]\nrun = \"./server\"\nhealth = { path = \"/up\" }\n",
+    );
+    let output = rollway(dir.path(), &["check"]);
+    assert_eq!(output.status.code(), Some(0));
+    insta::assert_snapshot!(transcript(&output, dir.path()));
+}

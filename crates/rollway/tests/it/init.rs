@@ -15,14 +15,16 @@ fn python_folder_gets_a_manifest_that_checks() {
     let written = std::fs::read_to_string(app.join("rollway.toml")).expect("manifest written");
     assert!(written.contains("name = \"shipping-api\""));
     assert!(written.contains("run = \"python3 app.py\""));
+    // A host per app and environment (no route conflicts on a shared agent) and no watch after
+    // the switch in development.
+    assert!(written.contains("hosts = [\"shipping-api.localhost\"]"));
+    assert!(written.contains("analysis = { observe = \"0s\" }"));
+    insta::assert_snapshot!("python_folder_manifest", written);
 
     let check = rollway(&app, &["check"]);
-    assert_eq!(
-        check.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&check.stderr)
-    );
+    let stderr = String::from_utf8_lossy(&check.stderr);
+    assert_eq!(check.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("warning"), "{stderr}");
 }
 
 #[test]

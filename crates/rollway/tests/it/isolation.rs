@@ -240,7 +240,7 @@ async fn not_as_root_a_hostile_app_is_confined_by_landlock_or_the_agent_says_why
 async fn attack(agent: &TestAgent, dir: &Path) -> serde_json::Value {
     let victim = TestApp::new(dir.join(VICTIM))
         .named(VICTIM)
-        .host("victim.test")
+        .hosts(&["victim.test"])
         .run("/usr/bin/python3 app.py")
         .file("app.py", APP_PY)
         .file("victim-only.txt", "the victim's own file\n")
@@ -299,7 +299,7 @@ async fn attack(agent: &TestAgent, dir: &Path) -> serde_json::Value {
     });
     let hostile = TestApp::new(dir.join(HOSTILE))
         .named(HOSTILE)
-        .host("hostile.test")
+        .hosts(&["hostile.test"])
         .run("/usr/bin/python3 app.py")
         .file("app.py", APP_PY)
         .env("ROLE", "hostile")

@@ -1,6 +1,7 @@
 //! End-to-end tests of the `rollway` binary: what a user types and what they see.
 
 mod agent;
+mod apps;
 mod check;
 mod containers;
 mod frame;
@@ -9,6 +10,8 @@ mod isolation;
 mod monitoring;
 mod progressive;
 mod release_phase;
+mod robust;
+mod upgrade;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;

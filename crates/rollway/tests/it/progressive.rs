@@ -561,10 +561,31 @@ async fn late_small_error_share_is_judged_over_the_window_not_since_the_switch()
     );
 }
 
-// 5. Gates: approval holds before traffic moves; a failing smoke command stops the deploy.
+// 5. Gates: approval holds before the backup, the migrations and traffic; only another token with
+// role approver or admin approves; a failing smoke command stops the deploy.
+
+/// A token of `role`, made by the admin.
+async fn token(agent: &TestAgent, role: &str) -> String {
+    let ran = agent
+        .cli(&["tokens", "create", "--role", role, "--name", role, "--json"])
+        .await;
+    ran.assert_code(0);
+    let created: Value = serde_json::from_str(&ran.stdout).expect("token JSON");
+    created["token"].as_str().expect("token value").to_owned()
+}
+
+/// An app whose release command (its migration) appends `version` to `migrations`.
+fn gated(setup: &Setup, version: &str, migrations: &std::path::Path) -> TestApp {
+    setup
+        .app("app", version)
+        .approval(ENV)
+        .env("MIGRATIONS", migrations.display().to_string())
+        .release(format!(r#"echo {version} >> "$MIGRATIONS""#), None)
+        .smoke(r#"curl -fsS "$ROLLWAY_SMOKE_URL/""#)
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn approval_gate_holds_traffic_until_a_deployer_approves() {
+async fn approval_gate_holds_migrations_and_traffic_until_another_approver_approves() {
     let setup = Setup::start().await;
     let agent = &setup.agent;
     agent
@@ -572,12 +593,14 @@ async fn approval_gate_holds_traffic_until_a_deployer_approves() {
         .await
         .assert_code(0);
     let load = TimedLoad::start(agent, 4);
-    let gated = setup
-        .app("app", "v2")
-        .approval(ENV)
-        .smoke(r#"curl -fsS "$ROLLWAY_SMOKE_URL/""#);
+    let migrations = setup.dir.path().join("migrations.log");
+    // The admin's token starts the deploy.
     let mut deploy = agent
-        .deploy_command(&gated, ENV, Some(agent.admin_token()))
+        .deploy_command(
+            &gated(&setup, "v2", &migrations),
+            ENV,
+            Some(agent.admin_token()),
+        )
         .spawn()
         .expect("rollway deploy");
     let status = wait_state(agent, 2, "AwaitingApproval").await;
@@ -587,32 +610,37 @@ async fn approval_gate_holds_traffic_until_a_deployer_approves() {
         .to_owned();
     assert_eq!(status.weights(), [(1, 100)], "{status}");
 
-    let token = |role: &'static str| async move {
-        let ran = agent
-            .cli(&["tokens", "create", "--role", role, "--name", role, "--json"])
-            .await;
-        ran.assert_code(0);
-        let created: Value = serde_json::from_str(&ran.stdout).expect("token JSON");
-        created["token"].as_str().expect("token value").to_owned()
-    };
-    let viewer = token("viewer").await;
-    let deployer = token("deployer").await;
+    let viewer = token(agent, "viewer").await;
+    let deployer = token(agent, "deployer").await;
+    let approver = token(agent, "approver").await;
     let approve = format!("/v1/deployments/{id}/approve");
-    assert_eq!(agent.api_status("POST", &approve, Some(&viewer)).await, 403);
+    for refused in [&viewer, &deployer, agent.admin_token()] {
+        assert_eq!(agent.api_status("POST", &approve, Some(refused)).await, 403);
+    }
     agent
-        .cli_as(Some(&viewer), &["approve", &id])
+        .cli_as(Some(&deployer), &["approve", &id])
         .await
         .assert_code(3);
-    // Still held, and no request reached the new release.
+    // The token that started the deploy cannot approve it, admin or not.
+    let own = agent
+        .cli_as(Some(agent.admin_token()), &["approve", &id])
+        .await;
+    own.assert_code(3);
+    assert_contains(&own.stderr, "the token that started deployment");
+    // Still held: no migration ran, no request reached the new release.
     let held = agent.status(APP, ENV).await;
     assert_eq!(held.deployment_state(), Some("AwaitingApproval"), "{held}");
     assert_eq!(held.weights(), [(1, 100)], "{held}");
+    assert!(
+        !migrations.exists(),
+        "the migration ran before the approval"
+    );
     let so_far = load.handle.snapshot();
     assert!(so_far.total > 0, "{so_far}");
     assert_eq!(so_far.versions.get("v2"), None, "{so_far}");
 
     agent
-        .cli_as(Some(&deployer), &["approve", &id])
+        .cli_as(Some(&approver), &["approve", &id])
         .await
         .assert_code(0);
     let ended = tokio::time::timeout(PATIENCE, deploy.wait())
@@ -623,19 +651,79 @@ async fn approval_gate_holds_traffic_until_a_deployer_approves() {
     agent.assert_serves("v2").await;
     let (report, started_at_ms) = load.stop().await;
     report.assert_no_failures();
+    assert_eq!(
+        std::fs::read_to_string(&migrations).expect("migrations ran"),
+        "v2\n"
+    );
 
-    // The first v2 answer came after the approval.
+    // The migration and the first v2 answer came after the approval.
     let events = deployment_events(agent, &id).await;
     let approved = of_kind(&events, "deployment.approved");
     assert_eq!(approved.len(), 1, "{events:#?}");
-    assert_contains(message(approved[0]), "approved release 2");
+    assert_contains(message(approved[0]), "approver approved release 2");
+    let position = |wanted: &dyn Fn(&Value) -> bool| events.iter().position(wanted);
+    let approved_at = position(&|event| event["kind"] == "deployment.approved");
+    let migrated_at = position(&|event| {
+        event["kind"] == "deployment.command" && message(event).contains("the release command")
+    });
+    assert!(
+        approved_at.is_some() && migrated_at > approved_at,
+        "{events:#?}"
+    );
     let first_v2 = report
         .records
         .iter()
         .find(|record| record.version.as_deref() == Some("v2"))
         .expect("a v2 answer");
     assert!(wall(started_at_ms, first_v2).0 >= at_ms(approved[0]) - 2.0);
-    assert_eq!(of_kind(&events, "deployment.awaiting_approval").len(), 1);
+    let waiting = of_kind(&events, "deployment.awaiting_approval");
+    assert_eq!(waiting.len(), 1);
+    assert_contains(
+        message(waiting[0]),
+        "nothing was backed up, migrated or started yet",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unapproved_deploy_aborted_leaves_the_database_untouched() {
+    let setup = Setup::start().await;
+    let agent = &setup.agent;
+    agent
+        .deploy(&setup.app("app", "v1"), ENV)
+        .await
+        .assert_code(0);
+    let migrations = setup.dir.path().join("migrations.log");
+    let mut deploy = agent
+        .deploy_command(
+            &gated(&setup, "v2", &migrations),
+            ENV,
+            Some(agent.admin_token()),
+        )
+        .spawn()
+        .expect("rollway deploy");
+    let status = wait_state(agent, 2, "AwaitingApproval").await;
+    let id = status.0["deployment"]["id"]
+        .as_str()
+        .expect("deployment id")
+        .to_owned();
+    agent
+        .cli(&["abort", "--env", ENV, "--app", APP])
+        .await
+        .assert_code(0);
+    let ended = tokio::time::timeout(PATIENCE, deploy.wait())
+        .await
+        .expect("the deploy ended")
+        .expect("rollway deploy");
+    assert_eq!(ended.code(), Some(1));
+    let status = agent.status(APP, ENV).await;
+    assert_eq!(status.deployment_state(), Some("Failed"), "{status}");
+    agent.assert_serves("v1").await;
+    assert!(!migrations.exists(), "the release command ran");
+    let events = deployment_events(agent, &id).await;
+    for kind in ["deployment.command", "backup.created", "instance.started"] {
+        assert_eq!(of_kind(&events, kind), Vec::<&Value>::new(), "{kind}");
+    }
+    assert!(agent.backups(APP, ENV).await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -759,4 +847,98 @@ async fn set_secret(agent: &TestAgent, name: &str, value: &str) -> Ran {
     let ran = agent.set_secret(APP, ENV, name, value).await;
     ran.assert_code(0);
     ran
+}
+
+/// A kill -9 while a deploy waits for approval: the restarted agent keeps it waiting (nothing was
+/// migrated or started to undo), and an approval then finishes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_waiting_for_approval_survives_a_kill_9_of_the_agent() {
+    let mut setup = Setup::start().await;
+    setup
+        .agent
+        .deploy(&setup.app("app", "v1"), ENV)
+        .await
+        .assert_code(0);
+    let migrations = setup.dir.path().join("migrations.log");
+    let app = gated(&setup, "v2", &migrations);
+    let deploy = setup
+        .agent
+        .deploy_command(&app, ENV, Some(setup.agent.admin_token()))
+        .spawn()
+        .expect("rollway deploy");
+    let status = wait_state(&setup.agent, 2, "AwaitingApproval").await;
+    let id = status.0["deployment"]["id"]
+        .as_str()
+        .expect("deployment id")
+        .to_owned();
+    setup.agent.kill9().await;
+    drop(deploy);
+    setup.agent.restart_with_env(&[]).await;
+    let agent = &setup.agent;
+    let held = wait_state(agent, 2, "AwaitingApproval").await;
+    assert_eq!(held.weights(), [(1, 100)], "{held}");
+    assert!(
+        !migrations.exists(),
+        "the migration ran before the approval"
+    );
+    let approver = token(agent, "approver").await;
+    agent
+        .cli_as(Some(&approver), &["approve", &id])
+        .await
+        .assert_code(0);
+    let status = agent.wait_deployment_finished(APP, ENV, PATIENCE).await;
+    assert_eq!(status.deployment_state(), Some("Succeeded"), "{status}");
+    agent.assert_serves("v2").await;
+    assert_eq!(
+        std::fs::read_to_string(&migrations).expect("migrations ran"),
+        "v2\n"
+    );
+}
+
+/// A kill -9 right after the approval, before the next state is written: the restarted agent
+/// finds the approval in the audit log and goes on, without asking again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_is_not_lost_when_the_agent_dies_right_after_it() {
+    let mut setup = Setup::start().await;
+    setup
+        .agent
+        .deploy(&setup.app("app", "v1"), ENV)
+        .await
+        .assert_code(0);
+    setup
+        .agent
+        .restart_with_env(&[("ROLLWAY_TEST_CRASH_BEFORE", "BackingUp")])
+        .await;
+    let migrations = setup.dir.path().join("migrations.log");
+    let app = gated(&setup, "v2", &migrations);
+    let deploy = setup
+        .agent
+        .deploy_command(&app, ENV, Some(setup.agent.admin_token()))
+        .spawn()
+        .expect("rollway deploy");
+    let status = wait_state(&setup.agent, 2, "AwaitingApproval").await;
+    let id = status.0["deployment"]["id"]
+        .as_str()
+        .expect("deployment id")
+        .to_owned();
+    let approver = token(&setup.agent, "approver").await;
+    setup
+        .agent
+        .cli_as(Some(&approver), &["approve", &id])
+        .await
+        .assert_code(0);
+    assert!(
+        setup.agent.wait_exit(PATIENCE).await,
+        "the agent did not kill itself before BackingUp"
+    );
+    drop(deploy);
+    setup.agent.restart_with_env(&[]).await;
+    let agent = &setup.agent;
+    let status = agent.wait_deployment_finished(APP, ENV, PATIENCE).await;
+    assert_eq!(status.deployment_state(), Some("Succeeded"), "{status}");
+    agent.assert_serves("v2").await;
+    assert_eq!(
+        std::fs::read_to_string(&migrations).expect("migrations ran"),
+        "v2\n"
+    );
 }

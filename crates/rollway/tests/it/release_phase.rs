@@ -93,12 +93,21 @@ async fn logistix_backup_before_migration_restores_schema_and_rows() {
         .concurrency(4)
         .duration(LOAD_BOUND)
         .start();
-    let restored = agent
+    // A restore replaces the live database: with no terminal to confirm on, it needs `--yes`.
+    let refused = agent
         .cli(&["backups", "restore", &id, "--app", LOGISTIX, "--env", ENV])
+        .await;
+    refused.assert_code(2);
+    assert_contains(&refused, "--yes");
+    let restored = agent
+        .cli(&[
+            "backups", "restore", &id, "--app", LOGISTIX, "--env", ENV, "--yes",
+        ])
         .await;
     restored.assert_code(0);
     assert_contains(&restored, "restored");
     assert_contains(&restored, "drained 2 instance(s)");
+    assert_contains(&restored, "backed up the live database first");
     let report = load.stop().await;
     report.assert_no_failures();
     assert!(report.total > 0, "the load loop sent nothing");
@@ -116,8 +125,9 @@ async fn logistix_backup_before_migration_restores_schema_and_rows() {
         .await;
     created.assert_code(0);
     let created: Value = serde_json::from_str(&created.stdout).expect("backup JSON");
+    // The release's backup, the live database's before the restore, this one.
     let backups = agent.backups(LOGISTIX, ENV).await;
-    assert_eq!(backups.len(), 2, "{backups:#?}");
+    assert_eq!(backups.len(), 3, "{backups:#?}");
     assert_eq!(backups[0]["id"], created["id"], "{backups:#?}");
     assert_eq!(backups[0]["reason"], "manual", "{backups:#?}");
     let id = created["id"].as_str().expect("backup id");
@@ -233,7 +243,9 @@ async fn postgres_backup_before_migration_restores_schema_and_rows() {
     assert_eq!(postgres.snapshot(&drill).await, before, "the restore drill");
 
     let restored = agent
-        .cli(&["backups", "restore", &id, "--app", APP, "--env", ENV])
+        .cli(&[
+            "backups", "restore", &id, "--app", APP, "--env", ENV, "--yes",
+        ])
         .await;
     restored.assert_code(0);
     assert_contains(&restored, "restored");
@@ -302,18 +314,23 @@ async fn a_failing_migration_moves_no_traffic_and_its_restore_hint_works() {
     // migrate.py rolled its transaction back: the database is as it was.
     assert_eq!(logistix.snapshot(), before);
 
-    let args: Vec<&str> = printed.split_whitespace().skip(1).collect();
+    let mut args: Vec<&str> = printed.split_whitespace().skip(1).collect();
+    args.push("--yes");
     let restored = agent.cli(&args).await;
     restored.assert_code(0);
     assert_contains(&restored, "restored");
     assert_eq!(logistix.snapshot(), before);
+    // The release's backup, and the live database's, taken before the restore.
     let backups = agent.backups(LOGISTIX, ENV).await;
-    assert_eq!(backups.len(), 1, "{backups:#?}");
-    assert_eq!(backups[0]["release"], 2, "{backups:#?}");
-    assert!(printed.contains(backups[0]["id"].as_str().expect("id")));
+    assert_eq!(backups.len(), 2, "{backups:#?}");
+    assert_eq!(backups[1]["release"], 2, "{backups:#?}");
+    assert!(printed.contains(backups[1]["id"].as_str().expect("id")));
 }
 
-// 4. A canary secret, used by the app and rolled back and forward, is never shown or written.
+// 4. A canary secret, used by the app and rolled back and forward, is never shown or written. The
+// build, release and smoke commands and the app itself print it (a migration tool printing its
+// database URL): every version is scrubbed from events, deployments/*.log, the agent's log and
+// the logs route.
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_canary_secret_appears_in_no_log_event_answer_output_file_or_cmdline() {
@@ -327,11 +344,18 @@ async fn a_canary_secret_appears_in_no_log_event_answer_output_file_or_cmdline()
         .app("app", "v1")
         .secrets(ENV, &["CANARY"])
         .env("GREETING", "hello ${CANARY}")
-        // The release command sees it too, expanded by the shell, never in an argv.
+        // The commands see it too, expanded by the shell, never in an argv, and print it.
+        .build(r#"echo "build sees $CANARY""#)
         .release(
-            "test -n \"$CANARY\" && echo release command saw the canary",
+            r#"test -n "$CANARY" && echo "release command saw the canary: $CANARY" && echo "db=$CANARY;" >&2"#,
             None,
         )
+        .smoke(r#"echo "smoke sees $CANARY""#)
+        // The app prints it to its own output, which the logs route shows.
+        .run(format!(
+            r#"echo "app starts with $CANARY"; (while sleep 0.2; do echo "app still has $CANARY"; done) & exec {}"#,
+            testkit::demo::demo_app_path().display()
+        ))
         .keep_warm("1s");
     let watch = CmdlineWatch::start(&[&canaries[0], &canaries[1]]);
     let mut outputs: Vec<Ran> = Vec::new();
@@ -351,10 +375,38 @@ async fn a_canary_secret_appears_in_no_log_event_answer_output_file_or_cmdline()
     outputs.push(ran);
     assert_secret_served(agent, "CANARY", &canaries[0]).await;
     wait_instances(agent, APP, &[1]).await;
+    // Release 1 runs with the older version, which is no longer current: its output is scrubbed
+    // all the same.
+    let ran = agent
+        .cli(&["logs", "--json", "--env", ENV, "--app", APP])
+        .await;
+    ran.assert_code(0);
+    assert!(ran.stdout.contains("app starts with ***"), "{}", ran.stdout);
+    outputs.push(ran);
     let ran = agent.rollback(APP, ENV, Some(2)).await;
     ran.assert_code(0);
     outputs.push(ran);
     assert_secret_served(agent, "CANARY", &canaries[1]).await;
+
+    // The logs stream too.
+    let mut follow = agent
+        .command(
+            Some(agent.admin_token()),
+            &["logs", "-f", "--env", ENV, "--app", APP],
+        )
+        .spawn()
+        .expect("rollway logs -f");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let _ = follow.start_kill();
+    let followed = follow.wait_with_output().await.expect("rollway logs -f");
+    let followed = String::from_utf8_lossy(&followed.stdout).into_owned();
+    assert!(followed.contains("app still has ***"), "{followed}");
+    for canary in &canaries {
+        assert!(
+            !followed.contains(canary.as_str()),
+            "`logs -f` shows the canary"
+        );
+    }
 
     for args in [
         &["status", "--json"][..],
@@ -379,11 +431,26 @@ async fn a_canary_secret_appears_in_no_log_event_answer_output_file_or_cmdline()
         outputs.push(ran);
     }
     let events = agent.events().await;
+    for printed in [
+        "build sees ***",
+        "release command saw the canary: ***",
+        "db=***;",
+        "smoke sees ***",
+    ] {
+        assert!(
+            events.iter().any(|event| event["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(printed))),
+            "no event shows `{printed}`: the command did not run with the canary"
+        );
+    }
+    let logs = agent
+        .cli(&["logs", "--json", "--env", ENV, "--app", APP])
+        .await;
     assert!(
-        events.iter().any(|event| event["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("release command saw the canary"))),
-        "the release command did not run with the canary"
+        logs.stdout.contains("app starts with ***"),
+        "the logs route does not show the app's scrubbed line: {}",
+        logs.stdout
     );
     let mut answers = Vec::new();
     let base = format!("/v1/apps/{APP}/environments/{ENV}");
@@ -422,14 +489,30 @@ async fn a_canary_secret_appears_in_no_log_event_answer_output_file_or_cmdline()
             !log.contains(canary.as_str()),
             "the agent logged the canary"
         );
-        // The store holds it encrypted only: not one file has it in clear, rollway.db included.
+        // The store holds it encrypted only: not one file has it in clear, rollway.db and
+        // deployments/*.log included, but the app's own output, which it printed itself.
+        let (app_output, others): (Vec<PathBuf>, Vec<PathBuf>) = files_containing(state, canary)
+            .into_iter()
+            .partition(|path| {
+                path.starts_with(state.join("instances"))
+                    && path.file_name().is_some_and(|name| name == "output.log")
+            });
         assert_eq!(
-            files_containing(state, canary),
+            others,
             Vec::<PathBuf>::new(),
             "files under the state directory hold the canary in clear"
         );
+        if canary == &canaries[1] {
+            assert!(
+                !app_output.is_empty(),
+                "the app printed the canary, so the logs route had something to scrub"
+            );
+        }
         assert_eq!(
-            files_containing(setup.dir.path(), canary),
+            files_containing(setup.dir.path(), canary)
+                .into_iter()
+                .filter(|path| !app_output.contains(path))
+                .collect::<Vec<_>>(),
             Vec::<PathBuf>::new(),
             "files of the test hold the canary in clear"
         );
@@ -493,10 +576,12 @@ async fn missing_secrets_are_all_named_and_nothing_moves() {
     releases.assert_code(0);
     let releases: Value = serde_json::from_str(&releases.stdout).expect("releases JSON");
     assert_eq!(releases, serde_json::json!([]), "a release was recorded");
-    let status = agent.status(APP, ENV).await;
-    assert_eq!(status.current_release(), None, "{status}");
-    assert_eq!(status.deployment_state(), None, "{status}");
-    assert!(status.instances().is_empty(), "{status}");
+    // Nothing was recorded, so the agent knows no such app (status says so instead of `release none`).
+    let status = agent
+        .cli(&["status", "--env", ENV, "--app", APP, "--json"])
+        .await;
+    assert_ne!(status.code, Some(0), "{status}");
+    assert_contains(&status, &format!("no app `{APP}` on this agent"));
     assert!(agent.instance_pid_files().is_empty());
     assert!(agent.instance_processes().is_empty());
     let events = agent.events().await;

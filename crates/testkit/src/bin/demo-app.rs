@@ -18,6 +18,7 @@
 //! | `CRASH_AFTER_S`    | unset     | exit with code 1 this many seconds after the process started            |
 //! | `IGNORE_SIGTERM_S` | unset     | on SIGTERM keep serving this long, then shut down gracefully            |
 //! | `BAD_AFTER_S`      | unset     | `ERROR_RATE` and `LATENCY_MS` start this many seconds after listening   |
+//! | `HEALTH_FAIL_FILE` | unset     | while this file exists, health answers 503 (every other path still works) |
 //!
 //! Seconds accept decimals (`0.5`). `ERROR_RATE` is deterministic, not random: the n-th non-health
 //! request (counted across all connections, starting at 1) fails when `floor(n * rate)` steps up, so
@@ -108,6 +109,8 @@ struct Config {
     ignore_sigterm: Option<Duration>,
     /// `ERROR_RATE` and `LATENCY_MS` start this long after listening (from the start when `None`).
     bad_after: Option<Duration>,
+    /// While this file exists, the health path answers 503.
+    health_fail_file: Option<std::path::PathBuf>,
 }
 
 /// A missing or invalid environment variable: which one, what it held, what is accepted.
@@ -207,6 +210,7 @@ impl Config {
             version,
             version_header,
             health_path,
+            health_fail_file: std::env::var_os("HEALTH_FAIL_FILE").map(std::path::PathBuf::from),
             error_rate_ppm,
             latency,
             start_delay: seconds("START_DELAY_S")?.unwrap_or(Duration::ZERO),
@@ -368,6 +372,11 @@ async fn handle(app: Arc<App>, request: Request<Incoming>) -> Result<Response<Bo
 }
 
 fn health(app: &App) -> Response<Body> {
+    if let Some(file) = &app.config.health_fail_file
+        && file.exists()
+    {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "failing on purpose\n");
+    }
     if Instant::now() >= app.healthy_at {
         text(StatusCode::OK, "ok")
     } else {

@@ -24,13 +24,15 @@ fn transitions() {
         (Pending, Done, COLD, Preparing),
         (Pending, Done, WARM, Verifying),
         (Preparing, Done, COLD, BackingUp),
+        (Preparing, Done, GATED, AwaitingApproval),
+        (AwaitingApproval, Done, GATED, BackingUp),
+        (AwaitingApproval, Fail, GATED, Failed),
         (BackingUp, Done, COLD, Releasing),
+        (BackingUp, Done, GATED, Releasing),
         (Releasing, Done, COLD, Starting),
         (Starting, Done, COLD, Verifying),
         (Verifying, Done, COLD, Shifting),
-        (Verifying, Done, GATED, AwaitingApproval),
-        (AwaitingApproval, Done, GATED, Shifting),
-        (AwaitingApproval, Fail, GATED, Failed),
+        (Verifying, Done, GATED, Shifting),
         (Shifting, Done, COLD, Observing),
         (Shifting, Done, WARM, Succeeded),
         (Observing, Done, COLD, Succeeded),
@@ -78,6 +80,36 @@ fn every_path_from_pending_ends_in_a_terminal_state() {
         }
         assert_eq!(state, State::Succeeded, "{plan:?}");
     }
+}
+
+/// The approval gate holds a deployment before its backup and release command (migrations): an
+/// unapproved deployment that is aborted has touched neither the database nor the instances.
+#[test]
+fn approval_comes_before_the_backup_and_the_release_command() {
+    let mut path = vec![State::Pending];
+    while !path.last().is_some_and(|state| state.is_terminal()) {
+        let state = *path.last().expect("not empty");
+        path.push(next(state, StepResult::Done, GATED));
+    }
+    let position = |wanted: State| path.iter().position(|state| *state == wanted);
+    let approval = position(State::AwaitingApproval).expect("a gated plan waits");
+    for later in [
+        State::BackingUp,
+        State::Releasing,
+        State::Starting,
+        State::Verifying,
+        State::Shifting,
+    ] {
+        assert!(
+            position(later).is_some_and(|at| at > approval),
+            "{later} comes after the approval in {path:?}"
+        );
+    }
+    assert_eq!(
+        position(State::Preparing).map(|at| at + 1),
+        Some(approval),
+        "the gate follows preparing: {path:?}"
+    );
 }
 
 #[test]

@@ -1,0 +1,89 @@
+//! Which events alert, and what the alert says: one row per event.
+
+use super::*;
+
+fn event(kind: &str, message: &str) -> EventView {
+    EventView {
+        id: 1,
+        at: 0,
+        app: Some("shop".to_owned()),
+        environment: Some("production".to_owned()),
+        deployment_id: None,
+        kind: kind.to_owned(),
+        message: message.to_owned(),
+        data: serde_json::Value::Null,
+    }
+}
+
+#[test]
+fn alerting_events_and_their_text() {
+    let rows: &[(&str, &str, Option<&str>)] = &[
+        (
+            "deployment.finished",
+            "Failed: boom",
+            Some("[rollway] shop in production: deploy failed: Failed: boom"),
+        ),
+        (
+            "deployment.finished",
+            "RolledBack: 5xx",
+            Some("[rollway] shop in production: rolled back automatically: RolledBack: 5xx"),
+        ),
+        ("deployment.finished", "Succeeded", None),
+        (
+            "deployment.awaiting_approval",
+            "release 4 is verified and waits for `rollway approve d-1`",
+            Some(
+                "[rollway] shop in production: waiting for approval: release 4 is verified and waits for `rollway approve d-1`",
+            ),
+        ),
+        (
+            "instance.unhealthy",
+            "instance a failed 3 health checks",
+            Some("[rollway] shop in production: instance a failed 3 health checks"),
+        ),
+        (
+            "instance.recovered",
+            "instance a passes its health checks again",
+            Some(
+                "[rollway] shop in production: recovered: instance a passes its health checks again",
+            ),
+        ),
+        (
+            "watch.recovered",
+            "release 3: 5xx share 0.10% is back under the bound",
+            Some(
+                "[rollway] shop in production: recovered: release 3: 5xx share 0.10% is back under the bound",
+            ),
+        ),
+        (
+            "watch.error_rate",
+            "release 3: 5xx share 9%",
+            Some(
+                "[rollway] shop in production: error rate above the bound: release 3: 5xx share 9%",
+            ),
+        ),
+        (
+            "watch.all_unhealthy",
+            "all 2 instances of release 3 (service `web`) fail their health checks",
+            Some(
+                "[rollway] shop in production: all 2 instances of release 3 (service `web`) fail their health checks",
+            ),
+        ),
+        (
+            "proxy.exited",
+            "the proxy (pid 7) killed by signal 9; restarting it",
+            Some(
+                "[rollway] shop in production: the proxy (pid 7) killed by signal 9; restarting it",
+            ),
+        ),
+        ("proxy.upgraded", "the proxy (pid 8) took over", None),
+        ("instance.healthy", "instance a healthy", None),
+    ];
+    for (kind, message, expected) in rows {
+        assert_eq!(
+            alert_text(&event(kind, message)).as_deref(),
+            *expected,
+            "{kind}: {message}"
+        );
+    }
+}

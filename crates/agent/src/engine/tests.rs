@@ -1,0 +1,64 @@
+//! The runtime view against a proxy that refuses: a refused change is undone.
+
+use super::*;
+
+/// An engine in `dir` whose proxy is not running: every push fails.
+fn engine_without_proxy(dir: &std::path::Path) -> Engine {
+    let paths = Paths::new(dir.to_owned());
+    let driver = Arc::new(
+        driver::process::ProcessDriver::new(paths.instances.clone()).expect("process driver"),
+    );
+    let (events, _) = broadcast::channel(16);
+    let (alerts, _) = tokio::sync::mpsc::unbounded_channel();
+    Engine {
+        store: Arc::new(Store::open_in_memory().expect("store")),
+        drivers: crate::drivers::Drivers::new(driver),
+        proxy: ProxyLink::new(
+            dir.join("proxy"),
+            std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        ),
+        proxy_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        artifacts: ArtifactStore::new(dir.join("artifacts")),
+        master_key: crate::secrets::MasterKey::generate(),
+        isolation: driver::Isolation::None {
+            user: "test".to_owned(),
+            reason: "tests start no app".to_owned(),
+        },
+        paths,
+        events,
+        runtimes: Mutex::new(BTreeMap::new()),
+        proxy_push: tokio::sync::Mutex::new(()),
+        shutdown: CancellationToken::new(),
+        signals: Mutex::new(BTreeMap::new()),
+        signalled: tokio::sync::Notify::new(),
+        counters: Mutex::new(crate::metrics::Counters::default()),
+        alerts,
+    }
+}
+
+#[tokio::test]
+async fn a_change_the_proxy_refuses_is_undone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = engine_without_proxy(dir.path());
+    let key: AppEnv = ("shop".to_owned(), "production".to_owned());
+    let serving = RouteInfo {
+        service: "web".to_owned(),
+        hosts: vec!["shop.localhost".to_owned()],
+        paths: Vec::new(),
+        drain: Duration::from_secs(1),
+    };
+    engine.with_runtime(&key, |runtime| {
+        runtime.routes = vec![serving.clone()];
+        runtime.weights = vec![(1, 100)];
+    });
+    let refused = engine
+        .change_routing(&key, |runtime| {
+            runtime.routes[0].hosts.clear();
+            runtime.weights = vec![(2, 100)];
+        })
+        .await;
+    assert!(refused.is_err(), "no proxy runs, so the push fails");
+    let runtime = engine.runtime(&key);
+    assert_eq!(runtime.routes, vec![serving]);
+    assert_eq!(runtime.weights, vec![(1, 100)]);
+}
