@@ -22,7 +22,7 @@ async fn a_second_app_claiming_a_host_is_refused_before_anything_moves() {
     agent.deploy(&shop("v2"), ENV).await.assert_code(0);
 
     // `blog` has no hosts either, as `rollway init` used to write: it claims what `shop` serves.
-    let marker = setup.dir.path().join("blog-release-ran");
+    let marker = setup.shared_dir("shared").join("blog-release-ran");
     let blog = setup
         .app("blog", "v1")
         .named("blog")
