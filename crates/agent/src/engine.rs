@@ -74,6 +74,8 @@ pub struct RouteInfo {
     pub hosts: Vec<String>,
     pub paths: Vec<String>,
     pub drain: Duration,
+    /// Limits, timeouts and upstream protocol from `[routes.X]` and `[services.X] protocol`.
+    pub settings: proxy::RouteSettings,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -236,13 +238,14 @@ impl Engine {
                             .collect(),
                     })
                     .collect();
-                routes.push(DesiredRoute {
-                    name: format!("{app}/{env}/{}", route.service),
-                    hosts: route.hosts.clone(),
-                    paths: route.paths.clone(),
-                    drain_timeout_ms: u64::try_from(route.drain.as_millis()).unwrap_or(u64::MAX),
-                    pools,
-                });
+                let mut desired_route = DesiredRoute::new(format!("{app}/{env}/{}", route.service));
+                desired_route.hosts = route.hosts.clone();
+                desired_route.paths = route.paths.clone();
+                desired_route.drain_timeout_ms =
+                    u64::try_from(route.drain.as_millis()).unwrap_or(u64::MAX);
+                desired_route.set_settings(route.settings);
+                desired_route.pools = pools;
+                routes.push(desired_route);
             }
         }
         DesiredState { routes }

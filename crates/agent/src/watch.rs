@@ -75,10 +75,15 @@ pub async fn health_loop(engine: Arc<Engine>) {
                 seen.push(id.clone());
                 let addr = std::net::SocketAddr::from(([127, 0, 0, 1], instance.port));
                 let host = crate::deploy::spec::health_host(&release.resolved, service, health);
-                let passed =
-                    crate::health::probe(addr, &health.path, &host, health.timeout.as_std())
-                        .await
-                        .is_ok();
+                let passed = crate::health::probe(
+                    addr,
+                    &health.path,
+                    &host,
+                    health.timeout.as_std(),
+                    service.protocol,
+                )
+                .await
+                .is_ok();
                 let streak = streaks.entry(id.clone()).or_default();
                 *streak = if passed {
                     (streak.0 + 1, 0)

@@ -21,8 +21,8 @@ pub use diagnostic::{Diagnostic, Diagnostics, LocatedDiagnostic};
 pub use parity::{Difference, ParityReport};
 pub use resolve::{Environment, Reference, RequiredConfig, ResolvedManifest, Warning};
 pub use schema::{
-    Alerts, Analysis, App, BackupPolicy, Build, Config, Health, Release, Route, Schedule, Service,
-    ServiceSource, Step, Strategy, StrategyKind, defaults,
+    Alerts, Analysis, App, BackupPolicy, Build, Config, Health, Protocol, Release, Route, Schedule,
+    Service, ServiceSource, Step, Strategy, StrategyKind, defaults,
 };
 pub use validate::{RESERVED_ENV, is_slug};
 
@@ -112,7 +112,6 @@ impl Manifest {
         if self.environments.is_empty() {
             return Ok(ResolvedManifest {
                 environment: environment.to_owned(),
-                agents: Vec::new(),
                 secrets: Vec::new(),
                 approval: false,
                 config: self.shared.clone(),
@@ -125,7 +124,6 @@ impl Manifest {
         {
             Some(found) => Ok(ResolvedManifest {
                 environment: found.name.clone(),
-                agents: found.agents.clone(),
                 secrets: found.secrets.clone(),
                 approval: found.approval,
                 config: found.config.clone(),

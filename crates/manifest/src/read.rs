@@ -11,7 +11,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use crate::diagnostic::Diagnostic;
-use crate::units::{Duration, Ratio, Weight};
+use crate::units::{ByteSize, Duration, Ratio, Weight};
 
 pub(crate) type Value<'i> = Spanned<DeValue<'i>>;
 
@@ -199,6 +199,35 @@ impl Reader {
             return None;
         }
         Some(duration)
+    }
+
+    /// A positive byte size with a unit, such as `"100MB"` or `"64KiB"`.
+    pub(crate) fn byte_size(&mut self, value: &Value<'_>, key_path: &str) -> Option<ByteSize> {
+        const ACCEPTED: &str = "write a size with a unit, such as `\"100MB\"` or `\"64KiB\"` (B, kB, MB, GB, KiB, MiB, GiB)";
+        match value.get_ref() {
+            DeValue::String(text) => match text.parse::<ByteSize>() {
+                Ok(size) if size.bytes() > 0 => Some(size),
+                Ok(_) => {
+                    self.out_of_range(value, key_path, "a size above zero");
+                    None
+                }
+                Err(reason) => {
+                    self.error(
+                        Diagnostic::new(
+                            value.span(),
+                            format!("`{key_path}` is not a size: {reason}"),
+                        )
+                        .label("not a size")
+                        .help(ACCEPTED),
+                    );
+                    None
+                }
+            },
+            other => {
+                self.wrong_type(value.span(), key_path, "a size", other, Some(ACCEPTED));
+                None
+            }
+        }
     }
 
     /// A share from 0 to 1, written `0.01` or `"1%"`.

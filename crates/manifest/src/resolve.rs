@@ -17,7 +17,7 @@ use crate::schema::Config;
 use crate::validate::{self, is_slug};
 
 /// Keys an environment may set besides the sections it overrides.
-const ENVIRONMENT_ONLY_KEYS: &[&str] = &["agents", "secrets", "approval"];
+const ENVIRONMENT_ONLY_KEYS: &[&str] = &["secrets", "approval"];
 /// Sections an environment may override.
 const OVERRIDABLE: &[&str] = &[
     "build", "services", "release", "strategy", "analysis", "routes", "env", "alerts", "flags",
@@ -28,8 +28,6 @@ const OVERRIDABLE: &[&str] = &[
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Environment {
     pub name: String,
-    /// Agent URLs this environment deploys to; empty means the local agent.
-    pub agents: Vec<String>,
     /// Secret names that must be set before a deploy starts.
     pub secrets: Vec<String>,
     /// A deploy waits at `AwaitingApproval` until `rollway approve`.
@@ -41,7 +39,6 @@ pub struct Environment {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ResolvedManifest {
     pub environment: String,
-    pub agents: Vec<String>,
     pub secrets: Vec<String>,
     pub approval: bool,
     #[serde(flatten)]
@@ -207,7 +204,9 @@ pub(crate) fn environments(reader: &mut Reader, root: &DeTable<'_>) -> Vec<Envir
             ok = false;
             let mut accepted: Vec<&str> = ENVIRONMENT_ONLY_KEYS.to_vec();
             accepted.extend_from_slice(OVERRIDABLE);
-            let help = if overlay_name == "app" {
+            let help = if overlay_name == "agents" {
+                "remove it: a deploy goes to the agent the CLI talks to (`--agent`, `ROLLWAY_AGENT`); several hosts are an existing cluster engine's job (`driver = \"swarm\"`), not a list of agents".to_owned()
+            } else if overlay_name == "app" {
                 "the app is the same in every environment; remove `app` here".to_owned()
             } else if validate::SERVICE_KEYS.contains(&overlay_name) {
                 format!("service settings go under the service: `[{section}.services.NAME]`")
@@ -223,22 +222,6 @@ pub(crate) fn environments(reader: &mut Reader, root: &DeTable<'_>) -> Vec<Envir
                 "unknown key",
                 help,
             );
-        }
-        let agents = overlay
-            .get("agents")
-            .and_then(|value| reader.string_array(value, &format!("{section}.agents")))
-            .unwrap_or_default();
-        for agent in &agents {
-            let url = agent.get_ref();
-            if !(url.starts_with("https://") || url.starts_with("http://")) {
-                ok = false;
-                reader.invalid(
-                    agent.span(),
-                    format!("agent `{url}` is not an `http://` or `https://` URL"),
-                    "not a URL",
-                    "write the agent's API address, such as `\"https://10.0.0.5:7443\"`",
-                );
-            }
         }
         let approval = overlay
             .get("approval")
@@ -289,7 +272,6 @@ pub(crate) fn environments(reader: &mut Reader, root: &DeTable<'_>) -> Vec<Envir
         check_environment(reader, name, &config, &secret_names, value.span());
         environments.push(Environment {
             name: name.to_owned(),
-            agents: agents.into_iter().map(Spanned::into_inner).collect(),
             secrets: secret_names,
             approval,
             config,

@@ -5,7 +5,7 @@
 
 use serde::Serialize;
 
-use crate::units::{Duration, Ratio, Weight};
+use crate::units::{ByteSize, Duration, Ratio, Weight};
 
 /// The settings of one environment after layering (or the shared settings before it).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -134,6 +134,34 @@ pub struct Service {
     /// own non-root user. Invariant: only for `image` and `dockerfile` services.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// How the proxy talks to the service's instances.
+    pub protocol: Protocol,
+}
+
+/// `[services.X] protocol`: what the service's instances speak on `$PORT`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// HTTP/1.1 (the default).
+    #[default]
+    Http1,
+    /// HTTP/2 over cleartext, prior knowledge.
+    H2c,
+    /// gRPC: h2c, and an answer's `grpc-status` decides whether it counts as an error.
+    Grpc,
+}
+
+impl Protocol {
+    pub const NAMES: [&str; 3] = ["http1", "h2c", "grpc"];
+
+    pub fn parse(text: &str) -> Option<Protocol> {
+        match text {
+            "http1" => Some(Protocol::Http1),
+            "h2c" => Some(Protocol::H2c),
+            "grpc" => Some(Protocol::Grpc),
+            _ => None,
+        }
+    }
 }
 
 /// What runs for a service: a command in the unpacked artifact (process driver) or an image.
@@ -243,6 +271,14 @@ pub struct Route {
     pub hosts: Vec<String>,
     /// Path prefixes, each starting with `/`; never empty (defaults to `/`).
     pub paths: Vec<String>,
+    /// Time an instance has to answer once the request (or its last body chunk) reached it (504 past it).
+    pub timeout: Duration,
+    /// Longest silence of an instance in the middle of its answer (the answer is cut past it).
+    pub idle_timeout: Duration,
+    /// Largest request body (413 past it).
+    pub max_body: ByteSize,
+    /// Most header fields in an answer (502 past it).
+    pub max_header_fields: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -253,9 +289,13 @@ pub struct Alerts {
 
 /// Defaults from DESIGN.md ("Defaults").
 pub mod defaults {
-    use crate::units::{Duration, Ratio};
+    use crate::units::{ByteSize, Duration, Ratio};
 
     pub const REPLICAS: u32 = 1;
+    pub const ROUTE_TIMEOUT: Duration = Duration::from_secs(60);
+    pub const ROUTE_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+    pub const ROUTE_MAX_BODY: ByteSize = ByteSize::mebibytes(100);
+    pub const ROUTE_MAX_HEADER_FIELDS: u32 = 500;
     pub const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
     pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
     pub const HEALTHY: u32 = 2;

@@ -1,5 +1,5 @@
-//! Value types the manifest accepts in human form: durations (`500ms`, `30s`, `5m`), ratios
-//! (`0.01` or `"1%"`) and traffic weights (0-100).
+//! Value types the manifest accepts in human form: durations (`500ms`, `30s`, `5m`), byte sizes
+//! (`"100MB"`, `"64KiB"`), ratios (`0.01` or `"1%"`) and traffic weights (0-100).
 //!
 //! Parsing here is pure string work; where in the file a value came from is the reader's business.
 
@@ -50,6 +50,78 @@ impl fmt::Display for Duration {
 }
 
 impl Serialize for Duration {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// A number of bytes written the human way: `"100MB"` (decimal units: kB/KB, MB, GB) or `"64KiB"`
+/// (binary units: KiB, MiB, GiB), or `"512B"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    pub const fn mebibytes(n: u64) -> Self {
+        ByteSize(n * 1024 * 1024)
+    }
+
+    pub fn bytes(self) -> u64 {
+        self.0
+    }
+}
+
+impl FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let trimmed = text.trim();
+        let digits_end = trimmed
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(trimmed.len());
+        let (number, unit) = trimmed.split_at(digits_end);
+        if number.is_empty() {
+            return Err(format!("`{trimmed}` does not start with a number"));
+        }
+        let multiplier: u64 = match unit.trim() {
+            "" => return Err(format!("`{trimmed}` has no unit")),
+            "B" => 1,
+            "kB" | "KB" => 1_000,
+            "MB" => 1_000_000,
+            "GB" => 1_000_000_000,
+            "KiB" => 1 << 10,
+            "MiB" => 1 << 20,
+            "GiB" => 1 << 30,
+            other => return Err(format!("`{other}` is not a unit of bytes")),
+        };
+        number
+            .parse::<u64>()
+            .ok()
+            .and_then(|number| number.checked_mul(multiplier))
+            .map(ByteSize)
+            .ok_or_else(|| format!("`{trimmed}` is too large"))
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const UNITS: [(u64, &str); 6] = [
+            (1 << 30, "GiB"),
+            (1_000_000_000, "GB"),
+            (1 << 20, "MiB"),
+            (1_000_000, "MB"),
+            (1 << 10, "KiB"),
+            (1_000, "kB"),
+        ];
+        for (size, unit) in UNITS {
+            if self.0 >= size && self.0.is_multiple_of(size) {
+                return write!(f, "{}{unit}", self.0 / size);
+            }
+        }
+        write!(f, "{}B", self.0)
+    }
+}
+
+impl Serialize for ByteSize {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_str(self)
     }

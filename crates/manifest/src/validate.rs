@@ -12,8 +12,8 @@ use toml::de::{DeTable, DeValue};
 use crate::interpolate::{is_env_name, references};
 use crate::read::{Reader, Value, list, suggest};
 use crate::schema::{
-    Alerts, Analysis, App, BackupPolicy, Build, Config, Health, Release, Route, Schedule, Service,
-    ServiceSource, Step, Strategy, StrategyKind, defaults,
+    Alerts, Analysis, App, BackupPolicy, Build, Config, Health, Protocol, Release, Route, Schedule,
+    Service, ServiceSource, Step, Strategy, StrategyKind, defaults,
 };
 
 /// Top-level sections of `rollway.toml`.
@@ -42,6 +42,15 @@ pub(crate) const SERVICE_KEYS: &[&str] = &[
     "stop_timeout",
     "env",
     "user",
+    "protocol",
+];
+const ROUTE_KEYS: &[&str] = &[
+    "hosts",
+    "paths",
+    "timeout",
+    "idle_timeout",
+    "max_body",
+    "max_header_fields",
 ];
 const HEALTH_KEYS: &[&str] = &[
     "path",
@@ -358,6 +367,10 @@ fn service(reader: &mut Reader, name: &str, value: &Value<'_>) -> Option<Service
             Some(user)
         }
     };
+    let protocol = table
+        .get("protocol")
+        .and_then(|value| protocol(reader, value, &format!("{section}.protocol")))
+        .unwrap_or_default();
     if health_failed {
         return None;
     }
@@ -370,6 +383,7 @@ fn service(reader: &mut Reader, name: &str, value: &Value<'_>) -> Option<Service
         stop_timeout,
         env,
         user,
+        protocol,
     })
 }
 
@@ -748,6 +762,10 @@ fn routes(reader: &mut Reader, value: Option<&Value<'_>>, services: &[Service]) 
                 service: service.name.clone(),
                 hosts: Vec::new(),
                 paths: vec!["/".to_owned()],
+                timeout: defaults::ROUTE_TIMEOUT,
+                idle_timeout: defaults::ROUTE_IDLE_TIMEOUT,
+                max_body: defaults::ROUTE_MAX_BODY,
+                max_header_fields: defaults::ROUTE_MAX_HEADER_FIELDS,
             })
             .collect();
     };
@@ -788,7 +806,25 @@ fn routes(reader: &mut Reader, value: Option<&Value<'_>>, services: &[Service]) 
         else {
             continue;
         };
-        reader.known_keys(route_table, &["hosts", "paths"], &section);
+        reader.known_keys(route_table, ROUTE_KEYS, &section);
+        let timeout = route_table
+            .get("timeout")
+            .and_then(|value| reader.positive_duration(value, &format!("{section}.timeout")))
+            .unwrap_or(defaults::ROUTE_TIMEOUT);
+        let idle_timeout = route_table
+            .get("idle_timeout")
+            .and_then(|value| reader.positive_duration(value, &format!("{section}.idle_timeout")))
+            .unwrap_or(defaults::ROUTE_IDLE_TIMEOUT);
+        let max_body = route_table
+            .get("max_body")
+            .and_then(|value| reader.byte_size(value, &format!("{section}.max_body")))
+            .unwrap_or(defaults::ROUTE_MAX_BODY);
+        let max_header_fields = route_table
+            .get("max_header_fields")
+            .and_then(|value| {
+                reader.integer_in(value, &format!("{section}.max_header_fields"), 1..=10_000)
+            })
+            .map_or(defaults::ROUTE_MAX_HEADER_FIELDS, |n| n as u32);
         let hosts = route_table
             .get("hosts")
             .and_then(|value| reader.string_array(value, &format!("{section}.hosts")))
@@ -849,9 +885,31 @@ fn routes(reader: &mut Reader, value: Option<&Value<'_>>, services: &[Service]) 
                 .map(|host| host.into_inner().to_ascii_lowercase())
                 .collect(),
             paths: paths.into_iter().map(toml::Spanned::into_inner).collect(),
+            timeout,
+            idle_timeout,
+            max_body,
+            max_header_fields,
         });
     }
     routes
+}
+
+fn protocol(reader: &mut Reader, value: &Value<'_>, key_path: &str) -> Option<Protocol> {
+    let text = reader.string(value, key_path)?;
+    let parsed = Protocol::parse(&text);
+    if parsed.is_none() {
+        let help = match suggest(&text, Protocol::NAMES.iter().copied()) {
+            Some(close) => format!("did you mean `{close}`?"),
+            None => format!("accepted: {}", list(&Protocol::NAMES)),
+        };
+        reader.invalid(
+            value.span(),
+            format!("`{key_path}` is not a protocol: `{text}`"),
+            "unknown protocol",
+            help,
+        );
+    }
+    parsed
 }
 
 /// A routed service without a health check would make zero-downtime switching a guess: refuse it.

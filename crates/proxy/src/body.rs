@@ -1,7 +1,8 @@
-//! Body types: `RequestBody` streams a client's body to an instance under the size limit and read timeout;
-//! `ProxyBody` streams an answer back and releases what the request held when it ends.
+//! Body types: `RequestBody` streams a client's body to an instance under the size limit and read timeout
+//! (or carries a small body `forward` read whole first); `ProxyBody` streams an answer back under the
+//! route's idle timeout and releases what the request held when it ends.
 //!
-//! Neither buffers a whole body: frames pass through one at a time.
+//! Neither buffers a large body: frames pass through one at a time.
 
 use std::fmt;
 use std::pin::Pin;
@@ -11,21 +12,28 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use tokio::sync::Notify;
 use tokio::time::Sleep;
 
 use crate::instance::{InFlightGuard, InstanceLive};
 use crate::server::ActiveRequest;
+use crate::stats::ReleaseStats;
 use crate::upstream::Sender;
 
 /// The body of every answer the proxy gives.
 pub struct ProxyBody {
     kind: Kind,
+    // Longest silence of the instance inside its answer; the timer is reset by every frame.
+    idle: Option<(Duration, Pin<Box<Sleep>>)>,
     // Returned to the instance's pool when the upstream answer has been read to its end.
     checkin: Option<(Sender, Arc<InstanceLive>, usize)>,
     // Held until the body ends or is dropped: the instance's in-flight count (what a drain waits for) and
     // the connection's active-request count (what stops the idle timer).
     in_flight: Option<InFlightGuard>,
     active: Option<ActiveRequest>,
+    // A gRPC answer not counted yet: its `grpc-status` comes in the trailers. Holds the stats to count it
+    // in and the time to its head.
+    grpc_pending: Option<(Arc<ReleaseStats>, Duration)>,
 }
 
 /// Why a request body stopped.
@@ -39,15 +47,28 @@ pub enum RequestBodyError {
     Client(#[source] hyper::Error),
 }
 
+/// Why an answer body stopped before its end.
+#[derive(Debug, thiserror::Error)]
+pub enum AnswerBodyError {
+    #[error("reading the answer from the instance failed")]
+    Upstream(#[source] hyper::Error),
+    #[error("instance sent nothing for {timeout:?} in the middle of its answer")]
+    Idle { timeout: Duration },
+}
+
 /// A client's request body on its way to an instance.
 pub struct RequestBody {
     inner: Option<Incoming>,
+    // A body read whole before the request was sent (see `ProxyConfig::request_buffer_bytes`).
+    full: Option<Bytes>,
     limit: u64,
     received: u64,
     timeout: Duration,
     // Created on the first pending read, reset whenever data arrives.
     sleep: Option<Pin<Box<Sleep>>>,
     data_since_sleep: bool,
+    // Notified whenever a chunk is taken on its way to the instance (see `upstream::answer_within`).
+    progress: Option<Arc<Notify>>,
 }
 
 enum Kind {
@@ -69,12 +90,27 @@ impl ProxyBody {
         incoming: Incoming,
         checkin: Option<(Sender, Arc<InstanceLive>, usize)>,
         in_flight: Option<InFlightGuard>,
+        idle_timeout: Duration,
     ) -> ProxyBody {
         let mut body = ProxyBody::new(Kind::Upstream(incoming));
         body.checkin = checkin;
         body.in_flight = in_flight;
+        body.idle = Some((idle_timeout, Box::pin(tokio::time::sleep(idle_timeout))));
         body.finish_if_ended();
         body
+    }
+
+    /// Counts the answer in `stats` once its trailers tell its `grpc-status` (see `crate::grpc`).
+    pub(crate) fn count_grpc_status(&mut self, stats: Arc<ReleaseStats>, latency: Duration) {
+        self.grpc_pending = Some((stats, latency));
+    }
+
+    fn record_grpc(&mut self, grpc_status: Option<u32>) {
+        if let Some((stats, latency)) = self.grpc_pending.take() {
+            // No status at all is a broken answer: counted as UNKNOWN, a server error.
+            let status = crate::grpc::counted_status(grpc_status.unwrap_or(2));
+            stats.record_response(status, latency);
+        }
     }
 
     pub(crate) fn attach_active(&mut self, active: ActiveRequest) {
@@ -84,9 +120,11 @@ impl ProxyBody {
     fn new(kind: Kind) -> ProxyBody {
         ProxyBody {
             kind,
+            idle: None,
             checkin: None,
             in_flight: None,
             active: None,
+            grpc_pending: None,
         }
     }
 
@@ -106,23 +144,51 @@ impl ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = AnswerBodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, AnswerBodyError>>> {
         let this = &mut *self;
         let polled = match &mut this.kind {
             Kind::Empty => Poll::Ready(None),
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|bytes| Ok(Frame::data(bytes)))),
-            Kind::Upstream(incoming) => Pin::new(incoming).poll_frame(cx),
+            Kind::Upstream(incoming) => match Pin::new(incoming).poll_frame(cx) {
+                Poll::Ready(polled) => {
+                    if let Some((timeout, sleep)) = &mut this.idle {
+                        sleep.as_mut().reset(tokio::time::Instant::now() + *timeout);
+                    }
+                    Poll::Ready(polled.map(|frame| frame.map_err(AnswerBodyError::Upstream)))
+                }
+                Poll::Pending => match &mut this.idle {
+                    Some((timeout, sleep)) => match sleep.as_mut().poll(cx) {
+                        Poll::Ready(()) => {
+                            Poll::Ready(Some(Err(AnswerBodyError::Idle { timeout: *timeout })))
+                        }
+                        Poll::Pending => Poll::Pending,
+                    },
+                    None => Poll::Pending,
+                },
+            },
         };
+        if this.grpc_pending.is_some() {
+            match &polled {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(trailers) = frame.trailers_ref() {
+                        this.record_grpc(crate::grpc::status(trailers));
+                    }
+                }
+                Poll::Ready(None) | Poll::Ready(Some(Err(_))) => this.record_grpc(None),
+                Poll::Pending => {}
+            }
+        }
         match &polled {
             Poll::Ready(None) => this.finish(),
             Poll::Ready(Some(Ok(_))) => this.finish_if_ended(),
             // An error mid-answer: the connection is not reusable; dropping the sender closes it.
             Poll::Ready(Some(Err(_))) => {
+                this.kind = Kind::Empty;
                 this.checkin = None;
                 this.in_flight = None;
             }
@@ -149,6 +215,15 @@ impl Body for ProxyBody {
     }
 }
 
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        // The client went away before the gRPC answer ended: counted as CANCELLED.
+        if self.grpc_pending.is_some() {
+            self.record_grpc(Some(1));
+        }
+    }
+}
+
 impl fmt::Debug for ProxyBody {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ProxyBody").finish_non_exhaustive()
@@ -164,23 +239,56 @@ impl RequestBody {
         };
         RequestBody {
             inner,
+            full: None,
             limit,
             received: 0,
             timeout,
             sleep: None,
             data_since_sleep: false,
+            progress: None,
         }
     }
 
     pub(crate) fn empty() -> RequestBody {
         RequestBody {
             inner: None,
+            full: None,
             limit: 0,
             received: 0,
             timeout: Duration::ZERO,
             sleep: None,
             data_since_sleep: false,
+            progress: None,
         }
+    }
+
+    /// A body already read whole.
+    pub(crate) fn full(bytes: Bytes) -> RequestBody {
+        let mut body = RequestBody::empty();
+        body.full = (!bytes.is_empty()).then_some(bytes);
+        body
+    }
+
+    /// A signal notified each time a chunk of the body is taken by the connection to the instance.
+    pub(crate) fn progress(&mut self) -> Arc<Notify> {
+        Arc::clone(self.progress.get_or_insert_with(Arc::default))
+    }
+
+    fn made_progress(&self) {
+        if let Some(progress) = &self.progress {
+            progress.notify_one();
+        }
+    }
+
+    /// Reads the whole body (under its limit and pause timeout), for a body small enough to be held.
+    pub(crate) async fn read_whole(mut self) -> Result<Bytes, RequestBodyError> {
+        let mut collected = bytes::BytesMut::new();
+        while let Some(frame) = http_body_util::BodyExt::frame(&mut self).await {
+            if let Ok(data) = frame?.into_data() {
+                collected.extend_from_slice(&data);
+            }
+        }
+        Ok(collected.freeze())
     }
 }
 
@@ -193,6 +301,10 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
         let this = &mut *self;
+        if let Some(full) = this.full.take() {
+            this.made_progress();
+            return Poll::Ready(Some(Ok(Frame::data(full))));
+        }
         let Some(incoming) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
@@ -208,6 +320,7 @@ impl Body for RequestBody {
                     }
                 }
                 this.data_since_sleep = true;
+                this.made_progress();
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(error))) => {
@@ -242,10 +355,13 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(Incoming::is_end_stream)
+        self.full.is_none() && self.inner.as_ref().is_none_or(Incoming::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
+        if let Some(full) = &self.full {
+            return SizeHint::with_exact(full.len() as u64);
+        }
         self.inner
             .as_ref()
             .map_or(SizeHint::with_exact(0), Incoming::size_hint)

@@ -1,7 +1,12 @@
-//! Tunables of the proxy: limits, timeouts, the waiting queue, retries and passive health.
+//! Tunables of the proxy: limits, timeouts, the waiting queue, retries, passive health, the proxies it
+//! trusts, and each route's own settings (`RouteSettings`).
 //!
 //! Plain data with defaults; it does not read files or the environment (the agent maps the manifest onto it).
+//! docs/proxy.md lists every limit and what a client gets when it is hit; keep the two in step.
 
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
 use std::time::Duration;
 
 /// Everything the proxy lets its owner tune. `ProxyConfig::default()` is what production runs.
@@ -9,8 +14,12 @@ use std::time::Duration;
 pub struct ProxyConfig {
     /// Largest request head (request line plus headers) accepted, in bytes; beyond it the answer is 431.
     pub max_header_bytes: usize,
-    /// Largest request body forwarded, in bytes; beyond it the answer is 413.
-    pub max_body_bytes: u64,
+    /// Most header fields in a request head (HTTP/1.1); beyond it the answer is 431.
+    pub max_request_header_fields: usize,
+    /// Request bodies announced (`Content-Length`) up to this size are read whole before an instance is
+    /// picked, so a slow client holds only its own connection, not an instance's (nginx buffers the same
+    /// way). Larger or unannounced bodies stream.
+    pub request_buffer_bytes: u64,
     /// Time a client has to send a whole request head once it starts one (and on a fresh connection);
     /// past it the answer is 408 and the connection is closed.
     pub header_read_timeout: Duration,
@@ -20,8 +29,9 @@ pub struct ProxyConfig {
     pub idle_timeout: Duration,
     /// Time allowed to open a TCP connection to an instance.
     pub upstream_connect_timeout: Duration,
-    /// Time allowed between sending a request to an instance and receiving its response head (504 past it).
-    pub upstream_response_timeout: Duration,
+    /// Once one side of an upgraded connection (websocket) has closed, how long the other side may still
+    /// send before the tunnel is closed; its end is passed on at once.
+    pub tunnel_half_close_timeout: Duration,
     /// How long an idle upstream connection is kept for reuse.
     ///
     /// Invariant: below the apps' own keep-alive timeout (gunicorn's default is 2 s, Node's 5 s), or a reused
@@ -35,6 +45,133 @@ pub struct ProxyConfig {
     pub waiting: WaitingConfig,
     /// When an instance is taken out after failed connections, and how it is probed back in.
     pub passive_health: PassiveHealthConfig,
+    /// Peers whose forwarding headers (`X-Forwarded-*`, `Forwarded`, `X-Real-IP`) are believed and
+    /// extended. From any other peer those headers are dropped and the proxy's own replace them.
+    /// Empty by default: nothing in front of the proxy is trusted.
+    pub trusted_proxies: Vec<TrustedProxy>,
+}
+
+/// One route's limits and upstream protocol, as the manifest's `[routes.X]` and `[services.X] protocol`
+/// set them. `RouteSettings::default()` holds the documented defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteSettings {
+    /// Time an instance has to take the next chunk of the request body and, once the body is sent, to
+    /// give its answer's head; past it the client gets 504. A body that keeps moving is never cut by it.
+    pub timeout: Duration,
+    /// Longest silence of an instance in the middle of its answer body; past it the answer is cut.
+    pub idle_timeout: Duration,
+    /// Largest request body forwarded, in bytes; beyond it the answer is 413.
+    pub max_body_bytes: u64,
+    /// Most header fields accepted in an instance's answer; beyond it the client gets 502.
+    pub max_header_fields: usize,
+    /// How the proxy talks to the route's instances.
+    pub protocol: UpstreamProtocol,
+}
+
+/// The protocol spoken to a route's instances.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 with keep-alive (the default).
+    #[default]
+    Http1,
+    /// HTTP/2 over cleartext with prior knowledge; one multiplexed connection per instance and worker.
+    H2c,
+    /// h2c, and answers are counted by their `grpc-status` (a non-zero one is an error).
+    Grpc,
+}
+
+/// An address or network (`10.0.0.0/8`, `::1`) whose forwarding headers the proxy believes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrustedProxy {
+    network: IpAddr,
+    prefix_len: u8,
+}
+
+/// A trusted proxy that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{text}` is not an IP address or network (`10.0.0.0/8`)")]
+pub struct TrustedProxyParseError {
+    text: String,
+}
+
+impl TrustedProxy {
+    /// Whether `addr` is inside this network. An IPv4 peer seen as an IPv6-mapped address matches too.
+    pub fn contains(&self, addr: IpAddr) -> bool {
+        let addr = match addr {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
+            IpAddr::V4(_) => addr,
+        };
+        match (self.network, addr) {
+            (IpAddr::V4(network), IpAddr::V4(addr)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix_len))
+                    .unwrap_or(0);
+                u32::from(network) & mask == u32::from(addr) & mask
+            }
+            (IpAddr::V6(network), IpAddr::V6(addr)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix_len))
+                    .unwrap_or(0);
+                u128::from(network) & mask == u128::from(addr) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl FromStr for TrustedProxy {
+    type Err = TrustedProxyParseError;
+
+    fn from_str(text: &str) -> Result<TrustedProxy, TrustedProxyParseError> {
+        let error = || TrustedProxyParseError {
+            text: text.to_owned(),
+        };
+        let (address, prefix_len) = match text.split_once('/') {
+            Some((address, prefix_len)) => (address, Some(prefix_len)),
+            None => (text, None),
+        };
+        let network: IpAddr = address.trim().parse().map_err(|_| error())?;
+        let max_len = if network.is_ipv4() { 32 } else { 128 };
+        let prefix_len = match prefix_len {
+            Some(prefix_len) => prefix_len.trim().parse::<u8>().map_err(|_| error())?,
+            None => max_len,
+        };
+        if prefix_len > max_len {
+            return Err(error());
+        }
+        Ok(TrustedProxy {
+            network,
+            prefix_len,
+        })
+    }
+}
+
+impl fmt::Display for TrustedProxy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix_len)
+    }
+}
+
+impl ProxyConfig {
+    /// Whether the forwarding headers of a peer at `addr` are believed.
+    pub fn trusts(&self, addr: IpAddr) -> bool {
+        self.trusted_proxies
+            .iter()
+            .any(|trusted| trusted.contains(addr))
+    }
+}
+
+impl Default for RouteSettings {
+    fn default() -> Self {
+        RouteSettings {
+            timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(60),
+            max_body_bytes: 100 * 1024 * 1024,
+            max_header_fields: 500,
+            protocol: UpstreamProtocol::Http1,
+        }
+    }
 }
 
 /// Bounds of the waiting queue used when a route has no ready instance.
@@ -61,17 +198,19 @@ impl Default for ProxyConfig {
     fn default() -> Self {
         ProxyConfig {
             max_header_bytes: 64 * 1024,
-            max_body_bytes: 100 * 1024 * 1024,
+            max_request_header_fields: 200,
+            request_buffer_bytes: 64 * 1024,
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(75),
             upstream_connect_timeout: Duration::from_secs(2),
-            upstream_response_timeout: Duration::from_secs(60),
+            tunnel_half_close_timeout: Duration::from_secs(5),
             upstream_idle_timeout: Duration::from_millis(1500),
             upstream_max_idle_per_instance: 256,
             max_attempts: 3,
             waiting: WaitingConfig::default(),
             passive_health: PassiveHealthConfig::default(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -94,3 +233,6 @@ impl Default for PassiveHealthConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -9,9 +9,15 @@
 //!
 //! ```json
 //! { "routes": [ { "name": "web", "hosts": ["demo.test"], "paths": ["/"], "drain_timeout_ms": 30000,
+//!     "timeout_ms": 60000, "idle_timeout_ms": 60000, "max_body_bytes": 104857600,
+//!     "max_header_fields": 500, "protocol": "http1",
 //!     "pools": [ { "release": "demo@2", "weight": 100,
 //!       "instances": [ { "id": "web-2-0", "addr": "127.0.0.1:4001", "ready": true } ] } ] } ] }
 //! ```
+//!
+//! Compatibility: every field added after the first version has a serde default (a `routes.json` written
+//! by an older proxy loads), and is left out when it holds its default (an older proxy, which refuses
+//! unknown fields, still takes a state that uses none of the newer settings).
 //!
 //! Rules the agent can rely on:
 //! - Applying the same state twice changes nothing (`ApplyReport::is_noop`).
@@ -30,6 +36,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::{RouteSettings, UpstreamProtocol};
 use crate::control::{InstanceSpec, Proxy};
 use crate::error::ControlError;
 use crate::routing::{InstanceId, InstanceState, ReleaseId, RouteName, RouteSpec, RoutingTable};
@@ -66,6 +73,33 @@ pub struct DesiredRoute {
     /// are cut.
     #[serde(default = "default_drain_timeout_ms")]
     pub drain_timeout_ms: u64,
+    /// Time to an answer's head (`RouteSettings::timeout`).
+    #[serde(
+        default = "default_timeout_ms",
+        skip_serializing_if = "is_default_timeout_ms"
+    )]
+    pub timeout_ms: u64,
+    /// Longest silence inside an answer body (`RouteSettings::idle_timeout`).
+    #[serde(
+        default = "default_idle_timeout_ms",
+        skip_serializing_if = "is_default_idle_timeout_ms"
+    )]
+    pub idle_timeout_ms: u64,
+    /// Largest request body (`RouteSettings::max_body_bytes`).
+    #[serde(
+        default = "default_max_body_bytes",
+        skip_serializing_if = "is_default_max_body_bytes"
+    )]
+    pub max_body_bytes: u64,
+    /// Most header fields in an answer (`RouteSettings::max_header_fields`).
+    #[serde(
+        default = "default_max_header_fields",
+        skip_serializing_if = "is_default_max_header_fields"
+    )]
+    pub max_header_fields: usize,
+    /// Protocol spoken to the instances.
+    #[serde(default, skip_serializing_if = "is_default_protocol")]
+    pub protocol: UpstreamProtocol,
     #[serde(default)]
     pub pools: Vec<DesiredPool>,
 }
@@ -305,6 +339,43 @@ impl DesiredState {
 }
 
 impl DesiredRoute {
+    /// A route with every setting at its default and no pools.
+    pub fn new(name: impl Into<String>) -> DesiredRoute {
+        let settings = RouteSettings::default();
+        DesiredRoute {
+            name: name.into(),
+            hosts: Vec::new(),
+            paths: Vec::new(),
+            drain_timeout_ms: default_drain_timeout_ms(),
+            timeout_ms: millis(settings.timeout),
+            idle_timeout_ms: millis(settings.idle_timeout),
+            max_body_bytes: settings.max_body_bytes,
+            max_header_fields: settings.max_header_fields,
+            protocol: settings.protocol,
+            pools: Vec::new(),
+        }
+    }
+
+    /// The route's settings in the proxy's terms.
+    pub fn settings(&self) -> RouteSettings {
+        RouteSettings {
+            timeout: Duration::from_millis(self.timeout_ms),
+            idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+            max_body_bytes: self.max_body_bytes,
+            max_header_fields: self.max_header_fields,
+            protocol: self.protocol,
+        }
+    }
+
+    /// Sets every field that `settings` covers.
+    pub fn set_settings(&mut self, settings: RouteSettings) {
+        self.timeout_ms = millis(settings.timeout);
+        self.idle_timeout_ms = millis(settings.idle_timeout);
+        self.max_body_bytes = settings.max_body_bytes;
+        self.max_header_fields = settings.max_header_fields;
+        self.protocol = settings.protocol;
+    }
+
     /// The path prefixes routed: `paths`, or `/` when it is empty.
     pub fn effective_paths(&self) -> Vec<&str> {
         if self.paths.is_empty() {
@@ -571,6 +642,7 @@ fn plan(desired: &DesiredState) -> Vec<PlannedRoute> {
                     name: RouteName::new(qualify(&route.name)),
                     hosts: route.hosts.clone(),
                     path_prefix: path.to_owned(),
+                    settings: route.settings(),
                 },
                 drain_timeout: Duration::from_millis(route.drain_timeout_ms),
                 pools: route
@@ -681,6 +753,46 @@ fn spawn_retire_route(proxy: &Proxy, route: &RouteName) {
 
 fn default_drain_timeout_ms() -> u64 {
     30_000
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn default_timeout_ms() -> u64 {
+    millis(RouteSettings::default().timeout)
+}
+
+fn is_default_timeout_ms(value: &u64) -> bool {
+    *value == default_timeout_ms()
+}
+
+fn default_idle_timeout_ms() -> u64 {
+    millis(RouteSettings::default().idle_timeout)
+}
+
+fn is_default_idle_timeout_ms(value: &u64) -> bool {
+    *value == default_idle_timeout_ms()
+}
+
+fn default_max_body_bytes() -> u64 {
+    RouteSettings::default().max_body_bytes
+}
+
+fn is_default_max_body_bytes(value: &u64) -> bool {
+    *value == default_max_body_bytes()
+}
+
+fn default_max_header_fields() -> usize {
+    RouteSettings::default().max_header_fields
+}
+
+fn is_default_max_header_fields(value: &usize) -> bool {
+    *value == default_max_header_fields()
+}
+
+fn is_default_protocol(value: &UpstreamProtocol) -> bool {
+    *value == UpstreamProtocol::default()
 }
 
 /// Route, host and instance names: not empty, no whitespace (a space separates a name from its path).

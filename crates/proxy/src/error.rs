@@ -21,6 +21,10 @@ pub enum ProxyError {
     NoRoute { host: String, path: String },
     #[error("request has no host")]
     MissingHost,
+    #[error("bad request: {reason}")]
+    BadRequest { reason: BadRequestReason },
+    #[error("method `{method}` is not proxied")]
+    MethodNotAllowed { method: hyper::Method },
     #[error("no ready instance for route `{route}` within {waited:?}")]
     NoReadyInstance {
         route: RouteName,
@@ -64,6 +68,20 @@ pub enum ProxyError {
         #[source]
         source: hyper::Error,
     },
+}
+
+/// What made a request malformed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BadRequestReason {
+    /// RFC 9112 section 3.2: a request with more than one `Host` field is answered 400.
+    #[error("more than one `Host` header")]
+    DuplicateHost,
+    /// RFC 9113 section 8.3.1: `Host` names another entity than `:authority`.
+    #[error("`Host` differs from `:authority`")]
+    HostMismatch,
+    /// The body's framing is broken (a bad chunk size, for one).
+    #[error("malformed request body")]
+    MalformedBody,
 }
 
 /// Who caused an error: decides the status class and whether it counts against a release.
@@ -139,7 +157,9 @@ impl ProxyError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             ProxyError::NoRoute { .. } => ErrorKind::NoRoute,
-            ProxyError::MissingHost => ErrorKind::BadRequest,
+            ProxyError::MissingHost
+            | ProxyError::BadRequest { .. }
+            | ProxyError::MethodNotAllowed { .. } => ErrorKind::BadRequest,
             ProxyError::NoReadyInstance { .. } => ErrorKind::NoReadyInstance,
             ProxyError::QueueFull { .. } => ErrorKind::QueueFull,
             ProxyError::Connect { .. } => ErrorKind::Connect,
@@ -156,6 +176,8 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute { .. }
             | ProxyError::MissingHost
+            | ProxyError::BadRequest { .. }
+            | ProxyError::MethodNotAllowed { .. }
             | ProxyError::BodyTooLarge { .. }
             | ProxyError::ClientTimeout { .. }
             | ProxyError::HeadersTooLarge { .. }
@@ -179,11 +201,12 @@ impl ProxyError {
 }
 
 /// Turns an error into the answer the client gets. This is the only place that picks a status code for a
-/// failure, so the 502/503/504/408/413/431 rules live here and nowhere else.
+/// failure, so the 400/404/405/408/413/431/502/503/504 rules live here and nowhere else.
 pub fn error_response(error: &ProxyError) -> Response<ProxyBody> {
     let status = match error {
         ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
-        ProxyError::MissingHost => StatusCode::BAD_REQUEST,
+        ProxyError::MissingHost | ProxyError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+        ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
         ProxyError::NoReadyInstance { .. } | ProxyError::QueueFull { .. } => {
             StatusCode::SERVICE_UNAVAILABLE
         }
@@ -192,10 +215,9 @@ pub fn error_response(error: &ProxyError) -> Response<ProxyBody> {
         ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         ProxyError::ClientTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
         ProxyError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-        // Nobody reads this answer; 499 is nginx's convention for the access log.
-        ProxyError::ClientGone { .. } => {
-            StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST)
-        }
+        // Nobody reads this answer, but a status on the wire is always a standard one (nginx's 499 is
+        // for its access log only).
+        ProxyError::ClientGone { .. } => StatusCode::BAD_REQUEST,
     };
     // The reason phrase only: details (instance addresses) are for the logs, not for the internet.
     let text = format!(
@@ -218,11 +240,19 @@ pub fn error_response(error: &ProxyError) -> Response<ProxyBody> {
             HeaderValue::from(retry_after.as_secs().max(1)),
         );
     }
+    if let ProxyError::MethodNotAllowed { .. } = error {
+        headers.insert(
+            header::ALLOW,
+            HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH, TRACE"),
+        );
+    }
     if matches!(
         error,
         ProxyError::ClientTimeout { .. }
             | ProxyError::BodyTooLarge { .. }
             | ProxyError::HeadersTooLarge { .. }
+            | ProxyError::BadRequest { .. }
+            | ProxyError::ClientGone { .. }
     ) {
         // The rest of the request cannot be trusted to be read; close so the next request starts clean.
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));

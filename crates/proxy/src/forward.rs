@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use hyper::body::{Body, Incoming};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
@@ -14,8 +15,9 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
 use crate::body::{ProxyBody, RequestBody, RequestBodyError};
+use crate::config::UpstreamProtocol;
 use crate::control::Proxy;
-use crate::error::{ProxyError, error_response};
+use crate::error::{BadRequestReason, ProxyError, error_response};
 use crate::instance::InFlightGuard;
 use crate::routing::{InstanceId, RouteName, normalise_host, random_u64};
 use crate::server::ActiveRequest;
@@ -29,6 +31,8 @@ pub(crate) struct ConnectionContext {
     pub(crate) client_addr: SocketAddr,
     /// The client's IP as a header value, made once per connection for `X-Forwarded-For`.
     pub(crate) client_ip: HeaderValue,
+    /// Whether the peer is a trusted proxy (`ProxyConfig::trusted_proxies`), decided once per connection.
+    pub(crate) trusted_peer: bool,
     pub(crate) scheme: Scheme,
     pub(crate) tracker: TaskTracker,
 }
@@ -68,9 +72,10 @@ pub(crate) async fn handle(
             error_response(&error)
         }
     };
-    response
-        .headers_mut()
-        .insert(X_REQUEST_ID.clone(), request_id);
+    // An app's own request id on its answer is kept; the proxy's goes on answers that have none.
+    if let header::Entry::Vacant(entry) = response.headers_mut().entry(&X_REQUEST_ID) {
+        entry.insert(request_id);
+    }
     // The upgrade tunnel takes the active-request count when there is one; otherwise the answer holds it.
     if let Some(active) = active {
         response.body_mut().attach_active(active);
@@ -90,21 +95,19 @@ async fn forward(
     let config = proxy.config();
     let started = Instant::now();
 
-    let host_value = request_host(&request).ok_or((ProxyError::MissingHost, None))?;
-    let host = host_value.to_str().unwrap_or_default();
-    if let Some(length) = content_length(request.headers())
-        && length > config.max_body_bytes
-    {
-        discard_body(request.into_body()).await;
+    // A proxy that is not a forward proxy has nothing to tunnel to (RFC 9110 section 9.3.6).
+    if request.method() == Method::CONNECT {
         return Err((
-            ProxyError::BodyTooLarge {
-                limit: config.max_body_bytes,
+            ProxyError::MethodNotAllowed {
+                method: Method::CONNECT,
             },
             None,
         ));
     }
+    let host_value = request_host(&request).map_err(|error| (error, None))?;
+    let host = host_value.to_str().unwrap_or_default();
     let host_key = normalise_host(host);
-    let route_name = {
+    let (route_name, settings) = {
         let table = proxy.inner().table.load();
         let route = table
             .route_for(&host_key, request.uri().path())
@@ -117,11 +120,34 @@ async fn forward(
                     None,
                 )
             })?;
-        route.name().clone()
+        (route.name().clone(), route.spec().settings)
     };
+    let announced_length = content_length(request.headers());
+    if let Some(length) = announced_length
+        && length > settings.max_body_bytes
+    {
+        // A client that sent `Expect: 100-continue` waits for a go-ahead: it gets the 413 at once and its
+        // body is not read (reading it is what makes hyper send `100 Continue`).
+        if !expects_continue(request.headers()) {
+            discard_body(request.into_body()).await;
+        }
+        return Err((
+            ProxyError::BodyTooLarge {
+                limit: settings.max_body_bytes,
+            },
+            None,
+        ));
+    }
 
-    let upgrade = request.version() == Version::HTTP_11 && is_upgrade(request.headers());
+    let upgrade = request.version() == Version::HTTP_11
+        && settings.protocol == UpstreamProtocol::Http1
+        && is_upgrade(request.headers());
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+    // Interim answers can be passed on to an HTTP/1.1 client only (hyper's HTTP/2 server has no way to
+    // send them, and HTTP/1.0 clients must not get them).
+    let interim = (request.version() == Version::HTTP_11)
+        .then(|| active.as_ref().map(ActiveRequest::interim_sender))
+        .flatten();
     let (mut parts, body) = request.into_parts();
     prepare_request_headers(
         &mut parts.headers,
@@ -129,17 +155,53 @@ async fn forward(
         context,
         request_id,
         upgrade,
+        settings.protocol,
     );
-    let upstream_uri = origin_form(&parts.uri);
-    let replayable = body.is_end_stream() && is_idempotent(&parts.method);
-    let body = RequestBody::new(body, config.max_body_bytes, config.body_read_timeout);
+    let upstream_uri = upstream_uri(&parts.uri, &host_value, settings.protocol);
+    let upstream_version = match settings.protocol {
+        UpstreamProtocol::Http1 => Version::HTTP_11,
+        UpstreamProtocol::H2c | UpstreamProtocol::Grpc => Version::HTTP_2,
+    };
+
+    // A small announced body is read whole before an instance is picked: a slow client then holds only
+    // its own connection, and its slowness is a 408 for it rather than a 504 blamed on the instance.
+    let mut body = RequestBody::new(body, settings.max_body_bytes, config.body_read_timeout);
+    let mut whole_body = body.is_end_stream().then(Bytes::new);
+    if whole_body.is_none()
+        && !upgrade
+        && announced_length.is_some_and(|length| length <= config.request_buffer_bytes)
+    {
+        let bytes = body
+            .read_whole()
+            .await
+            .map_err(|error| (request_body_error(error), None))?;
+        body = RequestBody::full(bytes.clone());
+        whole_body = Some(bytes);
+        // The client's `Expect: 100-continue` was answered here (hyper sent `100 Continue` when the body
+        // was read); the instance gets the whole body at once and nothing to answer.
+        parts.headers.remove(header::EXPECT);
+    }
+    let replayable = whole_body.is_some() && is_idempotent(&parts.method);
 
     let build = |body: RequestBody, headers: HeaderMap| {
         let mut upstream = Request::new(body);
         *upstream.method_mut() = parts.method.clone();
         *upstream.uri_mut() = upstream_uri.clone();
-        *upstream.version_mut() = Version::HTTP_11;
+        *upstream.version_mut() = upstream_version;
         *upstream.headers_mut() = headers;
+        if let Some(interim) = interim.clone()
+            && upstream_version == Version::HTTP_11
+        {
+            // 100 Continue is hop-by-hop (hyper answered the client's own); 101 is a final answer here.
+            hyper::ext::on_informational(&mut upstream, move |answer| {
+                let status = answer.status();
+                if status != StatusCode::CONTINUE && status != StatusCode::SWITCHING_PROTOCOLS {
+                    let mut headers = answer.headers().clone();
+                    strip_hop_by_hop(&mut headers, false);
+                    interim.send(status, &headers);
+                }
+            });
+        }
         upstream
     };
     // A replayable request is rebuilt for each attempt, so it keeps its headers; others move them.
@@ -158,12 +220,29 @@ async fn forward(
         let stats = Arc::clone(guard.stats());
         let upstream_request = match pending.take() {
             Some(upstream_request) => upstream_request,
-            None => build(RequestBody::empty(), parts.headers.clone()),
+            None => build(
+                RequestBody::full(whole_body.clone().unwrap_or_default()),
+                parts.headers.clone(),
+            ),
         };
-        match upstream::send(&instance, upstream_request, config, upgrade).await {
+        match upstream::send(&instance, upstream_request, config, &settings, upgrade).await {
             Ok((mut response, sender)) => {
                 instance.record_success();
-                stats.record_response(response.status().as_u16(), started.elapsed());
+                let latency = started.elapsed();
+                // A gRPC answer is counted by its `grpc-status`, which a 200 carries in its trailers
+                // unless it is a trailers-only answer.
+                let grpc_pending = settings.protocol == UpstreamProtocol::Grpc
+                    && response.status() == StatusCode::OK
+                    && crate::grpc::status(response.headers()).is_none();
+                if !grpc_pending {
+                    let status = match crate::grpc::status(response.headers()) {
+                        Some(grpc_status) if settings.protocol == UpstreamProtocol::Grpc => {
+                            crate::grpc::counted_status(grpc_status)
+                        }
+                        _ => response.status().as_u16(),
+                    };
+                    stats.record_response(status, latency);
+                }
                 if response.status() == StatusCode::SWITCHING_PROTOCOLS
                     && let Some(downstream_upgrade) = downstream_upgrade
                 {
@@ -193,7 +272,11 @@ async fn forward(
                         config.upstream_max_idle_per_instance,
                     )
                 });
-                let body = ProxyBody::upstream(incoming, checkin, Some(guard));
+                let mut body =
+                    ProxyBody::upstream(incoming, checkin, Some(guard), settings.idle_timeout);
+                if grpc_pending {
+                    body.count_grpc_status(stats, latency);
+                }
                 return Ok(Response::from_parts(head, body));
             }
             Err(SendFailure { error, request }) => {
@@ -320,6 +403,7 @@ fn spawn_tunnel(
     websocket: bool,
 ) {
     let cut = guard.instance().cut.clone();
+    let half_close_timeout = context.proxy.config().tunnel_half_close_timeout;
     context.tracker.spawn(async move {
         let _guard = guard;
         let _active = active;
@@ -330,6 +414,7 @@ fn spawn_tunnel(
                     TokioIo::new(upstream),
                     cut,
                     websocket,
+                    half_close_timeout,
                 )
                 .await;
             }
@@ -355,7 +440,8 @@ async fn discard_body(mut body: Incoming) {
     .await;
 }
 
-/// Turns a failure caused by the client's own body (too large, too slow, gone) into the client's error.
+/// Turns a failure caused by the client's own body (too large, too slow, malformed, gone) into the
+/// client's error.
 fn classify_body_error(error: ProxyError) -> ProxyError {
     let ProxyError::Upstream { source, .. } = &error else {
         return error;
@@ -368,6 +454,11 @@ fn classify_body_error(error: ProxyError) -> ProxyError {
                 RequestBodyError::Timeout { timeout } => {
                     ProxyError::ClientTimeout { timeout: *timeout }
                 }
+                RequestBodyError::Client(client_error) if is_malformed(client_error) => {
+                    ProxyError::BadRequest {
+                        reason: BadRequestReason::MalformedBody,
+                    }
+                }
                 RequestBodyError::Client(_) => match error {
                     ProxyError::Upstream { source, .. } => ProxyError::ClientGone { source },
                     other => other,
@@ -379,18 +470,71 @@ fn classify_body_error(error: ProxyError) -> ProxyError {
     error
 }
 
-/// The request's host as a header value (text, never empty): a `Host` header is shared, not copied.
-fn request_host(request: &Request<Incoming>) -> Option<HeaderValue> {
-    // HTTP/2 carries the host in `:authority`; HTTP/1.1 in `Host` (an absolute URI wins, per RFC 9112).
-    if let Some(authority) = request.uri().authority() {
-        // An authority is visible ASCII, always a valid header value.
-        return HeaderValue::from_str(authority.as_str()).ok();
+/// The client's error for a body that could not be read whole.
+fn request_body_error(error: RequestBodyError) -> ProxyError {
+    match error {
+        RequestBodyError::TooLarge { limit } => ProxyError::BodyTooLarge { limit },
+        RequestBodyError::Timeout { timeout } => ProxyError::ClientTimeout { timeout },
+        RequestBodyError::Client(source) if is_malformed(&source) => ProxyError::BadRequest {
+            reason: BadRequestReason::MalformedBody,
+        },
+        RequestBodyError::Client(source) => ProxyError::ClientGone { source },
     }
-    request
-        .headers()
-        .get(header::HOST)
-        .filter(|value| value.to_str().is_ok_and(|host| !host.is_empty()))
+}
+
+/// Whether a body read failed on the body's framing (hyper reports a bad chunk as invalid input or data)
+/// rather than on the connection.
+fn is_malformed(error: &hyper::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
+    while let Some(current) = cause {
+        if let Some(io_error) = current.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io_error.kind(),
+                std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData
+            );
+        }
+        cause = current.source();
+    }
+    false
+}
+
+/// The host a request is for, as a header value (text, never empty): what decides its route, and what the
+/// instance receives as `Host`. An absolute-form target (HTTP/1.1) or `:authority` (HTTP/2) wins over
+/// `Host` (RFC 9112 section 3.2.2); two `Host` fields, or an HTTP/2 `Host` naming another authority, make
+/// the request malformed.
+fn request_host(request: &Request<Incoming>) -> Result<HeaderValue, ProxyError> {
+    let mut hosts = request.headers().get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ProxyError::BadRequest {
+            reason: BadRequestReason::DuplicateHost,
+        });
+    }
+    if let Some(authority) = request.uri().authority() {
+        if request.version() == Version::HTTP_2
+            && host.is_some_and(|host| {
+                !host
+                    .as_bytes()
+                    .eq_ignore_ascii_case(authority.as_str().as_bytes())
+            })
+        {
+            return Err(ProxyError::BadRequest {
+                reason: BadRequestReason::HostMismatch,
+            });
+        }
+        // An authority is visible ASCII, always a valid header value.
+        return HeaderValue::from_str(authority.as_str()).map_err(|_| ProxyError::MissingHost);
+    }
+    host.filter(|value| value.to_str().is_ok_and(|host| !host.is_empty()))
         .cloned()
+        .ok_or(ProxyError::MissingHost)
+}
+
+/// Whether the client waits for `100 Continue` before it sends its body.
+fn expects_continue(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::EXPECT)
+        .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {
@@ -420,16 +564,32 @@ fn is_idempotent(method: &Method) -> bool {
     )
 }
 
-fn origin_form(uri: &Uri) -> Uri {
-    match uri.path_and_query() {
+/// The target sent to an instance: origin-form for HTTP/1.1; for HTTP/2, which carries `:scheme` and
+/// `:authority`, an absolute URI with the request's host.
+fn upstream_uri(uri: &Uri, host: &HeaderValue, protocol: UpstreamProtocol) -> Uri {
+    let origin = match uri.path_and_query() {
         Some(_) if uri.authority().is_none() && uri.scheme().is_none() => uri.clone(),
         Some(path_and_query) => Uri::from(path_and_query.clone()),
         None => Uri::from_static("/"),
+    };
+    if protocol == UpstreamProtocol::Http1 {
+        return origin;
     }
+    let path_and_query = origin
+        .path_and_query()
+        .map_or("/", hyper::http::uri::PathAndQuery::as_str);
+    Uri::builder()
+        .scheme("http")
+        .authority(host.as_bytes())
+        .path_and_query(path_and_query)
+        .build()
+        .unwrap_or(origin)
 }
 
 /// Removes hop-by-hop headers: the fixed list of RFC 9110 section 7.6.1 and any named in `Connection`.
-/// For an upgrade, `Upgrade` and `Connection: upgrade` are end-to-end in effect and are kept.
+/// For an upgrade, `Upgrade` and `Connection: upgrade` are end-to-end in effect and are kept. `Trailer` is
+/// end-to-end (RFC 9110 section 6.6.2) and is kept: hyper sends an HTTP/1.1 client only the trailer
+/// fields it announces.
 fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     // Most messages carry none: one pass over the names beats a hashed removal per listed header.
     if !upgrade && !headers.keys().any(is_hop_by_hop) {
@@ -449,7 +609,6 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     headers.remove(&KEEP_ALIVE);
     headers.remove(&PROXY_CONNECTION);
     headers.remove(header::TE);
-    headers.remove(header::TRAILER);
     headers.remove(header::TRANSFER_ENCODING);
     headers.remove(header::PROXY_AUTHENTICATE);
     headers.remove(header::PROXY_AUTHORIZATION);
@@ -466,7 +625,6 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
     name == header::CONNECTION
         || name == header::UPGRADE
         || name == header::TE
-        || name == header::TRAILER
         || name == header::TRANSFER_ENCODING
         || name == header::PROXY_AUTHENTICATE
         || name == header::PROXY_AUTHORIZATION
@@ -474,23 +632,57 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
         || name == PROXY_CONNECTION
 }
 
+/// Rewrites a request's head for the instance: hop-by-hop fields go; `Host` becomes the host that routed
+/// it; cookies split over several fields (HTTP/2) are joined with `; ` (RFC 9113 section 8.2.3);
+/// forwarding headers are the proxy's own unless the peer is a trusted proxy (see docs/proxy.md).
 fn prepare_request_headers(
     headers: &mut HeaderMap,
     host: &HeaderValue,
     context: &ConnectionContext,
     request_id: &HeaderValue,
     upgrade: bool,
+    protocol: UpstreamProtocol,
 ) {
+    let wants_trailers = protocol == UpstreamProtocol::Grpc
+        || headers
+            .get_all(header::TE)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case("trailers"));
     strip_hop_by_hop(headers, upgrade);
-    let forwarded_for = match headers
-        .get(&X_FORWARDED_FOR)
-        .and_then(|value| value.to_str().ok())
-    {
-        Some(earlier) => {
+    if wants_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    join_cookies(headers);
+
+    let forwarded_for = if context.trusted_peer {
+        let earlier: Vec<&str> = headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .map(str::trim)
+            .filter(|value| !value.is_empty())
+            .collect();
+        if earlier.is_empty() {
+            Some(context.client_ip.clone())
+        } else {
             let client_ip = context.client_addr.ip();
-            HeaderValue::from_str(&format!("{earlier}, {client_ip}")).ok()
+            HeaderValue::from_str(&format!("{}, {client_ip}", earlier.join(", "))).ok()
         }
-        None => Some(context.client_ip.clone()),
+    } else {
+        // Most requests carry none: one pass over the names, and no allocation then.
+        if headers.keys().any(is_client_forwarding_header) {
+            let names: Vec<HeaderName> = headers
+                .keys()
+                .filter(|name| is_client_forwarding_header(name))
+                .cloned()
+                .collect();
+            for name in names {
+                headers.remove(name);
+            }
+        }
+        Some(context.client_ip.clone())
     };
     if let Some(value) = forwarded_for {
         headers.insert(X_FORWARDED_FOR.clone(), value);
@@ -499,12 +691,46 @@ fn prepare_request_headers(
         Scheme::Http => "http",
         Scheme::Https => "https",
     };
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
-    if !headers.contains_key(header::HOST) {
-        headers.insert(header::HOST, host.clone());
+    // A trusted proxy in front knows the scheme and host the client used; keep what it says.
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     }
-    headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+    if !headers.contains_key(&X_FORWARDED_HOST) {
+        headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+    }
+    if protocol == UpstreamProtocol::Http1 {
+        headers.insert(header::HOST, host.clone());
+    } else {
+        // HTTP/2 carries the host in `:authority` (see `upstream_uri`).
+        headers.remove(header::HOST);
+    }
     headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+}
+
+/// Forwarding headers a client could use to pose as a proxy (every `X-Forwarded-*`, `Forwarded`,
+/// `X-Real-IP`): believed only from a trusted proxy.
+fn is_client_forwarding_header(name: &HeaderName) -> bool {
+    let name = name.as_str();
+    name.starts_with("x-forwarded-") || name == "forwarded" || name == "x-real-ip"
+}
+
+/// Joins several `Cookie` fields into one, separated by `; ` (RFC 9113 section 8.2.3, RFC 6265 section
+/// 5.4): an HTTP/1.1 app would otherwise join them with `,`.
+fn join_cookies(headers: &mut HeaderMap) {
+    let mut cookies = headers.get_all(header::COOKIE).iter();
+    if cookies.next().is_none() || cookies.next().is_none() {
+        return;
+    }
+    let mut joined = Vec::new();
+    for value in headers.get_all(header::COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(value.as_bytes());
+    }
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, value);
+    }
 }
 
 /// The client's IP as an `X-Forwarded-For` value.

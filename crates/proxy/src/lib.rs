@@ -6,16 +6,20 @@
 //! Life of a proxied request:
 //! 1. `server` accepts the connection (plain or TLS) and serves HTTP/1.1 or HTTP/2 on it; `TimedIo`
 //!    answers 408 to a client that stalls inside a request head and closes idle connections.
-//! 2. `forward::handle` loads the current `RoutingTable` snapshot (no lock) and finds the route by host,
-//!    then by longest path prefix.
+//! 2. `forward::handle` refuses `CONNECT` and malformed hosts, loads the current `RoutingTable` snapshot
+//!    (no lock) and finds the route by host (the absolute-form target or `:authority` first), then by longest
+//!    path prefix; the route's `RouteSettings` bound the rest. A small announced body is read whole now,
+//!    before any instance is held.
 //! 3. `Route::pick` draws a pool by weight and takes its least-loaded ready instance, counting the request
 //!    on it (`InFlightGuard`); with no ready instance the request waits in the route's bounded queue.
-//! 4. Hop-by-hop headers go, `X-Forwarded-*` and `X-Request-Id` come, and `upstream::send` writes the
-//!    request on a pooled keep-alive connection.
+//! 4. Hop-by-hop headers go, `Host` becomes the routed host, forwarding headers are the proxy's own (or a
+//!    trusted proxy's, extended), `X-Request-Id` comes, and `upstream::send` writes the request on a pooled
+//!    HTTP/1.1 connection or the instance's shared h2c connection. 1xx interim answers go straight back.
 //! 5. A connect failure, or a failure before any answer byte when the request can be replayed, is retried
 //!    on another instance; passive health takes out an instance that keeps refusing connections.
-//! 6. The answer streams back through `ProxyBody`, which releases the in-flight count and returns the
-//!    connection to the pool at its end; an upgrade becomes a tunnel that holds the count instead.
+//! 6. The answer streams back (trailers included) through `ProxyBody`, which bounds silences, counts a gRPC
+//!    answer by its `grpc-status`, releases the in-flight count and returns the connection to the pool at its
+//!    end; an upgrade becomes a tunnel that holds the count instead and passes either side's end on.
 //! 7. Any failure becomes an answer in exactly one place, `error_response`.
 
 mod body;
@@ -26,6 +30,7 @@ pub mod control_socket;
 mod desired;
 mod error;
 mod forward;
+mod grpc;
 pub mod handover;
 mod health;
 mod instance;
@@ -40,14 +45,17 @@ mod tunnel;
 mod upstream;
 pub mod workers;
 
-pub use body::{ProxyBody, RequestBodyError};
-pub use config::{PassiveHealthConfig, ProxyConfig, WaitingConfig};
+pub use body::{AnswerBodyError, ProxyBody, RequestBodyError};
+pub use config::{
+    PassiveHealthConfig, ProxyConfig, RouteSettings, TrustedProxy, TrustedProxyParseError,
+    UpstreamProtocol, WaitingConfig,
+};
 pub use control::{DrainOutcome, InstanceSpec, Proxy};
 pub use desired::{
     ApplyError, ApplyReport, DesiredInstance, DesiredPool, DesiredRoute, DesiredState, Problem,
     apply,
 };
-pub use error::{Cause, ControlError, ErrorKind, ProxyError, error_response};
+pub use error::{BadRequestReason, Cause, ControlError, ErrorKind, ProxyError, error_response};
 pub use instance::{InFlightGuard, InstanceLive};
 pub use observed::{
     ObservedInstance, ObservedInstanceState, ObservedLatency, ObservedReleaseStats, ObservedRoute,

@@ -10,6 +10,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::config::RouteSettings;
 use crate::instance::{InFlightGuard, InstanceLive};
 use crate::stats::ReleaseStats;
 
@@ -33,6 +34,8 @@ pub struct RouteSpec {
     pub hosts: Vec<String>,
     /// Path prefix, matched on whole segments (`/api` matches `/api` and `/api/x`, not `/apix`).
     pub path_prefix: String,
+    /// Limits, timeouts and the protocol spoken to the route's instances.
+    pub settings: RouteSettings,
 }
 
 /// Life cycle of an instance, driven by the control plane.
@@ -298,7 +301,8 @@ impl Pool {
     }
 }
 
-/// Lowercases a host and drops its port (`Example.com:8080` -> `example.com`); keeps IPv6 brackets.
+/// Lowercases a host and drops its port and a trailing dot (`Example.com.:8080` -> `example.com`: a fully
+/// qualified name is the same host, RFC 1034 section 3.1); keeps IPv6 brackets.
 pub(crate) fn normalise_host(host: &str) -> Cow<'_, str> {
     let without_port = if let Some(rest) = host.strip_prefix('[') {
         match rest.find(']') {
@@ -306,7 +310,8 @@ pub(crate) fn normalise_host(host: &str) -> Cow<'_, str> {
             None => host,
         }
     } else {
-        host.rsplit_once(':').map_or(host, |(name, _)| name)
+        let name = host.rsplit_once(':').map_or(host, |(name, _)| name);
+        name.strip_suffix('.').unwrap_or(name)
     };
     if without_port.bytes().any(|byte| byte.is_ascii_uppercase()) {
         Cow::Owned(without_port.to_ascii_lowercase())

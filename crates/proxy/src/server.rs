@@ -6,9 +6,9 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use atomic_waker::AtomicWaker;
@@ -63,8 +63,12 @@ pub(crate) struct ActiveRequest {
 pub(crate) struct ConnectionActivity {
     active: AtomicUsize,
     // Wakes the IO wrapper when the last request ends, so it arms the idle timer even if hyper is not
-    // polling the socket for another reason.
+    // polling the socket for another reason; and when an interim answer is queued.
     reader: AtomicWaker,
+    // Interim answers (103 Early Hints), encoded, waiting to be written to an HTTP/1.1 client before the
+    // final answer (hyper's server cannot send them). std Mutex: an append or a take, never held across
+    // an await.
+    interim: Mutex<Vec<u8>>,
 }
 
 impl ConnectionActivity {
@@ -73,6 +77,46 @@ impl ConnectionActivity {
         ActiveRequest {
             activity: Arc::clone(self),
         }
+    }
+}
+
+impl ActiveRequest {
+    /// Where interim answers to this request's client go (see `InterimSender`).
+    pub(crate) fn interim_sender(&self) -> InterimSender {
+        InterimSender {
+            activity: Arc::clone(&self.activity),
+        }
+    }
+}
+
+/// Queues interim answers (1xx) for an HTTP/1.1 client; the connection's IO wrapper writes them out
+/// before the final answer, or drops them when it cannot keep that order (a hint is safe to lose).
+#[derive(Debug, Clone)]
+pub(crate) struct InterimSender {
+    activity: Arc<ConnectionActivity>,
+}
+
+impl InterimSender {
+    pub(crate) fn send(&self, status: hyper::StatusCode, headers: &hyper::HeaderMap) {
+        let mut encoded = format!(
+            "HTTP/1.1 {} {}\r\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or("Informational")
+        )
+        .into_bytes();
+        for (name, value) in headers {
+            encoded.extend_from_slice(name.as_str().as_bytes());
+            encoded.extend_from_slice(b": ");
+            encoded.extend_from_slice(value.as_bytes());
+            encoded.extend_from_slice(b"\r\n");
+        }
+        encoded.extend_from_slice(b"\r\n");
+        self.activity
+            .interim
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .extend_from_slice(&encoded);
+        self.activity.reader.wake();
     }
 }
 
@@ -97,6 +141,7 @@ async fn serve_with(
         // Our own timer (`TimedIo`) answers 408; hyper's would close silently.
         .header_read_timeout(None)
         .max_buf_size(config.max_header_bytes.max(8192))
+        .max_headers(config.max_request_header_fields)
         .timer(TokioTimer::new());
     builder
         .http2()
@@ -184,6 +229,7 @@ impl Connection {
             proxy: self.proxy.clone(),
             client_addr: self.client_addr,
             client_ip: forward::client_ip_value(self.client_addr),
+            trusted_peer: config.trusts(self.client_addr.ip()),
             scheme: self.scheme,
             tracker: self.tracker.clone(),
         });
@@ -271,6 +317,12 @@ struct TimedIo<S> {
     sleep: Pin<Box<Sleep>>,
     // Bytes of the 408 answer still to write, once the header-read timeout fired.
     timeout_answer: Option<&'static [u8]>,
+    // Interim answer bytes taken from `ConnectionActivity::interim` and partly written.
+    interim_out: Vec<u8>,
+    // Whether hyper wrote bytes it has not flushed since. Hyper flushes only once its own buffer is
+    // empty, so after a successful flush nothing of an earlier answer can still follow: only then may an
+    // interim answer go out.
+    unflushed: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -311,6 +363,8 @@ impl<S> TimedIo<S> {
             protocol: Protocol::Unknown,
             sleep: Box::pin(tokio::time::sleep(header_read_timeout)),
             timeout_answer: None,
+            interim_out: Vec::new(),
+            unflushed: false,
         }
     }
 }
@@ -328,6 +382,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TimedIo<S> {
         if let Some(remaining) = this.timeout_answer {
             return this.poll_write_timeout_answer(cx, remaining);
         }
+        // Errors and back-pressure show up again on hyper's own next write.
+        let _ = this.poll_interim(cx);
         if this.activity.active.load(Ordering::Acquire) > 0 {
             this.phase = Phase::Busy;
             this.activity.reader.register(cx.waker());
@@ -352,13 +408,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TimedIo<S> {
                         };
                     }
                     match (this.phase, this.protocol) {
-                        // HTTP/2 frames between streams (pings, window updates) are not a request head.
-                        (phase, Protocol::Http2) if phase != Phase::Idle => {
-                            this.phase = Phase::Idle;
-                            this.sleep
-                                .as_mut()
-                                .reset(Instant::now() + this.idle_timeout);
+                        // Until its first request, an HTTP/2 connection is held to the header-read
+                        // timeout as an HTTP/1.1 one is: a preface and settings are not a request.
+                        (Phase::Header { .. }, Protocol::Http2) => {
+                            this.phase = Phase::Header { started: true };
                         }
+                        // HTTP/2 frames between streams (pings, window updates) are not a request head.
                         (_, Protocol::Http2) => {}
                         (Phase::Idle, _) => {
                             this.phase = Phase::Header { started: true };
@@ -397,6 +452,52 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TimedIo<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> TimedIo<S> {
+    /// Writes queued interim answers, when no byte of an earlier answer can still follow them.
+    fn poll_interim(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.interim_out.is_empty() {
+            let mut queued = self
+                .activity
+                .interim
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if queued.is_empty() || self.unflushed {
+                return Poll::Ready(Ok(()));
+            }
+            self.interim_out = std::mem::take(&mut *queued);
+        }
+        while !self.interim_out.is_empty() {
+            match Pin::new(&mut self.inner).poll_write(cx, &self.interim_out) {
+                Poll::Ready(Ok(0)) => {
+                    self.interim_out.clear();
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                Poll::Ready(Ok(n)) => {
+                    self.interim_out.drain(..n);
+                }
+                Poll::Ready(Err(error)) => {
+                    self.interim_out.clear();
+                    return Poll::Ready(Err(error));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    /// Before hyper writes: finish an interim answer on the wire, or drop queued ones that can no longer
+    /// be ordered before the final answer.
+    fn poll_before_write(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.unflushed && self.interim_out.is_empty() {
+            self.activity
+                .interim
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .clear();
+            return Poll::Ready(Ok(()));
+        }
+        self.poll_interim(cx)
+    }
+
     /// Writes the 408 answer straight to the socket (hyper is between messages, writing nothing), then
     /// reports end of stream so hyper closes the connection.
     fn poll_write_timeout_answer(
@@ -421,13 +522,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TimedIo<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for TimedIo<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TimedIo<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let this = &mut *self;
+        ready!(this.poll_before_write(cx))?;
+        let written = ready!(Pin::new(&mut this.inner).poll_write(cx, buf))?;
+        this.unflushed |= written > 0;
+        Poll::Ready(Ok(written))
     }
 
     fn poll_write_vectored(
@@ -435,7 +540,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for TimedIo<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let this = &mut *self;
+        ready!(this.poll_before_write(cx))?;
+        let written = ready!(Pin::new(&mut this.inner).poll_write_vectored(cx, bufs))?;
+        this.unflushed |= written > 0;
+        Poll::Ready(Ok(written))
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -443,7 +552,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for TimedIo<S> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let this = &mut *self;
+        ready!(Pin::new(&mut this.inner).poll_flush(cx))?;
+        this.unflushed = false;
+        Poll::Ready(Ok(()))
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -4,16 +4,20 @@
 //! It does not interpret messages; it only tracks frame boundaries of the instance-to-client direction so
 //! the close frame never lands inside another frame.
 
+use std::time::Duration;
+
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-/// Copies until either side closes or `cut` fires. On a cut of a websocket, the client gets a close frame
-/// (if the instance was not in the middle of a frame) and both sides get a clean shutdown (FIN).
+/// Copies until both sides have closed or `cut` fires. A side's end (FIN, reset) is passed on to the other
+/// at once; the other then has `half_close_timeout` to finish. On a cut of a websocket, the client gets a
+/// close frame (if the instance was not in the middle of a frame) and both sides get a clean shutdown (FIN).
 pub(crate) async fn run<D, U>(
     mut downstream: D,
     mut upstream: U,
     cut: CancellationToken,
     websocket: bool,
+    half_close_timeout: Duration,
 ) where
     D: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
@@ -22,7 +26,12 @@ pub(crate) async fn run<D, U>(
     let was_cut = {
         let (mut down_read, mut down_write) = tokio::io::split(&mut downstream);
         let (mut up_read, mut up_write) = tokio::io::split(&mut upstream);
-        let client_to_instance = tokio::io::copy(&mut down_read, &mut up_write);
+        let client_to_instance = async {
+            let _ = tokio::io::copy(&mut down_read, &mut up_write).await;
+            // `copy` does not shut its writer down: without this the instance never learns that the client
+            // went away and holds the connection (and the drain waiting on it) open.
+            let _ = up_write.shutdown().await;
+        };
         let instance_to_client = async {
             let mut buffer = vec![0u8; 16 * 1024];
             loop {
@@ -37,8 +46,20 @@ pub(crate) async fn run<D, U>(
             }
             let _ = down_write.shutdown().await;
         };
+        let both = async {
+            tokio::pin!(client_to_instance);
+            tokio::pin!(instance_to_client);
+            tokio::select! {
+                () = &mut client_to_instance => {
+                    let _ = tokio::time::timeout(half_close_timeout, instance_to_client).await;
+                }
+                () = &mut instance_to_client => {
+                    let _ = tokio::time::timeout(half_close_timeout, client_to_instance).await;
+                }
+            }
+        };
         tokio::select! {
-            _ = async { tokio::join!(client_to_instance, instance_to_client) } => false,
+            () = both => false,
             () = cut.cancelled() => true,
         }
     };

@@ -1,5 +1,6 @@
 //! Connections from the proxy to instances: a small per-instance pool of HTTP/1.1 keep-alive connections,
-//! and sending one request with the information needed to decide on a retry.
+//! or one shared multiplexed HTTP/2 (h2c) connection per instance and worker, and sending one request with
+//! the information needed to decide on a retry.
 //!
 //! It does not choose instances nor decide retries (see `forward`); it only reports whether the request
 //! came back unsent.
@@ -7,15 +8,16 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hyper::body::Incoming;
-use hyper::client::conn::http1;
+use hyper::body::{Body, Incoming};
+use hyper::client::conn::{http1, http2};
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::body::RequestBody;
-use crate::config::ProxyConfig;
+use crate::config::{ProxyConfig, RouteSettings, UpstreamProtocol};
 use crate::error::ProxyError;
 use crate::instance::InstanceLive;
 
@@ -28,6 +30,9 @@ pub(crate) struct ConnectionPool {
     // std Mutex: the critical section is a push or pop on a Vec, never held across an await, and per
     // instance and thread, so it is uncontended but for non-worker threads sharing shard 0.
     shards: Box<[Mutex<Vec<IdleConnection>>]>,
+    // The h2c connection of each shard, for routes whose instances speak HTTP/2. std Mutex: a clone or a
+    // replacement of the handle, never held across an await.
+    shared_h2: Box<[Mutex<Option<Http2Sender>>]>,
 }
 
 impl Default for ConnectionPool {
@@ -36,12 +41,22 @@ impl Default for ConnectionPool {
             shards: (0..crate::workers::shard_count())
                 .map(|_| Mutex::default())
                 .collect(),
+            shared_h2: (0..crate::workers::shard_count())
+                .map(|_| Mutex::default())
+                .collect(),
         }
     }
 }
 
 /// A connection that has carried a request and can carry another once its answer is read.
-pub(crate) type Sender = http1::SendRequest<RequestBody>;
+pub(crate) enum Sender {
+    Http1(http1::SendRequest<RequestBody>),
+    /// A handle on the shared h2c connection; there is nothing to give back.
+    Http2,
+}
+
+type Http1Sender = http1::SendRequest<RequestBody>;
+type Http2Sender = http2::SendRequest<RequestBody>;
 
 /// A failed send. `request` is the request given back when nothing of it reached the instance.
 pub(crate) struct SendFailure {
@@ -51,13 +66,13 @@ pub(crate) struct SendFailure {
 
 #[derive(Debug)]
 struct IdleConnection {
-    sender: Sender,
+    sender: Http1Sender,
     idle_since: Instant,
 }
 
 impl ConnectionPool {
     /// Takes the most recently used connection that is still open and young enough.
-    fn checkout(&self, idle_timeout: Duration) -> Option<Sender> {
+    fn checkout(&self, idle_timeout: Duration) -> Option<Http1Sender> {
         let now = Instant::now();
         let mut idle = self
             .shard()
@@ -76,6 +91,9 @@ impl ConnectionPool {
     /// Keeps `sender` for reuse on this thread; `max_idle` bounds the instance's idle connections over
     /// all shards (each gets its share, at least one).
     pub(crate) fn checkin(&self, sender: Sender, max_idle: usize) {
+        let Sender::Http1(sender) = sender else {
+            return;
+        };
         if sender.is_closed() {
             return;
         }
@@ -104,10 +122,38 @@ impl ConnectionPool {
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .clear();
         }
+        for shared in &self.shared_h2 {
+            *shared
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
+        }
     }
 
     fn shard(&self) -> &Mutex<Vec<IdleConnection>> {
         &self.shards[crate::workers::current() % self.shards.len()]
+    }
+
+    fn shared_h2(&self) -> &Mutex<Option<Http2Sender>> {
+        &self.shared_h2[crate::workers::current() % self.shared_h2.len()]
+    }
+
+    /// This thread's h2c connection to the instance, while it is open.
+    fn h2_handle(&self) -> Option<Http2Sender> {
+        let shared = self
+            .shared_h2()
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        shared
+            .as_ref()
+            .filter(|sender| !sender.is_closed())
+            .cloned()
+    }
+
+    fn set_h2_handle(&self, sender: Option<Http2Sender>) {
+        *self
+            .shared_h2()
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = sender;
     }
 }
 
@@ -120,8 +166,12 @@ pub(crate) async fn send(
     instance: &Arc<InstanceLive>,
     mut request: Request<RequestBody>,
     config: &ProxyConfig,
+    settings: &RouteSettings,
     upgrade: bool,
 ) -> Result<(Response<Incoming>, Sender), SendFailure> {
+    if settings.protocol != UpstreamProtocol::Http1 {
+        return send_h2(instance, request, config, settings).await;
+    }
     loop {
         let pooled = if upgrade {
             None
@@ -131,7 +181,7 @@ pub(crate) async fn send(
         let reused = pooled.is_some();
         let mut sender = match pooled {
             Some(sender) => sender,
-            None => match connect(instance, config).await {
+            None => match connect(instance, config, settings).await {
                 Ok(sender) => sender,
                 Err(error) => {
                     return Err(SendFailure {
@@ -144,14 +194,17 @@ pub(crate) async fn send(
         if reused && sender.ready().await.is_err() {
             continue;
         }
-        let sent = tokio::time::timeout(
-            config.upstream_response_timeout,
+        // Most requests have no body: no signal to allocate then.
+        let progress = (!request.body().is_end_stream()).then(|| request.body_mut().progress());
+        let sent = answer_within(
+            settings.timeout,
+            progress.as_deref(),
             sender.try_send_request(request),
         )
         .await;
         match sent {
-            Ok(Ok(response)) => return Ok((response, sender)),
-            Ok(Err(mut failure)) => match failure.take_message() {
+            Some(Ok(response)) => return Ok((response, Sender::Http1(sender))),
+            Some(Err(mut failure)) => match failure.take_message() {
                 Some(unsent) if reused => request = unsent,
                 unsent => {
                     return Err(SendFailure {
@@ -164,12 +217,12 @@ pub(crate) async fn send(
                     });
                 }
             },
-            Err(_elapsed) => {
+            None => {
                 return Err(SendFailure {
                     error: ProxyError::UpstreamTimeout {
                         instance: instance.id().clone(),
                         addr: instance.addr(),
-                        timeout: config.upstream_response_timeout,
+                        timeout: settings.timeout,
                     },
                     request: None,
                 });
@@ -178,9 +231,135 @@ pub(crate) async fn send(
     }
 }
 
-/// Opens a new HTTP/1.1 connection to the instance. Its driver task ends when the connection closes or
-/// the instance is cut.
-async fn connect(instance: &Arc<InstanceLive>, config: &ProxyConfig) -> Result<Sender, ProxyError> {
+/// Waits for an instance's answer head. The route's timeout runs from the last chunk of the request body
+/// the connection took (or from the start, for a request without a body): a large upload that keeps
+/// moving is not cut, and an instance that stops reading the body, or answering, is.
+async fn answer_within<F: std::future::Future>(
+    timeout: Duration,
+    progress: Option<&Notify>,
+    answer: F,
+) -> Option<F::Output> {
+    let Some(progress) = progress else {
+        return tokio::time::timeout(timeout, answer).await.ok();
+    };
+    tokio::pin!(answer);
+    loop {
+        tokio::select! {
+            output = &mut answer => return Some(output),
+            () = progress.notified() => {}
+            () = tokio::time::sleep(timeout) => return None,
+        }
+    }
+}
+
+/// Sends `request` on this thread's h2c connection to the instance, opening it first when there is none.
+/// A shared connection found closed gives the request back unsent, and one new connection is tried.
+async fn send_h2(
+    instance: &Arc<InstanceLive>,
+    mut request: Request<RequestBody>,
+    config: &ProxyConfig,
+    settings: &RouteSettings,
+) -> Result<(Response<Incoming>, Sender), SendFailure> {
+    loop {
+        let shared = instance.connections.h2_handle();
+        let reused = shared.is_some();
+        let mut sender = match shared {
+            Some(sender) => sender,
+            None => match connect_h2(instance, config, settings).await {
+                Ok(sender) => {
+                    instance.connections.set_h2_handle(Some(sender.clone()));
+                    sender
+                }
+                Err(error) => {
+                    return Err(SendFailure {
+                        error,
+                        request: Some(request),
+                    });
+                }
+            },
+        };
+        if reused && sender.ready().await.is_err() {
+            instance.connections.set_h2_handle(None);
+            continue;
+        }
+        // Most requests have no body: no signal to allocate then.
+        let progress = (!request.body().is_end_stream()).then(|| request.body_mut().progress());
+        let sent = answer_within(
+            settings.timeout,
+            progress.as_deref(),
+            sender.try_send_request(request),
+        )
+        .await;
+        match sent {
+            Some(Ok(response)) => return Ok((response, Sender::Http2)),
+            Some(Err(mut failure)) => {
+                if sender.is_closed() {
+                    instance.connections.set_h2_handle(None);
+                }
+                match failure.take_message() {
+                    Some(unsent) if reused => request = unsent,
+                    unsent => {
+                        return Err(SendFailure {
+                            error: ProxyError::Upstream {
+                                instance: instance.id().clone(),
+                                addr: instance.addr(),
+                                source: failure.into_error(),
+                            },
+                            request: unsent,
+                        });
+                    }
+                }
+            }
+            None => {
+                return Err(SendFailure {
+                    error: ProxyError::UpstreamTimeout {
+                        instance: instance.id().clone(),
+                        addr: instance.addr(),
+                        timeout: settings.timeout,
+                    },
+                    request: None,
+                });
+            }
+        }
+    }
+}
+
+/// Opens a new h2c (prior knowledge) connection to the instance. Its driver task ends when the connection
+/// closes or the instance is cut.
+async fn connect_h2(
+    instance: &Arc<InstanceLive>,
+    config: &ProxyConfig,
+    settings: &RouteSettings,
+) -> Result<Http2Sender, ProxyError> {
+    let stream = connect_tcp(instance, config).await?;
+    let max_header_list_size =
+        u32::try_from(settings.max_header_fields.saturating_mul(1024)).unwrap_or(u32::MAX);
+    let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .max_header_list_size(max_header_list_size)
+        .keep_alive_interval(Some(Duration::from_secs(20)))
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|source| ProxyError::Upstream {
+            instance: instance.id().clone(),
+            addr: instance.addr(),
+            source,
+        })?;
+    let cut = instance.cut.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = connection => {}
+            () = cut.cancelled() => {}
+        }
+    });
+    Ok(sender)
+}
+
+/// Opens a TCP connection to the instance within the connect timeout.
+async fn connect_tcp(
+    instance: &Arc<InstanceLive>,
+    config: &ProxyConfig,
+) -> Result<TcpStream, ProxyError> {
     let connect_error = |source| ProxyError::Connect {
         instance: instance.id().clone(),
         addr: instance.addr(),
@@ -198,7 +377,19 @@ async fn connect(instance: &Arc<InstanceLive>, config: &ProxyConfig) -> Result<S
     };
     // Requests and small answers are single writes; Nagle would add up to 40 ms to each.
     let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// Opens a new HTTP/1.1 connection to the instance. Its driver task ends when the connection closes or
+/// the instance is cut.
+async fn connect(
+    instance: &Arc<InstanceLive>,
+    config: &ProxyConfig,
+    settings: &RouteSettings,
+) -> Result<Http1Sender, ProxyError> {
+    let stream = connect_tcp(instance, config).await?;
     let (sender, connection) = http1::Builder::new()
+        .max_headers(settings.max_header_fields)
         .handshake(TokioIo::new(stream))
         .await
         .map_err(|source| ProxyError::Upstream {

@@ -295,6 +295,16 @@ pub struct ProxyRunArgs {
     /// holds them, so they outlive this process).
     #[arg(long, hide = true)]
     pub listeners_on_stdin: bool,
+    /// A proxy in front whose forwarding headers are believed (`10.0.0.0/8`, `::1`); repeatable, or a
+    /// comma-separated list in the environment (which the proxy an agent starts inherits). From any other
+    /// peer, `X-Forwarded-*`, `Forwarded` and `X-Real-IP` are dropped.
+    #[arg(
+        long = "trusted-proxy",
+        value_name = "ADDR_OR_NETWORK",
+        env = "ROLLWAY_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<proxy::TrustedProxy>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -98,13 +98,11 @@ pub fn conflict(
             desired.routes.len()
         );
         owners.insert(name.clone(), (owner.clone(), route.service.clone()));
-        desired.routes.push(DesiredRoute {
-            name,
-            hosts: route.hosts.clone(),
-            paths: route.paths.clone(),
-            drain_timeout_ms: 0,
-            pools: Vec::new(),
-        });
+        let mut claim = DesiredRoute::new(name);
+        claim.hosts = route.hosts.clone();
+        claim.paths = route.paths.clone();
+        claim.drain_timeout_ms = 0;
+        desired.routes.push(claim);
     }
     desired.problems().into_iter().find_map(|problem| {
         let Problem::RoutedTwice {

@@ -442,9 +442,12 @@ impl ReleaseHealth {
             let path = check.path.clone();
             let timeout = check.timeout.as_std();
             let threshold = check.unhealthy;
+            let protocol = service.protocol;
             let id = id.clone();
             checks.push(async move {
-                let passed = health::probe(addr, &path, &host, timeout).await.is_ok();
+                let passed = health::probe(addr, &path, &host, timeout, protocol)
+                    .await
+                    .is_ok();
                 (id, passed, threshold)
             });
         }
@@ -485,9 +488,15 @@ async fn warm_fallback(engine: &Arc<Engine>, key: &AppEnv, target: u64) -> Optio
         let check = service.health.as_ref()?;
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], instance.port));
         let host = spec::health_host(&release.resolved, service, check);
-        if health::probe(addr, &check.path, &host, check.timeout.as_std())
-            .await
-            .is_err()
+        if health::probe(
+            addr,
+            &check.path,
+            &host,
+            check.timeout.as_std(),
+            service.protocol,
+        )
+        .await
+        .is_err()
         {
             return None;
         }
@@ -819,6 +828,7 @@ async fn verify_instance(
                 timeout: health.timeout.as_std(),
                 healthy: if warm { 1 } else { health.healthy },
                 start_timeout: health.start_timeout.as_std(),
+                protocol: service.protocol,
             };
             let addr = std::net::SocketAddr::from(([127, 0, 0, 1], instance.port));
             if let Err(reason) = health::gate(addr, &check, alive).await {

@@ -735,18 +735,37 @@ pub fn routes(resolved: &ResolvedManifest) -> Vec<RouteInfo> {
         .config
         .routes
         .iter()
-        .map(|route| RouteInfo {
-            service: route.service.clone(),
-            hosts: route.hosts.clone(),
-            paths: route.paths.clone(),
-            drain: resolved
-                .config
-                .service(&route.service)
-                .map_or(manifest::defaults::DRAIN.as_std(), |service| {
+        .map(|route| {
+            let service = resolved.config.service(&route.service);
+            RouteInfo {
+                service: route.service.clone(),
+                hosts: route.hosts.clone(),
+                paths: route.paths.clone(),
+                drain: service.map_or(manifest::defaults::DRAIN.as_std(), |service| {
                     service.drain.as_std()
                 }),
+                settings: route_settings(route, service.map(|service| service.protocol)),
+            }
         })
         .collect()
+}
+
+/// What the proxy is told about one route: the manifest's `[routes.X]` and the service's protocol.
+fn route_settings(
+    route: &manifest::Route,
+    protocol: Option<manifest::Protocol>,
+) -> proxy::RouteSettings {
+    proxy::RouteSettings {
+        timeout: route.timeout.as_std(),
+        idle_timeout: route.idle_timeout.as_std(),
+        max_body_bytes: route.max_body.bytes(),
+        max_header_fields: usize::try_from(route.max_header_fields).unwrap_or(usize::MAX),
+        protocol: match protocol.unwrap_or_default() {
+            manifest::Protocol::Http1 => proxy::UpstreamProtocol::Http1,
+            manifest::Protocol::H2c => proxy::UpstreamProtocol::H2c,
+            manifest::Protocol::Grpc => proxy::UpstreamProtocol::Grpc,
+        },
+    }
 }
 
 /// Host header of health checks: `health.host`, else the route's first host, else `localhost`.

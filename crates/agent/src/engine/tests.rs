@@ -46,6 +46,7 @@ async fn a_change_the_proxy_refuses_is_undone() {
         hosts: vec!["shop.localhost".to_owned()],
         paths: Vec::new(),
         drain: Duration::from_secs(1),
+        settings: proxy::RouteSettings::default(),
     };
     engine.with_runtime(&key, |runtime| {
         runtime.routes = vec![serving.clone()];

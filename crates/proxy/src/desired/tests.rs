@@ -34,6 +34,7 @@ fn route(name: &str, hosts: &[&str], paths: &[&str], pools: Vec<DesiredPool>) ->
         paths: paths.iter().map(|path| (*path).to_owned()).collect(),
         drain_timeout_ms: 1_000,
         pools,
+        ..DesiredRoute::new(name)
     }
 }
 
@@ -124,6 +125,37 @@ fn wire_format_has_defaults_and_refuses_unknown_fields() {
     );
     let unknown = serde_json::from_str::<DesiredState>(r#"{"routes":[],"extra":1}"#);
     assert!(unknown.is_err(), "{unknown:?}");
+}
+
+#[test]
+fn route_settings_are_optional_on_the_wire_both_ways() {
+    // A state written before route settings existed loads with the documented defaults.
+    let old: DesiredState =
+        serde_json::from_str(r#"{"routes":[{"name":"web","drain_timeout_ms":5000}]}"#)
+            .expect("an older state parses");
+    assert_eq!(old.routes[0].settings(), RouteSettings::default());
+    // A state at the defaults is written without them, so an older proxy (unknown fields refused) takes it.
+    let written = serde_json::to_string(&old).expect("serialize");
+    assert_eq!(
+        written,
+        r#"{"routes":[{"name":"web","hosts":[],"paths":[],"drain_timeout_ms":5000,"pools":[]}]}"#
+    );
+    // Settings that differ from the defaults go through and come back.
+    let mut route = DesiredRoute::new("api");
+    route.set_settings(RouteSettings {
+        timeout: Duration::from_secs(5),
+        idle_timeout: Duration::from_secs(300),
+        max_body_bytes: 1024,
+        max_header_fields: 50,
+        protocol: UpstreamProtocol::Grpc,
+    });
+    let written = serde_json::to_string(&state(vec![route.clone()])).expect("serialize");
+    assert!(
+        written.contains(r#""timeout_ms":5000,"idle_timeout_ms":300000,"max_body_bytes":1024,"max_header_fields":50,"protocol":"grpc""#),
+        "{written}"
+    );
+    let read: DesiredState = serde_json::from_str(&written).expect("parse");
+    assert_eq!(read.routes[0].settings(), route.settings());
 }
 
 #[tokio::test]

@@ -29,16 +29,27 @@ fn hop_by_hop_headers_are_removed_including_those_named_in_connection() {
 }
 
 #[test]
-fn upstream_requests_use_origin_form() {
-    let check = |uri: &str, expected: &str| {
+fn upstream_requests_use_origin_form_for_http1_and_absolute_form_for_http2() {
+    let host = HeaderValue::from_static("demo.test");
+    let check = |uri: &str, protocol: UpstreamProtocol, expected: &str| {
         assert_eq!(
-            origin_form(&uri.parse().expect("uri")).to_string(),
+            upstream_uri(&uri.parse().expect("uri"), &host, protocol).to_string(),
             expected
         )
     };
-    check("/a/b?c=1", "/a/b?c=1");
-    check("http://demo.test/a?b", "/a?b");
-    check("https://demo.test", "/");
+    check("/a/b?c=1", UpstreamProtocol::Http1, "/a/b?c=1");
+    check("http://demo.test/a?b", UpstreamProtocol::Http1, "/a?b");
+    check("https://demo.test", UpstreamProtocol::Http1, "/");
+    check(
+        "/a/b?c=1",
+        UpstreamProtocol::H2c,
+        "http://demo.test/a/b?c=1",
+    );
+    check(
+        "https://other.test/x",
+        UpstreamProtocol::Grpc,
+        "http://demo.test/x",
+    );
 }
 
 #[test]

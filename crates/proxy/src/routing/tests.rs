@@ -12,6 +12,7 @@ fn route(name: &str, hosts: &[&str], prefix: &str, pools: Vec<Pool>) -> Route {
             name: RouteName::new(name),
             hosts: hosts.iter().map(|host| (*host).to_owned()).collect(),
             path_prefix: prefix.to_owned(),
+            settings: RouteSettings::default(),
         },
         pools,
         Arc::new(RouteLive::default()),
@@ -62,6 +63,8 @@ fn hosts_are_normalised() {
     assert_eq!(normalise_host("App.Test:8080"), "app.test");
     assert_eq!(normalise_host("[::1]:8080"), "[::1]");
     assert_eq!(normalise_host("app.test"), "app.test");
+    assert_eq!(normalise_host("App.Test.:8080"), "app.test");
+    assert_eq!(normalise_host("app.test."), "app.test");
 }
 
 #[test]

@@ -5,7 +5,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::Request;
-use proxy::ProxyConfig;
+use proxy::{ProxyConfig, RouteSettings};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -14,7 +14,6 @@ use crate::support::{HOST, TestProxy, demo, get, send};
 fn config() -> ProxyConfig {
     ProxyConfig {
         max_header_bytes: 16 * 1024,
-        max_body_bytes: 1024,
         header_read_timeout: Duration::from_millis(300),
         body_read_timeout: Duration::from_millis(300),
         idle_timeout: Duration::from_millis(300),
@@ -22,10 +21,17 @@ fn config() -> ProxyConfig {
     }
 }
 
+fn settings() -> RouteSettings {
+    RouteSettings {
+        max_body_bytes: 1024,
+        ..RouteSettings::default()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_headers_get_431() {
     let process = demo("A");
-    let test_proxy = TestProxy::start(config()).await;
+    let test_proxy = TestProxy::start_with(config(), settings()).await;
     test_proxy.add_ready("a", "A", process.addr());
     let request = Request::get("/")
         .header("host", HOST)
@@ -39,7 +45,7 @@ async fn oversized_headers_get_431() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_bodies_get_413_whether_announced_or_streamed() {
     let process = demo("A");
-    let test_proxy = TestProxy::start(config()).await;
+    let test_proxy = TestProxy::start_with(config(), settings()).await;
     test_proxy.add_ready("a", "A", process.addr());
 
     let announced = Request::post("/echo")
@@ -79,7 +85,7 @@ async fn oversized_bodies_get_413_whether_announced_or_streamed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_stalling_in_its_request_head_gets_408() {
-    let test_proxy = TestProxy::start(config()).await;
+    let test_proxy = TestProxy::start_with(config(), settings()).await;
     let mut stream = TcpStream::connect(test_proxy.addr).await.expect("connect");
     stream
         .write_all(b"GET / HTTP/1.1\r\nHost: demo.te")
@@ -92,7 +98,7 @@ async fn a_client_stalling_in_its_request_head_gets_408() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_stalling_in_its_body_gets_408() {
     let process = demo("A");
-    let test_proxy = TestProxy::start(config()).await;
+    let test_proxy = TestProxy::start_with(config(), settings()).await;
     test_proxy.add_ready("a", "A", process.addr());
     let mut stream = TcpStream::connect(test_proxy.addr).await.expect("connect");
     stream
@@ -117,7 +123,7 @@ async fn a_client_stalling_in_its_body_gets_408() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_and_idle_connections_are_closed() {
     let process = demo("A");
-    let test_proxy = TestProxy::start(config()).await;
+    let test_proxy = TestProxy::start_with(config(), settings()).await;
     test_proxy.add_ready("a", "A", process.addr());
     // Silent from the start: closed without an answer.
     let mut silent = TcpStream::connect(test_proxy.addr).await.expect("connect");

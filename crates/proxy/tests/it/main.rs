@@ -5,6 +5,8 @@
 
 mod support;
 
+mod conformance;
+mod grpc;
 mod limits;
 mod manners;
 mod process;

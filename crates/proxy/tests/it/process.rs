@@ -318,6 +318,7 @@ fn one_release(release: &str, instance: &str, addr: SocketAddr) -> DesiredState 
                     ready: true,
                 }],
             }],
+            ..DesiredRoute::new("web")
         }],
     }
 }

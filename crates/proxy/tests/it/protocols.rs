@@ -59,6 +59,7 @@ async fn tls_serves_h2_and_http1_by_alpn() {
         name: route(),
         hosts: vec![HOST.to_owned()],
         path_prefix: "/".to_owned(),
+        settings: proxy::RouteSettings::default(),
     });
     proxy
         .add_instance(proxy::InstanceSpec {

@@ -8,7 +8,9 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use proxy::{InstanceId, InstanceSpec, Proxy, ProxyConfig, ReleaseId, RouteName, RouteSpec};
+use proxy::{
+    InstanceId, InstanceSpec, Proxy, ProxyConfig, ReleaseId, RouteName, RouteSettings, RouteSpec,
+};
 use testkit::demo::{DemoApp, DemoProcess};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -47,11 +49,17 @@ pub struct TestProxy {
 
 impl TestProxy {
     pub async fn start(config: ProxyConfig) -> TestProxy {
+        TestProxy::start_with(config, RouteSettings::default()).await
+    }
+
+    /// A proxy whose route `web` has `settings`.
+    pub async fn start_with(config: ProxyConfig, settings: RouteSettings) -> TestProxy {
         let proxy = Proxy::new(config);
         proxy.set_route(RouteSpec {
             name: route(),
             hosts: vec![HOST.to_owned()],
             path_prefix: "/".to_owned(),
+            settings,
         });
         let listener = TcpListener::bind("127.0.0.1:0")
             .await

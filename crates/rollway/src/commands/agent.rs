@@ -101,6 +101,7 @@ pub fn run_proxy(args: &ProxyRunArgs, printer: Printer) -> anyhow::Result<ExitSt
         config.metrics = args.metrics;
         config.listeners = listeners;
         config.takeover = args.takeover;
+        config.config.trusted_proxies = args.trusted_proxies.clone();
         proxy::process::run(config, shutdown).await
     })?;
     Ok(ExitStatus::Success)

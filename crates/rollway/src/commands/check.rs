@@ -203,9 +203,6 @@ fn render_text(
                 route.paths.join(", ")
             );
         }
-        if !resolved.agents.is_empty() {
-            let _ = writeln!(out, "  agents      {}", resolved.agents.join(", "));
-        }
         let required = resolved.required_config().names();
         let required = if required.is_empty() {
             "nothing".to_owned()

@@ -5,6 +5,7 @@ mod apps;
 mod check;
 mod containers;
 mod frame;
+mod grpc;
 mod init;
 mod isolation;
 mod monitoring;
