@@ -61,19 +61,18 @@ async fn a_taken_out_instance_is_probed_back_in() {
         },
         ..ProxyConfig::default()
     };
-    let port = testkit::demo::free_port().expect("free port");
+    // A port bound but not listening refuses connections, and nothing else (another test, a client's
+    // source port) can take it meanwhile, which a merely free port does not promise.
+    let holder = tokio::net::TcpSocket::new_v4().expect("socket");
+    holder
+        .bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+        .expect("bind");
+    let port = holder.local_addr().expect("local addr").port();
     let test_proxy = TestProxy::start(config).await;
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let backup = demo("backup");
     test_proxy.add_ready("late", "A", addr);
     test_proxy.add_ready("backup", "A", backup.addr());
-
-    // Nothing listens on `late` yet: its first connect fails, it is taken out, the request is retried.
-    for _ in 0..4 {
-        let response = get(test_proxy.addr, HOST, "/").await;
-        assert_eq!(response.status(), 200);
-        assert_eq!(response.body().as_ref(), b"backup\n");
-    }
     let late_instance = || {
         test_proxy.proxy.routing_table().routes()[0].pools()[0]
             .instances()
@@ -81,7 +80,18 @@ async fn a_taken_out_instance_is_probed_back_in() {
             .find(|instance| instance.id().as_str() == "late")
             .map(|instance| instance.is_down())
     };
+
+    // Nothing listens on `late` yet: its first connect fails, it is taken out, the request is retried.
+    for _ in 0..20 {
+        let response = get(test_proxy.addr, HOST, "/").await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.body().as_ref(), b"backup\n");
+        if late_instance() == Some(true) {
+            break;
+        }
+    }
     assert_eq!(late_instance(), Some(true));
+    drop(holder);
     let _late = DemoApp::new()
         .version("late")
         .port(port)
