@@ -187,9 +187,7 @@ async fn resume_deployments(engine: &Arc<Engine>) {
             Vec::new()
         });
     for deployment in unfinished {
-        let Ok(current) = deployment.state.parse::<State>() else {
-            continue;
-        };
+        let current = deployment.state;
         match state::recover(current) {
             Recovery::Finished => {}
             Recovery::Undo => {
@@ -203,8 +201,8 @@ async fn resume_deployments(engine: &Arc<Engine>) {
                 let reason = format!("the agent restarted during {current}; traffic never moved");
                 let _ = engine.store.transition(
                     &deployment.id,
-                    current.as_str(),
-                    State::Failed.as_str(),
+                    current,
+                    State::Failed,
                     Some(&reason),
                     None,
                 );

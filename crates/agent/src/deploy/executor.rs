@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use client::wire::{DeploymentKind, Strategy};
+
 use crate::analysis::{self, Bounds, Sample, Verdict};
+
 use crate::deploy::state::{self, Plan, State, StepResult};
 use crate::deploy::{fault, prepare, spec};
 use crate::engine::Signal;
@@ -70,7 +73,7 @@ async fn drive(engine: &Arc<Engine>, id: &str) -> Result<(), String> {
             .deployment(id)
             .map_err(|error| crate::report::chain(&error))?
             .ok_or_else(|| format!("no deployment `{id}`"))?;
-        let current: State = deployment.state.parse()?;
+        let current = deployment.state;
         if current.is_terminal() {
             return Ok(());
         }
@@ -114,8 +117,8 @@ async fn drive(engine: &Arc<Engine>, id: &str) -> Result<(), String> {
             .store
             .transition_with_event(
                 id,
-                current.as_str(),
-                next.as_str(),
+                current,
+                next,
                 reason.as_deref(),
                 Some(&data_json),
                 NewEvent::for_deployment(
@@ -173,7 +176,7 @@ async fn step(
             data.previous_weights = runtime.weights.clone();
             // Gates and the watch after the switch are for new releases; a rollback goes straight
             // back to a release that served before.
-            let deploying = deployment.kind == "deploy";
+            let deploying = deployment.kind == DeploymentKind::Deploy;
             data.approval = deploying && release.resolved.approval;
             data.observe =
                 deploying && !release.resolved.config.analysis.observe.as_std().is_zero();
@@ -193,8 +196,8 @@ async fn step(
                 .release
                 .as_ref()
                 .and_then(|phase| phase.backup.clone());
-            match (variable, deployment.kind.as_str()) {
-                (Some(variable), "deploy") => {
+            match (variable, deployment.kind) {
+                (Some(variable), DeploymentKind::Deploy) => {
                     data.backup_id =
                         spec::backup_before_release(engine, deployment, &release, &variable)
                             .await?;
@@ -205,8 +208,8 @@ async fn step(
         }
         State::Releasing => {
             // A rollback goes back to code whose schema is already in place: no release command.
-            match (&release.resolved.config.release, deployment.kind.as_str()) {
-                (Some(phase), "deploy") => match &phase.command {
+            match (&release.resolved.config.release, deployment.kind) {
+                (Some(phase), DeploymentKind::Deploy) => match &phase.command {
                     Some(command) => spec::run_release_command(engine, deployment, &release, command)
                         .await
                         .map_err(|reason| match &data.backup_id {
@@ -222,8 +225,8 @@ async fn step(
             }
         }
         State::Starting => {
-            let rolling =
-                deployment.strategy == "rolling" && !engine.runtime(&key).weights.is_empty();
+            let rolling = deployment.strategy == Strategy::Rolling
+                && !engine.runtime(&key).weights.is_empty();
             for (service, index) in spec::wanted_instances(&release.resolved) {
                 // Rolling keeps capacity: only the first new instance starts now, the rest one by
                 // one while traffic moves.
@@ -265,7 +268,7 @@ async fn step(
                 .release
                 .as_ref()
                 .and_then(|phase| phase.smoke.clone());
-            if let (Some(smoke), "deploy") = (smoke, deployment.kind.as_str()) {
+            if let (Some(smoke), DeploymentKind::Deploy) = (smoke, deployment.kind) {
                 spec::run_smoke(engine, deployment, &release, &smoke, &ids).await?;
             }
             Ok(())
@@ -865,9 +868,9 @@ async fn shift(
 ) -> Result<(), String> {
     let target = deployment.to_release;
     let keep_warm = release.resolved.config.strategy.keep_warm.as_std();
-    let rolling = deployment.strategy == "rolling" && !data.previous_weights.is_empty();
+    let rolling = deployment.strategy == Strategy::Rolling && !data.previous_weights.is_empty();
     // A first deploy has nothing to compare a canary with: it takes traffic in one switch.
-    let canary = deployment.strategy == "canary" && !data.previous_weights.is_empty();
+    let canary = deployment.strategy == Strategy::Canary && !data.previous_weights.is_empty();
     let routes = spec::routes(&release.resolved);
     if canary {
         let steps = release.resolved.config.strategy.steps.clone();
@@ -948,7 +951,7 @@ async fn shift(
     let store = &engine.store;
     if let Some(from) = deployment.from_release.filter(|from| *from != target) {
         // The release a rollback leaves is not a rollback target itself.
-        let outcome = if deployment.kind == "rollback" {
+        let outcome = if deployment.kind == DeploymentKind::Rollback {
             ReleaseOutcome::RolledBack
         } else {
             ReleaseOutcome::Superseded
@@ -1055,7 +1058,7 @@ async fn roll_back(
             .store
             .set_release_outcome(&key.0, &key.1, from, ReleaseOutcome::Live);
     }
-    if deployment.kind == "deploy" {
+    if deployment.kind == DeploymentKind::Deploy {
         let _ = engine.store.set_release_outcome(
             &key.0,
             &key.1,
@@ -1149,7 +1152,7 @@ pub async fn undo(engine: &Arc<Engine>, deployment: &Deployment, data: &Deployme
         }
         spec::stop_instances(engine, &key, &ids).await;
     }
-    if deployment.kind == "deploy" {
+    if deployment.kind == DeploymentKind::Deploy {
         let _ = engine.store.set_release_outcome(
             &key.0,
             &key.1,
@@ -1168,9 +1171,8 @@ fn finish(engine: &Arc<Engine>, id: &str) {
     let _ = engine
         .store
         .release_lock(&deployment.app, &deployment.environment, id);
-    if let Ok(state) = deployment.state.parse::<State>()
-        && state.is_terminal()
-    {
+    let state = deployment.state;
+    if state.is_terminal() {
         let message = match (&deployment.reason, state) {
             (Some(reason), State::Failed | State::RolledBack) => format!("{state}: {reason}"),
             _ => format!("{state}"),

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use client::Client;
-use client::wire::{DeployRequest, DeploymentView, EventView};
+use client::wire::{DeployRequest, DeploymentState, DeploymentView, EventView};
 
 use crate::ExitStatus;
 use crate::cli::DeployArgs;
@@ -140,7 +140,7 @@ async fn deploy(
     let request = DeployRequest {
         artifact: artifact.digest.clone(),
         manifest: source,
-        strategy: args.strategy.clone(),
+        strategy: args.strategy,
         message: args.message.clone(),
     };
     let deployment = match client.deploy(app, env, &request).await {
@@ -163,7 +163,7 @@ async fn deploy(
         Err(error) => return super::client_error(printer, error),
     };
     let status = report_end(printer, &last, started.elapsed(), &followed);
-    if last.state == "Succeeded"
+    if last.state == DeploymentState::Succeeded
         && let Ok(status_view) = client.status(app, env).await
         && let Some(url) = status_view.url
     {
@@ -222,20 +222,23 @@ fn render_event(printer: &Printer, event: &EventView, elapsed: Duration) {
         // BackingUp and Releasing show through what they do (`Backed up`, `Running`), if anything.
         "deployment.state" => {
             let next = event.message.rsplit(' ').next().unwrap_or_default();
+            let Ok(next) = next.parse::<DeploymentState>() else {
+                return;
+            };
             let what = match next {
-                "Preparing" => "the release: unpack, build",
-                "Starting" => "new instances",
-                "Verifying" => "health of the new instances",
-                "Shifting" => "traffic to the new release",
-                "AwaitingApproval" => "approval: `rollway approve` releases it",
-                "Observing" => "the new release with all traffic, analysis armed",
-                "RollingBack" => "traffic to the earlier release",
+                DeploymentState::Preparing => "the release: unpack, build",
+                DeploymentState::Starting => "new instances",
+                DeploymentState::Verifying => "health of the new instances",
+                DeploymentState::Shifting => "traffic to the new release",
+                DeploymentState::AwaitingApproval => "approval: `rollway approve` releases it",
+                DeploymentState::Observing => "the new release with all traffic, analysis armed",
+                DeploymentState::RollingBack => "traffic to the earlier release",
                 _ => return,
             };
             let verb = match next {
-                "RollingBack" => "Rolling back",
-                "AwaitingApproval" => "Awaiting",
-                other => other,
+                DeploymentState::RollingBack => "Rolling back",
+                DeploymentState::AwaitingApproval => "Awaiting",
+                other => other.as_str(),
             };
             printer.status(verb, &format!("{what} {at}"));
         }
@@ -266,8 +269,8 @@ fn report_end(
     followed: &Followed,
 ) -> ExitStatus {
     let took = format!("in {:.1}s", elapsed.as_secs_f64());
-    match deployment.state.as_str() {
-        "Succeeded" => {
+    match deployment.state {
+        DeploymentState::Succeeded => {
             // An observation without a verdict is not a pass: the last line says so.
             let caveat = followed
                 .inconclusive
@@ -283,7 +286,7 @@ fn report_end(
             );
             ExitStatus::Success
         }
-        "RolledBack" => {
+        DeploymentState::RolledBack => {
             printer.error(&format!(
                 "the {} was rolled back: {}",
                 deployment.kind,
