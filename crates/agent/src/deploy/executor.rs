@@ -812,15 +812,17 @@ async fn verify_instance(
     let alive_id = instance_id.to_owned();
     let alive = move || match engine_for_alive.drivers.status(&alive_id) {
         driver::InstanceStatus::Running { restarts: 0, .. } => Ok(()),
-        driver::InstanceStatus::Running { .. } => {
-            Err(format!("instance `{alive_id}` crashed while starting"))
-        }
+        driver::InstanceStatus::Running { .. } => Err(InstanceDown::Crashed {
+            instance: alive_id.clone(),
+        }),
         driver::InstanceStatus::Restarting { last_exit, .. }
-        | driver::InstanceStatus::Stopped { last_exit } => Err(format!(
-            "instance `{alive_id}` exited with code {} while starting",
-            last_exit.map_or_else(|| "unknown".to_owned(), |code| code.to_string())
-        )),
-        driver::InstanceStatus::Unknown => Err(format!("instance `{alive_id}` is not running")),
+        | driver::InstanceStatus::Stopped { last_exit } => Err(InstanceDown::Exited {
+            instance: alive_id.clone(),
+            code: last_exit.map_or_else(|| "unknown".to_owned(), |code| code.to_string()),
+        }),
+        driver::InstanceStatus::Unknown => Err(InstanceDown::NotRunning {
+            instance: alive_id.clone(),
+        }),
     };
     match &service.health {
         Some(health) => {
@@ -834,7 +836,8 @@ async fn verify_instance(
                 protocol: service.protocol,
             };
             let addr = std::net::SocketAddr::from(([127, 0, 0, 1], instance.port));
-            if let Err(reason) = health::gate(addr, &check, alive).await {
+            if let Err(error) = health::gate(addr, &check, alive).await {
+                let reason = crate::report::chain(&error);
                 return Err(with_log_tail(engine, instance_id, reason));
             }
         }
@@ -842,7 +845,8 @@ async fn verify_instance(
             // A worker has no health path: it must at least stay up for a moment.
             let alive = alive;
             tokio::time::sleep(Duration::from_secs(1)).await;
-            if let Err(reason) = alive() {
+            if let Err(error) = alive() {
+                let reason = crate::report::chain(&error);
                 return Err(with_log_tail(engine, instance_id, reason));
             }
         }
@@ -1211,6 +1215,21 @@ fn scrub_reason(engine: &Engine, deployment: &Deployment, reason: &str) -> Strin
         Ok(scrubber) => scrubber.scrub(reason).into_owned(),
         Err(error) => format!("the step failed, and its reason is withheld: {error}"),
     }
+}
+
+/// A new instance that stopped running while it was starting.
+#[derive(Debug, thiserror::Error)]
+enum InstanceDown {
+    #[error("instance `{instance}` crashed while starting")]
+    Crashed { instance: String },
+    #[error("instance `{instance}` exited with code {code} while starting")]
+    Exited {
+        instance: String,
+        /// The exit code, or `unknown`.
+        code: String,
+    },
+    #[error("instance `{instance}` is not running")]
+    NotRunning { instance: String },
 }
 
 /// A failure reason with the last lines the instance printed, which usually say why.
