@@ -5,6 +5,8 @@
 
 use std::sync::Arc;
 
+use client::wire::DeploymentEvent;
+
 use crate::deploy::executor::{self, DeploymentData};
 use crate::deploy::spec;
 use crate::deploy::state::{self, Recovery, State};
@@ -206,11 +208,17 @@ async fn resume_deployments(engine: &Arc<Engine>) {
                     Some(&reason),
                     None,
                 );
-                engine.record(NewEvent::for_deployment(
-                    &deployment,
-                    "deployment.finished",
-                    format!("Failed: {reason}"),
-                ));
+                engine.record(
+                    NewEvent::for_deployment(
+                        &deployment,
+                        "deployment.finished",
+                        format!("Failed: {reason}"),
+                    )
+                    .with_data(&DeploymentEvent::Finished {
+                        state: State::Failed,
+                        reason: Some(reason.clone()),
+                    }),
+                );
                 let _ = engine.store.release_lock(
                     &deployment.app,
                     &deployment.environment,

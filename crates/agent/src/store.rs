@@ -182,6 +182,13 @@ impl NewEvent {
             data_json: "{}".to_owned(),
         }
     }
+
+    /// The event with `data` as its JSON payload (for programs, beside the message for people).
+    pub fn with_data(self, data: &impl Serialize) -> NewEvent {
+        // Serializing a plain enum or struct to JSON does not fail; `{}` keeps the event if it did.
+        let data_json = serde_json::to_string(data).unwrap_or_else(|_| "{}".to_owned());
+        NewEvent { data_json, ..self }
+    }
 }
 
 /// An instance the agent believes runs.

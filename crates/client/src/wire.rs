@@ -256,6 +256,32 @@ pub struct EventView {
     pub data: serde_json::Value,
 }
 
+impl EventView {
+    /// The typed payload of a deployment's progress event, when `data` holds one. Programs match
+    /// on this; `message` is the same news in words for people, and its wording may change.
+    pub fn deployment_event(&self) -> Option<DeploymentEvent> {
+        DeploymentEvent::deserialize(&self.data).ok()
+    }
+}
+
+/// What a deployment's progress event says, for programs: serialized into the event's `data`
+/// (`{"event": "state", "from": "Pending", "to": "Preparing"}`), recorded beside its message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum DeploymentEvent {
+    /// `deployment.state`: the deployment moved from one state to the next.
+    State {
+        from: DeploymentState,
+        to: DeploymentState,
+    },
+    /// `deployment.finished`: the deployment ended in `state`, a terminal one; `reason` says why
+    /// when it failed or rolled back.
+    Finished {
+        state: DeploymentState,
+        reason: Option<String>,
+    },
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReleaseView {
     pub number: u64,

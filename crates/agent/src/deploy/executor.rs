@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use client::wire::{DeploymentKind, Strategy};
+use client::wire::{DeploymentEvent, DeploymentKind, Strategy};
 
 use crate::analysis::{self, Bounds, Sample, Verdict};
 
@@ -125,7 +125,11 @@ async fn drive(engine: &Arc<Engine>, id: &str) -> Result<(), String> {
                     &deployment,
                     "deployment.state",
                     format!("{current} → {next}"),
-                ),
+                )
+                .with_data(&DeploymentEvent::State {
+                    from: current,
+                    to: next,
+                }),
             )
             .map_err(|error| crate::report::chain(&error))?;
         engine.publish(&event);
@@ -1181,7 +1185,17 @@ fn finish(engine: &Arc<Engine>, id: &str) {
             (Some(reason), State::Failed | State::RolledBack) => format!("{state}: {reason}"),
             _ => format!("{state}"),
         };
-        record(engine, &deployment, "deployment.finished", message);
+        let finished = DeploymentEvent::Finished {
+            state,
+            reason: deployment
+                .reason
+                .clone()
+                .filter(|_| matches!(state, State::Failed | State::RolledBack)),
+        };
+        engine.record(
+            NewEvent::for_deployment(&deployment, "deployment.finished", message)
+                .with_data(&finished),
+        );
     }
 }
 

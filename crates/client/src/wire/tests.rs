@@ -128,3 +128,48 @@ fn terminal_states_and_the_signals_that_apply() {
         );
     }
 }
+
+#[test]
+fn deployment_events_travel_in_an_event_s_data() {
+    let cases = [
+        (
+            DeploymentEvent::State {
+                from: DeploymentState::Pending,
+                to: DeploymentState::Preparing,
+            },
+            serde_json::json!({ "event": "state", "from": "Pending", "to": "Preparing" }),
+        ),
+        (
+            DeploymentEvent::Finished {
+                state: DeploymentState::RolledBack,
+                reason: Some("5xx".to_owned()),
+            },
+            serde_json::json!({ "event": "finished", "state": "RolledBack", "reason": "5xx" }),
+        ),
+    ];
+    for (event, data) in cases {
+        assert_eq!(serde_json::to_value(&event).expect("serialize"), data);
+        let view = EventView {
+            id: 1,
+            at: 0,
+            app: None,
+            environment: None,
+            deployment_id: None,
+            kind: "deployment.state".to_owned(),
+            message: "words".to_owned(),
+            data,
+        };
+        assert_eq!(view.deployment_event(), Some(event));
+    }
+    let analysis = EventView {
+        id: 1,
+        at: 0,
+        app: None,
+        environment: None,
+        deployment_id: None,
+        kind: "analysis.verdict".to_owned(),
+        message: "release 2: pass".to_owned(),
+        data: serde_json::json!({ "release": 2, "verdict": { "verdict": "pass" } }),
+    };
+    assert_eq!(analysis.deployment_event(), None);
+}
