@@ -483,7 +483,7 @@ pub fn database_target(
                 release.resolved.environment
             )
         })?;
-    crate::backup::Target::parse(&url, &workdir(engine, release))
+    crate::backup::Target::parse(&url, &workdir(engine, release)).map_err(|error| error.to_string())
 }
 
 /// The folder a release's commands and instances run in.
