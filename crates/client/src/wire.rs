@@ -262,6 +262,51 @@ impl EventView {
     pub fn deployment_event(&self) -> Option<DeploymentEvent> {
         DeploymentEvent::deserialize(&self.data).ok()
     }
+
+    /// The analysis's verdict an `analysis.verdict` event carries in `data.verdict`.
+    pub fn verdict(&self) -> Option<Verdict> {
+        Verdict::deserialize(self.data.get("verdict")?).ok()
+    }
+}
+
+/// The analysis's verdict on a release: what an `analysis.verdict` event carries in `data.verdict`
+/// (`{"verdict": "fail", "reason": "..."}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "verdict", rename_all = "snake_case")]
+pub enum Verdict {
+    /// Enough evidence that the release is within its bounds.
+    Pass,
+    Fail {
+        reason: String,
+    },
+    /// Not enough requests, or not enough evidence either way yet.
+    Inconclusive {
+        reason: String,
+    },
+}
+
+impl Verdict {
+    pub fn is_fail(&self) -> bool {
+        matches!(self, Verdict::Fail { .. })
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Verdict::Pass => "pass",
+            Verdict::Fail { .. } => "fail",
+            Verdict::Inconclusive { .. } => "inconclusive",
+        }
+    }
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Verdict::Pass => f.write_str("pass"),
+            Verdict::Fail { reason } => write!(f, "fail: {reason}"),
+            Verdict::Inconclusive { reason } => write!(f, "inconclusive: {reason}"),
+        }
+    }
 }
 
 /// What a deployment's progress event says, for programs: serialized into the event's `data`

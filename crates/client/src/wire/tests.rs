@@ -173,3 +173,36 @@ fn deployment_events_travel_in_an_event_s_data() {
     };
     assert_eq!(analysis.deployment_event(), None);
 }
+
+#[test]
+fn verdicts_travel_in_an_analysis_event_s_data() {
+    let cases = [
+        (Verdict::Pass, serde_json::json!({ "verdict": "pass" })),
+        (
+            Verdict::Fail {
+                reason: "5xx".to_owned(),
+            },
+            serde_json::json!({ "verdict": "fail", "reason": "5xx" }),
+        ),
+        (
+            Verdict::Inconclusive {
+                reason: "too few requests".to_owned(),
+            },
+            serde_json::json!({ "verdict": "inconclusive", "reason": "too few requests" }),
+        ),
+    ];
+    for (verdict, json) in cases {
+        assert_eq!(serde_json::to_value(&verdict).expect("serialize"), json);
+        let view = EventView {
+            id: 1,
+            at: 0,
+            app: None,
+            environment: None,
+            deployment_id: None,
+            kind: "analysis.verdict".to_owned(),
+            message: "words".to_owned(),
+            data: serde_json::json!({ "release": 2, "verdict": json }),
+        };
+        assert_eq!(view.verdict(), Some(verdict));
+    }
+}

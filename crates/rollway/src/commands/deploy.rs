@@ -244,7 +244,7 @@ fn progress_line(event: &EventView, at: &str) -> Option<Line> {
         "deployment.command" => status("Running", &event.message),
         "backup.created" => status("Backed up", &event.message),
         "backup.skipped" => status("Skipped", &format!("the backup: {}", event.message)),
-        "analysis.verdict" if event.message.contains(": fail") => {
+        "analysis.verdict" if event.verdict().is_some_and(|verdict| verdict.is_fail()) => {
             Some(Line::Warning(event.message.clone()))
         }
         "deployment.holding" | "deployment.awaiting_approval" => status("Waiting", &event.message),

@@ -85,3 +85,28 @@ fn an_event_s_wording_changes_no_rendering() {
     );
     assert_eq!(progress_line(&untyped, "(1.0s)"), None);
 }
+
+#[test]
+fn a_failing_verdict_warns_whatever_its_message_says() {
+    let verdict = |verdict: serde_json::Value, message: &str| {
+        event(
+            "analysis.verdict",
+            message,
+            serde_json::json!({ "release": 2, "verdict": verdict }),
+        )
+    };
+    let fail = serde_json::json!({ "verdict": "fail", "reason": "5xx" });
+    let pass = serde_json::json!({ "verdict": "pass" });
+    assert_eq!(
+        progress_line(&verdict(fail.clone(), "release 2: fail: 5xx"), "(1.0s)"),
+        Some(Line::Warning("release 2: fail: 5xx".to_owned()))
+    );
+    assert_eq!(
+        progress_line(&verdict(fail, "release 2 is worse"), "(1.0s)"),
+        Some(Line::Warning("release 2 is worse".to_owned()))
+    );
+    assert_eq!(
+        progress_line(&verdict(pass, "release 2: fail: not really"), "(1.0s)"),
+        None
+    );
+}
