@@ -250,15 +250,35 @@ pub async fn create(engine: &Arc<Engine>, request: Request<'_>) -> Result<Taken,
     Ok(Taken::Backup(record))
 }
 
+/// Why a backup was not restored.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error(transparent)]
+    Backup(#[from] BackupError),
+    #[error(
+        "backup `{id}` at `{path}` does not match its recorded checksum; refusing to restore it"
+    )]
+    Checksum { id: String, path: String },
+    #[error("backup `{id}` is a {kind} backup; the database is `{target}`")]
+    WrongKind {
+        id: String,
+        kind: &'static str,
+        /// The database, without its password.
+        target: String,
+    },
+    #[error("the restore task ended early")]
+    Task(#[source] tokio::task::JoinError),
+}
+
 /// Restores `record` into `target`, after checking the file is the one recorded.
-pub async fn restore(record: &BackupRecord, target: &Target) -> Result<String, String> {
+pub async fn restore(record: &BackupRecord, target: &Target) -> Result<String, RestoreError> {
     let path = PathBuf::from(&record.path);
-    let (_, sha256) = file_digest(&path).map_err(|error| crate::report::chain(&error))?;
+    let (_, sha256) = file_digest(&path)?;
     if sha256 != record.sha256 {
-        return Err(format!(
-            "backup `{}` at `{}` does not match its recorded checksum; refusing to restore it",
-            record.id, record.path
-        ));
+        return Err(RestoreError::Checksum {
+            id: record.id.clone(),
+            path: record.path.clone(),
+        });
     }
     match (target, record.kind) {
         (Target::Sqlite { path: database }, BackupKind::Sqlite) => {
@@ -266,8 +286,7 @@ pub async fn restore(record: &BackupRecord, target: &Target) -> Result<String, S
             let shown = database.display().to_string();
             tokio::task::spawn_blocking(move || sqlite_copy(&backup, &database))
                 .await
-                .map_err(|error| crate::report::chain(&error))?
-                .map_err(|error| crate::report::chain(&error))?;
+                .map_err(RestoreError::Task)??;
             Ok(format!(
                 "restored `{shown}` from backup `{}` with SQLite's online backup",
                 record.id
@@ -283,21 +302,18 @@ pub async fn restore(record: &BackupRecord, target: &Target) -> Result<String, S
                 format!("--dbname={}", url.database),
                 path.display().to_string(),
             ];
-            run_pg_tool("pg_restore", &args, url)
-                .await
-                .map_err(|error| crate::report::chain(&error))?;
+            run_pg_tool("pg_restore", &args, url).await?;
             Ok(format!(
                 "restored `{}` from backup `{}` with pg_restore --clean",
                 target.display(),
                 record.id
             ))
         }
-        _ => Err(format!(
-            "backup `{}` is a {} backup; the database is `{}`",
-            record.id,
-            record.kind.as_str(),
-            target.display()
-        )),
+        _ => Err(RestoreError::WrongKind {
+            id: record.id.clone(),
+            kind: record.kind.as_str(),
+            target: target.display(),
+        }),
     }
 }
 
@@ -410,11 +426,15 @@ pub async fn restore_live(
                 "backed up the live database first as {} ({} bytes)",
                 before.id, before.size
             ));
-            restore(record, &target).await
+            restore(record, &target)
+                .await
+                .map_err(|error| crate::report::chain(&error))
         }
         Ok(Taken::NothingYet(reason)) => {
             steps.push(format!("no live database to back up first: {reason}"));
-            restore(record, &target).await
+            restore(record, &target)
+                .await
+                .map_err(|error| crate::report::chain(&error))
         }
         Err(reason) => Err(format!(
             "the backup of the live database failed, so nothing was restored: {reason}"
