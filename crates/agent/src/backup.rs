@@ -186,16 +186,35 @@ pub enum Taken {
     NothingYet(String),
 }
 
+/// Why a backup was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    #[error("cannot create `{}`", path.display())]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Backup(#[from] BackupError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("the backup task ended early")]
+    Task(#[source] tokio::task::JoinError),
+}
+
 /// Takes a backup, records it, and prunes the oldest beyond `keep`.
-pub async fn create(engine: &Arc<Engine>, request: Request<'_>) -> Result<Taken, String> {
+pub async fn create(engine: &Arc<Engine>, request: Request<'_>) -> Result<Taken, CreateError> {
     let dir = engine
         .paths
         .state_dir
         .join("backups")
         .join(request.app)
         .join(request.environment);
-    std::fs::create_dir_all(&dir)
-        .map_err(|error| format!("cannot create `{}`: {error}", dir.display()))?;
+    std::fs::create_dir_all(&dir).map_err(|source| CreateError::CreateDir {
+        path: dir.clone(),
+        source,
+    })?;
     let id = format!("b-{}-{}", now_ms(), random_suffix());
     let (extension, kind) = match request.target {
         Target::Sqlite { .. } => ("sqlite", BackupKind::Sqlite),
@@ -213,8 +232,7 @@ pub async fn create(engine: &Arc<Engine>, request: Request<'_>) -> Result<Taken,
             let (database, out) = (database.clone(), path.clone());
             tokio::task::spawn_blocking(move || sqlite_copy(&database, &out))
                 .await
-                .map_err(|error| crate::report::chain(&error))?
-                .map_err(|error| crate::report::chain(&error))?;
+                .map_err(CreateError::Task)??;
         }
         Target::Postgres { url } => {
             let args = vec![
@@ -222,12 +240,10 @@ pub async fn create(engine: &Arc<Engine>, request: Request<'_>) -> Result<Taken,
                 "--no-password".to_owned(),
                 format!("--file={}", path.display()),
             ];
-            run_pg_tool("pg_dump", &args, url)
-                .await
-                .map_err(|error| crate::report::chain(&error))?;
+            run_pg_tool("pg_dump", &args, url).await?;
         }
     }
-    let (size, sha256) = file_digest(&path).map_err(|error| crate::report::chain(&error))?;
+    let (size, sha256) = file_digest(&path)?;
     let record = BackupRecord {
         id,
         app: request.app.to_owned(),
@@ -242,10 +258,7 @@ pub async fn create(engine: &Arc<Engine>, request: Request<'_>) -> Result<Taken,
         sha256,
         created_at: now_ms(),
     };
-    engine
-        .store
-        .insert_backup(&record)
-        .map_err(|error| crate::report::chain(&error))?;
+    engine.store.insert_backup(&record)?;
     prune(engine, request.app, request.environment, request.keep);
     Ok(Taken::Backup(record))
 }
@@ -352,7 +365,10 @@ pub async fn on_demand(
         target: &target,
         keep: release.resolved.config.backup.keep as usize,
     };
-    match create(engine, request).await? {
+    match create(engine, request)
+        .await
+        .map_err(|error| crate::report::chain(&error))?
+    {
         Taken::Backup(record) => Ok(record),
         Taken::NothingYet(reason) => Err(reason),
     }
@@ -436,8 +452,9 @@ pub async fn restore_live(
                 .await
                 .map_err(|error| crate::report::chain(&error))
         }
-        Err(reason) => Err(format!(
-            "the backup of the live database failed, so nothing was restored: {reason}"
+        Err(error) => Err(format!(
+            "the backup of the live database failed, so nothing was restored: {}",
+            crate::report::chain(&error)
         )),
     };
     if let Ok(done) = &result {

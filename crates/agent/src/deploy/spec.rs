@@ -441,10 +441,11 @@ pub async fn backup_before_release(
         },
     )
     .await
-    .map_err(|reason| {
+    .map_err(|error| {
         format!(
-            "the backup of `{}` failed, so the release command did not run: {reason}",
-            target.display()
+            "the backup of `{}` failed, so the release command did not run: {}",
+            target.display(),
+            crate::report::chain(&error)
         )
     })?;
     let event = |kind: &str, message: String| NewEvent::for_deployment(deployment, kind, message);
