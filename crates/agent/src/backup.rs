@@ -230,9 +230,12 @@ pub async fn create(engine: &Arc<Engine>, request: Request<'_>) -> Result<Taken,
                 )));
             }
             let (database, out) = (database.clone(), path.clone());
-            tokio::task::spawn_blocking(move || sqlite_copy(&database, &out))
-                .await
-                .map_err(CreateError::Task)??;
+            tokio::task::spawn_blocking(move || {
+                sqlite_copy(&database, &out)?;
+                keep_sidecars_with_the_app(&database)
+            })
+            .await
+            .map_err(CreateError::Task)??;
         }
         Target::Postgres { url } => {
             let args = vec![
@@ -297,9 +300,12 @@ pub async fn restore(record: &BackupRecord, target: &Target) -> Result<String, R
         (Target::Sqlite { path: database }, BackupKind::Sqlite) => {
             let (backup, database) = (path.clone(), database.clone());
             let shown = database.display().to_string();
-            tokio::task::spawn_blocking(move || sqlite_copy(&backup, &database))
-                .await
-                .map_err(RestoreError::Task)??;
+            tokio::task::spawn_blocking(move || {
+                sqlite_copy(&backup, &database)?;
+                keep_sidecars_with_the_app(&database)
+            })
+            .await
+            .map_err(RestoreError::Task)??;
             Ok(format!(
                 "restored `{shown}` from backup `{}` with SQLite's online backup",
                 record.id
@@ -565,6 +571,38 @@ pub enum BackupError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot chown `{}`", path.display())]
+    Chown {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Gives SQLite's `-wal`, `-shm` and `-journal` files of an app's `database` the database file's
+/// owner: the agent (root) opening it may have made them, and an app running as its own user
+/// could then no longer write its database.
+fn keep_sidecars_with_the_app(database: &Path) -> Result<(), BackupError> {
+    use std::os::unix::fs::MetadataExt as _;
+    if !rustix::process::geteuid().is_root() {
+        return Ok(());
+    }
+    let Ok(metadata) = std::fs::metadata(database) else {
+        return Ok(());
+    };
+    for suffix in ["-wal", "-shm", "-journal"] {
+        let mut name = database.as_os_str().to_owned();
+        name.push(suffix);
+        let sidecar = PathBuf::from(name);
+        if std::fs::symlink_metadata(&sidecar).is_ok_and(|sidecar| sidecar.is_file()) {
+            std::os::unix::fs::lchown(&sidecar, Some(metadata.uid()), Some(metadata.gid()))
+                .map_err(|source| BackupError::Chown {
+                    path: sidecar.clone(),
+                    source,
+                })?;
+        }
+    }
+    Ok(())
 }
 
 /// Copies one SQLite database onto another with the online backup API (readers and writers of

@@ -91,7 +91,8 @@ pub struct Runtime {
 #[derive(Debug, Clone)]
 pub struct Paths {
     pub state_dir: PathBuf,
-    pub builds: PathBuf,
+    /// What apps may touch, outside the state directory: see [`crate::isolation`].
+    pub apps: PathBuf,
     pub instances: PathBuf,
     pub deploy_logs: PathBuf,
 }
@@ -99,23 +100,35 @@ pub struct Paths {
 impl Paths {
     pub fn new(state_dir: PathBuf) -> Paths {
         Paths {
-            builds: state_dir.join("builds"),
+            apps: crate::isolation::apps_dir(&state_dir),
             instances: state_dir.join("instances"),
             deploy_logs: state_dir.join("deployments"),
             state_dir,
         }
     }
 
-    /// The unpacked and built artifact a release runs in. Keyed by the artifact and the build
-    /// command, not the release: a config-only deploy reuses the folder, with no rebuild.
-    pub fn build_dir(&self, artifact: &str, build_command: Option<&str>) -> PathBuf {
+    /// The app environment's folder (`<apps>/<app>/<environment>`, owned by its user).
+    pub fn app_dir(&self, app: &str, environment: &str) -> PathBuf {
+        self.apps.join(app).join(environment)
+    }
+
+    /// The unpacked and built artifact a release runs in, in its app environment's folder. Keyed
+    /// by the artifact and the build command, not the release: a config-only deploy reuses the
+    /// folder, with no rebuild.
+    pub fn build_dir(
+        &self,
+        app: &str,
+        environment: &str,
+        artifact: &str,
+        build_command: Option<&str>,
+    ) -> PathBuf {
         use sha2::Digest as _;
         let mut hasher = sha2::Sha256::new();
         hasher.update(artifact.as_bytes());
         hasher.update([0]);
         hasher.update(build_command.unwrap_or("").as_bytes());
         let key = hex::encode(hasher.finalize());
-        self.builds.join(format!(
+        self.app_dir(app, environment).join("builds").join(format!(
             "{}-{}",
             artifact.get(..12).unwrap_or(artifact),
             &key[..12]
@@ -130,6 +143,8 @@ pub struct Engine {
     pub proxy_addr: SocketAddr,
     pub artifacts: ArtifactStore,
     pub master_key: crate::secrets::MasterKey,
+    /// How app processes are confined on this host (detected at start).
+    pub isolation: driver::Isolation,
     pub paths: Paths,
     pub events: broadcast::Sender<EventView>,
     /// std Mutex: held for map edits only, never across an await.

@@ -13,6 +13,7 @@ pub mod deploy;
 pub mod drivers;
 pub mod engine;
 pub mod health;
+pub mod isolation;
 pub mod metrics;
 pub mod proxy_link;
 pub mod proxy_supervisor;
@@ -49,6 +50,9 @@ pub struct AgentConfig {
     pub proxy_metrics: Option<SocketAddr>,
     /// The `rollway` binary, started again as `rollway proxy`.
     pub exe: PathBuf,
+    /// `--master-key FILE`; `None`: `ROLLWAY_MASTER_KEY`, a systemd credential, or the default
+    /// file outside the state directory (see [`secrets::master_key`]).
+    pub master_key: Option<PathBuf>,
 }
 
 /// What the caller learns once the agent serves.
@@ -57,6 +61,12 @@ pub struct Started {
     pub proxy: SocketAddr,
     /// Only on the first start of a state directory: the admin token, shown once.
     pub admin_token: Option<PlainToken>,
+    /// Where the master key came from.
+    pub master_key: secrets::master_key::KeyOrigin,
+    /// `Some((from, to))` on the start that moved a `master.key` out of the state directory.
+    pub master_key_moved: Option<(PathBuf, PathBuf)>,
+    /// How apps are confined on this host (`Isolation::describe` says it in words).
+    pub isolation: driver::Isolation,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -103,8 +113,25 @@ pub async fn run(
 
     let store = Arc::new(Store::open(&state_dir.join("rollway.db"))?);
     let admin_token = ensure_admin_token(&store, &state_dir)?;
-    let master_key = secrets::MasterKey::load_or_create(&state_dir)?;
+    let loaded_key = secrets::master_key::load(
+        &secrets::master_key::KeySources::from_env(config.master_key.clone()),
+        &state_dir,
+    )?;
+    if let Some((from, to)) = &loaded_key.moved {
+        tracing::info!(message = "Moved the master key out of the state directory.", from = %from.display(), to = %to.display());
+    }
+    let (master_key, master_key_origin) = (loaded_key.key, loaded_key.origin);
+    let isolation = driver::Isolation::detect(&config.exe, isolation::hidden_from_apps(&state_dir));
+    tracing::info!(message = "Apps are isolated.", isolation = %isolation.describe());
+    if let Some(gap) = isolation.gap() {
+        tracing::warn!(message = "App isolation has a gap.", gap = %gap);
+    }
+
     let paths = Paths::new(state_dir.clone());
+    isolation::prepare_apps_dir(&paths.apps).map_err(|source| AgentError::StateDir {
+        path: paths.apps.display().to_string(),
+        source,
+    })?;
     let driver = Arc::new(ProcessDriver::new(paths.instances.clone()).map_err(dir_error)?);
     let artifacts = ArtifactStore::new(state_dir.join("artifacts"))
         .with_limits(artifact::ArtifactLimits::from_env());
@@ -135,6 +162,7 @@ pub async fn run(
         proxy_addr,
         artifacts,
         master_key,
+        isolation: isolation.clone(),
         paths,
         events,
         runtimes: Mutex::new(BTreeMap::new()),
@@ -177,6 +205,9 @@ pub async fn run(
         api: api_addr,
         proxy: proxy_addr,
         admin_token,
+        master_key: master_key_origin,
+        master_key_moved: loaded_key.moved,
+        isolation,
     });
 
     let served = api::serve(listener, engine.clone(), shutdown.clone()).await;

@@ -137,6 +137,9 @@ async fn adopt_instances(engine: &Arc<Engine>) {
             let Some(service) = release.resolved.config.service(&instance.service) else {
                 continue;
             };
+            if let Err(error) = spec::carry_over_legacy_build(engine, &release) {
+                tracing::warn!(message = "Cannot carry a release folder over.", instance = %id, %error);
+            }
             let Ok(driver_spec) =
                 spec::instance_spec(engine, &key, &release, service, &id, instance.port)
             else {

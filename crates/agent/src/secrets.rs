@@ -1,13 +1,11 @@
 //! Secrets: encrypted at rest with XChaCha20-Poly1305, versioned, and held in memory only as
 //! [`Secret`], a type that cannot be printed or serialized by accident.
 //!
-//! The key comes from `ROLLWAY_MASTER_KEY` (64 hex digits) or the state directory's `master.key`
-//! (0600, made on first start). A sealed value is bound to its app, environment, name and version
+//! The key (64 hex digits) lives apart from the store: `--master-key FILE`, `ROLLWAY_MASTER_KEY`,
+//! a systemd credential or a file outside the state directory (see [`master_key`]). A sealed value is bound to its app, environment, name and version
 //! (the AEAD's associated data), so a ciphertext cannot be moved to another secret.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
 
 use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
@@ -15,8 +13,12 @@ use zeroize::Zeroizing;
 
 use crate::store::{SealedSecret, SecretMeta, Store, StoreError};
 
+pub mod master_key;
+
 /// The variable that may hold the master key.
 pub const MASTER_KEY_VAR: &str = "ROLLWAY_MASTER_KEY";
+/// The key file's name: in the config folder, a credentials folder, or (from earlier versions, moved
+/// out on start) the state directory.
 pub const MASTER_KEY_FILE: &str = "master.key";
 
 /// A secret value. `Debug` and `Display` print `***`; there is no `Serialize`; reading the value
@@ -52,6 +54,12 @@ pub enum SecretError {
     BadKeyVar,
     #[error("`{path}` must hold 64 hex digits (32 bytes)")]
     BadKeyFile { path: String },
+    #[error("the master key `{path}` is inside the state directory; keep it apart from the store")]
+    KeyInStateDir { path: String },
+    #[error(
+        "`{legacy}` is not the master key in use (from {origin}); move it out of the state directory or delete it"
+    )]
+    ConflictingKeys { legacy: String, origin: String },
     #[error("cannot read or create the master key `{path}`")]
     KeyFile {
         path: String,
@@ -83,40 +91,11 @@ impl std::fmt::Debug for MasterKey {
 }
 
 impl MasterKey {
-    /// From `ROLLWAY_MASTER_KEY`, else `state_dir/master.key`, made (0600) when missing.
-    pub fn load_or_create(state_dir: &Path) -> Result<MasterKey, SecretError> {
-        if let Ok(text) = std::env::var(MASTER_KEY_VAR) {
-            return parse_key(text.trim()).ok_or(SecretError::BadKeyVar);
-        }
-        let path = state_dir.join(MASTER_KEY_FILE);
-        let display = path.display().to_string();
-        match std::fs::read_to_string(&path) {
-            Ok(text) => parse_key(text.trim()).ok_or(SecretError::BadKeyFile { path: display }),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                let key: [u8; 32] = XChaCha20Poly1305::generate_key(&mut OsRng).into();
-                let mut file = std::fs::OpenOptions::new()
-                    .create_new(true)
-                    .write(true)
-                    .mode(0o600)
-                    .open(&path)
-                    .map_err(|source| SecretError::KeyFile {
-                        path: display.clone(),
-                        source,
-                    })?;
-                use std::io::Write as _;
-                file.write_all(Zeroizing::new(hex::encode(key)).as_bytes())
-                    .and_then(|()| file.sync_all())
-                    .map_err(|source| SecretError::KeyFile {
-                        path: display,
-                        source,
-                    })?;
-                Ok(MasterKey(Zeroizing::new(key)))
-            }
-            Err(source) => Err(SecretError::KeyFile {
-                path: display,
-                source,
-            }),
-        }
+    /// A new random key (tests, and [`master_key`] when it makes a key file).
+    pub fn generate() -> MasterKey {
+        MasterKey(Zeroizing::new(
+            XChaCha20Poly1305::generate_key(&mut OsRng).into(),
+        ))
     }
 
     fn cipher(&self) -> XChaCha20Poly1305 {

@@ -495,6 +495,22 @@ pub struct AgentInfo {
     pub version: String,
     pub proxy: String,
     pub state_dir: String,
+    /// How deployed apps are kept from the agent and from each other on this host; `None` from an
+    /// agent older than the field.
+    #[serde(default)]
+    pub isolation: Option<IsolationView>,
+}
+
+/// The isolation in force on an agent's host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum IsolationView {
+    /// The agent runs as root: each app environment runs as its own unprivileged user.
+    Users,
+    /// The agent is not root: apps run in a Landlock sandbox at this kernel ABI.
+    Landlock { abi: u32 },
+    /// No isolation: apps run as the agent's user (`user`), for `reason`.
+    None { user: String, reason: String },
 }
 
 /// `PUT /v1/apps/{app}/environments/{env}/secrets/{name}`: the value travels in the body only.

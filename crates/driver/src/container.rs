@@ -279,12 +279,14 @@ impl ContainerDriver {
         image: &str,
         env: &[(String, String)],
         command: &str,
+        confinement: &crate::Confinement,
         mut on_line: impl FnMut(&str) + Send,
     ) -> Result<i32, ContainerError> {
         let request = run_once::RunOnce {
             image,
             env,
             command,
+            confinement,
             owner: &self.config.owner,
             network: self.config.network.as_deref(),
             env_dir: &self.config.env_dir,
@@ -417,7 +419,8 @@ impl ContainerDriver {
         image_user: Option<&str>,
     ) -> Result<(), DriverError> {
         let path = self.env_path(container);
-        let reader = env_file::Reader::of_image_user(image_user);
+        let run_as = create::run_as(&spec.confinement, image_user);
+        let reader = env_file::Reader::of_image_user(run_as.as_deref());
         env_file::write(&path, &spec.env, reader).map_err(|source| DriverError::Io {
             what: "cannot write the env file",
             instance_id: spec.instance_id.clone(),

@@ -9,8 +9,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub mod confine;
 pub mod container;
 pub mod process;
+pub mod sandbox;
+
+pub use confine::{AppUser, Confinement, Isolation};
 
 /// Everything a driver needs to run one instance.
 #[derive(Clone)]
@@ -39,6 +43,9 @@ pub struct InstanceSpec {
     pub port: u16,
     /// Time between SIGTERM and SIGKILL.
     pub stop_timeout: Duration,
+    /// Who the process runs as and what it may touch (process driver); the container driver
+    /// takes `user` as the container's user when the image would run as root.
+    pub confinement: Confinement,
 }
 
 impl std::fmt::Debug for InstanceSpec {
@@ -50,6 +57,7 @@ impl std::fmt::Debug for InstanceSpec {
             .field("command", &self.command)
             .field("image", &self.image)
             .field("port", &self.port)
+            .field("confinement", &self.confinement)
             .finish_non_exhaustive()
     }
 }

@@ -130,6 +130,10 @@ pub struct Service {
     /// Variables for this service only, layered over the app's `[env]`.
     #[serde(serialize_with = "as_map")]
     pub env: Vec<(String, String)>,
+    /// The user a container runs as (`uid[:gid]` or a name of the image's), instead of its app's
+    /// own non-root user. Invariant: only for `image` and `dockerfile` services.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
     /// How the proxy talks to the service's instances.
     pub protocol: Protocol,
 }

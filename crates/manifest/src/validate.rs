@@ -41,6 +41,7 @@ pub(crate) const SERVICE_KEYS: &[&str] = &[
     "drain",
     "stop_timeout",
     "env",
+    "user",
     "protocol",
 ];
 const ROUTE_KEYS: &[&str] = &[
@@ -340,6 +341,32 @@ fn service(reader: &mut Reader, name: &str, value: &Value<'_>) -> Option<Service
         .get("env")
         .map(|value| env_table(reader, value, &format!("{section}.env")))
         .unwrap_or_default();
+    let user = match table.get("user") {
+        None => None,
+        Some(value) => {
+            let key_path = format!("{section}.user");
+            let user = reader.nonempty_string(value, &key_path)?;
+            if matches!(source, Some(ServiceSource::Run { .. })) {
+                reader.invalid(
+                    value.span(),
+                    format!("`{key_path}` is for containers"),
+                    "not a container service",
+                    "remove it: a `run` service runs as its app's own user, which Rollway chooses",
+                );
+                return None;
+            }
+            if !is_container_user(&user) {
+                reader.invalid(
+                    value.span(),
+                    format!("`{user}` is not a container user"),
+                    "invalid user",
+                    "accepted: `uid`, `uid:gid` or a user name of the image, such as `1000:1000` or `app`",
+                );
+                return None;
+            }
+            Some(user)
+        }
+    };
     let protocol = table
         .get("protocol")
         .and_then(|value| protocol(reader, value, &format!("{section}.protocol")))
@@ -355,8 +382,23 @@ fn service(reader: &mut Reader, name: &str, value: &Value<'_>) -> Option<Service
         drain,
         stop_timeout,
         env,
+        user,
         protocol,
     })
+}
+
+/// `uid`, `uid:gid`, `name` or `name:group`: letters, digits, `_`, `.` and `-`, one colon at most.
+fn is_container_user(user: &str) -> bool {
+    let part = |part: &str| {
+        !part.is_empty()
+            && part
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+    };
+    match user.split_once(':') {
+        Some((name, group)) => part(name) && part(group),
+        None => part(user),
+    }
 }
 
 fn health(reader: &mut Reader, value: &Value<'_>, section: &str) -> Option<Health> {

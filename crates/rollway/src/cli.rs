@@ -96,6 +96,10 @@ pub enum Command {
     Agent(AgentRunArgs),
     /// Run the proxy in the foreground (the agent starts it; you rarely need this), or `upgrade` it.
     Proxy(ProxyRunArgs),
+    /// Confine this process with Landlock, then run the command (how a non-root agent starts
+    /// apps; not for people).
+    #[command(hide = true)]
+    Sandbox(SandboxArgs),
 }
 
 #[derive(Debug, Args)]
@@ -264,6 +268,11 @@ pub struct AgentRunArgs {
     /// Where the proxy serves its own `/metrics` (Prometheus text), if anywhere.
     #[arg(long)]
     pub proxy_metrics: Option<std::net::SocketAddr>,
+    /// The master key file, kept apart from the state directory (made when missing; default:
+    /// `ROLLWAY_MASTER_KEY`, else `$CREDENTIALS_DIRECTORY/master.key`, else
+    /// `/etc/rollway/master.key` as root or `$XDG_CONFIG_HOME/rollway/master.key`).
+    #[arg(long, value_name = "FILE")]
+    pub master_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -311,6 +320,25 @@ pub enum ProxyAction {
         #[command(flatten)]
         agent: AgentArgs,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct SandboxArgs {
+    /// A folder the command may read, write and run files in (repeatable).
+    #[arg(long = "allow-rw", value_name = "DIR")]
+    pub allow_rw: Vec<PathBuf>,
+    /// A folder or file the command may read and run, not change (repeatable).
+    #[arg(long = "allow-ro", value_name = "PATH")]
+    pub allow_ro: Vec<PathBuf>,
+    /// A folder or file to cover up for the command, best effort (repeatable).
+    #[arg(long = "hide", value_name = "PATH")]
+    pub hide: Vec<PathBuf>,
+    /// Only try the confinement and print what works (`abi N`, `hiding ok|REASON`).
+    #[arg(long)]
+    pub probe: bool,
+    /// The program and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<std::ffi::OsString>,
 }
 
 #[derive(Debug, Args)]

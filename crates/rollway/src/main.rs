@@ -67,6 +67,7 @@ fn main() -> ExitCode {
         Command::Tokens(command) => commands::tokens::run(&command, printer),
         Command::Agent(args) => commands::agent::run_agent(&args, printer),
         Command::Proxy(args) => commands::agent::run_proxy(&args, printer),
+        Command::Sandbox(args) => commands::sandbox::run(&args),
     };
     match result {
         Ok(status) => status.into(),

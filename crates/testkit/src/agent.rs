@@ -45,6 +45,8 @@ pub struct TestAgent {
     proxy: SocketAddr,
     admin_token: String,
     child: Option<Child>,
+    /// Run the agent as this uid and gid (no supplementary groups) instead of the test's user.
+    run_as: Option<(u32, u32)>,
 }
 
 /// What one `rollway` command did.
@@ -130,6 +132,22 @@ impl TestAgent {
         state_dir: &Path,
         extra_env: &[(&str, &str)],
     ) -> TestAgent {
+        TestAgent::start_inner(rollway, state_dir, extra_env, None).await
+    }
+
+    /// [`TestAgent::start`] with the agent running as `uid`:`gid` (the test must be root). The
+    /// state directory's parent must be writable by that user (the apps directory and the master
+    /// key file are made beside the state directory).
+    pub async fn start_as(rollway: &Path, state_dir: &Path, uid: u32, gid: u32) -> TestAgent {
+        TestAgent::start_inner(rollway, state_dir, &[], Some((uid, gid))).await
+    }
+
+    async fn start_inner(
+        rollway: &Path,
+        state_dir: &Path,
+        extra_env: &[(&str, &str)],
+        run_as: Option<(u32, u32)>,
+    ) -> TestAgent {
         std::fs::create_dir_all(state_dir)
             .unwrap_or_else(|error| panic!("cannot create `{}`: {error}", state_dir.display()));
         let port = || free_port().unwrap_or_else(|error| panic!("no free port: {error}"));
@@ -140,8 +158,28 @@ impl TestAgent {
             proxy: SocketAddr::from((Ipv4Addr::LOCALHOST, port())),
             admin_token: String::new(),
             child: None,
+            run_as,
         };
-        agent.spawn(extra_env).await;
+        if let Some((uid, gid)) = run_as {
+            std::os::unix::fs::chown(state_dir, Some(uid), Some(gid)).unwrap_or_else(|error| {
+                panic!(
+                    "cannot give `{}` to uid {uid}: {error}",
+                    state_dir.display()
+                )
+            });
+        }
+        // A free port can be taken again before the agent binds it (by another test, or as the source
+        // port of some client's connection): the agent then exits saying so, and gets other ports.
+        for attempt in 1.. {
+            match agent.try_spawn(extra_env).await {
+                Ok(()) => break,
+                Err(exited) if attempt < 5 && exited.contains("already in use") => {
+                    agent.api = SocketAddr::from((Ipv4Addr::LOCALHOST, port()));
+                    agent.proxy = SocketAddr::from((Ipv4Addr::LOCALHOST, port()));
+                }
+                Err(exited) => panic!("{exited}"),
+            }
+        }
         let token_path = state_dir.join("admin.token");
         agent.admin_token = std::fs::read_to_string(&token_path)
             .unwrap_or_else(|error| panic!("cannot read `{}`: {error}", token_path.display()))
@@ -169,6 +207,21 @@ impl TestAgent {
 
     pub fn state_dir(&self) -> &Path {
         &self.state_dir
+    }
+
+    /// What the agent gives apps, beside the state directory: `STATE-apps` (release folders,
+    /// private temp folders).
+    pub fn apps_dir(&self) -> PathBuf {
+        let mut name = self.state_dir.as_os_str().to_owned();
+        name.push("-apps");
+        PathBuf::from(name)
+    }
+
+    /// The agent's master key file: `STATE.master.key`, a sibling of the state directory.
+    pub fn master_key_file(&self) -> PathBuf {
+        let mut name = self.state_dir.as_os_str().to_owned();
+        name.push(".master.key");
+        PathBuf::from(name)
     }
 
     /// Kills the agent process (SIGKILL) and reaps it; its proxy and instances keep running.
@@ -438,12 +491,11 @@ impl TestAgent {
     }
 
     /// Instance id → the process groups running it, found in `/proc` by working directory (under
-    /// `STATE/builds`, where a release's artifact is unpacked and built) and `ROLLWAY_INSTANCE`.
+    /// `STATE-apps`, where a release's artifact is unpacked and built) and `ROLLWAY_INSTANCE`.
     /// One group per instance means no duplicates.
     pub fn instance_processes(&self) -> BTreeMap<String, BTreeSet<i32>> {
-        let builds = self.state_dir.join("builds");
         let mut found: BTreeMap<String, BTreeSet<i32>> = BTreeMap::new();
-        for process in processes_under(&builds) {
+        for process in processes_under(&self.apps_dir()) {
             let id = process.instance.unwrap_or_else(|| "?".to_owned());
             found.entry(id).or_default().insert(process.pgid);
         }
@@ -458,6 +510,13 @@ impl TestAgent {
     }
 
     async fn spawn(&mut self, extra_env: &[(&str, &str)]) {
+        if let Err(exited) = self.try_spawn(extra_env).await {
+            panic!("{exited}");
+        }
+    }
+
+    /// Starts the agent and waits until it serves; `Err` with its output when it exited first.
+    async fn try_spawn(&mut self, extra_env: &[(&str, &str)]) -> Result<(), String> {
         let open = |name: &str| {
             let path = self.state_dir.join(name);
             std::fs::OpenOptions::new()
@@ -475,6 +534,9 @@ impl TestAgent {
             .arg(self.api.to_string())
             .arg("--proxy")
             .arg(self.proxy.to_string())
+            // Beside the state directory, never in it, and never the host's own key file.
+            .arg("--master-key")
+            .arg(self.master_key_file())
             // The proxy inherits this directory, which is how `Drop` recognises it.
             .current_dir(&self.state_dir)
             .env("NO_COLOR", "1")
@@ -490,6 +552,10 @@ impl TestAgent {
         for (key, value) in extra_env {
             command.env(key, value);
         }
+        if let Some((uid, gid)) = self.run_as {
+            // std drops root's supplementary groups when it switches users.
+            command.uid(uid).gid(gid).env("HOME", "/nonexistent");
+        }
         let child = command.spawn().unwrap_or_else(|error| {
             panic!("cannot start `{} agent`: {error}", self.rollway.display())
         });
@@ -501,15 +567,15 @@ impl TestAgent {
         );
         loop {
             if matches!(http_status(self.api, &request).await, Ok(200)) {
-                return;
+                return Ok(());
             }
             if let Some(child) = self.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
-                panic!(
+                return Err(format!(
                     "the agent exited ({status}) before serving:\n{}",
                     self.log()
-                );
+                ));
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
@@ -537,15 +603,20 @@ impl Drop for TestAgent {
         {
             pids.push(pid);
         }
+        let apps_dir = self.apps_dir();
         for pid in pids {
-            if cwd_of(pid).is_some_and(|cwd| cwd.starts_with(&self.state_dir)) {
+            if cwd_of(pid)
+                .is_some_and(|cwd| cwd.starts_with(&self.state_dir) || cwd.starts_with(&apps_dir))
+            {
                 kill_group_and_process(pid, process_group(pid));
             }
         }
-        // Whatever else still runs inside the state directory (an instance whose pid file was
-        // not written yet, a build command).
-        for process in processes_under(&self.state_dir) {
-            kill_group_and_process(process.pid, Some(process.pgid));
+        // Whatever else still runs inside the state or apps directory (an instance whose pid
+        // file was not written yet, a build command).
+        for dir in [&self.state_dir, &apps_dir] {
+            for process in processes_under(dir) {
+                kill_group_and_process(process.pid, Some(process.pgid));
+            }
         }
     }
 }

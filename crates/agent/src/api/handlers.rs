@@ -38,6 +38,7 @@ pub async fn agent_info(State(engine): State<Arc<Engine>>) -> ApiResult<AgentInf
         version: env!("CARGO_PKG_VERSION").to_owned(),
         proxy: engine.proxy_addr.to_string(),
         state_dir: engine.paths.state_dir.display().to_string(),
+        isolation: Some(views::isolation_view(&engine.isolation)),
     }))
 }
 

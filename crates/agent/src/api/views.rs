@@ -106,3 +106,15 @@ pub fn proxy_view(status: &ProxyStatus) -> ProxyView {
         holds_listeners: status.holds_listeners,
     }
 }
+
+pub fn isolation_view(isolation: &driver::Isolation) -> client::wire::IsolationView {
+    use client::wire::IsolationView;
+    match isolation {
+        driver::Isolation::Users => IsolationView::Users,
+        driver::Isolation::Landlock { abi, .. } => IsolationView::Landlock { abi: *abi },
+        driver::Isolation::None { user, reason } => IsolationView::None {
+            user: user.clone(),
+            reason: reason.clone(),
+        },
+    }
+}

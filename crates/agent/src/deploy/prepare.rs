@@ -3,11 +3,15 @@
 //!
 //! Unpacking is blocking file work: it runs on tokio's blocking pool, never on the async workers
 //! that serve the API, and at most [`MAX_UNPACKS`] at once. Deployments that need the same folder
-//! (one artifact to two environments) take turns on a per-folder lock: the first unpacks and
+//! (one artifact deployed twice at once to one environment) take turns on a per-folder lock: the first unpacks and
 //! builds, the others find it built and reuse it. A failed unpack or build leaves nothing: the
 //! artifact is unpacked into a temporary sibling renamed into place, and a folder whose build
 //! failed is removed. Leftover temporary folders of a killed agent are removed at start
 //! ([`clean_leftovers`]). This module does not start instances.
+//!
+//! Folders are per app environment (`<state>-apps/<app>/<env>/builds/`, see
+//! [`crate::isolation`]): an artifact is unpacked into a root-only staging folder, handed over to
+//! the app's user, and only then moved into place, where the app can reach it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -51,6 +55,8 @@ pub enum PrepareError {
     /// The build command failed; its reason already carries its output.
     #[error("{0}")]
     Build(String),
+    #[error(transparent)]
+    Home(#[from] crate::isolation::HomeError),
 }
 
 /// Unpacks the release's artifact into its folder and builds it, unless that was done before.
@@ -64,7 +70,17 @@ pub async fn prepare(
     // tokio Mutex: held across the unpack and the build, which await.
     let _turn = folder_lock.lock().await;
     let built_marker = dir.join(BUILT_MARKER);
-    if built_marker.exists() {
+    let home = crate::isolation::AppHome::ensure(
+        &engine.paths.apps,
+        &deployment.app,
+        &deployment.environment,
+    )?;
+    // Built here before, but under another user (an agent that was not root then): built again
+    // below, rather than handing over a tree an app may be changing.
+    let owned_by_another = rustix::process::geteuid().is_root()
+        && std::fs::symlink_metadata(&dir)
+            .is_ok_and(|metadata| std::os::unix::fs::MetadataExt::uid(&metadata) != home.user.uid);
+    if built_marker.exists() && !owned_by_another {
         engine.record(NewEvent::for_deployment(
             deployment,
             "deployment.reuse",
@@ -79,7 +95,7 @@ pub async fn prepare(
         // Unpacked but never built (an agent killed mid-build): start again from the artifact.
         remove_blocking(dir.clone()).await?;
     }
-    unpack(engine, &release.artifact, &dir).await?;
+    unpack(engine, &release.artifact, &dir, &home).await?;
     let built = match &release.resolved.config.build {
         Some(build) => {
             let env = spec::base_env(release).map_err(PrepareError::Build)?;
@@ -106,7 +122,10 @@ pub async fn prepare(
 /// Removes temporary unpack folders (`builds/.<name>.<random>.unpacking`) left by an agent that
 /// was killed while unpacking. Called at start, before any deployment runs.
 pub fn clean_leftovers(engine: &Engine) {
-    let removed = crate::artifact::remove_hidden_with_suffix(&engine.paths.builds, ".unpacking")
+    let removed = crate::isolation::builds_dirs(&engine.paths.apps)
+        .iter()
+        .map(|builds| crate::artifact::remove_hidden_with_suffix(builds, ".unpacking"))
+        .sum::<usize>()
         + engine.artifacts.clean_leftovers();
     if removed > 0 {
         tracing::info!(
@@ -132,24 +151,51 @@ fn folder_lock(dir: &Path) -> Arc<tokio::sync::Mutex<()>> {
     locks.entry(dir.to_owned()).or_default().clone()
 }
 
-async fn unpack(engine: &Engine, digest: &str, dir: &Path) -> Result<(), PrepareError> {
+/// Unpacks into a staging sibling (`.NAME.unpacking`), hands it over to the app's user while no
+/// app can reach into it, then moves it into place.
+async fn unpack(
+    engine: &Engine,
+    digest: &str,
+    dir: &Path,
+    home: &crate::isolation::AppHome,
+) -> Result<(), PrepareError> {
     // The semaphore is never closed, so acquiring only waits.
     let _permit = UNPACKS.acquire().await;
     let artifacts = engine.artifacts.clone();
-    let (owned_digest, owned_dir) = (digest.to_owned(), dir.to_owned());
+    let name = dir.file_name().map_or_else(
+        || "release".into(),
+        |name| name.to_string_lossy().into_owned(),
+    );
+    let staging = dir.with_file_name(format!(".{name}.unpacking"));
+    let (owned_digest, owned_dir, home) = (digest.to_owned(), dir.to_owned(), home.clone());
     tokio::task::spawn_blocking(move || {
         fault::unpack_delay();
-        artifacts.unpack(&owned_digest, &owned_dir)
+        let io = |operation: &'static str, path: &Path| {
+            let path = path.to_owned();
+            move |source| PrepareError::Io {
+                operation,
+                path,
+                source,
+            }
+        };
+        if staging.exists() {
+            std::fs::remove_dir_all(&staging).map_err(io("clear", &staging))?;
+        }
+        artifacts
+            .unpack(&owned_digest, &staging)
+            .map_err(|source| PrepareError::Unpack {
+                digest: short(&owned_digest).to_owned(),
+                source,
+            })?;
+        home.take_ownership(&staging)
+            .map_err(io("hand over to the app's user", &staging))?;
+        std::fs::rename(&staging, &owned_dir).map_err(io("move into place", &staging))
     })
     .await
     .map_err(|source| PrepareError::Task {
         digest: digest.to_owned(),
         source,
     })?
-    .map_err(|source| PrepareError::Unpack {
-        digest: short(digest).to_owned(),
-        source,
-    })
 }
 
 async fn remove_blocking(dir: PathBuf) -> Result<(), PrepareError> {

@@ -220,8 +220,20 @@ pub async fn run_release_command(
         let scrubber = scrubber(engine, deployment)?;
         let mut tail: std::collections::VecDeque<String> = std::collections::VecDeque::new();
         let mut n_lines = 0usize;
+        // As its app's user, or as the manifest's `user` of the service whose image it is.
+        let confinement = driver::Confinement {
+            user: Some(app_home(engine, &deployment.app, &deployment.environment)?.user),
+            container_user: release
+                .resolved
+                .config
+                .services
+                .iter()
+                .find(|service| release.images.get(&service.name) == Some(image))
+                .and_then(|service| service.user.clone()),
+            ..driver::Confinement::default()
+        };
         let code = driver
-            .run_once(image, &env, command, |line| {
+            .run_once(image, &env, command, &confinement, |line| {
                 let line = scrubber.scrub(line).into_owned();
                 n_lines += 1;
                 if n_lines <= MAX_OUTPUT_EVENTS {
@@ -293,6 +305,11 @@ async fn run_command(
 
     std::fs::create_dir_all(&engine.paths.deploy_logs)
         .map_err(|error| crate::report::chain(&error))?;
+    let confinement = app_home(engine, &deployment.app, &deployment.environment)?
+        .confinement(&engine.isolation, "commands");
+    confinement.prepare().map_err(|error| {
+        format!("cannot prepare the private temp folder of the {label}: {error}")
+    })?;
     let log_path = engine
         .paths
         .deploy_logs
@@ -311,16 +328,17 @@ async fn run_command(
         format!("the {label}: {command}"),
     ));
     // Short-lived and awaited inside the deploy step, unlike instances, so pipes are safe here.
-    #[allow(
-        clippy::disallowed_methods,
-        reason = "build and release commands end inside their deploy step"
-    )]
-    let mut child = tokio::process::Command::new("/bin/sh")
-        .arg("-c")
-        .arg(command)
-        .current_dir(dir)
+    // Confined like the app's instances: its user, or the sandbox, and a private HOME/TMPDIR.
+    let private = confinement.env();
+    let mut child = confinement
+        .command(command, dir)
         .env_clear()
-        .envs(passthrough_env())
+        .envs(
+            passthrough_env()
+                .into_iter()
+                .filter(|(name, _)| !private.iter().any(|(private, _)| private == name.as_str())),
+        )
+        .envs(private.iter().cloned())
         .envs(
             env.iter()
                 .map(|(key, value)| (key.as_str(), value.as_str())),
@@ -487,7 +505,8 @@ pub fn database_target(
     crate::backup::Target::parse(&url, &workdir(engine, release)).map_err(|error| error.to_string())
 }
 
-/// The folder a release's commands and instances run in.
+/// The folder a release's commands and instances run in, in its app environment's folder (the
+/// manifest's app name is the deployed app's: `start` refuses a mismatch).
 pub fn workdir(engine: &Engine, release: &LoadedRelease) -> std::path::PathBuf {
     let build = release
         .resolved
@@ -495,7 +514,59 @@ pub fn workdir(engine: &Engine, release: &LoadedRelease) -> std::path::PathBuf {
         .build
         .as_ref()
         .map(|build| build.command.as_str());
-    engine.paths.build_dir(&release.artifact, build)
+    engine.paths.build_dir(
+        &release.resolved.config.app.name,
+        &release.resolved.environment,
+        &release.artifact,
+        build,
+    )
+}
+
+/// After an upgrade from a version that kept release folders in the state directory
+/// (`<state>/builds/<name>`): copies the release's folder to its place in the app environment's
+/// folder and hands it to the app's user, so that an adopted instance that crashes can start
+/// again. Nothing to do when the folder is in place or there is no old one.
+pub fn carry_over_legacy_build(engine: &Engine, release: &LoadedRelease) -> Result<(), String> {
+    let dir = workdir(engine, release);
+    let Some(name) = dir.file_name() else {
+        return Ok(());
+    };
+    let legacy = engine.paths.state_dir.join("builds").join(name);
+    if dir.exists() || !legacy.is_dir() {
+        return Ok(());
+    }
+    let home = app_home(
+        engine,
+        &release.resolved.config.app.name,
+        &release.resolved.environment,
+    )?;
+    let parent = dir.parent().ok_or("release folder has no parent")?;
+    std::fs::create_dir_all(parent)
+        .map_err(|error| format!("cannot create `{}`: {error}", parent.display()))?;
+    let staging = parent.join(format!(".{}.carrying-over", release.number));
+    let _ = std::fs::remove_dir_all(&staging);
+    crate::isolation::copy_tree(&legacy, &staging)
+        .and_then(|()| home.take_ownership(&staging))
+        .and_then(|()| std::fs::rename(&staging, &dir))
+        .map_err(|error| {
+            format!(
+                "cannot carry `{}` over to `{}`: {error}",
+                legacy.display(),
+                dir.display()
+            )
+        })?;
+    tracing::info!(message = "Carried a release folder over from the state directory.", from = %legacy.display(), to = %dir.display());
+    Ok(())
+}
+
+/// The app environment's folder and user, made on first use.
+pub fn app_home(
+    engine: &Engine,
+    app: &str,
+    environment: &str,
+) -> Result<crate::isolation::AppHome, String> {
+    crate::isolation::AppHome::ensure(&engine.paths.apps, app, environment)
+        .map_err(|error| format!("{error}: {}", error.source))
 }
 
 /// `(service, replica index)` for every instance the release runs.
@@ -594,6 +665,17 @@ pub fn instance_spec(
     env.push(("ROLLWAY_ENVIRONMENT".to_owned(), key.1.clone()));
     env.push(("ROLLWAY_RELEASE".to_owned(), release.number.to_string()));
     env.push(("ROLLWAY_INSTANCE".to_owned(), id.to_owned()));
+    let home = app_home(engine, &key.0, &key.1)?;
+    let confinement = if image.is_some() {
+        // A container has its own file system and processes; it only needs a non-root user.
+        driver::Confinement {
+            user: Some(home.user),
+            container_user: service.user.clone(),
+            ..driver::Confinement::default()
+        }
+    } else {
+        home.confinement(&engine.isolation, id)
+    };
     Ok(InstanceSpec {
         instance_id: id.to_owned(),
         workdir: workdir(engine, release),
@@ -602,6 +684,7 @@ pub fn instance_spec(
         port,
         stop_timeout: service.stop_timeout.as_std(),
         image,
+        confinement,
     })
 }
 

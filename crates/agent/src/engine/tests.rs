@@ -19,7 +19,11 @@ fn engine_without_proxy(dir: &std::path::Path) -> Engine {
         ),
         proxy_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         artifacts: ArtifactStore::new(dir.join("artifacts")),
-        master_key: crate::secrets::MasterKey::load_or_create(dir).expect("master key"),
+        master_key: crate::secrets::MasterKey::generate(),
+        isolation: driver::Isolation::None {
+            user: "test".to_owned(),
+            reason: "tests start no app".to_owned(),
+        },
         paths,
         events,
         runtimes: Mutex::new(BTreeMap::new()),

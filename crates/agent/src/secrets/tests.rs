@@ -174,18 +174,3 @@ fn the_scrubber_prefers_the_longest_value_and_skips_short_ones() {
     );
     assert_eq!(format!("{scrubber:?}"), "Scrubber(2 values)");
 }
-
-#[test]
-fn master_key_file_is_private_and_stable() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let first = MasterKey::load_or_create(dir.path()).expect("create");
-    let second = MasterKey::load_or_create(dir.path()).expect("load");
-    assert_eq!(*first.0, *second.0);
-    let mode = std::fs::metadata(dir.path().join(MASTER_KEY_FILE))
-        .expect("key file")
-        .permissions();
-    assert_eq!(
-        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
-        0o600
-    );
-}

@@ -12,7 +12,7 @@ use bollard::models::{
 };
 
 use super::env_file;
-use crate::InstanceSpec;
+use crate::{Confinement, InstanceSpec};
 
 /// Every container the driver creates carries this label, with the driver's `owner` as value;
 /// `running()` and the tests' cleanup select by it.
@@ -67,6 +67,22 @@ pub(crate) fn entrypoint_and_cmd(
     Ok((entrypoint, cmd))
 }
 
+/// The user a container runs as: the manifest's `user` when it says one; else the app's own
+/// (`uid:gid`) when the image would run as root; else the image's non-root `USER`. `None` (the
+/// image's root) only when no app user is given. The engine's socket is never mounted into a
+/// container, so this user cannot reach the engine.
+pub(crate) fn run_as(confinement: &Confinement, image_user: Option<&str>) -> Option<String> {
+    if let Some(user) = &confinement.container_user {
+        return Some(user.clone());
+    }
+    match env_file::Reader::of_image_user(image_user) {
+        env_file::Reader::Root => confinement
+            .user
+            .map(|user| format!("{}:{}", user.uid, user.gid)),
+        env_file::Reader::Uid(_) | env_file::Reader::Named => image_user.map(str::to_owned),
+    }
+}
+
 /// The create body of an instance's container.
 pub(crate) fn instance_body(
     spec: &InstanceSpec,
@@ -77,6 +93,10 @@ pub(crate) fn instance_body(
     env_path: &Path,
 ) -> Result<ContainerCreateBody, String> {
     let (entrypoint, cmd) = entrypoint_and_cmd(&spec.command, image_config)?;
+    let user = run_as(
+        &spec.confinement,
+        image_config.and_then(|config| config.user.as_deref()),
+    );
     let mut labels = HashMap::from([
         (LABEL_OWNER.to_owned(), owner.to_owned()),
         (LABEL_INSTANCE.to_owned(), spec.instance_id.clone()),
@@ -95,6 +115,7 @@ pub(crate) fn instance_body(
         image: Some(image.to_owned()),
         entrypoint: Some(entrypoint),
         cmd: Some(cmd),
+        user,
         // The only variable the engine sees; everything else is in the env file.
         env: Some(vec![format!("PORT={}", spec.port)]),
         labels: Some(labels),
@@ -126,9 +147,11 @@ fn insert_identity_labels(labels: &mut HashMap<String, String>, env: &[(String, 
 /// The create body of a one-off container: no port, no restart. Labelled with app,
 /// environment and release like an instance, so a restarted agent finds the one-off container
 /// of a release command it was killed during ([`super::ContainerDriver::remove_run_once`]).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn run_once_body(
     image: &str,
     command: &str,
+    confinement: &Confinement,
     env: &[(String, String)],
     image_config: Option<&ImageConfig>,
     owner: &str,
@@ -145,6 +168,10 @@ pub(crate) fn run_once_body(
         image: Some(image.to_owned()),
         entrypoint: Some(entrypoint),
         cmd: Some(cmd),
+        user: run_as(
+            confinement,
+            image_config.and_then(|config| config.user.as_deref()),
+        ),
         env: Some(Vec::new()),
         labels: Some(labels),
         host_config: Some(common_host_config(network, env_path)),

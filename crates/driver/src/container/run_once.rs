@@ -20,6 +20,8 @@ pub(crate) struct RunOnce<'a> {
     pub(crate) image: &'a str,
     pub(crate) env: &'a [(String, String)],
     pub(crate) command: &'a str,
+    /// Who the container runs as (see `create::run_as`).
+    pub(crate) confinement: &'a crate::Confinement,
     pub(crate) owner: &'a str,
     pub(crate) network: Option<&'a str>,
     pub(crate) env_dir: &'a std::path::Path,
@@ -49,6 +51,7 @@ pub(crate) async fn run(
     let body = create::run_once_body(
         request.image,
         request.command,
+        request.confinement,
         request.env,
         image_config,
         request.owner,
@@ -56,8 +59,11 @@ pub(crate) async fn run(
         &env_path,
     )
     .map_err(invalid)?;
-    let reader =
-        env_file::Reader::of_image_user(image_config.and_then(|config| config.user.as_deref()));
+    let run_as = create::run_as(
+        request.confinement,
+        image_config.and_then(|config| config.user.as_deref()),
+    );
+    let reader = env_file::Reader::of_image_user(run_as.as_deref());
 
     let cleanup = Cleanup {
         docker: docker.clone(),

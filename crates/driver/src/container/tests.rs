@@ -29,6 +29,7 @@ fn spec(env: &[(&str, &str)]) -> InstanceSpec {
         port: 4321,
         stop_timeout: Duration::from_secs(5),
         image: Some("sha256:abc".into()),
+        confinement: crate::Confinement::default(),
     }
 }
 
@@ -161,6 +162,7 @@ fn one_off_containers_carry_app_environment_and_release_labels_but_no_secret() {
     let body = run_once_body(
         "sha256:abc",
         "migrate",
+        &crate::Confinement::default(),
         &env,
         None,
         "rollway",
@@ -283,4 +285,61 @@ fn stop_timeouts_round_up_to_whole_seconds() {
     assert_eq!(timeout_seconds(Duration::ZERO), 1);
     assert_eq!(timeout_seconds(Duration::from_millis(1500)), 2);
     assert_eq!(timeout_seconds(Duration::from_secs(30)), 30);
+}
+
+#[test]
+fn a_container_runs_as_the_app_user_unless_its_image_names_a_non_root_user() {
+    use super::create::run_as;
+    let app = Some(crate::AppUser {
+        uid: 61300,
+        gid: 61300,
+    });
+    let of = |user| crate::Confinement {
+        user,
+        ..crate::Confinement::default()
+    };
+    assert_eq!(run_as(&of(app), None).as_deref(), Some("61300:61300"));
+    assert_eq!(
+        run_as(&of(app), Some("root")).as_deref(),
+        Some("61300:61300")
+    );
+    assert_eq!(
+        run_as(&of(app), Some("0:0")).as_deref(),
+        Some("61300:61300")
+    );
+    assert_eq!(run_as(&of(app), Some("1000")).as_deref(), Some("1000"));
+    assert_eq!(run_as(&of(app), Some("app")).as_deref(), Some("app"));
+    assert_eq!(run_as(&of(None), None), None);
+    let manifest_says = crate::Confinement {
+        container_user: Some("0".to_owned()),
+        ..of(app)
+    };
+    assert_eq!(
+        run_as(&manifest_says, None).as_deref(),
+        Some("0"),
+        "the manifest wins"
+    );
+    let mut with_user = spec(&[]);
+    with_user.command = "exec app".into();
+    with_user.confinement.user = app;
+    let body = instance_body(
+        &with_user,
+        "sha256:abc",
+        None,
+        "rollway",
+        None,
+        Path::new("/dev/shm/x/rollway-a.env"),
+    )
+    .unwrap_or_else(|reason| panic!("{reason}"));
+    assert_eq!(body.user.as_deref(), Some("61300:61300"));
+    let mounts = body
+        .host_config
+        .and_then(|host| host.mounts)
+        .unwrap_or_default();
+    assert!(
+        mounts
+            .iter()
+            .all(|mount| !mount.source.as_deref().unwrap_or("").contains(".sock")),
+        "no engine socket is mounted: {mounts:?}"
+    );
 }

@@ -195,11 +195,11 @@ pub(crate) async fn spawn_instance(
         &log_path,
     ))?;
 
-    let mut command = tokio::process::Command::new("/bin/sh");
+    spec.confinement
+        .prepare()
+        .map_err(io_error("cannot prepare the private temp folder", &dir))?;
+    let mut command = spec.confinement.command(&spec.command, &spec.workdir);
     command
-        .arg("-c")
-        .arg(&spec.command)
-        .current_dir(&spec.workdir)
         .env_clear()
         .envs(child_env(spec))
         .stdin(Stdio::null())
@@ -440,12 +440,16 @@ async fn rotate_logs(dir: &Path, limit: u64) {
     }
 }
 
-/// The instance's whole environment: a few of the agent's variables, the spec's env, `PORT`.
+/// The instance's whole environment: a few of the agent's variables (`HOME` and `TMPDIR` its
+/// private folder when it has one), the spec's env, `PORT`.
 fn child_env(spec: &InstanceSpec) -> Vec<(OsString, OsString)> {
+    let private = spec.confinement.env();
     let mut env: Vec<(OsString, OsString)> = PASSED_THROUGH_VARIABLES
         .iter()
+        .filter(|name| !private.iter().any(|(private, _)| private == **name))
         .filter_map(|name| Some((OsString::from(name), std::env::var_os(name)?)))
         .collect();
+    env.extend(private);
     env.extend(
         spec.env
             .iter()

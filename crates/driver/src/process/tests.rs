@@ -51,6 +51,7 @@ async fn unknown_instances() {
                 port: 1,
                 stop_timeout: Duration::from_secs(1),
                 image: None,
+                confinement: crate::Confinement::default(),
             })
             .await
             .expect("adopt")

@@ -23,13 +23,19 @@ use crate::support::{eventually, get};
 
 /// The owner label of everything these tests create.
 const OWNER: &str = "rollway-driver-tests";
+/// The user the agent would give an app environment.
+const APP_USER: driver::AppUser = driver::AppUser {
+    uid: 61234,
+    gid: 61234,
+};
 
 #[tokio::test]
 async fn start_answers_on_loopback_only_with_its_version_then_stop_removes_it() {
     let Some(setup) = Setup::new().await else {
         return;
     };
-    let spec = setup.spec("start", &[("VERSION", "v1"), ("ROLLWAY_APP", "demo")]);
+    let mut spec = setup.spec("start", &[("VERSION", "v1"), ("ROLLWAY_APP", "demo")]);
+    spec.confinement.user = Some(APP_USER);
 
     setup.driver.start(spec.clone()).await.expect("start");
 
@@ -49,6 +55,11 @@ async fn start_answers_on_loopback_only_with_its_version_then_stop_removes_it() 
     assert_eq!(bindings[0]["HostPort"], spec.port.to_string());
     assert_eq!(bindings.as_array().map(Vec::len), Some(1));
     assert_eq!(inspected["Config"]["Labels"]["dev.rollway.app"], "demo");
+    // The image runs as root; the app runs as its own user, and never sees the engine's socket.
+    assert_eq!(inspected["Config"]["User"], "61234:61234", "{inspected}");
+    let mounts = inspected["Mounts"].to_string();
+    assert!(!mounts.contains("docker.sock"), "{mounts}");
+    assert!(!mounts.contains("podman.sock"), "{mounts}");
     assert_eq!(
         inspected["Config"]["Labels"]["dev.rollway.instance"],
         spec.instance_id.as_str()
@@ -252,6 +263,7 @@ async fn run_once_streams_the_output_returns_the_exit_code_and_removes_the_conta
             &images.app_id,
             &env,
             r#"echo "$GREETING from once"; echo "$TOKEN" >&2; exit 3"#,
+            &driver::Confinement::default(),
             |line| lines.push(line.to_owned()),
         )
         .await
@@ -264,12 +276,36 @@ async fn run_once_streams_the_output_returns_the_exit_code_and_removes_the_conta
     let mut quiet = Vec::new();
     let exit = setup
         .driver
-        .run_once(&images.app_id, &[], "true", |line| {
-            quiet.push(line.to_owned())
-        })
+        .run_once(
+            &images.app_id,
+            &[],
+            "true",
+            &driver::Confinement::default(),
+            |line| quiet.push(line.to_owned()),
+        )
         .await
         .expect("run once");
     assert_eq!((exit, quiet.len()), (0, 0));
+    // A release command runs as the app's user too, with its env file readable.
+    let mut uid = Vec::new();
+    let exit = setup
+        .driver
+        .run_once(
+            &images.app_id,
+            &env,
+            r#"while read key value; do [ "$key" = Uid: ] && echo "$value $GREETING"; done < /proc/self/status; true"#,
+            &driver::Confinement {
+                user: Some(APP_USER),
+                ..driver::Confinement::default()
+            },
+            |line| uid.push(line.to_owned()),
+        )
+        .await
+        .expect("run once as the app user");
+    assert_eq!(
+        (exit, uid),
+        (0, vec!["61234	61234	61234	61234 hello".to_owned()])
+    );
     let left = docker(&[
         "ps",
         "-aq",
@@ -440,6 +476,7 @@ impl Setup {
             port: testkit::demo::free_port().expect("free port"),
             stop_timeout: Duration::from_secs(5),
             image: Some(self.images().app_id.clone()),
+            confinement: driver::Confinement::default(),
         }
     }
 

@@ -304,3 +304,63 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
         .windows(needle.len())
         .any(|window| window == needle)
 }
+
+#[tokio::test]
+async fn a_confined_instance_runs_as_its_user_with_a_private_home_and_restarts_so() {
+    if !std::fs::read_to_string("/proc/self/status")
+        .is_ok_and(|status| status.lines().any(|line| line.starts_with("Uid:\t0\t")))
+    {
+        eprintln!("skipped: switching users needs root");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt as _;
+    let temporary = tempfile::tempdir().expect("temporary directory");
+    // The app's user must reach its folders, like the agent's apps directory allows.
+    std::fs::set_permissions(temporary.path(), std::fs::Permissions::from_mode(0o711))
+        .expect("chmod");
+    let workdir = temporary.path().join("release");
+    std::fs::create_dir_all(&workdir).expect("release folder");
+    std::os::unix::fs::chown(&workdir, Some(61777), Some(61777)).expect("chown");
+    let temp_dir = temporary.path().join("tmp-web-1");
+    let driver = ProcessDriver::new(temporary.path().join("state")).expect("driver");
+    let mut spec = demo_spec("confined-web-1", &workdir, &[("VERSION", "v1")]);
+    spec.confinement = driver::Isolation::Users.confinement(
+        driver::AppUser {
+            uid: 61777,
+            gid: 61777,
+        },
+        temp_dir.clone(),
+    );
+
+    driver.start(spec.clone()).await.expect("start");
+    assert_eq!(answers(&spec).await, "v1\n");
+    let home = temp_dir.display().to_string();
+    assert_eq!(get(spec.port, "/env/HOME").await, Some(home.clone()));
+    assert_eq!(get(spec.port, "/env/TMPDIR").await, Some(home));
+    let ids = |pid: u32| {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+        status
+            .lines()
+            .filter(|line| line.starts_with("Uid:") || line.starts_with("Groups:"))
+            .map(|line| line.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect::<Vec<_>>()
+    };
+    let first = running_pid(&driver, "confined-web-1");
+    assert_eq!(ids(first), ["Uid: 61777 61777 61777 61777", "Groups:"]);
+
+    // A crash restart is confined the same way.
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(first as i32).expect("pid"),
+        rustix::process::Signal::KILL,
+    )
+    .expect("kill");
+    let second = eventually("the instance restarted", async || {
+        match driver.status("confined-web-1") {
+            InstanceStatus::Running { pid, restarts } if restarts >= 1 && pid != first => Some(pid),
+            _ => None,
+        }
+    })
+    .await;
+    assert_eq!(ids(second), ["Uid: 61777 61777 61777 61777", "Groups:"]);
+    driver.stop("confined-web-1").await.expect("stop");
+}

@@ -31,6 +31,7 @@ pub fn spec(
         port: testkit::demo::free_port().expect("free port"),
         stop_timeout: Duration::from_secs(5),
         image: None,
+        confinement: driver::Confinement::default(),
     }
 }
 

@@ -17,6 +17,7 @@ pub fn run_agent(args: &AgentRunArgs, printer: Printer) -> anyhow::Result<ExitSt
         proxy: args.proxy,
         proxy_metrics: args.proxy_metrics,
         exe,
+        master_key: args.master_key.clone(),
     };
     init_tracing();
     let runtime = tokio::runtime::Runtime::new()?;
@@ -31,6 +32,21 @@ pub fn run_agent(args: &AgentRunArgs, printer: Printer) -> anyhow::Result<ExitSt
                     started.api, started.proxy
                 ),
             );
+            // A fact about the host, labelled like `warning:` so it can be grepped for.
+            printer.raw_stderr(&format!("isolation: {}\n", started.isolation.describe()));
+            if let Some(gap) = started.isolation.gap() {
+                printer.warning(&gap);
+            }
+            if let Some((from, to)) = &started.master_key_moved {
+                printer.status(
+                    "Moved",
+                    &format!(
+                        "the master key from `{}` to `{}`: it no longer sits beside the store",
+                        from.display(),
+                        to.display()
+                    ),
+                );
+            }
             if let Some(token) = started.admin_token {
                 let path = state_dir.join("admin.token");
                 // Shown once, and only to a person: a service's stdout ends up in a log file,

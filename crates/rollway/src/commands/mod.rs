@@ -10,6 +10,7 @@ pub mod inspect;
 pub mod lock;
 pub mod proxy;
 pub mod rollback;
+pub mod sandbox;
 pub mod secrets;
 pub mod signal;
 pub mod tokens;

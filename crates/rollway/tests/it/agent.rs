@@ -31,6 +31,20 @@ impl Setup {
         Setup { agent, dir }
     }
 
+    /// A folder of the test directory that apps may write to (a database, a build's log), as an
+    /// operator would give one to them: apps run as their own users (agent as root) and cannot
+    /// enter the test directory otherwise. Sticky and world-writable, like `/tmp`.
+    pub(crate) fn shared_dir(&self, name: &str) -> std::path::PathBuf {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = self.dir.path().join(name);
+        std::fs::create_dir_all(&dir).expect("shared dir");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+        // Crossable, not listable.
+        std::fs::set_permissions(self.dir.path(), std::fs::Permissions::from_mode(0o711))
+            .expect("chmod the test dir");
+        dir
+    }
+
     /// The demo app in folder `name` of the test directory.
     pub(crate) fn app(&self, name: &str, version: &str) -> TestApp {
         TestApp::new(self.dir.path().join(name)).version(version)

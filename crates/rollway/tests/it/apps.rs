@@ -22,7 +22,7 @@ async fn a_second_app_claiming_a_host_is_refused_before_anything_moves() {
     agent.deploy(&shop("v2"), ENV).await.assert_code(0);
 
     // `blog` has no hosts either, as `rollway init` used to write: it claims what `shop` serves.
-    let marker = setup.dir.path().join("blog-release-ran");
+    let marker = setup.shared_dir("shared").join("blog-release-ran");
     let blog = setup
         .app("blog", "v1")
         .named("blog")
@@ -87,13 +87,21 @@ async fn one_artifact_deploys_to_two_environments_at_once() {
         let answer = agent.get(Some(host), "/").await;
         assert_eq!(answer.status, 200, "{host}: {answer:?}");
     }
-    let builds = agent.state_dir().join("builds");
-    let names = names_in(&builds);
-    assert_eq!(names.len(), 1, "one shared release folder: {names:?}");
-    assert!(
-        names.iter().all(|name| !name.starts_with('.')),
-        "no temporary folder is left: {names:?}"
-    );
+    // One release folder per environment: each environment runs as its own user and owns its
+    // folder, so environments never share one (promise 9).
+    for env in ["staging", "production"] {
+        let builds = agent
+            .apps_dir()
+            .join(testkit::agent::APP)
+            .join(env)
+            .join("builds");
+        let names = names_in(&builds);
+        assert_eq!(names.len(), 1, "one release folder in {env}: {names:?}");
+        assert!(
+            names.iter().all(|name| !name.starts_with('.')),
+            "no temporary folder is left: {names:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -157,8 +165,10 @@ async fn a_full_disk_names_its_cause_and_exits_1() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("state");
-    // The release folders and the artifacts each on a small filesystem of their own.
-    let builds = Mounted::tmpfs(&state.join("builds"), "8m");
+    // The release folders (in the apps directory beside the state directory) and the artifacts
+    // each on a small filesystem of their own.
+    let apps = Mounted::tmpfs(&dir.path().join("state-apps"), "8m");
+    let builds = apps.0.join(testkit::agent::APP).join(ENV).join("builds");
     let artifacts = Mounted::tmpfs(&state.join("artifacts"), "2m");
     let agent = TestAgent::start(rollway_bin(), &state).await;
 
@@ -169,11 +179,9 @@ async fn a_full_disk_names_its_cause_and_exits_1() {
     ran.assert_code(1);
     assert_contains(&ran, "No space left on device (os error 28)");
     assert!(
-        names_in(&builds.0)
-            .iter()
-            .all(|name| !name.starts_with('.')),
+        names_in(&builds).iter().all(|name| !name.starts_with('.')),
         "a failed unpack leaves nothing: {:?}",
-        names_in(&builds.0)
+        names_in(&builds)
     );
 
     // An artifact larger than the artifacts' filesystem: the upload says why, and exits 1.
@@ -185,7 +193,7 @@ async fn a_full_disk_names_its_cause_and_exits_1() {
     assert_contains(&ran, "No space left on device (os error 28)");
     drop(agent);
     drop(artifacts);
-    drop(builds);
+    drop(apps);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -380,13 +388,14 @@ async fn a_deploy_in_flight_holds_its_routes() {
 async fn leftovers_of_a_killed_unpack_are_removed_at_start() {
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("state");
-    // What an agent killed while unpacking leaves behind.
-    let leftover = state.join("builds/.0123456789ab-0123456789ab.5f3a.unpacking");
+    // What an agent killed while unpacking leaves behind, in an app environment's folder.
+    let builds = dir.path().join("state-apps/demo/production/builds");
+    let leftover = builds.join(".0123456789ab-0123456789ab.5f3a.unpacking");
     std::fs::create_dir_all(leftover.join("lib")).expect("leftover");
     std::fs::write(leftover.join("lib/half.py"), "print(").expect("leftover file");
-    let agent = TestAgent::start(rollway_bin(), &state).await;
+    let _agent = TestAgent::start(rollway_bin(), &state).await;
     assert_eq!(
-        names_in(&agent.state_dir().join("builds")),
+        names_in(&builds),
         Vec::<String>::new(),
         "the leftover unpack folder is gone"
     );

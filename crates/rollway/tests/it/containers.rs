@@ -138,6 +138,25 @@ async fn deploys_and_rollbacks_under_load(driver: Driver) {
             .filter(|event| event["kind"] == "deployment.image")
             .count();
         assert_eq!(images, 8, "one image recorded per release");
+        // Promise 9: apps in containers run as their app's own non-root user, and the engine's
+        // socket is mounted into none of them.
+        for id in &ids {
+            let seen = docker(&[
+                "inspect",
+                "--format",
+                "{{.Config.User}} {{json .Mounts}}",
+                &format!("rollway-{id}"),
+            ])
+            .unwrap_or_else(|| panic!("cannot inspect the container of `{id}`"));
+            let (user, mounts) = seen.trim().split_once(' ').unwrap_or((seen.trim(), ""));
+            let uid: u32 = user
+                .split(':')
+                .next()
+                .and_then(|uid| uid.parse().ok())
+                .unwrap_or(0);
+            assert!((61184..=65519).contains(&uid), "`{id}` runs as `{user}`");
+            assert!(!mounts.contains(".sock"), "`{id}` mounts {mounts}");
+        }
     }
 }
 

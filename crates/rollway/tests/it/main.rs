@@ -7,6 +7,7 @@ mod containers;
 mod frame;
 mod grpc;
 mod init;
+mod isolation;
 mod monitoring;
 mod progressive;
 mod release_phase;

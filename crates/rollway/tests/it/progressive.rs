@@ -593,7 +593,7 @@ async fn approval_gate_holds_migrations_and_traffic_until_another_approver_appro
         .await
         .assert_code(0);
     let load = TimedLoad::start(agent, 4);
-    let migrations = setup.dir.path().join("migrations.log");
+    let migrations = setup.shared_dir("shared").join("migrations.log");
     // The admin's token starts the deploy.
     let mut deploy = agent
         .deploy_command(
@@ -692,7 +692,7 @@ async fn an_unapproved_deploy_aborted_leaves_the_database_untouched() {
         .deploy(&setup.app("app", "v1"), ENV)
         .await
         .assert_code(0);
-    let migrations = setup.dir.path().join("migrations.log");
+    let migrations = setup.shared_dir("shared").join("migrations.log");
     let mut deploy = agent
         .deploy_command(
             &gated(&setup, "v2", &migrations),
@@ -859,7 +859,7 @@ async fn a_deploy_waiting_for_approval_survives_a_kill_9_of_the_agent() {
         .deploy(&setup.app("app", "v1"), ENV)
         .await
         .assert_code(0);
-    let migrations = setup.dir.path().join("migrations.log");
+    let migrations = setup.shared_dir("shared").join("migrations.log");
     let app = gated(&setup, "v2", &migrations);
     let deploy = setup
         .agent
@@ -909,7 +909,7 @@ async fn an_approval_is_not_lost_when_the_agent_dies_right_after_it() {
         .agent
         .restart_with_env(&[("ROLLWAY_TEST_CRASH_BEFORE", "BackingUp")])
         .await;
-    let migrations = setup.dir.path().join("migrations.log");
+    let migrations = setup.shared_dir("shared").join("migrations.log");
     let app = gated(&setup, "v2", &migrations);
     let deploy = setup
         .agent

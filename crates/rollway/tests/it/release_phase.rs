@@ -634,7 +634,7 @@ async fn rollback_restores_the_earlier_secret_version() {
 async fn a_flags_only_change_reuses_the_artifact_and_passes_the_health_gate() {
     let setup = Setup::start().await;
     let agent = &setup.agent;
-    let builds = setup.dir.path().join("builds.log");
+    let builds = setup.shared_dir("shared").join("builds.log");
     let app = |on: bool| {
         setup
             .app("app", "v1")
@@ -726,8 +726,7 @@ impl Logistix {
             .collect();
         assert!(text.contains("observe = \"0s\""), "{text}");
         std::fs::write(&manifest, text).expect("write the manifest");
-        let data = setup.dir.path().join("data");
-        std::fs::create_dir_all(&data).expect("data dir");
+        let data = setup.shared_dir("data");
         let logistix = Logistix {
             dir,
             database: data.join("logistix.db"),

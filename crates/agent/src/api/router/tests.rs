@@ -51,7 +51,11 @@ impl TestApi {
             ),
             proxy_addr: SocketAddr::from(([127, 0, 0, 1], 9)),
             artifacts: crate::artifact::ArtifactStore::new(state.join("artifacts")),
-            master_key: crate::secrets::MasterKey::load_or_create(&state).expect("master key"),
+            master_key: crate::secrets::MasterKey::generate(),
+            isolation: driver::Isolation::None {
+                user: "test".to_owned(),
+                reason: "tests start no app".to_owned(),
+            },
             paths: Paths::new(state.clone()),
             events,
             runtimes: Mutex::new(BTreeMap::new()),

@@ -56,6 +56,7 @@ fn child_env_is_the_spec_env_plus_port_and_a_few_agent_variables() {
         port: 4321,
         stop_timeout: Duration::from_secs(1),
         image: None,
+        confinement: crate::Confinement::default(),
     };
     let env = child_env(&spec);
     let names: Vec<&str> = env

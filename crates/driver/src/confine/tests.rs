@@ -1,0 +1,76 @@
+use super::*;
+
+const USER: AppUser = AppUser {
+    uid: 61999,
+    gid: 61999,
+};
+
+async fn run(confinement: &Confinement, command: &str, workdir: &Path) -> String {
+    confinement.prepare().expect("prepare");
+    let output = confinement
+        .command(command, workdir)
+        .env_clear()
+        .envs(confinement.env())
+        .output()
+        .await
+        .expect("run");
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+#[tokio::test]
+async fn as_root_a_confined_process_is_its_user_with_no_groups_and_a_private_home() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: needs root to switch users");
+        return;
+    }
+    let root = tempfile::tempdir().expect("temp dir");
+    let temp_dir = root.path().join("tmp");
+    let confinement = Isolation::Users.confinement(USER, temp_dir.clone());
+    let seen = run(
+        &confinement,
+        "grep -E '^(Uid|Gid|Groups):' /proc/self/status | tr -s '\\t ' ' '; echo \"$HOME $TMPDIR\"",
+        Path::new("/"),
+    )
+    .await;
+    let home = temp_dir.display();
+    assert_eq!(
+        seen,
+        format!(
+            "Uid: 61999 61999 61999 61999\nGid: 61999 61999 61999 61999\nGroups: \n{home} {home}"
+        ),
+        "uid, gid, no supplementary groups, HOME and TMPDIR"
+    );
+    use std::os::unix::fs::MetadataExt as _;
+    let metadata = std::fs::metadata(&temp_dir).expect("temp dir");
+    assert_eq!((metadata.uid(), metadata.mode() & 0o777), (USER.uid, 0o700));
+}
+
+#[test]
+fn the_report_names_the_isolation() {
+    assert_eq!(Isolation::Users.describe(), "per-app users (root)");
+    let landlock = Isolation::Landlock {
+        abi: 7,
+        exe: PathBuf::from("/usr/bin/rollway"),
+        hidden: vec![PathBuf::from("/var/lib/rollway")],
+        cannot_hide: None,
+    };
+    assert_eq!(landlock.describe(), "landlock ABI v7");
+    let none = Isolation::None {
+        user: "uid 1000".to_owned(),
+        reason: "the kernel has no Landlock (not built into this kernel)".to_owned(),
+    };
+    assert_eq!(
+        none.describe(),
+        "none — apps run as uid 1000; the kernel has no Landlock (not built into this kernel)"
+    );
+    let confinement = landlock.confinement(USER, PathBuf::from("/t"));
+    assert_eq!(confinement.user, None, "no user switch without root");
+    assert_eq!(confinement.sandbox, Some(PathBuf::from("/usr/bin/rollway")));
+    assert_eq!(confinement.hide, vec![PathBuf::from("/var/lib/rollway")]);
+    assert_eq!(
+        landlock.gap(),
+        None,
+        "hidden paths close the Unix socket gap"
+    );
+}
