@@ -131,39 +131,66 @@ type HttpClient = Client<
     Full<Bytes>,
 >;
 
+/// Why an alert was not delivered. It becomes the `alert.failed` event's message.
+#[derive(Debug, thiserror::Error)]
+enum AlertError {
+    /// The parser's error is not kept: it may quote the URL, which is a secret.
+    #[error("the webhook URL is not a valid URL")]
+    InvalidUrl,
+    /// A 4xx other than 429: retrying would not help.
+    #[error("the webhook answered {0}")]
+    Refused(hyper::StatusCode),
+    #[error("{last} ({attempts} attempts)")]
+    GaveUp { last: AttemptError, attempts: u32 },
+}
+
+/// How one attempt to POST an alert failed.
+#[derive(Debug, thiserror::Error)]
+enum AttemptError {
+    #[error("the webhook answered {0}")]
+    Status(hyper::StatusCode),
+    #[error("cannot reach the webhook")]
+    Unreachable,
+    #[error("the webhook did not answer within {}s", REQUEST_TIMEOUT.as_secs())]
+    Timeout,
+}
+
 /// POSTs `body`, retrying on connection errors, 429 and 5xx with doubling backoff.
-async fn post_with_retries(http: &HttpClient, url: &Secret, body: String) -> Result<u32, String> {
+async fn post_with_retries(
+    http: &HttpClient,
+    url: &Secret,
+    body: String,
+) -> Result<u32, AlertError> {
     let mut backoff = FIRST_BACKOFF;
-    let mut last_error = String::new();
+    let mut last_error = AttemptError::Unreachable;
     for attempt in 1..=ATTEMPTS {
         let request = hyper::Request::post(url.expose())
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .header(hyper::header::USER_AGENT, "rollway-alerts")
             .body(Full::new(Bytes::from(body.clone())))
-            .map_err(|_| "the webhook URL is not a valid URL".to_owned())?;
+            .map_err(|_| AlertError::InvalidUrl)?;
         match tokio::time::timeout(REQUEST_TIMEOUT, http.request(request)).await {
             Ok(Ok(response)) if response.status().is_success() => return Ok(attempt),
             Ok(Ok(response)) => {
                 let status = response.status();
-                last_error = format!("the webhook answered {status}");
                 if status.is_client_error() && status != hyper::StatusCode::TOO_MANY_REQUESTS {
-                    return Err(last_error);
+                    return Err(AlertError::Refused(status));
                 }
+                last_error = AttemptError::Status(status);
             }
-            Ok(Err(_)) => last_error = "cannot reach the webhook".to_owned(),
-            Err(_) => {
-                last_error = format!(
-                    "the webhook did not answer within {}s",
-                    REQUEST_TIMEOUT.as_secs()
-                )
-            }
+            // The connector's error may quote the URL, which is a secret: it is not kept.
+            Ok(Err(_)) => last_error = AttemptError::Unreachable,
+            Err(_) => last_error = AttemptError::Timeout,
         }
         if attempt < ATTEMPTS {
             tokio::time::sleep(backoff).await;
             backoff *= 2;
         }
     }
-    Err(format!("{last_error} ({ATTEMPTS} attempts)"))
+    Err(AlertError::GaveUp {
+        last: last_error,
+        attempts: ATTEMPTS,
+    })
 }
 
 #[cfg(test)]

@@ -6,8 +6,6 @@
 //! the test has not crossed either boundary, the verdict is `Inconclusive`, never `Pass`.
 //! Nothing here reads the clock, the proxy or the store.
 
-use std::fmt;
-
 use serde::Serialize;
 
 /// Requests of one release over the window being judged.
@@ -44,43 +42,9 @@ pub struct Bounds {
     pub latency_margin: f64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "verdict", rename_all = "snake_case")]
-pub enum Verdict {
-    /// Enough evidence that the release is within its bounds.
-    Pass,
-    Fail {
-        reason: String,
-    },
-    /// Not enough requests, or not enough evidence either way yet.
-    Inconclusive {
-        reason: String,
-    },
-}
-
-impl Verdict {
-    pub fn is_fail(&self) -> bool {
-        matches!(self, Verdict::Fail { .. })
-    }
-
-    pub fn name(&self) -> &'static str {
-        match self {
-            Verdict::Pass => "pass",
-            Verdict::Fail { .. } => "fail",
-            Verdict::Inconclusive { .. } => "inconclusive",
-        }
-    }
-}
-
-impl fmt::Display for Verdict {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Verdict::Pass => f.write_str("pass"),
-            Verdict::Fail { reason } => write!(f, "fail: {reason}"),
-            Verdict::Inconclusive { reason } => write!(f, "inconclusive: {reason}"),
-        }
-    }
-}
+/// The analysis's verdict on a release. Defined in the wire types: `analysis.verdict` events carry
+/// it in `data.verdict`, and the CLI reads it from there.
+pub use client::wire::Verdict;
 
 /// Type I and type II error bounds of the sequential test.
 pub const ALPHA: f64 = 0.01;

@@ -36,6 +36,21 @@ pub struct PgUrl {
     pub database: String,
 }
 
+/// A database URL a backup cannot be taken from. Never quotes the URL: it may hold a password.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TargetError {
+    #[error("the `sqlite:` URL has no path")]
+    SqliteWithoutPath,
+    #[error("the PostgreSQL URL has no database name")]
+    PostgresWithoutDatabase,
+    #[error("the PostgreSQL URL's port is not a number")]
+    PostgresPort,
+    #[error(
+        "cannot back up a `{scheme}` database; accepted: `sqlite:PATH`, `postgres://USER:PASSWORD@HOST:PORT/DB`"
+    )]
+    UnsupportedScheme { scheme: String },
+}
+
 impl std::fmt::Debug for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.display())
@@ -45,11 +60,11 @@ impl std::fmt::Debug for Target {
 impl Target {
     /// `sqlite:PATH`, `sqlite://PATH`, `sqlite:///ABS/PATH` (relative paths from `workdir`), or
     /// `postgres://` / `postgresql://` URLs.
-    pub fn parse(url: &str, workdir: &Path) -> Result<Target, String> {
+    pub fn parse(url: &str, workdir: &Path) -> Result<Target, TargetError> {
         if let Some(rest) = url.strip_prefix("sqlite:") {
             let path = rest.strip_prefix("//").unwrap_or(rest);
             if path.is_empty() {
-                return Err("the `sqlite:` URL has no path".to_owned());
+                return Err(TargetError::SqliteWithoutPath);
             }
             let path = PathBuf::from(path);
             let path = if path.is_absolute() {
@@ -66,9 +81,9 @@ impl Target {
             return parse_pg(rest).map(|url| Target::Postgres { url });
         }
         let scheme = url.split_once(':').map_or("(none)", |(scheme, _)| scheme);
-        Err(format!(
-            "cannot back up a `{scheme}` database; accepted: `sqlite:PATH`, `postgres://USER:PASSWORD@HOST:PORT/DB`"
-        ))
+        Err(TargetError::UnsupportedScheme {
+            scheme: scheme.to_owned(),
+        })
     }
 
     /// For records and messages: the password never appears.
@@ -95,13 +110,13 @@ impl Target {
     }
 }
 
-fn parse_pg(rest: &str) -> Result<PgUrl, String> {
+fn parse_pg(rest: &str) -> Result<PgUrl, TargetError> {
     let (authority, path) = rest
         .split_once('/')
-        .ok_or("the PostgreSQL URL has no database name")?;
+        .ok_or(TargetError::PostgresWithoutDatabase)?;
     let database = path.split(['?', '#']).next().unwrap_or_default();
     if database.is_empty() {
-        return Err("the PostgreSQL URL has no database name".to_owned());
+        return Err(TargetError::PostgresWithoutDatabase);
     }
     let (credentials, host_port) = match authority.rsplit_once('@') {
         Some((credentials, host_port)) => (Some(credentials), host_port),
@@ -117,10 +132,7 @@ fn parse_pg(rest: &str) -> Result<PgUrl, String> {
     let (host, port) = match host_port.rsplit_once(':') {
         Some((host, port)) => (
             host,
-            Some(
-                port.parse::<u16>()
-                    .map_err(|_| "the PostgreSQL URL's port is not a number")?,
-            ),
+            Some(port.parse::<u16>().map_err(|_| TargetError::PostgresPort)?),
         ),
         None => (host_port, None),
     };
@@ -174,16 +186,35 @@ pub enum Taken {
     NothingYet(String),
 }
 
+/// Why a backup was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    #[error("cannot create `{}`", path.display())]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Backup(#[from] BackupError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("the backup task ended early")]
+    Task(#[source] tokio::task::JoinError),
+}
+
 /// Takes a backup, records it, and prunes the oldest beyond `keep`.
-pub async fn create(engine: &Arc<Engine>, request: Request<'_>) -> Result<Taken, String> {
+pub async fn create(engine: &Arc<Engine>, request: Request<'_>) -> Result<Taken, CreateError> {
     let dir = engine
         .paths
         .state_dir
         .join("backups")
         .join(request.app)
         .join(request.environment);
-    std::fs::create_dir_all(&dir)
-        .map_err(|error| format!("cannot create `{}`: {error}", dir.display()))?;
+    std::fs::create_dir_all(&dir).map_err(|source| CreateError::CreateDir {
+        path: dir.clone(),
+        source,
+    })?;
     let id = format!("b-{}-{}", now_ms(), random_suffix());
     let (extension, kind) = match request.target {
         Target::Sqlite { .. } => ("sqlite", BackupKind::Sqlite),
@@ -204,7 +235,7 @@ pub async fn create(engine: &Arc<Engine>, request: Request<'_>) -> Result<Taken,
                 keep_sidecars_with_the_app(&database)
             })
             .await
-            .map_err(|error| crate::report::chain(&error))??;
+            .map_err(CreateError::Task)??;
         }
         Target::Postgres { url } => {
             let args = vec![
@@ -230,23 +261,40 @@ pub async fn create(engine: &Arc<Engine>, request: Request<'_>) -> Result<Taken,
         sha256,
         created_at: now_ms(),
     };
-    engine
-        .store
-        .insert_backup(&record)
-        .map_err(|error| crate::report::chain(&error))?;
+    engine.store.insert_backup(&record)?;
     prune(engine, request.app, request.environment, request.keep);
     Ok(Taken::Backup(record))
 }
 
+/// Why a backup was not restored.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error(transparent)]
+    Backup(#[from] BackupError),
+    #[error(
+        "backup `{id}` at `{path}` does not match its recorded checksum; refusing to restore it"
+    )]
+    Checksum { id: String, path: String },
+    #[error("backup `{id}` is a {kind} backup; the database is `{target}`")]
+    WrongKind {
+        id: String,
+        kind: &'static str,
+        /// The database, without its password.
+        target: String,
+    },
+    #[error("the restore task ended early")]
+    Task(#[source] tokio::task::JoinError),
+}
+
 /// Restores `record` into `target`, after checking the file is the one recorded.
-pub async fn restore(record: &BackupRecord, target: &Target) -> Result<String, String> {
+pub async fn restore(record: &BackupRecord, target: &Target) -> Result<String, RestoreError> {
     let path = PathBuf::from(&record.path);
     let (_, sha256) = file_digest(&path)?;
     if sha256 != record.sha256 {
-        return Err(format!(
-            "backup `{}` at `{}` does not match its recorded checksum; refusing to restore it",
-            record.id, record.path
-        ));
+        return Err(RestoreError::Checksum {
+            id: record.id.clone(),
+            path: record.path.clone(),
+        });
     }
     match (target, record.kind) {
         (Target::Sqlite { path: database }, BackupKind::Sqlite) => {
@@ -257,7 +305,7 @@ pub async fn restore(record: &BackupRecord, target: &Target) -> Result<String, S
                 keep_sidecars_with_the_app(&database)
             })
             .await
-            .map_err(|error| crate::report::chain(&error))??;
+            .map_err(RestoreError::Task)??;
             Ok(format!(
                 "restored `{shown}` from backup `{}` with SQLite's online backup",
                 record.id
@@ -280,12 +328,11 @@ pub async fn restore(record: &BackupRecord, target: &Target) -> Result<String, S
                 record.id
             ))
         }
-        _ => Err(format!(
-            "backup `{}` is a {} backup; the database is `{}`",
-            record.id,
-            record.kind.as_str(),
-            target.display()
-        )),
+        _ => Err(RestoreError::WrongKind {
+            id: record.id.clone(),
+            kind: record.kind.as_str(),
+            target: target.display(),
+        }),
     }
 }
 
@@ -324,7 +371,10 @@ pub async fn on_demand(
         target: &target,
         keep: release.resolved.config.backup.keep as usize,
     };
-    match create(engine, request).await? {
+    match create(engine, request)
+        .await
+        .map_err(|error| crate::report::chain(&error))?
+    {
         Taken::Backup(record) => Ok(record),
         Taken::NothingYet(reason) => Err(reason),
     }
@@ -398,14 +448,19 @@ pub async fn restore_live(
                 "backed up the live database first as {} ({} bytes)",
                 before.id, before.size
             ));
-            restore(record, &target).await
+            restore(record, &target)
+                .await
+                .map_err(|error| crate::report::chain(&error))
         }
         Ok(Taken::NothingYet(reason)) => {
             steps.push(format!("no live database to back up first: {reason}"));
-            restore(record, &target).await
+            restore(record, &target)
+                .await
+                .map_err(|error| crate::report::chain(&error))
         }
-        Err(reason) => Err(format!(
-            "the backup of the live database failed, so nothing was restored: {reason}"
+        Err(error) => Err(format!(
+            "the backup of the live database failed, so nothing was restored: {}",
+            crate::report::chain(&error)
         )),
     };
     if let Ok(done) = &result {
@@ -472,10 +527,62 @@ pub async fn run_schedules(engine: &Arc<Engine>) {
     }
 }
 
+/// A failure of one backup operation on a file or a PostgreSQL tool, naming which.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error("cannot open `{}`", path.display())]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: Box<rusqlite::Error>,
+    },
+    #[error("`{}`", path.display())]
+    BusyTimeout {
+        path: PathBuf,
+        #[source]
+        source: Box<rusqlite::Error>,
+    },
+    #[error("cannot {step} `{}` to `{}`", from.display(), to.display())]
+    Copy {
+        /// `start copying` or `copy`.
+        step: &'static str,
+        from: PathBuf,
+        to: PathBuf,
+        #[source]
+        source: Box<rusqlite::Error>,
+    },
+    #[error("`{tool}` ran longer than {}s", TOOL_TIMEOUT.as_secs())]
+    ToolTimeout { tool: String },
+    #[error("cannot run `{tool}` (is the PostgreSQL client installed?)")]
+    ToolSpawn {
+        tool: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{tool}` failed ({status}): {stderr}")]
+    ToolFailed {
+        tool: String,
+        status: std::process::ExitStatus,
+        stderr: String,
+    },
+    #[error("cannot read `{}`", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot chown `{}`", path.display())]
+    Chown {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// Gives SQLite's `-wal`, `-shm` and `-journal` files of an app's `database` the database file's
 /// owner: the agent (root) opening it may have made them, and an app running as its own user
 /// could then no longer write its database.
-fn keep_sidecars_with_the_app(database: &Path) -> Result<(), String> {
+fn keep_sidecars_with_the_app(database: &Path) -> Result<(), BackupError> {
     use std::os::unix::fs::MetadataExt as _;
     if !rustix::process::geteuid().is_root() {
         return Ok(());
@@ -489,7 +596,10 @@ fn keep_sidecars_with_the_app(database: &Path) -> Result<(), String> {
         let sidecar = PathBuf::from(name);
         if std::fs::symlink_metadata(&sidecar).is_ok_and(|sidecar| sidecar.is_file()) {
             std::os::unix::fs::lchown(&sidecar, Some(metadata.uid()), Some(metadata.gid()))
-                .map_err(|error| format!("cannot chown `{}`: {error}", sidecar.display()))?;
+                .map_err(|source| BackupError::Chown {
+                    path: sidecar.clone(),
+                    source,
+                })?;
         }
     }
     Ok(())
@@ -497,34 +607,37 @@ fn keep_sidecars_with_the_app(database: &Path) -> Result<(), String> {
 
 /// Copies one SQLite database onto another with the online backup API (readers and writers of
 /// the source may go on; the destination's content is replaced as a whole).
-fn sqlite_copy(from: &Path, to: &Path) -> Result<(), String> {
+fn sqlite_copy(from: &Path, to: &Path) -> Result<(), BackupError> {
     let source =
         rusqlite::Connection::open_with_flags(from, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .map_err(|error| format!("cannot open `{}`: {error}", from.display()))?;
-    let mut destination = rusqlite::Connection::open(to)
-        .map_err(|error| format!("cannot open `{}`: {error}", to.display()))?;
+            .map_err(|source| BackupError::Open {
+                path: from.to_owned(),
+                source: Box::new(source),
+            })?;
+    let mut destination = rusqlite::Connection::open(to).map_err(|source| BackupError::Open {
+        path: to.to_owned(),
+        source: Box::new(source),
+    })?;
     destination
         .busy_timeout(Duration::from_secs(10))
-        .map_err(|error| format!("`{}`: {error}", to.display()))?;
-    let backup = rusqlite::backup::Backup::new(&source, &mut destination).map_err(|error| {
-        format!(
-            "cannot start copying `{}` to `{}`: {error}",
-            from.display(),
-            to.display()
-        )
-    })?;
+        .map_err(|source| BackupError::BusyTimeout {
+            path: to.to_owned(),
+            source: Box::new(source),
+        })?;
+    let copy_error = |step, source| BackupError::Copy {
+        step,
+        from: from.to_owned(),
+        to: to.to_owned(),
+        source: Box::new(source),
+    };
+    let backup = rusqlite::backup::Backup::new(&source, &mut destination)
+        .map_err(|source| copy_error("start copying", source))?;
     backup
         .run_to_completion(256, Duration::from_millis(5), None)
-        .map_err(|error| {
-            format!(
-                "cannot copy `{}` to `{}`: {error}",
-                from.display(),
-                to.display()
-            )
-        })
+        .map_err(|source| copy_error("copy", source))
 }
 
-async fn run_pg_tool(tool: &str, args: &[String], url: &PgUrl) -> Result<(), String> {
+async fn run_pg_tool(tool: &str, args: &[String], url: &PgUrl) -> Result<(), BackupError> {
     #[allow(
         clippy::disallowed_methods,
         reason = "pg_dump and pg_restore end inside the backup step"
@@ -549,19 +662,22 @@ async fn run_pg_tool(tool: &str, args: &[String], url: &PgUrl) -> Result<(), Str
     }
     let output = tokio::time::timeout(TOOL_TIMEOUT, command.output())
         .await
-        .map_err(|_| format!("`{tool}` ran longer than {}s", TOOL_TIMEOUT.as_secs()))?
-        .map_err(|error| {
-            format!("cannot run `{tool}` (is the PostgreSQL client installed?): {error}")
+        .map_err(|_| BackupError::ToolTimeout {
+            tool: tool.to_owned(),
+        })?
+        .map_err(|source| BackupError::ToolSpawn {
+            tool: tool.to_owned(),
+            source,
         })?;
     if output.status.success() {
         Ok(())
     } else {
         let stderr = String::from_utf8_lossy(&output.stderr);
-        Err(format!(
-            "`{tool}` failed ({}): {}",
-            output.status,
-            stderr.trim()
-        ))
+        Err(BackupError::ToolFailed {
+            tool: tool.to_owned(),
+            status: output.status,
+            stderr: stderr.trim().to_owned(),
+        })
     }
 }
 
@@ -576,12 +692,14 @@ pub fn prune(engine: &Engine, app: &str, env: &str, keep: usize) {
     }
 }
 
-fn file_digest(path: &Path) -> Result<(u64, String), String> {
-    let mut file = std::fs::File::open(path)
-        .map_err(|error| format!("cannot read `{}`: {error}", path.display()))?;
+fn file_digest(path: &Path) -> Result<(u64, String), BackupError> {
+    let read_error = |source| BackupError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(read_error)?;
     let mut hasher = sha2::Sha256::new();
-    let size = std::io::copy(&mut file, &mut hasher)
-        .map_err(|error| format!("cannot read `{}`: {error}", path.display()))?;
+    let size = std::io::copy(&mut file, &mut hasher).map_err(read_error)?;
     Ok((size, hex::encode(hasher.finalize())))
 }
 

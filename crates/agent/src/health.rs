@@ -29,6 +29,69 @@ pub struct Check {
     pub protocol: Protocol,
 }
 
+/// Why one check of an instance failed. Its text (with `report::chain`) is what a deployment's
+/// reason and the gate's "last check" say.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("connect to {addr}")]
+    Connect {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{handshake} with {addr}")]
+    Handshake {
+        /// `handshake` (HTTP/1.1) or `h2c handshake`.
+        handshake: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: hyper::Error,
+    },
+    #[error("health request for `{path}`")]
+    Request {
+        path: String,
+        #[source]
+        source: hyper::http::Error,
+    },
+    /// Sending the request or reading the answer failed.
+    #[error("{method} {path}")]
+    Exchange {
+        /// `GET`, or `call` for gRPC.
+        method: &'static str,
+        path: String,
+        #[source]
+        source: hyper::Error,
+    },
+    #[error("{method} {path} answered {status}")]
+    Status {
+        method: &'static str,
+        path: String,
+        status: hyper::StatusCode,
+    },
+    #[error("call {path} ended with grpc-status {code}")]
+    GrpcStatus { path: String, code: u32 },
+    #[error("call {path} ended without a grpc-status")]
+    NoGrpcStatus { path: String },
+    #[error("call {path} did not answer SERVING")]
+    NotServing { path: String },
+    #[error("GET {path} took longer than {timeout}")]
+    Timeout { path: String, timeout: String },
+}
+
+/// Why an instance did not pass the health gate.
+#[derive(Debug, thiserror::Error)]
+pub enum GateError<E: std::error::Error + 'static> {
+    /// `alive` said the instance is gone (crashed, exited).
+    #[error(transparent)]
+    Down(E),
+    #[error("not healthy within {within} (last check: {last_check})")]
+    Unhealthy {
+        within: String,
+        /// The last failed check, as text (`no check ran` when none did).
+        last_check: String,
+    },
+}
+
 /// One check of an instance within `timeout`, in the service's protocol: for `http1` and `h2c` a GET of
 /// the health path, healthy on any 2xx; for `grpc` a unary call of the method the path names (such as
 /// `/grpc.health.v1.Health/Check`) with an empty request, healthy when it ends with `grpc-status` 0 (and,
@@ -39,11 +102,11 @@ pub async fn probe(
     host: &str,
     timeout: Duration,
     protocol: Protocol,
-) -> Result<(), String> {
+) -> Result<(), ProbeError> {
     let attempt = async {
         let stream = TcpStream::connect(addr)
             .await
-            .map_err(|error| format!("connect to {addr}: {error}"))?;
+            .map_err(|source| ProbeError::Connect { addr, source })?;
         match protocol {
             Protocol::Http1 => probe_http1(stream, addr, path, host).await,
             Protocol::H2c | Protocol::Grpc => probe_h2c(stream, addr, path, host, protocol).await,
@@ -51,10 +114,10 @@ pub async fn probe(
     };
     match tokio::time::timeout(timeout, attempt).await {
         Ok(result) => result,
-        Err(_) => Err(format!(
-            "GET {path} took longer than {}",
-            humantime_short(timeout)
-        )),
+        Err(_) => Err(ProbeError::Timeout {
+            path: path.to_owned(),
+            timeout: humantime_short(timeout),
+        }),
     }
 }
 
@@ -63,27 +126,42 @@ async fn probe_http1(
     addr: SocketAddr,
     path: &str,
     host: &str,
-) -> Result<(), String> {
+) -> Result<(), ProbeError> {
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(|error| format!("handshake with {addr}: {error}"))?;
+        .map_err(|source| ProbeError::Handshake {
+            handshake: "handshake",
+            addr,
+            source,
+        })?;
     let driver = tokio::spawn(connection);
     let request = Request::get(path)
         .header(hyper::header::HOST, host)
         .header(hyper::header::USER_AGENT, "rollway-health")
         .body(Empty::<Bytes>::new())
-        .map_err(|error| format!("health request for `{path}`: {error}"))?;
+        .map_err(|source| ProbeError::Request {
+            path: path.to_owned(),
+            source,
+        })?;
     let response = sender
         .send_request(request)
         .await
-        .map_err(|error| format!("GET {path}: {error}"))?;
+        .map_err(|source| ProbeError::Exchange {
+            method: "GET",
+            path: path.to_owned(),
+            source,
+        })?;
     let status = response.status();
     let _ = response.into_body().collect().await;
     driver.abort();
     if status.is_success() {
         Ok(())
     } else {
-        Err(format!("GET {path} answered {status}"))
+        Err(ProbeError::Status {
+            method: "GET",
+            path: path.to_owned(),
+            status,
+        })
     }
 }
 
@@ -96,13 +174,17 @@ async fn probe_h2c(
     path: &str,
     host: &str,
     protocol: Protocol,
-) -> Result<(), String> {
+) -> Result<(), ProbeError> {
     let (mut sender, connection) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
         TokioIo::new(stream),
     )
     .await
-    .map_err(|error| format!("h2c handshake with {addr}: {error}"))?;
+    .map_err(|source| ProbeError::Handshake {
+        handshake: "h2c handshake",
+        addr,
+        source,
+    })?;
     let driver = tokio::spawn(connection);
     let uri = format!("http://{host}{path}");
     let request = if protocol == Protocol::Grpc {
@@ -117,7 +199,10 @@ async fn probe_h2c(
             .header(hyper::header::USER_AGENT, "rollway-health")
             .body(Full::new(Bytes::new()))
     }
-    .map_err(|error| format!("health request for `{path}`: {error}"))?;
+    .map_err(|source| ProbeError::Request {
+        path: path.to_owned(),
+        source,
+    })?;
     let method = if protocol == Protocol::Grpc {
         "call"
     } else {
@@ -126,17 +211,30 @@ async fn probe_h2c(
     let response = sender
         .send_request(request)
         .await
-        .map_err(|error| format!("{method} {path}: {error}"))?;
+        .map_err(|source| ProbeError::Exchange {
+            method,
+            path: path.to_owned(),
+            source,
+        })?;
     let status = response.status();
     let head_grpc_status = grpc_status(response.headers());
-    let collected = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|error| format!("{method} {path}: {error}"))?;
+    let collected =
+        response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|source| ProbeError::Exchange {
+                method,
+                path: path.to_owned(),
+                source,
+            })?;
     driver.abort();
     if !status.is_success() {
-        return Err(format!("{method} {path} answered {status}"));
+        return Err(ProbeError::Status {
+            method,
+            path: path.to_owned(),
+            status,
+        });
     }
     if protocol != Protocol::Grpc {
         return Ok(());
@@ -144,13 +242,24 @@ async fn probe_h2c(
     let trailer_grpc_status = collected.trailers().and_then(grpc_status);
     match head_grpc_status.or(trailer_grpc_status) {
         Some(0) => {}
-        Some(code) => return Err(format!("call {path} ended with grpc-status {code}")),
-        None => return Err(format!("call {path} ended without a grpc-status")),
+        Some(code) => {
+            return Err(ProbeError::GrpcStatus {
+                path: path.to_owned(),
+                code,
+            });
+        }
+        None => {
+            return Err(ProbeError::NoGrpcStatus {
+                path: path.to_owned(),
+            });
+        }
     }
     // HealthCheckResponse { status: SERVING } is field 1, varint 1, after the 5-byte message prefix.
     let message = collected.to_bytes();
     if path == GRPC_HEALTH_CHECK && message.get(5..) != Some(&[0x08, 0x01][..]) {
-        return Err(format!("call {path} did not answer SERVING"));
+        return Err(ProbeError::NotServing {
+            path: path.to_owned(),
+        });
     }
     Ok(())
 }
@@ -167,16 +276,16 @@ fn grpc_status(headers: &hyper::HeaderMap) -> Option<u32> {
 
 /// Waits until `addr` passes `check.healthy` checks in a row. `alive` is asked between checks so a
 /// crashed instance fails the gate at once instead of at the timeout.
-pub async fn gate(
+pub async fn gate<E: std::error::Error + 'static>(
     addr: SocketAddr,
     check: &Check,
-    mut alive: impl FnMut() -> Result<(), String>,
-) -> Result<(), String> {
+    mut alive: impl FnMut() -> Result<(), E>,
+) -> Result<(), GateError<E>> {
     let deadline = tokio::time::Instant::now() + check.start_timeout;
     let mut passes = 0;
     let mut last_error = String::from("no check ran");
     loop {
-        alive()?;
+        alive().map_err(GateError::Down)?;
         match probe(
             addr,
             &check.path,
@@ -194,14 +303,14 @@ pub async fn gate(
             }
             Err(error) => {
                 passes = 0;
-                last_error = error;
+                last_error = crate::report::chain(&error);
             }
         }
         if tokio::time::Instant::now() + check.interval > deadline {
-            return Err(format!(
-                "not healthy within {} (last check: {last_error})",
-                humantime_short(check.start_timeout)
-            ));
+            return Err(GateError::Unhealthy {
+                within: humantime_short(check.start_timeout),
+                last_check: last_error,
+            });
         }
         tokio::time::sleep(check.interval).await;
     }

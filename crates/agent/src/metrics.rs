@@ -36,9 +36,9 @@ pub async fn render(engine: &Engine) -> String {
         {
             *counts
                 .entry((
-                    deployment.kind.clone(),
-                    deployment.strategy.clone(),
-                    deployment.state.clone(),
+                    deployment.kind.as_str().to_owned(),
+                    deployment.strategy.as_str().to_owned(),
+                    deployment.state.as_str().to_owned(),
                 ))
                 .or_default() += 1;
         }

@@ -5,6 +5,8 @@
 
 use std::sync::Arc;
 
+use client::wire::DeploymentEvent;
+
 use crate::deploy::executor::{self, DeploymentData};
 use crate::deploy::spec;
 use crate::deploy::state::{self, Recovery, State};
@@ -190,9 +192,7 @@ async fn resume_deployments(engine: &Arc<Engine>) {
             Vec::new()
         });
     for deployment in unfinished {
-        let Ok(current) = deployment.state.parse::<State>() else {
-            continue;
-        };
+        let current = deployment.state;
         match state::recover(current) {
             Recovery::Finished => {}
             Recovery::Undo => {
@@ -206,16 +206,22 @@ async fn resume_deployments(engine: &Arc<Engine>) {
                 let reason = format!("the agent restarted during {current}; traffic never moved");
                 let _ = engine.store.transition(
                     &deployment.id,
-                    current.as_str(),
-                    State::Failed.as_str(),
+                    current,
+                    State::Failed,
                     Some(&reason),
                     None,
                 );
-                engine.record(NewEvent::for_deployment(
-                    &deployment,
-                    "deployment.finished",
-                    format!("Failed: {reason}"),
-                ));
+                engine.record(
+                    NewEvent::for_deployment(
+                        &deployment,
+                        "deployment.finished",
+                        format!("Failed: {reason}"),
+                    )
+                    .with_data(&DeploymentEvent::Finished {
+                        state: State::Failed,
+                        reason: Some(reason.clone()),
+                    }),
+                );
                 let _ = engine.store.release_lock(
                     &deployment.app,
                     &deployment.environment,

@@ -22,6 +22,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 
+use client::wire::{DeploymentKind, DeploymentState, Strategy};
+
 use crate::tokens::Role;
 
 mod backups;
@@ -54,8 +56,8 @@ pub struct Release {
     /// The resolved manifest as JSON. Invariant: holds secret names, never secret values.
     pub config_json: String,
     pub secrets_version: Option<String>,
-    /// The strategy the release was deployed with (`blue-green`, `rolling`, `canary`).
-    pub strategy: String,
+    /// The strategy the release was deployed with.
+    pub strategy: Strategy,
     /// The name of the token that created the release.
     pub created_by: String,
     pub created_at: i64,
@@ -71,7 +73,7 @@ pub struct NewRelease {
     pub artifact: String,
     pub config_json: String,
     pub secrets_version: Option<String>,
-    pub strategy: String,
+    pub strategy: Strategy,
     pub created_by: String,
     pub message: Option<String>,
 }
@@ -94,15 +96,15 @@ pub struct Deployment {
     pub id: String,
     pub app: String,
     pub environment: String,
-    /// `deploy` or `rollback` (the schema refuses anything else). Rollback is a deployment to an
-    /// earlier release: same path, different kind.
-    pub kind: String,
+    /// Rollback is a deployment to an earlier release: same path, different kind (the schema
+    /// refuses any other kind).
+    pub kind: DeploymentKind,
     pub from_release: Option<u64>,
     pub to_release: u64,
-    pub strategy: String,
-    /// The state machine's state, as `deploy::state` names it. The store compares it, never
-    /// interprets it, except for `TERMINAL_STATES`.
-    pub state: String,
+    pub strategy: Strategy,
+    /// The state machine's state. The store compares it, never interprets it, except for
+    /// `DeploymentState::is_terminal`.
+    pub state: DeploymentState,
     /// Why the deployment is in its state (kept until a later transition gives a new one).
     pub reason: Option<String>,
     /// Executor-private JSON (for example which instances were started).
@@ -118,21 +120,16 @@ pub struct Deployment {
 pub struct NewDeployment {
     pub app: String,
     pub environment: String,
-    /// `deploy` or `rollback`.
-    pub kind: String,
+    pub kind: DeploymentKind,
     pub from_release: Option<u64>,
     pub to_release: u64,
-    pub strategy: String,
+    pub strategy: Strategy,
     pub data_json: String,
     pub created_by: String,
 }
 
 /// The state every deployment is created in.
-pub const INITIAL_STATE: &str = "Pending";
-
-/// The states after which a deployment never moves again. `unfinished_deployments` returns the
-/// deployments in any other state: those a restarted agent must finish or undo.
-pub const TERMINAL_STATES: &[&str] = &["Succeeded", "Failed", "RolledBack"];
+pub const INITIAL_STATE: DeploymentState = DeploymentState::INITIAL;
 
 /// The deploy lock of an (app, environment).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -184,6 +181,13 @@ impl NewEvent {
             message,
             data_json: "{}".to_owned(),
         }
+    }
+
+    /// The event with `data` as its JSON payload (for programs, beside the message for people).
+    pub fn with_data(self, data: &impl Serialize) -> NewEvent {
+        // Serializing a plain enum or struct to JSON does not fail; `{}` keeps the event if it did.
+        let data_json = serde_json::to_string(data).unwrap_or_else(|_| "{}".to_owned());
+        NewEvent { data_json, ..self }
     }
 }
 
@@ -255,9 +259,9 @@ pub enum StoreError {
     )]
     StateConflict {
         id: String,
-        expected: String,
-        actual: String,
-        new: String,
+        expected: DeploymentState,
+        actual: DeploymentState,
+        new: DeploymentState,
     },
     #[error("cannot {operation} for {subject}: stored value `{value}` is invalid")]
     Corrupt {
@@ -331,7 +335,7 @@ impl Store {
                     new_release.artifact,
                     new_release.config_json,
                     new_release.secrets_version,
-                    new_release.strategy,
+                    new_release.strategy.as_str(),
                     new_release.created_by,
                     created_at,
                     ReleaseOutcome::Pending.as_str(),
@@ -511,7 +515,7 @@ impl Store {
             from_release: new_deployment.from_release,
             to_release: new_deployment.to_release,
             strategy: new_deployment.strategy,
-            state: INITIAL_STATE.to_owned(),
+            state: INITIAL_STATE,
             reason: None,
             data_json: new_deployment.data_json,
             created_by: new_deployment.created_by,
@@ -528,11 +532,11 @@ impl Store {
                     deployment.id,
                     deployment.app,
                     deployment.environment,
-                    deployment.kind,
+                    deployment.kind.as_str(),
                     deployment.from_release,
                     deployment.to_release,
-                    deployment.strategy,
-                    deployment.state,
+                    deployment.strategy.as_str(),
+                    deployment.state.as_str(),
                     deployment.reason,
                     deployment.data_json,
                     deployment.created_by,
@@ -562,8 +566,8 @@ impl Store {
     pub fn transition(
         &self,
         id: &str,
-        expected_state: &str,
-        new_state: &str,
+        expected_state: DeploymentState,
+        new_state: DeploymentState,
         reason: Option<&str>,
         data_json: Option<&str>,
     ) -> Result<Deployment, StoreError> {
@@ -590,8 +594,8 @@ impl Store {
     pub fn transition_with_event(
         &self,
         id: &str,
-        expected_state: &str,
-        new_state: &str,
+        expected_state: DeploymentState,
+        new_state: DeploymentState,
         reason: Option<&str>,
         data_json: Option<&str>,
         new_event: NewEvent,
@@ -646,9 +650,15 @@ impl Store {
         .map_err(|source| self.error("list deployments", app_subject(app, environment), source))
     }
 
-    /// Every deployment not in one of `TERMINAL_STATES`, oldest first.
+    /// Every deployment not in a terminal state, oldest first: those a restarted agent must
+    /// finish or undo.
     pub fn unfinished_deployments(&self) -> Result<Vec<Deployment>, StoreError> {
-        let terminal_json = serde_json::Value::from(TERMINAL_STATES.to_vec()).to_string();
+        let terminal: Vec<&str> = DeploymentState::ALL
+            .into_iter()
+            .filter(|state| state.is_terminal())
+            .map(DeploymentState::as_str)
+            .collect();
+        let terminal_json = serde_json::Value::from(terminal).to_string();
         self.query_rows(
             &format!(
                 "SELECT {DEPLOYMENT_COLUMNS} FROM deployments
@@ -1180,8 +1190,8 @@ impl Store {
         &self,
         transaction: &rusqlite::Transaction<'_>,
         id: &str,
-        expected_state: &str,
-        new_state: &str,
+        expected_state: DeploymentState,
+        new_state: DeploymentState,
         reason: Option<&str>,
         data_json: Option<&str>,
     ) -> Result<Deployment, StoreError> {
@@ -1195,7 +1205,14 @@ impl Store {
                           WHERE id = ?1 AND state = ?2
                           RETURNING {DEPLOYMENT_COLUMNS}"
                 ),
-                params![id, expected_state, new_state, reason, data_json, now_ms()],
+                params![
+                    id,
+                    expected_state.as_str(),
+                    new_state.as_str(),
+                    reason,
+                    data_json,
+                    now_ms()
+                ],
                 deployment_from_row,
             )
             .optional()
@@ -1203,20 +1220,20 @@ impl Store {
         if let Some(deployment) = updated {
             return Ok(deployment);
         }
-        let actual: Option<String> = transaction
+        let actual: Option<DeploymentState> = transaction
             .query_row(
                 "SELECT state FROM deployments WHERE id = ?1",
                 params![id],
-                |row| row.get(0),
+                |row| parsed(row, 0),
             )
             .optional()
             .map_err(|source| self.error(OPERATION, deployment_subject(id), source))?;
         Err(match actual {
             Some(actual) => StoreError::StateConflict {
                 id: id.to_owned(),
-                expected: expected_state.to_owned(),
+                expected: expected_state,
                 actual,
-                new: new_state.to_owned(),
+                new: new_state,
             },
             None => StoreError::DeploymentNotFound { id: id.to_owned() },
         })
@@ -1279,7 +1296,7 @@ impl ReleaseRow {
                 artifact: row.get(3)?,
                 config_json: row.get(4)?,
                 secrets_version: row.get(5)?,
-                strategy: row.get(6)?,
+                strategy: parsed(row, 6)?,
                 created_by: row.get(7)?,
                 created_at: row.get(8)?,
                 outcome: ReleaseOutcome::Pending,
@@ -1302,16 +1319,34 @@ impl ReleaseRow {
     }
 }
 
+/// Column `index` of `row`, a text column holding one of `T`'s string forms (a state, kind or
+/// strategy). The enums live in the wire types, so they cannot implement rusqlite's `FromSql`
+/// here; a value that names none of them is a conversion error, as `FromSql` would give.
+fn parsed<T>(row: &Row<'_>, index: usize) -> rusqlite::Result<T>
+where
+    T: FromStr,
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    let text: String = row.get(index)?;
+    text.parse().map_err(|error| {
+        rusqlite::Error::FromSqlConversionFailure(
+            index,
+            rusqlite::types::Type::Text,
+            Box::new(error),
+        )
+    })
+}
+
 fn deployment_from_row(row: &Row<'_>) -> rusqlite::Result<Deployment> {
     Ok(Deployment {
         id: row.get(0)?,
         app: row.get(1)?,
         environment: row.get(2)?,
-        kind: row.get(3)?,
+        kind: parsed(row, 3)?,
         from_release: row.get(4)?,
         to_release: row.get(5)?,
-        strategy: row.get(6)?,
-        state: row.get(7)?,
+        strategy: parsed(row, 6)?,
+        state: parsed(row, 7)?,
         reason: row.get(8)?,
         data_json: row.get(9)?,
         created_by: row.get(10)?,

@@ -27,7 +27,7 @@ pub struct DeployRequest {
     /// The text of `rollway.toml`.
     pub manifest: String,
     /// Overrides the manifest's strategy for this deploy.
-    pub strategy: Option<String>,
+    pub strategy: Option<Strategy>,
     pub message: Option<String>,
 }
 
@@ -43,12 +43,11 @@ pub struct DeploymentView {
     pub id: String,
     pub app: String,
     pub environment: String,
-    /// `deploy` or `rollback`.
-    pub kind: String,
-    pub state: String,
+    pub kind: DeploymentKind,
+    pub state: DeploymentState,
     pub from_release: Option<u64>,
     pub to_release: u64,
-    pub strategy: String,
+    pub strategy: Strategy,
     pub reason: Option<String>,
     pub created_by: String,
     pub created_at: i64,
@@ -58,9 +57,190 @@ pub struct DeploymentView {
 impl DeploymentView {
     /// Terminal states: nothing more will happen to this deployment.
     pub fn is_finished(&self) -> bool {
-        matches!(self.state.as_str(), "Succeeded" | "Failed" | "RolledBack")
+        self.state.is_terminal()
     }
 }
+
+/// The states of DESIGN.md's deployment state machine; the agent's `deploy::state` decides the
+/// transitions between them. Serialized (and stored) as the variant's name: `Pending`, `Succeeded`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum DeploymentState {
+    Pending,
+    /// Unpack the artifact, run the build command.
+    Preparing,
+    /// Held until `rollway approve` by another token with role approver or admin (environments
+    /// with `approval = true`), before anything touches the database or the instances.
+    AwaitingApproval,
+    /// Back up the database the release command touches.
+    BackingUp,
+    /// Run the release command (migrations) once, before any new instance starts.
+    Releasing,
+    /// Start the new instances.
+    Starting,
+    /// Health gate (N consecutive passes per instance), then the smoke command.
+    Verifying,
+    /// Move traffic: one switch, instance by instance, or canary steps under analysis.
+    Shifting,
+    /// All traffic on the new release, analysis still armed.
+    Observing,
+    Succeeded,
+    /// Traffic goes back to the release that served before.
+    RollingBack,
+    RolledBack,
+    Failed,
+}
+
+impl DeploymentState {
+    pub const ALL: [DeploymentState; 13] = [
+        DeploymentState::Pending,
+        DeploymentState::Preparing,
+        DeploymentState::AwaitingApproval,
+        DeploymentState::BackingUp,
+        DeploymentState::Releasing,
+        DeploymentState::Starting,
+        DeploymentState::Verifying,
+        DeploymentState::Shifting,
+        DeploymentState::Observing,
+        DeploymentState::Succeeded,
+        DeploymentState::RollingBack,
+        DeploymentState::RolledBack,
+        DeploymentState::Failed,
+    ];
+
+    /// The state every deployment is created in.
+    pub const INITIAL: DeploymentState = DeploymentState::Pending;
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeploymentState::Pending => "Pending",
+            DeploymentState::Preparing => "Preparing",
+            DeploymentState::AwaitingApproval => "AwaitingApproval",
+            DeploymentState::BackingUp => "BackingUp",
+            DeploymentState::Releasing => "Releasing",
+            DeploymentState::Starting => "Starting",
+            DeploymentState::Verifying => "Verifying",
+            DeploymentState::Shifting => "Shifting",
+            DeploymentState::Observing => "Observing",
+            DeploymentState::Succeeded => "Succeeded",
+            DeploymentState::RollingBack => "RollingBack",
+            DeploymentState::RolledBack => "RolledBack",
+            DeploymentState::Failed => "Failed",
+        }
+    }
+
+    /// The one definition of the terminal states: nothing more will happen to a deployment in one.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            DeploymentState::Succeeded | DeploymentState::RolledBack | DeploymentState::Failed
+        )
+    }
+
+    /// True once traffic may have reached the target release.
+    pub fn traffic_may_have_moved(self) -> bool {
+        matches!(
+            self,
+            DeploymentState::Shifting
+                | DeploymentState::Observing
+                | DeploymentState::Succeeded
+                | DeploymentState::RollingBack
+                | DeploymentState::RolledBack
+        )
+    }
+
+    /// Whether `rollway promote` applies: traffic is being shifted.
+    pub fn can_be_promoted(self) -> bool {
+        self == DeploymentState::Shifting
+    }
+
+    /// Whether `rollway approve` applies: the deployment waits at the approval gate.
+    pub fn can_be_approved(self) -> bool {
+        self == DeploymentState::AwaitingApproval
+    }
+
+    /// Whether `rollway abort` applies: the deployment runs and is not already going back.
+    pub fn can_be_aborted(self) -> bool {
+        !self.is_terminal() && self != DeploymentState::RollingBack
+    }
+}
+
+/// Whether a deployment moves to a new release or back to an earlier one. Rollback is a deployment
+/// to an earlier release: same path, different kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeploymentKind {
+    Deploy,
+    Rollback,
+}
+
+impl DeploymentKind {
+    pub const ALL: [DeploymentKind; 2] = [DeploymentKind::Deploy, DeploymentKind::Rollback];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeploymentKind::Deploy => "deploy",
+            DeploymentKind::Rollback => "rollback",
+        }
+    }
+}
+
+/// How a deployment moves traffic to its release.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    BlueGreen,
+    Rolling,
+    Canary,
+}
+
+impl Strategy {
+    pub const ALL: [Strategy; 3] = [Strategy::BlueGreen, Strategy::Rolling, Strategy::Canary];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::BlueGreen => "blue-green",
+            Strategy::Rolling => "rolling",
+            Strategy::Canary => "canary",
+        }
+    }
+}
+
+/// A string that names none of an enum's values (a stored row or an argument).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {what} `{value}`")]
+pub struct UnknownValue {
+    /// What was being parsed: `deployment state`, `deployment kind`, `strategy`.
+    pub what: &'static str,
+    pub value: String,
+}
+
+macro_rules! string_forms {
+    ($type:ty, $what:literal) => {
+        impl std::fmt::Display for $type {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl std::str::FromStr for $type {
+            type Err = UnknownValue;
+
+            fn from_str(text: &str) -> Result<Self, Self::Err> {
+                <$type>::ALL
+                    .into_iter()
+                    .find(|value| value.as_str() == text)
+                    .ok_or_else(|| UnknownValue {
+                        what: $what,
+                        value: text.to_owned(),
+                    })
+            }
+        }
+    };
+}
+
+string_forms!(DeploymentState, "deployment state");
+string_forms!(DeploymentKind, "deployment kind");
+string_forms!(Strategy, "strategy");
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EventView {
@@ -76,11 +256,82 @@ pub struct EventView {
     pub data: serde_json::Value,
 }
 
+impl EventView {
+    /// The typed payload of a deployment's progress event, when `data` holds one. Programs match
+    /// on this; `message` is the same news in words for people, and its wording may change.
+    pub fn deployment_event(&self) -> Option<DeploymentEvent> {
+        DeploymentEvent::deserialize(&self.data).ok()
+    }
+
+    /// The analysis's verdict an `analysis.verdict` event carries in `data.verdict`.
+    pub fn verdict(&self) -> Option<Verdict> {
+        Verdict::deserialize(self.data.get("verdict")?).ok()
+    }
+}
+
+/// The analysis's verdict on a release: what an `analysis.verdict` event carries in `data.verdict`
+/// (`{"verdict": "fail", "reason": "..."}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "verdict", rename_all = "snake_case")]
+pub enum Verdict {
+    /// Enough evidence that the release is within its bounds.
+    Pass,
+    Fail {
+        reason: String,
+    },
+    /// Not enough requests, or not enough evidence either way yet.
+    Inconclusive {
+        reason: String,
+    },
+}
+
+impl Verdict {
+    pub fn is_fail(&self) -> bool {
+        matches!(self, Verdict::Fail { .. })
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Verdict::Pass => "pass",
+            Verdict::Fail { .. } => "fail",
+            Verdict::Inconclusive { .. } => "inconclusive",
+        }
+    }
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Verdict::Pass => f.write_str("pass"),
+            Verdict::Fail { reason } => write!(f, "fail: {reason}"),
+            Verdict::Inconclusive { reason } => write!(f, "inconclusive: {reason}"),
+        }
+    }
+}
+
+/// What a deployment's progress event says, for programs: serialized into the event's `data`
+/// (`{"event": "state", "from": "Pending", "to": "Preparing"}`), recorded beside its message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum DeploymentEvent {
+    /// `deployment.state`: the deployment moved from one state to the next.
+    State {
+        from: DeploymentState,
+        to: DeploymentState,
+    },
+    /// `deployment.finished`: the deployment ended in `state`, a terminal one; `reason` says why
+    /// when it failed or rolled back.
+    Finished {
+        state: DeploymentState,
+        reason: Option<String>,
+    },
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReleaseView {
     pub number: u64,
     pub artifact: String,
-    pub strategy: String,
+    pub strategy: Strategy,
     pub created_by: String,
     pub created_at: i64,
     pub outcome: String,
@@ -314,3 +565,6 @@ pub struct LockView {
     pub heartbeat_at: i64,
     pub expires_at: i64,
 }
+
+#[cfg(test)]
+mod tests;

@@ -2,7 +2,9 @@
 
 use std::path::PathBuf;
 
+use clap::builder::{PossibleValuesParser, TypedValueParser as _};
 use clap::{Args, Parser, Subcommand};
+use client::wire::Strategy;
 
 /// Boring deploys for small teams: health-gated, zero failed requests, rolled back by itself.
 #[derive(Debug, Parser)]
@@ -106,8 +108,8 @@ pub struct DeployArgs {
     #[arg(long, short)]
     pub env: Option<String>,
     /// Override the manifest's strategy for this deploy.
-    #[arg(long, value_parser = ["blue-green", "rolling", "canary"])]
-    pub strategy: Option<String>,
+    #[arg(long, value_parser = strategy_parser())]
+    pub strategy: Option<Strategy>,
     /// A note kept with the release.
     #[arg(long, short)]
     pub message: Option<String>,
@@ -362,4 +364,10 @@ pub struct CheckArgs {
     pub json: bool,
     #[command(flatten)]
     pub agent: AgentArgs,
+}
+
+/// `--strategy`: the wire's strategies, by the names the manifest and the API use.
+fn strategy_parser() -> impl clap::builder::TypedValueParser<Value = Strategy> {
+    PossibleValuesParser::new(Strategy::ALL.map(Strategy::as_str))
+        .try_map(|text| text.parse::<Strategy>())
 }

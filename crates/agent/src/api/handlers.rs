@@ -10,9 +10,9 @@ use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use client::wire::{
-    AgentInfo, BackupView, DeployRequest, DeploymentView, EventView, InstanceView, LogLineView,
-    ReleaseView, RestoreView, RollbackRequest, SecretValue, SecretView, StatusView, TokenCreated,
-    TokenRequest, TokenView, WeightView,
+    AgentInfo, BackupView, DeployRequest, DeploymentState, DeploymentView, EventView, InstanceView,
+    LogLineView, ReleaseView, RestoreView, RollbackRequest, SecretValue, SecretView, StatusView,
+    TokenCreated, TokenRequest, TokenView, WeightView,
 };
 use futures_util::Stream;
 use serde::Deserialize;
@@ -662,7 +662,7 @@ async fn signal(
     caller: &Caller,
     id: &str,
     make: fn(String) -> crate::engine::Signal,
-    allowed: &[&str],
+    applies: fn(DeploymentState) -> bool,
     verb: &str,
 ) -> ApiResult<DeploymentView> {
     let deployment = engine
@@ -670,7 +670,12 @@ async fn signal(
         .deployment(id)
         .map_err(ApiError::internal)?
         .ok_or_else(|| ApiError::not_found(format!("no deployment `{id}`")))?;
-    if !allowed.contains(&deployment.state.as_str()) {
+    if !applies(deployment.state) {
+        let allowed: Vec<&str> = DeploymentState::ALL
+            .into_iter()
+            .filter(|state| applies(*state))
+            .map(DeploymentState::as_str)
+            .collect();
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "wrong_state",
@@ -695,7 +700,7 @@ pub async fn promote(
         &caller,
         &id,
         |by| crate::engine::Signal::Promote { by },
-        &["Shifting"],
+        DeploymentState::can_be_promoted,
         "promoted",
     )
     .await
@@ -740,7 +745,7 @@ pub async fn approve(
         &caller,
         &id,
         |by| crate::engine::Signal::Approve { by },
-        &["AwaitingApproval"],
+        DeploymentState::can_be_approved,
         "approved",
     )
     .await
@@ -751,23 +756,12 @@ pub async fn abort(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<DeploymentView> {
-    let running = [
-        "Pending",
-        "Preparing",
-        "BackingUp",
-        "Releasing",
-        "Starting",
-        "Verifying",
-        "AwaitingApproval",
-        "Shifting",
-        "Observing",
-    ];
     signal(
         &engine,
         &caller,
         &id,
         |by| crate::engine::Signal::Abort { by },
-        &running,
+        DeploymentState::can_be_aborted,
         "aborted",
     )
     .await

@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use client::wire::{DeploymentEvent, DeploymentKind, Strategy};
+
 use crate::analysis::{self, Bounds, Sample, Verdict};
+
 use crate::deploy::state::{self, Plan, State, StepResult};
 use crate::deploy::{fault, prepare, spec};
 use crate::engine::Signal;
@@ -70,7 +73,7 @@ async fn drive(engine: &Arc<Engine>, id: &str) -> Result<(), String> {
             .deployment(id)
             .map_err(|error| crate::report::chain(&error))?
             .ok_or_else(|| format!("no deployment `{id}`"))?;
-        let current: State = deployment.state.parse()?;
+        let current = deployment.state;
         if current.is_terminal() {
             return Ok(());
         }
@@ -114,15 +117,19 @@ async fn drive(engine: &Arc<Engine>, id: &str) -> Result<(), String> {
             .store
             .transition_with_event(
                 id,
-                current.as_str(),
-                next.as_str(),
+                current,
+                next,
                 reason.as_deref(),
                 Some(&data_json),
                 NewEvent::for_deployment(
                     &deployment,
                     "deployment.state",
                     format!("{current} → {next}"),
-                ),
+                )
+                .with_data(&DeploymentEvent::State {
+                    from: current,
+                    to: next,
+                }),
             )
             .map_err(|error| crate::report::chain(&error))?;
         engine.publish(&event);
@@ -173,7 +180,7 @@ async fn step(
             data.previous_weights = runtime.weights.clone();
             // Gates and the watch after the switch are for new releases; a rollback goes straight
             // back to a release that served before.
-            let deploying = deployment.kind == "deploy";
+            let deploying = deployment.kind == DeploymentKind::Deploy;
             data.approval = deploying && release.resolved.approval;
             data.observe =
                 deploying && !release.resolved.config.analysis.observe.as_std().is_zero();
@@ -193,8 +200,8 @@ async fn step(
                 .release
                 .as_ref()
                 .and_then(|phase| phase.backup.clone());
-            match (variable, deployment.kind.as_str()) {
-                (Some(variable), "deploy") => {
+            match (variable, deployment.kind) {
+                (Some(variable), DeploymentKind::Deploy) => {
                     data.backup_id =
                         spec::backup_before_release(engine, deployment, &release, &variable)
                             .await?;
@@ -205,8 +212,8 @@ async fn step(
         }
         State::Releasing => {
             // A rollback goes back to code whose schema is already in place: no release command.
-            match (&release.resolved.config.release, deployment.kind.as_str()) {
-                (Some(phase), "deploy") => match &phase.command {
+            match (&release.resolved.config.release, deployment.kind) {
+                (Some(phase), DeploymentKind::Deploy) => match &phase.command {
                     Some(command) => spec::run_release_command(engine, deployment, &release, command)
                         .await
                         .map_err(|reason| match &data.backup_id {
@@ -222,8 +229,8 @@ async fn step(
             }
         }
         State::Starting => {
-            let rolling =
-                deployment.strategy == "rolling" && !engine.runtime(&key).weights.is_empty();
+            let rolling = deployment.strategy == Strategy::Rolling
+                && !engine.runtime(&key).weights.is_empty();
             for (service, index) in spec::wanted_instances(&release.resolved) {
                 // Rolling keeps capacity: only the first new instance starts now, the rest one by
                 // one while traffic moves.
@@ -265,7 +272,7 @@ async fn step(
                 .release
                 .as_ref()
                 .and_then(|phase| phase.smoke.clone());
-            if let (Some(smoke), "deploy") = (smoke, deployment.kind.as_str()) {
+            if let (Some(smoke), DeploymentKind::Deploy) = (smoke, deployment.kind) {
                 spec::run_smoke(engine, deployment, &release, &smoke, &ids).await?;
             }
             Ok(())
@@ -809,15 +816,17 @@ async fn verify_instance(
     let alive_id = instance_id.to_owned();
     let alive = move || match engine_for_alive.drivers.status(&alive_id) {
         driver::InstanceStatus::Running { restarts: 0, .. } => Ok(()),
-        driver::InstanceStatus::Running { .. } => {
-            Err(format!("instance `{alive_id}` crashed while starting"))
-        }
+        driver::InstanceStatus::Running { .. } => Err(InstanceDown::Crashed {
+            instance: alive_id.clone(),
+        }),
         driver::InstanceStatus::Restarting { last_exit, .. }
-        | driver::InstanceStatus::Stopped { last_exit } => Err(format!(
-            "instance `{alive_id}` exited with code {} while starting",
-            last_exit.map_or_else(|| "unknown".to_owned(), |code| code.to_string())
-        )),
-        driver::InstanceStatus::Unknown => Err(format!("instance `{alive_id}` is not running")),
+        | driver::InstanceStatus::Stopped { last_exit } => Err(InstanceDown::Exited {
+            instance: alive_id.clone(),
+            code: last_exit.map_or_else(|| "unknown".to_owned(), |code| code.to_string()),
+        }),
+        driver::InstanceStatus::Unknown => Err(InstanceDown::NotRunning {
+            instance: alive_id.clone(),
+        }),
     };
     match &service.health {
         Some(health) => {
@@ -831,7 +840,8 @@ async fn verify_instance(
                 protocol: service.protocol,
             };
             let addr = std::net::SocketAddr::from(([127, 0, 0, 1], instance.port));
-            if let Err(reason) = health::gate(addr, &check, alive).await {
+            if let Err(error) = health::gate(addr, &check, alive).await {
+                let reason = crate::report::chain(&error);
                 return Err(with_log_tail(engine, instance_id, reason));
             }
         }
@@ -839,7 +849,8 @@ async fn verify_instance(
             // A worker has no health path: it must at least stay up for a moment.
             let alive = alive;
             tokio::time::sleep(Duration::from_secs(1)).await;
-            if let Err(reason) = alive() {
+            if let Err(error) = alive() {
+                let reason = crate::report::chain(&error);
                 return Err(with_log_tail(engine, instance_id, reason));
             }
         }
@@ -865,9 +876,9 @@ async fn shift(
 ) -> Result<(), String> {
     let target = deployment.to_release;
     let keep_warm = release.resolved.config.strategy.keep_warm.as_std();
-    let rolling = deployment.strategy == "rolling" && !data.previous_weights.is_empty();
+    let rolling = deployment.strategy == Strategy::Rolling && !data.previous_weights.is_empty();
     // A first deploy has nothing to compare a canary with: it takes traffic in one switch.
-    let canary = deployment.strategy == "canary" && !data.previous_weights.is_empty();
+    let canary = deployment.strategy == Strategy::Canary && !data.previous_weights.is_empty();
     let routes = spec::routes(&release.resolved);
     if canary {
         let steps = release.resolved.config.strategy.steps.clone();
@@ -948,7 +959,7 @@ async fn shift(
     let store = &engine.store;
     if let Some(from) = deployment.from_release.filter(|from| *from != target) {
         // The release a rollback leaves is not a rollback target itself.
-        let outcome = if deployment.kind == "rollback" {
+        let outcome = if deployment.kind == DeploymentKind::Rollback {
             ReleaseOutcome::RolledBack
         } else {
             ReleaseOutcome::Superseded
@@ -1055,7 +1066,7 @@ async fn roll_back(
             .store
             .set_release_outcome(&key.0, &key.1, from, ReleaseOutcome::Live);
     }
-    if deployment.kind == "deploy" {
+    if deployment.kind == DeploymentKind::Deploy {
         let _ = engine.store.set_release_outcome(
             &key.0,
             &key.1,
@@ -1149,7 +1160,7 @@ pub async fn undo(engine: &Arc<Engine>, deployment: &Deployment, data: &Deployme
         }
         spec::stop_instances(engine, &key, &ids).await;
     }
-    if deployment.kind == "deploy" {
+    if deployment.kind == DeploymentKind::Deploy {
         let _ = engine.store.set_release_outcome(
             &key.0,
             &key.1,
@@ -1168,14 +1179,23 @@ fn finish(engine: &Arc<Engine>, id: &str) {
     let _ = engine
         .store
         .release_lock(&deployment.app, &deployment.environment, id);
-    if let Ok(state) = deployment.state.parse::<State>()
-        && state.is_terminal()
-    {
+    let state = deployment.state;
+    if state.is_terminal() {
         let message = match (&deployment.reason, state) {
             (Some(reason), State::Failed | State::RolledBack) => format!("{state}: {reason}"),
             _ => format!("{state}"),
         };
-        record(engine, &deployment, "deployment.finished", message);
+        let finished = DeploymentEvent::Finished {
+            state,
+            reason: deployment
+                .reason
+                .clone()
+                .filter(|_| matches!(state, State::Failed | State::RolledBack)),
+        };
+        engine.record(
+            NewEvent::for_deployment(&deployment, "deployment.finished", message)
+                .with_data(&finished),
+        );
     }
 }
 
@@ -1209,6 +1229,21 @@ fn scrub_reason(engine: &Engine, deployment: &Deployment, reason: &str) -> Strin
         Ok(scrubber) => scrubber.scrub(reason).into_owned(),
         Err(error) => format!("the step failed, and its reason is withheld: {error}"),
     }
+}
+
+/// A new instance that stopped running while it was starting.
+#[derive(Debug, thiserror::Error)]
+enum InstanceDown {
+    #[error("instance `{instance}` crashed while starting")]
+    Crashed { instance: String },
+    #[error("instance `{instance}` exited with code {code} while starting")]
+    Exited {
+        instance: String,
+        /// The exit code, or `unknown`.
+        code: String,
+    },
+    #[error("instance `{instance}` is not running")]
+    NotRunning { instance: String },
 }
 
 /// A failure reason with the last lines the instance printed, which usually say why.

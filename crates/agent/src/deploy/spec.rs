@@ -459,10 +459,11 @@ pub async fn backup_before_release(
         },
     )
     .await
-    .map_err(|reason| {
+    .map_err(|error| {
         format!(
-            "the backup of `{}` failed, so the release command did not run: {reason}",
-            target.display()
+            "the backup of `{}` failed, so the release command did not run: {}",
+            target.display(),
+            crate::report::chain(&error)
         )
     })?;
     let event = |kind: &str, message: String| NewEvent::for_deployment(deployment, kind, message);
@@ -501,7 +502,7 @@ pub fn database_target(
                 release.resolved.environment
             )
         })?;
-    crate::backup::Target::parse(&url, &workdir(engine, release))
+    crate::backup::Target::parse(&url, &workdir(engine, release)).map_err(|error| error.to_string())
 }
 
 /// The folder a release's commands and instances run in, in its app environment's folder (the

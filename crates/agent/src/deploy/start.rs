@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use client::wire::{DeployRequest, RollbackRequest};
+use client::wire::{DeployRequest, DeploymentKind, RollbackRequest, Strategy};
 
 use crate::deploy::claims::{self, RouteConflict};
 use crate::deploy::executor::{self, DeploymentData, LOCK_TTL};
@@ -95,8 +95,7 @@ pub fn deploy(
     check_routes(engine, app, env, &spec::routes(&resolved))?;
     let strategy = request
         .strategy
-        .clone()
-        .unwrap_or_else(|| resolved.config.strategy.kind.as_str().to_owned());
+        .unwrap_or_else(|| strategy_of(resolved.config.strategy.kind));
     let config_json = serde_json::to_string(&config).map_err(store_error)?;
     let store = &engine.store;
     let from = store.current(app, env).map_err(store_error)?;
@@ -110,7 +109,7 @@ pub fn deploy(
             secrets_version: Some(serde_json::to_string(&secret_versions).map_err(store_error)?),
             created_by: caller.to_owned(),
             message: request.message.clone(),
-            strategy: strategy.clone(),
+            strategy,
         })
         .map_err(store_error)?;
     match begin(
@@ -119,10 +118,10 @@ pub fn deploy(
         token_id,
         app,
         env,
-        "deploy",
+        DeploymentKind::Deploy,
         from,
         release.number,
-        &strategy,
+        strategy,
     ) {
         Ok(deployment) => {
             // Alerts must not vanish unnoticed: the deploy goes on, and its progress says why
@@ -190,7 +189,6 @@ pub fn rollback(
             "release {target} is already current"
         )));
     }
-    let strategy = "blue-green".to_owned();
     // The target must still load (manifest, recorded secret versions) before anything moves.
     let loaded = spec::load_release(engine, &(app.to_owned(), env.to_owned()), target)
         .map_err(StartError::InvalidManifest)?;
@@ -199,7 +197,15 @@ pub fn rollback(
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     check_routes(engine, app, env, &spec::routes(&loaded.resolved))?;
     begin(
-        engine, caller, token_id, app, env, "rollback", current, target, &strategy,
+        engine,
+        caller,
+        token_id,
+        app,
+        env,
+        DeploymentKind::Rollback,
+        current,
+        target,
+        Strategy::BlueGreen,
     )
 }
 
@@ -213,20 +219,20 @@ fn begin(
     token_id: &str,
     app: &str,
     env: &str,
-    kind: &str,
+    kind: DeploymentKind,
     from: Option<u64>,
     to: u64,
-    strategy: &str,
+    strategy: Strategy,
 ) -> Result<Deployment, StartError> {
     let store = &engine.store;
     let deployment = store
         .create_deployment(NewDeployment {
             app: app.to_owned(),
             environment: env.to_owned(),
-            kind: kind.to_owned(),
+            kind,
             from_release: from,
             to_release: to,
-            strategy: strategy.to_owned(),
+            strategy,
             created_by: caller.to_owned(),
             data_json: serde_json::to_string(&DeploymentData {
                 started_by_token: Some(token_id.to_owned()),
@@ -244,8 +250,8 @@ fn begin(
         Err(holder) => {
             let _ = store.transition(
                 &deployment.id,
-                State::Pending.as_str(),
-                State::Failed.as_str(),
+                State::Pending,
+                State::Failed,
                 Some("another deployment holds the lock"),
                 None,
             );
@@ -291,6 +297,15 @@ fn check_routes(
     match claims::find_conflict(engine, &key, routes).map_err(store_error)? {
         Some(conflict) => Err(StartError::RouteConflict(Box::new(conflict))),
         None => Ok(()),
+    }
+}
+
+/// The manifest's strategy as the wire names it (the same three, spelled the same).
+fn strategy_of(kind: manifest::StrategyKind) -> Strategy {
+    match kind {
+        manifest::StrategyKind::BlueGreen => Strategy::BlueGreen,
+        manifest::StrategyKind::Rolling => Strategy::Rolling,
+        manifest::StrategyKind::Canary => Strategy::Canary,
     }
 }
 

@@ -4,36 +4,9 @@
 //! Nothing here touches the store, the driver, the proxy or the clock; the executor persists each
 //! transition before it performs the step's effects.
 
-use std::fmt;
-use std::str::FromStr;
-
-/// The states of DESIGN.md's state machine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum State {
-    Pending,
-    /// Unpack the artifact, run the build command.
-    Preparing,
-    /// Held until `rollway approve` by another token with role approver or admin (environments
-    /// with `approval = true`), before anything touches the database or the instances.
-    AwaitingApproval,
-    /// Back up the database the release command touches.
-    BackingUp,
-    /// Run the release command (migrations) once, before any new instance starts.
-    Releasing,
-    /// Start the new instances.
-    Starting,
-    /// Health gate (N consecutive passes per instance), then the smoke command.
-    Verifying,
-    /// Move traffic: one switch, instance by instance, or canary steps under analysis.
-    Shifting,
-    /// All traffic on the new release, analysis still armed.
-    Observing,
-    Succeeded,
-    /// Traffic goes back to the release that served before.
-    RollingBack,
-    RolledBack,
-    Failed,
-}
+/// The states of DESIGN.md's state machine. They are defined once, in the API's wire types, with
+/// their string forms and the terminal ones; this module owns the transitions between them.
+pub use client::wire::DeploymentState as State;
 
 /// How the step in a state ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,75 +35,6 @@ pub enum Recovery {
     Resume(State),
     /// Nothing to do.
     Finished,
-}
-
-impl State {
-    pub const ALL: [State; 13] = [
-        State::Pending,
-        State::Preparing,
-        State::AwaitingApproval,
-        State::BackingUp,
-        State::Releasing,
-        State::Starting,
-        State::Verifying,
-        State::Shifting,
-        State::Observing,
-        State::Succeeded,
-        State::RollingBack,
-        State::RolledBack,
-        State::Failed,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Pending => "Pending",
-            State::Preparing => "Preparing",
-            State::BackingUp => "BackingUp",
-            State::Releasing => "Releasing",
-            State::Starting => "Starting",
-            State::Verifying => "Verifying",
-            State::AwaitingApproval => "AwaitingApproval",
-            State::Shifting => "Shifting",
-            State::Observing => "Observing",
-            State::Succeeded => "Succeeded",
-            State::RollingBack => "RollingBack",
-            State::RolledBack => "RolledBack",
-            State::Failed => "Failed",
-        }
-    }
-
-    pub fn is_terminal(self) -> bool {
-        matches!(self, State::Succeeded | State::RolledBack | State::Failed)
-    }
-
-    /// True once traffic may have reached the target release.
-    pub fn traffic_may_have_moved(self) -> bool {
-        matches!(
-            self,
-            State::Shifting
-                | State::Observing
-                | State::Succeeded
-                | State::RollingBack
-                | State::RolledBack
-        )
-    }
-}
-
-impl fmt::Display for State {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for State {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        State::ALL
-            .into_iter()
-            .find(|state| state.as_str() == text)
-            .ok_or_else(|| format!("unknown deployment state `{text}`"))
-    }
 }
 
 /// The transition function. A failure before traffic moved ends in `Failed` with traffic

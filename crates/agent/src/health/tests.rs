@@ -45,7 +45,9 @@ async fn h2c_instance(message: &'static [u8], grpc_status: &'static str) -> Sock
 }
 
 async fn check(addr: SocketAddr, path: &str, protocol: Protocol) -> Result<(), String> {
-    probe(addr, path, "demo.test", Duration::from_secs(5), protocol).await
+    probe(addr, path, "demo.test", Duration::from_secs(5), protocol)
+        .await
+        .map_err(|error| crate::report::chain(&error))
 }
 
 #[tokio::test]

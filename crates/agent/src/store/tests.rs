@@ -2,6 +2,8 @@
 
 use super::*;
 
+use client::wire::DeploymentState as S;
+
 fn store() -> Store {
     match Store::open_in_memory() {
         Ok(store) => store,
@@ -16,7 +18,7 @@ fn new_release(app: &str, environment: &str) -> NewRelease {
         artifact: "ab".repeat(32),
         config_json: r#"{"services":{"web":{}}}"#.to_owned(),
         secrets_version: Some("s-1".to_owned()),
-        strategy: "blue-green".to_owned(),
+        strategy: Strategy::BlueGreen,
         created_by: "ci".to_owned(),
         message: None,
     }
@@ -26,10 +28,10 @@ fn new_deployment(app: &str, environment: &str, to_release: u64) -> NewDeploymen
     NewDeployment {
         app: app.to_owned(),
         environment: environment.to_owned(),
-        kind: "deploy".to_owned(),
+        kind: DeploymentKind::Deploy,
         from_release: None,
         to_release,
-        strategy: "blue-green".to_owned(),
+        strategy: Strategy::BlueGreen,
         data_json: "{}".to_owned(),
         created_by: "ci".to_owned(),
     }
@@ -188,11 +190,11 @@ fn check_transitions(steps: &[(&str, &str, Result<(), &str>)], final_state: &str
         .create_deployment(new_deployment("a", "prod", 1))
         .expect("create deployment");
     for (expected, new, outcome) in steps {
-        let result = store.transition(&deployment.id, expected, new, None, None);
+        let result = store.transition(&deployment.id, state(expected), state(new), None, None);
         match (result, outcome) {
-            (Ok(moved), Ok(())) => assert_eq!(moved.state, *new),
+            (Ok(moved), Ok(())) => assert_eq!(moved.state.as_str(), *new),
             (Err(StoreError::StateConflict { actual, .. }), Err(found)) => {
-                assert_eq!(actual, *found)
+                assert_eq!(actual.as_str(), *found)
             }
             (result, outcome) => panic!("{expected} -> {new}: got {result:?}, wanted {outcome:?}"),
         }
@@ -201,7 +203,15 @@ fn check_transitions(steps: &[(&str, &str, Result<(), &str>)], final_state: &str
         .deployment(&deployment.id)
         .expect("read")
         .expect("exists");
-    assert_eq!(stored.state, final_state);
+    assert_eq!(stored.state.as_str(), final_state);
+}
+
+/// A state named in a test table.
+fn state(name: &str) -> DeploymentState {
+    match name.parse() {
+        Ok(state) => state,
+        Err(error) => panic!("{error}"),
+    }
 }
 
 #[test]
@@ -231,20 +241,20 @@ fn transition_keeps_reason_and_data_unless_given() {
     let moved = store
         .transition(
             &deployment.id,
-            "Pending",
-            "RollingBack",
+            S::Pending,
+            S::RollingBack,
             Some("health gate"),
             Some(r#"{"started":["i-1"]}"#),
         )
         .expect("transition");
     let moved = store
-        .transition(&moved.id, "RollingBack", "RolledBack", None, None)
+        .transition(&moved.id, S::RollingBack, S::RolledBack, None, None)
         .expect("transition");
     assert_eq!(moved.reason.as_deref(), Some("health gate"));
     assert_eq!(moved.data_json, r#"{"started":["i-1"]}"#);
     assert_eq!(store.deployment(&moved.id).expect("read"), Some(moved));
     assert!(matches!(
-        store.transition("d-missing", "Pending", "Preparing", None, None),
+        store.transition("d-missing", S::Pending, S::Preparing, None, None),
         Err(StoreError::DeploymentNotFound { .. })
     ));
 }
@@ -261,19 +271,19 @@ fn transition_with_event_writes_both_or_neither() {
     let (moved, event) = store
         .transition_with_event(
             &deployment.id,
-            "Pending",
-            "Preparing",
+            S::Pending,
+            S::Preparing,
             None,
             None,
             new_event("preparing", Some(&deployment.id)),
         )
         .expect("transition");
-    assert_eq!(moved.state, "Preparing");
+    assert_eq!(moved.state.as_str(), "Preparing");
     assert_eq!(event.deployment_id.as_deref(), Some(deployment.id.as_str()));
     let refused = store.transition_with_event(
         &deployment.id,
-        "Pending",
-        "Preparing",
+        S::Pending,
+        S::Preparing,
         None,
         None,
         new_event("preparing", Some(&deployment.id)),
@@ -306,10 +316,10 @@ fn deployments_list_newest_first_and_unfinished_ones() {
         })
         .collect();
     store
-        .transition(&ids[0], "Pending", "Succeeded", None, None)
+        .transition(&ids[0], S::Pending, S::Succeeded, None, None)
         .expect("transition");
     store
-        .transition(&ids[1], "Pending", "Failed", None, None)
+        .transition(&ids[1], S::Pending, S::Failed, None, None)
         .expect("transition");
 
     let listed: Vec<String> = store
@@ -344,11 +354,17 @@ fn deployment_needs_its_release_and_a_known_kind() {
         .create_deployment(new_deployment("a", "prod", 1))
         .expect("create");
     assert_eq!(created.state, INITIAL_STATE);
-    let redeploy = NewDeployment {
-        kind: "redeploy".to_owned(),
-        ..new_deployment("a", "prod", 1)
+    // `DeploymentKind` cannot name another kind; the schema refuses one written past it.
+    let insert = |id: &str, kind: &str| {
+        store.connection().execute(
+            "INSERT INTO deployments (id, app, environment, kind, to_release, strategy, state,
+                                      data_json, created_by, created_at, updated_at)
+                  VALUES (?1, 'a', 'prod', ?2, 1, 'blue-green', 'Pending', '{}', 'ci', 1, 1)",
+            params![id, kind],
+        )
     };
-    assert!(store.create_deployment(redeploy).is_err());
+    assert!(insert("d-1", "deploy").is_ok());
+    assert!(insert("d-2", "redeploy").is_err());
 }
 
 #[test]
@@ -617,7 +633,7 @@ fn file_store_keeps_everything_across_reopens() {
             .create_deployment(new_deployment("a", "prod", 1))
             .expect("create");
         let deployment = store
-            .transition(&deployment.id, "Pending", "Starting", None, None)
+            .transition(&deployment.id, S::Pending, S::Starting, None, None)
             .expect("move");
         let event = store
             .record_event(new_event("started", Some(&deployment.id)))
@@ -732,4 +748,90 @@ fn concurrent_writers_never_share_a_release_number() {
     });
     numbers.sort_unstable();
     assert_eq!(numbers, (1..=100).collect::<Vec<u64>>());
+}
+
+#[test]
+fn deployment_kinds_strategies_and_states_round_trip_as_their_names() {
+    let store = store();
+    store
+        .create_release(new_release("a", "prod"))
+        .expect("create release");
+    for kind in DeploymentKind::ALL {
+        for strategy in Strategy::ALL {
+            let created = store
+                .create_deployment(NewDeployment {
+                    kind,
+                    strategy,
+                    ..new_deployment("a", "prod", 1)
+                })
+                .expect("create");
+            let stored: (String, String, String) = store
+                .connection()
+                .query_row(
+                    "SELECT kind, strategy, state FROM deployments WHERE id = ?1",
+                    params![created.id],
+                    |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+                )
+                .expect("raw row");
+            assert_eq!(
+                stored,
+                (
+                    kind.as_str().to_owned(),
+                    strategy.as_str().to_owned(),
+                    "Pending".to_owned()
+                )
+            );
+            let read = store.deployment(&created.id).expect("read");
+            assert_eq!(read, Some(created));
+        }
+    }
+    for state in DeploymentState::ALL {
+        let created = store
+            .create_deployment(new_deployment("a", "prod", 1))
+            .expect("create");
+        let moved = store
+            .transition(&created.id, S::Pending, state, None, None)
+            .expect("transition");
+        assert_eq!(moved.state, state);
+        let read = store
+            .deployment(&created.id)
+            .expect("read")
+            .expect("exists");
+        assert_eq!(read.state, state);
+        let unfinished = store
+            .unfinished_deployments()
+            .expect("unfinished")
+            .iter()
+            .any(|deployment| deployment.id == created.id);
+        assert_eq!(unfinished, !state.is_terminal(), "{state}");
+    }
+    let release = store.release("a", "prod", 1).expect("read release");
+    assert_eq!(
+        release.map(|release| release.strategy),
+        Some(Strategy::BlueGreen)
+    );
+}
+
+#[test]
+fn a_stored_name_no_enum_knows_is_a_read_error() {
+    let store = store();
+    store
+        .create_release(new_release("a", "prod"))
+        .expect("create release");
+    let created = store
+        .create_deployment(new_deployment("a", "prod", 1))
+        .expect("create");
+    store
+        .connection()
+        .execute(
+            "UPDATE deployments SET state = 'Exploded' WHERE id = ?1",
+            params![created.id],
+        )
+        .expect("raw write");
+    let error = store.deployment(&created.id).expect_err("unknown state");
+    assert!(
+        crate::report::chain(&error).contains("unknown deployment state `Exploded`"),
+        "{}",
+        crate::report::chain(&error)
+    );
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use client::Client;
-use client::wire::{DeployRequest, DeploymentView, EventView};
+use client::wire::{DeployRequest, DeploymentEvent, DeploymentState, DeploymentView, EventView};
 
 use crate::ExitStatus;
 use crate::cli::DeployArgs;
@@ -140,7 +140,7 @@ async fn deploy(
     let request = DeployRequest {
         artifact: artifact.digest.clone(),
         manifest: source,
-        strategy: args.strategy.clone(),
+        strategy: args.strategy,
         message: args.message.clone(),
     };
     let deployment = match client.deploy(app, env, &request).await {
@@ -163,7 +163,7 @@ async fn deploy(
         Err(error) => return super::client_error(printer, error),
     };
     let status = report_end(printer, &last, started.elapsed(), &followed);
-    if last.state == "Succeeded"
+    if last.state == DeploymentState::Succeeded
         && let Ok(status_view) = client.status(app, env).await
         && let Some(url) = status_view.url
     {
@@ -218,45 +218,67 @@ pub async fn follow(
 
 fn render_event(printer: &Printer, event: &EventView, elapsed: Duration) {
     let at = format!("({:.1}s)", elapsed.as_secs_f64());
-    match event.kind.as_str() {
-        // BackingUp and Releasing show through what they do (`Backed up`, `Running`), if anything.
-        "deployment.state" => {
-            let next = event.message.rsplit(' ').next().unwrap_or_default();
-            let what = match next {
-                "Preparing" => "the release: unpack, build",
-                "Starting" => "new instances",
-                "Verifying" => "health of the new instances",
-                "Shifting" => "traffic to the new release",
-                "AwaitingApproval" => "approval: `rollway approve` releases it",
-                "Observing" => "the new release with all traffic, analysis armed",
-                "RollingBack" => "traffic to the earlier release",
-                _ => return,
-            };
-            let verb = match next {
-                "RollingBack" => "Rolling back",
-                "AwaitingApproval" => "Awaiting",
-                other => other,
-            };
-            printer.status(verb, &format!("{what} {at}"));
-        }
-        "deployment.output" => printer.status("", &format!("| {}", event.message)),
-        "deployment.command" => printer.status("Running", &event.message),
-        "backup.created" => printer.status("Backed up", &event.message),
-        "backup.skipped" => printer.status("Skipped", &format!("the backup: {}", event.message)),
-        "analysis.verdict" if event.message.contains(": fail") => printer.warning(&event.message),
-        "deployment.holding" | "deployment.awaiting_approval" => {
-            printer.status("Waiting", &event.message)
-        }
-        "deployment.promoted" | "deployment.approved" => printer.status("Promoted", &event.message),
-        "deployment.reuse" => printer.status("Reusing", &event.message),
-        "deployment.stopping" => printer.status("Stopping", &event.message),
-        "alerts.off" => printer.warning(&event.message),
-        "instance.started" => printer.status("Started", &event.message),
-        "instance.healthy" => printer.status("Healthy", &event.message),
-        "deployment.weights" => printer.status("Shifted", &format!("{} {at}", event.message)),
-        "deployment.step_failed" => printer.warning(&event.message),
-        _ => {}
+    match progress_line(event, &at) {
+        Some(Line::Status(verb, text)) => printer.status(verb, &text),
+        Some(Line::Warning(text)) => printer.warning(&text),
+        None => {}
     }
+}
+
+/// One line of a deployment's progress, before the printer styles it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Line {
+    Status(&'static str, String),
+    Warning(String),
+}
+
+/// What an event shows while a deployment is followed. State changes are read from the event's
+/// typed payload (`DeploymentEvent`), never from its message, whose wording is for people.
+fn progress_line(event: &EventView, at: &str) -> Option<Line> {
+    if let Some(DeploymentEvent::State { to, .. }) = event.deployment_event() {
+        return state_line(to, at);
+    }
+    let status = |verb, text: &str| Some(Line::Status(verb, text.to_owned()));
+    match event.kind.as_str() {
+        "deployment.output" => status("", &format!("| {}", event.message)),
+        "deployment.command" => status("Running", &event.message),
+        "backup.created" => status("Backed up", &event.message),
+        "backup.skipped" => status("Skipped", &format!("the backup: {}", event.message)),
+        "analysis.verdict" if event.verdict().is_some_and(|verdict| verdict.is_fail()) => {
+            Some(Line::Warning(event.message.clone()))
+        }
+        "deployment.holding" | "deployment.awaiting_approval" => status("Waiting", &event.message),
+        "deployment.promoted" | "deployment.approved" => status("Promoted", &event.message),
+        "deployment.reuse" => status("Reusing", &event.message),
+        "deployment.stopping" => status("Stopping", &event.message),
+        "alerts.off" => Some(Line::Warning(event.message.clone())),
+        "instance.started" => status("Started", &event.message),
+        "instance.healthy" => status("Healthy", &event.message),
+        "deployment.weights" => status("Shifted", &format!("{} {at}", event.message)),
+        "deployment.step_failed" => Some(Line::Warning(event.message.clone())),
+        _ => None,
+    }
+}
+
+/// The line for entering state `to`. BackingUp and Releasing show through what they do
+/// (`Backed up`, `Running`), if anything.
+fn state_line(to: DeploymentState, at: &str) -> Option<Line> {
+    let what = match to {
+        DeploymentState::Preparing => "the release: unpack, build",
+        DeploymentState::Starting => "new instances",
+        DeploymentState::Verifying => "health of the new instances",
+        DeploymentState::Shifting => "traffic to the new release",
+        DeploymentState::AwaitingApproval => "approval: `rollway approve` releases it",
+        DeploymentState::Observing => "the new release with all traffic, analysis armed",
+        DeploymentState::RollingBack => "traffic to the earlier release",
+        _ => return None,
+    };
+    let verb = match to {
+        DeploymentState::RollingBack => "Rolling back",
+        DeploymentState::AwaitingApproval => "Awaiting",
+        other => other.as_str(),
+    };
+    Some(Line::Status(verb, format!("{what} {at}")))
 }
 
 fn report_end(
@@ -266,8 +288,8 @@ fn report_end(
     followed: &Followed,
 ) -> ExitStatus {
     let took = format!("in {:.1}s", elapsed.as_secs_f64());
-    match deployment.state.as_str() {
-        "Succeeded" => {
+    match deployment.state {
+        DeploymentState::Succeeded => {
             // An observation without a verdict is not a pass: the last line says so.
             let caveat = followed
                 .inconclusive
@@ -283,7 +305,7 @@ fn report_end(
             );
             ExitStatus::Success
         }
-        "RolledBack" => {
+        DeploymentState::RolledBack => {
             printer.error(&format!(
                 "the {} was rolled back: {}",
                 deployment.kind,
@@ -329,3 +351,6 @@ fn human_size(bytes: u64) -> String {
 fn short(digest: &str) -> String {
     format!("sha256:{}", digest.get(..12).unwrap_or(digest))
 }
+
+#[cfg(test)]
+mod tests;

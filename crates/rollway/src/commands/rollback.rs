@@ -1,6 +1,6 @@
 //! `rollway rollback [--to N]`: an atomic switch back when the earlier release is still warm.
 
-use client::wire::RollbackRequest;
+use client::wire::{DeploymentState, RollbackRequest};
 
 use crate::ExitStatus;
 use crate::cli::RollbackArgs;
@@ -39,7 +39,7 @@ pub fn run(args: &RollbackArgs, printer: Printer) -> anyhow::Result<ExitStatus> 
             Ok(last) => last,
             Err(error) => return client_error(&printer, error),
         };
-        let status = if last.state == "Succeeded" {
+        let status = if last.state == DeploymentState::Succeeded {
             printer.status(
                 "Finished",
                 &format!(

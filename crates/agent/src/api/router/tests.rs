@@ -405,7 +405,7 @@ async fn only_another_approver_or_admin_approves() {
             artifact: "ab".repeat(32),
             config_json: "{}".to_owned(),
             secrets_version: None,
-            strategy: "blue-green".to_owned(),
+            strategy: client::wire::Strategy::BlueGreen,
             created_by: "approver".to_owned(),
             message: None,
         })
@@ -416,10 +416,10 @@ async fn only_another_approver_or_admin_approves() {
         .create_deployment(NewDeployment {
             app: "shop".to_owned(),
             environment: "production".to_owned(),
-            kind: "deploy".to_owned(),
+            kind: client::wire::DeploymentKind::Deploy,
             from_release: None,
             to_release: release.number,
-            strategy: "blue-green".to_owned(),
+            strategy: client::wire::Strategy::BlueGreen,
             data_json: serde_json::to_string(&DeploymentData {
                 started_by_token: Some(starter_id),
                 approval: true,
@@ -429,7 +429,8 @@ async fn only_another_approver_or_admin_approves() {
             created_by: "approver".to_owned(),
         })
         .expect("deployment");
-    for (from, to) in [("Pending", "Preparing"), ("Preparing", "AwaitingApproval")] {
+    use client::wire::DeploymentState::{AwaitingApproval, Pending, Preparing};
+    for (from, to) in [(Pending, Preparing), (Preparing, AwaitingApproval)] {
         store
             .transition(&deployment.id, from, to, None, None)
             .expect("transition");
