@@ -50,6 +50,16 @@ impl Setup {
         TestApp::new(self.dir.path().join(name)).version(version)
     }
 
+    /// A webhook receiver whose URL is the secret `secret` of the demo app in `env`.
+    pub(crate) async fn webhook(&self, env: &str, secret: &str) -> testkit::webhook::Receiver {
+        let receiver = testkit::webhook::Receiver::start().await;
+        self.agent
+            .set_secret(APP, env, secret, &receiver.url("/hook"))
+            .await
+            .assert_code(0);
+        receiver
+    }
+
     /// Four clients through the proxy until stopped.
     pub(crate) fn load(&self) -> LoadHandle {
         Load::new(self.agent.proxy_addr())

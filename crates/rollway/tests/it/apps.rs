@@ -405,11 +405,7 @@ async fn leftovers_of_a_killed_unpack_are_removed_at_start() {
 async fn a_deploy_waiting_for_approval_is_an_alert() {
     let setup = Setup::start().await;
     let agent = &setup.agent;
-    let receiver = testkit::webhook::Receiver::start().await;
-    agent
-        .set_secret(APP, ENV, "ALERTS_URL", &receiver.url("/hook"))
-        .await
-        .assert_code(0);
+    let receiver = setup.webhook(ENV, "ALERTS_URL").await;
     let app = |version| setup.app("app", version).alerts_webhook("ALERTS_URL");
     agent.deploy(&app("v1"), ENV).await.assert_code(0);
     let mut held = agent.deploy_command(&app("v2").approval(ENV), ENV, Some(agent.admin_token()));

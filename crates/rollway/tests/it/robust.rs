@@ -52,11 +52,7 @@ async fn wait_status(agent: &TestAgent, done: impl Fn(&Value) -> bool) -> Value 
 async fn a_killed_proxy_is_restarted_and_refuses_no_connection() {
     let setup = Setup::start().await;
     let agent = &setup.agent;
-    let receiver = testkit::webhook::Receiver::start().await;
-    agent
-        .set_secret(APP, ENV, "ALERTS_URL", &receiver.url("/hook"))
-        .await
-        .assert_code(0);
+    let receiver = setup.webhook(ENV, "ALERTS_URL").await;
     let app = setup
         .app("app", "v1")
         .replicas(2)
@@ -69,13 +65,7 @@ async fn a_killed_proxy_is_restarted_and_refuses_no_connection() {
         .duration(Duration::from_secs(120))
         .start();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let killed = proxy_pid(agent);
-    let killed_ok = tokio::process::Command::new("kill")
-        .args(["-9", &killed.to_string()])
-        .status()
-        .await
-        .expect("run kill");
-    assert!(killed_ok.success(), "kill -9 {killed} failed");
+    let killed = kill9_proxy(agent).await;
 
     let status = wait_status(agent, |status| {
         status["proxy"]["restarts"] == 1 && status["proxy"]["state"] == "serving"
@@ -207,13 +197,28 @@ fn assert_contains_value(value: &Value, needle: &str) {
     assert!(text.contains(needle), "expected `{needle}` in {value}");
 }
 
-async fn signal_group(pid: u32, signal: &str) {
-    let status = tokio::process::Command::new("kill")
-        .args([signal, "--", &format!("-{pid}")])
+/// `kill SIGNAL TARGET`; whether it reached a process.
+async fn kill(signal: &str, target: &str) -> bool {
+    tokio::process::Command::new("kill")
+        .args([signal, "--", target])
         .status()
         .await
-        .expect("run kill");
-    assert!(status.success(), "kill {signal} -{pid} failed");
+        .expect("run kill")
+        .success()
+}
+
+async fn signal_group(pid: u32, signal: &str) {
+    assert!(
+        kill(signal, &format!("-{pid}")).await,
+        "kill {signal} -{pid} failed"
+    );
+}
+
+/// SIGKILLs the agent's proxy process; its pid.
+async fn kill9_proxy(agent: &TestAgent) -> i32 {
+    let pid = proxy_pid(agent);
+    assert!(kill("-9", &pid.to_string()).await, "kill -9 {pid} failed");
+    pid
 }
 
 // 4. Every replica failing /health: they stay in traffic (fail open), requests keep being answered,
@@ -223,11 +228,7 @@ async fn signal_group(pid: u32, signal: &str) {
 async fn all_replicas_failing_health_stay_routed_and_alert() {
     let setup = Setup::start().await;
     let agent = &setup.agent;
-    let receiver = testkit::webhook::Receiver::start().await;
-    agent
-        .set_secret(APP, ENV, "ALERTS_URL", &receiver.url("/hook"))
-        .await
-        .assert_code(0);
+    let receiver = setup.webhook(ENV, "ALERTS_URL").await;
     let fail_file = setup.dir.path().join("health-fails");
     let app = setup
         .app("app", "v1")
@@ -316,10 +317,7 @@ async fn a_frozen_release_is_rolled_back_while_observed() {
         .expect("the deploy task");
     // Thawed if still there (the rollback stops them: SIGKILL after the drain works on them too).
     for pid in &frozen {
-        let _ = tokio::process::Command::new("kill")
-            .args(["-CONT", "--", &format!("-{pid}")])
-            .status()
-            .await;
+        kill("-CONT", &format!("-{pid}")).await;
     }
     ran.assert_code(1);
     let status = agent.status(APP, ENV).await;
@@ -410,13 +408,7 @@ async fn an_adopted_proxy_is_supervised_with_its_listeners_held() {
         .duration(Duration::from_secs(120))
         .start();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let killed = proxy_pid(agent);
-    let status = tokio::process::Command::new("kill")
-        .args(["-9", &killed.to_string()])
-        .status()
-        .await
-        .expect("run kill");
-    assert!(status.success());
+    kill9_proxy(agent).await;
     wait_status(agent, |status| status["proxy"]["restarts"] == 1).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let report = load.stop().await;
