@@ -30,9 +30,16 @@ pub fn alert_text(event: &EventView) -> Option<String> {
         (Some(app), Some(env)) => format!("{app} in {env}"),
         _ => "rollway".to_owned(),
     };
+    // How a deployment ended comes from the event's typed payload, never from its wording.
+    let finished = match event.deployment_event() {
+        Some(client::wire::DeploymentEvent::Finished { state, .. }) => Some(state),
+        _ => None,
+    };
     let prefix = match event.kind.as_str() {
-        "deployment.finished" if event.message.starts_with("Failed") => "deploy failed: ",
-        "deployment.finished" if event.message.starts_with("RolledBack") => {
+        "deployment.finished" if finished == Some(client::wire::DeploymentState::Failed) => {
+            "deploy failed: "
+        }
+        "deployment.finished" if finished == Some(client::wire::DeploymentState::RolledBack) => {
             "rolled back automatically: "
         }
         "deployment.awaiting_approval" => "waiting for approval: ",

@@ -3,6 +3,22 @@
 use super::*;
 
 fn event(kind: &str, message: &str) -> EventView {
+    // A finished deployment carries how it ended as a typed payload; the test's message says the
+    // same in its first word, and the alert must not depend on the wording.
+    let data = match (kind, message.split(':').next()) {
+        ("deployment.finished", Some(state)) => state
+            .parse::<client::wire::DeploymentState>()
+            .ok()
+            .map(|state| {
+                serde_json::to_value(client::wire::DeploymentEvent::Finished {
+                    state,
+                    reason: None,
+                })
+                .expect("a finished payload")
+            })
+            .unwrap_or(serde_json::Value::Null),
+        _ => serde_json::Value::Null,
+    };
     EventView {
         id: 1,
         at: 0,
@@ -11,7 +27,7 @@ fn event(kind: &str, message: &str) -> EventView {
         deployment_id: None,
         kind: kind.to_owned(),
         message: message.to_owned(),
-        data: serde_json::Value::Null,
+        data,
     }
 }
 
@@ -86,4 +102,17 @@ fn alerting_events_and_their_text() {
             "{kind}: {message}"
         );
     }
+}
+
+#[test]
+fn a_finished_deployment_alerts_by_its_payload_not_its_wording() {
+    let mut reworded = event("deployment.finished", "Failed: boom");
+    reworded.message = "the deploy did not make it: boom".to_owned();
+    assert_eq!(
+        alert_text(&reworded).as_deref(),
+        Some("[rollway] shop in production: deploy failed: the deploy did not make it: boom")
+    );
+    let mut untyped = event("deployment.finished", "Failed: boom");
+    untyped.data = serde_json::Value::Null;
+    assert_eq!(alert_text(&untyped), None);
 }
