@@ -146,7 +146,6 @@ impl ProxyLink {
     /// data listeners here and starts a proxy on them. A taken address is an error, not a warning in
     /// a log nobody reads. Returns the address the apps are served on.
     pub async fn start(&self, command: &ProxyCommand) -> Result<SocketAddr, LinkError> {
-        let _ = self.shared.command.set(command.clone());
         if let Ok(health) = self.client.healthz().await {
             let listen = health.listen.unwrap_or(command.listen);
             let path = self.dir.join(proxy::handover::LISTENERS_FILE_NAME);

@@ -73,17 +73,9 @@ pub async fn health_loop(engine: Arc<Engine>) {
                     continue;
                 };
                 seen.push(id.clone());
-                let addr = std::net::SocketAddr::from(([127, 0, 0, 1], instance.port));
-                let host = crate::deploy::spec::health_host(&release.resolved, service, health);
-                let passed = crate::health::probe(
-                    addr,
-                    &health.path,
-                    &host,
-                    health.timeout.as_std(),
-                    service.protocol,
-                )
-                .await
-                .is_ok();
+                let passed = crate::deploy::spec::check_instance(&release, service, instance.port)
+                    .await
+                    .unwrap_or(true);
                 let streak = streaks.entry(id.clone()).or_default();
                 *streak = if passed {
                     (streak.0 + 1, 0)

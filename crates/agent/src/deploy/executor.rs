@@ -444,18 +444,12 @@ impl ReleaseHealth {
             let Some(check) = &service.health else {
                 continue;
             };
-            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], instance.port));
-            let host = spec::health_host(&release.resolved, service, check);
-            let path = check.path.clone();
-            let timeout = check.timeout.as_std();
             let threshold = check.unhealthy;
-            let protocol = service.protocol;
-            let id = id.clone();
             checks.push(async move {
-                let passed = health::probe(addr, &path, &host, timeout, protocol)
+                let passed = spec::check_instance(release, service, instance.port)
                     .await
-                    .is_ok();
-                (id, passed, threshold)
+                    .unwrap_or(true);
+                (id.clone(), passed, threshold)
             });
         }
         if checks.is_empty() {
@@ -492,19 +486,7 @@ async fn warm_fallback(engine: &Arc<Engine>, key: &AppEnv, target: u64) -> Optio
     let release = spec::load_release(engine, key, previous).ok()?;
     for (_, instance) in warm.iter().filter(|(_, i)| i.release == previous) {
         let service = release.resolved.config.service(&instance.service)?;
-        let check = service.health.as_ref()?;
-        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], instance.port));
-        let host = spec::health_host(&release.resolved, service, check);
-        if health::probe(
-            addr,
-            &check.path,
-            &host,
-            check.timeout.as_std(),
-            service.protocol,
-        )
-        .await
-        .is_err()
-        {
+        if !spec::check_instance(&release, service, instance.port).await? {
             return None;
         }
     }

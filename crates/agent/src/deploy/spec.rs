@@ -769,6 +769,25 @@ fn route_settings(
     }
 }
 
+/// One health check of an instance of `service` on `port`, as its manifest says (path, host,
+/// timeout, protocol); `None` when the service has no health check.
+pub async fn check_instance(release: &LoadedRelease, service: &Service, port: u16) -> Option<bool> {
+    let health = service.health.as_ref()?;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let host = health_host(&release.resolved, service, health);
+    Some(
+        crate::health::probe(
+            addr,
+            &health.path,
+            &host,
+            health.timeout.as_std(),
+            service.protocol,
+        )
+        .await
+        .is_ok(),
+    )
+}
+
 /// Host header of health checks: `health.host`, else the route's first host, else `localhost`.
 pub fn health_host(resolved: &ResolvedManifest, service: &Service, health: &Health) -> String {
     health.host.clone().unwrap_or_else(|| {
