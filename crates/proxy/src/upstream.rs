@@ -64,6 +64,36 @@ pub(crate) struct SendFailure {
     pub(crate) request: Option<Request<RequestBody>>,
 }
 
+impl SendFailure {
+    /// The instance's connection failed; `request` when it was never sent (and may go elsewhere).
+    fn upstream(
+        instance: &InstanceLive,
+        source: hyper::Error,
+        request: Option<Request<RequestBody>>,
+    ) -> SendFailure {
+        SendFailure {
+            error: ProxyError::Upstream {
+                instance: instance.id().clone(),
+                addr: instance.addr(),
+                source,
+            },
+            request,
+        }
+    }
+
+    /// No answer's head within the route's `timeout`.
+    fn timed_out(instance: &InstanceLive, timeout: std::time::Duration) -> SendFailure {
+        SendFailure {
+            error: ProxyError::UpstreamTimeout {
+                instance: instance.id().clone(),
+                addr: instance.addr(),
+                timeout,
+            },
+            request: None,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct IdleConnection {
     sender: Http1Sender,
@@ -207,25 +237,15 @@ pub(crate) async fn send(
             Some(Err(mut failure)) => match failure.take_message() {
                 Some(unsent) if reused => request = unsent,
                 unsent => {
-                    return Err(SendFailure {
-                        error: ProxyError::Upstream {
-                            instance: instance.id().clone(),
-                            addr: instance.addr(),
-                            source: failure.into_error(),
-                        },
-                        request: unsent,
-                    });
+                    return Err(SendFailure::upstream(
+                        instance,
+                        failure.into_error(),
+                        unsent,
+                    ));
                 }
             },
             None => {
-                return Err(SendFailure {
-                    error: ProxyError::UpstreamTimeout {
-                        instance: instance.id().clone(),
-                        addr: instance.addr(),
-                        timeout: settings.timeout,
-                    },
-                    request: None,
-                });
+                return Err(SendFailure::timed_out(instance, settings.timeout));
             }
         }
     }
@@ -299,26 +319,16 @@ async fn send_h2(
                 match failure.take_message() {
                     Some(unsent) if reused => request = unsent,
                     unsent => {
-                        return Err(SendFailure {
-                            error: ProxyError::Upstream {
-                                instance: instance.id().clone(),
-                                addr: instance.addr(),
-                                source: failure.into_error(),
-                            },
-                            request: unsent,
-                        });
+                        return Err(SendFailure::upstream(
+                            instance,
+                            failure.into_error(),
+                            unsent,
+                        ));
                     }
                 }
             }
             None => {
-                return Err(SendFailure {
-                    error: ProxyError::UpstreamTimeout {
-                        instance: instance.id().clone(),
-                        addr: instance.addr(),
-                        timeout: settings.timeout,
-                    },
-                    request: None,
-                });
+                return Err(SendFailure::timed_out(instance, settings.timeout));
             }
         }
     }
