@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{RouteSettings, UpstreamProtocol};
+use crate::config::{RouteSettings, RouteTls, UpstreamProtocol};
 use crate::control::{InstanceSpec, Proxy};
 use crate::error::ControlError;
 use crate::routing::{InstanceId, InstanceState, ReleaseId, RouteName, RouteSpec, RoutingTable};
@@ -100,6 +100,9 @@ pub struct DesiredRoute {
     /// Protocol spoken to the instances.
     #[serde(default, skip_serializing_if = "is_default_protocol")]
     pub protocol: UpstreamProtocol,
+    /// HTTPS policy (`RouteSettings::tls`).
+    #[serde(default, skip_serializing_if = "RouteTls::is_default")]
+    pub tls: RouteTls,
     #[serde(default)]
     pub pools: Vec<DesiredPool>,
 }
@@ -352,6 +355,7 @@ impl DesiredRoute {
             max_body_bytes: settings.max_body_bytes,
             max_header_fields: settings.max_header_fields,
             protocol: settings.protocol,
+            tls: settings.tls,
             pools: Vec::new(),
         }
     }
@@ -364,6 +368,7 @@ impl DesiredRoute {
             max_body_bytes: self.max_body_bytes,
             max_header_fields: self.max_header_fields,
             protocol: self.protocol,
+            tls: self.tls,
         }
     }
 
@@ -374,6 +379,7 @@ impl DesiredRoute {
         self.max_body_bytes = settings.max_body_bytes;
         self.max_header_fields = settings.max_header_fields;
         self.protocol = settings.protocol;
+        self.tls = settings.tls;
     }
 
     /// The path prefixes routed: `paths`, or `/` when it is empty.

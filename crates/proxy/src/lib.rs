@@ -41,14 +41,15 @@ mod routes_file;
 mod routing;
 mod server;
 mod stats;
+pub mod tls;
 mod tunnel;
 mod upstream;
 pub mod workers;
 
 pub use body::{AnswerBodyError, ProxyBody, RequestBodyError};
 pub use config::{
-    PassiveHealthConfig, ProxyConfig, RouteSettings, TrustedProxy, TrustedProxyParseError,
-    UpstreamProtocol, WaitingConfig,
+    PassiveHealthConfig, ProxyConfig, RouteSettings, RouteTls, TrustedProxy,
+    TrustedProxyParseError, UpstreamProtocol, WaitingConfig,
 };
 pub use control::{DrainOutcome, InstanceSpec, Proxy};
 pub use desired::{
@@ -65,5 +66,5 @@ pub use routes_file::{ROUTES_FILE_NAME, RoutesFile, RoutesFileError};
 pub use routing::{
     InstanceId, InstanceState, Pool, ReleaseId, Route, RouteName, RouteSpec, RoutingTable,
 };
-pub use server::{serve, serve_tls};
+pub use server::{serve, serve_https, serve_tls};
 pub use stats::{LatencySummary, ReleaseStats, ReleaseStatsSnapshot, StatusClassCounts};
