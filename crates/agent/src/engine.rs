@@ -160,6 +160,8 @@ pub struct Engine {
     pub counters: Mutex<crate::metrics::Counters>,
     /// Published events that may be alerts, for the alerts task.
     pub alerts: tokio::sync::mpsc::UnboundedSender<EventView>,
+    /// Certificates for the HTTPS listener: settings, pending ACME challenges.
+    pub certs: crate::certs::Certs,
 }
 
 /// What a person tells a running deployment.
@@ -315,7 +317,12 @@ impl Engine {
     pub async fn push_routes(&self) -> Result<(), crate::proxy_link::LinkError> {
         let _serial = self.proxy_push.lock().await;
         let desired = self.desired_state();
-        self.proxy.put_state(&desired).await
+        self.proxy.put_state(&desired).await?;
+        // A proxy that restarted or took over needs the certificates too (they are never on disk).
+        if let Err(error) = crate::certs::push(self).await {
+            tracing::error!(message = "Cannot give the proxy its certificates.", error = %crate::report::chain(&error));
+        }
+        Ok(())
     }
 }
 

@@ -9,6 +9,7 @@ pub mod analysis;
 pub mod api;
 pub mod artifact;
 pub mod backup;
+pub mod certs;
 pub mod deploy;
 pub mod drivers;
 pub mod engine;
@@ -48,6 +49,12 @@ pub struct AgentConfig {
     pub proxy: SocketAddr,
     /// Where the proxy serves `/metrics`, if anywhere.
     pub proxy_metrics: Option<SocketAddr>,
+    /// The proxy's HTTPS listener, if any.
+    pub https: Option<SocketAddr>,
+    /// ACME directory (URL, or `production` / `staging`), contact and extra trust roots.
+    pub acme_directory: String,
+    pub acme_email: Option<String>,
+    pub acme_ca: Option<PathBuf>,
     /// The `rollway` binary, started again as `rollway proxy`.
     pub exe: PathBuf,
     /// `--master-key FILE`; `None`: `ROLLWAY_MASTER_KEY`, a systemd credential, or the default
@@ -140,6 +147,7 @@ pub async fn run(
         exe: config.exe.clone(),
         listen: config.proxy,
         metrics: config.proxy_metrics,
+        https: config.https,
     };
     let proxy_addr = proxy.start(&proxy_command).await?;
 
@@ -172,6 +180,12 @@ pub async fn run(
         signalled: tokio::sync::Notify::new(),
         alerts,
         counters: Mutex::new(metrics::Counters::default()),
+        certs: certs::Certs::new(certs::CertsConfig::new(
+            &config.acme_directory,
+            config.acme_email.clone(),
+            config.acme_ca.clone(),
+            config.https.is_some(),
+        )),
     });
     tokio::spawn(alerts::run(engine.clone(), alerts_queue));
     recover::recover(&engine).await;
@@ -185,6 +199,7 @@ pub async fn run(
     tokio::spawn(proxy_supervisor::supervise(engine.clone()));
     tokio::spawn(expire_warm_instances(engine.clone()));
     tokio::spawn(scheduled_backups(engine.clone()));
+    tokio::spawn(certs::renew_loop(engine.clone()));
     tokio::spawn(watch::health_loop(engine.clone()));
     tokio::spawn(watch::error_rate_loop(engine.clone()));
 

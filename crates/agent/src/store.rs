@@ -27,11 +27,13 @@ use client::wire::{DeploymentKind, DeploymentState, Strategy};
 use crate::tokens::Role;
 
 mod backups;
+mod certs;
 mod images;
 mod migrations;
 mod secrets;
 
 pub use backups::{BackupKind, BackupReason, BackupRecord};
+pub use certs::{CertRecord, CertSource};
 pub use secrets::{SealedSecret, SecretMeta};
 
 /// A cheap-clone handle on the store.

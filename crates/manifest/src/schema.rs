@@ -279,6 +279,30 @@ pub struct Route {
     pub max_body: ByteSize,
     /// Most header fields in an answer (502 past it).
     pub max_header_fields: u32,
+    /// HTTPS for the route's hosts (`tls`); off by default.
+    pub tls: RouteTls,
+    /// `Strict-Transport-Security` max-age on HTTPS answers (`hsts = "1y"`); only with TLS.
+    pub hsts: Option<Duration>,
+}
+
+/// Where a route's certificates come from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RouteTls {
+    /// Plain HTTP only.
+    #[default]
+    Off,
+    /// A certificate per host from the agent's ACME server (Let's Encrypt by default).
+    Auto,
+    /// A certificate and key given as secrets of the environment (PEM), by name.
+    Given { cert: String, key: String },
+}
+
+impl RouteTls {
+    /// Whether the route is served over HTTPS (and plain HTTP redirects there).
+    pub fn is_on(&self) -> bool {
+        !matches!(self, RouteTls::Off)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

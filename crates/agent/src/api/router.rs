@@ -14,7 +14,7 @@ use axum::http::Method;
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::{MethodFilter, MethodRouter, get, on};
 
-use crate::api::{auth, error, handlers, input};
+use crate::api::{auth, certs, error, handlers, input};
 use crate::engine::Engine;
 use crate::tokens::Role;
 
@@ -103,6 +103,8 @@ pub fn routes() -> Vec<Route> {
             handlers::events_stream,
         ),
         route(Viewer, Method::GET, "/metrics", handlers::metrics),
+        route(Viewer, Method::GET, "/certs", certs::list),
+        route(Deployer, Method::POST, "/certs/{host}/renew", certs::renew),
         route(
             Deployer,
             Method::PUT,

@@ -187,6 +187,11 @@ async fn step(
             Ok(())
         }
         State::Preparing => {
+            // Certificates first: a refused or broken one fails the deploy before anything is
+            // built or moved.
+            crate::certs::ensure_for_release(engine, &key, &release.resolved, &release.secrets)
+                .await
+                .map_err(|error| crate::report::chain(&error))?;
             prepare::prepare(engine, deployment, &release)
                 .await
                 .map_err(|error| crate::report::chain(&error))?;

@@ -33,6 +33,12 @@ fn engine_without_proxy(dir: &std::path::Path) -> Engine {
         signalled: tokio::sync::Notify::new(),
         counters: Mutex::new(crate::metrics::Counters::default()),
         alerts,
+        certs: crate::certs::Certs::new(crate::certs::CertsConfig::new(
+            "production",
+            None,
+            None,
+            false,
+        )),
     }
 }
 

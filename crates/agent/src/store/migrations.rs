@@ -13,6 +13,7 @@ pub(super) static MIGRATIONS: &[M<'static>] = &[
     M::up(V2_SECRETS_BACKUPS),
     M::up(V3_RELEASE_IMAGES),
     M::up(V4_APPROVER_ROLE),
+    M::up(V6_CERTIFICATES),
 ];
 
 /// The first schema.
@@ -228,4 +229,36 @@ INSERT INTO tokens_v4 (id, name, role, hash, created_at, revoked_at)
     SELECT id, name, role, hash, created_at, revoked_at FROM tokens;
 DROP TABLE tokens;
 ALTER TABLE tokens_v4 RENAME TO tokens;
+"#;
+
+/// Certificates served by the proxy's TLS listener, one row per host, and the ACME account per
+/// directory. Private keys and the account credentials are sealed with the master key (nonce and
+/// ciphertext), never stored in clear; the chain is public.
+///
+/// (Numbered 6: issue 15's plan reserves 5 for another branch's migration; the list's order is what
+/// counts.)
+const V6_CERTIFICATES: &str = r#"
+CREATE TABLE certificates (
+    host             TEXT    NOT NULL PRIMARY KEY,
+    source           TEXT    NOT NULL CHECK (source IN ('acme', 'given')),
+    app              TEXT    NOT NULL,
+    environment      TEXT    NOT NULL,
+    chain_pem        TEXT    NOT NULL,
+    key_nonce        BLOB    NOT NULL,
+    key_sealed       BLOB    NOT NULL,
+    issuer           TEXT    NOT NULL,
+    not_before       INTEGER NOT NULL,
+    not_after        INTEGER NOT NULL,
+    renewed_at       INTEGER NOT NULL,
+    last_error       TEXT,
+    failures         INTEGER NOT NULL DEFAULT 0 CHECK (failures >= 0),
+    next_attempt_at  INTEGER
+) STRICT;
+
+CREATE TABLE acme_accounts (
+    directory          TEXT    NOT NULL PRIMARY KEY,
+    credentials_nonce  BLOB    NOT NULL,
+    credentials_sealed BLOB    NOT NULL,
+    created_at         INTEGER NOT NULL
+) STRICT;
 "#;

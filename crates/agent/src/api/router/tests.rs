@@ -65,6 +65,12 @@ impl TestApi {
             signalled: tokio::sync::Notify::new(),
             counters: Mutex::new(crate::metrics::Counters::default()),
             alerts,
+            certs: crate::certs::Certs::new(crate::certs::CertsConfig::new(
+                "production",
+                None,
+                None,
+                false,
+            )),
         });
         let mut tokens = BTreeMap::new();
         for role in Role::ALL {
