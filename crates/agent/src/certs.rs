@@ -266,13 +266,19 @@ pub fn covers(names: &[String], host: &str) -> bool {
 }
 
 /// When renewal of a certificate valid from `not_before` to `not_after` starts: 30 days before
-/// expiry, or at 2/3 of the lifetime when that is earlier (short-lived certificates); `window`
-/// overrides the 30 days.
+/// expiry, or at 2/3 of the lifetime when 30 days before would come earlier (short-lived
+/// certificates: a 6-day one renews on day 4). `window` (`ROLLWAY_CERT_RENEW_BEFORE`) replaces the
+/// rule: renewal starts that long before expiry, whatever the lifetime.
 pub fn renew_at(not_before: i64, not_after: i64, window: Option<Duration>) -> i64 {
-    let window = i64::try_from(window.unwrap_or(RENEW_BEFORE).as_millis()).unwrap_or(i64::MAX);
+    let millis = |duration: Duration| i64::try_from(duration.as_millis()).unwrap_or(i64::MAX);
+    if let Some(window) = window {
+        return not_after.saturating_sub(millis(window));
+    }
     let lifetime = not_after.saturating_sub(not_before).max(0);
     let two_thirds = not_before.saturating_add(lifetime / 3 * 2);
-    not_after.saturating_sub(window).min(two_thirds)
+    not_after
+        .saturating_sub(millis(RENEW_BEFORE))
+        .max(two_thirds)
 }
 
 /// The purpose a host's key is sealed for (the AEAD's associated data).

@@ -280,8 +280,10 @@ pub struct Route {
     /// Most header fields in an answer (502 past it).
     pub max_header_fields: u32,
     /// HTTPS for the route's hosts (`tls`); off by default.
+    #[serde(skip_serializing_if = "RouteTls::is_off")]
     pub tls: RouteTls,
     /// `Strict-Transport-Security` max-age on HTTPS answers (`hsts = "1y"`); only with TLS.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub hsts: Option<Duration>,
 }
 
@@ -302,6 +304,10 @@ impl RouteTls {
     /// Whether the route is served over HTTPS (and plain HTTP redirects there).
     pub fn is_on(&self) -> bool {
         !matches!(self, RouteTls::Off)
+    }
+
+    pub fn is_off(&self) -> bool {
+        !self.is_on()
     }
 }
 
