@@ -4,11 +4,21 @@
 //!
 //! It does not know TLS (the agent listens on loopback; a TLS front is future work).
 
+pub mod agent;
+pub mod artifacts;
 pub mod auth;
+pub mod backups;
+pub mod deployments;
 pub mod error;
-pub mod handlers;
+pub mod events;
 pub mod input;
+pub mod locks;
+pub mod logs;
+pub mod releases;
 pub mod router;
+pub mod secrets;
+pub mod status;
+pub mod tokens;
 pub mod views;
 
 use std::pin::Pin;
@@ -324,7 +334,7 @@ async fn limit_body(idle: Duration, request: Request, next: Next) -> Response {
     let response = next.run(request).await;
     if stalled.load(Ordering::Relaxed) && !response.status().is_success() {
         return error::ApiError::new(
-            axum::http::StatusCode::REQUEST_TIMEOUT,
+            error::Kind::Timeout,
             "timeout",
             BodyStalled(idle).to_string(),
         )
