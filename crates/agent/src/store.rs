@@ -38,6 +38,7 @@ mod tokens;
 pub use backups::{BackupKind, BackupReason, BackupRecord};
 pub use deployments::{Deployment, INITIAL_STATE, NewDeployment};
 pub use events::{Event, NewEvent};
+pub use images::ReleaseImages;
 pub use instances::InstanceRecord;
 pub use locks::Lock;
 pub use releases::{NewRelease, Release, ReleaseOutcome};

@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use client::wire::{BackupView, RestoreView};
 
 use crate::api::auth::Caller;
-use crate::api::error::{ApiError, ApiResult, Kind};
+use crate::api::error::{ApiError, ApiResult};
 use crate::engine::Engine;
 use crate::store::NewEvent;
 
@@ -41,23 +41,20 @@ pub async fn create_backup(
     Extension(caller): Extension<Caller>,
     Path((app, env)): Path<(String, String)>,
 ) -> Result<(StatusCode, Json<BackupView>), ApiError> {
-    match crate::backup::on_demand(&engine, &app, &env, crate::store::BackupReason::Manual).await {
-        Ok(record) => {
-            engine.record(NewEvent {
-                app: Some(app),
-                environment: Some(env),
-                deployment_id: None,
-                kind: "backup.created".to_owned(),
-                message: format!(
-                    "{} took backup {} of {} ({} bytes)",
-                    caller.name, record.id, record.target, record.size
-                ),
-                data_json: "{}".to_owned(),
-            });
-            Ok((StatusCode::CREATED, Json(backup_view(&record))))
-        }
-        Err(reason) => Err(ApiError::new(Kind::Conflict, "backup_failed", reason)),
-    }
+    let record =
+        crate::backup::on_demand(&engine, &app, &env, crate::store::BackupReason::Manual).await?;
+    engine.record(NewEvent {
+        app: Some(app),
+        environment: Some(env),
+        deployment_id: None,
+        kind: "backup.created".to_owned(),
+        message: format!(
+            "{} took backup {} of {} ({} bytes)",
+            caller.name, record.id, record.target, record.size
+        ),
+        data_json: "{}".to_owned(),
+    });
+    Ok((StatusCode::CREATED, Json(backup_view(&record))))
 }
 
 pub async fn restore_backup(
@@ -71,9 +68,7 @@ pub async fn restore_backup(
         .map_err(ApiError::internal)?
         .filter(|record| record.app == app && record.environment == env)
         .ok_or_else(|| ApiError::not_found(format!("no backup `{id}` of `{app}` in `{env}`")))?;
-    let steps = crate::backup::restore_live(&engine, &record)
-        .await
-        .map_err(|reason| ApiError::new(Kind::Conflict, "restore_failed", reason))?;
+    let steps = crate::backup::restore_live(&engine, &record).await?;
     engine.record(NewEvent {
         app: Some(app),
         environment: Some(env),

@@ -17,6 +17,7 @@ use serde::de::DeserializeOwned;
 
 use crate::api::input::InputError;
 use crate::artifact::ArtifactError;
+use crate::backup::{BackupNowError, RestoreLiveError};
 use crate::deploy::start::StartError;
 
 /// What went wrong, as the API answers it. The kind decides the status; no handler picks one.
@@ -334,6 +335,26 @@ impl From<ArtifactError> for ApiError {
             }
         };
         ApiError::new(kind, code, crate::report::chain(&error))
+    }
+}
+
+impl From<BackupNowError> for ApiError {
+    fn from(error: BackupNowError) -> Self {
+        ApiError::new(
+            Kind::Conflict,
+            "backup_failed",
+            crate::report::chain(&error),
+        )
+    }
+}
+
+impl From<RestoreLiveError> for ApiError {
+    fn from(error: RestoreLiveError) -> Self {
+        ApiError::new(
+            Kind::Conflict,
+            "restore_failed",
+            crate::report::chain(&error),
+        )
     }
 }
 
