@@ -12,8 +12,8 @@ use futures_util::Stream;
 use serde::Deserialize;
 
 use crate::api::error::{ApiError, ApiResult};
-use crate::api::views;
 use crate::engine::Engine;
+use crate::store::Event;
 
 #[derive(Debug, Deserialize)]
 pub struct AfterQuery {
@@ -36,7 +36,7 @@ pub async fn deployment_events(
         .store
         .events_for_deployment(&id, query.after)
         .map_err(ApiError::internal)?;
-    Ok(Json(events.iter().map(views::event_view).collect()))
+    Ok(Json(events.iter().map(Event::view).collect()))
 }
 
 /// Server-sent events of one deployment, from the start, until it finishes.
@@ -61,7 +61,7 @@ pub async fn events(
         .store
         .events_after(query.after, query.limit.min(10_000))
         .map_err(ApiError::internal)?;
-    Ok(Json(events.iter().map(views::event_view).collect()))
+    Ok(Json(events.iter().map(Event::view).collect()))
 }
 
 /// Server-sent events of the whole audit log, from `after` on, until the client leaves.
@@ -124,7 +124,7 @@ fn event_stream(
                 };
                 cursor
                     .queue
-                    .extend(stored.unwrap_or_default().iter().map(views::event_view));
+                    .extend(stored.unwrap_or_default().iter().map(Event::view));
                 continue;
             }
             match tokio::time::timeout(Duration::from_secs(30), cursor.live.recv()).await {

@@ -1,5 +1,6 @@
 //! Events: the append-only audit log.
 
+use client::wire::EventView;
 use rusqlite::{Connection, Row, params};
 use serde::{Deserialize, Serialize};
 
@@ -29,6 +30,22 @@ pub struct NewEvent {
     pub kind: String,
     pub message: String,
     pub data_json: String,
+}
+
+impl Event {
+    /// The event as the API, live followers and alerts see it.
+    pub fn view(&self) -> EventView {
+        EventView {
+            id: self.id,
+            at: self.at,
+            app: self.app.clone(),
+            environment: self.environment.clone(),
+            deployment_id: self.deployment_id.clone(),
+            kind: self.kind.clone(),
+            message: self.message.clone(),
+            data: serde_json::from_str(&self.data_json).unwrap_or(serde_json::Value::Null),
+        }
+    }
 }
 
 impl NewEvent {
@@ -69,6 +86,15 @@ impl Store {
             event_from_row,
         )
         .map_err(|source| self.error("read events", format!("ids after `{after_id}`"), source))
+    }
+
+    /// The id of the last event recorded (0 when there is none).
+    pub fn last_event_id(&self) -> Result<i64, StoreError> {
+        self.connection()
+            .query_row("SELECT COALESCE(MAX(id), 0) FROM events", [], |row| {
+                row.get(0)
+            })
+            .map_err(|source| self.error("read the last event id", self.subject(), source))
     }
 
     /// The events of deployment `id` with an id above `after_id`, oldest first.

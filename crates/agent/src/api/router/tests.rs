@@ -38,7 +38,6 @@ impl TestApi {
         let state = dir.path().to_path_buf();
         let store = Arc::new(Store::open_in_memory().expect("store"));
         let (events, _) = tokio::sync::broadcast::channel(16);
-        let (alerts, _) = tokio::sync::mpsc::unbounded_channel();
         let process =
             driver::process::ProcessDriver::new(state.join("instances")).expect("process driver");
         let shutdown = tokio_util::sync::CancellationToken::new();
@@ -64,7 +63,6 @@ impl TestApi {
             signals: Mutex::new(BTreeMap::new()),
             signalled: tokio::sync::Notify::new(),
             counters: Mutex::new(crate::metrics::Counters::default()),
-            alerts,
         });
         let mut tokens = BTreeMap::new();
         for role in Role::ALL {
