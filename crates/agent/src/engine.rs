@@ -160,6 +160,8 @@ pub struct Engine {
     pub counters: Mutex<crate::metrics::Counters>,
     /// Published events that may be alerts, for the alerts task.
     pub alerts: tokio::sync::mpsc::UnboundedSender<EventView>,
+    /// The API certificate's fingerprint when the API serves TLS (`GET /v1/agent` shows it).
+    pub api_fingerprint: Option<client::pin::Fingerprint>,
 }
 
 /// What a person tells a running deployment.

@@ -64,6 +64,7 @@ impl TestApi {
             signals: Mutex::new(BTreeMap::new()),
             signalled: tokio::sync::Notify::new(),
             counters: Mutex::new(crate::metrics::Counters::default()),
+            api_fingerprint: None,
             alerts,
         });
         let mut tokens = BTreeMap::new();
