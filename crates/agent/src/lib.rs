@@ -11,6 +11,7 @@ pub mod artifact;
 pub mod backup;
 pub mod deploy;
 pub mod drivers;
+pub mod edge;
 pub mod engine;
 pub mod health;
 pub mod isolation;
@@ -172,6 +173,7 @@ pub async fn run(
         signalled: tokio::sync::Notify::new(),
         alerts,
         counters: Mutex::new(metrics::Counters::default()),
+        edge: Mutex::new(BTreeMap::new()),
     });
     tokio::spawn(alerts::run(engine.clone(), alerts_queue));
     recover::recover(&engine).await;

@@ -65,6 +65,7 @@ impl TestApi {
             signalled: tokio::sync::Notify::new(),
             counters: Mutex::new(crate::metrics::Counters::default()),
             alerts,
+            edge: Mutex::new(BTreeMap::new()),
         });
         let mut tokens = BTreeMap::new();
         for role in Role::ALL {
