@@ -76,6 +76,8 @@ pub struct RouteInfo {
     pub drain: Duration,
     /// Limits, timeouts and upstream protocol from `[routes.X]` and `[services.X] protocol`.
     pub settings: proxy::RouteSettings,
+    /// Rate limit and allow list from `[routes.X]`, and the health path maintenance lets through.
+    pub edge: crate::edge::RouteEdgeInfo,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -146,6 +148,8 @@ pub struct Engine {
     /// How app processes are confined on this host (detected at start).
     pub isolation: driver::Isolation,
     pub paths: Paths,
+    /// Every recorded event, as it is recorded: live followers (`events --follow`, a deployment's
+    /// stream) and the alerts task subscribe; one that falls behind reads the store from its last id.
     pub events: broadcast::Sender<EventView>,
     /// std Mutex: held for map edits only, never across an await.
     pub runtimes: Mutex<BTreeMap<AppEnv, Runtime>>,
@@ -158,10 +162,13 @@ pub struct Engine {
     pub signalled: tokio::sync::Notify,
     /// In-memory counters for `/metrics`. std Mutex: increments only.
     pub counters: Mutex<crate::metrics::Counters>,
-    /// Published events that may be alerts, for the alerts task.
-    pub alerts: tokio::sync::mpsc::UnboundedSender<EventView>,
     /// Certificates for the HTTPS listener: settings, pending ACME challenges.
     pub certs: crate::certs::Certs,
+    /// The API certificate's fingerprint when the API serves TLS (`GET /v1/agent` shows it).
+    pub api_fingerprint: Option<client::pin::Fingerprint>,
+    /// Maintenance mode and pause per environment (`crate::edge`), loaded from the store at start.
+    /// std Mutex: map reads and edits only, never held across an await.
+    pub edge: Mutex<BTreeMap<AppEnv, crate::edge::EnvEdge>>,
 }
 
 /// What a person tells a running deployment.
@@ -183,16 +190,13 @@ impl Engine {
 
     /// Tells the trace log and live followers about an event already in the store.
     pub fn publish(&self, stored: &Event) {
-        let view = crate::api::views::event_view(stored);
+        let view = stored.view();
         tracing::info!(
             message = "Event.",
             kind = %view.kind,
             deployment = view.deployment_id.as_deref().unwrap_or(""),
             text = %view.message
         );
-        if crate::alerts::alert_text(&view).is_some() {
-            let _ = self.alerts.send(view.clone());
-        }
         let _ = self.events.send(view);
     }
 
@@ -214,6 +218,8 @@ impl Engine {
             .runtimes
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let edges = self.env_edges();
+        let now_ms = now_ms();
         let mut routes = Vec::new();
         for ((app, env), runtime) in runtimes.iter() {
             for route in &runtime.routes {
@@ -246,6 +252,12 @@ impl Engine {
                 desired_route.drain_timeout_ms =
                     u64::try_from(route.drain.as_millis()).unwrap_or(u64::MAX);
                 desired_route.set_settings(route.settings);
+                crate::edge::apply(
+                    &mut desired_route,
+                    route,
+                    edges.get(&(app.clone(), env.clone())),
+                    now_ms,
+                );
                 desired_route.pools = pools;
                 routes.push(desired_route);
             }

@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use client::wire::{CertSourceView, CertView};
 
 use crate::api::auth::Caller;
-use crate::api::error::ApiError;
+use crate::api::error::{ApiError, Kind};
 use crate::engine::Engine;
 use crate::store::{CertRecord, CertSource, NewEvent};
 
@@ -51,7 +51,7 @@ pub async fn renew(
         .ok_or_else(|| ApiError::not_found(format!("no certificate for host `{host}`")))?;
     if record.source != CertSource::Acme {
         return Err(ApiError::new(
-            StatusCode::CONFLICT,
+            Kind::Conflict,
             "given_certificate",
             format!(
                 "the certificate for `{host}` is given as secrets of `{}` in `{}`; renew it by setting new ones and deploying",
@@ -73,7 +73,7 @@ pub async fn renew(
     match crate::certs::renew(&engine, &record).await {
         Ok(renewed) => Ok(Json(view(&engine, &renewed))),
         Err(error) => Err(ApiError::new(
-            StatusCode::BAD_GATEWAY,
+            Kind::Other(StatusCode::BAD_GATEWAY),
             "renewal_failed",
             crate::report::chain(&error),
         )),

@@ -9,7 +9,6 @@ fn engine_without_proxy(dir: &std::path::Path) -> Engine {
         driver::process::ProcessDriver::new(paths.instances.clone()).expect("process driver"),
     );
     let (events, _) = broadcast::channel(16);
-    let (alerts, _) = tokio::sync::mpsc::unbounded_channel();
     Engine {
         store: Arc::new(Store::open_in_memory().expect("store")),
         drivers: crate::drivers::Drivers::new(driver),
@@ -32,13 +31,14 @@ fn engine_without_proxy(dir: &std::path::Path) -> Engine {
         signals: Mutex::new(BTreeMap::new()),
         signalled: tokio::sync::Notify::new(),
         counters: Mutex::new(crate::metrics::Counters::default()),
-        alerts,
         certs: crate::certs::Certs::new(crate::certs::CertsConfig::new(
             "production",
             None,
             None,
             false,
         )),
+        api_fingerprint: None,
+        edge: Mutex::new(BTreeMap::new()),
     }
 }
 
@@ -53,6 +53,7 @@ async fn a_change_the_proxy_refuses_is_undone() {
         paths: Vec::new(),
         drain: Duration::from_secs(1),
         settings: proxy::RouteSettings::default(),
+        edge: crate::edge::RouteEdgeInfo::default(),
     };
     engine.with_runtime(&key, |runtime| {
         runtime.routes = vec![serving.clone()];
