@@ -330,6 +330,38 @@ async fn https_through_pebble_issue_renew_refuse_and_given_certificates() {
         assert_ne!(challenge.0, "308", "{challenge:?}");
     }
 
+    // 2b. The HTTPS listener and the certificates survive a hot upgrade of the proxy (the successor
+    //     takes them from its predecessor) and a kill -9 of it (the agent holds the listeners and
+    //     gives the new proxy the certificates again).
+    agent.cli(&["proxy", "upgrade"]).await.assert_code(0);
+    assert_eq!(
+        https_get(https, "a.test", &root).await,
+        ("200".to_owned(), "v1".to_owned()),
+        "HTTPS right after `rollway proxy upgrade`"
+    );
+    let pid = std::fs::read_to_string(agent.state_dir().join("proxy/proxy.pid"))
+        .expect("proxy.pid")
+        .trim()
+        .to_owned();
+    let killed = Command::new("kill")
+        .args(["-9", &pid])
+        .status()
+        .await
+        .expect("kill");
+    assert!(killed.success(), "kill -9 {pid}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let answer = https_get(https, "b.test", &root).await;
+        if answer == ("200".to_owned(), "v1".to_owned()) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "HTTPS did not come back after the proxy's kill -9: {answer:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     // 3. Forced renewal under continuous load: no failed request; new connections get the new
     //    certificate. Load: a new connection (a new handshake) per request, and one keep-alive
     //    connection that lives across the renewals.
@@ -512,4 +544,45 @@ async fn count_events(agent: &TestAgent, kind: &str) -> usize {
         .iter()
         .filter(|event| event["kind"] == kind)
         .count()
+}
+
+/// HTTP-01 (on the plain listener) instead of TLS-ALPN-01: one host, issued and served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http01_challenge_on_the_plain_listener() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let https = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let acme_port = free_port();
+    let ca_file = dir.path().join("pebble").join("acme-ca.pem");
+    let agent = TestAgent::start_with_args(
+        rollway_bin(),
+        &dir.path().join("state"),
+        &[
+            "--https".to_owned(),
+            https.to_string(),
+            "--acme-directory".to_owned(),
+            format!("https://127.0.0.1:{acme_port}/dir"),
+            "--acme-ca".to_owned(),
+            ca_file.display().to_string(),
+        ],
+        &[("ROLLWAY_ACME_CHALLENGE", "http-01")],
+    )
+    .await;
+    // Pebble's TLS-ALPN-01 port is a closed one: only HTTP-01 can succeed.
+    let pebble = Pebble::start(
+        &dir.path().join("pebble"),
+        acme_port,
+        agent.proxy_addr().port(),
+        free_port(),
+    )
+    .await;
+    let root = pebble.root(&dir.path().join("pebble-root.pem")).await;
+    let app = TestApp::new(dir.path().join("web"))
+        .version("v7")
+        .hosts(&["plain.test"])
+        .route_line(r#"tls = "auto""#);
+    agent.deploy(&app, ENV).await.assert_code(0);
+    assert_eq!(
+        https_get(https, "plain.test", &root).await,
+        ("200".to_owned(), "v7".to_owned())
+    );
 }
