@@ -106,6 +106,9 @@ pub struct Certs {
     /// held across the order.
     pub(crate) issuing: tokio::sync::Mutex<()>,
     pub(crate) account: tokio::sync::Mutex<Option<instant_acme::Account>>,
+    /// When `cert.expiring` was last recorded per host, so the alert comes once a day, not at every
+    /// check. std Mutex: edits only.
+    expiring_alerted: Mutex<BTreeMap<String, i64>>,
 }
 
 #[derive(Default)]
@@ -121,6 +124,7 @@ impl Certs {
             challenges: Mutex::new(Challenges::default()),
             issuing: tokio::sync::Mutex::new(()),
             account: tokio::sync::Mutex::new(None),
+            expiring_alerted: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -136,6 +140,22 @@ impl Certs {
 
     pub(crate) fn add_tls_alpn01(&self, host: String, certificate: TlsCertificate) {
         self.challenges().tls_alpn01.insert(host, certificate);
+    }
+
+    /// Whether `host`'s expiry alert is due (none in the last 24 hours); notes it when it is.
+    fn first_alert_today(&self, host: &str, now: i64) -> bool {
+        const DAY_MS: i64 = 24 * 3600 * 1000;
+        let mut alerted = self
+            .expiring_alerted
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match alerted.get(host) {
+            Some(last) if now.saturating_sub(*last) < DAY_MS => false,
+            _ => {
+                alerted.insert(host.to_owned(), now);
+                true
+            }
+        }
     }
 
     pub(crate) fn clear_challenges(&self) {
@@ -515,6 +535,7 @@ pub async fn renew_due(engine: &Engine) {
         if left < i64::try_from(ALERT_UNDER.as_millis()).unwrap_or(i64::MAX)
             && let Ok(Some(current)) = engine.store.cert(&record.host)
             && current.not_after == record.not_after
+            && engine.certs.first_alert_today(&record.host, now_ms())
         {
             engine.record(NewEvent {
                 app: Some(record.app.clone()),

@@ -75,6 +75,8 @@ pub struct Started {
     /// The API certificate's fingerprint, which clients pin, when the API serves TLS.
     pub api_fingerprint: Option<client::pin::Fingerprint>,
     pub proxy: SocketAddr,
+    /// The proxy's HTTPS listener, when it has one.
+    pub https: Option<SocketAddr>,
     /// Only on the first start of a state directory: the admin token, shown once.
     pub admin_token: Option<PlainToken>,
     /// Where the master key came from.
@@ -246,6 +248,7 @@ pub async fn run(
         api_url,
         api_fingerprint,
         proxy: proxy_addr,
+        https: engine.proxy.command().and_then(|command| command.https),
         admin_token,
         master_key: master_key_origin,
         master_key_moved: loaded_key.moved,

@@ -67,3 +67,12 @@ fn facts_read_names_issuer_and_validity() {
     assert!(read.not_after > read.not_before);
     assert!(facts("not a certificate").is_err());
 }
+
+#[test]
+fn the_expiry_alert_comes_once_a_day_per_host() {
+    let certs = Certs::new(CertsConfig::new("staging", None, None, true));
+    assert!(certs.first_alert_today("a.test", 0));
+    assert!(!certs.first_alert_today("a.test", DAY - 1));
+    assert!(certs.first_alert_today("b.test", DAY - 1));
+    assert!(certs.first_alert_today("a.test", DAY));
+}

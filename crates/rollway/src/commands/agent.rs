@@ -40,8 +40,13 @@ pub fn run_agent(args: &AgentRunArgs, printer: Printer) -> anyhow::Result<ExitSt
             printer.status(
                 "Listening",
                 &format!(
-                    "API on {}, apps on http://{}",
-                    started.api_url, started.proxy
+                    "API on {}, apps on http://{}{}",
+                    started.api_url,
+                    started.proxy,
+                    started
+                        .https
+                        .map(|https| format!(" and https://{https}"))
+                        .unwrap_or_default()
                 ),
             );
             if let Some(fingerprint) = started.api_fingerprint {
