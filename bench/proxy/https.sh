@@ -51,8 +51,7 @@ http {
     access_log off;
     upstream app { server $UPSTREAM; keepalive 64; }
     server {
-        listen 127.0.0.1:$NGINX_PORT ssl;
-        http2 on;
+        listen 127.0.0.1:$NGINX_PORT ssl http2;
         server_name localhost;
         ssl_certificate $WORK/cert.pem;
         ssl_certificate_key $WORK/key.pem;
