@@ -349,7 +349,8 @@ pub async fn on_demand(
         .current(app, env)
         .map_err(|error| crate::report::chain(&error))?
         .ok_or_else(|| format!("`{app}` has no current release in `{env}`"))?;
-    let release = crate::deploy::spec::load_release(engine, &key, current)?;
+    let release = crate::deploy::spec::load_release(engine, &key, current)
+        .map_err(|error| crate::report::chain(&error))?;
     let variable = release
         .resolved
         .config
@@ -393,7 +394,8 @@ pub async fn restore_live(
         .current(&key.0, &key.1)
         .map_err(|error| crate::report::chain(&error))?
         .ok_or_else(|| format!("`{}` has no current release in `{}`", key.0, key.1))?;
-    let release = crate::deploy::spec::load_release(engine, &key, current)?;
+    let release = crate::deploy::spec::load_release(engine, &key, current)
+        .map_err(|error| crate::report::chain(&error))?;
     let variable = release
         .resolved
         .config

@@ -30,9 +30,11 @@ mod backups;
 mod images;
 mod migrations;
 mod secrets;
+mod signals;
 
 pub use backups::{BackupKind, BackupReason, BackupRecord};
 pub use secrets::{SealedSecret, SecretMeta};
+pub use signals::{Advance, PendingSignal, Signal};
 
 /// A cheap-clone handle on the store.
 #[derive(Clone)]

@@ -1,4 +1,4 @@
-//! What a release needs to run: its manifest re-resolved from the store, its unpacked folder and
+//! What a release needs to run (loaded by `deploy::release`): its unpacked folder and
 //! build, its instances' specs and environment, and the edits of the runtime view that go with
 //! starting and stopping them.
 
@@ -14,81 +14,29 @@ use manifest::{Health, ResolvedManifest, Service};
 
 use crate::engine::{AppEnv, Engine, InstancePhase, RouteInfo, RuntimeInstance, now_ms};
 use crate::secrets::{Scrubber, Secret};
+
 use crate::store::{Deployment, InstanceRecord, NewEvent};
 
 /// How long a build command may run.
 pub const BUILD_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// A release as the executor uses it.
-pub struct LoadedRelease {
-    pub number: u64,
-    pub artifact: String,
-    pub resolved: ResolvedManifest,
-    /// The secret versions recorded with the release, opened. Never logged (`Secret` prints `***`).
-    pub secrets: BTreeMap<String, Secret>,
-    /// Service → image id, for container services (recorded when the release was prepared).
-    pub images: BTreeMap<String, String>,
-}
-
-/// What the store keeps of a release's config: the manifest text and the environment, so the
-/// release can be resolved again exactly as it was deployed.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct ReleaseConfig {
-    pub manifest: String,
-    pub environment: String,
-}
-
-pub fn load_release(engine: &Engine, key: &AppEnv, number: u64) -> Result<LoadedRelease, String> {
-    let release = engine
-        .store
-        .release(&key.0, &key.1, number)
-        .map_err(|error| crate::report::chain(&error))?
-        .ok_or_else(|| format!("no release {number} of `{}` in `{}`", key.0, key.1))?;
-    let config: ReleaseConfig = serde_json::from_str(&release.config_json)
-        .map_err(|error| format!("release {number} has an unreadable config: {error}"))?;
-    let resolved = resolve(&config)?;
-    let versions: BTreeMap<String, u64> = match &release.secrets_version {
-        Some(json) => serde_json::from_str(json)
-            .map_err(|error| format!("release {number} has unreadable secret versions: {error}"))?,
-        None => BTreeMap::new(),
-    };
-    let secrets =
-        crate::secrets::open_versions(&engine.store, &engine.master_key, &key.0, &key.1, &versions)
-            .map_err(|error| crate::report::chain(&error))?;
-    let images = engine
-        .store
-        .release_images(&key.0, &key.1, number)
-        .map_err(|error| crate::report::chain(&error))?;
-    Ok(LoadedRelease {
-        number,
-        artifact: release.artifact,
-        resolved,
-        secrets,
-        images,
-    })
-}
-
-pub fn resolve(config: &ReleaseConfig) -> Result<ResolvedManifest, String> {
-    let manifest = manifest::parse(&config.manifest, manifest::FILE_NAME)
-        .map_err(|diagnostics| diagnostics.render(false))?;
-    manifest
-        .resolve(&config.environment)
-        .map_err(|error| crate::report::chain(&error))
-}
+// Loading a release moved to `deploy/release.rs`; these names stay for the other rooms.
+pub use crate::deploy::release::{LoadedRelease, ReleaseConfig, load_release, resolve};
 
 /// Pulls or builds the image of every container service of the release and records its id
 /// (once per release: a rollback runs exactly these images even after a tag moved).
 pub async fn prepare_images(
     engine: &Arc<Engine>,
     deployment: &Deployment,
-    release: &LoadedRelease,
+    release: &mut LoadedRelease,
 ) -> Result<(), String> {
-    let containers: Vec<&Service> = release
+    let containers: Vec<Service> = release
         .resolved
         .config
         .services
         .iter()
         .filter(|service| !matches!(service.source, manifest::ServiceSource::Run { .. }))
+        .cloned()
         .collect();
     if containers.is_empty() {
         return Ok(());
@@ -165,6 +113,8 @@ pub async fn prepare_images(
             "deployment.image",
             format!("`{}` runs image {}", service.name, short(&image)),
         ));
+        // The deployment's loaded release is used by every later step: it learns the image too.
+        release.images.insert(service.name.clone(), image);
     }
     Ok(())
 }
