@@ -6,7 +6,8 @@ use rusqlite::{OptionalExtension, TransactionBehavior, params};
 
 use client::wire::DeploymentState;
 
-use super::{Deployment, Event, NewEvent, Store, StoreError, deployment_subject, now_ms};
+use super::deployments::deployment_subject;
+use super::{Deployment, Event, NewEvent, Store, StoreError, now_ms};
 
 /// What a person tells a running deployment.
 #[derive(Debug, Clone, PartialEq, Eq)]
