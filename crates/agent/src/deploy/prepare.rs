@@ -21,7 +21,7 @@ use crate::artifact::ArtifactError;
 use crate::deploy::fault;
 use crate::deploy::spec::{self, LoadedRelease};
 use crate::engine::Engine;
-use crate::store::{Deployment, NewEvent};
+use crate::store::Deployment;
 
 /// Most artifacts unpacked at once: each one is disk-bound, and the machine's blocking pool is
 /// shared with the store and the API's uploads.
@@ -81,14 +81,12 @@ pub async fn prepare(
         && std::fs::symlink_metadata(&dir)
             .is_ok_and(|metadata| std::os::unix::fs::MetadataExt::uid(&metadata) != home.user.uid);
     if built_marker.exists() && !owned_by_another {
-        engine.record(NewEvent::for_deployment(
-            deployment,
-            "deployment.reuse",
-            format!(
-                "artifact {} already built here: no rebuild",
-                short(&release.artifact)
-            ),
-        ));
+        engine.record_progress(
+            crate::engine::Subject::deployment(deployment),
+            &client::wire::DeploymentEvent::Reused {
+                artifact: release.artifact.clone(),
+            },
+        );
         return Ok(());
     }
     if dir.exists() {

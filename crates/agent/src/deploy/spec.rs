@@ -12,10 +12,11 @@ use std::collections::BTreeMap;
 use driver::InstanceSpec;
 use manifest::{Health, ResolvedManifest, Service};
 
-use crate::engine::{AppEnv, Engine, InstancePhase, RouteInfo, RuntimeInstance, now_ms};
+use crate::engine::{AppEnv, Engine, InstancePhase, RouteInfo, RuntimeInstance, Subject, now_ms};
 use crate::secrets::{Scrubber, Secret};
 
-use crate::store::{Deployment, InstanceRecord, NewEvent};
+use crate::store::{Deployment, InstanceRecord};
+use client::wire::DeploymentEvent;
 
 /// How long a build command may run.
 pub const BUILD_TIMEOUT: Duration = Duration::from_secs(600);
@@ -46,7 +47,9 @@ pub async fn prepare_images(
         .container()
         .await
         .map_err(|error| crate::report::chain(&error))?;
-    let event = |kind: &str, message: String| NewEvent::for_deployment(deployment, kind, message);
+    let record = |event: DeploymentEvent| {
+        engine.record_progress(Subject::deployment(deployment), &event);
+    };
     let scrubber = scrubber(engine, deployment)?;
     for service in containers {
         if release.images.contains_key(&service.name) {
@@ -56,19 +59,18 @@ pub async fn prepare_images(
         let mut on_line = |line: &str| {
             n_lines += 1;
             if n_lines <= MAX_OUTPUT_EVENTS {
-                engine.record(event(
-                    "deployment.output",
-                    scrubber.scrub(line).into_owned(),
-                ));
+                record(DeploymentEvent::Output {
+                    line: scrubber.scrub(line).into_owned(),
+                });
             }
         };
         let image = match &service.source {
             manifest::ServiceSource::Image { image, .. } => {
                 let reference = image_reference(image, release)?;
-                engine.record(event(
-                    "deployment.command",
-                    format!("the image of `{}`: {reference}", service.name),
-                ));
+                record(DeploymentEvent::PullImage {
+                    service: service.name.clone(),
+                    reference: reference.clone(),
+                });
                 match driver.image_digest(&reference).await {
                     Ok(id) => id,
                     Err(_) => driver
@@ -87,10 +89,10 @@ pub async fn prepare_images(
                     "rollway/{}-{}:{}",
                     deployment.app, deployment.environment, release.number
                 );
-                engine.record(event(
-                    "deployment.command",
-                    format!("building `{}` from {dockerfile}", service.name),
-                ));
+                record(DeploymentEvent::BuildImage {
+                    service: service.name.clone(),
+                    dockerfile: dockerfile.clone(),
+                });
                 driver
                     .build_image(&workdir(engine, release), dockerfile, &tag, &mut on_line)
                     .await
@@ -113,10 +115,10 @@ pub async fn prepare_images(
                 &image,
             )
             .map_err(|error| crate::report::chain(&error))?;
-        engine.record(event(
-            "deployment.image",
-            format!("`{}` runs image {}", service.name, short(&image)),
-        ));
+        record(DeploymentEvent::Image {
+            service: service.name.clone(),
+            image: image.clone(),
+        });
         // The deployment's loaded release is used by every later step: it learns the image too.
         release.images.insert(service.name.clone(), image);
     }
@@ -167,14 +169,13 @@ pub async fn run_release_command(
             .container()
             .await
             .map_err(|error| crate::report::chain(&error))?;
-        engine.record(NewEvent::for_deployment(
-            deployment,
-            "deployment.command",
-            format!(
-                "the release command in a one-off container of {}: {command}",
-                short(image)
-            ),
-        ));
+        engine.record_progress(
+            Subject::deployment(deployment),
+            &DeploymentEvent::Command {
+                label: format!("release command in a one-off container of {}", short(image)),
+                command: command.to_owned(),
+            },
+        );
         let scrubber = scrubber(engine, deployment)?;
         let mut tail: std::collections::VecDeque<String> = std::collections::VecDeque::new();
         let mut n_lines = 0usize;
@@ -195,11 +196,10 @@ pub async fn run_release_command(
                 let line = scrubber.scrub(line).into_owned();
                 n_lines += 1;
                 if n_lines <= MAX_OUTPUT_EVENTS {
-                    engine.record(NewEvent::for_deployment(
-                        deployment,
-                        "deployment.output",
-                        line.clone(),
-                    ));
+                    engine.record_progress(
+                        Subject::deployment(deployment),
+                        &DeploymentEvent::Output { line: line.clone() },
+                    );
                 }
                 tail.push_back(line);
                 if tail.len() > 10 {
@@ -277,14 +277,16 @@ async fn run_command(
         .append(true)
         .open(&log_path)
         .map_err(|error| format!("cannot open `{}`: {error}", log_path.display()))?;
-    let event = |kind: &str, message: String| NewEvent::for_deployment(deployment, kind, message);
+    let record = |event: DeploymentEvent| {
+        engine.record_progress(Subject::deployment(deployment), &event);
+    };
     // Built before the command starts: it holds every version of every secret, so whatever the
     // command prints is scrubbed before it reaches the log file, an event or a failure reason.
     let scrubber = scrubber(engine, deployment)?;
-    engine.record(event(
-        "deployment.command",
-        format!("the {label}: {command}"),
-    ));
+    record(DeploymentEvent::Command {
+        label: label.to_owned(),
+        command: command.to_owned(),
+    });
     // Short-lived and awaited inside the deploy step, unlike instances, so pipes are safe here.
     // Confined like the app's instances: its user, or the sandbox, and a private HOME/TMPDIR.
     let private = confinement.env();
@@ -332,7 +334,7 @@ async fn run_command(
             let _ = writeln!(log, "{line}");
             n_lines += 1;
             if n_lines <= MAX_OUTPUT_EVENTS {
-                engine.record(event("deployment.output", line.clone()));
+                record(DeploymentEvent::Output { line: line.clone() });
             }
             tail.push_back(line);
             if tail.len() > 10 {
@@ -424,20 +426,21 @@ pub async fn backup_before_release(
             crate::report::chain(&error)
         )
     })?;
-    let event = |kind: &str, message: String| NewEvent::for_deployment(deployment, kind, message);
+    let subject = Subject::deployment(deployment);
     match taken {
         crate::backup::Taken::Backup(record) => {
-            engine.record(event(
-                "backup.created",
-                format!(
-                    "backup {} of {} ({} bytes)",
-                    record.id, record.target, record.size
-                ),
-            ));
+            engine.record_progress(
+                subject,
+                &DeploymentEvent::BackupTaken {
+                    backup: record.id.clone(),
+                    target: record.target.clone(),
+                    size: record.size,
+                },
+            );
             Ok(Some(record.id))
         }
         crate::backup::Taken::NothingYet(reason) => {
-            engine.record(event("backup.skipped", reason));
+            engine.record_progress(subject, &DeploymentEvent::BackupSkipped { reason });
             Ok(None)
         }
     }
@@ -580,14 +583,13 @@ pub async fn start_instance(
         let _ = engine.store.remove_instance(&id);
         return Err(crate::report::chain(&error));
     }
-    engine.record(NewEvent {
-        app: Some(key.0.clone()),
-        environment: Some(key.1.clone()),
-        deployment_id: None,
-        kind: "instance.started".to_owned(),
-        message: format!("instance {id} started on port {port}"),
-        data_json: "{}".to_owned(),
-    });
+    engine.record_progress(
+        Subject::app(key),
+        &DeploymentEvent::InstanceStarted {
+            instance: id.clone(),
+            port,
+        },
+    );
     Ok(id)
 }
 
