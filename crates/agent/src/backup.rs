@@ -343,9 +343,9 @@ pub enum LiveError {
     Store(#[from] crate::store::StoreError),
     #[error("`{app}` has no current release in `{environment}`")]
     NoCurrentRelease { app: String, environment: String },
-    /// The release or its database could not be read (`deploy::spec` still says why in text).
-    #[error("{0}")]
-    Release(String),
+    /// The release's database could not be found.
+    #[error(transparent)]
+    Release(Box<crate::deploy::spec::SpecError>),
     #[error(transparent)]
     Load(#[from] crate::deploy::release::ReleaseError),
     #[error("release {release} of `{app}` names no database: set `[release] backup = \"VAR\"`")]
@@ -399,7 +399,7 @@ fn live_database(
             release: current,
         })?;
     let target = crate::deploy::spec::database_target(engine, &release, &variable)
-        .map_err(LiveError::Release)?;
+        .map_err(|error| LiveError::Release(Box::new(error)))?;
     Ok((current, release, target))
 }
 

@@ -62,6 +62,55 @@ impl DeploymentData {
     }
 }
 
+/// Why the executor could not go on, or a position's work failed: its text with every cause
+/// (`report::chain`) is the reason a deployment records and the user sees.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error(transparent)]
+    Spec(Box<spec::SpecError>),
+    #[error(transparent)]
+    Release(#[from] release::ReleaseError),
+    #[error(transparent)]
+    Prepare(#[from] prepare::PrepareError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Routing(#[from] crate::proxy_link::LinkError),
+    #[error("no deployment `{id}`")]
+    NoDeployment { id: String },
+    #[error("cannot write the deployment's data")]
+    Data(#[source] serde_json::Error),
+    #[error("the release was not loaded")]
+    NotLoaded,
+    #[error("the plan runs {0}, but the release has none")]
+    Unplanned(&'static str),
+    /// The release command failed after the database was backed up: how to restore it.
+    #[error(
+        "{source}\nthe database was backed up just before; to restore it: `rollway backups restore {backup} --app {app} --env {environment}`"
+    )]
+    AfterBackup {
+        backup: String,
+        app: String,
+        environment: String,
+        #[source]
+        source: Box<spec::SpecError>,
+    },
+    #[error("instance `{instance}` disappeared")]
+    Disappeared { instance: String },
+    #[error("service `{service}` is not in release {release}")]
+    NoService { service: String, release: u64 },
+    /// An instance failed its health gate or stopped while starting: the reason with its causes
+    /// and the last lines the instance printed.
+    #[error("{0}")]
+    Instance(String),
+}
+
+impl From<spec::SpecError> for StepError {
+    fn from(error: spec::SpecError) -> StepError {
+        StepError::Spec(Box::new(error))
+    }
+}
+
 /// How long a deploy lock lives without a heartbeat.
 pub const LOCK_TTL: Duration = Duration::from_secs(60);
 
@@ -84,14 +133,13 @@ struct Context {
     watch: Option<Watch>,
 }
 
-async fn drive(engine: &Arc<Engine>, id: &str) -> Result<(), String> {
+async fn drive(engine: &Arc<Engine>, id: &str) -> Result<(), StepError> {
     let mut context = Context::default();
     loop {
         let deployment = engine
             .store
-            .deployment(id)
-            .map_err(|error| crate::report::chain(&error))?
-            .ok_or_else(|| format!("no deployment `{id}`"))?;
+            .deployment(id)?
+            .ok_or_else(|| StepError::NoDeployment { id: id.to_owned() })?;
         let current = deployment.state;
         if current.is_terminal() {
             return Ok(());
@@ -189,8 +237,7 @@ async fn drive(engine: &Arc<Engine>, id: &str) -> Result<(), String> {
             fault::crash_point(next.state);
         }
         data.step = next.step;
-        let data_json =
-            serde_json::to_string(&data).map_err(|error| crate::report::chain(&error))?;
+        let data_json = serde_json::to_string(&data).map_err(StepError::Data)?;
         // The transition, its event and the signal it acts on are one transaction: a kill -9
         // cannot keep one without the others.
         let event = (next.state != current).then(|| {
@@ -202,18 +249,15 @@ async fn drive(engine: &Arc<Engine>, id: &str) -> Result<(), String> {
                 },
             )
         });
-        let (_, event) = engine
-            .store
-            .advance(Advance {
-                id,
-                from: current,
-                to: next.state,
-                reason: reason.as_deref(),
-                data_json: &data_json,
-                event,
-                handled,
-            })
-            .map_err(|error| crate::report::chain(&error))?;
+        let (_, event) = engine.store.advance(Advance {
+            id,
+            from: current,
+            to: next.state,
+            reason: reason.as_deref(),
+            data_json: &data_json,
+            event,
+            handled,
+        })?;
         if let Some(event) = event {
             engine.publish(&event);
         }
@@ -227,11 +271,8 @@ fn signal_input(
     id: &str,
     at: At,
     plan: &Plan,
-) -> Result<Option<(Input, i64)>, String> {
-    let pending = engine
-        .store
-        .pending_signals(id)
-        .map_err(|error| crate::report::chain(&error))?;
+) -> Result<Option<(Input, i64)>, StepError> {
+    let pending = engine.store.pending_signals(id)?;
     for pending in pending {
         let input = match pending.signal.clone() {
             Signal::Abort { by } => Input::Abort { by },
@@ -253,15 +294,13 @@ fn loaded<'a>(
     engine: &Engine,
     deployment: &Deployment,
     slot: &'a mut Option<LoadedRelease>,
-) -> Result<&'a mut LoadedRelease, String> {
+) -> Result<&'a mut LoadedRelease, StepError> {
     if slot.is_none() {
         let key: AppEnv = (deployment.app.clone(), deployment.environment.clone());
-        let release = release::load_release(engine, &key, deployment.to_release)
-            .map_err(|error| crate::report::chain(&error))?;
+        let release = release::load_release(engine, &key, deployment.to_release)?;
         *slot = Some(release);
     }
-    slot.as_mut()
-        .ok_or_else(|| "the release was not loaded".to_owned())
+    slot.as_mut().ok_or(StepError::NotLoaded)
 }
 
 /// What the plan is decided from: the deployment, its release's manifest, and what runs now.
@@ -324,8 +363,8 @@ impl Run<'_> {
     async fn position(&mut self, at: At) -> (Input, Option<i64>) {
         let effects = state::entry(at, &self.plan());
         for effect in &effects {
-            if let Err(reason) = self.effect(effect).await {
-                return (Input::Failed(reason), None);
+            if let Err(error) = self.effect(effect).await {
+                return (Input::Failed(crate::report::chain(&error)), None);
             }
         }
         match effects.last() {
@@ -335,7 +374,7 @@ impl Run<'_> {
     }
 
     /// One effect of a position. `Err` carries the reason shown to the user.
-    async fn effect(&mut self, effect: &Effect) -> Result<(), String> {
+    async fn effect(&mut self, effect: &Effect) -> Result<(), StepError> {
         let engine = self.engine;
         let deployment = self.deployment;
         let key = self.key();
@@ -381,10 +420,8 @@ impl Run<'_> {
                 Ok(())
             }
             Effect::Prepare => {
-                prepare::prepare(engine, deployment, release)
-                    .await
-                    .map_err(|error| crate::report::chain(&error))?;
-                spec::prepare_images(engine, deployment, release).await
+                prepare::prepare(engine, deployment, release).await?;
+                Ok(spec::prepare_images(engine, deployment, release).await?)
             }
             Effect::AskApproval => {
                 record(
@@ -405,7 +442,7 @@ impl Run<'_> {
                     .release
                     .as_ref()
                     .and_then(|phase| phase.backup.clone())
-                    .ok_or("the plan backs up, but the release names no database")?;
+                    .ok_or(StepError::Unplanned("a database to back up"))?;
                 data.backup_id =
                     spec::backup_before_release(engine, deployment, release, &variable).await?;
                 Ok(())
@@ -417,15 +454,17 @@ impl Run<'_> {
                     .release
                     .as_ref()
                     .and_then(|phase| phase.command.clone())
-                    .ok_or("the plan runs a release command, but the release has none")?;
+                    .ok_or(StepError::Unplanned("a release command"))?;
                 spec::run_release_command(engine, deployment, release, &command)
                     .await
-                    .map_err(|reason| match &data.backup_id {
-                        Some(id) => format!(
-                            "{reason}\nthe database was backed up just before; to restore it: `rollway backups restore {id} --app {} --env {}`",
-                            deployment.app, deployment.environment
-                        ),
-                        None => reason,
+                    .map_err(|source| match &data.backup_id {
+                        Some(id) => StepError::AfterBackup {
+                            backup: id.clone(),
+                            app: deployment.app.clone(),
+                            environment: deployment.environment.clone(),
+                            source: Box::new(source),
+                        },
+                        None => StepError::from(source),
                     })
             }
             Effect::StartInstances => {
@@ -471,9 +510,9 @@ impl Run<'_> {
                     .release
                     .as_ref()
                     .and_then(|phase| phase.smoke.clone())
-                    .ok_or("the plan runs a smoke command, but the release has none")?;
+                    .ok_or(StepError::Unplanned("a smoke command"))?;
                 let ids = target_instances(engine, &key, target);
-                spec::run_smoke(engine, deployment, release, &smoke, &ids).await
+                Ok(spec::run_smoke(engine, deployment, release, &smoke, &ids).await?)
             }
             Effect::Switch => {
                 let routes = spec::routes(&release.resolved);
@@ -595,7 +634,7 @@ impl Run<'_> {
             match signal_input(engine, &deployment.id, at, &plan) {
                 Ok(Some((input, signal))) => return (input, Some(signal)),
                 Ok(None) => {}
-                Err(reason) => return (Input::Failed(reason), None),
+                Err(error) => return (Input::Failed(crate::report::chain(&error)), None),
             }
             match effect {
                 Effect::AskApproval => {
@@ -1009,9 +1048,11 @@ async fn verify_instance(
     key: &AppEnv,
     release: &spec::LoadedRelease,
     instance_id: &str,
-) -> Result<(), String> {
+) -> Result<(), StepError> {
     let Some(instance) = engine.runtime(key).instances.get(instance_id).cloned() else {
-        return Err(format!("instance `{instance_id}` disappeared"));
+        return Err(StepError::Disappeared {
+            instance: instance_id.to_owned(),
+        });
     };
     if instance.phase == InstancePhase::Ready {
         return Ok(());
@@ -1022,11 +1063,9 @@ async fn verify_instance(
         .resolved
         .config
         .service(&instance.service)
-        .ok_or_else(|| {
-            format!(
-                "service `{}` is not in release {}",
-                instance.service, release.number
-            )
+        .ok_or_else(|| StepError::NoService {
+            service: instance.service.clone(),
+            release: release.number,
         })?;
     let engine_for_alive = engine.clone();
     let alive_id = instance_id.to_owned();
@@ -1058,7 +1097,11 @@ async fn verify_instance(
             let addr = std::net::SocketAddr::from(([127, 0, 0, 1], instance.port));
             if let Err(error) = health::gate(addr, &check, alive).await {
                 let reason = crate::report::chain(&error);
-                return Err(with_log_tail(engine, instance_id, reason));
+                return Err(StepError::Instance(with_log_tail(
+                    engine,
+                    instance_id,
+                    reason,
+                )));
             }
         }
         None => {
@@ -1067,7 +1110,11 @@ async fn verify_instance(
             tokio::time::sleep(Duration::from_secs(1)).await;
             if let Err(error) = alive() {
                 let reason = crate::report::chain(&error);
-                return Err(with_log_tail(engine, instance_id, reason));
+                return Err(StepError::Instance(with_log_tail(
+                    engine,
+                    instance_id,
+                    reason,
+                )));
             }
         }
     }
@@ -1090,7 +1137,7 @@ async fn complete_switch(
     key: &AppEnv,
     release: &LoadedRelease,
     data: &DeploymentData,
-) -> Result<(), String> {
+) -> Result<(), StepError> {
     let target = deployment.to_release;
     let keep_warm = release.resolved.config.strategy.keep_warm.as_std();
     let routes = spec::routes(&release.resolved);
@@ -1113,10 +1160,7 @@ async fn complete_switch(
             Some(warm_until),
         );
     }
-    engine
-        .push_routes()
-        .await
-        .map_err(|error| crate::report::chain(&error))?;
+    engine.push_routes().await?;
     let store = &engine.store;
     if let Some(from) = deployment.from_release.filter(|from| *from != target) {
         // The release a rollback leaves is not a rollback target itself.
@@ -1127,12 +1171,8 @@ async fn complete_switch(
         };
         let _ = store.set_release_outcome(&key.0, &key.1, from, outcome);
     }
-    store
-        .set_release_outcome(&key.0, &key.1, target, ReleaseOutcome::Live)
-        .map_err(|error| crate::report::chain(&error))?;
-    store
-        .set_current(&key.0, &key.1, target)
-        .map_err(|error| crate::report::chain(&error))?;
+    store.set_release_outcome(&key.0, &key.1, target, ReleaseOutcome::Live)?;
+    store.set_current(&key.0, &key.1, target)?;
     if !superseded.is_empty() {
         record(
             engine,
@@ -1179,7 +1219,7 @@ async fn roll_back(
     deployment: &Deployment,
     key: &AppEnv,
     data: &DeploymentData,
-) -> Result<(), String> {
+) -> Result<(), StepError> {
     let previous: Vec<u64> = data
         .previous_weights
         .iter()
@@ -1242,7 +1282,7 @@ async fn give_share(
     data: &DeploymentData,
     share: u8,
     step: Option<(u32, u32)>,
-) -> Result<(), String> {
+) -> Result<(), StepError> {
     let target = deployment.to_release;
     let weights = if share >= 100 {
         vec![(target, 100)]
@@ -1275,14 +1315,13 @@ async fn move_traffic(
     routes: Vec<RouteInfo>,
     weights: Vec<(u64, u8)>,
     event: impl FnOnce(Vec<(u64, u8)>) -> DeploymentEvent,
-) -> Result<(), String> {
+) -> Result<(), StepError> {
     engine
         .change_routing(key, |runtime| {
             runtime.routes = routes;
             runtime.weights = weights.clone();
         })
-        .await
-        .map_err(|error| crate::report::chain(&error))?;
+        .await?;
     record(engine, deployment, event(weights));
     Ok(())
 }

@@ -52,11 +52,17 @@ pub enum PrepareError {
         #[source]
         source: tokio::task::JoinError,
     },
-    /// The build command failed; its reason already carries its output.
-    #[error("{0}")]
-    Build(String),
+    /// The build command failed; its reason carries its output.
+    #[error(transparent)]
+    Build(Box<crate::deploy::spec::SpecError>),
     #[error(transparent)]
     Home(#[from] crate::isolation::HomeError),
+}
+
+impl From<crate::deploy::spec::SpecError> for PrepareError {
+    fn from(error: crate::deploy::spec::SpecError) -> PrepareError {
+        PrepareError::Build(Box::new(error))
+    }
 }
 
 /// Unpacks the release's artifact into its folder and builds it, unless that was done before.
@@ -96,10 +102,10 @@ pub async fn prepare(
     unpack(engine, &release.artifact, &dir, &home).await?;
     let built = match &release.resolved.config.build {
         Some(build) => {
-            let env = spec::base_env(release).map_err(PrepareError::Build)?;
+            let env = spec::base_env(release).map_err(PrepareError::from)?;
             spec::run_build(engine, deployment, &dir, &build.command, &env)
                 .await
-                .map_err(PrepareError::Build)
+                .map_err(PrepareError::from)
         }
         None => Ok(()),
     };
