@@ -160,6 +160,8 @@ pub struct Engine {
     pub signalled: tokio::sync::Notify,
     /// In-memory counters for `/metrics`. std Mutex: increments only.
     pub counters: Mutex<crate::metrics::Counters>,
+    /// The API certificate's fingerprint when the API serves TLS (`GET /v1/agent` shows it).
+    pub api_fingerprint: Option<client::pin::Fingerprint>,
 }
 
 /// What a person tells a running deployment.

@@ -21,6 +21,7 @@ pub async fn agent_info(State(engine): State<Arc<Engine>>) -> ApiResult<AgentInf
         proxy: engine.proxy_addr.to_string(),
         state_dir: engine.paths.state_dir.display().to_string(),
         isolation: Some(views::isolation_view(&engine.isolation)),
+        api_fingerprint: engine.api_fingerprint,
     }))
 }
 

@@ -31,6 +31,7 @@ fn engine_without_proxy(dir: &std::path::Path) -> Engine {
         signals: Mutex::new(BTreeMap::new()),
         signalled: tokio::sync::Notify::new(),
         counters: Mutex::new(crate::metrics::Counters::default()),
+        api_fingerprint: None,
     }
 }
 

@@ -63,6 +63,7 @@ impl TestApi {
             signals: Mutex::new(BTreeMap::new()),
             signalled: tokio::sync::Notify::new(),
             counters: Mutex::new(crate::metrics::Counters::default()),
+            api_fingerprint: None,
         });
         let mut tokens = BTreeMap::new();
         for role in Role::ALL {
