@@ -8,7 +8,7 @@ fn event(kind: &str, message: &str, data: serde_json::Value) -> EventView {
         at: 0,
         app: Some("shop".to_owned()),
         environment: Some("production".to_owned()),
-        deployment_id: Some("d-1".to_owned()),
+        deployment_id: Some("d-1".into()),
         kind: kind.to_owned(),
         message: message.to_owned(),
         data,
