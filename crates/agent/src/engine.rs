@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use client::wire::EventView;
+use client::wire::{DeploymentId, EventView};
 use proxy::{DesiredInstance, DesiredPool, DesiredRoute, DesiredState};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -202,7 +202,7 @@ pub fn progress_event(subject: Subject<'_>, event: &client::wire::DeploymentEven
     NewEvent {
         app: Some(subject.app.to_owned()),
         environment: Some(subject.environment.to_owned()),
-        deployment_id: subject.deployment_id.map(str::to_owned),
+        deployment_id: subject.deployment_id.map(DeploymentId::from),
         kind: event.kind().to_owned(),
         message: event.to_string(),
         data_json: "{}".to_owned(),
