@@ -14,11 +14,9 @@ use tokio::sync::watch;
 
 use crate::config::ProxyConfig;
 use crate::error::ControlError;
+use crate::ids::{InstanceId, InstanceState, ReleaseId, RouteName};
 use crate::instance::InstanceLive;
-use crate::routing::{
-    InstanceId, InstanceState, Pool, ReleaseId, Route, RouteLive, RouteName, RouteSpec,
-    RoutingTable,
-};
+use crate::routing::{Pool, Route, RouteLive, RouteSpec, RoutingTable};
 use crate::stats::{ReleaseStats, ReleaseStatsSnapshot};
 
 /// The proxy's owner handle. Cheap to clone; every clone drives the same proxy.

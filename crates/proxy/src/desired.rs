@@ -40,7 +40,8 @@ use crate::config::{RouteSettings, RouteTls, UpstreamProtocol};
 use crate::control::{InstanceSpec, Proxy};
 use crate::edge::{DesiredMaintenance, DesiredRateLimit};
 use crate::error::ControlError;
-use crate::routing::{InstanceId, InstanceState, ReleaseId, RouteName, RouteSpec, RoutingTable};
+use crate::ids::{InstanceId, InstanceState, ReleaseId, RouteName};
+use crate::routing::{RouteSpec, RoutingTable};
 
 /// Drain bound for the instances of a route the desired state no longer lists: the proxy does not
 /// remember a route's own `drain_timeout_ms`. This is DESIGN's default drain. To drain a route with its

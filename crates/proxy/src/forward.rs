@@ -15,14 +15,15 @@ use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
+use crate::active::ActiveRequest;
 use crate::body::{ProxyBody, RequestBody, RequestBodyError};
 use crate::config::UpstreamProtocol;
 use crate::control::Proxy;
 use crate::edge::Admission;
 use crate::error::{BadRequestReason, ProxyError, error_response};
+use crate::ids::{InstanceId, RouteName};
 use crate::instance::InFlightGuard;
-use crate::routing::{InstanceId, RouteName, normalise_host, random_u64};
-use crate::server::ActiveRequest;
+use crate::routing::{normalise_host, random_u64};
 use crate::stats::ReleaseStats;
 use crate::upstream::{self, SendFailure};
 
@@ -382,7 +383,7 @@ async fn forward(
                 let can_replay = request.is_some() || replayable;
                 if attempt < config.max_attempts && error.retry_allowed() && can_replay {
                     stats.record_error(error.kind());
-                    stats.record_error(crate::error::ErrorKind::Retried);
+                    stats.record_error(crate::ids::ErrorKind::Retried);
                     tracing::debug!(
                         message = "Retrying on another instance.",
                         %error,

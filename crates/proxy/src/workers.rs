@@ -7,11 +7,9 @@
 //! client, so handing the request to the upstream connection and the answer back never wakes another
 //! thread. The kernel spreads new connections over the listeners.
 
-use std::cell::Cell;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::OnceLock;
 use std::thread;
 
 use tokio::net::{TcpListener, TcpSocket};
@@ -20,26 +18,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::control::Proxy;
 
-thread_local! {
-    // 0 on threads that are not workers; worker `i` is `i + 1`.
-    static WORKER: Cell<usize> = const { Cell::new(0) };
-}
-
-/// This thread's worker number (0 when it is not a worker), used to pick its upstream pool shard.
-pub(crate) fn current() -> usize {
-    WORKER.with(Cell::get)
-}
-
-/// How many shards an upstream pool has: one per default worker, plus one for non-worker threads.
-pub(crate) fn shard_count() -> usize {
-    static COUNT: OnceLock<usize> = OnceLock::new();
-    *COUNT.get_or_init(|| default_workers() + 1)
-}
-
-/// One worker per core this process may use (a cgroup CPU quota counts).
-pub fn default_workers() -> usize {
-    thread::available_parallelism().map_or(1, std::num::NonZero::get)
-}
+pub use crate::shard::default_workers;
+use crate::shard::set_worker;
 
 /// The data listener as `workers` sockets bound to one address with `SO_REUSEPORT`.
 #[derive(Debug)]
@@ -196,7 +176,7 @@ pub fn serve_with_https(
         thread::Builder::new()
             .name(format!("proxy-worker-{index}"))
             .spawn(move || {
-                WORKER.with(|worker| worker.set(index + 1));
+                set_worker(index + 1);
                 let _ = sender.send(run_worker(plain, tls, proxy, shutdown, cut));
             })?;
         workers.done.push(receiver);

@@ -191,7 +191,7 @@ pub fn rollback(
     }
     // The target must still load (manifest, recorded secret versions) before anything moves.
     let loaded = spec::load_release(engine, &(app.to_owned(), env.to_owned()), target)
-        .map_err(StartError::InvalidManifest)?;
+        .map_err(|error| StartError::InvalidManifest(crate::report::chain(&error)))?;
     let _claiming = CLAIMING
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -260,7 +260,7 @@ fn begin(
                 environment: env.to_owned(),
                 holder: holder.owner,
                 since: format_time(holder.acquired_at),
-                deployment: holder.deployment_id,
+                deployment: holder.deployment_id.into_string(),
             });
         }
     }
@@ -279,7 +279,10 @@ fn begin(
         },
         data_json: "{}".to_owned(),
     });
-    tokio::spawn(executor::run(engine.clone(), deployment.id.clone()));
+    tokio::spawn(executor::run(
+        engine.clone(),
+        deployment.id.clone().into_string(),
+    ));
     Ok(deployment)
 }
 

@@ -13,6 +13,7 @@ pub(super) static MIGRATIONS: &[M<'static>] = &[
     M::up(V2_SECRETS_BACKUPS),
     M::up(V3_RELEASE_IMAGES),
     M::up(V4_APPROVER_ROLE),
+    M::up(V5_SIGNALS),
     M::up(V6_CERTIFICATES),
 ];
 
@@ -231,12 +232,23 @@ DROP TABLE tokens;
 ALTER TABLE tokens_v4 RENAME TO tokens;
 "#;
 
+/// Signals to running deployments (promote, abort, approve), kept until the executor has acted on
+/// them (`handled_at`), so an agent restart does not forget one the API accepted.
+const V5_SIGNALS: &str = r#"
+CREATE TABLE signals (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    deployment_id TEXT    NOT NULL REFERENCES deployments(id),
+    kind          TEXT    NOT NULL CHECK (kind IN ('promote', 'abort', 'approve')),
+    by            TEXT    NOT NULL,
+    at            INTEGER NOT NULL,
+    handled_at    INTEGER
+) STRICT;
+CREATE INDEX signals_pending ON signals (deployment_id) WHERE handled_at IS NULL;
+"#;
+
 /// Certificates served by the proxy's TLS listener, one row per host, and the ACME account per
 /// directory. Private keys and the account credentials are sealed with the master key (nonce and
 /// ciphertext), never stored in clear; the chain is public.
-///
-/// (Numbered 6: issue 15's plan reserves 5 for another branch's migration; the list's order is what
-/// counts.)
 const V6_CERTIFICATES: &str = r#"
 CREATE TABLE certificates (
     host             TEXT    NOT NULL PRIMARY KEY,

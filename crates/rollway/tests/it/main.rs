@@ -13,6 +13,7 @@ mod progressive;
 mod release_phase;
 mod robust;
 mod tls;
+mod transcripts;
 mod upgrade;
 
 use std::path::{Path, PathBuf};
