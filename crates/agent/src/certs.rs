@@ -506,8 +506,8 @@ pub async fn renew_loop(engine: std::sync::Arc<Engine>) {
     }
 }
 
-/// One pass: every ACME certificate past its renewal time (and past its backoff) is renewed; one
-/// under `ALERT_UNDER` from expiry alerts once per pass that finds it so.
+/// One pass: every ACME certificate past its renewal time (and past its backoff) is renewed; any
+/// certificate (given ones too) under `ALERT_UNDER` from expiry alerts, once a day per host.
 pub async fn renew_due(engine: &Engine) {
     let records = match engine.store.certs() {
         Ok(records) => records,
@@ -518,15 +518,14 @@ pub async fn renew_due(engine: &Engine) {
     };
     let now = now_ms();
     for record in records {
-        if record.source != CertSource::Acme {
-            continue;
-        }
-        let due = now
-            >= renew_at(
-                record.not_before,
-                record.not_after,
-                engine.certs.config.renew_before,
-            );
+        // Given certificates are renewed by whoever gave them; they still alert before expiry.
+        let due = record.source == CertSource::Acme
+            && now
+                >= renew_at(
+                    record.not_before,
+                    record.not_after,
+                    engine.certs.config.renew_before,
+                );
         let allowed = record.next_attempt_at.is_none_or(|at| now >= at);
         if due && allowed {
             let _ = renew(engine, &record).await;
