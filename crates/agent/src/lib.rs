@@ -176,6 +176,7 @@ pub async fn run(
         edge: Mutex::new(BTreeMap::new()),
     });
     tokio::spawn(alerts::run(engine.clone(), alerts_queue));
+    api::edge::restore(&engine);
     recover::recover(&engine).await;
     // A proxy still running from an older binary (the agent was upgraded) hands over to a new one,
     // once the routes are known again (the upgrade gives the new proxy the whole desired state).

@@ -27,6 +27,7 @@ use client::wire::{DeploymentKind, DeploymentState, Strategy};
 use crate::tokens::Role;
 
 mod backups;
+mod edge;
 mod images;
 mod migrations;
 mod secrets;

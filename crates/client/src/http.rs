@@ -14,6 +14,8 @@ use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+mod edge;
+
 use crate::wire::LockView;
 use crate::wire::{
     AgentInfo, BackupView, DeployRequest, DeploymentView, ErrorBody, EventView, LogLineView,

@@ -106,6 +106,8 @@ pub struct TestApp {
     alerts_webhook: Option<String>,
     /// `[routes.web] hosts`; `None`: no `[routes]` (the web service answers every host).
     hosts: Option<Vec<String>>,
+    /// Raw lines under `[routes.web]` (`rate_limit = …`, `allow = …`).
+    route_lines: Vec<String>,
     /// Environment name → its own `routes.web.hosts` (`[environments.E] routes`).
     env_hosts: BTreeMap<String, Vec<String>>,
     /// A `worker` service (no route, no health check) running the same program as `web`.
@@ -650,6 +652,7 @@ impl TestApp {
             approval: BTreeSet::new(),
             alerts_webhook: None,
             hosts: None,
+            route_lines: Vec::new(),
             env_hosts: BTreeMap::new(),
             worker: false,
         }
@@ -662,6 +665,12 @@ impl TestApp {
     }
 
     /// `[routes.web] hosts = HOSTS`.
+    /// Adds a raw line under `[routes.web]`, such as `rate_limit = { per_ip = "20/s" }`.
+    pub fn route_line(mut self, line: impl Into<String>) -> TestApp {
+        self.route_lines.push(line.into());
+        self
+    }
+
     pub fn hosts(mut self, hosts: &[&str]) -> TestApp {
         self.hosts = Some(hosts.iter().map(|host| (*host).to_owned()).collect());
         self
@@ -918,8 +927,15 @@ VERSION = {version:?}
                 "\n[services.worker]\nrun = {run:?}\nstop_timeout = \"2s\"\n"
             ));
         }
+        if self.hosts.is_some() || !self.route_lines.is_empty() {
+            text.push_str("\n[routes.web]\n");
+        }
         if let Some(hosts) = &self.hosts {
-            text.push_str(&format!("\n[routes.web]\nhosts = {hosts:?}\n"));
+            text.push_str(&format!("hosts = {hosts:?}\n"));
+        }
+        for line in &self.route_lines {
+            text.push_str(line);
+            text.push('\n');
         }
         let envs: BTreeSet<&String> = self
             .secrets

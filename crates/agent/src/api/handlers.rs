@@ -343,6 +343,7 @@ pub async fn status(
             ),
             None => format!("http://{}/", engine.proxy_addr),
         });
+    let app_key = (app.clone(), env.clone());
     Ok(Json(StatusView {
         app,
         environment: env,
@@ -360,6 +361,13 @@ pub async fn status(
         deployment,
         proxy: Some(views::proxy_view(&engine.proxy.status())),
         inconclusive,
+        edge: crate::api::edge::edge_view(
+            &engine
+                .env_edges()
+                .remove(&(app_key.0, app_key.1))
+                .unwrap_or_default(),
+            now_ms(),
+        ),
     }))
 }
 

@@ -5,6 +5,7 @@
 //! It does not know TLS (the agent listens on loopback; a TLS front is future work).
 
 pub mod auth;
+pub mod edge;
 pub mod error;
 pub mod handlers;
 pub mod input;

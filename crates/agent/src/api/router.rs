@@ -14,7 +14,7 @@ use axum::http::Method;
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::{MethodFilter, MethodRouter, get, on};
 
-use crate::api::{auth, error, handlers, input};
+use crate::api::{auth, edge, error, handlers, input};
 use crate::engine::Engine;
 use crate::tokens::Role;
 
@@ -127,6 +127,30 @@ pub fn routes() -> Vec<Route> {
             Method::POST,
             "/apps/{app}/environments/{env}/rollback",
             handlers::rollback,
+        ),
+        route(
+            Deployer,
+            Method::PUT,
+            "/apps/{app}/environments/{env}/maintenance",
+            edge::set_maintenance,
+        ),
+        route(
+            Deployer,
+            Method::DELETE,
+            "/apps/{app}/environments/{env}/maintenance",
+            edge::clear_maintenance,
+        ),
+        route(
+            Deployer,
+            Method::PUT,
+            "/apps/{app}/environments/{env}/pause",
+            edge::pause,
+        ),
+        route(
+            Deployer,
+            Method::DELETE,
+            "/apps/{app}/environments/{env}/pause",
+            edge::resume,
         ),
         route(
             Deployer,

@@ -13,6 +13,7 @@ pub(super) static MIGRATIONS: &[M<'static>] = &[
     M::up(V2_SECRETS_BACKUPS),
     M::up(V3_RELEASE_IMAGES),
     M::up(V4_APPROVER_ROLE),
+    M::up(V7_EDGE),
 ];
 
 /// The first schema.
@@ -228,4 +229,20 @@ INSERT INTO tokens_v4 (id, name, role, hash, created_at, revoked_at)
     SELECT id, name, role, hash, created_at, revoked_at FROM tokens;
 DROP TABLE tokens;
 ALTER TABLE tokens_v4 RENAME TO tokens;
+"#;
+
+/// Edge controls of an environment (issue 16): maintenance mode and pause, so they outlive agent and
+/// proxy restarts. One row per environment with at least one of them on; a row with neither is deleted.
+/// (Named V7: V5 and V6 come from parallel branches; the list order above is what counts.)
+const V7_EDGE: &str = r#"
+CREATE TABLE edge_controls (
+    app               TEXT    NOT NULL,
+    environment       TEXT    NOT NULL,
+    maintenance_json  TEXT    CHECK (maintenance_json IS NULL OR json_valid(maintenance_json)),
+    paused_until      INTEGER,
+    paused_since      INTEGER,
+    updated_at        INTEGER NOT NULL,
+    PRIMARY KEY (app, environment),
+    CHECK ((paused_until IS NULL) = (paused_since IS NULL))
+) STRICT;
 "#;

@@ -5,6 +5,7 @@ pub mod backups;
 pub mod check;
 pub mod connect;
 pub mod deploy;
+pub mod edge;
 pub mod init;
 pub mod inspect;
 pub mod lock;
