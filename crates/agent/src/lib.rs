@@ -54,11 +54,19 @@ pub struct AgentConfig {
     /// `--master-key FILE`; `None`: `ROLLWAY_MASTER_KEY`, a systemd credential, or the default
     /// file outside the state directory (see [`secrets::master_key`]).
     pub master_key: Option<PathBuf>,
+    /// `--api-tls`: TLS on a loopback API too (beyond loopback it is always on).
+    pub api_tls: bool,
+    /// The API's certificate: self-signed, or `--api-cert`/`--api-key` (which turn TLS on).
+    pub api_cert: api::tls::CertSource,
 }
 
 /// What the caller learns once the agent serves.
 pub struct Started {
     pub api: SocketAddr,
+    /// `https://ADDR` or, on loopback without TLS, `http://ADDR`.
+    pub api_url: String,
+    /// The API certificate's fingerprint, which clients pin, when the API serves TLS.
+    pub api_fingerprint: Option<client::pin::Fingerprint>,
     pub proxy: SocketAddr,
     /// Only on the first start of a state directory: the admin token, shown once.
     pub admin_token: Option<PlainToken>,
@@ -94,6 +102,8 @@ pub enum AgentError {
     Secrets(#[from] secrets::SecretError),
     #[error("the API server failed")]
     Serve(#[source] std::io::Error),
+    #[error("cannot set up TLS for the API")]
+    ApiTls(#[from] api::tls::ApiTlsError),
 }
 
 /// Runs the agent until `shutdown` fires.
@@ -154,8 +164,19 @@ pub async fn run(
         addr: config.api,
         source,
     })?;
+    let api_tls = if api::tls::needs_tls(api_addr, config.api_tls)
+        || matches!(config.api_cert, api::tls::CertSource::Given { .. })
+    {
+        Some(api::tls::load(&state_dir, &master_key, &config.api_cert)?)
+    } else {
+        None
+    };
+    let api_fingerprint = api_tls.as_ref().map(|tls| tls.fingerprint);
+    let api_url = match api_tls {
+        Some(_) => format!("https://{api_addr}"),
+        None => format!("http://{api_addr}"),
+    };
     let (events, _) = tokio::sync::broadcast::channel(1024);
-    let (alerts, alerts_queue) = tokio::sync::mpsc::unbounded_channel();
     let engine = Arc::new(Engine {
         store,
         drivers: drivers::Drivers::new(driver),
@@ -171,11 +192,13 @@ pub async fn run(
         shutdown: shutdown.clone(),
         signals: Mutex::new(BTreeMap::new()),
         signalled: tokio::sync::Notify::new(),
-        alerts,
         counters: Mutex::new(metrics::Counters::default()),
+        api_fingerprint,
         edge: Mutex::new(BTreeMap::new()),
     });
-    tokio::spawn(alerts::run(engine.clone(), alerts_queue));
+    // Subscribed before anything is recorded (recovery records events), so no alert is missed.
+    tokio::spawn(alerts::run(engine.clone(), engine.events.subscribe()));
+    // Before recovery's first routing push, so the proxy never gets a state without them.
     api::edge::restore(&engine);
     recover::recover(&engine).await;
     // A proxy still running from an older binary (the agent was upgraded) hands over to a new one,
@@ -192,9 +215,10 @@ pub async fn run(
     tokio::spawn(watch::error_rate_loop(engine.clone()));
 
     let agent_file = LocalAgent {
-        api: format!("http://{api_addr}"),
+        api: api_url.clone(),
         proxy: proxy_addr.to_string(),
         pid: std::process::id(),
+        fingerprint: api_fingerprint,
     };
     write_private(
         &state_dir.join(AGENT_FILE),
@@ -203,9 +227,11 @@ pub async fn run(
             .as_bytes(),
     )
     .map_err(dir_error)?;
-    tracing::info!(message = "Agent serving.", api = %api_addr, proxy = %proxy_addr, state = %state_dir.display());
+    tracing::info!(message = "Agent serving.", api = %api_url, proxy = %proxy_addr, state = %state_dir.display(), api_fingerprint = ?api_fingerprint);
     on_started(Started {
         api: api_addr,
+        api_url,
+        api_fingerprint,
         proxy: proxy_addr,
         admin_token,
         master_key: master_key_origin,
@@ -213,7 +239,7 @@ pub async fn run(
         isolation,
     });
 
-    let served = api::serve(listener, engine.clone(), shutdown.clone()).await;
+    let served = api::serve(listener, engine.clone(), api_tls, shutdown.clone()).await;
     // Deploys in flight park at their next step; instances and the proxy keep running.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let _ = std::fs::remove_file(state_dir.join(AGENT_FILE));
@@ -258,7 +284,7 @@ fn ensure_admin_token(
     Ok(Some(plain))
 }
 
-fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
     let temp = path.with_extension("tmp");
     let mut file = std::fs::OpenOptions::new()

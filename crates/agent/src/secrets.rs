@@ -13,6 +13,7 @@ use zeroize::Zeroizing;
 
 use crate::store::{SealedSecret, SecretMeta, Store, StoreError};
 
+pub mod blob;
 pub mod master_key;
 
 /// The variable that may hold the master key.

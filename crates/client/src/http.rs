@@ -1,13 +1,17 @@
 //! The typed HTTP client of the agent API: one method per route, errors sorted by who is at fault.
 //!
-//! It speaks plain HTTP/1.1 to the agent (loopback or a TLS-terminating address later); the token
-//! travels in the `Authorization` header only, never in a URL or a log line.
+//! It speaks HTTP/1.1 to the agent: over TLS (`https://`), trusting only the pinned certificate
+//! fingerprint (`pin::PinVerifier`, checked during the handshake, so nothing is sent to a server
+//! that does not hold the pinned certificate), or plain `http://` to a loopback address only. The
+//! token travels in the `Authorization` header only, never in a URL or a log line.
 
 use std::ops::ControlFlow;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -16,6 +20,7 @@ use serde::de::DeserializeOwned;
 
 mod edge;
 
+use crate::pin::{Fingerprint, PinVerifier};
 use crate::wire::LockView;
 use crate::wire::{
     AgentInfo, BackupView, DeployRequest, DeploymentView, ErrorBody, EventView, LogLineView,
@@ -47,8 +52,30 @@ pub enum ClientError {
         #[source]
         source: serde_json::Error,
     },
-    #[error("invalid agent URL `{0}`; expected `http://host:port`")]
+    #[error(
+        "invalid agent URL `{0}`; expected `https://HOST:PORT` (or `http://` to a loopback address)"
+    )]
     InvalidUrl(String),
+    #[error(
+        "plain `http://` is accepted for a loopback address only, not `{host}`: the token would cross the network in clear"
+    )]
+    PlainHttpBeyondLoopback { host: String },
+    #[error("no certificate fingerprint is pinned for the agent at `{url}`")]
+    NotPinned { url: String },
+    #[error(
+        "the agent at `{url}` presented the certificate `{presented}`, not the pinned `{expected}`; nothing was sent"
+    )]
+    CertificateChanged {
+        url: String,
+        expected: Fingerprint,
+        presented: Fingerprint,
+    },
+    #[error("cannot set up TLS for `{url}`")]
+    Tls {
+        url: String,
+        #[source]
+        source: rustls::Error,
+    },
 }
 
 impl ClientError {
@@ -59,6 +86,8 @@ impl ClientError {
             ClientError::Unreachable { .. }
                 | ClientError::Unauthorized { .. }
                 | ClientError::Forbidden { .. }
+                | ClientError::CertificateChanged { .. }
+                | ClientError::NotPinned { .. }
         )
     }
 
@@ -76,7 +105,11 @@ impl ClientError {
 pub struct Client {
     base: String,
     token: Option<String>,
-    http: HyperClient<HttpConnector, Full<Bytes>>,
+    http: HyperClient<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// The certificate an `https://` agent must present.
+    pin: Option<Fingerprint>,
+    /// What the agent presented in the last handshake (to tell a changed certificate apart).
+    presented: Arc<Mutex<Option<Fingerprint>>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -89,13 +122,75 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
+    /// A client of a loopback `http://` agent, or of an `https://` one without a pin (which
+    /// refuses every request with [`ClientError::NotPinned`]).
     pub fn new(base: &str, token: Option<String>) -> Result<Client, ClientError> {
+        Client::with_pin(base, token, None)
+    }
+
+    /// A client that trusts an `https://` agent only if it presents the certificate `pin`.
+    pub fn with_pin(
+        base: &str,
+        token: Option<String>,
+        pin: Option<Fingerprint>,
+    ) -> Result<Client, ClientError> {
         let base = base.trim_end_matches('/').to_owned();
-        if !base.starts_with("http://") || base.parse::<hyper::Uri>().is_err() {
+        let target = AgentUrl::parse(&base)?;
+        if !target.tls && !is_loopback_host(&target.host) {
+            return Err(ClientError::PlainHttpBeyondLoopback { host: target.host });
+        }
+        if target.tls && pin.is_none() {
+            return Err(ClientError::NotPinned { url: base });
+        }
+        Client::build_client(base, token, pin)
+    }
+
+    fn build_client(
+        base: String,
+        token: Option<String>,
+        pin: Option<Fingerprint>,
+    ) -> Result<Client, ClientError> {
+        let verifier = Arc::new(PinVerifier::new(pin));
+        let presented = verifier.presented();
+        let tls = verifier
+            .client_config()
+            .map_err(|source| ClientError::Tls {
+                url: base.clone(),
+                source,
+            })?;
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .build();
+        let http = HyperClient::builder(TokioExecutor::new()).build(connector);
+        Ok(Client {
+            base,
+            token,
+            http,
+            pin,
+            presented,
+        })
+    }
+
+    /// The fingerprint of the certificate an `https://` agent presents, learnt from a handshake
+    /// that is then refused: no request (and no token) is sent.
+    pub async fn probe_fingerprint(base: &str) -> Result<Fingerprint, ClientError> {
+        let base = base.trim_end_matches('/').to_owned();
+        if !AgentUrl::parse(&base)?.tls {
             return Err(ClientError::InvalidUrl(base));
         }
-        let http = HyperClient::builder(TokioExecutor::new()).build_http();
-        Ok(Client { base, token, http })
+        let client = Client::build_client(base, None, None)?;
+        let attempt = client
+            .http
+            .request(client.build(Method::GET, "/healthz", None, None)?)
+            .await;
+        let presented = client.presented.lock().ok().and_then(|slot| *slot);
+        match (presented, attempt) {
+            (Some(fingerprint), _) => Ok(fingerprint),
+            (None, Err(source)) => Err(client.unreachable(source)),
+            (None, Ok(_)) => Err(ClientError::InvalidUrl(client.base)),
+        }
     }
 
     pub fn base(&self) -> &str {
@@ -434,11 +529,65 @@ impl Client {
     }
 
     fn unreachable(&self, source: impl std::error::Error + Send + Sync + 'static) -> ClientError {
+        let presented = self.presented.lock().ok().and_then(|slot| *slot);
+        if let (Some(expected), Some(presented)) = (self.pin, presented)
+            && expected != presented
+        {
+            return ClientError::CertificateChanged {
+                url: self.base.clone(),
+                expected,
+                presented,
+            };
+        }
         ClientError::Unreachable {
             url: self.base.clone(),
             source: Box::new(source),
         }
     }
+}
+
+/// The parts of an agent URL the client judges: whether it is TLS, its host and `host:port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentUrl {
+    pub tls: bool,
+    /// Without brackets for IPv6.
+    pub host: String,
+    /// `host:port` (the port made explicit), the key of `known_agents`.
+    pub authority: String,
+}
+
+impl AgentUrl {
+    pub fn parse(url: &str) -> Result<AgentUrl, ClientError> {
+        let invalid = || ClientError::InvalidUrl(url.to_owned());
+        let uri = url.parse::<hyper::Uri>().map_err(|_| invalid())?;
+        let tls = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err(invalid()),
+        };
+        let host = uri
+            .host()
+            .filter(|host| !host.is_empty())
+            .ok_or_else(invalid)?;
+        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        Ok(AgentUrl {
+            tls,
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
+            authority: format!("{host}:{port}").to_ascii_lowercase(),
+        })
+    }
+}
+
+/// `localhost`, 127.0.0.0/8 or `::1`: where plain HTTP never leaves the machine.
+pub fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn decode<T: DeserializeOwned>(path: &str, bytes: &[u8]) -> Result<T, ClientError> {

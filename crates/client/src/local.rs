@@ -14,11 +14,15 @@ pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 /// What the running agent tells local clients about itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LocalAgent {
-    /// `http://127.0.0.1:7440`
+    /// `http://127.0.0.1:7440` (or `https://` when the API serves TLS)
     pub api: String,
     /// `127.0.0.1:7480`
     pub proxy: String,
     pub pid: u32,
+    /// The API certificate's fingerprint when it serves TLS: a CLI of the same user trusts it
+    /// from this file (which only this user can read) without asking.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<crate::pin::Fingerprint>,
 }
 
 /// `$ROLLWAY_STATE_DIR`, else `$XDG_STATE_HOME/rollway`, else `~/.local/state/rollway`.

@@ -505,6 +505,10 @@ pub struct AgentInfo {
     /// agent older than the field.
     #[serde(default)]
     pub isolation: Option<IsolationView>,
+    /// The SHA-256 fingerprint of the API's TLS certificate; `None` when the API serves plain
+    /// HTTP on loopback (or from an agent older than the field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_fingerprint: Option<crate::pin::Fingerprint>,
 }
 
 /// The isolation in force on an agent's host.

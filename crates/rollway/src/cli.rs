@@ -33,9 +33,19 @@ pub struct GlobalArgs {
 /// How to reach an agent: flags, then environment, then the local agent of this user.
 #[derive(Debug, Args, Clone)]
 pub struct AgentArgs {
-    /// The agent's API, such as `http://10.0.0.5:7440` (default: the local agent).
+    /// The agent's API, such as `https://10.0.0.5:7443` (default: the local agent); plain
+    /// `http://` only to a loopback address.
     #[arg(long, env = "ROLLWAY_AGENT", global = true)]
     pub agent: Option<String>,
+    /// The agent's API certificate, `sha256:HEX` as `rollway agent` prints it: trusted and pinned
+    /// (for CI, where no terminal can ask).
+    #[arg(
+        long,
+        env = "ROLLWAY_AGENT_FINGERPRINT",
+        global = true,
+        value_name = "SHA256"
+    )]
+    pub agent_fingerprint: Option<String>,
     /// The API token (default: the local agent's admin token).
     #[arg(long, env = "ROLLWAY_TOKEN", global = true, hide_env_values = true)]
     pub token: Option<String>,
@@ -308,9 +318,18 @@ pub struct AgentRunArgs {
     /// State directory (default: $XDG_STATE_HOME/rollway).
     #[arg(long)]
     pub state: Option<PathBuf>,
-    /// Address of the control API.
+    /// Address of the control API. Beyond loopback it serves TLS only.
     #[arg(long, default_value = "127.0.0.1:7440")]
     pub api: std::net::SocketAddr,
+    /// Serve the API over TLS on a loopback address too (beyond loopback it always is).
+    #[arg(long)]
+    pub api_tls: bool,
+    /// The API's certificate chain (PEM, leaf first) instead of the self-signed one.
+    #[arg(long, value_name = "FILE", requires = "api_key")]
+    pub api_cert: Option<PathBuf>,
+    /// The private key (PEM) of `--api-cert`.
+    #[arg(long, value_name = "FILE", requires = "api_cert")]
+    pub api_key: Option<PathBuf>,
     /// Address the proxy serves the apps on.
     #[arg(long, default_value = "127.0.0.1:7480")]
     pub proxy: std::net::SocketAddr,

@@ -10,19 +10,16 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Extension, Path, State};
-use axum::http::StatusCode;
 use client::wire::{EdgeView, MaintenanceRequest, MaintenanceView, PauseRequest, PauseView};
 
 use crate::api::auth::Caller;
-use crate::api::error::ApiError;
+use crate::api::error::{ApiError, ApiJson, ApiResult, Kind};
 use crate::edge::{
     EnvEdge, MAINTENANCE_RETRY_AFTER, MAX_MESSAGE_CHARS, MAX_PAUSE, MaintenanceMode, Pause,
     default_page,
 };
 use crate::engine::{Engine, now_ms};
 use crate::store::NewEvent;
-
-type ApiResult<T> = Result<Json<T>, ApiError>;
 
 /// Longest `Retry-After` accepted, in seconds (a day).
 const MAX_RETRY_AFTER_S: u64 = 86_400;
@@ -31,13 +28,13 @@ pub async fn set_maintenance(
     State(engine): State<Arc<Engine>>,
     Extension(caller): Extension<Caller>,
     Path((app, env)): Path<(String, String)>,
-    Json(request): Json<MaintenanceRequest>,
+    ApiJson(request): ApiJson<MaintenanceRequest>,
 ) -> ApiResult<EdgeView> {
     known_environment(&engine, &app, &env)?;
     if let Some(message) = &request.message
         && message.chars().count() > MAX_MESSAGE_CHARS
     {
-        return Err(ApiError::bad_request(format!(
+        return Err(invalid(format!(
             "the maintenance message has {} characters; at most {MAX_MESSAGE_CHARS} are accepted",
             message.chars().count()
         )));
@@ -45,7 +42,7 @@ pub async fn set_maintenance(
     if let Some(page) = &request.page_html
         && page.len() > proxy::MAX_MAINTENANCE_PAGE_BYTES
     {
-        return Err(ApiError::bad_request(format!(
+        return Err(invalid(format!(
             "the maintenance page is {} bytes; at most {} are accepted",
             page.len(),
             proxy::MAX_MAINTENANCE_PAGE_BYTES
@@ -53,14 +50,14 @@ pub async fn set_maintenance(
     }
     for network in &request.allow {
         if let Err(error) = network.parse::<proxy::ClientNetwork>() {
-            return Err(ApiError::bad_request(format!("`--allow`: {error}")));
+            return Err(invalid(format!("`--allow`: {error}")));
         }
     }
     let retry_after_s = request
         .retry_after_s
         .unwrap_or(MAINTENANCE_RETRY_AFTER.as_secs());
     if retry_after_s > MAX_RETRY_AFTER_S {
-        return Err(ApiError::bad_request(format!(
+        return Err(invalid(format!(
             "`Retry-After` of {retry_after_s} s is more than the {MAX_RETRY_AFTER_S} s accepted"
         )));
     }
@@ -123,12 +120,12 @@ pub async fn pause(
     State(engine): State<Arc<Engine>>,
     Extension(caller): Extension<Caller>,
     Path((app, env)): Path<(String, String)>,
-    Json(request): Json<PauseRequest>,
-) -> Result<(StatusCode, Json<EdgeView>), ApiError> {
+    ApiJson(request): ApiJson<PauseRequest>,
+) -> ApiResult<EdgeView> {
     known_environment(&engine, &app, &env)?;
     let max = Duration::from_millis(request.max_ms);
     if max.is_zero() || max > MAX_PAUSE {
-        return Err(ApiError::bad_request(format!(
+        return Err(invalid(format!(
             "a pause of {} ms is out of range; accepted: above 0, at most {} s (requests wait at most the proxy's queue bound, 30 s by default)",
             request.max_ms,
             MAX_PAUSE.as_secs()
@@ -149,7 +146,7 @@ pub async fn pause(
     })
     .await?;
     spawn_auto_resume(engine, (app, env), pause);
-    Ok((StatusCode::OK, Json(edited)))
+    Ok(Json(edited))
 }
 
 pub async fn resume(
@@ -295,7 +292,7 @@ async fn edit(
     record(engine, app, env, kind, message);
     engine.push_routes().await.map_err(|error| {
         ApiError::new(
-            StatusCode::BAD_GATEWAY,
+            Kind::Unavailable,
             "proxy_unreachable",
             format!(
                 "saved, but the proxy did not take it yet ({}); it gets it when it is back",
@@ -315,6 +312,11 @@ fn record(engine: &Engine, app: &str, env: &str, kind: &str, message: String) {
         message,
         data_json: "{}".to_owned(),
     });
+}
+
+/// A value of the request that is read but refused (422).
+fn invalid(message: String) -> ApiError {
+    ApiError::new(Kind::Invalid, "invalid", message)
 }
 
 /// Refuses names that are not slugs and environments never deployed on this agent (a typo would

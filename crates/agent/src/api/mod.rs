@@ -2,14 +2,26 @@
 //! authentication layer, and the server that bounds what a client may hold: a capped number of
 //! connections, headers within a deadline, bodies that keep moving.
 //!
-//! It does not know TLS (the agent listens on loopback; a TLS front is future work).
+//! Beyond loopback it serves over TLS only (`tls.rs`: the certificate, and the rule that decides);
+//! a failed handshake is logged and never reaches the router.
 
+pub mod agent;
+pub mod artifacts;
 pub mod auth;
+pub mod backups;
+pub mod deployments;
 pub mod edge;
 pub mod error;
-pub mod handlers;
+pub mod events;
 pub mod input;
+pub mod locks;
+pub mod logs;
+pub mod releases;
 pub mod router;
+pub mod secrets;
+pub mod status;
+pub mod tls;
+pub mod tokens;
 pub mod views;
 
 use std::pin::Pin;
@@ -28,7 +40,7 @@ use hyper::body::{Frame, SizeHint};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -76,6 +88,7 @@ pub fn connection_cap(fd_limit: Option<u64>) -> usize {
 pub async fn serve(
     listener: TcpListener,
     engine: Arc<Engine>,
+    tls: Option<tls::ApiTls>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let limits = Limits::from_fd_limit();
@@ -84,14 +97,28 @@ pub async fn serve(
         max_connections = limits.max_connections,
         header_timeout_ms = u64::try_from(limits.header_timeout.as_millis()).unwrap_or(u64::MAX)
     );
-    serve_router(listener, router::router(engine), limits, shutdown).await
+    let app = router::router(engine).layer(axum::middleware::from_fn(log_request));
+    let acceptor = tls.map(|tls| tls.acceptor);
+    serve_router_tls(listener, app, limits, acceptor, shutdown).await
 }
 
-/// Serves `app` under `limits`: the accept loop, one task per connection.
+/// Serves `app` under `limits` in plain HTTP: the accept loop, one task per connection.
 pub async fn serve_router(
     listener: TcpListener,
     app: Router,
     limits: Limits,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    serve_router_tls(listener, app, limits, None, shutdown).await
+}
+
+/// [`serve_router`], over TLS when `tls` is given: the handshake must end within the header
+/// deadline, and a failed one ends the connection before any request is read.
+pub async fn serve_router_tls(
+    listener: TcpListener,
+    app: Router,
+    limits: Limits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let app = app.layer(axum::middleware::from_fn(move |request, next| {
@@ -107,9 +134,9 @@ pub async fn serve_router(
             },
             () = shutdown.cancelled() => break,
         };
-        let tcp = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => tcp,
+                Ok(accepted) => accepted,
                 Err(error) => {
                     // Out of file descriptors (EMFILE) or a connection reset before accept: wait
                     // a little rather than spin.
@@ -125,8 +152,27 @@ pub async fn serve_router(
         let _ = tcp.set_nodelay(true);
         let app = app.clone();
         let shutdown = shutdown.clone();
+        let tls = tls.clone();
         connections.spawn(async move {
-            serve_connection(tcp, app, limits, shutdown).await;
+            match tls {
+                None => serve_connection(tcp, app, limits, shutdown).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(limits.header_timeout, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => serve_connection(stream, app, limits, shutdown).await,
+                        // A client that does not trust the certificate (a pin that differs), or
+                        // one speaking plain HTTP: nothing of it reaches the router.
+                        Ok(Err(error)) => tracing::warn!(
+                            message = "API TLS handshake failed.",
+                            peer = %peer,
+                            %error
+                        ),
+                        Err(_) => tracing::warn!(
+                            message = "API TLS handshake timed out.",
+                            peer = %peer
+                        ),
+                    }
+                }
+            }
             drop(permit);
         });
     }
@@ -137,8 +183,8 @@ pub async fn serve_router(
 
 /// One connection: the first head under our own deadline (so a slow client gets a 408 in the
 /// envelope), then hyper, whose header timeout also closes a connection left idle.
-async fn serve_connection(
-    mut tcp: TcpStream,
+async fn serve_connection<S: Io>(
+    mut tcp: S,
     app: Router,
     limits: Limits,
     shutdown: CancellationToken,
@@ -190,6 +236,25 @@ async fn serve_connection(
     }
 }
 
+/// A connection the API serves: TCP, or TLS over TCP.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for S {}
+
+/// One line per API request (method, path, status), after the answer: what arrived, never a
+/// header or a body (tokens and secret values travel there).
+async fn log_request(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let response = next.run(request).await;
+    tracing::info!(
+        message = "API request.",
+        method = %method,
+        path = %path,
+        status = response.status().as_u16()
+    );
+    response
+}
+
 enum HeadError {
     Closed,
     TimedOut,
@@ -197,7 +262,7 @@ enum HeadError {
 }
 
 /// Reads until the end of the first request head (an empty line), within the header deadline.
-async fn read_head(tcp: &mut TcpStream, limits: &Limits) -> Result<Vec<u8>, HeadError> {
+async fn read_head<S: Io>(tcp: &mut S, limits: &Limits) -> Result<Vec<u8>, HeadError> {
     let deadline = tokio::time::sleep(limits.header_timeout);
     tokio::pin!(deadline);
     let mut head = Vec::with_capacity(1024);
@@ -230,8 +295,8 @@ fn ends_head(bytes: &[u8]) -> bool {
 }
 
 /// An answer written before hyper has the connection, in the error envelope, then close.
-async fn write_refusal(
-    tcp: &mut TcpStream,
+async fn write_refusal<S: Io>(
+    tcp: &mut S,
     status_line: &str,
     code: &str,
     message: &str,
@@ -252,13 +317,13 @@ async fn write_refusal(
 }
 
 /// A stream whose first bytes were already read: they are read again first.
-struct Prefixed {
+struct Prefixed<S> {
     prefix: Vec<u8>,
     read: usize,
-    inner: TcpStream,
+    inner: S,
 }
 
-impl AsyncRead for Prefixed {
+impl<S: Io> AsyncRead for Prefixed<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -280,7 +345,7 @@ impl AsyncRead for Prefixed {
     }
 }
 
-impl AsyncWrite for Prefixed {
+impl<S: Io> AsyncWrite for Prefixed<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -325,7 +390,7 @@ async fn limit_body(idle: Duration, request: Request, next: Next) -> Response {
     let response = next.run(request).await;
     if stalled.load(Ordering::Relaxed) && !response.status().is_success() {
         return error::ApiError::new(
-            axum::http::StatusCode::REQUEST_TIMEOUT,
+            error::Kind::Timeout,
             "timeout",
             BodyStalled(idle).to_string(),
         )

@@ -9,7 +9,6 @@ fn engine_without_proxy(dir: &std::path::Path) -> Engine {
         driver::process::ProcessDriver::new(paths.instances.clone()).expect("process driver"),
     );
     let (events, _) = broadcast::channel(16);
-    let (alerts, _) = tokio::sync::mpsc::unbounded_channel();
     Engine {
         store: Arc::new(Store::open_in_memory().expect("store")),
         drivers: crate::drivers::Drivers::new(driver),
@@ -32,7 +31,7 @@ fn engine_without_proxy(dir: &std::path::Path) -> Engine {
         signals: Mutex::new(BTreeMap::new()),
         signalled: tokio::sync::Notify::new(),
         counters: Mutex::new(crate::metrics::Counters::default()),
-        alerts,
+        api_fingerprint: None,
         edge: Mutex::new(BTreeMap::new()),
     }
 }

@@ -18,6 +18,14 @@ pub fn run_agent(args: &AgentRunArgs, printer: Printer) -> anyhow::Result<ExitSt
         proxy_metrics: args.proxy_metrics,
         exe,
         master_key: args.master_key.clone(),
+        api_tls: args.api_tls,
+        api_cert: match (&args.api_cert, &args.api_key) {
+            (Some(cert), Some(key)) => agent::api::tls::CertSource::Given {
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+            _ => agent::api::tls::CertSource::SelfSigned,
+        },
     };
     init_tracing();
     let runtime = tokio::runtime::Runtime::new()?;
@@ -28,10 +36,15 @@ pub fn run_agent(args: &AgentRunArgs, printer: Printer) -> anyhow::Result<ExitSt
             printer.status(
                 "Listening",
                 &format!(
-                    "API on http://{}, apps on http://{}",
-                    started.api, started.proxy
+                    "API on {}, apps on http://{}",
+                    started.api_url, started.proxy
                 ),
             );
+            if let Some(fingerprint) = started.api_fingerprint {
+                // Labelled like `isolation:` so scripts and people can grep for it; clients pin it
+                // (`--agent-fingerprint`, `ROLLWAY_AGENT_FINGERPRINT`).
+                printer.raw_stderr(&format!("api certificate: {fingerprint}\n"));
+            }
             // A fact about the host, labelled like `warning:` so it can be grepped for.
             printer.raw_stderr(&format!("isolation: {}\n", started.isolation.describe()));
             if let Some(gap) = started.isolation.gap() {

@@ -47,7 +47,28 @@ pub fn client_error(printer: &Printer, error: ClientError) -> anyhow::Result<Exi
                 ExitStatus::Failure
             }
         }
-        ClientError::Decode { .. } | ClientError::InvalidUrl(_) => ExitStatus::Failure,
+        ClientError::CertificateChanged { url, .. } => {
+            let authority = client::http::AgentUrl::parse(url)
+                .map(|target| target.authority)
+                .unwrap_or_else(|_| url.clone());
+            printer.hint(&format!(
+                "check on the agent's server which certificate it serves (`rollway agent` prints it as `api certificate:`); if it was replaced on purpose (new `--api-cert`, a new state directory), update the pin: remove the line `{authority}` from `{}` or pass `--agent-fingerprint` with the new one; if not, something between you and the agent is intercepting the connection",
+                client::pin::KnownAgents::default_path().display()
+            ));
+            ExitStatus::Unreachable
+        }
+        ClientError::NotPinned { .. } => {
+            printer
+                .hint("pass `--agent-fingerprint sha256:...` or set `ROLLWAY_AGENT_FINGERPRINT`");
+            ExitStatus::Unreachable
+        }
+        ClientError::PlainHttpBeyondLoopback { .. } => {
+            printer.hint("an agent beyond loopback serves TLS only: use `https://HOST:PORT`");
+            ExitStatus::Usage
+        }
+        ClientError::Decode { .. } | ClientError::InvalidUrl(_) | ClientError::Tls { .. } => {
+            ExitStatus::Failure
+        }
     };
     Ok(status)
 }

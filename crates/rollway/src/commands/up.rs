@@ -13,7 +13,11 @@ use crate::printer::Printer;
 pub async fn ensure_local_agent(printer: &Printer) -> Result<Client, NoAgent> {
     let state_dir = local::default_state_dir();
     if let Some(agent) = local::read_agent(&state_dir)
-        && let Ok(client) = Client::new(&agent.api, local::read_admin_token(&state_dir))
+        && let Ok(client) = Client::with_pin(
+            &agent.api,
+            local::read_admin_token(&state_dir),
+            agent.fingerprint,
+        )
         && client.healthz().await.is_ok()
     {
         return Ok(client);
@@ -62,7 +66,11 @@ pub async fn ensure_local_agent(printer: &Printer) -> Result<Client, NoAgent> {
     for _ in 0..300 {
         tokio::time::sleep(Duration::from_millis(100)).await;
         if let Some(agent) = local::read_agent(&state_dir)
-            && let Ok(client) = Client::new(&agent.api, local::read_admin_token(&state_dir))
+            && let Ok(client) = Client::with_pin(
+                &agent.api,
+                local::read_admin_token(&state_dir),
+                agent.fingerprint,
+            )
             && client.healthz().await.is_ok()
         {
             printer.status(
