@@ -234,6 +234,20 @@ impl TestAgent {
         }
     }
 
+    /// Stops the agent the way `systemctl stop`/`restart` does (SIGTERM to the agent process only, as
+    /// `KillMode=process`), then waits for it to exit, bounded by `timeout`. Returns whether it exited.
+    pub async fn terminate(&mut self, timeout: Duration) -> bool {
+        let pid = self
+            .child
+            .as_ref()
+            .and_then(tokio::process::Child::id)
+            .and_then(|pid| rustix::process::Pid::from_raw(pid as i32));
+        if let Some(pid) = pid {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        self.wait_exit(timeout).await
+    }
+
     /// Waits until the agent process exits by itself (a test crash point), bounded by `timeout`.
     /// Returns whether it exited.
     pub async fn wait_exit(&mut self, timeout: Duration) -> bool {

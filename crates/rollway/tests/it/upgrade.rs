@@ -150,9 +150,28 @@ async fn five_proxy_upgrades_between_two_builds_under_load_fail_no_request_keep_
     assert_eq!(status.0["proxy"]["state"], "serving", "{status}");
 }
 
+/// How an agent is stopped for its upgrade.
+#[derive(Debug, Clone, Copy)]
+enum Stop {
+    /// `kill -9`: no chance to do anything.
+    Kill9,
+    /// `systemctl restart` with `KillMode=process`: SIGTERM to the agent only.
+    Sigterm,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_upgraded_by_kill_9_in_the_middle_of_a_deployment_resolves_it_without_a_failed_request()
  {
+    agent_upgrade_in_the_middle_of_a_deployment(Stop::Kill9).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_upgraded_by_a_systemd_restart_in_the_middle_of_a_deployment_resolves_it_without_a_failed_request()
+ {
+    agent_upgrade_in_the_middle_of_a_deployment(Stop::Sigterm).await;
+}
+
+async fn agent_upgrade_in_the_middle_of_a_deployment(stop: Stop) {
     let mut setup = Setup::start().await;
     setup
         .agent
@@ -174,6 +193,12 @@ async fn an_agent_upgraded_by_kill_9_in_the_middle_of_a_deployment_resolves_it_w
     let mut deploy = setup.agent.deploy_command(&slow, ENV, Some(&token));
     let deploy = tokio::spawn(async move { deploy.output().await });
     tokio::time::sleep(Duration::from_millis(800)).await;
+    if let Stop::Sigterm = stop {
+        assert!(
+            setup.agent.terminate(Duration::from_secs(30)).await,
+            "the agent did not exit on SIGTERM"
+        );
+    }
     setup.agent.restart_with_binary(&new_binary).await;
     let _ = deploy.await;
     let status = setup
