@@ -190,7 +190,6 @@ pub async fn run(
         runtimes: Mutex::new(BTreeMap::new()),
         proxy_push: tokio::sync::Mutex::new(()),
         shutdown: shutdown.clone(),
-        signals: Mutex::new(BTreeMap::new()),
         signalled: tokio::sync::Notify::new(),
         counters: Mutex::new(metrics::Counters::default()),
         api_fingerprint,

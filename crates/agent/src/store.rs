@@ -34,6 +34,7 @@ mod locks;
 mod migrations;
 mod releases;
 mod secrets;
+mod signals;
 mod tokens;
 
 pub use backups::{BackupKind, BackupReason, BackupRecord};
@@ -44,6 +45,7 @@ pub use instances::InstanceRecord;
 pub use locks::Lock;
 pub use releases::{NewRelease, Release, ReleaseOutcome};
 pub use secrets::{SealedSecret, SecretMeta};
+pub use signals::{Advance, PendingSignal, Signal};
 pub use tokens::TokenRecord;
 
 /// A cheap-clone handle on the store.

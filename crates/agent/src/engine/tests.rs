@@ -28,7 +28,6 @@ fn engine_without_proxy(dir: &std::path::Path) -> Engine {
         runtimes: Mutex::new(BTreeMap::new()),
         proxy_push: tokio::sync::Mutex::new(()),
         shutdown: CancellationToken::new(),
-        signals: Mutex::new(BTreeMap::new()),
         signalled: tokio::sync::Notify::new(),
         counters: Mutex::new(crate::metrics::Counters::default()),
         api_fingerprint: None,

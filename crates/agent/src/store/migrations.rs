@@ -13,6 +13,7 @@ pub(super) static MIGRATIONS: &[M<'static>] = &[
     M::up(V2_SECRETS_BACKUPS),
     M::up(V3_RELEASE_IMAGES),
     M::up(V4_APPROVER_ROLE),
+    M::up(V5_SIGNALS),
     M::up(V7_EDGE),
 ];
 
@@ -231,9 +232,23 @@ DROP TABLE tokens;
 ALTER TABLE tokens_v4 RENAME TO tokens;
 "#;
 
+/// Signals to running deployments (promote, abort, approve), kept until the executor has acted on
+/// them (`handled_at`), so an agent restart does not forget one the API accepted.
+const V5_SIGNALS: &str = r#"
+CREATE TABLE signals (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    deployment_id TEXT    NOT NULL REFERENCES deployments(id),
+    kind          TEXT    NOT NULL CHECK (kind IN ('promote', 'abort', 'approve')),
+    by            TEXT    NOT NULL,
+    at            INTEGER NOT NULL,
+    handled_at    INTEGER
+) STRICT;
+CREATE INDEX signals_pending ON signals (deployment_id) WHERE handled_at IS NULL;
+"#;
+
 /// Edge controls of an environment (issue 16): maintenance mode and pause, so they outlive agent and
 /// proxy restarts. One row per environment with at least one of them on; a row with neither is deleted.
-/// (Named V7: V5 and V6 come from parallel branches; the list order above is what counts.)
+/// (Named V7 as planned beside a V6 of a parallel branch; the list order above is what counts.)
 const V7_EDGE: &str = r#"
 CREATE TABLE edge_controls (
     app               TEXT    NOT NULL,

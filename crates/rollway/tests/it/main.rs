@@ -13,6 +13,7 @@ mod monitoring;
 mod progressive;
 mod release_phase;
 mod robust;
+mod transcripts;
 mod upgrade;
 
 use std::path::{Path, PathBuf};
