@@ -96,12 +96,10 @@ pub enum Command {
         #[command(flatten)]
         target: EnvArgs,
     },
-    /// Maintenance mode: the proxy answers 503 with a page, except to `--allow` networks and the
-    /// health check.
+    /// Maintenance mode: 503 and a page, except to `--allow` networks and the health check.
     #[command(subcommand)]
     Maintenance(MaintenanceCommand),
-    /// Hold new requests in the proxy (a database failover, a stop-the-world migration) until
-    /// `rollway resume` or `--max`.
+    /// Hold new requests (a database failover) until `rollway resume` or `--max`.
     Pause(PauseArgs),
     /// End a pause: the held requests go on.
     Resume(EnvArgs),
