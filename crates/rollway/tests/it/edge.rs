@@ -332,6 +332,28 @@ async fn a_pause_holds_every_request_until_resume_and_ends_by_itself_at_its_boun
         .start();
     tokio::time::sleep(Duration::from_millis(300)).await;
 
+    // Bounds a pause must have, and who may pause: a viewer may not.
+    for max in ["0s", "10m", "30"] {
+        let ran = agent.cli(&["pause", "--app", APP, "--max", max]).await;
+        ran.assert_code(2);
+    }
+    let ran = agent
+        .cli(&[
+            "tokens", "create", "--role", "viewer", "--name", "watcher", "--json",
+        ])
+        .await;
+    ran.assert_code(0);
+    let created: Value = serde_json::from_str(&ran.stdout).expect("token JSON");
+    let viewer = created["token"].as_str().expect("token value").to_owned();
+    let ran = agent.cli_as(Some(&viewer), &["pause", "--app", APP]).await;
+    ran.assert_code(3);
+    assert!(ran.stderr.contains("deployer"), "{}", ran.stderr);
+    let ran = agent
+        .cli_as(Some(&viewer), &["maintenance", "on", "--app", APP])
+        .await;
+    ran.assert_code(3);
+    assert!(of_kind(&agent.events().await, "pause.on").is_empty());
+
     agent
         .cli(&["pause", "--app", APP, "--max", "60s"])
         .await
