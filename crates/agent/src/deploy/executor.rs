@@ -77,7 +77,7 @@ pub enum StepError {
     #[error(transparent)]
     Routing(#[from] crate::proxy_link::LinkError),
     #[error(transparent)]
-    Certs(#[from] crate::certs::CertError),
+    Certificates(#[from] crate::certs::CertError),
     #[error("no deployment `{id}`")]
     NoDeployment { id: String },
     #[error("cannot write the deployment's data")]
