@@ -25,6 +25,7 @@ use client::wire::DeploymentState;
 
 mod artifacts;
 mod backups;
+mod certs;
 mod deployments;
 mod edge;
 mod events;
@@ -38,6 +39,7 @@ mod signals;
 mod tokens;
 
 pub use backups::{BackupKind, BackupReason, BackupRecord};
+pub use certs::{CertRecord, CertSource};
 pub use deployments::{Deployment, INITIAL_STATE, NewDeployment};
 pub use events::{Event, NewEvent};
 pub use images::ReleaseImages;

@@ -13,6 +13,7 @@ mod monitoring;
 mod progressive;
 mod release_phase;
 mod robust;
+mod tls;
 mod transcripts;
 mod upgrade;
 
