@@ -5,6 +5,9 @@
 
 use serde::{Deserialize, Serialize};
 
+mod edge;
+pub use edge::{EdgeView, MaintenanceRequest, MaintenanceView, PauseRequest, PauseView};
+
 /// An id that travels as a JSON string and reads as a `&str` wherever one is taken.
 macro_rules! string_id {
     ($(#[$doc:meta])* $name:ident) => {
@@ -83,9 +86,6 @@ string_id!(
     /// A deployment's id: `d-<unix ms, 13 digits>-<16 hex>`, unique and sorted by creation time.
     DeploymentId
 );
-
-mod edge;
-pub use edge::{EdgeView, MaintenanceRequest, MaintenanceView, PauseRequest, PauseView};
 
 /// The body of every error answer: `{ "error": { "code", "message" } }`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

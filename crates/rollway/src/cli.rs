@@ -246,9 +246,12 @@ pub enum MaintenanceCommand {
         /// Shown on the default page (HTML-escaped).
         #[arg(long, conflicts_with = "page")]
         message: Option<String>,
-        /// The app's own page: an HTML file of the app folder, at most 256 KiB.
+        /// The app's own page: an `.html` file inside the app folder, at most 256 KiB.
         #[arg(long)]
         page: Option<PathBuf>,
+        /// The app folder `--page` is inside of.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
         /// A client network that still reaches the app, such as `203.0.113.0/24` (repeatable).
         #[arg(long)]
         allow: Vec<String>,

@@ -108,7 +108,7 @@ pub struct TestApp {
     alerts_webhook: Option<String>,
     /// `[routes.web] hosts`; `None`: no `[routes]` (the web service answers every host).
     hosts: Option<Vec<String>>,
-    /// Raw lines under `[routes.web]` (`rate_limit = …`, `allow = …`, `tls = …`).
+    /// Raw lines under `[routes.web]` (`rate_limit = …`, `allow = …`).
     route_lines: Vec<String>,
     /// Environment name → its own `routes.web.hosts` (`[environments.E] routes`).
     env_hosts: BTreeMap<String, Vec<String>>,
@@ -693,16 +693,16 @@ impl TestApp {
         self
     }
 
-    /// `[routes.web] hosts = HOSTS`.
-    pub fn hosts(mut self, hosts: &[&str]) -> TestApp {
-        self.hosts = Some(hosts.iter().map(|host| (*host).to_owned()).collect());
+    /// Adds a raw line under `[routes.web]` (after `hosts`), such as `tls = "auto"` or
+    /// `rate_limit = { per_ip = "20/s" }`.
+    pub fn route_line(mut self, line: impl Into<String>) -> TestApp {
+        self.route_lines.push(line.into());
         self
     }
 
-    /// Adds a raw line under `[routes.web]`, such as `rate_limit = { per_ip = "20/s" }` or
-    /// `tls = "auto"`.
-    pub fn route_line(mut self, line: impl Into<String>) -> TestApp {
-        self.route_lines.push(line.into());
+    /// `[routes.web] hosts = HOSTS`.
+    pub fn hosts(mut self, hosts: &[&str]) -> TestApp {
+        self.hosts = Some(hosts.iter().map(|host| (*host).to_owned()).collect());
         self
     }
 

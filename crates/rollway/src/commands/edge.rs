@@ -21,10 +21,11 @@ pub fn maintenance(command: &MaintenanceCommand, printer: Printer) -> anyhow::Re
             page,
             allow,
             retry_after,
+            dir,
             ..
         } => {
             let page_html = match page {
-                Some(path) => match read_page(path) {
+                Some(path) => match read_page(dir, path) {
                     Ok(page) => Some(page),
                     Err(reason) => {
                         printer.error(&reason);
@@ -67,8 +68,31 @@ pub fn resume(target: &EnvArgs, printer: Printer) -> anyhow::Result<ExitStatus> 
     })
 }
 
-/// Reads the page file: UTF-8 HTML within the proxy's size bound.
-fn read_page(path: &Path) -> Result<String, String> {
+/// Reads the page file: an `.html` file inside the app folder (the page is served to the internet, so a
+/// slip such as `--page /etc/passwd` must not publish another file), UTF-8, within the proxy's size bound.
+fn read_page(dir: &Path, page: &Path) -> Result<String, String> {
+    let path = dir.join(page);
+    let canonical = |path: &Path| {
+        path.canonicalize()
+            .map_err(|error| format!("cannot read the page `{}`: {error}", path.display()))
+    };
+    let (folder, path) = (canonical(dir)?, canonical(&path)?);
+    if !path.starts_with(&folder) {
+        return Err(format!(
+            "the page `{}` is outside the app folder `{}`",
+            path.display(),
+            folder.display()
+        ));
+    }
+    if !path.extension().is_some_and(|extension| {
+        extension.eq_ignore_ascii_case("html") || extension.eq_ignore_ascii_case("htm")
+    }) {
+        return Err(format!(
+            "the page `{}` is not an `.html` file",
+            path.display()
+        ));
+    }
+    let path = path.as_path();
     let metadata = std::fs::metadata(path)
         .map_err(|error| format!("cannot read the page `{}`: {error}", path.display()))?;
     let limit = proxy::MAX_MAINTENANCE_PAGE_BYTES;

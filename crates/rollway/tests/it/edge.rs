@@ -268,16 +268,33 @@ async fn maintenance_answers_its_page_under_load_lets_allowed_networks_and_healt
         status.stdout
     );
 
-    // The app's own page, from its folder.
-    let page_path = app_dir.join("maintenance.html");
+    // The app's own page, from its folder; nothing outside it, nothing but HTML.
+    let app_dir_text = app_dir.to_str().expect("utf-8");
+    for outside in ["/etc/hostname", "../app/../../etc/hostname", "rollway.toml"] {
+        let ran = agent
+            .cli(&[
+                "maintenance",
+                "on",
+                "--app",
+                APP,
+                "--dir",
+                app_dir_text,
+                "--page",
+                outside,
+            ])
+            .await;
+        ran.assert_code(2);
+    }
     let ran = agent
         .cli(&[
             "maintenance",
             "on",
             "--app",
             APP,
+            "--dir",
+            app_dir_text,
             "--page",
-            page_path.to_str().expect("utf-8"),
+            "maintenance.html",
         ])
         .await;
     ran.assert_code(0);
