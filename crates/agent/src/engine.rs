@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use client::wire::EventView;
+use client::wire::{DeploymentId, EventView};
 use proxy::{DesiredInstance, DesiredPool, DesiredRoute, DesiredState};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -160,6 +160,8 @@ pub struct Engine {
     pub signalled: tokio::sync::Notify,
     /// In-memory counters for `/metrics`. std Mutex: increments only.
     pub counters: Mutex<crate::metrics::Counters>,
+    /// Certificates for the HTTPS listener: settings, pending ACME challenges.
+    pub certs: crate::certs::Certs,
     /// The API certificate's fingerprint when the API serves TLS (`GET /v1/agent` shows it).
     pub api_fingerprint: Option<client::pin::Fingerprint>,
     /// Maintenance mode and pause per environment (`crate::edge`), loaded from the store at start.
@@ -202,7 +204,7 @@ pub fn progress_event(subject: Subject<'_>, event: &client::wire::DeploymentEven
     NewEvent {
         app: Some(subject.app.to_owned()),
         environment: Some(subject.environment.to_owned()),
-        deployment_id: subject.deployment_id.map(str::to_owned),
+        deployment_id: subject.deployment_id.map(DeploymentId::from),
         kind: event.kind().to_owned(),
         message: event.to_string(),
         data_json: "{}".to_owned(),
@@ -351,7 +353,12 @@ impl Engine {
     pub async fn push_routes(&self) -> Result<(), crate::proxy_link::LinkError> {
         let _serial = self.proxy_push.lock().await;
         let desired = self.desired_state();
-        self.proxy.put_state(&desired).await
+        self.proxy.put_state(&desired).await?;
+        // A proxy that restarted or took over needs the certificates too (they are never on disk).
+        if let Err(error) = crate::certs::push(self).await {
+            tracing::error!(message = "Cannot give the proxy its certificates.", error = %crate::report::chain(&error));
+        }
+        Ok(())
     }
 }
 

@@ -224,7 +224,10 @@ async fn resume_deployments(engine: &Arc<Engine>) {
                 );
             }
             Recovery::Resume(_) => {
-                tokio::spawn(executor::run(engine.clone(), deployment.id.clone()));
+                tokio::spawn(executor::run(
+                    engine.clone(),
+                    deployment.id.clone().into_string(),
+                ));
             }
         }
     }

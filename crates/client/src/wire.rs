@@ -5,6 +5,85 @@
 
 use serde::{Deserialize, Serialize};
 
+/// An id that travels as a JSON string and reads as a `&str` wherever one is taken.
+macro_rules! string_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn new(id: impl Into<String>) -> $name {
+                $name(id.into())
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+
+            pub fn into_string(self) -> String {
+                self.0
+            }
+        }
+
+        impl std::ops::Deref for $name {
+            type Target = str;
+
+            fn deref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl From<String> for $name {
+            fn from(id: String) -> $name {
+                $name(id)
+            }
+        }
+
+        impl From<&str> for $name {
+            fn from(id: &str) -> $name {
+                $name(id.to_owned())
+            }
+        }
+
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                self.0 == other
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.0 == *other
+            }
+        }
+    };
+}
+
+string_id!(
+    /// A deployment's id: `d-<unix ms, 13 digits>-<16 hex>`, unique and sorted by creation time.
+    DeploymentId
+);
+
 /// The body of every error answer: `{ "error": { "code", "message" } }`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
@@ -40,7 +119,7 @@ pub struct RollbackRequest {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeploymentView {
-    pub id: String,
+    pub id: DeploymentId,
     pub app: String,
     pub environment: String,
     pub kind: DeploymentKind,
@@ -249,7 +328,7 @@ pub struct EventView {
     pub at: i64,
     pub app: Option<String>,
     pub environment: Option<String>,
-    pub deployment_id: Option<String>,
+    pub deployment_id: Option<DeploymentId>,
     /// Dotted kind: `deployment.state`, `instance.healthy`, `token.created`, ...
     pub kind: String,
     pub message: String,
@@ -387,7 +466,7 @@ pub enum DeploymentEvent {
     /// approver or admin than `started_by`.
     AwaitingApproval {
         release: u64,
-        deployment: String,
+        deployment: DeploymentId,
         started_by: String,
     },
     /// `deployment.approved`.
@@ -816,7 +895,7 @@ pub struct RestoreView {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LockView {
     pub owner: String,
-    pub deployment_id: String,
+    pub deployment_id: DeploymentId,
     pub acquired_at: i64,
     pub heartbeat_at: i64,
     pub expires_at: i64,
@@ -824,3 +903,34 @@ pub struct LockView {
 
 #[cfg(test)]
 mod tests;
+
+/// Where a host's certificate comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CertSourceView {
+    /// The agent's ACME server (`tls = "auto"`); renewed by the agent.
+    Acme,
+    /// Secrets of the environment (`tls = { cert, key }`).
+    Given,
+}
+
+/// One host's certificate as `rollway certs` shows it: never a key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertView {
+    pub host: String,
+    pub app: String,
+    pub environment: String,
+    pub source: CertSourceView,
+    pub issuer: String,
+    /// Unix ms.
+    pub not_before: i64,
+    /// Unix ms.
+    pub not_after: i64,
+    /// When the agent starts renewing it (ACME only), unix ms.
+    pub renew_at: Option<i64>,
+    /// When this certificate was stored, unix ms.
+    pub renewed_at: i64,
+    /// The last renewal's failure, until one succeeds.
+    pub last_error: Option<String>,
+    pub next_attempt_at: Option<i64>,
+}

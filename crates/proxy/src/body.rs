@@ -15,8 +15,8 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::sync::Notify;
 use tokio::time::Sleep;
 
+use crate::active::ActiveRequest;
 use crate::instance::{InFlightGuard, InstanceLive};
-use crate::server::ActiveRequest;
 use crate::stats::ReleaseStats;
 use crate::upstream::Sender;
 

@@ -36,11 +36,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{RouteSettings, UpstreamProtocol};
+use crate::config::{RouteSettings, RouteTls, UpstreamProtocol};
 use crate::control::{InstanceSpec, Proxy};
 use crate::edge::{DesiredMaintenance, DesiredRateLimit};
 use crate::error::ControlError;
-use crate::routing::{InstanceId, InstanceState, ReleaseId, RouteName, RouteSpec, RoutingTable};
+use crate::ids::{InstanceId, InstanceState, ReleaseId, RouteName};
+use crate::routing::{RouteSpec, RoutingTable};
 
 /// Drain bound for the instances of a route the desired state no longer lists: the proxy does not
 /// remember a route's own `drain_timeout_ms`. This is DESIGN's default drain. To drain a route with its
@@ -101,6 +102,9 @@ pub struct DesiredRoute {
     /// Protocol spoken to the instances.
     #[serde(default, skip_serializing_if = "is_default_protocol")]
     pub protocol: UpstreamProtocol,
+    /// HTTPS policy (`RouteSettings::tls`).
+    #[serde(default, skip_serializing_if = "RouteTls::is_default")]
+    pub tls: RouteTls,
     /// Client networks allowed (`RouteEdge::allow`); empty means every client.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow: Vec<String>,
@@ -387,6 +391,7 @@ impl DesiredRoute {
             max_body_bytes: settings.max_body_bytes,
             max_header_fields: settings.max_header_fields,
             protocol: settings.protocol,
+            tls: settings.tls,
             allow: Vec::new(),
             rate_limit: None,
             maintenance: None,
@@ -403,6 +408,7 @@ impl DesiredRoute {
             max_body_bytes: self.max_body_bytes,
             max_header_fields: self.max_header_fields,
             protocol: self.protocol,
+            tls: self.tls,
         }
     }
 
@@ -413,6 +419,7 @@ impl DesiredRoute {
         self.max_body_bytes = settings.max_body_bytes;
         self.max_header_fields = settings.max_header_fields;
         self.protocol = settings.protocol;
+        self.tls = settings.tls;
     }
 
     /// The path prefixes routed: `paths`, or `/` when it is empty.

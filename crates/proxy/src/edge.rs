@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use crate::config::{ProxyConfig, TrustedProxy, TrustedProxyParseError};
 use crate::desired::{DesiredRoute, Problem};
 use crate::error::ProxyError;
-use crate::routing::RouteName;
+use crate::ids::RouteName;
 
 /// The edge controls of one route. `RouteEdge::default()` lets everything through.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -12,7 +12,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Response, StatusCode};
 
 use crate::body::ProxyBody;
-use crate::routing::{InstanceId, ReleaseId, RouteName};
+use crate::ids::{ErrorKind, InstanceId, ReleaseId, RouteName};
 
 /// Why one request could not be answered by an instance.
 #[derive(Debug, thiserror::Error)]
@@ -114,80 +114,6 @@ pub enum Cause {
     Instance,
     /// The proxy's own bounds (waiting queue).
     Proxy,
-}
-
-/// Error kinds as counted in per-release stats and `/metrics`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ErrorKind {
-    Connect,
-    Upstream,
-    UpstreamTimeout,
-    NoReadyInstance,
-    QueueFull,
-    BodyTooLarge,
-    ClientTimeout,
-    HeadersTooLarge,
-    ClientGone,
-    NoRoute,
-    BadRequest,
-    /// A request tried again on another instance (not an error seen by the client).
-    Retried,
-    /// Refused by the route's `allow` list (403).
-    Forbidden,
-    /// Over the route's rate limit for its client address (429).
-    RateLimited,
-    /// Answered by the maintenance page (503).
-    Maintenance,
-    /// Held by a pause longer than the waiting bound (503).
-    PausedTooLong,
-}
-
-impl ErrorKind {
-    pub const ALL: [ErrorKind; 16] = [
-        ErrorKind::Connect,
-        ErrorKind::Upstream,
-        ErrorKind::UpstreamTimeout,
-        ErrorKind::NoReadyInstance,
-        ErrorKind::QueueFull,
-        ErrorKind::BodyTooLarge,
-        ErrorKind::ClientTimeout,
-        ErrorKind::HeadersTooLarge,
-        ErrorKind::ClientGone,
-        ErrorKind::NoRoute,
-        ErrorKind::BadRequest,
-        ErrorKind::Retried,
-        ErrorKind::Forbidden,
-        ErrorKind::RateLimited,
-        ErrorKind::Maintenance,
-        ErrorKind::PausedTooLong,
-    ];
-
-    /// Position in `ALL`; used as an array index by the stats.
-    pub fn index(self) -> usize {
-        self as usize
-    }
-
-    /// The label used in `/metrics`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorKind::Connect => "connect",
-            ErrorKind::Upstream => "upstream",
-            ErrorKind::UpstreamTimeout => "upstream_timeout",
-            ErrorKind::NoReadyInstance => "no_ready_instance",
-            ErrorKind::QueueFull => "queue_full",
-            ErrorKind::BodyTooLarge => "body_too_large",
-            ErrorKind::ClientTimeout => "client_timeout",
-            ErrorKind::HeadersTooLarge => "headers_too_large",
-            ErrorKind::ClientGone => "client_gone",
-            ErrorKind::NoRoute => "no_route",
-            ErrorKind::BadRequest => "bad_request",
-            ErrorKind::Retried => "retried",
-            ErrorKind::Forbidden => "forbidden",
-            ErrorKind::RateLimited => "rate_limited",
-            ErrorKind::Maintenance => "maintenance",
-            ErrorKind::PausedTooLong => "paused_too_long",
-        }
-    }
 }
 
 impl ProxyError {

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use tokio::net::TcpStream;
 
 use crate::control::Proxy;
+use crate::ids::InstanceState;
 use crate::instance::InstanceLive;
-use crate::routing::InstanceState;
 
 /// Starts the probe of an instance passive health has just taken out. Ends when the instance answers,
 /// or when it is no longer routable (drained or removed).

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicUsize, Ordering};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::routing::{InstanceId, InstanceState, ReleaseId};
+use crate::ids::{InstanceId, InstanceState, ReleaseId};
 use crate::stats::ReleaseStats;
 use crate::upstream::ConnectionPool;
 

@@ -22,6 +22,7 @@
 //!    end; an upgrade becomes a tunnel that holds the count instead and passes either side's end on.
 //! 7. Any failure becomes an answer in exactly one place, `error_response`.
 
+mod active;
 mod body;
 mod config;
 mod control;
@@ -34,6 +35,7 @@ mod forward;
 mod grpc;
 pub mod handover;
 mod health;
+mod ids;
 mod instance;
 pub mod metrics;
 mod observed;
@@ -41,15 +43,17 @@ pub mod process;
 mod routes_file;
 mod routing;
 mod server;
+mod shard;
 mod stats;
+pub mod tls;
 mod tunnel;
 mod upstream;
 pub mod workers;
 
 pub use body::{AnswerBodyError, ProxyBody, RequestBodyError};
 pub use config::{
-    PassiveHealthConfig, ProxyConfig, RouteSettings, TrustedProxy, TrustedProxyParseError,
-    UpstreamProtocol, WaitingConfig,
+    PassiveHealthConfig, ProxyConfig, RouteSettings, RouteTls, TrustedProxy,
+    TrustedProxyParseError, UpstreamProtocol, WaitingConfig,
 };
 pub use control::{DrainOutcome, InstanceSpec, Proxy};
 pub use desired::{
@@ -60,15 +64,14 @@ pub use edge::{
     ClientNetwork, DesiredMaintenance, DesiredRateLimit, MAX_MAINTENANCE_PAGE_BYTES, Maintenance,
     RateLimit, RouteEdge, time_from_unix_ms, unix_ms,
 };
-pub use error::{BadRequestReason, Cause, ControlError, ErrorKind, ProxyError, error_response};
+pub use error::{BadRequestReason, Cause, ControlError, ProxyError, error_response};
+pub use ids::{ErrorKind, InstanceId, InstanceState, ReleaseId, RouteName};
 pub use instance::{InFlightGuard, InstanceLive};
 pub use observed::{
     ObservedInstance, ObservedInstanceState, ObservedLatency, ObservedReleaseStats, ObservedRoute,
     ObservedState, ObservedStatusClasses, ObservedWeight,
 };
 pub use routes_file::{ROUTES_FILE_NAME, RoutesFile, RoutesFileError};
-pub use routing::{
-    InstanceId, InstanceState, Pool, ReleaseId, Route, RouteName, RouteSpec, RoutingTable,
-};
-pub use server::{serve, serve_tls};
+pub use routing::{Pool, Route, RouteSpec, RoutingTable};
+pub use server::{serve, serve_https, serve_tls};
 pub use stats::{LatencySummary, ReleaseStats, ReleaseStatsSnapshot, StatusClassCounts};

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::control::Proxy;
 use crate::desired::desired_name;
-use crate::routing::InstanceState;
+use crate::ids::InstanceState;
 use crate::stats::ReleaseStatsSnapshot;
 
 /// Everything a proxy routes, and every release's counters.
@@ -109,7 +109,7 @@ pub struct ObservedLatency {
 /// An `ObservedReleaseStats` as plain counts again, for `Proxy::carry_over_stats`.
 pub(crate) struct ObservedCounts {
     pub requests: crate::stats::StatusClassCounts,
-    pub errors: Vec<(crate::error::ErrorKind, u64)>,
+    pub errors: Vec<(crate::ids::ErrorKind, u64)>,
     /// Per bucket, the overflow bucket last.
     pub latency_counts: Vec<u64>,
     pub latency_sum: std::time::Duration,
@@ -124,7 +124,7 @@ impl ObservedReleaseStats {
             client_error: self.requests.client_error,
             server_error: self.requests.server_error,
         };
-        let errors = crate::error::ErrorKind::ALL
+        let errors = crate::ids::ErrorKind::ALL
             .iter()
             .map(|kind| (*kind, self.errors.get(kind.as_str()).copied().unwrap_or(0)))
             .collect();
@@ -286,8 +286,8 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::error::ErrorKind;
-    use crate::routing::ReleaseId;
+    use crate::ids::ErrorKind;
+    use crate::ids::ReleaseId;
     use crate::stats::ReleaseStats;
 
     /// A hot restart carries counters over through their JSON form: the successor's counters read

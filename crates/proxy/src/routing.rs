@@ -6,26 +6,14 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::config::RouteSettings;
 use crate::edge::{RateTable, RouteEdge};
+use crate::ids::{InstanceId, ReleaseId, RouteName};
 use crate::instance::{InFlightGuard, InstanceLive};
 use crate::stats::ReleaseStats;
-
-/// Names one release (for example `logistix@42`); the proxy treats it as an opaque label.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ReleaseId(Arc<str>);
-
-/// Names one instance; unique across the whole proxy.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct InstanceId(Arc<str>);
-
-/// Names one route (for example the service name `web`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RouteName(Arc<str>);
 
 /// What the control plane says about a route: which requests it takes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,19 +27,6 @@ pub struct RouteSpec {
     pub settings: RouteSettings,
     /// Who may use the route and how fast; maintenance and pause (`edge`).
     pub edge: RouteEdge,
-}
-
-/// Life cycle of an instance, driven by the control plane.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InstanceState {
-    /// Added, not yet healthy: gets no traffic.
-    Starting,
-    /// Gets new requests.
-    Ready,
-    /// Gets no new requests; in-flight ones and upgraded connections finish.
-    Draining,
-    /// Nothing in flight any more (or cut at the drain timeout).
-    Drained,
 }
 
 /// One immutable routing snapshot.
@@ -89,54 +64,6 @@ pub(crate) struct RouteLive {
     pub(crate) waiting: AtomicUsize,
     /// Token buckets per client address for the route's rate limit.
     pub(crate) rates: RateTable,
-}
-
-impl ReleaseId {
-    pub fn new(name: impl Into<Arc<str>>) -> ReleaseId {
-        ReleaseId(name.into())
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl InstanceId {
-    pub fn new(name: impl Into<Arc<str>>) -> InstanceId {
-        InstanceId(name.into())
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl RouteName {
-    pub fn new(name: impl Into<Arc<str>>) -> RouteName {
-        RouteName(name.into())
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for ReleaseId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Display for InstanceId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Display for RouteName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
 }
 
 impl RoutingTable {

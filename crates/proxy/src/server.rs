@@ -6,12 +6,11 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use atomic_waker::AtomicWaker;
 use hyper::Request;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -23,6 +22,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::active::ConnectionActivity;
 use crate::control::Proxy;
 use crate::forward::{self, ConnectionContext, Scheme};
 
@@ -52,80 +52,15 @@ pub async fn serve_tls(
     .await
 }
 
-/// One request in progress on a downstream connection; while any exists, the connection's timers sleep.
-#[derive(Debug)]
-pub(crate) struct ActiveRequest {
-    activity: Arc<ConnectionActivity>,
-}
-
-/// Shared between a connection's IO wrapper and the requests it carries.
-#[derive(Debug, Default)]
-pub(crate) struct ConnectionActivity {
-    active: AtomicUsize,
-    // Wakes the IO wrapper when the last request ends, so it arms the idle timer even if hyper is not
-    // polling the socket for another reason; and when an interim answer is queued.
-    reader: AtomicWaker,
-    // Interim answers (103 Early Hints), encoded, waiting to be written to an HTTP/1.1 client before the
-    // final answer (hyper's server cannot send them). std Mutex: an append or a take, never held across
-    // an await.
-    interim: Mutex<Vec<u8>>,
-}
-
-impl ConnectionActivity {
-    pub(crate) fn start(self: &Arc<Self>) -> ActiveRequest {
-        self.active.fetch_add(1, Ordering::AcqRel);
-        ActiveRequest {
-            activity: Arc::clone(self),
-        }
-    }
-}
-
-impl ActiveRequest {
-    /// Where interim answers to this request's client go (see `InterimSender`).
-    pub(crate) fn interim_sender(&self) -> InterimSender {
-        InterimSender {
-            activity: Arc::clone(&self.activity),
-        }
-    }
-}
-
-/// Queues interim answers (1xx) for an HTTP/1.1 client; the connection's IO wrapper writes them out
-/// before the final answer, or drops them when it cannot keep that order (a hint is safe to lose).
-#[derive(Debug, Clone)]
-pub(crate) struct InterimSender {
-    activity: Arc<ConnectionActivity>,
-}
-
-impl InterimSender {
-    pub(crate) fn send(&self, status: hyper::StatusCode, headers: &hyper::HeaderMap) {
-        let mut encoded = format!(
-            "HTTP/1.1 {} {}\r\n",
-            status.as_u16(),
-            status.canonical_reason().unwrap_or("Informational")
-        )
-        .into_bytes();
-        for (name, value) in headers {
-            encoded.extend_from_slice(name.as_str().as_bytes());
-            encoded.extend_from_slice(b": ");
-            encoded.extend_from_slice(value.as_bytes());
-            encoded.extend_from_slice(b"\r\n");
-        }
-        encoded.extend_from_slice(b"\r\n");
-        self.activity
-            .interim
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .extend_from_slice(&encoded);
-        self.activity.reader.wake();
-    }
-}
-
-impl Drop for ActiveRequest {
-    fn drop(&mut self) {
-        if self.activity.active.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.activity.reader.wake();
-        }
-    }
+/// Serves HTTPS with the certificates of `proxy.tls()`, chosen by SNI and swapped without a restart
+/// (`crate::tls`).
+pub async fn serve_https(
+    listener: TcpListener,
+    proxy: Proxy,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
+    let config = crate::tls::server_config(Arc::clone(proxy.tls())).map_err(io::Error::other)?;
+    serve_tls(listener, proxy, config, shutdown).await
 }
 
 async fn serve_with(
@@ -186,7 +121,13 @@ async fn serve_with(
                 let header_read_timeout = config.header_read_timeout;
                 tracker.spawn(async move {
                     match tokio::time::timeout(header_read_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => connection.run(stream).await,
+                        Ok(Ok(stream)) => {
+                            // A TLS-ALPN-01 validation only looks at the certificate: no HTTP follows.
+                            if stream.get_ref().1.alpn_protocol() == Some(crate::tls::ACME_TLS_ALPN) {
+                                return;
+                            }
+                            connection.run(stream).await;
+                        }
                         Ok(Err(error)) => {
                             tracing::debug!(message = "TLS handshake failed.", %error, client = %client_addr);
                         }

@@ -6,8 +6,8 @@
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::error::ErrorKind;
-use crate::routing::ReleaseId;
+use crate::ids::ErrorKind;
+use crate::ids::ReleaseId;
 
 /// Number of finite latency buckets. Bucket `i` holds latencies up to `100 µs * 2^(i/2)`, so the last finite
 /// bound is about 148 s; slower requests land in the overflow bucket.

@@ -38,10 +38,10 @@ pub(crate) struct ConnectionPool {
 impl Default for ConnectionPool {
     fn default() -> ConnectionPool {
         ConnectionPool {
-            shards: (0..crate::workers::shard_count())
+            shards: (0..crate::shard::shard_count())
                 .map(|_| Mutex::default())
                 .collect(),
-            shared_h2: (0..crate::workers::shard_count())
+            shared_h2: (0..crate::shard::shard_count())
                 .map(|_| Mutex::default())
                 .collect(),
         }
@@ -160,11 +160,11 @@ impl ConnectionPool {
     }
 
     fn shard(&self) -> &Mutex<Vec<IdleConnection>> {
-        &self.shards[crate::workers::current() % self.shards.len()]
+        &self.shards[crate::shard::current() % self.shards.len()]
     }
 
     fn shared_h2(&self) -> &Mutex<Option<Http2Sender>> {
-        &self.shared_h2[crate::workers::current() % self.shared_h2.len()]
+        &self.shared_h2[crate::shard::current() % self.shared_h2.len()]
     }
 
     /// This thread's h2c connection to the instance, while it is open.

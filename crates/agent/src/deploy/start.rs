@@ -260,7 +260,7 @@ fn begin(
                 environment: env.to_owned(),
                 holder: holder.owner,
                 since: format_time(holder.acquired_at),
-                deployment: holder.deployment_id,
+                deployment: holder.deployment_id.into_string(),
             });
         }
     }
@@ -279,7 +279,10 @@ fn begin(
         },
         data_json: "{}".to_owned(),
     });
-    tokio::spawn(executor::run(engine.clone(), deployment.id.clone()));
+    tokio::spawn(executor::run(
+        engine.clone(),
+        deployment.id.clone().into_string(),
+    ));
     Ok(deployment)
 }
 

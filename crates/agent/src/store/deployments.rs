@@ -3,7 +3,7 @@
 use rusqlite::{OptionalExtension, Row, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 
-use client::wire::{DeploymentKind, DeploymentState, Strategy};
+use client::wire::{DeploymentId, DeploymentKind, DeploymentState, Strategy};
 
 use super::events::{Event, NewEvent};
 use super::releases::release_subject;
@@ -13,7 +13,7 @@ use super::{Store, StoreError, app_subject, now_ms, parsed};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Deployment {
     /// `d-<unix ms, 13 digits>-<16 hex>`: unique, and sorts by creation time.
-    pub id: String,
+    pub id: DeploymentId,
     pub app: String,
     pub environment: String,
     /// Rollback is a deployment to an earlier release: same path, different kind (the schema
@@ -81,7 +81,7 @@ impl Store {
                           VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
                 ),
                 params![
-                    deployment.id,
+                    deployment.id.as_str(),
                     deployment.app,
                     deployment.environment,
                     deployment.kind.as_str(),
@@ -283,7 +283,7 @@ pub(super) const DEPLOYMENT_COLUMNS: &str = "id, app, environment, kind, from_re
 
 fn deployment_from_row(row: &Row<'_>) -> rusqlite::Result<Deployment> {
     Ok(Deployment {
-        id: row.get(0)?,
+        id: DeploymentId::new(row.get::<_, String>(0)?),
         app: row.get(1)?,
         environment: row.get(2)?,
         kind: parsed(row, 3)?,
@@ -302,14 +302,14 @@ fn deployment_from_row(row: &Row<'_>) -> rusqlite::Result<Deployment> {
 /// `d-<unix ms, zero-padded to 13 digits>-<8 random bytes in hex>`: sorts by creation time and
 /// is unique without coordination. Should the OS fail to give random bytes, the suffix falls back
 /// to a process-wide counter, still unique within this agent.
-pub(super) fn new_deployment_id(now_ms: i64) -> String {
+pub(super) fn new_deployment_id(now_ms: i64) -> DeploymentId {
     let mut suffix = [0u8; 8];
     if getrandom::fill(&mut suffix).is_err() {
         static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let count = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         suffix = count.to_be_bytes();
     }
-    format!("d-{now_ms:013}-{}", hex::encode(suffix))
+    DeploymentId::new(format!("d-{now_ms:013}-{}", hex::encode(suffix)))
 }
 
 pub(super) fn deployment_subject(id: &str) -> String {

@@ -1,6 +1,6 @@
 //! Events: the append-only audit log.
 
-use client::wire::EventView;
+use client::wire::{DeploymentId, EventView};
 use rusqlite::{Connection, Row, params};
 use serde::{Deserialize, Serialize};
 
@@ -15,7 +15,7 @@ pub struct Event {
     pub at: i64,
     pub app: Option<String>,
     pub environment: Option<String>,
-    pub deployment_id: Option<String>,
+    pub deployment_id: Option<DeploymentId>,
     pub kind: String,
     pub message: String,
     pub data_json: String,
@@ -26,7 +26,7 @@ pub struct Event {
 pub struct NewEvent {
     pub app: Option<String>,
     pub environment: Option<String>,
-    pub deployment_id: Option<String>,
+    pub deployment_id: Option<DeploymentId>,
     pub kind: String,
     pub message: String,
     pub data_json: String,
@@ -124,7 +124,7 @@ impl Store {
                     at,
                     new_event.app,
                     new_event.environment,
-                    new_event.deployment_id,
+                    new_event.deployment_id.as_deref(),
                     new_event.kind,
                     new_event.message,
                     new_event.data_json,
@@ -159,7 +159,7 @@ fn event_from_row(row: &Row<'_>) -> rusqlite::Result<Event> {
         at: row.get(1)?,
         app: row.get(2)?,
         environment: row.get(3)?,
-        deployment_id: row.get(4)?,
+        deployment_id: row.get::<_, Option<String>>(4)?.map(DeploymentId::new),
         kind: row.get(5)?,
         message: row.get(6)?,
         data_json: row.get(7)?,

@@ -1,5 +1,6 @@
 //! Deploy locks: one per app and environment, with an owner, a heartbeat and a TTL.
 
+use client::wire::DeploymentId;
 use rusqlite::{OptionalExtension, Row, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 
@@ -12,7 +13,7 @@ pub struct Lock {
     pub environment: String,
     /// Who holds it, for humans: the agent's host and pid, or a CLI user.
     pub owner: String,
-    pub deployment_id: String,
+    pub deployment_id: DeploymentId,
     pub acquired_at: i64,
     pub heartbeat_at: i64,
     /// Invariant: a lock whose `expires_at <= now` may be taken over by anyone.
@@ -66,7 +67,7 @@ impl Store {
             app: app.to_owned(),
             environment: environment.to_owned(),
             owner: owner.to_owned(),
-            deployment_id: deployment_id.to_owned(),
+            deployment_id: DeploymentId::new(deployment_id),
             acquired_at,
             heartbeat_at: now_ms,
             expires_at: now_ms.saturating_add(ttl_ms),
@@ -81,7 +82,7 @@ impl Store {
                     lock.app,
                     lock.environment,
                     lock.owner,
-                    lock.deployment_id,
+                    lock.deployment_id.as_str(),
                     lock.acquired_at,
                     lock.heartbeat_at,
                     lock.expires_at,
@@ -210,7 +211,7 @@ fn lock_from_row(row: &Row<'_>) -> rusqlite::Result<Lock> {
         app: row.get(0)?,
         environment: row.get(1)?,
         owner: row.get(2)?,
-        deployment_id: row.get(3)?,
+        deployment_id: DeploymentId::new(row.get::<_, String>(3)?),
         acquired_at: row.get(4)?,
         heartbeat_at: row.get(5)?,
         expires_at: row.get(6)?,

@@ -5,7 +5,7 @@ use super::*;
 
 use rusqlite::params;
 
-use client::wire::{DeploymentKind, Strategy};
+use client::wire::{DeploymentId, DeploymentKind, Strategy};
 
 use crate::tokens::Role;
 
@@ -48,7 +48,7 @@ fn new_event(kind: &str, deployment_id: Option<&str>) -> NewEvent {
     NewEvent {
         app: Some("logistix".to_owned()),
         environment: Some("production".to_owned()),
-        deployment_id: deployment_id.map(str::to_owned),
+        deployment_id: deployment_id.map(DeploymentId::from),
         kind: kind.to_owned(),
         message: format!("{kind} happened"),
         data_json: "{}".to_owned(),
@@ -320,6 +320,7 @@ fn deployments_list_newest_first_and_unfinished_ones() {
                 .create_deployment(new_deployment(app, "prod", 1))
                 .expect("create")
                 .id
+                .into_string()
         })
         .collect();
     store
@@ -333,7 +334,7 @@ fn deployments_list_newest_first_and_unfinished_ones() {
         .deployments("a", "prod", 2)
         .expect("list")
         .into_iter()
-        .map(|deployment| deployment.id)
+        .map(|deployment| deployment.id.into_string())
         .collect();
     assert_eq!(listed, [ids[2].clone(), ids[1].clone()]);
 
@@ -341,7 +342,7 @@ fn deployments_list_newest_first_and_unfinished_ones() {
         .unfinished_deployments()
         .expect("unfinished")
         .into_iter()
-        .map(|deployment| deployment.id)
+        .map(|deployment| deployment.id.into_string())
         .collect();
     assert_eq!(unfinished, [ids[2].clone(), ids[3].clone()]);
 }
@@ -776,7 +777,7 @@ fn deployment_kinds_strategies_and_states_round_trip_as_their_names() {
                 .connection()
                 .query_row(
                     "SELECT kind, strategy, state FROM deployments WHERE id = ?1",
-                    params![created.id],
+                    params![created.id.as_str()],
                     |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
                 )
                 .expect("raw row");
@@ -832,7 +833,7 @@ fn a_stored_name_no_enum_knows_is_a_read_error() {
         .connection()
         .execute(
             "UPDATE deployments SET state = 'Exploded' WHERE id = ?1",
-            params![created.id],
+            params![created.id.as_str()],
         )
         .expect("raw write");
     let error = store.deployment(&created.id).expect_err("unknown state");

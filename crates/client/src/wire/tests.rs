@@ -206,3 +206,16 @@ fn verdicts_travel_in_an_analysis_event_s_data() {
         assert_eq!(view.verdict(), Some(verdict));
     }
 }
+
+#[test]
+fn a_deployment_id_is_a_plain_json_string() {
+    let id = DeploymentId::new("d-0000000000001-00ff");
+    assert_eq!(
+        serde_json::to_string(&id).expect("serialize"),
+        r#""d-0000000000001-00ff""#
+    );
+    let back: DeploymentId = serde_json::from_str(r#""d-0000000000001-00ff""#).expect("parse");
+    assert_eq!(back, id);
+    assert_eq!(back, "d-0000000000001-00ff");
+    assert!(serde_json::from_str::<DeploymentId>("7").is_err());
+}

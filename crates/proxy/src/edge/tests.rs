@@ -153,7 +153,7 @@ fn admit(edge: &RouteEdge, client: &str, path: &str) -> Result<Admission, ErrorK
 }
 
 #[derive(Debug, PartialEq, Eq)]
-struct ErrorKindOf(crate::error::ErrorKind);
+struct ErrorKindOf(crate::ids::ErrorKind);
 
 fn maintenance(allow: &[&str]) -> Maintenance {
     Maintenance {
@@ -169,7 +169,7 @@ fn maintenance(allow: &[&str]) -> Maintenance {
 
 #[test]
 fn edge_decisions() {
-    use crate::error::ErrorKind::{Forbidden, Maintenance as InMaintenance};
+    use crate::ids::ErrorKind::{Forbidden, Maintenance as InMaintenance};
     let open = RouteEdge::default();
     assert!(open.is_open());
     assert_eq!(admit(&open, "192.0.2.1", "/"), Ok(Admission::Pass));

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::*;
+use crate::ids::InstanceState;
 use crate::stats::ReleaseStats;
 
 fn route(name: &str, hosts: &[&str], prefix: &str, pools: Vec<Pool>) -> Route {

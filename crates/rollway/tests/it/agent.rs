@@ -7,8 +7,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use testkit::agent::{APP, Ran, TestAgent, TestApp};
+use testkit::agent::{APP, Driver, Ran, TestAgent, TestApp};
 use testkit::load::{Load, LoadHandle};
+
+use crate::containers::{self, Ends, Shape, wait_answers_while_down};
 
 const ENV: &str = "production";
 const CRASH_BEFORE: &str = "ROLLWAY_TEST_CRASH_BEFORE";
@@ -230,181 +232,17 @@ async fn deploys_and_rollbacks_under_load_fail_no_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_that_never_becomes_healthy_or_crashes_never_gets_traffic() {
-    let setup = Setup::start().await;
-    let agent = &setup.agent;
-    agent
-        .deploy(&setup.app("app", "v1"), ENV)
-        .await
-        .assert_code(0);
-    let load = setup.load();
-
-    let unhealthy = setup
-        .app("app", "v2")
-        .health_delay(Duration::from_secs(600))
-        .start_timeout("1s");
-    let crashing = setup.app("app", "v3").env("CRASH_AFTER_S", "0");
-    let missing = setup.app("app", "v4").run("/nonexistent/demo-app");
-    for (release, app) in [(2, unhealthy), (3, crashing), (4, missing)] {
-        let ran = agent.deploy(&app, ENV).await;
-        ran.assert_code(1);
-        assert_contains(&ran, &instance(release));
-        agent.assert_serves("v1").await;
-        let status = agent.status(APP, ENV).await;
-        assert_eq!(status.deployment_state(), Some("Failed"), "{status}");
-        assert_eq!(status.current_release(), Some(1), "{status}");
-    }
-
-    let report = load.stop().await;
-    report.assert_no_failures();
-    assert_eq!(
-        report.versions.keys().collect::<Vec<_>>(),
-        ["v1"],
-        "{report}"
-    );
-    let status = agent.status(APP, ENV).await;
-    let expected = instance(1);
-    assert_eq!(
-        status.instances().into_iter().collect::<Vec<_>>(),
-        [(expected.clone(), "serving".to_owned())],
-        "{status}"
-    );
-    assert_instances_match(agent, &[&expected]);
+    // The scenario is written once, for both drivers, in `containers`.
+    containers::unhealthy_releases_never_get_traffic(Driver::Process).await;
 }
 
 // c. kill -9 of the agent before each transition: on restart it finishes or undoes the deploy.
 
-/// Where traffic must end after the restart.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Ends {
-    /// The deployment is undone: `Failed`, v1 serves.
-    Undone,
-    /// The deployment is finished: `Succeeded`, v2 serves, v1 stays warm.
-    Finished,
-}
-
-/// How the app of a crash test deploys: blue-green with one instance, or rolling with two.
-#[derive(Debug, Clone, Copy)]
-enum Shape {
-    BlueGreen,
-    Rolling,
-}
-
-impl Shape {
-    fn app(self, setup: &Setup, version: &str) -> TestApp {
-        let app = setup.app(version, version);
-        match self {
-            Shape::BlueGreen => app,
-            Shape::Rolling => app.strategy("rolling").replicas(2),
-        }
-    }
-
-    /// `(instance id, state)` of every instance of `release`.
-    fn instances(self, release: u64, state: &str) -> Vec<(String, String)> {
-        let replicas = match self {
-            Shape::BlueGreen => 1,
-            Shape::Rolling => 2,
-        };
-        (1..=replicas)
-            .map(|replica| {
-                (
-                    format!("{APP}-{ENV}-r{release}-web-{replica}"),
-                    state.to_owned(),
-                )
-            })
-            .collect()
-    }
-}
-
-/// Deploys v1, restarts the agent so that it kills itself before writing `state`, deploys v2,
-/// restarts the agent normally and checks where the deployment and the traffic ended; a load
-/// loop runs the whole time, the agent's downtime included.
+/// Deploys v1, has the agent kill itself before writing `state` of a deploy of v2, restarts it
+/// and checks where the deployment and the traffic ended (the scenario is written once, for both
+/// drivers, in `containers`).
 async fn check_agent_killed_before(state: &str, shape: Shape, ends: Ends) {
-    let mut setup = Setup::start().await;
-    setup
-        .agent
-        .deploy(&shape.app(&setup, "v1"), ENV)
-        .await
-        .assert_code(0);
-    let load = setup.load();
-
-    setup.agent.restart_with_env(&[(CRASH_BEFORE, state)]).await;
-    let token = setup.agent.admin_token().to_owned();
-    let deploy = setup
-        .agent
-        .deploy_command(&shape.app(&setup, "v2"), ENV, Some(&token))
-        .spawn()
-        .expect("spawn rollway deploy");
-    assert!(
-        setup.agent.wait_exit(PATIENCE).await,
-        "the agent did not kill itself before {state}:\n{}",
-        setup.agent.log()
-    );
-    wait_answers_while_down(&load).await;
-    setup.agent.restart_with_env(&[]).await;
-    let agent = &setup.agent;
-    let status = agent.wait_deployment_finished(APP, ENV, PATIENCE).await;
-    // The deploy command follows the deployment across the restart; it exits 3 only when the
-    // agent died before answering the deploy request itself.
-    let ran = tokio::time::timeout(PATIENCE, deploy.wait_with_output())
-        .await
-        .expect("rollway deploy ended")
-        .expect("rollway deploy output");
-    let code = ran.status.code();
-    let ran = format!("exit {code:?}\n{}", String::from_utf8_lossy(&ran.stderr));
-
-    let (current, serves, instances, pid_files) = match ends {
-        Ends::Undone => {
-            assert_eq!(status.deployment_state(), Some("Failed"), "{status}\n{ran}");
-            assert!(
-                status
-                    .deployment_reason()
-                    .is_some_and(|reason| reason.contains("agent restarted")),
-                "{status}"
-            );
-            assert!(matches!(code, Some(1 | 3)), "{ran}");
-            let instances = shape.instances(1, "serving");
-            (1, "v1", instances.clone(), instances)
-        }
-        Ends::Finished => {
-            assert_eq!(
-                status.deployment_state(),
-                Some("Succeeded"),
-                "{status}\n{ran}"
-            );
-            assert!(matches!(code, Some(0 | 3)), "{ran}");
-            let mut instances = shape.instances(1, "warm");
-            instances.extend(shape.instances(2, "serving"));
-            (2, "v2", instances.clone(), instances)
-        }
-    };
-    assert_eq!(status.current_release(), Some(current), "{status}");
-    assert_eq!(status.weights(), vec![(current, 100)], "{status}");
-    agent.assert_serves(serves).await;
-    assert_eq!(
-        status.instances().into_iter().collect::<Vec<_>>(),
-        instances,
-        "{status}"
-    );
-    let ids: Vec<&str> = pid_files.iter().map(|(id, _)| id.as_str()).collect();
-    assert_instances_match(agent, &ids);
-
-    let report = load.stop().await;
-    report.assert_no_failures();
-    assert!(report.total > 0, "the load loop sent nothing");
-}
-
-/// The proxy serves on its own while no agent runs: waits until some requests were answered.
-async fn wait_answers_while_down(load: &LoadHandle) {
-    let answered = load.snapshot().ok;
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while load.snapshot().ok < answered + 20 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no answers while the agent was down: {}",
-            load.snapshot()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    containers::agent_killed_before(Driver::Process, state, shape, ends).await;
 }
 
 /// v1 then v2 deployed (v1 warm); the agent kills itself before writing `state` of a rollback

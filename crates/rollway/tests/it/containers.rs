@@ -172,7 +172,7 @@ async fn containers_that_never_become_healthy_fail_the_deploy_with_traffic_untou
     unhealthy_releases_never_get_traffic(Driver::Container).await;
 }
 
-async fn unhealthy_releases_never_get_traffic(driver: Driver) {
+pub(crate) async fn unhealthy_releases_never_get_traffic(driver: Driver) {
     let Some(setup) = Setup::start(driver, "unhealthy").await else {
         return;
     };
@@ -239,7 +239,7 @@ async fn unhealthy_releases_never_get_traffic(driver: Driver) {
 
 /// Where traffic must end after the restart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Ends {
+pub(crate) enum Ends {
     /// The deployment is undone: `Failed`, v1 serves.
     Undone,
     /// The deployment is finished: `Succeeded`, v2 serves, v1 stays warm.
@@ -249,7 +249,7 @@ enum Ends {
 /// How the app of a crash test deploys: blue-green with one instance (`image`), or rolling with
 /// two (`dockerfile`).
 #[derive(Debug, Clone, Copy)]
-enum Shape {
+pub(crate) enum Shape {
     BlueGreen,
     Rolling,
 }
@@ -323,7 +323,7 @@ async fn containers_of_a_rolling_deploy_killed_before_shifting_are_stopped_on_re
 /// deploys v2, restarts the agent normally and checks where the deployment and the traffic
 /// ended, and that every instance runs exactly once; a load loop runs the whole time, the
 /// agent's downtime included.
-async fn agent_killed_before(driver: Driver, state: &str, shape: Shape, ends: Ends) {
+pub(crate) async fn agent_killed_before(driver: Driver, state: &str, shape: Shape, ends: Ends) {
     let Some(mut setup) = Setup::start(driver, "kill").await else {
         return;
     };
@@ -411,7 +411,7 @@ async fn agent_killed_before(driver: Driver, state: &str, shape: Shape, ends: En
 }
 
 /// The proxy serves on its own while no agent runs: waits until some requests were answered.
-async fn wait_answers_while_down(load: &LoadHandle) {
+pub(crate) async fn wait_answers_while_down(load: &LoadHandle) {
     let answered = load.snapshot().ok;
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while load.snapshot().ok < answered + 20 {

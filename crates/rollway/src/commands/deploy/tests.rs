@@ -8,7 +8,7 @@ fn event(kind: &str, message: &str, data: serde_json::Value) -> EventView {
         at: 0,
         app: Some("shop".to_owned()),
         environment: Some("production".to_owned()),
-        deployment_id: Some("d-1".to_owned()),
+        deployment_id: Some("d-1".into()),
         kind: kind.to_owned(),
         message: message.to_owned(),
         data,
@@ -219,7 +219,7 @@ fn every_progress_event() -> Vec<DeploymentEvent> {
         },
         DeploymentEvent::AwaitingApproval {
             release: 2,
-            deployment: "d-1".to_owned(),
+            deployment: "d-1".into(),
             started_by: "ci".to_owned(),
         },
         DeploymentEvent::Approved {
