@@ -213,6 +213,8 @@ pub async fn run(
     });
     // Subscribed before anything is recorded (recovery records events), so no alert is missed.
     tokio::spawn(alerts::run(engine.clone(), engine.events.subscribe()));
+    // Before recovery's first routing push, so the proxy never gets a state without them.
+    api::edge::restore(&engine);
     recover::recover(&engine).await;
     // A proxy still running from an older binary (the agent was upgraded) hands over to a new one,
     // once the routes are known again (the upgrade gives the new proxy the whole desired state).

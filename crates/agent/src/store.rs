@@ -27,6 +27,7 @@ mod artifacts;
 mod backups;
 mod certs;
 mod deployments;
+mod edge;
 mod events;
 mod images;
 mod instances;

@@ -18,6 +18,8 @@ use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+mod edge;
+
 use crate::pin::{Fingerprint, PinVerifier};
 use crate::wire::LockView;
 use crate::wire::{

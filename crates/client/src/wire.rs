@@ -84,6 +84,9 @@ string_id!(
     DeploymentId
 );
 
+mod edge;
+pub use edge::{EdgeView, MaintenanceRequest, MaintenanceView, PauseRequest, PauseView};
+
 /// The body of every error answer: `{ "error": { "code", "message" } }`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
@@ -688,6 +691,9 @@ pub struct StatusView {
     /// words for it (the release took all traffic with no verdict either way).
     #[serde(default)]
     pub inconclusive: Option<String>,
+    /// Maintenance mode and pause (absent from agents before issue 16, and when both are off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edge: Option<EdgeView>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -3,8 +3,10 @@
 //! message and `grpc-status: 0`), or Rollway's proxy with one static route to either.
 //!
 //! Usage: `bench_proxy upstream LISTEN_ADDR`, `bench_proxy grpc-upstream LISTEN_ADDR` or
-//! `bench_proxy proxy LISTEN_ADDR UPSTREAM_ADDR [WORKERS] [http1|h2c|grpc]`. The proxy serves as
-//! `rollway proxy` does: one worker thread per core (`proxy::workers`) unless WORKERS says otherwise.
+//! `bench_proxy proxy LISTEN_ADDR UPSTREAM_ADDR [WORKERS] [http1|h2c|grpc] [open|limited]`. The proxy
+//! serves as `rollway proxy` does: one worker thread per core (`proxy::workers`) unless WORKERS says
+//! otherwise. `limited` gives the route a per-client rate limit that the benchmark never reaches (a
+//! million a second), so its cost is the bucket's, not refusals'.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -46,7 +48,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 Some("grpc") => proxy::UpstreamProtocol::Grpc,
                 Some(other) => return Err(format!("unknown protocol `{other}`").into()),
             };
-            runtime.block_on(proxy(listen, upstream, workers, protocol))
+            let limited = match args.get(6).map(String::as_str) {
+                None | Some("open") => false,
+                Some("limited") => true,
+                Some(other) => return Err(format!("unknown edge `{other}`").into()),
+            };
+            runtime.block_on(proxy(listen, upstream, workers, protocol, limited))
         }
         Some("proxy-https") => {
             let listen: SocketAddr = args.get(2).ok_or("missing LISTEN_ADDR")?.parse()?;
@@ -66,7 +73,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             runtime.block_on(proxy_https(listen, upstream, workers, certificate))
         }
         _ => Err(
-            "usage: bench_proxy upstream|grpc-upstream LISTEN_ADDR | bench_proxy proxy LISTEN_ADDR UPSTREAM_ADDR [WORKERS] [http1|h2c|grpc] | bench_proxy proxy-https LISTEN_ADDR UPSTREAM_ADDR HOST CERT_PEM KEY_PEM [WORKERS]"
+            "usage: bench_proxy upstream|grpc-upstream LISTEN_ADDR | bench_proxy proxy LISTEN_ADDR UPSTREAM_ADDR [WORKERS] [http1|h2c|grpc] [open|limited] | bench_proxy proxy-https LISTEN_ADDR UPSTREAM_ADDR HOST CERT_PEM KEY_PEM [WORKERS]"
                 .into(),
         ),
     }
@@ -182,6 +189,7 @@ async fn proxy(
     upstream: SocketAddr,
     workers: usize,
     protocol: proxy::UpstreamProtocol,
+    limited: bool,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let proxy = Proxy::new(ProxyConfig::default());
     let route = RouteName::new("bench");
@@ -193,7 +201,14 @@ async fn proxy(
             protocol,
             ..proxy::RouteSettings::default()
         },
-        edge: proxy::RouteEdge::default(),
+        edge: proxy::RouteEdge {
+            rate_limit: limited.then_some(proxy::RateLimit {
+                requests: 1_000_000,
+                per: std::time::Duration::from_secs(1),
+                burst: 1_000_000,
+            }),
+            ..proxy::RouteEdge::default()
+        },
     });
     let instance = InstanceId::new("upstream");
     proxy.add_instance(InstanceSpec {

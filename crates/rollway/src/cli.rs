@@ -98,6 +98,13 @@ pub enum Command {
         #[command(flatten)]
         target: EnvArgs,
     },
+    /// Maintenance mode: 503 and a page, except to `--allow` networks and the health check.
+    #[command(subcommand)]
+    Maintenance(MaintenanceCommand),
+    /// Hold new requests (a database failover) until `rollway resume` or `--max`.
+    Pause(PauseArgs),
+    /// End a pause: the held requests go on.
+    Resume(EnvArgs),
     /// Secrets of an environment: set (value from stdin), list (never values), unset.
     #[command(subcommand)]
     Secrets(SecretsCommand),
@@ -230,6 +237,46 @@ pub enum CertsCommand {
         /// The host, as `rollway certs` lists it.
         host: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MaintenanceCommand {
+    /// Answer 503 with the page (again: replaces the page and networks of a running maintenance).
+    On {
+        /// Shown on the default page (HTML-escaped).
+        #[arg(long, conflicts_with = "page")]
+        message: Option<String>,
+        /// The app's own page: an HTML file of the app folder, at most 256 KiB.
+        #[arg(long)]
+        page: Option<PathBuf>,
+        /// A client network that still reaches the app, such as `203.0.113.0/24` (repeatable).
+        #[arg(long)]
+        allow: Vec<String>,
+        /// `Retry-After` of the 503 (default 60s).
+        #[arg(long, value_parser = duration_parser)]
+        retry_after: Option<manifest::units::Duration>,
+        #[command(flatten)]
+        target: EnvArgs,
+    },
+    /// Serve the app again.
+    Off {
+        #[command(flatten)]
+        target: EnvArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct PauseArgs {
+    /// The pause ends by itself after this (at most 5m); requests wait at most the proxy's queue
+    /// bound (30s by default), then get 503.
+    #[arg(long, default_value = "30s", value_parser = duration_parser)]
+    pub max: manifest::units::Duration,
+    #[command(flatten)]
+    pub target: EnvArgs,
+}
+
+fn duration_parser(text: &str) -> Result<manifest::units::Duration, String> {
+    text.parse()
 }
 
 #[derive(Debug, Subcommand)]

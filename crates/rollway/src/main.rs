@@ -64,6 +64,9 @@ fn main() -> ExitCode {
         Command::Lock { command, target } => {
             commands::lock::run(command.as_ref(), &target, printer)
         }
+        Command::Maintenance(command) => commands::edge::maintenance(&command, printer),
+        Command::Pause(args) => commands::edge::pause(&args, printer),
+        Command::Resume(args) => commands::edge::resume(&args, printer),
         Command::Secrets(command) => commands::secrets::run(&command, printer),
         Command::Tokens(command) => commands::tokens::run(&command, printer),
         Command::Agent(args) => commands::agent::run_agent(&args, printer),

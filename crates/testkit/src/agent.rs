@@ -108,12 +108,12 @@ pub struct TestApp {
     alerts_webhook: Option<String>,
     /// `[routes.web] hosts`; `None`: no `[routes]` (the web service answers every host).
     hosts: Option<Vec<String>>,
+    /// Raw lines under `[routes.web]` (`rate_limit = …`, `allow = …`, `tls = …`).
+    route_lines: Vec<String>,
     /// Environment name → its own `routes.web.hosts` (`[environments.E] routes`).
     env_hosts: BTreeMap<String, Vec<String>>,
     /// A `worker` service (no route, no health check) running the same program as `web`.
     worker: bool,
-    /// More lines under `[routes.web]` (`tls = "auto"`), after `hosts`.
-    route_lines: Vec<String>,
 }
 
 /// One HTTP answer: status and body (lossy UTF-8).
@@ -246,6 +246,20 @@ impl TestAgent {
             let _ = child.start_kill();
             let _ = child.wait().await;
         }
+    }
+
+    /// Stops the agent the way `systemctl stop`/`restart` does (SIGTERM to the agent process only, as
+    /// `KillMode=process`), then waits for it to exit, bounded by `timeout`. Returns whether it exited.
+    pub async fn terminate(&mut self, timeout: Duration) -> bool {
+        let pid = self
+            .child
+            .as_ref()
+            .and_then(tokio::process::Child::id)
+            .and_then(|pid| rustix::process::Pid::from_raw(pid as i32));
+        if let Some(pid) = pid {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        self.wait_exit(timeout).await
     }
 
     /// Waits until the agent process exits by itself (a test crash point), bounded by `timeout`.
@@ -667,9 +681,9 @@ impl TestApp {
             approval: BTreeSet::new(),
             alerts_webhook: None,
             hosts: None,
+            route_lines: Vec::new(),
             env_hosts: BTreeMap::new(),
             worker: false,
-            route_lines: Vec::new(),
         }
     }
 
@@ -685,7 +699,8 @@ impl TestApp {
         self
     }
 
-    /// One more line under `[routes.web]` (with `hosts`), such as `tls = "auto"`.
+    /// Adds a raw line under `[routes.web]`, such as `rate_limit = { per_ip = "20/s" }` or
+    /// `tls = "auto"`.
     pub fn route_line(mut self, line: impl Into<String>) -> TestApp {
         self.route_lines.push(line.into());
         self
@@ -942,11 +957,15 @@ VERSION = {version:?}
                 "\n[services.worker]\nrun = {run:?}\nstop_timeout = \"2s\"\n"
             ));
         }
+        if self.hosts.is_some() || !self.route_lines.is_empty() {
+            text.push_str("\n[routes.web]\n");
+        }
         if let Some(hosts) = &self.hosts {
-            text.push_str(&format!("\n[routes.web]\nhosts = {hosts:?}\n"));
-            for line in &self.route_lines {
-                text.push_str(&format!("{line}\n"));
-            }
+            text.push_str(&format!("hosts = {hosts:?}\n"));
+        }
+        for line in &self.route_lines {
+            text.push_str(line);
+            text.push('\n');
         }
         let envs: BTreeSet<&String> = self
             .secrets

@@ -11,4 +11,5 @@ pub mod agent;
 pub mod cli;
 pub mod demo;
 pub mod load;
+pub mod source;
 pub mod webhook;

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod backups;
 pub mod certs;
 pub mod deployments;
+pub mod edge;
 pub mod error;
 pub mod events;
 pub mod input;

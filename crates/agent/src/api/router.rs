@@ -15,7 +15,7 @@ use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::{MethodFilter, MethodRouter, get, on};
 
 use crate::api::{
-    agent, artifacts, auth, backups, certs, deployments, error, events, input, locks, logs,
+    agent, artifacts, auth, backups, certs, deployments, edge, error, events, input, locks, logs,
     releases, secrets, status, tokens,
 };
 use crate::engine::Engine;
@@ -127,6 +127,30 @@ pub fn routes() -> Vec<Route> {
             Method::POST,
             "/apps/{app}/environments/{env}/rollback",
             deployments::rollback,
+        ),
+        route(
+            Deployer,
+            Method::PUT,
+            "/apps/{app}/environments/{env}/maintenance",
+            edge::set_maintenance,
+        ),
+        route(
+            Deployer,
+            Method::DELETE,
+            "/apps/{app}/environments/{env}/maintenance",
+            edge::clear_maintenance,
+        ),
+        route(
+            Deployer,
+            Method::PUT,
+            "/apps/{app}/environments/{env}/pause",
+            edge::pause,
+        ),
+        route(
+            Deployer,
+            Method::DELETE,
+            "/apps/{app}/environments/{env}/pause",
+            edge::resume,
         ),
         route(
             Deployer,

@@ -98,6 +98,7 @@ pub async fn status(
             ),
             None => format!("http://{}/", engine.proxy_addr),
         });
+    let app_key = (app.clone(), env.clone());
     Ok(Json(StatusView {
         app,
         environment: env,
@@ -115,5 +116,9 @@ pub async fn status(
         deployment,
         proxy: Some(views::proxy_view(&engine.proxy.status())),
         inconclusive,
+        edge: crate::api::edge::edge_view(
+            &engine.env_edges().remove(&app_key).unwrap_or_default(),
+            crate::engine::now_ms(),
+        ),
     }))
 }

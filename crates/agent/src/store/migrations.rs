@@ -15,6 +15,7 @@ pub(super) static MIGRATIONS: &[M<'static>] = &[
     M::up(V4_APPROVER_ROLE),
     M::up(V5_SIGNALS),
     M::up(V6_CERTIFICATES),
+    M::up(V7_EDGE),
 ];
 
 /// The first schema.
@@ -272,5 +273,20 @@ CREATE TABLE acme_accounts (
     credentials_nonce  BLOB    NOT NULL,
     credentials_sealed BLOB    NOT NULL,
     created_at         INTEGER NOT NULL
+) STRICT;
+"#;
+
+/// Edge controls of an environment (issue 16): maintenance mode and pause, so they outlive agent and
+/// proxy restarts. One row per environment with at least one of them on; a row with neither is deleted.
+const V7_EDGE: &str = r#"
+CREATE TABLE edge_controls (
+    app               TEXT    NOT NULL,
+    environment       TEXT    NOT NULL,
+    maintenance_json  TEXT    CHECK (maintenance_json IS NULL OR json_valid(maintenance_json)),
+    paused_until      INTEGER,
+    paused_since      INTEGER,
+    updated_at        INTEGER NOT NULL,
+    PRIMARY KEY (app, environment),
+    CHECK ((paused_until IS NULL) = (paused_since IS NULL))
 ) STRICT;
 "#;

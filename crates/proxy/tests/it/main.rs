@@ -6,6 +6,7 @@
 mod support;
 
 mod conformance;
+mod edge;
 mod grpc;
 mod limits;
 mod manners;

@@ -85,6 +85,11 @@ pub fn status(args: &EnvArgs, printer: Printer) -> anyhow::Result<ExitStatus> {
                 deployment.id, deployment.kind, deployment.to_release, deployment.state
             ));
         }
+        if let Some(edge) = &status.edge {
+            for line in crate::commands::edge::describe(edge) {
+                out.push_str(&format!("edge      {line}\n"));
+            }
+        }
         if let Some(inconclusive) = &status.inconclusive {
             out.push_str(&format!("verdict   inconclusive: {inconclusive}\n"));
         }

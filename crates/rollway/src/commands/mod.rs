@@ -6,6 +6,7 @@ pub mod certs;
 pub mod check;
 pub mod connect;
 pub mod deploy;
+pub mod edge;
 pub mod init;
 pub mod inspect;
 pub mod lock;

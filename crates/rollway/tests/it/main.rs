@@ -4,6 +4,7 @@ mod agent;
 mod apps;
 mod check;
 mod containers;
+mod edge;
 mod frame;
 mod grpc;
 mod init;
