@@ -11,7 +11,6 @@ use crate::deploy::executor::{self, DeploymentData};
 use crate::deploy::spec;
 use crate::deploy::state::{self, Recovery, State};
 use crate::engine::{AppEnv, Engine, InstancePhase, RuntimeInstance};
-use crate::store::NewEvent;
 
 pub async fn recover(engine: &Arc<Engine>) {
     // Nothing unpacks yet: whatever temporary folder exists was left by a killed agent.
@@ -211,16 +210,12 @@ async fn resume_deployments(engine: &Arc<Engine>) {
                     Some(&reason),
                     None,
                 );
-                engine.record(
-                    NewEvent::for_deployment(
-                        &deployment,
-                        "deployment.finished",
-                        format!("Failed: {reason}"),
-                    )
-                    .with_data(&DeploymentEvent::Finished {
+                engine.record_progress(
+                    crate::engine::Subject::deployment(&deployment),
+                    &DeploymentEvent::Finished {
                         state: State::Failed,
                         reason: Some(reason.clone()),
-                    }),
+                    },
                 );
                 let _ = engine.store.release_lock(
                     &deployment.app,

@@ -133,32 +133,22 @@ pub async fn health_loop(engine: Arc<Engine>) {
                     }
                     set_unhealthy(&engine, &key, &instance.id, out);
                     changed = true;
-                    let (kind, message) = if out {
-                        (
-                            "instance.unhealthy",
-                            format!(
-                                "instance {} failed {} health checks in a row; taken out of traffic",
-                                instance.id, instance.failures
-                            ),
-                        )
+                    let progress = if out {
+                        client::wire::DeploymentEvent::InstanceUnhealthy {
+                            instance: instance.id.clone(),
+                            failures: instance.failures,
+                        }
                     } else if instance.failing {
-                        (
-                            "instance.kept_in_traffic",
-                            format!(
-                                "instance {} fails its health checks but is back in traffic: every instance of release {release_number} fails (fail open)",
-                                instance.id
-                            ),
-                        )
+                        client::wire::DeploymentEvent::InstanceKeptInTraffic {
+                            instance: instance.id.clone(),
+                            release: release_number,
+                        }
                     } else {
-                        (
-                            "instance.recovered",
-                            format!(
-                                "instance {} passes its health checks again; back in traffic",
-                                instance.id
-                            ),
-                        )
+                        client::wire::DeploymentEvent::InstanceRecovered {
+                            instance: instance.id.clone(),
+                        }
                     };
-                    record(&engine, &key, kind, message);
+                    engine.record_progress(crate::engine::Subject::app(&key), &progress);
                 }
             }
             if changed {

@@ -437,6 +437,14 @@ pub enum DeploymentEvent {
     InstanceStarted { instance: String, port: u16 },
     /// `instance.healthy`: the instance passed its health gate and takes traffic.
     InstanceHealthy { instance: String },
+    /// `instance.unhealthy`: the watch took the instance out of traffic after `failures` failed
+    /// health checks in a row.
+    InstanceUnhealthy { instance: String, failures: u32 },
+    /// `instance.kept_in_traffic`: the instance fails, but so does every instance of `release`,
+    /// so all stay in traffic (fail open).
+    InstanceKeptInTraffic { instance: String, release: u64 },
+    /// `instance.recovered`: the instance passes its health checks again and is back in traffic.
+    InstanceRecovered { instance: String },
     /// `deployment.command`: a build, release or smoke command (`label`) starts.
     Command { label: String, command: String },
     /// `deployment.command`: the image of a container service is pulled (or found).
@@ -507,6 +515,9 @@ impl DeploymentEvent {
             DeploymentEvent::Inconclusive { .. } => "analysis.inconclusive",
             DeploymentEvent::InstanceStarted { .. } => "instance.started",
             DeploymentEvent::InstanceHealthy { .. } => "instance.healthy",
+            DeploymentEvent::InstanceUnhealthy { .. } => "instance.unhealthy",
+            DeploymentEvent::InstanceKeptInTraffic { .. } => "instance.kept_in_traffic",
+            DeploymentEvent::InstanceRecovered { .. } => "instance.recovered",
             DeploymentEvent::Command { .. }
             | DeploymentEvent::PullImage { .. }
             | DeploymentEvent::BuildImage { .. } => "deployment.command",
@@ -573,6 +584,18 @@ impl std::fmt::Display for DeploymentEvent {
             DeploymentEvent::InstanceHealthy { instance } => {
                 write!(f, "instance {instance} healthy")
             }
+            DeploymentEvent::InstanceUnhealthy { instance, failures } => write!(
+                f,
+                "instance {instance} failed {failures} health checks in a row; taken out of traffic"
+            ),
+            DeploymentEvent::InstanceKeptInTraffic { instance, release } => write!(
+                f,
+                "instance {instance} fails its health checks but is back in traffic: every instance of release {release} fails (fail open)"
+            ),
+            DeploymentEvent::InstanceRecovered { instance } => write!(
+                f,
+                "instance {instance} passes its health checks again; back in traffic"
+            ),
             DeploymentEvent::Command { label, command } => write!(f, "the {label}: {command}"),
             DeploymentEvent::PullImage { service, reference } => {
                 write!(f, "the image of `{service}`: {reference}")

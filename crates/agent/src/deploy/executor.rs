@@ -165,13 +165,7 @@ async fn drive(engine: &Arc<Engine>, id: &str) -> Result<(), StepError> {
             && current != State::Pending
             && let Ok(release) = loaded(engine, &deployment, &mut context.release)
         {
-            let facts = facts(
-                engine,
-                &deployment,
-                release,
-                data.warm(),
-                &data.previous_weights,
-            );
+            let facts = facts(&deployment, release, data.warm(), &data.previous_weights);
             data.decided = Some(state::plan(&facts));
         }
         // A signal written before this position's work (or before a restart) is acted on first.
@@ -307,13 +301,11 @@ fn loaded<'a>(
 
 /// What the plan is decided from: the deployment, its release's manifest, and what runs now.
 fn facts(
-    engine: &Engine,
     deployment: &Deployment,
     release: &LoadedRelease,
     warm: bool,
     previous_weights: &[(u64, u8)],
 ) -> Facts {
-    let _ = engine;
     let config = &release.resolved.config;
     let phase = config.release.as_ref();
     Facts {
@@ -413,7 +405,7 @@ impl Run<'_> {
                     .map(|service| service.replicas as usize)
                     .sum();
                 let warm = running >= wanted && wanted > 0;
-                let plan = state::plan(&facts(engine, deployment, release, warm, &runtime.weights));
+                let plan = state::plan(&facts(deployment, release, warm, &runtime.weights));
                 data.plan = Some(if warm { "warm" } else { "cold" }.to_owned());
                 data.previous_weights = runtime.weights.clone();
                 data.approval = plan.approval;

@@ -268,6 +268,9 @@ fn progress_line(event: &EventView, at: &str) -> Option<Line> {
         }
         DeploymentEvent::StepFailed { .. } => Some(Line::Warning(progress.to_string())),
         DeploymentEvent::Finished { .. }
+        | DeploymentEvent::InstanceUnhealthy { .. }
+        | DeploymentEvent::InstanceKeptInTraffic { .. }
+        | DeploymentEvent::InstanceRecovered { .. }
         | DeploymentEvent::Verdict { .. }
         | DeploymentEvent::Inconclusive { .. }
         | DeploymentEvent::Image { .. }

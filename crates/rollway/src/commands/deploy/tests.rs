@@ -176,6 +176,17 @@ fn every_progress_event() -> Vec<DeploymentEvent> {
         DeploymentEvent::InstanceHealthy {
             instance: "shop-production-r2-web-1".to_owned(),
         },
+        DeploymentEvent::InstanceUnhealthy {
+            instance: "shop-production-r2-web-1".to_owned(),
+            failures: 3,
+        },
+        DeploymentEvent::InstanceKeptInTraffic {
+            instance: "shop-production-r2-web-1".to_owned(),
+            release: 2,
+        },
+        DeploymentEvent::InstanceRecovered {
+            instance: "shop-production-r2-web-1".to_owned(),
+        },
         DeploymentEvent::Command {
             label: "release command".to_owned(),
             command: "./migrate".to_owned(),
