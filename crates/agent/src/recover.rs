@@ -71,7 +71,7 @@ fn rebuild_runtime(engine: &Arc<Engine>) {
         let phase = InstancePhase::parse(&record.state).unwrap_or(InstancePhase::Starting);
         engine.with_runtime(&key, |runtime| {
             runtime.instances.insert(
-                record.instance_id.clone(),
+                record.instance_id.to_string(),
                 RuntimeInstance {
                     release: record.release,
                     service: record.service.clone(),

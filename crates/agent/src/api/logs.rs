@@ -44,7 +44,7 @@ pub async fn logs(
         for id in ids {
             if let Ok(found) = engine_for_read.drivers.logs(&id, n) {
                 lines.extend(found.into_iter().map(|line| LogLineView {
-                    instance_id: line.instance_id,
+                    instance_id: line.instance_id.into(),
                     line: scrubber.scrub(&line.line).into_owned(),
                 }));
             }
@@ -104,7 +104,7 @@ pub async fn logs_stream(
                     follow
                         .queue
                         .extend(lines.into_iter().map(|line| LogLineView {
-                            instance_id: line.instance_id,
+                            instance_id: line.instance_id.into(),
                             line: scrubber.scrub(&line.line).into_owned(),
                         }));
                 }

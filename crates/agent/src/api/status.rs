@@ -54,7 +54,7 @@ pub async fn status(
         .instances
         .iter()
         .map(|(id, instance)| InstanceView {
-            id: id.clone(),
+            id: id.as_str().into(),
             release: instance.release,
             service: instance.service.clone(),
             port: instance.port,

@@ -830,7 +830,7 @@ fn persist_instance(engine: &Engine, key: &AppEnv, id: &str) {
         return;
     };
     let record = InstanceRecord {
-        instance_id: id.to_owned(),
+        instance_id: id.into(),
         app: key.0.clone(),
         environment: key.1.clone(),
         release: instance.release,
