@@ -343,9 +343,11 @@ pub enum LiveError {
     Store(#[from] crate::store::StoreError),
     #[error("`{app}` has no current release in `{environment}`")]
     NoCurrentRelease { app: String, environment: String },
-    /// The release or its database could not be read (`deploy::spec` still says why in text).
-    #[error("{0}")]
-    Release(String),
+    /// The release's database could not be found.
+    #[error(transparent)]
+    Release(Box<crate::deploy::spec::SpecError>),
+    #[error(transparent)]
+    Load(#[from] crate::deploy::release::ReleaseError),
     #[error("release {release} of `{app}` names no database: set `[release] backup = \"VAR\"`")]
     NoDatabase { app: String, release: u64 },
     /// There is no database yet to back up.
@@ -385,8 +387,7 @@ fn live_database(
             app: app.to_owned(),
             environment: env.to_owned(),
         })?;
-    let release =
-        crate::deploy::spec::load_release(engine, &key, current).map_err(LiveError::Release)?;
+    let release = crate::deploy::spec::load_release(engine, &key, current)?;
     let variable = release
         .resolved
         .config
@@ -398,7 +399,7 @@ fn live_database(
             release: current,
         })?;
     let target = crate::deploy::spec::database_target(engine, &release, &variable)
-        .map_err(LiveError::Release)?;
+        .map_err(|error| LiveError::Release(Box::new(error)))?;
     Ok((current, release, target))
 }
 

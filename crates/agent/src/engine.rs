@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use client::wire::EventView;
+use client::wire::{DeploymentId, EventView};
 use proxy::{DesiredInstance, DesiredPool, DesiredRoute, DesiredState};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -76,6 +76,8 @@ pub struct RouteInfo {
     pub drain: Duration,
     /// Limits, timeouts and upstream protocol from `[routes.X]` and `[services.X] protocol`.
     pub settings: proxy::RouteSettings,
+    /// Rate limit and allow list from `[routes.X]`, and the health path maintenance lets through.
+    pub edge: crate::edge::RouteEdgeInfo,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -154,22 +156,58 @@ pub struct Engine {
     /// Serialises pushes to the proxy so a stale desired state never overtakes a newer one.
     pub proxy_push: tokio::sync::Mutex<()>,
     pub shutdown: CancellationToken,
-    /// Signals for running deployments (promote, abort, approve), by deployment id.
-    /// std Mutex: map edits only, never held across an await.
-    pub signals: Mutex<BTreeMap<String, Vec<Signal>>>,
+    /// Wakes executors waiting for a signal (the signals themselves are in the store).
     pub signalled: tokio::sync::Notify,
     /// In-memory counters for `/metrics`. std Mutex: increments only.
     pub counters: Mutex<crate::metrics::Counters>,
     /// The API certificate's fingerprint when the API serves TLS (`GET /v1/agent` shows it).
     pub api_fingerprint: Option<client::pin::Fingerprint>,
+    /// Maintenance mode and pause per environment (`crate::edge`), loaded from the store at start.
+    /// std Mutex: map reads and edits only, never held across an await.
+    pub edge: Mutex<BTreeMap<AppEnv, crate::edge::EnvEdge>>,
 }
 
-/// What a person tells a running deployment.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Signal {
-    Promote { by: String },
-    Abort { by: String },
-    Approve { by: String },
+/// What a person tells a running deployment (kept in the store until acted on).
+pub use crate::store::Signal;
+
+/// Whom a progress event is about: an app environment and, for a deployment's own events, the
+/// deployment.
+#[derive(Debug, Clone, Copy)]
+pub struct Subject<'a> {
+    pub app: &'a str,
+    pub environment: &'a str,
+    pub deployment_id: Option<&'a str>,
+}
+
+impl<'a> Subject<'a> {
+    pub fn deployment(deployment: &'a crate::store::Deployment) -> Subject<'a> {
+        Subject {
+            app: &deployment.app,
+            environment: &deployment.environment,
+            deployment_id: Some(&deployment.id),
+        }
+    }
+
+    pub fn app(key: &'a AppEnv) -> Subject<'a> {
+        Subject {
+            app: &key.0,
+            environment: &key.1,
+            deployment_id: None,
+        }
+    }
+}
+
+/// The event [`Engine::record_progress`] records (also written inside a store transaction).
+pub fn progress_event(subject: Subject<'_>, event: &client::wire::DeploymentEvent) -> NewEvent {
+    NewEvent {
+        app: Some(subject.app.to_owned()),
+        environment: Some(subject.environment.to_owned()),
+        deployment_id: subject.deployment_id.map(DeploymentId::from),
+        kind: event.kind().to_owned(),
+        message: event.to_string(),
+        data_json: "{}".to_owned(),
+    }
+    .with_data(event)
 }
 
 impl Engine {
@@ -179,6 +217,13 @@ impl Engine {
             Ok(stored) => self.publish(&stored),
             Err(error) => tracing::error!(message = "Cannot record an event.", %error),
         }
+    }
+
+    /// Records a deployment's progress: its typed payload (`client::wire::DeploymentEvent`),
+    /// the kind that payload has, and the payload in words for people beside it. Every progress
+    /// event of a deployment is recorded here.
+    pub fn record_progress(&self, subject: Subject<'_>, event: &client::wire::DeploymentEvent) {
+        self.record(progress_event(subject, event));
     }
 
     /// Tells the trace log and live followers about an event already in the store.
@@ -211,6 +256,8 @@ impl Engine {
             .runtimes
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let edges = self.env_edges();
+        let now_ms = now_ms();
         let mut routes = Vec::new();
         for ((app, env), runtime) in runtimes.iter() {
             for route in &runtime.routes {
@@ -243,6 +290,12 @@ impl Engine {
                 desired_route.drain_timeout_ms =
                     u64::try_from(route.drain.as_millis()).unwrap_or(u64::MAX);
                 desired_route.set_settings(route.settings);
+                crate::edge::apply(
+                    &mut desired_route,
+                    route,
+                    edges.get(&(app.clone(), env.clone())),
+                    now_ms,
+                );
                 desired_route.pools = pools;
                 routes.push(desired_route);
             }
@@ -250,34 +303,18 @@ impl Engine {
         DesiredState { routes }
     }
 
-    pub fn signal(&self, deployment: &str, signal: Signal) {
-        if let Ok(mut signals) = self.signals.lock() {
-            signals
-                .entry(deployment.to_owned())
-                .or_default()
-                .push(signal);
-        }
+    /// Records a signal for a running deployment in the store, then wakes its executor: a signal
+    /// the API accepted survives an agent restart.
+    pub fn signal(&self, deployment: &str, signal: Signal) -> Result<(), crate::store::StoreError> {
+        self.store.add_signal(deployment, &signal)?;
         self.signalled.notify_waiters();
+        Ok(())
     }
 
+    /// The pending signals of `deployment`, marked handled (for tests and tools; the executor
+    /// marks each handled with the transition it causes).
     pub fn take_signals(&self, deployment: &str) -> Vec<Signal> {
-        self.signals
-            .lock()
-            .map(|mut signals| signals.remove(deployment).unwrap_or_default())
-            .unwrap_or_default()
-    }
-
-    /// Removes a pending abort of `deployment`, returning who asked for it.
-    pub fn take_abort(&self, deployment: &str) -> Option<String> {
-        let mut signals = self.signals.lock().ok()?;
-        let pending = signals.get_mut(deployment)?;
-        let idx = pending
-            .iter()
-            .position(|signal| matches!(signal, Signal::Abort { .. }))?;
-        match pending.remove(idx) {
-            Signal::Abort { by } => Some(by),
-            _ => None,
-        }
+        self.store.take_signals(deployment).unwrap_or_default()
     }
 
     /// Sleeps `at_most`, or less when a signal arrives.

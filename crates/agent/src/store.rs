@@ -33,6 +33,7 @@ mod locks;
 mod migrations;
 mod releases;
 mod secrets;
+mod signals;
 mod tokens;
 
 pub use backups::{BackupKind, BackupReason, BackupRecord};
@@ -43,6 +44,7 @@ pub use instances::InstanceRecord;
 pub use locks::Lock;
 pub use releases::{NewRelease, Release, ReleaseOutcome};
 pub use secrets::{SealedSecret, SecretMeta};
+pub use signals::{Advance, PendingSignal, Signal};
 pub use tokens::TokenRecord;
 
 /// A cheap-clone handle on the store.

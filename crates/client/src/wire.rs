@@ -409,6 +409,235 @@ pub enum DeploymentEvent {
         state: DeploymentState,
         reason: Option<String>,
     },
+    /// `deployment.step_failed`: the work of `state` failed (or was cut short) for `reason`.
+    StepFailed {
+        state: DeploymentState,
+        reason: String,
+    },
+    /// `deployment.weights`: release `release` takes `share` percent of traffic; `weights` is the
+    /// whole split. `step` is the canary's step, counted from 1, and `of` how many it has.
+    Weights {
+        release: u64,
+        share: u8,
+        step: Option<u32>,
+        of: Option<u32>,
+        weights: Vec<(u64, u8)>,
+    },
+    /// `deployment.weights`: traffic (and routes) went back to the earlier release.
+    TrafficBack { weights: Vec<(u64, u8)> },
+    /// `analysis.verdict`: the analysis judged `release` on `sample` (and the releases serving
+    /// beside it, `baseline`).
+    Verdict {
+        release: u64,
+        verdict: Verdict,
+        sample: Figures,
+        baseline: Option<Figures>,
+    },
+    /// `analysis.inconclusive`: the observation window ended without enough evidence.
+    Inconclusive { verdict: Verdict },
+    /// `instance.started`.
+    InstanceStarted { instance: String, port: u16 },
+    /// `instance.healthy`: the instance passed its health gate and takes traffic.
+    InstanceHealthy { instance: String },
+    /// `deployment.command`: a build, release or smoke command (`label`) starts.
+    Command { label: String, command: String },
+    /// `deployment.command`: the image of a container service is pulled (or found).
+    PullImage { service: String, reference: String },
+    /// `deployment.command`: the image of a container service is built from its Dockerfile.
+    BuildImage { service: String, dockerfile: String },
+    /// `deployment.image`: the image a container service runs, recorded with the release.
+    Image { service: String, image: String },
+    /// `deployment.output`: one line a command printed, secrets hidden.
+    Output { line: String },
+    /// `deployment.reuse`: the artifact was already unpacked and built here.
+    Reused { artifact: String },
+    /// `backup.created`: the database was backed up before the release command.
+    BackupTaken {
+        backup: String,
+        target: String,
+        size: u64,
+    },
+    /// `backup.skipped`: there was nothing to back up yet, and why.
+    BackupSkipped { reason: String },
+    /// `deployment.awaiting_approval`: release `release` is prepared and waits for another
+    /// approver or admin than `started_by`.
+    AwaitingApproval {
+        release: u64,
+        deployment: DeploymentId,
+        started_by: String,
+    },
+    /// `deployment.approved`.
+    Approved { by: String, release: u64 },
+    /// `deployment.promoted`.
+    Promoted { by: String },
+    /// `deployment.holding`: a canary step waits for `rollway promote`: it has no pause, or
+    /// (`requests` of `min_requests`) too few requests reached the canary.
+    Holding {
+        requests: Option<u64>,
+        min_requests: Option<u64>,
+    },
+    /// `deployment.observing`: the release takes all traffic, the analysis stays armed for
+    /// `window`.
+    Observing { release: u64, window: String },
+    /// `deployment.no_fallback`: the observed release fails, but no earlier one is warm.
+    NoFallback { reason: String },
+    /// `deployment.stopping`: instances of older releases and superseded workers stop.
+    Stopping { instances: Vec<String> },
+}
+
+/// What the analysis counted of one release over its window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Figures {
+    pub requests: u64,
+    pub errors: u64,
+    pub p99_us: u64,
+    #[serde(default)]
+    pub latency_count: u64,
+}
+
+impl DeploymentEvent {
+    /// The event log's kind of this event.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DeploymentEvent::State { .. } => "deployment.state",
+            DeploymentEvent::Finished { .. } => "deployment.finished",
+            DeploymentEvent::StepFailed { .. } => "deployment.step_failed",
+            DeploymentEvent::Weights { .. } | DeploymentEvent::TrafficBack { .. } => {
+                "deployment.weights"
+            }
+            DeploymentEvent::Verdict { .. } => "analysis.verdict",
+            DeploymentEvent::Inconclusive { .. } => "analysis.inconclusive",
+            DeploymentEvent::InstanceStarted { .. } => "instance.started",
+            DeploymentEvent::InstanceHealthy { .. } => "instance.healthy",
+            DeploymentEvent::Command { .. }
+            | DeploymentEvent::PullImage { .. }
+            | DeploymentEvent::BuildImage { .. } => "deployment.command",
+            DeploymentEvent::Image { .. } => "deployment.image",
+            DeploymentEvent::Output { .. } => "deployment.output",
+            DeploymentEvent::Reused { .. } => "deployment.reuse",
+            DeploymentEvent::BackupTaken { .. } => "backup.created",
+            DeploymentEvent::BackupSkipped { .. } => "backup.skipped",
+            DeploymentEvent::AwaitingApproval { .. } => "deployment.awaiting_approval",
+            DeploymentEvent::Approved { .. } => "deployment.approved",
+            DeploymentEvent::Promoted { .. } => "deployment.promoted",
+            DeploymentEvent::Holding { .. } => "deployment.holding",
+            DeploymentEvent::Observing { .. } => "deployment.observing",
+            DeploymentEvent::NoFallback { .. } => "deployment.no_fallback",
+            DeploymentEvent::Stopping { .. } => "deployment.stopping",
+        }
+    }
+}
+
+impl std::fmt::Display for DeploymentEvent {
+    /// The event in words for people: the message the agent records beside the payload.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeploymentEvent::State { from, to } => write!(f, "{from} → {to}"),
+            DeploymentEvent::Finished { state, reason } => match reason {
+                Some(reason) => write!(f, "{state}: {reason}"),
+                None => write!(f, "{state}"),
+            },
+            DeploymentEvent::StepFailed { state, reason } => write!(f, "{state} failed: {reason}"),
+            DeploymentEvent::Weights {
+                release,
+                share,
+                step,
+                of,
+                ..
+            } => {
+                if let (Some(step), Some(of)) = (step, of) {
+                    write!(f, "canary step {step}/{of}: ")?;
+                }
+                write!(f, "release {release} takes {share}% of traffic")
+            }
+            DeploymentEvent::TrafficBack { .. } => {
+                f.write_str("traffic is back on the earlier release")
+            }
+            DeploymentEvent::Verdict {
+                release,
+                verdict,
+                sample,
+                ..
+            } => write!(
+                f,
+                "release {release}: {verdict} ({} requests, {} 5xx, p99 {}ms)",
+                sample.requests,
+                sample.errors,
+                sample.p99_us / 1000
+            ),
+            DeploymentEvent::Inconclusive { verdict } => write!(
+                f,
+                "the observation window ended without enough evidence ({verdict})"
+            ),
+            DeploymentEvent::InstanceStarted { instance, port } => {
+                write!(f, "instance {instance} started on port {port}")
+            }
+            DeploymentEvent::InstanceHealthy { instance } => {
+                write!(f, "instance {instance} healthy")
+            }
+            DeploymentEvent::Command { label, command } => write!(f, "the {label}: {command}"),
+            DeploymentEvent::PullImage { service, reference } => {
+                write!(f, "the image of `{service}`: {reference}")
+            }
+            DeploymentEvent::BuildImage {
+                service,
+                dockerfile,
+            } => write!(f, "building `{service}` from {dockerfile}"),
+            DeploymentEvent::Image { service, image } => write!(
+                f,
+                "`{service}` runs image {}",
+                image.get(..12).unwrap_or(image)
+            ),
+            DeploymentEvent::Output { line } => f.write_str(line),
+            DeploymentEvent::Reused { artifact } => write!(
+                f,
+                "artifact {} already built here: no rebuild",
+                artifact.get(..12).unwrap_or(artifact)
+            ),
+            DeploymentEvent::BackupTaken {
+                backup,
+                target,
+                size,
+            } => write!(f, "backup {backup} of {target} ({size} bytes)"),
+            DeploymentEvent::BackupSkipped { reason } => f.write_str(reason),
+            DeploymentEvent::AwaitingApproval {
+                release,
+                deployment,
+                started_by,
+            } => write!(
+                f,
+                "release {release} is prepared and waits for `rollway approve {deployment}` by an approver or admin other than {started_by}; nothing was backed up, migrated or started yet"
+            ),
+            DeploymentEvent::Approved { by, release } => {
+                write!(f, "{by} approved release {release}")
+            }
+            DeploymentEvent::Promoted { by } => write!(f, "{by} promoted the canary"),
+            DeploymentEvent::Holding {
+                requests: Some(requests),
+                min_requests: Some(min_requests),
+            } => write!(
+                f,
+                "only {requests} of {min_requests} requests reached the canary: holding for `rollway promote` or `rollway abort`"
+            ),
+            DeploymentEvent::Holding { .. } => f.write_str(
+                "this step has no pause: waiting for `rollway promote` (or `rollway abort`)",
+            ),
+            DeploymentEvent::Observing { release, window } => write!(
+                f,
+                "release {release} takes all traffic; analysis stays armed for {window}"
+            ),
+            DeploymentEvent::NoFallback { reason } => write!(
+                f,
+                "{reason}; no earlier release is warm and healthy to go back to, so it keeps the traffic"
+            ),
+            DeploymentEvent::Stopping { instances } => write!(
+                f,
+                "stopping {} instance(s) of older releases and superseded workers: {}",
+                instances.len(),
+                instances.join(", ")
+            ),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -94,10 +94,18 @@ pub enum ErrorKind {
     BadRequest,
     /// A request tried again on another instance (not an error seen by the client).
     Retried,
+    /// Refused by the route's `allow` list (403).
+    Forbidden,
+    /// Over the route's rate limit for its client address (429).
+    RateLimited,
+    /// Answered by the maintenance page (503).
+    Maintenance,
+    /// Held by a pause longer than the waiting bound (503).
+    PausedTooLong,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 12] = [
+    pub const ALL: [ErrorKind; 16] = [
         ErrorKind::Connect,
         ErrorKind::Upstream,
         ErrorKind::UpstreamTimeout,
@@ -110,6 +118,10 @@ impl ErrorKind {
         ErrorKind::NoRoute,
         ErrorKind::BadRequest,
         ErrorKind::Retried,
+        ErrorKind::Forbidden,
+        ErrorKind::RateLimited,
+        ErrorKind::Maintenance,
+        ErrorKind::PausedTooLong,
     ];
 
     /// Position in `ALL`; used as an array index by the stats.
@@ -132,6 +144,10 @@ impl ErrorKind {
             ErrorKind::NoRoute => "no_route",
             ErrorKind::BadRequest => "bad_request",
             ErrorKind::Retried => "retried",
+            ErrorKind::Forbidden => "forbidden",
+            ErrorKind::RateLimited => "rate_limited",
+            ErrorKind::Maintenance => "maintenance",
+            ErrorKind::PausedTooLong => "paused_too_long",
         }
     }
 }

@@ -98,7 +98,9 @@ async fn signal(
             ),
         ));
     }
-    engine.signal(id, make(caller.name.clone()));
+    engine
+        .signal(id, make(caller.name.clone()))
+        .map_err(ApiError::internal)?;
     Ok(Json(views::deployment_view(&deployment)))
 }
 

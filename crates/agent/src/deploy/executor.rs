@@ -1,5 +1,8 @@
-//! The executor: runs one deployment through the state machine, writing each transition to the
-//! store before performing the next step's effects, so a restarted agent knows where it was.
+//! The executor: runs one deployment through the state machine (`deploy::state`). It only runs
+//! effects: the machine says where an input leads and what to do there; the executor writes each
+//! transition to the store before it runs the new position's effects, so a restarted agent knows
+//! where it was, and turns what happens (a step's end, a signal from the store, a verdict) into
+//! the machine's next input.
 //!
 //! Deploys and rollbacks take this one path; a rollback is a deployment to an earlier release
 //! (warm when its instances still run, cold otherwise).
@@ -9,20 +12,23 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use client::wire::{DeploymentEvent, DeploymentKind, Strategy};
+use client::wire::{DeploymentEvent, DeploymentKind, Figures};
 
 use crate::analysis::{self, Bounds, Sample, Verdict};
 
-use crate::deploy::state::{self, Plan, State, StepResult};
+use crate::deploy::release::{self, LoadedRelease};
+use crate::deploy::state::{self, At, CanaryStep, Effect, Facts, Input, Plan, State, Traffic};
 use crate::deploy::{fault, prepare, spec};
-use crate::engine::Signal;
-use crate::engine::{AppEnv, Engine, InstancePhase, now_ms};
+use crate::engine::{
+    AppEnv, Engine, InstancePhase, RouteInfo, Signal, Subject, now_ms, progress_event,
+};
 use crate::health;
-use crate::store::{Deployment, NewEvent, ReleaseOutcome};
+use crate::store::{Advance, Deployment, ReleaseOutcome};
 
 /// Executor-private facts about a deployment, persisted with it (`data_json`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct DeploymentData {
+    /// `warm` or `cold` (kept beside `decided` for records written before it).
     pub plan: Option<String>,
     /// Traffic before the deployment, to go back to.
     pub previous_weights: Vec<(u64, u8)>,
@@ -40,15 +46,68 @@ pub struct DeploymentData {
     /// The id of the token that started the deployment: it may not approve it.
     #[serde(default)]
     pub started_by_token: Option<String>,
+    /// What the deployment does, decided once in `Pending` (`state::plan`).
+    #[serde(default)]
+    pub decided: Option<Plan>,
+    /// The canary step the deployment is at while `Shifting`.
+    #[serde(default)]
+    pub step: usize,
 }
 
 impl DeploymentData {
-    fn plan(&self) -> Plan {
-        Plan {
-            warm: self.plan.as_deref() == Some("warm"),
-            approval: self.approval,
-            observe: self.observe,
-        }
+    fn warm(&self) -> bool {
+        self.decided
+            .as_ref()
+            .map_or(self.plan.as_deref() == Some("warm"), |plan| plan.warm)
+    }
+}
+
+/// Why the executor could not go on, or a position's work failed: its text with every cause
+/// (`report::chain`) is the reason a deployment records and the user sees.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error(transparent)]
+    Spec(Box<spec::SpecError>),
+    #[error(transparent)]
+    Release(#[from] release::ReleaseError),
+    #[error(transparent)]
+    Prepare(#[from] prepare::PrepareError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Routing(#[from] crate::proxy_link::LinkError),
+    #[error("no deployment `{id}`")]
+    NoDeployment { id: String },
+    #[error("cannot write the deployment's data")]
+    Data(#[source] serde_json::Error),
+    #[error("the release was not loaded")]
+    NotLoaded,
+    #[error("the plan runs {0}, but the release has none")]
+    Unplanned(&'static str),
+    /// The release command failed after the database was backed up: how to restore it.
+    #[error(
+        "{source}\nthe database was backed up just before; to restore it: `rollway backups restore {backup} --app {app} --env {environment}`"
+    )]
+    AfterBackup {
+        backup: String,
+        app: String,
+        environment: String,
+        #[source]
+        source: Box<spec::SpecError>,
+    },
+    #[error("instance `{instance}` disappeared")]
+    Disappeared { instance: String },
+    #[error("service `{service}` is not in release {release}")]
+    NoService { service: String, release: u64 },
+    /// An instance failed its health gate or stopped while starting: the reason with its causes
+    /// and the last lines the instance printed.
+    #[error("{0}")]
+    Instance(String),
+}
+
+impl From<spec::SpecError> for StepError {
+    fn from(error: spec::SpecError) -> StepError {
+        StepError::Spec(Box::new(error))
     }
 }
 
@@ -66,13 +125,21 @@ pub async fn run(engine: Arc<Engine>, id: String) {
     finish(&engine, &id);
 }
 
-async fn drive(engine: &Arc<Engine>, id: &str) -> Result<(), String> {
+/// What one run of a deployment keeps between positions: its target release, loaded once
+/// (record, resolved manifest, secrets), and the analysis of a canary, which spans its steps.
+#[derive(Default)]
+struct Context {
+    release: Option<LoadedRelease>,
+    watch: Option<Watch>,
+}
+
+async fn drive(engine: &Arc<Engine>, id: &str) -> Result<(), StepError> {
+    let mut context = Context::default();
     loop {
         let deployment = engine
             .store
-            .deployment(id)
-            .map_err(|error| crate::report::chain(&error))?
-            .ok_or_else(|| format!("no deployment `{id}`"))?;
+            .deployment(id)?
+            .ok_or_else(|| StepError::NoDeployment { id: id.to_owned() })?;
         let current = deployment.state;
         if current.is_terminal() {
             return Ok(());
@@ -83,333 +150,601 @@ async fn drive(engine: &Arc<Engine>, id: &str) -> Result<(), String> {
         }
         let mut data: DeploymentData =
             serde_json::from_str(&deployment.data_json).unwrap_or_default();
-        // An abort between steps stops the deployment at the next boundary; the steps that wait
-        // (approval, canary steps, observing) also see it while they wait.
-        let outcome = match engine.take_abort(id) {
-            Some(by) if current != State::RollingBack => Err(format!("aborted by {by}")),
-            _ => step(engine, &deployment, current, &mut data).await,
+        let at = At {
+            state: current,
+            step: if current == State::Shifting {
+                data.step
+            } else {
+                0
+            },
         };
-        let (result, reason) = match outcome {
-            Ok(()) => (StepResult::Done, None),
-            Err(reason) => (
-                StepResult::Failed,
-                Some(scrub_reason(engine, &deployment, &reason)),
-            ),
-        };
-        let next = state::next(current, result, data.plan());
-        if let Some(reason) = &reason {
-            // Undo what a failed step started, before the failure is written down.
-            if next == State::Failed {
-                undo(engine, &deployment, &data).await;
+        // A deployment recorded before plans were persisted gets its plan from its release.
+        if data.decided.is_none()
+            && current != State::Pending
+            && let Ok(release) = loaded(engine, &deployment, &mut context.release)
+        {
+            let facts = facts(
+                engine,
+                &deployment,
+                release,
+                data.warm(),
+                &data.previous_weights,
+            );
+            data.decided = Some(state::plan(&facts));
+        }
+        // A signal written before this position's work (or before a restart) is acted on first.
+        let plan = data.decided.clone().unwrap_or_default();
+        let (input, handled) = match signal_input(engine, id, at, &plan)? {
+            Some((input, signal)) => (input, Some(signal)),
+            None => {
+                let mut run = Run {
+                    engine,
+                    deployment: &deployment,
+                    data: &mut data,
+                    context: &mut context,
+                };
+                run.position(at).await
             }
+        };
+        let plan = data.decided.clone().unwrap_or_default();
+        let transition = state::advance(at, &input, &plan);
+        if transition.is_ignored(at) {
+            if let Some(signal) = handled {
+                let _ = engine.store.handle_signal(signal);
+            }
+            continue;
+        }
+        for effect in transition
+            .effects
+            .iter()
+            .filter(|effect| effect.before_write())
+        {
+            match effect {
+                // Undo what a failed step started, before the failure is written down.
+                Effect::Undo => undo(engine, &deployment, &data).await,
+                Effect::Approved { by } => record(
+                    engine,
+                    &deployment,
+                    DeploymentEvent::Approved {
+                        by: by.clone(),
+                        release: deployment.to_release,
+                    },
+                ),
+                Effect::Promoted { by } => record(
+                    engine,
+                    &deployment,
+                    DeploymentEvent::Promoted { by: by.clone() },
+                ),
+                _ => {}
+            }
+        }
+        let reason = transition
+            .reason
+            .as_deref()
+            .map(|reason| scrub_reason(engine, &deployment, reason));
+        if let Some(reason) = &reason {
             record(
                 engine,
                 &deployment,
-                "deployment.step_failed",
-                format!("{current} failed: {reason}"),
+                DeploymentEvent::StepFailed {
+                    state: current,
+                    reason: reason.clone(),
+                },
             );
         }
-        fault::crash_point(next);
-        let data_json =
-            serde_json::to_string(&data).map_err(|error| crate::report::chain(&error))?;
-        // The transition and its event are one transaction: a kill -9 cannot keep one without the other.
-        let (_, event) = engine
-            .store
-            .transition_with_event(
-                id,
-                current,
-                next,
-                reason.as_deref(),
-                Some(&data_json),
-                NewEvent::for_deployment(
-                    &deployment,
-                    "deployment.state",
-                    format!("{current} → {next}"),
-                )
-                .with_data(&DeploymentEvent::State {
+        let next = transition.next;
+        if next.state != current {
+            fault::crash_point(next.state);
+        }
+        data.step = next.step;
+        let data_json = serde_json::to_string(&data).map_err(StepError::Data)?;
+        // The transition, its event and the signal it acts on are one transaction: a kill -9
+        // cannot keep one without the others.
+        let event = (next.state != current).then(|| {
+            progress_event(
+                Subject::deployment(&deployment),
+                &DeploymentEvent::State {
                     from: current,
-                    to: next,
-                }),
-            )
-            .map_err(|error| crate::report::chain(&error))?;
-        engine.publish(&event);
-    }
-}
-
-/// One state's work. `Err` carries the reason shown to the user.
-async fn step(
-    engine: &Arc<Engine>,
-    deployment: &Deployment,
-    current: State,
-    data: &mut DeploymentData,
-) -> Result<(), String> {
-    let key: AppEnv = (deployment.app.clone(), deployment.environment.clone());
-    let target = deployment.to_release;
-    let release = spec::load_release(engine, &key, target)?;
-    match current {
-        State::Pending => {
-            let runtime = engine.runtime(&key);
-            // Warm means the routed services still run; workers stop at every switch and are
-            // started again in Verifying.
-            let routed: Vec<&str> = release
-                .resolved
-                .config
-                .routes
-                .iter()
-                .map(|route| route.service.as_str())
-                .collect();
-            let running = runtime
-                .instances
-                .values()
-                .filter(|instance| {
-                    instance.release == target
-                        && instance.phase != InstancePhase::Starting
-                        && routed.contains(&instance.service.as_str())
-                })
-                .count();
-            let wanted: usize = release
-                .resolved
-                .config
-                .services
-                .iter()
-                .filter(|service| routed.contains(&service.name.as_str()))
-                .map(|service| service.replicas as usize)
-                .sum();
-            let warm = running >= wanted && wanted > 0;
-            data.plan = Some(if warm { "warm" } else { "cold" }.to_owned());
-            data.previous_weights = runtime.weights.clone();
-            // Gates and the watch after the switch are for new releases; a rollback goes straight
-            // back to a release that served before.
-            let deploying = deployment.kind == DeploymentKind::Deploy;
-            data.approval = deploying && release.resolved.approval;
-            data.observe =
-                deploying && !release.resolved.config.analysis.observe.as_std().is_zero();
-            Ok(())
-        }
-        State::Preparing => {
-            prepare::prepare(engine, deployment, &release)
-                .await
-                .map_err(|error| crate::report::chain(&error))?;
-            spec::prepare_images(engine, deployment, &release).await
-        }
-        State::BackingUp => {
-            // Only a deploy runs the release command, so only a deploy needs the backup first.
-            let variable = release
-                .resolved
-                .config
-                .release
-                .as_ref()
-                .and_then(|phase| phase.backup.clone());
-            match (variable, deployment.kind) {
-                (Some(variable), DeploymentKind::Deploy) => {
-                    data.backup_id =
-                        spec::backup_before_release(engine, deployment, &release, &variable)
-                            .await?;
-                    Ok(())
-                }
-                _ => Ok(()),
-            }
-        }
-        State::Releasing => {
-            // A rollback goes back to code whose schema is already in place: no release command.
-            match (&release.resolved.config.release, deployment.kind) {
-                (Some(phase), DeploymentKind::Deploy) => match &phase.command {
-                    Some(command) => spec::run_release_command(engine, deployment, &release, command)
-                        .await
-                        .map_err(|reason| match &data.backup_id {
-                            Some(id) => format!(
-                                "{reason}\nthe database was backed up just before; to restore it: `rollway backups restore {id} --app {} --env {}`",
-                                deployment.app, deployment.environment
-                            ),
-                            None => reason,
-                        }),
-                    None => Ok(()),
+                    to: next.state,
                 },
-                _ => Ok(()),
-            }
+            )
+        });
+        let (_, event) = engine.store.advance(Advance {
+            id,
+            from: current,
+            to: next.state,
+            reason: reason.as_deref(),
+            data_json: &data_json,
+            event,
+            handled,
+        })?;
+        if let Some(event) = event {
+            engine.publish(&event);
         }
-        State::Starting => {
-            let rolling = deployment.strategy == Strategy::Rolling
-                && !engine.runtime(&key).weights.is_empty();
-            for (service, index) in spec::wanted_instances(&release.resolved) {
-                // Rolling keeps capacity: only the first new instance starts now, the rest one by
-                // one while traffic moves.
-                if rolling && index > 0 {
-                    continue;
-                }
-                let instance_id =
-                    spec::start_instance(engine, &key, &release, &service, index).await?;
-                data.started.push(instance_id);
-            }
-            Ok(())
-        }
-        State::Verifying => {
-            if data.plan.as_deref() == Some("warm") {
-                // A warm rollback finds its routed instances running, not its workers.
-                for (service, index) in spec::wanted_instances(&release.resolved) {
-                    let instance_id = spec::instance_id(&key, target, &service, index);
-                    if !engine.runtime(&key).instances.contains_key(&instance_id) {
-                        let started =
-                            spec::start_instance(engine, &key, &release, &service, index).await?;
-                        data.started.push(started);
-                    }
-                }
-            }
-            let ids: Vec<String> = engine
-                .runtime(&key)
-                .instances
-                .iter()
-                .filter(|(_, instance)| instance.release == target)
-                .map(|(id, _)| id.clone())
-                .collect();
-            for instance_id in &ids {
-                verify_instance(engine, &key, &release, instance_id).await?;
-            }
-            // The smoke command talks to the new instances directly, before any user does.
-            let smoke = release
-                .resolved
-                .config
-                .release
-                .as_ref()
-                .and_then(|phase| phase.smoke.clone());
-            if let (Some(smoke), DeploymentKind::Deploy) = (smoke, deployment.kind) {
-                spec::run_smoke(engine, deployment, &release, &smoke, &ids).await?;
-            }
-            Ok(())
-        }
-        State::AwaitingApproval => await_approval(engine, deployment).await,
-        State::Shifting => shift(engine, deployment, &key, &release, data).await,
-        State::Observing => observe(engine, deployment, &key, &release, data).await,
-        State::RollingBack => roll_back(engine, deployment, &key, data).await,
-        State::Succeeded | State::RolledBack | State::Failed => Ok(()),
     }
 }
 
-/// Waits for `rollway approve` (or `abort`). Nothing has touched the database or the instances
-/// yet: the API lets only another token with role approver or admin send the approval.
-async fn await_approval(engine: &Arc<Engine>, deployment: &Deployment) -> Result<(), String> {
-    // An approval recorded before a restart counts: the agent may have died between the
-    // approval and the transition after it.
-    let events = engine
-        .store
-        .events_for_deployment(&deployment.id, 0)
-        .map_err(|error| error.to_string())?;
-    if events
-        .iter()
-        .any(|event| event.kind == "deployment.approved")
-    {
-        return Ok(());
-    }
-    record(
-        engine,
-        deployment,
-        "deployment.awaiting_approval",
-        format!(
-            "release {} is prepared and waits for `rollway approve {}` by an approver or admin other than {}; nothing was backed up, migrated or started yet",
-            deployment.to_release, deployment.id, deployment.created_by
-        ),
-    );
-    loop {
-        for signal in engine.take_signals(&deployment.id) {
-            match signal {
-                Signal::Approve { by } => {
-                    record(
-                        engine,
-                        deployment,
-                        "deployment.approved",
-                        format!("{by} approved release {}", deployment.to_release),
-                    );
-                    return Ok(());
-                }
-                Signal::Abort { by } => {
-                    return Err(format!("aborted by {by} before traffic moved"));
-                }
-                Signal::Promote { .. } => {}
-            }
+/// The first pending signal of deployment `id` that does something at `at`; those that do
+/// nothing there are marked handled.
+fn signal_input(
+    engine: &Engine,
+    id: &str,
+    at: At,
+    plan: &Plan,
+) -> Result<Option<(Input, i64)>, StepError> {
+    let pending = engine.store.pending_signals(id)?;
+    for pending in pending {
+        let input = match pending.signal.clone() {
+            Signal::Abort { by } => Input::Abort { by },
+            Signal::Approve { by } => Input::Approve { by },
+            Signal::Promote { by } => Input::Promote { by },
+        };
+        if state::advance(at, &input, plan).is_ignored(at) {
+            let _ = engine.store.handle_signal(pending.id);
+            continue;
         }
-        if engine.shutdown.is_cancelled() {
-            return Err("the agent stopped while the deployment waited for approval".to_owned());
-        }
-        engine.wait_for_signal(Duration::from_secs(1)).await;
+        fault::crash_on_signal(&pending.signal);
+        return Ok(Some((input, pending.id)));
     }
+    Ok(None)
 }
 
-/// After the switch: the same analysis, armed for `observe`; a failing verdict rolls back.
-async fn observe(
-    engine: &Arc<Engine>,
+/// The deployment's target release, loaded on first use and kept for the rest of the run.
+fn loaded<'a>(
+    engine: &Engine,
     deployment: &Deployment,
-    key: &AppEnv,
-    release: &spec::LoadedRelease,
-    _data: &DeploymentData,
-) -> Result<(), String> {
-    let analysis = &release.resolved.config.analysis;
-    let window = analysis.observe.as_std();
-    record(
-        engine,
-        deployment,
-        "deployment.observing",
-        format!(
-            "release {} takes all traffic; analysis stays armed for {}",
-            deployment.to_release, analysis.observe
-        ),
-    );
-    let mut watch = Watch::start(
-        engine,
-        key,
-        deployment.to_release,
-        Vec::new(),
-        bounds(release),
-        analysis.window.as_std(),
-    )
-    .await;
-    let deadline = tokio::time::Instant::now() + window;
-    let mut health = ReleaseHealth::default();
-    loop {
-        for signal in engine.take_signals(&deployment.id) {
-            if let Signal::Abort { by } = signal {
-                return Err(format!("aborted by {by} while observing"));
+    slot: &'a mut Option<LoadedRelease>,
+) -> Result<&'a mut LoadedRelease, StepError> {
+    if slot.is_none() {
+        let key: AppEnv = (deployment.app.clone(), deployment.environment.clone());
+        let release = release::load_release(engine, &key, deployment.to_release)?;
+        *slot = Some(release);
+    }
+    slot.as_mut().ok_or(StepError::NotLoaded)
+}
+
+/// What the plan is decided from: the deployment, its release's manifest, and what runs now.
+fn facts(
+    engine: &Engine,
+    deployment: &Deployment,
+    release: &LoadedRelease,
+    warm: bool,
+    previous_weights: &[(u64, u8)],
+) -> Facts {
+    let _ = engine;
+    let config = &release.resolved.config;
+    let phase = config.release.as_ref();
+    Facts {
+        kind: deployment.kind,
+        strategy: deployment.strategy,
+        warm,
+        serving: !previous_weights.is_empty(),
+        approval: release.resolved.approval,
+        backup: phase.is_some_and(|phase| phase.backup.is_some()),
+        release_command: phase.is_some_and(|phase| phase.command.is_some()),
+        smoke: phase.is_some_and(|phase| phase.smoke.is_some()),
+        observe: !config.analysis.observe.as_std().is_zero(),
+        canary_steps: config
+            .strategy
+            .steps
+            .iter()
+            .map(|step| CanaryStep {
+                share: step.weight.get(),
+                pause_ms: step
+                    .pause
+                    .map(|pause| u64::try_from(pause.as_std().as_millis()).unwrap_or(u64::MAX)),
+            })
+            .collect(),
+    }
+}
+
+/// One position's work for one deployment.
+struct Run<'a> {
+    engine: &'a Arc<Engine>,
+    deployment: &'a Deployment,
+    data: &'a mut DeploymentData,
+    context: &'a mut Context,
+}
+
+impl Run<'_> {
+    fn key(&self) -> AppEnv {
+        (
+            self.deployment.app.clone(),
+            self.deployment.environment.clone(),
+        )
+    }
+
+    fn plan(&self) -> Plan {
+        self.data.decided.clone().unwrap_or_default()
+    }
+
+    /// Runs the effects of position `at` and waits, if its last effect waits, for what ends it:
+    /// the machine's next input, and the signal it comes from.
+    async fn position(&mut self, at: At) -> (Input, Option<i64>) {
+        let effects = state::entry(at, &self.plan());
+        for effect in &effects {
+            if let Err(error) = self.effect(effect).await {
+                return (Input::Failed(crate::report::chain(&error)), None);
             }
         }
-        let verdict = watch.evaluate(engine, deployment).await;
-        if let Verdict::Fail { reason } = verdict {
-            return Err(format!("the analysis failed after the switch: {reason}"));
+        match effects.last() {
+            Some(effect) if effect.waits() => self.wait(at, effect).await,
+            _ => (Input::Done, None),
         }
-        // A release that stops answering its health checks altogether (frozen, deadlocked) sends
-        // no errors to count: the checks are the evidence.
-        if let Some(dead) = health.all_failing(engine, key, release).await {
-            match warm_fallback(engine, key, deployment.to_release).await {
-                Some(previous) => {
-                    return Err(format!(
-                        "{dead} after the switch, while release {previous} is warm and healthy"
-                    ));
-                }
-                None if !health.said_no_fallback => {
-                    health.said_no_fallback = true;
-                    record(
-                        engine,
-                        deployment,
-                        "deployment.no_fallback",
-                        format!(
-                            "{dead}; no earlier release is warm and healthy to go back to, so it keeps the traffic"
-                        ),
-                    );
-                }
-                None => {}
+    }
+
+    /// One effect of a position. `Err` carries the reason shown to the user.
+    async fn effect(&mut self, effect: &Effect) -> Result<(), StepError> {
+        let engine = self.engine;
+        let deployment = self.deployment;
+        let key = self.key();
+        let target = deployment.to_release;
+        let release = loaded(engine, deployment, &mut self.context.release)?;
+        let data = &mut *self.data;
+        match effect {
+            Effect::Inspect => {
+                let runtime = engine.runtime(&key);
+                // Warm means the routed services still run; workers stop at every switch and are
+                // started again in Verifying.
+                let routed: Vec<&str> = release
+                    .resolved
+                    .config
+                    .routes
+                    .iter()
+                    .map(|route| route.service.as_str())
+                    .collect();
+                let running = runtime
+                    .instances
+                    .values()
+                    .filter(|instance| {
+                        instance.release == target
+                            && instance.phase != InstancePhase::Starting
+                            && routed.contains(&instance.service.as_str())
+                    })
+                    .count();
+                let wanted: usize = release
+                    .resolved
+                    .config
+                    .services
+                    .iter()
+                    .filter(|service| routed.contains(&service.name.as_str()))
+                    .map(|service| service.replicas as usize)
+                    .sum();
+                let warm = running >= wanted && wanted > 0;
+                let plan = state::plan(&facts(engine, deployment, release, warm, &runtime.weights));
+                data.plan = Some(if warm { "warm" } else { "cold" }.to_owned());
+                data.previous_weights = runtime.weights.clone();
+                data.approval = plan.approval;
+                data.observe = plan.observe;
+                data.decided = Some(plan);
+                Ok(())
             }
-        }
-        if tokio::time::Instant::now() >= deadline {
-            if matches!(verdict, Verdict::Inconclusive { .. }) {
+            Effect::Prepare => {
+                prepare::prepare(engine, deployment, release).await?;
+                Ok(spec::prepare_images(engine, deployment, release).await?)
+            }
+            Effect::AskApproval => {
                 record(
                     engine,
                     deployment,
-                    "analysis.inconclusive",
-                    format!("the observation window ended without enough evidence ({verdict})"),
+                    DeploymentEvent::AwaitingApproval {
+                        release: deployment.to_release,
+                        deployment: deployment.id.clone(),
+                        started_by: deployment.created_by.clone(),
+                    },
                 );
+                Ok(())
             }
-            return Ok(());
+            Effect::BackUp => {
+                let variable = release
+                    .resolved
+                    .config
+                    .release
+                    .as_ref()
+                    .and_then(|phase| phase.backup.clone())
+                    .ok_or(StepError::Unplanned("a database to back up"))?;
+                data.backup_id =
+                    spec::backup_before_release(engine, deployment, release, &variable).await?;
+                Ok(())
+            }
+            Effect::RunReleaseCommand => {
+                let command = release
+                    .resolved
+                    .config
+                    .release
+                    .as_ref()
+                    .and_then(|phase| phase.command.clone())
+                    .ok_or(StepError::Unplanned("a release command"))?;
+                spec::run_release_command(engine, deployment, release, &command)
+                    .await
+                    .map_err(|source| match &data.backup_id {
+                        Some(id) => StepError::AfterBackup {
+                            backup: id.clone(),
+                            app: deployment.app.clone(),
+                            environment: deployment.environment.clone(),
+                            source: Box::new(source),
+                        },
+                        None => StepError::from(source),
+                    })
+            }
+            Effect::StartInstances => {
+                let rolling = matches!(
+                    data.decided.as_ref().map(|plan| &plan.traffic),
+                    Some(Traffic::Rolling)
+                );
+                for (service, index) in spec::wanted_instances(&release.resolved) {
+                    // Rolling keeps capacity: only the first new instance starts now, the rest
+                    // one by one while traffic moves.
+                    if rolling && index > 0 {
+                        continue;
+                    }
+                    let instance_id =
+                        spec::start_instance(engine, &key, release, &service, index).await?;
+                    data.started.push(instance_id);
+                }
+                Ok(())
+            }
+            Effect::Verify => {
+                if data.warm() {
+                    // A warm rollback finds its routed instances running, not its workers.
+                    for (service, index) in spec::wanted_instances(&release.resolved) {
+                        let instance_id = spec::instance_id(&key, target, &service, index);
+                        if !engine.runtime(&key).instances.contains_key(&instance_id) {
+                            let started =
+                                spec::start_instance(engine, &key, release, &service, index)
+                                    .await?;
+                            data.started.push(started);
+                        }
+                    }
+                }
+                for instance_id in target_instances(engine, &key, target) {
+                    verify_instance(engine, &key, release, &instance_id).await?;
+                }
+                Ok(())
+            }
+            Effect::Smoke => {
+                // The smoke command talks to the new instances directly, before any user does.
+                let smoke = release
+                    .resolved
+                    .config
+                    .release
+                    .as_ref()
+                    .and_then(|phase| phase.smoke.clone())
+                    .ok_or(StepError::Unplanned("a smoke command"))?;
+                let ids = target_instances(engine, &key, target);
+                Ok(spec::run_smoke(engine, deployment, release, &smoke, &ids).await?)
+            }
+            Effect::Switch => {
+                let routes = spec::routes(&release.resolved);
+                give_share(engine, deployment, &key, &routes, data, 100, None).await
+            }
+            Effect::RollOut => {
+                let routes = spec::routes(&release.resolved);
+                let wanted = spec::wanted_instances(&release.resolved);
+                let n_wanted = wanted.len().max(1);
+                for (done, (service, index)) in wanted.into_iter().enumerate() {
+                    let instance_id = spec::instance_id(&key, target, &service, index);
+                    if !engine.runtime(&key).instances.contains_key(&instance_id) {
+                        let started =
+                            spec::start_instance(engine, &key, release, &service, index).await?;
+                        data.started.push(started);
+                    }
+                    verify_instance(engine, &key, release, &instance_id).await?;
+                    let share = u8::try_from(100 * (done + 1) / n_wanted).unwrap_or(100);
+                    give_share(engine, deployment, &key, &routes, data, share, None).await?;
+                }
+                Ok(())
+            }
+            Effect::CanaryStep { step, share } => {
+                let n_steps = release.resolved.config.strategy.steps.len();
+                if self.context.watch.is_none() {
+                    let baselines: Vec<u64> = data
+                        .previous_weights
+                        .iter()
+                        .map(|(release, _)| *release)
+                        .collect();
+                    let watch = Watch::start(
+                        engine,
+                        &key,
+                        target,
+                        baselines,
+                        bounds(release),
+                        release.resolved.config.analysis.window.as_std(),
+                    )
+                    .await;
+                    self.context.watch = Some(watch);
+                }
+                let routes = spec::routes(&release.resolved);
+                let number = u32::try_from(step + 1).unwrap_or(u32::MAX);
+                let of = u32::try_from(n_steps).unwrap_or(u32::MAX);
+                give_share(
+                    engine,
+                    deployment,
+                    &key,
+                    &routes,
+                    data,
+                    *share,
+                    Some((number, of)),
+                )
+                .await
+            }
+            Effect::CompleteSwitch => {
+                complete_switch(engine, deployment, &key, release, data).await
+            }
+            Effect::Observe => {
+                let analysis = &release.resolved.config.analysis;
+                record(
+                    engine,
+                    deployment,
+                    DeploymentEvent::Observing {
+                        release: deployment.to_release,
+                        window: analysis.observe.to_string(),
+                    },
+                );
+                Ok(())
+            }
+            Effect::RollBack => roll_back(engine, deployment, &key, data).await,
+            // Run before the transition is written (`drive`).
+            Effect::Undo | Effect::Approved { .. } | Effect::Promoted { .. } => Ok(()),
         }
-        engine.wait_for_signal(analysis.interval.as_std()).await;
     }
+
+    /// Waits after a waiting effect for the input that ends the position: a signal that applies
+    /// (read from the store), a verdict that changes something, or the position's own end (the
+    /// canary step's pause with enough requests, the observation window).
+    async fn wait(&mut self, at: At, effect: &Effect) -> (Input, Option<i64>) {
+        let engine = self.engine;
+        let deployment = self.deployment;
+        let key = self.key();
+        let plan = self.plan();
+        let Some(release) = self.context.release.as_ref() else {
+            return (Input::Failed("the release was not loaded".to_owned()), None);
+        };
+        let analysis = &release.resolved.config.analysis;
+        let interval = analysis.interval.as_std();
+        let started = tokio::time::Instant::now();
+        let pause = match (effect, &plan.traffic) {
+            (Effect::CanaryStep { step, .. }, Traffic::Canary { steps }) => steps
+                .get(*step)
+                .and_then(|step| step.pause_ms)
+                .map(Duration::from_millis),
+            _ => None,
+        };
+        // Below `min_requests` a canary step does not pass; after a bound it holds for `promote`
+        // or `abort`.
+        let hold_after = pause.map(|pause| pause + (pause * 2).max(Duration::from_secs(60)));
+        let mut said_holding = false;
+        let observe_until = started + analysis.observe.as_std();
+        let mut observed = match effect {
+            Effect::Observe => Some((
+                Watch::start(
+                    engine,
+                    &key,
+                    deployment.to_release,
+                    Vec::new(),
+                    bounds(release),
+                    analysis.window.as_std(),
+                )
+                .await,
+                ReleaseHealth::default(),
+            )),
+            _ => None,
+        };
+        loop {
+            match signal_input(engine, &deployment.id, at, &plan) {
+                Ok(Some((input, signal))) => return (input, Some(signal)),
+                Ok(None) => {}
+                Err(error) => return (Input::Failed(crate::report::chain(&error)), None),
+            }
+            match effect {
+                Effect::AskApproval => {
+                    if engine.shutdown.is_cancelled() {
+                        let reason = "the agent stopped while the deployment waited for approval";
+                        return (Input::Failed(reason.to_owned()), None);
+                    }
+                    engine.wait_for_signal(Duration::from_secs(1)).await;
+                }
+                Effect::CanaryStep { .. } => {
+                    let Some(watch) = self.context.watch.as_mut() else {
+                        return (Input::Failed("the canary has no analysis".to_owned()), None);
+                    };
+                    let verdict = watch.evaluate(engine, deployment).await;
+                    let input = Input::Verdict(verdict);
+                    if !state::advance(at, &input, &plan).is_ignored(at) {
+                        return (input, None);
+                    }
+                    let enough = watch.last_requests >= watch.bounds.min_requests;
+                    match (pause, hold_after) {
+                        (Some(pause), _) if started.elapsed() >= pause && enough => {
+                            return (Input::Done, None);
+                        }
+                        (Some(_), Some(hold_after))
+                            if started.elapsed() >= hold_after && !said_holding =>
+                        {
+                            said_holding = true;
+                            record(
+                                engine,
+                                deployment,
+                                DeploymentEvent::Holding {
+                                    requests: Some(watch.last_requests),
+                                    min_requests: Some(watch.bounds.min_requests),
+                                },
+                            );
+                        }
+                        (None, _) if !said_holding => {
+                            said_holding = true;
+                            record(
+                                engine,
+                                deployment,
+                                DeploymentEvent::Holding {
+                                    requests: None,
+                                    min_requests: None,
+                                },
+                            );
+                        }
+                        _ => {}
+                    }
+                    engine.wait_for_signal(interval).await;
+                }
+                Effect::Observe => {
+                    let Some((watch, health)) = observed.as_mut() else {
+                        return (Input::Done, None);
+                    };
+                    let verdict = watch.evaluate(engine, deployment).await;
+                    let input = Input::Verdict(verdict.clone());
+                    if !state::advance(at, &input, &plan).is_ignored(at) {
+                        return (input, None);
+                    }
+                    // A release that stops answering its health checks altogether (frozen,
+                    // deadlocked) sends no errors to count: the checks are the evidence.
+                    if let Some(dead) = health.all_failing(engine, &key, release).await {
+                        match warm_fallback(engine, &key, deployment.to_release).await {
+                            Some(previous) => {
+                                return (
+                                    Input::Failed(format!(
+                                        "{dead} after the switch, while release {previous} is warm and healthy"
+                                    )),
+                                    None,
+                                );
+                            }
+                            None if !health.said_no_fallback => {
+                                health.said_no_fallback = true;
+                                record(
+                                    engine,
+                                    deployment,
+                                    DeploymentEvent::NoFallback { reason: dead },
+                                );
+                            }
+                            None => {}
+                        }
+                    }
+                    if tokio::time::Instant::now() >= observe_until {
+                        if matches!(verdict, Verdict::Inconclusive { .. }) {
+                            record(
+                                engine,
+                                deployment,
+                                DeploymentEvent::Inconclusive { verdict },
+                            );
+                        }
+                        return (Input::Done, None);
+                    }
+                    engine.wait_for_signal(interval).await;
+                }
+                _ => return (Input::Done, None),
+            }
+        }
+    }
+}
+
+/// The ids of the target release's instances in the runtime view.
+fn target_instances(engine: &Engine, key: &AppEnv, target: u64) -> Vec<String> {
+    engine
+        .runtime(key)
+        .instances
+        .iter()
+        .filter(|(_, instance)| instance.release == target)
+        .map(|(id, _)| id.clone())
+        .collect()
 }
 
 /// Consecutive health-check failures of a release's instances while it is observed.
@@ -507,69 +842,6 @@ fn bounds(release: &spec::LoadedRelease) -> Bounds {
     }
 }
 
-/// Waits out one canary step under analysis: its pause with enough requests, or `promote`.
-/// Below `min_requests` the step does not pass; after a bound it holds for `promote` or `abort`.
-async fn canary_step(
-    engine: &Arc<Engine>,
-    deployment: &Deployment,
-    watch: &mut Watch,
-    pause: Option<Duration>,
-    interval: Duration,
-) -> Result<(), String> {
-    let started = tokio::time::Instant::now();
-    let hold_after = pause.map(|pause| pause + (pause * 2).max(Duration::from_secs(60)));
-    let mut said_holding = false;
-    loop {
-        for signal in engine.take_signals(&deployment.id) {
-            match signal {
-                Signal::Abort { by } => return Err(format!("the canary was aborted by {by}")),
-                Signal::Promote { by } => {
-                    record(
-                        engine,
-                        deployment,
-                        "deployment.promoted",
-                        format!("{by} promoted the canary"),
-                    );
-                    return Ok(());
-                }
-                Signal::Approve { .. } => {}
-            }
-        }
-        let verdict = watch.evaluate(engine, deployment).await;
-        if let Verdict::Fail { reason } = verdict {
-            return Err(format!("the canary analysis failed: {reason}"));
-        }
-        let enough = watch.last_requests >= watch.bounds.min_requests;
-        match (pause, hold_after) {
-            (Some(pause), _) if started.elapsed() >= pause && enough => return Ok(()),
-            (Some(_), Some(hold_after)) if started.elapsed() >= hold_after && !said_holding => {
-                said_holding = true;
-                record(
-                    engine,
-                    deployment,
-                    "deployment.holding",
-                    format!(
-                        "only {} of {} requests reached the canary: holding for `rollway promote` or `rollway abort`",
-                        watch.last_requests, watch.bounds.min_requests
-                    ),
-                );
-            }
-            (None, _) if !said_holding => {
-                said_holding = true;
-                record(
-                    engine,
-                    deployment,
-                    "deployment.holding",
-                    "this step has no pause: waiting for `rollway promote` (or `rollway abort`)"
-                        .to_owned(),
-                );
-            }
-            _ => {}
-        }
-        engine.wait_for_signal(interval).await;
-    }
-}
-
 /// One analysis run: the target's and its baselines' counters over the sliding window
 /// (`analysis.window`), so good traffic long ago cannot outweigh bad traffic now.
 struct Watch {
@@ -655,21 +927,22 @@ impl Watch {
                 ))
                 .or_default() += 1;
         }
-        let figures = serde_json::json!({ "release": self.target, "sample": target, "baseline": baseline, "verdict": verdict });
-        engine.record(NewEvent {
-            app: Some(self.key.0.clone()),
-            environment: Some(self.key.1.clone()),
-            deployment_id: Some(deployment.id.clone()),
-            kind: "analysis.verdict".to_owned(),
-            message: format!(
-                "release {}: {verdict} ({} requests, {} 5xx, p99 {}ms)",
-                self.target,
-                target.requests,
-                target.errors,
-                target.p99_us / 1000
-            ),
-            data_json: figures.to_string(),
-        });
+        let figures = |sample: Sample| Figures {
+            requests: sample.requests,
+            errors: sample.errors,
+            p99_us: sample.p99_us,
+            latency_count: sample.latency_count,
+        };
+        record(
+            engine,
+            deployment,
+            DeploymentEvent::Verdict {
+                release: self.target,
+                verdict: verdict.clone(),
+                sample: figures(target),
+                baseline: baseline.map(figures),
+            },
+        );
         verdict
     }
 }
@@ -775,9 +1048,11 @@ async fn verify_instance(
     key: &AppEnv,
     release: &spec::LoadedRelease,
     instance_id: &str,
-) -> Result<(), String> {
+) -> Result<(), StepError> {
     let Some(instance) = engine.runtime(key).instances.get(instance_id).cloned() else {
-        return Err(format!("instance `{instance_id}` disappeared"));
+        return Err(StepError::Disappeared {
+            instance: instance_id.to_owned(),
+        });
     };
     if instance.phase == InstancePhase::Ready {
         return Ok(());
@@ -788,11 +1063,9 @@ async fn verify_instance(
         .resolved
         .config
         .service(&instance.service)
-        .ok_or_else(|| {
-            format!(
-                "service `{}` is not in release {}",
-                instance.service, release.number
-            )
+        .ok_or_else(|| StepError::NoService {
+            service: instance.service.clone(),
+            release: release.number,
         })?;
     let engine_for_alive = engine.clone();
     let alive_id = instance_id.to_owned();
@@ -824,7 +1097,11 @@ async fn verify_instance(
             let addr = std::net::SocketAddr::from(([127, 0, 0, 1], instance.port));
             if let Err(error) = health::gate(addr, &check, alive).await {
                 let reason = crate::report::chain(&error);
-                return Err(with_log_tail(engine, instance_id, reason));
+                return Err(StepError::Instance(with_log_tail(
+                    engine,
+                    instance_id,
+                    reason,
+                )));
             }
         }
         None => {
@@ -833,88 +1110,37 @@ async fn verify_instance(
             tokio::time::sleep(Duration::from_secs(1)).await;
             if let Err(error) = alive() {
                 let reason = crate::report::chain(&error);
-                return Err(with_log_tail(engine, instance_id, reason));
+                return Err(StepError::Instance(with_log_tail(
+                    engine,
+                    instance_id,
+                    reason,
+                )));
             }
         }
     }
     spec::set_phase(engine, key, instance_id, InstancePhase::Ready, None);
-    engine.record(NewEvent {
-        app: Some(key.0.clone()),
-        environment: Some(key.1.clone()),
-        deployment_id: None,
-        kind: "instance.healthy".to_owned(),
-        message: format!("instance {instance_id} healthy"),
-        data_json: "{}".to_owned(),
-    });
+    engine.record_progress(
+        Subject::app(key),
+        &DeploymentEvent::InstanceHealthy {
+            instance: instance_id.to_owned(),
+        },
+    );
     Ok(())
 }
 
-async fn shift(
+/// After the target took all traffic: only the release that served just before stays warm, for
+/// a rollback that is one switch; older warm releases and superseded workers stop; the target is
+/// recorded live and current.
+async fn complete_switch(
     engine: &Arc<Engine>,
     deployment: &Deployment,
     key: &AppEnv,
-    release: &spec::LoadedRelease,
-    data: &mut DeploymentData,
-) -> Result<(), String> {
+    release: &LoadedRelease,
+    data: &DeploymentData,
+) -> Result<(), StepError> {
     let target = deployment.to_release;
     let keep_warm = release.resolved.config.strategy.keep_warm.as_std();
-    let rolling = deployment.strategy == Strategy::Rolling && !data.previous_weights.is_empty();
-    // A first deploy has nothing to compare a canary with: it takes traffic in one switch.
-    let canary = deployment.strategy == Strategy::Canary && !data.previous_weights.is_empty();
     let routes = spec::routes(&release.resolved);
-    if canary {
-        let steps = release.resolved.config.strategy.steps.clone();
-        let baselines: Vec<u64> = data
-            .previous_weights
-            .iter()
-            .map(|(release, _)| *release)
-            .collect();
-        let analysis = &release.resolved.config.analysis;
-        let mut watch = Watch::start(
-            engine,
-            key,
-            target,
-            baselines,
-            bounds(release),
-            analysis.window.as_std(),
-        )
-        .await;
-        let interval = analysis.interval.as_std();
-        let n_steps = steps.len();
-        for (idx, step) in steps.iter().enumerate() {
-            let share = step.weight.get();
-            let step_name = format!("canary step {}/{n_steps}: ", idx + 1);
-            give_share(engine, deployment, key, &routes, data, share, &step_name).await?;
-            if share >= 100 {
-                break;
-            }
-            canary_step(
-                engine,
-                deployment,
-                &mut watch,
-                step.pause.map(|pause| pause.as_std()),
-                interval,
-            )
-            .await?;
-        }
-    } else if rolling {
-        let wanted = spec::wanted_instances(&release.resolved);
-        let n_wanted = wanted.len().max(1);
-        for (done, (service, index)) in wanted.into_iter().enumerate() {
-            let instance_id = spec::instance_id(key, target, &service, index);
-            if !engine.runtime(key).instances.contains_key(&instance_id) {
-                let started = spec::start_instance(engine, key, release, &service, index).await?;
-                data.started.push(started);
-            }
-            verify_instance(engine, key, release, &instance_id).await?;
-            let share = u8::try_from(100 * (done + 1) / n_wanted).unwrap_or(100);
-            give_share(engine, deployment, key, &routes, data, share, "").await?;
-        }
-    } else {
-        give_share(engine, deployment, key, &routes, data, 100, "").await?;
-    }
-    // Only the release that served just before stays warm, for a rollback that is one switch;
-    // older warm releases and superseded workers stop once the switch is recorded.
     let warm_until = now_ms() + i64::try_from(keep_warm.as_millis()).unwrap_or(i64::MAX);
     let previous: Vec<u64> = data
         .previous_weights
@@ -934,10 +1160,7 @@ async fn shift(
             Some(warm_until),
         );
     }
-    engine
-        .push_routes()
-        .await
-        .map_err(|error| crate::report::chain(&error))?;
+    engine.push_routes().await?;
     let store = &engine.store;
     if let Some(from) = deployment.from_release.filter(|from| *from != target) {
         // The release a rollback leaves is not a rollback target itself.
@@ -948,22 +1171,15 @@ async fn shift(
         };
         let _ = store.set_release_outcome(&key.0, &key.1, from, outcome);
     }
-    store
-        .set_release_outcome(&key.0, &key.1, target, ReleaseOutcome::Live)
-        .map_err(|error| crate::report::chain(&error))?;
-    store
-        .set_current(&key.0, &key.1, target)
-        .map_err(|error| crate::report::chain(&error))?;
+    store.set_release_outcome(&key.0, &key.1, target, ReleaseOutcome::Live)?;
+    store.set_current(&key.0, &key.1, target)?;
     if !superseded.is_empty() {
         record(
             engine,
             deployment,
-            "deployment.stopping",
-            format!(
-                "stopping {} instance(s) of older releases and superseded workers: {}",
-                superseded.len(),
-                superseded.join(", ")
-            ),
+            DeploymentEvent::Stopping {
+                instances: superseded.clone(),
+            },
         );
         // Drained first: `stop_instances` takes them out of routing before the driver stops them.
         spec::stop_instances(engine, key, &superseded).await;
@@ -1003,7 +1219,7 @@ async fn roll_back(
     deployment: &Deployment,
     key: &AppEnv,
     data: &DeploymentData,
-) -> Result<(), String> {
+) -> Result<(), StepError> {
     let previous: Vec<u64> = data
         .previous_weights
         .iter()
@@ -1024,24 +1240,20 @@ async fn roll_back(
     // The routes go back too: the release left may have routed other hosts, and a first
     // deploy undone routes nothing, so it claims no host.
     let previous_routes = match deployment.from_release {
-        Some(from) => spec::load_release(engine, key, from)
+        Some(from) => release::load_release(engine, key, from)
             .map(|release| spec::routes(&release.resolved))
             .unwrap_or_else(|_| engine.runtime(key).routes),
         None => Vec::new(),
     };
-    engine
-        .change_routing(key, |runtime| {
-            runtime.weights = data.previous_weights.clone();
-            runtime.routes = previous_routes;
-        })
-        .await
-        .map_err(|error| crate::report::chain(&error))?;
-    record(
+    move_traffic(
         engine,
         deployment,
-        "deployment.weights",
-        "traffic is back on the earlier release".to_owned(),
-    );
+        key,
+        previous_routes,
+        data.previous_weights.clone(),
+        |weights| DeploymentEvent::TrafficBack { weights },
+    )
+    .await?;
     if let Some(from) = deployment.from_release {
         let _ = engine.store.set_current(&key.0, &key.1, from);
         let _ = engine
@@ -1061,41 +1273,63 @@ async fn roll_back(
 }
 
 /// Gives the target release `share` percent of traffic (the earlier releases keep the rest in
-/// their proportions), tells the proxy, and records it. The one place a deploy moves traffic.
+/// their proportions).
 async fn give_share(
     engine: &Arc<Engine>,
     deployment: &Deployment,
     key: &AppEnv,
-    routes: &[crate::engine::RouteInfo],
+    routes: &[RouteInfo],
     data: &DeploymentData,
     share: u8,
-    step_name: &str,
-) -> Result<(), String> {
+    step: Option<(u32, u32)>,
+) -> Result<(), StepError> {
     let target = deployment.to_release;
-    engine
-        .change_routing(key, |runtime| {
-            runtime.routes = routes.to_vec();
-            runtime.weights = if share >= 100 {
-                vec![(target, 100)]
-            } else {
-                scaled(&data.previous_weights, 100 - share, target, share)
-            };
-        })
-        .await
-        .map_err(|error| crate::report::chain(&error))?;
-    record(
+    let weights = if share >= 100 {
+        vec![(target, 100)]
+    } else {
+        scaled(&data.previous_weights, 100 - share, target, share)
+    };
+    move_traffic(
         engine,
         deployment,
-        "deployment.weights",
-        format!("{step_name}release {target} takes {share}% of traffic"),
-    );
+        key,
+        routes.to_vec(),
+        weights,
+        |weights| DeploymentEvent::Weights {
+            release: target,
+            share,
+            step: step.map(|(step, _)| step),
+            of: step.map(|(_, of)| of),
+            weights,
+        },
+    )
+    .await
+}
+
+/// Sets the routes and weights of `key`, tells the proxy, and records it. The one place a
+/// deployment moves traffic, forward (every step of a switch, a roll-out, a canary) or back.
+async fn move_traffic(
+    engine: &Arc<Engine>,
+    deployment: &Deployment,
+    key: &AppEnv,
+    routes: Vec<RouteInfo>,
+    weights: Vec<(u64, u8)>,
+    event: impl FnOnce(Vec<(u64, u8)>) -> DeploymentEvent,
+) -> Result<(), StepError> {
+    engine
+        .change_routing(key, |runtime| {
+            runtime.routes = routes;
+            runtime.weights = weights.clone();
+        })
+        .await?;
+    record(engine, deployment, event(weights));
     Ok(())
 }
 
 /// Takes back what a deployment that never moved traffic started.
 pub async fn undo(engine: &Arc<Engine>, deployment: &Deployment, data: &DeploymentData) {
     let key: AppEnv = (deployment.app.clone(), deployment.environment.clone());
-    if data.plan.as_deref() == Some("warm") {
+    if data.warm() {
         // A warm rollback started nothing; its instances go back to warm.
         let ids: Vec<String> = engine
             .runtime(&key)
@@ -1163,10 +1397,6 @@ fn finish(engine: &Arc<Engine>, id: &str) {
         .release_lock(&deployment.app, &deployment.environment, id);
     let state = deployment.state;
     if state.is_terminal() {
-        let message = match (&deployment.reason, state) {
-            (Some(reason), State::Failed | State::RolledBack) => format!("{state}: {reason}"),
-            _ => format!("{state}"),
-        };
         let finished = DeploymentEvent::Finished {
             state,
             reason: deployment
@@ -1174,10 +1404,7 @@ fn finish(engine: &Arc<Engine>, id: &str) {
                 .clone()
                 .filter(|_| matches!(state, State::Failed | State::RolledBack)),
         };
-        engine.record(
-            NewEvent::for_deployment(&deployment, "deployment.finished", message)
-                .with_data(&finished),
-        );
+        record(engine, &deployment, finished);
     }
 }
 
@@ -1200,8 +1427,9 @@ fn spawn_heartbeat(engine: Arc<Engine>, id: String) -> tokio::task::JoinHandle<(
     })
 }
 
-fn record(engine: &Engine, deployment: &Deployment, kind: &str, message: String) {
-    engine.record(NewEvent::for_deployment(deployment, kind, message));
+/// Records a progress event of `deployment` (`Engine::record_progress`).
+fn record(engine: &Engine, deployment: &Deployment, event: DeploymentEvent) {
+    engine.record_progress(Subject::deployment(deployment), &event);
 }
 
 /// A failure reason as it may be shown: it often quotes command or app output, so every secret

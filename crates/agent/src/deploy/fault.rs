@@ -35,3 +35,22 @@ pub fn unpack_delay() {
         std::thread::sleep(std::time::Duration::from_millis(ms));
     }
 }
+
+/// Name of the variable: the signal (`promote`, `abort`, `approve`) whose handling kills the
+/// agent, after the API stored it and before the executor acts on it.
+pub const CRASH_ON_SIGNAL_VAR: &str = "ROLLWAY_TEST_CRASH_ON_SIGNAL";
+
+/// Kills the process if the test asked for a crash when `signal` is about to be acted on.
+pub fn crash_on_signal(signal: &crate::store::Signal) {
+    #[cfg(debug_assertions)]
+    if std::env::var(CRASH_ON_SIGNAL_VAR).is_ok_and(|wanted| wanted == signal.kind()) {
+        tracing::warn!(
+            message = "Killing the agent for a test.",
+            signal = signal.kind()
+        );
+        let _ =
+            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = signal;
+}

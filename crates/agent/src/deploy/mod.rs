@@ -4,6 +4,7 @@ pub mod claims;
 pub mod executor;
 pub mod fault;
 pub mod prepare;
+pub mod release;
 pub mod spec;
 pub mod start;
 pub mod state;

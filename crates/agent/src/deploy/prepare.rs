@@ -21,7 +21,7 @@ use crate::artifact::ArtifactError;
 use crate::deploy::fault;
 use crate::deploy::spec::{self, LoadedRelease};
 use crate::engine::Engine;
-use crate::store::{Deployment, NewEvent};
+use crate::store::Deployment;
 
 /// Most artifacts unpacked at once: each one is disk-bound, and the machine's blocking pool is
 /// shared with the store and the API's uploads.
@@ -52,11 +52,17 @@ pub enum PrepareError {
         #[source]
         source: tokio::task::JoinError,
     },
-    /// The build command failed; its reason already carries its output.
-    #[error("{0}")]
-    Build(String),
+    /// The build command failed; its reason carries its output.
+    #[error(transparent)]
+    Build(Box<crate::deploy::spec::SpecError>),
     #[error(transparent)]
     Home(#[from] crate::isolation::HomeError),
+}
+
+impl From<crate::deploy::spec::SpecError> for PrepareError {
+    fn from(error: crate::deploy::spec::SpecError) -> PrepareError {
+        PrepareError::Build(Box::new(error))
+    }
 }
 
 /// Unpacks the release's artifact into its folder and builds it, unless that was done before.
@@ -81,14 +87,12 @@ pub async fn prepare(
         && std::fs::symlink_metadata(&dir)
             .is_ok_and(|metadata| std::os::unix::fs::MetadataExt::uid(&metadata) != home.user.uid);
     if built_marker.exists() && !owned_by_another {
-        engine.record(NewEvent::for_deployment(
-            deployment,
-            "deployment.reuse",
-            format!(
-                "artifact {} already built here: no rebuild",
-                short(&release.artifact)
-            ),
-        ));
+        engine.record_progress(
+            crate::engine::Subject::deployment(deployment),
+            &client::wire::DeploymentEvent::Reused {
+                artifact: release.artifact.clone(),
+            },
+        );
         return Ok(());
     }
     if dir.exists() {
@@ -98,10 +102,10 @@ pub async fn prepare(
     unpack(engine, &release.artifact, &dir, &home).await?;
     let built = match &release.resolved.config.build {
         Some(build) => {
-            let env = spec::base_env(release).map_err(PrepareError::Build)?;
+            let env = spec::base_env(release).map_err(PrepareError::from)?;
             spec::run_build(engine, deployment, &dir, &build.command, &env)
                 .await
-                .map_err(PrepareError::Build)
+                .map_err(PrepareError::from)
         }
         None => Ok(()),
     };

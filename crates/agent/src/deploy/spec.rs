@@ -1,4 +1,4 @@
-//! What a release needs to run: its manifest re-resolved from the store, its unpacked folder and
+//! What a release needs to run (loaded by `deploy::release`): its unpacked folder and
 //! build, its instances' specs and environment, and the edits of the runtime view that go with
 //! starting and stopping them.
 
@@ -12,93 +12,172 @@ use std::collections::BTreeMap;
 use driver::InstanceSpec;
 use manifest::{Health, ResolvedManifest, Service};
 
-use crate::engine::{AppEnv, Engine, InstancePhase, RouteInfo, RuntimeInstance, now_ms};
+use crate::engine::{AppEnv, Engine, InstancePhase, RouteInfo, RuntimeInstance, Subject, now_ms};
 use crate::secrets::{Scrubber, Secret};
-use crate::store::{Deployment, InstanceRecord, NewEvent};
+
+use crate::store::{Deployment, InstanceRecord};
+use client::wire::DeploymentEvent;
+
+/// Why a release's images, commands or instances could not be prepared or run. Each says what
+/// and where; its source (the OS, the driver, the store) is reached by `report::chain`.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error(transparent)]
+    Drivers(Box<crate::drivers::DriversError>),
+    #[error(transparent)]
+    Store(Box<crate::store::StoreError>),
+    #[error(transparent)]
+    Home(#[from] crate::isolation::HomeError),
+    #[error(transparent)]
+    Target(#[from] crate::backup::TargetError),
+    #[error("cannot open the secrets to hide them from output")]
+    Scrubber(#[source] crate::secrets::SecretError),
+    #[error("`{image}` uses `{{version}}`, which needs `VERSION` in `[env]`")]
+    NoVersion { image: String },
+    #[error("cannot pull `{reference}`")]
+    Pull {
+        reference: String,
+        #[source]
+        source: Box<driver::container::ContainerError>,
+    },
+    #[error("cannot build `{dockerfile}`")]
+    BuildImage {
+        dockerfile: String,
+        #[source]
+        source: Box<driver::container::ContainerError>,
+    },
+    #[error("cannot run the release command")]
+    RunOnce(#[source] Box<driver::container::ContainerError>),
+    #[error("the release command `{command}` exited with {code}; its last output:\n{tail}")]
+    OneOffFailed {
+        command: String,
+        code: i32,
+        tail: String,
+    },
+    #[error("cannot create `{}`", path.display())]
+    CreateDir {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot prepare the private temp folder of the {label}")]
+    TempDir {
+        label: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open `{}`", path.display())]
+    OpenLog {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot run the {label} `{command}`")]
+    Spawn {
+        label: String,
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the {label} has no output pipes")]
+    NoPipes { label: String },
+    #[error("cannot wait for the {label} to end")]
+    Wait {
+        label: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the {label} `{command}` ran longer than {seconds}s")]
+    Timeout {
+        label: String,
+        command: String,
+        seconds: u64,
+    },
+    #[error("the {label} `{command}` failed ({status}); its last output:\n{tail}")]
+    CommandFailed {
+        label: String,
+        command: String,
+        status: std::process::ExitStatus,
+        tail: String,
+    },
+    #[error("the backup of `{target}` failed, so the release command did not run")]
+    Backup {
+        target: String,
+        #[source]
+        source: Box<crate::backup::CreateError>,
+    },
+    #[error("`{variable}` (named by `release.backup`) is not set for `{environment}`")]
+    NoDatabase {
+        variable: String,
+        environment: String,
+    },
+    #[error("release folder `{}` has no parent", .0.display())]
+    NoParent(std::path::PathBuf),
+    #[error("cannot carry `{}` over to `{}`", from.display(), to.display())]
+    CarryOver {
+        from: std::path::PathBuf,
+        to: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no service `{service}` in release {release}")]
+    NoService { service: String, release: u64 },
+    #[error("no free port for `{instance}`")]
+    NoPort {
+        instance: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("release {release} has no image recorded for service `{service}`: it was not prepared")]
+    NoImage { release: u64, service: String },
+    #[error("secret `{name}` is not set for `{environment}`")]
+    SecretNotSet { name: String, environment: String },
+    #[error("`{name}` references unset {missing}")]
+    Unset { name: String, missing: String },
+    #[error("`{name}`: {reason}")]
+    Syntax { name: String, reason: String },
+}
+
+impl From<crate::drivers::DriversError> for SpecError {
+    fn from(error: crate::drivers::DriversError) -> SpecError {
+        SpecError::Drivers(Box::new(error))
+    }
+}
+
+impl From<crate::store::StoreError> for SpecError {
+    fn from(error: crate::store::StoreError) -> SpecError {
+        SpecError::Store(Box::new(error))
+    }
+}
 
 /// How long a build command may run.
 pub const BUILD_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// A release as the executor uses it.
-pub struct LoadedRelease {
-    pub number: u64,
-    pub artifact: String,
-    pub resolved: ResolvedManifest,
-    /// The secret versions recorded with the release, opened. Never logged (`Secret` prints `***`).
-    pub secrets: BTreeMap<String, Secret>,
-    /// Service → image id, for container services (recorded when the release was prepared).
-    pub images: BTreeMap<String, String>,
-}
-
-/// What the store keeps of a release's config: the manifest text and the environment, so the
-/// release can be resolved again exactly as it was deployed.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct ReleaseConfig {
-    pub manifest: String,
-    pub environment: String,
-}
-
-pub fn load_release(engine: &Engine, key: &AppEnv, number: u64) -> Result<LoadedRelease, String> {
-    let release = engine
-        .store
-        .release(&key.0, &key.1, number)
-        .map_err(|error| crate::report::chain(&error))?
-        .ok_or_else(|| format!("no release {number} of `{}` in `{}`", key.0, key.1))?;
-    let config: ReleaseConfig = serde_json::from_str(&release.config_json)
-        .map_err(|error| format!("release {number} has an unreadable config: {error}"))?;
-    let resolved = resolve(&config)?;
-    let versions: BTreeMap<String, u64> = match &release.secrets_version {
-        Some(json) => serde_json::from_str(json)
-            .map_err(|error| format!("release {number} has unreadable secret versions: {error}"))?,
-        None => BTreeMap::new(),
-    };
-    let secrets =
-        crate::secrets::open_versions(&engine.store, &engine.master_key, &key.0, &key.1, &versions)
-            .map_err(|error| crate::report::chain(&error))?;
-    let images = engine
-        .store
-        .release_images(&key.0, &key.1, number)
-        .map_err(|error| crate::report::chain(&error))?;
-    Ok(LoadedRelease {
-        number,
-        artifact: release.artifact,
-        resolved,
-        secrets,
-        images,
-    })
-}
-
-pub fn resolve(config: &ReleaseConfig) -> Result<ResolvedManifest, String> {
-    let manifest = manifest::parse(&config.manifest, manifest::FILE_NAME)
-        .map_err(|diagnostics| diagnostics.render(false))?;
-    manifest
-        .resolve(&config.environment)
-        .map_err(|error| crate::report::chain(&error))
-}
+// Loading a release moved to `deploy/release.rs`; these names stay for the other rooms.
+pub use crate::deploy::release::{LoadedRelease, ReleaseConfig, load_release, resolve};
 
 /// Pulls or builds the image of every container service of the release and records its id
 /// (once per release: a rollback runs exactly these images even after a tag moved).
 pub async fn prepare_images(
     engine: &Arc<Engine>,
     deployment: &Deployment,
-    release: &LoadedRelease,
-) -> Result<(), String> {
-    let containers: Vec<&Service> = release
+    release: &mut LoadedRelease,
+) -> Result<(), SpecError> {
+    let containers: Vec<Service> = release
         .resolved
         .config
         .services
         .iter()
         .filter(|service| !matches!(service.source, manifest::ServiceSource::Run { .. }))
+        .cloned()
         .collect();
     if containers.is_empty() {
         return Ok(());
     }
-    let driver = engine
-        .drivers
-        .container()
-        .await
-        .map_err(|error| crate::report::chain(&error))?;
-    let event = |kind: &str, message: String| NewEvent::for_deployment(deployment, kind, message);
+    let driver = engine.drivers.container().await?;
+    let record = |event: DeploymentEvent| {
+        engine.record_progress(Subject::deployment(deployment), &event);
+    };
     let scrubber = scrubber(engine, deployment)?;
     for service in containers {
         if release.images.contains_key(&service.name) {
@@ -108,29 +187,26 @@ pub async fn prepare_images(
         let mut on_line = |line: &str| {
             n_lines += 1;
             if n_lines <= MAX_OUTPUT_EVENTS {
-                engine.record(event(
-                    "deployment.output",
-                    scrubber.scrub(line).into_owned(),
-                ));
+                record(DeploymentEvent::Output {
+                    line: scrubber.scrub(line).into_owned(),
+                });
             }
         };
         let image = match &service.source {
             manifest::ServiceSource::Image { image, .. } => {
                 let reference = image_reference(image, release)?;
-                engine.record(event(
-                    "deployment.command",
-                    format!("the image of `{}`: {reference}", service.name),
-                ));
+                record(DeploymentEvent::PullImage {
+                    service: service.name.clone(),
+                    reference: reference.clone(),
+                });
                 match driver.image_digest(&reference).await {
                     Ok(id) => id,
                     Err(_) => driver
                         .pull_image(&reference, None, &mut on_line)
                         .await
-                        .map_err(|error| {
-                            format!(
-                                "cannot pull `{reference}`: {}",
-                                crate::report::chain(&error)
-                            )
+                        .map_err(|source| SpecError::Pull {
+                            reference: reference.clone(),
+                            source: Box::new(source),
                         })?,
                 }
             }
@@ -139,42 +215,39 @@ pub async fn prepare_images(
                     "rollway/{}-{}:{}",
                     deployment.app, deployment.environment, release.number
                 );
-                engine.record(event(
-                    "deployment.command",
-                    format!("building `{}` from {dockerfile}", service.name),
-                ));
+                record(DeploymentEvent::BuildImage {
+                    service: service.name.clone(),
+                    dockerfile: dockerfile.clone(),
+                });
                 driver
                     .build_image(&workdir(engine, release), dockerfile, &tag, &mut on_line)
                     .await
-                    .map_err(|error| {
-                        format!(
-                            "cannot build `{dockerfile}`: {}",
-                            crate::report::chain(&error)
-                        )
+                    .map_err(|source| SpecError::BuildImage {
+                        dockerfile: dockerfile.clone(),
+                        source: Box::new(source),
                     })?
             }
             manifest::ServiceSource::Run { .. } => continue,
         };
-        engine
-            .store
-            .set_release_image(
-                &deployment.app,
-                &deployment.environment,
-                release.number,
-                &service.name,
-                &image,
-            )
-            .map_err(|error| crate::report::chain(&error))?;
-        engine.record(event(
-            "deployment.image",
-            format!("`{}` runs image {}", service.name, short(&image)),
-        ));
+        engine.store.set_release_image(
+            &deployment.app,
+            &deployment.environment,
+            release.number,
+            &service.name,
+            &image,
+        )?;
+        record(DeploymentEvent::Image {
+            service: service.name.clone(),
+            image: image.clone(),
+        });
+        // The deployment's loaded release is used by every later step: it learns the image too.
+        release.images.insert(service.name.clone(), image);
     }
     Ok(())
 }
 
 /// `{version}` in an image reference is the release's `VERSION` variable.
-fn image_reference(image: &str, release: &LoadedRelease) -> Result<String, String> {
+fn image_reference(image: &str, release: &LoadedRelease) -> Result<String, SpecError> {
     if !image.contains("{version}") {
         return Ok(image.to_owned());
     }
@@ -185,7 +258,9 @@ fn image_reference(image: &str, release: &LoadedRelease) -> Result<String, Strin
         .iter()
         .find(|(name, _)| name == "VERSION")
         .map(|(_, value)| value.clone())
-        .ok_or_else(|| format!("`{image}` uses `{{version}}`, which needs `VERSION` in `[env]`"))?;
+        .ok_or_else(|| SpecError::NoVersion {
+            image: image.to_owned(),
+        })?;
     Ok(image.replace("{version}", &version))
 }
 
@@ -195,7 +270,7 @@ pub async fn run_release_command(
     deployment: &Deployment,
     release: &LoadedRelease,
     command: &str,
-) -> Result<(), String> {
+) -> Result<(), SpecError> {
     let dir = workdir(engine, release);
     let mut env = base_env(release)?;
     env.push(("ROLLWAY_APP".to_owned(), deployment.app.clone()));
@@ -212,19 +287,14 @@ pub async fn run_release_command(
         .iter()
         .find_map(|service| release.images.get(&service.name));
     if let Some(image) = image {
-        let driver = engine
-            .drivers
-            .container()
-            .await
-            .map_err(|error| crate::report::chain(&error))?;
-        engine.record(NewEvent::for_deployment(
-            deployment,
-            "deployment.command",
-            format!(
-                "the release command in a one-off container of {}: {command}",
-                short(image)
-            ),
-        ));
+        let driver = engine.drivers.container().await?;
+        engine.record_progress(
+            Subject::deployment(deployment),
+            &DeploymentEvent::Command {
+                label: format!("release command in a one-off container of {}", short(image)),
+                command: command.to_owned(),
+            },
+        );
         let scrubber = scrubber(engine, deployment)?;
         let mut tail: std::collections::VecDeque<String> = std::collections::VecDeque::new();
         let mut n_lines = 0usize;
@@ -245,11 +315,10 @@ pub async fn run_release_command(
                 let line = scrubber.scrub(line).into_owned();
                 n_lines += 1;
                 if n_lines <= MAX_OUTPUT_EVENTS {
-                    engine.record(NewEvent::for_deployment(
-                        deployment,
-                        "deployment.output",
-                        line.clone(),
-                    ));
+                    engine.record_progress(
+                        Subject::deployment(deployment),
+                        &DeploymentEvent::Output { line: line.clone() },
+                    );
                 }
                 tail.push_back(line);
                 if tail.len() > 10 {
@@ -257,18 +326,14 @@ pub async fn run_release_command(
                 }
             })
             .await
-            .map_err(|error| {
-                format!(
-                    "cannot run the release command: {}",
-                    crate::report::chain(&error)
-                )
-            })?;
+            .map_err(|error| SpecError::RunOnce(Box::new(error)))?;
         if code != 0 {
             let tail: Vec<String> = tail.iter().map(|line| format!("  | {line}")).collect();
-            return Err(format!(
-                "the release command `{command}` exited with {code}; its last output:\n{}",
-                tail.join("\n")
-            ));
+            return Err(SpecError::OneOffFailed {
+                command: command.to_owned(),
+                code,
+                tail: tail.join("\n"),
+            });
         }
         return Ok(());
     }
@@ -281,19 +346,19 @@ pub(crate) async fn run_build(
     dir: &Path,
     command: &str,
     env: &[(String, String)],
-) -> Result<(), String> {
+) -> Result<(), SpecError> {
     run_command(engine, deployment, dir, "build command", command, env).await
 }
 
 /// The scrubber of a deployment's app and environment (every version of every secret).
-pub fn scrubber(engine: &Engine, deployment: &Deployment) -> Result<Scrubber, String> {
+pub fn scrubber(engine: &Engine, deployment: &Deployment) -> Result<Scrubber, SpecError> {
     Scrubber::for_environment(
         &engine.store,
         &engine.master_key,
         &deployment.app,
         &deployment.environment,
     )
-    .map_err(|error| format!("cannot open the secrets to hide them from output: {error}"))
+    .map_err(SpecError::Scrubber)
 }
 
 /// Most output lines of one command that become events (all of them go to the deployment's log).
@@ -308,15 +373,18 @@ async fn run_command(
     label: &str,
     command: &str,
     env: &[(String, String)],
-) -> Result<(), String> {
+) -> Result<(), SpecError> {
     use tokio::io::AsyncBufReadExt as _;
 
-    std::fs::create_dir_all(&engine.paths.deploy_logs)
-        .map_err(|error| crate::report::chain(&error))?;
+    std::fs::create_dir_all(&engine.paths.deploy_logs).map_err(|source| SpecError::CreateDir {
+        path: engine.paths.deploy_logs.clone(),
+        source,
+    })?;
     let confinement = app_home(engine, &deployment.app, &deployment.environment)?
         .confinement(&engine.isolation, "commands");
-    confinement.prepare().map_err(|error| {
-        format!("cannot prepare the private temp folder of the {label}: {error}")
+    confinement.prepare().map_err(|source| SpecError::TempDir {
+        label: label.to_owned(),
+        source,
     })?;
     let log_path = engine
         .paths
@@ -326,15 +394,20 @@ async fn run_command(
         .create(true)
         .append(true)
         .open(&log_path)
-        .map_err(|error| format!("cannot open `{}`: {error}", log_path.display()))?;
-    let event = |kind: &str, message: String| NewEvent::for_deployment(deployment, kind, message);
+        .map_err(|source| SpecError::OpenLog {
+            path: log_path.clone(),
+            source,
+        })?;
+    let record = |event: DeploymentEvent| {
+        engine.record_progress(Subject::deployment(deployment), &event);
+    };
     // Built before the command starts: it holds every version of every secret, so whatever the
     // command prints is scrubbed before it reaches the log file, an event or a failure reason.
     let scrubber = scrubber(engine, deployment)?;
-    engine.record(event(
-        "deployment.command",
-        format!("the {label}: {command}"),
-    ));
+    record(DeploymentEvent::Command {
+        label: label.to_owned(),
+        command: command.to_owned(),
+    });
     // Short-lived and awaited inside the deploy step, unlike instances, so pipes are safe here.
     // Confined like the app's instances: its user, or the sandbox, and a private HOME/TMPDIR.
     let private = confinement.env();
@@ -356,9 +429,15 @@ async fn run_command(
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|error| format!("cannot run the {label} `{command}`: {error}"))?;
+        .map_err(|source| SpecError::Spawn {
+            label: label.to_owned(),
+            command: command.to_owned(),
+            source,
+        })?;
     let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
-        return Err(format!("the {label} has no output pipes"));
+        return Err(SpecError::NoPipes {
+            label: label.to_owned(),
+        });
     };
     let mut out_lines = tokio::io::BufReader::new(stdout).lines();
     let mut err_lines = tokio::io::BufReader::new(stderr).lines();
@@ -382,7 +461,7 @@ async fn run_command(
             let _ = writeln!(log, "{line}");
             n_lines += 1;
             if n_lines <= MAX_OUTPUT_EVENTS {
-                engine.record(event("deployment.output", line.clone()));
+                record(DeploymentEvent::Output { line: line.clone() });
             }
             tail.push_back(line);
             if tail.len() > 10 {
@@ -392,22 +471,28 @@ async fn run_command(
         child.wait().await
     };
     let status = match tokio::time::timeout(BUILD_TIMEOUT, run).await {
-        Ok(status) => status.map_err(|error| crate::report::chain(&error))?,
+        Ok(status) => status.map_err(|source| SpecError::Wait {
+            label: label.to_owned(),
+            source,
+        })?,
         Err(_) => {
-            return Err(format!(
-                "the {label} `{command}` ran longer than {}s",
-                BUILD_TIMEOUT.as_secs()
-            ));
+            return Err(SpecError::Timeout {
+                label: label.to_owned(),
+                command: command.to_owned(),
+                seconds: BUILD_TIMEOUT.as_secs(),
+            });
         }
     };
     if status.success() {
         Ok(())
     } else {
         let tail: Vec<String> = tail.iter().map(|line| format!("  | {line}")).collect();
-        Err(format!(
-            "the {label} `{command}` failed ({status}); its last output:\n{}",
-            tail.join("\n")
-        ))
+        Err(SpecError::CommandFailed {
+            label: label.to_owned(),
+            command: command.to_owned(),
+            status,
+            tail: tail.join("\n"),
+        })
     }
 }
 
@@ -419,7 +504,7 @@ pub async fn run_smoke(
     release: &LoadedRelease,
     command: &str,
     instance_ids: &[String],
-) -> Result<(), String> {
+) -> Result<(), SpecError> {
     let runtime = engine.runtime(&(deployment.app.clone(), deployment.environment.clone()));
     let urls: Vec<String> = instance_ids
         .iter()
@@ -452,7 +537,7 @@ pub async fn backup_before_release(
     deployment: &Deployment,
     release: &LoadedRelease,
     variable: &str,
-) -> Result<Option<String>, String> {
+) -> Result<Option<String>, SpecError> {
     let target = database_target(engine, release, variable)?;
     let taken = crate::backup::create(
         engine,
@@ -467,27 +552,25 @@ pub async fn backup_before_release(
         },
     )
     .await
-    .map_err(|error| {
-        format!(
-            "the backup of `{}` failed, so the release command did not run: {}",
-            target.display(),
-            crate::report::chain(&error)
-        )
+    .map_err(|source| SpecError::Backup {
+        target: target.display(),
+        source: Box::new(source),
     })?;
-    let event = |kind: &str, message: String| NewEvent::for_deployment(deployment, kind, message);
+    let subject = Subject::deployment(deployment);
     match taken {
         crate::backup::Taken::Backup(record) => {
-            engine.record(event(
-                "backup.created",
-                format!(
-                    "backup {} of {} ({} bytes)",
-                    record.id, record.target, record.size
-                ),
-            ));
+            engine.record_progress(
+                subject,
+                &DeploymentEvent::BackupTaken {
+                    backup: record.id.clone(),
+                    target: record.target.clone(),
+                    size: record.size,
+                },
+            );
             Ok(Some(record.id))
         }
         crate::backup::Taken::NothingYet(reason) => {
-            engine.record(event("backup.skipped", reason));
+            engine.record_progress(subject, &DeploymentEvent::BackupSkipped { reason });
             Ok(None)
         }
     }
@@ -498,19 +581,20 @@ pub fn database_target(
     engine: &Engine,
     release: &LoadedRelease,
     variable: &str,
-) -> Result<crate::backup::Target, String> {
+) -> Result<crate::backup::Target, SpecError> {
     let env = base_env(release)?;
     let url = env
         .iter()
         .find(|(name, _)| name == variable)
         .map(|(_, value)| value.clone())
-        .ok_or_else(|| {
-            format!(
-                "`{variable}` (named by `release.backup`) is not set for `{}`",
-                release.resolved.environment
-            )
+        .ok_or_else(|| SpecError::NoDatabase {
+            variable: variable.to_owned(),
+            environment: release.resolved.environment.clone(),
         })?;
-    crate::backup::Target::parse(&url, &workdir(engine, release)).map_err(|error| error.to_string())
+    Ok(crate::backup::Target::parse(
+        &url,
+        &workdir(engine, release),
+    )?)
 }
 
 /// The folder a release's commands and instances run in, in its app environment's folder (the
@@ -534,7 +618,7 @@ pub fn workdir(engine: &Engine, release: &LoadedRelease) -> std::path::PathBuf {
 /// (`<state>/builds/<name>`): copies the release's folder to its place in the app environment's
 /// folder and hands it to the app's user, so that an adopted instance that crashes can start
 /// again. Nothing to do when the folder is in place or there is no old one.
-pub fn carry_over_legacy_build(engine: &Engine, release: &LoadedRelease) -> Result<(), String> {
+pub fn carry_over_legacy_build(engine: &Engine, release: &LoadedRelease) -> Result<(), SpecError> {
     let dir = workdir(engine, release);
     let Some(name) = dir.file_name() else {
         return Ok(());
@@ -548,20 +632,22 @@ pub fn carry_over_legacy_build(engine: &Engine, release: &LoadedRelease) -> Resu
         &release.resolved.config.app.name,
         &release.resolved.environment,
     )?;
-    let parent = dir.parent().ok_or("release folder has no parent")?;
-    std::fs::create_dir_all(parent)
-        .map_err(|error| format!("cannot create `{}`: {error}", parent.display()))?;
+    let parent = dir
+        .parent()
+        .ok_or_else(|| SpecError::NoParent(dir.clone()))?;
+    std::fs::create_dir_all(parent).map_err(|source| SpecError::CreateDir {
+        path: parent.to_path_buf(),
+        source,
+    })?;
     let staging = parent.join(format!(".{}.carrying-over", release.number));
     let _ = std::fs::remove_dir_all(&staging);
     crate::isolation::copy_tree(&legacy, &staging)
         .and_then(|()| home.take_ownership(&staging))
         .and_then(|()| std::fs::rename(&staging, &dir))
-        .map_err(|error| {
-            format!(
-                "cannot carry `{}` over to `{}`: {error}",
-                legacy.display(),
-                dir.display()
-            )
+        .map_err(|source| SpecError::CarryOver {
+            from: legacy.clone(),
+            to: dir.clone(),
+            source,
         })?;
     tracing::info!(message = "Carried a release folder over from the state directory.", from = %legacy.display(), to = %dir.display());
     Ok(())
@@ -572,9 +658,12 @@ pub fn app_home(
     engine: &Engine,
     app: &str,
     environment: &str,
-) -> Result<crate::isolation::AppHome, String> {
-    crate::isolation::AppHome::ensure(&engine.paths.apps, app, environment)
-        .map_err(|error| format!("{error}: {}", error.source))
+) -> Result<crate::isolation::AppHome, SpecError> {
+    Ok(crate::isolation::AppHome::ensure(
+        &engine.paths.apps,
+        app,
+        environment,
+    )?)
 }
 
 /// `(service, replica index)` for every instance the release runs.
@@ -600,14 +689,20 @@ pub async fn start_instance(
     release: &LoadedRelease,
     service_name: &str,
     index: usize,
-) -> Result<String, String> {
+) -> Result<String, SpecError> {
     let id = instance_id(key, release.number, service_name, index);
     let service = release
         .resolved
         .config
         .service(service_name)
-        .ok_or_else(|| format!("no service `{service_name}` in release {}", release.number))?;
-    let port = free_port().map_err(|error| format!("no free port for `{id}`: {error}"))?;
+        .ok_or_else(|| SpecError::NoService {
+            service: service_name.to_owned(),
+            release: release.number,
+        })?;
+    let port = free_port().map_err(|source| SpecError::NoPort {
+        instance: id.clone(),
+        source,
+    })?;
     let spec = instance_spec(engine, key, release, service, &id, port)?;
     engine.with_runtime(key, |runtime| {
         runtime.instances.insert(
@@ -628,16 +723,15 @@ pub async fn start_instance(
         let _ = engine.drivers.stop(&id).await;
         engine.with_runtime(key, |runtime| runtime.instances.remove(&id));
         let _ = engine.store.remove_instance(&id);
-        return Err(crate::report::chain(&error));
+        return Err(error.into());
     }
-    engine.record(NewEvent {
-        app: Some(key.0.clone()),
-        environment: Some(key.1.clone()),
-        deployment_id: None,
-        kind: "instance.started".to_owned(),
-        message: format!("instance {id} started on port {port}"),
-        data_json: "{}".to_owned(),
-    });
+    engine.record_progress(
+        Subject::app(key),
+        &DeploymentEvent::InstanceStarted {
+            instance: id.clone(),
+            port,
+        },
+    );
     Ok(id)
 }
 
@@ -649,20 +743,21 @@ pub fn instance_spec(
     service: &Service,
     id: &str,
     port: u16,
-) -> Result<InstanceSpec, String> {
-    let (command, image) = match &service.source {
-        manifest::ServiceSource::Run { run } => (run.clone(), None),
-        manifest::ServiceSource::Image { run, .. }
-        | manifest::ServiceSource::Dockerfile { run, .. } => {
-            let image = release.images.get(&service.name).cloned().ok_or_else(|| {
-                format!(
-                    "release {} has no image recorded for service `{}`: it was not prepared",
-                    release.number, service.name
-                )
-            })?;
-            (run.clone().unwrap_or_default(), Some(image))
-        }
-    };
+) -> Result<InstanceSpec, SpecError> {
+    let (command, image) =
+        match &service.source {
+            manifest::ServiceSource::Run { run } => (run.clone(), None),
+            manifest::ServiceSource::Image { run, .. }
+            | manifest::ServiceSource::Dockerfile { run, .. } => {
+                let image = release.images.get(&service.name).cloned().ok_or_else(|| {
+                    SpecError::NoImage {
+                        release: release.number,
+                        service: service.name.clone(),
+                    }
+                })?;
+                (run.clone().unwrap_or_default(), Some(image))
+            }
+        };
     let mut env = base_env(release)?;
     for (name, value) in &service.env {
         let value = interpolate(name, value, &release.secrets)?;
@@ -698,15 +793,16 @@ pub fn instance_spec(
 
 /// The app-wide variables: the manifest's `[env]` with `${NAME}` filled in from the release's
 /// secrets, every listed secret under its own name, and the environment's flags as `FLAG_NAME`.
-pub fn base_env(release: &LoadedRelease) -> Result<Vec<(String, String)>, String> {
+pub fn base_env(release: &LoadedRelease) -> Result<Vec<(String, String)>, SpecError> {
     let mut env: Vec<(String, String)> = Vec::new();
     for name in &release.resolved.secrets {
-        let value = release.secrets.get(name).ok_or_else(|| {
-            format!(
-                "secret `{name}` is not set for `{}`",
-                release.resolved.environment
-            )
-        })?;
+        let value = release
+            .secrets
+            .get(name)
+            .ok_or_else(|| SpecError::SecretNotSet {
+                name: name.clone(),
+                environment: release.resolved.environment.clone(),
+            })?;
         env.push((name.clone(), value.expose().to_owned()));
     }
     for (name, value) in &release.resolved.config.env {
@@ -724,17 +820,21 @@ fn interpolate(
     name: &str,
     value: &str,
     secrets: &BTreeMap<String, Secret>,
-) -> Result<String, String> {
+) -> Result<String, SpecError> {
     manifest::interpolate::interpolate(value, |reference| {
         secrets
             .get(reference)
             .map(|secret| secret.expose().to_owned())
     })
     .map_err(|unresolved| match unresolved {
-        manifest::interpolate::Unresolved::Missing(names) => {
-            format!("`{name}` references unset {}", names.join(", "))
-        }
-        manifest::interpolate::Unresolved::Syntax(reason) => format!("`{name}`: {reason}"),
+        manifest::interpolate::Unresolved::Missing(missing) => SpecError::Unset {
+            name: name.to_owned(),
+            missing: missing.join(", "),
+        },
+        manifest::interpolate::Unresolved::Syntax(reason) => SpecError::Syntax {
+            name: name.to_owned(),
+            reason,
+        },
     })
 }
 
@@ -754,6 +854,7 @@ pub fn routes(resolved: &ResolvedManifest) -> Vec<RouteInfo> {
                     service.drain.as_std()
                 }),
                 settings: route_settings(route, service.map(|service| service.protocol)),
+                edge: crate::edge::route_edge_info(route, service),
             }
         })
         .collect()

@@ -191,7 +191,7 @@ pub fn rollback(
     }
     // The target must still load (manifest, recorded secret versions) before anything moves.
     let loaded = spec::load_release(engine, &(app.to_owned(), env.to_owned()), target)
-        .map_err(StartError::InvalidManifest)?;
+        .map_err(|error| StartError::InvalidManifest(crate::report::chain(&error)))?;
     let _claiming = CLAIMING
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());

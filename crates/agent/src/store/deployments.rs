@@ -223,7 +223,7 @@ impl Store {
         .map_err(|source| self.error("list unfinished deployments", self.subject(), source))
     }
 
-    fn transition_in(
+    pub(super) fn transition_in(
         &self,
         transaction: &rusqlite::Transaction<'_>,
         id: &str,

@@ -13,6 +13,7 @@ pub(super) static MIGRATIONS: &[M<'static>] = &[
     M::up(V2_SECRETS_BACKUPS),
     M::up(V3_RELEASE_IMAGES),
     M::up(V4_APPROVER_ROLE),
+    M::up(V5_SIGNALS),
 ];
 
 /// The first schema.
@@ -228,4 +229,18 @@ INSERT INTO tokens_v4 (id, name, role, hash, created_at, revoked_at)
     SELECT id, name, role, hash, created_at, revoked_at FROM tokens;
 DROP TABLE tokens;
 ALTER TABLE tokens_v4 RENAME TO tokens;
+"#;
+
+/// Signals to running deployments (promote, abort, approve), kept until the executor has acted on
+/// them (`handled_at`), so an agent restart does not forget one the API accepted.
+const V5_SIGNALS: &str = r#"
+CREATE TABLE signals (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    deployment_id TEXT    NOT NULL REFERENCES deployments(id),
+    kind          TEXT    NOT NULL CHECK (kind IN ('promote', 'abort', 'approve')),
+    by            TEXT    NOT NULL,
+    at            INTEGER NOT NULL,
+    handled_at    INTEGER
+) STRICT;
+CREATE INDEX signals_pending ON signals (deployment_id) WHERE handled_at IS NULL;
 "#;

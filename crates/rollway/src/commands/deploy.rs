@@ -193,14 +193,14 @@ pub async fn follow(
             let Ok(event) = serde_json::from_str::<EventView>(data) else {
                 return ControlFlow::Continue(());
             };
-            if event.kind == "analysis.inconclusive" {
-                followed.inconclusive = Some(event.message.clone());
+            let progress = event.deployment_event();
+            if let Some(inconclusive @ DeploymentEvent::Inconclusive { .. }) = &progress {
+                followed.inconclusive = Some(inconclusive.to_string());
             }
             render_event(printer, &event, started.elapsed());
-            if event.kind == "deployment.finished" {
-                ControlFlow::Break(())
-            } else {
-                ControlFlow::Continue(())
+            match progress {
+                Some(DeploymentEvent::Finished { .. }) => ControlFlow::Break(()),
+                _ => ControlFlow::Continue(()),
             }
         })
         .await;
@@ -232,12 +232,53 @@ enum Line {
     Warning(String),
 }
 
-/// What an event shows while a deployment is followed. State changes are read from the event's
-/// typed payload (`DeploymentEvent`), never from its message, whose wording is for people.
+/// What an event shows while a deployment is followed. Read from the event's typed payload
+/// (`DeploymentEvent`), never from its message, whose wording is for people; an event without a
+/// payload (an older agent's) shows by its kind.
 fn progress_line(event: &EventView, at: &str) -> Option<Line> {
-    if let Some(DeploymentEvent::State { to, .. }) = event.deployment_event() {
-        return state_line(to, at);
+    let Some(progress) = event.deployment_event() else {
+        return untyped_line(event, at);
+    };
+    let status = |verb, text: String| Some(Line::Status(verb, text));
+    match &progress {
+        DeploymentEvent::State { to, .. } => state_line(*to, at),
+        DeploymentEvent::Output { line } => status("", format!("| {line}")),
+        DeploymentEvent::Command { .. }
+        | DeploymentEvent::PullImage { .. }
+        | DeploymentEvent::BuildImage { .. } => status("Running", progress.to_string()),
+        DeploymentEvent::BackupTaken { .. } => status("Backed up", progress.to_string()),
+        DeploymentEvent::BackupSkipped { reason } => {
+            status("Skipped", format!("the backup: {reason}"))
+        }
+        DeploymentEvent::Verdict { verdict, .. } if verdict.is_fail() => {
+            Some(Line::Warning(progress.to_string()))
+        }
+        DeploymentEvent::Holding { .. } | DeploymentEvent::AwaitingApproval { .. } => {
+            status("Waiting", progress.to_string())
+        }
+        DeploymentEvent::Promoted { .. } | DeploymentEvent::Approved { .. } => {
+            status("Promoted", progress.to_string())
+        }
+        DeploymentEvent::Reused { .. } => status("Reusing", progress.to_string()),
+        DeploymentEvent::Stopping { .. } => status("Stopping", progress.to_string()),
+        DeploymentEvent::InstanceStarted { .. } => status("Started", progress.to_string()),
+        DeploymentEvent::InstanceHealthy { .. } => status("Healthy", progress.to_string()),
+        DeploymentEvent::Weights { .. } | DeploymentEvent::TrafficBack { .. } => {
+            status("Shifted", format!("{progress} {at}"))
+        }
+        DeploymentEvent::StepFailed { .. } => Some(Line::Warning(progress.to_string())),
+        DeploymentEvent::Finished { .. }
+        | DeploymentEvent::Verdict { .. }
+        | DeploymentEvent::Inconclusive { .. }
+        | DeploymentEvent::Image { .. }
+        | DeploymentEvent::Observing { .. }
+        | DeploymentEvent::NoFallback { .. } => None,
     }
+}
+
+/// An event without a typed payload, by its kind: an agent-wide warning (`alerts.off`), or the
+/// progress of an agent older than the payloads.
+fn untyped_line(event: &EventView, at: &str) -> Option<Line> {
     let status = |verb, text: &str| Some(Line::Status(verb, text.to_owned()));
     match event.kind.as_str() {
         "deployment.output" => status("", &format!("| {}", event.message)),

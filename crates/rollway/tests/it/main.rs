@@ -12,6 +12,7 @@ mod monitoring;
 mod progressive;
 mod release_phase;
 mod robust;
+mod transcripts;
 mod upgrade;
 
 use std::path::{Path, PathBuf};

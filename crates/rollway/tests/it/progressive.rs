@@ -942,3 +942,108 @@ async fn an_approval_is_not_lost_when_the_agent_dies_right_after_it() {
         "v2\n"
     );
 }
+
+/// A canary held at its first step (no pause) whose agent dies by SIGKILL right after
+/// `rollway promote` was accepted, before the executor acted on it.
+async fn canary_held_then_killed_after(signal: &str) -> (Setup, String) {
+    const STEPS: &str = r#"[{ weight = 20 }, { weight = 50 }, { weight = 100 }]"#;
+    let mut setup = Setup::start().await;
+    setup
+        .agent
+        .deploy(&canary(&setup, "v1", STEPS), ENV)
+        .await
+        .assert_code(0);
+    setup
+        .agent
+        .restart_with_env(&[("ROLLWAY_TEST_CRASH_ON_SIGNAL", signal)])
+        .await;
+    let deploy = setup
+        .agent
+        .deploy_command(
+            &canary(&setup, "v2", STEPS),
+            ENV,
+            Some(setup.agent.admin_token()),
+        )
+        .spawn()
+        .expect("rollway deploy");
+    let id = deployment_id_of(&setup.agent, 2).await;
+    wait_event(&setup.agent, &id, "deployment.holding").await;
+    assert_eq!(
+        setup.agent.status(APP, ENV).await.weights(),
+        [(1, 80), (2, 20)]
+    );
+    setup
+        .agent
+        .cli(&[signal, "--env", ENV, "--app", APP])
+        .await
+        .assert_code(0);
+    assert!(
+        setup.agent.wait_exit(PATIENCE).await,
+        "the agent did not kill itself before acting on `{signal}`"
+    );
+    drop(deploy);
+    setup.agent.restart_with_env(&[]).await;
+    (setup, id)
+}
+
+/// The id of the deployment of release `to_release`, once it shifts traffic.
+async fn deployment_id_of(agent: &TestAgent, to_release: u64) -> String {
+    wait_state(agent, to_release, "Shifting").await.0["deployment"]["id"]
+        .as_str()
+        .expect("deployment id")
+        .to_owned()
+}
+
+/// A promote accepted before a kill -9 is not lost: the restarted agent goes on at the canary's
+/// NEXT step (no step given twice), and the deployment finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promote_accepted_before_a_kill_9_moves_the_canary_to_its_next_step() {
+    let (setup, id) = canary_held_then_killed_after("promote").await;
+    let agent = &setup.agent;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while agent.status(APP, ENV).await.weights() != [(1, 50), (2, 50)] {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the canary did not go on to its second step: {}",
+            agent.status(APP, ENV).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    agent
+        .cli(&["promote", "--env", ENV, "--app", APP])
+        .await
+        .assert_code(0);
+    let status = agent.wait_deployment_finished(APP, ENV, PATIENCE).await;
+    assert_eq!(status.deployment_state(), Some("Succeeded"), "{status}");
+    assert_eq!(status.weights(), [(2, 100)], "{status}");
+    agent.assert_serves("v2").await;
+    let events = deployment_events(agent, &id).await;
+    let weights: Vec<&str> = of_kind(&events, "deployment.weights")
+        .into_iter()
+        .map(message)
+        .collect();
+    assert_eq!(
+        weights,
+        [
+            "canary step 1/3: release 2 takes 20% of traffic",
+            "canary step 2/3: release 2 takes 50% of traffic",
+            "canary step 3/3: release 2 takes 100% of traffic",
+        ]
+    );
+    assert_eq!(of_kind(&events, "deployment.promoted").len(), 2);
+}
+
+/// An abort accepted before a kill -9 is not lost: the restarted agent rolls the canary back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abort_accepted_before_a_kill_9_rolls_the_canary_back() {
+    let (setup, _) = canary_held_then_killed_after("abort").await;
+    let agent = &setup.agent;
+    let status = agent.wait_deployment_finished(APP, ENV, PATIENCE).await;
+    assert_eq!(status.deployment_state(), Some("RolledBack"), "{status}");
+    assert_contains(
+        status.0["deployment"]["reason"].as_str().unwrap_or(""),
+        "the canary was aborted by",
+    );
+    assert_eq!(status.weights(), [(1, 100)], "{status}");
+    agent.assert_serves("v1").await;
+}

@@ -60,10 +60,10 @@ impl TestApi {
             runtimes: Mutex::new(BTreeMap::new()),
             proxy_push: tokio::sync::Mutex::new(()),
             shutdown: shutdown.clone(),
-            signals: Mutex::new(BTreeMap::new()),
             signalled: tokio::sync::Notify::new(),
             counters: Mutex::new(crate::metrics::Counters::default()),
             api_fingerprint: None,
+            edge: Mutex::new(BTreeMap::new()),
         });
         let mut tokens = BTreeMap::new();
         for role in Role::ALL {

@@ -110,3 +110,199 @@ fn a_failing_verdict_warns_whatever_its_message_says() {
         None
     );
 }
+
+/// One event of every kind of progress a deployment reports, as the agent records it.
+fn every_progress_event() -> Vec<DeploymentEvent> {
+    use client::wire::{Figures, Verdict};
+    let figures = Figures {
+        requests: 120,
+        errors: 9,
+        p99_us: 41_000,
+        latency_count: 120,
+    };
+    vec![
+        DeploymentEvent::State {
+            from: DeploymentState::Pending,
+            to: DeploymentState::Preparing,
+        },
+        DeploymentEvent::Finished {
+            state: DeploymentState::RolledBack,
+            reason: Some("the canary analysis failed: 5xx share".to_owned()),
+        },
+        DeploymentEvent::StepFailed {
+            state: DeploymentState::Releasing,
+            reason: "the release command `x` failed (exit status: 3)".to_owned(),
+        },
+        DeploymentEvent::Weights {
+            release: 2,
+            share: 20,
+            step: Some(1),
+            of: Some(3),
+            weights: vec![(1, 80), (2, 20)],
+        },
+        DeploymentEvent::Weights {
+            release: 2,
+            share: 100,
+            step: None,
+            of: None,
+            weights: vec![(2, 100)],
+        },
+        DeploymentEvent::TrafficBack {
+            weights: vec![(1, 100)],
+        },
+        DeploymentEvent::Verdict {
+            release: 2,
+            verdict: Verdict::Fail {
+                reason: "5xx share 7.5% above 1%".to_owned(),
+            },
+            sample: figures,
+            baseline: Some(Figures::default()),
+        },
+        DeploymentEvent::Verdict {
+            release: 2,
+            verdict: Verdict::Pass,
+            sample: figures,
+            baseline: None,
+        },
+        DeploymentEvent::Inconclusive {
+            verdict: Verdict::Inconclusive {
+                reason: "12 of 50 requests".to_owned(),
+            },
+        },
+        DeploymentEvent::InstanceStarted {
+            instance: "shop-production-r2-web-1".to_owned(),
+            port: 41_234,
+        },
+        DeploymentEvent::InstanceHealthy {
+            instance: "shop-production-r2-web-1".to_owned(),
+        },
+        DeploymentEvent::Command {
+            label: "release command".to_owned(),
+            command: "./migrate".to_owned(),
+        },
+        DeploymentEvent::PullImage {
+            service: "web".to_owned(),
+            reference: "shop:2".to_owned(),
+        },
+        DeploymentEvent::BuildImage {
+            service: "web".to_owned(),
+            dockerfile: "Dockerfile".to_owned(),
+        },
+        DeploymentEvent::Image {
+            service: "web".to_owned(),
+            image: "sha256:0123456789abcdef".to_owned(),
+        },
+        DeploymentEvent::Output {
+            line: "migrated 3 tables".to_owned(),
+        },
+        DeploymentEvent::Reused {
+            artifact: "0123456789abcdef".to_owned(),
+        },
+        DeploymentEvent::BackupTaken {
+            backup: "b-1".to_owned(),
+            target: "sqlite:app.db".to_owned(),
+            size: 4096,
+        },
+        DeploymentEvent::BackupSkipped {
+            reason: "`app.db` does not exist yet".to_owned(),
+        },
+        DeploymentEvent::AwaitingApproval {
+            release: 2,
+            deployment: "d-1".into(),
+            started_by: "ci".to_owned(),
+        },
+        DeploymentEvent::Approved {
+            by: "ana".to_owned(),
+            release: 2,
+        },
+        DeploymentEvent::Promoted {
+            by: "ana".to_owned(),
+        },
+        DeploymentEvent::Holding {
+            requests: None,
+            min_requests: None,
+        },
+        DeploymentEvent::Holding {
+            requests: Some(12),
+            min_requests: Some(50),
+        },
+        DeploymentEvent::Observing {
+            release: 2,
+            window: "5m".to_owned(),
+        },
+        DeploymentEvent::NoFallback {
+            reason: "every instance of release 2 (1) failed its last 3 health checks".to_owned(),
+        },
+        DeploymentEvent::Stopping {
+            instances: vec!["shop-production-r1-worker-1".to_owned()],
+        },
+    ]
+}
+
+fn recorded(progress: &DeploymentEvent, message: &str) -> EventView {
+    let data = serde_json::to_value(progress).expect("JSON");
+    event(progress.kind(), message, data)
+}
+
+/// Every typed event renders the same whatever its message says: the agent's words may change,
+/// the CLI's lines do not.
+#[test]
+fn no_progress_event_renders_from_its_message() {
+    for progress in every_progress_event() {
+        let worded = recorded(&progress, &progress.to_string());
+        for other in [
+            "",
+            "reworded: fail: Failed → Succeeded",
+            "release 9 takes 1%",
+        ] {
+            assert_eq!(
+                progress_line(&worded, "(1.0s)"),
+                progress_line(&recorded(&progress, other), "(1.0s)"),
+                "{progress:?} with the message {other:?}"
+            );
+        }
+    }
+}
+
+/// What `rollway deploy` prints for each typed event: the same lines the message-based
+/// rendering printed for the agent's messages.
+#[test]
+fn typed_events_render_as_the_messages_did() {
+    for progress in every_progress_event() {
+        let typed = recorded(&progress, &progress.to_string());
+        let untyped = event(
+            progress.kind(),
+            &progress.to_string(),
+            serde_json::json!({}),
+        );
+        let expected = match &progress {
+            // Untyped, these were never shown; typed they still are not (a state change shows
+            // through its payload only, and a verdict's figures are in the payload).
+            DeploymentEvent::State { to, .. } => state_line(*to, "(1.0s)"),
+            DeploymentEvent::Verdict { verdict, .. } if verdict.is_fail() => {
+                Some(Line::Warning(progress.to_string()))
+            }
+            _ => untyped_line(&untyped, "(1.0s)"),
+        };
+        assert_eq!(progress_line(&typed, "(1.0s)"), expected, "{progress:?}");
+    }
+    assert_eq!(
+        progress_line(
+            &recorded(
+                &DeploymentEvent::Weights {
+                    release: 2,
+                    share: 20,
+                    step: Some(1),
+                    of: Some(3),
+                    weights: vec![(1, 80), (2, 20)],
+                },
+                "",
+            ),
+            "(1.0s)"
+        ),
+        Some(Line::Status(
+            "Shifted",
+            "canary step 1/3: release 2 takes 20% of traffic (1.0s)".to_owned()
+        ))
+    );
+}
