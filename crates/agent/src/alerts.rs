@@ -48,6 +48,7 @@ pub fn alert_text(event: &EventView) -> Option<String> {
         "proxy.exited" | "proxy.restarted" | "proxy.restart_failed" => "",
         "instance.recovered" | "watch.recovered" => "recovered: ",
         "watch.error_rate" => "error rate above the bound: ",
+        "cert.expiring" | "cert.renewal_failed" => "",
         _ => return None,
     };
     Some(format!("[rollway] {scope}: {prefix}{}", event.message))

@@ -173,6 +173,8 @@ pub struct Engine {
     pub signalled: tokio::sync::Notify,
     /// In-memory counters for `/metrics`. std Mutex: increments only.
     pub counters: Mutex<crate::metrics::Counters>,
+    /// Certificates for the HTTPS listener: settings, pending ACME challenges.
+    pub certs: crate::certs::Certs,
     /// The API certificate's fingerprint when the API serves TLS (`GET /v1/agent` shows it).
     pub api_fingerprint: Option<client::pin::Fingerprint>,
     /// Maintenance mode and pause per environment (`crate::edge`), loaded from the store at start.
@@ -371,7 +373,12 @@ impl Engine {
     pub async fn push_routes(&self) -> Result<(), crate::proxy_link::LinkError> {
         let _serial = self.proxy_push.lock().await;
         let desired = self.desired_state();
-        self.proxy.put_state(&desired).await
+        self.proxy.put_state(&desired).await?;
+        // A proxy that restarted or took over needs the certificates too (they are never on disk).
+        if let Err(error) = crate::certs::push(self).await {
+            tracing::error!(message = "Cannot give the proxy its certificates.", error = %crate::report::chain(&error));
+        }
+        Ok(())
     }
 }
 

@@ -9,6 +9,7 @@ pub mod analysis;
 pub mod api;
 pub mod artifact;
 pub mod backup;
+pub mod certs;
 pub mod deploy;
 pub mod drivers;
 pub mod edge;
@@ -49,6 +50,12 @@ pub struct AgentConfig {
     pub proxy: SocketAddr,
     /// Where the proxy serves `/metrics`, if anywhere.
     pub proxy_metrics: Option<SocketAddr>,
+    /// The proxy's HTTPS listener, if any.
+    pub https: Option<SocketAddr>,
+    /// ACME directory (URL, or `production` / `staging`), contact and extra trust roots.
+    pub acme_directory: String,
+    pub acme_email: Option<String>,
+    pub acme_ca: Option<PathBuf>,
     /// The `rollway` binary, started again as `rollway proxy`.
     pub exe: PathBuf,
     /// `--master-key FILE`; `None`: `ROLLWAY_MASTER_KEY`, a systemd credential, or the default
@@ -68,6 +75,8 @@ pub struct Started {
     /// The API certificate's fingerprint, which clients pin, when the API serves TLS.
     pub api_fingerprint: Option<client::pin::Fingerprint>,
     pub proxy: SocketAddr,
+    /// The proxy's HTTPS listener, when it has one.
+    pub https: Option<SocketAddr>,
     /// Only on the first start of a state directory: the admin token, shown once.
     pub admin_token: Option<PlainToken>,
     /// Where the master key came from.
@@ -151,6 +160,7 @@ pub async fn run(
         exe: config.exe.clone(),
         listen: config.proxy,
         metrics: config.proxy_metrics,
+        https: config.https,
     };
     let proxy_addr = proxy.start(&proxy_command).await?;
 
@@ -192,6 +202,12 @@ pub async fn run(
         shutdown: shutdown.clone(),
         signalled: tokio::sync::Notify::new(),
         counters: Mutex::new(metrics::Counters::default()),
+        certs: certs::Certs::new(certs::CertsConfig::new(
+            &config.acme_directory,
+            config.acme_email.clone(),
+            config.acme_ca.clone(),
+            config.https.is_some(),
+        )),
         api_fingerprint,
         edge: Mutex::new(BTreeMap::new()),
     });
@@ -208,6 +224,7 @@ pub async fn run(
     tokio::spawn(proxy_supervisor::supervise(engine.clone()));
     tokio::spawn(expire_warm_instances(engine.clone()));
     tokio::spawn(scheduled_backups(engine.clone()));
+    tokio::spawn(certs::renew_loop(engine.clone()));
     tokio::spawn(watch::health_loop(engine.clone()));
     tokio::spawn(watch::error_rate_loop(engine.clone()));
 
@@ -230,6 +247,7 @@ pub async fn run(
         api_url,
         api_fingerprint,
         proxy: proxy_addr,
+        https: engine.proxy.command().and_then(|command| command.https),
         admin_token,
         master_key: master_key_origin,
         master_key_moved: loaded_key.moved,

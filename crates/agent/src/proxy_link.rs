@@ -116,6 +116,8 @@ pub struct ProxyCommand {
     pub exe: PathBuf,
     pub listen: SocketAddr,
     pub metrics: Option<SocketAddr>,
+    /// The TLS listener, if any; held and handed over with the plain one.
+    pub https: Option<SocketAddr>,
 }
 
 impl ProxyLink {
@@ -148,6 +150,7 @@ impl ProxyLink {
     pub async fn start(&self, command: &ProxyCommand) -> Result<SocketAddr, LinkError> {
         if let Ok(health) = self.client.healthz().await {
             let listen = health.listen.unwrap_or(command.listen);
+            let https = health.https.or(command.https);
             let path = self.dir.join(proxy::handover::LISTENERS_FILE_NAME);
             let fetched = tokio::task::spawn_blocking(move || {
                 proxy::handover::fetch(&path, Duration::from_secs(2))
@@ -171,8 +174,14 @@ impl ProxyLink {
             });
             let _ = self.shared.command.set(ProxyCommand {
                 listen,
+                https,
                 ..command.clone()
             });
+            if command.https.is_some() && health.https.is_none() {
+                tracing::warn!(
+                    message = "The running proxy has no HTTPS listener; `rollway proxy upgrade` after stopping it, or restart it, to serve HTTPS."
+                );
+            }
             return Ok(listen);
         }
         let listeners =
@@ -182,15 +191,26 @@ impl ProxyLink {
                     source,
                 })?;
         let listen = listeners.local_addr();
-        let fds = listeners.duplicate().map_err(|source| LinkError::Bind {
+        let mut fds = listeners.duplicate().map_err(|source| LinkError::Bind {
             addr: command.listen,
             source,
         })?;
         drop(listeners);
+        let mut https = None;
+        if let Some(addr) = command.https {
+            let tls = proxy::workers::DataListeners::bind(addr, proxy::workers::default_workers())
+                .map_err(|source| LinkError::Bind { addr, source })?;
+            https = Some(tls.local_addr());
+            fds.extend(
+                tls.duplicate()
+                    .map_err(|source| LinkError::Bind { addr, source })?,
+            );
+        }
         let _ = self.shared.listeners.set(Arc::new(fds));
         self.set_status(|status| status.listen = listen);
         let command = ProxyCommand {
             listen,
+            https,
             ..command.clone()
         };
         let _ = self.shared.command.set(command.clone());
@@ -264,6 +284,9 @@ impl ProxyLink {
             .stderr(log_err);
         if let Some(metrics) = command.metrics {
             process.arg("--metrics").arg(metrics.to_string());
+        }
+        if let Some(https) = command.https {
+            process.arg("--https").arg(https.to_string());
         }
         if launch == Launch::Takeover {
             process.arg("--takeover");
@@ -389,6 +412,16 @@ impl ProxyLink {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         status.holds_listeners = self.shared.listeners.get().is_some();
         edit(&mut status);
+    }
+
+    /// Replaces the certificates and challenge answers the proxy serves (over the 0600 control
+    /// socket: the only way a private key leaves the agent).
+    pub async fn put_tls(&self, state: &proxy::tls::TlsState) -> Result<(), LinkError> {
+        self.client
+            .put_tls(state)
+            .await
+            .map(|_| ())
+            .map_err(|error| LinkError::Control(error.to_string()))
     }
 
     pub async fn put_state(&self, desired: &DesiredState) -> Result<(), LinkError> {

@@ -114,6 +114,60 @@ fn associated_data(app: &str, env: &str, name: &str, version: u64) -> Vec<u8> {
     format!("rollway-secret\0{app}\0{env}\0{name}\0{version}").into_bytes()
 }
 
+/// Seals bytes that are not an app's secret (a certificate's private key, the ACME account) with the
+/// master key, bound to `purpose` (the AEAD's associated data: `cert-key:<host>`, `acme-account:<url>`),
+/// so a sealed value cannot be moved to another purpose.
+pub fn seal_blob(
+    key: &MasterKey,
+    purpose: &str,
+    plain: &[u8],
+) -> Result<SealedSecret, SecretError> {
+    let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
+    let aad = format!("rollway-blob\0{purpose}").into_bytes();
+    let ciphertext = key
+        .cipher()
+        .encrypt(
+            &nonce,
+            Payload {
+                msg: plain,
+                aad: &aad,
+            },
+        )
+        .map_err(|_| SecretError::Encrypt {
+            name: purpose.to_owned(),
+        })?;
+    Ok(SealedSecret {
+        nonce: nonce.to_vec(),
+        ciphertext,
+    })
+}
+
+/// Opens what `seal_blob` sealed for `purpose`.
+pub fn open_blob(
+    key: &MasterKey,
+    purpose: &str,
+    sealed: &SealedSecret,
+) -> Result<Zeroizing<Vec<u8>>, SecretError> {
+    let decrypt_error = || SecretError::Decrypt {
+        name: purpose.to_owned(),
+        version: 0,
+    };
+    if sealed.nonce.len() != 24 {
+        return Err(decrypt_error());
+    }
+    let aad = format!("rollway-blob\0{purpose}").into_bytes();
+    key.cipher()
+        .decrypt(
+            XNonce::from_slice(&sealed.nonce),
+            Payload {
+                msg: &sealed.ciphertext,
+                aad: &aad,
+            },
+        )
+        .map(Zeroizing::new)
+        .map_err(|_| decrypt_error())
+}
+
 /// Which secret: app, environment and name.
 #[derive(Debug, Clone, Copy)]
 pub struct SecretName<'a> {

@@ -25,6 +25,7 @@ use client::wire::DeploymentState;
 
 mod artifacts;
 mod backups;
+mod certs;
 mod deployments;
 mod events;
 mod images;
@@ -37,6 +38,7 @@ mod signals;
 mod tokens;
 
 pub use backups::{BackupKind, BackupReason, BackupRecord};
+pub use certs::{CertRecord, CertSource};
 pub use deployments::{Deployment, INITIAL_STATE, NewDeployment};
 pub use events::{Event, NewEvent};
 pub use images::ReleaseImages;

@@ -322,6 +322,23 @@ impl Client {
         self.post("/v1/proxy/upgrade", &serde_json::json!({})).await
     }
 
+    /// Certificates of the agent's HTTPS routes, of one environment or all.
+    pub async fn certs(
+        &self,
+        env: Option<&str>,
+    ) -> Result<Vec<crate::wire::CertView>, ClientError> {
+        match env {
+            Some(env) => self.get(&format!("/v1/certs?env={env}")).await,
+            None => self.get("/v1/certs").await,
+        }
+    }
+
+    /// Renews a host's ACME certificate now.
+    pub async fn renew_cert(&self, host: &str) -> Result<crate::wire::CertView, ClientError> {
+        self.post(&format!("/v1/certs/{host}/renew"), &serde_json::json!({}))
+            .await
+    }
+
     pub async fn backups(&self, app: &str, env: &str) -> Result<Vec<BackupView>, ClientError> {
         self.get(&format!("/v1/apps/{app}/environments/{env}/backups"))
             .await

@@ -885,3 +885,34 @@ pub struct LockView {
 
 #[cfg(test)]
 mod tests;
+
+/// Where a host's certificate comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CertSourceView {
+    /// The agent's ACME server (`tls = "auto"`); renewed by the agent.
+    Acme,
+    /// Secrets of the environment (`tls = { cert, key }`).
+    Given,
+}
+
+/// One host's certificate as `rollway certs` shows it: never a key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertView {
+    pub host: String,
+    pub app: String,
+    pub environment: String,
+    pub source: CertSourceView,
+    pub issuer: String,
+    /// Unix ms.
+    pub not_before: i64,
+    /// Unix ms.
+    pub not_after: i64,
+    /// When the agent starts renewing it (ACME only), unix ms.
+    pub renew_at: Option<i64>,
+    /// When this certificate was stored, unix ms.
+    pub renewed_at: i64,
+    /// The last renewal's failure, until one succeeds.
+    pub last_error: Option<String>,
+    pub next_attempt_at: Option<i64>,
+}

@@ -157,6 +157,12 @@ impl ResolvedManifest {
                 }
             }
         }
+        for route in &self.config.routes {
+            if let crate::schema::RouteTls::Given { cert, key } = &route.tls {
+                note(cert.clone(), format!("routes.{}.tls.cert", route.service));
+                note(key.clone(), format!("routes.{}.tls.key", route.service));
+            }
+        }
         RequiredConfig {
             secrets: self.secrets.clone(),
             references: found,

@@ -285,6 +285,36 @@ pub struct Route {
     /// Client networks that may use the route (403 for others); empty means every client.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub allow: Vec<String>,
+    /// HTTPS for the route's hosts (`tls`); off by default.
+    #[serde(skip_serializing_if = "RouteTls::is_off")]
+    pub tls: RouteTls,
+    /// `Strict-Transport-Security` max-age on HTTPS answers (`hsts = "1y"`); only with TLS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hsts: Option<Duration>,
+}
+
+/// Where a route's certificates come from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RouteTls {
+    /// Plain HTTP only.
+    #[default]
+    Off,
+    /// A certificate per host from the agent's ACME server (Let's Encrypt by default).
+    Auto,
+    /// A certificate and key given as secrets of the environment (PEM), by name.
+    Given { cert: String, key: String },
+}
+
+impl RouteTls {
+    /// Whether the route is served over HTTPS (and plain HTTP redirects there).
+    pub fn is_on(&self) -> bool {
+        !matches!(self, RouteTls::Off)
+    }
+
+    pub fn is_off(&self) -> bool {
+        !self.is_on()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

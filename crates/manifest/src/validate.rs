@@ -51,6 +51,8 @@ const ROUTE_KEYS: &[&str] = &[
     "idle_timeout",
     "max_body",
     "max_header_fields",
+    "tls",
+    "hsts",
     "rate_limit",
     "allow",
 ];
@@ -768,6 +770,8 @@ fn routes(reader: &mut Reader, value: Option<&Value<'_>>, services: &[Service]) 
                 idle_timeout: defaults::ROUTE_IDLE_TIMEOUT,
                 max_body: defaults::ROUTE_MAX_BODY,
                 max_header_fields: defaults::ROUTE_MAX_HEADER_FIELDS,
+                tls: crate::schema::RouteTls::Off,
+                hsts: None,
                 rate_limit: None,
                 allow: Vec::new(),
             })
@@ -889,7 +893,10 @@ fn routes(reader: &mut Reader, value: Option<&Value<'_>>, services: &[Service]) 
                 }
             }
         }
+        let (tls, hsts) = crate::route_tls::read(reader, route_table, &section, hosts.is_empty());
         routes.push(Route {
+            tls,
+            hsts,
             service: name.to_owned(),
             hosts: hosts
                 .into_iter()

@@ -48,8 +48,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             };
             runtime.block_on(proxy(listen, upstream, workers, protocol))
         }
+        Some("proxy-https") => {
+            let listen: SocketAddr = args.get(2).ok_or("missing LISTEN_ADDR")?.parse()?;
+            let upstream: SocketAddr = args.get(3).ok_or("missing UPSTREAM_ADDR")?.parse()?;
+            let host = args.get(4).ok_or("missing HOST")?.clone();
+            let chain = std::fs::read_to_string(args.get(5).ok_or("missing CERT_PEM")?)?;
+            let key = std::fs::read_to_string(args.get(6).ok_or("missing KEY_PEM")?)?;
+            let workers = match args.get(7).map(String::as_str) {
+                Some("0") | None => proxy::workers::default_workers(),
+                Some(workers) => workers.parse()?,
+            };
+            let certificate = proxy::tls::TlsCertificate {
+                hosts: vec![host],
+                chain_pem: chain,
+                key_pem: key,
+            };
+            runtime.block_on(proxy_https(listen, upstream, workers, certificate))
+        }
         _ => Err(
-            "usage: bench_proxy upstream|grpc-upstream LISTEN_ADDR | bench_proxy proxy LISTEN_ADDR UPSTREAM_ADDR [WORKERS] [http1|h2c|grpc]"
+            "usage: bench_proxy upstream|grpc-upstream LISTEN_ADDR | bench_proxy proxy LISTEN_ADDR UPSTREAM_ADDR [WORKERS] [http1|h2c|grpc] | bench_proxy proxy-https LISTEN_ADDR UPSTREAM_ADDR HOST CERT_PEM KEY_PEM [WORKERS]"
                 .into(),
         ),
     }
@@ -109,6 +126,55 @@ async fn grpc_upstream(listen: SocketAddr) -> Result<(), Box<dyn std::error::Err
                 .await;
         });
     }
+}
+
+/// As `proxy`, serving HTTPS on `listen` with one certificate (SNI `HOST`), the way `rollway proxy
+/// --https` does (the plain listener is on a free port, unused).
+async fn proxy_https(
+    listen: SocketAddr,
+    upstream: SocketAddr,
+    workers: usize,
+    certificate: proxy::tls::TlsCertificate,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let proxy = routed_proxy(upstream, proxy::UpstreamProtocol::Http1)?;
+    proxy.tls().replace(proxy::tls::TlsState {
+        certificates: vec![certificate],
+        ..proxy::tls::TlsState::default()
+    })?;
+    let plain =
+        proxy::workers::DataListeners::bind(SocketAddr::from(([127, 0, 0, 1], 0)), workers)?;
+    let https = proxy::workers::DataListeners::bind(listen, workers)?;
+    proxy::workers::serve_with_https(plain, Some(https), proxy, CancellationToken::new())?
+        .wait()
+        .await?;
+    Ok(())
+}
+
+fn routed_proxy(
+    upstream: SocketAddr,
+    protocol: proxy::UpstreamProtocol,
+) -> Result<Proxy, Box<dyn std::error::Error>> {
+    let proxy = Proxy::new(ProxyConfig::default());
+    let route = RouteName::new("bench");
+    proxy.set_route(RouteSpec {
+        name: route.clone(),
+        hosts: Vec::new(),
+        path_prefix: "/".to_owned(),
+        settings: proxy::RouteSettings {
+            protocol,
+            ..proxy::RouteSettings::default()
+        },
+        edge: proxy::RouteEdge::default(),
+    });
+    let instance = InstanceId::new("upstream");
+    proxy.add_instance(InstanceSpec {
+        id: instance.clone(),
+        route,
+        release: ReleaseId::new("bench"),
+        addr: upstream,
+    })?;
+    proxy.mark_ready(&instance)?;
+    Ok(proxy)
 }
 
 async fn proxy(

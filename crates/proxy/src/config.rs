@@ -49,6 +49,8 @@ pub struct ProxyConfig {
     /// extended. From any other peer those headers are dropped and the proxy's own replace them.
     /// Empty by default: nothing in front of the proxy is trusted.
     pub trusted_proxies: Vec<TrustedProxy>,
+    /// The port of the TLS listener, for the `Location` of a redirect to https (`None`: 443).
+    pub https_port: Option<u16>,
 }
 
 /// One route's limits and upstream protocol, as the manifest's `[routes.X]` and `[services.X] protocol`
@@ -66,6 +68,26 @@ pub struct RouteSettings {
     pub max_header_fields: usize,
     /// How the proxy talks to the route's instances.
     pub protocol: UpstreamProtocol,
+    /// HTTPS policy: redirect plain HTTP, HSTS.
+    pub tls: RouteTls,
+}
+
+/// A route's HTTPS policy (the manifest's `tls` and `hsts`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteTls {
+    /// Plain HTTP requests get a 308 to the same URL over https (ACME HTTP-01 challenges excepted).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub redirect: bool,
+    /// `Strict-Transport-Security: max-age=N` on HTTPS answers that have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hsts_seconds: Option<u64>,
+}
+
+impl RouteTls {
+    pub fn is_default(&self) -> bool {
+        *self == RouteTls::default()
+    }
 }
 
 /// The protocol spoken to a route's instances.
@@ -170,6 +192,7 @@ impl Default for RouteSettings {
             max_body_bytes: 100 * 1024 * 1024,
             max_header_fields: 500,
             protocol: UpstreamProtocol::Http1,
+            tls: RouteTls::default(),
         }
     }
 }
@@ -211,6 +234,7 @@ impl Default for ProxyConfig {
             waiting: WaitingConfig::default(),
             passive_health: PassiveHealthConfig::default(),
             trusted_proxies: Vec::new(),
+            https_port: None,
         }
     }
 }

@@ -58,6 +58,8 @@ pub(crate) struct ProxyInner {
     pub(crate) changed: watch::Sender<u64>,
     /// Errors that belong to no release (no route, bad request, waiting queue).
     pub(crate) unrouted: Arc<ReleaseStats>,
+    /// Certificates and ACME challenge answers (`crate::tls`).
+    pub(crate) tls: Arc<crate::tls::TlsStore>,
     // std Mutex: control calls are rare and short and never await while holding it (see `Proxy`).
     control: Mutex<ControlState>,
 }
@@ -93,6 +95,7 @@ impl Proxy {
                 table: ArcSwap::from_pointee(RoutingTable::default()),
                 changed,
                 unrouted: Arc::new(ReleaseStats::new(ReleaseId::new(""))),
+                tls: Arc::new(crate::tls::TlsStore::default()),
                 control: Mutex::new(ControlState::default()),
             }),
         }
@@ -100,6 +103,11 @@ impl Proxy {
 
     pub fn config(&self) -> &ProxyConfig {
         &self.inner.config
+    }
+
+    /// The certificates served on TLS listeners and the ACME challenge answers.
+    pub fn tls(&self) -> &Arc<crate::tls::TlsStore> {
+        &self.inner.tls
     }
 
     /// The current snapshot.

@@ -100,6 +100,21 @@ impl ControlClient {
         self.call(Method::PUT, "/v1/state", Some(body)).await
     }
 
+    /// Replaces the certificates and ACME challenge answers served (`crate::tls`); answers the hosts
+    /// with a certificate.
+    pub async fn put_tls(
+        &self,
+        state: &crate::tls::TlsState,
+    ) -> Result<Vec<String>, ControlClientError> {
+        let body = serde_json::to_vec(state).map_err(ControlClientError::Encode)?;
+        self.call(Method::PUT, "/v1/tls", Some(body)).await
+    }
+
+    /// The certificates served now, keys included (a successor takes them over).
+    pub async fn tls(&self) -> Result<crate::tls::TlsState, ControlClientError> {
+        self.call(Method::GET, "/v1/tls", None).await
+    }
+
     pub async fn state(&self) -> Result<ObservedState, ControlClientError> {
         self.call(Method::GET, "/v1/state", None).await
     }

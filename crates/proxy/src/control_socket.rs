@@ -54,6 +54,8 @@ pub enum ControlRequestError {
     Save(#[source] RoutesFileError),
     #[error("saving the desired state did not finish")]
     SaveTask(#[source] tokio::task::JoinError),
+    #[error("the certificates cannot be served")]
+    Tls(#[from] crate::tls::TlsError),
     #[error(
         "this proxy retired in favour of a successor; send the state to the successor's socket"
     )]
@@ -66,6 +68,9 @@ pub struct Health {
     pub pid: u32,
     /// The data listener's bound address (useful when it was given port 0).
     pub listen: Option<SocketAddr>,
+    /// The TLS listener's bound address, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub https: Option<SocketAddr>,
     pub metrics: Option<SocketAddr>,
     /// Which executable file this process runs (`process::binary_identity`), so the agent can tell a
     /// proxy of an older binary and hand its sockets to a new one.
@@ -153,6 +158,7 @@ pub fn error_response(error: &ControlRequestError) -> Response<Full<Bytes>> {
             (StatusCode::INTERNAL_SERVER_ERROR, "apply_failed")
         }
         ControlRequestError::Retired => (StatusCode::CONFLICT, "retired"),
+        ControlRequestError::Tls(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_tls"),
         ControlRequestError::Save(_) | ControlRequestError::SaveTask(_) => {
             (StatusCode::INTERNAL_SERVER_ERROR, "save_failed")
         }
@@ -226,6 +232,22 @@ impl ControlServer {
             }
             (&Method::PUT, "/v1/state") if self.retire.is_cancelled() => {
                 Err(ControlRequestError::Retired)
+            }
+            // The served certificates, keys included: for a successor taking over (the socket is 0600
+            // and its directory the proxy's own). Never logged.
+            (&Method::GET, "/v1/tls") => {
+                Ok(json_response(StatusCode::OK, &self.proxy.tls().state()))
+            }
+            (&Method::PUT, "/v1/tls") => {
+                let body = Limited::new(request.into_body(), MAX_STATE_BYTES)
+                    .collect()
+                    .await
+                    .map_err(|source| ControlRequestError::Body { source })?
+                    .to_bytes();
+                let state: crate::tls::TlsState = serde_json::from_slice(&body)
+                    .map_err(|source| ControlRequestError::Json { source })?;
+                self.proxy.tls().replace(state)?;
+                Ok(json_response(StatusCode::OK, &self.proxy.tls().hosts()))
             }
             (&Method::PUT, "/v1/state") => {
                 let body = Limited::new(request.into_body(), MAX_STATE_BYTES)

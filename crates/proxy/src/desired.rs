@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{RouteSettings, UpstreamProtocol};
+use crate::config::{RouteSettings, RouteTls, UpstreamProtocol};
 use crate::control::{InstanceSpec, Proxy};
 use crate::edge::{DesiredMaintenance, DesiredRateLimit};
 use crate::error::ControlError;
@@ -102,6 +102,9 @@ pub struct DesiredRoute {
     /// Protocol spoken to the instances.
     #[serde(default, skip_serializing_if = "is_default_protocol")]
     pub protocol: UpstreamProtocol,
+    /// HTTPS policy (`RouteSettings::tls`).
+    #[serde(default, skip_serializing_if = "RouteTls::is_default")]
+    pub tls: RouteTls,
     /// Client networks allowed (`RouteEdge::allow`); empty means every client.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow: Vec<String>,
@@ -388,6 +391,7 @@ impl DesiredRoute {
             max_body_bytes: settings.max_body_bytes,
             max_header_fields: settings.max_header_fields,
             protocol: settings.protocol,
+            tls: settings.tls,
             allow: Vec::new(),
             rate_limit: None,
             maintenance: None,
@@ -404,6 +408,7 @@ impl DesiredRoute {
             max_body_bytes: self.max_body_bytes,
             max_header_fields: self.max_header_fields,
             protocol: self.protocol,
+            tls: self.tls,
         }
     }
 
@@ -414,6 +419,7 @@ impl DesiredRoute {
         self.max_body_bytes = settings.max_body_bytes;
         self.max_header_fields = settings.max_header_fields;
         self.protocol = settings.protocol;
+        self.tls = settings.tls;
     }
 
     /// The path prefixes routed: `paths`, or `/` when it is empty.

@@ -61,7 +61,8 @@ pub(crate) async fn handle(
 ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
     let mut active = Some(active);
     let request_id = request_id(request.headers());
-    let mut response = match forward(request, &context, &request_id, &mut active).await {
+    let mut hsts = None;
+    let mut response = match forward(request, &context, &request_id, &mut active, &mut hsts).await {
         Ok(response) => response,
         Err((error, stats)) => {
             let stats = stats.unwrap_or_else(|| Arc::clone(&context.proxy.inner().unrouted));
@@ -79,6 +80,14 @@ pub(crate) async fn handle(
     if let header::Entry::Vacant(entry) = response.headers_mut().entry(&X_REQUEST_ID) {
         entry.insert(request_id);
     }
+    if let Some(seconds) = hsts
+        && let header::Entry::Vacant(entry) = response
+            .headers_mut()
+            .entry(header::STRICT_TRANSPORT_SECURITY)
+        && let Ok(value) = HeaderValue::from_str(&format!("max-age={seconds}"))
+    {
+        entry.insert(value);
+    }
     // The upgrade tunnel takes the active-request count when there is one; otherwise the answer holds it.
     if let Some(active) = active {
         response.body_mut().attach_active(active);
@@ -88,11 +97,34 @@ pub(crate) async fn handle(
 
 type Failure = (ProxyError, Option<Arc<ReleaseStats>>);
 
+/// 308 to the same URL over https: the method and body are kept by the client (unlike 301).
+fn redirect_to_https(host: &str, uri: &Uri, https_port: Option<u16>) -> Response<ProxyBody> {
+    let path = uri.path_and_query().map_or("/", |path| path.as_str());
+    // `host` is normalised (no port); an IPv6 literal keeps its brackets.
+    let location = match https_port {
+        None | Some(443) => format!("https://{host}{path}"),
+        Some(port) => format!("https://{host}:{port}{path}"),
+    };
+    let mut response = Response::new(ProxyBody::empty());
+    *response.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    match HeaderValue::from_str(&location) {
+        Ok(value) => {
+            response.headers_mut().insert(header::LOCATION, value);
+        }
+        // The host and path came in a valid request; a value that still does not fit is a 400.
+        Err(_) => {
+            return error_response(&ProxyError::MissingHost);
+        }
+    }
+    response
+}
+
 async fn forward(
     mut request: Request<Incoming>,
     context: &ConnectionContext,
     request_id: &HeaderValue,
     active: &mut Option<ActiveRequest>,
+    hsts: &mut Option<u64>,
 ) -> Result<Response<ProxyBody>, Failure> {
     let proxy = &context.proxy;
     let config = proxy.config();
@@ -106,6 +138,21 @@ async fn forward(
             },
             None,
         ));
+    }
+    // ACME HTTP-01: answered before any route, since a host gets its certificate before it is routed.
+    if context.scheme == Scheme::Http
+        && let Some(token) = request
+            .uri()
+            .path()
+            .strip_prefix(crate::tls::ACME_HTTP_PREFIX)
+        && let Some(key_authorization) = proxy.tls().http01(token)
+    {
+        let mut response = Response::new(ProxyBody::full(Bytes::from(key_authorization)));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        return Ok(response);
     }
     let host_value = request_host(&request).map_err(|error| (error, None))?;
     let host = host_value.to_str().unwrap_or_default();
@@ -140,6 +187,23 @@ async fn forward(
         };
         (route.name().clone(), route.spec().settings, admission)
     };
+    match context.scheme {
+        Scheme::Http
+            if settings.tls.redirect
+                && !request
+                    .uri()
+                    .path()
+                    .starts_with(crate::tls::ACME_HTTP_PREFIX) =>
+        {
+            return Ok(redirect_to_https(
+                &host_key,
+                request.uri(),
+                config.https_port,
+            ));
+        }
+        Scheme::Https => *hsts = settings.tls.hsts_seconds,
+        Scheme::Http => {}
+    }
     match admission {
         Ok(Admission::Pass) => {}
         Ok(Admission::Hold { until }) => {

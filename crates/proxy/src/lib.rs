@@ -45,14 +45,15 @@ mod routing;
 mod server;
 mod shard;
 mod stats;
+pub mod tls;
 mod tunnel;
 mod upstream;
 pub mod workers;
 
 pub use body::{AnswerBodyError, ProxyBody, RequestBodyError};
 pub use config::{
-    PassiveHealthConfig, ProxyConfig, RouteSettings, TrustedProxy, TrustedProxyParseError,
-    UpstreamProtocol, WaitingConfig,
+    PassiveHealthConfig, ProxyConfig, RouteSettings, RouteTls, TrustedProxy,
+    TrustedProxyParseError, UpstreamProtocol, WaitingConfig,
 };
 pub use control::{DrainOutcome, InstanceSpec, Proxy};
 pub use desired::{
@@ -72,5 +73,5 @@ pub use observed::{
 };
 pub use routes_file::{ROUTES_FILE_NAME, RoutesFile, RoutesFileError};
 pub use routing::{Pool, Route, RouteSpec, RoutingTable};
-pub use server::{serve, serve_tls};
+pub use server::{serve, serve_https, serve_tls};
 pub use stats::{LatencySummary, ReleaseStats, ReleaseStatsSnapshot, StatusClassCounts};

@@ -65,6 +65,9 @@ pub struct ProcessConfig {
     pub listen: SocketAddr,
     /// Where `/metrics` is served, if anywhere.
     pub metrics: Option<SocketAddr>,
+    /// The TLS listener (HTTPS with the certificates the agent sends, `crate::tls`), if any. Handed
+    /// over with the plain one: the handed-over sockets on this address serve TLS.
+    pub https: Option<SocketAddr>,
     pub config: ProxyConfig,
     /// Data-plane worker threads, each with its own runtime and `SO_REUSEPORT` listener
     /// (`crate::workers`); one per core by default.
@@ -153,6 +156,7 @@ pub struct ProxyProcess {
     proxy: Proxy,
     data: DataListeners,
     data_addr: SocketAddr,
+    https: Option<DataListeners>,
     metrics: Option<(TcpListener, SocketAddr)>,
     control: UnixListener,
     socket: BoundSocket,
@@ -179,6 +183,7 @@ impl ProcessConfig {
             state_dir: state_dir.into(),
             listen,
             metrics: None,
+            https: None,
             config: ProxyConfig::default(),
             workers: crate::workers::default_workers(),
             shutdown_timeout: Duration::from_secs(30),
@@ -206,6 +211,7 @@ impl ProxyProcess {
         let socket_path = state_dir.join(SOCKET_FILE_NAME);
         let mut listeners = config.listeners.clone();
         let mut inherited_stats = Vec::new();
+        let mut inherited_tls = None;
         let mut pid_file =
             if config.takeover {
                 let predecessor = ControlClient::new(&socket_path).with_timeout(PROBE_TIMEOUT * 5);
@@ -217,6 +223,9 @@ impl ProxyProcess {
                                 .map_err(ProcessError::HandedOver)?;
                             listeners = Some(Arc::new(fds));
                         }
+                        // Its certificates (never on disk): HTTPS serves from the first handshake.
+                        // An older proxy has none to give; the agent sends them after the start.
+                        inherited_tls = predecessor.tls().await.ok();
                         // From here the predecessor accepts nothing; connections wait in the shared
                         // backlog until this process serves.
                         inherited_stats = predecessor.retire().await.map_err(|source| {
@@ -258,6 +267,12 @@ impl ProxyProcess {
         }
 
         proxy.carry_over_stats(&inherited_stats);
+        if let Some(tls) = inherited_tls
+            && let Err(error) = proxy.tls().replace(tls)
+        {
+            tracing::warn!(message = "The predecessor's certificates cannot be served; waiting for the agent's.", %error);
+        }
+        let mut https = None;
         let data = match &listeners {
             Some(fds) => {
                 let duplicates = fds
@@ -265,6 +280,10 @@ impl ProxyProcess {
                     .map(OwnedFd::try_clone)
                     .collect::<io::Result<Vec<_>>>()
                     .map_err(ProcessError::HandedOver)?;
+                let (duplicates, tls) = split_tls(duplicates, config.https);
+                if !tls.is_empty() {
+                    https = Some(DataListeners::from_fds(tls).map_err(ProcessError::HandedOver)?);
+                }
                 let data = DataListeners::from_fds(duplicates).map_err(ProcessError::HandedOver)?;
                 if config.listen.port() != 0 && data.local_addr() != config.listen {
                     return Err(ProcessError::HandedOver(io::Error::new(
@@ -286,7 +305,19 @@ impl ProxyProcess {
             })?,
         };
         let data_addr = data.local_addr();
-        let handover_fds = Arc::new(data.duplicate().map_err(ProcessError::HandedOver)?);
+        if https.is_none()
+            && let Some(addr) = config.https
+        {
+            https = Some(
+                DataListeners::bind(addr, config.workers)
+                    .map_err(|source| ProcessError::Bind { addr, source })?,
+            );
+        }
+        let mut handover_fds = data.duplicate().map_err(ProcessError::HandedOver)?;
+        if let Some(https) = &https {
+            handover_fds.extend(https.duplicate().map_err(ProcessError::HandedOver)?);
+        }
+        let handover_fds = Arc::new(handover_fds);
         let metrics = match config.metrics {
             Some(addr) => {
                 // A retiring predecessor closes its metrics listener as it retires; give it a moment.
@@ -315,6 +346,7 @@ impl ProxyProcess {
             proxy,
             data,
             data_addr,
+            https,
             metrics,
             control,
             socket,
@@ -336,6 +368,11 @@ impl ProxyProcess {
         self.data_addr
     }
 
+    /// The TLS listener's address, when there is one.
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.https.as_ref().map(DataListeners::local_addr)
+    }
+
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics.as_ref().map(|(_, addr)| *addr)
     }
@@ -351,16 +388,21 @@ impl ProxyProcess {
         let health = Health {
             pid: std::process::id(),
             listen: Some(self.data_addr),
+            https: self.https_addr(),
             metrics: self.metrics_addr(),
             binary: binary_identity(Path::new("/proc/self/exe")),
         };
         let retire = CancellationToken::new();
-        let data = crate::workers::serve(self.data, self.proxy.clone(), stop.clone()).map_err(
-            |source| ProcessError::Serve {
-                server: "data listener",
-                source,
-            },
-        )?;
+        let data = crate::workers::serve_with_https(
+            self.data,
+            self.https,
+            self.proxy.clone(),
+            stop.clone(),
+        )
+        .map_err(|source| ProcessError::Serve {
+            server: "data listener",
+            source,
+        })?;
         let data = tokio::spawn(data.wait());
         let metrics = self.metrics.map(|(listener, _)| {
             tokio::spawn(crate::metrics::serve_metrics(
@@ -648,6 +690,19 @@ async fn join(
         })),
         Err(_elapsed) => None,
     }
+}
+
+/// Splits handed-over listeners into the plain ones and those on `https` (the TLS listener).
+fn split_tls(fds: Vec<OwnedFd>, https: Option<SocketAddr>) -> (Vec<OwnedFd>, Vec<OwnedFd>) {
+    let Some(https) = https else {
+        return (fds, Vec::new());
+    };
+    fds.into_iter().partition(|fd| {
+        let addr = rustix::net::getsockname(fd)
+            .ok()
+            .and_then(|addr| std::net::SocketAddr::try_from(addr).ok());
+        addr != Some(https)
+    })
 }
 
 /// Names the executable file behind `path` (device, inode, size, modification time): a new build

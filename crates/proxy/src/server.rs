@@ -52,6 +52,17 @@ pub async fn serve_tls(
     .await
 }
 
+/// Serves HTTPS with the certificates of `proxy.tls()`, chosen by SNI and swapped without a restart
+/// (`crate::tls`).
+pub async fn serve_https(
+    listener: TcpListener,
+    proxy: Proxy,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
+    let config = crate::tls::server_config(Arc::clone(proxy.tls())).map_err(io::Error::other)?;
+    serve_tls(listener, proxy, config, shutdown).await
+}
+
 async fn serve_with(
     listener: TcpListener,
     proxy: Proxy,
@@ -110,7 +121,13 @@ async fn serve_with(
                 let header_read_timeout = config.header_read_timeout;
                 tracker.spawn(async move {
                     match tokio::time::timeout(header_read_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => connection.run(stream).await,
+                        Ok(Ok(stream)) => {
+                            // A TLS-ALPN-01 validation only looks at the certificate: no HTTP follows.
+                            if stream.get_ref().1.alpn_protocol() == Some(crate::tls::ACME_TLS_ALPN) {
+                                return;
+                            }
+                            connection.run(stream).await;
+                        }
                         Ok(Err(error)) => {
                             tracing::debug!(message = "TLS handshake failed.", %error, client = %client_addr);
                         }

@@ -143,20 +143,41 @@ pub fn serve(
     proxy: Proxy,
     shutdown: CancellationToken,
 ) -> io::Result<Workers> {
+    serve_with_https(listeners, None, proxy, shutdown)
+}
+
+/// As `serve`, and HTTPS (`crate::serve_https`) on `https`: worker `i` serves the `i`-th listener of
+/// each, so an HTTPS request's upstream connection stays on its thread too.
+pub fn serve_with_https(
+    listeners: DataListeners,
+    https: Option<DataListeners>,
+    proxy: Proxy,
+    shutdown: CancellationToken,
+) -> io::Result<Workers> {
     let mut workers = Workers {
         done: Vec::with_capacity(listeners.listeners.len()),
         cut: CancellationToken::new(),
     };
-    for (index, listener) in listeners.listeners.into_iter().enumerate() {
+    let count = listeners
+        .listeners
+        .len()
+        .max(https.as_ref().map_or(0, DataListeners::len));
+    let mut plain = listeners.listeners.into_iter();
+    let mut tls = https
+        .map(|https| https.listeners)
+        .unwrap_or_default()
+        .into_iter();
+    for index in 0..count {
         let (sender, receiver) = oneshot::channel();
         let proxy = proxy.clone();
         let shutdown = shutdown.clone();
         let cut = workers.cut.clone();
+        let (plain, tls) = (plain.next(), tls.next());
         thread::Builder::new()
             .name(format!("proxy-worker-{index}"))
             .spawn(move || {
                 set_worker(index + 1);
-                let _ = sender.send(run_worker(listener, proxy, shutdown, cut));
+                let _ = sender.send(run_worker(plain, tls, proxy, shutdown, cut));
             })?;
         workers.done.push(receiver);
     }
@@ -164,7 +185,8 @@ pub fn serve(
 }
 
 fn run_worker(
-    listener: std::net::TcpListener,
+    plain: Option<std::net::TcpListener>,
+    tls: Option<std::net::TcpListener>,
     proxy: Proxy,
     shutdown: CancellationToken,
     cut: CancellationToken,
@@ -173,9 +195,24 @@ fn run_worker(
         .enable_all()
         .build()?;
     let result = runtime.block_on(async move {
-        let listener = TcpListener::from_std(listener)?;
+        let plain = plain.map(TcpListener::from_std).transpose()?;
+        let tls = tls.map(TcpListener::from_std).transpose()?;
+        let serve_plain = async {
+            match plain {
+                Some(listener) => crate::serve(listener, proxy.clone(), shutdown.clone()).await,
+                None => Ok(()),
+            }
+        };
+        let serve_tls = async {
+            match tls {
+                Some(listener) => {
+                    crate::serve_https(listener, proxy.clone(), shutdown.clone()).await
+                }
+                None => Ok(()),
+            }
+        };
         tokio::select! {
-            result = crate::serve(listener, proxy, shutdown) => result,
+            (plain, tls) = async { tokio::join!(serve_plain, serve_tls) } => plain.and(tls),
             () = cut.cancelled() => Ok(()),
         }
     });

@@ -89,6 +89,8 @@ pub enum Command {
         #[command(flatten)]
         target: EnvArgs,
     },
+    /// The HTTPS routes' certificates: hosts, issuer, expiry, last renewal error; `renew HOST`.
+    Certs(CertsArgs),
     /// The deploy lock: who holds it and since when; release a stale one (admin).
     Lock {
         #[command(subcommand)]
@@ -205,6 +207,31 @@ pub enum BackupsCommand {
     },
 }
 
+#[derive(Debug, Args)]
+pub struct CertsArgs {
+    #[command(subcommand)]
+    pub command: Option<CertsCommand>,
+    /// Only this environment's hosts (default: every environment).
+    #[arg(long, short, global = true)]
+    pub env: Option<String>,
+    /// Print data as JSON on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(flatten)]
+    pub agent: AgentArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// Every certificate (the default).
+    List,
+    /// Renew a host's ACME certificate now; new connections get the new one, open ones keep theirs.
+    Renew {
+        /// The host, as `rollway certs` lists it.
+        host: String,
+    },
+}
+
 #[derive(Debug, Subcommand)]
 pub enum LockCommand {
     /// Who holds the lock, since when, until when (the default).
@@ -287,6 +314,20 @@ pub struct AgentRunArgs {
     /// Where the proxy serves its own `/metrics` (Prometheus text), if anywhere.
     #[arg(long)]
     pub proxy_metrics: Option<std::net::SocketAddr>,
+    /// Address the proxy serves the apps on over HTTPS (certificates per route: `tls` in the
+    /// manifest); none by default.
+    #[arg(long, value_name = "ADDR")]
+    pub https: Option<std::net::SocketAddr>,
+    /// The ACME directory for `tls = "auto"` routes: a URL, or `production` / `staging` (Let's
+    /// Encrypt's).
+    #[arg(long, value_name = "URL", default_value = "production")]
+    pub acme_directory: String,
+    /// The contact address given to the ACME server (expiry notices).
+    #[arg(long, value_name = "EMAIL")]
+    pub acme_email: Option<String>,
+    /// Extra trust roots (PEM) for the ACME server's own HTTPS, for a private one (step-ca, Pebble).
+    #[arg(long, value_name = "FILE")]
+    pub acme_ca: Option<PathBuf>,
     /// The master key file, kept apart from the state directory (made when missing; default:
     /// `ROLLWAY_MASTER_KEY`, else `$CREDENTIALS_DIRECTORY/master.key`, else
     /// `/etc/rollway/master.key` as root or `$XDG_CONFIG_HOME/rollway/master.key`).
@@ -312,6 +353,9 @@ pub struct ProxyRunArgs {
     /// Where to serve `/metrics` (Prometheus text), if anywhere.
     #[arg(long)]
     pub metrics: Option<std::net::SocketAddr>,
+    /// Address to serve the apps on over HTTPS (certificates come from the agent).
+    #[arg(long, value_name = "ADDR")]
+    pub https: Option<std::net::SocketAddr>,
     /// Take the data listeners from the Unix socket on stdin instead of binding `--listen` (the agent
     /// holds them, so they outlive this process).
     #[arg(long, hide = true)]

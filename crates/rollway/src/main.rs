@@ -60,6 +60,7 @@ fn main() -> ExitCode {
         Command::Backups { command, target } => {
             commands::backups::run(command.as_ref(), &target, printer)
         }
+        Command::Certs(args) => commands::certs::run(&args, printer),
         Command::Lock { command, target } => {
             commands::lock::run(command.as_ref(), &target, printer)
         }

@@ -47,6 +47,8 @@ pub struct TestAgent {
     child: Option<Child>,
     /// Run the agent as this uid and gid (no supplementary groups) instead of the test's user.
     run_as: Option<(u32, u32)>,
+    /// More `rollway agent` arguments (`--https ADDR`, `--acme-directory URL`).
+    extra_args: Vec<String>,
 }
 
 /// What one `rollway` command did.
@@ -110,6 +112,8 @@ pub struct TestApp {
     env_hosts: BTreeMap<String, Vec<String>>,
     /// A `worker` service (no route, no health check) running the same program as `web`.
     worker: bool,
+    /// More lines under `[routes.web]` (`tls = "auto"`), after `hosts`.
+    route_lines: Vec<String>,
 }
 
 /// One HTTP answer: status and body (lossy UTF-8).
@@ -132,14 +136,24 @@ impl TestAgent {
         state_dir: &Path,
         extra_env: &[(&str, &str)],
     ) -> TestAgent {
-        TestAgent::start_inner(rollway, state_dir, extra_env, None).await
+        TestAgent::start_inner(rollway, state_dir, extra_env, None, Vec::new()).await
+    }
+
+    /// [`TestAgent::start_with_env`] with more `rollway agent` arguments.
+    pub async fn start_with_args(
+        rollway: &Path,
+        state_dir: &Path,
+        extra_args: &[String],
+        extra_env: &[(&str, &str)],
+    ) -> TestAgent {
+        TestAgent::start_inner(rollway, state_dir, extra_env, None, extra_args.to_vec()).await
     }
 
     /// [`TestAgent::start`] with the agent running as `uid`:`gid` (the test must be root). The
     /// state directory's parent must be writable by that user (the apps directory and the master
     /// key file are made beside the state directory).
     pub async fn start_as(rollway: &Path, state_dir: &Path, uid: u32, gid: u32) -> TestAgent {
-        TestAgent::start_inner(rollway, state_dir, &[], Some((uid, gid))).await
+        TestAgent::start_inner(rollway, state_dir, &[], Some((uid, gid)), Vec::new()).await
     }
 
     async fn start_inner(
@@ -147,6 +161,7 @@ impl TestAgent {
         state_dir: &Path,
         extra_env: &[(&str, &str)],
         run_as: Option<(u32, u32)>,
+        extra_args: Vec<String>,
     ) -> TestAgent {
         std::fs::create_dir_all(state_dir)
             .unwrap_or_else(|error| panic!("cannot create `{}`: {error}", state_dir.display()));
@@ -159,6 +174,7 @@ impl TestAgent {
             admin_token: String::new(),
             child: None,
             run_as,
+            extra_args,
         };
         if let Some((uid, gid)) = run_as {
             std::os::unix::fs::chown(state_dir, Some(uid), Some(gid)).unwrap_or_else(|error| {
@@ -537,6 +553,7 @@ impl TestAgent {
             // Beside the state directory, never in it, and never the host's own key file.
             .arg("--master-key")
             .arg(self.master_key_file())
+            .args(&self.extra_args)
             // The proxy inherits this directory, which is how `Drop` recognises it.
             .current_dir(&self.state_dir)
             .env("NO_COLOR", "1")
@@ -652,6 +669,7 @@ impl TestApp {
             hosts: None,
             env_hosts: BTreeMap::new(),
             worker: false,
+            route_lines: Vec::new(),
         }
     }
 
@@ -664,6 +682,12 @@ impl TestApp {
     /// `[routes.web] hosts = HOSTS`.
     pub fn hosts(mut self, hosts: &[&str]) -> TestApp {
         self.hosts = Some(hosts.iter().map(|host| (*host).to_owned()).collect());
+        self
+    }
+
+    /// One more line under `[routes.web]` (with `hosts`), such as `tls = "auto"`.
+    pub fn route_line(mut self, line: impl Into<String>) -> TestApp {
+        self.route_lines.push(line.into());
         self
     }
 
@@ -920,6 +944,9 @@ VERSION = {version:?}
         }
         if let Some(hosts) = &self.hosts {
             text.push_str(&format!("\n[routes.web]\nhosts = {hosts:?}\n"));
+            for line in &self.route_lines {
+                text.push_str(&format!("{line}\n"));
+            }
         }
         let envs: BTreeSet<&String> = self
             .secrets

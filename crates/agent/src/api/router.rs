@@ -15,8 +15,8 @@ use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::{MethodFilter, MethodRouter, get, on};
 
 use crate::api::{
-    agent, artifacts, auth, backups, deployments, error, events, input, locks, logs, releases,
-    secrets, status, tokens,
+    agent, artifacts, auth, backups, certs, deployments, error, events, input, locks, logs,
+    releases, secrets, status, tokens,
 };
 use crate::engine::Engine;
 use crate::tokens::Role;
@@ -101,6 +101,8 @@ pub fn routes() -> Vec<Route> {
         route(Viewer, Method::GET, "/events", events::events),
         route(Viewer, Method::GET, "/events/stream", events::events_stream),
         route(Viewer, Method::GET, "/metrics", agent::metrics),
+        route(Viewer, Method::GET, "/certs", certs::list),
+        route(Deployer, Method::POST, "/certs/{host}/renew", certs::renew),
         route(
             Deployer,
             Method::PUT,

@@ -76,6 +76,8 @@ pub enum StepError {
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
     Routing(#[from] crate::proxy_link::LinkError),
+    #[error(transparent)]
+    Certificates(#[from] crate::certs::CertError),
     #[error("no deployment `{id}`")]
     NoDeployment { id: String },
     #[error("cannot write the deployment's data")]
@@ -420,6 +422,10 @@ impl Run<'_> {
                 Ok(())
             }
             Effect::Prepare => {
+                // Certificates first: a refused or broken one fails the deploy before anything is
+                // built or moved.
+                crate::certs::ensure_for_release(engine, &key, &release.resolved, &release.secrets)
+                    .await?;
                 prepare::prepare(engine, deployment, release).await?;
                 Ok(spec::prepare_images(engine, deployment, release).await?)
             }

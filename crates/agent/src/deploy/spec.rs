@@ -883,6 +883,10 @@ fn route_settings(
             manifest::Protocol::H2c => proxy::UpstreamProtocol::H2c,
             manifest::Protocol::Grpc => proxy::UpstreamProtocol::Grpc,
         },
+        tls: proxy::RouteTls {
+            redirect: route.tls.is_on(),
+            hsts_seconds: route.hsts.map(|hsts| hsts.as_std().as_secs()),
+        },
     }
 }
 

@@ -30,6 +30,12 @@ fn engine_without_proxy(dir: &std::path::Path) -> Engine {
         shutdown: CancellationToken::new(),
         signalled: tokio::sync::Notify::new(),
         counters: Mutex::new(crate::metrics::Counters::default()),
+        certs: crate::certs::Certs::new(crate::certs::CertsConfig::new(
+            "production",
+            None,
+            None,
+            false,
+        )),
         api_fingerprint: None,
         edge: Mutex::new(BTreeMap::new()),
     }

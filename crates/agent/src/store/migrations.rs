@@ -14,6 +14,7 @@ pub(super) static MIGRATIONS: &[M<'static>] = &[
     M::up(V3_RELEASE_IMAGES),
     M::up(V4_APPROVER_ROLE),
     M::up(V5_SIGNALS),
+    M::up(V6_CERTIFICATES),
 ];
 
 /// The first schema.
@@ -243,4 +244,33 @@ CREATE TABLE signals (
     handled_at    INTEGER
 ) STRICT;
 CREATE INDEX signals_pending ON signals (deployment_id) WHERE handled_at IS NULL;
+"#;
+
+/// Certificates served by the proxy's TLS listener, one row per host, and the ACME account per
+/// directory. Private keys and the account credentials are sealed with the master key (nonce and
+/// ciphertext), never stored in clear; the chain is public.
+const V6_CERTIFICATES: &str = r#"
+CREATE TABLE certificates (
+    host             TEXT    NOT NULL PRIMARY KEY,
+    source           TEXT    NOT NULL CHECK (source IN ('acme', 'given')),
+    app              TEXT    NOT NULL,
+    environment      TEXT    NOT NULL,
+    chain_pem        TEXT    NOT NULL,
+    key_nonce        BLOB    NOT NULL,
+    key_sealed       BLOB    NOT NULL,
+    issuer           TEXT    NOT NULL,
+    not_before       INTEGER NOT NULL,
+    not_after        INTEGER NOT NULL,
+    renewed_at       INTEGER NOT NULL,
+    last_error       TEXT,
+    failures         INTEGER NOT NULL DEFAULT 0 CHECK (failures >= 0),
+    next_attempt_at  INTEGER
+) STRICT;
+
+CREATE TABLE acme_accounts (
+    directory          TEXT    NOT NULL PRIMARY KEY,
+    credentials_nonce  BLOB    NOT NULL,
+    credentials_sealed BLOB    NOT NULL,
+    created_at         INTEGER NOT NULL
+) STRICT;
 "#;

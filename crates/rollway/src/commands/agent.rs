@@ -16,6 +16,10 @@ pub fn run_agent(args: &AgentRunArgs, printer: Printer) -> anyhow::Result<ExitSt
         api: args.api,
         proxy: args.proxy,
         proxy_metrics: args.proxy_metrics,
+        https: args.https,
+        acme_directory: args.acme_directory.clone(),
+        acme_email: args.acme_email.clone(),
+        acme_ca: args.acme_ca.clone(),
         exe,
         master_key: args.master_key.clone(),
         api_tls: args.api_tls,
@@ -36,8 +40,13 @@ pub fn run_agent(args: &AgentRunArgs, printer: Printer) -> anyhow::Result<ExitSt
             printer.status(
                 "Listening",
                 &format!(
-                    "API on {}, apps on http://{}",
-                    started.api_url, started.proxy
+                    "API on {}, apps on http://{}{}",
+                    started.api_url,
+                    started.proxy,
+                    started
+                        .https
+                        .map(|https| format!(" and https://{https}"))
+                        .unwrap_or_default()
                 ),
             );
             if let Some(fingerprint) = started.api_fingerprint {
@@ -112,6 +121,8 @@ pub fn run_proxy(args: &ProxyRunArgs, printer: Printer) -> anyhow::Result<ExitSt
         tokio::spawn(stop_on_signal(shutdown.clone()));
         let mut config = proxy::process::ProcessConfig::new(state, listen);
         config.metrics = args.metrics;
+        config.https = args.https;
+        config.config.https_port = args.https.map(|addr| addr.port());
         config.listeners = listeners;
         config.takeover = args.takeover;
         config.config.trusted_proxies = args.trusted_proxies.clone();

@@ -12,6 +12,7 @@ mod monitoring;
 mod progressive;
 mod release_phase;
 mod robust;
+mod tls;
 mod transcripts;
 mod upgrade;
 

@@ -62,6 +62,12 @@ impl TestApi {
             shutdown: shutdown.clone(),
             signalled: tokio::sync::Notify::new(),
             counters: Mutex::new(crate::metrics::Counters::default()),
+            certs: crate::certs::Certs::new(crate::certs::CertsConfig::new(
+                "production",
+                None,
+                None,
+                false,
+            )),
             api_fingerprint: None,
             edge: Mutex::new(BTreeMap::new()),
         });
