@@ -14,7 +14,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::broadcast;
 
-use crate::engine::Engine;
+use crate::engine::{AppEnv, Engine};
 use crate::secrets::Secret;
 
 /// Attempts per alert, and the first backoff (doubled after each failure).
@@ -184,7 +184,7 @@ fn every_webhook(engine: &Engine) -> Vec<(String, String, Secret)> {
 
 /// The webhook URL of (app, env): the current release names the secret holding it.
 fn webhook_url(engine: &Engine, app: &str, env: &str) -> Option<Secret> {
-    let key = (app.to_owned(), env.to_owned());
+    let key = AppEnv::new(app.to_owned(), env.to_owned());
     let current = engine.store.current(app, env).ok().flatten()?;
     let release = crate::deploy::spec::load_release(engine, &key, current).ok()?;
     let name = release.resolved.config.alerts.as_ref()?.webhook.clone()?;

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use sha2::Digest as _;
 
-use crate::engine::{Engine, now_ms};
+use crate::engine::{AppEnv, Engine, now_ms};
 use crate::store::{BackupKind, BackupReason, BackupRecord};
 
 /// Backups kept per app and environment when the manifest says nothing.
@@ -379,7 +379,7 @@ fn live_database(
     app: &str,
     env: &str,
 ) -> Result<(u64, crate::deploy::spec::LoadedRelease, Target), LiveError> {
-    let key = (app.to_owned(), env.to_owned());
+    let key = AppEnv::new(app.to_owned(), env.to_owned());
     let current = engine
         .store
         .current(app, env)?
@@ -433,8 +433,8 @@ pub async fn restore_live(
     engine: &Arc<Engine>,
     record: &BackupRecord,
 ) -> Result<Vec<String>, RestoreLiveError> {
-    let key = (record.app.clone(), record.environment.clone());
-    let (current, _, target) = live_database(engine, &key.0, &key.1)?;
+    let key = AppEnv::new(record.app.clone(), record.environment.clone());
+    let (current, _, target) = live_database(engine, &key.app, &key.environment)?;
     let mut steps = Vec::new();
     // The app's writers are its instances: hold traffic and let in-flight requests finish.
     let held = engine.with_runtime(&key, |runtime| std::mem::take(&mut runtime.weights));
@@ -462,8 +462,8 @@ pub async fn restore_live(
     let result = match create(
         engine,
         Request {
-            app: &key.0,
-            environment: &key.1,
+            app: &key.app,
+            environment: &key.environment,
             release: Some(current),
             deployment_id: None,
             reason: BackupReason::Manual,
@@ -507,7 +507,7 @@ pub async fn run_schedules(engine: &Arc<Engine>) {
     let now = now_ms();
     for (app, env, current) in apps {
         let Some(current) = current else { continue };
-        let key = (app.clone(), env.clone());
+        let key = AppEnv::new(app.clone(), env.clone());
         let Ok(release) = crate::deploy::spec::load_release(engine, &key, current) else {
             continue;
         };

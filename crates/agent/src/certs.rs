@@ -324,8 +324,8 @@ pub(crate) fn store_cert(
     let record = CertRecord {
         host: host.to_owned(),
         source,
-        app: key.0.clone(),
-        environment: key.1.clone(),
+        app: key.app.clone(),
+        environment: key.environment.clone(),
         chain_pem: chain_pem.to_owned(),
         key: sealed,
         issuer: facts.issuer,
@@ -558,7 +558,7 @@ pub async fn renew_due(engine: &Engine) {
 
 /// Renews one certificate now; a failure is recorded with its backoff and an event.
 pub async fn renew(engine: &Engine, record: &CertRecord) -> Result<CertRecord, CertError> {
-    let key: AppEnv = (record.app.clone(), record.environment.clone());
+    let key = AppEnv::new(record.app.clone(), record.environment.clone());
     match acme::issue(engine, &key, &record.host).await {
         Ok(renewed) => {
             push(engine).await?;

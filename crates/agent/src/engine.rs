@@ -22,8 +22,21 @@ use crate::artifact::ArtifactStore;
 use crate::proxy_link::ProxyLink;
 use crate::store::{Event, NewEvent, Store};
 
-/// `(app, environment)`.
-pub type AppEnv = (String, String);
+/// An app in one of its environments: the key of what the agent runs and routes.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AppEnv {
+    pub app: String,
+    pub environment: String,
+}
+
+impl AppEnv {
+    pub fn new(app: impl Into<String>, environment: impl Into<String>) -> AppEnv {
+        AppEnv {
+            app: app.into(),
+            environment: environment.into(),
+        }
+    }
+}
 
 /// Where an instance is in its life, as the agent sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,8 +205,8 @@ impl<'a> Subject<'a> {
 
     pub fn app(key: &'a AppEnv) -> Subject<'a> {
         Subject {
-            app: &key.0,
-            environment: &key.1,
+            app: &key.app,
+            environment: &key.environment,
             deployment_id: None,
         }
     }
@@ -261,7 +274,14 @@ impl Engine {
         let edges = self.env_edges();
         let now_ms = now_ms();
         let mut routes = Vec::new();
-        for ((app, env), runtime) in runtimes.iter() {
+        for (
+            AppEnv {
+                app,
+                environment: env,
+            },
+            runtime,
+        ) in runtimes.iter()
+        {
             for route in &runtime.routes {
                 let pools = runtime
                     .weights
@@ -295,7 +315,7 @@ impl Engine {
                 crate::edge::apply(
                     &mut desired_route,
                     route,
-                    edges.get(&(app.clone(), env.clone())),
+                    edges.get(&AppEnv::new(app.clone(), env.clone())),
                     now_ms,
                 );
                 desired_route.pools = pools;

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use crate::engine::{Engine, InstancePhase, now_ms};
+use crate::engine::{AppEnv, Engine, InstancePhase, now_ms};
 
 /// Counters the agent keeps in memory (since it started).
 #[derive(Debug, Default)]
@@ -102,7 +102,14 @@ pub async fn render(engine: &Engine) -> String {
                 .collect()
         })
         .unwrap_or_default();
-    for ((app, env), runtime) in &runtimes {
+    for (
+        AppEnv {
+            app,
+            environment: env,
+        },
+        runtime,
+    ) in &runtimes
+    {
         for (id, instance) in &runtime.instances {
             let up = instance.phase == InstancePhase::Ready && !instance.unhealthy;
             let _ = writeln!(

@@ -32,7 +32,7 @@ async fn remove_ghosts(engine: &Arc<Engine>) {
         .unfinished_deployments()
         .unwrap_or_default()
         .into_iter()
-        .map(|deployment| (deployment.app, deployment.environment))
+        .map(|deployment| AppEnv::new(deployment.app, deployment.environment))
         .collect();
     let ghosts: Vec<(AppEnv, Vec<String>)> = engine
         .runtimes
@@ -55,7 +55,7 @@ async fn remove_ghosts(engine: &Arc<Engine>) {
         })
         .unwrap_or_default();
     for (key, ids) in ghosts {
-        tracing::warn!(message = "Removing instances left starting by an earlier deploy.", app = %key.0, environment = %key.1, instances = ?ids);
+        tracing::warn!(message = "Removing instances left starting by an earlier deploy.", app = %key.app, environment = %key.environment, instances = ?ids);
         spec::stop_instances(engine, &key, &ids).await;
     }
 }
@@ -66,11 +66,11 @@ fn rebuild_runtime(engine: &Arc<Engine>) {
         Vec::new()
     });
     for record in records {
-        let key: AppEnv = (record.app.clone(), record.environment.clone());
+        let key = AppEnv::new(record.app.clone(), record.environment.clone());
         let phase = InstancePhase::parse(&record.state).unwrap_or(InstancePhase::Starting);
         engine.with_runtime(&key, |runtime| {
             runtime.instances.insert(
-                record.instance_id.clone(),
+                record.instance_id.to_string(),
                 RuntimeInstance {
                     release: record.release,
                     service: record.service.clone(),
@@ -89,13 +89,13 @@ fn rebuild_runtime(engine: &Arc<Engine>) {
         .unwrap_or_default();
     let mut all_keys = keys;
     for (app, env, _) in engine.store.apps().unwrap_or_default() {
-        let key = (app, env);
+        let key = AppEnv::new(app, env);
         if !all_keys.contains(&key) {
             all_keys.push(key);
         }
     }
     for key in all_keys {
-        let Ok(Some(current)) = engine.store.current(&key.0, &key.1) else {
+        let Ok(Some(current)) = engine.store.current(&key.app, &key.environment) else {
             continue;
         };
         let Ok(release) = spec::load_release(engine, &key, current) else {
@@ -164,7 +164,7 @@ async fn adopt_instances(engine: &Arc<Engine>) {
 /// The release command of an app of containers runs in a one-off container, which outlives an
 /// agent killed during it: remove it (and its env file, which holds the secrets).
 async fn remove_release_containers(engine: &Arc<Engine>, deployment: &crate::store::Deployment) {
-    let key: AppEnv = (deployment.app.clone(), deployment.environment.clone());
+    let key = AppEnv::new(deployment.app.clone(), deployment.environment.clone());
     let containers = spec::load_release(engine, &key, deployment.to_release)
         .is_ok_and(|release| !release.images.is_empty());
     if !containers {

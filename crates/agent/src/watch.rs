@@ -46,7 +46,13 @@ pub async fn health_loop(engine: Arc<Engine>) {
         let mut still_open = BTreeSet::new();
         for (key, runtime) in runtimes {
             // A deploy in flight runs its own health gate.
-            if engine.store.lock(&key.0, &key.1).ok().flatten().is_some() {
+            if engine
+                .store
+                .lock(&key.app, &key.environment)
+                .ok()
+                .flatten()
+                .is_some()
+            {
                 continue;
             }
             let Some(current) = runtime.weights.first().map(|(release, _)| *release) else {
@@ -194,7 +200,7 @@ pub async fn error_rate_loop(engine: Arc<Engine>) {
         let now = tokio::time::Instant::now();
         for (app, env, current) in engine.store.apps().unwrap_or_default() {
             let Some(current) = current else { continue };
-            let key = (app.clone(), env.clone());
+            let key = AppEnv::new(app.clone(), env.clone());
             if engine.store.lock(&app, &env).ok().flatten().is_some() {
                 continue;
             }
@@ -269,8 +275,8 @@ pub async fn error_rate_loop(engine: Arc<Engine>) {
 
 fn record(engine: &Engine, key: &AppEnv, kind: &str, message: String) {
     engine.record(NewEvent {
-        app: Some(key.0.clone()),
-        environment: Some(key.1.clone()),
+        app: Some(key.app.clone()),
+        environment: Some(key.environment.clone()),
         deployment_id: None,
         kind: kind.to_owned(),
         message,

@@ -87,6 +87,11 @@ string_id!(
     DeploymentId
 );
 
+string_id!(
+    /// An instance's id: `<app>-<environment>-r<release>-<service>-<replica>`, unique on an agent.
+    InstanceId
+);
+
 /// The body of every error answer: `{ "error": { "code", "message" } }`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
@@ -698,7 +703,7 @@ pub struct StatusView {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstanceView {
-    pub id: String,
+    pub id: InstanceId,
     pub release: u64,
     pub service: String,
     pub port: u16,
@@ -796,7 +801,7 @@ pub struct WeightView {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogLineView {
-    pub instance_id: String,
+    pub instance_id: InstanceId,
     pub line: String,
 }
 

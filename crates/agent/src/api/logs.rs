@@ -12,7 +12,7 @@ use futures_util::Stream;
 use serde::Deserialize;
 
 use crate::api::error::{ApiError, ApiResult};
-use crate::engine::Engine;
+use crate::engine::{AppEnv, Engine};
 use crate::secrets::Scrubber;
 
 #[derive(Debug, Deserialize)]
@@ -30,7 +30,7 @@ pub async fn logs(
     Path((app, env)): Path<(String, String)>,
     Query(query): Query<LogsQuery>,
 ) -> ApiResult<Vec<LogLineView>> {
-    let key = (app.clone(), env.clone());
+    let key = AppEnv::new(app.clone(), env.clone());
     let runtime = engine.runtime(&key);
     // No secret value leaves through this route, even if the app printed one: every version of
     // every secret (a rollback brings old ones back), and nothing at all if they cannot be opened.
@@ -44,7 +44,7 @@ pub async fn logs(
         for id in ids {
             if let Ok(found) = engine_for_read.drivers.logs(&id, n) {
                 lines.extend(found.into_iter().map(|line| LogLineView {
-                    instance_id: line.instance_id,
+                    instance_id: line.instance_id.into(),
                     line: scrubber.scrub(&line.line).into_owned(),
                 }));
             }
@@ -64,13 +64,13 @@ pub async fn logs_stream(
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     struct Follow {
         engine: Arc<Engine>,
-        key: (String, String),
+        key: AppEnv,
         cursors: std::collections::BTreeMap<String, driver::LogCursor>,
         queue: std::collections::VecDeque<LogLineView>,
     }
     let follow = Follow {
         engine,
-        key: (app, env),
+        key: AppEnv::new(app, env),
         cursors: std::collections::BTreeMap::new(),
         queue: std::collections::VecDeque::new(),
     };
@@ -85,8 +85,8 @@ pub async fn logs_stream(
             let Ok(scrubber) = Scrubber::for_environment(
                 &follow.engine.store,
                 &follow.engine.master_key,
-                &follow.key.0,
-                &follow.key.1,
+                &follow.key.app,
+                &follow.key.environment,
             ) else {
                 return None;
             };
@@ -104,7 +104,7 @@ pub async fn logs_stream(
                     follow
                         .queue
                         .extend(lines.into_iter().map(|line| LogLineView {
-                            instance_id: line.instance_id,
+                            instance_id: line.instance_id.into(),
                             line: scrubber.scrub(&line.line).into_owned(),
                         }));
                 }

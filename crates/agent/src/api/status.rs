@@ -8,7 +8,7 @@ use client::wire::{InstanceView, StatusView, WeightView};
 
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::views;
-use crate::engine::Engine;
+use crate::engine::{AppEnv, Engine};
 
 pub async fn status(
     State(engine): State<Arc<Engine>>,
@@ -34,7 +34,7 @@ pub async fn status(
         .store
         .current(&app, &env)
         .map_err(ApiError::internal)?;
-    let runtime = engine.runtime(&(app.clone(), env.clone()));
+    let runtime = engine.runtime(&AppEnv::new(app.clone(), env.clone()));
     // What the proxy holds now tells which instances are draining; without an answer, none are.
     let observed: std::collections::BTreeMap<String, proxy::ObservedInstanceState> = engine
         .proxy
@@ -54,7 +54,7 @@ pub async fn status(
         .instances
         .iter()
         .map(|(id, instance)| InstanceView {
-            id: id.clone(),
+            id: id.as_str().into(),
             release: instance.release,
             service: instance.service.clone(),
             port: instance.port,

@@ -74,8 +74,8 @@ pub async fn issue(engine: &Engine, key: &AppEnv, host: &str) -> Result<CertReco
     let (chain_pem, key_pem) = outcome.map_err(|(reason, retry)| fail(reason, retry))?;
     let record = store_cert(engine, key, host, CertSource::Acme, &chain_pem, &key_pem)?;
     engine.record(NewEvent {
-        app: Some(key.0.clone()),
-        environment: Some(key.1.clone()),
+        app: Some(key.app.clone()),
+        environment: Some(key.environment.clone()),
         deployment_id: None,
         kind: "cert.issued".to_owned(),
         message: format!(

@@ -49,7 +49,7 @@ pub fn find_conflict(
         .map(|(other, runtime)| (other.clone(), runtime.routes.clone()))
         .collect();
     for deployment in engine.store.unfinished_deployments()? {
-        let other = (deployment.app.clone(), deployment.environment.clone());
+        let other = AppEnv::new(deployment.app.clone(), deployment.environment.clone());
         if &other == key {
             continue;
         }
@@ -92,8 +92,8 @@ pub fn conflict(
         // Two routes of one claim cannot be told apart by name otherwise (several deployments).
         let name = format!(
             "{}/{}/{}#{}",
-            owner.0,
-            owner.1,
+            owner.app,
+            owner.environment,
             route.service,
             desired.routes.len()
         );
@@ -119,26 +119,26 @@ pub fn conflict(
         if second_key != key || first_key == key {
             return None;
         }
-        let help = if first_key.0 == key.0 {
+        let help = if first_key.app == key.app {
             // The same app in two environments: each environment needs its own host.
             format!(
                 "add `routes = {{ {second_service} = {{ hosts = [\"{}-{}.localhost\"] }} }}` under [environments.{}]",
-                key.0, key.1, key.1
+                key.app, key.environment, key.environment
             )
         } else if host == "*" {
             format!(
                 "add `hosts = [\"{}.localhost\"]` under [routes.{second_service}]",
-                key.0
+                key.app
             )
         } else {
             format!(
                 "choose another host or path under [routes.{second_service}], or take `{}` off `{host}`",
-                first_key.0
+                first_key.app
             )
         };
         Some(RouteConflict {
-            app: key.0.clone(),
-            environment: key.1.clone(),
+            app: key.app.clone(),
+            environment: key.environment.clone(),
             service: second_service.clone(),
             host: if host == "*" {
                 "any host".to_owned()
@@ -146,8 +146,8 @@ pub fn conflict(
                 format!("host `{host}`")
             },
             path,
-            other_app: first_key.0.clone(),
-            other_environment: first_key.1.clone(),
+            other_app: first_key.app.clone(),
+            other_environment: first_key.environment.clone(),
             other_service: first_service.clone(),
             help,
         })

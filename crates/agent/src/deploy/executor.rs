@@ -292,7 +292,7 @@ fn loaded<'a>(
     slot: &'a mut Option<LoadedRelease>,
 ) -> Result<&'a mut LoadedRelease, StepError> {
     if slot.is_none() {
-        let key: AppEnv = (deployment.app.clone(), deployment.environment.clone());
+        let key = AppEnv::new(deployment.app.clone(), deployment.environment.clone());
         let release = release::load_release(engine, &key, deployment.to_release)?;
         *slot = Some(release);
     }
@@ -342,7 +342,7 @@ struct Run<'a> {
 
 impl Run<'_> {
     fn key(&self) -> AppEnv {
-        (
+        AppEnv::new(
             self.deployment.app.clone(),
             self.deployment.environment.clone(),
         )
@@ -899,7 +899,7 @@ impl Watch {
             .unwrap_or_default();
         self.history.push_back((at, now.clone()));
         let since = |release: u64| -> Reading {
-            let name = crate::engine::release_id(&self.key.0, &self.key.1, release);
+            let name = crate::engine::release_id(&self.key.app, &self.key.environment, release);
             let current = now.get(&name).cloned().unwrap_or_default();
             let start = base.get(&name).cloned().unwrap_or_default();
             current.minus(&start)
@@ -919,8 +919,8 @@ impl Watch {
             *counters
                 .verdicts
                 .entry((
-                    self.key.0.clone(),
-                    self.key.1.clone(),
+                    self.key.app.clone(),
+                    self.key.environment.clone(),
                     verdict.name().to_owned(),
                 ))
                 .or_default() += 1;
@@ -1167,10 +1167,10 @@ async fn complete_switch(
         } else {
             ReleaseOutcome::Superseded
         };
-        let _ = store.set_release_outcome(&key.0, &key.1, from, outcome);
+        let _ = store.set_release_outcome(&key.app, &key.environment, from, outcome);
     }
-    store.set_release_outcome(&key.0, &key.1, target, ReleaseOutcome::Live)?;
-    store.set_current(&key.0, &key.1, target)?;
+    store.set_release_outcome(&key.app, &key.environment, target, ReleaseOutcome::Live)?;
+    store.set_current(&key.app, &key.environment, target)?;
     if !superseded.is_empty() {
         record(
             engine,
@@ -1253,15 +1253,18 @@ async fn roll_back(
     )
     .await?;
     if let Some(from) = deployment.from_release {
-        let _ = engine.store.set_current(&key.0, &key.1, from);
-        let _ = engine
-            .store
-            .set_release_outcome(&key.0, &key.1, from, ReleaseOutcome::Live);
+        let _ = engine.store.set_current(&key.app, &key.environment, from);
+        let _ = engine.store.set_release_outcome(
+            &key.app,
+            &key.environment,
+            from,
+            ReleaseOutcome::Live,
+        );
     }
     if deployment.kind == DeploymentKind::Deploy {
         let _ = engine.store.set_release_outcome(
-            &key.0,
-            &key.1,
+            &key.app,
+            &key.environment,
             deployment.to_release,
             ReleaseOutcome::RolledBack,
         );
@@ -1326,7 +1329,7 @@ async fn move_traffic(
 
 /// Takes back what a deployment that never moved traffic started.
 pub async fn undo(engine: &Arc<Engine>, deployment: &Deployment, data: &DeploymentData) {
-    let key: AppEnv = (deployment.app.clone(), deployment.environment.clone());
+    let key = AppEnv::new(deployment.app.clone(), deployment.environment.clone());
     if data.warm() {
         // A warm rollback started nothing; its instances go back to warm.
         let ids: Vec<String> = engine
@@ -1376,8 +1379,8 @@ pub async fn undo(engine: &Arc<Engine>, deployment: &Deployment, data: &Deployme
     }
     if deployment.kind == DeploymentKind::Deploy {
         let _ = engine.store.set_release_outcome(
-            &key.0,
-            &key.1,
+            &key.app,
+            &key.environment,
             deployment.to_release,
             ReleaseOutcome::Failed,
         );

@@ -90,7 +90,7 @@ pub fn load_release(
     key: &AppEnv,
     number: u64,
 ) -> Result<LoadedRelease, ReleaseError> {
-    let (app, environment) = (&key.0, &key.1);
+    let (app, environment) = (&key.app, &key.environment);
     let release = engine
         .store
         .release(app, environment, number)

@@ -505,7 +505,10 @@ pub async fn run_smoke(
     command: &str,
     instance_ids: &[String],
 ) -> Result<(), SpecError> {
-    let runtime = engine.runtime(&(deployment.app.clone(), deployment.environment.clone()));
+    let runtime = engine.runtime(&AppEnv::new(
+        deployment.app.clone(),
+        deployment.environment.clone(),
+    ));
     let urls: Vec<String> = instance_ids
         .iter()
         .filter_map(|id| runtime.instances.get(id))
@@ -679,7 +682,12 @@ pub fn wanted_instances(resolved: &ResolvedManifest) -> Vec<(String, usize)> {
 }
 
 pub fn instance_id(key: &AppEnv, release: u64, service: &str, index: usize) -> String {
-    format!("{}-{}-r{release}-{service}-{}", key.0, key.1, index + 1)
+    format!(
+        "{}-{}-r{release}-{service}-{}",
+        key.app,
+        key.environment,
+        index + 1
+    )
 }
 
 /// Starts one instance of `service` and records it as starting.
@@ -764,11 +772,11 @@ pub fn instance_spec(
         env.retain(|(existing, _)| existing != name);
         env.push((name.clone(), value));
     }
-    env.push(("ROLLWAY_APP".to_owned(), key.0.clone()));
-    env.push(("ROLLWAY_ENVIRONMENT".to_owned(), key.1.clone()));
+    env.push(("ROLLWAY_APP".to_owned(), key.app.clone()));
+    env.push(("ROLLWAY_ENVIRONMENT".to_owned(), key.environment.clone()));
     env.push(("ROLLWAY_RELEASE".to_owned(), release.number.to_string()));
     env.push(("ROLLWAY_INSTANCE".to_owned(), id.to_owned()));
-    let home = app_home(engine, &key.0, &key.1)?;
+    let home = app_home(engine, &key.app, &key.environment)?;
     let confinement = if image.is_some() {
         // A container has its own file system and processes; it only needs a non-root user.
         driver::Confinement {
@@ -935,9 +943,9 @@ fn persist_instance(engine: &Engine, key: &AppEnv, id: &str) {
         return;
     };
     let record = InstanceRecord {
-        instance_id: id.to_owned(),
-        app: key.0.clone(),
-        environment: key.1.clone(),
+        instance_id: id.into(),
+        app: key.app.clone(),
+        environment: key.environment.clone(),
         release: instance.release,
         service: instance.service.clone(),
         port: instance.port,

@@ -10,6 +10,7 @@ use crate::deploy::claims::{self, RouteConflict};
 use crate::deploy::executor::{self, DeploymentData, LOCK_TTL};
 use crate::deploy::spec::{self, ReleaseConfig};
 use crate::deploy::state::State;
+use crate::engine::AppEnv;
 use crate::engine::{Engine, now_ms};
 use crate::store::{Deployment, NewDeployment, NewEvent, NewRelease, ReleaseOutcome};
 
@@ -190,7 +191,7 @@ pub fn rollback(
         )));
     }
     // The target must still load (manifest, recorded secret versions) before anything moves.
-    let loaded = spec::load_release(engine, &(app.to_owned(), env.to_owned()), target)
+    let loaded = spec::load_release(engine, &AppEnv::new(app.to_owned(), env.to_owned()), target)
         .map_err(|error| StartError::InvalidManifest(crate::report::chain(&error)))?;
     let _claiming = CLAIMING
         .lock()
@@ -296,7 +297,7 @@ fn check_routes(
     env: &str,
     routes: &[crate::engine::RouteInfo],
 ) -> Result<(), StartError> {
-    let key = (app.to_owned(), env.to_owned());
+    let key = AppEnv::new(app.to_owned(), env.to_owned());
     match claims::find_conflict(engine, &key, routes).map_err(store_error)? {
         Some(conflict) => Err(StartError::RouteConflict(Box::new(conflict))),
         None => Ok(()),

@@ -45,7 +45,7 @@ fn engine_without_proxy(dir: &std::path::Path) -> Engine {
 async fn a_change_the_proxy_refuses_is_undone() {
     let dir = tempfile::tempdir().expect("tempdir");
     let engine = engine_without_proxy(dir.path());
-    let key: AppEnv = ("shop".to_owned(), "production".to_owned());
+    let key = AppEnv::new("shop", "production");
     let serving = RouteInfo {
         service: "web".to_owned(),
         hosts: vec!["shop.localhost".to_owned()],

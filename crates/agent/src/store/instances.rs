@@ -1,5 +1,6 @@
 //! Instances the agent believes run.
 
+use client::wire::InstanceId;
 use rusqlite::{Row, params};
 use serde::{Deserialize, Serialize};
 
@@ -8,7 +9,7 @@ use super::{Store, StoreError, app_subject};
 /// An instance the agent believes runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstanceRecord {
-    pub instance_id: String,
+    pub instance_id: InstanceId,
     pub app: String,
     pub environment: String,
     pub release: u64,
@@ -30,7 +31,7 @@ impl Store {
                           VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
                 ),
                 params![
-                    instance.instance_id,
+                    instance.instance_id.as_str(),
                     instance.app,
                     instance.environment,
                     instance.release,
@@ -102,7 +103,7 @@ const INSTANCE_COLUMNS: &str =
 
 fn instance_from_row(row: &Row<'_>) -> rusqlite::Result<InstanceRecord> {
     Ok(InstanceRecord {
-        instance_id: row.get(0)?,
+        instance_id: InstanceId::new(row.get::<_, String>(0)?),
         app: row.get(1)?,
         environment: row.get(2)?,
         release: row.get(3)?,

@@ -513,7 +513,7 @@ fn event_ids_strictly_increase_and_pages_follow() {
 fn instances_are_upserted_listed_and_removed() {
     let store = store();
     let instance = |instance_id: &str, environment: &str, state: &str| InstanceRecord {
-        instance_id: instance_id.to_owned(),
+        instance_id: instance_id.into(),
         app: "a".to_owned(),
         environment: environment.to_owned(),
         release: 1,

@@ -16,7 +16,7 @@ fn route(service: &str, hosts: &[&str], paths: &[&str]) -> RouteInfo {
 }
 
 fn key(app: &str, env: &str) -> AppEnv {
-    (app.to_owned(), env.to_owned())
+    AppEnv::new(app, env)
 }
 
 /// The conflict's message when `ours` (of `app` in `env`) joins `others`, or `None`.
