@@ -4,6 +4,7 @@ mod agent;
 mod api_tls;
 mod apps;
 mod check;
+mod ci;
 mod containers;
 mod frame;
 mod grpc;
