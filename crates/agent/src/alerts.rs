@@ -12,6 +12,7 @@ use client::wire::EventView;
 use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use tokio::sync::broadcast;
 
 use crate::engine::Engine;
 use crate::secrets::Secret;
@@ -52,15 +53,41 @@ pub fn alert_text(event: &EventView) -> Option<String> {
     Some(format!("[rollway] {scope}: {prefix}{}", event.message))
 }
 
-/// Sends the alerts of events as they are published; one task for the agent's life.
-pub async fn run(engine: Arc<Engine>, mut events: tokio::sync::mpsc::UnboundedReceiver<EventView>) {
+/// Sends the alerts of events as they are recorded; one task for the agent's life. It follows the
+/// engine's event stream like any live follower (`events` must be subscribed before the agent
+/// records anything); when it falls behind, it reads the events it missed from the store, so
+/// every alerting event is sent once.
+pub async fn run(engine: Arc<Engine>, mut events: broadcast::Receiver<EventView>) {
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_webpki_roots()
         .https_or_http()
         .enable_http1()
         .build();
     let http: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
-    while let Some(event) = events.recv().await {
+    let mut seen = Seen::from(engine.store.last_event_id().unwrap_or(0));
+    let mut missed = std::collections::VecDeque::new();
+    loop {
+        let event = match missed.pop_front() {
+            Some(event) => event,
+            None => match events.recv().await {
+                Ok(event) => event,
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    missed.extend(
+                        engine
+                            .store
+                            .events_after(seen.floor, MAX_REPLAY)
+                            .unwrap_or_default()
+                            .iter()
+                            .map(crate::store::Event::view),
+                    );
+                    continue;
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+        };
+        if !seen.first_time(event.id) {
+            continue;
+        }
         let Some(text) = alert_text(&event) else {
             continue;
         };
@@ -101,6 +128,41 @@ pub async fn run(engine: Arc<Engine>, mut events: tokio::sync::mpsc::UnboundedRe
                 }
             });
         }
+    }
+}
+
+/// Events read again from the store after the task fell behind the live stream, at most.
+const MAX_REPLAY: usize = 10_000;
+
+/// The ids of the events already handled: every id up to `floor`, and those in `above` (events
+/// are published in about, not exactly, the order of their ids). Bounded: the oldest ids fold
+/// into `floor`.
+struct Seen {
+    floor: i64,
+    above: std::collections::BTreeSet<i64>,
+}
+
+impl Seen {
+    const WINDOW: usize = 4 * MAX_REPLAY;
+
+    fn from(floor: i64) -> Seen {
+        Seen {
+            floor,
+            above: std::collections::BTreeSet::new(),
+        }
+    }
+
+    /// Whether `id` is seen for the first time (and marks it seen).
+    fn first_time(&mut self, id: i64) -> bool {
+        if id <= self.floor || !self.above.insert(id) {
+            return false;
+        }
+        while self.above.len() > Seen::WINDOW {
+            if let Some(oldest) = self.above.pop_first() {
+                self.floor = oldest;
+            }
+        }
+        true
     }
 }
 

@@ -336,32 +336,80 @@ pub async fn restore(record: &BackupRecord, target: &Target) -> Result<String, R
     }
 }
 
-/// A backup now of the current release's database (`rollway backups create`, and the schedule).
-pub async fn on_demand(
+/// Why a backup on demand or a restore of the live database was not done.
+#[derive(Debug, thiserror::Error)]
+pub enum LiveError {
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("`{app}` has no current release in `{environment}`")]
+    NoCurrentRelease { app: String, environment: String },
+    /// The release or its database could not be read (`deploy::spec` still says why in text).
+    #[error("{0}")]
+    Release(String),
+    #[error("release {release} of `{app}` names no database: set `[release] backup = \"VAR\"`")]
+    NoDatabase { app: String, release: u64 },
+    /// There is no database yet to back up.
+    #[error("{0}")]
+    NothingYet(String),
+    #[error(transparent)]
+    Create(#[from] CreateError),
+    #[error("cannot hold the app's traffic in the proxy, so nothing was restored")]
+    HoldTraffic(#[source] crate::proxy_link::LinkError),
+    #[error("the backup of the live database failed, so nothing was restored")]
+    LiveBackupFailed(#[source] CreateError),
+    #[error(transparent)]
+    Restore(#[from] RestoreError),
+}
+
+/// A backup on demand that was not taken.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct BackupNowError(#[from] pub LiveError);
+
+/// A restore of the live database that was not done (or not completely).
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct RestoreLiveError(#[from] pub LiveError);
+
+/// The current release of (app, env), and the database its `[release] backup` names.
+fn live_database(
     engine: &Arc<Engine>,
     app: &str,
     env: &str,
-    reason: BackupReason,
-) -> Result<BackupRecord, String> {
+) -> Result<(u64, crate::deploy::spec::LoadedRelease, Target), LiveError> {
     let key = (app.to_owned(), env.to_owned());
     let current = engine
         .store
-        .current(app, env)
-        .map_err(|error| crate::report::chain(&error))?
-        .ok_or_else(|| format!("`{app}` has no current release in `{env}`"))?;
-    let release = crate::deploy::spec::load_release(engine, &key, current)?;
+        .current(app, env)?
+        .ok_or_else(|| LiveError::NoCurrentRelease {
+            app: app.to_owned(),
+            environment: env.to_owned(),
+        })?;
+    let release =
+        crate::deploy::spec::load_release(engine, &key, current).map_err(LiveError::Release)?;
     let variable = release
         .resolved
         .config
         .release
         .as_ref()
         .and_then(|phase| phase.backup.clone())
-        .ok_or_else(|| {
-            format!(
-                "release {current} of `{app}` names no database: set `[release] backup = \"VAR\"`"
-            )
+        .ok_or_else(|| LiveError::NoDatabase {
+            app: app.to_owned(),
+            release: current,
         })?;
-    let target = crate::deploy::spec::database_target(engine, &release, &variable)?;
+    let target = crate::deploy::spec::database_target(engine, &release, &variable)
+        .map_err(LiveError::Release)?;
+    Ok((current, release, target))
+}
+
+/// A backup now of the current release's database (`rollway backups create`, and the schedule).
+pub async fn on_demand(
+    engine: &Arc<Engine>,
+    app: &str,
+    env: &str,
+    reason: BackupReason,
+) -> Result<BackupRecord, BackupNowError> {
+    let (current, release, target) = live_database(engine, app, env)?;
     let request = Request {
         app,
         environment: env,
@@ -371,12 +419,9 @@ pub async fn on_demand(
         target: &target,
         keep: release.resolved.config.backup.keep as usize,
     };
-    match create(engine, request)
-        .await
-        .map_err(|error| crate::report::chain(&error))?
-    {
+    match create(engine, request).await.map_err(LiveError::from)? {
         Taken::Backup(record) => Ok(record),
-        Taken::NothingYet(reason) => Err(reason),
+        Taken::NothingYet(reason) => Err(LiveError::NothingYet(reason).into()),
     }
 }
 
@@ -386,22 +431,9 @@ pub async fn on_demand(
 pub async fn restore_live(
     engine: &Arc<Engine>,
     record: &BackupRecord,
-) -> Result<Vec<String>, String> {
+) -> Result<Vec<String>, RestoreLiveError> {
     let key = (record.app.clone(), record.environment.clone());
-    let current = engine
-        .store
-        .current(&key.0, &key.1)
-        .map_err(|error| crate::report::chain(&error))?
-        .ok_or_else(|| format!("`{}` has no current release in `{}`", key.0, key.1))?;
-    let release = crate::deploy::spec::load_release(engine, &key, current)?;
-    let variable = release
-        .resolved
-        .config
-        .release
-        .as_ref()
-        .and_then(|phase| phase.backup.clone())
-        .ok_or_else(|| format!("release {current} names no database (`[release] backup`)"))?;
-    let target = crate::deploy::spec::database_target(engine, &release, &variable)?;
+    let (current, _, target) = live_database(engine, &key.0, &key.1)?;
     let mut steps = Vec::new();
     // The app's writers are its instances: hold traffic and let in-flight requests finish.
     let held = engine.with_runtime(&key, |runtime| std::mem::take(&mut runtime.weights));
@@ -417,10 +449,7 @@ pub async fn restore_live(
         .map(|(id, _)| id.clone())
         .collect();
     if !held.is_empty() {
-        engine
-            .push_routes()
-            .await
-            .map_err(|error| crate::report::chain(&error))?;
+        engine.push_routes().await.map_err(LiveError::HoldTraffic)?;
         crate::deploy::spec::wait_gone_from_proxy(engine, &ids, Duration::from_secs(30)).await;
         steps.push(format!(
             "held new requests and drained {} instance(s)",
@@ -448,20 +477,13 @@ pub async fn restore_live(
                 "backed up the live database first as {} ({} bytes)",
                 before.id, before.size
             ));
-            restore(record, &target)
-                .await
-                .map_err(|error| crate::report::chain(&error))
+            restore(record, &target).await.map_err(LiveError::from)
         }
         Ok(Taken::NothingYet(reason)) => {
             steps.push(format!("no live database to back up first: {reason}"));
-            restore(record, &target)
-                .await
-                .map_err(|error| crate::report::chain(&error))
+            restore(record, &target).await.map_err(LiveError::from)
         }
-        Err(error) => Err(format!(
-            "the backup of the live database failed, so nothing was restored: {}",
-            crate::report::chain(&error)
-        )),
+        Err(error) => Err(LiveError::LiveBackupFailed(error)),
     };
     if let Ok(done) = &result {
         steps.push(done.clone());
@@ -511,9 +533,12 @@ pub async fn run_schedules(engine: &Arc<Engine>) {
                     record.id, record.target, record.size
                 ),
             ),
-            Err(reason) => (
+            Err(error) => (
                 "backup.failed",
-                format!("the scheduled backup ({schedule}) failed: {reason}"),
+                format!(
+                    "the scheduled backup ({schedule}) failed: {}",
+                    crate::report::chain(&error)
+                ),
             ),
         };
         engine.record(crate::store::NewEvent {

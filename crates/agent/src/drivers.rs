@@ -9,6 +9,18 @@ use driver::container::{ContainerDriver, ContainerDriverConfig};
 use driver::process::ProcessDriver;
 use driver::{Driver, DriverError, InstanceSpec, InstanceStatus, LogCursor, LogLine};
 
+/// Why an instance could not be started or adopted.
+#[derive(Debug, thiserror::Error)]
+pub enum DriversError {
+    #[error("this release needs the container driver, but it is not available")]
+    NoContainerDriver {
+        #[source]
+        source: driver::container::ContainerError,
+    },
+    #[error(transparent)]
+    Driver(#[from] DriverError),
+}
+
 pub struct Drivers {
     pub process: Arc<ProcessDriver>,
     container: tokio::sync::OnceCell<Arc<ContainerDriver>>,
@@ -26,7 +38,7 @@ impl Drivers {
     }
 
     /// The container driver, connecting to the Docker Engine API on first use.
-    pub async fn container(&self) -> Result<Arc<ContainerDriver>, String> {
+    pub async fn container(&self) -> Result<Arc<ContainerDriver>, DriversError> {
         self.container
             .get_or_try_init(|| async {
                 let mut config = ContainerDriverConfig::default();
@@ -36,12 +48,7 @@ impl Drivers {
                 ContainerDriver::connect(config)
                     .await
                     .map(Arc::new)
-                    .map_err(|error| {
-                        format!(
-                            "this release needs the container driver, but {}",
-                            crate::report::chain(&error)
-                        )
-                    })
+                    .map_err(|source| DriversError::NoContainerDriver { source })
             })
             .await
             .cloned()
@@ -62,35 +69,23 @@ impl Drivers {
         }
     }
 
-    pub async fn start(&self, spec: InstanceSpec) -> Result<(), String> {
+    pub async fn start(&self, spec: InstanceSpec) -> Result<(), DriversError> {
         if spec.image.is_some() {
             self.mark(&spec);
             let container = self.container().await?;
-            container
-                .start(spec)
-                .await
-                .map_err(|error| crate::report::chain(&error))
+            Ok(container.start(spec).await?)
         } else {
-            self.process
-                .start(spec)
-                .await
-                .map_err(|error| crate::report::chain(&error))
+            Ok(self.process.start(spec).await?)
         }
     }
 
-    pub async fn adopt(&self, spec: InstanceSpec) -> Result<bool, String> {
+    pub async fn adopt(&self, spec: InstanceSpec) -> Result<bool, DriversError> {
         if spec.image.is_some() {
             self.mark(&spec);
             let container = self.container().await?;
-            container
-                .adopt(spec)
-                .await
-                .map_err(|error| crate::report::chain(&error))
+            Ok(container.adopt(spec).await?)
         } else {
-            self.process
-                .adopt(spec)
-                .await
-                .map_err(|error| crate::report::chain(&error))
+            Ok(self.process.adopt(spec).await?)
         }
     }
 

@@ -146,6 +146,8 @@ pub struct Engine {
     /// How app processes are confined on this host (detected at start).
     pub isolation: driver::Isolation,
     pub paths: Paths,
+    /// Every recorded event, as it is recorded: live followers (`events --follow`, a deployment's
+    /// stream) and the alerts task subscribe; one that falls behind reads the store from its last id.
     pub events: broadcast::Sender<EventView>,
     /// std Mutex: held for map edits only, never across an await.
     pub runtimes: Mutex<BTreeMap<AppEnv, Runtime>>,
@@ -158,8 +160,6 @@ pub struct Engine {
     pub signalled: tokio::sync::Notify,
     /// In-memory counters for `/metrics`. std Mutex: increments only.
     pub counters: Mutex<crate::metrics::Counters>,
-    /// Published events that may be alerts, for the alerts task.
-    pub alerts: tokio::sync::mpsc::UnboundedSender<EventView>,
     /// The API certificate's fingerprint when the API serves TLS (`GET /v1/agent` shows it).
     pub api_fingerprint: Option<client::pin::Fingerprint>,
 }
@@ -183,16 +183,13 @@ impl Engine {
 
     /// Tells the trace log and live followers about an event already in the store.
     pub fn publish(&self, stored: &Event) {
-        let view = crate::api::views::event_view(stored);
+        let view = stored.view();
         tracing::info!(
             message = "Event.",
             kind = %view.kind,
             deployment = view.deployment_id.as_deref().unwrap_or(""),
             text = %view.message
         );
-        if crate::alerts::alert_text(&view).is_some() {
-            let _ = self.alerts.send(view.clone());
-        }
         let _ = self.events.send(view);
     }
 

@@ -176,7 +176,6 @@ pub async fn run(
         None => format!("http://{api_addr}"),
     };
     let (events, _) = tokio::sync::broadcast::channel(1024);
-    let (alerts, alerts_queue) = tokio::sync::mpsc::unbounded_channel();
     let engine = Arc::new(Engine {
         store,
         drivers: drivers::Drivers::new(driver),
@@ -192,11 +191,11 @@ pub async fn run(
         shutdown: shutdown.clone(),
         signals: Mutex::new(BTreeMap::new()),
         signalled: tokio::sync::Notify::new(),
-        alerts,
         counters: Mutex::new(metrics::Counters::default()),
         api_fingerprint,
     });
-    tokio::spawn(alerts::run(engine.clone(), alerts_queue));
+    // Subscribed before anything is recorded (recovery records events), so no alert is missed.
+    tokio::spawn(alerts::run(engine.clone(), engine.events.subscribe()));
     recover::recover(&engine).await;
     // A proxy still running from an older binary (the agent was upgraded) hands over to a new one,
     // once the routes are known again (the upgrade gives the new proxy the whole desired state).

@@ -151,11 +151,11 @@ async fn adopt_instances(engine: &Arc<Engine>) {
                     // Gone while the agent was away: start it again on its port.
                     tracing::warn!(message = "Instance was not running; starting it again.", instance = %id);
                     if let Err(error) = engine.drivers.start(driver_spec).await {
-                        tracing::error!(message = "Cannot restart an instance.", instance = %id, %error);
+                        tracing::error!(message = "Cannot restart an instance.", instance = %id, error = %crate::report::chain(&error));
                     }
                 }
                 Err(error) => {
-                    tracing::error!(message = "Cannot adopt an instance.", instance = %id, %error)
+                    tracing::error!(message = "Cannot adopt an instance.", instance = %id, error = %crate::report::chain(&error))
                 }
             }
         }
@@ -176,7 +176,7 @@ async fn remove_release_containers(engine: &Arc<Engine>, deployment: &crate::sto
             .remove_run_once(&deployment.app, &deployment.environment)
             .await
             .map_err(|error| crate::report::chain(&error)),
-        Err(error) => Err(error),
+        Err(error) => Err(crate::report::chain(&error)),
     };
     if let Err(error) = removed {
         tracing::error!(message = "Cannot remove the release command's container.", deployment = %deployment.id, %error);

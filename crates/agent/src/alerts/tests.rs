@@ -116,3 +116,18 @@ fn a_finished_deployment_alerts_by_its_payload_not_its_wording() {
     untyped.data = serde_json::Value::Null;
     assert_eq!(alert_text(&untyped), None);
 }
+
+#[test]
+fn each_event_is_alerted_once_whatever_order_it_comes_in() {
+    // Recorded before the task started: not the task's.
+    let mut seen = Seen::from(10);
+    assert!(!seen.first_time(9));
+    assert!(!seen.first_time(10));
+    // Published out of the order of their ids, then replayed from the store after a lag.
+    let delivered = [12, 11, 14, 11, 12, 13, 14, 15];
+    let first: Vec<i64> = delivered
+        .into_iter()
+        .filter(|id| seen.first_time(*id))
+        .collect();
+    assert_eq!(first, [12, 11, 14, 13, 15]);
+}

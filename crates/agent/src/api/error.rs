@@ -7,35 +7,122 @@
 //! error of the API has the same shape.
 
 use axum::Json;
-use axum::extract::Request;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Request};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use client::wire::{ErrorBody, ErrorDetail};
+use serde::de::DeserializeOwned;
 
 use crate::api::input::InputError;
 use crate::artifact::ArtifactError;
+use crate::backup::{BackupNowError, RestoreLiveError};
 use crate::deploy::start::StartError;
+
+/// What went wrong, as the API answers it. The kind decides the status; no handler picks one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// 400: the request cannot be read (malformed JSON, query or path).
+    BadRequest,
+    /// 401: no token, or one the agent does not know.
+    Unauthorized,
+    /// 403: the token may not do this.
+    Forbidden,
+    /// 404
+    NotFound,
+    /// 405
+    MethodNotAllowed,
+    /// 408: the client was too slow.
+    Timeout,
+    /// 409: the request is fine but the state of things refuses it.
+    Conflict,
+    /// 413
+    TooLarge,
+    /// 415
+    UnsupportedMediaType,
+    /// 422: the request was read but a value in it is refused.
+    Invalid,
+    /// 500: the agent failed; the message carries the chain of causes.
+    Internal,
+    /// 503: the agent cannot do it now (shutting down, the proxy did not take over).
+    Unavailable,
+    /// 507: the agent's disk is full.
+    InsufficientStorage,
+    /// An answer axum or hyper made with a status of its own (wrapped by [`envelope`]).
+    Other(StatusCode),
+}
+
+impl Kind {
+    pub fn status(self) -> StatusCode {
+        match self {
+            Kind::BadRequest => StatusCode::BAD_REQUEST,
+            Kind::Unauthorized => StatusCode::UNAUTHORIZED,
+            Kind::Forbidden => StatusCode::FORBIDDEN,
+            Kind::NotFound => StatusCode::NOT_FOUND,
+            Kind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Kind::Timeout => StatusCode::REQUEST_TIMEOUT,
+            Kind::Conflict => StatusCode::CONFLICT,
+            Kind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Kind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Kind::Invalid => StatusCode::UNPROCESSABLE_ENTITY,
+            Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Kind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Kind::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
+            Kind::Other(status) => status,
+        }
+    }
+
+    /// The kind of an answer that has only a status (axum's own, an extractor's rejection).
+    pub fn of_status(status: StatusCode) -> Kind {
+        [
+            Kind::BadRequest,
+            Kind::Unauthorized,
+            Kind::Forbidden,
+            Kind::NotFound,
+            Kind::MethodNotAllowed,
+            Kind::Timeout,
+            Kind::Conflict,
+            Kind::TooLarge,
+            Kind::UnsupportedMediaType,
+            Kind::Invalid,
+            Kind::Internal,
+            Kind::Unavailable,
+            Kind::InsufficientStorage,
+        ]
+        .into_iter()
+        .find(|kind| kind.status() == status)
+        .unwrap_or(Kind::Other(status))
+    }
+}
+
+/// What a handler answers: a JSON body, or an error in the envelope.
+pub type ApiResult<T> = Result<Json<T>, ApiError>;
 
 #[derive(Debug)]
 pub struct ApiError {
-    pub status: StatusCode,
+    pub kind: Kind,
     pub code: &'static str,
     pub message: String,
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(kind: Kind, code: &'static str, message: impl Into<String>) -> Self {
         ApiError {
-            status,
+            kind,
             code,
             message: message.into(),
         }
     }
 
+    /// The status this error is answered with (its kind's).
+    pub fn status(&self) -> StatusCode {
+        self.kind.status()
+    }
+
     pub fn unauthorized() -> Self {
         ApiError::new(
-            StatusCode::UNAUTHORIZED,
+            Kind::Unauthorized,
             "unauthorized",
             "a valid bearer token is required",
         )
@@ -43,64 +130,101 @@ impl ApiError {
 
     pub fn forbidden(needed: &str, role: &str) -> Self {
         ApiError::new(
-            StatusCode::FORBIDDEN,
+            Kind::Forbidden,
             "forbidden",
             format!("this needs role `{needed}`; the token has `{role}`"),
         )
     }
 
     pub fn not_found(what: impl Into<String>) -> Self {
-        ApiError::new(StatusCode::NOT_FOUND, "not_found", what)
+        ApiError::new(Kind::NotFound, "not_found", what)
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
-        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+        ApiError::new(Kind::BadRequest, "bad_request", message)
+    }
+
+    /// An answer with only a status and a message (see [`envelope`]), its code the status's.
+    pub fn of_status(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError::new(Kind::of_status(status), code_for(status), message)
     }
 
     /// An extractor's rejection (a malformed body, path or query), with the code of its status.
     pub fn from_rejection(rejection: impl IntoResponse + std::fmt::Display) -> Self {
         let message = rejection.to_string();
         let status = rejection.into_response().status();
-        ApiError::new(status, code_for(status), message)
+        ApiError::of_status(status, message)
     }
 
     pub fn internal(error: impl std::error::Error + 'static) -> Self {
         let error = crate::report::chain(&error);
         tracing::error!(message = "Internal error in the API.", %error);
         ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
+            Kind::Internal,
             "internal",
             format!("internal error: {error}"),
         )
     }
 }
 
+/// A JSON request body. A body that is not JSON, has a wrong type or misses a field, or is too
+/// large is refused with an [`ApiError`] (so in the envelope), like every other error.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ApiJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for ApiJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(request, state).await {
+            Ok(Json(value)) => Ok(ApiJson(value)),
+            Err(rejection) => Err(ApiError::from(rejection)),
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        let message = rejection.body_text();
+        match rejection {
+            JsonRejection::JsonDataError(_) => {
+                ApiError::new(Kind::Invalid, "invalid_body", message)
+            }
+            JsonRejection::JsonSyntaxError(_) => ApiError::bad_request(message),
+            JsonRejection::MissingJsonContentType(_) => ApiError::new(
+                Kind::UnsupportedMediaType,
+                "unsupported_media_type",
+                message,
+            ),
+            // Too large (413) or a body that could not be read: its own status.
+            other => ApiError::from_rejection(other),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let status = self.status();
         let body = ErrorBody {
             error: ErrorDetail {
                 code: self.code.to_owned(),
                 message: self.message,
             },
         };
-        (self.status, Json(body)).into_response()
+        (status, Json(body)).into_response()
     }
 }
 
 impl From<InputError> for ApiError {
     fn from(error: InputError) -> Self {
         if error.is_too_large() {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                error.to_string(),
-            )
+            ApiError::new(Kind::TooLarge, "too_large", error.to_string())
         } else {
-            ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_input",
-                error.to_string(),
-            )
+            ApiError::new(Kind::Invalid, "invalid_input", error.to_string())
         }
     }
 }
@@ -158,7 +282,7 @@ pub async fn envelope(request: Request, next: Next) -> Response {
         (_, true) => status.canonical_reason().unwrap_or("error").to_lowercase(),
         (_, false) => text,
     };
-    let mut answer = ApiError::new(status, code_for(status), message).into_response();
+    let mut answer = ApiError::of_status(status, message).into_response();
     if let Some(allow) = allow {
         answer.headers_mut().insert(header::ALLOW, allow);
     }
@@ -173,56 +297,64 @@ pub async fn no_route(request: Request) -> ApiError {
 
 impl From<StartError> for ApiError {
     fn from(error: StartError) -> Self {
-        let (status, code) = match &error {
-            StartError::InvalidManifest(_) => {
-                (StatusCode::UNPROCESSABLE_ENTITY, "invalid_manifest")
-            }
-            StartError::UnknownEnvironment(_) => {
-                (StatusCode::UNPROCESSABLE_ENTITY, "unknown_environment")
-            }
-            StartError::MissingConfig { .. } => {
-                (StatusCode::UNPROCESSABLE_ENTITY, "missing_config")
-            }
-            StartError::AppMismatch { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "app_mismatch"),
-            StartError::UnknownArtifact(_) => {
-                (StatusCode::UNPROCESSABLE_ENTITY, "unknown_artifact")
-            }
-            StartError::Locked { .. } => (StatusCode::CONFLICT, "locked"),
-            StartError::RouteConflict(_) => (StatusCode::CONFLICT, "route_conflict"),
-            StartError::NothingToRollBack(_) => (StatusCode::CONFLICT, "nothing_to_roll_back"),
-            StartError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+        let (kind, code) = match &error {
+            StartError::InvalidManifest(_) => (Kind::Invalid, "invalid_manifest"),
+            StartError::UnknownEnvironment(_) => (Kind::Invalid, "unknown_environment"),
+            StartError::MissingConfig { .. } => (Kind::Invalid, "missing_config"),
+            StartError::AppMismatch { .. } => (Kind::Invalid, "app_mismatch"),
+            StartError::UnknownArtifact(_) => (Kind::Invalid, "unknown_artifact"),
+            StartError::Locked { .. } => (Kind::Conflict, "locked"),
+            StartError::RouteConflict(_) => (Kind::Conflict, "route_conflict"),
+            StartError::NothingToRollBack(_) => (Kind::Conflict, "nothing_to_roll_back"),
+            StartError::ShuttingDown => (Kind::Unavailable, "shutting_down"),
             StartError::Store(_) => return ApiError::internal(error),
         };
-        ApiError::new(status, code, error.to_string())
+        ApiError::new(kind, code, error.to_string())
     }
 }
 
 impl From<ArtifactError> for ApiError {
     fn from(error: ArtifactError) -> Self {
-        let (status, code) = match &error {
+        let (kind, code) = match &error {
             ArtifactError::InvalidDigest { .. } | ArtifactError::DigestMismatch { .. } => {
-                (StatusCode::BAD_REQUEST, "bad_artifact")
+                (Kind::BadRequest, "bad_artifact")
             }
             ArtifactError::TooLarge { .. }
             | ArtifactError::UnpacksTooLarge { .. }
-            | ArtifactError::ExpandsTooMuch { .. } => {
-                (StatusCode::PAYLOAD_TOO_LARGE, "artifact_too_large")
-            }
-            ArtifactError::UnsafeEntry { .. } => {
-                (StatusCode::UNPROCESSABLE_ENTITY, "unsafe_artifact")
-            }
-            ArtifactError::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
+            | ArtifactError::ExpandsTooMuch { .. } => (Kind::TooLarge, "artifact_too_large"),
+            ArtifactError::UnsafeEntry { .. } => (Kind::Invalid, "unsafe_artifact"),
+            ArtifactError::NotFound { .. } => (Kind::NotFound, "not_found"),
             // The agent's disk, not the request: 5xx, so the CLI exits 1 (a runtime failure).
             ArtifactError::Io { source, .. }
                 if source.kind() == std::io::ErrorKind::StorageFull =>
             {
-                (StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage")
+                (Kind::InsufficientStorage, "insufficient_storage")
             }
             ArtifactError::DestinationExists { .. } | ArtifactError::Io { .. } => {
                 return ApiError::internal(error);
             }
         };
-        ApiError::new(status, code, crate::report::chain(&error))
+        ApiError::new(kind, code, crate::report::chain(&error))
+    }
+}
+
+impl From<BackupNowError> for ApiError {
+    fn from(error: BackupNowError) -> Self {
+        ApiError::new(
+            Kind::Conflict,
+            "backup_failed",
+            crate::report::chain(&error),
+        )
+    }
+}
+
+impl From<RestoreLiveError> for ApiError {
+    fn from(error: RestoreLiveError) -> Self {
+        ApiError::new(
+            Kind::Conflict,
+            "restore_failed",
+            crate::report::chain(&error),
+        )
     }
 }
 

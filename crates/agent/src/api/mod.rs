@@ -5,11 +5,21 @@
 //! Beyond loopback it serves over TLS only (`tls.rs`: the certificate, and the rule that decides);
 //! a failed handshake is logged and never reaches the router.
 
+pub mod agent;
+pub mod artifacts;
 pub mod auth;
+pub mod backups;
+pub mod deployments;
 pub mod error;
-pub mod handlers;
+pub mod events;
 pub mod input;
+pub mod locks;
+pub mod logs;
+pub mod releases;
 pub mod router;
+pub mod secrets;
+pub mod status;
+pub mod tokens;
 pub mod tls;
 pub mod views;
 
@@ -379,7 +389,7 @@ async fn limit_body(idle: Duration, request: Request, next: Next) -> Response {
     let response = next.run(request).await;
     if stalled.load(Ordering::Relaxed) && !response.status().is_success() {
         return error::ApiError::new(
-            axum::http::StatusCode::REQUEST_TIMEOUT,
+            error::Kind::Timeout,
             "timeout",
             BodyStalled(idle).to_string(),
         )

@@ -14,7 +14,10 @@ use axum::http::Method;
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::{MethodFilter, MethodRouter, get, on};
 
-use crate::api::{auth, error, handlers, input};
+use crate::api::{
+    agent, artifacts, auth, backups, deployments, error, events, input, locks, logs, releases,
+    secrets, status, tokens,
+};
 use crate::engine::Engine;
 use crate::tokens::Role;
 
@@ -34,161 +37,146 @@ pub struct Route {
 pub fn routes() -> Vec<Route> {
     use Role::{Admin, Approver, Deployer, Viewer};
     vec![
-        route(Viewer, Method::GET, "/agent", handlers::agent_info),
+        route(Viewer, Method::GET, "/agent", agent::agent_info),
         route(
             Viewer,
             Method::GET,
             "/apps/{app}/environments/{env}/status",
-            handlers::status,
+            status::status,
         ),
         route(
             Viewer,
             Method::GET,
             "/apps/{app}/environments/{env}/releases",
-            handlers::releases,
+            releases::releases,
         ),
         route(
             Viewer,
             Method::GET,
             "/apps/{app}/environments/{env}/logs",
-            handlers::logs,
+            logs::logs,
         ),
         route(
             Viewer,
             Method::GET,
             "/apps/{app}/environments/{env}/logs/stream",
-            handlers::logs_stream,
+            logs::logs_stream,
         ),
         route(
             Viewer,
             Method::GET,
             "/apps/{app}/environments/{env}/secrets",
-            handlers::secrets,
+            secrets::secrets,
         ),
         route(
             Viewer,
             Method::GET,
             "/apps/{app}/environments/{env}/backups",
-            handlers::backups,
+            backups::backups,
         ),
         route(
             Viewer,
             Method::GET,
             "/apps/{app}/environments/{env}/lock",
-            handlers::lock,
+            locks::lock,
         ),
         route(
             Viewer,
             Method::GET,
             "/deployments/{id}",
-            handlers::deployment,
+            deployments::deployment,
         ),
         route(
             Viewer,
             Method::GET,
             "/deployments/{id}/events",
-            handlers::deployment_events,
+            events::deployment_events,
         ),
         route(
             Viewer,
             Method::GET,
             "/deployments/{id}/stream",
-            handlers::deployment_stream,
+            events::deployment_stream,
         ),
-        route(Viewer, Method::GET, "/events", handlers::events),
-        route(
-            Viewer,
-            Method::GET,
-            "/events/stream",
-            handlers::events_stream,
-        ),
-        route(Viewer, Method::GET, "/metrics", handlers::metrics),
+        route(Viewer, Method::GET, "/events", events::events),
+        route(Viewer, Method::GET, "/events/stream", events::events_stream),
+        route(Viewer, Method::GET, "/metrics", agent::metrics),
         route(
             Deployer,
             Method::PUT,
             "/artifacts/{digest}",
-            handlers::upload_artifact,
+            artifacts::upload_artifact,
         )
         .with_body_limit(MAX_ARTIFACT_BYTES),
         route(
             Deployer,
             Method::HEAD,
             "/artifacts/{digest}",
-            handlers::artifact_exists,
+            artifacts::artifact_exists,
         ),
         route(
             Deployer,
             Method::POST,
             "/apps/{app}/environments/{env}/deployments",
-            handlers::deploy,
+            deployments::deploy,
         ),
         route(
             Deployer,
             Method::POST,
             "/apps/{app}/environments/{env}/rollback",
-            handlers::rollback,
+            deployments::rollback,
         ),
         route(
             Deployer,
             Method::POST,
             "/apps/{app}/environments/{env}/backups",
-            handlers::create_backup,
+            backups::create_backup,
         ),
         route(
             Deployer,
             Method::POST,
             "/deployments/{id}/promote",
-            handlers::promote,
+            deployments::promote,
         ),
         route(
             Deployer,
             Method::POST,
             "/deployments/{id}/abort",
-            handlers::abort,
+            deployments::abort,
         ),
         route(
             Approver,
             Method::POST,
             "/deployments/{id}/approve",
-            handlers::approve,
+            deployments::approve,
         ),
         route(
             Admin,
             Method::PUT,
             "/apps/{app}/environments/{env}/secrets/{name}",
-            handlers::set_secret,
+            secrets::set_secret,
         ),
         route(
             Admin,
             Method::DELETE,
             "/apps/{app}/environments/{env}/secrets/{name}",
-            handlers::unset_secret,
+            secrets::unset_secret,
         ),
         route(
             Admin,
             Method::POST,
             "/apps/{app}/environments/{env}/backups/{id}/restore",
-            handlers::restore_backup,
+            backups::restore_backup,
         ),
-        route(Admin, Method::GET, "/tokens", handlers::tokens),
-        route(Admin, Method::POST, "/tokens", handlers::create_token),
-        route(
-            Admin,
-            Method::DELETE,
-            "/tokens/{id}",
-            handlers::revoke_token,
-        ),
-        route(
-            Admin,
-            Method::POST,
-            "/proxy/upgrade",
-            handlers::upgrade_proxy,
-        ),
+        route(Admin, Method::GET, "/tokens", tokens::tokens),
+        route(Admin, Method::POST, "/tokens", tokens::create_token),
+        route(Admin, Method::DELETE, "/tokens/{id}", tokens::revoke_token),
+        route(Admin, Method::POST, "/proxy/upgrade", agent::upgrade_proxy),
         route(
             Admin,
             Method::DELETE,
             "/apps/{app}/environments/{env}/lock",
-            handlers::release_lock,
+            locks::release_lock,
         ),
     ]
 }
@@ -237,7 +225,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .nest("/v1", v1)
         .fallback(error::no_route)
         .layer(from_fn_with_state(engine.clone(), auth::authenticate))
-        .route("/healthz", get(handlers::healthz))
+        .route("/healthz", get(agent::healthz))
         .layer(from_fn(error::envelope))
         .with_state(engine)
 }

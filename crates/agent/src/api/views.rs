@@ -1,28 +1,13 @@
 //! Store records as the API shows them (`client::wire` types).
 
-use client::wire::{
-    DeploymentView, EventView, InstanceState, ProxyState, ProxyView, ReleaseView, TokenView,
-};
+use client::wire::{DeploymentView, InstanceState, ProxyState, ProxyView, ReleaseView, TokenView};
 use driver::InstanceStatus;
 use proxy::ObservedInstanceState;
 
 use crate::engine::{InstancePhase, RuntimeInstance};
 use crate::proxy_link::{ProxyHealth, ProxyStatus};
 
-use crate::store::{Deployment, Event, Release, TokenRecord};
-
-pub fn event_view(event: &Event) -> EventView {
-    EventView {
-        id: event.id,
-        at: event.at,
-        app: event.app.clone(),
-        environment: event.environment.clone(),
-        deployment_id: event.deployment_id.clone(),
-        kind: event.kind.clone(),
-        message: event.message.clone(),
-        data: serde_json::from_str(&event.data_json).unwrap_or(serde_json::Value::Null),
-    }
-}
+use crate::store::{Deployment, Release, TokenRecord};
 
 pub fn deployment_view(deployment: &Deployment) -> DeploymentView {
     DeploymentView {

@@ -93,7 +93,11 @@ pub async fn prepare_images(
     if containers.is_empty() {
         return Ok(());
     }
-    let driver = engine.drivers.container().await?;
+    let driver = engine
+        .drivers
+        .container()
+        .await
+        .map_err(|error| crate::report::chain(&error))?;
     let event = |kind: &str, message: String| NewEvent::for_deployment(deployment, kind, message);
     let scrubber = scrubber(engine, deployment)?;
     for service in containers {
@@ -208,7 +212,11 @@ pub async fn run_release_command(
         .iter()
         .find_map(|service| release.images.get(&service.name));
     if let Some(image) = image {
-        let driver = engine.drivers.container().await?;
+        let driver = engine
+            .drivers
+            .container()
+            .await
+            .map_err(|error| crate::report::chain(&error))?;
         engine.record(NewEvent::for_deployment(
             deployment,
             "deployment.command",
@@ -620,7 +628,7 @@ pub async fn start_instance(
         let _ = engine.drivers.stop(&id).await;
         engine.with_runtime(key, |runtime| runtime.instances.remove(&id));
         let _ = engine.store.remove_instance(&id);
-        return Err(error);
+        return Err(crate::report::chain(&error));
     }
     engine.record(NewEvent {
         app: Some(key.0.clone()),

@@ -9,7 +9,6 @@ fn engine_without_proxy(dir: &std::path::Path) -> Engine {
         driver::process::ProcessDriver::new(paths.instances.clone()).expect("process driver"),
     );
     let (events, _) = broadcast::channel(16);
-    let (alerts, _) = tokio::sync::mpsc::unbounded_channel();
     Engine {
         store: Arc::new(Store::open_in_memory().expect("store")),
         drivers: crate::drivers::Drivers::new(driver),
@@ -33,7 +32,6 @@ fn engine_without_proxy(dir: &std::path::Path) -> Engine {
         signalled: tokio::sync::Notify::new(),
         counters: Mutex::new(crate::metrics::Counters::default()),
         api_fingerprint: None,
-        alerts,
     }
 }
 

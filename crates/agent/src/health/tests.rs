@@ -44,31 +44,43 @@ async fn h2c_instance(message: &'static [u8], grpc_status: &'static str) -> Sock
     addr
 }
 
-async fn check(addr: SocketAddr, path: &str, protocol: Protocol) -> Result<(), String> {
-    probe(addr, path, "demo.test", Duration::from_secs(5), protocol)
-        .await
-        .map_err(|error| crate::report::chain(&error))
+async fn check(addr: SocketAddr, path: &str, protocol: Protocol) -> Result<(), ProbeError> {
+    probe(addr, path, "demo.test", Duration::from_secs(5), protocol).await
+}
+
+/// A failed check as a person reads it: the error and its causes.
+fn text(error: ProbeError) -> String {
+    crate::report::chain(&error)
 }
 
 #[tokio::test]
 async fn grpc_and_h2c_instances_are_checked_in_their_protocol() {
     let serving = h2c_instance(&[0, 0, 0, 0, 2, 0x08, 0x01], "0").await;
     assert_eq!(
-        check(serving, GRPC_HEALTH_CHECK, Protocol::Grpc).await,
+        check(serving, GRPC_HEALTH_CHECK, Protocol::Grpc)
+            .await
+            .map_err(text),
         Ok(())
     );
-    assert_eq!(check(serving, "/up", Protocol::H2c).await, Ok(()));
+    assert_eq!(
+        check(serving, "/up", Protocol::H2c).await.map_err(text),
+        Ok(())
+    );
     // An HTTP/1.1 check of an h2c-only instance fails: the protocol matters.
     assert!(check(serving, "/up", Protocol::Http1).await.is_err());
 
     let not_serving = h2c_instance(&[0, 0, 0, 0, 2, 0x08, 0x02], "0").await;
     assert_eq!(
-        check(not_serving, GRPC_HEALTH_CHECK, Protocol::Grpc).await,
+        check(not_serving, GRPC_HEALTH_CHECK, Protocol::Grpc)
+            .await
+            .map_err(text),
         Err("call /grpc.health.v1.Health/Check did not answer SERVING".to_owned())
     );
     let failing = h2c_instance(&[], "14").await;
     assert_eq!(
-        check(failing, "/app.Service/Ping", Protocol::Grpc).await,
+        check(failing, "/app.Service/Ping", Protocol::Grpc)
+            .await
+            .map_err(text),
         Err("call /app.Service/Ping ended with grpc-status 14".to_owned())
     );
 }

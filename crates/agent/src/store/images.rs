@@ -6,6 +6,9 @@ use rusqlite::params;
 
 use super::{Store, StoreError};
 
+/// The images of a release's container services: service name → image id.
+pub type ReleaseImages = BTreeMap<String, String>;
+
 impl Store {
     /// Records the image of `service` in a release; a second, different record is refused.
     pub fn set_release_image(
@@ -28,13 +31,13 @@ impl Store {
         Ok(())
     }
 
-    /// Service → image id of a release.
+    /// The images of a release's container services.
     pub fn release_images(
         &self,
         app: &str,
         env: &str,
         release: u64,
-    ) -> Result<BTreeMap<String, String>, StoreError> {
+    ) -> Result<ReleaseImages, StoreError> {
         let subject = format!("images of release {release} of `{app}` in `{env}`");
         let connection = self.connection();
         let mut statement = connection

@@ -1,6 +1,13 @@
 //! Tests of the store: numbering, compare-and-set transitions, locks, the event log, reopening.
 
+use super::deployments::new_deployment_id;
 use super::*;
+
+use rusqlite::params;
+
+use client::wire::{DeploymentKind, Strategy};
+
+use crate::tokens::Role;
 
 use client::wire::DeploymentState as S;
 

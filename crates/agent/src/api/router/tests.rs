@@ -38,7 +38,6 @@ impl TestApi {
         let state = dir.path().to_path_buf();
         let store = Arc::new(Store::open_in_memory().expect("store"));
         let (events, _) = tokio::sync::broadcast::channel(16);
-        let (alerts, _) = tokio::sync::mpsc::unbounded_channel();
         let process =
             driver::process::ProcessDriver::new(state.join("instances")).expect("process driver");
         let shutdown = tokio_util::sync::CancellationToken::new();
@@ -65,7 +64,6 @@ impl TestApi {
             signalled: tokio::sync::Notify::new(),
             counters: Mutex::new(crate::metrics::Counters::default()),
             api_fingerprint: None,
-            alerts,
         });
         let mut tokens = BTreeMap::new();
         for role in Role::ALL {
@@ -478,4 +476,58 @@ async fn only_another_approver_or_admin_approves() {
             },
         ]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_is_not_the_json_asked_for_is_refused_in_the_envelope() {
+    let api = TestApi::start().await;
+    let admin = api.token(Role::Admin);
+    let too_big = format!(r#"{{"name": "{}", "role": "viewer"}}"#, "x".repeat(2 << 20));
+    let table: &[(&str, &[u8], u16, &str, &str)] = &[
+        (
+            "malformed",
+            b"{\"name\": \"ci\", ",
+            400,
+            "bad_request",
+            "EOF",
+        ),
+        (
+            "not an object",
+            b"[]",
+            422,
+            "invalid_body",
+            "expected struct",
+        ),
+        (
+            "wrong type",
+            b"{\"name\": 7, \"role\": \"viewer\"}",
+            422,
+            "invalid_body",
+            "invalid type: integer `7`",
+        ),
+        (
+            "missing field",
+            b"{\"name\": \"ci\"}",
+            422,
+            "invalid_body",
+            "missing field `role`",
+        ),
+        (
+            "too big",
+            too_big.as_bytes(),
+            413,
+            "too_large",
+            "length limit",
+        ),
+    ];
+    for (what, body, status, code, says) in table {
+        let answer = api.call("POST", "/v1/tokens", Some(admin), body).await;
+        assert_eq!(answer.status, *status, "{what}: {answer:?}");
+        let error = answer.envelope(what).error;
+        assert_eq!(error.code, *code, "{what}: {error:?}");
+        assert!(error.message.contains(says), "{what}: {error:?}");
+    }
+    // Nothing was created by any of them.
+    let tokens = api.engine.store.tokens().expect("tokens");
+    assert_eq!(tokens.len(), Role::ALL.len(), "{tokens:?}");
 }

@@ -1,0 +1,119 @@
+//! The status of an app environment: current release, instances, weights, last deployment.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use client::wire::{InstanceView, StatusView, WeightView};
+
+use crate::api::error::{ApiError, ApiResult};
+use crate::api::views;
+use crate::engine::Engine;
+
+pub async fn status(
+    State(engine): State<Arc<Engine>>,
+    Path((app, env)): Path<(String, String)>,
+) -> ApiResult<StatusView> {
+    let known = engine.store.apps().map_err(ApiError::internal)?;
+    if !known.iter().any(|(a, e, _)| *a == app && *e == env) {
+        let environments: Vec<String> = known
+            .iter()
+            .filter(|(a, _, _)| *a == app)
+            .map(|(_, e, _)| format!("`{e}`"))
+            .collect();
+        return Err(ApiError::not_found(if environments.is_empty() {
+            format!("no app `{app}` on this agent: deploy it first (`rollway deploy --env {env}`)")
+        } else {
+            format!(
+                "app `{app}` has no environment `{env}` on this agent; it has {}",
+                environments.join(", ")
+            )
+        }));
+    }
+    let current = engine
+        .store
+        .current(&app, &env)
+        .map_err(ApiError::internal)?;
+    let runtime = engine.runtime(&(app.clone(), env.clone()));
+    // What the proxy holds now tells which instances are draining; without an answer, none are.
+    let observed: std::collections::BTreeMap<String, proxy::ObservedInstanceState> = engine
+        .proxy
+        .client()
+        .state()
+        .await
+        .map(|observed| {
+            observed
+                .routes
+                .into_iter()
+                .flat_map(|route| route.instances)
+                .map(|instance| (instance.id, instance.state))
+                .collect()
+        })
+        .unwrap_or_default();
+    let instances = runtime
+        .instances
+        .iter()
+        .map(|(id, instance)| InstanceView {
+            id: id.clone(),
+            release: instance.release,
+            service: instance.service.clone(),
+            port: instance.port,
+            state: views::instance_state(
+                instance,
+                runtime
+                    .weights
+                    .iter()
+                    .any(|(release, weight)| *release == instance.release && *weight > 0),
+                observed.get(id).copied(),
+                engine.drivers.status(id),
+            ),
+        })
+        .collect();
+    let deployment = engine
+        .store
+        .deployments(&app, &env, 1)
+        .map_err(ApiError::internal)?
+        .into_iter()
+        .next()
+        .map(|deployment| views::deployment_view(&deployment));
+    let inconclusive = match &deployment {
+        Some(deployment) => engine
+            .store
+            .events_for_deployment(&deployment.id, 0)
+            .map_err(ApiError::internal)?
+            .into_iter()
+            .rev()
+            .find(|event| event.kind == "analysis.inconclusive")
+            .map(|event| event.message),
+        None => None,
+    };
+    let url = runtime
+        .routes
+        .first()
+        .map(|route| match route.hosts.first() {
+            Some(host) => format!(
+                "http://{host}:{}/ (via {})",
+                engine.proxy_addr.port(),
+                engine.proxy_addr
+            ),
+            None => format!("http://{}/", engine.proxy_addr),
+        });
+    Ok(Json(StatusView {
+        app,
+        environment: env,
+        current_release: current,
+        url,
+        instances,
+        weights: runtime
+            .weights
+            .iter()
+            .map(|(release, weight)| WeightView {
+                release: *release,
+                weight: *weight,
+            })
+            .collect(),
+        deployment,
+        proxy: Some(views::proxy_view(&engine.proxy.status())),
+        inconclusive,
+    }))
+}
