@@ -19,8 +19,8 @@ pub mod releases;
 pub mod router;
 pub mod secrets;
 pub mod status;
-pub mod tokens;
 pub mod tls;
+pub mod tokens;
 pub mod views;
 
 use std::pin::Pin;

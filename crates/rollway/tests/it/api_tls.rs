@@ -4,7 +4,8 @@
 //! `http://` beyond loopback is refused by the CLI, and an agent listening beyond loopback (in a
 //! network namespace of the test's own, on the address of a veth interface) answers no plain HTTP.
 //!
-//! Loopback agents here are started with `--api-tls`; the namespace test needs root, `unshare` and
+//! Loopback agents here are started with `--api-tls`; the terminal test runs the CLI under `script` (a
+//! pty, util-linux); the namespace test needs root, `unshare` and
 //! `ip` (it fails when `ROLLWAY_E2E` is set without them, and skips with one printed line otherwise).
 
 use std::path::Path;
@@ -456,4 +457,78 @@ async fn an_agent_beyond_loopback_answers_no_plain_http() {
     );
     assert!(String::from_utf8_lossy(&listed.stdout).contains("admin"));
     drop(agent);
+}
+
+/// `rollway ARGS` on a terminal (`script` gives it a pty) with `answer` typed in, for `agent`.
+async fn on_a_terminal(agent: &TestAgent, args: &str, answer: &str) -> Ran {
+    let line = format!(
+        "{} {args} --agent {} --token {}",
+        rollway_bin().display(),
+        agent.api_url(),
+        agent.admin_token()
+    );
+    let mut command = Command::new("script");
+    command
+        .args(["-qec", &line, "/dev/null"])
+        .env("NO_COLOR", "1")
+        .env("XDG_CONFIG_HOME", agent.cli_config_dir())
+        .env(
+            "ROLLWAY_STATE_DIR",
+            agent.state_dir().join("no-local-agent"),
+        )
+        .env_remove("ROLLWAY_AGENT_FINGERPRINT")
+        .env_remove("ROLLWAY_AGENT")
+        .env_remove("ROLLWAY_TOKEN")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = command.spawn().expect("script runs");
+    if let Some(mut stdin) = child.stdin.take() {
+        use tokio::io::AsyncWriteExt as _;
+        stdin
+            .write_all(answer.as_bytes())
+            .await
+            .expect("answer typed");
+    }
+    let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("the command ends within 60 s")
+        .expect("script runs");
+    Ran {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_terminal_the_cli_shows_the_fingerprint_and_pins_it_only_when_accepted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = TestAgent::start_tls(rollway_bin(), &dir.path().join("state"), &[]).await;
+    let known_agents = agent.cli_config_dir().join("rollway/known_agents");
+    let requests_before = log_lines(&agent, "API request.").len();
+
+    // Refused: nothing pinned, nothing sent (the fingerprint came from a refused handshake).
+    let ran = on_a_terminal(&agent, "tokens list", "n\n").await;
+    ran.assert_code(3);
+    assert_contains(&ran, agent.fingerprint());
+    assert_contains(&ran, "Trust it and remember it");
+    assert_contains(&ran, "was not trusted");
+    assert!(!known_agents.exists());
+    assert_eq!(log_lines(&agent, "API request.").len(), requests_before);
+
+    // Accepted: pinned, and the command goes through.
+    let ran = on_a_terminal(&agent, "tokens list", "y\n").await;
+    ran.assert_code(0);
+    assert_contains(&ran, "admin");
+    let known = std::fs::read_to_string(&known_agents).expect("pinned");
+    assert!(
+        known.contains(&format!("{} {}", agent.api_addr(), agent.fingerprint())),
+        "{known}"
+    );
+    // Next time, no question.
+    let ran = on_a_terminal(&agent, "tokens list", "").await;
+    ran.assert_code(0);
+    assert!(!ran.stdout.contains("Trust it"), "{ran}");
 }
