@@ -76,6 +76,8 @@ pub struct RouteInfo {
     pub drain: Duration,
     /// Limits, timeouts and upstream protocol from `[routes.X]` and `[services.X] protocol`.
     pub settings: proxy::RouteSettings,
+    /// Rate limit and allow list from `[routes.X]`, and the health path maintenance lets through.
+    pub edge: crate::edge::RouteEdgeInfo,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -162,6 +164,9 @@ pub struct Engine {
     pub counters: Mutex<crate::metrics::Counters>,
     /// The API certificate's fingerprint when the API serves TLS (`GET /v1/agent` shows it).
     pub api_fingerprint: Option<client::pin::Fingerprint>,
+    /// Maintenance mode and pause per environment (`crate::edge`), loaded from the store at start.
+    /// std Mutex: map reads and edits only, never held across an await.
+    pub edge: Mutex<BTreeMap<AppEnv, crate::edge::EnvEdge>>,
 }
 
 /// What a person tells a running deployment.
@@ -211,6 +216,8 @@ impl Engine {
             .runtimes
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let edges = self.env_edges();
+        let now_ms = now_ms();
         let mut routes = Vec::new();
         for ((app, env), runtime) in runtimes.iter() {
             for route in &runtime.routes {
@@ -243,6 +250,12 @@ impl Engine {
                 desired_route.drain_timeout_ms =
                     u64::try_from(route.drain.as_millis()).unwrap_or(u64::MAX);
                 desired_route.set_settings(route.settings);
+                crate::edge::apply(
+                    &mut desired_route,
+                    route,
+                    edges.get(&(app.clone(), env.clone())),
+                    now_ms,
+                );
                 desired_route.pools = pools;
                 routes.push(desired_route);
             }

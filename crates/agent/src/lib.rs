@@ -11,6 +11,7 @@ pub mod artifact;
 pub mod backup;
 pub mod deploy;
 pub mod drivers;
+pub mod edge;
 pub mod engine;
 pub mod health;
 pub mod isolation;
@@ -193,6 +194,7 @@ pub async fn run(
         signalled: tokio::sync::Notify::new(),
         counters: Mutex::new(metrics::Counters::default()),
         api_fingerprint,
+        edge: Mutex::new(BTreeMap::new()),
     });
     // Subscribed before anything is recorded (recovery records events), so no alert is missed.
     tokio::spawn(alerts::run(engine.clone(), engine.events.subscribe()));

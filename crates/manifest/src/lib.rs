@@ -6,6 +6,7 @@
 //! into [`Diagnostics`]; nothing stops at the first error.
 
 mod diagnostic;
+mod edge;
 pub mod interpolate;
 mod parity;
 mod read;
@@ -18,6 +19,7 @@ mod validate;
 use std::path::Path;
 
 pub use diagnostic::{Diagnostic, Diagnostics, LocatedDiagnostic};
+pub use edge::RateLimit;
 pub use parity::{Difference, ParityReport};
 pub use resolve::{Environment, Reference, RequiredConfig, ResolvedManifest, Warning};
 pub use schema::{

@@ -279,6 +279,12 @@ pub struct Route {
     pub max_body: ByteSize,
     /// Most header fields in an answer (502 past it).
     pub max_header_fields: u32,
+    /// Requests per client address (429 past it); `None` means unlimited.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<crate::edge::RateLimit>,
+    /// Client networks that may use the route (403 for others); empty means every client.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

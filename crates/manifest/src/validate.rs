@@ -51,6 +51,8 @@ const ROUTE_KEYS: &[&str] = &[
     "idle_timeout",
     "max_body",
     "max_header_fields",
+    "rate_limit",
+    "allow",
 ];
 const HEALTH_KEYS: &[&str] = &[
     "path",
@@ -766,6 +768,8 @@ fn routes(reader: &mut Reader, value: Option<&Value<'_>>, services: &[Service]) 
                 idle_timeout: defaults::ROUTE_IDLE_TIMEOUT,
                 max_body: defaults::ROUTE_MAX_BODY,
                 max_header_fields: defaults::ROUTE_MAX_HEADER_FIELDS,
+                rate_limit: None,
+                allow: Vec::new(),
             })
             .collect();
     };
@@ -825,6 +829,13 @@ fn routes(reader: &mut Reader, value: Option<&Value<'_>>, services: &[Service]) 
                 reader.integer_in(value, &format!("{section}.max_header_fields"), 1..=10_000)
             })
             .map_or(defaults::ROUTE_MAX_HEADER_FIELDS, |n| n as u32);
+        let rate_limit = route_table
+            .get("rate_limit")
+            .and_then(|value| crate::edge::rate_limit(reader, value, &section));
+        let allow = route_table
+            .get("allow")
+            .map(|value| crate::edge::allow(reader, value, &section))
+            .unwrap_or_default();
         let hosts = route_table
             .get("hosts")
             .and_then(|value| reader.string_array(value, &format!("{section}.hosts")))
@@ -889,6 +900,8 @@ fn routes(reader: &mut Reader, value: Option<&Value<'_>>, services: &[Service]) 
             idle_timeout,
             max_body,
             max_header_fields,
+            rate_limit,
+            allow,
         });
     }
     routes

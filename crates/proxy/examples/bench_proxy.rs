@@ -127,6 +127,7 @@ async fn proxy(
             protocol,
             ..proxy::RouteSettings::default()
         },
+        edge: proxy::RouteEdge::default(),
     });
     let instance = InstanceId::new("upstream");
     proxy.add_instance(InstanceSpec {

@@ -38,6 +38,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{RouteSettings, UpstreamProtocol};
 use crate::control::{InstanceSpec, Proxy};
+use crate::edge::{DesiredMaintenance, DesiredRateLimit};
 use crate::error::ControlError;
 use crate::routing::{InstanceId, InstanceState, ReleaseId, RouteName, RouteSpec, RoutingTable};
 
@@ -100,6 +101,18 @@ pub struct DesiredRoute {
     /// Protocol spoken to the instances.
     #[serde(default, skip_serializing_if = "is_default_protocol")]
     pub protocol: UpstreamProtocol,
+    /// Client networks allowed (`RouteEdge::allow`); empty means every client.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
+    /// Requests per client address (`RouteEdge::rate_limit`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<DesiredRateLimit>,
+    /// Maintenance mode (`RouteEdge::maintenance`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<DesiredMaintenance>,
+    /// End of a pause, in milliseconds since the Unix epoch (`RouteEdge::paused_until`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_until_unix_ms: Option<u64>,
     #[serde(default)]
     pub pools: Vec<DesiredPool>,
 }
@@ -201,6 +214,27 @@ pub enum Problem {
         "instance `{instance}` is draining; a drained instance cannot come back, give it a new id"
     )]
     InstanceDraining { instance: String },
+    #[error("route `{route}`: {source}")]
+    BadNetwork {
+        route: String,
+        #[source]
+        source: crate::config::TrustedProxyParseError,
+    },
+    #[error(
+        "route `{route}`: rate limit {requests} per {per_ms} ms with burst {burst} needs all three above 0"
+    )]
+    BadRateLimit {
+        route: String,
+        requests: u32,
+        per_ms: u64,
+        burst: u32,
+    },
+    #[error("route `{route}`: maintenance page is {bytes} bytes, more than the {limit} accepted")]
+    MaintenancePageTooLarge {
+        route: String,
+        bytes: usize,
+        limit: usize,
+    },
 }
 
 impl DesiredState {
@@ -262,6 +296,7 @@ impl DesiredState {
                     }
                 }
             }
+            problems.extend(crate::edge::problems(route));
             let mut releases = BTreeSet::new();
             for pool in &route.pools {
                 if pool.release.trim().is_empty() {
@@ -352,6 +387,10 @@ impl DesiredRoute {
             max_body_bytes: settings.max_body_bytes,
             max_header_fields: settings.max_header_fields,
             protocol: settings.protocol,
+            allow: Vec::new(),
+            rate_limit: None,
+            maintenance: None,
+            paused_until_unix_ms: None,
             pools: Vec::new(),
         }
     }
@@ -643,6 +682,7 @@ fn plan(desired: &DesiredState) -> Vec<PlannedRoute> {
                     hosts: route.hosts.clone(),
                     path_prefix: path.to_owned(),
                     settings: route.settings(),
+                    edge: route.edge(),
                 },
                 drain_timeout: Duration::from_millis(route.drain_timeout_ms),
                 pools: route

@@ -4,7 +4,7 @@
 //! Control-plane mistakes (unknown instance, bad weight) are `ControlError`, never an HTTP answer.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -68,6 +68,27 @@ pub enum ProxyError {
         #[source]
         source: hyper::Error,
     },
+    #[error("client `{client}` is not in the networks allowed on route `{route}`")]
+    Forbidden { route: RouteName, client: IpAddr },
+    #[error("client `{client}` is over the rate limit of route `{route}`")]
+    RateLimited {
+        route: RouteName,
+        client: IpAddr,
+        retry_after: Duration,
+    },
+    #[error("route `{route}` is in maintenance")]
+    Maintenance {
+        route: RouteName,
+        /// The HTML page answered.
+        page: Bytes,
+        retry_after: Duration,
+    },
+    #[error("route `{route}` stayed paused past the wait bound ({waited:?})")]
+    PausedTooLong {
+        route: RouteName,
+        waited: Duration,
+        retry_after: Duration,
+    },
 }
 
 /// What made a request malformed.
@@ -111,10 +132,18 @@ pub enum ErrorKind {
     BadRequest,
     /// A request tried again on another instance (not an error seen by the client).
     Retried,
+    /// Refused by the route's `allow` list (403).
+    Forbidden,
+    /// Over the route's rate limit for its client address (429).
+    RateLimited,
+    /// Answered by the maintenance page (503).
+    Maintenance,
+    /// Held by a pause longer than the waiting bound (503).
+    PausedTooLong,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 12] = [
+    pub const ALL: [ErrorKind; 16] = [
         ErrorKind::Connect,
         ErrorKind::Upstream,
         ErrorKind::UpstreamTimeout,
@@ -127,6 +156,10 @@ impl ErrorKind {
         ErrorKind::NoRoute,
         ErrorKind::BadRequest,
         ErrorKind::Retried,
+        ErrorKind::Forbidden,
+        ErrorKind::RateLimited,
+        ErrorKind::Maintenance,
+        ErrorKind::PausedTooLong,
     ];
 
     /// Position in `ALL`; used as an array index by the stats.
@@ -149,6 +182,10 @@ impl ErrorKind {
             ErrorKind::NoRoute => "no_route",
             ErrorKind::BadRequest => "bad_request",
             ErrorKind::Retried => "retried",
+            ErrorKind::Forbidden => "forbidden",
+            ErrorKind::RateLimited => "rate_limited",
+            ErrorKind::Maintenance => "maintenance",
+            ErrorKind::PausedTooLong => "paused_too_long",
         }
     }
 }
@@ -169,6 +206,10 @@ impl ProxyError {
             ProxyError::ClientTimeout { .. } => ErrorKind::ClientTimeout,
             ProxyError::HeadersTooLarge { .. } => ErrorKind::HeadersTooLarge,
             ProxyError::ClientGone { .. } => ErrorKind::ClientGone,
+            ProxyError::Forbidden { .. } => ErrorKind::Forbidden,
+            ProxyError::RateLimited { .. } => ErrorKind::RateLimited,
+            ProxyError::Maintenance { .. } => ErrorKind::Maintenance,
+            ProxyError::PausedTooLong { .. } => ErrorKind::PausedTooLong,
         }
     }
 
@@ -181,8 +222,13 @@ impl ProxyError {
             | ProxyError::BodyTooLarge { .. }
             | ProxyError::ClientTimeout { .. }
             | ProxyError::HeadersTooLarge { .. }
-            | ProxyError::ClientGone { .. } => Cause::Client,
-            ProxyError::NoReadyInstance { .. } | ProxyError::QueueFull { .. } => Cause::Proxy,
+            | ProxyError::ClientGone { .. }
+            | ProxyError::Forbidden { .. }
+            | ProxyError::RateLimited { .. } => Cause::Client,
+            ProxyError::NoReadyInstance { .. }
+            | ProxyError::QueueFull { .. }
+            | ProxyError::Maintenance { .. }
+            | ProxyError::PausedTooLong { .. } => Cause::Proxy,
             ProxyError::Connect { .. }
             | ProxyError::Upstream { .. }
             | ProxyError::UpstreamTimeout { .. } => Cause::Instance,
@@ -207,9 +253,12 @@ pub fn error_response(error: &ProxyError) -> Response<ProxyBody> {
         ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
         ProxyError::MissingHost | ProxyError::BadRequest { .. } => StatusCode::BAD_REQUEST,
         ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-        ProxyError::NoReadyInstance { .. } | ProxyError::QueueFull { .. } => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
+        ProxyError::NoReadyInstance { .. }
+        | ProxyError::QueueFull { .. }
+        | ProxyError::Maintenance { .. }
+        | ProxyError::PausedTooLong { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        ProxyError::Forbidden { .. } => StatusCode::FORBIDDEN,
+        ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
         ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -225,20 +274,26 @@ pub fn error_response(error: &ProxyError) -> Response<ProxyBody> {
         status.as_u16(),
         status.canonical_reason().unwrap_or("Error")
     );
-    let mut response = Response::new(ProxyBody::full(Bytes::from(text)));
+    let (body, content_type) = match error {
+        ProxyError::Maintenance { page, .. } => (page.clone(), "text/html; charset=utf-8"),
+        _ => (Bytes::from(text), "text/plain; charset=utf-8"),
+    };
+    let mut response = Response::new(ProxyBody::full(body));
     *response.status_mut() = status;
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     if let ProxyError::NoReadyInstance { retry_after, .. }
-    | ProxyError::QueueFull { retry_after, .. } = error
+    | ProxyError::QueueFull { retry_after, .. }
+    | ProxyError::Maintenance { retry_after, .. }
+    | ProxyError::PausedTooLong { retry_after, .. }
+    | ProxyError::RateLimited { retry_after, .. } = error
     {
-        headers.insert(
-            header::RETRY_AFTER,
-            HeaderValue::from(retry_after.as_secs().max(1)),
-        );
+        // Whole seconds, rounded up: a client told 0 would come straight back.
+        let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+    }
+    if let ProxyError::Maintenance { .. } = error {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
     if let ProxyError::MethodNotAllowed { .. } = error {
         headers.insert(

@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use hyper::body::{Body, Incoming};
@@ -17,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use crate::body::{ProxyBody, RequestBody, RequestBodyError};
 use crate::config::UpstreamProtocol;
 use crate::control::Proxy;
+use crate::edge::Admission;
 use crate::error::{BadRequestReason, ProxyError, error_response};
 use crate::instance::InFlightGuard;
 use crate::routing::{InstanceId, RouteName, normalise_host, random_u64};
@@ -107,7 +109,7 @@ async fn forward(
     let host_value = request_host(&request).map_err(|error| (error, None))?;
     let host = host_value.to_str().unwrap_or_default();
     let host_key = normalise_host(host);
-    let (route_name, settings) = {
+    let (route_name, settings, admission) = {
         let table = proxy.inner().table.load();
         let route = table
             .route_for(&host_key, request.uri().path())
@@ -120,8 +122,35 @@ async fn forward(
                     None,
                 )
             })?;
-        (route.name().clone(), route.spec().settings)
+        let edge = &route.spec().edge;
+        let admission = if edge.is_open() {
+            Ok(Admission::Pass)
+        } else {
+            let client =
+                crate::edge::client_addr(config, context.client_addr.ip(), request.headers());
+            edge.admit(
+                route.name(),
+                &route.live.rates,
+                client,
+                request.uri().path(),
+                Instant::now(),
+                SystemTime::now(),
+            )
+        };
+        (route.name().clone(), route.spec().settings, admission)
     };
+    match admission {
+        Ok(Admission::Pass) => {}
+        Ok(Admission::Hold { until }) => {
+            hold_while_paused(proxy, &route_name, &host_key, request.uri().path(), until).await?;
+        }
+        Err(refusal) => {
+            if !expects_continue(request.headers()) {
+                discard_body(request.into_body()).await;
+            }
+            return Err((refusal, None));
+        }
+    }
     let announced_length = content_length(request.headers());
     if let Some(length) = announced_length
         && length > settings.max_body_bytes
@@ -344,12 +373,6 @@ async fn pick_or_wait(
             None,
         ));
     }
-    struct LeaveQueue<'a>(&'a crate::routing::RouteLive);
-    impl Drop for LeaveQueue<'_> {
-        fn drop(&mut self) {
-            self.0.leave_queue();
-        }
-    }
     let _leave = LeaveQueue(&route_live);
     let started = Instant::now();
     let deadline = started + waiting.max_wait;
@@ -378,6 +401,83 @@ async fn pick_or_wait(
                 None,
             ));
         }
+    }
+}
+
+/// Holds a request of a paused route in the route's waiting queue (the same bounds as the wait for a ready
+/// instance) until the pause ends, by its own end time or by a new snapshot that lifts it. Past the
+/// queue's bounds the request gets 503.
+async fn hold_while_paused(
+    proxy: &Proxy,
+    route_name: &RouteName,
+    host: &str,
+    path: &str,
+    until: SystemTime,
+) -> Result<(), Failure> {
+    tracing::debug!(
+        message = "Request held by a pause.",
+        route = %route_name,
+        until_unix_ms = crate::edge::unix_ms(until)
+    );
+    let inner = proxy.inner();
+    let route_live = {
+        let table = inner.table.load();
+        let Some(route) = table.route_for(host, path) else {
+            return Err(no_route(host, path));
+        };
+        Arc::clone(&route.live)
+    };
+    let waiting = &inner.config.waiting;
+    if !route_live.try_enter_queue(waiting.max_waiting) {
+        return Err((
+            ProxyError::QueueFull {
+                route: route_name.clone(),
+                max_waiting: waiting.max_waiting,
+                retry_after: waiting.retry_after,
+            },
+            None,
+        ));
+    }
+    let _leave = LeaveQueue(&route_live);
+    let started = Instant::now();
+    let deadline = started + waiting.max_wait;
+    loop {
+        // Subscribe before looking, so a swap between the look and the wait still wakes us.
+        let mut changed = inner.changed.subscribe();
+        let until = {
+            let table = inner.table.load();
+            let Some(route) = table.route_for(host, path) else {
+                return Err(no_route(host, path));
+            };
+            match route.spec().edge.paused_until {
+                Some(paused_until) if paused_until > SystemTime::now() => paused_until,
+                _ => return Ok(()),
+            }
+        };
+        let pause_left = until.duration_since(SystemTime::now()).unwrap_or_default();
+        let now = Instant::now();
+        if now >= deadline {
+            return Err((
+                ProxyError::PausedTooLong {
+                    route: route_name.clone(),
+                    waited: started.elapsed(),
+                    retry_after: waiting.retry_after,
+                },
+                None,
+            ));
+        }
+        let wake = deadline.min(now + pause_left);
+        // A new snapshot or the pause's own end: either way, look again.
+        let _ = tokio::time::timeout_at(wake, changed.changed()).await;
+    }
+}
+
+/// Leaves a route's waiting queue when dropped.
+struct LeaveQueue<'a>(&'a crate::routing::RouteLive);
+
+impl Drop for LeaveQueue<'_> {
+    fn drop(&mut self) {
+        self.0.leave_queue();
     }
 }
 

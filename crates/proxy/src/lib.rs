@@ -28,6 +28,7 @@ mod control;
 pub mod control_client;
 pub mod control_socket;
 mod desired;
+mod edge;
 mod error;
 mod forward;
 mod grpc;
@@ -54,6 +55,10 @@ pub use control::{DrainOutcome, InstanceSpec, Proxy};
 pub use desired::{
     ApplyError, ApplyReport, DesiredInstance, DesiredPool, DesiredRoute, DesiredState, Problem,
     apply,
+};
+pub use edge::{
+    ClientNetwork, DesiredMaintenance, DesiredRateLimit, MAX_MAINTENANCE_PAGE_BYTES, Maintenance,
+    RateLimit, RouteEdge, time_from_unix_ms, unix_ms,
 };
 pub use error::{BadRequestReason, Cause, ControlError, ErrorKind, ProxyError, error_response};
 pub use instance::{InFlightGuard, InstanceLive};

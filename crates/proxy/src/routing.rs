@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::config::RouteSettings;
+use crate::edge::{RateTable, RouteEdge};
 use crate::instance::{InFlightGuard, InstanceLive};
 use crate::stats::ReleaseStats;
 
@@ -36,6 +37,8 @@ pub struct RouteSpec {
     pub path_prefix: String,
     /// Limits, timeouts and the protocol spoken to the route's instances.
     pub settings: RouteSettings,
+    /// Who may use the route and how fast; maintenance and pause (`edge`).
+    pub edge: RouteEdge,
 }
 
 /// Life cycle of an instance, driven by the control plane.
@@ -84,6 +87,8 @@ pub struct Pool {
 pub(crate) struct RouteLive {
     /// Requests currently in the waiting queue of this route.
     pub(crate) waiting: AtomicUsize,
+    /// Token buckets per client address for the route's rate limit.
+    pub(crate) rates: RateTable,
 }
 
 impl ReleaseId {

@@ -754,6 +754,7 @@ pub fn routes(resolved: &ResolvedManifest) -> Vec<RouteInfo> {
                     service.drain.as_std()
                 }),
                 settings: route_settings(route, service.map(|service| service.protocol)),
+                edge: crate::edge::route_edge_info(route, service),
             }
         })
         .collect()

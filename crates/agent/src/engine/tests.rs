@@ -32,6 +32,7 @@ fn engine_without_proxy(dir: &std::path::Path) -> Engine {
         signalled: tokio::sync::Notify::new(),
         counters: Mutex::new(crate::metrics::Counters::default()),
         api_fingerprint: None,
+        edge: Mutex::new(BTreeMap::new()),
     }
 }
 
@@ -46,6 +47,7 @@ async fn a_change_the_proxy_refuses_is_undone() {
         paths: Vec::new(),
         drain: Duration::from_secs(1),
         settings: proxy::RouteSettings::default(),
+        edge: crate::edge::RouteEdgeInfo::default(),
     };
     engine.with_runtime(&key, |runtime| {
         runtime.routes = vec![serving.clone()];

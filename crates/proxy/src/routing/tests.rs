@@ -13,6 +13,7 @@ fn route(name: &str, hosts: &[&str], prefix: &str, pools: Vec<Pool>) -> Route {
             hosts: hosts.iter().map(|host| (*host).to_owned()).collect(),
             path_prefix: prefix.to_owned(),
             settings: RouteSettings::default(),
+            edge: crate::edge::RouteEdge::default(),
         },
         pools,
         Arc::new(RouteLive::default()),

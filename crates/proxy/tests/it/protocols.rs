@@ -60,6 +60,7 @@ async fn tls_serves_h2_and_http1_by_alpn() {
         hosts: vec![HOST.to_owned()],
         path_prefix: "/".to_owned(),
         settings: proxy::RouteSettings::default(),
+        edge: proxy::RouteEdge::default(),
     });
     proxy
         .add_instance(proxy::InstanceSpec {

@@ -60,6 +60,7 @@ impl TestProxy {
             hosts: vec![HOST.to_owned()],
             path_prefix: "/".to_owned(),
             settings,
+            edge: proxy::RouteEdge::default(),
         });
         let listener = TcpListener::bind("127.0.0.1:0")
             .await

@@ -64,6 +64,7 @@ impl TestApi {
             signalled: tokio::sync::Notify::new(),
             counters: Mutex::new(crate::metrics::Counters::default()),
             api_fingerprint: None,
+            edge: Mutex::new(BTreeMap::new()),
         });
         let mut tokens = BTreeMap::new();
         for role in Role::ALL {

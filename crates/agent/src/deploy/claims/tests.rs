@@ -11,6 +11,7 @@ fn route(service: &str, hosts: &[&str], paths: &[&str]) -> RouteInfo {
         paths: paths.iter().map(|path| (*path).to_owned()).collect(),
         drain: Duration::from_secs(1),
         settings: proxy::RouteSettings::default(),
+        edge: crate::edge::RouteEdgeInfo::default(),
     }
 }
 
