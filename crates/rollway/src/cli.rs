@@ -459,9 +459,20 @@ pub struct InitArgs {
     /// The app folder.
     #[arg(default_value = ".")]
     pub dir: PathBuf,
-    /// Replace an existing rollway.toml.
+    /// Replace an existing rollway.toml (with `--ci`: the existing workflow instead).
     #[arg(long)]
     pub force: bool,
+    /// Write a CI workflow that tests every push and deploys (`github`:
+    /// `.github/workflows/deploy.yml`); the manifest too when there is none.
+    #[arg(long, value_enum, value_name = "PROVIDER")]
+    pub ci: Option<Ci>,
+}
+
+/// `rollway init --ci`: the CI systems a workflow can be written for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Ci {
+    /// GitHub Actions.
+    Github,
 }
 
 #[derive(Debug, Args)]

@@ -49,6 +49,15 @@ pub struct TestAgent {
     run_as: Option<(u32, u32)>,
     /// More `rollway agent` arguments (`--https ADDR`, `--acme-directory URL`).
     extra_args: Vec<String>,
+    /// `Some` for an agent serving its API over TLS (`--api-tls` and these extra arguments).
+    tls: Option<TlsAgent>,
+}
+
+/// What a TLS agent was started with, and the fingerprint it printed in `agent.json`.
+#[derive(Debug, Clone, Default)]
+struct TlsAgent {
+    extra_args: Vec<String>,
+    fingerprint: String,
 }
 
 /// What one `rollway` command did.
@@ -136,7 +145,7 @@ impl TestAgent {
         state_dir: &Path,
         extra_env: &[(&str, &str)],
     ) -> TestAgent {
-        TestAgent::start_inner(rollway, state_dir, extra_env, None, Vec::new()).await
+        TestAgent::start_inner(rollway, state_dir, extra_env, None, Vec::new(), None).await
     }
 
     /// [`TestAgent::start_with_env`] with more `rollway agent` arguments.
@@ -146,14 +155,34 @@ impl TestAgent {
         extra_args: &[String],
         extra_env: &[(&str, &str)],
     ) -> TestAgent {
-        TestAgent::start_inner(rollway, state_dir, extra_env, None, extra_args.to_vec()).await
+        TestAgent::start_inner(
+            rollway,
+            state_dir,
+            extra_env,
+            None,
+            extra_args.to_vec(),
+            None,
+        )
+        .await
+    }
+
+    /// [`TestAgent::start`] with the API over TLS on loopback (`--api-tls`, then `extra_args`,
+    /// such as `--api-cert FILE --api-key FILE`). Its CLI commands trust the fingerprint the agent
+    /// wrote in `agent.json` (`ROLLWAY_AGENT_FINGERPRINT`) and keep `known_agents` under the state
+    /// directory (`XDG_CONFIG_HOME`).
+    pub async fn start_tls(rollway: &Path, state_dir: &Path, extra_args: &[&str]) -> TestAgent {
+        let tls = TlsAgent {
+            extra_args: extra_args.iter().map(|arg| (*arg).to_owned()).collect(),
+            fingerprint: String::new(),
+        };
+        TestAgent::start_inner(rollway, state_dir, &[], None, Vec::new(), Some(tls)).await
     }
 
     /// [`TestAgent::start`] with the agent running as `uid`:`gid` (the test must be root). The
     /// state directory's parent must be writable by that user (the apps directory and the master
     /// key file are made beside the state directory).
     pub async fn start_as(rollway: &Path, state_dir: &Path, uid: u32, gid: u32) -> TestAgent {
-        TestAgent::start_inner(rollway, state_dir, &[], Some((uid, gid)), Vec::new()).await
+        TestAgent::start_inner(rollway, state_dir, &[], Some((uid, gid)), Vec::new(), None).await
     }
 
     async fn start_inner(
@@ -162,6 +191,7 @@ impl TestAgent {
         extra_env: &[(&str, &str)],
         run_as: Option<(u32, u32)>,
         extra_args: Vec<String>,
+        tls: Option<TlsAgent>,
     ) -> TestAgent {
         std::fs::create_dir_all(state_dir)
             .unwrap_or_else(|error| panic!("cannot create `{}`: {error}", state_dir.display()));
@@ -175,6 +205,7 @@ impl TestAgent {
             child: None,
             run_as,
             extra_args,
+            tls,
         };
         if let Some((uid, gid)) = run_as {
             std::os::unix::fs::chown(state_dir, Some(uid), Some(gid)).unwrap_or_else(|error| {
@@ -205,7 +236,32 @@ impl TestAgent {
     }
 
     pub fn api_url(&self) -> String {
-        format!("http://{}", self.api)
+        match self.tls {
+            Some(_) => format!("https://{}", self.api),
+            None => format!("http://{}", self.api),
+        }
+    }
+
+    /// The API certificate's fingerprint (`sha256:HEX`) of a TLS agent, as it wrote it in
+    /// `agent.json`; empty for a plain one.
+    pub fn fingerprint(&self) -> &str {
+        self.tls.as_ref().map_or("", |tls| tls.fingerprint.as_str())
+    }
+
+    /// Where the CLI commands of a TLS agent keep their pins (`XDG_CONFIG_HOME`).
+    pub fn cli_config_dir(&self) -> PathBuf {
+        self.state_dir.join("cli-config")
+    }
+
+    /// Kills the agent and starts it again with other extra arguments after `--api-tls` (another
+    /// certificate); its fingerprint is read again.
+    pub async fn restart_tls(&mut self, extra_args: &[&str]) {
+        self.kill9().await;
+        self.tls = Some(TlsAgent {
+            extra_args: extra_args.iter().map(|arg| (*arg).to_owned()).collect(),
+            fingerprint: String::new(),
+        });
+        self.spawn(&[]).await;
     }
 
     pub fn api_addr(&self) -> SocketAddr {
@@ -318,6 +374,12 @@ impl TestAgent {
             .kill_on_drop(true);
         if let Some(token) = token {
             command.env("ROLLWAY_TOKEN", token);
+        }
+        if let Some(tls) = &self.tls {
+            command
+                .env("ROLLWAY_AGENT_FINGERPRINT", &tls.fingerprint)
+                .env("XDG_CONFIG_HOME", self.cli_config_dir())
+                .env_remove("ROLLWAY_KNOWN_AGENTS");
         }
         command
     }
@@ -568,6 +630,9 @@ impl TestAgent {
             .arg("--master-key")
             .arg(self.master_key_file())
             .args(&self.extra_args)
+            .args(self.tls.iter().flat_map(|tls| {
+                std::iter::once("--api-tls".to_owned()).chain(tls.extra_args.iter().cloned())
+            }))
             // The proxy inherits this directory, which is how `Drop` recognises it.
             .current_dir(&self.state_dir)
             .env("NO_COLOR", "1")
@@ -587,6 +652,12 @@ impl TestAgent {
             // std drops root's supplementary groups when it switches users.
             command.uid(uid).gid(gid).env("HOME", "/nonexistent");
         }
+        // A TLS agent is ready once it wrote `agent.json` (after binding; a connection waits in
+        // the backlog): the probe below speaks plain HTTP.
+        let agent_file = self.state_dir.join("agent.json");
+        if self.tls.is_some() {
+            let _ = std::fs::remove_file(&agent_file);
+        }
         let child = command.spawn().unwrap_or_else(|error| {
             panic!("cannot start `{} agent`: {error}", self.rollway.display())
         });
@@ -597,7 +668,16 @@ impl TestAgent {
             self.api
         );
         loop {
-            if matches!(http_status(self.api, &request).await, Ok(200)) {
+            if let Some(tls) = self.tls.as_mut() {
+                let written = std::fs::read_to_string(&agent_file)
+                    .ok()
+                    .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+                    .and_then(|agent| agent["fingerprint"].as_str().map(str::to_owned));
+                if let Some(fingerprint) = written {
+                    tls.fingerprint = fingerprint;
+                    return Ok(());
+                }
+            } else if matches!(http_status(self.api, &request).await, Ok(200)) {
                 return Ok(());
             }
             if let Some(child) = self.child.as_mut()

@@ -18,7 +18,7 @@ use crate::edge::{
     EnvEdge, MAINTENANCE_RETRY_AFTER, MAX_MESSAGE_CHARS, MAX_PAUSE, MaintenanceMode, Pause,
     default_page,
 };
-use crate::engine::{Engine, now_ms};
+use crate::engine::{AppEnv, Engine, now_ms};
 use crate::store::NewEvent;
 
 /// Longest `Retry-After` accepted, in seconds (a day).
@@ -145,7 +145,7 @@ pub async fn pause(
         env_edge.pause = Some(pause);
     })
     .await?;
-    spawn_auto_resume(engine, (app, env), pause);
+    spawn_auto_resume(engine, AppEnv::new(app, env), pause);
     Ok(Json(edited))
 }
 
@@ -203,17 +203,22 @@ pub fn restore(engine: &Arc<Engine>) {
         }
     };
     let now = now_ms();
-    for (key, mut env_edge) in edges {
+    for ((app, environment), mut env_edge) in edges {
+        let key = AppEnv::new(app, environment);
         if let Some(pause) = env_edge.pause {
             if pause.is_over(now) {
                 env_edge.pause = None;
-                if let Err(error) = engine.store.set_env_edge(&key.0, &key.1, &env_edge, now) {
+                if let Err(error) =
+                    engine
+                        .store
+                        .set_env_edge(&key.app, &key.environment, &env_edge, now)
+                {
                     tracing::error!(message = "Cannot clear an ended pause.", %error);
                 }
                 record(
                     engine,
-                    &key.0,
-                    &key.1,
+                    &key.app,
+                    &key.environment,
                     "pause.ended",
                     ended_message(&key, pause),
                 );
@@ -226,7 +231,7 @@ pub fn restore(engine: &Arc<Engine>) {
 }
 
 /// Ends `pause` at its bound unless it was lifted or replaced meanwhile.
-fn spawn_auto_resume(engine: Arc<Engine>, key: (String, String), pause: Pause) {
+fn spawn_auto_resume(engine: Arc<Engine>, key: AppEnv, pause: Pause) {
     tokio::spawn(async move {
         let left = u64::try_from(pause.until_ms.saturating_sub(now_ms())).unwrap_or(0);
         tokio::select! {
@@ -243,8 +248,8 @@ fn spawn_auto_resume(engine: Arc<Engine>, key: (String, String), pause: Pause) {
         let message = ended_message(&key, pause);
         if let Err(error) = edit(
             &engine,
-            &key.0,
-            &key.1,
+            &key.app,
+            &key.environment,
             "pause.ended",
             message,
             |env_edge| {
@@ -259,11 +264,11 @@ fn spawn_auto_resume(engine: Arc<Engine>, key: (String, String), pause: Pause) {
     });
 }
 
-fn ended_message(key: &(String, String), pause: Pause) -> String {
+fn ended_message(key: &AppEnv, pause: Pause) -> String {
     format!(
         "{} in {} resumed by itself after its {} s bound",
-        key.0,
-        key.1,
+        key.app,
+        key.environment,
         Duration::from_millis(u64::try_from(pause.until_ms - pause.since_ms).unwrap_or(0))
             .as_secs_f64()
     )
@@ -280,7 +285,7 @@ async fn edit(
     message: String,
     change: impl FnOnce(&mut EnvEdge),
 ) -> Result<EdgeView, ApiError> {
-    let key = (app.to_owned(), env.to_owned());
+    let key = AppEnv::new(app, env);
     let mut env_edge = engine.env_edges().remove(&key).unwrap_or_default();
     change(&mut env_edge);
     let now = now_ms();

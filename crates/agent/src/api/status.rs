@@ -98,7 +98,7 @@ pub async fn status(
             ),
             None => format!("http://{}/", engine.proxy_addr),
         });
-    let app_key = (app.clone(), env.clone());
+    let app_key = crate::engine::AppEnv::new(app.clone(), env.clone());
     Ok(Json(StatusView {
         app,
         environment: env,

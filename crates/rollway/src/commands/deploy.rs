@@ -162,6 +162,7 @@ async fn deploy(
         Ok(last) => last,
         Err(error) => return super::client_error(printer, error),
     };
+    summary::write(client, printer, &last).await;
     let status = report_end(printer, &last, started.elapsed(), &followed);
     if last.state == DeploymentState::Succeeded
         && let Ok(status_view) = client.status(app, env).await
@@ -395,6 +396,8 @@ fn human_size(bytes: u64) -> String {
 fn short(digest: &str) -> String {
     format!("sha256:{}", digest.get(..12).unwrap_or(digest))
 }
+
+mod summary;
 
 #[cfg(test)]
 mod tests;

@@ -6,11 +6,16 @@ use anyhow::Context;
 use manifest::scaffold::{self, ProjectFiles};
 
 use crate::ExitStatus;
-use crate::cli::InitArgs;
+use crate::cli::{Ci, InitArgs};
 use crate::printer::Printer;
+
+mod github;
 
 pub fn run(args: &InitArgs, printer: Printer) -> anyhow::Result<ExitStatus> {
     let target = args.dir.join(manifest::FILE_NAME);
+    if let Some(Ci::Github) = args.ci {
+        return run_github(args, &target, printer);
+    }
     if target.exists() && !args.force {
         printer.error(&format!("`{}` already exists", target.display()));
         printer.hint("run `rollway check` to validate it, or `rollway init --force` to replace it");
@@ -38,6 +43,46 @@ pub fn run(args: &InitArgs, printer: Printer) -> anyhow::Result<ExitStatus> {
             .warning("set `run` under `[services.web]` to the command that serves HTTP on $PORT");
     }
     printer.hint("check the health path under `[services.web]`, then run `rollway check`");
+    Ok(ExitStatus::Success)
+}
+
+/// `rollway init --ci github`: the workflow (never over an existing one without `--force`), and
+/// the manifest when the folder has none.
+fn run_github(
+    args: &InitArgs,
+    manifest_path: &Path,
+    printer: Printer,
+) -> anyhow::Result<ExitStatus> {
+    let workflow_path = args.dir.join(github::WORKFLOW_PATH);
+    if workflow_path.exists() && !args.force {
+        printer.error(&format!("`{}` already exists", workflow_path.display()));
+        printer.hint("compare it with `rollway init --ci github --force` in a scratch copy, or pass `--force` to replace it");
+        return Ok(ExitStatus::Usage);
+    }
+    let project = read_project(&args.dir)?;
+    let detected = scaffold::detect(&project);
+    if !manifest_path.exists() {
+        let text = scaffold::template(&project, &detected);
+        std::fs::write(manifest_path, &text)
+            .with_context(|| format!("cannot write `{}`", manifest_path.display()))?;
+        printer.status("Created", &manifest_path.display().to_string());
+    }
+    let has_requirements = project.files.iter().any(|file| file == "requirements.txt");
+    let text = github::workflow(detected.kind, has_requirements);
+    if let Some(parent) = workflow_path.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create `{}`", parent.display()))?;
+    }
+    std::fs::write(&workflow_path, &text)
+        .with_context(|| format!("cannot write `{}`", workflow_path.display()))?;
+    printer.status(
+        "Created",
+        &format!(
+            "{} (tests on every push, staging from main, production from a v* tag after approval)",
+            workflow_path.display()
+        ),
+    );
+    printer.hint("in the repository's settings: environments `staging` and `production` (with required reviewers), secrets ROLLWAY_TOKEN and ROLLWAY_AGENT_FINGERPRINT, variables ROLLWAY_AGENT and ROLLWAY_INSTALL (see the file's header)");
     Ok(ExitStatus::Success)
 }
 

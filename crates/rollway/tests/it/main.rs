@@ -1,8 +1,10 @@
 //! End-to-end tests of the `rollway` binary: what a user types and what they see.
 
 mod agent;
+mod api_tls;
 mod apps;
 mod check;
+mod ci;
 mod containers;
 mod edge;
 mod frame;
