@@ -31,25 +31,23 @@ pub fn alert_text(event: &EventView) -> Option<String> {
         (Some(app), Some(env)) => format!("{app} in {env}"),
         _ => "rollway".to_owned(),
     };
-    // How a deployment ended comes from the event's typed payload, never from its wording.
-    let finished = match event.deployment_event() {
-        Some(client::wire::DeploymentEvent::Finished { state, .. }) => Some(state),
-        _ => None,
-    };
-    let prefix = match event.kind.as_str() {
-        "deployment.finished" if finished == Some(client::wire::DeploymentState::Failed) => {
-            "deploy failed: "
-        }
-        "deployment.finished" if finished == Some(client::wire::DeploymentState::RolledBack) => {
-            "rolled back automatically: "
-        }
-        "deployment.awaiting_approval" => "waiting for approval: ",
-        "instance.unhealthy" | "watch.all_unhealthy" | "backup.failed" => "",
-        "proxy.exited" | "proxy.restarted" | "proxy.restart_failed" => "",
-        "instance.recovered" | "watch.recovered" => "recovered: ",
-        "watch.error_rate" => "error rate above the bound: ",
-        "cert.expiring" | "cert.renewal_failed" => "",
-        _ => return None,
+    // A deployment's alerts come from the event's typed payload, never from its kind or wording.
+    use client::wire::{DeploymentEvent, DeploymentState};
+    let prefix = match (event.deployment_event(), event.kind.as_str()) {
+        (Some(DeploymentEvent::Finished { state, .. }), _) => match state {
+            DeploymentState::Failed => "deploy failed: ",
+            DeploymentState::RolledBack => "rolled back automatically: ",
+            _ => return None,
+        },
+        (Some(DeploymentEvent::AwaitingApproval { .. }), _) => "waiting for approval: ",
+        (_, kind) => match kind {
+            "instance.unhealthy" | "watch.all_unhealthy" | "backup.failed" => "",
+            "proxy.exited" | "proxy.restarted" | "proxy.restart_failed" => "",
+            "instance.recovered" | "watch.recovered" => "recovered: ",
+            "watch.error_rate" => "error rate above the bound: ",
+            "cert.expiring" | "cert.renewal_failed" => "",
+            _ => return None,
+        },
     };
     Some(format!("[rollway] {scope}: {prefix}{}", event.message))
 }

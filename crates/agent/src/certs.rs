@@ -226,13 +226,20 @@ pub struct CertFacts {
     pub names: Vec<String>,
 }
 
+/// A certificate chain whose leaf cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadCertError {
+    #[error("not a PEM certificate")]
+    Pem(#[source] x509_parser::nom::Err<x509_parser::error::PEMError>),
+    #[error("not an X.509 certificate")]
+    X509(#[source] x509_parser::nom::Err<x509_parser::error::X509Error>),
+}
+
 /// Reads the leaf certificate of a PEM chain.
-pub fn facts(chain_pem: &str) -> Result<CertFacts, String> {
-    let (_, pem) = x509_parser::pem::parse_x509_pem(chain_pem.as_bytes())
-        .map_err(|error| format!("not a PEM certificate: {error}"))?;
-    let cert = pem
-        .parse_x509()
-        .map_err(|error| format!("not an X.509 certificate: {error}"))?;
+pub fn facts(chain_pem: &str) -> Result<CertFacts, ReadCertError> {
+    let (_, pem) =
+        x509_parser::pem::parse_x509_pem(chain_pem.as_bytes()).map_err(ReadCertError::Pem)?;
+    let cert = pem.parse_x509().map_err(ReadCertError::X509)?;
     let mut names: Vec<String> = cert
         .subject_alternative_name()
         .ok()
@@ -315,9 +322,9 @@ pub(crate) fn store_cert(
     chain_pem: &str,
     key_pem: &str,
 ) -> Result<CertRecord, CertError> {
-    let facts = facts(chain_pem).map_err(|reason| CertError::Parse {
+    let facts = facts(chain_pem).map_err(|error| CertError::Parse {
         host: host.to_owned(),
-        reason,
+        reason: crate::report::chain(&error),
     })?;
     let sealed =
         crate::secrets::seal_blob(&engine.master_key, &key_purpose(host), key_pem.as_bytes())?;
@@ -468,7 +475,7 @@ fn given_pems<'a>(
     };
     proxy::tls::certified_key_from_pem(&route.hosts, chain_pem.as_bytes(), key_pem.as_bytes())
         .map_err(|error| bad(error.to_string()))?;
-    let facts = facts(chain_pem).map_err(bad)?;
+    let facts = facts(chain_pem).map_err(|error| bad(crate::report::chain(&error)))?;
     for host in &route.hosts {
         if !covers(&facts.names, host) {
             return Err(CertError::NotCovered {

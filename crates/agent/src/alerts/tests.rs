@@ -3,8 +3,9 @@
 use super::*;
 
 fn event(kind: &str, message: &str) -> EventView {
-    // A finished deployment carries how it ended as a typed payload; the test's message says the
-    // same in its first word, and the alert must not depend on the wording.
+    // A finished deployment carries how it ended as a typed payload (the test's message says the
+    // same in its first word, and the alert must not depend on the wording); an approval wait
+    // carries its own payload.
     let data = match (kind, message.split(':').next()) {
         ("deployment.finished", Some(state)) => state
             .parse::<client::wire::DeploymentState>()
@@ -17,6 +18,14 @@ fn event(kind: &str, message: &str) -> EventView {
                 .expect("a finished payload")
             })
             .unwrap_or(serde_json::Value::Null),
+        ("deployment.awaiting_approval", _) => {
+            serde_json::to_value(client::wire::DeploymentEvent::AwaitingApproval {
+                release: 4,
+                deployment: "d-1".into(),
+                started_by: "alice".to_owned(),
+            })
+            .expect("an approval payload")
+        }
         _ => serde_json::Value::Null,
     };
     EventView {

@@ -107,8 +107,11 @@ fn event_stream(
                     continue;
                 }
                 cursor.after = event.id;
-                cursor.finished =
-                    cursor.deployment.is_some() && event.kind == "deployment.finished";
+                cursor.finished = cursor.deployment.is_some()
+                    && matches!(
+                        event.deployment_event(),
+                        Some(client::wire::DeploymentEvent::Finished { .. })
+                    );
                 let data = serde_json::to_string(&event).unwrap_or_default();
                 let sse = SseEvent::default()
                     .event("event")

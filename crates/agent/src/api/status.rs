@@ -83,7 +83,13 @@ pub async fn status(
             .map_err(ApiError::internal)?
             .into_iter()
             .rev()
-            .find(|event| event.kind == "analysis.inconclusive")
+            .map(|event| event.view())
+            .find(|event| {
+                matches!(
+                    event.deployment_event(),
+                    Some(client::wire::DeploymentEvent::Inconclusive { .. })
+                )
+            })
             .map(|event| event.message),
         None => None,
     };

@@ -133,7 +133,7 @@ async fn order(
                 ),
                 Challenge::TlsAlpn01 => {
                     let certificate = alpn_certificate(host, key_authorization.digest().as_ref())
-                        .map_err(|error| (error, None))?;
+                        .map_err(|error| (crate::report::chain(&error), None))?;
                     engine.certs.add_tls_alpn01(host.to_owned(), certificate);
                 }
             }
@@ -147,7 +147,7 @@ async fn order(
     if status != OrderStatus::Ready {
         return Err((invalid_reason(&mut order).await, None));
     }
-    let (csr, key_pem) = csr(host).map_err(|error| (error, None))?;
+    let (csr, key_pem) = csr(host).map_err(|error| (crate::report::chain(&error), None))?;
     order.finalize_csr(&csr).await.map_err(failed)?;
     let chain = order
         .poll_certificate(&retry_policy())
@@ -198,27 +198,46 @@ fn retry_after(error: &instant_acme::Error) -> Option<Duration> {
     }
 }
 
+/// Making a key, a certificate request or a challenge certificate failed (rcgen).
+#[derive(Debug, thiserror::Error)]
+enum MakeError {
+    #[error("cannot make a key")]
+    Key(#[source] rcgen::Error),
+    #[error("`{host}` cannot go in a certificate")]
+    Host {
+        host: String,
+        #[source]
+        source: rcgen::Error,
+    },
+    #[error("cannot make the certificate request")]
+    Request(#[source] rcgen::Error),
+    #[error("cannot make the challenge certificate")]
+    Challenge(#[source] rcgen::Error),
+}
+
 /// A new ECDSA P-256 key and a CSR for `host`.
-fn csr(host: &str) -> Result<(Vec<u8>, Zeroizing<String>), String> {
-    let key = rcgen::KeyPair::generate().map_err(|error| format!("cannot make a key: {error}"))?;
-    let params = rcgen::CertificateParams::new(vec![host.to_owned()])
-        .map_err(|error| format!("`{host}` cannot go in a certificate: {error}"))?;
-    let request = params
-        .serialize_request(&key)
-        .map_err(|error| format!("cannot make the certificate request: {error}"))?;
+fn csr(host: &str) -> Result<(Vec<u8>, Zeroizing<String>), MakeError> {
+    let key = rcgen::KeyPair::generate().map_err(MakeError::Key)?;
+    let params =
+        rcgen::CertificateParams::new(vec![host.to_owned()]).map_err(|source| MakeError::Host {
+            host: host.to_owned(),
+            source,
+        })?;
+    let request = params.serialize_request(&key).map_err(MakeError::Request)?;
     Ok((request.der().to_vec(), Zeroizing::new(key.serialize_pem())))
 }
 
 /// The TLS-ALPN-01 challenge certificate (RFC 8737): self-signed for `host`, with the critical
 /// acmeIdentifier extension holding the key authorization's SHA-256.
-fn alpn_certificate(host: &str, digest: &[u8]) -> Result<TlsCertificate, String> {
-    let key = rcgen::KeyPair::generate().map_err(|error| format!("cannot make a key: {error}"))?;
-    let mut params = rcgen::CertificateParams::new(vec![host.to_owned()])
-        .map_err(|error| format!("`{host}` cannot go in a certificate: {error}"))?;
+fn alpn_certificate(host: &str, digest: &[u8]) -> Result<TlsCertificate, MakeError> {
+    let key = rcgen::KeyPair::generate().map_err(MakeError::Key)?;
+    let mut params =
+        rcgen::CertificateParams::new(vec![host.to_owned()]).map_err(|source| MakeError::Host {
+            host: host.to_owned(),
+            source,
+        })?;
     params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
-    let cert = params
-        .self_signed(&key)
-        .map_err(|error| format!("cannot make the challenge certificate: {error}"))?;
+    let cert = params.self_signed(&key).map_err(MakeError::Challenge)?;
     Ok(TlsCertificate {
         hosts: vec![host.to_owned()],
         chain_pem: cert.pem(),
