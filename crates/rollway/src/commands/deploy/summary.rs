@@ -128,7 +128,14 @@ pub fn render(deployment: &DeploymentView, events: &[EventView]) -> String {
 
     let verdicts: Vec<&EventView> = events
         .iter()
-        .filter(|event| event.kind == "analysis.verdict" || event.kind == "analysis.inconclusive")
+        .filter(|event| {
+            // By payload, never by kind or wording: the typed verdict events, and the verdict in
+            // `data.verdict` of an older agent's events.
+            matches!(
+                event.deployment_event(),
+                Some(DeploymentEvent::Verdict { .. } | DeploymentEvent::Inconclusive { .. })
+            ) || event.verdict().is_some()
+        })
         .collect();
     out.push_str("\n#### Verdicts\n\n");
     if verdicts.is_empty() {
