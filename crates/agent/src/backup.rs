@@ -5,6 +5,7 @@
 //! PostgreSQL through `pg_dump` in custom format and `pg_restore`. The password reaches those
 //! tools through `PGPASSWORD` in their environment, never their argv.
 
+use client::wire::ReleaseNumber;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -172,7 +173,7 @@ fn percent_decode(text: &str) -> String {
 pub struct Request<'a> {
     pub app: &'a str,
     pub environment: &'a str,
-    pub release: Option<u64>,
+    pub release: Option<ReleaseNumber>,
     pub deployment_id: Option<&'a str>,
     pub reason: BackupReason,
     pub target: &'a Target,
@@ -349,7 +350,7 @@ pub enum LiveError {
     #[error(transparent)]
     Load(#[from] crate::deploy::release::ReleaseError),
     #[error("release {release} of `{app}` names no database: set `[release] backup = \"VAR\"`")]
-    NoDatabase { app: String, release: u64 },
+    NoDatabase { app: String, release: ReleaseNumber },
     /// There is no database yet to back up.
     #[error("{0}")]
     NothingYet(String),
@@ -378,7 +379,7 @@ fn live_database(
     engine: &Arc<Engine>,
     app: &str,
     env: &str,
-) -> Result<(u64, crate::deploy::spec::LoadedRelease, Target), LiveError> {
+) -> Result<(ReleaseNumber, crate::deploy::spec::LoadedRelease, Target), LiveError> {
     let key = AppEnv::new(app.to_owned(), env.to_owned());
     let current = engine
         .store
@@ -438,7 +439,7 @@ pub async fn restore_live(
     let mut steps = Vec::new();
     // The app's writers are its instances: hold traffic and let in-flight requests finish.
     let held = engine.with_runtime(&key, |runtime| std::mem::take(&mut runtime.weights));
-    let serving: Vec<u64> = held.iter().map(|(release, _)| *release).collect();
+    let serving: Vec<ReleaseNumber> = held.iter().map(|(release, _)| *release).collect();
     let ids: Vec<String> = engine
         .runtime(&key)
         .instances

@@ -7,6 +7,7 @@
 //! change the proxy refused, so the runtime view never keeps routing the proxy did not accept (the
 //! other writers are start-up, from the store, and a restore's traffic hold in `backup`).
 
+use client::wire::ReleaseNumber;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -70,7 +71,7 @@ impl InstancePhase {
 
 #[derive(Debug, Clone)]
 pub struct RuntimeInstance {
-    pub release: u64,
+    pub release: ReleaseNumber,
     pub service: String,
     pub port: u16,
     pub phase: InstancePhase,
@@ -98,7 +99,7 @@ pub struct Runtime {
     pub routes: Vec<RouteInfo>,
     /// Traffic per release in percent; empty when nothing serves.
     /// Invariant: weights of a non-empty list sum to 100.
-    pub weights: Vec<(u64, u8)>,
+    pub weights: Vec<(ReleaseNumber, u8)>,
     pub instances: BTreeMap<String, RuntimeInstance>,
 }
 
@@ -383,7 +384,7 @@ impl Engine {
 }
 
 /// The proxy's name for a release: `app/env@N`, so metrics tell releases apart.
-pub fn release_id(app: &str, env: &str, release: u64) -> String {
+pub fn release_id(app: &str, env: &str, release: ReleaseNumber) -> String {
     format!("{app}/{env}@{release}")
 }
 

@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, Row};
 
-use client::wire::DeploymentState;
+use client::wire::{DeploymentState, ReleaseNumber};
 
 mod artifacts;
 mod backups;
@@ -92,7 +92,7 @@ pub enum StoreError {
     ReleaseNotFound {
         app: String,
         environment: String,
-        number: u64,
+        number: ReleaseNumber,
     },
     #[error("deployment `{id}` does not exist")]
     DeploymentNotFound { id: String },
@@ -217,6 +217,18 @@ impl Store {
         let rows = statement.query_map(params, from_row)?;
         rows.collect()
     }
+}
+
+/// Column `index` of `row`, an integer column holding a release number. `ReleaseNumber` lives
+/// in the wire types, so it cannot implement rusqlite's `FromSql` here (the orphan rule); it is
+/// written as `number.get()` and read through this helper.
+fn release_number(row: &Row<'_>, index: usize) -> rusqlite::Result<ReleaseNumber> {
+    row.get::<_, u64>(index).map(ReleaseNumber::new)
+}
+
+/// Column `index` of `row`, a nullable integer column holding a release number.
+fn optional_release_number(row: &Row<'_>, index: usize) -> rusqlite::Result<Option<ReleaseNumber>> {
+    Ok(row.get::<_, Option<u64>>(index)?.map(ReleaseNumber::new))
 }
 
 /// Column `index` of `row`, a text column holding one of `T`'s string forms (a state, kind or

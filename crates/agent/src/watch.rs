@@ -6,6 +6,7 @@
 //! fails, none leaves (fail open) and one alert says so. An
 //! error rate that crosses the bound is an alert, not a rollback: there is nothing newer to undo.
 
+use client::wire::ReleaseNumber;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +27,7 @@ pub async fn health_loop(engine: Arc<Engine>) {
     // Consecutive results per instance: (passes, failures).
     let mut streaks: BTreeMap<String, (u32, u32)> = BTreeMap::new();
     // Groups (app, env, release, service) currently failing open, so the alert goes out once.
-    let mut failing_open: BTreeSet<(AppEnv, u64, String)> = BTreeSet::new();
+    let mut failing_open: BTreeSet<(AppEnv, ReleaseNumber, String)> = BTreeSet::new();
     loop {
         tokio::time::sleep(TICK).await;
         if engine.shutdown.is_cancelled() {
@@ -62,7 +63,7 @@ pub async fn health_loop(engine: Arc<Engine>) {
                 continue;
             };
             // Each routed instance's verdict this tick, grouped by (release, service).
-            let mut groups: BTreeMap<(u64, String), Vec<Judged>> = BTreeMap::new();
+            let mut groups: BTreeMap<(ReleaseNumber, String), Vec<Judged>> = BTreeMap::new();
             for (id, instance) in &runtime.instances {
                 if instance.phase != InstancePhase::Ready
                     || !runtime

@@ -92,6 +92,65 @@ string_id!(
     InstanceId
 );
 
+/// A release's number within one app and environment: 1, 2, 3, ... in the order they were made.
+///
+/// Travels as a JSON number (serde transparent), so the wire is the same as a bare `u64`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ReleaseNumber(u64);
+
+impl ReleaseNumber {
+    /// The first release of an app and environment.
+    pub const FIRST: ReleaseNumber = ReleaseNumber(1);
+
+    pub const fn new(number: u64) -> ReleaseNumber {
+        ReleaseNumber(number)
+    }
+
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+
+    /// The release made after this one.
+    pub const fn next(self) -> ReleaseNumber {
+        ReleaseNumber(self.0 + 1)
+    }
+}
+
+impl std::fmt::Display for ReleaseNumber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl From<u64> for ReleaseNumber {
+    fn from(number: u64) -> ReleaseNumber {
+        ReleaseNumber(number)
+    }
+}
+
+impl From<ReleaseNumber> for u64 {
+    fn from(number: ReleaseNumber) -> u64 {
+        number.0
+    }
+}
+
+/// A release number that is not a whole number of at least 1.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("release number {0:?} is not a whole number of at least 1 (e.g. 3)")]
+pub struct InvalidReleaseNumber(String);
+
+impl std::str::FromStr for ReleaseNumber {
+    type Err = InvalidReleaseNumber;
+
+    fn from_str(s: &str) -> Result<ReleaseNumber, InvalidReleaseNumber> {
+        match s.trim().parse::<u64>() {
+            Ok(n) if n >= 1 => Ok(ReleaseNumber(n)),
+            _ => Err(InvalidReleaseNumber(s.to_owned())),
+        }
+    }
+}
+
 /// The body of every error answer: `{ "error": { "code", "message" } }`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
@@ -122,7 +181,7 @@ pub struct DeployRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct RollbackRequest {
     /// The release to go back to; the previous good release when absent.
-    pub to: Option<u64>,
+    pub to: Option<ReleaseNumber>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,8 +191,8 @@ pub struct DeploymentView {
     pub environment: String,
     pub kind: DeploymentKind,
     pub state: DeploymentState,
-    pub from_release: Option<u64>,
-    pub to_release: u64,
+    pub from_release: Option<ReleaseNumber>,
+    pub to_release: ReleaseNumber,
     pub strategy: Strategy,
     pub reason: Option<String>,
     pub created_by: String,
@@ -420,18 +479,18 @@ pub enum DeploymentEvent {
     /// `deployment.weights`: release `release` takes `share` percent of traffic; `weights` is the
     /// whole split. `step` is the canary's step, counted from 1, and `of` how many it has.
     Weights {
-        release: u64,
+        release: ReleaseNumber,
         share: u8,
         step: Option<u32>,
         of: Option<u32>,
-        weights: Vec<(u64, u8)>,
+        weights: Vec<(ReleaseNumber, u8)>,
     },
     /// `deployment.weights`: traffic (and routes) went back to the earlier release.
-    TrafficBack { weights: Vec<(u64, u8)> },
+    TrafficBack { weights: Vec<(ReleaseNumber, u8)> },
     /// `analysis.verdict`: the analysis judged `release` on `sample` (and the releases serving
     /// beside it, `baseline`).
     Verdict {
-        release: u64,
+        release: ReleaseNumber,
         verdict: Verdict,
         sample: Figures,
         baseline: Option<Figures>,
@@ -447,7 +506,10 @@ pub enum DeploymentEvent {
     InstanceUnhealthy { instance: String, failures: u32 },
     /// `instance.kept_in_traffic`: the instance fails, but so does every instance of `release`,
     /// so all stay in traffic (fail open).
-    InstanceKeptInTraffic { instance: String, release: u64 },
+    InstanceKeptInTraffic {
+        instance: String,
+        release: ReleaseNumber,
+    },
     /// `instance.recovered`: the instance passes its health checks again and is back in traffic.
     InstanceRecovered { instance: String },
     /// `deployment.command`: a build, release or smoke command (`label`) starts.
@@ -473,12 +535,12 @@ pub enum DeploymentEvent {
     /// `deployment.awaiting_approval`: release `release` is prepared and waits for another
     /// approver or admin than `started_by`.
     AwaitingApproval {
-        release: u64,
+        release: ReleaseNumber,
         deployment: DeploymentId,
         started_by: String,
     },
     /// `deployment.approved`.
-    Approved { by: String, release: u64 },
+    Approved { by: String, release: ReleaseNumber },
     /// `deployment.promoted`.
     Promoted { by: String },
     /// `deployment.holding`: a canary step waits for `rollway promote`: it has no pause, or
@@ -489,7 +551,10 @@ pub enum DeploymentEvent {
     },
     /// `deployment.observing`: the release takes all traffic, the analysis stays armed for
     /// `window`.
-    Observing { release: u64, window: String },
+    Observing {
+        release: ReleaseNumber,
+        window: String,
+    },
     /// `deployment.no_fallback`: the observed release fails, but no earlier one is warm.
     NoFallback { reason: String },
     /// `deployment.stopping`: instances of older releases and superseded workers stop.
@@ -668,7 +733,7 @@ impl std::fmt::Display for DeploymentEvent {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReleaseView {
-    pub number: u64,
+    pub number: ReleaseNumber,
     pub artifact: String,
     pub strategy: Strategy,
     pub created_by: String,
@@ -682,7 +747,7 @@ pub struct ReleaseView {
 pub struct StatusView {
     pub app: String,
     pub environment: String,
-    pub current_release: Option<u64>,
+    pub current_release: Option<ReleaseNumber>,
     /// Where the app answers through the proxy.
     pub url: Option<String>,
     pub instances: Vec<InstanceView>,
@@ -704,7 +769,7 @@ pub struct StatusView {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstanceView {
     pub id: InstanceId,
-    pub release: u64,
+    pub release: ReleaseNumber,
     pub service: String,
     pub port: u16,
     pub state: InstanceState,
@@ -795,7 +860,7 @@ impl std::fmt::Display for ProxyState {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WeightView {
-    pub release: u64,
+    pub release: ReleaseNumber,
     pub weight: u8,
 }
 
@@ -883,7 +948,7 @@ pub struct SecretView {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackupView {
     pub id: String,
-    pub release: Option<u64>,
+    pub release: Option<ReleaseNumber>,
     /// `release` (before a release command), `manual` or `schedule`.
     pub reason: String,
     /// `sqlite` or `postgres`.

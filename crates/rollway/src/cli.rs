@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::builder::{PossibleValuesParser, TypedValueParser as _};
 use clap::{Args, Parser, Subcommand};
-use client::wire::Strategy;
+use client::wire::{ReleaseNumber, Strategy};
 
 /// Boring deploys for small teams: health-gated, zero failed requests, rolled back by itself.
 #[derive(Debug, Parser)]
@@ -165,7 +165,7 @@ pub struct RollbackArgs {
     pub target: EnvArgs,
     /// The release to go back to.
     #[arg(long)]
-    pub to: Option<u64>,
+    pub to: Option<ReleaseNumber>,
     /// Return once the rollback has started.
     #[arg(long)]
     pub detach: bool,

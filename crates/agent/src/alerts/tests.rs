@@ -1,5 +1,7 @@
 //! Which events alert, and what the alert says: one row per event.
 
+use client::wire::ReleaseNumber;
+
 use super::*;
 
 fn event(kind: &str, message: &str) -> EventView {
@@ -20,7 +22,7 @@ fn event(kind: &str, message: &str) -> EventView {
             .unwrap_or(serde_json::Value::Null),
         ("deployment.awaiting_approval", _) => {
             serde_json::to_value(client::wire::DeploymentEvent::AwaitingApproval {
-                release: 4,
+                release: ReleaseNumber::new(4),
                 deployment: "d-1".into(),
                 started_by: "alice".to_owned(),
             })

@@ -1,5 +1,6 @@
 //! Store records as the API shows them (`client::wire` types).
 
+use client::wire::ReleaseNumber;
 use client::wire::{DeploymentView, InstanceState, ProxyState, ProxyView, ReleaseView, TokenView};
 use driver::InstanceStatus;
 use proxy::ObservedInstanceState;
@@ -26,7 +27,7 @@ pub fn deployment_view(deployment: &Deployment) -> DeploymentView {
     }
 }
 
-pub fn release_view(release: &Release, current: Option<u64>) -> ReleaseView {
+pub fn release_view(release: &Release, current: Option<ReleaseNumber>) -> ReleaseView {
     ReleaseView {
         number: release.number,
         artifact: release.artifact.clone(),

@@ -7,6 +7,7 @@
 //! Deploys and rollbacks take this one path; a rollback is a deployment to an earlier release
 //! (warm when its instances still run, cold otherwise).
 
+use client::wire::ReleaseNumber;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,7 +32,7 @@ pub struct DeploymentData {
     /// `warm` or `cold` (kept beside `decided` for records written before it).
     pub plan: Option<String>,
     /// Traffic before the deployment, to go back to.
-    pub previous_weights: Vec<(u64, u8)>,
+    pub previous_weights: Vec<(ReleaseNumber, u8)>,
     /// Instances this deployment started (stopped again when it is undone).
     pub started: Vec<String>,
     /// The backup taken before the release command, for the restore hint when it fails.
@@ -100,7 +101,10 @@ pub enum StepError {
     #[error("instance `{instance}` disappeared")]
     Disappeared { instance: String },
     #[error("service `{service}` is not in release {release}")]
-    NoService { service: String, release: u64 },
+    NoService {
+        service: String,
+        release: ReleaseNumber,
+    },
     /// An instance failed its health gate or stopped while starting: the reason with its causes
     /// and the last lines the instance printed.
     #[error("{0}")]
@@ -304,7 +308,7 @@ fn facts(
     deployment: &Deployment,
     release: &LoadedRelease,
     warm: bool,
-    previous_weights: &[(u64, u8)],
+    previous_weights: &[(ReleaseNumber, u8)],
 ) -> Facts {
     let config = &release.resolved.config;
     let phase = config.release.as_ref();
@@ -536,7 +540,7 @@ impl Run<'_> {
             Effect::CanaryStep { step, share } => {
                 let n_steps = release.resolved.config.strategy.steps.len();
                 if self.context.watch.is_none() {
-                    let baselines: Vec<u64> = data
+                    let baselines: Vec<ReleaseNumber> = data
                         .previous_weights
                         .iter()
                         .map(|(release, _)| *release)
@@ -735,7 +739,7 @@ impl Run<'_> {
 }
 
 /// The ids of the target release's instances in the runtime view.
-fn target_instances(engine: &Engine, key: &AppEnv, target: u64) -> Vec<String> {
+fn target_instances(engine: &Engine, key: &AppEnv, target: ReleaseNumber) -> Vec<String> {
     engine
         .runtime(key)
         .instances
@@ -808,7 +812,11 @@ impl ReleaseHealth {
 }
 
 /// An earlier release of this app whose instances still run warm and pass a health check now.
-async fn warm_fallback(engine: &Arc<Engine>, key: &AppEnv, target: u64) -> Option<u64> {
+async fn warm_fallback(
+    engine: &Arc<Engine>,
+    key: &AppEnv,
+    target: ReleaseNumber,
+) -> Option<ReleaseNumber> {
     let warm: Vec<(String, crate::engine::RuntimeInstance)> = engine
         .runtime(key)
         .instances
@@ -844,8 +852,8 @@ fn bounds(release: &spec::LoadedRelease) -> Bounds {
 /// (`analysis.window`), so good traffic long ago cannot outweigh bad traffic now.
 struct Watch {
     key: AppEnv,
-    target: u64,
-    baselines: Vec<u64>,
+    target: ReleaseNumber,
+    baselines: Vec<ReleaseNumber>,
     bounds: Bounds,
     window: Duration,
     /// Counters read at the start and at each evaluation, oldest first; the front is what the
@@ -863,8 +871,8 @@ impl Watch {
     async fn start(
         engine: &Engine,
         key: &AppEnv,
-        target: u64,
-        baselines: Vec<u64>,
+        target: ReleaseNumber,
+        baselines: Vec<ReleaseNumber>,
         bounds: Bounds,
         window: Duration,
     ) -> Watch {
@@ -898,7 +906,7 @@ impl Watch {
             .map(|(_, base)| base.clone())
             .unwrap_or_default();
         self.history.push_back((at, now.clone()));
-        let since = |release: u64| -> Reading {
+        let since = |release: ReleaseNumber| -> Reading {
             let name = crate::engine::release_id(&self.key.app, &self.key.environment, release);
             let current = now.get(&name).cloned().unwrap_or_default();
             let start = base.get(&name).cloned().unwrap_or_default();
@@ -1140,7 +1148,7 @@ async fn complete_switch(
     let keep_warm = release.resolved.config.strategy.keep_warm.as_std();
     let routes = spec::routes(&release.resolved);
     let warm_until = now_ms() + i64::try_from(keep_warm.as_millis()).unwrap_or(i64::MAX);
-    let previous: Vec<u64> = data
+    let previous: Vec<ReleaseNumber> = data
         .previous_weights
         .iter()
         .map(|(release, _)| *release)
@@ -1191,8 +1199,8 @@ async fn complete_switch(
 /// Instances still starting belong to no finished switch and are left alone.
 pub fn after_switch(
     instances: &std::collections::BTreeMap<String, crate::engine::RuntimeInstance>,
-    target: u64,
-    previous: &[u64],
+    target: ReleaseNumber,
+    previous: &[ReleaseNumber],
     routed: &std::collections::BTreeSet<String>,
 ) -> (Vec<String>, Vec<String>) {
     let mut warm = Vec::new();
@@ -1218,7 +1226,7 @@ async fn roll_back(
     key: &AppEnv,
     data: &DeploymentData,
 ) -> Result<(), StepError> {
-    let previous: Vec<u64> = data
+    let previous: Vec<ReleaseNumber> = data
         .previous_weights
         .iter()
         .map(|(release, _)| *release)
@@ -1314,8 +1322,8 @@ async fn move_traffic(
     deployment: &Deployment,
     key: &AppEnv,
     routes: Vec<RouteInfo>,
-    weights: Vec<(u64, u8)>,
-    event: impl FnOnce(Vec<(u64, u8)>) -> DeploymentEvent,
+    weights: Vec<(ReleaseNumber, u8)>,
+    event: impl FnOnce(Vec<(ReleaseNumber, u8)>) -> DeploymentEvent,
 ) -> Result<(), StepError> {
     engine
         .change_routing(key, |runtime| {
@@ -1477,13 +1485,18 @@ fn with_log_tail(engine: &Engine, instance_id: &str, reason: String) -> String {
 }
 
 /// Weights of `previous` scaled to `keep` percent, plus `target` at `share`.
-fn scaled(previous: &[(u64, u8)], keep: u8, target: u64, share: u8) -> Vec<(u64, u8)> {
+fn scaled(
+    previous: &[(ReleaseNumber, u8)],
+    keep: u8,
+    target: ReleaseNumber,
+    share: u8,
+) -> Vec<(ReleaseNumber, u8)> {
     let total: u32 = previous
         .iter()
         .map(|(_, weight)| u32::from(*weight))
         .sum::<u32>()
         .max(1);
-    let mut weights: Vec<(u64, u8)> = previous
+    let mut weights: Vec<(ReleaseNumber, u8)> = previous
         .iter()
         .map(|(release, weight)| {
             (

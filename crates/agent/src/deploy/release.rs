@@ -2,6 +2,7 @@
 //! recorded secret versions opened, and its container images. A deployment loads its target once
 //! (`LoadedRelease`) and hands it to every step.
 
+use client::wire::ReleaseNumber;
 use std::collections::BTreeMap;
 
 use manifest::ResolvedManifest;
@@ -12,7 +13,7 @@ use crate::store::StoreError;
 
 /// A release as the executor uses it.
 pub struct LoadedRelease {
-    pub number: u64,
+    pub number: ReleaseNumber,
     pub artifact: String,
     pub resolved: ResolvedManifest,
     /// The secret versions recorded with the release, opened. Never logged (`Secret` prints `***`).
@@ -36,7 +37,7 @@ pub enum ReleaseError {
     Store {
         app: String,
         environment: String,
-        number: u64,
+        number: ReleaseNumber,
         #[source]
         source: Box<StoreError>,
     },
@@ -44,17 +45,17 @@ pub enum ReleaseError {
     Missing {
         app: String,
         environment: String,
-        number: u64,
+        number: ReleaseNumber,
     },
     #[error("release {number} has an unreadable config")]
     Config {
-        number: u64,
+        number: ReleaseNumber,
         #[source]
         source: serde_json::Error,
     },
     #[error("release {number} has unreadable secret versions")]
     SecretVersions {
-        number: u64,
+        number: ReleaseNumber,
         #[source]
         source: serde_json::Error,
     },
@@ -62,13 +63,13 @@ pub enum ReleaseError {
     Manifest(#[from] ResolveError),
     #[error("cannot open the secrets of release {number}")]
     Secrets {
-        number: u64,
+        number: ReleaseNumber,
         #[source]
         source: SecretError,
     },
     #[error("cannot read the images of release {number}")]
     Images {
-        number: u64,
+        number: ReleaseNumber,
         #[source]
         source: Box<StoreError>,
     },
@@ -88,7 +89,7 @@ pub enum ResolveError {
 pub fn load_release(
     engine: &Engine,
     key: &AppEnv,
-    number: u64,
+    number: ReleaseNumber,
 ) -> Result<LoadedRelease, ReleaseError> {
     let (app, environment) = (&key.app, &key.environment);
     let release = engine

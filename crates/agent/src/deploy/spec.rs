@@ -2,6 +2,7 @@
 //! build, its instances' specs and environment, and the edits of the runtime view that go with
 //! starting and stopping them.
 
+use client::wire::ReleaseNumber;
 use std::io::Write as _;
 use std::path::Path;
 use std::sync::Arc;
@@ -121,7 +122,10 @@ pub enum SpecError {
         source: std::io::Error,
     },
     #[error("no service `{service}` in release {release}")]
-    NoService { service: String, release: u64 },
+    NoService {
+        service: String,
+        release: ReleaseNumber,
+    },
     #[error("no free port for `{instance}`")]
     NoPort {
         instance: String,
@@ -129,7 +133,10 @@ pub enum SpecError {
         source: std::io::Error,
     },
     #[error("release {release} has no image recorded for service `{service}`: it was not prepared")]
-    NoImage { release: u64, service: String },
+    NoImage {
+        release: ReleaseNumber,
+        service: String,
+    },
     #[error("secret `{name}` is not set for `{environment}`")]
     SecretNotSet { name: String, environment: String },
     #[error("`{name}` references unset {missing}")]
@@ -681,7 +688,7 @@ pub fn wanted_instances(resolved: &ResolvedManifest) -> Vec<(String, usize)> {
         .collect()
 }
 
-pub fn instance_id(key: &AppEnv, release: u64, service: &str, index: usize) -> String {
+pub fn instance_id(key: &AppEnv, release: ReleaseNumber, service: &str, index: usize) -> String {
     format!(
         "{}-{}-r{release}-{service}-{}",
         key.app,

@@ -2,6 +2,7 @@
 //! required config, artifact, routes claimed by no other app or environment, the deploy lock), then
 //! the executor takes over.
 
+use client::wire::ReleaseNumber;
 use std::sync::Arc;
 
 use client::wire::{DeployRequest, DeploymentKind, RollbackRequest, Strategy};
@@ -221,8 +222,8 @@ fn begin(
     app: &str,
     env: &str,
     kind: DeploymentKind,
-    from: Option<u64>,
-    to: u64,
+    from: Option<ReleaseNumber>,
+    to: ReleaseNumber,
     strategy: Strategy,
 ) -> Result<Deployment, StartError> {
     let store = &engine.store;

@@ -56,16 +56,16 @@ async fn a_change_the_proxy_refuses_is_undone() {
     };
     engine.with_runtime(&key, |runtime| {
         runtime.routes = vec![serving.clone()];
-        runtime.weights = vec![(1, 100)];
+        runtime.weights = vec![(ReleaseNumber::new(1), 100)];
     });
     let refused = engine
         .change_routing(&key, |runtime| {
             runtime.routes[0].hosts.clear();
-            runtime.weights = vec![(2, 100)];
+            runtime.weights = vec![(ReleaseNumber::new(2), 100)];
         })
         .await;
     assert!(refused.is_err(), "no proxy runs, so the push fails");
     let runtime = engine.runtime(&key);
     assert_eq!(runtime.routes, vec![serving]);
-    assert_eq!(runtime.weights, vec![(1, 100)]);
+    assert_eq!(runtime.weights, vec![(ReleaseNumber::new(1), 100)]);
 }

@@ -2,6 +2,8 @@
 
 use rusqlite::{OptionalExtension, Row, params};
 
+use client::wire::ReleaseNumber;
+
 use super::{Store, StoreError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,7 +25,7 @@ pub struct BackupRecord {
     pub id: String,
     pub app: String,
     pub environment: String,
-    pub release: Option<u64>,
+    pub release: Option<ReleaseNumber>,
     pub deployment_id: Option<String>,
     pub kind: BackupKind,
     pub reason: BackupReason,
@@ -65,7 +67,7 @@ impl Store {
                     record.id,
                     record.app,
                     record.environment,
-                    record.release.map(|n| i64::try_from(n).unwrap_or(i64::MAX)),
+                    record.release.map(|n| i64::try_from(n.get()).unwrap_or(i64::MAX)),
                     record.deployment_id,
                     record.kind.as_str(),
                     record.reason.as_str(),
@@ -128,7 +130,7 @@ fn backup_from_row(row: &Row<'_>) -> rusqlite::Result<BackupRecord> {
         environment: row.get(2)?,
         release: row
             .get::<_, Option<i64>>(3)?
-            .map(|n| u64::try_from(n).unwrap_or(0)),
+            .map(|n| ReleaseNumber::new(u64::try_from(n).unwrap_or(0))),
         deployment_id: row.get(4)?,
         kind: if kind == "postgres" {
             BackupKind::Postgres

@@ -3,11 +3,13 @@
 use rusqlite::{OptionalExtension, Row, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 
-use client::wire::{DeploymentId, DeploymentKind, DeploymentState, Strategy};
+use client::wire::{DeploymentId, DeploymentKind, DeploymentState, ReleaseNumber, Strategy};
 
 use super::events::{Event, NewEvent};
 use super::releases::release_subject;
-use super::{Store, StoreError, app_subject, now_ms, parsed};
+use super::{
+    Store, StoreError, app_subject, now_ms, optional_release_number, parsed, release_number,
+};
 
 /// A deployment: the persisted state of moving an (app, environment) to `to_release`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -19,8 +21,8 @@ pub struct Deployment {
     /// Rollback is a deployment to an earlier release: same path, different kind (the schema
     /// refuses any other kind).
     pub kind: DeploymentKind,
-    pub from_release: Option<u64>,
-    pub to_release: u64,
+    pub from_release: Option<ReleaseNumber>,
+    pub to_release: ReleaseNumber,
     pub strategy: Strategy,
     /// The state machine's state. The store compares it, never interprets it, except for
     /// `DeploymentState::is_terminal`.
@@ -41,8 +43,8 @@ pub struct NewDeployment {
     pub app: String,
     pub environment: String,
     pub kind: DeploymentKind,
-    pub from_release: Option<u64>,
-    pub to_release: u64,
+    pub from_release: Option<ReleaseNumber>,
+    pub to_release: ReleaseNumber,
     pub strategy: Strategy,
     pub data_json: String,
     pub created_by: String,
@@ -85,8 +87,8 @@ impl Store {
                     deployment.app,
                     deployment.environment,
                     deployment.kind.as_str(),
-                    deployment.from_release,
-                    deployment.to_release,
+                    deployment.from_release.map(ReleaseNumber::get),
+                    deployment.to_release.get(),
                     deployment.strategy.as_str(),
                     deployment.state.as_str(),
                     deployment.reason,
@@ -287,8 +289,8 @@ fn deployment_from_row(row: &Row<'_>) -> rusqlite::Result<Deployment> {
         app: row.get(1)?,
         environment: row.get(2)?,
         kind: parsed(row, 3)?,
-        from_release: row.get(4)?,
-        to_release: row.get(5)?,
+        from_release: optional_release_number(row, 4)?,
+        to_release: release_number(row, 5)?,
         strategy: parsed(row, 6)?,
         state: parsed(row, 7)?,
         reason: row.get(8)?,

@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 
 use rusqlite::params;
 
+use client::wire::ReleaseNumber;
+
 use super::{Store, StoreError};
 
 /// The images of a release's container services: service name → image id.
@@ -15,7 +17,7 @@ impl Store {
         &self,
         app: &str,
         env: &str,
-        release: u64,
+        release: ReleaseNumber,
         service: &str,
         image: &str,
     ) -> Result<(), StoreError> {
@@ -25,7 +27,7 @@ impl Store {
             .execute(
                 "INSERT INTO release_images (app, environment, release, service, image) VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT (app, environment, release, service) DO NOTHING",
-                params![app, env, i64::try_from(release).unwrap_or(i64::MAX), service, image],
+                params![app, env, i64::try_from(release.get()).unwrap_or(i64::MAX), service, image],
             )
             .map_err(|source| self.error("record a release image", subject, source))?;
         Ok(())
@@ -36,7 +38,7 @@ impl Store {
         &self,
         app: &str,
         env: &str,
-        release: u64,
+        release: ReleaseNumber,
     ) -> Result<ReleaseImages, StoreError> {
         let subject = format!("images of release {release} of `{app}` in `{env}`");
         let connection = self.connection();
@@ -45,7 +47,7 @@ impl Store {
             .map_err(|source| self.error("read release images", subject.clone(), source))?;
         let rows = statement
             .query_map(
-                params![app, env, i64::try_from(release).unwrap_or(i64::MAX)],
+                params![app, env, i64::try_from(release.get()).unwrap_or(i64::MAX)],
                 |row| Ok((row.get(0)?, row.get(1)?)),
             )
             .map_err(|source| self.error("read release images", subject.clone(), source))?;

@@ -1,10 +1,10 @@
 //! Instances the agent believes run.
 
-use client::wire::InstanceId;
+use client::wire::{InstanceId, ReleaseNumber};
 use rusqlite::{Row, params};
 use serde::{Deserialize, Serialize};
 
-use super::{Store, StoreError, app_subject};
+use super::{Store, StoreError, app_subject, release_number};
 
 /// An instance the agent believes runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -12,7 +12,7 @@ pub struct InstanceRecord {
     pub instance_id: InstanceId,
     pub app: String,
     pub environment: String,
-    pub release: u64,
+    pub release: ReleaseNumber,
     pub service: String,
     pub port: u16,
     pub state: String,
@@ -34,7 +34,7 @@ impl Store {
                     instance.instance_id.as_str(),
                     instance.app,
                     instance.environment,
-                    instance.release,
+                    instance.release.get(),
                     instance.service,
                     instance.port,
                     instance.state,
@@ -106,7 +106,7 @@ fn instance_from_row(row: &Row<'_>) -> rusqlite::Result<InstanceRecord> {
         instance_id: InstanceId::new(row.get::<_, String>(0)?),
         app: row.get(1)?,
         environment: row.get(2)?,
-        release: row.get(3)?,
+        release: release_number(row, 3)?,
         service: row.get(4)?,
         port: row.get(5)?,
         state: row.get(6)?,

@@ -6,9 +6,11 @@ use std::str::FromStr;
 use rusqlite::{OptionalExtension, Row, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 
-use client::wire::Strategy;
+use client::wire::{ReleaseNumber, Strategy};
 
-use super::{Store, StoreError, app_subject, now_ms, parsed};
+use super::{
+    Store, StoreError, app_subject, now_ms, optional_release_number, parsed, release_number,
+};
 
 /// A release: immutable once created, except its `outcome`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -16,7 +18,7 @@ pub struct Release {
     pub app: String,
     pub environment: String,
     /// Invariant: numbered per (app, environment) from 1, never reused.
-    pub number: u64,
+    pub number: ReleaseNumber,
     /// The artifact's SHA-256 in hex.
     pub artifact: String,
     /// The resolved manifest as JSON. Invariant: holds secret names, never secret values.
@@ -99,13 +101,13 @@ impl Store {
         let transaction = connection
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|source| self.error(OPERATION, subject.clone(), source))?;
-        let number: u64 = transaction
+        let number: ReleaseNumber = transaction
             .query_row(
                 "INSERT INTO release_counters (app, environment, last_number) VALUES (?1, ?2, 1)
                  ON CONFLICT (app, environment) DO UPDATE SET last_number = last_number + 1
                  RETURNING last_number",
                 params![new_release.app, new_release.environment],
-                |row| row.get(0),
+                |row| release_number(row, 0),
             )
             .map_err(|source| self.error(OPERATION, subject.clone(), source))?;
         transaction
@@ -116,7 +118,7 @@ impl Store {
                 params![
                     new_release.app,
                     new_release.environment,
-                    number,
+                    number.get(),
                     new_release.artifact,
                     new_release.config_json,
                     new_release.secrets_version,
@@ -150,7 +152,7 @@ impl Store {
         &self,
         app: &str,
         environment: &str,
-        number: u64,
+        number: ReleaseNumber,
     ) -> Result<Option<Release>, StoreError> {
         const OPERATION: &str = "read a release";
         let subject = || release_subject(app, environment, number);
@@ -161,7 +163,7 @@ impl Store {
                     "SELECT {RELEASE_COLUMNS} FROM releases
                           WHERE app = ?1 AND environment = ?2 AND number = ?3"
                 ),
-                params![app, environment, number],
+                params![app, environment, number.get()],
                 ReleaseRow::from_row,
             )
             .optional()
@@ -194,7 +196,7 @@ impl Store {
         &self,
         app: &str,
         environment: &str,
-        number: u64,
+        number: ReleaseNumber,
         outcome: ReleaseOutcome,
     ) -> Result<(), StoreError> {
         let n_changed = self
@@ -202,7 +204,7 @@ impl Store {
             .execute(
                 "UPDATE releases SET outcome = ?4
                  WHERE app = ?1 AND environment = ?2 AND number = ?3",
-                params![app, environment, number, outcome.as_str()],
+                params![app, environment, number.get(), outcome.as_str()],
             )
             .map_err(|source| {
                 self.error(
@@ -220,7 +222,12 @@ impl Store {
     // ---- Current release ----
 
     /// Makes `number` the current release of (app, environment). The release must exist.
-    pub fn set_current(&self, app: &str, environment: &str, number: u64) -> Result<(), StoreError> {
+    pub fn set_current(
+        &self,
+        app: &str,
+        environment: &str,
+        number: ReleaseNumber,
+    ) -> Result<(), StoreError> {
         const OPERATION: &str = "set the current release";
         let subject = || release_subject(app, environment, number);
         let mut connection = self.connection();
@@ -231,7 +238,7 @@ impl Store {
             .query_row(
                 "SELECT EXISTS (SELECT 1 FROM releases
                                 WHERE app = ?1 AND environment = ?2 AND number = ?3)",
-                params![app, environment, number],
+                params![app, environment, number.get()],
                 |row| row.get(0),
             )
             .map_err(|source| self.error(OPERATION, subject(), source))?;
@@ -244,7 +251,7 @@ impl Store {
                  VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (app, environment)
                  DO UPDATE SET number = excluded.number, updated_at = excluded.updated_at",
-                params![app, environment, number, now_ms()],
+                params![app, environment, number.get(), now_ms()],
             )
             .map_err(|source| self.error(OPERATION, subject(), source))?;
         transaction
@@ -252,12 +259,16 @@ impl Store {
             .map_err(|source| self.error(OPERATION, subject(), source))
     }
 
-    pub fn current(&self, app: &str, environment: &str) -> Result<Option<u64>, StoreError> {
+    pub fn current(
+        &self,
+        app: &str,
+        environment: &str,
+    ) -> Result<Option<ReleaseNumber>, StoreError> {
         self.connection()
             .query_row(
                 "SELECT number FROM current_releases WHERE app = ?1 AND environment = ?2",
                 params![app, environment],
-                |row| row.get(0),
+                |row| release_number(row, 0),
             )
             .optional()
             .map_err(|source| {
@@ -271,14 +282,14 @@ impl Store {
 
     /// Every (app, environment) with at least one release, sorted, with its current release
     /// (`None` until a deployment succeeded there).
-    pub fn apps(&self) -> Result<Vec<(String, String, Option<u64>)>, StoreError> {
+    pub fn apps(&self) -> Result<Vec<(String, String, Option<ReleaseNumber>)>, StoreError> {
         self.query_rows(
             "SELECT counters.app, counters.environment, current_releases.number
              FROM release_counters AS counters
              LEFT JOIN current_releases USING (app, environment)
              ORDER BY counters.app, counters.environment",
             [],
-            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            |row| Ok((row.get(0)?, row.get(1)?, optional_release_number(row, 2)?)),
         )
         .map_err(|source| self.error("list apps", self.subject(), source))
     }
@@ -299,7 +310,7 @@ impl ReleaseRow {
             release: Release {
                 app: row.get(0)?,
                 environment: row.get(1)?,
-                number: row.get(2)?,
+                number: release_number(row, 2)?,
                 artifact: row.get(3)?,
                 config_json: row.get(4)?,
                 secrets_version: row.get(5)?,
@@ -326,7 +337,7 @@ impl ReleaseRow {
     }
 }
 
-pub(super) fn release_not_found(app: &str, environment: &str, number: u64) -> StoreError {
+pub(super) fn release_not_found(app: &str, environment: &str, number: ReleaseNumber) -> StoreError {
     StoreError::ReleaseNotFound {
         app: app.to_owned(),
         environment: environment.to_owned(),
@@ -334,6 +345,6 @@ pub(super) fn release_not_found(app: &str, environment: &str, number: u64) -> St
     }
 }
 
-pub(super) fn release_subject(app: &str, environment: &str, number: u64) -> String {
+pub(super) fn release_subject(app: &str, environment: &str, number: ReleaseNumber) -> String {
     format!("release `{number}` of app `{app}` in `{environment}`")
 }

@@ -32,6 +32,7 @@ fn new_release(app: &str, environment: &str) -> NewRelease {
 }
 
 fn new_deployment(app: &str, environment: &str, to_release: u64) -> NewDeployment {
+    let to_release = ReleaseNumber::new(to_release);
     NewDeployment {
         app: app.to_owned(),
         environment: environment.to_owned(),
@@ -63,7 +64,7 @@ fn check_numbering(creations: &[(&str, &str)], expected: &[u64]) {
         .map(|(app, environment)| {
             store
                 .create_release(new_release(app, environment))
-                .map(|release| release.number)
+                .map(|release| release.number.get())
                 .expect("create release")
         })
         .collect();
@@ -97,23 +98,35 @@ fn releases_read_back_newest_first_and_only_outcome_changes() {
         .expect("create");
     assert_eq!(first.outcome, ReleaseOutcome::Pending);
     assert_eq!(
-        store.release("a", "prod", 1).expect("read"),
+        store
+            .release("a", "prod", ReleaseNumber::new(1))
+            .expect("read"),
         Some(first.clone())
     );
-    assert_eq!(store.release("a", "prod", 3).expect("read"), None);
+    assert_eq!(
+        store
+            .release("a", "prod", ReleaseNumber::new(3))
+            .expect("read"),
+        None
+    );
     let numbers: Vec<u64> = store
         .releases("a", "prod")
         .expect("list")
         .iter()
-        .map(|release| release.number)
+        .map(|release| release.number.get())
         .collect();
     assert_eq!(numbers, [2, 1]);
 
     store
-        .set_release_outcome("a", "prod", 2, ReleaseOutcome::RolledBack)
+        .set_release_outcome(
+            "a",
+            "prod",
+            ReleaseNumber::new(2),
+            ReleaseOutcome::RolledBack,
+        )
         .expect("set outcome");
     let changed = store
-        .release("a", "prod", 2)
+        .release("a", "prod", ReleaseNumber::new(2))
         .expect("read")
         .expect("exists");
     assert_eq!(
@@ -124,8 +137,8 @@ fn releases_read_back_newest_first_and_only_outcome_changes() {
         }
     );
     assert!(matches!(
-        store.set_release_outcome("a", "prod", 9, ReleaseOutcome::Live),
-        Err(StoreError::ReleaseNotFound { number: 9, .. })
+        store.set_release_outcome("a", "prod", ReleaseNumber::new(9), ReleaseOutcome::Live),
+        Err(StoreError::ReleaseNotFound { number, .. }) if number == ReleaseNumber::new(9)
     ));
 
     // The schema refuses any other change, whoever tries.
@@ -154,7 +167,7 @@ fn release_config_must_be_json() {
     let created = store
         .create_release(new_release("a", "prod"))
         .expect("create");
-    assert_eq!(created.number, 1);
+    assert_eq!(created.number, ReleaseNumber::new(1));
 }
 
 #[test]
@@ -162,8 +175,8 @@ fn current_release_points_at_an_existing_release() {
     let store = store();
     assert_eq!(store.current("a", "prod").expect("read"), None);
     assert!(matches!(
-        store.set_current("a", "prod", 1),
-        Err(StoreError::ReleaseNotFound { number: 1, .. })
+        store.set_current("a", "prod", ReleaseNumber::new(1)),
+        Err(StoreError::ReleaseNotFound { number, .. }) if number == ReleaseNumber::new(1)
     ));
     store
         .create_release(new_release("a", "prod"))
@@ -174,13 +187,24 @@ fn current_release_points_at_an_existing_release() {
     store
         .create_release(new_release("b", "staging"))
         .expect("create");
-    store.set_current("a", "prod", 2).expect("set current");
-    store.set_current("a", "prod", 1).expect("set current");
-    assert_eq!(store.current("a", "prod").expect("read"), Some(1));
+    store
+        .set_current("a", "prod", ReleaseNumber::new(2))
+        .expect("set current");
+    store
+        .set_current("a", "prod", ReleaseNumber::new(1))
+        .expect("set current");
+    assert_eq!(
+        store.current("a", "prod").expect("read"),
+        Some(ReleaseNumber::new(1))
+    );
     assert_eq!(
         store.apps().expect("apps"),
         [
-            ("a".to_owned(), "prod".to_owned(), Some(1)),
+            (
+                "a".to_owned(),
+                "prod".to_owned(),
+                Some(ReleaseNumber::new(1))
+            ),
             ("b".to_owned(), "staging".to_owned(), None)
         ]
     );
@@ -516,7 +540,7 @@ fn instances_are_upserted_listed_and_removed() {
         instance_id: instance_id.into(),
         app: "a".to_owned(),
         environment: environment.to_owned(),
-        release: 1,
+        release: ReleaseNumber::new(1),
         service: "web".to_owned(),
         port: 40_001,
         state: state.to_owned(),
@@ -636,7 +660,9 @@ fn file_store_keeps_everything_across_reopens() {
         let release = store
             .create_release(new_release("a", "prod"))
             .expect("create release");
-        store.set_current("a", "prod", 1).expect("set current");
+        store
+            .set_current("a", "prod", ReleaseNumber::new(1))
+            .expect("set current");
         let deployment = store
             .create_deployment(new_deployment("a", "prod", 1))
             .expect("create");
@@ -660,10 +686,15 @@ fn file_store_keeps_everything_across_reopens() {
             migrations::MIGRATIONS.len()
         );
         assert_eq!(
-            store.release("a", "prod", 1).expect("read"),
+            store
+                .release("a", "prod", ReleaseNumber::new(1))
+                .expect("read"),
             Some(release.clone())
         );
-        assert_eq!(store.current("a", "prod").expect("read"), Some(1));
+        assert_eq!(
+            store.current("a", "prod").expect("read"),
+            Some(ReleaseNumber::new(1))
+        );
         assert_eq!(
             store.unfinished_deployments().expect("unfinished"),
             std::slice::from_ref(&deployment)
@@ -676,7 +707,7 @@ fn file_store_keeps_everything_across_reopens() {
         let created = store
             .create_release(new_release("a", "prod"))
             .expect("create");
-        assert_eq!(created.number, expected_next_number);
+        assert_eq!(created.number, ReleaseNumber::new(expected_next_number));
     }
     let connection = Connection::open(&path).expect("raw open");
     let n_pending = migrations::migrations()
@@ -744,6 +775,7 @@ fn concurrent_writers_never_share_a_release_number() {
                                 .create_release(new_release("a", "prod"))
                                 .expect("create")
                                 .number
+                                .get()
                         })
                         .collect::<Vec<u64>>()
                 })
@@ -813,7 +845,9 @@ fn deployment_kinds_strategies_and_states_round_trip_as_their_names() {
             .any(|deployment| deployment.id == created.id);
         assert_eq!(unfinished, !state.is_terminal(), "{state}");
     }
-    let release = store.release("a", "prod", 1).expect("read release");
+    let release = store
+        .release("a", "prod", ReleaseNumber::new(1))
+        .expect("read release");
     assert_eq!(
         release.map(|release| release.strategy),
         Some(Strategy::BlueGreen)

@@ -39,7 +39,11 @@ fn baselines_add_up_bucket_by_bucket() {
     assert_eq!(Reading::default().sample().p99_us, 0, "no requests, no p99");
 }
 
-fn instance(release: u64, service: &str, phase: InstancePhase) -> crate::engine::RuntimeInstance {
+fn instance(
+    release: ReleaseNumber,
+    service: &str,
+    phase: InstancePhase,
+) -> crate::engine::RuntimeInstance {
     crate::engine::RuntimeInstance {
         release,
         service: service.to_owned(),
@@ -54,19 +58,33 @@ fn instance(release: u64, service: &str, phase: InstancePhase) -> crate::engine:
 fn only_the_release_that_served_just_before_stays_warm() {
     use InstancePhase::{Ready, Starting, Warm};
     let instances: std::collections::BTreeMap<String, crate::engine::RuntimeInstance> = [
-        ("r1-web", instance(1, "web", Warm)),
-        ("r1-worker", instance(1, "worker", Ready)),
-        ("r2-web", instance(2, "web", Ready)),
-        ("r2-worker", instance(2, "worker", Ready)),
-        ("r3-web", instance(3, "web", Ready)),
-        ("r3-worker", instance(3, "worker", Ready)),
-        ("r4-web", instance(4, "web", Starting)),
+        ("r1-web", instance(ReleaseNumber::new(1), "web", Warm)),
+        (
+            "r1-worker",
+            instance(ReleaseNumber::new(1), "worker", Ready),
+        ),
+        ("r2-web", instance(ReleaseNumber::new(2), "web", Ready)),
+        (
+            "r2-worker",
+            instance(ReleaseNumber::new(2), "worker", Ready),
+        ),
+        ("r3-web", instance(ReleaseNumber::new(3), "web", Ready)),
+        (
+            "r3-worker",
+            instance(ReleaseNumber::new(3), "worker", Ready),
+        ),
+        ("r4-web", instance(ReleaseNumber::new(4), "web", Starting)),
     ]
     .into_iter()
     .map(|(id, instance)| (id.to_owned(), instance))
     .collect();
     let routed = std::collections::BTreeSet::from(["web".to_owned()]);
-    let (warm, stop) = after_switch(&instances, 3, &[2], &routed);
+    let (warm, stop) = after_switch(
+        &instances,
+        ReleaseNumber::new(3),
+        &[ReleaseNumber::new(2)],
+        &routed,
+    );
     assert_eq!(warm, ["r2-web"]);
     assert_eq!(stop, ["r1-web", "r1-worker", "r2-worker"]);
 }

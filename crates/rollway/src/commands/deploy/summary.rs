@@ -174,7 +174,7 @@ fn seconds(ms: i64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use client::wire::{DeploymentKind, Strategy};
+    use client::wire::{DeploymentKind, ReleaseNumber, Strategy};
 
     use super::*;
 
@@ -199,8 +199,8 @@ mod tests {
             environment: "production".to_owned(),
             kind: DeploymentKind::Deploy,
             state: DeploymentState::RolledBack,
-            from_release: Some(1),
-            to_release: 2,
+            from_release: Some(ReleaseNumber::new(1)),
+            to_release: ReleaseNumber::new(2),
             strategy: Strategy::Canary,
             reason: Some("error rate 0.31 | above 0.01\nsecond line".to_owned()),
             created_by: "ci".to_owned(),

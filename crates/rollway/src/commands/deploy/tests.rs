@@ -1,5 +1,7 @@
 //! How a followed deployment's events render: from their typed payload, whatever their words.
 
+use client::wire::ReleaseNumber;
+
 use super::*;
 
 fn event(kind: &str, message: &str, data: serde_json::Value) -> EventView {
@@ -134,24 +136,24 @@ fn every_progress_event() -> Vec<DeploymentEvent> {
             reason: "the release command `x` failed (exit status: 3)".to_owned(),
         },
         DeploymentEvent::Weights {
-            release: 2,
+            release: ReleaseNumber::new(2),
             share: 20,
             step: Some(1),
             of: Some(3),
-            weights: vec![(1, 80), (2, 20)],
+            weights: vec![(ReleaseNumber::new(1), 80), (ReleaseNumber::new(2), 20)],
         },
         DeploymentEvent::Weights {
-            release: 2,
+            release: ReleaseNumber::new(2),
             share: 100,
             step: None,
             of: None,
-            weights: vec![(2, 100)],
+            weights: vec![(ReleaseNumber::new(2), 100)],
         },
         DeploymentEvent::TrafficBack {
-            weights: vec![(1, 100)],
+            weights: vec![(ReleaseNumber::new(1), 100)],
         },
         DeploymentEvent::Verdict {
-            release: 2,
+            release: ReleaseNumber::new(2),
             verdict: Verdict::Fail {
                 reason: "5xx share 7.5% above 1%".to_owned(),
             },
@@ -159,7 +161,7 @@ fn every_progress_event() -> Vec<DeploymentEvent> {
             baseline: Some(Figures::default()),
         },
         DeploymentEvent::Verdict {
-            release: 2,
+            release: ReleaseNumber::new(2),
             verdict: Verdict::Pass,
             sample: figures,
             baseline: None,
@@ -182,7 +184,7 @@ fn every_progress_event() -> Vec<DeploymentEvent> {
         },
         DeploymentEvent::InstanceKeptInTraffic {
             instance: "shop-production-r2-web-1".to_owned(),
-            release: 2,
+            release: ReleaseNumber::new(2),
         },
         DeploymentEvent::InstanceRecovered {
             instance: "shop-production-r2-web-1".to_owned(),
@@ -218,13 +220,13 @@ fn every_progress_event() -> Vec<DeploymentEvent> {
             reason: "`app.db` does not exist yet".to_owned(),
         },
         DeploymentEvent::AwaitingApproval {
-            release: 2,
+            release: ReleaseNumber::new(2),
             deployment: "d-1".into(),
             started_by: "ci".to_owned(),
         },
         DeploymentEvent::Approved {
             by: "ana".to_owned(),
-            release: 2,
+            release: ReleaseNumber::new(2),
         },
         DeploymentEvent::Promoted {
             by: "ana".to_owned(),
@@ -238,7 +240,7 @@ fn every_progress_event() -> Vec<DeploymentEvent> {
             min_requests: Some(50),
         },
         DeploymentEvent::Observing {
-            release: 2,
+            release: ReleaseNumber::new(2),
             window: "5m".to_owned(),
         },
         DeploymentEvent::NoFallback {
@@ -301,11 +303,11 @@ fn typed_events_render_as_the_messages_did() {
         progress_line(
             &recorded(
                 &DeploymentEvent::Weights {
-                    release: 2,
+                    release: ReleaseNumber::new(2),
                     share: 20,
                     step: Some(1),
                     of: Some(3),
-                    weights: vec![(1, 80), (2, 20)],
+                    weights: vec![(ReleaseNumber::new(1), 80), (ReleaseNumber::new(2), 20)],
                 },
                 "",
             ),
