@@ -100,9 +100,6 @@ string_id!(
 pub struct ReleaseNumber(u64);
 
 impl ReleaseNumber {
-    /// The first release of an app and environment.
-    pub const FIRST: ReleaseNumber = ReleaseNumber(1);
-
     pub const fn new(number: u64) -> ReleaseNumber {
         ReleaseNumber(number)
     }

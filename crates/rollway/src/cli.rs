@@ -495,3 +495,31 @@ fn strategy_parser() -> impl clap::builder::TypedValueParser<Value = Strategy> {
     PossibleValuesParser::new(Strategy::ALL.map(Strategy::as_str))
         .try_map(|text| text.parse::<Strategy>())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    fn rollback_to(to: &str) -> Result<Option<ReleaseNumber>, clap::Error> {
+        let to = format!("--to={to}");
+        let cli = Cli::try_parse_from(["rollway", "rollback", "--app", "demo", to.as_str()])?;
+        match cli.command {
+            Command::Rollback(args) => Ok(args.to),
+            other => panic!("`rollback` parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn rollback_to_takes_a_release_number_and_refuses_anything_else() {
+        assert_eq!(rollback_to("3").expect("3"), Some(ReleaseNumber::new(3)));
+        for wrong in ["0", "r3", "-1", "three"] {
+            let error = rollback_to(wrong).expect_err(wrong).to_string();
+            assert!(
+                error.contains("whole number of at least 1"),
+                "{wrong}: {error}"
+            );
+        }
+    }
+}

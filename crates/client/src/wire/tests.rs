@@ -219,3 +219,38 @@ fn a_deployment_id_is_a_plain_json_string() {
     assert_eq!(back, "d-0000000000001-00ff");
     assert!(serde_json::from_str::<DeploymentId>("7").is_err());
 }
+
+#[test]
+fn a_release_number_travels_as_a_bare_json_number() {
+    let number = ReleaseNumber::new(7);
+    assert_eq!(serde_json::to_string(&number).expect("serialize"), "7");
+    assert_eq!(
+        serde_json::from_str::<ReleaseNumber>("7").expect("parse"),
+        number
+    );
+    assert!(serde_json::from_str::<ReleaseNumber>("\"7\"").is_err());
+    assert!(serde_json::from_str::<ReleaseNumber>("-1").is_err());
+    let weight = WeightView {
+        release: number,
+        weight: 40,
+    };
+    assert_eq!(
+        serde_json::to_string(&weight).expect("serialize"),
+        r#"{"release":7,"weight":40}"#
+    );
+    assert_eq!(number.to_string(), "7");
+    assert_eq!(number.next(), ReleaseNumber::new(8));
+    assert!(ReleaseNumber::new(2) < ReleaseNumber::new(10));
+}
+
+#[test]
+fn a_release_number_argument_is_a_whole_number_of_at_least_one() {
+    assert_eq!("3".parse::<ReleaseNumber>(), Ok(ReleaseNumber::new(3)));
+    for wrong in ["0", "", "r3", "-2", "three", "1.5"] {
+        let error = wrong.parse::<ReleaseNumber>().expect_err(wrong);
+        assert!(
+            error.to_string().contains("whole number of at least 1"),
+            "{wrong}: {error}"
+        );
+    }
+}
