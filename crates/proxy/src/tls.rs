@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
 use rustls::crypto::ring::sign::any_supported_type;
@@ -177,6 +177,9 @@ struct Served {
 #[derive(Debug, Default)]
 pub struct TlsStore {
     served: ArcSwap<Served>,
+    /// The session ticket keys every worker's TLS listener seals tickets with (`server_config`), so a
+    /// ticket issued by one worker resumes on any other.
+    ticketer: OnceLock<Arc<dyn rustls::server::ProducesTickets>>,
 }
 
 impl TlsStore {
@@ -273,15 +276,44 @@ impl ResolvesServerCert for SniResolver {
 }
 
 /// The TLS listener's rustls configuration: certificates by SNI from `store`, ALPN `h2`, `http/1.1`
-/// (and `acme-tls/1` for challenges, which get their certificate and nothing else).
+/// (and `acme-tls/1` for challenges, which get their certificate and nothing else), rustls's safe
+/// defaults (TLS 1.3 and 1.2, its cipher suites and groups), chosen in the server's order.
+///
+/// Each worker calls this; session resumption uses stateless tickets (`Ticketer`: AEAD-sealed, keys rotated every 6 hours, as nginx's and Caddy's
+/// tickets are) from one ticketer per store, so a client resumes on whichever worker the kernel hands its next
+/// connection to. rustls's default, a stateful 256-entry cache per configuration, would have been one
+/// cache per worker behind a mutex, missed by every resumption landing on another worker and evicted
+/// after 256 new clients.
 pub fn server_config(store: Arc<TlsStore>) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_no_client_auth()
-    .with_cert_resolver(Arc::new(SniResolver { store }));
+    let ticketer = match store.ticketer.get() {
+        Some(ticketer) => Arc::clone(ticketer),
+        None => {
+            let made = rustls::crypto::ring::Ticketer::new()?;
+            // Two workers racing here make two; the first stored is the one all seal with.
+            Arc::clone(store.ticketer.get_or_init(|| made))
+        }
+    };
+    // Every suite of rustls's safe defaults stays offered; the server picks, preferring
+    // TLS_AES_128_GCM_SHA256 (as Go's crypto/tls and Mozilla's "modern" profile do; 128-bit security,
+    // like the X25519/P-256 key exchange it follows). A client's own first choice is usually AES-256 with
+    // SHA-384, whose key schedule costs ring's portable SHA-512 code about a fifth of a handshake;
+    // ring's SHA-256 uses the CPU's SHA extensions.
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider
+        .cipher_suites
+        .sort_by_key(|suite| match suite.suite() {
+            rustls::CipherSuite::TLS13_AES_128_GCM_SHA256 => 0,
+            _ => 1,
+        });
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(provider))
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(SniResolver { store }));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), ACME_TLS_ALPN.to_vec()];
+    config.ticketer = ticketer;
+    config.ignore_client_order = true;
+    // Tickets carry the session (TLS 1.3 and 1.2 alike): no server-side cache to fill per handshake.
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     Ok(Arc::new(config))
 }
 

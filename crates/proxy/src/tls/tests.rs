@@ -135,3 +135,109 @@ fn http01_answers_only_pending_tokens() {
     store.replace(TlsState::default()).expect("empty");
     assert_eq!(store.http01("tok"), None);
 }
+
+/// Moves TLS records between an in-memory client and server until neither has anything to send.
+fn exchange(client: &mut rustls::ClientConnection, server: &mut rustls::ServerConnection) {
+    for _ in 0..20 {
+        let mut moved = false;
+        while client.wants_write() {
+            let mut buffer = Vec::new();
+            client.write_tls(&mut buffer).expect("client writes");
+            server
+                .read_tls(&mut buffer.as_slice())
+                .expect("server reads");
+            server
+                .process_new_packets()
+                .expect("server accepts the records");
+            moved = true;
+        }
+        while server.wants_write() {
+            let mut buffer = Vec::new();
+            server.write_tls(&mut buffer).expect("server writes");
+            client
+                .read_tls(&mut buffer.as_slice())
+                .expect("client reads");
+            client
+                .process_new_packets()
+                .expect("client accepts the records");
+            moved = true;
+        }
+        if !moved {
+            return;
+        }
+    }
+    panic!("the handshake did not settle in 20 rounds");
+}
+
+/// One handshake of `client` against `server`; what kind it was and the suite the server chose.
+fn handshake(
+    client: &Arc<rustls::ClientConfig>,
+    server: &Arc<rustls::ServerConfig>,
+) -> (rustls::HandshakeKind, rustls::CipherSuite) {
+    let name = rustls::pki_types::ServerName::try_from("a.test").expect("name");
+    let mut client = rustls::ClientConnection::new(Arc::clone(client), name).expect("client");
+    let mut server = rustls::ServerConnection::new(Arc::clone(server)).expect("server");
+    exchange(&mut client, &mut server);
+    assert!(!client.is_handshaking() && !server.is_handshaking());
+    (
+        server
+            .handshake_kind()
+            .expect("a finished handshake has a kind"),
+        server
+            .negotiated_cipher_suite()
+            .expect("a finished handshake has a suite")
+            .suite(),
+    )
+}
+
+#[test]
+fn a_session_ticket_from_one_worker_resumes_on_another_but_not_on_another_proxy() {
+    let certificate = self_signed(&["a.test"]);
+    let store = Arc::new(TlsStore::default());
+    store
+        .replace(TlsState {
+            certificates: vec![certificate.clone()],
+            ..TlsState::default()
+        })
+        .expect("a good set");
+    let other_proxy = Arc::new(TlsStore::default());
+    other_proxy
+        .replace(TlsState {
+            certificates: vec![certificate.clone()],
+            ..TlsState::default()
+        })
+        .expect("a good set");
+    // Two workers of one proxy each build their configuration, as `serve_https` does.
+    let worker_0 = server_config(Arc::clone(&store)).expect("config");
+    let worker_1 = server_config(Arc::clone(&store)).expect("config");
+    let elsewhere = server_config(other_proxy).expect("config");
+
+    let mut roots = rustls::RootCertStore::empty();
+    for der in CertificateDer::pem_slice_iter(certificate.chain_pem.as_bytes()) {
+        roots.add(der.expect("pem")).expect("a root");
+    }
+    // rustls's client lists AES-256-GCM-SHA384 first, as OpenSSL's does.
+    let client = Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    );
+
+    let (kind, suite) = handshake(&client, &worker_0);
+    assert_eq!(kind, rustls::HandshakeKind::Full);
+    assert_eq!(suite, rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    assert_eq!(
+        handshake(&client, &worker_1).0,
+        rustls::HandshakeKind::Resumed,
+        "a ticket sealed by worker 0 resumes on worker 1"
+    );
+    // Another proxy's tickets are sealed with other keys: a full handshake, never a resumption.
+    assert_eq!(
+        handshake(&client, &elsewhere).0,
+        rustls::HandshakeKind::Full
+    );
+}
