@@ -5,7 +5,6 @@ use serde::{Deserialize, Serialize};
 
 use client::wire::{DeploymentId, DeploymentKind, DeploymentState, ReleaseNumber, Strategy};
 
-use super::events::{Event, NewEvent};
 use super::releases::release_subject;
 use super::{
     Store, StoreError, app_subject, now_ms, optional_release_number, parsed, release_number,
@@ -141,36 +140,6 @@ impl Store {
             .commit()
             .map_err(|source| self.error("move a deployment", deployment_subject(id), source))?;
         Ok(deployment)
-    }
-
-    /// `transition`, and the event that reports it, in one transaction: either both are written
-    /// or neither, so a kill -9 between the two cannot lose the event.
-    pub fn transition_with_event(
-        &self,
-        id: &str,
-        expected_state: DeploymentState,
-        new_state: DeploymentState,
-        reason: Option<&str>,
-        data_json: Option<&str>,
-        new_event: NewEvent,
-    ) -> Result<(Deployment, Event), StoreError> {
-        let mut connection = self.connection();
-        let transaction = connection
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|source| self.error("move a deployment", deployment_subject(id), source))?;
-        let deployment = self.transition_in(
-            &transaction,
-            id,
-            expected_state,
-            new_state,
-            reason,
-            data_json,
-        )?;
-        let event = self.record_event_in(&transaction, new_event)?;
-        transaction
-            .commit()
-            .map_err(|source| self.error("move a deployment", deployment_subject(id), source))?;
-        Ok((deployment, event))
     }
 
     pub fn deployment(&self, id: &str) -> Result<Option<Deployment>, StoreError> {

@@ -291,7 +291,7 @@ fn transition_keeps_reason_and_data_unless_given() {
 }
 
 #[test]
-fn transition_with_event_writes_both_or_neither() {
+fn advance_writes_the_move_and_its_event_or_neither() {
     let store = store();
     store
         .create_release(new_release("a", "prod"))
@@ -299,26 +299,20 @@ fn transition_with_event_writes_both_or_neither() {
     let deployment = store
         .create_deployment(new_deployment("a", "prod", 1))
         .expect("create deployment");
-    let (moved, event) = store
-        .transition_with_event(
-            &deployment.id,
-            S::Pending,
-            S::Preparing,
-            None,
-            None,
-            new_event("preparing", Some(&deployment.id)),
-        )
-        .expect("transition");
+    let advance = || Advance {
+        id: &deployment.id,
+        from: S::Pending,
+        to: S::Preparing,
+        reason: None,
+        data_json: "{}",
+        event: Some(new_event("preparing", Some(&deployment.id))),
+        handled: None,
+    };
+    let (moved, event) = store.advance(advance()).expect("transition");
+    let event = event.expect("the move's event");
     assert_eq!(moved.state.as_str(), "Preparing");
     assert_eq!(event.deployment_id.as_deref(), Some(deployment.id.as_str()));
-    let refused = store.transition_with_event(
-        &deployment.id,
-        S::Pending,
-        S::Preparing,
-        None,
-        None,
-        new_event("preparing", Some(&deployment.id)),
-    );
+    let refused = store.advance(advance());
     assert!(matches!(refused, Err(StoreError::StateConflict { .. })));
     assert_eq!(
         store
