@@ -2,13 +2,13 @@
 //! the master key: `nonce || ciphertext`, the purpose as associated data, so a blob sealed for one
 //! use cannot be opened as another.
 //!
-//! It does not store anything: the caller writes and reads the sealed bytes.
+//! It does not store anything: the caller writes and reads the sealed bytes. The sealing itself is
+//! [`super::seal_blob`]'s, the one the certificates' keys use.
 
-use chacha20poly1305::XNonce;
-use chacha20poly1305::aead::{Aead, AeadCore, OsRng, Payload};
 use zeroize::Zeroizing;
 
 use super::MasterKey;
+use crate::store::SealedSecret;
 
 const NONCE_LEN: usize = 24;
 
@@ -22,24 +22,12 @@ pub struct OpenError {
 }
 
 impl MasterKey {
-    /// `plain` sealed for `purpose`.
+    /// `plain` sealed for `purpose` ([`super::seal_blob`]), as one byte string for a file.
     pub fn seal_blob(&self, purpose: &str, plain: &[u8]) -> Vec<u8> {
-        let nonce = chacha20poly1305::XChaCha20Poly1305::generate_nonce(&mut OsRng);
-        let aad = associated_data(purpose);
-        let ciphertext = self
-            .cipher()
-            .encrypt(
-                &nonce,
-                Payload {
-                    msg: plain,
-                    aad: &aad,
-                },
-            )
-            // XChaCha20-Poly1305 fails only past 256 GiB of input.
-            .unwrap_or_default();
-        let mut sealed = nonce.to_vec();
-        sealed.extend_from_slice(&ciphertext);
-        sealed
+        // XChaCha20-Poly1305 fails only past 256 GiB of input.
+        super::seal_blob(self, purpose, plain)
+            .map(|sealed| [sealed.nonce, sealed.ciphertext].concat())
+            .unwrap_or_default()
     }
 
     /// What [`MasterKey::seal_blob`] sealed for `purpose`.
@@ -51,22 +39,12 @@ impl MasterKey {
             return Err(error());
         }
         let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
-        let aad = associated_data(purpose);
-        self.cipher()
-            .decrypt(
-                XNonce::from_slice(nonce),
-                Payload {
-                    msg: ciphertext,
-                    aad: &aad,
-                },
-            )
-            .map(Zeroizing::new)
-            .map_err(|_| error())
+        let sealed = SealedSecret {
+            nonce: nonce.to_vec(),
+            ciphertext: ciphertext.to_vec(),
+        };
+        super::open_blob(self, purpose, &sealed).map_err(|_| error())
     }
-}
-
-fn associated_data(purpose: &str) -> Vec<u8> {
-    format!("rollway-blob\0{purpose}").into_bytes()
 }
 
 #[cfg(test)]
