@@ -106,6 +106,9 @@ pub struct Certs {
     /// held across the order.
     pub(crate) issuing: tokio::sync::Mutex<()>,
     pub(crate) account: tokio::sync::Mutex<Option<instant_acme::Account>>,
+    /// A deploy settling its certificates holds this shared; retiring unwanted ones holds it alone,
+    /// so a certificate a deploy just settled (or found usable) is never retired under it.
+    settling: tokio::sync::RwLock<()>,
     /// When `cert.expiring` was last recorded per host, so the alert comes once a day, not at every
     /// check. std Mutex: edits only.
     expiring_alerted: Mutex<BTreeMap<String, i64>>,
@@ -124,6 +127,7 @@ impl Certs {
             challenges: Mutex::new(Challenges::default()),
             issuing: tokio::sync::Mutex::new(()),
             account: tokio::sync::Mutex::new(None),
+            settling: tokio::sync::RwLock::new(()),
             expiring_alerted: Mutex::new(BTreeMap::new()),
         }
     }
@@ -205,6 +209,12 @@ pub enum CertError {
         reason: String,
         /// The server's Retry-After, when it gave one.
         retry_after: Option<Duration>,
+    },
+    #[error("cannot tell which hosts `{app}` in `{environment}` still serves over HTTPS: {reason}")]
+    Release {
+        app: String,
+        environment: String,
+        reason: String,
     },
     #[error("the certificate for `{host}` cannot be read: {reason}")]
     Parse { host: String, reason: String },
@@ -400,6 +410,7 @@ pub async fn ensure_for_release(
     resolved: &manifest::ResolvedManifest,
     secrets: &BTreeMap<String, crate::secrets::Secret>,
 ) -> Result<(), CertError> {
+    let _settling = engine.certs.settling.read().await;
     let mut changed = false;
     for route in &resolved.config.routes {
         if !route.tls.is_on() {
@@ -513,9 +524,88 @@ pub async fn renew_loop(engine: std::sync::Arc<Engine>) {
     }
 }
 
-/// One pass: every ACME certificate past its renewal time (and past its backoff) is renewed; any
+/// The hosts whose certificates are still wanted (lower case): those of the `tls` routes of each environment's current release and of every deployment still
+/// in flight (whose Preparing step may have just settled them).
+fn wanted_hosts(engine: &Engine) -> Result<std::collections::BTreeSet<String>, CertError> {
+    let mut releases: Vec<(AppEnv, client::wire::ReleaseNumber)> = Vec::new();
+    for (app, environment, current) in engine.store.apps()? {
+        if let Some(number) = current {
+            releases.push((AppEnv::new(app, environment), number));
+        }
+    }
+    for deployment in engine.store.unfinished_deployments()? {
+        releases.push((
+            AppEnv::new(deployment.app.clone(), deployment.environment.clone()),
+            deployment.to_release,
+        ));
+    }
+    let mut wanted = std::collections::BTreeSet::new();
+    for (key, number) in releases {
+        let resolved = match crate::deploy::release::load_manifest(engine, &key, number) {
+            Ok((_, resolved)) => resolved,
+            Err(error) => {
+                return Err(CertError::Release {
+                    app: key.app.clone(),
+                    environment: key.environment.clone(),
+                    reason: crate::report::chain(&error),
+                });
+            }
+        };
+        for route in resolved
+            .config
+            .routes
+            .iter()
+            .filter(|route| route.tls.is_on())
+        {
+            for host in &route.hosts {
+                wanted.insert(host.to_ascii_lowercase());
+            }
+        }
+    }
+    Ok(wanted)
+}
+
+/// Forgets the certificates no current or in-flight release wants any more (its route dropped
+/// `tls`, the host left the routes, or a deploy that settled it failed), so they are neither
+/// renewed nor served; a later deploy that wants the host settles it again. Each one retired is an
+/// event. Returns how many.
+pub async fn retire_unwanted(engine: &Engine) -> Result<usize, CertError> {
+    let _alone = engine.certs.settling.write().await;
+    let wanted = wanted_hosts(engine)?;
+    let mut retired = 0;
+    for record in engine.store.certs()? {
+        // By host alone: a host another app took over keeps its certificate.
+        if wanted.contains(&record.host.to_ascii_lowercase()) {
+            continue;
+        }
+        if engine.store.delete_cert(&record.host)? {
+            retired += 1;
+            engine.record(NewEvent {
+                app: Some(record.app.clone()),
+                environment: Some(record.environment.clone()),
+                deployment_id: None,
+                kind: "cert.retired".to_owned(),
+                message: format!(
+                    "the certificate for `{}` is no longer used by a `tls` route of `{}` in `{}`: not renewed or served any more",
+                    record.host, record.app, record.environment
+                ),
+                data_json: "{}".to_owned(),
+            });
+        }
+    }
+    drop(_alone);
+    if retired > 0 {
+        push(engine).await?;
+    }
+    Ok(retired)
+}
+
+/// One pass: certificates no release wants are retired; every ACME certificate past its renewal time (and past its backoff) is renewed; any
 /// certificate (given ones too) under `ALERT_UNDER` from expiry alerts, once a day per host.
 pub async fn renew_due(engine: &Engine) {
+    if let Err(error) = retire_unwanted(engine).await {
+        tracing::error!(message = "Cannot retire unused certificates.", error = %crate::report::chain(&error));
+    }
     let records = match engine.store.certs() {
         Ok(records) => records,
         Err(error) => {

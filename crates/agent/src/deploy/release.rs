@@ -91,24 +91,8 @@ pub fn load_release(
     key: &AppEnv,
     number: ReleaseNumber,
 ) -> Result<LoadedRelease, ReleaseError> {
+    let (release, resolved) = load_manifest(engine, key, number)?;
     let (app, environment) = (&key.app, &key.environment);
-    let release = engine
-        .store
-        .release(app, environment, number)
-        .map_err(|source| ReleaseError::Store {
-            app: app.clone(),
-            environment: environment.clone(),
-            number,
-            source: Box::new(source),
-        })?
-        .ok_or_else(|| ReleaseError::Missing {
-            app: app.clone(),
-            environment: environment.clone(),
-            number,
-        })?;
-    let config: ReleaseConfig = serde_json::from_str(&release.config_json)
-        .map_err(|source| ReleaseError::Config { number, source })?;
-    let resolved = resolve(&config)?;
     let versions: BTreeMap<String, u64> = match &release.secrets_version {
         Some(json) => serde_json::from_str(json)
             .map_err(|source| ReleaseError::SecretVersions { number, source })?,
@@ -136,6 +120,34 @@ pub fn load_release(
         secrets,
         images,
     })
+}
+
+/// Release `number` of `key`'s record and its manifest resolved as it was deployed, without
+/// opening its secrets (what the certificates' bookkeeping needs).
+pub fn load_manifest(
+    engine: &Engine,
+    key: &AppEnv,
+    number: ReleaseNumber,
+) -> Result<(crate::store::Release, ResolvedManifest), ReleaseError> {
+    let (app, environment) = (&key.app, &key.environment);
+    let release = engine
+        .store
+        .release(app, environment, number)
+        .map_err(|source| ReleaseError::Store {
+            app: app.clone(),
+            environment: environment.clone(),
+            number,
+            source: Box::new(source),
+        })?
+        .ok_or_else(|| ReleaseError::Missing {
+            app: app.clone(),
+            environment: environment.clone(),
+            number,
+        })?;
+    let config: ReleaseConfig = serde_json::from_str(&release.config_json)
+        .map_err(|source| ReleaseError::Config { number, source })?;
+    let resolved = resolve(&config)?;
+    Ok((release, resolved))
 }
 
 /// The manifest a release recorded, resolved for its environment.

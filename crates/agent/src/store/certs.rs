@@ -149,6 +149,15 @@ impl Store {
         Ok(())
     }
 
+    /// Forgets `host`'s certificate (its route no longer has `tls`, or the host left the routes).
+    pub fn delete_cert(&self, host: &str) -> Result<bool, StoreError> {
+        let connection = self.connection();
+        connection
+            .execute("DELETE FROM certificates WHERE host = ?1", params![host])
+            .map(|deleted| deleted > 0)
+            .map_err(|source| self.error("delete a certificate", format!("host `{host}`"), source))
+    }
+
     pub fn cert(&self, host: &str) -> Result<Option<CertRecord>, StoreError> {
         let connection = self.connection();
         connection

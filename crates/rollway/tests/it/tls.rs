@@ -535,6 +535,45 @@ async fn https_through_pebble_issue_renew_refuse_and_given_certificates() {
         assert!(!text.contains("PRIVATE KEY"), "{text}");
         assert!(!text.contains(&key_body), "{text}");
     }
+
+    // 7. The route drops `tls`: its certificate is retired at the next check (an event), neither
+    //    renewed nor served any more; the other app's certificates stay.
+    let plain_app = TestApp::new(dir.path().join("given-plain"))
+        .named("given")
+        .hosts(&["given.test"]);
+    agent.deploy(&plain_app, ENV).await.assert_code(0);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while certs(&agent)
+        .await
+        .iter()
+        .any(|cert| cert["host"] == "given.test")
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the certificate of a route without `tls` was not retired"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(count_events(&agent, "cert.retired").await, 1);
+    let hosts: Vec<String> = certs(&agent)
+        .await
+        .iter()
+        .filter_map(|cert| cert["host"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(hosts, ["a.test", "b.test"]);
+    let (code, _) = https_get(https, "given.test", &given_ca).await;
+    assert_eq!(code, "000", "a retired certificate is not served");
+    let plain = curl(&[
+        "-H",
+        "Host: given.test",
+        &format!("http://{}/", agent.proxy_addr()),
+    ])
+    .await;
+    assert_eq!(
+        plain,
+        ("200".to_owned(), "v1".to_owned()),
+        "plain HTTP serves it, no 308"
+    );
 }
 
 async fn count_events(agent: &TestAgent, kind: &str) -> usize {
