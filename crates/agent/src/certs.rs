@@ -109,6 +109,9 @@ pub struct Certs {
     /// A deploy settling its certificates holds this shared; retiring unwanted ones holds it alone,
     /// so a certificate a deploy just settled (or found usable) is never retired under it.
     settling: tokio::sync::RwLock<()>,
+    /// The Retry-After of the ACME server's last refusal (429, 503), noted by the ACME client's
+    /// HTTP; taken by the failure it explains. std Mutex: edits only.
+    pub(crate) retry_after: std::sync::Arc<Mutex<Option<std::time::SystemTime>>>,
     /// When `cert.expiring` was last recorded per host, so the alert comes once a day, not at every
     /// check. std Mutex: edits only.
     expiring_alerted: Mutex<BTreeMap<String, i64>>,
@@ -128,6 +131,7 @@ impl Certs {
             issuing: tokio::sync::Mutex::new(()),
             account: tokio::sync::Mutex::new(None),
             settling: tokio::sync::RwLock::new(()),
+            retry_after: std::sync::Arc::new(Mutex::new(None)),
             expiring_alerted: Mutex::new(BTreeMap::new()),
         }
     }
@@ -160,6 +164,14 @@ impl Certs {
                 true
             }
         }
+    }
+
+    /// The noted Retry-After, forgotten once taken.
+    pub(crate) fn take_retry_after(&self) -> Option<std::time::SystemTime> {
+        self.retry_after
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
     }
 
     pub(crate) fn clear_challenges(&self) {

@@ -62,9 +62,11 @@ pub async fn issue(engine: &Engine, key: &AppEnv, host: &str) -> Result<CertReco
         retry_after,
     };
     let _one_at_a_time = engine.certs.issuing.lock().await;
+    // A refusal's Retry-After from an earlier order does not apply to this one.
+    engine.certs.take_retry_after();
     let account = account(engine)
         .await
-        .map_err(|error| fail(describe(&error), retry_after(&error)))?;
+        .map_err(|error| fail(describe(&error), retry_after(engine, &error)))?;
     let outcome = order(engine, &account, host).await;
     // Challenges answered or not, they are over.
     engine.certs.clear_challenges();
@@ -96,7 +98,7 @@ async fn order(
     account: &Account,
     host: &str,
 ) -> Result<(String, Zeroizing<String>), OrderFailure> {
-    let failed = |error: instant_acme::Error| (describe(&error), retry_after(&error));
+    let failed = |error: instant_acme::Error| (describe(&error), retry_after(engine, &error));
     let identifiers = [Identifier::Dns(host.to_owned())];
     let mut order = account
         .new_order(&NewOrder::new(&identifiers))
@@ -189,12 +191,68 @@ fn describe(error: &instant_acme::Error) -> String {
     }
 }
 
-fn retry_after(error: &instant_acme::Error) -> Option<Duration> {
+/// When the server asks to be retried: a poll's own hint, or the Retry-After of the last refusal
+/// (a rate limit's 429 or a 503) that `RetryAfterClient` saw.
+fn retry_after(engine: &Engine, error: &instant_acme::Error) -> Option<Duration> {
     match error {
         instant_acme::Error::Timeout(Some(at)) => {
             Some(at.saturating_duration_since(std::time::Instant::now()))
         }
-        _ => None,
+        _ => engine
+            .certs
+            .take_retry_after()
+            .and_then(|at| at.duration_since(std::time::SystemTime::now()).ok()),
+    }
+}
+
+/// A `Retry-After` value: delay-seconds or an HTTP-date (RFC 9110 §10.2.3), as the time it names.
+pub fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<std::time::SystemTime> {
+    let value = value.trim();
+    match value.parse::<u64>() {
+        Ok(seconds) => now.checked_add(Duration::from_secs(seconds)),
+        Err(_) => httpdate::parse_http_date(value).ok(),
+    }
+}
+
+/// The ACME client's HTTP: the hyper client, noting the Retry-After of every refusal (429, 503) in
+/// `Certs`, since instant-acme's problem errors do not carry it.
+struct RetryAfterClient {
+    inner: Client<
+        hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+        BodyWrapper<bytes::Bytes>,
+    >,
+    seen: Arc<std::sync::Mutex<Option<std::time::SystemTime>>>,
+}
+
+impl instant_acme::HttpClient for RetryAfterClient {
+    fn request(
+        &self,
+        request: hyper::Request<BodyWrapper<bytes::Bytes>>,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<
+                    Output = Result<instant_acme::BytesResponse, instant_acme::Error>,
+                > + Send,
+        >,
+    > {
+        let sent = instant_acme::HttpClient::request(&self.inner, request);
+        let seen = Arc::clone(&self.seen);
+        Box::pin(async move {
+            let response = sent.await?;
+            let status = response.parts.status;
+            if status == hyper::StatusCode::TOO_MANY_REQUESTS
+                || status == hyper::StatusCode::SERVICE_UNAVAILABLE
+            {
+                let at = response
+                    .parts
+                    .headers
+                    .get(hyper::header::RETRY_AFTER)
+                    .and_then(|value| value.to_str().ok())
+                    .and_then(|value| parse_retry_after(value, std::time::SystemTime::now()));
+                *seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = at;
+            }
+            Ok(response)
+        })
     }
 }
 
@@ -259,9 +317,10 @@ async fn account(engine: &Engine) -> Result<Account, instant_acme::Error> {
         .acme_account(&config.acme_directory)
         .map_err(|error| instant_acme::Error::Other(Box::new(error)))?;
     let builder = || -> Result<_, instant_acme::Error> {
-        Ok(Account::builder_with_http(Box::new(http_client(
-            config.acme_ca.as_deref(),
-        )?)))
+        Ok(Account::builder_with_http(Box::new(RetryAfterClient {
+            inner: http_client(config.acme_ca.as_deref())?,
+            seen: Arc::clone(&engine.certs.retry_after),
+        })))
     };
     let account = match stored {
         Some(sealed) => {
@@ -348,3 +407,6 @@ fn http_client(
 fn webpki_roots_anchors() -> Vec<rustls::pki_types::TrustAnchor<'static>> {
     webpki_roots::TLS_SERVER_ROOTS.to_vec()
 }
+
+#[cfg(test)]
+mod tests;
