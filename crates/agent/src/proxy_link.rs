@@ -306,7 +306,19 @@ impl ProxyLink {
                 None
             }
         };
-        std::os::unix::process::CommandExt::process_group(&mut process, 0);
+        // The proxy leads a session of its own (so its own process group too): a terminal's
+        // signals to the agent's group (Ctrl-C on `rollway agent` or `rollway up`) and the app
+        // instances' sessions never reach it, and `ps -j` shows it apart from what it proxies to.
+        // SAFETY: the closure runs in the forked child before exec and only makes the setsid(2)
+        // system call, which is async-signal-safe; it allocates nothing and takes no lock.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut process, || {
+                rustix::process::setsid()
+                    .map(drop)
+                    .map_err(std::io::Error::from)
+            });
+        }
         let mut child = process.spawn().map_err(spawn_error)?;
         // The child has its end now; drop ours of it so a dead child is seen as a closed socket.
         drop(process);

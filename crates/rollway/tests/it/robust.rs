@@ -58,6 +58,40 @@ async fn a_killed_proxy_is_restarted_and_refuses_no_connection() {
         .replicas(2)
         .alerts_webhook("ALERTS_URL");
     agent.deploy(&app, ENV).await.assert_code(0);
+    // The proxy leads its own session: apart from the agent's and the instances' (a Ctrl-C to
+    // the agent's terminal, or a busy app's session, does not reach it).
+    let session = |pid: i32| -> i32 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+        // pid (comm) state ppid pgrp session ...: fields after the comm's closing parenthesis.
+        let after = stat.rsplit_once(')').expect("comm").1;
+        after
+            .split_whitespace()
+            .nth(3)
+            .expect("session")
+            .parse()
+            .expect("a session id")
+    };
+    let proxy = proxy_pid(agent);
+    assert_eq!(session(proxy), proxy, "the proxy leads a session");
+    let instances = agent.instance_pid_files();
+    assert_eq!(instances.len(), 2, "{instances:?}");
+    for pid in instances.values() {
+        assert_ne!(session(i32::try_from(*pid).expect("pid")), proxy);
+    }
+    let own = std::fs::read_to_string("/proc/self/stat").expect("stat");
+    let own: i32 = own
+        .rsplit_once(')')
+        .expect("comm")
+        .1
+        .split_whitespace()
+        .nth(3)
+        .expect("session")
+        .parse()
+        .expect("session id");
+    assert_ne!(
+        own, proxy,
+        "the test's (and the agent's) session is not the proxy's"
+    );
 
     const CLIENTS: usize = 4;
     let load = Load::new(agent.proxy_addr())
