@@ -78,10 +78,14 @@ pub(crate) async fn follow(
         ..LogsOptions::default()
     };
     let mut stream = docker.logs(container, Some(options));
+    let mut joiner = LineJoiner::new(false);
     while let Some(output) = stream.next().await {
-        for line in split_output(&output?) {
+        for line in joiner.push(&output?) {
             on_line(&line);
         }
+    }
+    for line in joiner.finish() {
+        on_line(&line);
     }
     Ok(())
 }
@@ -96,9 +100,18 @@ async fn collect(
     after_nanos: u64,
 ) -> Result<Vec<TimedLine>, EngineError> {
     let mut stream = docker.logs(container, Some(options));
+    let mut joiner = LineJoiner::new(true);
     let mut lines = Vec::new();
-    while let Some(output) = stream.next().await {
-        for raw in split_output(&output?) {
+    let mut finished = false;
+    while !finished {
+        let raws = match stream.next().await {
+            Some(output) => joiner.push(&output?),
+            None => {
+                finished = true;
+                joiner.finish()
+            }
+        };
+        for raw in raws {
             let line = parse_timed(&raw);
             if line.nanos > after_nanos || after_nanos == 0 {
                 lines.push(line);
@@ -111,19 +124,81 @@ async fn collect(
     Ok(lines)
 }
 
-/// The lines of one chunk of output (normally exactly one line with its newline).
-fn split_output(output: &LogOutput) -> Vec<String> {
-    let bytes = match output {
-        LogOutput::StdOut { message }
-        | LogOutput::StdErr { message }
-        | LogOutput::Console { message } => message,
-        LogOutput::StdIn { .. } => return Vec::new(),
-    };
+/// A longest line kept whole; a longer one is handed out in pieces of this size.
+const MAX_JOINED_LINE: usize = 1024 * 1024;
+
+/// Whole lines from the engine's output frames. A frame is normally one line with its newline,
+/// but the engine splits a line longer than 16 KiB over several frames (and a process may write
+/// part of a line before the rest): the pieces are joined per stream until the newline, so a
+/// secret that straddles two frames is still whole when the caller scrubs the line. With
+/// `timed`, each frame starts with the engine's timestamp: a continuation's is dropped and the
+/// line keeps its first.
+pub(crate) struct LineJoiner {
+    timed: bool,
+    /// The unfinished line of stdout (0) and of stderr (1).
+    pending: [Vec<u8>; 2],
+}
+
+impl LineJoiner {
+    pub(crate) fn new(timed: bool) -> LineJoiner {
+        LineJoiner {
+            timed,
+            pending: [Vec::new(), Vec::new()],
+        }
+    }
+
+    /// The lines that `output` finishes, oldest first.
+    pub(crate) fn push(&mut self, output: &LogOutput) -> Vec<String> {
+        let (stream, bytes) = match output {
+            LogOutput::StdOut { message } | LogOutput::Console { message } => (0, message),
+            LogOutput::StdErr { message } => (1, message),
+            LogOutput::StdIn { .. } => return Vec::new(),
+        };
+        let pending = &mut self.pending[stream];
+        let mut bytes: &[u8] = bytes;
+        if self.timed && !pending.is_empty() {
+            // `STAMP text`: the continuation's own stamp goes.
+            if let Some(space) = bytes.iter().position(|&byte| byte == b' ')
+                && std::str::from_utf8(&bytes[..space])
+                    .ok()
+                    .and_then(parse_rfc3339_nanos)
+                    .is_some()
+            {
+                bytes = &bytes[space + 1..];
+            }
+        }
+        let mut lines = Vec::new();
+        for piece in bytes.split_inclusive(|&byte| byte == b'\n') {
+            pending.extend_from_slice(piece);
+            if piece.ends_with(b"\n") {
+                lines.push(line_text(pending));
+                pending.clear();
+            } else if pending.len() >= MAX_JOINED_LINE {
+                lines.push(line_text(pending));
+                pending.clear();
+            }
+        }
+        lines
+    }
+
+    /// What is left unfinished when the output ends.
+    pub(crate) fn finish(&mut self) -> Vec<String> {
+        self.pending
+            .iter_mut()
+            .filter(|pending| !pending.is_empty())
+            .map(|pending| {
+                let line = line_text(pending);
+                pending.clear();
+                line
+            })
+            .collect()
+    }
+}
+
+/// A line's text without its `\n` or `\r\n`.
+fn line_text(bytes: &[u8]) -> String {
     let bytes = bytes.strip_suffix(b"\n").unwrap_or(bytes);
-    bytes
-        .split(|&byte| byte == b'\n')
-        .map(|line| String::from_utf8_lossy(line.strip_suffix(b"\r").unwrap_or(line)).into_owned())
-        .collect()
+    String::from_utf8_lossy(bytes.strip_suffix(b"\r").unwrap_or(bytes)).into_owned()
 }
 
 /// Splits `2026-11-23T04:10:32.123456789Z text` into its timestamp and text; a line without a

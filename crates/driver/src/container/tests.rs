@@ -12,7 +12,7 @@ use bollard::models::{
 use super::create::{container_name, entrypoint_and_cmd, instance_body, run_once_body};
 use super::env_file::{self, Reader};
 use super::image::split_reference;
-use super::logs::{parse_rfc3339_nanos, parse_timed};
+use super::logs::{LineJoiner, parse_rfc3339_nanos, parse_timed};
 use super::monitor::status_of;
 use super::timeout_seconds;
 use crate::{InstanceSpec, InstanceStatus};
@@ -342,4 +342,70 @@ fn a_container_runs_as_the_app_user_unless_its_image_names_a_non_root_user() {
             .all(|mount| !mount.source.as_deref().unwrap_or("").contains(".sock")),
         "no engine socket is mounted: {mounts:?}"
     );
+}
+
+fn out(text: &str) -> bollard::container::LogOutput {
+    bollard::container::LogOutput::StdOut {
+        message: bytes::Bytes::copy_from_slice(text.as_bytes()),
+    }
+}
+
+fn err(text: &str) -> bollard::container::LogOutput {
+    bollard::container::LogOutput::StdErr {
+        message: bytes::Bytes::copy_from_slice(text.as_bytes()),
+    }
+}
+
+#[test]
+fn a_line_split_over_frames_is_joined_per_stream_before_it_is_handed_out() {
+    // The engine splits a line over 16 KiB into frames: the secret straddling them comes out whole.
+    let mut joiner = LineJoiner::new(false);
+    let long = "x".repeat(16_380);
+    assert_eq!(
+        joiner.push(&out(&format!("{long}cana"))),
+        Vec::<String>::new()
+    );
+    assert_eq!(joiner.push(&err("stderr line\n")), ["stderr line"]);
+    assert_eq!(
+        joiner.push(&out("ry-secret tail\r\nnext\nunfinished")),
+        [format!("{long}canary-secret tail"), "next".to_owned()]
+    );
+    assert_eq!(joiner.finish(), ["unfinished"]);
+    assert_eq!(joiner.finish(), Vec::<String>::new());
+    // An empty line stays a line.
+    assert_eq!(joiner.push(&out("\n")), [""]);
+}
+
+#[test]
+fn a_continuation_frame_loses_its_timestamp_and_the_line_keeps_the_first() {
+    let mut joiner = LineJoiner::new(true);
+    assert_eq!(
+        joiner.push(&out("2026-11-23T04:10:32.000000001Z first half ")),
+        Vec::<String>::new()
+    );
+    let lines = joiner.push(&out("2026-11-23T04:10:32.000000002Z second half\n"));
+    assert_eq!(lines.len(), 1);
+    let line = parse_timed(&lines[0]);
+    assert_eq!(line.line, "first half second half");
+    assert_eq!(
+        line.nanos,
+        parse_rfc3339_nanos("2026-11-23T04:10:32.000000001Z").expect("stamp")
+    );
+}
+
+#[test]
+fn an_endless_line_is_handed_out_in_bounded_pieces() {
+    let mut joiner = LineJoiner::new(false);
+    let chunk = "y".repeat(64 * 1024);
+    let mut lines = Vec::new();
+    for _ in 0..20 {
+        lines.extend(joiner.push(&out(&chunk)));
+    }
+    lines.extend(joiner.finish());
+    assert!(
+        lines
+            .iter()
+            .all(|line| line.len() <= 1024 * 1024 + 64 * 1024)
+    );
+    assert_eq!(lines.iter().map(String::len).sum::<usize>(), 20 * 64 * 1024);
 }

@@ -454,8 +454,10 @@ async fn secret_reaches_the_app_and_no_log(driver: Driver) {
     let app = setup
         .dockerfile_app("app", "v1")
         .secrets(ENV, &["DB_PASSWORD"])
+        // And a line of 16,376 bytes and then the secret: the engine's logs split a line at 16 KiB,
+        // in the middle of the secret, and the two pieces must be joined before scrubbing.
         .release(
-            r#"test "$DB_PASSWORD" = "$EXPECTED" || { echo "release command: wrong secret"; exit 9; }; echo "release command saw the secret""#,
+            r#"test "$DB_PASSWORD" = "$EXPECTED" || { echo "release command: wrong secret"; exit 9; }; echo "release command saw the secret"; a=xxxxxxxx; p=; for i in 1 2 3 4 5 6 7 8 9 10 11; do p=$p$a; a=$a$a; done; printf '%s%s long line ends\n' "$p" "$DB_PASSWORD""#,
             None,
         )
         .env("EXPECTED", "${DB_PASSWORD}");
@@ -509,8 +511,15 @@ async fn secret_reaches_the_app_and_no_log(driver: Driver) {
         .expect("docker ps");
         assert_eq!(one_off.trim(), "", "one-off containers left behind");
     }
+    assert_contains(&ran, "*** long line ends");
+    // The secret's random half, whole or as the piece after a split.
+    let random_half = &secret[secret.len() - 16..];
     for (place, text) in &places {
         assert!(!text.contains(&secret), "the secret is in {place}:\n{text}");
+        assert!(
+            !text.contains(random_half),
+            "a piece of the secret is in {place}"
+        );
     }
     assert_eq!(
         testkit::agent::files_containing(agent.state_dir(), &secret),
