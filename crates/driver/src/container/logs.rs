@@ -170,10 +170,7 @@ impl LineJoiner {
         let mut lines = Vec::new();
         for piece in bytes.split_inclusive(|&byte| byte == b'\n') {
             pending.extend_from_slice(piece);
-            if piece.ends_with(b"\n") {
-                lines.push(line_text(pending));
-                pending.clear();
-            } else if pending.len() >= MAX_JOINED_LINE {
+            if piece.ends_with(b"\n") || pending.len() >= MAX_JOINED_LINE {
                 lines.push(line_text(pending));
                 pending.clear();
             }
