@@ -93,7 +93,7 @@ pub enum ArtifactError {
         reason: &'static str,
     },
     #[error(
-        "artifact of {size} bytes is larger than the agent's limit of {limit} bytes (`ROLLWAY_ARTIFACT_MAX_SIZE`); leave build output and data out with `.rollwayignore`"
+        "the artifact ({size} bytes or more) is larger than the agent's limit of {limit} bytes (`ROLLWAY_ARTIFACT_MAX_SIZE`); leave build output and data out with `.rollwayignore`"
     )]
     TooLarge { size: u64, limit: u64 },
     #[error(
@@ -107,6 +107,11 @@ pub enum ArtifactError {
         digest: String,
         compressed: u64,
         ratio: u64,
+    },
+    #[error("the upload broke off before its end")]
+    Receive {
+        #[source]
+        source: io::Error,
     },
     #[error("cannot {operation} `{path}`")]
     Io {
@@ -148,39 +153,83 @@ impl ArtifactStore {
         Ok(self.dir.join("sha256").join(format!("{digest}.tar.zst")))
     }
 
-    /// Stores `bytes` as artifact `digest`, after checking that they are: a mismatch is refused.
-    /// Atomic (temporary file, fsync, rename, fsync of the folder), so a crash leaves either the
-    /// whole artifact or none. Storing a digest that is already there does nothing.
+    /// Stores `bytes` as artifact `digest` (see [`ArtifactStore::put_from`]).
     pub fn put(&self, digest: &str, bytes: &[u8]) -> Result<(), ArtifactError> {
+        self.put_from(digest, bytes).map(drop)
+    }
+
+    /// Stores what `reader` gives as artifact `digest`, after checking that it is: a mismatch is
+    /// refused. The bytes go straight to a temporary file, hashed and counted on the way, so an
+    /// upload never sits in memory and one past the limit stops as soon as it passes it. Atomic
+    /// (temporary file, fsync, rename, fsync of the folder), so a crash leaves either the whole
+    /// artifact or none. Storing a digest that is already there changes nothing. Returns the size.
+    pub fn put_from(&self, digest: &str, mut reader: impl Read) -> Result<u64, ArtifactError> {
         let path = self.path(digest)?;
-        let size = bytes.len() as u64;
-        if size > self.limits.max_compressed {
-            return Err(ArtifactError::TooLarge {
-                size,
-                limit: self.limits.max_compressed,
+        let folder = self.dir.join("sha256");
+        fs::create_dir_all(&folder).map_err(io_error("create", &folder))?;
+        let temporary = folder.join(format!(".{digest}.{}.tmp", random_suffix()));
+        let written = self
+            .write_checked(digest, &mut reader, &temporary)
+            .and_then(|size| {
+                if path.is_file() {
+                    // Stored meanwhile (or before): the same bytes, by their digest.
+                    let _ = fs::remove_file(&temporary);
+                    return Ok(size);
+                }
+                fs::rename(&temporary, &path).map_err(io_error("rename", &temporary))?;
+                sync_dir(&folder)?;
+                Ok(size)
             });
+        if written.is_err() {
+            // Best effort: the temporary file holds nothing anyone will read.
+            let _ = fs::remove_file(&temporary);
         }
-        let actual = hex::encode(Sha256::digest(bytes));
+        written
+    }
+
+    /// Copies `reader` into `temporary` (synced), refusing more than the limit and bytes whose
+    /// digest is not `digest`.
+    fn write_checked(
+        &self,
+        digest: &str,
+        reader: &mut impl Read,
+        temporary: &Path,
+    ) -> Result<u64, ArtifactError> {
+        let limit = self.limits.max_compressed;
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(temporary)
+            .map_err(io_error("create", temporary))?;
+        let mut hasher = Sha256::new();
+        let mut size: u64 = 0;
+        let mut buffer = vec![0u8; 64 * 1024];
+        loop {
+            let read = match reader.read(&mut buffer) {
+                Ok(0) => break,
+                Ok(read) => read,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(source) => {
+                    return Err(ArtifactError::Receive { source });
+                }
+            };
+            size = size.saturating_add(read as u64);
+            if size > limit {
+                return Err(ArtifactError::TooLarge { size, limit });
+            }
+            hasher.update(&buffer[..read]);
+            file.write_all(&buffer[..read])
+                .map_err(io_error("write", temporary))?;
+        }
+        let actual = hex::encode(hasher.finalize());
         if actual != digest {
             return Err(ArtifactError::DigestMismatch {
                 expected: digest.to_owned(),
                 actual,
             });
         }
-        if path.is_file() {
-            return Ok(());
-        }
-        let folder = self.dir.join("sha256");
-        fs::create_dir_all(&folder).map_err(io_error("create", &folder))?;
-        let temporary = folder.join(format!(".{digest}.{}.tmp", random_suffix()));
-        let written = write_synced(&temporary, bytes)
-            .and_then(|()| fs::rename(&temporary, &path).map_err(io_error("rename", &temporary)));
-        if let Err(error) = written {
-            // Best effort: the temporary file holds nothing anyone will read.
-            let _ = fs::remove_file(&temporary);
-            return Err(error);
-        }
-        sync_dir(&folder)
+        file.sync_all().map_err(io_error("sync", temporary))?;
+        Ok(size)
     }
 
     /// Whether artifact `digest` is stored. An invalid digest is never stored.
@@ -440,16 +489,6 @@ fn check_symlink_target(link: &Path, target: &Path) -> Result<(), &'static str> 
         }
     }
     Ok(())
-}
-
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), ArtifactError> {
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .map_err(io_error("create", path))?;
-    file.write_all(bytes).map_err(io_error("write", path))?;
-    file.sync_all().map_err(io_error("sync", path))
 }
 
 /// Makes a rename in `dir` durable.

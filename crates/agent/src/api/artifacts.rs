@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 
@@ -20,18 +20,23 @@ pub async fn artifact_exists(
     }
 }
 
+/// Streams the body into the artifact store (never held in memory); the store stops an upload
+/// as soon as it passes the agent's limit (`ROLLWAY_ARTIFACT_MAX_SIZE`) and refuses bytes whose
+/// digest is not the path's.
 pub async fn upload_artifact(
     State(engine): State<Arc<Engine>>,
     Path(digest): Path<String>,
-    body: Bytes,
+    body: Body,
 ) -> Result<StatusCode, ApiError> {
-    let size = body.len();
+    use futures_util::TryStreamExt as _;
+    let stream = body.into_data_stream().map_err(std::io::Error::other);
+    let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
     let artifacts = engine.artifacts.clone();
     let stored_digest = digest.clone();
-    tokio::task::spawn_blocking(move || artifacts.put(&stored_digest, &body))
+    let size = tokio::task::spawn_blocking(move || artifacts.put_from(&stored_digest, reader))
         .await
         .map_err(ApiError::internal)?
         .map_err(ApiError::from)?;
-    let _ = engine.store.record_artifact(&digest, size as u64, now_ms());
+    let _ = engine.store.record_artifact(&digest, size, now_ms());
     Ok(StatusCode::CREATED)
 }

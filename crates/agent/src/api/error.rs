@@ -319,6 +319,7 @@ impl From<ArtifactError> for ApiError {
             ArtifactError::InvalidDigest { .. } | ArtifactError::DigestMismatch { .. } => {
                 (Kind::BadRequest, "bad_artifact")
             }
+            ArtifactError::Receive { .. } => (Kind::BadRequest, "upload_broken"),
             ArtifactError::TooLarge { .. }
             | ArtifactError::UnpacksTooLarge { .. }
             | ArtifactError::ExpandsTooMuch { .. } => (Kind::TooLarge, "artifact_too_large"),

@@ -21,10 +21,6 @@ use crate::api::{
 use crate::engine::Engine;
 use crate::tokens::Role;
 
-/// Largest artifact the API takes (on the artifact route only; every other route takes
-/// [`input::MAX_JSON_BODY`]).
-pub const MAX_ARTIFACT_BYTES: usize = 512 * 1024 * 1024;
-
 /// One route: a method on a path under `/v1`, the role it needs, its handler.
 pub struct Route {
     pub method: Method,
@@ -108,8 +104,7 @@ pub fn routes() -> Vec<Route> {
             Method::PUT,
             "/artifacts/{digest}",
             artifacts::upload_artifact,
-        )
-        .with_body_limit(MAX_ARTIFACT_BYTES),
+        ),
         route(
             Deployer,
             Method::HEAD,
@@ -219,14 +214,6 @@ where
         path,
         role,
         handler: on(filter, handler),
-    }
-}
-
-impl Route {
-    /// A body limit of its own instead of [`input::MAX_JSON_BODY`].
-    fn with_body_limit(mut self, limit: usize) -> Route {
-        self.handler = self.handler.layer(DefaultBodyLimit::max(limit));
-        self
     }
 }
 

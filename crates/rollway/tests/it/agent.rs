@@ -587,3 +587,57 @@ fn assert_envelope(answer: &str, code: &str) {
         "{body}"
     );
 }
+
+/// An artifact over the agent's limit is refused while it streams in: the CLI says what the
+/// limit is and which variable raises it, nothing moved, and no byte of it is left on disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_artifact_over_the_agents_limit_is_refused_naming_the_limit_and_leaves_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = TestAgent::start_with_env(
+        rollway_bin(),
+        &dir.path().join("state"),
+        &[("ROLLWAY_ARTIFACT_MAX_SIZE", "50000")],
+    )
+    .await;
+    // 400 KB of random hex: about 200 KB once compressed, four times the limit.
+    let filler: String = (0..12_500)
+        .map(|_| testkit::agent::random_hex(16))
+        .collect();
+    let app = TestApp::new(dir.path().join("app"))
+        .version("v1")
+        .file("data/filler.txt", filler);
+    let ran = agent.deploy(&app, ENV).await;
+    assert_ne!(ran.code, Some(0), "{ran}");
+    assert!(
+        ran.stderr.contains("50000 bytes") && ran.stderr.contains("ROLLWAY_ARTIFACT_MAX_SIZE"),
+        "the error names the limit and how to raise it:\n{ran}"
+    );
+    eprintln!("{ran}");
+    // Nothing recorded: the agent knows no such app.
+    agent
+        .cli(&["status", "--app", APP, "--env", ENV])
+        .await
+        .assert_code(2);
+    let stored: Vec<_> = walk(&agent.state_dir().join("artifacts"));
+    assert_eq!(stored, Vec::<std::path::PathBuf>::new(), "left on disk");
+
+    // Under the limit, the same agent takes it.
+    let small = TestApp::new(dir.path().join("small")).version("v1");
+    agent.deploy(&small, ENV).await.assert_code(0);
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
