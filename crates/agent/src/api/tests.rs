@@ -137,3 +137,64 @@ fn the_connection_cap_keeps_half_the_descriptors() {
     assert_eq!(connection_cap(Some(1 << 20)), 1024);
     assert_eq!(connection_cap(None), 1024);
 }
+
+/// Over TLS: a client that opens a connection and never finishes its handshake is cut at the
+/// header deadline and gives its place back (the cap is one here); a client speaking plain HTTP
+/// to the TLS port gets no HTTP answer, only the close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_tls_handshake_is_cut_at_the_deadline_and_frees_its_place() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tls = tls::load(
+        dir.path(),
+        &crate::secrets::MasterKey::generate(),
+        &tls::CertSource::SelfSigned,
+    )
+    .expect("self-signed API TLS");
+    let app = Router::new().route("/ok", get(|| async { "ok" }));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let shutdown = CancellationToken::new();
+    let limits = Limits {
+        header_timeout: TIMEOUT,
+        max_header_bytes: 8 * 1024,
+        body_idle_timeout: TIMEOUT,
+        max_connections: 1,
+        shutdown_grace: Duration::from_secs(1),
+    };
+    tokio::spawn(serve_router_tls(
+        listener,
+        app,
+        limits,
+        Some(tls.acceptor),
+        shutdown.clone(),
+    ));
+    // Half a ClientHello's record header, then nothing.
+    let mut stalled = TcpStream::connect(addr).await.expect("connect");
+    stalled.write_all(&[0x16, 0x03, 0x01]).await.expect("write");
+    // The only place is taken: a second client waits for it.
+    let mut plain = TcpStream::connect(addr).await.expect("connect");
+    plain
+        .write_all(b"GET /ok HTTP/1.1\r\nhost: test\r\n\r\n")
+        .await
+        .expect("write");
+    let cut = read_all(&mut stalled).await;
+    assert!(
+        !cut.windows(4).any(|window| window == b"HTTP"),
+        "the stalled handshake got an HTTP answer: {cut:?}"
+    );
+    // Its place freed, the plain-HTTP client is taken, refused by TLS, and closed: it reads the
+    // end of the stream (maybe after an alert), never an HTTP answer and never "ok".
+    let answer = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut raw = Vec::new();
+        let _ = plain.read_to_end(&mut raw).await;
+        raw
+    })
+    .await
+    .expect("the second client was never taken: the stalled one kept its place");
+    assert!(
+        !answer.windows(4).any(|window| window == b"HTTP"),
+        "plain HTTP reached the router: {}",
+        String::from_utf8_lossy(&answer)
+    );
+    shutdown.cancel();
+}
