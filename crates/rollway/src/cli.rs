@@ -200,7 +200,18 @@ pub struct EventsArgs {
 #[derive(Debug, Subcommand)]
 pub enum BackupsCommand {
     /// Backups of the environment, newest first (the default).
-    List,
+    List {
+        /// The sealed copies on `[backup] remote` instead of the agent's records.
+        #[arg(long)]
+        remote: bool,
+    },
+    /// A restore drill: the backup (default: the newest) restored into a scratch database,
+    /// checked (integrity, row counts) and handed to `[backup] verify`; the live database is
+    /// not touched.
+    Verify {
+        /// The backup's id, as `rollway backups` lists it (fetched from the remote if gone here).
+        id: Option<String>,
+    },
     /// Back up the current release's database now.
     Create,
     /// Restore a backup into the current release's database (admin; traffic is held meanwhile,

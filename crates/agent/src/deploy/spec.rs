@@ -559,6 +559,7 @@ pub async fn backup_before_release(
             reason: crate::store::BackupReason::Release,
             target: &target,
             keep: release.resolved.config.backup.keep as usize,
+            remote: crate::backup::remote::of_release(engine, release),
         },
     )
     .await

@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod backups;
+pub mod backups_remote;
 pub mod certs;
 pub mod check;
 pub mod connect;

@@ -1,0 +1,94 @@
+//! Off-host copies of backups: which object on the remote holds a backup, and the agent's backup
+//! key as the master key sealed it. It knows rows, not S3 nor ciphers (see `backup::remote`).
+
+use rusqlite::{OptionalExtension, params};
+
+use super::{Store, StoreError};
+
+/// A backup's encrypted copy on the remote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteCopy {
+    /// The object's key in the bucket.
+    pub key: String,
+    /// The sha256 of the uploaded (encrypted) object.
+    pub sha256: String,
+    pub size: u64,
+    pub uploaded_at: i64,
+}
+
+impl Store {
+    pub fn set_backup_remote(&self, id: &str, copy: &RemoteCopy) -> Result<(), StoreError> {
+        let connection = self.connection();
+        connection
+            .execute(
+                "UPDATE backups SET remote_key = ?2, remote_sha256 = ?3, remote_size = ?4, uploaded_at = ?5 WHERE id = ?1",
+                params![
+                    id,
+                    copy.key,
+                    copy.sha256,
+                    i64::try_from(copy.size).unwrap_or(i64::MAX),
+                    copy.uploaded_at
+                ],
+            )
+            .map_err(|source| {
+                self.error("record a backup's remote copy", format!("backup `{id}`"), source)
+            })?;
+        Ok(())
+    }
+
+    pub fn backup_remote(&self, id: &str) -> Result<Option<RemoteCopy>, StoreError> {
+        let connection = self.connection();
+        connection
+            .query_row(
+                "SELECT remote_key, remote_sha256, remote_size, uploaded_at FROM backups WHERE id = ?1 AND remote_key IS NOT NULL",
+                params![id],
+                |row| {
+                    Ok(RemoteCopy {
+                        key: row.get(0)?,
+                        sha256: row.get::<_, Option<String>>(1)?.unwrap_or_default(),
+                        size: u64::try_from(row.get::<_, Option<i64>>(2)?.unwrap_or(0)).unwrap_or(0),
+                        uploaded_at: row.get::<_, Option<i64>>(3)?.unwrap_or(0),
+                    })
+                },
+            )
+            .optional()
+            .map_err(|source| {
+                self.error("read a backup's remote copy", format!("backup `{id}`"), source)
+            })
+    }
+
+    /// The agent's backup key as sealed by the master key, if one was made.
+    pub fn sealed_backup_key(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        let connection = self.connection();
+        connection
+            .query_row("SELECT sealed FROM backup_key WHERE id = 1", [], |row| {
+                row.get(0)
+            })
+            .optional()
+            .map_err(|source| {
+                self.error("read the backup key", "the backup key".to_owned(), source)
+            })
+    }
+
+    /// Keeps `sealed` as the agent's backup key unless one is there already; returns the one kept
+    /// (two first uploads at once agree on one key).
+    pub fn keep_sealed_backup_key(&self, sealed: &[u8], now: i64) -> Result<Vec<u8>, StoreError> {
+        let connection = self.connection();
+        connection
+            .execute(
+                "INSERT OR IGNORE INTO backup_key (id, sealed, created_at) VALUES (1, ?1, ?2)",
+                params![sealed, now],
+            )
+            .map_err(|source| {
+                self.error("keep the backup key", "the backup key".to_owned(), source)
+            })?;
+        drop(connection);
+        self.sealed_backup_key()?.ok_or_else(|| {
+            self.error(
+                "keep the backup key",
+                "the backup key".to_owned(),
+                rusqlite::Error::QueryReturnedNoRows,
+            )
+        })
+    }
+}
