@@ -1,0 +1,460 @@
+//! End-to-end tests of off-host backups (issue 21) against a real S3-compatible server (`s3s-fs`
+//! on loopback, started by the test over its own folder): the uploaded object is encrypted, a
+//! backup whose local copy is gone restores from the remote row for row (SQLite and PostgreSQL),
+//! the remote keeps `keep` backups, restore drills pass on a good backup and fail with an alert
+//! on a corrupted one, a remote that is down alerts, and the S3 credentials never leak.
+//!
+//! Outside `scripts/test` (no `s3s-fs`, no PostgreSQL) the tests skip with one printed line.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+use testkit::agent::{APP, TestAgent, files_containing, random_hex};
+use testkit::s3::S3Server;
+
+use crate::agent::{Setup, assert_contains};
+use crate::release_phase::Postgres;
+
+const ENV: &str = "production";
+const BUCKET: &str = "rollway-backups";
+const KEEP: usize = 2;
+/// Bound of waits for the agent to reach a state.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Canary credentials for the S3 server and the app's secrets.
+struct Credentials {
+    access_key: String,
+    secret_key: String,
+}
+
+impl Credentials {
+    fn new() -> Credentials {
+        Credentials {
+            access_key: format!("AKCANARY{}", random_hex(6).to_uppercase()),
+            secret_key: format!("sk-canary-{}", random_hex(16)),
+        }
+    }
+
+    async fn set(&self, agent: &TestAgent) {
+        for (name, value) in [
+            ("S3_ACCESS_KEY_ID", &self.access_key),
+            ("S3_SECRET_ACCESS_KEY", &self.secret_key),
+        ] {
+            agent.set_secret(APP, ENV, name, value).await.assert_code(0);
+        }
+    }
+}
+
+fn backup_section(app: testkit::agent::TestApp, s3: &S3Server) -> testkit::agent::TestApp {
+    app.backup_line(format!("keep = {KEEP}"))
+        .backup_line(format!("remote = \"s3://{BUCKET}/db\""))
+        .backup_line(format!("endpoint = {:?}", s3.endpoint()))
+        .backup_line("region = \"us-east-1\"")
+        .backup_line("access_key_id = \"S3_ACCESS_KEY_ID\"")
+        .backup_line("secret_access_key = \"S3_SECRET_ACCESS_KEY\"")
+}
+
+const MIGRATE_SQLITE: &str = "import os, sqlite3\n\
+path = os.environ['DATABASE_URL'].split('sqlite://', 1)[1]\n\
+db = sqlite3.connect(path)\n\
+db.execute('CREATE TABLE IF NOT EXISTS items (id INTEGER PRIMARY KEY, name TEXT NOT NULL)')\n\
+db.execute('CREATE TABLE IF NOT EXISTS notes (id INTEGER PRIMARY KEY, body TEXT)')\n\
+db.commit()\n";
+
+/// The app's own restore check: it must be given the scratch database, never the live one, and
+/// find the canary rows there.
+const CHECK_DB: &str = "import os, sqlite3, sys\n\
+path = os.environ['DATABASE_URL'].split('sqlite://', 1)[1]\n\
+if os.path.realpath(path) == os.path.realpath(os.environ['LIVE_DB']):\n\
+\x20   sys.exit('given the live database')\n\
+n = sqlite3.connect(path).execute(\"SELECT count(*) FROM items WHERE name LIKE 'canary-row-%'\").fetchone()[0]\n\
+print('canary rows:', n)\n\
+sys.exit(0 if n == 3 else 3)\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_backups_go_off_host_encrypted_restore_from_the_remote_and_are_drilled() {
+    let credentials = Credentials::new();
+    let Some(mut s3) =
+        S3Server::start(&credentials.access_key, &credentials.secret_key, &[BUCKET]).await
+    else {
+        return;
+    };
+    let setup = Setup::start().await;
+    let agent = &setup.agent;
+    let webhook = setup.webhook(ENV, "ALERT_WEBHOOK").await;
+    let database = setup.shared_dir("data").join("app.db");
+    agent
+        .set_secret(
+            APP,
+            ENV,
+            "DATABASE_URL",
+            &format!("sqlite://{}", database.display()),
+        )
+        .await
+        .assert_code(0);
+    credentials.set(agent).await;
+    let app = backup_section(setup.app("app", "v1"), &s3)
+        .backup_line("verify = \"python3 check_db.py\"")
+        .secrets(
+            ENV,
+            &[
+                "DATABASE_URL",
+                "S3_ACCESS_KEY_ID",
+                "S3_SECRET_ACCESS_KEY",
+                "ALERT_WEBHOOK",
+            ],
+        )
+        .alerts_webhook("ALERT_WEBHOOK")
+        .env("LIVE_DB", database.display().to_string())
+        .release("python3 migrate.py", Some("DATABASE_URL"))
+        .file("migrate.py", MIGRATE_SQLITE)
+        .file("check_db.py", CHECK_DB);
+    agent.deploy(&app, ENV).await.assert_code(0);
+    let canary = format!("canary-row-{}", random_hex(8));
+    sqlite_exec(
+        &database,
+        &format!(
+            "INSERT INTO items (name) VALUES ('{canary}'), ('{canary}-2'), ('{canary}-3'), ('plain');\n\
+             INSERT INTO notes (body) VALUES ('n1'), (NULL);"
+        ),
+    );
+    let before = sqlite_rows(&database);
+    assert_eq!(before.len(), 6, "{before:#?}");
+
+    // 1. A backup on demand is uploaded sealed: the object holds no row's text.
+    let id = create_backup(agent).await;
+    wait_event(agent, "backup.uploaded", &id).await;
+    let objects = s3.objects(BUCKET, ".sealed");
+    assert_eq!(objects.len(), 1, "{objects:?}");
+    let object = std::fs::read(&objects[0]).expect("the uploaded object");
+    assert!(object.starts_with(b"RWBACKUP"), "not a sealed backup");
+    assert!(
+        !object.windows(canary.len()).any(|w| w == canary.as_bytes()),
+        "the uploaded object holds the canary row's text"
+    );
+    assert!(!object.windows(15).any(|w| w == b"SQLite format 3"));
+    let listed = agent.backups(APP, ENV).await;
+    let key = listed[0]["remote"]
+        .as_str()
+        .expect("the remote key")
+        .to_owned();
+    assert!(objects[0].ends_with(&key), "{key} vs {:?}", objects[0]);
+    assert_eq!(key, format!("db/{APP}/{ENV}/{id}.sqlite.sealed"));
+
+    // 2. The local copy is lost and the live database changed: restore fetches the sealed copy.
+    let local = agent
+        .state_dir()
+        .join(format!("backups/{APP}/{ENV}/{id}.sqlite"));
+    std::fs::remove_file(&local).expect("delete the local copy");
+    sqlite_exec(&database, "DELETE FROM items; DELETE FROM notes;");
+    assert!(sqlite_rows(&database).is_empty());
+    let remote_list = agent
+        .cli(&[
+            "backups", "list", "--remote", "--app", APP, "--env", ENV, "--json",
+        ])
+        .await;
+    remote_list.assert_code(0);
+    let remote_list: Vec<Value> = serde_json::from_str(&remote_list.stdout).expect("JSON");
+    assert_eq!(remote_list.len(), 1, "{remote_list:#?}");
+    assert_eq!(remote_list[0]["id"], id.as_str());
+    assert_eq!(remote_list[0]["local"], false);
+    let restored = agent
+        .cli(&[
+            "backups", "restore", &id, "--app", APP, "--env", ENV, "--yes",
+        ])
+        .await;
+    restored.assert_code(0);
+    assert_contains(&restored, "fetched backup");
+    assert_eq!(sqlite_rows(&database), before, "restored from the remote");
+
+    // 3. A drill passes on the good backup, leaves the live database alone, runs the app's check.
+    let live_before = std::fs::read(&database).expect("the live database");
+    let verified = agent
+        .cli(&[
+            "backups", "verify", &id, "--app", APP, "--env", ENV, "--json",
+        ])
+        .await;
+    verified.assert_code(0);
+    let drill: Value = serde_json::from_str(&verified.stdout).expect("drill JSON");
+    assert_eq!(drill["passed"], true, "{drill:#}");
+    assert_eq!(
+        drill["tables"],
+        serde_json::json!([{"table": "items", "rows": 4}, {"table": "notes", "rows": 2}]),
+        "{drill:#}"
+    );
+    assert_contains(&verified, "integrity_check: ok");
+    assert_contains(&verified, "`python3 check_db.py` passed");
+    assert_eq!(std::fs::read(&database).expect("live"), live_before);
+    wait_event(agent, "backup.verified", &id).await;
+
+    // 4. Flipped bytes: the drill fails, with an event and an alert.
+    let bytes_local = agent
+        .state_dir()
+        .join(format!("backups/{APP}/{ENV}/{id}.sqlite"));
+    let mut bytes = std::fs::read(&bytes_local).expect("the fetched local copy");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    bytes[middle + 1] ^= 0xff;
+    std::fs::write(&bytes_local, &bytes).expect("corrupt the backup");
+    let failed = agent
+        .cli(&["backups", "verify", &id, "--app", APP, "--env", ENV])
+        .await;
+    failed.assert_code(1);
+    assert_contains(&failed, "corrupt");
+    wait_event(agent, "backup.verify_failed", &id).await;
+    let alerts = webhook.wait_for(1, PATIENCE).await;
+    assert!(
+        alerts
+            .iter()
+            .any(|alert| alert.body.contains("restore drill") && alert.body.contains(&id)),
+        "{alerts:#?}"
+    );
+
+    // 5. keep + 3 backups: the remote holds `keep`, the newest ones.
+    let mut ids = vec![id.clone()];
+    for _ in 0..(KEEP + 2) {
+        let id = create_backup(agent).await;
+        wait_event(agent, "backup.uploaded", &id).await;
+        ids.push(id);
+    }
+    let on_remote: Vec<String> = s3
+        .objects(BUCKET, ".sealed")
+        .iter()
+        .filter_map(|path| {
+            path.file_name()?
+                .to_str()?
+                .split('.')
+                .next()
+                .map(str::to_owned)
+        })
+        .collect();
+    let mut newest: Vec<String> = ids[ids.len() - KEEP..].to_vec();
+    newest.sort();
+    assert_eq!(on_remote, newest, "after {} backups", ids.len());
+
+    // 6. The remote is down: retries, then an event and an alert.
+    s3.stop().await;
+    let id = create_backup(agent).await;
+    let failed = wait_event(agent, "backup.upload_failed", &id).await;
+    assert!(
+        failed["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("after 5 attempts")),
+        "{failed:#}"
+    );
+    let alerts = webhook.wait_for(2, PATIENCE).await;
+    assert!(
+        alerts
+            .iter()
+            .any(|alert| alert.body.contains("not uploaded") && alert.body.contains(&id)),
+        "{alerts:#?}"
+    );
+
+    // 7. The credentials appear nowhere: log, events, API answers, CLI output, state files.
+    let events = agent.events().await;
+    let answers = [
+        serde_json::to_string(&events).expect("events"),
+        serde_json::to_string(&agent.backups(APP, ENV).await).expect("backups"),
+        agent.log(),
+        restored.stdout.clone() + &restored.stderr,
+        verified.stdout.clone() + &verified.stderr,
+    ];
+    for canary in [&credentials.access_key, &credentials.secret_key] {
+        for (idx, answer) in answers.iter().enumerate() {
+            assert!(
+                !answer.contains(canary.as_str()),
+                "answer {idx} holds a credential"
+            );
+        }
+        assert_eq!(
+            files_containing(agent.state_dir(), canary),
+            Vec::<std::path::PathBuf>::new(),
+            "state files hold a credential"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_backups_restore_from_the_remote_row_for_row_and_drill_in_a_scratch_database() {
+    let Some(postgres) = Postgres::from_env() else {
+        return;
+    };
+    let credentials = Credentials::new();
+    let Some(s3) =
+        S3Server::start(&credentials.access_key, &credentials.secret_key, &[BUCKET]).await
+    else {
+        return;
+    };
+    let database = postgres.create_database().await;
+    let setup = Setup::start().await;
+    let agent = &setup.agent;
+    // The release command connects through PG* variables: no password in any argv.
+    let names = [
+        "DATABASE_URL",
+        "PGHOST",
+        "PGPORT",
+        "PGUSER",
+        "PGPASSWORD",
+        "PGDATABASE",
+        "S3_ACCESS_KEY_ID",
+        "S3_SECRET_ACCESS_KEY",
+    ];
+    for (name, value) in [
+        ("DATABASE_URL", postgres.url(&database)),
+        ("PGHOST", postgres.host.clone()),
+        ("PGPORT", postgres.port.clone()),
+        ("PGUSER", postgres.user.clone()),
+        ("PGPASSWORD", postgres.password.clone()),
+        ("PGDATABASE", database.clone()),
+    ] {
+        agent
+            .set_secret(APP, ENV, name, &value)
+            .await
+            .assert_code(0);
+    }
+    credentials.set(agent).await;
+    let create = "CREATE TABLE IF NOT EXISTS items (id serial PRIMARY KEY, name text NOT NULL);\n";
+    let app = backup_section(setup.app("app", "v1"), &s3)
+        .secrets(ENV, &names)
+        .release(
+            "psql -X -q -v ON_ERROR_STOP=1 -f migrate.sql",
+            Some("DATABASE_URL"),
+        )
+        .file("migrate.sql", create);
+    agent.deploy(&app, ENV).await.assert_code(0);
+    let canary = format!("canary-row-{}", random_hex(8));
+    postgres
+        .psql(
+            &database,
+            &format!(
+                "INSERT INTO items (name) SELECT '{canary}-' || n FROM generate_series(1, 25) AS n"
+            ),
+        )
+        .await;
+    let rows = "SELECT id || ':' || name FROM items ORDER BY id";
+    let before = postgres.psql(&database, rows).await;
+    assert_eq!(before.lines().count(), 25);
+
+    let id = create_backup(agent).await;
+    wait_event(agent, "backup.uploaded", &id).await;
+    // Release 1's backup (an empty database) is there too.
+    let objects = s3.objects(BUCKET, &format!("{id}.dump.sealed"));
+    assert_eq!(objects.len(), 1, "{objects:?}");
+    assert_eq!(s3.objects(BUCKET, ".dump.sealed").len(), 2);
+    let object = std::fs::read(&objects[0]).expect("the uploaded object");
+    assert!(!object.windows(canary.len()).any(|w| w == canary.as_bytes()));
+
+    std::fs::remove_file(
+        agent
+            .state_dir()
+            .join(format!("backups/{APP}/{ENV}/{id}.dump")),
+    )
+    .expect("delete the local copy");
+    postgres.psql(&database, "DELETE FROM items").await;
+    let restored = agent
+        .cli(&[
+            "backups", "restore", &id, "--app", APP, "--env", ENV, "--yes",
+        ])
+        .await;
+    restored.assert_code(0);
+    assert_contains(&restored, "fetched backup");
+    assert_eq!(
+        postgres.psql(&database, rows).await,
+        before,
+        "restored from the remote"
+    );
+
+    let verified = agent
+        .cli(&[
+            "backups", "verify", &id, "--app", APP, "--env", ENV, "--json",
+        ])
+        .await;
+    verified.assert_code(0);
+    let drill: Value = serde_json::from_str(&verified.stdout).expect("drill JSON");
+    assert_eq!(drill["passed"], true, "{drill:#}");
+    assert_eq!(
+        drill["tables"],
+        serde_json::json!([{"table": "public.items", "rows": 25}]),
+        "{drill:#}"
+    );
+    assert_contains(&verified, "pg_restore succeeded");
+    assert_contains(&verified, "dropped the scratch database");
+    let scratch = postgres
+        .psql(
+            "postgres",
+            "SELECT count(*) FROM pg_database WHERE datname LIKE 'rollway_drill_%'",
+        )
+        .await;
+    assert_eq!(scratch, "0", "a scratch database was left behind");
+    assert_eq!(
+        postgres.psql(&database, rows).await,
+        before,
+        "the live database moved"
+    );
+
+    drop(setup);
+    postgres.drop_database(&database).await;
+}
+
+/// `rollway backups create --json`: the new backup's id.
+async fn create_backup(agent: &TestAgent) -> String {
+    let ran = agent
+        .cli(&["backups", "create", "--app", APP, "--env", ENV, "--json"])
+        .await;
+    ran.assert_code(0);
+    let created: Value = serde_json::from_str(&ran.stdout).expect("backup JSON");
+    created["id"].as_str().expect("id").to_owned()
+}
+
+/// Waits for an event of `kind` whose message names `id`; returns it.
+async fn wait_event(agent: &TestAgent, kind: &str, id: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let events = agent.events().await;
+        if let Some(event) = events.iter().find(|event| {
+            event["kind"] == kind && event["message"].as_str().is_some_and(|m| m.contains(id))
+        }) {
+            return event.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no `{kind}` event for {id}: {:#?}",
+            &events[events.len().saturating_sub(8)..]
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn sqlite_exec(path: &Path, sql: &str) {
+    let status = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3, sys\ndb = sqlite3.connect(sys.argv[1])\ndb.executescript(sys.argv[2])\ndb.commit()\n",
+        ])
+        .arg(path)
+        .arg(sql)
+        .status()
+        .expect("python3");
+    assert!(status.success(), "sqlite `{sql}` failed");
+}
+
+/// Every row of every table, in order, as text.
+fn sqlite_rows(path: &Path) -> Vec<String> {
+    let output = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3, sys\ndb = sqlite3.connect(sys.argv[1])\n\
+             for (t,) in db.execute(\"SELECT name FROM sqlite_master WHERE type='table' ORDER BY name\").fetchall():\n\
+             \x20   for row in db.execute(f'SELECT * FROM \"{t}\" ORDER BY rowid'):\n\
+             \x20       print(t, repr(row))\n",
+        ])
+        .arg(path)
+        .output()
+        .expect("python3");
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
