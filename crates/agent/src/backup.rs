@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use sha2::Digest as _;
 
+pub mod agent_state;
 pub mod remote;
 pub mod sealed;
 pub mod verify;
@@ -730,7 +731,8 @@ pub async fn fetch_remote(
     Ok(record)
 }
 
-/// Takes the scheduled backups that are due (called every 30 s by the agent).
+/// Takes the scheduled backups and runs the scheduled restore drills that are due (called every
+/// 30 s by the agent).
 pub async fn run_schedules(engine: &Arc<Engine>) {
     let apps = engine.store.apps().unwrap_or_default();
     let now = now_ms();
@@ -740,6 +742,32 @@ pub async fn run_schedules(engine: &Arc<Engine>) {
         let Ok(release) = crate::deploy::spec::load_release(engine, &key, current) else {
             continue;
         };
+        if let Some(schedule) = release.resolved.config.backup.verify_schedule {
+            let due_ms = schedule.last_due(now / 1000) * 1000;
+            let last = engine.store.last_drill_at(&app, &env).unwrap_or_default();
+            // Never before the first backup exists, and once per due time.
+            let has_backup = engine
+                .store
+                .backups(&app, &env)
+                .is_ok_and(|backups| !backups.is_empty());
+            if has_backup && !last.is_some_and(|last| last >= due_ms) {
+                // The drill records its own event (and alerts on failure); a drill that cannot
+                // run at all is recorded here.
+                if let Err(error) = verify::run(engine, &app, &env, None, "schedule").await {
+                    engine.record(crate::store::NewEvent {
+                        app: Some(app.clone()),
+                        environment: Some(env.clone()),
+                        deployment_id: None,
+                        kind: "backup.verify_failed".to_owned(),
+                        message: format!(
+                            "the scheduled restore drill ({schedule}) could not run: {}",
+                            crate::report::chain(&error)
+                        ),
+                        data_json: "{}".to_owned(),
+                    });
+                }
+            }
+        }
         let Some(schedule) = release.resolved.config.backup.schedule else {
             continue;
         };

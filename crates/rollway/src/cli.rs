@@ -353,7 +353,11 @@ pub enum TokensCommand {
 }
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct AgentRunArgs {
+    /// `backup` or `restore` the agent's own state instead of running the agent.
+    #[command(subcommand)]
+    pub action: Option<AgentAction>,
     /// State directory (default: $XDG_STATE_HOME/rollway).
     #[arg(long)]
     pub state: Option<PathBuf>,
@@ -394,6 +398,44 @@ pub struct AgentRunArgs {
     /// `/etc/rollway/master.key` as root or `$XDG_CONFIG_HOME/rollway/master.key`).
     #[arg(long, value_name = "FILE")]
     pub master_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentAction {
+    /// Snapshot the agent's state (store, artifacts, API certificate) to an S3-compatible remote,
+    /// sealed with the master key. Credentials come from `ROLLWAY_BACKUP_ACCESS_KEY_ID` and
+    /// `ROLLWAY_BACKUP_SECRET_ACCESS_KEY`, never arguments.
+    Backup(AgentStateArgs),
+    /// Restore the newest (or `--id`) snapshot into a new, empty state directory, given the
+    /// master key; then start the agent on it.
+    Restore {
+        #[command(flatten)]
+        state: AgentStateArgs,
+        /// The snapshot's id (default: the newest).
+        #[arg(long)]
+        id: Option<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct AgentStateArgs {
+    /// State directory (default: $XDG_STATE_HOME/rollway).
+    #[arg(long)]
+    pub state: Option<PathBuf>,
+    /// Where snapshots go: `s3://BUCKET/PREFIX`.
+    #[arg(long, value_name = "S3_URL", env = "ROLLWAY_BACKUP_REMOTE")]
+    pub remote: String,
+    /// The S3 endpoint (default: AWS S3's for `--region`).
+    #[arg(long, value_name = "URL", env = "ROLLWAY_BACKUP_ENDPOINT")]
+    pub endpoint: Option<String>,
+    #[arg(long, default_value = "us-east-1", env = "ROLLWAY_BACKUP_REGION")]
+    pub region: String,
+    /// The master key file (same default as `rollway agent`); never made by these commands.
+    #[arg(long, value_name = "FILE")]
+    pub master_key: Option<PathBuf>,
+    /// Print data as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -137,6 +137,15 @@ impl Remote {
         };
         let access_key_id = secret("access_key_id", &config.access_key_id)?;
         let secret_access_key = secret("secret_access_key", &config.secret_access_key)?;
+        Remote::with_credentials(config, &access_key_id, &secret_access_key)
+    }
+
+    /// The remote `config` describes, with these credentials (the names in `config` are not read).
+    pub fn with_credentials(
+        config: &manifest::BackupRemote,
+        access_key_id: &Secret,
+        secret_access_key: &Secret,
+    ) -> Result<Remote, RemoteError> {
         let endpoint_error = || RemoteError::Endpoint {
             endpoint: config.endpoint.clone(),
         };

@@ -57,6 +57,20 @@ impl Store {
             })
     }
 
+    /// When the latest restore drill of (app, env) ran (ms), from its event.
+    pub fn last_drill_at(&self, app: &str, env: &str) -> Result<Option<i64>, StoreError> {
+        let connection = self.connection();
+        connection
+            .query_row(
+                "SELECT MAX(at) FROM events WHERE app = ?1 AND environment = ?2 AND kind IN ('backup.verified', 'backup.verify_failed')",
+                params![app, env],
+                |row| row.get::<_, Option<i64>>(0),
+            )
+            .map_err(|source| {
+                self.error("read the last restore drill", format!("`{app}` in `{env}`"), source)
+            })
+    }
+
     /// The agent's backup key as sealed by the master key, if one was made.
     pub fn sealed_backup_key(&self) -> Result<Option<Vec<u8>>, StoreError> {
         let connection = self.connection();

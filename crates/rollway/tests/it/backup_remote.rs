@@ -458,3 +458,135 @@ fn sqlite_rows(path: &Path) -> Vec<String> {
         .map(str::to_owned)
         .collect()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_restored_on_a_fresh_state_dir_serves_its_releases_and_deploys() {
+    let credentials = Credentials::new();
+    let Some(s3) =
+        S3Server::start(&credentials.access_key, &credentials.secret_key, &[BUCKET]).await
+    else {
+        return;
+    };
+    let Setup { agent, dir } = Setup::start().await;
+    let greeting = format!("greeting-canary-{}", random_hex(8));
+    agent
+        .set_secret(APP, ENV, "GREETING", &greeting)
+        .await
+        .assert_code(0);
+    let app = |version: &str| {
+        testkit::agent::TestApp::new(dir.path().join("app"))
+            .version(version)
+            .secrets(ENV, &["GREETING"])
+    };
+    agent.deploy(&app("v1"), ENV).await.assert_code(0);
+    agent.deploy(&app("v2"), ENV).await.assert_code(0);
+    agent.assert_serves("v2").await;
+    let before = releases(&agent).await;
+    let events_before = agent.events().await;
+    assert!(before.contains("v2") || before.contains('2'), "{before}");
+
+    // Back up the running agent's state; the snapshot is sealed.
+    let state_args = |state: &Path, key: &Path| -> Vec<String> {
+        vec![
+            "--state".to_owned(),
+            state.display().to_string(),
+            "--master-key".to_owned(),
+            key.display().to_string(),
+            "--remote".to_owned(),
+            format!("s3://{BUCKET}/agents"),
+            "--endpoint".to_owned(),
+            s3.endpoint(),
+        ]
+    };
+    let cli = |action: &str, args: Vec<String>| {
+        let mut command = tokio::process::Command::new(crate::agent::rollway_bin());
+        command
+            .arg("agent")
+            .arg(action)
+            .args(args)
+            .env("NO_COLOR", "1")
+            .env(
+                "ROLLWAY_BACKUP_ACCESS_KEY_ID",
+                credentials.access_key.clone(),
+            )
+            .env(
+                "ROLLWAY_BACKUP_SECRET_ACCESS_KEY",
+                credentials.secret_key.clone(),
+            )
+            .env_remove("ROLLWAY_MASTER_KEY")
+            .kill_on_drop(true);
+        testkit::agent::run(command)
+    };
+    let backed_up = cli(
+        "backup",
+        state_args(agent.state_dir(), &agent.master_key_file()),
+    )
+    .await;
+    backed_up.assert_code(0);
+    assert_contains(&backed_up, "Backed up");
+    let snapshots = s3.objects(BUCKET, ".tar.sealed");
+    assert_eq!(snapshots.len(), 1, "{snapshots:?}");
+    let object = std::fs::read(&snapshots[0]).expect("the snapshot");
+    assert!(!object.windows(15).any(|w| w == b"SQLite format 3"));
+    assert!(
+        !object
+            .windows(greeting.len())
+            .any(|w| w == greeting.as_bytes())
+    );
+
+    // The host is lost: the agent, its instances and its state directory are gone.
+    let master_key = std::fs::read(agent.master_key_file()).expect("the master key");
+    let admin_token = std::fs::read(agent.state_dir().join("admin.token")).expect("admin token");
+    drop(agent);
+    drop(dir);
+
+    // A new host: the master key, an empty state directory, the remote.
+    let fresh = tempfile::tempdir().expect("tempdir");
+    let state = fresh.path().join("state");
+    let key_file = fresh.path().join("state.master.key");
+    // Without the master key nothing is restored (and no new key is made).
+    let refused = cli("restore", state_args(&state, &key_file)).await;
+    refused.assert_code(2);
+    assert!(!key_file.exists(), "a master key was made");
+    std::fs::write(&key_file, &master_key).expect("write the master key");
+    let restored = cli("restore", state_args(&state, &key_file)).await;
+    restored.assert_code(0);
+    assert_contains(&restored, "Restored");
+    // Never over an existing store.
+    let again = cli("restore", state_args(&state, &key_file)).await;
+    again.assert_code(1);
+    assert_contains(&again, "already holds a store");
+    // The operator's CLI keeps its token; the test agent reads it from here.
+    std::fs::write(state.join("admin.token"), &admin_token).expect("admin token");
+
+    let agent = TestAgent::start(crate::agent::rollway_bin(), &state).await;
+    assert_eq!(releases(&agent).await, before, "releases after the restore");
+    // Every event came back, same ids and words (the new agent may add its own after them).
+    let events_after = agent.events().await;
+    assert!(events_after.len() >= events_before.len());
+    for (old, new) in events_before.iter().zip(&events_after) {
+        assert_eq!(
+            (&old["id"], &old["kind"], &old["message"]),
+            (&new["id"], &new["kind"], &new["message"])
+        );
+    }
+    let secrets = agent
+        .cli(&["secrets", "list", "--app", APP, "--env", ENV])
+        .await;
+    secrets.assert_code(0);
+    assert_contains(&secrets, "GREETING");
+    let app = testkit::agent::TestApp::new(fresh.path().join("app"))
+        .version("v3")
+        .secrets(ENV, &["GREETING"]);
+    agent.deploy(&app, ENV).await.assert_code(0);
+    agent.assert_serves("v3").await;
+}
+
+/// `rollway releases --json` of the demo app.
+async fn releases(agent: &TestAgent) -> String {
+    let ran = agent
+        .cli(&["releases", "--app", APP, "--env", ENV, "--json"])
+        .await;
+    ran.assert_code(0);
+    ran.stdout
+}
