@@ -750,7 +750,7 @@ pub async fn run_schedules(engine: &Arc<Engine>) {
                 .store
                 .backups(&app, &env)
                 .is_ok_and(|backups| !backups.is_empty());
-            if has_backup && !last.is_some_and(|last| last >= due_ms) {
+            if has_backup && last.is_none_or(|last| last < due_ms) {
                 // The drill records its own event (and alerts on failure); a drill that cannot
                 // run at all is recorded here.
                 if let Err(error) = verify::run(engine, &app, &env, None, "schedule").await {

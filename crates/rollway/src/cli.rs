@@ -112,7 +112,7 @@ pub enum Command {
     #[command(subcommand)]
     Tokens(TokensCommand),
     /// Run the agent in the foreground.
-    Agent(AgentRunArgs),
+    Agent(Box<AgentRunArgs>),
     /// Run the proxy in the foreground (the agent starts it; you rarely need this), or `upgrade` it.
     Proxy(ProxyRunArgs),
     /// Confine this process with Landlock, then run the command (how a non-root agent starts
