@@ -517,12 +517,14 @@ async fn an_agent_restored_on_a_fresh_state_dir_serves_its_releases_and_deploys(
             .kill_on_drop(true);
         testkit::agent::run(command)
     };
+    let clock = tokio::time::Instant::now();
     let backed_up = cli(
         "backup",
         state_args(agent.state_dir(), &agent.master_key_file()),
     )
     .await;
     backed_up.assert_code(0);
+    let backup_took = clock.elapsed();
     assert_contains(&backed_up, "Backed up");
     let snapshots = s3.objects(BUCKET, ".tar.sealed");
     assert_eq!(snapshots.len(), 1, "{snapshots:?}");
@@ -549,8 +551,10 @@ async fn an_agent_restored_on_a_fresh_state_dir_serves_its_releases_and_deploys(
     refused.assert_code(2);
     assert!(!key_file.exists(), "a master key was made");
     std::fs::write(&key_file, &master_key).expect("write the master key");
+    let clock = tokio::time::Instant::now();
     let restored = cli("restore", state_args(&state, &key_file)).await;
     restored.assert_code(0);
+    let restore_took = clock.elapsed();
     assert_contains(&restored, "Restored");
     // Never over an existing store.
     let again = cli("restore", state_args(&state, &key_file)).await;
@@ -559,7 +563,9 @@ async fn an_agent_restored_on_a_fresh_state_dir_serves_its_releases_and_deploys(
     // The operator's CLI keeps its token; the test agent reads it from here.
     std::fs::write(state.join("admin.token"), &admin_token).expect("admin token");
 
+    let clock = tokio::time::Instant::now();
     let agent = TestAgent::start(crate::agent::rollway_bin(), &state).await;
+    let start_took = clock.elapsed();
     assert_eq!(releases(&agent).await, before, "releases after the restore");
     // Every event came back, same ids and words (the new agent may add its own after them).
     let events_after = agent.events().await;
@@ -578,8 +584,14 @@ async fn an_agent_restored_on_a_fresh_state_dir_serves_its_releases_and_deploys(
     let app = testkit::agent::TestApp::new(fresh.path().join("app"))
         .version("v3")
         .secrets(ENV, &["GREETING"]);
+    let clock = tokio::time::Instant::now();
     agent.deploy(&app, ENV).await.assert_code(0);
     agent.assert_serves("v3").await;
+    // For the runbook in deploy/README.md (`--nocapture` shows them).
+    println!(
+        "disaster recovery: backup {backup_took:?}, restore {restore_took:?}, agent start {start_took:?}, redeploy {:?}",
+        clock.elapsed()
+    );
 }
 
 /// `rollway releases --json` of the demo app.
