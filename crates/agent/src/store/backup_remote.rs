@@ -106,3 +106,100 @@ impl Store {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{BackupKind, BackupReason, BackupRecord, NewEvent};
+
+    fn store() -> Store {
+        Store::open_in_memory().expect("store")
+    }
+
+    #[test]
+    fn the_first_backup_key_kept_stays() {
+        let store = store();
+        assert_eq!(store.sealed_backup_key().expect("read"), None);
+        assert_eq!(
+            store.keep_sealed_backup_key(b"first", 1).expect("keep"),
+            b"first"
+        );
+        assert_eq!(
+            store.keep_sealed_backup_key(b"second", 2).expect("keep"),
+            b"first"
+        );
+        assert_eq!(
+            store.sealed_backup_key().expect("read").as_deref(),
+            Some(&b"first"[..])
+        );
+    }
+
+    #[test]
+    fn a_backup_has_a_remote_copy_once_recorded() {
+        let store = store();
+        let record = BackupRecord {
+            id: "b-1-ab".to_owned(),
+            app: "shop".to_owned(),
+            environment: "production".to_owned(),
+            release: None,
+            deployment_id: None,
+            kind: BackupKind::Sqlite,
+            reason: BackupReason::Manual,
+            target: "sqlite:/db".to_owned(),
+            path: "/state/backups/b-1-ab.sqlite".to_owned(),
+            size: 10,
+            sha256: "00".to_owned(),
+            created_at: 1,
+        };
+        store.insert_backup(&record).expect("insert");
+        assert_eq!(store.backup_remote("b-1-ab").expect("read"), None);
+        let copy = RemoteCopy {
+            key: "db/shop/production/b-1-ab.sqlite.sealed".to_owned(),
+            sha256: "ff".to_owned(),
+            size: 99,
+            uploaded_at: 5,
+        };
+        store.set_backup_remote("b-1-ab", &copy).expect("set");
+        assert_eq!(store.backup_remote("b-1-ab").expect("read"), Some(copy));
+        assert_eq!(store.backup_remote("b-2-cd").expect("read"), None);
+    }
+
+    #[test]
+    fn the_last_drill_is_the_latest_drill_event_of_its_environment() {
+        let store = store();
+        assert_eq!(
+            store.last_drill_at("shop", "production").expect("read"),
+            None
+        );
+        let event = |app: &str, kind: &str| NewEvent {
+            app: Some(app.to_owned()),
+            environment: Some("production".to_owned()),
+            deployment_id: None,
+            kind: kind.to_owned(),
+            message: "m".to_owned(),
+            data_json: "{}".to_owned(),
+        };
+        store
+            .record_event(event("shop", "backup.verified"))
+            .expect("event");
+        let first = store.last_drill_at("shop", "production").expect("read");
+        assert!(first.is_some());
+        store
+            .record_event(event("other", "backup.verify_failed"))
+            .expect("event");
+        store
+            .record_event(event("shop", "backup.created"))
+            .expect("event");
+        assert_eq!(
+            store.last_drill_at("shop", "production").expect("read"),
+            first
+        );
+        assert!(
+            store
+                .last_drill_at("other", "production")
+                .expect("read")
+                .is_some()
+        );
+        assert_eq!(store.last_drill_at("shop", "staging").expect("read"), None);
+    }
+}
