@@ -610,13 +610,13 @@ pub async fn ensure_local(
 }
 
 /// Backup `id` of (app, env) fetched from the current release's remote, when the agent has no record
-/// of it; `None` when there is no remote.
+/// of it, and the step to report; `None` when there is no remote or it does not have `id`.
 pub async fn record_from_remote(
     engine: &Arc<Engine>,
     app: &str,
     env: &str,
     id: &str,
-) -> Result<Option<BackupRecord>, RestoreLiveError> {
+) -> Result<Option<(BackupRecord, String)>, RestoreLiveError> {
     let release = live_release(engine, app, env)?;
     let remote = match remote::require(&release) {
         Ok(remote) => remote,
@@ -630,7 +630,13 @@ pub async fn record_from_remote(
         }
     };
     match fetch_remote(engine, &remote, app, env, id).await {
-        Ok(record) => Ok(Some(record)),
+        Ok(record) => Ok(Some((
+            record,
+            format!(
+                "fetched backup {id} from {} (this agent had no record of it) and checked its sha256",
+                remote.shown()
+            ),
+        ))),
         Err(remote::RemoteError::NotOnRemote { .. }) => Ok(None),
         Err(error) => Err(LiveError::Remote {
             id: id.to_owned(),

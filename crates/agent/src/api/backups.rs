@@ -76,6 +76,7 @@ pub async fn restore_backup(
     Extension(caller): Extension<Caller>,
     Path((app, env, id)): Path<(String, String, String)>,
 ) -> ApiResult<RestoreView> {
+    let mut fetched = None;
     let record = match engine
         .store
         .backup(&id)
@@ -84,13 +85,20 @@ pub async fn restore_backup(
     {
         Some(record) => record,
         // Not known on this agent (a new host): the release's remote may have it.
-        None => crate::backup::record_from_remote(&engine, &app, &env, &id)
-            .await?
-            .ok_or_else(|| {
-                ApiError::not_found(format!("no backup `{id}` of `{app}` in `{env}`"))
-            })?,
+        None => {
+            let (record, step) = crate::backup::record_from_remote(&engine, &app, &env, &id)
+                .await?
+                .ok_or_else(|| {
+                    ApiError::not_found(format!("no backup `{id}` of `{app}` in `{env}`"))
+                })?;
+            fetched = Some(step);
+            record
+        }
     };
-    let steps = crate::backup::restore_live(&engine, &record).await?;
+    let mut steps = crate::backup::restore_live(&engine, &record).await?;
+    if let Some(step) = fetched {
+        steps.insert(0, step);
+    }
     engine.record(NewEvent {
         app: Some(app),
         environment: Some(env),

@@ -52,6 +52,7 @@ pub async fn run(
     by: &str,
 ) -> Result<Drill, VerifyError> {
     let (_, release, live) = super::live_database(engine, app, environment)?;
+    let mut fetched = None;
     let record = match id {
         Some(id) => match engine.store.backup(id)? {
             Some(record) if record.app == app && record.environment == environment => record,
@@ -62,12 +63,17 @@ pub async fn run(
                         id: id.to_owned(),
                         source: Box::new(error),
                     })?;
-                super::fetch_remote(engine, &remote, app, environment, id)
+                let record = super::fetch_remote(engine, &remote, app, environment, id)
                     .await
                     .map_err(|error| LiveError::Remote {
                         id: id.to_owned(),
                         source: Box::new(error),
-                    })?
+                    })?;
+                fetched = Some(format!(
+                    "fetched backup {id} from {} (this agent had no record of it)",
+                    remote.shown()
+                ));
+                record
             }
         },
         None => engine
@@ -81,7 +87,10 @@ pub async fn run(
                 ))
             })?,
     };
-    let drill = drill(engine, &release, &live, &record).await?;
+    let mut drill = drill(engine, &release, &live, &record).await?;
+    if let Some(step) = fetched {
+        drill.checks.insert(0, step);
+    }
     let (kind, verdict) = if drill.passed {
         ("backup.verified", "passed")
     } else {

@@ -233,7 +233,58 @@ async fn sqlite_backups_go_off_host_encrypted_restore_from_the_remote_and_are_dr
     newest.sort();
     assert_eq!(on_remote, newest, "after {} backups", ids.len());
 
-    // 6. The remote is down: retries, then an event and an alert.
+    // 6. A new host with the master key but none of the agent's records (its state was not
+    // restored): the remote's backups are listed there and one restores by its id.
+    let newest = ids.last().expect("a backup").clone();
+    let other_dir = tempfile::tempdir().expect("tempdir");
+    let other_state = other_dir.path().join("state");
+    std::fs::write(
+        other_dir.path().join("state.master.key"),
+        std::fs::read(agent.master_key_file()).expect("the master key"),
+    )
+    .expect("copy the master key");
+    let other = TestAgent::start(crate::agent::rollway_bin(), &other_state).await;
+    for (name, value) in [
+        ("DATABASE_URL", format!("sqlite://{}", database.display())),
+        ("S3_ACCESS_KEY_ID", credentials.access_key.clone()),
+        ("S3_SECRET_ACCESS_KEY", credentials.secret_key.clone()),
+        ("ALERT_WEBHOOK", webhook.url("/other")),
+    ] {
+        other
+            .set_secret(APP, ENV, name, &value)
+            .await
+            .assert_code(0);
+    }
+    other.deploy(&app, ENV).await.assert_code(0);
+    let listed = other
+        .cli(&[
+            "backups", "list", "--remote", "--app", APP, "--env", ENV, "--json",
+        ])
+        .await;
+    listed.assert_code(0);
+    let listed: Vec<Value> = serde_json::from_str(&listed.stdout).expect("JSON");
+    assert!(
+        listed
+            .iter()
+            .any(|backup| backup["id"] == newest.as_str() && backup["local"] == false),
+        "{listed:#?}"
+    );
+    sqlite_exec(&database, "DELETE FROM items;");
+    let restored_there = other
+        .cli(&[
+            "backups", "restore", &newest, "--app", APP, "--env", ENV, "--yes",
+        ])
+        .await;
+    restored_there.assert_code(0);
+    assert_contains(&restored_there, "fetched backup");
+    assert_eq!(
+        sqlite_rows(&database),
+        before,
+        "restored on a new host by id"
+    );
+    drop(other);
+
+    // 7. The remote is down: retries, then an event and an alert.
     s3.stop().await;
     let id = create_backup(agent).await;
     let failed = wait_event(agent, "backup.upload_failed", &id).await;
@@ -251,7 +302,7 @@ async fn sqlite_backups_go_off_host_encrypted_restore_from_the_remote_and_are_dr
         "{alerts:#?}"
     );
 
-    // 7. The credentials appear nowhere: log, events, API answers, CLI output, state files.
+    // 8. The credentials appear nowhere: log, events, API answers, CLI output, state files.
     let events = agent.events().await;
     let answers = [
         serde_json::to_string(&events).expect("events"),
