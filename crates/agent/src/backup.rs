@@ -655,6 +655,17 @@ pub async fn fetch_remote(
     environment: &str,
     id: &str,
 ) -> Result<BackupRecord, remote::RemoteError> {
+    // The id names local files below: only the characters backup ids are made of.
+    if id.is_empty()
+        || !id
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-')
+    {
+        return Err(remote::RemoteError::NotOnRemote {
+            id: id.to_owned(),
+            remote: remote.shown().to_owned(),
+        });
+    }
     let key = match engine.store.backup_remote(id)? {
         Some(copy) => copy.key,
         None => remote::find(remote, app, environment, id).await?,

@@ -111,6 +111,12 @@ async fn sqlite_backups_go_off_host_encrypted_restore_from_the_remote_and_are_dr
         .file("migrate.py", MIGRATE_SQLITE)
         .file("check_db.py", CHECK_DB);
     agent.deploy(&app, ENV).await.assert_code(0);
+    // The remote's credentials are the agent's: the app's instances never get them.
+    for name in ["S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY"] {
+        let answer = agent.get(None, &format!("/sha256/{name}")).await;
+        assert_eq!(answer.status, 404, "the app got `{name}`: {answer:?}");
+    }
+    assert_eq!(agent.get(None, "/sha256/DATABASE_URL").await.status, 200);
     let canary = format!("canary-row-{}", random_hex(8));
     sqlite_exec(
         &database,
