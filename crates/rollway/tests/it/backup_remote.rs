@@ -174,6 +174,28 @@ async fn sqlite_backups_go_off_host_encrypted_restore_from_the_remote_and_are_dr
     assert_contains(&restored, "fetched backup");
     assert_eq!(sqlite_rows(&database), before, "restored from the remote");
 
+    // Roles: a viewer lists the remote but runs no drill; no token, nothing.
+    let created = agent
+        .cli(&[
+            "tokens", "create", "--role", "viewer", "--name", "v", "--json",
+        ])
+        .await;
+    created.assert_code(0);
+    let created: Value = serde_json::from_str(&created.stdout).expect("token JSON");
+    let viewer = created["token"].as_str().expect("token").to_owned();
+    let remote_path = format!("/v1/apps/{APP}/environments/{ENV}/backups/remote");
+    let verify_path = format!("/v1/apps/{APP}/environments/{ENV}/backups/verify");
+    assert_eq!(
+        agent.api_status("GET", &remote_path, Some(&viewer)).await,
+        200
+    );
+    assert_eq!(agent.api_status("GET", &remote_path, None).await, 401);
+    assert_eq!(
+        agent.api_status("POST", &verify_path, Some(&viewer)).await,
+        403
+    );
+    assert_eq!(agent.api_status("POST", &verify_path, None).await, 401);
+
     // 3. A drill passes on the good backup, leaves the live database alone, runs the app's check.
     let live_before = std::fs::read(&database).expect("the live database");
     let verified = agent
