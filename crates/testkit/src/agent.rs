@@ -1391,13 +1391,19 @@ fn first_number(text: &str) -> Option<u32> {
 
 fn kill_group_and_process(pid: u32, pgid: Option<i32>) {
     use rustix::process::{Pid, Signal, getpgrp, kill_process, kill_process_group};
-    if let Some(group) = pgid.and_then(Pid::from_raw)
+    // A process being reaped may show a group of 0 or below: `Pid::from_raw` asserts it is not
+    // negative.
+    if let Some(group) = pgid.filter(|group| *group > 0).and_then(Pid::from_raw)
         && group.as_raw_nonzero().get() > 1
         && group != getpgrp()
     {
         let _ = kill_process_group(group, Signal::KILL);
     }
-    if let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) {
+    if let Some(pid) = i32::try_from(pid)
+        .ok()
+        .filter(|pid| *pid > 0)
+        .and_then(Pid::from_raw)
+    {
         let _ = kill_process(pid, Signal::KILL);
     }
 }
