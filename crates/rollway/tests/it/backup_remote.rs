@@ -681,3 +681,53 @@ async fn releases(agent: &TestAgent) -> String {
     ran.assert_code(0);
     ran.stdout
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_restore_drills_run_by_themselves() {
+    let setup = Setup::start().await;
+    let agent = &setup.agent;
+    let database = setup.shared_dir("data").join("app.db");
+    agent
+        .set_secret(
+            APP,
+            ENV,
+            "DATABASE_URL",
+            &format!("sqlite://{}", database.display()),
+        )
+        .await
+        .assert_code(0);
+    // `hourly`: the last due time is this hour's start, so the agent's first schedule pass (every
+    // 30 s) after a backup exists runs a drill, and no other until the next hour.
+    let app = setup
+        .app("app", "v1")
+        .backup_line("verify_schedule = \"hourly\"")
+        .secrets(ENV, &["DATABASE_URL"])
+        .release("python3 migrate.py", Some("DATABASE_URL"))
+        .file("migrate.py", MIGRATE_SQLITE);
+    agent.deploy(&app, ENV).await.assert_code(0);
+    sqlite_exec(&database, "INSERT INTO items (name) VALUES ('a'), ('b');");
+    let id = create_backup(agent).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let drill = loop {
+        let events = agent.events().await;
+        let drills: Vec<&Value> = events
+            .iter()
+            .filter(|event| event["kind"] == "backup.verified")
+            .collect();
+        if let Some(drill) = drills.first() {
+            assert_eq!(drills.len(), 1, "{drills:#?}");
+            break (*drill).clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no scheduled drill within 90 s"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let message = drill["message"].as_str().expect("message");
+    assert!(
+        message.contains(&id) && message.contains("(schedule)"),
+        "{message}"
+    );
+    assert!(message.contains("items 2"), "{message}");
+}
