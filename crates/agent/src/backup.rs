@@ -759,6 +759,15 @@ pub async fn run_schedules(engine: &Arc<Engine>) {
         let Ok(release) = crate::deploy::spec::load_release(engine, &key, current) else {
             continue;
         };
+        if let Ok(remote) = remote::require(&release) {
+            remote::upload_pending(
+                engine,
+                &remote,
+                &app,
+                &env,
+                release.resolved.config.backup.keep as usize,
+            );
+        }
         if let Some(schedule) = release.resolved.config.backup.verify_schedule {
             let due_ms = schedule.last_due(now / 1000) * 1000;
             let last = engine.store.last_drill_at(&app, &env).unwrap_or_default();

@@ -17,6 +17,7 @@ pub struct S3Server {
     root: tempfile::TempDir,
     addr: SocketAddr,
     child: Child,
+    binary: PathBuf,
 }
 
 impl S3Server {
@@ -40,25 +41,14 @@ impl S3Server {
             listener.local_addr().expect("its address").port()
         };
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        let child = Command::new(&binary)
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--access-key", access_key, "--secret-key", secret_key])
-            .arg(root.path())
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start s3s-fs");
-        let server = S3Server { root, addr, child };
-        // Bounded wait for it to listen.
-        for _ in 0..200 {
-            if tokio::net::TcpStream::connect(addr).await.is_ok() {
-                return Some(server);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("s3s-fs did not listen on {addr} within 10s");
+        let child = spawn(&binary, addr, root.path(), access_key, secret_key);
+        wait_listening(addr).await;
+        Some(S3Server {
+            root,
+            addr,
+            child,
+            binary,
+        })
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -96,6 +86,49 @@ impl S3Server {
     pub async fn stop(&mut self) {
         let _ = self.child.kill().await;
     }
+
+    /// Starts the server again on the same port and folder (the remote is back).
+    pub async fn restart(&mut self, access_key: &str, secret_key: &str) {
+        self.stop().await;
+        self.child = spawn(
+            &self.binary,
+            self.addr,
+            self.root.path(),
+            access_key,
+            secret_key,
+        );
+        wait_listening(self.addr).await;
+    }
+}
+
+fn spawn(
+    binary: &Path,
+    addr: SocketAddr,
+    root: &Path,
+    access_key: &str,
+    secret_key: &str,
+) -> Child {
+    Command::new(binary)
+        .args(["--host", "127.0.0.1", "--port", &addr.port().to_string()])
+        .args(["--access-key", access_key, "--secret-key", secret_key])
+        .arg(root)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start s3s-fs")
+}
+
+/// Bounded wait for the server to accept connections.
+async fn wait_listening(addr: SocketAddr) {
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("s3s-fs did not listen on {addr} within 10s");
 }
 
 fn binary() -> Option<PathBuf> {

@@ -546,9 +546,48 @@ pub async fn prune(
     Ok(removed)
 }
 
+/// The backups whose upload this process started (done, failed or running). std Mutex: inserts
+/// and lookups only, no await inside.
+static STARTED: std::sync::Mutex<Option<std::collections::HashSet<String>>> =
+    std::sync::Mutex::new(None);
+
+fn start_once(id: &str) -> bool {
+    let mut started = STARTED
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    started
+        .get_or_insert_with(Default::default)
+        .insert(id.to_owned())
+}
+
+/// Uploads the backups of (app, env) that have no remote copy and whose upload this process never
+/// started: those whose upload a restart or a crash cut short. Each gets one more round of
+/// retries per life of the agent, so a remote that stays down alerts once per backup, not per pass.
+pub fn upload_pending(engine: &Arc<Engine>, remote: &Remote, app: &str, env: &str, keep: usize) {
+    let Ok(backups) = engine.store.backups(app, env) else {
+        return;
+    };
+    for record in backups.into_iter().take(keep.max(1)) {
+        let uploaded = engine
+            .store
+            .backup_remote(&record.id)
+            .ok()
+            .flatten()
+            .is_some();
+        if uploaded || !Path::new(&record.path).exists() {
+            continue;
+        }
+        spawn_upload(engine, remote.clone(), record, keep);
+    }
+}
+
 /// Uploads `record` in the background after it was taken: retried with backoff; the outcome is an
-/// event (`backup.uploaded`, or `backup.upload_failed`, which alerts).
+/// event (`backup.uploaded`, or `backup.upload_failed`, which alerts). At most once per backup per
+/// life of the agent.
 pub fn spawn_upload(engine: &Arc<Engine>, remote: Remote, record: BackupRecord, keep: usize) {
+    if !start_once(&record.id) {
+        return;
+    }
     let engine = engine.clone();
     tokio::spawn(async move {
         let mut backoff = FIRST_BACKOFF;

@@ -80,7 +80,7 @@ async fn sqlite_backups_go_off_host_encrypted_restore_from_the_remote_and_are_dr
     else {
         return;
     };
-    let setup = Setup::start().await;
+    let mut setup = Setup::start().await;
     let agent = &setup.agent;
     let webhook = setup.webhook(ENV, "ALERT_WEBHOOK").await;
     let database = setup.shared_dir("data").join("app.db");
@@ -329,6 +329,24 @@ async fn sqlite_backups_go_off_host_encrypted_restore_from_the_remote_and_are_dr
             .any(|alert| alert.body.contains("not uploaded") && alert.body.contains(&id)),
         "{alerts:#?}"
     );
+    // The remote is back and the agent restarts: the backup that was never uploaded is, by the
+    // agent's next schedule pass.
+    s3.restart(&credentials.access_key, &credentials.secret_key)
+        .await;
+    setup.agent.restart_with_env(&[]).await;
+    let agent = &setup.agent;
+    let uploaded = wait_event_within(agent, "backup.uploaded", &id, Duration::from_secs(90)).await;
+    assert!(
+        uploaded["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(&id)),
+        "{uploaded:#}"
+    );
+    assert_eq!(
+        s3.objects(BUCKET, &format!("{id}.sqlite.sealed")).len(),
+        1,
+        "the late upload"
+    );
 
     // 8. The credentials appear nowhere: log, events, API answers, CLI output, state files.
     let events = agent.events().await;
@@ -488,7 +506,11 @@ async fn create_backup(agent: &TestAgent) -> String {
 
 /// Waits for an event of `kind` whose message names `id`; returns it.
 async fn wait_event(agent: &TestAgent, kind: &str, id: &str) -> Value {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
+    wait_event_within(agent, kind, id, PATIENCE).await
+}
+
+async fn wait_event_within(agent: &TestAgent, kind: &str, id: &str, patience: Duration) -> Value {
+    let deadline = tokio::time::Instant::now() + patience;
     loop {
         let events = agent.events().await;
         if let Some(event) = events.iter().find(|event| {
