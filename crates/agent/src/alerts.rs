@@ -42,6 +42,7 @@ pub fn alert_text(event: &EventView) -> Option<String> {
         (Some(DeploymentEvent::AwaitingApproval { .. }), _) => "waiting for approval: ",
         (_, kind) => match kind {
             "instance.unhealthy" | "watch.all_unhealthy" | "backup.failed" => "",
+            "backup.upload_failed" | "backup.verify_failed" => "",
             "proxy.exited" | "proxy.restarted" | "proxy.restart_failed" => "",
             "instance.recovered" | "watch.recovered" => "recovered: ",
             "watch.error_rate" => "error rate above the bound: ",

@@ -12,6 +12,11 @@ use std::time::Duration;
 
 use sha2::Digest as _;
 
+pub mod agent_state;
+pub mod remote;
+pub mod sealed;
+pub mod verify;
+
 use crate::engine::{AppEnv, Engine, now_ms};
 use crate::store::{BackupKind, BackupReason, BackupRecord};
 
@@ -111,6 +116,33 @@ impl Target {
     }
 }
 
+impl PgUrl {
+    /// The URL again, password included: for a variable of a child's environment only.
+    pub fn url(&self) -> String {
+        let encode = |text: &str| {
+            text.bytes()
+                .map(|byte| match byte {
+                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                        (byte as char).to_string()
+                    }
+                    _ => format!("%{byte:02X}"),
+                })
+                .collect::<String>()
+        };
+        let credentials = match (&self.user, &self.password) {
+            (Some(user), Some(password)) => format!("{}:{}@", encode(user), encode(password)),
+            (Some(user), None) => format!("{}@", encode(user)),
+            _ => String::new(),
+        };
+        let port = self.port.map(|port| format!(":{port}")).unwrap_or_default();
+        format!(
+            "postgres://{credentials}{}{port}/{}",
+            self.host,
+            encode(&self.database)
+        )
+    }
+}
+
 fn parse_pg(rest: &str) -> Result<PgUrl, TargetError> {
     let (authority, path) = rest
         .split_once('/')
@@ -177,8 +209,10 @@ pub struct Request<'a> {
     pub deployment_id: Option<&'a str>,
     pub reason: BackupReason,
     pub target: &'a Target,
-    /// How many backups of this app and environment to keep.
+    /// How many backups of this app and environment to keep (here and on the remote).
     pub keep: usize,
+    /// Where the backup is copied, encrypted, once taken.
+    pub remote: Option<remote::Remote>,
 }
 
 /// The outcome of a backup: a record, or nothing because there is no database yet.
@@ -264,6 +298,9 @@ pub async fn create(engine: &Arc<Engine>, request: Request<'_>) -> Result<Taken,
     };
     engine.store.insert_backup(&record)?;
     prune(engine, request.app, request.environment, request.keep);
+    if let Some(remote) = request.remote {
+        remote::spawn_upload(engine, remote, record.clone(), request.keep);
+    }
     Ok(Taken::Backup(record))
 }
 
@@ -362,6 +399,12 @@ pub enum LiveError {
     LiveBackupFailed(#[source] CreateError),
     #[error(transparent)]
     Restore(#[from] RestoreError),
+    #[error("the local copy of backup `{id}` is gone, and it could not be fetched from the remote")]
+    Remote {
+        id: String,
+        #[source]
+        source: Box<remote::RemoteError>,
+    },
 }
 
 /// A backup on demand that was not taken.
@@ -375,7 +418,7 @@ pub struct BackupNowError(#[from] pub LiveError);
 pub struct RestoreLiveError(#[from] pub LiveError);
 
 /// The current release of (app, env), and the database its `[release] backup` names.
-fn live_database(
+pub(crate) fn live_database(
     engine: &Arc<Engine>,
     app: &str,
     env: &str,
@@ -404,6 +447,23 @@ fn live_database(
     Ok((current, release, target))
 }
 
+/// The current release of (app, env), loaded.
+pub fn live_release(
+    engine: &Arc<Engine>,
+    app: &str,
+    env: &str,
+) -> Result<crate::deploy::spec::LoadedRelease, LiveError> {
+    let key = AppEnv::new(app.to_owned(), env.to_owned());
+    let current = engine
+        .store
+        .current(app, env)?
+        .ok_or_else(|| LiveError::NoCurrentRelease {
+            app: app.to_owned(),
+            environment: env.to_owned(),
+        })?;
+    Ok(crate::deploy::spec::load_release(engine, &key, current)?)
+}
+
 /// A backup now of the current release's database (`rollway backups create`, and the schedule).
 pub async fn on_demand(
     engine: &Arc<Engine>,
@@ -420,6 +480,7 @@ pub async fn on_demand(
         reason,
         target: &target,
         keep: release.resolved.config.backup.keep as usize,
+        remote: remote::of_release(engine, &release),
     };
     match create(engine, request).await.map_err(LiveError::from)? {
         Taken::Backup(record) => Ok(record),
@@ -435,8 +496,17 @@ pub async fn restore_live(
     record: &BackupRecord,
 ) -> Result<Vec<String>, RestoreLiveError> {
     let key = AppEnv::new(record.app.clone(), record.environment.clone());
-    let (current, _, target) = live_database(engine, &key.app, &key.environment)?;
+    let (current, release, target) = live_database(engine, &key.app, &key.environment)?;
     let mut steps = Vec::new();
+    // The local copy may be gone (a lost disk, a new host): fetch the sealed copy first, before
+    // anything is held or changed.
+    let record = &match ensure_local(engine, &release, record).await? {
+        Some(fetched) => {
+            steps.push(fetched.0);
+            fetched.1
+        }
+        None => record.clone(),
+    };
     // The app's writers are its instances: hold traffic and let in-flight requests finish.
     let held = engine.with_runtime(&key, |runtime| std::mem::take(&mut runtime.weights));
     let serving: Vec<ReleaseNumber> = held.iter().map(|(release, _)| *release).collect();
@@ -470,6 +540,7 @@ pub async fn restore_live(
             reason: BackupReason::Manual,
             target: &target,
             keep: usize::MAX,
+            remote: remote::of_release(engine, &release),
         },
     )
     .await
@@ -502,7 +573,183 @@ pub async fn restore_live(
     Ok(steps)
 }
 
-/// Takes the scheduled backups that are due (called every 30 s by the agent).
+/// When `record`'s file is not on the agent: fetches it from the release's remote, opens it, and
+/// records it again with its new path. `None` when the local copy is there.
+pub async fn ensure_local(
+    engine: &Arc<Engine>,
+    release: &crate::deploy::spec::LoadedRelease,
+    record: &BackupRecord,
+) -> Result<Option<(String, BackupRecord)>, LiveError> {
+    if Path::new(&record.path).exists() {
+        return Ok(None);
+    }
+    let remote = remote::require(release).map_err(|error| LiveError::Remote {
+        id: record.id.clone(),
+        source: Box::new(error),
+    })?;
+    let fetched = fetch_remote(
+        engine,
+        &remote,
+        &record.app,
+        &record.environment,
+        &record.id,
+    )
+    .await
+    .map_err(|error| LiveError::Remote {
+        id: record.id.clone(),
+        source: Box::new(error),
+    })?;
+    Ok(Some((
+        format!(
+            "fetched backup {} from {} (the local copy was gone) and checked its sha256",
+            record.id,
+            remote.shown()
+        ),
+        fetched,
+    )))
+}
+
+/// Backup `id` of (app, env) fetched from the current release's remote, when the agent has no record
+/// of it, and the step to report; `None` when there is no remote or it does not have `id`.
+pub async fn record_from_remote(
+    engine: &Arc<Engine>,
+    app: &str,
+    env: &str,
+    id: &str,
+) -> Result<Option<(BackupRecord, String)>, RestoreLiveError> {
+    let release = live_release(engine, app, env)?;
+    let remote = match remote::require(&release) {
+        Ok(remote) => remote,
+        Err(remote::RemoteError::NoRemote) => return Ok(None),
+        Err(error) => {
+            return Err(LiveError::Remote {
+                id: id.to_owned(),
+                source: Box::new(error),
+            }
+            .into());
+        }
+    };
+    match fetch_remote(engine, &remote, app, env, id).await {
+        Ok(record) => Ok(Some((
+            record,
+            format!(
+                "fetched backup {id} from {} (this agent had no record of it) and checked its sha256",
+                remote.shown()
+            ),
+        ))),
+        Err(remote::RemoteError::NotOnRemote { .. }) => Ok(None),
+        Err(error) => Err(LiveError::Remote {
+            id: id.to_owned(),
+            source: Box::new(error),
+        }
+        .into()),
+    }
+}
+
+/// Fetches backup `id` of (app, env) from `remote` into the local backups folder and records it
+/// (replacing a record whose file is gone).
+pub async fn fetch_remote(
+    engine: &Arc<Engine>,
+    remote: &remote::Remote,
+    app: &str,
+    environment: &str,
+    id: &str,
+) -> Result<BackupRecord, remote::RemoteError> {
+    // The id names local files below: only the characters backup ids are made of.
+    if id.is_empty()
+        || !id
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-')
+    {
+        return Err(remote::RemoteError::NotOnRemote {
+            id: id.to_owned(),
+            remote: remote.shown().to_owned(),
+        });
+    }
+    let key = match engine.store.backup_remote(id)? {
+        Some(copy) => copy.key,
+        None => remote::find(remote, app, environment, id).await?,
+    };
+    let dir = engine
+        .paths
+        .state_dir
+        .join("backups")
+        .join(app)
+        .join(environment);
+    std::fs::create_dir_all(&dir).map_err(|source| remote::RemoteError::File {
+        operation: "create",
+        path: dir.clone(),
+        source,
+    })?;
+    let partial = dir.join(format!(".{id}.partial"));
+    let header = remote::fetch(engine, remote, &key, &partial).await;
+    let header = match header {
+        Ok(header) if header.id == id && header.app == app && header.environment == environment => {
+            header
+        }
+        Ok(_) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(remote::RemoteError::NotOnRemote {
+                id: id.to_owned(),
+                remote: remote.shown().to_owned(),
+            });
+        }
+        Err(error) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(error);
+        }
+    };
+    let kind = if header.kind == "postgres" {
+        BackupKind::Postgres
+    } else {
+        BackupKind::Sqlite
+    };
+    let extension = match kind {
+        BackupKind::Sqlite => "sqlite",
+        BackupKind::Postgres => "dump",
+    };
+    let path = dir.join(format!("{id}.{extension}"));
+    std::fs::rename(&partial, &path).map_err(|source| remote::RemoteError::File {
+        operation: "move into place",
+        path: path.clone(),
+        source,
+    })?;
+    let record = BackupRecord {
+        id: header.id,
+        app: header.app,
+        environment: header.environment,
+        release: header.release.map(ReleaseNumber::new),
+        deployment_id: None,
+        kind,
+        reason: match header.reason.as_str() {
+            "manual" => BackupReason::Manual,
+            "schedule" => BackupReason::Schedule,
+            _ => BackupReason::Release,
+        },
+        target: header.target,
+        path: path.display().to_string(),
+        size: header.size,
+        sha256: header.sha256,
+        created_at: header.created_at,
+    };
+    let remote_copy = engine.store.backup_remote(id)?;
+    engine.store.delete_backup(id)?;
+    engine.store.insert_backup(&record)?;
+    let copy = match remote_copy {
+        Some(copy) => copy,
+        None => crate::store::RemoteCopy {
+            key,
+            sha256: String::new(),
+            size: 0,
+            uploaded_at: now_ms(),
+        },
+    };
+    engine.store.set_backup_remote(id, &copy)?;
+    Ok(record)
+}
+
+/// Takes the scheduled backups and runs the scheduled restore drills that are due (called every
+/// 30 s by the agent).
 pub async fn run_schedules(engine: &Arc<Engine>) {
     let apps = engine.store.apps().unwrap_or_default();
     let now = now_ms();
@@ -512,6 +759,41 @@ pub async fn run_schedules(engine: &Arc<Engine>) {
         let Ok(release) = crate::deploy::spec::load_release(engine, &key, current) else {
             continue;
         };
+        if let Ok(remote) = remote::require(&release) {
+            remote::upload_pending(
+                engine,
+                &remote,
+                &app,
+                &env,
+                release.resolved.config.backup.keep as usize,
+            );
+        }
+        if let Some(schedule) = release.resolved.config.backup.verify_schedule {
+            let due_ms = schedule.last_due(now / 1000) * 1000;
+            let last = engine.store.last_drill_at(&app, &env).unwrap_or_default();
+            // Never before the first backup exists, and once per due time.
+            let has_backup = engine
+                .store
+                .backups(&app, &env)
+                .is_ok_and(|backups| !backups.is_empty());
+            if has_backup && last.is_none_or(|last| last < due_ms) {
+                // The drill records its own event (and alerts on failure); a drill that cannot
+                // run at all is recorded here.
+                if let Err(error) = verify::run(engine, &app, &env, None, "schedule").await {
+                    engine.record(crate::store::NewEvent {
+                        app: Some(app.clone()),
+                        environment: Some(env.clone()),
+                        deployment_id: None,
+                        kind: "backup.verify_failed".to_owned(),
+                        message: format!(
+                            "the scheduled restore drill ({schedule}) could not run: {}",
+                            crate::report::chain(&error)
+                        ),
+                        data_json: "{}".to_owned(),
+                    });
+                }
+            }
+        }
         let Some(schedule) = release.resolved.config.backup.schedule else {
             continue;
         };
@@ -664,7 +946,7 @@ fn sqlite_copy(from: &Path, to: &Path) -> Result<(), BackupError> {
         .map_err(|source| copy_error("copy", source))
 }
 
-async fn run_pg_tool(tool: &str, args: &[String], url: &PgUrl) -> Result<(), BackupError> {
+async fn run_pg_tool(tool: &str, args: &[String], url: &PgUrl) -> Result<String, BackupError> {
     #[allow(
         clippy::disallowed_methods,
         reason = "pg_dump and pg_restore end inside the backup step"
@@ -697,7 +979,7 @@ async fn run_pg_tool(tool: &str, args: &[String], url: &PgUrl) -> Result<(), Bac
             source,
         })?;
     if output.status.success() {
-        Ok(())
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     } else {
         let stderr = String::from_utf8_lossy(&output.stderr);
         Err(BackupError::ToolFailed {
@@ -730,7 +1012,7 @@ fn file_digest(path: &Path) -> Result<(u64, String), BackupError> {
     Ok((size, hex::encode(hasher.finalize())))
 }
 
-fn random_suffix() -> String {
+pub(crate) fn random_suffix() -> String {
     let mut bytes = [0u8; 4];
     let _ = getrandom::fill(&mut bytes);
     hex::encode(bytes)

@@ -24,6 +24,7 @@ use rusqlite::{Connection, Row};
 use client::wire::{DeploymentState, ReleaseNumber};
 
 mod artifacts;
+mod backup_remote;
 mod backups;
 mod certs;
 mod deployments;
@@ -38,6 +39,7 @@ mod secrets;
 mod signals;
 mod tokens;
 
+pub use backup_remote::RemoteCopy;
 pub use backups::{BackupKind, BackupReason, BackupRecord};
 pub use certs::{CertRecord, CertSource};
 pub use deployments::{Deployment, INITIAL_STATE, NewDeployment};

@@ -24,8 +24,8 @@ use crate::pin::{Fingerprint, PinVerifier};
 use crate::wire::LockView;
 use crate::wire::{
     AgentInfo, BackupView, DeployRequest, DeploymentView, ErrorBody, EventView, LogLineView,
-    ReleaseView, RestoreView, RollbackRequest, SecretValue, SecretView, StatusView, TokenCreated,
-    TokenRequest, TokenView,
+    ReleaseView, RemoteBackupView, RestoreView, RollbackRequest, SecretValue, SecretView,
+    StatusView, TokenCreated, TokenRequest, TokenView, VerifyRequest, VerifyView,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -350,6 +350,30 @@ impl Client {
         self.post(
             &format!("/v1/apps/{app}/environments/{env}/backups"),
             &serde_json::json!({}),
+        )
+        .await
+    }
+
+    pub async fn remote_backups(
+        &self,
+        app: &str,
+        env: &str,
+    ) -> Result<Vec<RemoteBackupView>, ClientError> {
+        self.get(&format!("/v1/apps/{app}/environments/{env}/backups/remote"))
+            .await
+    }
+
+    pub async fn verify_backup(
+        &self,
+        app: &str,
+        env: &str,
+        id: Option<&str>,
+    ) -> Result<VerifyView, ClientError> {
+        self.post(
+            &format!("/v1/apps/{app}/environments/{env}/backups/verify"),
+            &VerifyRequest {
+                id: id.map(str::to_owned),
+            },
         )
         .await
     }

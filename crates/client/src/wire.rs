@@ -955,6 +955,49 @@ pub struct BackupView {
     pub size: u64,
     pub sha256: String,
     pub created_at: i64,
+    /// The object key of its encrypted copy on the remote, once uploaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<String>,
+}
+
+/// A sealed backup on the remote (`rollway backups list --remote`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteBackupView {
+    pub id: String,
+    /// The object key in the bucket.
+    pub key: String,
+    /// The encrypted object's size.
+    pub size: u64,
+    /// As the S3 server reports it (RFC 3339).
+    pub last_modified: String,
+    /// Whether the agent also has the backup's local copy.
+    pub local: bool,
+}
+
+/// What `rollway backups verify` asks: a backup by id, or the newest.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyRequest {
+    #[serde(default)]
+    pub id: Option<String>,
+}
+
+/// The outcome of a restore drill.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyView {
+    pub backup: String,
+    /// `sqlite` or `postgres`.
+    pub kind: String,
+    pub passed: bool,
+    /// What was done and found, in order; a failed drill's last check says why.
+    pub checks: Vec<String>,
+    /// Rows per table of the restored database.
+    pub tables: Vec<TableRows>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableRows {
+    pub table: String,
+    pub rows: u64,
 }
 
 /// The answer to a restore: what the agent did, step by step.

@@ -294,6 +294,33 @@ fn check_environment(
     secrets: &[String],
     span: Range<usize>,
 ) {
+    if let Some(remote) = &config.backup.remote {
+        for (key, secret) in [
+            ("access_key_id", &remote.access_key_id),
+            ("secret_access_key", &remote.secret_access_key),
+        ] {
+            if !secrets.contains(secret) {
+                reader.invalid(
+                    span.clone(),
+                    format!("`backup.{key}` names the secret `{secret}`, which environment `{name}` does not list in `secrets`"),
+                    "backup credentials unknown",
+                    format!("add `{secret}` to `secrets` of `[environments.{name}]` and set it with `rollway secrets set {secret} --env {name}`"),
+                );
+            }
+        }
+    }
+    let backs_up = config
+        .release
+        .as_ref()
+        .is_some_and(|release| release.backup.is_some());
+    if !backs_up && (config.backup.remote.is_some() || config.backup.verify.is_some()) {
+        reader.invalid(
+            span.clone(),
+            format!("`[backup]` of environment `{name}` has a remote or a verify command, but no database to back up"),
+            "no database named",
+            "add `backup = \"DATABASE_URL\"` (the variable holding the database URL) to `[release]`",
+        );
+    }
     if let Some(backup) = config
         .release
         .as_ref()

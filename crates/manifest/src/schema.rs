@@ -30,12 +30,68 @@ pub struct Config {
     pub flags: Vec<(String, bool)>,
 }
 
-/// `[backup]`: a schedule for backups of the database named by `release.backup`, and retention.
+/// `[backup]`: a schedule for backups of the database named by `release.backup`, retention, an
+/// off-host copy and a restore drill.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct BackupPolicy {
     pub schedule: Option<Schedule>,
-    /// Backups kept per environment (scheduled, manual and pre-release together).
+    /// Backups kept per environment (scheduled, manual and pre-release together), on the agent
+    /// and on the remote alike.
     pub keep: u32,
+    /// Where each backup is copied, encrypted, after it is taken.
+    pub remote: Option<BackupRemote>,
+    /// The app's own check of a restored backup (`rollway backups verify`), run with the scratch
+    /// database's URL in the variable `release.backup` names.
+    pub verify: Option<String>,
+    /// When restore drills of the newest backup run (UTC).
+    pub verify_schedule: Option<Schedule>,
+}
+
+/// `[backup] remote = "s3://bucket/prefix"` with its endpoint, region and the names of the
+/// secrets that hold the credentials (never the values).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BackupRemote {
+    pub bucket: String,
+    /// Key prefix without leading or trailing `/`; may be empty.
+    pub prefix: String,
+    /// `http(s)://host[:port]`; AWS S3's regional endpoint when the manifest names none.
+    pub endpoint: String,
+    pub region: String,
+    /// The secret holding the access key id.
+    pub access_key_id: String,
+    /// The secret holding the secret access key.
+    pub secret_access_key: String,
+}
+
+impl BackupRemote {
+    /// Parses `s3://bucket/prefix` into (bucket, prefix).
+    pub fn parse_url(url: &str) -> Result<(String, String), String> {
+        let rest = url
+            .strip_prefix("s3://")
+            .ok_or_else(|| format!("`{url}` does not start with `s3://`"))?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let valid = (3..=63).contains(&bucket.len())
+            && bucket.bytes().all(|byte| {
+                byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'-' || byte == b'.'
+            })
+            && !bucket.starts_with(['-', '.'])
+            && !bucket.ends_with(['-', '.']);
+        if !valid {
+            return Err(format!(
+                "`{bucket}` is not a bucket name (3 to 63 lowercase letters, digits, `-` and `.`)"
+            ));
+        }
+        let prefix = prefix.trim_matches('/');
+        if prefix.split('/').any(|part| part == ".." || part == ".") {
+            return Err(format!("the prefix `{prefix}` has a `.` or `..` part"));
+        }
+        Ok((bucket.to_owned(), prefix.to_owned()))
+    }
+
+    /// The endpoint AWS S3 has for `region`.
+    pub fn aws_endpoint(region: &str) -> String {
+        format!("https://s3.{region}.amazonaws.com")
+    }
 }
 
 /// When scheduled backups run (UTC).

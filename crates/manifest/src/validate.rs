@@ -12,8 +12,8 @@ use toml::de::{DeTable, DeValue};
 use crate::interpolate::{is_env_name, references};
 use crate::read::{Reader, Value, list, suggest};
 use crate::schema::{
-    Alerts, Analysis, App, BackupPolicy, Build, Config, Health, Protocol, Release, Route, Schedule,
-    Service, ServiceSource, Step, Strategy, StrategyKind, defaults,
+    Alerts, Analysis, App, BackupPolicy, BackupRemote, Build, Config, Health, Protocol, Release,
+    Route, Schedule, Service, ServiceSource, Step, Strategy, StrategyKind, defaults,
 };
 
 /// Top-level sections of `rollway.toml`.
@@ -121,6 +121,9 @@ fn backup_policy(reader: &mut Reader, value: Option<&Value<'_>>) -> BackupPolicy
     let mut policy = BackupPolicy {
         schedule: None,
         keep: defaults::BACKUPS_KEPT,
+        remote: None,
+        verify: None,
+        verify_schedule: None,
     };
     let Some(value) = value else { return policy };
     let Some(table) = reader.table(
@@ -130,27 +133,142 @@ fn backup_policy(reader: &mut Reader, value: Option<&Value<'_>>) -> BackupPolicy
     ) else {
         return policy;
     };
-    reader.known_keys(table, &["schedule", "keep"], "backup");
-    if let Some(schedule_value) = table.get("schedule")
-        && let Some(text) = reader.string(schedule_value, "backup.schedule")
-    {
-        match Schedule::parse(&text) {
-            Ok(schedule) => policy.schedule = Some(schedule),
-            Err(reason) => reader.invalid(
-                schedule_value.span(),
-                format!("`backup.schedule` is not a schedule: {reason}"),
-                "not a schedule",
-                "accepted: `\"daily HH:MM\"` (UTC), `\"hourly\"` or `\"hourly :MM\"`",
-            ),
-        }
-    }
+    reader.known_keys(
+        table,
+        &[
+            "schedule",
+            "keep",
+            "remote",
+            "endpoint",
+            "region",
+            "access_key_id",
+            "secret_access_key",
+            "verify",
+            "verify_schedule",
+        ],
+        "backup",
+    );
+    policy.schedule = schedule(reader, table, "schedule");
+    policy.verify_schedule = schedule(reader, table, "verify_schedule");
     if let Some(keep) = table
         .get("keep")
         .and_then(|value| reader.integer_in(value, "backup.keep", 1..=1000))
     {
         policy.keep = keep as u32;
     }
+    policy.verify = table
+        .get("verify")
+        .and_then(|value| reader.nonempty_string(value, "backup.verify"));
+    policy.remote = backup_remote(reader, value.span(), table);
     policy
+}
+
+fn schedule(reader: &mut Reader, table: &DeTable<'_>, key: &str) -> Option<Schedule> {
+    let value = table.get(key)?;
+    let text = reader.string(value, &format!("backup.{key}"))?;
+    match Schedule::parse(&text) {
+        Ok(schedule) => Some(schedule),
+        Err(reason) => {
+            reader.invalid(
+                value.span(),
+                format!("`backup.{key}` is not a schedule: {reason}"),
+                "not a schedule",
+                "accepted: `\"daily HH:MM\"` (UTC), `\"hourly\"` or `\"hourly :MM\"`",
+            );
+            None
+        }
+    }
+}
+
+/// `remote`, `endpoint`, `region` and the two credential secrets' names of `[backup]`.
+fn backup_remote(
+    reader: &mut Reader,
+    span: Range<usize>,
+    table: &DeTable<'_>,
+) -> Option<BackupRemote> {
+    let Some(remote_value) = table.get("remote") else {
+        for key in ["endpoint", "region", "access_key_id", "secret_access_key"] {
+            if let Some(value) = table.get(key) {
+                reader.invalid(
+                    value.span(),
+                    format!("`backup.{key}` is set without `backup.remote`"),
+                    "needs `remote`",
+                    "add `remote = \"s3://BUCKET/PREFIX\"` to `[backup]`, or remove this key",
+                );
+            }
+        }
+        return None;
+    };
+    let url = reader.string(remote_value, "backup.remote")?;
+    let parsed = match BackupRemote::parse_url(&url) {
+        Ok(parsed) => Some(parsed),
+        Err(reason) => {
+            reader.invalid(
+                remote_value.span(),
+                format!("`backup.remote` is not an S3 location: {reason}"),
+                "not an S3 location",
+                "accepted: `\"s3://BUCKET\"` or `\"s3://BUCKET/PREFIX\"`",
+            );
+            None
+        }
+    };
+    let region = match table.get("region") {
+        Some(value) => reader.nonempty_string(value, "backup.region"),
+        None => Some("us-east-1".to_owned()),
+    };
+    let endpoint = match table.get("endpoint") {
+        Some(value) => reader.string(value, "backup.endpoint").and_then(|endpoint| {
+            let ok = (endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+                && !endpoint.contains(['@', '?', '#', ' ']);
+            if ok {
+                Some(endpoint.trim_end_matches('/').to_owned())
+            } else {
+                reader.invalid(
+                    value.span(),
+                    format!("`backup.endpoint` is not an endpoint URL: `{endpoint}`"),
+                    "not an endpoint",
+                    "accepted: `\"https://HOST[:PORT]\"` or `\"http://HOST[:PORT]\"` (no credentials in it: they are secrets)",
+                );
+                None
+            }
+        }),
+        None => region.as_deref().map(BackupRemote::aws_endpoint),
+    };
+    let mut secret_name = |key: &str| match table.get(key) {
+        Some(value) => {
+            let name = reader.string(value, &format!("backup.{key}"))?;
+            if is_env_name(&name) {
+                Some(name)
+            } else {
+                reader.invalid(
+                    value.span(),
+                    format!("`backup.{key}` must name a secret, found `{name}`"),
+                    "not a secret name",
+                    format!("write the name of the secret that holds it, such as `{key} = \"S3_{}\"`, and set it with `rollway secrets set`", key.to_uppercase()),
+                );
+                None
+            }
+        }
+        None => {
+            reader.missing(
+                span.clone(),
+                &format!("backup.{key}"),
+                &format!("a remote needs credentials: add `{key} = \"SECRET_NAME\"` to `[backup]` and list the secret in the environment's `secrets`"),
+            );
+            None
+        }
+    };
+    let access_key_id = secret_name("access_key_id");
+    let secret_access_key = secret_name("secret_access_key");
+    let (bucket, prefix) = parsed?;
+    Some(BackupRemote {
+        bucket,
+        prefix,
+        endpoint: endpoint?,
+        region: region?,
+        access_key_id: access_key_id?,
+        secret_access_key: secret_access_key?,
+    })
 }
 
 /// `[flags]`: names usable in a variable name, boolean values.

@@ -112,7 +112,7 @@ pub enum Command {
     #[command(subcommand)]
     Tokens(TokensCommand),
     /// Run the agent in the foreground.
-    Agent(AgentRunArgs),
+    Agent(Box<AgentRunArgs>),
     /// Run the proxy in the foreground (the agent starts it; you rarely need this), or `upgrade` it.
     Proxy(ProxyRunArgs),
     /// Confine this process with Landlock, then run the command (how a non-root agent starts
@@ -200,7 +200,18 @@ pub struct EventsArgs {
 #[derive(Debug, Subcommand)]
 pub enum BackupsCommand {
     /// Backups of the environment, newest first (the default).
-    List,
+    List {
+        /// The sealed copies on `[backup] remote` instead of the agent's records.
+        #[arg(long)]
+        remote: bool,
+    },
+    /// A restore drill: the backup (default: the newest) restored into a scratch database,
+    /// checked (integrity, row counts) and handed to `[backup] verify`; the live database is
+    /// not touched.
+    Verify {
+        /// The backup's id, as `rollway backups` lists it (fetched from the remote if gone here).
+        id: Option<String>,
+    },
     /// Back up the current release's database now.
     Create,
     /// Restore a backup into the current release's database (admin; traffic is held meanwhile,
@@ -342,7 +353,11 @@ pub enum TokensCommand {
 }
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct AgentRunArgs {
+    /// `backup` or `restore` the agent's own state instead of running the agent.
+    #[command(subcommand)]
+    pub action: Option<AgentAction>,
     /// State directory (default: $XDG_STATE_HOME/rollway).
     #[arg(long)]
     pub state: Option<PathBuf>,
@@ -383,6 +398,44 @@ pub struct AgentRunArgs {
     /// `/etc/rollway/master.key` as root or `$XDG_CONFIG_HOME/rollway/master.key`).
     #[arg(long, value_name = "FILE")]
     pub master_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentAction {
+    /// Snapshot the agent's state (store, artifacts, API certificate) to an S3-compatible remote,
+    /// sealed with the master key. Credentials come from `ROLLWAY_BACKUP_ACCESS_KEY_ID` and
+    /// `ROLLWAY_BACKUP_SECRET_ACCESS_KEY`, never arguments.
+    Backup(AgentStateArgs),
+    /// Restore the newest (or `--id`) snapshot into a new, empty state directory, given the
+    /// master key; then start the agent on it.
+    Restore {
+        #[command(flatten)]
+        state: AgentStateArgs,
+        /// The snapshot's id (default: the newest).
+        #[arg(long)]
+        id: Option<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct AgentStateArgs {
+    /// State directory (default: $XDG_STATE_HOME/rollway).
+    #[arg(long)]
+    pub state: Option<PathBuf>,
+    /// Where snapshots go: `s3://BUCKET/PREFIX`.
+    #[arg(long, value_name = "S3_URL", env = "ROLLWAY_BACKUP_REMOTE")]
+    pub remote: String,
+    /// The S3 endpoint (default: AWS S3's for `--region`).
+    #[arg(long, value_name = "URL", env = "ROLLWAY_BACKUP_ENDPOINT")]
+    pub endpoint: Option<String>,
+    #[arg(long, default_value = "us-east-1", env = "ROLLWAY_BACKUP_REGION")]
+    pub region: String,
+    /// The master key file (same default as `rollway agent`); never made by these commands.
+    #[arg(long, value_name = "FILE")]
+    pub master_key: Option<PathBuf>,
+    /// Print data as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -115,6 +115,8 @@ pub struct TestApp {
     approval: BTreeSet<String>,
     /// `[alerts] webhook`: the name of the secret holding the URL.
     alerts_webhook: Option<String>,
+    /// Lines of a `[backup]` section.
+    backup_lines: Vec<String>,
     /// `[routes.web] hosts`; `None`: no `[routes]` (the web service answers every host).
     hosts: Option<Vec<String>>,
     /// Raw lines under `[routes.web]` (`rate_limit = …`, `allow = …`).
@@ -760,6 +762,7 @@ impl TestApp {
             smoke: None,
             approval: BTreeSet::new(),
             alerts_webhook: None,
+            backup_lines: Vec::new(),
             hosts: None,
             route_lines: Vec::new(),
             env_hosts: BTreeMap::new(),
@@ -828,6 +831,12 @@ impl TestApp {
     }
 
     /// `[environments.ENV] secrets = [NAMES]`: required, and handed to the app under their names.
+    /// One line of the manifest's `[backup]` section (`keep = 2`, `remote = "s3://…"`).
+    pub fn backup_line(mut self, line: impl Into<String>) -> TestApp {
+        self.backup_lines.push(line.into());
+        self
+    }
+
     pub fn secrets(mut self, env: &str, names: &[&str]) -> TestApp {
         self.secrets.insert(
             env.to_owned(),
@@ -1021,6 +1030,13 @@ VERSION = {version:?}
         }
         if let Some(webhook) = &self.alerts_webhook {
             text.push_str(&format!("\n[alerts]\nwebhook = {webhook:?}\n"));
+        }
+        if !self.backup_lines.is_empty() {
+            text.push_str("\n[backup]\n");
+            for line in &self.backup_lines {
+                text.push_str(line);
+                text.push('\n');
+            }
         }
         if !self.flags.is_empty() {
             text.push_str("\n[flags]\n");
@@ -1375,13 +1391,19 @@ fn first_number(text: &str) -> Option<u32> {
 
 fn kill_group_and_process(pid: u32, pgid: Option<i32>) {
     use rustix::process::{Pid, Signal, getpgrp, kill_process, kill_process_group};
-    if let Some(group) = pgid.and_then(Pid::from_raw)
+    // A process being reaped may show a group of 0 or below: `Pid::from_raw` asserts it is not
+    // negative.
+    if let Some(group) = pgid.filter(|group| *group > 0).and_then(Pid::from_raw)
         && group.as_raw_nonzero().get() > 1
         && group != getpgrp()
     {
         let _ = kill_process_group(group, Signal::KILL);
     }
-    if let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) {
+    if let Some(pid) = i32::try_from(pid)
+        .ok()
+        .filter(|pid| *pid > 0)
+        .and_then(Pid::from_raw)
+    {
         let _ = kill_process(pid, Signal::KILL);
     }
 }

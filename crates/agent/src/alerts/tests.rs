@@ -103,6 +103,26 @@ fn alerting_events_and_their_text() {
                 "[rollway] shop in production: the proxy (pid 7) killed by signal 9; restarting it",
             ),
         ),
+        (
+            "backup.upload_failed",
+            "backup b-1 was not uploaded to s3://b/p after 5 attempts: refused",
+            Some(
+                "[rollway] shop in production: backup b-1 was not uploaded to s3://b/p after 5 attempts: refused",
+            ),
+        ),
+        (
+            "backup.verify_failed",
+            "restore drill of backup b-1 FAILED (schedule): corrupt",
+            Some(
+                "[rollway] shop in production: restore drill of backup b-1 FAILED (schedule): corrupt",
+            ),
+        ),
+        ("backup.uploaded", "backup b-1 uploaded", None),
+        (
+            "backup.verified",
+            "restore drill of backup b-1 passed",
+            None,
+        ),
         ("proxy.upgraded", "the proxy (pid 8) took over", None),
         ("instance.healthy", "instance a healthy", None),
     ];

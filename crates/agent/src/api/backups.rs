@@ -22,6 +22,7 @@ fn backup_view(record: &crate::store::BackupRecord) -> BackupView {
         size: record.size,
         sha256: record.sha256.clone(),
         created_at: record.created_at,
+        remote: None,
     }
 }
 
@@ -33,7 +34,20 @@ pub async fn backups(
         .store
         .backups(&app, &env)
         .map_err(ApiError::internal)?;
-    Ok(Json(records.iter().map(backup_view).collect()))
+    Ok(Json(
+        records
+            .iter()
+            .map(|record| BackupView {
+                remote: engine
+                    .store
+                    .backup_remote(&record.id)
+                    .ok()
+                    .flatten()
+                    .map(|copy| copy.key),
+                ..backup_view(record)
+            })
+            .collect(),
+    ))
 }
 
 pub async fn create_backup(
@@ -62,13 +76,29 @@ pub async fn restore_backup(
     Extension(caller): Extension<Caller>,
     Path((app, env, id)): Path<(String, String, String)>,
 ) -> ApiResult<RestoreView> {
-    let record = engine
+    let mut fetched = None;
+    let record = match engine
         .store
         .backup(&id)
         .map_err(ApiError::internal)?
         .filter(|record| record.app == app && record.environment == env)
-        .ok_or_else(|| ApiError::not_found(format!("no backup `{id}` of `{app}` in `{env}`")))?;
-    let steps = crate::backup::restore_live(&engine, &record).await?;
+    {
+        Some(record) => record,
+        // Not known on this agent (a new host): the release's remote may have it.
+        None => {
+            let (record, step) = crate::backup::record_from_remote(&engine, &app, &env, &id)
+                .await?
+                .ok_or_else(|| {
+                    ApiError::not_found(format!("no backup `{id}` of `{app}` in `{env}`"))
+                })?;
+            fetched = Some(step);
+            record
+        }
+    };
+    let mut steps = crate::backup::restore_live(&engine, &record).await?;
+    if let Some(step) = fetched {
+        steps.insert(0, step);
+    }
     engine.record(NewEvent {
         app: Some(app),
         environment: Some(env),

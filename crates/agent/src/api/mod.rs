@@ -9,6 +9,7 @@ pub mod agent;
 pub mod artifacts;
 pub mod auth;
 pub mod backups;
+pub mod backups_remote;
 pub mod certs;
 pub mod deployments;
 pub mod edge;

@@ -15,8 +15,8 @@ use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::{MethodFilter, MethodRouter, get, on};
 
 use crate::api::{
-    agent, artifacts, auth, backups, certs, deployments, edge, error, events, input, locks, logs,
-    releases, secrets, status, tokens,
+    agent, artifacts, auth, backups, backups_remote, certs, deployments, edge, error, events,
+    input, locks, logs, releases, secrets, status, tokens,
 };
 use crate::engine::Engine;
 use crate::tokens::Role;
@@ -69,6 +69,12 @@ pub fn routes() -> Vec<Route> {
             Method::GET,
             "/apps/{app}/environments/{env}/backups",
             backups::backups,
+        ),
+        route(
+            Viewer,
+            Method::GET,
+            "/apps/{app}/environments/{env}/backups/remote",
+            backups_remote::remote_backups,
         ),
         route(
             Viewer,
@@ -152,6 +158,12 @@ pub fn routes() -> Vec<Route> {
             Method::POST,
             "/apps/{app}/environments/{env}/backups",
             backups::create_backup,
+        ),
+        route(
+            Deployer,
+            Method::POST,
+            "/apps/{app}/environments/{env}/backups/verify",
+            backups_remote::verify_backup,
         ),
         route(
             Deployer,

@@ -559,6 +559,7 @@ pub async fn backup_before_release(
             reason: crate::store::BackupReason::Release,
             target: &target,
             keep: release.resolved.config.backup.keep as usize,
+            remote: crate::backup::remote::of_release(engine, release),
         },
     )
     .await
@@ -810,7 +811,25 @@ pub fn instance_spec(
 /// secrets, every listed secret under its own name, and the environment's flags as `FLAG_NAME`.
 pub fn base_env(release: &LoadedRelease) -> Result<Vec<(String, String)>, SpecError> {
     let mut env: Vec<(String, String)> = Vec::new();
+    // The backup remote's credentials are the agent's alone: an app (or a compromised one) that
+    // held them could delete its off-host backups.
+    let agent_only: Vec<&str> = release
+        .resolved
+        .config
+        .backup
+        .remote
+        .iter()
+        .flat_map(|remote| {
+            [
+                remote.access_key_id.as_str(),
+                remote.secret_access_key.as_str(),
+            ]
+        })
+        .collect();
     for name in &release.resolved.secrets {
+        if agent_only.contains(&name.as_str()) {
+            continue;
+        }
         let value = release
             .secrets
             .get(name)

@@ -84,6 +84,30 @@ pub fn default_key_file() -> PathBuf {
 }
 
 /// Finds (or makes) the master key and moves a `master.key` out of `state_dir`.
+/// The master key [`load`] would use, refused instead of made when its file is missing (restoring
+/// state needs the key the state was sealed with, never a new one).
+pub fn load_existing(sources: &KeySources, state_dir: &Path) -> Result<LoadedKey, SecretError> {
+    let credential = sources
+        .credentials_dir
+        .as_ref()
+        .map(|dir| dir.join(MASTER_KEY_FILE))
+        .filter(|path| path.exists());
+    let file = match (&sources.file, &sources.variable, credential) {
+        (Some(file), _, _) => Some(file.clone()),
+        (None, Some(_), _) | (None, None, Some(_)) => None,
+        (None, None, None) => Some(sources.default_file.clone()),
+    };
+    if let Some(file) = file
+        && !file.exists()
+    {
+        return Err(SecretError::KeyFile {
+            path: file.display().to_string(),
+            source: std::io::ErrorKind::NotFound.into(),
+        });
+    }
+    load(sources, state_dir)
+}
+
 pub fn load(sources: &KeySources, state_dir: &Path) -> Result<LoadedKey, SecretError> {
     let legacy = state_dir.join(MASTER_KEY_FILE);
     let legacy_exists = legacy.exists();

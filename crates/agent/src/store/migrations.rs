@@ -16,6 +16,8 @@ pub(super) static MIGRATIONS: &[M<'static>] = &[
     M::up(V5_SIGNALS),
     M::up(V6_CERTIFICATES),
     M::up(V7_EDGE),
+    // V8 to V10 belong to other branches of session 24; the lead orders them on merge.
+    M::up(V11_REMOTE_BACKUPS),
 ];
 
 /// The first schema.
@@ -288,5 +290,22 @@ CREATE TABLE edge_controls (
     updated_at        INTEGER NOT NULL,
     PRIMARY KEY (app, environment),
     CHECK ((paused_until IS NULL) = (paused_since IS NULL))
+) STRICT;
+"#;
+
+/// Off-host backups (issue 21): where each backup's encrypted copy is on the remote, and the
+/// agent's backup key, sealed by the master key (never in clear here).
+/// - A backup has a remote copy iff `remote_key` is set; `remote_sha256` is the uploaded object's.
+/// - One backup key per agent (`id = 1`).
+const V11_REMOTE_BACKUPS: &str = r#"
+ALTER TABLE backups ADD COLUMN remote_key TEXT;
+ALTER TABLE backups ADD COLUMN remote_sha256 TEXT;
+ALTER TABLE backups ADD COLUMN remote_size INTEGER;
+ALTER TABLE backups ADD COLUMN uploaded_at INTEGER;
+
+CREATE TABLE backup_key (
+    id          INTEGER NOT NULL PRIMARY KEY CHECK (id = 1),
+    sealed      BLOB    NOT NULL,
+    created_at  INTEGER NOT NULL
 ) STRICT;
 "#;

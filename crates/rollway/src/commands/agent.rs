@@ -9,6 +9,9 @@ use crate::cli::{AgentRunArgs, ProxyRunArgs};
 use crate::printer::Printer;
 
 pub fn run_agent(args: &AgentRunArgs, printer: Printer) -> anyhow::Result<ExitStatus> {
+    if let Some(action) = &args.action {
+        return super::agent_state::run(action, printer);
+    }
     let state_dir = args.state.clone().unwrap_or_else(super::connect::state_dir);
     let exe = std::env::current_exe()?;
     let config = agent::AgentConfig {

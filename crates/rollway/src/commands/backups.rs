@@ -1,4 +1,4 @@
-//! `rollway backups [list] | create | restore ID`.
+//! `rollway backups [list [--remote]] | create | restore ID | verify [ID]`.
 
 use crate::ExitStatus;
 use crate::cli::{BackupsCommand, EnvArgs};
@@ -18,8 +18,23 @@ pub fn run(
         return Ok(ExitStatus::Unreachable);
     };
     tokio::runtime::Runtime::new()?.block_on(async {
-        match command.unwrap_or(&BackupsCommand::List) {
-            BackupsCommand::List => {
+        match command.unwrap_or(&BackupsCommand::List { remote: false }) {
+            BackupsCommand::List { remote: true } => {
+                return super::backups_remote::list(&client, &app, env, target.json, &printer)
+                    .await;
+            }
+            BackupsCommand::Verify { id } => {
+                return super::backups_remote::verify(
+                    &client,
+                    &app,
+                    env,
+                    id.as_deref(),
+                    target.json,
+                    &printer,
+                )
+                .await;
+            }
+            BackupsCommand::List { remote: false } => {
                 let backups = match client.backups(&app, env).await {
                     Ok(backups) => backups,
                     Err(error) => return client_error(&printer, error),

@@ -1,7 +1,9 @@
 //! One module per command, each with `run(args, printer) -> anyhow::Result<ExitStatus>`.
 
 pub mod agent;
+pub mod agent_state;
 pub mod backups;
+pub mod backups_remote;
 pub mod certs;
 pub mod check;
 pub mod connect;

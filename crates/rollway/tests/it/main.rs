@@ -3,6 +3,7 @@
 mod agent;
 mod api_tls;
 mod apps;
+mod backup_remote;
 mod check;
 mod ci;
 mod containers;

@@ -907,11 +907,11 @@ fn sqlite_copy(from: &Path, to: &Path) {
 }
 
 /// The throwaway cluster of `scripts/test`, reached as its superuser.
-struct Postgres {
-    host: String,
-    port: String,
-    user: String,
-    password: String,
+pub(crate) struct Postgres {
+    pub(crate) host: String,
+    pub(crate) port: String,
+    pub(crate) user: String,
+    pub(crate) password: String,
 }
 
 /// Schema and rows of the `items` table.
@@ -924,7 +924,7 @@ struct PgSnapshot {
 
 impl Postgres {
     /// From `ROLLWAY_TEST_POSTGRES_URL`; `None` (with one printed line) outside `scripts/test`.
-    fn from_env() -> Option<Postgres> {
+    pub(crate) fn from_env() -> Option<Postgres> {
         let Ok(url) = std::env::var("ROLLWAY_TEST_POSTGRES_URL") else {
             assert!(
                 std::env::var_os("ROLLWAY_E2E").is_none(),
@@ -950,7 +950,7 @@ impl Postgres {
         })
     }
 
-    fn url(&self, database: &str) -> String {
+    pub(crate) fn url(&self, database: &str) -> String {
         format!(
             "postgres://{}:{}@{}:{}/{database}",
             self.user, self.password, self.host, self.port
@@ -970,7 +970,7 @@ impl Postgres {
         command
     }
 
-    async fn psql(&self, database: &str, sql: &str) -> String {
+    pub(crate) async fn psql(&self, database: &str, sql: &str) -> String {
         let output = self
             .command("psql", database)
             .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-c", sql])
@@ -985,14 +985,14 @@ impl Postgres {
         String::from_utf8_lossy(&output.stdout).trim().to_owned()
     }
 
-    async fn create_database(&self) -> String {
+    pub(crate) async fn create_database(&self) -> String {
         let name = format!("rollway_test_{}", random_hex(6));
         self.psql("postgres", &format!("CREATE DATABASE {name}"))
             .await;
         name
     }
 
-    async fn drop_database(&self, name: &str) {
+    pub(crate) async fn drop_database(&self, name: &str) {
         self.psql(
             "postgres",
             &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
