@@ -5,6 +5,7 @@
 //! environment's effective settings, [`ResolvedManifest`] (`resolve`). Every problem is collected
 //! into [`Diagnostics`]; nothing stops at the first error.
 
+pub mod cron;
 mod diagnostic;
 mod edge;
 pub mod interpolate;

@@ -28,6 +28,9 @@ pub struct Config {
     /// Feature flags, handed to the app as `FLAG_<NAME>=true|false`, in manifest order.
     #[serde(serialize_with = "as_bool_map")]
     pub flags: Vec<(String, bool)>,
+    /// `[cron.NAME]` jobs, in manifest order. Invariant: names unique.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cron: Vec<crate::cron::CronJob>,
 }
 
 /// `[backup]`: a schedule for backups of the database named by `release.backup`, and retention.

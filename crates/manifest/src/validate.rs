@@ -30,6 +30,7 @@ pub(crate) const ROOT_KEYS: &[&str] = &[
     "alerts",
     "flags",
     "backup",
+    "cron",
 ];
 
 pub(crate) const SERVICE_KEYS: &[&str] = &[
@@ -102,6 +103,7 @@ pub(crate) fn config(
     let services = services?;
     let routes = routes(reader, root.get("routes"), &services);
     require_health(reader, root, &services, &routes);
+    let cron = crate::cron::cron_jobs(reader, root.get("cron"), &services);
     Some(Config {
         app: app?,
         build,
@@ -114,6 +116,7 @@ pub(crate) fn config(
         alerts,
         backup,
         flags,
+        cron,
     })
 }
 
