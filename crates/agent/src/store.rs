@@ -26,8 +26,10 @@ use client::wire::{DeploymentState, ReleaseNumber};
 mod artifacts;
 mod backups;
 mod certs;
+mod cron;
 mod deployments;
 mod edge;
+mod environments;
 mod events;
 mod images;
 mod instances;
@@ -37,6 +39,7 @@ mod releases;
 mod secrets;
 mod signals;
 mod tokens;
+pub use cron::NewCronRun;
 
 pub use backups::{BackupKind, BackupReason, BackupRecord};
 pub use certs::{CertRecord, CertSource};

@@ -115,6 +115,17 @@ pub enum Command {
     Agent(AgentRunArgs),
     /// Run the proxy in the foreground (the agent starts it; you rarely need this), or `upgrade` it.
     Proxy(ProxyRunArgs),
+    /// Cron jobs of the current release: `list` (next runs), `runs NAME` (history), `run NAME`.
+    Cron {
+        #[command(subcommand)]
+        command: Option<CronCommand>,
+        #[command(flatten)]
+        target: EnvArgs,
+    },
+    /// Run a command once in the current release's code, config and secrets; exits with its code.
+    Run(RunArgs),
+    /// Every app and environment the agent runs.
+    Apps(AppsArgs),
     /// Confine this process with Landlock, then run the command (how a non-root agent starts
     /// apps; not for people).
     #[command(hide = true)]
@@ -522,4 +533,40 @@ mod tests {
             );
         }
     }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CronCommand {
+    /// The jobs, their schedules and next runs (the default).
+    List,
+    /// A job's runs, newest first: tick, trigger, release, state, exit code, duration.
+    Runs {
+        name: String,
+        /// Print each run's output too.
+        #[arg(long)]
+        output: bool,
+    },
+    /// Run a job now, in the current release.
+    Run { name: String },
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub target: EnvArgs,
+    /// The service whose environment the command gets (default: the first service).
+    #[arg(long, short)]
+    pub service: Option<String>,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true, num_args = 1..)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct AppsArgs {
+    /// Print data as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub agent: AgentArgs,
 }

@@ -24,6 +24,7 @@ pub mod status;
 pub mod tls;
 pub mod tokens;
 pub mod views;
+pub mod workloads;
 
 use std::pin::Pin;
 use std::sync::Arc;

@@ -70,6 +70,7 @@ impl TestApi {
             )),
             api_fingerprint: None,
             edge: Mutex::new(BTreeMap::new()),
+            cron: crate::cron::CronRuns::default(),
         });
         let mut tokens = BTreeMap::new();
         for role in Role::ALL {

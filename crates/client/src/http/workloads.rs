@@ -1,0 +1,103 @@
+//! Client calls for issue 19: cron jobs and runs, one-off commands, the apps on the agent.
+
+use std::ops::ControlFlow;
+
+use bytes::Bytes;
+use http_body_util::BodyExt as _;
+use hyper::Method;
+
+use super::{Client, ClientError, api_error, decode};
+use crate::wire::{AppEnvView, CronJobsView, CronRunView, RunFrame, RunRequest};
+
+impl Client {
+    /// `GET /v1/apps`.
+    pub async fn apps(&self) -> Result<Vec<AppEnvView>, ClientError> {
+        self.get("/v1/apps").await
+    }
+
+    /// `GET …/cron`.
+    pub async fn cron_jobs(&self, app: &str, env: &str) -> Result<CronJobsView, ClientError> {
+        self.get(&format!("/v1/apps/{app}/environments/{env}/cron"))
+            .await
+    }
+
+    /// `GET …/cron/{job}/runs`, newest first.
+    pub async fn cron_runs(
+        &self,
+        app: &str,
+        env: &str,
+        job: &str,
+    ) -> Result<Vec<CronRunView>, ClientError> {
+        self.get(&format!(
+            "/v1/apps/{app}/environments/{env}/cron/{job}/runs"
+        ))
+        .await
+    }
+
+    /// `POST …/cron/{job}/runs`: runs the job now.
+    pub async fn run_cron_job(
+        &self,
+        app: &str,
+        env: &str,
+        job: &str,
+    ) -> Result<CronRunView, ClientError> {
+        self.post(
+            &format!("/v1/apps/{app}/environments/{env}/cron/{job}/runs"),
+            &serde_json::json!({}),
+        )
+        .await
+    }
+
+    /// `POST …/run`: a one-off command; `on_frame` gets every frame of its answer in order until
+    /// it returns `Break` or the answer ends.
+    pub async fn run_command(
+        &self,
+        app: &str,
+        env: &str,
+        request: &RunRequest,
+        mut on_frame: impl FnMut(RunFrame) -> ControlFlow<()>,
+    ) -> Result<(), ClientError> {
+        let path = format!("/v1/apps/{app}/environments/{env}/run");
+        let body = serde_json::to_vec(request).map_err(|source| ClientError::Decode {
+            path: path.clone(),
+            source,
+        })?;
+        let request = self.build(
+            Method::POST,
+            &path,
+            Some(Bytes::from(body)),
+            Some("application/json"),
+        )?;
+        let response = self
+            .http
+            .request(request)
+            .await
+            .map_err(|source| self.unreachable(source))?;
+        let status = response.status();
+        let mut body = response.into_body();
+        if !status.is_success() {
+            let bytes = body
+                .collect()
+                .await
+                .map_err(|source| self.unreachable(source))?
+                .to_bytes();
+            return Err(api_error(status, &bytes));
+        }
+        let mut buffer: Vec<u8> = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|source| self.unreachable(source))?;
+            let Some(chunk) = frame.data_ref() else {
+                continue;
+            };
+            buffer.extend_from_slice(chunk);
+            while let Some(newline) = buffer.iter().position(|byte| *byte == b'\n') {
+                let line: Vec<u8> = buffer.drain(..=newline).collect();
+                let frame: RunFrame = decode(&path, &line)?;
+                if on_frame(frame).is_break() {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,226 @@
+//! `rollway cron [list | runs NAME | run NAME]`, `rollway run -- COMMAND...` and `rollway apps`.
+
+use std::io::Write as _;
+use std::ops::ControlFlow;
+
+use agent::deploy::start::format_time;
+use client::wire::{CronRunView, RunFrame, RunRequest};
+
+use crate::ExitStatus;
+use crate::cli::{AppsArgs, CronCommand, EnvArgs, RunArgs};
+use crate::commands::{app_name, client_error, connect};
+use crate::printer::Printer;
+
+pub fn cron(
+    command: Option<&CronCommand>,
+    target: &EnvArgs,
+    printer: Printer,
+) -> anyhow::Result<ExitStatus> {
+    let Some(app) = app_name(target.app.as_deref(), &printer) else {
+        return Ok(ExitStatus::Usage);
+    };
+    let env = &target.env;
+    let Some(client) = connect::client_or_report(&target.agent, &printer) else {
+        return Ok(ExitStatus::Unreachable);
+    };
+    tokio::runtime::Runtime::new()?.block_on(async {
+        match command.unwrap_or(&CronCommand::List) {
+            CronCommand::List => {
+                let jobs = match client.cron_jobs(&app, env).await {
+                    Ok(jobs) => jobs,
+                    Err(error) => return client_error(&printer, error),
+                };
+                if target.json {
+                    printer.data(&serde_json::to_string_pretty(&jobs)?)?;
+                    return Ok(ExitStatus::Success);
+                }
+                let Some(release) = jobs.release else {
+                    printer.status("Cron", &format!("{app} in {env} has no live release yet"));
+                    return Ok(ExitStatus::Success);
+                };
+                if jobs.jobs.is_empty() {
+                    printer.status(
+                        "Cron",
+                        &format!("release {release} of {app} in {env} has no `[cron]` jobs"),
+                    );
+                    return Ok(ExitStatus::Success);
+                }
+                let mut out = format!(
+                    "{:<16} {:<24} {:<20} {:<24} {:<10} command\n",
+                    "job", "schedule", "tz", "next run", "last run"
+                );
+                for job in &jobs.jobs {
+                    out.push_str(&format!(
+                        "{:<16} {:<24} {:<20} {:<24} {:<10} {}\n",
+                        job.name,
+                        job.schedule,
+                        job.tz,
+                        job.next_run.map_or_else(|| "-".to_owned(), format_time),
+                        job.last_run
+                            .as_ref()
+                            .map_or_else(|| "-".to_owned(), |run| run.state.to_string()),
+                        job.command
+                    ));
+                }
+                printer.data(&out)?;
+            }
+            CronCommand::Runs { name, output } => {
+                let runs = match client.cron_runs(&app, env, name).await {
+                    Ok(runs) => runs,
+                    Err(error) => return client_error(&printer, error),
+                };
+                if target.json {
+                    printer.data(&serde_json::to_string_pretty(&runs)?)?;
+                    return Ok(ExitStatus::Success);
+                }
+                if runs.is_empty() {
+                    printer.status("Cron", &format!("`{name}` has not run yet"));
+                    return Ok(ExitStatus::Success);
+                }
+                let mut out = format!(
+                    "{:<24} {:<9} {:<8} {:<12} {:<5} {:<10}\n",
+                    "tick", "trigger", "release", "state", "exit", "duration"
+                );
+                for run in &runs {
+                    out.push_str(&run_line(run));
+                    if *output && !run.output.is_empty() {
+                        for line in run.output.lines() {
+                            out.push_str(&format!("  | {line}\n"));
+                        }
+                    }
+                }
+                printer.data(&out)?;
+            }
+            CronCommand::Run { name } => {
+                let run = match client.run_cron_job(&app, env, name).await {
+                    Ok(run) => run,
+                    Err(error) => return client_error(&printer, error),
+                };
+                if target.json {
+                    printer.data(&serde_json::to_string_pretty(&run)?)?;
+                }
+                printer.status(
+                    "Started",
+                    &format!(
+                        "cron job `{name}` in release {} of {app} in {env} ({}); `rollway cron runs {name}` shows how it ends",
+                        run.release, run.state
+                    ),
+                );
+            }
+        }
+        Ok(ExitStatus::Success)
+    })
+}
+
+fn run_line(run: &CronRunView) -> String {
+    let duration = run.finished_at.map_or_else(
+        || "-".to_owned(),
+        |finished| format!("{:.1}s", (finished - run.started_at).max(0) as f64 / 1000.0),
+    );
+    format!(
+        "{:<24} {:<9} {:<8} {:<12} {:<5} {:<10}\n",
+        format_time(run.tick),
+        run.trigger,
+        run.release,
+        run.state,
+        run.exit_code
+            .map_or_else(|| "-".to_owned(), |code| code.to_string()),
+        duration
+    )
+}
+
+/// Streams the command's output as it comes (stdout to stdout, stderr to stderr, each line as
+/// soon as it arrives, so their order is kept) and exits with its exit code.
+pub fn run(args: &RunArgs, printer: Printer) -> anyhow::Result<ExitStatus> {
+    let Some(app) = app_name(args.target.app.as_deref(), &printer) else {
+        return Ok(ExitStatus::Usage);
+    };
+    let env = &args.target.env;
+    let Some(client) = connect::client_or_report(&args.target.agent, &printer) else {
+        return Ok(ExitStatus::Unreachable);
+    };
+    let request = RunRequest {
+        command: args.command.clone(),
+        service: args.service.clone(),
+    };
+    tokio::runtime::Runtime::new()?.block_on(async {
+        let mut exit: Option<i32> = None;
+        let mut failure: Option<String> = None;
+        let streamed = client
+            .run_command(&app, env, &request, |frame| {
+                match frame {
+                    RunFrame::Started { release, service } => printer.status(
+                        "Running",
+                        &format!("in release {release} of {app} in {env} (service `{service}`)"),
+                    ),
+                    RunFrame::Stdout { line } => {
+                        let mut stdout = std::io::stdout().lock();
+                        let _ = writeln!(stdout, "{line}");
+                        let _ = stdout.flush();
+                    }
+                    RunFrame::Stderr { line } => printer.raw_stderr(&format!("{line}\n")),
+                    RunFrame::Exited { code } => {
+                        exit = Some(code);
+                        return ControlFlow::Break(());
+                    }
+                    RunFrame::Error { message } => {
+                        failure = Some(message);
+                        return ControlFlow::Break(());
+                    }
+                }
+                ControlFlow::Continue(())
+            })
+            .await;
+        if let Err(error) = streamed {
+            return client_error(&printer, error);
+        }
+        match (exit, failure) {
+            (Some(code), _) => Ok(ExitStatus::Command(u8::try_from(code).unwrap_or(1))),
+            (None, Some(message)) => {
+                printer.error(&format!("the command could not run: {message}"));
+                Ok(ExitStatus::Failure)
+            }
+            (None, None) => {
+                printer.error("the agent ended the answer before the command exited");
+                Ok(ExitStatus::Failure)
+            }
+        }
+    })
+}
+
+pub fn apps(args: &AppsArgs, printer: Printer) -> anyhow::Result<ExitStatus> {
+    let Some(client) = connect::client_or_report(&args.agent, &printer) else {
+        return Ok(ExitStatus::Unreachable);
+    };
+    tokio::runtime::Runtime::new()?.block_on(async {
+        let apps = match client.apps().await {
+            Ok(apps) => apps,
+            Err(error) => return client_error(&printer, error),
+        };
+        if args.json {
+            printer.data(&serde_json::to_string_pretty(&apps)?)?;
+            return Ok(ExitStatus::Success);
+        }
+        if apps.is_empty() {
+            printer.status("Apps", "none deployed on this agent yet");
+            return Ok(ExitStatus::Success);
+        }
+        let mut out = format!(
+            "{:<24} {:<16} {:<8} {:<10} state\n",
+            "app", "environment", "release", "instances"
+        );
+        for view in &apps {
+            out.push_str(&format!(
+                "{:<24} {:<16} {:<8} {:<10} {}\n",
+                view.app,
+                view.environment,
+                view.current_release
+                    .map_or_else(|| "-".to_owned(), |number| number.to_string()),
+                view.instances,
+                if view.active { "active" } else { "destroyed" }
+            ));
+        }
+        printer.data(&out)?;
+        Ok(ExitStatus::Success)
+    })
+}
