@@ -545,6 +545,9 @@ pub enum CronCommand {
         /// Print each run's output too.
         #[arg(long)]
         output: bool,
+        /// How many runs, newest first.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
     },
     /// Run a job now, in the current release.
     Run { name: String },

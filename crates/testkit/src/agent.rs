@@ -363,10 +363,16 @@ impl TestAgent {
     /// The command behind [`TestAgent::cli_as`], for tests that run it in the background.
     pub fn command(&self, token: Option<&str>, args: &[&str]) -> Command {
         let mut command = Command::new(&self.rollway);
+        // `--agent` goes before a `--` (`rollway run -- COMMAND`), where it is still an option.
+        let split = args
+            .iter()
+            .position(|arg| *arg == "--")
+            .unwrap_or(args.len());
         command
-            .args(args)
+            .args(&args[..split])
             .arg("--agent")
             .arg(self.api_url())
+            .args(&args[split..])
             .env("NO_COLOR", "1")
             .env_remove("ROLLWAY_AGENT")
             .env_remove("ROLLWAY_TOKEN")

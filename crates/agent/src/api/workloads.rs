@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Extension, Path, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use client::wire::{
     AppEnvView, CronJobView, CronJobsView, CronRunView, CronTrigger, RunFrame, RunRequest,
@@ -23,8 +23,14 @@ use crate::deploy::release::load_release;
 use crate::engine::{AppEnv, Engine, now_ms};
 use crate::store::NewEvent;
 
-/// Runs listed by `GET …/cron/{job}/runs`.
+/// Runs listed by `GET …/cron/{job}/runs` unless `?limit=` says otherwise, and the most it takes.
 const RUNS_LISTED: u32 = 50;
+const MAX_RUNS_LISTED: u32 = 1000;
+
+#[derive(Debug, serde::Deserialize)]
+pub struct RunsQuery {
+    limit: Option<u32>,
+}
 /// Most words and bytes of a one-off command.
 const MAX_ARGV_WORDS: usize = 256;
 const MAX_ARGV_BYTES: usize = 64 * 1024;
@@ -70,15 +76,24 @@ pub async fn cron_jobs(
     }))
 }
 
-/// `GET /v1/apps/{app}/environments/{env}/cron/{job}/runs`: newest first.
+/// `GET /v1/apps/{app}/environments/{env}/cron/{job}/runs[?limit=N]`: newest first.
 pub async fn cron_runs(
     State(engine): State<Arc<Engine>>,
     Path((app, env, job)): Path<(String, String, String)>,
+    Query(query): Query<RunsQuery>,
 ) -> ApiResult<Vec<CronRunView>> {
     known_environment(&engine, &app, &env)?;
+    let limit = query.limit.unwrap_or(RUNS_LISTED);
+    if limit == 0 || limit > MAX_RUNS_LISTED {
+        return Err(ApiError::new(
+            Kind::Invalid,
+            "invalid_limit",
+            format!("`limit={limit}` is out of range; accepted: 1 to {MAX_RUNS_LISTED}"),
+        ));
+    }
     let runs = engine
         .store
-        .cron_runs(&app, &env, &job, RUNS_LISTED)
+        .cron_runs(&app, &env, &job, limit)
         .map_err(ApiError::internal)?;
     if runs.is_empty() {
         let key = AppEnv::new(app, env);

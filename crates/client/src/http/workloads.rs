@@ -21,15 +21,16 @@ impl Client {
             .await
     }
 
-    /// `GET …/cron/{job}/runs`, newest first.
+    /// `GET …/cron/{job}/runs?limit=N`, newest first.
     pub async fn cron_runs(
         &self,
         app: &str,
         env: &str,
         job: &str,
+        limit: u32,
     ) -> Result<Vec<CronRunView>, ClientError> {
         self.get(&format!(
-            "/v1/apps/{app}/environments/{env}/cron/{job}/runs"
+            "/v1/apps/{app}/environments/{env}/cron/{job}/runs?limit={limit}"
         ))
         .await
     }

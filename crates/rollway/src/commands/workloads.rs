@@ -64,8 +64,12 @@ pub fn cron(
                 }
                 printer.data(&out)?;
             }
-            CronCommand::Runs { name, output } => {
-                let runs = match client.cron_runs(&app, env, name).await {
+            CronCommand::Runs {
+                name,
+                output,
+                limit,
+            } => {
+                let runs = match client.cron_runs(&app, env, name, *limit).await {
                     Ok(runs) => runs,
                     Err(error) => return client_error(&printer, error),
                 };

@@ -167,3 +167,327 @@ async fn a_worker_draining_a_queue_across_three_deploys_loses_and_duplicates_no_
         "jobs done by the workers of: {releases}"
     );
 }
+
+/// Debug builds accept per-second cron schedules with this variable (agent and CLI both read it).
+const CRON_SECONDS: (&str, &str) = ("ROLLWAY_TEST_CRON_SECONDS", "1");
+
+/// A cron job that writes one row per run: its tick and the release it ran in.
+const TICK_JOB: &str = r#"
+import os, sqlite3
+db = sqlite3.connect(os.environ["TICKS_DB"], timeout=60)
+db.execute("INSERT INTO ticks (tick, release) VALUES (?, ?)",
+           (int(os.environ["ROLLWAY_CRON_TICK"]), int(os.environ["ROLLWAY_RELEASE"])))
+db.commit()
+"#;
+
+/// `rollway cron runs JOB --json`, every run, oldest first.
+async fn cron_runs(agent: &testkit::agent::TestAgent, job: &str) -> Vec<serde_json::Value> {
+    let ran = agent
+        .cli(&[
+            "cron", "runs", job, "--app", APP, "--env", ENV, "--json", "--limit", "1000",
+        ])
+        .await;
+    ran.assert_code(0);
+    let mut runs: Vec<serde_json::Value> =
+        serde_json::from_str(&ran.stdout).unwrap_or_else(|error| panic!("{error}: {ran}"));
+    runs.reverse();
+    runs
+}
+
+/// Waits until `db`'s `ticks` table holds at least `n` more rows than `before`.
+async fn wait_rows(db: &Path, before: u64, n: u64) -> u64 {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let rows: u64 = sqlite(db, "SELECT count(*) FROM ticks")
+            .parse()
+            .expect("count");
+        if rows >= before + n {
+            return rows;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{rows} rows, waited for {}",
+            before + n
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cron_job_runs_exactly_once_per_tick_across_five_deploys_and_two_agent_kill_9s() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut agent = testkit::agent::TestAgent::start_with_env(
+        crate::agent::rollway_bin(),
+        &dir.path().join("state"),
+        &[CRON_SECONDS],
+    )
+    .await;
+    let shared = {
+        use std::os::unix::fs::PermissionsExt as _;
+        let shared = dir.path().join("shared");
+        std::fs::create_dir_all(&shared).expect("shared dir");
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))
+            .expect("chmod");
+        shared
+    };
+    let db = shared.join("ticks.db");
+    sqlite(
+        &db,
+        "CREATE TABLE ticks (tick INTEGER NOT NULL, release INTEGER NOT NULL);",
+    );
+    world_writable(&db);
+    let receiver = testkit::webhook::Receiver::start().await;
+    agent
+        .set_secret(APP, ENV, "ALERTS_URL", &receiver.url("/hook"))
+        .await
+        .assert_code(0);
+    let app = |version: &str, cron: bool| {
+        let app = testkit::agent::TestApp::new(dir.path().join("app"))
+            .version(version)
+            .alerts_webhook("ALERTS_URL")
+            .file("tick.py", TICK_JOB)
+            .env("TICKS_DB", db.display().to_string());
+        if cron {
+            app.extra(
+                "[cron.tick]\nschedule = \"* * * * * *\"\ncommand = \"python3 tick.py\"\ntimeout = \"30s\"\n\n\
+                 [cron.broken]\nschedule = \"*/5 * * * * *\"\ncommand = \"echo broken; exit 7\"",
+            )
+        } else {
+            app
+        }
+    };
+    deploy_seconds(&agent, app("v1", true)).await.assert_code(0);
+    let mut rows = wait_rows(&db, 0, 3).await;
+    for (version, kill) in [("v2", true), ("v3", false), ("v4", true), ("v5", false)] {
+        deploy_seconds(&agent, app(version, true))
+            .await
+            .assert_code(0);
+        rows = wait_rows(&db, rows, 2).await;
+        if kill {
+            agent.kill9().await;
+            // Down for a few ticks, so there are ticks to catch up on.
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+            agent.restart_with_env(&[CRON_SECONDS]).await;
+            rows = wait_rows(&db, rows, 2).await;
+        }
+    }
+    // The last release has no cron job: the ticks stop, the runs in flight finish.
+    deploy_seconds(&agent, app("v6", false))
+        .await
+        .assert_code(0);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let runs = loop {
+        let runs = cron_runs(&agent, "tick").await;
+        if runs.iter().all(|run| run["state"] != "running") {
+            break runs;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "runs still going");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+
+    // Every row is one tick's run: none doubled.
+    assert_eq!(
+        sqlite(&db, "SELECT count(*) - count(DISTINCT tick) FROM ticks"),
+        "0",
+        "ticks that ran twice: {}",
+        sqlite(
+            &db,
+            "SELECT tick FROM ticks GROUP BY tick HAVING count(*) > 1"
+        )
+    );
+    let rows: std::collections::BTreeMap<i64, u64> = sqlite(&db, "SELECT tick, release FROM ticks")
+        .lines()
+        .map(|line| {
+            let (tick, release) = line.split_once('|').expect("tick|release");
+            (
+                tick.parse().expect("tick"),
+                release.parse().expect("release"),
+            )
+        })
+        .collect();
+    let mut states = std::collections::BTreeMap::<String, usize>::new();
+    for run in &runs {
+        let tick = run["tick"].as_i64().expect("tick");
+        let state = run["state"].as_str().expect("state").to_owned();
+        *states.entry(state.clone()).or_default() += 1;
+        match state.as_str() {
+            // Succeeded: exactly its row, written in the release the run was recorded with.
+            "succeeded" => assert_eq!(
+                rows.get(&tick).copied(),
+                run["release"].as_u64(),
+                "run {run}"
+            ),
+            // The agent was killed while it ran: never started again (at most its one row).
+            "interrupted" => {}
+            other => panic!("a run ended `{other}`: {run}"),
+        }
+    }
+    for tick in rows.keys() {
+        assert!(
+            runs.iter().any(|run| run["tick"].as_i64() == Some(*tick)),
+            "row of tick {tick} without a recorded run"
+        );
+    }
+    // Consecutive seconds, but for the agent's two downtimes (the latest missed tick of each
+    // ran once on start: `catch_up`). Deploys cost no tick.
+    let ticks: Vec<i64> = runs
+        .iter()
+        .filter(|run| run["trigger"] != "catch_up")
+        .map(|run| run["tick"].as_i64().expect("tick"))
+        .collect();
+    let gaps = ticks
+        .windows(2)
+        .filter(|pair| pair[1] - pair[0] != 1000)
+        .count();
+    assert!(gaps <= 2, "{gaps} gaps in {ticks:?}");
+    let caught_up = runs
+        .iter()
+        .filter(|run| run["trigger"] == "catch_up")
+        .count();
+    assert_eq!(caught_up, 2, "one catch-up run per restart: {runs:#?}");
+    let releases: std::collections::BTreeSet<u64> = rows.values().copied().collect();
+    assert!(
+        releases.len() >= 4,
+        "each deploy's release ran the job: {releases:?}"
+    );
+    // A failing job alerts through the webhook, with its exit code.
+    let received = receiver.wait_for(1, PATIENCE).await;
+    assert!(
+        received.iter().any(
+            |request| request.body.contains("cron job `broken` (release")
+                && request.body.contains("failed with exit code 7")
+        ),
+        "{received:#?}"
+    );
+    eprintln!(
+        "runs: {states:?}, rows: {}, gaps: {gaps}, releases: {releases:?}",
+        rows.len()
+    );
+    drop(agent);
+}
+
+/// `rollway deploy` with per-second cron schedules accepted by the CLI's check too.
+async fn deploy_seconds(
+    agent: &testkit::agent::TestAgent,
+    app: testkit::agent::TestApp,
+) -> testkit::agent::Ran {
+    let mut command = agent.deploy_command(&app, ENV, Some(agent.admin_token()));
+    command.env(CRON_SECONDS.0, CRON_SECONDS.1);
+    testkit::agent::run(command).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollway_run_streams_in_order_exits_with_the_command_code_and_never_shows_a_secret() {
+    let setup = Setup::start().await;
+    let agent = &setup.agent;
+    let canary = format!("canary-{}", testkit::agent::random_hex(12));
+    let app = setup.app("app", "v1").secrets(ENV, &["CANARY_SECRET"]);
+    // Day one: nothing deployed yet.
+    let ran = agent
+        .cli(&["run", "--app", APP, "--env", ENV, "--", "true"])
+        .await;
+    assert_ne!(ran.code, Some(0), "{ran}");
+    agent
+        .set_secret(APP, ENV, "CANARY_SECRET", &canary)
+        .await
+        .assert_code(0);
+    agent.deploy(&app, ENV).await.assert_code(0);
+
+    let script = "for i in $(seq 1 200); do echo out$i; echo err$i >&2; done; \
+                  echo \"secret: $CANARY_SECRET\"; echo \"length: ${#CANARY_SECRET}\"; \
+                  echo \"release: $ROLLWAY_RELEASE\"; exit 3";
+    let ran = agent
+        .cli(&["run", "--app", APP, "--env", ENV, "--", "sh", "-c", script])
+        .await;
+    ran.assert_code(3);
+    let out: Vec<&str> = ran.stdout.lines().collect();
+    let expected: Vec<String> = (1..=200).map(|i| format!("out{i}")).collect();
+    assert_eq!(out[..200], expected[..], "{ran}");
+    let err: Vec<&str> = ran
+        .stderr
+        .lines()
+        .filter(|line| line.starts_with("err"))
+        .collect();
+    let expected: Vec<String> = (1..=200).map(|i| format!("err{i}")).collect();
+    assert_eq!(err, expected, "{ran}");
+    // The command had the secret; its output shows it scrubbed.
+    assert_eq!(
+        out[200..],
+        [
+            "secret: ***".to_owned(),
+            format!("length: {}", canary.len()),
+            "release: 1".to_owned()
+        ],
+        "{ran}"
+    );
+    assert!(
+        !ran.stdout.contains(&canary) && !ran.stderr.contains(&canary),
+        "{ran}"
+    );
+    let ran = agent
+        .cli(&[
+            "run", "--app", APP, "--env", ENV, "--", "sh", "-c", "exit 0",
+        ])
+        .await;
+    ran.assert_code(0);
+
+    // Who ran what is in the audit log; never the environment.
+    let events = agent.events().await;
+    let text = serde_json::to_string(&events).expect("events JSON");
+    assert!(!text.contains(&canary), "the canary is in the events");
+    let started: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|event| event["kind"] == "run.started")
+        .collect();
+    assert_eq!(started.len(), 2, "{started:#?}");
+    assert_eq!(started[0]["data"]["by"], "admin", "{started:#?}");
+    assert!(
+        started[0]["message"]
+            .as_str()
+            .is_some_and(|message| message.contains("sh -c for i in")),
+        "{started:#?}"
+    );
+    let exited: Vec<i64> = events
+        .iter()
+        .filter(|event| event["kind"] == "run.exited")
+        .filter_map(|event| event["data"]["code"].as_i64())
+        .collect();
+    assert_eq!(exited, [3, 0]);
+
+    // A viewer may not run commands; an unknown service is named with those there are.
+    let ran = agent
+        .cli(&[
+            "tokens", "create", "--role", "viewer", "--name", "watcher", "--json",
+        ])
+        .await;
+    ran.assert_code(0);
+    let created: serde_json::Value = serde_json::from_str(&ran.stdout).expect("token JSON");
+    let viewer = created["token"].as_str().expect("token value").to_owned();
+    let ran = agent
+        .cli_as(
+            Some(&viewer),
+            &["run", "--app", APP, "--env", ENV, "--", "true"],
+        )
+        .await;
+    ran.assert_code(3);
+    assert!(ran.stderr.contains("deployer"), "{ran}");
+    let ran = agent
+        .cli(&[
+            "run",
+            "--app",
+            APP,
+            "--env",
+            ENV,
+            "--service",
+            "nope",
+            "--",
+            "true",
+        ])
+        .await;
+    ran.assert_code(2);
+    assert!(
+        ran.stderr.contains("no service `nope`") && ran.stderr.contains("web"),
+        "{ran}"
+    );
+}
