@@ -126,6 +126,8 @@ pub enum Command {
     Run(RunArgs),
     /// Every app and environment the agent runs.
     Apps(AppsArgs),
+    /// Stop an environment's instances and routes (admin); its releases, events and backups stay.
+    Destroy(DestroyArgs),
     /// Confine this process with Landlock, then run the command (how a non-root agent starts
     /// apps; not for people).
     #[command(hide = true)]
@@ -572,4 +574,13 @@ pub struct AppsArgs {
     pub json: bool,
     #[command(flatten)]
     pub agent: AgentArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DestroyArgs {
+    #[command(flatten)]
+    pub target: EnvArgs,
+    /// The app's name, to destroy without being asked (needed when stdin is not a terminal).
+    #[arg(long, value_name = "APP")]
+    pub confirm: Option<String>,
 }

@@ -64,6 +64,12 @@ pub fn routes() -> Vec<Route> {
             workloads::run_command,
         ),
         route(
+            Admin,
+            Method::DELETE,
+            "/apps/{app}/environments/{env}",
+            workloads::destroy,
+        ),
+        route(
             Viewer,
             Method::GET,
             "/apps/{app}/environments/{env}/status",

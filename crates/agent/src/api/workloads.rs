@@ -397,3 +397,111 @@ fn find_job(
             ))
         })
 }
+
+#[derive(Debug, serde::Deserialize)]
+pub struct DestroyQuery {
+    /// The app's name again, so a slip of the environment name cannot destroy another app.
+    confirm: Option<String>,
+}
+
+/// `DELETE /v1/apps/{app}/environments/{env}?confirm=APP` (admin): stops the environment's
+/// instances and removes its routes; its releases, events, backups and secrets stay. Recorded
+/// first, so an agent killed half-way finishes the job when it starts again. Its next release
+/// that goes live brings it back.
+pub async fn destroy(
+    State(engine): State<Arc<Engine>>,
+    Extension(caller): Extension<Caller>,
+    Path((app, env)): Path<(String, String)>,
+    Query(query): Query<DestroyQuery>,
+) -> ApiResult<AppEnvView> {
+    known_environment(&engine, &app, &env)?;
+    if query.confirm.as_deref() != Some(app.as_str()) {
+        return Err(ApiError::new(
+            Kind::Invalid,
+            "confirm_app_name",
+            format!("destroying `{env}` of `{app}` needs `?confirm={app}` (the app's name)"),
+        ));
+    }
+    let key = AppEnv::new(app, env);
+    let now = now_ms();
+    let in_flight = engine
+        .store
+        .unfinished_deployments()
+        .map_err(ApiError::internal)?
+        .into_iter()
+        .find(|deployment| deployment.app == key.app && deployment.environment == key.environment);
+    if let Some(deployment) = in_flight {
+        return Err(ApiError::new(
+            Kind::Conflict,
+            "deployment_in_flight",
+            format!(
+                "deployment `{}` of `{}` in `{}` is in flight; abort it or wait for it to end, then destroy",
+                deployment.id, key.app, key.environment
+            ),
+        ));
+    }
+    if let Some(lock) = engine
+        .store
+        .lock(&key.app, &key.environment)
+        .map_err(ApiError::internal)?
+        .filter(|lock| !lock.is_expired(now))
+    {
+        return Err(ApiError::new(
+            Kind::Conflict,
+            "locked",
+            format!(
+                "the deploy lock of `{}` in `{}` is held by `{}`; wait for it or `rollway lock release`",
+                key.app, key.environment, lock.owner
+            ),
+        ));
+    }
+    engine
+        .store
+        .mark_destroyed(&key.app, &key.environment, &caller.name, now)
+        .map_err(ApiError::internal)?;
+    engine
+        .change_routing(&key, |runtime| {
+            runtime.routes.clear();
+            runtime.weights.clear();
+        })
+        .await
+        .map_err(|error| {
+            ApiError::new(
+                Kind::Unavailable,
+                "proxy_refused",
+                format!(
+                    "the proxy did not take the routes without `{}` in `{}`: {}; nothing was stopped, try again",
+                    key.app,
+                    key.environment,
+                    crate::report::chain(&error)
+                ),
+            )
+        })?;
+    let ids: Vec<String> = engine.runtime(&key).instances.keys().cloned().collect();
+    crate::deploy::spec::stop_instances(&engine, &key, &ids).await;
+    engine.record(NewEvent {
+        app: Some(key.app.clone()),
+        environment: Some(key.environment.clone()),
+        deployment_id: None,
+        kind: "environment.destroyed".to_owned(),
+        message: format!(
+            "{} destroyed {} in {}: {} instance(s) stopped, routes removed; releases, events and backups kept",
+            caller.name,
+            key.app,
+            key.environment,
+            ids.len()
+        ),
+        data_json: serde_json::json!({ "by": caller.name, "instances": ids.len() }).to_string(),
+    });
+    let current_release = engine
+        .store
+        .current(&key.app, &key.environment)
+        .map_err(ApiError::internal)?;
+    Ok(Json(AppEnvView {
+        instances: engine.runtime(&key).instances.len(),
+        app: key.app,
+        environment: key.environment,
+        current_release,
+        active: false,
+    }))
+}

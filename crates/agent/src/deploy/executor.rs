@@ -1179,6 +1179,8 @@ async fn complete_switch(
     }
     store.set_release_outcome(&key.app, &key.environment, target, ReleaseOutcome::Live)?;
     store.set_current(&key.app, &key.environment, target)?;
+    // A destroyed environment runs again from its first release that goes live.
+    store.clear_destroyed(&key.app, &key.environment)?;
     if !superseded.is_empty() {
         record(
             engine,

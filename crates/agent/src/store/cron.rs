@@ -116,13 +116,12 @@ impl Store {
                     "SELECT app, environment, {RUN_COLUMNS} FROM cron_runs WHERE state = 'running'"
                 ))
                 .map_err(|source| self.error("interrupt cron runs", self.subject(), source))?;
-            let rows = statement
+            statement
                 .query_map([], |row| {
                     Ok((row.get(0)?, row.get(1)?, run_from_row(row, 2)?))
                 })
                 .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
-                .map_err(|source| self.error("interrupt cron runs", self.subject(), source))?;
-            rows
+                .map_err(|source| self.error("interrupt cron runs", self.subject(), source))?
         };
         transaction
             .execute(

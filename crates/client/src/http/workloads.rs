@@ -15,6 +15,15 @@ impl Client {
         self.get("/v1/apps").await
     }
 
+    /// `DELETE /v1/apps/{app}/environments/{env}?confirm=APP` (admin).
+    pub async fn destroy(&self, app: &str, env: &str) -> Result<AppEnvView, ClientError> {
+        let path = format!("/v1/apps/{app}/environments/{env}?confirm={app}");
+        let bytes = self
+            .request_bytes(Method::DELETE, &path, None, None)
+            .await?;
+        decode(&path, &bytes)
+    }
+
     /// `GET …/cron`.
     pub async fn cron_jobs(&self, app: &str, env: &str) -> Result<CronJobsView, ClientError> {
         self.get(&format!("/v1/apps/{app}/environments/{env}/cron"))

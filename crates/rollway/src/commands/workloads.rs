@@ -7,7 +7,7 @@ use agent::deploy::start::format_time;
 use client::wire::{CronRunView, RunFrame, RunRequest};
 
 use crate::ExitStatus;
-use crate::cli::{AppsArgs, CronCommand, EnvArgs, RunArgs};
+use crate::cli::{AppsArgs, CronCommand, DestroyArgs, EnvArgs, RunArgs};
 use crate::commands::{app_name, client_error, connect};
 use crate::printer::Printer;
 
@@ -225,6 +225,60 @@ pub fn apps(args: &AppsArgs, printer: Printer) -> anyhow::Result<ExitStatus> {
             ));
         }
         printer.data(&out)?;
+        Ok(ExitStatus::Success)
+    })
+}
+
+/// Asks for the app's name (or takes `--confirm APP`), then destroys the environment.
+pub fn destroy(args: &DestroyArgs, printer: Printer) -> anyhow::Result<ExitStatus> {
+    use std::io::{BufRead as _, IsTerminal as _};
+    let Some(app) = app_name(args.target.app.as_deref(), &printer) else {
+        return Ok(ExitStatus::Usage);
+    };
+    let env = &args.target.env;
+    let typed = match &args.confirm {
+        Some(typed) => typed.clone(),
+        None if std::io::stdin().is_terminal() => {
+            printer.raw_stderr(&format!(
+                "This stops every instance of {app} in {env} and removes its routes (releases, events and backups stay).\nType the app's name to confirm: "
+            ));
+            let mut answer = String::new();
+            std::io::stdin().lock().read_line(&mut answer)?;
+            answer.trim().to_owned()
+        }
+        None => {
+            printer.error(&format!(
+                "destroying {env} of {app} needs a confirmation, and there is no terminal to ask on"
+            ));
+            printer.hint(&format!(
+                "pass the app's name: `rollway destroy --app {app} --env {env} --confirm {app}`"
+            ));
+            return Ok(ExitStatus::Usage);
+        }
+    };
+    if typed != app {
+        printer.error(&format!(
+            "`{typed}` is not the app's name `{app}`; nothing was destroyed"
+        ));
+        return Ok(ExitStatus::Usage);
+    }
+    let Some(client) = connect::client_or_report(&args.target.agent, &printer) else {
+        return Ok(ExitStatus::Unreachable);
+    };
+    tokio::runtime::Runtime::new()?.block_on(async {
+        let view = match client.destroy(&app, env).await {
+            Ok(view) => view,
+            Err(error) => return client_error(&printer, error),
+        };
+        if args.target.json {
+            printer.data(&serde_json::to_string_pretty(&view)?)?;
+        }
+        printer.status(
+            "Destroyed",
+            &format!(
+                "{app} in {env}: instances stopped, routes removed; releases, events and backups kept (`rollway deploy --env {env}` brings it back)"
+            ),
+        );
         Ok(ExitStatus::Success)
     })
 }

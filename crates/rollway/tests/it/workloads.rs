@@ -491,3 +491,108 @@ async fn rollway_run_streams_in_order_exits_with_the_command_code_and_never_show
         "{ran}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apps_lists_every_environment_and_destroy_stops_one_and_keeps_its_records() {
+    let mut setup = Setup::start().await;
+    let demo = setup.app("demo", "v1").worker().hosts(&["demo.localhost"]);
+    let other = setup
+        .app("other", "v1")
+        .named("other")
+        .hosts(&["other.localhost"]);
+    let agent = &mut setup.agent;
+    agent.deploy(&demo, ENV).await.assert_code(0);
+    agent.deploy(&other, "staging").await.assert_code(0);
+    let apps = |ran: &testkit::agent::Ran| -> Vec<serde_json::Value> {
+        ran.assert_code(0);
+        serde_json::from_str(&ran.stdout).unwrap_or_else(|error| panic!("{error}: {ran}"))
+    };
+    let listed = apps(&agent.cli(&["apps", "--json"]).await);
+    let summary: Vec<(String, String, u64, bool)> = listed
+        .iter()
+        .map(|view| {
+            (
+                view["app"].as_str().unwrap_or_default().to_owned(),
+                view["environment"].as_str().unwrap_or_default().to_owned(),
+                view["instances"].as_u64().unwrap_or_default(),
+                view["active"].as_bool().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("demo".to_owned(), ENV.to_owned(), 2, true),
+            ("other".to_owned(), "staging".to_owned(), 1, true)
+        ]
+    );
+
+    // Day-one mistakes and a deployer's reach: nothing is destroyed.
+    let refused = agent.cli(&["destroy", "--app", APP, "--env", ENV]).await;
+    refused.assert_code(2);
+    assert!(refused.stderr.contains("--confirm demo"), "{refused}");
+    let refused = agent
+        .cli(&["destroy", "--app", APP, "--env", ENV, "--confirm", "other"])
+        .await;
+    refused.assert_code(2);
+    let ran = agent
+        .cli(&[
+            "tokens", "create", "--role", "deployer", "--name", "ci", "--json",
+        ])
+        .await;
+    ran.assert_code(0);
+    let created: serde_json::Value = serde_json::from_str(&ran.stdout).expect("token JSON");
+    let deployer = created["token"].as_str().expect("token value").to_owned();
+    let refused = agent
+        .cli_as(
+            Some(&deployer),
+            &["destroy", "--app", APP, "--env", ENV, "--confirm", APP],
+        )
+        .await;
+    refused.assert_code(3);
+    assert!(refused.stderr.contains("admin"), "{refused}");
+    assert_eq!(agent.get(Some("demo.localhost"), "/").await.status, 200);
+
+    let destroyed = agent
+        .cli(&["destroy", "--app", APP, "--env", ENV, "--confirm", APP])
+        .await;
+    destroyed.assert_code(0);
+    let running: Vec<String> = agent.instance_pid_files().into_keys().collect();
+    assert_eq!(
+        running,
+        ["other-staging-r1-web-1"],
+        "only the other app runs"
+    );
+    assert_eq!(agent.get(Some("demo.localhost"), "/").await.status, 404);
+    assert_eq!(agent.get(Some("other.localhost"), "/").await.status, 200);
+    // Records stay: its release, its events.
+    let releases = agent
+        .cli(&["releases", "--app", APP, "--env", ENV, "--json"])
+        .await;
+    releases.assert_code(0);
+    let releases: Vec<serde_json::Value> =
+        serde_json::from_str(&releases.stdout).expect("releases JSON");
+    assert_eq!(releases.len(), 1);
+    let events = agent.events().await;
+    assert!(
+        events
+            .iter()
+            .any(|event| event["kind"] == "environment.destroyed" && event["data"]["by"] == "admin"),
+        "{events:#?}"
+    );
+    // A restarted agent keeps it destroyed.
+    agent.restart_with_env(&[]).await;
+    assert_eq!(agent.get(Some("demo.localhost"), "/").await.status, 404);
+    let running: Vec<String> = agent.instance_pid_files().into_keys().collect();
+    assert_eq!(running, ["other-staging-r1-web-1"]);
+    let listed = apps(&agent.cli(&["apps", "--json"]).await);
+    assert_eq!(listed[0]["active"], false, "{listed:#?}");
+    assert_eq!(listed[0]["instances"], 0, "{listed:#?}");
+
+    // Its next deploy brings it back.
+    agent.deploy(&demo.version("v2"), ENV).await.assert_code(0);
+    let answer = agent.get(Some("demo.localhost"), "/").await;
+    assert_eq!(answer.status, 200);
+    let listed = apps(&agent.cli(&["apps", "--json"]).await);
+    assert_eq!(listed[0]["active"], true, "{listed:#?}");
+}
