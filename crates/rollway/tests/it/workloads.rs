@@ -596,3 +596,137 @@ async fn apps_lists_every_environment_and_destroy_stops_one_and_keeps_its_record
     let listed = apps(&agent.cli(&["apps", "--json"]).await);
     assert_eq!(listed[0]["active"], true, "{listed:#?}");
 }
+
+/// A cron job that takes a while: a row when it starts and one when it ends, with its release.
+const LONG_JOB: &str = r#"
+import os, sqlite3, time
+def row(phase):
+    db = sqlite3.connect(os.environ["TICKS_DB"], timeout=60)
+    db.execute("INSERT INTO phases (tick, release, phase) VALUES (?, ?, ?)",
+               (int(os.environ["ROLLWAY_CRON_TICK"]), int(os.environ["ROLLWAY_RELEASE"]), phase))
+    db.commit()
+    db.close()
+row("start")
+time.sleep(3)
+row("end")
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_cron_job_survives_a_deploy_and_forbid_skips_the_ticks_it_spans() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = testkit::agent::TestAgent::start_with_env(
+        crate::agent::rollway_bin(),
+        &dir.path().join("state"),
+        &[CRON_SECONDS],
+    )
+    .await;
+    let shared = {
+        use std::os::unix::fs::PermissionsExt as _;
+        let shared = dir.path().join("shared");
+        std::fs::create_dir_all(&shared).expect("shared dir");
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))
+            .expect("chmod");
+        shared
+    };
+    let db = shared.join("phases.db");
+    sqlite(
+        &db,
+        "CREATE TABLE phases (tick INTEGER NOT NULL, release INTEGER NOT NULL, phase TEXT NOT NULL);",
+    );
+    world_writable(&db);
+    let app = |version: &str| {
+        testkit::agent::TestApp::new(dir.path().join("app"))
+            .version(version)
+            .file("long.py", LONG_JOB)
+            .env("TICKS_DB", db.display().to_string())
+            .extra(
+                "[cron.long]\nschedule = \"* * * * * *\"\ncommand = \"python3 long.py\"\nconcurrency = \"forbid\"\ntimeout = \"60s\"",
+            )
+    };
+    deploy_seconds(&agent, app("v1")).await.assert_code(0);
+    // Deploy while release 1's run is in the middle of its job.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let tick = loop {
+        let started = sqlite(&db, "SELECT tick FROM phases WHERE phase = 'start' LIMIT 1");
+        if !started.is_empty() {
+            break started;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the job never started"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    deploy_seconds(&agent, app("v2")).await.assert_code(0);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let ended = sqlite(
+            &db,
+            &format!("SELECT release FROM phases WHERE phase = 'end' AND tick = {tick}"),
+        );
+        if !ended.is_empty() {
+            assert_eq!(ended, "1", "the run finished under its own release");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the run never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Until release 2 ran once, then stop the ticks.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while sqlite(
+        &db,
+        "SELECT count(*) FROM phases WHERE release = 2 AND phase = 'end'",
+    ) == "0"
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "release 2 never ran the job"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let runs = cron_runs(&agent, "long").await;
+    let first = runs
+        .iter()
+        .find(|run| run["tick"].as_i64().map(|tick| tick.to_string()) == Some(tick.clone()))
+        .expect("the first run is recorded");
+    assert_eq!(first["state"], "succeeded", "{first}");
+    assert_eq!(first["release"], 1, "{first}");
+    assert_eq!(first["exit_code"], 0, "{first}");
+    // Ticks that came while a run went were recorded as skipped and never started.
+    let skipped: Vec<i64> = runs
+        .iter()
+        .filter(|run| run["state"] == "skipped")
+        .filter_map(|run| run["tick"].as_i64())
+        .collect();
+    assert!(!skipped.is_empty(), "{runs:#?}");
+    for tick in &skipped {
+        assert_eq!(
+            sqlite(
+                &db,
+                &format!("SELECT count(*) FROM phases WHERE tick = {tick}")
+            ),
+            "0"
+        );
+    }
+    assert!(
+        runs.iter().all(|run| ["succeeded", "skipped", "running"]
+            .contains(&run["state"].as_str().unwrap_or(""))),
+        "{runs:#?}"
+    );
+    // `rollway cron` lists the job with its next run.
+    let listed = agent
+        .cli(&["cron", "--app", APP, "--env", ENV, "--json"])
+        .await;
+    listed.assert_code(0);
+    let listed: serde_json::Value = serde_json::from_str(&listed.stdout).expect("cron JSON");
+    assert_eq!(listed["release"], 2, "{listed:#}");
+    assert_eq!(listed["jobs"][0]["name"], "long", "{listed:#}");
+    assert!(
+        listed["jobs"][0]["next_run"].as_i64().is_some(),
+        "{listed:#}"
+    );
+}
