@@ -198,6 +198,54 @@ pub async fn run<LineDone: Future<Output = ()>>(
     Ok(Exit { code, stopped })
 }
 
+/// One run of a worker's health command (`health = { command }`), as instance `instance_id` of
+/// `service` sees its environment (its variables and private temp folder): `Ok` when it exits 0
+/// within the check's timeout, else what it did, with its last output line.
+pub async fn check(
+    engine: &Arc<Engine>,
+    key: &AppEnv,
+    release: &LoadedRelease,
+    service: &manifest::Service,
+    instance_id: &str,
+    check: &manifest::HealthCommand,
+) -> Result<(), String> {
+    let mut last_line = String::new();
+    let ran = run(
+        engine,
+        Command {
+            key,
+            release,
+            service: &service.name,
+            command: &check.command,
+            label: instance_id,
+            env: Vec::new(),
+        },
+        |_, line| {
+            last_line = line;
+            std::future::ready(())
+        },
+        tokio::time::sleep(check.timeout.as_std()),
+    )
+    .await;
+    let said = if last_line.is_empty() {
+        String::new()
+    } else {
+        format!(" (last output: {last_line})")
+    };
+    match ran {
+        Ok(exit) if exit.stopped => Err(format!(
+            "`{}` ran past its timeout of {}{said}",
+            check.command, check.timeout
+        )),
+        Ok(exit) if exit.code == 0 => Ok(()),
+        Ok(exit) => Err(format!(
+            "`{}` exited with {}{said}",
+            check.command, exit.code
+        )),
+        Err(error) => Err(crate::report::chain(&error)),
+    }
+}
+
 fn signal_group(pid: Option<u32>, signal: rustix::process::Signal) {
     let Some(pid) = pid.and_then(|pid| i32::try_from(pid).ok()) else {
         return;

@@ -25,8 +25,8 @@ pub use edge::RateLimit;
 pub use parity::{Difference, ParityReport};
 pub use resolve::{Environment, Reference, RequiredConfig, ResolvedManifest, Warning};
 pub use schema::{
-    Alerts, Analysis, App, BackupPolicy, Build, Config, Health, Protocol, Release, Route, RouteTls,
-    Schedule, Service, ServiceSource, Step, Strategy, StrategyKind, defaults,
+    Alerts, Analysis, App, BackupPolicy, Build, Config, Health, HealthCommand, Protocol, Release,
+    Route, RouteTls, Schedule, Service, ServiceSource, Step, Strategy, StrategyKind, defaults,
 };
 pub use validate::{RESERVED_ENV, is_slug};
 

@@ -730,3 +730,43 @@ async fn a_long_cron_job_survives_a_deploy_and_forbid_skips_the_ticks_it_spans()
         "{listed:#}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_health_command_gates_its_release_and_a_failing_one_keeps_the_old_worker() {
+    let setup = Setup::start().await;
+    let agent = &setup.agent;
+    // The worker says it is ready with a file in its private temp folder, a second after start.
+    let app = |version: &str, check: &str| {
+        setup
+            .app("app", version)
+            .worker_run("sleep 1; touch \"$TMPDIR/ready\"; exec sleep 1000")
+            .extra(format!(
+                "[services.worker.health]\ncommand = {check:?}\ninterval = \"200ms\"\nstart_timeout = \"5s\""
+            ))
+    };
+    let ready = "test -f \"$TMPDIR/ready\"";
+    let ran = agent.deploy(&app("v1", ready), ENV).await;
+    ran.assert_code(0);
+    let id = |release: u64| format!("{APP}-{ENV}-r{release}-worker-1");
+    assert!(
+        agent.instance_pid_files().contains_key(&id(1)),
+        "{:?}",
+        agent.instance_pid_files()
+    );
+    let status = agent.status(APP, ENV).await;
+    assert!(status.to_string().contains(&id(1)), "{status}");
+
+    let ran = agent
+        .deploy(&app("v2", "echo not ready yet; exit 4"), ENV)
+        .await;
+    ran.assert_code(1);
+    assert!(
+        ran.stderr.contains("exited with 4") && ran.stderr.contains("not ready yet"),
+        "{ran}"
+    );
+    let running = agent.instance_pid_files();
+    assert!(
+        running.contains_key(&id(1)) && !running.contains_key(&id(2)),
+        "the old worker keeps working, the new one is gone: {running:?}"
+    );
+}
