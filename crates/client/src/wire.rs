@@ -1144,7 +1144,25 @@ pub struct RunRequest {
     pub command: Vec<String>,
     /// The service whose environment it runs with; the first service when unset.
     pub service: Option<String>,
+    /// `rollway run -i`: the size of the person's terminal; the command gets a terminal of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tty: Option<TtySize>,
 }
+
+/// A terminal's size in characters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TtySize {
+    pub rows: u16,
+    pub cols: u16,
+}
+
+/// `rollway run -i` speaks this after the HTTP upgrade (`Upgrade: rollway-run`). The client sends
+/// the bytes typed, as they are; the agent sends frames of `[kind: u8][length: u32 big-endian]
+/// [payload]`: [`TTY_OUTPUT`] (what the terminal shows) and, last, [`TTY_EXIT`] (the exit code,
+/// an `i32` big-endian).
+pub const TTY_UPGRADE: &str = "rollway-run";
+pub const TTY_OUTPUT: u8 = 1;
+pub const TTY_EXIT: u8 = 2;
 
 /// One frame of a one-off command's answer stream (newline-delimited JSON).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

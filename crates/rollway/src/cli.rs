@@ -562,6 +562,9 @@ pub struct RunArgs {
     /// The service whose environment the command gets (default: the first service).
     #[arg(long, short)]
     pub service: Option<String>,
+    /// An interactive terminal (`python manage.py shell`): needs one here.
+    #[arg(long, short)]
+    pub interactive: bool,
     /// The command and its arguments, after `--`.
     #[arg(last = true, required = true, num_args = 1..)]
     pub command: Vec<String>,

@@ -64,6 +64,12 @@ pub fn routes() -> Vec<Route> {
             workloads::run_command,
         ),
         route(
+            Deployer,
+            Method::POST,
+            "/apps/{app}/environments/{env}/run/interactive",
+            workloads::run_interactive,
+        ),
+        route(
             Admin,
             Method::DELETE,
             "/apps/{app}/environments/{env}",

@@ -167,100 +167,14 @@ pub async fn run_command(
     Path((app, env)): Path<(String, String)>,
     ApiJson(request): ApiJson<RunRequest>,
 ) -> Result<Response, ApiError> {
-    known_environment(&engine, &app, &env)?;
-    if request.command.is_empty() {
-        return Err(ApiError::new(
-            Kind::Invalid,
-            "invalid_command",
-            "no command given: write it after `--`, such as `rollway run -- python3 manage.py migrate`",
-        ));
-    }
-    let bytes: usize = request.command.iter().map(String::len).sum();
-    if request.command.len() > MAX_ARGV_WORDS
-        || bytes > MAX_ARGV_BYTES
-        || request.command.iter().any(|word| word.contains('\0'))
-    {
-        return Err(ApiError::new(
-            Kind::Invalid,
-            "invalid_command",
-            format!(
-                "the command has {} words and {bytes} bytes; accepted: at most {MAX_ARGV_WORDS} words, {MAX_ARGV_BYTES} bytes, no NUL",
-                request.command.len()
-            ),
-        ));
-    }
-    let key = AppEnv::new(app, env);
-    let release_number = engine
-        .store
-        .current(&key.app, &key.environment)
-        .map_err(ApiError::internal)?
-        .ok_or_else(|| {
-            ApiError::new(
-                Kind::Conflict,
-                "no_current_release",
-                format!(
-                    "`{}` has no live release in `{}` yet: deploy it first",
-                    key.app, key.environment
-                ),
-            )
-        })?;
-    let release = load_release(&engine, &key, release_number).map_err(ApiError::internal)?;
-    let service = match &request.service {
-        Some(service) => {
-            if release.resolved.config.service(service).is_none() {
-                let names: Vec<&str> = release
-                    .resolved
-                    .config
-                    .services
-                    .iter()
-                    .map(|service| service.name.as_str())
-                    .collect();
-                return Err(ApiError::new(
-                    Kind::Invalid,
-                    "unknown_service",
-                    format!(
-                        "release {release_number} has no service `{service}`; it has: {}",
-                        names.join(", ")
-                    ),
-                ));
-            }
-            service.clone()
-        }
-        None => release
-            .resolved
-            .config
-            .services
-            .first()
-            .map(|service| service.name.clone())
-            .unwrap_or_default(),
-    };
-    let command = crate::oneoff::shell_words(&request.command);
-    // Who ran what: the command as typed (scrubbed, should a secret have been pasted into it).
-    let shown = crate::secrets::Scrubber::for_environment(
-        &engine.store,
-        &engine.master_key,
-        &key.app,
-        &key.environment,
-    )
-    .map(|scrubber| scrubber.scrub(&request.command.join(" ")).into_owned())
-    .unwrap_or_else(|_| "***".to_owned());
-    engine.record(NewEvent {
-        app: Some(key.app.clone()),
-        environment: Some(key.environment.clone()),
-        deployment_id: None,
-        kind: "run.started".to_owned(),
-        message: format!(
-            "{} ran `{shown}` in release {release_number} (service `{service}`)",
-            caller.name
-        ),
-        data_json: serde_json::json!({
-            "by": caller.name,
-            "command": shown,
-            "release": release_number,
-            "service": service,
-        })
-        .to_string(),
-    });
+    let OneOff {
+        key,
+        release,
+        release_number,
+        service,
+        command,
+        shown,
+    } = one_off(&engine, &caller, app, env, &request)?;
     let (frames, receiver) = tokio::sync::mpsc::channel::<RunFrame>(256);
     let task_engine = engine.clone();
     tokio::spawn(async move {
@@ -330,6 +244,277 @@ pub async fn run_command(
         Body::from_stream(stream),
     )
         .into_response())
+}
+
+/// `POST /v1/apps/{app}/environments/{env}/run/interactive` with `Upgrade: rollway-run` and a
+/// [`RunRequest`] body whose `tty` is set: answered `101 Switching Protocols`, then the connection
+/// is the command's terminal (see `client::wire::TTY_UPGRADE` for the framing). Same role, checks
+/// and audit events as [`run_command`].
+pub async fn run_interactive(
+    State(engine): State<Arc<Engine>>,
+    Extension(caller): Extension<Caller>,
+    Path((app, env)): Path<(String, String)>,
+    mut request: axum::extract::Request,
+) -> Result<Response, ApiError> {
+    let upgrade_asked = request
+        .headers()
+        .get(axum::http::header::UPGRADE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.eq_ignore_ascii_case(client::wire::TTY_UPGRADE));
+    if !upgrade_asked {
+        return Err(ApiError::new(
+            Kind::BadRequest,
+            "upgrade_required",
+            format!(
+                "an interactive run needs `Connection: upgrade` and `Upgrade: {}`",
+                client::wire::TTY_UPGRADE
+            ),
+        ));
+    }
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    let bytes = axum::body::to_bytes(request.into_body(), crate::api::input::MAX_JSON_BODY)
+        .await
+        .map_err(|error| ApiError::bad_request(format!("cannot read the request: {error}")))?;
+    let run: RunRequest = serde_json::from_slice(&bytes).map_err(|error| {
+        ApiError::new(
+            Kind::Invalid,
+            "invalid_body",
+            format!("not a run request: {error}"),
+        )
+    })?;
+    let Some(size) = run.tty else {
+        return Err(ApiError::new(
+            Kind::Invalid,
+            "invalid_body",
+            "an interactive run needs `tty = { rows, cols }`",
+        ));
+    };
+    if size.rows == 0 || size.cols == 0 {
+        return Err(ApiError::new(
+            Kind::Invalid,
+            "invalid_body",
+            format!("a terminal of {}x{} is empty", size.cols, size.rows),
+        ));
+    }
+    let OneOff {
+        key,
+        release,
+        service,
+        command,
+        shown,
+        ..
+    } = one_off(&engine, &caller, app, env, &run)?;
+    let task_engine = engine.clone();
+    tokio::spawn(async move {
+        let engine = task_engine;
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => hyper_util::rt::TokioIo::new(upgraded),
+            Err(error) => {
+                tracing::warn!(message = "An interactive run's upgrade failed.", %error);
+                return;
+            }
+        };
+        let (input, mut output) = tokio::io::split(upgraded);
+        let (frames, mut outgoing) = tokio::sync::mpsc::channel::<(u8, Vec<u8>)>(64);
+        let writer = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt as _;
+            while let Some((kind, payload)) = outgoing.recv().await {
+                let mut frame = Vec::with_capacity(payload.len() + 5);
+                frame.push(kind);
+                frame.extend_from_slice(
+                    &u32::try_from(payload.len())
+                        .unwrap_or(u32::MAX)
+                        .to_be_bytes(),
+                );
+                frame.extend_from_slice(&payload);
+                if output.write_all(&frame).await.is_err() || output.flush().await.is_err() {
+                    return;
+                }
+            }
+            let _ = output.shutdown().await;
+        });
+        let output_frames = frames.clone();
+        let ran = crate::oneoff::run_tty(
+            &engine,
+            crate::oneoff::Command {
+                key: &key,
+                release: &release,
+                service: &service,
+                command: &command,
+                label: "run",
+                env: Vec::new(),
+            },
+            size,
+            input,
+            move |chunk| {
+                let frames = output_frames.clone();
+                async move {
+                    let _ = frames.send((client::wire::TTY_OUTPUT, chunk)).await;
+                }
+            },
+        )
+        .await;
+        let code = match ran {
+            Ok(exit) => Some(exit.code),
+            Err(error) => {
+                let message = format!("error: {}\r\n", crate::report::chain(&error));
+                let _ = frames
+                    .send((client::wire::TTY_OUTPUT, message.into_bytes()))
+                    .await;
+                None
+            }
+        };
+        let _ = frames
+            .send((
+                client::wire::TTY_EXIT,
+                code.unwrap_or(1).to_be_bytes().to_vec(),
+            ))
+            .await;
+        drop(frames);
+        let _ = writer.await;
+        engine.record(NewEvent {
+            app: Some(key.app.clone()),
+            environment: Some(key.environment.clone()),
+            deployment_id: None,
+            kind: "run.exited".to_owned(),
+            message: match code {
+                Some(code) => format!("`{shown}` exited with {code}"),
+                None => format!("`{shown}` could not run"),
+            },
+            data_json: serde_json::json!({ "command": shown, "code": code }).to_string(),
+        });
+    });
+    Ok((
+        axum::http::StatusCode::SWITCHING_PROTOCOLS,
+        [
+            (axum::http::header::CONNECTION, "upgrade"),
+            (axum::http::header::UPGRADE, client::wire::TTY_UPGRADE),
+        ],
+    )
+        .into_response())
+}
+
+/// A one-off command checked and recorded (`run.started`), ready to run.
+struct OneOff {
+    key: AppEnv,
+    release: crate::deploy::spec::LoadedRelease,
+    release_number: client::wire::ReleaseNumber,
+    service: String,
+    /// The `sh -c` line.
+    command: String,
+    /// The command as typed, scrubbed: what the audit log says.
+    shown: String,
+}
+
+fn one_off(
+    engine: &Arc<Engine>,
+    caller: &Caller,
+    app: String,
+    env: String,
+    request: &RunRequest,
+) -> Result<OneOff, ApiError> {
+    known_environment(engine, &app, &env)?;
+    if request.command.is_empty() {
+        return Err(ApiError::new(
+            Kind::Invalid,
+            "invalid_command",
+            "no command given: write it after `--`, such as `rollway run -- python3 manage.py migrate`",
+        ));
+    }
+    let bytes: usize = request.command.iter().map(String::len).sum();
+    if request.command.len() > MAX_ARGV_WORDS
+        || bytes > MAX_ARGV_BYTES
+        || request.command.iter().any(|word| word.contains('\0'))
+    {
+        return Err(ApiError::new(
+            Kind::Invalid,
+            "invalid_command",
+            format!(
+                "the command has {} words and {bytes} bytes; accepted: at most {MAX_ARGV_WORDS} words, {MAX_ARGV_BYTES} bytes, no NUL",
+                request.command.len()
+            ),
+        ));
+    }
+    let key = AppEnv::new(app, env);
+    let release_number = engine
+        .store
+        .current(&key.app, &key.environment)
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| {
+            ApiError::new(
+                Kind::Conflict,
+                "no_current_release",
+                format!(
+                    "`{}` has no live release in `{}` yet: deploy it first",
+                    key.app, key.environment
+                ),
+            )
+        })?;
+    let release = load_release(engine, &key, release_number).map_err(ApiError::internal)?;
+    let service = match &request.service {
+        Some(service) => {
+            if release.resolved.config.service(service).is_none() {
+                let names: Vec<&str> = release
+                    .resolved
+                    .config
+                    .services
+                    .iter()
+                    .map(|service| service.name.as_str())
+                    .collect();
+                return Err(ApiError::new(
+                    Kind::Invalid,
+                    "unknown_service",
+                    format!(
+                        "release {release_number} has no service `{service}`; it has: {}",
+                        names.join(", ")
+                    ),
+                ));
+            }
+            service.clone()
+        }
+        None => release
+            .resolved
+            .config
+            .services
+            .first()
+            .map(|service| service.name.clone())
+            .unwrap_or_default(),
+    };
+    let command = crate::oneoff::shell_words(&request.command);
+    // Who ran what: the command as typed (scrubbed, should a secret have been pasted into it).
+    let shown = crate::secrets::Scrubber::for_environment(
+        &engine.store,
+        &engine.master_key,
+        &key.app,
+        &key.environment,
+    )
+    .map(|scrubber| scrubber.scrub(&request.command.join(" ")).into_owned())
+    .unwrap_or_else(|_| "***".to_owned());
+    engine.record(NewEvent {
+        app: Some(key.app.clone()),
+        environment: Some(key.environment.clone()),
+        deployment_id: None,
+        kind: "run.started".to_owned(),
+        message: format!(
+            "{} ran `{shown}` in release {release_number} (service `{service}`)",
+            caller.name
+        ),
+        data_json: serde_json::json!({
+            "by": caller.name,
+            "command": shown,
+            "release": release_number,
+            "service": service,
+        })
+        .to_string(),
+    });
+    Ok(OneOff {
+        key,
+        release,
+        release_number,
+        service,
+        command,
+        shown,
+    })
 }
 
 /// `GET /v1/apps`: every app and environment on the agent.

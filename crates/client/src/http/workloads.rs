@@ -58,6 +58,55 @@ impl Client {
         .await
     }
 
+    /// `POST …/run/interactive` with `Upgrade: rollway-run` (`request.tty` set): the connection
+    /// once the agent switched protocols (see [`crate::wire::TTY_UPGRADE`] for what it speaks).
+    pub async fn run_interactive(
+        &self,
+        app: &str,
+        env: &str,
+        request: &RunRequest,
+    ) -> Result<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>, ClientError> {
+        let path = format!("/v1/apps/{app}/environments/{env}/run/interactive");
+        let body = serde_json::to_vec(request).map_err(|source| ClientError::Decode {
+            path: path.clone(),
+            source,
+        })?;
+        let mut http_request = self.build(
+            Method::POST,
+            &path,
+            Some(Bytes::from(body)),
+            Some("application/json"),
+        )?;
+        let headers = http_request.headers_mut();
+        headers.insert(
+            hyper::header::CONNECTION,
+            hyper::header::HeaderValue::from_static("upgrade"),
+        );
+        headers.insert(
+            hyper::header::UPGRADE,
+            hyper::header::HeaderValue::from_static(crate::wire::TTY_UPGRADE),
+        );
+        let response = self
+            .http
+            .request(http_request)
+            .await
+            .map_err(|source| self.unreachable(source))?;
+        let status = response.status();
+        if status != hyper::StatusCode::SWITCHING_PROTOCOLS {
+            let bytes = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|source| self.unreachable(source))?
+                .to_bytes();
+            return Err(api_error(status, &bytes));
+        }
+        let upgraded = hyper::upgrade::on(response)
+            .await
+            .map_err(|source| self.unreachable(source))?;
+        Ok(hyper_util::rt::TokioIo::new(upgraded))
+    }
+
     /// `POST …/run`: a one-off command; `on_frame` gets every frame of its answer in order until
     /// it returns `Break` or the answer ends.
     pub async fn run_command(

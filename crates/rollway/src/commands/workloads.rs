@@ -143,9 +143,13 @@ pub fn run(args: &RunArgs, printer: Printer) -> anyhow::Result<ExitStatus> {
     let Some(client) = connect::client_or_report(&args.target.agent, &printer) else {
         return Ok(ExitStatus::Unreachable);
     };
+    if args.interactive {
+        return run_interactive(args, &app, env, client, printer);
+    }
     let request = RunRequest {
         command: args.command.clone(),
         service: args.service.clone(),
+        tty: None,
     };
     tokio::runtime::Runtime::new()?.block_on(async {
         let mut exit: Option<i32> = None;
@@ -281,4 +285,122 @@ pub fn destroy(args: &DestroyArgs, printer: Printer) -> anyhow::Result<ExitStatu
         );
         Ok(ExitStatus::Success)
     })
+}
+
+/// `rollway run -i`: this terminal in raw mode, its keys to the command's terminal on the agent,
+/// what that shows to this one, until the command exits; then its exit code.
+fn run_interactive(
+    args: &RunArgs,
+    app: &str,
+    env: &str,
+    client: client::Client,
+    printer: Printer,
+) -> anyhow::Result<ExitStatus> {
+    use std::io::IsTerminal as _;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        printer.error("`rollway run -i` needs a terminal, and stdin is not one");
+        printer.hint("drop `-i` to run the command with its output streamed");
+        return Ok(ExitStatus::Usage);
+    }
+    let size = rustix::termios::tcgetwinsize(std::io::stdout())
+        .ok()
+        .filter(|size| size.ws_row > 0 && size.ws_col > 0)
+        .map_or(client::wire::TtySize { rows: 24, cols: 80 }, |size| {
+            client::wire::TtySize {
+                rows: size.ws_row,
+                cols: size.ws_col,
+            }
+        });
+    let request = RunRequest {
+        command: args.command.clone(),
+        service: args.service.clone(),
+        tty: Some(size),
+    };
+    let runtime = tokio::runtime::Runtime::new()?;
+    let outcome = runtime.block_on(async {
+        let connection = match client.run_interactive(app, env, &request).await {
+            Ok(connection) => connection,
+            Err(error) => return client_error(&printer, error).map(Err),
+        };
+        // Restored when dropped, whatever happens next.
+        let raw = RawMode::enter()?;
+        let (mut from_agent, mut to_agent) = tokio::io::split(connection);
+        let typing = tokio::spawn(async move {
+            let mut stdin = tokio::io::stdin();
+            let mut typed = [0u8; 1024];
+            while let Ok(n) = stdin.read(&mut typed).await {
+                if n == 0 || to_agent.write_all(&typed[..n]).await.is_err() {
+                    break;
+                }
+                let _ = to_agent.flush().await;
+            }
+        });
+        let mut stdout = tokio::io::stdout();
+        let mut code = None;
+        loop {
+            let mut head = [0u8; 5];
+            if from_agent.read_exact(&mut head).await.is_err() {
+                break;
+            }
+            let length = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+            let mut payload = vec![0u8; length.min(1 << 20)];
+            if from_agent.read_exact(&mut payload).await.is_err() {
+                break;
+            }
+            match head[0] {
+                client::wire::TTY_OUTPUT => {
+                    stdout.write_all(&payload).await?;
+                    stdout.flush().await?;
+                }
+                client::wire::TTY_EXIT if payload.len() == 4 => {
+                    code = Some(i32::from_be_bytes([
+                        payload[0], payload[1], payload[2], payload[3],
+                    ]));
+                    break;
+                }
+                _ => {}
+            }
+        }
+        typing.abort();
+        drop(raw);
+        anyhow::Ok(Ok(code))
+    });
+    // The thread reading stdin may still wait for a key: do not wait for it.
+    runtime.shutdown_background();
+    match outcome? {
+        Err(status) => Ok(status),
+        Ok(Some(code)) => Ok(ExitStatus::Command(u8::try_from(code).unwrap_or(1))),
+        Ok(None) => {
+            printer.error("the connection to the agent ended before the command exited");
+            Ok(ExitStatus::Failure)
+        }
+    }
+}
+
+/// This terminal in raw mode (keys go through as typed, no echo) until dropped.
+struct RawMode {
+    original: rustix::termios::Termios,
+}
+
+impl RawMode {
+    fn enter() -> std::io::Result<RawMode> {
+        let stdin = std::io::stdin();
+        let original = rustix::termios::tcgetattr(&stdin)?;
+        let mut raw = original.clone();
+        raw.make_raw();
+        rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Now, &raw)?;
+        Ok(RawMode { original })
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        let _ = rustix::termios::tcsetattr(
+            std::io::stdin(),
+            rustix::termios::OptionalActions::Now,
+            &self.original,
+        );
+    }
 }

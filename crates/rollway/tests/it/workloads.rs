@@ -770,3 +770,144 @@ async fn a_worker_health_command_gates_its_release_and_a_failing_one_keeps_the_o
         "the old worker keeps working, the new one is gone: {running:?}"
     );
 }
+
+/// A tmux server of the test's own (its own socket), killed when dropped.
+struct Tmux {
+    socket: std::path::PathBuf,
+}
+
+impl Tmux {
+    fn command(&self, args: &[&str]) -> std::process::Output {
+        #[allow(
+            clippy::disallowed_methods,
+            reason = "tmux commands return at once; the test drives a terminal through them"
+        )]
+        std::process::Command::new("tmux")
+            .arg("-S")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("tmux runs")
+    }
+
+    fn screen(&self) -> String {
+        String::from_utf8_lossy(&self.command(&["capture-pane", "-p", "-t", "run"]).stdout)
+            .into_owned()
+    }
+
+    async fn wait_screen(&self, needle: &str) -> String {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let screen = self.screen();
+            if screen.contains(needle) {
+                return screen;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "`{needle}` never showed; the screen:\n{screen}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.command(&["kill-server"]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollway_run_interactive_gives_a_terminal_driven_through_tmux() {
+    let setup = Setup::start().await;
+    let agent = &setup.agent;
+    let canary = format!("canary-{}", testkit::agent::random_hex(12));
+    agent
+        .set_secret(APP, ENV, "CANARY_SECRET", &canary)
+        .await
+        .assert_code(0);
+    agent
+        .deploy(
+            &setup.app("app", "v1").secrets(ENV, &["CANARY_SECRET"]),
+            ENV,
+        )
+        .await
+        .assert_code(0);
+    // Without a terminal it says what to do.
+    let ran = agent
+        .cli(&["run", "-i", "--app", APP, "--env", ENV, "--", "sh"])
+        .await;
+    ran.assert_code(2);
+    assert!(ran.stderr.contains("needs a terminal"), "{ran}");
+
+    let exit_file = setup.dir.path().join("exit");
+    let script = setup.dir.path().join("session.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "NO_COLOR=1 ROLLWAY_TOKEN={token} ROLLWAY_STATE_DIR={nowhere} {rollway} run -i --app {APP} --env {ENV} --agent {url} -- sh\n\
+             echo \"exit:$?\" > {exit}\nsleep 600\n",
+            token = agent.admin_token(),
+            nowhere = setup.dir.path().join("no-local-agent").display(),
+            rollway = crate::agent::rollway_bin().display(),
+            url = agent.api_url(),
+            exit = exit_file.display(),
+        ),
+    )
+    .expect("session script");
+    let tmux = Tmux {
+        socket: setup.dir.path().join("tmux.sock"),
+    };
+    let started = tmux.command(&[
+        "new-session",
+        "-d",
+        "-s",
+        "run",
+        "-x",
+        "120",
+        "-y",
+        "30",
+        &format!("sh {}", script.display()),
+    ]);
+    assert!(started.status.success(), "{started:?}");
+    // A prompt from the shell on the agent, then a command typed into it.
+    tmux.wait_screen("$").await;
+    tmux.command(&[
+        "send-keys",
+        "-t",
+        "run",
+        "tty; stty size; echo \"sum: $((6*7)) release: $ROLLWAY_RELEASE\"; echo \"$CANARY_SECRET\"",
+        "Enter",
+    ]);
+    let screen = tmux.wait_screen("sum: 42 release: 1").await;
+    assert!(
+        screen.contains("/dev/pts/"),
+        "a terminal of its own:\n{screen}"
+    );
+    assert!(screen.contains("30 120"), "the terminal's size:\n{screen}");
+    assert!(
+        !screen.contains(&canary),
+        "the secret is scrubbed:\n{screen}"
+    );
+    tmux.command(&["send-keys", "-t", "run", "exit 5", "Enter"]);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&exit_file) {
+            assert_eq!(text.trim(), "exit:5", "{}", tmux.screen());
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the session never ended:\n{}",
+            tmux.screen()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let events = agent.events().await;
+    let exited: Vec<i64> = events
+        .iter()
+        .filter(|event| event["kind"] == "run.exited")
+        .filter_map(|event| event["data"]["code"].as_i64())
+        .collect();
+    assert_eq!(exited, [5], "{events:#?}");
+}
