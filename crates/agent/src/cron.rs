@@ -218,29 +218,11 @@ impl Scheduler {
         // Ticks before this point belong to a time the agent was down (first pass) or the job was
         // not in the current release (seen later).
         let from = if first_pass { started_at } else { seen_at };
-        if first_sight
-            && first_pass
-            && job.catch_up
-            && let Some(last) = last
-            && let Some(missed) = job.schedule.last_at_or_before(from - 1)
-            && missed > last
+        let after_restart = first_sight && first_pass;
+        for (tick, trigger) in
+            due_ticks(&job.schedule, job.catch_up, last, from, now, after_restart)
         {
-            self.start(engine, key, release, job, missed, CronTrigger::CatchUp);
-        }
-        let mut after = last.map_or(from - 1, |last| last.max(from - 1));
-        let mut due = Vec::new();
-        while let Some(tick) = job.schedule.next_after(after) {
-            if tick > now {
-                break;
-            }
-            due.push(tick);
-            after = tick;
-            if due.len() > MAX_DUE {
-                due.drain(..due.len() - 1);
-            }
-        }
-        for tick in due {
-            self.start(engine, key, release, job, tick, CronTrigger::Schedule);
+            self.start(engine, key, release, job, tick, trigger);
         }
     }
 
@@ -255,6 +237,53 @@ impl Scheduler {
     ) {
         start_run(engine, key, release, job, tick, trigger, None);
     }
+}
+
+/// The ticks of a job to start now, in order: pure, so the rules are table-tested.
+///
+/// - `last`: the job's latest recorded scheduled tick; `from`: ticks before it are not this
+///   agent's to run (it started then, or the job appeared in the current release then);
+/// - `after_restart`: the first look at the job since the agent started. Then, with `catch_up`,
+///   the latest tick missed while the agent was down (after `last`, before `from`) runs once.
+/// - Then every tick after `last` (and not before `from`) up to `now`; more than [`MAX_DUE`]
+///   (a clock jump) collapse into the latest.
+pub(crate) fn due_ticks(
+    schedule: &manifest::cron::CronSchedule,
+    catch_up: bool,
+    last: Option<i64>,
+    from: i64,
+    now: i64,
+    after_restart: bool,
+) -> Vec<(i64, CronTrigger)> {
+    let mut due = Vec::new();
+    if after_restart
+        && catch_up
+        && let Some(last) = last
+        && let Some(missed) = schedule.last_at_or_before(from - 1)
+        && missed > last
+    {
+        due.push((missed, CronTrigger::CatchUp));
+    }
+    let mut after = last.map_or(from - 1, |last| last.max(from - 1));
+    let mut scheduled = Vec::new();
+    while let Some(tick) = schedule.next_after(after) {
+        if tick > now {
+            break;
+        }
+        if scheduled.len() == MAX_DUE {
+            scheduled.clear();
+            scheduled.extend(schedule.last_at_or_before(now));
+            break;
+        }
+        scheduled.push(tick);
+        after = tick;
+    }
+    due.extend(
+        scheduled
+            .into_iter()
+            .map(|tick| (tick, CronTrigger::Schedule)),
+    );
+    due
 }
 
 /// Records a run of `tick` and starts it (or records it skipped, per `concurrency`). Nothing
@@ -486,3 +515,6 @@ fn record(
         .with_data(run),
     );
 }
+
+#[cfg(test)]
+mod tests;
