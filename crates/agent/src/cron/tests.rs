@@ -2,15 +2,12 @@ use super::*;
 
 const MINUTE: i64 = 60_000;
 
+/// The ticks (in minutes) a pass starts, with their triggers.
+type Ticks = Vec<(i64, CronTrigger)>;
+
 /// One case: (last, from, now, after_restart, catch_up) in minutes → the ticks (minutes) and
 /// triggers started, for `* * * * *`.
-fn check(
-    last: Option<i64>,
-    from: i64,
-    now: i64,
-    after_restart: bool,
-    catch_up: bool,
-) -> Vec<(i64, CronTrigger)> {
+fn check(last: Option<i64>, from: i64, now: i64, after_restart: bool, catch_up: bool) -> Ticks {
     let schedule = manifest::cron::CronSchedule::parse("* * * * *", None).expect("a schedule");
     due_ticks(
         &schedule,
@@ -28,7 +25,7 @@ fn check(
 #[test]
 fn due_ticks_table() {
     use CronTrigger::{CatchUp, Schedule};
-    let cases: &[(&str, Vec<(i64, CronTrigger)>, Vec<(i64, CronTrigger)>)] = &[
+    let cases: &[(&str, Ticks, Ticks)] = &[
         (
             "while up, every tick after the last one runs, in order",
             check(Some(10), 0, 12, false, true),
