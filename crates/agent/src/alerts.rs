@@ -47,6 +47,7 @@ pub fn alert_text(event: &EventView) -> Option<String> {
             "instance.recovered" | "watch.recovered" => "recovered: ",
             "watch.error_rate" => "error rate above the bound: ",
             "cert.expiring" | "cert.renewal_failed" => "",
+            "cron.failed" | "cron.timed_out" | "cron.interrupted" => "",
             _ => return None,
         },
     };

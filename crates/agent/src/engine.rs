@@ -181,6 +181,8 @@ pub struct Engine {
     /// Maintenance mode and pause per environment (`crate::edge`), loaded from the store at start.
     /// std Mutex: map reads and edits only, never held across an await.
     pub edge: Mutex<BTreeMap<AppEnv, crate::edge::EnvEdge>>,
+    /// Cron runs in progress (`crate::cron`).
+    pub cron: crate::cron::CronRuns,
 }
 
 /// What a person tells a running deployment (kept in the store until acted on).

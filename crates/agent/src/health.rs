@@ -279,14 +279,15 @@ fn grpc_status(headers: &hyper::HeaderMap) -> Option<u32> {
 pub async fn gate<E: std::error::Error + 'static>(
     addr: SocketAddr,
     check: &Check,
-    mut alive: impl FnMut() -> Result<(), E>,
+    alive: impl FnMut() -> Result<(), E>,
 ) -> Result<(), GateError<E>> {
-    let deadline = tokio::time::Instant::now() + check.start_timeout;
-    let mut passes = 0;
-    let mut last_error = String::from("no check ran");
-    loop {
-        alive().map_err(GateError::Down)?;
-        match probe(
+    let pace = Pace {
+        interval: check.interval,
+        healthy: check.healthy,
+        start_timeout: check.start_timeout,
+    };
+    gate_by(&pace, alive, || async {
+        probe(
             addr,
             &check.path,
             &check.host,
@@ -294,25 +295,54 @@ pub async fn gate<E: std::error::Error + 'static>(
             check.protocol,
         )
         .await
-        {
+        .map_err(|error| crate::report::chain(&error))
+    })
+    .await
+}
+
+/// How a gate checks: every `interval`, `healthy` passes in a row, within `start_timeout`.
+pub struct Pace {
+    pub interval: Duration,
+    pub healthy: u32,
+    pub start_timeout: Duration,
+}
+
+/// The one health gate, whatever the check is (an HTTP probe, a worker's command): `check` is
+/// run until it passes `pace.healthy` times in a row; `alive` is asked before each check so a
+/// crashed instance fails the gate at once instead of at the timeout.
+pub async fn gate_by<E, Checked>(
+    pace: &Pace,
+    mut alive: impl FnMut() -> Result<(), E>,
+    mut check: impl FnMut() -> Checked,
+) -> Result<(), GateError<E>>
+where
+    E: std::error::Error + 'static,
+    Checked: std::future::Future<Output = Result<(), String>>,
+{
+    let deadline = tokio::time::Instant::now() + pace.start_timeout;
+    let mut passes = 0;
+    let mut last_error = String::from("no check ran");
+    loop {
+        alive().map_err(GateError::Down)?;
+        match check().await {
             Ok(()) => {
                 passes += 1;
-                if passes >= check.healthy {
+                if passes >= pace.healthy {
                     return Ok(());
                 }
             }
             Err(error) => {
                 passes = 0;
-                last_error = crate::report::chain(&error);
+                last_error = error;
             }
         }
-        if tokio::time::Instant::now() + check.interval > deadline {
+        if tokio::time::Instant::now() + pace.interval > deadline {
             return Err(GateError::Unhealthy {
-                within: humantime_short(check.start_timeout),
+                within: humantime_short(pace.start_timeout),
                 last_check: last_error,
             });
         }
-        tokio::time::sleep(check.interval).await;
+        tokio::time::sleep(pace.interval).await;
     }
 }
 

@@ -10,6 +10,7 @@ pub mod api;
 pub mod artifact;
 pub mod backup;
 pub mod certs;
+pub mod cron;
 pub mod deploy;
 pub mod drivers;
 pub mod edge;
@@ -17,6 +18,7 @@ pub mod engine;
 pub mod health;
 pub mod isolation;
 pub mod metrics;
+pub mod oneoff;
 pub mod proxy_link;
 pub mod proxy_supervisor;
 pub mod recover;
@@ -210,6 +212,7 @@ pub async fn run(
         )),
         api_fingerprint,
         edge: Mutex::new(BTreeMap::new()),
+        cron: cron::CronRuns::default(),
     });
     // Subscribed before anything is recorded (recovery records events), so no alert is missed.
     tokio::spawn(alerts::run(engine.clone(), engine.events.subscribe()));
@@ -229,6 +232,7 @@ pub async fn run(
     tokio::spawn(certs::renew_loop(engine.clone()));
     tokio::spawn(watch::health_loop(engine.clone()));
     tokio::spawn(watch::error_rate_loop(engine.clone()));
+    tokio::spawn(cron::run(engine.clone()));
 
     let agent_file = LocalAgent {
         api: api_url.clone(),

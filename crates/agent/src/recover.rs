@@ -22,6 +22,26 @@ pub async fn recover(engine: &Arc<Engine>) {
     }
     resume_deployments(engine).await;
     remove_ghosts(engine).await;
+    finish_destroys(engine).await;
+}
+
+/// An environment destroyed by an agent killed before it had stopped every instance: stop the rest.
+async fn finish_destroys(engine: &Arc<Engine>) {
+    let keys: Vec<AppEnv> = engine
+        .runtimes
+        .lock()
+        .map(|runtimes| runtimes.keys().cloned().collect())
+        .unwrap_or_default();
+    for key in keys {
+        if engine
+            .store
+            .is_destroyed(&key.app, &key.environment)
+            .unwrap_or(false)
+        {
+            let ids: Vec<String> = engine.runtime(&key).instances.keys().cloned().collect();
+            spec::stop_instances(engine, &key, &ids).await;
+        }
+    }
 }
 
 /// Instances still `starting` with no deployment in flight for their app and environment are left
@@ -98,6 +118,14 @@ fn rebuild_runtime(engine: &Arc<Engine>) {
         let Ok(Some(current)) = engine.store.current(&key.app, &key.environment) else {
             continue;
         };
+        // A destroyed environment has no routes until its next release goes live.
+        if engine
+            .store
+            .is_destroyed(&key.app, &key.environment)
+            .unwrap_or(false)
+        {
+            continue;
+        }
         let Ok(release) = spec::load_release(engine, &key, current) else {
             continue;
         };

@@ -27,8 +27,10 @@ mod artifacts;
 mod backup_remote;
 mod backups;
 mod certs;
+mod cron;
 mod deployments;
 mod edge;
+mod environments;
 mod events;
 mod images;
 mod instances;
@@ -38,6 +40,7 @@ mod releases;
 mod secrets;
 mod signals;
 mod tokens;
+pub use cron::NewCronRun;
 
 pub use backup_remote::RemoteCopy;
 pub use backups::{BackupKind, BackupReason, BackupRecord};

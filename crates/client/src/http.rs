@@ -19,6 +19,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 mod edge;
+mod workloads;
 
 use crate::pin::{Fingerprint, PinVerifier};
 use crate::wire::LockView;

@@ -1050,3 +1050,190 @@ pub struct CertView {
     pub last_error: Option<String>,
     pub next_attempt_at: Option<i64>,
 }
+
+// Issue 19: cron jobs, one-off commands and the apps on an agent.
+
+/// How one run of a cron job ended (or that it is still going).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CronRunState {
+    /// Recorded and started; not ended yet.
+    Running,
+    /// Exited 0.
+    Succeeded,
+    /// Exited with another code, or could not start.
+    Failed,
+    /// Stopped past the job's `timeout`.
+    TimedOut,
+    /// Not started: the previous run still went (`concurrency = "forbid"`).
+    Skipped,
+    /// Stopped for a newer tick (`concurrency = "replace"`).
+    Replaced,
+    /// The agent stopped while it ran (its exit was not seen); never started again.
+    Interrupted,
+}
+
+impl CronRunState {
+    pub const ALL: [CronRunState; 7] = [
+        CronRunState::Running,
+        CronRunState::Succeeded,
+        CronRunState::Failed,
+        CronRunState::TimedOut,
+        CronRunState::Skipped,
+        CronRunState::Replaced,
+        CronRunState::Interrupted,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CronRunState::Running => "running",
+            CronRunState::Succeeded => "succeeded",
+            CronRunState::Failed => "failed",
+            CronRunState::TimedOut => "timed_out",
+            CronRunState::Skipped => "skipped",
+            CronRunState::Replaced => "replaced",
+            CronRunState::Interrupted => "interrupted",
+        }
+    }
+
+    /// Whether the run alerts (through the webhook) when it ends this way.
+    pub fn alerts(self) -> bool {
+        matches!(
+            self,
+            CronRunState::Failed | CronRunState::TimedOut | CronRunState::Interrupted
+        )
+    }
+}
+
+/// Why a cron run happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CronTrigger {
+    /// Its tick came while the agent ran.
+    Schedule,
+    /// The latest tick missed while the agent was down (`catch_up = true`).
+    CatchUp,
+    /// `rollway cron run NAME`.
+    Manual,
+}
+
+impl CronTrigger {
+    pub const ALL: [CronTrigger; 3] = [
+        CronTrigger::Schedule,
+        CronTrigger::CatchUp,
+        CronTrigger::Manual,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CronTrigger::Schedule => "schedule",
+            CronTrigger::CatchUp => "catch_up",
+            CronTrigger::Manual => "manual",
+        }
+    }
+}
+
+string_forms!(CronRunState, "cron run state");
+string_forms!(CronTrigger, "cron trigger");
+
+/// One run of a cron job: recorded before it starts, once per (app, environment, job, tick).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CronRunView {
+    pub job: String,
+    /// The tick it runs for (unix milliseconds); for a manual run, when it was asked for.
+    pub tick: i64,
+    pub trigger: CronTrigger,
+    pub release: ReleaseNumber,
+    pub state: CronRunState,
+    /// Unix milliseconds.
+    pub started_at: i64,
+    pub finished_at: Option<i64>,
+    pub exit_code: Option<i32>,
+    /// Who asked for a manual run.
+    pub by: Option<String>,
+    /// The end of its output (stdout and stderr interleaved, secrets scrubbed), bounded.
+    pub output: String,
+    /// Why it ended the way it did, when that is not its exit code.
+    pub reason: Option<String>,
+}
+
+/// A cron job of an environment's current release, with its next tick and last run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CronJobView {
+    pub name: String,
+    pub schedule: String,
+    pub tz: String,
+    pub command: String,
+    pub service: String,
+    pub concurrency: String,
+    pub catch_up: bool,
+    pub timeout_ms: u64,
+    /// Unix milliseconds.
+    pub next_run: Option<i64>,
+    pub last_run: Option<CronRunView>,
+}
+
+/// `GET /v1/apps/{app}/environments/{env}/cron`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CronJobsView {
+    pub release: Option<ReleaseNumber>,
+    pub jobs: Vec<CronJobView>,
+}
+
+/// `POST /v1/apps/{app}/environments/{env}/run`: a one-off command in the current release.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRequest {
+    /// The program and its arguments (no shell unless the caller asks for one: `sh -c ...`).
+    pub command: Vec<String>,
+    /// The service whose environment it runs with; the first service when unset.
+    pub service: Option<String>,
+    /// `rollway run -i`: the size of the person's terminal; the command gets a terminal of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tty: Option<TtySize>,
+}
+
+/// A terminal's size in characters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TtySize {
+    pub rows: u16,
+    pub cols: u16,
+}
+
+/// `rollway run -i` speaks this after the HTTP upgrade (`Upgrade: rollway-run`). The client sends
+/// the bytes typed, as they are; the agent sends frames of `[kind: u8][length: u32 big-endian]
+/// [payload]`: [`TTY_OUTPUT`] (what the terminal shows) and, last, [`TTY_EXIT`] (the exit code,
+/// an `i32` big-endian).
+pub const TTY_UPGRADE: &str = "rollway-run";
+pub const TTY_OUTPUT: u8 = 1;
+pub const TTY_EXIT: u8 = 2;
+
+/// One frame of a one-off command's answer stream (newline-delimited JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "frame", rename_all = "snake_case")]
+pub enum RunFrame {
+    /// It started in this release.
+    Started {
+        release: ReleaseNumber,
+        service: String,
+    },
+    /// A line of its standard output (secrets scrubbed).
+    Stdout { line: String },
+    /// A line of its standard error (secrets scrubbed).
+    Stderr { line: String },
+    /// It exited with this code (128 + signal when a signal ended it).
+    Exited { code: i32 },
+    /// It could not run, or the agent lost it.
+    Error { message: String },
+}
+
+/// One app environment on the agent (`GET /v1/apps`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppEnvView {
+    pub app: String,
+    pub environment: String,
+    pub current_release: Option<ReleaseNumber>,
+    /// Instances the agent runs for it now.
+    pub instances: usize,
+    /// `false` once `rollway destroy` stopped it (until its next deploy).
+    pub active: bool,
+}

@@ -5,6 +5,7 @@
 //! environment's effective settings, [`ResolvedManifest`] (`resolve`). Every problem is collected
 //! into [`Diagnostics`]; nothing stops at the first error.
 
+pub mod cron;
 mod diagnostic;
 mod edge;
 pub mod interpolate;
@@ -24,7 +25,8 @@ pub use edge::RateLimit;
 pub use parity::{Difference, ParityReport};
 pub use resolve::{Environment, Reference, RequiredConfig, ResolvedManifest, Warning};
 pub use schema::{
-    Alerts, Analysis, App, BackupPolicy, BackupRemote, Build, Config, Health, Protocol, Release,
+    Alerts, Analysis, App, BackupPolicy, BackupRemote, Build, Config, Health, HealthCommand,
+    Protocol, Release,
     Route, RouteTls, Schedule, Service, ServiceSource, Step, Strategy, StrategyKind, defaults,
 };
 pub use validate::{RESERVED_ENV, is_slug};

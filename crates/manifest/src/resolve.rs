@@ -21,7 +21,7 @@ const ENVIRONMENT_ONLY_KEYS: &[&str] = &["secrets", "approval"];
 /// Sections an environment may override.
 const OVERRIDABLE: &[&str] = &[
     "build", "services", "release", "strategy", "analysis", "routes", "env", "alerts", "flags",
-    "backup",
+    "backup", "cron",
 ];
 
 /// One environment: where it deploys, what it must have, and its layered settings.

@@ -28,6 +28,9 @@ pub struct Config {
     /// Feature flags, handed to the app as `FLAG_<NAME>=true|false`, in manifest order.
     #[serde(serialize_with = "as_bool_map")]
     pub flags: Vec<(String, bool)>,
+    /// `[cron.NAME]` jobs, in manifest order. Invariant: names unique.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cron: Vec<crate::cron::CronJob>,
 }
 
 /// `[backup]`: a schedule for backups of the database named by `release.backup`, retention, an
@@ -179,6 +182,10 @@ pub struct Service {
     pub replicas: u32,
     /// Invariant: present for every service that a route sends traffic to.
     pub health: Option<Health>,
+    /// `health = { command = "..." }`: a command instead of an HTTP path, for services without a
+    /// route (workers). Invariant: never together with `health`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_command: Option<HealthCommand>,
     /// How long an instance taken out of traffic may take to finish its in-flight requests.
     pub drain: Duration,
     /// Time between SIGTERM and SIGKILL when an instance is stopped.
@@ -251,6 +258,20 @@ pub struct Health {
     pub start_timeout: Duration,
     /// Host header for the check; the route's first host when unset.
     pub host: Option<String>,
+}
+
+/// A health check by command: it passes when the command exits 0 within `timeout`. It runs in the
+/// release's folder with the instance's environment and private temp folder (`$TMPDIR`), so it
+/// can look at what the instance writes there (a heartbeat file).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HealthCommand {
+    pub command: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive passes before a new instance counts as healthy.
+    pub healthy: u32,
+    /// How long a new instance may take to become healthy before the deploy fails.
+    pub start_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -12,7 +12,8 @@ use toml::de::{DeTable, DeValue};
 use crate::interpolate::{is_env_name, references};
 use crate::read::{Reader, Value, list, suggest};
 use crate::schema::{
-    Alerts, Analysis, App, BackupPolicy, BackupRemote, Build, Config, Health, Protocol, Release,
+    Alerts, Analysis, App, BackupPolicy, BackupRemote, Build, Config, Health, HealthCommand,
+    Protocol, Release,
     Route, Schedule, Service, ServiceSource, Step, Strategy, StrategyKind, defaults,
 };
 
@@ -30,6 +31,7 @@ pub(crate) const ROOT_KEYS: &[&str] = &[
     "alerts",
     "flags",
     "backup",
+    "cron",
 ];
 
 pub(crate) const SERVICE_KEYS: &[&str] = &[
@@ -58,6 +60,7 @@ const ROUTE_KEYS: &[&str] = &[
 ];
 const HEALTH_KEYS: &[&str] = &[
     "path",
+    "command",
     "interval",
     "timeout",
     "healthy",
@@ -102,6 +105,7 @@ pub(crate) fn config(
     let services = services?;
     let routes = routes(reader, root.get("routes"), &services);
     require_health(reader, root, &services, &routes);
+    let cron = crate::cron::cron_jobs(reader, root.get("cron"), &services);
     Some(Config {
         app: app?,
         build,
@@ -114,6 +118,7 @@ pub(crate) fn config(
         alerts,
         backup,
         flags,
+        cron,
     })
 }
 
@@ -451,6 +456,11 @@ fn service(reader: &mut Reader, name: &str, value: &Value<'_>) -> Option<Service
         .get("health")
         .and_then(|value| health(reader, value, &section));
     let health_failed = table.contains_key("health") && health.is_none();
+    let (health, health_command) = match health {
+        Some(HealthCheck::Http(health)) => (Some(health), None),
+        Some(HealthCheck::Command(command)) => (None, Some(command)),
+        None => (None, None),
+    };
     let drain = table
         .get("drain")
         .and_then(|value| reader.duration(value, &format!("{section}.drain")))
@@ -501,6 +511,7 @@ fn service(reader: &mut Reader, name: &str, value: &Value<'_>) -> Option<Service
         source: source?,
         replicas,
         health,
+        health_command,
         drain,
         stop_timeout,
         env,
@@ -523,10 +534,59 @@ fn is_container_user(user: &str) -> bool {
     }
 }
 
-fn health(reader: &mut Reader, value: &Value<'_>, section: &str) -> Option<Health> {
+/// `health`: an HTTP path, or a command (for workers).
+enum HealthCheck {
+    Http(Health),
+    Command(HealthCommand),
+}
+
+fn health(reader: &mut Reader, value: &Value<'_>, section: &str) -> Option<HealthCheck> {
     let key_path = format!("{section}.health");
     let table = reader.table(value, &key_path, "write `health = { path = \"/health\" }`")?;
     reader.known_keys(table, HEALTH_KEYS, &key_path);
+    if let Some(command_value) = table.get("command") {
+        if let Some(path_value) = table.get("path") {
+            reader.invalid(
+                path_value.span(),
+                format!("`{key_path}` has both `path` and `command`"),
+                "one check only",
+                "keep `path` for a service that gets traffic, `command` for a worker",
+            );
+            return None;
+        }
+        for key in ["host"] {
+            if let Some(extra) = table.get(key) {
+                reader.invalid(
+                    extra.span(),
+                    format!("`{key_path}.{key}` is for HTTP checks"),
+                    "not for a command",
+                    format!("remove `{key}`, or check a path instead of a command"),
+                );
+                return None;
+            }
+        }
+        let command = reader.nonempty_string(command_value, &format!("{key_path}.command"))?;
+        let mut duration = |key: &str, default| {
+            table
+                .get(key)
+                .and_then(|value| reader.positive_duration(value, &format!("{key_path}.{key}")))
+                .unwrap_or(default)
+        };
+        let interval = duration("interval", defaults::HEALTH_INTERVAL);
+        let timeout = duration("timeout", defaults::HEALTH_TIMEOUT);
+        let start_timeout = duration("start_timeout", defaults::START_TIMEOUT);
+        let healthy = table
+            .get("healthy")
+            .and_then(|value| reader.integer_in(value, &format!("{key_path}.healthy"), 1..=100))
+            .map_or(defaults::HEALTHY, |n| n as u32);
+        return Some(HealthCheck::Command(HealthCommand {
+            command,
+            interval,
+            timeout,
+            healthy,
+            start_timeout,
+        }));
+    }
     let path = match table.get("path") {
         Some(path_value) => {
             let path = reader.nonempty_string(path_value, &format!("{key_path}.path"));
@@ -572,7 +632,7 @@ fn health(reader: &mut Reader, value: &Value<'_>, section: &str) -> Option<Healt
     let host = table
         .get("host")
         .and_then(|value| reader.nonempty_string(value, &format!("{key_path}.host")));
-    Some(Health {
+    Some(HealthCheck::Http(Health {
         path: path?,
         interval,
         timeout,
@@ -580,7 +640,7 @@ fn health(reader: &mut Reader, value: &Value<'_>, section: &str) -> Option<Healt
         unhealthy,
         start_timeout,
         host,
-    })
+    }))
 }
 
 fn release(reader: &mut Reader, value: &Value<'_>) -> Option<Release> {
@@ -1073,6 +1133,15 @@ fn require_health(reader: &mut Reader, root: &DeTable<'_>, services: &[Service],
         }
         let span = service_value.map_or(0..0, |value| value.span());
         let name = &service.name;
+        if service.health_command.is_some() {
+            reader.invalid(
+                span,
+                format!("service `{name}` receives traffic but its health check is a command"),
+                "routed with a command check",
+                format!("check a path that answers 200 instead, `health = {{ path = \"/health\" }}` under `[services.{name}]`: traffic follows what the proxy can check"),
+            );
+            continue;
+        }
         reader.invalid(
             span,
             format!("service `{name}` receives traffic but has no health check"),

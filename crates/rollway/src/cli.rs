@@ -115,6 +115,19 @@ pub enum Command {
     Agent(Box<AgentRunArgs>),
     /// Run the proxy in the foreground (the agent starts it; you rarely need this), or `upgrade` it.
     Proxy(ProxyRunArgs),
+    /// Cron jobs of the current release: `list` (next runs), `runs NAME` (history), `run NAME`.
+    Cron {
+        #[command(subcommand)]
+        command: Option<CronCommand>,
+        #[command(flatten)]
+        target: EnvArgs,
+    },
+    /// Run a command once in the current release's code, config and secrets; exits with its code.
+    Run(RunArgs),
+    /// Every app and environment the agent runs.
+    Apps(AppsArgs),
+    /// Stop an environment's instances and routes (admin); its releases, events and backups stay.
+    Destroy(DestroyArgs),
     /// Confine this process with Landlock, then run the command (how a non-root agent starts
     /// apps; not for people).
     #[command(hide = true)]
@@ -575,4 +588,55 @@ mod tests {
             );
         }
     }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CronCommand {
+    /// The jobs, their schedules and next runs (the default).
+    List,
+    /// A job's runs, newest first: tick, trigger, release, state, exit code, duration.
+    Runs {
+        name: String,
+        /// Print each run's output too.
+        #[arg(long)]
+        output: bool,
+        /// How many runs, newest first.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// Run a job now, in the current release.
+    Run { name: String },
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub target: EnvArgs,
+    /// The service whose environment the command gets (default: the first service).
+    #[arg(long, short)]
+    pub service: Option<String>,
+    /// An interactive terminal (`python manage.py shell`): needs one here.
+    #[arg(long, short)]
+    pub interactive: bool,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true, num_args = 1..)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct AppsArgs {
+    /// Print data as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub agent: AgentArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DestroyArgs {
+    #[command(flatten)]
+    pub target: EnvArgs,
+    /// The app's name, to destroy without being asked (needed when stdin is not a terminal).
+    #[arg(long, value_name = "APP")]
+    pub confirm: Option<String>,
 }

@@ -24,6 +24,8 @@ pub enum ExitStatus {
     Usage,
     /// The agent cannot be reached or refuses the token.
     Unreachable,
+    /// A one-off command's own exit code (`rollway run`), passed through.
+    Command(u8),
 }
 
 impl From<ExitStatus> for ExitCode {
@@ -33,6 +35,7 @@ impl From<ExitStatus> for ExitCode {
             ExitStatus::Failure => 1,
             ExitStatus::Usage => 2,
             ExitStatus::Unreachable => 3,
+            ExitStatus::Command(code) => code,
         })
     }
 }
@@ -72,6 +75,12 @@ fn main() -> ExitCode {
         Command::Agent(args) => commands::agent::run_agent(&args, printer),
         Command::Proxy(args) => commands::agent::run_proxy(&args, printer),
         Command::Sandbox(args) => commands::sandbox::run(&args),
+        Command::Cron { command, target } => {
+            commands::workloads::cron(command.as_ref(), &target, printer)
+        }
+        Command::Run(args) => commands::workloads::run(&args, printer),
+        Command::Apps(args) => commands::workloads::apps(&args, printer),
+        Command::Destroy(args) => commands::workloads::destroy(&args, printer),
     };
     match result {
         Ok(status) => status.into(),

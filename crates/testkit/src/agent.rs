@@ -125,6 +125,10 @@ pub struct TestApp {
     env_hosts: BTreeMap<String, Vec<String>>,
     /// A `worker` service (no route, no health check) running the same program as `web`.
     worker: bool,
+    /// The `worker` service's own command (default: the `web` service's program).
+    worker_run: Option<String>,
+    /// Raw TOML appended to the manifest (`[cron.NAME]` tables and the like).
+    extra: Vec<String>,
 }
 
 /// One HTTP answer: status and body (lossy UTF-8).
@@ -361,10 +365,16 @@ impl TestAgent {
     /// The command behind [`TestAgent::cli_as`], for tests that run it in the background.
     pub fn command(&self, token: Option<&str>, args: &[&str]) -> Command {
         let mut command = Command::new(&self.rollway);
+        // `--agent` goes before a `--` (`rollway run -- COMMAND`), where it is still an option.
+        let split = args
+            .iter()
+            .position(|arg| *arg == "--")
+            .unwrap_or(args.len());
         command
-            .args(args)
+            .args(&args[..split])
             .arg("--agent")
             .arg(self.api_url())
+            .args(&args[split..])
             .env("NO_COLOR", "1")
             .env_remove("ROLLWAY_AGENT")
             .env_remove("ROLLWAY_TOKEN")
@@ -767,7 +777,22 @@ impl TestApp {
             route_lines: Vec::new(),
             env_hosts: BTreeMap::new(),
             worker: false,
+            worker_run: None,
+            extra: Vec::new(),
         }
+    }
+
+    /// Adds a `worker` service running `command` (no route, no health check).
+    pub fn worker_run(mut self, command: impl Into<String>) -> TestApp {
+        self.worker = true;
+        self.worker_run = Some(command.into());
+        self
+    }
+
+    /// Appends raw TOML to the manifest, such as a `[cron.NAME]` table.
+    pub fn extra(mut self, toml: impl Into<String>) -> TestApp {
+        self.extra.push(toml.into());
+        self
     }
 
     /// Adds a `worker` service: no route, no health check, the demo app's program.
@@ -1046,8 +1071,9 @@ VERSION = {version:?}
         }
         if self.worker {
             let run = self
-                .run
+                .worker_run
                 .clone()
+                .or_else(|| self.run.clone())
                 .unwrap_or_else(|| demo_app_path().display().to_string());
             text.push_str(&format!(
                 "\n[services.worker]\nrun = {run:?}\nstop_timeout = \"2s\"\n"
@@ -1069,6 +1095,11 @@ VERSION = {version:?}
             .chain(&self.approval)
             .chain(self.env_hosts.keys())
             .collect();
+        for extra in &self.extra {
+            text.push('\n');
+            text.push_str(extra);
+            text.push('\n');
+        }
         for env in envs {
             text.push_str(&format!("\n[environments.{env}]\n"));
             if let Some(hosts) = self.env_hosts.get(env) {

@@ -326,7 +326,7 @@ fn invalid(message: String) -> ApiError {
 
 /// Refuses names that are not slugs and environments never deployed on this agent (a typo would
 /// otherwise switch nothing and say it did).
-fn known_environment(engine: &Engine, app: &str, env: &str) -> Result<(), ApiError> {
+pub(crate) fn known_environment(engine: &Engine, app: &str, env: &str) -> Result<(), ApiError> {
     crate::api::input::app_name(app).map_err(|error| ApiError::bad_request(error.to_string()))?;
     crate::api::input::environment_name(env)
         .map_err(|error| ApiError::bad_request(error.to_string()))?;

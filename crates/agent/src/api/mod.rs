@@ -25,6 +25,7 @@ pub mod status;
 pub mod tls;
 pub mod tokens;
 pub mod views;
+pub mod workloads;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -227,7 +228,10 @@ async fn serve_connection<S: Io>(
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
         .max_buf_size(limits.max_header_bytes.max(8192));
-    let connection = builder.serve_connection(io, TowerToHyperService::new(app));
+    // Upgrades: `rollway run -i` turns its connection into a terminal session.
+    let connection = builder
+        .serve_connection(io, TowerToHyperService::new(app))
+        .with_upgrades();
     tokio::pin!(connection);
     tokio::select! {
         _ = connection.as_mut() => {}

@@ -16,7 +16,7 @@ use axum::routing::{MethodFilter, MethodRouter, get, on};
 
 use crate::api::{
     agent, artifacts, auth, backups, backups_remote, certs, deployments, edge, error, events,
-    input, locks, logs, releases, secrets, status, tokens,
+    input, locks, logs, releases, secrets, status, tokens, workloads,
 };
 use crate::engine::Engine;
 use crate::tokens::Role;
@@ -34,6 +34,43 @@ pub fn routes() -> Vec<Route> {
     use Role::{Admin, Approver, Deployer, Viewer};
     vec![
         route(Viewer, Method::GET, "/agent", agent::agent_info),
+        route(Viewer, Method::GET, "/apps", workloads::apps),
+        route(
+            Viewer,
+            Method::GET,
+            "/apps/{app}/environments/{env}/cron",
+            workloads::cron_jobs,
+        ),
+        route(
+            Viewer,
+            Method::GET,
+            "/apps/{app}/environments/{env}/cron/{job}/runs",
+            workloads::cron_runs,
+        ),
+        route(
+            Deployer,
+            Method::POST,
+            "/apps/{app}/environments/{env}/cron/{job}/runs",
+            workloads::run_cron_job,
+        ),
+        route(
+            Deployer,
+            Method::POST,
+            "/apps/{app}/environments/{env}/run",
+            workloads::run_command,
+        ),
+        route(
+            Deployer,
+            Method::POST,
+            "/apps/{app}/environments/{env}/run/interactive",
+            workloads::run_interactive,
+        ),
+        route(
+            Admin,
+            Method::DELETE,
+            "/apps/{app}/environments/{env}",
+            workloads::destroy,
+        ),
         route(
             Viewer,
             Method::GET,

@@ -1110,8 +1110,27 @@ async fn verify_instance(
                 )));
             }
         }
+        None if let Some(check) = &service.health_command => {
+            let pace = health::Pace {
+                interval: check.interval.as_std(),
+                healthy: if warm { 1 } else { check.healthy },
+                start_timeout: check.start_timeout.as_std(),
+            };
+            let gated = health::gate_by(&pace, alive, || {
+                crate::oneoff::check(engine, key, release, service, instance_id, check)
+            })
+            .await;
+            if let Err(error) = gated {
+                let reason = crate::report::chain(&error);
+                return Err(StepError::Instance(with_log_tail(
+                    engine,
+                    instance_id,
+                    reason,
+                )));
+            }
+        }
         None => {
-            // A worker has no health path: it must at least stay up for a moment.
+            // A worker has no health check: it must at least stay up for a moment.
             let alive = alive;
             tokio::time::sleep(Duration::from_secs(1)).await;
             if let Err(error) = alive() {
@@ -1179,6 +1198,8 @@ async fn complete_switch(
     }
     store.set_release_outcome(&key.app, &key.environment, target, ReleaseOutcome::Live)?;
     store.set_current(&key.app, &key.environment, target)?;
+    // A destroyed environment runs again from its first release that goes live.
+    store.clear_destroyed(&key.app, &key.environment)?;
     if !superseded.is_empty() {
         record(
             engine,

@@ -38,6 +38,7 @@ fn engine_without_proxy(dir: &std::path::Path) -> Engine {
         )),
         api_fingerprint: None,
         edge: Mutex::new(BTreeMap::new()),
+        cron: crate::cron::CronRuns::default(),
     }
 }
 

@@ -16,7 +16,7 @@ pub(super) static MIGRATIONS: &[M<'static>] = &[
     M::up(V5_SIGNALS),
     M::up(V6_CERTIFICATES),
     M::up(V7_EDGE),
-    // V8 to V10 belong to other branches of session 24; the lead orders them on merge.
+    M::up(V10_WORKLOADS),
     M::up(V11_REMOTE_BACKUPS),
 ];
 
@@ -290,6 +290,43 @@ CREATE TABLE edge_controls (
     updated_at        INTEGER NOT NULL,
     PRIMARY KEY (app, environment),
     CHECK ((paused_until IS NULL) = (paused_since IS NULL))
+) STRICT;
+"#;
+
+/// Issue 19: cron runs and destroyed environments.
+///
+/// - A cron run is recorded before its command starts, once per (app, environment, job, tick):
+///   the primary key is what makes a tick run at most once across deploys and agent restarts.
+///   A manual run takes the time it was asked for as its tick.
+/// - An environment destroyed by `rollway destroy` keeps its releases, events and backups; its row
+///   here says it runs nothing until its next deploy (which deletes the row).
+const V10_WORKLOADS: &str = r#"
+CREATE TABLE cron_runs (
+    app          TEXT    NOT NULL,
+    environment  TEXT    NOT NULL,
+    job          TEXT    NOT NULL,
+    tick         INTEGER NOT NULL,
+    trigger      TEXT    NOT NULL CHECK (trigger IN ('schedule', 'catch_up', 'manual')),
+    release      INTEGER NOT NULL,
+    state        TEXT    NOT NULL
+        CHECK (state IN ('running', 'succeeded', 'failed', 'timed_out', 'skipped', 'replaced', 'interrupted')),
+    started_at   INTEGER NOT NULL,
+    finished_at  INTEGER,
+    exit_code    INTEGER,
+    by_name      TEXT,
+    output       TEXT    NOT NULL DEFAULT '',
+    reason       TEXT,
+    PRIMARY KEY (app, environment, job, tick)
+) STRICT;
+
+CREATE INDEX cron_runs_running ON cron_runs (state) WHERE state = 'running';
+
+CREATE TABLE destroyed_environments (
+    app           TEXT    NOT NULL,
+    environment   TEXT    NOT NULL,
+    destroyed_at  INTEGER NOT NULL,
+    destroyed_by  TEXT    NOT NULL,
+    PRIMARY KEY (app, environment)
 ) STRICT;
 "#;
 

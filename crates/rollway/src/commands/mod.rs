@@ -19,6 +19,7 @@ pub mod secrets;
 pub mod signal;
 pub mod tokens;
 pub mod up;
+pub mod workloads;
 
 use client::ClientError;
 

@@ -19,6 +19,7 @@ mod robust;
 mod tls;
 mod transcripts;
 mod upgrade;
+mod workloads;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;

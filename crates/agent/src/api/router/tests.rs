@@ -70,6 +70,7 @@ impl TestApi {
             )),
             api_fingerprint: None,
             edge: Mutex::new(BTreeMap::new()),
+            cron: crate::cron::CronRuns::default(),
         });
         let mut tokens = BTreeMap::new();
         for role in Role::ALL {
@@ -289,7 +290,7 @@ async fn every_route_answers_errors_in_the_envelope() {
 async fn unknown_routes_and_methods_answer_in_the_envelope() {
     let api = TestApi::start().await;
     let admin = api.token(Role::Admin);
-    for path in ["/v1/nothing", "/nothing", "/v1/apps", "/"] {
+    for path in ["/v1/nothing", "/nothing", "/v1/apps/shop", "/"] {
         let answer = api.call("GET", path, None, b"").await;
         assert_eq!(answer.status, 401, "{path} without a token: {answer:?}");
         answer.envelope(path);
