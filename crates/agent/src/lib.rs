@@ -10,6 +10,7 @@ pub mod api;
 pub mod artifact;
 pub mod backup;
 pub mod certs;
+pub mod dashboard;
 pub mod deploy;
 pub mod drivers;
 pub mod edge;

@@ -35,6 +35,7 @@ mod locks;
 mod migrations;
 mod releases;
 mod secrets;
+mod sessions;
 mod signals;
 mod tokens;
 
