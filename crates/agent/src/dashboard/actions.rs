@@ -112,13 +112,22 @@ impl Action {
         match self {
             Action::Rollback { to } => vec![("action", "rollback".into()), ("to", to.to_string())],
             Action::Promote { deployment } => {
-                vec![("action", "promote".into()), ("deployment", deployment.clone())]
+                vec![
+                    ("action", "promote".into()),
+                    ("deployment", deployment.clone()),
+                ]
             }
             Action::Abort { deployment } => {
-                vec![("action", "abort".into()), ("deployment", deployment.clone())]
+                vec![
+                    ("action", "abort".into()),
+                    ("deployment", deployment.clone()),
+                ]
             }
             Action::Approve { deployment } => {
-                vec![("action", "approve".into()), ("deployment", deployment.clone())]
+                vec![
+                    ("action", "approve".into()),
+                    ("deployment", deployment.clone()),
+                ]
             }
             Action::Backup => vec![("action", "backup".into())],
             Action::Restore { backup } => {
@@ -132,7 +141,11 @@ impl Action {
 /// role the API's route needs. Answers the page to show instead when one fails.
 fn admit(viewer: &Viewer, app: &str, env: &str, form: &ActionForm) -> Result<Action, Response> {
     if let Err(error) = input::app_name(app).and_then(|()| input::environment_name(env)) {
-        return Err(error_page(StatusCode::BAD_REQUEST, Some(viewer), &error.to_string()));
+        return Err(error_page(
+            StatusCode::BAD_REQUEST,
+            Some(viewer),
+            &error.to_string(),
+        ));
     }
     let action = Action::parse(form)
         .map_err(|message| error_page(StatusCode::BAD_REQUEST, Some(viewer), &message))?;
@@ -205,7 +218,9 @@ pub async fn confirm(
                 here.clone(),
             )
         }
-        Action::Promote { deployment } | Action::Abort { deployment } | Action::Approve { deployment } => {
+        Action::Promote { deployment }
+        | Action::Abort { deployment }
+        | Action::Approve { deployment } => {
             let d = match own_deployment(&engine, &viewer, &app, &env, deployment) {
                 Ok(d) => d,
                 Err(response) => return response,
@@ -216,7 +231,10 @@ pub async fn confirm(
                 _ => "Approve",
             };
             (
-                format!("{verb} the deployment of r{} to {app} in {env}?", d.to_release),
+                format!(
+                    "{verb} the deployment of r{} to {app} in {env}?",
+                    d.to_release
+                ),
                 format!(
                     "Deployment {} by {}, now {}.{}",
                     d.id,
@@ -233,7 +251,8 @@ pub async fn confirm(
         }
         Action::Backup => (
             format!("Take a backup of the database of {app} in {env}?"),
-            "The database the release command uses is copied now; it can be restored later.".to_owned(),
+            "The database the release command uses is copied now; it can be restored later."
+                .to_owned(),
             format!("{here}/backups"),
         ),
         Action::Restore { backup } => {

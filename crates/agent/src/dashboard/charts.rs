@@ -22,7 +22,13 @@ pub fn sparkline(values: &[f64], floor: f64, label: &str) -> Markup {
     let points: Vec<String> = values
         .iter()
         .enumerate()
-        .map(|(i, value)| format!("{:.1},{:.1}", i as f64 * step, H - 1.0 - value / max * (H - 2.0)))
+        .map(|(i, value)| {
+            format!(
+                "{:.1},{:.1}",
+                i as f64 * step,
+                H - 1.0 - value / max * (H - 2.0)
+            )
+        })
         .collect();
     html! {
         svg.spark viewBox="0 0 120 24" width="120" height="24" role="img" aria-label=(label) {
@@ -111,7 +117,13 @@ pub fn canary_chart(points: &[CanaryPoint], metric: Metric, bound: Option<f64>) 
             .collect::<Vec<_>>()
             .join(" ")
     };
-    let canary_line = line(points.iter().map(|p| p.at).zip(canary.iter().copied()).collect());
+    let canary_line = line(
+        points
+            .iter()
+            .map(|p| p.at)
+            .zip(canary.iter().copied())
+            .collect(),
+    );
     let baseline_line = line(
         points
             .iter()

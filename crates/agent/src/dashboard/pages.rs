@@ -185,18 +185,17 @@ pub async fn environment(
     Extension(viewer): Extension<Viewer>,
     Path((app, env)): Path<(String, String)>,
 ) -> Response {
-    let status = match api_status::status(State(engine.clone()), Path((app.clone(), env.clone())))
-        .await
-    {
-        Ok(status) => status.0,
-        Err(error) => return api_error_page(&viewer, error),
-    };
-    let releases = match api_releases::releases(State(engine.clone()), Path((app.clone(), env.clone())))
-        .await
-    {
-        Ok(releases) => releases.0,
-        Err(error) => return api_error_page(&viewer, error),
-    };
+    let status =
+        match api_status::status(State(engine.clone()), Path((app.clone(), env.clone()))).await {
+            Ok(status) => status.0,
+            Err(error) => return api_error_page(&viewer, error),
+        };
+    let releases =
+        match api_releases::releases(State(engine.clone()), Path((app.clone(), env.clone()))).await
+        {
+            Ok(releases) => releases.0,
+            Err(error) => return api_error_page(&viewer, error),
+        };
     let steps: Vec<EventView> = match &status.deployment {
         Some(d) => engine
             .store
@@ -452,7 +451,9 @@ pub async fn events_stream(
     state: State<Arc<Engine>>,
     query: Query<api_events::AfterQuery>,
 ) -> Response {
-    api_events::events_stream(state, query).await.into_response()
+    api_events::events_stream(state, query)
+        .await
+        .into_response()
 }
 
 /// `GET /apps/{app}/{env}/logs`: the last lines of every instance, then followed live.
@@ -482,7 +483,12 @@ pub async fn logs(
     };
     html_response(
         StatusCode::OK,
-        page(&format!("Logs of {app} in {env}"), Some(&viewer), None, main),
+        page(
+            &format!("Logs of {app} in {env}"),
+            Some(&viewer),
+            None,
+            main,
+        ),
     )
 }
 
@@ -497,12 +503,11 @@ pub async fn backups(
     Extension(viewer): Extension<Viewer>,
     Path((app, env)): Path<(String, String)>,
 ) -> Response {
-    let list = match api_backups::backups(State(engine.clone()), Path((app.clone(), env.clone())))
-        .await
-    {
-        Ok(list) => list.0,
-        Err(error) => return api_error_page(&viewer, error),
-    };
+    let list =
+        match api_backups::backups(State(engine.clone()), Path((app.clone(), env.clone()))).await {
+            Ok(list) => list.0,
+            Err(error) => return api_error_page(&viewer, error),
+        };
     let here = env_path(&app, &env);
     let may_create = may(&viewer, Method::POST, BACKUP_ROUTE);
     let may_restore = may(&viewer, Method::POST, RESTORE_ROUTE);
@@ -527,6 +532,11 @@ pub async fn backups(
     };
     html_response(
         StatusCode::OK,
-        page(&format!("Backups of {app} in {env}"), Some(&viewer), None, main),
+        page(
+            &format!("Backups of {app} in {env}"),
+            Some(&viewer),
+            None,
+            main,
+        ),
     )
 }

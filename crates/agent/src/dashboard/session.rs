@@ -209,9 +209,10 @@ pub async fn login(
     };
     let session_id = new_session_id();
     let expires_at = now_ms().saturating_add(SESSION_TTL_MS);
-    if let Err(error) = engine
-        .store
-        .insert_session(&session_hash(&session_id), &record.id, expires_at)
+    if let Err(error) =
+        engine
+            .store
+            .insert_session(&session_hash(&session_id), &record.id, expires_at)
     {
         return error_page(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -226,7 +227,10 @@ pub async fn login(
         environment: None,
         deployment_id: None,
         kind: "dashboard.signed_in".to_owned(),
-        message: format!("{} ({}) signed in to the dashboard", record.name, record.role),
+        message: format!(
+            "{} ({}) signed in to the dashboard",
+            record.name, record.role
+        ),
         data_json: "{}".to_owned(),
     });
     let secure = engine.api_fingerprint.is_some();

@@ -71,9 +71,7 @@ impl Trends {
             let Some((app, env)) = scope.split_once('/') else {
                 continue;
             };
-            let entry = per_env
-                .entry((app.to_owned(), env.to_owned()))
-                .or_default();
+            let entry = per_env.entry((app.to_owned(), env.to_owned())).or_default();
             *entry = entry.plus(reading);
         }
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());

@@ -21,7 +21,13 @@ impl Store {
                       VALUES (?1, ?2, ?3, ?4)",
                 params![id_hash, token_id, now_ms(), expires_at],
             )
-            .map_err(|source| self.error("insert a dashboard session", token_subject(token_id), source))?;
+            .map_err(|source| {
+                self.error(
+                    "insert a dashboard session",
+                    token_subject(token_id),
+                    source,
+                )
+            })?;
         Ok(())
     }
 
@@ -86,7 +92,11 @@ impl Store {
                 params![id_hash],
             )
             .map_err(|source| {
-                self.error("end a dashboard session", "a presented session".to_owned(), source)
+                self.error(
+                    "end a dashboard session",
+                    "a presented session".to_owned(),
+                    source,
+                )
             })?;
         Ok(n > 0)
     }
