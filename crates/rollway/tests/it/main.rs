@@ -6,6 +6,7 @@ mod apps;
 mod check;
 mod ci;
 mod containers;
+mod dashboard;
 mod edge;
 mod frame;
 mod grpc;
