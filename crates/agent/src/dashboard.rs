@@ -162,6 +162,22 @@ fn page(title: &str, viewer: Option<&Viewer>, live: Option<&str>, main: Markup) 
     }
 }
 
+/// An answer that ends a request early (an error page, a redirect to sign in), boxed: a
+/// `Response` is large to carry in every `Result`.
+pub(crate) struct Early(Box<Response>);
+
+impl From<Response> for Early {
+    fn from(response: Response) -> Early {
+        Early(Box::new(response))
+    }
+}
+
+impl IntoResponse for Early {
+    fn into_response(self) -> Response {
+        *self.0
+    }
+}
+
 /// An HTML answer.
 fn html_response(status: StatusCode, markup: Markup) -> Response {
     (

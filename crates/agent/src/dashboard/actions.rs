@@ -18,7 +18,7 @@ use super::pages::{
     ABORT_ROUTE, APPROVE_ROUTE, BACKUP_ROUTE, PROMOTE_ROUTE, RESTORE_ROUTE, ROLLBACK_ROUTE,
     env_path, when,
 };
-use super::{Viewer, api_error_page, error_page, html_response, page};
+use super::{Early, Viewer, api_error_page, error_page, html_response, page};
 use crate::api::auth::Caller;
 use crate::api::error::{ApiError, ApiJson};
 use crate::api::router::role_for;
@@ -139,28 +139,27 @@ impl Action {
 
 /// The checks before an action is shown or done: names the API accepts, a known action, and the
 /// role the API's route needs. Answers the page to show instead when one fails.
-fn admit(viewer: &Viewer, app: &str, env: &str, form: &ActionForm) -> Result<Action, Response> {
+fn admit(viewer: &Viewer, app: &str, env: &str, form: &ActionForm) -> Result<Action, Early> {
     if let Err(error) = input::app_name(app).and_then(|()| input::environment_name(env)) {
-        return Err(error_page(
-            StatusCode::BAD_REQUEST,
-            Some(viewer),
-            &error.to_string(),
-        ));
+        return Err(error_page(StatusCode::BAD_REQUEST, Some(viewer), &error.to_string()).into());
     }
-    let action = Action::parse(form)
-        .map_err(|message| error_page(StatusCode::BAD_REQUEST, Some(viewer), &message))?;
+    let action = Action::parse(form).map_err(|message| {
+        Early::from(error_page(StatusCode::BAD_REQUEST, Some(viewer), &message))
+    })?;
     let Some(needed) = role_for(&Method::POST, action.route()) else {
         return Err(error_page(
             StatusCode::INTERNAL_SERVER_ERROR,
             Some(viewer),
             &format!("the API has no route `POST {}`", action.route()),
-        ));
+        )
+        .into());
     };
     if !viewer.may(needed) {
         return Err(api_error_page(
             viewer,
             ApiError::forbidden(needed.as_str(), viewer.caller.role.as_str()),
-        ));
+        )
+        .into());
     }
     Ok(action)
 }
@@ -172,17 +171,18 @@ fn own_deployment(
     app: &str,
     env: &str,
     id: &str,
-) -> Result<crate::store::Deployment, Response> {
+) -> Result<crate::store::Deployment, Early> {
     engine
         .store
         .deployment(id)
-        .map_err(|error| api_error_page(viewer, ApiError::internal(error)))?
+        .map_err(|error| Early::from(api_error_page(viewer, ApiError::internal(error))))?
         .filter(|d| d.app == app && d.environment == env)
         .ok_or_else(|| {
             api_error_page(
                 viewer,
                 ApiError::not_found(format!("no deployment `{id}` of `{app}` in `{env}`")),
             )
+            .into()
         })
 }
 
@@ -195,7 +195,7 @@ pub async fn confirm(
 ) -> Response {
     let action = match admit(&viewer, &app, &env, &form) {
         Ok(action) => action,
-        Err(response) => return response,
+        Err(response) => return response.into_response(),
     };
     let here = env_path(&app, &env);
     let (question, detail, back) = match &action {
@@ -223,7 +223,7 @@ pub async fn confirm(
         | Action::Approve { deployment } => {
             let d = match own_deployment(&engine, &viewer, &app, &env, deployment) {
                 Ok(d) => d,
-                Err(response) => return response,
+                Err(response) => return response.into_response(),
             };
             let verb = match &action {
                 Action::Promote { .. } => "Promote",
@@ -309,7 +309,7 @@ pub async fn act(
 ) -> Response {
     let action = match admit(&viewer, &app, &env, &form) {
         Ok(action) => action,
-        Err(response) => return response,
+        Err(response) => return response.into_response(),
     };
     let here = env_path(&app, &env);
     let done: Result<String, ApiError> = match action {
@@ -323,7 +323,7 @@ pub async fn act(
         .map(|_| here.clone()),
         Action::Promote { deployment } => {
             if let Err(response) = own_deployment(&engine, &viewer, &app, &env, &deployment) {
-                return response;
+                return response.into_response();
             }
             api_deployments::promote(State(engine.clone()), Extension(caller), Path(deployment))
                 .await
@@ -331,7 +331,7 @@ pub async fn act(
         }
         Action::Abort { deployment } => {
             if let Err(response) = own_deployment(&engine, &viewer, &app, &env, &deployment) {
-                return response;
+                return response.into_response();
             }
             api_deployments::abort(State(engine.clone()), Extension(caller), Path(deployment))
                 .await
@@ -339,7 +339,7 @@ pub async fn act(
         }
         Action::Approve { deployment } => {
             if let Err(response) = own_deployment(&engine, &viewer, &app, &env, &deployment) {
-                return response;
+                return response.into_response();
             }
             api_deployments::approve(State(engine.clone()), Extension(caller), Path(deployment))
                 .await

@@ -17,7 +17,7 @@ use maud::html;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::{Viewer, error_page, html_response, page};
+use super::{Early, Viewer, error_page, html_response, page};
 use crate::api::auth::Caller;
 use crate::engine::{Engine, now_ms};
 use crate::tokens;
@@ -65,7 +65,7 @@ fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
 }
 
 /// The signed-in viewer of a request, if its session is valid now.
-fn viewer_of(engine: &Engine, headers: &HeaderMap) -> Result<Option<Viewer>, Response> {
+fn viewer_of(engine: &Engine, headers: &HeaderMap) -> Result<Option<Viewer>, Early> {
     let Some(session_id) = cookie(headers, SESSION_COOKIE) else {
         return Ok(None);
     };
@@ -89,7 +89,8 @@ fn viewer_of(engine: &Engine, headers: &HeaderMap) -> Result<Option<Viewer>, Res
                 StatusCode::INTERNAL_SERVER_ERROR,
                 None,
                 &format!("cannot look up the session: {error}"),
-            ))
+            )
+            .into())
         }
     }
 }
@@ -101,7 +102,7 @@ pub async fn require(State(engine): State<Arc<Engine>>, request: Request, next: 
     let viewer = match viewer_of(&engine, request.headers()) {
         Ok(Some(viewer)) => viewer,
         Ok(None) => return Redirect::to("/login").into_response(),
-        Err(response) => return response,
+        Err(response) => return response.into_response(),
     };
     let request = if matches!(*request.method(), Method::GET | Method::HEAD) {
         request
@@ -152,7 +153,7 @@ pub async fn login_form(State(engine): State<Arc<Engine>>, headers: HeaderMap) -
     match viewer_of(&engine, &headers) {
         Ok(Some(_)) => Redirect::to("/").into_response(),
         Ok(None) => html_response(StatusCode::OK, login_page(None)),
-        Err(response) => response,
+        Err(response) => response.into_response(),
     }
 }
 
