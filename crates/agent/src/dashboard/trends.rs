@@ -12,6 +12,17 @@ use crate::engine::{Engine, now_ms};
 
 /// How often the counters are read.
 pub const INTERVAL: Duration = Duration::from_secs(60);
+/// Tests only: another reading interval in milliseconds, so a browser test sees sparklines
+/// without waiting minutes (like the fault hooks of `deploy::fault`).
+pub const INTERVAL_VAR: &str = "ROLLWAY_TEST_TREND_INTERVAL_MS";
+
+fn interval() -> Duration {
+    std::env::var(INTERVAL_VAR)
+        .ok()
+        .and_then(|ms| ms.parse::<u64>().ok())
+        .filter(|ms| *ms >= 10)
+        .map_or(INTERVAL, Duration::from_millis)
+}
 /// Points kept per environment: an hour.
 pub const POINTS: usize = 60;
 
@@ -110,9 +121,10 @@ impl Trends {
 
 /// Reads the proxy's counters every [`INTERVAL`] until the agent shuts down.
 pub async fn run(engine: Arc<Engine>, trends: Arc<Trends>) {
+    let interval = interval();
     loop {
         tokio::select! {
-            () = tokio::time::sleep(INTERVAL) => {}
+            () = tokio::time::sleep(interval) => {}
             () = engine.shutdown.cancelled() => return,
         }
         let readings = read_samples(&engine).await;

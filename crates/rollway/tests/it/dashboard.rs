@@ -276,7 +276,15 @@ async fn a_deploy_watched_and_a_rollback_clicked_in_a_real_browser() {
     let Some((chromium, chromedriver)) = browser() else {
         return;
     };
-    let setup = Setup::start().await;
+    // The overview's sparklines read the proxy's counters every half second here (a minute in use).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = TestAgent::start_with_env(
+        crate::agent::rollway_bin(),
+        &dir.path().join("state"),
+        &[("ROLLWAY_TEST_TREND_INTERVAL_MS", "500")],
+    )
+    .await;
+    let setup = Setup { agent, dir };
     let agent = &setup.agent;
     let app = |version: &str| {
         setup
@@ -352,14 +360,18 @@ async fn a_deploy_watched_and_a_rollback_clicked_in_a_real_browser() {
         events[..marks.len()],
         "chart points against the verdict events"
     );
-    let p99_marks = client
+    // Both charts mark the same verdicts (read at once: the page is updated live meanwhile).
+    let counts = client
         .execute(
-            "return document.querySelectorAll('figure[data-metric=p99] circle').length;",
+            "return ['error_share', 'p99'].map(function (m) { return document.querySelectorAll('figure[data-metric=' + m + '] circle').length; });",
             vec![],
         )
         .await
-        .expect("p99 marks");
-    assert_eq!(p99_marks.as_u64(), Some(marks.len() as u64));
+        .expect("mark counts");
+    assert!(
+        counts[0] == counts[1] && counts[0].as_u64() >= Some(marks.len() as u64),
+        "{counts}"
+    );
     assert!(
         client
             .find(Locator::Css("figure[data-metric=error_share] line.bound"))
@@ -437,12 +449,65 @@ async fn a_deploy_watched_and_a_rollback_clicked_in_a_real_browser() {
     let report = load.stop().await;
     report.assert_no_failures();
 
-    // The overview and the events, for the record.
+    // The overview: the row's sparklines drew the load's minutes (here half-seconds).
     client
         .goto(&format!("{}/", agent.api_url()))
         .await
         .expect("overview");
+    let sparks = client
+        .execute(
+            &format!("return Array.from(document.querySelectorAll(\"tr[data-app='{APP}'] svg.spark polyline\")).map(function (p) {{ return p.getAttribute('points').split(' ').length; }});"),
+            vec![],
+        )
+        .await
+        .expect("sparklines");
+    let sparks: Vec<usize> = serde_json::from_value(sparks).expect("sparkline points");
+    assert_eq!(sparks.len(), 2, "a 5xx and a p99 sparkline");
+    assert!(sparks.iter().all(|points| *points >= 2), "{sparks:?}");
     screenshot(&client, "overview").await;
+
+    // At phone width every page fits the screen: nothing wider than the window but the tables'
+    // own scrolling boxes.
+    client.set_window_size(390, 844).await.expect("phone width");
+    for path in [
+        "/".to_owned(),
+        format!("/apps/{APP}/{ENV}"),
+        "/events".to_owned(),
+    ] {
+        client
+            .goto(&format!("{}{path}", agent.api_url()))
+            .await
+            .expect("page");
+        // The elements that stick out of the window, outside the tables' scrolling boxes.
+        let wide = client
+            .execute(
+                "return Array.from(document.querySelectorAll('body *')).filter(function (e) { return !(e.parentElement && e.parentElement.closest('.scroll')) && e.getBoundingClientRect().right > document.documentElement.clientWidth + 1; }).map(function (e) { return e.tagName + '.' + e.className + ' ' + Math.round(e.getBoundingClientRect().right); });",
+                vec![],
+            )
+            .await
+            .expect("widths");
+        let widths = client
+            .execute(
+                "return [document.documentElement.scrollWidth, document.documentElement.clientWidth, Array.from(document.querySelectorAll('body *')).filter(function (e) { return e.getBoundingClientRect().right > document.documentElement.clientWidth + 1; }).map(function (e) { return e.tagName + '.' + e.className + ' ' + Math.round(e.getBoundingClientRect().right); }).slice(0, 12)];",
+                vec![],
+            )
+            .await
+            .expect("widths");
+        assert_eq!(wide, json!([]), "{path} is wider than a phone: {widths}");
+        assert!(
+            widths[0].as_u64() <= widths[1].as_u64(),
+            "{path} scrolls sideways: {widths}"
+        );
+        if path.starts_with("/apps/") {
+            screenshot(&client, "environment-phone").await;
+        }
+    }
+    client
+        .set_window_size(1280, 1000)
+        .await
+        .expect("desktop width");
+
+    // The events, filtered to the app.
     client
         .goto(&format!("{}/events?app={APP}", agent.api_url()))
         .await
