@@ -12,11 +12,14 @@ use crate::engine::{Engine, now_ms};
 
 /// How often the counters are read.
 pub const INTERVAL: Duration = Duration::from_secs(60);
-/// Tests only: another reading interval in milliseconds, so a browser test sees sparklines
-/// without waiting minutes (like the fault hooks of `deploy::fault`).
+/// Tests only (debug builds, like the fault hooks of `deploy::fault`): another reading interval in
+/// milliseconds, so a browser test sees sparklines without waiting minutes.
 pub const INTERVAL_VAR: &str = "ROLLWAY_TEST_TREND_INTERVAL_MS";
 
 fn interval() -> Duration {
+    if !cfg!(debug_assertions) {
+        return INTERVAL;
+    }
     std::env::var(INTERVAL_VAR)
         .ok()
         .and_then(|ms| ms.parse::<u64>().ok())
