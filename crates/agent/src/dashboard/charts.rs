@@ -8,8 +8,10 @@ use maud::{Markup, html};
 /// A small line of `values` (oldest first) scaled to its own maximum (`floor` at least, so a
 /// flat line of small values stays low). `label` names it for screen readers.
 pub fn sparkline(values: &[f64], floor: f64, label: &str) -> Markup {
-    const W: f64 = 120.0;
-    const H: f64 = 24.0;
+    // Drawn on a 240 x 48 grid shown at 120 x 24: whole-number coordinates (a few bytes a point,
+    // 60 points a line, two lines a row) at half-pixel resolution.
+    const W: f64 = 240.0;
+    const H: f64 = 48.0;
     if values.is_empty() {
         return html! { span.spark.empty aria-label=(label) { "no traffic data yet" } };
     }
@@ -24,15 +26,15 @@ pub fn sparkline(values: &[f64], floor: f64, label: &str) -> Markup {
         .enumerate()
         .map(|(i, value)| {
             format!(
-                "{:.1},{:.1}",
+                "{:.0},{:.0}",
                 i as f64 * step,
-                H - 1.0 - value / max * (H - 2.0)
+                H - 2.0 - value / max * (H - 4.0)
             )
         })
         .collect();
     html! {
-        svg.spark viewBox="0 0 120 24" width="120" height="24" role="img" aria-label=(label) {
-            polyline points=(points.join(" ")) fill="none" stroke="currentColor" stroke-width="1.5" {}
+        svg.spark viewBox="0 0 240 48" width="120" height="24" role="img" aria-label=(label) {
+            polyline points=(points.join(" ")) fill="none" stroke="currentColor" stroke-width="3" {}
         }
     }
 }

@@ -641,6 +641,63 @@ async fn actions_call_the_apis_handlers_and_answer_what_the_api_answers() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_is_confirmed_by_naming_the_database_and_the_backups_time() {
+    let dash = Dash::start().await;
+    let (deployer_id, _) = dash.tokens[&Role::Deployer].clone();
+    seed(&dash.engine, &deployer_id);
+    let taken_at = 1_780_000_000_000;
+    dash.engine
+        .store
+        .insert_backup(&crate::store::BackupRecord {
+            id: "b-0123456789abcdef".to_owned(),
+            app: "shop".to_owned(),
+            environment: "production".to_owned(),
+            release: Some(ReleaseNumber::from(1)),
+            deployment_id: None,
+            kind: crate::store::BackupKind::Sqlite,
+            reason: crate::store::BackupReason::Manual,
+            target: "/srv/shop/db.sqlite".to_owned(),
+            path: "/var/lib/rollway/backups/b-0123456789abcdef".to_owned(),
+            size: 4096,
+            sha256: "00".repeat(32),
+            created_at: taken_at,
+        })
+        .expect("backup");
+    let admin = dash.sign_in(Role::Admin).await;
+    let page = "/apps/shop/production/backups";
+    let list = html(&dash.get(page, Some(&admin)).await);
+    assert!(list.contains("/srv/shop/db.sqlite"), "{list}");
+    assert!(
+        list.contains("confirm?action=restore&amp;backup=b-0123456789abcdef"),
+        "{list}"
+    );
+    let answer = dash
+        .get(
+            "/apps/shop/production/confirm?action=restore&backup=b-0123456789abcdef",
+            Some(&admin),
+        )
+        .await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let body = html(&answer);
+    let when = super::pages::when(taken_at);
+    assert_eq!(when, "2026-05-28 20:26:40 UTC");
+    assert!(
+        body.contains(&format!(
+            "Restore database /srv/shop/db.sqlite from the backup taken {when}?"
+        )),
+        "{body}"
+    );
+    // A backup of another environment is not offered through this one.
+    let answer = dash
+        .get(
+            "/apps/shop/staging/confirm?action=restore&backup=b-0123456789abcdef",
+            Some(&admin),
+        )
+        .await;
+    assert_eq!(answer.status, 404, "{answer:?}");
+}
+
 async fn request_api(dash: &Dash, path: &str, token: &str, body: &str) -> Answer {
     crate::api::router::tests::call(dash.addr, "POST", path, Some(token), body.as_bytes()).await
 }
@@ -834,5 +891,168 @@ fn every_dashboard_action_is_an_api_route() {
     assert_eq!(
         crate::api::router::role_for(&axum::http::Method::POST, super::pages::RESTORE_ROUTE),
         Some(Role::Admin)
+    );
+}
+
+/// `bench/dashboard/run.sh`: the overview of 20 apps x 3 environments (each with 5 releases, a
+/// finished deployment and an hour of sparkline points), rendered over a real socket; and the RSS
+/// that 10 signed-in followers of the event stream add while 1000 events go by. Ignored in the
+/// test run; the script runs it in a release build.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: bench/dashboard/run.sh"]
+async fn bench_overview_20_apps_3_environments() {
+    const ROUNDS: usize = 200;
+    let dash = Dash::start().await;
+    let (deployer_id, _) = dash.tokens[&Role::Deployer].clone();
+    let store = &dash.engine.store;
+    for a in 0..20 {
+        for env in ["development", "staging", "production"] {
+            let app = format!("app-{a:02}");
+            let mut last = None;
+            for r in 0..5 {
+                let release = store
+                    .create_release(NewRelease {
+                        app: app.clone(),
+                        environment: env.to_owned(),
+                        artifact: format!("{r:02x}").repeat(32),
+                        config_json: "{}".to_owned(),
+                        secrets_version: None,
+                        strategy: Strategy::BlueGreen,
+                        created_by: "deployer".to_owned(),
+                        message: Some(format!("change {r}")),
+                    })
+                    .expect("release");
+                last = Some(release.number);
+            }
+            let to = last.expect("a release");
+            store.set_current(&app, env, to).expect("current");
+            let deployment = store
+                .create_deployment(NewDeployment {
+                    app: app.clone(),
+                    environment: env.to_owned(),
+                    kind: client::wire::DeploymentKind::Deploy,
+                    from_release: None,
+                    to_release: to,
+                    strategy: Strategy::BlueGreen,
+                    data_json: serde_json::to_string(&DeploymentData {
+                        started_by_token: Some(deployer_id.clone()),
+                        ..DeploymentData::default()
+                    })
+                    .expect("JSON"),
+                    created_by: "deployer".to_owned(),
+                })
+                .expect("deployment");
+            store
+                .transition(
+                    &deployment.id,
+                    DeploymentState::Pending,
+                    DeploymentState::Succeeded,
+                    None,
+                    None,
+                )
+                .ok();
+            dash.trends.set_points(
+                &app,
+                env,
+                (0..60)
+                    .map(|i| TrendPoint {
+                        at: i * 60_000,
+                        requests: 1_000 + (i as u64 % 7) * 50,
+                        errors: i as u64 % 5,
+                        p99_us: 8_000 + (i as u64 % 11) * 900,
+                    })
+                    .collect(),
+            );
+        }
+    }
+    let session = dash.sign_in(Role::Viewer).await;
+    let first = dash.get("/", Some(&session)).await;
+    let page = html(&first);
+    assert_eq!(page.matches("<tr data-app=").count(), 60, "{page}");
+    let mut times = Vec::with_capacity(ROUNDS);
+    for _ in 0..ROUNDS {
+        let started = std::time::Instant::now();
+        let answer = dash.get("/", Some(&session)).await;
+        times.push(started.elapsed());
+        assert_eq!(answer.status, 200);
+    }
+    times.sort();
+    let css = html(&dash.get("/assets/app.css", None).await).len();
+    let js = html(&dash.get("/assets/app.js", None).await).len();
+    println!(
+        "overview, 20 apps x 3 environments, {ROUNDS} requests over 127.0.0.1: median {:.2} ms, p90 {:.2} ms, max {:.2} ms",
+        times[ROUNDS / 2].as_secs_f64() * 1e3,
+        times[ROUNDS * 9 / 10].as_secs_f64() * 1e3,
+        times[ROUNDS - 1].as_secs_f64() * 1e3,
+    );
+    println!(
+        "page weight: HTML {} B + CSS {css} B + script {js} B = {:.1} KiB (uncompressed)",
+        page.len(),
+        (page.len() + css + js) as f64 / 1024.0
+    );
+
+    // 10 dashboards following the event stream while 1000 events are recorded.
+    let rss = || {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|status| {
+                status
+                    .lines()
+                    .find(|line| line.starts_with("VmRSS:"))
+                    .and_then(|line| line.split_whitespace().nth(1)?.parse::<u64>().ok())
+            })
+            .unwrap_or(0)
+    };
+    let before = rss();
+    let mut followers = Vec::new();
+    for _ in 0..10 {
+        let mut tcp = tokio::net::TcpStream::connect(dash.addr)
+            .await
+            .expect("connect");
+        let after = store.last_event_id().expect("events");
+        let head = format!(
+            "GET /events/stream?after={after} HTTP/1.1\r\nhost: test\r\ncookie: rollway_session={session}\r\n\r\n"
+        );
+        tcp.write_all(head.as_bytes()).await.expect("write");
+        followers.push(tokio::spawn(async move {
+            let mut seen = 0usize;
+            let mut buffer = vec![0u8; 64 * 1024];
+            loop {
+                match tokio::time::timeout(Duration::from_secs(2), tcp.read(&mut buffer)).await {
+                    Ok(Ok(n)) if n > 0 => {
+                        seen += buffer[..n]
+                            .windows(12)
+                            .filter(|w| w == b"event: event")
+                            .count();
+                    }
+                    _ => return seen,
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for i in 0..1_000 {
+        dash.engine.record(NewEvent {
+            app: Some("app-00".to_owned()),
+            environment: Some("production".to_owned()),
+            deployment_id: None,
+            kind: "bench.event".to_owned(),
+            message: format!("event {i}"),
+            data_json: "{}".to_owned(),
+        });
+        if i % 100 == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let during = rss();
+    let mut seen = Vec::new();
+    for follower in followers {
+        seen.push(follower.await.expect("follower"));
+    }
+    println!(
+        "10 followers of /events/stream, 1000 events: each saw {seen:?}; RSS of the test process {:.1} MiB before, {:.1} MiB with them (+{:.1} MiB)",
+        before as f64 / 1024.0,
+        during as f64 / 1024.0,
+        during.saturating_sub(before) as f64 / 1024.0
     );
 }
