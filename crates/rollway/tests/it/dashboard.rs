@@ -292,6 +292,8 @@ async fn a_deploy_watched_and_a_rollback_clicked_in_a_real_browser() {
             .canary(STEPS)
             .analysis(r#"interval = "200ms""#)
             .analysis("min_requests = 50")
+            // Only errors fail this canary: on a machine shared with other tests, latency is noise.
+            .analysis("latency_margin = 100")
             .observe("1s")
     };
     agent.deploy(&app("v1"), ENV).await.assert_code(0);
@@ -331,7 +333,7 @@ async fn a_deploy_watched_and_a_rollback_clicked_in_a_real_browser() {
     // The canary holds at its second step (no pause): the page shows it shifting, with verdicts.
     wait_page(
         &client,
-        "var s = document.getElementById('deployment-state'); var p = document.querySelector('a[href*=\"action=promote\"]'); return [s ? s.textContent : null, document.querySelectorAll('figure[data-metric=error_share] circle').length, !!p, document.body.textContent.indexOf('takes 50% of traffic') >= 0];",
+        "var s = document.getElementById('deployment-state'); var p = document.querySelector('a[href*=\"action=promote\"]'); var d = document.querySelector('#deployment p'); return [s ? s.textContent : null, document.querySelectorAll('figure[data-metric=error_share] circle').length, !!p, document.body.textContent.indexOf('takes 50% of traffic') >= 0, d ? d.textContent : null];",
         "the canary at 50% with verdicts and a promote button",
         |v| v[0] == "Shifting" && v[1].as_u64() >= Some(2) && v[2] == true && v[3] == true,
     )
@@ -556,5 +558,87 @@ async fn a_deploy_watched_and_a_rollback_clicked_in_a_real_browser() {
         .expect("forged posts");
     assert_eq!(forged, json!([403, 403]));
     assert_eq!(agent.status(APP, ENV).await.current_release(), Some(1));
+    let _ = client.close().await;
+}
+
+/// A secret's value never reaches a dashboard page: the app prints it, the logs page (first lines
+/// and the live tail) shows `***`, and no page or stream of the session has it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_no_secret_value_even_when_the_app_prints_it() {
+    let Some((chromium, chromedriver)) = browser() else {
+        return;
+    };
+    let setup = Setup::start().await;
+    let agent = &setup.agent;
+    let canary = format!("canary-{}", testkit::agent::random_hex(16));
+    let app = setup
+        .app("app", "v1")
+        .secrets(ENV, &["CANARY"])
+        .run(format!(
+            r#"echo "app starts with $CANARY"; (while sleep 0.2; do echo "app still has $CANARY"; done) & exec {}"#,
+            testkit::demo::demo_app_path().display()
+        ));
+    agent
+        .set_secret(APP, ENV, "CANARY", &canary)
+        .await
+        .assert_code(0);
+    agent.deploy(&app, ENV).await.assert_code(0);
+    let viewer = token(agent, "viewer").await;
+    let (_driver, client) = start_browser(&chromium, &chromedriver).await;
+    sign_in(&client, agent, &viewer).await;
+
+    client
+        .goto(&format!("{}/apps/{APP}/{ENV}/logs", agent.api_url()))
+        .await
+        .expect("the logs page");
+    let first = client
+        .execute(
+            "return document.querySelectorAll('#log .line').length;",
+            vec![],
+        )
+        .await
+        .expect("lines")
+        .as_u64()
+        .unwrap_or(0);
+    // The tail grows without a reload.
+    mark(&client).await;
+    wait_page(
+        &client,
+        "return document.querySelectorAll('#log .line').length;",
+        "new log lines",
+        |v| v.as_u64() > Some(first + 3),
+    )
+    .await;
+    assert!(marked(&client).await, "the logs page was reloaded");
+    let text = client
+        .execute("return document.getElementById('log').textContent;", vec![])
+        .await
+        .expect("log text");
+    let text = text.as_str().unwrap_or_default();
+    assert!(text.contains("app still has ***"), "{text}");
+    assert!(!text.contains(&canary), "the logs page shows the secret");
+
+    // Every page and stream of the session, as the browser receives them.
+    let bodies = client
+        .execute_async(
+            &format!(
+                "var done = arguments[arguments.length - 1];
+                 var paths = ['/', '/apps/{APP}/{ENV}', '/apps/{APP}/{ENV}/logs', '/apps/{APP}/{ENV}/backups', '/events'];
+                 Promise.all(paths.map(function (p) {{ return fetch(p).then(function (r) {{ return r.text(); }}); }}))
+                   .then(function (texts) {{ done(texts.join('\\n')); }}, function (e) {{ done(String(e)); }});"
+            ),
+            vec![],
+        )
+        .await
+        .expect("pages");
+    let bodies = bodies.as_str().unwrap_or_default();
+    assert!(
+        bodies.contains("app starts with ***") || bodies.contains("app still has ***"),
+        "{bodies}"
+    );
+    assert!(
+        !bodies.contains(&canary),
+        "a dashboard page shows the secret"
+    );
     let _ = client.close().await;
 }
