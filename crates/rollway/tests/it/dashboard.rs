@@ -642,3 +642,53 @@ async fn the_dashboard_shows_no_secret_value_even_when_the_app_prints_it() {
     );
     let _ = client.close().await;
 }
+
+/// Over TLS (an agent's API beyond loopback always is), the session cookie is `Secure` too, and
+/// the dashboard answers on the same listener with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_the_session_cookie_is_secure() {
+    if find("curl").is_none() {
+        assert!(
+            std::env::var_os("ROLLWAY_E2E").is_none() && std::env::var_os("CI").is_none(),
+            "ROLLWAY_E2E or CI is set but curl is missing"
+        );
+        eprintln!("skipping: curl is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent =
+        TestAgent::start_tls(crate::agent::rollway_bin(), &dir.path().join("state"), &[]).await;
+    assert!(agent.api_url().starts_with("https://"));
+    let curl = |args: &[&str]| {
+        let output = std::process::Command::new("curl")
+            .args(["-sk", "--max-time", "10", "-D", "-", "-o", "/dev/null"])
+            .args(args)
+            .output()
+            .expect("curl runs");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let head = curl(&[
+        "--data-urlencode",
+        &format!("token={}", agent.admin_token()),
+        &format!("{}/login", agent.api_url()),
+    ]);
+    let cookie = head
+        .lines()
+        .find(|line| line.to_ascii_lowercase().starts_with("set-cookie:"))
+        .unwrap_or_else(|| panic!("no session cookie: {head}"));
+    for attribute in ["HttpOnly", "SameSite=Strict", "Secure"] {
+        assert!(cookie.contains(attribute), "{cookie}");
+    }
+    let session = cookie
+        .split_once("rollway_session=")
+        .and_then(|(_, rest)| rest.split(';').next())
+        .expect("session id")
+        .trim()
+        .to_owned();
+    let head = curl(&[
+        "-H",
+        &format!("Cookie: rollway_session={session}"),
+        &format!("{}/", agent.api_url()),
+    ]);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+}
