@@ -229,6 +229,19 @@ pub async fn environment(
             (i.id.as_str().to_owned(), restarts)
         })
         .collect();
+    // Nobody approves their own deploy (the API refuses it): no button for the token that started it.
+    let started_here = status.deployment.as_ref().is_some_and(|d| {
+        engine
+            .store
+            .deployment(&d.id)
+            .ok()
+            .flatten()
+            .and_then(|d| {
+                serde_json::from_str::<crate::deploy::executor::DeploymentData>(&d.data_json).ok()
+            })
+            .and_then(|data| data.started_by_token)
+            .is_some_and(|starter| starter == viewer.caller.token_id)
+    });
     let after = engine.store.last_event_id().unwrap_or(0);
     let here = env_path(&app, &env);
     let may_rollback = may(&viewer, Method::POST, ROLLBACK_ROUTE);
@@ -262,7 +275,7 @@ pub async fn environment(
                     @if d.state.can_be_promoted() && may(&viewer, Method::POST, PROMOTE_ROUTE) {
                         a.button href=(format!("{here}/confirm?action=promote&deployment={}", encode(&d.id))) { "Promote" }
                     }
-                    @if d.state.can_be_approved() && may(&viewer, Method::POST, APPROVE_ROUTE) {
+                    @if d.state.can_be_approved() && !started_here && may(&viewer, Method::POST, APPROVE_ROUTE) {
                         a.button href=(format!("{here}/confirm?action=approve&deployment={}", encode(&d.id))) { "Approve" }
                     }
                     @if d.state.can_be_aborted() && may(&viewer, Method::POST, ABORT_ROUTE) {

@@ -698,6 +698,81 @@ async fn a_restore_is_confirmed_by_naming_the_database_and_the_backups_time() {
     assert_eq!(answer.status, 404, "{answer:?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approve_is_offered_to_approvers_but_not_to_the_token_that_started_the_deploy() {
+    let dash = Dash::start().await;
+    let store = &dash.engine.store;
+    let release = store
+        .create_release(NewRelease {
+            app: "shop".to_owned(),
+            environment: "production".to_owned(),
+            artifact: "ab".repeat(32),
+            config_json: "{}".to_owned(),
+            secrets_version: None,
+            strategy: Strategy::BlueGreen,
+            created_by: "approver".to_owned(),
+            message: None,
+        })
+        .expect("release");
+    let (approver_id, _) = dash.tokens[&Role::Approver].clone();
+    let deployment = store
+        .create_deployment(NewDeployment {
+            app: "shop".to_owned(),
+            environment: "production".to_owned(),
+            kind: client::wire::DeploymentKind::Deploy,
+            from_release: None,
+            to_release: release.number,
+            strategy: Strategy::BlueGreen,
+            data_json: serde_json::to_string(&DeploymentData {
+                started_by_token: Some(approver_id),
+                approval: true,
+                ..DeploymentData::default()
+            })
+            .expect("JSON"),
+            created_by: "approver".to_owned(),
+        })
+        .expect("deployment");
+    use DeploymentState::{AwaitingApproval, Pending, Preparing};
+    for (from, to) in [(Pending, Preparing), (Preparing, AwaitingApproval)] {
+        store
+            .transition(&deployment.id, from, to, None, None)
+            .expect("transition");
+    }
+    let page = "/apps/shop/production";
+    for (role, offered) in [
+        (Role::Viewer, false),
+        (Role::Deployer, false),
+        (Role::Approver, false),
+        (Role::Admin, true),
+    ] {
+        let session = dash.sign_in(role).await;
+        let body = html(&dash.get(page, Some(&session)).await);
+        assert!(body.contains("AwaitingApproval"), "{body}");
+        assert_eq!(
+            body.contains("confirm?action=approve"),
+            offered,
+            "{role}: {body}"
+        );
+    }
+    // The admin's approval goes through the API's handler: a signal for the executor.
+    let admin = dash.sign_in(Role::Admin).await;
+    let answer = dash
+        .post(
+            &format!("{page}/act"),
+            Some(&admin),
+            &[
+                ("action", "approve"),
+                ("deployment", &deployment.id),
+                ("csrf", &super::csrf_token(&admin)),
+            ],
+        )
+        .await;
+    assert_eq!(answer.status, 303, "{answer:?}");
+    let signals = store.pending_signals(&deployment.id).expect("signals");
+    assert_eq!(signals.len(), 1);
+    assert_eq!(signals[0].signal.kind(), "approve");
+}
+
 async fn request_api(dash: &Dash, path: &str, token: &str, body: &str) -> Answer {
     crate::api::router::tests::call(dash.addr, "POST", path, Some(token), body.as_bytes()).await
 }
