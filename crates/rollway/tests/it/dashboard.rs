@@ -433,7 +433,14 @@ async fn a_deploy_watched_and_a_rollback_clicked_in_a_real_browser() {
         .await
         .expect("question");
     assert_eq!(question, format!("Roll back {APP} in {ENV} to release r1?"));
-    click(&client, "#confirm").await;
+    // By keyboard: the confirmation's button has the focus, Enter confirms.
+    let focused = client.active_element().await.expect("the focused element");
+    assert_eq!(
+        focused.attr("id").await.expect("its id").as_deref(),
+        Some("confirm"),
+        "the confirm button has the focus"
+    );
+    focused.send_keys("\u{E007}").await.expect("press Enter");
     wait_page(
         &client,
         "var s = document.getElementById('deployment-state'); return [s ? s.textContent : null, document.querySelector('p.summary strong').textContent];",
