@@ -474,6 +474,7 @@ pub async fn logs(
     State(engine): State<Arc<Engine>>,
     Extension(viewer): Extension<Viewer>,
     Path((app, env)): Path<(String, String)>,
+    Query(filter): Query<LogFilter>,
 ) -> Response {
     let lines = match api_logs::logs(
         State(engine.clone()),
@@ -485,13 +486,31 @@ pub async fn logs(
         Ok(lines) => lines.0,
         Err(error) => return api_error_page(&viewer, error),
     };
+    let instances: Vec<String> = engine
+        .runtime(&AppEnv::new(app.clone(), env.clone()))
+        .instances
+        .keys()
+        .cloned()
+        .collect();
+    let only = filter.instance.filter(|id| !id.is_empty());
     let here = env_path(&app, &env);
     let main = html! {
         nav.crumbs aria-label="Breadcrumb" { a href="/" { "Overview" } " / " a href=(here) { (app) " / " (env) } " / logs" }
         h1 { "Logs of " (app) " in " (env) }
         p.hint { "Secret values are hidden, as in " code { "rollway logs" } ". New lines appear as instances print them." }
-        pre.log #log data-stream=(format!("{here}/logs/stream")) tabindex="0" aria-label="Log lines" aria-live="polite" {
-            @for line in &lines { span.line { span.instance { (line.instance_id) } " " (line.line) "\n" } }
+        nav.instances aria-label="Instances" {
+            "Instance: "
+            a href=(format!("{here}/logs")) aria-current=[only.is_none().then_some("page")] { "all" }
+            @for id in &instances {
+                " · "
+                a href=(format!("{here}/logs?instance={}", encode(id))) aria-current=[(only.as_deref() == Some(id.as_str())).then_some("page")] { (id) }
+            }
+        }
+        pre.log #log data-stream=(format!("{here}/logs/stream")) data-instance=[only.as_deref()]
+            tabindex="0" aria-label="Log lines" aria-live="polite" {
+            @for line in lines.iter().filter(|l| only.as_deref().is_none_or(|id| l.instance_id.as_str() == id)) {
+                span.line { span.instance { (line.instance_id) } " " (line.line) "\n" }
+            }
         }
     };
     html_response(
@@ -503,6 +522,13 @@ pub async fn logs(
             main,
         ),
     )
+}
+
+/// The logs page's query: one instance's lines only.
+#[derive(Debug, Default, Deserialize)]
+pub struct LogFilter {
+    #[serde(default)]
+    instance: Option<String>,
 }
 
 /// `GET /apps/{app}/{env}/logs/stream`: the API's log stream (scrubbed there), behind the session.

@@ -580,6 +580,7 @@ async fn the_dashboard_shows_no_secret_value_even_when_the_app_prints_it() {
     let canary = format!("canary-{}", testkit::agent::random_hex(16));
     let app = setup
         .app("app", "v1")
+        .replicas(2)
         .secrets(ENV, &["CANARY"])
         .run(format!(
             r#"echo "app starts with $CANARY"; (while sleep 0.2; do echo "app still has $CANARY"; done) & exec {}"#,
@@ -623,7 +624,65 @@ async fn the_dashboard_shows_no_secret_value_even_when_the_app_prints_it() {
         .expect("log text");
     let text = text.as_str().unwrap_or_default();
     assert!(text.contains("app still has ***"), "{text}");
+    let owners_of_all: std::collections::BTreeSet<String> = serde_json::from_value(
+        client
+            .execute(
+                "return Array.from(document.querySelectorAll('#log .line .instance')).map(function (e) { return e.textContent; });",
+                vec![],
+            )
+            .await
+            .expect("owners"),
+    )
+    .expect("instance ids");
+    assert_eq!(owners_of_all.len(), 2, "{owners_of_all:?}");
     assert!(!text.contains(&canary), "the logs page shows the secret");
+
+    // One instance's tail: its lines only, old and new.
+    let instance = agent.status(APP, ENV).await.0["instances"][0]["id"]
+        .as_str()
+        .expect("an instance")
+        .to_owned();
+    client
+        .goto(&format!(
+            "{}/apps/{APP}/{ENV}/logs?instance={instance}",
+            agent.api_url()
+        ))
+        .await
+        .expect("one instance's logs");
+    let first = client
+        .execute(
+            "return document.querySelectorAll('#log .line').length;",
+            vec![],
+        )
+        .await
+        .expect("lines")
+        .as_u64()
+        .unwrap_or(0);
+    wait_page(
+        &client,
+        "return document.querySelectorAll('#log .line').length;",
+        "new lines of the instance",
+        |v| v.as_u64() > Some(first + 3),
+    )
+    .await;
+    let owners: Vec<String> = serde_json::from_value(
+        client
+            .execute(
+                "return Array.from(document.querySelectorAll('#log .line .instance')).map(function (e) { return e.textContent; });",
+                vec![],
+            )
+            .await
+            .expect("owners"),
+    )
+    .expect("instance ids");
+    assert!(owners.iter().all(|owner| *owner == instance), "{owners:?}");
+    // Two instances print: the page for all of them shows both.
+    assert_eq!(
+        agent.status(APP, ENV).await.0["instances"]
+            .as_array()
+            .map(Vec::len),
+        Some(2)
+    );
 
     // Every page and stream of the session, as the browser receives them.
     let bodies = client

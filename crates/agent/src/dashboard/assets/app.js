@@ -2,7 +2,7 @@
 // - Pages with data-live="SCOPE:AFTER" follow the audit log from event AFTER; an event of SCOPE
 //   ("all", or "app/env") re-reads this page and swaps its <main>, so a deployment's steps,
 //   its state, the charts and the buttons are always the server's rendering.
-// - The logs page appends each line of its stream as it arrives.
+// - The logs page appends each line of its stream as it arrives (of one instance when it shows one).
 "use strict";
 (function () {
   function follow(live) {
@@ -56,6 +56,8 @@
     source.addEventListener("log", function (message) {
       var line;
       try { line = JSON.parse(message.data); } catch (e) { return; }
+      var only = log.getAttribute("data-instance");
+      if (only && line.instance_id !== only) { return; }
       var row = document.createElement("span");
       row.className = "line";
       var instance = document.createElement("span");
