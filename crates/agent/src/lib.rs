@@ -11,6 +11,7 @@ pub mod artifact;
 pub mod backup;
 pub mod certs;
 pub mod cron;
+pub mod dashboard;
 pub mod deploy;
 pub mod drivers;
 pub mod edge;

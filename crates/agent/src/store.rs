@@ -38,6 +38,7 @@ mod locks;
 mod migrations;
 mod releases;
 mod secrets;
+mod sessions;
 mod signals;
 mod tokens;
 pub use cron::NewCronRun;

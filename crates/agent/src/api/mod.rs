@@ -100,7 +100,13 @@ pub async fn serve(
         max_connections = limits.max_connections,
         header_timeout_ms = u64::try_from(limits.header_timeout.as_millis()).unwrap_or(u64::MAX)
     );
-    let app = router::router(engine).layer(axum::middleware::from_fn(log_request));
+    let trends = Arc::new(crate::dashboard::Trends::default());
+    tokio::spawn(crate::dashboard::trends::run(
+        engine.clone(),
+        trends.clone(),
+    ));
+    let app =
+        router::router_with_trends(engine, trends).layer(axum::middleware::from_fn(log_request));
     let acceptor = tls.map(|tls| tls.acceptor);
     serve_router_tls(listener, app, limits, acceptor, shutdown).await
 }

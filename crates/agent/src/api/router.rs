@@ -251,6 +251,15 @@ pub fn routes() -> Vec<Route> {
     ]
 }
 
+/// The role the route `method path` (a path pattern of [`routes`], without `/v1`) needs: how the
+/// dashboard decides what a session may do, so its roles are the API's.
+pub fn role_for(method: &Method, path: &str) -> Option<Role> {
+    routes()
+        .into_iter()
+        .find(|route| route.method == *method && route.path == path)
+        .map(|route| route.role)
+}
+
 fn route<H, T>(role: Role, method: Method, path: &'static str, handler: H) -> Route
 where
     H: Handler<T, Arc<Engine>>,
@@ -270,6 +279,13 @@ where
 /// `/healthz` is authenticated before routing, so an unknown route without a token is a 401, not
 /// a 404; JSON bodies are limited; path parameters are checked; then each route's role.
 pub fn router(engine: Arc<Engine>) -> Router {
+    router_with_trends(engine, Arc::new(crate::dashboard::Trends::default()))
+}
+
+/// [`router`], with the web dashboard's sparklines fed from `trends` (see `dashboard::trends::run`).
+/// The dashboard's routes (`/`, `/login`, …) sit beside `/v1`, outside its bearer authentication
+/// and JSON envelope: they authenticate by session and answer HTML.
+pub fn router_with_trends(engine: Arc<Engine>, trends: Arc<crate::dashboard::Trends>) -> Router {
     let mut v1 = Router::new();
     for route in routes() {
         let role = route.role;
@@ -289,7 +305,8 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .layer(from_fn_with_state(engine.clone(), auth::authenticate))
         .route("/healthz", get(agent::healthz))
         .layer(from_fn(error::envelope))
-        .with_state(engine)
+        .with_state(engine.clone())
+        .merge(crate::dashboard::router(engine, trends))
 }
 
 #[cfg(test)]

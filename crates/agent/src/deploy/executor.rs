@@ -835,7 +835,7 @@ async fn warm_fallback(
 }
 
 /// The bounds of a release's `[analysis]`.
-fn bounds(release: &spec::LoadedRelease) -> Bounds {
+pub(crate) fn bounds(release: &spec::LoadedRelease) -> Bounds {
     let analysis = &release.resolved.config.analysis;
     Bounds {
         min_requests: analysis.min_requests,
@@ -954,7 +954,7 @@ impl Watch {
 }
 
 /// Per-release counters from the proxy, keyed by the proxy's release name.
-async fn read_samples(engine: &Engine) -> std::collections::BTreeMap<String, Reading> {
+pub(crate) async fn read_samples(engine: &Engine) -> std::collections::BTreeMap<String, Reading> {
     let Ok(stats) = engine.proxy.client().stats().await else {
         return std::collections::BTreeMap::new();
     };
@@ -980,15 +980,15 @@ async fn read_samples(engine: &Engine) -> std::collections::BTreeMap<String, Rea
 /// One release's counters at one moment (or the difference of two moments): requests, 5xx and
 /// the latency histogram, so the p99 is over the same requests as the error rate.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct Reading {
-    requests: u64,
-    errors: u64,
+pub(crate) struct Reading {
+    pub(crate) requests: u64,
+    pub(crate) errors: u64,
     /// Cumulative counts per bucket, `(upper bound in µs, count)`.
-    buckets: Vec<(u64, u64)>,
+    pub(crate) buckets: Vec<(u64, u64)>,
 }
 
 impl Reading {
-    fn minus(&self, earlier: &Reading) -> Reading {
+    pub(crate) fn minus(&self, earlier: &Reading) -> Reading {
         Reading {
             requests: self.requests.saturating_sub(earlier.requests),
             errors: self.errors.saturating_sub(earlier.errors),
@@ -1007,7 +1007,7 @@ impl Reading {
         }
     }
 
-    fn plus(&self, other: &Reading) -> Reading {
+    pub(crate) fn plus(&self, other: &Reading) -> Reading {
         let buckets = if self.buckets.is_empty() {
             other.buckets.clone()
         } else {
@@ -1031,7 +1031,7 @@ impl Reading {
     }
 
     /// The sample analysis judges: the p99 is the bound of the bucket holding the 99th percentile.
-    fn sample(&self) -> Sample {
+    pub(crate) fn sample(&self) -> Sample {
         let latency_count = self.buckets.last().map_or(0, |(_, count)| *count);
         let rank = (latency_count as f64 * 0.99).ceil() as u64;
         let p99_us = self

@@ -16,6 +16,7 @@ pub(super) static MIGRATIONS: &[M<'static>] = &[
     M::up(V5_SIGNALS),
     M::up(V6_CERTIFICATES),
     M::up(V7_EDGE),
+    M::up(V9_SESSIONS),
     M::up(V10_WORKLOADS),
     M::up(V11_REMOTE_BACKUPS),
 ];
@@ -345,4 +346,24 @@ CREATE TABLE backup_key (
     sealed      BLOB    NOT NULL,
     created_at  INTEGER NOT NULL
 ) STRICT;
+"#;
+
+/// Dashboard sign-in sessions (issue 18): one row per session, keyed by the SHA-256 of its random
+/// id (the id itself lives only in the browser's cookie), tied to the token it was exchanged for.
+/// Revoking that token deletes its sessions in the same statement (trigger), so no session outlives
+/// its token whatever code revokes it.
+const V9_SESSIONS: &str = r#"
+CREATE TABLE dashboard_sessions (
+    id_hash     TEXT    NOT NULL PRIMARY KEY,
+    token_id    TEXT    NOT NULL REFERENCES tokens(id),
+    created_at  INTEGER NOT NULL,
+    expires_at  INTEGER NOT NULL CHECK (expires_at > created_at)
+) STRICT;
+CREATE INDEX dashboard_sessions_token ON dashboard_sessions (token_id);
+CREATE TRIGGER dashboard_sessions_end_with_token
+AFTER UPDATE OF revoked_at ON tokens
+WHEN NEW.revoked_at IS NOT NULL
+BEGIN
+    DELETE FROM dashboard_sessions WHERE token_id = NEW.id;
+END;
 "#;

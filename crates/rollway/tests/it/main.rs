@@ -7,6 +7,7 @@ mod backup_remote;
 mod check;
 mod ci;
 mod containers;
+mod dashboard;
 mod edge;
 mod frame;
 mod grpc;
