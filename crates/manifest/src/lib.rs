@@ -14,6 +14,7 @@ mod resolve;
 mod route_tls;
 pub mod scaffold;
 mod schema;
+mod swarm;
 pub mod units;
 mod validate;
 
@@ -27,6 +28,7 @@ pub use schema::{
     Alerts, Analysis, App, BackupPolicy, Build, Config, Health, Protocol, Release, Route, RouteTls,
     Schedule, Service, ServiceSource, Step, Strategy, StrategyKind, defaults,
 };
+pub use swarm::{Driver, MIN_MEMORY, Placement, Resources};
 pub use validate::{RESERVED_ENV, is_slug};
 
 /// The file name Rollway looks for in an app folder.
@@ -92,6 +94,17 @@ pub fn parse(source: &str, path: &str) -> Result<Manifest, Diagnostics> {
     reader.known_keys(root.get_ref(), validate::ROOT_KEYS, "");
     let shared = validate::config(&mut reader, root.get_ref(), root.span());
     let environments = resolve::environments(&mut reader, root.get_ref());
+    if let (Some(shared), true) = (&shared, environments.is_empty()) {
+        // Without environments, the shared settings are what every deploy runs, on the host.
+        swarm::check_driver(
+            &mut reader,
+            swarm::Driver::Host,
+            root.span(),
+            root.get_ref(),
+            &shared.services,
+            None,
+        );
+    }
     match shared {
         Some(shared) if reader.diagnostics.is_empty() => Ok(Manifest {
             shared,
@@ -117,6 +130,7 @@ impl Manifest {
                 environment: environment.to_owned(),
                 secrets: Vec::new(),
                 approval: false,
+                driver: Driver::Host,
                 config: self.shared.clone(),
             });
         }
@@ -129,6 +143,7 @@ impl Manifest {
                 environment: found.name.clone(),
                 secrets: found.secrets.clone(),
                 approval: found.approval,
+                driver: found.driver,
                 config: found.config.clone(),
             }),
             None => {

@@ -43,6 +43,9 @@ pub(crate) const SERVICE_KEYS: &[&str] = &[
     "env",
     "user",
     "protocol",
+    "placement",
+    "max_per_node",
+    "resources",
 ];
 const ROUTE_KEYS: &[&str] = &[
     "hosts",
@@ -375,6 +378,7 @@ fn service(reader: &mut Reader, name: &str, value: &Value<'_>) -> Option<Service
         .get("protocol")
         .and_then(|value| protocol(reader, value, &format!("{section}.protocol")))
         .unwrap_or_default();
+    let placement = crate::swarm::placement(reader, table, &section);
     if health_failed {
         return None;
     }
@@ -388,6 +392,7 @@ fn service(reader: &mut Reader, name: &str, value: &Value<'_>) -> Option<Service
         env,
         user,
         protocol,
+        placement: placement?,
     })
 }
 
