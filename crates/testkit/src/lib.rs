@@ -5,11 +5,13 @@
 //! - [`load`] sends bounded, counted load and reports every request's outcome.
 //! - [`agent`] runs a real `rollway agent` in a temporary state directory and deploys the demo app
 //!   to it; dropping it kills the agent, its proxy and its instances.
+//! - [`registry`] runs a throwaway image registry on loopback for the swarm tests.
 //! - [`webhook`] receives alerts on `127.0.0.1:0` and keeps every request for the test to read.
 
 pub mod agent;
 pub mod cli;
 pub mod demo;
 pub mod load;
+pub mod registry;
 pub mod source;
 pub mod webhook;

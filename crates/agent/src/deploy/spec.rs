@@ -803,6 +803,7 @@ pub fn instance_spec(
         stop_timeout: service.stop_timeout.as_std(),
         image,
         confinement,
+        cluster: None,
     })
 }
 
