@@ -123,6 +123,8 @@ pub struct TestApp {
     env_hosts: BTreeMap<String, Vec<String>>,
     /// A `worker` service (no route, no health check) running the same program as `web`.
     worker: bool,
+    /// Environments with `driver = "swarm"`.
+    swarm: BTreeSet<String>,
 }
 
 /// One HTTP answer: status and body (lossy UTF-8).
@@ -764,7 +766,15 @@ impl TestApp {
             route_lines: Vec::new(),
             env_hosts: BTreeMap::new(),
             worker: false,
+            swarm: BTreeSet::new(),
         }
+    }
+
+    /// `driver = "swarm"` in `[environments.ENV]`: the `web` service runs as a Swarm service
+    /// (a container service: give it an image or a Dockerfile with [`TestApp::driver`]).
+    pub fn on_swarm(mut self, env: &str) -> TestApp {
+        self.swarm.insert(env.to_owned());
+        self
     }
 
     /// Adds a `worker` service: no route, no health check, the demo app's program.
@@ -1052,9 +1062,13 @@ VERSION = {version:?}
             .keys()
             .chain(&self.approval)
             .chain(self.env_hosts.keys())
+            .chain(&self.swarm)
             .collect();
         for env in envs {
             text.push_str(&format!("\n[environments.{env}]\n"));
+            if self.swarm.contains(env) {
+                text.push_str("driver = \"swarm\"\n");
+            }
             if let Some(hosts) = self.env_hosts.get(env) {
                 text.push_str(&format!("routes = {{ web = {{ hosts = {hosts:?} }} }}\n"));
             }

@@ -139,6 +139,24 @@ pub enum SpecError {
     },
     #[error("secret `{name}` is not set for `{environment}`")]
     SecretNotSet { name: String, environment: String },
+    #[error(
+        "the swarm driver needs a registry every node can pull from: start the agent with `ROLLWAY_SWARM_REGISTRY=HOST:PORT`"
+    )]
+    NoRegistry,
+    #[error("cannot push the image of service `{service}` to the cluster's registry")]
+    Push {
+        service: String,
+        #[source]
+        source: Box<driver::swarm::SwarmError>,
+    },
+    #[error(
+        "instance `{instance}` has no running task after {seconds}s (Swarm could not place or start it; `docker service ps {service}` says why)"
+    )]
+    NoTask {
+        instance: String,
+        service: String,
+        seconds: u64,
+    },
     #[error("`{name}` references unset {missing}")]
     Unset { name: String, missing: String },
     #[error("`{name}`: {reason}")]
@@ -236,6 +254,19 @@ pub async fn prepare_images(
             }
             manifest::ServiceSource::Run { .. } => continue,
         };
+        let image = if release.resolved.driver == manifest::Driver::Swarm {
+            push_to_registry(
+                engine,
+                deployment,
+                release,
+                &service.name,
+                &image,
+                &mut on_line,
+            )
+            .await?
+        } else {
+            image
+        };
         engine.store.set_release_image(
             &deployment.app,
             &deployment.environment,
@@ -251,6 +282,40 @@ pub async fn prepare_images(
         release.images.insert(service.name.clone(), image);
     }
     Ok(())
+}
+
+/// The env var naming the registry (`HOST:PORT`) the swarm driver pushes release images to.
+pub const SWARM_REGISTRY_VAR: &str = "ROLLWAY_SWARM_REGISTRY";
+
+/// Pushes a release's image to the cluster's registry as
+/// `<registry>/rollway/<app>-<env>-<service>:r<N>` and answers the reference by digest, which
+/// is what the release records and every node pulls.
+async fn push_to_registry(
+    engine: &Arc<Engine>,
+    deployment: &Deployment,
+    release: &LoadedRelease,
+    service: &str,
+    image: &str,
+    on_line: &mut (dyn FnMut(&str) + Send),
+) -> Result<String, SpecError> {
+    let registry = std::env::var(SWARM_REGISTRY_VAR)
+        .ok()
+        .filter(|registry| !registry.trim().is_empty())
+        .ok_or(SpecError::NoRegistry)?;
+    let swarm = engine.drivers.swarm().await?;
+    let repository = format!(
+        "{}/rollway/{}-{}-{service}",
+        registry.trim().trim_end_matches('/'),
+        deployment.app,
+        deployment.environment
+    );
+    swarm
+        .push_image(image, &repository, &format!("r{}", release.number), on_line)
+        .await
+        .map_err(|source| SpecError::Push {
+            service: service.to_owned(),
+            source: Box::new(source),
+        })
 }
 
 /// `{version}` in an image reference is the release's `VERSION` variable.
@@ -733,12 +798,34 @@ pub async fn start_instance(
         );
     });
     persist_instance(engine, key, &id);
-    if let Err(error) = engine.drivers.start(spec).await {
-        // Nothing runs: forget it now rather than leave it `starting` for good.
-        let _ = engine.drivers.stop(&id).await;
-        engine.with_runtime(key, |runtime| runtime.instances.remove(&id));
-        let _ = engine.store.remove_instance(&id);
-        return Err(error.into());
+    let on_swarm = spec.cluster.clone();
+    let started = match engine.drivers.start(spec).await {
+        Ok(()) => match &on_swarm {
+            // The proxy reaches a task on the port the engine published for it.
+            Some(cluster) => {
+                task_port(engine, &id, &cluster.service, service.health.as_ref()).await
+            }
+            None => Ok(port),
+        },
+        Err(error) => Err(error.into()),
+    };
+    let port = match started {
+        Ok(port) => port,
+        Err(error) => {
+            // Nothing runs: forget it now rather than leave it `starting` for good.
+            let _ = engine.drivers.stop(&id).await;
+            engine.with_runtime(key, |runtime| runtime.instances.remove(&id));
+            let _ = engine.store.remove_instance(&id);
+            return Err(error);
+        }
+    };
+    if on_swarm.is_some() {
+        engine.with_runtime(key, |runtime| {
+            if let Some(instance) = runtime.instances.get_mut(&id) {
+                instance.port = port;
+            }
+        });
+        persist_instance(engine, key, &id);
     }
     engine.record_progress(
         Subject::app(key),
@@ -748,6 +835,33 @@ pub async fn start_instance(
         },
     );
     Ok(id)
+}
+
+/// Waits until the swarm instance's task runs and answers its published port, bounded by the
+/// service's `health.start_timeout` (60 s without a health check).
+async fn task_port(
+    engine: &Engine,
+    id: &str,
+    service: &str,
+    health: Option<&Health>,
+) -> Result<u16, SpecError> {
+    let patience = health.map_or(Duration::from_secs(60), |health| {
+        health.start_timeout.as_std()
+    });
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        if let Some(address) = engine.drivers.address(id) {
+            return Ok(address.port());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(SpecError::NoTask {
+                instance: id.to_owned(),
+                service: service.to_owned(),
+                seconds: patience.as_secs(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// The driver spec of an instance (also used to adopt it after a restart).
@@ -794,6 +908,9 @@ pub fn instance_spec(
     } else {
         home.confinement(&engine.isolation, id)
     };
+    let cluster = (release.resolved.driver == manifest::Driver::Swarm)
+        .then(|| cluster_spec(key, service, id))
+        .flatten();
     Ok(InstanceSpec {
         instance_id: id.to_owned(),
         workdir: workdir(engine, release),
@@ -803,8 +920,33 @@ pub fn instance_spec(
         stop_timeout: service.stop_timeout.as_std(),
         image,
         confinement,
-        cluster: None,
+        cluster,
     })
+}
+
+/// Where instance `id` (`<app>-<env>-r<N>-<service>-<slot>`) runs on the swarm: slot `<slot>`
+/// of the Swarm service `rollway-<app>-<env>-r<N>-<service>` on the app environment's overlay.
+fn cluster_spec(key: &AppEnv, service: &Service, id: &str) -> Option<driver::swarm::ClusterSpec> {
+    let (prefix, slot) = id.rsplit_once('-')?;
+    let placement = &service.placement;
+    let resources = placement.resources;
+    Some(driver::swarm::ClusterSpec {
+        service: format!("rollway-{prefix}"),
+        slot: slot.parse().ok()?,
+        replicas: service.replicas,
+        network: swarm_network(key),
+        constraints: placement.constraints.clone(),
+        max_per_node: placement.max_per_node,
+        nano_cpus: resources.and_then(|resources| resources.nano_cpus),
+        memory_bytes: resources
+            .and_then(|resources| resources.memory)
+            .map(|memory| memory.bytes()),
+    })
+}
+
+/// The attachable overlay network of an app environment on the swarm.
+pub fn swarm_network(key: &AppEnv) -> String {
+    format!("rollway-{}-{}", key.app, key.environment)
 }
 
 /// The app-wide variables: the manifest's `[env]` with `${NAME}` filled in from the release's
@@ -946,7 +1088,7 @@ pub fn set_phase(
     persist_instance(engine, key, id);
 }
 
-fn persist_instance(engine: &Engine, key: &AppEnv, id: &str) {
+pub(crate) fn persist_instance(engine: &Engine, key: &AppEnv, id: &str) {
     let Some(instance) = engine.runtime(key).instances.get(id).cloned() else {
         return;
     };

@@ -1,0 +1,332 @@
+//! The swarm driver end to end: `driver = "swarm"` deploys through the same executor as the
+//! other drivers, on the real single-node swarm scripts/test makes (`docker swarm init
+//! --advertise-addr 127.0.0.1` when the engine has none), with Debian's `docker-registry` on
+//! loopback as the cluster's registry, and the container tests' images (nothing is pulled).
+//!
+//! Skipped with one printed line only when no Docker engine is reachable (and neither
+//! `ROLLWAY_E2E` nor `CI` is set); with an engine, a missing swarm or registry fails the test
+//! with what to do.
+
+use std::time::Duration;
+
+use testkit::agent::{Driver, TestAgent, TestApp};
+use testkit::load::Load;
+
+use crate::agent::rollway_bin;
+use crate::containers::{Images, docker};
+
+const ENV: &str = "production";
+/// Bound of the load loop; the test stops it long before.
+const LOAD_BOUND: Duration = Duration::from_secs(300);
+const PATIENCE: Duration = Duration::from_secs(90);
+
+/// Blue-green deploy and a warm rollback under continuous load with no failed request; a task
+/// killed by hand (`docker kill`) leaves routing, is replaced by Swarm and comes back on its new
+/// port; a release that never turns healthy fails with nothing moved and nothing left; the
+/// canary secret is in no `docker service inspect`, no task or container inspect, no log and
+/// nowhere in the state directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swarm_deploys_roll_back_and_follow_a_killed_task_under_load_failing_no_request() {
+    let Some(images) = Images::get() else {
+        return;
+    };
+    let swarm = docker(&[
+        "info",
+        "--format",
+        "{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}}",
+    ])
+    .unwrap_or_default();
+    assert_eq!(
+        swarm.trim(),
+        "active true",
+        "the Docker engine is not a swarm manager: run scripts/test, or `docker swarm init --advertise-addr 127.0.0.1`"
+    );
+    let registry = testkit::registry::Registry::start()
+        .unwrap_or_else(|error| panic!("the swarm tests need a registry: {error}"));
+    let name = format!("sw{}", std::process::id());
+    let cleanup = Cleanup {
+        app: name.clone(),
+        registry: registry.host(),
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let runtime_dir = tempfile::Builder::new()
+        .prefix("rollway-e2e-swarm-")
+        .tempdir_in("/dev/shm")
+        .expect("temporary directory on /dev/shm");
+    let runtime = runtime_dir.path().display().to_string();
+    let registry_host = registry.host();
+    let agent = TestAgent::start_with_env(
+        rollway_bin(),
+        &dir.path().join("state"),
+        &[
+            ("RUNTIME_DIRECTORY", runtime.as_str()),
+            ("ROLLWAY_SWARM_REGISTRY", registry_host.as_str()),
+        ],
+    )
+    .await;
+    let secret = format!("canary-{}", testkit::agent::random_hex(16));
+    agent
+        .set_secret(&name, ENV, "DB_PASSWORD", &secret)
+        .await
+        .assert_code(0);
+    let app = |version: &str| {
+        TestApp::new(dir.path().join(version))
+            .named(&name)
+            .version(version)
+            .driver(Driver::Container)
+            .image(format!("{}:{{version}}", images.repository))
+            .replicas(2)
+            .secrets(ENV, &["DB_PASSWORD"])
+            .start_timeout("60s")
+            .on_swarm(ENV)
+    };
+
+    // Release 1, then the load, then release 2 (blue-green) and a warm rollback to 1.
+    let ran = agent.deploy(&app("v1"), ENV).await;
+    ran.assert_code(0);
+    agent.assert_serves("v1").await;
+    let seen = agent.get(None, "/env/DB_PASSWORD").await;
+    assert_eq!((seen.status, seen.body.as_str()), (200, secret.as_str()));
+    let load = Load::new(agent.proxy_addr())
+        .concurrency(4)
+        .duration(LOAD_BOUND)
+        .start();
+    let ran = agent.deploy(&app("v2"), ENV).await;
+    ran.assert_code(0);
+    agent.assert_serves("v2").await;
+    // Each release's service is a Swarm service with its replicas, dnsrr, the image by digest.
+    let spec = service_spec(&format!("rollway-{name}-{ENV}-r2-web"));
+    assert_eq!(spec["Mode"]["Replicated"]["Replicas"], 2, "{spec}");
+    assert_eq!(spec["EndpointSpec"]["Mode"], "dnsrr", "{spec}");
+    let image = spec["TaskTemplate"]["ContainerSpec"]["Image"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        image.starts_with(&format!("{registry_host}/rollway/{name}-{ENV}-web"))
+            && image.contains("@sha256:"),
+        "{image}"
+    );
+    let ran = agent.rollback(&name, ENV, Some(1)).await;
+    ran.assert_code(0);
+    agent.assert_serves("v1").await;
+    let status = agent.status(&name, ENV).await;
+    assert_eq!(status.weights(), vec![(1, 100)], "{status}");
+    let events = agent.events().await;
+    let rollback_started = events
+        .iter()
+        .filter(|event| event["kind"] == "instance.started")
+        .count();
+    assert_eq!(
+        rollback_started, 4,
+        "the rollback was one switch: no instance started for it"
+    );
+
+    // A task of the serving release killed by hand: Swarm replaces it, routing follows.
+    let instance = format!("{name}-{ENV}-r1-web-1");
+    let port_before = instance_port(&agent, &name, &instance).await;
+    let service = format!("rollway-{name}-{ENV}-r1-web");
+    let container = slot_container(&service, 1);
+    docker(&["kill", &container]).expect("docker kill");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let port = instance_port(&agent, &name, &instance).await;
+        let state = agent
+            .status(&name, ENV)
+            .await
+            .instances()
+            .get(&instance)
+            .cloned();
+        if port != port_before && state.as_deref() == Some("serving") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "instance `{instance}` did not come back on a new port (port {port}, state {state:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let sample = agent.sample(40).await;
+    assert_eq!(sample.failed, 0, "{sample}");
+
+    let report = load.stop().await;
+    report.assert_no_failures();
+    assert!(report.total > 0, "the load loop sent nothing");
+    assert_eq!(
+        report.versions.keys().collect::<Vec<_>>(),
+        ["v1", "v2"],
+        "{report}"
+    );
+
+    // A release that never turns healthy: the deploy fails, v1 keeps all traffic, and its
+    // service is gone.
+    let never = app("v3").env("HEALTH_DELAY_S", "1000").start_timeout("5s");
+    let ran = agent.deploy(&never, ENV).await;
+    ran.assert_code(1);
+    agent.assert_serves("v1").await;
+    let status = agent.status(&name, ENV).await;
+    assert_eq!(status.weights(), vec![(1, 100)], "{status}");
+    assert_eq!(status.deployment_state(), Some("Failed"), "{status}");
+    assert!(
+        docker(&[
+            "service",
+            "inspect",
+            &format!("rollway-{name}-{ENV}-r3-web")
+        ])
+        .is_none(),
+        "the failed release's service is left behind"
+    );
+
+    // The canary secret: nowhere in the engine's view, the logs, or the state directory.
+    let mut places: Vec<(String, String)> = vec![
+        ("the agent's log".into(), agent.log()),
+        (
+            "`rollway events`".into(),
+            serde_json::to_string(&agent.events().await).expect("events JSON"),
+        ),
+    ];
+    let services = docker(&[
+        "service",
+        "ls",
+        "-q",
+        "--filter",
+        &format!("name=rollway-{name}-"),
+    ])
+    .unwrap_or_default();
+    for service in services.split_whitespace() {
+        places.push((
+            format!("`docker service inspect {service}`"),
+            docker(&["service", "inspect", service]).expect("service inspect"),
+        ));
+        let tasks = docker(&["service", "ps", "-q", service]).unwrap_or_default();
+        for task in tasks.split_whitespace() {
+            places.push((
+                format!("`docker inspect {task}`"),
+                docker(&["inspect", task]).expect("task inspect"),
+            ));
+        }
+    }
+    let containers = docker(&[
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("label=dev.rollway.app={name}"),
+    ])
+    .unwrap_or_default();
+    for container in containers.split_whitespace() {
+        places.push((
+            format!("`docker inspect {container}`"),
+            docker(&["inspect", container]).expect("container inspect"),
+        ));
+        places.push((
+            format!("`docker logs {container}`"),
+            crate::containers::docker_all_output(&["logs", container]),
+        ));
+    }
+    assert!(
+        places.len() > 6,
+        "the services, tasks and containers were found: {}",
+        places.len()
+    );
+    for (place, text) in &places {
+        assert!(!text.contains(&secret), "the secret is in {place}:\n{text}");
+    }
+    assert_eq!(
+        testkit::agent::files_containing(agent.state_dir(), &secret),
+        Vec::<std::path::PathBuf>::new(),
+        "the secret is written in the state directory"
+    );
+    drop(agent);
+    drop(cleanup);
+}
+
+/// `Spec` of a Swarm service, from `docker service inspect`.
+fn service_spec(service: &str) -> serde_json::Value {
+    let text = docker(&["service", "inspect", service]).expect("service inspect");
+    let mut values: Vec<serde_json::Value> = serde_json::from_str(&text).expect("JSON");
+    values.pop().expect("one service")["Spec"].take()
+}
+
+/// The port the agent routes `instance` to (`rollway status --json`).
+async fn instance_port(agent: &TestAgent, app: &str, instance: &str) -> u64 {
+    let status = agent.status(app, ENV).await;
+    status.0["instances"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|view| view["id"] == instance)
+        .and_then(|view| view["port"].as_u64())
+        .unwrap_or_else(|| panic!("no instance `{instance}` in {status}"))
+}
+
+/// The container of the running task in `slot` of `service`.
+fn slot_container(service: &str, slot: u64) -> String {
+    let tasks = docker(&[
+        "service",
+        "ps",
+        "-q",
+        "--filter",
+        "desired-state=running",
+        service,
+    ])
+    .unwrap_or_default();
+    tasks
+        .split_whitespace()
+        .filter_map(|task| {
+            let text = docker(&["inspect", task])?;
+            let mut values: Vec<serde_json::Value> = serde_json::from_str(&text).ok()?;
+            values.pop()
+        })
+        .find(|task| task["Slot"] == slot)
+        .and_then(|task| {
+            task["Status"]["ContainerStatus"]["ContainerID"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| panic!("no running task in slot {slot} of `{service}`"))
+}
+
+/// Removes every Swarm service, secret and network of the test's app, and the images the agent
+/// pushed, also when the test fails.
+struct Cleanup {
+    app: String,
+    registry: String,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let prefix = format!("rollway-{}-", self.app);
+        for kind in ["service", "secret"] {
+            let names = docker(&[kind, "ls", "--format", "{{.Name}}"]).unwrap_or_default();
+            for name in names.lines().filter(|name| name.starts_with(&prefix)) {
+                let _ = docker(&[kind, "rm", name]);
+            }
+        }
+        // Secrets and the network stay in use until the services' tasks are gone.
+        for _ in 0..100 {
+            let mut left = 0;
+            for kind in ["secret", "network"] {
+                let names = docker(&[kind, "ls", "--format", "{{.Name}}"]).unwrap_or_default();
+                for name in names
+                    .lines()
+                    .filter(|name| name.starts_with(&prefix[..prefix.len() - 1]))
+                {
+                    if docker(&[kind, "rm", name]).is_none() {
+                        left += 1;
+                    }
+                }
+            }
+            if left == 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let images =
+            docker(&["images", "--format", "{{.Repository}}:{{.Tag}}"]).unwrap_or_default();
+        for image in images
+            .lines()
+            .filter(|image| image.starts_with(&self.registry))
+        {
+            let _ = docker(&["rmi", image]);
+        }
+    }
+}
