@@ -49,6 +49,8 @@ pub enum SpecError {
     },
     #[error("cannot run the release command")]
     RunOnce(#[source] Box<driver::container::ContainerError>),
+    #[error("cannot run the release command as a Swarm job")]
+    Job(#[source] Box<driver::swarm::SwarmError>),
     #[error("the release command `{command}` exited with {code}; its last output:\n{tail}")]
     OneOffFailed {
         command: String,
@@ -177,6 +179,8 @@ impl From<crate::store::StoreError> for SpecError {
 
 /// How long a build command may run.
 pub const BUILD_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long a release command may run as a Swarm job.
+pub const RELEASE_TIMEOUT: Duration = Duration::from_secs(3600);
 
 // Loading a release moved to `deploy/release.rs`; these names stay for the other rooms.
 pub use crate::deploy::release::{LoadedRelease, ReleaseConfig, load_release, resolve};
@@ -382,23 +386,55 @@ pub async fn run_release_command(
                 .and_then(|service| service.user.clone()),
             ..driver::Confinement::default()
         };
-        let code = driver
-            .run_once(image, &env, command, &confinement, |line| {
-                let line = scrubber.scrub(line).into_owned();
-                n_lines += 1;
-                if n_lines <= MAX_OUTPUT_EVENTS {
-                    engine.record_progress(
-                        Subject::deployment(deployment),
-                        &DeploymentEvent::Output { line: line.clone() },
-                    );
-                }
-                tail.push_back(line);
-                if tail.len() > 10 {
-                    tail.pop_front();
-                }
-            })
-            .await
-            .map_err(|error| SpecError::RunOnce(Box::new(error)))?;
+        let on_line = |line: &str| {
+            let line = scrubber.scrub(line).into_owned();
+            n_lines += 1;
+            if n_lines <= MAX_OUTPUT_EVENTS {
+                engine.record_progress(
+                    Subject::deployment(deployment),
+                    &DeploymentEvent::Output { line: line.clone() },
+                );
+            }
+            tail.push_back(line);
+            if tail.len() > 10 {
+                tail.pop_front();
+            }
+        };
+        let code = if release.resolved.driver == manifest::Driver::Swarm {
+            // On the swarm: a one-off Swarm job (replicated-job) on the app's overlay network.
+            let swarm = engine.drivers.swarm().await?;
+            let key = AppEnv::new(deployment.app.clone(), deployment.environment.clone());
+            let prefix = format!(
+                "{}-{}-r{}-release-command",
+                deployment.app, deployment.environment, release.number
+            );
+            let spec = InstanceSpec {
+                instance_id: format!("{prefix}-1"),
+                workdir: dir.clone(),
+                command: command.to_owned(),
+                env: env.clone(),
+                port: 0,
+                stop_timeout: Duration::from_secs(10),
+                image: Some(image.clone()),
+                confinement,
+                cluster: Some(driver::swarm::ClusterSpec {
+                    service: format!("rollway-{prefix}"),
+                    slot: 1,
+                    replicas: 1,
+                    network: swarm_network(&key),
+                    ..driver::swarm::ClusterSpec::default()
+                }),
+            };
+            swarm
+                .run_job(&spec, RELEASE_TIMEOUT, on_line)
+                .await
+                .map_err(|error| SpecError::Job(Box::new(error)))?
+        } else {
+            driver
+                .run_once(image, &env, command, &confinement, on_line)
+                .await
+                .map_err(|error| SpecError::RunOnce(Box::new(error)))?
+        };
         if code != 0 {
             let tail: Vec<String> = tail.iter().map(|line| format!("  | {line}")).collect();
             return Err(SpecError::OneOffFailed {

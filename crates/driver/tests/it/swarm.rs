@@ -4,7 +4,7 @@
 //!
 //! Needs an engine that is a swarm manager (scripts/test runs `docker swarm init` when it is
 //! not) and Debian's `docker-registry`. Without them the tests skip with one printed line,
-//! unless `CI` or `ROLLWAY_REQUIRE_DOCKER` is set: there they fail.
+//! unless `CI`, `ROLLWAY_E2E` or `ROLLWAY_REQUIRE_DOCKER` is set: there they fail.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -228,8 +228,9 @@ struct Images {
 
 impl Setup {
     async fn new(name: &str) -> Option<Setup> {
-        let required = std::env::var_os("CI").is_some()
-            || std::env::var_os("ROLLWAY_REQUIRE_DOCKER").is_some();
+        let required = ["CI", "ROLLWAY_REQUIRE_DOCKER", "ROLLWAY_E2E"]
+            .iter()
+            .any(|name| std::env::var_os(name).is_some_and(|value| !value.is_empty()));
         let config = SwarmDriverConfig {
             owner: OWNER.to_owned(),
             reconcile_interval: Duration::from_millis(250),

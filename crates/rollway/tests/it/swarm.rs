@@ -91,8 +91,24 @@ async fn swarm_deploys_roll_back_and_follow_a_killed_task_under_load_failing_no_
         .concurrency(4)
         .duration(LOAD_BOUND)
         .start();
-    let ran = agent.deploy(&app("v2"), ENV).await;
+    // Release 2 has a release command: a one-off Swarm job, which sees the secret.
+    let with_command = app("v2").release(
+        r#"echo "migrating for release $ROLLWAY_RELEASE"; test -n "$DB_PASSWORD" && echo "the job saw the secret""#,
+        None,
+    );
+    let ran = agent.deploy(&with_command, ENV).await;
     ran.assert_code(0);
+    crate::agent::assert_contains(&ran, "migrating for release 2");
+    crate::agent::assert_contains(&ran, "the job saw the secret");
+    assert!(
+        docker(&[
+            "service",
+            "inspect",
+            &format!("rollway-{name}-{ENV}-r2-release-command")
+        ])
+        .is_none(),
+        "the release command's job is left behind"
+    );
     agent.assert_serves("v2").await;
     // Each release's service is a Swarm service with its replicas, dnsrr, the image by digest.
     let spec = service_spec(&format!("rollway-{name}-{ENV}-r2-web"));
