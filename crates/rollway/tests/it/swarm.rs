@@ -55,7 +55,7 @@ async fn swarm_deploys_roll_back_and_follow_a_killed_task_under_load_failing_no_
         .expect("temporary directory on /dev/shm");
     let runtime = runtime_dir.path().display().to_string();
     let registry_host = registry.host();
-    let agent = TestAgent::start_with_env(
+    let mut agent = TestAgent::start_with_env(
         rollway_bin(),
         &dir.path().join("state"),
         &[
@@ -163,6 +163,33 @@ async fn swarm_deploys_roll_back_and_follow_a_killed_task_under_load_failing_no_
     }
     let sample = agent.sample(40).await;
     assert_eq!(sample.failed, 0, "{sample}");
+    // The agent followed the task itself: out of routing when it stopped, then moved to the
+    // replacement's port (the health watch let it back in).
+    let log = agent.log();
+    assert!(
+        log.contains("A swarm task stopped; its instance left routing."),
+        "{log}"
+    );
+    assert!(
+        log.contains(
+            "A swarm task was replaced; its instance waits for health checks on the new port."
+        ),
+        "{log}"
+    );
+
+    // kill -9 of the agent: the proxy serves on, and the restarted agent adopts the services
+    // as they are (no service created or removed, every instance back as it was).
+    let services_before = app_services(&name);
+    let instances_before = agent.status(&name, ENV).await.instances();
+    agent
+        .restart_with_env(&[
+            ("RUNTIME_DIRECTORY", runtime.as_str()),
+            ("ROLLWAY_SWARM_REGISTRY", registry_host.as_str()),
+        ])
+        .await;
+    agent.assert_serves("v1").await;
+    assert_eq!(app_services(&name), services_before);
+    assert_eq!(agent.status(&name, ENV).await.instances(), instances_before);
 
     let report = load.stop().await;
     report.assert_no_failures();
@@ -253,6 +280,18 @@ async fn swarm_deploys_roll_back_and_follow_a_killed_task_under_load_failing_no_
     );
     drop(agent);
     drop(cleanup);
+}
+
+/// The Swarm services of the test's app, by name.
+fn app_services(app: &str) -> Vec<String> {
+    let names = docker(&["service", "ls", "--format", "{{.Name}} {{.ID}}"]).unwrap_or_default();
+    let mut names: Vec<String> = names
+        .lines()
+        .filter(|line| line.starts_with(&format!("rollway-{app}-")))
+        .map(str::to_owned)
+        .collect();
+    names.sort();
+    names
 }
 
 /// `Spec` of a Swarm service, from `docker service inspect`.
