@@ -20,7 +20,8 @@ const ENV: &str = "production";
 const LOAD_BOUND: Duration = Duration::from_secs(300);
 const PATIENCE: Duration = Duration::from_secs(90);
 
-/// Blue-green deploy and a warm rollback under continuous load with no failed request; a task
+/// A swarm deploy without a registry refused before anything moves; blue-green deploy and a warm
+/// rollback under continuous load with no failed request; a task
 /// killed by hand (`docker kill`) leaves routing, is replaced by Swarm and comes back on its new
 /// port; a release that never turns healthy fails with nothing moved and nothing left; the
 /// canary secret is in no `docker service inspect`, no task or container inspect, no log and
@@ -55,13 +56,11 @@ async fn swarm_deploys_roll_back_and_follow_a_killed_task_under_load_failing_no_
         .expect("temporary directory on /dev/shm");
     let runtime = runtime_dir.path().display().to_string();
     let registry_host = registry.host();
+    // Day one: an agent without a registry refuses a swarm deploy before anything moves.
     let mut agent = TestAgent::start_with_env(
         rollway_bin(),
         &dir.path().join("state"),
-        &[
-            ("RUNTIME_DIRECTORY", runtime.as_str()),
-            ("ROLLWAY_SWARM_REGISTRY", registry_host.as_str()),
-        ],
+        &[("RUNTIME_DIRECTORY", runtime.as_str())],
     )
     .await;
     let secret = format!("canary-{}", testkit::agent::random_hex(16));
@@ -81,7 +80,22 @@ async fn swarm_deploys_roll_back_and_follow_a_killed_task_under_load_failing_no_
             .on_swarm(ENV)
     };
 
-    // Release 1, then the load, then release 2 (blue-green) and a warm rollback to 1.
+    let ran = agent.deploy(&app("v1"), ENV).await;
+    ran.assert_code(1);
+    crate::agent::assert_contains(&ran, "ROLLWAY_SWARM_REGISTRY=HOST:PORT");
+    assert_eq!(
+        app_services(&name),
+        Vec::<String>::new(),
+        "nothing was created"
+    );
+    agent
+        .restart_with_env(&[
+            ("RUNTIME_DIRECTORY", runtime.as_str()),
+            ("ROLLWAY_SWARM_REGISTRY", registry_host.as_str()),
+        ])
+        .await;
+
+    // Release 2, then the load, then release 3 (blue-green) and a warm rollback to 2.
     let ran = agent.deploy(&app("v1"), ENV).await;
     ran.assert_code(0);
     agent.assert_serves("v1").await;
@@ -98,20 +112,20 @@ async fn swarm_deploys_roll_back_and_follow_a_killed_task_under_load_failing_no_
     );
     let ran = agent.deploy(&with_command, ENV).await;
     ran.assert_code(0);
-    crate::agent::assert_contains(&ran, "migrating for release 2");
+    crate::agent::assert_contains(&ran, "migrating for release 3");
     crate::agent::assert_contains(&ran, "the job saw the secret");
     assert!(
         docker(&[
             "service",
             "inspect",
-            &format!("rollway-{name}-{ENV}-r2-release-command")
+            &format!("rollway-{name}-{ENV}-r3-release-command")
         ])
         .is_none(),
         "the release command's job is left behind"
     );
     agent.assert_serves("v2").await;
     // Each release's service is a Swarm service with its replicas, dnsrr, the image by digest.
-    let spec = service_spec(&format!("rollway-{name}-{ENV}-r2-web"));
+    let spec = service_spec(&format!("rollway-{name}-{ENV}-r3-web"));
     assert_eq!(spec["Mode"]["Replicated"]["Replicas"], 2, "{spec}");
     assert_eq!(spec["EndpointSpec"]["Mode"], "dnsrr", "{spec}");
     let image = spec["TaskTemplate"]["ContainerSpec"]["Image"]
@@ -122,11 +136,11 @@ async fn swarm_deploys_roll_back_and_follow_a_killed_task_under_load_failing_no_
             && image.contains("@sha256:"),
         "{image}"
     );
-    let ran = agent.rollback(&name, ENV, Some(1)).await;
+    let ran = agent.rollback(&name, ENV, Some(2)).await;
     ran.assert_code(0);
     agent.assert_serves("v1").await;
     let status = agent.status(&name, ENV).await;
-    assert_eq!(status.weights(), vec![(1, 100)], "{status}");
+    assert_eq!(status.weights(), vec![(2, 100)], "{status}");
     let events = agent.events().await;
     let rollback_started = events
         .iter()
@@ -138,9 +152,9 @@ async fn swarm_deploys_roll_back_and_follow_a_killed_task_under_load_failing_no_
     );
 
     // A task of the serving release killed by hand: Swarm replaces it, routing follows.
-    let instance = format!("{name}-{ENV}-r1-web-1");
+    let instance = format!("{name}-{ENV}-r2-web-1");
     let port_before = instance_port(&agent, &name, &instance).await;
-    let service = format!("rollway-{name}-{ENV}-r1-web");
+    let service = format!("rollway-{name}-{ENV}-r2-web");
     let container = slot_container(&service, 1);
     docker(&["kill", &container]).expect("docker kill");
     let deadline = tokio::time::Instant::now() + PATIENCE;
@@ -207,13 +221,13 @@ async fn swarm_deploys_roll_back_and_follow_a_killed_task_under_load_failing_no_
     ran.assert_code(1);
     agent.assert_serves("v1").await;
     let status = agent.status(&name, ENV).await;
-    assert_eq!(status.weights(), vec![(1, 100)], "{status}");
+    assert_eq!(status.weights(), vec![(2, 100)], "{status}");
     assert_eq!(status.deployment_state(), Some("Failed"), "{status}");
     assert!(
         docker(&[
             "service",
             "inspect",
-            &format!("rollway-{name}-{ENV}-r3-web")
+            &format!("rollway-{name}-{ENV}-r4-web")
         ])
         .is_none(),
         "the failed release's service is left behind"
