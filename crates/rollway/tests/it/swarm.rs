@@ -20,10 +20,11 @@ const ENV: &str = "production";
 const LOAD_BOUND: Duration = Duration::from_secs(300);
 const PATIENCE: Duration = Duration::from_secs(90);
 
-/// A swarm deploy without a registry refused before anything moves; blue-green deploy and a warm
-/// rollback under continuous load with no failed request; a task
-/// killed by hand (`docker kill`) leaves routing, is replaced by Swarm and comes back on its new
-/// port; a release that never turns healthy fails with nothing moved and nothing left; the
+/// A swarm deploy without a registry refused before anything moves; under continuous load with no
+/// failed request: blue-green deploys (one with a release command run as a Swarm job), a warm
+/// rollback, a task killed by hand (`docker kill`) that leaves routing, is replaced by Swarm and
+/// comes back on its new port, kill -9 of the agent (the services adopted unchanged), a rolling
+/// deploy; then a release that never turns healthy fails with nothing moved and nothing left; the
 /// canary secret is in no `docker service inspect`, no task or container inspect, no log and
 /// nowhere in the state directory.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -205,6 +206,13 @@ async fn swarm_deploys_roll_back_and_follow_a_killed_task_under_load_failing_no_
     assert_eq!(app_services(&name), services_before);
     assert_eq!(agent.status(&name, ENV).await.instances(), instances_before);
 
+    // A rolling deploy (release 4), instance by instance, under the same load.
+    let ran = agent.deploy(&app("v2").strategy("rolling"), ENV).await;
+    ran.assert_code(0);
+    agent.assert_serves("v2").await;
+    let status = agent.status(&name, ENV).await;
+    assert_eq!(status.weights(), vec![(4, 100)], "{status}");
+
     let report = load.stop().await;
     report.assert_no_failures();
     assert!(report.total > 0, "the load loop sent nothing");
@@ -214,20 +222,20 @@ async fn swarm_deploys_roll_back_and_follow_a_killed_task_under_load_failing_no_
         "{report}"
     );
 
-    // A release that never turns healthy: the deploy fails, v1 keeps all traffic, and its
-    // service is gone.
+    // A release that never turns healthy (5): the deploy fails, release 4 keeps all traffic,
+    // and the failed release's service is gone.
     let never = app("v3").env("HEALTH_DELAY_S", "1000").start_timeout("5s");
     let ran = agent.deploy(&never, ENV).await;
     ran.assert_code(1);
-    agent.assert_serves("v1").await;
+    agent.assert_serves("v2").await;
     let status = agent.status(&name, ENV).await;
-    assert_eq!(status.weights(), vec![(2, 100)], "{status}");
+    assert_eq!(status.weights(), vec![(4, 100)], "{status}");
     assert_eq!(status.deployment_state(), Some("Failed"), "{status}");
     assert!(
         docker(&[
             "service",
             "inspect",
-            &format!("rollway-{name}-{ENV}-r4-web")
+            &format!("rollway-{name}-{ENV}-r5-web")
         ])
         .is_none(),
         "the failed release's service is left behind"
