@@ -43,7 +43,7 @@ pub async fn run(engine: Arc<Engine>) {
 /// One pass over every swarm instance of every app environment.
 async fn follow_once(engine: &Arc<Engine>) {
     let mut gone: Vec<(AppEnv, String)> = Vec::new();
-    let mut moved: Vec<(AppEnv, String, u16)> = Vec::new();
+    let mut moved: Vec<(AppEnv, String, std::net::SocketAddr)> = Vec::new();
     if let Ok(runtimes) = engine.runtimes.lock() {
         for (key, runtime) in runtimes.iter() {
             for (id, instance) in &runtime.instances {
@@ -53,8 +53,8 @@ async fn follow_once(engine: &Arc<Engine>) {
                 }
                 match engine.drivers.address(id) {
                     None => gone.push((key.clone(), id.clone())),
-                    Some(address) if address.port() != instance.port => {
-                        moved.push((key.clone(), id.clone(), address.port()));
+                    Some(address) if address != instance.addr() => {
+                        moved.push((key.clone(), id.clone(), address));
                     }
                     Some(_) => {}
                 }
@@ -106,13 +106,14 @@ async fn follow_once(engine: &Arc<Engine>) {
         .unwrap_or_default();
     let moved_ids: Vec<String> = moved.iter().map(|(_, id, _)| id.clone()).collect();
     crate::deploy::spec::wait_gone_from_proxy(engine, &moved_ids, drain).await;
-    for (key, id, port) in moved {
+    for (key, id, address) in moved {
         engine.with_runtime(&key, |runtime| {
             if let Some(instance) = runtime.instances.get_mut(&id) {
-                instance.port = port;
+                instance.host = address.ip();
+                instance.port = address.port();
             }
         });
         crate::deploy::spec::persist_instance(engine, &key, &id);
-        tracing::info!(message = "A swarm task was replaced; its instance waits for health checks on the new port.", instance = %id, port);
+        tracing::info!(message = "A swarm task was replaced; its instance waits for health checks on the new port.", instance = %id, %address);
     }
 }

@@ -783,7 +783,7 @@ impl ReleaseHealth {
             };
             let threshold = check.unhealthy;
             checks.push(async move {
-                let passed = spec::check_instance(release, service, instance.port)
+                let passed = spec::check_instance(release, service, instance.addr())
                     .await
                     .unwrap_or(true);
                 (id.clone(), passed, threshold)
@@ -827,7 +827,7 @@ async fn warm_fallback(
     let release = spec::load_release(engine, key, previous).ok()?;
     for (_, instance) in warm.iter().filter(|(_, i)| i.release == previous) {
         let service = release.resolved.config.service(&instance.service)?;
-        if !spec::check_instance(&release, service, instance.port).await? {
+        if !spec::check_instance(&release, service, instance.addr()).await? {
             return None;
         }
     }
@@ -1100,7 +1100,7 @@ async fn verify_instance(
                 start_timeout: health.start_timeout.as_std(),
                 protocol: service.protocol,
             };
-            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], instance.port));
+            let addr = instance.addr();
             if let Err(error) = health::gate(addr, &check, alive).await {
                 let reason = crate::report::chain(&error);
                 return Err(StepError::Instance(with_log_tail(

@@ -628,7 +628,7 @@ pub async fn run_smoke(
                 .iter()
                 .any(|route| route.service == instance.service)
         })
-        .map(|instance| format!("http://127.0.0.1:{}", instance.port))
+        .map(|instance| format!("http://{}", instance.addr()))
         .collect();
     let mut env = base_env(release)?;
     env.push((
@@ -827,6 +827,7 @@ pub async fn start_instance(
                 release: release.number,
                 service: service_name.to_owned(),
                 port,
+                host: std::net::Ipv4Addr::LOCALHOST.into(),
                 phase: InstancePhase::Starting,
                 warm_until: None,
                 unhealthy: false,
@@ -837,16 +838,16 @@ pub async fn start_instance(
     let on_swarm = spec.cluster.clone();
     let started = match engine.drivers.start(spec).await {
         Ok(()) => match &on_swarm {
-            // The proxy reaches a task on the port the engine published for it.
+            // The proxy reaches a task on its node, on the port the engine published for it.
             Some(cluster) => {
-                task_port(engine, &id, &cluster.service, service.health.as_ref()).await
+                task_address(engine, &id, &cluster.service, service.health.as_ref()).await
             }
-            None => Ok(port),
+            None => Ok(std::net::SocketAddr::from(([127, 0, 0, 1], port))),
         },
         Err(error) => Err(error.into()),
     };
-    let port = match started {
-        Ok(port) => port,
+    let address = match started {
+        Ok(address) => address,
         Err(error) => {
             // Nothing runs: forget it now rather than leave it `starting` for good.
             let _ = engine.drivers.stop(&id).await;
@@ -858,7 +859,8 @@ pub async fn start_instance(
     if on_swarm.is_some() {
         engine.with_runtime(key, |runtime| {
             if let Some(instance) = runtime.instances.get_mut(&id) {
-                instance.port = port;
+                instance.host = address.ip();
+                instance.port = address.port();
             }
         });
         persist_instance(engine, key, &id);
@@ -867,27 +869,27 @@ pub async fn start_instance(
         Subject::app(key),
         &DeploymentEvent::InstanceStarted {
             instance: id.clone(),
-            port,
+            port: address.port(),
         },
     );
     Ok(id)
 }
 
-/// Waits until the swarm instance's task runs and answers its published port, bounded by the
-/// service's `health.start_timeout` (60 s without a health check).
-async fn task_port(
+/// Waits until the swarm instance's task runs with a published port, bounded by the service's
+/// `health.start_timeout` (60 s without a health check); answers its node's address and port.
+async fn task_address(
     engine: &Engine,
     id: &str,
     service: &str,
     health: Option<&Health>,
-) -> Result<u16, SpecError> {
+) -> Result<std::net::SocketAddr, SpecError> {
     let patience = health.map_or(Duration::from_secs(60), |health| {
         health.start_timeout.as_std()
     });
     let deadline = tokio::time::Instant::now() + patience;
     loop {
         if let Some(address) = engine.drivers.address(id) {
-            return Ok(address.port());
+            return Ok(address);
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(SpecError::NoTask {
@@ -1076,11 +1078,14 @@ fn route_settings(
     }
 }
 
-/// One health check of an instance of `service` on `port`, as its manifest says (path, host,
+/// One health check of an instance of `service` at `addr`, as its manifest says (path, host,
 /// timeout, protocol); `None` when the service has no health check.
-pub async fn check_instance(release: &LoadedRelease, service: &Service, port: u16) -> Option<bool> {
+pub async fn check_instance(
+    release: &LoadedRelease,
+    service: &Service,
+    addr: std::net::SocketAddr,
+) -> Option<bool> {
     let health = service.health.as_ref()?;
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let host = health_host(&release.resolved, service, health);
     Some(
         crate::health::probe(
@@ -1135,6 +1140,7 @@ pub(crate) fn persist_instance(engine: &Engine, key: &AppEnv, id: &str) {
         release: instance.release,
         service: instance.service.clone(),
         port: instance.port,
+        host: instance.host,
         state: instance.phase.as_str().to_owned(),
         warm_until: instance.warm_until,
         updated_at: now_ms(),
