@@ -242,7 +242,15 @@ async fn swarm_deploys_roll_back_and_follow_a_killed_task_under_load_failing_no_
     );
 
     // The canary secret: nowhere in the engine's view, the logs, or the state directory.
+    // `rollway logs` reads the tasks' output through the swarm driver.
+    let logs = agent
+        .cli(&["logs", "--env", ENV, "--app", &name, "-n", "100"])
+        .await
+        .assert_code(0)
+        .to_string();
+    assert!(logs.contains("listening"), "no task output in:\n{logs}");
     let mut places: Vec<(String, String)> = vec![
+        ("`rollway logs`".into(), logs),
         ("the agent's log".into(), agent.log()),
         (
             "`rollway events`".into(),
