@@ -24,7 +24,7 @@ const PATIENCE: Duration = Duration::from_secs(90);
 /// failed request: blue-green deploys (one with a release command run as a Swarm job), a warm
 /// rollback, a task killed by hand (`docker kill`) that leaves routing, is replaced by Swarm and
 /// comes back on its new port, kill -9 of the agent (the services adopted unchanged), a rolling
-/// deploy; then a release that never turns healthy fails with nothing moved and nothing left; the
+/// deploy, the agent killed before Shifting (the deploy undone, its service removed); then a release that never turns healthy fails with nothing moved and nothing left; the
 /// canary secret is in no `docker service inspect`, no task or container inspect, no log and
 /// nowhere in the state directory.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -213,6 +213,42 @@ async fn swarm_deploys_roll_back_and_follow_a_killed_task_under_load_failing_no_
     let status = agent.status(&name, ENV).await;
     assert_eq!(status.weights(), vec![(4, 100)], "{status}");
 
+    // The agent kills itself (kill -9) before Shifting a deploy of release 5 whose tasks run and
+    // passed their health gate: the restarted agent undoes it, removes release 5's service,
+    // and release 4 serves all along.
+    let agent_env = [
+        ("RUNTIME_DIRECTORY", runtime.as_str()),
+        ("ROLLWAY_SWARM_REGISTRY", registry_host.as_str()),
+    ];
+    let mut crashing = agent_env.to_vec();
+    crashing.push(("ROLLWAY_TEST_CRASH_BEFORE", "Shifting"));
+    agent.restart_with_env(&crashing).await;
+    let token = agent.admin_token().to_owned();
+    let deploy = agent
+        .deploy_command(&app("v1"), ENV, Some(&token))
+        .spawn()
+        .expect("spawn rollway deploy");
+    assert!(
+        agent.wait_exit(PATIENCE).await,
+        "the agent did not kill itself before Shifting:\n{}",
+        agent.log()
+    );
+    let r5 = format!("rollway-{name}-{ENV}-r5-web");
+    assert!(
+        docker(&["service", "inspect", &r5]).is_some(),
+        "release 5 runs while no agent does"
+    );
+    agent.restart_with_env(&agent_env).await;
+    let status = agent.wait_deployment_finished(&name, ENV, PATIENCE).await;
+    let _ = tokio::time::timeout(PATIENCE, deploy.wait_with_output()).await;
+    assert_eq!(status.deployment_state(), Some("Failed"), "{status}");
+    assert_eq!(status.weights(), vec![(4, 100)], "{status}");
+    agent.assert_serves("v2").await;
+    assert!(
+        docker(&["service", "inspect", &r5]).is_none(),
+        "release 5's service is left behind"
+    );
+
     let report = load.stop().await;
     report.assert_no_failures();
     assert!(report.total > 0, "the load loop sent nothing");
@@ -222,7 +258,7 @@ async fn swarm_deploys_roll_back_and_follow_a_killed_task_under_load_failing_no_
         "{report}"
     );
 
-    // A release that never turns healthy (5): the deploy fails, release 4 keeps all traffic,
+    // A release that never turns healthy (6): the deploy fails, release 4 keeps all traffic,
     // and the failed release's service is gone.
     let never = app("v3").env("HEALTH_DELAY_S", "1000").start_timeout("5s");
     let ran = agent.deploy(&never, ENV).await;
@@ -235,7 +271,7 @@ async fn swarm_deploys_roll_back_and_follow_a_killed_task_under_load_failing_no_
         docker(&[
             "service",
             "inspect",
-            &format!("rollway-{name}-{ENV}-r5-web")
+            &format!("rollway-{name}-{ENV}-r6-web")
         ])
         .is_none(),
         "the failed release's service is left behind"
