@@ -12,6 +12,8 @@
 //!   the old address (drained), then the instance takes the new port, still out of routing; the
 //!   continuous watch (`watch::health_loop`) lets it back in after its health checks pass on
 //!   the new port, like any instance that recovers.
+//! - a warm instance (out of routing, kept for a rollback) only follows its task's address, so
+//!   that a warm rollback's health gate checks the task that runs.
 
 use std::sync::Arc;
 
@@ -44,14 +46,26 @@ pub async fn run(engine: Arc<Engine>) {
 async fn follow_once(engine: &Arc<Engine>) {
     let mut gone: Vec<(AppEnv, String)> = Vec::new();
     let mut moved: Vec<(AppEnv, String, std::net::SocketAddr)> = Vec::new();
-    if let Ok(runtimes) = engine.runtimes.lock() {
-        for (key, runtime) in runtimes.iter() {
-            for (id, instance) in &runtime.instances {
+    let mut warm_moved = false;
+    if let Ok(mut runtimes) = engine.runtimes.lock() {
+        for (key, runtime) in runtimes.iter_mut() {
+            for (id, instance) in runtime.instances.iter_mut() {
                 if !engine.drivers.is_swarm(id) || instance.phase == InstancePhase::Starting {
                     // A starting instance is the deploy's to judge (its start waits for a task).
                     continue;
                 }
-                match engine.drivers.address(id) {
+                let address = engine.drivers.address(id);
+                if instance.phase != InstancePhase::Ready {
+                    // Warm: not in routing, so it only follows its task's address, for the
+                    // health gate of a warm rollback to find it.
+                    if let Some(address) = address.filter(|address| *address != instance.addr()) {
+                        instance.host = address.ip();
+                        instance.port = address.port();
+                        warm_moved = true;
+                    }
+                    continue;
+                }
+                match address {
                     None => gone.push((key.clone(), id.clone())),
                     Some(address) if address != instance.addr() => {
                         moved.push((key.clone(), id.clone(), address));
@@ -61,9 +75,13 @@ async fn follow_once(engine: &Arc<Engine>) {
             }
         }
     }
+    if warm_moved {
+        persist_all(engine);
+    }
     if gone.is_empty() && moved.is_empty() {
         return;
     }
+
     let leaving = gone
         .iter()
         .cloned()
@@ -115,5 +133,29 @@ async fn follow_once(engine: &Arc<Engine>) {
         });
         crate::deploy::spec::persist_instance(engine, &key, &id);
         tracing::info!(message = "A swarm task was replaced; its instance waits for health checks on the new port.", instance = %id, %address);
+    }
+}
+
+/// Writes every swarm instance's address to the store (after a warm one followed its task).
+fn persist_all(engine: &Engine) {
+    let ids: Vec<(AppEnv, String)> = engine
+        .runtimes
+        .lock()
+        .map(|runtimes| {
+            runtimes
+                .iter()
+                .flat_map(|(key, runtime)| {
+                    runtime
+                        .instances
+                        .keys()
+                        .filter(|id| engine.drivers.is_swarm(id))
+                        .map(|id| (key.clone(), id.clone()))
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    for (key, id) in ids {
+        crate::deploy::spec::persist_instance(engine, &key, &id);
     }
 }

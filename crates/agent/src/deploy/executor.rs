@@ -1075,8 +1075,15 @@ async fn verify_instance(
         })?;
     let engine_for_alive = engine.clone();
     let alive_id = instance_id.to_owned();
+    // A new instance must not have restarted at all; a warm one must not restart during this
+    // check (it may have been restarted while warm: a swarm task replaced by Swarm, a crash the
+    // driver recovered from, and it passed its gate before).
+    let restarts_before = match engine.drivers.status(instance_id) {
+        driver::InstanceStatus::Running { restarts, .. } if warm => restarts,
+        _ => 0,
+    };
     let alive = move || match engine_for_alive.drivers.status(&alive_id) {
-        driver::InstanceStatus::Running { restarts: 0, .. } => Ok(()),
+        driver::InstanceStatus::Running { restarts, .. } if restarts <= restarts_before => Ok(()),
         driver::InstanceStatus::Running { .. } => Err(InstanceDown::Crashed {
             instance: alive_id.clone(),
         }),

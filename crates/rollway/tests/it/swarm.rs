@@ -192,6 +192,34 @@ async fn swarm_deploys_roll_back_and_follow_a_killed_task_under_load_failing_no_
         "{log}"
     );
 
+    // A task of the warm release 3 killed by hand: its instance follows the replacement's
+    // address, so the warm rollback to 3 checks and routes the task that runs.
+    let warm = format!("{name}-{ENV}-r3-web-1");
+    let warm_before = instance_port(&agent, &name, &warm).await;
+    docker(&[
+        "kill",
+        &slot_container(&format!("rollway-{name}-{ENV}-r3-web"), 1),
+    ])
+    .expect("docker kill");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while instance_port(&agent, &name, &warm).await == warm_before {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "warm `{warm}` did not follow its task"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let ran = agent.rollback(&name, ENV, Some(3)).await;
+    ran.assert_code(0);
+    agent.assert_serves("v2").await;
+    let status = agent.status(&name, ENV).await;
+    assert_eq!(status.weights(), vec![(3, 100)], "{status}");
+    assert_eq!(
+        status.instances().get(&warm).map(String::as_str),
+        Some("serving"),
+        "{status}"
+    );
+
     // kill -9 of the agent: the proxy serves on, and the restarted agent adopts the services
     // as they are (no service created or removed, every instance back as it was).
     let services_before = app_services(&name);
@@ -202,7 +230,7 @@ async fn swarm_deploys_roll_back_and_follow_a_killed_task_under_load_failing_no_
             ("ROLLWAY_SWARM_REGISTRY", registry_host.as_str()),
         ])
         .await;
-    agent.assert_serves("v1").await;
+    agent.assert_serves("v2").await;
     assert_eq!(app_services(&name), services_before);
     assert_eq!(agent.status(&name, ENV).await.instances(), instances_before);
 
