@@ -469,54 +469,6 @@ impl SwarmDriver {
         ran
     }
 
-    /// Removes every service, secret and network of this driver's owner whose name starts with
-    /// `prefix` (`rollway-<app>-<env>`): for tests, and for `rollway destroy`.
-    pub async fn remove_all(&self, prefix: &str) -> Result<usize, EngineError> {
-        let owner = format!("{LABEL_OWNER}={}", self.config.owner);
-        let services = self
-            .docker
-            .list_services(Some(ListServicesOptions {
-                filters: Some(HashMap::from([("label".to_owned(), vec![owner.clone()])])),
-                ..ListServicesOptions::default()
-            }))
-            .await?;
-        let mut n_removed = 0;
-        for service in services {
-            let name = service.spec.and_then(|spec| spec.name).unwrap_or_default();
-            if name.starts_with(prefix) {
-                self.remove_service(&name, Duration::from_secs(10)).await?;
-                lock(&self.services).remove(&name);
-                n_removed += 1;
-            }
-        }
-        let secrets = self
-            .docker
-            .list_secrets(Some(bollard::query_parameters::ListSecretsOptions {
-                filters: Some(HashMap::from([("label".to_owned(), vec![owner.clone()])])),
-            }))
-            .await?;
-        for secret in secrets {
-            let name = secret.spec.and_then(|spec| spec.name).unwrap_or_default();
-            if name.starts_with(prefix) {
-                self.remove_secret(&name).await;
-            }
-        }
-        let networks = self
-            .docker
-            .list_networks(Some(bollard::query_parameters::ListNetworksOptions {
-                filters: Some(HashMap::from([("label".to_owned(), vec![owner])])),
-            }))
-            .await?;
-        for network in networks {
-            let name = network.name.unwrap_or_default();
-            if name.starts_with(prefix) {
-                // Another service may still use it: it then stays.
-                let _ = self.docker.remove_network(&name).await;
-            }
-        }
-        Ok(n_removed)
-    }
-
     /// The service and slot of a registered instance, or what its id says for one that is not.
     fn find(&self, instance_id: &str) -> Option<(String, u32)> {
         let services = lock(&self.services);
