@@ -69,11 +69,19 @@ impl InstancePhase {
     }
 }
 
+impl RuntimeInstance {
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::new(self.host, self.port)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct RuntimeInstance {
     pub release: ReleaseNumber,
     pub service: String,
     pub port: u16,
+    /// Where it answers with `port`: loopback, or the node of its swarm task.
+    pub host: std::net::IpAddr,
     pub phase: InstancePhase,
     /// Unix ms after which a warm instance is stopped.
     pub warm_until: Option<i64>,
@@ -303,7 +311,7 @@ impl Engine {
                             })
                             .map(|(id, instance)| DesiredInstance {
                                 id: id.clone(),
-                                addr: SocketAddr::from(([127, 0, 0, 1], instance.port)),
+                                addr: instance.addr(),
                                 ready: true,
                             })
                             .collect(),

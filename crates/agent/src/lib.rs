@@ -26,6 +26,7 @@ pub mod recover;
 pub mod report;
 pub mod secrets;
 pub mod store;
+pub mod swarm_follow;
 pub mod tokens;
 pub mod watch;
 
@@ -232,6 +233,7 @@ pub async fn run(
     tokio::spawn(scheduled_backups(engine.clone()));
     tokio::spawn(certs::renew_loop(engine.clone()));
     tokio::spawn(watch::health_loop(engine.clone()));
+    tokio::spawn(swarm_follow::run(engine.clone()));
     tokio::spawn(watch::error_rate_loop(engine.clone()));
     tokio::spawn(cron::run(engine.clone()));
 

@@ -95,6 +95,7 @@ fn rebuild_runtime(engine: &Arc<Engine>) {
                     release: record.release,
                     service: record.service.clone(),
                     port: record.port,
+                    host: record.host,
                     phase,
                     warm_until: record.warm_until,
                     unhealthy: false,

@@ -80,9 +80,10 @@ pub async fn health_loop(engine: Arc<Engine>) {
                     continue;
                 };
                 seen.push(id.clone());
-                let passed = crate::deploy::spec::check_instance(&release, service, instance.port)
-                    .await
-                    .unwrap_or(true);
+                let passed =
+                    crate::deploy::spec::check_instance(&release, service, instance.addr())
+                        .await
+                        .unwrap_or(true);
                 let streak = streaks.entry(id.clone()).or_default();
                 *streak = if passed {
                     (streak.0 + 1, 0)

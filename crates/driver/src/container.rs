@@ -72,11 +72,11 @@ use tracing::{Instrument, info, warn};
 use crate::process::validate_instance_id;
 use crate::{Driver, DriverError, InstanceSpec, InstanceStatus, LogCursor, LogLine};
 
-mod create;
-mod engine;
-mod env_file;
-mod image;
-mod logs;
+pub(crate) mod create;
+pub(crate) mod engine;
+pub(crate) mod env_file;
+pub(crate) mod image;
+pub(crate) mod logs;
 mod monitor;
 mod run_once;
 

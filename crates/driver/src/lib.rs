@@ -2,7 +2,8 @@
 //!
 //! A driver knows nothing of the proxy, the store or deployments: it is told what to run and
 //! reports what it sees. `process` (children in their own process group) is the embedded default;
-//! `container` runs images through the Docker Engine API (which podman serves too).
+//! `container` runs images through the Docker Engine API (which podman serves too); `swarm` runs
+//! each release of each service as a Docker Swarm service.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -13,6 +14,7 @@ pub mod confine;
 pub mod container;
 pub mod process;
 pub mod sandbox;
+pub mod swarm;
 
 pub use confine::{AppUser, Confinement, Isolation};
 
@@ -46,6 +48,10 @@ pub struct InstanceSpec {
     /// Who the process runs as and what it may touch (process driver); the container driver
     /// takes `user` as the container's user when the image would run as root.
     pub confinement: Confinement,
+    /// Where the instance runs on a cluster: the swarm driver's service, slot and placement.
+    /// `None` for the process and container drivers, which ignore it; the swarm driver refuses
+    /// a spec without one.
+    pub cluster: Option<swarm::ClusterSpec>,
 }
 
 impl std::fmt::Debug for InstanceSpec {
@@ -58,6 +64,7 @@ impl std::fmt::Debug for InstanceSpec {
             .field("image", &self.image)
             .field("port", &self.port)
             .field("confinement", &self.confinement)
+            .field("cluster", &self.cluster)
             .finish_non_exhaustive()
     }
 }

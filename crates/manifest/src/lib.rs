@@ -15,6 +15,7 @@ mod resolve;
 mod route_tls;
 pub mod scaffold;
 mod schema;
+mod swarm;
 pub mod units;
 mod validate;
 
@@ -26,9 +27,10 @@ pub use parity::{Difference, ParityReport};
 pub use resolve::{Environment, Reference, RequiredConfig, ResolvedManifest, Warning};
 pub use schema::{
     Alerts, Analysis, App, BackupPolicy, BackupRemote, Build, Config, Health, HealthCommand,
-    Protocol, Release,
-    Route, RouteTls, Schedule, Service, ServiceSource, Step, Strategy, StrategyKind, defaults,
+    Protocol, Release, Route, RouteTls, Schedule, Service, ServiceSource, Step, Strategy,
+    StrategyKind, defaults,
 };
+pub use swarm::{Driver, MIN_MEMORY, Placement, Resources};
 pub use validate::{RESERVED_ENV, is_slug};
 
 /// The file name Rollway looks for in an app folder.
@@ -94,6 +96,17 @@ pub fn parse(source: &str, path: &str) -> Result<Manifest, Diagnostics> {
     reader.known_keys(root.get_ref(), validate::ROOT_KEYS, "");
     let shared = validate::config(&mut reader, root.get_ref(), root.span());
     let environments = resolve::environments(&mut reader, root.get_ref());
+    if let (Some(shared), true) = (&shared, environments.is_empty()) {
+        // Without environments, the shared settings are what every deploy runs, on the host.
+        swarm::check_driver(
+            &mut reader,
+            swarm::Driver::Host,
+            root.span(),
+            root.get_ref(),
+            &shared.services,
+            None,
+        );
+    }
     match shared {
         Some(shared) if reader.diagnostics.is_empty() => Ok(Manifest {
             shared,
@@ -119,6 +132,7 @@ impl Manifest {
                 environment: environment.to_owned(),
                 secrets: Vec::new(),
                 approval: false,
+                driver: Driver::Host,
                 config: self.shared.clone(),
             });
         }
@@ -131,6 +145,7 @@ impl Manifest {
                 environment: found.name.clone(),
                 secrets: found.secrets.clone(),
                 approval: found.approval,
+                driver: found.driver,
                 config: found.config.clone(),
             }),
             None => {

@@ -14,10 +14,11 @@ use toml::de::{DeTable, DeValue};
 use crate::interpolate::{is_env_name, references};
 use crate::read::{Reader, list, suggest};
 use crate::schema::Config;
+use crate::swarm::{self, Driver};
 use crate::validate::{self, is_slug};
 
 /// Keys an environment may set besides the sections it overrides.
-const ENVIRONMENT_ONLY_KEYS: &[&str] = &["secrets", "approval"];
+const ENVIRONMENT_ONLY_KEYS: &[&str] = &["secrets", "approval", "driver"];
 /// Sections an environment may override.
 const OVERRIDABLE: &[&str] = &[
     "build", "services", "release", "strategy", "analysis", "routes", "env", "alerts", "flags",
@@ -32,6 +33,7 @@ pub struct Environment {
     pub secrets: Vec<String>,
     /// A deploy waits at `AwaitingApproval` until `rollway approve`.
     pub approval: bool,
+    pub driver: Driver,
     pub config: Config,
 }
 
@@ -41,6 +43,9 @@ pub struct ResolvedManifest {
     pub environment: String,
     pub secrets: Vec<String>,
     pub approval: bool,
+    /// What runs the instances; left out of the JSON when it is the host's default.
+    #[serde(skip_serializing_if = "Driver::is_host")]
+    pub driver: Driver,
     #[serde(flatten)]
     pub config: Config,
 }
@@ -248,6 +253,12 @@ pub(crate) fn environments(reader: &mut Reader, root: &DeTable<'_>) -> Vec<Envir
             .get("secrets")
             .and_then(|value| reader.string_array(value, &format!("{section}.secrets")))
             .unwrap_or_default();
+        let driver_value = overlay.get("driver");
+        let driver = match driver_value {
+            None => Some(Driver::Host),
+            Some(value) => swarm::driver(reader, value, &format!("{section}.driver")),
+        };
+        let driver_span = driver_value.map_or(value.span(), |value| value.span());
         let mut secret_names: Vec<String> = Vec::with_capacity(secrets.len());
         for secret in &secrets {
             let secret_name = secret.get_ref();
@@ -272,14 +283,23 @@ pub(crate) fn environments(reader: &mut Reader, root: &DeTable<'_>) -> Vec<Envir
             }
         }
         let config = validate::config(reader, &layered, value.span());
-        let (Some(config), true) = (config, ok) else {
+        let (Some(config), Some(driver), true) = (config, driver, ok) else {
             continue;
         };
         check_environment(reader, name, &config, &secret_names, value.span());
+        swarm::check_driver(
+            reader,
+            driver,
+            driver_span,
+            &layered,
+            &config.services,
+            Some(name),
+        );
         environments.push(Environment {
             name: name.to_owned(),
             secrets: secret_names,
             approval,
+            driver,
             config,
         });
     }

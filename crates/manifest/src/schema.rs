@@ -5,6 +5,7 @@
 
 use serde::Serialize;
 
+use crate::swarm::Placement;
 use crate::units::{ByteSize, Duration, Ratio, Weight};
 
 /// The settings of one environment after layering (or the shared settings before it).
@@ -199,6 +200,10 @@ pub struct Service {
     pub user: Option<String>,
     /// How the proxy talks to the service's instances.
     pub protocol: Protocol,
+    /// Where and how big its tasks are on a cluster. Invariant: empty unless the environment's
+    /// driver is swarm (checked for each environment).
+    #[serde(skip_serializing_if = "Placement::is_empty")]
+    pub placement: Placement,
 }
 
 /// `[services.X] protocol`: what the service's instances speak on `$PORT`.

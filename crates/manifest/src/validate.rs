@@ -13,8 +13,8 @@ use crate::interpolate::{is_env_name, references};
 use crate::read::{Reader, Value, list, suggest};
 use crate::schema::{
     Alerts, Analysis, App, BackupPolicy, BackupRemote, Build, Config, Health, HealthCommand,
-    Protocol, Release,
-    Route, Schedule, Service, ServiceSource, Step, Strategy, StrategyKind, defaults,
+    Protocol, Release, Route, Schedule, Service, ServiceSource, Step, Strategy, StrategyKind,
+    defaults,
 };
 
 /// Top-level sections of `rollway.toml`.
@@ -45,6 +45,9 @@ pub(crate) const SERVICE_KEYS: &[&str] = &[
     "env",
     "user",
     "protocol",
+    "placement",
+    "max_per_node",
+    "resources",
 ];
 const ROUTE_KEYS: &[&str] = &[
     "hosts",
@@ -503,6 +506,7 @@ fn service(reader: &mut Reader, name: &str, value: &Value<'_>) -> Option<Service
         .get("protocol")
         .and_then(|value| protocol(reader, value, &format!("{section}.protocol")))
         .unwrap_or_default();
+    let placement = crate::swarm::placement(reader, table, &section);
     if health_failed {
         return None;
     }
@@ -517,6 +521,7 @@ fn service(reader: &mut Reader, name: &str, value: &Value<'_>) -> Option<Service
         env,
         user,
         protocol,
+        placement: placement?,
     })
 }
 

@@ -129,6 +129,8 @@ pub struct TestApp {
     worker_run: Option<String>,
     /// Raw TOML appended to the manifest (`[cron.NAME]` tables and the like).
     extra: Vec<String>,
+    /// Environments with `driver = "swarm"`.
+    swarm: BTreeSet<String>,
 }
 
 /// One HTTP answer: status and body (lossy UTF-8).
@@ -779,6 +781,7 @@ impl TestApp {
             worker: false,
             worker_run: None,
             extra: Vec::new(),
+            swarm: BTreeSet::new(),
         }
     }
 
@@ -792,6 +795,13 @@ impl TestApp {
     /// Appends raw TOML to the manifest, such as a `[cron.NAME]` table.
     pub fn extra(mut self, toml: impl Into<String>) -> TestApp {
         self.extra.push(toml.into());
+        self
+    }
+
+    /// `driver = "swarm"` in `[environments.ENV]`: the `web` service runs as a Swarm service
+    /// (a container service: give it an image or a Dockerfile with [`TestApp::driver`]).
+    pub fn on_swarm(mut self, env: &str) -> TestApp {
+        self.swarm.insert(env.to_owned());
         self
     }
 
@@ -1094,6 +1104,7 @@ VERSION = {version:?}
             .keys()
             .chain(&self.approval)
             .chain(self.env_hosts.keys())
+            .chain(&self.swarm)
             .collect();
         for extra in &self.extra {
             text.push('\n');
@@ -1102,6 +1113,9 @@ VERSION = {version:?}
         }
         for env in envs {
             text.push_str(&format!("\n[environments.{env}]\n"));
+            if self.swarm.contains(env) {
+                text.push_str("driver = \"swarm\"\n");
+            }
             if let Some(hosts) = self.env_hosts.get(env) {
                 text.push_str(&format!("routes = {{ web = {{ hosts = {hosts:?} }} }}\n"));
             }

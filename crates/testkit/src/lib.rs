@@ -6,12 +6,14 @@
 //! - [`agent`] runs a real `rollway agent` in a temporary state directory and deploys the demo app
 //!   to it; dropping it kills the agent, its proxy and its instances.
 //! - [`s3`] runs a real S3-compatible server (`s3s-fs`) on `127.0.0.1` over a temporary folder.
+//! - [`registry`] runs a throwaway image registry on loopback for the swarm tests.
 //! - [`webhook`] receives alerts on `127.0.0.1:0` and keeps every request for the test to read.
 
 pub mod agent;
 pub mod cli;
 pub mod demo;
 pub mod load;
+pub mod registry;
 pub mod s3;
 pub mod source;
 pub mod webhook;

@@ -783,7 +783,7 @@ impl ReleaseHealth {
             };
             let threshold = check.unhealthy;
             checks.push(async move {
-                let passed = spec::check_instance(release, service, instance.port)
+                let passed = spec::check_instance(release, service, instance.addr())
                     .await
                     .unwrap_or(true);
                 (id.clone(), passed, threshold)
@@ -827,7 +827,7 @@ async fn warm_fallback(
     let release = spec::load_release(engine, key, previous).ok()?;
     for (_, instance) in warm.iter().filter(|(_, i)| i.release == previous) {
         let service = release.resolved.config.service(&instance.service)?;
-        if !spec::check_instance(&release, service, instance.port).await? {
+        if !spec::check_instance(&release, service, instance.addr()).await? {
             return None;
         }
     }
@@ -1075,8 +1075,15 @@ async fn verify_instance(
         })?;
     let engine_for_alive = engine.clone();
     let alive_id = instance_id.to_owned();
+    // A new instance must not have restarted at all; a warm one must not restart during this
+    // check (it may have been restarted while warm: a swarm task replaced by Swarm, a crash the
+    // driver recovered from, and it passed its gate before).
+    let restarts_before = match engine.drivers.status(instance_id) {
+        driver::InstanceStatus::Running { restarts, .. } if warm => restarts,
+        _ => 0,
+    };
     let alive = move || match engine_for_alive.drivers.status(&alive_id) {
-        driver::InstanceStatus::Running { restarts: 0, .. } => Ok(()),
+        driver::InstanceStatus::Running { restarts, .. } if restarts <= restarts_before => Ok(()),
         driver::InstanceStatus::Running { .. } => Err(InstanceDown::Crashed {
             instance: alive_id.clone(),
         }),
@@ -1100,7 +1107,7 @@ async fn verify_instance(
                 start_timeout: health.start_timeout.as_std(),
                 protocol: service.protocol,
             };
-            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], instance.port));
+            let addr = instance.addr();
             if let Err(error) = health::gate(addr, &check, alive).await {
                 let reason = crate::report::chain(&error);
                 return Err(StepError::Instance(with_log_tail(

@@ -49,6 +49,8 @@ pub enum SpecError {
     },
     #[error("cannot run the release command")]
     RunOnce(#[source] Box<driver::container::ContainerError>),
+    #[error("cannot run the release command as a Swarm job")]
+    Job(#[source] Box<driver::swarm::SwarmError>),
     #[error("the release command `{command}` exited with {code}; its last output:\n{tail}")]
     OneOffFailed {
         command: String,
@@ -139,6 +141,24 @@ pub enum SpecError {
     },
     #[error("secret `{name}` is not set for `{environment}`")]
     SecretNotSet { name: String, environment: String },
+    #[error(
+        "the swarm driver needs a registry every node can pull from: start the agent with `ROLLWAY_SWARM_REGISTRY=HOST:PORT`"
+    )]
+    NoRegistry,
+    #[error("cannot push the image of service `{service}` to the cluster's registry")]
+    Push {
+        service: String,
+        #[source]
+        source: Box<driver::swarm::SwarmError>,
+    },
+    #[error(
+        "instance `{instance}` has no running task after {seconds}s (Swarm could not place or start it; `docker service ps {service}` says why)"
+    )]
+    NoTask {
+        instance: String,
+        service: String,
+        seconds: u64,
+    },
     #[error("`{name}` references unset {missing}")]
     Unset { name: String, missing: String },
     #[error("`{name}`: {reason}")]
@@ -159,6 +179,8 @@ impl From<crate::store::StoreError> for SpecError {
 
 /// How long a build command may run.
 pub const BUILD_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long a release command may run as a Swarm job.
+pub const RELEASE_TIMEOUT: Duration = Duration::from_secs(3600);
 
 // Loading a release moved to `deploy/release.rs`; these names stay for the other rooms.
 pub use crate::deploy::release::{LoadedRelease, ReleaseConfig, load_release, resolve};
@@ -236,6 +258,19 @@ pub async fn prepare_images(
             }
             manifest::ServiceSource::Run { .. } => continue,
         };
+        let image = if release.resolved.driver == manifest::Driver::Swarm {
+            push_to_registry(
+                engine,
+                deployment,
+                release,
+                &service.name,
+                &image,
+                &mut on_line,
+            )
+            .await?
+        } else {
+            image
+        };
         engine.store.set_release_image(
             &deployment.app,
             &deployment.environment,
@@ -251,6 +286,40 @@ pub async fn prepare_images(
         release.images.insert(service.name.clone(), image);
     }
     Ok(())
+}
+
+/// The env var naming the registry (`HOST:PORT`) the swarm driver pushes release images to.
+pub const SWARM_REGISTRY_VAR: &str = "ROLLWAY_SWARM_REGISTRY";
+
+/// Pushes a release's image to the cluster's registry as
+/// `<registry>/rollway/<app>-<env>-<service>:r<N>` and answers the reference by digest, which
+/// is what the release records and every node pulls.
+async fn push_to_registry(
+    engine: &Arc<Engine>,
+    deployment: &Deployment,
+    release: &LoadedRelease,
+    service: &str,
+    image: &str,
+    on_line: &mut (dyn FnMut(&str) + Send),
+) -> Result<String, SpecError> {
+    let registry = std::env::var(SWARM_REGISTRY_VAR)
+        .ok()
+        .filter(|registry| !registry.trim().is_empty())
+        .ok_or(SpecError::NoRegistry)?;
+    let swarm = engine.drivers.swarm().await?;
+    let repository = format!(
+        "{}/rollway/{}-{}-{service}",
+        registry.trim().trim_end_matches('/'),
+        deployment.app,
+        deployment.environment
+    );
+    swarm
+        .push_image(image, &repository, &format!("r{}", release.number), on_line)
+        .await
+        .map_err(|source| SpecError::Push {
+            service: service.to_owned(),
+            source: Box::new(source),
+        })
 }
 
 /// `{version}` in an image reference is the release's `VERSION` variable.
@@ -317,23 +386,55 @@ pub async fn run_release_command(
                 .and_then(|service| service.user.clone()),
             ..driver::Confinement::default()
         };
-        let code = driver
-            .run_once(image, &env, command, &confinement, |line| {
-                let line = scrubber.scrub(line).into_owned();
-                n_lines += 1;
-                if n_lines <= MAX_OUTPUT_EVENTS {
-                    engine.record_progress(
-                        Subject::deployment(deployment),
-                        &DeploymentEvent::Output { line: line.clone() },
-                    );
-                }
-                tail.push_back(line);
-                if tail.len() > 10 {
-                    tail.pop_front();
-                }
-            })
-            .await
-            .map_err(|error| SpecError::RunOnce(Box::new(error)))?;
+        let on_line = |line: &str| {
+            let line = scrubber.scrub(line).into_owned();
+            n_lines += 1;
+            if n_lines <= MAX_OUTPUT_EVENTS {
+                engine.record_progress(
+                    Subject::deployment(deployment),
+                    &DeploymentEvent::Output { line: line.clone() },
+                );
+            }
+            tail.push_back(line);
+            if tail.len() > 10 {
+                tail.pop_front();
+            }
+        };
+        let code = if release.resolved.driver == manifest::Driver::Swarm {
+            // On the swarm: a one-off Swarm job (replicated-job) on the app's overlay network.
+            let swarm = engine.drivers.swarm().await?;
+            let key = AppEnv::new(deployment.app.clone(), deployment.environment.clone());
+            let prefix = format!(
+                "{}-{}-r{}-release-command",
+                deployment.app, deployment.environment, release.number
+            );
+            let spec = InstanceSpec {
+                instance_id: format!("{prefix}-1"),
+                workdir: dir.clone(),
+                command: command.to_owned(),
+                env: env.clone(),
+                port: 0,
+                stop_timeout: Duration::from_secs(10),
+                image: Some(image.clone()),
+                confinement,
+                cluster: Some(driver::swarm::ClusterSpec {
+                    service: format!("rollway-{prefix}"),
+                    slot: 1,
+                    replicas: 1,
+                    network: swarm_network(&key),
+                    ..driver::swarm::ClusterSpec::default()
+                }),
+            };
+            swarm
+                .run_job(&spec, RELEASE_TIMEOUT, on_line)
+                .await
+                .map_err(|error| SpecError::Job(Box::new(error)))?
+        } else {
+            driver
+                .run_once(image, &env, command, &confinement, on_line)
+                .await
+                .map_err(|error| SpecError::RunOnce(Box::new(error)))?
+        };
         if code != 0 {
             let tail: Vec<String> = tail.iter().map(|line| format!("  | {line}")).collect();
             return Err(SpecError::OneOffFailed {
@@ -527,7 +628,7 @@ pub async fn run_smoke(
                 .iter()
                 .any(|route| route.service == instance.service)
         })
-        .map(|instance| format!("http://127.0.0.1:{}", instance.port))
+        .map(|instance| format!("http://{}", instance.addr()))
         .collect();
     let mut env = base_env(release)?;
     env.push((
@@ -727,6 +828,7 @@ pub async fn start_instance(
                 release: release.number,
                 service: service_name.to_owned(),
                 port,
+                host: std::net::Ipv4Addr::LOCALHOST.into(),
                 phase: InstancePhase::Starting,
                 warm_until: None,
                 unhealthy: false,
@@ -734,21 +836,71 @@ pub async fn start_instance(
         );
     });
     persist_instance(engine, key, &id);
-    if let Err(error) = engine.drivers.start(spec).await {
-        // Nothing runs: forget it now rather than leave it `starting` for good.
-        let _ = engine.drivers.stop(&id).await;
-        engine.with_runtime(key, |runtime| runtime.instances.remove(&id));
-        let _ = engine.store.remove_instance(&id);
-        return Err(error.into());
+    let on_swarm = spec.cluster.clone();
+    let started = match engine.drivers.start(spec).await {
+        Ok(()) => match &on_swarm {
+            // The proxy reaches a task on its node, on the port the engine published for it.
+            Some(cluster) => {
+                task_address(engine, &id, &cluster.service, service.health.as_ref()).await
+            }
+            None => Ok(std::net::SocketAddr::from(([127, 0, 0, 1], port))),
+        },
+        Err(error) => Err(error.into()),
+    };
+    let address = match started {
+        Ok(address) => address,
+        Err(error) => {
+            // Nothing runs: forget it now rather than leave it `starting` for good.
+            let _ = engine.drivers.stop(&id).await;
+            engine.with_runtime(key, |runtime| runtime.instances.remove(&id));
+            let _ = engine.store.remove_instance(&id);
+            return Err(error);
+        }
+    };
+    if on_swarm.is_some() {
+        engine.with_runtime(key, |runtime| {
+            if let Some(instance) = runtime.instances.get_mut(&id) {
+                instance.host = address.ip();
+                instance.port = address.port();
+            }
+        });
+        persist_instance(engine, key, &id);
     }
     engine.record_progress(
         Subject::app(key),
         &DeploymentEvent::InstanceStarted {
             instance: id.clone(),
-            port,
+            port: address.port(),
         },
     );
     Ok(id)
+}
+
+/// Waits until the swarm instance's task runs with a published port, bounded by the service's
+/// `health.start_timeout` (60 s without a health check); answers its node's address and port.
+async fn task_address(
+    engine: &Engine,
+    id: &str,
+    service: &str,
+    health: Option<&Health>,
+) -> Result<std::net::SocketAddr, SpecError> {
+    let patience = health.map_or(Duration::from_secs(60), |health| {
+        health.start_timeout.as_std()
+    });
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        if let Some(address) = engine.drivers.address(id) {
+            return Ok(address);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(SpecError::NoTask {
+                instance: id.to_owned(),
+                service: service.to_owned(),
+                seconds: patience.as_secs(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// The driver spec of an instance (also used to adopt it after a restart).
@@ -795,6 +947,9 @@ pub fn instance_spec(
     } else {
         home.confinement(&engine.isolation, id)
     };
+    let cluster = (release.resolved.driver == manifest::Driver::Swarm)
+        .then(|| cluster_spec(key, service, id))
+        .flatten();
     Ok(InstanceSpec {
         instance_id: id.to_owned(),
         workdir: workdir(engine, release),
@@ -804,7 +959,33 @@ pub fn instance_spec(
         stop_timeout: service.stop_timeout.as_std(),
         image,
         confinement,
+        cluster,
     })
+}
+
+/// Where instance `id` (`<app>-<env>-r<N>-<service>-<slot>`) runs on the swarm: slot `<slot>`
+/// of the Swarm service `rollway-<app>-<env>-r<N>-<service>` on the app environment's overlay.
+fn cluster_spec(key: &AppEnv, service: &Service, id: &str) -> Option<driver::swarm::ClusterSpec> {
+    let (prefix, slot) = id.rsplit_once('-')?;
+    let placement = &service.placement;
+    let resources = placement.resources;
+    Some(driver::swarm::ClusterSpec {
+        service: format!("rollway-{prefix}"),
+        slot: slot.parse().ok()?,
+        replicas: service.replicas,
+        network: swarm_network(key),
+        constraints: placement.constraints.clone(),
+        max_per_node: placement.max_per_node,
+        nano_cpus: resources.and_then(|resources| resources.nano_cpus),
+        memory_bytes: resources
+            .and_then(|resources| resources.memory)
+            .map(|memory| memory.bytes()),
+    })
+}
+
+/// The attachable overlay network of an app environment on the swarm.
+pub fn swarm_network(key: &AppEnv) -> String {
+    format!("rollway-{}-{}", key.app, key.environment)
 }
 
 /// The app-wide variables: the manifest's `[env]` with `${NAME}` filled in from the release's
@@ -916,11 +1097,14 @@ fn route_settings(
     }
 }
 
-/// One health check of an instance of `service` on `port`, as its manifest says (path, host,
+/// One health check of an instance of `service` at `addr`, as its manifest says (path, host,
 /// timeout, protocol); `None` when the service has no health check.
-pub async fn check_instance(release: &LoadedRelease, service: &Service, port: u16) -> Option<bool> {
+pub async fn check_instance(
+    release: &LoadedRelease,
+    service: &Service,
+    addr: std::net::SocketAddr,
+) -> Option<bool> {
     let health = service.health.as_ref()?;
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let host = health_host(&release.resolved, service, health);
     Some(
         crate::health::probe(
@@ -964,7 +1148,7 @@ pub fn set_phase(
     persist_instance(engine, key, id);
 }
 
-fn persist_instance(engine: &Engine, key: &AppEnv, id: &str) {
+pub(crate) fn persist_instance(engine: &Engine, key: &AppEnv, id: &str) {
     let Some(instance) = engine.runtime(key).instances.get(id).cloned() else {
         return;
     };
@@ -975,6 +1159,7 @@ fn persist_instance(engine: &Engine, key: &AppEnv, id: &str) {
         release: instance.release,
         service: instance.service.clone(),
         port: instance.port,
+        host: instance.host,
         state: instance.phase.as_str().to_owned(),
         warm_until: instance.warm_until,
         updated_at: now_ms(),

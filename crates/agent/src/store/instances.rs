@@ -15,6 +15,8 @@ pub struct InstanceRecord {
     pub release: ReleaseNumber,
     pub service: String,
     pub port: u16,
+    /// The address the instance answers on with `port`: loopback, or a swarm node's address.
+    pub host: std::net::IpAddr,
     pub state: String,
     /// Until when an instance of a superseded release is kept warm for an instant rollback.
     pub warm_until: Option<i64>,
@@ -28,7 +30,7 @@ impl Store {
             .execute(
                 &format!(
                     "INSERT OR REPLACE INTO instances ({INSTANCE_COLUMNS})
-                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
                 ),
                 params![
                     instance.instance_id.as_str(),
@@ -40,6 +42,7 @@ impl Store {
                     instance.state,
                     instance.warm_until,
                     instance.updated_at,
+                    instance.host.to_string(),
                 ],
             )
             .map_err(|source| {
@@ -99,7 +102,7 @@ impl Store {
 }
 
 const INSTANCE_COLUMNS: &str =
-    "instance_id, app, environment, release, service, port, state, warm_until, updated_at";
+    "instance_id, app, environment, release, service, port, state, warm_until, updated_at, host";
 
 fn instance_from_row(row: &Row<'_>) -> rusqlite::Result<InstanceRecord> {
     Ok(InstanceRecord {
@@ -112,6 +115,13 @@ fn instance_from_row(row: &Row<'_>) -> rusqlite::Result<InstanceRecord> {
         state: row.get(6)?,
         warm_until: row.get(7)?,
         updated_at: row.get(8)?,
+        host: row.get::<_, String>(9)?.parse().map_err(|error| {
+            rusqlite::Error::FromSqlConversionFailure(
+                9,
+                rusqlite::types::Type::Text,
+                Box::new(error),
+            )
+        })?,
     })
 }
 

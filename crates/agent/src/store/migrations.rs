@@ -16,6 +16,7 @@ pub(super) static MIGRATIONS: &[M<'static>] = &[
     M::up(V5_SIGNALS),
     M::up(V6_CERTIFICATES),
     M::up(V7_EDGE),
+    M::up(V8_SWARM),
     M::up(V9_SESSIONS),
     M::up(V10_WORKLOADS),
     M::up(V11_REMOTE_BACKUPS),
@@ -292,6 +293,12 @@ CREATE TABLE edge_controls (
     PRIMARY KEY (app, environment),
     CHECK ((paused_until IS NULL) = (paused_since IS NULL))
 ) STRICT;
+"#;
+
+/// The swarm driver (issue 17): an instance answers on a node's address, not only on loopback.
+/// Every earlier instance ran on the agent's host.
+const V8_SWARM: &str = r#"
+ALTER TABLE instances ADD COLUMN host TEXT NOT NULL DEFAULT '127.0.0.1';
 "#;
 
 /// Issue 19: cron runs and destroyed environments.

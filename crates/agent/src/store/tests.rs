@@ -537,6 +537,8 @@ fn instances_are_upserted_listed_and_removed() {
         release: ReleaseNumber::new(1),
         service: "web".to_owned(),
         port: 40_001,
+        // A swarm node's address survives the round trip (migration V8_SWARM).
+        host: std::net::IpAddr::from([10, 0, 0, 7]),
         state: state.to_owned(),
         warm_until: None,
         updated_at: 5,

@@ -30,6 +30,7 @@ fn spec(env: &[(&str, &str)]) -> InstanceSpec {
         stop_timeout: Duration::from_secs(5),
         image: Some("sha256:abc".into()),
         confinement: crate::Confinement::default(),
+        cluster: None,
     }
 }
 

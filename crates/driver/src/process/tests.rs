@@ -52,6 +52,7 @@ async fn unknown_instances() {
                 stop_timeout: Duration::from_secs(1),
                 image: None,
                 confinement: crate::Confinement::default(),
+                cluster: None,
             })
             .await
             .expect("adopt")

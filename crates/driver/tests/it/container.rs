@@ -477,6 +477,7 @@ impl Setup {
             stop_timeout: Duration::from_secs(5),
             image: Some(self.images().app_id.clone()),
             confinement: driver::Confinement::default(),
+            cluster: None,
         }
     }
 
@@ -613,7 +614,7 @@ exec demo-app
 
 /// `docker import` of a root file system holding demo-app, docker-proxy, `/bin/sh`, `sleep` and
 /// the shared libraries `ldd` lists for them.
-fn import_base_image(tag: &str) {
+pub(crate) fn import_base_image(tag: &str) {
     let binaries = [
         (testkit::demo::demo_app_path(), "/usr/local/bin/demo-app"),
         (
@@ -705,7 +706,7 @@ fn shared_libraries(binary: &Path) -> Vec<PathBuf> {
 }
 
 /// The docker CLI's stdout, `None` when it fails.
-fn docker(args: &[&str]) -> Option<String> {
+pub(crate) fn docker(args: &[&str]) -> Option<String> {
     let output = Command::new("docker").args(args).output().ok()?;
     output
         .status
@@ -714,7 +715,7 @@ fn docker(args: &[&str]) -> Option<String> {
 }
 
 /// `docker inspect` of one object as JSON, `None` when there is no such object.
-fn docker_inspect(name: &str) -> Option<serde_json::Value> {
+pub(crate) fn docker_inspect(name: &str) -> Option<serde_json::Value> {
     let text = docker(&["inspect", name])?;
     let mut values: Vec<serde_json::Value> = serde_json::from_str(&text).ok()?;
     values.pop()
@@ -754,7 +755,7 @@ fn line_number(line: &str) -> u64 {
         .unwrap_or_else(|| panic!("unexpected line `{line}`"))
 }
 
-fn unique() -> u64 {
+pub(crate) fn unique() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_nanos() as u64 % 1_000_000_007)

@@ -32,6 +32,7 @@ pub fn spec(
         stop_timeout: Duration::from_secs(5),
         image: None,
         confinement: driver::Confinement::default(),
+        cluster: None,
     }
 }
 

@@ -893,14 +893,14 @@ struct Container {
 
 /// The test images of this run: `<repository>:base`, and `:v1` ... `:v5` built from it. Removed
 /// (with every image built from them) when the last test holding them ends.
-struct Images {
-    repository: String,
+pub(crate) struct Images {
+    pub(crate) repository: String,
 }
 
 impl Images {
     /// The images, imported now when no test holds them; `None` when no engine is reachable
     /// (and neither `ROLLWAY_E2E` nor `CI` is set: then it panics).
-    fn get() -> Option<Arc<Images>> {
+    pub(crate) fn get() -> Option<Arc<Images>> {
         if let Err(error) = engine_reachable() {
             let required = ["ROLLWAY_E2E", "CI"]
                 .iter()
@@ -1028,7 +1028,7 @@ fn run_filter() -> String {
 }
 
 /// `Err` with the reason when `docker version` cannot reach an engine.
-fn engine_reachable() -> Result<(), String> {
+pub(crate) fn engine_reachable() -> Result<(), String> {
     match Command::new("docker")
         .args(["version", "--format", "{{.Server.Version}}"])
         .output()
@@ -1160,7 +1160,7 @@ fn run(command: &mut Command) {
 }
 
 /// The docker CLI's stdout, `None` when it fails.
-fn docker(args: &[&str]) -> Option<String> {
+pub(crate) fn docker(args: &[&str]) -> Option<String> {
     let output = Command::new("docker").args(args).output().ok()?;
     output
         .status
@@ -1170,7 +1170,7 @@ fn docker(args: &[&str]) -> Option<String> {
 
 /// The docker CLI's stdout and stderr together (`docker logs` writes the container's stderr to
 /// its own).
-fn docker_all_output(args: &[&str]) -> String {
+pub(crate) fn docker_all_output(args: &[&str]) -> String {
     let output = Command::new("docker")
         .args(args)
         .output()

@@ -17,6 +17,7 @@ mod monitoring;
 mod progressive;
 mod release_phase;
 mod robust;
+mod swarm;
 mod tls;
 mod transcripts;
 mod upgrade;

@@ -48,6 +48,7 @@ fn instance(
         release,
         service: service.to_owned(),
         port: 1,
+        host: std::net::Ipv4Addr::LOCALHOST.into(),
         phase,
         warm_until: None,
         unhealthy: false,

@@ -57,6 +57,7 @@ fn child_env_is_the_spec_env_plus_port_and_a_few_agent_variables() {
         stop_timeout: Duration::from_secs(1),
         image: None,
         confinement: crate::Confinement::default(),
+        cluster: None,
     };
     let env = child_env(&spec);
     let names: Vec<&str> = env

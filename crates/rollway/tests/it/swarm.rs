@@ -1,0 +1,481 @@
+//! The swarm driver end to end: `driver = "swarm"` deploys through the same executor as the
+//! other drivers, on the real single-node swarm scripts/test makes (`docker swarm init
+//! --advertise-addr 127.0.0.1` when the engine has none), with Debian's `docker-registry` on
+//! loopback as the cluster's registry, and the container tests' images (nothing is pulled).
+//!
+//! Skipped with one printed line only when no Docker engine is reachable (and neither
+//! `ROLLWAY_E2E` nor `CI` is set); with an engine, a missing swarm or registry fails the test
+//! with what to do.
+
+use std::time::Duration;
+
+use testkit::agent::{Driver, TestAgent, TestApp};
+use testkit::load::Load;
+
+use crate::agent::rollway_bin;
+use crate::containers::{Images, docker};
+
+const ENV: &str = "production";
+/// Bound of the load loop; the test stops it long before.
+const LOAD_BOUND: Duration = Duration::from_secs(300);
+const PATIENCE: Duration = Duration::from_secs(90);
+
+/// A swarm deploy without a registry refused before anything moves; under continuous load with no
+/// failed request: blue-green deploys (one with a release command run as a Swarm job), a warm
+/// rollback, a task killed by hand (`docker kill`) that leaves routing, is replaced by Swarm and
+/// comes back on its new port, kill -9 of the agent (the services adopted unchanged), a rolling
+/// deploy, the agent killed before Shifting (the deploy undone, its service removed); then a release that never turns healthy fails with nothing moved and nothing left; the
+/// canary secret is in no `docker service inspect`, no task or container inspect, no log and
+/// nowhere in the state directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swarm_deploys_roll_back_and_follow_a_killed_task_under_load_failing_no_request() {
+    let Some(images) = Images::get() else {
+        return;
+    };
+    let swarm = docker(&[
+        "info",
+        "--format",
+        "{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}}",
+    ])
+    .unwrap_or_default();
+    assert_eq!(
+        swarm.trim(),
+        "active true",
+        "the Docker engine is not a swarm manager: run scripts/test, or `docker swarm init --advertise-addr 127.0.0.1`"
+    );
+    let registry = testkit::registry::Registry::start()
+        .unwrap_or_else(|error| panic!("the swarm tests need a registry: {error}"));
+    let name = format!("sw{}", std::process::id());
+    let cleanup = Cleanup {
+        app: name.clone(),
+        registry: registry.host(),
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let runtime_dir = tempfile::Builder::new()
+        .prefix("rollway-e2e-swarm-")
+        .tempdir_in("/dev/shm")
+        .expect("temporary directory on /dev/shm");
+    let runtime = runtime_dir.path().display().to_string();
+    let registry_host = registry.host();
+    // Day one: an agent without a registry refuses a swarm deploy before anything moves.
+    let mut agent = TestAgent::start_with_env(
+        rollway_bin(),
+        &dir.path().join("state"),
+        &[("RUNTIME_DIRECTORY", runtime.as_str())],
+    )
+    .await;
+    let secret = format!("canary-{}", testkit::agent::random_hex(16));
+    agent
+        .set_secret(&name, ENV, "DB_PASSWORD", &secret)
+        .await
+        .assert_code(0);
+    let app = |version: &str| {
+        TestApp::new(dir.path().join(version))
+            .named(&name)
+            .version(version)
+            .driver(Driver::Container)
+            .image(format!("{}:{{version}}", images.repository))
+            .replicas(2)
+            .secrets(ENV, &["DB_PASSWORD"])
+            .start_timeout("60s")
+            .on_swarm(ENV)
+    };
+
+    let ran = agent.deploy(&app("v1"), ENV).await;
+    ran.assert_code(1);
+    crate::agent::assert_contains(&ran, "ROLLWAY_SWARM_REGISTRY=HOST:PORT");
+    assert_eq!(
+        app_services(&name),
+        Vec::<String>::new(),
+        "nothing was created"
+    );
+    agent
+        .restart_with_env(&[
+            ("RUNTIME_DIRECTORY", runtime.as_str()),
+            ("ROLLWAY_SWARM_REGISTRY", registry_host.as_str()),
+        ])
+        .await;
+
+    // Release 2, then the load, then release 3 (blue-green) and a warm rollback to 2.
+    let ran = agent.deploy(&app("v1"), ENV).await;
+    ran.assert_code(0);
+    agent.assert_serves("v1").await;
+    let seen = agent.get(None, "/env/DB_PASSWORD").await;
+    assert_eq!((seen.status, seen.body.as_str()), (200, secret.as_str()));
+    let load = Load::new(agent.proxy_addr())
+        .concurrency(4)
+        .duration(LOAD_BOUND)
+        .start();
+    // Release 2 has a release command: a one-off Swarm job, which sees the secret.
+    let with_command = app("v2").release(
+        r#"echo "migrating for release $ROLLWAY_RELEASE"; test -n "$DB_PASSWORD" && echo "the job saw the secret""#,
+        None,
+    );
+    let ran = agent.deploy(&with_command, ENV).await;
+    ran.assert_code(0);
+    crate::agent::assert_contains(&ran, "migrating for release 3");
+    crate::agent::assert_contains(&ran, "the job saw the secret");
+    assert!(
+        docker(&[
+            "service",
+            "inspect",
+            &format!("rollway-{name}-{ENV}-r3-release-command")
+        ])
+        .is_none(),
+        "the release command's job is left behind"
+    );
+    agent.assert_serves("v2").await;
+    // Each release's service is a Swarm service with its replicas, dnsrr, the image by digest.
+    let spec = service_spec(&format!("rollway-{name}-{ENV}-r3-web"));
+    assert_eq!(spec["Mode"]["Replicated"]["Replicas"], 2, "{spec}");
+    assert_eq!(spec["EndpointSpec"]["Mode"], "dnsrr", "{spec}");
+    let image = spec["TaskTemplate"]["ContainerSpec"]["Image"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        image.starts_with(&format!("{registry_host}/rollway/{name}-{ENV}-web"))
+            && image.contains("@sha256:"),
+        "{image}"
+    );
+    let ran = agent.rollback(&name, ENV, Some(2)).await;
+    ran.assert_code(0);
+    agent.assert_serves("v1").await;
+    let status = agent.status(&name, ENV).await;
+    assert_eq!(status.weights(), vec![(2, 100)], "{status}");
+    let events = agent.events().await;
+    let rollback_started = events
+        .iter()
+        .filter(|event| event["kind"] == "instance.started")
+        .count();
+    assert_eq!(
+        rollback_started, 4,
+        "the rollback was one switch: no instance started for it"
+    );
+
+    // A task of the serving release killed by hand: Swarm replaces it, routing follows.
+    let instance = format!("{name}-{ENV}-r2-web-1");
+    let port_before = instance_port(&agent, &name, &instance).await;
+    let service = format!("rollway-{name}-{ENV}-r2-web");
+    let container = slot_container(&service, 1);
+    docker(&["kill", &container]).expect("docker kill");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let port = instance_port(&agent, &name, &instance).await;
+        let state = agent
+            .status(&name, ENV)
+            .await
+            .instances()
+            .get(&instance)
+            .cloned();
+        if port != port_before && state.as_deref() == Some("serving") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "instance `{instance}` did not come back on a new port (port {port}, state {state:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let sample = agent.sample(40).await;
+    assert_eq!(sample.failed, 0, "{sample}");
+    // The agent followed the task itself: out of routing when it stopped, then moved to the
+    // replacement's port (the health watch let it back in).
+    let log = agent.log();
+    assert!(
+        log.contains("A swarm task stopped; its instance left routing."),
+        "{log}"
+    );
+    assert!(
+        log.contains(
+            "A swarm task was replaced; its instance waits for health checks on the new port."
+        ),
+        "{log}"
+    );
+
+    // A task of the warm release 3 killed by hand: its instance follows the replacement's
+    // address, so the warm rollback to 3 checks and routes the task that runs.
+    let warm = format!("{name}-{ENV}-r3-web-1");
+    let warm_before = instance_port(&agent, &name, &warm).await;
+    docker(&[
+        "kill",
+        &slot_container(&format!("rollway-{name}-{ENV}-r3-web"), 1),
+    ])
+    .expect("docker kill");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while instance_port(&agent, &name, &warm).await == warm_before {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "warm `{warm}` did not follow its task"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let ran = agent.rollback(&name, ENV, Some(3)).await;
+    ran.assert_code(0);
+    agent.assert_serves("v2").await;
+    let status = agent.status(&name, ENV).await;
+    assert_eq!(status.weights(), vec![(3, 100)], "{status}");
+    assert_eq!(
+        status.instances().get(&warm).map(String::as_str),
+        Some("serving"),
+        "{status}"
+    );
+
+    // kill -9 of the agent: the proxy serves on, and the restarted agent adopts the services
+    // as they are (no service created or removed, every instance back as it was).
+    let services_before = app_services(&name);
+    let instances_before = agent.status(&name, ENV).await.instances();
+    agent
+        .restart_with_env(&[
+            ("RUNTIME_DIRECTORY", runtime.as_str()),
+            ("ROLLWAY_SWARM_REGISTRY", registry_host.as_str()),
+        ])
+        .await;
+    agent.assert_serves("v2").await;
+    assert_eq!(app_services(&name), services_before);
+    assert_eq!(agent.status(&name, ENV).await.instances(), instances_before);
+
+    // A rolling deploy (release 4), instance by instance, under the same load.
+    let ran = agent.deploy(&app("v2").strategy("rolling"), ENV).await;
+    ran.assert_code(0);
+    agent.assert_serves("v2").await;
+    let status = agent.status(&name, ENV).await;
+    assert_eq!(status.weights(), vec![(4, 100)], "{status}");
+
+    // The agent kills itself (kill -9) before Shifting a deploy of release 5 whose tasks run and
+    // passed their health gate: the restarted agent undoes it, removes release 5's service,
+    // and release 4 serves all along.
+    let agent_env = [
+        ("RUNTIME_DIRECTORY", runtime.as_str()),
+        ("ROLLWAY_SWARM_REGISTRY", registry_host.as_str()),
+    ];
+    let mut crashing = agent_env.to_vec();
+    crashing.push(("ROLLWAY_TEST_CRASH_BEFORE", "Shifting"));
+    agent.restart_with_env(&crashing).await;
+    let token = agent.admin_token().to_owned();
+    let deploy = agent
+        .deploy_command(&app("v1"), ENV, Some(&token))
+        .spawn()
+        .expect("spawn rollway deploy");
+    assert!(
+        agent.wait_exit(PATIENCE).await,
+        "the agent did not kill itself before Shifting:\n{}",
+        agent.log()
+    );
+    let r5 = format!("rollway-{name}-{ENV}-r5-web");
+    assert!(
+        docker(&["service", "inspect", &r5]).is_some(),
+        "release 5 runs while no agent does"
+    );
+    agent.restart_with_env(&agent_env).await;
+    let status = agent.wait_deployment_finished(&name, ENV, PATIENCE).await;
+    let _ = tokio::time::timeout(PATIENCE, deploy.wait_with_output()).await;
+    assert_eq!(status.deployment_state(), Some("Failed"), "{status}");
+    assert_eq!(status.weights(), vec![(4, 100)], "{status}");
+    agent.assert_serves("v2").await;
+    assert!(
+        docker(&["service", "inspect", &r5]).is_none(),
+        "release 5's service is left behind"
+    );
+
+    let report = load.stop().await;
+    report.assert_no_failures();
+    assert!(report.total > 0, "the load loop sent nothing");
+    assert_eq!(
+        report.versions.keys().collect::<Vec<_>>(),
+        ["v1", "v2"],
+        "{report}"
+    );
+
+    // A release that never turns healthy (6): the deploy fails, release 4 keeps all traffic,
+    // and the failed release's service is gone.
+    let never = app("v3").env("HEALTH_DELAY_S", "1000").start_timeout("5s");
+    let ran = agent.deploy(&never, ENV).await;
+    ran.assert_code(1);
+    agent.assert_serves("v2").await;
+    let status = agent.status(&name, ENV).await;
+    assert_eq!(status.weights(), vec![(4, 100)], "{status}");
+    assert_eq!(status.deployment_state(), Some("Failed"), "{status}");
+    assert!(
+        docker(&[
+            "service",
+            "inspect",
+            &format!("rollway-{name}-{ENV}-r6-web")
+        ])
+        .is_none(),
+        "the failed release's service is left behind"
+    );
+
+    // The canary secret: nowhere in the engine's view, the logs, or the state directory.
+    // `rollway logs` reads the tasks' output through the swarm driver.
+    let logs = agent
+        .cli(&["logs", "--env", ENV, "--app", &name, "-n", "100"])
+        .await
+        .assert_code(0)
+        .to_string();
+    assert!(logs.contains("listening"), "no task output in:\n{logs}");
+    let mut places: Vec<(String, String)> = vec![
+        ("`rollway logs`".into(), logs),
+        ("the agent's log".into(), agent.log()),
+        (
+            "`rollway events`".into(),
+            serde_json::to_string(&agent.events().await).expect("events JSON"),
+        ),
+    ];
+    let services = docker(&[
+        "service",
+        "ls",
+        "-q",
+        "--filter",
+        &format!("name=rollway-{name}-"),
+    ])
+    .unwrap_or_default();
+    for service in services.split_whitespace() {
+        places.push((
+            format!("`docker service inspect {service}`"),
+            docker(&["service", "inspect", service]).expect("service inspect"),
+        ));
+        let tasks = docker(&["service", "ps", "-q", service]).unwrap_or_default();
+        for task in tasks.split_whitespace() {
+            places.push((
+                format!("`docker inspect {task}`"),
+                docker(&["inspect", task]).expect("task inspect"),
+            ));
+        }
+    }
+    let containers = docker(&[
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("label=dev.rollway.app={name}"),
+    ])
+    .unwrap_or_default();
+    for container in containers.split_whitespace() {
+        places.push((
+            format!("`docker inspect {container}`"),
+            docker(&["inspect", container]).expect("container inspect"),
+        ));
+        places.push((
+            format!("`docker logs {container}`"),
+            crate::containers::docker_all_output(&["logs", container]),
+        ));
+    }
+    assert!(
+        places.len() > 6,
+        "the services, tasks and containers were found: {}",
+        places.len()
+    );
+    for (place, text) in &places {
+        assert!(!text.contains(&secret), "the secret is in {place}:\n{text}");
+    }
+    assert_eq!(
+        testkit::agent::files_containing(agent.state_dir(), &secret),
+        Vec::<std::path::PathBuf>::new(),
+        "the secret is written in the state directory"
+    );
+    drop(agent);
+    drop(cleanup);
+}
+
+/// The Swarm services of the test's app, by name.
+fn app_services(app: &str) -> Vec<String> {
+    let names = docker(&["service", "ls", "--format", "{{.Name}} {{.ID}}"]).unwrap_or_default();
+    let mut names: Vec<String> = names
+        .lines()
+        .filter(|line| line.starts_with(&format!("rollway-{app}-")))
+        .map(str::to_owned)
+        .collect();
+    names.sort();
+    names
+}
+
+/// `Spec` of a Swarm service, from `docker service inspect`.
+fn service_spec(service: &str) -> serde_json::Value {
+    let text = docker(&["service", "inspect", service]).expect("service inspect");
+    let mut values: Vec<serde_json::Value> = serde_json::from_str(&text).expect("JSON");
+    values.pop().expect("one service")["Spec"].take()
+}
+
+/// The port the agent routes `instance` to (`rollway status --json`).
+async fn instance_port(agent: &TestAgent, app: &str, instance: &str) -> u64 {
+    let status = agent.status(app, ENV).await;
+    status.0["instances"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|view| view["id"] == instance)
+        .and_then(|view| view["port"].as_u64())
+        .unwrap_or_else(|| panic!("no instance `{instance}` in {status}"))
+}
+
+/// The container of the running task in `slot` of `service`.
+fn slot_container(service: &str, slot: u64) -> String {
+    let tasks = docker(&[
+        "service",
+        "ps",
+        "-q",
+        "--filter",
+        "desired-state=running",
+        service,
+    ])
+    .unwrap_or_default();
+    tasks
+        .split_whitespace()
+        .filter_map(|task| {
+            let text = docker(&["inspect", task])?;
+            let mut values: Vec<serde_json::Value> = serde_json::from_str(&text).ok()?;
+            values.pop()
+        })
+        .find(|task| task["Slot"] == slot)
+        .and_then(|task| {
+            task["Status"]["ContainerStatus"]["ContainerID"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| panic!("no running task in slot {slot} of `{service}`"))
+}
+
+/// Removes every Swarm service, secret and network of the test's app, and the images the agent
+/// pushed, also when the test fails.
+struct Cleanup {
+    app: String,
+    registry: String,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let prefix = format!("rollway-{}-", self.app);
+        for kind in ["service", "secret"] {
+            let names = docker(&[kind, "ls", "--format", "{{.Name}}"]).unwrap_or_default();
+            for name in names.lines().filter(|name| name.starts_with(&prefix)) {
+                let _ = docker(&[kind, "rm", name]);
+            }
+        }
+        // Secrets and the network stay in use until the services' tasks are gone.
+        for _ in 0..100 {
+            let mut left = 0;
+            for kind in ["secret", "network"] {
+                let names = docker(&[kind, "ls", "--format", "{{.Name}}"]).unwrap_or_default();
+                for name in names
+                    .lines()
+                    .filter(|name| name.starts_with(&prefix[..prefix.len() - 1]))
+                {
+                    if docker(&[kind, "rm", name]).is_none() {
+                        left += 1;
+                    }
+                }
+            }
+            if left == 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let images =
+            docker(&["images", "--format", "{{.Repository}}:{{.Tag}}"]).unwrap_or_default();
+        for image in images
+            .lines()
+            .filter(|image| image.starts_with(&self.registry))
+        {
+            let _ = docker(&["rmi", image]);
+        }
+    }
+}
