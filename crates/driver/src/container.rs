@@ -723,31 +723,9 @@ impl Driver for ContainerDriver {
     ) -> Result<(Vec<LogLine>, LogCursor), DriverError> {
         validate_instance_id(instance_id)?;
         let container = create::container_name(instance_id);
-        let docker = self.docker.clone();
-        let name = container.clone();
-        let read = self
-            .bridge
-            .run(async move {
-                match cursor {
-                    // "From now": no lines, a cursor at the last line there is.
-                    None => logs::tail(&docker, &name, 1).await.map(|lines| {
-                        let offset = lines.last().map_or(0, |line| line.nanos);
-                        (Vec::new(), LogCursor { offset })
-                    }),
-                    Some(cursor) => logs::after(&docker, &name, cursor.offset)
-                        .await
-                        .map(|lines| {
-                            let offset = lines.last().map_or(cursor.offset, |line| line.nanos);
-                            (lines, LogCursor { offset })
-                        }),
-                }
-            })
-            .unwrap_or_else(|| Err(EngineError::other("the driver is shutting down".into())));
+        let read = logs::read_after(&self.bridge, &self.docker, &container, cursor);
         match read {
-            Ok((lines, cursor)) => Ok((
-                log_lines(instance_id, lines.into_iter().map(|line| line.line)),
-                cursor,
-            )),
+            Ok((lines, cursor)) => Ok((log_lines(instance_id, lines), cursor)),
             Err(error)
                 if error.is_not_found() && lock(&self.retained_logs).contains_key(instance_id) =>
             {

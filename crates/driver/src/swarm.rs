@@ -1136,30 +1136,9 @@ impl Driver for SwarmDriver {
         let Some(container) = self.view(instance_id).and_then(|view| view.container_id) else {
             return Err(DriverError::UnknownInstance(instance_id.to_owned()));
         };
-        let docker = self.docker.clone();
-        let name = container.clone();
-        let read = self
-            .bridge
-            .run(async move {
-                match cursor {
-                    None => logs::tail(&docker, &name, 1).await.map(|lines| {
-                        let offset = lines.last().map_or(0, |line| line.nanos);
-                        (Vec::new(), LogCursor { offset })
-                    }),
-                    Some(cursor) => logs::after(&docker, &name, cursor.offset)
-                        .await
-                        .map(|lines| {
-                            let offset = lines.last().map_or(cursor.offset, |line| line.nanos);
-                            (lines, LogCursor { offset })
-                        }),
-                }
-            })
-            .unwrap_or_else(|| Err(EngineError::other("the driver is shutting down".into())));
+        let read = logs::read_after(&self.bridge, &self.docker, &container, cursor);
         match read {
-            Ok((lines, cursor)) => Ok((
-                log_lines(instance_id, lines.into_iter().map(|line| line.line)),
-                cursor,
-            )),
+            Ok((lines, cursor)) => Ok((log_lines(instance_id, lines), cursor)),
             Err(error) => Err(DriverError::Engine {
                 what: "cannot read the output",
                 instance_id: instance_id.to_owned(),

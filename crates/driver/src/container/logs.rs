@@ -90,6 +90,37 @@ pub(crate) async fn follow(
     Ok(())
 }
 
+/// A follower's next read of `container`'s output, on the driver's runtime: with no cursor, no
+/// lines and a cursor at the last line there is ("from now"); else the lines after `cursor` and a
+/// cursor at the last of them. `None` when the driver is shutting down. The container and swarm
+/// drivers' `logs_after` both read this way.
+pub(crate) fn read_after(
+    bridge: &super::engine::Bridge,
+    docker: &Docker,
+    container: &str,
+    cursor: Option<crate::LogCursor>,
+) -> Result<(Vec<String>, crate::LogCursor), EngineError> {
+    let docker = docker.clone();
+    let name = container.to_owned();
+    bridge
+        .run(async move {
+            match cursor {
+                None => tail(&docker, &name, 1).await.map(|lines| {
+                    let offset = lines.last().map_or(0, |line| line.nanos);
+                    (Vec::new(), crate::LogCursor { offset })
+                }),
+                Some(cursor) => after(&docker, &name, cursor.offset).await.map(|lines| {
+                    let offset = lines.last().map_or(cursor.offset, |line| line.nanos);
+                    (
+                        lines.into_iter().map(|line| line.line).collect(),
+                        crate::LogCursor { offset },
+                    )
+                }),
+            }
+        })
+        .unwrap_or_else(|| Err(EngineError::other("the driver is shutting down".into())))
+}
+
 /// Reads a (non-following) logs stream into timed lines newer than `after_nanos`, stopping after
 /// `limit` lines.
 async fn collect(
