@@ -157,6 +157,10 @@ fn prepare(engine: &Arc<Engine>, command: &Command<'_>) -> Result<Prepared, OneO
     })
 }
 
+/// How long a terminal's output may hold back bytes that could start a secret value, waiting for
+/// the rest, before it shows them: a pause longer than this ends any value being printed.
+const HOLD_BACK: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Runs `command` to its end, handing every scrubbed output line to `on_line` in the order each
 /// stream produced them (a slow `on_line` slows the reading, it loses nothing). When `stop`
 /// completes first, the command is stopped.
@@ -339,18 +343,21 @@ pub async fn run_tty<OutputDone: Future<Output = ()>>(
     let mut input_open = true;
     let mut stopped = false;
     let mut kill_at: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+    let mut stream = crate::secrets::StreamScrubber::new(&scrubber);
     loop {
         tokio::select! {
             read = reader.read(&mut shown) => match read {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
-                    let chunk = &shown[..n];
-                    let chunk = match std::str::from_utf8(chunk) {
-                        Ok(text) => scrubber.scrub(text).into_owned().into_bytes(),
-                        Err(_) => chunk.to_vec(),
-                    };
-                    on_output(chunk).await;
+                    let chunk = stream.push(&shown[..n]);
+                    if !chunk.is_empty() {
+                        on_output(chunk).await;
+                    }
                 }
+            },
+            // What was held back as a possible start of a secret is shown once the output pauses.
+            () = tokio::time::sleep(HOLD_BACK), if stream.holds() => {
+                on_output(stream.flush()).await;
             },
             read = input.read(&mut typed), if input_open => match read {
                 Ok(0) | Err(_) => {
@@ -370,6 +377,10 @@ pub async fn run_tty<OutputDone: Future<Output = ()>>(
                 signal_group(pid, rustix::process::Signal::KILL);
             }
         }
+    }
+    let rest = stream.flush();
+    if !rest.is_empty() {
+        on_output(rest).await;
     }
     let status = child.wait().await.map_err(|source| OneOffError::Wait {
         command: text.clone(),

@@ -359,6 +359,86 @@ impl Scrubber {
     }
 }
 
+impl Scrubber {
+    /// `bytes` with every secret value replaced by `***`, matched as bytes (output need not be
+    /// UTF-8, nor cut at character boundaries).
+    pub fn scrub_bytes(&self, bytes: &[u8]) -> Vec<u8> {
+        let mut out = bytes.to_vec();
+        for value in &self.values {
+            let needle = value.expose().as_bytes();
+            if out.len() < needle.len() {
+                continue;
+            }
+            let mut replaced = Vec::with_capacity(out.len());
+            let mut at = 0;
+            while at < out.len() {
+                if out[at..].starts_with(needle) {
+                    replaced.extend_from_slice(b"***");
+                    at += needle.len();
+                } else {
+                    replaced.push(out[at]);
+                    at += 1;
+                }
+            }
+            out = replaced;
+        }
+        out
+    }
+
+    /// How many bytes at the end of `bytes` could be the start of a secret value (the longest
+    /// such suffix, shorter than the value): what a stream must hold back until more comes.
+    fn open_prefix(&self, bytes: &[u8]) -> usize {
+        self.values
+            .iter()
+            .map(|value| {
+                let needle = value.expose().as_bytes();
+                (1..needle.len().min(bytes.len() + 1))
+                    .rev()
+                    .find(|&len| bytes.ends_with(&needle[..len]))
+                    .unwrap_or(0)
+            })
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// Scrubs a byte stream read in arbitrary chunks (a terminal's output): a secret value split
+/// across two reads is still replaced whole, because the end of a chunk that could begin a
+/// value is held back until the next chunk (or `flush`, when the stream pauses or ends).
+pub struct StreamScrubber<'a> {
+    scrubber: &'a Scrubber,
+    held: Vec<u8>,
+}
+
+impl<'a> StreamScrubber<'a> {
+    pub fn new(scrubber: &'a Scrubber) -> StreamScrubber<'a> {
+        StreamScrubber {
+            scrubber,
+            held: Vec::new(),
+        }
+    }
+
+    /// What can be shown of the stream so far, scrubbed.
+    pub fn push(&mut self, chunk: &[u8]) -> Vec<u8> {
+        self.held.extend_from_slice(chunk);
+        let mut scrubbed = self.scrubber.scrub_bytes(&self.held);
+        let hold = self.scrubber.open_prefix(&scrubbed);
+        self.held = scrubbed.split_off(scrubbed.len() - hold);
+        scrubbed
+    }
+
+    /// Whatever is held back, when no more comes for now (it cannot complete a value it does not
+    /// already hold).
+    pub fn flush(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.held)
+    }
+
+    /// Whether bytes are held back.
+    pub fn holds(&self) -> bool {
+        !self.held.is_empty()
+    }
+}
+
 impl std::fmt::Debug for Scrubber {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Scrubber({} values)", self.values.len())

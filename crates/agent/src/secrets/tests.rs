@@ -174,3 +174,32 @@ fn the_scrubber_prefers_the_longest_value_and_skips_short_ones() {
     );
     assert_eq!(format!("{scrubber:?}"), "Scrubber(2 values)");
 }
+
+#[test]
+fn a_stream_scrubber_replaces_a_value_split_across_chunks_and_bytes_that_are_not_utf8() {
+    let scrubber = Scrubber::new([Secret::new("hunter2-canary".into())]);
+    let mut stream = StreamScrubber::new(&scrubber);
+    let mut shown = Vec::new();
+    // Split inside the value, and inside a multibyte character before it.
+    let text = "pass: é hunter2-canary done\n".as_bytes();
+    let split = text.iter().position(|&b| b == 0xc3).expect("é") + 1;
+    shown.extend(stream.push(&text[..split]));
+    shown.extend(stream.push(&text[split..split + 9]));
+    assert!(stream.holds(), "the start of the value is held back");
+    shown.extend(stream.push(&text[split + 9..]));
+    shown.extend(stream.flush());
+    assert_eq!(
+        String::from_utf8(shown).expect("utf8"),
+        "pass: é *** done\n"
+    );
+    // A held prefix that never completes is shown on flush, unchanged.
+    let mut stream = StreamScrubber::new(&scrubber);
+    let mut shown = stream.push(b"prompt> hunt");
+    assert_eq!(shown, b"prompt> ");
+    shown.extend(stream.flush());
+    assert_eq!(shown, b"prompt> hunt");
+    // Not UTF-8 at all: still scrubbed.
+    let mut bytes = vec![0xff, 0xfe];
+    bytes.extend_from_slice(b"hunter2-canary");
+    assert_eq!(scrubber.scrub_bytes(&bytes), [0xff, 0xfe, b'*', b'*', b'*']);
+}
