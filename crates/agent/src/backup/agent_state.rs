@@ -90,11 +90,13 @@ pub async fn backup(
         });
     }
     let id = format!("s-{}-{}", crate::engine::now_ms(), super::random_suffix());
+    // Inside the state directory: the agent can always write there (its parent may be root's, as
+    // `/var/lib` is in the container image), and a snapshot carries only the store and `CARRIED`.
     let work = tempfile::Builder::new()
         .prefix(".rollway-agent-backup-")
-        .tempdir_in(state_dir.parent().unwrap_or(state_dir))
+        .tempdir_in(state_dir)
         .map_err(|source| StateError::File {
-            operation: "create a scratch folder beside",
+            operation: "create a scratch folder in",
             path: state_dir.to_owned(),
             source,
         })?;
