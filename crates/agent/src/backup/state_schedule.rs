@@ -45,6 +45,7 @@ pub async fn run(engine: Arc<Engine>, config: StateBackup) {
         take(&engine, &config).await;
         after = now_ms();
     }
+    tracing::info!(message = "Backups of the agent's state are scheduled.", schedule = %config.schedule, remote = %config.remote.shown(), caught_up = missed);
     loop {
         let Some(next) = config.schedule.next_after(after) else {
             return;

@@ -161,6 +161,92 @@ async fn the_agent_backs_up_its_own_state_on_a_schedule_and_each_snapshot_restor
     );
 }
 
+/// The line the agent logs once its schedule's start is settled (after the missed snapshot, if
+/// one was taken).
+const SCHEDULED: &str = "Backups of the agent's state are scheduled.";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daily_schedule_takes_the_missed_snapshot_at_start_and_no_other() {
+    let (access_key, secret_key) = ("AKDAILY", "sk-daily-canary");
+    let Some(s3) = S3Server::start(access_key, secret_key, &[BUCKET]).await else {
+        return;
+    };
+    let utc_day = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_secs()
+            / 86_400
+    };
+    let day = utc_day();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let remote = format!("s3://{BUCKET}/agents");
+    let endpoint = s3.endpoint();
+    let env = [
+        ("ROLLWAY_BACKUP_REMOTE", remote.as_str()),
+        ("ROLLWAY_BACKUP_ENDPOINT", endpoint.as_str()),
+        ("ROLLWAY_BACKUP_ACCESS_KEY_ID", access_key),
+        ("ROLLWAY_BACKUP_SECRET_ACCESS_KEY", secret_key),
+    ];
+    let mut agent = TestAgent::start_with_args(
+        rollway_bin(),
+        &dir.path().join("state"),
+        &["--state-backup-schedule".to_owned(), "@daily".to_owned()],
+        &env,
+    )
+    .await;
+    // No snapshot on the remote is older than today's tick: one is taken at once.
+    wait_logged(&agent, 1).await;
+    assert_eq!(wait_backed_up(&agent, 0, 1).await.len(), 1);
+    assert_eq!(s3.objects(BUCKET, ".tar.sealed").len(), 1);
+    // Restarted the same day: today's snapshot exists, none is taken until tomorrow's tick.
+    agent.restart_with_env(&env).await;
+    let lines = wait_logged(&agent, 2).await;
+    if utc_day() != day {
+        println!("skipped: midnight UTC (a new @daily tick) fell during the test");
+        return;
+    }
+    assert!(
+        lines[0].contains("caught_up") && lines[0].contains("true"),
+        "{lines:?}"
+    );
+    assert!(
+        lines[1].contains("caught_up") && lines[1].contains("false"),
+        "{lines:?}"
+    );
+    assert_eq!(s3.objects(BUCKET, ".tar.sealed").len(), 1);
+    let taken = agent
+        .events()
+        .await
+        .iter()
+        .filter(|event| event["kind"] == "agent.backed_up")
+        .count();
+    assert_eq!(taken, 1);
+}
+
+/// Waits until the agent's log holds `n` [`SCHEDULED`] lines; returns them.
+async fn wait_logged(agent: &TestAgent, n: usize) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let lines: Vec<String> = agent
+            .log()
+            .lines()
+            .filter(|line| line.contains(SCHEDULED))
+            .map(str::to_owned)
+            .collect();
+        if lines.len() >= n {
+            return lines;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {n} `{SCHEDULED}` lines: {}",
+            lines.len(),
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// `rollway agent restore --id ID` into `state`.
 async fn restore(
     state: &Path,
