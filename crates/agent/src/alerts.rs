@@ -44,6 +44,7 @@ pub fn alert_text(event: &EventView) -> Option<String> {
             "instance.unhealthy" | "watch.all_unhealthy" | "backup.failed" => "",
             "backup.upload_failed" | "backup.verify_failed" => "",
             "proxy.exited" | "proxy.restarted" | "proxy.restart_failed" => "",
+            "agent.backup_failed" => "",
             "instance.recovered" | "watch.recovered" => "recovered: ",
             "watch.error_rate" => "error rate above the bound: ",
             "cert.expiring" | "cert.renewal_failed" => "",

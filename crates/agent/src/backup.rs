@@ -15,6 +15,7 @@ use sha2::Digest as _;
 pub mod agent_state;
 pub mod remote;
 pub mod sealed;
+pub mod state_schedule;
 pub mod verify;
 
 use crate::engine::{AppEnv, Engine, now_ms};
@@ -1001,7 +1002,8 @@ pub fn prune(engine: &Engine, app: &str, env: &str, keep: usize) {
     }
 }
 
-fn file_digest(path: &Path) -> Result<(u64, String), BackupError> {
+/// The size and sha256 (hex) of the file at `path`.
+pub fn file_digest(path: &Path) -> Result<(u64, String), BackupError> {
     let read_error = |source| BackupError::Read {
         path: path.to_owned(),
         source,

@@ -69,6 +69,8 @@ pub struct AgentConfig {
     pub api_tls: bool,
     /// The API's certificate: self-signed, or `--api-cert`/`--api-key` (which turn TLS on).
     pub api_cert: api::tls::CertSource,
+    /// `--state-backup-schedule`: the agent's own state to an S3-compatible remote on a schedule.
+    pub state_backup: Option<backup::state_schedule::StateBackup>,
 }
 
 /// What the caller learns once the agent serves.
@@ -236,6 +238,9 @@ pub async fn run(
     tokio::spawn(swarm_follow::run(engine.clone()));
     tokio::spawn(watch::error_rate_loop(engine.clone()));
     tokio::spawn(cron::run(engine.clone()));
+    if let Some(state_backup) = config.state_backup.clone() {
+        tokio::spawn(backup::state_schedule::run(engine.clone(), state_backup));
+    }
 
     let agent_file = LocalAgent {
         api: api_url.clone(),

@@ -280,6 +280,9 @@ impl ProxyLink {
             .arg(&self.dir)
             .arg("--listen")
             .arg(command.listen.to_string())
+            // The remote's credentials of `--state-backup-schedule` are the agent's alone.
+            .env_remove(crate::backup::agent_state::ACCESS_KEY_VAR)
+            .env_remove(crate::backup::agent_state::SECRET_KEY_VAR)
             .stdout(log)
             .stderr(log_err);
         if let Some(metrics) = command.metrics {

@@ -411,6 +411,13 @@ pub struct AgentRunArgs {
     /// `/etc/rollway/master.key` as root or `$XDG_CONFIG_HOME/rollway/master.key`).
     #[arg(long, value_name = "FILE")]
     pub master_key: Option<PathBuf>,
+    /// Back up the agent's own state on this schedule (`@daily`, `@hourly`, or five fields:
+    /// minute hour day month weekday, in UTC), like `rollway agent backup`: to
+    /// `ROLLWAY_BACKUP_REMOTE` (`ROLLWAY_BACKUP_ENDPOINT`, `ROLLWAY_BACKUP_REGION`) with the
+    /// credentials in `ROLLWAY_BACKUP_ACCESS_KEY_ID` and `ROLLWAY_BACKUP_SECRET_ACCESS_KEY`;
+    /// 14 kept.
+    #[arg(long, value_name = "SCHEDULE")]
+    pub state_backup_schedule: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

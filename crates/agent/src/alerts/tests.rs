@@ -117,6 +117,14 @@ fn alerting_events_and_their_text() {
                 "[rollway] shop in production: restore drill of backup b-1 FAILED (schedule): corrupt",
             ),
         ),
+        (
+            "agent.backup_failed",
+            "the agent's state was not backed up to s3://b/agents after 3 attempts: refused",
+            Some(
+                "[rollway] shop in production: the agent's state was not backed up to s3://b/agents after 3 attempts: refused",
+            ),
+        ),
+        ("agent.backed_up", "the agent's state was backed up", None),
         ("backup.uploaded", "backup b-1 uploaded", None),
         (
             "backup.verified",

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use super::remote::{Remote, RemoteError, RemoteObject};
 use super::sealed::{self, BackupKey, Header};
 use crate::secrets::MasterKey;
+use crate::store::BackupReason;
 
 /// The folder under the remote's prefix that holds the agent's snapshots.
 pub const FOLDER: &str = "rollway-agent/";
@@ -24,6 +25,10 @@ pub const CARRIED: &[&str] = &["artifacts", crate::api::tls::DIR];
 pub const KEEP: usize = 14;
 /// The header's kind for a snapshot of the agent's state.
 pub const KIND: &str = "agent-state";
+/// The variables holding the remote's credentials (never arguments: argv is public). They are
+/// the agent's own: no app instance and not the proxy gets them.
+pub const ACCESS_KEY_VAR: &str = "ROLLWAY_BACKUP_ACCESS_KEY_ID";
+pub const SECRET_KEY_VAR: &str = "ROLLWAY_BACKUP_SECRET_ACCESS_KEY";
 
 /// Why a snapshot was not taken or not restored.
 #[derive(Debug, thiserror::Error)]
@@ -71,10 +76,12 @@ pub struct Snapshot {
 }
 
 /// Snapshots `state_dir`, seals it with `master`, uploads it and prunes the remote to [`KEEP`].
+/// `reason`: `manual` (`rollway agent backup`) or `schedule` (the agent's own schedule).
 pub async fn backup(
     state_dir: &Path,
     master: &MasterKey,
     remote: &Remote,
+    reason: BackupReason,
 ) -> Result<Snapshot, StateError> {
     let store = state_dir.join(STORE_FILE);
     if !store.is_file() {
@@ -83,11 +90,13 @@ pub async fn backup(
         });
     }
     let id = format!("s-{}-{}", crate::engine::now_ms(), super::random_suffix());
+    // Inside the state directory: the agent can always write there (its parent may be root's, as
+    // `/var/lib` is in the container image), and a snapshot carries only the store and `CARRIED`.
     let work = tempfile::Builder::new()
         .prefix(".rollway-agent-backup-")
-        .tempdir_in(state_dir.parent().unwrap_or(state_dir))
+        .tempdir_in(state_dir)
         .map_err(|source| StateError::File {
-            operation: "create a scratch folder beside",
+            operation: "create a scratch folder in",
             path: state_dir.to_owned(),
             source,
         })?;
@@ -118,7 +127,7 @@ pub async fn backup(
                 app: String::new(),
                 environment: String::new(),
                 release: None,
-                reason: "manual".to_owned(),
+                reason: reason.as_str().to_owned(),
                 target: dir.display().to_string(),
                 size,
                 sha256,

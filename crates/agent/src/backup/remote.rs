@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{StreamExt as _, TryStreamExt as _};
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt as _, Empty, StreamBody};
+use http_body_util::{BodyExt as _, Empty, Full, StreamBody};
 use hyper::body::Frame;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -34,6 +34,10 @@ const SMALL_REQUEST: Duration = Duration::from_secs(60);
 const TRANSFER: Duration = Duration::from_secs(3600);
 /// The extension of a sealed object.
 pub const SEALED_EXTENSION: &str = "sealed";
+/// Objects larger than one part go up as an S3 multipart upload (one PUT takes at most 5 GiB);
+/// parts are this big, or bigger when an object would need more than [`MAX_PARTS`].
+pub const PART_SIZE: u64 = 64 * 1024 * 1024;
+pub const MAX_PARTS: u64 = 10_000;
 
 /// One S3 bucket and prefix, with the credentials to reach it.
 #[derive(Clone)]
@@ -43,6 +47,8 @@ pub struct Remote {
     prefix: String,
     /// `s3://bucket/prefix`, for messages.
     shown: String,
+    /// Invariant: at least 1.
+    part_size: u64,
     http: Client<hyper_rustls::HttpsConnector<HttpConnector>, BoxBody<Bytes, std::io::Error>>,
 }
 
@@ -106,6 +112,14 @@ pub enum RemoteError {
     },
     #[error("{remote} sent a listing that is not S3's XML")]
     Listing { remote: String },
+    #[error("{remote} did not {operation} `{key}`{}", code.as_deref().map(|code| format!(" ({code})")).unwrap_or_default())]
+    Answer {
+        operation: &'static str,
+        key: String,
+        remote: String,
+        /// The `<Code>` of the S3 error body.
+        code: Option<String>,
+    },
     #[error(transparent)]
     Sealed(#[from] SealError),
     #[error(transparent)]
@@ -175,8 +189,16 @@ impl Remote {
             ),
             prefix: config.prefix.clone(),
             shown,
+            part_size: PART_SIZE,
             http: Client::builder(TokioExecutor::new()).build(connector),
         })
+    }
+
+    /// This remote with another part size for multipart uploads (tests use small ones; S3 refuses
+    /// parts under 5 MiB but the last).
+    pub fn with_part_size(mut self, part_size: u64) -> Remote {
+        self.part_size = part_size.max(1);
+        self
     }
 
     /// `s3://bucket/prefix`.
@@ -198,7 +220,8 @@ impl Remote {
         }
     }
 
-    /// Uploads the file at `path` as `key`, streamed from disk.
+    /// Uploads the file at `path` as `key`, streamed from disk: one PUT up to the part size,
+    /// a multipart upload above it.
     pub async fn put_file(&self, key: &str, path: &Path) -> Result<(), RemoteError> {
         let file_error = |source| RemoteError::File {
             operation: "read",
@@ -207,19 +230,142 @@ impl Remote {
         };
         let file = tokio::fs::File::open(path).await.map_err(file_error)?;
         let size = file.metadata().await.map_err(file_error)?.len();
+        if size > self.part_size {
+            return self.put_multipart(key, path, size).await;
+        }
         let url = self
             .bucket
             .put_object(Some(&self.credentials), key)
             .sign(TRANSFER);
-        let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024)
-            .map(|chunk| chunk.map(Frame::data));
-        let request = hyper::Request::put(url.as_str())
-            .header(hyper::header::CONTENT_LENGTH, size)
-            .header(hyper::header::CONTENT_TYPE, "application/octet-stream")
-            .body(BoxBody::new(StreamBody::new(stream)));
-        self.send("upload", key, request, TRANSFER)
+        self.send("upload", key, put_body(url.as_str(), file, size), TRANSFER)
             .await
             .map(|_| ())
+    }
+
+    /// A multipart upload of the file at `path` (`size` bytes): started, sent part by part
+    /// (each streamed from its place in the file), completed; aborted when any step fails, so no
+    /// orphan parts are kept (and paid for) on the remote.
+    async fn put_multipart(&self, key: &str, path: &Path, size: u64) -> Result<(), RemoteError> {
+        let url = self
+            .bucket
+            .create_multipart_upload(Some(&self.credentials), key)
+            .sign(SMALL_REQUEST);
+        let request = hyper::Request::post(url.as_str()).body(empty());
+        let operation = "start a multipart upload of";
+        let response = self.send(operation, key, request, SMALL_REQUEST).await?;
+        let body = self.read_body(operation, key, response).await?;
+        let upload_id = rusty_s3::actions::CreateMultipartUpload::parse_response(
+            &String::from_utf8_lossy(&body),
+        )
+        .map_err(|_| RemoteError::Answer {
+            operation,
+            key: key.to_owned(),
+            remote: self.shown.clone(),
+            code: error_code(&body),
+        })?
+        .upload_id()
+        .to_owned();
+        let uploaded = match self.put_parts(key, path, size, &upload_id).await {
+            Ok(etags) => self.complete_multipart(key, &upload_id, &etags).await,
+            Err(error) => Err(error),
+        };
+        if uploaded.is_err() {
+            let url = self
+                .bucket
+                .abort_multipart_upload(Some(&self.credentials), key, &upload_id)
+                .sign(SMALL_REQUEST);
+            let request = hyper::Request::delete(url.as_str()).body(empty());
+            if let Err(error) = self
+                .send("abort the multipart upload of", key, request, SMALL_REQUEST)
+                .await
+            {
+                tracing::warn!(message = "Cannot abort a failed multipart upload; the remote keeps its parts until its own lifecycle rule removes them.", key, error = %crate::report::chain(&error));
+            }
+        }
+        uploaded
+    }
+
+    /// Sends the parts of a multipart upload, in order; their ETags.
+    async fn put_parts(
+        &self,
+        key: &str,
+        path: &Path,
+        size: u64,
+        upload_id: &str,
+    ) -> Result<Vec<String>, RemoteError> {
+        use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
+        let part_size = self.part_size.max(size.div_ceil(MAX_PARTS));
+        let n_parts = size.div_ceil(part_size);
+        let mut etags = Vec::new();
+        for part_idx in 0..n_parts {
+            let file_error = |source| RemoteError::File {
+                operation: "read",
+                path: path.to_owned(),
+                source,
+            };
+            let offset = part_idx * part_size;
+            let length = part_size.min(size - offset);
+            let mut file = tokio::fs::File::open(path).await.map_err(file_error)?;
+            file.seek(std::io::SeekFrom::Start(offset))
+                .await
+                .map_err(file_error)?;
+            // Part numbers start at 1; MAX_PARTS keeps them within u16.
+            let part_number = u16::try_from(part_idx + 1).unwrap_or(u16::MAX);
+            let url = self
+                .bucket
+                .upload_part(Some(&self.credentials), key, part_number, upload_id)
+                .sign(TRANSFER);
+            let response = self
+                .send(
+                    "upload a part of",
+                    key,
+                    put_body(url.as_str(), file.take(length), length),
+                    TRANSFER,
+                )
+                .await?;
+            let etag = response
+                .headers()
+                .get(hyper::header::ETAG)
+                .and_then(|etag| etag.to_str().ok())
+                .ok_or_else(|| RemoteError::Answer {
+                    operation: "upload a part of",
+                    key: key.to_owned(),
+                    remote: self.shown.clone(),
+                    code: Some("NoETag".to_owned()),
+                })?;
+            etags.push(etag.to_owned());
+        }
+        Ok(etags)
+    }
+
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        etags: &[String],
+    ) -> Result<(), RemoteError> {
+        let action = self.bucket.complete_multipart_upload(
+            Some(&self.credentials),
+            key,
+            upload_id,
+            etags.iter().map(String::as_str),
+        );
+        let url = action.sign(SMALL_REQUEST);
+        let request = hyper::Request::post(url.as_str()).body(BoxBody::new(
+            Full::new(Bytes::from(action.body())).map_err(|never| match never {}),
+        ));
+        let operation = "complete the multipart upload of";
+        let response = self.send(operation, key, request, TRANSFER).await?;
+        // S3 may answer 200 and still fail: the body says which.
+        let body = self.read_body(operation, key, response).await?;
+        rusty_s3::actions::CompleteMultipartUploadResponse::parse(&String::from_utf8_lossy(&body))
+            .map(|_| ())
+            .map_err(|_| RemoteError::Answer {
+                operation,
+                key: key.to_owned(),
+                remote: self.shown.clone(),
+                code: error_code(&body),
+            })
     }
 
     /// Downloads `key` into a new file at `path`, streamed to disk.
@@ -377,6 +523,20 @@ impl Remote {
                 source,
             })
     }
+}
+
+/// A PUT of `length` bytes streamed from `reader`.
+fn put_body(
+    url: &str,
+    reader: impl tokio::io::AsyncRead + Send + Sync + 'static,
+    length: u64,
+) -> Result<hyper::Request<BoxBody<Bytes, std::io::Error>>, hyper::http::Error> {
+    let stream = tokio_util::io::ReaderStream::with_capacity(reader, 256 * 1024)
+        .map(|chunk| chunk.map(Frame::data));
+    hyper::Request::put(url)
+        .header(hyper::header::CONTENT_LENGTH, length)
+        .header(hyper::header::CONTENT_TYPE, "application/octet-stream")
+        .body(BoxBody::new(StreamBody::new(stream)))
 }
 
 fn empty() -> BoxBody<Bytes, std::io::Error> {

@@ -1,1 +1,2 @@
 //! Agent integration tests.
+mod remote_multipart;

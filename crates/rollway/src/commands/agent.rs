@@ -13,6 +13,17 @@ pub fn run_agent(args: &AgentRunArgs, printer: Printer) -> anyhow::Result<ExitSt
         return super::agent_state::run(action, printer);
     }
     let state_dir = args.state.clone().unwrap_or_else(super::connect::state_dir);
+    let state_backup = match args.state_backup_schedule.as_deref() {
+        None => None,
+        Some(schedule) => match super::agent_state::state_backup(schedule) {
+            Ok(state_backup) => Some(state_backup),
+            Err((problem, hint)) => {
+                printer.error(&problem);
+                printer.hint(&hint);
+                return Ok(ExitStatus::Usage);
+            }
+        },
+    };
     let exe = std::env::current_exe()?;
     let config = agent::AgentConfig {
         state_dir: state_dir.clone(),
@@ -33,6 +44,7 @@ pub fn run_agent(args: &AgentRunArgs, printer: Printer) -> anyhow::Result<ExitSt
             },
             _ => agent::api::tls::CertSource::SelfSigned,
         },
+        state_backup: state_backup.clone(),
     };
     init_tracing();
     let runtime = tokio::runtime::Runtime::new()?;
@@ -61,6 +73,16 @@ pub fn run_agent(args: &AgentRunArgs, printer: Printer) -> anyhow::Result<ExitSt
             printer.raw_stderr(&format!("isolation: {}\n", started.isolation.describe()));
             if let Some(gap) = started.isolation.gap() {
                 printer.warning(&gap);
+            }
+            if let Some(state_backup) = &state_backup {
+                printer.status(
+                    "Scheduled",
+                    &format!(
+                        "backups of the agent's state to {} on `{}`",
+                        state_backup.remote.shown(),
+                        state_backup.schedule
+                    ),
+                );
             }
             if let Some((from, to)) = &started.master_key_moved {
                 printer.status(

@@ -9,12 +9,16 @@ use agent::backup::remote::Remote;
 use agent::secrets::{Secret, master_key};
 
 use crate::ExitStatus;
-use crate::cli::{AgentAction, AgentStateArgs};
+use crate::cli::AgentAction;
 use crate::printer::Printer;
 
-/// The variables holding the remote's credentials (never arguments: argv is public).
-pub const ACCESS_KEY_VAR: &str = "ROLLWAY_BACKUP_ACCESS_KEY_ID";
-pub const SECRET_KEY_VAR: &str = "ROLLWAY_BACKUP_SECRET_ACCESS_KEY";
+use agent_state::{ACCESS_KEY_VAR, SECRET_KEY_VAR};
+
+/// The remote's location for `rollway agent --state-backup-schedule` (the same variables
+/// `rollway agent backup` reads its flags' defaults from).
+pub const REMOTE_VAR: &str = "ROLLWAY_BACKUP_REMOTE";
+pub const ENDPOINT_VAR: &str = "ROLLWAY_BACKUP_ENDPOINT";
+pub const REGION_VAR: &str = "ROLLWAY_BACKUP_REGION";
 
 pub fn run(action: &AgentAction, printer: Printer) -> anyhow::Result<ExitStatus> {
     let args = match action {
@@ -22,7 +26,7 @@ pub fn run(action: &AgentAction, printer: Printer) -> anyhow::Result<ExitStatus>
         AgentAction::Restore { state, .. } => state,
     };
     let state_dir = args.state.clone().unwrap_or_else(super::connect::state_dir);
-    let remote = match remote(args) {
+    let remote = match remote(&args.remote, args.endpoint.as_deref(), &args.region) {
         Ok(remote) => remote,
         Err(problem) => {
             printer.error(&problem.0);
@@ -42,7 +46,14 @@ pub fn run(action: &AgentAction, printer: Printer) -> anyhow::Result<ExitStatus>
     tokio::runtime::Runtime::new()?.block_on(async {
         match action {
             AgentAction::Backup(_) => {
-                match agent_state::backup(&state_dir, &master, &remote).await {
+                match agent_state::backup(
+                    &state_dir,
+                    &master,
+                    &remote,
+                    agent::store::BackupReason::Manual,
+                )
+                .await
+                {
                     Ok(snapshot) => {
                         if args.json {
                             printer.data(&serde_json::to_string_pretty(&serde_json::json!({
@@ -102,13 +113,41 @@ pub fn run(action: &AgentAction, printer: Printer) -> anyhow::Result<ExitStatus>
     })
 }
 
-/// The remote of `--remote`, `--endpoint`, `--region` and the credential variables; or (what is
-/// wrong, a hint).
-fn remote(args: &AgentStateArgs) -> Result<Remote, (String, String)> {
-    let (bucket, prefix) = manifest::BackupRemote::parse_url(&args.remote).map_err(|reason| {
+/// The state backup of `rollway agent --state-backup-schedule SCHEDULE`: the remote from the
+/// `ROLLWAY_BACKUP_*` variables; or (what is wrong, a hint).
+pub fn state_backup(
+    schedule: &str,
+) -> Result<agent::backup::state_schedule::StateBackup, (String, String)> {
+    let schedule = manifest::cron::CronSchedule::parse(schedule, None).map_err(|error| {
         (
-            format!("`--remote` is not an S3 location: {reason}"),
-            "write `--remote s3://BUCKET/PREFIX`".to_owned(),
+            format!("`--state-backup-schedule` `{schedule}` is not a schedule: {error}"),
+            "write `@daily`, `@hourly` or five fields: minute hour day month weekday (UTC)"
+                .to_owned(),
+        )
+    })?;
+    let var = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
+    let location = var(REMOTE_VAR).ok_or_else(|| {
+        (
+            format!("`--state-backup-schedule` needs `{REMOTE_VAR}`: where the snapshots go"),
+            format!("set `{REMOTE_VAR}=s3://BUCKET/PREFIX` (and `{ENDPOINT_VAR}` for a store other than AWS S3)"),
+        )
+    })?;
+    let region = var(REGION_VAR).unwrap_or_else(|| "us-east-1".to_owned());
+    let remote = remote(&location, var(ENDPOINT_VAR).as_deref(), &region)?;
+    Ok(agent::backup::state_schedule::StateBackup { schedule, remote })
+}
+
+/// The remote at `location` (`s3://BUCKET/PREFIX`), `endpoint`, `region` with the credential
+/// variables; or (what is wrong, a hint).
+fn remote(
+    location: &str,
+    endpoint: Option<&str>,
+    region: &str,
+) -> Result<Remote, (String, String)> {
+    let (bucket, prefix) = manifest::BackupRemote::parse_url(location).map_err(|reason| {
+        (
+            format!("`{location}` is not an S3 location: {reason}"),
+            "write `s3://BUCKET/PREFIX` (`--remote` or `ROLLWAY_BACKUP_REMOTE`)".to_owned(),
         )
     })?;
     let credential = |name: &str| {
@@ -128,19 +167,17 @@ fn remote(args: &AgentStateArgs) -> Result<Remote, (String, String)> {
     let config = manifest::BackupRemote {
         bucket,
         prefix,
-        endpoint: args
-            .endpoint
-            .clone()
+        endpoint: endpoint
             .map(|endpoint| endpoint.trim_end_matches('/').to_owned())
-            .unwrap_or_else(|| manifest::BackupRemote::aws_endpoint(&args.region)),
-        region: args.region.clone(),
+            .unwrap_or_else(|| manifest::BackupRemote::aws_endpoint(region)),
+        region: region.to_owned(),
         access_key_id: ACCESS_KEY_VAR.to_owned(),
         secret_access_key: SECRET_KEY_VAR.to_owned(),
     };
     Remote::with_credentials(&config, &access_key_id, &secret_access_key).map_err(|error| {
         (
             agent::report::chain(&error),
-            "accepted: `--endpoint https://HOST[:PORT]`".to_owned(),
+            "accepted: `--endpoint https://HOST[:PORT]` (or `ROLLWAY_BACKUP_ENDPOINT`)".to_owned(),
         )
     })
 }

@@ -569,19 +569,64 @@ async fn an_agent_restored_on_a_fresh_state_dir_serves_its_releases_and_deploys(
         return;
     };
     let Setup { agent, dir } = Setup::start().await;
+    // The app's SQLite database lives on the host too (apart from the state directory, writable
+    // by the app's user); its backups go to the same remote.
+    let data = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(
+        data.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+    )
+    .expect("chmod");
+    let database = data.path().join("app.db");
     let greeting = format!("greeting-canary-{}", random_hex(8));
+    for (name, value) in [
+        ("GREETING", greeting.clone()),
+        ("DATABASE_URL", format!("sqlite://{}", database.display())),
+        ("S3_ACCESS_KEY_ID", credentials.access_key.clone()),
+        ("S3_SECRET_ACCESS_KEY", credentials.secret_key.clone()),
+    ] {
+        agent
+            .set_secret(APP, ENV, name, &value)
+            .await
+            .assert_code(0);
+    }
+    let app = |folder: &Path, version: &str| {
+        backup_section(
+            testkit::agent::TestApp::new(folder.join("app")).version(version),
+            &s3,
+        )
+        .secrets(
+            ENV,
+            &[
+                "GREETING",
+                "DATABASE_URL",
+                "S3_ACCESS_KEY_ID",
+                "S3_SECRET_ACCESS_KEY",
+            ],
+        )
+        .release("python3 migrate.py", Some("DATABASE_URL"))
+        .file("migrate.py", MIGRATE_SQLITE)
+    };
     agent
-        .set_secret(APP, ENV, "GREETING", &greeting)
+        .deploy(&app(dir.path(), "v1"), ENV)
         .await
         .assert_code(0);
-    let app = |version: &str| {
-        testkit::agent::TestApp::new(dir.path().join("app"))
-            .version(version)
-            .secrets(ENV, &["GREETING"])
-    };
-    agent.deploy(&app("v1"), ENV).await.assert_code(0);
-    agent.deploy(&app("v2"), ENV).await.assert_code(0);
+    agent
+        .deploy(&app(dir.path(), "v2"), ENV)
+        .await
+        .assert_code(0);
     agent.assert_serves("v2").await;
+    let canary = format!("canary-row-{}", random_hex(8));
+    sqlite_exec(
+        &database,
+        &format!(
+            "INSERT INTO items (name) VALUES ('{canary}'), ('plain'); INSERT INTO notes (body) VALUES ('n1');"
+        ),
+    );
+    let rows = sqlite_rows(&database);
+    assert_eq!(rows.len(), 3, "{rows:#?}");
+    let backup_id = create_backup(&agent).await;
+    wait_event(&agent, "backup.uploaded", &backup_id).await;
     let before = releases(&agent).await;
     let events_before = agent.events().await;
     assert!(before.contains("v2") || before.contains('2'), "{before}");
@@ -642,6 +687,9 @@ async fn an_agent_restored_on_a_fresh_state_dir_serves_its_releases_and_deploys(
     let admin_token = std::fs::read(agent.state_dir().join("admin.token")).expect("admin token");
     drop(agent);
     drop(dir);
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", database.display()));
+    }
 
     // A new host: the master key, an empty state directory, the remote.
     let fresh = tempfile::tempdir().expect("tempdir");
@@ -682,15 +730,42 @@ async fn an_agent_restored_on_a_fresh_state_dir_serves_its_releases_and_deploys(
         .await;
     secrets.assert_code(0);
     assert_contains(&secrets, "GREETING");
-    let app = testkit::agent::TestApp::new(fresh.path().join("app"))
-        .version("v3")
-        .secrets(ENV, &["GREETING"]);
+    // The runbook's database step: an empty database where `DATABASE_URL` points, then the backup
+    // by its id; the new host has no local copy, so it comes from the remote, rows and all.
+    std::fs::write(&database, b"").expect("an empty database");
+    std::fs::set_permissions(
+        &database,
+        std::os::unix::fs::PermissionsExt::from_mode(0o666),
+    )
+    .expect("chmod");
     let clock = tokio::time::Instant::now();
-    agent.deploy(&app, ENV).await.assert_code(0);
+    let restored_db = agent
+        .cli(&[
+            "backups", "restore", &backup_id, "--app", APP, "--env", ENV, "--yes",
+        ])
+        .await;
+    restored_db.assert_code(0);
+    let database_took = clock.elapsed();
+    assert_contains(&restored_db, "fetched backup");
+    assert_eq!(
+        sqlite_rows(&database),
+        rows,
+        "the database after the restore"
+    );
+    let clock = tokio::time::Instant::now();
+    agent
+        .deploy(&app(fresh.path(), "v3"), ENV)
+        .await
+        .assert_code(0);
     agent.assert_serves("v3").await;
+    assert_eq!(
+        sqlite_rows(&database),
+        rows,
+        "the database after the redeploy"
+    );
     // For the runbook in deploy/README.md (`--nocapture` shows them).
     println!(
-        "disaster recovery: backup {backup_took:?}, restore {restore_took:?}, agent start {start_took:?}, redeploy {:?}",
+        "disaster recovery: backup {backup_took:?}, restore {restore_took:?}, agent start {start_took:?}, database restore {database_took:?}, redeploy {:?}",
         clock.elapsed()
     );
 }

@@ -1,6 +1,7 @@
 //! End-to-end tests of the `rollway` binary: what a user types and what they see.
 
 mod agent;
+mod agent_state_schedule;
 mod api_tls;
 mod apps;
 mod backup_remote;
