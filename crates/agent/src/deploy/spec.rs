@@ -983,6 +983,38 @@ fn cluster_spec(key: &AppEnv, service: &Service, id: &str) -> Option<driver::swa
     })
 }
 
+/// Removes what `sweep` names of an app environment's Swarm objects when `release` of it runs
+/// on the swarm (nothing otherwise): the release-command job a killed agent left, or everything
+/// of a destroyed environment. Logged, never fatal: the caller's own work is done.
+pub async fn sweep_swarm(
+    engine: &Arc<Engine>,
+    key: &AppEnv,
+    release: ReleaseNumber,
+    sweep: driver::swarm::Sweep,
+) {
+    let on_swarm = load_release(engine, key, release)
+        .is_ok_and(|release| release.resolved.driver == manifest::Driver::Swarm);
+    if !on_swarm {
+        return;
+    }
+    let swept = match engine.drivers.swarm().await {
+        Ok(swarm) => swarm
+            .sweep(&key.app, &key.environment, sweep)
+            .await
+            .map_err(|error| crate::report::chain(&error)),
+        Err(error) => Err(crate::report::chain(&error)),
+    };
+    match swept {
+        Ok(removed) if removed.is_empty() => {}
+        Ok(removed) => {
+            tracing::info!(message = "Removed the swarm's leftovers.", app = %key.app, environment = %key.environment, ?sweep, ?removed)
+        }
+        Err(error) => {
+            tracing::error!(message = "Cannot remove the swarm's leftovers.", app = %key.app, environment = %key.environment, ?sweep, %error)
+        }
+    }
+}
+
 /// The attachable overlay network of an app environment on the swarm.
 pub fn swarm_network(key: &AppEnv) -> String {
     format!("rollway-{}-{}", key.app, key.environment)

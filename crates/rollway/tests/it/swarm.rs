@@ -19,14 +19,20 @@ const ENV: &str = "production";
 /// Bound of the load loop; the test stops it long before.
 const LOAD_BOUND: Duration = Duration::from_secs(300);
 const PATIENCE: Duration = Duration::from_secs(90);
+/// A canary that holds 20% for up to a minute: long enough to abort it or judge it.
+const CANARY_STEPS: &str = r#"[{ weight = 20, pause = "60s" }, { weight = 100 }]"#;
 
 /// A swarm deploy without a registry refused before anything moves; under continuous load with no
 /// failed request: blue-green deploys (one with a release command run as a Swarm job), a warm
 /// rollback, a task killed by hand (`docker kill`) that leaves routing, is replaced by Swarm and
 /// comes back on its new port, kill -9 of the agent (the services adopted unchanged), a rolling
-/// deploy, the agent killed before Shifting (the deploy undone, its service removed); then a release that never turns healthy fails with nothing moved and nothing left; the
-/// canary secret is in no `docker service inspect`, no task or container inspect, no log and
-/// nowhere in the state directory.
+/// deploy, the agent killed before Shifting (the deploy undone, its service removed), a canary
+/// at 20% aborted by `rollway abort`; then a release that never turns healthy fails with nothing
+/// moved and nothing left; a canary answering 500s is rolled back by the analysis (only it failed
+/// requests); the canary secret is in no `docker service inspect`, no task or container inspect,
+/// no log and nowhere in the state directory; the agent killed during a release command's Swarm
+/// job removes the job when it starts again; `rollway destroy` removes the environment's
+/// services, secrets and overlay network.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swarm_deploys_roll_back_and_follow_a_killed_task_under_load_failing_no_request() {
     let Some(images) = Images::get() else {
@@ -277,16 +283,58 @@ async fn swarm_deploys_roll_back_and_follow_a_killed_task_under_load_failing_no_
         "release 5's service is left behind"
     );
 
+    // A canary (release 6) takes 20% under the load, then `rollway abort`: traffic goes back to
+    // release 4 in one routing change and the canary's service goes.
+    let canary = app("v3").canary(CANARY_STEPS);
+    let mut deploy = agent.deploy_command(&canary, ENV, Some(&token));
+    deploy.kill_on_drop(true);
+    let deploy = deploy.spawn().expect("spawn rollway deploy");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let status = agent.status(&name, ENV).await;
+        if status.weights().contains(&(6, 20)) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the canary never took 20%: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The canary answers (bounded: 20% of each sample).
+    let mut seen_canary = false;
+    for _ in 0..10 {
+        if agent.sample(20).await.versions.contains_key("v3") {
+            seen_canary = true;
+            break;
+        }
+    }
+    assert!(seen_canary, "no request reached the canary at 20%");
+    agent
+        .cli(&["abort", "--env", ENV, "--app", &name])
+        .await
+        .assert_code(0);
+    let output = tokio::time::timeout(PATIENCE, deploy.wait_with_output())
+        .await
+        .expect("the aborted deploy ends")
+        .expect("deploy output");
+    assert_eq!(output.status.code(), Some(1), "the aborted deploy fails");
+    let status = agent.status(&name, ENV).await;
+    assert_eq!(status.deployment_state(), Some("RolledBack"), "{status}");
+    assert_eq!(status.weights(), vec![(4, 100)], "{status}");
+    agent.assert_serves("v2").await;
+    wait_service_gone(&format!("rollway-{name}-{ENV}-r6-web")).await;
+
     let report = load.stop().await;
     report.assert_no_failures();
     assert!(report.total > 0, "the load loop sent nothing");
     assert_eq!(
         report.versions.keys().collect::<Vec<_>>(),
-        ["v1", "v2"],
+        ["v1", "v2", "v3"],
         "{report}"
     );
 
-    // A release that never turns healthy (6): the deploy fails, release 4 keeps all traffic,
+    // A release that never turns healthy (7): the deploy fails, release 4 keeps all traffic,
     // and the failed release's service is gone.
     let never = app("v3").env("HEALTH_DELAY_S", "1000").start_timeout("5s");
     let ran = agent.deploy(&never, ENV).await;
@@ -299,11 +347,48 @@ async fn swarm_deploys_roll_back_and_follow_a_killed_task_under_load_failing_no_
         docker(&[
             "service",
             "inspect",
-            &format!("rollway-{name}-{ENV}-r6-web")
+            &format!("rollway-{name}-{ENV}-r7-web")
         ])
         .is_none(),
         "the failed release's service is left behind"
     );
+
+    // A canary (release 8) whose release answers 500s is rolled back by the analysis itself:
+    // only the canary failed requests, release 4 serves all along, the canary's service goes.
+    let load = Load::new(agent.proxy_addr())
+        .concurrency(4)
+        .rate(200)
+        .duration(LOAD_BOUND)
+        .start();
+    let bad = app("v3")
+        .canary(CANARY_STEPS)
+        .analysis(r#"interval = "200ms""#)
+        .analysis("min_requests = 20")
+        .env("ERROR_RATE", "0.5");
+    let ran = agent.deploy(&bad, ENV).await;
+    ran.assert_code(1);
+    agent.assert_serves("v2").await;
+    let report = load.stop().await;
+    let status = agent.status(&name, ENV).await;
+    assert_eq!(status.deployment_state(), Some("RolledBack"), "{status}");
+    let reason = status.deployment_reason().unwrap_or_default();
+    assert!(
+        reason.contains("the canary analysis failed: 5xx share"),
+        "{status}"
+    );
+    assert_eq!(status.weights(), vec![(4, 100)], "{status}");
+    assert!(
+        report.failed > 0,
+        "the bad canary answered nothing: {report}"
+    );
+    for record in report.failures() {
+        assert!(
+            record.outcome == testkit::load::Outcome::Status(500)
+                && record.version.as_deref() == Some("v3"),
+            "a failed request not answered 500 by the canary: {record}\n{report}"
+        );
+    }
+    wait_service_gone(&format!("rollway-{name}-{ENV}-r8-web")).await;
 
     // The canary secret: nowhere in the engine's view, the logs, or the state directory.
     // `rollway logs` reads the tasks' output through the swarm driver.
@@ -372,8 +457,83 @@ async fn swarm_deploys_roll_back_and_follow_a_killed_task_under_load_failing_no_
         Vec::<std::path::PathBuf>::new(),
         "the secret is written in the state directory"
     );
+
+    // The agent killed (kill -9) while the release command of release 9 runs as a Swarm job:
+    // the restarted agent undoes the deploy and removes the job and its env secret.
+    let job = format!("rollway-{name}-{ENV}-r9-release-command");
+    let slow = app("v1").release("echo started; sleep 600", None);
+    let mut deploy = agent.deploy_command(&slow, ENV, Some(&token));
+    deploy.kill_on_drop(true);
+    let deploy = deploy.spawn().expect("spawn rollway deploy");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while docker(&["service", "inspect", &job]).is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the release command's job never started:\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    agent.kill9().await;
+    drop(deploy);
+    assert!(
+        docker(&["service", "inspect", &job]).is_some(),
+        "the job runs on while no agent does"
+    );
+    agent.restart_with_env(&agent_env).await;
+    let status = agent.wait_deployment_finished(&name, ENV, PATIENCE).await;
+    assert_eq!(status.deployment_state(), Some("Failed"), "{status}");
+    assert_eq!(status.weights(), vec![(4, 100)], "{status}");
+    assert!(
+        docker(&["service", "inspect", &job]).is_none(),
+        "the killed agent's release-command job is left behind"
+    );
+    assert!(
+        docker(&["secret", "inspect", &format!("{job}-env")]).is_none(),
+        "the job's env secret is left behind"
+    );
+    agent.assert_serves("v2").await;
+
+    // `rollway destroy` of the swarm environment: its services (release 4's and the warm ones),
+    // their secrets and its overlay network are gone.
+    let network = format!("rollway-{name}-{ENV}");
+    assert!(
+        docker(&["network", "inspect", &network]).is_some(),
+        "the environment's overlay network exists before the destroy"
+    );
+    assert!(
+        !app_services(&name).is_empty(),
+        "services run before the destroy"
+    );
+    agent
+        .cli(&["destroy", "--app", &name, "--env", ENV, "--confirm", &name])
+        .await
+        .assert_code(0);
+    assert_eq!(app_services(&name), Vec::<String>::new(), "services left");
+    let secrets = docker(&["secret", "ls", "--format", "{{.Name}}"]).unwrap_or_default();
+    let left: Vec<&str> = secrets
+        .lines()
+        .filter(|secret| secret.starts_with(&format!("rollway-{name}-")))
+        .collect();
+    assert_eq!(left, Vec::<&str>::new(), "secrets left");
+    assert!(
+        docker(&["network", "inspect", &network]).is_none(),
+        "the overlay network `{network}` is left behind"
+    );
     drop(agent);
     drop(cleanup);
+}
+
+/// Waits (bounded) until the Swarm service `service` is removed.
+async fn wait_service_gone(service: &str) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while docker(&["service", "inspect", service]).is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the service `{service}` is left behind"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// The Swarm services of the test's app, by name.
