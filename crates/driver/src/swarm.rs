@@ -100,6 +100,40 @@ pub struct ClusterSpec {
     /// CPUs in billionths and memory in bytes, each both the limit and the reservation.
     pub nano_cpus: Option<u64>,
     pub memory_bytes: Option<u64>,
+    /// Credentials of the registry the image is pulled from; every node's engine gets them
+    /// from the manager with the service (never in the service's spec or a task's env).
+    pub registry_auth: Option<RegistryAuth>,
+}
+
+/// A user name and password for one registry (`HOST[:PORT]`), given to the engine in its
+/// `X-Registry-Auth` header to push and to create services: never in argv, a spec or a log.
+/// `Debug` shows the server and the user only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RegistryAuth {
+    pub server: String,
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for RegistryAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryAuth")
+            .field("server", &self.server)
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+impl RegistryAuth {
+    fn credentials(&self) -> bollard::auth::DockerCredentials {
+        bollard::auth::DockerCredentials {
+            username: Some(self.username.clone()),
+            password: Some(self.password.clone()),
+            serveraddress: Some(self.server.clone()),
+            ..bollard::auth::DockerCredentials::default()
+        }
+    }
 }
 
 /// Tunables of the swarm driver; [`Default`] gives the production values.
@@ -298,12 +332,13 @@ impl SwarmDriver {
     /// Tags the local image `image` as `<repository>:<tag>` (the repository names its registry,
     /// `127.0.0.1:5000/shop-web`), pushes it and returns the reference by digest
     /// (`127.0.0.1:5000/shop-web@sha256:...`) that every node pulls: a moved tag cannot change
-    /// what a release runs.
+    /// what a release runs. `auth` logs in to a registry that needs it.
     pub async fn push_image(
         &self,
         image: &str,
         repository: &str,
         tag: &str,
+        auth: Option<&RegistryAuth>,
         mut on_line: impl FnMut(&str) + Send,
     ) -> Result<String, SwarmError> {
         let image_error = |what: &'static str| {
@@ -328,7 +363,7 @@ impl SwarmDriver {
             ..PushImageOptions::default()
         };
         // The engine wants some credentials header even for a registry without authentication.
-        let credentials = bollard::auth::DockerCredentials::default();
+        let credentials = auth.map(RegistryAuth::credentials).unwrap_or_default();
         let mut stream = self
             .docker
             .push_image(repository, Some(options), Some(credentials));
@@ -403,8 +438,9 @@ impl SwarmDriver {
             .await;
         let ran = async {
             let body = body.map_err(invalid)?;
+            let auth = cluster.registry_auth.as_ref().map(RegistryAuth::credentials);
             self.docker
-                .create_service(body, None)
+                .create_service(body, auth)
                 .await
                 .map_err(|error| job_error("cannot create")(error.into()))?;
             let deadline = tokio::time::Instant::now() + timeout;
@@ -1076,7 +1112,11 @@ impl Driver for SwarmDriver {
                     return Err(invalid(reason));
                 }
             };
-            if let Err(error) = self.docker.create_service(body, None).await {
+            let auth = cluster
+                .registry_auth
+                .as_ref()
+                .map(RegistryAuth::credentials);
+            if let Err(error) = self.docker.create_service(body, auth).await {
                 self.remove_secret(&secret).await;
                 return Err(engine_error("cannot create the service")(error.into()));
             }

@@ -38,17 +38,7 @@ async fn swarm_deploys_roll_back_and_follow_a_killed_task_under_load_failing_no_
     let Some(images) = Images::get() else {
         return;
     };
-    let swarm = docker(&[
-        "info",
-        "--format",
-        "{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}}",
-    ])
-    .unwrap_or_default();
-    assert_eq!(
-        swarm.trim(),
-        "active true",
-        "the Docker engine is not a swarm manager: run scripts/test, or `docker swarm init --advertise-addr 127.0.0.1`"
-    );
+    assert_swarm_manager();
     let registry = testkit::registry::Registry::start()
         .unwrap_or_else(|error| panic!("the swarm tests need a registry: {error}"));
     let name = format!("sw{}", std::process::id());
@@ -522,6 +512,159 @@ async fn swarm_deploys_roll_back_and_follow_a_killed_task_under_load_failing_no_
     );
     drop(agent);
     drop(cleanup);
+}
+
+/// `[build] registry` in the manifest, with its credentials as secrets of the environment: a
+/// wrong password fails the push with nothing created; the right one pushes, creates the
+/// service and runs the release command's job with the registry's auth, with no
+/// `ROLLWAY_SWARM_REGISTRY`. The password is in no output, inspect, log, event, the state
+/// directory or the app's env.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swarm_pushes_to_the_manifests_registry_logged_in_with_secrets() {
+    let Some(images) = Images::get() else {
+        return;
+    };
+    assert_swarm_manager();
+    let password = format!("registry-canary-{}", testkit::agent::random_hex(16));
+    let registry = testkit::registry::Registry::start_with_auth("deployer", &password)
+        .unwrap_or_else(|error| panic!("the swarm tests need a registry: {error}"));
+    let name = format!("swr{}", std::process::id());
+    let _cleanup = Cleanup {
+        app: name.clone(),
+        registry: registry.host(),
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let runtime_dir = tempfile::Builder::new()
+        .prefix("rollway-e2e-swarm-")
+        .tempdir_in("/dev/shm")
+        .expect("temporary directory on /dev/shm");
+    let runtime = runtime_dir.path().display().to_string();
+    let agent = TestAgent::start_with_env(
+        rollway_bin(),
+        &dir.path().join("state"),
+        &[("RUNTIME_DIRECTORY", runtime.as_str())],
+    )
+    .await;
+    let registry_host = registry.host();
+    let app = TestApp::new(dir.path().join("v1"))
+        .named(&name)
+        .version("v1")
+        .driver(Driver::Container)
+        .image(format!("{}:{{version}}", images.repository))
+        .secrets(ENV, &["REGISTRY_USER", "REGISTRY_PASSWORD"])
+        .release("echo the job ran", None)
+        .start_timeout("60s")
+        .on_swarm(ENV)
+        .extra(format!(
+            "[build]\nregistry = \"{registry_host}/team\"\nregistry_user = \"REGISTRY_USER\"\nregistry_password = \"REGISTRY_PASSWORD\"\n"
+        ));
+    agent
+        .set_secret(&name, ENV, "REGISTRY_USER", "deployer")
+        .await
+        .assert_code(0);
+
+    // Day one: a wrong password. The push fails, nothing is created on the swarm.
+    agent
+        .set_secret(&name, ENV, "REGISTRY_PASSWORD", "not-the-password")
+        .await
+        .assert_code(0);
+    let refused = agent.deploy(&app, ENV).await;
+    refused.assert_code(1);
+    crate::agent::assert_contains(&refused, "cannot push the image of service `web`");
+    assert_eq!(
+        app_services(&name),
+        Vec::<String>::new(),
+        "nothing was created"
+    );
+
+    agent
+        .set_secret(&name, ENV, "REGISTRY_PASSWORD", &password)
+        .await
+        .assert_code(0);
+    let ran = agent.deploy(&app, ENV).await;
+    ran.assert_code(0);
+    crate::agent::assert_contains(&ran, "the job ran");
+    agent.assert_serves("v1").await;
+    let spec = service_spec(&format!("rollway-{name}-{ENV}-r2-web"));
+    let image = spec["TaskTemplate"]["ContainerSpec"]["Image"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        image.starts_with(&format!("{registry_host}/team/{name}-{ENV}-web"))
+            && image.contains("@sha256:"),
+        "{image}"
+    );
+    // The credentials are the agent's: the app does not get them.
+    let seen = agent.get(None, "/env/REGISTRY_PASSWORD").await;
+    assert!(!seen.body.contains(&password), "the app sees the password");
+
+    let mut places: Vec<(String, String)> = vec![
+        ("the refused deploy's output".into(), refused.to_string()),
+        ("the deploy's output".into(), ran.to_string()),
+        ("the agent's log".into(), agent.log()),
+        (
+            "`rollway events`".into(),
+            serde_json::to_string(&agent.events().await).expect("events JSON"),
+        ),
+    ];
+    for service in app_services(&name) {
+        let service = service
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        places.push((
+            format!("`docker service inspect {service}`"),
+            docker(&["service", "inspect", &service]).expect("service inspect"),
+        ));
+        let tasks = docker(&["service", "ps", "-q", &service]).unwrap_or_default();
+        for task in tasks.split_whitespace() {
+            places.push((
+                format!("`docker inspect {task}`"),
+                docker(&["inspect", task]).expect("task inspect"),
+            ));
+        }
+    }
+    let containers = docker(&[
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("label=dev.rollway.app={name}"),
+    ])
+    .unwrap_or_default();
+    for container in containers.split_whitespace() {
+        places.push((
+            format!("`docker inspect {container}`"),
+            docker(&["inspect", container]).expect("container inspect"),
+        ));
+    }
+    assert!(places.len() > 5, "the service and its task were found");
+    for (place, text) in &places {
+        assert!(
+            !text.contains(&password),
+            "the registry password is in {place}:\n{text}"
+        );
+    }
+    assert_eq!(
+        testkit::agent::files_containing(agent.state_dir(), &password),
+        Vec::<std::path::PathBuf>::new(),
+        "the password is written in the state directory"
+    );
+}
+
+/// Fails the test, saying what to do, unless the engine is a swarm manager.
+fn assert_swarm_manager() {
+    let swarm = docker(&[
+        "info",
+        "--format",
+        "{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}}",
+    ])
+    .unwrap_or_default();
+    assert_eq!(
+        swarm.trim(),
+        "active true",
+        "the Docker engine is not a swarm manager: run scripts/test, or `docker swarm init --advertise-addr 127.0.0.1`"
+    );
 }
 
 /// Waits (bounded) until the Swarm service `service` is removed.
