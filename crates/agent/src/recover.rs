@@ -40,6 +40,9 @@ async fn finish_destroys(engine: &Arc<Engine>) {
         {
             let ids: Vec<String> = engine.runtime(&key).instances.keys().cloned().collect();
             spec::stop_instances(engine, &key, &ids).await;
+            if let Ok(Some(current)) = engine.store.current(&key.app, &key.environment) {
+                spec::sweep_swarm(engine, &key, current, driver::swarm::Sweep::Everything).await;
+            }
         }
     }
 }
@@ -194,6 +197,14 @@ async fn adopt_instances(engine: &Arc<Engine>) {
 /// agent killed during it: remove it (and its env file, which holds the secrets).
 async fn remove_release_containers(engine: &Arc<Engine>, deployment: &crate::store::Deployment) {
     let key = AppEnv::new(deployment.app.clone(), deployment.environment.clone());
+    // On the swarm, the release command is a Swarm job, which outlives the agent the same way.
+    spec::sweep_swarm(
+        engine,
+        &key,
+        deployment.to_release,
+        driver::swarm::Sweep::Jobs,
+    )
+    .await;
     let containers = spec::load_release(engine, &key, deployment.to_release)
         .is_ok_and(|release| !release.images.is_empty());
     if !containers {

@@ -100,6 +100,40 @@ pub struct ClusterSpec {
     /// CPUs in billionths and memory in bytes, each both the limit and the reservation.
     pub nano_cpus: Option<u64>,
     pub memory_bytes: Option<u64>,
+    /// Credentials of the registry the image is pulled from; every node's engine gets them
+    /// from the manager with the service (never in the service's spec or a task's env).
+    pub registry_auth: Option<RegistryAuth>,
+}
+
+/// A user name and password for one registry (`HOST[:PORT]`), given to the engine in its
+/// `X-Registry-Auth` header to push and to create services: never in argv, a spec or a log.
+/// `Debug` shows the server and the user only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RegistryAuth {
+    pub server: String,
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for RegistryAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryAuth")
+            .field("server", &self.server)
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+impl RegistryAuth {
+    fn credentials(&self) -> bollard::auth::DockerCredentials {
+        bollard::auth::DockerCredentials {
+            username: Some(self.username.clone()),
+            password: Some(self.password.clone()),
+            serveraddress: Some(self.server.clone()),
+            ..bollard::auth::DockerCredentials::default()
+        }
+    }
 }
 
 /// Tunables of the swarm driver; [`Default`] gives the production values.
@@ -168,6 +202,25 @@ pub enum SwarmError {
     JobTimeout { service: String, seconds: u64 },
     #[error("the job `{service}` ended without running: {message}")]
     JobRejected { service: String, message: String },
+    #[error("{what} of `{app}` in `{environment}`")]
+    Sweep {
+        what: &'static str,
+        app: String,
+        environment: String,
+        #[source]
+        source: EngineError,
+    },
+}
+
+/// Which of an app environment's Swarm objects [`SwarmDriver::sweep`] removes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sweep {
+    /// Release-command jobs ([`LABEL_JOB`]) and their env secrets: what an agent killed during a
+    /// release command leaves.
+    Jobs,
+    /// Every service, secret and overlay network of the app environment: a destroyed
+    /// environment.
+    Everything,
 }
 
 /// What this driver last saw of one slot's task.
@@ -279,12 +332,13 @@ impl SwarmDriver {
     /// Tags the local image `image` as `<repository>:<tag>` (the repository names its registry,
     /// `127.0.0.1:5000/shop-web`), pushes it and returns the reference by digest
     /// (`127.0.0.1:5000/shop-web@sha256:...`) that every node pulls: a moved tag cannot change
-    /// what a release runs.
+    /// what a release runs. `auth` logs in to a registry that needs it.
     pub async fn push_image(
         &self,
         image: &str,
         repository: &str,
         tag: &str,
+        auth: Option<&RegistryAuth>,
         mut on_line: impl FnMut(&str) + Send,
     ) -> Result<String, SwarmError> {
         let image_error = |what: &'static str| {
@@ -309,7 +363,7 @@ impl SwarmDriver {
             ..PushImageOptions::default()
         };
         // The engine wants some credentials header even for a registry without authentication.
-        let credentials = bollard::auth::DockerCredentials::default();
+        let credentials = auth.map(RegistryAuth::credentials).unwrap_or_default();
         let mut stream = self
             .docker
             .push_image(repository, Some(options), Some(credentials));
@@ -384,8 +438,9 @@ impl SwarmDriver {
             .await;
         let ran = async {
             let body = body.map_err(invalid)?;
+            let auth = cluster.registry_auth.as_ref().map(RegistryAuth::credentials);
             self.docker
-                .create_service(body, None)
+                .create_service(body, auth)
                 .await
                 .map_err(|error| job_error("cannot create")(error.into()))?;
             let deadline = tokio::time::Instant::now() + timeout;
@@ -467,6 +522,115 @@ impl SwarmDriver {
         }
         self.remove_secret(&secret).await;
         ran
+    }
+
+    /// Removes what `sweep` names of the app environment `app`/`environment`, found by this
+    /// driver's labels (owner, app, environment), whatever the agent's store remembers: the
+    /// services (waiting for their tasks to stop), then their secrets, then, for
+    /// [`Sweep::Everything`], the overlay network. Returns the names removed.
+    pub async fn sweep(
+        &self,
+        app: &str,
+        environment: &str,
+        sweep: Sweep,
+    ) -> Result<Vec<String>, SwarmError> {
+        let sweep_error = |what: &'static str| {
+            move |source: bollard::errors::Error| SwarmError::Sweep {
+                what,
+                app: app.to_owned(),
+                environment: environment.to_owned(),
+                source: source.into(),
+            }
+        };
+        let mut labels = vec![
+            format!("{LABEL_OWNER}={}", self.config.owner),
+            format!("{LABEL_APP}={app}"),
+            format!("{LABEL_ENVIRONMENT}={environment}"),
+        ];
+        if sweep == Sweep::Jobs {
+            labels.push(format!("{LABEL_JOB}=true"));
+        }
+        let filters = HashMap::from([("label".to_owned(), labels.clone())]);
+        let _lifecycle = self.lifecycle.lock().await;
+        let services = self
+            .docker
+            .list_services(Some(ListServicesOptions {
+                filters: Some(filters.clone()),
+                ..ListServicesOptions::default()
+            }))
+            .await
+            .map_err(sweep_error("cannot list the services"))?;
+        let mut removed = Vec::new();
+        for service in services {
+            let Some(name) = service.spec.and_then(|spec| spec.name) else {
+                continue;
+            };
+            self.remove_service(&name, Duration::from_secs(10))
+                .await
+                .map_err(|source| SwarmError::Sweep {
+                    what: "cannot remove a service",
+                    app: app.to_owned(),
+                    environment: environment.to_owned(),
+                    source,
+                })?;
+            self.remove_secret(&format!("{name}-env")).await;
+            lock(&self.services).remove(&name);
+            info!(message = "Service removed.", service = %name, ?sweep);
+            removed.push(name);
+        }
+        if sweep == Sweep::Jobs {
+            return Ok(removed);
+        }
+        // Secrets no service holds any more (a start cut short), then the overlay network.
+        let secrets = self
+            .docker
+            .list_secrets(Some(bollard::query_parameters::ListSecretsOptions {
+                filters: Some(filters.clone()),
+            }))
+            .await
+            .map_err(sweep_error("cannot list the secrets"))?;
+        for secret in secrets {
+            if let Some(name) = secret.spec.and_then(|spec| spec.name) {
+                self.remove_secret(&name).await;
+                removed.push(name);
+            }
+        }
+        let networks = self
+            .docker
+            .list_networks(Some(bollard::query_parameters::ListNetworksOptions {
+                filters: Some(filters),
+            }))
+            .await
+            .map_err(sweep_error("cannot list the networks"))?;
+        for network in networks {
+            let Some(name) = network.name else { continue };
+            // The network stays in use until the removed services' tasks have left it.
+            let mut tries = 0;
+            loop {
+                match self.docker.remove_network(&name).await {
+                    Ok(()) => break,
+                    Err(error) => {
+                        let error = EngineError::from(error);
+                        if error.is_not_found() {
+                            break;
+                        }
+                        tries += 1;
+                        if tries >= 40 {
+                            return Err(SwarmError::Sweep {
+                                what: "cannot remove the overlay network",
+                                app: app.to_owned(),
+                                environment: environment.to_owned(),
+                                source: error,
+                            });
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            info!(message = "Network removed.", network = %name);
+            removed.push(name);
+        }
+        Ok(removed)
     }
 
     /// The service and slot of a registered instance, or what its id says for one that is not.
@@ -948,7 +1112,11 @@ impl Driver for SwarmDriver {
                     return Err(invalid(reason));
                 }
             };
-            if let Err(error) = self.docker.create_service(body, None).await {
+            let auth = cluster
+                .registry_auth
+                .as_ref()
+                .map(RegistryAuth::credentials);
+            if let Err(error) = self.docker.create_service(body, auth).await {
                 self.remove_secret(&secret).await;
                 return Err(engine_error("cannot create the service")(error.into()));
             }

@@ -27,8 +27,8 @@ pub use parity::{Difference, ParityReport};
 pub use resolve::{Environment, Reference, RequiredConfig, ResolvedManifest, Warning};
 pub use schema::{
     Alerts, Analysis, App, BackupPolicy, BackupRemote, Build, Config, Health, HealthCommand,
-    Protocol, Release, Route, RouteTls, Schedule, Service, ServiceSource, Step, Strategy,
-    StrategyKind, defaults,
+    Protocol, Registry, RegistryCredentials, Release, Route, RouteTls, Schedule, Service,
+    ServiceSource, Step, Strategy, StrategyKind, defaults,
 };
 pub use swarm::{Driver, MIN_MEMORY, Placement, Resources};
 pub use validate::{RESERVED_ENV, is_slug};

@@ -329,6 +329,26 @@ fn check_environment(
             }
         }
     }
+    if let Some(credentials) = config
+        .build
+        .as_ref()
+        .and_then(|build| build.registry.as_ref())
+        .and_then(|registry| registry.credentials.as_ref())
+    {
+        for (key, secret) in [
+            ("registry_user", &credentials.user),
+            ("registry_password", &credentials.password),
+        ] {
+            if !secrets.contains(secret) {
+                reader.invalid(
+                    span.clone(),
+                    format!("`build.{key}` names the secret `{secret}`, which environment `{name}` does not list in `secrets`"),
+                    "registry credentials unknown",
+                    format!("add `{secret}` to `secrets` of `[environments.{name}]` and set it with `rollway secrets set {secret} --env {name}`"),
+                );
+            }
+        }
+    }
     let backs_up = config
         .release
         .as_ref()

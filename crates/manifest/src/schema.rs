@@ -170,10 +170,91 @@ pub struct App {
     pub name: String,
 }
 
+/// `[build]`: how the agent builds the release, and where a cluster pulls its images from.
+/// Invariant: at least one of the two.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Build {
     /// Run on the agent inside the unpacked artifact.
-    pub command: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// The registry the swarm driver pushes release images to, instead of the agent's
+    /// `ROLLWAY_SWARM_REGISTRY`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub registry: Option<Registry>,
+}
+
+/// `registry = "HOST[:PORT][/PREFIX]"` of `[build]`, with the names of the secrets that hold
+/// its credentials (never the values).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Registry {
+    /// `HOST[:PORT]`, what the engine logs in to. Invariant: no scheme, no credentials.
+    pub host: String,
+    /// Repository path under the host, without leading or trailing `/`; may be empty.
+    pub prefix: String,
+    /// `registry_user` and `registry_password`: both or neither (an open registry).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<RegistryCredentials>,
+}
+
+/// The secrets holding a registry's user name and password.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RegistryCredentials {
+    pub user: String,
+    pub password: String,
+}
+
+impl Registry {
+    /// Splits `HOST[:PORT][/PREFIX]`; the reason says what is wrong.
+    pub fn parse_address(address: &str) -> Result<(String, String), String> {
+        if address.contains("://") {
+            return Err(
+                "it has a scheme; the engine speaks HTTPS (or HTTP to loopback) by itself"
+                    .to_owned(),
+            );
+        }
+        if address.contains(['@', '?', '#', ' ', '\t']) {
+            return Err("it holds `@`, `?`, `#` or a space (credentials are secrets, not part of the address)".to_owned());
+        }
+        let address = address.trim_end_matches('/');
+        let (host, prefix) = address.split_once('/').unwrap_or((address, ""));
+        let (name, port) = match host.rsplit_once(':') {
+            Some((name, port)) => (name, Some(port)),
+            None => (host, None),
+        };
+        let name_ok = !name.is_empty()
+            && name.split('.').all(|label| {
+                !label.is_empty() && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            });
+        if !name_ok {
+            return Err(format!("`{host}` is not a host name"));
+        }
+        if let Some(port) = port
+            && !port.parse::<u16>().is_ok_and(|port| port > 0)
+        {
+            return Err(format!("`{port}` is not a port (1-65535)"));
+        }
+        let prefix_ok = prefix.split('/').all(|part| {
+            !part.is_empty()
+                && part.chars().all(|c| {
+                    c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-')
+                })
+        });
+        if !prefix.is_empty() && !prefix_ok {
+            return Err(format!(
+                "`{prefix}` is not a repository path (lowercase letters, digits, `.`, `_`, `-`, parts split by `/`)"
+            ));
+        }
+        Ok((host.to_owned(), prefix.to_owned()))
+    }
+
+    /// `HOST[:PORT][/PREFIX]`, the start of every repository pushed to it.
+    pub fn address(&self) -> String {
+        if self.prefix.is_empty() {
+            self.host.clone()
+        } else {
+            format!("{}/{}", self.host, self.prefix)
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

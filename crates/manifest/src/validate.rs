@@ -13,8 +13,8 @@ use crate::interpolate::{is_env_name, references};
 use crate::read::{Reader, Value, list, suggest};
 use crate::schema::{
     Alerts, Analysis, App, BackupPolicy, BackupRemote, Build, Config, Health, HealthCommand,
-    Protocol, Release, Route, Schedule, Service, ServiceSource, Step, Strategy, StrategyKind,
-    defaults,
+    Protocol, Registry, RegistryCredentials, Release, Route, Schedule, Service, ServiceSource,
+    Step, Strategy, StrategyKind, defaults,
 };
 
 /// Top-level sections of `rollway.toml`.
@@ -353,19 +353,110 @@ fn build(reader: &mut Reader, value: &Value<'_>) -> Option<Build> {
     let table = reader.table(
         value,
         "build",
-        "write `[build]` followed by `command = \"...\"`",
+        "write `[build]` followed by `command = \"...\"` or `registry = \"HOST:PORT/PREFIX\"`",
     )?;
-    reader.known_keys(table, &["command"], "build");
-    let Some(command) = table.get("command") else {
+    reader.known_keys(
+        table,
+        &["command", "registry", "registry_user", "registry_password"],
+        "build",
+    );
+    let command = table
+        .get("command")
+        .and_then(|command| reader.nonempty_string(command, "build.command"));
+    let registry = build_registry(reader, value.span(), table);
+    if !table.contains_key("command") && !table.contains_key("registry") {
         reader.missing(
             value.span(),
             "build.command",
-            "add `command = \"...\"` under `[build]`, or remove the section",
+            "add `command = \"...\"` (or `registry = \"HOST:PORT/PREFIX\"`) under `[build]`, or remove the section",
         );
         return None;
+    }
+    (command.is_some() || registry.is_some()).then_some(Build { command, registry })
+}
+
+/// `registry`, `registry_user` and `registry_password` of `[build]`.
+fn build_registry(
+    reader: &mut Reader,
+    span: Range<usize>,
+    table: &DeTable<'_>,
+) -> Option<Registry> {
+    const CREDENTIALS: [&str; 2] = ["registry_user", "registry_password"];
+    let Some(address_value) = table.get("registry") else {
+        for key in CREDENTIALS {
+            if let Some(value) = table.get(key) {
+                reader.invalid(
+                    value.span(),
+                    format!("`build.{key}` is set without `build.registry`"),
+                    "needs `registry`",
+                    "add `registry = \"HOST:PORT/PREFIX\"` to `[build]`, or remove this key",
+                );
+            }
+        }
+        return None;
     };
-    let command = reader.nonempty_string(command, "build.command")?;
-    Some(Build { command })
+    let address = reader.string(address_value, "build.registry")?;
+    let parsed = match Registry::parse_address(&address) {
+        Ok(parsed) => Some(parsed),
+        Err(reason) => {
+            reader.invalid(
+                address_value.span(),
+                format!("`build.registry` is not a registry address: {reason}"),
+                "not a registry address",
+                "accepted: `\"HOST[:PORT][/PREFIX]\"`, such as `\"registry.example.com:5000/shop\"`",
+            );
+            None
+        }
+    };
+    let mut secret_name = |key: &str| {
+        let value = table.get(key)?;
+        let name = reader.string(value, &format!("build.{key}"))?;
+        if is_env_name(&name) {
+            Some(name)
+        } else {
+            reader.invalid(
+                value.span(),
+                format!("`build.{key}` must name a secret, found `{name}`"),
+                "not a secret name",
+                format!(
+                    "write the name of the secret that holds it, such as `{key} = \"{}\"`, and set it with `rollway secrets set`",
+                    key.to_uppercase()
+                ),
+            );
+            None
+        }
+    };
+    let user = secret_name("registry_user");
+    let password = secret_name("registry_password");
+    let credentials = match (
+        table.contains_key("registry_user"),
+        table.contains_key("registry_password"),
+    ) {
+        (false, false) => None,
+        (true, true) => Some(RegistryCredentials {
+            user: user?,
+            password: password?,
+        }),
+        (has_user, _) => {
+            let (set, unset) = if has_user {
+                ("registry_user", "registry_password")
+            } else {
+                ("registry_password", "registry_user")
+            };
+            reader.missing(
+                span,
+                &format!("build.{unset}"),
+                &format!("`{set}` needs `{unset}` too: add `{unset} = \"SECRET_NAME\"` to `[build]` and list the secret in the environment's `secrets`"),
+            );
+            return None;
+        }
+    };
+    let (host, prefix) = parsed?;
+    Some(Registry {
+        host,
+        prefix,
+        credentials,
+    })
 }
 
 fn services(

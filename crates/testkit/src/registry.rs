@@ -3,7 +3,8 @@
 //! folder; dropping it kills it and removes the folder.
 //!
 //! The engine pushes to and pulls from `127.0.0.1:PORT` without TLS: it treats loopback
-//! registries as insecure-allowed by default.
+//! registries as insecure-allowed by default. [`Registry::start_with_auth`] asks for a user
+//! and password (htpasswd, bcrypt: `htpasswd` from apache2-utils, which scripts/test installs).
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpStream};
@@ -23,6 +24,8 @@ pub struct Registry {
 pub enum RegistryError {
     /// `docker-registry` is not installed (scripts/test installs it).
     NotInstalled,
+    /// `htpasswd` is not installed or failed (apache2-utils; scripts/test installs it).
+    Htpasswd(String),
     Start(String),
 }
 
@@ -33,6 +36,10 @@ impl std::fmt::Display for RegistryError {
                 f,
                 "`docker-registry` is not installed (Debian package docker-registry; scripts/test installs it)"
             ),
+            RegistryError::Htpasswd(reason) => write!(
+                f,
+                "cannot write the registry's password file with `htpasswd` (Debian package apache2-utils; scripts/test installs it): {reason}"
+            ),
             RegistryError::Start(reason) => write!(f, "cannot start `docker-registry`: {reason}"),
         }
     }
@@ -41,6 +48,15 @@ impl std::fmt::Display for RegistryError {
 impl Registry {
     /// Starts a registry and waits until it answers `GET /v2/`.
     pub fn start() -> Result<Registry, RegistryError> {
+        Registry::start_inner(None)
+    }
+
+    /// Starts a registry that accepts only `user` with `password` (HTTP basic auth).
+    pub fn start_with_auth(user: &str, password: &str) -> Result<Registry, RegistryError> {
+        Registry::start_inner(Some((user, password)))
+    }
+
+    fn start_inner(auth: Option<(&str, &str)>) -> Result<Registry, RegistryError> {
         let binary = ["/usr/bin/docker-registry", "/usr/sbin/docker-registry"]
             .into_iter()
             .map(PathBuf::from)
@@ -57,6 +73,40 @@ impl Registry {
             "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
             dir.join("data").display()
         );
+        let config = match auth {
+            None => config,
+            Some((user, password)) => {
+                let htpasswd = dir.join("htpasswd");
+                // The password on stdin (`-i`), never in argv.
+                let mut child = Command::new("htpasswd")
+                    .args(["-niB", user])
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .map_err(|error| RegistryError::Htpasswd(error.to_string()))?;
+                if let Some(mut stdin) = child.stdin.take() {
+                    stdin
+                        .write_all(password.as_bytes())
+                        .map_err(|error| RegistryError::Htpasswd(error.to_string()))?;
+                }
+                let output = child
+                    .wait_with_output()
+                    .map_err(|error| RegistryError::Htpasswd(error.to_string()))?;
+                if !output.status.success() {
+                    return Err(RegistryError::Htpasswd(
+                        String::from_utf8_lossy(&output.stderr).into_owned(),
+                    ));
+                }
+                std::fs::write(&htpasswd, &output.stdout).map_err(|error| {
+                    RegistryError::Start(format!("write `{}`: {error}", htpasswd.display()))
+                })?;
+                format!(
+                    "{config}auth:\n  htpasswd:\n    realm: rollway-tests\n    path: {}\n",
+                    htpasswd.display()
+                )
+            }
+        };
         let config_path = dir.join("config.yml");
         std::fs::write(&config_path, config)
             .map_err(|error| RegistryError::Start(format!("write the config: {error}")))?;
@@ -108,7 +158,8 @@ impl Registry {
         }
         let mut answer = String::new();
         let _ = stream.read_to_string(&mut answer);
-        answer.starts_with("HTTP/1.1 200")
+        // 401: it asks for credentials, as one started with them does.
+        answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.1 401")
     }
 }
 

@@ -664,6 +664,16 @@ pub async fn destroy(
         })?;
     let ids: Vec<String> = engine.runtime(&key).instances.keys().cloned().collect();
     crate::deploy::spec::stop_instances(&engine, &key, &ids).await;
+    // On the swarm, also whatever the store does not list: every service, secret and the
+    // environment's overlay network.
+    if let Some(current) = engine
+        .store
+        .current(&key.app, &key.environment)
+        .map_err(ApiError::internal)?
+    {
+        crate::deploy::spec::sweep_swarm(&engine, &key, current, driver::swarm::Sweep::Everything)
+            .await;
+    }
     engine.record(NewEvent {
         app: Some(key.app.clone()),
         environment: Some(key.environment.clone()),

@@ -100,10 +100,16 @@ pub async fn prepare(
         remove_blocking(dir.clone()).await?;
     }
     unpack(engine, &release.artifact, &dir, &home).await?;
-    let built = match &release.resolved.config.build {
-        Some(build) => {
+    let command = release
+        .resolved
+        .config
+        .build
+        .as_ref()
+        .and_then(|build| build.command.as_ref());
+    let built = match command {
+        Some(command) => {
             let env = spec::base_env(release).map_err(PrepareError::from)?;
-            spec::run_build(engine, deployment, &dir, &build.command, &env)
+            spec::run_build(engine, deployment, &dir, command, &env)
                 .await
                 .map_err(PrepareError::from)
         }

@@ -142,7 +142,7 @@ pub enum SpecError {
     #[error("secret `{name}` is not set for `{environment}`")]
     SecretNotSet { name: String, environment: String },
     #[error(
-        "the swarm driver needs a registry every node can pull from: start the agent with `ROLLWAY_SWARM_REGISTRY=HOST:PORT`"
+        "the swarm driver needs a registry every node can pull from: add `registry = \"HOST:PORT/PREFIX\"` to `[build]`, or start the agent with `ROLLWAY_SWARM_REGISTRY=HOST:PORT`"
     )]
     NoRegistry,
     #[error("cannot push the image of service `{service}` to the cluster's registry")]
@@ -302,19 +302,30 @@ async fn push_to_registry(
     image: &str,
     on_line: &mut (dyn FnMut(&str) + Send),
 ) -> Result<String, SpecError> {
-    let registry = std::env::var(SWARM_REGISTRY_VAR)
-        .ok()
-        .filter(|registry| !registry.trim().is_empty())
-        .ok_or(SpecError::NoRegistry)?;
+    // The manifest's registry (with its credentials) first, else the agent's.
+    let registry = match manifest_registry(release) {
+        Some(registry) => registry.address(),
+        None => std::env::var(SWARM_REGISTRY_VAR)
+            .ok()
+            .map(|registry| registry.trim().trim_end_matches('/').to_owned())
+            .filter(|registry| !registry.is_empty())
+            .map(|registry| format!("{registry}/rollway"))
+            .ok_or(SpecError::NoRegistry)?,
+    };
+    let auth = registry_auth(release)?;
     let swarm = engine.drivers.swarm().await?;
     let repository = format!(
-        "{}/rollway/{}-{}-{service}",
-        registry.trim().trim_end_matches('/'),
-        deployment.app,
-        deployment.environment
+        "{registry}/{}-{}-{service}",
+        deployment.app, deployment.environment
     );
     swarm
-        .push_image(image, &repository, &format!("r{}", release.number), on_line)
+        .push_image(
+            image,
+            &repository,
+            &format!("r{}", release.number),
+            auth.as_ref(),
+            on_line,
+        )
         .await
         .map_err(|source| SpecError::Push {
             service: service.to_owned(),
@@ -422,6 +433,7 @@ pub async fn run_release_command(
                     slot: 1,
                     replicas: 1,
                     network: swarm_network(&key),
+                    registry_auth: registry_auth(release)?,
                     ..driver::swarm::ClusterSpec::default()
                 }),
             };
@@ -717,7 +729,7 @@ pub fn workdir(engine: &Engine, release: &LoadedRelease) -> std::path::PathBuf {
         .config
         .build
         .as_ref()
-        .map(|build| build.command.as_str());
+        .and_then(|build| build.command.as_deref());
     engine.paths.build_dir(
         &release.resolved.config.app.name,
         &release.resolved.environment,
@@ -947,9 +959,11 @@ pub fn instance_spec(
     } else {
         home.confinement(&engine.isolation, id)
     };
-    let cluster = (release.resolved.driver == manifest::Driver::Swarm)
-        .then(|| cluster_spec(key, service, id))
-        .flatten();
+    let cluster = if release.resolved.driver == manifest::Driver::Swarm {
+        cluster_spec(key, service, id, registry_auth(release)?)
+    } else {
+        None
+    };
     Ok(InstanceSpec {
         instance_id: id.to_owned(),
         workdir: workdir(engine, release),
@@ -965,7 +979,12 @@ pub fn instance_spec(
 
 /// Where instance `id` (`<app>-<env>-r<N>-<service>-<slot>`) runs on the swarm: slot `<slot>`
 /// of the Swarm service `rollway-<app>-<env>-r<N>-<service>` on the app environment's overlay.
-fn cluster_spec(key: &AppEnv, service: &Service, id: &str) -> Option<driver::swarm::ClusterSpec> {
+fn cluster_spec(
+    key: &AppEnv,
+    service: &Service,
+    id: &str,
+    registry_auth: Option<driver::swarm::RegistryAuth>,
+) -> Option<driver::swarm::ClusterSpec> {
     let (prefix, slot) = id.rsplit_once('-')?;
     let placement = &service.placement;
     let resources = placement.resources;
@@ -980,7 +999,74 @@ fn cluster_spec(key: &AppEnv, service: &Service, id: &str) -> Option<driver::swa
         memory_bytes: resources
             .and_then(|resources| resources.memory)
             .map(|memory| memory.bytes()),
+        registry_auth,
     })
+}
+
+/// The manifest's registry (`[build] registry`), if any: where release images go instead of
+/// `ROLLWAY_SWARM_REGISTRY`.
+fn manifest_registry(release: &LoadedRelease) -> Option<&manifest::Registry> {
+    release.resolved.config.build.as_ref()?.registry.as_ref()
+}
+
+/// The credentials of the manifest's registry, read from the release's secrets (`None` for an
+/// open registry or the agent's `ROLLWAY_SWARM_REGISTRY`).
+fn registry_auth(
+    release: &LoadedRelease,
+) -> Result<Option<driver::swarm::RegistryAuth>, SpecError> {
+    let Some(registry) = manifest_registry(release) else {
+        return Ok(None);
+    };
+    let Some(credentials) = &registry.credentials else {
+        return Ok(None);
+    };
+    let secret = |name: &String| {
+        release
+            .secrets
+            .get(name)
+            .map(|secret| secret.expose().to_owned())
+            .ok_or_else(|| SpecError::SecretNotSet {
+                name: name.clone(),
+                environment: release.resolved.environment.clone(),
+            })
+    };
+    Ok(Some(driver::swarm::RegistryAuth {
+        server: registry.host.clone(),
+        username: secret(&credentials.user)?,
+        password: secret(&credentials.password)?,
+    }))
+}
+
+/// Removes what `sweep` names of an app environment's Swarm objects when `release` of it runs
+/// on the swarm (nothing otherwise): the release-command job a killed agent left, or everything
+/// of a destroyed environment. Logged, never fatal: the caller's own work is done.
+pub async fn sweep_swarm(
+    engine: &Arc<Engine>,
+    key: &AppEnv,
+    release: ReleaseNumber,
+    sweep: driver::swarm::Sweep,
+) {
+    let on_swarm = load_release(engine, key, release)
+        .is_ok_and(|release| release.resolved.driver == manifest::Driver::Swarm);
+    if !on_swarm {
+        return;
+    }
+    let swept = match engine.drivers.swarm().await {
+        Ok(swarm) => swarm
+            .sweep(&key.app, &key.environment, sweep)
+            .await
+            .map_err(|error| crate::report::chain(&error)),
+        Err(error) => Err(crate::report::chain(&error)),
+    };
+    match swept {
+        Ok(removed) if removed.is_empty() => {}
+        Ok(removed) => {
+            tracing::info!(message = "Removed the swarm's leftovers.", app = %key.app, environment = %key.environment, ?sweep, ?removed)
+        }
+        Err(error) => {
+            tracing::error!(message = "Cannot remove the swarm's leftovers.", app = %key.app, environment = %key.environment, ?sweep, %error)
+        }
+    }
 }
 
 /// The attachable overlay network of an app environment on the swarm.
@@ -994,6 +1080,8 @@ pub fn base_env(release: &LoadedRelease) -> Result<Vec<(String, String)>, SpecEr
     let mut env: Vec<(String, String)> = Vec::new();
     // The backup remote's credentials are the agent's alone: an app (or a compromised one) that
     // held them could delete its off-host backups.
+    // So are the registry's: an app could push over the images of every release.
+    let registry = manifest_registry(release).and_then(|registry| registry.credentials.as_ref());
     let agent_only: Vec<&str> = release
         .resolved
         .config
@@ -1006,6 +1094,11 @@ pub fn base_env(release: &LoadedRelease) -> Result<Vec<(String, String)>, SpecEr
                 remote.secret_access_key.as_str(),
             ]
         })
+        .chain(
+            registry
+                .into_iter()
+                .flat_map(|credentials| [credentials.user.as_str(), credentials.password.as_str()]),
+        )
         .collect();
     for name in &release.resolved.secrets {
         if agent_only.contains(&name.as_str()) {

@@ -292,6 +292,7 @@ impl Setup {
                 max_per_node: Some(2),
                 nano_cpus: Some(200_000_000),
                 memory_bytes: Some(64 << 20),
+                registry_auth: None,
             }),
         }
     }
@@ -374,7 +375,7 @@ async fn images(driver: &SwarmDriver) -> Result<Arc<Images>, String> {
     let repository = format!("{}/rollway-swarm-tests", registry.host());
     let mut lines = Vec::new();
     let pushed = driver
-        .push_image(&app_tag, &repository, "test", |line| {
+        .push_image(&app_tag, &repository, "test", None, |line| {
             lines.push(line.to_owned())
         })
         .await

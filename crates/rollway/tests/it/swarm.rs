@@ -19,30 +19,26 @@ const ENV: &str = "production";
 /// Bound of the load loop; the test stops it long before.
 const LOAD_BOUND: Duration = Duration::from_secs(300);
 const PATIENCE: Duration = Duration::from_secs(90);
+/// A canary that holds 20% for up to a minute: long enough to abort it or judge it.
+const CANARY_STEPS: &str = r#"[{ weight = 20, pause = "60s" }, { weight = 100 }]"#;
 
 /// A swarm deploy without a registry refused before anything moves; under continuous load with no
 /// failed request: blue-green deploys (one with a release command run as a Swarm job), a warm
 /// rollback, a task killed by hand (`docker kill`) that leaves routing, is replaced by Swarm and
 /// comes back on its new port, kill -9 of the agent (the services adopted unchanged), a rolling
-/// deploy, the agent killed before Shifting (the deploy undone, its service removed); then a release that never turns healthy fails with nothing moved and nothing left; the
-/// canary secret is in no `docker service inspect`, no task or container inspect, no log and
-/// nowhere in the state directory.
+/// deploy, the agent killed before Shifting (the deploy undone, its service removed), a canary
+/// at 20% aborted by `rollway abort`; then a release that never turns healthy fails with nothing
+/// moved and nothing left; a canary answering 500s is rolled back by the analysis (only it failed
+/// requests); the canary secret is in no `docker service inspect`, no task or container inspect,
+/// no log and nowhere in the state directory; the agent killed during a release command's Swarm
+/// job removes the job when it starts again; `rollway destroy` removes the environment's
+/// services, secrets and overlay network.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swarm_deploys_roll_back_and_follow_a_killed_task_under_load_failing_no_request() {
     let Some(images) = Images::get() else {
         return;
     };
-    let swarm = docker(&[
-        "info",
-        "--format",
-        "{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}}",
-    ])
-    .unwrap_or_default();
-    assert_eq!(
-        swarm.trim(),
-        "active true",
-        "the Docker engine is not a swarm manager: run scripts/test, or `docker swarm init --advertise-addr 127.0.0.1`"
-    );
+    assert_swarm_manager();
     let registry = testkit::registry::Registry::start()
         .unwrap_or_else(|error| panic!("the swarm tests need a registry: {error}"));
     let name = format!("sw{}", std::process::id());
@@ -277,16 +273,58 @@ async fn swarm_deploys_roll_back_and_follow_a_killed_task_under_load_failing_no_
         "release 5's service is left behind"
     );
 
+    // A canary (release 6) takes 20% under the load, then `rollway abort`: traffic goes back to
+    // release 4 in one routing change and the canary's service goes.
+    let canary = app("v3").canary(CANARY_STEPS);
+    let mut deploy = agent.deploy_command(&canary, ENV, Some(&token));
+    deploy.kill_on_drop(true);
+    let deploy = deploy.spawn().expect("spawn rollway deploy");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let status = agent.status(&name, ENV).await;
+        if status.weights().contains(&(6, 20)) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the canary never took 20%: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The canary answers (bounded: 20% of each sample).
+    let mut seen_canary = false;
+    for _ in 0..10 {
+        if agent.sample(20).await.versions.contains_key("v3") {
+            seen_canary = true;
+            break;
+        }
+    }
+    assert!(seen_canary, "no request reached the canary at 20%");
+    agent
+        .cli(&["abort", "--env", ENV, "--app", &name])
+        .await
+        .assert_code(0);
+    let output = tokio::time::timeout(PATIENCE, deploy.wait_with_output())
+        .await
+        .expect("the aborted deploy ends")
+        .expect("deploy output");
+    assert_eq!(output.status.code(), Some(1), "the aborted deploy fails");
+    let status = agent.status(&name, ENV).await;
+    assert_eq!(status.deployment_state(), Some("RolledBack"), "{status}");
+    assert_eq!(status.weights(), vec![(4, 100)], "{status}");
+    agent.assert_serves("v2").await;
+    wait_service_gone(&format!("rollway-{name}-{ENV}-r6-web")).await;
+
     let report = load.stop().await;
     report.assert_no_failures();
     assert!(report.total > 0, "the load loop sent nothing");
     assert_eq!(
         report.versions.keys().collect::<Vec<_>>(),
-        ["v1", "v2"],
+        ["v1", "v2", "v3"],
         "{report}"
     );
 
-    // A release that never turns healthy (6): the deploy fails, release 4 keeps all traffic,
+    // A release that never turns healthy (7): the deploy fails, release 4 keeps all traffic,
     // and the failed release's service is gone.
     let never = app("v3").env("HEALTH_DELAY_S", "1000").start_timeout("5s");
     let ran = agent.deploy(&never, ENV).await;
@@ -299,11 +337,48 @@ async fn swarm_deploys_roll_back_and_follow_a_killed_task_under_load_failing_no_
         docker(&[
             "service",
             "inspect",
-            &format!("rollway-{name}-{ENV}-r6-web")
+            &format!("rollway-{name}-{ENV}-r7-web")
         ])
         .is_none(),
         "the failed release's service is left behind"
     );
+
+    // A canary (release 8) whose release answers 500s is rolled back by the analysis itself:
+    // only the canary failed requests, release 4 serves all along, the canary's service goes.
+    let load = Load::new(agent.proxy_addr())
+        .concurrency(4)
+        .rate(200)
+        .duration(LOAD_BOUND)
+        .start();
+    let bad = app("v3")
+        .canary(CANARY_STEPS)
+        .analysis(r#"interval = "200ms""#)
+        .analysis("min_requests = 20")
+        .env("ERROR_RATE", "0.5");
+    let ran = agent.deploy(&bad, ENV).await;
+    ran.assert_code(1);
+    agent.assert_serves("v2").await;
+    let report = load.stop().await;
+    let status = agent.status(&name, ENV).await;
+    assert_eq!(status.deployment_state(), Some("RolledBack"), "{status}");
+    let reason = status.deployment_reason().unwrap_or_default();
+    assert!(
+        reason.contains("the canary analysis failed: 5xx share"),
+        "{status}"
+    );
+    assert_eq!(status.weights(), vec![(4, 100)], "{status}");
+    assert!(
+        report.failed > 0,
+        "the bad canary answered nothing: {report}"
+    );
+    for record in report.failures() {
+        assert!(
+            record.outcome == testkit::load::Outcome::Status(500)
+                && record.version.as_deref() == Some("v3"),
+            "a failed request not answered 500 by the canary: {record}\n{report}"
+        );
+    }
+    wait_service_gone(&format!("rollway-{name}-{ENV}-r8-web")).await;
 
     // The canary secret: nowhere in the engine's view, the logs, or the state directory.
     // `rollway logs` reads the tasks' output through the swarm driver.
@@ -372,8 +447,236 @@ async fn swarm_deploys_roll_back_and_follow_a_killed_task_under_load_failing_no_
         Vec::<std::path::PathBuf>::new(),
         "the secret is written in the state directory"
     );
+
+    // The agent killed (kill -9) while the release command of release 9 runs as a Swarm job:
+    // the restarted agent undoes the deploy and removes the job and its env secret.
+    let job = format!("rollway-{name}-{ENV}-r9-release-command");
+    let slow = app("v1").release("echo started; sleep 600", None);
+    let mut deploy = agent.deploy_command(&slow, ENV, Some(&token));
+    deploy.kill_on_drop(true);
+    let deploy = deploy.spawn().expect("spawn rollway deploy");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while docker(&["service", "inspect", &job]).is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the release command's job never started:\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    agent.kill9().await;
+    drop(deploy);
+    assert!(
+        docker(&["service", "inspect", &job]).is_some(),
+        "the job runs on while no agent does"
+    );
+    agent.restart_with_env(&agent_env).await;
+    let status = agent.wait_deployment_finished(&name, ENV, PATIENCE).await;
+    assert_eq!(status.deployment_state(), Some("Failed"), "{status}");
+    assert_eq!(status.weights(), vec![(4, 100)], "{status}");
+    assert!(
+        docker(&["service", "inspect", &job]).is_none(),
+        "the killed agent's release-command job is left behind"
+    );
+    assert!(
+        docker(&["secret", "inspect", &format!("{job}-env")]).is_none(),
+        "the job's env secret is left behind"
+    );
+    agent.assert_serves("v2").await;
+
+    // `rollway destroy` of the swarm environment: its services (release 4's and the warm ones),
+    // their secrets and its overlay network are gone.
+    let network = format!("rollway-{name}-{ENV}");
+    assert!(
+        docker(&["network", "inspect", &network]).is_some(),
+        "the environment's overlay network exists before the destroy"
+    );
+    assert!(
+        !app_services(&name).is_empty(),
+        "services run before the destroy"
+    );
+    agent
+        .cli(&["destroy", "--app", &name, "--env", ENV, "--confirm", &name])
+        .await
+        .assert_code(0);
+    assert_eq!(app_services(&name), Vec::<String>::new(), "services left");
+    let secrets = docker(&["secret", "ls", "--format", "{{.Name}}"]).unwrap_or_default();
+    let left: Vec<&str> = secrets
+        .lines()
+        .filter(|secret| secret.starts_with(&format!("rollway-{name}-")))
+        .collect();
+    assert_eq!(left, Vec::<&str>::new(), "secrets left");
+    assert!(
+        docker(&["network", "inspect", &network]).is_none(),
+        "the overlay network `{network}` is left behind"
+    );
     drop(agent);
     drop(cleanup);
+}
+
+/// `[build] registry` in the manifest, with its credentials as secrets of the environment: a
+/// wrong password fails the push with nothing created; the right one pushes, creates the
+/// service and runs the release command's job with the registry's auth, with no
+/// `ROLLWAY_SWARM_REGISTRY`. The password is in no output, inspect, log, event, the state
+/// directory or the app's env.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swarm_pushes_to_the_manifests_registry_logged_in_with_secrets() {
+    let Some(images) = Images::get() else {
+        return;
+    };
+    assert_swarm_manager();
+    let password = format!("registry-canary-{}", testkit::agent::random_hex(16));
+    let registry = testkit::registry::Registry::start_with_auth("deployer", &password)
+        .unwrap_or_else(|error| panic!("the swarm tests need a registry: {error}"));
+    let name = format!("swr{}", std::process::id());
+    let _cleanup = Cleanup {
+        app: name.clone(),
+        registry: registry.host(),
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let runtime_dir = tempfile::Builder::new()
+        .prefix("rollway-e2e-swarm-")
+        .tempdir_in("/dev/shm")
+        .expect("temporary directory on /dev/shm");
+    let runtime = runtime_dir.path().display().to_string();
+    let agent = TestAgent::start_with_env(
+        rollway_bin(),
+        &dir.path().join("state"),
+        &[("RUNTIME_DIRECTORY", runtime.as_str())],
+    )
+    .await;
+    let registry_host = registry.host();
+    let app = TestApp::new(dir.path().join("v1"))
+        .named(&name)
+        .version("v1")
+        .driver(Driver::Container)
+        .image(format!("{}:{{version}}", images.repository))
+        .secrets(ENV, &["REGISTRY_USER", "REGISTRY_PASSWORD"])
+        .release("echo the job ran", None)
+        .start_timeout("60s")
+        .on_swarm(ENV)
+        .extra(format!(
+            "[build]\nregistry = \"{registry_host}/team\"\nregistry_user = \"REGISTRY_USER\"\nregistry_password = \"REGISTRY_PASSWORD\"\n"
+        ));
+    agent
+        .set_secret(&name, ENV, "REGISTRY_USER", "deployer")
+        .await
+        .assert_code(0);
+
+    // Day one: a wrong password. The push fails, nothing is created on the swarm.
+    agent
+        .set_secret(&name, ENV, "REGISTRY_PASSWORD", "not-the-password")
+        .await
+        .assert_code(0);
+    let refused = agent.deploy(&app, ENV).await;
+    refused.assert_code(1);
+    crate::agent::assert_contains(&refused, "cannot push the image of service `web`");
+    assert_eq!(
+        app_services(&name),
+        Vec::<String>::new(),
+        "nothing was created"
+    );
+
+    agent
+        .set_secret(&name, ENV, "REGISTRY_PASSWORD", &password)
+        .await
+        .assert_code(0);
+    let ran = agent.deploy(&app, ENV).await;
+    ran.assert_code(0);
+    crate::agent::assert_contains(&ran, "the job ran");
+    agent.assert_serves("v1").await;
+    let spec = service_spec(&format!("rollway-{name}-{ENV}-r2-web"));
+    let image = spec["TaskTemplate"]["ContainerSpec"]["Image"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        image.starts_with(&format!("{registry_host}/team/{name}-{ENV}-web"))
+            && image.contains("@sha256:"),
+        "{image}"
+    );
+    // The credentials are the agent's: the app does not get them.
+    let seen = agent.get(None, "/env/REGISTRY_PASSWORD").await;
+    assert!(!seen.body.contains(&password), "the app sees the password");
+
+    let mut places: Vec<(String, String)> = vec![
+        ("the refused deploy's output".into(), refused.to_string()),
+        ("the deploy's output".into(), ran.to_string()),
+        ("the agent's log".into(), agent.log()),
+        (
+            "`rollway events`".into(),
+            serde_json::to_string(&agent.events().await).expect("events JSON"),
+        ),
+    ];
+    for service in app_services(&name) {
+        let service = service
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        places.push((
+            format!("`docker service inspect {service}`"),
+            docker(&["service", "inspect", &service]).expect("service inspect"),
+        ));
+        let tasks = docker(&["service", "ps", "-q", &service]).unwrap_or_default();
+        for task in tasks.split_whitespace() {
+            places.push((
+                format!("`docker inspect {task}`"),
+                docker(&["inspect", task]).expect("task inspect"),
+            ));
+        }
+    }
+    let containers = docker(&[
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("label=dev.rollway.app={name}"),
+    ])
+    .unwrap_or_default();
+    for container in containers.split_whitespace() {
+        places.push((
+            format!("`docker inspect {container}`"),
+            docker(&["inspect", container]).expect("container inspect"),
+        ));
+    }
+    assert!(places.len() > 5, "the service and its task were found");
+    for (place, text) in &places {
+        assert!(
+            !text.contains(&password),
+            "the registry password is in {place}:\n{text}"
+        );
+    }
+    assert_eq!(
+        testkit::agent::files_containing(agent.state_dir(), &password),
+        Vec::<std::path::PathBuf>::new(),
+        "the password is written in the state directory"
+    );
+}
+
+/// Fails the test, saying what to do, unless the engine is a swarm manager.
+fn assert_swarm_manager() {
+    let swarm = docker(&[
+        "info",
+        "--format",
+        "{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}}",
+    ])
+    .unwrap_or_default();
+    assert_eq!(
+        swarm.trim(),
+        "active true",
+        "the Docker engine is not a swarm manager: run scripts/test, or `docker swarm init --advertise-addr 127.0.0.1`"
+    );
+}
+
+/// Waits (bounded) until the Swarm service `service` is removed.
+async fn wait_service_gone(service: &str) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while docker(&["service", "inspect", service]).is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the service `{service}` is left behind"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// The Swarm services of the test's app, by name.
