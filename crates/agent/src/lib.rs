@@ -16,10 +16,12 @@ pub mod deploy;
 pub mod drivers;
 pub mod edge;
 pub mod engine;
+pub mod environments;
 pub mod health;
 pub mod isolation;
 pub mod metrics;
 pub mod oneoff;
+pub mod previews;
 pub mod proxy_link;
 pub mod proxy_supervisor;
 pub mod recover;
@@ -236,6 +238,7 @@ pub async fn run(
     tokio::spawn(swarm_follow::run(engine.clone()));
     tokio::spawn(watch::error_rate_loop(engine.clone()));
     tokio::spawn(cron::run(engine.clone()));
+    tokio::spawn(previews::run(engine.clone()));
 
     let agent_file = LocalAgent {
         api: api_url.clone(),

@@ -182,11 +182,24 @@ mod tests {
     fn names_and_placeholders() {
         assert!(is_preview_name("preview-42"));
         assert!(is_preview_name("preview-fix-login"));
-        for bad in ["preview", "preview-", "staging", "preview-A", "preview_1", "Preview-1"] {
+        for bad in [
+            "preview",
+            "preview-",
+            "staging",
+            "preview-A",
+            "preview_1",
+            "Preview-1",
+        ] {
             assert!(!is_preview_name(bad), "{bad}");
         }
-        assert_eq!(unknown_placeholders("{env}.preview.example.com"), Vec::<String>::new());
-        assert_eq!(unknown_placeholders("postgres://${DB_HOST}/{env}"), Vec::<String>::new());
+        assert_eq!(
+            unknown_placeholders("{env}.preview.example.com"),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            unknown_placeholders("postgres://${DB_HOST}/{env}"),
+            Vec::<String>::new()
+        );
         assert_eq!(
             unknown_placeholders("{app}-{env}.{branch}.example.com"),
             vec!["{app}".to_owned(), "{branch}".to_owned()]

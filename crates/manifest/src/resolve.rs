@@ -293,7 +293,8 @@ pub(crate) fn layer<'i>(
         Some(value) => swarm::driver(reader, value, &format!("{section}.driver")),
     };
     let driver_span = driver_value.map_or(value.span(), |value| value.span());
-    let mut secret_names: Vec<String> = inherited.map_or_else(Vec::new, |base| base.secrets.clone());
+    let mut secret_names: Vec<String> =
+        inherited.map_or_else(Vec::new, |base| base.secrets.clone());
     let own_from = secret_names.len();
     for secret in &secrets {
         let secret_name = secret.get_ref();

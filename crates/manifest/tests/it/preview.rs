@@ -85,7 +85,10 @@ fn bad_names_and_bases_are_refused_with_what_is_accepted() {
     let error = manifest::parse_preview(&declared, "rollway.toml", "preview-9", "staging")
         .expect_err("a declared environment is no preview")
         .to_string();
-    assert!(error.contains("is an environment of the manifest"), "{error}");
+    assert!(
+        error.contains("is an environment of the manifest"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -97,6 +100,9 @@ fn without_a_layer_a_preview_runs_its_base_settings() {
         .to_owned();
     let resolved =
         manifest::parse_preview(&source, "rollway.toml", "preview-1", "staging").expect("ok");
-    assert_eq!(resolved.config.routes[0].hosts, ["staging.shop.example.com"]);
+    assert_eq!(
+        resolved.config.routes[0].hosts,
+        ["staging.shop.example.com"]
+    );
     assert_eq!(resolved.secrets, ["DB_PASSWORD"]);
 }
