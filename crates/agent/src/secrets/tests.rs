@@ -38,7 +38,10 @@ fn set_open_and_roll_back_to_an_earlier_version() {
     .expect("set");
     assert_eq!((v1, v2), (1, 2));
     let now = snapshot(&store, "shop", "production").expect("snapshot");
-    assert_eq!(now, BTreeMap::from([("JWT_SECRET".to_owned(), SecretVersion::Own(2))]));
+    assert_eq!(
+        now,
+        BTreeMap::from([("JWT_SECRET".to_owned(), SecretVersion::Own(2))])
+    );
     let earlier = BTreeMap::from([("JWT_SECRET".to_owned(), SecretVersion::Own(1))]);
     let opened = open_versions(&store, &key, "shop", "production", &earlier).expect("open");
     assert_eq!(opened["JWT_SECRET"].expose(), "first-value");
@@ -223,7 +226,10 @@ fn a_preview_records_its_base_secrets_by_reference_and_its_own_win() {
     );
     // What the release stores holds no value, and the old form (a bare version) still reads.
     let json = serde_json::to_string(&versions).expect("json");
-    assert!(!json.contains("canary") && !json.contains("api-key"), "{json}");
+    assert!(
+        !json.contains("canary") && !json.contains("api-key"),
+        "{json}"
+    );
     let old: BTreeMap<String, SecretVersion> =
         serde_json::from_str(r#"{"A":3}"#).expect("old form");
     assert_eq!(old["A"], SecretVersion::Own(3));

@@ -14,6 +14,7 @@ mod grpc;
 mod init;
 mod isolation;
 mod monitoring;
+mod previews;
 mod progressive;
 mod release_phase;
 mod robust;
