@@ -99,16 +99,16 @@ pub fn parse_preview(
     name: &str,
     base: &str,
 ) -> Result<ResolvedManifest, PreviewManifestError> {
-    if !is_preview_name(name) {
-        return Err(PreviewError::BadName {
-            name: name.to_owned(),
-        }
-        .into());
-    }
     let (manifest, preview) = parse_tree(source, path, Some((name, base)))?;
     let names = manifest.environment_names();
     if names.contains(&name) {
         return Err(PreviewError::DeclaredEnvironment {
+            name: name.to_owned(),
+        }
+        .into());
+    }
+    if !is_preview_name(name) {
+        return Err(PreviewError::BadName {
             name: name.to_owned(),
         }
         .into());
