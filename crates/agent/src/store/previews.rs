@@ -107,3 +107,58 @@ impl Store {
         .map_err(|source| self.error("list expired previews", self.subject(), source))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn preview(env: &str, by: &str, created_at: i64, expires_at: i64) -> Preview {
+        Preview {
+            app: "shop".to_owned(),
+            environment: env.to_owned(),
+            base: "staging".to_owned(),
+            created_by: by.to_owned(),
+            created_at,
+            expires_at,
+        }
+    }
+
+    #[test]
+    fn renewing_keeps_the_maker_and_expired_ones_skip_the_destroyed() {
+        let store = Store::open_in_memory().expect("store");
+        store
+            .put_preview(&preview("preview-1", "ana", 1, 100))
+            .expect("put");
+        store
+            .put_preview(&preview("preview-2", "ana", 1, 50))
+            .expect("put");
+        store
+            .put_preview(&preview("preview-1", "bob", 90, 500))
+            .expect("renew");
+        assert_eq!(
+            store.preview("shop", "preview-1").expect("read"),
+            Some(preview("preview-1", "ana", 1, 500))
+        );
+        let expired = |now| -> Vec<String> {
+            store
+                .expired_previews(now)
+                .expect("expired")
+                .into_iter()
+                .map(|preview| preview.environment)
+                .collect()
+        };
+        assert_eq!(expired(49), Vec::<String>::new());
+        assert_eq!(expired(500), ["preview-2", "preview-1"]);
+        store
+            .mark_destroyed("shop", "preview-2", "rollway (ttl)", 60)
+            .expect("destroy");
+        assert_eq!(expired(500), ["preview-1"]);
+        // The schema refuses what is no preview.
+        assert!(store.put_preview(&preview("staging", "ana", 1, 2)).is_err());
+        assert!(
+            store
+                .put_preview(&preview("preview-3", "ana", 5, 5))
+                .is_err()
+        );
+    }
+}
