@@ -46,6 +46,15 @@ async fn env_list(agent: &TestAgent) -> Vec<serde_json::Value> {
     serde_json::from_str(&ran.stdout).unwrap_or_else(|error| panic!("{error}: {ran}"))
 }
 
+async fn token(agent: &TestAgent, role: &str) -> String {
+    let ran = agent
+        .cli(&["tokens", "create", "--role", role, "--name", role, "--json"])
+        .await;
+    ran.assert_code(0);
+    let created: serde_json::Value = serde_json::from_str(&ran.stdout).expect("token JSON");
+    created["token"].as_str().expect("token value").to_owned()
+}
+
 fn find<'a>(list: &'a [serde_json::Value], env: &str) -> &'a serde_json::Value {
     list.iter()
         .find(|view| view["environment"] == env)
@@ -155,8 +164,33 @@ async fn previews_run_side_by_side_one_is_destroyed_one_expires_and_both_see_the
         ran.stderr.contains("rollway destroy --env staging"),
         "{ran}"
     );
+    // A deployer destroys previews only; a viewer none; without a token, nobody.
+    let (deployer, viewer) = (
+        token(&agent, "deployer").await,
+        token(&agent, "viewer").await,
+    );
+    let staging_path = format!("/v1/apps/{APP}/previews/{BASE}");
+    let preview_path = format!("/v1/apps/{APP}/previews/preview-1");
+    assert_eq!(
+        agent
+            .api_status("DELETE", &staging_path, Some(&deployer))
+            .await,
+        422
+    );
+    assert_eq!(
+        agent
+            .api_status("DELETE", &preview_path, Some(&viewer))
+            .await,
+        403
+    );
+    assert_eq!(agent.api_status("DELETE", &preview_path, None).await, 401);
+    assert_eq!(agent.get(Some(&host("preview-1")), "/").await.status, 200);
+    assert_eq!(agent.get(Some("staging.localhost"), "/").await.status, 200);
     let ran = agent
-        .cli(&["env", "destroy", "preview-1", "--app", APP])
+        .cli_as(
+            Some(&deployer),
+            &["env", "destroy", "preview-1", "--app", APP],
+        )
         .await;
     ran.assert_code(0);
     outputs.push(ran);
