@@ -190,7 +190,7 @@ fn webhook_url(engine: &Engine, app: &str, env: &str) -> Option<Secret> {
     let release = crate::deploy::spec::load_release(engine, &key, current).ok()?;
     let name = release.resolved.config.alerts.as_ref()?.webhook.clone()?;
     let versions = crate::secrets::snapshot(&engine.store, app, env).ok()?;
-    let version = *versions.get(&name)?;
+    let version = versions.get(&name)?.clone();
     let wanted = std::collections::BTreeMap::from([(name.clone(), version)]);
     let mut opened =
         crate::secrets::open_versions(&engine.store, &engine.master_key, app, env, &wanted).ok()?;

@@ -16,10 +16,12 @@ pub mod deploy;
 pub mod drivers;
 pub mod edge;
 pub mod engine;
+pub mod environments;
 pub mod health;
 pub mod isolation;
 pub mod metrics;
 pub mod oneoff;
+pub mod previews;
 pub mod proxy_link;
 pub mod proxy_supervisor;
 pub mod recover;
@@ -241,6 +243,7 @@ pub async fn run(
     if let Some(state_backup) = config.state_backup.clone() {
         tokio::spawn(backup::state_schedule::run(engine.clone(), state_backup));
     }
+    tokio::spawn(previews::run(engine.clone()));
 
     let agent_file = LocalAgent {
         api: api_url.clone(),

@@ -232,37 +232,83 @@ pub fn list(store: &Store, app: &str, env: &str) -> Result<Vec<SecretMeta>, Secr
     Ok(store.current_secrets(app, env)?)
 }
 
-/// The versions a release records: every secret set for (app, env) now.
-pub fn snapshot(store: &Store, app: &str, env: &str) -> Result<BTreeMap<String, u64>, SecretError> {
-    Ok(store
-        .current_secrets(app, env)?
-        .into_iter()
-        .map(|meta| (meta.name, meta.version))
-        .collect())
+/// Which version of a secret a release records. A preview's release also records the secrets it
+/// inherits from its base environment by reference (the base's name and version), so the value is
+/// opened from the base's row when an instance starts and is never copied.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub enum SecretVersion {
+    /// A version set on the release's own environment (what every release before previews holds).
+    Own(u64),
+    /// A version of the same name set on the base environment of a preview.
+    Inherited { environment: String, version: u64 },
 }
 
-/// Opens the recorded versions of a release.
+/// The versions a release records: every secret set for (app, env) now; for a preview, its
+/// base's secrets too, unless the preview sets the same name.
+pub fn snapshot(
+    store: &Store,
+    app: &str,
+    env: &str,
+) -> Result<BTreeMap<String, SecretVersion>, SecretError> {
+    let base = store.preview(app, env)?.map(|preview| preview.base);
+    snapshot_over(store, app, env, base.as_deref())
+}
+
+/// [`snapshot`] with the base given (a preview being made has no row yet).
+pub fn snapshot_over(
+    store: &Store,
+    app: &str,
+    env: &str,
+    base: Option<&str>,
+) -> Result<BTreeMap<String, SecretVersion>, SecretError> {
+    let mut versions = BTreeMap::new();
+    if let Some(base) = base {
+        for meta in store.current_secrets(app, base)? {
+            versions.insert(
+                meta.name,
+                SecretVersion::Inherited {
+                    environment: base.to_owned(),
+                    version: meta.version,
+                },
+            );
+        }
+    }
+    for meta in store.current_secrets(app, env)? {
+        versions.insert(meta.name, SecretVersion::Own(meta.version));
+    }
+    Ok(versions)
+}
+
+/// Opens the recorded versions of a release of (app, env).
 pub fn open_versions(
     store: &Store,
     key: &MasterKey,
     app: &str,
     env: &str,
-    versions: &BTreeMap<String, u64>,
+    versions: &BTreeMap<String, SecretVersion>,
 ) -> Result<BTreeMap<String, Secret>, SecretError> {
     let cipher = key.cipher();
     let mut values = BTreeMap::new();
-    for (name, version) in versions {
+    for (name, recorded) in versions {
+        let (env, version) = match recorded {
+            SecretVersion::Own(version) => (env, *version),
+            SecretVersion::Inherited {
+                environment,
+                version,
+            } => (environment.as_str(), *version),
+        };
         let sealed = store
-            .secret_version(app, env, name, *version)?
+            .secret_version(app, env, name, version)?
             .ok_or_else(|| SecretError::MissingVersion {
                 app: app.to_owned(),
                 env: env.to_owned(),
                 name: name.clone(),
-                version: *version,
+                version,
             })?;
         values.insert(
             name.clone(),
-            open_sealed(&cipher, SecretName { app, env, name }, *version, &sealed)?,
+            open_sealed(&cipher, SecretName { app, env, name }, version, &sealed)?,
         );
     }
     Ok(values)
@@ -316,7 +362,7 @@ pub struct Scrubber {
 pub const MIN_SCRUBBED: usize = 4;
 
 impl Scrubber {
-    /// Every version of every secret of (app, env), opened.
+    /// Every version of every secret of (app, env), opened; for a preview, its base's too.
     pub fn for_environment(
         store: &Store,
         key: &MasterKey,
@@ -324,14 +370,17 @@ impl Scrubber {
         env: &str,
     ) -> Result<Scrubber, SecretError> {
         let cipher = key.cipher();
+        let base = store.preview(app, env)?.map(|preview| preview.base);
         let mut values = Vec::new();
-        for (name, version, sealed) in store.all_secret_versions(app, env)? {
-            let target = SecretName {
-                app,
-                env,
-                name: &name,
-            };
-            values.push(open_sealed(&cipher, target, version, &sealed)?);
+        for env in std::iter::once(env).chain(base.as_deref()) {
+            for (name, version, sealed) in store.all_secret_versions(app, env)? {
+                let target = SecretName {
+                    app,
+                    env,
+                    name: &name,
+                };
+                values.push(open_sealed(&cipher, target, version, &sealed)?);
+            }
         }
         Ok(Scrubber::new(values))
     }

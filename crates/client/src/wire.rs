@@ -172,6 +172,28 @@ pub struct DeployRequest {
     /// Overrides the manifest's strategy for this deploy.
     pub strategy: Option<Strategy>,
     pub message: Option<String>,
+    /// Deploy a preview environment (`--from BASE --ttl DURATION`): `env` is `preview-<slug>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview: Option<PreviewRequest>,
+}
+
+/// A preview's base and lifetime, as `rollway deploy --from --ttl` gives them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreviewRequest {
+    /// The declared environment the preview layers over (its settings and secrets).
+    pub from: String,
+    /// How long the preview lives from this deploy, a human duration (`72h`); the agent checks
+    /// the bounds.
+    pub ttl: String,
+}
+
+/// What makes an environment a preview (`GET /v1/apps/{app}/environments`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreviewView {
+    pub base: String,
+    /// Unix milliseconds after which the agent destroys it.
+    pub expires_at: i64,
+    pub created_by: String,
 }
 
 /// `POST /v1/apps/{app}/environments/{env}/rollback`.
@@ -1236,4 +1258,7 @@ pub struct AppEnvView {
     pub instances: usize,
     /// `false` once `rollway destroy` stopped it (until its next deploy).
     pub active: bool,
+    /// Set when the environment is a preview.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview: Option<PreviewView>,
 }

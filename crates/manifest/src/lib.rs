@@ -10,6 +10,7 @@ mod diagnostic;
 mod edge;
 pub mod interpolate;
 mod parity;
+pub mod preview;
 mod read;
 mod resolve;
 mod route_tls;
@@ -24,6 +25,7 @@ use std::path::Path;
 pub use diagnostic::{Diagnostic, Diagnostics, LocatedDiagnostic};
 pub use edge::RateLimit;
 pub use parity::{Difference, ParityReport};
+pub use preview::{PreviewError, is_preview_name};
 pub use resolve::{Environment, Reference, RequiredConfig, ResolvedManifest, Warning};
 pub use schema::{
     Alerts, Analysis, App, BackupPolicy, BackupRemote, Build, Config, Health, HealthCommand,
@@ -76,6 +78,71 @@ pub fn load(path: &Path) -> Result<Manifest, LoadError> {
 
 /// Parses manifest text; `path` is only used in diagnostics.
 pub fn parse(source: &str, path: &str) -> Result<Manifest, Diagnostics> {
+    parse_tree(source, path, None).map(|(manifest, _)| manifest)
+}
+
+/// Why a preview's manifest does not resolve.
+#[derive(Debug, thiserror::Error)]
+pub enum PreviewManifestError {
+    #[error(transparent)]
+    Invalid(#[from] Diagnostics),
+    #[error(transparent)]
+    Preview(#[from] PreviewError),
+}
+
+/// The effective manifest of the preview `name` (`preview-<slug>`), layered over the declared
+/// environment `base` and then over `[environments.preview]` with `{env}` replaced by `name`.
+/// The preview's secrets are its base's plus those the layer lists.
+pub fn parse_preview(
+    source: &str,
+    path: &str,
+    name: &str,
+    base: &str,
+) -> Result<ResolvedManifest, PreviewManifestError> {
+    let (manifest, preview) = parse_tree(source, path, Some((name, base)))?;
+    let names = manifest.environment_names();
+    if names.contains(&name) {
+        return Err(PreviewError::DeclaredEnvironment {
+            name: name.to_owned(),
+        }
+        .into());
+    }
+    if !is_preview_name(name) {
+        return Err(PreviewError::BadName {
+            name: name.to_owned(),
+        }
+        .into());
+    }
+    if !names.is_empty() && !names.contains(&base) {
+        return Err(PreviewError::UnknownBase {
+            base: base.to_owned(),
+            declared: read::list(&names),
+        }
+        .into());
+    }
+    let preview = preview.unwrap_or_else(|| Environment {
+        name: name.to_owned(),
+        secrets: Vec::new(),
+        approval: false,
+        driver: Driver::Host,
+        config: manifest.shared.clone(),
+    });
+    Ok(ResolvedManifest {
+        environment: preview.name,
+        secrets: preview.secrets,
+        approval: preview.approval,
+        driver: preview.driver,
+        config: preview.config,
+    })
+}
+
+/// The manifest, and with `preview = Some((name, base))` that preview's environment (`None` when
+/// the base is not declared, or the manifest declares no environment and has no preview layer).
+fn parse_tree(
+    source: &str,
+    path: &str,
+    preview: Option<(&str, &str)>,
+) -> Result<(Manifest, Option<Environment>), Diagnostics> {
     let (root, syntax_errors) = toml::de::DeTable::parse_recoverable(source);
     if !syntax_errors.is_empty() {
         let items = syntax_errors
@@ -107,11 +174,26 @@ pub fn parse(source: &str, path: &str) -> Result<Manifest, Diagnostics> {
             None,
         );
     }
+    preview::check(&mut reader, root.get_ref(), &environments);
+    let layered = match preview {
+        Some((name, base)) if reader.diagnostics.is_empty() => {
+            let base = environments.iter().find(|found| found.name == base);
+            if base.is_some() || environments.is_empty() {
+                preview::layer_over(&mut reader, root.get_ref(), name, base)
+            } else {
+                None
+            }
+        }
+        _ => None,
+    };
     match shared {
-        Some(shared) if reader.diagnostics.is_empty() => Ok(Manifest {
-            shared,
-            environments,
-        }),
+        Some(shared) if reader.diagnostics.is_empty() => Ok((
+            Manifest {
+                shared,
+                environments,
+            },
+            layered,
+        )),
         _ => Err(Diagnostics::new(path, source, reader.diagnostics)),
     }
 }

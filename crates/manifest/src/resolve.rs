@@ -184,11 +184,7 @@ pub(crate) fn environments(reader: &mut Reader, root: &DeTable<'_>) -> Vec<Envir
     else {
         return Vec::new();
     };
-    let base: DeTable<'_> = root
-        .iter()
-        .filter(|(key, _)| key.get_ref() != "environments")
-        .map(|(key, value)| (key.clone(), value.clone()))
-        .collect();
+    let base = shared_tree(root);
     let mut environments = Vec::with_capacity(table.len());
     for (key, value) in table.iter() {
         let name: &str = key.get_ref();
@@ -202,108 +198,141 @@ pub(crate) fn environments(reader: &mut Reader, root: &DeTable<'_>) -> Vec<Envir
             );
             continue;
         }
-        let Some(overlay) = reader.table(value, &section, &format!("write `[{section}]`")) else {
+        if name == crate::preview::PREVIEW_LAYER {
+            // Not an environment: the layer of every preview, over its base (`preview.rs`).
             continue;
-        };
-        let mut ok = true;
-        for overlay_key in overlay.keys() {
-            let overlay_name: &str = overlay_key.get_ref();
-            if ENVIRONMENT_ONLY_KEYS.contains(&overlay_name) || OVERRIDABLE.contains(&overlay_name)
-            {
-                continue;
-            }
-            ok = false;
-            let mut accepted: Vec<&str> = ENVIRONMENT_ONLY_KEYS.to_vec();
-            accepted.extend_from_slice(OVERRIDABLE);
-            let help = if overlay_name == "agents" {
-                "remove it: a deploy goes to the agent the CLI talks to (`--agent`, `ROLLWAY_AGENT`); several hosts are an existing cluster engine's job (`driver = \"swarm\"`), not a list of agents".to_owned()
-            } else if overlay_name == "app" {
-                "the app is the same in every environment; remove `app` here".to_owned()
-            } else if validate::SERVICE_KEYS.contains(&overlay_name) {
-                format!("service settings go under the service: `[{section}.services.NAME]`")
-            } else {
-                match suggest(overlay_name, accepted.iter().copied()) {
-                    Some(close) => format!("did you mean `{close}`?"),
-                    None => format!("accepted keys: {}", list(&accepted)),
-                }
-            };
-            reader.invalid(
-                overlay_key.span(),
-                format!("unknown key `{overlay_name}` in `[{section}]`"),
-                "unknown key",
-                help,
-            );
         }
-        let approval = overlay
-            .get("approval")
-            .and_then(|value| match value.get_ref() {
-                DeValue::Boolean(flag) => Some(*flag),
-                _ => {
-                    reader.invalid(
-                        value.span(),
-                        format!("`{section}.approval` must be `true` or `false`"),
-                        "expected a boolean",
-                        "write `approval = true` to hold deploys until `rollway approve`",
-                    );
-                    None
-                }
-            })
-            .unwrap_or(false);
-        let secrets = overlay
-            .get("secrets")
-            .and_then(|value| reader.string_array(value, &format!("{section}.secrets")))
-            .unwrap_or_default();
-        let driver_value = overlay.get("driver");
-        let driver = match driver_value {
-            None => Some(Driver::Host),
-            Some(value) => swarm::driver(reader, value, &format!("{section}.driver")),
-        };
-        let driver_span = driver_value.map_or(value.span(), |value| value.span());
-        let mut secret_names: Vec<String> = Vec::with_capacity(secrets.len());
-        for secret in &secrets {
-            let secret_name = secret.get_ref();
-            if !is_env_name(secret_name) {
-                ok = false;
-                reader.invalid(secret.span(), format!("`{secret_name}` is not a valid secret name"), "invalid name", "secrets are handed to the app as variables: letters, digits and `_`, not starting with a digit");
-            } else if secret_names.contains(secret_name) {
-                reader.invalid(
-                    secret.span(),
-                    format!("secret `{secret_name}` is listed twice"),
-                    "duplicate",
-                    "list each secret once",
-                );
-            } else {
-                secret_names.push(secret_name.clone());
-            }
+        if let Some(environment) = layer(reader, &base, name, &section, value, None) {
+            environments.push(environment);
         }
-        let mut layered = base.clone();
-        for (overlay_key, overlay_value) in overlay.iter() {
-            if OVERRIDABLE.contains(&overlay_key.get_ref().as_ref()) {
-                merge_entry(&mut layered, overlay_key, overlay_value);
-            }
-        }
-        let config = validate::config(reader, &layered, value.span());
-        let (Some(config), Some(driver), true) = (config, driver, ok) else {
-            continue;
-        };
-        check_environment(reader, name, &config, &secret_names, value.span());
-        swarm::check_driver(
-            reader,
-            driver,
-            driver_span,
-            &layered,
-            &config.services,
-            Some(name),
-        );
-        environments.push(Environment {
-            name: name.to_owned(),
-            secrets: secret_names,
-            approval,
-            driver,
-            config,
-        });
     }
     environments
+}
+
+/// The shared settings: every top-level table but `environments`.
+pub(crate) fn shared_tree<'i>(root: &DeTable<'i>) -> DeTable<'i> {
+    root.iter()
+        .filter(|(key, _)| key.get_ref() != "environments")
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect()
+}
+
+/// `base` with the overridable sections of `overlay` layered on (an environment's own keys left out).
+pub(crate) fn layered<'i>(base: &DeTable<'i>, overlay: &DeTable<'i>) -> DeTable<'i> {
+    let mut layered = base.clone();
+    for (overlay_key, overlay_value) in overlay.iter() {
+        if OVERRIDABLE.contains(&overlay_key.get_ref().as_ref()) {
+            merge_entry(&mut layered, overlay_key, overlay_value);
+        }
+    }
+    layered
+}
+
+/// One environment `name`: the overlay `value` (the `[section]` table) checked and layered over
+/// `base`. `inherited` is the environment a preview layers over: its secrets, approval and driver
+/// hold unless the overlay sets them.
+pub(crate) fn layer<'i>(
+    reader: &mut Reader,
+    base: &DeTable<'i>,
+    name: &str,
+    section: &str,
+    value: &Spanned<DeValue<'i>>,
+    inherited: Option<&Environment>,
+) -> Option<Environment> {
+    let overlay = reader.table(value, section, &format!("write `[{section}]`"))?;
+    let mut ok = true;
+    for overlay_key in overlay.keys() {
+        let overlay_name: &str = overlay_key.get_ref();
+        if ENVIRONMENT_ONLY_KEYS.contains(&overlay_name) || OVERRIDABLE.contains(&overlay_name) {
+            continue;
+        }
+        ok = false;
+        let mut accepted: Vec<&str> = ENVIRONMENT_ONLY_KEYS.to_vec();
+        accepted.extend_from_slice(OVERRIDABLE);
+        let help = if overlay_name == "agents" {
+            "remove it: a deploy goes to the agent the CLI talks to (`--agent`, `ROLLWAY_AGENT`); several hosts are an existing cluster engine's job (`driver = \"swarm\"`), not a list of agents".to_owned()
+        } else if overlay_name == "app" {
+            "the app is the same in every environment; remove `app` here".to_owned()
+        } else if validate::SERVICE_KEYS.contains(&overlay_name) {
+            format!("service settings go under the service: `[{section}.services.NAME]`")
+        } else {
+            match suggest(overlay_name, accepted.iter().copied()) {
+                Some(close) => format!("did you mean `{close}`?"),
+                None => format!("accepted keys: {}", list(&accepted)),
+            }
+        };
+        reader.invalid(
+            overlay_key.span(),
+            format!("unknown key `{overlay_name}` in `[{section}]`"),
+            "unknown key",
+            help,
+        );
+    }
+    let approval = overlay
+        .get("approval")
+        .and_then(|value| match value.get_ref() {
+            DeValue::Boolean(flag) => Some(*flag),
+            _ => {
+                reader.invalid(
+                    value.span(),
+                    format!("`{section}.approval` must be `true` or `false`"),
+                    "expected a boolean",
+                    "write `approval = true` to hold deploys until `rollway approve`",
+                );
+                None
+            }
+        })
+        .unwrap_or(inherited.is_some_and(|base| base.approval));
+    let secrets = overlay
+        .get("secrets")
+        .and_then(|value| reader.string_array(value, &format!("{section}.secrets")))
+        .unwrap_or_default();
+    let driver_value = overlay.get("driver");
+    let driver = match driver_value {
+        None => Some(inherited.map_or(Driver::Host, |base| base.driver)),
+        Some(value) => swarm::driver(reader, value, &format!("{section}.driver")),
+    };
+    let driver_span = driver_value.map_or(value.span(), |value| value.span());
+    let mut secret_names: Vec<String> =
+        inherited.map_or_else(Vec::new, |base| base.secrets.clone());
+    let own_from = secret_names.len();
+    for secret in &secrets {
+        let secret_name = secret.get_ref();
+        if !is_env_name(secret_name) {
+            ok = false;
+            reader.invalid(secret.span(), format!("`{secret_name}` is not a valid secret name"), "invalid name", "secrets are handed to the app as variables: letters, digits and `_`, not starting with a digit");
+        } else if secret_names[own_from..].contains(secret_name) {
+            reader.invalid(
+                secret.span(),
+                format!("secret `{secret_name}` is listed twice"),
+                "duplicate",
+                "list each secret once",
+            );
+        } else if !secret_names.contains(secret_name) {
+            secret_names.push(secret_name.clone());
+        }
+    }
+    let layered = layered(base, overlay);
+    let config = validate::config(reader, &layered, value.span());
+    let (Some(config), Some(driver), true) = (config, driver, ok) else {
+        return None;
+    };
+    check_environment(reader, name, &config, &secret_names, value.span());
+    swarm::check_driver(
+        reader,
+        driver,
+        driver_span,
+        &layered,
+        &config.services,
+        Some(name),
+    );
+    Some(Environment {
+        name: name.to_owned(),
+        secrets: secret_names,
+        approval,
+        driver,
+        config,
+    })
 }
 
 /// Rules that need both the layered config and the environment's own keys.

@@ -128,6 +128,13 @@ pub enum Command {
     Apps(AppsArgs),
     /// Stop an environment's instances and routes (admin); its releases, events and backups stay.
     Destroy(DestroyArgs),
+    /// The environments of the app, previews with their base and expiry; destroy a preview.
+    Env {
+        #[command(subcommand)]
+        command: EnvCommand,
+        #[command(flatten)]
+        target: AppArgs,
+    },
     /// Confine this process with Landlock, then run the command (how a non-root agent starts
     /// apps; not for people).
     #[command(hide = true)]
@@ -145,6 +152,13 @@ pub struct DeployArgs {
     /// A note kept with the release.
     #[arg(long, short)]
     pub message: Option<String>,
+    /// Make (or deploy again) a preview environment over this declared environment; `--env`
+    /// must be `preview-<slug>`.
+    #[arg(long, value_name = "BASE", requires = "env")]
+    pub from: Option<String>,
+    /// How long the preview lives from this deploy (1m to 90d; default 72h).
+    #[arg(long, value_name = "DURATION", requires = "from")]
+    pub ttl: Option<String>,
     /// Return once the deployment has started.
     #[arg(long)]
     pub detach: bool,
@@ -628,6 +642,26 @@ pub struct RunArgs {
     /// The command and its arguments, after `--`.
     #[arg(last = true, required = true, num_args = 1..)]
     pub command: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EnvCommand {
+    /// Every environment of the app on the agent, previews with their base and expiry.
+    List,
+    /// Destroy a preview now (what `rollway destroy` does; deployer role); releases and events stay.
+    Destroy { name: String },
+}
+
+#[derive(Debug, Args)]
+pub struct AppArgs {
+    /// The app (default: `app.name` of ./rollway.toml).
+    #[arg(long, global = true)]
+    pub app: Option<String>,
+    /// Print data as JSON on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(flatten)]
+    pub agent: AgentArgs,
 }
 
 #[derive(Debug, Args)]

@@ -81,6 +81,7 @@ fn main() -> ExitCode {
         Command::Run(args) => commands::workloads::run(&args, printer),
         Command::Apps(args) => commands::workloads::apps(&args, printer),
         Command::Destroy(args) => commands::workloads::destroy(&args, printer),
+        Command::Env { command, target } => commands::environments::run(&command, &target, printer),
     };
     match result {
         Ok(status) => status.into(),

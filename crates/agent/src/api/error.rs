@@ -306,6 +306,8 @@ impl From<StartError> for ApiError {
             StartError::Locked { .. } => (Kind::Conflict, "locked"),
             StartError::RouteConflict(_) => (Kind::Conflict, "route_conflict"),
             StartError::NothingToRollBack(_) => (Kind::Conflict, "nothing_to_roll_back"),
+            StartError::Preview(_) => (Kind::Invalid, "invalid_preview"),
+            StartError::PreviewConflict(_) => (Kind::Conflict, "preview_conflict"),
             StartError::ShuttingDown => (Kind::Unavailable, "shutting_down"),
             StartError::Store(_) => return ApiError::internal(error),
         };

@@ -18,6 +18,7 @@ pub mod events;
 pub mod input;
 pub mod locks;
 pub mod logs;
+pub mod previews;
 pub mod releases;
 pub mod router;
 pub mod secrets;

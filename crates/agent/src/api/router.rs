@@ -16,7 +16,7 @@ use axum::routing::{MethodFilter, MethodRouter, get, on};
 
 use crate::api::{
     agent, artifacts, auth, backups, backups_remote, certs, deployments, edge, error, events,
-    input, locks, logs, releases, secrets, status, tokens, workloads,
+    input, locks, logs, previews, releases, secrets, status, tokens, workloads,
 };
 use crate::engine::Engine;
 use crate::tokens::Role;
@@ -70,6 +70,18 @@ pub fn routes() -> Vec<Route> {
             Method::DELETE,
             "/apps/{app}/environments/{env}",
             workloads::destroy,
+        ),
+        route(
+            Viewer,
+            Method::GET,
+            "/apps/{app}/environments",
+            previews::environments,
+        ),
+        route(
+            Deployer,
+            Method::DELETE,
+            "/apps/{app}/previews/{env}",
+            previews::destroy,
         ),
         route(
             Viewer,

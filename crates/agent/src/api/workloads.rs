@@ -519,24 +519,47 @@ fn one_off(
 
 /// `GET /v1/apps`: every app and environment on the agent.
 pub async fn apps(State(engine): State<Arc<Engine>>) -> ApiResult<Vec<AppEnvView>> {
+    app_envs(&engine, None).map(Json)
+}
+
+/// Every environment of the agent's apps (of `only` when given), previews with their base.
+pub(crate) fn app_envs(engine: &Engine, only: Option<&str>) -> Result<Vec<AppEnvView>, ApiError> {
     let apps = engine.store.apps().map_err(ApiError::internal)?;
+    let previews = engine.store.previews().map_err(ApiError::internal)?;
     let mut views = Vec::with_capacity(apps.len());
     for (app, environment, current_release) in apps {
+        if only.is_some_and(|only| only != app) {
+            continue;
+        }
         let key = AppEnv::new(app, environment);
         let instances = engine.runtime(&key).instances.len();
         let active = !engine
             .store
             .is_destroyed(&key.app, &key.environment)
             .map_err(ApiError::internal)?;
+        let preview = previews
+            .iter()
+            .find(|preview| preview.app == key.app && preview.environment == key.environment)
+            .cloned()
+            .map(preview_view);
         views.push(AppEnvView {
             app: key.app,
             environment: key.environment,
             current_release,
             instances,
             active,
+            preview,
         });
     }
-    Ok(Json(views))
+    Ok(views)
+}
+
+pub(crate) fn preview_view(preview: crate::store::Preview) -> client::wire::PreviewView {
+    client::wire::PreviewView {
+        base: preview.base,
+        expires_at: preview.expires_at,
+        created_by: preview.created_by,
+    }
 }
 
 fn current_jobs(
@@ -608,95 +631,47 @@ pub async fn destroy(
         ));
     }
     let key = AppEnv::new(app, env);
-    let now = now_ms();
-    let in_flight = engine
-        .store
-        .unfinished_deployments()
-        .map_err(ApiError::internal)?
-        .into_iter()
-        .find(|deployment| deployment.app == key.app && deployment.environment == key.environment);
-    if let Some(deployment) = in_flight {
-        return Err(ApiError::new(
-            Kind::Conflict,
-            "deployment_in_flight",
-            format!(
-                "deployment `{}` of `{}` in `{}` is in flight; abort it or wait for it to end, then destroy",
-                deployment.id, key.app, key.environment
-            ),
-        ));
-    }
-    if let Some(lock) = engine
-        .store
-        .lock(&key.app, &key.environment)
-        .map_err(ApiError::internal)?
-        .filter(|lock| !lock.is_expired(now))
-    {
-        return Err(ApiError::new(
-            Kind::Conflict,
-            "locked",
-            format!(
-                "the deploy lock of `{}` in `{}` is held by `{}`; wait for it or `rollway lock release`",
-                key.app, key.environment, lock.owner
-            ),
-        ));
-    }
-    engine
-        .store
-        .mark_destroyed(&key.app, &key.environment, &caller.name, now)
-        .map_err(ApiError::internal)?;
-    engine
-        .change_routing(&key, |runtime| {
-            runtime.routes.clear();
-            runtime.weights.clear();
-        })
+    destroy_answer(&engine, key, &caller.name).await
+}
+
+/// Destroys `key` for `by` (`environments::destroy`) and answers what is left of it.
+pub(crate) async fn destroy_answer(
+    engine: &Arc<Engine>,
+    key: AppEnv,
+    by: &str,
+) -> ApiResult<AppEnvView> {
+    use crate::environments::{DestroyError, DestroyReason, destroy};
+    destroy(engine, &key, by, DestroyReason::Asked)
         .await
-        .map_err(|error| {
-            ApiError::new(
+        .map_err(|error| match &error {
+            DestroyError::InFlight { .. } => {
+                ApiError::new(Kind::Conflict, "deployment_in_flight", error.to_string())
+            }
+            DestroyError::Locked { .. } => {
+                ApiError::new(Kind::Conflict, "locked", error.to_string())
+            }
+            DestroyError::Proxy { .. } => ApiError::new(
                 Kind::Unavailable,
                 "proxy_refused",
-                format!(
-                    "the proxy did not take the routes without `{}` in `{}`: {}; nothing was stopped, try again",
-                    key.app,
-                    key.environment,
-                    crate::report::chain(&error)
-                ),
-            )
+                crate::report::chain(&error),
+            ),
+            DestroyError::Store(_) => ApiError::internal(error),
         })?;
-    let ids: Vec<String> = engine.runtime(&key).instances.keys().cloned().collect();
-    crate::deploy::spec::stop_instances(&engine, &key, &ids).await;
-    // On the swarm, also whatever the store does not list: every service, secret and the
-    // environment's overlay network.
-    if let Some(current) = engine
-        .store
-        .current(&key.app, &key.environment)
-        .map_err(ApiError::internal)?
-    {
-        crate::deploy::spec::sweep_swarm(&engine, &key, current, driver::swarm::Sweep::Everything)
-            .await;
-    }
-    engine.record(NewEvent {
-        app: Some(key.app.clone()),
-        environment: Some(key.environment.clone()),
-        deployment_id: None,
-        kind: "environment.destroyed".to_owned(),
-        message: format!(
-            "{} destroyed {} in {}: {} instance(s) stopped, routes removed; releases, events and backups kept",
-            caller.name,
-            key.app,
-            key.environment,
-            ids.len()
-        ),
-        data_json: serde_json::json!({ "by": caller.name, "instances": ids.len() }).to_string(),
-    });
     let current_release = engine
         .store
         .current(&key.app, &key.environment)
         .map_err(ApiError::internal)?;
+    let preview = engine
+        .store
+        .preview(&key.app, &key.environment)
+        .map_err(ApiError::internal)?
+        .map(preview_view);
     Ok(Json(AppEnvView {
         instances: engine.runtime(&key).instances.len(),
         app: key.app,
         environment: key.environment,
         current_release,
         active: false,
+        preview,
     }))
 }

@@ -28,6 +28,9 @@ pub struct LoadedRelease {
 pub struct ReleaseConfig {
     pub manifest: String,
     pub environment: String,
+    /// For a preview: the declared environment it layers over (`manifest::parse_preview`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
 }
 
 /// Why a release could not be loaded.
@@ -83,6 +86,8 @@ pub enum ResolveError {
     Parse(String),
     #[error(transparent)]
     Environment(#[from] manifest::UnknownEnvironment),
+    #[error(transparent)]
+    Preview(#[from] manifest::PreviewError),
 }
 
 /// Loads release `number` of `key`: record, resolved manifest, opened secrets, images.
@@ -93,7 +98,7 @@ pub fn load_release(
 ) -> Result<LoadedRelease, ReleaseError> {
     let (release, resolved) = load_manifest(engine, key, number)?;
     let (app, environment) = (&key.app, &key.environment);
-    let versions: BTreeMap<String, u64> = match &release.secrets_version {
+    let versions: BTreeMap<String, crate::secrets::SecretVersion> = match &release.secrets_version {
         Some(json) => serde_json::from_str(json)
             .map_err(|source| ReleaseError::SecretVersions { number, source })?,
         None => BTreeMap::new(),
@@ -152,6 +157,20 @@ pub fn load_manifest(
 
 /// The manifest a release recorded, resolved for its environment.
 pub fn resolve(config: &ReleaseConfig) -> Result<ResolvedManifest, ResolveError> {
+    if let Some(base) = &config.base {
+        return manifest::parse_preview(
+            &config.manifest,
+            manifest::FILE_NAME,
+            &config.environment,
+            base,
+        )
+        .map_err(|error| match error {
+            manifest::PreviewManifestError::Invalid(diagnostics) => {
+                ResolveError::Parse(diagnostics.render(false))
+            }
+            manifest::PreviewManifestError::Preview(error) => ResolveError::Preview(error),
+        });
+    }
     let manifest = manifest::parse(&config.manifest, manifest::FILE_NAME)
         .map_err(|diagnostics| ResolveError::Parse(diagnostics.render(false)))?;
     Ok(manifest.resolve(&config.environment)?)

@@ -44,6 +44,12 @@ pub enum StartError {
     RouteConflict(#[from] Box<RouteConflict>),
     #[error("{0}")]
     NothingToRollBack(String),
+    /// `--from`/`--ttl` that cannot make a preview (name, base, ttl bounds).
+    #[error("{0}")]
+    Preview(String),
+    /// The preview exists over another base.
+    #[error("{0}")]
+    PreviewConflict(String),
     #[error("the agent is shutting down and takes no deploys")]
     ShuttingDown,
     #[error("store: {0}")]
@@ -62,9 +68,31 @@ pub fn deploy(
     if engine.shutdown.is_cancelled() {
         return Err(StartError::ShuttingDown);
     }
+    let now = now_ms();
+    let existing = engine.store.preview(app, env).map_err(store_error)?;
+    let preview = match &request.preview {
+        Some(asked) => Some(crate::previews::admit(
+            existing.as_ref(),
+            app,
+            env,
+            asked,
+            caller,
+            now,
+        )?),
+        None => {
+            if let Some(existing) = &existing {
+                return Err(StartError::Preview(format!(
+                    "`{env}` is a preview of `{}`; deploy it again with `--from {} --ttl DURATION`",
+                    existing.base, existing.base
+                )));
+            }
+            None
+        }
+    };
     let config = ReleaseConfig {
         manifest: request.manifest.clone(),
         environment: env.to_owned(),
+        base: preview.as_ref().map(|preview| preview.base.clone()),
     };
     let manifest = manifest::parse(&config.manifest, manifest::FILE_NAME)
         .map_err(|diagnostics| StartError::InvalidManifest(diagnostics.render(false)))?;
@@ -74,10 +102,26 @@ pub fn deploy(
             path: app.to_owned(),
         });
     }
-    let resolved = manifest
-        .resolve(env)
-        .map_err(|error| StartError::UnknownEnvironment(error.to_string()))?;
-    let secret_versions = crate::secrets::snapshot(&engine.store, app, env).map_err(store_error)?;
+    let resolved = match &config.base {
+        Some(_) => crate::deploy::release::resolve(&config).map_err(|error| match error {
+            crate::deploy::release::ResolveError::Parse(rendered) => {
+                StartError::InvalidManifest(rendered)
+            }
+            other => StartError::Preview(other.to_string()),
+        })?,
+        None => manifest.resolve(env).map_err(|error| {
+            let mut message = error.to_string();
+            if manifest::is_preview_name(env) {
+                message.push_str(&format!(
+                    "; `{env}` can be a preview: deploy it with `--from BASE --ttl DURATION`"
+                ));
+            }
+            StartError::UnknownEnvironment(message)
+        })?,
+    };
+    let secret_versions =
+        crate::secrets::snapshot_over(&engine.store, app, env, config.base.as_deref())
+            .map_err(store_error)?;
     let missing = resolved
         .required_config()
         .missing(|name| secret_versions.contains_key(name));
@@ -100,6 +144,10 @@ pub fn deploy(
         .unwrap_or_else(|| strategy_of(resolved.config.strategy.kind));
     let config_json = serde_json::to_string(&config).map_err(store_error)?;
     let store = &engine.store;
+    if let Some(preview) = &preview {
+        // Before the release, so the deployment's scrubber knows the base's secrets.
+        store.put_preview(preview).map_err(store_error)?;
+    }
     let from = store.current(app, env).map_err(store_error)?;
     let release = store
         .create_release(NewRelease {
@@ -141,6 +189,10 @@ pub fn deploy(
         }
         Err(error) => {
             let _ = store.set_release_outcome(app, env, release.number, ReleaseOutcome::Failed);
+            if let (Some(_), None) = (&preview, &existing) {
+                // A preview refused here was never made.
+                let _ = store.delete_preview(app, env);
+            }
             Err(error)
         }
     }

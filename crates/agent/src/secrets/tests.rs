@@ -38,8 +38,11 @@ fn set_open_and_roll_back_to_an_earlier_version() {
     .expect("set");
     assert_eq!((v1, v2), (1, 2));
     let now = snapshot(&store, "shop", "production").expect("snapshot");
-    assert_eq!(now, BTreeMap::from([("JWT_SECRET".to_owned(), 2)]));
-    let earlier = BTreeMap::from([("JWT_SECRET".to_owned(), 1)]);
+    assert_eq!(
+        now,
+        BTreeMap::from([("JWT_SECRET".to_owned(), SecretVersion::Own(2))])
+    );
+    let earlier = BTreeMap::from([("JWT_SECRET".to_owned(), SecretVersion::Own(1))]);
     let opened = open_versions(&store, &key, "shop", "production", &earlier).expect("open");
     assert_eq!(opened["JWT_SECRET"].expose(), "first-value");
 }
@@ -63,7 +66,7 @@ fn unset_hides_the_name_but_keeps_old_versions() {
     .expect("set");
     assert!(unset(&store, "shop", "staging", "TOKEN", "admin", 2).expect("unset"));
     assert!(list(&store, "shop", "staging").expect("list").is_empty());
-    let old = BTreeMap::from([("TOKEN".to_owned(), 1)]);
+    let old = BTreeMap::from([("TOKEN".to_owned(), SecretVersion::Own(1))]);
     assert_eq!(
         open_versions(&store, &key, "shop", "staging", &old).expect("open")["TOKEN"].expose(),
         "value-1234"
@@ -88,7 +91,7 @@ fn a_ciphertext_cannot_be_moved_to_another_secret_or_opened_with_another_key() {
     )
     .expect("set");
     let other = parse_key(&"cd".repeat(32)).expect("valid key");
-    let versions = BTreeMap::from([("A".to_owned(), 1)]);
+    let versions = BTreeMap::from([("A".to_owned(), SecretVersion::Own(1))]);
     assert!(matches!(
         open_versions(&store, &other, "shop", "production", &versions),
         Err(SecretError::Decrypt { .. })
@@ -202,4 +205,70 @@ fn a_stream_scrubber_replaces_a_value_split_across_chunks_and_bytes_that_are_not
     let mut bytes = vec![0xff, 0xfe];
     bytes.extend_from_slice(b"hunter2-canary");
     assert_eq!(scrubber.scrub_bytes(&bytes), [0xff, 0xfe, b'*', b'*', b'*']);
+}
+
+#[test]
+fn a_preview_records_its_base_secrets_by_reference_and_its_own_win() {
+    let store = Store::open_in_memory().expect("store");
+    let key = key();
+    let put = |env: &str, name: &str, value: &str| {
+        set(
+            &store,
+            &key,
+            SecretName {
+                app: "shop",
+                env,
+                name,
+            },
+            &Secret::new(value.to_owned()),
+            "admin",
+            1,
+        )
+        .expect("set")
+    };
+    put("staging", "DB_PASSWORD", "staging-db-canary");
+    put("staging", "API_KEY", "staging-api-key");
+    put("preview-1", "API_KEY", "preview-api-key");
+    store
+        .put_preview(&crate::store::Preview {
+            app: "shop".to_owned(),
+            environment: "preview-1".to_owned(),
+            base: "staging".to_owned(),
+            created_by: "admin".to_owned(),
+            created_at: 1,
+            expires_at: 2,
+        })
+        .expect("preview");
+    let versions = snapshot(&store, "shop", "preview-1").expect("snapshot");
+    assert_eq!(
+        versions,
+        BTreeMap::from([
+            ("API_KEY".to_owned(), SecretVersion::Own(1)),
+            (
+                "DB_PASSWORD".to_owned(),
+                SecretVersion::Inherited {
+                    environment: "staging".to_owned(),
+                    version: 1
+                }
+            ),
+        ])
+    );
+    // What the release stores holds no value, and the old form (a bare version) still reads.
+    let json = serde_json::to_string(&versions).expect("json");
+    assert!(
+        !json.contains("canary") && !json.contains("api-key"),
+        "{json}"
+    );
+    let old: BTreeMap<String, SecretVersion> =
+        serde_json::from_str(r#"{"A":3}"#).expect("old form");
+    assert_eq!(old["A"], SecretVersion::Own(3));
+    let opened = open_versions(&store, &key, "shop", "preview-1", &versions).expect("open");
+    assert_eq!(opened["DB_PASSWORD"].expose(), "staging-db-canary");
+    assert_eq!(opened["API_KEY"].expose(), "preview-api-key");
+    // The preview's output is scrubbed of its base's values too.
+    let scrubber = Scrubber::for_environment(&store, &key, "shop", "preview-1").expect("scrub");
+    assert_eq!(
+        scrubber.scrub("db=staging-db-canary key=preview-api-key"),
+        "db=*** key=***"
+    );
 }

@@ -20,6 +20,7 @@ pub(super) static MIGRATIONS: &[M<'static>] = &[
     M::up(V9_SESSIONS),
     M::up(V10_WORKLOADS),
     M::up(V11_REMOTE_BACKUPS),
+    M::up(V12_PREVIEWS),
 ];
 
 /// The first schema.
@@ -353,6 +354,22 @@ CREATE TABLE backup_key (
     sealed      BLOB    NOT NULL,
     created_at  INTEGER NOT NULL
 ) STRICT;
+"#;
+
+/// Preview environments (issue 19): an environment deployed with `--from BASE --ttl`, one row per
+/// preview, kept after it expires or is destroyed (its releases and events stay too). A deploy of
+/// the same preview renews `expires_at`; the agent destroys those past it.
+const V12_PREVIEWS: &str = r#"
+CREATE TABLE previews (
+    app          TEXT    NOT NULL,
+    environment  TEXT    NOT NULL CHECK (environment LIKE 'preview-%'),
+    base         TEXT    NOT NULL CHECK (base NOT LIKE 'preview-%'),
+    created_by   TEXT    NOT NULL,
+    created_at   INTEGER NOT NULL,
+    expires_at   INTEGER NOT NULL CHECK (expires_at > created_at),
+    PRIMARY KEY (app, environment)
+) STRICT;
+CREATE INDEX previews_expiry ON previews (expires_at);
 "#;
 
 /// Dashboard sign-in sessions (issue 18): one row per session, keyed by the SHA-256 of its random

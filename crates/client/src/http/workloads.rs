@@ -24,6 +24,20 @@ impl Client {
         decode(&path, &bytes)
     }
 
+    /// `GET /v1/apps/{app}/environments`: every environment of the app, previews with their base.
+    pub async fn environments(&self, app: &str) -> Result<Vec<AppEnvView>, ClientError> {
+        self.get(&format!("/v1/apps/{app}/environments")).await
+    }
+
+    /// `DELETE /v1/apps/{app}/previews/{env}` (deployer): what `destroy` does, for a preview.
+    pub async fn destroy_preview(&self, app: &str, env: &str) -> Result<AppEnvView, ClientError> {
+        let path = format!("/v1/apps/{app}/previews/{env}");
+        let bytes = self
+            .request_bytes(Method::DELETE, &path, None, None)
+            .await?;
+        decode(&path, &bytes)
+    }
+
     /// `GET …/cron`.
     pub async fn cron_jobs(&self, app: &str, env: &str) -> Result<CronJobsView, ClientError> {
         self.get(&format!("/v1/apps/{app}/environments/{env}/cron"))

@@ -6,12 +6,24 @@ use std::time::Duration;
 
 use anyhow::Context;
 use client::Client;
-use client::wire::{DeployRequest, DeploymentEvent, DeploymentState, DeploymentView, EventView};
+use client::wire::{
+    DeployRequest, DeploymentEvent, DeploymentState, DeploymentView, EventView, PreviewRequest,
+};
 
 use crate::ExitStatus;
 use crate::cli::DeployArgs;
 use crate::commands::connect::{self, NoAgent};
 use crate::printer::Printer;
+
+/// A preview's lifetime when `--from` comes without `--ttl`.
+const DEFAULT_TTL: &str = "72h";
+
+fn preview_request(args: &DeployArgs) -> Option<PreviewRequest> {
+    args.from.as_ref().map(|from| PreviewRequest {
+        from: from.clone(),
+        ttl: args.ttl.clone().unwrap_or_else(|| DEFAULT_TTL.to_owned()),
+    })
+}
 
 /// Which command the user typed: `up` starts a local agent and defaults to `development`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,15 +68,40 @@ pub fn run(args: &DeployArgs, mode: Mode, printer: Printer) -> anyhow::Result<Ex
             .to_owned(),
         (None, Mode::Deploy) => "production".to_owned(),
     };
-    let resolved = match manifest.resolve(&env) {
-        Ok(resolved) => resolved,
-        Err(unknown) => {
-            printer.error(&unknown.to_string());
-            if let Some(suggestion) = unknown.suggestion {
-                printer.hint(&format!("did you mean `--env {suggestion}`?"));
+    let preview = preview_request(args);
+    let resolved = match &preview {
+        Some(preview) => {
+            match manifest::parse_preview(
+                &source,
+                &manifest_path.display().to_string(),
+                &env,
+                &preview.from,
+            ) {
+                Ok(resolved) => resolved,
+                Err(manifest::PreviewManifestError::Invalid(diagnostics)) => {
+                    printer.raw_stderr(&diagnostics.render(printer.color()));
+                    return Ok(ExitStatus::Usage);
+                }
+                Err(manifest::PreviewManifestError::Preview(error)) => {
+                    printer.error(&error.to_string());
+                    return Ok(ExitStatus::Usage);
+                }
             }
-            return Ok(ExitStatus::Usage);
         }
+        None => match manifest.resolve(&env) {
+            Ok(resolved) => resolved,
+            Err(unknown) => {
+                printer.error(&unknown.to_string());
+                if let Some(suggestion) = unknown.suggestion {
+                    printer.hint(&format!("did you mean `--env {suggestion}`?"));
+                } else if manifest::is_preview_name(&env) {
+                    printer.hint(&format!(
+                        "`{env}` can be a preview: `rollway deploy --env {env} --from BASE --ttl 72h`"
+                    ));
+                }
+                return Ok(ExitStatus::Usage);
+            }
+        },
     };
     let app = manifest.shared.app.name.clone();
     let runtime = tokio::runtime::Runtime::new()?;
@@ -81,9 +118,10 @@ pub fn run(args: &DeployArgs, mode: Mode, printer: Printer) -> anyhow::Result<Ex
                 return Ok(ExitStatus::Unreachable);
             }
         };
-        // Nothing is packed or sent while something required is missing.
+        // Nothing is packed or sent while something required is missing. A preview's secrets
+        // are its base's too: the agent checks those.
         let required = resolved.required_config();
-        if !required.names().is_empty() {
+        if args.from.is_none() && !required.names().is_empty() {
             let set = match client.secrets(&app, &env).await {
                 Ok(set) => set,
                 Err(error) => return super::client_error(&printer, error),
@@ -142,6 +180,7 @@ async fn deploy(
         manifest: source,
         strategy: args.strategy,
         message: args.message.clone(),
+        preview: preview_request(args),
     };
     let deployment = match client.deploy(app, env, &request).await {
         Ok(deployment) => deployment,

@@ -9,6 +9,7 @@ pub mod check;
 pub mod connect;
 pub mod deploy;
 pub mod edge;
+pub mod environments;
 pub mod init;
 pub mod inspect;
 pub mod lock;

@@ -15,6 +15,7 @@ mod grpc;
 mod init;
 mod isolation;
 mod monitoring;
+mod previews;
 mod progressive;
 mod release_phase;
 mod robust;
