@@ -167,12 +167,14 @@ pub(super) fn canary_points(events: &[EventView]) -> Vec<CanaryPoint> {
                 verdict,
                 sample,
                 baseline,
+                bounds,
                 ..
             } => Some(CanaryPoint {
                 at: event.at,
                 verdict,
                 sample,
                 baseline,
+                bounds,
             }),
             _ => None,
         })
@@ -207,16 +209,6 @@ pub async fn environment(
         None => Vec::new(),
     };
     let canary = canary_points(&steps);
-    let bounds = match (&status.deployment, canary.is_empty()) {
-        (Some(d), false) => crate::deploy::spec::load_release(
-            &engine,
-            &AppEnv::new(app.clone(), env.clone()),
-            d.to_release,
-        )
-        .ok()
-        .map(|release| crate::deploy::executor::bounds(&release)),
-        _ => None,
-    };
     let restarts: BTreeMap<String, u32> = status
         .instances
         .iter()
@@ -284,8 +276,8 @@ pub async fn environment(
                 }
                 @if !canary.is_empty() {
                     div.charts #canary {
-                        (charts::canary_chart(&canary, Metric::ErrorShare, bounds.map(|b| b.max_error_rate)))
-                        (charts::canary_chart(&canary, Metric::P99, bounds.and_then(|b| b.max_p99_us).map(|us| us as f64 / 1000.0)))
+                        (charts::canary_chart(&canary, Metric::ErrorShare))
+                        (charts::canary_chart(&canary, Metric::P99))
                     }
                 }
                 ol.steps #steps {
