@@ -335,6 +335,38 @@ async fn a_wrong_token_does_not_sign_in() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_ten_failed_sign_ins_an_address_waits_and_is_told_how_long() {
+    let dash = Dash::start().await;
+    let session = dash.sign_in(Role::Viewer).await;
+    for attempt in 0..10 {
+        let answer = dash.post("/login", None, &[("token", "rwy_guess")]).await;
+        assert_eq!(answer.status, 401, "attempt {attempt}: {answer:?}");
+    }
+    // The eleventh is refused before its token is looked at: a right one does not get through.
+    for token in ["rwy_guess", dash.token(Role::Admin)] {
+        let answer = dash.post("/login", None, &[("token", token)]).await;
+        assert_eq!(answer.status, 429, "{answer:?}");
+        assert!(header(&answer, "set-cookie").is_none(), "{answer:?}");
+        let retry_after: u64 = header(&answer, "retry-after")
+            .and_then(|value| value.parse().ok())
+            .unwrap_or_else(|| panic!("a Retry-After in seconds: {answer:?}"));
+        assert!((1..=60).contains(&retry_after), "{retry_after}");
+        let body = html(&answer);
+        assert!(
+            body.contains(&format!("try again in {retry_after} s")),
+            "{body}"
+        );
+        assert!(
+            body.contains(r#"action="/login""#),
+            "the form stays: {body}"
+        );
+    }
+    // A session from before is not signed out, and the form is still served.
+    assert_eq!(dash.get("/", Some(&session)).await.status, 200);
+    assert_eq!(dash.get("/login", None).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signing_in_sets_a_strict_http_only_cookie_and_stores_only_its_hash() {
     let dash = Dash::start().await;
     let answer = dash
