@@ -96,10 +96,10 @@ pub async fn overview_markup(
         .apps()
         .map_err(crate::api::error::ApiError::internal)?;
     let mut rows = Vec::with_capacity(apps.len());
+    // The proxy's state lists every route: read once, not once per row.
+    let observed = api_status::observed(engine).await;
     for (app, env, _) in apps {
-        let status = api_status::status(State(engine.clone()), Path((app.clone(), env.clone())))
-            .await?
-            .0;
+        let status = api_status::status_with(engine, app.clone(), env.clone(), &observed)?.0;
         rows.push((status, trends.points(&app, &env)));
     }
     let after = engine.store.last_event_id().unwrap_or(0);
