@@ -44,7 +44,7 @@ pub struct Bounds {
 
 /// The analysis's verdict on a release. Defined in the wire types: `analysis.verdict` events carry
 /// it in `data.verdict`, and the CLI reads it from there.
-pub use client::wire::Verdict;
+pub use client::wire::{Verdict, VerdictBounds};
 
 /// Type I and type II error bounds of the sequential test.
 pub const ALPHA: f64 = 0.01;
@@ -94,9 +94,8 @@ pub fn evaluate(release: Sample, baseline: Option<Sample>, bounds: &Bounds) -> V
         };
     }
     let rate = release.error_rate();
-    // Latency: the absolute bound, then the baseline (both need enough measured requests).
-    if let Some(max_p99) = bounds.max_p99_us
-        && release.latency_count >= bounds.min_requests
+    // Latency: the absolute bound, then the baseline's (each only when it applies).
+    if let Some(max_p99) = absolute_p99_bound(&release, bounds)
         && release.p99_us > max_p99
     {
         return Verdict::Fail {
@@ -108,11 +107,8 @@ pub fn evaluate(release: Sample, baseline: Option<Sample>, bounds: &Bounds) -> V
         };
     }
     if let Some(baseline) = baseline
-        && baseline.latency_count >= bounds.min_requests
-        && release.latency_count >= bounds.min_requests
-        && baseline.p99_us > 0
-        && release.p99_us as f64 > baseline.p99_us as f64 * bounds.latency_margin
-        && release.p99_us.saturating_sub(baseline.p99_us) > LATENCY_NOISE_US
+        && let Some(max_p99) = baseline_p99_bound(&release, &baseline, bounds)
+        && release.p99_us > max_p99
     {
         return Verdict::Fail {
             reason: format!(
@@ -171,6 +167,51 @@ pub fn evaluate(release: Sample, baseline: Option<Sample>, bounds: &Bounds) -> V
             ),
         },
     }
+}
+
+/// The bounds `evaluate` holds `release` against, as a chart draws them: the error test's share
+/// and the lowest p99 that fails it. `evaluate` fails on latency exactly when the release's p99
+/// is above `max_p99_us` (the same two functions decide both).
+pub fn applied_bounds(
+    release: &Sample,
+    baseline: Option<&Sample>,
+    bounds: &Bounds,
+) -> VerdictBounds {
+    let absolute = absolute_p99_bound(release, bounds);
+    let relative = baseline.and_then(|baseline| baseline_p99_bound(release, baseline, bounds));
+    VerdictBounds {
+        max_error_share: bounds.max_error_rate,
+        max_p99_us: match (absolute, relative) {
+            (Some(a), Some(r)) => Some(a.min(r)),
+            (a, r) => a.or(r),
+        },
+    }
+}
+
+/// `max_p99`, when set and the release has enough measured requests to judge.
+fn absolute_p99_bound(release: &Sample, bounds: &Bounds) -> Option<u64> {
+    bounds
+        .max_p99_us
+        .filter(|_| release.latency_count >= bounds.min_requests)
+}
+
+/// The highest p99 (µs) that passes against `baseline`: its p99 times `latency_margin`, and at
+/// least [`LATENCY_NOISE_US`] above it; None unless both sides have enough measured requests.
+fn baseline_p99_bound(release: &Sample, baseline: &Sample, bounds: &Bounds) -> Option<u64> {
+    if baseline.latency_count < bounds.min_requests
+        || release.latency_count < bounds.min_requests
+        || baseline.p99_us == 0
+    {
+        return None;
+    }
+    // A whole number of µs is above `x` exactly when it is above `floor(x)`.
+    let scaled = (baseline.p99_us as f64 * bounds.latency_margin).floor();
+    let scaled = if scaled >= u64::MAX as f64 {
+        u64::MAX
+    } else {
+        scaled as u64
+    };
+    Some(scaled.max(baseline.p99_us.saturating_add(LATENCY_NOISE_US)))
 }
 
 fn micros(us: u64) -> String {

@@ -17,6 +17,7 @@
 
 mod actions;
 mod charts;
+mod limit;
 mod pages;
 mod session;
 pub mod trends;
@@ -64,6 +65,7 @@ pub fn router(engine: Arc<Engine>, trends: Arc<Trends>) -> Router {
         .route("/assets/app.css", get(style))
         .merge(signed_in)
         .layer(axum::Extension(trends))
+        .layer(axum::Extension(Arc::new(limit::LoginLimiter::default())))
         .layer(from_fn(headers))
         .with_state(engine)
 }

@@ -476,7 +476,7 @@ impl std::fmt::Display for Verdict {
 
 /// What a deployment's progress event says, for programs: serialized into the event's `data`
 /// (`{"event": "state", "from": "Pending", "to": "Preparing"}`), recorded beside its message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum DeploymentEvent {
     /// `deployment.state`: the deployment moved from one state to the next.
@@ -507,12 +507,15 @@ pub enum DeploymentEvent {
     /// `deployment.weights`: traffic (and routes) went back to the earlier release.
     TrafficBack { weights: Vec<(ReleaseNumber, u8)> },
     /// `analysis.verdict`: the analysis judged `release` on `sample` (and the releases serving
-    /// beside it, `baseline`).
+    /// beside it, `baseline`) against `bounds`. Events recorded before the bounds were carried have
+    /// none.
     Verdict {
         release: ReleaseNumber,
         verdict: Verdict,
         sample: Figures,
         baseline: Option<Figures>,
+        #[serde(default)]
+        bounds: Option<VerdictBounds>,
     },
     /// `analysis.inconclusive`: the observation window ended without enough evidence.
     Inconclusive { verdict: Verdict },
@@ -588,6 +591,19 @@ pub struct Figures {
     pub p99_us: u64,
     #[serde(default)]
     pub latency_count: u64,
+}
+
+/// The bounds the analysis held one release's figures against at one verdict, in the figures'
+/// units: what a chart draws as the line the release must stay under.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct VerdictBounds {
+    /// The 5xx share (0 to 1) of the error test (`max_error_rate`): the release fails once the
+    /// evidence says its share is at least this.
+    pub max_error_share: f64,
+    /// The p99 in µs above which the release failed: the lower of `max_p99` and the baseline's
+    /// p99 times `latency_margin` (never nearer the baseline's than the noise allowance). None
+    /// when neither applied: no `max_p99`, and no baseline, or too few measured requests.
+    pub max_p99_us: Option<u64>,
 }
 
 impl DeploymentEvent {

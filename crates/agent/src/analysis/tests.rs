@@ -91,3 +91,70 @@ fn sprt_boundaries() {
         "degenerate hypotheses decide nothing"
     );
 }
+
+/// The p99 bound a verdict reports is the one `evaluate` applied: at the bound the release
+/// passes on latency, one microsecond above it fails, for every way the bound comes about.
+#[test]
+fn the_applied_p99_bound_is_where_evaluate_starts_failing() {
+    let no_absolute = Bounds {
+        max_p99_us: None,
+        ..bounds()
+    };
+    let us = |requests: u64, p99_us: u64| Sample {
+        requests,
+        errors: 0,
+        p99_us,
+        latency_count: requests,
+    };
+    // (bounds, baseline, the expected p99 bound in µs)
+    let cases = [
+        // The baseline's 2x (80 ms) is below the absolute 800 ms.
+        (bounds(), Some(us(10_000, 40_000)), Some(80_000)),
+        // The baseline's 2x (1.2 s) is above the absolute 800 ms.
+        (bounds(), Some(us(10_000, 600_000)), Some(800_000)),
+        // A fast baseline: the noise allowance (1 ms + 20 ms) is above its 2x.
+        (no_absolute, Some(us(10_000, 1_000)), Some(21_000)),
+        // A fractional margin rounds down to the whole microsecond.
+        (
+            Bounds {
+                latency_margin: 1.5,
+                ..no_absolute
+            },
+            Some(us(10_000, 40_003)),
+            Some(60_004),
+        ),
+        // No baseline: only the absolute bound.
+        (bounds(), None, Some(800_000)),
+        // A baseline with too few measured requests does not count.
+        (no_absolute, Some(us(10, 40_000)), None),
+        (no_absolute, None, None),
+    ];
+    for (bounds, baseline, expected) in cases {
+        let applied = applied_bounds(&us(100_000, 0), baseline.as_ref(), &bounds);
+        assert_eq!(applied.max_p99_us, expected, "{bounds:?} {baseline:?}");
+        assert_eq!(applied.max_error_share, bounds.max_error_rate);
+        let Some(bound) = expected else {
+            assert_eq!(
+                evaluate(us(100_000, 10_000_000), baseline, &bounds).name(),
+                "pass",
+                "no latency bound applied: {baseline:?}"
+            );
+            continue;
+        };
+        assert_eq!(
+            evaluate(us(100_000, bound), baseline, &bounds).name(),
+            "pass",
+            "at the bound {bound}: {baseline:?}"
+        );
+        assert!(
+            evaluate(us(100_000, bound + 1), baseline, &bounds).is_fail(),
+            "above the bound {bound}: {baseline:?}"
+        );
+    }
+    // Too few measured requests of the release itself: no latency bound applies.
+    let few = Sample {
+        latency_count: 10,
+        ..us(100_000, 0)
+    };
+    assert_eq!(applied_bounds(&few, None, &bounds()).max_p99_us, None);
+}

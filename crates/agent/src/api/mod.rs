@@ -165,10 +165,12 @@ pub async fn serve_router_tls(
         let tls = tls.clone();
         connections.spawn(async move {
             match tls {
-                None => serve_connection(tcp, app, limits, shutdown).await,
+                None => serve_connection(tcp, peer, app, limits, shutdown).await,
                 Some(acceptor) => {
                     match tokio::time::timeout(limits.header_timeout, acceptor.accept(tcp)).await {
-                        Ok(Ok(stream)) => serve_connection(stream, app, limits, shutdown).await,
+                        Ok(Ok(stream)) => {
+                            serve_connection(stream, peer, app, limits, shutdown).await;
+                        }
                         // A client that does not trust the certificate (a pin that differs), or
                         // one speaking plain HTTP: nothing of it reaches the router.
                         Ok(Err(error)) => tracing::warn!(
@@ -195,6 +197,7 @@ pub async fn serve_router_tls(
 /// envelope), then hyper, whose header timeout also closes a connection left idle.
 async fn serve_connection<S: Io>(
     mut tcp: S,
+    peer: std::net::SocketAddr,
     app: Router,
     limits: Limits,
     shutdown: CancellationToken,
@@ -236,9 +239,15 @@ async fn serve_connection<S: Io>(
         .header_read_timeout(limits.header_timeout)
         .max_buf_size(limits.max_header_bytes.max(8192));
     // Upgrades: `rollway run -i` turns its connection into a terminal session.
-    let connection = builder
-        .serve_connection(io, TowerToHyperService::new(app))
-        .with_upgrades();
+    // Each request carries the peer's address (`ConnectInfo`), which sign-in counts failures by.
+    let app = TowerToHyperService::new(app);
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
+        hyper::service::Service::call(&app, request)
+    });
+    let connection = builder.serve_connection(io, service).with_upgrades();
     tokio::pin!(connection);
     tokio::select! {
         _ = connection.as_mut() => {}

@@ -10,9 +10,43 @@ use crate::api::error::{ApiError, ApiResult};
 use crate::api::views;
 use crate::engine::{AppEnv, Engine};
 
+/// What the proxy holds now, per instance id: it tells which instances are draining.
+pub type Observed = std::collections::BTreeMap<String, proxy::ObservedInstanceState>;
+
+/// `GET /v1/apps/{app}/environments/{env}/status`.
 pub async fn status(
     State(engine): State<Arc<Engine>>,
     Path((app, env)): Path<(String, String)>,
+) -> ApiResult<StatusView> {
+    let observed = observed(&engine).await;
+    status_with(&engine, app, env, &observed)
+}
+
+/// The proxy's instances now, asked once; without an answer, none are draining.
+pub async fn observed(engine: &Engine) -> Observed {
+    engine
+        .proxy
+        .client()
+        .state()
+        .await
+        .map(|observed| {
+            observed
+                .routes
+                .into_iter()
+                .flat_map(|route| route.instances)
+                .map(|instance| (instance.id, instance.state))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The status of `app` in `env` with the proxy's instances already read (the overview reads them
+/// once for every row: the proxy's answer lists every route).
+pub fn status_with(
+    engine: &Arc<Engine>,
+    app: String,
+    env: String,
+    observed: &Observed,
 ) -> ApiResult<StatusView> {
     let known = engine.store.apps().map_err(ApiError::internal)?;
     if !known.iter().any(|(a, e, _)| *a == app && *e == env) {
@@ -35,21 +69,6 @@ pub async fn status(
         .current(&app, &env)
         .map_err(ApiError::internal)?;
     let runtime = engine.runtime(&AppEnv::new(app.clone(), env.clone()));
-    // What the proxy holds now tells which instances are draining; without an answer, none are.
-    let observed: std::collections::BTreeMap<String, proxy::ObservedInstanceState> = engine
-        .proxy
-        .client()
-        .state()
-        .await
-        .map(|observed| {
-            observed
-                .routes
-                .into_iter()
-                .flat_map(|route| route.instances)
-                .map(|instance| (instance.id, instance.state))
-                .collect()
-        })
-        .unwrap_or_default();
     let instances = runtime
         .instances
         .iter()

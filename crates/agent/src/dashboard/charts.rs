@@ -1,8 +1,8 @@
 //! Charts as inline SVG, drawn from numbers on the server: sparklines for the overview and the
-//! canary chart (canary against baseline, the bound, each verdict marked). Built with maud like
+//! canary chart (canary against baseline, the bound each verdict applied, each verdict marked). Built with maud like
 //! the pages, so every text in them is escaped.
 
-use client::wire::{Figures, Verdict};
+use client::wire::{Figures, Verdict, VerdictBounds};
 use maud::{Markup, html};
 
 /// A small line of `values` (oldest first) scaled to its own maximum (`floor` at least, so a
@@ -46,6 +46,9 @@ pub struct CanaryPoint {
     pub verdict: Verdict,
     pub sample: Figures,
     pub baseline: Option<Figures>,
+    /// The bounds the analysis applied at this verdict, as its event carries them (none for
+    /// events recorded before they were carried).
+    pub bounds: Option<VerdictBounds>,
 }
 
 /// What a canary chart plots.
@@ -66,6 +69,14 @@ impl Metric {
         }
     }
 
+    /// The bound a verdict applied, in the metric's unit (a share, or milliseconds).
+    fn bound(self, bounds: &VerdictBounds) -> Option<f64> {
+        match self {
+            Metric::ErrorShare => Some(bounds.max_error_share),
+            Metric::P99 => bounds.max_p99_us.map(|us| us as f64 / 1000.0),
+        }
+    }
+
     fn format(self, value: f64) -> String {
         match self {
             Metric::ErrorShare => format!("{:.2}%", value * 100.0),
@@ -81,10 +92,10 @@ impl Metric {
     }
 }
 
-/// The canary chart of `metric`: the canary's line and the baseline's, `bound` (in the metric's
-/// unit: a share, or milliseconds) dashed, each verdict a mark on the canary's line coloured by
-/// its outcome. Each mark carries its figures (`data-*`) and a tooltip.
-pub fn canary_chart(points: &[CanaryPoint], metric: Metric, bound: Option<f64>) -> Markup {
+/// The canary chart of `metric`: the canary's line and the baseline's, the bound each verdict
+/// applied dashed (it moves with the baseline's p99), each verdict a mark on the canary's line
+/// coloured by its outcome. Each mark carries its figures and bound (`data-*`) and a tooltip.
+pub fn canary_chart(points: &[CanaryPoint], metric: Metric) -> Markup {
     const W: f64 = 320.0;
     const H: f64 = 140.0;
     const PAD_L: f64 = 44.0;
@@ -96,6 +107,10 @@ pub fn canary_chart(points: &[CanaryPoint], metric: Metric, bound: Option<f64>) 
         .iter()
         .map(|p| p.baseline.as_ref().map(|b| metric.of(b)))
         .collect();
+    let bounds: Vec<Option<f64>> = points
+        .iter()
+        .map(|p| p.bounds.as_ref().and_then(|b| metric.bound(b)))
+        .collect();
     let floor = match metric {
         Metric::ErrorShare => 0.01,
         Metric::P99 => 1.0,
@@ -104,7 +119,7 @@ pub fn canary_chart(points: &[CanaryPoint], metric: Metric, bound: Option<f64>) 
         .iter()
         .copied()
         .chain(baseline.iter().flatten().copied())
-        .chain(bound)
+        .chain(bounds.iter().flatten().copied())
         .fold(floor, f64::max)
         * 1.1;
     let first = points.first().map_or(0, |p| p.at);
@@ -133,6 +148,18 @@ pub fn canary_chart(points: &[CanaryPoint], metric: Metric, bound: Option<f64>) 
             .filter_map(|(p, b)| b.map(|b| (p.at, b)))
             .collect(),
     );
+    let bound_points: Vec<(i64, f64)> = points
+        .iter()
+        .zip(&bounds)
+        .filter_map(|(p, b)| b.map(|b| (p.at, b)))
+        .collect();
+    // One verdict, or bounds recorded at one instant: a level line across the chart.
+    let bound_level = match bound_points.as_slice() {
+        [(_, first), rest @ ..] if rest.iter().all(|(_, b)| b == first) => Some(*first),
+        _ => None,
+    };
+    let last_bound = bound_points.last().map(|(_, b)| *b);
+    let bound_line = line(bound_points);
     let label = format!(
         "{} of the canary against the baseline, {} verdicts",
         metric.title(),
@@ -143,22 +170,26 @@ pub fn canary_chart(points: &[CanaryPoint], metric: Metric, bound: Option<f64>) 
             figcaption {
                 (metric.title()) ": "
                 span.canary { "canary" } " vs " span.baseline { "baseline" }
-                @if let Some(bound) = bound { " · bound " (metric.format(bound)) }
+                @if let Some(bound) = last_bound { " · bound " (metric.format(bound)) }
             }
             svg viewBox=(format!("0 0 {W} {H}")) role="img" aria-label=(label) {
                 line.axis x1=(PAD_L) y1=(y(0.0)) x2=(W - PAD_R) y2=(y(0.0)) {}
                 text.tick x=(PAD_L - 4.0) y=(y(0.0)) text-anchor="end" { (metric.format(0.0)) }
                 text.tick x=(PAD_L - 4.0) y=(y(max / 1.1) + 4.0) text-anchor="end" { (metric.format(max / 1.1)) }
-                @if let Some(bound) = bound {
+                @if let Some(bound) = bound_level {
                     line.bound x1=(PAD_L) y1=(y(bound)) x2=(W - PAD_R) y2=(y(bound)) {
                         title { "bound " (metric.format(bound)) }
+                    }
+                } @else if !bound_line.is_empty() {
+                    polyline.bound points=(bound_line) fill="none" {
+                        title { "bound applied at each verdict" }
                     }
                 }
                 @if !baseline_line.is_empty() {
                     polyline.baseline points=(baseline_line) fill="none" {}
                 }
                 polyline.canary points=(canary_line) fill="none" {}
-                @for (point, value) in points.iter().zip(&canary) {
+                @for ((point, value), bound) in points.iter().zip(&canary).zip(&bounds) {
                     circle class=(format!("mark {}", point.verdict.name()))
                         cx=(format!("{:.1}", x(point.at))) cy=(format!("{:.1}", y(*value))) r="4"
                         data-at=(point.at)
@@ -168,8 +199,13 @@ pub fn canary_chart(points: &[CanaryPoint], metric: Metric, bound: Option<f64>) 
                         data-p99-us=(point.sample.p99_us)
                         data-baseline-requests=[point.baseline.map(|b| b.requests)]
                         data-baseline-errors=[point.baseline.map(|b| b.errors)]
-                        data-baseline-p99-us=[point.baseline.map(|b| b.p99_us)] {
-                        title { (point.verdict) ": canary " (metric.format(*value)) " of " (point.sample.requests) " requests" }
+                        data-baseline-p99-us=[point.baseline.map(|b| b.p99_us)]
+                        data-bound-error-share=[point.bounds.map(|b| b.max_error_share)]
+                        data-bound-p99-us=[point.bounds.and_then(|b| b.max_p99_us)] {
+                        title {
+                            (point.verdict) ": canary " (metric.format(*value)) " of " (point.sample.requests) " requests"
+                            @if let Some(bound) = bound { ", bound " (metric.format(*bound)) }
+                        }
                     }
                 }
             }

@@ -96,10 +96,10 @@ pub async fn overview_markup(
         .apps()
         .map_err(crate::api::error::ApiError::internal)?;
     let mut rows = Vec::with_capacity(apps.len());
+    // The proxy's state lists every route: read once, not once per row.
+    let observed = api_status::observed(engine).await;
     for (app, env, _) in apps {
-        let status = api_status::status(State(engine.clone()), Path((app.clone(), env.clone())))
-            .await?
-            .0;
+        let status = api_status::status_with(engine, app.clone(), env.clone(), &observed)?.0;
         rows.push((status, trends.points(&app, &env)));
     }
     let after = engine.store.last_event_id().unwrap_or(0);
@@ -167,12 +167,14 @@ pub(super) fn canary_points(events: &[EventView]) -> Vec<CanaryPoint> {
                 verdict,
                 sample,
                 baseline,
+                bounds,
                 ..
             } => Some(CanaryPoint {
                 at: event.at,
                 verdict,
                 sample,
                 baseline,
+                bounds,
             }),
             _ => None,
         })
@@ -207,16 +209,6 @@ pub async fn environment(
         None => Vec::new(),
     };
     let canary = canary_points(&steps);
-    let bounds = match (&status.deployment, canary.is_empty()) {
-        (Some(d), false) => crate::deploy::spec::load_release(
-            &engine,
-            &AppEnv::new(app.clone(), env.clone()),
-            d.to_release,
-        )
-        .ok()
-        .map(|release| crate::deploy::executor::bounds(&release)),
-        _ => None,
-    };
     let restarts: BTreeMap<String, u32> = status
         .instances
         .iter()
@@ -284,8 +276,8 @@ pub async fn environment(
                 }
                 @if !canary.is_empty() {
                     div.charts #canary {
-                        (charts::canary_chart(&canary, Metric::ErrorShare, bounds.map(|b| b.max_error_rate)))
-                        (charts::canary_chart(&canary, Metric::P99, bounds.and_then(|b| b.max_p99_us).map(|us| us as f64 / 1000.0)))
+                        (charts::canary_chart(&canary, Metric::ErrorShare))
+                        (charts::canary_chart(&canary, Metric::P99))
                     }
                 }
                 ol.steps #steps {

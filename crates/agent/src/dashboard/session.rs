@@ -5,18 +5,23 @@
 //! [`require`] runs before every signed-in route: no valid session (none, unknown, expired, its
 //! token revoked) sends the browser to `/login`; a state-changing request must also carry the
 //! session's CSRF token in its form (field `csrf`), or it is refused with 403 before any handler.
+//! Failed sign-ins are counted per client address (`limit.rs`): too many, and the address waits.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Extension, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::html;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use tokio::time::Instant;
 
+use super::limit::{self, LoginLimiter};
 use super::{Early, Viewer, error_page, html_response, page};
 use crate::api::auth::Caller;
 use crate::engine::{Engine, now_ms};
@@ -157,6 +162,23 @@ pub async fn login_form(State(engine): State<Arc<Engine>>, headers: HeaderMap) -
     }
 }
 
+/// 429 for an address that failed too often: when to try again, in the header and on the page.
+fn too_many_attempts(wait: Duration) -> Response {
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let mut response = html_response(
+        StatusCode::TOO_MANY_REQUESTS,
+        login_page(Some(&format!(
+            "too many failed sign-ins from this address ({} within {} s): try again in {seconds} s",
+            limit::MAX_FAILURES,
+            limit::WINDOW.as_secs()
+        ))),
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    response
+}
+
 fn login_page(problem: Option<&str>) -> maud::Markup {
     page(
         "Sign in",
@@ -184,15 +206,24 @@ pub struct LoginForm {
     token: String,
 }
 
-/// `POST /login`: a valid, unrevoked token becomes a session.
+/// `POST /login`: a valid, unrevoked token becomes a session. An address that failed
+/// [`limit::MAX_FAILURES`] times within [`limit::WINDOW`] is answered 429 (with `Retry-After`)
+/// before its token is looked at.
 pub async fn login(
     State(engine): State<Arc<Engine>>,
+    Extension(limiter): Extension<Arc<LoginLimiter>>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     axum::Form(form): axum::Form<LoginForm>,
 ) -> Response {
+    let peer = peer.map(|Extension(ConnectInfo(addr))| addr.ip());
+    if let Err(wait) = limiter.check(peer, Instant::now()) {
+        return too_many_attempts(wait);
+    }
     let presented = form.token.trim();
     let record = match tokens::try_verify(&engine.store, presented) {
         Ok(Some(record)) => record,
         Ok(None) => {
+            limiter.failed(peer, Instant::now());
             return html_response(
                 StatusCode::UNAUTHORIZED,
                 login_page(Some(

@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use client::wire::{DeploymentEvent, DeploymentState, Figures, ReleaseNumber, Strategy, Verdict};
+use client::wire::{
+    DeploymentEvent, DeploymentState, Figures, ReleaseNumber, Strategy, Verdict, VerdictBounds,
+};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use super::session::{hash_for_tests, session_cookie};
@@ -154,7 +156,10 @@ fn html(answer: &Answer) -> String {
 
 /// `shop` in `production`: releases r1 (current) and r2, a canary of r2 at `Shifting` with
 /// verdict events whose figures the chart must show.
-fn seed(engine: &Engine, deployer_token_id: &str) -> (Deployment, Vec<(Figures, Option<Figures>)>) {
+/// One seeded verdict: the canary's figures, the baseline's, the bounds its event carries.
+type Seeded = (Figures, Option<Figures>, Option<VerdictBounds>);
+
+fn seed(engine: &Engine, deployer_token_id: &str) -> (Deployment, Vec<Seeded>) {
     let store = &engine.store;
     let mut releases = Vec::new();
     for (artifact, message) in [("ab", "first <b>release</b>"), ("cd", "second")] {
@@ -221,6 +226,11 @@ fn seed(engine: &Engine, deployer_token_id: &str) -> (Deployment, Vec<(Figures, 
                 p99_us: 9_000,
                 latency_count: 1_080,
             }),
+            // The baseline's p99 plus the noise allowance, under no `max_p99`.
+            Some(VerdictBounds {
+                max_error_share: 0.05,
+                max_p99_us: Some(29_000),
+            }),
         ),
         (
             Figures {
@@ -230,9 +240,14 @@ fn seed(engine: &Engine, deployer_token_id: &str) -> (Deployment, Vec<(Figures, 
                 latency_count: 240,
             },
             None,
+            // No baseline, no `max_p99`: no latency bound applied.
+            Some(VerdictBounds {
+                max_error_share: 0.05,
+                max_p99_us: None,
+            }),
         ),
     ];
-    for (i, (sample, baseline)) in figures.iter().enumerate() {
+    for (i, (sample, baseline, bounds)) in figures.iter().enumerate() {
         let verdict = if i == 0 {
             Verdict::Pass
         } else {
@@ -247,6 +262,7 @@ fn seed(engine: &Engine, deployer_token_id: &str) -> (Deployment, Vec<(Figures, 
                     verdict,
                     sample: *sample,
                     baseline: *baseline,
+                    bounds: *bounds,
                 }),
         );
     }
@@ -316,6 +332,38 @@ async fn a_wrong_token_does_not_sign_in() {
             assert!(!html(&answer).contains(token));
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_ten_failed_sign_ins_an_address_waits_and_is_told_how_long() {
+    let dash = Dash::start().await;
+    let session = dash.sign_in(Role::Viewer).await;
+    for attempt in 0..10 {
+        let answer = dash.post("/login", None, &[("token", "rwy_guess")]).await;
+        assert_eq!(answer.status, 401, "attempt {attempt}: {answer:?}");
+    }
+    // The eleventh is refused before its token is looked at: a right one does not get through.
+    for token in ["rwy_guess", dash.token(Role::Admin)] {
+        let answer = dash.post("/login", None, &[("token", token)]).await;
+        assert_eq!(answer.status, 429, "{answer:?}");
+        assert!(header(&answer, "set-cookie").is_none(), "{answer:?}");
+        let retry_after: u64 = header(&answer, "retry-after")
+            .and_then(|value| value.parse().ok())
+            .unwrap_or_else(|| panic!("a Retry-After in seconds: {answer:?}"));
+        assert!((1..=60).contains(&retry_after), "{retry_after}");
+        let body = html(&answer);
+        assert!(
+            body.contains(&format!("try again in {retry_after} s")),
+            "{body}"
+        );
+        assert!(
+            body.contains(r#"action="/login""#),
+            "the form stays: {body}"
+        );
+    }
+    // A session from before is not signed out, and the form is still served.
+    assert_eq!(dash.get("/", Some(&session)).await.status, 200);
+    assert_eq!(dash.get("/login", None).await.status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -792,7 +840,23 @@ async fn the_canary_chart_shows_each_verdict_with_the_events_figures() {
             .unwrap_or_else(|| panic!("no {metric} chart: {body}"));
         let marks: Vec<&str> = chart.split("<circle").skip(1).collect();
         assert_eq!(marks.len(), figures.len(), "{chart}");
-        for (mark, (sample, baseline)) in marks.iter().zip(&figures) {
+        for (mark, (sample, baseline, bounds)) in marks.iter().zip(&figures) {
+            // Each mark carries the bounds its verdict's event carries, no other.
+            let bounds = bounds.expect("seeded with bounds");
+            assert!(
+                mark.contains(&format!(
+                    r#"data-bound-error-share="{}""#,
+                    bounds.max_error_share
+                )),
+                "{mark}"
+            );
+            match bounds.max_p99_us {
+                Some(us) => assert!(
+                    mark.contains(&format!(r#"data-bound-p99-us="{us}""#)),
+                    "{mark}"
+                ),
+                None => assert!(!mark.contains("data-bound-p99-us"), "{mark}"),
+            }
             assert!(
                 mark.contains(&format!(r#"data-requests="{}""#, sample.requests)),
                 "{mark}"
@@ -817,6 +881,18 @@ async fn the_canary_chart_shows_each_verdict_with_the_events_figures() {
         assert!(marks[1].contains(r#"data-verdict="fail""#));
         assert!(chart.contains("polyline class=\"canary\""), "{chart}");
         assert!(chart.contains("polyline class=\"baseline\""), "{chart}");
+        // The bound line is drawn from those bounds: the error share's is the same at both
+        // verdicts (a level line at 5%), the p99's applied at the first verdict only (29 ms).
+        match metric {
+            "error_share" => assert!(
+                chart.contains(r#"<line class="bound""#) && chart.contains("bound 5.00%"),
+                "{chart}"
+            ),
+            _ => assert!(
+                chart.contains(r#"<line class="bound""#) && chart.contains("bound 29 ms"),
+                "{chart}"
+            ),
+        }
     }
     // The steps are the typed events, in order.
     let steps = body.split(r#"id="steps""#).nth(1).expect("steps");
@@ -1130,4 +1206,51 @@ async fn bench_overview_20_apps_3_environments() {
         during as f64 / 1024.0,
         during.saturating_sub(before) as f64 / 1024.0
     );
+}
+
+/// The p99 bound moves with the baseline: drawn through each verdict's own bound, and each mark
+/// carries the bound its event carried.
+#[test]
+fn a_bound_that_moves_between_verdicts_is_drawn_through_each_verdicts_own() {
+    use super::charts::{CanaryPoint, Metric, canary_chart};
+    let figures = |p99_us| Figures {
+        requests: 100,
+        errors: 0,
+        p99_us,
+        latency_count: 100,
+    };
+    let points: Vec<CanaryPoint> = [(0, 30_000), (1_000, 50_000), (2_000, 80_000)]
+        .into_iter()
+        .map(|(at, bound_us)| CanaryPoint {
+            at,
+            verdict: Verdict::Pass,
+            sample: figures(10_000),
+            baseline: Some(figures(bound_us / 2)),
+            bounds: Some(VerdictBounds {
+                max_error_share: 0.01,
+                max_p99_us: Some(bound_us),
+            }),
+        })
+        .collect();
+    let chart = canary_chart(&points, Metric::P99).into_string();
+    let bound = chart
+        .split(r#"<polyline class="bound" points=""#)
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no moving bound: {chart}"));
+    assert_eq!(bound.split(' ').count(), 3, "{bound}");
+    for us in [30_000, 50_000, 80_000] {
+        assert!(
+            chart.contains(&format!(r#"data-bound-p99-us="{us}""#)),
+            "{chart}"
+        );
+    }
+    assert!(
+        chart.contains("bound 80 ms"),
+        "the caption says the last: {chart}"
+    );
+    // The error share's bound is the same at every verdict: one level line.
+    let chart = canary_chart(&points, Metric::ErrorShare).into_string();
+    assert!(chart.contains(r#"<line class="bound""#), "{chart}");
+    assert!(!chart.contains(r#"<polyline class="bound""#), "{chart}");
 }

@@ -947,6 +947,11 @@ impl Watch {
                 verdict: verdict.clone(),
                 sample: figures(target),
                 baseline: baseline.map(figures),
+                bounds: Some(analysis::applied_bounds(
+                    &target,
+                    baseline.as_ref(),
+                    &self.bounds,
+                )),
             },
         );
         verdict

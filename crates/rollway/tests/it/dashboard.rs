@@ -251,8 +251,12 @@ async fn token(agent: &TestAgent, role: &str) -> String {
     created["token"].as_str().expect("token value").to_owned()
 }
 
-/// The figures of each `analysis.verdict` event of deployment `id`, oldest first.
-async fn verdict_figures(agent: &TestAgent, id: &str) -> Vec<(u64, u64, u64)> {
+/// One verdict as the chart marks it and as its event carries it: requests, errors, p99 (µs),
+/// and the bounds applied (5xx share, p99 in µs when one applied).
+type Mark = (u64, u64, u64, f64, Option<u64>);
+
+/// The figures and bounds of each `analysis.verdict` event of deployment `id`, oldest first.
+async fn verdict_figures(agent: &TestAgent, id: &str) -> Vec<Mark> {
     agent
         .events()
         .await
@@ -260,16 +264,19 @@ async fn verdict_figures(agent: &TestAgent, id: &str) -> Vec<(u64, u64, u64)> {
         .filter(|event| event["deployment_id"] == id && event["kind"] == "analysis.verdict")
         .map(|event| {
             let sample = &event["data"]["sample"];
+            let bounds = &event["data"]["bounds"];
             (
                 sample["requests"].as_u64().unwrap_or(u64::MAX),
                 sample["errors"].as_u64().unwrap_or(u64::MAX),
                 sample["p99_us"].as_u64().unwrap_or(u64::MAX),
+                bounds["max_error_share"].as_f64().unwrap_or(f64::NAN),
+                bounds["max_p99_us"].as_u64(),
             )
         })
         .collect()
 }
 
-const MARKS: &str = "return Array.from(document.querySelectorAll('figure[data-metric=error_share] circle')).map(function (c) { return [Number(c.dataset.requests), Number(c.dataset.errors), Number(c.dataset.p99Us)]; });";
+const MARKS: &str = "return Array.from(document.querySelectorAll('figure[data-metric=error_share] circle')).map(function (c) { var d = c.dataset; return [Number(d.requests), Number(d.errors), Number(d.p99Us), Number(d.boundErrorShare), d.boundP99Us === undefined ? null : Number(d.boundP99Us)]; });";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deploy_watched_and_a_rollback_clicked_in_a_real_browser() {
@@ -345,7 +352,7 @@ async fn a_deploy_watched_and_a_rollback_clicked_in_a_real_browser() {
     screenshot(&client, "environment-canary").await;
 
     // The chart's points are the verdict events' figures, in order.
-    let marks: Vec<(u64, u64, u64)> =
+    let marks: Vec<Mark> =
         serde_json::from_value(client.execute(MARKS, vec![]).await.expect("marks"))
             .expect("mark figures");
     let id = agent.status(APP, ENV).await.0["deployment"]["id"]
@@ -360,7 +367,13 @@ async fn a_deploy_watched_and_a_rollback_clicked_in_a_real_browser() {
     assert_eq!(
         marks,
         events[..marks.len()],
-        "chart points against the verdict events"
+        "chart points and bounds against the verdict events"
+    );
+    // Every verdict carries the bounds it applied (the p99's only once both sides had enough
+    // measured requests), and the marks above carry exactly those.
+    assert!(
+        events.iter().all(|e| e.3 == 0.01),
+        "the error bound is max_error_rate's default: {events:?}"
     );
     // Both charts mark the same verdicts (read at once: the page is updated live meanwhile).
     let counts = client

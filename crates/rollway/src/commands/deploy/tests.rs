@@ -159,12 +159,14 @@ fn every_progress_event() -> Vec<DeploymentEvent> {
             },
             sample: figures,
             baseline: Some(Figures::default()),
+            bounds: None,
         },
         DeploymentEvent::Verdict {
             release: ReleaseNumber::new(2),
             verdict: Verdict::Pass,
             sample: figures,
             baseline: None,
+            bounds: None,
         },
         DeploymentEvent::Inconclusive {
             verdict: Verdict::Inconclusive {
