@@ -453,6 +453,37 @@ impl Client {
         mut on_event: impl FnMut(&str, &str) -> ControlFlow<()>,
     ) -> Result<(), ClientError> {
         let request = self.build(Method::GET, path, None, None)?;
+        let (mut event, mut data) = (String::from("message"), String::new());
+        self.lines(request, |line| {
+            let line = String::from_utf8_lossy(line);
+            let line = line.trim_end_matches(['\n', '\r']);
+            if line.is_empty() {
+                if !data.is_empty() && on_event(&event, &data).is_break() {
+                    return Ok(ControlFlow::Break(()));
+                }
+                event = String::from("message");
+                data.clear();
+            } else if let Some(value) = line.strip_prefix("event:") {
+                event = value.trim().to_owned();
+            } else if let Some(value) = line.strip_prefix("data:") {
+                if !data.is_empty() {
+                    data.push('\n');
+                }
+                data.push_str(value.strip_prefix(' ').unwrap_or(value));
+            }
+            Ok(ControlFlow::Continue(()))
+        })
+        .await
+    }
+
+    /// Sends `request` and hands each line of a streamed answer (with its `\n`) to `on_line` as it
+    /// arrives, until `on_line` breaks or the answer ends; an answer that is not a success is the
+    /// API's error. The one reader of streamed answers (server-sent events, `run` frames).
+    pub(crate) async fn lines(
+        &self,
+        request: hyper::Request<http_body_util::Full<Bytes>>,
+        mut on_line: impl FnMut(&[u8]) -> Result<ControlFlow<()>, ClientError>,
+    ) -> Result<(), ClientError> {
         let response = self
             .http
             .request(request)
@@ -468,30 +499,17 @@ impl Client {
                 .to_bytes();
             return Err(api_error(status, &bytes));
         }
-        let mut buffer = String::new();
-        let (mut event, mut data) = (String::from("message"), String::new());
+        let mut buffer: Vec<u8> = Vec::new();
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|source| self.unreachable(source))?;
             let Some(chunk) = frame.data_ref() else {
                 continue;
             };
-            buffer.push_str(&String::from_utf8_lossy(chunk));
-            while let Some(newline) = buffer.find('\n') {
-                let line: String = buffer.drain(..=newline).collect();
-                let line = line.trim_end_matches(['\n', '\r']);
-                if line.is_empty() {
-                    if !data.is_empty() && on_event(&event, &data).is_break() {
-                        return Ok(());
-                    }
-                    event = String::from("message");
-                    data.clear();
-                } else if let Some(value) = line.strip_prefix("event:") {
-                    event = value.trim().to_owned();
-                } else if let Some(value) = line.strip_prefix("data:") {
-                    if !data.is_empty() {
-                        data.push('\n');
-                    }
-                    data.push_str(value.strip_prefix(' ').unwrap_or(value));
+            buffer.extend_from_slice(chunk);
+            while let Some(newline) = buffer.iter().position(|byte| *byte == b'\n') {
+                let line: Vec<u8> = buffer.drain(..=newline).collect();
+                if on_line(&line)?.is_break() {
+                    return Ok(());
                 }
             }
         }

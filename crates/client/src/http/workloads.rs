@@ -141,36 +141,10 @@ impl Client {
             Some(Bytes::from(body)),
             Some("application/json"),
         )?;
-        let response = self
-            .http
-            .request(request)
-            .await
-            .map_err(|source| self.unreachable(source))?;
-        let status = response.status();
-        let mut body = response.into_body();
-        if !status.is_success() {
-            let bytes = body
-                .collect()
-                .await
-                .map_err(|source| self.unreachable(source))?
-                .to_bytes();
-            return Err(api_error(status, &bytes));
-        }
-        let mut buffer: Vec<u8> = Vec::new();
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|source| self.unreachable(source))?;
-            let Some(chunk) = frame.data_ref() else {
-                continue;
-            };
-            buffer.extend_from_slice(chunk);
-            while let Some(newline) = buffer.iter().position(|byte| *byte == b'\n') {
-                let line: Vec<u8> = buffer.drain(..=newline).collect();
-                let frame: RunFrame = decode(&path, &line)?;
-                if on_frame(frame).is_break() {
-                    return Ok(());
-                }
-            }
-        }
-        Ok(())
+        self.lines(request, |line| {
+            let frame: RunFrame = decode(&path, line)?;
+            Ok(on_frame(frame))
+        })
+        .await
     }
 }
