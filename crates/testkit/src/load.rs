@@ -9,7 +9,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
@@ -195,6 +195,7 @@ impl Load {
             self.path
         );
         let start = Instant::now();
+        let started_at = SystemTime::now();
         let shared = Arc::new(Shared {
             plan: Plan {
                 addr: self.addr,
@@ -208,6 +209,7 @@ impl Load {
                     .rate
                     .map(|per_second| Duration::from_secs(1) / per_second),
                 start,
+                started_at,
             },
             stopping: AtomicBool::new(false),
             n_started: AtomicU64::new(0),
@@ -230,6 +232,19 @@ impl LoadHandle {
     /// Waits for the bound (duration or count) to be reached, and reports.
     pub async fn wait(mut self) -> Report {
         self.join().await
+    }
+
+    /// Time since the load loop started, on the clock of `Record::started`: compare a moment of
+    /// the test with the records through this, never through an `Instant` taken after `start()`
+    /// (the thread can be preempted in between, which shifts every comparison by that gap).
+    pub fn elapsed(&self) -> Duration {
+        self.shared.plan.start.elapsed()
+    }
+
+    /// The wall-clock time `Record::started` counts from, to put the records on one time line
+    /// with another process's timestamps (the agent's events).
+    pub fn started_at(&self) -> SystemTime {
+        self.shared.plan.started_at
     }
 
     /// The requests finished so far; the loop keeps running.
@@ -391,6 +406,8 @@ struct Plan {
     timeout: Duration,
     /// Time between request starts (`Load::rate`).
     pace: Option<Duration>,
+    /// The wall clock at `start`, read right after it.
+    started_at: SystemTime,
     start: Instant,
 }
 

@@ -5,7 +5,6 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use proxy::{DrainOutcome, InstanceId, InstanceState, ProxyConfig, ReleaseId};
 use testkit::load::Load;
-use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
@@ -27,7 +26,6 @@ async fn fifty_swaps_under_load_fail_no_request() {
         .concurrency(8)
         .duration(Duration::from_secs(60))
         .start();
-    let load_started = Instant::now();
     // Releases alternate between the two processes; every swap is a new release with its own stats.
     let mut drained_totals = Vec::new();
     for swap in 1..=N_SWAPS {
@@ -66,11 +64,7 @@ async fn fifty_swaps_under_load_fail_no_request() {
         assert_eq!(outcome, DrainOutcome::Drained, "swap {swap}");
         let stats = proxy.stats(&old_release).expect("old stats");
         assert_eq!(stats.in_flight, 0, "swap {swap}");
-        drained_totals.push((
-            old_release.clone(),
-            stats.total_requests(),
-            load_started.elapsed(),
-        ));
+        drained_totals.push((old_release.clone(), stats.total_requests(), load.elapsed()));
         proxy.remove(&old_instance).expect("remove");
     }
     let report = load.stop().await;

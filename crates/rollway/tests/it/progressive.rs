@@ -42,12 +42,12 @@ struct TimedLoad {
 
 impl TimedLoad {
     fn start(agent: &TestAgent, concurrency: usize) -> TimedLoad {
-        let started_at_ms = unix_ms();
         let handle = Load::new(agent.proxy_addr())
             .concurrency(concurrency)
             .rate(RATE)
             .duration(LOAD_BOUND)
             .start();
+        let started_at_ms = unix_ms(handle.started_at());
         TimedLoad {
             handle,
             started_at_ms,
@@ -59,9 +59,8 @@ impl TimedLoad {
     }
 }
 
-fn unix_ms() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
+fn unix_ms(time: SystemTime) -> f64 {
+    time.duration_since(UNIX_EPOCH)
         .map_or(0.0, |since| since.as_secs_f64() * 1000.0)
 }
 
