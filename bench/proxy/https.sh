@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
 # HTTPS through Rollway's proxy vs nginx, same certificate (ECDSA P-256, made here with openssl),
-# same upstream, same protocol versions (TLS 1.2 and 1.3 on both): (1) `keepalive`: req/s and p99,
-# (2) `handshake`: new TLS 1.3 handshakes per second (a connection per request: `Connection: close`),
-# (3) `handshake12`: the same with wrk's OpenSSL limited to TLS 1.2 (OPENSSL_CONF), for both servers.
+# same upstream, same protocol versions (TLS 1.2 and 1.3 on both). Modes:
+#   keepalive  req/s and p99 over 64 kept-alive connections;
+#   full       a new connection per request (`Connection: close`) and a full TLS 1.3 handshake on each:
+#              a new client every time (wrk reconnects with SSL_clear, which keeps the session, so
+#              fresh_session.c, preloaded, drops it);
+#   resumed    a new connection per request, resuming the session of the last one (PSK with X25519,
+#              no certificate): what wrk does by itself, a returning client;
+#   full12, resumed12  the same with wrk's OpenSSL limited to TLS 1.2 (OPENSSL_CONF).
 # wrk is HTTP/1.1 over TLS, SNI `localhost`. Installs nginx and wrk from Debian when missing.
 # Each run also reports CPU time per request (= per handshake in `handshake` mode) of the server
 # (Rollway's proxy process; nginx's workers), of the shared upstream and of wrk (the client shares the
@@ -15,7 +20,7 @@ set -euo pipefail
 DURATION="${1:-10}"
 CONNECTIONS="${2:-64}"
 ROUNDS="${3:-1}"
-MODES="${4:-keepalive handshake handshake12}"
+MODES="${4:-keepalive full resumed full12 resumed12}"
 THREADS=2
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 WORK="$(mktemp -d)"
@@ -55,7 +60,7 @@ ROLLWAY_PID=$!
 # offers. nginx 1.22's built-in default is TLS 1.0 to 1.2, without 1.3 (1.3 joined the default in
 # 1.23.4; Debian's packaged nginx.conf turns it on): left at that, wrk would negotiate TLS 1.2 with
 # nginx and TLS 1.3 with Rollway, and compare two protocols rather than two servers.
-# TLS 1.2 only for wrk's OpenSSL, for `handshake12`.
+# TLS 1.2 only for wrk's OpenSSL, for `full12` and `resumed12`.
 cat > "$WORK/tls12.cnf" <<'CNF'
 openssl_conf = default_conf
 [default_conf]
@@ -65,6 +70,7 @@ system_default = system_default_sect
 [system_default_sect]
 MaxProtocol = TLSv1.2
 CNF
+cc -O2 -shared -fPIC -o "$WORK/fresh_session.so" "$ROOT/bench/proxy/fresh_session.c"
 cat > "$WORK/nginx.conf" <<NGINX
 worker_processes auto;
 pid $WORK/nginx.pid;
@@ -114,8 +120,11 @@ per_request_us() { echo $(( $1 * TICK_US / ($2 > 0 ? $2 : 1) )); }
 run() { # target port mode
     local extra=() server_pids client_env=()
     case $3 in
-        handshake) extra=(-H "Connection: close") ;;
-        handshake12) extra=(-H "Connection: close") client_env=(OPENSSL_CONF="$WORK/tls12.cnf") ;;
+        full) extra=(-H "Connection: close") client_env=(LD_PRELOAD="$WORK/fresh_session.so") ;;
+        resumed) extra=(-H "Connection: close") ;;
+        full12) extra=(-H "Connection: close")
+            client_env=(LD_PRELOAD="$WORK/fresh_session.so" OPENSSL_CONF="$WORK/tls12.cnf") ;;
+        resumed12) extra=(-H "Connection: close") client_env=(OPENSSL_CONF="$WORK/tls12.cnf") ;;
     esac
     case $1 in
         nginx) read -r -a server_pids <<<"$(pgrep -P "$(cat "$WORK/nginx.pid")" | tr '\n' ' ')" ;;
