@@ -18,6 +18,7 @@ pub mod edge;
 pub mod engine;
 pub mod environments;
 pub mod health;
+pub mod ingress;
 pub mod isolation;
 pub mod metrics;
 pub mod oneoff;

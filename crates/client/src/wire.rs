@@ -1278,3 +1278,53 @@ pub struct AppEnvView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preview: Option<PreviewView>,
 }
+
+string_id!(
+    /// Who a following proxy is (`rollway proxy --follow`, its `--id`): on the swarm, the node it
+    /// runs on. 1 to [`MAX_PROXY_ID_LEN`] characters of `A-Z a-z 0-9 . _ - :`.
+    ProxyId
+);
+
+/// The longest [`ProxyId`] (and `ProxyReport::incarnation`) the agent takes.
+pub const MAX_PROXY_ID_LEN: usize = 128;
+
+/// The most releases one [`ProxyReport`] may list.
+pub const MAX_PROXY_REPORT_RELEASES: usize = 1024;
+
+/// How often `GET /v1/proxy/state` writes a keep-alive line when nothing changed: a follower that
+/// hears nothing for three of these takes the link for dead and connects again.
+pub const PROXY_KEEPALIVE_SECS: u64 = 5;
+
+impl ProxyId {
+    /// Whether `id` is a valid proxy id (also the rule of `ProxyReport::incarnation`).
+    pub fn is_valid(id: &str) -> bool {
+        !id.is_empty()
+            && id.len() <= MAX_PROXY_ID_LEN
+            && id
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || b"._-:".contains(&byte))
+    }
+}
+
+/// One line of `GET /v1/proxy/state` (newline-delimited JSON, role proxy): the agent's whole
+/// desired routing (`S` is `proxy::DesiredState`), the current one first and then each one its
+/// own proxy accepted, or a keep-alive (`"keep_alive"`) when nothing changed for
+/// [`PROXY_KEEPALIVE_SECS`]. Generic so this crate stays apart from the data plane's types.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProxyStateLine<S> {
+    State(S),
+    KeepAlive,
+}
+
+/// `POST /v1/proxy/report` (role proxy): a following proxy's cumulative per-release counters
+/// (`R` is `proxy::ObservedReleaseStats`), sent every second. The agent adds them to its own
+/// proxy's for the analysis, `/metrics` and alerts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProxyReport<R> {
+    pub proxy: ProxyId,
+    /// Random, new at each start of the proxy process: a new one tells the agent the counters
+    /// started again from zero (so it keeps what the earlier life counted).
+    pub incarnation: String,
+    pub releases: Vec<R>,
+}
