@@ -434,7 +434,14 @@ pub struct AgentRunArgs {
     /// 14 kept.
     #[arg(long, value_name = "SCHEDULE")]
     pub state_backup_schedule: Option<String>,
-
+    /// Run Rollway's proxy on the swarm too: a global service on the nodes labelled
+    /// `rollway.ingress=true`, each serving the apps on this port of its node (needs
+    /// `ROLLWAY_SWARM_REGISTRY`).
+    #[arg(long, value_name = "PORT", env = "ROLLWAY_SWARM_INGRESS")]
+    pub swarm_ingress: Option<u16>,
+    /// With `--swarm-ingress`: the agent's API as the ingress nodes reach it (default: `--api`'s URL).
+    #[arg(long, value_name = "URL", env = "ROLLWAY_SWARM_INGRESS_AGENT")]
+    pub swarm_ingress_agent: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -244,7 +244,7 @@ pub async fn login(
         return html_response(
             StatusCode::FORBIDDEN,
             login_page(Some(
-                "that is a proxy's token: it only follows the routing. Sign in with a token of role viewer, deployer, approver or admin (`rollway token create`)",
+                "that is a proxy's token: it only follows the routing. Sign in with a token of role viewer, deployer, approver or admin (`rollway tokens create`)",
             )),
         );
     }

@@ -45,6 +45,8 @@ pub fn run_agent(args: &AgentRunArgs, printer: Printer) -> anyhow::Result<ExitSt
             _ => agent::api::tls::CertSource::SelfSigned,
         },
         state_backup: state_backup.clone(),
+        swarm_ingress_port: args.swarm_ingress,
+        swarm_ingress_agent: args.swarm_ingress_agent.clone(),
     };
     init_tracing();
     let runtime = tokio::runtime::Runtime::new()?;

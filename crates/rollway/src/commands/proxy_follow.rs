@@ -56,7 +56,7 @@ pub fn run(
     let Some(token_file) = &args.token_file else {
         printer
             .error("`rollway proxy --follow` needs `--token-file FILE` (a token of role `proxy`)");
-        printer.hint("an admin creates one with `rollway token create NAME --role proxy`; put it in a file readable by the proxy only");
+        printer.hint("an admin creates one with `rollway tokens create --role proxy --name NAME`; put it in a file readable by the proxy only");
         return Ok(ExitStatus::Usage);
     };
     let token = match read_token(token_file) {
