@@ -47,7 +47,7 @@ pub struct SwarmIngress {
 #[derive(Debug, thiserror::Error)]
 pub enum IngressError {
     #[error("the swarm ingress needs the swarm driver")]
-    Drivers(#[from] crate::drivers::DriversError),
+    Drivers(#[source] Box<crate::drivers::DriversError>),
     #[error(
         "the swarm ingress needs a registry every node can pull from: start the agent with `ROLLWAY_SWARM_REGISTRY=HOST:PORT`"
     )]
@@ -61,11 +61,23 @@ pub enum IngressError {
     #[error("cannot list the shared libraries of `{}` with `ldd`: {reason}", exe.display())]
     Libraries { exe: PathBuf, reason: String },
     #[error("cannot build the proxy image")]
-    Build(#[source] driver::container::ContainerError),
+    Build(#[source] Box<driver::container::ContainerError>),
     #[error(transparent)]
-    Swarm(#[from] driver::swarm::SwarmError),
+    Swarm(Box<driver::swarm::SwarmError>),
     #[error("cannot mint or revoke the proxy's token")]
     Token(#[from] crate::store::StoreError),
+}
+
+impl From<driver::swarm::SwarmError> for IngressError {
+    fn from(error: driver::swarm::SwarmError) -> IngressError {
+        IngressError::Swarm(Box::new(error))
+    }
+}
+
+impl From<crate::drivers::DriversError> for IngressError {
+    fn from(error: crate::drivers::DriversError) -> IngressError {
+        IngressError::Drivers(Box::new(error))
+    }
 }
 
 /// Keeps the service in place until the agent stops.
@@ -140,7 +152,7 @@ async fn ensure(
             |_| {},
         )
         .await
-        .map_err(IngressError::Build)?;
+        .map_err(|error| IngressError::Build(Box::new(error)))?;
     let image = swarm
         .push_image(
             &image,
