@@ -945,6 +945,18 @@ pub struct AgentInfo {
     /// HTTP on loopback (or from an agent older than the field).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_fingerprint: Option<crate::pin::Fingerprint>,
+    /// Proxies following this agent (`rollway proxy --follow`) that reported in the last 30 s,
+    /// whose counters the analysis adds to the agent's own proxy's.
+    #[serde(default)]
+    pub followers: Vec<FollowerView>,
+}
+
+/// A proxy following the agent, as `GET /v1/agent` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FollowerView {
+    pub proxy: ProxyId,
+    /// Milliseconds since its last report.
+    pub seen_ms_ago: u64,
 }
 
 /// The isolation in force on an agent's host.

@@ -228,6 +228,8 @@ async fn a_follower_serves_the_agents_routing_through_deploys_and_rollbacks_and_
         .await
         .assert_code(0);
     follower.wait_serves("v2").await;
+    // Long enough for the paced load (200/s) to meet v2 too.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     agent.rollback(APP, ENV, None).await.assert_code(0);
     follower.wait_serves("v1").await;
     let report = load.stop().await;
@@ -243,6 +245,29 @@ async fn a_follower_serves_the_agents_routing_through_deploys_and_rollbacks_and_
         "the load saw both releases"
     );
     assert!(follower.state.join("routes.json").exists());
+
+    // The agent lists the follower once it reported (every second).
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let followers = loop {
+        let info = agent.api("GET", "/v1/agent", "").await;
+        let info: Value = serde_json::from_str(&info.body).expect("agent JSON");
+        let followers = info["followers"].as_array().cloned().unwrap_or_default();
+        if !followers.is_empty() {
+            break followers;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the agent lists no follower: {info:#}\n{}",
+            follower.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(followers.len(), 1, "{followers:#?}");
+    assert_eq!(followers[0]["proxy"], "node-1", "{followers:#?}");
+    assert!(
+        followers[0]["seen_ms_ago"].as_u64() < Some(30_000),
+        "{followers:#?}"
+    );
 
     // The token is in no argv and no log.
     let cmdline = std::fs::read(format!("/proc/{}/cmdline", follower.pid())).expect("cmdline");
