@@ -164,30 +164,6 @@ impl SwarmDriver {
         Ok(())
     }
 
-    /// Removes the ingress service `name` and its token secrets (what `rollway agent` does when
-    /// started without `--swarm-ingress`, and tests when they end).
-    pub async fn remove_ingress(&self, name: &str) -> Result<(), SwarmError> {
-        self.remove_service(name, std::time::Duration::from_secs(10))
-            .await
-            .map_err(ingress_error("cannot remove", name))?;
-        let filters =
-            HashMap::from([("label".to_owned(), vec![format!("{LABEL_INGRESS}={name}")])]);
-        let secrets = self
-            .docker
-            .list_secrets(Some(ListSecretsOptions {
-                filters: Some(filters),
-            }))
-            .await
-            .map_err(|error| ingress_error("cannot list the secrets of", name)(error.into()))?;
-        for secret in secrets
-            .into_iter()
-            .filter_map(|found| found.spec.and_then(|spec| spec.name))
-        {
-            self.remove_secret(&secret).await;
-        }
-        Ok(())
-    }
-
     async fn create_token_secret(
         &self,
         secret: &str,
