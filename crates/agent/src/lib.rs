@@ -18,6 +18,7 @@ pub mod edge;
 pub mod engine;
 pub mod environments;
 pub mod health;
+pub mod ingress;
 pub mod isolation;
 pub mod metrics;
 pub mod oneoff;
@@ -29,6 +30,7 @@ pub mod report;
 pub mod secrets;
 pub mod store;
 pub mod swarm_follow;
+pub mod swarm_ingress;
 pub mod tokens;
 pub mod watch;
 
@@ -73,6 +75,11 @@ pub struct AgentConfig {
     pub api_cert: api::tls::CertSource,
     /// `--state-backup-schedule`: the agent's own state to an S3-compatible remote on a schedule.
     pub state_backup: Option<backup::state_schedule::StateBackup>,
+    /// `--swarm-ingress PORT`: the proxy as a global Swarm service on the ingress nodes
+    /// (`swarm_ingress`), serving the apps on this port of each.
+    pub swarm_ingress_port: Option<u16>,
+    /// `--swarm-ingress-agent URL`: the API as the nodes reach it (default: the API's own URL).
+    pub swarm_ingress_agent: Option<String>,
 }
 
 /// What the caller learns once the agent serves.
@@ -244,6 +251,16 @@ pub async fn run(
         tokio::spawn(backup::state_schedule::run(engine.clone(), state_backup));
     }
     tokio::spawn(previews::run(engine.clone()));
+    if let Some(port) = config.swarm_ingress_port {
+        let agent_url = config
+            .swarm_ingress_agent
+            .clone()
+            .unwrap_or_else(|| api_url.clone());
+        tokio::spawn(swarm_ingress::run(
+            engine.clone(),
+            swarm_ingress::SwarmIngress { port, agent_url },
+        ));
+    }
 
     let agent_file = LocalAgent {
         api: api_url.clone(),

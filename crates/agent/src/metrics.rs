@@ -150,7 +150,7 @@ pub async fn render(engine: &Engine) -> String {
         "counter",
         "Requests through the proxy by release and status class (since the proxy started).",
     );
-    let stats = engine.proxy.client().stats().await.unwrap_or_default();
+    let stats = engine.proxy.stats().await.unwrap_or_default();
     for release in &stats {
         let Some((scope, number)) = release.release.rsplit_once('@') else {
             continue;

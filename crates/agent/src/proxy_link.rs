@@ -99,6 +99,11 @@ struct Shared {
     /// Held while a proxy is replaced on purpose (an upgrade), so the supervisor does not take the
     /// old one's exit for a crash. tokio Mutex: held across the whole hand-over.
     replacing: tokio::sync::Mutex<()>,
+    /// The last desired state the proxy accepted: what following proxies (`rollway proxy
+    /// --follow`, `GET /v1/proxy/state`) apply. `None` until the first push.
+    published: tokio::sync::watch::Sender<Option<Arc<DesiredState>>>,
+    /// What following proxies reported of their counters. std Mutex: never held across an await.
+    followers: Mutex<crate::ingress::Followers>,
 }
 
 /// How a proxy process begins.
@@ -140,6 +145,8 @@ impl ProxyLink {
                 exits: Mutex::new(BTreeMap::new()),
                 command: OnceLock::new(),
                 replacing: tokio::sync::Mutex::new(()),
+                published: tokio::sync::watch::Sender::new(None),
+                followers: Mutex::new(crate::ingress::Followers::default()),
             }),
         }
     }
@@ -439,12 +446,59 @@ impl ProxyLink {
             .map_err(|error| LinkError::Control(error.to_string()))
     }
 
+    /// Puts the whole desired state to the proxy; once it accepted it, following proxies get it too.
     pub async fn put_state(&self, desired: &DesiredState) -> Result<(), LinkError> {
         self.client
             .put_state(desired)
             .await
-            .map(|_| ())
-            .map_err(|error| LinkError::Control(error.to_string()))
+            .map_err(|error| LinkError::Control(error.to_string()))?;
+        self.shared.published.send_if_modified(|published| {
+            if published.as_deref() == Some(desired) {
+                return false;
+            }
+            *published = Some(Arc::new(desired.clone()));
+            true
+        });
+        Ok(())
+    }
+
+    /// The desired states the proxy accepted, the last one first (`None` before the first push).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Option<Arc<DesiredState>>> {
+        self.shared.published.subscribe()
+    }
+
+    /// Takes a following proxy's counters (`POST /v1/proxy/report`).
+    pub fn follower_report(
+        &self,
+        report: client::wire::ProxyReport<proxy::ObservedReleaseStats>,
+    ) -> Result<(), crate::ingress::TooManyFollowers> {
+        self.followers().report(report, std::time::Instant::now())
+    }
+
+    /// The following proxies that reported lately.
+    pub fn followers_seen(&self) -> Vec<crate::ingress::FollowerSeen> {
+        self.followers().seen(std::time::Instant::now())
+    }
+
+    /// Per-release counters of every proxy: this agent's own, plus what following proxies
+    /// reported (`crate::ingress`), summed per release. The one reading of traffic counters for
+    /// the analysis, alerts and `/metrics`. Fails when the agent's own proxy does not answer.
+    pub async fn stats(
+        &self,
+    ) -> Result<Vec<proxy::ObservedReleaseStats>, proxy::control_client::ControlClientError> {
+        let local = self.client.stats().await?;
+        let remote = self.followers().readings(std::time::Instant::now());
+        if remote.is_empty() {
+            return Ok(local);
+        }
+        Ok(proxy::sum_stats(local.iter().chain(remote.iter())))
+    }
+
+    fn followers(&self) -> std::sync::MutexGuard<'_, crate::ingress::Followers> {
+        self.shared
+            .followers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Ids of every instance the proxy still holds (ready or draining).

@@ -11,10 +11,16 @@ use sha2::{Digest, Sha256};
 
 use crate::store::{Store, StoreError, TokenRecord};
 
-/// What a token may do. Ordered: each role allows everything the roles below it allow.
+/// What a token may do. The people's roles are a ladder (viewer < deployer < approver < admin):
+/// each allows everything the roles below it allow. `Proxy` is beside the ladder: a proxy token
+/// allows only the proxy routes (follow the desired routing, report counters), and no other role
+/// allows those, not even admin (`allows`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
+    /// A proxy that follows the agent (`rollway proxy --follow`): reads the desired routing and
+    /// reports its counters, nothing else. Declared first so a stray `>=` grants it nothing.
+    Proxy,
     /// Reads status, releases, events and logs.
     Viewer,
     /// Also deploys, rolls back, promotes and aborts.
@@ -39,16 +45,32 @@ pub const TOKEN_PREFIX: &str = "rwy_";
 
 /// A string that is not one of `viewer`, `deployer`, `approver` or `admin`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown role `{0}`, expected `viewer`, `deployer`, `approver` or `admin`")]
+#[error("unknown role `{0}`, expected `viewer`, `deployer`, `approver`, `admin` or `proxy`")]
 pub struct ParseRoleError(pub String);
 
 impl Role {
-    /// Every role, lowest first.
-    pub const ALL: [Role; 4] = [Role::Viewer, Role::Deployer, Role::Approver, Role::Admin];
+    /// Every role: the ladder lowest first, then `Proxy`.
+    pub const ALL: [Role; 5] = [
+        Role::Viewer,
+        Role::Deployer,
+        Role::Approver,
+        Role::Admin,
+        Role::Proxy,
+    ];
 
-    /// Whether a token with this role may do something that needs `needed`.
+    /// Whether a token with this role may do something that needs `needed`: on the ladder, this
+    /// role or a higher one; a proxy route, a proxy token only (and a proxy token nothing else).
     pub fn allows(&self, needed: Role) -> bool {
-        *self >= needed
+        match (self, needed) {
+            (Role::Proxy, Role::Proxy) => true,
+            (Role::Proxy, _) | (_, Role::Proxy) => false,
+            _ => *self >= needed,
+        }
+    }
+
+    /// Whether this role is one of people (viewer to admin): what may sign in to the dashboard.
+    pub fn is_person(&self) -> bool {
+        *self != Role::Proxy
     }
 
     pub fn as_str(&self) -> &'static str {
@@ -57,6 +79,7 @@ impl Role {
             Role::Deployer => "deployer",
             Role::Approver => "approver",
             Role::Admin => "admin",
+            Role::Proxy => "proxy",
         }
     }
 }
@@ -76,6 +99,7 @@ impl FromStr for Role {
             "deployer" => Ok(Role::Deployer),
             "approver" => Ok(Role::Approver),
             "admin" => Ok(Role::Admin),
+            "proxy" => Ok(Role::Proxy),
             other => Err(ParseRoleError(other.to_owned())),
         }
     }

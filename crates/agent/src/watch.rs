@@ -196,7 +196,7 @@ pub async fn error_rate_loop(engine: Arc<Engine>) {
         if engine.shutdown.is_cancelled() {
             return;
         }
-        let Ok(stats) = engine.proxy.client().stats().await else {
+        let Ok(stats) = engine.proxy.stats().await else {
             continue;
         };
         let now = tokio::time::Instant::now();

@@ -19,6 +19,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 mod edge;
+mod ingress;
 mod workloads;
 
 use crate::pin::{Fingerprint, PinVerifier};

@@ -945,6 +945,18 @@ pub struct AgentInfo {
     /// HTTP on loopback (or from an agent older than the field).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_fingerprint: Option<crate::pin::Fingerprint>,
+    /// Proxies following this agent (`rollway proxy --follow`) that reported in the last 30 s,
+    /// whose counters the analysis adds to the agent's own proxy's.
+    #[serde(default)]
+    pub followers: Vec<FollowerView>,
+}
+
+/// A proxy following the agent, as `GET /v1/agent` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FollowerView {
+    pub proxy: ProxyId,
+    /// Milliseconds since its last report.
+    pub seen_ms_ago: u64,
 }
 
 /// The isolation in force on an agent's host.
@@ -1277,4 +1289,54 @@ pub struct AppEnvView {
     /// Set when the environment is a preview.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preview: Option<PreviewView>,
+}
+
+string_id!(
+    /// Who a following proxy is (`rollway proxy --follow`, its `--id`): on the swarm, the node it
+    /// runs on. 1 to [`MAX_PROXY_ID_LEN`] characters of `A-Z a-z 0-9 . _ - :`.
+    ProxyId
+);
+
+/// The longest [`ProxyId`] (and `ProxyReport::incarnation`) the agent takes.
+pub const MAX_PROXY_ID_LEN: usize = 128;
+
+/// The most releases one [`ProxyReport`] may list.
+pub const MAX_PROXY_REPORT_RELEASES: usize = 1024;
+
+/// How often `GET /v1/proxy/state` writes a keep-alive line when nothing changed: a follower that
+/// hears nothing for three of these takes the link for dead and connects again.
+pub const PROXY_KEEPALIVE_SECS: u64 = 5;
+
+impl ProxyId {
+    /// Whether `id` is a valid proxy id (also the rule of `ProxyReport::incarnation`).
+    pub fn is_valid(id: &str) -> bool {
+        !id.is_empty()
+            && id.len() <= MAX_PROXY_ID_LEN
+            && id
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || b"._-:".contains(&byte))
+    }
+}
+
+/// One line of `GET /v1/proxy/state` (newline-delimited JSON, role proxy): the agent's whole
+/// desired routing (`S` is `proxy::DesiredState`), the current one first and then each one its
+/// own proxy accepted, or a keep-alive (`"keep_alive"`) when nothing changed for
+/// [`PROXY_KEEPALIVE_SECS`]. Generic so this crate stays apart from the data plane's types.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProxyStateLine<S> {
+    State(S),
+    KeepAlive,
+}
+
+/// `POST /v1/proxy/report` (role proxy): a following proxy's cumulative per-release counters
+/// (`R` is `proxy::ObservedReleaseStats`), sent every second. The agent adds them to its own
+/// proxy's for the analysis, `/metrics` and alerts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProxyReport<R> {
+    pub proxy: ProxyId,
+    /// Random, new at each start of the proxy process: a new one tells the agent the counters
+    /// started again from zero (so it keeps what the earlier life counted).
+    pub incarnation: String,
+    pub releases: Vec<R>,
 }

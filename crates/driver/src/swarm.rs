@@ -202,6 +202,13 @@ pub enum SwarmError {
     JobTimeout { service: String, seconds: u64 },
     #[error("the job `{service}` ended without running: {message}")]
     JobRejected { service: String, message: String },
+    #[error("{what} the ingress service `{service}`")]
+    Ingress {
+        what: &'static str,
+        service: String,
+        #[source]
+        source: EngineError,
+    },
     #[error("{what} of `{app}` in `{environment}`")]
     Sweep {
         what: &'static str,
@@ -1408,6 +1415,9 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // Entries are inserted or replaced whole, so a panic elsewhere cannot leave the map torn.
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
+
+mod ingress;
+pub use ingress::{IngressService, LABEL_INGRESS};
 
 #[cfg(test)]
 mod tests;

@@ -69,7 +69,7 @@ pub use ids::{ErrorKind, InstanceId, InstanceState, ReleaseId, RouteName};
 pub use instance::{InFlightGuard, InstanceLive};
 pub use observed::{
     ObservedInstance, ObservedInstanceState, ObservedLatency, ObservedReleaseStats, ObservedRoute,
-    ObservedState, ObservedStatusClasses, ObservedWeight,
+    ObservedState, ObservedStatusClasses, ObservedWeight, sum_stats,
 };
 pub use routes_file::{ROUTES_FILE_NAME, RoutesFile, RoutesFileError};
 pub use routing::{Pool, Route, RouteSpec, RoutingTable};

@@ -225,6 +225,41 @@ impl ObservedState {
     }
 }
 
+/// The counters of several proxies (or several lives of one) added release by release, sorted by
+/// release: requests, errors, in-flight and the latency histogram, its quantiles recomputed from
+/// the summed histogram (the same rule as one proxy's). The one way counters are added up: the
+/// agent sums its own proxy's and those that follow it (`rollway proxy --follow`) with it.
+pub fn sum_stats<'a>(
+    readings: impl IntoIterator<Item = &'a ObservedReleaseStats>,
+) -> Vec<ObservedReleaseStats> {
+    let mut sums: BTreeMap<&'a str, (crate::stats::ReleaseStats, u64)> = BTreeMap::new();
+    for reading in readings {
+        let (stats, in_flight) = sums.entry(reading.release.as_str()).or_insert_with(|| {
+            (
+                crate::stats::ReleaseStats::new(crate::ids::ReleaseId::new(
+                    reading.release.as_str(),
+                )),
+                0,
+            )
+        });
+        let counts = reading.counts();
+        stats.carry_over(
+            counts.requests,
+            &counts.errors,
+            &counts.latency_counts,
+            counts.latency_sum,
+        );
+        *in_flight = in_flight.saturating_add(reading.in_flight);
+    }
+    sums.into_values()
+        .map(|(stats, in_flight)| {
+            let mut observed = ObservedReleaseStats::from(&stats.snapshot());
+            observed.in_flight = in_flight;
+            observed
+        })
+        .collect()
+}
+
 impl ObservedReleaseStats {
     /// All answers counted, whatever their class.
     pub fn total_requests(&self) -> u64 {
@@ -289,6 +324,45 @@ mod tests {
     use crate::ids::ErrorKind;
     use crate::ids::ReleaseId;
     use crate::stats::ReleaseStats;
+
+    /// Two proxies' counters add up per release: classes, errors, in-flight, the histogram, and the
+    /// quantiles are those of the summed histogram (a slow proxy's p99 is not averaged away).
+    #[test]
+    fn counters_of_several_proxies_add_up_per_release() {
+        let one = ReleaseStats::new(ReleaseId::new("app/prod@2"));
+        for _ in 0..98 {
+            one.record_response(200, Duration::from_millis(1));
+        }
+        let other = ReleaseStats::new(ReleaseId::new("app/prod@2"));
+        other.record_response(503, Duration::from_secs(2));
+        other.record_response(503, Duration::from_secs(2));
+        other.record_error(ErrorKind::Connect);
+        other.in_flight_started();
+        let third = ReleaseStats::new(ReleaseId::new("app/prod@1"));
+        third.record_response(200, Duration::from_millis(1));
+        let readings: Vec<ObservedReleaseStats> = [&one, &other, &third]
+            .into_iter()
+            .map(|stats| ObservedReleaseStats::from(&stats.snapshot()))
+            .collect();
+
+        let sums = sum_stats(&readings);
+
+        assert_eq!(
+            sums.iter().map(|s| s.release.as_str()).collect::<Vec<_>>(),
+            ["app/prod@1", "app/prod@2"]
+        );
+        let two = &sums[1];
+        assert_eq!(two.requests.success, 98);
+        assert_eq!(two.requests.server_error, 2);
+        assert_eq!(two.total_requests(), 100);
+        assert_eq!(two.errors.get(ErrorKind::Connect.as_str()), Some(&1));
+        assert_eq!(two.in_flight, 1);
+        assert_eq!(two.latency.count, 100);
+        assert!(two.latency.p99_us >= 2_000_000, "{:?}", two.latency);
+        assert!(two.latency.p50_us <= 2_000, "{:?}", two.latency);
+        assert_eq!(sums[0].total_requests(), 1);
+        assert!(sum_stats(&[]).is_empty());
+    }
 
     /// A hot restart carries counters over through their JSON form: the successor's counters read
     /// exactly as the predecessor's did (in-flight requests stay with the predecessor).

@@ -354,7 +354,9 @@ pub enum SecretsCommand {
 pub enum TokensCommand {
     /// Create a token; its value is shown once.
     Create {
-        #[arg(long, value_parser = ["viewer", "deployer", "approver", "admin"])]
+        /// viewer < deployer < approver < admin, or `proxy`: a proxy that follows the agent
+        /// (`rollway proxy --follow`), allowed nothing else.
+        #[arg(long, value_parser = ["viewer", "deployer", "approver", "admin", "proxy"])]
         role: String,
         /// A name saying who or what uses it (`ci`, `alice`).
         #[arg(long)]
@@ -432,6 +434,14 @@ pub struct AgentRunArgs {
     /// 14 kept.
     #[arg(long, value_name = "SCHEDULE")]
     pub state_backup_schedule: Option<String>,
+    /// Run Rollway's proxy on the swarm too: a global service on the nodes labelled
+    /// `rollway.ingress=true`, each serving the apps on this port of its node (needs
+    /// `ROLLWAY_SWARM_REGISTRY`).
+    #[arg(long, value_name = "PORT", env = "ROLLWAY_SWARM_INGRESS")]
+    pub swarm_ingress: Option<u16>,
+    /// With `--swarm-ingress`: the agent's API as the ingress nodes reach it (default: `--api`'s URL).
+    #[arg(long, value_name = "URL", env = "ROLLWAY_SWARM_INGRESS_AGENT")]
+    pub swarm_ingress_agent: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -507,6 +517,21 @@ pub struct ProxyRunArgs {
         value_delimiter = ','
     )]
     pub trusted_proxies: Vec<proxy::TrustedProxy>,
+    /// Follow the agent at this URL (`https://HOST:PORT`, or `http://` on loopback): take its
+    /// desired routing, report counters to it, keep serving the last routing while it is away. Serves
+    /// nothing before it has a routing (the agent's, or the one saved in `--state`).
+    #[arg(long, value_name = "AGENT_URL", env = "ROLLWAY_PROXY_FOLLOW")]
+    pub follow: Option<String>,
+    /// With `--follow`: the file holding a token of role `proxy` (a Swarm secret such as
+    /// `/run/secrets/rollway-proxy-token`); never on the command line.
+    #[arg(long, value_name = "FILE", env = "ROLLWAY_PROXY_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// With `--follow https://…`: the SHA-256 fingerprint of the agent's API certificate.
+    #[arg(long, value_name = "SHA256", env = "ROLLWAY_FOLLOW_FINGERPRINT")]
+    pub follow_fingerprint: Option<String>,
+    /// With `--follow`: this proxy's name in its reports (default: the host name).
+    #[arg(long, value_name = "ID", env = "ROLLWAY_PROXY_ID")]
+    pub id: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

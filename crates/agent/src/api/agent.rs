@@ -22,6 +22,15 @@ pub async fn agent_info(State(engine): State<Arc<Engine>>) -> ApiResult<AgentInf
         state_dir: engine.paths.state_dir.display().to_string(),
         isolation: Some(views::isolation_view(&engine.isolation)),
         api_fingerprint: engine.api_fingerprint,
+        followers: engine
+            .proxy
+            .followers_seen()
+            .into_iter()
+            .map(|seen| client::wire::FollowerView {
+                proxy: seen.proxy,
+                seen_ms_ago: u64::try_from(seen.seen_ago.as_millis()).unwrap_or(u64::MAX),
+            })
+            .collect(),
     }))
 }
 

@@ -15,6 +15,7 @@ pub mod deployments;
 pub mod edge;
 pub mod error;
 pub mod events;
+pub mod ingress;
 pub mod input;
 pub mod locks;
 pub mod logs;

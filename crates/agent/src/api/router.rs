@@ -3,7 +3,8 @@
 //!
 //! Roles: viewer reads; deployer deploys, rolls back, promotes, aborts and takes backups;
 //! approver also approves deployments held at a gate (never one its own token started); admin
-//! also manages tokens, secrets, backup restores and locks.
+//! also manages tokens, secrets, backup restores and locks. Beside them, proxy (a proxy that
+//! follows the agent) reads the desired routing and reports counters, and nothing else.
 
 use std::sync::Arc;
 
@@ -16,7 +17,7 @@ use axum::routing::{MethodFilter, MethodRouter, get, on};
 
 use crate::api::{
     agent, artifacts, auth, backups, backups_remote, certs, deployments, edge, error, events,
-    input, locks, logs, previews, releases, secrets, status, tokens, workloads,
+    ingress, input, locks, logs, previews, releases, secrets, status, tokens, workloads,
 };
 use crate::engine::Engine;
 use crate::tokens::Role;
@@ -31,7 +32,7 @@ pub struct Route {
 
 /// Every `/v1` route.
 pub fn routes() -> Vec<Route> {
-    use Role::{Admin, Approver, Deployer, Viewer};
+    use Role::{Admin, Approver, Deployer, Proxy, Viewer};
     vec![
         route(Viewer, Method::GET, "/agent", agent::agent_info),
         route(Viewer, Method::GET, "/apps", workloads::apps),
@@ -254,6 +255,9 @@ pub fn routes() -> Vec<Route> {
         route(Admin, Method::POST, "/tokens", tokens::create_token),
         route(Admin, Method::DELETE, "/tokens/{id}", tokens::revoke_token),
         route(Admin, Method::POST, "/proxy/upgrade", agent::upgrade_proxy),
+        // Proxies that follow the agent; no other role may, and they may nothing else.
+        route(Proxy, Method::GET, "/proxy/state", ingress::state_stream),
+        route(Proxy, Method::POST, "/proxy/report", ingress::report),
         route(
             Admin,
             Method::DELETE,

@@ -239,6 +239,15 @@ pub async fn login(
             );
         }
     };
+    if !record.role.is_person() {
+        limiter.failed(peer, Instant::now());
+        return html_response(
+            StatusCode::FORBIDDEN,
+            login_page(Some(
+                "that is a proxy's token: it only follows the routing. Sign in with a token of role viewer, deployer, approver or admin (`rollway tokens create`)",
+            )),
+        );
+    }
     let session_id = new_session_id();
     let expires_at = now_ms().saturating_add(SESSION_TTL_MS);
     if let Err(error) =

@@ -314,6 +314,17 @@ async fn without_a_session_every_page_and_action_sends_to_login() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_token_does_not_sign_in() {
+    let dash = Dash::start().await;
+    let token = dash.token(Role::Proxy);
+    let answer = dash.post("/login", None, &[("token", token)]).await;
+    assert_eq!(answer.status, 403, "{answer:?}");
+    assert!(header(&answer, "set-cookie").is_none(), "{answer:?}");
+    assert!(html(&answer).contains("proxy's token"), "{answer:?}");
+    assert!(!html(&answer).contains(token));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_token_does_not_sign_in() {
     let dash = Dash::start().await;
     let revoked = {

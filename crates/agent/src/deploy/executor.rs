@@ -960,7 +960,7 @@ impl Watch {
 
 /// Per-release counters from the proxy, keyed by the proxy's release name.
 pub(crate) async fn read_samples(engine: &Engine) -> std::collections::BTreeMap<String, Reading> {
-    let Ok(stats) = engine.proxy.client().stats().await else {
+    let Ok(stats) = engine.proxy.stats().await else {
         return std::collections::BTreeMap::new();
     };
     stats

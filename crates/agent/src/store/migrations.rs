@@ -21,6 +21,7 @@ pub(super) static MIGRATIONS: &[M<'static>] = &[
     M::up(V10_WORKLOADS),
     M::up(V11_REMOTE_BACKUPS),
     M::up(V12_PREVIEWS),
+    M::up(V13_PROXY_ROLE),
 ];
 
 /// The first schema.
@@ -383,6 +384,43 @@ CREATE TABLE dashboard_sessions (
     created_at  INTEGER NOT NULL,
     expires_at  INTEGER NOT NULL CHECK (expires_at > created_at)
 ) STRICT;
+CREATE INDEX dashboard_sessions_token ON dashboard_sessions (token_id);
+CREATE TRIGGER dashboard_sessions_end_with_token
+AFTER UPDATE OF revoked_at ON tokens
+WHEN NEW.revoked_at IS NOT NULL
+BEGIN
+    DELETE FROM dashboard_sessions WHERE token_id = NEW.id;
+END;
+"#;
+
+/// The `proxy` role (issue 17: a proxy following the agent; beside the people's roles, see
+/// `tokens::Role`). SQLite cannot change a CHECK constraint in place, so the tokens table is
+/// rebuilt with the same rows; `dashboard_sessions` references it, so it is rebuilt around it
+/// (same rows, index and trigger) and no signed-in session is lost.
+const V13_PROXY_ROLE: &str = r#"
+CREATE TABLE tokens_v13 (
+    id          TEXT    NOT NULL PRIMARY KEY,
+    name        TEXT    NOT NULL,
+    role        TEXT    NOT NULL CHECK (role IN ('viewer', 'deployer', 'approver', 'admin', 'proxy')),
+    hash        TEXT    NOT NULL UNIQUE,
+    created_at  INTEGER NOT NULL,
+    revoked_at  INTEGER
+) STRICT;
+INSERT INTO tokens_v13 (id, name, role, hash, created_at, revoked_at)
+    SELECT id, name, role, hash, created_at, revoked_at FROM tokens;
+CREATE TABLE dashboard_sessions_v13_copy AS SELECT * FROM dashboard_sessions;
+DROP TABLE dashboard_sessions;
+DROP TABLE tokens;
+ALTER TABLE tokens_v13 RENAME TO tokens;
+CREATE TABLE dashboard_sessions (
+    id_hash     TEXT    NOT NULL PRIMARY KEY,
+    token_id    TEXT    NOT NULL REFERENCES tokens(id),
+    created_at  INTEGER NOT NULL,
+    expires_at  INTEGER NOT NULL CHECK (expires_at > created_at)
+) STRICT;
+INSERT INTO dashboard_sessions (id_hash, token_id, created_at, expires_at)
+    SELECT id_hash, token_id, created_at, expires_at FROM dashboard_sessions_v13_copy;
+DROP TABLE dashboard_sessions_v13_copy;
 CREATE INDEX dashboard_sessions_token ON dashboard_sessions (token_id);
 CREATE TRIGGER dashboard_sessions_end_with_token
 AFTER UPDATE OF revoked_at ON tokens

@@ -25,6 +25,16 @@ fn roles_are_ordered() {
 }
 
 #[test]
+fn a_proxy_token_allows_only_the_proxy_routes_and_only_it_allows_them() {
+    for role in Role::ALL {
+        check_allows(role, Role::Proxy, role == Role::Proxy);
+        check_allows(Role::Proxy, role, role == Role::Proxy);
+    }
+    assert!(!Role::Proxy.is_person());
+    assert!(Role::ALL.iter().filter(|role| role.is_person()).count() == 4);
+}
+
+#[test]
 fn roles_parse_and_print() {
     for role in Role::ALL {
         assert_eq!(role.to_string().parse::<Role>(), Ok(role));
@@ -33,7 +43,7 @@ fn roles_parse_and_print() {
     let error = "Admin".parse::<Role>().expect_err("case matters");
     assert_eq!(
         error.to_string(),
-        "unknown role `Admin`, expected `viewer`, `deployer`, `approver` or `admin`"
+        "unknown role `Admin`, expected `viewer`, `deployer`, `approver`, `admin` or `proxy`"
     );
     assert_eq!(
         serde_json::to_string(&Role::Deployer).ok().as_deref(),

@@ -45,6 +45,8 @@ pub fn run_agent(args: &AgentRunArgs, printer: Printer) -> anyhow::Result<ExitSt
             _ => agent::api::tls::CertSource::SelfSigned,
         },
         state_backup: state_backup.clone(),
+        swarm_ingress_port: args.swarm_ingress,
+        swarm_ingress_agent: args.swarm_ingress_agent.clone(),
     };
     init_tracing();
     let runtime = tokio::runtime::Runtime::new()?;
@@ -128,6 +130,9 @@ pub fn run_proxy(args: &ProxyRunArgs, printer: Printer) -> anyhow::Result<ExitSt
         printer.error("`rollway proxy` needs `--state DIR` and `--listen ADDR`");
         return Ok(ExitStatus::Usage);
     };
+    if let Some(agent) = &args.follow {
+        return super::proxy_follow::run(args, agent, state, listen, printer);
+    }
     init_tracing();
     let listeners = if args.listeners_on_stdin {
         use std::os::fd::AsFd as _;
@@ -156,7 +161,7 @@ pub fn run_proxy(args: &ProxyRunArgs, printer: Printer) -> anyhow::Result<ExitSt
     Ok(ExitStatus::Success)
 }
 
-async fn stop_on_signal(shutdown: CancellationToken) {
+pub(super) async fn stop_on_signal(shutdown: CancellationToken) {
     let mut terminate =
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(signal) => signal,
@@ -170,7 +175,7 @@ async fn stop_on_signal(shutdown: CancellationToken) {
 }
 
 /// JSON lines on stderr; `RUST_LOG`-style filtering through `ROLLWAY_LOG` (default `info`).
-fn init_tracing() {
+pub(super) fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("ROLLWAY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()

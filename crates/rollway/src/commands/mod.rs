@@ -14,6 +14,7 @@ pub mod init;
 pub mod inspect;
 pub mod lock;
 pub mod proxy;
+pub mod proxy_follow;
 pub mod rollback;
 pub mod sandbox;
 pub mod secrets;

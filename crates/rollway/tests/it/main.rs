@@ -12,6 +12,7 @@ mod dashboard;
 mod edge;
 mod frame;
 mod grpc;
+mod ingress;
 mod init;
 mod isolation;
 mod monitoring;

@@ -782,3 +782,240 @@ impl Drop for Cleanup {
         }
     }
 }
+
+/// The swarm ingress (issue 17 item 4): `rollway agent --swarm-ingress PORT` keeps the global
+/// service `rollway-proxy` (the agent's own binary, pushed to the cluster's registry, deployed by
+/// digest), placed only on nodes labelled `rollway.ingress=true`: before the label no task runs and
+/// the port is refused; once the node is labelled, its task follows the agent and serves the app
+/// on PORT of the node (another port than the agent's own proxy), with no failed request under
+/// load across a blue-green deploy and a warm rollback. Its proxy token is a Swarm secret: in no
+/// `docker service inspect` of the service or its tasks' containers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_swarm_ingress_serves_the_app_on_labelled_nodes_through_a_deploy_and_a_rollback() {
+    let Some(images) = Images::get() else {
+        return;
+    };
+    assert_swarm_manager();
+    let registry = testkit::registry::Registry::start()
+        .unwrap_or_else(|error| panic!("the swarm tests need a registry: {error}"));
+    let name = format!("si{}", std::process::id());
+    let _cleanup = Cleanup {
+        app: name.clone(),
+        registry: registry.host(),
+    };
+    let node = docker(&["info", "--format", "{{.Swarm.NodeID}}"])
+        .expect("the node's id")
+        .trim()
+        .to_owned();
+    let _ingress = IngressCleanup { node: node.clone() };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let runtime_dir = tempfile::Builder::new()
+        .prefix("rollway-e2e-swarm-")
+        .tempdir_in("/dev/shm")
+        .expect("temporary directory on /dev/shm");
+    let runtime = runtime_dir.path().display().to_string();
+    let registry_host = registry.host();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port();
+    let ingress: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let agent = TestAgent::start_with_args(
+        rollway_bin(),
+        &dir.path().join("state"),
+        &["--swarm-ingress".to_owned(), port.to_string()],
+        &[
+            ("RUNTIME_DIRECTORY", runtime.as_str()),
+            ("ROLLWAY_SWARM_REGISTRY", registry_host.as_str()),
+        ],
+    )
+    .await;
+    let app = |version: &str| {
+        TestApp::new(dir.path().join(version))
+            .named(&name)
+            .version(version)
+            .driver(Driver::Container)
+            .image(format!("{}:{{version}}", images.repository))
+            .replicas(2)
+            .start_timeout("60s")
+            .on_swarm(ENV)
+    };
+    agent.deploy(&app("v1"), ENV).await.assert_code(0);
+    agent.assert_serves("v1").await;
+
+    // The service is there (the agent puts it at start), global, on ingress nodes only; no node
+    // is labelled yet, so no task runs and nothing answers on the port.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while docker(&["service", "inspect", "rollway-proxy"]).is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no `rollway-proxy` service:\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let spec = service_spec("rollway-proxy");
+    assert!(spec["Mode"]["Global"].is_object(), "{spec:#}");
+    assert_eq!(
+        spec["TaskTemplate"]["Placement"]["Constraints"],
+        serde_json::json!(["node.labels.rollway.ingress == true"]),
+        "{spec:#}"
+    );
+    let image = spec["TaskTemplate"]["ContainerSpec"]["Image"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        image.starts_with(&format!("{registry_host}/rollway/proxy@sha256:")),
+        "deployed by digest from the registry: {image}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let tasks = docker(&["service", "ps", "rollway-proxy", "-q"]).unwrap_or_default();
+    assert_eq!(tasks.trim(), "", "a task runs on a node without the label");
+    assert!(
+        tokio::net::TcpStream::connect(ingress).await.is_err(),
+        "something answers on the ingress port before any node is an ingress node"
+    );
+
+    // The node becomes an ingress node: its task serves v1 on the port, routed like the agent's.
+    docker(&[
+        "node",
+        "update",
+        "--label-add",
+        "rollway.ingress=true",
+        &node,
+    ])
+    .expect("label the node");
+    let deadline = tokio::time::Instant::now() + PATIENCE * 2;
+    loop {
+        let report = Load::new(ingress)
+            .concurrency(1)
+            .count(5)
+            .start()
+            .wait()
+            .await;
+        if report.failed == 0
+            && report
+                .records
+                .iter()
+                .all(|record| record.version.as_deref() == Some("v1"))
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the ingress task does not serve v1 on {ingress}: {report}\n{}\n{}",
+            docker(&["service", "ps", "--no-trunc", "rollway-proxy"]).unwrap_or_default(),
+            crate::containers::docker_all_output(&["service", "logs", "rollway-proxy"])
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    // Load on the ingress node only, across a blue-green deploy and a warm rollback.
+    let load = Load::new(ingress)
+        .concurrency(4)
+        .duration(LOAD_BOUND)
+        .start();
+    agent.deploy(&app("v2"), ENV).await.assert_code(0);
+    wait_ingress_serves(ingress, "v2").await;
+    agent.rollback(&name, ENV, None).await.assert_code(0);
+    wait_ingress_serves(ingress, "v1").await;
+    let report = load.stop().await;
+    assert_eq!(report.failed, 0, "{report}");
+    let versions: std::collections::BTreeSet<&str> = report
+        .records
+        .iter()
+        .filter_map(|record| record.version.as_deref())
+        .collect();
+    assert_eq!(versions, ["v1", "v2"].into_iter().collect());
+
+    // The proxy's token: minted by the agent, only in the Swarm secret.
+    let tokens = agent.cli(&["tokens", "list", "--json"]).await;
+    tokens.assert_code(0);
+    assert!(
+        tokens.stdout.contains("swarm-ingress") && tokens.stdout.contains("\"proxy\""),
+        "the agent minted a proxy token: {}",
+        tokens.stdout
+    );
+    let inspected = docker(&["service", "inspect", "rollway-proxy"]).unwrap_or_default();
+    assert!(!inspected.contains("rwy_"), "a token in the service's spec");
+    let containers = docker(&[
+        "ps",
+        "-q",
+        "--filter",
+        "label=com.docker.swarm.service.name=rollway-proxy",
+    ])
+    .unwrap_or_default();
+    assert!(
+        !containers.trim().is_empty(),
+        "no task container on the node"
+    );
+    for container in containers.lines() {
+        let inspected = docker(&["inspect", container]).unwrap_or_default();
+        assert!(!inspected.contains("rwy_"), "a token in a task's inspect");
+    }
+}
+
+/// Polls the ingress port until five requests answer `version`.
+async fn wait_ingress_serves(ingress: std::net::SocketAddr, version: &str) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let report = Load::new(ingress)
+            .concurrency(1)
+            .count(5)
+            .start()
+            .wait()
+            .await;
+        if report
+            .records
+            .iter()
+            .all(|record| record.version.as_deref() == Some(version))
+        {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the ingress does not serve {version}: {report}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Removes the ingress service, its secrets and the node's label when the test ends.
+struct IngressCleanup {
+    node: String,
+}
+
+impl Drop for IngressCleanup {
+    fn drop(&mut self) {
+        let _ = docker(&["service", "rm", "rollway-proxy"]);
+        let _ = docker(&[
+            "node",
+            "update",
+            "--label-rm",
+            "rollway.ingress",
+            &self.node,
+        ]);
+        for _ in 0..100 {
+            let names = docker(&[
+                "secret",
+                "ls",
+                "--filter",
+                "label=dev.rollway.ingress=rollway-proxy",
+                "--format",
+                "{{.Name}}",
+            ])
+            .unwrap_or_default();
+            let mut left = 0;
+            for name in names.lines() {
+                if docker(&["secret", "rm", name]).is_none() {
+                    left += 1;
+                }
+            }
+            if left == 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}

@@ -247,10 +247,14 @@ async fn every_route_answers_errors_in_the_envelope() {
             assert_eq!(answer.status, 401, "{context}: {answer:?}");
             check(&answer, "without a token");
         }
-        // A role below the route's: 403, and the message names both.
-        if let Some(below) = Role::ALL.into_iter().rev().find(|role| *role < route.role) {
-            let answer = api.call(method, &path, Some(api.token(below)), b"").await;
-            assert_eq!(answer.status, 403, "{context} as {below}: {answer:?}");
+        // Every role that does not allow the route's (a lower one on the ladder, a proxy token
+        // on a people's route, any people's token on a proxy route): 403, the message names both.
+        for refused in Role::ALL
+            .into_iter()
+            .filter(|role| !role.allows(route.role))
+        {
+            let answer = api.call(method, &path, Some(api.token(refused)), b"").await;
+            assert_eq!(answer.status, 403, "{context} as {refused}: {answer:?}");
             if let Some(body) = check(&answer, "below its role") {
                 assert!(
                     body.error.message.contains(route.role.as_str()),

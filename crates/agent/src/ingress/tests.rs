@@ -1,0 +1,149 @@
+use std::time::{Duration, Instant};
+
+use client::wire::{ProxyId, ProxyReport};
+use proxy::{ObservedReleaseStats, ReleaseId, ReleaseStats, sum_stats};
+
+use super::{Followers, MAX_FOLLOWERS, STALE_AFTER};
+
+/// A reading of `release` with `ok` 2xx and `failed` 5xx answers, `in_flight` open.
+fn reading(release: &str, ok: u64, failed: u64, in_flight: u64) -> ObservedReleaseStats {
+    let stats = ReleaseStats::new(ReleaseId::new(release));
+    for _ in 0..ok {
+        stats.record_response(200, Duration::from_millis(1));
+    }
+    for _ in 0..failed {
+        stats.record_response(502, Duration::from_millis(1));
+    }
+    for _ in 0..in_flight {
+        stats.in_flight_started();
+    }
+    ObservedReleaseStats::from(&stats.snapshot())
+}
+
+fn report(
+    proxy: &str,
+    incarnation: &str,
+    releases: Vec<ObservedReleaseStats>,
+) -> ProxyReport<ObservedReleaseStats> {
+    ProxyReport {
+        proxy: ProxyId::new(proxy),
+        incarnation: incarnation.to_owned(),
+        releases,
+    }
+}
+
+fn total(followers: &mut Followers, now: Instant, release: &str) -> (u64, u64, u64) {
+    let sums = sum_stats(&followers.readings(now));
+    sums.iter()
+        .find(|stats| stats.release == release)
+        .map_or((0, 0, 0), |stats| {
+            (
+                stats.total_requests(),
+                stats.requests.server_error,
+                stats.in_flight,
+            )
+        })
+}
+
+#[test]
+fn a_follower_that_restarts_starts_a_new_series_and_the_sum_never_goes_down() {
+    let mut followers = Followers::default();
+    let start = Instant::now();
+    followers
+        .report(
+            report("node-a", "one", vec![reading("app/prod@2", 10, 3, 1)]),
+            start,
+        )
+        .expect("first report");
+    followers
+        .report(
+            report("node-b", "x", vec![reading("app/prod@2", 5, 0, 0)]),
+            start,
+        )
+        .expect("other follower");
+    assert_eq!(total(&mut followers, start, "app/prod@2"), (18, 3, 1));
+
+    // The same life counts on: the latest report replaces the previous one, nothing doubles.
+    followers
+        .report(
+            report("node-a", "one", vec![reading("app/prod@2", 20, 3, 0)]),
+            start,
+        )
+        .expect("later report");
+    assert_eq!(total(&mut followers, start, "app/prod@2"), (28, 3, 0));
+
+    // A new life (new incarnation) starts again from zero: the earlier life's counts stay.
+    followers
+        .report(
+            report("node-a", "two", vec![reading("app/prod@2", 1, 1, 0)]),
+            start,
+        )
+        .expect("restarted");
+    assert_eq!(total(&mut followers, start, "app/prod@2"), (30, 4, 0));
+
+    // Counters going down under the same incarnation are a restart as well, never a negative.
+    followers
+        .report(
+            report("node-a", "two", vec![reading("app/prod@2", 0, 0, 0)]),
+            start,
+        )
+        .expect("went down");
+    assert_eq!(total(&mut followers, start, "app/prod@2"), (30, 4, 0));
+    followers
+        .report(
+            report("node-a", "two", vec![reading("app/prod@2", 2, 0, 0)]),
+            start,
+        )
+        .expect("counting again");
+    assert_eq!(total(&mut followers, start, "app/prod@2"), (32, 4, 0));
+}
+
+#[test]
+fn a_silent_follower_is_retired_with_its_counts_kept_and_its_in_flight_dropped() {
+    let mut followers = Followers::default();
+    let start = Instant::now();
+    followers
+        .report(
+            report("node-a", "one", vec![reading("app/prod@1", 7, 2, 4)]),
+            start,
+        )
+        .expect("report");
+    assert_eq!(followers.seen(start).len(), 1);
+    let later = start + STALE_AFTER;
+    assert_eq!(total(&mut followers, later, "app/prod@1"), (9, 2, 0));
+    assert!(followers.seen(later).is_empty());
+    // Back with the same incarnation after being retired: a new entry, its counts on top.
+    followers
+        .report(
+            report("node-a", "one", vec![reading("app/prod@1", 1, 0, 0)]),
+            later,
+        )
+        .expect("back");
+    assert_eq!(total(&mut followers, later, "app/prod@1"), (10, 2, 0));
+}
+
+#[test]
+fn more_followers_than_the_limit_are_refused_until_one_is_retired() {
+    let mut followers = Followers::default();
+    let start = Instant::now();
+    for n in 0..MAX_FOLLOWERS {
+        followers
+            .report(report(&format!("node-{n}"), "i", Vec::new()), start)
+            .expect("within the limit");
+    }
+    let refused = followers
+        .report(report("one-too-many", "i", Vec::new()), start)
+        .expect_err("over the limit");
+    assert!(refused.to_string().contains("one-too-many"), "{refused}");
+    // A known follower still reports.
+    followers
+        .report(
+            report("node-0", "i", Vec::new()),
+            start + Duration::from_secs(1),
+        )
+        .expect("a known one");
+    // Once the others are silent long enough, there is room again.
+    followers
+        .report(report("one-too-many", "i", Vec::new()), start + STALE_AFTER)
+        .expect("room again");
+}

@@ -1,0 +1,349 @@
+//! `rollway proxy --follow AGENT_URL`: a proxy that follows an agent over its API instead of being
+//! driven over a control socket (issue 17: the ingress proxies of a swarm).
+//!
+//! It is the same proxy process (`proxy::process`), with three tasks beside it:
+//! - `follow`: reads `GET /v1/proxy/state` (token of role proxy, from a file), keeps the newest
+//!   whole desired state, notices a dead link by the missing keep-alives and connects again with
+//!   backoff; the proxy keeps serving its last state meanwhile.
+//! - `apply`: puts each newest state to its own proxy through the control socket, the path the
+//!   agent uses for its proxy (checked, saved in `routes.json`, then applied).
+//! - `report`: every second, the proxy's cumulative counters to `POST /v1/proxy/report`.
+//!
+//! Nothing is served before there is a routing: without a saved `routes.json`, the first state from
+//! the agent is saved before the listeners are bound, so a proxy started later (a new ingress node)
+//! never answers with an empty routing table.
+
+use std::io::Read as _;
+use std::net::SocketAddr;
+use std::ops::ControlFlow;
+use std::os::unix::fs::DirBuilderExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use client::Client;
+use client::pin::Fingerprint;
+use client::wire::{
+    MAX_PROXY_REPORT_RELEASES, PROXY_KEEPALIVE_SECS, ProxyId, ProxyReport, ProxyStateLine,
+};
+use proxy::DesiredState;
+use proxy::control_client::ControlClient;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::ExitStatus;
+use crate::cli::ProxyRunArgs;
+use crate::printer::Printer;
+
+/// The largest token file read (a token is 68 bytes).
+const MAX_TOKEN_FILE: u64 = 4096;
+
+/// How often counters are reported.
+const REPORT_EVERY: Duration = Duration::from_secs(1);
+
+/// Reconnection backoff: first wait, and the longest.
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+pub fn run(
+    args: &ProxyRunArgs,
+    agent: &str,
+    state: PathBuf,
+    listen: SocketAddr,
+    printer: Printer,
+) -> anyhow::Result<ExitStatus> {
+    let Some(token_file) = &args.token_file else {
+        printer
+            .error("`rollway proxy --follow` needs `--token-file FILE` (a token of role `proxy`)");
+        printer.hint("an admin creates one with `rollway tokens create --role proxy --name NAME`; put it in a file readable by the proxy only");
+        return Ok(ExitStatus::Usage);
+    };
+    let token = match read_token(token_file) {
+        Ok(token) => token,
+        Err(problem) => {
+            printer.error(&problem);
+            return Ok(ExitStatus::Usage);
+        }
+    };
+    let pin = match args
+        .follow_fingerprint
+        .as_deref()
+        .map(str::parse::<Fingerprint>)
+    {
+        None => None,
+        Some(Ok(pin)) => Some(pin),
+        Some(Err(error)) => {
+            printer.error(&format!("`--follow-fingerprint`: {error}"));
+            printer.hint("the `api certificate:` line `rollway agent` printed, or `api_fingerprint` of `GET /v1/agent`");
+            return Ok(ExitStatus::Usage);
+        }
+    };
+    let id = args.id.clone().unwrap_or_else(host_name);
+    if !ProxyId::is_valid(&id) {
+        printer.error(&format!(
+            "`--id {id}`: a proxy id is 1 to 128 characters of A-Z a-z 0-9 . _ - :"
+        ));
+        return Ok(ExitStatus::Usage);
+    }
+    let client = match Client::with_pin(agent, Some(token), pin) {
+        Ok(client) => client,
+        Err(error) => {
+            printer.error(&format!("`--follow {agent}`: {error}"));
+            return Ok(ExitStatus::Usage);
+        }
+    };
+    super::agent::init_tracing();
+    let mut config = proxy::process::ProcessConfig::new(state, listen);
+    config.metrics = args.metrics;
+    config.https = args.https;
+    config.config.https_port = args.https.map(|addr| addr.port());
+    config.config.trusted_proxies = args.trusted_proxies.clone();
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(super::agent::stop_on_signal(shutdown.clone()));
+        follow_and_serve(client, ProxyId::new(id), config, shutdown).await
+    })?;
+    Ok(ExitStatus::Success)
+}
+
+async fn follow_and_serve(
+    client: Client,
+    id: ProxyId,
+    config: proxy::process::ProcessConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let (states, mut newest) = watch::channel::<Option<Arc<DesiredState>>>(None);
+    tokio::spawn(follow(client.clone(), states, shutdown.clone()));
+
+    let routes_file = proxy::RoutesFile::in_dir(&config.state_dir);
+    match routes_file.load() {
+        Ok(Some(_)) => tracing::info!(
+            message = "Serving the saved routing until the agent sends its own.",
+            path = %routes_file.path().display(),
+        ),
+        Ok(None) => {
+            tracing::info!(message = "Waiting for the agent's routing before serving.");
+            let Some(first) = first_state(&mut newest, &shutdown).await else {
+                return Ok(());
+            };
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&config.state_dir)
+                .map_err(|error| {
+                    anyhow::anyhow!(
+                        "cannot create the state directory `{}`: {error}",
+                        config.state_dir.display()
+                    )
+                })?;
+            let to_save = routes_file.clone();
+            tokio::task::spawn_blocking(move || to_save.save(&first)).await??;
+        }
+        Err(error) => return Err(error.into()),
+    }
+
+    let process = proxy::process::ProxyProcess::start(config).await?;
+    let control = ControlClient::new(process.socket_path());
+    tracing::info!(
+        message = "Following the agent.",
+        agent = client.base(),
+        proxy = %id,
+        listen = %process.data_addr(),
+    );
+    tokio::spawn(apply(control.clone(), newest, shutdown.clone()));
+    tokio::spawn(report(client, control, id, shutdown.clone()));
+    process.serve(shutdown).await?;
+    Ok(())
+}
+
+/// The first state the agent sends that the proxy would take; `None` when stopped first.
+async fn first_state(
+    newest: &mut watch::Receiver<Option<Arc<DesiredState>>>,
+    shutdown: &CancellationToken,
+) -> Option<DesiredState> {
+    loop {
+        if let Some(state) = newest.borrow_and_update().clone() {
+            let problems = state.problems();
+            if problems.is_empty() {
+                return Some((*state).clone());
+            }
+            tracing::warn!(message = "The agent's routing is refused; waiting for the next.", problems = ?problems);
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return None,
+            changed = newest.changed() => if changed.is_err() { return None },
+        }
+    }
+}
+
+/// Reads the agent's stream of states into `states`, reconnecting with backoff, until `shutdown`.
+async fn follow(
+    client: Client,
+    states: watch::Sender<Option<Arc<DesiredState>>>,
+    shutdown: CancellationToken,
+) {
+    let started = Instant::now();
+    let millis =
+        |at: Instant| u64::try_from(at.duration_since(started).as_millis()).unwrap_or(u64::MAX);
+    let mut backoff = BACKOFF_FIRST;
+    let dead_after = Duration::from_secs(PROXY_KEEPALIVE_SECS * 3);
+    loop {
+        let last_line = AtomicU64::new(millis(Instant::now()));
+        let mut lines = 0_u64;
+        let stream = client.proxy_states::<DesiredState>(|line| {
+            last_line.store(millis(Instant::now()), Ordering::Relaxed);
+            lines += 1;
+            if let ProxyStateLine::State(state) = line {
+                states.send_replace(Some(Arc::new(state)));
+            }
+            ControlFlow::Continue(())
+        });
+        let watchdog = async {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let silent =
+                    millis(Instant::now()).saturating_sub(last_line.load(Ordering::Relaxed));
+                if silent > u64::try_from(dead_after.as_millis()).unwrap_or(u64::MAX) {
+                    return;
+                }
+            }
+        };
+        let outcome = tokio::select! {
+            () = shutdown.cancelled() => return,
+            outcome = stream => outcome.map_err(|error| error.to_string()),
+            () = watchdog => Err(format!("nothing heard for {}s", dead_after.as_secs())),
+        };
+        if lines > 0 {
+            backoff = BACKOFF_FIRST;
+        }
+        match outcome {
+            Ok(()) => tracing::info!(
+                message = "The agent ended the routing stream; connecting again.",
+                agent = client.base()
+            ),
+            Err(error) => tracing::warn!(
+                message = "The agent's routing stream is down; serving the last routing and connecting again.",
+                agent = client.base(),
+                %error,
+                retry_in_ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX),
+            ),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// Puts each newest state to the proxy (control socket: checked, saved, applied); a failure is
+/// tried again after a pause unless a newer state came.
+async fn apply(
+    control: ControlClient,
+    mut newest: watch::Receiver<Option<Arc<DesiredState>>>,
+    shutdown: CancellationToken,
+) {
+    let mut retry = BACKOFF_FIRST;
+    loop {
+        let state = newest.borrow_and_update().clone();
+        let mut failed = false;
+        if let Some(state) = state {
+            match control.put_state(&state).await {
+                Ok(observed) => {
+                    retry = BACKOFF_FIRST;
+                    tracing::info!(
+                        message = "Routing from the agent applied.",
+                        n_routes = observed.routes.len(),
+                    );
+                }
+                Err(error) => {
+                    failed = true;
+                    tracing::warn!(message = "The agent's routing cannot be applied; trying again.", %error);
+                }
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            changed = newest.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep(retry), if failed => {
+                retry = (retry * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+/// Every second, the proxy's cumulative counters to the agent.
+async fn report(client: Client, control: ControlClient, id: ProxyId, shutdown: CancellationToken) {
+    let incarnation = incarnation();
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(REPORT_EVERY) => {}
+        }
+        let mut releases = match control.stats().await {
+            Ok(releases) => releases,
+            Err(error) => {
+                tracing::warn!(message = "Cannot read the proxy's counters.", %error);
+                continue;
+            }
+        };
+        releases.truncate(MAX_PROXY_REPORT_RELEASES);
+        let sent = client
+            .proxy_report(&ProxyReport {
+                proxy: id.clone(),
+                incarnation: incarnation.clone(),
+                releases,
+            })
+            .await;
+        match sent {
+            Ok(()) if failing => {
+                failing = false;
+                tracing::info!(message = "Reporting counters to the agent again.");
+            }
+            Ok(()) => {}
+            Err(error) if !failing => {
+                failing = true;
+                tracing::warn!(message = "Cannot report counters to the agent; trying every second.", %error);
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// New at each start: the process id and the start time, so the agent tells a restart (counters
+/// from zero) from a reading that went down.
+fn incarnation() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos());
+    format!("{}-{nanos}", std::process::id())
+}
+
+/// The token in `path`, trimmed; the messages never hold its value.
+fn read_token(path: &Path) -> Result<String, String> {
+    let file = std::fs::File::open(path)
+        .map_err(|error| format!("cannot read the token file `{}`: {error}", path.display()))?;
+    let mut text = String::new();
+    file.take(MAX_TOKEN_FILE)
+        .read_to_string(&mut text)
+        .map_err(|error| format!("cannot read the token file `{}`: {error}", path.display()))?;
+    let token = text.trim();
+    if !token.starts_with("rwy_") || token.contains(char::is_whitespace) {
+        return Err(format!(
+            "the token file `{}` does not hold one token (`rwy_…`, one line)",
+            path.display()
+        ));
+    }
+    Ok(token.to_owned())
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .ok()
+        .filter(|name| ProxyId::is_valid(name))
+        .unwrap_or_else(|| "proxy".to_owned())
+}

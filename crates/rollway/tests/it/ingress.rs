@@ -1,0 +1,379 @@
+//! Proxies that follow the agent (`rollway proxy --follow`, issue 17 item 4): a real follower
+//! process against a real agent (process driver), on 127.0.0.1 only. The routing follows deploys
+//! and rollbacks; a follower serves nothing before it has the agent's routing; its counters are in
+//! the canary analysis; only a proxy token may follow, and that token is in no argv or log.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+use testkit::agent::{APP, TestAgent, TestApp};
+use testkit::load::{Load, Report};
+
+use crate::agent::Setup;
+
+const ENV: &str = "production";
+/// Bound of every wait in these tests.
+const PATIENCE: Duration = Duration::from_secs(60);
+/// Bound of every load loop; tests stop theirs long before.
+const LOAD_BOUND: Duration = Duration::from_secs(120);
+
+/// A `rollway proxy --follow` process, killed when dropped.
+struct Follower {
+    child: tokio::process::Child,
+    listen: SocketAddr,
+    state: PathBuf,
+    log: PathBuf,
+}
+
+impl Follower {
+    /// Starts a follower of `agent` on a free loopback port with the token in `token_file`.
+    fn start(agent: &TestAgent, dir: &Path, name: &str, token_file: &Path) -> Follower {
+        let listen = free_port();
+        Follower::start_on(agent, dir, name, token_file, listen)
+    }
+
+    fn start_on(
+        agent: &TestAgent,
+        dir: &Path,
+        name: &str,
+        token_file: &Path,
+        listen: SocketAddr,
+    ) -> Follower {
+        let state = dir.join(format!("{name}-state"));
+        let log = dir.join(format!("{name}.log"));
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("follower log");
+        let child = tokio::process::Command::new(crate::agent::rollway_bin())
+            .args(["proxy", "--follow", &agent.api_url(), "--state"])
+            .arg(&state)
+            .args([
+                "--listen",
+                &listen.to_string(),
+                "--id",
+                name,
+                "--token-file",
+            ])
+            .arg(token_file)
+            .env_remove("ROLLWAY_TOKEN")
+            .stdout(std::process::Stdio::null())
+            .stderr(stderr)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start rollway proxy --follow");
+        Follower {
+            child,
+            listen,
+            state,
+            log,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id().expect("the follower runs")
+    }
+
+    /// `n` requests, one at a time, through the follower.
+    async fn sample(&self, n: u64) -> Report {
+        Load::new(self.listen)
+            .concurrency(1)
+            .count(n)
+            .start()
+            .wait()
+            .await
+    }
+
+    /// Polls until five requests in a row answer `version`.
+    async fn wait_serves(&self, version: &str) {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let report = self.sample(5).await;
+            if report.failed == 0
+                && report
+                    .records
+                    .iter()
+                    .all(|record| record.version.as_deref() == Some(version))
+            {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the follower does not serve `{version}`: {report}\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn stop(mut self) {
+        let _ = self.child.start_kill();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
+    }
+}
+
+fn free_port() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("its address")
+}
+
+/// A token of `role` in a 0600 file of `dir`, and its value.
+async fn token_file(agent: &TestAgent, dir: &Path, role: &str) -> (PathBuf, String) {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let ran = agent
+        .cli(&["tokens", "create", "--role", role, "--name", role, "--json"])
+        .await;
+    ran.assert_code(0);
+    let created: Value = serde_json::from_str(&ran.stdout).expect("token JSON");
+    let token = created["token"].as_str().expect("token value").to_owned();
+    let path = dir.join(format!("{role}.token"));
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .expect("token file");
+    writeln!(file, "{token}").expect("write the token");
+    (path, token)
+}
+
+/// Whether something accepts connections on `addr` now.
+async fn accepts(addr: SocketAddr) -> bool {
+    tokio::net::TcpStream::connect(addr).await.is_ok()
+}
+
+fn blue_green(setup: &Setup, version: &str) -> TestApp {
+    setup.app("app", version)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_serves_the_agents_routing_through_deploys_and_rollbacks_and_only_once_it_has_it()
+ {
+    let setup = Setup::start().await;
+    let agent = &setup.agent;
+    let dir = setup.dir.path();
+    agent
+        .deploy(&blue_green(&setup, "v1"), ENV)
+        .await
+        .assert_code(0);
+    let (proxy_token_file, proxy_token) = token_file(agent, dir, "proxy").await;
+    let (viewer_token_file, viewer_token) = token_file(agent, dir, "viewer").await;
+
+    // Unhappy first: with a viewer's token the agent refuses the stream, so the follower has no
+    // routing and binds nothing: every connection for 3 s is refused, and no routes.json exists.
+    let refused = Follower::start(agent, dir, "refused", &viewer_token_file);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    let mut attempts = 0;
+    while tokio::time::Instant::now() < deadline {
+        assert!(
+            !accepts(refused.listen).await,
+            "a follower without a routing accepted a connection:\n{}",
+            refused.log()
+        );
+        attempts += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(attempts > 10, "only {attempts} attempts in 3 s");
+    assert!(!refused.state.join("routes.json").exists());
+    let refused_log = refused.log();
+    assert!(
+        refused_log.contains("needs role `proxy`"),
+        "the refusal should name the role it needs:\n{refused_log}"
+    );
+    assert!(
+        !refused_log.contains(&viewer_token),
+        "the token is in the log"
+    );
+    refused.stop().await;
+
+    // A follower started after the deploy: the first connection it accepts is already routed to
+    // v1 (never a 404 or 502 from an empty routing table).
+    let follower = Follower::start(agent, dir, "node-1", &proxy_token_file);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !accepts(follower.listen).await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the follower never served:\n{}",
+            follower.log()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let first = follower.sample(20).await;
+    assert_eq!(first.failed, 0, "{first}\n{}", follower.log());
+    assert!(
+        first
+            .records
+            .iter()
+            .all(|record| record.version.as_deref() == Some("v1")),
+        "{first}"
+    );
+
+    // Load through the follower only, across a deploy and a warm rollback: no request fails.
+    let load = Load::new(follower.listen)
+        .concurrency(4)
+        .rate(200)
+        .duration(LOAD_BOUND)
+        .start();
+    agent
+        .deploy(&blue_green(&setup, "v2"), ENV)
+        .await
+        .assert_code(0);
+    follower.wait_serves("v2").await;
+    // Long enough for the paced load (200/s) to meet v2 too.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    agent.rollback(APP, ENV, None).await.assert_code(0);
+    follower.wait_serves("v1").await;
+    let report = load.stop().await;
+    assert_eq!(report.failed, 0, "{report}\n{}", follower.log());
+    let versions: std::collections::BTreeSet<&str> = report
+        .records
+        .iter()
+        .filter_map(|record| record.version.as_deref())
+        .collect();
+    assert_eq!(
+        versions,
+        ["v1", "v2"].into_iter().collect(),
+        "the load saw both releases"
+    );
+    assert!(follower.state.join("routes.json").exists());
+
+    // The agent lists the follower once it reported (every second).
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let followers = loop {
+        let info = agent.api("GET", "/v1/agent", "").await;
+        let info: Value = serde_json::from_str(&info.body).expect("agent JSON");
+        let followers = info["followers"].as_array().cloned().unwrap_or_default();
+        if !followers.is_empty() {
+            break followers;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the agent lists no follower: {info:#}\n{}",
+            follower.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(followers.len(), 1, "{followers:#?}");
+    assert_eq!(followers[0]["proxy"], "node-1", "{followers:#?}");
+    assert!(
+        followers[0]["seen_ms_ago"].as_u64() < Some(30_000),
+        "{followers:#?}"
+    );
+
+    // The token is in no argv and no log.
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", follower.pid())).expect("cmdline");
+    assert!(
+        !String::from_utf8_lossy(&cmdline).contains(&proxy_token),
+        "the token is in argv"
+    );
+    assert!(
+        !follower.log().contains(&proxy_token),
+        "the token is in the follower's log"
+    );
+    assert!(
+        !agent.log().contains(&proxy_token),
+        "the token is in the agent's log"
+    );
+
+    // The agent gone: the follower keeps serving its last routing.
+    let listen = follower.listen;
+    let mut agent_process = setup;
+    agent_process.agent.kill9().await;
+    let still = follower.sample(20).await;
+    assert_eq!(still.failed, 0, "{still}\n{}", follower.log());
+    assert!(
+        still
+            .records
+            .iter()
+            .all(|record| record.version.as_deref() == Some("v1"))
+    );
+    // And a follower restarted while the agent is away serves the routing it saved.
+    follower.stop().await;
+    let restarted = Follower::start_on(
+        &agent_process.agent,
+        agent_process.dir.path(),
+        "node-1",
+        &proxy_token_file,
+        listen,
+    );
+    restarted.wait_serves("v1").await;
+    restarted.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_failing_only_through_a_follower_is_rolled_back_on_the_followers_counters() {
+    const STEPS: &str = r#"[{ weight = 20, pause = "60s" }, { weight = 100 }]"#;
+    let setup = Setup::start().await;
+    let agent = &setup.agent;
+    let dir = setup.dir.path();
+    let canary = |version: &str| {
+        setup
+            .app("app", version)
+            .canary(STEPS)
+            .analysis(r#"interval = "200ms""#)
+            .analysis("min_requests = 50")
+    };
+    agent.deploy(&canary("v1"), ENV).await.assert_code(0);
+    let (token_file, _) = token_file(agent, dir, "proxy").await;
+    let follower = Follower::start(agent, dir, "node-1", &token_file);
+    follower.wait_serves("v1").await;
+
+    // Every request goes through the follower: the agent's own proxy sees none of them.
+    let load = Load::new(follower.listen)
+        .concurrency(4)
+        .rate(250)
+        .duration(LOAD_BOUND)
+        .start();
+    let bad = canary("v2").env("ERROR_RATE", "0.05");
+    let ran = agent.deploy(&bad, ENV).await;
+    let report = load.stop().await;
+    ran.assert_code(1);
+
+    let status = agent.status(APP, ENV).await;
+    assert_eq!(status.deployment_state(), Some("RolledBack"), "{status}");
+    let reason = status.deployment_reason().unwrap_or_default();
+    assert!(
+        reason.contains("the canary analysis failed: 5xx share"),
+        "{reason}"
+    );
+    assert_eq!(status.current_release(), Some(1), "{status}");
+    assert!(report.failed > 0, "the canary failed nothing: {report}");
+    follower.wait_serves("v1").await;
+
+    // The agent's own proxy answered none of the canary's requests, so the verdict's sample is the
+    // follower's counters.
+    let events = agent.events().await;
+    let fail = events
+        .iter()
+        .find(|event| {
+            event["kind"] == "analysis.verdict" && event["data"]["verdict"]["verdict"] == "fail"
+        })
+        .unwrap_or_else(|| panic!("no failing verdict in {events:#?}"));
+    let sample = &fail["data"]["sample"];
+    assert!(
+        sample["requests"].as_u64() >= Some(50) && sample["errors"].as_u64() > Some(0),
+        "{fail:#}"
+    );
+    // `/v1/metrics` counts the follower's requests of the canary too.
+    let metrics = agent.api("GET", "/v1/metrics", "").await;
+    let canary_5xx = metrics
+        .body
+        .lines()
+        .find(|line| {
+            line.starts_with("rollway_requests_total")
+                && line.contains("release=\"2\"")
+                && line.contains("5xx")
+        })
+        .unwrap_or_else(|| panic!("no 5xx line of release 2 in:\n{}", metrics.body));
+    assert!(!canary_5xx.ends_with(" 0"), "{canary_5xx}");
+    follower.stop().await;
+}
