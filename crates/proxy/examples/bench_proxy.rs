@@ -205,16 +205,27 @@ fn routed_proxy(
     upstream: SocketAddr,
     protocol: proxy::UpstreamProtocol,
 ) -> Result<Proxy, Box<dyn std::error::Error>> {
-    let proxy = Proxy::new(ProxyConfig::default());
+    // Experiments: BENCH_HEADER_FIELDS sets both header field limits (request, answer);
+    // BENCH_UPSTREAM_MAX_IDLE the idle upstream connections kept per instance.
+    let mut config = ProxyConfig::default();
+    let mut settings = proxy::RouteSettings {
+        protocol,
+        ..proxy::RouteSettings::default()
+    };
+    if let Ok(fields) = std::env::var("BENCH_HEADER_FIELDS") {
+        config.max_request_header_fields = fields.parse()?;
+        settings.max_header_fields = fields.parse()?;
+    }
+    if let Ok(idle) = std::env::var("BENCH_UPSTREAM_MAX_IDLE") {
+        config.upstream_max_idle_per_instance = idle.parse()?;
+    }
+    let proxy = Proxy::new(config);
     let route = RouteName::new("bench");
     proxy.set_route(RouteSpec {
         name: route.clone(),
         hosts: Vec::new(),
         path_prefix: "/".to_owned(),
-        settings: proxy::RouteSettings {
-            protocol,
-            ..proxy::RouteSettings::default()
-        },
+        settings,
         edge: proxy::RouteEdge::default(),
     });
     let instance = InstanceId::new("upstream");
@@ -235,16 +246,27 @@ async fn proxy(
     protocol: proxy::UpstreamProtocol,
     limited: bool,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let proxy = Proxy::new(ProxyConfig::default());
+    // Experiments: BENCH_HEADER_FIELDS sets both header field limits (request, answer);
+    // BENCH_UPSTREAM_MAX_IDLE the idle upstream connections kept per instance.
+    let mut config = ProxyConfig::default();
+    let mut settings = proxy::RouteSettings {
+        protocol,
+        ..proxy::RouteSettings::default()
+    };
+    if let Ok(fields) = std::env::var("BENCH_HEADER_FIELDS") {
+        config.max_request_header_fields = fields.parse()?;
+        settings.max_header_fields = fields.parse()?;
+    }
+    if let Ok(idle) = std::env::var("BENCH_UPSTREAM_MAX_IDLE") {
+        config.upstream_max_idle_per_instance = idle.parse()?;
+    }
+    let proxy = Proxy::new(config);
     let route = RouteName::new("bench");
     proxy.set_route(RouteSpec {
         name: route.clone(),
         hosts: Vec::new(),
         path_prefix: "/".to_owned(),
-        settings: proxy::RouteSettings {
-            protocol,
-            ..proxy::RouteSettings::default()
-        },
+        settings,
         edge: proxy::RouteEdge {
             rate_limit: limited.then_some(proxy::RateLimit {
                 requests: 1_000_000,

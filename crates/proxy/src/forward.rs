@@ -363,7 +363,10 @@ async fn forward(
                     (
                         sender,
                         Arc::clone(&instance),
-                        config.upstream_max_idle_per_instance,
+                        upstream::IdleLimits {
+                            max: config.upstream_max_idle_per_instance,
+                            timeout: config.upstream_idle_timeout,
+                        },
                     )
                 });
                 let mut body =

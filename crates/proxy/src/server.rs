@@ -76,8 +76,8 @@ async fn serve_with(
         // Our own timer (`TimedIo`) answers 408; hyper's would close silently.
         .header_read_timeout(None)
         .max_buf_size(config.max_header_bytes.max(8192))
-        .max_headers(config.max_request_header_fields)
         .timer(TokioTimer::new());
+    crate::upstream::limit_header_fields(&mut http1, config.max_request_header_fields);
     let mut http2 = http2::Builder::new(TokioExecutor::new());
     http2
         .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
