@@ -72,8 +72,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             };
             runtime.block_on(proxy_https(listen, upstream, workers, certificate))
         }
+        Some("idle-clients") => {
+            let target: SocketAddr = args.get(2).ok_or("missing TARGET_ADDR")?.parse()?;
+            let count: usize = args.get(3).ok_or("missing COUNT")?.parse()?;
+            let hold: u64 = args.get(4).ok_or("missing HOLD_S")?.parse()?;
+            runtime.block_on(idle_clients(target, count, hold))
+        }
         _ => Err(
-            "usage: bench_proxy upstream|grpc-upstream LISTEN_ADDR | bench_proxy proxy LISTEN_ADDR UPSTREAM_ADDR [WORKERS] [http1|h2c|grpc] [open|limited] | bench_proxy proxy-https LISTEN_ADDR UPSTREAM_ADDR HOST CERT_PEM KEY_PEM [WORKERS]"
+            "usage: bench_proxy upstream|grpc-upstream LISTEN_ADDR | bench_proxy idle-clients TARGET_ADDR COUNT HOLD_S | bench_proxy proxy LISTEN_ADDR UPSTREAM_ADDR [WORKERS] [http1|h2c|grpc] [open|limited] | bench_proxy proxy-https LISTEN_ADDR UPSTREAM_ADDR HOST CERT_PEM KEY_PEM [WORKERS]"
                 .into(),
         ),
     }
@@ -101,6 +107,44 @@ async fn upstream(listen: SocketAddr) -> Result<(), Box<dyn std::error::Error>> 
                 .await;
         });
     }
+}
+
+/// Opens `count` keep-alive connections to `target`, sends one `GET /small` on each and reads its answer,
+/// prints `ready`, holds them idle for `hold_s` seconds, closes them all and prints `closed`. Bounded in
+/// count (the caller's) and in time: each answer within 10 s, the hold as given.
+async fn idle_clients(
+    target: SocketAddr,
+    count: usize,
+    hold_s: u64,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut connections = Vec::with_capacity(count);
+    for _ in 0..count {
+        let mut stream = tokio::net::TcpStream::connect(target).await?;
+        stream
+            .write_all(b"GET /small HTTP/1.1\r\nHost: bench\r\n\r\n")
+            .await?;
+        let mut answer = Vec::new();
+        let mut chunk = [0u8; 1024];
+        tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            // The small answer ends with this line of its 20-byte body.
+            while !answer.ends_with(b"hello from upstream\n") {
+                let read = stream.read(&mut chunk).await?;
+                if read == 0 {
+                    return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+                }
+                answer.extend_from_slice(&chunk[..read]);
+            }
+            Ok(())
+        })
+        .await??;
+        connections.push(stream);
+    }
+    println!("ready");
+    tokio::time::sleep(std::time::Duration::from_secs(hold_s)).await;
+    drop(connections);
+    println!("closed");
+    Ok(())
 }
 
 /// Answers every call with the message `hello` and `grpc-status: 0` in the trailers, as a unary gRPC
@@ -161,16 +205,27 @@ fn routed_proxy(
     upstream: SocketAddr,
     protocol: proxy::UpstreamProtocol,
 ) -> Result<Proxy, Box<dyn std::error::Error>> {
-    let proxy = Proxy::new(ProxyConfig::default());
+    // Experiments: BENCH_HEADER_FIELDS sets both header field limits (request, answer);
+    // BENCH_UPSTREAM_MAX_IDLE the idle upstream connections kept per instance.
+    let mut config = ProxyConfig::default();
+    let mut settings = proxy::RouteSettings {
+        protocol,
+        ..proxy::RouteSettings::default()
+    };
+    if let Ok(fields) = std::env::var("BENCH_HEADER_FIELDS") {
+        config.max_request_header_fields = fields.parse()?;
+        settings.max_header_fields = fields.parse()?;
+    }
+    if let Ok(idle) = std::env::var("BENCH_UPSTREAM_MAX_IDLE") {
+        config.upstream_max_idle_per_instance = idle.parse()?;
+    }
+    let proxy = Proxy::new(config);
     let route = RouteName::new("bench");
     proxy.set_route(RouteSpec {
         name: route.clone(),
         hosts: Vec::new(),
         path_prefix: "/".to_owned(),
-        settings: proxy::RouteSettings {
-            protocol,
-            ..proxy::RouteSettings::default()
-        },
+        settings,
         edge: proxy::RouteEdge::default(),
     });
     let instance = InstanceId::new("upstream");
@@ -191,16 +246,27 @@ async fn proxy(
     protocol: proxy::UpstreamProtocol,
     limited: bool,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let proxy = Proxy::new(ProxyConfig::default());
+    // Experiments: BENCH_HEADER_FIELDS sets both header field limits (request, answer);
+    // BENCH_UPSTREAM_MAX_IDLE the idle upstream connections kept per instance.
+    let mut config = ProxyConfig::default();
+    let mut settings = proxy::RouteSettings {
+        protocol,
+        ..proxy::RouteSettings::default()
+    };
+    if let Ok(fields) = std::env::var("BENCH_HEADER_FIELDS") {
+        config.max_request_header_fields = fields.parse()?;
+        settings.max_header_fields = fields.parse()?;
+    }
+    if let Ok(idle) = std::env::var("BENCH_UPSTREAM_MAX_IDLE") {
+        config.upstream_max_idle_per_instance = idle.parse()?;
+    }
+    let proxy = Proxy::new(config);
     let route = RouteName::new("bench");
     proxy.set_route(RouteSpec {
         name: route.clone(),
         hosts: Vec::new(),
         path_prefix: "/".to_owned(),
-        settings: proxy::RouteSettings {
-            protocol,
-            ..proxy::RouteSettings::default()
-        },
+        settings,
         edge: proxy::RouteEdge {
             rate_limit: limited.then_some(proxy::RateLimit {
                 requests: 1_000_000,

@@ -1,8 +1,9 @@
 //! A request in progress on a downstream connection, as the connection's timers and the request's
 //! body see it: shared by `server` (the connection), `forward` and `body` (the request).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 
 use atomic_waker::AtomicWaker;
 
@@ -23,9 +24,33 @@ pub(crate) struct ConnectionActivity {
     // final answer (hyper's server cannot send them). std Mutex: an append or a take, never held across
     // an await.
     pub(crate) interim: Mutex<Vec<u8>>,
+    // Set by the IO wrapper when an HTTP/1 keep-alive connection has been idle long enough to leave
+    // hyper (`server::serve_http1`). Set from inside the connection's own task (hyper polls the IO
+    // wrapper there), which wakes that task itself.
+    idle_release: AtomicBool,
 }
 
 impl ConnectionActivity {
+    /// Asks the connection to leave hyper while it is idle (see `idle_released`); the caller wakes the
+    /// connection's task.
+    pub(crate) fn release_idle(&self) {
+        self.idle_release.store(true, Ordering::Release);
+    }
+
+    /// Completes once the IO wrapper asked for the idle connection to leave hyper. Polled by the
+    /// connection's task beside hyper's connection, whose IO wrapper sets the flag and wakes the task.
+    pub(crate) async fn idle_released(&self) {
+        std::future::poll_fn(|_| {
+            if self.idle_release.load(Ordering::Acquire) {
+                self.idle_release.store(false, Ordering::Relaxed);
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+    }
+
     pub(crate) fn start(self: &Arc<Self>) -> ActiveRequest {
         self.active.fetch_add(1, Ordering::AcqRel);
         ActiveRequest {

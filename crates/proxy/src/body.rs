@@ -18,7 +18,7 @@ use tokio::time::Sleep;
 use crate::active::ActiveRequest;
 use crate::instance::{InFlightGuard, InstanceLive};
 use crate::stats::ReleaseStats;
-use crate::upstream::Sender;
+use crate::upstream::{IdleLimits, Sender};
 
 /// The body of every answer the proxy gives.
 pub struct ProxyBody {
@@ -26,7 +26,7 @@ pub struct ProxyBody {
     // Longest silence of the instance inside its answer; the timer is reset by every frame.
     idle: Option<(Duration, Pin<Box<Sleep>>)>,
     // Returned to the instance's pool when the upstream answer has been read to its end.
-    checkin: Option<(Sender, Arc<InstanceLive>, usize)>,
+    checkin: Option<(Sender, Arc<InstanceLive>, IdleLimits)>,
     // Held until the body ends or is dropped: the instance's in-flight count (what a drain waits for) and
     // the connection's active-request count (what stops the idle timer).
     in_flight: Option<InFlightGuard>,
@@ -88,7 +88,7 @@ impl ProxyBody {
 
     pub(crate) fn upstream(
         incoming: Incoming,
-        checkin: Option<(Sender, Arc<InstanceLive>, usize)>,
+        checkin: Option<(Sender, Arc<InstanceLive>, IdleLimits)>,
         in_flight: Option<InFlightGuard>,
         idle_timeout: Duration,
     ) -> ProxyBody {
@@ -135,8 +135,8 @@ impl ProxyBody {
     }
 
     fn finish(&mut self) {
-        if let Some((sender, instance, max_idle)) = self.checkin.take() {
-            instance.connections.checkin(sender, max_idle);
+        if let Some((sender, instance, limits)) = self.checkin.take() {
+            instance.connections.checkin(sender, limits);
         }
         self.in_flight = None;
     }

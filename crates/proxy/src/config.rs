@@ -37,7 +37,9 @@ pub struct ProxyConfig {
     /// Invariant: below the apps' own keep-alive timeout (gunicorn's default is 2 s, Node's 5 s), or a reused
     /// connection can be closed by the app while a request is being written on it.
     pub upstream_idle_timeout: Duration,
-    /// Most idle upstream connections kept per instance.
+    /// Most idle upstream connections kept per instance (each for `upstream_idle_timeout` at most). An
+    /// HTTP/2 client's concurrent streams to an HTTP/1.1 instance each need a connection: fewer idle ones
+    /// than the usual concurrency means connecting and closing on every request.
     pub upstream_max_idle_per_instance: usize,
     /// Most attempts for one request (the first one included) when a retry is safe.
     pub max_attempts: u32,
@@ -229,7 +231,7 @@ impl Default for ProxyConfig {
             upstream_connect_timeout: Duration::from_secs(2),
             tunnel_half_close_timeout: Duration::from_secs(5),
             upstream_idle_timeout: Duration::from_millis(1500),
-            upstream_max_idle_per_instance: 256,
+            upstream_max_idle_per_instance: 4096,
             max_attempts: 3,
             waiting: WaitingConfig::default(),
             passive_health: PassiveHealthConfig::default(),

@@ -363,7 +363,10 @@ async fn forward(
                     (
                         sender,
                         Arc::clone(&instance),
-                        config.upstream_max_idle_per_instance,
+                        upstream::IdleLimits {
+                            max: config.upstream_max_idle_per_instance,
+                            timeout: config.upstream_idle_timeout,
+                        },
                     )
                 });
                 let mut body =
@@ -756,9 +759,21 @@ fn upstream_uri(uri: &Uri, host: &HeaderValue, protocol: UpstreamProtocol) -> Ur
 /// end-to-end (RFC 9110 section 6.6.2) and is kept: hyper sends an HTTP/1.1 client only the trailer
 /// fields it announces.
 fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    // Most messages carry none: one pass over the names beats a hashed removal per listed header.
-    if !upgrade && !headers.keys().any(is_hop_by_hop) {
-        return;
+    // Most messages carry none, or only `Connection: keep-alive` (many app servers send it on every
+    // answer, some with `Keep-Alive: timeout=N`): one pass over the fields decides, and then at most two
+    // hashed removals instead of a list of names and one removal per hop-by-hop header.
+    if !upgrade {
+        match hop_by_hop_kind(headers) {
+            HopByHop::None => return,
+            HopByHop::KeepAlive { keep_alive_field } => {
+                headers.remove(header::CONNECTION);
+                if keep_alive_field {
+                    headers.remove(&KEEP_ALIVE);
+                }
+                return;
+            }
+            HopByHop::Other => {}
+        }
     }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -782,6 +797,49 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     } else {
         headers.remove(header::CONNECTION);
         headers.remove(header::UPGRADE);
+    }
+}
+
+/// What one pass over a message's fields finds of hop-by-hop headers.
+#[derive(Debug, PartialEq, Eq)]
+enum HopByHop {
+    None,
+    /// Only `Connection` fields whose every option is `keep-alive` or `close`, and perhaps a
+    /// `Keep-Alive` field: removing `Connection` (and `Keep-Alive`) is all there is to do.
+    KeepAlive {
+        keep_alive_field: bool,
+    },
+    /// Anything else: the general path.
+    Other,
+}
+
+fn hop_by_hop_kind(headers: &HeaderMap) -> HopByHop {
+    let mut connection = false;
+    let mut keep_alive_field = false;
+    for (name, value) in headers {
+        if name == header::CONNECTION {
+            connection = true;
+            let simple = value.to_str().is_ok_and(|value| {
+                value.split(',').all(|token| {
+                    let token = token.trim();
+                    token.eq_ignore_ascii_case("keep-alive") || token.eq_ignore_ascii_case("close")
+                })
+            });
+            if !simple {
+                return HopByHop::Other;
+            }
+        } else if name == KEEP_ALIVE {
+            keep_alive_field = true;
+        } else if is_hop_by_hop(name) || name.as_str() == "close" {
+            // `Connection: close` names a field `close`, which must go too: the general path.
+            return HopByHop::Other;
+        }
+    }
+    match (connection, keep_alive_field) {
+        (false, false) => HopByHop::None,
+        (true, keep_alive_field) => HopByHop::KeepAlive { keep_alive_field },
+        // `Keep-Alive` without `Connection` is still hop-by-hop (RFC 9110 section 7.6.1).
+        (false, true) => HopByHop::Other,
     }
 }
 

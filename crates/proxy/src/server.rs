@@ -11,11 +11,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use bytes::{Buf, Bytes};
 use hyper::Request;
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::time::{Instant, Sleep};
@@ -70,20 +71,19 @@ async fn serve_with(
     tls: Option<tokio_rustls::TlsAcceptor>,
 ) -> io::Result<()> {
     let config = proxy.config().clone();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
+    let mut http1 = http1::Builder::new();
+    http1
         // Our own timer (`TimedIo`) answers 408; hyper's would close silently.
         .header_read_timeout(None)
         .max_buf_size(config.max_header_bytes.max(8192))
-        .max_headers(config.max_request_header_fields)
         .timer(TokioTimer::new());
-    builder
-        .http2()
+    crate::upstream::limit_header_fields(&mut http1, config.max_request_header_fields);
+    let mut http2 = http2::Builder::new(TokioExecutor::new());
+    http2
         .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
         .keep_alive_interval(Some(Duration::from_secs(20)))
         .timer(TokioTimer::new());
-    let builder = Arc::new(builder);
+    let builder = Arc::new(Builders { http1, http2 });
     let tracker = TaskTracker::new();
     let scheme = if tls.is_some() {
         Scheme::Https
@@ -144,9 +144,23 @@ async fn serve_with(
     Ok(())
 }
 
+/// hyper's two servers, configured once per listener. The protocol is chosen per connection from its
+/// first bytes (the HTTP/2 preface or not), as hyper-util's `auto` server does.
+struct Builders {
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+}
+
+/// The HTTP/2 connection preface (RFC 9113 section 3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How long an HTTP/1 keep-alive connection stays idle before hyper's read and write buffers (8 KiB
+/// each) are released; the connection itself stays open, and its next request gets new buffers.
+const HTTP1_RELEASE_AFTER: Duration = Duration::from_secs(1);
+
 struct Connection {
     proxy: Proxy,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builder: Arc<Builders>,
     client_addr: SocketAddr,
     scheme: Scheme,
     shutdown: CancellationToken,
@@ -158,6 +172,8 @@ impl Connection {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        // Counted for `memory`'s trim after a burst of closes.
+        let _open = crate::memory::OpenConnection::new();
         let config = self.proxy.config();
         let activity = Arc::new(ConnectionActivity::default());
         let io = TimedIo::new(
@@ -176,19 +192,15 @@ impl Connection {
         });
         // Set when the process stops accepting: every HTTP/1 answer from then on says
         // `connection: close`, so a keep-alive client opens its next connection to the successor
-        // instead of racing a close (`drain` below).
+        // instead of racing a close (`serve_http1`).
         let closing = Arc::new(AtomicBool::new(false));
-        let seen_http2 = Arc::new(AtomicBool::new(false));
         let service = {
             let closing = Arc::clone(&closing);
-            let seen_http2 = Arc::clone(&seen_http2);
+            let activity = Arc::clone(&activity);
             service_fn(move |request: Request<Incoming>| {
                 // Counted here, synchronously, so the IO wrapper sees the request before it next reads.
                 let active = activity.start();
                 let http1 = request.version() < hyper::Version::HTTP_2;
-                if !http1 {
-                    seen_http2.store(true, Ordering::Relaxed);
-                }
                 let closing = Arc::clone(&closing);
                 let answer = forward::handle(request, Arc::clone(&context), active);
                 async move {
@@ -206,24 +218,88 @@ impl Connection {
                 }
             })
         };
+        let mut io = io;
+        // Nothing of hyper's exists until the client's first bytes say which protocol it speaks.
+        let first = tokio::select! {
+            first = io.read_ahead(true) => first,
+            () = self.shutdown.cancelled() => return,
+        };
+        match first {
+            // Boxed: HTTP/2's connection state would otherwise size every connection's task, HTTP/1
+            // ones included (idle connections are mostly HTTP/1 keep-alive).
+            Ok(Some(true)) => Box::pin(self.serve_http2(io, service)).await,
+            Ok(Some(false)) => self.serve_http1(io, service, &activity, &closing).await,
+            Ok(None) => {}
+            Err(error) => {
+                tracing::debug!(message = "Reading from a connection failed.", %error, client = %self.client_addr);
+            }
+        }
+    }
+
+    async fn serve_http2<S, F>(&self, io: TimedIo<S>, service: F)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        F: hyper::service::HttpService<Incoming, ResBody = crate::body::ProxyBody> + Send + 'static,
+        F::Future: Send + 'static,
+        F::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let connection = self
             .builder
-            .serve_connection_with_upgrades(TokioIo::new(io), service);
+            .http2
+            .serve_connection(TokioIo::new(io), service);
         tokio::pin!(connection);
         tokio::select! {
             result = connection.as_mut() => {
                 if let Err(error) = result {
                     tracing::debug!(message = "Connection ended with an error.", %error, client = %self.client_addr);
                 }
+                return;
             }
-            () = self.shutdown.cancelled() => {
-                closing.store(true, Ordering::Relaxed);
-                // HTTP/2 has GOAWAY, which clients retry safely. An HTTP/1 connection gets its next
-                // answer with `connection: close`; only one that stays idle through the grace is
-                // closed under the client, as hyper's graceful shutdown does at once.
-                if !seen_http2.load(Ordering::Relaxed) {
+            () = self.shutdown.cancelled() => {}
+        }
+        // HTTP/2 has GOAWAY, which clients retry safely.
+        connection.as_mut().graceful_shutdown();
+        let _ = connection.await;
+    }
+
+    /// Serves HTTP/1 requests until the connection closes. A connection idle for
+    /// `HTTP1_RELEASE_AFTER` leaves hyper (its buffers are freed) and re-enters it when the client's next
+    /// bytes arrive: an idle keep-alive connection then holds only the socket and this task.
+    async fn serve_http1<S, F>(
+        &self,
+        mut io: TimedIo<S>,
+        mut service: F,
+        activity: &ConnectionActivity,
+        closing: &AtomicBool,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        F: hyper::service::HttpService<Incoming, ResBody = crate::body::ProxyBody> + Unpin,
+        F::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        io.release_after = Some(HTTP1_RELEASE_AFTER);
+        loop {
+            // Boxed, so that once it is released the task keeps only its small state of its own.
+            let mut connection = Box::new(
+                self.builder
+                    .http1
+                    .serve_connection(TokioIo::new(io), service)
+                    .with_upgrades(),
+            );
+            tokio::select! {
+                result = &mut *connection => {
+                    if let Err(error) = result {
+                        tracing::debug!(message = "Connection ended with an error.", %error, client = %self.client_addr);
+                    }
+                    return;
+                }
+                () = activity.idle_released() => {}
+                () = self.shutdown.cancelled() => {
+                    closing.store(true, Ordering::Relaxed);
+                    // An HTTP/1 connection gets its next answer with `connection: close`; only one that
+                    // stays idle through the grace is closed under the client, as hyper's graceful
+                    // shutdown does at once.
                     tokio::select! {
-                        result = connection.as_mut() => {
+                        result = &mut *connection => {
                             if let Err(error) = result {
                                 tracing::debug!(message = "Connection ended with an error.", %error, client = %self.client_addr);
                             }
@@ -231,9 +307,42 @@ impl Connection {
                         }
                         () = tokio::time::sleep(HTTP1_DRAIN_GRACE) => {}
                     }
+                    Pin::new(&mut *connection).graceful_shutdown();
+                    let _ = connection.await;
+                    return;
                 }
-                connection.as_mut().graceful_shutdown();
-                let _ = connection.await;
+            }
+            // Idle: hyper has written and flushed its last answer and read nothing since.
+            let Some(parts) = connection.into_parts() else {
+                return;
+            };
+            io = parts.io.into_inner();
+            service = parts.service;
+            // `read_buf` still owns hyper's whole read buffer: keep a copy of what it holds, if anything.
+            if !parts.read_buf.is_empty() {
+                io.rewind = Bytes::copy_from_slice(&parts.read_buf);
+            }
+            drop(parts.read_buf);
+            crate::memory::buffers_released();
+            if io.rewind.is_empty() {
+                let next = tokio::select! {
+                    next = io.read_ahead(false) => next,
+                    () = self.shutdown.cancelled() => {
+                        closing.store(true, Ordering::Relaxed);
+                        match tokio::time::timeout(HTTP1_DRAIN_GRACE, io.read_ahead(false)).await {
+                            Ok(next) => next,
+                            Err(_elapsed) => return,
+                        }
+                    }
+                };
+                match next {
+                    Ok(Some(_)) => {}
+                    Ok(None) => return,
+                    Err(error) => {
+                        tracing::debug!(message = "Reading from a connection failed.", %error, client = %self.client_addr);
+                        return;
+                    }
+                }
             }
         }
     }
@@ -264,6 +373,17 @@ struct TimedIo<S> {
     // empty, so after a successful flush nothing of an earlier answer can still follow: only then may an
     // interim answer go out.
     unflushed: bool,
+    // Whether the last write or flush could not go through: hyper then still holds answer bytes.
+    write_blocked: bool,
+    // Bytes read but not yet given to hyper (the first bytes that chose the protocol, or hyper's read
+    // buffer when it was left idle); returned before the socket is read again.
+    rewind: Bytes,
+    // For HTTP/1: how long an idle keep-alive connection waits before it asks to leave hyper
+    // (`ConnectionActivity::idle_released`).
+    release_after: Option<Duration>,
+    // Whether the idle timer is set to `release_after` rather than the idle timeout.
+    release_armed: bool,
+    idle_deadline: Instant,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -306,7 +426,42 @@ impl<S> TimedIo<S> {
             timeout_answer: None,
             interim_out: Vec::new(),
             unflushed: false,
+            write_blocked: false,
+            rewind: Bytes::new(),
+            release_after: None,
+            release_armed: false,
+            idle_deadline: Instant::now(),
         }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> TimedIo<S> {
+    /// Reads the client's next bytes into `rewind` (given back by the next reads) without hyper's
+    /// buffers: `None` when the connection ended first. With `sniff`, reads until the bytes either are
+    /// the HTTP/2 preface (`Some(true)`) or cannot be (`Some(false)`).
+    async fn read_ahead(&mut self, sniff: bool) -> io::Result<Option<bool>> {
+        let mut buf = [0u8; H2_PREFACE.len()];
+        let mut filled = 0;
+        while filled < buf.len() {
+            let read = std::future::poll_fn(|cx| {
+                let mut read_buf = ReadBuf::new(&mut buf[filled..]);
+                ready!(Pin::new(&mut *self).poll_read(cx, &mut read_buf))?;
+                Poll::Ready(Ok::<_, io::Error>(read_buf.filled().len()))
+            })
+            .await?;
+            if read == 0 {
+                break;
+            }
+            filled += read;
+            if !sniff || !H2_PREFACE.starts_with(&buf[..filled]) {
+                break;
+            }
+        }
+        if filled == 0 {
+            return Ok(None);
+        }
+        self.rewind = Bytes::copy_from_slice(&buf[..filled]);
+        Ok(Some(&buf[..filled] == H2_PREFACE))
     }
 }
 
@@ -323,6 +478,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TimedIo<S> {
         if let Some(remaining) = this.timeout_answer {
             return this.poll_write_timeout_answer(cx, remaining);
         }
+        if !this.rewind.is_empty() {
+            // Counted by the timers when they were read.
+            let n = buf.remaining().min(this.rewind.len());
+            buf.put_slice(&this.rewind[..n]);
+            this.rewind.advance(n);
+            return Poll::Ready(Ok(()));
+        }
         // Errors and back-pressure show up again on hyper's own next write.
         let _ = this.poll_interim(cx);
         if this.activity.active.load(Ordering::Acquire) > 0 {
@@ -332,9 +494,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TimedIo<S> {
         }
         if this.phase == Phase::Busy {
             this.phase = Phase::Idle;
-            this.sleep
-                .as_mut()
-                .reset(Instant::now() + this.idle_timeout);
+            let now = Instant::now();
+            this.idle_deadline = now + this.idle_timeout;
+            match this.release_after {
+                Some(after) if after < this.idle_timeout => {
+                    this.release_armed = true;
+                    this.sleep.as_mut().reset(now + after);
+                }
+                _ => this.sleep.as_mut().reset(this.idle_deadline),
+            }
         }
         let filled_before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
@@ -358,6 +526,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TimedIo<S> {
                         (_, Protocol::Http2) => {}
                         (Phase::Idle, _) => {
                             this.phase = Phase::Header { started: true };
+                            this.release_armed = false;
                             this.sleep
                                 .as_mut()
                                 .reset(Instant::now() + this.header_read_timeout);
@@ -377,6 +546,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TimedIo<S> {
                 }
                 if this.sleep.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
+                }
+                if this.release_armed {
+                    // Idle long enough: ask the connection to leave hyper (unless hyper still holds
+                    // answer bytes), and keep the idle timeout.
+                    this.release_armed = false;
+                    if this.phase == Phase::Idle
+                        && !this.write_blocked
+                        && !this.unflushed
+                        && this.interim_out.is_empty()
+                    {
+                        this.activity.release_idle();
+                        cx.waker().wake_by_ref();
+                    }
+                    this.sleep.as_mut().reset(this.idle_deadline);
+                    if this.sleep.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
                 }
                 match this.phase {
                     Phase::Header { started: true } if this.protocol == Protocol::Http1 => {
@@ -425,6 +611,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TimedIo<S> {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
+    /// Notes whether a write or flush is blocked (hyper then holds bytes it has not written yet).
+    fn track_blocked<T>(&mut self, poll: Poll<T>) -> Poll<T> {
+        self.write_blocked = poll.is_pending();
+        poll
+    }
+
     /// Before hyper writes: finish an interim answer on the wire, or drop queued ones that can no longer
     /// be ordered before the final answer.
     fn poll_before_write(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -471,7 +663,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TimedIo<S> {
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         ready!(this.poll_before_write(cx))?;
-        let written = ready!(Pin::new(&mut this.inner).poll_write(cx, buf))?;
+        let written = {
+            let poll = Pin::new(&mut this.inner).poll_write(cx, buf);
+            this.track_blocked(poll)
+        };
+        let written = ready!(written)?;
         this.unflushed |= written > 0;
         Poll::Ready(Ok(written))
     }
@@ -483,7 +679,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TimedIo<S> {
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         ready!(this.poll_before_write(cx))?;
-        let written = ready!(Pin::new(&mut this.inner).poll_write_vectored(cx, bufs))?;
+        let written = {
+            let poll = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+            this.track_blocked(poll)
+        };
+        let written = ready!(written)?;
         this.unflushed |= written > 0;
         Poll::Ready(Ok(written))
     }
@@ -494,7 +694,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TimedIo<S> {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        ready!(Pin::new(&mut this.inner).poll_flush(cx))?;
+        let flushed = {
+            let poll = Pin::new(&mut this.inner).poll_flush(cx);
+            this.track_blocked(poll)
+        };
+        ready!(flushed)?;
         this.unflushed = false;
         Poll::Ready(Ok(()))
     }

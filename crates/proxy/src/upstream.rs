@@ -5,6 +5,7 @@
 //! It does not choose instances nor decide retries (see `forward`); it only reports whether the request
 //! came back unsent.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,9 +28,10 @@ use crate::instance::InstanceLive;
 /// multi-thread runtime serving through `serve`) share shard 0.
 #[derive(Debug)]
 pub(crate) struct ConnectionPool {
-    // std Mutex: the critical section is a push or pop on a Vec, never held across an await, and per
+    // std Mutex: the critical section is a push or pop on a VecDeque, never held across an await, and per
     // instance and thread, so it is uncontended but for non-worker threads sharing shard 0.
-    shards: Box<[Mutex<Vec<IdleConnection>>]>,
+    // Oldest at the front: taken from the back (the most recently used), expired from the front.
+    shards: Box<[Mutex<VecDeque<IdleConnection>>]>,
     // The h2c connection of each shard, for routes whose instances speak HTTP/2. std Mutex: a clone or a
     // replacement of the handle, never held across an await.
     shared_h2: Box<[Mutex<Option<Http2Sender>>]>,
@@ -94,6 +96,15 @@ impl SendFailure {
     }
 }
 
+/// How many idle connections of an instance are kept, and for how long.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct IdleLimits {
+    /// Over all shards (`ProxyConfig::upstream_max_idle_per_instance`).
+    pub(crate) max: usize,
+    /// `ProxyConfig::upstream_idle_timeout`.
+    pub(crate) timeout: Duration,
+}
+
 #[derive(Debug)]
 struct IdleConnection {
     sender: Http1Sender,
@@ -108,7 +119,7 @@ impl ConnectionPool {
             .shard()
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        while let Some(connection) = idle.pop() {
+        while let Some(connection) = idle.pop_back() {
             if now.duration_since(connection.idle_since) < idle_timeout
                 && !connection.sender.is_closed()
             {
@@ -118,30 +129,34 @@ impl ConnectionPool {
         None
     }
 
-    /// Keeps `sender` for reuse on this thread; `max_idle` bounds the instance's idle connections over
-    /// all shards (each gets its share, at least one).
-    pub(crate) fn checkin(&self, sender: Sender, max_idle: usize) {
+    /// Keeps `sender` for reuse on this thread; `limits.max` bounds the instance's idle connections over
+    /// all shards (each gets its share, at least one). Connections idle past `limits.timeout` are
+    /// dropped here too, so a burst's extra connections do not outlive it by long.
+    pub(crate) fn checkin(&self, sender: Sender, limits: IdleLimits) {
         let Sender::Http1(sender) = sender else {
             return;
         };
         if sender.is_closed() {
             return;
         }
-        let max_idle = max_idle.div_ceil(self.shards.len());
+        let max_idle = limits.max.div_ceil(self.shards.len());
         if max_idle == 0 {
             return;
         }
+        let now = Instant::now();
         let mut idle = self
             .shard()
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if idle.len() >= max_idle {
-            // Drop the oldest: it is the likeliest to be closed by the app's keep-alive timeout.
-            idle.remove(0);
+        while idle.front().is_some_and(|oldest| {
+            idle.len() >= max_idle || now.duration_since(oldest.idle_since) >= limits.timeout
+        }) {
+            // The oldest is the likeliest to be closed by the app's keep-alive timeout.
+            idle.pop_front();
         }
-        idle.push(IdleConnection {
+        idle.push_back(IdleConnection {
             sender,
-            idle_since: Instant::now(),
+            idle_since: now,
         });
     }
 
@@ -159,7 +174,7 @@ impl ConnectionPool {
         }
     }
 
-    fn shard(&self) -> &Mutex<Vec<IdleConnection>> {
+    fn shard(&self) -> &Mutex<VecDeque<IdleConnection>> {
         &self.shards[crate::shard::current() % self.shards.len()]
     }
 
@@ -390,6 +405,36 @@ async fn connect_tcp(
     Ok(stream)
 }
 
+/// hyper's default limit of header fields per HTTP/1 message; up to it, hyper parses into arrays on the
+/// stack.
+const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
+
+/// Sets an HTTP/1 server's or client's limit of header fields per message. hyper's own default (100)
+/// is left unset: any explicit limit makes hyper allocate and fill two arrays of that many entries for
+/// every message it parses (for 200 and 500 fields, 17% of the proxy's instructions per request).
+pub(crate) fn limit_header_fields<B: Http1Limit>(builder: &mut B, max: usize) {
+    if max != HYPER_DEFAULT_MAX_HEADERS {
+        builder.max_headers(max);
+    }
+}
+
+/// hyper's HTTP/1 server and client builders, which both take `max_headers`.
+pub(crate) trait Http1Limit {
+    fn max_headers(&mut self, max: usize);
+}
+
+impl Http1Limit for hyper::server::conn::http1::Builder {
+    fn max_headers(&mut self, max: usize) {
+        hyper::server::conn::http1::Builder::max_headers(self, max);
+    }
+}
+
+impl Http1Limit for http1::Builder {
+    fn max_headers(&mut self, max: usize) {
+        http1::Builder::max_headers(self, max);
+    }
+}
+
 /// Opens a new HTTP/1.1 connection to the instance. Its driver task ends when the connection closes or
 /// the instance is cut.
 async fn connect(
@@ -398,8 +443,9 @@ async fn connect(
     settings: &RouteSettings,
 ) -> Result<Http1Sender, ProxyError> {
     let stream = connect_tcp(instance, config).await?;
-    let (sender, connection) = http1::Builder::new()
-        .max_headers(settings.max_header_fields)
+    let mut builder = http1::Builder::new();
+    limit_header_fields(&mut builder, settings.max_header_fields);
+    let (sender, connection) = builder
         .handshake(TokioIo::new(stream))
         .await
         .map_err(|source| ProxyError::Upstream {
@@ -415,4 +461,50 @@ async fn connect(
         }
     });
     Ok(sender)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An open HTTP/1 connection to a listener that accepts and keeps it.
+    async fn open_sender(listener: &tokio::net::TcpListener) -> (Http1Sender, TcpStream) {
+        let addr = listener.local_addr().expect("addr");
+        let (stream, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let (sender, connection) = http1::Builder::new()
+            .handshake::<_, RequestBody>(TokioIo::new(stream.expect("connect")))
+            .await
+            .expect("handshake");
+        tokio::spawn(connection);
+        (sender, accepted.expect("accept").0)
+    }
+
+    #[tokio::test]
+    async fn checkin_drops_connections_idle_past_the_timeout_and_keeps_the_newest_within_the_cap() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let pool = ConnectionPool::default();
+        let shards = pool.shards.len();
+        let limits = IdleLimits {
+            max: 2 * shards,
+            timeout: Duration::from_millis(100),
+        };
+        let mut peers = Vec::new();
+        for _ in 0..3 {
+            let (sender, peer) = open_sender(&listener).await;
+            peers.push(peer);
+            pool.checkin(Sender::Http1(sender), limits);
+        }
+        // The cap (two per shard) dropped the oldest.
+        assert_eq!(pool.shard().lock().expect("lock").len(), 2);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let (sender, peer) = open_sender(&listener).await;
+        peers.push(peer);
+        pool.checkin(Sender::Http1(sender), limits);
+        // Both older ones were idle past the timeout: only the newest is kept.
+        assert_eq!(pool.shard().lock().expect("lock").len(), 1);
+        assert!(pool.checkout(limits.timeout).is_some());
+        assert!(pool.checkout(limits.timeout).is_none());
+    }
 }

@@ -29,6 +29,56 @@ fn hop_by_hop_headers_are_removed_including_those_named_in_connection() {
 }
 
 #[test]
+fn the_common_keep_alive_answer_takes_the_short_path_and_loses_exactly_its_hop_by_hop_fields() {
+    let mut headers = HeaderMap::new();
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Keep-Alive"));
+    headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+    headers.insert("x-kept", HeaderValue::from_static("1"));
+    assert_eq!(
+        hop_by_hop_kind(&headers),
+        HopByHop::KeepAlive {
+            keep_alive_field: true
+        }
+    );
+    strip_hop_by_hop(&mut headers, false);
+    let names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+    assert_eq!(names, ["x-kept"]);
+
+    let mut plain = HeaderMap::new();
+    plain.insert("x-kept", HeaderValue::from_static("1"));
+    assert_eq!(hop_by_hop_kind(&plain), HopByHop::None);
+}
+
+#[test]
+fn anything_beyond_keep_alive_in_connection_takes_the_general_path() {
+    // An option naming another field, a field named by `close`, another hop-by-hop field, or a
+    // `Keep-Alive` without `Connection`: each must still be removed.
+    let cases: [&[(&str, &str)]; 4] = [
+        &[("connection", "keep-alive, x-private"), ("x-private", "1")],
+        &[("connection", "close"), ("close", "1")],
+        &[
+            ("connection", "keep-alive"),
+            ("transfer-encoding", "chunked"),
+        ],
+        &[("keep-alive", "timeout=5")],
+    ];
+    for fields in cases {
+        let mut headers = HeaderMap::new();
+        for (name, value) in fields {
+            headers.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        headers.insert("x-kept", HeaderValue::from_static("1"));
+        assert_eq!(hop_by_hop_kind(&headers), HopByHop::Other, "{fields:?}");
+        strip_hop_by_hop(&mut headers, false);
+        let names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["x-kept"], "{fields:?}");
+    }
+}
+
+#[test]
 fn upstream_requests_use_origin_form_for_http1_and_absolute_form_for_http2() {
     let host = HeaderValue::from_static("demo.test");
     let check = |uri: &str, protocol: UpstreamProtocol, expected: &str| {

@@ -485,6 +485,100 @@ async fn issue_13_early_hints_on_a_keep_alive_connection_stay_in_order() {
     }
 }
 
+/// Reads one answer whose body is `ok` from a keep-alive connection.
+async fn read_ok_answer(stream: &mut TcpStream) -> String {
+    let mut answer = Vec::new();
+    while !answer.ends_with(b"\r\n\r\nok") {
+        let mut buffer = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer))
+            .await
+            .expect("an answer")
+            .expect("read");
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&buffer[..n]);
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+// An HTTP/1 keep-alive connection idle for a second leaves hyper (its buffers are freed) and comes back
+// when the client sends again: pipelined requests are all answered, in order, and the header-read
+// timeout still answers a stalled head with 408.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keep_alive_connection_serves_after_its_idle_buffers_were_released() {
+    let instance = RawInstance::start(OK).await;
+    let test_proxy = proxy_to(&instance, short_timeouts(), RouteSettings::default()).await;
+    let mut stream = TcpStream::connect(test_proxy.addr).await.expect("connect");
+    stream
+        .write_all(b"GET /1 HTTP/1.1\r\nHost: demo.test\r\n\r\n")
+        .await
+        .expect("write");
+    assert!(
+        read_ok_answer(&mut stream)
+            .await
+            .starts_with("HTTP/1.1 200 ")
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stream
+        .write_all(
+            b"GET /2 HTTP/1.1\r\nHost: demo.test\r\n\r\nGET /3 HTTP/1.1\r\nHost: demo.test\r\n\r\n",
+        )
+        .await
+        .expect("write");
+    let second = read_ok_answer(&mut stream).await;
+    let third = if second.matches("HTTP/1.1 200 ").count() == 2 {
+        String::new()
+    } else {
+        read_ok_answer(&mut stream).await
+    };
+    assert_eq!(
+        format!("{second}{third}").matches("HTTP/1.1 200 ").count(),
+        2,
+        "{second}{third}"
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stream.write_all(b"GET /4 HT").await.expect("write");
+    let answer = read_to_end(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+    let paths: Vec<String> = instance
+        .requests()
+        .iter()
+        .map(|request| request.lines().next().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(
+        paths,
+        ["GET /1 HTTP/1.1", "GET /2 HTTP/1.1", "GET /3 HTTP/1.1"]
+    );
+}
+
+// A connection that left hyper while idle is still closed by the idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_released_idle_connection_is_closed_at_the_idle_timeout() {
+    let instance = RawInstance::start(OK).await;
+    let config = ProxyConfig {
+        idle_timeout: Duration::from_millis(2000),
+        ..ProxyConfig::default()
+    };
+    let test_proxy = proxy_to(&instance, config, RouteSettings::default()).await;
+    let mut stream = TcpStream::connect(test_proxy.addr).await.expect("connect");
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: demo.test\r\n\r\n")
+        .await
+        .expect("write");
+    assert!(
+        read_ok_answer(&mut stream)
+            .await
+            .starts_with("HTTP/1.1 200 ")
+    );
+    let started = tokio::time::Instant::now();
+    let rest = read_to_end(&mut stream).await;
+    assert_eq!(rest, "");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "closed after {:?}",
+        started.elapsed()
+    );
+}
+
 // 7. A trailing dot names the same host (a fully qualified name).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issue_13_7a_a_host_with_a_trailing_dot_is_routed() {

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# HTTP/2 to clients: h2load (h2c, prior knowledge) through Rollway's proxy and through HAProxy to the same
+# HTTP/1.1 upstream, `/small` answers. Installs haproxy and h2load (nghttp2-client) when missing.
+# Targets alternate; each round is a 2 s warm-up then one measured run per target.
+# Usage: bench/proxy/h2.sh [DURATION_S] [CONNECTIONS] [STREAMS] [ROUNDS]   (defaults 8 s, 16, 100, 2)
+set -euo pipefail
+
+DURATION="${1:-8}"
+CONNECTIONS="${2:-16}"
+STREAMS="${3:-100}"
+ROUNDS="${4:-2}"
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+WORK="$(mktemp -d)"
+UPSTREAM=127.0.0.1:18670
+ROLLWAY=127.0.0.1:18671
+HAPROXY=127.0.0.1:18673
+
+if ! command -v haproxy >/dev/null || ! command -v h2load >/dev/null; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q haproxy nghttp2-client
+fi
+
+# BENCH_PROXY_BIN measures another build (e.g. a copy of an earlier commit's) instead.
+if [ -n "${BENCH_PROXY_BIN:-}" ]; then
+    BIN="$BENCH_PROXY_BIN"
+else
+    cargo build --release -p proxy --example bench_proxy --manifest-path "$ROOT/Cargo.toml"
+    TARGET_DIR="$(cargo metadata --format-version 1 --no-deps --manifest-path "$ROOT/Cargo.toml" | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
+    BIN="$TARGET_DIR/release/examples/bench_proxy"
+fi
+
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+"$BIN" upstream "$UPSTREAM" & pids+=($!)
+"$BIN" proxy "$ROLLWAY" "$UPSTREAM" & pids+=($!)
+
+cat > "$WORK/haproxy.cfg" <<HAPROXY
+global
+    maxconn 4096
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+frontend front
+    bind $HAPROXY proto h2
+    default_backend app
+backend app
+    http-reuse always
+    server app $UPSTREAM
+HAPROXY
+haproxy -f "$WORK/haproxy.cfg" & pids+=($!)
+
+for addr in "$UPSTREAM" "$ROLLWAY"; do
+    for _ in $(seq 1 100); do
+        curl -sf "http://$addr/small" >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+done
+sleep 1
+
+printf "%-6s %-8s %12s %10s %8s %s\n" round target "req/s" mean "load1" failed
+for round in $(seq 1 "$ROUNDS"); do
+    for target in rollway haproxy; do
+        case $target in
+            rollway) addr=$ROLLWAY ;;
+            haproxy) addr=$HAPROXY ;;
+        esac
+        h2load -t2 -c"$CONNECTIONS" -m"$STREAMS" -D 2 "http://$addr/small" >/dev/null
+        out="$(h2load -t2 -c"$CONNECTIONS" -m"$STREAMS" -D "$DURATION" "http://$addr/small")"
+        rps="$(echo "$out" | awk '/^finished in/ {gsub(",", "", $4); print $4}')"
+        mean="$(echo "$out" | awk '/^time for request:/ {print $6}')"
+        failed="$(echo "$out" | awk '/^requests:/ {print $10, $11}')"
+        load="$(cut -d' ' -f1 /proc/loadavg)"
+        printf "%-6s %-8s %12s %10s %8s %s\n" "$round" "$target" "$rps" "$mean" "$load" "$failed"
+    done
+done
