@@ -134,8 +134,9 @@ impl Placement {
                 "this process is in no cgroup v2 group (/proc/self/cgroup has no `0::` line)",
             );
         };
-        let agent = mount.join(relative.trim_start_matches('/'));
-        let Some(parent) = agent.parent().filter(|parent| *parent != mount) else {
+        let relative = relative.trim_start_matches('/');
+        let agent = mount.join(relative);
+        let Some(parent) = agent.parent().filter(|_| !relative.is_empty()) else {
             return off(&format!(
                 "the agent runs in the root cgroup `{}`; run it as a systemd unit with `Delegate=cpu` and `DelegateSubgroup=agent` (deploy/rollway-agent.service)",
                 agent.display()
