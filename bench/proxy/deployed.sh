@@ -64,7 +64,8 @@ chmod 755 "$WORK"
 
 # ---------------------------------------------------------------------------------------------
 # Cleanup, as bench/deploy/run.sh: the agent, then the proxy and the instances (which outlive an
-# agent on purpose), each only after checking that it runs inside this run's state directory; then
+# agent on purpose), each only after checking that it runs inside this run's state directory or the
+# apps' folder beside it (where instances run); then
 # nginx and HAProxy by the pids this script started.
 
 AGENT_PID=""
@@ -72,10 +73,11 @@ NGINX_PID=""
 HAPROXY_PID=""
 BG_PIDS=()
 
-in_state_dir() { # PID
+in_state_dir() { # PID: runs in the state directory or in the apps' folder beside it (`<state>-apps`)
     local cwd
     cwd="$(readlink "/proc/$1/cwd" 2>/dev/null)" || return 1
-    [[ "$cwd" == "$STATE" || "$cwd" == "$STATE"/* ]]
+    cwd="${cwd% (deleted)}"
+    [[ "$cwd" == "$STATE" || "$cwd" == "$STATE"/* || "$cwd" == "$STATE-apps"/* ]]
 }
 
 kill_in_state_dir() { # PID: its process group if it leads one, and itself
@@ -114,6 +116,7 @@ cleanup() {
         echo "FAILED (exit $status); agent log tail:" >&2
         tail -n 30 "$WORK/agent.log" >&2 2>/dev/null
     fi
+    cp "$WORK/agent.log" "$OUT/agent.log" 2>/dev/null
     [ "$OUT" = "$WORK/out" ] && cp -r "$OUT" "/tmp/rollway-bench-deployed-last" 2>/dev/null
     rm -rf "$WORK"
 }
@@ -266,7 +269,7 @@ backend app
 HAPROXY
 }
 
-read -r PORT_A PORT_B < <(serving_ports | tr '\n' ' ')
+read -r PORT_A PORT_B < <(serving_ports | tr '\n' ' '; echo)
 write_configs "$PORT_A" "$PORT_B"
 setsid nginx -c "$WORK/nginx.conf" -p "$WORK" >"$WORK/nginx.out" 2>&1 &
 NGINX_PID=$!
@@ -288,7 +291,7 @@ for pid in "$RW_PID" "$NGINX_PID" "$HAPROXY_PID"; do
 done
 
 reload_peers() { # after a Rollway switch: nginx and HAProxy follow the serving instances
-    read -r PORT_A PORT_B < <(serving_ports | tr '\n' ' ')
+    read -r PORT_A PORT_B < <(serving_ports | tr '\n' ' '; echo)
     write_configs "$PORT_A" "$PORT_B"
     kill -HUP "$NGINX_PID"
     kill -USR2 "$HAPROXY_PID"
