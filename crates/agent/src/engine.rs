@@ -169,6 +169,8 @@ pub struct Engine {
     pub master_key: crate::secrets::MasterKey,
     /// How app processes are confined on this host (detected at start).
     pub isolation: driver::Isolation,
+    /// Where the proxy and the apps run (cgroups), decided when the agent started.
+    pub placement: driver::cgroup::Placement,
     pub paths: Paths,
     /// Every recorded event, as it is recorded: live followers (`events --follow`, a deployment's
     /// stream) and the alerts task subscribe; one that falls behind reads the store from its last id.

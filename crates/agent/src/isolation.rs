@@ -151,9 +151,18 @@ impl AppHome {
     }
 
     /// How a process of this app environment runs, with `name` its private temp folder
-    /// (an instance id, or `commands` for build, release and smoke commands).
-    pub fn confinement(&self, isolation: &Isolation, name: &str) -> Confinement {
-        isolation.confinement(self.user, self.dir.join("tmp").join(name))
+    /// (an instance id, or `commands` for build, release and smoke commands), in the apps' cgroup
+    /// when the agent has a CPU placement.
+    pub fn confinement(
+        &self,
+        isolation: &Isolation,
+        placement: &driver::cgroup::Placement,
+        name: &str,
+    ) -> Confinement {
+        Confinement {
+            cgroup: placement.apps().cloned(),
+            ..isolation.confinement(self.user, self.dir.join("tmp").join(name))
+        }
     }
 
     /// Gives a release folder to the app's user, recursively. Call it before the folder is moved

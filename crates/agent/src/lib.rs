@@ -162,6 +162,10 @@ pub async fn run(
         tracing::warn!(message = "App isolation has a gap.", gap = %gap);
     }
 
+    // Before the proxy and any app start: they are placed as they are spawned.
+    let placement = driver::cgroup::Placement::detect();
+    tracing::info!(message = "CPU placement of the proxy and the apps.", placement = %placement.describe());
+
     let paths = Paths::new(state_dir.clone());
     isolation::prepare_apps_dir(&paths.apps).map_err(|source| AgentError::StateDir {
         path: paths.apps.display().to_string(),
@@ -176,6 +180,7 @@ pub async fn run(
         listen: config.proxy,
         metrics: config.proxy_metrics,
         https: config.https,
+        cgroup: placement.proxy().cloned(),
     };
     let proxy_addr = proxy.start(&proxy_command).await?;
 
@@ -210,6 +215,7 @@ pub async fn run(
         artifacts,
         master_key,
         isolation: isolation.clone(),
+        placement,
         paths,
         events,
         runtimes: Mutex::new(BTreeMap::new()),

@@ -123,6 +123,9 @@ pub struct ProxyCommand {
     pub metrics: Option<SocketAddr>,
     /// The TLS listener, if any; held and handed over with the plain one.
     pub https: Option<SocketAddr>,
+    /// The proxy's own cgroup (the agent's CPU placement), joined before exec; `None` leaves it in
+    /// the agent's.
+    pub cgroup: Option<driver::cgroup::Group>,
 }
 
 impl ProxyLink {
@@ -184,6 +187,12 @@ impl ProxyLink {
                 https,
                 ..command.clone()
             });
+            // A proxy started before this agent had a placement (an upgrade) moves in now.
+            if let Some(group) = &command.cgroup
+                && let Err(error) = group.add(health.pid)
+            {
+                tracing::warn!(message = "Cannot move the running proxy into its cgroup; it stays where it is.", error = %crate::report::chain(&error));
+            }
             if command.https.is_some() && health.https.is_none() {
                 tracing::warn!(
                     message = "The running proxy has no HTTPS listener; `rollway proxy upgrade` after stopping it, or restart it, to serve HTTPS."
@@ -319,14 +328,29 @@ impl ProxyLink {
         // The proxy leads a session of its own (so its own process group too): a terminal's
         // signals to the agent's group (Ctrl-C on `rollway agent` or `rollway up`) and the app
         // instances' sessions never reach it, and `ps -j` shows it apart from what it proxies to.
+        // Under a CPU placement it also joins the proxy's cgroup (weighted above the apps'), so
+        // busy apps cannot starve it; threads it starts later are in it from the start.
+        let joiner = match command.cgroup.as_ref().map(driver::cgroup::Group::joiner) {
+            Some(Ok(joiner)) => Some(joiner),
+            Some(Err(error)) => {
+                tracing::warn!(message = "Cannot place the proxy in its cgroup; it runs in the agent's.", error = %crate::report::chain(&error));
+                None
+            }
+            None => None,
+        };
         // SAFETY: the closure runs in the forked child before exec and only makes the setsid(2)
-        // system call, which is async-signal-safe; it allocates nothing and takes no lock.
+        // system call and one write(2) of a constant to a descriptor opened before the fork, both
+        // async-signal-safe; it allocates nothing and takes no lock.
         #[allow(unsafe_code)]
         unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut process, || {
+            std::os::unix::process::CommandExt::pre_exec(&mut process, move || {
                 rustix::process::setsid()
                     .map(drop)
-                    .map_err(std::io::Error::from)
+                    .map_err(std::io::Error::from)?;
+                match &joiner {
+                    Some(joiner) => joiner.join(),
+                    None => Ok(()),
+                }
             });
         }
         let mut child = process.spawn().map_err(spawn_error)?;

@@ -3,9 +3,9 @@
 //! temp folder as `HOME` and `TMPDIR`.
 //!
 //! This module decides nothing per app (the agent allocates users and folders); it turns a
-//! [`Confinement`] into the command that starts `/bin/sh -c RUN`. It uses no `pre_exec`: std's
-//! `uid`/`gid` do the user switch (dropping supplementary groups, see [`Confinement::command`]),
-//! and the sandbox is a re-exec of the `rollway` binary.
+//! [`Confinement`] into the command that starts `/bin/sh -c RUN`. std's `uid`/`gid` do the user
+//! switch (dropping supplementary groups, see [`Confinement::command`]), and the sandbox is a
+//! re-exec of the `rollway` binary; the one `pre_exec` joins the apps' cgroup (see [`crate::cgroup`]).
 
 use std::ffi::OsString;
 use std::os::unix::fs::DirBuilderExt as _;
@@ -51,6 +51,9 @@ pub struct Confinement {
     /// The private folder given as `HOME` and `TMPDIR`: made 0700 and owned by `user` before
     /// the process starts, and writable inside the sandbox.
     pub temp_dir: Option<PathBuf>,
+    /// The cgroup the process joins before it execs (the apps' group of the agent's CPU
+    /// placement); `None` leaves it in the agent's.
+    pub cgroup: Option<crate::cgroup::Group>,
 }
 
 impl Isolation {
@@ -121,6 +124,7 @@ impl Isolation {
             },
             temp_dir: Some(temp_dir),
             container_user: None,
+            cgroup: None,
         }
     }
 }
@@ -155,6 +159,22 @@ impl Confinement {
         process.arg("-c").arg(command).current_dir(workdir);
         if let Some(user) = self.user {
             process.uid(user.uid).gid(user.gid);
+        }
+        if let Some(group) = &self.cgroup {
+            match group.joiner() {
+                // SAFETY: the closure runs in the forked child before exec and makes one write(2)
+                // of a constant to a descriptor opened before the fork (async-signal-safe: no
+                // allocation, no lock). A failure fails the spawn with the kernel's error.
+                #[allow(unsafe_code)]
+                Ok(joiner) => unsafe {
+                    process.pre_exec(move || joiner.join());
+                },
+                Err(error) => tracing::warn!(
+                    message = "Cannot place an app process in the apps' cgroup; it runs in the agent's.",
+                    error = %error,
+                    source = %std::error::Error::source(&error).map(ToString::to_string).unwrap_or_default(),
+                ),
+            }
         }
         process
     }

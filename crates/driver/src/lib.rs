@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub mod cgroup;
 pub mod confine;
 pub mod container;
 pub mod process;

@@ -184,7 +184,7 @@ async fn sqlite_drill(
         &release.resolved.environment,
     )
     .map_err(|error| crate::report::chain(&error))?;
-    let confinement = home.confinement(&engine.isolation, "verify");
+    let confinement = home.confinement(&engine.isolation, &engine.placement, "verify");
     confinement
         .prepare()
         .map_err(|error| format!("cannot prepare the scratch folder: {error}"))?;
@@ -314,7 +314,7 @@ async fn postgres_drill(
             &release.resolved.environment,
         )
         .map_err(|error| crate::report::chain(&error))?;
-        let confinement = home.confinement(&engine.isolation, "verify");
+        let confinement = home.confinement(&engine.isolation, &engine.placement, "verify");
         confinement
             .prepare()
             .map_err(|error| format!("cannot prepare the check's folder: {error}"))?;

@@ -500,8 +500,11 @@ async fn run_command(
         path: engine.paths.deploy_logs.clone(),
         source,
     })?;
-    let confinement = app_home(engine, &deployment.app, &deployment.environment)?
-        .confinement(&engine.isolation, "commands");
+    let confinement = app_home(engine, &deployment.app, &deployment.environment)?.confinement(
+        &engine.isolation,
+        &engine.placement,
+        "commands",
+    );
     confinement.prepare().map_err(|source| SpecError::TempDir {
         label: label.to_owned(),
         source,
@@ -957,7 +960,7 @@ pub fn instance_spec(
             ..driver::Confinement::default()
         }
     } else {
-        home.confinement(&engine.isolation, id)
+        home.confinement(&engine.isolation, &engine.placement, id)
     };
     let cluster = if release.resolved.driver == manifest::Driver::Swarm {
         cluster_spec(key, service, id, registry_auth(release)?)

@@ -19,6 +19,9 @@ fn engine_without_proxy(dir: &std::path::Path) -> Engine {
         proxy_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         artifacts: ArtifactStore::new(dir.join("artifacts")),
         master_key: crate::secrets::MasterKey::generate(),
+        placement: driver::cgroup::Placement::Off {
+            reason: "a test".to_owned(),
+        },
         isolation: driver::Isolation::None {
             user: "test".to_owned(),
             reason: "tests start no app".to_owned(),

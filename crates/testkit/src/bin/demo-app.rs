@@ -30,7 +30,8 @@
 //! Endpoints besides `/` and the health path: `GET /sleep?ms=N`, `POST /echo` (streams the body
 //! back), `GET /ws` (websocket echo), `GET /env/NAME` (value of env var `NAME`, 404 if unset),
 //! `GET /sha256/NAME` (hex SHA-256 of env var `NAME`, so a test learns which secret an instance got
-//! without the value travelling).
+//! without the value travelling), `GET|POST /bytes/N` (N bytes of `x`, N <= 16 MiB; a POST body, of
+//! any size, is read and discarded first: what a benchmark of answer sizes and uploads needs).
 //! `LATENCY_MS` and `ERROR_RATE` apply to all of them alike (latency first, then the error).
 //! Without `IGNORE_SIGTERM_S`, SIGTERM (or SIGINT) is a graceful shutdown: stop accepting, let
 //! in-flight requests finish, exit 0.
@@ -405,6 +406,10 @@ async fn app_request(app: &App, request: Request<Incoming>) -> Response<Body> {
         (&Method::GET, _) if path.starts_with("/sha256/") => {
             sha256_endpoint(&path["/sha256/".len()..])
         }
+        (&Method::GET | &Method::POST, _) if path.starts_with("/bytes/") => {
+            let n = path["/bytes/".len()..].to_owned();
+            bytes_endpoint(&n, request.into_body()).await
+        }
         (_, "/" | "/sleep" | "/echo" | "/ws") => text(
             StatusCode::METHOD_NOT_ALLOWED,
             "method not allowed; `POST /echo`, otherwise `GET`\n",
@@ -436,6 +441,31 @@ async fn sleep_endpoint(request: &Request<Incoming>) -> Response<Body> {
             "expected `/sleep?ms=N` with N a non-negative integer\n",
         ),
     }
+}
+
+/// The most `/bytes/N` answers.
+const BYTES_MAX: usize = 16 << 20;
+
+/// `/bytes/N`: reads and drops the request body, then answers N bytes of `x` (one shared buffer,
+/// sliced, so the app's own cost does not grow with N beyond the copy to the socket).
+async fn bytes_endpoint(n: &str, mut body: Incoming) -> Response<Body> {
+    static BUFFER: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
+    let n = match n.parse::<usize>() {
+        Ok(n) if n <= BYTES_MAX => n,
+        _ => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("expected `/bytes/N` with N an integer from 0 to {BYTES_MAX}\n"),
+            );
+        }
+    };
+    while let Some(frame) = body.frame().await {
+        if frame.is_err() {
+            return text(StatusCode::BAD_REQUEST, "the request body broke off\n");
+        }
+    }
+    let buffer = BUFFER.get_or_init(|| Bytes::from(vec![b'x'; BYTES_MAX]));
+    text(StatusCode::OK, buffer.slice(..n))
 }
 
 fn env_endpoint(name: &str) -> Response<Body> {

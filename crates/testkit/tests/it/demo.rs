@@ -83,6 +83,28 @@ async fn echo_sends_the_request_body_back() {
 }
 
 #[tokio::test]
+async fn bytes_answers_n_bytes_after_reading_a_post_body() {
+    let app = DemoApp::new().spawn().unwrap();
+    let upload = "y".repeat(300_000);
+
+    let too_big = get(app.addr(), "/bytes/16777217").await;
+    let not_a_number = get(app.addr(), "/bytes/many").await;
+    let put = send(app.addr(), Method::PUT, "/bytes/3", "").await;
+    let empty = get(app.addr(), "/bytes/0").await;
+    let got = get(app.addr(), "/bytes/65536").await;
+    let posted = send(app.addr(), Method::POST, "/bytes/5", &upload).await;
+
+    assert_eq!(too_big.status, 400);
+    assert!(too_big.body.contains("0 to 16777216"), "{}", too_big.body);
+    assert_eq!(not_a_number.status, 400);
+    assert_eq!(put.status, 404);
+    assert_eq!((empty.status, empty.body.as_str()), (200, ""));
+    assert_eq!(got.status, 200);
+    assert_eq!(got.body, "x".repeat(65_536));
+    assert_eq!((posted.status, posted.body.as_str()), (200, "xxxxx"));
+}
+
+#[tokio::test]
 async fn sleep_answers_after_at_least_the_requested_time() {
     let app = DemoApp::new().env("LATENCY_MS", "50").spawn().unwrap();
 

@@ -100,6 +100,9 @@ pub(crate) fn test_engine(state: &std::path::Path) -> Arc<Engine> {
         proxy_addr: SocketAddr::from(([127, 0, 0, 1], 9)),
         artifacts: crate::artifact::ArtifactStore::new(state.join("artifacts")),
         master_key: crate::secrets::MasterKey::generate(),
+        placement: driver::cgroup::Placement::Off {
+            reason: "a test".to_owned(),
+        },
         isolation: driver::Isolation::None {
             user: "test".to_owned(),
             reason: "tests start no app".to_owned(),
