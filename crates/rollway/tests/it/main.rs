@@ -20,6 +20,7 @@ mod progressive;
 mod release_phase;
 mod robust;
 mod swarm;
+mod swarm_nodes;
 mod tls;
 mod transcripts;
 mod upgrade;
