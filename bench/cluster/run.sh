@@ -244,9 +244,11 @@ deploys_and_rollbacks() { # APP DIR
 deploys_and_rollbacks swarm "$WORK/swarm"
 deploys_and_rollbacks peer "$WORK/peer"
 
-# Drains under load: the node holding a task of the serving release is drained while wrk drives
-# GET / through the proxy; once its tasks run elsewhere and both instances serve again, it is
-# made active again. Alternates between the nodes (a drained node gets no tasks back by itself).
+# Drains under load: each drain first deploys a new release (untimed), whose two tasks Swarm
+# spreads over the two nodes (a drained node gets no tasks back by itself, so without it every
+# task would be on one node), then drains one of the nodes, alternately, while wrk drives GET /
+# through the proxy; once its task runs on the other node and both instances serve, it is made
+# active again.
 running_nodes() { # SERVICE: the node ids of its running tasks, sorted
     "${MANAGER[@]}" service ps --filter desired-state=running --format '{{.ID}}' "$1" |
         while read -r task; do
@@ -255,12 +257,17 @@ running_nodes() { # SERVICE: the node ids of its running tasks, sorted
 }
 serving() { "$RW" status --env production --app swarm --json --agent "$API" 2>/dev/null |
     jq '[.instances[] | select(.state == "serving")] | length'; }
-current_service() { "${MANAGER[@]}" service ls --format '{{.Name}}' | grep '^rollway-swarm-production-r' |
-    sort -t r -k3 -V | tail -n 1; }
+current_service() { # the newest release's service (the serving one right after a deploy)
+    "${MANAGER[@]}" service ls --format '{{.Name}}' |
+        sed -n 's/^rollway-swarm-production-r\([0-9]*\)-web$/\1 &/p' | sort -n | tail -n 1 | cut -d' ' -f2
+}
 echo "== swarm: $N drains under wrk -c$CONNECTIONS, ${DRAIN_S}s each"
 for i in $(seq 1 "$N"); do
+    bump "$WORK/swarm" >/dev/null
+    "$RW" deploy --env production --dir "$WORK/swarm" --agent "$API" >>"$WORK/cli.log" 2>&1
     service="$(current_service)"
-    node="$(running_nodes "$service" | tail -n 1)"
+    [ "$(running_nodes "$service" | uniq | wc -l)" -eq 2 ] || { echo "drain $i: $service's tasks are not on both nodes" >&2; exit 1; }
+    node="$([ $((i % 2)) -eq 1 ] && echo "$WORKER_NODE" || echo "$MANAGER_NODE")"
     wrk -t2 -c"$CONNECTIONS" -d"${DRAIN_S}s" -H "Host: swarm.test" "$PROXY/" >"$OUT/wrk.$i" 2>&1 &
     wrk_pid=$!
     BG_PIDS+=("$wrk_pid")
