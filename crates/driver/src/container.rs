@@ -627,7 +627,13 @@ impl Driver for ContainerDriver {
             },
             None => None,
         };
-        match logs::tail(&self.docker, &container, self.config.retained_log_lines).await {
+        match logs::tail(
+            &self.docker,
+            &logs::Source::Container(container.clone()),
+            self.config.retained_log_lines,
+        )
+        .await
+        {
             Ok(lines) => {
                 let lines = lines.into_iter().map(|line| line.line).collect();
                 lock(&self.retained_logs).insert(instance_id.to_owned(), lines);
@@ -687,10 +693,10 @@ impl Driver for ContainerDriver {
         validate_instance_id(instance_id)?;
         let container = create::container_name(instance_id);
         let docker = self.docker.clone();
-        let name = container.clone();
+        let source = logs::Source::Container(container.clone());
         let tail = self
             .bridge
-            .run(async move { logs::tail(&docker, &name, n).await })
+            .run(async move { logs::tail(&docker, &source, n).await })
             .unwrap_or_else(|| Err(EngineError::other("the driver is shutting down".into())));
         match tail {
             Ok(lines) => Ok(log_lines(
@@ -723,7 +729,12 @@ impl Driver for ContainerDriver {
     ) -> Result<(Vec<LogLine>, LogCursor), DriverError> {
         validate_instance_id(instance_id)?;
         let container = create::container_name(instance_id);
-        let read = logs::read_after(&self.bridge, &self.docker, &container, cursor);
+        let read = logs::read_after(
+            &self.bridge,
+            &self.docker,
+            &logs::Source::Container(container.clone()),
+            cursor,
+        );
         match read {
             Ok((lines, cursor)) => Ok((log_lines(instance_id, lines), cursor)),
             Err(error)

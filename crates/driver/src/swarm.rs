@@ -239,8 +239,6 @@ struct SlotView {
     /// Earlier tasks of the slot (Swarm replaced them).
     restarts: u32,
     last_exit: Option<i32>,
-    /// The task's container, for its logs (on this node only).
-    container_id: Option<String>,
 }
 
 /// One Swarm service this driver runs instances of.
@@ -981,9 +979,6 @@ impl SwarmDriver {
                         address: port.zip(node).map(|(port, ip)| SocketAddr::new(ip, port)),
                         restarts: u32::try_from(n_tasks - 1).unwrap_or(u32::MAX),
                         last_exit,
-                        container_id: status
-                            .container_status
-                            .and_then(|container| container.container_id),
                     },
                 );
             }
@@ -1029,6 +1024,21 @@ impl SwarmDriver {
                 tasks: BTreeMap::new(),
             });
         registered.slots.insert(cluster.slot);
+    }
+
+    /// Where the instance's output is read: its slot's current task through the manager's task
+    /// logs endpoint, which reads it from whichever node the task runs on; and the task's name
+    /// (`SERVICE.SLOT`) for an error.
+    fn log_source(&self, instance_id: &str) -> Result<(logs::Source, String), DriverError> {
+        let (service, slot) = self
+            .find(instance_id)
+            .ok_or_else(|| DriverError::UnknownInstance(instance_id.to_owned()))?;
+        let task_id = self
+            .view(instance_id)
+            .map(|view| view.task_id)
+            .filter(|task_id| !task_id.is_empty())
+            .ok_or_else(|| DriverError::UnknownInstance(instance_id.to_owned()))?;
+        Ok((logs::Source::Task(task_id), format!("{service}.{slot}")))
     }
 
     fn view(&self, instance_id: &str) -> Option<SlotView> {
@@ -1279,14 +1289,11 @@ impl Driver for SwarmDriver {
     }
 
     fn logs(&self, instance_id: &str, n: usize) -> Result<Vec<LogLine>, DriverError> {
-        let Some(container) = self.view(instance_id).and_then(|view| view.container_id) else {
-            return Err(DriverError::UnknownInstance(instance_id.to_owned()));
-        };
+        let (source, task) = self.log_source(instance_id)?;
         let docker = self.docker.clone();
-        let name = container.clone();
         let tail = self
             .bridge
-            .run(async move { logs::tail(&docker, &name, n).await })
+            .run(async move { logs::tail(&docker, &source, n).await })
             .unwrap_or_else(|| Err(EngineError::other("the driver is shutting down".into())));
         match tail {
             Ok(lines) => Ok(log_lines(
@@ -1297,7 +1304,7 @@ impl Driver for SwarmDriver {
             Err(error) => Err(DriverError::Engine {
                 what: "cannot read the output",
                 instance_id: instance_id.to_owned(),
-                container,
+                container: task,
                 source: error,
             }),
         }
@@ -1308,16 +1315,14 @@ impl Driver for SwarmDriver {
         instance_id: &str,
         cursor: Option<LogCursor>,
     ) -> Result<(Vec<LogLine>, LogCursor), DriverError> {
-        let Some(container) = self.view(instance_id).and_then(|view| view.container_id) else {
-            return Err(DriverError::UnknownInstance(instance_id.to_owned()));
-        };
-        let read = logs::read_after(&self.bridge, &self.docker, &container, cursor);
+        let (source, task) = self.log_source(instance_id)?;
+        let read = logs::read_after(&self.bridge, &self.docker, &source, cursor);
         match read {
             Ok((lines, cursor)) => Ok((log_lines(instance_id, lines), cursor)),
             Err(error) => Err(DriverError::Engine {
                 what: "cannot read the output",
                 instance_id: instance_id.to_owned(),
-                container,
+                container: task,
                 source: error,
             }),
         }

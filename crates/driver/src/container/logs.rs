@@ -1,5 +1,5 @@
-//! A container's output through the engine's logs API: the last `n` lines, and the lines after a
-//! cursor (the engine's timestamp of the last line handed out).
+//! A container's or a Swarm task's output through the engine's logs API: the last `n` lines, and
+//! the lines after a cursor (the engine's timestamp of the last line handed out).
 //!
 //! Every line is asked for with its timestamp (`2026-11-23T04:10:32.123456789Z text`); the
 //! timestamp is stripped before the line is handed out and only kept as the cursor.
@@ -8,6 +8,7 @@ use bollard::Docker;
 use bollard::container::LogOutput;
 use bollard::query_parameters::LogsOptions;
 use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
 
 use super::engine::EngineError;
 
@@ -22,10 +23,42 @@ pub(crate) struct TimedLine {
     pub(crate) line: String,
 }
 
-/// The last `n` lines of the container's stdout and stderr, oldest first.
+/// Whose output is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// A container of the engine's own host, by name or id.
+    Container(String),
+    /// A Swarm task, by id: the manager's task logs endpoint reads it from whichever node runs
+    /// (or ran) the task, so it works for tasks on every node of the swarm.
+    Task(String),
+}
+
+impl Source {
+    fn stream(
+        &self,
+        docker: &Docker,
+        options: LogsOptions,
+    ) -> BoxStream<'static, Result<LogOutput, bollard::errors::Error>> {
+        match self {
+            Source::Container(name) => docker.logs(name, Some(options)).boxed(),
+            Source::Task(id) => docker.task_logs(id, Some(options)).boxed(),
+        }
+    }
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Container(name) => write!(f, "container `{name}`"),
+            Source::Task(id) => write!(f, "task `{id}`"),
+        }
+    }
+}
+
+/// The last `n` lines of the source's stdout and stderr, oldest first.
 pub(crate) async fn tail(
     docker: &Docker,
-    container: &str,
+    source: &Source,
     n: usize,
 ) -> Result<Vec<TimedLine>, EngineError> {
     if n == 0 {
@@ -38,7 +71,7 @@ pub(crate) async fn tail(
         tail: n.to_string(),
         ..LogsOptions::default()
     };
-    let mut lines = collect(docker, container, options, usize::MAX, 0).await?;
+    let mut lines = collect(docker, source, options, usize::MAX, 0).await?;
     let skip = lines.len().saturating_sub(n);
     Ok(lines.split_off(skip))
 }
@@ -51,7 +84,7 @@ pub(crate) async fn tail(
 /// resolution, so this does not happen in practice.
 pub(crate) async fn after(
     docker: &Docker,
-    container: &str,
+    source: &Source,
     after_nanos: u64,
 ) -> Result<Vec<TimedLine>, EngineError> {
     let since = i32::try_from(after_nanos / 1_000_000_000).unwrap_or(i32::MAX);
@@ -62,7 +95,7 @@ pub(crate) async fn after(
         since,
         ..LogsOptions::default()
     };
-    collect(docker, container, options, MAX_LINES_AFTER, after_nanos).await
+    collect(docker, source, options, MAX_LINES_AFTER, after_nanos).await
 }
 
 /// Follows the output of a running container until it ends, handing each line to `on_line`.
@@ -90,18 +123,18 @@ pub(crate) async fn follow(
     Ok(())
 }
 
-/// A follower's next read of `container`'s output, on the driver's runtime: with no cursor, no
+/// A follower's next read of `source`'s output, on the driver's runtime: with no cursor, no
 /// lines and a cursor at the last line there is ("from now"); else the lines after `cursor` and a
 /// cursor at the last of them. `None` when the driver is shutting down. The container and swarm
 /// drivers' `logs_after` both read this way.
 pub(crate) fn read_after(
     bridge: &super::engine::Bridge,
     docker: &Docker,
-    container: &str,
+    source: &Source,
     cursor: Option<crate::LogCursor>,
 ) -> Result<(Vec<String>, crate::LogCursor), EngineError> {
     let docker = docker.clone();
-    let name = container.to_owned();
+    let name = source.clone();
     bridge
         .run(async move {
             match cursor {
@@ -125,12 +158,12 @@ pub(crate) fn read_after(
 /// `limit` lines.
 async fn collect(
     docker: &Docker,
-    container: &str,
+    source: &Source,
     options: LogsOptions,
     limit: usize,
     after_nanos: u64,
 ) -> Result<Vec<TimedLine>, EngineError> {
-    let mut stream = docker.logs(container, Some(options));
+    let mut stream = source.stream(docker, options);
     let mut joiner = LineJoiner::new(true);
     let mut lines = Vec::new();
     let mut finished = false;

@@ -21,6 +21,7 @@ mod progressive;
 mod release_phase;
 mod robust;
 mod swarm;
+mod swarm_nodes;
 mod tls;
 mod transcripts;
 mod upgrade;
