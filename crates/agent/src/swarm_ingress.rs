@@ -183,7 +183,10 @@ async fn ensure(
         name: SERVICE.to_owned(),
         image,
         args,
-        env: vec!["ROLLWAY_PROXY_ID={{.Node.Hostname}}".to_owned()],
+        // The host name and the node's id: host names need not differ between nodes (clones of
+        // one image, or nodes on one machine), and followers of one id would be taken for one
+        // proxy restarting over and over (its counts summed again at each report).
+        env: vec!["ROLLWAY_PROXY_ID={{.Node.Hostname}}-{{.Node.ID}}".to_owned()],
         constraints: vec![NODE_CONSTRAINT.to_owned()],
         labels: HashMap::from([
             (LABEL_REVISION.to_owned(), revision),

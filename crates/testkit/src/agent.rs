@@ -153,7 +153,16 @@ impl TestAgent {
         state_dir: &Path,
         extra_env: &[(&str, &str)],
     ) -> TestAgent {
-        TestAgent::start_inner(rollway, state_dir, extra_env, None, Vec::new(), None).await
+        TestAgent::start_inner(
+            rollway,
+            state_dir,
+            extra_env,
+            None,
+            Vec::new(),
+            None,
+            Ipv4Addr::LOCALHOST,
+        )
+        .await
     }
 
     /// [`TestAgent::start_with_env`] with more `rollway agent` arguments.
@@ -170,6 +179,29 @@ impl TestAgent {
             None,
             extra_args.to_vec(),
             None,
+            Ipv4Addr::LOCALHOST,
+        )
+        .await
+    }
+
+    /// [`TestAgent::start_with_args`] with the API over TLS on `api_ip` (a free port of it): an
+    /// address beyond loopback, such as a bridge to network namespaces the test made, that
+    /// processes in them reach. Its CLI commands trust the fingerprint the agent wrote.
+    pub async fn start_tls_on(
+        rollway: &Path,
+        state_dir: &Path,
+        api_ip: Ipv4Addr,
+        extra_args: &[String],
+        extra_env: &[(&str, &str)],
+    ) -> TestAgent {
+        TestAgent::start_inner(
+            rollway,
+            state_dir,
+            extra_env,
+            None,
+            extra_args.to_vec(),
+            Some(TlsAgent::default()),
+            api_ip,
         )
         .await
     }
@@ -183,14 +215,32 @@ impl TestAgent {
             extra_args: extra_args.iter().map(|arg| (*arg).to_owned()).collect(),
             fingerprint: String::new(),
         };
-        TestAgent::start_inner(rollway, state_dir, &[], None, Vec::new(), Some(tls)).await
+        TestAgent::start_inner(
+            rollway,
+            state_dir,
+            &[],
+            None,
+            Vec::new(),
+            Some(tls),
+            Ipv4Addr::LOCALHOST,
+        )
+        .await
     }
 
     /// [`TestAgent::start`] with the agent running as `uid`:`gid` (the test must be root). The
     /// state directory's parent must be writable by that user (the apps directory and the master
     /// key file are made beside the state directory).
     pub async fn start_as(rollway: &Path, state_dir: &Path, uid: u32, gid: u32) -> TestAgent {
-        TestAgent::start_inner(rollway, state_dir, &[], Some((uid, gid)), Vec::new(), None).await
+        TestAgent::start_inner(
+            rollway,
+            state_dir,
+            &[],
+            Some((uid, gid)),
+            Vec::new(),
+            None,
+            Ipv4Addr::LOCALHOST,
+        )
+        .await
     }
 
     async fn start_inner(
@@ -200,6 +250,7 @@ impl TestAgent {
         run_as: Option<(u32, u32)>,
         extra_args: Vec<String>,
         tls: Option<TlsAgent>,
+        api_ip: Ipv4Addr,
     ) -> TestAgent {
         std::fs::create_dir_all(state_dir)
             .unwrap_or_else(|error| panic!("cannot create `{}`: {error}", state_dir.display()));
@@ -207,7 +258,7 @@ impl TestAgent {
         let mut agent = TestAgent {
             rollway: rollway.to_owned(),
             state_dir: state_dir.to_owned(),
-            api: SocketAddr::from((Ipv4Addr::LOCALHOST, port())),
+            api: SocketAddr::from((api_ip, port())),
             proxy: SocketAddr::from((Ipv4Addr::LOCALHOST, port())),
             admin_token: String::new(),
             child: None,
@@ -229,7 +280,7 @@ impl TestAgent {
             match agent.try_spawn(extra_env).await {
                 Ok(()) => break,
                 Err(exited) if attempt < 5 && exited.contains("already in use") => {
-                    agent.api = SocketAddr::from((Ipv4Addr::LOCALHOST, port()));
+                    agent.api = SocketAddr::from((api_ip, port()));
                     agent.proxy = SocketAddr::from((Ipv4Addr::LOCALHOST, port()));
                 }
                 Err(exited) => panic!("{exited}"),

@@ -10,7 +10,8 @@
 //! fails with what went wrong. The nodes, their namespaces, processes and folders are removed
 //! when the test ends, also when it fails (and leftovers of a killed run by the next run).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -82,7 +83,7 @@ async fn two_nodes_drain_and_node_loss_under_load_fail_no_request() {
     let r1 = format!("rollway-{name}-{ENV}-r1-web");
     let placed = cluster.running_slots(&r1);
     assert_eq!(
-        placed.values().collect::<std::collections::BTreeSet<_>>(),
+        placed.values().collect::<BTreeSet<_>>(),
         [&cluster.manager_node, &cluster.worker_node].into(),
         "the two tasks are not on the two nodes: {placed:?}"
     );
@@ -160,7 +161,7 @@ async fn two_nodes_drain_and_node_loss_under_load_fail_no_request() {
     let r2 = format!("rollway-{name}-{ENV}-r2-web");
     let placed = cluster.running_slots(&r2);
     assert_eq!(
-        placed.values().collect::<std::collections::BTreeSet<_>>(),
+        placed.values().collect::<BTreeSet<_>>(),
         [&cluster.manager_node, &cluster.worker_node].into(),
         "release 2's tasks are not on the two nodes: {placed:?}"
     );
@@ -217,6 +218,343 @@ async fn two_nodes_drain_and_node_loss_under_load_fail_no_request() {
     );
 }
 
+/// The swarm ingress (`rollway agent --swarm-ingress PORT`) on two nodes. The agent serves its API
+/// over TLS on the host's bridge address, which the followers in the nodes reach (pinned to its
+/// certificate). Node a labelled `rollway.ingress=true` first: its follower serves the app on
+/// PORT of node a, node b binds nothing. Under load through node a's follower, a blue-green deploy
+/// fails no request. Node b labelled later: nothing answers on its PORT until its follower has the
+/// current state, and its first answers are the current release's. Both followers report under
+/// ids of their own, and their counts reach the agent's `/v1/metrics`. Then node b's power cut
+/// under load through node a's follower: no failed request, the lost task rescheduled on node a and
+/// node a's follower routes to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_ingress_a_node_labelled_later_serves_the_current_state_and_node_loss_fails_no_request()
+ {
+    let Some(images) = Images::get() else {
+        return;
+    };
+    let Some(cluster) = Cluster::up() else {
+        return;
+    };
+    let tags: Vec<String> = ["v1", "v2"]
+        .iter()
+        .map(|version| format!("{}:{version}", images.repository))
+        .collect();
+    cluster.load_images(&tags);
+
+    let name = format!("si{}", std::process::id());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let runtime_dir = tempfile::Builder::new()
+        .prefix("rollway-e2e-nodes-")
+        .tempdir_in("/dev/shm")
+        .expect("temporary directory on /dev/shm");
+    let runtime = runtime_dir.path().display().to_string();
+    // The nodes' namespaces are fresh: any port is free there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port();
+    let on_a = SocketAddr::from((cluster.manager_addr, port));
+    let on_b = SocketAddr::from((cluster.worker_addr, port));
+    let agent = TestAgent::start_tls_on(
+        rollway_bin(),
+        &dir.path().join("state"),
+        cluster.host_addr(),
+        &["--swarm-ingress".to_owned(), port.to_string()],
+        &[
+            ("RUNTIME_DIRECTORY", runtime.as_str()),
+            ("DOCKER_HOST", cluster.manager_socket.as_str()),
+            ("ROLLWAY_SWARM_REGISTRY", cluster.registry.as_str()),
+        ],
+    )
+    .await;
+    assert!(
+        agent.api_url().starts_with("https://"),
+        "{}",
+        agent.api_url()
+    );
+    let header = dir.path().join("authorization");
+    std::fs::write(
+        &header,
+        format!("Authorization: Bearer {}\n", agent.admin_token()),
+    )
+    .expect("write the header file");
+    // The admin token from a file (`-H @FILE`), never in an argv.
+    let api = |path: &str| {
+        let output = Command::new("curl")
+            .args(["-sk", "--max-time", "10", "-H"])
+            .arg(format!("@{}", header.display()))
+            .arg(format!("{}{path}", agent.api_url()))
+            .output()
+            .expect("run curl");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let app = |version: &str| {
+        TestApp::new(dir.path().join(version))
+            .named(&name)
+            .version(version)
+            .driver(Driver::Container)
+            .image(format!("{}:{{version}}", images.repository))
+            .replicas(2)
+            .start_timeout("60s")
+            .on_swarm(ENV)
+    };
+    agent.deploy(&app("v1"), ENV).await.assert_code(0);
+    agent.assert_serves("v1").await;
+    let ingress_logs = || {
+        format!(
+            "{}\n{}",
+            cluster
+                .try_manager(&["service", "ps", "--no-trunc", "rollway-proxy"])
+                .unwrap_or_default(),
+            cluster
+                .try_manager(&["service", "logs", "--raw", "rollway-proxy"])
+                .unwrap_or_default()
+        )
+    };
+
+    // The service is there, no node is labelled: nothing answers on either node's port.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while cluster
+        .try_manager(&["service", "inspect", "rollway-proxy"])
+        .is_none()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no `rollway-proxy` service:\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        !accepts(on_a).await,
+        "{on_a} answers before node a is an ingress node"
+    );
+    assert!(
+        !accepts(on_b).await,
+        "{on_b} answers before node b is an ingress node"
+    );
+
+    // Node a becomes an ingress node: its follower serves v1 on node a's port.
+    cluster.manager(&[
+        "node",
+        "update",
+        "--label-add",
+        "rollway.ingress=true",
+        &cluster.manager_node,
+    ]);
+    wait_serves(on_a, "v1", PATIENCE * 2, &ingress_logs).await;
+    assert!(
+        !accepts(on_b).await,
+        "{on_b} answers, node b is no ingress node"
+    );
+
+    // Load through node a's follower across a blue-green deploy.
+    let load = Load::new(on_a).concurrency(4).duration(LOAD_BOUND).start();
+    agent.deploy(&app("v2"), ENV).await.assert_code(0);
+    wait_serves(on_a, "v2", PATIENCE, &ingress_logs).await;
+
+    // Node b labelled later: it binds its port only once its follower has the current state, so
+    // the first answers on it are v2's; nothing failed on node a meanwhile.
+    cluster.manager(&[
+        "node",
+        "update",
+        "--label-add",
+        "rollway.ingress=true",
+        &cluster.worker_node,
+    ]);
+    let deadline = tokio::time::Instant::now() + PATIENCE * 2;
+    while !accepts(on_b).await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node b's follower does not listen on {on_b}:\n{}",
+            ingress_logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let first = Load::new(on_b)
+        .concurrency(1)
+        .count(20)
+        .start()
+        .wait()
+        .await;
+    assert_eq!(first.failed, 0, "node b's first answers: {first}");
+    assert_eq!(
+        first.versions.keys().collect::<Vec<_>>(),
+        ["v2"],
+        "node b's first answers are not all the current release's: {first}"
+    );
+    let report = load.stop().await;
+    assert!(report.total > 100, "the load ran: {report}");
+    assert_eq!(report.failed, 0, "{report}");
+    assert_eq!(
+        report.versions.keys().collect::<Vec<_>>(),
+        ["v1", "v2"],
+        "{report}"
+    );
+
+    // Two followers, one per node, each under an id of its own; their counts are in the agent's
+    // `/v1/metrics` (the agent's own proxy served only a few samples).
+    let through_a = report.versions.get("v2").copied().unwrap_or_default() + first.total;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let info: serde_json::Value = serde_json::from_str(&api("/v1/agent")).unwrap_or_default();
+        let followers: BTreeSet<String> = info["followers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|follower| follower["proxy"].as_str().map(str::to_owned))
+            .collect();
+        let metrics = api("/v1/metrics");
+        let counted: u64 = metrics
+            .lines()
+            .filter(|line| {
+                line.starts_with("rollway_requests_total")
+                    && line.contains(&format!("app=\"{name}\""))
+                    && line.contains("release=\"2\"")
+            })
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum();
+        let ids_ok = followers.len() == 2
+            && [&cluster.manager_node, &cluster.worker_node]
+                .iter()
+                .all(|node| followers.iter().any(|id| id.ends_with(node.as_str())));
+        if ids_ok && counted >= through_a {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the agent does not list both followers or count their {through_a} requests of \
+             release 2 ({counted}): {followers:?}\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    // Node b's power cut under load through node a's follower.
+    let r2 = format!("rollway-{name}-{ENV}-r2-web");
+    let placed = cluster.running_slots(&r2);
+    let slot = placed
+        .iter()
+        .find(|(_, node)| **node == cluster.worker_node)
+        .map(|(slot, _)| *slot)
+        .unwrap_or_else(|| panic!("no task of release 2 on node b: {placed:?}"));
+    let lost = format!("{name}-{ENV}-r2-web-{slot}");
+    let load = Load::new(on_a).concurrency(4).duration(LOAD_BOUND).start();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cluster.kill_worker();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let placed = cluster.running_slots(&r2);
+        let state = agent
+            .status(&name, ENV)
+            .await
+            .instances()
+            .get(&lost)
+            .cloned();
+        if placed.get(&slot) == Some(&cluster.manager_node) && state.as_deref() == Some("serving") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the lost node's task was not rescheduled and routed: {placed:?}, `{lost}` is {state:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Node a's follower routes to both tasks now on node a, the rescheduled one included: the
+    // answers' host names (a task's container id) are the two containers of release 2 there.
+    let containers: BTreeSet<String> = cluster
+        .manager(&[
+            "ps",
+            "--filter",
+            &format!("label=com.docker.swarm.service.name={r2}"),
+            "--format",
+            "{{.ID}}",
+        ])
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(containers.len(), 2, "{containers:?}");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let mut seen = BTreeSet::new();
+        for _ in 0..40 {
+            if let Some(host) = get_body(on_a, "/env/HOSTNAME").await {
+                seen.insert(host.trim().to_owned());
+            }
+        }
+        if seen == containers {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node a's follower does not route to release 2's tasks {containers:?}: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let report = load.stop().await;
+    assert!(report.total > 100, "the load ran: {report}");
+    assert_eq!(report.failed, 0, "{report}");
+    assert_eq!(
+        report.versions.keys().collect::<Vec<_>>(),
+        ["v2"],
+        "{report}"
+    );
+}
+
+/// Whether something accepts a connection on `addr` (within a second).
+async fn accepts(addr: SocketAddr) -> bool {
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr)).await,
+        Ok(Ok(_))
+    )
+}
+
+/// Polls `addr` until five requests in a row answer `version`, for at most `patience`.
+async fn wait_serves(
+    addr: SocketAddr,
+    version: &str,
+    patience: Duration,
+    logs: &dyn Fn() -> String,
+) {
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        let report = Load::new(addr).concurrency(1).count(5).start().wait().await;
+        if report.failed == 0
+            && report
+                .records
+                .iter()
+                .all(|record| record.version.as_deref() == Some(version))
+        {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{addr} does not serve {version}: {report}\n{}",
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The body of `GET path` on `addr` (a 200 answer read to its end), `None` on anything else.
+async fn get_body(addr: SocketAddr, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut answer = Vec::new();
+        stream.take(64 * 1024).read_to_end(&mut answer).await.ok()?;
+        let answer = String::from_utf8_lossy(&answer).into_owned();
+        let (head, body) = answer.split_once("\r\n\r\n")?;
+        head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
+    };
+    tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .ok()
+        .flatten()
+}
+
 /// The two nodes `scripts/swarm-nodes up` made; dropping it runs `scripts/swarm-nodes down`.
 struct Cluster {
     dir: PathBuf,
@@ -224,6 +562,9 @@ struct Cluster {
     registry: String,
     manager_node: String,
     worker_node: String,
+    /// The nodes' addresses on their bridge (10.231.N.2 and .3); the host is 10.231.N.1.
+    manager_addr: Ipv4Addr,
+    worker_addr: Ipv4Addr,
 }
 
 impl Cluster {
@@ -262,6 +603,10 @@ impl Cluster {
             .lines()
             .filter_map(|line| line.split_once('='))
             .collect();
+        let address = |text: &str| -> Ipv4Addr {
+            text.parse()
+                .unwrap_or_else(|error| panic!("scripts/swarm-nodes up printed `{text}`: {error}"))
+        };
         let value = |key: &str| {
             values
                 .get(key)
@@ -273,8 +618,29 @@ impl Cluster {
             registry: value("REGISTRY"),
             manager_node: value("MANAGER_NODE"),
             worker_node: value("WORKER_NODE"),
+            manager_addr: address(&value("MANAGER_ADDR")),
+            worker_addr: address(&value("WORKER_ADDR")),
             dir,
         })
+    }
+
+    /// The host's own address on the nodes' bridge (10.231.N.1).
+    fn host_addr(&self) -> Ipv4Addr {
+        let [a, b, c, _] = self.manager_addr.octets();
+        Ipv4Addr::new(a, b, c, 1)
+    }
+
+    /// `docker ARGS` on the manager, `None` when it fails.
+    fn try_manager(&self, args: &[&str]) -> Option<String> {
+        let output = Command::new("docker")
+            .args(["-H", &self.manager_socket])
+            .args(args)
+            .output()
+            .ok()?;
+        output
+            .status
+            .success()
+            .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
     /// `docker ARGS` on the manager; panics with the engine's answer on a failure.
