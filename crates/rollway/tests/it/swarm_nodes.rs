@@ -352,7 +352,7 @@ async fn two_nodes_ingress_a_node_labelled_later_serves_the_current_state_and_no
     // Load through node a's follower across a blue-green deploy.
     let load = Load::new(on_a).concurrency(4).duration(LOAD_BOUND).start();
     agent.deploy(&app("v2"), ENV).await.assert_code(0);
-    wait_serves(on_a, "v2", PATIENCE, &ingress_logs).await;
+    let probes = wait_serves(on_a, "v2", PATIENCE, &ingress_logs).await;
 
     // Node b labelled later: it binds its port only once its follower has the current state, so
     // the first answers on it are v2's; nothing failed on node a meanwhile.
@@ -394,8 +394,10 @@ async fn two_nodes_ingress_a_node_labelled_later_serves_the_current_state_and_no
     );
 
     // Two followers, one per node, each under an id of its own; their counts are in the agent's
-    // `/v1/metrics` (the agent's own proxy served only a few samples).
+    // `/v1/metrics`, each request once: at least the load's answers of v2, at most those and the
+    // probes since the deploy (and the load's last requests in flight when it stopped).
     let through_a = report.versions.get("v2").copied().unwrap_or_default() + first.total;
+    let at_most = through_a + probes + 4;
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
         let info: serde_json::Value = serde_json::from_str(&api("/v1/agent")).unwrap_or_default();
@@ -420,6 +422,11 @@ async fn two_nodes_ingress_a_node_labelled_later_serves_the_current_state_and_no
                 .iter()
                 .all(|node| followers.iter().any(|id| id.ends_with(node.as_str())));
         if ids_ok && counted >= through_a {
+            assert!(
+                counted <= at_most,
+                "the agent counts {counted} requests of release 2, more than the {at_most} sent \
+                 (counted twice?): {followers:?}\n{metrics}"
+            );
             break;
         }
         assert!(
@@ -509,23 +516,26 @@ async fn accepts(addr: SocketAddr) -> bool {
     )
 }
 
-/// Polls `addr` until five requests in a row answer `version`, for at most `patience`.
+/// Polls `addr` until five requests in a row answer `version`, for at most `patience`; how many
+/// requests it sent.
 async fn wait_serves(
     addr: SocketAddr,
     version: &str,
     patience: Duration,
     logs: &dyn Fn() -> String,
-) {
+) -> u64 {
     let deadline = tokio::time::Instant::now() + patience;
+    let mut sent = 0;
     loop {
         let report = Load::new(addr).concurrency(1).count(5).start().wait().await;
+        sent += report.total;
         if report.failed == 0
             && report
                 .records
                 .iter()
                 .all(|record| record.version.as_deref() == Some(version))
         {
-            return;
+            return sent;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
