@@ -3,12 +3,17 @@
 //! traffic of every proxy, not only the agent's own.
 //!
 //! A follower reports its cumulative per-release counters every second with a random
-//! `incarnation` per process start. The agent keeps, per follower, the last report and what the
-//! follower's earlier lives counted (`earlier`): a new incarnation, or a counter that went down
-//! (a restart the incarnation did not tell), starts a new series and keeps the old one, so the sum
-//! never goes down and never counts a request twice. A follower silent for [`STALE_AFTER`] is
-//! retired: its counts stay in the sum (without its in-flight requests), its entry is dropped, so
-//! the map is as large as the live followers ([`MAX_FOLLOWERS`]).
+//! `incarnation` per process start. The agent keeps one series per follower life, keyed by
+//! (id, incarnation): a restart (a new incarnation) starts a new series beside the old one, whose
+//! counts stay, and two processes that were given one id (clones of one server, a copied
+//! `--id`) are two series, never one whose counters seem to jump back and forth (which would add
+//! them up again at every report). Within a life, a counter that went down (a restart the
+//! incarnation did not tell) moves the last report into `earlier`, so the sum never goes down and
+//! never counts a request twice. When a new incarnation of an id appears, the other lives of that
+//! id count no request in flight (a dead process has none; a live duplicate's next report brings
+//! its own back), and two lives of one id that keep reporting are logged once. A life silent for
+//! [`STALE_AFTER`] is retired: its counts stay in the sum (without its in-flight requests), its
+//! entry is dropped, so the map is as large as the live followers ([`MAX_FOLLOWERS`]).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -26,18 +31,20 @@ pub const MAX_FOLLOWERS: usize = 256;
 /// The followers' counters. Behind a std `Mutex` in `ProxyLink`: short, never held across an await.
 #[derive(Debug, Default)]
 pub struct Followers {
-    live: BTreeMap<ProxyId, Follower>,
+    /// One entry per follower life: (id, incarnation).
+    live: BTreeMap<(ProxyId, String), Follower>,
     /// The counts of retired followers, summed.
     retired: Vec<ObservedReleaseStats>,
 }
 
 #[derive(Debug)]
 struct Follower {
-    incarnation: String,
-    /// What its earlier lives counted, summed (in-flight 0).
+    /// What this life counted before its counters went down, summed (in-flight 0).
     earlier: Vec<ObservedReleaseStats>,
     last: Vec<ObservedReleaseStats>,
     seen: Instant,
+    /// Two lives of this id reported after each other's last report: logged once.
+    duplicate_logged: bool,
 }
 
 /// A follower the agent shows (`GET /v1/agent`).
@@ -65,34 +72,56 @@ impl Followers {
         now: Instant,
     ) -> Result<(), TooManyFollowers> {
         self.expire(now);
-        if !self.live.contains_key(&report.proxy) && self.live.len() >= MAX_FOLLOWERS {
-            return Err(TooManyFollowers {
-                proxy: report.proxy,
-            });
+        let key = (report.proxy, report.incarnation);
+        if !self.live.contains_key(&key) && self.live.len() >= MAX_FOLLOWERS {
+            return Err(TooManyFollowers { proxy: key.0 });
         }
-        let follower = self.live.entry(report.proxy).or_insert_with(|| Follower {
-            incarnation: report.incarnation.clone(),
+        if !self.live.contains_key(&key) {
+            // A new life of this id: the others of the id are dead (a restart) or duplicates.
+            for ((proxy, _), other) in self.live.iter_mut() {
+                if *proxy == key.0 {
+                    other.last = without_in_flight(std::mem::take(&mut other.last));
+                }
+            }
+        } else {
+            // This life reports again: another life of the id that reported since this one's last
+            // report is a second process with the same id.
+            let previous = self.live.get(&key).map_or(now, |follower| follower.seen);
+            let duplicate = self.live.iter().any(|((proxy, incarnation), other)| {
+                *proxy == key.0 && *incarnation != key.1 && other.seen > previous
+            });
+            if let Some(follower) = self.live.get_mut(&key)
+                && duplicate
+                && !follower.duplicate_logged
+            {
+                follower.duplicate_logged = true;
+                tracing::warn!(
+                    message = "Two running proxies report under one id; each is counted, but give each its own `--id` to tell them apart.",
+                    proxy = %key.0,
+                );
+            }
+        }
+        let follower = self.live.entry(key).or_insert_with(|| Follower {
             earlier: Vec::new(),
             last: Vec::new(),
             seen: now,
+            duplicate_logged: false,
         });
-        let restarted = follower.incarnation != report.incarnation
-            || follower.last.iter().any(|before| {
-                let after = report
-                    .releases
-                    .iter()
-                    .find(|after| after.release == before.release);
-                after.is_none_or(|after| {
-                    after.total_requests() < before.total_requests()
-                        || after.latency.count < before.latency.count
-                })
-            });
-        if restarted {
+        let went_down = follower.last.iter().any(|before| {
+            let after = report
+                .releases
+                .iter()
+                .find(|after| after.release == before.release);
+            after.is_none_or(|after| {
+                after.total_requests() < before.total_requests()
+                    || after.latency.count < before.latency.count
+            })
+        });
+        if went_down {
             follower.earlier = without_in_flight(sum_stats(
                 follower.earlier.iter().chain(follower.last.iter()),
             ));
         }
-        follower.incarnation = report.incarnation;
         follower.last = report.releases;
         follower.seen = now;
         Ok(())
@@ -110,30 +139,35 @@ impl Followers {
         readings
     }
 
-    /// The live followers and how long ago each reported.
+    /// The live followers and how long ago each reported: one line per id (its latest life).
     pub fn seen(&mut self, now: Instant) -> Vec<FollowerSeen> {
         self.expire(now);
-        self.live
-            .iter()
-            .map(|(proxy, follower)| FollowerSeen {
+        let mut latest: BTreeMap<&ProxyId, Instant> = BTreeMap::new();
+        for ((proxy, _), follower) in &self.live {
+            let seen = latest.entry(proxy).or_insert(follower.seen);
+            *seen = (*seen).max(follower.seen);
+        }
+        latest
+            .into_iter()
+            .map(|(proxy, seen)| FollowerSeen {
                 proxy: proxy.clone(),
-                seen_ago: now.saturating_duration_since(follower.seen),
+                seen_ago: now.saturating_duration_since(seen),
             })
             .collect()
     }
 
     fn expire(&mut self, now: Instant) {
-        let stale: Vec<ProxyId> = self
+        let stale: Vec<(ProxyId, String)> = self
             .live
             .iter()
             .filter(|(_, follower)| now.saturating_duration_since(follower.seen) >= STALE_AFTER)
-            .map(|(proxy, _)| proxy.clone())
+            .map(|(key, _)| key.clone())
             .collect();
-        for proxy in stale {
-            if let Some(follower) = self.live.remove(&proxy) {
+        for key in stale {
+            if let Some(follower) = self.live.remove(&key) {
                 tracing::info!(
                     message = "A following proxy stopped reporting; its counts are kept.",
-                    proxy = %proxy,
+                    proxy = %key.0,
                 );
                 self.retired = without_in_flight(sum_stats(
                     self.retired

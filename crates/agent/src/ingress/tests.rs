@@ -147,3 +147,55 @@ fn more_followers_than_the_limit_are_refused_until_one_is_retired() {
         .report(report("one-too-many", "i", Vec::new()), start + STALE_AFTER)
         .expect("room again");
 }
+
+#[test]
+fn two_running_proxies_with_one_id_are_each_counted_once() {
+    // Clones of one server image both report as `node`: their reports interleave. Keyed by id
+    // alone, every report would look like a restart and add the other's counts again.
+    let mut followers = Followers::default();
+    let start = Instant::now();
+    for second in 1..=5u64 {
+        let now = start + Duration::from_secs(second);
+        followers
+            .report(
+                report(
+                    "node",
+                    "one",
+                    vec![reading("app/prod@2", 10 * second, 0, 1)],
+                ),
+                now,
+            )
+            .expect("first process");
+        followers
+            .report(
+                report("node", "two", vec![reading("app/prod@2", second, 0, 2)]),
+                now,
+            )
+            .expect("second process");
+    }
+    let now = start + Duration::from_secs(5);
+    assert_eq!(total(&mut followers, now, "app/prod@2"), (55, 0, 3));
+    assert_eq!(followers.seen(now).len(), 1, "one line per id");
+}
+
+#[test]
+fn a_restarted_follower_counts_no_request_in_flight_of_its_dead_life() {
+    let mut followers = Followers::default();
+    let start = Instant::now();
+    followers
+        .report(
+            report("node-a", "one", vec![reading("app/prod@2", 10, 0, 4)]),
+            start,
+        )
+        .expect("first life");
+    let later = start + Duration::from_secs(2);
+    followers
+        .report(
+            report("node-a", "two", vec![reading("app/prod@2", 1, 0, 1)]),
+            later,
+        )
+        .expect("second life");
+    // The first life's 10 stay counted, its 4 in flight died with it.
+    assert_eq!(total(&mut followers, later, "app/prod@2"), (11, 0, 1));
+    assert_eq!(followers.seen(later).len(), 1);
+}
