@@ -102,6 +102,9 @@ struct Shared {
     /// The last desired state the proxy accepted: what following proxies (`rollway proxy
     /// --follow`, `GET /v1/proxy/state`) apply. `None` until the first push.
     published: tokio::sync::watch::Sender<Option<Arc<DesiredState>>>,
+    /// The last TLS set (certificates with their keys, ACME challenge answers) the proxy accepted:
+    /// what following proxies serve on their HTTPS listeners. In memory only, like the proxy's.
+    published_tls: tokio::sync::watch::Sender<Option<Arc<proxy::tls::TlsState>>>,
     /// What following proxies reported of their counters. std Mutex: never held across an await.
     followers: Mutex<crate::ingress::Followers>,
 }
@@ -149,6 +152,7 @@ impl ProxyLink {
                 command: OnceLock::new(),
                 replacing: tokio::sync::Mutex::new(()),
                 published: tokio::sync::watch::Sender::new(None),
+                published_tls: tokio::sync::watch::Sender::new(None),
                 followers: Mutex::new(crate::ingress::Followers::default()),
             }),
         }
@@ -461,13 +465,21 @@ impl ProxyLink {
     }
 
     /// Replaces the certificates and challenge answers the proxy serves (over the 0600 control
-    /// socket: the only way a private key leaves the agent).
+    /// socket); once it accepted them, following proxies get them too (`GET /v1/proxy/state`, a
+    /// proxy-role token, over TLS beyond loopback): the only ways a private key leaves the agent.
     pub async fn put_tls(&self, state: &proxy::tls::TlsState) -> Result<(), LinkError> {
         self.client
             .put_tls(state)
             .await
-            .map(|_| ())
-            .map_err(|error| LinkError::Control(error.to_string()))
+            .map_err(|error| LinkError::Control(error.to_string()))?;
+        self.shared.published_tls.send_if_modified(|published| {
+            if published.as_deref() == Some(state) {
+                return false;
+            }
+            *published = Some(Arc::new(state.clone()));
+            true
+        });
+        Ok(())
     }
 
     /// Puts the whole desired state to the proxy; once it accepted it, following proxies get it too.
@@ -489,6 +501,11 @@ impl ProxyLink {
     /// The desired states the proxy accepted, the last one first (`None` before the first push).
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Option<Arc<DesiredState>>> {
         self.shared.published.subscribe()
+    }
+
+    /// The TLS sets the proxy accepted, the last one first (`None` before the first push).
+    pub fn subscribe_tls(&self) -> tokio::sync::watch::Receiver<Option<Arc<proxy::tls::TlsState>>> {
+        self.shared.published_tls.subscribe()
     }
 
     /// Takes a following proxy's counters (`POST /v1/proxy/report`).

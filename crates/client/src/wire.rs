@@ -1321,11 +1321,15 @@ impl ProxyId {
 /// One line of `GET /v1/proxy/state` (newline-delimited JSON, role proxy): the agent's whole
 /// desired routing (`S` is `proxy::DesiredState`), the current one first and then each one its
 /// own proxy accepted, or a keep-alive (`"keep_alive"`) when nothing changed for
-/// [`PROXY_KEEPALIVE_SECS`]. Generic so this crate stays apart from the data plane's types.
+/// [`PROXY_KEEPALIVE_SECS`]; and the whole TLS set (`T` is `proxy::tls::TlsState`: certificates
+/// with their private keys, and the pending ACME challenge answers), the current one first and then
+/// each one its own proxy accepted. Generic so this crate stays apart from the data plane's types.
+/// The TLS line holds secrets: it is sent to a proxy-role token only, and never logged.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum ProxyStateLine<S> {
+pub enum ProxyStateLine<S, T> {
     State(S),
+    Tls(T),
     KeepAlive,
 }
 
