@@ -38,6 +38,8 @@ struct Follower {
     earlier: Vec<ObservedReleaseStats>,
     last: Vec<ObservedReleaseStats>,
     seen: Instant,
+    /// The generation of the TLS set it serves (`ProxyTls::generation`).
+    tls_generation: u64,
 }
 
 /// A follower the agent shows (`GET /v1/agent`).
@@ -75,6 +77,7 @@ impl Followers {
             earlier: Vec::new(),
             last: Vec::new(),
             seen: now,
+            tls_generation: 0,
         });
         let restarted = follower.incarnation != report.incarnation
             || follower.last.iter().any(|before| {
@@ -93,6 +96,7 @@ impl Followers {
             ));
         }
         follower.incarnation = report.incarnation;
+        follower.tls_generation = report.tls_generation;
         follower.last = report.releases;
         follower.seen = now;
         Ok(())
@@ -119,6 +123,16 @@ impl Followers {
                 proxy: proxy.clone(),
                 seen_ago: now.saturating_duration_since(follower.seen),
             })
+            .collect()
+    }
+
+    /// The live followers that do not serve TLS set `generation` (or a newer one) yet.
+    pub fn behind_tls(&mut self, generation: u64, now: Instant) -> Vec<ProxyId> {
+        self.expire(now);
+        self.live
+            .iter()
+            .filter(|(_, follower)| follower.tls_generation < generation)
+            .map(|(proxy, _)| proxy.clone())
             .collect()
     }
 

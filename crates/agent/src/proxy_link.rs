@@ -104,10 +104,13 @@ struct Shared {
     published: tokio::sync::watch::Sender<Option<Arc<DesiredState>>>,
     /// The last TLS set (certificates with their keys, ACME challenge answers) the proxy accepted:
     /// what following proxies serve on their HTTPS listeners. In memory only, like the proxy's.
-    published_tls: tokio::sync::watch::Sender<Option<Arc<proxy::tls::TlsState>>>,
+    published_tls: tokio::sync::watch::Sender<Option<Arc<PublishedTls>>>,
     /// What following proxies reported of their counters. std Mutex: never held across an await.
     followers: Mutex<crate::ingress::Followers>,
 }
+
+/// A TLS set the agent's proxy accepted, as following proxies get it (`GET /v1/proxy/state`).
+pub type PublishedTls = client::wire::ProxyTls<proxy::tls::TlsState>;
 
 /// How a proxy process begins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -473,13 +476,58 @@ impl ProxyLink {
             .await
             .map_err(|error| LinkError::Control(error.to_string()))?;
         self.shared.published_tls.send_if_modified(|published| {
-            if published.as_deref() == Some(state) {
+            if published.as_deref().map(|published| &published.set) == Some(state) {
                 return false;
             }
-            *published = Some(Arc::new(state.clone()));
+            let generation = published.as_deref().map_or_else(
+                || {
+                    let since_epoch = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default();
+                    u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX)
+                },
+                |published| published.generation.saturating_add(1),
+            );
+            *published = Some(Arc::new(PublishedTls {
+                generation,
+                set: state.clone(),
+            }));
             true
         });
         Ok(())
+    }
+
+    /// Waits until every following proxy that reported lately serves the TLS set published now
+    /// (or a newer one), at most `patience`; `false` when some did not in time (named in the log).
+    /// The ACME challenges wait for it, so a validation reaching any ingress node finds its answer.
+    pub async fn followers_have_tls(&self, patience: Duration) -> bool {
+        let Some(generation) = self
+            .shared
+            .published_tls
+            .borrow()
+            .as_deref()
+            .map(|published| published.generation)
+        else {
+            return true;
+        };
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            let behind = self
+                .followers()
+                .behind_tls(generation, std::time::Instant::now());
+            if behind.is_empty() {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    message = "Some following proxies did not take the newest certificates and challenge answers in time.",
+                    behind = ?behind.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    waited_ms = u64::try_from(patience.as_millis()).unwrap_or(u64::MAX),
+                );
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Puts the whole desired state to the proxy; once it accepted it, following proxies get it too.
@@ -504,7 +552,7 @@ impl ProxyLink {
     }
 
     /// The TLS sets the proxy accepted, the last one first (`None` before the first push).
-    pub fn subscribe_tls(&self) -> tokio::sync::watch::Receiver<Option<Arc<proxy::tls::TlsState>>> {
+    pub fn subscribe_tls(&self) -> tokio::sync::watch::Receiver<Option<Arc<PublishedTls>>> {
         self.shared.published_tls.subscribe()
     }
 

@@ -1343,4 +1343,17 @@ pub struct ProxyReport<R> {
     /// started again from zero (so it keeps what the earlier life counted).
     pub incarnation: String,
     pub releases: Vec<R>,
+    /// The `ProxyTls::generation` of the TLS set this proxy serves now (0: none yet), so the agent
+    /// knows when every follower has an ACME challenge's answer.
+    #[serde(default)]
+    pub tls_generation: u64,
+}
+
+/// The TLS line of `GET /v1/proxy/state`: the whole set (`T` is `proxy::tls::TlsState`) and its
+/// generation, which grows with each set the agent publishes (it starts at the agent's start time
+/// in milliseconds, so it also grows across the agent's restarts).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProxyTls<T> {
+    pub generation: u64,
+    pub set: T,
 }

@@ -13,12 +13,12 @@ use client::wire::{
     MAX_PROXY_ID_LEN, MAX_PROXY_REPORT_RELEASES, PROXY_KEEPALIVE_SECS, ProxyId, ProxyReport,
     ProxyStateLine,
 };
-use proxy::tls::TlsState;
 use proxy::{DesiredState, ObservedReleaseStats};
 use tokio::sync::watch;
 
 use crate::api::error::{ApiError, ApiJson, Kind};
 use crate::engine::Engine;
+use crate::proxy_link::PublishedTls;
 
 /// The longest release name a report may carry (the proxy's own are `app/env@N`).
 const MAX_RELEASE_NAME: usize = 256;
@@ -55,12 +55,12 @@ pub async fn state_stream(State(engine): State<Arc<Engine>>) -> Response {
         .into_response()
 }
 
-type Line = ProxyStateLine<Arc<DesiredState>, Arc<TlsState>>;
+type Line = ProxyStateLine<Arc<DesiredState>, Arc<PublishedTls>>;
 
 /// One follower's stream: what it was sent so far.
 struct Follow {
     states: watch::Receiver<Option<Arc<DesiredState>>>,
-    tls: watch::Receiver<Option<Arc<TlsState>>>,
+    tls: watch::Receiver<Option<Arc<PublishedTls>>>,
     engine: Arc<Engine>,
     state_sent: bool,
     tls_sent: bool,

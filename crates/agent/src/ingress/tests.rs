@@ -29,6 +29,7 @@ fn report(
         proxy: ProxyId::new(proxy),
         incarnation: incarnation.to_owned(),
         releases,
+        tls_generation: 0,
     }
 }
 
@@ -146,4 +147,36 @@ fn more_followers_than_the_limit_are_refused_until_one_is_retired() {
     followers
         .report(report("one-too-many", "i", Vec::new()), start + STALE_AFTER)
         .expect("room again");
+}
+
+#[test]
+fn a_follower_is_behind_on_tls_until_it_reports_the_generation_and_a_retired_one_is_not_waited_for()
+{
+    let start = Instant::now();
+    let mut followers = Followers::default();
+    let with = |proxy: &str, generation: u64| ProxyReport {
+        tls_generation: generation,
+        ..report(proxy, "1", Vec::new())
+    };
+    // Nobody follows: nobody is behind.
+    assert_eq!(followers.behind_tls(7, start), Vec::<ProxyId>::new());
+    followers.report(with("a", 6), start).expect("taken");
+    followers.report(with("b", 7), start).expect("taken");
+    assert_eq!(followers.behind_tls(7, start), vec![ProxyId::new("a")]);
+    // A newer generation than asked is caught up too.
+    followers
+        .report(with("a", 8), start + Duration::from_secs(1))
+        .expect("taken");
+    assert_eq!(
+        followers.behind_tls(7, start + Duration::from_secs(1)),
+        Vec::<ProxyId>::new()
+    );
+    assert_eq!(
+        followers.behind_tls(8, start + Duration::from_secs(1)),
+        vec![ProxyId::new("b")]
+    );
+    // `b` goes silent: once retired it is no longer waited for.
+    let later = start + STALE_AFTER + Duration::from_secs(1);
+    followers.report(with("a", 8), later).expect("taken");
+    assert_eq!(followers.behind_tls(8, later), Vec::<ProxyId>::new());
 }

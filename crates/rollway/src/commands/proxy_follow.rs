@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use client::Client;
 use client::pin::Fingerprint;
 use client::wire::{
-    MAX_PROXY_REPORT_RELEASES, PROXY_KEEPALIVE_SECS, ProxyId, ProxyReport, ProxyStateLine,
+    MAX_PROXY_REPORT_RELEASES, PROXY_KEEPALIVE_SECS, ProxyId, ProxyReport, ProxyStateLine, ProxyTls,
 };
 use proxy::DesiredState;
 use proxy::control_client::ControlClient;
@@ -121,7 +121,10 @@ async fn follow_and_serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let (states, mut newest) = watch::channel::<Option<Arc<DesiredState>>>(None);
-    let (tls, newest_tls) = watch::channel::<Option<Arc<TlsState>>>(None);
+    let (tls, newest_tls) = watch::channel::<Option<Arc<ProxyTls<TlsState>>>>(None);
+    // The generation of the TLS set the proxy serves, reported so the agent's ACME challenges
+    // wait until this proxy has their answers.
+    let tls_applied = Arc::new(AtomicU64::new(0));
     tokio::spawn(follow(client.clone(), states, tls, shutdown.clone()));
 
     let routes_file = proxy::RoutesFile::in_dir(&config.state_dir);
@@ -177,12 +180,16 @@ async fn follow_and_serve(
         shutdown.clone(),
     ));
     let certificates = control.clone();
+    let applied = tls_applied.clone();
     tokio::spawn(apply(
         newest_tls,
-        move |tls: Arc<TlsState>| {
+        move |published: Arc<ProxyTls<TlsState>>| {
             let control = certificates.clone();
+            let applied = applied.clone();
             async move {
-                let hosts = control.put_tls(&tls).await?;
+                let tls = &published.set;
+                let hosts = control.put_tls(tls).await?;
+                applied.store(published.generation, Ordering::Relaxed);
                 tracing::info!(
                     message = "Certificates from the agent applied.",
                     n_hosts = hosts.len(),
@@ -195,7 +202,7 @@ async fn follow_and_serve(
         "certificates",
         shutdown.clone(),
     ));
-    tokio::spawn(report(client, control, id, shutdown.clone()));
+    tokio::spawn(report(client, control, id, tls_applied, shutdown.clone()));
     process.serve(shutdown).await?;
     Ok(())
 }
@@ -224,7 +231,7 @@ async fn first_state(
 async fn follow(
     client: Client,
     states: watch::Sender<Option<Arc<DesiredState>>>,
-    tls: watch::Sender<Option<Arc<TlsState>>>,
+    tls: watch::Sender<Option<Arc<ProxyTls<TlsState>>>>,
     shutdown: CancellationToken,
 ) {
     let started = Instant::now();
@@ -235,7 +242,7 @@ async fn follow(
     loop {
         let last_line = AtomicU64::new(millis(Instant::now()));
         let mut lines = 0_u64;
-        let stream = client.proxy_states::<DesiredState, TlsState>(|line| {
+        let stream = client.proxy_states::<DesiredState, ProxyTls<TlsState>>(|line| {
             last_line.store(millis(Instant::now()), Ordering::Relaxed);
             lines += 1;
             match line {
@@ -323,7 +330,13 @@ async fn apply<T, F, Fut>(
 }
 
 /// Every second, the proxy's cumulative counters to the agent.
-async fn report(client: Client, control: ControlClient, id: ProxyId, shutdown: CancellationToken) {
+async fn report(
+    client: Client,
+    control: ControlClient,
+    id: ProxyId,
+    tls_applied: Arc<AtomicU64>,
+    shutdown: CancellationToken,
+) {
     let incarnation = incarnation();
     let mut failing = false;
     loop {
@@ -344,6 +357,7 @@ async fn report(client: Client, control: ControlClient, id: ProxyId, shutdown: C
                 proxy: id.clone(),
                 incarnation: incarnation.clone(),
                 releases,
+                tls_generation: tls_applied.load(Ordering::Relaxed),
             })
             .await;
         match sent {

@@ -664,3 +664,91 @@ async fn a_follower_serves_https_with_the_agents_certificates_redirects_plain_ht
     }
     follower.stop().await;
 }
+
+/// With the HTTP-01 challenge and Pebble validating on the follower's plain port only (its
+/// TLS-ALPN-01 port closed, the agent's proxy never asked), the certificate is issued: the agent
+/// waits until the follower serves the challenge's answer, then the follower serves the
+/// certificate on its HTTPS listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http01_challenge_validated_against_a_follower_succeeds() {
+    const HOST: &str = "follow.test";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = dir.path();
+    let acme_port = crate::tls::free_port();
+    let ca_file = dir.join("pebble").join("acme-ca.pem");
+    let agent = TestAgent::start_with_args(
+        crate::agent::rollway_bin(),
+        &dir.join("state"),
+        &[
+            "--https".to_owned(),
+            free_port().to_string(),
+            "--acme-directory".to_owned(),
+            format!("https://127.0.0.1:{acme_port}/dir"),
+            "--acme-ca".to_owned(),
+            ca_file.display().to_string(),
+        ],
+        &[("ROLLWAY_ACME_CHALLENGE", "http-01")],
+    )
+    .await;
+    // A first app without TLS gives the follower a routing to start on.
+    agent
+        .deploy(&TestApp::new(dir.join("plain")).named("plain"), ENV)
+        .await
+        .assert_code(0);
+    let (token_file, _) = token_file(&agent, dir, "proxy").await;
+    let https = free_port();
+    let follower = Follower::start_with(
+        &agent,
+        dir,
+        "node-1",
+        &token_file,
+        free_port(),
+        &["--https".to_owned(), https.to_string()],
+    );
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let info = agent.api("GET", "/v1/agent", "").await;
+        let info: Value = serde_json::from_str(&info.body).expect("agent JSON");
+        if info["followers"]
+            .as_array()
+            .is_some_and(|list| !list.is_empty())
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the agent lists no follower: {info:#}\n{}",
+            follower.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let pebble = crate::tls::Pebble::start(
+        &dir.join("pebble"),
+        acme_port,
+        follower.listen.port(),
+        crate::tls::free_port(),
+    )
+    .await;
+    let root = pebble.root(&dir.join("pebble-root.pem")).await;
+    let app = TestApp::new(dir.join("web"))
+        .named("web")
+        .version("v7")
+        .hosts(&[HOST])
+        .route_line(r#"tls = "auto""#);
+    let ran = agent.deploy(&app, ENV).await;
+    assert_eq!(ran.code, Some(0), "{ran}\n{}", follower.log());
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let answer = https_get(https, HOST, &root).await;
+        if answer == ("200".to_owned(), "v7".to_owned()) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the follower does not serve {HOST} over HTTPS: {answer:?}\n{}",
+            follower.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    follower.stop().await;
+}
