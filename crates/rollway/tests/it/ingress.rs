@@ -509,7 +509,8 @@ async fn a_follower_serves_https_with_the_agents_certificates_redirects_plain_ht
     let app = TestApp::new(dir.join("given"))
         .named("given")
         .hosts(&[HOST])
-        .route_line(r#"tls = { cert = "WEB_CERT", key = "WEB_KEY" }"#);
+        .route_line(r#"tls = { cert = "WEB_CERT", key = "WEB_KEY" }"#)
+        .route_line(r#"hsts = "1y""#);
     agent
         .set_secret("given", ENV, "WEB_CERT", &cert)
         .await
@@ -567,6 +568,26 @@ async fn a_follower_serves_https_with_the_agents_certificates_redirects_plain_ht
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The route's hsts on its HTTPS answers.
+    let (code, headers) = curl(&[
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        "--cacert",
+        &root.display().to_string(),
+        "--resolve",
+        &format!("{HOST}:{}:127.0.0.1", https.port()),
+        &format!("https://{HOST}:{}/", https.port()),
+    ])
+    .await;
+    assert_eq!(code, "200", "{headers}");
+    assert!(
+        headers
+            .to_ascii_lowercase()
+            .contains("strict-transport-security: max-age=31557600"),
+        "{headers}"
+    );
     // Over HTTP/2 too (ALPN), as the agent's proxy does.
     let (code, _) = curl(&[
         "--http2",
