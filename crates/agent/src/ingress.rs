@@ -25,6 +25,9 @@ use proxy::{ObservedReleaseStats, sum_stats};
 /// requests no longer counted). Followers report every second.
 pub const STALE_AFTER: Duration = Duration::from_secs(30);
 
+/// A life that reported within this is taken as running (followers report every second).
+pub const REPORTING: Duration = Duration::from_secs(3);
+
 /// The most followers the agent tracks at once; one more is refused until one is retired.
 pub const MAX_FOLLOWERS: usize = 256;
 
@@ -45,6 +48,8 @@ struct Follower {
     seen: Instant,
     /// Two lives of this id reported after each other's last report: logged once.
     duplicate_logged: bool,
+    /// The generation of the TLS set it serves (`ProxyTls::generation`).
+    tls_generation: u64,
 }
 
 /// A follower the agent shows (`GET /v1/agent`).
@@ -106,6 +111,7 @@ impl Followers {
             last: Vec::new(),
             seen: now,
             duplicate_logged: false,
+            tls_generation: 0,
         });
         let went_down = follower.last.iter().any(|before| {
             let after = report
@@ -122,6 +128,7 @@ impl Followers {
                 follower.earlier.iter().chain(follower.last.iter()),
             ));
         }
+        follower.tls_generation = report.tls_generation;
         follower.last = report.releases;
         follower.seen = now;
         Ok(())
@@ -154,6 +161,24 @@ impl Followers {
                 seen_ago: now.saturating_duration_since(seen),
             })
             .collect()
+    }
+
+    /// The live followers that do not serve TLS set `generation` (or a newer one) yet. Only lives
+    /// that reported within [`REPORTING`] count: the earlier life of a restarted follower is dead,
+    /// not behind.
+    pub fn behind_tls(&mut self, generation: u64, now: Instant) -> Vec<ProxyId> {
+        self.expire(now);
+        let mut behind: Vec<ProxyId> = self
+            .live
+            .iter()
+            .filter(|(_, follower)| {
+                follower.tls_generation < generation
+                    && now.saturating_duration_since(follower.seen) < REPORTING
+            })
+            .map(|((proxy, _), _)| proxy.clone())
+            .collect();
+        behind.dedup();
+        behind
     }
 
     fn expire(&mut self, now: Instant) {

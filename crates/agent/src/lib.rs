@@ -78,6 +78,8 @@ pub struct AgentConfig {
     /// `--swarm-ingress PORT`: the proxy as a global Swarm service on the ingress nodes
     /// (`swarm_ingress`), serving the apps on this port of each.
     pub swarm_ingress_port: Option<u16>,
+    /// With `swarm_ingress_port`: the ingress nodes' HTTPS port (`--swarm-ingress-https`).
+    pub swarm_ingress_https_port: Option<u16>,
     /// `--swarm-ingress-agent URL`: the API as the nodes reach it (default: the API's own URL).
     pub swarm_ingress_agent: Option<String>,
 }
@@ -264,7 +266,11 @@ pub async fn run(
             .unwrap_or_else(|| api_url.clone());
         tokio::spawn(swarm_ingress::run(
             engine.clone(),
-            swarm_ingress::SwarmIngress { port, agent_url },
+            swarm_ingress::SwarmIngress {
+                port,
+                https_port: config.swarm_ingress_https_port,
+                agent_url,
+            },
         ));
     }
 

@@ -102,9 +102,15 @@ struct Shared {
     /// The last desired state the proxy accepted: what following proxies (`rollway proxy
     /// --follow`, `GET /v1/proxy/state`) apply. `None` until the first push.
     published: tokio::sync::watch::Sender<Option<Arc<DesiredState>>>,
+    /// The last TLS set (certificates with their keys, ACME challenge answers) the proxy accepted:
+    /// what following proxies serve on their HTTPS listeners. In memory only, like the proxy's.
+    published_tls: tokio::sync::watch::Sender<Option<Arc<PublishedTls>>>,
     /// What following proxies reported of their counters. std Mutex: never held across an await.
     followers: Mutex<crate::ingress::Followers>,
 }
+
+/// A TLS set the agent's proxy accepted, as following proxies get it (`GET /v1/proxy/state`).
+pub type PublishedTls = client::wire::ProxyTls<proxy::tls::TlsState>;
 
 /// How a proxy process begins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,6 +155,7 @@ impl ProxyLink {
                 command: OnceLock::new(),
                 replacing: tokio::sync::Mutex::new(()),
                 published: tokio::sync::watch::Sender::new(None),
+                published_tls: tokio::sync::watch::Sender::new(None),
                 followers: Mutex::new(crate::ingress::Followers::default()),
             }),
         }
@@ -461,13 +468,66 @@ impl ProxyLink {
     }
 
     /// Replaces the certificates and challenge answers the proxy serves (over the 0600 control
-    /// socket: the only way a private key leaves the agent).
+    /// socket); once it accepted them, following proxies get them too (`GET /v1/proxy/state`, a
+    /// proxy-role token, over TLS beyond loopback): the only ways a private key leaves the agent.
     pub async fn put_tls(&self, state: &proxy::tls::TlsState) -> Result<(), LinkError> {
         self.client
             .put_tls(state)
             .await
-            .map(|_| ())
-            .map_err(|error| LinkError::Control(error.to_string()))
+            .map_err(|error| LinkError::Control(error.to_string()))?;
+        self.shared.published_tls.send_if_modified(|published| {
+            if published.as_deref().map(|published| &published.set) == Some(state) {
+                return false;
+            }
+            let generation = published.as_deref().map_or_else(
+                || {
+                    let since_epoch = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default();
+                    u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX)
+                },
+                |published| published.generation.saturating_add(1),
+            );
+            *published = Some(Arc::new(PublishedTls {
+                generation,
+                set: state.clone(),
+            }));
+            true
+        });
+        Ok(())
+    }
+
+    /// Waits until every following proxy that reported lately serves the TLS set published now
+    /// (or a newer one), at most `patience`; `false` when some did not in time (named in the log).
+    /// The ACME challenges wait for it, so a validation reaching any ingress node finds its answer.
+    pub async fn followers_have_tls(&self, patience: Duration) -> bool {
+        let Some(generation) = self
+            .shared
+            .published_tls
+            .borrow()
+            .as_deref()
+            .map(|published| published.generation)
+        else {
+            return true;
+        };
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            let behind = self
+                .followers()
+                .behind_tls(generation, std::time::Instant::now());
+            if behind.is_empty() {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    message = "Some following proxies did not take the newest certificates and challenge answers in time.",
+                    behind = ?behind.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    waited_ms = u64::try_from(patience.as_millis()).unwrap_or(u64::MAX),
+                );
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Puts the whole desired state to the proxy; once it accepted it, following proxies get it too.
@@ -489,6 +549,11 @@ impl ProxyLink {
     /// The desired states the proxy accepted, the last one first (`None` before the first push).
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Option<Arc<DesiredState>>> {
         self.shared.published.subscribe()
+    }
+
+    /// The TLS sets the proxy accepted, the last one first (`None` before the first push).
+    pub fn subscribe_tls(&self) -> tokio::sync::watch::Receiver<Option<Arc<PublishedTls>>> {
+        self.shared.published_tls.subscribe()
     }
 
     /// Takes a following proxy's counters (`POST /v1/proxy/report`).

@@ -39,6 +39,9 @@ const LABEL_TOKEN: &str = "dev.rollway.ingress-token";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SwarmIngress {
     pub port: u16,
+    /// `--swarm-ingress-https PORT`: the nodes serve HTTPS there too, with the agent's
+    /// certificates (which reach the followers with the routing, `GET /v1/proxy/state`).
+    pub https_port: Option<u16>,
     /// The agent's API as the nodes reach it (`--swarm-ingress-agent`, default the API's own URL).
     pub agent_url: String,
 }
@@ -92,10 +95,14 @@ pub async fn run(engine: Arc<Engine>, ingress: SwarmIngress) {
                 deployment_id: None,
                 kind: "ingress.updated".to_owned(),
                 message: format!(
-                    "the swarm ingress `{SERVICE}` serves port {} on the nodes with `{NODE_CONSTRAINT}`",
-                    ingress.port
+                    "the swarm ingress `{SERVICE}` serves port {}{} on the nodes with `{NODE_CONSTRAINT}`",
+                    ingress.port,
+                    ingress
+                        .https_port
+                        .map(|port| format!(" and HTTPS on {port}"))
+                        .unwrap_or_default(),
                 ),
-                data_json: serde_json::json!({ "port": ingress.port }).to_string(),
+                data_json: serde_json::json!({ "port": ingress.port, "https_port": ingress.https_port }).to_string(),
             }),
             Err(error) => tracing::error!(
                 message = "Cannot put the swarm ingress; trying again.",
@@ -165,20 +172,7 @@ async fn ensure(
     let _ = tokio::fs::remove_dir_all(&context).await;
 
     let (record, token) = tokens::create(&engine.store, "swarm-ingress", Role::Proxy)?;
-    let mut args = vec![
-        "proxy".to_owned(),
-        "--follow".to_owned(),
-        ingress.agent_url.clone(),
-        "--state".to_owned(),
-        "/var/lib/rollway-proxy".to_owned(),
-        "--listen".to_owned(),
-        format!("0.0.0.0:{}", ingress.port),
-        "--token-file".to_owned(),
-        IngressService::token_path(SERVICE),
-    ];
-    if let Some(fingerprint) = engine.api_fingerprint {
-        args.extend(["--follow-fingerprint".to_owned(), fingerprint.to_string()]);
-    }
+    let args = follower_args(ingress, engine.api_fingerprint);
     let service = IngressService {
         name: SERVICE.to_owned(),
         image,
@@ -206,12 +200,44 @@ async fn ensure(
     Ok(true)
 }
 
-/// What decides whether the running service is this agent's: its binary, port, URL, certificate.
+/// The arguments of each task: `rollway proxy --follow` of this agent on the node's ports.
+fn follower_args(
+    ingress: &SwarmIngress,
+    fingerprint: Option<client::pin::Fingerprint>,
+) -> Vec<String> {
+    let mut args = vec![
+        "proxy".to_owned(),
+        "--follow".to_owned(),
+        ingress.agent_url.clone(),
+        "--state".to_owned(),
+        "/var/lib/rollway-proxy".to_owned(),
+        "--listen".to_owned(),
+        format!("0.0.0.0:{}", ingress.port),
+        "--token-file".to_owned(),
+        IngressService::token_path(SERVICE),
+    ];
+    if let Some(https_port) = ingress.https_port {
+        args.extend(["--https".to_owned(), format!("0.0.0.0:{https_port}")]);
+    }
+    if let Some(fingerprint) = fingerprint {
+        args.extend(["--follow-fingerprint".to_owned(), fingerprint.to_string()]);
+    }
+    args
+}
+
+/// What decides whether the running service is this agent's: its binary, ports, URL, certificate.
 fn revision(engine: &Engine, ingress: &SwarmIngress, exe: &Path) -> String {
     let mut hash = sha2::Sha256::new();
     hash.update(proxy::process::binary_identity(exe).unwrap_or_default());
     hash.update([0]);
     hash.update(ingress.port.to_string());
+    hash.update([0]);
+    hash.update(
+        ingress
+            .https_port
+            .map(|port| port.to_string())
+            .unwrap_or_default(),
+    );
     hash.update([0]);
     hash.update(&ingress.agent_url);
     hash.update([0]);
@@ -296,4 +322,36 @@ fn shared_libraries(exe: &Path) -> Result<Vec<PathBuf>, IngressError> {
             path.starts_with('/').then(|| PathBuf::from(path))
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ingress(https_port: Option<u16>) -> SwarmIngress {
+        SwarmIngress {
+            port: 8080,
+            https_port,
+            agent_url: "https://10.0.0.5:7443".to_owned(),
+        }
+    }
+
+    #[test]
+    fn the_tasks_serve_https_only_with_an_https_port() {
+        let plain = follower_args(&ingress(None), None);
+        assert!(!plain.iter().any(|arg| arg == "--https"), "{plain:?}");
+        let https = follower_args(&ingress(Some(8443)), None);
+        let at = https
+            .iter()
+            .position(|arg| arg == "--https")
+            .expect("--https");
+        assert_eq!(https[at + 1], "0.0.0.0:8443");
+        assert_eq!(
+            https
+                .iter()
+                .position(|arg| arg == "--listen")
+                .map(|at| &https[at + 1]),
+            Some(&"0.0.0.0:8080".to_owned())
+        );
+    }
 }

@@ -1321,11 +1321,15 @@ impl ProxyId {
 /// One line of `GET /v1/proxy/state` (newline-delimited JSON, role proxy): the agent's whole
 /// desired routing (`S` is `proxy::DesiredState`), the current one first and then each one its
 /// own proxy accepted, or a keep-alive (`"keep_alive"`) when nothing changed for
-/// [`PROXY_KEEPALIVE_SECS`]. Generic so this crate stays apart from the data plane's types.
+/// [`PROXY_KEEPALIVE_SECS`]; and the whole TLS set (`T` is `proxy::tls::TlsState`: certificates
+/// with their private keys, and the pending ACME challenge answers), the current one first and then
+/// each one its own proxy accepted. Generic so this crate stays apart from the data plane's types.
+/// The TLS line holds secrets: it is sent to a proxy-role token only, and never logged.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum ProxyStateLine<S> {
+pub enum ProxyStateLine<S, T> {
     State(S),
+    Tls(T),
     KeepAlive,
 }
 
@@ -1339,4 +1343,17 @@ pub struct ProxyReport<R> {
     /// started again from zero (so it keeps what the earlier life counted).
     pub incarnation: String,
     pub releases: Vec<R>,
+    /// The `ProxyTls::generation` of the TLS set this proxy serves now (0: none yet), so the agent
+    /// knows when every follower has an ACME challenge's answer.
+    #[serde(default)]
+    pub tls_generation: u64,
+}
+
+/// The TLS line of `GET /v1/proxy/state`: the whole set (`T` is `proxy::tls::TlsState`) and its
+/// generation, which grows with each set the agent publishes (it starts at the agent's start time
+/// in milliseconds, so it also grows across the agent's restarts).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProxyTls<T> {
+    pub generation: u64,
+    pub set: T,
 }

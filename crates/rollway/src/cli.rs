@@ -439,6 +439,15 @@ pub struct AgentRunArgs {
     /// `ROLLWAY_SWARM_REGISTRY`).
     #[arg(long, value_name = "PORT", env = "ROLLWAY_SWARM_INGRESS")]
     pub swarm_ingress: Option<u16>,
+    /// With `--swarm-ingress`: the ingress nodes serve HTTPS on this port too, with the
+    /// certificates of the agent's `--https` (followed with the routing; keys in memory only).
+    #[arg(
+        long,
+        value_name = "PORT",
+        env = "ROLLWAY_SWARM_INGRESS_HTTPS",
+        requires = "swarm_ingress"
+    )]
+    pub swarm_ingress_https: Option<u16>,
     /// With `--swarm-ingress`: the agent's API as the ingress nodes reach it (default: `--api`'s URL).
     #[arg(long, value_name = "URL", env = "ROLLWAY_SWARM_INGRESS_AGENT")]
     pub swarm_ingress_agent: Option<String>,

@@ -18,33 +18,36 @@ use tokio::sync::watch;
 
 use crate::api::error::{ApiError, ApiJson, Kind};
 use crate::engine::Engine;
+use crate::proxy_link::PublishedTls;
 
 /// The longest release name a report may carry (the proxy's own are `app/env@N`).
 const MAX_RELEASE_NAME: usize = 256;
 
 /// `GET /v1/proxy/state`: newline-delimited [`ProxyStateLine`]s. The desired state the agent's
-/// proxy last accepted first (as soon as there is one), then each new one, whole; a keep-alive
-/// line after [`PROXY_KEEPALIVE_SECS`] without a change, so a follower notices a dead link. Ends
-/// when the agent stops.
+/// proxy last accepted first (as soon as there is one), then its TLS set (certificates with their
+/// private keys and the pending ACME challenge answers, as soon as there is one), then each new one
+/// of either, whole; a keep-alive line after [`PROXY_KEEPALIVE_SECS`] without a change, so a
+/// follower notices a dead link. Ends when the agent stops. Role proxy only (`tokens::Role`): the
+/// TLS lines hold private keys, so no other role reads this stream, and nothing here logs a line.
 pub async fn state_stream(State(engine): State<Arc<Engine>>) -> Response {
-    let states = engine.proxy.subscribe();
-    let stream = futures_util::stream::unfold(
-        (states, engine, true),
-        |(mut states, engine, first)| async move {
-            let line = next_line(&mut states, &engine, first).await?;
-            let sent_state = matches!(line, ProxyStateLine::State(_));
-            let line = match &line {
-                ProxyStateLine::State(state) => ProxyStateLine::State(&**state),
-                ProxyStateLine::KeepAlive => ProxyStateLine::KeepAlive,
-            };
-            let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
-            bytes.push(b'\n');
-            Some((
-                Ok::<_, Infallible>(bytes::Bytes::from(bytes)),
-                (states, engine, first && !sent_state),
-            ))
-        },
-    );
+    let follow = Follow {
+        states: engine.proxy.subscribe(),
+        tls: engine.proxy.subscribe_tls(),
+        engine,
+        state_sent: false,
+        tls_sent: false,
+    };
+    let stream = futures_util::stream::unfold(follow, |mut follow| async move {
+        let line = follow.next_line().await?;
+        let line = match &line {
+            ProxyStateLine::State(state) => ProxyStateLine::State(&**state),
+            ProxyStateLine::Tls(tls) => ProxyStateLine::Tls(&**tls),
+            ProxyStateLine::KeepAlive => ProxyStateLine::KeepAlive,
+        };
+        let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
+        bytes.push(b'\n');
+        Some((Ok::<_, Infallible>(bytes::Bytes::from(bytes)), follow))
+    });
     (
         [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")],
         Body::from_stream(stream),
@@ -52,28 +55,66 @@ pub async fn state_stream(State(engine): State<Arc<Engine>>) -> Response {
         .into_response()
 }
 
-/// The next line: the current state when none was sent yet, else the next change; a keep-alive
-/// when the wait is longer than the keep-alive period; `None` when the agent stops.
-async fn next_line(
-    states: &mut watch::Receiver<Option<Arc<DesiredState>>>,
-    engine: &Engine,
-    first: bool,
-) -> Option<ProxyStateLine<Arc<DesiredState>>> {
-    if first && let Some(state) = states.borrow_and_update().clone() {
-        return Some(ProxyStateLine::State(state));
-    }
-    tokio::select! {
-        () = engine.shutdown.cancelled() => None,
-        changed = tokio::time::timeout(Duration::from_secs(PROXY_KEEPALIVE_SECS), states.changed()) => match changed {
+type Line = ProxyStateLine<Arc<DesiredState>, Arc<PublishedTls>>;
+
+/// One follower's stream: what it was sent so far.
+struct Follow {
+    states: watch::Receiver<Option<Arc<DesiredState>>>,
+    tls: watch::Receiver<Option<Arc<PublishedTls>>>,
+    engine: Arc<Engine>,
+    state_sent: bool,
+    tls_sent: bool,
+}
+
+impl Follow {
+    /// The next line: the current state, then the current TLS set, when not sent yet; else the
+    /// next change of either; a keep-alive when the wait is longer than the keep-alive period;
+    /// `None` when the agent stops.
+    async fn next_line(&mut self) -> Option<Line> {
+        if !self.state_sent
+            && let Some(state) = self.states.borrow_and_update().clone()
+        {
+            self.state_sent = true;
+            return Some(ProxyStateLine::State(state));
+        }
+        if !self.tls_sent
+            && let Some(tls) = self.tls.borrow_and_update().clone()
+        {
+            self.tls_sent = true;
+            return Some(ProxyStateLine::Tls(tls));
+        }
+        let changed = async {
+            tokio::select! {
+                changed = self.states.changed() => changed.map(|()| true),
+                changed = self.tls.changed() => changed.map(|()| false),
+            }
+        };
+        let changed = tokio::select! {
+            () = self.engine.shutdown.cancelled() => return None,
+            changed = tokio::time::timeout(Duration::from_secs(PROXY_KEEPALIVE_SECS), changed) => changed,
+        };
+        match changed {
             Err(_elapsed) => Some(ProxyStateLine::KeepAlive),
             Ok(Err(_closed)) => None,
-            Ok(Ok(())) => Some(
-                states
-                    .borrow_and_update()
-                    .clone()
-                    .map_or(ProxyStateLine::KeepAlive, ProxyStateLine::State),
-            ),
-        },
+            Ok(Ok(true)) => {
+                self.state_sent = true;
+                Some(
+                    self.states
+                        .borrow_and_update()
+                        .clone()
+                        .map_or(ProxyStateLine::KeepAlive, ProxyStateLine::State),
+                )
+            }
+            Ok(Ok(false)) => {
+                self.tls_sent = true;
+                Some(
+                    self.tls
+                        .borrow_and_update()
+                        .clone()
+                        .map_or(ProxyStateLine::KeepAlive, ProxyStateLine::Tls),
+                )
+            }
+        }
     }
 }
 

@@ -20,6 +20,10 @@ use super::{CertError, store_cert};
 use crate::engine::{AppEnv, Engine, now_ms};
 use crate::store::{CertRecord, CertSource, NewEvent};
 
+/// How long a challenge waits for the following proxies (`rollway proxy --follow`) to serve its
+/// answer before the ACME server is told to validate; they report every second.
+const FOLLOWERS_PATIENCE: Duration = Duration::from_secs(5);
+
 /// Which challenge the agent answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Challenge {
@@ -142,6 +146,8 @@ async fn order(
             super::push(engine)
                 .await
                 .map_err(|error| (crate::report::chain(&error), None))?;
+            // The validation may reach any proxy that serves the host: the following ones too.
+            engine.proxy.followers_have_tls(FOLLOWERS_PATIENCE).await;
             challenge.set_ready().await.map_err(failed)?;
         }
     }

@@ -29,6 +29,7 @@ fn report(
         proxy: ProxyId::new(proxy),
         incarnation: incarnation.to_owned(),
         releases,
+        tls_generation: 0,
     }
 }
 
@@ -198,4 +199,57 @@ fn a_restarted_follower_counts_no_request_in_flight_of_its_dead_life() {
     // The first life's 10 stay counted, its 4 in flight died with it.
     assert_eq!(total(&mut followers, later, "app/prod@2"), (11, 0, 1));
     assert_eq!(followers.seen(later).len(), 1);
+}
+
+#[test]
+fn a_follower_is_behind_on_tls_until_it_reports_the_generation_and_a_retired_one_is_not_waited_for()
+{
+    let start = Instant::now();
+    let mut followers = Followers::default();
+    let with = |proxy: &str, generation: u64| ProxyReport {
+        tls_generation: generation,
+        ..report(proxy, "1", Vec::new())
+    };
+    // Nobody follows: nobody is behind.
+    assert_eq!(followers.behind_tls(7, start), Vec::<ProxyId>::new());
+    followers.report(with("a", 6), start).expect("taken");
+    followers.report(with("b", 7), start).expect("taken");
+    assert_eq!(followers.behind_tls(7, start), vec![ProxyId::new("a")]);
+    // A newer generation than asked is caught up too.
+    followers
+        .report(with("a", 8), start + Duration::from_secs(1))
+        .expect("taken");
+    assert_eq!(
+        followers.behind_tls(7, start + Duration::from_secs(1)),
+        Vec::<ProxyId>::new()
+    );
+    assert_eq!(
+        followers.behind_tls(8, start + Duration::from_secs(1)),
+        vec![ProxyId::new("b")]
+    );
+    // `b` goes silent: once retired it is no longer waited for.
+    let later = start + STALE_AFTER + Duration::from_secs(1);
+    followers.report(with("a", 8), later).expect("taken");
+    assert_eq!(followers.behind_tls(8, later), Vec::<ProxyId>::new());
+}
+
+#[test]
+fn the_dead_life_of_a_restarted_follower_is_not_waited_for_on_tls() {
+    let start = Instant::now();
+    let mut followers = Followers::default();
+    let with = |incarnation: &str, generation: u64| ProxyReport {
+        tls_generation: generation,
+        ..report("node-a", incarnation, Vec::new())
+    };
+    followers.report(with("one", 3), start).expect("first life");
+    // It restarts and serves the newest set; its first life never reports again.
+    let later = start + Duration::from_secs(1);
+    followers
+        .report(with("two", 4), later)
+        .expect("second life");
+    let after = start + super::REPORTING + Duration::from_secs(1);
+    followers
+        .report(with("two", 4), after)
+        .expect("second life again");
+    assert_eq!(followers.behind_tls(4, after), Vec::<ProxyId>::new());
 }

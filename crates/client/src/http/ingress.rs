@@ -17,14 +17,14 @@ const REPORT_PATH: &str = "/v1/proxy/report";
 impl Client {
     /// `GET /v1/proxy/state`: hands each line to `on_line` as it arrives (the current desired
     /// state first, then every change, keep-alives between) until it breaks or the stream ends.
-    /// A line that is not a `ProxyStateLine<S>` ends the stream with `ClientError::Decode`.
-    pub async fn proxy_states<S: DeserializeOwned>(
+    /// A line that is not a `ProxyStateLine<S, T>` ends the stream with `ClientError::Decode`.
+    pub async fn proxy_states<S: DeserializeOwned, T: DeserializeOwned>(
         &self,
-        mut on_line: impl FnMut(ProxyStateLine<S>) -> ControlFlow<()>,
+        mut on_line: impl FnMut(ProxyStateLine<S, T>) -> ControlFlow<()>,
     ) -> Result<(), ClientError> {
         let request = self.build(Method::GET, STATE_PATH, None, None)?;
         self.lines(request, |line| {
-            let line: ProxyStateLine<S> =
+            let line: ProxyStateLine<S, T> =
                 serde_json::from_slice(line).map_err(|source| ClientError::Decode {
                     path: STATE_PATH.to_owned(),
                     source,

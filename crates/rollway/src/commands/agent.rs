@@ -46,6 +46,7 @@ pub fn run_agent(args: &AgentRunArgs, printer: Printer) -> anyhow::Result<ExitSt
         },
         state_backup: state_backup.clone(),
         swarm_ingress_port: args.swarm_ingress,
+        swarm_ingress_https_port: args.swarm_ingress_https,
         swarm_ingress_agent: args.swarm_ingress_agent.clone(),
     };
     init_tracing();

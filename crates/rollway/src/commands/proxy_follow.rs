@@ -3,11 +3,16 @@
 //!
 //! It is the same proxy process (`proxy::process`), with three tasks beside it:
 //! - `follow`: reads `GET /v1/proxy/state` (token of role proxy, from a file), keeps the newest
-//!   whole desired state, notices a dead link by the missing keep-alives and connects again with
-//!   backoff; the proxy keeps serving its last state meanwhile.
-//! - `apply`: puts each newest state to its own proxy through the control socket, the path the
-//!   agent uses for its proxy (checked, saved in `routes.json`, then applied).
+//!   whole desired state and the newest whole TLS set, notices a dead link by the missing
+//!   keep-alives and connects again with backoff; the proxy keeps serving its last state meanwhile.
+//! - `apply` (twice): puts each newest state, and each newest TLS set, to its own proxy through
+//!   the control socket, the path the agent uses for its proxy (the state checked, saved in
+//!   `routes.json`, then applied; the TLS set checked and swapped in, `proxy::tls`).
 //! - `report`: every second, the proxy's cumulative counters to `POST /v1/proxy/report`.
+//!
+//! The TLS set holds private keys. It is kept in memory only, here and in the proxy process (which
+//! never writes it to a file): a restarted follower serves HTTPS again once the agent sent it the
+//! set, the first thing after the routing on each connection. Nothing here logs its content.
 //!
 //! Nothing is served before there is a routing: without a saved `routes.json`, the first state from
 //! the agent is saved before the listeners are bound, so a proxy started later (a new ingress node)
@@ -25,10 +30,11 @@ use std::time::{Duration, Instant};
 use client::Client;
 use client::pin::Fingerprint;
 use client::wire::{
-    MAX_PROXY_REPORT_RELEASES, PROXY_KEEPALIVE_SECS, ProxyId, ProxyReport, ProxyStateLine,
+    MAX_PROXY_REPORT_RELEASES, PROXY_KEEPALIVE_SECS, ProxyId, ProxyReport, ProxyStateLine, ProxyTls,
 };
 use proxy::DesiredState;
 use proxy::control_client::ControlClient;
+use proxy::tls::TlsState;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -115,7 +121,11 @@ async fn follow_and_serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let (states, mut newest) = watch::channel::<Option<Arc<DesiredState>>>(None);
-    tokio::spawn(follow(client.clone(), states, shutdown.clone()));
+    let (tls, newest_tls) = watch::channel::<Option<Arc<ProxyTls<TlsState>>>>(None);
+    // The generation of the TLS set the proxy serves, reported so the agent's ACME challenges
+    // wait until this proxy has their answers.
+    let tls_applied = Arc::new(AtomicU64::new(0));
+    tokio::spawn(follow(client.clone(), states, tls, shutdown.clone()));
 
     let routes_file = proxy::RoutesFile::in_dir(&config.state_dir);
     match routes_file.load() {
@@ -152,8 +162,47 @@ async fn follow_and_serve(
         proxy = %id,
         listen = %process.data_addr(),
     );
-    tokio::spawn(apply(control.clone(), newest, shutdown.clone()));
-    tokio::spawn(report(client, control, id, shutdown.clone()));
+    let routes = control.clone();
+    tokio::spawn(apply(
+        newest,
+        move |state: Arc<DesiredState>| {
+            let control = routes.clone();
+            async move {
+                let observed = control.put_state(&state).await?;
+                tracing::info!(
+                    message = "Routing from the agent applied.",
+                    n_routes = observed.routes.len(),
+                );
+                Ok(())
+            }
+        },
+        "routing",
+        shutdown.clone(),
+    ));
+    let certificates = control.clone();
+    let applied = tls_applied.clone();
+    tokio::spawn(apply(
+        newest_tls,
+        move |published: Arc<ProxyTls<TlsState>>| {
+            let control = certificates.clone();
+            let applied = applied.clone();
+            async move {
+                let tls = &published.set;
+                let hosts = control.put_tls(tls).await?;
+                applied.store(published.generation, Ordering::Relaxed);
+                tracing::info!(
+                    message = "Certificates from the agent applied.",
+                    n_hosts = hosts.len(),
+                    n_http01 = tls.http01.len(),
+                    n_tls_alpn01 = tls.tls_alpn01.len(),
+                );
+                Ok(())
+            }
+        },
+        "certificates",
+        shutdown.clone(),
+    ));
+    tokio::spawn(report(client, control, id, tls_applied, shutdown.clone()));
     process.serve(shutdown).await?;
     Ok(())
 }
@@ -182,6 +231,7 @@ async fn first_state(
 async fn follow(
     client: Client,
     states: watch::Sender<Option<Arc<DesiredState>>>,
+    tls: watch::Sender<Option<Arc<ProxyTls<TlsState>>>>,
     shutdown: CancellationToken,
 ) {
     let started = Instant::now();
@@ -192,11 +242,17 @@ async fn follow(
     loop {
         let last_line = AtomicU64::new(millis(Instant::now()));
         let mut lines = 0_u64;
-        let stream = client.proxy_states::<DesiredState>(|line| {
+        let stream = client.proxy_states::<DesiredState, ProxyTls<TlsState>>(|line| {
             last_line.store(millis(Instant::now()), Ordering::Relaxed);
             lines += 1;
-            if let ProxyStateLine::State(state) = line {
-                states.send_replace(Some(Arc::new(state)));
+            match line {
+                ProxyStateLine::State(state) => {
+                    states.send_replace(Some(Arc::new(state)));
+                }
+                ProxyStateLine::Tls(set) => {
+                    tls.send_replace(Some(Arc::new(set)));
+                }
+                ProxyStateLine::KeepAlive => {}
             }
             ControlFlow::Continue(())
         });
@@ -238,29 +294,28 @@ async fn follow(
     }
 }
 
-/// Puts each newest state to the proxy (control socket: checked, saved, applied); a failure is
-/// tried again after a pause unless a newer state came.
-async fn apply(
-    control: ControlClient,
-    mut newest: watch::Receiver<Option<Arc<DesiredState>>>,
+/// Puts each newest value (a state, a TLS set) to the proxy with `put` (control socket: checked,
+/// then applied); a failure is tried again after a pause unless a newer one came. `what` names it
+/// in the log (never its content: a TLS set holds keys).
+async fn apply<T, F, Fut>(
+    mut newest: watch::Receiver<Option<Arc<T>>>,
+    put: F,
+    what: &'static str,
     shutdown: CancellationToken,
-) {
+) where
+    F: Fn(Arc<T>) -> Fut,
+    Fut: Future<Output = Result<(), proxy::control_client::ControlClientError>>,
+{
     let mut retry = BACKOFF_FIRST;
     loop {
-        let state = newest.borrow_and_update().clone();
+        let value = newest.borrow_and_update().clone();
         let mut failed = false;
-        if let Some(state) = state {
-            match control.put_state(&state).await {
-                Ok(observed) => {
-                    retry = BACKOFF_FIRST;
-                    tracing::info!(
-                        message = "Routing from the agent applied.",
-                        n_routes = observed.routes.len(),
-                    );
-                }
+        if let Some(value) = value {
+            match put(value).await {
+                Ok(()) => retry = BACKOFF_FIRST,
                 Err(error) => {
                     failed = true;
-                    tracing::warn!(message = "The agent's routing cannot be applied; trying again.", %error);
+                    tracing::warn!(message = "What the agent sent cannot be applied; trying again.", what, %error);
                 }
             }
         }
@@ -275,7 +330,13 @@ async fn apply(
 }
 
 /// Every second, the proxy's cumulative counters to the agent.
-async fn report(client: Client, control: ControlClient, id: ProxyId, shutdown: CancellationToken) {
+async fn report(
+    client: Client,
+    control: ControlClient,
+    id: ProxyId,
+    tls_applied: Arc<AtomicU64>,
+    shutdown: CancellationToken,
+) {
     let incarnation = incarnation();
     let mut failing = false;
     loop {
@@ -296,6 +357,7 @@ async fn report(client: Client, control: ControlClient, id: ProxyId, shutdown: C
                 proxy: id.clone(),
                 incarnation: incarnation.clone(),
                 releases,
+                tls_generation: tls_applied.load(Ordering::Relaxed),
             })
             .await;
         match sent {

@@ -820,10 +820,25 @@ async fn the_swarm_ingress_serves_the_app_on_labelled_nodes_through_a_deploy_and
         .expect("a free port")
         .port();
     let ingress: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let free_port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port()
+    };
+    let tls_port = free_port();
+    let ingress_tls: std::net::SocketAddr = ([127, 0, 0, 1], tls_port).into();
     let agent = TestAgent::start_with_args(
         rollway_bin(),
         &dir.path().join("state"),
-        &["--swarm-ingress".to_owned(), port.to_string()],
+        &[
+            "--swarm-ingress".to_owned(),
+            port.to_string(),
+            "--swarm-ingress-https".to_owned(),
+            tls_port.to_string(),
+            "--https".to_owned(),
+            format!("127.0.0.1:{}", free_port()),
+        ],
         &[
             ("RUNTIME_DIRECTORY", runtime.as_str()),
             ("ROLLWAY_SWARM_REGISTRY", registry_host.as_str()),
@@ -869,6 +884,17 @@ async fn the_swarm_ingress_serves_the_app_on_labelled_nodes_through_a_deploy_and
         image.starts_with(&format!("{registry_host}/rollway/proxy@sha256:")),
         "deployed by digest from the registry: {image}"
     );
+    let args = &spec["TaskTemplate"]["ContainerSpec"]["Args"];
+    let args: Vec<&str> = args
+        .as_array()
+        .map(|args| args.iter().filter_map(serde_json::Value::as_str).collect())
+        .unwrap_or_default();
+    let https_at = args.iter().position(|arg| *arg == "--https");
+    assert_eq!(
+        https_at.and_then(|at| args.get(at + 1)).copied(),
+        Some(format!("0.0.0.0:{tls_port}").as_str()),
+        "the tasks serve HTTPS on --swarm-ingress-https: {args:?}"
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     let tasks = docker(&["service", "ps", "rollway-proxy", "-q"]).unwrap_or_default();
     assert_eq!(tasks.trim(), "", "a task runs on a node without the label");
@@ -910,6 +936,13 @@ async fn the_swarm_ingress_serves_the_app_on_labelled_nodes_through_a_deploy_and
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+
+    // Its HTTPS listener is bound too (the certificates come with the routing; the HTTPS itself is
+    // tested with a process follower in `ingress.rs`).
+    assert!(
+        tokio::net::TcpStream::connect(ingress_tls).await.is_ok(),
+        "the ingress task does not listen on its HTTPS port {ingress_tls}"
+    );
 
     // Load on the ingress node only, across a blue-green deploy and a warm rollback.
     let load = Load::new(ingress)

@@ -22,7 +22,7 @@ const ENV: &str = "production";
 /// Bound of the load loops; the test stops them long before.
 const LOAD_BOUND: Duration = Duration::from_secs(120);
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .map(|addr| addr.port())
@@ -30,7 +30,7 @@ fn free_port() -> u16 {
 }
 
 /// Pebble and its DNS, on loopback ports, killed on drop.
-struct Pebble {
+pub(crate) struct Pebble {
     children: Vec<Child>,
     directory: String,
     management: SocketAddr,
@@ -42,7 +42,7 @@ struct Pebble {
 impl Pebble {
     /// Starts challtestsrv (DNS: every name is 127.0.0.1, no AAAA) and Pebble validating on the
     /// proxy's ports (`http_port` for HTTP-01, `tls_port` for TLS-ALPN-01), without its random sleeps.
-    async fn start(dir: &Path, acme_port: u16, http_port: u16, tls_port: u16) -> Pebble {
+    pub(crate) async fn start(dir: &Path, acme_port: u16, http_port: u16, tls_port: u16) -> Pebble {
         for binary in ["pebble", "pebble-challtestsrv"] {
             assert!(
                 std::process::Command::new("sh")
@@ -144,7 +144,7 @@ impl Pebble {
     }
 
     /// Pebble's root (from its management endpoint), written to `path` for `curl --cacert`.
-    async fn root(&self, path: &Path) -> PathBuf {
+    pub(crate) async fn root(&self, path: &Path) -> PathBuf {
         let output = Command::new("curl")
             .args(["-sk", "--fail"])
             .arg(format!("https://{}/roots/0", self.management))
