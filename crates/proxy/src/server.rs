@@ -220,9 +220,23 @@ impl Connection {
         };
         let mut io = io;
         // Nothing of hyper's exists until the client's first bytes say which protocol it speaks.
-        let first = tokio::select! {
-            first = io.read_ahead(true) => first,
-            () = self.shutdown.cancelled() => return,
+        // A connection accepted just before the process stopped accepting may have its request on
+        // the way: it gets the same grace as an idle keep-alive one (its answer then says
+        // `connection: close`), rather than being closed under the client. The read goes on across
+        // the shutdown (never dropped half-way: a partly read HTTP/2 preface would be lost).
+        let first = {
+            let read = io.read_ahead(true);
+            tokio::pin!(read);
+            tokio::select! {
+                first = &mut read => first,
+                () = self.shutdown.cancelled() => {
+                    closing.store(true, Ordering::Relaxed);
+                    match tokio::time::timeout(HTTP1_DRAIN_GRACE, &mut read).await {
+                        Ok(first) => first,
+                        Err(_elapsed) => return,
+                    }
+                }
+            }
         };
         match first {
             // Boxed: HTTP/2's connection state would otherwise size every connection's task, HTTP/1

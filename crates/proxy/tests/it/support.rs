@@ -95,6 +95,11 @@ impl TestProxy {
             .expect("add instance");
     }
 
+    /// Stops accepting (what a retiring proxy does), without waiting for the connections to end.
+    pub fn stop_accepting(&self) {
+        self.shutdown.cancel();
+    }
+
     pub async fn stop(mut self) {
         self.shutdown.cancel();
         if let Some(server) = self.server.take() {

@@ -208,3 +208,33 @@ async fn websocket_survives_the_swap_and_closes_at_the_drain_timeout() {
     }
     test_proxy.stop().await;
 }
+
+/// A connection the proxy accepted just before it stopped accepting, whose request arrives after:
+/// answered (with `connection: close`, so the client goes to the successor next), not closed under
+/// the client (a hot restart under load saw one reset of this kind).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_accepted_before_the_proxy_stops_accepting_gets_its_answer() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let process = demo("A");
+    let test_proxy = TestProxy::start(ProxyConfig::default()).await;
+    test_proxy.add_ready("a", "A", process.addr());
+    let mut stream = tokio::net::TcpStream::connect(test_proxy.addr)
+        .await
+        .expect("connect");
+    // Accepted by now (loopback), nothing sent yet.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    test_proxy.stop_accepting();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stream
+        .write_all(format!("GET / HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes())
+        .await
+        .expect("send the request");
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+    assert!(matches!(read, Ok(Ok(_))), "{read:?}");
+    let answer = String::from_utf8_lossy(&answer).to_lowercase();
+    assert!(answer.starts_with("http/1.1 200"), "{answer:?}");
+    assert!(answer.contains("connection: close"), "{answer:?}");
+    assert!(answer.ends_with("a\n"), "{answer:?}");
+    test_proxy.stop().await;
+}
