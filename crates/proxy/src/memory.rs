@@ -66,7 +66,8 @@ fn schedule_trim() {
         tokio::time::sleep(TRIM_DELAY).await;
         PEAK.store(OPEN.load(Ordering::Relaxed), Ordering::Relaxed);
         RELEASES.store(0, Ordering::Relaxed);
-        trim();
+        // `malloc_trim` walks the whole heap: off the worker thread that serves requests.
+        let _ = tokio::task::spawn_blocking(trim).await;
         TRIM_SCHEDULED.store(false, Ordering::Release);
     });
 }
