@@ -222,18 +222,24 @@ async fn previews_run_side_by_side_one_is_destroyed_one_expires_and_both_see_the
     .await;
     ran.assert_code(0);
     outputs.push(ran);
+    // The route leaves first, the instances stop after their drain, and the event that says
+    // so comes last: wait for the event, not for the 404.
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
-        if agent.get(Some(&host("preview-3")), "/").await.status == 404 {
+        let destroyed = agent.events().await.iter().any(|event| {
+            event["kind"] == "environment.destroyed" && event["environment"] == "preview-3"
+        });
+        if destroyed {
             break;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "preview-3 still serves past its expiry:\n{}",
+            "preview-3 was not destroyed past its expiry:\n{}",
             agent.log()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    assert_eq!(agent.get(Some(&host("preview-3")), "/").await.status, 404);
     let listed = env_list(&agent).await;
     let view = find(&listed, "preview-3");
     assert_eq!(
