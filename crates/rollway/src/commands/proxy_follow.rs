@@ -12,7 +12,9 @@
 //!
 //! The TLS set holds private keys. It is kept in memory only, here and in the proxy process (which
 //! never writes it to a file): a restarted follower serves HTTPS again once the agent sent it the
-//! set, the first thing after the routing on each connection. Nothing here logs its content.
+//! set, the first thing after the routing on each connection; when the routing has HTTPS routes, it
+//! waits for that set (at most `FIRST_TLS_WAIT`) before it binds its listeners, so no handshake
+//! meets a proxy without certificates. Nothing here logs its content.
 //!
 //! Nothing is served before there is a routing: without a saved `routes.json`, the first state from
 //! the agent is saved before the listeners are bound, so a proxy started later (a new ingress node)
@@ -128,11 +130,14 @@ async fn follow_and_serve(
     tokio::spawn(follow(client.clone(), states, tls, shutdown.clone()));
 
     let routes_file = proxy::RoutesFile::in_dir(&config.state_dir);
-    match routes_file.load() {
-        Ok(Some(_)) => tracing::info!(
-            message = "Serving the saved routing until the agent sends its own.",
-            path = %routes_file.path().display(),
-        ),
+    let routing = match routes_file.load() {
+        Ok(Some(saved)) => {
+            tracing::info!(
+                message = "Serving the saved routing until the agent sends its own.",
+                path = %routes_file.path().display(),
+            );
+            saved
+        }
         Ok(None) => {
             tracing::info!(message = "Waiting for the agent's routing before serving.");
             let Some(first) = first_state(&mut newest, &shutdown).await else {
@@ -149,12 +154,32 @@ async fn follow_and_serve(
                     )
                 })?;
             let to_save = routes_file.clone();
-            tokio::task::spawn_blocking(move || to_save.save(&first)).await??;
+            let saved = first.clone();
+            tokio::task::spawn_blocking(move || to_save.save(&saved)).await??;
+            first
         }
         Err(error) => return Err(error.into()),
-    }
+    };
+    // With routes served over HTTPS, the certificates first: a restarted follower whose HTTPS port
+    // accepted before the agent's TLS set arrived would fail those handshakes.
+    let mut newest_tls = newest_tls;
+    let first_tls =
+        if config.https.is_some() && routing.routes.iter().any(|route| route.tls.redirect) {
+            first_tls(&mut newest_tls, &shutdown).await
+        } else {
+            None
+        };
 
     let process = proxy::process::ProxyProcess::start(config).await?;
+    if let Some(published) = first_tls {
+        match process.proxy().tls().replace(published.set.clone()) {
+            Ok(()) => tls_applied.store(published.generation, Ordering::Relaxed),
+            // `apply` below tries the same set again and says why it fails.
+            Err(error) => {
+                tracing::warn!(message = "The agent's first certificates cannot be applied.", %error)
+            }
+        }
+    }
     let control = ControlClient::new(process.socket_path());
     tracing::info!(
         message = "Following the agent.",
@@ -224,6 +249,39 @@ async fn first_state(
             () = shutdown.cancelled() => return None,
             changed = newest.changed() => if changed.is_err() { return None },
         }
+    }
+}
+
+/// How long a follower with HTTPS routes waits for the agent's certificates before it serves
+/// anyway (the agent away: its plain routes from the saved routing, HTTPS once the agent is back).
+const FIRST_TLS_WAIT: Duration = Duration::from_secs(30);
+
+/// The agent's first TLS set, waited for at most [`FIRST_TLS_WAIT`]; `None` when it did not come
+/// (or the follower was stopped first).
+async fn first_tls(
+    newest: &mut watch::Receiver<Option<Arc<ProxyTls<TlsState>>>>,
+    shutdown: &CancellationToken,
+) -> Option<Arc<ProxyTls<TlsState>>> {
+    tracing::info!(message = "Waiting for the agent's certificates before serving HTTPS.");
+    let arrived = async {
+        loop {
+            if let Some(set) = newest.borrow_and_update().clone() {
+                return Some(set);
+            }
+            if newest.changed().await.is_err() {
+                return None;
+            }
+        }
+    };
+    tokio::select! {
+        () = shutdown.cancelled() => None,
+        arrived = tokio::time::timeout(FIRST_TLS_WAIT, arrived) => arrived.unwrap_or_else(|_elapsed| {
+            tracing::warn!(
+                message = "No certificates from the agent yet; serving without them until they come.",
+                waited_s = FIRST_TLS_WAIT.as_secs(),
+            );
+            None
+        }),
     }
 }
 

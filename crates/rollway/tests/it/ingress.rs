@@ -498,7 +498,7 @@ async fn a_follower_serves_https_with_the_agents_certificates_redirects_plain_ht
     let dir = tempfile::tempdir().expect("tempdir");
     let dir = dir.path();
     let agent_https = free_port();
-    let agent = TestAgent::start_with_args(
+    let mut agent = TestAgent::start_with_args(
         crate::agent::rollway_bin(),
         &dir.join("state"),
         &["--https".to_owned(), agent_https.to_string()],
@@ -658,6 +658,43 @@ async fn a_follower_serves_https_with_the_agents_certificates_redirects_plain_ht
     );
     open.get(HOST, 2).await;
     open.close().await;
+
+    // A follower restarted while the agent is away (killed, started again on its saved routing)
+    // binds nothing until it has the agent's certificates: the first connection its HTTPS port
+    // accepts gets them.
+    let listen = follower.listen;
+    follower.stop().await;
+    agent.kill9().await;
+    let follower = Follower::start_with(
+        &agent,
+        dir,
+        "node-1",
+        &proxy_token_file,
+        listen,
+        &["--https".to_owned(), https.to_string()],
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !accepts(https).await,
+        "the follower serves HTTPS without certificates:\n{}",
+        follower.log()
+    );
+    agent.restart_with_env(&[]).await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !accepts(https).await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the restarted follower does not listen on {https}:\n{}",
+            follower.log()
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(
+        https_get(https, HOST, &new_root).await,
+        ("200".to_owned(), "v1".to_owned()),
+        "the first HTTPS connection to the restarted follower:\n{}",
+        follower.log()
+    );
 
     // The follower with a viewer token never got a key.
     assert!(!refused.log().contains(&pem_body(&key)));
