@@ -30,6 +30,10 @@ use crate::wire::{
     StatusView, TokenCreated, TokenRequest, TokenView, VerifyRequest, VerifyView,
 };
 
+/// The longest line of a streamed answer (`Client::lines`). The longest the agent sends is a
+/// following proxy's TLS set: every certificate chain with its key, a few KiB per host.
+pub const MAX_STREAMED_LINE: usize = 64 << 20;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("cannot reach the agent at `{url}`")]
@@ -72,6 +76,10 @@ pub enum ClientError {
         expected: Fingerprint,
         presented: Fingerprint,
     },
+    #[error(
+        "the agent at `{url}` streamed a line longer than {limit} bytes; is it an agent of this version?"
+    )]
+    LineTooLong { url: String, limit: usize },
     #[error("cannot set up TLS for `{url}`")]
     Tls {
         url: String,
@@ -501,17 +509,28 @@ impl Client {
             return Err(api_error(status, &bytes));
         }
         let mut buffer: Vec<u8> = Vec::new();
+        // How much of `buffer` is known to hold no newline: a long line arriving in many chunks
+        // is scanned once, not once per chunk.
+        let mut scanned = 0;
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|source| self.unreachable(source))?;
             let Some(chunk) = frame.data_ref() else {
                 continue;
             };
             buffer.extend_from_slice(chunk);
-            while let Some(newline) = buffer.iter().position(|byte| *byte == b'\n') {
-                let line: Vec<u8> = buffer.drain(..=newline).collect();
+            while let Some(newline) = buffer[scanned..].iter().position(|byte| *byte == b'\n') {
+                let line: Vec<u8> = buffer.drain(..=scanned + newline).collect();
+                scanned = 0;
                 if on_line(&line)?.is_break() {
                     return Ok(());
                 }
+            }
+            scanned = buffer.len();
+            if buffer.len() > MAX_STREAMED_LINE {
+                return Err(ClientError::LineTooLong {
+                    url: self.base.clone(),
+                    limit: MAX_STREAMED_LINE,
+                });
             }
         }
         Ok(())
@@ -674,5 +693,86 @@ fn api_error(status: StatusCode, bytes: &[u8]) -> ClientError {
             code,
             message,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    /// A loopback server that answers one request with `chunks` as a chunked 200 answer.
+    async fn serve_chunks(chunks: Vec<Vec<u8>>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.expect("accept");
+            let mut request = [0_u8; 4096];
+            let _ = socket.read(&mut request).await;
+            let head = "HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\ntransfer-encoding: chunked\r\n\r\n";
+            if socket.write_all(head.as_bytes()).await.is_err() {
+                return;
+            }
+            for chunk in chunks {
+                let mut framed = format!("{:x}\r\n", chunk.len()).into_bytes();
+                framed.extend_from_slice(&chunk);
+                framed.extend_from_slice(b"\r\n");
+                if socket.write_all(&framed).await.is_err() {
+                    return;
+                }
+            }
+            let _ = socket.write_all(b"0\r\n\r\n").await;
+        });
+        format!("http://{addr}")
+    }
+
+    async fn read_lines(base: &str) -> (Vec<Vec<u8>>, Result<(), ClientError>) {
+        let client = Client::new(base, None).expect("client");
+        let request = client
+            .build(Method::GET, "/v1/stream", None, None)
+            .expect("request");
+        let mut seen = Vec::new();
+        let outcome = client
+            .lines(request, |line| {
+                seen.push(line.to_vec());
+                Ok(ControlFlow::Continue(()))
+            })
+            .await;
+        (seen, outcome)
+    }
+
+    #[tokio::test]
+    async fn lines_split_over_many_chunks_arrive_whole_and_in_order() {
+        let mut chunks: Vec<Vec<u8>> = b"{\"a\":1}\n{\"b\":"
+            .chunks(3)
+            .map(<[u8]>::to_vec)
+            .collect();
+        chunks.push(b"22}\n{\"c\":3}\n".to_vec());
+        let base = serve_chunks(chunks).await;
+        let (seen, outcome) = read_lines(&base).await;
+        assert!(outcome.is_ok(), "{outcome:?}");
+        assert_eq!(
+            seen,
+            [
+                b"{\"a\":1}\n".to_vec(),
+                b"{\"b\":22}\n".to_vec(),
+                b"{\"c\":3}\n".to_vec()
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_streamed_line_over_the_limit_is_refused_and_not_kept_growing() {
+        let chunk = vec![b'x'; 1 << 20];
+        let chunks = vec![chunk; MAX_STREAMED_LINE / (1 << 20) + 2];
+        let base = serve_chunks(chunks).await;
+        let (seen, outcome) = read_lines(&base).await;
+        assert!(seen.is_empty());
+        match outcome {
+            Err(ClientError::LineTooLong { limit, .. }) => assert_eq!(limit, MAX_STREAMED_LINE),
+            other => panic!("expected LineTooLong, got {other:?}"),
+        }
     }
 }

@@ -72,9 +72,10 @@ pub fn client_error(printer: &Printer, error: ClientError) -> anyhow::Result<Exi
             printer.hint("an agent beyond loopback serves TLS only: use `https://HOST:PORT`");
             ExitStatus::Usage
         }
-        ClientError::Decode { .. } | ClientError::InvalidUrl(_) | ClientError::Tls { .. } => {
-            ExitStatus::Failure
-        }
+        ClientError::Decode { .. }
+        | ClientError::InvalidUrl(_)
+        | ClientError::Tls { .. }
+        | ClientError::LineTooLong { .. } => ExitStatus::Failure,
     };
     Ok(status)
 }
