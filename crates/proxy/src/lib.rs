@@ -35,6 +35,7 @@ mod forward;
 mod grpc;
 pub mod handover;
 mod health;
+mod hold;
 mod ids;
 mod instance;
 mod memory;
