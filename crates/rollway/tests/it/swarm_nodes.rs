@@ -64,7 +64,7 @@ async fn two_nodes_drain_and_node_loss_under_load_fail_no_request() {
     // `rollway logs` reads the worker's task through the manager.
     let worker_instance = format!("{name}-{ENV}-r1-web-{}", on_worker(&placed));
     let logs = agent
-        .cli(&["logs", "--env", ENV, "--app", &name, "-n", "100"])
+        .cli(&["logs", "--env", ENV, "--app", name, "-n", "100"])
         .await;
     logs.assert_code(0);
     let logs = logs.to_string();
@@ -90,7 +90,7 @@ async fn two_nodes_drain_and_node_loss_under_load_fail_no_request() {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
         let placed = cluster.running_slots(&r1);
-        let status = agent.status(&name, ENV).await;
+        let status = agent.status(name, ENV).await;
         let serving = status
             .instances()
             .values()
@@ -140,7 +140,7 @@ async fn two_nodes_drain_and_node_loss_under_load_fail_no_request() {
     loop {
         let placed = cluster.running_slots(&r2);
         let state = agent
-            .status(&name, ENV)
+            .status(name, ENV)
             .await
             .instances()
             .get(&lost)
