@@ -113,12 +113,12 @@ async fn requests_refused_by_the_only_instance_are_held_until_it_answers_again()
         .port(port)
         .spawn()
         .expect("spawn the instance again");
-    let answered = load.snapshot().total;
-    assert_eventually!(
-        load.snapshot().total > answered + 100,
-        "traffic did not go on once the instance answered again: {}",
-        load.snapshot()
-    );
+    load.wait_for_more(
+        100,
+        Duration::from_secs(10),
+        "traffic once the instance answered again",
+    )
+    .await;
     let report = load.stop().await;
     assert_eq!(report.failed, 0, "{report}");
     assert_eq!(proxy.waiting()[0].1, 0);

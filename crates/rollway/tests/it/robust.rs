@@ -477,11 +477,8 @@ async fn the_only_instance_killed_under_load_fails_no_request() {
         .duration(PATIENCE)
         .start();
     // Some answers first, so the kill lands in the middle of the load.
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while load.snapshot().total < 50 {
-        assert!(tokio::time::Instant::now() < deadline, "the load never ran");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    load.wait_for_more(50, PATIENCE, "the load before the kill")
+        .await;
     signal_group(pid, "-KILL").await;
     // Restarted by the driver (a new process for the same instance), then answering through the
     // proxy again.
@@ -497,16 +494,8 @@ async fn the_only_instance_killed_under_load_fails_no_request() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let answered = load.snapshot().total;
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while load.snapshot().total < answered + 50 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no answers after the restart: {}",
-            load.snapshot()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    load.wait_for_more(50, PATIENCE, "answers after the restart")
+        .await;
     let report = load.stop().await;
     report.assert_no_failures();
     agent.assert_serves("v1").await;

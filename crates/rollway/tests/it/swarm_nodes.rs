@@ -212,11 +212,8 @@ async fn two_nodes_drain_of_the_node_with_every_task_of_the_release_fails_no_req
         .concurrency(4)
         .duration(LOAD_BOUND)
         .start();
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while load.snapshot().total < 50 {
-        assert!(tokio::time::Instant::now() < deadline, "the load never ran");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    load.wait_for_more(50, PATIENCE, "the load before the drain")
+        .await;
     nodes.availability(&cluster.worker_node, "drain");
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
@@ -233,16 +230,8 @@ async fn two_nodes_drain_of_the_node_with_every_task_of_the_release_fails_no_req
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // Answers from the replacement, then the count.
-    let answered = load.snapshot().total;
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while load.snapshot().total < answered + 50 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no answers from the replacement: {}",
-            load.snapshot()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    load.wait_for_more(50, PATIENCE, "answers from the replacement")
+        .await;
     let report = load.stop().await;
     assert_eq!(
         report.failed, 0,
