@@ -459,7 +459,7 @@ async fn an_adopted_proxy_is_supervised_with_its_listeners_held() {
 // driver restarts it, and the proxy holds the requests it could not send (the instance refuses
 // connections, then answers again) instead of failing them: not one GET fails. One client, so that
 // no other request's refused connections take the instance out of routing first: its request meets
-// the dead instance on every attempt (before the hold, it got 502 every time).
+// the dead instance on every attempt (before the hold, its request got a 502).
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_only_instance_killed_under_load_fails_no_request() {
