@@ -6,7 +6,9 @@
 #     `[env] VERSION` changes) until the proxy routes to it, from the event log, and the wall time;
 #   - the warm rollback's switch (`deployment.weights` - `Verifying -> Shifting`) and wall time;
 #   - requests lost while a node is drained (`docker node update --availability drain`) under
-#     wrk's load through the agent's proxy (non-2xx answers and socket errors), and once while
+#     wrk's load through the agent's proxy (non-2xx answers and socket errors), also a node that
+#     has every task of a one-replica release (the proxy holds requests until the replacement
+#     passes a health check: lost, and wrk's max latency), and once while
 #     node b loses power (scripts/swarm-nodes kill), with the time until its task runs elsewhere
 #     and serves.
 # The peer, measured in the same run by the same agent: the same app as processes on this host
@@ -255,7 +257,7 @@ running_nodes() { # SERVICE: the node ids of its running tasks, sorted
             "${MANAGER[@]}" inspect "$task" --format '{{if eq .Status.State "running"}}{{.NodeID}}{{end}}'
         done | sed '/^$/d' | sort
 }
-serving() { "$RW" status --env production --app swarm --json --agent "$API" 2>/dev/null |
+serving() { "$RW" status --env production --app "${1:-swarm}" --json --agent "$API" 2>/dev/null |
     jq '[.instances[] | select(.state == "serving")] | length'; }
 current_service() { # the newest release's service (the serving one right after a deploy)
     "${MANAGER[@]}" service ls --format '{{.Name}}' |
@@ -297,6 +299,62 @@ for i in $(seq 1 "$N"); do
     echo "   drain $i of node ${node:0:12}: ${total:-0} requests, non-2xx ${non2xx:-0}, socket errors ${errors:-0}, tasks moved and serving after ${moved} ms"
 done
 
+# Drains of the node that has every task of the release (issue 17's hold): app `solo`, one replica.
+# The node its task runs on is drained under wrk (the task then moves to the other node, so the
+# drains alternate); the agent takes the stopping task out of routing at once and the proxy holds
+# the requests it cannot send until the replacement passes a health check. The drains above, with a
+# task left on the other node, are the peer.
+mkdir -p "$WORK/solo"
+{
+    common_toml solo
+    cat <<TOML
+
+[services.web]
+image = "bench-demo:1"
+replicas = 1
+health = { path = "/health", interval = "100ms", healthy = 2 }
+drain = "1s"
+
+[environments.production]
+driver = "swarm"
+TOML
+} >"$WORK/solo/rollway.toml"
+"$RW" deploy --env production --dir "$WORK/solo" --agent "$API" >>"$WORK/cli.log" 2>&1
+expect_answer solo v0
+echo "== solo (1 replica): $N drains of the node with its task under wrk -c$CONNECTIONS, ${DRAIN_S}s each"
+: >"$OUT/solo"
+for i in $(seq 1 "$N"); do
+    node="$(running_nodes rollway-solo-production-r1-web)"
+    [ "$(echo "$node" | wc -w)" -eq 1 ] || { echo "solo drain $i: not one running task: $node" >&2; exit 1; }
+    # wrk's own answer timeout (2 s by default) would count a held request as lost: a client
+    # that waits less than the hold does lose it, so the timeout is the load's whole duration.
+    wrk -t2 -c"$CONNECTIONS" -d"${DRAIN_S}s" --timeout "${DRAIN_S}s" -H "Host: solo.test" "$PROXY/" >"$OUT/wrk.solo.$i" 2>&1 &
+    wrk_pid=$!
+    BG_PIDS+=("$wrk_pid")
+    sleep 2
+    t0="$(now_ns)"
+    "${MANAGER[@]}" node update --availability drain "$node" >/dev/null
+    moved=""
+    for _ in $(seq 1 300); do
+        now_on="$(running_nodes rollway-solo-production-r1-web)"
+        if [ -n "$now_on" ] && [ "$now_on" != "$node" ] && [ "$(serving solo)" -eq 1 ]; then
+            moved="$(( ($(now_ns) - t0) / 1000000 ))"
+            break
+        fi
+        sleep 0.1
+    done
+    [ -n "$moved" ] || { echo "solo drain $i: the task did not move back into routing" >&2; exit 1; }
+    [ "$moved" -le $(( (DRAIN_S - 3) * 1000 )) ] || { echo "solo drain $i: the move took ${moved} ms; raise DRAIN_S" >&2; exit 1; }
+    wait "$wrk_pid"
+    "${MANAGER[@]}" node update --availability active "$node" >/dev/null
+    total="$(awk '/requests in/ {print $1}' "$OUT/wrk.solo.$i")"
+    non2xx="$(awk '/Non-2xx/ {print $NF}' "$OUT/wrk.solo.$i")"
+    errors="$(awk '/Socket errors/ { n = 0; for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+,?$/) n += $i; print n }' "$OUT/wrk.solo.$i")"
+    latency_max="$(awk '$1 == "Latency" {print $4; exit}' "$OUT/wrk.solo.$i")"
+    echo "${total:-0} ${non2xx:-0} ${errors:-0} $moved $latency_max" >>"$OUT/solo"
+    echo "   solo drain $i of node ${node:0:12}: ${total:-0} requests, non-2xx ${non2xx:-0}, socket errors ${errors:-0}, max latency $latency_max, moved and serving after ${moved} ms"
+done
+
 # Node b's power cut under load (once: the node stays dead): a new release first, spread over
 # both nodes, then every process of node b killed while wrk drives the proxy.
 echo "== swarm: node b's power cut under wrk -c$CONNECTIONS, ${DRAIN_S}s"
@@ -336,6 +394,10 @@ rows "peer, processes on this host: warm rollback" "$OUT/peer.rollback"
 printf "\n%-46s %s\n" "drains under load: requests, lost (non-2xx + socket errors)" \
     "$(awk '{ t += $1; l += $2 + $3 } END { print t ", " l }' "$OUT/drains")" | tee -a "$SUMMARY"
 printf "%-46s %s\n" "  drain -> tasks moved and serving (ms)" "$(awk '{print $4}' "$OUT/drains" | stats)" | tee -a "$SUMMARY"
+printf "%-46s %s\n" "drains of the node with every task (1 replica): requests, lost" \
+    "$(awk '{ t += $1; l += $2 + $3 } END { print t ", " l }' "$OUT/solo")" | tee -a "$SUMMARY"
+printf "%-46s %s\n" "  drain -> task moved and serving (ms)" "$(awk '{print $4}' "$OUT/solo" | stats)" | tee -a "$SUMMARY"
+printf "%-46s %s\n" "  wrk's max latency per drain (the longest hold)" "$(awk '{print $5}' "$OUT/solo" | tr '\n' ' ')" | tee -a "$SUMMARY"
 printf "%-46s %s requests, %s lost; rescheduled and serving after %s ms; max latency %s\n" \
     "node b's power cut under load:" "${total:-0}" "$(( ${non2xx:-0} + ${errors:-0} ))" "$moved" "$latency_max" | tee -a "$SUMMARY"
 printf "load average at the end: %s\n" "$(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$SUMMARY"

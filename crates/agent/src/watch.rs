@@ -2,8 +2,10 @@
 //! whole life, and the current release's error rate over a sliding window.
 //!
 //! An instance that fails `unhealthy` checks in a row leaves routing and comes back after `healthy`
-//! passes; both are events, the first one an alert. When every instance of a release's service
-//! fails, none leaves (fail open) and one alert says so. An
+//! passes (after one pass when no instance of its release's service is in routing: the proxy holds
+//! the route's requests meanwhile); both are events, the first one an alert. When every instance of
+//! a release's service fails, those in routing stay (fail open) and one alert says so; one already
+//! out (a stopped task) is not brought back by it. An
 //! error rate that crosses the bound is an alert, not a rollback: there is nothing newer to undo.
 
 use client::wire::ReleaseNumber;
@@ -21,8 +23,11 @@ pub const TICK: Duration = Duration::from_secs(1);
 /// Health checks of every ready instance, each at its service's interval.
 ///
 /// Fail open, as Envoy's panic threshold does: when every instance of a release's service fails its
-/// checks, they all stay in routing (some of its paths may still work, and nothing else would answer)
-/// and an alert goes out; the failing ones leave routing only while others of the group pass.
+/// checks, those in routing stay (some of its paths may still work, and nothing else would answer)
+/// and an alert goes out; the failing ones leave routing only while others of the group pass. Fail
+/// open never brings back an instance that is already out: with none in routing, the proxy holds
+/// the route's requests (bounded by the route's `hold`) until one passes a check, which is better
+/// than sending them to a task that is gone or a replacement that does not answer yet.
 pub async fn health_loop(engine: Arc<Engine>) {
     // Consecutive results per instance: (passes, failures).
     let mut streaks: BTreeMap<String, (u32, u32)> = BTreeMap::new();
@@ -91,26 +96,40 @@ pub async fn health_loop(engine: Arc<Engine>) {
                     (0, streak.1 + 1)
                 };
                 let (passes, failures) = *streak;
-                // Out while failing; back once it passed `healthy` checks in a row.
-                let failing = if instance.unhealthy {
-                    passes < health.healthy
-                } else {
-                    failures >= health.unhealthy
-                };
                 groups
                     .entry((instance.release, instance.service.clone()))
                     .or_default()
                     .push(Judged {
                         id: id.clone(),
                         out: instance.unhealthy,
-                        failing,
+                        failing: false,
+                        passes,
                         failures,
+                        healthy: health.healthy,
+                        unhealthy: health.unhealthy,
                     });
+            }
+            for judged in groups.values_mut() {
+                // With none of the group in routing, its requests are held (the proxy's hold): the
+                // first instance that passes a check goes back at once rather than after `healthy`.
+                let none_routed = judged.iter().all(|instance| instance.out);
+                for instance in judged.iter_mut() {
+                    // Out while failing; back once it passed `healthy` checks in a row.
+                    instance.failing = if instance.out {
+                        instance.passes < if none_routed { 1 } else { instance.healthy }
+                    } else {
+                        instance.failures >= instance.unhealthy
+                    };
+                }
             }
             let mut changed = false;
             for ((release_number, service), judged) in groups {
                 let group = (key.clone(), release_number, service.clone());
-                let all_failing = judged.iter().all(|instance| instance.failing);
+                // Fail open: every instance fails and some are in routing; those stay in. An
+                // instance already out (its task or process gone, or failing before the others)
+                // comes back only by passing its checks.
+                let all_failing = judged.iter().all(|instance| instance.failing)
+                    && judged.iter().any(|instance| !instance.out);
                 if all_failing {
                     still_open.insert(group.clone());
                     if failing_open.insert(group) {
@@ -135,7 +154,7 @@ pub async fn health_loop(engine: Arc<Engine>) {
                     );
                 }
                 for instance in judged {
-                    let out = instance.failing && !all_failing;
+                    let out = instance.failing && (instance.out || !all_failing);
                     if out == instance.out {
                         continue;
                     }
@@ -175,7 +194,11 @@ struct Judged {
     out: bool,
     /// Fails its checks (by the `unhealthy`/`healthy` streak rules).
     failing: bool,
+    passes: u32,
     failures: u32,
+    /// The service's streak rules: passes to come back, failures to leave.
+    healthy: u32,
+    unhealthy: u32,
 }
 
 fn set_unhealthy(engine: &Engine, key: &AppEnv, id: &str, unhealthy: bool) {

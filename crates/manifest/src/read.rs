@@ -201,6 +201,21 @@ impl Reader {
         Some(duration)
     }
 
+    /// A duration from zero to `max`, such as `"10s"`.
+    pub(crate) fn duration_at_most(
+        &mut self,
+        value: &Value<'_>,
+        key_path: &str,
+        max: Duration,
+    ) -> Option<Duration> {
+        let duration = self.duration(value, key_path)?;
+        if duration > max {
+            self.out_of_range(value, key_path, &format!("from `\"0s\"` to `\"{max}\"`"));
+            return None;
+        }
+        Some(duration)
+    }
+
     /// A positive byte size with a unit, such as `"100MB"` or `"64KiB"`.
     pub(crate) fn byte_size(&mut self, value: &Value<'_>, key_path: &str) -> Option<ByteSize> {
         const ACCEPTED: &str = "write a size with a unit, such as `\"100MB\"` or `\"64KiB\"` (B, kB, MB, GB, KiB, MiB, GiB)";

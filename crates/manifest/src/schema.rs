@@ -442,6 +442,9 @@ pub struct Route {
     pub max_body: ByteSize,
     /// Most header fields in an answer (502 past it).
     pub max_header_fields: u32,
+    /// Longest time a request that was not sent waits for a routable instance (a replacement of the
+    /// only one starting) or the end of a pause (503 with `Retry-After` past it); zero: 503 at once.
+    pub hold: Duration,
     /// Requests per client address (429 past it); `None` means unlimited.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<crate::edge::RateLimit>,
@@ -495,6 +498,10 @@ pub mod defaults {
     pub const ROUTE_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
     pub const ROUTE_MAX_BODY: ByteSize = ByteSize::mebibytes(100);
     pub const ROUTE_MAX_HEADER_FIELDS: u32 = 500;
+    /// The proxy's own default hold, below browsers' and load balancers' usual answer timeouts.
+    pub const ROUTE_HOLD: Duration = Duration::from_secs(30);
+    /// A request held longer than this is better answered 503 with `Retry-After`.
+    pub const ROUTE_HOLD_MAX: Duration = Duration::from_secs(300);
     pub const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
     pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
     pub const HEALTHY: u32 = 2;

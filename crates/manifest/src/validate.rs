@@ -56,6 +56,7 @@ const ROUTE_KEYS: &[&str] = &[
     "idle_timeout",
     "max_body",
     "max_header_fields",
+    "hold",
     "tls",
     "hsts",
     "rate_limit",
@@ -1044,6 +1045,7 @@ fn routes(reader: &mut Reader, value: Option<&Value<'_>>, services: &[Service]) 
                 idle_timeout: defaults::ROUTE_IDLE_TIMEOUT,
                 max_body: defaults::ROUTE_MAX_BODY,
                 max_header_fields: defaults::ROUTE_MAX_HEADER_FIELDS,
+                hold: defaults::ROUTE_HOLD,
                 tls: crate::schema::RouteTls::Off,
                 hsts: None,
                 rate_limit: None,
@@ -1107,6 +1109,12 @@ fn routes(reader: &mut Reader, value: Option<&Value<'_>>, services: &[Service]) 
                 reader.integer_in(value, &format!("{section}.max_header_fields"), 1..=10_000)
             })
             .map_or(defaults::ROUTE_MAX_HEADER_FIELDS, |n| n as u32);
+        let hold = route_table
+            .get("hold")
+            .and_then(|value| {
+                reader.duration_at_most(value, &format!("{section}.hold"), defaults::ROUTE_HOLD_MAX)
+            })
+            .unwrap_or(defaults::ROUTE_HOLD);
         let rate_limit = route_table
             .get("rate_limit")
             .and_then(|value| crate::edge::rate_limit(reader, value, &section));
@@ -1181,6 +1189,7 @@ fn routes(reader: &mut Reader, value: Option<&Value<'_>>, services: &[Service]) 
             idle_timeout,
             max_body,
             max_header_fields,
+            hold,
             rate_limit,
             allow,
         });

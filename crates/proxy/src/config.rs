@@ -43,7 +43,7 @@ pub struct ProxyConfig {
     pub upstream_max_idle_per_instance: usize,
     /// Most attempts for one request (the first one included) when a retry is safe.
     pub max_attempts: u32,
-    /// The bounded wait for a ready instance.
+    /// The bound on requests held per route (the time bound is each route's `hold`).
     pub waiting: WaitingConfig,
     /// When an instance is taken out after failed connections, and how it is probed back in.
     pub passive_health: PassiveHealthConfig,
@@ -72,6 +72,10 @@ pub struct RouteSettings {
     pub protocol: UpstreamProtocol,
     /// HTTPS policy: redirect plain HTTP, HSTS.
     pub tls: RouteTls,
+    /// Longest time a request that has not been sent waits for a routable instance (none is ready, or
+    /// every one refused its connection) or for a pause to end; past it the answer is 503 with
+    /// `Retry-After`. Zero answers 503 at once.
+    pub hold: Duration,
 }
 
 /// A route's HTTPS policy (the manifest's `tls` and `hsts`).
@@ -195,15 +199,15 @@ impl Default for RouteSettings {
             max_header_fields: 500,
             protocol: UpstreamProtocol::Http1,
             tls: RouteTls::default(),
+            hold: Duration::from_secs(30),
         }
     }
 }
 
-/// Bounds of the waiting queue used when a route has no ready instance.
+/// Bounds of the waiting queue used when a route has no routable instance (its time bound is the
+/// route's own, `RouteSettings::hold`).
 #[derive(Debug, Clone)]
 pub struct WaitingConfig {
-    /// Longest time one request waits for a ready instance.
-    pub max_wait: Duration,
     /// Most requests waiting on one route at once; the next one is answered 503 at once.
     pub max_waiting: usize,
     /// Value of the `Retry-After` header on the 503 given past either bound.
@@ -244,7 +248,6 @@ impl Default for ProxyConfig {
 impl Default for WaitingConfig {
     fn default() -> Self {
         WaitingConfig {
-            max_wait: Duration::from_secs(30),
             max_waiting: 1024,
             retry_after: Duration::from_secs(5),
         }

@@ -105,6 +105,12 @@ pub struct DesiredRoute {
     /// HTTPS policy (`RouteSettings::tls`).
     #[serde(default, skip_serializing_if = "RouteTls::is_default")]
     pub tls: RouteTls,
+    /// Longest wait of an unsent request for a routable instance (`RouteSettings::hold`).
+    #[serde(
+        default = "default_hold_ms",
+        skip_serializing_if = "is_default_hold_ms"
+    )]
+    pub hold_ms: u64,
     /// Client networks allowed (`RouteEdge::allow`); empty means every client.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow: Vec<String>,
@@ -392,6 +398,7 @@ impl DesiredRoute {
             max_header_fields: settings.max_header_fields,
             protocol: settings.protocol,
             tls: settings.tls,
+            hold_ms: millis(settings.hold),
             allow: Vec::new(),
             rate_limit: None,
             maintenance: None,
@@ -409,6 +416,7 @@ impl DesiredRoute {
             max_header_fields: self.max_header_fields,
             protocol: self.protocol,
             tls: self.tls,
+            hold: Duration::from_millis(self.hold_ms),
         }
     }
 
@@ -420,6 +428,7 @@ impl DesiredRoute {
         self.max_header_fields = settings.max_header_fields;
         self.protocol = settings.protocol;
         self.tls = settings.tls;
+        self.hold_ms = millis(settings.hold);
     }
 
     /// The path prefixes routed: `paths`, or `/` when it is empty.
@@ -836,6 +845,14 @@ fn default_max_header_fields() -> usize {
 
 fn is_default_max_header_fields(value: &usize) -> bool {
     *value == default_max_header_fields()
+}
+
+fn default_hold_ms() -> u64 {
+    millis(RouteSettings::default().hold)
+}
+
+fn is_default_hold_ms(value: &u64) -> bool {
+    *value == default_hold_ms()
 }
 
 fn is_default_protocol(value: &UpstreamProtocol) -> bool {

@@ -21,7 +21,7 @@ use crate::config::UpstreamProtocol;
 use crate::control::Proxy;
 use crate::edge::Admission;
 use crate::error::{BadRequestReason, ProxyError, error_response};
-use crate::ids::{InstanceId, RouteName};
+use crate::hold::{Hold, Tried};
 use crate::instance::InFlightGuard;
 use crate::routing::{normalise_host, random_u64};
 use crate::stats::ReleaseStats;
@@ -204,10 +204,20 @@ async fn forward(
         Scheme::Https => *hsts = settings.tls.hsts_seconds,
         Scheme::Http => {}
     }
+    // One budget for every wait of this request (a pause, no routable instance).
+    let mut hold = Hold::new(settings.hold);
     match admission {
         Ok(Admission::Pass) => {}
         Ok(Admission::Hold { until }) => {
-            hold_while_paused(proxy, &route_name, &host_key, request.uri().path(), until).await?;
+            crate::hold::while_paused(
+                proxy,
+                &route_name,
+                &host_key,
+                request.uri().path(),
+                until,
+                &mut hold,
+            )
+            .await?;
         }
         Err(refusal) => {
             if !expects_continue(request.headers()) {
@@ -305,11 +315,20 @@ async fn forward(
         build(body, std::mem::take(&mut parts.headers))
     });
 
-    let mut tried: Vec<InstanceId> = Vec::new();
+    let mut tried = Tried::default();
+    // Attempts that may have reached an instance; a refused connection sent nothing and is not counted
+    // (its retries are bounded by the route's hold instead).
     let mut attempt = 0;
     loop {
-        attempt += 1;
-        let guard = pick_or_wait(proxy, &route_name, &host_key, parts.uri.path(), &tried).await?;
+        let guard = crate::hold::pick(
+            proxy,
+            &route_name,
+            &host_key,
+            parts.uri.path(),
+            &mut tried,
+            &mut hold,
+        )
+        .await?;
         let instance = Arc::clone(guard.instance());
         let stats = Arc::clone(guard.stats());
         let upstream_request = match pending.take() {
@@ -378,13 +397,18 @@ async fn forward(
             }
             Err(SendFailure { error, request }) => {
                 let error = classify_body_error(error);
-                if matches!(error, ProxyError::Connect { .. })
+                let refused = matches!(error, ProxyError::Connect { .. });
+                if refused
                     && instance.record_connect_failure(config.passive_health.consecutive_failures)
                 {
                     crate::health::spawn_probe(proxy.clone(), Arc::clone(&instance));
                 }
+                if !refused {
+                    attempt += 1;
+                }
                 let can_replay = request.is_some() || replayable;
-                if attempt < config.max_attempts && error.retry_allowed() && can_replay {
+                if (refused || attempt < config.max_attempts) && error.retry_allowed() && can_replay
+                {
                     stats.record_error(error.kind());
                     stats.record_error(crate::ids::ErrorKind::Retried);
                     tracing::debug!(
@@ -393,170 +417,13 @@ async fn forward(
                         instance = %instance.id()
                     );
                     pending = request;
-                    tried.push(instance.id().clone());
+                    tried.failed(instance.id(), refused, &stats);
                     continue;
                 }
                 return Err((error, Some(stats)));
             }
         }
     }
-}
-
-/// Picks an instance of the route; when none is ready, waits in the route's queue (bounded in time and
-/// length) and picks as soon as a new snapshot or a recovered instance shows one.
-async fn pick_or_wait(
-    proxy: &Proxy,
-    route_name: &RouteName,
-    host: &str,
-    path: &str,
-    tried: &[InstanceId],
-) -> Result<InFlightGuard, Failure> {
-    let inner = proxy.inner();
-    // Fast path: one snapshot load, no allocation, no lock.
-    let route_live = {
-        let table = inner.table.load();
-        let Some(route) = table.route_for(host, path) else {
-            return Err(no_route(host, path));
-        };
-        if let Some(guard) = route.pick(tried) {
-            return Ok(guard);
-        }
-        // Every instance tried already failed: go back to the full set rather than wait for a new one.
-        if !tried.is_empty()
-            && let Some(guard) = route.pick(&[])
-        {
-            return Ok(guard);
-        }
-        Arc::clone(&route.live)
-    };
-
-    let waiting = &inner.config.waiting;
-    if !route_live.try_enter_queue(waiting.max_waiting) {
-        return Err((
-            ProxyError::QueueFull {
-                route: route_name.clone(),
-                max_waiting: waiting.max_waiting,
-                retry_after: waiting.retry_after,
-            },
-            None,
-        ));
-    }
-    let _leave = LeaveQueue(&route_live);
-    let started = Instant::now();
-    let deadline = started + waiting.max_wait;
-    loop {
-        // Subscribe before looking, so a swap between the look and the wait still wakes us.
-        let mut changed = inner.changed.subscribe();
-        {
-            let table = inner.table.load();
-            let Some(route) = table.route_for(host, path) else {
-                return Err(no_route(host, path));
-            };
-            if let Some(guard) = route.pick(&[]) {
-                return Ok(guard);
-            }
-        }
-        if tokio::time::timeout_at(deadline, changed.changed())
-            .await
-            .is_err()
-        {
-            return Err((
-                ProxyError::NoReadyInstance {
-                    route: route_name.clone(),
-                    waited: started.elapsed(),
-                    retry_after: waiting.retry_after,
-                },
-                None,
-            ));
-        }
-    }
-}
-
-/// Holds a request of a paused route in the route's waiting queue (the same bounds as the wait for a ready
-/// instance) until the pause ends, by its own end time or by a new snapshot that lifts it. Past the
-/// queue's bounds the request gets 503.
-async fn hold_while_paused(
-    proxy: &Proxy,
-    route_name: &RouteName,
-    host: &str,
-    path: &str,
-    until: SystemTime,
-) -> Result<(), Failure> {
-    tracing::debug!(
-        message = "Request held by a pause.",
-        route = %route_name,
-        until_unix_ms = crate::edge::unix_ms(until)
-    );
-    let inner = proxy.inner();
-    let route_live = {
-        let table = inner.table.load();
-        let Some(route) = table.route_for(host, path) else {
-            return Err(no_route(host, path));
-        };
-        Arc::clone(&route.live)
-    };
-    let waiting = &inner.config.waiting;
-    if !route_live.try_enter_queue(waiting.max_waiting) {
-        return Err((
-            ProxyError::QueueFull {
-                route: route_name.clone(),
-                max_waiting: waiting.max_waiting,
-                retry_after: waiting.retry_after,
-            },
-            None,
-        ));
-    }
-    let _leave = LeaveQueue(&route_live);
-    let started = Instant::now();
-    let deadline = started + waiting.max_wait;
-    loop {
-        // Subscribe before looking, so a swap between the look and the wait still wakes us.
-        let mut changed = inner.changed.subscribe();
-        let until = {
-            let table = inner.table.load();
-            let Some(route) = table.route_for(host, path) else {
-                return Err(no_route(host, path));
-            };
-            match route.spec().edge.paused_until {
-                Some(paused_until) if paused_until > SystemTime::now() => paused_until,
-                _ => return Ok(()),
-            }
-        };
-        let pause_left = until.duration_since(SystemTime::now()).unwrap_or_default();
-        let now = Instant::now();
-        if now >= deadline {
-            return Err((
-                ProxyError::PausedTooLong {
-                    route: route_name.clone(),
-                    waited: started.elapsed(),
-                    retry_after: waiting.retry_after,
-                },
-                None,
-            ));
-        }
-        let wake = deadline.min(now + pause_left);
-        // A new snapshot or the pause's own end: either way, look again.
-        let _ = tokio::time::timeout_at(wake, changed.changed()).await;
-    }
-}
-
-/// Leaves a route's waiting queue when dropped.
-struct LeaveQueue<'a>(&'a crate::routing::RouteLive);
-
-impl Drop for LeaveQueue<'_> {
-    fn drop(&mut self) {
-        self.0.leave_queue();
-    }
-}
-
-fn no_route(host: &str, path: &str) -> Failure {
-    (
-        ProxyError::NoRoute {
-            host: host.to_owned(),
-            path: path.to_owned(),
-        },
-        None,
-    )
 }
 
 /// Copies bytes both ways between the client and the instance once both sides switched protocols. Holds

@@ -11,12 +11,14 @@
 //!    path prefix; the route's `RouteSettings` bound the rest. A small announced body is read whole now,
 //!    before any instance is held.
 //! 3. `Route::pick` draws a pool by weight and takes its least-loaded ready instance, counting the request
-//!    on it (`InFlightGuard`); with no ready instance the request waits in the route's bounded queue.
+//!    on it (`InFlightGuard`); with no routable instance the request is held in the route's bounded queue
+//!    (`hold`) until one shows.
 //! 4. Hop-by-hop headers go, `Host` becomes the routed host, forwarding headers are the proxy's own (or a
 //!    trusted proxy's, extended), `X-Request-Id` comes, and `upstream::send` writes the request on a pooled
 //!    HTTP/1.1 connection or the instance's shared h2c connection. 1xx interim answers go straight back.
 //! 5. A connect failure, or a failure before any answer byte when the request can be replayed, is retried
-//!    on another instance; passive health takes out an instance that keeps refusing connections.
+//!    on another instance; passive health takes out an instance that keeps refusing connections. When every
+//!    instance refused the connection, the request (never sent) is held as in 3.
 //! 6. The answer streams back (trailers included) through `ProxyBody`, which bounds silences, counts a gRPC
 //!    answer by its `grpc-status`, releases the in-flight count and returns the connection to the pool at its
 //!    end; an upgrade becomes a tunnel that holds the count instead and passes either side's end on.
@@ -35,6 +37,7 @@ mod forward;
 mod grpc;
 pub mod handover;
 mod health;
+mod hold;
 mod ids;
 mod instance;
 mod memory;

@@ -252,6 +252,21 @@ impl LoadHandle {
         Report::from_records(lock(&self.shared.records).clone())
     }
 
+    /// Waits until `more` requests finished after this call (answered or failed), polling;
+    /// panics naming `what` when `patience` runs out first.
+    pub async fn wait_for_more(&self, more: u64, patience: Duration, what: &str) {
+        let target = self.snapshot().total + more;
+        let deadline = tokio::time::Instant::now() + patience;
+        while self.snapshot().total < target {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what}: fewer than {more} more requests within {patience:?}: {}",
+                self.snapshot()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     async fn join(&mut self) -> Report {
         for client in std::mem::take(&mut self.clients) {
             if let Err(error) = client.await

@@ -1190,6 +1190,7 @@ fn route_settings(
             redirect: route.tls.is_on(),
             hsts_seconds: route.hsts.map(|hsts| hsts.as_std().as_secs()),
         },
+        hold: route.hold.as_std(),
     }
 }
 

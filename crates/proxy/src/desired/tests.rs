@@ -152,10 +152,11 @@ fn route_settings_are_optional_on_the_wire_both_ways() {
             redirect: true,
             hsts_seconds: Some(60),
         },
+        hold: Duration::from_secs(3),
     });
     let written = serde_json::to_string(&state(vec![route.clone()])).expect("serialize");
     assert!(
-        written.contains(r#""timeout_ms":5000,"idle_timeout_ms":300000,"max_body_bytes":1024,"max_header_fields":50,"protocol":"grpc","tls":{"redirect":true,"hsts_seconds":60}"#),
+        written.contains(r#""timeout_ms":5000,"idle_timeout_ms":300000,"max_body_bytes":1024,"max_header_fields":50,"protocol":"grpc","tls":{"redirect":true,"hsts_seconds":60},"hold_ms":3000"#),
         "{written}"
     );
     let read: DesiredState = serde_json::from_str(&written).expect("parse");

@@ -9,15 +9,20 @@ use proxy::{ProxyConfig, RouteEdge, RouteSettings, RouteSpec, WaitingConfig};
 use crate::assert_eventually;
 use crate::support::{HOST, TestProxy, demo, get, route};
 
-fn config(max_wait: Duration, max_waiting: usize) -> ProxyConfig {
-    ProxyConfig {
+/// A proxy whose route holds a request at most `hold`, and at most `max_waiting` of them at once.
+async fn start(hold: Duration, max_waiting: usize) -> TestProxy {
+    let config = ProxyConfig {
         waiting: WaitingConfig {
-            max_wait,
             max_waiting,
             retry_after: Duration::from_secs(7),
         },
         ..ProxyConfig::default()
-    }
+    };
+    let settings = RouteSettings {
+        hold,
+        ..RouteSettings::default()
+    };
+    TestProxy::start_with(config, settings).await
 }
 
 fn set_edge(test_proxy: &TestProxy, edge: RouteEdge) {
@@ -25,7 +30,7 @@ fn set_edge(test_proxy: &TestProxy, edge: RouteEdge) {
         name: route(),
         hosts: vec![HOST.to_owned()],
         path_prefix: "/".to_owned(),
-        settings: RouteSettings::default(),
+        settings: test_proxy.settings,
         edge,
     });
 }
@@ -40,7 +45,7 @@ fn paused_for(duration: Duration) -> RouteEdge {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_route_holds_requests_until_a_snapshot_lifts_the_pause() {
     let process = demo("A");
-    let test_proxy = TestProxy::start(config(Duration::from_secs(20), 100)).await;
+    let test_proxy = start(Duration::from_secs(20), 100).await;
     test_proxy.add_ready("a", "A", process.addr());
     set_edge(&test_proxy, paused_for(Duration::from_secs(60)));
     let addr = test_proxy.addr;
@@ -66,7 +71,7 @@ async fn a_paused_route_holds_requests_until_a_snapshot_lifts_the_pause() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pause_ends_by_itself_at_its_end_time() {
     let process = demo("A");
-    let test_proxy = TestProxy::start(config(Duration::from_secs(20), 100)).await;
+    let test_proxy = start(Duration::from_secs(20), 100).await;
     test_proxy.add_ready("a", "A", process.addr());
     set_edge(&test_proxy, paused_for(Duration::from_millis(500)));
     let response = get(test_proxy.addr, HOST, "/").await;
@@ -77,14 +82,14 @@ async fn a_pause_ends_by_itself_at_its_end_time() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pause_past_the_wait_bound_or_the_queue_length_answers_503() {
     let process = demo("A");
-    let test_proxy = TestProxy::start(config(Duration::from_millis(300), 2)).await;
+    let test_proxy = start(Duration::from_millis(300), 2).await;
     test_proxy.add_ready("a", "A", process.addr());
     set_edge(&test_proxy, paused_for(Duration::from_secs(60)));
     let response = get(test_proxy.addr, HOST, "/").await;
     assert_eq!(response.status(), 503);
     assert_eq!(response.headers()["retry-after"], "7");
 
-    let long = TestProxy::start(config(Duration::from_secs(20), 2)).await;
+    let long = start(Duration::from_secs(20), 2).await;
     long.add_ready("a", "A", process.addr());
     set_edge(&long, paused_for(Duration::from_secs(60)));
     let addr = long.addr;

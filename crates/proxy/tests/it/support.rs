@@ -43,6 +43,8 @@ macro_rules! assert_eventually {
 pub struct TestProxy {
     pub proxy: Proxy,
     pub addr: SocketAddr,
+    /// The settings of route `web`.
+    pub settings: RouteSettings,
     shutdown: CancellationToken,
     server: Option<JoinHandle<std::io::Result<()>>>,
 }
@@ -71,6 +73,7 @@ impl TestProxy {
         TestProxy {
             proxy,
             addr,
+            settings,
             shutdown,
             server: Some(server),
         }

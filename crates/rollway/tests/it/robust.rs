@@ -454,3 +454,49 @@ async fn an_adopted_proxy_is_supervised_with_its_listeners_held() {
     );
     assert!(report.failed <= 2, "{:?}", report.outcomes);
 }
+
+// 8. The only instance of the serving release killed (kill -9 of its process group) under load: the
+// driver restarts it, and the proxy holds the requests it could not send (the instance refuses
+// connections, then answers again) instead of failing them: not one GET fails. One client, so that
+// no other request's refused connections take the instance out of routing first: its request meets
+// the dead instance on every attempt (before the hold, its request got a 502).
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_only_instance_killed_under_load_fails_no_request() {
+    let setup = Setup::start().await;
+    let agent = &setup.agent;
+    agent
+        .deploy(&setup.app("app", "v1"), ENV)
+        .await
+        .assert_code(0);
+    let before = agent.instance_pid_files();
+    assert_eq!(before.len(), 1, "{before:?}");
+    let (id, pid) = before.into_iter().next().expect("one instance");
+    let load = Load::new(agent.proxy_addr())
+        .concurrency(1)
+        .duration(PATIENCE)
+        .start();
+    // Some answers first, so the kill lands in the middle of the load.
+    load.wait_for_more(50, PATIENCE, "the load before the kill")
+        .await;
+    signal_group(pid, "-KILL").await;
+    // Restarted by the driver (a new process for the same instance), then answering through the
+    // proxy again.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let now = agent.instance_pid_files();
+        if now.get(&id).is_some_and(|new_pid| *new_pid != pid) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "`{id}` was not restarted: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    load.wait_for_more(50, PATIENCE, "answers after the restart")
+        .await;
+    let report = load.stop().await;
+    report.assert_no_failures();
+    agent.assert_serves("v1").await;
+}

@@ -37,45 +37,11 @@ const PATIENCE: Duration = Duration::from_secs(90);
 /// on the new task, and not one request of the load failed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_drain_and_node_loss_under_load_fail_no_request() {
-    let Some(images) = Images::get() else {
+    let Some(nodes) = OnNodes::start("sn").await else {
         return;
     };
-    let Some(cluster) = Cluster::up() else {
-        return;
-    };
-    let tags: Vec<String> = ["v1", "v2"]
-        .iter()
-        .map(|version| format!("{}:{version}", images.repository))
-        .collect();
-    cluster.load_images(&tags);
-
-    let name = format!("sn{}", std::process::id());
-    let dir = tempfile::tempdir().expect("tempdir");
-    let runtime_dir = tempfile::Builder::new()
-        .prefix("rollway-e2e-nodes-")
-        .tempdir_in("/dev/shm")
-        .expect("temporary directory on /dev/shm");
-    let runtime = runtime_dir.path().display().to_string();
-    let agent = TestAgent::start_with_env(
-        rollway_bin(),
-        &dir.path().join("state"),
-        &[
-            ("RUNTIME_DIRECTORY", runtime.as_str()),
-            ("DOCKER_HOST", cluster.manager_socket.as_str()),
-            ("ROLLWAY_SWARM_REGISTRY", cluster.registry.as_str()),
-        ],
-    )
-    .await;
-    let app = |version: &str| {
-        TestApp::new(dir.path().join(version))
-            .named(&name)
-            .version(version)
-            .driver(Driver::Container)
-            .image(format!("{}:{{version}}", images.repository))
-            .replicas(2)
-            .start_timeout("60s")
-            .on_swarm(ENV)
-    };
+    let (cluster, agent, name) = (&nodes.cluster, &nodes.agent, &nodes.name);
+    let app = |version: &str| nodes.app(version).replicas(2);
 
     // Release 1: Swarm spreads the two tasks over the two nodes.
     agent.deploy(&app("v1"), ENV).await.assert_code(0);
@@ -98,7 +64,7 @@ async fn two_nodes_drain_and_node_loss_under_load_fail_no_request() {
     // `rollway logs` reads the worker's task through the manager.
     let worker_instance = format!("{name}-{ENV}-r1-web-{}", on_worker(&placed));
     let logs = agent
-        .cli(&["logs", "--env", ENV, "--app", &name, "-n", "100"])
+        .cli(&["logs", "--env", ENV, "--app", name, "-n", "100"])
         .await;
     logs.assert_code(0);
     let logs = logs.to_string();
@@ -124,7 +90,7 @@ async fn two_nodes_drain_and_node_loss_under_load_fail_no_request() {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
         let placed = cluster.running_slots(&r1);
-        let status = agent.status(&name, ENV).await;
+        let status = agent.status(name, ENV).await;
         let serving = status
             .instances()
             .values()
@@ -174,7 +140,7 @@ async fn two_nodes_drain_and_node_loss_under_load_fail_no_request() {
     loop {
         let placed = cluster.running_slots(&r2);
         let state = agent
-            .status(&name, ENV)
+            .status(name, ENV)
             .await
             .instances()
             .get(&lost)
@@ -216,6 +182,67 @@ async fn two_nodes_drain_and_node_loss_under_load_fail_no_request() {
         ),
         "{log}"
     );
+}
+
+/// Every task of the serving release on node b (one replica, placed there while node a was
+/// paused), then node b drained under load: Swarm stops the task before its replacement on node a
+/// runs, the agent takes the stopping task out of routing at once, and the route has no instance
+/// until the replacement passes a health check. The proxy holds the requests of that gap (they were
+/// never sent) and sends them to the replacement: not one request of the load fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_drain_of_the_node_with_every_task_of_the_release_fails_no_request() {
+    let Some(nodes) = OnNodes::start("sd").await else {
+        return;
+    };
+    let (cluster, agent, name) = (&nodes.cluster, &nodes.agent, &nodes.name);
+    nodes.availability(&cluster.manager_node, "pause");
+    agent.deploy(&nodes.app("v1"), ENV).await.assert_code(0);
+    nodes.availability(&cluster.manager_node, "active");
+    agent.assert_serves("v1").await;
+    let r1 = format!("rollway-{name}-{ENV}-r1-web");
+    let placed = cluster.running_slots(&r1);
+    assert_eq!(
+        placed.values().collect::<Vec<_>>(),
+        [&cluster.worker_node],
+        "the release's one task is not on node b: {placed:?}"
+    );
+    let instance = format!("{name}-{ENV}-r1-web-1");
+
+    let load = Load::new(agent.proxy_addr())
+        .concurrency(4)
+        .duration(LOAD_BOUND)
+        .start();
+    load.wait_for_more(50, PATIENCE, "the load before the drain")
+        .await;
+    nodes.availability(&cluster.worker_node, "drain");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let placed = cluster.running_slots(&r1);
+        let status = agent.status(name, ENV).await;
+        let state = status.instances().get(&instance).cloned();
+        if placed.get(&1) == Some(&cluster.manager_node) && state.as_deref() == Some("serving") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the drained node's task did not move and come back into routing: {placed:?} {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Answers from the replacement, then the count.
+    load.wait_for_more(50, PATIENCE, "answers from the replacement")
+        .await;
+    let report = load.stop().await;
+    assert_eq!(
+        report.failed, 0,
+        "requests failed during the drain: {report}"
+    );
+    let log = agent.log();
+    assert!(
+        log.contains("A swarm task stopped; its instance left routing."),
+        "{log}"
+    );
+    agent.assert_serves("v1").await;
 }
 
 /// The swarm ingress (`rollway agent --swarm-ingress PORT`) on two nodes. The agent serves its API
@@ -563,6 +590,73 @@ async fn get_body(addr: SocketAddr, path: &str) -> Option<String> {
         .await
         .ok()
         .flatten()
+}
+
+/// The two nodes with the test images (`v1`, `v2`) on the manager, and an agent on the host that
+/// deploys to them (its proxy routes to the nodes' published ports). Dropped in this order: the
+/// agent, its folders, then the nodes.
+struct OnNodes {
+    agent: TestAgent,
+    _runtime_dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
+    /// The app's name, unique per test process.
+    name: String,
+    cluster: Cluster,
+    images: std::sync::Arc<Images>,
+}
+
+impl OnNodes {
+    /// `None` (skipped, one printed line) when there is no engine or the nodes cannot be made.
+    async fn start(prefix: &str) -> Option<OnNodes> {
+        let images = Images::get()?;
+        let cluster = Cluster::up()?;
+        let tags: Vec<String> = ["v1", "v2"]
+            .iter()
+            .map(|version| format!("{}:{version}", images.repository))
+            .collect();
+        cluster.load_images(&tags);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let runtime_dir = tempfile::Builder::new()
+            .prefix("rollway-e2e-nodes-")
+            .tempdir_in("/dev/shm")
+            .expect("temporary directory on /dev/shm");
+        let runtime = runtime_dir.path().display().to_string();
+        let agent = TestAgent::start_with_env(
+            rollway_bin(),
+            &dir.path().join("state"),
+            &[
+                ("RUNTIME_DIRECTORY", runtime.as_str()),
+                ("DOCKER_HOST", cluster.manager_socket.as_str()),
+                ("ROLLWAY_SWARM_REGISTRY", cluster.registry.as_str()),
+            ],
+        )
+        .await;
+        Some(OnNodes {
+            agent,
+            _runtime_dir: runtime_dir,
+            dir,
+            name: format!("{prefix}{}", std::process::id()),
+            cluster,
+            images,
+        })
+    }
+
+    /// The test app at `version` on the swarm (one replica unless the caller sets more).
+    fn app(&self, version: &str) -> TestApp {
+        TestApp::new(self.dir.path().join(version))
+            .named(&self.name)
+            .version(version)
+            .driver(Driver::Container)
+            .image(format!("{}:{{version}}", self.images.repository))
+            .start_timeout("60s")
+            .on_swarm(ENV)
+    }
+
+    /// `docker node update --availability AVAILABILITY NODE` on the manager.
+    fn availability(&self, node: &str, availability: &str) {
+        self.cluster
+            .manager(&["node", "update", "--availability", availability, node]);
+    }
 }
 
 /// The two nodes `scripts/swarm-nodes up` made; dropping it runs `scripts/swarm-nodes down`.
