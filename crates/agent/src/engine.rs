@@ -193,6 +193,8 @@ pub struct Engine {
     pub edge: Mutex<BTreeMap<AppEnv, crate::edge::EnvEdge>>,
     /// Cron runs in progress (`crate::cron`).
     pub cron: crate::cron::CronRuns,
+    /// The registry the agent runs for the cluster (`crate::registry`).
+    pub registry: crate::registry::Registry,
 }
 
 /// What a person tells a running deployment (kept in the store until acted on).

@@ -26,6 +26,7 @@ pub mod previews;
 pub mod proxy_link;
 pub mod proxy_supervisor;
 pub mod recover;
+pub mod registry;
 pub mod report;
 pub mod secrets;
 pub mod store;
@@ -130,6 +131,8 @@ pub enum AgentError {
     Serve(#[source] std::io::Error),
     #[error("cannot set up TLS for the API")]
     ApiTls(#[from] api::tls::ApiTlsError),
+    #[error(transparent)]
+    Registry(#[from] registry::RegistryError),
 }
 
 /// Runs the agent until `shutdown` fires.
@@ -208,6 +211,14 @@ pub async fn run(
         Some(_) => format!("https://{api_addr}"),
         None => format!("http://{api_addr}"),
     };
+    let registry = registry::Registry::open(
+        &state_dir,
+        &store,
+        &master_key,
+        api_addr,
+        std::env::var(registry::ADDRESS_VAR).ok(),
+        registry::RegistryLimits::from_env(),
+    )?;
     let (events, _) = tokio::sync::broadcast::channel(1024);
     let engine = Arc::new(Engine {
         store,
@@ -234,6 +245,7 @@ pub async fn run(
         api_fingerprint,
         edge: Mutex::new(BTreeMap::new()),
         cron: cron::CronRuns::default(),
+        registry,
     });
     // Subscribed before anything is recorded (recovery records events), so no alert is missed.
     tokio::spawn(alerts::run(engine.clone(), engine.events.subscribe()));
@@ -259,6 +271,7 @@ pub async fn run(
         tokio::spawn(backup::state_schedule::run(engine.clone(), state_backup));
     }
     tokio::spawn(previews::run(engine.clone()));
+    tokio::spawn(registry::collect_loop(engine.clone()));
     if let Some(port) = config.swarm_ingress_port {
         let agent_url = config
             .swarm_ingress_agent

@@ -322,6 +322,7 @@ pub fn router_with_trends(engine: Arc<Engine>, trends: Arc<crate::dashboard::Tre
         .route("/healthz", get(agent::healthz))
         .layer(from_fn(error::envelope))
         .with_state(engine.clone())
+        .merge(crate::registry::http::router(engine.clone()))
         .merge(crate::dashboard::router(engine, trends))
 }
 

@@ -90,6 +90,8 @@ pub(crate) fn test_engine(state: &std::path::Path) -> Arc<Engine> {
     let process =
         driver::process::ProcessDriver::new(state.join("instances")).expect("process driver");
     let shutdown = tokio_util::sync::CancellationToken::new();
+    let master_key = crate::secrets::MasterKey::generate();
+    let registry = crate::registry::Registry::for_test(&state, &store, &master_key);
     Arc::new(Engine {
         store,
         drivers: crate::drivers::Drivers::new(Arc::new(process)),
@@ -99,7 +101,8 @@ pub(crate) fn test_engine(state: &std::path::Path) -> Arc<Engine> {
         ),
         proxy_addr: SocketAddr::from(([127, 0, 0, 1], 9)),
         artifacts: crate::artifact::ArtifactStore::new(state.join("artifacts")),
-        master_key: crate::secrets::MasterKey::generate(),
+        master_key,
+        registry,
         placement: driver::cgroup::Placement::Off {
             reason: "a test".to_owned(),
         },
