@@ -173,6 +173,53 @@ impl Registry {
     }
 }
 
+/// A registry the swarm's nodes pull from, as the swarm driver uses it: the prefix repositories
+/// are named under, the credential the agent pushes with and the one given to Swarm for pulls.
+#[derive(Debug, Clone)]
+pub struct ClusterRegistry {
+    /// `HOST[:PORT]/PREFIX`: a service's images are `<prefix>/<app>-<env>-<service>`.
+    pub prefix: String,
+    pub push: Option<driver::swarm::RegistryAuth>,
+    pub pull: Option<driver::swarm::RegistryAuth>,
+}
+
+/// The env var naming an open registry (`HOST:PORT`) to use instead of the agent's own.
+pub const SWARM_REGISTRY_VAR: &str = "ROLLWAY_SWARM_REGISTRY";
+
+/// Why the agent has no registry for the cluster.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the agent's registry has no address every node reaches: its API listens on every address; start the agent with `{ADDRESS_VAR}=HOST:PORT` (the API's port on an address of this node the others reach), or name a registry with `ROLLWAY_SWARM_REGISTRY=HOST:PORT` or `[build] registry`"
+)]
+pub struct NoClusterRegistry;
+
+/// The registry for the cluster when the manifest names none: `ROLLWAY_SWARM_REGISTRY` (open,
+/// run by the user) if set, else the agent's own (`<API address>/rollway`, its credentials).
+pub fn default_cluster_registry(registry: &Registry) -> Result<ClusterRegistry, NoClusterRegistry> {
+    let named = std::env::var(SWARM_REGISTRY_VAR)
+        .ok()
+        .map(|registry| registry.trim().trim_end_matches('/').to_owned())
+        .filter(|registry| !registry.is_empty());
+    if let Some(named) = named {
+        return Ok(ClusterRegistry {
+            prefix: format!("{named}/{REPOSITORY_PREFIX}"),
+            push: None,
+            pull: None,
+        });
+    }
+    let address = registry.address.clone().ok_or(NoClusterRegistry)?;
+    let auth = |credential: &Credential| driver::swarm::RegistryAuth {
+        server: address.clone(),
+        username: credential.username.clone(),
+        password: credential.password.expose().to_owned(),
+    };
+    Ok(ClusterRegistry {
+        prefix: format!("{address}/{REPOSITORY_PREFIX}"),
+        push: Some(auth(&registry.push)),
+        pull: Some(auth(&registry.pull)),
+    })
+}
+
 /// Reads the credential for `access`, making and sealing one on the first start.
 fn credential(
     store: &Store,
