@@ -199,14 +199,25 @@ pub async fn run(
         addr: config.api,
         source,
     })?;
+    let registry_address =
+        registry::cluster_address(api_addr, std::env::var(registry::ADDRESS_VAR).ok());
     let api_tls = if api::tls::needs_tls(api_addr, config.api_tls)
         || matches!(config.api_cert, api::tls::CertSource::Given { .. })
     {
-        Some(api::tls::load(&state_dir, &master_key, &config.api_cert)?)
+        Some(api::tls::load(
+            &state_dir,
+            &master_key,
+            &config.api_cert,
+            &registry_address
+                .iter()
+                .map(|address| registry::host_of(address))
+                .collect::<Vec<_>>(),
+        )?)
     } else {
         None
     };
     let api_fingerprint = api_tls.as_ref().map(|tls| tls.fingerprint);
+    let api_certificate = api_tls.as_ref().map(|tls| tls.pem.clone());
     let api_url = match api_tls {
         Some(_) => format!("https://{api_addr}"),
         None => format!("http://{api_addr}"),
@@ -215,8 +226,7 @@ pub async fn run(
         &state_dir,
         &store,
         &master_key,
-        api_addr,
-        std::env::var(registry::ADDRESS_VAR).ok(),
+        registry_address,
         registry::RegistryLimits::from_env(),
     )?;
     let (events, _) = tokio::sync::broadcast::channel(1024);
@@ -243,6 +253,7 @@ pub async fn run(
             config.https.is_some(),
         )),
         api_fingerprint,
+        api_certificate,
         edge: Mutex::new(BTreeMap::new()),
         cron: cron::CronRuns::default(),
         registry,

@@ -115,21 +115,16 @@ pub enum RegistryError {
 }
 
 impl Registry {
-    /// Opens the registry under `<state>/registry`, making its credentials on the first start.
-    /// `api` is the API's address; `address_override` is `ROLLWAY_REGISTRY_ADDRESS`.
+    /// Opens the registry under `<state>/registry`, making its credentials on the first start;
+    /// `address` is [`cluster_address`].
     pub fn open(
         state_dir: &std::path::Path,
         store: &Store,
         master_key: &MasterKey,
-        api: std::net::SocketAddr,
-        address_override: Option<String>,
+        address: Option<String>,
         limits: RegistryLimits,
     ) -> Result<Registry, RegistryError> {
         let storage = Storage::open(state_dir.join("registry"))?;
-        let address = address_override
-            .map(|address| address.trim().to_owned())
-            .filter(|address| !address.is_empty())
-            .or_else(|| (!api.ip().is_unspecified()).then(|| api.to_string()));
         Ok(Registry {
             storage,
             limits,
@@ -147,8 +142,7 @@ impl Registry {
             dir,
             store,
             master_key,
-            std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-            None,
+            Some("127.0.0.1:0".to_owned()),
             RegistryLimits::default(),
         )
         .expect("registry")
@@ -185,6 +179,23 @@ pub struct ClusterRegistry {
 
 /// The env var naming an open registry (`HOST:PORT`) to use instead of the agent's own.
 pub const SWARM_REGISTRY_VAR: &str = "ROLLWAY_SWARM_REGISTRY";
+
+/// The `HOST:PORT` nodes reach the agent's registry at: `ROLLWAY_REGISTRY_ADDRESS` (`given`) when
+/// set, else the API's address unless it listens on every address.
+pub fn cluster_address(api: std::net::SocketAddr, given: Option<String>) -> Option<String> {
+    given
+        .map(|address| address.trim().to_owned())
+        .filter(|address| !address.is_empty())
+        .or_else(|| (!api.ip().is_unspecified()).then(|| api.to_string()))
+}
+
+/// The host of `HOST:PORT` (`[::1]:7443` → `::1`).
+pub fn host_of(address: &str) -> String {
+    let host = address.rsplit_once(':').map_or(address, |(host, _)| host);
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned()
+}
 
 /// Why the agent has no registry for the cluster.
 #[derive(Debug, thiserror::Error)]

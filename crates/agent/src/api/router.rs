@@ -35,6 +35,12 @@ pub fn routes() -> Vec<Route> {
     use Role::{Admin, Approver, Deployer, Proxy, Viewer};
     vec![
         route(Viewer, Method::GET, "/agent", agent::agent_info),
+        route(
+            Viewer,
+            Method::GET,
+            "/agent/certificate",
+            agent::api_certificate,
+        ),
         route(Viewer, Method::GET, "/apps", workloads::apps),
         route(
             Viewer,

@@ -44,6 +44,7 @@ fn engine_without_proxy(dir: &std::path::Path) -> Engine {
             false,
         )),
         api_fingerprint: None,
+        api_certificate: None,
         edge: Mutex::new(BTreeMap::new()),
         cron: crate::cron::CronRuns::default(),
     }

@@ -517,8 +517,7 @@ async fn a_chunked_push_then_a_pull_by_tag_and_by_digest() {
         registry.dir.path(),
         &engine.store,
         &engine.master_key,
-        registry.addr,
-        None,
+        Some(registry.addr.to_string()),
         RegistryLimits::default(),
     )
     .expect("reopen");
@@ -540,6 +539,24 @@ async fn a_chunked_push_then_a_pull_by_tag_and_by_digest() {
         engine.registry.push.password.expose(),
         engine.registry.pull.password.expose()
     );
+}
+
+#[test]
+fn the_cluster_address_is_the_apis_unless_it_listens_everywhere() {
+    let at = |text: &str| text.parse::<SocketAddr>().expect("address");
+    assert_eq!(
+        cluster_address(at("10.0.0.5:7443"), None).as_deref(),
+        Some("10.0.0.5:7443")
+    );
+    assert_eq!(cluster_address(at("0.0.0.0:7443"), None), None);
+    assert_eq!(cluster_address(at("[::]:7443"), Some(" ".to_owned())), None);
+    assert_eq!(
+        cluster_address(at("0.0.0.0:7443"), Some("agent.internal:7443".to_owned())).as_deref(),
+        Some("agent.internal:7443")
+    );
+    assert_eq!(host_of("agent.internal:7443"), "agent.internal");
+    assert_eq!(host_of("[fd00::1]:7443"), "fd00::1");
+    assert_eq!(host_of("10.0.0.5:7443"), "10.0.0.5");
 }
 
 #[test]

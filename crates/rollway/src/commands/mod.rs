@@ -15,6 +15,7 @@ pub mod inspect;
 pub mod lock;
 pub mod proxy;
 pub mod proxy_follow;
+pub mod registry;
 pub mod rollback;
 pub mod sandbox;
 pub mod secrets;
@@ -72,9 +73,10 @@ pub fn client_error(printer: &Printer, error: ClientError) -> anyhow::Result<Exi
             printer.hint("an agent beyond loopback serves TLS only: use `https://HOST:PORT`");
             ExitStatus::Usage
         }
-        ClientError::Decode { .. } | ClientError::InvalidUrl(_) | ClientError::Tls { .. } => {
-            ExitStatus::Failure
-        }
+        ClientError::Decode { .. }
+        | ClientError::InvalidUrl(_)
+        | ClientError::Tls { .. }
+        | ClientError::CertificateUnchecked { .. } => ExitStatus::Failure,
     };
     Ok(status)
 }

@@ -708,9 +708,7 @@ async fn swarm_deploys_through_the_agents_own_registry_by_default() {
     };
     let image = image_of(1);
     assert!(
-        image.starts_with(&format!(
-            "{registry_host}/rollway/{name}-{ENV}-web:r1@sha256:"
-        )),
+        image.starts_with(&format!("{registry_host}/rollway/{name}-{ENV}-web@sha256:")),
         "{image}"
     );
 
@@ -723,9 +721,7 @@ async fn swarm_deploys_through_the_agents_own_registry_by_default() {
     agent.assert_serves("v2").await;
     let image = image_of(2);
     assert!(
-        image.starts_with(&format!(
-            "{registry_host}/rollway/{name}-{ENV}-web:r2@sha256:"
-        )),
+        image.starts_with(&format!("{registry_host}/rollway/{name}-{ENV}-web@sha256:")),
         "{image}"
     );
 

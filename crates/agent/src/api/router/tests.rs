@@ -124,6 +124,7 @@ pub(crate) fn test_engine(state: &std::path::Path) -> Arc<Engine> {
             false,
         )),
         api_fingerprint: None,
+        api_certificate: None,
         edge: Mutex::new(BTreeMap::new()),
         cron: crate::cron::CronRuns::default(),
     })
