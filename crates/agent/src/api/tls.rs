@@ -208,37 +208,16 @@ fn self_signed(
 /// subject alternative names: an engine pulling from the agent's registry at such a host refuses
 /// the certificate (x509).
 pub fn names_missing(der: &[u8], hosts: &[String]) -> Vec<String> {
-    use x509_parser::extensions::GeneralName;
     let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
         return hosts.to_vec();
     };
-    let named: Vec<String> = cert
-        .subject_alternative_name()
-        .ok()
-        .flatten()
-        .map(|san| {
-            san.value
-                .general_names
-                .iter()
-                .filter_map(|name| match name {
-                    GeneralName::DNSName(dns) => Some(dns.to_ascii_lowercase()),
-                    GeneralName::IPAddress(bytes) => match bytes.len() {
-                        4 => <[u8; 4]>::try_from(*bytes)
-                            .ok()
-                            .map(|ip| std::net::IpAddr::from(ip).to_string()),
-                        16 => <[u8; 16]>::try_from(*bytes)
-                            .ok()
-                            .map(|ip| std::net::IpAddr::from(ip).to_string()),
-                        _ => None,
-                    },
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let named = crate::certs::alternative_names(&cert);
     hosts
         .iter()
-        .filter(|host| !named.contains(&host.to_ascii_lowercase()))
+        .filter(|host| match host.parse::<std::net::IpAddr>() {
+            Ok(ip) => !named.ips.contains(&ip),
+            Err(_) => !named.dns.contains(&host.to_ascii_lowercase()),
+        })
         .cloned()
         .collect()
 }

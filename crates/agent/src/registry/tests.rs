@@ -112,6 +112,24 @@ impl TestRegistry {
         .await
     }
 
+    /// Puts `manifest` (a Docker image manifest) as `reference` of `name` with `auth`.
+    async fn put_manifest(
+        &self,
+        name: &str,
+        reference: &str,
+        auth: &str,
+        manifest: &[u8],
+    ) -> Answer {
+        self.call(
+            "PUT",
+            &format!("/v2/{name}/manifests/{reference}"),
+            Some(auth),
+            &[("content-type", MANIFEST_V2)],
+            manifest,
+        )
+        .await
+    }
+
     fn uploads_in_progress(&self) -> usize {
         std::fs::read_dir(self.dir.path().join("registry/uploads"))
             .expect("uploads")
@@ -124,6 +142,12 @@ fn header<'a>(answer: &'a Answer, name: &str) -> Option<&'a str> {
         let (key, value) = line.split_once(':')?;
         key.eq_ignore_ascii_case(name).then(|| value.trim())
     })
+}
+
+/// An error answer's status and the spec's error code.
+#[track_caller]
+fn refusal(answer: &Answer) -> (u16, String) {
+    (answer.status, oci_code(answer))
 }
 
 /// The spec's error JSON: the first error's code.
@@ -199,13 +223,7 @@ async fn the_pull_credential_cannot_push() {
     assert_eq!(oci_code(&answer), "DENIED");
     let manifest = image_manifest(&Digest::of(b"c"), &[]);
     let answer = registry
-        .call(
-            "PUT",
-            "/v2/rollway/a/manifests/r1",
-            Some(&pull),
-            &[("content-type", MANIFEST_V2)],
-            &manifest,
-        )
+        .put_manifest("rollway/a", "r1", &pull, &manifest)
         .await;
     assert_eq!(answer.status, 403, "{answer:?}");
     assert_eq!(registry.uploads_in_progress(), 0);
@@ -216,54 +234,30 @@ async fn unknown_blobs_and_manifests_are_404_with_the_error_json() {
     let registry = start(RegistryLimits::default()).await;
     let pull = registry.pull();
     let digest = Digest::of(b"nothing");
-    let answer = registry
-        .call(
-            "GET",
-            &format!("/v2/rollway/a/blobs/{digest}"),
-            Some(&pull),
-            &[],
-            b"",
-        )
-        .await;
-    assert_eq!(
-        (answer.status, oci_code(&answer).as_str()),
-        (404, "BLOB_UNKNOWN")
-    );
-    for reference in ["r1".to_owned(), digest.to_string()] {
-        let answer = registry
-            .call(
-                "GET",
-                &format!("/v2/rollway/a/manifests/{reference}"),
-                Some(&pull),
-                &[],
-                b"",
-            )
-            .await;
-        assert_eq!(
-            (answer.status, oci_code(&answer).as_str()),
-            (404, "MANIFEST_UNKNOWN")
-        );
+    let cases = [
+        (format!("/v2/rollway/a/blobs/{digest}"), 404, "BLOB_UNKNOWN"),
+        (
+            "/v2/rollway/a/manifests/r1".to_owned(),
+            404,
+            "MANIFEST_UNKNOWN",
+        ),
+        (
+            format!("/v2/rollway/a/manifests/{digest}"),
+            404,
+            "MANIFEST_UNKNOWN",
+        ),
+        ("/v2/rollway/A/manifests/r1".to_owned(), 400, "NAME_INVALID"),
+        (
+            "/v2/rollway/a/blobs/sha256:xyz".to_owned(),
+            400,
+            "DIGEST_INVALID",
+        ),
+        ("/v2/rollway/a/nothing".to_owned(), 404, "NOT_FOUND"),
+    ];
+    for (path, status, code) in cases {
+        let answer = registry.call("GET", &path, Some(&pull), &[], b"").await;
+        assert_eq!(refusal(&answer), (status, code.to_owned()), "{path}");
     }
-    let answer = registry
-        .call("GET", "/v2/rollway/A/manifests/r1", Some(&pull), &[], b"")
-        .await;
-    assert_eq!(
-        (answer.status, oci_code(&answer).as_str()),
-        (400, "NAME_INVALID")
-    );
-    let answer = registry
-        .call(
-            "GET",
-            "/v2/rollway/a/blobs/sha256:xyz",
-            Some(&pull),
-            &[],
-            b"",
-        )
-        .await;
-    assert_eq!(
-        (answer.status, oci_code(&answer).as_str()),
-        (400, "DIGEST_INVALID")
-    );
 }
 
 #[tokio::test]
@@ -280,10 +274,7 @@ async fn a_blob_whose_digest_differs_is_refused_and_not_kept() {
             b"what the client sends",
         )
         .await;
-    assert_eq!(
-        (answer.status, oci_code(&answer).as_str()),
-        (400, "DIGEST_INVALID")
-    );
+    assert_eq!(refusal(&answer), (400, "DIGEST_INVALID".to_owned()));
     let answer = registry
         .call(
             "HEAD",
@@ -298,18 +289,9 @@ async fn a_blob_whose_digest_differs_is_refused_and_not_kept() {
     // A manifest put under a digest that is not its own.
     let manifest = image_manifest(&claimed, &[]);
     let answer = registry
-        .call(
-            "PUT",
-            &format!("/v2/rollway/a/manifests/{claimed}"),
-            Some(&push),
-            &[("content-type", MANIFEST_V2)],
-            &manifest,
-        )
+        .put_manifest("rollway/a", &claimed.to_string(), &push, &manifest)
         .await;
-    assert_eq!(
-        (answer.status, oci_code(&answer).as_str()),
-        (400, "DIGEST_INVALID")
-    );
+    assert_eq!(refusal(&answer), (400, "DIGEST_INVALID".to_owned()));
 }
 
 #[tokio::test]
@@ -320,10 +302,7 @@ async fn an_oversized_blob_is_refused_and_its_upload_removed() {
     })
     .await;
     let answer = registry.put_blob("rollway/a", &[7u8; 1001]).await;
-    assert_eq!(
-        (answer.status, oci_code(&answer).as_str()),
-        (413, "SIZE_INVALID")
-    );
+    assert_eq!(refusal(&answer), (413, "SIZE_INVALID".to_owned()));
     assert!(answer.body.contains(MAX_BLOB_VAR), "{answer:?}");
     assert_eq!(registry.uploads_in_progress(), 0);
     // Chunked: the chunk that crosses the limit ends the upload.
@@ -439,29 +418,14 @@ async fn a_chunked_push_then_a_pull_by_tag_and_by_digest() {
     let missing = Digest::of(b"missing");
     let manifest = image_manifest(&Digest::of(&config), &[&layer_digest, &missing]);
     let answer = registry
-        .call(
-            "PUT",
-            "/v2/rollway/shop-production-web/manifests/r1",
-            Some(&push),
-            &[("content-type", MANIFEST_V2)],
-            &manifest,
-        )
+        .put_manifest("rollway/shop-production-web", "r1", &push, &manifest)
         .await;
-    assert_eq!(
-        (answer.status, oci_code(&answer).as_str()),
-        (400, "MANIFEST_BLOB_UNKNOWN")
-    );
+    assert_eq!(refusal(&answer), (400, "MANIFEST_BLOB_UNKNOWN".to_owned()));
 
     let manifest = image_manifest(&Digest::of(&config), &[&layer_digest]);
     let manifest_digest = Digest::of(&manifest).to_string();
     let answer = registry
-        .call(
-            "PUT",
-            "/v2/rollway/shop-production-web/manifests/r1",
-            Some(&push),
-            &[("content-type", MANIFEST_V2)],
-            &manifest,
-        )
+        .put_manifest("rollway/shop-production-web", "r1", &push, &manifest)
         .await;
     assert_eq!(answer.status, 201, "{answer:?}");
     assert_eq!(

@@ -546,15 +546,16 @@ async fn registry_ca_prints_the_pinned_certificate_for_the_nodes() {
     let pem = std::fs::read_to_string(agent.state_dir().join("api-tls/cert.pem")).expect("cert");
     assert_eq!(ran.stdout.trim_end(), pem.trim_end(), "{ran}");
     assert!(
-        ran.stderr.contains(&format!(
-            "/etc/docker/certs.d/{}/ca.crt",
-            agent.api_addr()
-        )),
+        ran.stderr
+            .contains(&format!("/etc/docker/certs.d/{}/ca.crt", agent.api_addr())),
         "{ran}"
     );
 
     let mut command = agent.command(None, &["registry", "ca"]);
-    command.env("ROLLWAY_AGENT_FINGERPRINT", other_fingerprint(agent.fingerprint()));
+    command.env(
+        "ROLLWAY_AGENT_FINGERPRINT",
+        other_fingerprint(agent.fingerprint()),
+    );
     let refused = run(command).await;
     refused.assert_code(3);
     assert!(!refused.stdout.contains("BEGIN CERTIFICATE"), "{refused}");

@@ -611,24 +611,7 @@ async fn swarm_pushes_to_the_manifests_registry_logged_in_with_secrets() {
             serde_json::to_string(&agent.events().await).expect("events JSON"),
         ),
     ];
-    for service in app_services(&name) {
-        let service = service
-            .split_whitespace()
-            .next()
-            .unwrap_or_default()
-            .to_owned();
-        places.push((
-            format!("`docker service inspect {service}`"),
-            docker(&["service", "inspect", &service]).expect("service inspect"),
-        ));
-        let tasks = docker(&["service", "ps", "-q", &service]).unwrap_or_default();
-        for task in tasks.split_whitespace() {
-            places.push((
-                format!("`docker inspect {task}`"),
-                docker(&["inspect", task]).expect("task inspect"),
-            ));
-        }
-    }
+    places.extend(service_and_task_inspects(&name));
     let containers = docker(&[
         "ps",
         "-aq",
@@ -742,24 +725,7 @@ async fn swarm_deploys_through_the_agents_own_registry_by_default() {
         let seen = agent.get(None, &format!("/env/{variable}")).await;
         places.push((format!("the app's `{variable}`"), seen.body));
     }
-    for service in app_services(&name) {
-        let service = service
-            .split_whitespace()
-            .next()
-            .unwrap_or_default()
-            .to_owned();
-        places.push((
-            format!("`docker service inspect {service}`"),
-            docker(&["service", "inspect", &service]).expect("service inspect"),
-        ));
-        let tasks = docker(&["service", "ps", "-q", &service]).unwrap_or_default();
-        for task in tasks.split_whitespace() {
-            places.push((
-                format!("`docker inspect {task}`"),
-                docker(&["inspect", task]).expect("task inspect"),
-            ));
-        }
-    }
+    places.extend(service_and_task_inspects(&name));
     assert!(places.len() > 8, "the services and their tasks were found");
     for (place, text) in &places {
         assert!(
@@ -780,6 +746,31 @@ async fn swarm_deploys_through_the_agents_own_registry_by_default() {
         Vec::<std::path::PathBuf>::new(),
         "a registry credential is written in the state directory"
     );
+}
+
+/// `docker service inspect` of every service of `app` and `docker inspect` of each of their
+/// tasks, each with where it came from: where a canary must not be.
+fn service_and_task_inspects(app: &str) -> Vec<(String, String)> {
+    let mut places = Vec::new();
+    for service in app_services(app) {
+        let service = service
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        places.push((
+            format!("`docker service inspect {service}`"),
+            docker(&["service", "inspect", &service]).expect("service inspect"),
+        ));
+        let tasks = docker(&["service", "ps", "-q", &service]).unwrap_or_default();
+        for task in tasks.split_whitespace() {
+            places.push((
+                format!("`docker inspect {task}`"),
+                docker(&["inspect", task]).expect("task inspect"),
+            ));
+        }
+    }
+    places
 }
 
 /// Whether `text` holds a password of the agent's registry: `rwr_` and 64 lowercase hex digits.
