@@ -7,11 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use super::*;
 use crate::api::Limits;
-use crate::api::router::tests::{Answer, parse, test_engine};
+use crate::api::router::tests::{Answer, call_with, test_engine};
 
 struct TestRegistry {
     addr: SocketAddr,
@@ -77,25 +76,12 @@ impl TestRegistry {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Answer {
-        let mut tcp = tokio::net::TcpStream::connect(self.addr)
-            .await
-            .expect("connect");
-        let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\ncontent-length: {}\r\n",
-            body.len()
-        );
-        if let Some(auth) = auth {
-            head.push_str(&format!("authorization: {auth}\r\n"));
-        }
-        for (name, value) in headers {
-            head.push_str(&format!("{name}: {value}\r\n"));
-        }
-        head.push_str("\r\n");
-        tcp.write_all(head.as_bytes()).await.expect("write head");
-        let _ = tcp.write_all(body).await;
-        let mut raw = Vec::new();
-        let _ = tcp.read_to_end(&mut raw).await;
-        parse(&raw)
+        let mut all: Vec<(&str, &str)> = auth
+            .map(|auth| ("authorization", auth))
+            .into_iter()
+            .collect();
+        all.extend_from_slice(headers);
+        call_with(self.addr, method, path, &all, body).await
     }
 
     /// Pushes `bytes` as one blob (monolithic POST); the answer.
