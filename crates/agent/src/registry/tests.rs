@@ -25,7 +25,10 @@ impl Drop for TestRegistry {
 }
 
 async fn start(limits: RegistryLimits) -> TestRegistry {
-    let dir = tempfile::tempdir().expect("temp dir");
+    start_in(tempfile::tempdir().expect("temp dir"), limits).await
+}
+
+async fn start_in(dir: tempfile::TempDir, limits: RegistryLimits) -> TestRegistry {
     let mut engine = test_engine(dir.path());
     Arc::get_mut(&mut engine)
         .expect("a fresh engine")
@@ -316,6 +319,50 @@ async fn an_oversized_blob_is_refused_and_its_upload_removed() {
     assert_eq!(answer.status, 201, "{answer:?}");
 }
 
+/// Unmounts the tmpfs of a test when it ends.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+        // The temporary directory could not remove its mount point while it was mounted.
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// A full disk (a 1 MiB tmpfs as the state directory; needs root) fails the upload with 507 and
+/// the cause, and leaves no partial file; a blob that fits is taken afterwards.
+#[tokio::test]
+async fn a_full_disk_fails_the_upload_and_removes_it() {
+    if !rustix::process::geteuid().is_root() {
+        assert!(
+            std::env::var_os("ROLLWAY_E2E").is_none(),
+            "ROLLWAY_E2E is set but the test is not root (it mounts a tmpfs)"
+        );
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(dir.path())
+        .status()
+        .expect("mount runs");
+    assert!(
+        mounted.success(),
+        "mount a tmpfs on {}",
+        dir.path().display()
+    );
+    let _mounted = Mounted(dir.path().to_owned());
+    let registry = start_in(dir, RegistryLimits::default()).await;
+    let answer = registry.put_blob("rollway/a", &[9u8; 2 << 20]).await;
+    assert_eq!(refusal(&answer), (507, "BLOB_UPLOAD_INVALID".to_owned()));
+    assert!(answer.body.contains("disk is full"), "{answer:?}");
+    assert_eq!(registry.uploads_in_progress(), 0);
+    let answer = registry.put_blob("rollway/a", &[9u8; 1000]).await;
+    assert_eq!(answer.status, 201, "{answer:?}");
+}
+
 #[tokio::test]
 async fn upload_sessions_are_bounded() {
     let registry = start(RegistryLimits {
@@ -558,6 +605,110 @@ fn a_sweep_removes_what_no_kept_manifest_references() {
     assert!(storage.blob(&config).is_some());
     assert_eq!(storage.tags(&name), ["r2"]);
     assert!(storage.manifest(&name, "r2").is_some());
+}
+
+/// Which images `collect` removes: those of releases older than the latest
+/// [`KEEP_RELEASE_IMAGES`] that are neither current (here an old one, after a rollback) nor
+/// running (a warm instance); then the blobs only they used.
+#[test]
+fn collect_removes_the_images_of_releases_no_longer_kept() {
+    use crate::engine::{InstancePhase, Runtime, RuntimeInstance};
+    use crate::store::NewRelease;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let engine = test_engine(dir.path());
+    let storage = &engine.registry.storage;
+    let name = RepositoryName::parse("rollway/shop-production-web").expect("name");
+    let blob = |bytes: &[u8]| {
+        let digest = Digest::of(bytes);
+        let id = storage
+            .start_upload(Duration::from_secs(60), 8)
+            .expect("start")
+            .expect("session");
+        let (path, _) = storage.upload(&id).expect("upload");
+        std::fs::write(path, bytes).expect("write");
+        storage.finish_upload(&id, &digest).expect("finish");
+        digest
+    };
+    let shared = blob(b"shared layer");
+    let latest = KEEP_RELEASE_IMAGES + 3;
+    for number in 1..=latest {
+        let release = engine
+            .store
+            .create_release(NewRelease {
+                app: "shop".to_owned(),
+                environment: "production".to_owned(),
+                artifact: "ab".repeat(32),
+                config_json: "{}".to_owned(),
+                secrets_version: None,
+                strategy: client::wire::Strategy::BlueGreen,
+                created_by: "test".to_owned(),
+                message: None,
+            })
+            .expect("release");
+        assert_eq!(release.number.get(), number);
+        let config = blob(format!("config of release {number}").as_bytes());
+        let manifest = image_manifest(&config, &[&shared]);
+        let tag = release_tag(release.number);
+        let digest = storage
+            .put_manifest(
+                &name,
+                Some(&tag),
+                MANIFEST_V2,
+                &manifest,
+                &manifest_references(&manifest),
+            )
+            .expect("manifest");
+        engine
+            .store
+            .set_release_image(
+                "shop",
+                "production",
+                release.number,
+                "web",
+                &format!("127.0.0.1:0/rollway/shop-production-web@{digest}"),
+            )
+            .expect("image");
+    }
+    engine
+        .store
+        .set_current("shop", "production", ReleaseNumber::new(2))
+        .expect("current");
+    let mut runtime = Runtime::default();
+    runtime.instances.insert(
+        "shop-production-r1-web-1".to_owned(),
+        RuntimeInstance {
+            release: ReleaseNumber::new(1),
+            service: "web".to_owned(),
+            port: 1,
+            host: std::net::IpAddr::from([127, 0, 0, 1]),
+            phase: InstancePhase::Warm,
+            warm_until: None,
+            unhealthy: false,
+        },
+    );
+    engine
+        .runtimes
+        .lock()
+        .expect("runtimes")
+        .insert(AppEnv::new("shop", "production"), runtime);
+
+    let collected = collect(&engine, Duration::ZERO).expect("collect");
+    assert_eq!((collected.images, collected.blobs), (1, 2), "{collected:?}");
+    let tags = storage.tags(&name);
+    let mut expected: Vec<String> = (1..=latest)
+        .filter(|number| *number != 3)
+        .map(|number| format!("r{number}"))
+        .collect();
+    expected.sort();
+    assert_eq!(tags, expected);
+    assert!(storage.blob(&Digest::of(b"config of release 3")).is_none());
+    assert!(storage.blob(&Digest::of(b"config of release 4")).is_some());
+    assert!(storage.blob(&shared).is_some());
+    // Nothing more to remove.
+    assert_eq!(
+        collect(&engine, Duration::ZERO).expect("again"),
+        Collected::default()
+    );
 }
 
 /// Whether the host's Docker engine answers; inside `scripts/test` (`ROLLWAY_E2E`) it must.
