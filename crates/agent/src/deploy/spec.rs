@@ -143,6 +143,14 @@ pub enum SpecError {
     SecretNotSet { name: String, environment: String },
     #[error("the swarm driver needs a registry every node can pull from")]
     NoRegistry(#[from] crate::registry::NoClusterRegistry),
+    #[error(
+        "the engine does not trust the agent's registry at `{address}` (x509): on every node, save the output of `rollway registry ca` as `/etc/docker/certs.d/{address}/ca.crt`"
+    )]
+    RegistryUntrusted {
+        address: String,
+        #[source]
+        source: Box<driver::swarm::SwarmError>,
+    },
     #[error("cannot push the image of service `{service}` to the cluster's registry")]
     Push {
         service: String,
@@ -312,9 +320,25 @@ async fn push_to_registry(
             on_line,
         )
         .await
-        .map_err(|source| SpecError::Push {
-            service: service.to_owned(),
-            source: Box::new(source),
+        .map_err(|source| {
+            // The agent's own registry, which the manager's engine does not trust yet: say the fix.
+            let agents = engine
+                .registry
+                .address
+                .as_ref()
+                .filter(|address| registry.prefix.starts_with(&format!("{address}/")));
+            match agents {
+                Some(address) if crate::report::chain(&source).contains("x509") => {
+                    SpecError::RegistryUntrusted {
+                        address: address.clone(),
+                        source: Box::new(source),
+                    }
+                }
+                _ => SpecError::Push {
+                    service: service.to_owned(),
+                    source: Box::new(source),
+                },
+            }
         })
 }
 
