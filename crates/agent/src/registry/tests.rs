@@ -152,6 +152,19 @@ fn oci_code(answer: &Answer) -> String {
     first["code"].as_str().expect("code").to_owned()
 }
 
+/// Stores `bytes` as a blob through an upload, as a push does; its digest.
+fn stored_blob(storage: &Storage, bytes: &[u8]) -> Digest {
+    let digest = Digest::of(bytes);
+    let id = storage
+        .start_upload(Duration::from_secs(60), 8)
+        .expect("start")
+        .expect("session");
+    let (path, _) = storage.upload(&id).expect("upload");
+    std::fs::write(path, bytes).expect("write");
+    storage.finish_upload(&id, &digest).expect("finish");
+    digest
+}
+
 fn image_manifest(config: &Digest, layers: &[&Digest]) -> Vec<u8> {
     let descriptor = |digest: &Digest| serde_json::json!({ "mediaType": "application/octet-stream", "size": 1, "digest": digest.to_string() });
     serde_json::to_vec(&serde_json::json!({
@@ -559,18 +572,8 @@ fn the_cluster_address_is_the_apis_unless_it_listens_everywhere() {
 #[test]
 fn a_sweep_removes_what_no_kept_manifest_references() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let storage = Storage::open(dir.path().join("registry")).expect("storage");
-    let blob = |bytes: &[u8]| {
-        let digest = Digest::of(bytes);
-        let id = storage
-            .start_upload(Duration::from_secs(60), 8)
-            .expect("start")
-            .expect("session");
-        let (path, _) = storage.upload(&id).expect("upload");
-        std::fs::write(path, bytes).expect("write");
-        storage.finish_upload(&id, &digest).expect("finish");
-        digest
-    };
+    let storage = &Storage::open(dir.path().join("registry")).expect("storage");
+    let blob = |bytes: &[u8]| stored_blob(storage, bytes);
     let (config, shared, only_old) = (blob(b"config"), blob(b"shared layer"), blob(b"old layer"));
     let name = RepositoryName::parse("rollway/shop-production-web").expect("name");
     let old = image_manifest(&config, &[&shared, &only_old]);
@@ -618,17 +621,7 @@ fn collect_removes_the_images_of_releases_no_longer_kept() {
     let engine = test_engine(dir.path());
     let storage = &engine.registry.storage;
     let name = RepositoryName::parse("rollway/shop-production-web").expect("name");
-    let blob = |bytes: &[u8]| {
-        let digest = Digest::of(bytes);
-        let id = storage
-            .start_upload(Duration::from_secs(60), 8)
-            .expect("start")
-            .expect("session");
-        let (path, _) = storage.upload(&id).expect("upload");
-        std::fs::write(path, bytes).expect("write");
-        storage.finish_upload(&id, &digest).expect("finish");
-        digest
-    };
+    let blob = |bytes: &[u8]| stored_blob(storage, bytes);
     let shared = blob(b"shared layer");
     let latest = KEEP_RELEASE_IMAGES + 3;
     for number in 1..=latest {
