@@ -257,28 +257,42 @@ pub enum ReadCertError {
     X509(#[source] x509_parser::nom::Err<x509_parser::error::X509Error>),
 }
 
+/// A certificate's subject alternative names: DNS names (lowercase) and IP addresses.
+#[derive(Debug, Default)]
+pub struct AlternativeNames {
+    pub dns: Vec<String>,
+    pub ips: Vec<std::net::IpAddr>,
+}
+
+/// The subject alternative names of `cert`.
+pub fn alternative_names(cert: &x509_parser::certificate::X509Certificate<'_>) -> AlternativeNames {
+    use x509_parser::extensions::GeneralName;
+    let mut names = AlternativeNames::default();
+    let Some(san) = cert.subject_alternative_name().ok().flatten() else {
+        return names;
+    };
+    for name in &san.value.general_names {
+        match name {
+            GeneralName::DNSName(dns) => names.dns.push(dns.to_ascii_lowercase()),
+            GeneralName::IPAddress(bytes) => {
+                if let Ok(ip) = <[u8; 4]>::try_from(*bytes) {
+                    names.ips.push(ip.into());
+                } else if let Ok(ip) = <[u8; 16]>::try_from(*bytes) {
+                    names.ips.push(ip.into());
+                }
+            }
+            _ => {}
+        }
+    }
+    names
+}
+
 /// Reads the leaf certificate of a PEM chain.
 pub fn facts(chain_pem: &str) -> Result<CertFacts, ReadCertError> {
     let (_, pem) =
         x509_parser::pem::parse_x509_pem(chain_pem.as_bytes()).map_err(ReadCertError::Pem)?;
     let cert = pem.parse_x509().map_err(ReadCertError::X509)?;
-    let mut names: Vec<String> = cert
-        .subject_alternative_name()
-        .ok()
-        .flatten()
-        .map(|san| {
-            san.value
-                .general_names
-                .iter()
-                .filter_map(|name| match name {
-                    x509_parser::extensions::GeneralName::DNSName(dns) => {
-                        Some(dns.to_ascii_lowercase())
-                    }
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut names = alternative_names(&cert).dns;
     if names.is_empty()
         && let Some(cn) = cert
             .subject()

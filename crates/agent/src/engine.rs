@@ -188,11 +188,15 @@ pub struct Engine {
     pub certs: crate::certs::Certs,
     /// The API certificate's fingerprint when the API serves TLS (`GET /v1/agent` shows it).
     pub api_fingerprint: Option<client::pin::Fingerprint>,
+    /// The API's certificate chain in PEM when the API serves TLS (`GET /v1/agent/certificate`).
+    pub api_certificate: Option<String>,
     /// Maintenance mode and pause per environment (`crate::edge`), loaded from the store at start.
     /// std Mutex: map reads and edits only, never held across an await.
     pub edge: Mutex<BTreeMap<AppEnv, crate::edge::EnvEdge>>,
     /// Cron runs in progress (`crate::cron`).
     pub cron: crate::cron::CronRuns,
+    /// The registry the agent runs for the cluster (`crate::registry`).
+    pub registry: crate::registry::Registry,
 }
 
 /// What a person tells a running deployment (kept in the store until acted on).

@@ -26,6 +26,7 @@ pub mod previews;
 pub mod proxy_link;
 pub mod proxy_supervisor;
 pub mod recover;
+pub mod registry;
 pub mod report;
 pub mod secrets;
 pub mod store;
@@ -130,6 +131,8 @@ pub enum AgentError {
     Serve(#[source] std::io::Error),
     #[error("cannot set up TLS for the API")]
     ApiTls(#[from] api::tls::ApiTlsError),
+    #[error(transparent)]
+    Registry(#[from] registry::RegistryError),
 }
 
 /// Runs the agent until `shutdown` fires.
@@ -196,18 +199,36 @@ pub async fn run(
         addr: config.api,
         source,
     })?;
+    let registry_address =
+        registry::cluster_address(api_addr, std::env::var(registry::ADDRESS_VAR).ok());
     let api_tls = if api::tls::needs_tls(api_addr, config.api_tls)
         || matches!(config.api_cert, api::tls::CertSource::Given { .. })
     {
-        Some(api::tls::load(&state_dir, &master_key, &config.api_cert)?)
+        Some(api::tls::load(
+            &state_dir,
+            &master_key,
+            &config.api_cert,
+            &registry_address
+                .iter()
+                .map(|address| registry::host_of(address))
+                .collect::<Vec<_>>(),
+        )?)
     } else {
         None
     };
     let api_fingerprint = api_tls.as_ref().map(|tls| tls.fingerprint);
+    let api_certificate = api_tls.as_ref().map(|tls| tls.pem.clone());
     let api_url = match api_tls {
         Some(_) => format!("https://{api_addr}"),
         None => format!("http://{api_addr}"),
     };
+    let registry = registry::Registry::open(
+        &state_dir,
+        &store,
+        &master_key,
+        registry_address,
+        registry::RegistryLimits::from_env(),
+    )?;
     let (events, _) = tokio::sync::broadcast::channel(1024);
     let engine = Arc::new(Engine {
         store,
@@ -232,8 +253,10 @@ pub async fn run(
             config.https.is_some(),
         )),
         api_fingerprint,
+        api_certificate,
         edge: Mutex::new(BTreeMap::new()),
         cron: cron::CronRuns::default(),
+        registry,
     });
     // Subscribed before anything is recorded (recovery records events), so no alert is missed.
     tokio::spawn(alerts::run(engine.clone(), engine.events.subscribe()));
@@ -259,6 +282,7 @@ pub async fn run(
         tokio::spawn(backup::state_schedule::run(engine.clone(), state_backup));
     }
     tokio::spawn(previews::run(engine.clone()));
+    tokio::spawn(registry::collect_loop(engine.clone()));
     if let Some(port) = config.swarm_ingress_port {
         let agent_url = config
             .swarm_ingress_agent

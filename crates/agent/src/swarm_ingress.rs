@@ -51,10 +51,8 @@ pub struct SwarmIngress {
 pub enum IngressError {
     #[error("the swarm ingress needs the swarm driver")]
     Drivers(#[source] Box<crate::drivers::DriversError>),
-    #[error(
-        "the swarm ingress needs a registry every node can pull from: start the agent with `ROLLWAY_SWARM_REGISTRY=HOST:PORT`"
-    )]
-    NoRegistry,
+    #[error("the swarm ingress needs a registry every node can pull from")]
+    NoRegistry(#[from] crate::registry::NoClusterRegistry),
     #[error("cannot prepare the proxy image's files in `{}`", path.display())]
     Files {
         path: PathBuf,
@@ -143,11 +141,7 @@ async fn ensure(
     {
         return Ok(false);
     }
-    let registry = std::env::var(crate::deploy::spec::SWARM_REGISTRY_VAR)
-        .ok()
-        .map(|registry| registry.trim().trim_end_matches('/').to_owned())
-        .filter(|registry| !registry.is_empty())
-        .ok_or(IngressError::NoRegistry)?;
+    let registry = crate::registry::default_cluster_registry(&engine.registry)?;
     let context = engine.paths.state_dir.join("ingress-image");
     prepare_context(exe, &context).await?;
     let container = engine.drivers.container().await?;
@@ -163,9 +157,9 @@ async fn ensure(
     let image = swarm
         .push_image(
             &image,
-            &format!("{registry}/rollway/proxy"),
+            &format!("{}/proxy", registry.prefix),
             &revision,
-            None,
+            registry.push.as_ref(),
             |_| {},
         )
         .await?;
@@ -188,7 +182,7 @@ async fn ensure(
         ]),
         token_id: record.id.clone(),
         token: token.expose().to_owned(),
-        registry_auth: None,
+        registry_auth: registry.pull.clone(),
     };
     if let Err(error) = swarm.put_ingress(&service).await {
         let _ = engine.store.revoke_token(&record.id);

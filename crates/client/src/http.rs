@@ -52,6 +52,10 @@ pub enum ClientError {
         code: String,
         message: String,
     },
+    #[error(
+        "the agent's answer for `{path}` is not the certificate it presented in the handshake (or it serves plain HTTP)"
+    )]
+    CertificateUnchecked { path: String },
     #[error("unexpected answer from the agent for `{path}`")]
     Decode {
         path: String,
@@ -215,6 +219,31 @@ impl Client {
 
     pub async fn agent_info(&self) -> Result<AgentInfo, ClientError> {
         self.get("/v1/agent").await
+    }
+
+    /// The API's certificate in PEM, checked: its leaf is the certificate the agent presented in
+    /// this connection's handshake, which the pin (or the trust on first use) vouched for.
+    pub async fn api_certificate(&self) -> Result<String, ClientError> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject as _;
+        let path = "/v1/agent/certificate";
+        let view: crate::wire::ApiCertificateView = self.get(path).await?;
+        let presented = self.presented.lock().ok().and_then(|slot| *slot);
+        let leaf = CertificateDer::pem_slice_iter(view.pem.as_bytes())
+            .next()
+            .and_then(Result::ok)
+            .map(|der| Fingerprint::of_der(der.as_ref()));
+        match (presented, leaf) {
+            (Some(presented), Some(leaf)) if presented == leaf => Ok(view.pem),
+            (Some(presented), Some(leaf)) => Err(ClientError::CertificateChanged {
+                url: self.base.clone(),
+                expected: presented,
+                presented: leaf,
+            }),
+            _ => Err(ClientError::CertificateUnchecked {
+                path: path.to_owned(),
+            }),
+        }
     }
 
     pub async fn artifact_exists(&self, digest: &str) -> Result<bool, ClientError> {

@@ -931,6 +931,12 @@ pub struct TokenView {
     pub revoked: bool,
 }
 
+/// `GET /v1/agent/certificate`: the API's certificate chain in PEM (public).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiCertificateView {
+    pub pem: String,
+}
+
 /// `GET /v1/agent`: who the agent is and where its proxy listens.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentInfo {

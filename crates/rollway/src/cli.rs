@@ -111,6 +111,9 @@ pub enum Command {
     /// API tokens and their roles.
     #[command(subcommand)]
     Tokens(TokensCommand),
+    /// The registry the agent runs for the cluster: `ca` prints the certificate nodes trust.
+    #[command(subcommand)]
+    Registry(RegistryCommand),
     /// Run the agent in the foreground.
     Agent(Box<AgentRunArgs>),
     /// Run the proxy in the foreground (the agent starts it; you rarely need this), or `upgrade` it.
@@ -347,6 +350,16 @@ pub enum SecretsCommand {
         name: String,
         #[command(flatten)]
         target: EnvArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RegistryCommand {
+    /// Print the agent's API certificate (PEM), checked against the pinned fingerprint, for
+    /// `/etc/docker/certs.d/HOST:PORT/ca.crt` on every node.
+    Ca {
+        #[command(flatten)]
+        agent: AgentArgs,
     },
 }
 

@@ -72,6 +72,7 @@ fn main() -> ExitCode {
         Command::Resume(args) => commands::edge::resume(&args, printer),
         Command::Secrets(command) => commands::secrets::run(&command, printer),
         Command::Tokens(command) => commands::tokens::run(&command, printer),
+        Command::Registry(command) => commands::registry::run(&command, printer),
         Command::Agent(args) => commands::agent::run_agent(&args, printer),
         Command::Proxy(args) => commands::agent::run_proxy(&args, printer),
         Command::Sandbox(args) => commands::sandbox::run(&args),

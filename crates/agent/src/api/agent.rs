@@ -34,6 +34,21 @@ pub async fn agent_info(State(engine): State<Arc<Engine>>) -> ApiResult<AgentInf
     }))
 }
 
+/// `GET /v1/agent/certificate` (viewer): the API's certificate in PEM (public), which the nodes'
+/// engines trust for the agent's registry; 404 when the API serves plain HTTP (loopback).
+pub async fn api_certificate(
+    State(engine): State<Arc<Engine>>,
+) -> ApiResult<client::wire::ApiCertificateView> {
+    let pem = engine.api_certificate.clone().ok_or_else(|| {
+        ApiError::new(
+            Kind::NotFound,
+            "no_tls",
+            "the agent's API serves plain HTTP on loopback: an engine on this host pulls from its registry without a certificate",
+        )
+    })?;
+    Ok(Json(client::wire::ApiCertificateView { pem }))
+}
+
 /// `POST /v1/proxy/upgrade` (admin): a hot restart of the proxy onto the agent's binary.
 pub async fn upgrade_proxy(
     State(engine): State<Arc<Engine>>,

@@ -35,6 +35,12 @@ pub fn routes() -> Vec<Route> {
     use Role::{Admin, Approver, Deployer, Proxy, Viewer};
     vec![
         route(Viewer, Method::GET, "/agent", agent::agent_info),
+        route(
+            Viewer,
+            Method::GET,
+            "/agent/certificate",
+            agent::api_certificate,
+        ),
         route(Viewer, Method::GET, "/apps", workloads::apps),
         route(
             Viewer,
@@ -322,6 +328,7 @@ pub fn router_with_trends(engine: Arc<Engine>, trends: Arc<crate::dashboard::Tre
         .route("/healthz", get(agent::healthz))
         .layer(from_fn(error::envelope))
         .with_state(engine.clone())
+        .merge(crate::registry::http::router(engine.clone()))
         .merge(crate::dashboard::router(engine, trends))
 }
 

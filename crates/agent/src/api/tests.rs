@@ -148,6 +148,7 @@ async fn a_stalled_tls_handshake_is_cut_at_the_deadline_and_frees_its_place() {
         dir.path(),
         &crate::secrets::MasterKey::generate(),
         &tls::CertSource::SelfSigned,
+        &[],
     )
     .expect("self-signed API TLS");
     let app = Router::new().route("/ok", get(|| async { "ok" }));

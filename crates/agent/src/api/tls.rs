@@ -37,6 +37,8 @@ pub enum CertSource {
 pub struct ApiTls {
     pub acceptor: tokio_rustls::TlsAcceptor,
     pub fingerprint: Fingerprint,
+    /// The certificate chain in PEM (public): what `rollway registry ca` gives the nodes' engines.
+    pub pem: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -81,20 +83,38 @@ pub fn needs_tls(api: SocketAddr, asked: bool) -> bool {
     asked || !api.ip().is_loopback()
 }
 
-/// The API's TLS from `source`; a self-signed certificate is made on the first start.
+/// The API's TLS from `source`; a self-signed certificate is made on the first start, for
+/// `rollway-agent`, `localhost` and `names` (the hosts, IP addresses or DNS names, that nodes reach
+/// the API and its registry at: an engine checks the registry's certificate names its host).
 pub fn load(
     state_dir: &Path,
     master_key: &MasterKey,
     source: &CertSource,
+    names: &[String],
 ) -> Result<ApiTls, ApiTlsError> {
     let (chain, key) = match source {
         CertSource::Given { cert, key } => read_given(cert, key)?,
-        CertSource::SelfSigned => self_signed(&state_dir.join(DIR), master_key)?,
+        CertSource::SelfSigned => self_signed(&state_dir.join(DIR), master_key, names)?,
     };
+    let pem_path = match source {
+        CertSource::Given { cert, .. } => cert.clone(),
+        CertSource::SelfSigned => state_dir.join(DIR).join(CERT_FILE),
+    };
+    let pem = std::fs::read_to_string(&pem_path).map_err(|source| ApiTlsError::Read {
+        path: pem_path.display().to_string(),
+        source,
+    })?;
     let Some(leaf) = chain.first() else {
         return Err(ApiTlsError::Config(rustls::Error::NoCertificatesPresented));
     };
     let fingerprint = Fingerprint::of_der(leaf.as_ref());
+    let missing = names_missing(leaf.as_ref(), names);
+    if !missing.is_empty() {
+        tracing::warn!(
+            message = "The API certificate does not name every host nodes reach the agent at: their engines will refuse to pull from the agent's registry there (x509). Remove the state directory's `api-tls` folder to make a new certificate (clients pin its new fingerprint), or give one with `--api-cert`.",
+            missing = ?missing
+        );
+    }
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -107,6 +127,7 @@ pub fn load(
     Ok(ApiTls {
         acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
         fingerprint,
+        pem,
     })
 }
 
@@ -136,6 +157,7 @@ fn read_given(cert: &Path, key: &Path) -> Result<(Chain, PrivateKeyDer<'static>)
 fn self_signed(
     dir: &Path,
     master_key: &MasterKey,
+    names: &[String],
 ) -> Result<(Chain, PrivateKeyDer<'static>), ApiTlsError> {
     let cert_path = dir.join(CERT_FILE);
     let key_path = dir.join(SEALED_KEY_FILE);
@@ -163,11 +185,10 @@ fn self_signed(
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.to_vec()));
         return Ok((chain, key));
     }
-    let made = rcgen::generate_simple_self_signed(vec![
-        "rollway-agent".to_owned(),
-        "localhost".to_owned(),
-    ])
-    .map_err(ApiTlsError::Generate)?;
+    let mut subject_names = vec!["rollway-agent".to_owned(), "localhost".to_owned()];
+    subject_names.extend(names.iter().filter(|name| !name.is_empty()).cloned());
+    subject_names.dedup();
+    let made = rcgen::generate_simple_self_signed(subject_names).map_err(ApiTlsError::Generate)?;
     let key_der = zeroize::Zeroizing::new(made.key_pair.serialize_der());
     let write_error = |path: &Path| {
         let path = path.display().to_string();
@@ -183,9 +204,46 @@ fn self_signed(
     Ok((vec![made.cert.der().clone()], key))
 }
 
+/// Which of `hosts` (IP addresses or DNS names) the certificate `der` does not name in its
+/// subject alternative names: an engine pulling from the agent's registry at such a host refuses
+/// the certificate (x509).
+pub fn names_missing(der: &[u8], hosts: &[String]) -> Vec<String> {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return hosts.to_vec();
+    };
+    let named = crate::certs::alternative_names(&cert);
+    hosts
+        .iter()
+        .filter(|host| match host.parse::<std::net::IpAddr>() {
+            Ok(ip) => !named.ips.contains(&ip),
+            Err(_) => !named.dns.contains(&host.to_ascii_lowercase()),
+        })
+        .cloned()
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_self_signed_certificate_names_the_hosts_nodes_reach() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = MasterKey::generate();
+        let hosts = vec!["10.231.7.1".to_owned(), "agent.internal".to_owned()];
+        let (chain, _) = self_signed(dir.path(), &key, &hosts).expect("made");
+        assert_eq!(
+            names_missing(chain[0].as_ref(), &hosts),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            names_missing(chain[0].as_ref(), &["10.0.0.9".to_owned()]),
+            ["10.0.0.9"]
+        );
+        // The one made stays, whatever is asked later.
+        let (again, _) = self_signed(dir.path(), &key, &[]).expect("read");
+        assert_eq!(again[0].as_ref(), chain[0].as_ref());
+    }
 
     #[test]
     fn tls_is_needed_beyond_loopback_whatever_is_asked() {
@@ -208,8 +266,8 @@ mod tests {
     fn the_self_signed_certificate_is_kept_and_its_key_sealed() {
         let state = tempfile::tempdir().expect("temp dir");
         let key = MasterKey::generate();
-        let first = load(state.path(), &key, &CertSource::SelfSigned).expect("made");
-        let again = load(state.path(), &key, &CertSource::SelfSigned).expect("loaded");
+        let first = load(state.path(), &key, &CertSource::SelfSigned, &[]).expect("made");
+        let again = load(state.path(), &key, &CertSource::SelfSigned, &[]).expect("loaded");
         assert_eq!(
             first.fingerprint, again.fingerprint,
             "the identity survives a restart"
@@ -220,6 +278,7 @@ mod tests {
             state.path(),
             &MasterKey::generate(),
             &CertSource::SelfSigned,
+            &[],
         )
         .err()
         .expect("another master key cannot open it");
@@ -238,6 +297,7 @@ mod tests {
                 cert: cert.clone(),
                 key: cert.clone(),
             },
+            &[],
         )
         .err()
         .expect("refused");

@@ -141,10 +141,16 @@ pub enum SpecError {
     },
     #[error("secret `{name}` is not set for `{environment}`")]
     SecretNotSet { name: String, environment: String },
+    #[error("the swarm driver needs a registry every node can pull from")]
+    NoRegistry(#[from] crate::registry::NoClusterRegistry),
     #[error(
-        "the swarm driver needs a registry every node can pull from: add `registry = \"HOST:PORT/PREFIX\"` to `[build]`, or start the agent with `ROLLWAY_SWARM_REGISTRY=HOST:PORT`"
+        "the engine does not trust the agent's registry at `{address}` (x509): on every node, save the output of `rollway registry ca` as `/etc/docker/certs.d/{address}/ca.crt`"
     )]
-    NoRegistry,
+    RegistryUntrusted {
+        address: String,
+        #[source]
+        source: Box<driver::swarm::SwarmError>,
+    },
     #[error("cannot push the image of service `{service}` to the cluster's registry")]
     Push {
         service: String,
@@ -288,11 +294,8 @@ pub async fn prepare_images(
     Ok(())
 }
 
-/// The env var naming the registry (`HOST:PORT`) the swarm driver pushes release images to.
-pub const SWARM_REGISTRY_VAR: &str = "ROLLWAY_SWARM_REGISTRY";
-
-/// Pushes a release's image to the cluster's registry as
-/// `<registry>/rollway/<app>-<env>-<service>:r<N>` and answers the reference by digest, which
+/// Pushes a release's image to the cluster's registry ([`cluster_registry`]) as
+/// `<registry>/<prefix>/<app>-<env>-<service>:r<N>` and answers the reference by digest, which
 /// is what the release records and every node pulls.
 async fn push_to_registry(
     engine: &Arc<Engine>,
@@ -302,34 +305,40 @@ async fn push_to_registry(
     image: &str,
     on_line: &mut (dyn FnMut(&str) + Send),
 ) -> Result<String, SpecError> {
-    // The manifest's registry (with its credentials) first, else the agent's.
-    let registry = match manifest_registry(release) {
-        Some(registry) => registry.address(),
-        None => std::env::var(SWARM_REGISTRY_VAR)
-            .ok()
-            .map(|registry| registry.trim().trim_end_matches('/').to_owned())
-            .filter(|registry| !registry.is_empty())
-            .map(|registry| format!("{registry}/rollway"))
-            .ok_or(SpecError::NoRegistry)?,
-    };
-    let auth = registry_auth(release)?;
+    let registry = cluster_registry(engine, release)?;
     let swarm = engine.drivers.swarm().await?;
     let repository = format!(
-        "{registry}/{}-{}-{service}",
-        deployment.app, deployment.environment
+        "{}/{}-{}-{service}",
+        registry.prefix, deployment.app, deployment.environment
     );
     swarm
         .push_image(
             image,
             &repository,
-            &format!("r{}", release.number),
-            auth.as_ref(),
+            &crate::registry::release_tag(release.number),
+            registry.push.as_ref(),
             on_line,
         )
         .await
-        .map_err(|source| SpecError::Push {
-            service: service.to_owned(),
-            source: Box::new(source),
+        .map_err(|source| {
+            // The agent's own registry, which the manager's engine does not trust yet: say the fix.
+            let agents = engine
+                .registry
+                .address
+                .as_ref()
+                .filter(|address| registry.prefix.starts_with(&format!("{address}/")));
+            match agents {
+                Some(address) if crate::report::chain(&source).contains("x509") => {
+                    SpecError::RegistryUntrusted {
+                        address: address.clone(),
+                        source: Box::new(source),
+                    }
+                }
+                _ => SpecError::Push {
+                    service: service.to_owned(),
+                    source: Box::new(source),
+                },
+            }
         })
 }
 
@@ -433,7 +442,7 @@ pub async fn run_release_command(
                     slot: 1,
                     replicas: 1,
                     network: swarm_network(&key),
-                    registry_auth: registry_auth(release)?,
+                    registry_auth: cluster_registry(engine, release)?.pull,
                     ..driver::swarm::ClusterSpec::default()
                 }),
             };
@@ -963,7 +972,7 @@ pub fn instance_spec(
         home.confinement(&engine.isolation, &engine.placement, id)
     };
     let cluster = if release.resolved.driver == manifest::Driver::Swarm {
-        cluster_spec(key, service, id, registry_auth(release)?)
+        cluster_spec(key, service, id, cluster_registry(engine, release)?.pull)
     } else {
         None
     };
@@ -1006,14 +1015,34 @@ fn cluster_spec(
     })
 }
 
+/// Where a swarm release's images go and how nodes pull them: the manifest's `[build] registry`
+/// with its credentials (both ways), else `ROLLWAY_SWARM_REGISTRY`, else the agent's own registry
+/// (`crate::registry::default_cluster_registry`).
+fn cluster_registry(
+    engine: &Engine,
+    release: &LoadedRelease,
+) -> Result<crate::registry::ClusterRegistry, SpecError> {
+    match manifest_registry(release) {
+        Some(registry) => {
+            let auth = registry_auth(release)?;
+            Ok(crate::registry::ClusterRegistry {
+                prefix: registry.address(),
+                push: auth.clone(),
+                pull: auth,
+            })
+        }
+        None => Ok(crate::registry::default_cluster_registry(&engine.registry)?),
+    }
+}
+
 /// The manifest's registry (`[build] registry`), if any: where release images go instead of
-/// `ROLLWAY_SWARM_REGISTRY`.
+/// `ROLLWAY_SWARM_REGISTRY` or the agent's.
 fn manifest_registry(release: &LoadedRelease) -> Option<&manifest::Registry> {
     release.resolved.config.build.as_ref()?.registry.as_ref()
 }
 
 /// The credentials of the manifest's registry, read from the release's secrets (`None` for an
-/// open registry or the agent's `ROLLWAY_SWARM_REGISTRY`).
+/// open registry or none named).
 fn registry_auth(
     release: &LoadedRelease,
 ) -> Result<Option<driver::swarm::RegistryAuth>, SpecError> {

@@ -9,8 +9,11 @@ fn engine_without_proxy(dir: &std::path::Path) -> Engine {
         driver::process::ProcessDriver::new(paths.instances.clone()).expect("process driver"),
     );
     let (events, _) = broadcast::channel(16);
+    let store = Arc::new(Store::open_in_memory().expect("store"));
+    let master_key = crate::secrets::MasterKey::generate();
+    let registry = crate::registry::Registry::for_test(dir, &store, &master_key);
     Engine {
-        store: Arc::new(Store::open_in_memory().expect("store")),
+        store,
         drivers: crate::drivers::Drivers::new(driver),
         proxy: ProxyLink::new(
             dir.join("proxy"),
@@ -18,7 +21,8 @@ fn engine_without_proxy(dir: &std::path::Path) -> Engine {
         ),
         proxy_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         artifacts: ArtifactStore::new(dir.join("artifacts")),
-        master_key: crate::secrets::MasterKey::generate(),
+        master_key,
+        registry,
         placement: driver::cgroup::Placement::Off {
             reason: "a test".to_owned(),
         },
@@ -40,6 +44,7 @@ fn engine_without_proxy(dir: &std::path::Path) -> Engine {
             false,
         )),
         api_fingerprint: None,
+        api_certificate: None,
         edge: Mutex::new(BTreeMap::new()),
         cron: crate::cron::CronRuns::default(),
     }

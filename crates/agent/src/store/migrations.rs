@@ -22,6 +22,7 @@ pub(super) static MIGRATIONS: &[M<'static>] = &[
     M::up(V11_REMOTE_BACKUPS),
     M::up(V12_PREVIEWS),
     M::up(V13_PROXY_ROLE),
+    M::up(V14_REGISTRY),
 ];
 
 /// The first schema.
@@ -428,4 +429,17 @@ WHEN NEW.revoked_at IS NOT NULL
 BEGIN
     DELETE FROM dashboard_sessions WHERE token_id = NEW.id;
 END;
+"#;
+
+/// The registry the agent runs for the cluster (issue 17): its two credentials, made on the first
+/// start, the passwords sealed by the master key (never in clear here). `push` is the agent's own
+/// (its engine pushes with it); `pull` is given to Swarm with the service specs.
+const V14_REGISTRY: &str = r#"
+CREATE TABLE registry_credentials (
+    access      TEXT    NOT NULL PRIMARY KEY CHECK (access IN ('push', 'pull')),
+    username    TEXT    NOT NULL,
+    nonce       BLOB    NOT NULL,
+    ciphertext  BLOB    NOT NULL,
+    created_at  INTEGER NOT NULL
+) STRICT;
 "#;

@@ -15,6 +15,7 @@ pub mod inspect;
 pub mod lock;
 pub mod proxy;
 pub mod proxy_follow;
+pub mod registry;
 pub mod rollback;
 pub mod sandbox;
 pub mod secrets;
@@ -75,7 +76,8 @@ pub fn client_error(printer: &Printer, error: ClientError) -> anyhow::Result<Exi
         ClientError::Decode { .. }
         | ClientError::InvalidUrl(_)
         | ClientError::Tls { .. }
-        | ClientError::LineTooLong { .. } => ExitStatus::Failure,
+        | ClientError::LineTooLong { .. }
+        | ClientError::CertificateUnchecked { .. } => ExitStatus::Failure,
     };
     Ok(status)
 }

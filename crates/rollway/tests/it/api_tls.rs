@@ -532,3 +532,36 @@ async fn on_a_terminal_the_cli_shows_the_fingerprint_and_pins_it_only_when_accep
     ran.assert_code(0);
     assert!(!ran.stdout.contains("Trust it"), "{ran}");
 }
+
+/// `rollway registry ca` prints the API's certificate (what the nodes' engines trust for the
+/// agent's registry) only through a pinned connection: the PEM on stdout is the state directory's
+/// `api-tls/cert.pem`, the hint names the `certs.d` folder of the agent's address; with a wrong
+/// fingerprint nothing is printed; an agent on plain loopback HTTP says no certificate is needed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_ca_prints_the_pinned_certificate_for_the_nodes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = TestAgent::start_tls(rollway_bin(), &dir.path().join("state"), &[]).await;
+    let ran = agent.cli(&["registry", "ca"]).await;
+    ran.assert_code(0);
+    let pem = std::fs::read_to_string(agent.state_dir().join("api-tls/cert.pem")).expect("cert");
+    assert_eq!(ran.stdout.trim_end(), pem.trim_end(), "{ran}");
+    assert!(
+        ran.stderr
+            .contains(&format!("/etc/docker/certs.d/{}/ca.crt", agent.api_addr())),
+        "{ran}"
+    );
+
+    let mut command = agent.command(None, &["registry", "ca"]);
+    command.env(
+        "ROLLWAY_AGENT_FINGERPRINT",
+        other_fingerprint(agent.fingerprint()),
+    );
+    let refused = run(command).await;
+    refused.assert_code(3);
+    assert!(!refused.stdout.contains("BEGIN CERTIFICATE"), "{refused}");
+
+    let plain = TestAgent::start(rollway_bin(), &dir.path().join("plain")).await;
+    let ran = plain.cli(&["registry", "ca"]).await;
+    assert_ne!(ran.code, Some(0), "{ran}");
+    assert_contains(&ran, "plain HTTP on loopback");
+}

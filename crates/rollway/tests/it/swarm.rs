@@ -22,7 +22,7 @@ const PATIENCE: Duration = Duration::from_secs(90);
 /// A canary that holds 20% for up to a minute: long enough to abort it or judge it.
 const CANARY_STEPS: &str = r#"[{ weight = 20, pause = "60s" }, { weight = 100 }]"#;
 
-/// A swarm deploy without a registry refused before anything moves; under continuous load with no
+/// A swarm deploy whose registry cannot be reached refused before anything moves; under continuous load with no
 /// failed request: blue-green deploys (one with a release command run as a Swarm job), a warm
 /// rollback, a task killed by hand (`docker kill`) that leaves routing, is replaced by Swarm and
 /// comes back on its new port, kill -9 of the agent (the services adopted unchanged), a rolling
@@ -53,11 +53,15 @@ async fn swarm_deploys_roll_back_and_follow_a_killed_task_under_load_failing_no_
         .expect("temporary directory on /dev/shm");
     let runtime = runtime_dir.path().display().to_string();
     let registry_host = registry.host();
-    // Day one: an agent without a registry refuses a swarm deploy before anything moves.
+    // Day one: an agent whose registry the engine cannot reach (its own, at an address where
+    // nothing listens) refuses a swarm deploy before anything moves.
     let mut agent = TestAgent::start_with_env(
         rollway_bin(),
         &dir.path().join("state"),
-        &[("RUNTIME_DIRECTORY", runtime.as_str())],
+        &[
+            ("RUNTIME_DIRECTORY", runtime.as_str()),
+            ("ROLLWAY_REGISTRY_ADDRESS", "127.0.0.1:1"),
+        ],
     )
     .await;
     let secret = format!("canary-{}", testkit::agent::random_hex(16));
@@ -79,7 +83,7 @@ async fn swarm_deploys_roll_back_and_follow_a_killed_task_under_load_failing_no_
 
     let ran = agent.deploy(&app("v1"), ENV).await;
     ran.assert_code(1);
-    crate::agent::assert_contains(&ran, "ROLLWAY_SWARM_REGISTRY=HOST:PORT");
+    crate::agent::assert_contains(&ran, "cannot push the image of service `web`");
     assert_eq!(
         app_services(&name),
         Vec::<String>::new(),
@@ -607,24 +611,7 @@ async fn swarm_pushes_to_the_manifests_registry_logged_in_with_secrets() {
             serde_json::to_string(&agent.events().await).expect("events JSON"),
         ),
     ];
-    for service in app_services(&name) {
-        let service = service
-            .split_whitespace()
-            .next()
-            .unwrap_or_default()
-            .to_owned();
-        places.push((
-            format!("`docker service inspect {service}`"),
-            docker(&["service", "inspect", &service]).expect("service inspect"),
-        ));
-        let tasks = docker(&["service", "ps", "-q", &service]).unwrap_or_default();
-        for task in tasks.split_whitespace() {
-            places.push((
-                format!("`docker inspect {task}`"),
-                docker(&["inspect", task]).expect("task inspect"),
-            ));
-        }
-    }
+    places.extend(service_and_task_inspects(&name));
     let containers = docker(&[
         "ps",
         "-aq",
@@ -650,6 +637,151 @@ async fn swarm_pushes_to_the_manifests_registry_logged_in_with_secrets() {
         Vec::<std::path::PathBuf>::new(),
         "the password is written in the state directory"
     );
+}
+
+/// No registry named: the agent pushes release images to its own registry (on its API's
+/// address, loopback here) and Swarm pulls them by digest with the pull credential; a deploy
+/// after a kill -9 of the agent pushes and pulls again with the same credentials. Neither
+/// credential (`rwr_` and 64 hex digits) is in any output, inspect, log, event, the app's
+/// env or the state directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swarm_deploys_through_the_agents_own_registry_by_default() {
+    let Some(images) = Images::get() else {
+        return;
+    };
+    assert_swarm_manager();
+    let name = format!("swo{}", std::process::id());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let runtime_dir = tempfile::Builder::new()
+        .prefix("rollway-e2e-swarm-")
+        .tempdir_in("/dev/shm")
+        .expect("temporary directory on /dev/shm");
+    let runtime = runtime_dir.path().display().to_string();
+    let mut agent = TestAgent::start_with_env(
+        rollway_bin(),
+        &dir.path().join("state"),
+        &[("RUNTIME_DIRECTORY", runtime.as_str())],
+    )
+    .await;
+    let registry_host = agent.api_addr().to_string();
+    let _cleanup = Cleanup {
+        app: name.clone(),
+        registry: registry_host.clone(),
+    };
+    let app = |version: &str| {
+        TestApp::new(dir.path().join(version))
+            .named(&name)
+            .version(version)
+            .driver(Driver::Container)
+            .image(format!("{}:{{version}}", images.repository))
+            .release("echo the job ran", None)
+            .start_timeout("60s")
+            .on_swarm(ENV)
+    };
+    let first = agent.deploy(&app("v1"), ENV).await;
+    first.assert_code(0);
+    crate::agent::assert_contains(&first, "the job ran");
+    agent.assert_serves("v1").await;
+    let image_of = |release: u64| {
+        let spec = service_spec(&format!("rollway-{name}-{ENV}-r{release}-web"));
+        spec["TaskTemplate"]["ContainerSpec"]["Image"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let image = image_of(1);
+    assert!(
+        image.starts_with(&format!("{registry_host}/rollway/{name}-{ENV}-web@sha256:")),
+        "{image}"
+    );
+
+    agent.kill9().await;
+    agent
+        .restart_with_env(&[("RUNTIME_DIRECTORY", runtime.as_str())])
+        .await;
+    let second = agent.deploy(&app("v2"), ENV).await;
+    second.assert_code(0);
+    agent.assert_serves("v2").await;
+    let image = image_of(2);
+    assert!(
+        image.starts_with(&format!("{registry_host}/rollway/{name}-{ENV}-web@sha256:")),
+        "{image}"
+    );
+
+    let mut places: Vec<(String, String)> = vec![
+        ("the first deploy's output".into(), first.to_string()),
+        ("the second deploy's output".into(), second.to_string()),
+        ("the agent's log".into(), agent.log()),
+        (
+            "`rollway events`".into(),
+            serde_json::to_string(&agent.events().await).expect("events JSON"),
+        ),
+    ];
+    for variable in [
+        "ROLLWAY_REGISTRY_PASSWORD",
+        "REGISTRY_AUTH",
+        "DOCKER_AUTH_CONFIG",
+    ] {
+        let seen = agent.get(None, &format!("/env/{variable}")).await;
+        places.push((format!("the app's `{variable}`"), seen.body));
+    }
+    places.extend(service_and_task_inspects(&name));
+    assert!(places.len() > 8, "the services and their tasks were found");
+    for (place, text) in &places {
+        assert!(
+            !holds_registry_password(text),
+            "a registry credential is in {place}:\n{text}"
+        );
+    }
+    let files: Vec<_> = testkit::agent::files_containing(agent.state_dir(), "rwr_")
+        .into_iter()
+        .filter(|path| {
+            holds_registry_password(&String::from_utf8_lossy(
+                &std::fs::read(path).unwrap_or_default(),
+            ))
+        })
+        .collect();
+    assert_eq!(
+        files,
+        Vec::<std::path::PathBuf>::new(),
+        "a registry credential is written in the state directory"
+    );
+}
+
+/// `docker service inspect` of every service of `app` and `docker inspect` of each of their
+/// tasks, each with where it came from: where a canary must not be.
+fn service_and_task_inspects(app: &str) -> Vec<(String, String)> {
+    let mut places = Vec::new();
+    for service in app_services(app) {
+        let service = service
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        places.push((
+            format!("`docker service inspect {service}`"),
+            docker(&["service", "inspect", &service]).expect("service inspect"),
+        ));
+        let tasks = docker(&["service", "ps", "-q", &service]).unwrap_or_default();
+        for task in tasks.split_whitespace() {
+            places.push((
+                format!("`docker inspect {task}`"),
+                docker(&["inspect", task]).expect("task inspect"),
+            ));
+        }
+    }
+    places
+}
+
+/// Whether `text` holds a password of the agent's registry: `rwr_` and 64 lowercase hex digits.
+fn holds_registry_password(text: &str) -> bool {
+    text.match_indices("rwr_").any(|(at, _)| {
+        let rest = &text.as_bytes()[at + 4..];
+        rest.len() >= 64
+            && rest[..64]
+                .iter()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+    })
 }
 
 /// Fails the test, saying what to do, unless the engine is a swarm manager.

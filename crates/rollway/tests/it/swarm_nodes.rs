@@ -829,3 +829,93 @@ impl Drop for Cluster {
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/swarm-nodes")
 }
+
+/// Removes the `certs.d` entry a test wrote for the agent's registry.
+struct CertsDir(PathBuf);
+
+impl Drop for CertsDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// No registry named, on two nodes: the agent's API (and so its registry) over TLS on the nodes'
+/// bridge. Before the nodes trust its certificate the deploy is refused with the fix (`rollway
+/// registry ca` into `/etc/docker/certs.d/<host:port>/ca.crt`) and nothing is created; with the
+/// entry the test writes (and removes), the manager pushes and both nodes pull the release by
+/// digest from the agent, its two tasks on the two nodes, serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_pull_from_the_agents_own_registry_over_tls() {
+    let Some(images) = Images::get() else {
+        return;
+    };
+    let Some(cluster) = Cluster::up() else {
+        return;
+    };
+    cluster.load_images(&[format!("{}:v1", images.repository)]);
+    let name = format!("snr{}", std::process::id());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let runtime_dir = tempfile::Builder::new()
+        .prefix("rollway-e2e-nodes-")
+        .tempdir_in("/dev/shm")
+        .expect("temporary directory on /dev/shm");
+    let runtime = runtime_dir.path().display().to_string();
+    let agent = TestAgent::start_tls_on(
+        rollway_bin(),
+        &dir.path().join("state"),
+        cluster.host_addr(),
+        &[],
+        &[
+            ("RUNTIME_DIRECTORY", runtime.as_str()),
+            ("DOCKER_HOST", cluster.manager_socket.as_str()),
+        ],
+    )
+    .await;
+    let address = agent.api_addr().to_string();
+    let app = TestApp::new(dir.path().join("v1"))
+        .named(&name)
+        .version("v1")
+        .driver(Driver::Container)
+        .image(format!("{}:{{version}}", images.repository))
+        .replicas(2)
+        .start_timeout("60s")
+        .on_swarm(ENV);
+
+    // The certificate is not trusted yet: refused with the fix, nothing created.
+    let refused = agent.deploy(&app, ENV).await;
+    refused.assert_code(1);
+    crate::agent::assert_contains(&refused, &format!("/etc/docker/certs.d/{address}/ca.crt"));
+    crate::agent::assert_contains(&refused, "rollway registry ca");
+    assert_eq!(cluster.manager(&["service", "ls", "-q"]).trim(), "");
+
+    let ca = agent.cli(&["registry", "ca"]).await;
+    ca.assert_code(0);
+    let certs = CertsDir(PathBuf::from(format!("/etc/docker/certs.d/{address}")));
+    std::fs::create_dir_all(&certs.0).expect("certs.d folder");
+    std::fs::write(certs.0.join("ca.crt"), &ca.stdout).expect("ca.crt");
+
+    agent.deploy(&app, ENV).await.assert_code(0);
+    agent.assert_serves("v1").await;
+    let service = format!("rollway-{name}-{ENV}-r2-web");
+    let image = cluster.manager(&[
+        "service",
+        "inspect",
+        "--format",
+        "{{.Spec.TaskTemplate.ContainerSpec.Image}}",
+        &service,
+    ]);
+    assert!(
+        image
+            .trim()
+            .starts_with(&format!("{address}/rollway/{name}-{ENV}-web@sha256:")),
+        "{image}"
+    );
+    let placed = cluster.running_slots(&service);
+    assert_eq!(
+        placed.values().collect::<BTreeSet<_>>(),
+        [&cluster.manager_node, &cluster.worker_node].into(),
+        "the two tasks are not on the two nodes: {placed:?}"
+    );
+    drop(agent);
+    drop(certs);
+}

@@ -90,6 +90,8 @@ pub(crate) fn test_engine(state: &std::path::Path) -> Arc<Engine> {
     let process =
         driver::process::ProcessDriver::new(state.join("instances")).expect("process driver");
     let shutdown = tokio_util::sync::CancellationToken::new();
+    let master_key = crate::secrets::MasterKey::generate();
+    let registry = crate::registry::Registry::for_test(&state, &store, &master_key);
     Arc::new(Engine {
         store,
         drivers: crate::drivers::Drivers::new(Arc::new(process)),
@@ -99,7 +101,8 @@ pub(crate) fn test_engine(state: &std::path::Path) -> Arc<Engine> {
         ),
         proxy_addr: SocketAddr::from(([127, 0, 0, 1], 9)),
         artifacts: crate::artifact::ArtifactStore::new(state.join("artifacts")),
-        master_key: crate::secrets::MasterKey::generate(),
+        master_key,
+        registry,
         placement: driver::cgroup::Placement::Off {
             reason: "a test".to_owned(),
         },
@@ -121,6 +124,7 @@ pub(crate) fn test_engine(state: &std::path::Path) -> Arc<Engine> {
             false,
         )),
         api_fingerprint: None,
+        api_certificate: None,
         edge: Mutex::new(BTreeMap::new()),
         cron: crate::cron::CronRuns::default(),
     })
@@ -160,13 +164,29 @@ pub(crate) async fn call(
     token: Option<&str>,
     body: &[u8],
 ) -> Answer {
+    let bearer = token.map(|token| format!("Bearer {token}"));
+    let mut headers = vec![("content-type", "application/json")];
+    if let Some(bearer) = &bearer {
+        headers.push(("authorization", bearer.as_str()));
+    }
+    call_with(addr, method, path, &headers, body).await
+}
+
+/// One HTTP/1.1 request on a fresh connection, with `headers`.
+pub(crate) async fn call_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Answer {
     let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+        "{method} {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\ncontent-length: {}\r\n",
         body.len()
     );
-    if let Some(token) = token {
-        head.push_str(&format!("authorization: Bearer {token}\r\n"));
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
     }
     head.push_str("\r\n");
     tcp.write_all(head.as_bytes()).await.expect("write head");
