@@ -451,13 +451,7 @@ async fn connect_h2(
             addr: instance.addr(),
             source,
         })?;
-    let cut = instance.cut.clone();
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = connection => {}
-            () = cut.cancelled() => {}
-        }
-    });
+    drive(connection, instance);
     Ok(sender)
 }
 
@@ -534,14 +528,27 @@ async fn connect(
             addr: instance.addr(),
             source,
         })?;
+    drive(connection.with_upgrades(), instance);
+    Ok(sender)
+}
+
+/// Runs a connection's driver task until the connection closes or the instance is cut. A second task
+/// watches the cut and aborts the driver: it wakes once or twice in the connection's life, where a cut
+/// polled beside the connection took a lock at every wake-up of the driver (2% of the instructions of a
+/// small request).
+fn drive<F>(connection: F, instance: &InstanceLive)
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let mut driver = tokio::spawn(connection);
     let cut = instance.cut.clone();
     tokio::spawn(async move {
         tokio::select! {
-            _ = connection.with_upgrades() => {}
-            () = cut.cancelled() => {}
+            _ = &mut driver => {}
+            () = cut.cancelled() => driver.abort(),
         }
     });
-    Ok(sender)
 }
 
 #[cfg(test)]
