@@ -338,7 +338,28 @@ async fn forward(
                 parts.headers.clone(),
             ),
         };
-        match upstream::send(&instance, upstream_request, config, &settings, upgrade).await {
+        let mut sent = upstream::send(
+            &instance,
+            upstream_request,
+            config,
+            &settings,
+            upgrade,
+            replayable,
+        )
+        .await;
+        if let Err(SendFailure {
+            send_wide: true, ..
+        }) = sent
+        {
+            // The answer had more header fields than a narrow connection parses; the request is
+            // replayable, and now goes on a connection that takes the route's limit.
+            let again = build(
+                RequestBody::full(whole_body.clone().unwrap_or_default()),
+                parts.headers.clone(),
+            );
+            sent = upstream::send(&instance, again, config, &settings, upgrade, replayable).await;
+        }
+        match sent {
             Ok((mut response, sender)) => {
                 instance.record_success();
                 let latency = started.elapsed();
@@ -395,7 +416,7 @@ async fn forward(
                 }
                 return Ok(Response::from_parts(head, body));
             }
-            Err(SendFailure { error, request }) => {
+            Err(SendFailure { error, request, .. }) => {
                 let error = classify_body_error(error);
                 let refused = matches!(error, ProxyError::Connect { .. });
                 if refused

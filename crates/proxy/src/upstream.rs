@@ -6,6 +6,7 @@
 //! came back unsent.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,11 +31,55 @@ use crate::instance::InstanceLive;
 pub(crate) struct ConnectionPool {
     // std Mutex: the critical section is a push or pop on a VecDeque, never held across an await, and per
     // instance and thread, so it is uncontended but for non-worker threads sharing shard 0.
-    // Oldest at the front: taken from the back (the most recently used), expired from the front.
-    shards: Box<[Mutex<VecDeque<IdleConnection>>]>,
+    shards: Box<[Mutex<IdleShard>]>,
     // The h2c connection of each shard, for routes whose instances speak HTTP/2. std Mutex: a clone or a
     // replacement of the handle, never held across an await.
     shared_h2: Box<[Mutex<Option<Http2Sender>>]>,
+    // Set once an answer of this instance had more header fields than a narrow connection parses: its
+    // requests go on wide connections from then on (see `FieldWidth`).
+    answers_many_fields: AtomicBool,
+}
+
+/// The idle HTTP/1 connections of one shard, by width. Oldest at the front: taken from the back (the most
+/// recently used), expired from the front.
+#[derive(Debug, Default)]
+struct IdleShard {
+    narrow: VecDeque<IdleConnection>,
+    wide: VecDeque<IdleConnection>,
+}
+
+impl IdleShard {
+    fn of(&mut self, width: FieldWidth) -> &mut VecDeque<IdleConnection> {
+        match width {
+            FieldWidth::Narrow => &mut self.narrow,
+            FieldWidth::Wide => &mut self.wide,
+        }
+    }
+}
+
+/// How many header fields an HTTP/1 connection to an instance parses in an answer.
+///
+/// hyper parses up to its default of 100 fields into arrays on the stack; any other limit makes it
+/// allocate and fill two arrays of that many entries for every answer (for the default route limit of
+/// 500, a tenth of the proxy's instructions per request). So a request that can be sent again (idempotent,
+/// body held whole) goes on a narrow connection, and only if the answer turns out to have more fields is
+/// it sent once more on a wide one; other requests, and every request to an instance that answered so
+/// once, go on wide connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FieldWidth {
+    /// hyper's default limit, or the route's when it is lower.
+    Narrow,
+    /// The route's limit (`RouteSettings::max_header_fields`), above hyper's default.
+    Wide,
+}
+
+impl FieldWidth {
+    fn limit(self, settings: &RouteSettings) -> usize {
+        match self {
+            FieldWidth::Narrow => settings.max_header_fields.min(HYPER_DEFAULT_MAX_HEADERS),
+            FieldWidth::Wide => settings.max_header_fields,
+        }
+    }
 }
 
 impl Default for ConnectionPool {
@@ -46,13 +91,14 @@ impl Default for ConnectionPool {
             shared_h2: (0..crate::shard::shard_count())
                 .map(|_| Mutex::default())
                 .collect(),
+            answers_many_fields: AtomicBool::new(false),
         }
     }
 }
 
 /// A connection that has carried a request and can carry another once its answer is read.
 pub(crate) enum Sender {
-    Http1(http1::SendRequest<RequestBody>),
+    Http1(http1::SendRequest<RequestBody>, FieldWidth),
     /// A handle on the shared h2c connection; there is nothing to give back.
     Http2,
 }
@@ -64,6 +110,9 @@ type Http2Sender = http2::SendRequest<RequestBody>;
 pub(crate) struct SendFailure {
     pub(crate) error: ProxyError,
     pub(crate) request: Option<Request<RequestBody>>,
+    /// The request went on a narrow connection and the answer had more header fields than it parses: send
+    /// it again (the request is replayable), and it goes on a wide connection.
+    pub(crate) send_wide: bool,
 }
 
 impl SendFailure {
@@ -80,6 +129,7 @@ impl SendFailure {
                 source,
             },
             request,
+            send_wide: false,
         }
     }
 
@@ -92,6 +142,7 @@ impl SendFailure {
                 timeout,
             },
             request: None,
+            send_wide: false,
         }
     }
 }
@@ -112,13 +163,14 @@ struct IdleConnection {
 }
 
 impl ConnectionPool {
-    /// Takes the most recently used connection that is still open and young enough.
-    fn checkout(&self, idle_timeout: Duration) -> Option<Http1Sender> {
+    /// Takes the most recently used connection of `width` that is still open and young enough.
+    fn checkout(&self, width: FieldWidth, idle_timeout: Duration) -> Option<Http1Sender> {
         let now = Instant::now();
-        let mut idle = self
+        let mut shard = self
             .shard()
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let idle = shard.of(width);
         while let Some(connection) = idle.pop_back() {
             if now.duration_since(connection.idle_since) < idle_timeout
                 && !connection.sender.is_closed()
@@ -133,7 +185,7 @@ impl ConnectionPool {
     /// all shards (each gets its share, at least one). Connections idle past `limits.timeout` are
     /// dropped here too, so a burst's extra connections do not outlive it by long.
     pub(crate) fn checkin(&self, sender: Sender, limits: IdleLimits) {
-        let Sender::Http1(sender) = sender else {
+        let Sender::Http1(sender, width) = sender else {
             return;
         };
         if sender.is_closed() {
@@ -144,10 +196,11 @@ impl ConnectionPool {
             return;
         }
         let now = Instant::now();
-        let mut idle = self
+        let mut shard = self
             .shard()
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let idle = shard.of(width);
         while idle.front().is_some_and(|oldest| {
             idle.len() >= max_idle || now.duration_since(oldest.idle_since) >= limits.timeout
         }) {
@@ -162,10 +215,9 @@ impl ConnectionPool {
 
     pub(crate) fn clear(&self) {
         for shard in &self.shards {
-            shard
+            *shard
                 .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .clear();
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) = IdleShard::default();
         }
         for shared in &self.shared_h2 {
             *shared
@@ -174,7 +226,7 @@ impl ConnectionPool {
         }
     }
 
-    fn shard(&self) -> &Mutex<VecDeque<IdleConnection>> {
+    fn shard(&self) -> &Mutex<IdleShard> {
         &self.shards[crate::shard::current() % self.shards.len()]
     }
 
@@ -206,32 +258,48 @@ impl ConnectionPool {
 /// response head and the connection, to be checked in once the response body has been read.
 ///
 /// A pooled connection the app closed in the meantime gives the request back unsent; the next pooled or a
-/// new connection is then tried, which is always safe.
+/// new connection is then tried, which is always safe. A `replayable` request (idempotent, body held
+/// whole) may come back with `SendFailure::send_wide` (see `FieldWidth`).
 pub(crate) async fn send(
     instance: &Arc<InstanceLive>,
     mut request: Request<RequestBody>,
     config: &ProxyConfig,
     settings: &RouteSettings,
     upgrade: bool,
+    replayable: bool,
 ) -> Result<(Response<Incoming>, Sender), SendFailure> {
     if settings.protocol != UpstreamProtocol::Http1 {
         return send_h2(instance, request, config, settings).await;
     }
+    let width = if settings.max_header_fields <= HYPER_DEFAULT_MAX_HEADERS
+        || (replayable
+            && !instance
+                .connections
+                .answers_many_fields
+                .load(Ordering::Relaxed))
+    {
+        FieldWidth::Narrow
+    } else {
+        FieldWidth::Wide
+    };
     loop {
         let pooled = if upgrade {
             None
         } else {
-            instance.connections.checkout(config.upstream_idle_timeout)
+            instance
+                .connections
+                .checkout(width, config.upstream_idle_timeout)
         };
         let reused = pooled.is_some();
         let mut sender = match pooled {
             Some(sender) => sender,
-            None => match connect(instance, config, settings).await {
+            None => match connect(instance, config, width.limit(settings)).await {
                 Ok(sender) => sender,
                 Err(error) => {
                     return Err(SendFailure {
                         error,
                         request: Some(request),
+                        send_wide: false,
                     });
                 }
             },
@@ -248,15 +316,27 @@ pub(crate) async fn send(
         )
         .await;
         match sent {
-            Some(Ok(response)) => return Ok((response, Sender::Http1(sender))),
+            Some(Ok(response)) => return Ok((response, Sender::Http1(sender, width))),
             Some(Err(mut failure)) => match failure.take_message() {
                 Some(unsent) if reused => request = unsent,
                 unsent => {
-                    return Err(SendFailure::upstream(
-                        instance,
-                        failure.into_error(),
-                        unsent,
-                    ));
+                    let error = failure.into_error();
+                    // Too many fields, or a head larger than hyper's read buffer: only a wide
+                    // connection can tell, and it is what the instance's requests get from now on.
+                    let send_wide = width == FieldWidth::Narrow
+                        && settings.max_header_fields > HYPER_DEFAULT_MAX_HEADERS
+                        && unsent.is_none()
+                        && error.is_parse_too_large();
+                    if send_wide {
+                        instance
+                            .connections
+                            .answers_many_fields
+                            .store(true, Ordering::Relaxed);
+                    }
+                    return Err(SendFailure {
+                        send_wide,
+                        ..SendFailure::upstream(instance, error, unsent)
+                    });
                 }
             },
             None => {
@@ -309,6 +389,7 @@ async fn send_h2(
                     return Err(SendFailure {
                         error,
                         request: Some(request),
+                        send_wide: false,
                     });
                 }
             },
@@ -370,13 +451,7 @@ async fn connect_h2(
             addr: instance.addr(),
             source,
         })?;
-    let cut = instance.cut.clone();
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = connection => {}
-            () = cut.cancelled() => {}
-        }
-    });
+    drive(connection, instance);
     Ok(sender)
 }
 
@@ -435,16 +510,16 @@ impl Http1Limit for http1::Builder {
     }
 }
 
-/// Opens a new HTTP/1.1 connection to the instance. Its driver task ends when the connection closes or
-/// the instance is cut.
+/// Opens a new HTTP/1.1 connection to the instance that parses answers of up to `max_header_fields`
+/// fields. Its driver task ends when the connection closes or the instance is cut.
 async fn connect(
     instance: &Arc<InstanceLive>,
     config: &ProxyConfig,
-    settings: &RouteSettings,
+    max_header_fields: usize,
 ) -> Result<Http1Sender, ProxyError> {
     let stream = connect_tcp(instance, config).await?;
     let mut builder = http1::Builder::new();
-    limit_header_fields(&mut builder, settings.max_header_fields);
+    limit_header_fields(&mut builder, max_header_fields);
     let (sender, connection) = builder
         .handshake(TokioIo::new(stream))
         .await
@@ -453,14 +528,27 @@ async fn connect(
             addr: instance.addr(),
             source,
         })?;
+    drive(connection.with_upgrades(), instance);
+    Ok(sender)
+}
+
+/// Runs a connection's driver task until the connection closes or the instance is cut. A second task
+/// watches the cut and aborts the driver: it wakes once or twice in the connection's life, where a cut
+/// polled beside the connection took a lock at every wake-up of the driver (2% of the instructions of a
+/// small request).
+fn drive<F>(connection: F, instance: &InstanceLive)
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let mut driver = tokio::spawn(connection);
     let cut = instance.cut.clone();
     tokio::spawn(async move {
         tokio::select! {
-            _ = connection.with_upgrades() => {}
-            () = cut.cancelled() => {}
+            _ = &mut driver => {}
+            () = cut.cancelled() => driver.abort(),
         }
     });
-    Ok(sender)
 }
 
 #[cfg(test)]
@@ -494,17 +582,18 @@ mod tests {
         for _ in 0..3 {
             let (sender, peer) = open_sender(&listener).await;
             peers.push(peer);
-            pool.checkin(Sender::Http1(sender), limits);
+            pool.checkin(Sender::Http1(sender, FieldWidth::Narrow), limits);
         }
         // The cap (two per shard) dropped the oldest.
-        assert_eq!(pool.shard().lock().expect("lock").len(), 2);
+        assert_eq!(pool.shard().lock().expect("lock").narrow.len(), 2);
         tokio::time::sleep(Duration::from_millis(150)).await;
         let (sender, peer) = open_sender(&listener).await;
         peers.push(peer);
-        pool.checkin(Sender::Http1(sender), limits);
+        pool.checkin(Sender::Http1(sender, FieldWidth::Narrow), limits);
         // Both older ones were idle past the timeout: only the newest is kept.
-        assert_eq!(pool.shard().lock().expect("lock").len(), 1);
-        assert!(pool.checkout(limits.timeout).is_some());
-        assert!(pool.checkout(limits.timeout).is_none());
+        assert_eq!(pool.shard().lock().expect("lock").narrow.len(), 1);
+        assert!(pool.checkout(FieldWidth::Wide, limits.timeout).is_none());
+        assert!(pool.checkout(FieldWidth::Narrow, limits.timeout).is_some());
+        assert!(pool.checkout(FieldWidth::Narrow, limits.timeout).is_none());
     }
 }

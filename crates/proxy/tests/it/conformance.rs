@@ -249,15 +249,20 @@ async fn issue_13_an_upgraded_client_going_away_reaches_the_instance() {
     assert_eventually!(stats() == 0, "the tunnel still counts as in flight");
 }
 
-// 3. An answer with more than 100 header fields is passed on, not turned into a 502 against the release.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn issue_13_answers_with_many_header_fields_pass() {
+/// A `200` whose head has 150 `x-field-N` fields besides its framing ones.
+fn answer_with_150_fields() -> &'static [u8] {
     let mut answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n".to_vec();
     for field_idx in 0..150 {
         answer.extend_from_slice(format!("x-field-{field_idx}: {field_idx}\r\n").as_bytes());
     }
     answer.extend_from_slice(b"\r\nok");
-    let instance = RawInstance::start(answer.leak()).await;
+    answer.leak()
+}
+
+// 3. An answer with more than 100 header fields is passed on, not turned into a 502 against the release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_13_answers_with_many_header_fields_pass() {
+    let instance = RawInstance::start(answer_with_150_fields()).await;
     let test_proxy = proxy_to(&instance, ProxyConfig::default(), RouteSettings::default()).await;
     let answer = exchange(
         test_proxy.addr,
@@ -274,6 +279,66 @@ async fn issue_13_answers_with_many_header_fields_pass() {
     assert_eq!(
         (stats.requests.success, stats.requests.server_error),
         (1, 0)
+    );
+}
+
+// A request's header-field limit is hyper's default, 100 (about HAProxy's 101): a head with 100 fields is
+// forwarded, one with 101 gets 431 and never reaches the instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_with_more_than_100_header_fields_get_431() {
+    let head_with_fields = |fields: usize| {
+        let mut head = "GET / HTTP/1.1\r\nHost: demo.test\r\nConnection: close\r\n".to_owned();
+        for field in 2..fields {
+            head.push_str(&format!("x-field-{field}: {field}\r\n"));
+        }
+        head.push_str("\r\n");
+        head
+    };
+    let instance = RawInstance::start(OK).await;
+    let test_proxy = proxy_to(&instance, ProxyConfig::default(), RouteSettings::default()).await;
+    let answer = exchange(test_proxy.addr, head_with_fields(100).as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    let answer = exchange(test_proxy.addr, head_with_fields(101).as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 431 "), "{answer}");
+    assert_eq!(instance.requests().len(), 1);
+}
+
+// An answer's header fields beyond hyper's default of 100 cost an allocation per answer; the proxy pays it
+// only where needed. A request that can be sent again (idempotent, body held whole) goes first on a
+// connection that parses up to 100 fields; if its answer has more, it is sent once more on one that takes
+// the route's limit, and the instance's later requests go there at once. A request that cannot be sent
+// again (a POST) is never sent twice: it goes on a wide connection from the start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_with_many_header_fields_pass_without_sending_a_post_twice() {
+    let answer = answer_with_150_fields();
+    let fields_in = |answer: &str| {
+        answer
+            .split("\r\n")
+            .filter(|line| line.starts_with("x-field-"))
+            .count()
+    };
+
+    let posted_to = RawInstance::start(answer).await;
+    let test_proxy = proxy_to(&posted_to, ProxyConfig::default(), RouteSettings::default()).await;
+    let post = b"POST / HTTP/1.1\r\nHost: demo.test\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello";
+    let answer_text = exchange(test_proxy.addr, post).await;
+    assert!(answer_text.starts_with("HTTP/1.1 200 "), "{answer_text}");
+    assert_eq!(fields_in(&answer_text), 150);
+    assert_eq!(posted_to.requests().len(), 1);
+
+    let got_from = RawInstance::start(answer).await;
+    let test_proxy = proxy_to(&got_from, ProxyConfig::default(), RouteSettings::default()).await;
+    let get = b"GET / HTTP/1.1\r\nHost: demo.test\r\nConnection: close\r\n\r\n";
+    for (round, requests_seen) in [(1, 2), (2, 3)] {
+        let answer_text = exchange(test_proxy.addr, get).await;
+        assert!(answer_text.starts_with("HTTP/1.1 200 "), "{answer_text}");
+        assert_eq!(fields_in(&answer_text), 150);
+        assert_eq!(got_from.requests().len(), requests_seen, "round {round}");
+    }
+    let stats = test_proxy.proxy.stats(&ReleaseId::new("R")).expect("stats");
+    assert_eq!(
+        (stats.requests.success, stats.requests.server_error),
+        (2, 0)
     );
 }
 
