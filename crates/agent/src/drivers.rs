@@ -98,6 +98,15 @@ impl Drivers {
         self.swarm.get()?.address(instance_id)
     }
 
+    /// Why Swarm could not run a swarm instance's task (`docker service ps`'s error); `None` for
+    /// other drivers' instances and when Swarm said nothing.
+    pub fn task_error(&self, instance_id: &str) -> Option<String> {
+        if !self.is_swarm(instance_id) {
+            return None;
+        }
+        self.swarm.get()?.task_error(instance_id)
+    }
+
     /// The container driver, connecting to the Docker Engine API on first use.
     pub async fn container(&self) -> Result<Arc<ContainerDriver>, DriversError> {
         self.container

@@ -239,6 +239,9 @@ struct SlotView {
     /// Earlier tasks of the slot (Swarm replaced them).
     restarts: u32,
     last_exit: Option<i32>,
+    /// Why Swarm could not run the slot's task (`docker service ps`'s error column): the current
+    /// task's, else the latest earlier one's (a rejected pull, no node that fits).
+    error: Option<String>,
 }
 
 /// One Swarm service this driver runs instances of.
@@ -332,6 +335,14 @@ impl SwarmDriver {
         (view.state == TaskState::RUNNING)
             .then_some(view.address)
             .flatten()
+    }
+
+    /// Why Swarm could not run the instance's task, as the engine said it (`None` when it said
+    /// nothing, or the instance is not known).
+    pub fn task_error(&self, instance_id: &str) -> Option<String> {
+        let (service, slot) = self.find(instance_id)?;
+        let services = lock(&self.services);
+        services.get(&service)?.tasks.get(&slot)?.error.clone()
     }
 
     /// Tags the local image `image` as `<repository>:<tag>` (the repository names its registry,
@@ -959,6 +970,10 @@ impl SwarmDriver {
                     .and_then(|status| status.container_status.as_ref())
                     .and_then(|container| container.exit_code)
                     .and_then(|code| i32::try_from(code).ok());
+                let error = std::iter::once(&current)
+                    .chain(tasks.iter().rev())
+                    .find_map(|task| task.status.as_ref()?.err.clone())
+                    .filter(|error| !error.is_empty());
                 let status = current.status.clone().unwrap_or_default();
                 let port = status
                     .port_status
@@ -979,6 +994,7 @@ impl SwarmDriver {
                         address: port.zip(node).map(|(port, ip)| SocketAddr::new(ip, port)),
                         restarts: u32::try_from(n_tasks - 1).unwrap_or(u32::MAX),
                         last_exit,
+                        error,
                     },
                 );
             }

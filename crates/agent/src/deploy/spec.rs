@@ -158,12 +158,15 @@ pub enum SpecError {
         source: Box<driver::swarm::SwarmError>,
     },
     #[error(
-        "instance `{instance}` has no running task after {seconds}s (Swarm could not place or start it; `docker service ps {service}` says why)"
+        "instance `{instance}` has no running task after {seconds}s: {}",
+        no_task_reason(service, reason.as_deref())
     )]
     NoTask {
         instance: String,
         service: String,
         seconds: u64,
+        /// What Swarm said of the task, if anything.
+        reason: Option<String>,
     },
     #[error("`{name}` references unset {missing}")]
     Unset { name: String, missing: String },
@@ -900,6 +903,29 @@ pub async fn start_instance(
     Ok(id)
 }
 
+/// The end of [`SpecError::NoTask`]'s message: what Swarm said, and what to do about an image a
+/// node could not pull (Swarm reports a refused pull, an untrusted registry certificate included,
+/// as `No such image`).
+fn no_task_reason(service: &str, reason: Option<&str>) -> String {
+    match reason {
+        Some(reason)
+            if reason.contains("No such image")
+                || reason.contains("x509")
+                || reason.contains("pull access denied") =>
+        {
+            format!(
+                "Swarm says `{reason}`: a node could not pull the release's image; check that every node reaches the registry and trusts its certificate (for the agent's own registry: save the output of `rollway registry ca` as `/etc/docker/certs.d/HOST:PORT/ca.crt` on every node), then deploy again"
+            )
+        }
+        Some(reason) => format!(
+            "Swarm says `{reason}` (`docker service ps {service} --no-trunc` shows every attempt)"
+        ),
+        None => format!(
+            "Swarm could not place or start it; `docker service ps {service} --no-trunc` says why"
+        ),
+    }
+}
+
 /// Waits until the swarm instance's task runs with a published port, bounded by the service's
 /// `health.start_timeout` (60 s without a health check); answers its node's address and port.
 async fn task_address(
@@ -921,6 +947,7 @@ async fn task_address(
                 instance: id.to_owned(),
                 service: service.to_owned(),
                 seconds: patience.as_secs(),
+                reason: engine.drivers.task_error(id),
             });
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -1358,4 +1385,48 @@ fn free_port() -> std::io::Result<u16> {
 
 fn short(digest: &str) -> &str {
     digest.get(..12).unwrap_or(digest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SpecError;
+
+    fn no_task(reason: Option<&str>) -> String {
+        SpecError::NoTask {
+            instance: "shop-production-r3-web-1".to_owned(),
+            service: "rollway-shop-production-r3-web".to_owned(),
+            seconds: 60,
+            reason: reason.map(str::to_owned),
+        }
+        .to_string()
+    }
+
+    #[test]
+    fn a_task_without_a_pullable_image_names_swarms_reason_and_the_registry_fix() {
+        let message = no_task(Some(
+            "No such image: 10.0.0.5:7443/rollway/shop-production-web@sha256:ab12",
+        ));
+        assert!(
+            message
+                .contains("`No such image: 10.0.0.5:7443/rollway/shop-production-web@sha256:ab12`"),
+            "{message}"
+        );
+        assert!(message.contains("rollway registry ca"), "{message}");
+        assert!(message.contains("/etc/docker/certs.d/"), "{message}");
+    }
+
+    #[test]
+    fn other_task_errors_are_quoted_and_silence_points_at_docker_service_ps() {
+        let message = no_task(Some("no suitable node (insufficient resources on 2 nodes)"));
+        assert!(
+            message.contains("Swarm says `no suitable node (insufficient resources on 2 nodes)`"),
+            "{message}"
+        );
+        assert!(!message.contains("registry ca"), "{message}");
+        let message = no_task(None);
+        assert!(
+            message.contains("docker service ps rollway-shop-production-r3-web --no-trunc"),
+            "{message}"
+        );
+    }
 }
