@@ -37,7 +37,7 @@ pub mod handover;
 mod health;
 mod ids;
 mod instance;
-mod memory;
+pub mod memory;
 pub mod metrics;
 mod observed;
 pub mod process;

@@ -70,6 +70,7 @@ async fn serve_with(
     shutdown: CancellationToken,
     tls: Option<tokio_rustls::TlsAcceptor>,
 ) -> io::Result<()> {
+    crate::memory::configure_allocator();
     let config = proxy.config().clone();
     let mut http1 = http1::Builder::new();
     http1
