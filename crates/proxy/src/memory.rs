@@ -4,16 +4,18 @@
 //! The allocator is mimalloc (`Allocator`, the `#[global_allocator]` of `rollway` and of `bench_proxy`).
 //! With glibc's, the few long-lived bytes of each idle connection (its task, socket registration, timer,
 //! activity) sat between the 16 KiB of hyper buffers it had freed (`server::serve_http1`), so every idle
-//! connection kept one or two whole pages resident: 6.3 KB each, 36 MB for 5,000. mimalloc keeps
-//! allocations of one size class together on their own pages, so freed buffers leave whole pages free
-//! and the small state packs densely (4.3 KB each, measured with `bench/proxy/idle.sh`). It is built
+//! connection kept one or two whole pages resident: 6.3 to 13.6 KB each (35.6 to 69.9 MiB for 5,000,
+//! depending on when the trim ran). mimalloc keeps allocations of one size class together on their own
+//! pages, so freed buffers leave whole pages free and the small state packs densely (3.8 KB each, 24 MiB
+//! for 5,000, measured with `bench/proxy/idle.sh`; bench/proxy/README.md has the runs). It is built
 //! without asking for transparent huge pages for its arenas (a touched 2 MiB page counts whole in RSS).
 //!
 //! A free page is returned to the system on a purge, which mimalloc runs lazily, when a thread frees
 //! or allocates again after the purge delay. With mimalloc 3's default delay of a second, the pages
-//! freed in the last second of activity stay resident while the proxy sits idle (47 MB for 5,000 idle
-//! connections); `configure_allocator` sets mimalloc 2's 10 ms. After a burst, as glibc's `malloc_trim`
-//! did before, one collection (`mi_collect(true)`: every pending purge, at once) runs too.
+//! freed in the last second of activity stay resident while the proxy sits idle (70 MiB for 5,000
+//! idle connections, 46 MiB with the trim below); `configure_allocator` sets mimalloc 2's 10 ms.
+//! After a burst, as glibc's `malloc_trim` did before, one collection (`mi_collect(true)`: every
+//! pending purge, at once) runs too.
 //!
 //! Counts downstream connections process-wide. When, since the last trim, a quarter of the peak of open
 //! connections closed, or a quarter of those open freed their buffers (and at least a minimum, so a
