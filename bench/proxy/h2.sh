@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # HTTP/2 to clients: h2load (h2c, prior knowledge) through Rollway's proxy and through HAProxy to the same
 # HTTP/1.1 upstream, `/small` answers. Installs haproxy and h2load (nghttp2-client) when missing.
-# Targets alternate; each round is a 2 s warm-up then one measured run per target.
+# Targets alternate; each round is a 2 s warm-up then one measured run per target. Besides req/s, the
+# proxy's CPU time per request (user + system from /proc/PID/stat over the measured run): other load on
+# the shared machine moves it far less than req/s.
 # Usage: bench/proxy/h2.sh [DURATION_S] [CONNECTIONS] [STREAMS] [ROUNDS]   (defaults 8 s, 16, 100, 2)
 set -euo pipefail
 
@@ -39,6 +41,7 @@ trap cleanup EXIT
 
 "$BIN" upstream "$UPSTREAM" & pids+=($!)
 "$BIN" proxy "$ROLLWAY" "$UPSTREAM" & pids+=($!)
+rollway_pid=$!
 
 cat > "$WORK/haproxy.cfg" <<HAPROXY
 global
@@ -56,6 +59,7 @@ backend app
     server app $UPSTREAM
 HAPROXY
 haproxy -f "$WORK/haproxy.cfg" & pids+=($!)
+haproxy_pid=$!
 
 for addr in "$UPSTREAM" "$ROLLWAY"; do
     for _ in $(seq 1 100); do
@@ -65,19 +69,27 @@ for addr in "$UPSTREAM" "$ROLLWAY"; do
 done
 sleep 1
 
-printf "%-6s %-8s %12s %10s %8s %s\n" round target "req/s" mean "load1" failed
+# CPU ticks (user + system) of a process.
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+hz="$(getconf CLK_TCK)"
+
+printf "%-6s %-8s %12s %10s %12s %8s %s\n" round target "req/s" mean "CPU us/req" "load1" failed
 for round in $(seq 1 "$ROUNDS"); do
     for target in rollway haproxy; do
         case $target in
-            rollway) addr=$ROLLWAY ;;
-            haproxy) addr=$HAPROXY ;;
+            rollway) addr=$ROLLWAY; pid=$rollway_pid ;;
+            haproxy) addr=$HAPROXY; pid=$haproxy_pid ;;
         esac
         h2load -t2 -c"$CONNECTIONS" -m"$STREAMS" -D 2 "http://$addr/small" >/dev/null
+        before="$(ticks "$pid")"
         out="$(h2load -t2 -c"$CONNECTIONS" -m"$STREAMS" -D "$DURATION" "http://$addr/small")"
+        after="$(ticks "$pid")"
+        done_n="$(echo "$out" | awk '/^requests:/ {print $8}')"
+        cpu="$(awk -v t="$((after - before))" -v hz="$hz" -v n="$done_n" 'BEGIN {printf "%.1f", n ? t * 1e6 / hz / n : 0}')"
         rps="$(echo "$out" | awk '/^finished in/ {gsub(",", "", $4); print $4}')"
         mean="$(echo "$out" | awk '/^time for request:/ {print $6}')"
         failed="$(echo "$out" | awk '/^requests:/ {print $10, $11}')"
         load="$(cut -d' ' -f1 /proc/loadavg)"
-        printf "%-6s %-8s %12s %10s %8s %s\n" "$round" "$target" "$rps" "$mean" "$load" "$failed"
+        printf "%-6s %-8s %12s %10s %12s %8s %s\n" "$round" "$target" "$rps" "$mean" "$cpu" "$load" "$failed"
     done
 done

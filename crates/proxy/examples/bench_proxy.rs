@@ -21,6 +21,10 @@ use proxy::{InstanceId, InstanceSpec, Proxy, ProxyConfig, ReleaseId, RouteName, 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+// The allocator `rollway` runs with (`proxy::memory`).
+#[global_allocator]
+static ALLOCATOR: proxy::memory::Allocator = proxy::memory::ALLOCATOR;
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let runtime = tokio::runtime::Builder::new_multi_thread()

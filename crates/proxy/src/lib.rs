@@ -40,7 +40,7 @@ mod health;
 mod hold;
 mod ids;
 mod instance;
-mod memory;
+pub mod memory;
 pub mod metrics;
 mod observed;
 pub mod process;

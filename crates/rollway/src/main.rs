@@ -40,6 +40,10 @@ impl From<ExitStatus> for ExitCode {
     }
 }
 
+// One allocator for the CLI, the agent and the proxy process they start (`proxy::memory`).
+#[global_allocator]
+static ALLOCATOR: proxy::memory::Allocator = proxy::memory::ALLOCATOR;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let printer = Printer::new(cli.global.quiet);
