@@ -417,6 +417,15 @@ impl Proxy {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Every instance the proxy holds (ready, not ready or draining).
+    pub(crate) fn instance_lives(&self) -> Vec<Arc<crate::instance::InstanceLive>> {
+        self.lock()
+            .instances
+            .values()
+            .map(|entry| Arc::clone(&entry.live))
+            .collect()
+    }
+
     /// Applies one edit to the desired state, then builds and swaps in the snapshot it implies.
     fn edit<T>(
         &self,

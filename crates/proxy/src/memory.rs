@@ -86,7 +86,16 @@ impl Drop for OpenConnection {
 
 /// An idle connection freed its buffers.
 pub(crate) fn buffers_released() {
-    let released = RELEASES.fetch_add(1, Ordering::Relaxed) + 1;
+    released(1);
+}
+
+/// `n` idle upstream connections were dropped (`upstream::ConnectionPool::expire`).
+pub(crate) fn upstream_connections_dropped(n: usize) {
+    released(n);
+}
+
+fn released(n: usize) {
+    let released = RELEASES.fetch_add(n, Ordering::Relaxed) + n;
     if released >= MIN_FREED.max(OPEN.load(Ordering::Relaxed) / 4) {
         schedule_trim();
     }

@@ -64,6 +64,28 @@ pub async fn serve_https(
     serve_tls(listener, proxy, config, shutdown).await
 }
 
+/// Every `upstream_idle_timeout` (at least every second), drops this thread's idle upstream
+/// connections idle that long, in every instance's pool: after a burst (thousands of clients at
+/// once, each request on its own upstream connection), the pools would otherwise keep every
+/// connection and its buffers until the next request of the same instance on this thread.
+async fn sweep_idle_upstreams(proxy: Proxy) {
+    let timeout = proxy.config().upstream_idle_timeout;
+    let mut tick = tokio::time::interval(timeout.max(Duration::from_secs(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let expired: usize = proxy
+            .instance_lives()
+            .iter()
+            .map(|instance| instance.connections.expire(timeout))
+            .sum();
+        if expired > 0 {
+            tracing::debug!(message = "Idle upstream connections closed.", n = expired);
+            crate::memory::upstream_connections_dropped(expired);
+        }
+    }
+}
+
 async fn serve_with(
     listener: TcpListener,
     proxy: Proxy,
@@ -86,6 +108,8 @@ async fn serve_with(
         .timer(TokioTimer::new());
     let builder = Arc::new(Builders { http1, http2 });
     let tracker = TaskTracker::new();
+    let _sweep =
+        tokio_util::task::AbortOnDropHandle::new(tokio::spawn(sweep_idle_upstreams(proxy.clone())));
     let scheme = if tls.is_some() {
         Scheme::Https
     } else {

@@ -213,6 +213,30 @@ impl ConnectionPool {
         });
     }
 
+    /// Drops this thread's idle connections that have been idle `timeout` or longer, so the buffers
+    /// of a burst's extra connections are freed once the proxy goes quiet (check-in expires them
+    /// only while requests come); answers how many.
+    pub(crate) fn expire(&self, timeout: Duration) -> usize {
+        let now = Instant::now();
+        let mut shard = self
+            .shard()
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut expired = 0;
+        for width in [FieldWidth::Narrow, FieldWidth::Wide] {
+            let idle = shard.of(width);
+            // Oldest at the front: they were pushed in order of their `idle_since`.
+            while idle
+                .front()
+                .is_some_and(|oldest| now.duration_since(oldest.idle_since) >= timeout)
+            {
+                idle.pop_front();
+                expired += 1;
+            }
+        }
+        expired
+    }
+
     pub(crate) fn clear(&self) {
         for shard in &self.shards {
             *shard

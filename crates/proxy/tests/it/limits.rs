@@ -147,3 +147,90 @@ async fn read_to_end(stream: &mut TcpStream) -> String {
         .expect("read");
     String::from_utf8_lossy(&answer).into_owned()
 }
+
+/// An upstream that holds every request until `release` is set, and counts its open connections.
+async fn gated_upstream(
+    release: tokio::sync::watch::Receiver<bool>,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let open = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&open);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let open = Arc::clone(&counted);
+            let release = release.clone();
+            open.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |_request| {
+                    let mut release = release.clone();
+                    async move {
+                        let _ = release.wait_for(|released| *released).await;
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                            Bytes::from_static(b"ok"),
+                        )))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+                open.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (addr, open)
+}
+
+/// A burst that needed one upstream connection per request leaves them pooled; once they have been
+/// idle `upstream_idle_timeout` the proxy closes them by itself (no further request comes to expire
+/// them at check-in), so their buffers do not stay with an idle proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bursts_idle_upstream_connections_are_closed_when_the_proxy_goes_quiet() {
+    use std::sync::atomic::Ordering;
+    const BURST: usize = 16;
+    let (release, gate) = tokio::sync::watch::channel(false);
+    let (upstream, open) = gated_upstream(gate).await;
+    let test_proxy = TestProxy::start(ProxyConfig {
+        upstream_idle_timeout: Duration::from_millis(300),
+        ..ProxyConfig::default()
+    })
+    .await;
+    test_proxy.add_ready("gated", "G", upstream);
+
+    let requests: Vec<_> = (0..BURST)
+        .map(|_| tokio::spawn(get(test_proxy.addr, HOST, "/")))
+        .collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while open.load(Ordering::SeqCst) < BURST {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the burst did not open {BURST} upstream connections: {}",
+            open.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    release.send_replace(true);
+    for request in requests {
+        assert_eq!(request.await.expect("request task").status(), 200);
+    }
+    // Pooled, then closed by the proxy once idle long enough.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while open.load(Ordering::SeqCst) > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} idle upstream connections are still open",
+            open.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The next request opens a new one and is answered.
+    assert_eq!(get(test_proxy.addr, HOST, "/").await.status(), 200);
+    test_proxy.stop().await;
+}
