@@ -10,9 +10,11 @@ DURATION="${1:-10}"
 CONNECTIONS="${2:-8}"
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 WORK="$(mktemp -d)"
-UPSTREAM=127.0.0.1:18680
-ROLLWAY=127.0.0.1:18681
-NGINX=127.0.0.1:18682
+# BENCH_PORT_BASE moves every port of this script (two benches at once need apart ranges).
+PORT_BASE="${BENCH_PORT_BASE:-18680}"
+UPSTREAM=127.0.0.1:$((PORT_BASE + 0))
+ROLLWAY=127.0.0.1:$((PORT_BASE + 1))
+NGINX=127.0.0.1:$((PORT_BASE + 2))
 
 if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null || ! command -v valgrind >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive

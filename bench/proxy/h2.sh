@@ -13,9 +13,11 @@ STREAMS="${3:-100}"
 ROUNDS="${4:-2}"
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 WORK="$(mktemp -d)"
-UPSTREAM=127.0.0.1:18670
-ROLLWAY=127.0.0.1:18671
-HAPROXY=127.0.0.1:18673
+# BENCH_PORT_BASE moves every port of this script (two benches at once need apart ranges).
+PORT_BASE="${BENCH_PORT_BASE:-18670}"
+UPSTREAM=127.0.0.1:$((PORT_BASE + 0))
+ROLLWAY=127.0.0.1:$((PORT_BASE + 1))
+HAPROXY=127.0.0.1:$((PORT_BASE + 3))
 
 if ! command -v haproxy >/dev/null || ! command -v h2load >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive

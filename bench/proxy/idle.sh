@@ -10,10 +10,12 @@ COUNT="${1:-5000}"
 HOLD="${2:-8}"
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 WORK="$(mktemp -d)"
-UPSTREAM=127.0.0.1:18690
-ROLLWAY=127.0.0.1:18691
-NGINX=127.0.0.1:18692
-HAPROXY=127.0.0.1:18693
+# BENCH_PORT_BASE moves every port of this script (two benches at once need apart ranges).
+PORT_BASE="${BENCH_PORT_BASE:-18690}"
+UPSTREAM=127.0.0.1:$((PORT_BASE + 0))
+ROLLWAY=127.0.0.1:$((PORT_BASE + 1))
+NGINX=127.0.0.1:$((PORT_BASE + 2))
+HAPROXY=127.0.0.1:$((PORT_BASE + 3))
 
 if ! command -v nginx >/dev/null || ! command -v haproxy >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
