@@ -4,7 +4,17 @@
 # instructions, so other load on the machine does not change the figures (only how long the run takes).
 # Instrumentation is switched on only while wrk runs (after a warm-up), so start-up is not counted.
 # Usage: bench/proxy/callgrind.sh [DURATION_S] [CONNECTIONS]   (defaults 10 s, 8 connections)
+#
+# CALLGRIND_MODE=h2: HTTP/2 to the client instead (h2c, prior knowledge, HTTP/1.1 upstream), Rollway only
+# (nginx's h2c is not what is compared, and HAProxy does not run well under callgrind): a bounded h2load
+# run of H2_REQUESTS (20000) requests over H2_CONNECTIONS (4) connections x H2_STREAMS (50) streams,
+# after a warm-up of a tenth of that. Figures are per request, as for HTTP/1.
 set -euo pipefail
+
+MODE="${CALLGRIND_MODE:-http1}"
+H2_REQUESTS="${H2_REQUESTS:-20000}"
+H2_CONNECTIONS="${H2_CONNECTIONS:-4}"
+H2_STREAMS="${H2_STREAMS:-50}"
 
 DURATION="${1:-10}"
 CONNECTIONS="${2:-8}"
@@ -16,10 +26,11 @@ UPSTREAM=127.0.0.1:$((PORT_BASE + 0))
 ROLLWAY=127.0.0.1:$((PORT_BASE + 1))
 NGINX=127.0.0.1:$((PORT_BASE + 2))
 
-if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null || ! command -v valgrind >/dev/null; then
+if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null || ! command -v valgrind >/dev/null \
+    || ! command -v h2load >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -q
-    apt-get install -y -q nginx wrk valgrind
+    apt-get install -y -q nginx wrk valgrind nghttp2-client
 fi
 
 # BENCH_PROXY_BIN measures another build (e.g. a copy of an earlier commit's) instead.
@@ -74,18 +85,26 @@ print(total)
 PY
 }
 
-# measure NAME PID OUTFILE_PREFIX ADDR: toggles collection on for one wrk run, prints the figures.
+# measure NAME PID OUTFILE_PREFIX ADDR: toggles collection on for one wrk (or h2load) run, prints the
+# figures.
 measure() {
     local name=$1 pid=$2 addr=$3
-    wrk -t1 -c"$CONNECTIONS" -d3s "http://$addr/small" >/dev/null
-    callgrind_control -i on "$pid" >/dev/null 2>&1
-    local out
-    out="$(wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" "http://$addr/small")"
+    local out requests
+    if [ "$MODE" = h2 ]; then
+        h2load -c"$H2_CONNECTIONS" -m"$H2_STREAMS" -n"$((H2_REQUESTS / 10))" "http://$addr/small" >/dev/null
+        callgrind_control -i on "$pid" >/dev/null 2>&1
+        out="$(h2load -c"$H2_CONNECTIONS" -m"$H2_STREAMS" -n"$H2_REQUESTS" "http://$addr/small")"
+        requests="$(echo "$out" | awk '/^requests:/ {print $8}')"
+        echo "$out" | grep -E '^(requests|status codes):' >&2
+    else
+        wrk -t1 -c"$CONNECTIONS" -d3s "http://$addr/small" >/dev/null
+        callgrind_control -i on "$pid" >/dev/null 2>&1
+        out="$(wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" "http://$addr/small")"
+        requests="$(echo "$out" | awk '/requests in/ {print $1}')"
+    fi
     callgrind_control -i off "$pid" >/dev/null 2>&1
     callgrind_control -d "$pid" >/dev/null 2>&1
     sleep 1
-    local requests
-    requests="$(echo "$out" | awk '/requests in/ {print $1}')"
     local file
     file="$(ls -t "$WORK"/callgrind."$name".* | head -1)"
     if [ -n "${CALLGRIND_KEEP:-}" ]; then
@@ -94,13 +113,16 @@ measure() {
     local instructions
     instructions="$(callgrind_annotate "$file" 2>/dev/null | awk '/PROGRAM TOTALS/ && !done {gsub(",", "", $1); print $1; done = 1}')"
     local mallocs
-    mallocs="$(calls_to "$file" malloc,calloc,realloc)"
+    # mimalloc (Rollway's allocator) or the C library's.
+    mallocs="$(calls_to "$file" malloc,calloc,realloc,mi_malloc,mi_malloc_aligned,mi_zalloc_aligned,mi_realloc_aligned)"
     local frees
-    frees="$(calls_to "$file" free)"
+    frees="$(calls_to "$file" free,mi_free)"
     local memcpys
     memcpys="$(calls_to "$file" "__memcpy_avx_unaligned_erms,__memmove_avx_unaligned_erms,memcpy,memmove,__memcpy_sse2_unaligned_erms,__memmove_sse2_unaligned_erms")"
-    printf "%-8s requests %8s  instr/req %8.0f  malloc+calloc+realloc/req %5.2f  free/req %5.2f  memcpy/req %5.1f\n" \
-        "$name" "$requests" "$(echo "$instructions / $requests" | bc -l)" \
+    local label=$name
+    [ "$MODE" = h2 ] && label="$name-h2"
+    printf "%-10s requests %8s  instr/req %8.0f  malloc+calloc+realloc/req %5.2f  free/req %5.2f  memcpy/req %5.1f\n" \
+        "$label" "$requests" "$(echo "$instructions / $requests" | bc -l)" \
         "$(echo "$mallocs / $requests" | bc -l)" "$(echo "$frees / $requests" | bc -l)" \
         "$(echo "$memcpys / $requests" | bc -l)"
 }
@@ -109,6 +131,13 @@ measure() {
 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/callgrind.rollway.%p" \
     "$BIN" proxy "$ROLLWAY" "$UPSTREAM" 1 2>"$WORK/valgrind-rollway.log" & pids+=($!)
 rollway_pid=$!
+
+if [ "$MODE" = h2 ]; then
+    wait_for "$UPSTREAM"
+    wait_for "$ROLLWAY"
+    measure rollway "$rollway_pid" "$ROLLWAY"
+    exit 0
+fi
 
 # nginx: one worker, no master, so the measured process is the one serving.
 cat > "$WORK/nginx.conf" <<NGINX
