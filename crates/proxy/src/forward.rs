@@ -357,7 +357,11 @@ async fn forward(
                 RequestBody::full(whole_body.clone().unwrap_or_default()),
                 parts.headers.clone(),
             );
-            sent = upstream::send(&instance, again, config, &settings, upgrade, replayable).await;
+            // Boxed (a rare path): a second `send` state would size every request's future.
+            sent = Box::pin(upstream::send(
+                &instance, again, config, &settings, upgrade, replayable,
+            ))
+            .await;
         }
         match sent {
             Ok((mut response, sender)) => {

@@ -293,7 +293,9 @@ pub(crate) async fn send(
     replayable: bool,
 ) -> Result<(Response<Incoming>, Sender), SendFailure> {
     if settings.protocol != UpstreamProtocol::Http1 {
-        return send_h2(instance, request, config, settings).await;
+        // Boxed: its state (1.9 KB, most of it the h2 handshake's) would otherwise size every
+        // request's future, HTTP/1 ones included; an h2c request allocates a lot anyway.
+        return Box::pin(send_h2(instance, request, config, settings)).await;
     }
     let width = if settings.max_header_fields <= HYPER_DEFAULT_MAX_HEADERS
         || (replayable
