@@ -855,13 +855,22 @@ pub(crate) fn client_ip_value(client_addr: SocketAddr) -> HeaderValue {
 }
 
 /// The client's `X-Request-Id` when it sent a usable one, else a new random 128-bit hex id.
+///
+/// Marked sensitive, which HTTP/2's HPACK encodes as a literal never added to the connection's header
+/// table (HTTP/1 ignores the mark): a value unique to one request only fills the table, so that every
+/// later answer's id is compared with the dozens of stale ones and evicts the `date` entry (a tenth of an h2c
+/// request's instructions; see bench/proxy/README.md, "Session 27: HTTP/2").
 fn request_id(headers: &HeaderMap) -> HeaderValue {
-    if let Some(value) = headers.get(&X_REQUEST_ID)
-        && !value.is_empty()
-        && value.len() <= 200
-    {
-        return value.clone();
-    }
+    let mut id = match headers.get(&X_REQUEST_ID) {
+        Some(value) if !value.is_empty() && value.len() <= 200 => value.clone(),
+        _ => new_request_id(),
+    };
+    id.set_sensitive(true);
+    id
+}
+
+/// A new random 128-bit id in hex.
+fn new_request_id() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut id = [0u8; 32];
     for (half, value) in id.chunks_exact_mut(16).zip([random_u64(), random_u64()]) {

@@ -113,3 +113,19 @@ fn upgrade_needs_both_headers() {
     );
     assert!(is_upgrade(&headers));
 }
+
+#[test]
+fn request_ids_are_kept_out_of_the_hpack_table_and_a_client_s_usable_one_is_kept() {
+    let made = request_id(&HeaderMap::new());
+    assert_eq!(made.len(), 32);
+    assert!(made.is_sensitive());
+
+    let mut headers = HeaderMap::new();
+    headers.insert(&X_REQUEST_ID, HeaderValue::from_static("client-id-1"));
+    let kept = request_id(&headers);
+    assert_eq!(kept, "client-id-1");
+    assert!(kept.is_sensitive());
+
+    headers.insert(&X_REQUEST_ID, HeaderValue::from_static(""));
+    assert_eq!(request_id(&headers).len(), 32);
+}
