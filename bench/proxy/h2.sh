@@ -63,11 +63,18 @@ HAPROXY
 haproxy -f "$WORK/haproxy.cfg" & pids+=($!)
 haproxy_pid=$!
 
+# The upstream first: a proxy without it holds each request for an instance (the route's hold), so
+# waiting on the proxy then would take 100 holds. `--max-time` bounds each try either way.
 for addr in "$UPSTREAM" "$ROLLWAY"; do
+    up=
     for _ in $(seq 1 100); do
-        curl -sf "http://$addr/small" >/dev/null 2>&1 && break
+        curl -sf --max-time 2 "http://$addr/small" >/dev/null 2>&1 && up=1 && break
         sleep 0.1
     done
+    if [ -z "$up" ]; then
+        echo "$addr did not answer (port taken? see BENCH_PORT_BASE)" >&2
+        exit 1
+    fi
 done
 sleep 1
 
