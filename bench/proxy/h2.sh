@@ -97,7 +97,7 @@ for round in $(seq 1 "$ROUNDS"); do
         cpu="$(awk -v t="$((after - before))" -v hz="$hz" -v n="$done_n" 'BEGIN {printf "%.1f", n ? t * 1e6 / hz / n : 0}')"
         rps="$(echo "$out" | awk '/^finished in/ {gsub(",", "", $4); print $4}')"
         mean="$(echo "$out" | awk '/^time for request:/ {print $6}')"
-        failed="$(echo "$out" | awk '/^requests:/ {print $10, $11}')"
+        failed="$(echo "$out" | awk '/^requests:/ {print $10, $11} /^status codes:/ {print $9, $10}' | paste -sd' ')"
         load="$(cut -d' ' -f1 /proc/loadavg)"
         printf "%-6s %-8s %12s %10s %12s %8s %s\n" "$round" "$target" "$rps" "$mean" "$cpu" "$load" "$failed"
     done
