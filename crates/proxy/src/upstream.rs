@@ -654,14 +654,14 @@ mod tests {
         };
         // One request at a time: each takes the oldest and checks it back in as the newest, so all
         // three take turns and none stays idle longer than the others.
-        for round in 0..3 {
+        for (round, checked_in_before) in between.iter().enumerate() {
             let sender = pool
                 .checkout(FieldWidth::Narrow, limits.timeout)
                 .expect("an idle connection");
             let left = idle_since(&pool);
             assert_eq!(left.len(), 2);
             assert!(
-                left[0] >= between[round],
+                left[0] >= *checked_in_before,
                 "round {round}: the oldest connection was taken"
             );
             pool.checkin(Sender::Http1(sender, FieldWidth::Narrow), limits);
