@@ -181,8 +181,9 @@ async fn forward(
                 &route.live.rates,
                 client,
                 request.uri().path(),
-                Instant::now(),
-                SystemTime::now(),
+                // The request's arrival is its time for the rate, as good as a clock read more.
+                started,
+                SystemTime::now,
             )
         };
         (route.name().clone(), route.spec().settings, admission)
