@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -38,6 +39,10 @@ pub(crate) struct ConnectionContext {
     pub(crate) trusted_peer: bool,
     pub(crate) scheme: Scheme,
     pub(crate) tracker: TaskTracker,
+    /// Set when the process stops accepting: every HTTP/1 answer from then on says `connection:
+    /// close`, so a keep-alive client opens its next connection to the successor instead of racing a
+    /// close (`server::Connection::serve_http1`).
+    pub(crate) closing: AtomicBool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +65,7 @@ pub(crate) async fn handle(
     active: ActiveRequest,
 ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
     let mut active = Some(active);
+    let http1 = request.version() < Version::HTTP_2;
     let request_id = request_id(request.headers());
     let mut hsts = None;
     let mut response = match forward(request, &context, &request_id, &mut active, &mut hsts).await {
@@ -87,6 +93,14 @@ pub(crate) async fn handle(
         && let Ok(value) = HeaderValue::from_str(&format!("max-age={seconds}"))
     {
         entry.insert(value);
+    }
+    if http1
+        && context.closing.load(Ordering::Relaxed)
+        && response.status() != StatusCode::SWITCHING_PROTOCOLS
+    {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     // The upgrade tunnel takes the active-request count when there is one; otherwise the answer holds it.
     if let Some(active) = active {
@@ -207,22 +221,25 @@ async fn forward(
     }
     // One budget for every wait of this request (a pause, no routable instance).
     let mut hold = Hold::new(settings.hold);
+    // The awaits that few requests reach (a pause, a refused body, a body read whole, a second send)
+    // are boxed: their state would otherwise size this future, and so every request's, which is
+    // copied whole on its way into its task.
     match admission {
         Ok(Admission::Pass) => {}
         Ok(Admission::Hold { until }) => {
-            crate::hold::while_paused(
+            Box::pin(crate::hold::while_paused(
                 proxy,
                 &route_name,
                 &host_key,
                 request.uri().path(),
                 until,
                 &mut hold,
-            )
+            ))
             .await?;
         }
         Err(refusal) => {
             if !expects_continue(request.headers()) {
-                discard_body(request.into_body()).await;
+                Box::pin(discard_body(request.into_body())).await;
             }
             return Err((refusal, None));
         }
@@ -234,7 +251,7 @@ async fn forward(
         // A client that sent `Expect: 100-continue` waits for a go-ahead: it gets the 413 at once and its
         // body is not read (reading it is what makes hyper send `100 Continue`).
         if !expects_continue(request.headers()) {
-            discard_body(request.into_body()).await;
+            Box::pin(discard_body(request.into_body())).await;
         }
         return Err((
             ProxyError::BodyTooLarge {
@@ -276,8 +293,7 @@ async fn forward(
         && !upgrade
         && announced_length.is_some_and(|length| length <= config.request_buffer_bytes)
     {
-        let bytes = body
-            .read_whole()
+        let bytes = Box::pin(body.read_whole())
             .await
             .map_err(|error| (request_body_error(error), None))?;
         body = RequestBody::full(bytes.clone());
@@ -358,7 +374,10 @@ async fn forward(
                 RequestBody::full(whole_body.clone().unwrap_or_default()),
                 parts.headers.clone(),
             );
-            sent = upstream::send(&instance, again, config, &settings, upgrade, replayable).await;
+            sent = Box::pin(upstream::send(
+                &instance, again, config, &settings, upgrade, replayable,
+            ))
+            .await;
         }
         match sent {
             Ok((mut response, sender)) => {

@@ -317,7 +317,8 @@ pub(crate) async fn send(
         let reused = pooled.is_some();
         let mut sender = match pooled {
             Some(sender) => sender,
-            None => match connect(instance, config, width.limit(settings)).await {
+            // Boxed: a new connection is rare, and its state would size every request's future.
+            None => match Box::pin(connect(instance, config, width.limit(settings))).await {
                 Ok(sender) => sender,
                 Err(error) => {
                     return Err(SendFailure {
