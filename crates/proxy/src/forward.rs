@@ -355,7 +355,7 @@ async fn forward(
                 parts.headers.clone(),
             ),
         };
-        let mut sent = upstream::send(
+        let first = upstream::send(
             &instance,
             upstream_request,
             config,
@@ -364,21 +364,28 @@ async fn forward(
             replayable,
         )
         .await;
-        if let Err(SendFailure {
-            send_wide: true, ..
-        }) = sent
-        {
+        let sent = if matches!(
+            first,
+            Err(SendFailure {
+                send_wide: true,
+                ..
+            })
+        ) {
+            // Gone before the next await, so it takes no room in this future's state.
+            drop(first);
             // The answer had more header fields than a narrow connection parses; the request is
             // replayable, and now goes on a connection that takes the route's limit.
             let again = build(
                 RequestBody::full(whole_body.clone().unwrap_or_default()),
                 parts.headers.clone(),
             );
-            sent = Box::pin(upstream::send(
+            Box::pin(upstream::send(
                 &instance, again, config, &settings, upgrade, replayable,
             ))
-            .await;
-        }
+            .await
+        } else {
+            first
+        };
         match sent {
             Ok((mut response, sender)) => {
                 instance.record_success();

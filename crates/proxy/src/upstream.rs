@@ -293,7 +293,8 @@ pub(crate) async fn send(
     replayable: bool,
 ) -> Result<(Response<Incoming>, Sender), SendFailure> {
     if settings.protocol != UpstreamProtocol::Http1 {
-        return send_h2(instance, request, config, settings).await;
+        // Boxed: its state would size every HTTP/1 request's future too.
+        return Box::pin(send_h2(instance, request, config, settings)).await;
     }
     let width = if settings.max_header_fields <= HYPER_DEFAULT_MAX_HEADERS
         || (replayable
@@ -334,12 +335,12 @@ pub(crate) async fn send(
         }
         // Most requests have no body: no signal to allocate then.
         let progress = (!request.body().is_end_stream()).then(|| request.body_mut().progress());
-        let sent = answer_within(
-            settings.timeout,
-            progress.as_deref(),
-            sender.try_send_request(request),
-        )
-        .await;
+        let answer = sender.try_send_request(request);
+        let sent = match progress.as_deref() {
+            None => tokio::time::timeout(settings.timeout, answer).await.ok(),
+            // Boxed: its state would size every request's future.
+            Some(progress) => Box::pin(answer_within(settings.timeout, progress, answer)).await,
+        };
         match sent {
             Some(Ok(response)) => return Ok((response, Sender::Http1(sender, width))),
             Some(Err(mut failure)) => match failure.take_message() {
@@ -371,17 +372,15 @@ pub(crate) async fn send(
     }
 }
 
-/// Waits for an instance's answer head. The route's timeout runs from the last chunk of the request body
-/// the connection took (or from the start, for a request without a body): a large upload that keeps
-/// moving is not cut, and an instance that stops reading the body, or answering, is.
+/// Waits for an instance's answer head to a request with a body. The route's timeout runs from the last
+/// chunk of the request body the connection took (for a request without a body, from the start: a plain
+/// `timeout` in `send`): a large upload that keeps moving is not cut, and an instance that stops reading
+/// the body, or answering, is.
 async fn answer_within<F: std::future::Future>(
     timeout: Duration,
-    progress: Option<&Notify>,
+    progress: &Notify,
     answer: F,
 ) -> Option<F::Output> {
-    let Some(progress) = progress else {
-        return tokio::time::timeout(timeout, answer).await.ok();
-    };
     tokio::pin!(answer);
     loop {
         tokio::select! {
@@ -425,12 +424,12 @@ async fn send_h2(
         }
         // Most requests have no body: no signal to allocate then.
         let progress = (!request.body().is_end_stream()).then(|| request.body_mut().progress());
-        let sent = answer_within(
-            settings.timeout,
-            progress.as_deref(),
-            sender.try_send_request(request),
-        )
-        .await;
+        let answer = sender.try_send_request(request);
+        let sent = match progress.as_deref() {
+            None => tokio::time::timeout(settings.timeout, answer).await.ok(),
+            // Boxed: its state would size every request's future.
+            Some(progress) => Box::pin(answer_within(settings.timeout, progress, answer)).await,
+        };
         match sent {
             Some(Ok(response)) => return Ok((response, Sender::Http2)),
             Some(Err(mut failure)) => {
