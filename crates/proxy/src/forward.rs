@@ -823,18 +823,19 @@ fn prepare_request_headers(
         Some(context.client_ip.clone())
     };
     if let Some(value) = forwarded_for {
-        headers.insert(X_FORWARDED_FOR.clone(), value);
+        headers.insert(&X_FORWARDED_FOR, value);
     }
     let proto = match context.scheme {
         Scheme::Http => "http",
         Scheme::Https => "https",
     };
-    // A trusted proxy in front knows the scheme and host the client used; keep what it says.
-    if !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+    // A trusted proxy in front knows the scheme and host the client used; keep what it says. (One
+    // lookup each: `entry`, not `contains_key` then `insert`.)
+    if let header::Entry::Vacant(entry) = headers.entry(&X_FORWARDED_PROTO) {
+        entry.insert(HeaderValue::from_static(proto));
     }
-    if !headers.contains_key(&X_FORWARDED_HOST) {
-        headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+    if let header::Entry::Vacant(entry) = headers.entry(&X_FORWARDED_HOST) {
+        entry.insert(host.clone());
     }
     if protocol == UpstreamProtocol::Http1 {
         headers.insert(header::HOST, host.clone());
@@ -842,7 +843,7 @@ fn prepare_request_headers(
         // HTTP/2 carries the host in `:authority` (see `upstream_uri`).
         headers.remove(header::HOST);
     }
-    headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+    headers.insert(&X_REQUEST_ID, request_id.clone());
 }
 
 /// Forwarding headers a client could use to pose as a proxy (every `X-Forwarded-*`, `Forwarded`,
