@@ -346,8 +346,10 @@ async fn forward(
             &mut hold,
         )
         .await?;
-        let instance = Arc::clone(guard.instance());
-        let stats = Arc::clone(guard.stats());
+        // Borrowed from the guard, not cloned: both `Arc`s are shared by every worker, and each clone and
+        // drop is an atomic write to a cache line the other workers use too.
+        let instance = guard.instance();
+        let stats = guard.stats();
         let upstream_request = match pending.take() {
             Some(upstream_request) => upstream_request,
             None => build(
@@ -356,7 +358,7 @@ async fn forward(
             ),
         };
         let first = upstream::send(
-            &instance,
+            instance,
             upstream_request,
             config,
             &settings,
@@ -380,7 +382,7 @@ async fn forward(
                 parts.headers.clone(),
             );
             Box::pin(upstream::send(
-                &instance, again, config, &settings, upgrade, replayable,
+                instance, again, config, &settings, upgrade, replayable,
             ))
             .await
         } else {
@@ -429,16 +431,17 @@ async fn forward(
                 let checkin = (!upgrade).then(|| {
                     (
                         sender,
-                        Arc::clone(&instance),
+                        Arc::clone(instance),
                         upstream::IdleLimits {
                             max: config.upstream_max_idle_per_instance,
                             timeout: config.upstream_idle_timeout,
                         },
                     )
                 });
+                let grpc_stats = grpc_pending.then(|| Arc::clone(stats));
                 let mut body =
                     ProxyBody::upstream(incoming, checkin, Some(guard), settings.idle_timeout);
-                if grpc_pending {
+                if let Some(stats) = grpc_stats {
                     body.count_grpc_status(stats, latency);
                 }
                 return Ok(Response::from_parts(head, body));
@@ -449,7 +452,7 @@ async fn forward(
                 if refused
                     && instance.record_connect_failure(config.passive_health.consecutive_failures)
                 {
-                    crate::health::spawn_probe(proxy.clone(), Arc::clone(&instance));
+                    crate::health::spawn_probe(proxy.clone(), Arc::clone(instance));
                 }
                 if !refused {
                     attempt += 1;
@@ -465,10 +468,10 @@ async fn forward(
                         instance = %instance.id()
                     );
                     pending = request;
-                    tried.failed(instance.id(), refused, &stats);
+                    tried.failed(instance.id(), refused, stats);
                     continue;
                 }
-                return Err((error, Some(stats)));
+                return Err((error, Some(Arc::clone(stats))));
             }
         }
     }
