@@ -105,12 +105,14 @@ measure() {
     local instructions
     instructions="$(callgrind_annotate "$file" 2>/dev/null | awk '/PROGRAM TOTALS/ && !done {gsub(",", "", $1); print $1; done = 1}')"
     local mallocs
-    mallocs="$(calls_to "$file" malloc,calloc,realloc)"
+    # C's allocator entry points (nginx) and Rust's (`__rust_alloc` and co., whatever the global
+    # allocator: Rollway's is mimalloc, which glibc's malloc counts would miss).
+    mallocs="$(calls_to "$file" malloc,calloc,realloc,__rustc::__rust_alloc,__rustc::__rust_alloc_zeroed,__rustc::__rust_realloc)"
     local frees
-    frees="$(calls_to "$file" free)"
+    frees="$(calls_to "$file" free,__rustc::__rust_dealloc)"
     local memcpys
     memcpys="$(calls_to "$file" "__memcpy_avx_unaligned_erms,__memmove_avx_unaligned_erms,memcpy,memmove,__memcpy_sse2_unaligned_erms,__memmove_sse2_unaligned_erms")"
-    printf "%-8s requests %8s  instr/req %8.0f  malloc+calloc+realloc/req %5.2f  free/req %5.2f  memcpy/req %5.1f\n" \
+    printf "%-16s requests %8s  instr/req %8.0f  allocations/req %5.2f  frees/req %5.2f  memcpy/req %5.1f\n" \
         "$name" "$requests" "$(echo "$instructions / $requests" | bc -l)" \
         "$(echo "$mallocs / $requests" | bc -l)" "$(echo "$frees / $requests" | bc -l)" \
         "$(echo "$memcpys / $requests" | bc -l)"
