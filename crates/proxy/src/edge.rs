@@ -85,10 +85,13 @@ pub(crate) enum Admission {
 /// the shard and is the shard map's own hash too (`HashedAddr`).
 #[derive(Debug)]
 pub(crate) struct RateTable {
-    shards: Box<[Mutex<HashMap<HashedAddr, Bucket, BuildHasherDefault<PrehashedHasher>>>]>,
+    shards: Box<[Mutex<Shard>]>,
     hasher: std::collections::hash_map::RandomState,
     max_per_shard: usize,
 }
+
+/// The buckets of one shard, by client address.
+type Shard = HashMap<HashedAddr, Bucket, BuildHasherDefault<PrehashedHasher>>;
 
 /// A client address with its hash under the table's keyed hasher. Equal addresses have equal hashes, so
 /// comparing the addresses is enough for equality.
@@ -295,13 +298,7 @@ impl RateTable {
 
 /// Makes room in a full shard: buckets that refilled to `burst` are the same as no bucket, so they go
 /// first; if none did (more active clients than the bound), the least recently seen goes.
-fn evict(
-    shard: &mut HashMap<HashedAddr, Bucket, BuildHasherDefault<PrehashedHasher>>,
-    burst: f64,
-    refill: f64,
-    now: Instant,
-    max_per_shard: usize,
-) {
+fn evict(shard: &mut Shard, burst: f64, refill: f64, now: Instant, max_per_shard: usize) {
     shard.retain(|_, bucket| {
         let elapsed = now.saturating_duration_since(bucket.last).as_secs_f64();
         bucket.tokens + elapsed * refill < burst
