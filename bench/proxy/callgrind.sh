@@ -4,10 +4,16 @@
 # instructions, so other load on the machine does not change the figures (only how long the run takes).
 # Instrumentation is switched on only while wrk runs (after a warm-up), so start-up is not counted.
 # Usage: bench/proxy/callgrind.sh [DURATION_S] [CONNECTIONS]   (defaults 10 s, 8 connections)
+# MODES (default "static deployed") picks the routes measured, each beside an nginx configured alike:
+#   static    `bench_proxy proxy` with one route for any host to one upstream (nginx: one server)
+#   deployed  `bench_proxy proxy ... deployed`: the route as the agent configures a deployed app (Host
+#             route, two instances, a rate limit taking a token per request, an allow list, max_body);
+#             two upstream processes; wrk sends `Host: bench.localhost` (nginx: least_conn over the two
+#             servers, a server_name and a default 404 server, as bench/proxy/deployed.sh's)
 #
-# CALLGRIND_MODE=h2: HTTP/2 to the client instead (h2c, prior knowledge, HTTP/1.1 upstream), Rollway only
-# (nginx's h2c is not what is compared, and HAProxy does not run well under callgrind): a bounded h2load
-# run of H2_REQUESTS (20000) requests over H2_CONNECTIONS (4) connections x H2_STREAMS (50) streams,
+# CALLGRIND_MODE=h2: HTTP/2 to the client instead (h2c, prior knowledge, HTTP/1.1 upstream), Rollway's static
+# route only (nginx's h2c is not what is compared, and HAProxy does not run well under callgrind): a bounded
+# h2load run of H2_REQUESTS (20000) requests over H2_CONNECTIONS (4) connections x H2_STREAMS (50) streams,
 # after a warm-up of a tenth of that. Figures are per request, as for HTTP/1.
 set -euo pipefail
 
@@ -25,6 +31,11 @@ PORT_BASE="${BENCH_PORT_BASE:-18680}"
 UPSTREAM=127.0.0.1:$((PORT_BASE + 0))
 ROLLWAY=127.0.0.1:$((PORT_BASE + 1))
 NGINX=127.0.0.1:$((PORT_BASE + 2))
+UPSTREAM_B=127.0.0.1:$((PORT_BASE + 3))
+ROLLWAY_DEPLOYED=127.0.0.1:$((PORT_BASE + 4))
+NGINX_DEPLOYED=127.0.0.1:$((PORT_BASE + 5))
+DEPLOYED_HOST=bench.localhost
+MODES="${MODES:-static deployed}"
 
 if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null || ! command -v valgrind >/dev/null \
     || ! command -v h2load >/dev/null; then
@@ -51,9 +62,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-wait_for() {
+wait_for() { # ADDR [HOST]
     for _ in $(seq 1 300); do
-        curl -sf "http://$1/small" >/dev/null 2>&1 && return 0
+        curl -sf -H "Host: ${2:-bench}" "http://$1/small" >/dev/null 2>&1 && return 0
         sleep 0.2
     done
     echo "$1 did not answer" >&2
@@ -85,10 +96,9 @@ print(total)
 PY
 }
 
-# measure NAME PID OUTFILE_PREFIX ADDR: toggles collection on for one wrk (or h2load) run, prints the
-# figures.
+# measure NAME PID ADDR [HOST]: toggles collection on for one wrk (or h2load) run, prints the figures.
 measure() {
-    local name=$1 pid=$2 addr=$3
+    local name=$1 pid=$2 addr=$3 host=${4:-bench}
     local out requests
     if [ "$MODE" = h2 ]; then
         h2load -c"$H2_CONNECTIONS" -m"$H2_STREAMS" -n"$((H2_REQUESTS / 10))" "http://$addr/small" >/dev/null
@@ -96,62 +106,79 @@ measure() {
         out="$(h2load -c"$H2_CONNECTIONS" -m"$H2_STREAMS" -n"$H2_REQUESTS" "http://$addr/small")"
         requests="$(echo "$out" | awk '/^requests:/ {print $8}')"
         echo "$out" | grep -E '^(requests|status codes):' >&2
+        name="$name-h2"
     else
-        wrk -t1 -c"$CONNECTIONS" -d3s "http://$addr/small" >/dev/null
+        wrk -t1 -c"$CONNECTIONS" -d3s -H "Host: $host" "http://$addr/small" >/dev/null
         callgrind_control -i on "$pid" >/dev/null 2>&1
-        out="$(wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" "http://$addr/small")"
+        out="$(wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" -H "Host: $host" "http://$addr/small")"
         requests="$(echo "$out" | awk '/requests in/ {print $1}')"
     fi
     callgrind_control -i off "$pid" >/dev/null 2>&1
     callgrind_control -d "$pid" >/dev/null 2>&1
     sleep 1
     local file
-    file="$(ls -t "$WORK"/callgrind."$name".* | head -1)"
+    file="$(ls -t "$WORK"/callgrind."${name%-h2}".* | head -1)"
     if [ -n "${CALLGRIND_KEEP:-}" ]; then
         cp "$file" "$CALLGRIND_KEEP/callgrind.$name.out"
     fi
     local instructions
     instructions="$(callgrind_annotate "$file" 2>/dev/null | awk '/PROGRAM TOTALS/ && !done {gsub(",", "", $1); print $1; done = 1}')"
     local mallocs
-    # mimalloc (Rollway's allocator) or the C library's.
-    mallocs="$(calls_to "$file" malloc,calloc,realloc,mi_malloc,mi_malloc_aligned,mi_zalloc_aligned,mi_realloc_aligned)"
+    # C's allocator entry points (nginx) and Rust's (`__rust_alloc` and co., whatever the global
+    # allocator: Rollway's is mimalloc, which glibc's malloc counts would miss).
+    mallocs="$(calls_to "$file" malloc,calloc,realloc,__rustc::__rust_alloc,__rustc::__rust_alloc_zeroed,__rustc::__rust_realloc)"
     local frees
-    frees="$(calls_to "$file" free,mi_free)"
+    frees="$(calls_to "$file" free,__rustc::__rust_dealloc)"
     local memcpys
     memcpys="$(calls_to "$file" "__memcpy_avx_unaligned_erms,__memmove_avx_unaligned_erms,memcpy,memmove,__memcpy_sse2_unaligned_erms,__memmove_sse2_unaligned_erms")"
-    local label=$name
-    [ "$MODE" = h2 ] && label="$name-h2"
-    printf "%-10s requests %8s  instr/req %8.0f  malloc+calloc+realloc/req %5.2f  free/req %5.2f  memcpy/req %5.1f\n" \
-        "$label" "$requests" "$(echo "$instructions / $requests" | bc -l)" \
+    printf "%-16s requests %8s  instr/req %8.0f  allocations/req %5.2f  frees/req %5.2f  memcpy/req %5.1f\n" \
+        "$name" "$requests" "$(echo "$instructions / $requests" | bc -l)" \
         "$(echo "$mallocs / $requests" | bc -l)" "$(echo "$frees / $requests" | bc -l)" \
         "$(echo "$memcpys / $requests" | bc -l)"
 }
 
 "$BIN" upstream "$UPSTREAM" & pids+=($!)
-valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/callgrind.rollway.%p" \
-    "$BIN" proxy "$ROLLWAY" "$UPSTREAM" 1 2>"$WORK/valgrind-rollway.log" & pids+=($!)
-rollway_pid=$!
+wait_for "$UPSTREAM"
 
 if [ "$MODE" = h2 ]; then
-    wait_for "$UPSTREAM"
+    valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/callgrind.rollway.%p" \
+        "$BIN" proxy "$ROLLWAY" "$UPSTREAM" 1 2>"$WORK/valgrind-rollway.log" & pids+=($!)
+    rollway_pid=$!
     wait_for "$ROLLWAY"
     measure rollway "$rollway_pid" "$ROLLWAY"
     exit 0
 fi
 
-# nginx: one worker, no master, so the measured process is the one serving.
-cat > "$WORK/nginx.conf" <<NGINX
+# nginx_conf FILE LISTEN SERVERS...: one worker, no master, so the measured process is the one serving.
+# With one server it is the static setup; with more, the deployed one (least_conn, a server_name and a
+# default 404 server).
+nginx_conf() {
+    local file=$1 listen=$2
+    shift 2
+    local servers="" server
+    for server in "$@"; do servers="$servers server $server;"; done
+    local balance="" name="" default=""
+    if [ "$#" -gt 1 ]; then
+        balance="least_conn;"
+        name="server_name $DEPLOYED_HOST;"
+        default="server { listen $listen default_server; return 404; }"
+    fi
+    cat > "$file" <<NGINX
 worker_processes 1;
 master_process off;
 daemon off;
-pid $WORK/nginx.pid;
+pid $file.pid;
 error_log $WORK/error.log warn;
 events { worker_connections 4096; }
 http {
     access_log off;
-    upstream app { server $UPSTREAM; keepalive 64; }
+    client_body_temp_path $WORK/nginx-body;
+    proxy_temp_path $WORK/nginx-proxy;
+    upstream app { $balance $servers keepalive 64; }
     server {
-        listen $NGINX;
+        listen $listen;
+        $name
+        client_max_body_size 2m;
         location / {
             proxy_pass http://app;
             proxy_http_version 1.1;
@@ -161,15 +188,44 @@ http {
             proxy_set_header X-Forwarded-Proto \$scheme;
         }
     }
+    $default
 }
 NGINX
-valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/callgrind.nginx.%p" \
-    nginx -c "$WORK/nginx.conf" -p "$WORK" 2>"$WORK/valgrind-nginx.log" & pids+=($!)
-nginx_pid=$!
+}
 
-wait_for "$UPSTREAM"
-wait_for "$ROLLWAY"
-wait_for "$NGINX"
+# measure_mode MODE: starts Rollway's proxy and nginx for MODE under callgrind, measures both.
+measure_mode() {
+    local mode=$1 rollway_addr nginx_addr host suffix args
+    case "$mode" in
+        static)
+            rollway_addr=$ROLLWAY nginx_addr=$NGINX host=bench suffix=""
+            args=("$ROLLWAY" "$UPSTREAM" 1)
+            nginx_conf "$WORK/nginx-$mode.conf" "$NGINX" "$UPSTREAM"
+            ;;
+        deployed)
+            rollway_addr=$ROLLWAY_DEPLOYED nginx_addr=$NGINX_DEPLOYED host=$DEPLOYED_HOST suffix="-deployed"
+            args=("$ROLLWAY_DEPLOYED" "$UPSTREAM,$UPSTREAM_B" 1 http1 deployed)
+            nginx_conf "$WORK/nginx-$mode.conf" "$NGINX_DEPLOYED" "$UPSTREAM" "$UPSTREAM_B"
+            ;;
+        *) echo "unknown mode $mode" >&2; exit 2 ;;
+    esac
+    valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/callgrind.rollway$suffix.%p" \
+        "$BIN" proxy "${args[@]}" 2>"$WORK/valgrind-rollway$suffix.log" & pids+=($!)
+    local rollway_pid=$!
+    valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/callgrind.nginx$suffix.%p" \
+        nginx -c "$WORK/nginx-$mode.conf" -p "$WORK" 2>"$WORK/valgrind-nginx$suffix.log" & pids+=($!)
+    local nginx_pid=$!
+    wait_for "$rollway_addr" "$host"
+    wait_for "$nginx_addr" "$host"
+    measure "nginx$suffix" "$nginx_pid" "$nginx_addr" "$host"
+    measure "rollway$suffix" "$rollway_pid" "$rollway_addr" "$host"
+}
 
-measure nginx "$nginx_pid" "$NGINX"
-measure rollway "$rollway_pid" "$ROLLWAY"
+for mode in $MODES; do
+    if [ "$mode" = deployed ] && [ -z "${upstream_b_started:-}" ]; then
+        "$BIN" upstream "$UPSTREAM_B" & pids+=($!)
+        wait_for "$UPSTREAM_B"
+        upstream_b_started=1
+    fi
+    measure_mode "$mode"
+done

@@ -3,10 +3,15 @@
 //! message and `grpc-status: 0`), or Rollway's proxy with one static route to either.
 //!
 //! Usage: `bench_proxy upstream LISTEN_ADDR`, `bench_proxy grpc-upstream LISTEN_ADDR` or
-//! `bench_proxy proxy LISTEN_ADDR UPSTREAM_ADDR [WORKERS] [http1|h2c|grpc] [open|limited]`. The proxy
-//! serves as `rollway proxy` does: one worker thread per core (`proxy::workers`) unless WORKERS says
-//! otherwise. `limited` gives the route a per-client rate limit that the benchmark never reaches (a
-//! million a second), so its cost is the bucket's, not refusals'.
+//! `bench_proxy proxy LISTEN_ADDR UPSTREAM_ADDR[,UPSTREAM_ADDR...] [WORKERS] [http1|h2c|grpc]
+//! [open|limited|deployed]`. The proxy serves as `rollway proxy` does: one worker thread per core
+//! (`proxy::workers`) unless WORKERS says otherwise. `limited` gives the route a per-client rate limit
+//! that the benchmark never reaches (a million a second), so its cost is the bucket's, not refusals'.
+//! `deployed` configures the route the way the agent configures a deployed app's (`DEPLOYED_HOST`):
+//! a `DesiredState` applied with `proxy::apply`, as the proxy process does with the agent's
+//! `PUT /v1/state`: a Host route, one pool (a release) with one instance per upstream address, a rate
+//! limit taking a token per request, an allow list and `max_body`, as `bench/proxy/deployed.sh`'s
+//! manifest asks for.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -41,7 +46,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         Some("proxy") => {
             let listen: SocketAddr = args.get(2).ok_or("missing LISTEN_ADDR")?.parse()?;
-            let upstream: SocketAddr = args.get(3).ok_or("missing UPSTREAM_ADDR")?.parse()?;
+            let upstreams = args
+                .get(3)
+                .ok_or("missing UPSTREAM_ADDR")?
+                .split(',')
+                .map(str::parse)
+                .collect::<Result<Vec<SocketAddr>, _>>()?;
             let workers = match args.get(4).map(String::as_str) {
                 Some("0") | None => proxy::workers::default_workers(),
                 Some(workers) => workers.parse()?,
@@ -52,12 +62,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 Some("grpc") => proxy::UpstreamProtocol::Grpc,
                 Some(other) => return Err(format!("unknown protocol `{other}`").into()),
             };
-            let limited = match args.get(6).map(String::as_str) {
-                None | Some("open") => false,
-                Some("limited") => true,
+            let mode = match args.get(6).map(String::as_str) {
+                None | Some("open") => Mode::Open,
+                Some("limited") => Mode::Limited,
+                Some("deployed") => Mode::Deployed,
                 Some(other) => return Err(format!("unknown edge `{other}`").into()),
             };
-            runtime.block_on(proxy(listen, upstream, workers, protocol, limited))
+            runtime.block_on(proxy(listen, &upstreams, workers, protocol, mode))
         }
         Some("proxy-https") => {
             let listen: SocketAddr = args.get(2).ok_or("missing LISTEN_ADDR")?.parse()?;
@@ -83,7 +94,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             runtime.block_on(idle_clients(target, count, hold))
         }
         _ => Err(
-            "usage: bench_proxy upstream|grpc-upstream LISTEN_ADDR | bench_proxy idle-clients TARGET_ADDR COUNT HOLD_S | bench_proxy proxy LISTEN_ADDR UPSTREAM_ADDR [WORKERS] [http1|h2c|grpc] [open|limited] | bench_proxy proxy-https LISTEN_ADDR UPSTREAM_ADDR HOST CERT_PEM KEY_PEM [WORKERS]"
+            "usage: bench_proxy upstream|grpc-upstream LISTEN_ADDR | bench_proxy idle-clients TARGET_ADDR COUNT HOLD_S | bench_proxy proxy LISTEN_ADDR UPSTREAM_ADDR[,UPSTREAM_ADDR...] [WORKERS] [http1|h2c|grpc] [open|limited|deployed] | bench_proxy proxy-https LISTEN_ADDR UPSTREAM_ADDR HOST CERT_PEM KEY_PEM [WORKERS]"
                 .into(),
         ),
     }
@@ -243,12 +254,26 @@ fn routed_proxy(
     Ok(proxy)
 }
 
+/// The route of `bench_proxy proxy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// One static route for any host to the first upstream, no edge control.
+    Open,
+    /// As `Open`, with a rate limit that is never reached.
+    Limited,
+    /// As the agent routes a deployed app (see the module).
+    Deployed,
+}
+
+/// The host of the `deployed` route (`bench/proxy/deployed.sh`'s).
+const DEPLOYED_HOST: &str = "bench.localhost";
+
 async fn proxy(
     listen: SocketAddr,
-    upstream: SocketAddr,
+    upstreams: &[SocketAddr],
     workers: usize,
     protocol: proxy::UpstreamProtocol,
-    limited: bool,
+    mode: Mode,
 ) -> Result<(), Box<dyn std::error::Error>> {
     // Experiments: BENCH_HEADER_FIELDS sets both header field limits (request, answer);
     // BENCH_UPSTREAM_MAX_IDLE the idle upstream connections kept per instance.
@@ -265,32 +290,73 @@ async fn proxy(
         config.upstream_max_idle_per_instance = idle.parse()?;
     }
     let proxy = Proxy::new(config);
-    let route = RouteName::new("bench");
-    proxy.set_route(RouteSpec {
-        name: route.clone(),
-        hosts: Vec::new(),
-        path_prefix: "/".to_owned(),
-        settings,
-        edge: proxy::RouteEdge {
-            rate_limit: limited.then_some(proxy::RateLimit {
-                requests: 1_000_000,
-                per: std::time::Duration::from_secs(1),
-                burst: 1_000_000,
-            }),
-            ..proxy::RouteEdge::default()
-        },
-    });
-    let instance = InstanceId::new("upstream");
-    proxy.add_instance(InstanceSpec {
-        id: instance.clone(),
-        route,
-        release: ReleaseId::new("bench"),
-        addr: upstream,
-    })?;
-    proxy.mark_ready(&instance)?;
+    if mode == Mode::Deployed {
+        proxy::apply(&proxy, &deployed_state(upstreams, settings))?;
+    } else {
+        let upstream = *upstreams.first().ok_or("missing UPSTREAM_ADDR")?;
+        let route = RouteName::new("bench");
+        proxy.set_route(RouteSpec {
+            name: route.clone(),
+            hosts: Vec::new(),
+            path_prefix: "/".to_owned(),
+            settings,
+            edge: proxy::RouteEdge {
+                rate_limit: (mode == Mode::Limited).then_some(proxy::RateLimit {
+                    requests: 1_000_000,
+                    per: std::time::Duration::from_secs(1),
+                    burst: 1_000_000,
+                }),
+                ..proxy::RouteEdge::default()
+            },
+        });
+        let instance = InstanceId::new("upstream");
+        proxy.add_instance(InstanceSpec {
+            id: instance.clone(),
+            route,
+            release: ReleaseId::new("bench"),
+            addr: upstream,
+        })?;
+        proxy.mark_ready(&instance)?;
+    }
     let listeners = proxy::workers::DataListeners::bind(listen, workers)?;
     proxy::workers::serve(listeners, proxy, CancellationToken::new())?
         .wait()
         .await?;
     Ok(())
+}
+
+/// The desired state the agent sends for `bench/proxy/deployed.sh`'s app (`bench`, environment
+/// `production`, service `web` with one replica per upstream, `[routes.web]` with `hosts`, `max_body =
+/// "2MiB"`, `rate_limit = { per_ip = "1000000/s", burst = 1000000 }`, `allow = ["127.0.0.0/8"]`), as
+/// `Engine::desired_state` builds it: route and release names, instance ids and all.
+fn deployed_state(upstreams: &[SocketAddr], settings: proxy::RouteSettings) -> proxy::DesiredState {
+    let mut route = proxy::DesiredRoute::new("bench/production/web");
+    route.hosts = vec![DEPLOYED_HOST.to_owned()];
+    route.drain_timeout_ms = 5_000;
+    route.set_settings(proxy::RouteSettings {
+        max_body_bytes: 2 * 1024 * 1024,
+        ..settings
+    });
+    route.rate_limit = Some(proxy::DesiredRateLimit {
+        requests: 1_000_000,
+        per_ms: 1_000,
+        burst: 1_000_000,
+    });
+    route.allow = vec!["127.0.0.0/8".to_owned()];
+    route.pools = vec![proxy::DesiredPool {
+        release: "bench/production@1".to_owned(),
+        weight: 100,
+        instances: upstreams
+            .iter()
+            .enumerate()
+            .map(|(index, addr)| proxy::DesiredInstance {
+                id: format!("bench-production-r1-web-{}", index + 1),
+                addr: *addr,
+                ready: true,
+            })
+            .collect(),
+    }];
+    proxy::DesiredState {
+        routes: vec![route],
+    }
 }

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
 use std::net::IpAddr;
 use std::str::FromStr;
 use std::sync::Mutex;
@@ -79,11 +79,61 @@ pub(crate) enum Admission {
 ///
 /// Lock: sharded std `Mutex`es (never held across an await); the critical section is one hash lookup and
 /// the bucket arithmetic. This is the request path's only lock, and only routes with a rate limit take it.
+///
+/// A client address is hashed once per request, with the table's keyed hasher (std's SipHash: client
+/// addresses are chosen by clients, so an unkeyed hash would let one fill a shard's chain); that hash picks
+/// the shard and is the shard map's own hash too (`HashedAddr`).
 #[derive(Debug)]
 pub(crate) struct RateTable {
-    shards: Box<[Mutex<HashMap<IpAddr, Bucket>>]>,
+    shards: Box<[Mutex<Shard>]>,
     hasher: std::collections::hash_map::RandomState,
     max_per_shard: usize,
+}
+
+/// The buckets of one shard, by client address.
+type Shard = HashMap<HashedAddr, Bucket, BuildHasherDefault<PrehashedHasher>>;
+
+/// A client address with its hash under the table's keyed hasher. Equal addresses have equal hashes, so
+/// comparing the addresses is enough for equality.
+#[derive(Debug, Clone, Copy)]
+struct HashedAddr {
+    hash: u64,
+    addr: IpAddr,
+}
+
+impl PartialEq for HashedAddr {
+    fn eq(&self, other: &HashedAddr) -> bool {
+        self.addr == other.addr
+    }
+}
+
+impl Eq for HashedAddr {}
+
+impl Hash for HashedAddr {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+/// The hasher of a shard map: the key's hash is already computed (`HashedAddr`), so it passes it on.
+#[derive(Debug, Default)]
+struct PrehashedHasher(u64);
+
+impl Hasher for PrehashedHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used (`HashedAddr::hash`); anything else still hashes, if poorly.
+        for byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*byte);
+        }
+    }
+
+    fn write_u64(&mut self, hash: u64) {
+        self.0 = hash;
+    }
 }
 
 /// One client's bucket: tokens left at `last`.
@@ -106,8 +156,9 @@ impl RouteEdge {
             && self.paused_until.is_none()
     }
 
-    /// Decides on one request from `client` for `path` at `now` (wall clock for the pause, the tokio clock
-    /// for the rate). Refusals come in this order: not allowed (403), maintenance (503), rate (429).
+    /// Decides on one request from `client` for `path` at `now` (the tokio clock, for the rate) and
+    /// `wall_now` (the wall clock, for the pause: read only when the route has one). Refusals come in this
+    /// order: not allowed (403), maintenance (503), rate (429).
     pub(crate) fn admit(
         &self,
         route: &RouteName,
@@ -115,7 +166,7 @@ impl RouteEdge {
         client: IpAddr,
         path: &str,
         now: Instant,
-        wall_now: SystemTime,
+        wall_now: impl FnOnce() -> SystemTime,
     ) -> Result<Admission, ProxyError> {
         if !self.allow.is_empty() && !self.allow.iter().any(|network| network.contains(client)) {
             return Err(ProxyError::Forbidden {
@@ -146,7 +197,7 @@ impl RouteEdge {
             });
         }
         match self.paused_until {
-            Some(until) if until > wall_now => Ok(Admission::Hold { until }),
+            Some(until) if until > wall_now() => Ok(Admission::Hold { until }),
             _ => Ok(Admission::Pass),
         }
     }
@@ -189,7 +240,7 @@ impl RateTable {
     /// A table that tracks at most about `max_clients` addresses.
     pub(crate) fn with_capacity(max_clients: usize) -> RateTable {
         RateTable {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             hasher: std::collections::hash_map::RandomState::new(),
             max_per_shard: max_clients.div_ceil(SHARDS).max(1),
         }
@@ -202,19 +253,27 @@ impl RateTable {
         limit: &RateLimit,
         now: Instant,
     ) -> Result<(), Duration> {
-        let shard_idx = (self.hasher.hash_one(client) as usize) % self.shards.len();
+        let hash = self.hasher.hash_one(client);
+        let key = HashedAddr { hash, addr: client };
+        // The shard from high bits: the shard map's buckets come from the low ones.
+        let shard_idx = ((hash >> 32) as usize) % self.shards.len();
         let mut shard = self.shards[shard_idx]
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let burst = f64::from(limit.burst.max(1));
         let refill = limit.refill_per_second();
-        if !shard.contains_key(&client) && shard.len() >= self.max_per_shard {
-            evict(&mut shard, burst, refill, now, self.max_per_shard);
-        }
-        let bucket = shard.entry(client).or_insert(Bucket {
-            tokens: burst,
-            last: now,
-        });
+        let bucket = match shard.get_mut(&key) {
+            Some(bucket) => bucket,
+            None => {
+                if shard.len() >= self.max_per_shard {
+                    evict(&mut shard, burst, refill, now, self.max_per_shard);
+                }
+                shard.entry(key).or_insert(Bucket {
+                    tokens: burst,
+                    last: now,
+                })
+            }
+        };
         let elapsed = now.saturating_duration_since(bucket.last).as_secs_f64();
         bucket.tokens = (bucket.tokens + elapsed * refill).min(burst);
         bucket.last = now;
@@ -239,13 +298,7 @@ impl RateTable {
 
 /// Makes room in a full shard: buckets that refilled to `burst` are the same as no bucket, so they go
 /// first; if none did (more active clients than the bound), the least recently seen goes.
-fn evict(
-    shard: &mut HashMap<IpAddr, Bucket>,
-    burst: f64,
-    refill: f64,
-    now: Instant,
-    max_per_shard: usize,
-) {
+fn evict(shard: &mut Shard, burst: f64, refill: f64, now: Instant, max_per_shard: usize) {
     shard.retain(|_, bucket| {
         let elapsed = now.saturating_duration_since(bucket.last).as_secs_f64();
         bucket.tokens + elapsed * refill < burst
@@ -254,7 +307,7 @@ fn evict(
         && let Some(oldest) = shard
             .iter()
             .min_by_key(|(_, bucket)| bucket.last)
-            .map(|(addr, _)| *addr)
+            .map(|(key, _)| *key)
     {
         shard.remove(&oldest);
     }

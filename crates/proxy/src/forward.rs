@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -38,6 +39,10 @@ pub(crate) struct ConnectionContext {
     pub(crate) trusted_peer: bool,
     pub(crate) scheme: Scheme,
     pub(crate) tracker: TaskTracker,
+    /// Set when the process stops accepting: every HTTP/1 answer from then on says `connection:
+    /// close`, so a keep-alive client opens its next connection to the successor instead of racing a
+    /// close (`server::Connection::serve_http1`).
+    pub(crate) closing: AtomicBool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +65,7 @@ pub(crate) async fn handle(
     active: ActiveRequest,
 ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
     let mut active = Some(active);
+    let http1 = request.version() < Version::HTTP_2;
     let request_id = request_id(request.headers());
     let mut hsts = None;
     let mut response = match forward(request, &context, &request_id, &mut active, &mut hsts).await {
@@ -87,6 +93,17 @@ pub(crate) async fn handle(
         && let Ok(value) = HeaderValue::from_str(&format!("max-age={seconds}"))
     {
         entry.insert(value);
+    }
+    if http1
+        && context.closing.load(Ordering::Relaxed)
+        && response.status() != StatusCode::SWITCHING_PROTOCOLS
+    {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    if !http1 {
+        crate::server::not_indexed_in_hpack(&mut response);
     }
     // The upgrade tunnel takes the active-request count when there is one; otherwise the answer holds it.
     if let Some(active) = active {
@@ -181,8 +198,9 @@ async fn forward(
                 &route.live.rates,
                 client,
                 request.uri().path(),
-                Instant::now(),
-                SystemTime::now(),
+                // The request's arrival is its time for the rate, as good as a clock read more.
+                started,
+                SystemTime::now,
             )
         };
         (route.name().clone(), route.spec().settings, admission)
@@ -206,22 +224,25 @@ async fn forward(
     }
     // One budget for every wait of this request (a pause, no routable instance).
     let mut hold = Hold::new(settings.hold);
+    // The awaits that few requests reach (a pause, a refused body, a body read whole, a second send)
+    // are boxed: their state would otherwise size this future, and so every request's, which is
+    // copied whole on its way into its task.
     match admission {
         Ok(Admission::Pass) => {}
         Ok(Admission::Hold { until }) => {
-            crate::hold::while_paused(
+            Box::pin(crate::hold::while_paused(
                 proxy,
                 &route_name,
                 &host_key,
                 request.uri().path(),
                 until,
                 &mut hold,
-            )
+            ))
             .await?;
         }
         Err(refusal) => {
             if !expects_continue(request.headers()) {
-                discard_body(request.into_body()).await;
+                Box::pin(discard_body(request.into_body())).await;
             }
             return Err((refusal, None));
         }
@@ -233,7 +254,7 @@ async fn forward(
         // A client that sent `Expect: 100-continue` waits for a go-ahead: it gets the 413 at once and its
         // body is not read (reading it is what makes hyper send `100 Continue`).
         if !expects_continue(request.headers()) {
-            discard_body(request.into_body()).await;
+            Box::pin(discard_body(request.into_body())).await;
         }
         return Err((
             ProxyError::BodyTooLarge {
@@ -275,8 +296,7 @@ async fn forward(
         && !upgrade
         && announced_length.is_some_and(|length| length <= config.request_buffer_bytes)
     {
-        let bytes = body
-            .read_whole()
+        let bytes = Box::pin(body.read_whole())
             .await
             .map_err(|error| (request_body_error(error), None))?;
         body = RequestBody::full(bytes.clone());
@@ -329,8 +349,10 @@ async fn forward(
             &mut hold,
         )
         .await?;
-        let instance = Arc::clone(guard.instance());
-        let stats = Arc::clone(guard.stats());
+        // Borrowed from the guard, not cloned: both `Arc`s are shared by every worker, and each clone and
+        // drop is an atomic write to a cache line the other workers use too.
+        let instance = guard.instance();
+        let stats = guard.stats();
         let upstream_request = match pending.take() {
             Some(upstream_request) => upstream_request,
             None => build(
@@ -338,8 +360,8 @@ async fn forward(
                 parts.headers.clone(),
             ),
         };
-        let mut sent = upstream::send(
-            &instance,
+        let first = upstream::send(
+            instance,
             upstream_request,
             config,
             &settings,
@@ -347,22 +369,28 @@ async fn forward(
             replayable,
         )
         .await;
-        if let Err(SendFailure {
-            send_wide: true, ..
-        }) = sent
-        {
+        let sent = if matches!(
+            first,
+            Err(SendFailure {
+                send_wide: true,
+                ..
+            })
+        ) {
+            // Gone before the next await, so it takes no room in this future's state.
+            drop(first);
             // The answer had more header fields than a narrow connection parses; the request is
             // replayable, and now goes on a connection that takes the route's limit.
             let again = build(
                 RequestBody::full(whole_body.clone().unwrap_or_default()),
                 parts.headers.clone(),
             );
-            // Boxed (a rare path): a second `send` state would size every request's future.
-            sent = Box::pin(upstream::send(
-                &instance, again, config, &settings, upgrade, replayable,
+            Box::pin(upstream::send(
+                instance, again, config, &settings, upgrade, replayable,
             ))
-            .await;
-        }
+            .await
+        } else {
+            first
+        };
         match sent {
             Ok((mut response, sender)) => {
                 instance.record_success();
@@ -373,12 +401,13 @@ async fn forward(
                     && response.status() == StatusCode::OK
                     && crate::grpc::status(response.headers()).is_none();
                 if !grpc_pending {
-                    let status = match crate::grpc::status(response.headers()) {
-                        Some(grpc_status) if settings.protocol == UpstreamProtocol::Grpc => {
-                            crate::grpc::counted_status(grpc_status)
-                        }
-                        _ => response.status().as_u16(),
-                    };
+                    // Only a gRPC route's answers are looked at for `grpc-status` (one header lookup
+                    // fewer for every other answer).
+                    let grpc_status = (settings.protocol == UpstreamProtocol::Grpc)
+                        .then(|| crate::grpc::status(response.headers()))
+                        .flatten();
+                    let status = grpc_status
+                        .map_or_else(|| response.status().as_u16(), crate::grpc::counted_status);
                     stats.record_response(status, latency);
                 }
                 if response.status() == StatusCode::SWITCHING_PROTOCOLS
@@ -406,16 +435,17 @@ async fn forward(
                 let checkin = (!upgrade).then(|| {
                     (
                         sender,
-                        Arc::clone(&instance),
+                        Arc::clone(instance),
                         upstream::IdleLimits {
                             max: config.upstream_max_idle_per_instance,
                             timeout: config.upstream_idle_timeout,
                         },
                     )
                 });
+                let grpc_stats = grpc_pending.then(|| Arc::clone(stats));
                 let mut body =
                     ProxyBody::upstream(incoming, checkin, Some(guard), settings.idle_timeout);
-                if grpc_pending {
+                if let Some(stats) = grpc_stats {
                     body.count_grpc_status(stats, latency);
                 }
                 return Ok(Response::from_parts(head, body));
@@ -426,7 +456,7 @@ async fn forward(
                 if refused
                     && instance.record_connect_failure(config.passive_health.consecutive_failures)
                 {
-                    crate::health::spawn_probe(proxy.clone(), Arc::clone(&instance));
+                    crate::health::spawn_probe(proxy.clone(), Arc::clone(instance));
                 }
                 if !refused {
                     attempt += 1;
@@ -442,10 +472,10 @@ async fn forward(
                         instance = %instance.id()
                     );
                     pending = request;
-                    tried.failed(instance.id(), refused, &stats);
+                    tried.failed(instance.id(), refused, stats);
                     continue;
                 }
-                return Err((error, Some(stats)));
+                return Err((error, Some(Arc::clone(stats))));
             }
         }
     }
@@ -800,18 +830,19 @@ fn prepare_request_headers(
         Some(context.client_ip.clone())
     };
     if let Some(value) = forwarded_for {
-        headers.insert(X_FORWARDED_FOR.clone(), value);
+        headers.insert(&X_FORWARDED_FOR, value);
     }
     let proto = match context.scheme {
         Scheme::Http => "http",
         Scheme::Https => "https",
     };
-    // A trusted proxy in front knows the scheme and host the client used; keep what it says.
-    if !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+    // A trusted proxy in front knows the scheme and host the client used; keep what it says. (One
+    // lookup each: `entry`, not `contains_key` then `insert`.)
+    if let header::Entry::Vacant(entry) = headers.entry(&X_FORWARDED_PROTO) {
+        entry.insert(HeaderValue::from_static(proto));
     }
-    if !headers.contains_key(&X_FORWARDED_HOST) {
-        headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+    if let header::Entry::Vacant(entry) = headers.entry(&X_FORWARDED_HOST) {
+        entry.insert(host.clone());
     }
     if protocol == UpstreamProtocol::Http1 {
         headers.insert(header::HOST, host.clone());
@@ -819,7 +850,7 @@ fn prepare_request_headers(
         // HTTP/2 carries the host in `:authority` (see `upstream_uri`).
         headers.remove(header::HOST);
     }
-    headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+    headers.insert(&X_REQUEST_ID, request_id.clone());
 }
 
 /// Forwarding headers a client could use to pose as a proxy (every `X-Forwarded-*`, `Forwarded`,

@@ -105,7 +105,24 @@ pub(crate) async fn pick(
         }
         Arc::clone(&route.live)
     };
+    // Boxed: the waiting is rare, and its state (a watch, a timer) would otherwise size the future of
+    // every request, which is moved whole on its way into its task.
+    Box::pin(hold_then_pick(
+        inner, route_live, route_name, host, path, tried, hold,
+    ))
+    .await
+}
 
+/// `pick` once the route has no instance for the request: waits in the queue for one.
+async fn hold_then_pick(
+    inner: &ProxyInner,
+    route_live: Arc<RouteLive>,
+    route_name: &RouteName,
+    host: &str,
+    path: &str,
+    tried: &mut Tried,
+    hold: &mut Hold,
+) -> Result<InFlightGuard, Failure> {
     let _leave = enter_queue(inner, &route_live, route_name)?;
     let deadline = hold.deadline();
     // After refused connections, look again at each probe interval too: an instance may answer again

@@ -216,42 +216,21 @@ impl Connection {
             trusted_peer: config.trusts(self.client_addr.ip()),
             scheme: self.scheme,
             tracker: self.tracker.clone(),
+            closing: AtomicBool::new(false),
         });
-        // Set when the process stops accepting: every HTTP/1 answer from then on says
-        // `connection: close`, so a keep-alive client opens its next connection to the successor
-        // instead of racing a close (`serve_http1`).
-        let closing = Arc::new(AtomicBool::new(false));
+        // Set when the process stops accepting (`ConnectionContext::closing`).
+        let closing = &context.closing;
         let service = {
-            let closing = Arc::clone(&closing);
+            let context = Arc::clone(&context);
             let activity = Arc::clone(&activity);
             service_fn(move |request: Request<Incoming>| {
                 // Counted here, synchronously, so the IO wrapper sees the request before it next reads.
                 let active = activity.start();
-                let http1 = request.version() < hyper::Version::HTTP_2;
-                let closing = Arc::clone(&closing);
-                let context = Arc::clone(&context);
                 // Boxed: hyper moves the service's future by value (into a new task for every HTTP/2
                 // stream, into its dispatcher for HTTP/1), and the forwarding future is large; a
                 // pointer is cheaper to move than its state (13% of an h2c run's CPU was memcpy).
-                // `handle` is called inside the box: its future made outside (8.9 KB) was copied
-                // into this one and then into the box, twice per request (a sixth of an h2c
-                // request's instructions, in callgrind).
-                Box::pin(async move {
-                    let mut response = forward::handle(request, context, active).await?;
-                    if http1
-                        && closing.load(Ordering::Relaxed)
-                        && response.status() != hyper::StatusCode::SWITCHING_PROTOCOLS
-                    {
-                        response.headers_mut().insert(
-                            hyper::header::CONNECTION,
-                            hyper::header::HeaderValue::from_static("close"),
-                        );
-                    }
-                    if !http1 {
-                        not_indexed_in_hpack(&mut response);
-                    }
-                    Ok::<_, std::convert::Infallible>(response)
-                })
+                // Boxed as it is made: each move of it on the way costs a copy of its whole size.
+                Box::pin(forward::handle(request, Arc::clone(&context), active))
             })
         };
         let mut io = io;
@@ -278,7 +257,7 @@ impl Connection {
             // Boxed: HTTP/2's connection state would otherwise size every connection's task, HTTP/1
             // ones included (idle connections are mostly HTTP/1 keep-alive).
             Ok(Some(true)) => Box::pin(self.serve_http2(io, service)).await,
-            Ok(Some(false)) => self.serve_http1(io, service, &activity, &closing).await,
+            Ok(Some(false)) => self.serve_http1(io, service, &activity, closing).await,
             Ok(None) => {}
             Err(error) => {
                 tracing::debug!(message = "Reading from a connection failed.", %error, client = %self.client_addr);
@@ -403,7 +382,7 @@ impl Connection {
 /// name oldest first, and every answer's new second would add one: each answer then compares its date
 /// with every stale one still in the table (up to ~60 on a long-lived connection) before it is found or
 /// added. nginx and HAProxy never index answer headers at all; a date is ~22 bytes more on the wire.
-fn not_indexed_in_hpack(response: &mut hyper::Response<crate::body::ProxyBody>) {
+pub(crate) fn not_indexed_in_hpack(response: &mut hyper::Response<crate::body::ProxyBody>) {
     if let Some(date) = response.headers_mut().get_mut(hyper::header::DATE) {
         date.set_sensitive(true);
     }

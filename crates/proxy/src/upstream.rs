@@ -325,7 +325,8 @@ pub(crate) async fn send(
         let reused = pooled.is_some();
         let mut sender = match pooled {
             Some(sender) => sender,
-            None => match connect(instance, config, width.limit(settings)).await {
+            // Boxed: a new connection is rare, and its state would size every request's future.
+            None => match Box::pin(connect(instance, config, width.limit(settings))).await {
                 Ok(sender) => sender,
                 Err(error) => {
                     return Err(SendFailure {
@@ -341,12 +342,12 @@ pub(crate) async fn send(
         }
         // Most requests have no body: no signal to allocate then.
         let progress = (!request.body().is_end_stream()).then(|| request.body_mut().progress());
-        let sent = answer_within(
-            settings.timeout,
-            progress.as_deref(),
-            sender.try_send_request(request),
-        )
-        .await;
+        let answer = sender.try_send_request(request);
+        let sent = match progress.as_deref() {
+            None => tokio::time::timeout(settings.timeout, answer).await.ok(),
+            // Boxed: its state would size every request's future.
+            Some(progress) => Box::pin(answer_within(settings.timeout, progress, answer)).await,
+        };
         match sent {
             Some(Ok(response)) => return Ok((response, Sender::Http1(sender, width))),
             Some(Err(mut failure)) => match failure.take_message() {
@@ -378,17 +379,15 @@ pub(crate) async fn send(
     }
 }
 
-/// Waits for an instance's answer head. The route's timeout runs from the last chunk of the request body
-/// the connection took (or from the start, for a request without a body): a large upload that keeps
-/// moving is not cut, and an instance that stops reading the body, or answering, is.
+/// Waits for an instance's answer head to a request with a body. The route's timeout runs from the last
+/// chunk of the request body the connection took (for a request without a body, from the start: a plain
+/// `timeout` in `send`): a large upload that keeps moving is not cut, and an instance that stops reading
+/// the body, or answering, is.
 async fn answer_within<F: std::future::Future>(
     timeout: Duration,
-    progress: Option<&Notify>,
+    progress: &Notify,
     answer: F,
 ) -> Option<F::Output> {
-    let Some(progress) = progress else {
-        return tokio::time::timeout(timeout, answer).await.ok();
-    };
     tokio::pin!(answer);
     loop {
         tokio::select! {
@@ -432,12 +431,12 @@ async fn send_h2(
         }
         // Most requests have no body: no signal to allocate then.
         let progress = (!request.body().is_end_stream()).then(|| request.body_mut().progress());
-        let sent = answer_within(
-            settings.timeout,
-            progress.as_deref(),
-            sender.try_send_request(request),
-        )
-        .await;
+        let answer = sender.try_send_request(request);
+        let sent = match progress.as_deref() {
+            None => tokio::time::timeout(settings.timeout, answer).await.ok(),
+            // Boxed: its state would size every request's future.
+            Some(progress) => Box::pin(answer_within(settings.timeout, progress, answer)).await,
+        };
         match sent {
             Some(Ok(response)) => return Ok((response, Sender::Http2)),
             Some(Err(mut failure)) => {

@@ -147,7 +147,7 @@ fn admit(edge: &RouteEdge, client: &str, path: &str) -> Result<Admission, ErrorK
         ip(client),
         path,
         Instant::now(),
-        SystemTime::now(),
+        SystemTime::now,
     )
     .map_err(|error| ErrorKindOf(error.kind()))
 }
@@ -282,5 +282,26 @@ fn desired_edge_problems() {
             "route `web`: rate limit 0 per 1000 ms with burst 1 needs all three above 0",
             "route `web`: maintenance page is 262145 bytes, more than the 262144 accepted",
         ]
+    );
+}
+
+#[test]
+fn the_wall_clock_is_read_only_for_a_paused_route() {
+    let limited = edge_with(|edge| {
+        edge.allow = vec!["192.0.2.0/24".parse().expect("network")];
+        edge.rate_limit = Some(per_second(10, 10));
+    });
+    let table = RateTable::default();
+    let admitted = limited.admit(
+        &RouteName::new("web"),
+        &table,
+        ip("192.0.2.1"),
+        "/",
+        Instant::now(),
+        || panic!("the wall clock was read for a route without a pause"),
+    );
+    assert_eq!(
+        admitted.map_err(|error| ErrorKindOf(error.kind())),
+        Ok(Admission::Pass)
     );
 }

@@ -147,3 +147,28 @@ fn weights_split_traffic_between_pools() {
     // 25% of 4000 is 1000; six standard deviations (~27 each) either side.
     assert!((840..1160).contains(&n_canary), "{n_canary}");
 }
+
+#[test]
+fn every_host_of_a_large_table_finds_its_own_route() {
+    // Hosts that differ in one byte, in their length, or past the first eight bytes.
+    let hosts: Vec<String> = (0..2000)
+        .map(|n| match n % 4 {
+            0 => format!("app{n}.test"),
+            1 => format!("a{n}"),
+            2 => format!("{n}.a-long-shared-suffix.example.com"),
+            _ => "x".repeat(n / 4 + 1),
+        })
+        .collect();
+    let mut routes: Vec<Route> = hosts
+        .iter()
+        .map(|host| route(host, &[host.as_str()], "/", vec![]))
+        .collect();
+    routes.push(route("fallback", &[], "/", vec![]));
+    let table = RoutingTable::new(routes);
+    for host in &hosts {
+        check_route(&table, host, "/", Some(host));
+    }
+    check_route(&table, "app.test", "/", Some("fallback"));
+    check_route(&table, "", "/", Some("fallback"));
+    check_route(&table, &"x".repeat(501), "/", Some("fallback"));
+}

@@ -57,3 +57,50 @@ fn errors_and_in_flight_are_counted() {
     assert_eq!(snapshot.error_count(ErrorKind::UpstreamTimeout), 0);
     assert_eq!(snapshot.in_flight, 1);
 }
+
+#[test]
+fn counts_of_every_worker_thread_are_summed() {
+    let stats = std::sync::Arc::new(ReleaseStats::new(ReleaseId::new("demo@1")));
+    // Worker threads count into their own shards; a thread that is no worker into shard 0. A request
+    // that starts on one thread and ends on another still leaves nothing in flight.
+    let threads: Vec<_> = (0..=crate::shard::shard_count())
+        .map(|worker| {
+            let stats = std::sync::Arc::clone(&stats);
+            std::thread::spawn(move || {
+                crate::shard::set_worker(worker);
+                for _ in 0..1000 {
+                    stats.record_response(200, Duration::from_micros(150));
+                }
+                stats.record_response(503, Duration::from_secs(1));
+                stats.record_error(ErrorKind::Connect);
+                stats.in_flight_started();
+                stats.in_flight_started();
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().expect("counting thread");
+    }
+    let n_threads = crate::shard::shard_count() as u64 + 1;
+    for _ in 0..n_threads {
+        stats.in_flight_finished();
+    }
+    let snapshot = stats.snapshot();
+    assert_eq!(snapshot.requests.success, 1000 * n_threads);
+    assert_eq!(snapshot.requests.server_error, n_threads);
+    assert_eq!(snapshot.total_requests(), 1001 * n_threads);
+    assert_eq!(snapshot.error_count(ErrorKind::Connect), n_threads);
+    assert_eq!(snapshot.in_flight, n_threads);
+    assert_eq!(snapshot.latency.count, 1001 * n_threads);
+    assert_eq!(
+        snapshot.latency.sum,
+        Duration::from_micros(150 * 1000 * n_threads) + Duration::from_secs(n_threads)
+    );
+    assert_eq!(snapshot.latency.p50, bucket_bound(bucket_index(150)));
+}
+
+#[test]
+fn counters_of_two_workers_share_no_cache_line() {
+    assert_eq!(std::mem::align_of::<Counters>() % 128, 0);
+    assert_eq!(std::mem::size_of::<Counters>() % 128, 0);
+}
