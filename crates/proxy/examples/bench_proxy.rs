@@ -2,11 +2,20 @@
 //! `/small` and `/64k`), the gRPC upstream (a minimal h2c server answering every call with one 5-byte
 //! message and `grpc-status: 0`), or Rollway's proxy with one static route to either.
 //!
-//! Usage: `bench_proxy upstream LISTEN_ADDR`, `bench_proxy grpc-upstream LISTEN_ADDR` or
-//! `bench_proxy proxy LISTEN_ADDR UPSTREAM_ADDR [WORKERS] [http1|h2c|grpc] [open|limited]`. The proxy
+//! Usage: `bench_proxy upstream LISTEN_ADDR`, `bench_proxy grpc-upstream LISTEN_ADDR`,
+//! `bench_proxy proxy LISTEN_ADDR UPSTREAM_ADDR [WORKERS] [http1|h2c|grpc] [open|limited]` or
+//! `bench_proxy switch LISTEN_ADDR ADDR_A,ADDR_A ADDR_B,ADDR_B [WORKERS]`. The proxy
 //! serves as `rollway proxy` does: one worker thread per core (`proxy::workers`) unless WORKERS says
 //! otherwise. `limited` gives the route a per-client rate limit that the benchmark never reaches (a
 //! million a second), so its cost is the bucket's, not refusals'.
+//!
+//! `switch` is the proxy's side of a blue-green deploy, driven the way the agent drives it: the routing is
+//! set with `proxy::apply` (what the control socket's `PUT /v1/state` runs) to a Host route
+//! (`bench.localhost`, the deployed benchmark's edge controls: an allow list and a rate limit never
+//! reached) with release 1 on the A instances. Each SIGUSR1 switches: one more `apply` lists only the
+//! next release, on the other pair of instances (added, ready, weight 100; the serving ones drain, 5 s
+//! bound), and from the first switch on the release statistics are read every second as the agent's
+//! analysis does (`GET /v1/stats`). Each switch prints `switched RELEASE UNIX_MS APPLY_US`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -76,6 +85,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             };
             runtime.block_on(proxy_https(listen, upstream, workers, certificate))
         }
+        Some("switch") => {
+            let listen: SocketAddr = args.get(2).ok_or("missing LISTEN_ADDR")?.parse()?;
+            let a = addrs(args.get(3).ok_or("missing ADDRS_A")?)?;
+            let b = addrs(args.get(4).ok_or("missing ADDRS_B")?)?;
+            let workers = match args.get(5).map(String::as_str) {
+                Some("0") | None => proxy::workers::default_workers(),
+                Some(workers) => workers.parse()?,
+            };
+            runtime.block_on(switch(listen, [a, b], workers))
+        }
         Some("idle-clients") => {
             let target: SocketAddr = args.get(2).ok_or("missing TARGET_ADDR")?.parse()?;
             let count: usize = args.get(3).ok_or("missing COUNT")?.parse()?;
@@ -83,7 +102,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             runtime.block_on(idle_clients(target, count, hold))
         }
         _ => Err(
-            "usage: bench_proxy upstream|grpc-upstream LISTEN_ADDR | bench_proxy idle-clients TARGET_ADDR COUNT HOLD_S | bench_proxy proxy LISTEN_ADDR UPSTREAM_ADDR [WORKERS] [http1|h2c|grpc] [open|limited] | bench_proxy proxy-https LISTEN_ADDR UPSTREAM_ADDR HOST CERT_PEM KEY_PEM [WORKERS]"
+            "usage: bench_proxy upstream|grpc-upstream LISTEN_ADDR | bench_proxy idle-clients TARGET_ADDR COUNT HOLD_S | bench_proxy switch LISTEN_ADDR ADDR_A,ADDR_A ADDR_B,ADDR_B [WORKERS] | bench_proxy proxy LISTEN_ADDR UPSTREAM_ADDR [WORKERS] [http1|h2c|grpc] [open|limited] | bench_proxy proxy-https LISTEN_ADDR UPSTREAM_ADDR HOST CERT_PEM KEY_PEM [WORKERS]"
                 .into(),
         ),
     }
@@ -292,5 +311,85 @@ async fn proxy(
     proxy::workers::serve(listeners, proxy, CancellationToken::new())?
         .wait()
         .await?;
+    Ok(())
+}
+
+fn addrs(list: &str) -> Result<Vec<SocketAddr>, Box<dyn std::error::Error>> {
+    Ok(list
+        .split(',')
+        .map(str::parse)
+        .collect::<Result<Vec<SocketAddr>, _>>()?)
+}
+
+/// The desired state the agent sends for release `number` of app `bench` served by `addrs`.
+fn switch_state(number: u32, addrs: &[SocketAddr]) -> proxy::DesiredState {
+    let mut route = proxy::DesiredRoute::new("bench/production/web");
+    route.hosts = vec!["bench.localhost".to_owned()];
+    route.drain_timeout_ms = 5_000;
+    route.allow = vec!["127.0.0.0/8".to_owned()];
+    route.rate_limit = Some(proxy::DesiredRateLimit {
+        requests: 1_000_000,
+        per_ms: 1_000,
+        burst: 1_000_000,
+    });
+    route.pools = vec![proxy::DesiredPool {
+        release: format!("bench/production@{number}"),
+        weight: 100,
+        instances: addrs
+            .iter()
+            .enumerate()
+            .map(|(instance_idx, addr)| proxy::DesiredInstance {
+                id: format!("web-{number}-{instance_idx}"),
+                addr: *addr,
+                ready: true,
+            })
+            .collect(),
+    }];
+    proxy::DesiredState {
+        routes: vec![route],
+    }
+}
+
+async fn switch(
+    listen: SocketAddr,
+    pairs: [Vec<SocketAddr>; 2],
+    workers: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let proxy = Proxy::new(ProxyConfig::default());
+    proxy::apply(&proxy, &switch_state(1, &pairs[0]))?;
+    let listeners = proxy::workers::DataListeners::bind(listen, workers)?;
+    let serving = proxy::workers::serve(listeners, proxy.clone(), CancellationToken::new())?;
+    let mut signals =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())?;
+    tokio::spawn(async move {
+        let mut release = 1;
+        let mut analysis: Option<tokio::task::JoinHandle<()>> = None;
+        while signals.recv().await.is_some() {
+            release += 1;
+            let addrs = &pairs[usize::from(release % 2 == 0)];
+            let started = std::time::Instant::now();
+            if let Err(error) = proxy::apply(&proxy, &switch_state(release, addrs)) {
+                eprintln!("the switch failed: {error}");
+                return;
+            }
+            let apply_us = started.elapsed().as_micros();
+            let unix_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| since.as_millis());
+            println!("switched {release} {unix_ms} {apply_us}");
+            // The agent's analysis while it observes the new release: the statistics every second.
+            if analysis.is_none() {
+                let proxy = proxy.clone();
+                analysis = Some(tokio::spawn(async move {
+                    let mut interval = tokio::time::interval(std::time::Duration::from_secs(1));
+                    loop {
+                        interval.tick().await;
+                        std::hint::black_box(proxy.all_stats());
+                    }
+                }));
+            }
+        }
+    });
+    serving.wait().await?;
     Ok(())
 }
