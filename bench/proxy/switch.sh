@@ -16,7 +16,13 @@
 # run (64 connections) are measured, without a switch and with one in their middle; the switch's own
 # cost is the difference of instructions per answer, times the answers of a window.
 # Environment: CONNECTIONS (default 64), BENCH_PORT_BASE (default 24100; uses +0..+3 and +10),
-#   BENCH_PROXY_BIN (measure another build), OUT (keep the per-second files here).
+#   BENCH_PROXY_BIN (measure another build), OUT (keep the per-second files here),
+#   PROXY_PRIORITY (`raised`, the default: the proxy leads a session of its own at nice -5, its
+#   session's autogroup too, as the agent starts it where no cgroup weights it; `agent`: the same
+#   session of its own at this script's priority, as before that fallback),
+#   APP_HOGS (default 0: this many busy loops run in the upstreams' session, as busy apps in the
+#   agent's session do, during each wrk run; bounded by the run).
+# The upstreams (the apps), wrk and the hogs stay in this script's session; wrk in a session of its own.
 # Every server binds 127.0.0.1; every run is bounded in time; on exit every process this script started
 # is killed by pid.
 set -euo pipefail
@@ -112,9 +118,17 @@ if [ "$MODE" = callgrind ]; then
     done
     exit 0
 fi
-"$BIN" switch "$PROXY" "$A" "$B" >"$OUT/switches.txt" &
+setsid "$BIN" switch "$PROXY" "$A" "$B" >"$OUT/switches.txt" &
 proxy_pid=$!
 pids+=("$proxy_pid")
+# As `driver::priority::raise_proxy` does in the proxy's pre_exec: its threads (renice per thread, as
+# it started them already) and its session's autogroup.
+if [ "${PROXY_PRIORITY:-raised}" = raised ]; then
+    sleep 0.2
+    for task in /proc/"$proxy_pid"/task/*; do renice -n -5 -p "${task##*/}" >/dev/null; done
+    [ -w "/proc/$proxy_pid/autogroup" ] && echo -5 >"/proc/$proxy_pid/autogroup"
+fi
+echo "proxy pid $proxy_pid: nice $(ps -o ni= -p "$proxy_pid" | tr -d ' '), autogroup: $(cat "/proc/$proxy_pid/autogroup" 2>/dev/null || echo none), app hogs ${APP_HOGS:-0}"
 for _ in $(seq 1 100); do
     curl -sf -H "Host: $HOST" "http://$PROXY/small" >/dev/null 2>&1 && break
     sleep 0.1
@@ -209,10 +223,14 @@ for round in $(seq 1 "$ROUNDS"); do
     python3 "$WORK/sample.py" "$proxy_pid" $((DURATION + 2)) "$ticks" &
     sampler=$!
     pids+=("$sampler")
-    PERSEC_FILE="$persec" wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --timeout 10s -H "Host: $HOST" \
+    PERSEC_FILE="$persec" setsid wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --timeout 10s -H "Host: $HOST" \
         -s "$WORK/persec.lua" "http://$PROXY/small" >"$OUT/wrk-$round.txt" 2>&1 &
     wrk_pid=$!
     pids+=("$wrk_pid")
+    for _ in $(seq 1 "${APP_HOGS:-0}"); do
+        timeout "$DURATION" sh -c 'while :; do :; done' &
+        pids+=($!)
+    done
     sleep "$SWITCH_AT"
     kill -USR1 "$proxy_pid"
     wait "$wrk_pid" || true
