@@ -20,7 +20,15 @@
 # Usage: bench/proxy/deployed.sh [DURATION_S] [ROUNDS]   (defaults 8 and 3)
 # Environment: SCENARIOS (default all, e.g. "ka64 h2c idle"), H2C_CONNECTIONS (default 8),
 #   IDLE_CONNECTIONS (default 5000), OUT (keep the results here; default a temp dir, printed),
-#   CARGO_TARGET_DIR (as cargo reads it).
+#   CARGO_TARGET_DIR (as cargo reads it), RW_PROXY_PRIORITY (`raised`, the default: as the agent
+#   starts it; `agent`: reset to the agent's priority after start, the proxy as before the priority
+#   fallback of docs/proxy.md).
+# Priority: where no cgroup weights it (this machine: no systemd, cpu controller on cgroup v1), the
+# agent starts its proxy at nice -5, its session's autogroup too; nginx and HAProxy get the same
+# priority as Rollway's proxy has (their processes and their sessions' autogroups), so all three
+# compete on the same terms. The switch run's wrk leads a session of its own, so that the deploy's
+# own work (CLI, agent, new instances, all in this script's session) does not slow the load generator
+# (a client on another machine would not share it) and the dip measured is the proxy's and the apps'.
 # Installs nginx, haproxy, wrk, nghttp2-client (h2load), jq, curl, python3 from Debian when missing.
 # Every server binds 127.0.0.1; every loop is bounded in count and time; on exit every process this
 # run started is killed by pid (never by name).
@@ -290,6 +298,26 @@ for pid in "$RW_PID" "$NGINX_PID" "$HAPROXY_PID"; do
         { echo "pid $pid does not lead its own session" >&2; exit 1; }
 done
 
+# The scheduling priority of every process of session SID (each leads its own) and of the session's
+# autogroup, when the kernel has them.
+set_priority() { # SID NICE
+    local pid
+    for pid in $(ps -o pid= -s "$1"); do
+        for task in /proc/"$pid"/task/*; do renice -n "$2" -p "${task##*/}" >/dev/null 2>&1 || true; done
+    done
+    [ -w "/proc/$1/autogroup" ] && { echo "$2" >"/proc/$1/autogroup" 2>/dev/null || true; }
+}
+autogroup_nice() { awk '{print $NF}' "/proc/$1/autogroup" 2>/dev/null || echo "-"; }
+if [ "${RW_PROXY_PRIORITY:-raised}" = agent ]; then
+    set_priority "$RW_PID" "$(ps -o ni= -p "$$" | tr -d ' ')"
+fi
+RW_NICE="$(ps -o ni= -p "$RW_PID" | tr -d ' ')"
+set_priority "$NGINX_PID" "$RW_NICE"
+set_priority "$HAPROXY_PID" "$RW_NICE"
+for pid in "$RW_PID" "$NGINX_PID" "$HAPROXY_PID"; do
+    echo "pid $pid: nice $(ps -o ni= -p "$pid" | tr -d ' '), autogroup nice $(autogroup_nice "$pid")"
+done
+
 reload_peers() { # after a Rollway switch: nginx and HAProxy follow the serving instances
     read -r PORT_A PORT_B < <(serving_ports | tr '\n' ' '; echo)
     write_configs "$PORT_A" "$PORT_B"
@@ -496,7 +524,7 @@ switch_run() { # ROUND TARGET
     persec="$OUT/persec-$round-$target.txt"
     load="$(load1)"
     local seconds=$((DURATION + 8))
-    PERSEC_FILE="$persec" wrk -t2 -c64 -d"${seconds}s" --timeout 10s -H "Host: $HOST" -s "$WORK/persec.lua" "$url" \
+    PERSEC_FILE="$persec" setsid wrk -t2 -c64 -d"${seconds}s" --timeout 10s -H "Host: $HOST" -s "$WORK/persec.lua" "$url" \
         >"$OUT/wrk-$round-switch-$target.txt" 2>&1 &
     local wrk_pid=$!
     BG_PIDS+=("$wrk_pid")

@@ -186,6 +186,7 @@ pub async fn run(
         metrics: config.proxy_metrics,
         https: config.https,
         cgroup: placement.proxy().cloned(),
+        raise_priority: !placement.weighted(),
     };
     let proxy_addr = proxy.start(&proxy_command).await?;
 

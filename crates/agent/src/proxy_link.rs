@@ -121,6 +121,22 @@ pub enum Launch {
     Takeover,
 }
 
+/// Says at which priority a proxy the agent raised runs: the child cannot log whether raising
+/// worked (it needs `CAP_SYS_NICE`).
+fn log_priority(pid: u32) {
+    match driver::priority::observe(pid) {
+        Ok(observed) if observed.raised() => {
+            tracing::info!(message = "The proxy runs above the apps' priority.", priority = %observed.describe());
+        }
+        Ok(observed) => {
+            tracing::warn!(message = "The proxy could not raise its priority (it needs CAP_SYS_NICE); busy apps compete with it as equals.", priority = %observed.describe());
+        }
+        Err(error) => {
+            tracing::debug!(message = "Cannot read the proxy's priority.", %error);
+        }
+    }
+}
+
 /// How to start a proxy process.
 #[derive(Debug, Clone)]
 pub struct ProxyCommand {
@@ -132,6 +148,9 @@ pub struct ProxyCommand {
     /// The proxy's own cgroup (the agent's CPU placement), joined before exec; `None` leaves it in
     /// the agent's.
     pub cgroup: Option<driver::cgroup::Group>,
+    /// Whether the proxy raises its scheduling priority before exec (`driver::priority`): the
+    /// placement's fallback where no cgroup weights the proxy above the apps.
+    pub raise_priority: bool,
 }
 
 impl ProxyLink {
@@ -345,25 +364,35 @@ impl ProxyLink {
             }
             None => None,
         };
+        // Where no cgroup weights it, the proxy raises its own priority (after `setsid`, so the
+        // session autogroup it raises is its own, never the agent's and the apps').
+        let raise_priority = command.raise_priority;
         // SAFETY: the closure runs in the forked child before exec and only makes the setsid(2)
-        // system call and one write(2) of a constant to a descriptor opened before the fork, both
-        // async-signal-safe; it allocates nothing and takes no lock.
+        // system call, one write(2) of a constant to a descriptor opened before the fork, and
+        // `driver::priority::raise_proxy` (setpriority(2), open(2)/write(2)/close(2) of constants),
+        // all async-signal-safe; it allocates nothing and takes no lock.
         #[allow(unsafe_code)]
         unsafe {
             std::os::unix::process::CommandExt::pre_exec(&mut process, move || {
                 rustix::process::setsid()
                     .map(drop)
                     .map_err(std::io::Error::from)?;
-                match &joiner {
-                    Some(joiner) => joiner.join(),
-                    None => Ok(()),
+                if let Some(joiner) = &joiner {
+                    joiner.join()?;
                 }
+                if raise_priority {
+                    driver::priority::raise_proxy();
+                }
+                Ok(())
             });
         }
         let mut child = process.spawn().map_err(spawn_error)?;
         // The child has its end now; drop ours of it so a dead child is seen as a closed socket.
         drop(process);
         let pid = child.id();
+        if raise_priority {
+            log_priority(pid);
+        }
         if let Some((ours, fds)) = handover {
             let borrowed: Vec<_> = fds.iter().map(AsFd::as_fd).collect();
             if let Err(source) = proxy::handover::send(&ours, &borrowed) {

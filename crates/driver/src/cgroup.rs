@@ -16,7 +16,8 @@
 //! the controllers be on there, and a restart of the agent (systemd attaches the new one to
 //! `agent/`) works while the proxy and the apps keep running in theirs. Anywhere else (no systemd,
 //! cgroup v1 or hybrid hosts, a unit without delegation) the agent places nothing and says why in
-//! one log line: every process then shares the agent's cgroup, as before.
+//! one log line: every process then shares the agent's cgroup, and the proxy raises its own
+//! scheduling priority instead (`crate::priority`), as it does when the groups are not weighted.
 //!
 //! Processes join at exec: [`Group::joiner`] opens the group's `cgroup.procs` in the agent, and the
 //! child writes `0` ("this process") to it between fork and exec ([`Joiner::join`]), so nothing an
@@ -200,6 +201,12 @@ impl Placement {
         }
     }
 
+    /// Whether the proxy's group is weighted above the apps' (else the proxy raises its own
+    /// priority, `crate::priority`).
+    pub fn weighted(&self) -> bool {
+        matches!(self, Placement::Split { weighted: true, .. })
+    }
+
     pub fn apps(&self) -> Option<&Group> {
         match self {
             Placement::Split { apps, .. } => Some(apps),
@@ -224,13 +231,15 @@ impl Placement {
                 apps,
                 weighted: false,
             } => format!(
-                "the proxy in `{}`, apps in `{}`, without CPU weights: the `cpu` controller is not delegated",
+                "the proxy in `{}`, apps in `{}`, without CPU weights: the `cpu` controller is not delegated; the proxy raises its priority instead (nice {})",
                 proxy.dir.display(),
-                apps.dir.display()
+                apps.dir.display(),
+                crate::priority::PROXY_NICE
             ),
-            Placement::Off { reason } => {
-                format!("off, the proxy and the apps share the agent's cgroup: {reason}")
-            }
+            Placement::Off { reason } => format!(
+                "off, the proxy and the apps share the agent's cgroup: {reason}; the proxy raises its priority instead (nice {})",
+                crate::priority::PROXY_NICE
+            ),
         }
     }
 }

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 pub mod cgroup;
 pub mod confine;
 pub mod container;
+pub mod priority;
 pub mod process;
 pub mod sandbox;
 pub mod swarm;

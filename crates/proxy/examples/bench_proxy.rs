@@ -12,6 +12,14 @@
 //! `PUT /v1/state`: a Host route, one pool (a release) with one instance per upstream address, a rate
 //! limit taking a token per request, an allow list and `max_body`, as `bench/proxy/deployed.sh`'s
 //! manifest asks for.
+//!
+//! `switch` is the proxy's side of a blue-green deploy, driven the way the agent drives it: the routing is
+//! set with `proxy::apply` (what the control socket's `PUT /v1/state` runs) to a Host route
+//! (`bench.localhost`, the deployed benchmark's edge controls: an allow list and a rate limit never
+//! reached) with release 1 on the A instances. Each SIGUSR1 switches: one more `apply` lists only the
+//! next release, on the other pair of instances (added, ready, weight 100; the serving ones drain, 5 s
+//! bound), and from the first switch on the release statistics are read every second as the agent's
+//! analysis does (`GET /v1/stats`). Each switch prints `switched RELEASE UNIX_MS APPLY_US`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -46,12 +54,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         Some("proxy") => {
             let listen: SocketAddr = args.get(2).ok_or("missing LISTEN_ADDR")?.parse()?;
-            let upstreams = args
-                .get(3)
-                .ok_or("missing UPSTREAM_ADDR")?
-                .split(',')
-                .map(str::parse)
-                .collect::<Result<Vec<SocketAddr>, _>>()?;
+            let upstreams = addrs(args.get(3).ok_or("missing UPSTREAM_ADDR")?)?;
             let workers = match args.get(4).map(String::as_str) {
                 Some("0") | None => proxy::workers::default_workers(),
                 Some(workers) => workers.parse()?,
@@ -87,6 +90,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             };
             runtime.block_on(proxy_https(listen, upstream, workers, certificate))
         }
+        Some("switch") => {
+            let listen: SocketAddr = args.get(2).ok_or("missing LISTEN_ADDR")?.parse()?;
+            let a = addrs(args.get(3).ok_or("missing ADDRS_A")?)?;
+            let b = addrs(args.get(4).ok_or("missing ADDRS_B")?)?;
+            let workers = match args.get(5).map(String::as_str) {
+                Some("0") | None => proxy::workers::default_workers(),
+                Some(workers) => workers.parse()?,
+            };
+            runtime.block_on(switch(listen, [a, b], workers))
+        }
         Some("idle-clients") => {
             let target: SocketAddr = args.get(2).ok_or("missing TARGET_ADDR")?.parse()?;
             let count: usize = args.get(3).ok_or("missing COUNT")?.parse()?;
@@ -94,7 +107,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             runtime.block_on(idle_clients(target, count, hold))
         }
         _ => Err(
-            "usage: bench_proxy upstream|grpc-upstream LISTEN_ADDR | bench_proxy idle-clients TARGET_ADDR COUNT HOLD_S | bench_proxy proxy LISTEN_ADDR UPSTREAM_ADDR[,UPSTREAM_ADDR...] [WORKERS] [http1|h2c|grpc] [open|limited|deployed] | bench_proxy proxy-https LISTEN_ADDR UPSTREAM_ADDR HOST CERT_PEM KEY_PEM [WORKERS]"
+            "usage: bench_proxy upstream|grpc-upstream LISTEN_ADDR | bench_proxy idle-clients TARGET_ADDR COUNT HOLD_S | bench_proxy switch LISTEN_ADDR ADDR_A,ADDR_A ADDR_B,ADDR_B [WORKERS] | bench_proxy proxy LISTEN_ADDR UPSTREAM_ADDR[,UPSTREAM_ADDR...] [WORKERS] [http1|h2c|grpc] [open|limited|deployed] | bench_proxy proxy-https LISTEN_ADDR UPSTREAM_ADDR HOST CERT_PEM KEY_PEM [WORKERS]"
                 .into(),
         ),
     }
@@ -291,7 +304,7 @@ async fn proxy(
     }
     let proxy = Proxy::new(config);
     if mode == Mode::Deployed {
-        proxy::apply(&proxy, &deployed_state(upstreams, settings))?;
+        proxy::apply(&proxy, &deployed_state(1, upstreams, settings))?;
     } else {
         let upstream = *upstreams.first().ok_or("missing UPSTREAM_ADDR")?;
         let route = RouteName::new("bench");
@@ -325,11 +338,22 @@ async fn proxy(
     Ok(())
 }
 
-/// The desired state the agent sends for `bench/proxy/deployed.sh`'s app (`bench`, environment
+/// The desired state the agent sends for release `release` of `bench/proxy/deployed.sh`'s app (`bench`, environment
 /// `production`, service `web` with one replica per upstream, `[routes.web]` with `hosts`, `max_body =
 /// "2MiB"`, `rate_limit = { per_ip = "1000000/s", burst = 1000000 }`, `allow = ["127.0.0.0/8"]`), as
 /// `Engine::desired_state` builds it: route and release names, instance ids and all.
-fn deployed_state(upstreams: &[SocketAddr], settings: proxy::RouteSettings) -> proxy::DesiredState {
+fn addrs(list: &str) -> Result<Vec<SocketAddr>, Box<dyn std::error::Error>> {
+    Ok(list
+        .split(',')
+        .map(str::parse)
+        .collect::<Result<Vec<SocketAddr>, _>>()?)
+}
+
+fn deployed_state(
+    release: u32,
+    upstreams: &[SocketAddr],
+    settings: proxy::RouteSettings,
+) -> proxy::DesiredState {
     let mut route = proxy::DesiredRoute::new("bench/production/web");
     route.hosts = vec![DEPLOYED_HOST.to_owned()];
     route.drain_timeout_ms = 5_000;
@@ -344,13 +368,13 @@ fn deployed_state(upstreams: &[SocketAddr], settings: proxy::RouteSettings) -> p
     });
     route.allow = vec!["127.0.0.0/8".to_owned()];
     route.pools = vec![proxy::DesiredPool {
-        release: "bench/production@1".to_owned(),
+        release: format!("bench/production@{release}"),
         weight: 100,
         instances: upstreams
             .iter()
             .enumerate()
             .map(|(index, addr)| proxy::DesiredInstance {
-                id: format!("bench-production-r1-web-{}", index + 1),
+                id: format!("bench-production-r{release}-web-{}", index + 1),
                 addr: *addr,
                 ready: true,
             })
@@ -359,4 +383,54 @@ fn deployed_state(upstreams: &[SocketAddr], settings: proxy::RouteSettings) -> p
     proxy::DesiredState {
         routes: vec![route],
     }
+}
+
+async fn switch(
+    listen: SocketAddr,
+    pairs: [Vec<SocketAddr>; 2],
+    workers: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let proxy = Proxy::new(ProxyConfig::default());
+    proxy::apply(
+        &proxy,
+        &deployed_state(1, &pairs[0], proxy::RouteSettings::default()),
+    )?;
+    let listeners = proxy::workers::DataListeners::bind(listen, workers)?;
+    let serving = proxy::workers::serve(listeners, proxy.clone(), CancellationToken::new())?;
+    let mut signals =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())?;
+    tokio::spawn(async move {
+        let mut release = 1;
+        let mut analysis: Option<tokio::task::JoinHandle<()>> = None;
+        while signals.recv().await.is_some() {
+            release += 1;
+            let addrs = &pairs[usize::from(release % 2 == 0)];
+            let started = std::time::Instant::now();
+            if let Err(error) = proxy::apply(
+                &proxy,
+                &deployed_state(release, addrs, proxy::RouteSettings::default()),
+            ) {
+                eprintln!("the switch failed: {error}");
+                return;
+            }
+            let apply_us = started.elapsed().as_micros();
+            let unix_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| since.as_millis());
+            println!("switched {release} {unix_ms} {apply_us}");
+            // The agent's analysis while it observes the new release: the statistics every second.
+            if analysis.is_none() {
+                let proxy = proxy.clone();
+                analysis = Some(tokio::spawn(async move {
+                    let mut interval = tokio::time::interval(std::time::Duration::from_secs(1));
+                    loop {
+                        interval.tick().await;
+                        std::hint::black_box(proxy.all_stats());
+                    }
+                }));
+            }
+        }
+    });
+    serving.wait().await?;
+    Ok(())
 }

@@ -1,0 +1,118 @@
+//! The proxy's scheduling priority: the CPU placement's fallback where no cgroup weights the proxy
+//! above the apps (no systemd, cgroup v1 or hybrid hosts, a unit without delegation; see `cgroup`).
+//!
+//! It raises the proxy only, to nice [`PROXY_NICE`]: the apps keep the priority they were started
+//! with (the agent's), so they are never put below other software on the host. The proxy is raised
+//! above everything else at nice 0 on the host by the same factor (about 3x the CPU share when they
+//! compete), which is what nginx's `worker_priority` and HAProxy's `nice` do when an operator sets
+//! them. It does not change the cgroup placement, and it does nothing where the proxy's cgroup is
+//! weighted (there the weight already decides, and nice only counts inside the proxy's own group).
+//!
+//! Two knobs, both set by the child between fork and exec, after its `setsid`, so every thread the
+//! proxy starts inherits them:
+//! - the nice value of the process (`setpriority`): weighs it against the tasks of its scheduling
+//!   group;
+//! - the nice value of its session's autogroup (`/proc/self/autogroup`): with the kernel's session
+//!   autogroups on (`kernel.sched_autogroup_enabled = 1`, the default where the kernel has them), every
+//!   session of the root cgroup is one scheduling group, weighed against the others (the agent's
+//!   session with all the apps, other software's sessions) by that group's nice, and a task's own nice
+//!   does not reach outside it. The proxy leads a session of its own, so the group is the proxy's.
+//!
+//! Raising needs `CAP_SYS_NICE` (or `RLIMIT_NICE`); without it both calls fail and the proxy runs at
+//! the agent's priority. The child cannot log, so [`observe`] reads back what took effect.
+
+use std::io;
+
+/// The proxy's nice value where no cgroup weights it: as `PROXY_WEIGHT` is to `APPS_WEIGHT` in
+/// spirit, a clear lead without real-time scheduling (the kernel's weight for -5 is 3121, for 0 1024).
+pub const PROXY_NICE: i32 = -5;
+
+/// [`PROXY_NICE`] as written to `/proc/self/autogroup` (formatted before any fork: the child may not
+/// allocate).
+const PROXY_NICE_TEXT: &[u8] = b"-5";
+
+/// Raises the calling process to [`PROXY_NICE`], and its session's autogroup when the kernel has
+/// them. Best effort: a refusal (no `CAP_SYS_NICE`) or a kernel without autogroups leaves that part
+/// as it was. Meant for `pre_exec` after `setsid`: three system calls on a constant path and
+/// constant bytes, async-signal-safe (no allocation, no lock).
+pub fn raise_proxy() {
+    let _ = rustix::process::setpriority_process(None, PROXY_NICE);
+    // After `setsid` the autogroup is this session's own, so this never touches the agent's.
+    if let Ok(file) = rustix::fs::open(
+        c"/proc/self/autogroup",
+        rustix::fs::OFlags::WRONLY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    ) {
+        let _ = rustix::io::write(&file, PROXY_NICE_TEXT);
+    }
+}
+
+/// The scheduling priority a process runs at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Observed {
+    /// The nice value of its main thread.
+    pub nice: i32,
+    /// The nice value of its autogroup; `None` where the kernel has no autogroups.
+    pub autogroup_nice: Option<i32>,
+    /// Whether the kernel groups sessions now (`kernel.sched_autogroup_enabled`).
+    pub autogroups_on: bool,
+}
+
+impl Observed {
+    /// Whether the process runs at [`PROXY_NICE`] where it counts: its autogroup when the kernel
+    /// groups sessions, else its own.
+    pub fn raised(&self) -> bool {
+        match self.autogroup_nice {
+            Some(group) if self.autogroups_on => group <= PROXY_NICE && self.nice <= PROXY_NICE,
+            _ => self.nice <= PROXY_NICE,
+        }
+    }
+
+    /// One line for the agent's log.
+    pub fn describe(&self) -> String {
+        let group = match (self.autogroup_nice, self.autogroups_on) {
+            (Some(group), true) => format!(", its session's autogroup at nice {group}"),
+            (Some(_), false) | (None, _) => ", no session autogroups".to_owned(),
+        };
+        format!("nice {}{group}", self.nice)
+    }
+}
+
+/// Reads the priority `pid` runs at, from `/proc/PID/stat` and `/proc/PID/autogroup`.
+pub fn observe(pid: u32) -> io::Result<Observed> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let nice = parse_stat_nice(&stat).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("/proc/{pid}/stat has no nice field"),
+        )
+    })?;
+    let autogroup_nice = std::fs::read_to_string(format!("/proc/{pid}/autogroup"))
+        .ok()
+        .as_deref()
+        .and_then(parse_autogroup_nice);
+    let autogroups_on = std::fs::read_to_string("/proc/sys/kernel/sched_autogroup_enabled")
+        .is_ok_and(|text| text.trim() == "1");
+    Ok(Observed {
+        nice,
+        autogroup_nice,
+        autogroups_on,
+    })
+}
+
+/// The 19th field of `/proc/PID/stat` (the command, field 2, may hold spaces and parentheses: fields
+/// are counted after its last `)`).
+fn parse_stat_nice(stat: &str) -> Option<i32> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    // `rest` starts at field 3 (the state).
+    rest.split_whitespace().nth(19 - 3)?.parse().ok()
+}
+
+/// `/autogroup-42 nice -5` -> -5.
+fn parse_autogroup_nice(text: &str) -> Option<i32> {
+    let (_, nice) = text.trim().rsplit_once(" nice ")?;
+    nice.parse().ok()
+}
+
+#[cfg(test)]
+mod tests;
