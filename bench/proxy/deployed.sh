@@ -20,7 +20,8 @@
 # Usage: bench/proxy/deployed.sh [DURATION_S] [ROUNDS]   (defaults 8 and 3)
 # Environment: SCENARIOS (default all, e.g. "ka64 h2c idle"), H2C_CONNECTIONS (default 8),
 #   IDLE_CONNECTIONS (default 5000), OUT (keep the results here; default a temp dir, printed),
-#   CARGO_TARGET_DIR (as cargo reads it), RW_PROXY_PRIORITY (`raised`, the default: as the agent
+#   CARGO_TARGET_DIR (as cargo reads it), ROLLWAY_BIN (a built `rollway` to measure, `demo-app` beside
+#   it), RW_PROXY_PRIORITY (`raised`, the default: as the agent
 #   starts it; `agent`: reset to the agent's priority after start, the proxy as before the priority
 #   fallback of docs/proxy.md).
 # Priority: where no cgroup weights it (this machine: no systemd, cpu controller on cgroup v1), the
@@ -53,10 +54,17 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 # The packages start their own services on some systems; this run never uses them.
 
-cargo build --release -p rollway -p testkit --manifest-path "$ROOT/Cargo.toml"
-TARGET_DIR="$(cargo metadata --format-version 1 --no-deps --manifest-path "$ROOT/Cargo.toml" | jq -r .target_directory)"
-RW="$TARGET_DIR/release/rollway"
-DEMO="$TARGET_DIR/release/demo-app"
+# ROLLWAY_BIN measures another build of `rollway` (e.g. a copy of an earlier commit's, for a before and
+# after in one session); the demo app is then taken from beside it (`demo-app`).
+if [ -n "${ROLLWAY_BIN:-}" ]; then
+    RW="$ROLLWAY_BIN"
+    DEMO="$(dirname "$ROLLWAY_BIN")/demo-app"
+else
+    cargo build --release -p rollway -p testkit --manifest-path "$ROOT/Cargo.toml"
+    TARGET_DIR="$(cargo metadata --format-version 1 --no-deps --manifest-path "$ROOT/Cargo.toml" | jq -r .target_directory)"
+    RW="$TARGET_DIR/release/rollway"
+    DEMO="$TARGET_DIR/release/demo-app"
+fi
 
 # 5,000 client sockets plus as many on the proxy's side: as many descriptors as this shell may have
 # (the hard limit; HAProxy's maxconn below is sized to fit 20,000).
@@ -506,13 +514,17 @@ idle_run() { # ROUND TARGET
     read -r -t 80 line <&"${IDLE[0]}" || true
     sleep 3
     after="$(rss_kb "$pid")"
-    local established
+    local established sockets later
     established="$(ss -Htn state established "( sport = :$port )" | wc -l)"
+    # The proxy's other established connections (to the instances; for Rollway also the agent's).
+    sockets="$(ss -Htnp state established | grep -cE "pid=($(procs "$pid" | paste -sd'|')),")" || true
+    sleep 3
+    later="$(rss_kb "$pid")"
     echo >&"${IDLE[1]}" || true
     wait "$IDLE_PID" 2>/dev/null || true
     record "$round" idle "$target" "" "" "" "" \
         "$(awk -v k="$after" 'BEGIN {printf "%.1f", k / 1024}')" "$load" "" \
-        "$line; $established established at the proxy; RSS before $(awk -v k="$before" 'BEGIN {printf "%.1f", k / 1024}') MB"
+        "$line; $established established at the proxy, $((sockets - established)) other connections of its pid; RSS before $(awk -v k="$before" 'BEGIN {printf "%.1f", k / 1024}') MB, 6 s after $(awk -v k="$later" 'BEGIN {printf "%.1f", k / 1024}') MB"
     sleep 2
 }
 

@@ -4,10 +4,15 @@
 # them idle; the script reads the proxy's RSS (VmRSS, all its processes) before, while they are idle, and
 # a few seconds after they all closed.
 # Usage: bench/proxy/idle.sh [COUNT] [HOLD_S]   (defaults 5000 connections, 8 s)
+# IDLE_MODE=burst opens all COUNT connections first and then sends every request at once, as
+# deployed.sh's idle scenario does (the proxy then opens many upstream connections); the default,
+# sequential, uses one connection after another. The script also counts the proxy's established
+# connections to the upstream when it reads the idle RSS.
 set -euo pipefail
 
 COUNT="${1:-5000}"
 HOLD="${2:-8}"
+MODE="${IDLE_MODE:-sequential}"
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 WORK="$(mktemp -d)"
 # BENCH_PORT_BASE moves every port of this script (two benches at once need apart ranges).
@@ -101,7 +106,8 @@ rss() {
     echo "$total"
 }
 
-printf "%-8s %12s %14s %16s %14s\n" target "before KiB" "idle KiB" "per conn bytes" "after KiB"
+echo "mode: $MODE; load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+printf "%-8s %12s %14s %16s %14s %10s\n" target "before KiB" "idle KiB" "per conn bytes" "after KiB" "upstream"
 for target in rollway nginx haproxy; do
     case $target in
         rollway) addr=$ROLLWAY; procs=("$rollway_pid") ;;
@@ -113,14 +119,15 @@ for target in rollway nginx haproxy; do
         haproxy) addr=$HAPROXY; procs=("$haproxy_pid") ;;
     esac
     before="$(rss "${procs[@]}")"
-    "$BIN" idle-clients "$addr" "$COUNT" "$HOLD" > "$WORK/clients.out" &
+    "$BIN" idle-clients "$addr" "$COUNT" "$HOLD" "$MODE" > "$WORK/clients.out" &
     clients=$!
     for _ in $(seq 1 600); do grep -q ready "$WORK/clients.out" && break; sleep 0.1; done
     # Rollway frees an idle connection's buffers after 1 s.
     sleep 3
     idle="$(rss "${procs[@]}")"
+    upstream="$(ss -Htn state established "( dport = :${UPSTREAM##*:} )" | wc -l)"
     wait "$clients"
     sleep 3
     after="$(rss "${procs[@]}")"
-    printf "%-8s %12s %14s %16s %14s\n" "$target" "$before" "$idle" "$(((idle - before) * 1024 / COUNT))" "$after"
+    printf "%-8s %12s %14s %16s %14s %10s\n" "$target" "$before" "$idle" "$(((idle - before) * 1024 / COUNT))" "$after" "$upstream"
 done

@@ -104,10 +104,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let target: SocketAddr = args.get(2).ok_or("missing TARGET_ADDR")?.parse()?;
             let count: usize = args.get(3).ok_or("missing COUNT")?.parse()?;
             let hold: u64 = args.get(4).ok_or("missing HOLD_S")?.parse()?;
-            runtime.block_on(idle_clients(target, count, hold))
+            let burst = match args.get(5).map(String::as_str) {
+                None | Some("sequential") => false,
+                Some("burst") => true,
+                Some(other) => return Err(format!("unknown mode `{other}`").into()),
+            };
+            runtime.block_on(idle_clients(target, count, hold, burst))
         }
         _ => Err(
-            "usage: bench_proxy upstream|grpc-upstream LISTEN_ADDR | bench_proxy idle-clients TARGET_ADDR COUNT HOLD_S | bench_proxy switch LISTEN_ADDR ADDR_A,ADDR_A ADDR_B,ADDR_B [WORKERS] | bench_proxy proxy LISTEN_ADDR UPSTREAM_ADDR[,UPSTREAM_ADDR...] [WORKERS] [http1|h2c|grpc] [open|limited|deployed] | bench_proxy proxy-https LISTEN_ADDR UPSTREAM_ADDR HOST CERT_PEM KEY_PEM [WORKERS]"
+            "usage: bench_proxy upstream|grpc-upstream LISTEN_ADDR | bench_proxy idle-clients TARGET_ADDR COUNT HOLD_S [sequential|burst] | bench_proxy switch LISTEN_ADDR ADDR_A,ADDR_A ADDR_B,ADDR_B [WORKERS] | bench_proxy proxy LISTEN_ADDR UPSTREAM_ADDR[,UPSTREAM_ADDR...] [WORKERS] [http1|h2c|grpc] [open|limited|deployed] | bench_proxy proxy-https LISTEN_ADDR UPSTREAM_ADDR HOST CERT_PEM KEY_PEM [WORKERS]"
                 .into(),
         ),
     }
@@ -138,35 +143,63 @@ async fn upstream(listen: SocketAddr) -> Result<(), Box<dyn std::error::Error>> 
 }
 
 /// Opens `count` keep-alive connections to `target`, sends one `GET /small` on each and reads its answer,
-/// prints `ready`, holds them idle for `hold_s` seconds, closes them all and prints `closed`. Bounded in
-/// count (the caller's) and in time: each answer within 10 s, the hold as given.
+/// prints `ready`, holds them idle for `hold_s` seconds, closes them all and prints `closed`. Sequential:
+/// one connection after another. `burst`: all connections first, then every request at once (as
+/// bench/proxy/deployed.sh's idle client does, so the proxy sees thousands of requests in flight). Bounded
+/// in count (the caller's) and in time: each answer within 10 s (all of a burst's within 60 s), the hold
+/// as given.
 async fn idle_clients(
     target: SocketAddr,
     count: usize,
     hold_s: u64,
+    burst: bool,
 ) -> Result<(), Box<dyn std::error::Error>> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut connections = Vec::with_capacity(count);
-    for _ in 0..count {
-        let mut stream = tokio::net::TcpStream::connect(target).await?;
+    async fn exchange(stream: &mut tokio::net::TcpStream) -> std::io::Result<()> {
         stream
             .write_all(b"GET /small HTTP/1.1\r\nHost: bench\r\n\r\n")
             .await?;
         let mut answer = Vec::new();
         let mut chunk = [0u8; 1024];
-        tokio::time::timeout(std::time::Duration::from_secs(10), async {
-            // The small answer ends with this line of its 20-byte body.
-            while !answer.ends_with(b"hello from upstream\n") {
-                let read = stream.read(&mut chunk).await?;
-                if read == 0 {
-                    return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
-                }
-                answer.extend_from_slice(&chunk[..read]);
+        // The small answer ends with this line of its 20-byte body.
+        while !answer.ends_with(b"hello from upstream\n") {
+            let read = stream.read(&mut chunk).await?;
+            if read == 0 {
+                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
             }
-            Ok(())
+            answer.extend_from_slice(&chunk[..read]);
+        }
+        Ok(())
+    }
+    let mut connections = Vec::with_capacity(count);
+    if burst {
+        for _ in 0..count {
+            connections.push(tokio::net::TcpStream::connect(target).await?);
+        }
+        let exchanges: Vec<_> = connections
+            .into_iter()
+            .map(|mut stream| {
+                tokio::spawn(async move {
+                    exchange(&mut stream).await?;
+                    Ok::<_, std::io::Error>(stream)
+                })
+            })
+            .collect();
+        connections = Vec::with_capacity(count);
+        tokio::time::timeout(std::time::Duration::from_secs(60), async {
+            for exchange in exchanges {
+                connections.push(exchange.await.map_err(std::io::Error::other)??);
+            }
+            Ok::<_, std::io::Error>(())
         })
         .await??;
-        connections.push(stream);
+    } else {
+        for _ in 0..count {
+            let mut stream = tokio::net::TcpStream::connect(target).await?;
+            tokio::time::timeout(std::time::Duration::from_secs(10), exchange(&mut stream))
+                .await??;
+            connections.push(stream);
+        }
     }
     println!("ready");
     tokio::time::sleep(std::time::Duration::from_secs(hold_s)).await;

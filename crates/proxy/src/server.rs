@@ -96,19 +96,7 @@ async fn serve_with(
 ) -> io::Result<()> {
     crate::memory::configure_allocator();
     let config = proxy.config().clone();
-    let mut http1 = http1::Builder::new();
-    http1
-        // Our own timer (`TimedIo`) answers 408; hyper's would close silently.
-        .header_read_timeout(None)
-        .max_buf_size(config.max_header_bytes.max(8192))
-        .timer(TokioTimer::new());
-    crate::upstream::limit_header_fields(&mut http1, config.max_request_header_fields);
-    let mut http2 = http2::Builder::new(TokioExecutor::new());
-    http2
-        .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
-        .keep_alive_interval(Some(Duration::from_secs(20)))
-        .timer(TokioTimer::new());
-    let builder = Arc::new(Builders { http1, http2 });
+    let builder = Arc::new(Builders::new(&config));
     let tracker = TaskTracker::new();
     let _sweep =
         tokio_util::task::AbortOnDropHandle::new(tokio::spawn(sweep_idle_upstreams(proxy.clone())));
@@ -132,20 +120,18 @@ async fn serve_with(
         };
         let _ = stream.set_nodelay(true);
         let connection = Connection {
-            proxy: proxy.clone(),
             builder: Arc::clone(&builder),
             client_addr,
-            scheme,
             shutdown: shutdown.clone(),
-            tracker: tracker.clone(),
         };
         match &tls {
             None => {
-                tracker.spawn(connection.run(stream));
+                tracker.spawn(connection.run(stream, &proxy, scheme, &tracker));
             }
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
                 let header_read_timeout = config.header_read_timeout;
+                let (proxy, connection_tracker) = (proxy.clone(), tracker.clone());
                 tracker.spawn(async move {
                     match tokio::time::timeout(header_read_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(stream)) => {
@@ -153,7 +139,7 @@ async fn serve_with(
                             if stream.get_ref().1.alpn_protocol() == Some(crate::tls::ACME_TLS_ALPN) {
                                 return;
                             }
-                            connection.run(stream).await;
+                            connection.run(stream, &proxy, scheme, &connection_tracker).await;
                         }
                         Ok(Err(error)) => {
                             tracing::debug!(message = "TLS handshake failed.", %error, client = %client_addr);
@@ -178,6 +164,24 @@ struct Builders {
     http2: http2::Builder<TokioExecutor>,
 }
 
+impl Builders {
+    fn new(config: &crate::config::ProxyConfig) -> Builders {
+        let mut http1 = http1::Builder::new();
+        http1
+            // Our own timer (`TimedIo`) answers 408; hyper's would close silently.
+            .header_read_timeout(None)
+            .max_buf_size(config.max_header_bytes.max(8192))
+            .timer(TokioTimer::new());
+        crate::upstream::limit_header_fields(&mut http1, config.max_request_header_fields);
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
+            .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
+            .keep_alive_interval(Some(Duration::from_secs(20)))
+            .timer(TokioTimer::new());
+        Builders { http1, http2 }
+    }
+}
+
 /// The HTTP/2 connection preface (RFC 9113 section 3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -185,41 +189,51 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// each) are released; the connection itself stays open, and its next request gets new buffers.
 const HTTP1_RELEASE_AFTER: Duration = Duration::from_secs(1);
 
+/// What a connection's task keeps for itself (what its requests need is in `ConnectionContext`).
 struct Connection {
-    proxy: Proxy,
     builder: Arc<Builders>,
     client_addr: SocketAddr,
-    scheme: Scheme,
     shutdown: CancellationToken,
-    tracker: TaskTracker,
 }
 
 impl Connection {
-    async fn run<S>(self, stream: S)
+    /// The connection's task.
+    ///
+    /// Its future is most of what an idle connection costs, so it is kept small (the size is tested):
+    /// the socket's state is boxed, the states only a shutdown or HTTP/2 reach are boxed, and this is
+    /// not an `async fn` (an `async fn` keeps its arguments beside the locals they are moved into).
+    fn run<S>(
+        self,
+        stream: S,
+        proxy: &Proxy,
+        scheme: Scheme,
+        tracker: &TaskTracker,
+    ) -> impl Future<Output = ()> + Send + 'static
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         // Counted for `memory`'s trim after a burst of closes.
-        let _open = crate::memory::OpenConnection::new();
-        let config = self.proxy.config();
+        let open = crate::memory::OpenConnection::new();
+        let config = proxy.config();
         let activity = Arc::new(ConnectionActivity::default());
-        let io = TimedIo::new(
+        // Boxed: the socket's state moves between this task's frames and hyper's connection (and back
+        // when an idle connection leaves hyper), and each place that can hold it would otherwise keep
+        // room for all of it in every connection's task.
+        let io = Box::new(TimedIo::new(
             stream,
             Arc::clone(&activity),
             config.header_read_timeout,
             config.idle_timeout,
-        );
+        ));
         let context = Arc::new(ConnectionContext {
-            proxy: self.proxy.clone(),
+            proxy: proxy.clone(),
             client_addr: self.client_addr,
             client_ip: forward::client_ip_value(self.client_addr),
             trusted_peer: config.trusts(self.client_addr.ip()),
-            scheme: self.scheme,
-            tracker: self.tracker.clone(),
+            scheme,
+            tracker: tracker.clone(),
             closing: AtomicBool::new(false),
         });
-        // Set when the process stops accepting (`ConnectionContext::closing`).
-        let closing = &context.closing;
         let service = {
             let context = Arc::clone(&context);
             let activity = Arc::clone(&activity);
@@ -234,38 +248,34 @@ impl Connection {
             })
         };
         let mut io = io;
-        // Nothing of hyper's exists until the client's first bytes say which protocol it speaks.
-        // A connection accepted just before the process stopped accepting may have its request on
-        // the way: it gets the same grace as an idle keep-alive one (its answer then says
-        // `connection: close`), rather than being closed under the client. The read goes on across
-        // the shutdown (never dropped half-way: a partly read HTTP/2 preface would be lost).
-        let first = {
-            let read = io.read_ahead(true);
-            tokio::pin!(read);
-            tokio::select! {
-                first = &mut read => first,
-                () = self.shutdown.cancelled() => {
-                    closing.store(true, Ordering::Relaxed);
-                    match tokio::time::timeout(HTTP1_DRAIN_GRACE, &mut read).await {
-                        Ok(first) => first,
-                        Err(_elapsed) => return,
-                    }
+        async move {
+            let _open = open;
+            // Set when the process stops accepting (`ConnectionContext::closing`).
+            let closing = &context.closing;
+            // Nothing of hyper's exists until the client's first bytes say which protocol it speaks.
+            // A connection accepted just before the process stopped accepting may have its request on
+            // the way: it gets the same grace as an idle keep-alive one (its answer then says
+            // `connection: close`), rather than being closed under the client. The read goes on across
+            // the shutdown (never dropped half-way: a partly read HTTP/2 preface would be lost).
+            let http2 = match read_first(&mut io, &self.shutdown, closing).await {
+                Some(Ok(Some(http2))) => http2,
+                Some(Ok(None)) | None => return,
+                Some(Err(error)) => {
+                    tracing::debug!(message = "Reading from a connection failed.", %error, client = %self.client_addr);
+                    return;
                 }
-            }
-        };
-        match first {
-            // Boxed: HTTP/2's connection state would otherwise size every connection's task, HTTP/1
-            // ones included (idle connections are mostly HTTP/1 keep-alive).
-            Ok(Some(true)) => Box::pin(self.serve_http2(io, service)).await,
-            Ok(Some(false)) => self.serve_http1(io, service, &activity, closing).await,
-            Ok(None) => {}
-            Err(error) => {
-                tracing::debug!(message = "Reading from a connection failed.", %error, client = %self.client_addr);
+            };
+            if http2 {
+                // Boxed: HTTP/2's connection state would otherwise size every connection's task, HTTP/1
+                // ones included (idle connections are mostly HTTP/1 keep-alive).
+                Box::pin(self.serve_http2(io, service)).await;
+            } else {
+                self.serve_http1(io, service, &activity, closing).await;
             }
         }
     }
 
-    async fn serve_http2<S, F>(&self, io: TimedIo<S>, service: F)
+    async fn serve_http2<S, F>(&self, io: Box<TimedIo<S>>, service: F)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         F: hyper::service::HttpService<Incoming, ResBody = crate::body::ProxyBody> + Send + 'static,
@@ -294,86 +304,124 @@ impl Connection {
     /// Serves HTTP/1 requests until the connection closes. A connection idle for
     /// `HTTP1_RELEASE_AFTER` leaves hyper (its buffers are freed) and re-enters it when the client's next
     /// bytes arrive: an idle keep-alive connection then holds only the socket and this task.
-    async fn serve_http1<S, F>(
-        &self,
-        mut io: TimedIo<S>,
+    ///
+    /// Not an `async fn`, for the size of the connection's task (see `run`).
+    fn serve_http1<'a, S, F>(
+        &'a self,
+        mut io: Box<TimedIo<S>>,
         mut service: F,
-        activity: &ConnectionActivity,
-        closing: &AtomicBool,
-    ) where
+        activity: &'a ConnectionActivity,
+        closing: &'a AtomicBool,
+    ) -> impl Future<Output = ()> + 'a
+    where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-        F: hyper::service::HttpService<Incoming, ResBody = crate::body::ProxyBody> + Unpin,
+        F: hyper::service::HttpService<Incoming, ResBody = crate::body::ProxyBody> + Unpin + 'a,
         F::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         io.release_after = Some(HTTP1_RELEASE_AFTER);
-        loop {
-            // Boxed, so that once it is released the task keeps only its small state of its own.
-            let mut connection = Box::new(
-                self.builder
-                    .http1
-                    .serve_connection(TokioIo::new(io), service)
-                    .with_upgrades(),
-            );
-            tokio::select! {
-                result = &mut *connection => {
-                    if let Err(error) = result {
-                        tracing::debug!(message = "Connection ended with an error.", %error, client = %self.client_addr);
-                    }
-                    return;
-                }
-                () = activity.idle_released() => {}
-                () = self.shutdown.cancelled() => {
-                    closing.store(true, Ordering::Relaxed);
-                    // An HTTP/1 connection gets its next answer with `connection: close`; only one that
-                    // stays idle through the grace is closed under the client, as hyper's graceful
-                    // shutdown does at once.
-                    tokio::select! {
-                        result = &mut *connection => {
-                            if let Err(error) = result {
-                                tracing::debug!(message = "Connection ended with an error.", %error, client = %self.client_addr);
-                            }
-                            return;
+        async move {
+            loop {
+                // Boxed, so that once it is released the task keeps only its small state of its own.
+                let mut connection = Box::new(
+                    self.builder
+                        .http1
+                        .serve_connection(TokioIo::new(io), service)
+                        .with_upgrades(),
+                );
+                tokio::select! {
+                    result = &mut *connection => {
+                        if let Err(error) = result {
+                            tracing::debug!(message = "Connection ended with an error.", %error, client = %self.client_addr);
                         }
-                        () = tokio::time::sleep(HTTP1_DRAIN_GRACE) => {}
+                        return;
                     }
-                    Pin::new(&mut *connection).graceful_shutdown();
-                    let _ = connection.await;
-                    return;
-                }
-            }
-            // Idle: hyper has written and flushed its last answer and read nothing since.
-            let Some(parts) = connection.into_parts() else {
-                return;
-            };
-            io = parts.io.into_inner();
-            service = parts.service;
-            // `read_buf` still owns hyper's whole read buffer: keep a copy of what it holds, if anything.
-            if !parts.read_buf.is_empty() {
-                io.rewind = Bytes::copy_from_slice(&parts.read_buf);
-            }
-            drop(parts.read_buf);
-            crate::memory::buffers_released();
-            if io.rewind.is_empty() {
-                let next = tokio::select! {
-                    next = io.read_ahead(false) => next,
+                    () = activity.idle_released() => {}
                     () = self.shutdown.cancelled() => {
                         closing.store(true, Ordering::Relaxed);
-                        match tokio::time::timeout(HTTP1_DRAIN_GRACE, io.read_ahead(false)).await {
-                            Ok(next) => next,
-                            Err(_elapsed) => return,
-                        }
+                        // Boxed, as every state only a shutdown reaches.
+                        return Box::pin(self.drain_http1(connection)).await;
                     }
-                };
-                match next {
-                    Ok(Some(_)) => {}
-                    Ok(None) => return,
-                    Err(error) => {
-                        tracing::debug!(message = "Reading from a connection failed.", %error, client = %self.client_addr);
+                }
+                // Idle: hyper has written and flushed its last answer and read nothing since.
+                {
+                    let Some(parts) = connection.into_parts() else {
                         return;
+                    };
+                    io = parts.io.into_inner();
+                    service = parts.service;
+                    // `read_buf` still owns hyper's whole read buffer: keep a copy of what it holds, if
+                    // anything.
+                    if !parts.read_buf.is_empty() {
+                        io.rewind = Bytes::copy_from_slice(&parts.read_buf);
+                    }
+                }
+                crate::memory::buffers_released();
+                if io.rewind.is_empty() {
+                    let next = tokio::select! {
+                        next = io.read_ahead(false) => next,
+                        () = self.shutdown.cancelled() => {
+                            closing.store(true, Ordering::Relaxed);
+                            match Box::pin(tokio::time::timeout(HTTP1_DRAIN_GRACE, io.read_ahead(false))).await {
+                                Ok(next) => next,
+                                Err(_elapsed) => return,
+                            }
+                        }
+                    };
+                    match next {
+                        Ok(Some(_)) => {}
+                        Ok(None) => return,
+                        Err(error) => {
+                            tracing::debug!(message = "Reading from a connection failed.", %error, client = %self.client_addr);
+                            return;
+                        }
                     }
                 }
             }
         }
+    }
+}
+
+/// Reads a new connection's first bytes (`TimedIo::read_ahead` with `sniff`), across a shutdown too;
+/// `None` when the process stopped accepting and they did not come within the grace. A function of its
+/// own so that its states overlap the serving ones in the connection's task.
+async fn read_first<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut TimedIo<S>,
+    shutdown: &CancellationToken,
+    closing: &AtomicBool,
+) -> Option<io::Result<Option<bool>>> {
+    let read = io.read_ahead(true);
+    tokio::pin!(read);
+    tokio::select! {
+        first = &mut read => Some(first),
+        () = shutdown.cancelled() => {
+            closing.store(true, Ordering::Relaxed);
+            // Boxed, as every state only a shutdown reaches: the timer would size every task.
+            Box::pin(tokio::time::timeout(HTTP1_DRAIN_GRACE, &mut read)).await.ok()
+        }
+    }
+}
+
+impl Connection {
+    /// After the process stopped accepting: an HTTP/1 connection gets its next answer with
+    /// `connection: close`; only one that stays idle through the grace is closed under the client, as
+    /// hyper's graceful shutdown does at once.
+    async fn drain_http1<I, F>(&self, mut connection: Box<http1::UpgradeableConnection<I, F>>)
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+        F: hyper::service::HttpService<Incoming, ResBody = crate::body::ProxyBody>,
+        F::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        tokio::select! {
+            result = &mut *connection => {
+                if let Err(error) = result {
+                    tracing::debug!(message = "Connection ended with an error.", %error, client = %self.client_addr);
+                }
+                return;
+            }
+            () = tokio::time::sleep(HTTP1_DRAIN_GRACE) => {}
+        }
+        Pin::new(&mut *connection).graceful_shutdown();
+        let _ = connection.await;
     }
 }
 
@@ -747,3 +795,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TimedIo<S> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests;

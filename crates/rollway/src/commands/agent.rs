@@ -146,7 +146,12 @@ pub fn run_proxy(args: &ProxyRunArgs, printer: Printer) -> anyhow::Result<ExitSt
     } else {
         None
     };
-    let runtime = tokio::runtime::Runtime::new()?;
+    // One thread for the control plane (control socket, metrics, health checks, handover): requests are
+    // served by the data-plane workers' own threads (`proxy::workers`), so a multi-thread runtime here
+    // only added idle threads, each with its stack and allocator heap resident (issue 20).
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
