@@ -17,13 +17,8 @@ UPSTREAM_PORT=$((PORT_BASE + 0))
 UPSTREAM=127.0.0.1:$UPSTREAM_PORT
 ROLLWAY=127.0.0.1:$((PORT_BASE + 1))
 
-if [ -n "${BENCH_PROXY_BIN:-}" ]; then
-    BIN="$BENCH_PROXY_BIN"
-else
-    cargo build --release -p proxy --example bench_proxy --manifest-path "$ROOT/Cargo.toml"
-    TARGET_DIR="$(cargo metadata --format-version 1 --no-deps --manifest-path "$ROOT/Cargo.toml" | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
-    BIN="$TARGET_DIR/release/examples/bench_proxy"
-fi
+. "$ROOT/bench/proxy/lib.sh"
+bench_proxy_bin
 
 pids=()
 cleanup() {

@@ -30,13 +30,8 @@ fi
 ulimit -n 20000
 
 # BENCH_PROXY_BIN measures another build (e.g. a copy of an earlier commit's) instead.
-if [ -n "${BENCH_PROXY_BIN:-}" ]; then
-    BIN="$BENCH_PROXY_BIN"
-else
-    cargo build --release -p proxy --example bench_proxy --manifest-path "$ROOT/Cargo.toml"
-    TARGET_DIR="$(cargo metadata --format-version 1 --no-deps --manifest-path "$ROOT/Cargo.toml" | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
-    BIN="$TARGET_DIR/release/examples/bench_proxy"
-fi
+. "$ROOT/bench/proxy/lib.sh"
+bench_proxy_bin
 
 pids=()
 cleanup() {

@@ -21,13 +21,8 @@ STATIC=127.0.0.1:$((PORT_BASE + 2))
 DEPLOYED=127.0.0.1:$((PORT_BASE + 3))
 
 command -v wrk >/dev/null || { export DEBIAN_FRONTEND=noninteractive; apt-get update -q; apt-get install -y -q wrk; }
-if [ -n "${BENCH_PROXY_BIN:-}" ]; then
-    BIN="$BENCH_PROXY_BIN"
-else
-    cargo build --release -p proxy --example bench_proxy --manifest-path "$ROOT/Cargo.toml"
-    TARGET_DIR="$(cargo metadata --format-version 1 --no-deps --manifest-path "$ROOT/Cargo.toml" | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
-    BIN="$TARGET_DIR/release/examples/bench_proxy"
-fi
+. "$ROOT/bench/proxy/lib.sh"
+bench_proxy_bin
 
 pids=()
 cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; }
