@@ -100,6 +100,20 @@ pub fn observe(pid: u32) -> io::Result<Observed> {
     })
 }
 
+/// Whether this process holds `CAP_SYS_NICE` (bit 23 of `CapEff` in /proc/self/status), which raising
+/// needs.
+pub fn may_raise() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("CapEff:"))
+                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        })
+        .is_some_and(|caps| caps & (1 << 23) != 0)
+}
+
 /// The 19th field of `/proc/PID/stat` (the command, field 2, may hold spaces and parentheses: fields
 /// are counted after its last `)`).
 fn parse_stat_nice(stat: &str) -> Option<i32> {

@@ -103,7 +103,7 @@ pub(crate) async fn handle(
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     if !http1 {
-        crate::server::not_indexed_in_hpack(&mut response);
+        not_indexed_in_hpack(&mut response);
     }
     // The upgrade tunnel takes the active-request count when there is one; otherwise the answer holds it.
     if let Some(active) = active {
@@ -883,6 +883,17 @@ fn join_cookies(headers: &mut HeaderMap) {
 pub(crate) fn client_ip_value(client_addr: SocketAddr) -> HeaderValue {
     HeaderValue::from_str(&client_addr.ip().to_string())
         .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+/// Marks the answer's `date` for HPACK as a literal never added to the HTTP/2 connection's header table
+/// (the request id is marked where it is made, `request_id`). h2's table chains entries of one
+/// name oldest first, and every answer's new second would add one: each answer then compares its date
+/// with every stale one still in the table (up to ~60 on a long-lived connection) before it is found or
+/// added. nginx and HAProxy never index answer headers at all; a date is ~22 bytes more on the wire.
+fn not_indexed_in_hpack(response: &mut Response<ProxyBody>) {
+    if let Some(date) = response.headers_mut().get_mut(header::DATE) {
+        date.set_sensitive(true);
+    }
 }
 
 /// The client's `X-Request-Id` when it sent a usable one, else a new random 128-bit hex id.

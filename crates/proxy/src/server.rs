@@ -425,17 +425,6 @@ impl Connection {
     }
 }
 
-/// Marks the answer's `date` for HPACK as a literal never added to the HTTP/2 connection's header table
-/// (the request id is marked where it is made, `forward::request_id`). h2's table chains entries of one
-/// name oldest first, and every answer's new second would add one: each answer then compares its date
-/// with every stale one still in the table (up to ~60 on a long-lived connection) before it is found or
-/// added. nginx and HAProxy never index answer headers at all; a date is ~22 bytes more on the wire.
-pub(crate) fn not_indexed_in_hpack(response: &mut hyper::Response<crate::body::ProxyBody>) {
-    if let Some(date) = response.headers_mut().get_mut(hyper::header::DATE) {
-        date.set_sensitive(true);
-    }
-}
-
 /// How long an HTTP/1 keep-alive connection may stay idle after the process stopped accepting before
 /// it is closed: a client sending meanwhile is answered (with `connection: close`) instead of finding
 /// the connection closed under it.

@@ -342,12 +342,12 @@ pub(crate) async fn send(
         }
         // Most requests have no body: no signal to allocate then.
         let progress = (!request.body().is_end_stream()).then(|| request.body_mut().progress());
-        let answer = sender.try_send_request(request);
-        let sent = match progress.as_deref() {
-            None => tokio::time::timeout(settings.timeout, answer).await.ok(),
-            // Boxed: its state would size every request's future.
-            Some(progress) => Box::pin(answer_within(settings.timeout, progress, answer)).await,
-        };
+        let sent = answer_head(
+            settings.timeout,
+            progress.as_deref(),
+            sender.try_send_request(request),
+        )
+        .await;
         match sent {
             Some(Ok(response)) => return Ok((response, Sender::Http1(sender, width))),
             Some(Err(mut failure)) => match failure.take_message() {
@@ -379,10 +379,23 @@ pub(crate) async fn send(
     }
 }
 
+/// Waits for an instance's answer head: within the route's timeout from the start for a request without
+/// a body (`progress` is `None`), else as [`answer_within`] says.
+async fn answer_head<F: std::future::Future>(
+    timeout: Duration,
+    progress: Option<&Notify>,
+    answer: F,
+) -> Option<F::Output> {
+    match progress {
+        None => tokio::time::timeout(timeout, answer).await.ok(),
+        // Boxed: its state would size every request's future.
+        Some(progress) => Box::pin(answer_within(timeout, progress, answer)).await,
+    }
+}
+
 /// Waits for an instance's answer head to a request with a body. The route's timeout runs from the last
-/// chunk of the request body the connection took (for a request without a body, from the start: a plain
-/// `timeout` in `send`): a large upload that keeps moving is not cut, and an instance that stops reading
-/// the body, or answering, is.
+/// chunk of the request body the connection took: a large upload that keeps moving is not cut, and an
+/// instance that stops reading the body, or answering, is.
 async fn answer_within<F: std::future::Future>(
     timeout: Duration,
     progress: &Notify,
@@ -431,12 +444,12 @@ async fn send_h2(
         }
         // Most requests have no body: no signal to allocate then.
         let progress = (!request.body().is_end_stream()).then(|| request.body_mut().progress());
-        let answer = sender.try_send_request(request);
-        let sent = match progress.as_deref() {
-            None => tokio::time::timeout(settings.timeout, answer).await.ok(),
-            // Boxed: its state would size every request's future.
-            Some(progress) => Box::pin(answer_within(settings.timeout, progress, answer)).await,
-        };
+        let sent = answer_head(
+            settings.timeout,
+            progress.as_deref(),
+            sender.try_send_request(request),
+        )
+        .await;
         match sent {
             Some(Ok(response)) => return Ok((response, Sender::Http2)),
             Some(Err(mut failure)) => {

@@ -61,7 +61,7 @@ fn a_child_raised_before_exec_runs_at_the_proxy_nice_in_its_own_autogroup() {
     let _ = child.kill();
     let _ = child.wait();
     let observed = observed.expect("observe the child");
-    let may_raise = has_cap_sys_nice();
+    let may_raise = may_raise();
     if may_raise {
         assert_eq!(observed.nice, PROXY_NICE, "{observed:?}");
         if ours.autogroup_nice.is_some() {
@@ -73,17 +73,4 @@ fn a_child_raised_before_exec_runs_at_the_proxy_nice_in_its_own_autogroup() {
     }
     // The agent's own priority is never touched.
     assert_eq!(observe(std::process::id()).expect("observe again"), ours);
-}
-
-/// Whether this process holds `CAP_SYS_NICE` (bit 23 of `CapEff` in /proc/self/status).
-fn has_cap_sys_nice() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix("CapEff:"))
-                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        })
-        .is_some_and(|caps| caps & (1 << 23) != 0)
 }

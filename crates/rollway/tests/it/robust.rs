@@ -94,38 +94,23 @@ async fn a_killed_proxy_is_restarted_and_refuses_no_connection() {
     );
     // Where no cgroup weights it, the proxy runs raised (nice -5, and its session's autogroup);
     // the instances keep the agent's (this test's) priority, never lowered.
-    let nice = |pid: i32| -> i32 {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
-        // Field 19, the 17th after the comm's closing parenthesis.
-        let after = stat.rsplit_once(')').expect("comm").1;
-        after
-            .split_whitespace()
-            .nth(16)
-            .expect("nice")
-            .parse()
-            .expect("a nice value")
-    };
-    let own_nice = nice(i32::try_from(std::process::id()).expect("pid"));
+    let observe = |pid: u32| driver::priority::observe(pid).expect("the priority of a process");
+    let own_nice = observe(std::process::id()).nice;
     for pid in instances.values() {
-        assert_eq!(nice(i32::try_from(*pid).expect("pid")), own_nice);
+        assert_eq!(observe(*pid).nice, own_nice);
     }
     let weighted = std::fs::read_to_string(format!("/proc/{proxy}/cgroup"))
         .expect("cgroup")
         .lines()
         .any(|line| line.starts_with("0::") && line.ends_with("/proxy"));
-    let may_raise = std::fs::read_to_string("/proc/self/status")
-        .expect("status")
-        .lines()
-        .find_map(|line| line.strip_prefix("CapEff:"))
-        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        .is_some_and(|caps| caps & (1 << 23) != 0);
-    if may_raise && !weighted {
-        assert_eq!(nice(proxy), -5, "the proxy runs raised");
-        if let Ok(group) = std::fs::read_to_string(format!("/proc/{proxy}/autogroup")) {
-            assert!(group.trim_end().ends_with(" nice -5"), "{group}");
+    let proxy_priority = observe(u32::try_from(proxy).expect("pid"));
+    if driver::priority::may_raise() && !weighted {
+        assert_eq!(proxy_priority.nice, -5, "the proxy runs raised");
+        if let Some(group) = proxy_priority.autogroup_nice {
+            assert_eq!(group, -5, "the proxy's autogroup runs raised");
         }
     } else {
-        assert!(nice(proxy) <= own_nice);
+        assert!(proxy_priority.nice <= own_nice);
     }
 
     const CLIENTS: usize = 4;
