@@ -441,6 +441,11 @@ impl ProxyProcess {
             }
         }
         let _ = join(handover, "hand-over socket", Duration::from_secs(1)).await;
+        // This process's duplicates of the data listeners, kept to hand over: closed now, so a proxy
+        // that bound its own listeners refuses new connections through its drain instead of leaving
+        // them in a backlog nobody accepts. Where another process holds them too (the agent, or a
+        // successor that took them over), the sockets stay open there.
+        self.handover_fds = Arc::default();
 
         let mut result = Ok(());
         let control_result = join(control, "control socket", Duration::from_secs(5)).await;

@@ -68,7 +68,7 @@ pub async fn serve_https(
 /// connections idle that long, in every instance's pool: after a burst (thousands of clients at
 /// once, each request on its own upstream connection), the pools would otherwise keep every
 /// connection and its buffers until the next request of the same instance on this thread.
-async fn sweep_idle_upstreams(proxy: Proxy) {
+pub(crate) async fn sweep_idle_upstreams(proxy: Proxy) {
     let timeout = proxy.config().upstream_idle_timeout;
     // Half the timeout: a connection is closed between one and one and a half timeouts idle.
     let every = (timeout / 2).clamp(Duration::from_millis(100), Duration::from_secs(1));
@@ -98,8 +98,10 @@ async fn serve_with(
     let config = proxy.config().clone();
     let builder = Arc::new(Builders::new(&config));
     let tracker = TaskTracker::new();
-    let _sweep =
-        tokio_util::task::AbortOnDropHandle::new(tokio::spawn(sweep_idle_upstreams(proxy.clone())));
+    // A worker thread sweeps its shard once, however many listeners it serves (`crate::workers`).
+    let _sweep = (crate::shard::current() == 0).then(|| {
+        tokio_util::task::AbortOnDropHandle::new(tokio::spawn(sweep_idle_upstreams(proxy.clone())))
+    });
     let scheme = if tls.is_some() {
         Scheme::Https
     } else {
@@ -152,6 +154,10 @@ async fn serve_with(
             }
         }
     }
+    // Closed now, not after the drain: a connection the kernel completed meanwhile would wait in a
+    // backlog nothing accepts (the listener's other holders, if any, keep the socket open for the
+    // next proxy: `crate::process`).
+    drop(listener);
     tracker.close();
     tracker.wait().await;
     Ok(())

@@ -201,7 +201,7 @@ async fn a_stale_socket_is_replaced_and_a_refused_state_is_not_saved() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stopping_lets_a_request_in_flight_finish_and_refuses_new_connections() {
+async fn stopping_refuses_new_connections_at_once_while_a_request_in_flight_finishes() {
     let process_a = demo("A");
     let state_dir = tempfile::tempdir().expect("temporary state dir");
     let running = RunningProxy::start(state_dir.path()).await;
@@ -211,7 +211,7 @@ async fn stopping_lets_a_request_in_flight_finish_and_refuses_new_connections() 
         .await
         .expect("put A");
     let addr = running.addr;
-    let slow = tokio::spawn(async move { get(addr, HOST, "/sleep?ms=500").await });
+    let slow = tokio::spawn(async move { get(addr, HOST, "/sleep?ms=3000").await });
     assert_eventually!(
         running
             .client
@@ -222,6 +222,19 @@ async fn stopping_lets_a_request_in_flight_finish_and_refuses_new_connections() 
             .is_some_and(|instance| instance.in_flight == 1),
         "the slow request never reached A"
     );
+    // The stop signal: from now on, a proxy that bound its own listeners refuses new connections,
+    // though it still drains the slow request (process.rs's module documentation). Before, its
+    // listening sockets stayed open through the drain, and new connections waited in a backlog that
+    // nothing would accept.
+    running.shutdown.cancel();
+    assert_eventually!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "a stopping proxy still accepts new connections"
+    );
+    assert!(
+        !slow.is_finished(),
+        "the slow request ended before the check: the drain was not observed"
+    );
     running.stop().await;
 
     let answer = tokio::time::timeout(Duration::from_secs(10), slow)
@@ -229,12 +242,7 @@ async fn stopping_lets_a_request_in_flight_finish_and_refuses_new_connections() 
         .expect("the slow request ends")
         .expect("the slow request task");
     assert_eq!(answer.status(), 200);
-    assert_eq!(&answer.body()[..], b"slept 500ms\n");
-    let refused = tokio::net::TcpStream::connect(addr).await;
-    assert!(
-        refused.is_err(),
-        "a stopped proxy still accepts: {refused:?}"
-    );
+    assert_eq!(&answer.body()[..], b"slept 3000ms\n");
 }
 
 /// `proxy::process::run` in a task, on 127.0.0.1:0 with `state_dir`, and a client of its socket.
