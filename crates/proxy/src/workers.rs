@@ -197,6 +197,10 @@ fn run_worker(
     let result = runtime.block_on(async move {
         let plain = plain.map(TcpListener::from_std).transpose()?;
         let tls = tls.map(TcpListener::from_std).transpose()?;
+        // One sweep of this thread's idle upstream connections for both listeners.
+        let _sweep = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
+            crate::server::sweep_idle_upstreams(proxy.clone()),
+        ));
         let serve_plain = async {
             match plain {
                 Some(listener) => crate::serve(listener, proxy.clone(), shutdown.clone()).await,

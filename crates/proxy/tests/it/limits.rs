@@ -193,15 +193,30 @@ async fn gated_upstream(
 /// them at check-in), so their buffers do not stay with an idle proxy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bursts_idle_upstream_connections_are_closed_when_the_proxy_goes_quiet() {
+    let test_proxy = TestProxy::start(quick_idle_upstreams()).await;
+    burst_then_quiet(test_proxy).await;
+}
+
+/// The same on worker threads, as the proxy process serves: each worker sweeps its own share of the
+/// pool (`proxy::workers`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bursts_idle_upstream_connections_are_closed_when_the_workers_go_quiet() {
+    let test_proxy = TestProxy::start_workers(quick_idle_upstreams(), 2).await;
+    burst_then_quiet(test_proxy).await;
+}
+
+fn quick_idle_upstreams() -> ProxyConfig {
+    ProxyConfig {
+        upstream_idle_timeout: Duration::from_millis(300),
+        ..ProxyConfig::default()
+    }
+}
+
+async fn burst_then_quiet(test_proxy: TestProxy) {
     use std::sync::atomic::Ordering;
     const BURST: usize = 16;
     let (release, gate) = tokio::sync::watch::channel(false);
     let (upstream, open) = gated_upstream(gate).await;
-    let test_proxy = TestProxy::start(ProxyConfig {
-        upstream_idle_timeout: Duration::from_millis(300),
-        ..ProxyConfig::default()
-    })
-    .await;
     test_proxy.add_ready("gated", "G", upstream);
 
     let requests: Vec<_> = (0..BURST)

@@ -56,14 +56,7 @@ impl TestProxy {
 
     /// A proxy whose route `web` has `settings`.
     pub async fn start_with(config: ProxyConfig, settings: RouteSettings) -> TestProxy {
-        let proxy = Proxy::new(config);
-        proxy.set_route(RouteSpec {
-            name: route(),
-            hosts: vec![HOST.to_owned()],
-            path_prefix: "/".to_owned(),
-            settings,
-            edge: proxy::RouteEdge::default(),
-        });
+        let proxy = TestProxy::web(config, settings);
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind 127.0.0.1:0");
@@ -77,6 +70,39 @@ impl TestProxy {
             shutdown,
             server: Some(server),
         }
+    }
+
+    /// A proxy served as the proxy process serves it: `workers` worker threads
+    /// (`proxy::workers::serve`), each on its own runtime and listener.
+    pub async fn start_workers(config: ProxyConfig, workers: usize) -> TestProxy {
+        let settings = RouteSettings::default();
+        let proxy = TestProxy::web(config, settings);
+        let listeners =
+            proxy::workers::DataListeners::bind("127.0.0.1:0".parse().expect("addr"), workers)
+                .expect("bind 127.0.0.1:0");
+        let addr = listeners.local_addr();
+        let shutdown = CancellationToken::new();
+        let running = proxy::workers::serve(listeners, proxy.clone(), shutdown.clone())
+            .expect("start the workers");
+        TestProxy {
+            proxy,
+            addr,
+            settings,
+            shutdown,
+            server: Some(tokio::spawn(running.wait())),
+        }
+    }
+
+    fn web(config: ProxyConfig, settings: RouteSettings) -> Proxy {
+        let proxy = Proxy::new(config);
+        proxy.set_route(RouteSpec {
+            name: route(),
+            hosts: vec![HOST.to_owned()],
+            path_prefix: "/".to_owned(),
+            settings,
+            edge: proxy::RouteEdge::default(),
+        });
+        proxy
     }
 
     /// Adds an instance of `release` at `addr` and marks it ready.
