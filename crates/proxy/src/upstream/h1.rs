@@ -11,6 +11,7 @@
 //! copies bytes on its own afterwards, and hyper hands the socket over cleanly.
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
@@ -402,41 +403,47 @@ enum Parsed {
 }
 
 /// Parses one answer head from the front of `buf` and removes it: `None` while incomplete.
+///
+/// Two passes of `httparse`, both into field arrays left uninitialised (hyper's way: a zeroed array
+/// of 100 fields cost more than a parse): the first finds where the head ends, the second parses the
+/// head once split off the buffer, so that every value shares it instead of being copied. The fields
+/// are looked at for framing and keep-alive as they go into the map, not looked up again.
 fn parse_head(
     buf: &mut BytesMut,
     max_fields: usize,
     head_request: bool,
 ) -> Result<Option<Parsed>, UpstreamError> {
-    let mut stack = [httparse::EMPTY_HEADER; STACK_FIELDS];
-    let mut heap;
-    let fields: &mut [httparse::Header<'_>] = if max_fields <= STACK_FIELDS {
-        &mut stack[..max_fields]
-    } else {
-        &mut stack
-    };
-    let mut answer = httparse::Response::new(fields);
-    let parsed = match answer.parse(buf) {
-        Err(httparse::Error::TooManyHeaders) if max_fields > STACK_FIELDS => {
-            heap = vec![httparse::EMPTY_HEADER; max_fields];
-            answer = httparse::Response::new(&mut heap);
-            answer.parse(buf)
-        }
-        other => other,
-    };
-    let length = match parsed {
-        Ok(httparse::Status::Complete(length)) if length <= MAX_HEAD_BYTES => length,
-        Ok(httparse::Status::Complete(_)) => return Err(UpstreamError::HeadTooLarge),
-        Ok(httparse::Status::Partial) => {
-            if buf.len() >= MAX_HEAD_BYTES {
-                return Err(UpstreamError::HeadTooLarge);
+    let (length, wide) = {
+        let mut stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_FIELDS];
+        match parse_fields(buf, &mut stack[..max_fields.min(STACK_FIELDS)]) {
+            Ok(httparse::Status::Complete(length)) => (length, false),
+            Err(httparse::Error::TooManyHeaders) if max_fields > STACK_FIELDS => {
+                let mut heap = Vec::with_capacity(max_fields);
+                heap.resize_with(max_fields, MaybeUninit::uninit);
+                match parse_fields(buf, &mut heap) {
+                    Ok(httparse::Status::Complete(length)) => (length, true),
+                    other => return head_not_complete(other, buf.len(), max_fields),
+                }
             }
-            return Ok(None);
+            other => return head_not_complete(other, buf.len(), max_fields),
         }
-        Err(httparse::Error::TooManyHeaders) => {
-            return Err(UpstreamError::TooManyFields { limit: max_fields });
-        }
-        Err(error) => return Err(UpstreamError::InvalidHead(error)),
     };
+    if length > MAX_HEAD_BYTES {
+        return Err(UpstreamError::HeadTooLarge);
+    }
+    let head = buf.split_to(length).freeze();
+    let mut stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_FIELDS];
+    let mut heap = Vec::new();
+    let fields: &mut [MaybeUninit<httparse::Header<'_>>] = if wide {
+        heap.resize_with(max_fields, MaybeUninit::uninit);
+        &mut heap
+    } else {
+        &mut stack[..max_fields.min(STACK_FIELDS)]
+    };
+    let mut answer = httparse::Response::new(&mut []);
+    httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut answer, &head, fields)
+        .map_err(UpstreamError::InvalidHead)?;
     let status = StatusCode::from_u16(answer.code.unwrap_or(0))
         .map_err(|_| UpstreamError::InvalidHead(httparse::Error::Status))?;
     let version = if answer.version == Some(0) {
@@ -444,54 +451,47 @@ fn parse_head(
     } else {
         Version::HTTP_11
     };
-    // Where each field's name and value sit in the head, so that the head is split off the buffer
-    // once and values share it instead of being copied (on the stack up to 100 fields).
-    let base = buf.as_ptr() as usize;
-    let span = |field: &httparse::Header<'_>| {
-        let name = field.name.as_ptr() as usize - base;
-        let value = field.value.as_ptr() as usize - base;
-        (
-            name,
-            name + field.name.len(),
-            value,
-            value + field.value.len(),
-        )
-    };
-    let count = answer.headers.len();
-    let mut stack_spans = [(0usize, 0usize, 0usize, 0usize); STACK_FIELDS];
-    let heap_spans: Vec<(usize, usize, usize, usize)>;
-    let spans: &[(usize, usize, usize, usize)] = if count <= STACK_FIELDS {
-        for (slot, field) in stack_spans.iter_mut().zip(answer.headers.iter()) {
-            *slot = span(field);
-        }
-        &stack_spans[..count]
-    } else {
-        heap_spans = answer.headers.iter().map(span).collect();
-        &heap_spans
-    };
-    let head = buf.split_to(length).freeze();
-    let mut headers = HeaderMap::with_capacity(count);
-    for &(name_start, name_end, value_start, value_end) in spans {
-        let name = HeaderName::from_bytes(&head[name_start..name_end])
+    // Room for the fields the proxy adds to the answer (request id, HSTS, `connection: close`)
+    // without growing the map.
+    let mut headers = HeaderMap::with_capacity(answer.headers.len() + 8);
+    let mut close = false;
+    let mut keep_alive_token = false;
+    let mut transfer_encoding = None;
+    let mut content_length = None;
+    let mut bad_length = false;
+    for field in answer.headers.iter() {
+        let name = HeaderName::from_bytes(field.name.as_bytes())
             .map_err(|_| UpstreamError::InvalidHead(httparse::Error::HeaderName))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(value_start..value_end))
+        let value = HeaderValue::from_maybe_shared(head.slice_ref(field.value))
             .map_err(|_| UpstreamError::InvalidHead(httparse::Error::HeaderValue))?;
+        if name == header::CONTENT_LENGTH {
+            match (parse_content_length(field.value), content_length) {
+                (Some(length), None) => content_length = Some(length),
+                (Some(length), Some(previous)) if length == previous => {}
+                _ => bad_length = true,
+            }
+        } else if name == header::TRANSFER_ENCODING {
+            // Whether the last coding of the last field is chunked.
+            transfer_encoding = Some(
+                field
+                    .value
+                    .rsplit(|byte| *byte == b',')
+                    .next()
+                    .is_some_and(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked")),
+            );
+        } else if name == header::CONNECTION {
+            for token in field.value.split(|byte| *byte == b',') {
+                let token = token.trim_ascii();
+                close |= token.eq_ignore_ascii_case(b"close");
+                keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        }
         headers.append(name, value);
     }
     if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
         return Ok(Some(Parsed::Interim(status, headers)));
     }
-    let mut keep_alive = version == Version::HTTP_11;
-    for value in headers.get_all(header::CONNECTION) {
-        for token in value.as_bytes().split(|byte| *byte == b',') {
-            let token = token.trim_ascii();
-            if token.eq_ignore_ascii_case(b"close") {
-                keep_alive = false;
-            } else if token.eq_ignore_ascii_case(b"keep-alive") && version == Version::HTTP_10 {
-                keep_alive = true;
-            }
-        }
-    }
+    let mut keep_alive = !close && (version == Version::HTTP_11 || keep_alive_token);
     let framing = if head_request
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -500,14 +500,8 @@ fn parse_head(
         if status == StatusCode::SWITCHING_PROTOCOLS {
             keep_alive = false;
         }
-        AnswerFraming::Length(0)
-    } else if headers.contains_key(header::TRANSFER_ENCODING) {
-        let chunked_last = headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .last()
-            .and_then(|value| value.as_bytes().rsplit(|byte| *byte == b',').next())
-            .is_some_and(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        AnswerFraming::Done
+    } else if let Some(chunked_last) = transfer_encoding {
         if headers.remove(header::CONTENT_LENGTH).is_some() {
             // Both: a message smuggling risk; read by Transfer-Encoding and not reused.
             keep_alive = false;
@@ -518,15 +512,17 @@ fn parse_head(
             keep_alive = false;
             AnswerFraming::Close
         }
-    } else if let Some(length) = content_length(&headers)? {
-        AnswerFraming::Length(length)
+    } else if bad_length {
+        return Err(UpstreamError::InvalidContentLength);
+    } else if let Some(length) = content_length {
+        if length == 0 {
+            AnswerFraming::Done
+        } else {
+            AnswerFraming::Length(length)
+        }
     } else {
         keep_alive = false;
         AnswerFraming::Close
-    };
-    let framing = match framing {
-        AnswerFraming::Length(0) => AnswerFraming::Done,
-        other => other,
     };
     let mut parts = hyper::Response::new(()).into_parts().0;
     parts.status = status;
@@ -535,29 +531,49 @@ fn parse_head(
     Ok(Some(Parsed::Final(parts, framing, keep_alive)))
 }
 
-/// The answer's `Content-Length`: every value (fields and comma-separated lists) must be the same
-/// number.
-fn content_length(headers: &HeaderMap) -> Result<Option<u64>, UpstreamError> {
+fn parse_fields<'b>(
+    buf: &'b [u8],
+    fields: &mut [MaybeUninit<httparse::Header<'b>>],
+) -> httparse::Result<usize> {
+    let mut answer = httparse::Response::new(&mut []);
+    httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut answer, buf, fields)
+}
+
+/// The outcome of a first pass that did not find a whole head.
+fn head_not_complete(
+    parsed: httparse::Result<usize>,
+    buffered: usize,
+    max_fields: usize,
+) -> Result<Option<Parsed>, UpstreamError> {
+    match parsed {
+        Ok(httparse::Status::Partial) if buffered >= MAX_HEAD_BYTES => {
+            Err(UpstreamError::HeadTooLarge)
+        }
+        Ok(_) => Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            Err(UpstreamError::TooManyFields { limit: max_fields })
+        }
+        Err(error) => Err(UpstreamError::InvalidHead(error)),
+    }
+}
+
+/// One `Content-Length` field: a number, or a list of the same number (`5, 5`).
+fn parse_content_length(value: &[u8]) -> Option<u64> {
     let mut found = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for item in value.as_bytes().split(|byte| *byte == b',') {
-            let item = item.trim_ascii();
-            if item.is_empty() || !item.iter().all(u8::is_ascii_digit) || item.len() > 19 {
-                return Err(UpstreamError::InvalidContentLength);
-            }
-            let mut length = 0u64;
-            for digit in item {
-                length = length * 10 + u64::from(digit - b'0');
-            }
-            match found {
-                Some(previous) if previous != length => {
-                    return Err(UpstreamError::InvalidContentLength);
-                }
-                _ => found = Some(length),
-            }
+    for item in value.split(|byte| *byte == b',') {
+        let item = item.trim_ascii();
+        if item.is_empty() || item.len() > 19 || !item.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let length = item
+            .iter()
+            .fold(0u64, |length, digit| length * 10 + u64::from(digit - b'0'));
+        match found {
+            Some(previous) if previous != length => return None,
+            _ => found = Some(length),
         }
     }
-    Ok(found)
+    found
 }
 
 /// An answer's body, read from the instance's connection as it is polled. Gives the connection back
