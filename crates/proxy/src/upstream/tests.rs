@@ -609,3 +609,147 @@ async fn checkout_takes_the_connection_idle_longest_so_a_steady_load_reuses_them
     }
     assert!(idle_since(&pool).iter().all(|since| *since >= between[2]));
 }
+
+/// A client's request with a streamed body, as hyper's server hands it over: `RequestBody::new` needs
+/// hyper's `Incoming`, so a one-request hyper server on 127.0.0.1 receives `raw` and gives the request.
+async fn client_request(raw: &'static [u8]) -> Request<RequestBody> {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (given, taken) = tokio::sync::oneshot::channel();
+    let given = Arc::new(Mutex::new(Some(given)));
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.expect("accept");
+        let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+            let given = Arc::clone(&given);
+            async move {
+                let (parts, body) = request.into_parts();
+                let body = RequestBody::new(body, 1 << 20, Duration::from_secs(5));
+                if let Some(given) = given.lock().expect("lock").take() {
+                    let _ = given.send(Request::from_parts(parts, body));
+                }
+                // Held open while the request's body is read elsewhere.
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Empty::<
+                    Bytes,
+                >::new()))
+            }
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), service)
+            .await;
+    });
+    let mut client = TcpStream::connect(addr).await.expect("connect");
+    client.write_all(raw).await.expect("write");
+    let request = taken.await.expect("request");
+    // The client's socket stays open (the body is read through it).
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        drop(client);
+    });
+    request
+}
+
+#[tokio::test]
+async fn streamed_request_bodies_go_chunked_or_with_their_length() {
+    let script = script(vec![
+        answer("HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\na"),
+        answer("HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nb"),
+    ])
+    .await;
+    let instance = instance(script.addr);
+    let chunked = client_request(
+        b"POST /up HTTP/1.1\r\nhost: app\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+    )
+    .await;
+    let (_, body, _) = exchange(&instance, chunked).await.expect("chunked");
+    assert_eq!(body, "a");
+    let length =
+        client_request(b"PUT /up HTTP/1.1\r\nhost: app\r\ncontent-length: 5\r\n\r\nhello").await;
+    let (_, body, _) = exchange(&instance, length).await.expect("length");
+    assert_eq!(body, "b");
+    let requests = script.requests.lock().expect("lock");
+    let first = String::from_utf8_lossy(&requests[0]).into_owned();
+    assert!(
+        first.starts_with("POST /up HTTP/1.1\r\nhost: app\r\ntransfer-encoding: chunked\r\n\r\n"),
+        "{first}"
+    );
+    // The chunks as the connection took them (hyper's server may join them), and the last one.
+    let chunks = &first[first.find("\r\n\r\n").expect("head") + 4..];
+    let mut data = String::new();
+    let mut rest = chunks;
+    loop {
+        let (size, after) = rest.split_once("\r\n").expect("chunk size");
+        let size = usize::from_str_radix(size, 16).expect("hex");
+        if size == 0 {
+            assert_eq!(after, "\r\n");
+            break;
+        }
+        data.push_str(&after[..size]);
+        rest = &after[size + 2..];
+    }
+    assert_eq!(data, "abcde");
+    assert_eq!(
+        requests[1],
+        b"PUT /up HTTP/1.1\r\nhost: app\r\ncontent-length: 5\r\n\r\nhello"
+    );
+    assert_eq!(script.accepted.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_cut_instance_ends_an_answer_that_is_still_streaming() {
+    // An endless chunked answer: one chunk now, another after the cut.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (cut_done, wait_cut) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.expect("accept");
+        let mut buf = Vec::new();
+        read_request(&mut stream, &mut buf).await.expect("request");
+        stream
+            .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\none\r\n")
+            .await
+            .expect("write");
+        let _ = wait_cut.await;
+        let _ = stream.write_all(b"3\r\ntwo\r\n").await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    });
+    let instance = instance(addr);
+    instance.set_state(crate::ids::InstanceState::Ready);
+    let stats = Arc::new(crate::stats::ReleaseStats::new(ReleaseId::new("r")));
+    let guard = InstanceLive::try_acquire(&instance, &stats).expect("ready");
+    let config = ProxyConfig::default();
+    let response = send(
+        &instance,
+        get("/"),
+        &config,
+        &RouteSettings::default(),
+        false,
+        None,
+    )
+    .await
+    .unwrap_or_else(|failure| panic!("{}", failure.error));
+    let (_, body) = response.into_parts();
+    let mut body = ProxyBody::upstream(
+        body,
+        Some((Arc::clone(&instance), limits())),
+        Some(guard),
+        Duration::from_secs(5),
+    );
+    let first = body.frame().await.expect("a frame").expect("data");
+    assert_eq!(first.into_data().expect("data"), "one");
+    instance.cut.cancel();
+    let _ = cut_done.send(());
+    let mut ended = false;
+    for _ in 0..3 {
+        match tokio::time::timeout(Duration::from_secs(2), body.frame()).await {
+            Ok(Some(Err(crate::body::AnswerBodyError::Cut))) => {
+                ended = true;
+                break;
+            }
+            Ok(Some(Ok(_))) => {}
+            other => panic!("expected the cut to end the answer, got {other:?}"),
+        }
+    }
+    assert!(ended);
+    assert_eq!(instance.in_flight(), 0);
+}
