@@ -26,8 +26,10 @@ use crate::active::InterimSender;
 use crate::body::RequestBody;
 use crate::error::UpstreamError;
 
-/// How much the read buffer grows by.
+/// How much the read buffer grows by at first; doubled after each read that filled it, up to
+/// `MAX_READ_CHUNK`, so a large answer is read in large reads (as hyper's adaptive read buffer did).
 const READ_CHUNK: usize = 8 * 1024;
+const MAX_READ_CHUNK: usize = 128 * 1024;
 
 /// The largest answer head read, as hyper's client allowed (its default read buffer limit): a larger
 /// one is an error (502).
@@ -42,6 +44,7 @@ const STACK_FIELDS: usize = 100;
 pub(crate) struct Connection {
     stream: TcpStream,
     read_buf: BytesMut,
+    read_chunk: usize,
 }
 
 impl Connection {
@@ -49,6 +52,7 @@ impl Connection {
         Connection {
             stream,
             read_buf: BytesMut::new(),
+            read_chunk: READ_CHUNK,
         }
     }
 
@@ -66,6 +70,7 @@ impl Connection {
     pub(crate) fn release_buffers(&mut self) {
         if self.read_buf.is_empty() {
             self.read_buf = BytesMut::new();
+            self.read_chunk = READ_CHUNK;
         }
     }
 
@@ -77,9 +82,18 @@ impl Connection {
     /// Reads more bytes into the read buffer; `Ok(0)` is the instance's end of stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.read_buf.capacity() - self.read_buf.len() < 1024 {
-            self.read_buf.reserve(READ_CHUNK);
+            self.read_buf.reserve(self.read_chunk);
         }
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.read_buf)
+        let room = self.read_buf.capacity() - self.read_buf.len();
+        let read = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut self.stream),
+            cx,
+            &mut self.read_buf
+        ))?;
+        if read == room && self.read_chunk < MAX_READ_CHUNK {
+            self.read_chunk *= 2;
+        }
+        Poll::Ready(Ok(read))
     }
 }
 

@@ -753,3 +753,41 @@ async fn a_cut_instance_ends_an_answer_that_is_still_streaming() {
     assert!(ended);
     assert_eq!(instance.in_flight(), 0);
 }
+
+#[tokio::test]
+async fn a_large_answer_is_read_whole_in_growing_reads() {
+    let body = "y".repeat(1 << 20);
+    let script = script(vec![answer(format!(
+        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    ))])
+    .await;
+    let instance = instance(script.addr);
+    let config = ProxyConfig::default();
+    let response = send(
+        &instance,
+        get("/"),
+        &config,
+        &RouteSettings::default(),
+        false,
+        None,
+    )
+    .await
+    .unwrap_or_else(|failure| panic!("{}", failure.error));
+    let UpstreamBody::Http1(mut answer) = response.into_body() else {
+        panic!("an HTTP/1 answer");
+    };
+    let (mut received, mut frames, mut largest) = (0, 0, 0);
+    while let Some(frame) = answer.frame().await {
+        let data = frame.expect("frame").into_data().expect("data");
+        received += data.len();
+        largest = largest.max(data.len());
+        frames += 1;
+    }
+    assert_eq!(received, 1 << 20);
+    // Reads grew past the first 8 KiB (how far depends on how fast the bytes come).
+    assert!(
+        largest > 8 * 1024,
+        "{frames} frames, the largest {largest} bytes"
+    );
+}
