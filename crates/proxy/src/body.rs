@@ -16,17 +16,19 @@ use tokio::sync::Notify;
 use tokio::time::Sleep;
 
 use crate::active::ActiveRequest;
+use crate::error::UpstreamError;
 use crate::instance::{InFlightGuard, InstanceLive};
 use crate::stats::ReleaseStats;
-use crate::upstream::{IdleLimits, Sender};
+use crate::upstream::IdleLimits;
+use crate::upstream::h1::AnswerBody;
 
 /// The body of every answer the proxy gives.
 pub struct ProxyBody {
     kind: Kind,
     // Longest silence of the instance inside its answer; the timer is reset by every frame.
     idle: Option<(Duration, Pin<Box<Sleep>>)>,
-    // Returned to the instance's pool when the upstream answer has been read to its end.
-    checkin: Option<(Sender, Arc<InstanceLive>, IdleLimits)>,
+    // Where the HTTP/1 connection goes back when the upstream answer has been read to its end.
+    checkin: Option<(Arc<InstanceLive>, IdleLimits)>,
     // Held until the body ends or is dropped: the instance's in-flight count (what a drain waits for) and
     // the connection's active-request count (what stops the idle timer).
     in_flight: Option<InFlightGuard>,
@@ -51,7 +53,9 @@ pub enum RequestBodyError {
 #[derive(Debug, thiserror::Error)]
 pub enum AnswerBodyError {
     #[error("reading the answer from the instance failed")]
-    Upstream(#[source] hyper::Error),
+    Upstream(#[source] UpstreamError),
+    #[error("instance was cut in the middle of its answer")]
+    Cut,
     #[error("instance sent nothing for {timeout:?} in the middle of its answer")]
     Idle { timeout: Duration },
 }
@@ -75,6 +79,14 @@ enum Kind {
     Empty,
     Full(Option<Bytes>),
     Upstream(Incoming),
+    Http1(AnswerBody),
+}
+
+/// An instance's answer body: read by hyper's client (h2c, upgrades) or by the proxy's own HTTP/1
+/// connection.
+pub(crate) enum UpstreamBody {
+    Hyper(Incoming),
+    Http1(AnswerBody),
 }
 
 impl ProxyBody {
@@ -87,12 +99,15 @@ impl ProxyBody {
     }
 
     pub(crate) fn upstream(
-        incoming: Incoming,
-        checkin: Option<(Sender, Arc<InstanceLive>, IdleLimits)>,
+        upstream: UpstreamBody,
+        checkin: Option<(Arc<InstanceLive>, IdleLimits)>,
         in_flight: Option<InFlightGuard>,
         idle_timeout: Duration,
     ) -> ProxyBody {
-        let mut body = ProxyBody::new(Kind::Upstream(incoming));
+        let mut body = ProxyBody::new(match upstream {
+            UpstreamBody::Hyper(incoming) => Kind::Upstream(incoming),
+            UpstreamBody::Http1(answer) => Kind::Http1(answer),
+        });
         body.checkin = checkin;
         body.in_flight = in_flight;
         body.idle = Some((idle_timeout, Box::pin(tokio::time::sleep(idle_timeout))));
@@ -128,6 +143,36 @@ impl ProxyBody {
         }
     }
 
+    /// Polls the instance's answer body.
+    fn poll_upstream(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, AnswerBodyError>>> {
+        match &mut self.kind {
+            Kind::Upstream(incoming) => Pin::new(incoming).poll_frame(cx).map(|polled| {
+                polled.map(|frame| frame.map_err(|error| AnswerBodyError::Upstream(error.into())))
+            }),
+            Kind::Http1(answer) => match Pin::new(answer).poll_frame(cx) {
+                Poll::Ready(polled) => {
+                    Poll::Ready(polled.map(|frame| frame.map_err(AnswerBodyError::Upstream)))
+                }
+                // hyper's connection task was aborted when its instance was cut; this body looks
+                // when it waits for the instance (a lock: not on every frame), so a cut ends an
+                // answer that still streams, and a silent one ends at the idle timeout.
+                Poll::Pending
+                    if self
+                        .in_flight
+                        .as_ref()
+                        .is_some_and(|guard| guard.instance().cut.is_cancelled()) =>
+                {
+                    Poll::Ready(Some(Err(AnswerBodyError::Cut)))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+            Kind::Empty | Kind::Full(_) => Poll::Ready(None),
+        }
+    }
+
     fn finish_if_ended(&mut self) {
         if self.is_end_stream() {
             self.finish();
@@ -135,8 +180,11 @@ impl ProxyBody {
     }
 
     fn finish(&mut self) {
-        if let Some((sender, instance, limits)) = self.checkin.take() {
-            instance.connections.checkin(sender, limits);
+        if let Some((instance, limits)) = self.checkin.take()
+            && let Kind::Http1(answer) = &mut self.kind
+            && let Some(connection) = answer.take_reusable()
+        {
+            instance.connections.checkin(connection, limits);
         }
         self.in_flight = None;
     }
@@ -154,12 +202,12 @@ impl Body for ProxyBody {
         let polled = match &mut this.kind {
             Kind::Empty => Poll::Ready(None),
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|bytes| Ok(Frame::data(bytes)))),
-            Kind::Upstream(incoming) => match Pin::new(incoming).poll_frame(cx) {
+            Kind::Upstream(_) | Kind::Http1(_) => match this.poll_upstream(cx) {
                 Poll::Ready(polled) => {
                     if let Some((timeout, sleep)) = &mut this.idle {
                         sleep.as_mut().reset(tokio::time::Instant::now() + *timeout);
                     }
-                    Poll::Ready(polled.map(|frame| frame.map_err(AnswerBodyError::Upstream)))
+                    Poll::Ready(polled)
                 }
                 Poll::Pending => match &mut this.idle {
                     Some((timeout, sleep)) => match sleep.as_mut().poll(cx) {
@@ -202,6 +250,7 @@ impl Body for ProxyBody {
             Kind::Empty => true,
             Kind::Full(bytes) => bytes.is_none(),
             Kind::Upstream(incoming) => incoming.is_end_stream(),
+            Kind::Http1(answer) => answer.is_end_stream(),
         }
     }
 
@@ -211,6 +260,7 @@ impl Body for ProxyBody {
             Kind::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
             Kind::Full(None) => SizeHint::with_exact(0),
             Kind::Upstream(incoming) => incoming.size_hint(),
+            Kind::Http1(answer) => answer.size_hint(),
         }
     }
 }
@@ -267,6 +317,11 @@ impl RequestBody {
         let mut body = RequestBody::empty();
         body.full = (!bytes.is_empty()).then_some(bytes);
         body
+    }
+
+    /// The body when it was read whole (and not taken yet).
+    pub(crate) fn held(&self) -> Option<&Bytes> {
+        self.full.as_ref()
     }
 
     /// A signal notified each time a chunk of the body is taken by the connection to the instance.

@@ -49,7 +49,7 @@ pub enum ProxyError {
         instance: InstanceId,
         addr: SocketAddr,
         #[source]
-        source: hyper::Error,
+        source: UpstreamError,
     },
     #[error("instance `{instance}` at `{addr}`: no answer within {timeout:?}")]
     UpstreamTimeout {
@@ -66,7 +66,7 @@ pub enum ProxyError {
     #[error("client went away before an answer")]
     ClientGone {
         #[source]
-        source: hyper::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("client `{client}` is not in the networks allowed on route `{route}`")]
     Forbidden { route: RouteName, client: IpAddr },
@@ -89,6 +89,34 @@ pub enum ProxyError {
         waited: Duration,
         retry_after: Duration,
     },
+}
+
+/// How a connection to an instance failed before or during its answer.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// hyper's client (h2c, and HTTP/1 upgrades).
+    #[error(transparent)]
+    Hyper(#[from] hyper::Error),
+    #[error("connection to the instance failed")]
+    Io(#[source] io::Error),
+    #[error("instance closed the connection before its answer")]
+    ClosedBeforeAnswer,
+    #[error("instance closed the connection in the middle of its answer")]
+    ClosedMidAnswer,
+    #[error("sending the request body failed")]
+    RequestBody(#[source] crate::body::RequestBodyError),
+    #[error("request body does not match its length")]
+    RequestBodyLength,
+    #[error("answer head is larger than {} bytes", crate::upstream::MAX_HEAD_BYTES)]
+    HeadTooLarge,
+    #[error("answer has more than {limit} header fields")]
+    TooManyFields { limit: usize },
+    #[error("invalid answer head: {0}")]
+    InvalidHead(httparse::Error),
+    #[error("invalid content-length in the answer")]
+    InvalidContentLength,
+    #[error("invalid chunk in the answer body")]
+    InvalidChunk,
 }
 
 /// What made a request malformed.

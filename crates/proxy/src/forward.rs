@@ -313,7 +313,10 @@ async fn forward(
         *upstream.uri_mut() = upstream_uri.clone();
         *upstream.version_mut() = upstream_version;
         *upstream.headers_mut() = headers;
-        if let Some(interim) = interim.clone()
+        // The proxy's HTTP/1 client passes interim answers on itself (`upstream::h1`); hyper's,
+        // which carries upgrades, through this hook.
+        if upgrade
+            && let Some(interim) = interim.clone()
             && upstream_version == Version::HTTP_11
         {
             // 100 Continue is hop-by-hop (hyper answered the client's own); 101 is a final answer here.
@@ -360,39 +363,17 @@ async fn forward(
                 parts.headers.clone(),
             ),
         };
-        let first = upstream::send(
+        let sent = upstream::send(
             instance,
             upstream_request,
             config,
             &settings,
             upgrade,
-            replayable,
+            interim.as_ref(),
         )
         .await;
-        let sent = if matches!(
-            first,
-            Err(SendFailure {
-                send_wide: true,
-                ..
-            })
-        ) {
-            // Gone before the next await, so it takes no room in this future's state.
-            drop(first);
-            // The answer had more header fields than a narrow connection parses; the request is
-            // replayable, and now goes on a connection that takes the route's limit.
-            let again = build(
-                RequestBody::full(whole_body.clone().unwrap_or_default()),
-                parts.headers.clone(),
-            );
-            Box::pin(upstream::send(
-                instance, again, config, &settings, upgrade, replayable,
-            ))
-            .await
-        } else {
-            first
-        };
         match sent {
-            Ok((mut response, sender)) => {
+            Ok(mut response) => {
                 instance.record_success();
                 let latency = started.elapsed();
                 // A gRPC answer is counted by its `grpc-status`, which a 200 carries in its trailers
@@ -434,7 +415,6 @@ async fn forward(
                 strip_hop_by_hop(&mut head.headers, false);
                 let checkin = (!upgrade).then(|| {
                     (
-                        sender,
                         Arc::clone(instance),
                         upstream::IdleLimits {
                             max: config.upstream_max_idle_per_instance,
@@ -550,7 +530,9 @@ fn classify_body_error(error: ProxyError) -> ProxyError {
                     }
                 }
                 RequestBodyError::Client(_) => match error {
-                    ProxyError::Upstream { source, .. } => ProxyError::ClientGone { source },
+                    ProxyError::Upstream { source, .. } => ProxyError::ClientGone {
+                        source: Box::new(source),
+                    },
                     other => other,
                 },
             };
@@ -568,7 +550,9 @@ fn request_body_error(error: RequestBodyError) -> ProxyError {
         RequestBodyError::Client(source) if is_malformed(&source) => ProxyError::BadRequest {
             reason: BadRequestReason::MalformedBody,
         },
-        RequestBodyError::Client(source) => ProxyError::ClientGone { source },
+        RequestBodyError::Client(source) => ProxyError::ClientGone {
+            source: Box::new(source),
+        },
     }
 }
 
@@ -680,7 +664,7 @@ fn upstream_uri(uri: &Uri, host: &HeaderValue, protocol: UpstreamProtocol) -> Ur
 /// For an upgrade, `Upgrade` and `Connection: upgrade` are end-to-end in effect and are kept. `Trailer` is
 /// end-to-end (RFC 9110 section 6.6.2) and is kept: hyper sends an HTTP/1.1 client only the trailer
 /// fields it announces.
-fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     // Most messages carry none, or only `Connection: keep-alive` (many app servers send it on every
     // answer, some with `Keep-Alive: timeout=N`): one pass over the fields decides, and then at most two
     // hashed removals instead of a list of names and one removal per hop-by-hop header.

@@ -2,15 +2,19 @@
 //! or one shared multiplexed HTTP/2 (h2c) connection per instance and worker, and sending one request with
 //! the information needed to decide on a retry.
 //!
+//! HTTP/1 requests go on the proxy's own client (`h1`), driven by the request's task; h2c requests and
+//! HTTP/1 upgrades on hyper's.
+//!
 //! It does not choose instances nor decide retries (see `forward`); it only reports whether the request
 //! came back unsent.
 
+pub(crate) mod h1;
+
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hyper::body::{Body, Incoming};
+use hyper::body::Body;
 use hyper::client::conn::{http1, http2};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -18,15 +22,18 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::body::RequestBody;
+use crate::active::InterimSender;
+use crate::body::{RequestBody, UpstreamBody};
 use crate::config::{ProxyConfig, RouteSettings, UpstreamProtocol};
-use crate::error::ProxyError;
+use crate::error::{ProxyError, UpstreamError};
 use crate::instance::InstanceLive;
 
+pub(crate) use h1::MAX_HEAD_BYTES;
+
 /// Idle keep-alive connections of one instance, kept apart per worker thread (`crate::workers`): a
-/// connection's driver task runs on the thread that opened it, so a request that takes a connection from
-/// its own thread's shard never hands off to another thread. Threads that are not workers (a
-/// multi-thread runtime serving through `serve`) share shard 0.
+/// connection is used by the task of the request that took it, so one taken from its own thread's shard
+/// is served on the thread that opened it. Threads that are not workers (a multi-thread runtime serving
+/// through `serve`) share shard 0.
 #[derive(Debug)]
 pub(crate) struct ConnectionPool {
     // std Mutex: the critical section is a push or pop on a VecDeque, never held across an await, and per
@@ -35,56 +42,18 @@ pub(crate) struct ConnectionPool {
     // The h2c connection of each shard, for routes whose instances speak HTTP/2. std Mutex: a clone or a
     // replacement of the handle, never held across an await.
     shared_h2: Box<[Mutex<Option<Http2Sender>>]>,
-    // Set once an answer of this instance had more header fields than a narrow connection parses: its
-    // requests go on wide connections from then on (see `FieldWidth`).
-    answers_many_fields: AtomicBool,
 }
 
-/// The idle HTTP/1 connections of one shard, by width. Oldest at the front: taken from the front too (the
-/// one idle longest) and expired from the front, so every connection a steady load needs is reused well
-/// within `upstream_idle_timeout`. Taking the most recently used instead left the bottom of the stack idle
+/// The idle HTTP/1 connections of one shard. Oldest at the front: taken from the front too (the one idle
+/// longest) and expired from the front, so every connection a steady load needs is reused well within
+/// `upstream_idle_timeout`. Taking the most recently used instead left the bottom of the stack idle
 /// whenever the number in flight dipped for a moment (an HTTP/2 client's hundred streams come and go), and
 /// the sweep closed them only for the next peak to connect again: 1,170 connects in 6 s of a steady
 /// 16 x 100-stream h2c load (bench/proxy/README.md, "Session 27: HTTP/2"). A quiet pool still empties
 /// `upstream_idle_timeout` after its last request.
 #[derive(Debug, Default)]
 struct IdleShard {
-    narrow: VecDeque<IdleConnection>,
-    wide: VecDeque<IdleConnection>,
-}
-
-impl IdleShard {
-    fn of(&mut self, width: FieldWidth) -> &mut VecDeque<IdleConnection> {
-        match width {
-            FieldWidth::Narrow => &mut self.narrow,
-            FieldWidth::Wide => &mut self.wide,
-        }
-    }
-}
-
-/// How many header fields an HTTP/1 connection to an instance parses in an answer.
-///
-/// hyper parses up to its default of 100 fields into arrays on the stack; any other limit makes it
-/// allocate and fill two arrays of that many entries for every answer (for the default route limit of
-/// 500, a tenth of the proxy's instructions per request). So a request that can be sent again (idempotent,
-/// body held whole) goes on a narrow connection, and only if the answer turns out to have more fields is
-/// it sent once more on a wide one; other requests, and every request to an instance that answered so
-/// once, go on wide connections.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum FieldWidth {
-    /// hyper's default limit, or the route's when it is lower.
-    Narrow,
-    /// The route's limit (`RouteSettings::max_header_fields`), above hyper's default.
-    Wide,
-}
-
-impl FieldWidth {
-    fn limit(self, settings: &RouteSettings) -> usize {
-        match self {
-            FieldWidth::Narrow => settings.max_header_fields.min(HYPER_DEFAULT_MAX_HEADERS),
-            FieldWidth::Wide => settings.max_header_fields,
-        }
-    }
+    idle: VecDeque<IdleConnection>,
 }
 
 impl Default for ConnectionPool {
@@ -96,35 +65,23 @@ impl Default for ConnectionPool {
             shared_h2: (0..crate::shard::shard_count())
                 .map(|_| Mutex::default())
                 .collect(),
-            answers_many_fields: AtomicBool::new(false),
         }
     }
 }
 
-/// A connection that has carried a request and can carry another once its answer is read.
-pub(crate) enum Sender {
-    Http1(http1::SendRequest<RequestBody>, FieldWidth),
-    /// A handle on the shared h2c connection; there is nothing to give back.
-    Http2,
-}
-
-type Http1Sender = http1::SendRequest<RequestBody>;
 type Http2Sender = http2::SendRequest<RequestBody>;
 
 /// A failed send. `request` is the request given back when nothing of it reached the instance.
 pub(crate) struct SendFailure {
     pub(crate) error: ProxyError,
     pub(crate) request: Option<Request<RequestBody>>,
-    /// The request went on a narrow connection and the answer had more header fields than it parses: send
-    /// it again (the request is replayable), and it goes on a wide connection.
-    pub(crate) send_wide: bool,
 }
 
 impl SendFailure {
     /// The instance's connection failed; `request` when it was never sent (and may go elsewhere).
     fn upstream(
         instance: &InstanceLive,
-        source: hyper::Error,
+        source: UpstreamError,
         request: Option<Request<RequestBody>>,
     ) -> SendFailure {
         SendFailure {
@@ -134,7 +91,6 @@ impl SendFailure {
                 source,
             },
             request,
-            send_wide: false,
         }
     }
 
@@ -147,7 +103,6 @@ impl SendFailure {
                 timeout,
             },
             request: None,
-            send_wide: false,
         }
     }
 }
@@ -163,50 +118,45 @@ pub(crate) struct IdleLimits {
 
 #[derive(Debug)]
 struct IdleConnection {
-    sender: Http1Sender,
+    connection: h1::Connection,
     idle_since: Instant,
 }
 
 impl ConnectionPool {
-    /// Takes the connection of `width` idle longest that is still open and young enough (see
-    /// `IdleShard`); older ones are dropped on the way.
-    fn checkout(&self, width: FieldWidth, idle_timeout: Duration) -> Option<Http1Sender> {
+    /// Takes the connection idle longest that is still open, silent and young enough (see
+    /// `IdleShard`); others are dropped on the way.
+    fn checkout(&self, idle_timeout: Duration) -> Option<h1::Connection> {
         let now = Instant::now();
         let mut shard = self
             .shard()
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let idle = shard.of(width);
-        while let Some(connection) = idle.pop_front() {
-            if now.duration_since(connection.idle_since) < idle_timeout
-                && !connection.sender.is_closed()
+        while let Some(mut idle) = shard.idle.pop_front() {
+            if now.duration_since(idle.idle_since) < idle_timeout
+                && idle.connection.is_reusable_idle()
             {
-                return Some(connection.sender);
+                return Some(idle.connection);
             }
         }
         None
     }
 
-    /// Keeps `sender` for reuse on this thread; `limits.max` bounds the instance's idle connections over
-    /// all shards (each gets its share, at least one). Connections idle past `limits.timeout` are
-    /// dropped here too, so a burst's extra connections do not outlive it by long.
-    pub(crate) fn checkin(&self, sender: Sender, limits: IdleLimits) {
-        let Sender::Http1(sender, width) = sender else {
-            return;
-        };
-        if sender.is_closed() {
-            return;
-        }
+    /// Keeps `connection` for reuse on this thread; `limits.max` bounds the instance's idle connections
+    /// over all shards (each gets its share, at least one). Connections idle past `limits.timeout` are
+    /// dropped here too, so a burst's extra connections do not outlive it by long. Its read buffer is
+    /// given back while it waits.
+    pub(crate) fn checkin(&self, mut connection: h1::Connection, limits: IdleLimits) {
         let max_idle = limits.max.div_ceil(self.shards.len());
         if max_idle == 0 {
             return;
         }
+        connection.release_buffers();
         let now = Instant::now();
         let mut shard = self
             .shard()
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let idle = shard.of(width);
+        let idle = &mut shard.idle;
         while idle.front().is_some_and(|oldest| {
             idle.len() >= max_idle || now.duration_since(oldest.idle_since) >= limits.timeout
         }) {
@@ -214,7 +164,7 @@ impl ConnectionPool {
             idle.pop_front();
         }
         idle.push_back(IdleConnection {
-            sender,
+            connection,
             idle_since: now,
         });
     }
@@ -229,16 +179,14 @@ impl ConnectionPool {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut expired = 0;
-        for width in [FieldWidth::Narrow, FieldWidth::Wide] {
-            let idle = shard.of(width);
-            // Oldest at the front: they were pushed in order of their `idle_since`.
-            while idle
-                .front()
-                .is_some_and(|oldest| now.duration_since(oldest.idle_since) >= timeout)
-            {
-                idle.pop_front();
-                expired += 1;
-            }
+        // Oldest at the front: they were pushed in order of their `idle_since`.
+        while shard
+            .idle
+            .front()
+            .is_some_and(|oldest| now.duration_since(oldest.idle_since) >= timeout)
+        {
+            shard.idle.pop_front();
+            expired += 1;
         }
         expired
     }
@@ -285,97 +233,112 @@ impl ConnectionPool {
 }
 
 /// Sends `request` to `instance`, on a pooled connection when one is ready, else on a new one. Returns the
-/// response head and the connection, to be checked in once the response body has been read.
+/// answer's head and its body, which gives its connection back to the pool (`ProxyBody`) once read.
 ///
 /// A pooled connection the app closed in the meantime gives the request back unsent; the next pooled or a
-/// new connection is then tried, which is always safe. A `replayable` request (idempotent, body held
-/// whole) may come back with `SendFailure::send_wide` (see `FieldWidth`).
+/// new connection is then tried, which is always safe. `interim` gets an HTTP/1 instance's interim
+/// answers (other than 100 Continue).
 pub(crate) async fn send(
     instance: &Arc<InstanceLive>,
     mut request: Request<RequestBody>,
     config: &ProxyConfig,
     settings: &RouteSettings,
     upgrade: bool,
-    replayable: bool,
-) -> Result<(Response<Incoming>, Sender), SendFailure> {
+    interim: Option<&InterimSender>,
+) -> Result<Response<UpstreamBody>, SendFailure> {
     if settings.protocol != UpstreamProtocol::Http1 {
         // Boxed: its state (1.9 KB, most of it the h2 handshake's) would otherwise size every
         // request's future, HTTP/1 ones included; an h2c request allocates a lot anyway.
         return Box::pin(send_h2(instance, request, config, settings)).await;
     }
-    let width = if settings.max_header_fields <= HYPER_DEFAULT_MAX_HEADERS
-        || (replayable
-            && !instance
-                .connections
-                .answers_many_fields
-                .load(Ordering::Relaxed))
-    {
-        FieldWidth::Narrow
-    } else {
-        FieldWidth::Wide
-    };
+    if upgrade {
+        // Rare, and boxed for the same reason.
+        return Box::pin(send_upgrade(instance, request, config, settings)).await;
+    }
+    // Most requests have no body, or one held whole that goes with the head: no signal to allocate
+    // then.
+    let streamed = !request.body().is_end_stream() && request.body().held().is_none();
+    let progress = streamed.then(|| request.body_mut().progress());
     loop {
-        let pooled = if upgrade {
-            None
-        } else {
-            instance
-                .connections
-                .checkout(width, config.upstream_idle_timeout)
-        };
+        let pooled = instance.connections.checkout(config.upstream_idle_timeout);
         let reused = pooled.is_some();
-        let mut sender = match pooled {
-            Some(sender) => sender,
+        let connection = match pooled {
+            Some(connection) => connection,
             // Boxed: a new connection is rare, and its state would size every request's future.
-            None => match Box::pin(connect(instance, config, width.limit(settings))).await {
-                Ok(sender) => sender,
+            None => match Box::pin(connect_tcp(instance, config)).await {
+                Ok(stream) => h1::Connection::new(stream),
                 Err(error) => {
                     return Err(SendFailure {
                         error,
                         request: Some(request),
-                        send_wide: false,
                     });
                 }
             },
         };
-        if reused && sender.ready().await.is_err() {
-            continue;
-        }
-        // Most requests have no body: no signal to allocate then.
-        let progress = (!request.body().is_end_stream()).then(|| request.body_mut().progress());
         let sent = answer_head(
             settings.timeout,
             progress.as_deref(),
-            sender.try_send_request(request),
+            h1::exchange(
+                connection,
+                &mut request,
+                settings.max_header_fields,
+                interim,
+            ),
         )
         .await;
         match sent {
-            Some(Ok(response)) => return Ok((response, Sender::Http1(sender, width))),
-            Some(Err(mut failure)) => match failure.take_message() {
-                Some(unsent) if reused => request = unsent,
-                unsent => {
-                    let error = failure.into_error();
-                    // Too many fields, or a head larger than hyper's read buffer: only a wide
-                    // connection can tell, and it is what the instance's requests get from now on.
-                    let send_wide = width == FieldWidth::Narrow
-                        && settings.max_header_fields > HYPER_DEFAULT_MAX_HEADERS
-                        && unsent.is_none()
-                        && error.is_parse_too_large();
-                    if send_wide {
-                        instance
-                            .connections
-                            .answers_many_fields
-                            .store(true, Ordering::Relaxed);
-                    }
-                    return Err(SendFailure {
-                        send_wide,
-                        ..SendFailure::upstream(instance, error, unsent)
-                    });
-                }
-            },
+            Some(Ok((head, body))) => {
+                return Ok(Response::from_parts(head, UpstreamBody::Http1(body)));
+            }
+            // A pooled connection found closed: the request is whole, try the next one.
+            Some(Err(failure)) if failure.unsent && reused => {}
+            Some(Err(failure)) => {
+                let unsent = failure.unsent.then_some(request);
+                return Err(SendFailure::upstream(instance, failure.error, unsent));
+            }
             None => {
                 return Err(SendFailure::timed_out(instance, settings.timeout));
             }
         }
+    }
+}
+
+/// Sends an upgrade request (WebSocket) on a new connection of hyper's HTTP/1 client, which hands the
+/// socket over to the tunnel after a 101. Kept on hyper: upgrades are rare and long-lived, so the
+/// per-request cost of its driver task does not matter, and its upgrade handling is proven.
+async fn send_upgrade(
+    instance: &Arc<InstanceLive>,
+    mut request: Request<RequestBody>,
+    config: &ProxyConfig,
+    settings: &RouteSettings,
+) -> Result<Response<UpstreamBody>, SendFailure> {
+    let mut sender = match connect_upgrade(instance, config, settings.max_header_fields).await {
+        Ok(sender) => sender,
+        Err(error) => {
+            return Err(SendFailure {
+                error,
+                request: Some(request),
+            });
+        }
+    };
+    let progress = (!request.body().is_end_stream()).then(|| request.body_mut().progress());
+    let sent = answer_head(
+        settings.timeout,
+        progress.as_deref(),
+        sender.try_send_request(request),
+    )
+    .await;
+    match sent {
+        Some(Ok(response)) => Ok(response.map(UpstreamBody::Hyper)),
+        Some(Err(mut failure)) => {
+            let unsent = failure.take_message();
+            Err(SendFailure::upstream(
+                instance,
+                failure.into_error().into(),
+                unsent,
+            ))
+        }
+        None => Err(SendFailure::timed_out(instance, settings.timeout)),
     }
 }
 
@@ -418,7 +381,7 @@ async fn send_h2(
     mut request: Request<RequestBody>,
     config: &ProxyConfig,
     settings: &RouteSettings,
-) -> Result<(Response<Incoming>, Sender), SendFailure> {
+) -> Result<Response<UpstreamBody>, SendFailure> {
     loop {
         let shared = instance.connections.h2_handle();
         let reused = shared.is_some();
@@ -433,7 +396,6 @@ async fn send_h2(
                     return Err(SendFailure {
                         error,
                         request: Some(request),
-                        send_wide: false,
                     });
                 }
             },
@@ -451,7 +413,7 @@ async fn send_h2(
         )
         .await;
         match sent {
-            Some(Ok(response)) => return Ok((response, Sender::Http2)),
+            Some(Ok(response)) => return Ok(response.map(UpstreamBody::Hyper)),
             Some(Err(mut failure)) => {
                 if sender.is_closed() {
                     instance.connections.set_h2_handle(None);
@@ -461,7 +423,7 @@ async fn send_h2(
                     unsent => {
                         return Err(SendFailure::upstream(
                             instance,
-                            failure.into_error(),
+                            failure.into_error().into(),
                             unsent,
                         ));
                     }
@@ -493,7 +455,7 @@ async fn connect_h2(
         .map_err(|source| ProxyError::Upstream {
             instance: instance.id().clone(),
             addr: instance.addr(),
-            source,
+            source: source.into(),
         })?;
     drive(connection, instance);
     Ok(sender)
@@ -554,13 +516,13 @@ impl Http1Limit for http1::Builder {
     }
 }
 
-/// Opens a new HTTP/1.1 connection to the instance that parses answers of up to `max_header_fields`
-/// fields. Its driver task ends when the connection closes or the instance is cut.
-async fn connect(
+/// Opens a new connection of hyper's HTTP/1.1 client for an upgrade request, parsing answers of up to
+/// `max_header_fields` fields. Its driver task ends when the connection closes or the instance is cut.
+async fn connect_upgrade(
     instance: &Arc<InstanceLive>,
     config: &ProxyConfig,
     max_header_fields: usize,
-) -> Result<Http1Sender, ProxyError> {
+) -> Result<http1::SendRequest<RequestBody>, ProxyError> {
     let stream = connect_tcp(instance, config).await?;
     let mut builder = http1::Builder::new();
     limit_header_fields(&mut builder, max_header_fields);
@@ -570,7 +532,7 @@ async fn connect(
         .map_err(|source| ProxyError::Upstream {
             instance: instance.id().clone(),
             addr: instance.addr(),
-            source,
+            source: source.into(),
         })?;
     drive(connection.with_upgrades(), instance);
     Ok(sender)
@@ -596,88 +558,4 @@ where
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// An open HTTP/1 connection to a listener that accepts and keeps it.
-    async fn open_sender(listener: &tokio::net::TcpListener) -> (Http1Sender, TcpStream) {
-        let addr = listener.local_addr().expect("addr");
-        let (stream, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
-        let (sender, connection) = http1::Builder::new()
-            .handshake::<_, RequestBody>(TokioIo::new(stream.expect("connect")))
-            .await
-            .expect("handshake");
-        tokio::spawn(connection);
-        (sender, accepted.expect("accept").0)
-    }
-
-    #[tokio::test]
-    async fn checkin_drops_connections_idle_past_the_timeout_and_keeps_the_newest_within_the_cap() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let pool = ConnectionPool::default();
-        let shards = pool.shards.len();
-        let limits = IdleLimits {
-            max: 2 * shards,
-            timeout: Duration::from_millis(100),
-        };
-        let mut peers = Vec::new();
-        for _ in 0..3 {
-            let (sender, peer) = open_sender(&listener).await;
-            peers.push(peer);
-            pool.checkin(Sender::Http1(sender, FieldWidth::Narrow), limits);
-        }
-        // The cap (two per shard) dropped the oldest.
-        assert_eq!(pool.shard().lock().expect("lock").narrow.len(), 2);
-        tokio::time::sleep(Duration::from_millis(150)).await;
-        let (sender, peer) = open_sender(&listener).await;
-        peers.push(peer);
-        pool.checkin(Sender::Http1(sender, FieldWidth::Narrow), limits);
-        // Both older ones were idle past the timeout: only the newest is kept.
-        assert_eq!(pool.shard().lock().expect("lock").narrow.len(), 1);
-        assert!(pool.checkout(FieldWidth::Wide, limits.timeout).is_none());
-        assert!(pool.checkout(FieldWidth::Narrow, limits.timeout).is_some());
-        assert!(pool.checkout(FieldWidth::Narrow, limits.timeout).is_none());
-    }
-
-    #[tokio::test]
-    async fn checkout_takes_the_connection_idle_longest_so_a_steady_load_reuses_them_all() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let pool = ConnectionPool::default();
-        let limits = IdleLimits {
-            max: 16 * pool.shards.len(),
-            timeout: Duration::from_secs(10),
-        };
-        let mut peers = Vec::new();
-        let mut between = Vec::new();
-        for _ in 0..3 {
-            let (sender, peer) = open_sender(&listener).await;
-            peers.push(peer);
-            pool.checkin(Sender::Http1(sender, FieldWidth::Narrow), limits);
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            between.push(Instant::now());
-        }
-        let idle_since = |pool: &ConnectionPool| -> Vec<Instant> {
-            let shard = pool.shard().lock().expect("lock");
-            shard.narrow.iter().map(|idle| idle.idle_since).collect()
-        };
-        // One request at a time: each takes the oldest and checks it back in as the newest, so all
-        // three take turns and none stays idle longer than the others.
-        for (round, checked_in_before) in between.iter().enumerate() {
-            let sender = pool
-                .checkout(FieldWidth::Narrow, limits.timeout)
-                .expect("an idle connection");
-            let left = idle_since(&pool);
-            assert_eq!(left.len(), 2);
-            assert!(
-                left[0] >= *checked_in_before,
-                "round {round}: the oldest connection was taken"
-            );
-            pool.checkin(Sender::Http1(sender, FieldWidth::Narrow), limits);
-        }
-        assert!(idle_since(&pool).iter().all(|since| *since >= between[2]));
-    }
-}
+mod tests;

@@ -2,10 +2,10 @@
 //! runtime and its own `SO_REUSEPORT` listener on the one data address, all sharing one `Proxy` (its
 //! routing snapshot and counters are lock-free and shared by every thread).
 //!
-//! A request, the upstream connection it is sent on (the pool keeps a shard per worker, see
-//! `upstream::ConnectionPool`) and that connection's driver task all live on the thread that accepted the
-//! client, so handing the request to the upstream connection and the answer back never wakes another
-//! thread. The kernel spreads new connections over the listeners.
+//! A request and the upstream connection it is sent on (the pool keeps a shard per worker, see
+//! `upstream::ConnectionPool`; an HTTP/1 connection is driven by the request's own task, an h2c one by its
+//! driver task) live on the thread that accepted the client, so handing the request to the upstream
+//! connection and the answer back never wakes another thread. The kernel spreads new connections over the listeners.
 
 use std::io;
 use std::net::SocketAddr;

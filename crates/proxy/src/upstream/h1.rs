@@ -1,0 +1,782 @@
+//! An HTTP/1.1 connection to an instance, driven by the task of the request that uses it.
+//!
+//! hyper's client ran a driver task per upstream connection and talked to it over channels: a request
+//! went through a dispatch channel to that task, its answer head came back over a oneshot, and the
+//! answer body over another channel, each hop a wake-up and a poll of another task. Here the request's
+//! own future writes the request and reads the answer head, and the answer body (`AnswerBody`) reads
+//! straight from the socket when the client's connection polls it. No task, no channel: the connection
+//! is owned by the pool while idle, and by the request's future or its answer body while in use.
+//!
+//! Upgrades (WebSocket) stay on hyper's client (`upstream::send_upgrade`): they are rare, the tunnel
+//! copies bytes on its own afterwards, and hyper hands the socket over cleanly.
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use hyper::body::{Body, Frame, SizeHint};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request, StatusCode, Version};
+use tokio::io::AsyncWrite;
+use tokio::net::TcpStream;
+
+use crate::active::InterimSender;
+use crate::body::RequestBody;
+use crate::error::UpstreamError;
+
+/// How much the read buffer grows by at first; doubled after each read that filled it, up to
+/// `MAX_READ_CHUNK`, so a large answer is read in large reads (as hyper's adaptive read buffer did).
+const READ_CHUNK: usize = 8 * 1024;
+const MAX_READ_CHUNK: usize = 128 * 1024;
+
+/// The largest answer head read, as hyper's client allowed (its default read buffer limit): a larger
+/// one is an error (502).
+pub(crate) const MAX_HEAD_BYTES: usize = 8192 + 4096 * 100;
+
+/// Header fields parsed on the stack; an answer with more is parsed again into the heap, up to the
+/// route's limit.
+const STACK_FIELDS: usize = 100;
+
+/// An open HTTP/1.1 connection to an instance.
+#[derive(Debug)]
+pub(crate) struct Connection {
+    stream: TcpStream,
+    read_buf: BytesMut,
+    read_chunk: usize,
+}
+
+impl Connection {
+    pub(crate) fn new(stream: TcpStream) -> Connection {
+        Connection {
+            stream,
+            read_buf: BytesMut::new(),
+            read_chunk: READ_CHUNK,
+        }
+    }
+
+    /// Whether an idle connection can carry another request: the instance neither closed it nor sent
+    /// anything unasked. Costs no system call unless the socket was marked readable.
+    pub(crate) fn is_reusable_idle(&mut self) -> bool {
+        if !self.read_buf.is_empty() {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        matches!(self.stream.try_read(&mut probe), Err(error) if error.kind() == io::ErrorKind::WouldBlock)
+    }
+
+    /// Gives the read buffer's memory back while the connection sits idle in the pool.
+    pub(crate) fn release_buffers(&mut self) {
+        if self.read_buf.is_empty() {
+            self.read_buf = BytesMut::new();
+            self.read_chunk = READ_CHUNK;
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn read_capacity(&self) -> usize {
+        self.read_buf.capacity()
+    }
+
+    /// Reads more bytes into the read buffer; `Ok(0)` is the instance's end of stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.read_buf.capacity() - self.read_buf.len() < 1024 {
+            self.read_buf.reserve(self.read_chunk);
+        }
+        let room = self.read_buf.capacity() - self.read_buf.len();
+        let read = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut self.stream),
+            cx,
+            &mut self.read_buf
+        ))?;
+        if read == room && self.read_chunk < MAX_READ_CHUNK {
+            self.read_chunk *= 2;
+        }
+        Poll::Ready(Ok(read))
+    }
+}
+
+/// What is left to write of a request: the bytes in hand, then the rest of its body.
+struct Writer {
+    buf: Vec<u8>,
+    written: usize,
+    // The request body still to be read and framed; `None` once its end was framed.
+    body: Option<RequestBody>,
+    framing: RequestFraming,
+    // Any byte of the request reached the socket (the request can no longer be given back).
+    any_written: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RequestFraming {
+    /// `Content-Length`: how many bytes are still due.
+    Length(u64),
+    Chunked,
+}
+
+impl Writer {
+    fn is_done(&self) -> bool {
+        self.body.is_none() && self.written == self.buf.len()
+    }
+
+    /// Writes what is in hand and frames more of the body, until done or the socket or the body is not
+    /// ready. Errors carry whether nothing was written at all.
+    fn poll_write(
+        &mut self,
+        stream: &mut TcpStream,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), UpstreamError>> {
+        loop {
+            while self.written < self.buf.len() {
+                match Pin::new(&mut *stream).poll_write(cx, &self.buf[self.written..]) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err(UpstreamError::Io(
+                            io::ErrorKind::WriteZero.into(),
+                        )));
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        self.written += n;
+                        self.any_written = true;
+                    }
+                    Poll::Ready(Err(error)) => return Poll::Ready(Err(UpstreamError::Io(error))),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            self.buf.clear();
+            self.written = 0;
+            let Some(body) = self.body.as_mut() else {
+                return Poll::Ready(Ok(()));
+            };
+            match ready!(Pin::new(body).poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => self.frame_data(&data)?,
+                    Err(frame) => {
+                        if let (Ok(trailers), RequestFraming::Chunked) =
+                            (frame.into_trailers(), self.framing)
+                        {
+                            self.buf.extend_from_slice(b"0\r\n");
+                            encode_fields(&mut self.buf, &trailers);
+                            self.buf.extend_from_slice(b"\r\n");
+                            self.body = None;
+                        }
+                    }
+                },
+                Some(Err(error)) => {
+                    self.body = None;
+                    return Poll::Ready(Err(UpstreamError::RequestBody(error)));
+                }
+                None => {
+                    self.body = None;
+                    match self.framing {
+                        RequestFraming::Chunked => self.buf.extend_from_slice(b"0\r\n\r\n"),
+                        RequestFraming::Length(0) => {}
+                        RequestFraming::Length(_) => {
+                            return Poll::Ready(Err(UpstreamError::RequestBodyLength));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn frame_data(&mut self, data: &[u8]) -> Result<(), UpstreamError> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        match &mut self.framing {
+            RequestFraming::Length(remaining) => {
+                let length = data.len() as u64;
+                if length > *remaining {
+                    return Err(UpstreamError::RequestBodyLength);
+                }
+                *remaining -= length;
+                self.buf.extend_from_slice(data);
+            }
+            RequestFraming::Chunked => {
+                use std::io::Write;
+                let _ = write!(self.buf, "{:x}\r\n", data.len());
+                self.buf.extend_from_slice(data);
+                self.buf.extend_from_slice(b"\r\n");
+            }
+        }
+        Ok(())
+    }
+}
+
+fn encode_fields(buf: &mut Vec<u8>, headers: &HeaderMap) {
+    for (name, value) in headers {
+        buf.extend_from_slice(name.as_str().as_bytes());
+        buf.extend_from_slice(b": ");
+        buf.extend_from_slice(value.as_bytes());
+        buf.extend_from_slice(b"\r\n");
+    }
+}
+
+/// How an answer's body is delimited (RFC 9112 section 6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AnswerFraming {
+    /// This many bytes left (0: no body, or read to its end).
+    Length(u64),
+    Chunked(ChunkState),
+    /// Until the instance closes.
+    Close,
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    Size,
+    Data(u64),
+    DataEnd,
+    Trailers,
+}
+
+/// A failed exchange: `unsent` when no byte of the request was written (the request, still whole,
+/// may go on another connection).
+pub(crate) struct ExchangeError {
+    pub(crate) error: UpstreamError,
+    pub(crate) unsent: bool,
+}
+
+/// Writes `request` on `connection` and reads the answer's head. On success the request's body has
+/// been moved into the answer body (what the instance has not taken of it yet is written while the
+/// answer is read); on an unsent failure the request is left whole.
+pub(crate) async fn exchange(
+    mut connection: Connection,
+    request: &mut Request<RequestBody>,
+    max_fields: usize,
+    interim: Option<&InterimSender>,
+) -> Result<(hyper::http::response::Parts, AnswerBody), ExchangeError> {
+    let head_request = *request.method() == Method::HEAD;
+    let (mut writer, mut body_in_request) = start(request);
+    let mut writing = true;
+    let parsed = std::future::poll_fn(|cx| {
+        if writing {
+            let mut polled = writer.poll_write(&mut connection.stream, cx);
+            // The body is taken from the request once a byte of its head is out: from then on the
+            // request cannot be given back anyway.
+            if body_in_request && writer.any_written {
+                body_in_request = false;
+                writer.body = Some(std::mem::replace(request.body_mut(), RequestBody::empty()));
+                polled = writer.poll_write(&mut connection.stream, cx);
+            }
+            match polled {
+                Poll::Ready(Ok(())) => writing = false,
+                Poll::Ready(Err(error)) => {
+                    return Poll::Ready(Err(ExchangeError {
+                        unsent: !writer.any_written,
+                        error,
+                    }));
+                }
+                Poll::Pending => {}
+            }
+        }
+        loop {
+            if !connection.read_buf.is_empty() {
+                match parse_head(&mut connection.read_buf, max_fields, head_request) {
+                    Ok(Some(Parsed::Final(parts, framing, keep_alive))) => {
+                        return Poll::Ready(Ok((parts, framing, keep_alive)));
+                    }
+                    Ok(Some(Parsed::Interim(status, mut headers))) => {
+                        // 100 Continue is hop-by-hop (hyper answered the client's own); others (103
+                        // Early Hints) go on to an HTTP/1.1 client.
+                        if status != StatusCode::CONTINUE
+                            && let Some(interim) = interim
+                        {
+                            crate::forward::strip_hop_by_hop(&mut headers, false);
+                            interim.send(status, &headers);
+                        }
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(error) => {
+                        return Poll::Ready(Err(ExchangeError {
+                            error,
+                            unsent: false,
+                        }));
+                    }
+                }
+            }
+            match connection.poll_fill(cx) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(ExchangeError {
+                        // A pooled connection the instance closed before it read anything: unsent
+                        // only when not a byte of the request went out.
+                        unsent: !writer.any_written,
+                        error: UpstreamError::ClosedBeforeAnswer,
+                    }));
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(error)) => {
+                    return Poll::Ready(Err(ExchangeError {
+                        unsent: !writer.any_written,
+                        error: UpstreamError::Io(error),
+                    }));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    })
+    .await;
+    let (parts, framing, keep_alive) = parsed?;
+    // What the instance has not taken of the request yet goes on beside the answer.
+    let writer = (!writer.is_done()).then(|| Box::new(writer));
+    Ok((
+        parts,
+        AnswerBody {
+            connection: Some(connection),
+            framing,
+            keep_alive,
+            writer,
+            failed: None,
+        },
+    ))
+}
+
+/// Encodes the request's head (and a body held whole) into one buffer. Answers whether the body is
+/// streamed after it (it stays in the request until then).
+fn start(request: &Request<RequestBody>) -> (Writer, bool) {
+    let body = request.body();
+    let end_stream = body.is_end_stream();
+    let held = body.held();
+    let framing = if end_stream {
+        RequestFraming::Length(0)
+    } else if let Some(length) = body.size_hint().exact() {
+        RequestFraming::Length(length)
+    } else {
+        RequestFraming::Chunked
+    };
+    let path = request
+        .uri()
+        .path_and_query()
+        .map_or("/", hyper::http::uri::PathAndQuery::as_str);
+    let headers = request.headers();
+    let mut buf = Vec::with_capacity(
+        128 + path.len()
+            + held.map_or(0, Bytes::len)
+            + headers
+                .iter()
+                .map(|(name, value)| name.as_str().len() + value.len() + 4)
+                .sum::<usize>(),
+    );
+    buf.extend_from_slice(request.method().as_str().as_bytes());
+    buf.push(b' ');
+    buf.extend_from_slice(path.as_bytes());
+    buf.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut had_length = false;
+    for (name, value) in headers {
+        // The framing fields are the proxy's own, from the body it sends.
+        if name == header::CONTENT_LENGTH {
+            had_length = true;
+            continue;
+        }
+        if name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        buf.extend_from_slice(name.as_str().as_bytes());
+        buf.extend_from_slice(b": ");
+        buf.extend_from_slice(value.as_bytes());
+        buf.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        // An empty body keeps the client's `content-length: 0` (some apps want it on a POST).
+        RequestFraming::Length(0) if end_stream => {
+            if had_length {
+                buf.extend_from_slice(b"content-length: 0\r\n");
+            }
+        }
+        RequestFraming::Length(length) => {
+            use std::io::Write;
+            let _ = write!(buf, "content-length: {length}\r\n");
+        }
+        RequestFraming::Chunked => buf.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    buf.extend_from_slice(b"\r\n");
+    let mut framing = framing;
+    if let Some(held) = held {
+        buf.extend_from_slice(held);
+        framing = RequestFraming::Length(0);
+    }
+    let streamed = !end_stream && held.is_none();
+    (
+        Writer {
+            buf,
+            written: 0,
+            body: None,
+            framing,
+            any_written: false,
+        },
+        streamed,
+    )
+}
+
+enum Parsed {
+    Final(hyper::http::response::Parts, AnswerFraming, bool),
+    Interim(StatusCode, HeaderMap),
+}
+
+/// Parses one answer head from the front of `buf` and removes it: `None` while incomplete.
+///
+/// Two passes of `httparse`, both into field arrays left uninitialised (hyper's way: a zeroed array
+/// of 100 fields cost more than a parse): the first finds where the head ends, the second parses the
+/// head once split off the buffer, so that every value shares it instead of being copied. The fields
+/// are looked at for framing and keep-alive as they go into the map, not looked up again.
+fn parse_head(
+    buf: &mut BytesMut,
+    max_fields: usize,
+    head_request: bool,
+) -> Result<Option<Parsed>, UpstreamError> {
+    let (length, wide) = {
+        let mut stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_FIELDS];
+        match parse_fields(buf, &mut stack[..max_fields.min(STACK_FIELDS)]) {
+            Ok(httparse::Status::Complete(length)) => (length, false),
+            Err(httparse::Error::TooManyHeaders) if max_fields > STACK_FIELDS => {
+                let mut heap = Vec::with_capacity(max_fields);
+                heap.resize_with(max_fields, MaybeUninit::uninit);
+                match parse_fields(buf, &mut heap) {
+                    Ok(httparse::Status::Complete(length)) => (length, true),
+                    other => return head_not_complete(other, buf.len(), max_fields),
+                }
+            }
+            other => return head_not_complete(other, buf.len(), max_fields),
+        }
+    };
+    if length > MAX_HEAD_BYTES {
+        return Err(UpstreamError::HeadTooLarge);
+    }
+    let head = buf.split_to(length).freeze();
+    let mut stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_FIELDS];
+    let mut heap = Vec::new();
+    let fields: &mut [MaybeUninit<httparse::Header<'_>>] = if wide {
+        heap.resize_with(max_fields, MaybeUninit::uninit);
+        &mut heap
+    } else {
+        &mut stack[..max_fields.min(STACK_FIELDS)]
+    };
+    let mut answer = httparse::Response::new(&mut []);
+    httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut answer, &head, fields)
+        .map_err(UpstreamError::InvalidHead)?;
+    let status = StatusCode::from_u16(answer.code.unwrap_or(0))
+        .map_err(|_| UpstreamError::InvalidHead(httparse::Error::Status))?;
+    let version = if answer.version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    // Room for the fields the proxy adds to the answer (request id, HSTS, `connection: close`)
+    // without growing the map.
+    let mut headers = HeaderMap::with_capacity(answer.headers.len() + 8);
+    let mut close = false;
+    let mut keep_alive_token = false;
+    let mut transfer_encoding = None;
+    let mut content_length = None;
+    let mut bad_length = false;
+    for field in answer.headers.iter() {
+        let name = HeaderName::from_bytes(field.name.as_bytes())
+            .map_err(|_| UpstreamError::InvalidHead(httparse::Error::HeaderName))?;
+        let value = HeaderValue::from_maybe_shared(head.slice_ref(field.value))
+            .map_err(|_| UpstreamError::InvalidHead(httparse::Error::HeaderValue))?;
+        if name == header::CONTENT_LENGTH {
+            match (parse_content_length(field.value), content_length) {
+                (Some(length), None) => content_length = Some(length),
+                (Some(length), Some(previous)) if length == previous => {}
+                _ => bad_length = true,
+            }
+        } else if name == header::TRANSFER_ENCODING {
+            // Whether the last coding of the last field is chunked.
+            transfer_encoding = Some(
+                field
+                    .value
+                    .rsplit(|byte| *byte == b',')
+                    .next()
+                    .is_some_and(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked")),
+            );
+        } else if name == header::CONNECTION {
+            for token in field.value.split(|byte| *byte == b',') {
+                let token = token.trim_ascii();
+                close |= token.eq_ignore_ascii_case(b"close");
+                keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        }
+        headers.append(name, value);
+    }
+    if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+        return Ok(Some(Parsed::Interim(status, headers)));
+    }
+    let mut keep_alive = !close && (version == Version::HTTP_11 || keep_alive_token);
+    let framing = if head_request
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            keep_alive = false;
+        }
+        AnswerFraming::Done
+    } else if let Some(chunked_last) = transfer_encoding {
+        if headers.remove(header::CONTENT_LENGTH).is_some() {
+            // Both: a message smuggling risk; read by Transfer-Encoding and not reused.
+            keep_alive = false;
+        }
+        if chunked_last {
+            AnswerFraming::Chunked(ChunkState::Size)
+        } else {
+            keep_alive = false;
+            AnswerFraming::Close
+        }
+    } else if bad_length {
+        return Err(UpstreamError::InvalidContentLength);
+    } else if let Some(length) = content_length {
+        if length == 0 {
+            AnswerFraming::Done
+        } else {
+            AnswerFraming::Length(length)
+        }
+    } else {
+        keep_alive = false;
+        AnswerFraming::Close
+    };
+    let mut parts = hyper::Response::new(()).into_parts().0;
+    parts.status = status;
+    parts.version = version;
+    parts.headers = headers;
+    Ok(Some(Parsed::Final(parts, framing, keep_alive)))
+}
+
+fn parse_fields<'b>(
+    buf: &'b [u8],
+    fields: &mut [MaybeUninit<httparse::Header<'b>>],
+) -> httparse::Result<usize> {
+    let mut answer = httparse::Response::new(&mut []);
+    httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut answer, buf, fields)
+}
+
+/// The outcome of a first pass that did not find a whole head.
+fn head_not_complete(
+    parsed: httparse::Result<usize>,
+    buffered: usize,
+    max_fields: usize,
+) -> Result<Option<Parsed>, UpstreamError> {
+    match parsed {
+        Ok(httparse::Status::Partial) if buffered >= MAX_HEAD_BYTES => {
+            Err(UpstreamError::HeadTooLarge)
+        }
+        Ok(_) => Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            Err(UpstreamError::TooManyFields { limit: max_fields })
+        }
+        Err(error) => Err(UpstreamError::InvalidHead(error)),
+    }
+}
+
+/// One `Content-Length` field: a number, or a list of the same number (`5, 5`).
+fn parse_content_length(value: &[u8]) -> Option<u64> {
+    let mut found = None;
+    for item in value.split(|byte| *byte == b',') {
+        let item = item.trim_ascii();
+        if item.is_empty() || item.len() > 19 || !item.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let length = item
+            .iter()
+            .fold(0u64, |length, digit| length * 10 + u64::from(digit - b'0'));
+        match found {
+            Some(previous) if previous != length => return None,
+            _ => found = Some(length),
+        }
+    }
+    found
+}
+
+/// An answer's body, read from the instance's connection as it is polled. Gives the connection back
+/// (`into_reusable`) once read to its end when it can carry another request.
+pub(crate) struct AnswerBody {
+    connection: Option<Connection>,
+    framing: AnswerFraming,
+    keep_alive: bool,
+    // The rest of the request, written while the answer is read (an app may answer before it read the
+    // whole body, e.g. one that echoes as it reads).
+    writer: Option<Box<Writer>>,
+    // An error to end the answer with at the next poll (see `fail`).
+    failed: Option<UpstreamError>,
+}
+
+impl AnswerBody {
+    /// The connection, when the answer was read to its end, the request written whole, neither side
+    /// asked to close and nothing more was sent.
+    pub(crate) fn take_reusable(&mut self) -> Option<Connection> {
+        if self.framing != AnswerFraming::Done || !self.keep_alive || self.writer.is_some() {
+            return None;
+        }
+        let connection = self.connection.take()?;
+        connection.read_buf.is_empty().then_some(connection)
+    }
+
+    /// Ends the answer with `error`, at the next poll: the client's connection first sends what it
+    /// already has of the answer (hyper's server drops its unsent buffer when a body fails), so a client
+    /// sees as much of a cut answer as the instance sent.
+    fn fail(
+        &mut self,
+        cx: &mut Context<'_>,
+        error: UpstreamError,
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
+        self.connection = None;
+        self.keep_alive = false;
+        self.failed = Some(error);
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+impl Body for AnswerBody {
+    type Data = Bytes;
+    type Error = UpstreamError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
+        let this = &mut *self;
+        if let Some(error) = this.failed.take() {
+            this.framing = AnswerFraming::Done;
+            return Poll::Ready(Some(Err(error)));
+        }
+        if this.framing == AnswerFraming::Done {
+            return Poll::Ready(None);
+        }
+        let Some(connection) = this.connection.as_mut() else {
+            return Poll::Ready(None);
+        };
+        if let Some(writer) = this.writer.as_mut() {
+            match writer.poll_write(&mut connection.stream, cx) {
+                Poll::Ready(Ok(())) => this.writer = None,
+                Poll::Ready(Err(_)) => {
+                    // The instance stopped taking the body; its answer may still be whole.
+                    this.writer = None;
+                    this.keep_alive = false;
+                }
+                Poll::Pending => {}
+            }
+        }
+        loop {
+            let buf = &mut connection.read_buf;
+            match &mut this.framing {
+                AnswerFraming::Done => return Poll::Ready(None),
+                AnswerFraming::Length(remaining) if !buf.is_empty() => {
+                    let take = (*remaining).min(buf.len() as u64) as usize;
+                    let data = buf.split_to(take).freeze();
+                    *remaining -= take as u64;
+                    if *remaining == 0 {
+                        this.framing = AnswerFraming::Done;
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                AnswerFraming::Close if !buf.is_empty() => {
+                    let data = buf.split().freeze();
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                AnswerFraming::Chunked(state) if !buf.is_empty() => match *state {
+                    ChunkState::Size => match httparse::parse_chunk_size(buf) {
+                        Ok(httparse::Status::Complete((used, 0))) => {
+                            buf.advance(used);
+                            *state = ChunkState::Trailers;
+                            continue;
+                        }
+                        Ok(httparse::Status::Complete((used, size))) => {
+                            buf.advance(used);
+                            *state = ChunkState::Data(size);
+                            continue;
+                        }
+                        Ok(httparse::Status::Partial) if buf.len() < 4096 => {}
+                        Ok(httparse::Status::Partial) | Err(_) => {
+                            return this.fail(cx, UpstreamError::InvalidChunk);
+                        }
+                    },
+                    ChunkState::Data(remaining) => {
+                        let take = remaining.min(buf.len() as u64) as usize;
+                        let data = buf.split_to(take).freeze();
+                        let left = remaining - take as u64;
+                        *state = if left == 0 {
+                            ChunkState::DataEnd
+                        } else {
+                            ChunkState::Data(left)
+                        };
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    ChunkState::DataEnd => {
+                        if buf.len() >= 2 {
+                            if &buf[..2] != b"\r\n" {
+                                return this.fail(cx, UpstreamError::InvalidChunk);
+                            }
+                            buf.advance(2);
+                            *state = ChunkState::Size;
+                            continue;
+                        }
+                    }
+                    ChunkState::Trailers => {
+                        let mut fields = [httparse::EMPTY_HEADER; 32];
+                        match httparse::parse_headers(buf, &mut fields) {
+                            Ok(httparse::Status::Complete((used, fields))) => {
+                                let mut trailers = HeaderMap::with_capacity(fields.len());
+                                for field in fields.iter() {
+                                    if let (Ok(name), Ok(value)) = (
+                                        HeaderName::from_bytes(field.name.as_bytes()),
+                                        HeaderValue::from_bytes(field.value),
+                                    ) {
+                                        trailers.append(name, value);
+                                    }
+                                }
+                                buf.advance(used);
+                                this.framing = AnswerFraming::Done;
+                                if trailers.is_empty() {
+                                    return Poll::Ready(None);
+                                }
+                                return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                            }
+                            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD_BYTES => {}
+                            Ok(httparse::Status::Partial) | Err(_) => {
+                                return this.fail(cx, UpstreamError::InvalidChunk);
+                            }
+                        }
+                    }
+                },
+                _ => {}
+            }
+            match ready!(connection.poll_fill(cx)) {
+                Ok(0) => {
+                    if this.framing == AnswerFraming::Close {
+                        this.framing = AnswerFraming::Done;
+                        this.keep_alive = false;
+                        return Poll::Ready(None);
+                    }
+                    return this.fail(cx, UpstreamError::ClosedMidAnswer);
+                }
+                Ok(_) => {}
+                Err(error) => return this.fail(cx, UpstreamError::Io(error)),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.framing == AnswerFraming::Done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            AnswerFraming::Length(remaining) => SizeHint::with_exact(remaining),
+            AnswerFraming::Done => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+impl std::fmt::Debug for AnswerBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AnswerBody")
+            .field("framing", &self.framing)
+            .field("keep_alive", &self.keep_alive)
+            .finish_non_exhaustive()
+    }
+}
