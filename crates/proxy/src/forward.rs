@@ -171,7 +171,7 @@ async fn forward(
         );
         return Ok(response);
     }
-    let host_value = request_host(&request).map_err(|error| (error, None))?;
+    let (host_value, host_is_field) = request_host(&request).map_err(|error| (error, None))?;
     let host = host_value.to_str().unwrap_or_default();
     let host_key = normalise_host(host);
     let (route_name, settings, admission) = {
@@ -277,6 +277,7 @@ async fn forward(
     prepare_request_headers(
         &mut parts.headers,
         &host_value,
+        host_is_field,
         context,
         request_id,
         upgrade,
@@ -592,7 +593,10 @@ fn is_malformed(error: &hyper::Error) -> bool {
 /// instance receives as `Host`. An absolute-form target (HTTP/1.1) or `:authority` (HTTP/2) wins over
 /// `Host` (RFC 9112 section 3.2.2); two `Host` fields, or an HTTP/2 `Host` naming another authority, make
 /// the request malformed.
-fn request_host(request: &Request<Incoming>) -> Result<HeaderValue, ProxyError> {
+///
+/// The flag says whether the value is the request's one `Host` field itself (no authority in the target):
+/// the instance's `Host` then needs no rewriting.
+fn request_host(request: &Request<Incoming>) -> Result<(HeaderValue, bool), ProxyError> {
     let mut hosts = request.headers().get_all(header::HOST).iter();
     let host = hosts.next();
     if hosts.next().is_some() {
@@ -613,10 +617,12 @@ fn request_host(request: &Request<Incoming>) -> Result<HeaderValue, ProxyError> 
             });
         }
         // An authority is visible ASCII, always a valid header value.
-        return HeaderValue::from_str(authority.as_str()).map_err(|_| ProxyError::MissingHost);
+        return HeaderValue::from_str(authority.as_str())
+            .map(|value| (value, false))
+            .map_err(|_| ProxyError::MissingHost);
     }
     host.filter(|value| value.to_str().is_ok_and(|host| !host.is_empty()))
-        .cloned()
+        .map(|value| (value.clone(), true))
         .ok_or(ProxyError::MissingHost)
 }
 
@@ -684,8 +690,19 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     // Most messages carry none, or only `Connection: keep-alive` (many app servers send it on every
     // answer, some with `Keep-Alive: timeout=N`): one pass over the fields decides, and then at most two
     // hashed removals instead of a list of names and one removal per hop-by-hop header.
+    let kind = if upgrade {
+        HopByHop::Other
+    } else {
+        hop_by_hop_kind(headers)
+    };
+    strip_hop_by_hop_of_kind(headers, upgrade, kind);
+}
+
+/// `strip_hop_by_hop` once the pass over the fields was made (`hop_by_hop_kind`, or the request's
+/// `RequestFields`); an upgrade always takes the general path.
+fn strip_hop_by_hop_of_kind(headers: &mut HeaderMap, upgrade: bool, kind: HopByHop) {
     if !upgrade {
-        match hop_by_hop_kind(headers) {
+        match kind {
             HopByHop::None => return,
             HopByHop::KeepAlive { keep_alive_field } => {
                 headers.remove(header::CONNECTION);
@@ -736,32 +753,87 @@ enum HopByHop {
 }
 
 fn hop_by_hop_kind(headers: &HeaderMap) -> HopByHop {
-    let mut connection = false;
-    let mut keep_alive_field = false;
+    let mut scan = HopScan::default();
     for (name, value) in headers {
+        if scan.other {
+            break;
+        }
+        scan.see(name, value);
+    }
+    scan.kind()
+}
+
+/// `hop_by_hop_kind`'s pass, one field at a time (the request's pass looks for more on the way).
+#[derive(Default)]
+struct HopScan {
+    connection: bool,
+    keep_alive_field: bool,
+    other: bool,
+}
+
+impl HopScan {
+    fn see(&mut self, name: &HeaderName, value: &HeaderValue) {
         if name == header::CONNECTION {
-            connection = true;
+            self.connection = true;
             let simple = value.to_str().is_ok_and(|value| {
                 value.split(',').all(|token| {
                     let token = token.trim();
                     token.eq_ignore_ascii_case("keep-alive") || token.eq_ignore_ascii_case("close")
                 })
             });
-            if !simple {
-                return HopByHop::Other;
-            }
+            self.other |= !simple;
         } else if name == KEEP_ALIVE {
-            keep_alive_field = true;
+            self.keep_alive_field = true;
         } else if is_hop_by_hop(name) || name.as_str() == "close" {
             // `Connection: close` names a field `close`, which must go too: the general path.
-            return HopByHop::Other;
+            self.other = true;
         }
     }
-    match (connection, keep_alive_field) {
-        (false, false) => HopByHop::None,
-        (true, keep_alive_field) => HopByHop::KeepAlive { keep_alive_field },
-        // `Keep-Alive` without `Connection` is still hop-by-hop (RFC 9110 section 7.6.1).
-        (false, true) => HopByHop::Other,
+
+    fn kind(&self) -> HopByHop {
+        if self.other {
+            return HopByHop::Other;
+        }
+        match (self.connection, self.keep_alive_field) {
+            (false, false) => HopByHop::None,
+            (true, keep_alive_field) => HopByHop::KeepAlive { keep_alive_field },
+            // `Keep-Alive` without `Connection` is still hop-by-hop (RFC 9110 section 7.6.1).
+            (false, true) => HopByHop::Other,
+        }
+    }
+}
+
+/// What one pass over a request's fields finds, so that `prepare_request_headers` looks up by name
+/// (each lookup hashes the name) only the fields a request has: most have no `TE`, one `Host`, at most
+/// one `Cookie` and no forwarding headers.
+struct RequestFields {
+    hop: HopByHop,
+    host_fields: usize,
+    cookie_fields: usize,
+    client_forwarding: bool,
+}
+
+fn request_fields(headers: &HeaderMap) -> RequestFields {
+    let mut hop = HopScan::default();
+    let mut host_fields = 0;
+    let mut cookie_fields = 0;
+    let mut client_forwarding = false;
+    for (name, value) in headers {
+        if name == header::HOST {
+            host_fields += 1;
+        } else if name == header::COOKIE {
+            cookie_fields += 1;
+        } else if is_client_forwarding_header(name) {
+            client_forwarding = true;
+        } else {
+            hop.see(name, value);
+        }
+    }
+    RequestFields {
+        hop: hop.kind(),
+        host_fields,
+        cookie_fields,
+        client_forwarding,
     }
 }
 
@@ -783,25 +855,40 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 fn prepare_request_headers(
     headers: &mut HeaderMap,
     host: &HeaderValue,
+    host_is_field: bool,
     context: &ConnectionContext,
     request_id: &HeaderValue,
     upgrade: bool,
     protocol: UpstreamProtocol,
 ) {
+    let fields = request_fields(headers);
+    // `TE` is hop-by-hop: a request without one takes the short path, and has no `trailers` to keep.
     let wants_trailers = protocol == UpstreamProtocol::Grpc
-        || headers
-            .get_all(header::TE)
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            .any(|token| token.trim().eq_ignore_ascii_case("trailers"));
-    strip_hop_by_hop(headers, upgrade);
+        || (fields.hop == HopByHop::Other
+            && headers
+                .get_all(header::TE)
+                .iter()
+                .filter_map(|value| value.to_str().ok())
+                .flat_map(|value| value.split(','))
+                .any(|token| token.trim().eq_ignore_ascii_case("trailers")));
+    // Whether the request's one `Host` field is the routed host and stays (the general path may remove
+    // a field that `Connection` names, `Host` included).
+    let host_kept =
+        host_is_field && fields.host_fields == 1 && !upgrade && fields.hop != HopByHop::Other;
+    let kind = if upgrade { HopByHop::Other } else { fields.hop };
+    strip_hop_by_hop_of_kind(headers, upgrade, kind);
     if wants_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
-    join_cookies(headers);
+    if fields.cookie_fields > 1 {
+        join_cookies(headers);
+    }
 
-    let forwarded_for = if context.trusted_peer {
+    let proto = match context.scheme {
+        Scheme::Http => "http",
+        Scheme::Https => "https",
+    };
+    if context.trusted_peer {
         let earlier: Vec<&str> = headers
             .get_all(&X_FORWARDED_FOR)
             .iter()
@@ -809,15 +896,26 @@ fn prepare_request_headers(
             .map(str::trim)
             .filter(|value| !value.is_empty())
             .collect();
-        if earlier.is_empty() {
+        let forwarded_for = if earlier.is_empty() {
             Some(context.client_ip.clone())
         } else {
             let client_ip = context.client_addr.ip();
             HeaderValue::from_str(&format!("{}, {client_ip}", earlier.join(", "))).ok()
+        };
+        if let Some(value) = forwarded_for {
+            headers.insert(&X_FORWARDED_FOR, value);
+        }
+        // A trusted proxy in front knows the scheme and host the client used; keep what it says. (One
+        // lookup each: `entry`, not `contains_key` then `insert`.)
+        if let header::Entry::Vacant(entry) = headers.entry(&X_FORWARDED_PROTO) {
+            entry.insert(HeaderValue::from_static(proto));
+        }
+        if let header::Entry::Vacant(entry) = headers.entry(&X_FORWARDED_HOST) {
+            entry.insert(host.clone());
         }
     } else {
-        // Most requests carry none: one pass over the names, and no allocation then.
-        if headers.keys().any(is_client_forwarding_header) {
+        // Most requests carry none: found in the one pass, and no allocation then.
+        if fields.client_forwarding {
             let names: Vec<HeaderName> = headers
                 .keys()
                 .filter(|name| is_client_forwarding_header(name))
@@ -827,26 +925,16 @@ fn prepare_request_headers(
                 headers.remove(name);
             }
         }
-        Some(context.client_ip.clone())
-    };
-    if let Some(value) = forwarded_for {
-        headers.insert(&X_FORWARDED_FOR, value);
-    }
-    let proto = match context.scheme {
-        Scheme::Http => "http",
-        Scheme::Https => "https",
-    };
-    // A trusted proxy in front knows the scheme and host the client used; keep what it says. (One
-    // lookup each: `entry`, not `contains_key` then `insert`.)
-    if let header::Entry::Vacant(entry) = headers.entry(&X_FORWARDED_PROTO) {
-        entry.insert(HeaderValue::from_static(proto));
-    }
-    if let header::Entry::Vacant(entry) = headers.entry(&X_FORWARDED_HOST) {
-        entry.insert(host.clone());
+        // None is left: appended, with no lookup of an earlier value to replace.
+        headers.append(&X_FORWARDED_FOR, context.client_ip.clone());
+        headers.append(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+        headers.append(&X_FORWARDED_HOST, host.clone());
     }
     if protocol == UpstreamProtocol::Http1 {
-        headers.insert(header::HOST, host.clone());
-    } else {
+        if !host_kept {
+            headers.insert(header::HOST, host.clone());
+        }
+    } else if fields.host_fields > 0 {
         // HTTP/2 carries the host in `:authority` (see `upstream_uri`).
         headers.remove(header::HOST);
     }
