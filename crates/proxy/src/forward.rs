@@ -103,7 +103,7 @@ pub(crate) async fn handle(
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     if !http1 {
-        not_indexed_in_hpack(&mut response);
+        date_for_http2(&mut response);
     }
     // The upgrade tunnel takes the active-request count when there is one; otherwise the answer holds it.
     if let Some(active) = active {
@@ -973,15 +973,88 @@ pub(crate) fn client_ip_value(client_addr: SocketAddr) -> HeaderValue {
         .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
-/// Marks the answer's `date` for HPACK as a literal never added to the HTTP/2 connection's header table
-/// (the request id is marked where it is made, `request_id`). h2's table chains entries of one
+/// Gives an HTTP/2 answer its `date`, in one lookup: the instance's is kept, otherwise the current time
+/// (hyper's HTTP/2 server would add it with a lookup of its own, `auto_date_header`, switched off in
+/// `server`; its HTTP/1 server writes the date without a lookup and still does).
+///
+/// Either way the date is marked for HPACK as a literal never added to the HTTP/2 connection's header
+/// table (the request id is marked where it is made, `request_id`). h2's table chains entries of one
 /// name oldest first, and every answer's new second would add one: each answer then compares its date
 /// with every stale one still in the table (up to ~60 on a long-lived connection) before it is found or
 /// added. nginx and HAProxy never index answer headers at all; a date is ~22 bytes more on the wire.
-fn not_indexed_in_hpack(response: &mut Response<ProxyBody>) {
-    if let Some(date) = response.headers_mut().get_mut(header::DATE) {
-        date.set_sensitive(true);
+fn date_for_http2(response: &mut Response<ProxyBody>) {
+    match response.headers_mut().entry(header::DATE) {
+        header::Entry::Occupied(mut date) => date.get_mut().set_sensitive(true),
+        header::Entry::Vacant(entry) => {
+            entry.insert(current_date());
+        }
     }
+}
+
+thread_local! {
+    /// This thread's `date` value and the second it says (formatted once a second, as hyper does).
+    static DATE: std::cell::RefCell<(u64, HeaderValue)> =
+        std::cell::RefCell::new((u64::MAX, HeaderValue::from_static("")));
+}
+
+/// The current time as an HTTP date, marked sensitive (see `date_for_http2`).
+fn current_date() -> HeaderValue {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    DATE.with(|cached| {
+        let mut cached = cached.borrow_mut();
+        if cached.0 != now {
+            let mut value = HeaderValue::from_bytes(&http_date(now))
+                .unwrap_or_else(|_| HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"));
+            value.set_sensitive(true);
+            *cached = (now, value);
+        }
+        cached.1.clone()
+    })
+}
+
+/// An HTTP date (IMF-fixdate, RFC 9110 section 5.6.7) of `seconds` since the Unix epoch.
+fn http_date(seconds: u64) -> [u8; 29] {
+    const DAYS: [&[u8; 3]; 7] = [b"Thu", b"Fri", b"Sat", b"Sun", b"Mon", b"Tue", b"Wed"];
+    const MONTHS: [&[u8; 3]; 12] = [
+        b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov",
+        b"Dec",
+    ];
+    let days = seconds / 86_400;
+    let time = seconds % 86_400;
+    // The civil date of a day count (Howard Hinnant's `civil_from_days`, for days since 1970).
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let day_of_era = z % 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let shifted_month = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
+    let month = if shifted_month < 10 {
+        shifted_month + 3
+    } else {
+        shifted_month - 9
+    };
+    let year = year_of_era + era * 400 + u64::from(month <= 2);
+    let mut out = *b"Thu, 01 Jan 1970 00:00:00 GMT";
+    let digit = |value: u64| b'0' + (value % 10) as u8;
+    out[..3].copy_from_slice(DAYS[(days % 7) as usize]);
+    out[5] = digit(day / 10);
+    out[6] = digit(day);
+    out[8..11].copy_from_slice(MONTHS[(month - 1) as usize]);
+    out[12] = digit(year / 1000);
+    out[13] = digit(year / 100);
+    out[14] = digit(year / 10);
+    out[15] = digit(year);
+    out[17] = digit(time / 36_000);
+    out[18] = digit(time / 3_600);
+    out[20] = digit(time % 3_600 / 600);
+    out[21] = digit(time % 3_600 / 60);
+    out[23] = digit(time % 60 / 10);
+    out[24] = digit(time % 60);
+    out
 }
 
 /// The client's `X-Request-Id` when it sent a usable one, else a new random 128-bit hex id.

@@ -177,6 +177,9 @@ impl Builders {
         http2
             .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
             .keep_alive_interval(Some(Duration::from_secs(20)))
+            // `forward::date_for_http2` adds the date where an answer has none, in the one lookup that
+            // also marks it for HPACK.
+            .auto_date_header(false)
             .timer(TokioTimer::new());
         Builders { http1, http2 }
     }

@@ -241,3 +241,44 @@ async fn request_headers_are_rewritten_from_one_pass_over_the_fields() {
     );
     assert!(gzip.get("te").is_none());
 }
+
+#[test]
+fn http_dates_are_imf_fixdates() {
+    let date = |seconds| String::from_utf8_lossy(&http_date(seconds)).into_owned();
+    assert_eq!(date(0), "Thu, 01 Jan 1970 00:00:00 GMT");
+    assert_eq!(date(784_111_777), "Sun, 06 Nov 1994 08:49:37 GMT");
+    assert_eq!(date(951_782_400), "Tue, 29 Feb 2000 00:00:00 GMT");
+    assert_eq!(date(1_798_761_599), "Thu, 31 Dec 2026 23:59:59 GMT");
+    // 2100 is not a leap year.
+    assert_eq!(date(4_107_542_400), "Mon, 01 Mar 2100 00:00:00 GMT");
+}
+
+// hyper's HTTP/2 server no longer adds the date (session 28, one lookup per answer instead of two):
+// an answer without one gets the current time, an instance's is kept; both are never indexed in HPACK.
+#[test]
+fn every_http2_answer_has_a_date_kept_out_of_the_hpack_table() {
+    let mut own = Response::new(ProxyBody::empty());
+    date_for_http2(&mut own);
+    let date = own.headers().get(header::DATE).expect("a date");
+    assert!(date.is_sensitive());
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs();
+    assert!(
+        [now - 1, now, now + 1]
+            .iter()
+            .any(|seconds| date.as_bytes() == http_date(*seconds)),
+        "{date:?}"
+    );
+    let mut instance = Response::new(ProxyBody::empty());
+    instance.headers_mut().insert(
+        header::DATE,
+        HeaderValue::from_static("Sun, 06 Nov 1994 08:49:37 GMT"),
+    );
+    date_for_http2(&mut instance);
+    let kept = instance.headers().get(header::DATE).expect("a date");
+    assert_eq!(kept, "Sun, 06 Nov 1994 08:49:37 GMT");
+    assert!(kept.is_sensitive());
+    assert_eq!(instance.headers().get_all(header::DATE).iter().count(), 1);
+}

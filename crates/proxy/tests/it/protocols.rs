@@ -257,3 +257,29 @@ async fn a_slow_http2_client_cannot_make_the_proxy_buffer_without_limit() {
     drop(client);
     test_proxy.stop().await;
 }
+
+// The proxy's own HTTP/2 answers carry a `date` (hyper's HTTP/2 server no longer adds it: `forward` does,
+// in the lookup that marks it for HPACK), as its HTTP/1 ones do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxys_own_http2_answers_carry_a_date() {
+    let test_proxy = TestProxy::start(ProxyConfig::default()).await;
+    let stream = TcpStream::connect(test_proxy.addr).await.expect("connect");
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(connection);
+    let request = Request::get("http://unrouted.test/")
+        .body(Empty::<Bytes>::new())
+        .expect("request");
+    let response = sender.send_request(request).await.expect("h2 request");
+    assert_eq!(response.status(), 404);
+    let date = response
+        .headers()
+        .get("date")
+        .expect("a date")
+        .to_str()
+        .expect("text");
+    assert!(date.len() == 29 && date.ends_with(" GMT"), "{date}");
+    test_proxy.stop().await;
+}
