@@ -994,7 +994,7 @@ fn date_for_http2(response: &mut Response<ProxyBody>) {
 thread_local! {
     /// This thread's `date` value and the second it says (formatted once a second, as hyper does).
     static DATE: std::cell::RefCell<(u64, HeaderValue)> =
-        std::cell::RefCell::new((u64::MAX, HeaderValue::from_static("")));
+        const { std::cell::RefCell::new((u64::MAX, HeaderValue::from_static(""))) };
 }
 
 /// The current time as an HTTP date, marked sensitive (see `date_for_http2`).
