@@ -24,6 +24,12 @@ pub(crate) struct ConnectionActivity {
     // final answer (hyper's server cannot send them). std Mutex: an append or a take, never held across
     // an await.
     pub(crate) interim: Mutex<Vec<u8>>,
+    // Whether `interim` may hold bytes: set under its lock by `InterimSender::send`, cleared under it by
+    // whoever empties it. Read without the lock by the IO wrapper on every read and write, so that a
+    // connection that never gets an interim answer never takes the lock. An interim answer is queued
+    // before the final answer it precedes is handed to hyper (the upstream connection parses the 1xx
+    // first), so a writer of the final answer always sees the flag set.
+    pub(crate) interim_queued: AtomicBool,
     // Set by the IO wrapper when an HTTP/1 keep-alive connection has been idle long enough to leave
     // hyper (`server::serve_http1`). Set from inside the connection's own task (hyper polls the IO
     // wrapper there), which wakes that task itself.
@@ -90,11 +96,15 @@ impl InterimSender {
             encoded.extend_from_slice(b"\r\n");
         }
         encoded.extend_from_slice(b"\r\n");
-        self.activity
-            .interim
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .extend_from_slice(&encoded);
+        {
+            let mut queued = self
+                .activity
+                .interim
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            queued.extend_from_slice(&encoded);
+            self.activity.interim_queued.store(true, Ordering::Release);
+        }
         self.activity.reader.wake();
     }
 }

@@ -103,7 +103,7 @@ pub(crate) async fn handle(
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     if !http1 {
-        not_indexed_in_hpack(&mut response);
+        date_for_http2(&mut response);
     }
     // The upgrade tunnel takes the active-request count when there is one; otherwise the answer holds it.
     if let Some(active) = active {
@@ -171,7 +171,7 @@ async fn forward(
         );
         return Ok(response);
     }
-    let host_value = request_host(&request).map_err(|error| (error, None))?;
+    let (host_value, host_is_field) = request_host(&request).map_err(|error| (error, None))?;
     let host = host_value.to_str().unwrap_or_default();
     let host_key = normalise_host(host);
     let (route_name, settings, admission) = {
@@ -277,6 +277,7 @@ async fn forward(
     prepare_request_headers(
         &mut parts.headers,
         &host_value,
+        host_is_field,
         context,
         request_id,
         upgrade,
@@ -576,7 +577,10 @@ fn is_malformed(error: &hyper::Error) -> bool {
 /// instance receives as `Host`. An absolute-form target (HTTP/1.1) or `:authority` (HTTP/2) wins over
 /// `Host` (RFC 9112 section 3.2.2); two `Host` fields, or an HTTP/2 `Host` naming another authority, make
 /// the request malformed.
-fn request_host(request: &Request<Incoming>) -> Result<HeaderValue, ProxyError> {
+///
+/// The flag says whether the value is the request's one `Host` field itself (no authority in the target):
+/// the instance's `Host` then needs no rewriting.
+fn request_host(request: &Request<Incoming>) -> Result<(HeaderValue, bool), ProxyError> {
     let mut hosts = request.headers().get_all(header::HOST).iter();
     let host = hosts.next();
     if hosts.next().is_some() {
@@ -597,10 +601,12 @@ fn request_host(request: &Request<Incoming>) -> Result<HeaderValue, ProxyError> 
             });
         }
         // An authority is visible ASCII, always a valid header value.
-        return HeaderValue::from_str(authority.as_str()).map_err(|_| ProxyError::MissingHost);
+        return HeaderValue::from_str(authority.as_str())
+            .map(|value| (value, false))
+            .map_err(|_| ProxyError::MissingHost);
     }
     host.filter(|value| value.to_str().is_ok_and(|host| !host.is_empty()))
-        .cloned()
+        .map(|value| (value.clone(), true))
         .ok_or(ProxyError::MissingHost)
 }
 
@@ -668,8 +674,19 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     // Most messages carry none, or only `Connection: keep-alive` (many app servers send it on every
     // answer, some with `Keep-Alive: timeout=N`): one pass over the fields decides, and then at most two
     // hashed removals instead of a list of names and one removal per hop-by-hop header.
+    let kind = if upgrade {
+        HopByHop::Other
+    } else {
+        hop_by_hop_kind(headers)
+    };
+    strip_hop_by_hop_of_kind(headers, upgrade, kind);
+}
+
+/// `strip_hop_by_hop` once the pass over the fields was made (`hop_by_hop_kind`, or the request's
+/// `RequestFields`); an upgrade always takes the general path.
+fn strip_hop_by_hop_of_kind(headers: &mut HeaderMap, upgrade: bool, kind: HopByHop) {
     if !upgrade {
-        match hop_by_hop_kind(headers) {
+        match kind {
             HopByHop::None => return,
             HopByHop::KeepAlive { keep_alive_field } => {
                 headers.remove(header::CONNECTION);
@@ -720,32 +737,87 @@ enum HopByHop {
 }
 
 fn hop_by_hop_kind(headers: &HeaderMap) -> HopByHop {
-    let mut connection = false;
-    let mut keep_alive_field = false;
+    let mut scan = HopScan::default();
     for (name, value) in headers {
+        if scan.other {
+            break;
+        }
+        scan.see(name, value);
+    }
+    scan.kind()
+}
+
+/// `hop_by_hop_kind`'s pass, one field at a time (the request's pass looks for more on the way).
+#[derive(Default)]
+struct HopScan {
+    connection: bool,
+    keep_alive_field: bool,
+    other: bool,
+}
+
+impl HopScan {
+    fn see(&mut self, name: &HeaderName, value: &HeaderValue) {
         if name == header::CONNECTION {
-            connection = true;
+            self.connection = true;
             let simple = value.to_str().is_ok_and(|value| {
                 value.split(',').all(|token| {
                     let token = token.trim();
                     token.eq_ignore_ascii_case("keep-alive") || token.eq_ignore_ascii_case("close")
                 })
             });
-            if !simple {
-                return HopByHop::Other;
-            }
+            self.other |= !simple;
         } else if name == KEEP_ALIVE {
-            keep_alive_field = true;
+            self.keep_alive_field = true;
         } else if is_hop_by_hop(name) || name.as_str() == "close" {
             // `Connection: close` names a field `close`, which must go too: the general path.
-            return HopByHop::Other;
+            self.other = true;
         }
     }
-    match (connection, keep_alive_field) {
-        (false, false) => HopByHop::None,
-        (true, keep_alive_field) => HopByHop::KeepAlive { keep_alive_field },
-        // `Keep-Alive` without `Connection` is still hop-by-hop (RFC 9110 section 7.6.1).
-        (false, true) => HopByHop::Other,
+
+    fn kind(&self) -> HopByHop {
+        if self.other {
+            return HopByHop::Other;
+        }
+        match (self.connection, self.keep_alive_field) {
+            (false, false) => HopByHop::None,
+            (true, keep_alive_field) => HopByHop::KeepAlive { keep_alive_field },
+            // `Keep-Alive` without `Connection` is still hop-by-hop (RFC 9110 section 7.6.1).
+            (false, true) => HopByHop::Other,
+        }
+    }
+}
+
+/// What one pass over a request's fields finds, so that `prepare_request_headers` looks up by name
+/// (each lookup hashes the name) only the fields a request has: most have no `TE`, one `Host`, at most
+/// one `Cookie` and no forwarding headers.
+struct RequestFields {
+    hop: HopByHop,
+    host_fields: usize,
+    cookie_fields: usize,
+    client_forwarding: bool,
+}
+
+fn request_fields(headers: &HeaderMap) -> RequestFields {
+    let mut hop = HopScan::default();
+    let mut host_fields = 0;
+    let mut cookie_fields = 0;
+    let mut client_forwarding = false;
+    for (name, value) in headers {
+        if name == header::HOST {
+            host_fields += 1;
+        } else if name == header::COOKIE {
+            cookie_fields += 1;
+        } else if is_client_forwarding_header(name) {
+            client_forwarding = true;
+        } else {
+            hop.see(name, value);
+        }
+    }
+    RequestFields {
+        hop: hop.kind(),
+        host_fields,
+        cookie_fields,
+        client_forwarding,
     }
 }
 
@@ -767,25 +839,40 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 fn prepare_request_headers(
     headers: &mut HeaderMap,
     host: &HeaderValue,
+    host_is_field: bool,
     context: &ConnectionContext,
     request_id: &HeaderValue,
     upgrade: bool,
     protocol: UpstreamProtocol,
 ) {
+    let fields = request_fields(headers);
+    // `TE` is hop-by-hop: a request without one takes the short path, and has no `trailers` to keep.
     let wants_trailers = protocol == UpstreamProtocol::Grpc
-        || headers
-            .get_all(header::TE)
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            .any(|token| token.trim().eq_ignore_ascii_case("trailers"));
-    strip_hop_by_hop(headers, upgrade);
+        || (fields.hop == HopByHop::Other
+            && headers
+                .get_all(header::TE)
+                .iter()
+                .filter_map(|value| value.to_str().ok())
+                .flat_map(|value| value.split(','))
+                .any(|token| token.trim().eq_ignore_ascii_case("trailers")));
+    // Whether the request's one `Host` field is the routed host and stays (the general path may remove
+    // a field that `Connection` names, `Host` included).
+    let host_kept =
+        host_is_field && fields.host_fields == 1 && !upgrade && fields.hop != HopByHop::Other;
+    let kind = if upgrade { HopByHop::Other } else { fields.hop };
+    strip_hop_by_hop_of_kind(headers, upgrade, kind);
     if wants_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
-    join_cookies(headers);
+    if fields.cookie_fields > 1 {
+        join_cookies(headers);
+    }
 
-    let forwarded_for = if context.trusted_peer {
+    let proto = match context.scheme {
+        Scheme::Http => "http",
+        Scheme::Https => "https",
+    };
+    if context.trusted_peer {
         let earlier: Vec<&str> = headers
             .get_all(&X_FORWARDED_FOR)
             .iter()
@@ -793,15 +880,26 @@ fn prepare_request_headers(
             .map(str::trim)
             .filter(|value| !value.is_empty())
             .collect();
-        if earlier.is_empty() {
+        let forwarded_for = if earlier.is_empty() {
             Some(context.client_ip.clone())
         } else {
             let client_ip = context.client_addr.ip();
             HeaderValue::from_str(&format!("{}, {client_ip}", earlier.join(", "))).ok()
+        };
+        if let Some(value) = forwarded_for {
+            headers.insert(&X_FORWARDED_FOR, value);
+        }
+        // A trusted proxy in front knows the scheme and host the client used; keep what it says. (One
+        // lookup each: `entry`, not `contains_key` then `insert`.)
+        if let header::Entry::Vacant(entry) = headers.entry(&X_FORWARDED_PROTO) {
+            entry.insert(HeaderValue::from_static(proto));
+        }
+        if let header::Entry::Vacant(entry) = headers.entry(&X_FORWARDED_HOST) {
+            entry.insert(host.clone());
         }
     } else {
-        // Most requests carry none: one pass over the names, and no allocation then.
-        if headers.keys().any(is_client_forwarding_header) {
+        // Most requests carry none: found in the one pass, and no allocation then.
+        if fields.client_forwarding {
             let names: Vec<HeaderName> = headers
                 .keys()
                 .filter(|name| is_client_forwarding_header(name))
@@ -811,26 +909,16 @@ fn prepare_request_headers(
                 headers.remove(name);
             }
         }
-        Some(context.client_ip.clone())
-    };
-    if let Some(value) = forwarded_for {
-        headers.insert(&X_FORWARDED_FOR, value);
-    }
-    let proto = match context.scheme {
-        Scheme::Http => "http",
-        Scheme::Https => "https",
-    };
-    // A trusted proxy in front knows the scheme and host the client used; keep what it says. (One
-    // lookup each: `entry`, not `contains_key` then `insert`.)
-    if let header::Entry::Vacant(entry) = headers.entry(&X_FORWARDED_PROTO) {
-        entry.insert(HeaderValue::from_static(proto));
-    }
-    if let header::Entry::Vacant(entry) = headers.entry(&X_FORWARDED_HOST) {
-        entry.insert(host.clone());
+        // None is left: appended, with no lookup of an earlier value to replace.
+        headers.append(&X_FORWARDED_FOR, context.client_ip.clone());
+        headers.append(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+        headers.append(&X_FORWARDED_HOST, host.clone());
     }
     if protocol == UpstreamProtocol::Http1 {
-        headers.insert(header::HOST, host.clone());
-    } else {
+        if !host_kept {
+            headers.insert(header::HOST, host.clone());
+        }
+    } else if fields.host_fields > 0 {
         // HTTP/2 carries the host in `:authority` (see `upstream_uri`).
         headers.remove(header::HOST);
     }
@@ -869,15 +957,88 @@ pub(crate) fn client_ip_value(client_addr: SocketAddr) -> HeaderValue {
         .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
-/// Marks the answer's `date` for HPACK as a literal never added to the HTTP/2 connection's header table
-/// (the request id is marked where it is made, `request_id`). h2's table chains entries of one
+/// Gives an HTTP/2 answer its `date`, in one lookup: the instance's is kept, otherwise the current time
+/// (hyper's HTTP/2 server would add it with a lookup of its own, `auto_date_header`, switched off in
+/// `server`; its HTTP/1 server writes the date without a lookup and still does).
+///
+/// Either way the date is marked for HPACK as a literal never added to the HTTP/2 connection's header
+/// table (the request id is marked where it is made, `request_id`). h2's table chains entries of one
 /// name oldest first, and every answer's new second would add one: each answer then compares its date
 /// with every stale one still in the table (up to ~60 on a long-lived connection) before it is found or
 /// added. nginx and HAProxy never index answer headers at all; a date is ~22 bytes more on the wire.
-fn not_indexed_in_hpack(response: &mut Response<ProxyBody>) {
-    if let Some(date) = response.headers_mut().get_mut(header::DATE) {
-        date.set_sensitive(true);
+fn date_for_http2(response: &mut Response<ProxyBody>) {
+    match response.headers_mut().entry(header::DATE) {
+        header::Entry::Occupied(mut date) => date.get_mut().set_sensitive(true),
+        header::Entry::Vacant(entry) => {
+            entry.insert(current_date());
+        }
     }
+}
+
+thread_local! {
+    /// This thread's `date` value and the second it says (formatted once a second, as hyper does).
+    static DATE: std::cell::RefCell<(u64, HeaderValue)> =
+        const { std::cell::RefCell::new((u64::MAX, HeaderValue::from_static(""))) };
+}
+
+/// The current time as an HTTP date, marked sensitive (see `date_for_http2`).
+fn current_date() -> HeaderValue {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    DATE.with(|cached| {
+        let mut cached = cached.borrow_mut();
+        if cached.0 != now {
+            let mut value = HeaderValue::from_bytes(&http_date(now))
+                .unwrap_or_else(|_| HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"));
+            value.set_sensitive(true);
+            *cached = (now, value);
+        }
+        cached.1.clone()
+    })
+}
+
+/// An HTTP date (IMF-fixdate, RFC 9110 section 5.6.7) of `seconds` since the Unix epoch.
+fn http_date(seconds: u64) -> [u8; 29] {
+    const DAYS: [&[u8; 3]; 7] = [b"Thu", b"Fri", b"Sat", b"Sun", b"Mon", b"Tue", b"Wed"];
+    const MONTHS: [&[u8; 3]; 12] = [
+        b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov",
+        b"Dec",
+    ];
+    let days = seconds / 86_400;
+    let time = seconds % 86_400;
+    // The civil date of a day count (Howard Hinnant's `civil_from_days`, for days since 1970).
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let day_of_era = z % 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let shifted_month = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
+    let month = if shifted_month < 10 {
+        shifted_month + 3
+    } else {
+        shifted_month - 9
+    };
+    let year = year_of_era + era * 400 + u64::from(month <= 2);
+    let mut out = *b"Thu, 01 Jan 1970 00:00:00 GMT";
+    let digit = |value: u64| b'0' + (value % 10) as u8;
+    out[..3].copy_from_slice(DAYS[(days % 7) as usize]);
+    out[5] = digit(day / 10);
+    out[6] = digit(day);
+    out[8..11].copy_from_slice(MONTHS[(month - 1) as usize]);
+    out[12] = digit(year / 1000);
+    out[13] = digit(year / 100);
+    out[14] = digit(year / 10);
+    out[15] = digit(year);
+    out[17] = digit(time / 36_000);
+    out[18] = digit(time / 3_600);
+    out[20] = digit(time % 3_600 / 600);
+    out[21] = digit(time % 3_600 / 60);
+    out[23] = digit(time % 60 / 10);
+    out[24] = digit(time % 60);
+    out
 }
 
 /// The client's `X-Request-Id` when it sent a usable one, else a new random 128-bit hex id.

@@ -183,6 +183,9 @@ impl Builders {
         http2
             .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
             .keep_alive_interval(Some(Duration::from_secs(20)))
+            // `forward::date_for_http2` adds the date where an answer has none, in the one lookup that
+            // also marks it for HPACK.
+            .auto_date_header(false)
             .timer(TokioTimer::new());
         Builders { http1, http2 }
     }
@@ -467,6 +470,14 @@ struct TimedIo<S> {
     // Whether the idle timer is set to `release_after` rather than the idle timeout.
     release_armed: bool,
     idle_deadline: Instant,
+    // When the current phase's timeout falls due. The timer (`sleep`) is moved only when this comes
+    // earlier than where it is set (`timer_at`); a later deadline is only written down, and a timer that
+    // fires before it is set again to it (`poll_deadline`). A keep-alive request moves the deadline
+    // twice (the idle or release time after its answer, the header-read timeout at its first byte), and
+    // each later than the last: the timer is then reset about once per `release_after` instead of twice
+    // per request.
+    deadline: Instant,
+    timer_at: Instant,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -498,6 +509,7 @@ impl<S> TimedIo<S> {
         header_read_timeout: Duration,
         idle_timeout: Duration,
     ) -> Self {
+        let deadline = Instant::now() + header_read_timeout;
         TimedIo {
             inner,
             activity,
@@ -505,7 +517,7 @@ impl<S> TimedIo<S> {
             idle_timeout,
             phase: Phase::Header { started: false },
             protocol: Protocol::Unknown,
-            sleep: Box::pin(tokio::time::sleep(header_read_timeout)),
+            sleep: Box::pin(tokio::time::sleep_until(deadline)),
             timeout_answer: None,
             interim_out: Vec::new(),
             unflushed: false,
@@ -513,7 +525,33 @@ impl<S> TimedIo<S> {
             rewind: Bytes::new(),
             release_after: None,
             release_armed: false,
-            idle_deadline: Instant::now(),
+            idle_deadline: deadline,
+            deadline,
+            timer_at: deadline,
+        }
+    }
+
+    /// Sets when the current phase's timeout falls due; the timer itself moves only when it would fire
+    /// too late.
+    fn set_deadline(&mut self, deadline: Instant) {
+        self.deadline = deadline;
+        if deadline < self.timer_at {
+            self.timer_at = deadline;
+            self.sleep.as_mut().reset(deadline);
+        }
+    }
+
+    /// Ready once `deadline` has passed. A timer that fired for an earlier deadline is set again to the
+    /// current one.
+    fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            ready!(self.sleep.as_mut().poll(cx));
+            // It fired at `timer_at`, so every deadline up to that has passed.
+            if self.deadline <= self.timer_at {
+                return Poll::Ready(());
+            }
+            self.timer_at = self.deadline;
+            self.sleep.as_mut().reset(self.deadline);
         }
     }
 }
@@ -582,9 +620,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TimedIo<S> {
             match this.release_after {
                 Some(after) if after < this.idle_timeout => {
                     this.release_armed = true;
-                    this.sleep.as_mut().reset(now + after);
+                    this.set_deadline(now + after);
                 }
-                _ => this.sleep.as_mut().reset(this.idle_deadline),
+                _ => this.set_deadline(this.idle_deadline),
             }
         }
         let filled_before = buf.filled().len();
@@ -610,9 +648,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TimedIo<S> {
                         (Phase::Idle, _) => {
                             this.phase = Phase::Header { started: true };
                             this.release_armed = false;
-                            this.sleep
-                                .as_mut()
-                                .reset(Instant::now() + this.header_read_timeout);
+                            this.set_deadline(Instant::now() + this.header_read_timeout);
                         }
                         (Phase::Header { .. }, _) => this.phase = Phase::Header { started: true },
                         _ => {}
@@ -627,7 +663,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TimedIo<S> {
                 if this.activity.active.load(Ordering::Acquire) > 0 {
                     return Poll::Pending;
                 }
-                if this.sleep.as_mut().poll(cx).is_pending() {
+                if this.poll_deadline(cx).is_pending() {
                     return Poll::Pending;
                 }
                 if this.release_armed {
@@ -642,8 +678,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TimedIo<S> {
                         this.activity.release_idle();
                         cx.waker().wake_by_ref();
                     }
-                    this.sleep.as_mut().reset(this.idle_deadline);
-                    if this.sleep.as_mut().poll(cx).is_pending() {
+                    this.deadline = this.idle_deadline;
+                    if this.poll_deadline(cx).is_pending() {
                         return Poll::Pending;
                     }
                 }
@@ -665,12 +701,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TimedIo<S> {
     /// Writes queued interim answers, when no byte of an earlier answer can still follow them.
     fn poll_interim(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if self.interim_out.is_empty() {
+            if self.unflushed || !self.activity.interim_queued.load(Ordering::Acquire) {
+                return Poll::Ready(Ok(()));
+            }
             let mut queued = self
                 .activity
                 .interim
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
-            if queued.is_empty() || self.unflushed {
+            self.activity.interim_queued.store(false, Ordering::Relaxed);
+            if queued.is_empty() {
                 return Poll::Ready(Ok(()));
             }
             self.interim_out = std::mem::take(&mut *queued);
@@ -704,11 +744,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TimedIo<S> {
     /// be ordered before the final answer.
     fn poll_before_write(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if self.unflushed && self.interim_out.is_empty() {
-            self.activity
-                .interim
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .clear();
+            if self.activity.interim_queued.load(Ordering::Acquire) {
+                let mut queued = self
+                    .activity
+                    .interim
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                self.activity.interim_queued.store(false, Ordering::Relaxed);
+                queued.clear();
+            }
             return Poll::Ready(Ok(()));
         }
         self.poll_interim(cx)

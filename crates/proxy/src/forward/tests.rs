@@ -129,3 +129,156 @@ fn request_ids_are_kept_out_of_the_hpack_table_and_a_client_s_usable_one_is_kept
     headers.insert(&X_REQUEST_ID, HeaderValue::from_static(""));
     assert_eq!(request_id(&headers).len(), 32);
 }
+
+fn context(trusted_peer: bool) -> ConnectionContext {
+    let client_addr: SocketAddr = "192.0.2.7:40000".parse().expect("address");
+    ConnectionContext {
+        proxy: Proxy::new(crate::config::ProxyConfig::default()),
+        client_addr,
+        client_ip: client_ip_value(client_addr),
+        trusted_peer,
+        scheme: Scheme::Http,
+        tracker: TaskTracker::new(),
+        closing: AtomicBool::new(false),
+    }
+}
+
+fn prepared(
+    fields: &[(&'static str, &'static str)],
+    host: &'static str,
+    host_is_field: bool,
+    protocol: UpstreamProtocol,
+) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for (name, value) in fields {
+        headers.append(*name, HeaderValue::from_static(value));
+    }
+    prepare_request_headers(
+        &mut headers,
+        &HeaderValue::from_static(host),
+        host_is_field,
+        &context(false),
+        &HeaderValue::from_static("id-1"),
+        false,
+        protocol,
+    );
+    headers
+}
+
+fn values(headers: &HeaderMap, name: &str) -> Vec<String> {
+    headers
+        .get_all(name)
+        .iter()
+        .map(|value| value.to_str().unwrap_or("?").to_owned())
+        .collect()
+}
+
+// `prepare_request_headers` looks names up only for the fields one pass found (session 28): each
+// rewrite still happens whenever its field is there, and the `Host` field is left in place only when
+// it is the routed host and nothing removes it.
+#[tokio::test]
+async fn request_headers_are_rewritten_from_one_pass_over_the_fields() {
+    let http1 = UpstreamProtocol::Http1;
+    // The common request: its `Host` stays, the proxy's fields are added once each.
+    let plain = prepared(&[("host", "demo.test")], "demo.test", true, http1);
+    assert_eq!(values(&plain, "host"), ["demo.test"]);
+    assert_eq!(values(&plain, "x-forwarded-for"), ["192.0.2.7"]);
+    assert_eq!(values(&plain, "x-forwarded-proto"), ["http"]);
+    assert_eq!(values(&plain, "x-forwarded-host"), ["demo.test"]);
+    assert_eq!(values(&plain, "x-request-id"), ["id-1"]);
+    assert_eq!(plain.len(), 5);
+    // `Connection: host` removes the field; the routed host is put back.
+    let named = prepared(
+        &[("host", "demo.test"), ("connection", "host")],
+        "demo.test",
+        true,
+        http1,
+    );
+    assert_eq!(values(&named, "host"), ["demo.test"]);
+    assert!(named.get("connection").is_none());
+    // A host from the target's authority replaces the field.
+    let absolute = prepared(&[("host", "other.test")], "demo.test", false, http1);
+    assert_eq!(values(&absolute, "host"), ["demo.test"]);
+    // An HTTP/2 instance gets the host as `:authority` only.
+    let h2c = prepared(
+        &[("host", "demo.test")],
+        "demo.test",
+        true,
+        UpstreamProtocol::H2c,
+    );
+    assert!(h2c.get("host").is_none());
+    // Cookies split over fields are joined; a client's forwarding fields are replaced.
+    let split = prepared(
+        &[
+            ("host", "demo.test"),
+            ("cookie", "a=1"),
+            ("cookie", "b=2"),
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-forwarded-proto", "https"),
+            ("x-real-ip", "203.0.113.9"),
+        ],
+        "demo.test",
+        true,
+        http1,
+    );
+    assert_eq!(values(&split, "cookie"), ["a=1; b=2"]);
+    assert_eq!(values(&split, "x-forwarded-for"), ["192.0.2.7"]);
+    assert_eq!(values(&split, "x-forwarded-proto"), ["http"]);
+    assert!(split.get("x-real-ip").is_none());
+    // `TE: trailers` is the one `TE` an instance gets.
+    let trailers = prepared(
+        &[("host", "demo.test"), ("te", "trailers, deflate")],
+        "demo.test",
+        true,
+        http1,
+    );
+    assert_eq!(values(&trailers, "te"), ["trailers"]);
+    let gzip = prepared(
+        &[("host", "demo.test"), ("te", "gzip")],
+        "demo.test",
+        true,
+        http1,
+    );
+    assert!(gzip.get("te").is_none());
+}
+
+#[test]
+fn http_dates_are_imf_fixdates() {
+    let date = |seconds| String::from_utf8_lossy(&http_date(seconds)).into_owned();
+    assert_eq!(date(0), "Thu, 01 Jan 1970 00:00:00 GMT");
+    assert_eq!(date(784_111_777), "Sun, 06 Nov 1994 08:49:37 GMT");
+    assert_eq!(date(951_782_400), "Tue, 29 Feb 2000 00:00:00 GMT");
+    assert_eq!(date(1_798_761_599), "Thu, 31 Dec 2026 23:59:59 GMT");
+    // 2100 is not a leap year.
+    assert_eq!(date(4_107_542_400), "Mon, 01 Mar 2100 00:00:00 GMT");
+}
+
+// hyper's HTTP/2 server no longer adds the date (session 28, one lookup per answer instead of two):
+// an answer without one gets the current time, an instance's is kept; both are never indexed in HPACK.
+#[test]
+fn every_http2_answer_has_a_date_kept_out_of_the_hpack_table() {
+    let mut own = Response::new(ProxyBody::empty());
+    date_for_http2(&mut own);
+    let date = own.headers().get(header::DATE).expect("a date");
+    assert!(date.is_sensitive());
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs();
+    assert!(
+        [now - 1, now, now + 1]
+            .iter()
+            .any(|seconds| date.as_bytes() == http_date(*seconds)),
+        "{date:?}"
+    );
+    let mut instance = Response::new(ProxyBody::empty());
+    instance.headers_mut().insert(
+        header::DATE,
+        HeaderValue::from_static("Sun, 06 Nov 1994 08:49:37 GMT"),
+    );
+    date_for_http2(&mut instance);
+    let kept = instance.headers().get(header::DATE).expect("a date");
+    assert_eq!(kept, "Sun, 06 Nov 1994 08:49:37 GMT");
+    assert!(kept.is_sensitive());
+    assert_eq!(instance.headers().get_all(header::DATE).iter().count(), 1);
+}

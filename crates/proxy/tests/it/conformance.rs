@@ -642,6 +642,74 @@ async fn a_released_idle_connection_is_closed_at_the_idle_timeout() {
     );
 }
 
+// The connection's timers move their deadline lazily (a later deadline does not reset the timer, an
+// earlier one does): a request head that stalls right after an answer, while the timer is still set for
+// the idle buffers' release, gets its 408 at the header-read timeout, not at the release or idle time.
+// See: issue 20 (session 28, one timer reset per `release_after` instead of two per request).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_stalling_right_after_a_keep_alive_answer_gets_408_at_the_header_read_timeout() {
+    let instance = RawInstance::start(OK).await;
+    let test_proxy = proxy_to(&instance, short_timeouts(), RouteSettings::default()).await;
+    let mut stream = TcpStream::connect(test_proxy.addr).await.expect("connect");
+    for path in ["/1", "/2"] {
+        stream
+            .write_all(format!("GET {path} HTTP/1.1\r\nHost: demo.test\r\n\r\n").as_bytes())
+            .await
+            .expect("write");
+        assert!(
+            read_ok_answer(&mut stream)
+                .await
+                .starts_with("HTTP/1.1 200 ")
+        );
+    }
+    stream.write_all(b"GET /3 HT").await.expect("write");
+    let started = tokio::time::Instant::now();
+    let answer = read_to_end(&mut stream).await;
+    let elapsed = started.elapsed();
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+    // 300 ms header-read timeout (the idle timeout is 75 s; the bound leaves room for a loaded machine).
+    assert!(
+        elapsed >= Duration::from_millis(250) && elapsed < Duration::from_secs(2),
+        "answered 408 after {elapsed:?}"
+    );
+}
+
+// Many keep-alive requests in a row each move the idle deadline later; the connection is still closed
+// at the idle timeout counted from its last answer, neither earlier (a deadline of an earlier request)
+// nor much later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_idle_timeout_counts_from_the_last_of_many_keep_alive_requests() {
+    let instance = RawInstance::start(OK).await;
+    let config = ProxyConfig {
+        idle_timeout: Duration::from_millis(1200),
+        ..ProxyConfig::default()
+    };
+    let test_proxy = proxy_to(&instance, config, RouteSettings::default()).await;
+    let mut stream = TcpStream::connect(test_proxy.addr).await.expect("connect");
+    for index in 0..12 {
+        stream
+            .write_all(format!("GET /{index} HTTP/1.1\r\nHost: demo.test\r\n\r\n").as_bytes())
+            .await
+            .expect("write");
+        assert!(
+            read_ok_answer(&mut stream)
+                .await
+                .starts_with("HTTP/1.1 200 ")
+        );
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    // 12 x 150 ms: the connection outlived several idle timeouts counted from its early requests.
+    let started = tokio::time::Instant::now();
+    let rest = read_to_end(&mut stream).await;
+    let elapsed = started.elapsed();
+    assert_eq!(rest, "");
+    // 1.2 s after the last answer, of which 150 ms have passed.
+    assert!(
+        elapsed >= Duration::from_millis(900) && elapsed < Duration::from_millis(2500),
+        "closed after {elapsed:?}"
+    );
+}
+
 // 7. A trailing dot names the same host (a fully qualified name).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issue_13_7a_a_host_with_a_trailing_dot_is_routed() {

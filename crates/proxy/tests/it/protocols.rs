@@ -132,3 +132,154 @@ async fn tls_serves_h2_and_http1_by_alpn() {
     shutdown.cancel();
     server.await.expect("join").expect("serve_tls");
 }
+
+/// An HTTP/1 instance that answers every request with `total` bytes, made as hyper asks for them;
+/// `produced` counts what it handed to hyper.
+async fn endless_instance(
+    total: usize,
+) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static CHUNK: [u8; 64 * 1024] = [b'x'; 64 * 1024];
+    // A small send buffer (inherited by the accepted sockets): the kernel holds little of the answer.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_send_buffer_size(64 * 1024).expect("send buffer");
+    socket
+        .bind("127.0.0.1:0".parse().expect("address"))
+        .expect("bind");
+    let listener = socket.listen(64).expect("listen");
+    let addr = listener.local_addr().expect("addr");
+    let produced = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&produced);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let counted = Arc::clone(&counted);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |_request| {
+                    let counted = Arc::clone(&counted);
+                    let chunks = futures_util::stream::unfold(0usize, move |sent| {
+                        let counted = Arc::clone(&counted);
+                        async move {
+                            (sent < total).then(|| {
+                                counted.fetch_add(CHUNK.len(), Ordering::Relaxed);
+                                (
+                                    Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(
+                                        Bytes::from_static(&CHUNK),
+                                    )),
+                                    sent + CHUNK.len(),
+                                )
+                            })
+                        }
+                    });
+                    async move {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                            http_body_util::StreamBody::new(chunks),
+                        ))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, produced)
+}
+
+/// One HTTP/2 frame: the 9-byte header, then the payload.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let length = u32::try_from(payload.len()).expect("frame length");
+    let mut frame = length.to_be_bytes()[1..].to_vec();
+    frame.extend_from_slice(&[kind, flags]);
+    frame.extend_from_slice(&stream.to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+// A client that opens HTTP/2 streams with the largest windows there are and then stops reading cannot
+// make the proxy buffer an answer without limit: what the proxy takes from the instance stays bounded
+// by hyper's per-stream send buffer (`max_send_buf_size`), its client read buffer and the kernel's
+// socket buffers (the proxy's receive buffer from each instance grows up to `tcp_rmem`'s 32 MiB here;
+// the instance's send buffer and the client's receive buffer are kept small), far below the answers'
+// 4 x 256 MiB.
+// See: issue 20 (session 28, HTTP/2 to clients).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_http2_client_cannot_make_the_proxy_buffer_without_limit() {
+    use std::sync::atomic::Ordering;
+    use tokio::io::AsyncWriteExt;
+    const ANSWER: usize = 256 * 1024 * 1024;
+    const STREAMS: u32 = 4;
+    let (addr, produced) = endless_instance(ANSWER).await;
+    let test_proxy = TestProxy::start(ProxyConfig::default()).await;
+    test_proxy.add_ready("a", "A", addr);
+    // A small receive buffer: the kernel holds little of what the proxy writes to the client.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .set_recv_buffer_size(64 * 1024)
+        .expect("receive buffer");
+    let mut client = socket.connect(test_proxy.addr).await.expect("connect");
+    let mut opening = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    // SETTINGS_INITIAL_WINDOW_SIZE = 2^31 - 1, and the connection's window raised as far.
+    opening.extend(h2_frame(0x4, 0, 0, &[0, 4, 0x7f, 0xff, 0xff, 0xff]));
+    opening.extend(h2_frame(
+        0x8,
+        0,
+        0,
+        &(0x7fff_ffff_u32 - 65_535).to_be_bytes(),
+    ));
+    for index in 0..STREAMS {
+        // :method GET, :scheme http, then :path and :authority as literals (not indexed).
+        let mut block = vec![0x82, 0x86, 0x04, 5];
+        block.extend_from_slice(format!("/big{index}").as_bytes());
+        block.extend_from_slice(&[0x01, u8::try_from(HOST.len()).expect("host length")]);
+        block.extend_from_slice(HOST.as_bytes());
+        // END_STREAM | END_HEADERS
+        opening.extend(h2_frame(0x1, 0x5, 1 + 2 * index, &block));
+    }
+    client.write_all(&opening).await.expect("write");
+    // The client never reads: wait until the instance is no longer asked for more.
+    let mut last = 0;
+    let mut still = 0;
+    for _ in 0..100 {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let now = produced.load(Ordering::Relaxed);
+        still = if now == last && now > 0 { still + 1 } else { 0 };
+        last = now;
+        if still == 5 {
+            break;
+        }
+    }
+    assert_eq!(still, 5, "the proxy kept reading the answers: {last} bytes");
+    let per_stream = last / STREAMS as usize;
+    assert!(
+        per_stream < 64 * 1024 * 1024,
+        "the proxy took {last} bytes from the instance for a client that reads nothing"
+    );
+    drop(client);
+    test_proxy.stop().await;
+}
+
+// The proxy's own HTTP/2 answers carry a `date` (hyper's HTTP/2 server no longer adds it: `forward` does,
+// in the lookup that marks it for HPACK), as its HTTP/1 ones do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxys_own_http2_answers_carry_a_date() {
+    let test_proxy = TestProxy::start(ProxyConfig::default()).await;
+    let stream = TcpStream::connect(test_proxy.addr).await.expect("connect");
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(connection);
+    let request = Request::get("http://unrouted.test/")
+        .body(Empty::<Bytes>::new())
+        .expect("request");
+    let response = sender.send_request(request).await.expect("h2 request");
+    assert_eq!(response.status(), 404);
+    let date = response
+        .headers()
+        .get("date")
+        .expect("a date")
+        .to_str()
+        .expect("text");
+    assert!(date.len() == 29 && date.ends_with(" GMT"), "{date}");
+    test_proxy.stop().await;
+}
