@@ -26,7 +26,7 @@ use crate::hold::{Hold, Tried};
 use crate::instance::InFlightGuard;
 use crate::routing::{normalise_host, random_u64};
 use crate::stats::ReleaseStats;
-use crate::upstream::{self, SendFailure};
+use crate::upstream::{self, GivenBack, SendFailure};
 
 /// What a request knows about the connection it came on.
 #[derive(Debug)]
@@ -332,8 +332,11 @@ async fn forward(
         }
         upstream
     };
-    // A replayable request is rebuilt for each attempt, so it keeps its headers; others move them.
-    let mut pending = Some(if replayable {
+    // The proxy's HTTP/1 client gives a request it tried back whole (`GivenBack::Whole`); hyper's clients
+    // (h2c, upgrades) keep it, so for them a replayable request is rebuilt for each attempt from a copy
+    // of its headers. Other requests move their headers.
+    let copy_for_replay = replayable && (settings.protocol != UpstreamProtocol::Http1 || upgrade);
+    let mut pending = Some(if copy_for_replay {
         build(body, parts.headers.clone())
     } else {
         build(body, std::mem::take(&mut parts.headers))
@@ -359,6 +362,7 @@ async fn forward(
         let stats = guard.stats();
         let upstream_request = match pending.take() {
             Some(upstream_request) => upstream_request,
+            // Only with `copy_for_replay` (see `can_replay` below).
             None => build(
                 RequestBody::full(whole_body.clone().unwrap_or_default()),
                 parts.headers.clone(),
@@ -431,7 +435,7 @@ async fn forward(
                 }
                 return Ok(Response::from_parts(head, body));
             }
-            Err(SendFailure { error, request, .. }) => {
+            Err(SendFailure { error, request }) => {
                 let error = classify_body_error(error);
                 let refused = matches!(error, ProxyError::Connect { .. });
                 if refused
@@ -442,7 +446,11 @@ async fn forward(
                 if !refused {
                     attempt += 1;
                 }
-                let can_replay = request.is_some() || replayable;
+                let (can_replay, request) = match request {
+                    GivenBack::Unsent(request) => (true, Some(request)),
+                    GivenBack::Whole(request) => (replayable, Some(request)),
+                    GivenBack::Nothing => (copy_for_replay, None),
+                };
                 if (refused || attempt < config.max_attempts) && error.retry_allowed() && can_replay
                 {
                     stats.record_error(error.kind());

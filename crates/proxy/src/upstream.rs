@@ -74,16 +74,32 @@ type Http2Sender = http2::SendRequest<RequestBody>;
 /// A failed send. `request` is the request given back when nothing of it reached the instance.
 pub(crate) struct SendFailure {
     pub(crate) error: ProxyError,
-    pub(crate) request: Option<Request<RequestBody>>,
+    /// What is left of the request to send again.
+    pub(crate) request: GivenBack,
+}
+
+/// What a failed send gives back of its request.
+pub(crate) enum GivenBack {
+    /// Nothing of it reached the instance: it may go to any instance, whatever its method.
+    Unsent(Request<RequestBody>),
+    /// Some of it may have reached the instance, and it is whole again (its body was empty or held):
+    /// `forward` sends it once more only when that is safe (an idempotent method). The proxy's HTTP/1
+    /// client gives it back so that `forward` keeps no copy of every request's head for a retry.
+    Whole(Request<RequestBody>),
+    /// Nothing: its body was streamed out, or hyper's client (h2c, upgrades) kept it.
+    Nothing,
+}
+
+impl GivenBack {
+    /// hyper's clients give a request back only when it was not sent.
+    fn unsent(request: Option<Request<RequestBody>>) -> GivenBack {
+        request.map_or(GivenBack::Nothing, GivenBack::Unsent)
+    }
 }
 
 impl SendFailure {
-    /// The instance's connection failed; `request` when it was never sent (and may go elsewhere).
-    fn upstream(
-        instance: &InstanceLive,
-        source: UpstreamError,
-        request: Option<Request<RequestBody>>,
-    ) -> SendFailure {
+    /// The instance's connection failed.
+    fn upstream(instance: &InstanceLive, source: UpstreamError, request: GivenBack) -> SendFailure {
         SendFailure {
             error: ProxyError::Upstream {
                 instance: instance.id().clone(),
@@ -95,14 +111,18 @@ impl SendFailure {
     }
 
     /// No answer's head within the route's `timeout`.
-    fn timed_out(instance: &InstanceLive, timeout: std::time::Duration) -> SendFailure {
+    fn timed_out(
+        instance: &InstanceLive,
+        timeout: std::time::Duration,
+        request: GivenBack,
+    ) -> SendFailure {
         SendFailure {
             error: ProxyError::UpstreamTimeout {
                 instance: instance.id().clone(),
                 addr: instance.addr(),
                 timeout,
             },
-            request: None,
+            request,
         }
     }
 }
@@ -270,7 +290,7 @@ pub(crate) async fn send(
                 Err(error) => {
                     return Err(SendFailure {
                         error,
-                        request: Some(request),
+                        request: GivenBack::Unsent(request),
                     });
                 }
             },
@@ -293,13 +313,31 @@ pub(crate) async fn send(
             // A pooled connection found closed: the request is whole, try the next one.
             Some(Err(failure)) if failure.unsent && reused => {}
             Some(Err(failure)) => {
-                let unsent = failure.unsent.then_some(request);
-                return Err(SendFailure::upstream(instance, failure.error, unsent));
+                let given_back = if failure.unsent {
+                    GivenBack::Unsent(request)
+                } else {
+                    whole(request, streamed)
+                };
+                return Err(SendFailure::upstream(instance, failure.error, given_back));
             }
             None => {
-                return Err(SendFailure::timed_out(instance, settings.timeout));
+                return Err(SendFailure::timed_out(
+                    instance,
+                    settings.timeout,
+                    whole(request, streamed),
+                ));
             }
         }
+    }
+}
+
+/// A request the HTTP/1 client tried: whole unless its body was streamed (`h1::exchange` takes a streamed
+/// body out of the request once a byte is written, and leaves an empty or held one in place).
+fn whole(request: Request<RequestBody>, streamed: bool) -> GivenBack {
+    if streamed {
+        GivenBack::Nothing
+    } else {
+        GivenBack::Whole(request)
     }
 }
 
@@ -317,7 +355,7 @@ async fn send_upgrade(
         Err(error) => {
             return Err(SendFailure {
                 error,
-                request: Some(request),
+                request: GivenBack::Unsent(request),
             });
         }
     };
@@ -335,10 +373,14 @@ async fn send_upgrade(
             Err(SendFailure::upstream(
                 instance,
                 failure.into_error().into(),
-                unsent,
+                GivenBack::unsent(unsent),
             ))
         }
-        None => Err(SendFailure::timed_out(instance, settings.timeout)),
+        None => Err(SendFailure::timed_out(
+            instance,
+            settings.timeout,
+            GivenBack::Nothing,
+        )),
     }
 }
 
@@ -395,7 +437,7 @@ async fn send_h2(
                 Err(error) => {
                     return Err(SendFailure {
                         error,
-                        request: Some(request),
+                        request: GivenBack::Unsent(request),
                     });
                 }
             },
@@ -424,13 +466,17 @@ async fn send_h2(
                         return Err(SendFailure::upstream(
                             instance,
                             failure.into_error().into(),
-                            unsent,
+                            GivenBack::unsent(unsent),
                         ));
                     }
                 }
             }
             None => {
-                return Err(SendFailure::timed_out(instance, settings.timeout));
+                return Err(SendFailure::timed_out(
+                    instance,
+                    settings.timeout,
+                    GivenBack::Nothing,
+                ));
             }
         }
     }

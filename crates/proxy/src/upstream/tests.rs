@@ -386,7 +386,8 @@ async fn an_answer_head_larger_than_the_limit_is_an_error() {
                 source: UpstreamError::HeadTooLarge,
                 ..
             },
-            request: None,
+            // It reached the instance: `forward` sends it again only if it is idempotent.
+            request: GivenBack::Whole(_),
         })
     ));
 }

@@ -996,3 +996,66 @@ async fn issue_13_h2c_instances_get_http2() {
     );
     assert!(answer.ends_with("0\r\nx-checksum: abc\r\n\r\n"), "{answer}");
 }
+
+/// An instance that read a request and hung up without answering: an idempotent request goes once more,
+/// whole and byte for byte the same (its request id too), to the other instance; a POST, which the first
+/// one may have acted on, is not sent again (502).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_an_instance_hung_up_on_goes_whole_to_another_and_a_post_does_not() {
+    const ROUNDS: usize = 6;
+    let hangs_up = RawInstance::start(b"").await;
+    let answers = RawInstance::start(OK).await;
+    let test_proxy = TestProxy::start(ProxyConfig::default()).await;
+    test_proxy.add_ready("hangs-up", "R", hangs_up.addr);
+    test_proxy.add_ready("answers", "R", answers.addr);
+
+    let mut posts_answered = 0;
+    for _ in 0..ROUNDS {
+        let answer = exchange(
+            test_proxy.addr,
+            b"POST /once HTTP/1.1\r\nHost: demo.test\r\nContent-Length: 4\r\nConnection: close\r\n\r\nping",
+        )
+        .await;
+        if answer.starts_with("HTTP/1.1 200 ") {
+            posts_answered += 1;
+        } else {
+            assert!(answer.starts_with("HTTP/1.1 502 "), "{answer}");
+        }
+    }
+    let posts_hung_up = hangs_up.requests().len();
+    assert!(
+        posts_hung_up >= 1,
+        "no POST reached the instance that hangs up"
+    );
+    assert_eq!(
+        posts_hung_up + posts_answered,
+        ROUNDS,
+        "a POST was sent twice"
+    );
+    assert_eq!(answers.requests().len(), posts_answered);
+
+    let before = (hangs_up.requests().len(), answers.requests().len());
+    for _ in 0..ROUNDS {
+        let answer = exchange(
+            test_proxy.addr,
+            b"GET /again HTTP/1.1\r\nHost: demo.test\r\nX-Canary: kept\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    }
+    let gets_hung_up = &hangs_up.requests()[before.0..];
+    let gets_answered = &answers.requests()[before.1..];
+    assert_eq!(gets_answered.len(), ROUNDS, "{gets_answered:?}");
+    assert!(
+        !gets_hung_up.is_empty(),
+        "no GET reached the instance that hangs up"
+    );
+    for hung_up in gets_hung_up {
+        assert!(hung_up.contains("x-canary: kept"), "{hung_up}");
+        assert!(
+            gets_answered.contains(hung_up),
+            "the retry differs from the first send:\n{hung_up}\nanswered: {gets_answered:?}"
+        );
+    }
+    test_proxy.stop().await;
+}
