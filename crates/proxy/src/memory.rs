@@ -36,7 +36,7 @@
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 static OPEN: AtomicUsize = AtomicUsize::new(0);
 // The most connections open at once since the last trim.
@@ -63,6 +63,8 @@ struct Local {
     trims_seen: Cell<u64>,
     // How many times this thread collected its heap.
     collections: Cell<u64>,
+    // When the last tick counted (`Local::ticked`).
+    last_tick: Cell<Option<Instant>>,
 }
 
 impl Local {
@@ -73,7 +75,20 @@ impl Local {
             freed: Cell::new(false),
             trims_seen: Cell::new(0),
             collections: Cell::new(0),
+            last_tick: Cell::new(None),
         }
+    }
+
+    /// Whether a call at `now` is a tick of its own: a thread serving plain and HTTPS listeners runs two
+    /// sweeps, each calling every `every`; the second's call just after the first's is not a quiet tick.
+    fn ticked(&self, now: Instant, every: Duration) -> bool {
+        if let Some(last) = self.last_tick.get()
+            && now.saturating_duration_since(last) < every / 2
+        {
+            return false;
+        }
+        self.last_tick.set(Some(now));
+        true
     }
 
     /// One tick: whether the thread's heap is to be collected now (this thread freed something since
@@ -172,12 +187,13 @@ fn freed_here() {
 }
 
 /// Collects this thread's heap when it is due: this thread freed something since its last collection
-/// and started no request since the previous call, or a trim ran since its last collection. Called by
-/// each worker thread on a tick (`server::sweep_idle_upstreams`, 0.1 to 1 s); returns whether it
-/// collected.
-pub(crate) fn collect_if_due() -> bool {
+/// and started no request since the previous tick, or a trim ran since its last collection. Called by
+/// each worker thread on a tick every `every` (`server::sweep_idle_upstreams`, 0.1 to 1 s; calls closer
+/// than half of it are one tick); returns whether it collected.
+pub(crate) fn collect_if_due(every: Duration) -> bool {
     let trims = TRIMS.load(Ordering::Acquire);
-    let due = LOCAL.with(|local| local.tick(trims));
+    let now = Instant::now();
+    let due = LOCAL.with(|local| local.ticked(now, every) && local.tick(trims));
     if due {
         collect_this_thread();
     }
@@ -280,6 +296,16 @@ mod tests {
         assert!(local.tick(0), "quiet for a tick after freeing");
         assert!(!local.tick(0), "collected once");
         assert_eq!(local.collections.get(), 1);
+    }
+
+    #[test]
+    fn a_second_sweep_on_the_same_thread_does_not_shorten_the_quiet_tick() {
+        let local = Local::new();
+        let every = Duration::from_millis(750);
+        let start = Instant::now();
+        assert!(local.ticked(start, every));
+        assert!(!local.ticked(start + Duration::from_millis(10), every));
+        assert!(local.ticked(start + every, every));
     }
 
     #[test]

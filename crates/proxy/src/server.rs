@@ -87,7 +87,7 @@ async fn sweep_idle_upstreams(proxy: Proxy) {
             crate::memory::upstream_connections_dropped(expired);
         }
         // This worker's own heap, once it went quiet after freeing (`memory::collect_if_due`).
-        crate::memory::collect_if_due();
+        crate::memory::collect_if_due(every);
     }
 }
 
