@@ -19,7 +19,8 @@
 #
 # Usage: bench/proxy/deployed.sh [DURATION_S] [ROUNDS]   (defaults 8 and 3)
 # Environment: SCENARIOS (default all, e.g. "ka64 h2c idle"), H2C_CONNECTIONS (default 8),
-#   IDLE_CONNECTIONS (default 5000), OUT (keep the results here; default a temp dir, printed),
+#   IDLE_CONNECTIONS (default 5000), SMAPS (set: the idle run also keeps /proc/PID/smaps of each of
+#   the proxy's processes before, 3 s after and 6 s after, in OUT as smaps-ROUND-TARGET-WHEN-PID), OUT (keep the results here; default a temp dir, printed),
 #   CARGO_TARGET_DIR (as cargo reads it), ROLLWAY_BIN (a built `rollway` to measure, `demo-app` beside
 #   it), RW_PROXY_PRIORITY (`raised`, the default: as the agent
 #   starts it; `agent`: reset to the agent's priority after start, the proxy as before the priority
@@ -503,23 +504,32 @@ for s in socks:
     s.close()
 PY
 
+keep_smaps() { # ROUND TARGET WHEN PID: with SMAPS set, each of the proxy's processes' mappings
+    [ -n "${SMAPS:-}" ] || return 0
+    local p
+    for p in $(procs "$4"); do cat "/proc/$p/smaps" >"$OUT/smaps-$1-$2-$3-$p" 2>/dev/null || true; done
+}
+
 idle_run() { # ROUND TARGET
     local round="$1" target="$2" port pid before after load
     port="$(target_port "$target")"
     pid="$(target_pid "$target")"
     load="$(load1)"
     before="$(rss_kb "$pid")"
+    keep_smaps "$round" "$target" before "$pid"
     coproc IDLE { timeout 90 python3 "$WORK/idle.py" "$port" "$HOST" "$IDLE_CONNECTIONS" 2>&1; }
     local line=""
     read -r -t 80 line <&"${IDLE[0]}" || true
     sleep 3
     after="$(rss_kb "$pid")"
+    keep_smaps "$round" "$target" 3s "$pid"
     local established sockets later
     established="$(ss -Htn state established "( sport = :$port )" | wc -l)"
     # The proxy's other established connections (to the instances; for Rollway also the agent's).
     sockets="$(ss -Htnp state established | grep -cE "pid=($(procs "$pid" | paste -sd'|')),")" || true
     sleep 3
     later="$(rss_kb "$pid")"
+    keep_smaps "$round" "$target" 6s "$pid"
     echo >&"${IDLE[1]}" || true
     wait "$IDLE_PID" 2>/dev/null || true
     record "$round" idle "$target" "" "" "" "" \

@@ -17,14 +17,26 @@
 //! After a burst, as glibc's `malloc_trim` did before, one collection (`mi_collect(true)`: every
 //! pending purge, at once) runs too.
 //!
+//! mimalloc keeps a heap per thread, and a free page stays in its thread's heap (the last free page of
+//! each size class, and pages whose blocks another thread freed, until the owner looks) until that
+//! thread allocates again or collects its heap: `mi_collect` collects only the calling thread's heap
+//! (and purges the arenas, process-wide). A worker thread that went quiet after traffic allocates
+//! nothing, so each worker collects its own heap (`collect_if_due`, on its upstream sweep's tick) when
+//! it has freed something (a connection closed, buffers released, upstream connections dropped) and
+//! then served no request for a whole tick, or when a trim was asked for process-wide (below). Before,
+//! the trim ran `mi_collect` on a blocking thread only, which left the workers' heaps as they were:
+//! 17-18 MB before the 5,000 idle connections of `deployed.sh` after its keep-alive run, against 11.9
+//! MB fresh (bench/proxy/README.md, "Session 28: idle memory under 30 MB").
+//!
 //! Counts downstream connections process-wide. When, since the last trim, a quarter of the peak of open
 //! connections closed, or a quarter of those open freed their buffers (and at least a minimum, so a
 //! small server never trims), one trim is scheduled a second later: a burst becomes one trim after it
 //! ends, and a steady stream of closes or releases trims at most once a second, each trim's heap walk
 //! paid for by a share of the connections it covers.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 static OPEN: AtomicUsize = AtomicUsize::new(0);
 // The most connections open at once since the last trim.
@@ -32,6 +44,69 @@ static PEAK: AtomicUsize = AtomicUsize::new(0);
 // Idle connections that freed their buffers since the last trim.
 static RELEASES: AtomicUsize = AtomicUsize::new(0);
 static TRIM_SCHEDULED: AtomicBool = AtomicBool::new(false);
+// How many trims have run: a worker whose last collection saw fewer collects its heap.
+static TRIMS: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    // What this thread did since it last collected its heap (`collect_if_due`).
+    static LOCAL: Local = const { Local::new() };
+}
+
+struct Local {
+    // Requests started on this thread (wrapping).
+    requests: Cell<u64>,
+    // `requests` at the previous tick.
+    requests_seen: Cell<u64>,
+    // Whether this thread freed connections or buffers since it last collected.
+    freed: Cell<bool>,
+    // `TRIMS` when this thread last collected.
+    trims_seen: Cell<u64>,
+    // How many times this thread collected its heap.
+    collections: Cell<u64>,
+    // When the last tick counted (`Local::ticked`).
+    last_tick: Cell<Option<Instant>>,
+}
+
+impl Local {
+    const fn new() -> Local {
+        Local {
+            requests: Cell::new(0),
+            requests_seen: Cell::new(0),
+            freed: Cell::new(false),
+            trims_seen: Cell::new(0),
+            collections: Cell::new(0),
+            last_tick: Cell::new(None),
+        }
+    }
+
+    /// Whether a call at `now` is a tick of its own: a worker runs one sweep (`workers::run_worker`),
+    /// but a thread off the workers that serves several listeners (`serve`, `serve_https`) runs one
+    /// per listener, each calling every `every`; a call just after another is not a quiet tick.
+    fn ticked(&self, now: Instant, every: Duration) -> bool {
+        if let Some(last) = self.last_tick.get()
+            && now.saturating_duration_since(last) < every / 2
+        {
+            return false;
+        }
+        self.last_tick.set(Some(now));
+        true
+    }
+
+    /// One tick: whether the thread's heap is to be collected now (this thread freed something since
+    /// it last collected and started no request since the previous tick, or `trims` moved on since
+    /// it last collected); counted as done when it is.
+    fn tick(&self, trims: u64) -> bool {
+        let requests = self.requests.get();
+        let quiet = self.requests_seen.replace(requests) == requests;
+        let due = (self.freed.get() && quiet) || self.trims_seen.get() != trims;
+        if due {
+            self.freed.set(false);
+            self.trims_seen.set(trims);
+            self.collections.set(self.collections.get() + 1);
+        }
+        due
+    }
+}
 
 /// The global allocator of Rollway's binaries (`#[global_allocator] static ALLOCATOR:
 /// proxy::memory::Allocator = proxy::memory::ALLOCATOR;`): the memory figures of this module and of
@@ -76,6 +151,7 @@ impl OpenConnection {
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
+        freed_here();
         let open = OPEN.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
         let peak = PEAK.load(Ordering::Relaxed);
         if peak.saturating_sub(open) >= MIN_FREED.max(peak / 4) {
@@ -95,9 +171,48 @@ pub(crate) fn upstream_connections_dropped(n: usize) {
 }
 
 fn released(n: usize) {
+    freed_here();
     let released = RELEASES.fetch_add(n, Ordering::Relaxed) + n;
     if released >= MIN_FREED.max(OPEN.load(Ordering::Relaxed) / 4) {
         schedule_trim();
+    }
+}
+
+/// A request started on this thread: the thread is not quiet.
+pub(crate) fn request_started() {
+    LOCAL.with(|local| local.requests.set(local.requests.get().wrapping_add(1)));
+}
+
+fn freed_here() {
+    LOCAL.with(|local| local.freed.set(true));
+}
+
+/// Collects this thread's heap when it is due: this thread freed something since its last collection
+/// and started no request since the previous tick, or a trim ran since its last collection. Called by
+/// each worker thread on a tick every `every` (`server::sweep_idle_upstreams`, 0.1 to 1 s; calls closer
+/// than half of it are one tick); returns whether it collected.
+pub(crate) fn collect_if_due(every: Duration) -> bool {
+    let trims = TRIMS.load(Ordering::Acquire);
+    let now = Instant::now();
+    let due = LOCAL.with(|local| local.ticked(now, every) && local.tick(trims));
+    if due {
+        collect_this_thread();
+    }
+    due
+}
+
+/// How many times this thread collected its heap (`collect_if_due`).
+#[cfg(test)]
+pub(crate) fn collections_here() -> u64 {
+    LOCAL.with(|local| local.collections.get())
+}
+
+#[allow(unsafe_code)]
+fn collect_this_thread() {
+    // SAFETY: `mi_collect` takes no pointers and may be called from any thread: with `force` it frees
+    // every empty page of this thread's heap and purges every free page pending in any arena.
+    unsafe {
+        libmimalloc_sys::mi_collect(true);
     }
 }
 
@@ -115,18 +230,16 @@ fn schedule_trim() {
         RELEASES.store(0, Ordering::Relaxed);
         // `malloc_trim` walks the whole heap: off the worker thread that serves requests.
         let _ = tokio::task::spawn_blocking(trim).await;
+        // Each worker collects its own heap on its next tick (`collect_if_due`).
+        TRIMS.fetch_add(1, Ordering::AcqRel);
         TRIM_SCHEDULED.store(false, Ordering::Release);
     });
 }
 
-#[allow(unsafe_code)]
 fn trim() {
-    // SAFETY: `mi_collect` takes no pointers and may be called from any thread; with `force` it
-    // purges every free page pending in any arena. When mimalloc is not the global allocator (an
+    // This (blocking) thread's heap and every arena; when mimalloc is not the global allocator (an
     // embedder's binary) it finds nothing to purge.
-    unsafe {
-        libmimalloc_sys::mi_collect(true);
-    }
+    collect_this_thread();
     trim_libc();
 }
 
@@ -165,6 +278,62 @@ mod tests {
         configure_allocator();
         let after = unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) };
         assert_eq!(after, PURGE_DELAY_MS);
+    }
+
+    /// Issue 20: a worker that went quiet after freeing collects its own heap (a trim on another thread
+    /// does not reach it), once, and not while it serves requests.
+    #[test]
+    fn a_thread_collects_its_heap_once_quiet_after_freeing() {
+        let local = Local::new();
+        assert!(!local.tick(0), "nothing freed, nothing to collect");
+        local.freed.set(true);
+        local.requests.set(1);
+        assert!(
+            !local.tick(0),
+            "a request since the previous tick: not quiet"
+        );
+        local.requests.set(2);
+        assert!(!local.tick(0), "still serving");
+        assert!(local.tick(0), "quiet for a tick after freeing");
+        assert!(!local.tick(0), "collected once");
+        assert_eq!(local.collections.get(), 1);
+    }
+
+    #[test]
+    fn a_second_sweep_on_the_same_thread_does_not_shorten_the_quiet_tick() {
+        let local = Local::new();
+        let every = Duration::from_millis(750);
+        let start = Instant::now();
+        assert!(local.ticked(start, every));
+        assert!(!local.ticked(start + Duration::from_millis(10), every));
+        assert!(local.ticked(start + every, every));
+    }
+
+    #[test]
+    fn a_trim_elsewhere_makes_every_thread_collect_once_even_while_serving() {
+        let local = Local::new();
+        local.requests.set(1);
+        assert!(local.tick(1), "a trim ran since this thread last collected");
+        local.requests.set(2);
+        assert!(!local.tick(1), "that trim is done here");
+        assert!(local.tick(2));
+    }
+
+    #[test]
+    fn closes_and_releases_mark_this_thread_as_having_freed() {
+        std::thread::spawn(|| {
+            let was = |f: &dyn Fn()| {
+                LOCAL.with(|local| local.freed.set(false));
+                f();
+                LOCAL.with(|local| local.freed.get())
+            };
+            assert!(was(&|| drop(OpenConnection::new())));
+            assert!(was(&buffers_released));
+            assert!(was(&|| upstream_connections_dropped(1)));
+            assert!(!was(&request_started));
+        })
+        .join()
+        .expect("the test thread");
     }
 
     #[tokio::test]

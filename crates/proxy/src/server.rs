@@ -67,7 +67,8 @@ pub async fn serve_https(
 /// Every half `upstream_idle_timeout` (0.1 to 1 s), drops this thread's idle upstream
 /// connections idle that long, in every instance's pool: after a burst (thousands of clients at
 /// once, each request on its own upstream connection), the pools would otherwise keep every
-/// connection and its buffers until the next request of the same instance on this thread.
+/// connection and its buffers until the next request of the same instance on this thread. On the
+/// same tick, collects this thread's heap when it is due (`memory::collect_if_due`).
 pub(crate) async fn sweep_idle_upstreams(proxy: Proxy) {
     let timeout = proxy.config().upstream_idle_timeout;
     // Half the timeout: a connection is closed between one and one and a half timeouts idle.
@@ -85,6 +86,8 @@ pub(crate) async fn sweep_idle_upstreams(proxy: Proxy) {
             tracing::debug!(message = "Idle upstream connections closed.", n = expired);
             crate::memory::upstream_connections_dropped(expired);
         }
+        // This worker's own heap, once it went quiet after freeing (`memory::collect_if_due`).
+        crate::memory::collect_if_due(every);
     }
 }
 
@@ -249,6 +252,7 @@ impl Connection {
             service_fn(move |request: Request<Incoming>| {
                 // Counted here, synchronously, so the IO wrapper sees the request before it next reads.
                 let active = activity.start();
+                crate::memory::request_started();
                 // Boxed: hyper moves the service's future by value (into a new task for every HTTP/2
                 // stream, into its dispatcher for HTTP/1), and the forwarding future is large; a
                 // pointer is cheaper to move than its state (13% of an h2c run's CPU was memcpy).
