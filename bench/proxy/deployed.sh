@@ -540,6 +540,16 @@ switch_run() { # ROUND TARGET
         >"$OUT/wrk-$round-switch-$target.txt" 2>&1 &
     local wrk_pid=$!
     BG_PIDS+=("$wrk_pid")
+    local trace_pid=""
+    if [ "$target" = rollway ]; then
+        # Where the CPU goes around the deploy (cpu_trace.py): every process at 10 Hz, 5 s before
+        # the trigger to 15 s after it, by role; load-independent CPU-seconds.
+        python3 "$ROOT/bench/proxy/cpu_trace.py" "$OUT/cpu-$round" 20 5 "proxy=$RW_PID" \
+            "agent=$AGENT_PID" "wrk=$wrk_pid" "apps=$STATE-apps" "rollway=$(readlink -f "$RW")" \
+            >/dev/null 2>&1 &
+        trace_pid=$!
+        BG_PIDS+=("$trace_pid")
+    fi
     sleep 5
     trigger="$(date +%s)"
     case "$target" in
@@ -548,6 +558,7 @@ switch_run() { # ROUND TARGET
         haproxy) kill -USR2 "$HAPROXY_PID" ;;
     esac
     wait "$wrk_pid" || true
+    [ -n "$trace_pid" ] && { wait "$trace_pid" || true; }
     # steady: median of the whole seconds before the trigger (first second dropped); dip: the
     # lowest whole second from the trigger to the end (last second dropped).
     local summary
