@@ -81,9 +81,10 @@ fn a_child_raised_before_exec_runs_at_the_proxy_nice_in_its_own_autogroup() {
 fn a_lowered_thread_is_restored_when_the_guard_drops() {
     std::thread::spawn(|| {
         let own = own_nice();
+        let expected = deploy_nice();
         {
             let guard = LoweredThread::new();
-            match deploy_nice() {
+            match expected {
                 Some(lowered) if may_restore(own) => {
                     assert!(guard.lowered());
                     assert_eq!(own_nice(), lowered);
