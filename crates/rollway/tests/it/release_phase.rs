@@ -1146,16 +1146,15 @@ async fn the_deploys_own_work_runs_lowered_and_a_new_instance_serves_promoted() 
         ));
     let ran = agent.deploy(&app, ENV).await;
     ran.assert_code(0);
+    // `rollway deploy` shows the commands' output as it comes.
+    let shown = format!("{}{}", ran.stdout, ran.stderr);
     for label in ["build", "release", "smoke"] {
         assert!(
-            ran.stdout.contains(&format!("{label} runs at nice {lowered}")),
-            "{}",
-            ran.stdout
+            shown.contains(&format!("{label} runs at nice {lowered}")),
+            "{shown}"
         );
     }
-    let logs = agent
-        .cli(&["logs", "--env", ENV, "--app", APP])
-        .await;
+    let logs = agent.cli(&["logs", "--env", ENV, "--app", APP]).await;
     logs.assert_code(0);
     let started_at = if driver::priority::instance_start_nice().is_some() {
         lowered
@@ -1164,7 +1163,8 @@ async fn the_deploys_own_work_runs_lowered_and_a_new_instance_serves_promoted() 
         own
     };
     assert!(
-        logs.stdout.contains(&format!("app starts at nice {started_at}")),
+        logs.stdout
+            .contains(&format!("app starts at nice {started_at}")),
         "{}",
         logs.stdout
     );
