@@ -23,7 +23,8 @@
 #   CARGO_TARGET_DIR (as cargo reads it), ROLLWAY_BIN (a built `rollway` to measure, `demo-app` beside
 #   it), RW_PROXY_PRIORITY (`raised`, the default: as the agent
 #   starts it; `agent`: reset to the agent's priority after start, the proxy as before the priority
-#   fallback of docs/proxy.md).
+#   fallback of docs/proxy.md), NEW_ARTIFACT (set: each deploy ships a new artifact, unpacked by the
+#   agent, as a code change does; unset: only the env changes and the unpacked release is reused).
 # Priority: where no cgroup weights it (this machine: no systemd, cpu controller on cgroup v1), the
 # agent starts its proxy at nice -5, its session's autogroup too; nginx and HAProxy get the same
 # priority as Rollway's proxy has (their processes and their sessions' autogroups), so all three
@@ -202,6 +203,9 @@ RW_PID="$(awk '{print $1; exit}' "$STATE/proxy/proxy.pid")"
 VERSION_N=0
 deploy() {
     sed -i "s/^VERSION = .*/VERSION = \"v$VERSION_N\"/" "$APP/rollway.toml"
+    # NEW_ARTIFACT=1: every deploy ships a new artifact (as a code change does), which the agent
+    # stores and unpacks; without it only the env changes and the unpacked release is reused.
+    if [ -n "${NEW_ARTIFACT:-}" ]; then echo "$VERSION_N" >"$APP/release.txt"; fi
     "$RW" deploy --env production --dir "$APP" --agent "$API" >>"$WORK/deploy.log" 2>&1
 }
 deploy
