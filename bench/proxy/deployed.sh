@@ -24,7 +24,8 @@
 #   CARGO_TARGET_DIR (as cargo reads it), ROLLWAY_BIN (a built `rollway` to measure, `demo-app` beside
 #   it), RW_PROXY_PRIORITY (`raised`, the default: as the agent
 #   starts it; `agent`: reset to the agent's priority after start, the proxy as before the priority
-#   fallback of docs/proxy.md).
+#   fallback of docs/proxy.md), NEW_ARTIFACT (set: each deploy ships a new artifact, unpacked by the
+#   agent, as a code change does; unset: only the env changes and the unpacked release is reused).
 # Priority: where no cgroup weights it (this machine: no systemd, cpu controller on cgroup v1), the
 # agent starts its proxy at nice -5, its session's autogroup too; nginx and HAProxy get the same
 # priority as Rollway's proxy has (their processes and their sessions' autogroups), so all three
@@ -203,6 +204,9 @@ RW_PID="$(awk '{print $1; exit}' "$STATE/proxy/proxy.pid")"
 VERSION_N=0
 deploy() {
     sed -i "s/^VERSION = .*/VERSION = \"v$VERSION_N\"/" "$APP/rollway.toml"
+    # NEW_ARTIFACT=1: every deploy ships a new artifact (as a code change does), which the agent
+    # stores and unpacks; without it only the env changes and the unpacked release is reused.
+    if [ -n "${NEW_ARTIFACT:-}" ]; then echo "$VERSION_N" >"$APP/release.txt"; fi
     "$RW" deploy --env production --dir "$APP" --agent "$API" >>"$WORK/deploy.log" 2>&1
 }
 deploy
@@ -550,6 +554,16 @@ switch_run() { # ROUND TARGET
         >"$OUT/wrk-$round-switch-$target.txt" 2>&1 &
     local wrk_pid=$!
     BG_PIDS+=("$wrk_pid")
+    local trace_pid=""
+    if [ "$target" = rollway ]; then
+        # Where the CPU goes around the deploy (cpu_trace.py): every process at 10 Hz, 5 s before
+        # the trigger to 15 s after it, by role; load-independent CPU-seconds.
+        python3 "$ROOT/bench/proxy/cpu_trace.py" "$OUT/cpu-$round" 20 5 "proxy=$RW_PID" \
+            "agent=$AGENT_PID" "wrk=$wrk_pid" "apps=$STATE-apps" "rollway=$(readlink -f "$RW")" \
+            >/dev/null 2>&1 &
+        trace_pid=$!
+        BG_PIDS+=("$trace_pid")
+    fi
     sleep 5
     trigger="$(date +%s)"
     case "$target" in
@@ -558,6 +572,7 @@ switch_run() { # ROUND TARGET
         haproxy) kill -USR2 "$HAPROXY_PID" ;;
     esac
     wait "$wrk_pid" || true
+    [ -n "$trace_pid" ] && { wait "$trace_pid" || true; }
     # steady: median of the whole seconds before the trigger (first second dropped); dip: the
     # lowest whole second from the trigger to the end (last second dropped).
     local summary

@@ -194,6 +194,15 @@ impl Drivers {
         }
     }
 
+    /// Promotes an instance started below the agent's priority (the process driver's new
+    /// instances, `driver::priority`) to the agent's, once it passed its health gate. Containers
+    /// and swarm tasks start at their engine's priority: nothing to do.
+    pub fn promote(&self, instance_id: &str) {
+        if !self.is_swarm(instance_id) && !self.is_container(instance_id) {
+            self.process.promote(instance_id);
+        }
+    }
+
     pub fn status(&self, instance_id: &str) -> InstanceStatus {
         if self.is_swarm(instance_id) {
             return self

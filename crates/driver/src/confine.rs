@@ -5,7 +5,8 @@
 //! This module decides nothing per app (the agent allocates users and folders); it turns a
 //! [`Confinement`] into the command that starts `/bin/sh -c RUN`. std's `uid`/`gid` do the user
 //! switch (dropping supplementary groups, see [`Confinement::command`]), and the sandbox is a
-//! re-exec of the `rollway` binary; the one `pre_exec` joins the apps' cgroup (see [`crate::cgroup`]).
+//! re-exec of the `rollway` binary; `pre_exec` joins the apps' cgroup (see [`crate::cgroup`]) and sets the
+//! lower priority the deploy's own work starts at (see [`crate::priority`]).
 
 use std::ffi::OsString;
 use std::os::unix::fs::DirBuilderExt as _;
@@ -54,6 +55,10 @@ pub struct Confinement {
     /// The cgroup the process joins before it execs (the apps' group of the agent's CPU
     /// placement); `None` leaves it in the agent's.
     pub cgroup: Option<crate::cgroup::Group>,
+    /// The nice value the process starts at, set before exec; `None` keeps the agent's. The
+    /// deploy's own work (build, release and smoke commands, a new instance until its health gate)
+    /// starts below the serving instances: [`crate::priority::deploy_nice`].
+    pub nice: Option<i32>,
 }
 
 impl Isolation {
@@ -125,6 +130,7 @@ impl Isolation {
             temp_dir: Some(temp_dir),
             container_user: None,
             cgroup: None,
+            nice: None,
         }
     }
 }
@@ -174,6 +180,15 @@ impl Confinement {
                     error = %error,
                     source = %std::error::Error::source(&error).map(ToString::to_string).unwrap_or_default(),
                 ),
+            }
+        }
+        if let Some(nice) = self.nice {
+            // SAFETY: the closure runs in the forked child before exec and makes one
+            // setpriority(2) call with a value computed before the fork (async-signal-safe: no
+            // allocation, no lock). Lowering needs no right; a refusal fails the spawn.
+            #[allow(unsafe_code)]
+            unsafe {
+                process.pre_exec(move || crate::priority::set_thread_nice(nice));
             }
         }
         process

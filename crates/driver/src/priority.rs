@@ -20,6 +20,17 @@
 //!
 //! Raising needs `CAP_SYS_NICE` (or `RLIMIT_NICE`); without it both calls fail and the proxy runs at
 //! the agent's priority. The child cannot log, so [`observe`] reads back what took effect.
+//!
+//! The same mechanism runs the deploy's own work *below* the serving instances, by
+//! [`DEPLOY_LOWER`] nice levels (session 28, issue 20): the build, release and smoke commands
+//! ([`set_thread_nice`] before exec), the agent's unpacking of an artifact ([`LoweredThread`]), and a new
+//! instance from its start until it passes its health gate, when the agent promotes its process
+//! group back to the agent's priority ([`promote_group`]) before it takes traffic. Lowering needs
+//! no right; promoting back does (as raising), so a new instance is started lowered only where
+//! [`may_restore`] says the promotion will succeed, and a thread is lowered only under the same
+//! condition. Inside one scheduling group (the agent's session autogroup, or its cgroup) the
+//! serving instances then weigh about 9x a new one (1024 against 110), so a deploy takes its CPU
+//! from idle time first rather than from the requests being served.
 
 use std::io;
 
@@ -44,6 +55,102 @@ pub fn raise_proxy() {
         rustix::fs::Mode::empty(),
     ) {
         let _ = rustix::io::write(&file, PROXY_NICE_TEXT);
+    }
+}
+
+/// How many nice levels below the agent the deploy's own work runs (nice 10 for an agent at 0: the
+/// kernel's weight 110 against 1024, about a tenth of a serving instance's share when they compete).
+pub const DEPLOY_LOWER: i32 = 10;
+
+/// The lowest priority (highest nice value) Linux has.
+const NICE_MAX: i32 = 19;
+
+/// The nice value of the calling thread (the agent's threads all run at the agent's).
+pub fn own_nice() -> i32 {
+    rustix::process::getpriority_process(None).unwrap_or(0)
+}
+
+/// The nice value the deploy's own work starts at: [`DEPLOY_LOWER`] below the calling thread's,
+/// `None` when that is the lowest already.
+pub fn deploy_nice() -> Option<i32> {
+    let own = own_nice();
+    (own < NICE_MAX).then(|| (own + DEPLOY_LOWER).min(NICE_MAX))
+}
+
+/// Whether this process may set a nice value as low as `nice` (raise a priority back to it): with
+/// `CAP_SYS_NICE`, or an `RLIMIT_NICE` whose ceiling (20 - the limit) reaches it.
+pub fn may_restore(nice: i32) -> bool {
+    if may_raise() {
+        return true;
+    }
+    match rustix::process::getrlimit(rustix::process::Resource::Nice).current {
+        None => true,
+        Some(limit) => i64::from(20 - nice) <= i64::try_from(limit).unwrap_or(i64::MAX),
+    }
+}
+
+/// The nice value a new instance starts at: [`deploy_nice`], where the agent may promote it back
+/// ([`may_restore`] its own); `None` (start at the agent's) elsewhere.
+pub fn instance_start_nice() -> Option<i32> {
+    deploy_nice().filter(|_| may_restore(own_nice()))
+}
+
+/// Sets the calling thread's nice value to `nice` (lowering needs no right, raising back needs what
+/// [`may_restore`] checks). Meant for `pre_exec` of a process started lowered (the child's only
+/// thread then; its threads and children inherit it): one system call, async-signal-safe.
+pub fn set_thread_nice(nice: i32) -> io::Result<()> {
+    rustix::process::setpriority_process(None, nice).map_err(io::Error::from)
+}
+
+/// Sets every thread of every process of process group `pgid` to nice `nice`: how a new instance
+/// (its own process group) is promoted back to the agent's priority once it passed its gate.
+pub fn promote_group(pgid: u32, nice: i32) -> io::Result<()> {
+    let pgid = i32::try_from(pgid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not a process group id"))?;
+    rustix::process::setpriority_pgrp(Some(pgid), nice).map_err(io::Error::from)
+}
+
+/// The calling thread lowered by [`DEPLOY_LOWER`] while this lives (for the agent's own deploy work
+/// on a blocking thread, as unpacking an artifact), restored when it drops. It lowers nothing where
+/// the restoring would be refused (no `CAP_SYS_NICE`, no `RLIMIT_NICE`): a pool thread left
+/// lowered would run later work (store writes) lowered too. Keep it on one thread: it is not `Send`.
+pub struct LoweredThread {
+    restore: Option<i32>,
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+impl LoweredThread {
+    pub fn new() -> LoweredThread {
+        let own = own_nice();
+        let restore = deploy_nice()
+            .filter(|_| may_restore(own))
+            .and_then(|nice| set_thread_nice(nice).ok())
+            .map(|()| own);
+        LoweredThread {
+            restore,
+            _not_send: std::marker::PhantomData,
+        }
+    }
+
+    /// Whether the thread runs lowered now.
+    pub fn lowered(&self) -> bool {
+        self.restore.is_some()
+    }
+}
+
+impl Default for LoweredThread {
+    fn default() -> LoweredThread {
+        LoweredThread::new()
+    }
+}
+
+impl Drop for LoweredThread {
+    fn drop(&mut self) {
+        if let Some(own) = self.restore {
+            let _ = set_thread_nice(own);
+        }
     }
 }
 

@@ -166,6 +166,23 @@ impl ProcessDriver {
         }
     }
 
+    /// Promotes an instance started below the agent's priority (`spec.confinement.nice`, the
+    /// deploy's own work: `crate::priority`) to the agent's, every thread of its process group,
+    /// once it passed its health gate and before it takes traffic; its restarts run at the
+    /// agent's priority from now on. Nothing to do for an instance started at the agent's
+    /// priority, or one this driver does not supervise.
+    pub fn promote(&self, instance_id: &str) {
+        let Some(supervised) = self.active(instance_id) else {
+            return;
+        };
+        if !supervised.promote() {
+            return;
+        }
+        if let InstanceStatus::Running { pid, .. } = supervised.status() {
+            promote_pid(instance_id, pid);
+        }
+    }
+
     fn remove_pid_file(&self, instance_id: &str) -> Result<(), DriverError> {
         let path = self.shared.pid_path(instance_id);
         adopt::remove_pid_file(&path).map_err(|source| DriverError::Io {
@@ -174,6 +191,26 @@ impl ProcessDriver {
             path,
             source,
         })
+    }
+}
+
+/// Sets the process group `pid` leads (an instance's) to the agent's priority; a failure is logged
+/// (the instance then serves at its lower start priority).
+fn promote_pid(instance_id: &str, pid: u32) {
+    let nice = crate::priority::own_nice();
+    match crate::priority::promote_group(pid, nice) {
+        Ok(()) => tracing::debug!(
+            message = "Instance promoted to the agent's priority.",
+            instance = %instance_id,
+            pid,
+            nice,
+        ),
+        Err(error) => tracing::warn!(
+            message = "Cannot promote an instance to the agent's priority; it serves at its start priority.",
+            instance = %instance_id,
+            pid,
+            %error,
+        ),
     }
 }
 
@@ -198,7 +235,7 @@ impl Driver for ProcessDriver {
                     instance_id: spec.instance_id.clone(),
                     pid,
                 })?;
-        match supervise::spawn_instance(&self.shared, &spec).await {
+        match supervise::spawn_instance(&self.shared, &spec, false).await {
             Ok(process) => {
                 let pid = process.pid();
                 tracing::info!(

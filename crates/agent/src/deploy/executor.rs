@@ -1155,6 +1155,8 @@ async fn verify_instance(
             }
         }
     }
+    // It passed its gate: from now on it may serve, at the priority of the serving instances.
+    engine.drivers.promote(instance_id);
     spec::set_phase(engine, key, instance_id, InstancePhase::Ready, None);
     engine.record_progress(
         Subject::app(key),

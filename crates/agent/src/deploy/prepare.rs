@@ -179,6 +179,8 @@ async fn unpack(
     let staging = dir.with_file_name(format!(".{name}.unpacking"));
     let (owned_digest, owned_dir, home) = (digest.to_owned(), dir.to_owned(), home.clone());
     tokio::task::spawn_blocking(move || {
+        // The deploy's own work, below the serving instances; the pool thread is restored after.
+        let _lowered = driver::priority::LoweredThread::new();
         fault::unpack_delay();
         let io = |operation: &'static str, path: &Path| {
             let path = path.to_owned();

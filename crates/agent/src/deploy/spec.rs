@@ -512,11 +512,16 @@ async fn run_command(
         path: engine.paths.deploy_logs.clone(),
         source,
     })?;
-    let confinement = app_home(engine, &deployment.app, &deployment.environment)?.confinement(
-        &engine.isolation,
-        &engine.placement,
-        "commands",
-    );
+    let confinement = driver::Confinement {
+        // Build, release and smoke commands are the deploy's own work: below the serving
+        // instances (`driver::priority`).
+        nice: driver::priority::deploy_nice(),
+        ..app_home(engine, &deployment.app, &deployment.environment)?.confinement(
+            &engine.isolation,
+            &engine.placement,
+            "commands",
+        )
+    };
     confinement.prepare().map_err(|source| SpecError::TempDir {
         label: label.to_owned(),
         source,
@@ -847,7 +852,13 @@ pub async fn start_instance(
         instance: id.clone(),
         source,
     })?;
-    let spec = instance_spec(engine, key, release, service, &id, port)?;
+    let mut spec = instance_spec(engine, key, release, service, &id, port)?;
+    if spec.image.is_none() && spec.cluster.is_none() {
+        // The deploy's own work runs below the serving instances: a new process instance starts
+        // lowered (where the agent may promote it back) and is promoted once it passes its gate
+        // (`verify_instance` in the executor), before it takes traffic.
+        spec.confinement.nice = driver::priority::instance_start_nice();
+    }
     engine.with_runtime(key, |runtime| {
         runtime.instances.insert(
             id.clone(),

@@ -74,3 +74,63 @@ fn a_child_raised_before_exec_runs_at_the_proxy_nice_in_its_own_autogroup() {
     // The agent's own priority is never touched.
     assert_eq!(observe(std::process::id()).expect("observe again"), ours);
 }
+
+/// The agent's unpacking runs lowered on its thread and leaves the thread as it found it: a pool
+/// thread must not run later work lowered. Where the restoring would be refused, nothing is lowered.
+#[test]
+fn a_lowered_thread_is_restored_when_the_guard_drops() {
+    std::thread::spawn(|| {
+        let own = own_nice();
+        let expected = deploy_nice();
+        {
+            let guard = LoweredThread::new();
+            match expected {
+                Some(lowered) if may_restore(own) => {
+                    assert!(guard.lowered());
+                    assert_eq!(own_nice(), lowered);
+                }
+                _ => {
+                    assert!(!guard.lowered());
+                    assert_eq!(own_nice(), own);
+                }
+            }
+        }
+        assert_eq!(own_nice(), own);
+    })
+    .join()
+    .expect("the thread");
+}
+
+#[test]
+fn the_deploy_nice_is_below_the_agent_within_range() {
+    let own = own_nice();
+    match deploy_nice() {
+        Some(nice) => {
+            assert!(nice > own && nice <= NICE_MAX);
+            assert_eq!(nice, (own + DEPLOY_LOWER).min(NICE_MAX));
+        }
+        None => assert_eq!(own, NICE_MAX),
+    }
+}
+
+/// A child started with `Confinement::nice` (a build command) runs at that value; this process
+/// does not change.
+#[tokio::test]
+async fn a_command_with_a_start_nice_runs_lowered() {
+    let own = observe(std::process::id()).expect("observe this process");
+    let Some(lowered) = deploy_nice() else {
+        return;
+    };
+    let confinement = crate::Confinement {
+        nice: Some(lowered),
+        ..crate::Confinement::default()
+    };
+    let output = confinement
+        .command("cat /proc/self/stat", std::path::Path::new("/"))
+        .output()
+        .await
+        .expect("run the command");
+    let stat = String::from_utf8(output.stdout).expect("utf-8");
+    assert_eq!(parse_stat_nice(&stat), Some(lowered), "{stat}");
+    assert_eq!(observe(std::process::id()).expect("observe again"), own);
+}

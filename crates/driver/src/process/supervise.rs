@@ -10,6 +10,7 @@ use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -41,6 +42,9 @@ pub(crate) struct Supervised {
     stop: watch::Sender<bool>,
     /// Set when the supervisor task has ended (or was dropped, or never ran).
     done: watch::Sender<bool>,
+    /// Set by [`crate::process::ProcessDriver::promote`]: from then on the instance runs, and
+    /// restarts, at the agent's priority rather than the lower `spec.confinement.nice`.
+    promoted: AtomicBool,
 }
 
 /// The process an instance currently is.
@@ -67,7 +71,19 @@ impl Supervised {
             status: Mutex::new(status),
             stop: watch::Sender::new(false),
             done: watch::Sender::new(false),
+            promoted: AtomicBool::new(false),
         })
+    }
+
+    /// Whether the instance was promoted to the agent's priority (see `promoted`).
+    pub(crate) fn promoted(&self) -> bool {
+        self.promoted.load(Ordering::Acquire)
+    }
+
+    /// Marks the instance promoted; returns whether it had a lower start priority to leave.
+    pub(crate) fn promote(&self) -> bool {
+        self.promoted.store(true, Ordering::Release);
+        self.spec.confinement.nice.is_some()
     }
 
     pub(crate) fn status(&self) -> InstanceStatus {
@@ -170,6 +186,7 @@ impl Backoff {
 pub(crate) async fn spawn_instance(
     shared: &Shared,
     spec: &InstanceSpec,
+    promoted: bool,
 ) -> Result<RunningProcess, DriverError> {
     let instance_id = &spec.instance_id;
     let dir = shared.instance_dir(instance_id);
@@ -198,7 +215,16 @@ pub(crate) async fn spawn_instance(
     spec.confinement
         .prepare()
         .map_err(io_error("cannot prepare the private temp folder", &dir))?;
-    let mut command = spec.confinement.command(&spec.command, &spec.workdir);
+    // A promoted instance (one that passed its gate and serves) restarts at the agent's priority.
+    let mut command = if promoted && spec.confinement.nice.is_some() {
+        crate::Confinement {
+            nice: None,
+            ..spec.confinement.clone()
+        }
+        .command(&spec.command, &spec.workdir)
+    } else {
+        spec.confinement.command(&spec.command, &spec.workdir)
+    };
     command
         .env_clear()
         .envs(child_env(spec))
@@ -328,12 +354,18 @@ pub(crate) async fn run(
                 () = tokio::time::sleep(delay) => {}
             }
             restarts = restarts.saturating_add(1);
-            match spawn_instance(&shared, spec).await {
+            let promoted = supervised.promoted();
+            match spawn_instance(&shared, spec, promoted).await {
                 Ok(started) => {
                     process = started;
                     let pid = process.pid();
                     info!(message = "Instance restarted.", pid, restarts);
                     supervised.set_status(InstanceStatus::Running { pid, restarts });
+                    if !promoted && supervised.promoted() {
+                        // Promoted while this start was under way, after `promote` read the
+                        // previous pid: promote this process here.
+                        super::promote_pid(&spec.instance_id, pid);
+                    }
                     break;
                 }
                 Err(error) => {

@@ -364,3 +364,85 @@ async fn a_confined_instance_runs_as_its_user_with_a_private_home_and_restarts_s
     assert_eq!(ids(second), ["Uid: 61777 61777 61777 61777", "Groups:"]);
     driver.stop("confined-web-1").await.expect("stop");
 }
+
+/// The nice value of every thread of `pid`.
+fn thread_nices(pid: u32) -> Vec<i32> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("the process's threads")
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|tid| driver::priority::observe(tid).ok())
+        .map(|observed| observed.nice)
+        .collect()
+}
+
+/// The deploy's own work starts below the serving instances (`Confinement::nice`): a new instance
+/// runs lowered, every thread of it, until the agent promotes it after its health gate; then it and
+/// every restart of it run at the agent's priority.
+#[tokio::test]
+async fn an_instance_started_lowered_is_promoted_with_every_thread_and_restarts_promoted() {
+    let own = driver::priority::own_nice();
+    let Some(lowered) = driver::priority::deploy_nice() else {
+        eprintln!("this test runs at the lowest priority already: nothing to lower");
+        return;
+    };
+    let temporary = tempfile::tempdir().expect("temporary directory");
+    let driver = ProcessDriver::new(temporary.path().join("state")).expect("driver");
+    let mut spec = demo_spec("lowered-web-1", temporary.path(), &[("CRASH_AFTER_S", "3")]);
+    spec.confinement.nice = Some(lowered);
+    driver.start(spec.clone()).await.expect("start");
+    answers(&spec).await;
+    let first_pid = running_pid(&driver, "lowered-web-1");
+    let nices = thread_nices(first_pid);
+    assert!(nices.len() > 1, "the demo app runs threads: {nices:?}");
+    assert!(nices.iter().all(|nice| *nice == lowered), "{nices:?}");
+
+    driver.promote("lowered-web-1");
+    let nices = thread_nices(first_pid);
+    if driver::priority::may_restore(own) {
+        assert!(nices.iter().all(|nice| *nice == own), "{nices:?}");
+    } else {
+        // Without the right to raise, the promotion is refused and logged; the instance serves.
+        assert!(nices.iter().all(|nice| *nice == lowered), "{nices:?}");
+    }
+
+    // It crashes after 3 s: the restart runs at the agent's priority from its start.
+    let pid = eventually("the instance is restarted", async || {
+        match driver.status("lowered-web-1") {
+            InstanceStatus::Running { pid, restarts } if restarts >= 1 => Some(pid),
+            _ => None,
+        }
+    })
+    .await;
+    assert_ne!(pid, first_pid);
+    answers(&spec).await;
+    let nices = thread_nices(pid);
+    assert!(nices.iter().all(|nice| *nice == own), "{nices:?}");
+    driver.stop("lowered-web-1").await.expect("stop");
+}
+
+/// Without a promotion (an instance whose gate is still running), a restart keeps the lower start
+/// priority of its spec.
+#[tokio::test]
+async fn an_instance_not_promoted_restarts_lowered() {
+    let Some(lowered) = driver::priority::deploy_nice() else {
+        return;
+    };
+    let temporary = tempfile::tempdir().expect("temporary directory");
+    let driver = ProcessDriver::new(temporary.path().join("state")).expect("driver");
+    let mut spec = demo_spec("lowered-web-2", temporary.path(), &[("CRASH_AFTER_S", "1")]);
+    spec.confinement.nice = Some(lowered);
+    driver.start(spec.clone()).await.expect("start");
+    answers(&spec).await;
+    let pid = eventually("the instance is restarted", async || {
+        match driver.status("lowered-web-2") {
+            InstanceStatus::Running { pid, restarts } if restarts >= 1 => Some(pid),
+            _ => None,
+        }
+    })
+    .await;
+    assert_eq!(
+        driver::priority::observe(pid).expect("observe").nice,
+        lowered
+    );
+    driver.stop("lowered-web-2").await.expect("stop");
+}

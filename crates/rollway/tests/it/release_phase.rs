@@ -1,7 +1,8 @@
 //! End-to-end tests of the release phase: a backup before every release command and a restore
 //! that gives the pre-migration database back (SQLite with examples/logistix, and PostgreSQL), a
 //! failing migration that moves no traffic, secrets that never leak and follow rollbacks, missing
-//! config refused before anything moves, and flags-only deploys that reuse the artifact.
+//! config refused before anything moves, flags-only deploys that reuse the artifact, and the
+//! deploy's own work (the commands, a new instance until its gate) below the serving instances.
 //!
 //! Each test has its own state directory and loopback ports. The PostgreSQL test needs the
 //! throwaway cluster of `scripts/test` (`ROLLWAY_TEST_POSTGRES_URL`); it fails when `ROLLWAY_E2E`
@@ -1117,6 +1118,61 @@ async fn wait_instances(agent: &TestAgent, app: &str, releases: &[u64]) {
             "instances of releases {releases:?} expected: {status}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The deploy's own work runs below the serving instances (`driver::priority`, issue 20): the
+/// build, release and smoke commands, and a new instance from its start until its health gate; the
+/// instance then serves at the agent's (this test's) priority.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deploys_own_work_runs_lowered_and_a_new_instance_serves_promoted() {
+    let own = driver::priority::own_nice();
+    let Some(lowered) = driver::priority::deploy_nice() else {
+        eprintln!("this test runs at the lowest priority already: nothing to lower");
+        return;
+    };
+    let setup = Setup::start().await;
+    let agent = &setup.agent;
+    // Field 19 of `cut`'s own /proc/self/stat (its command has no space) is its nice value.
+    let nice = "$(cut -d' ' -f19 /proc/self/stat)";
+    let app = setup
+        .app("app", "v1")
+        .build(format!("echo \"build runs at nice {nice}\""))
+        .release(format!("echo \"release runs at nice {nice}\""), None)
+        .smoke(format!("echo \"smoke runs at nice {nice}\""))
+        .run(format!(
+            "echo \"app starts at nice {nice}\"; exec {}",
+            testkit::demo::demo_app_path().display()
+        ));
+    let ran = agent.deploy(&app, ENV).await;
+    ran.assert_code(0);
+    // `rollway deploy` shows the commands' output as it comes.
+    let shown = format!("{}{}", ran.stdout, ran.stderr);
+    for label in ["build", "release", "smoke"] {
+        assert!(
+            shown.contains(&format!("{label} runs at nice {lowered}")),
+            "{shown}"
+        );
+    }
+    let logs = agent.cli(&["logs", "--env", ENV, "--app", APP]).await;
+    logs.assert_code(0);
+    let started_at = if driver::priority::instance_start_nice().is_some() {
+        lowered
+    } else {
+        // Where the agent could not promote it back, a new instance starts at its priority.
+        own
+    };
+    assert!(
+        logs.stdout
+            .contains(&format!("app starts at nice {started_at}")),
+        "{}",
+        logs.stdout
+    );
+    let instances = agent.instance_pid_files();
+    assert!(!instances.is_empty());
+    for pid in instances.values() {
+        let nice = driver::priority::observe(*pid).expect("observe").nice;
+        assert_eq!(nice, own, "a serving instance runs at the agent's priority");
     }
 }
 

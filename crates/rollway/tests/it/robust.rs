@@ -93,7 +93,8 @@ async fn a_killed_proxy_is_restarted_and_refuses_no_connection() {
         "the test's (and the agent's) session is not the proxy's"
     );
     // Where no cgroup weights it, the proxy runs raised (nice -5, and its session's autogroup);
-    // the instances keep the agent's (this test's) priority, never lowered.
+    // the instances, once they serve, keep the agent's (this test's) priority: a new one starts
+    // lowered (the deploy's own work) and is promoted after its health gate.
     let observe = |pid: u32| driver::priority::observe(pid).expect("the priority of a process");
     let own_nice = observe(std::process::id()).nice;
     for pid in instances.values() {
