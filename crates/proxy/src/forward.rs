@@ -1065,6 +1065,10 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
 }
 
 /// A new random 128-bit id in hex.
+///
+/// Its bytes are owned by a shared `Bytes` from the start (`Bytes::from_owner`: one allocation). A value
+/// copied into a `Vec`-backed `Bytes` (`HeaderValue::from_bytes`) is allocated again on its first clone,
+/// and the id is cloned for every request (into the upstream request, and kept for the answer).
 fn new_request_id() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut id = [0u8; 32];
@@ -1073,7 +1077,8 @@ fn new_request_id() -> HeaderValue {
             *digit = HEX[((value >> (60 - 4 * index)) & 0xf) as usize];
         }
     }
-    HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    HeaderValue::from_maybe_shared(Bytes::from_owner(id))
+        .unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 #[cfg(test)]
