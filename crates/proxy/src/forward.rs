@@ -380,7 +380,10 @@ async fn forward(
         match sent {
             Ok(mut response) => {
                 instance.record_success();
-                let latency = started.elapsed();
+                // One clock read: the answer head's time, for its latency and the start of the body's
+                // idle timeout.
+                let answered = Instant::now();
+                let latency = answered.saturating_duration_since(started);
                 // A gRPC answer is counted by its `grpc-status`, which a 200 carries in its trailers
                 // unless it is a trailers-only answer.
                 let grpc_pending = settings.protocol == UpstreamProtocol::Grpc
@@ -428,8 +431,13 @@ async fn forward(
                     )
                 });
                 let grpc_stats = grpc_pending.then(|| Arc::clone(stats));
-                let mut body =
-                    ProxyBody::upstream(incoming, checkin, Some(guard), settings.idle_timeout);
+                let mut body = ProxyBody::upstream(
+                    incoming,
+                    checkin,
+                    Some(guard),
+                    settings.idle_timeout,
+                    answered,
+                );
                 if let Some(stats) = grpc_stats {
                     body.count_grpc_status(stats, latency);
                 }
