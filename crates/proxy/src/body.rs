@@ -25,8 +25,8 @@ use crate::upstream::h1::AnswerBody;
 /// The body of every answer the proxy gives.
 pub struct ProxyBody {
     kind: Kind,
-    // Longest silence of the instance inside its answer; the timer is reset by every frame.
-    idle: Option<(Duration, Pin<Box<Sleep>>)>,
+    // Longest silence of the instance inside its answer, from the answer's head and then from every frame.
+    idle: Option<IdleTimer>,
     // Where the HTTP/1 connection goes back when the upstream answer has been read to its end.
     checkin: Option<(Arc<InstanceLive>, IdleLimits)>,
     // Held until the body ends or is dropped: the instance's in-flight count (what a drain waits for) and
@@ -36,6 +36,34 @@ pub struct ProxyBody {
     // A gRPC answer not counted yet: its `grpc-status` comes in the trailers. Holds the stats to count it
     // in and the time to its head.
     grpc_pending: Option<(Arc<ReleaseStats>, Duration)>,
+}
+
+/// The answer body's idle timer. Its `Sleep` (an allocation) is made only when the instance keeps the
+/// body waiting: most answers are whole by the first read and never wait, so until then only the deadline
+/// is kept, and a frame that ends the body reads no clock.
+struct IdleTimer {
+    timeout: Duration,
+    deadline: tokio::time::Instant,
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl IdleTimer {
+    /// A frame came: the silence counts again from `now`.
+    fn restart(&mut self, now: tokio::time::Instant) {
+        self.deadline = now + self.timeout;
+        if let Some(sleep) = &mut self.sleep {
+            sleep.as_mut().reset(self.deadline);
+        }
+    }
+
+    /// Polls the deadline (armed on the first wait).
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let deadline = self.deadline;
+        self.sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)))
+            .as_mut()
+            .poll(cx)
+    }
 }
 
 /// Why a request body stopped.
@@ -98,11 +126,13 @@ impl ProxyBody {
         ProxyBody::new(Kind::Full(Some(bytes)))
     }
 
+    /// `now` is when the answer's head came (the caller's clock reading): the idle timeout runs from it.
     pub(crate) fn upstream(
         upstream: UpstreamBody,
         checkin: Option<(Arc<InstanceLive>, IdleLimits)>,
         in_flight: Option<InFlightGuard>,
         idle_timeout: Duration,
+        now: tokio::time::Instant,
     ) -> ProxyBody {
         let mut body = ProxyBody::new(match upstream {
             UpstreamBody::Hyper(incoming) => Kind::Upstream(incoming),
@@ -110,7 +140,11 @@ impl ProxyBody {
         });
         body.checkin = checkin;
         body.in_flight = in_flight;
-        body.idle = Some((idle_timeout, Box::pin(tokio::time::sleep(idle_timeout))));
+        body.idle = Some(IdleTimer {
+            timeout: idle_timeout,
+            deadline: now + idle_timeout,
+            sleep: None,
+        });
         body.finish_if_ended();
         body
     }
@@ -204,16 +238,18 @@ impl Body for ProxyBody {
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|bytes| Ok(Frame::data(bytes)))),
             Kind::Upstream(_) | Kind::Http1(_) => match this.poll_upstream(cx) {
                 Poll::Ready(polled) => {
-                    if let Some((timeout, sleep)) = &mut this.idle {
-                        sleep.as_mut().reset(tokio::time::Instant::now() + *timeout);
+                    // A frame that ends the body needs no timer after it (nor a clock read).
+                    let more = matches!(polled, Some(Ok(_))) && !this.is_end_stream();
+                    if more && let Some(idle) = &mut this.idle {
+                        idle.restart(tokio::time::Instant::now());
                     }
                     Poll::Ready(polled)
                 }
                 Poll::Pending => match &mut this.idle {
-                    Some((timeout, sleep)) => match sleep.as_mut().poll(cx) {
-                        Poll::Ready(()) => {
-                            Poll::Ready(Some(Err(AnswerBodyError::Idle { timeout: *timeout })))
-                        }
+                    Some(idle) => match idle.poll_expired(cx) {
+                        Poll::Ready(()) => Poll::Ready(Some(Err(AnswerBodyError::Idle {
+                            timeout: idle.timeout,
+                        }))),
                         Poll::Pending => Poll::Pending,
                     },
                     None => Poll::Pending,

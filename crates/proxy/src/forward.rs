@@ -380,7 +380,10 @@ async fn forward(
         match sent {
             Ok(mut response) => {
                 instance.record_success();
-                let latency = started.elapsed();
+                // One clock read: the answer head's time, for its latency and the start of the body's
+                // idle timeout.
+                let answered = Instant::now();
+                let latency = answered.saturating_duration_since(started);
                 // A gRPC answer is counted by its `grpc-status`, which a 200 carries in its trailers
                 // unless it is a trailers-only answer.
                 let grpc_pending = settings.protocol == UpstreamProtocol::Grpc
@@ -428,8 +431,13 @@ async fn forward(
                     )
                 });
                 let grpc_stats = grpc_pending.then(|| Arc::clone(stats));
-                let mut body =
-                    ProxyBody::upstream(incoming, checkin, Some(guard), settings.idle_timeout);
+                let mut body = ProxyBody::upstream(
+                    incoming,
+                    checkin,
+                    Some(guard),
+                    settings.idle_timeout,
+                    answered,
+                );
                 if let Some(stats) = grpc_stats {
                     body.count_grpc_status(stats, latency);
                 }
@@ -1065,6 +1073,10 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
 }
 
 /// A new random 128-bit id in hex.
+///
+/// Its bytes are owned by a shared `Bytes` from the start (`Bytes::from_owner`: one allocation). A value
+/// copied into a `Vec`-backed `Bytes` (`HeaderValue::from_bytes`) is allocated again on its first clone,
+/// and the id is cloned for every request (into the upstream request, and kept for the answer).
 fn new_request_id() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut id = [0u8; 32];
@@ -1073,7 +1085,8 @@ fn new_request_id() -> HeaderValue {
             *digit = HEX[((value >> (60 - 4 * index)) & 0xf) as usize];
         }
     }
-    HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    HeaderValue::from_maybe_shared(Bytes::from_owner(id))
+        .unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 #[cfg(test)]

@@ -130,6 +130,17 @@ fn request_ids_are_kept_out_of_the_hpack_table_and_a_client_s_usable_one_is_kept
     assert_eq!(request_id(&headers).len(), 32);
 }
 
+#[test]
+fn a_new_request_id_is_32_hex_digits_and_its_clones_are_the_same_value() {
+    let made = request_id(&HeaderMap::new());
+    assert!(made.as_bytes().iter().all(u8::is_ascii_hexdigit));
+    assert_ne!(made, request_id(&HeaderMap::new()));
+    let clone = made.clone();
+    assert_eq!(clone, made);
+    assert!(clone.is_sensitive());
+    assert_eq!(clone.as_bytes().as_ptr(), made.as_bytes().as_ptr());
+}
+
 fn context(trusted_peer: bool) -> ConnectionContext {
     let client_addr: SocketAddr = "192.0.2.7:40000".parse().expect("address");
     ConnectionContext {

@@ -155,6 +155,7 @@ async fn exchange_with(
         Some((Arc::clone(instance), limits())),
         None,
         Duration::from_secs(5),
+        tokio::time::Instant::now(),
     );
     let collected = body.collect().await.map_err(|error| error.to_string())?;
     let trailers = collected.trailers().cloned();
@@ -735,6 +736,7 @@ async fn a_cut_instance_ends_an_answer_that_is_still_streaming() {
         Some((Arc::clone(&instance), limits())),
         Some(guard),
         Duration::from_secs(5),
+        tokio::time::Instant::now(),
     );
     let first = body.frame().await.expect("a frame").expect("data");
     assert_eq!(first.into_data().expect("data"), "one");
@@ -791,4 +793,94 @@ async fn a_large_answer_is_read_whole_in_growing_reads() {
         largest > 8 * 1024,
         "{frames} frames, the largest {largest} bytes"
     );
+}
+
+/// An instance that answers with a chunked head, then writes `chunks` one every `gap`, then stays silent.
+async fn chunked_then_silent(chunks: usize, gap: Duration) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.expect("accept");
+        let mut buf = Vec::new();
+        read_request(&mut stream, &mut buf).await.expect("request");
+        stream
+            .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+            .await
+            .expect("write");
+        for _ in 0..chunks {
+            tokio::time::sleep(gap).await;
+            let _ = stream.write_all(b"1\r\nx\r\n").await;
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    });
+    addr
+}
+
+/// Reads `body` until it ends, fails or 3 s pass: the data read and how it stopped.
+async fn read_until_stopped(mut body: ProxyBody) -> (usize, String) {
+    let mut data = 0;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(3), body.frame()).await {
+            Ok(Some(Ok(frame))) => data += frame.into_data().map_or(0, |bytes| bytes.len()),
+            Ok(Some(Err(error))) => return (data, error.to_string()),
+            Ok(None) => return (data, "end".to_owned()),
+            Err(_) => return (data, "still waiting".to_owned()),
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_answer_body_silent_for_the_idle_timeout_ends_and_each_frame_restarts_it() {
+    let idle = Duration::from_millis(300);
+    // Frames every 100 ms for 600 ms: longer than the idle timeout in all, never silent that long.
+    let addr = chunked_then_silent(6, Duration::from_millis(100)).await;
+    let instance = instance(addr);
+    let config = ProxyConfig::default();
+    let response = send(
+        &instance,
+        get("/"),
+        &config,
+        &RouteSettings::default(),
+        false,
+        None,
+    )
+    .await
+    .unwrap_or_else(|failure| panic!("{}", failure.error));
+    let started = Instant::now();
+    let (_, body) = response.into_parts();
+    let body = ProxyBody::upstream(body, None, None, idle, Instant::now());
+    let (data, stopped) = read_until_stopped(body).await;
+    assert_eq!(data, 6);
+    assert!(stopped.contains("sent nothing"), "{stopped}");
+    // Ended by the silence after the last frame (at ~600 ms), not before it nor long after.
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_millis(850), "{elapsed:?}");
+    assert!(elapsed < Duration::from_millis(2500), "{elapsed:?}");
+}
+
+#[tokio::test]
+async fn an_answer_body_s_idle_timeout_runs_from_the_head_s_time() {
+    // The head came (as the caller read its clock) a second ago and nothing since: already idle too long.
+    let addr = chunked_then_silent(0, Duration::ZERO).await;
+    let instance = instance(addr);
+    let config = ProxyConfig::default();
+    let response = send(
+        &instance,
+        get("/"),
+        &config,
+        &RouteSettings::default(),
+        false,
+        None,
+    )
+    .await
+    .unwrap_or_else(|failure| panic!("{}", failure.error));
+    let (_, body) = response.into_parts();
+    let now = Instant::now();
+    let head_time = now.checked_sub(Duration::from_secs(1)).unwrap_or(now);
+    let body = ProxyBody::upstream(body, None, None, Duration::from_millis(500), head_time);
+    let started = Instant::now();
+    let (data, stopped) = read_until_stopped(body).await;
+    assert_eq!(data, 0);
+    assert!(stopped.contains("sent nothing"), "{stopped}");
+    assert!(started.elapsed() < Duration::from_millis(400));
 }
