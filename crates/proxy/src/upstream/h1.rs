@@ -97,10 +97,14 @@ impl Connection {
     }
 }
 
-/// What is left to write of a request: the bytes in hand, then the rest of its body.
+/// What is left to write of a request: framing bytes in hand (`buf`: the head, a chunk's size line),
+/// then body bytes as they came from the client (`data`, never copied), then the chunk's closing CRLF
+/// (`tail`), all in one vectored write where the socket takes them; then the rest of its body.
 struct Writer {
     buf: Vec<u8>,
     written: usize,
+    data: Bytes,
+    tail: &'static [u8],
     // The request body still to be read and framed; `None` once its end was framed.
     body: Option<RequestBody>,
     framing: RequestFraming,
@@ -117,7 +121,21 @@ enum RequestFraming {
 
 impl Writer {
     fn is_done(&self) -> bool {
-        self.body.is_none() && self.written == self.buf.len()
+        self.body.is_none() && !self.in_hand()
+    }
+
+    fn in_hand(&self) -> bool {
+        self.written < self.buf.len() || !self.data.is_empty() || !self.tail.is_empty()
+    }
+
+    /// Marks `n` bytes of `buf`, `data` and `tail`, in that order, as written.
+    fn advance(&mut self, n: usize) {
+        let from_buf = (self.buf.len() - self.written).min(n);
+        self.written += from_buf;
+        let from_data = self.data.len().min(n - from_buf);
+        self.data.advance(from_data);
+        let from_tail = self.tail.len().min(n - from_buf - from_data);
+        self.tail = &self.tail[from_tail..];
     }
 
     /// Writes what is in hand and frames more of the body, until done or the socket or the body is not
@@ -128,15 +146,20 @@ impl Writer {
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), UpstreamError>> {
         loop {
-            while self.written < self.buf.len() {
-                match Pin::new(&mut *stream).poll_write(cx, &self.buf[self.written..]) {
+            while self.in_hand() {
+                let slices = [
+                    io::IoSlice::new(&self.buf[self.written..]),
+                    io::IoSlice::new(&self.data),
+                    io::IoSlice::new(self.tail),
+                ];
+                match Pin::new(&mut *stream).poll_write_vectored(cx, &slices) {
                     Poll::Ready(Ok(0)) => {
                         return Poll::Ready(Err(UpstreamError::Io(
                             io::ErrorKind::WriteZero.into(),
                         )));
                     }
                     Poll::Ready(Ok(n)) => {
-                        self.written += n;
+                        self.advance(n);
                         self.any_written = true;
                     }
                     Poll::Ready(Err(error)) => return Poll::Ready(Err(UpstreamError::Io(error))),
@@ -150,7 +173,7 @@ impl Writer {
             };
             match ready!(Pin::new(body).poll_frame(cx)) {
                 Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) => self.frame_data(&data)?,
+                    Ok(data) => self.frame_data(data)?,
                     Err(frame) => {
                         if let (Ok(trailers), RequestFraming::Chunked) =
                             (frame.into_trailers(), self.framing)
@@ -180,7 +203,9 @@ impl Writer {
         }
     }
 
-    fn frame_data(&mut self, data: &[u8]) -> Result<(), UpstreamError> {
+    /// Puts a chunk of the body in hand, framed: as it is with a `Content-Length`, between its size line
+    /// and a CRLF when chunked.
+    fn frame_data(&mut self, data: Bytes) -> Result<(), UpstreamError> {
         if data.is_empty() {
             return Ok(());
         }
@@ -191,15 +216,14 @@ impl Writer {
                     return Err(UpstreamError::RequestBodyLength);
                 }
                 *remaining -= length;
-                self.buf.extend_from_slice(data);
             }
             RequestFraming::Chunked => {
                 use std::io::Write;
                 let _ = write!(self.buf, "{:x}\r\n", data.len());
-                self.buf.extend_from_slice(data);
-                self.buf.extend_from_slice(b"\r\n");
+                self.tail = b"\r\n";
             }
         }
+        self.data = data;
         Ok(())
     }
 }
@@ -354,7 +378,6 @@ fn start(request: &Request<RequestBody>) -> (Writer, bool) {
     let headers = request.headers();
     let mut buf = Vec::with_capacity(
         128 + path.len()
-            + held.map_or(0, Bytes::len)
             + headers
                 .iter()
                 .map(|(name, value)| name.as_str().len() + value.len() + 4)
@@ -394,15 +417,21 @@ fn start(request: &Request<RequestBody>) -> (Writer, bool) {
     }
     buf.extend_from_slice(b"\r\n");
     let mut framing = framing;
-    if let Some(held) = held {
-        buf.extend_from_slice(held);
-        framing = RequestFraming::Length(0);
-    }
+    // A held body goes out with the head, in the same write, without a copy.
+    let data = match held {
+        Some(held) => {
+            framing = RequestFraming::Length(0);
+            held.clone()
+        }
+        None => Bytes::new(),
+    };
     let streamed = !end_stream && held.is_none();
     (
         Writer {
             buf,
             written: 0,
+            data,
+            tail: b"",
             body: None,
             framing,
             any_written: false,
@@ -778,5 +807,59 @@ impl std::fmt::Debug for AnswerBody {
             .field("framing", &self.framing)
             .field("keep_alive", &self.keep_alive)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod writer_tests {
+    use super::*;
+
+    fn writer(buf: &[u8], data: &'static [u8], tail: &'static [u8]) -> Writer {
+        Writer {
+            buf: buf.to_vec(),
+            written: 0,
+            data: Bytes::from_static(data),
+            tail,
+            body: None,
+            framing: RequestFraming::Chunked,
+            any_written: false,
+        }
+    }
+
+    fn left(writer: &Writer) -> Vec<u8> {
+        [&writer.buf[writer.written..], &writer.data[..], writer.tail].concat()
+    }
+
+    /// A partial write can end anywhere in the size line, the body bytes or the closing CRLF; what is
+    /// left is always the rest, in order, whatever the split.
+    #[test]
+    fn partial_writes_leave_the_rest_of_size_line_data_and_crlf_in_order() {
+        let whole = b"4\r\ndata\r\n";
+        for first in 0..=whole.len() {
+            for second in 0..=(whole.len() - first) {
+                let mut writer = writer(b"4\r\n", b"data", b"\r\n");
+                writer.advance(first);
+                assert_eq!(left(&writer), &whole[first..], "after {first}");
+                writer.advance(second);
+                assert_eq!(
+                    left(&writer),
+                    &whole[first + second..],
+                    "after {first} then {second}"
+                );
+                writer.advance(whole.len());
+                assert!(!writer.in_hand());
+                assert!(writer.is_done());
+            }
+        }
+    }
+
+    #[test]
+    fn a_chunk_is_framed_without_copying_its_bytes() {
+        let mut writer = writer(b"", b"", b"");
+        let data = Bytes::from(vec![7u8; 100_000]);
+        writer.frame_data(data.clone()).expect("framed");
+        assert_eq!(writer.buf, b"186a0\r\n");
+        assert_eq!(writer.data.as_ptr(), data.as_ptr(), "the chunk was copied");
+        assert_eq!(writer.tail, b"\r\n");
     }
 }
