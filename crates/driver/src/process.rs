@@ -214,6 +214,18 @@ fn promote_pid(instance_id: &str, pid: u32) {
     }
 }
 
+/// An instance adopted to serve at the agent's priority that still runs at the deploy's lower one
+/// (`crate::priority::deploy_nice`: its agent was killed between its start and its health gate, so
+/// nothing promoted it) is promoted now; nothing else would until its next restart.
+fn promote_if_left_lowered(instance_id: &str, pid: u32) {
+    let Some(lowered) = crate::priority::deploy_nice() else {
+        return;
+    };
+    if crate::priority::observe(pid).is_ok_and(|observed| observed.nice == lowered) {
+        promote_pid(instance_id, pid);
+    }
+}
+
 impl Driver for ProcessDriver {
     async fn start(&self, spec: InstanceSpec) -> Result<(), DriverError> {
         validate_instance_id(&spec.instance_id)?;
@@ -276,6 +288,9 @@ impl Driver for ProcessDriver {
             instance = %spec.instance_id,
             pid = identity.pid,
         );
+        if spec.confinement.nice.is_none() {
+            promote_if_left_lowered(&spec.instance_id, identity.pid);
+        }
         self.supervise(supervised, RunningProcess::Adopted(identity));
         Ok(true)
     }

@@ -3,7 +3,7 @@
 use driver::process::ProcessDriver;
 use driver::{Driver, InstanceStatus};
 
-use crate::support::{answers, demo_spec, eventually, process_alive, running_pid};
+use crate::support::{answers, demo_spec, eventually, process_alive, running_pid, thread_nices};
 
 /// Simulates an agent killed with kill -9: driver A and every task of its runtime vanish
 /// without stopping anything; driver B, on the same state dir, adopts the instance.
@@ -102,6 +102,48 @@ fn an_orphan_is_stopped_without_adoption() {
         .await;
         assert!(driver_b.running().is_empty());
         assert!(!state_dir.join("orphan-web-1/pid").exists());
+    });
+}
+
+/// An agent killed between a new instance's start (lowered, the deploy's own work:
+/// `driver::priority`) and its health gate never promoted it: the next agent adopts it to serve at
+/// its own priority, every thread, instead of leaving it lowered until its next restart.
+#[test]
+fn an_instance_left_lowered_by_a_killed_agent_is_promoted_on_adoption() {
+    let own = driver::priority::own_nice();
+    let Some(lowered) = driver::priority::deploy_nice() else {
+        eprintln!("this test runs at the lowest priority already: nothing to lower");
+        return;
+    };
+    if !driver::priority::may_restore(own) {
+        eprintln!("this test may not raise a priority back: nothing to promote");
+        return;
+    }
+    let temporary = tempfile::tempdir().expect("temporary directory");
+    let state_dir = temporary.path().join("state");
+    let spec = demo_spec("left-lowered-web-1", temporary.path(), &[]);
+    let mut lowered_spec = spec.clone();
+    lowered_spec.confinement.nice = Some(lowered);
+
+    let runtime_a = runtime();
+    let driver_a = ProcessDriver::new(state_dir.clone()).expect("driver A");
+    let pid = runtime_a.block_on(async {
+        driver_a.start(lowered_spec).await.expect("start");
+        answers(&spec).await;
+        running_pid(&driver_a, "left-lowered-web-1")
+    });
+    let nices = thread_nices(pid);
+    assert!(nices.len() > 1, "the demo app runs threads: {nices:?}");
+    assert!(nices.iter().all(|nice| *nice == lowered), "{nices:?}");
+    drop(driver_a);
+    drop(runtime_a);
+
+    runtime().block_on(async {
+        let driver_b = ProcessDriver::new(state_dir.clone()).expect("driver B");
+        assert!(driver_b.adopt(spec.clone()).await.expect("adopt"));
+        let nices = thread_nices(pid);
+        assert!(nices.iter().all(|nice| *nice == own), "{nices:?}");
+        driver_b.stop("left-lowered-web-1").await.expect("stop");
     });
 }
 

@@ -6,7 +6,8 @@ use driver::process::{ProcessDriver, ProcessDriverConfig};
 use driver::{Driver, InstanceStatus};
 
 use crate::support::{
-    answers, demo_spec, eventually, files_below, get, process_alive, running_pid, shell_quote, spec,
+    answers, demo_spec, eventually, files_below, get, process_alive, running_pid, shell_quote,
+    spec, thread_nices,
 };
 
 #[tokio::test]
@@ -363,16 +364,6 @@ async fn a_confined_instance_runs_as_its_user_with_a_private_home_and_restarts_s
     .await;
     assert_eq!(ids(second), ["Uid: 61777 61777 61777 61777", "Groups:"]);
     driver.stop("confined-web-1").await.expect("stop");
-}
-
-/// The nice value of every thread of `pid`.
-fn thread_nices(pid: u32) -> Vec<i32> {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .expect("the process's threads")
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(|tid| driver::priority::observe(tid).ok())
-        .map(|observed| observed.nice)
-        .collect()
 }
 
 /// The deploy's own work starts below the serving instances (`Confinement::nice`): a new instance

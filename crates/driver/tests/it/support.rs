@@ -143,3 +143,13 @@ pub fn file_names(dir: &Path) -> Vec<String> {
     names.sort();
     names
 }
+
+/// The nice value of every thread of `pid`.
+pub fn thread_nices(pid: u32) -> Vec<i32> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("the process's threads")
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|tid| driver::priority::observe(tid).ok())
+        .map(|observed| observed.nice)
+        .collect()
+}
