@@ -52,6 +52,10 @@ pub const BETA: f64 = 0.01;
 /// Below this difference, p99 latencies are treated as equal: 1 ms against 4 ms is noise, not a
 /// regression, however many times larger.
 pub const LATENCY_NOISE_US: u64 = 20_000;
+/// The fewest measured latencies a p99 is judged from (with `min_requests`, whichever is more): the
+/// p99 of fewer than a hundred is their slowest, and one slow request (a new instance's first, a busy
+/// machine's) is not a slow release. From a hundred on, one in a hundred may be slow, as a p99 means.
+pub const MIN_LATENCIES: u64 = 100;
 /// The lowest error rate assumed for a baseline, so one error does not look infinitely worse.
 pub const BASELINE_FLOOR: f64 = 0.001;
 
@@ -190,18 +194,18 @@ pub fn applied_bounds(
 
 /// `max_p99`, when set and the release has enough measured requests to judge.
 fn absolute_p99_bound(release: &Sample, bounds: &Bounds) -> Option<u64> {
-    bounds
-        .max_p99_us
-        .filter(|_| release.latency_count >= bounds.min_requests)
+    bounds.max_p99_us.filter(|_| judged_p99(release, bounds))
+}
+
+/// Whether `sample` measured enough latencies for its p99 to be judged ([`MIN_LATENCIES`]).
+fn judged_p99(sample: &Sample, bounds: &Bounds) -> bool {
+    sample.latency_count >= bounds.min_requests.max(MIN_LATENCIES)
 }
 
 /// The highest p99 (µs) that passes against `baseline`: its p99 times `latency_margin`, and at
-/// least [`LATENCY_NOISE_US`] above it; None unless both sides have enough measured requests.
+/// least [`LATENCY_NOISE_US`] above it; None unless both sides measured enough latencies.
 fn baseline_p99_bound(release: &Sample, baseline: &Sample, bounds: &Bounds) -> Option<u64> {
-    if baseline.latency_count < bounds.min_requests
-        || release.latency_count < bounds.min_requests
-        || baseline.p99_us == 0
-    {
+    if !judged_p99(baseline, bounds) || !judged_p99(release, bounds) || baseline.p99_us == 0 {
         return None;
     }
     // A whole number of µs is above `x` exactly when it is above `floor(x)`.

@@ -158,3 +158,54 @@ fn the_applied_p99_bound_is_where_evaluate_starts_failing() {
     };
     assert_eq!(applied_bounds(&few, None, &bounds()).max_p99_us, None);
 }
+
+/// A p99 is judged from a hundred latencies at least, whatever `min_requests` says: below that it
+/// is the slowest request, and one slow request (a new instance's first) must not roll a healthy
+/// release back. At a hundred, the slowest alone no longer makes the p99.
+#[test]
+fn one_slow_request_is_not_a_slow_release() {
+    let low_minimum = Bounds {
+        min_requests: 50,
+        ..bounds()
+    };
+    let baseline = Sample {
+        requests: 10_000,
+        errors: 0,
+        p99_us: 5_000,
+        latency_count: 10_000,
+    };
+    // 99 requests, the slowest at 2 s: its p99 is that one request.
+    let cold = Sample {
+        requests: 99,
+        errors: 0,
+        p99_us: 2_000_000,
+        latency_count: 99,
+    };
+    let applied = applied_bounds(&cold, Some(&baseline), &low_minimum);
+    assert_eq!(applied.max_p99_us, None);
+    assert!(!evaluate(cold, Some(baseline), &low_minimum).is_fail());
+    // A hundred: a p99 that high means two slow requests at least, and it fails.
+    let slow = Sample {
+        requests: 100,
+        latency_count: 100,
+        ..cold
+    };
+    assert_eq!(
+        applied_bounds(&slow, Some(&baseline), &low_minimum).max_p99_us,
+        Some(25_000)
+    );
+    assert!(evaluate(slow, Some(baseline), &low_minimum).is_fail());
+    // A baseline of fewer than a hundred latencies gives no relative bound either.
+    let young_baseline = Sample {
+        latency_count: 99,
+        ..baseline
+    };
+    let no_absolute = Bounds {
+        max_p99_us: None,
+        ..low_minimum
+    };
+    assert_eq!(
+        applied_bounds(&slow, Some(&young_baseline), &no_absolute).max_p99_us,
+        None
+    );
+}
