@@ -998,7 +998,7 @@ thread_local! {
 }
 
 /// The current time as an HTTP date, marked sensitive (see `date_for_http2`).
-fn current_date() -> HeaderValue {
+pub(crate) fn current_date() -> HeaderValue {
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |since| since.as_secs());

@@ -27,6 +27,8 @@ use crate::active::ConnectionActivity;
 use crate::control::Proxy;
 use crate::forward::{self, ConnectionContext, Scheme};
 
+mod h1;
+
 /// Serves plain HTTP (HTTP/1.1 and h2c) on `listener` until `shutdown` is cancelled, then stops
 /// accepting, lets open requests finish, and returns when the last connection has closed.
 pub async fn serve(
