@@ -628,6 +628,8 @@ pub(crate) struct OutBuf {
     written: usize,
     pub(crate) data: Bytes,
     pub(crate) tail: &'static [u8],
+    // The answer's end is framed (set and cleared by the connection).
+    pub(crate) ended: bool,
 }
 
 impl OutBuf {
@@ -731,6 +733,8 @@ pub(crate) fn refusal(error: &HeadError, date: &HeaderValue) -> Vec<u8> {
     buf.extend_from_slice(body.as_bytes());
     buf
 }
+
+mod conn;
 
 #[cfg(test)]
 mod tests;
