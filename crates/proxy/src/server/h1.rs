@@ -7,8 +7,6 @@
 //! `server` yet (hyper's `http1` server still serves client connections); the connection driver that
 //! will own the socket, the pipelining order, 100-continue, upgrades and the drain is the next step.
 //! Everything here is pure and tested against scripted bytes (`h1/tests.rs`).
-// Not used outside its tests until the driver lands (see above).
-#![cfg_attr(not(test), allow(dead_code))]
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -264,7 +262,7 @@ fn parse_content_length(value: &[u8]) -> Option<u64> {
 
 /// Why a request body could not be read on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum BodyError {
+pub enum BodyError {
     #[error("invalid chunk size line")]
     ChunkSize,
     #[error("chunk size line longer than {MAX_CHUNK_LINE} bytes")]
@@ -735,6 +733,8 @@ pub(crate) fn refusal(error: &HeadError, date: &HeaderValue) -> Vec<u8> {
 }
 
 mod conn;
+
+pub(crate) use conn::{Ended, H1Body, Hooks, Io, PendingUpgrade, ServerConn, Upgraded};
 
 #[cfg(test)]
 mod tests;

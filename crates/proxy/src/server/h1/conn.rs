@@ -26,6 +26,8 @@ use hyper::{Method, Request, Response, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::active::ConnectionActivity;
+
 use super::{
     AnswerContext, AnswerFraming, BodyDecoder, BodyError, Decoded, HeadError, HeadLimits, OutBuf,
 };
@@ -52,10 +54,9 @@ pub(crate) struct ServerConn<S> {
     io: S,
     read_buf: BytesMut,
     read_chunk: usize,
-    out: OutBuf,
+    // Boxed: an idle connection's task keeps only a pointer (none once its buffers are released).
+    out: Option<Box<OutBuf>>,
     limits: HeadLimits,
-    // Bytes of a `100 Continue` still to write.
-    continue_out: &'static [u8],
 }
 
 /// What the connection keeps of the request whose body it is feeding.
@@ -64,8 +65,17 @@ struct Feeder {
     sender: Option<mpsc::UnboundedSender<Result<Frame<Bytes>, BodyError>>>,
     want: Arc<Want>,
     expect_continue: bool,
+    // Bytes of a `100 Continue` still to write.
+    continue_out: &'static [u8],
     // The body could not be read to its end (a framing error, the client gone): close after the answer.
     broken: bool,
+}
+
+impl Feeder {
+    /// Whether the body was read to its end (or failed): nothing more of it comes from the socket.
+    fn is_done(&self) -> bool {
+        self.sender.is_none() && (self.decoder.is_done() || self.broken)
+    }
 }
 
 /// Whether the body's consumer waits for more, and the connection's waker to tell it so.
@@ -81,136 +91,192 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> ServerConn<S> {
             io,
             read_buf: BytesMut::from(&read_ahead[..]),
             read_chunk: READ_CHUNK,
-            out: OutBuf::default(),
+            out: None,
             limits,
-            continue_out: b"",
         }
     }
 
-    /// Serves requests until the connection closes. `closing` (the process stops) makes the next
-    /// answer say `connection: close` and end the connection.
-    pub(crate) async fn serve<F, Fut, B>(mut self, mut service: F, closing: &AtomicBool) -> Ended
+    /// Serves requests until the connection closes.
+    ///
+    /// Only the wait for a request head lives in this future (an idle keep-alive connection's task holds
+    /// little more than the socket and its buffers); each exchange is boxed for its time.
+    ///
+    /// Not an `async fn`: an `async fn` keeps its arguments beside the locals they are moved into, and
+    /// this future is most of an idle connection's task.
+    #[allow(clippy::manual_async_fn)] // See above: an `async fn` would hold `self` twice.
+    pub(crate) fn serve<'a, F, Fut, B, E>(
+        mut self,
+        mut service: F,
+        hooks: Hooks<'a>,
+    ) -> impl Future<Output = Ended> + 'a
     where
-        F: FnMut(Request<H1Body>) -> Fut,
-        Fut: Future<Output = Response<B>>,
-        B: Body<Data = Bytes> + Unpin,
+        F: FnMut(Request<H1Body>) -> Fut + 'a,
+        Fut: Future<Output = Result<Response<B>, E>> + 'a,
+        B: Body<Data = Bytes> + Unpin + 'a,
+        E: std::fmt::Display + 'a,
     {
-        loop {
-            let head = match std::future::poll_fn(|cx| self.poll_head(cx)).await {
-                Ok(Some(head)) => head,
-                Ok(None) => return Ended::Closed,
-                Err(HeadFailure::Refused(error)) => {
-                    self.out.head = super::refusal(&error, &crate::forward::current_date());
-                    let _ = std::future::poll_fn(|cx| self.poll_write_out(cx)).await;
-                    return Ended::Closed;
-                }
-                Err(HeadFailure::Io(error)) => return Ended::Failed(error),
-            };
-            let super::RequestHead {
-                parts,
-                framing,
-                keep_alive,
-                expect_continue,
-            } = head;
-            let head_request = parts.method == Method::HEAD;
-            let version = parts.version;
-            let upgrade = (version == Version::HTTP_11 && wants_upgrade(&parts.headers))
-                .then(oneshot::channel::<Upgraded>);
-            let decoder = BodyDecoder::new(framing);
-            let (body, mut feeder) = if decoder.is_done() {
-                (H1Body::empty(), None)
-            } else {
-                let (sender, receiver) = mpsc::unbounded_channel();
-                let want = Arc::new(Want::default());
-                let body = H1Body {
-                    receiver: Some(receiver),
-                    want: Some(Arc::clone(&want)),
-                    remaining: decoder.remaining(),
-                };
-                let feeder = Feeder {
-                    decoder,
-                    sender: Some(sender),
-                    want,
-                    expect_continue,
-                    broken: false,
-                };
-                (body, Some(feeder))
-            };
-            let mut request = Request::from_parts(parts, body);
-            let upgrade_sender =
-                upgrade.map(|(sender, receiver)| {
-                    request.extensions_mut().insert(PendingUpgrade(Arc::new(
-                        std::sync::Mutex::new(Some(receiver)),
-                    )));
-                    sender
-                });
-            let answer = service(request);
-            let mut answer = std::pin::pin!(answer);
-            let response = std::future::poll_fn(|cx| {
-                loop {
-                    if let Poll::Ready(response) = answer.as_mut().poll(cx) {
-                        return Poll::Ready(Ok(response));
-                    }
-                    if !ready!(self.poll_feed(cx, feeder.as_mut()))? {
-                        return Poll::Pending;
+        async move {
+            loop {
+                // Between requests only the socket and its buffers are kept: the exchange (its head, its
+                // answer) lives in a box made once the next request's first bytes are in.
+                if self.read_buf.is_empty() {
+                    match std::future::poll_fn(|cx| self.poll_next_bytes(cx, hooks)).await {
+                        Ok(0) => return Ended::Closed,
+                        Ok(_) => {}
+                        Err(error) => return Ended::Failed(error),
                     }
                 }
-            })
-            .await;
-            let response = match response {
-                Ok(response) => response,
-                Err(error) => return Ended::Failed(error),
-            };
-            let (parts, mut body) = response.into_parts();
-            let length = if body.is_end_stream() {
-                Some(0)
-            } else {
-                body.size_hint().exact()
-            };
-            let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
-            let keep_alive = keep_alive && !closing.load(Ordering::Relaxed) && !switching;
-            let (framing, keep_alive) = super::encode_head(
-                &mut self.out.head,
-                parts.status,
-                &parts.headers,
-                length,
-                AnswerContext {
-                    head_request,
-                    request_version: version,
-                    keep_alive,
-                },
-                &crate::forward::current_date(),
-            );
-            if switching {
-                if let Err(error) = std::future::poll_fn(|cx| self.poll_write_out(cx)).await {
-                    return Ended::Failed(error);
+                let exchange = Box::pin(self.exchange(&mut service, hooks));
+                match exchange.await {
+                    Next::Request => {}
+                    Next::End(ended) => {
+                        if matches!(ended, Ended::Closed) {
+                            let _ =
+                                std::future::poll_fn(|cx| Pin::new(&mut self.io).poll_shutdown(cx))
+                                    .await;
+                        }
+                        return ended;
+                    }
+                    Next::Switch(sender) => {
+                        let read_ahead = self.read_buf.split().freeze();
+                        let _ = sender.send(Upgraded {
+                            io: Box::new(self.io),
+                            read_ahead,
+                        });
+                        return Ended::Upgraded;
+                    }
                 }
-                let Some(sender) = upgrade_sender else {
-                    return Ended::Closed;
-                };
-                let read_ahead = self.read_buf.split().freeze();
-                let _ = sender.send(Upgraded {
-                    io: Box::new(self.io),
-                    read_ahead,
-                });
-                return Ended::Upgraded;
-            }
-            let written = std::future::poll_fn(|cx| {
-                self.poll_answer(cx, &mut body, framing, feeder.as_mut())
-            })
-            .await;
-            if let Err(error) = written {
-                return Ended::Failed(error);
-            }
-            // A body not read to its end leaves the connection in the middle of a request.
-            let body_whole = feeder
-                .as_ref()
-                .is_none_or(|feeder| feeder.decoder.is_done() && !feeder.broken);
-            if !keep_alive || !body_whole {
-                let _ = std::future::poll_fn(|cx| Pin::new(&mut self.io).poll_shutdown(cx)).await;
-                return Ended::Closed;
             }
         }
+    }
+
+    /// One request and its answer, from the rest of its head.
+    async fn exchange<F, Fut, B, E>(&mut self, service: &mut F, hooks: Hooks<'_>) -> Next
+    where
+        F: FnMut(Request<H1Body>) -> Fut,
+        Fut: Future<Output = Result<Response<B>, E>>,
+        B: Body<Data = Bytes> + Unpin,
+        E: std::fmt::Display,
+    {
+        let closing = hooks.closing;
+        let head = match std::future::poll_fn(|cx| self.poll_head(cx)).await {
+            Ok(Some(head)) => head,
+            Ok(None) => return Next::End(Ended::Closed),
+            Err(HeadFailure::Refused(error)) => {
+                self.out().head = super::refusal(&error, &crate::forward::current_date());
+                let _ = std::future::poll_fn(|cx| self.poll_write_out(cx)).await;
+                return Next::End(Ended::Closed);
+            }
+            Err(HeadFailure::Io(error)) => return Next::End(Ended::Failed(error)),
+        };
+        let super::RequestHead {
+            parts,
+            framing,
+            keep_alive,
+            expect_continue,
+        } = head;
+        let head_request = parts.method == Method::HEAD;
+        let version = parts.version;
+        let upgrade = (version == Version::HTTP_11 && wants_upgrade(&parts.headers))
+            .then(oneshot::channel::<Upgraded>);
+        let decoder = BodyDecoder::new(framing);
+        let (body, mut feeder) = if decoder.is_done() {
+            (H1Body::empty(), None)
+        } else {
+            let (sender, receiver) = mpsc::unbounded_channel();
+            let want = Arc::new(Want::default());
+            let body = H1Body {
+                receiver: Some(receiver),
+                want: Some(Arc::clone(&want)),
+                remaining: decoder.remaining(),
+            };
+            let feeder = Feeder {
+                decoder,
+                sender: Some(sender),
+                want,
+                expect_continue,
+                continue_out: b"",
+                broken: false,
+            };
+            (body, Some(feeder))
+        };
+        let mut request = Request::from_parts(parts, body);
+        let upgrade_sender = upgrade.map(|(sender, receiver)| {
+            request
+                .extensions_mut()
+                .insert(PendingUpgrade(Arc::new(std::sync::Mutex::new(Some(
+                    receiver,
+                )))));
+            sender
+        });
+        let answer = service(request);
+        let mut answer = std::pin::pin!(answer);
+        let response = std::future::poll_fn(|cx| {
+            loop {
+                if let Poll::Ready(response) = answer.as_mut().poll(cx) {
+                    return Poll::Ready(Ok(response));
+                }
+                if !ready!(self.poll_feed(cx, feeder.as_mut())).map_err(Some)? {
+                    if feeder.as_ref().is_none_or(Feeder::is_done) && self.poll_client_gone(cx) {
+                        return Poll::Ready(Err(None));
+                    }
+                    return Poll::Pending;
+                }
+            }
+        })
+        .await;
+        let response = match response {
+            Ok(Ok(response)) => response,
+            Ok(Err(error)) => {
+                return Next::End(Ended::Failed(io::Error::other(error.to_string())));
+            }
+            // The client went away: its request is dropped.
+            Err(None) => return Next::End(Ended::Closed),
+            Err(Some(error)) => return Next::End(Ended::Failed(error)),
+        };
+        let (parts, mut body) = response.into_parts();
+        let length = if body.is_end_stream() {
+            Some(0)
+        } else {
+            body.size_hint().exact()
+        };
+        let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
+        let keep_alive = keep_alive && !closing.load(Ordering::Relaxed) && !switching;
+        let (framing, keep_alive) = super::encode_head(
+            &mut self.out().head,
+            parts.status,
+            &parts.headers,
+            length,
+            AnswerContext {
+                head_request,
+                request_version: version,
+                keep_alive,
+            },
+            &crate::forward::current_date(),
+        );
+        if switching {
+            if let Err(error) = std::future::poll_fn(|cx| self.poll_write_out(cx)).await {
+                return Next::End(Ended::Failed(error));
+            }
+            return match upgrade_sender {
+                Some(sender) => Next::Switch(sender),
+                None => Next::End(Ended::Closed),
+            };
+        }
+        let written =
+            std::future::poll_fn(|cx| self.poll_answer(cx, &mut body, framing, feeder.as_mut()))
+                .await;
+        if let Err(error) = written {
+            return Next::End(Ended::Failed(error));
+        }
+        // A body not read to its end leaves the connection in the middle of a request.
+        let body_whole = feeder
+            .as_ref()
+            .is_none_or(|feeder| feeder.decoder.is_done() && !feeder.broken);
+        if !keep_alive || !body_whole {
+            return Next::End(Ended::Closed);
+        }
+        Next::Request
     }
 
     /// Reads until a whole request head is in the read buffer: `None` when the client closed between
@@ -229,6 +295,58 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> ServerConn<S> {
             if ready!(self.poll_fill(cx)).map_err(HeadFailure::Io)? == 0 {
                 return Poll::Ready(Ok(None));
             }
+        }
+    }
+
+    /// While a request waits for its answer and reads nothing more from the client: whether the
+    /// client went away (end of stream or an error; a client's half-close is not waited on, as
+    /// hyper's default). Reads what the client sends meanwhile (a pipelined request) into the read
+    /// buffer, up to the head limit; the read also lets the socket's wrapper run (`TimedIo` writes
+    /// queued interim answers on a read, and registers for a wake-up when one is queued).
+    fn poll_client_gone(&mut self, cx: &mut Context<'_>) -> bool {
+        while self.read_buf.len() < self.limits.max_bytes {
+            match self.poll_fill(cx) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return true,
+                Poll::Ready(Ok(_)) => {}
+                Poll::Pending => return false,
+            }
+        }
+        false
+    }
+
+    /// Waits for the next request's first bytes (`Ok(0)`: the client closed), idle meanwhile.
+    fn poll_next_bytes(
+        &mut self,
+        cx: &mut Context<'_>,
+        hooks: Hooks<'_>,
+    ) -> Poll<io::Result<usize>> {
+        match self.poll_fill(cx) {
+            Poll::Ready(read) => {
+                hooks.idle.store(false, Ordering::Relaxed);
+                Poll::Ready(read)
+            }
+            Poll::Pending => {
+                hooks.idle.store(true, Ordering::Relaxed);
+                // Idle long enough (`TimedIo`'s release timer): the buffers go back, and the next
+                // request gets new ones.
+                if hooks
+                    .activity
+                    .is_some_and(ConnectionActivity::take_idle_release)
+                {
+                    self.release_buffers();
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    /// Gives the read and write buffers' memory back while the connection waits for a request.
+    fn release_buffers(&mut self) {
+        if self.read_buf.capacity() > 0 || self.out.is_some() {
+            self.read_buf = BytesMut::new();
+            self.read_chunk = READ_CHUNK;
+            self.out = None;
+            crate::memory::buffers_released();
         }
     }
 
@@ -272,15 +390,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> ServerConn<S> {
             return Poll::Ready(Ok(false));
         }
         if feeder.expect_continue {
-            if self.continue_out.is_empty() {
-                self.continue_out = CONTINUE;
+            if feeder.continue_out.is_empty() {
+                feeder.continue_out = CONTINUE;
             }
-            while !self.continue_out.is_empty() {
-                let written = ready!(Pin::new(&mut self.io).poll_write(cx, self.continue_out))?;
+            while !feeder.continue_out.is_empty() {
+                let written = ready!(Pin::new(&mut self.io).poll_write(cx, feeder.continue_out))?;
                 if written == 0 {
                     return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
                 }
-                self.continue_out = &self.continue_out[written..];
+                feeder.continue_out = &feeder.continue_out[written..];
             }
             ready!(Pin::new(&mut self.io).poll_flush(cx))?;
             feeder.expect_continue = false;
@@ -318,15 +436,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> ServerConn<S> {
 
     /// Writes what is in hand of the answer, in one vectored write where the socket takes it all.
     fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while !self.out.is_empty() {
-            let written =
-                ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &self.out.slices()))?;
+        ready!(self.poll_write_in_hand(cx))?;
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    /// Writes what is in hand, without a flush.
+    fn poll_write_in_hand(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Some(out) = self.out.as_deref_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        while !out.is_empty() {
+            let written = ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &out.slices()))?;
             if written == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
-            self.out.advance(written);
+            out.advance(written);
         }
-        Pin::new(&mut self.io).poll_flush(cx)
+        Poll::Ready(Ok(()))
+    }
+
+    fn out(&mut self) -> &mut OutBuf {
+        self.out.get_or_insert_with(Box::default)
     }
 
     /// Writes the answer's head and body. A body frame ready with the head goes out in the same write;
@@ -343,11 +473,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> ServerConn<S> {
     {
         loop {
             let mut waiting = false;
-            if !self.out.ended && self.out.data.is_empty() && self.out.tail.is_empty() {
+            if !self.out().ended && self.out().data.is_empty() && self.out().tail.is_empty() {
                 match Pin::new(&mut *body).poll_frame(cx) {
                     Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                         Ok(data) => {
-                            if !self.out.frame_data(&mut framing, data) {
+                            if !self.out().frame_data(&mut framing, data) {
                                 return Poll::Ready(Err(io::Error::other(
                                     "answer body longer than its length",
                                 )));
@@ -355,8 +485,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> ServerConn<S> {
                         }
                         Err(frame) => {
                             if let Ok(trailers) = frame.into_trailers() {
-                                self.out.frame_end(framing, Some(&trailers));
-                                self.out.ended = true;
+                                self.out().frame_end(framing, Some(&trailers));
+                                self.out().ended = true;
                             }
                         }
                     },
@@ -372,43 +502,49 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> ServerConn<S> {
                                 "answer body shorter than its length",
                             )));
                         }
-                        self.out.frame_end(framing, None);
-                        self.out.ended = true;
+                        self.out().frame_end(framing, None);
+                        self.out().ended = true;
                     }
                     Poll::Pending => waiting = true,
                 }
             }
-            if self.out.ended || !waiting {
-                while !self.out.is_empty() {
-                    let written =
-                        ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &self.out.slices()))?;
-                    if written == 0 {
-                        return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-                    }
-                    self.out.advance(written);
-                }
-                if self.out.ended {
+            if self.out().ended || !waiting {
+                ready!(self.poll_write_in_hand(cx))?;
+                if self.out().ended {
                     ready!(Pin::new(&mut self.io).poll_flush(cx))?;
-                    self.out.ended = false;
+                    self.out().ended = false;
                     return Poll::Ready(Ok(()));
                 }
                 continue;
             }
             // The body waits: what is in hand goes out now, and the request's body is fed meanwhile.
-            while !self.out.is_empty() {
-                let written =
-                    ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &self.out.slices()))?;
-                if written == 0 {
-                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-                }
-                self.out.advance(written);
-            }
+            ready!(self.poll_write_in_hand(cx))?;
             ready!(Pin::new(&mut self.io).poll_flush(cx))?;
             if !ready!(self.poll_feed(cx, feeder.as_deref_mut()))? {
+                if feeder.as_deref().is_none_or(Feeder::is_done) && self.poll_client_gone(cx) {
+                    return Poll::Ready(Err(io::ErrorKind::ConnectionAborted.into()));
+                }
                 return Poll::Pending;
             }
         }
     }
+}
+
+/// What the connection shares with its task: the process's stop (`closing`: answers then close the
+/// connection), whether it waits for a request head (`idle`: a drain may close it then), and the
+/// request count and release timer of its `TimedIo`.
+#[derive(Clone, Copy)]
+pub(crate) struct Hooks<'a> {
+    pub(crate) closing: &'a AtomicBool,
+    pub(crate) idle: &'a AtomicBool,
+    pub(crate) activity: Option<&'a ConnectionActivity>,
+}
+
+/// What follows an exchange.
+enum Next {
+    Request,
+    End(Ended),
+    Switch(oneshot::Sender<Upgraded>),
 }
 
 enum HeadFailure {

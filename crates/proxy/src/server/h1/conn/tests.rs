@@ -133,9 +133,17 @@ async fn service(mut request: Request<H1Body>) -> Response<Answer> {
 fn start() -> (DuplexStream, tokio::task::JoinHandle<Ended>) {
     let (client, server) = tokio::io::duplex(64 * 1024);
     let task = tokio::spawn(async move {
-        let closing = AtomicBool::new(false);
+        let (closing, idle) = (AtomicBool::new(false), AtomicBool::new(false));
+        let hooks = Hooks {
+            closing: &closing,
+            idle: &idle,
+            activity: None,
+        };
         ServerConn::new(server, LIMITS, Bytes::new())
-            .serve(service, &closing)
+            .serve(
+                |request| async { Ok::<_, Infallible>(service(request).await) },
+                hooks,
+            )
             .await
     });
     (client, task)
