@@ -3,10 +3,9 @@
 //! chunked), and answer heads encoded with their framing, written with the body's first bytes in one
 //! vectored write.
 //!
-//! It is the codec, not the connection: it does no IO and knows no timers. It is not wired into
-//! `server` yet (hyper's `http1` server still serves client connections); the connection driver that
-//! will own the socket, the pipelining order, 100-continue, upgrades and the drain is the next step.
-//! Everything here is pure and tested against scripted bytes (`h1/tests.rs`).
+//! This file is the codec, not the connection: it does no IO and knows no timers, and is tested against
+//! scripted bytes (`h1/tests.rs`). The connection (`conn::ServerConn`: the socket, the order of pipelined
+//! requests, 100-continue, upgrades) uses it; the timers stay in `server::TimedIo`, around the socket.
 
 use std::io;
 use std::mem::MaybeUninit;

@@ -8,8 +8,8 @@
 //! ends the connection's HTTP: the socket and the bytes read after the request head go to the request's
 //! `PendingUpgrade`.
 //!
-//! Not wired into `server` yet: the timers (`TimedIo`), interim answers and the release of idle buffers
-//! stay where they are, around this connection's socket, when it is.
+//! The timers and interim answers are `server::TimedIo`'s, around this connection's socket; its release
+//! timer tells the connection when to give its idle buffers back (`Hooks::activity`).
 
 use std::future::Future;
 use std::io;
