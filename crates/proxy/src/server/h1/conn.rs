@@ -320,7 +320,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> ServerConn<S> {
         cx: &mut Context<'_>,
         hooks: Hooks<'_>,
     ) -> Poll<io::Result<usize>> {
-        match self.poll_fill(cx) {
+        let polled = if self.read_buf.capacity() == 0 {
+            // Released: read into the stack, so that the buffer is made only once bytes come.
+            let mut bytes = [0u8; 1024];
+            let mut buf = ReadBuf::new(&mut bytes);
+            Pin::new(&mut self.io).poll_read(cx, &mut buf).map_ok(|()| {
+                self.read_buf.extend_from_slice(buf.filled());
+                buf.filled().len()
+            })
+        } else {
+            self.poll_fill(cx)
+        };
+        match polled {
             Poll::Ready(read) => {
                 hooks.idle.store(false, Ordering::Relaxed);
                 Poll::Ready(read)
