@@ -529,3 +529,12 @@ fn body_bytes_go_out_without_a_copy_and_within_their_length() {
     assert!(out.frame_data(&mut none, Bytes::from_static(b"dropped")));
     assert!(out.is_empty());
 }
+
+#[test]
+fn content_lengths_are_written_in_decimal() {
+    for length in [0, 7, 10, 1234, 1 << 20, u64::MAX] {
+        let mut buf = Vec::new();
+        push_content_length(&mut buf, length);
+        assert_eq!(buf, format!("content-length: {length}\r\n").as_bytes());
+    }
+}
