@@ -82,20 +82,23 @@ pub(crate) fn parse_head(
     limits: HeadLimits,
 ) -> Result<Option<RequestHead>, HeadError> {
     let max_fields = limits.max_fields.max(1);
-    let (length, wide) = {
-        let mut stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_FIELDS];
-        match parse_request(buf, &mut stack[..max_fields.min(STACK_FIELDS)]) {
-            Ok(httparse::Status::Complete(length)) => (length, false),
-            Err(httparse::Error::TooManyHeaders) if max_fields > STACK_FIELDS => {
-                let mut heap = Vec::with_capacity(max_fields);
-                heap.resize_with(max_fields, MaybeUninit::uninit);
-                match parse_request(buf, &mut heap) {
-                    Ok(httparse::Status::Complete(length)) => (length, true),
-                    other => return head_not_complete(other, buf.len(), limits),
-                }
-            }
-            other => return head_not_complete(other, buf.len(), limits),
+    // Empty lines before a request line are skipped (RFC 9112 section 2.2).
+    loop {
+        if buf.starts_with(b"\r\n") {
+            buf.advance(2);
+        } else if buf.starts_with(b"\n") {
+            buf.advance(1);
+        } else {
+            break;
         }
+    }
+    let length = match head_end(buf) {
+        Some(length) => length,
+        // Not whole yet: httparse says whether what came so far is already wrong or too much.
+        None => match first_pass(buf, max_fields, limits)? {
+            Some(length) => length,
+            None => return Ok(None),
+        },
     };
     if length > limits.max_bytes {
         return Err(HeadError::TooLarge {
@@ -105,16 +108,34 @@ pub(crate) fn parse_head(
     let head = buf.split_to(length).freeze();
     let mut stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_FIELDS];
     let mut heap = Vec::new();
-    let fields: &mut [MaybeUninit<httparse::Header<'_>>] = if wide {
-        heap.resize_with(max_fields, MaybeUninit::uninit);
-        &mut heap
-    } else {
-        &mut stack[..max_fields.min(STACK_FIELDS)]
-    };
     let mut parsed = httparse::Request::new(&mut []);
-    httparse::ParserConfig::default()
-        .parse_request_with_uninit_headers(&mut parsed, &head, fields)
-        .map_err(|_| HeadError::Malformed("request head"))?;
+    let outcome = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
+        &mut parsed,
+        &head,
+        &mut stack[..max_fields.min(STACK_FIELDS)],
+    ) {
+        // More fields than the stack holds, under a higher limit: parsed again into the heap.
+        Err(httparse::Error::TooManyHeaders) if max_fields > STACK_FIELDS => {
+            heap.resize_with(max_fields, MaybeUninit::uninit);
+            parsed = httparse::Request::new(&mut []);
+            httparse::ParserConfig::default().parse_request_with_uninit_headers(
+                &mut parsed,
+                &head,
+                &mut heap,
+            )
+        }
+        other => other,
+    };
+    match outcome {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => return Err(HeadError::Malformed("request head")),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(HeadError::TooManyFields {
+                limit: limits.max_fields,
+            });
+        }
+        Err(_) => return Err(HeadError::Malformed("request head")),
+    }
     let (Some(method), Some(path), Some(minor)) = (parsed.method, parsed.path, parsed.version)
     else {
         return Err(HeadError::Malformed("request line"));
@@ -212,6 +233,43 @@ pub(crate) fn parse_head(
         keep_alive,
         expect_continue,
     }))
+}
+
+/// Where a request head ends: after the first empty line (CRLF, or a bare LF as httparse allows). A
+/// scan instead of a first httparse pass: the head is then parsed once, split off the buffer.
+fn head_end(buf: &[u8]) -> Option<usize> {
+    let mut from = 0;
+    while let Some(at) = buf[from..].iter().position(|byte| *byte == b'\n') {
+        let line_end = from + at;
+        match buf.get(line_end + 1) {
+            Some(b'\n') => return Some(line_end + 2),
+            Some(b'\r') if buf.get(line_end + 2) == Some(&b'\n') => return Some(line_end + 3),
+            _ => from = line_end + 1,
+        }
+    }
+    None
+}
+
+/// httparse over an incomplete head: `Some(length)` if it is whole after all, `None` while it is not
+/// (and is not over the limits), or why it is refused already.
+fn first_pass(
+    buf: &[u8],
+    max_fields: usize,
+    limits: HeadLimits,
+) -> Result<Option<usize>, HeadError> {
+    let mut stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_FIELDS];
+    match parse_request(buf, &mut stack[..max_fields.min(STACK_FIELDS)]) {
+        Ok(httparse::Status::Complete(length)) => Ok(Some(length)),
+        Err(httparse::Error::TooManyHeaders) if max_fields > STACK_FIELDS => {
+            let mut heap = Vec::with_capacity(max_fields);
+            heap.resize_with(max_fields, MaybeUninit::uninit);
+            match parse_request(buf, &mut heap) {
+                Ok(httparse::Status::Complete(length)) => Ok(Some(length)),
+                other => head_not_complete(other, buf.len(), limits).map(|_| None),
+            }
+        }
+        other => head_not_complete(other, buf.len(), limits).map(|_| None),
+    }
 }
 
 fn parse_request<'b>(

@@ -538,3 +538,19 @@ fn content_lengths_are_written_in_decimal() {
         assert_eq!(buf, format!("content-length: {length}\r\n").as_bytes());
     }
 }
+
+#[test]
+fn a_head_ends_at_its_first_empty_line_with_crlf_or_bare_lf() {
+    assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nbody"), Some(27));
+    assert_eq!(head_end(b"GET / HTTP/1.1\nHost: a\n\nbody"), Some(24));
+    assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r"), None);
+    assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n"), None);
+    for request in [
+        &b"GET / HTTP/1.1\nHost: a\n\nBODY"[..],
+        b"\r\n\r\n\nGET / HTTP/1.1\r\nHost: a\r\n\r\nBODY",
+    ] {
+        let (head, rest) = parse_byte_by_byte(request, LIMITS).expect("parsed");
+        assert_eq!(head.parts.headers["host"], "a");
+        assert_eq!(&rest[..], b"BODY");
+    }
+}
