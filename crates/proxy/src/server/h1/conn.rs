@@ -211,14 +211,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> ServerConn<S> {
         });
         let answer = service(request);
         let mut answer = std::pin::pin!(answer);
+        // Whether the socket was read (or polled) while this request was in progress: the socket's
+        // wrapper (`TimedIo`) learns of a request only from such a read, and without one would keep
+        // the header-read timer after the answer instead of the idle one.
+        let mut touched = false;
         let response = std::future::poll_fn(|cx| {
             loop {
                 if let Poll::Ready(response) = answer.as_mut().poll(cx) {
+                    if !touched {
+                        let mut empty = ReadBuf::new(&mut []);
+                        let _ = Pin::new(&mut self.io).poll_read(cx, &mut empty);
+                    }
                     return Poll::Ready(Ok(response));
                 }
                 if !ready!(self.poll_feed(cx, feeder.as_mut())).map_err(Some)? {
-                    if feeder.as_ref().is_none_or(Feeder::is_done) && self.poll_client_gone(cx) {
-                        return Poll::Ready(Err(None));
+                    if feeder.as_ref().is_none_or(Feeder::is_done) {
+                        touched = true;
+                        if self.poll_client_gone(cx) {
+                            return Poll::Ready(Err(None));
+                        }
                     }
                     return Poll::Pending;
                 }
