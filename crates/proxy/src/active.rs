@@ -3,7 +3,6 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::Poll;
 
 use atomic_waker::AtomicWaker;
 
@@ -30,31 +29,22 @@ pub(crate) struct ConnectionActivity {
     // before the final answer it precedes is handed to hyper (the upstream connection parses the 1xx
     // first), so a writer of the final answer always sees the flag set.
     pub(crate) interim_queued: AtomicBool,
-    // Set by the IO wrapper when an HTTP/1 keep-alive connection has been idle long enough to leave
-    // hyper (`server::serve_http1`). Set from inside the connection's own task (hyper polls the IO
-    // wrapper there), which wakes that task itself.
+    // Set by the IO wrapper when an HTTP/1 keep-alive connection has been idle long enough to release
+    // its buffers (`server::h1::ServerConn`). Set from inside the connection's own task (the connection
+    // polls the IO wrapper there), which wakes that task itself.
     idle_release: AtomicBool,
 }
 
 impl ConnectionActivity {
-    /// Asks the connection to leave hyper while it is idle (see `idle_released`); the caller wakes the
+    /// Asks the idle connection to release its buffers (see `take_idle_release`); the caller wakes the
     /// connection's task.
     pub(crate) fn release_idle(&self) {
         self.idle_release.store(true, Ordering::Release);
     }
 
-    /// Completes once the IO wrapper asked for the idle connection to leave hyper. Polled by the
-    /// connection's task beside hyper's connection, whose IO wrapper sets the flag and wakes the task.
-    pub(crate) async fn idle_released(&self) {
-        std::future::poll_fn(|_| {
-            if self.idle_release.load(Ordering::Acquire) {
-                self.idle_release.store(false, Ordering::Relaxed);
-                Poll::Ready(())
-            } else {
-                Poll::Pending
-            }
-        })
-        .await;
+    /// Whether the IO wrapper asked for the idle connection's buffers to be released (and clears it).
+    pub(crate) fn take_idle_release(&self) -> bool {
+        self.idle_release.load(Ordering::Acquire) && self.idle_release.swap(false, Ordering::AcqRel)
     }
 
     pub(crate) fn start(self: &Arc<Self>) -> ActiveRequest {

@@ -74,7 +74,83 @@ pub enum RequestBodyError {
     #[error("no request body data for {timeout:?}")]
     Timeout { timeout: Duration },
     #[error("reading the request body failed")]
-    Client(#[source] hyper::Error),
+    Client(#[source] ClientBodyError),
+}
+
+/// Why reading a client's body failed, as its connection's server reported it.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientBodyError {
+    #[error(transparent)]
+    Hyper(hyper::Error),
+    #[error(transparent)]
+    Http1(crate::server::h1::BodyError),
+}
+
+impl ClientBodyError {
+    /// Whether the body's framing was broken (a bad chunk), rather than the connection.
+    pub(crate) fn is_malformed(&self) -> bool {
+        match self {
+            // hyper reports a bad chunk as invalid input or data.
+            ClientBodyError::Hyper(error) => {
+                let mut cause: Option<&(dyn std::error::Error + 'static)> =
+                    std::error::Error::source(error);
+                while let Some(current) = cause {
+                    if let Some(io_error) = current.downcast_ref::<std::io::Error>() {
+                        return matches!(
+                            io_error.kind(),
+                            std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData
+                        );
+                    }
+                    cause = current.source();
+                }
+                false
+            }
+            ClientBodyError::Http1(error) => {
+                !matches!(error, crate::server::h1::BodyError::Incomplete)
+            }
+        }
+    }
+}
+
+/// A client's request body as its connection's server gives it: hyper's for HTTP/2, the proxy's own
+/// HTTP/1 connection's (`server::h1`) for HTTP/1.
+#[derive(Debug)]
+pub(crate) enum ClientBody {
+    Hyper(Incoming),
+    Http1(crate::server::h1::H1Body),
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = ClientBodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+        match self.get_mut() {
+            ClientBody::Hyper(incoming) => Pin::new(incoming)
+                .poll_frame(cx)
+                .map(|polled| polled.map(|frame| frame.map_err(ClientBodyError::Hyper))),
+            ClientBody::Http1(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map(|polled| polled.map(|frame| frame.map_err(ClientBodyError::Http1))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Hyper(incoming) => incoming.is_end_stream(),
+            ClientBody::Http1(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Hyper(incoming) => incoming.size_hint(),
+            ClientBody::Http1(body) => body.size_hint(),
+        }
+    }
 }
 
 /// Why an answer body stopped before its end.
@@ -90,7 +166,7 @@ pub enum AnswerBodyError {
 
 /// A client's request body on its way to an instance.
 pub struct RequestBody {
-    inner: Option<Incoming>,
+    inner: Option<ClientBody>,
     // A body read whole before the request was sent (see `ProxyConfig::request_buffer_bytes`).
     full: Option<Bytes>,
     limit: u64,
@@ -317,7 +393,7 @@ impl fmt::Debug for ProxyBody {
 }
 
 impl RequestBody {
-    pub(crate) fn new(incoming: Incoming, limit: u64, timeout: Duration) -> RequestBody {
+    pub(crate) fn new(incoming: ClientBody, limit: u64, timeout: Duration) -> RequestBody {
         let inner = if incoming.is_end_stream() {
             None
         } else {
@@ -446,7 +522,7 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.full.is_none() && self.inner.as_ref().is_none_or(Incoming::is_end_stream)
+        self.full.is_none() && self.inner.as_ref().is_none_or(ClientBody::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -455,7 +531,7 @@ impl Body for RequestBody {
         }
         self.inner
             .as_ref()
-            .map_or(SizeHint::with_exact(0), Incoming::size_hint)
+            .map_or(SizeHint::with_exact(0), ClientBody::size_hint)
     }
 }
 

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use hyper::body::{Body, Incoming};
+use hyper::body::Body;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
 use crate::active::ActiveRequest;
-use crate::body::{ProxyBody, RequestBody, RequestBodyError};
+use crate::body::{ClientBody, ProxyBody, RequestBody, RequestBodyError};
 use crate::config::UpstreamProtocol;
 use crate::control::Proxy;
 use crate::edge::Admission;
@@ -60,7 +60,7 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 
 /// Answers one request. Never fails: errors become answers through `error_response`.
 pub(crate) async fn handle(
-    request: Request<Incoming>,
+    request: Request<ClientBody>,
     context: Arc<ConnectionContext>,
     active: ActiveRequest,
 ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
@@ -137,7 +137,7 @@ fn redirect_to_https(host: &str, uri: &Uri, https_port: Option<u16>) -> Response
 }
 
 async fn forward(
-    mut request: Request<Incoming>,
+    mut request: Request<ClientBody>,
     context: &ConnectionContext,
     request_id: &HeaderValue,
     active: &mut Option<ActiveRequest>,
@@ -267,7 +267,7 @@ async fn forward(
     let upgrade = request.version() == Version::HTTP_11
         && settings.protocol == UpstreamProtocol::Http1
         && is_upgrade(request.headers());
-    let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+    let downstream_upgrade = upgrade.then(|| DownstreamUpgrade::of(&mut request));
     // Interim answers can be passed on to an HTTP/1.1 client only (hyper's HTTP/2 server has no way to
     // send them, and HTTP/1.0 clients must not get them).
     let interim = (request.version() == Version::HTTP_11)
@@ -483,7 +483,7 @@ async fn forward(
 /// is cut, shutting both sides down cleanly (FIN, not reset).
 fn spawn_tunnel(
     context: &ConnectionContext,
-    downstream: hyper::upgrade::OnUpgrade,
+    downstream: DownstreamUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
     guard: InFlightGuard,
     active: Option<ActiveRequest>,
@@ -494,10 +494,10 @@ fn spawn_tunnel(
     context.tracker.spawn(async move {
         let _guard = guard;
         let _active = active;
-        match tokio::try_join!(downstream, upstream) {
-            Ok((downstream, upstream)) => {
+        match tokio::join!(downstream.upgraded(), upstream) {
+            (Ok(downstream), Ok(upstream)) => {
                 crate::tunnel::run(
-                    TokioIo::new(downstream),
+                    downstream,
                     TokioIo::new(upstream),
                     cut,
                     websocket,
@@ -505,14 +505,45 @@ fn spawn_tunnel(
                 )
                 .await;
             }
-            Err(error) => tracing::debug!(message = "Upgrade failed.", %error),
+            (Err(error), _) => tracing::debug!(message = "Upgrade failed.", %error),
+            (_, Err(error)) => tracing::debug!(message = "Upgrade failed.", %error),
         }
     });
 }
 
+/// The client's side of an upgrade: hyper's for HTTP/2 (none today: upgrades are HTTP/1.1), the proxy's
+/// own HTTP/1 connection's (`server::h1::PendingUpgrade`) otherwise.
+enum DownstreamUpgrade {
+    Hyper(hyper::upgrade::OnUpgrade),
+    Http1(Option<tokio::sync::oneshot::Receiver<crate::server::h1::Upgraded>>),
+}
+
+impl DownstreamUpgrade {
+    fn of(request: &mut Request<ClientBody>) -> DownstreamUpgrade {
+        match request
+            .extensions_mut()
+            .remove::<crate::server::h1::PendingUpgrade>()
+        {
+            Some(pending) => DownstreamUpgrade::Http1(pending.take()),
+            None => DownstreamUpgrade::Hyper(hyper::upgrade::on(request)),
+        }
+    }
+
+    /// The client's connection once the 101 answer went out.
+    async fn upgraded(
+        self,
+    ) -> Result<Box<dyn crate::server::h1::Io>, Box<dyn std::error::Error + Send + Sync>> {
+        match self {
+            DownstreamUpgrade::Hyper(on) => Ok(Box::new(TokioIo::new(on.await?))),
+            DownstreamUpgrade::Http1(Some(receiver)) => Ok(Box::new(receiver.await?)),
+            DownstreamUpgrade::Http1(None) => Err("the upgrade was already taken".into()),
+        }
+    }
+}
+
 /// Reads and drops a refused body, up to a bound, before the 413 goes out. Closing a socket with unread
 /// data makes the kernel send a reset, which can destroy the 413 before the client reads it.
-async fn discard_body(mut body: Incoming) {
+async fn discard_body(mut body: ClientBody) {
     const DISCARD_LIMIT: usize = 1024 * 1024;
     const DISCARD_TIME: std::time::Duration = std::time::Duration::from_secs(1);
     let _ = tokio::time::timeout(DISCARD_TIME, async {
@@ -541,7 +572,7 @@ fn classify_body_error(error: ProxyError) -> ProxyError {
                 RequestBodyError::Timeout { timeout } => {
                     ProxyError::ClientTimeout { timeout: *timeout }
                 }
-                RequestBodyError::Client(client_error) if is_malformed(client_error) => {
+                RequestBodyError::Client(client_error) if client_error.is_malformed() => {
                     ProxyError::BadRequest {
                         reason: BadRequestReason::MalformedBody,
                     }
@@ -564,29 +595,13 @@ fn request_body_error(error: RequestBodyError) -> ProxyError {
     match error {
         RequestBodyError::TooLarge { limit } => ProxyError::BodyTooLarge { limit },
         RequestBodyError::Timeout { timeout } => ProxyError::ClientTimeout { timeout },
-        RequestBodyError::Client(source) if is_malformed(&source) => ProxyError::BadRequest {
+        RequestBodyError::Client(source) if source.is_malformed() => ProxyError::BadRequest {
             reason: BadRequestReason::MalformedBody,
         },
         RequestBodyError::Client(source) => ProxyError::ClientGone {
             source: Box::new(source),
         },
     }
-}
-
-/// Whether a body read failed on the body's framing (hyper reports a bad chunk as invalid input or data)
-/// rather than on the connection.
-fn is_malformed(error: &hyper::Error) -> bool {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
-    while let Some(current) = cause {
-        if let Some(io_error) = current.downcast_ref::<std::io::Error>() {
-            return matches!(
-                io_error.kind(),
-                std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData
-            );
-        }
-        cause = current.source();
-    }
-    false
 }
 
 /// The host a request is for, as a header value (text, never empty): what decides its route, and what the
@@ -596,7 +611,7 @@ fn is_malformed(error: &hyper::Error) -> bool {
 ///
 /// The flag says whether the value is the request's one `Host` field itself (no authority in the target):
 /// the instance's `Host` then needs no rewriting.
-fn request_host(request: &Request<Incoming>) -> Result<(HeaderValue, bool), ProxyError> {
+fn request_host(request: &Request<ClientBody>) -> Result<(HeaderValue, bool), ProxyError> {
     let mut hosts = request.headers().get_all(header::HOST).iter();
     let host = hosts.next();
     if hosts.next().is_some() {
@@ -998,7 +1013,7 @@ thread_local! {
 }
 
 /// The current time as an HTTP date, marked sensitive (see `date_for_http2`).
-fn current_date() -> HeaderValue {
+pub(crate) fn current_date() -> HeaderValue {
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |since| since.as_secs());

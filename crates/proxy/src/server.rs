@@ -1,5 +1,5 @@
-//! Listeners: accepts connections (plain or TLS), serves HTTP/1.1 and HTTP/2 on them through `forward`,
-//! and enforces the header-read and idle timeouts hyper-util's auto server does not have.
+//! Listeners: accepts connections (plain or TLS), serves HTTP/1.1 (the proxy's own connection, `h1`) and
+//! HTTP/2 (hyper's) on them through `forward`, and enforces the header-read and idle timeouts.
 //!
 //! The caller binds the listener (tests use `127.0.0.1:0`) and owns the shutdown signal.
 
@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::{Buf, Bytes};
 use hyper::Request;
 use hyper::body::Incoming;
-use hyper::server::conn::{http1, http2};
+use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -24,8 +24,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::active::ConnectionActivity;
+use crate::body::ClientBody;
 use crate::control::Proxy;
 use crate::forward::{self, ConnectionContext, Scheme};
+
+pub(crate) mod h1;
 
 /// Serves plain HTTP (HTTP/1.1 and h2c) on `listener` until `shutdown` is cancelled, then stops
 /// accepting, lets open requests finish, and returns when the last connection has closed.
@@ -166,22 +169,19 @@ async fn serve_with(
     Ok(())
 }
 
-/// hyper's two servers, configured once per listener. The protocol is chosen per connection from its
-/// first bytes (the HTTP/2 preface or not), as hyper-util's `auto` server does.
+/// hyper's HTTP/2 server and the limits of the proxy's own HTTP/1 one (`h1`), configured once per
+/// listener. The protocol is chosen per connection from its first bytes (the HTTP/2 preface or not).
 struct Builders {
-    http1: http1::Builder,
+    http1: h1::HeadLimits,
     http2: http2::Builder<TokioExecutor>,
 }
 
 impl Builders {
     fn new(config: &crate::config::ProxyConfig) -> Builders {
-        let mut http1 = http1::Builder::new();
-        http1
-            // Our own timer (`TimedIo`) answers 408; hyper's would close silently.
-            .header_read_timeout(None)
-            .max_buf_size(config.max_header_bytes.max(8192))
-            .timer(TokioTimer::new());
-        crate::upstream::limit_header_fields(&mut http1, config.max_request_header_fields);
+        let http1 = h1::HeadLimits {
+            max_bytes: config.max_header_bytes,
+            max_fields: config.max_request_header_fields,
+        };
         let mut http2 = http2::Builder::new(TokioExecutor::new());
         http2
             .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
@@ -197,8 +197,8 @@ impl Builders {
 /// The HTTP/2 connection preface (RFC 9113 section 3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// How long an HTTP/1 keep-alive connection stays idle before hyper's read and write buffers (8 KiB
-/// each) are released; the connection itself stays open, and its next request gets new buffers.
+/// How long an HTTP/1 keep-alive connection stays idle before its read and write buffers are released
+/// (`h1::ServerConn`); the connection itself stays open, and its next request gets new buffers.
 const HTTP1_RELEASE_AFTER: Duration = Duration::from_secs(1);
 
 /// What a connection's task keeps for itself (what its requests need is in `ConnectionContext`).
@@ -246,20 +246,6 @@ impl Connection {
             tracker: tracker.clone(),
             closing: AtomicBool::new(false),
         });
-        let service = {
-            let context = Arc::clone(&context);
-            let activity = Arc::clone(&activity);
-            service_fn(move |request: Request<Incoming>| {
-                // Counted here, synchronously, so the IO wrapper sees the request before it next reads.
-                let active = activity.start();
-                crate::memory::request_started();
-                // Boxed: hyper moves the service's future by value (into a new task for every HTTP/2
-                // stream, into its dispatcher for HTTP/1), and the forwarding future is large; a
-                // pointer is cheaper to move than its state (13% of an h2c run's CPU was memcpy).
-                // Boxed as it is made: each move of it on the way costs a copy of its whole size.
-                Box::pin(forward::handle(request, Arc::clone(&context), active))
-            })
-        };
         let mut io = io;
         async move {
             let _open = open;
@@ -279,11 +265,30 @@ impl Connection {
                 }
             };
             if http2 {
+                let service = {
+                    let context = Arc::clone(&context);
+                    let activity = Arc::clone(&activity);
+                    service_fn(move |request: Request<Incoming>| {
+                        // Counted here, synchronously, so the IO wrapper sees the request before it
+                        // next reads.
+                        let active = activity.start();
+                        crate::memory::request_started();
+                        // Boxed: hyper moves the service's future by value (into a new task for every
+                        // HTTP/2 stream), and the forwarding future is large; a pointer is cheaper to
+                        // move than its state (13% of an h2c run's CPU was memcpy). Boxed as it is made:
+                        // each move of it on the way costs a copy of its whole size.
+                        Box::pin(forward::handle(
+                            request.map(ClientBody::Hyper),
+                            Arc::clone(&context),
+                            active,
+                        ))
+                    })
+                };
                 // Boxed: HTTP/2's connection state would otherwise size every connection's task, HTTP/1
                 // ones included (idle connections are mostly HTTP/1 keep-alive).
                 Box::pin(self.serve_http2(io, service)).await;
             } else {
-                self.serve_http1(io, service, &activity, closing).await;
+                self.serve_http1(io, &context, &activity).await;
             }
         }
     }
@@ -314,84 +319,81 @@ impl Connection {
         let _ = connection.await;
     }
 
-    /// Serves HTTP/1 requests until the connection closes. A connection idle for
-    /// `HTTP1_RELEASE_AFTER` leaves hyper (its buffers are freed) and re-enters it when the client's next
-    /// bytes arrive: an idle keep-alive connection then holds only the socket and this task.
+    /// Serves HTTP/1 requests with the proxy's own connection (`h1::ServerConn`) until it closes. A
+    /// connection idle for `HTTP1_RELEASE_AFTER` gives its buffers back (`TimedIo` asks for it); the
+    /// connection itself stays open, and its next request gets new buffers.
     ///
     /// Not an `async fn`, for the size of the connection's task (see `run`).
-    fn serve_http1<'a, S, F>(
+    fn serve_http1<'a, S>(
         &'a self,
         mut io: Box<TimedIo<S>>,
-        mut service: F,
-        activity: &'a ConnectionActivity,
-        closing: &'a AtomicBool,
+        context: &'a Arc<ConnectionContext>,
+        activity: &'a Arc<ConnectionActivity>,
     ) -> impl Future<Output = ()> + 'a
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-        F: hyper::service::HttpService<Incoming, ResBody = crate::body::ProxyBody> + Unpin + 'a,
-        F::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         io.release_after = Some(HTTP1_RELEASE_AFTER);
         async move {
-            loop {
-                // Boxed, so that once it is released the task keeps only its small state of its own.
-                let mut connection = Box::new(
-                    self.builder
-                        .http1
-                        .serve_connection(TokioIo::new(io), service)
-                        .with_upgrades(),
-                );
-                tokio::select! {
-                    result = &mut *connection => {
-                        if let Err(error) = result {
-                            tracing::debug!(message = "Connection ended with an error.", %error, client = %self.client_addr);
-                        }
-                        return;
-                    }
-                    () = activity.idle_released() => {}
-                    () = self.shutdown.cancelled() => {
-                        closing.store(true, Ordering::Relaxed);
-                        // Boxed, as every state only a shutdown reaches.
-                        return Box::pin(self.drain_http1(connection)).await;
-                    }
-                }
-                // Idle: hyper has written and flushed its last answer and read nothing since.
-                {
-                    let Some(parts) = connection.into_parts() else {
-                        return;
-                    };
-                    io = parts.io.into_inner();
-                    service = parts.service;
-                    // `read_buf` still owns hyper's whole read buffer: keep a copy of what it holds, if
-                    // anything.
-                    if !parts.read_buf.is_empty() {
-                        io.rewind = Bytes::copy_from_slice(&parts.read_buf);
+            let closing = &context.closing;
+            let idle = AtomicBool::new(false);
+            let hooks = h1::Hooks {
+                closing,
+                idle: &idle,
+                activity: Some(activity),
+            };
+            let service = |request: Request<h1::H1Body>| {
+                // Counted here, synchronously, so the IO wrapper sees the request before it next reads.
+                let active = activity.start();
+                crate::memory::request_started();
+                forward::handle(request.map(ClientBody::Http1), Arc::clone(context), active)
+            };
+            let connection = h1::ServerConn::new(io, self.builder.http1, Bytes::new());
+            let serving = connection.serve(service, hooks);
+            tokio::pin!(serving);
+            let ended = tokio::select! {
+                ended = &mut serving => Some(ended),
+                () = self.shutdown.cancelled() => None,
+            };
+            let ended = match ended {
+                Some(ended) => ended,
+                None => {
+                    closing.store(true, Ordering::Relaxed);
+                    // Boxed, as every state only a shutdown reaches.
+                    match Box::pin(drain_http1(serving.as_mut(), &idle)).await {
+                        Some(ended) => ended,
+                        None => return,
                     }
                 }
-                crate::memory::buffers_released();
-                if io.rewind.is_empty() {
-                    let next = tokio::select! {
-                        next = io.read_ahead(false) => next,
-                        () = self.shutdown.cancelled() => {
-                            closing.store(true, Ordering::Relaxed);
-                            match Box::pin(tokio::time::timeout(HTTP1_DRAIN_GRACE, io.read_ahead(false))).await {
-                                Ok(next) => next,
-                                Err(_elapsed) => return,
-                            }
-                        }
-                    };
-                    match next {
-                        Ok(Some(_)) => {}
-                        Ok(None) => return,
-                        Err(error) => {
-                            tracing::debug!(message = "Reading from a connection failed.", %error, client = %self.client_addr);
-                            return;
-                        }
-                    }
-                }
+            };
+            if let h1::Ended::Failed(error) = ended {
+                tracing::debug!(message = "Connection ended with an error.", %error, client = %self.client_addr);
             }
         }
     }
+}
+
+/// After the process stopped accepting: an HTTP/1 connection gets its next answer with
+/// `connection: close`; only one that stays idle through the grace, or is idle after it, is closed
+/// under the client (`None`).
+async fn drain_http1<F: Future<Output = h1::Ended>>(
+    mut serving: Pin<&mut F>,
+    idle: &AtomicBool,
+) -> Option<h1::Ended> {
+    tokio::select! {
+        ended = serving.as_mut() => return Some(ended),
+        () = tokio::time::sleep(HTTP1_DRAIN_GRACE) => {}
+    }
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(ended) = serving.as_mut().poll(cx) {
+            return Poll::Ready(Some(ended));
+        }
+        if idle.load(Ordering::Relaxed) {
+            return Poll::Ready(None);
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 /// Reads a new connection's first bytes (`TimedIo::read_ahead` with `sniff`), across a shutdown too;
@@ -411,30 +413,6 @@ async fn read_first<S: AsyncRead + AsyncWrite + Unpin>(
             // Boxed, as every state only a shutdown reaches: the timer would size every task.
             Box::pin(tokio::time::timeout(HTTP1_DRAIN_GRACE, &mut read)).await.ok()
         }
-    }
-}
-
-impl Connection {
-    /// After the process stopped accepting: an HTTP/1 connection gets its next answer with
-    /// `connection: close`; only one that stays idle through the grace is closed under the client, as
-    /// hyper's graceful shutdown does at once.
-    async fn drain_http1<I, F>(&self, mut connection: Box<http1::UpgradeableConnection<I, F>>)
-    where
-        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-        F: hyper::service::HttpService<Incoming, ResBody = crate::body::ProxyBody>,
-        F::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
-        tokio::select! {
-            result = &mut *connection => {
-                if let Err(error) = result {
-                    tracing::debug!(message = "Connection ended with an error.", %error, client = %self.client_addr);
-                }
-                return;
-            }
-            () = tokio::time::sleep(HTTP1_DRAIN_GRACE) => {}
-        }
-        Pin::new(&mut *connection).graceful_shutdown();
-        let _ = connection.await;
     }
 }
 

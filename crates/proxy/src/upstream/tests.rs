@@ -625,7 +625,11 @@ async fn client_request(raw: &'static [u8]) -> Request<RequestBody> {
             let given = Arc::clone(&given);
             async move {
                 let (parts, body) = request.into_parts();
-                let body = RequestBody::new(body, 1 << 20, Duration::from_secs(5));
+                let body = RequestBody::new(
+                    crate::body::ClientBody::Hyper(body),
+                    1 << 20,
+                    Duration::from_secs(5),
+                );
                 if let Some(given) = given.lock().expect("lock").take() {
                     let _ = given.send(Request::from_parts(parts, body));
                 }
