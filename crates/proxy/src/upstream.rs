@@ -308,6 +308,8 @@ pub(crate) async fn send(
         .await;
         match sent {
             Some(Ok((head, body))) => {
+                // The request is done with: its header map parses the thread's next answer head.
+                h1::recycle_fields(std::mem::take(request.headers_mut()));
                 return Ok(Response::from_parts(head, UpstreamBody::Http1(body)));
             }
             // A pooled connection found closed: the request is whole, try the next one.
