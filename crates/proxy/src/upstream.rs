@@ -208,6 +208,11 @@ impl ConnectionPool {
             shard.idle.pop_front();
             expired += 1;
         }
+        drop(shard);
+        if expired > 0 {
+            // Their read buffers went to the thread's spares: the proxy is going quiet, free those too.
+            h1::drop_spare_read_bufs();
+        }
         expired
     }
 

@@ -10,7 +10,7 @@
 //! Upgrades (WebSocket) stay on hyper's client (`upstream::send_upgrade`): they are rare, the tunnel
 //! copies bytes on its own afterwards, and hyper hands the socket over cleanly.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
@@ -46,16 +46,19 @@ const SPARE_HEAD_BYTES: usize = 16 * 1024;
 const SPARE_FIELDS: usize = 128;
 
 thread_local! {
-    /// Per-thread spares, so that a small request allocates neither its head's buffer nor its answer's
-    /// header map: the buffer the last request's head was encoded into, once written out, and the header
-    /// map of the last request sent, once its answer's head came (`recycle_fields`). Each request takes
-    /// and gives back one of each, so a thread keeps at most one of each (a few KB), whatever the number of
-    /// connections. They saved 3 of the 8.8 allocations of a small request (bench/proxy/README.md,
-    /// "Session 29: the upstream side at 512 connections").
+    /// Per-thread spares, so that a small request allocates neither its head's buffer, nor its answer's
+    /// header map, nor (mostly) the buffer its answer is read into: the buffer the last request's head
+    /// was encoded into, once written out, the header map of the last request sent, once its answer's
+    /// head came (`recycle_fields`), and the read buffers of the last connections checked in. A thread
+    /// keeps at most one head buffer and one map (a few KB) and `SPARE_READ_BUFS` read buffers (8 KB
+    /// each, usually), whatever the number of connections, and drops its read buffers when its sweep
+    /// finds the pool going quiet (`drop_spare_read_bufs`). See bench/proxy/README.md, "Session 29:
+    /// the upstream side at 512 connections".
     static SPARES: Spares = const {
         Spares {
             head: Cell::new(Vec::new()),
             fields: Cell::new(None),
+            read: RefCell::new(Vec::new()),
         }
     };
 }
@@ -63,6 +66,13 @@ thread_local! {
 struct Spares {
     head: Cell<Vec<u8>>,
     fields: Cell<Option<HeaderMap>>,
+    // The read buffers the last connections checked in on this thread gave back (`release_buffers`),
+    // up to `SPARE_READ_BUFS`: each empty, with the rest of the memory its answer was read into, so the
+    // next answers are read into them without allocating (heads and bodies are shared slices of them, as
+    // before). Several, as a connection holds its buffer from the answer's first read to its check-in
+    // and many answers are read at once; one spare saved 0.45 of the 2 allocations. Only buffers that
+    // never grew past `READ_CHUNK` are kept, so they pin at most about 128 KB per thread.
+    read: RefCell<Vec<BytesMut>>,
 }
 
 /// Keeps the header map of a request that has its answer (its fields are no longer needed), emptied, for
@@ -94,6 +104,41 @@ fn head_buf(bytes: usize) -> Vec<u8> {
         .unwrap_or_default();
     buf.reserve(bytes);
     buf
+}
+
+/// How many idle connections' read buffers a thread keeps (see `Spares::read`).
+const SPARE_READ_BUFS: usize = 8;
+
+/// Keeps an idle connection's empty read buffer for a next answer read on this thread.
+fn recycle_read_buf(buf: BytesMut) {
+    if buf.capacity() == 0 {
+        return;
+    }
+    let _ = SPARES.try_with(|spares| {
+        if let Ok(mut bufs) = spares.read.try_borrow_mut()
+            && bufs.len() < SPARE_READ_BUFS
+        {
+            bufs.push(buf);
+        }
+    });
+}
+
+/// Frees this thread's spare read buffers (the pool's sweep found idle connections to close: the
+/// proxy is going quiet).
+pub(crate) fn drop_spare_read_bufs() {
+    let _ = SPARES.try_with(|spares| {
+        if let Ok(mut bufs) = spares.read.try_borrow_mut() {
+            *bufs = Vec::new();
+        }
+    });
+}
+
+/// One of the thread's spare read buffers, if it has one.
+fn spare_read_buf() -> Option<BytesMut> {
+    SPARES
+        .try_with(|spares| spares.read.try_borrow_mut().ok()?.pop())
+        .ok()
+        .flatten()
 }
 
 /// Keeps a request head's buffer, written out, for the next head this thread encodes.
@@ -132,10 +177,15 @@ impl Connection {
         matches!(self.stream.try_read(&mut probe), Err(error) if error.kind() == io::ErrorKind::WouldBlock)
     }
 
-    /// Gives the read buffer's memory back while the connection sits idle in the pool.
+    /// Gives the read buffer's memory back while the connection sits idle in the pool: to the thread,
+    /// for the next answer read on it (see `SPARES`).
     pub(crate) fn release_buffers(&mut self) {
         if self.read_buf.is_empty() {
-            self.read_buf = BytesMut::new();
+            let buf = std::mem::take(&mut self.read_buf);
+            // A buffer grown for a large answer is freed, not kept.
+            if self.read_chunk == READ_CHUNK {
+                recycle_read_buf(buf);
+            }
             self.read_chunk = READ_CHUNK;
         }
     }
@@ -147,6 +197,11 @@ impl Connection {
 
     /// Reads more bytes into the read buffer; `Ok(0)` is the instance's end of stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.read_buf.capacity() == 0
+            && let Some(spare) = spare_read_buf()
+        {
+            self.read_buf = spare;
+        }
         if self.read_buf.capacity() - self.read_buf.len() < 1024 {
             self.read_buf.reserve(self.read_chunk);
         }
@@ -1073,5 +1128,52 @@ mod head_tests {
             parts.headers.get("x-field-149").map(HeaderValue::as_bytes),
             Some(&b"value 149"[..])
         );
+    }
+}
+
+#[cfg(test)]
+mod spare_tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    async fn connected() -> (Connection, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stream, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        (
+            Connection::new(stream.expect("connect")),
+            accepted.expect("accept").0,
+        )
+    }
+
+    /// A pooled connection holds no read buffer: the next answer read on the thread goes into it.
+    #[tokio::test]
+    async fn the_next_answer_is_read_into_the_buffer_a_pooled_connection_gave_back() {
+        let (mut pooled, _peer) = connected().await;
+        pooled.read_buf = BytesMut::with_capacity(READ_CHUNK);
+        let given = pooled.read_buf.as_ptr();
+        pooled.release_buffers();
+        assert_eq!(pooled.read_capacity(), 0);
+
+        let (mut next, mut peer) = connected().await;
+        peer.write_all(b"abc").await.expect("write");
+        let read = std::future::poll_fn(|cx| next.poll_fill(cx))
+            .await
+            .expect("read");
+        assert_eq!(read, 3);
+        assert_eq!(&next.read_buf[..], b"abc");
+        assert_eq!(next.read_buf.as_ptr(), given, "a new buffer was allocated");
+    }
+
+    /// A buffer grown for a large answer is freed, not kept.
+    #[tokio::test]
+    async fn a_grown_read_buffer_is_not_kept() {
+        let (mut pooled, _peer) = connected().await;
+        pooled.read_buf = BytesMut::with_capacity(4 * READ_CHUNK);
+        pooled.read_chunk = 4 * READ_CHUNK;
+        pooled.release_buffers();
+        assert!(spare_read_buf().is_none());
     }
 }
