@@ -208,6 +208,11 @@ impl ConnectionPool {
             shard.idle.pop_front();
             expired += 1;
         }
+        drop(shard);
+        if expired > 0 {
+            // Their read buffers went to the thread's spares: the proxy is going quiet, free those too.
+            h1::drop_spare_read_bufs();
+        }
         expired
     }
 
@@ -308,6 +313,8 @@ pub(crate) async fn send(
         .await;
         match sent {
             Some(Ok((head, body))) => {
+                // The request is done with: its header map parses the thread's next answer head.
+                h1::recycle_fields(std::mem::take(request.headers_mut()));
                 return Ok(Response::from_parts(head, UpstreamBody::Http1(body)));
             }
             // A pooled connection found closed: the request is whole, try the next one.

@@ -10,6 +10,7 @@
 //! Upgrades (WebSocket) stay on hyper's client (`upstream::send_upgrade`): they are rare, the tunnel
 //! copies bytes on its own afterwards, and hyper hands the socket over cleanly.
 
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
@@ -39,6 +40,116 @@ pub(crate) const MAX_HEAD_BYTES: usize = 8192 + 4096 * 100;
 /// route's limit.
 const STACK_FIELDS: usize = 100;
 
+/// The largest spare kept per thread (see `SPARES`): a head buffer of this many bytes, a header map of
+/// this many fields. Larger ones are rare and freed as before.
+const SPARE_HEAD_BYTES: usize = 16 * 1024;
+const SPARE_FIELDS: usize = 128;
+
+thread_local! {
+    /// Per-thread spares, so that a small request allocates neither its head's buffer, nor its answer's
+    /// header map, nor (mostly) the buffer its answer is read into: the buffer the last request's head
+    /// was encoded into, once written out, the header map of the last request sent, once its answer's
+    /// head came (`recycle_fields`), and the read buffers of the last connections checked in. A thread
+    /// keeps at most one head buffer and one map (a few KB) and `SPARE_READ_BUFS` read buffers (8 KB
+    /// each, usually), whatever the number of connections, and drops its read buffers when its sweep
+    /// finds the pool going quiet (`drop_spare_read_bufs`). See bench/proxy/README.md, "Session 29:
+    /// the upstream side at 512 connections".
+    static SPARES: Spares = const {
+        Spares {
+            head: Cell::new(Vec::new()),
+            fields: Cell::new(None),
+            read: RefCell::new(Vec::new()),
+        }
+    };
+}
+
+struct Spares {
+    head: Cell<Vec<u8>>,
+    fields: Cell<Option<HeaderMap>>,
+    // The read buffers the last connections checked in on this thread gave back (`release_buffers`),
+    // up to `SPARE_READ_BUFS`: each empty, with the rest of the memory its answer was read into, so the
+    // next answers are read into them without allocating (heads and bodies are shared slices of them, as
+    // before). Several, as a connection holds its buffer from the answer's first read to its check-in
+    // and many answers are read at once; one spare saved 0.45 of the 2 allocations. Only buffers that
+    // never grew past `READ_CHUNK` are kept, so they pin at most about 128 KB per thread.
+    read: RefCell<Vec<BytesMut>>,
+}
+
+/// Keeps the header map of a request that has its answer (its fields are no longer needed), emptied, for
+/// the next answer head this thread parses.
+pub(crate) fn recycle_fields(mut fields: HeaderMap) {
+    if fields.capacity() == 0 || fields.capacity() > SPARE_FIELDS {
+        return;
+    }
+    fields.clear();
+    // Ignored while the thread's locals are being torn down.
+    let _ = SPARES.try_with(|spares| spares.fields.set(Some(fields)));
+}
+
+/// An empty header map for `fields` fields and a few more: the thread's spare when it has one.
+fn fields_map(fields: usize) -> HeaderMap {
+    match SPARES.try_with(|spares| spares.fields.take()) {
+        Ok(Some(mut map)) => {
+            map.reserve(fields);
+            map
+        }
+        _ => HeaderMap::with_capacity(fields),
+    }
+}
+
+/// An empty buffer for a request head of about `bytes` bytes: the thread's spare when it has one.
+fn head_buf(bytes: usize) -> Vec<u8> {
+    let mut buf = SPARES
+        .try_with(|spares| spares.head.take())
+        .unwrap_or_default();
+    buf.reserve(bytes);
+    buf
+}
+
+/// How many idle connections' read buffers a thread keeps (see `Spares::read`).
+const SPARE_READ_BUFS: usize = 8;
+
+/// Keeps an idle connection's empty read buffer for a next answer read on this thread.
+fn recycle_read_buf(buf: BytesMut) {
+    if buf.capacity() == 0 {
+        return;
+    }
+    let _ = SPARES.try_with(|spares| {
+        if let Ok(mut bufs) = spares.read.try_borrow_mut()
+            && bufs.len() < SPARE_READ_BUFS
+        {
+            bufs.push(buf);
+        }
+    });
+}
+
+/// Frees this thread's spare read buffers (the pool's sweep found idle connections to close: the
+/// proxy is going quiet).
+pub(crate) fn drop_spare_read_bufs() {
+    let _ = SPARES.try_with(|spares| {
+        if let Ok(mut bufs) = spares.read.try_borrow_mut() {
+            *bufs = Vec::new();
+        }
+    });
+}
+
+/// One of the thread's spare read buffers, if it has one.
+fn spare_read_buf() -> Option<BytesMut> {
+    SPARES
+        .try_with(|spares| spares.read.try_borrow_mut().ok()?.pop())
+        .ok()
+        .flatten()
+}
+
+/// Keeps a request head's buffer, written out, for the next head this thread encodes.
+fn recycle_head_buf(mut buf: Vec<u8>) {
+    if buf.capacity() == 0 || buf.capacity() > SPARE_HEAD_BYTES {
+        return;
+    }
+    buf.clear();
+    let _ = SPARES.try_with(|spares| spares.head.set(buf));
+}
+
 /// An open HTTP/1.1 connection to an instance.
 #[derive(Debug)]
 pub(crate) struct Connection {
@@ -66,10 +177,15 @@ impl Connection {
         matches!(self.stream.try_read(&mut probe), Err(error) if error.kind() == io::ErrorKind::WouldBlock)
     }
 
-    /// Gives the read buffer's memory back while the connection sits idle in the pool.
+    /// Gives the read buffer's memory back while the connection sits idle in the pool: to the thread,
+    /// for the next answer read on it (see `SPARES`).
     pub(crate) fn release_buffers(&mut self) {
         if self.read_buf.is_empty() {
-            self.read_buf = BytesMut::new();
+            let buf = std::mem::take(&mut self.read_buf);
+            // A buffer grown for a large answer is freed, not kept.
+            if self.read_chunk == READ_CHUNK {
+                recycle_read_buf(buf);
+            }
             self.read_chunk = READ_CHUNK;
         }
     }
@@ -81,6 +197,11 @@ impl Connection {
 
     /// Reads more bytes into the read buffer; `Ok(0)` is the instance's end of stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.read_buf.capacity() == 0
+            && let Some(spare) = spare_read_buf()
+        {
+            self.read_buf = spare;
+        }
         if self.read_buf.capacity() - self.read_buf.len() < 1024 {
             self.read_buf.reserve(self.read_chunk);
         }
@@ -286,7 +407,11 @@ pub(crate) async fn exchange(
                 polled = writer.poll_write(&mut connection.stream, cx);
             }
             match polled {
-                Poll::Ready(Ok(())) => writing = false,
+                Poll::Ready(Ok(())) => {
+                    writing = false;
+                    // Written out: the next request's head goes in the same buffer.
+                    recycle_head_buf(std::mem::take(&mut writer.buf));
+                }
                 Poll::Ready(Err(error)) => {
                     return Poll::Ready(Err(ExchangeError {
                         unsent: !writer.any_written,
@@ -376,7 +501,7 @@ fn start(request: &Request<RequestBody>) -> (Writer, bool) {
         .path_and_query()
         .map_or("/", hyper::http::uri::PathAndQuery::as_str);
     let headers = request.headers();
-    let mut buf = Vec::with_capacity(
+    let mut buf = head_buf(
         128 + path.len()
             + headers
                 .iter()
@@ -447,68 +572,72 @@ enum Parsed {
 
 /// Parses one answer head from the front of `buf` and removes it: `None` while incomplete.
 ///
-/// Two passes of `httparse`, both into field arrays left uninitialised (hyper's way: a zeroed array
-/// of 100 fields cost more than a parse): the first finds where the head ends, the second parses the
-/// head once split off the buffer, so that every value shares it instead of being copied. The fields
-/// are looked at for framing and keep-alive as they go into the map, not looked up again.
+/// One pass of `httparse`, into field arrays left uninitialised (hyper's way: a zeroed array of 100
+/// fields cost more than a parse), that notes where each field lies; the head is then split off the
+/// buffer and every value shares it instead of being copied. (A second pass over the split head did the
+/// same for 740 more instructions per answer.) The fields are looked at for framing and keep-alive as
+/// they go into the map, not looked up again.
 fn parse_head(
     buf: &mut BytesMut,
     max_fields: usize,
     head_request: bool,
 ) -> Result<Option<Parsed>, UpstreamError> {
-    let (length, wide) = {
+    let mut stack_at = [FieldAt::default(); STACK_FIELDS];
+    let mut heap_at = Vec::new();
+    let found = {
         let mut stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_FIELDS];
-        match parse_fields(buf, &mut stack[..max_fields.min(STACK_FIELDS)]) {
-            Ok(httparse::Status::Complete(length)) => (length, false),
+        match parse_fields(
+            buf,
+            &mut stack[..max_fields.min(STACK_FIELDS)],
+            &mut stack_at,
+        ) {
+            Ok(httparse::Status::Complete(found)) => found,
             Err(httparse::Error::TooManyHeaders) if max_fields > STACK_FIELDS => {
                 let mut heap = Vec::with_capacity(max_fields);
                 heap.resize_with(max_fields, MaybeUninit::uninit);
-                match parse_fields(buf, &mut heap) {
-                    Ok(httparse::Status::Complete(length)) => (length, true),
+                heap_at.resize(max_fields, FieldAt::default());
+                match parse_fields(buf, &mut heap, &mut heap_at) {
+                    Ok(httparse::Status::Complete(found)) => found,
                     other => return head_not_complete(other, buf.len(), max_fields),
                 }
             }
             other => return head_not_complete(other, buf.len(), max_fields),
         }
     };
-    if length > MAX_HEAD_BYTES {
+    if found.length > MAX_HEAD_BYTES {
         return Err(UpstreamError::HeadTooLarge);
     }
-    let head = buf.split_to(length).freeze();
-    let mut stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_FIELDS];
-    let mut heap = Vec::new();
-    let fields: &mut [MaybeUninit<httparse::Header<'_>>] = if wide {
-        heap.resize_with(max_fields, MaybeUninit::uninit);
-        &mut heap
+    let fields = if heap_at.is_empty() {
+        &stack_at[..found.fields]
     } else {
-        &mut stack[..max_fields.min(STACK_FIELDS)]
+        &heap_at[..found.fields]
     };
-    let mut answer = httparse::Response::new(&mut []);
-    httparse::ParserConfig::default()
-        .parse_response_with_uninit_headers(&mut answer, &head, fields)
-        .map_err(UpstreamError::InvalidHead)?;
-    let status = StatusCode::from_u16(answer.code.unwrap_or(0))
+    let head = buf.split_to(found.length).freeze();
+    let status = StatusCode::from_u16(found.code)
         .map_err(|_| UpstreamError::InvalidHead(httparse::Error::Status))?;
-    let version = if answer.version == Some(0) {
+    let version = if found.version == Some(0) {
         Version::HTTP_10
     } else {
         Version::HTTP_11
     };
     // Room for the fields the proxy adds to the answer (request id, HSTS, `connection: close`)
     // without growing the map.
-    let mut headers = HeaderMap::with_capacity(answer.headers.len() + 8);
+    let mut headers = fields_map(fields.len() + 8);
     let mut close = false;
     let mut keep_alive_token = false;
     let mut transfer_encoding = None;
     let mut content_length = None;
     let mut bad_length = false;
-    for field in answer.headers.iter() {
-        let name = HeaderName::from_bytes(field.name.as_bytes())
+    for at in fields {
+        let (Some(name), Some(field_value)) = (head.get(at.name()), head.get(at.value())) else {
+            return Err(UpstreamError::InvalidHead(httparse::Error::HeaderName));
+        };
+        let name = HeaderName::from_bytes(name)
             .map_err(|_| UpstreamError::InvalidHead(httparse::Error::HeaderName))?;
-        let value = HeaderValue::from_maybe_shared(head.slice_ref(field.value))
+        let value = HeaderValue::from_maybe_shared(head.slice_ref(field_value))
             .map_err(|_| UpstreamError::InvalidHead(httparse::Error::HeaderValue))?;
         if name == header::CONTENT_LENGTH {
-            match (parse_content_length(field.value), content_length) {
+            match (parse_content_length(field_value), content_length) {
                 (Some(length), None) => content_length = Some(length),
                 (Some(length), Some(previous)) if length == previous => {}
                 _ => bad_length = true,
@@ -516,14 +645,13 @@ fn parse_head(
         } else if name == header::TRANSFER_ENCODING {
             // Whether the last coding of the last field is chunked.
             transfer_encoding = Some(
-                field
-                    .value
+                field_value
                     .rsplit(|byte| *byte == b',')
                     .next()
                     .is_some_and(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked")),
             );
         } else if name == header::CONNECTION {
-            for token in field.value.split(|byte| *byte == b',') {
+            for token in field_value.split(|byte| *byte == b',') {
                 let token = token.trim_ascii();
                 close |= token.eq_ignore_ascii_case(b"close");
                 keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
@@ -574,17 +702,76 @@ fn parse_head(
     Ok(Some(Parsed::Final(parts, framing, keep_alive)))
 }
 
+/// Where one field of a head lies in it: its name's and its value's byte ranges.
+#[derive(Debug, Clone, Copy, Default)]
+struct FieldAt {
+    name: (u32, u32),
+    value: (u32, u32),
+}
+
+impl FieldAt {
+    fn name(self) -> std::ops::Range<usize> {
+        self.name.0 as usize..self.name.1 as usize
+    }
+
+    fn value(self) -> std::ops::Range<usize> {
+        self.value.0 as usize..self.value.1 as usize
+    }
+}
+
+/// A whole head found by `parse_fields`.
+struct Found {
+    length: usize,
+    code: u16,
+    version: Option<u8>,
+    /// How many of the `FieldAt`s it filled.
+    fields: usize,
+}
+
+/// One pass of `httparse` over `buf` with room for `fields.len()` fields; a whole head notes where each
+/// of its fields lies in `at` (as long as `fields`).
 fn parse_fields<'b>(
     buf: &'b [u8],
     fields: &mut [MaybeUninit<httparse::Header<'b>>],
-) -> httparse::Result<usize> {
+    at: &mut [FieldAt],
+) -> httparse::Result<Found> {
     let mut answer = httparse::Response::new(&mut []);
-    httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut answer, buf, fields)
+    let length = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut answer,
+        buf,
+        fields,
+    )? {
+        httparse::Status::Complete(length) => length,
+        httparse::Status::Partial => return Ok(httparse::Status::Partial),
+    };
+    // Every name and value is a slice of `buf`; a head is at most `MAX_HEAD_BYTES` (checked by the
+    // caller before the ranges are used), so its offsets fit in a u32.
+    let base = buf.as_ptr() as usize;
+    let range = |part: &[u8]| {
+        let start = (part.as_ptr() as usize).wrapping_sub(base);
+        (start as u32, start.wrapping_add(part.len()) as u32)
+    };
+    for (field, at) in answer.headers.iter().zip(at.iter_mut()) {
+        *at = FieldAt {
+            name: range(field.name.as_bytes()),
+            value: if field.value.is_empty() {
+                (0, 0)
+            } else {
+                range(field.value)
+            },
+        };
+    }
+    Ok(httparse::Status::Complete(Found {
+        length,
+        code: answer.code.unwrap_or(0),
+        version: answer.version,
+        fields: answer.headers.len().min(at.len()),
+    }))
 }
 
 /// The outcome of a first pass that did not find a whole head.
 fn head_not_complete(
-    parsed: httparse::Result<usize>,
+    parsed: httparse::Result<Found>,
     buffered: usize,
     max_fields: usize,
 ) -> Result<Option<Parsed>, UpstreamError> {
@@ -861,5 +1048,132 @@ mod writer_tests {
         assert_eq!(writer.buf, b"186a0\r\n");
         assert_eq!(writer.data.as_ptr(), data.as_ptr(), "the chunk was copied");
         assert_eq!(writer.tail, b"\r\n");
+    }
+}
+
+#[cfg(test)]
+mod head_tests {
+    use super::*;
+
+    fn parse(raw: &[u8], max_fields: usize) -> (BytesMut, hyper::http::response::Parts, bool) {
+        let mut buf = BytesMut::from(raw);
+        match parse_head(&mut buf, max_fields, false) {
+            Ok(Some(Parsed::Final(parts, _, keep_alive))) => (buf, parts, keep_alive),
+            Ok(Some(Parsed::Interim(status, _))) => panic!("interim {status}"),
+            Ok(None) => panic!("incomplete"),
+            Err(error) => panic!("{error}"),
+        }
+    }
+
+    /// One pass over the head: every field lands in the map with its own value (empty ones and
+    /// repeated names too), the body's bytes stay in the buffer, and a recycled request map brings none
+    /// of its fields along.
+    #[test]
+    fn a_head_is_parsed_in_one_pass_into_the_recycled_map_with_only_its_own_fields() {
+        let mut request_fields = HeaderMap::new();
+        request_fields.insert("x-from-the-request", HeaderValue::from_static("1"));
+        recycle_fields(request_fields);
+        let (buf, parts, keep_alive) = parse(
+            b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\nX-Empty:\r\nSet-Cookie: a\r\n\
+              X-Other:  b \r\nSet-Cookie: c\r\n\r\nhi",
+            100,
+        );
+        assert_eq!(&buf[..], b"hi");
+        assert!(keep_alive);
+        assert_eq!(parts.status, StatusCode::CREATED);
+        assert_eq!(parts.version, Version::HTTP_11);
+        let headers = &parts.headers;
+        assert_eq!(headers.len(), 5, "{headers:?}");
+        assert!(headers.get("x-from-the-request").is_none());
+        assert_eq!(
+            headers.get("content-length").map(HeaderValue::as_bytes),
+            Some(&b"2"[..])
+        );
+        assert_eq!(
+            headers.get("x-empty").map(HeaderValue::as_bytes),
+            Some(&b""[..])
+        );
+        assert_eq!(
+            headers.get("x-other").map(HeaderValue::as_bytes),
+            Some(&b"b"[..])
+        );
+        let cookies: Vec<&[u8]> = headers
+            .get_all("set-cookie")
+            .iter()
+            .map(HeaderValue::as_bytes)
+            .collect();
+        assert_eq!(cookies, [&b"a"[..], &b"c"[..]]);
+    }
+
+    #[test]
+    fn an_incomplete_head_leaves_the_buffer_as_it_was() {
+        let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n"[..]);
+        assert!(matches!(parse_head(&mut buf, 100, false), Ok(None)));
+        assert_eq!(&buf[..], b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n");
+    }
+
+    /// More fields than fit on the stack: the second pass into the heap notes them all.
+    #[test]
+    fn a_head_with_more_fields_than_the_stack_holds_is_parsed_whole() {
+        let mut raw = b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n".to_vec();
+        for n in 0..150 {
+            raw.extend_from_slice(format!("x-field-{n}: value {n}\r\n").as_bytes());
+        }
+        raw.extend_from_slice(b"\r\n");
+        let (buf, parts, keep_alive) = parse(&raw, 200);
+        assert!(buf.is_empty());
+        assert!(!keep_alive, "HTTP/1.0 without keep-alive");
+        assert_eq!(parts.headers.len(), 151);
+        assert_eq!(
+            parts.headers.get("x-field-149").map(HeaderValue::as_bytes),
+            Some(&b"value 149"[..])
+        );
+    }
+}
+
+#[cfg(test)]
+mod spare_tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    async fn connected() -> (Connection, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stream, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        (
+            Connection::new(stream.expect("connect")),
+            accepted.expect("accept").0,
+        )
+    }
+
+    /// A pooled connection holds no read buffer: the next answer read on the thread goes into it.
+    #[tokio::test]
+    async fn the_next_answer_is_read_into_the_buffer_a_pooled_connection_gave_back() {
+        let (mut pooled, _peer) = connected().await;
+        pooled.read_buf = BytesMut::with_capacity(READ_CHUNK);
+        let given = pooled.read_buf.as_ptr();
+        pooled.release_buffers();
+        assert_eq!(pooled.read_capacity(), 0);
+
+        let (mut next, mut peer) = connected().await;
+        peer.write_all(b"abc").await.expect("write");
+        let read = std::future::poll_fn(|cx| next.poll_fill(cx))
+            .await
+            .expect("read");
+        assert_eq!(read, 3);
+        assert_eq!(&next.read_buf[..], b"abc");
+        assert_eq!(next.read_buf.as_ptr(), given, "a new buffer was allocated");
+    }
+
+    /// A buffer grown for a large answer is freed, not kept.
+    #[tokio::test]
+    async fn a_grown_read_buffer_is_not_kept() {
+        let (mut pooled, _peer) = connected().await;
+        pooled.read_buf = BytesMut::with_capacity(4 * READ_CHUNK);
+        pooled.read_chunk = 4 * READ_CHUNK;
+        pooled.release_buffers();
+        assert!(spare_read_buf().is_none());
     }
 }
