@@ -16,7 +16,7 @@ use hyper::Request;
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::time::{Instant, Sleep};
@@ -26,6 +26,7 @@ use tokio_util::task::TaskTracker;
 use crate::active::ConnectionActivity;
 use crate::control::Proxy;
 use crate::forward::{self, ConnectionContext, Scheme};
+use h2_streams::{ConnectionStreams, StreamExecutor};
 
 /// Serves plain HTTP (HTTP/1.1 and h2c) on `listener` until `shutdown` is cancelled, then stops
 /// accepting, lets open requests finish, and returns when the last connection has closed.
@@ -170,7 +171,10 @@ async fn serve_with(
 /// first bytes (the HTTP/2 preface or not), as hyper-util's `auto` server does.
 struct Builders {
     http1: http1::Builder,
-    http2: http2::Builder<TokioExecutor>,
+    /// `max_header_list_size` of HTTP/2 connections, whose builders are made one per connection: each
+    /// connection has an executor of its own (`h2_streams`), and hyper's builder cannot change its
+    /// executor.
+    http2_max_header_list_size: u32,
 }
 
 impl Builders {
@@ -182,15 +186,23 @@ impl Builders {
             .max_buf_size(config.max_header_bytes.max(8192))
             .timer(TokioTimer::new());
         crate::upstream::limit_header_fields(&mut http1, config.max_request_header_fields);
-        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        Builders {
+            http1,
+            http2_max_header_list_size: u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// hyper's HTTP/2 server for one connection whose streams `executor` takes.
+    fn http2(&self, executor: StreamExecutor) -> http2::Builder<StreamExecutor> {
+        let mut http2 = http2::Builder::new(executor);
         http2
-            .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
+            .max_header_list_size(self.http2_max_header_list_size)
             .keep_alive_interval(Some(Duration::from_secs(20)))
             // `forward::date_for_http2` adds the date where an answer has none, in the one lookup that
             // also marks it for HPACK.
             .auto_date_header(false)
             .timer(TokioTimer::new());
-        Builders { http1, http2 }
+        http2
     }
 }
 
@@ -295,23 +307,30 @@ impl Connection {
         F::Future: Send + 'static,
         F::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        // The connection's streams run in this task (`h2_streams`), with an executor of its own.
+        let executor = StreamExecutor::default();
         let connection = self
             .builder
-            .http2
+            .http2(executor.clone())
             .serve_connection(TokioIo::new(io), service);
         tokio::pin!(connection);
-        tokio::select! {
-            result = connection.as_mut() => {
-                if let Err(error) = result {
-                    tracing::debug!(message = "Connection ended with an error.", %error, client = %self.client_addr);
-                }
-                return;
+        let mut streams = ConnectionStreams::new(executor);
+        let ended = tokio::select! {
+            result = std::future::poll_fn(|cx| streams.poll_with(connection.as_mut(), cx)) => Some(result),
+            () = self.shutdown.cancelled() => None,
+        };
+        let result = match ended {
+            Some(result) => result,
+            None => {
+                // HTTP/2 has GOAWAY, which clients retry safely.
+                connection.as_mut().graceful_shutdown();
+                std::future::poll_fn(|cx| streams.poll_with(connection.as_mut(), cx)).await
             }
-            () = self.shutdown.cancelled() => {}
+        };
+        if let Err(error) = result {
+            tracing::debug!(message = "Connection ended with an error.", %error, client = %self.client_addr);
         }
-        // HTTP/2 has GOAWAY, which clients retry safely.
-        connection.as_mut().graceful_shutdown();
-        let _ = connection.await;
+        streams.finish().await;
     }
 
     /// Serves HTTP/1 requests until the connection closes. A connection idle for
@@ -838,6 +857,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TimedIo<S> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+mod h2_streams;
 
 #[cfg(test)]
 mod tests;
