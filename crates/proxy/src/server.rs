@@ -197,6 +197,9 @@ impl Builders {
         let mut http2 = http2::Builder::new(executor);
         http2
             .max_header_list_size(self.http2_max_header_list_size)
+            // Bounds what a client that stops reading makes the proxy hold (HAProxy allows 100 streams).
+            .max_concurrent_streams(HTTP2_MAX_STREAMS)
+            .max_send_buf_size(HTTP2_SEND_BUFFER)
             .keep_alive_interval(Some(Duration::from_secs(20)))
             // `forward::date_for_http2` adds the date where an answer has none, in the one lookup that
             // also marks it for HPACK.
@@ -205,6 +208,15 @@ impl Builders {
         http2
     }
 }
+
+/// Streams an HTTP/2 client may have open at once (hyper's default: 200).
+const HTTP2_MAX_STREAMS: u32 = 100;
+
+/// The answer bytes an HTTP/2 stream holds for a client that does not read (hyper's default: 400 KiB):
+/// with `HTTP2_MAX_STREAMS`, at most 25 MiB of send buffers per connection (80 MiB before). 64 KiB
+/// halved the rate of 64 KiB answers (more, smaller writes; bench/proxy/README.md, "Session 29: HTTP/2
+/// to clients"); 256 KiB measured as the default did.
+const HTTP2_SEND_BUFFER: usize = 256 * 1024;
 
 /// The HTTP/2 connection preface (RFC 9113 section 3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
