@@ -124,3 +124,88 @@ impl ConnectionStreams {
         started || ended
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use hyper::rt::Executor;
+
+    use super::*;
+
+    /// A stand-in for hyper's connection: on its first poll it starts `streams` streams, each counting
+    /// `ran` when it is first polled and ending when `release` is sent; it ends when told to.
+    fn connection(
+        executor: StreamExecutor,
+        streams: usize,
+        ran: Arc<AtomicUsize>,
+        release: tokio::sync::watch::Receiver<bool>,
+        end: tokio::sync::watch::Receiver<bool>,
+    ) -> impl Future<Output = ()> {
+        let mut started = false;
+        let mut end = Box::pin(async move {
+            let mut end = end;
+            let _ = end.wait_for(|end| *end).await;
+        });
+        std::future::poll_fn(move |cx| {
+            if !started {
+                started = true;
+                for _ in 0..streams {
+                    let ran = Arc::clone(&ran);
+                    let mut release = release.clone();
+                    executor.execute(async move {
+                        ran.fetch_add(1, Ordering::Relaxed);
+                        let _ = release.wait_for(|release| *release).await;
+                    });
+                }
+            }
+            end.as_mut().poll(cx)
+        })
+    }
+
+    #[tokio::test]
+    async fn streams_a_connection_starts_run_in_the_same_poll_and_outlive_it() {
+        let executor = StreamExecutor::default();
+        let ran = Arc::new(AtomicUsize::new(0));
+        let (release, release_rx) = tokio::sync::watch::channel(false);
+        let (end, end_rx) = tokio::sync::watch::channel(false);
+        let connection = connection(executor.clone(), 3, Arc::clone(&ran), release_rx, end_rx);
+        tokio::pin!(connection);
+        let mut streams = ConnectionStreams::new(executor);
+        let poll =
+            std::future::poll_fn(|cx| Poll::Ready(streams.poll_with(connection.as_mut(), cx)))
+                .await;
+        assert!(poll.is_pending());
+        assert_eq!(
+            ran.load(Ordering::Relaxed),
+            3,
+            "every stream was polled once"
+        );
+        // The connection ends first; its streams still run to their ends.
+        let _ = end.send(true);
+        std::future::poll_fn(|cx| streams.poll_with(connection.as_mut(), cx)).await;
+        assert_eq!(streams.running.len(), 3);
+        let _ = release.send(true);
+        tokio::time::timeout(std::time::Duration::from_secs(5), streams.finish())
+            .await
+            .expect("the streams end once released");
+        assert!(streams.running.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_panics_ends_alone() {
+        let executor = StreamExecutor::default();
+        let done = Arc::new(AtomicUsize::new(0));
+        executor.execute(async { panic!("a stream's bug") });
+        let counted = Arc::clone(&done);
+        executor.execute(async move {
+            tokio::task::yield_now().await;
+            counted.fetch_add(1, Ordering::Relaxed);
+        });
+        let mut streams = ConnectionStreams::new(executor);
+        tokio::time::timeout(std::time::Duration::from_secs(5), streams.finish())
+            .await
+            .expect("both streams end");
+        assert_eq!(done.load(Ordering::Relaxed), 1);
+    }
+}
