@@ -11,11 +11,15 @@
 //! without asking for transparent huge pages for its arenas (a touched 2 MiB page counts whole in RSS).
 //!
 //! A free page is returned to the system on a purge, which mimalloc runs lazily, when a thread frees
-//! or allocates again after the purge delay. With mimalloc 3's default delay of a second, the pages
-//! freed in the last second of activity stay resident while the proxy sits idle (70 MiB for 5,000
-//! idle connections, 46 MiB with the trim below); `configure_allocator` sets mimalloc 2's 10 ms.
-//! After a burst, as glibc's `malloc_trim` did before, one collection (`mi_collect(true)`: every
-//! pending purge, at once) runs too.
+//! or allocates again after the purge delay, and at once when a thread collects (below). The delay is
+//! mimalloc 3's default, a second (`configure_allocator`). It was mimalloc 2's 10 ms while only a trim
+//! on a blocking thread collected (then a second's delay left 70 MiB resident for 5,000 idle
+//! connections); but under load 10 ms gave back pages the next requests took again: 1.1-1.4 page
+//! faults and 0.06 `madvise` per h2c request, ~4 µs of system time per request, against HAProxy's 0.01
+//! faults (bench/proxy/README.md, "Session 29: HTTP/2 to clients"). Idle, the workers' own
+//! collections give the pages back as before (21 MB with 5,000 idle connections after load, either
+//! delay). After a burst, as glibc's `malloc_trim` did before, one collection (`mi_collect(true)`:
+//! every pending purge, at once) runs too.
 //!
 //! mimalloc keeps a heap per thread, and a free page stays in its thread's heap (the last free page of
 //! each size class, and pages whose blocks another thread freed, until the owner looks) until that
@@ -118,8 +122,9 @@ pub const ALLOCATOR: Allocator = mimalloc::MiMalloc;
 /// mimalloc 3's `mi_option_purge_delay` (`c_src/mimalloc/v3/include/mimalloc.h` of libmimalloc-sys
 /// 0.1.49, pinned in Cargo.toml; the crate's own constants are mimalloc 2's and stop before it).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-/// Milliseconds a free page waits before it is given back (mimalloc 2's default).
-const PURGE_DELAY_MS: std::ffi::c_long = 10;
+/// Milliseconds a free page waits before it is given back (mimalloc 3's default; set all the same, so
+/// another build of mimalloc does not bring back mimalloc 2's 10 ms).
+const PURGE_DELAY_MS: std::ffi::c_long = 1000;
 
 /// Sets the allocator's options for serving; once per process (called by every listener).
 #[allow(unsafe_code)]

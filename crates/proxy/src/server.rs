@@ -16,7 +16,7 @@ use hyper::Request;
 use hyper::body::Incoming;
 use hyper::server::conn::http2;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::time::{Instant, Sleep};
@@ -27,6 +27,7 @@ use crate::active::ConnectionActivity;
 use crate::body::ClientBody;
 use crate::control::Proxy;
 use crate::forward::{self, ConnectionContext, Scheme};
+use h2_streams::{ConnectionStreams, StreamExecutor};
 
 pub(crate) mod h1;
 
@@ -173,7 +174,10 @@ async fn serve_with(
 /// listener. The protocol is chosen per connection from its first bytes (the HTTP/2 preface or not).
 struct Builders {
     http1: h1::HeadLimits,
-    http2: http2::Builder<TokioExecutor>,
+    /// `max_header_list_size` of HTTP/2 connections, whose builders are made one per connection: each
+    /// connection has an executor of its own (`h2_streams`), and hyper's builder cannot change its
+    /// executor.
+    http2_max_header_list_size: u32,
 }
 
 impl Builders {
@@ -182,17 +186,37 @@ impl Builders {
             max_bytes: config.max_header_bytes,
             max_fields: config.max_request_header_fields,
         };
-        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        Builders {
+            http1,
+            http2_max_header_list_size: u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// hyper's HTTP/2 server for one connection whose streams `executor` takes.
+    fn http2(&self, executor: StreamExecutor) -> http2::Builder<StreamExecutor> {
+        let mut http2 = http2::Builder::new(executor);
         http2
-            .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
+            .max_header_list_size(self.http2_max_header_list_size)
+            // Bounds what a client that stops reading makes the proxy hold (HAProxy allows 100 streams).
+            .max_concurrent_streams(HTTP2_MAX_STREAMS)
+            .max_send_buf_size(HTTP2_SEND_BUFFER)
             .keep_alive_interval(Some(Duration::from_secs(20)))
             // `forward::date_for_http2` adds the date where an answer has none, in the one lookup that
             // also marks it for HPACK.
             .auto_date_header(false)
             .timer(TokioTimer::new());
-        Builders { http1, http2 }
+        http2
     }
 }
+
+/// Streams an HTTP/2 client may have open at once (hyper's default: 200).
+const HTTP2_MAX_STREAMS: u32 = 100;
+
+/// The answer bytes an HTTP/2 stream holds for a client that does not read (hyper's default: 400 KiB):
+/// with `HTTP2_MAX_STREAMS`, at most 25 MiB of send buffers per connection (80 MiB before). 64 KiB
+/// halved the rate of 64 KiB answers (more, smaller writes; bench/proxy/README.md, "Session 29: HTTP/2
+/// to clients"); 256 KiB measured as the default did.
+const HTTP2_SEND_BUFFER: usize = 256 * 1024;
 
 /// The HTTP/2 connection preface (RFC 9113 section 3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -273,8 +297,8 @@ impl Connection {
                         // next reads.
                         let active = activity.start();
                         crate::memory::request_started();
-                        // Boxed: hyper moves the service's future by value (into a new task for every
-                        // HTTP/2 stream), and the forwarding future is large; a pointer is cheaper to
+                        // Boxed: hyper moves the service's future by value (into the connection's
+                        // stream set, `h2_streams`), and the forwarding future is large; a pointer is cheaper to
                         // move than its state (13% of an h2c run's CPU was memcpy). Boxed as it is made:
                         // each move of it on the way costs a copy of its whole size.
                         Box::pin(forward::handle(
@@ -300,23 +324,30 @@ impl Connection {
         F::Future: Send + 'static,
         F::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        // The connection's streams run in this task (`h2_streams`), with an executor of its own.
+        let executor = StreamExecutor::default();
         let connection = self
             .builder
-            .http2
+            .http2(executor.clone())
             .serve_connection(TokioIo::new(io), service);
         tokio::pin!(connection);
-        tokio::select! {
-            result = connection.as_mut() => {
-                if let Err(error) = result {
-                    tracing::debug!(message = "Connection ended with an error.", %error, client = %self.client_addr);
-                }
-                return;
+        let mut streams = ConnectionStreams::new(executor);
+        let ended = tokio::select! {
+            result = std::future::poll_fn(|cx| streams.poll_with(connection.as_mut(), cx)) => Some(result),
+            () = self.shutdown.cancelled() => None,
+        };
+        let result = match ended {
+            Some(result) => result,
+            None => {
+                // HTTP/2 has GOAWAY, which clients retry safely.
+                connection.as_mut().graceful_shutdown();
+                std::future::poll_fn(|cx| streams.poll_with(connection.as_mut(), cx)).await
             }
-            () = self.shutdown.cancelled() => {}
+        };
+        if let Err(error) = result {
+            tracing::debug!(message = "Connection ended with an error.", %error, client = %self.client_addr);
         }
-        // HTTP/2 has GOAWAY, which clients retry safely.
-        connection.as_mut().graceful_shutdown();
-        let _ = connection.await;
+        streams.finish().await;
     }
 
     /// Serves HTTP/1 requests with the proxy's own connection (`h1::ServerConn`) until it closes. A
@@ -816,6 +847,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TimedIo<S> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+mod h2_streams;
 
 #[cfg(test)]
 mod tests;
