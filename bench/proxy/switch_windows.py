@@ -11,7 +11,9 @@ ratio of steady (the median tenth from the run's second second to 1 s before the
            new instances and drains the old ones; the first requests reach the new instances)
   after    0.5 s to 2 s after the weights event (the old instances stop; the new ones serve)
 
-each as "mean / lowest tenth". Then the tenths from 1.5 s before the weights event to 1.5 s after it.
+each as "mean / lowest tenth", and the other processes' CPU in the switch window (cpu_trace.py's
+"other", ms per 100 ms of two cores' 200). Then the tenths from 1.5 s before the weights event to 1.5 s
+after it.
 
 Usage: switch_windows.py OUT_DIR
 """
@@ -63,10 +65,26 @@ def main():
             tenths = [ok.get(t, 0) / steady for t in range(int(a * 10), int(b * 10))]
             return f"{sum(tenths) / len(tenths):.2f} / {min(tenths):.2f}" if tenths else "-"
 
+        # The other processes' CPU (cpu_trace.py's "other": other builds and benchmarks on the machine)
+        # in the switch window, ms per 100 ms: the trace's 0 is the script's trigger, taken here as the
+        # deploy's start (the CLI takes tens of ms before the agent logs it).
+        other = "-"
+        try:
+            lines = [line.split() for line in open(f"{out}/cpu-{round_n}.series")]
+            column = lines[0].index("other")
+            samples = [
+                int(fields[column])
+                for fields in lines[1:]
+                if switch - 0.1 <= start + float(fields[0]) < switch + 0.5
+            ]
+            if samples:
+                other = f"{sum(samples) / len(samples):.0f}"
+        except (OSError, ValueError, IndexError):
+            pass
         print(
             f"round {round_n}: steady {steady}/100ms; before {window(start - 1.5, start)}; "
             f"start {window(start, ready)} ({ready - start:.2f} s); switch {window(switch - 0.1, switch + 0.5)}; "
-            f"after {window(switch + 0.5, switch + 2)}"
+            f"after {window(switch + 0.5, switch + 2)}; other CPU in the switch window {other} ms/100ms"
         )
         w = int(switch * 10)
         print("  " + " ".join(f"{ok.get(t, 0) / steady:.2f}" for t in range(w - 15, w))
