@@ -25,7 +25,10 @@
 #   it), RW_PROXY_PRIORITY (`raised`, the default: as the agent
 #   starts it; `agent`: reset to the agent's priority after start, the proxy as before the priority
 #   fallback of docs/proxy.md), NEW_ARTIFACT (set: each deploy ships a new artifact, unpacked by the
-#   agent, as a code change does; unset: only the env changes and the unpacked release is reused).
+#   agent, as a code change does; unset: only the env changes and the unpacked release is reused),
+#   TARGETS (default "rollway nginx haproxy"; e.g. "rollway" alone).
+# The switch run also writes the answers per 100 ms (OUT/per100-ROUND-TARGET.txt, bench/proxy/per100.py):
+#   a dip shorter than a second shows there, not in the per-second rate.
 # Priority: where no cgroup weights it (this machine: no systemd, cpu controller on cgroup v1), the
 # agent starts its proxy at nice -5, its session's autogroup too; nginx and HAProxy get the same
 # priority as Rollway's proxy has (their processes and their sessions' autogroups), so all three
@@ -386,24 +389,43 @@ wrk.body = string.rep("y", 1048576)
 wrk.headers["Content-Type"] = "application/octet-stream"
 LUA
 # Per-second count of 2xx answers and of others, per thread, merged at the end.
+# Per wall-clock second (PERSEC_FILE: "second ok bad") and per 100 ms (PERSEC_FILE.100ms: "tenth ok
+# bad", tenths of a second since the epoch, from clock_gettime through LuaJIT's ffi): the per-second rate
+# cannot show the shape of a dip shorter than a second.
 cat > "$WORK/persec.lua" <<'LUA'
+local ffi = require("ffi")
+ffi.cdef[[
+typedef struct { long tv_sec; long tv_nsec; } persec_timespec;
+int clock_gettime(int clk_id, persec_timespec *tp);
+]]
+local ts = ffi.new("persec_timespec")
 local threads = {}
 function setup(thread) table.insert(threads, thread) end
-function init(args) ok = {}; bad = {} end
+function init(args) ok = {}; bad = {}; ok100 = {}; bad100 = {} end
 function response(status, headers, body)
-    local s = os.time()
-    if status >= 200 and status < 300 then ok[s] = (ok[s] or 0) + 1 else bad[s] = (bad[s] or 0) + 1 end
+    ffi.C.clock_gettime(0, ts)
+    local s = tonumber(ts.tv_sec)
+    local t = s * 10 + math.floor(tonumber(ts.tv_nsec) / 100000000)
+    if status >= 200 and status < 300 then
+        ok[s] = (ok[s] or 0) + 1; ok100[t] = (ok100[t] or 0) + 1
+    else
+        bad[s] = (bad[s] or 0) + 1; bad100[t] = (bad100[t] or 0) + 1
+    end
 end
-function done(summary, latency, requests)
+local function write(path, okname, badname)
     local all_ok, all_bad = {}, {}
     for _, t in ipairs(threads) do
-        for s, n in pairs(t:get("ok")) do all_ok[s] = (all_ok[s] or 0) + n end
-        for s, n in pairs(t:get("bad")) do all_bad[s] = (all_bad[s] or 0) + n end
+        for s, n in pairs(t:get(okname)) do all_ok[s] = (all_ok[s] or 0) + n end
+        for s, n in pairs(t:get(badname)) do all_bad[s] = (all_bad[s] or 0) + n end
     end
-    local f = io.open(os.getenv("PERSEC_FILE"), "w")
+    local f = io.open(path, "w")
     for s, n in pairs(all_ok) do f:write(s, " ", n, " ", all_bad[s] or 0, "\n") end
     for s, n in pairs(all_bad) do if not all_ok[s] then f:write(s, " 0 ", n, "\n") end end
     f:close()
+end
+function done(summary, latency, requests)
+    write(os.getenv("PERSEC_FILE"), "ok", "bad")
+    write(os.getenv("PERSEC_FILE") .. ".100ms", "ok100", "bad100")
 end
 LUA
 
@@ -590,8 +612,11 @@ print(int(steady), low, f"{low / steady:.3f}" if steady else "0", sum(bad for s,
 PY
 )"
     read -r steady min ratio nbad <<<"$summary"
+    # The same at 100 ms (per100.py); the series from 1 s before the trigger in OUT/per100-ROUND-TARGET.txt.
+    local tenths
+    tenths="$(python3 "$ROOT/bench/proxy/per100.py" "$persec.100ms" "$trigger" "$OUT/per100-$round-$target.txt" || true)"
     record "$round" switch "$target" "$steady" "" "" "" "$(awk -v k="$(rss_kb "$pid")" 'BEGIN {printf "%.1f", k / 1024}')" \
-        "$load" "$nbad" "steady $steady/s, lowest second $min/s, ratio $ratio"
+        "$load" "$nbad" "steady $steady/s, lowest second $min/s, ratio $ratio; $tenths"
     if [ "$target" = rollway ]; then
         # nginx and HAProxy follow the new serving instances before the next measurement.
         sleep 12 # the observe window of the release (10 s) ends
@@ -616,11 +641,12 @@ run_scenario() { # ROUND SCENARIO TARGET
 
 echo "== agent $API, rollway proxy :$RW_PORT (pid $RW_PID), nginx :$NGINX_PORT (pid $NGINX_PID)," \
     "haproxy :$HAPROXY_PORT (pid $HAPROXY_PID), instances :$PORT_A :$PORT_B; results in $RESULTS"
-TARGETS=(rollway nginx haproxy)
+# TARGETS (environment): a subset such as "rollway", to look at Rollway's switch alone.
+read -r -a TARGETS <<<"${TARGETS:-rollway nginx haproxy}"
 for round in $(seq 1 "$ROUNDS"); do
     # The order rotates every round, so that no target always runs first or last.
     order=()
-    for i in 0 1 2; do order+=("${TARGETS[$(((i + round - 1) % 3))]}"); done
+    for i in "${!TARGETS[@]}"; do order+=("${TARGETS[$(((i + round - 1) % ${#TARGETS[@]}))]}"); done
     for scenario in $SCENARIOS; do
         for target in "${order[@]}"; do
             run_scenario "$round" "$scenario" "$target"

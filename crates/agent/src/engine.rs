@@ -335,6 +335,10 @@ impl Engine {
                     edges.get(&AppEnv::new(app.clone(), env.clone())),
                     now_ms,
                 );
+                // A new release's instances get a few GETs of the health path from every proxy worker
+                // before they are weighted in on a serving route (proxy `warm`): the path the agent's
+                // own health checks already use, so it is safe to call.
+                desired_route.warm_path = route.edge.health_path.clone();
                 desired_route.pools = pools;
                 routes.push(desired_route);
             }

@@ -62,6 +62,10 @@ pub(crate) struct ProxyInner {
     pub(crate) tls: Arc<crate::tls::TlsStore>,
     // std Mutex: control calls are rare and short and never await while holding it (see `Proxy`).
     control: Mutex<ControlState>,
+    /// The runtimes of the worker threads serving this proxy (`crate::workers`), so that a warm
+    /// (`crate::warm`) opens each worker's own upstream connections on its thread. std Mutex: pushed
+    /// once per worker, cloned out by a warm, never held across an await.
+    workers: Mutex<Vec<tokio::runtime::Handle>>,
 }
 
 #[derive(Debug, Default)]
@@ -97,6 +101,7 @@ impl Proxy {
                 unrouted: Arc::new(ReleaseStats::new(ReleaseId::new(""))),
                 tls: Arc::new(crate::tls::TlsStore::default()),
                 control: Mutex::new(ControlState::default()),
+                workers: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -108,6 +113,26 @@ impl Proxy {
     /// The certificates served on TLS listeners and the ACME challenge answers.
     pub fn tls(&self) -> &Arc<crate::tls::TlsStore> {
         &self.inner.tls
+    }
+
+    /// Records the runtime of a worker thread that serves this proxy (`crate::workers` calls it from
+    /// each worker it starts).
+    pub(crate) fn register_worker(&self, handle: tokio::runtime::Handle) {
+        self.inner
+            .workers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(handle);
+    }
+
+    /// The runtimes of the worker threads registered so far (none when the proxy is served by
+    /// `crate::serve` on a runtime of the caller's).
+    pub(crate) fn worker_handles(&self) -> Vec<tokio::runtime::Handle> {
+        self.inner
+            .workers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 
     /// The current snapshot.

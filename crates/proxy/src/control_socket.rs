@@ -278,6 +278,10 @@ impl ControlServer {
             .await
             .map_err(ControlRequestError::SaveTask)?
             .map_err(ControlRequestError::Save)?;
+        // New instances that this state weights in on a serving route are added first, not ready, and
+        // warmed (`crate::warm`), so that the switch finds their connections open.
+        let warm = desired::add_to_warm(&self.proxy, &desired)?;
+        crate::warm::warm(&self.proxy, &warm, crate::warm::WARM_BOUND).await;
         desired::apply(&self.proxy, &desired)?;
         Ok(ObservedState::read(&self.proxy))
     }

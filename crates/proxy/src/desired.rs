@@ -32,6 +32,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -41,7 +42,9 @@ use crate::control::{InstanceSpec, Proxy};
 use crate::edge::{DesiredMaintenance, DesiredRateLimit};
 use crate::error::ControlError;
 use crate::ids::{InstanceId, InstanceState, ReleaseId, RouteName};
+use crate::instance::InstanceLive;
 use crate::routing::{RouteSpec, RoutingTable};
+use crate::warm::WarmTarget;
 
 /// Drain bound for the instances of a route the desired state no longer lists: the proxy does not
 /// remember a route's own `drain_timeout_ms`. This is DESIGN's default drain. To drain a route with its
@@ -123,6 +126,11 @@ pub struct DesiredRoute {
     /// End of a pause, in milliseconds since the Unix epoch (`RouteEdge::paused_until`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paused_until_unix_ms: Option<u64>,
+    /// A path (such as the instances' health path) that a new instance is sent a few GETs of, from every
+    /// worker, before its release is weighted in on this route while it serves (`crate::warm`); none: new
+    /// instances are weighted in cold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm_path: Option<String>,
     #[serde(default)]
     pub pools: Vec<DesiredPool>,
 }
@@ -283,6 +291,14 @@ impl DesiredState {
                     .map(|host| crate::routing::normalise_host(host).into_owned())
                     .collect()
             };
+            if let Some(path) = &route.warm_path
+                && (!path.starts_with('/') || path.chars().any(char::is_whitespace))
+            {
+                problems.push(Problem::BadPath {
+                    route: route.name.clone(),
+                    path: path.clone(),
+                });
+            }
             for path in route.effective_paths() {
                 if !path.starts_with('/') || path.chars().any(char::is_whitespace) {
                     problems.push(Problem::BadPath {
@@ -403,6 +419,7 @@ impl DesiredRoute {
             rate_limit: None,
             maintenance: None,
             paused_until_unix_ms: None,
+            warm_path: None,
             pools: Vec::new(),
         }
     }
@@ -617,6 +634,7 @@ pub(crate) fn desired_name(proxy_name: &str) -> &str {
 struct PlannedRoute {
     spec: RouteSpec,
     drain_timeout: Duration,
+    warm_path: Option<String>,
     pools: Vec<PlannedPool>,
 }
 
@@ -701,6 +719,7 @@ fn plan(desired: &DesiredState) -> Vec<PlannedRoute> {
                     edge: route.edge(),
                 },
                 drain_timeout: Duration::from_millis(route.drain_timeout_ms),
+                warm_path: route.warm_path.clone(),
                 pools: route
                     .pools
                     .iter()
@@ -722,6 +741,102 @@ fn plan(desired: &DesiredState) -> Vec<PlannedRoute> {
         }
     }
     planned
+}
+
+/// Adds, not ready (they take no traffic yet), the instances that `apply` would weight in on a route
+/// that serves now, so that `crate::warm` can open their connections before `apply` runs: the ready
+/// instances `desired` lists that the proxy does not have yet, in a pool of weight above 0, on a live
+/// route with a `warm_path`, an HTTP/1 or h2c protocol (a gRPC service answers no GET) and at least one
+/// instance taking requests. `apply` then finds them added and carries on as it would have.
+///
+/// Call it only with a state that `check` accepted, serialised with `apply` (the control socket does);
+/// answers the targets, each with the connections per worker it needs for its share of what is in
+/// flight on its route now (`warm::connections_per_worker`).
+pub(crate) fn add_to_warm(
+    proxy: &Proxy,
+    desired: &DesiredState,
+) -> Result<Vec<WarmTarget>, ApplyError> {
+    let table = proxy.routing_table();
+    let live = Live::read(&table);
+    let workers = proxy.worker_handles().len().max(1);
+    let mut added = Vec::new();
+    for route in plan(desired) {
+        let Some(path) = &route.warm_path else {
+            continue;
+        };
+        if route.spec.settings.protocol == UpstreamProtocol::Grpc {
+            continue;
+        }
+        let Some(live_route) = table
+            .routes()
+            .iter()
+            .find(|live_route| *live_route.name() == route.spec.name)
+        else {
+            continue;
+        };
+        let serving: Vec<_> = live_route
+            .pools()
+            .iter()
+            .filter(|pool| pool.weight() > 0)
+            .flat_map(|pool| pool.instances().iter())
+            .filter(|instance| instance.is_available())
+            .collect();
+        if serving.is_empty() {
+            continue;
+        }
+        let in_flight: usize = serving.iter().map(|instance| instance.in_flight()).sum();
+        let new: Vec<_> = route
+            .pools
+            .iter()
+            .filter(|pool| pool.weight > 0)
+            .flat_map(|pool| pool.instances.iter().map(move |instance| (pool, instance)))
+            .filter(|(_, instance)| instance.ready && !live.instances.contains_key(&instance.id))
+            .collect();
+        let connections_per_worker =
+            crate::warm::connections_per_worker(in_flight, new.len(), workers);
+        for (pool, instance) in new {
+            proxy
+                .add_instance(InstanceSpec {
+                    id: instance.id.clone(),
+                    route: route.spec.name.clone(),
+                    release: pool.release.clone(),
+                    addr: instance.addr,
+                })
+                .map_err(|source| ApplyError::Control {
+                    action: format!("add instance `{}`", instance.id),
+                    source,
+                })?;
+            added.push((
+                instance.id.clone(),
+                route.spec.settings,
+                path.clone(),
+                connections_per_worker,
+            ));
+        }
+    }
+    if added.is_empty() {
+        return Ok(Vec::new());
+    }
+    // Read again: the added instances are in the snapshot now, not ready.
+    let table = proxy.routing_table();
+    let instances: HashMap<&InstanceId, &Arc<InstanceLive>> = table
+        .routes()
+        .iter()
+        .flat_map(|route| route.pools().iter())
+        .flat_map(|pool| pool.instances().iter())
+        .map(|instance| (instance.id(), instance))
+        .collect();
+    Ok(added
+        .into_iter()
+        .filter_map(|(id, settings, path, connections_per_worker)| {
+            instances.get(&id).map(|instance| WarmTarget {
+                instance: Arc::clone(instance),
+                settings,
+                path,
+                connections_per_worker,
+            })
+        })
+        .collect())
 }
 
 /// Starts the drain now (the instance takes no new request from this call on), then removes the

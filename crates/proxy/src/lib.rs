@@ -52,6 +52,7 @@ mod stats;
 pub mod tls;
 mod tunnel;
 mod upstream;
+mod warm;
 pub mod workers;
 
 pub use body::{AnswerBodyError, ProxyBody, RequestBodyError};

@@ -197,6 +197,8 @@ fn run_worker(
     let result = runtime.block_on(async move {
         let plain = plain.map(TcpListener::from_std).transpose()?;
         let tls = tls.map(TcpListener::from_std).transpose()?;
+        // A warm of a new instance (`crate::warm`) opens this thread's connections to it here.
+        proxy.register_worker(tokio::runtime::Handle::current());
         // One sweep of this thread's idle upstream connections for both listeners.
         let _sweep = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
             crate::server::sweep_idle_upstreams(proxy.clone()),

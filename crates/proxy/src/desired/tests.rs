@@ -372,3 +372,145 @@ async fn eventually(condition: impl Fn() -> bool) {
     }
     panic!("condition not met within 10 s");
 }
+
+#[tokio::test]
+async fn only_new_ready_instances_weighted_in_on_a_serving_route_with_a_warm_path_are_warmed() {
+    // (what the second state changes, instances `add_to_warm` answers and leaves added but not ready)
+    let with_warm = |mut route: DesiredRoute| {
+        route.warm_path = Some("/health".to_owned());
+        route
+    };
+    let serving = || pool("r1", 100, vec![instance("a", 1, true)]);
+    let cases: Vec<(&str, Option<DesiredRoute>, DesiredRoute, &[&str])> = vec![
+        (
+            "a switch to a new release",
+            None,
+            with_warm(route(
+                "web",
+                &[],
+                &["/"],
+                vec![pool("r2", 100, vec![instance("b", 2, true)])],
+            )),
+            &["b"],
+        ),
+        (
+            "a canary step beside the serving release",
+            None,
+            with_warm(route(
+                "web",
+                &[],
+                &["/"],
+                vec![
+                    pool("r1", 90, vec![instance("a", 1, true)]),
+                    pool(
+                        "r2",
+                        10,
+                        vec![instance("b", 2, true), instance("c", 3, true)],
+                    ),
+                ],
+            )),
+            &["b", "c"],
+        ),
+        (
+            "no warm path",
+            None,
+            route(
+                "web",
+                &[],
+                &["/"],
+                vec![pool("r2", 100, vec![instance("b", 2, true)])],
+            ),
+            &[],
+        ),
+        (
+            "a pool of weight 0",
+            None,
+            with_warm(route(
+                "web",
+                &[],
+                &["/"],
+                vec![serving(), pool("r2", 0, vec![instance("b", 2, true)])],
+            )),
+            &[],
+        ),
+        (
+            "an instance not ready yet",
+            None,
+            with_warm(route(
+                "web",
+                &[],
+                &["/"],
+                vec![
+                    pool("r1", 90, vec![instance("a", 1, true)]),
+                    pool("r2", 10, vec![instance("b", 2, false)]),
+                ],
+            )),
+            &[],
+        ),
+        (
+            "the route's first release (nothing serves it)",
+            Some(with_warm(route("web", &[], &["/"], Vec::new()))),
+            with_warm(route(
+                "web",
+                &[],
+                &["/"],
+                vec![pool("r2", 100, vec![instance("b", 2, true)])],
+            )),
+            &[],
+        ),
+        (
+            "a gRPC route",
+            Some({
+                let mut grpc = with_warm(route("web", &[], &["/"], vec![serving()]));
+                grpc.protocol = UpstreamProtocol::Grpc;
+                grpc
+            }),
+            {
+                let mut grpc = with_warm(route(
+                    "web",
+                    &[],
+                    &["/"],
+                    vec![pool("r2", 100, vec![instance("b", 2, true)])],
+                ));
+                grpc.protocol = UpstreamProtocol::Grpc;
+                grpc
+            },
+            &[],
+        ),
+    ];
+    for (case, first, second, expected) in cases {
+        let proxy = Proxy::new(ProxyConfig::default());
+        let first = first.unwrap_or_else(|| route("web", &[], &["/"], vec![serving()]));
+        apply(&proxy, &state(vec![first])).expect("first apply");
+        let second = state(vec![second]);
+        let targets = add_to_warm(&proxy, &second).expect("add to warm");
+        let warmed: Vec<&str> = targets
+            .iter()
+            .map(|target| target.instance.id().as_str())
+            .collect();
+        assert_eq!(warmed, expected, "{case}");
+        for target in &targets {
+            assert_eq!(target.path, "/health", "{case}");
+            assert_eq!(
+                target.instance.state(),
+                InstanceState::Starting,
+                "{case}: a warmed instance takes no traffic before `apply`"
+            );
+        }
+        // `apply` carries on from there as it would have.
+        let report = apply(&proxy, &second).expect("second apply");
+        let mut ready = report.marked_ready.clone();
+        ready.retain(|id| expected.contains(&id.as_str()));
+        assert_eq!(ready, expected, "{case}");
+    }
+}
+
+#[test]
+fn a_warm_path_is_a_path() {
+    let mut bad = route("web", &[], &["/"], Vec::new());
+    bad.warm_path = Some("health check".to_owned());
+    check(
+        state(vec![bad]),
+        &["route `web`: path `health check` must start with `/` and have no whitespace"],
+    );
+}

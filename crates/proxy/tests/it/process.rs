@@ -1,6 +1,6 @@
 //! The proxy as its own process (`proxy::process::run`), driven over its control socket: swaps by
-//! desired state under load, the saved routing after a restart, the socket's mode and the single-proxy
-//! lock.
+//! desired state under load, new instances warmed before they are weighted in, the saved routing after a
+//! restart, the socket's mode and the single-proxy lock.
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -98,6 +98,127 @@ async fn put_state_swaps_releases_under_load_with_no_failed_request() {
         .expect("r-a stats");
     assert_eq!(release_a.in_flight, 0);
     assert_eq!(release_a.requests.server_error, 0);
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_instance_is_warmed_from_every_worker_before_it_takes_traffic() {
+    let process_a = demo("A");
+    let app_b = RecordingApp::start().await;
+    let state_dir = tempfile::tempdir().expect("temporary state dir");
+    let running = RunningProxy::start(state_dir.path()).await;
+    running
+        .client
+        .put_state(&warmed(one_release("r-a", "a", process_a.addr())))
+        .await
+        .expect("put A");
+    let load = Load::new(running.addr)
+        .host(HOST)
+        .concurrency(8)
+        .duration(Duration::from_secs(30))
+        .start();
+    assert_eventually!(
+        load.snapshot().versions.get("A").copied().unwrap_or(0) > 50,
+        "A got no traffic: {}",
+        load.snapshot()
+    );
+
+    running
+        .client
+        .put_state(&warmed(one_release("r-b", "b", app_b.addr)))
+        .await
+        .expect("put B");
+    assert_eventually!(
+        load.snapshot().versions.get("B").copied().unwrap_or(0) > 50,
+        "B got no traffic after the switch: {}",
+        load.snapshot()
+    );
+    let report = load.stop().await;
+    report.assert_no_failures();
+
+    let seen = app_b.seen();
+    let first_routed = seen
+        .iter()
+        .position(|request| request.path == "/")
+        .expect("B got a routed request");
+    let warm: Vec<&Seen> = seen
+        .iter()
+        .filter(|request| request.path == "/health")
+        .collect();
+    // Two rounds of at least two connections from each worker (one or more workers).
+    assert!(warm.len() >= 4, "too few warm requests: {seen:?}");
+    assert!(
+        seen[..first_routed]
+            .iter()
+            .all(|request| request.path == "/health"),
+        "B was weighted in before its warm ended: {seen:?}"
+    );
+    assert!(
+        seen[first_routed..]
+            .iter()
+            .all(|request| request.path != "/health"),
+        "a warm request came after B took traffic: {seen:?}"
+    );
+    let warm_connections: std::collections::BTreeSet<usize> =
+        warm.iter().map(|request| request.connection).collect();
+    assert!(
+        warm_connections.len() >= 2,
+        "the warm opened fewer than two connections: {seen:?}"
+    );
+    // The traffic found the warm connections open and went on them (a burst larger than the warm may
+    // open more beside them).
+    assert!(
+        seen[first_routed..]
+            .iter()
+            .any(|request| warm_connections.contains(&request.connection)),
+        "B's routed requests all came on new connections: {seen:?}"
+    );
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_without_a_warm_path_switches_to_a_new_instance_cold() {
+    let process_a = demo("A");
+    let app_b = RecordingApp::start().await;
+    let state_dir = tempfile::tempdir().expect("temporary state dir");
+    let running = RunningProxy::start(state_dir.path()).await;
+    running
+        .client
+        .put_state(&one_release("r-a", "a", process_a.addr()))
+        .await
+        .expect("put A");
+    assert_eq!(get(running.addr, HOST, "/").await.status(), 200);
+    running
+        .client
+        .put_state(&one_release("r-b", "b", app_b.addr))
+        .await
+        .expect("put B");
+    assert_eq!(get(running.addr, HOST, "/").await.status(), 200);
+    let seen = app_b.seen();
+    assert!(
+        !seen.is_empty() && seen.iter().all(|request| request.path == "/"),
+        "{seen:?}"
+    );
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_release_of_a_route_is_not_warmed() {
+    // Nothing serves the route yet, so nothing waits for a warm: the instance is routed at once.
+    let app_a = RecordingApp::start().await;
+    let state_dir = tempfile::tempdir().expect("temporary state dir");
+    let running = RunningProxy::start(state_dir.path()).await;
+    running
+        .client
+        .put_state(&warmed(one_release("r-a", "a", app_a.addr)))
+        .await
+        .expect("put A");
+    assert_eq!(get(running.addr, HOST, "/").await.status(), 200);
+    let seen = app_a.seen();
+    assert!(
+        !seen.is_empty() && seen.iter().all(|request| request.path == "/"),
+        "{seen:?}"
+    );
     running.stop().await;
 }
 
@@ -328,6 +449,77 @@ fn one_release(release: &str, instance: &str, addr: SocketAddr) -> DesiredState 
             }],
             ..DesiredRoute::new("web")
         }],
+    }
+}
+
+/// `state` with `/health` as the warm path of every route.
+fn warmed(mut state: DesiredState) -> DesiredState {
+    for route in &mut state.routes {
+        route.warm_path = Some("/health".to_owned());
+    }
+    state
+}
+
+/// One request an app got: its path and the connection it came on (numbered by accept order), in the
+/// order they came.
+#[derive(Debug, Clone)]
+struct Seen {
+    path: String,
+    connection: usize,
+}
+
+/// An HTTP/1.1 app on 127.0.0.1 that answers every request 200 (`x-version: B`) and records it.
+struct RecordingApp {
+    addr: SocketAddr,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<Seen>>>,
+    task: JoinHandle<()>,
+}
+
+impl RecordingApp {
+    async fn start() -> RecordingApp {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("local addr");
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let recorded = std::sync::Arc::clone(&seen);
+        let task = tokio::spawn(async move {
+            for connection in 0.. {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let recorded = std::sync::Arc::clone(&recorded);
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(
+                        move |request: hyper::Request<hyper::body::Incoming>| {
+                            recorded.lock().expect("seen").push(Seen {
+                                path: request.uri().path().to_owned(),
+                                connection,
+                            });
+                            async {
+                                hyper::Response::builder().header("x-version", "B").body(
+                                    http_body_util::Full::new(bytes::Bytes::from_static(b"ok\n")),
+                                )
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        RecordingApp { addr, seen, task }
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().expect("seen").clone()
+    }
+}
+
+impl Drop for RecordingApp {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 
