@@ -274,9 +274,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> ServerConn<S> {
                 None => Next::End(Ended::Closed),
             };
         }
-        let written =
-            std::future::poll_fn(|cx| self.poll_answer(cx, &mut body, framing, feeder.as_mut()))
-                .await;
+        // The framing lives here, across the polls of the answer (how much of its length is left).
+        let mut framing = framing;
+        let written = std::future::poll_fn(|cx| {
+            self.poll_answer(cx, &mut body, &mut framing, feeder.as_mut())
+        })
+        .await;
         if let Err(error) = written {
             return Next::End(Ended::Failed(error));
         }
@@ -487,7 +490,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> ServerConn<S> {
         &mut self,
         cx: &mut Context<'_>,
         body: &mut B,
-        mut framing: AnswerFraming,
+        framing: &mut AnswerFraming,
         mut feeder: Option<&mut Feeder>,
     ) -> Poll<io::Result<()>>
     where
@@ -499,7 +502,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> ServerConn<S> {
                 match Pin::new(&mut *body).poll_frame(cx) {
                     Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                         Ok(data) => {
-                            if !self.out().frame_data(&mut framing, data) {
+                            if !self.out().frame_data(framing, data) {
                                 return Poll::Ready(Err(io::Error::other(
                                     "answer body longer than its length",
                                 )));
@@ -507,7 +510,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> ServerConn<S> {
                         }
                         Err(frame) => {
                             if let Ok(trailers) = frame.into_trailers() {
-                                self.out().frame_end(framing, Some(&trailers));
+                                self.out().frame_end(*framing, Some(&trailers));
                                 self.out().ended = true;
                             }
                         }
@@ -518,13 +521,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> ServerConn<S> {
                         return Poll::Ready(Err(io::Error::other("answer body failed")));
                     }
                     Poll::Ready(None) => {
-                        if matches!(framing, AnswerFraming::Length(remaining) if remaining > 0) {
+                        if matches!(*framing, AnswerFraming::Length(remaining) if remaining > 0) {
                             let _ = ready!(self.poll_write_out(cx));
                             return Poll::Ready(Err(io::Error::other(
                                 "answer body shorter than its length",
                             )));
                         }
-                        self.out().frame_end(framing, None);
+                        self.out().frame_end(*framing, None);
                         self.out().ended = true;
                     }
                     Poll::Pending => waiting = true,

@@ -27,9 +27,48 @@ impl Body for Unsized {
     }
 }
 
+/// An answer body of known length whose frames come one poll apart (each frame is Pending first, as
+/// an instance's answer read from its socket is).
+struct Paced {
+    frames: std::collections::VecDeque<Bytes>,
+    left: u64,
+    ready: bool,
+}
+
+impl Body for Paced {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if !self.ready && !self.frames.is_empty() {
+            self.ready = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        self.ready = false;
+        let frame = self.frames.pop_front();
+        if let Some(frame) = &frame {
+            self.left -= frame.len() as u64;
+        }
+        Poll::Ready(frame.map(|bytes| Ok(Frame::data(bytes))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.left)
+    }
+}
+
 enum Answer {
     Sized(Full<Bytes>),
     Unsized(Unsized),
+    Paced(Paced),
 }
 
 impl Body for Answer {
@@ -43,6 +82,7 @@ impl Body for Answer {
         match &mut *self {
             Answer::Sized(body) => Pin::new(body).poll_frame(cx),
             Answer::Unsized(body) => Pin::new(body).poll_frame(cx),
+            Answer::Paced(body) => Pin::new(body).poll_frame(cx),
         }
     }
 
@@ -50,6 +90,7 @@ impl Body for Answer {
         match self {
             Answer::Sized(body) => body.is_end_stream(),
             Answer::Unsized(body) => body.0.is_none(),
+            Answer::Paced(body) => body.is_end_stream(),
         }
     }
 
@@ -57,6 +98,7 @@ impl Body for Answer {
         match self {
             Answer::Sized(body) => body.size_hint(),
             Answer::Unsized(_) => SizeHint::default(),
+            Answer::Paced(body) => body.size_hint(),
         }
     }
 }
@@ -91,6 +133,14 @@ async fn service(mut request: Request<H1Body>) -> Response<Answer> {
             }
         }
         "/stream" => Answer::Unsized(Unsized(Some(Bytes::from_static(b"streamed")))),
+        // 3 x 40 KiB, more than the pipe holds: the answer's writes wait for the client too.
+        "/paced" => Answer::Paced(Paced {
+            frames: (b'a'..=b'c')
+                .map(|byte| Bytes::from(vec![byte; PACED_FRAME]))
+                .collect(),
+            left: 3 * PACED_FRAME as u64,
+            ready: false,
+        }),
         "/ws" => {
             let Some(pending) = request
                 .extensions_mut()
@@ -129,6 +179,8 @@ async fn service(mut request: Request<H1Body>) -> Response<Answer> {
     };
     Response::new(answer)
 }
+
+const PACED_FRAME: usize = 40 * 1024;
 
 fn start() -> (DuplexStream, tokio::task::JoinHandle<Ended>) {
     let (client, server) = tokio::io::duplex(64 * 1024);
@@ -310,4 +362,45 @@ async fn an_upgrade_hands_the_socket_and_the_bytes_read_ahead_to_the_request() {
     client.read_exact(&mut echoed).await.expect("echoed");
     assert_eq!(&echoed, b"later");
     assert!(matches!(task.await.expect("task"), Ended::Upgraded));
+}
+
+/// An answer whose frames come over several polls, to a client that reads slower than it is sent:
+/// its length is counted across those polls (a framing kept per poll took a whole answer for a
+/// short one and closed the keep-alive connection after it, session 29), and the next request on
+/// the connection is answered.
+#[tokio::test]
+async fn a_long_answer_over_many_polls_keeps_the_connection_alive() {
+    let (mut client, task) = start();
+    client
+        .write_all(b"GET /paced HTTP/1.1\r\nHost: a\r\n\r\nGET /two HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answers = Vec::new();
+    let mut buf = vec![0u8; 1000];
+    let expected_tail = b"\r\n\r\nGET /two";
+    while !answers.ends_with(expected_tail) {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), client.read(&mut buf))
+            .await
+            .expect("the answers came")
+            .expect("read");
+        assert!(n > 0, "closed after {} bytes", answers.len());
+        answers.extend_from_slice(&buf[..n]);
+        // Slower than the proxy: its writes wait for room.
+        tokio::task::yield_now().await;
+    }
+    let text = without_dates(&answers);
+    let first = format!(
+        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n",
+        3 * PACED_FRAME
+    );
+    assert!(text.starts_with(&first), "{}", &text[..200.min(text.len())]);
+    let body = &text[first.len()..first.len() + 3 * PACED_FRAME];
+    assert!(body.bytes().take(PACED_FRAME).all(|byte| byte == b'a'));
+    assert!(body.bytes().skip(2 * PACED_FRAME).all(|byte| byte == b'c'));
+    assert_eq!(
+        &text[first.len() + 3 * PACED_FRAME..],
+        "HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nGET /two"
+    );
+    drop(client);
+    assert!(matches!(task.await.expect("task"), Ended::Closed));
 }
