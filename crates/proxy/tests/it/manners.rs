@@ -164,3 +164,62 @@ async fn unknown_hosts_get_404_and_metrics_count_per_release() {
     server.await.expect("join").expect("metrics server");
     test_proxy.stop().await;
 }
+
+/// Large answers on one keep-alive connection to a client that reads in small pieces: every answer
+/// arrives whole and the connection stays open for the next request (the proxy's own HTTP/1 server
+/// once closed it after an answer that took more than one poll of its body: session 29).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_answers_to_a_slow_reader_keep_the_connection_alive() {
+    use tokio::io::AsyncWriteExt;
+
+    const SIZE: usize = 1024 * 1024;
+    let process = demo("A");
+    let test_proxy = TestProxy::start(ProxyConfig::default()).await;
+    test_proxy.add_ready("a", "A", process.addr());
+    let mut stream = tokio::net::TcpStream::connect(test_proxy.addr)
+        .await
+        .expect("connect");
+    for request in 0..5 {
+        stream
+            .write_all(format!("GET /bytes/{SIZE} HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes())
+            .await
+            .expect("write");
+        let mut received = Vec::new();
+        let mut buffer = vec![0u8; 16 * 1024];
+        let body_start = loop {
+            if let Some(end) = received.windows(4).position(|window| window == b"\r\n\r\n") {
+                break end + 4;
+            }
+            let n = read_some(&mut stream, &mut buffer).await;
+            assert!(n > 0, "request {request}: closed before the answer's head");
+            received.extend_from_slice(&buffer[..n]);
+        };
+        let head = String::from_utf8_lossy(&received[..body_start]).to_lowercase();
+        assert!(head.starts_with("http/1.1 200 "), "{head}");
+        assert!(
+            head.contains(&format!("content-length: {SIZE}\r\n")),
+            "{head}"
+        );
+        assert!(!head.contains("connection: close"), "{head}");
+        let mut body = received.len() - body_start;
+        while body < SIZE {
+            let n = read_some(&mut stream, &mut buffer).await;
+            assert!(
+                n > 0,
+                "request {request}: closed after {body} of {SIZE} body bytes"
+            );
+            body += n;
+            // Slower than the proxy writes: its writes wait for the client.
+            tokio::time::sleep(std::time::Duration::from_micros(200)).await;
+        }
+        assert_eq!(body, SIZE, "request {request}: exactly the answer's length");
+    }
+}
+
+async fn read_some(stream: &mut tokio::net::TcpStream, buffer: &mut [u8]) -> usize {
+    use tokio::io::AsyncReadExt;
+    tokio::time::timeout(std::time::Duration::from_secs(10), stream.read(buffer))
+        .await
+        .expect("the proxy answered in time")
+        .expect("read")
+}
