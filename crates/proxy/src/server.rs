@@ -252,9 +252,9 @@ impl Connection {
         let open = crate::memory::OpenConnection::new();
         let config = proxy.config();
         let activity = Arc::new(ConnectionActivity::default());
-        // Boxed: the socket's state moves between this task's frames and hyper's connection (and back
-        // when an idle connection leaves hyper), and each place that can hold it would otherwise keep
-        // room for all of it in every connection's task.
+        // Boxed: the socket's state moves between this task's frames and the connection that serves it
+        // (`h1::ServerConn`, hyper's HTTP/2 server), and each place that can hold it would otherwise
+        // keep room for all of it in every connection's task.
         let io = Box::new(TimedIo::new(
             stream,
             Arc::clone(&activity),
@@ -474,11 +474,11 @@ struct TimedIo<S> {
     unflushed: bool,
     // Whether the last write or flush could not go through: hyper then still holds answer bytes.
     write_blocked: bool,
-    // Bytes read but not yet given to hyper (the first bytes that chose the protocol, or hyper's read
-    // buffer when it was left idle); returned before the socket is read again.
+    // Bytes read but not yet given to the connection that serves them (the first bytes that chose the
+    // protocol); returned before the socket is read again.
     rewind: Bytes,
-    // For HTTP/1: how long an idle keep-alive connection waits before it asks to leave hyper
-    // (`ConnectionActivity::idle_released`).
+    // For HTTP/1: how long an idle keep-alive connection waits before it asks its server to release its
+    // buffers (`ConnectionActivity::take_idle_release`, taken by `h1::ServerConn`).
     release_after: Option<Duration>,
     // Whether the idle timer is set to `release_after` rather than the idle timeout.
     release_armed: bool,

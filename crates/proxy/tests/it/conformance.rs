@@ -563,7 +563,7 @@ async fn read_ok_answer(stream: &mut TcpStream) -> String {
     String::from_utf8_lossy(&answer).into_owned()
 }
 
-// An HTTP/1 keep-alive connection idle for a second leaves hyper (its buffers are freed) and comes back
+// An HTTP/1 keep-alive connection idle for a second releases its buffers and gets new ones
 // when the client sends again: pipelined requests are all answered, in order, and the header-read
 // timeout still answers a stalled head with 408.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -613,7 +613,7 @@ async fn a_keep_alive_connection_serves_after_its_idle_buffers_were_released() {
     );
 }
 
-// A connection that left hyper while idle is still closed by the idle timeout.
+// A connection that released its buffers while idle is still closed by the idle timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_released_idle_connection_is_closed_at_the_idle_timeout() {
     let instance = RawInstance::start(OK).await;
