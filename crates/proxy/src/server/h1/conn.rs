@@ -498,7 +498,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> ServerConn<S> {
     {
         loop {
             let mut waiting = false;
-            if !self.out().ended && self.out().data.is_empty() && self.out().tail.is_empty() {
+            if !self.out().ended && self.out().has_room(*framing) {
                 match Pin::new(&mut *body).poll_frame(cx) {
                     Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                         Ok(data) => {
@@ -507,6 +507,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> ServerConn<S> {
                                     "answer body longer than its length",
                                 )));
                             }
+                            // The pieces ready now go out together (`OutBuf`): take the next one
+                            // first, while there is room.
+                            continue;
                         }
                         Err(frame) => {
                             if let Ok(trailers) = frame.into_trailers() {

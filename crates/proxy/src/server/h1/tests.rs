@@ -511,7 +511,7 @@ fn body_bytes_go_out_without_a_copy_and_within_their_length() {
     let mut framing = AnswerFraming::Length(10);
     let data = Bytes::from(vec![7u8; 6]);
     assert!(out.frame_data(&mut framing, data.clone()));
-    assert_eq!(out.data.as_ptr(), data.as_ptr(), "the body was copied");
+    assert_eq!(out.data[0].as_ptr(), data.as_ptr(), "the body was copied");
     assert_eq!(framing, AnswerFraming::Length(4));
     out.advance(6);
     assert!(
@@ -553,4 +553,52 @@ fn a_head_ends_at_its_first_empty_line_with_crlf_or_bare_lf() {
         assert_eq!(head.parts.headers["host"], "a");
         assert_eq!(&rest[..], b"BODY");
     }
+}
+
+/// Pieces of a body framed by its length are taken together, up to `MAX_PIECES`, and leave in order
+/// across any partial writes; a chunked body takes one piece at a time (its size line is in the head).
+#[test]
+fn ready_pieces_of_a_sized_body_go_out_in_one_write() {
+    let mut out = OutBuf {
+        head: b"HEAD".to_vec(),
+        ..OutBuf::default()
+    };
+    let mut framing = AnswerFraming::Length(100);
+    let pieces: Vec<Bytes> = (b'a'..=b'c')
+        .map(|byte| Bytes::from(vec![byte; 3]))
+        .collect();
+    for piece in &pieces {
+        assert!(out.has_room(framing));
+        assert!(out.frame_data(&mut framing, piece.clone()));
+    }
+    assert_eq!(framing, AnswerFraming::Length(91));
+    let left = |out: &OutBuf| -> Vec<u8> {
+        out.slices()
+            .iter()
+            .flat_map(|slice| slice.to_vec())
+            .collect()
+    };
+    let whole = b"HEADaaabbbccc";
+    assert_eq!(left(&out), whole);
+    // Each piece is its own slice, uncopied.
+    assert_eq!(out.slices()[2].as_ptr(), pieces[1].as_ptr());
+    for step in [2, 3, 1, 4, 3] {
+        let before = left(&out);
+        out.advance(step);
+        assert_eq!(left(&out), &before[step..]);
+    }
+    assert!(out.is_empty());
+    // Room ends at MAX_PIECES pieces.
+    for _ in 0..MAX_PIECES {
+        assert!(out.has_room(framing));
+        assert!(out.frame_data(&mut framing, Bytes::from_static(b"x")));
+    }
+    assert!(!out.has_room(framing));
+    out.advance(MAX_PIECES);
+    assert!(out.has_room(framing));
+    // Chunked: one piece, then no room until it is written.
+    let mut chunked = AnswerFraming::Chunked;
+    assert!(out.frame_data(&mut chunked, Bytes::from_static(b"data")));
+    assert!(!out.has_room(chunked));
+    assert_eq!(left(&out), b"4\r\ndata\r\n");
 }
