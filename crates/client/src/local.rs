@@ -25,7 +25,8 @@ pub struct LocalAgent {
     pub fingerprint: Option<crate::pin::Fingerprint>,
 }
 
-/// `$ROLLWAY_STATE_DIR`, else `$XDG_STATE_HOME/rollway`, else `~/.local/state/rollway`.
+/// `$ROLLWAY_STATE_DIR`, else `$XDG_STATE_HOME/rollway`, else `~/.local/state/rollway`; for root,
+/// [`ROOT_STATE_DIR`] instead of the home folder (unless an agent's state is already there).
 pub fn default_state_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("ROLLWAY_STATE_DIR").filter(|dir| !dir.is_empty()) {
         return PathBuf::from(dir);
@@ -34,7 +35,23 @@ pub fn default_state_dir() -> PathBuf {
         return PathBuf::from(dir).join("rollway");
     }
     let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
-    home.join(".local/state/rollway")
+    let in_home = home.join(".local/state/rollway");
+    if runs_as_root() && !in_home.exists() {
+        return PathBuf::from(ROOT_STATE_DIR);
+    }
+    in_home
+}
+
+/// Where root's agent keeps its state by default. An agent run by root runs each app as a user of
+/// its own, which must reach the app's release folder inside the state folder: root's home is private
+/// (mode 0700 on Debian and most systems), so a state folder there made every release command and
+/// instance fail with "Permission denied".
+pub const ROOT_STATE_DIR: &str = "/var/lib/rollway";
+
+/// Whether this process runs as root (`/proc/self` belongs to the effective user).
+fn runs_as_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|meta| meta.uid() == 0)
 }
 
 /// The agent file of `state_dir`, when present and readable.

@@ -400,7 +400,8 @@ pub struct AgentRunArgs {
     /// `backup` or `restore` the agent's own state instead of running the agent.
     #[command(subcommand)]
     pub action: Option<AgentAction>,
-    /// State directory (default: $XDG_STATE_HOME/rollway).
+    /// State directory (default: $ROLLWAY_STATE_DIR, else $XDG_STATE_HOME/rollway, else
+    /// ~/.local/state/rollway; /var/lib/rollway for root).
     #[arg(long)]
     pub state: Option<PathBuf>,
     /// Address of the control API. Beyond loopback it serves TLS only.
@@ -485,7 +486,8 @@ pub enum AgentAction {
 
 #[derive(Debug, Args)]
 pub struct AgentStateArgs {
-    /// State directory (default: $XDG_STATE_HOME/rollway).
+    /// State directory (default: $ROLLWAY_STATE_DIR, else $XDG_STATE_HOME/rollway, else
+    /// ~/.local/state/rollway; /var/lib/rollway for root).
     #[arg(long)]
     pub state: Option<PathBuf>,
     /// Where snapshots go: `s3://BUCKET/PREFIX`.
