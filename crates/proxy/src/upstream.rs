@@ -543,29 +543,12 @@ async fn connect_tcp(
 /// stack.
 const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
 
-/// Sets an HTTP/1 server's or client's limit of header fields per message. hyper's own default (100)
+/// Sets the upgrade client's limit of header fields per message. hyper's own default (100)
 /// is left unset: any explicit limit makes hyper allocate and fill two arrays of that many entries for
 /// every message it parses (for 200 and 500 fields, 17% of the proxy's instructions per request).
-pub(crate) fn limit_header_fields<B: Http1Limit>(builder: &mut B, max: usize) {
+fn limit_header_fields(builder: &mut http1::Builder, max: usize) {
     if max != HYPER_DEFAULT_MAX_HEADERS {
         builder.max_headers(max);
-    }
-}
-
-/// hyper's HTTP/1 server and client builders, which both take `max_headers`.
-pub(crate) trait Http1Limit {
-    fn max_headers(&mut self, max: usize);
-}
-
-impl Http1Limit for hyper::server::conn::http1::Builder {
-    fn max_headers(&mut self, max: usize) {
-        hyper::server::conn::http1::Builder::max_headers(self, max);
-    }
-}
-
-impl Http1Limit for http1::Builder {
-    fn max_headers(&mut self, max: usize) {
-        http1::Builder::max_headers(self, max);
     }
 }
 
