@@ -113,6 +113,14 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "app users cannot reach the apps folder `{apps}`: `{dir}` (mode {mode:04o}) lets no other user through. As root, the agent runs each app as a user of its own, with its files under `{apps}`. Start the agent with a state folder outside `{dir}` (`--state /var/lib/rollway`, root's default), or let other users cross it (`chmod o+x {dir}`)"
+    )]
+    AppsUnreachable {
+        apps: String,
+        dir: String,
+        mode: u32,
+    },
     #[error("another agent already runs on `{0}`")]
     AlreadyRunning(String),
     #[error("cannot open the store")]
@@ -176,6 +184,16 @@ pub async fn run(
         path: paths.apps.display().to_string(),
         source,
     })?;
+    // Found now rather than as "Permission denied" at the first deploy's first command.
+    if isolation == driver::Isolation::Users
+        && let Some(blocked) = driver::confine::first_uncrossable(&paths.apps)
+    {
+        return Err(AgentError::AppsUnreachable {
+            apps: paths.apps.display().to_string(),
+            dir: blocked.dir.display().to_string(),
+            mode: blocked.mode,
+        });
+    }
     let driver = Arc::new(ProcessDriver::new(paths.instances.clone()).map_err(dir_error)?);
     let artifacts = ArtifactStore::new(state_dir.join("artifacts"))
         .with_limits(artifact::ArtifactLimits::from_env());

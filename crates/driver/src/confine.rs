@@ -210,9 +210,12 @@ impl Confinement {
         Ok(())
     }
 
-    /// `HOME` and `TMPDIR` of the process: its private folder, when it has one.
+    /// `HOME` and `TMPDIR` of the process: its private folder, when it has one; and when it runs as
+    /// a user of its own, `PATH` as that user can use it ([`path_for_other_users`]). These take the
+    /// place of the agent's own values of the same names.
     pub fn env(&self) -> Vec<(OsString, OsString)> {
-        self.temp_dir
+        let mut env: Vec<(OsString, OsString)> = self
+            .temp_dir
             .iter()
             .flat_map(|dir| {
                 [
@@ -220,8 +223,58 @@ impl Confinement {
                     (OsString::from("TMPDIR"), dir.as_os_str().to_owned()),
                 ]
             })
-            .collect()
+            .collect();
+        if self.user.is_some()
+            && let Some(path) = std::env::var_os("PATH")
+        {
+            env.push((OsString::from("PATH"), path_for_other_users(&path)));
+        }
+        env
     }
+}
+
+/// The agent's `PATH` as a process of another user should get it: without the folders that user
+/// cannot enter (root's `~/.cargo/bin`, `~/.pyenv/shims`: exec skips them anyway, but they would
+/// tell the app where root keeps its tools). Entries are kept in order; relative ones are dropped.
+pub fn path_for_other_users(path: &std::ffi::OsStr) -> OsString {
+    let kept: Vec<PathBuf> = std::env::split_paths(path)
+        .filter(|entry| entry.is_absolute() && first_uncrossable(entry).is_none())
+        .collect();
+    std::env::join_paths(kept).unwrap_or_default()
+}
+
+/// A folder that users other than its owner and group may not enter (no `x` for others).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Uncrossable {
+    pub dir: PathBuf,
+    pub mode: u32,
+}
+
+/// The first folder on the way to `path` (itself included, symbolic links resolved) that another
+/// user may not cross, going by the mode bits for others (an app's user owns none of them, and no
+/// group of theirs is an app's). A path that cannot be resolved is its own answer, mode 0.
+pub fn first_uncrossable(path: &Path) -> Option<Uncrossable> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let resolved = match std::fs::canonicalize(path) {
+        Ok(resolved) => resolved,
+        Err(_) => {
+            return Some(Uncrossable {
+                dir: path.to_path_buf(),
+                mode: 0,
+            });
+        }
+    };
+    let mut ancestors: Vec<&Path> = resolved.ancestors().collect();
+    ancestors.reverse();
+    ancestors.into_iter().find_map(|dir| {
+        let mode = std::fs::metadata(dir)
+            .map(|metadata| metadata.permissions().mode() & 0o7777)
+            .unwrap_or(0);
+        (mode & 0o001 == 0).then(|| Uncrossable {
+            dir: dir.to_path_buf(),
+            mode,
+        })
+    })
 }
 
 #[cfg(test)]

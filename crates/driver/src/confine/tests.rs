@@ -74,3 +74,65 @@ fn the_report_names_the_isolation() {
         "hidden paths close the Unix socket gap"
     );
 }
+
+#[test]
+fn another_users_path_keeps_only_the_folders_it_can_enter() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let open = dir.path().join("open/bin");
+    let private = dir.path().join("private");
+    let behind = private.join("bin");
+    for folder in [&open, &behind] {
+        std::fs::create_dir_all(folder).expect("mkdir");
+    }
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    let path = std::env::join_paths([
+        behind.as_path(),
+        open.as_path(),
+        Path::new("relative/bin"),
+        &dir.path().join("missing"),
+    ])
+    .expect("join");
+    assert_eq!(
+        path_for_other_users(&path),
+        open.as_os_str(),
+        "only the folder every user can cross stays"
+    );
+    assert_eq!(
+        first_uncrossable(&behind),
+        Some(Uncrossable {
+            dir: private.clone(),
+            mode: 0o700
+        })
+    );
+    assert_eq!(first_uncrossable(&open), None);
+}
+
+#[test]
+fn a_process_of_its_own_user_gets_the_path_it_can_use_and_others_the_agents() {
+    let own = Confinement {
+        user: Some(USER),
+        temp_dir: Some(PathBuf::from("/t")),
+        ..Confinement::default()
+    };
+    let names = |confinement: &Confinement| {
+        confinement
+            .env()
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect::<Vec<_>>()
+    };
+    if std::env::var_os("PATH").is_some() {
+        assert!(names(&own).contains(&OsString::from("PATH")));
+    }
+    let same_user = Confinement {
+        temp_dir: Some(PathBuf::from("/t")),
+        ..Confinement::default()
+    };
+    assert_eq!(
+        names(&same_user),
+        vec![OsString::from("HOME"), OsString::from("TMPDIR")],
+        "the agent's own PATH is passed through unchanged"
+    );
+}

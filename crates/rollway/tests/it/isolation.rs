@@ -42,6 +42,11 @@ def listing(path):
 def attack():
     targets = json.loads(os.environ["HOSTILE_TARGETS"])
     report = {"uid": os.getuid(), "groups": os.getgroups()}
+    # What its PATH tells it of the agent's user (root's own tool folders), and whether it still
+    # finds the system's tools.
+    path = [entry for entry in os.environ.get("PATH", "").split(":") if entry]
+    report["path_unreachable"] = [entry for entry in path if not os.access(entry, os.X_OK)]
+    report["path_finds_sh"] = any(os.access(os.path.join(entry, "sh"), os.X_OK) for entry in path)
     for name, path in targets["files"].items():
         report[name] = read(path)
     for name, path in targets["dirs"].items():
@@ -152,6 +157,14 @@ async fn as_root_a_hostile_app_reads_nothing_of_the_agent_or_another_app() {
         serde_json::json!([]),
         "no supplementary groups"
     );
+    // Its PATH holds no folder of the agent's it cannot enter (root's `~/.cargo/bin`), and still
+    // the system's.
+    assert_eq!(
+        report["path_unreachable"],
+        serde_json::json!([]),
+        "{report:#}"
+    );
+    assert_eq!(report["path_finds_sh"], true, "{report:#}");
     use std::os::unix::fs::MetadataExt as _;
     // An app environment's folder is the agent's, with the app's group; its release folder is
     // the app's.
@@ -451,4 +464,56 @@ async fn after_an_upgrade_a_release_folder_left_in_the_state_dir_is_carried_over
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// As root, apps run as users of their own and must cross every folder on the way to their own:
+/// a state folder inside a private one (root's home) is refused when the agent starts, naming the
+/// folder and what to do, not at the first deploy as "Permission denied".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn as_root_a_state_folder_apps_cannot_reach_is_refused_at_start() {
+    if !is_root() {
+        eprintln!("skipped: the agent must be started as root for per-app users");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let private = dir.path().join("private");
+    std::fs::create_dir(&private).expect("private dir");
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    let state = private.join("state");
+    let mut command = tokio::process::Command::new(rollway_bin());
+    command
+        .arg("agent")
+        .arg("--state")
+        .arg(&state)
+        .arg("--api")
+        .arg("127.0.0.1:0")
+        .arg("--proxy")
+        .arg("127.0.0.1:0")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(Duration::from_secs(60), command.output())
+        .await
+        .expect("the agent exits")
+        .expect("run the agent");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_ne!(output.status.code(), Some(0), "{stderr}");
+    let private = private.display();
+    assert!(
+        stderr.contains(&format!(
+            "`{private}` (mode 0700) lets no other user through"
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains(&format!("chmod o+x {private}")), "{stderr}");
+    assert!(stderr.contains("--state /var/lib/rollway"), "{stderr}");
+    // No proxy was started (it would hold the state folder's lock and ports).
+    assert!(
+        !state.join("proxy/proxy.pid").exists()
+            || std::fs::read_to_string(state.join("proxy/proxy.pid"))
+                .unwrap_or_default()
+                .trim()
+                .is_empty(),
+        "a proxy was left behind"
+    );
 }
