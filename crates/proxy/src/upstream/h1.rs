@@ -46,18 +46,20 @@ const SPARE_HEAD_BYTES: usize = 16 * 1024;
 const SPARE_FIELDS: usize = 128;
 
 thread_local! {
-    /// Per-thread spares, so that a small request allocates neither its head's buffer, nor its answer's
-    /// header map, nor (mostly) the buffer its answer is read into: the buffer the last request's head
-    /// was encoded into, once written out, the header map of the last request sent, once its answer's
-    /// head came (`recycle_fields`), and the read buffers of the last connections checked in. A thread
-    /// keeps at most one head buffer and one map (a few KB) and `SPARE_READ_BUFS` read buffers (8 KB
+    /// Per-thread spares, so that a small request allocates neither its head's buffer, nor its header
+    /// maps, nor (mostly) the buffer its answer is read into: the buffer the last request's head was
+    /// encoded into, once written out, the header maps of the last requests sent, once their answer's
+    /// head came, and of the last answers written to HTTP/1 clients (`recycle_fields`; taken by the next
+    /// answer heads and client request heads parsed, `fields_map`), and the read buffers of the last
+    /// connections checked in. A thread keeps at most one head buffer, `SPARE_MAPS` maps (a few KB) and
+    /// `SPARE_READ_BUFS` read buffers (8 KB
     /// each, usually), whatever the number of connections, and drops its read buffers when its sweep
     /// finds the pool going quiet (`drop_spare_read_bufs`). See bench/proxy/README.md, "Session 29:
     /// the upstream side at 512 connections".
     static SPARES: Spares = const {
         Spares {
             head: Cell::new(Vec::new()),
-            fields: Cell::new(None),
+            fields: RefCell::new(Vec::new()),
             read: RefCell::new(Vec::new()),
         }
     };
@@ -65,7 +67,9 @@ thread_local! {
 
 struct Spares {
     head: Cell<Vec<u8>>,
-    fields: Cell<Option<HeaderMap>>,
+    // Emptied header maps, up to `SPARE_MAPS`: several, as a thread parses the heads of other requests
+    // between a request's parse and its answer's write.
+    fields: RefCell<Vec<HeaderMap>>,
     // The read buffers the last connections checked in on this thread gave back (`release_buffers`),
     // up to `SPARE_READ_BUFS`: each empty, with the rest of the memory its answer was read into, so the
     // next answers are read into them without allocating (heads and bodies are shared slices of them, as
@@ -75,25 +79,40 @@ struct Spares {
     read: RefCell<Vec<BytesMut>>,
 }
 
-/// Keeps the header map of a request that has its answer (its fields are no longer needed), emptied, for
-/// the next answer head this thread parses.
+/// How many emptied header maps a thread keeps (see `Spares::fields`): ~1.5 KB each for a small head.
+/// Four overflowed under 8 connections on a thread (0.6 maps a request freed, and as many allocated).
+const SPARE_MAPS: usize = 16;
+
+/// Keeps a header map whose fields are no longer needed (a request that has its answer, an answer
+/// written to an HTTP/1 client), emptied, for the next head this thread parses.
 pub(crate) fn recycle_fields(mut fields: HeaderMap) {
     if fields.capacity() == 0 || fields.capacity() > SPARE_FIELDS {
         return;
     }
+    // Emptied first: its values share the buffers heads were read into, which must not be kept alive.
     fields.clear();
     // Ignored while the thread's locals are being torn down.
-    let _ = SPARES.try_with(|spares| spares.fields.set(Some(fields)));
+    let _ = SPARES.try_with(|spares| {
+        if let Ok(mut maps) = spares.fields.try_borrow_mut()
+            && maps.len() < SPARE_MAPS
+        {
+            maps.push(fields);
+        }
+    });
 }
 
-/// An empty header map for `fields` fields and a few more: the thread's spare when it has one.
-fn fields_map(fields: usize) -> HeaderMap {
-    match SPARES.try_with(|spares| spares.fields.take()) {
-        Ok(Some(mut map)) => {
+/// An empty header map for `fields` fields: one of the thread's spares when it has one.
+pub(crate) fn fields_map(fields: usize) -> HeaderMap {
+    let spare = SPARES
+        .try_with(|spares| spares.fields.try_borrow_mut().ok()?.pop())
+        .ok()
+        .flatten();
+    match spare {
+        Some(mut map) => {
             map.reserve(fields);
             map
         }
-        _ => HeaderMap::with_capacity(fields),
+        None => HeaderMap::with_capacity(fields),
     }
 }
 
@@ -677,7 +696,7 @@ fn parse_head(
         let (Some(name), Some(field_value)) = (head.get(at.name()), head.get(at.value())) else {
             return Err(UpstreamError::InvalidHead(httparse::Error::HeaderName));
         };
-        let name = HeaderName::from_bytes(name)
+        let name = crate::server::h1::field_name(name)
             .map_err(|_| UpstreamError::InvalidHead(httparse::Error::HeaderName))?;
         let value = HeaderValue::from_maybe_shared(head.slice_ref(field_value))
             .map_err(|_| UpstreamError::InvalidHead(httparse::Error::HeaderValue))?;
