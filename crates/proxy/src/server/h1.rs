@@ -679,11 +679,18 @@ pub(crate) fn encode_head(
     };
     // `Connection: close` is found in the pass over the fields below (no lookup of its own).
     let mut close = false;
-    buf.extend_from_slice(b"HTTP/1.1 ");
-    buf.extend_from_slice(status.as_str().as_bytes());
-    buf.push(b' ');
-    buf.extend_from_slice(status.canonical_reason().unwrap_or("<none>").as_bytes());
-    buf.extend_from_slice(b"\r\n");
+    match status.as_u16() {
+        // The common ones in one piece.
+        200 => buf.extend_from_slice(b"HTTP/1.1 200 OK\r\n"),
+        304 => buf.extend_from_slice(b"HTTP/1.1 304 Not Modified\r\n"),
+        _ => {
+            buf.extend_from_slice(b"HTTP/1.1 ");
+            buf.extend_from_slice(status.as_str().as_bytes());
+            buf.push(b' ');
+            buf.extend_from_slice(status.canonical_reason().unwrap_or("<none>").as_bytes());
+            buf.extend_from_slice(b"\r\n");
+        }
+    }
     let mut has_date = false;
     let mut kept_length = false;
     for (name, value) in headers {

@@ -638,6 +638,32 @@ fn an_upgrade_needs_both_the_field_and_the_connection_option() {
     ));
 }
 
+// Session 30: the common status lines are written in one piece, the others as before.
+#[test]
+fn status_lines_are_the_same_in_one_piece_or_in_parts() {
+    let date = HeaderValue::from_static("Sun, 06 Nov 1994 08:49:37 GMT");
+    let context = AnswerContext {
+        head_request: false,
+        request_version: Version::HTTP_11,
+        keep_alive: true,
+    };
+    for (code, line) in [
+        (200, "HTTP/1.1 200 OK\r\n"),
+        (304, "HTTP/1.1 304 Not Modified\r\n"),
+        (404, "HTTP/1.1 404 Not Found\r\n"),
+        (599, "HTTP/1.1 599 <none>\r\n"),
+    ] {
+        let mut buf = Vec::new();
+        let status = StatusCode::from_u16(code).expect("status");
+        encode_head(&mut buf, status, &HeaderMap::new(), Some(0), context, &date);
+        assert!(
+            buf.starts_with(line.as_bytes()),
+            "{}",
+            String::from_utf8_lossy(&buf)
+        );
+    }
+}
+
 // Session 30: the scan for the head's end (`memchr`, many bytes a step) ends where httparse's parse of
 // the same bytes ends, for heads long enough for the wide steps, whatever their line ends and wherever
 // they fall.
