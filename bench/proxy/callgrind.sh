@@ -36,6 +36,24 @@ ROLLWAY_DEPLOYED=127.0.0.1:$((PORT_BASE + 4))
 NGINX_DEPLOYED=127.0.0.1:$((PORT_BASE + 5))
 DEPLOYED_HOST=bench.localhost
 MODES="${MODES:-static deployed}"
+# BROWSER_FIELDS=1: wrk's requests carry 11 more fields, as a browser's do (12 with Host), so that a change
+# to head handling is measured on a real request too, not only on wrk's one field.
+EXTRA_FIELDS=()
+if [ -n "${BROWSER_FIELDS:-}" ]; then
+    EXTRA_FIELDS=(
+        -H "User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
+        -H "Accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+        -H "Accept-Language: en-GB,en;q=0.5"
+        -H "Accept-Encoding: gzip, deflate, br, zstd"
+        -H "Referer: http://bench.localhost/index.html"
+        -H "Cookie: session=7f3a9c2e1b4d5f6a8b9c0d1e2f3a4b5c; theme=dark; consent=1"
+        -H "Upgrade-Insecure-Requests: 1"
+        -H "Sec-Fetch-Dest: document"
+        -H "Sec-Fetch-Mode: navigate"
+        -H "Sec-Fetch-Site: same-origin"
+        -H "Priority: u=0, i"
+    )
+fi
 
 if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null || ! command -v valgrind >/dev/null \
     || ! command -v h2load >/dev/null; then
@@ -103,9 +121,9 @@ measure() {
         echo "$out" | grep -E '^(requests|status codes):' >&2
         name="$name-h2"
     else
-        wrk -t1 -c"$CONNECTIONS" -d3s -H "Host: $host" "http://$addr/small" >/dev/null
+        wrk -t1 -c"$CONNECTIONS" -d3s -H "Host: $host" "${EXTRA_FIELDS[@]}" "http://$addr/small" >/dev/null
         callgrind_control -i on "$pid" >/dev/null 2>&1
-        out="$(wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" -H "Host: $host" "http://$addr/small")"
+        out="$(wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" -H "Host: $host" "${EXTRA_FIELDS[@]}" "http://$addr/small")"
         requests="$(echo "$out" | awk '/requests in/ {print $1}')"
     fi
     callgrind_control -i off "$pid" >/dev/null 2>&1

@@ -274,7 +274,7 @@ async fn forward(
         .then(|| active.as_ref().map(ActiveRequest::interim_sender))
         .flatten();
     let (mut parts, body) = request.into_parts();
-    prepare_request_headers(
+    let added = prepare_request_headers(
         &mut parts.headers,
         &host_value,
         host_is_field,
@@ -368,13 +368,14 @@ async fn forward(
                 parts.headers.clone(),
             ),
         };
-        let sent = upstream::send(
+        let sent = upstream::send_with(
             instance,
             upstream_request,
             config,
             &settings,
             upgrade,
             interim.as_ref(),
+            added,
         )
         .await;
         match sent {
@@ -826,6 +827,8 @@ struct RequestFields {
     host_fields: usize,
     cookie_fields: usize,
     client_forwarding: bool,
+    /// The client sent `X-Request-Id` (replaced by the proxy's).
+    request_id: bool,
 }
 
 fn request_fields(headers: &HeaderMap) -> RequestFields {
@@ -833,6 +836,7 @@ fn request_fields(headers: &HeaderMap) -> RequestFields {
     let mut host_fields = 0;
     let mut cookie_fields = 0;
     let mut client_forwarding = false;
+    let mut request_id = false;
     for (name, value) in headers {
         if name == header::HOST {
             host_fields += 1;
@@ -840,6 +844,8 @@ fn request_fields(headers: &HeaderMap) -> RequestFields {
             cookie_fields += 1;
         } else if is_client_forwarding_header(name) {
             client_forwarding = true;
+        } else if name == X_REQUEST_ID {
+            request_id = true;
         } else {
             hop.see(name, value);
         }
@@ -849,6 +855,7 @@ fn request_fields(headers: &HeaderMap) -> RequestFields {
         host_fields,
         cookie_fields,
         client_forwarding,
+        request_id,
     }
 }
 
@@ -867,16 +874,22 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 /// Rewrites a request's head for the instance: hop-by-hop fields go; `Host` becomes the host that routed
 /// it; cookies split over several fields (HTTP/2) are joined with `; ` (RFC 9113 section 8.2.3);
 /// forwarding headers are the proxy's own unless the peer is a trusted proxy (see docs/proxy.md).
-fn prepare_request_headers(
+///
+/// For an HTTP/1 instance (no upgrade, no trusted proxy in front) the proxy's own fields
+/// (`X-Forwarded-*`, `X-Request-Id`) are not put in the map but answered, for `upstream::h1::start` to
+/// write after the map's fields: the client's fields of those names are removed from the map all the
+/// same.
+fn prepare_request_headers<'a>(
     headers: &mut HeaderMap,
-    host: &HeaderValue,
+    host: &'a HeaderValue,
     host_is_field: bool,
-    context: &ConnectionContext,
-    request_id: &HeaderValue,
+    context: &'a ConnectionContext,
+    request_id: &'a HeaderValue,
     upgrade: bool,
     protocol: UpstreamProtocol,
-) {
+) -> Option<upstream::h1::AddedFields<'a>> {
     let fields = request_fields(headers);
+    let written = protocol == UpstreamProtocol::Http1 && !upgrade && !context.trusted_peer;
     // `TE` is hop-by-hop: a request without one takes the short path, and has no `trailers` to keep.
     let wants_trailers = protocol == UpstreamProtocol::Grpc
         || (fields.hop == HopByHop::Other
@@ -941,9 +954,11 @@ fn prepare_request_headers(
             }
         }
         // None is left: appended, with no lookup of an earlier value to replace.
-        headers.append(&X_FORWARDED_FOR, context.client_ip.clone());
-        headers.append(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-        headers.append(&X_FORWARDED_HOST, host.clone());
+        if !written {
+            headers.append(&X_FORWARDED_FOR, context.client_ip.clone());
+            headers.append(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+            headers.append(&X_FORWARDED_HOST, host.clone());
+        }
     }
     if protocol == UpstreamProtocol::Http1 {
         if !host_kept {
@@ -953,7 +968,19 @@ fn prepare_request_headers(
         // HTTP/2 carries the host in `:authority` (see `upstream_uri`).
         headers.remove(header::HOST);
     }
+    if written {
+        if fields.request_id {
+            headers.remove(&X_REQUEST_ID);
+        }
+        return Some(upstream::h1::AddedFields {
+            forwarded_for: &context.client_ip,
+            forwarded_proto: proto,
+            forwarded_host: host,
+            request_id,
+        });
+    }
     headers.insert(&X_REQUEST_ID, request_id.clone());
+    None
 }
 
 /// Forwarding headers a client could use to pose as a proxy (every `X-Forwarded-*`, `Forwarded`,

@@ -265,12 +265,29 @@ impl ConnectionPool {
 /// answers (other than 100 Continue).
 pub(crate) async fn send(
     instance: &Arc<InstanceLive>,
-    mut request: Request<RequestBody>,
+    request: Request<RequestBody>,
     config: &ProxyConfig,
     settings: &RouteSettings,
     upgrade: bool,
     interim: Option<&InterimSender>,
 ) -> Result<Response<UpstreamBody>, SendFailure> {
+    send_with(instance, request, config, settings, upgrade, interim, None).await
+}
+
+/// `send`, with the proxy's own fields for an HTTP/1 instance written into the request's head by
+/// `h1::start` rather than carried in its header map (`forward::prepare_request_headers` says which;
+/// `None` for an upgrade or an HTTP/2 instance, whose fields are all in the map).
+pub(crate) async fn send_with(
+    instance: &Arc<InstanceLive>,
+    mut request: Request<RequestBody>,
+    config: &ProxyConfig,
+    settings: &RouteSettings,
+    upgrade: bool,
+    interim: Option<&InterimSender>,
+    added: Option<h1::AddedFields<'_>>,
+) -> Result<Response<UpstreamBody>, SendFailure> {
+    // Their fields are all in the request's header map.
+    debug_assert!(added.is_none() || (settings.protocol == UpstreamProtocol::Http1 && !upgrade));
     if settings.protocol != UpstreamProtocol::Http1 {
         // Boxed: its state (1.9 KB, most of it the h2 handshake's) would otherwise size every
         // request's future, HTTP/1 ones included; an h2c request allocates a lot anyway.
@@ -308,6 +325,7 @@ pub(crate) async fn send(
                 &mut request,
                 settings.max_header_fields,
                 interim,
+                added,
             ),
         )
         .await;

@@ -164,15 +164,24 @@ fn prepared(
     for (name, value) in fields {
         headers.append(*name, HeaderValue::from_static(value));
     }
-    prepare_request_headers(
+    let host = HeaderValue::from_static(host);
+    let context = context(false);
+    let request_id = HeaderValue::from_static("id-1");
+    let added = prepare_request_headers(
         &mut headers,
-        &HeaderValue::from_static(host),
+        &host,
         host_is_field,
-        &context(false),
-        &HeaderValue::from_static("id-1"),
+        &context,
+        &request_id,
         false,
         protocol,
     );
+    // The fields `upstream::h1::start` writes after the map's, as the instance gets them.
+    if let Some(added) = added {
+        for (name, value) in added.pairs() {
+            headers.append(name, HeaderValue::from_bytes(value).expect("value"));
+        }
+    }
     headers
 }
 
@@ -198,6 +207,14 @@ async fn request_headers_are_rewritten_from_one_pass_over_the_fields() {
     assert_eq!(values(&plain, "x-forwarded-host"), ["demo.test"]);
     assert_eq!(values(&plain, "x-request-id"), ["id-1"]);
     assert_eq!(plain.len(), 5);
+    // A client's `X-Request-Id` is replaced by the proxy's.
+    let client_id = prepared(
+        &[("host", "demo.test"), ("x-request-id", "client-id")],
+        "demo.test",
+        true,
+        http1,
+    );
+    assert_eq!(values(&client_id, "x-request-id"), ["id-1"]);
     // `Connection: host` removes the field; the routed host is put back.
     let named = prepared(
         &[("host", "demo.test"), ("connection", "host")],
@@ -251,6 +268,69 @@ async fn request_headers_are_rewritten_from_one_pass_over_the_fields() {
         http1,
     );
     assert!(gzip.get("te").is_none());
+}
+
+// Session 30: for an HTTP/1 instance the proxy's own fields are written by `upstream::h1::start`, not
+// hashed into the map; a client's fields of those names still go (the instance sees the proxy's only).
+// An HTTP/2 instance, an upgrade and a trusted proxy's request keep them in the map.
+#[tokio::test]
+async fn an_http1_instance_gets_the_proxys_own_fields_from_the_writer_not_the_map() {
+    let host = HeaderValue::from_static("demo.test");
+    let request_id = HeaderValue::from_static("id-1");
+    let untrusted = context(false);
+    let prepare = |fields: &[(&'static str, &'static str)],
+                   context: &ConnectionContext,
+                   upgrade: bool,
+                   protocol: UpstreamProtocol| {
+        let mut headers = HeaderMap::new();
+        for (name, value) in fields {
+            headers.append(*name, HeaderValue::from_static(value));
+        }
+        let written = prepare_request_headers(
+            &mut headers,
+            &host,
+            true,
+            context,
+            &request_id,
+            upgrade,
+            protocol,
+        )
+        .map(|added| {
+            added
+                .pairs()
+                .iter()
+                .map(|(name, value)| format!("{name}: {}", String::from_utf8_lossy(value)))
+                .collect::<Vec<_>>()
+        });
+        (headers, written)
+    };
+    let (map, written) = prepare(
+        &[("host", "demo.test"), ("x-request-id", "client-id")],
+        &untrusted,
+        false,
+        UpstreamProtocol::Http1,
+    );
+    assert_eq!(map.len(), 1, "{map:?}");
+    assert_eq!(values(&map, "host"), ["demo.test"]);
+    assert_eq!(
+        written.expect("written by the h1 writer"),
+        [
+            "x-forwarded-for: 192.0.2.7",
+            "x-forwarded-proto: http",
+            "x-forwarded-host: demo.test",
+            "x-request-id: id-1",
+        ]
+    );
+    for (context, upgrade, protocol) in [
+        (&untrusted, false, UpstreamProtocol::H2c),
+        (&untrusted, true, UpstreamProtocol::Http1),
+        (&context(true), false, UpstreamProtocol::Http1),
+    ] {
+        let (map, written) = prepare(&[("host", "demo.test")], context, upgrade, protocol);
+        assert!(written.is_none());
+        assert_eq!(values(&map, "x-request-id"), ["id-1"]);
+        assert_eq!(values(&map, "x-forwarded-for"), ["192.0.2.7"]);
+    }
 }
 
 #[test]

@@ -37,8 +37,9 @@ const MAX_READ_CHUNK: usize = 128 * 1024;
 pub(crate) const MAX_HEAD_BYTES: usize = 8192 + 4096 * 100;
 
 /// Header fields parsed on the stack; an answer with more is parsed again into the heap, up to the
-/// route's limit.
-const STACK_FIELDS: usize = 100;
+/// route's limit. 32, not 100: the ranges noted for them (`FieldAt`) are zeroed for every answer
+/// (1.6 KB at 100, ~105 instructions), and an app's answer carries 5 to 20 fields.
+const STACK_FIELDS: usize = 32;
 
 /// The largest spare kept per thread (see `SPARES`): a head buffer of this many bytes, a header map of
 /// this many fields. Larger ones are rare and freed as before.
@@ -46,18 +47,20 @@ const SPARE_HEAD_BYTES: usize = 16 * 1024;
 const SPARE_FIELDS: usize = 128;
 
 thread_local! {
-    /// Per-thread spares, so that a small request allocates neither its head's buffer, nor its answer's
-    /// header map, nor (mostly) the buffer its answer is read into: the buffer the last request's head
-    /// was encoded into, once written out, the header map of the last request sent, once its answer's
-    /// head came (`recycle_fields`), and the read buffers of the last connections checked in. A thread
-    /// keeps at most one head buffer and one map (a few KB) and `SPARE_READ_BUFS` read buffers (8 KB
+    /// Per-thread spares, so that a small request allocates neither its head's buffer, nor its header
+    /// maps, nor (mostly) the buffer its answer is read into: the buffer the last request's head was
+    /// encoded into, once written out, the header maps of the last requests sent, once their answer's
+    /// head came, and of the last answers written to HTTP/1 clients (`recycle_fields`; taken by the next
+    /// answer heads and client request heads parsed, `fields_map`), and the read buffers of the last
+    /// connections checked in. A thread keeps at most one head buffer, `SPARE_MAPS` maps (a few KB) and
+    /// `SPARE_READ_BUFS` read buffers (8 KB
     /// each, usually), whatever the number of connections, and drops its read buffers when its sweep
     /// finds the pool going quiet (`drop_spare_read_bufs`). See bench/proxy/README.md, "Session 29:
     /// the upstream side at 512 connections".
     static SPARES: Spares = const {
         Spares {
             head: Cell::new(Vec::new()),
-            fields: Cell::new(None),
+            fields: RefCell::new(Vec::new()),
             read: RefCell::new(Vec::new()),
         }
     };
@@ -65,7 +68,9 @@ thread_local! {
 
 struct Spares {
     head: Cell<Vec<u8>>,
-    fields: Cell<Option<HeaderMap>>,
+    // Emptied header maps, up to `SPARE_MAPS`: several, as a thread parses the heads of other requests
+    // between a request's parse and its answer's write.
+    fields: RefCell<Vec<HeaderMap>>,
     // The read buffers the last connections checked in on this thread gave back (`release_buffers`),
     // up to `SPARE_READ_BUFS`: each empty, with the rest of the memory its answer was read into, so the
     // next answers are read into them without allocating (heads and bodies are shared slices of them, as
@@ -75,25 +80,40 @@ struct Spares {
     read: RefCell<Vec<BytesMut>>,
 }
 
-/// Keeps the header map of a request that has its answer (its fields are no longer needed), emptied, for
-/// the next answer head this thread parses.
+/// How many emptied header maps a thread keeps (see `Spares::fields`): ~1.5 KB each for a small head.
+/// Four overflowed under 8 connections on a thread (0.6 maps a request freed, and as many allocated).
+const SPARE_MAPS: usize = 16;
+
+/// Keeps a header map whose fields are no longer needed (a request that has its answer, an answer
+/// written to an HTTP/1 client), emptied, for the next head this thread parses.
 pub(crate) fn recycle_fields(mut fields: HeaderMap) {
     if fields.capacity() == 0 || fields.capacity() > SPARE_FIELDS {
         return;
     }
+    // Emptied first: its values share the buffers heads were read into, which must not be kept alive.
     fields.clear();
     // Ignored while the thread's locals are being torn down.
-    let _ = SPARES.try_with(|spares| spares.fields.set(Some(fields)));
+    let _ = SPARES.try_with(|spares| {
+        if let Ok(mut maps) = spares.fields.try_borrow_mut()
+            && maps.len() < SPARE_MAPS
+        {
+            maps.push(fields);
+        }
+    });
 }
 
-/// An empty header map for `fields` fields and a few more: the thread's spare when it has one.
-fn fields_map(fields: usize) -> HeaderMap {
-    match SPARES.try_with(|spares| spares.fields.take()) {
-        Ok(Some(mut map)) => {
+/// An empty header map for `fields` fields: one of the thread's spares when it has one.
+pub(crate) fn fields_map(fields: usize) -> HeaderMap {
+    let spare = SPARES
+        .try_with(|spares| spares.fields.try_borrow_mut().ok()?.pop())
+        .ok()
+        .flatten();
+    match spare {
+        Some(mut map) => {
             map.reserve(fields);
             map
         }
-        _ => HeaderMap::with_capacity(fields),
+        None => HeaderMap::with_capacity(fields),
     }
 }
 
@@ -392,9 +412,10 @@ pub(crate) async fn exchange(
     request: &mut Request<RequestBody>,
     max_fields: usize,
     interim: Option<&InterimSender>,
+    added: Option<AddedFields<'_>>,
 ) -> Result<(hyper::http::response::Parts, AnswerBody), ExchangeError> {
     let head_request = *request.method() == Method::HEAD;
-    let (mut writer, mut body_in_request) = start(request);
+    let (mut writer, mut body_in_request) = start(request, added);
     let mut writing = true;
     let parsed = std::future::poll_fn(|cx| {
         if writing {
@@ -483,9 +504,49 @@ pub(crate) async fn exchange(
     ))
 }
 
-/// Encodes the request's head (and a body held whole) into one buffer. Answers whether the body is
-/// streamed after it (it stays in the request until then).
-fn start(request: &Request<RequestBody>) -> (Writer, bool) {
+/// The proxy's own fields for an HTTP/1 instance (`forward::prepare_request_headers`), written by
+/// `start` straight after the request's other fields instead of going through its header map: hashing
+/// four names of 12 to 17 bytes into the map and encoding them out of it again cost about 1,100
+/// instructions a request, writing them here about 100 (session 30).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AddedFields<'a> {
+    pub(crate) forwarded_for: &'a HeaderValue,
+    pub(crate) forwarded_proto: &'static str,
+    pub(crate) forwarded_host: &'a HeaderValue,
+    pub(crate) request_id: &'a HeaderValue,
+}
+
+impl AddedFields<'_> {
+    /// The fields as `(name, value)` pairs, in the order they are written.
+    pub(crate) fn pairs(&self) -> [(&'static str, &[u8]); 4] {
+        [
+            ("x-forwarded-for", self.forwarded_for.as_bytes()),
+            ("x-forwarded-proto", self.forwarded_proto.as_bytes()),
+            ("x-forwarded-host", self.forwarded_host.as_bytes()),
+            ("x-request-id", self.request_id.as_bytes()),
+        ]
+    }
+
+    fn encoded_len(&self) -> usize {
+        self.pairs()
+            .iter()
+            .map(|(name, value)| name.len() + value.len() + 4)
+            .sum()
+    }
+
+    fn encode(&self, buf: &mut Vec<u8>) {
+        for (name, value) in self.pairs() {
+            buf.extend_from_slice(name.as_bytes());
+            buf.extend_from_slice(b": ");
+            buf.extend_from_slice(value);
+            buf.extend_from_slice(b"\r\n");
+        }
+    }
+}
+
+/// Encodes the request's head (and a body held whole) into one buffer, with `added` after the
+/// request's fields. Answers whether the body is streamed after it (it stays in the request until then).
+fn start(request: &Request<RequestBody>, added: Option<AddedFields<'_>>) -> (Writer, bool) {
     let body = request.body();
     let end_stream = body.is_end_stream();
     let held = body.held();
@@ -501,12 +562,10 @@ fn start(request: &Request<RequestBody>) -> (Writer, bool) {
         .path_and_query()
         .map_or("/", hyper::http::uri::PathAndQuery::as_str);
     let headers = request.headers();
+    // An estimate, not a pass over the fields to sum their lengths: the thread's spare buffer has
+    // held earlier heads, and a longer head grows it once.
     let mut buf = head_buf(
-        128 + path.len()
-            + headers
-                .iter()
-                .map(|(name, value)| name.as_str().len() + value.len() + 4)
-                .sum::<usize>(),
+        256 + path.len() + 48 * headers.len() + added.as_ref().map_or(0, AddedFields::encoded_len),
     );
     buf.extend_from_slice(request.method().as_str().as_bytes());
     buf.push(b' ');
@@ -526,6 +585,9 @@ fn start(request: &Request<RequestBody>) -> (Writer, bool) {
         buf.extend_from_slice(b": ");
         buf.extend_from_slice(value.as_bytes());
         buf.extend_from_slice(b"\r\n");
+    }
+    if let Some(added) = added {
+        added.encode(&mut buf);
     }
     match framing {
         // An empty body keeps the client's `content-length: 0` (some apps want it on a POST).
@@ -632,7 +694,7 @@ fn parse_head(
         let (Some(name), Some(field_value)) = (head.get(at.name()), head.get(at.value())) else {
             return Err(UpstreamError::InvalidHead(httparse::Error::HeaderName));
         };
-        let name = HeaderName::from_bytes(name)
+        let name = crate::server::h1::field_name(name)
             .map_err(|_| UpstreamError::InvalidHead(httparse::Error::HeaderName))?;
         let value = HeaderValue::from_maybe_shared(head.slice_ref(field_value))
             .map_err(|_| UpstreamError::InvalidHead(httparse::Error::HeaderValue))?;

@@ -411,6 +411,49 @@ async fn a_pooled_connection_the_instance_closed_gives_the_request_to_a_new_conn
     assert_eq!(script.accepted.load(Ordering::SeqCst), 2);
 }
 
+// Session 30: the proxy's own fields (`forward::prepare_request_headers`) are written after the
+// request's, in the head's one write, the framing field last.
+#[tokio::test]
+async fn the_proxys_own_fields_are_written_after_the_requests_fields() {
+    let script = script(vec![answer(
+        "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+    )])
+    .await;
+    let instance = instance(script.addr);
+    let ip = hyper::header::HeaderValue::from_static("192.0.2.7");
+    let host = hyper::header::HeaderValue::from_static("app");
+    let id = hyper::header::HeaderValue::from_static("id-1");
+    let added = h1::AddedFields {
+        forwarded_for: &ip,
+        forwarded_proto: "https",
+        forwarded_host: &host,
+        request_id: &id,
+    };
+    let mut request = get("/p");
+    *request.method_mut() = hyper::Method::POST;
+    *request.body_mut() = RequestBody::full(Bytes::from_static(b"abc"));
+    let config = ProxyConfig::default();
+    let response = super::send_with(
+        &instance,
+        request,
+        &config,
+        &RouteSettings::default(),
+        false,
+        None,
+        Some(added),
+    )
+    .await
+    .map_err(|failure| failure.error.to_string())
+    .expect("answer");
+    assert_eq!(response.status(), 200);
+    let requests = script.requests.lock().expect("lock");
+    assert_eq!(
+        String::from_utf8_lossy(&requests[0]),
+        "POST /p HTTP/1.1\r\nhost: app\r\nx-forwarded-for: 192.0.2.7\r\nx-forwarded-proto: https\r\n\
+         x-forwarded-host: app\r\nx-request-id: id-1\r\ncontent-length: 3\r\n\r\nabc"
+    );
+}
+
 #[tokio::test]
 async fn a_pooled_connection_closed_at_write_gives_the_request_back_unsent() {
     // Taken from the pool without the probe (as when the close arrives between the probe and the
@@ -425,7 +468,7 @@ async fn a_pooled_connection_closed_at_write_gives_the_request_back_unsent() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     let connection = h1::Connection::new(stream.expect("connect"));
     let mut request = get("/");
-    let result = h1::exchange(connection, &mut request, 100, None).await;
+    let result = h1::exchange(connection, &mut request, 100, None, None).await;
     let Err(failure) = result else {
         panic!("a reset connection cannot answer");
     };

@@ -21,7 +21,6 @@ use std::task::{Context, Poll, ready};
 use atomic_waker::AtomicWaker;
 use bytes::{Buf, Bytes, BytesMut};
 use hyper::body::{Body, Frame, SizeHint};
-use hyper::header::{self, HeaderMap};
 use hyper::{Method, Request, Response, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{mpsc, oneshot};
@@ -174,11 +173,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> ServerConn<S> {
             framing,
             keep_alive,
             expect_continue,
+            wants_upgrade,
         } = head;
         let head_request = parts.method == Method::HEAD;
         let version = parts.version;
-        let upgrade = (version == Version::HTTP_11 && wants_upgrade(&parts.headers))
-            .then(oneshot::channel::<Upgraded>);
+        let upgrade =
+            (version == Version::HTTP_11 && wants_upgrade).then(oneshot::channel::<Upgraded>);
         let decoder = BodyDecoder::new(framing);
         let (body, mut feeder) = if decoder.is_done() {
             (H1Body::empty(), None)
@@ -265,6 +265,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> ServerConn<S> {
             },
             &crate::forward::current_date(),
         );
+        // Written: the answer's map parses a next head on this thread (no allocation for it then).
+        let hyper::http::response::Parts {
+            status: _, headers, ..
+        } = parts;
+        crate::upstream::h1::recycle_fields(headers);
         if switching {
             if let Err(error) = std::future::poll_fn(|cx| self.poll_write_out(cx)).await {
                 return Next::End(Ended::Failed(error));
@@ -578,15 +583,6 @@ enum Next {
 enum HeadFailure {
     Refused(HeadError),
     Io(io::Error),
-}
-
-/// `Connection: upgrade` with an `Upgrade` field (RFC 9110 section 7.8).
-fn wants_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
-        && headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .any(|value| super::has_token(value.as_bytes(), b"upgrade"))
 }
 
 /// A request body read from the client's connection, fed by the connection as it is polled.

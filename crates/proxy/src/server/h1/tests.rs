@@ -555,6 +555,145 @@ fn a_head_ends_at_its_first_empty_line_with_crlf_or_bare_lf() {
     }
 }
 
+// Session 30: a request head is parsed into an emptied map given back by an earlier answer (no
+// allocation), with none of that answer's fields.
+#[test]
+fn a_request_head_is_parsed_into_a_recycled_map_with_only_its_own_fields() {
+    let mut answer = HeaderMap::with_capacity(60);
+    answer.insert("x-from-the-answer", HeaderValue::from_static("1"));
+    let recycled = answer.capacity();
+    // Small enough to be kept (`upstream::h1::SPARE_FIELDS`).
+    assert!((60..=128).contains(&recycled), "{recycled}");
+    crate::upstream::h1::recycle_fields(answer);
+    let mut buf = BytesMut::from(&b"GET / HTTP/1.1\r\nHost: a\r\nX-Own: 2\r\n\r\n"[..]);
+    let head = parse_head(&mut buf, LIMITS).expect("valid").expect("whole");
+    let headers = &head.parts.headers;
+    // A fresh map for 2 fields (and room for 6 more) would hold far fewer.
+    assert_eq!(headers.capacity(), recycled);
+    assert_eq!(headers.len(), 2, "{headers:?}");
+    assert!(headers.get("x-from-the-answer").is_none());
+    assert_eq!(headers["x-own"], "2");
+}
+
+// Session 30: the common names `http` has no constant for are the shared static ones (no allocation),
+// whatever their case; every other name is as `HeaderName::from_bytes` makes it, bad ones refused.
+#[test]
+fn known_field_names_are_shared_statics_and_others_as_http_makes_them() {
+    for known in &KNOWN_NAMES {
+        let upper = known.as_str().to_ascii_uppercase();
+        for spelling in [known.as_str(), upper.as_str()] {
+            let name = field_name(spelling.as_bytes()).expect("valid");
+            assert_eq!(name, *known);
+            assert_eq!(
+                name.as_str().as_ptr(),
+                known.as_str().as_ptr(),
+                "{spelling}"
+            );
+        }
+    }
+    for other in [
+        "content-length",
+        "Content-Type",
+        "x-forwarded-fox",
+        "sec-fetch-desk",
+        "a",
+        "transfer-encoding",
+    ] {
+        assert_eq!(
+            field_name(other.as_bytes()).ok(),
+            HeaderName::from_bytes(other.as_bytes()).ok()
+        );
+    }
+    assert!(field_name(b"sec-fetch dest").is_err());
+    assert!(field_name(b"sec\rfetch-dest").is_err());
+    assert!(field_name(b"x_forwarded-for").is_ok_and(|name| name == "x_forwarded-for"));
+    assert!(field_name(b"").is_err());
+}
+
+// Session 30: whether a request asks for an upgrade is found in the pass over its fields: an `Upgrade`
+// field and an `upgrade` option in any `Connection` field, in any case, both needed.
+#[test]
+fn an_upgrade_needs_both_the_field_and_the_connection_option() {
+    let wants = |head: &[u8]| {
+        let mut buf = BytesMut::from(head);
+        parse_head(&mut buf, LIMITS)
+            .expect("valid")
+            .expect("whole")
+            .wants_upgrade
+    };
+    assert!(wants(
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    ));
+    assert!(wants(
+        b"GET / HTTP/1.1\r\nUPGRADE: h2c\r\nConnection: close\r\nconnection: UPGRADE\r\n\r\n"
+    ));
+    assert!(!wants(
+        b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n"
+    ));
+    assert!(!wants(
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\n\r\n"
+    ));
+    assert!(!wants(
+        b"GET / HTTP/1.1\r\nConnection: upgraded\r\nUpgrade: websocket\r\n\r\n"
+    ));
+}
+
+// Session 30: the common status lines are written in one piece, the others as before.
+#[test]
+fn status_lines_are_the_same_in_one_piece_or_in_parts() {
+    let date = HeaderValue::from_static("Sun, 06 Nov 1994 08:49:37 GMT");
+    let context = AnswerContext {
+        head_request: false,
+        request_version: Version::HTTP_11,
+        keep_alive: true,
+    };
+    for (code, line) in [
+        (200, "HTTP/1.1 200 OK\r\n"),
+        (304, "HTTP/1.1 304 Not Modified\r\n"),
+        (404, "HTTP/1.1 404 Not Found\r\n"),
+        (599, "HTTP/1.1 599 <none>\r\n"),
+    ] {
+        let mut buf = Vec::new();
+        let status = StatusCode::from_u16(code).expect("status");
+        encode_head(&mut buf, status, &HeaderMap::new(), Some(0), context, &date);
+        assert!(
+            buf.starts_with(line.as_bytes()),
+            "{}",
+            String::from_utf8_lossy(&buf)
+        );
+    }
+}
+
+// Session 30: the scan for the head's end (`memchr`, many bytes a step) ends where httparse's parse of
+// the same bytes ends, for heads long enough for the wide steps, whatever their line ends and wherever
+// they fall.
+#[test]
+fn the_head_end_scan_agrees_with_httparse_on_long_heads() {
+    for fields in [1, 7, 12, 40] {
+        for pad in 0..40 {
+            for bare_lf in [false, true] {
+                let eol: &[u8] = if bare_lf { b"\n" } else { b"\r\n" };
+                let mut head = b"GET /index.html HTTP/1.1".to_vec();
+                head.extend_from_slice(eol);
+                for field in 0..fields {
+                    head.extend_from_slice(format!("x-field-{field}: ").as_bytes());
+                    head.extend(std::iter::repeat_n(b'v', (pad + field) % 37));
+                    // A lone CR inside a value would be refused; a field may end in the other style.
+                    head.extend_from_slice(if field % 3 == 1 { b"\n" } else { eol });
+                }
+                head.extend_from_slice(eol);
+                let length = head.len();
+                head.extend_from_slice(b"BODY\r\n\r\nMORE\n\n");
+                let mut fields_buf = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; 64];
+                let parsed = parse_request(&head, &mut fields_buf);
+                assert_eq!(parsed, Ok(httparse::Status::Complete(length)));
+                assert_eq!(head_end(&head), Some(length), "{fields} fields, pad {pad}");
+                assert_eq!(head_end(&head[..length - 1]), None);
+            }
+        }
+    }
+}
+
 /// Pieces of a body framed by its length are taken together, up to `MAX_PIECES`, and leave in order
 /// across any partial writes; a chunked body takes one piece at a time (its size line is in the head).
 #[test]

@@ -3,6 +3,7 @@
 use std::convert::Infallible;
 
 use http_body_util::{BodyExt, Full};
+use hyper::header;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
 use super::*;
