@@ -137,11 +137,11 @@ measure() {
     local instructions
     instructions="$(callgrind_annotate "$file" 2>/dev/null | awk '/PROGRAM TOTALS/ && !done {gsub(",", "", $1); print $1; done = 1}')"
     local mallocs
-    # C's allocator entry points (nginx) and Rust's (`__rust_alloc` and co., whatever the global
-    # allocator: Rollway's is mimalloc, which glibc's malloc counts would miss).
-    mallocs="$(calls_to "$file" malloc,calloc,realloc,__rustc::__rust_alloc,__rustc::__rust_alloc_zeroed,__rustc::__rust_realloc)"
+    # C's allocator entry points (nginx) and mimalloc's (Rollway's allocator, `proxy::memory`). Not Rust's
+    # `__rust_alloc`: a release build with LTO inlines it into its callers.
+    mallocs="$(calls_to "$file" malloc,calloc,realloc,mi_malloc,mi_zalloc,mi_realloc,mi_malloc_aligned,mi_zalloc_aligned,mi_realloc_aligned)"
     local frees
-    frees="$(calls_to "$file" free,__rustc::__rust_dealloc)"
+    frees="$(calls_to "$file" free,mi_free)"
     local memcpys
     memcpys="$(calls_to "$file" "__memcpy_avx_unaligned_erms,__memmove_avx_unaligned_erms,memcpy,memmove,__memcpy_sse2_unaligned_erms,__memmove_sse2_unaligned_erms")"
     printf "%-16s requests %8s  instr/req %8.0f  allocations/req %5.2f  frees/req %5.2f  memcpy/req %5.1f\n" \

@@ -73,11 +73,14 @@ for addr in "$UPSTREAM" "$ROLLWAY"; do
 done
 sleep 1
 
-# CPU ticks (user + system) of a process.
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# CPU ticks of a process: user and system.
+ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
 hz="$(getconf CLK_TCK)"
+per_request() { # TICKS REQUESTS: microseconds per request
+    awk -v t="$1" -v hz="$hz" -v n="$2" 'BEGIN {printf "%.1f", n ? t * 1e6 / hz / n : 0}'
+}
 
-printf "%-6s %-8s %12s %10s %12s %8s %s\n" round target "req/s" mean "CPU us/req" "load1" failed
+printf "%-6s %-8s %12s %10s %12s %10s %8s %s\n" round target "req/s" mean "CPU us/req" "user+sys" "load1" failed
 for round in $(seq 1 "$ROUNDS"); do
     for target in rollway haproxy; do
         case $target in
@@ -85,15 +88,18 @@ for round in $(seq 1 "$ROUNDS"); do
             haproxy) addr=$HAPROXY; pid=$haproxy_pid ;;
         esac
         h2load -t2 -c"$CONNECTIONS" -m"$STREAMS" -D 2 "http://$addr/small" >/dev/null
-        before="$(ticks "$pid")"
+        read -r user_before sys_before < <(ticks "$pid")
         out="$(h2load -t2 -c"$CONNECTIONS" -m"$STREAMS" -D "$DURATION" "http://$addr/small")"
-        after="$(ticks "$pid")"
+        read -r user_after sys_after < <(ticks "$pid")
         done_n="$(echo "$out" | awk '/^requests:/ {print $8}')"
-        cpu="$(awk -v t="$((after - before))" -v hz="$hz" -v n="$done_n" 'BEGIN {printf "%.1f", n ? t * 1e6 / hz / n : 0}')"
+        user="$((user_after - user_before))"
+        sys="$((sys_after - sys_before))"
+        cpu="$(per_request "$((user + sys))" "$done_n")"
+        split="$(per_request "$user" "$done_n")+$(per_request "$sys" "$done_n")"
         rps="$(echo "$out" | awk '/^finished in/ {gsub(",", "", $4); print $4}')"
         mean="$(echo "$out" | awk '/^time for request:/ {print $6}')"
         failed="$(echo "$out" | awk '/^requests:/ {print $10, $11} /^status codes:/ {print $9, $10}' | paste -sd' ')"
         load="$(cut -d' ' -f1 /proc/loadavg)"
-        printf "%-6s %-8s %12s %10s %12s %8s %s\n" "$round" "$target" "$rps" "$mean" "$cpu" "$load" "$failed"
+        printf "%-6s %-8s %12s %10s %12s %10s %8s %s\n" "$round" "$target" "$rps" "$mean" "$cpu" "$split" "$load" "$failed"
     done
 done

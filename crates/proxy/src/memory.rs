@@ -115,9 +115,76 @@ impl Local {
 /// The global allocator of Rollway's binaries (`#[global_allocator] static ALLOCATOR:
 /// proxy::memory::Allocator = proxy::memory::ALLOCATOR;`): the memory figures of this module and of
 /// bench/proxy assume it.
-pub type Allocator = mimalloc::MiMalloc;
+///
+/// mimalloc, asked as `mimalloc::MiMalloc` asks it but for the alignment: `MiMalloc` passes every
+/// request's alignment to `mi_malloc_aligned`, whose fast path takes only blocks of up to 1 KiB; a
+/// larger block with any alignment (a boxed HTTP/2 stream or request future, a buffer, a growing
+/// `Vec`) went through mimalloc's over-allocation path (size + alignment - 1, the block marked as having
+/// interior pointers), ~250 instructions instead of ~40: 3.9 of the 11.7 allocations of an h2c request
+/// (bench/proxy/README.md, "Session 30: HTTP/2 to clients"). An alignment that mimalloc gives every
+/// block of the size anyway (at most 16, `MI_MAX_ALIGN_SIZE`, and at most the size, the rule of Rust's
+/// `System` allocator for `malloc`) is now asked of `mi_malloc`, which takes every size's fast path;
+/// larger alignments still go to `mi_malloc_aligned`.
+pub struct Allocator;
 /// The value for the `#[global_allocator]` static.
-pub const ALLOCATOR: Allocator = mimalloc::MiMalloc;
+pub const ALLOCATOR: Allocator = Allocator;
+
+/// The alignment every block of mimalloc has when it is at least as large (`MI_MAX_ALIGN_SIZE`).
+const MI_MAX_ALIGN_SIZE: usize = 16;
+
+/// Whether a plain `mi_malloc` block of `size` bytes is aligned to `align`.
+fn malloc_aligns(size: usize, align: usize) -> bool {
+    align <= MI_MAX_ALIGN_SIZE && align <= size
+}
+
+// SAFETY: every block comes from mimalloc and goes back to it (`mi_free` takes blocks of any of its
+// entry points); a block is given by `mi_malloc`, `mi_zalloc` or `mi_realloc` only when its layout's
+// alignment is one mimalloc guarantees for that size (`malloc_aligns`), else by the `_aligned` entry
+// points, as `mimalloc::MiMalloc` does.
+#[allow(unsafe_code)]
+unsafe impl std::alloc::GlobalAlloc for Allocator {
+    #[inline]
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        // SAFETY: mimalloc's allocation functions take any size and a power-of-two alignment.
+        unsafe {
+            if malloc_aligns(layout.size(), layout.align()) {
+                libmimalloc_sys::mi_malloc(layout.size()).cast()
+            } else {
+                libmimalloc_sys::mi_malloc_aligned(layout.size(), layout.align()).cast()
+            }
+        }
+    }
+
+    #[inline]
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        // SAFETY: as `alloc`.
+        unsafe {
+            if malloc_aligns(layout.size(), layout.align()) {
+                libmimalloc_sys::mi_zalloc(layout.size()).cast()
+            } else {
+                libmimalloc_sys::mi_zalloc_aligned(layout.size(), layout.align()).cast()
+            }
+        }
+    }
+
+    #[inline]
+    unsafe fn dealloc(&self, ptr: *mut u8, _layout: std::alloc::Layout) {
+        // SAFETY: `ptr` is a block this allocator gave (the caller's contract).
+        unsafe { libmimalloc_sys::mi_free(ptr.cast()) }
+    }
+
+    #[inline]
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: `ptr` is a block this allocator gave; the new block keeps `layout`'s alignment.
+        unsafe {
+            if malloc_aligns(new_size, layout.align()) {
+                libmimalloc_sys::mi_realloc(ptr.cast(), new_size).cast()
+            } else {
+                libmimalloc_sys::mi_realloc_aligned(ptr.cast(), new_size, layout.align()).cast()
+            }
+        }
+    }
+}
 
 /// mimalloc 3's `mi_option_purge_delay` (`c_src/mimalloc/v3/include/mimalloc.h` of libmimalloc-sys
 /// 0.1.49, pinned in Cargo.toml; the crate's own constants are mimalloc 2's and stop before it).
@@ -268,6 +335,66 @@ fn trim_libc() {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    #[allow(unsafe_code)]
+    fn blocks_larger_than_a_kib_are_not_over_allocated_and_every_block_is_aligned() {
+        use std::alloc::{GlobalAlloc, Layout};
+        for (size, align) in [
+            (1, 1),
+            (8, 8),
+            (12, 4),
+            (16, 16),
+            (24, 8),
+            (1_000, 8),
+            (2_048, 8),
+            // Sizes of a class's exact block size: `size + align - 1` would take the next class.
+            (3_072, 8),
+            (5_120, 16),
+            (6_144, 8),
+            (5_000, 16),
+            (70_000, 8),
+            (8, 16),
+            (256, 128),
+            (3_000, 64),
+            (100, 4_096),
+        ] {
+            let layout = Layout::from_size_align(size, align).expect("a valid layout");
+            // SAFETY: the layout's size is not zero; each block is freed with the allocator it came from.
+            unsafe {
+                let block = ALLOCATOR.alloc(layout);
+                assert!(!block.is_null());
+                assert_eq!(block as usize % align, 0, "{size} bytes aligned to {align}");
+                if malloc_aligns(size, align) {
+                    // mimalloc's over-allocation path takes `size + align - 1` and hands out a pointer
+                    // inside the block; the plain path gives a block of the size's class.
+                    assert_eq!(
+                        libmimalloc_sys::mi_usable_size(block.cast()),
+                        libmimalloc_sys::mi_good_size(size),
+                        "{size} bytes aligned to {align}"
+                    );
+                }
+                let grown = ALLOCATOR.realloc(block, layout, size * 3);
+                assert!(!grown.is_null());
+                assert_eq!(
+                    grown as usize % align,
+                    0,
+                    "{size} bytes grown, aligned to {align}"
+                );
+                ALLOCATOR.dealloc(
+                    grown,
+                    Layout::from_size_align(size * 3, align).expect("valid"),
+                );
+                let zeroed = ALLOCATOR.alloc_zeroed(layout);
+                assert!(
+                    std::slice::from_raw_parts(zeroed, size)
+                        .iter()
+                        .all(|&b| b == 0)
+                );
+                ALLOCATOR.dealloc(zeroed, layout);
+            }
+        }
+    }
 
     #[test]
     #[allow(unsafe_code)]
