@@ -305,6 +305,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> ServerConn<S> {
                 if !keep_alive || !body_whole {
                     return Next::End(Ended::Closed);
                 }
+                // The request ends with this block (its `ActiveRequest` is in the answer's body), and
+                // its end wakes the socket's wrapper (`TimedIo`) so that the wrapper arms its idle
+                // timer. That is this task, which reads the socket for the next request right below
+                // (the read arms it) or parses a pipelined one: the wake-up would only poll the whole
+                // task once more per request.
+                if let Some(activity) = hooks.activity {
+                    drop(activity.reader.take());
+                }
             }
             if self.read_buf.is_empty() {
                 match std::future::poll_fn(|cx| self.poll_next_bytes(cx, hooks)).await {
