@@ -532,6 +532,9 @@ struct TimedIo<S> {
     // per request.
     deadline: Instant,
     timer_at: Instant,
+    // The waker the timer holds since its last poll (`None` after it moved): polling it again for the
+    // same task before it fires changes nothing, and cost ~120 instructions per request.
+    timer_waker: Option<std::task::Waker>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -582,6 +585,7 @@ impl<S> TimedIo<S> {
             idle_deadline: deadline,
             deadline,
             timer_at: deadline,
+            timer_waker: None,
         }
     }
 
@@ -592,20 +596,38 @@ impl<S> TimedIo<S> {
         if deadline < self.timer_at {
             self.timer_at = deadline;
             self.sleep.as_mut().reset(deadline);
+            self.timer_waker = None;
         }
     }
 
     /// Ready once `deadline` has passed. A timer that fired for an earlier deadline is set again to the
     /// current one.
     fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if !self.sleep.is_elapsed()
+            && self
+                .timer_waker
+                .as_ref()
+                .is_some_and(|waker| waker.will_wake(cx.waker()))
+        {
+            return Poll::Pending;
+        }
         loop {
-            ready!(self.sleep.as_mut().poll(cx));
+            // Unconstrained: a timer out of the task's budget would answer `Pending` without holding
+            // the waker, and not be polled again.
+            if std::pin::pin!(tokio::task::unconstrained(self.sleep.as_mut()))
+                .poll(cx)
+                .is_pending()
+            {
+                self.timer_waker = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
             // It fired at `timer_at`, so every deadline up to that has passed.
             if self.deadline <= self.timer_at {
                 return Poll::Ready(());
             }
             self.timer_at = self.deadline;
             self.sleep.as_mut().reset(self.deadline);
+            self.timer_waker = None;
         }
     }
 }
