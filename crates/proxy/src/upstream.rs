@@ -302,16 +302,22 @@ pub(crate) async fn send(
             },
         };
         let mut timer = connection.answer_timer.take();
-        let exchange = h1::exchange(
-            connection,
-            &mut request,
-            settings.max_header_fields,
-            interim,
-        );
-        let sent = match progress.as_deref() {
-            None => answer_by(settings.timeout, &mut timer, exchange).await,
-            // Boxed: its state would size every request's future.
-            Some(progress) => Box::pin(answer_within(settings.timeout, progress, exchange)).await,
+        let sent = {
+            // Pinned where it is made, and waited on through the pin: handing the exchange's future
+            // over by value copied it (536 bytes) on each of its moves into the wait's state.
+            let exchange = std::pin::pin!(h1::exchange(
+                connection,
+                &mut request,
+                settings.max_header_fields,
+                interim,
+            ));
+            match progress.as_deref() {
+                None => answer_by(settings.timeout, &mut timer, exchange).await,
+                // Boxed: its state would size every request's future.
+                Some(progress) => {
+                    Box::pin(answer_within(settings.timeout, progress, exchange)).await
+                }
+            }
         };
         match sent {
             Some(Ok((head, mut body))) => {
