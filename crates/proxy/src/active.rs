@@ -33,6 +33,23 @@ pub(crate) struct ConnectionActivity {
     // its buffers (`server::h1::ServerConn`). Set from inside the connection's own task (the connection
     // polls the IO wrapper there), which wakes that task itself.
     idle_release: AtomicBool,
+    // The connection's wait for the process's shutdown wakes this (`Wake`, below), which sets
+    // `shutdown_woken` and wakes the connection's task registered here: the task then polls that wait
+    // again only when it woke it (`server::serve_until_shutdown`).
+    pub(crate) shutdown_task: AtomicWaker,
+    shutdown_woken: AtomicBool,
+}
+
+/// The waker of a connection's wait for the process's shutdown (see `shutdown_task`).
+impl std::task::Wake for ConnectionActivity {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.shutdown_woken.store(true, Ordering::Release);
+        self.shutdown_task.wake();
+    }
 }
 
 impl ConnectionActivity {
@@ -45,6 +62,12 @@ impl ConnectionActivity {
     /// Whether the IO wrapper asked for the idle connection's buffers to be released (and clears it).
     pub(crate) fn take_idle_release(&self) -> bool {
         self.idle_release.load(Ordering::Acquire) && self.idle_release.swap(false, Ordering::AcqRel)
+    }
+
+    /// Whether the shutdown's wait woke the connection since this was last asked (and clears it).
+    pub(crate) fn take_shutdown_woken(&self) -> bool {
+        self.shutdown_woken.load(Ordering::Acquire)
+            && self.shutdown_woken.swap(false, Ordering::AcqRel)
     }
 
     pub(crate) fn start(self: &Arc<Self>) -> ActiveRequest {

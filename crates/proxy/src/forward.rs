@@ -1120,15 +1120,29 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
 /// copied into a `Vec`-backed `Bytes` (`HeaderValue::from_bytes`) is allocated again on its first clone,
 /// and the id is cloned for every request (into the upstream request, and kept for the answer).
 fn new_request_id() -> HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut id = [0u8; 32];
-    for (half, value) in id.chunks_exact_mut(16).zip([random_u64(), random_u64()]) {
-        for (index, digit) in half.iter_mut().enumerate() {
-            *digit = HEX[((value >> (60 - 4 * index)) & 0xf) as usize];
-        }
-    }
+    id[..16].copy_from_slice(&hex_digits(random_u64()));
+    id[16..].copy_from_slice(&hex_digits(random_u64()));
     HeaderValue::from_maybe_shared(Bytes::from_owner(id))
         .unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+/// `value`'s 16 lower-case hex digits, most significant first, computed on all of them at once (a
+/// digit at a time was ~200 instructions of a request id's ~500).
+fn hex_digits(value: u64) -> [u8; 16] {
+    const BYTES: u128 = 0x0101_0101_0101_0101_0101_0101_0101_0101;
+    // Each nibble into a byte of its own, in order: halves, quarters, bytes, then nibbles apart.
+    let mut x = u128::from(value);
+    x = (x & 0xffff_ffff_0000_0000) << 32 | (x & 0xffff_ffff);
+    x = (x & 0x0000_ffff_0000_0000_0000_ffff_0000) << 16
+        | (x & 0x0000_0000_0000_ffff_0000_0000_0000_ffff);
+    x = (x & 0x0000_ff00_0000_ff00_0000_ff00_0000_ff00) << 8
+        | (x & 0x0000_00ff_0000_00ff_0000_00ff_0000_00ff);
+    x = (x & 0x00f0_00f0_00f0_00f0_00f0_00f0_00f0_00f0) << 4
+        | (x & 0x000f_000f_000f_000f_000f_000f_000f_000f);
+    // '0' + n, and 'a' - '0' - 10 more where n > 9 (n + 6 carries into the byte's 0x10 bit).
+    let letters = ((x + 6 * BYTES) >> 4) & BYTES;
+    (x + 0x30 * BYTES + letters * 0x27).to_be_bytes()
 }
 
 #[cfg(test)]

@@ -382,10 +382,7 @@ impl Connection {
             let connection = h1::ServerConn::new(io, self.builder.http1, Bytes::new());
             let serving = connection.serve(service, hooks);
             tokio::pin!(serving);
-            let ended = tokio::select! {
-                ended = &mut serving => Some(ended),
-                () = self.shutdown.cancelled() => None,
-            };
+            let ended = serve_until_shutdown(serving.as_mut(), &self.shutdown, activity).await;
             let ended = match ended {
                 Some(ended) => ended,
                 None => {
@@ -402,6 +399,50 @@ impl Connection {
             }
         }
     }
+}
+
+/// Polls `serving` until it ends (`Some`) or `shutdown` is cancelled (`None`).
+///
+/// The shutdown's wait is polled only when it woke the task (through `activity`'s waker,
+/// `ConnectionActivity::shutdown_woken`), not at every wake-up of the connection's task as a `select!`
+/// would: each poll of it takes the token's lock (its `is_cancelled`) and the lock of its waiter list,
+/// and the task wakes about three times per keep-alive request.
+///
+/// Not an `async fn`, and the wait boxed, for the size of the connection's task (see `run`).
+fn serve_until_shutdown<'a, F: Future<Output = h1::Ended>>(
+    mut serving: Pin<&'a mut F>,
+    shutdown: &'a CancellationToken,
+    activity: &'a Arc<ConnectionActivity>,
+) -> impl Future<Output = Option<h1::Ended>> + 'a {
+    let mut cancelled = Box::pin(shutdown.cancelled());
+    // The task's waker as last registered; `None` before the first poll.
+    let mut registered: Option<std::task::Waker> = None;
+    std::future::poll_fn(move |cx| {
+        if let Poll::Ready(ended) = serving.as_mut().poll(cx) {
+            return Poll::Ready(Some(ended));
+        }
+        // Registered before the flag is read: a shutdown after the read wakes this task again. (A
+        // task's waker rarely changes: compared, not registered again, at each poll.)
+        let first = registered.is_none();
+        if !registered
+            .as_ref()
+            .is_some_and(|known| known.will_wake(cx.waker()))
+        {
+            activity.shutdown_task.register(cx.waker());
+            registered = Some(cx.waker().clone());
+        }
+        if first || activity.take_shutdown_woken() {
+            let waker = std::task::Waker::from(Arc::clone(activity));
+            if cancelled
+                .as_mut()
+                .poll(&mut Context::from_waker(&waker))
+                .is_ready()
+            {
+                return Poll::Ready(None);
+            }
+        }
+        Poll::Pending
+    })
 }
 
 /// After the process stopped accepting: an HTTP/1 connection gets its next answer with
@@ -491,6 +532,9 @@ struct TimedIo<S> {
     // per request.
     deadline: Instant,
     timer_at: Instant,
+    // The waker the timer holds since its last poll (`None` after it moved): polling it again for the
+    // same task before it fires changes nothing, and cost ~120 instructions per request.
+    timer_waker: Option<std::task::Waker>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -541,6 +585,7 @@ impl<S> TimedIo<S> {
             idle_deadline: deadline,
             deadline,
             timer_at: deadline,
+            timer_waker: None,
         }
     }
 
@@ -551,20 +596,38 @@ impl<S> TimedIo<S> {
         if deadline < self.timer_at {
             self.timer_at = deadline;
             self.sleep.as_mut().reset(deadline);
+            self.timer_waker = None;
         }
     }
 
     /// Ready once `deadline` has passed. A timer that fired for an earlier deadline is set again to the
     /// current one.
     fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if !self.sleep.is_elapsed()
+            && self
+                .timer_waker
+                .as_ref()
+                .is_some_and(|waker| waker.will_wake(cx.waker()))
+        {
+            return Poll::Pending;
+        }
         loop {
-            ready!(self.sleep.as_mut().poll(cx));
+            // Unconstrained: a timer out of the task's budget would answer `Pending` without holding
+            // the waker, and not be polled again.
+            if std::pin::pin!(tokio::task::unconstrained(self.sleep.as_mut()))
+                .poll(cx)
+                .is_pending()
+            {
+                self.timer_waker = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
             // It fired at `timer_at`, so every deadline up to that has passed.
             if self.deadline <= self.timer_at {
                 return Poll::Ready(());
             }
             self.timer_at = self.deadline;
             self.sleep.as_mut().reset(self.deadline);
+            self.timer_waker = None;
         }
     }
 }

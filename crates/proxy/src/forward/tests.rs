@@ -141,6 +141,31 @@ fn a_new_request_id_is_32_hex_digits_and_its_clones_are_the_same_value() {
     assert_eq!(clone.as_bytes().as_ptr(), made.as_bytes().as_ptr());
 }
 
+#[test]
+fn hex_digits_are_the_value_in_lower_case_hex_most_significant_first() {
+    for value in [
+        0,
+        1,
+        9,
+        10,
+        15,
+        0x0123_4567_89ab_cdef,
+        0xfedc_ba98_7654_3210,
+        u64::MAX,
+        0x8000_0000_0000_0001,
+    ] {
+        assert_eq!(
+            hex_digits(value),
+            format!("{value:016x}").as_bytes(),
+            "{value:#x}"
+        );
+    }
+    for _ in 0..1000 {
+        let value = crate::routing::random_u64();
+        assert_eq!(hex_digits(value), format!("{value:016x}").as_bytes());
+    }
+}
+
 fn context(trusted_peer: bool) -> ConnectionContext {
     let client_addr: SocketAddr = "192.0.2.7:40000".parse().expect("address");
     ConnectionContext {

@@ -25,6 +25,23 @@ fn bucket_index_is_the_smallest_bucket_whose_bound_holds_the_value() {
 }
 
 #[test]
+fn bucket_index_is_exact_around_every_bound() {
+    for bucket in 0..LATENCY_BUCKETS {
+        let bound = bucket_bound(bucket);
+        let micros = u64::try_from(bound.as_micros()).expect("bound in range");
+        for value in [micros.saturating_sub(1), micros, micros + 1] {
+            let index = bucket_index(value);
+            let duration = Duration::from_micros(value);
+            assert!(
+                index == LATENCY_BUCKETS || bucket_bound(index) >= duration,
+                "{value}"
+            );
+            assert!(index == 0 || bucket_bound(index - 1) < duration, "{value}");
+        }
+    }
+}
+
+#[test]
 fn quantiles_come_from_the_histogram() {
     let stats = ReleaseStats::new(ReleaseId::new("demo@1"));
     for _ in 0..98 {

@@ -176,6 +176,9 @@ pub(crate) struct Connection {
     stream: TcpStream,
     read_buf: BytesMut,
     read_chunk: usize,
+    /// The timer of the route's timeout to an answer head, kept for the connection's next request
+    /// (`upstream::AnswerTimer`); taken out while a request waits for its answer.
+    pub(crate) answer_timer: Option<crate::upstream::AnswerTimer>,
 }
 
 impl Connection {
@@ -184,6 +187,7 @@ impl Connection {
             stream,
             read_buf: BytesMut::new(),
             read_chunk: READ_CHUNK,
+            answer_timer: None,
         }
     }
 
@@ -882,6 +886,13 @@ pub(crate) struct AnswerBody {
 }
 
 impl AnswerBody {
+    /// Gives the answer-head timer back to the connection, for its next request.
+    pub(crate) fn keep_answer_timer(&mut self, timer: Option<crate::upstream::AnswerTimer>) {
+        if let Some(connection) = self.connection.as_mut() {
+            connection.answer_timer = timer;
+        }
+    }
+
     /// The connection, when the answer was read to its end, the request written whole, neither side
     /// asked to close and nothing more was sent.
     pub(crate) fn take_reusable(&mut self) -> Option<Connection> {

@@ -340,6 +340,64 @@ async fn answers_with_many_header_fields_pass_and_every_request_is_sent_once() {
     );
 }
 
+/// The route's timeout to the answer head on a reused upstream connection, whose timer is kept from one
+/// request to the next (`upstream::AnswerTimer`): a timer that fired while its connection sat idle does
+/// not cut the next request early, a slow answer within the timeout is not cut, and a silent one is cut
+/// at the timeout from its own start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_20_a_reused_upstream_connection_times_each_answer_from_its_own_request() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let connections = Arc::new(AtomicUsize::new(0));
+    let accepted = Arc::clone(&connections);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            accepted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                // On each connection: the first answer at once, the second after 200 ms, then silence.
+                for delay in [Some(0), Some(200), None] {
+                    if read_request(&mut stream).await.is_none() {
+                        return;
+                    }
+                    let Some(delay) = delay else {
+                        tokio::time::sleep(Duration::from_secs(10)).await;
+                        return;
+                    };
+                    tokio::time::sleep(Duration::from_millis(delay)).await;
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if stream.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let settings = RouteSettings {
+        timeout: Duration::from_millis(400),
+        ..RouteSettings::default()
+    };
+    let test_proxy = TestProxy::start_with(ProxyConfig::default(), settings).await;
+    test_proxy.add_ready("raw", "R", addr);
+    let get = b"GET / HTTP/1.1\r\nHost: demo.test\r\nConnection: close\r\n\r\n";
+
+    let first = exchange(test_proxy.addr, get).await;
+    assert!(first.starts_with("HTTP/1.1 200 "), "{first}");
+    // Past the first request's deadline: its timer fires while the connection is idle in the pool.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let second = exchange(test_proxy.addr, get).await;
+    assert!(second.starts_with("HTTP/1.1 200 "), "{second}");
+    let started = std::time::Instant::now();
+    let third = exchange(test_proxy.addr, get).await;
+    let waited = started.elapsed();
+    assert!(third.starts_with("HTTP/1.1 504 "), "{third}");
+    assert!(
+        waited >= Duration::from_millis(350) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+    // All three went on one upstream connection (and so on its one timer).
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
+}
+
 // 4. Time to the answer's head, silence inside an answer, body size and answer header fields are the
 // route's own settings.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
