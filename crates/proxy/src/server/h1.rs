@@ -39,6 +39,10 @@ pub(crate) enum HeadError {
     TooManyFields { limit: usize },
     #[error("malformed request head: {0}")]
     Malformed(&'static str),
+    /// A transfer coding other than `chunked` (RFC 9112 section 6.1: 501, as nginx answers): the
+    /// proxy would otherwise drop it on the way and the instance read coded bytes as the body.
+    #[error("transfer coding other than chunked")]
+    UnknownCoding,
 }
 
 impl HeadError {
@@ -49,6 +53,7 @@ impl HeadError {
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
             }
             HeadError::Malformed(_) => StatusCode::BAD_REQUEST,
+            HeadError::UnknownCoding => StatusCode::NOT_IMPLEMENTED,
         }
     }
 }
@@ -163,6 +168,9 @@ pub(crate) fn parse_head(
     let mut close = false;
     let mut keep_alive_token = false;
     let mut chunked_last = None;
+    // Transfer codings over every `Transfer-Encoding` field: how many `chunked`, how many others.
+    let mut chunked_codings = 0usize;
+    let mut other_codings = false;
     let mut content_length = None;
     let mut bad_length = false;
     let mut expect_continue = false;
@@ -188,6 +196,15 @@ pub(crate) fn parse_head(
                     .next()
                     .is_some_and(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked")),
             );
+            // Empty list elements are allowed and ignored (RFC 9110 section 5.6.1).
+            for coding in field.value.split(|byte| *byte == b',') {
+                let coding = coding.trim_ascii();
+                if coding.eq_ignore_ascii_case(b"chunked") {
+                    chunked_codings += 1;
+                } else if !coding.is_empty() {
+                    other_codings = true;
+                }
+            }
         } else if name == header::CONNECTION {
             for token in field.value.split(|byte| *byte == b',') {
                 let token = token.trim_ascii();
@@ -218,6 +235,12 @@ pub(crate) fn parse_head(
                 "transfer-encoding in an HTTP/1.0 request",
             ));
         }
+        // Chunked applied twice (RFC 9112 section 6.1 forbids it; HAProxy answers 400).
+        (Some(true), None, false) if chunked_codings > 1 => {
+            return Err(HeadError::Malformed("chunked more than once"));
+        }
+        // The proxy decodes chunked only: another coding would be dropped on the way.
+        (Some(true), None, false) if other_codings => return Err(HeadError::UnknownCoding),
         (Some(true), None, false) => BodyFraming::Chunked,
         (Some(false), None, false) => {
             return Err(HeadError::Malformed(

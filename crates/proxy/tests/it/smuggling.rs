@@ -415,6 +415,9 @@ async fn ambiguous_request_framing_is_refused_and_nothing_after_it_is_forwarded(
         (b"POST / HTTP/1.1\r\nHost: demo.test\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n", 400),
         (b"POST / HTTP/1.1\r\nHost: demo.test\r\nTransfer-Encoding: \"chunked\"\r\n\r\n0\r\n\r\n", 400),
         (b"POST / HTTP/1.0\r\nHost: demo.test\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+        // Chunked twice, in one field or two (HAProxy: 400).
+        (b"POST / HTTP/1.1\r\nHost: demo.test\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: demo.test\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
         // Conflicting and malformed Content-Length.
         (b"POST / HTTP/1.1\r\nHost: demo.test\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde", 400),
         (b"POST / HTTP/1.1\r\nHost: demo.test\r\nContent-Length: 4, 5\r\n\r\nabcde", 400),
@@ -442,6 +445,24 @@ async fn ambiguous_request_framing_is_refused_and_nothing_after_it_is_forwarded(
     ];
     for (request, status) in cases {
         assert_refused(&test_proxy, &recorder, request, *status).await;
+    }
+    test_proxy.stop().await;
+}
+
+/// RFC 9112 section 6.1: a transfer coding the proxy does not apply itself cannot be dropped on the way
+/// (the instance would read gzip bytes as the body): 501, as nginx 1.22 answers (HAProxy 2.6: 422).
+/// Before session 30's probe the proxy decoded the chunks and dropped `gzip`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_with_a_transfer_coding_besides_chunked_is_refused() {
+    let recorder = Recorder::start(ok).await;
+    let test_proxy = proxy_to(&recorder, ProxyConfig::default()).await;
+    let cases: &[&[u8]] = &[
+        b"POST / HTTP/1.1\r\nHost: demo.test\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: demo.test\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: demo.test\r\nTransfer-Encoding: identity, chunked\r\n\r\n0\r\n\r\n",
+    ];
+    for request in cases {
+        assert_refused(&test_proxy, &recorder, request, 501).await;
     }
     test_proxy.stop().await;
 }

@@ -99,7 +99,7 @@ fn pipelined_requests_come_out_one_at_a_time_with_their_bodies() {
 
 #[test]
 fn a_chunked_body_with_extensions_and_trailers_decodes_to_its_data_and_fields() {
-    let bytes = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n\
+    let bytes = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\
         5;name=value;flag\r\nhello\r\n1A ; spaced = \"quoted;ext\"\r\nabcdefghijklmnopqrstuvwxyz\r\n\
         0\r\nX-Checksum: 42\r\nX-Other: yes\r\n\r\nGET /next HTTP/1.1\r\nHost: a\r\n\r\n";
     let (head, rest) = parse_byte_by_byte(bytes, LIMITS).expect("head");
@@ -194,6 +194,26 @@ fn content_length_and_transfer_encoding_together_are_refused_as_smuggling() {
         .expect("a repeated equal length is one length")
         .expect("whole");
     assert_eq!(same.framing, BodyFraming::Length(5));
+}
+
+/// Only `chunked` is decoded: another coding before it is a 501 (it would be dropped on the way),
+/// `chunked` twice a 400; empty list elements are ignored (RFC 9110 section 5.6.1).
+#[test]
+fn transfer_codings_other_than_one_chunked_are_refused() {
+    let cases: &[(&[u8], StatusCode)] = &[
+        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", StatusCode::NOT_IMPLEMENTED),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n", StatusCode::NOT_IMPLEMENTED),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", StatusCode::BAD_REQUEST),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", StatusCode::BAD_REQUEST),
+    ];
+    for (request, status) in cases {
+        let error = parse_whole(request).expect_err(&String::from_utf8_lossy(request));
+        assert_eq!(error.status(), *status, "{error}");
+    }
+    let head = parse_whole(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: , Chunked\r\n\r\n")
+        .expect("an empty element is ignored")
+        .expect("whole");
+    assert_eq!(head.framing, BodyFraming::Chunked);
 }
 
 #[test]
