@@ -614,6 +614,31 @@ async fn after_an_upgrade_the_instance_refused_the_next_request_is_proxied_not_t
     test_proxy.stop().await;
 }
 
+/// A `101` the client did not ask for is not an answer the proxy can pass on (the client's connection
+/// would be left switched to nothing): 502. (nginx passes it on and closes; HAProxy refuses it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unasked_101_from_the_instance_is_a_502() {
+    let recorder = Recorder::start(|_| Reply {
+        bytes: b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: evil\r\n\r\nGET /raw HTTP/1.1\r\n\r\n".to_vec(),
+        close: true,
+    })
+    .await;
+    let test_proxy = proxy_to(&recorder, ProxyConfig::default()).await;
+    let raw = exchange(
+        test_proxy.addr,
+        b"GET / HTTP/1.1\r\nHost: demo.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let got = answers(&raw, &[]);
+    assert_eq!(
+        statuses(&got),
+        vec![502],
+        "{:?}",
+        String::from_utf8_lossy(&raw)
+    );
+    test_proxy.stop().await;
+}
+
 // --- The proxy's own fields -----------------------------------------------------------------------------
 
 /// The request's header lines as the instance got them, for a client request with `fields`.
@@ -933,6 +958,11 @@ async fn badly_framed_answers_reach_the_client_well_framed_or_as_502() {
         // CL + TE: read by TE, the length dropped.
         (b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", false, 200),
         (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 1\r\n\r\n2\r\nok\r\n0\r\n\r\n", false, 200),
+        // Codings the proxy does not decode (HAProxy: 502; nginx 1.22 drops `gzip` and passes the coded
+        // bytes on as the body).
+        (b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", false, 502),
+        (b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\nconnection: close\r\n\r\nok", false, 502),
+        (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", false, 502),
         // Bad and conflicting lengths.
         (b"HTTP/1.1 200 OK\r\ncontent-length: 2x\r\n\r\nok", false, 502),
         (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok", false, 502),
