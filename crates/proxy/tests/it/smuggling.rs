@@ -591,7 +591,7 @@ async fn oversized_heads_get_431_and_nothing_after_them_is_forwarded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_an_upgrade_the_instance_refused_the_next_request_is_proxied_not_tunnelled() {
     let recorder = Recorder::start(|head| {
-        if head.starts_with("GET /ws ") {
+        if head.starts_with("GET /ws") {
             reply(b"HTTP/1.1 426 Upgrade Required\r\ncontent-length: 4\r\n\r\nnope")
         } else {
             ok(head)
@@ -601,16 +601,166 @@ async fn after_an_upgrade_the_instance_refused_the_next_request_is_proxied_not_t
     let test_proxy = proxy_to(&recorder, ProxyConfig::default()).await;
     let raw = exchange(
         test_proxy.addr,
-        b"GET /ws HTTP/1.1\r\nHost: demo.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n\
-          GET /after HTTP/1.1\r\nHost: demo.test\r\nConnection: close\r\n\r\n",
+        b"GET /ws HTTP/1.1\r\nHost: demo.test\r\nConnection: Upgrade, X-Request-Id\r\nUpgrade: websocket\r\n\
+          X-Forwarded-For: 192.0.2.1\r\nX-Request-Id: client\r\n\r\n\
+          GET /after HTTP/1.1\r\nHost: demo.test\r\n\r\n\
+          GET /ws-body HTTP/1.1\r\nHost: demo.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Content-Length: 42\r\n\r\nGET /in-body HTTP/1.1\r\nHost: demo.test\r\n\r\n\
+          GET /last HTTP/1.1\r\nHost: demo.test\r\nConnection: close\r\n\r\n",
     )
     .await;
     let got = answers(&raw, &[]);
-    assert_eq!(statuses(&got), vec![426, 200], "{got:?}");
-    let after = recorder.request_for("/after");
-    assert_eq!(count(&after, "x-request-id"), 1, "{after:?}");
-    assert_eq!(count(&after, "x-forwarded-for"), 1, "{after:?}");
-    assert_eq!(recorder.requests().len(), 2);
+    assert_eq!(statuses(&got), vec![426, 200, 426, 200], "{got:?}");
+    for path in ["/ws ", "/after", "/ws-body", "/last"] {
+        let seen = recorder.request_for(path);
+        assert_proxy_fields_once(&lines(&seen));
+        assert_eq!(
+            value(&lines(&seen), "x-forwarded-for"),
+            vec!["127.0.0.1"],
+            "{seen:?}"
+        );
+    }
+    // The id the instance got is the one the client's answer says (the client's own, which the proxy
+    // takes as the request's id even when `Connection` names it: the proxy is that field's recipient).
+    assert_eq!(
+        value(&lines(&recorder.request_for("/ws ")), "x-request-id"),
+        vec![got[0].get("x-request-id").expect("id")]
+    );
+    let with_body = recorder.request_for("/ws-body");
+    assert!(
+        with_body.ends_with("\r\n\r\nGET /in-body HTTP/1.1\r\nHost: demo.test\r\n\r\n"),
+        "{with_body:?}"
+    );
+    assert_eq!(recorder.requests().len(), 4, "{:?}", recorder.requests());
+    test_proxy.stop().await;
+}
+
+/// `Connection: close` and an HTTP/1.0 request without keep-alive end the connection after their
+/// answer: what the client pipelined after them is never read as a request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_after_a_closing_request_is_forwarded() {
+    let recorder = Recorder::start(ok).await;
+    let test_proxy = proxy_to(&recorder, ProxyConfig::default()).await;
+    let cases: &[&[u8]] = &[
+        b"GET /c HTTP/1.1\r\nHost: demo.test\r\nConnection: keep-alive, close\r\n\r\n",
+        b"GET /c HTTP/1.1\r\nHost: demo.test\r\nConnection: keep-alive\r\nConnection: Close\r\n\r\n",
+        b"GET /c HTTP/1.0\r\nHost: demo.test\r\n\r\n",
+        b"POST /c HTTP/1.0\r\nHost: demo.test\r\nContent-Length: 2\r\n\r\nhi",
+    ];
+    for request in cases {
+        let mut bytes = request.to_vec();
+        bytes.extend_from_slice(SMUGGLED);
+        let raw = exchange(test_proxy.addr, &bytes).await;
+        assert_eq!(statuses(&answers(&raw, &[])), vec![200]);
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let requests = recorder.requests();
+    assert_eq!(requests.len(), cases.len(), "{requests:?}");
+    assert!(
+        requests.iter().all(|raw| raw.contains(" /c ")),
+        "{requests:?}"
+    );
+    test_proxy.stop().await;
+}
+
+/// An absolute-form target names the host (RFC 9112 section 3.2.2): it routes, and it is the `Host`
+/// the instance gets, whatever `Host` field the client sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absolute_target_is_the_host_the_instance_gets() {
+    let recorder = Recorder::start(ok).await;
+    let test_proxy = proxy_to(&recorder, ProxyConfig::default()).await;
+    let raw = exchange(
+        test_proxy.addr,
+        b"GET http://demo.test/abs?q=1 HTTP/1.1\r\nHost: evil.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(statuses(&answers(&raw, &[])), vec![200]);
+    let seen = recorder.request_for("/abs");
+    assert!(seen.starts_with("GET /abs?q=1 HTTP/1.1\r\n"), "{seen:?}");
+    assert_proxy_fields_once(&lines(&seen));
+    assert_eq!(value(&lines(&seen), "host"), vec!["demo.test"]);
+    assert_eq!(value(&lines(&seen), "x-forwarded-host"), vec!["demo.test"]);
+    // Another host in the target is not routed to this route, whatever `Host` says.
+    let raw = exchange(
+        test_proxy.addr,
+        b"GET http://evil.test/other HTTP/1.1\r\nHost: demo.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_ne!(statuses(&answers(&raw, &[]))[0], 200);
+    assert_eq!(recorder.requests().len(), 1, "{:?}", recorder.requests());
+    test_proxy.stop().await;
+}
+
+/// An instance that answers before it read a large body: the rest of the body, which the client may
+/// have made look like requests, is never read as requests: the connection closes after the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_answer_leaves_no_body_bytes_to_be_read_as_requests() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let first_lines = Arc::new(Mutex::new(Vec::new()));
+    let lines_seen = Arc::clone(&first_lines);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let lines_seen = Arc::clone(&lines_seen);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                while find(&buf, b"\r\n\r\n").is_none() {
+                    if fill(&mut stream, &mut buf).await.is_none() {
+                        return;
+                    }
+                }
+                let line = String::from_utf8_lossy(&buf)
+                    .split("\r\n")
+                    .next()
+                    .unwrap_or("")
+                    .to_owned();
+                lines_seen.lock().expect("lock").push(line);
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nearly")
+                    .await;
+                // Reads (and drops) what else comes, until the proxy closes.
+                while fill(&mut stream, &mut buf).await.is_some() {}
+            });
+        }
+    });
+    let test_proxy = TestProxy::start_with(ProxyConfig::default(), RouteSettings::default()).await;
+    test_proxy.add_ready("raw", "R", addr);
+    let mut stream = TcpStream::connect(test_proxy.addr).await.expect("connect");
+    let mut body =
+        b"POST /upload HTTP/1.1\r\nHost: demo.test\r\nContent-Length: 1000000\r\n\r\n".to_vec();
+    body.extend(std::iter::repeat_n(b'x', 100_000));
+    stream.write_all(&body).await.expect("write");
+    // The answer, then (as the client goes on) body bytes shaped as requests.
+    let mut answer = Vec::new();
+    while find(&answer, b"early").is_none() {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk))
+            .await
+            .expect("the early answer")
+            .expect("read");
+        assert!(n > 0, "closed before the answer");
+        answer.extend_from_slice(&chunk[..n]);
+    }
+    let mut rest = Vec::new();
+    for _ in 0..100 {
+        rest.extend_from_slice(SMUGGLED);
+    }
+    // The proxy may have closed already: a failed write is fine.
+    let _ = stream.write_all(&rest).await;
+    let mut tail = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut tail)).await;
+    assert!(
+        closed.is_ok(),
+        "the connection stayed open after the early answer"
+    );
+    let all = [answer, tail].concat();
+    let got = answers(&all, &[]);
+    assert_eq!(statuses(&got), vec![200], "{got:?}");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        *first_lines.lock().expect("lock"),
+        vec!["POST /upload HTTP/1.1".to_owned()]
+    );
     test_proxy.stop().await;
 }
 
