@@ -906,12 +906,7 @@ impl OutBuf {
         if framing == AnswerFraming::Chunked {
             self.head.extend_from_slice(b"0\r\n");
             if let Some(trailers) = trailers {
-                for (name, value) in trailers {
-                    self.head.extend_from_slice(name.as_str().as_bytes());
-                    self.head.extend_from_slice(b": ");
-                    self.head.extend_from_slice(value.as_bytes());
-                    self.head.extend_from_slice(b"\r\n");
-                }
+                crate::upstream::h1::encode_trailers(&mut self.head, trailers, false);
             }
             self.head.extend_from_slice(b"\r\n");
         }

@@ -320,7 +320,7 @@ impl Writer {
                             (frame.into_trailers(), self.framing)
                         {
                             self.buf.extend_from_slice(b"0\r\n");
-                            encode_fields(&mut self.buf, &trailers);
+                            encode_trailers(&mut self.buf, &trailers, true);
                             self.buf.extend_from_slice(b"\r\n");
                             self.body = None;
                         }
@@ -369,13 +369,48 @@ impl Writer {
     }
 }
 
-fn encode_fields(buf: &mut Vec<u8>, headers: &HeaderMap) {
-    for (name, value) in headers {
+/// Encodes the trailer fields that may be passed on (`is_passable_trailer`); `request`: trailers of a
+/// request (to an instance), else of an answer (to a client).
+pub(crate) fn encode_trailers(buf: &mut Vec<u8>, trailers: &HeaderMap, request: bool) {
+    for (name, value) in trailers {
+        if !is_passable_trailer(name, request) {
+            continue;
+        }
         buf.extend_from_slice(name.as_str().as_bytes());
         buf.extend_from_slice(b": ");
         buf.extend_from_slice(value.as_bytes());
         buf.extend_from_slice(b"\r\n");
     }
+}
+
+/// Whether a trailer field may be passed on: not one that frames, routes, authenticates or controls a
+/// message (RFC 9110 section 6.5.1; the list hyper's HTTP/1 code, which this replaced, dropped), nor a
+/// hop-by-hop one, nor in a request one of the forwarding fields the proxy writes itself (an app that
+/// merges trailers into the header section would believe a client's).
+fn is_passable_trailer(name: &HeaderName, request: bool) -> bool {
+    let framing_or_control = matches!(
+        *name,
+        header::AUTHORIZATION
+            | header::CACHE_CONTROL
+            | header::CONTENT_ENCODING
+            | header::CONTENT_LENGTH
+            | header::CONTENT_RANGE
+            | header::CONTENT_TYPE
+            | header::HOST
+            | header::MAX_FORWARDS
+            | header::SET_COOKIE
+            | header::TRAILER
+            | header::TRANSFER_ENCODING
+            | header::TE
+            | header::CONNECTION
+            | header::UPGRADE
+            | header::PROXY_AUTHENTICATE
+            | header::PROXY_AUTHORIZATION
+    ) || matches!(name.as_str(), "keep-alive" | "proxy-connection");
+    let forwarding = request
+        && (name.as_str().starts_with("x-forwarded-")
+            || matches!(name.as_str(), "forwarded" | "x-real-ip" | "x-request-id"));
+    !framing_or_control && !forwarding
 }
 
 /// How an answer's body is delimited (RFC 9112 section 6.3).

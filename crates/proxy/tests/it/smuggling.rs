@@ -158,14 +158,39 @@ async fn read_one(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Vec<u8>> 
         .split("\r\n")
         .any(|line| line.starts_with("transfer-encoding:") && line.contains("chunked"));
     let end = if chunked {
-        // Up to the last chunk and the empty line (no trailers in these cases, or a few lines).
+        // Chunk by chunk, then the trailer lines up to the empty line.
+        let mut at = head_end;
         loop {
-            if let Some(at) = find(&buf[head_end..], b"0\r\n\r\n")
-                .filter(|at| *at == 0 || buf[head_end + at - 1] == b'\n')
-            {
-                break head_end + at + 5;
+            let line_end = loop {
+                if let Some(end) = find(&buf[at..], b"\r\n") {
+                    break at + end;
+                }
+                fill(stream, buf).await?;
+            };
+            let line = String::from_utf8_lossy(&buf[at..line_end]).into_owned();
+            let digits = line.split(';').next().unwrap_or("").trim();
+            let size = usize::from_str_radix(digits, 16).ok()?;
+            at = line_end + 2;
+            if size == 0 {
+                loop {
+                    let line_end = loop {
+                        if let Some(end) = find(&buf[at..], b"\r\n") {
+                            break at + end;
+                        }
+                        fill(stream, buf).await?;
+                    };
+                    let empty = line_end == at;
+                    at = line_end + 2;
+                    if empty {
+                        break;
+                    }
+                }
+                break at;
             }
-            fill(stream, buf).await?;
+            while buf.len() < at + size + 2 {
+                fill(stream, buf).await?;
+            }
+            at += size + 2;
         }
     } else {
         let end = head_end + length.unwrap_or(0);
@@ -231,6 +256,8 @@ struct Answer {
     /// Lowercased names, values as sent.
     fields: Vec<(String, String)>,
     body: Vec<u8>,
+    /// Trailer lines of a chunked body, as sent.
+    trailers: Vec<String>,
 }
 
 impl Answer {
@@ -288,6 +315,7 @@ fn answers(raw: &[u8], heads: &[bool]) -> Vec<Answer> {
         let no_body =
             (100..200).contains(&status) || status == 204 || status == 304 || head_request;
         let mut body = Vec::new();
+        let mut trailers = Vec::new();
         if !no_body {
             match framing.first() {
                 Some((name, value)) if name == "content-length" => {
@@ -310,10 +338,12 @@ fn answers(raw: &[u8], heads: &[bool]) -> Vec<Answer> {
                             // Trailer lines, then the empty line.
                             loop {
                                 let end = find(rest, b"\r\n").expect("end");
+                                let line = String::from_utf8_lossy(&rest[..end]).into_owned();
                                 rest = &rest[end + 2..];
                                 if end == 0 {
                                     break;
                                 }
+                                trailers.push(line);
                             }
                             break;
                         }
@@ -336,6 +366,7 @@ fn answers(raw: &[u8], heads: &[bool]) -> Vec<Answer> {
             status,
             fields,
             body,
+            trailers,
         });
     }
     out
@@ -1199,4 +1230,43 @@ async fn an_answer_with_too_many_fields_is_a_502() {
     let answer: &'static [u8] = answer.leak();
     let (got, _) = after_answer(answer, false).await;
     assert_eq!(statuses(&got), vec![502, 200], "{got:?}");
+}
+
+/// Trailer fields that frame, route or authenticate a message, hop-by-hop ones, and (in a request) the
+/// forwarding fields the proxy writes itself are not passed on in trailers, either way: an app or client
+/// that merges trailers into the header section would believe them (RFC 9110 section 6.5.1; hyper's
+/// client and server, which the proxy's own HTTP/1 code replaced in session 29, dropped the same).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trailers_carry_no_framing_routing_or_forwarding_fields() {
+    let recorder = Recorder::start(|_| {
+        reply(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-checksum\r\n\r\n2\r\nok\r\n0\r\n\
+              x-checksum: 42\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\nset-cookie: a=b\r\n\
+              connection: close\r\n\r\n",
+        )
+    })
+    .await;
+    let test_proxy = proxy_to(&recorder, ProxyConfig::default()).await;
+    let raw = exchange(
+        test_proxy.addr,
+        b"POST /t HTTP/1.1\r\nHost: demo.test\r\nTransfer-Encoding: chunked\r\nTE: trailers\r\n\
+          Trailer: x-checksum\r\nConnection: close, TE\r\n\r\n5\r\nhello\r\n0\r\nX-Checksum: 1\r\n\
+          X-Forwarded-For: 192.0.2.66\r\nX-Request-Id: spoofed\r\nHost: evil.test\r\n\
+          Content-Length: 5\r\nTransfer-Encoding: chunked\r\nAuthorization: Basic eA==\r\n\r\n",
+    )
+    .await;
+    let got = answers(&raw, &[]);
+    assert_eq!(statuses(&got), vec![200], "{got:?}");
+    assert_eq!(
+        got[0].trailers,
+        vec!["x-checksum: 42".to_owned()],
+        "{got:?}"
+    );
+    let seen = recorder.request_for("/t");
+    let trailer_section = seen
+        .split_once("\r\n0\r\n")
+        .map(|(_, trailers)| trailers.to_ascii_lowercase())
+        .expect("chunked");
+    assert_eq!(trailer_section, "x-checksum: 1\r\n\r\n", "{seen:?}");
+    test_proxy.stop().await;
 }
