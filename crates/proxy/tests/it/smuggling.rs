@@ -1270,3 +1270,27 @@ async fn trailers_carry_no_framing_routing_or_forwarding_fields() {
     assert_eq!(trailer_section, "x-checksum: 1\r\n\r\n", "{seen:?}");
     test_proxy.stop().await;
 }
+
+/// A request whose body the proxy will not read (413: over the route's limit) is answered with
+/// `connection: close`, and the connection closes: the unread body is never read as requests, and the
+/// client knows not to send more on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_before_an_unread_body_says_the_connection_closes() {
+    let recorder = Recorder::start(ok).await;
+    let test_proxy = proxy_to(&recorder, ProxyConfig::default()).await;
+    let mut stream = TcpStream::connect(test_proxy.addr).await.expect("connect");
+    let mut request =
+        b"POST /big HTTP/1.1\r\nHost: demo.test\r\nContent-Length: 200000000\r\n\r\n".to_vec();
+    for _ in 0..10 {
+        request.extend_from_slice(SMUGGLED);
+    }
+    stream.write_all(&request).await.expect("write");
+    let mut raw = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut raw)).await;
+    assert!(read.is_ok(), "the connection stayed open");
+    let got = answers(&raw, &[]);
+    assert_eq!(statuses(&got), vec![413], "{got:?}");
+    assert_eq!(got[0].get("connection"), Some("close"), "{got:?}");
+    assert!(recorder.requests().is_empty(), "{:?}", recorder.requests());
+    test_proxy.stop().await;
+}
