@@ -1294,3 +1294,46 @@ async fn an_answer_before_an_unread_body_says_the_connection_closes() {
     assert!(recorder.requests().is_empty(), "{:?}", recorder.requests());
     test_proxy.stop().await;
 }
+
+/// `Upgrade: h2c` is not passed on (nginx 1.22 drops it, HAProxy 2.6 passes it on): an instance that took it would switch the
+/// client's connection to HTTP/2 straight to the app, every later request on it past the proxy's
+/// routing and its forwarding fields ("h2c smuggling"). The request goes on as a plain one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2c_upgrade_is_not_passed_on() {
+    let recorder = Recorder::start(|head| {
+        if head.to_ascii_lowercase().contains("upgrade: h2c") {
+            Reply {
+                bytes: b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: h2c\r\n\r\n"
+                    .to_vec(),
+                close: false,
+            }
+        } else {
+            ok(head)
+        }
+    })
+    .await;
+    let test_proxy = proxy_to(&recorder, ProxyConfig::default()).await;
+    for upgrade in ["h2c", "H2C", " h2c , h2c"] {
+        let request = format!(
+            "GET /h2c HTTP/1.1\r\nHost: demo.test\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+             Upgrade: {upgrade}\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n\
+             GET /after HTTP/1.1\r\nHost: demo.test\r\nConnection: close\r\n\r\n"
+        );
+        let raw = exchange(test_proxy.addr, request.as_bytes()).await;
+        assert_eq!(
+            statuses(&answers(&raw, &[])),
+            vec![200, 200],
+            "{upgrade:?}: {:?}",
+            String::from_utf8_lossy(&raw)
+        );
+    }
+    for seen in recorder.requests() {
+        let lines = lines(&seen);
+        assert!(
+            value(&lines, "upgrade").is_empty() && value(&lines, "http2-settings").is_empty(),
+            "{seen:?}"
+        );
+    }
+    assert_eq!(recorder.requests().len(), 6);
+    test_proxy.stop().await;
+}
