@@ -1337,3 +1337,70 @@ async fn an_h2c_upgrade_is_not_passed_on() {
     assert_eq!(recorder.requests().len(), 6);
     test_proxy.stop().await;
 }
+
+/// A streamed request body that ends short (the client gone) or breaks (a bad chunk) leaves its
+/// instance connection in the middle of a request: it is closed, never pooled, so the next request is
+/// never read by the instance as the rest of that body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_cut_short_never_leaves_its_instance_connection_to_the_next_request() {
+    let recorder = Recorder::start(ok).await;
+    let test_proxy = proxy_to(&recorder, ProxyConfig::default()).await;
+    let mut short =
+        b"POST /short HTTP/1.1\r\nHost: demo.test\r\nContent-Length: 300000\r\n\r\n".to_vec();
+    short.extend(std::iter::repeat_n(b'x', 150_000));
+    let mut broken =
+        b"POST /broken HTTP/1.1\r\nHost: demo.test\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..10 {
+        broken.extend_from_slice(b"4000\r\n");
+        broken.extend(std::iter::repeat_n(b'y', 0x4000));
+        broken.extend_from_slice(b"\r\n");
+    }
+    broken.extend_from_slice(b"zz\r\n");
+    for (request, next) in [(short, "/next-1"), (broken, "/next-2")] {
+        let mut stream = TcpStream::connect(test_proxy.addr).await.expect("connect");
+        stream.write_all(&request).await.expect("write");
+        // Let the head and the first bytes reach the instance, then end the client's side.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        stream.shutdown().await.expect("shutdown");
+        let mut raw = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut raw)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let raw = exchange(
+            test_proxy.addr,
+            format!("GET {next} HTTP/1.1\r\nHost: demo.test\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await;
+        assert_eq!(statuses(&answers(&raw, &[])), vec![200]);
+        let seen = recorder.request_for(next);
+        assert!(seen.starts_with(&format!("GET {next} ")), "{seen:?}");
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The cut requests never completed at the instance; their connections ended with their partial bytes.
+    let requests = recorder.requests();
+    assert_eq!(
+        requests.len(),
+        2,
+        "{:?}",
+        requests
+            .iter()
+            .map(|r| &r[..40.min(r.len())])
+            .collect::<Vec<_>>()
+    );
+    let leftovers = recorder.leftovers();
+    assert!(
+        leftovers
+            .iter()
+            .any(|left| left.starts_with("POST /short ")),
+        "{}",
+        leftovers.len()
+    );
+    assert!(
+        leftovers
+            .iter()
+            .any(|left| left.starts_with("POST /broken ")),
+        "{}",
+        leftovers.len()
+    );
+    test_proxy.stop().await;
+}
