@@ -473,6 +473,18 @@ async fn ambiguous_request_framing_is_refused_and_nothing_after_it_is_forwarded(
         // A request line with a bare CR or an extra word.
         (b"GET / HTTP/1.1 x\r\nHost: demo.test\r\n\r\n", 400),
         (b"GET /\r HTTP/1.1\r\nHost: demo.test\r\n\r\n", 400),
+        (b"GET  / HTTP/1.1\r\nHost: demo.test\r\n\r\n", 400),
+        (b"GET\t/ HTTP/1.1\r\nHost: demo.test\r\n\r\n", 400),
+        (b"GET / HTTP/1.1 \r\nHost: demo.test\r\n\r\n", 400),
+        (b"GET / http/1.1\r\nHost: demo.test\r\n\r\n", 400),
+        (b"GET / HTTP/1.10\r\nHost: demo.test\r\n\r\n", 400),
+        (b"G(T / HTTP/1.1\r\nHost: demo.test\r\n\r\n", 400),
+        (b"GET /a b HTTP/1.1\r\nHost: demo.test\r\n\r\n", 400),
+        (b"GET demo.test/ HTTP/1.1\r\nHost: demo.test\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: demo.test\r\nX-A\x00: b\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: demo.test\r\nX-A: b\x0c\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: demo.test\r\nX-A: b\x7f\r\n\r\n", 400),
+
     ];
     for (request, status) in cases {
         assert_refused(&test_proxy, &recorder, request, *status).await;
