@@ -1416,3 +1416,54 @@ async fn a_body_cut_short_never_leaves_its_instance_connection_to_the_next_reque
     );
     test_proxy.stop().await;
 }
+
+/// An answer whose body breaks after its head went out (a bad chunk, a length the instance does not
+/// keep) is cut, and the client's connection closes: the client sees a truncated answer (no last
+/// chunk, fewer bytes than the length), never the next answer in its place, and the request it
+/// pipelined is not sent on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_body_breaking_mid_way_cuts_the_answer_and_closes() {
+    let cases: [(&'static [u8], &str); 3] = [
+        (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\nzz\r\nHTTP/1.1 200 OK\r\n", "chunked"),
+        (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nokXX\r\n0\r\n\r\n", "chunked"),
+        (b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nok", "content-length: 10"),
+    ];
+    for (first, framing) in cases {
+        let recorder = Recorder::start(move |head| {
+            if head.contains(" /first ") {
+                Reply {
+                    bytes: first.to_vec(),
+                    close: true,
+                }
+            } else {
+                reply(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nsecond")
+            }
+        })
+        .await;
+        let test_proxy = proxy_to(&recorder, ProxyConfig::default()).await;
+        let raw = exchange(
+            test_proxy.addr,
+            b"GET /first HTTP/1.1\r\nHost: demo.test\r\n\r\n\
+              GET /second HTTP/1.1\r\nHost: demo.test\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text:?}");
+        assert!(text.contains(framing), "{text:?}");
+        assert_eq!(text.matches("HTTP/1.1").count(), 1, "{text:?}");
+        assert!(
+            !text.contains("second") && !text.ends_with("0\r\n\r\n"),
+            "{text:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            recorder
+                .requests()
+                .iter()
+                .all(|raw| raw.starts_with("GET /first ")),
+            "{:?}",
+            recorder.requests()
+        );
+        test_proxy.stop().await;
+    }
+}
