@@ -3,6 +3,68 @@
 
 use super::*;
 
+thread_local! {
+    /// Bytes looked at by `head_end` and httparse's first passes over incomplete heads, on this thread.
+    static WORK: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+pub(super) fn count_work(bytes: usize) {
+    WORK.with(|work| work.set(work.get() + bytes));
+}
+
+/// A head that comes a byte at a time is looked at in work linear in its length (it was quadratic:
+/// every read scanned it for its end and parsed it again from its start).
+#[test]
+fn a_head_dripped_a_byte_at_a_time_costs_work_linear_in_its_length() {
+    let mut head = b"GET / HTTP/1.1\r\nHost: a\r\n".to_vec();
+    for index in 0..4 {
+        head.extend_from_slice(format!("X-Long-{index}: ").as_bytes());
+        head.extend(std::iter::repeat_n(b'v', 4000));
+        head.extend_from_slice(b"\r\n");
+    }
+    for index in 0..40 {
+        head.extend_from_slice(format!("X-{index}: v\r\n").as_bytes());
+    }
+    head.extend_from_slice(b"\r\nGET /next HTTP/1.1\r\n");
+    let whole = head.len() - "GET /next HTTP/1.1\r\n".len();
+    let mut buf = BytesMut::new();
+    let mut scan = HeadScan::default();
+    WORK.with(|work| work.set(0));
+    let mut parsed = None;
+    for (index, byte) in head.iter().enumerate() {
+        buf.extend_from_slice(&[*byte]);
+        if let Some(found) = parse_head_from(&mut buf, LIMITS, &mut scan).expect("valid") {
+            parsed = Some((index, found));
+            break;
+        }
+    }
+    let (index, found) = parsed.expect("the head completed");
+    assert_eq!(index + 1, whole);
+    assert_eq!(found.parts.headers.len(), 45);
+    let work = WORK.with(std::cell::Cell::get);
+    assert!(
+        work < 8 * whole,
+        "{work} bytes looked at for a {whole}-byte head"
+    );
+    // A malformed head is still refused before its end, within twice its bytes.
+    let mut buf = BytesMut::new();
+    let mut scan = HeadScan::default();
+    let mut refused = None;
+    for (index, byte) in b"GET / HTTP/1.1\r\nBad Name: x\r\nMore: fields to come\r\n"
+        .iter()
+        .enumerate()
+    {
+        buf.extend_from_slice(&[*byte]);
+        if let Err(error) = parse_head_from(&mut buf, LIMITS, &mut scan) {
+            refused = Some((index, error));
+            break;
+        }
+    }
+    let (index, error) = refused.expect("refused before the end");
+    assert!(index < 2 * 20, "{index}");
+    assert_eq!(error.status(), StatusCode::BAD_REQUEST);
+}
+
 const LIMITS: HeadLimits = HeadLimits {
     max_bytes: 64 * 1024,
     max_fields: 100,
@@ -561,10 +623,13 @@ fn content_lengths_are_written_in_decimal() {
 
 #[test]
 fn a_head_ends_at_its_first_empty_line_with_crlf_or_bare_lf() {
-    assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nbody"), Some(27));
-    assert_eq!(head_end(b"GET / HTTP/1.1\nHost: a\n\nbody"), Some(24));
-    assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r"), None);
-    assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n"), None);
+    assert_eq!(
+        head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nbody", 0),
+        Some(27)
+    );
+    assert_eq!(head_end(b"GET / HTTP/1.1\nHost: a\n\nbody", 0), Some(24));
+    assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r", 0), None);
+    assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n", 0), None);
     for request in [
         &b"GET / HTTP/1.1\nHost: a\n\nBODY"[..],
         b"\r\n\r\n\nGET / HTTP/1.1\r\nHost: a\r\n\r\nBODY",
@@ -707,8 +772,12 @@ fn the_head_end_scan_agrees_with_httparse_on_long_heads() {
                 let mut fields_buf = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; 64];
                 let parsed = parse_request(&head, &mut fields_buf);
                 assert_eq!(parsed, Ok(httparse::Status::Complete(length)));
-                assert_eq!(head_end(&head), Some(length), "{fields} fields, pad {pad}");
-                assert_eq!(head_end(&head[..length - 1]), None);
+                assert_eq!(
+                    head_end(&head, 0),
+                    Some(length),
+                    "{fields} fields, pad {pad}"
+                );
+                assert_eq!(head_end(&head[..length - 1], 0), None);
             }
         }
     }
