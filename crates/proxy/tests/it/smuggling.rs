@@ -1524,3 +1524,42 @@ async fn no_100_continue_is_written_after_the_final_answer_head() {
     assert!(text.ends_with("\r\n\r\nhelloworld"), "{text:?}");
     test_proxy.stop().await;
 }
+
+/// An HTTP/2 client's request reaches an HTTP/1 instance with the proxy's own fields once each and the
+/// client's spoofs of them gone, its cookies in one field, and no HTTP/2-only or hop-by-hop field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_request_gets_the_proxys_fields_once() {
+    let recorder = Recorder::start(ok).await;
+    let test_proxy = proxy_to(&recorder, ProxyConfig::default()).await;
+    let stream = TcpStream::connect(test_proxy.addr).await.expect("connect");
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(connection);
+    let request = Request::post(format!("http://{HOST}/h2"))
+        .header("x-forwarded-for", "192.0.2.1")
+        .header("x-forwarded-host", "evil.test")
+        .header("x-forwarded-proto", "https")
+        .header("forwarded", "for=192.0.2.2")
+        .header("x-request-id", "from-h2")
+        .header("te", "trailers")
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
+        .body(http_body_util::Full::new(Bytes::from_static(b"hello")))
+        .expect("request");
+    let response = sender.send_request(request).await.expect("h2 answer");
+    assert_eq!(response.status(), 200);
+    let seen = recorder.request_for("/h2");
+    let lines = lines(&seen);
+    assert_proxy_fields_once(&lines);
+    assert_eq!(value(&lines, "x-forwarded-for"), vec!["127.0.0.1"]);
+    assert_eq!(value(&lines, "x-forwarded-host"), vec!["demo.test"]);
+    assert_eq!(value(&lines, "x-forwarded-proto"), vec!["http"]);
+    assert_eq!(value(&lines, "x-request-id"), vec!["from-h2"]);
+    assert_eq!(value(&lines, "cookie"), vec!["a=1; b=2"]);
+    assert!(value(&lines, "forwarded").is_empty(), "{seen:?}");
+    assert_eq!(value(&lines, "content-length"), vec!["5"], "{seen:?}");
+    assert!(seen.ends_with("\r\n\r\nhello"), "{seen:?}");
+    test_proxy.stop().await;
+}
