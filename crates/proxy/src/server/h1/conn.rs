@@ -259,6 +259,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> ServerConn<S> {
         };
         let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
         let keep_alive = keep_alive && !closing.load(Ordering::Relaxed) && !switching;
+        // The final answer goes out now: no `100 Continue` after its head (it would land in the answer's
+        // body; hyper sent one only before any answer), and one begun is finished before it.
+        if let Some(feeder) = feeder.as_mut() {
+            let begun = feeder.continue_out;
+            self.out().head.extend_from_slice(begun);
+            feeder.continue_out = b"";
+            feeder.expect_continue = false;
+        }
         let (framing, keep_alive) = super::encode_head(
             &mut self.out().head,
             parts.status,
