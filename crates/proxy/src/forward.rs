@@ -659,8 +659,17 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .ok()
 }
 
+/// Whether the request asks to switch protocols, and may: `h2c` never is passed on (nginx passes no
+/// `Upgrade` on unless told to; HAProxy 2.6 passes it on, checked in session 30): an instance that took it would switch the client's connection to HTTP/2 straight to the app,
+/// every later request on it past the proxy's routing and forwarding fields ("h2c smuggling"). Such a
+/// request goes on as a plain one, its `Upgrade` dropped as hop-by-hop.
 fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)
+        && !headers
+            .get_all(header::UPGRADE)
+            .iter()
+            .flat_map(|value| value.as_bytes().split(|byte| *byte == b','))
+            .any(|protocol| protocol.trim_ascii().eq_ignore_ascii_case(b"h2c"))
         && headers
             .get_all(header::CONNECTION)
             .iter()
@@ -700,8 +709,9 @@ fn upstream_uri(uri: &Uri, host: &HeaderValue, protocol: UpstreamProtocol) -> Ur
 
 /// Removes hop-by-hop headers: the fixed list of RFC 9110 section 7.6.1 and any named in `Connection`.
 /// For an upgrade, `Upgrade` and `Connection: upgrade` are end-to-end in effect and are kept. `Trailer` is
-/// end-to-end (RFC 9110 section 6.6.2) and is kept: hyper sends an HTTP/1.1 client only the trailer
-/// fields it announces.
+/// end-to-end (RFC 9110 section 6.6.2) and is kept. (The HTTP/1 server sends a client every trailer
+/// field but those `upstream::h1::encode_trailers` drops, announced or not, whether or not the client
+/// sent `TE: trailers`; hyper's sent only announced ones, and only to a client that asked.)
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     // Most messages carry none, or only `Connection: keep-alive` (many app servers send it on every
     // answer, some with `Keep-Alive: timeout=N`): one pass over the fields decides, and then at most two

@@ -39,6 +39,10 @@ pub(crate) enum HeadError {
     TooManyFields { limit: usize },
     #[error("malformed request head: {0}")]
     Malformed(&'static str),
+    /// A transfer coding other than `chunked` (RFC 9112 section 6.1: 501, as nginx answers): the
+    /// proxy would otherwise drop it on the way and the instance read coded bytes as the body.
+    #[error("transfer coding other than chunked")]
+    UnknownCoding,
 }
 
 impl HeadError {
@@ -49,6 +53,7 @@ impl HeadError {
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
             }
             HeadError::Malformed(_) => StatusCode::BAD_REQUEST,
+            HeadError::UnknownCoding => StatusCode::NOT_IMPLEMENTED,
         }
     }
 }
@@ -75,14 +80,38 @@ pub(crate) struct RequestHead {
     pub(crate) wants_upgrade: bool,
 }
 
-/// Parses one request head from the front of `buf` and removes it: `None` while incomplete.
+/// How much of an incomplete head in the read buffer was already looked at, so that a head that comes a
+/// few bytes a read is not scanned and parsed again from its start at every read: that made a head
+/// dripped a byte at a time cost work in the square of its length (a 64 KiB head ~4 billion byte
+/// steps; hyper scanned only the new bytes, `is_complete_fast`). Reset when a head is taken.
 ///
-/// Two passes of httparse, as `upstream::h1::parse_head` does: the first finds where the head ends,
-/// the second parses the head split off the buffer, so that the target and every value share it
-/// instead of being copied.
+/// One `u32` (an idle connection's task is kept small: `server::tests`): the bytes from the buffer's
+/// start known to hold no end of the head (the buffer's length at the last look; saturated, which only
+/// scans more).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct HeadScan {
+    scanned: u32,
+}
+
+/// Parses one request head from the front of `buf` and removes it: `None` while incomplete.
+#[cfg(test)]
 pub(crate) fn parse_head(
     buf: &mut BytesMut,
     limits: HeadLimits,
+) -> Result<Option<RequestHead>, HeadError> {
+    parse_head_from(buf, limits, &mut HeadScan::default())
+}
+
+/// `parse_head` for a connection that keeps `scan` between its reads.
+///
+/// Two passes of httparse, as `upstream::h1::parse_head` does: the first finds where the head ends,
+/// the second parses the head split off the buffer, so that the target and every value share it
+/// instead of being copied. While the head is incomplete, only the new bytes are scanned for its end,
+/// and httparse looks at it again (for an early 400 or 431) only once the buffer doubled.
+pub(crate) fn parse_head_from(
+    buf: &mut BytesMut,
+    limits: HeadLimits,
+    scan: &mut HeadScan,
 ) -> Result<Option<RequestHead>, HeadError> {
     let max_fields = limits.max_fields.max(1);
     // Empty lines before a request line are skipped (RFC 9112 section 2.2).
@@ -94,15 +123,32 @@ pub(crate) fn parse_head(
         } else {
             break;
         }
+        *scan = HeadScan::default();
     }
-    let length = match head_end(buf) {
+    // A line end already scanned may start the head's end with the bytes that came since.
+    let scanned = scan.scanned as usize;
+    let length = match head_end(buf, scanned.saturating_sub(2)) {
         Some(length) => length,
-        // Not whole yet: httparse says whether what came so far is already wrong or too much.
-        None => match first_pass(buf, max_fields, limits)? {
-            Some(length) => length,
-            None => return Ok(None),
-        },
+        // Not whole yet: httparse says whether what came so far is already wrong or too much, each
+        // time the buffer's length reaches another power of two (at most twice the bytes of a whole
+        // parse, in all), and at the limit.
+        None => {
+            scan.scanned = u32::try_from(buf.len()).unwrap_or(u32::MAX);
+            let doubled = scanned == 0 || buf.len().ilog2() > scanned.ilog2();
+            if !doubled && buf.len() < limits.max_bytes {
+                return Ok(None);
+            }
+            match first_pass(buf, max_fields, limits) {
+                Ok(Some(length)) => length,
+                Ok(None) => return Ok(None),
+                Err(error) => {
+                    *scan = HeadScan::default();
+                    return Err(error);
+                }
+            }
+        }
     };
+    *scan = HeadScan::default();
     if length > limits.max_bytes {
         return Err(HeadError::TooLarge {
             limit: limits.max_bytes,
@@ -163,6 +209,9 @@ pub(crate) fn parse_head(
     let mut close = false;
     let mut keep_alive_token = false;
     let mut chunked_last = None;
+    // Transfer codings over every `Transfer-Encoding` field: how many `chunked`, how many others.
+    let mut chunked_codings = 0usize;
+    let mut other_codings = false;
     let mut content_length = None;
     let mut bad_length = false;
     let mut expect_continue = false;
@@ -188,6 +237,15 @@ pub(crate) fn parse_head(
                     .next()
                     .is_some_and(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked")),
             );
+            // Empty list elements are allowed and ignored (RFC 9110 section 5.6.1).
+            for coding in field.value.split(|byte| *byte == b',') {
+                let coding = coding.trim_ascii();
+                if coding.eq_ignore_ascii_case(b"chunked") {
+                    chunked_codings += 1;
+                } else if !coding.is_empty() {
+                    other_codings = true;
+                }
+            }
         } else if name == header::CONNECTION {
             for token in field.value.split(|byte| *byte == b',') {
                 let token = token.trim_ascii();
@@ -218,6 +276,12 @@ pub(crate) fn parse_head(
                 "transfer-encoding in an HTTP/1.0 request",
             ));
         }
+        // Chunked applied twice (RFC 9112 section 6.1 forbids it; HAProxy answers 400).
+        (Some(true), None, false) if chunked_codings > 1 => {
+            return Err(HeadError::Malformed("chunked more than once"));
+        }
+        // The proxy decodes chunked only: another coding would be dropped on the way.
+        (Some(true), None, false) if other_codings => return Err(HeadError::UnknownCoding),
         (Some(true), None, false) => BodyFraming::Chunked,
         (Some(false), None, false) => {
             return Err(HeadError::Malformed(
@@ -323,8 +387,10 @@ pub(crate) fn field_name(name: &[u8]) -> Result<HeaderName, header::InvalidHeade
 /// scan instead of a first httparse pass: the head is then parsed once, split off the buffer. Line ends
 /// are found with `memchr` (16 or 32 bytes a step): a byte at a time cost ~5 instructions a byte, 2,000
 /// a request for a browser's 500-byte head (session 30).
-fn head_end(buf: &[u8]) -> Option<usize> {
-    let mut from = 0;
+fn head_end(buf: &[u8], from: usize) -> Option<usize> {
+    let mut from = from.min(buf.len());
+    #[cfg(test)]
+    tests::count_work(buf.len() - from);
     while let Some(at) = memchr::memchr(b'\n', &buf[from..]) {
         let line_end = from + at;
         match buf.get(line_end + 1) {
@@ -343,6 +409,8 @@ fn first_pass(
     max_fields: usize,
     limits: HeadLimits,
 ) -> Result<Option<usize>, HeadError> {
+    #[cfg(test)]
+    tests::count_work(buf.len());
     let mut stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_FIELDS];
     match parse_request(buf, &mut stack[..max_fields.min(STACK_FIELDS)]) {
         Ok(httparse::Status::Complete(length)) => Ok(Some(length)),
@@ -883,12 +951,7 @@ impl OutBuf {
         if framing == AnswerFraming::Chunked {
             self.head.extend_from_slice(b"0\r\n");
             if let Some(trailers) = trailers {
-                for (name, value) in trailers {
-                    self.head.extend_from_slice(name.as_str().as_bytes());
-                    self.head.extend_from_slice(b": ");
-                    self.head.extend_from_slice(value.as_bytes());
-                    self.head.extend_from_slice(b"\r\n");
-                }
+                crate::upstream::h1::encode_trailers(&mut self.head, trailers, false);
             }
             self.head.extend_from_slice(b"\r\n");
         }

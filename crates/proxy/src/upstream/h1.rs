@@ -324,7 +324,7 @@ impl Writer {
                             (frame.into_trailers(), self.framing)
                         {
                             self.buf.extend_from_slice(b"0\r\n");
-                            encode_fields(&mut self.buf, &trailers);
+                            encode_trailers(&mut self.buf, &trailers, true);
                             self.buf.extend_from_slice(b"\r\n");
                             self.body = None;
                         }
@@ -373,13 +373,48 @@ impl Writer {
     }
 }
 
-fn encode_fields(buf: &mut Vec<u8>, headers: &HeaderMap) {
-    for (name, value) in headers {
+/// Encodes the trailer fields that may be passed on (`is_passable_trailer`); `request`: trailers of a
+/// request (to an instance), else of an answer (to a client).
+pub(crate) fn encode_trailers(buf: &mut Vec<u8>, trailers: &HeaderMap, request: bool) {
+    for (name, value) in trailers {
+        if !is_passable_trailer(name, request) {
+            continue;
+        }
         buf.extend_from_slice(name.as_str().as_bytes());
         buf.extend_from_slice(b": ");
         buf.extend_from_slice(value.as_bytes());
         buf.extend_from_slice(b"\r\n");
     }
+}
+
+/// Whether a trailer field may be passed on: not one that frames, routes, authenticates or controls a
+/// message (RFC 9110 section 6.5.1; the list hyper's HTTP/1 code, which this replaced, dropped), nor a
+/// hop-by-hop one, nor in a request one of the forwarding fields the proxy writes itself (an app that
+/// merges trailers into the header section would believe a client's).
+fn is_passable_trailer(name: &HeaderName, request: bool) -> bool {
+    let framing_or_control = matches!(
+        *name,
+        header::AUTHORIZATION
+            | header::CACHE_CONTROL
+            | header::CONTENT_ENCODING
+            | header::CONTENT_LENGTH
+            | header::CONTENT_RANGE
+            | header::CONTENT_TYPE
+            | header::HOST
+            | header::MAX_FORWARDS
+            | header::SET_COOKIE
+            | header::TRAILER
+            | header::TRANSFER_ENCODING
+            | header::TE
+            | header::CONNECTION
+            | header::UPGRADE
+            | header::PROXY_AUTHENTICATE
+            | header::PROXY_AUTHORIZATION
+    ) || matches!(name.as_str(), "keep-alive" | "proxy-connection");
+    let forwarding = request
+        && (name.as_str().starts_with("x-forwarded-")
+            || matches!(name.as_str(), "forwarded" | "x-real-ip" | "x-request-id"));
+    !framing_or_control && !forwarding
 }
 
 /// How an answer's body is delimited (RFC 9112 section 6.3).
@@ -692,6 +727,9 @@ fn parse_head(
     let mut close = false;
     let mut keep_alive_token = false;
     let mut transfer_encoding = None;
+    // Any transfer coding but one `chunked` over every field (`gzip, chunked`, `chunked, chunked`).
+    let mut unknown_coding = false;
+    let mut chunked_codings = 0usize;
     let mut content_length = None;
     let mut bad_length = false;
     for at in fields {
@@ -716,6 +754,14 @@ fn parse_head(
                     .next()
                     .is_some_and(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked")),
             );
+            for coding in field_value.split(|byte| *byte == b',') {
+                let coding = coding.trim_ascii();
+                if coding.eq_ignore_ascii_case(b"chunked") {
+                    chunked_codings += 1;
+                } else if !coding.is_empty() {
+                    unknown_coding = true;
+                }
+            }
         } else if name == header::CONNECTION {
             for token in field_value.split(|byte| *byte == b',') {
                 let token = token.trim_ascii();
@@ -728,15 +774,27 @@ fn parse_head(
     if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
         return Ok(Some(Parsed::Interim(status, headers)));
     }
+    // This client never asks to switch protocols (upgrades go through hyper's, `send_upgrade`): a 101
+    // would leave the client's connection switched to nothing (HAProxy answers 502 too).
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        return Err(UpstreamError::InvalidHead(httparse::Error::Status));
+    }
+    // A transfer coding the proxy does not decode would be dropped on the way to the client, and the
+    // coded bytes passed as the body (HAProxy answers 502; RFC 9112 section 6.1).
+    if transfer_encoding.is_some()
+        && (unknown_coding || chunked_codings > 1)
+        && !head_request
+        && status != StatusCode::NO_CONTENT
+        && status != StatusCode::NOT_MODIFIED
+    {
+        return Err(UpstreamError::InvalidHead(httparse::Error::HeaderValue));
+    }
     let mut keep_alive = !close && (version == Version::HTTP_11 || keep_alive_token);
     let framing = if head_request
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
     {
-        if status == StatusCode::SWITCHING_PROTOCOLS {
-            keep_alive = false;
-        }
         AnswerFraming::Done
     } else if let Some(chunked_last) = transfer_encoding {
         if headers.remove(header::CONTENT_LENGTH).is_some() {
@@ -1183,6 +1241,38 @@ mod head_tests {
         let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n"[..]);
         assert!(matches!(parse_head(&mut buf, 100, false), Ok(None)));
         assert_eq!(&buf[..], b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n");
+    }
+
+    /// A 101 (this client never asks to switch) and transfer codings besides one `chunked` are refused;
+    /// a HEAD, 204 or 304 answer has no body to decode, whatever its coding says.
+    #[test]
+    fn an_unasked_101_and_unknown_transfer_codings_are_refused() {
+        let refused: &[&[u8]] = &[
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ];
+        for raw in refused {
+            let mut buf = BytesMut::from(*raw);
+            assert!(
+                parse_head(&mut buf, 100, false).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+        let mut buf =
+            BytesMut::from(&b"HTTP/1.1 204 No Content\r\nTransfer-Encoding: gzip\r\n\r\n"[..]);
+        assert!(matches!(
+            parse_head(&mut buf, 100, false),
+            Ok(Some(Parsed::Final(..)))
+        ));
+        let mut buf =
+            BytesMut::from(&b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"[..]);
+        assert!(matches!(
+            parse_head(&mut buf, 100, true),
+            Ok(Some(Parsed::Final(..)))
+        ));
     }
 
     /// More fields than fit on the stack: the second pass into the heap notes them all.

@@ -13,5 +13,6 @@ mod manners;
 mod process;
 mod protocols;
 mod retry;
+mod smuggling;
 mod swap;
 mod waiting;

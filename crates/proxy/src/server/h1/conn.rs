@@ -28,13 +28,16 @@ use tokio::sync::{mpsc, oneshot};
 use crate::active::ConnectionActivity;
 
 use super::{
-    AnswerContext, AnswerFraming, BodyDecoder, BodyError, Decoded, HeadError, HeadLimits, OutBuf,
+    AnswerContext, AnswerFraming, BodyDecoder, BodyError, Decoded, HeadError, HeadLimits, HeadScan,
+    OutBuf,
 };
 
 /// The read buffer grows by this much at first, doubled after each read that filled it, up to
 /// `MAX_READ_CHUNK`: a 1 MiB upload is read in large reads, not 8 KiB ones.
-const READ_CHUNK: usize = 8 * 1024;
-const MAX_READ_CHUNK: usize = 256 * 1024;
+// `u32`: beside `HeadScan`'s `u32` in one word of the connection (an idle connection's task is kept
+// small, `server::tests`).
+const READ_CHUNK: u32 = 8 * 1024;
+const MAX_READ_CHUNK: u32 = 256 * 1024;
 
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
@@ -52,7 +55,9 @@ pub(crate) enum Ended {
 pub(crate) struct ServerConn<S> {
     io: S,
     read_buf: BytesMut,
-    read_chunk: usize,
+    read_chunk: u32,
+    // How much of an incomplete head was looked at (`h1::parse_head_from`).
+    head_scan: HeadScan,
     // Boxed: an idle connection's task keeps only a pointer (none once its buffers are released).
     out: Option<Box<OutBuf>>,
     limits: HeadLimits,
@@ -92,6 +97,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> ServerConn<S> {
             read_chunk: READ_CHUNK,
             out: None,
             limits,
+            head_scan: HeadScan::default(),
         }
     }
 
@@ -268,6 +274,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> ServerConn<S> {
                 };
                 let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
                 let keep_alive = keep_alive && !closing.load(Ordering::Relaxed) && !switching;
+                // The final answer goes out now: no `100 Continue` after its head (it would land in
+                // the answer's body; hyper sent one only before any answer), and one begun is
+                // finished before it.
+                if let Some(feeder) = feeder.as_mut() {
+                    let begun = feeder.continue_out;
+                    self.out().head.extend_from_slice(begun);
+                    feeder.continue_out = b"";
+                    feeder.expect_continue = false;
+                }
                 let (framing, keep_alive) = super::encode_head(
                     &mut self.out().head,
                     parts.status,
@@ -338,8 +353,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> ServerConn<S> {
     ) -> Poll<Result<Option<super::RequestHead>, HeadFailure>> {
         loop {
             if !self.read_buf.is_empty()
-                && let Some(head) = super::parse_head(&mut self.read_buf, self.limits)
-                    .map_err(HeadFailure::Refused)?
+                && let Some(head) =
+                    super::parse_head_from(&mut self.read_buf, self.limits, &mut self.head_scan)
+                        .map_err(HeadFailure::Refused)?
             {
                 return Poll::Ready(Ok(Some(head)));
             }
@@ -417,7 +433,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> ServerConn<S> {
     /// Reads more bytes into the read buffer; `Ok(0)` is the client's end of stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.read_buf.capacity() - self.read_buf.len() < 1024 {
-            self.read_buf.reserve(self.read_chunk);
+            self.read_buf.reserve(self.read_chunk as usize);
         }
         let room = self.read_buf.capacity() - self.read_buf.len();
         let read = ready!(tokio_util::io::poll_read_buf(

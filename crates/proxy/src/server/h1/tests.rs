@@ -3,6 +3,68 @@
 
 use super::*;
 
+thread_local! {
+    /// Bytes looked at by `head_end` and httparse's first passes over incomplete heads, on this thread.
+    static WORK: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+pub(super) fn count_work(bytes: usize) {
+    WORK.with(|work| work.set(work.get() + bytes));
+}
+
+/// A head that comes a byte at a time is looked at in work linear in its length (it was quadratic:
+/// every read scanned it for its end and parsed it again from its start).
+#[test]
+fn a_head_dripped_a_byte_at_a_time_costs_work_linear_in_its_length() {
+    let mut head = b"GET / HTTP/1.1\r\nHost: a\r\n".to_vec();
+    for index in 0..4 {
+        head.extend_from_slice(format!("X-Long-{index}: ").as_bytes());
+        head.extend(std::iter::repeat_n(b'v', 4000));
+        head.extend_from_slice(b"\r\n");
+    }
+    for index in 0..40 {
+        head.extend_from_slice(format!("X-{index}: v\r\n").as_bytes());
+    }
+    head.extend_from_slice(b"\r\nGET /next HTTP/1.1\r\n");
+    let whole = head.len() - "GET /next HTTP/1.1\r\n".len();
+    let mut buf = BytesMut::new();
+    let mut scan = HeadScan::default();
+    WORK.with(|work| work.set(0));
+    let mut parsed = None;
+    for (index, byte) in head.iter().enumerate() {
+        buf.extend_from_slice(&[*byte]);
+        if let Some(found) = parse_head_from(&mut buf, LIMITS, &mut scan).expect("valid") {
+            parsed = Some((index, found));
+            break;
+        }
+    }
+    let (index, found) = parsed.expect("the head completed");
+    assert_eq!(index + 1, whole);
+    assert_eq!(found.parts.headers.len(), 45);
+    let work = WORK.with(std::cell::Cell::get);
+    assert!(
+        work < 8 * whole,
+        "{work} bytes looked at for a {whole}-byte head"
+    );
+    // A malformed head is still refused before its end, within twice its bytes.
+    let mut buf = BytesMut::new();
+    let mut scan = HeadScan::default();
+    let mut refused = None;
+    for (index, byte) in b"GET / HTTP/1.1\r\nBad Name: x\r\nMore: fields to come\r\n"
+        .iter()
+        .enumerate()
+    {
+        buf.extend_from_slice(&[*byte]);
+        if let Err(error) = parse_head_from(&mut buf, LIMITS, &mut scan) {
+            refused = Some((index, error));
+            break;
+        }
+    }
+    let (index, error) = refused.expect("refused before the end");
+    assert!(index < 2 * 20, "{index}");
+    assert_eq!(error.status(), StatusCode::BAD_REQUEST);
+}
+
 const LIMITS: HeadLimits = HeadLimits {
     max_bytes: 64 * 1024,
     max_fields: 100,
@@ -99,7 +161,7 @@ fn pipelined_requests_come_out_one_at_a_time_with_their_bodies() {
 
 #[test]
 fn a_chunked_body_with_extensions_and_trailers_decodes_to_its_data_and_fields() {
-    let bytes = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n\
+    let bytes = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\
         5;name=value;flag\r\nhello\r\n1A ; spaced = \"quoted;ext\"\r\nabcdefghijklmnopqrstuvwxyz\r\n\
         0\r\nX-Checksum: 42\r\nX-Other: yes\r\n\r\nGET /next HTTP/1.1\r\nHost: a\r\n\r\n";
     let (head, rest) = parse_byte_by_byte(bytes, LIMITS).expect("head");
@@ -194,6 +256,26 @@ fn content_length_and_transfer_encoding_together_are_refused_as_smuggling() {
         .expect("a repeated equal length is one length")
         .expect("whole");
     assert_eq!(same.framing, BodyFraming::Length(5));
+}
+
+/// Only `chunked` is decoded: another coding before it is a 501 (it would be dropped on the way),
+/// `chunked` twice a 400; empty list elements are ignored (RFC 9110 section 5.6.1).
+#[test]
+fn transfer_codings_other_than_one_chunked_are_refused() {
+    let cases: &[(&[u8], StatusCode)] = &[
+        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", StatusCode::NOT_IMPLEMENTED),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n", StatusCode::NOT_IMPLEMENTED),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", StatusCode::BAD_REQUEST),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", StatusCode::BAD_REQUEST),
+    ];
+    for (request, status) in cases {
+        let error = parse_whole(request).expect_err(&String::from_utf8_lossy(request));
+        assert_eq!(error.status(), *status, "{error}");
+    }
+    let head = parse_whole(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: , Chunked\r\n\r\n")
+        .expect("an empty element is ignored")
+        .expect("whole");
+    assert_eq!(head.framing, BodyFraming::Chunked);
 }
 
 #[test]
@@ -541,10 +623,13 @@ fn content_lengths_are_written_in_decimal() {
 
 #[test]
 fn a_head_ends_at_its_first_empty_line_with_crlf_or_bare_lf() {
-    assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nbody"), Some(27));
-    assert_eq!(head_end(b"GET / HTTP/1.1\nHost: a\n\nbody"), Some(24));
-    assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r"), None);
-    assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n"), None);
+    assert_eq!(
+        head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nbody", 0),
+        Some(27)
+    );
+    assert_eq!(head_end(b"GET / HTTP/1.1\nHost: a\n\nbody", 0), Some(24));
+    assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r", 0), None);
+    assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n", 0), None);
     for request in [
         &b"GET / HTTP/1.1\nHost: a\n\nBODY"[..],
         b"\r\n\r\n\nGET / HTTP/1.1\r\nHost: a\r\n\r\nBODY",
@@ -687,8 +772,12 @@ fn the_head_end_scan_agrees_with_httparse_on_long_heads() {
                 let mut fields_buf = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; 64];
                 let parsed = parse_request(&head, &mut fields_buf);
                 assert_eq!(parsed, Ok(httparse::Status::Complete(length)));
-                assert_eq!(head_end(&head), Some(length), "{fields} fields, pad {pad}");
-                assert_eq!(head_end(&head[..length - 1]), None);
+                assert_eq!(
+                    head_end(&head, 0),
+                    Some(length),
+                    "{fields} fields, pad {pad}"
+                );
+                assert_eq!(head_end(&head[..length - 1], 0), None);
             }
         }
     }
