@@ -27,7 +27,9 @@
 #   fallback of docs/proxy.md), NEW_ARTIFACT (set: each deploy ships a new artifact, unpacked by the
 #   agent, as a code change does; unset: only the env changes and the unpacked release is reused),
 #   TARGETS (default "rollway nginx haproxy"; e.g. "rollway" alone), SLOW_START (the route's
-#   `slow_start`, e.g. "0s" for a switch at once; unset: the manifest's default).
+#   `slow_start`, e.g. "0s" for a switch at once; unset: the manifest's default), HEALTH_PATH (the
+#   service's health path, default /health; the agent's warm GETs it too: /bytes/1 makes each new
+#   instance fill the demo app's 16 MiB answer buffer at its first health check, before the switch).
 # The switch run also writes the answers per 100 ms (OUT/per100-ROUND-TARGET.txt, bench/proxy/per100.py):
 #   a dip shorter than a second shows there, not in the per-second rate.
 # Priority: where no cgroup weights it (this machine: no systemd, cpu controller on cgroup v1), the
@@ -174,7 +176,7 @@ name = "bench"
 [services.web]
 run = "./demo-app"
 replicas = 2
-health = { path = "/health", interval = "200ms", healthy = 2 }
+health = { path = "${HEALTH_PATH:-/health}", interval = "200ms", healthy = 2 }
 drain = "5s"
 
 [env]
