@@ -34,8 +34,33 @@ def stat(pid):
     except OSError:
         return None
     rest = text[text.rindex(")") + 2 :].split()
-    # rest[0] is field 3 (state): ppid 4, utime 14, stime 15.
-    return int(rest[1]), int(rest[11]) + int(rest[12])
+    # rest[0] is field 3 (state): ppid 4, minflt 10, utime 14, stime 15, nice 19.
+    return int(rest[1]), int(rest[11]) + int(rest[12]), int(rest[7]), int(rest[16])
+
+
+def release_stats(sock):
+    """The proxy's `GET /v1/stats` on its control socket: {release: (2xx answers, latency sum µs)}."""
+    import json
+    import socket
+
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(0.05)
+            conn.connect(sock)
+            conn.sendall(b"GET /v1/stats HTTP/1.1\r\nHost: proxy\r\nConnection: close\r\n\r\n")
+            data = b""
+            while True:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        body = data.split(b"\r\n\r\n", 1)[1]
+        return {
+            entry["release"]: (entry["requests"]["success"], entry["latency"]["sum_us"])
+            for entry in json.loads(body)
+        }
+    except (OSError, ValueError, IndexError, KeyError):
+        return None
 
 
 def cwd(pid):
@@ -80,11 +105,13 @@ def threads(pid):
 
 def main():
     prefix, seconds, trigger_at = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
-    roots, apps, rollway = {}, None, None
+    roots, apps, rollway, sock = {}, None, None, None
     for arg in sys.argv[4:]:
         key, value = arg.split("=", 1)
         if key == "apps":
             apps = value
+        elif key == "sock":
+            sock = value
         elif key == "rollway":
             rollway = value
         else:
@@ -113,14 +140,22 @@ def main():
         return next((k for k, (a, b) in enumerate(WINDOWS) if a <= t < b), None)
 
     start = time.monotonic()
+    # The wall-clock time of the trace's 0 (the trigger), to line the samples up with logged events.
+    with open(prefix + ".t0", "w") as f:
+        f.write(f"{time.time() + trigger_at:.3f}\n")
     last = {}
+    last_minflt = {}
     series = []
+    faults = []  # per sample: {role: minor faults}, the instances' highest nice value
+    releases = []  # per sample: (t, {release: (2xx answers, latency sum µs)}) from the proxy's socket
     proxy_threads_first = proxy_threads_last = None
     proxy_pid = next((pid for pid, role in roots.items() if role == "proxy"), None)
     n = int(seconds * HZ)
     for i in range(n + 1):
         now = time.monotonic() - start
         sample = {}
+        minflt_sample = {}
+        nice_new = None
         for name in os.listdir("/proc"):
             if not name.isdigit():
                 continue
@@ -128,12 +163,19 @@ def main():
             got = stat(pid)
             if got is None:
                 continue
-            ppid, ticks = got
+            ppid, ticks, minflt, nice = got
             role = classify(pid, ppid)
             if role == "instance":
                 if i == 0:
                     old_instances.add(pid)
                 role = "instance-old" if pid in old_instances else "instance-new"
+                if role == "instance-new":
+                    nice_new = nice if nice_new is None else max(nice_new, nice)
+            if role in ("instance-old", "instance-new", "proxy"):
+                fdelta = minflt - last_minflt.get(pid, minflt if i == 0 else 0)
+                last_minflt[pid] = minflt
+                if fdelta:
+                    minflt_sample[role] = minflt_sample.get(role, 0) + fdelta
             if pid in last:
                 delta = ticks - last[pid]
             else:
@@ -153,6 +195,9 @@ def main():
                 proxy_threads_first = t
             proxy_threads_last = t
         series.append((now - trigger_at, sample))
+        faults.append((minflt_sample, nice_new))
+        if sock:
+            releases.append((time.monotonic() - start - trigger_at, release_stats(sock)))
         time.sleep(max(0.0, start + (i + 1) / HZ - time.monotonic()))
 
     roles = sorted({role for _, sample in series for role in sample})
@@ -160,6 +205,34 @@ def main():
         f.write("t_s " + " ".join(roles) + "\n")
         for t, sample in series:
             f.write(f"{t:.1f} " + " ".join(str(sample.get(r, 0) * 1000 // TICK) for r in roles) + "\n")
+    # Minor page faults of the instances (old, new) and the proxy per sample, and the new instances'
+    # nice value (10 while they start lowered, the agent's once promoted).
+    with open(prefix + ".faults", "w") as f:
+        f.write("t_s minflt-instance-old minflt-instance-new minflt-proxy nice-new\n")
+        for (t, _), (fs, nice) in zip(series, faults):
+            f.write(
+                f"{t:.1f} {fs.get('instance-old', 0)} {fs.get('instance-new', 0)} {fs.get('proxy', 0)} "
+                f"{'-' if nice is None else nice}\n"
+            )
+    # The proxy's own count per release (2xx answers and their mean latency in each sample): which
+    # release took how many requests when, load-independently of the client.
+    if releases:
+        names = sorted({r for _, got in releases if got for r in got})
+        with open(prefix + ".releases", "w") as f:
+            f.write("t_s " + " ".join(f"{r}:2xx {r}:mean_us" for r in names) + "\n")
+            previous = {}
+            for t, got in releases:
+                if got is None:
+                    f.write(f"{t:.2f} " + " ".join("- -" for _ in names) + "\n")
+                    continue
+                cells = []
+                for r in names:
+                    now_ok, now_us = got.get(r, previous.get(r, (0, 0)))
+                    was_ok, was_us = previous.get(r, (now_ok, now_us))
+                    answers = now_ok - was_ok
+                    cells.append(f"{answers} {(now_us - was_us) // answers if answers > 0 else '-'}")
+                    previous[r] = (now_ok, now_us)
+                f.write(f"{t:.2f} " + " ".join(cells) + "\n")
     windows = WINDOWS
     lines = ["CPU ms per window (s from the trigger); * = total CPU-ms of the window"]
     lines.append("role".ljust(14) + "".join(f"{a:+d}..{b:+d}".rjust(10) for a, b in windows))

@@ -26,7 +26,10 @@
 #   starts it; `agent`: reset to the agent's priority after start, the proxy as before the priority
 #   fallback of docs/proxy.md), NEW_ARTIFACT (set: each deploy ships a new artifact, unpacked by the
 #   agent, as a code change does; unset: only the env changes and the unpacked release is reused),
-#   TARGETS (default "rollway nginx haproxy"; e.g. "rollway" alone).
+#   TARGETS (default "rollway nginx haproxy"; e.g. "rollway" alone), SLOW_START (the route's
+#   `slow_start`, e.g. "0s" for a switch at once; unset: the manifest's default), HEALTH_PATH (the
+#   service's health path, default /health; the agent's warm GETs it too: /bytes/1 makes each new
+#   instance fill the demo app's 16 MiB answer buffer at its first health check, before the switch).
 # The switch run also writes the answers per 100 ms (OUT/per100-ROUND-TARGET.txt, bench/proxy/per100.py):
 #   a dip shorter than a second shows there, not in the per-second rate.
 # Priority: where no cgroup weights it (this machine: no systemd, cpu controller on cgroup v1), the
@@ -173,7 +176,7 @@ name = "bench"
 [services.web]
 run = "./demo-app"
 replicas = 2
-health = { path = "/health", interval = "200ms", healthy = 2 }
+health = { path = "${HEALTH_PATH:-/health}", interval = "200ms", healthy = 2 }
 drain = "5s"
 
 [env]
@@ -187,6 +190,7 @@ hosts = ["$HOST"]
 max_body = "2MiB"
 rate_limit = { per_ip = "1000000/s", burst = 1000000 }
 allow = ["127.0.0.0/8"]
+${SLOW_START:+slow_start = \"$SLOW_START\"}
 
 [analysis]
 observe = "10s"
@@ -581,7 +585,7 @@ switch_run() { # ROUND TARGET
         # Where the CPU goes around the deploy (cpu_trace.py): every process at 10 Hz, 5 s before
         # the trigger to 15 s after it, by role; load-independent CPU-seconds.
         python3 "$ROOT/bench/proxy/cpu_trace.py" "$OUT/cpu-$round" 20 5 "proxy=$RW_PID" \
-            "agent=$AGENT_PID" "wrk=$wrk_pid" "apps=$STATE-apps" "rollway=$(readlink -f "$RW")" \
+            "agent=$AGENT_PID" "wrk=$wrk_pid" "apps=$STATE-apps" "rollway=$(readlink -f "$RW")" "sock=$STATE/proxy/proxy.sock" \
             >/dev/null 2>&1 &
         trace_pid=$!
         BG_PIDS+=("$trace_pid")

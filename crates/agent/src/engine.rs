@@ -96,6 +96,8 @@ pub struct RouteInfo {
     pub hosts: Vec<String>,
     pub paths: Vec<String>,
     pub drain: Duration,
+    /// `[routes.X] slow_start`: how long a new release takes to get its whole share (proxy `slow_start`).
+    pub slow_start: Duration,
     /// Limits, timeouts and upstream protocol from `[routes.X]` and `[services.X] protocol`.
     pub settings: proxy::RouteSettings,
     /// Rate limit and allow list from `[routes.X]`, and the health path maintenance lets through.
@@ -339,6 +341,8 @@ impl Engine {
                 // before they are weighted in on a serving route (proxy `warm`): the path the agent's
                 // own health checks already use, so it is safe to call.
                 desired_route.warm_path = route.edge.health_path.clone();
+                desired_route.slow_start_ms =
+                    u64::try_from(route.slow_start.as_millis()).unwrap_or(u64::MAX);
                 desired_route.pools = pools;
                 routes.push(desired_route);
             }

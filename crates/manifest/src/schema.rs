@@ -445,6 +445,9 @@ pub struct Route {
     /// Longest time a request that was not sent waits for a routable instance (a replacement of the
     /// only one starting) or the end of a pause (503 with `Retry-After` past it); zero: 503 at once.
     pub hold: Duration,
+    /// Slow start: over this long, a new release weighted in while the route serves takes its share in
+    /// 10 steps, and the release it replaces keeps the rest until the end; zero: all at once.
+    pub slow_start: Duration,
     /// Requests per client address (429 past it); `None` means unlimited.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<crate::edge::RateLimit>,
@@ -502,6 +505,11 @@ pub mod defaults {
     pub const ROUTE_HOLD: Duration = Duration::from_secs(30);
     /// A request held longer than this is better answered 503 with `Retry-After`.
     pub const ROUTE_HOLD_MAX: Duration = Duration::from_secs(300);
+    /// Off by default: measured, a ramp did not lift the lowest 100 ms at a switch (bench/proxy/README.md,
+    /// "Session 30: the switch").
+    pub const ROUTE_SLOW_START: Duration = Duration::from_secs(0);
+    /// Longest slow start: the release it replaces stays routed (and running) that long.
+    pub const ROUTE_SLOW_START_MAX: Duration = Duration::from_secs(60);
     pub const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
     pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
     pub const HEALTHY: u32 = 2;

@@ -57,6 +57,7 @@ const ROUTE_KEYS: &[&str] = &[
     "max_body",
     "max_header_fields",
     "hold",
+    "slow_start",
     "tls",
     "hsts",
     "rate_limit",
@@ -1046,6 +1047,7 @@ fn routes(reader: &mut Reader, value: Option<&Value<'_>>, services: &[Service]) 
                 max_body: defaults::ROUTE_MAX_BODY,
                 max_header_fields: defaults::ROUTE_MAX_HEADER_FIELDS,
                 hold: defaults::ROUTE_HOLD,
+                slow_start: defaults::ROUTE_SLOW_START,
                 tls: crate::schema::RouteTls::Off,
                 hsts: None,
                 rate_limit: None,
@@ -1115,6 +1117,16 @@ fn routes(reader: &mut Reader, value: Option<&Value<'_>>, services: &[Service]) 
                 reader.duration_at_most(value, &format!("{section}.hold"), defaults::ROUTE_HOLD_MAX)
             })
             .unwrap_or(defaults::ROUTE_HOLD);
+        let slow_start = route_table
+            .get("slow_start")
+            .and_then(|value| {
+                reader.duration_at_most(
+                    value,
+                    &format!("{section}.slow_start"),
+                    defaults::ROUTE_SLOW_START_MAX,
+                )
+            })
+            .unwrap_or(defaults::ROUTE_SLOW_START);
         let rate_limit = route_table
             .get("rate_limit")
             .and_then(|value| crate::edge::rate_limit(reader, value, &section));
@@ -1190,6 +1202,7 @@ fn routes(reader: &mut Reader, value: Option<&Value<'_>>, services: &[Service]) 
             max_body,
             max_header_fields,
             hold,
+            slow_start,
             rate_limit,
             allow,
         });

@@ -26,6 +26,7 @@ use crate::control::Proxy;
 use crate::desired::{self, ApplyError, DesiredState};
 use crate::observed::{ObservedReleaseStats, ObservedState};
 use crate::routes_file::{RoutesFile, RoutesFileError};
+use crate::slow_start::SlowStart;
 
 /// The socket's file name inside the proxy's state directory.
 pub const SOCKET_FILE_NAME: &str = "proxy.sock";
@@ -88,12 +89,17 @@ pub async fn serve_control(
     shutdown: CancellationToken,
     retire: CancellationToken,
 ) -> io::Result<()> {
+    // The state the proxy reloaded at its start (`process`), from which a first ramp starts.
+    let applied = routes_file.load().ok().flatten();
     let server = Arc::new(ControlServer {
         proxy,
         routes_file,
         health,
         retire,
-        apply: tokio::sync::Mutex::new(()),
+        apply: tokio::sync::Mutex::new(Applying {
+            slow_start: SlowStart::new(applied),
+            stepping: false,
+        }),
     });
     let tracker = TaskTracker::new();
     loop {
@@ -191,13 +197,20 @@ struct ControlServer {
     /// Cancelled by `POST /v1/retire`: the process hands over to a successor.
     retire: CancellationToken,
     // tokio Mutex: held across the save (a blocking task) so that two PUTs save and apply in one order and
-    // the file always holds the state applied last.
-    apply: tokio::sync::Mutex<()>,
+    // the file always holds the state applied last; the steps of a slow start take it too.
+    apply: tokio::sync::Mutex<Applying>,
+}
+
+/// What the apply lock guards besides the order of applies.
+struct Applying {
+    slow_start: SlowStart,
+    /// Whether a task steps the ramps (`step_ramps`).
+    stepping: bool,
 }
 
 impl ControlServer {
     async fn answer(
-        &self,
+        self: &Arc<Self>,
         request: Request<Incoming>,
     ) -> Result<Response<Full<Bytes>>, ControlRequestError> {
         let method = request.method().clone();
@@ -265,9 +278,13 @@ impl ControlServer {
     }
 
     /// Checks, saves, then applies: a state is on disk before any of it takes effect, and a state the
-    /// proxy would refuse is never saved.
-    async fn put_state(&self, desired: DesiredState) -> Result<ObservedState, ControlRequestError> {
-        let _serialised = self.apply.lock().await;
+    /// proxy would refuse is never saved. A release weighted in on a serving route with a slow start
+    /// gets the first step of its ramp now; a task applies the next steps (`step_ramps`).
+    async fn put_state(
+        self: &Arc<Self>,
+        desired: DesiredState,
+    ) -> Result<ObservedState, ControlRequestError> {
+        let mut applying = self.apply.lock().await;
         let problems = desired.check(&self.proxy);
         if !problems.is_empty() {
             return Err(ApplyError::Invalid { problems }.into());
@@ -278,12 +295,58 @@ impl ControlServer {
             .await
             .map_err(ControlRequestError::SaveTask)?
             .map_err(ControlRequestError::Save)?;
+        let mut now_state = applying
+            .slow_start
+            .receive(desired, tokio::time::Instant::now());
+        if !now_state.check(&self.proxy).is_empty() {
+            // A step the proxy cannot take (an instance the ramp keeps was drained meanwhile): the state
+            // as received, at once.
+            now_state = applying.slow_start.end_ramps().unwrap_or(now_state);
+        }
         // New instances that this state weights in on a serving route are added first, not ready, and
         // warmed (`crate::warm`), so that the switch finds their connections open.
-        let warm = desired::add_to_warm(&self.proxy, &desired)?;
+        let warm = desired::add_to_warm(&self.proxy, &now_state)?;
         crate::warm::warm(&self.proxy, &warm, crate::warm::WARM_BOUND).await;
-        desired::apply(&self.proxy, &desired)?;
+        desired::apply(&self.proxy, &now_state)?;
+        applying.slow_start.applied(now_state);
+        if applying.slow_start.ramping() && !applying.stepping {
+            applying.stepping = true;
+            tokio::spawn(Arc::clone(self).step_ramps());
+        }
         Ok(ObservedState::read(&self.proxy))
+    }
+
+    /// Applies each step of the ramps in progress when it is due, until none is left; runs on even when
+    /// the agent that sent the state is gone. A proxy retiring stops stepping: its successor applies the
+    /// saved state, which is the ramp's end.
+    async fn step_ramps(self: Arc<Self>) {
+        loop {
+            let due = {
+                let applying = self.apply.lock().await;
+                applying.slow_start.next_step(tokio::time::Instant::now())
+            };
+            if let Some(due) = due {
+                tokio::time::sleep_until(due).await;
+            }
+            let mut applying = self.apply.lock().await;
+            if self.retire.is_cancelled() || !applying.slow_start.ramping() {
+                applying.stepping = false;
+                return;
+            }
+            let mut state = applying.slow_start.current(tokio::time::Instant::now());
+            if !state.check(&self.proxy).is_empty()
+                && let Some(received) = applying.slow_start.end_ramps()
+            {
+                state = received;
+            }
+            match desired::apply(&self.proxy, &state) {
+                Ok(_) => applying.slow_start.applied(state),
+                Err(error) => {
+                    tracing::error!(message = "A slow-start step could not be applied; the ramp ends.", error = %ErrorChain(&error));
+                    applying.slow_start.end_ramps();
+                }
+            }
+        }
     }
 }
 

@@ -131,6 +131,11 @@ pub struct DesiredRoute {
     /// instances are weighted in cold.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warm_path: Option<String>,
+    /// Slow start (`crate::slow_start`): over this long, in 10 steps, a release weighted in while the
+    /// route serves takes its share gradually, and the releases it replaces keep the rest (their
+    /// instances routed) until the end. 0: weights apply at once.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub slow_start_ms: u64,
     #[serde(default)]
     pub pools: Vec<DesiredPool>,
 }
@@ -420,6 +425,7 @@ impl DesiredRoute {
             maintenance: None,
             paused_until_unix_ms: None,
             warm_path: None,
+            slow_start_ms: 0,
             pools: Vec::new(),
         }
     }
@@ -920,6 +926,10 @@ fn spawn_retire_route(proxy: &Proxy, route: &RouteName) {
             }
         }
     });
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 fn default_drain_timeout_ms() -> u64 {

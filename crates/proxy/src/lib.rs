@@ -48,6 +48,7 @@ mod routes_file;
 mod routing;
 mod server;
 mod shard;
+mod slow_start;
 mod stats;
 pub mod tls;
 mod tunnel;

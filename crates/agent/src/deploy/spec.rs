@@ -1231,6 +1231,7 @@ pub fn routes(resolved: &ResolvedManifest) -> Vec<RouteInfo> {
                 drain: service.map_or(manifest::defaults::DRAIN.as_std(), |service| {
                     service.drain.as_std()
                 }),
+                slow_start: route.slow_start.as_std(),
                 settings: route_settings(route, service.map(|service| service.protocol)),
                 edge: crate::edge::route_edge_info(route, service),
             }

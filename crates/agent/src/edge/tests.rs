@@ -19,6 +19,7 @@ fn maintenance_and_pause_reach_every_route_of_the_environment() {
         hosts: vec!["shop.test".to_owned()],
         paths: Vec::new(),
         drain: Duration::from_secs(1),
+        slow_start: Duration::ZERO,
         settings: proxy::RouteSettings::default(),
         edge: RouteEdgeInfo {
             rate_limit: Some(DesiredRateLimit {

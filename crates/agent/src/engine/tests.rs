@@ -60,6 +60,7 @@ async fn a_change_the_proxy_refuses_is_undone() {
         hosts: vec!["shop.localhost".to_owned()],
         paths: Vec::new(),
         drain: Duration::from_secs(1),
+        slow_start: Duration::ZERO,
         settings: proxy::RouteSettings::default(),
         edge: crate::edge::RouteEdgeInfo::default(),
     };
@@ -77,4 +78,33 @@ async fn a_change_the_proxy_refuses_is_undone() {
     let runtime = engine.runtime(&key);
     assert_eq!(runtime.routes, vec![serving]);
     assert_eq!(runtime.weights, vec![(ReleaseNumber::new(1), 100)]);
+}
+
+#[test]
+fn a_routes_slow_start_reaches_the_proxy_and_zero_is_left_out() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = engine_without_proxy(dir.path());
+    let key = AppEnv::new("shop", "production");
+    let route = |slow_start| RouteInfo {
+        service: "web".to_owned(),
+        hosts: vec!["shop.localhost".to_owned()],
+        paths: Vec::new(),
+        drain: Duration::from_secs(1),
+        slow_start,
+        settings: proxy::RouteSettings::default(),
+        edge: crate::edge::RouteEdgeInfo::default(),
+    };
+    engine.with_runtime(&key, |runtime| {
+        runtime.routes = vec![route(Duration::from_millis(1_500))];
+        runtime.weights = vec![(ReleaseNumber::new(1), 100)];
+    });
+    assert_eq!(engine.desired_state().routes[0].slow_start_ms, 1_500);
+    engine.with_runtime(&key, |runtime| {
+        runtime.routes = vec![route(Duration::ZERO)];
+    });
+    let state = engine.desired_state();
+    assert_eq!(state.routes[0].slow_start_ms, 0);
+    // Off, the field is not sent: a proxy of before slow start takes the state.
+    let json = serde_json::to_string(&state).expect("state as JSON");
+    assert!(!json.contains("slow_start"), "{json}");
 }

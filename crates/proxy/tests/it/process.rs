@@ -222,6 +222,229 @@ async fn the_first_release_of_a_route_is_not_warmed() {
     running.stop().await;
 }
 
+/// `state` with a slow start of `ms` on every route.
+fn slow(mut state: DesiredState, ms: u64) -> DesiredState {
+    for route in &mut state.routes {
+        route.slow_start_ms = ms;
+    }
+    state
+}
+
+/// The route's weights now, as `release:weight` sorted by release.
+fn weights_of(observed: &proxy::ObservedState) -> Vec<String> {
+    let mut weights: Vec<String> = observed
+        .routes
+        .iter()
+        .flat_map(|route| route.weights.iter())
+        .map(|weight| format!("{}:{}", weight.release, weight.weight))
+        .collect();
+    weights.sort();
+    weights
+}
+
+/// Samples the weights every 20 ms until `done` holds for them or `bound` passed since `start`.
+async fn weights_until(
+    running: &RunningProxy,
+    start: std::time::Instant,
+    bound: Duration,
+    done: impl Fn(&proxy::ObservedState) -> bool,
+) -> Vec<(Duration, Vec<String>, Option<ObservedInstanceState>)> {
+    let mut seen = Vec::new();
+    while start.elapsed() < bound {
+        let observed = running.client.state().await.expect("state");
+        seen.push((
+            start.elapsed(),
+            weights_of(&observed),
+            instance_state(&observed, "a"),
+        ));
+        if done(&observed) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_release_takes_its_share_in_steps_and_the_old_one_drains_only_at_the_end() {
+    let process_a = demo("A");
+    let process_b = demo("B");
+    let state_dir = tempfile::tempdir().expect("temporary state dir");
+    let running = RunningProxy::start(state_dir.path()).await;
+    running
+        .client
+        .put_state(&slow(one_release("r-a", "a", process_a.addr()), 1_000))
+        .await
+        .expect("put A");
+    let load = Load::new(running.addr)
+        .host(HOST)
+        .concurrency(4)
+        .duration(Duration::from_secs(30))
+        .start();
+    assert_eventually!(
+        load.snapshot().versions.get("A").copied().unwrap_or(0) > 20,
+        "A got no traffic: {}",
+        load.snapshot()
+    );
+
+    // B in, A out, in one state; nobody sends another (as when the agent is killed mid-ramp): the
+    // proxy steps the ramp on its own.
+    let b = slow(warmed(one_release("r-b", "b", process_b.addr())), 1_000);
+    let put_at = std::time::Instant::now();
+    let observed = running.client.put_state(&b).await.expect("put B");
+    assert_eq!(weights_of(&observed), ["r-a:90", "r-b:10"]);
+    assert_eq!(
+        instance_state(&observed, "a"),
+        Some(ObservedInstanceState::Ready)
+    );
+    let seen = weights_until(&running, put_at, Duration::from_secs(5), |observed| {
+        instance_state(observed, "a").is_none()
+    })
+    .await;
+    // The share of B only grows, in steps, and A takes requests until B has them all.
+    let b_weights: Vec<u8> = seen
+        .iter()
+        .filter_map(|(_, weights, _)| {
+            weights
+                .iter()
+                .find_map(|w| w.strip_prefix("r-b:"))
+                .and_then(|w| w.parse().ok())
+        })
+        .collect();
+    assert!(
+        b_weights.windows(2).all(|pair| pair[0] <= pair[1]),
+        "{seen:?}"
+    );
+    let steps: std::collections::BTreeSet<u8> = b_weights.iter().copied().collect();
+    assert!(steps.len() >= 4, "too few steps seen: {seen:?}");
+    for (_, weights, a) in &seen {
+        if weights
+            .iter()
+            .any(|w| w.starts_with("r-b:") && w != "r-b:100")
+        {
+            assert_eq!(*a, Some(ObservedInstanceState::Ready), "{seen:?}");
+        }
+    }
+    let (took, last, a) = seen.last().expect("sampled");
+    assert_eq!(*last, ["r-b:100"], "{seen:?}");
+    assert_eq!(*a, None, "{seen:?}");
+    // The last step (the state as sent) comes 9 steps of 100 ms after the first.
+    assert!(
+        *took >= Duration::from_millis(900),
+        "the ramp ended {took:?} after the state was sent"
+    );
+    // What is saved is the state as sent: a restart applies it at once.
+    let saved: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(state_dir.path().join(ROUTES_FILE_NAME)).expect("routes.json"),
+    )
+    .expect("routes.json is JSON");
+    assert_eq!(
+        saved["state"],
+        serde_json::to_value(&b).expect("state as JSON")
+    );
+    let b_before = load.snapshot().versions.get("B").copied().unwrap_or(0);
+    assert_eventually!(
+        load.snapshot().versions.get("B").copied().unwrap_or(0) > b_before + 20,
+        "B got no traffic after the ramp: {}",
+        load.snapshot()
+    );
+    let report = load.stop().await;
+    report.assert_no_failures();
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_during_the_ramp_gives_all_traffic_back_at_once() {
+    let process_a = demo("A");
+    let process_b = demo("B");
+    let state_dir = tempfile::tempdir().expect("temporary state dir");
+    let running = RunningProxy::start(state_dir.path()).await;
+    let a = slow(one_release("r-a", "a", process_a.addr()), 2_000);
+    running.client.put_state(&a).await.expect("put A");
+    let load = Load::new(running.addr)
+        .host(HOST)
+        .concurrency(4)
+        .duration(Duration::from_secs(30))
+        .start();
+    assert_eventually!(
+        load.snapshot().versions.get("A").copied().unwrap_or(0) > 20,
+        "A got no traffic: {}",
+        load.snapshot()
+    );
+    let b = slow(one_release("r-b", "b", process_b.addr()), 2_000);
+    running.client.put_state(&b).await.expect("put B");
+    assert_eventually!(
+        load.snapshot().versions.get("B").copied().unwrap_or(0) > 5,
+        "B got no traffic in its ramp: {}",
+        load.snapshot()
+    );
+    let observed = running.client.state().await.expect("state");
+    assert!(
+        weights_of(&observed)
+            .iter()
+            .any(|w| w.starts_with("r-a:") && w != "r-a:0"),
+        "A lost its share before the ramp's end: {observed:?}"
+    );
+
+    // Back to A, mid-ramp: at once, B drains.
+    let observed = running.client.put_state(&a).await.expect("put A again");
+    // B's pool is listed while its instance drains (it takes no new request).
+    assert!(
+        weights_of(&observed).contains(&"r-a:100".to_owned()),
+        "{observed:?}"
+    );
+    assert!(
+        matches!(
+            instance_state(&observed, "b"),
+            Some(ObservedInstanceState::Draining | ObservedInstanceState::Drained) | None
+        ),
+        "B still takes requests: {observed:?}"
+    );
+    // And it stays so: no step of the ended ramp comes after.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let observed = running.client.state().await.expect("state");
+    assert_eq!(weights_of(&observed), ["r-a:100"]);
+    assert_eq!(instance_state(&observed, "b"), None);
+    let report = load.stop().await;
+    report.assert_no_failures();
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_restarted_mid_ramp_serves_the_ramps_end_at_once() {
+    let process_a = demo("A");
+    let process_b = demo("B");
+    let state_dir = tempfile::tempdir().expect("temporary state dir");
+    let first = RunningProxy::start(state_dir.path()).await;
+    first
+        .client
+        .put_state(&slow(one_release("r-a", "a", process_a.addr()), 5_000))
+        .await
+        .expect("put A");
+    let observed = first
+        .client
+        .put_state(&slow(one_release("r-b", "b", process_b.addr()), 5_000))
+        .await
+        .expect("put B");
+    assert_eq!(weights_of(&observed), ["r-a:90", "r-b:10"]);
+    first.stop().await;
+
+    let second = RunningProxy::start(state_dir.path()).await;
+    let observed = second.client.state().await.expect("state");
+    assert_eq!(weights_of(&observed), ["r-b:100"]);
+    assert_eq!(instance_state(&observed, "a"), None);
+    let report = Load::new(second.addr)
+        .host(HOST)
+        .concurrency(4)
+        .count(100)
+        .start()
+        .wait()
+        .await;
+    report.assert_no_failures();
+    assert_eq!(report.versions.get("B").copied(), Some(100), "{report}");
+    second.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_proxy_serves_its_saved_routing_at_once() {
     let process_a = demo("A");

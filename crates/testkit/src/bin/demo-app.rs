@@ -266,6 +266,10 @@ fn event(value: serde_json::Value) {
 
 async fn run(config: Config) -> i32 {
     event(json!({"event": "starting", "version": config.version, "pid": std::process::id()}));
+    // The `/bytes/N` buffer is filled now, before the app listens (and so before its first health
+    // check), as a real app does its init: filled on the first `/bytes` request instead, its 16 MiB
+    // memset met full load at a switch (bench/proxy/README.md, "Session 30: the switch").
+    bytes_buffer();
 
     if let Some(crash_after) = config.crash_after {
         tokio::spawn(async move {
@@ -449,7 +453,6 @@ const BYTES_MAX: usize = 16 << 20;
 /// `/bytes/N`: reads and drops the request body, then answers N bytes of `x` (one shared buffer,
 /// sliced, so the app's own cost does not grow with N beyond the copy to the socket).
 async fn bytes_endpoint(n: &str, mut body: Incoming) -> Response<Body> {
-    static BUFFER: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
     let n = match n.parse::<usize>() {
         Ok(n) if n <= BYTES_MAX => n,
         _ => {
@@ -464,8 +467,13 @@ async fn bytes_endpoint(n: &str, mut body: Incoming) -> Response<Body> {
             return text(StatusCode::BAD_REQUEST, "the request body broke off\n");
         }
     }
-    let buffer = BUFFER.get_or_init(|| Bytes::from(vec![b'x'; BYTES_MAX]));
-    text(StatusCode::OK, buffer.slice(..n))
+    text(StatusCode::OK, bytes_buffer().slice(..n))
+}
+
+/// The shared `/bytes/N` buffer: `BYTES_MAX` bytes of `x`, filled on the first call (`run` calls it at start).
+fn bytes_buffer() -> &'static Bytes {
+    static BUFFER: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
+    BUFFER.get_or_init(|| Bytes::from(vec![b'x'; BYTES_MAX]))
 }
 
 fn env_endpoint(name: &str) -> Response<Body> {

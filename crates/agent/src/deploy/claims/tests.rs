@@ -10,6 +10,7 @@ fn route(service: &str, hosts: &[&str], paths: &[&str]) -> RouteInfo {
         hosts: hosts.iter().map(|host| (*host).to_owned()).collect(),
         paths: paths.iter().map(|path| (*path).to_owned()).collect(),
         drain: Duration::from_secs(1),
+        slow_start: Duration::ZERO,
         settings: proxy::RouteSettings::default(),
         edge: crate::edge::RouteEdgeInfo::default(),
     }
