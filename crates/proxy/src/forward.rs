@@ -660,9 +660,10 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
 }
 
 /// Whether the request asks to switch protocols, and may: `h2c` never is passed on (nginx passes no
-/// `Upgrade` on unless told to; HAProxy 2.6 passes it on, checked in session 30): an instance that took it would switch the client's connection to HTTP/2 straight to the app,
-/// every later request on it past the proxy's routing and forwarding fields ("h2c smuggling"). Such a
-/// request goes on as a plain one, its `Upgrade` dropped as hop-by-hop.
+/// `Upgrade` on unless told to; HAProxy 2.6 passes it on, checked in session 30): an instance that took
+/// it would switch the client's connection to HTTP/2 straight to the app, every later request on it
+/// past the proxy's routing and forwarding fields ("h2c smuggling"). Such a request goes on as a plain
+/// one, its `Upgrade` dropped as hop-by-hop.
 fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)
         && !headers

@@ -35,6 +35,7 @@ mod edge;
 mod error;
 mod forward;
 mod grpc;
+mod h1_fields;
 pub mod handover;
 mod health;
 mod hold;

@@ -15,6 +15,8 @@ use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::http::request;
 use hyper::{Method, Request, StatusCode, Uri, Version};
 
+use crate::h1_fields::{parse_content_length, transfer_codings};
+
 /// Header fields parsed on the stack; a head with more is parsed again into the heap, up to the limit.
 const STACK_FIELDS: usize = 100;
 
@@ -229,23 +231,11 @@ pub(crate) fn parse_head_from(
                 _ => bad_length = true,
             }
         } else if name == header::TRANSFER_ENCODING {
+            let codings = transfer_codings(field.value);
             // Whether the last coding of the last field is chunked.
-            chunked_last = Some(
-                field
-                    .value
-                    .rsplit(|byte| *byte == b',')
-                    .next()
-                    .is_some_and(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked")),
-            );
-            // Empty list elements are allowed and ignored (RFC 9110 section 5.6.1).
-            for coding in field.value.split(|byte| *byte == b',') {
-                let coding = coding.trim_ascii();
-                if coding.eq_ignore_ascii_case(b"chunked") {
-                    chunked_codings += 1;
-                } else if !coding.is_empty() {
-                    other_codings = true;
-                }
-            }
+            chunked_last = Some(codings.chunked_last);
+            chunked_codings += codings.chunked;
+            other_codings |= codings.other;
         } else if name == header::CONNECTION {
             for token in field.value.split(|byte| *byte == b',') {
                 let token = token.trim_ascii();
@@ -450,25 +440,6 @@ fn head_not_complete(
         }),
         Err(_) => Err(HeadError::Malformed("request head")),
     }
-}
-
-/// One `Content-Length` field: a number, or a list of the same number (`5, 5`).
-fn parse_content_length(value: &[u8]) -> Option<u64> {
-    let mut found = None;
-    for item in value.split(|byte| *byte == b',') {
-        let item = item.trim_ascii();
-        if item.is_empty() || item.len() > 19 || !item.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        let length = item
-            .iter()
-            .fold(0u64, |length, digit| length * 10 + u64::from(digit - b'0'));
-        match found {
-            Some(previous) if previous != length => return None,
-            _ => found = Some(length),
-        }
-    }
-    found
 }
 
 /// Why a request body could not be read on.

@@ -26,6 +26,7 @@ use tokio::net::TcpStream;
 use crate::active::InterimSender;
 use crate::body::RequestBody;
 use crate::error::UpstreamError;
+use crate::h1_fields::{parse_content_length, transfer_codings};
 
 /// How much the read buffer grows by at first; doubled after each read that filled it, up to
 /// `MAX_READ_CHUNK`, so a large answer is read in large reads (as hyper's adaptive read buffer did).
@@ -747,21 +748,11 @@ fn parse_head(
                 _ => bad_length = true,
             }
         } else if name == header::TRANSFER_ENCODING {
+            let codings = transfer_codings(field_value);
             // Whether the last coding of the last field is chunked.
-            transfer_encoding = Some(
-                field_value
-                    .rsplit(|byte| *byte == b',')
-                    .next()
-                    .is_some_and(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked")),
-            );
-            for coding in field_value.split(|byte| *byte == b',') {
-                let coding = coding.trim_ascii();
-                if coding.eq_ignore_ascii_case(b"chunked") {
-                    chunked_codings += 1;
-                } else if !coding.is_empty() {
-                    unknown_coding = true;
-                }
-            }
+            transfer_encoding = Some(codings.chunked_last);
+            chunked_codings += codings.chunked;
+            unknown_coding |= codings.other;
         } else if name == header::CONNECTION {
             for token in field_value.split(|byte| *byte == b',') {
                 let token = token.trim_ascii();
@@ -909,25 +900,6 @@ fn head_not_complete(
         }
         Err(error) => Err(UpstreamError::InvalidHead(error)),
     }
-}
-
-/// One `Content-Length` field: a number, or a list of the same number (`5, 5`).
-fn parse_content_length(value: &[u8]) -> Option<u64> {
-    let mut found = None;
-    for item in value.split(|byte| *byte == b',') {
-        let item = item.trim_ascii();
-        if item.is_empty() || item.len() > 19 || !item.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        let length = item
-            .iter()
-            .fold(0u64, |length, digit| length * 10 + u64::from(digit - b'0'));
-        match found {
-            Some(previous) if previous != length => return None,
-            _ => found = Some(length),
-        }
-    }
-    found
 }
 
 /// An answer's body, read from the instance's connection as it is polled. Gives the connection back
