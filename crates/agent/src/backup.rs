@@ -956,7 +956,7 @@ async fn run_pg_tool(tool: &str, args: &[String], url: &PgUrl) -> Result<String,
     command
         .args(args)
         .env_clear()
-        .envs(crate::deploy::spec::passthrough_env())
+        .envs(driver::confine::passed_through_env())
         .env("PGHOST", &url.host)
         .env("PGDATABASE", &url.database)
         .stdin(std::process::Stdio::null())

@@ -133,22 +133,13 @@ fn prepare(engine: &Arc<Engine>, command: &Command<'_>) -> Result<Prepared, OneO
             command: (*command).to_owned(),
             source,
         })?;
-    let private = spec.confinement.env();
     let mut process = spec.confinement.command(command, &spec.workdir);
-    process
-        .env_clear()
-        .envs(
-            spec::passthrough_env()
-                .into_iter()
-                .filter(|(name, _)| !private.iter().any(|(private, _)| private == name.as_str())),
-        )
-        .envs(private.iter().cloned())
-        .envs(
-            spec.env
-                .iter()
-                .chain(env.iter())
-                .map(|(name, value)| (name.as_str(), value.as_str())),
-        );
+    process.env_clear().envs(spec.confinement.base_env()).envs(
+        spec.env
+            .iter()
+            .chain(env.iter())
+            .map(|(name, value)| (name.as_str(), value.as_str())),
+    );
     Ok(Prepared {
         process,
         user: spec.confinement.user,

@@ -231,6 +231,33 @@ impl Confinement {
         }
         env
     }
+
+    /// The environment an app's process starts from, before its own variables: the agent's
+    /// [`PASSED_THROUGH_VARIABLES`], with [`Confinement::env`]'s values in place of the agent's
+    /// where it has them. The one place builds, release commands, one-offs, backup checks and
+    /// instances get it from.
+    pub fn base_env(&self) -> Vec<(OsString, OsString)> {
+        let private = self.env();
+        let mut env: Vec<(OsString, OsString)> = passed_through_env()
+            .into_iter()
+            .filter(|(name, _)| !private.iter().any(|(private, _)| private == name))
+            .collect();
+        env.extend(private);
+        env
+    }
+}
+
+/// Variables passed from the agent's own environment to every process it starts for an app (builds,
+/// release commands, one-offs, backups, instances); nothing else of the agent's environment leaks in.
+pub const PASSED_THROUGH_VARIABLES: [&str; 4] = ["PATH", "HOME", "LANG", "TZ"];
+
+/// The agent's values of [`PASSED_THROUGH_VARIABLES`] that are set, for a process the agent runs as
+/// itself (`pg_dump`); an app's processes get [`Confinement::base_env`] instead.
+pub fn passed_through_env() -> Vec<(OsString, OsString)> {
+    PASSED_THROUGH_VARIABLES
+        .iter()
+        .filter_map(|name| Some((OsString::from(name), std::env::var_os(name)?)))
+        .collect()
 }
 
 /// The agent's `PATH` as a process of another user should get it: without the folders that user

@@ -410,16 +410,10 @@ async fn app_check(
     env.retain(|(name, _)| name != variable);
     env.push((variable.to_owned(), url.to_owned()));
     let dir = crate::deploy::spec::workdir(engine, release);
-    let private = confinement.env();
     let mut child = confinement.command(command, &dir);
     child
         .env_clear()
-        .envs(
-            crate::deploy::spec::passthrough_env()
-                .into_iter()
-                .filter(|(name, _)| !private.iter().any(|(private, _)| private == name.as_str())),
-        )
-        .envs(private.iter().cloned())
+        .envs(confinement.base_env())
         .envs(
             env.iter()
                 .map(|(key, value)| (key.as_str(), value.as_str())),

@@ -550,16 +550,10 @@ async fn run_command(
     });
     // Short-lived and awaited inside the deploy step, unlike instances, so pipes are safe here.
     // Confined like the app's instances: its user, or the sandbox, and a private HOME/TMPDIR.
-    let private = confinement.env();
     let mut child = confinement
         .command(command, dir)
         .env_clear()
-        .envs(
-            passthrough_env()
-                .into_iter()
-                .filter(|(name, _)| !private.iter().any(|(private, _)| private == name.as_str())),
-        )
-        .envs(private.iter().cloned())
+        .envs(confinement.base_env())
         .envs(
             env.iter()
                 .map(|(key, value)| (key.as_str(), value.as_str())),
@@ -1376,18 +1370,6 @@ pub async fn wait_gone_from_proxy(engine: &Engine, ids: &[String], drain: Durati
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// Variables the agent hands through to builds and instances.
-pub fn passthrough_env() -> Vec<(String, String)> {
-    ["PATH", "HOME", "LANG", "TZ"]
-        .iter()
-        .filter_map(|name| {
-            std::env::var(name)
-                .ok()
-                .map(|value| ((*name).to_owned(), value))
-        })
-        .collect()
 }
 
 fn free_port() -> std::io::Result<u16> {

@@ -136,3 +136,39 @@ fn a_process_of_its_own_user_gets_the_path_it_can_use_and_others_the_agents() {
         "the agent's own PATH is passed through unchanged"
     );
 }
+
+#[test]
+fn the_base_env_is_the_agents_few_variables_with_the_private_ones_in_their_place() {
+    let confined = Confinement {
+        user: Some(USER),
+        temp_dir: Some(PathBuf::from("/t")),
+        ..Confinement::default()
+    };
+    let env = confined.base_env();
+    let mut names: Vec<&OsString> = env.iter().map(|(name, _)| name).collect();
+    names.sort();
+    let count = names.len();
+    names.dedup();
+    assert_eq!(names.len(), count, "every variable once: {env:?}");
+    assert!(env.iter().all(|(name, _)| {
+        name == "TMPDIR"
+            || super::PASSED_THROUGH_VARIABLES
+                .iter()
+                .any(|passed| name == passed)
+    }));
+    let value = |wanted: &str| {
+        env.iter()
+            .find(|(name, _)| name == wanted)
+            .map(|(_, value)| value.clone())
+    };
+    assert_eq!(value("HOME"), Some(OsString::from("/t")));
+    assert_eq!(value("TMPDIR"), Some(OsString::from("/t")));
+    if let Some(path) = std::env::var_os("PATH") {
+        assert_eq!(value("PATH"), Some(super::path_for_other_users(&path)));
+    }
+    // Unconfined: the agent's own values, nothing else.
+    assert_eq!(
+        Confinement::default().base_env(),
+        super::passed_through_env()
+    );
+}

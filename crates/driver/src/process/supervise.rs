@@ -25,9 +25,6 @@ use super::adopt::{self, ProcessIdentity};
 use super::logs;
 use crate::{DriverError, InstanceSpec, InstanceStatus};
 
-/// Variables passed from the agent's own environment to every instance; nothing else leaks in.
-pub(crate) const PASSED_THROUGH_VARIABLES: [&str; 4] = ["PATH", "HOME", "LANG", "TZ"];
-
 /// How long to wait for a process group to vanish after SIGKILL before giving up on it.
 const KILL_GRACE: Duration = Duration::from_secs(5);
 /// How often a stopping instance's process group is checked.
@@ -475,13 +472,7 @@ async fn rotate_logs(dir: &Path, limit: u64) {
 /// The instance's whole environment: a few of the agent's variables (`HOME` and `TMPDIR` its
 /// private folder when it has one), the spec's env, `PORT`.
 fn child_env(spec: &InstanceSpec) -> Vec<(OsString, OsString)> {
-    let private = spec.confinement.env();
-    let mut env: Vec<(OsString, OsString)> = PASSED_THROUGH_VARIABLES
-        .iter()
-        .filter(|name| !private.iter().any(|(private, _)| private == **name))
-        .filter_map(|name| Some((OsString::from(name), std::env::var_os(name)?)))
-        .collect();
-    env.extend(private);
+    let mut env = spec.confinement.base_env();
     env.extend(
         spec.env
             .iter()

@@ -65,10 +65,10 @@ fn child_env_is_the_spec_env_plus_port_and_a_few_agent_variables() {
         .map(|(name, _)| name.to_str().expect("utf-8 name"))
         .collect();
     assert!(
-        names
-            .iter()
-            .all(|name| PASSED_THROUGH_VARIABLES.contains(name)
-                || ["DATABASE_URL", "PORT"].contains(name)),
+        names.iter().all(
+            |name| crate::confine::PASSED_THROUGH_VARIABLES.contains(name)
+                || ["DATABASE_URL", "PORT"].contains(name)
+        ),
         "{names:?}"
     );
     assert_eq!(
