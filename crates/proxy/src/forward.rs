@@ -710,9 +710,10 @@ fn upstream_uri(uri: &Uri, host: &HeaderValue, protocol: UpstreamProtocol) -> Ur
 
 /// Removes hop-by-hop headers: the fixed list of RFC 9110 section 7.6.1 and any named in `Connection`.
 /// For an upgrade, `Upgrade` and `Connection: upgrade` are end-to-end in effect and are kept. `Trailer` is
-/// end-to-end (RFC 9110 section 6.6.2) and is kept. (The HTTP/1 server sends a client every trailer
-/// field but those `upstream::h1::encode_trailers` drops, announced or not, whether or not the client
-/// sent `TE: trailers`; hyper's sent only announced ones, and only to a client that asked.)
+/// end-to-end (RFC 9110 section 6.6.2) and is kept. (The HTTP/1 server sends a client that sent
+/// `TE: trailers` every trailer field but those `upstream::h1::encode_trailers` drops, announced or not,
+/// and no trailers to one that did not; hyper's sent only announced ones, and only to a client that
+/// asked.)
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     // Most messages carry none, or only `Connection: keep-alive` (many app servers send it on every
     // answer, some with `Keep-Alive: timeout=N`): one pass over the fields decides, and then at most two
@@ -994,11 +995,26 @@ fn prepare_request_headers<'a>(
     None
 }
 
-/// Forwarding headers a client could use to pose as a proxy (every `X-Forwarded-*`, `Forwarded`,
-/// `X-Real-IP`): believed only from a trusted proxy.
-fn is_client_forwarding_header(name: &HeaderName) -> bool {
+/// Forwarding headers a client could use to pose as a proxy (every `X-Forwarded-*`, `Forwarded`), and
+/// the client-address fields CDNs and load balancers set, which app frameworks read for the client's
+/// address (Rails' `RemoteIp` reads `Client-IP`; django-ipware and request-ip read all of these): believed
+/// only from a trusted proxy, as nginx's `real_ip_header` is only from `set_real_ip_from`.
+pub(crate) fn is_client_forwarding_header(name: &HeaderName) -> bool {
     let name = name.as_str();
-    name.starts_with("x-forwarded-") || name == "forwarded" || name == "x-real-ip"
+    name.starts_with("x-forwarded-")
+        || matches!(
+            name,
+            "forwarded"
+                | "x-real-ip"
+                | "client-ip"
+                | "x-client-ip"
+                | "true-client-ip"
+                | "cf-connecting-ip"
+                | "fastly-client-ip"
+                | "x-cluster-client-ip"
+                | "forwarded-for"
+                | "x-original-forwarded-for"
+        )
 }
 
 /// Joins several `Cookie` fields into one, separated by `; ` (RFC 9113 section 8.2.3, RFC 6265 section

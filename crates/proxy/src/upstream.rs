@@ -349,6 +349,10 @@ pub(crate) async fn send_with(
             Some(Err(failure)) => {
                 let given_back = if failure.unsent {
                     GivenBack::Unsent(request)
+                } else if failure.answered {
+                    // An invalid or cut answer is an answer: a 502, not a second send of the
+                    // request (it was sent the same up to `max_attempts` times before session 31).
+                    GivenBack::Nothing
                 } else {
                     whole(request, streamed)
                 };
