@@ -620,7 +620,15 @@ fn request_host(request: &Request<ClientBody>) -> Result<(HeaderValue, bool), Pr
             reason: BadRequestReason::DuplicateHost,
         });
     }
-    if let Some(authority) = request.uri().authority() {
+    let authority = request.uri().authority();
+    if !host.is_none_or(|host| is_host(host.as_bytes()))
+        || !authority.is_none_or(|authority| is_host(authority.as_str().as_bytes()))
+    {
+        return Err(ProxyError::BadRequest {
+            reason: BadRequestReason::InvalidHost,
+        });
+    }
+    if let Some(authority) = authority {
         if request.version() == Version::HTTP_2
             && host.is_some_and(|host| {
                 !host
@@ -706,6 +714,59 @@ fn upstream_uri(uri: &Uri, host: &HeaderValue, protocol: UpstreamProtocol) -> Ur
         .path_and_query(path_and_query)
         .build()
         .unwrap_or(origin)
+}
+
+/// Whether `host` is `uri-host [":" port]` (RFC 9110 section 7.2; RFC 3986 section 3.2.2): a registered
+/// name (unreserved, percent-encoded and sub-delimiter bytes) or a bracketed IP literal, then digits
+/// after a `:`. Empty is left to the caller (no host). One pass over a few bytes per request.
+fn is_host(host: &[u8]) -> bool {
+    let (name_ok, rest) = match host.strip_prefix(b"[") {
+        Some(literal) => match literal.iter().position(|byte| *byte == b']') {
+            Some(end) => (
+                literal[..end]
+                    .iter()
+                    .all(|byte| byte.is_ascii_hexdigit() || matches!(byte, b':' | b'.')),
+                &literal[end + 1..],
+            ),
+            None => return false,
+        },
+        None => {
+            let end = host
+                .iter()
+                .position(|byte| *byte == b':')
+                .unwrap_or(host.len());
+            (
+                host[..end].iter().all(|byte| {
+                    byte.is_ascii_alphanumeric()
+                        || matches!(
+                            byte,
+                            b'-' | b'.'
+                                | b'_'
+                                | b'~'
+                                | b'%'
+                                | b'!'
+                                | b'$'
+                                | b'&'
+                                | b'\''
+                                | b'('
+                                | b')'
+                                | b'*'
+                                | b'+'
+                                | b','
+                                | b';'
+                                | b'='
+                        )
+                }),
+                &host[end..],
+            )
+        }
+    };
+    name_ok
+        && match rest.split_first() {
+            None => true,
+            Some((b':', port)) => port.iter().all(u8::is_ascii_digit),
+            Some(_) => false,
+        }
 }
 
 /// Removes hop-by-hop headers: the fixed list of RFC 9110 section 7.6.1 and any named in `Connection`.
