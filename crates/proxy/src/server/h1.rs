@@ -114,6 +114,12 @@ pub(crate) enum HeadLook {
 }
 
 impl HeadScan {
+    /// Whether a look was taken since the last whole head (a side that parses a first read straight
+    /// away, as `upstream::h1` does, starts looking only once that parse found the head incomplete).
+    pub(crate) fn is_started(self) -> bool {
+        self.scanned > 0
+    }
+
     /// Looks for the end of the head at the front of `buf` (not empty) in the bytes that came since the
     /// last look, and says whether to parse. Forgets what it looked at once it found a whole head.
     pub(crate) fn look(&mut self, buf: &[u8], max_bytes: usize) -> HeadLook {

@@ -6,6 +6,12 @@
 //! client's of the same names were removed; the per-thread recycled header maps never carry a field of
 //! one message into another; an instance's badly framed answer reaches the client well framed or as a
 //! 502, never with bytes of another answer.
+//!
+//! Session 31 (round two, findings in bench/proxy/README.md): an invalid answer is a 502 after one send,
+//! trailers go only to a client that said `TE: trailers`, the client-address fields of CDNs are the
+//! proxy's to believe, a host must be `name[:port]`; and HTTP/2 from a raw client (frames written by
+//! hand, the end of this file): malformed requests, `:authority` against `Host`, a body against its
+//! `content-length`, CONTINUATION floods and rapid reset.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -1780,14 +1786,23 @@ fn status_of(block: &[u8]) -> u16 {
 }
 
 /// Sends the preface, an empty SETTINGS and `frames` on a new h2c connection, and reads until every
-/// stream of `expect` ended (answered or reset), a GOAWAY came, or the proxy closed.
+/// stream of `expect` ended (answered or reset; none: not looked at), a GOAWAY came, or the proxy
+/// closed.
 async fn h2_raw(proxy: SocketAddr, frames: &[u8], expect: &[u32]) -> H2Outcome {
-    let mut stream = TcpStream::connect(proxy).await.expect("connect");
+    let stream = TcpStream::connect(proxy).await.expect("connect");
+    h2_raw_over(stream, frames, expect).await
+}
+
+/// `h2_raw` over a connection made already (TLS with ALPN `h2`, for one).
+async fn h2_raw_over<S>(stream: S, frames: &[u8], expect: &[u32]) -> H2Outcome
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let mut out = PREFACE.to_vec();
     out.extend(frame(SETTINGS, 0, 0, &[]));
     out.extend_from_slice(frames);
     // Written beside the reads: a large flood must not block on a proxy that stopped reading.
-    let (mut reader, mut writer) = stream.split();
+    let (mut reader, mut writer) = tokio::io::split(stream);
     let write = async {
         let _ = writer.write_all(&out).await;
         std::future::pending::<()>().await
@@ -1827,7 +1842,8 @@ async fn h2_raw(proxy: SocketAddr, frames: &[u8], expect: &[u32]) -> H2Outcome {
                     _ => {}
                 }
             }
-            if expect.iter().all(|id| outcome.streams.contains_key(id)) {
+            // No stream to wait for: until the GOAWAY or the close.
+            if !expect.is_empty() && expect.iter().all(|id| outcome.streams.contains_key(id)) {
                 return outcome;
             }
             match reader.read(&mut chunk).await {
@@ -2174,6 +2190,114 @@ async fn http2_floods_end_in_goaway_and_reach_no_instance() {
     let reached = recorder.requests();
     assert!(
         reached.iter().all(|raw| raw.starts_with("GET /r")) && reached.len() <= 100,
+        "{} reached: {:?}",
+        reached.len(),
+        reached.first()
+    );
+}
+
+/// Over TLS (ALPN `h2`) the same server takes the same attacks the same way: a malformed request, a
+/// disagreeing `Host`, an invalid host, rapid reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_over_tls_refuses_the_same_attacks() {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+    let recorder = Recorder::start(ok).await;
+    let test_proxy = proxy_to(&recorder, ProxyConfig::default()).await;
+    let certified = rcgen::generate_simple_self_signed(vec![HOST.to_owned()]).expect("certificate");
+    let certificate = CertificateDer::from(certified.cert.der().to_vec());
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(certified.key_pair.serialize_der()));
+    let mut server_config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(vec![certificate.clone()], key)
+        .expect("server config");
+    server_config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(proxy::serve_tls(
+        listener,
+        test_proxy.proxy.clone(),
+        Arc::new(server_config),
+        shutdown.clone(),
+    ));
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(certificate).expect("root");
+    let mut client_config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    client_config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config));
+    let connect = || async {
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        connector
+            .connect(ServerName::try_from(HOST).expect("name"), tcp)
+            .await
+            .expect("TLS handshake")
+    };
+    let one = |block: Vec<u8>| frame(HEADERS, END_HEADERS | END_STREAM, 1, &block);
+    let outcome = h2_raw_over(
+        connect().await,
+        &one(get_block("/t1", &[(b"transfer-encoding", b"chunked")])),
+        &[1],
+    )
+    .await;
+    assert_eq!(
+        outcome.streams.get(&1),
+        Some(&StreamEnd::Reset(PROTOCOL_ERROR)),
+        "{outcome:?}"
+    );
+    let outcome = h2_raw_over(
+        connect().await,
+        &one(get_block("/t2", &[(b"host", b"evil.test")])),
+        &[1],
+    )
+    .await;
+    assert_eq!(
+        outcome.streams.get(&1),
+        Some(&StreamEnd::Status(400)),
+        "{outcome:?}"
+    );
+    let invalid = block(&[
+        (b":method", b"GET"),
+        (b":scheme", b"https"),
+        (b":authority", b"demo.test:443@evil.test"),
+        (b":path", b"/t3"),
+    ]);
+    let outcome = h2_raw_over(connect().await, &one(invalid), &[1]).await;
+    assert_eq!(
+        outcome.streams.get(&1),
+        Some(&StreamEnd::Status(400)),
+        "{outcome:?}"
+    );
+    let mut resets = Vec::new();
+    for index in 0..1000u32 {
+        let id = 2 * index + 1;
+        resets.extend(frame(
+            HEADERS,
+            END_HEADERS | END_STREAM,
+            id,
+            &get_block("/r", &[]),
+        ));
+        resets.extend(frame(RST_STREAM, 0, id, &8u32.to_be_bytes()));
+    }
+    let outcome = h2_raw_over(connect().await, &resets, &[]).await;
+    assert_eq!(outcome.goaway, Some(11), "{outcome:?}");
+    // The valid one is answered.
+    let outcome = h2_raw_over(connect().await, &one(get_block("/t4", &[])), &[1]).await;
+    assert_eq!(
+        outcome.streams.get(&1),
+        Some(&StreamEnd::Status(200)),
+        "{outcome:?}"
+    );
+    shutdown.cancel();
+    server.await.expect("join").expect("serve_tls");
+    test_proxy.stop().await;
+    let reached = recorder.requests();
+    assert!(
+        reached
+            .iter()
+            .all(|raw| raw.starts_with("GET /r ") || raw.starts_with("GET /t4 "))
+            && reached.len() <= 101,
         "{} reached: {:?}",
         reached.len(),
         reached.first()
