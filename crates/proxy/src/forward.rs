@@ -459,6 +459,7 @@ async fn forward(
                     GivenBack::Unsent(request) => (true, Some(request)),
                     GivenBack::Whole(request) => (replayable, Some(request)),
                     GivenBack::Nothing => (copy_for_replay, None),
+                    GivenBack::Answered => (false, None),
                 };
                 if (refused || attempt < config.max_attempts) && error.retry_allowed() && can_replay
                 {

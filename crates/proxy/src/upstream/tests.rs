@@ -387,8 +387,8 @@ async fn an_answer_head_larger_than_the_limit_is_an_error() {
                 source: UpstreamError::HeadTooLarge,
                 ..
             },
-            // Answered (badly): not given back, so `forward` does not send it again (session 31).
-            request: GivenBack::Nothing,
+            // Answered (badly): `forward` does not send it again (session 31).
+            request: GivenBack::Answered,
         })
     ));
 }

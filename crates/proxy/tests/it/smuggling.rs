@@ -2303,3 +2303,84 @@ async fn http2_over_tls_refuses_the_same_attacks() {
         reached.first()
     );
 }
+
+/// An h2c instance that answers every request with `answer` (a header block), counting the requests
+/// (HEADERS frames) it got over all its connections.
+async fn h2c_instance(answer: Vec<u8>) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let requests = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&requests);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let requests = Arc::clone(&counted);
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let mut out = frame(SETTINGS, 0, 0, &[]);
+                out.extend(frame(SETTINGS, 1, 0, &[]));
+                if stream.write_all(&out).await.is_err() {
+                    return;
+                }
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 16384];
+                let mut preface = false;
+                loop {
+                    if !preface && buf.len() >= PREFACE.len() {
+                        buf.drain(..PREFACE.len());
+                        preface = true;
+                    }
+                    while preface && buf.len() >= 9 {
+                        let length = usize::from(buf[0]) << 16
+                            | usize::from(buf[1]) << 8
+                            | usize::from(buf[2]);
+                        if buf.len() < 9 + length {
+                            break;
+                        }
+                        let kind = buf[3];
+                        let id = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7fff_ffff;
+                        buf.drain(..9 + length);
+                        if kind == HEADERS {
+                            requests.fetch_add(1, Ordering::SeqCst);
+                            let reply = frame(HEADERS, END_HEADERS | END_STREAM, id, &answer);
+                            if stream.write_all(&reply).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    (addr, requests)
+}
+
+/// A malformed answer from an h2c instance (an uppercase field name, RFC 9113 section 8.2.1) is a 502
+/// after one send, as an HTTP/1 instance's invalid head is: before session 31 the GET was sent 3 times
+/// (`forward` replayed its copy). A well-formed answer from the same kind of instance goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2c_instances_malformed_answer_is_a_502_after_one_send() {
+    let h2c = || RouteSettings {
+        protocol: proxy::UpstreamProtocol::H2c,
+        ..RouteSettings::default()
+    };
+    let get = b"GET /x HTTP/1.1\r\nHost: demo.test\r\nConnection: close\r\n\r\n";
+    // `:status: 200` (static index 8), then one more field.
+    let answer = |name: &[u8]| {
+        let mut answer = vec![0x88];
+        answer.extend(block(&[(name, b"1")]));
+        answer
+    };
+    for (name, status) in [(&b"X-Bad"[..], 502), (&b"x-good"[..], 200)] {
+        let (addr, requests) = h2c_instance(answer(name)).await;
+        let test_proxy = TestProxy::start_with(ProxyConfig::default(), h2c()).await;
+        test_proxy.add_ready("h2c", "R", addr);
+        let got = answers(&exchange(test_proxy.addr, get).await, &[]);
+        assert_eq!(statuses(&got), vec![status], "{got:?}");
+        assert_eq!(requests.load(Ordering::SeqCst), 1, "{name:?}");
+        test_proxy.stop().await;
+    }
+}
