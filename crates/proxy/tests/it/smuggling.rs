@@ -11,7 +11,8 @@
 //! trailers go only to a client that said `TE: trailers`, the client-address fields of CDNs are the
 //! proxy's to believe, a host must be `name[:port]`; and HTTP/2 from a raw client (frames written by
 //! hand, the end of this file): malformed requests, `:authority` against `Host`, a body against its
-//! `content-length`, CONTINUATION floods and rapid reset.
+//! `content-length`, CONTINUATION floods and rapid reset, over h2c and TLS; and an h2c instance's
+//! malformed answer (a raw h2c instance, the end of this file).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
