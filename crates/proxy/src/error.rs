@@ -131,6 +131,12 @@ pub enum BadRequestReason {
     /// The body's framing is broken (a bad chunk size, for one).
     #[error("malformed request body")]
     MalformedBody,
+    /// The host (`Host`, `:authority` or an absolute target's authority) is not `host[:port]` (RFC 9110
+    /// section 7.2): userinfo (`a@b`, which RFC 9110 section 4.2.4 says to treat as an error), a port
+    /// that is not digits, a `/` or a space. Routing reads the name before the last `:`, an app may read
+    /// the name after the `@`: `demo.test:80@evil.test` was routed to demo.test and reached its app.
+    #[error("host is not `name[:port]`")]
+    InvalidHost,
 }
 
 /// Who caused an error: decides the status class and whether it counts against a release.

@@ -89,6 +89,9 @@ pub(crate) enum GivenBack {
     Whole(Request<RequestBody>),
     /// Nothing: its body was streamed out, or hyper's client (h2c, upgrades) kept it.
     Nothing,
+    /// An answer came, and was invalid: the request is not sent again (`forward` uses no copy of it
+    /// either), whatever its method (nginx's `proxy_next_upstream` default leaves out `invalid_header`).
+    Answered,
 }
 
 impl GivenBack {
@@ -349,6 +352,10 @@ pub(crate) async fn send_with(
             Some(Err(failure)) => {
                 let given_back = if failure.unsent {
                     GivenBack::Unsent(request)
+                } else if failure.answered {
+                    // An invalid or cut answer is an answer: a 502, not a second send of the
+                    // request (it was sent the same up to `max_attempts` times before session 31).
+                    GivenBack::Answered
                 } else {
                     whole(request, streamed)
                 };
@@ -564,11 +571,13 @@ async fn send_h2(
                 match failure.take_message() {
                     Some(unsent) if reused => request = unsent,
                     unsent => {
-                        return Err(SendFailure::upstream(
-                            instance,
-                            failure.into_error().into(),
-                            GivenBack::unsent(unsent),
-                        ));
+                        let error = failure.into_error();
+                        let given_back = if unsent.is_none() && is_invalid_h2_answer(&error) {
+                            GivenBack::Answered
+                        } else {
+                            GivenBack::unsent(unsent)
+                        };
+                        return Err(SendFailure::upstream(instance, error.into(), given_back));
                     }
                 }
             }
@@ -581,6 +590,24 @@ async fn send_h2(
             }
         }
     }
+}
+
+/// Whether hyper's h2c client failed because the instance sent what HTTP/2 forbids (a malformed answer):
+/// h2 itself reset the stream or sent GOAWAY with PROTOCOL_ERROR (an uppercase field name in an answer is
+/// a local GOAWAY). Such a request was answered, badly, and is not sent again (it was, up to
+/// `max_attempts` times, before session 31); the instance's own reset or GOAWAY (a refused stream, a
+/// graceful shutdown) or a dead connection still lets an idempotent request go to another instance.
+fn is_invalid_h2_answer(error: &hyper::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
+    while let Some(current) = cause {
+        if let Some(h2) = current.downcast_ref::<h2::Error>() {
+            return !h2.is_remote()
+                && !h2.is_io()
+                && h2.reason() == Some(h2::Reason::PROTOCOL_ERROR);
+        }
+        cause = current.source();
+    }
+    false
 }
 
 /// Opens a new h2c (prior knowledge) connection to the instance. Its driver task ends when the connection

@@ -398,3 +398,35 @@ fn every_http2_answer_has_a_date_kept_out_of_the_hpack_table() {
     assert!(kept.is_sensitive());
     assert_eq!(instance.headers().get_all(header::DATE).iter().count(), 1);
 }
+
+/// A host is `name[:port]` (RFC 9110 section 7.2): a registered name or a bracketed IP literal, then
+/// digits after one `:`.
+#[test]
+fn a_host_is_a_name_or_ip_literal_and_an_optional_port_of_digits() {
+    let cases: &[(&str, bool)] = &[
+        ("demo.test", true),
+        ("DEMO.test.", true),
+        ("demo.test:8080", true),
+        ("demo.test:", true),
+        ("127.0.0.1:80", true),
+        ("[::1]", true),
+        ("[2001:db8::1]:443", true),
+        ("xn--bcher-kva.example", true),
+        ("a_b.test", true),
+        ("evil@demo.test", false),
+        ("demo.test:80@evil.test", false),
+        ("demo.test:x", false),
+        ("demo.test:80:81", false),
+        ("demo.test/evil", false),
+        ("demo.test evil", false),
+        ("demo.test\\evil", false),
+        ("demo.test?", false),
+        ("demo.test#", false),
+        ("[::1", false),
+        ("[::1]x", false),
+        ("[v1.x]", false),
+    ];
+    for (host, valid) in cases {
+        assert_eq!(is_host(host.as_bytes()), *valid, "{host:?}");
+    }
+}

@@ -80,6 +80,9 @@ pub(crate) struct RequestHead {
     /// `Connection: upgrade` with an `Upgrade` field (RFC 9110 section 7.8), whatever the version:
     /// found in the pass over the fields, not looked up again.
     pub(crate) wants_upgrade: bool,
+    /// `TE: trailers` (RFC 9110 section 10.1.4): the client takes an answer's trailer fields; without
+    /// it they are dropped (RFC 9110 section 6.5.1 lets a server drop them; hyper sent them only then).
+    pub(crate) wants_trailers: bool,
 }
 
 /// How much of an incomplete head in the read buffer was already looked at, so that a head that comes a
@@ -90,9 +93,53 @@ pub(crate) struct RequestHead {
 /// One `u32` (an idle connection's task is kept small: `server::tests`): the bytes from the buffer's
 /// start known to hold no end of the head (the buffer's length at the last look; saturated, which only
 /// scans more).
+///
+/// Shared by both HTTP/1 sides: the client's request heads here, the instance's answer heads in
+/// `upstream::h1::exchange` (an app that drips its head cost the same square there until session 31).
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct HeadScan {
     scanned: u32,
+}
+
+/// What `HeadScan::look` found in a buffer that may hold a head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HeadLook {
+    /// A whole head, this many bytes long: parse it.
+    Whole(usize),
+    /// Not whole, but grown enough since the last parse (doubled, or at `max_bytes`) to parse what
+    /// came for an early refusal.
+    Check,
+    /// Not whole: wait for more bytes.
+    Wait,
+}
+
+impl HeadScan {
+    /// Whether a look was taken since the last whole head (a side that parses a first read straight
+    /// away, as `upstream::h1` does, starts looking only once that parse found the head incomplete).
+    pub(crate) fn is_started(self) -> bool {
+        self.scanned > 0
+    }
+
+    /// Looks for the end of the head at the front of `buf` (not empty) in the bytes that came since the
+    /// last look, and says whether to parse. Forgets what it looked at once it found a whole head.
+    pub(crate) fn look(&mut self, buf: &[u8], max_bytes: usize) -> HeadLook {
+        // A line end already scanned may start the head's end with the bytes that came since.
+        let scanned = self.scanned as usize;
+        if let Some(length) = head_end(buf, scanned.saturating_sub(2)) {
+            *self = HeadScan::default();
+            return HeadLook::Whole(length);
+        }
+        self.scanned = u32::try_from(buf.len()).unwrap_or(u32::MAX);
+        // httparse says whether what came so far is already wrong or too much each time the buffer's
+        // length reaches another power of two (at most twice the bytes of a whole parse, in all), and
+        // at the limit.
+        let doubled = scanned == 0 || buf.len().max(1).ilog2() > scanned.ilog2();
+        if doubled || buf.len() >= max_bytes {
+            HeadLook::Check
+        } else {
+            HeadLook::Wait
+        }
+    }
 }
 
 /// Parses one request head from the front of `buf` and removes it: `None` while incomplete.
@@ -127,28 +174,17 @@ pub(crate) fn parse_head_from(
         }
         *scan = HeadScan::default();
     }
-    // A line end already scanned may start the head's end with the bytes that came since.
-    let scanned = scan.scanned as usize;
-    let length = match head_end(buf, scanned.saturating_sub(2)) {
-        Some(length) => length,
-        // Not whole yet: httparse says whether what came so far is already wrong or too much, each
-        // time the buffer's length reaches another power of two (at most twice the bytes of a whole
-        // parse, in all), and at the limit.
-        None => {
-            scan.scanned = u32::try_from(buf.len()).unwrap_or(u32::MAX);
-            let doubled = scanned == 0 || buf.len().ilog2() > scanned.ilog2();
-            if !doubled && buf.len() < limits.max_bytes {
-                return Ok(None);
+    let length = match scan.look(buf, limits.max_bytes) {
+        HeadLook::Whole(length) => length,
+        HeadLook::Wait => return Ok(None),
+        HeadLook::Check => match first_pass(buf, max_fields, limits) {
+            Ok(Some(length)) => length,
+            Ok(None) => return Ok(None),
+            Err(error) => {
+                *scan = HeadScan::default();
+                return Err(error);
             }
-            match first_pass(buf, max_fields, limits) {
-                Ok(Some(length)) => length,
-                Ok(None) => return Ok(None),
-                Err(error) => {
-                    *scan = HeadScan::default();
-                    return Err(error);
-                }
-            }
-        }
+        },
     };
     *scan = HeadScan::default();
     if length > limits.max_bytes {
@@ -219,6 +255,7 @@ pub(crate) fn parse_head_from(
     let mut expect_continue = false;
     let mut upgrade_field = false;
     let mut upgrade_token = false;
+    let mut wants_trailers = false;
     for field in parsed.headers.iter() {
         let name =
             field_name(field.name.as_bytes()).map_err(|_| HeadError::Malformed("field name"))?;
@@ -250,6 +287,14 @@ pub(crate) fn parse_head_from(
                 .value
                 .trim_ascii()
                 .eq_ignore_ascii_case(b"100-continue");
+        } else if name == header::TE {
+            // `trailers` among the codings (each may carry parameters: `gzip;q=0.5, trailers`).
+            wants_trailers |= field.value.split(|byte| *byte == b',').any(|token| {
+                token
+                    .split(|byte| *byte == b';')
+                    .next()
+                    .is_some_and(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"trailers"))
+            });
         }
         headers.append(name, value);
     }
@@ -296,6 +341,7 @@ pub(crate) fn parse_head_from(
         keep_alive,
         expect_continue,
         wants_upgrade: upgrade_field && upgrade_token,
+        wants_trailers,
     }))
 }
 
@@ -964,4 +1010,4 @@ mod conn;
 pub(crate) use conn::{Ended, H1Body, Hooks, Io, PendingUpgrade, ServerConn, Upgraded};
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

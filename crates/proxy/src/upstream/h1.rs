@@ -27,6 +27,7 @@ use crate::active::InterimSender;
 use crate::body::RequestBody;
 use crate::error::UpstreamError;
 use crate::h1_fields::{parse_content_length, transfer_codings};
+use crate::server::h1::{HeadLook, HeadScan};
 
 /// How much the read buffer grows by at first; doubled after each read that filled it, up to
 /// `MAX_READ_CHUNK`, so a large answer is read in large reads (as hyper's adaptive read buffer did).
@@ -413,8 +414,7 @@ fn is_passable_trailer(name: &HeaderName, request: bool) -> bool {
             | header::PROXY_AUTHORIZATION
     ) || matches!(name.as_str(), "keep-alive" | "proxy-connection");
     let forwarding = request
-        && (name.as_str().starts_with("x-forwarded-")
-            || matches!(name.as_str(), "forwarded" | "x-real-ip" | "x-request-id"));
+        && (crate::forward::is_client_forwarding_header(name) || name.as_str() == "x-request-id");
     !framing_or_control && !forwarding
 }
 
@@ -438,10 +438,12 @@ enum ChunkState {
 }
 
 /// A failed exchange: `unsent` when no byte of the request was written (the request, still whole,
-/// may go on another connection).
+/// may go on another connection); `answered` when a byte of an answer was read (an invalid or cut
+/// answer is an answer: the request is not sent again, nginx's `proxy_next_upstream` default).
 pub(crate) struct ExchangeError {
     pub(crate) error: UpstreamError,
     pub(crate) unsent: bool,
+    pub(crate) answered: bool,
 }
 
 /// Writes `request` on `connection` and reads the answer's head. On success the request's body has
@@ -457,6 +459,10 @@ pub(crate) async fn exchange(
     let head_request = *request.method() == Method::HEAD;
     let (mut writer, mut body_in_request) = start(request, added);
     let mut writing = true;
+    // Whether a byte of the answer came (an interim one included).
+    let mut answered = false;
+    // How much of an incomplete answer head was looked at: one dripped a byte a read costs linear work.
+    let mut scan = HeadScan::default();
     let parsed = std::future::poll_fn(|cx| {
         if writing {
             let mut polled = writer.poll_write(&mut connection.stream, cx);
@@ -477,6 +483,7 @@ pub(crate) async fn exchange(
                     return Poll::Ready(Err(ExchangeError {
                         unsent: !writer.any_written,
                         error,
+                        answered,
                     }));
                 }
                 Poll::Pending => {}
@@ -484,7 +491,12 @@ pub(crate) async fn exchange(
         }
         loop {
             if !connection.read_buf.is_empty() {
-                match parse_head(&mut connection.read_buf, max_fields, head_request) {
+                match next_head(
+                    &mut connection.read_buf,
+                    &mut scan,
+                    max_fields,
+                    head_request,
+                ) {
                     Ok(Some(Parsed::Final(parts, framing, keep_alive))) => {
                         return Poll::Ready(Ok((parts, framing, keep_alive)));
                     }
@@ -504,6 +516,7 @@ pub(crate) async fn exchange(
                         return Poll::Ready(Err(ExchangeError {
                             error,
                             unsent: false,
+                            answered: true,
                         }));
                     }
                 }
@@ -515,13 +528,15 @@ pub(crate) async fn exchange(
                         // only when not a byte of the request went out.
                         unsent: !writer.any_written,
                         error: UpstreamError::ClosedBeforeAnswer,
+                        answered,
                     }));
                 }
-                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Ok(_)) => answered = true,
                 Poll::Ready(Err(error)) => {
                     return Poll::Ready(Err(ExchangeError {
                         unsent: !writer.any_written,
                         error: UpstreamError::Io(error),
+                        answered,
                     }));
                 }
                 Poll::Pending => return Poll::Pending,
@@ -670,6 +685,34 @@ fn start(request: &Request<RequestBody>, added: Option<AddedFields<'_>>) -> (Wri
 enum Parsed {
     Final(hyper::http::response::Parts, AnswerFraming, bool),
     Interim(StatusCode, HeaderMap),
+}
+
+/// `parse_head` for an exchange that keeps `scan` between its reads: an incomplete head is scanned only
+/// in the bytes that came since the last read, and parsed again (for an early 502) only at doubling
+/// lengths and at the limit (`server::h1::HeadScan`, the client side's; before session 31 every read
+/// parsed the whole buffer again, work in the square of a dripped head's length).
+fn next_head(
+    buf: &mut BytesMut,
+    scan: &mut HeadScan,
+    max_fields: usize,
+    head_request: bool,
+) -> Result<Option<Parsed>, UpstreamError> {
+    // Most answer heads come whole in the first read: parsed at once, with no scan before (a scan of
+    // every answer head cost ~100 instructions a request). One that did not is scanned once whole,
+    // then only in its new bytes.
+    let started = scan.is_started();
+    if started && scan.look(buf, MAX_HEAD_BYTES) == HeadLook::Wait {
+        return Ok(None);
+    }
+    let parsed = parse_head(buf, max_fields, head_request);
+    match parsed {
+        Ok(None) if !started => {
+            scan.look(buf, MAX_HEAD_BYTES);
+        }
+        Ok(None) => {}
+        _ => *scan = HeadScan::default(),
+    }
+    parsed
 }
 
 /// Parses one answer head from the front of `buf` and removes it: `None` while incomplete.
@@ -850,6 +893,8 @@ fn parse_fields<'b>(
     fields: &mut [MaybeUninit<httparse::Header<'b>>],
     at: &mut [FieldAt],
 ) -> httparse::Result<Found> {
+    #[cfg(test)]
+    crate::server::h1::tests::count_work(buf.len());
     let mut answer = httparse::Response::new(&mut []);
     let length = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
         &mut answer,
@@ -1206,6 +1251,58 @@ mod head_tests {
             .map(HeaderValue::as_bytes)
             .collect();
         assert_eq!(cookies, [&b"a"[..], &b"c"[..]]);
+    }
+
+    /// An answer head that comes a byte at a time is looked at in work linear in its length, as a
+    /// request head is (`server::h1::HeadScan`): every read parsed the whole buffer again before
+    /// session 31 (a 16 KiB head dripped: ~130 million bytes parsed). A head that is wrong is still
+    /// refused before its end.
+    #[test]
+    fn an_answer_head_dripped_a_byte_at_a_time_costs_work_linear_in_its_length() {
+        let mut head = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n".to_vec();
+        for index in 0..4 {
+            head.extend_from_slice(format!("X-Long-{index}: ").as_bytes());
+            head.extend(std::iter::repeat_n(b'v', 4000));
+            head.extend_from_slice(b"\r\n");
+        }
+        for index in 0..40 {
+            head.extend_from_slice(format!("X-{index}: v\r\n").as_bytes());
+        }
+        head.extend_from_slice(b"\r\nok");
+        let whole = head.len() - 2;
+        let mut buf = BytesMut::new();
+        let mut scan = HeadScan::default();
+        crate::server::h1::tests::take_work();
+        let mut parsed = None;
+        for (index, byte) in head.iter().enumerate() {
+            buf.extend_from_slice(&[*byte]);
+            if let Some(found) = next_head(&mut buf, &mut scan, 100, false).expect("valid") {
+                parsed = Some((index, found));
+                break;
+            }
+        }
+        let (index, found) = parsed.expect("the head completed");
+        assert_eq!(index + 1, whole);
+        let Parsed::Final(parts, _, _) = found else {
+            panic!("interim");
+        };
+        assert_eq!(parts.headers.len(), 45);
+        // 131,328 bytes (8.0x) in session 31: the new bytes' scans, the parses at doubling lengths and
+        // the whole parse; every read parsing the whole buffer again looked at 136,897,557.
+        let work = crate::server::h1::tests::take_work();
+        assert!(
+            work < 10 * whole,
+            "{work} bytes looked at for a {whole}-byte head"
+        );
+        // A malformed head is refused before its end.
+        let mut buf = BytesMut::new();
+        let mut scan = HeadScan::default();
+        let raw = b"HTTP/1.1 200 OK\r\nBad Name: x\r\nMore: fields to come\r\n";
+        let refused = raw.iter().position(|byte| {
+            buf.extend_from_slice(&[*byte]);
+            next_head(&mut buf, &mut scan, 100, false).is_err()
+        });
+        assert!(refused.is_some_and(|index| index < 2 * 24), "{refused:?}");
     }
 
     #[test]

@@ -387,8 +387,8 @@ async fn an_answer_head_larger_than_the_limit_is_an_error() {
                 source: UpstreamError::HeadTooLarge,
                 ..
             },
-            // It reached the instance: `forward` sends it again only if it is idempotent.
-            request: GivenBack::Whole(_),
+            // Answered (badly): `forward` does not send it again (session 31).
+            request: GivenBack::Answered,
         })
     ));
 }

@@ -197,6 +197,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> ServerConn<S> {
                     keep_alive,
                     expect_continue,
                     wants_upgrade,
+                    wants_trailers,
                 } = head;
                 let head_request = parts.method == Method::HEAD;
                 let version = parts.version;
@@ -312,7 +313,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> ServerConn<S> {
                 // The framing lives here, across the polls of the answer (how much of its length is left).
                 let mut framing = framing;
                 let written = std::future::poll_fn(|cx| {
-                    self.poll_answer(cx, &mut body, &mut framing, feeder.as_mut())
+                    self.poll_answer(cx, &mut body, &mut framing, wants_trailers, feeder.as_mut())
                 })
                 .await;
                 if let Err(error) = written {
@@ -540,12 +541,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> ServerConn<S> {
     }
 
     /// Writes the answer's head and body. A body frame ready with the head goes out in the same write;
-    /// while the body waits, the request's body is fed (the instance may read it as it answers).
+    /// while the body waits, the request's body is fed (the instance may read it as it answers). The
+    /// body's trailers go out only to a client that sent `TE: trailers` (`wants_trailers`).
     fn poll_answer<B>(
         &mut self,
         cx: &mut Context<'_>,
         body: &mut B,
         framing: &mut AnswerFraming,
+        wants_trailers: bool,
         mut feeder: Option<&mut Feeder>,
     ) -> Poll<io::Result<()>>
     where
@@ -568,7 +571,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> ServerConn<S> {
                         }
                         Err(frame) => {
                             if let Ok(trailers) = frame.into_trailers() {
-                                self.out().frame_end(*framing, Some(&trailers));
+                                let trailers = wants_trailers.then_some(&trailers);
+                                self.out().frame_end(*framing, trailers);
                                 self.out().ended = true;
                             }
                         }

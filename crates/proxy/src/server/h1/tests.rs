@@ -8,8 +8,14 @@ thread_local! {
     static WORK: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
-pub(super) fn count_work(bytes: usize) {
+/// Counts bytes looked at (`head_end`, first passes; `upstream::h1`'s answer head parses too).
+pub(crate) fn count_work(bytes: usize) {
     WORK.with(|work| work.set(work.get() + bytes));
+}
+
+/// The bytes looked at on this thread since the last call.
+pub(crate) fn take_work() -> usize {
+    WORK.with(|work| work.replace(0))
 }
 
 /// A head that comes a byte at a time is looked at in work linear in its length (it was quadratic:
