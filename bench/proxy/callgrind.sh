@@ -11,10 +11,13 @@
 #             two upstream processes; wrk sends `Host: bench.localhost` (nginx: least_conn over the two
 #             servers, a server_name and a default 404 server, as bench/proxy/deployed.sh's)
 #
-# CALLGRIND_MODE=h2: HTTP/2 to the client instead (h2c, prior knowledge, HTTP/1.1 upstream), Rollway's static
-# route only (nginx's h2c is not what is compared, and HAProxy does not run well under callgrind): a bounded
-# h2load run of H2_REQUESTS (20000) requests over H2_CONNECTIONS (4) connections x H2_STREAMS (50) streams,
-# after a warm-up of a tenth of that. Figures are per request, as for HTTP/1.
+# CALLGRIND_MODE=h2: HTTP/2 to the client instead (h2c, prior knowledge, HTTP/1.1 upstream), Rollway only
+# (nginx's h2c is not what is compared, and HAProxy does not run well under callgrind): a bounded h2load
+# run of H2_REQUESTS (20000) requests over H2_CONNECTIONS (4) connections x H2_STREAMS (50) streams, after
+# a warm-up of a tenth of that. Figures are per request, as for HTTP/1. MODES picks the routes as for
+# HTTP/1 (default "static" here); `deployed` sends `:authority: bench.localhost`.
+# DEMO_APP=path/to/demo-app: the upstreams are the testkit demo app, as bench/proxy/deployed.sh deploys it
+# (`/bytes/20`, whose answer carries `x-version` besides), instead of `bench_proxy upstream` (`/small`).
 set -euo pipefail
 
 MODE="${CALLGRIND_MODE:-http1}"
@@ -35,7 +38,7 @@ UPSTREAM_B=127.0.0.1:$((PORT_BASE + 3))
 ROLLWAY_DEPLOYED=127.0.0.1:$((PORT_BASE + 4))
 NGINX_DEPLOYED=127.0.0.1:$((PORT_BASE + 5))
 DEPLOYED_HOST=bench.localhost
-MODES="${MODES:-static deployed}"
+if [ "$MODE" = h2 ]; then MODES="${MODES:-static}"; else MODES="${MODES:-static deployed}"; fi
 # BROWSER_FIELDS=1: wrk's requests carry 11 more fields, as a browser's do (12 with Host), so that a change
 # to head handling is measured on a real request too, not only on wrk's one field.
 EXTRA_FIELDS=()
@@ -62,6 +65,9 @@ if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null || ! command -v 
     apt-get install -y -q nginx wrk valgrind nghttp2-client
 fi
 
+URL_PATH=/small
+if [ -n "${DEMO_APP:-}" ]; then URL_PATH=/bytes/20; fi
+
 # BENCH_PROXY_BIN measures another build (e.g. a copy of an earlier commit's) instead.
 . "$ROOT/bench/proxy/lib.sh"
 bench_proxy_bin
@@ -77,7 +83,7 @@ trap cleanup EXIT
 
 wait_for() { # ADDR [HOST]
     for _ in $(seq 1 300); do
-        curl -sf -H "Host: ${2:-bench}" "http://$1/small" >/dev/null 2>&1 && return 0
+        curl -sf -H "Host: ${2:-bench}" "http://$1$URL_PATH" >/dev/null 2>&1 && return 0
         sleep 0.2
     done
     echo "$1 did not answer" >&2
@@ -109,21 +115,35 @@ print(total)
 PY
 }
 
+# start_upstream ADDR: bench_proxy's upstream (`/small`: 20 bytes, `content-length` and `date`), or with
+# DEMO_APP the testkit demo app that bench/proxy/deployed.sh deploys (`/bytes/20`: the same body, and
+# `x-version` besides).
+start_upstream() {
+    if [ -n "${DEMO_APP:-}" ]; then
+        PORT="${1##*:}" VERSION=v0 "$DEMO_APP" >/dev/null & pids+=($!)
+    else
+        "$BIN" upstream "$1" & pids+=($!)
+    fi
+    wait_for "$1"
+}
+
 # measure NAME PID ADDR [HOST]: toggles collection on for one wrk (or h2load) run, prints the figures.
 measure() {
     local name=$1 pid=$2 addr=$3 host=${4:-bench}
     local out requests
     if [ "$MODE" = h2 ]; then
-        h2load -c"$H2_CONNECTIONS" -m"$H2_STREAMS" -n"$((H2_REQUESTS / 10))" "http://$addr/small" >/dev/null
+        local authority=()
+        if [ "$host" != bench ]; then authority=(-H ":authority: $host"); fi
+        h2load -c"$H2_CONNECTIONS" -m"$H2_STREAMS" -n"$((H2_REQUESTS / 10))" "${authority[@]}" "http://$addr$URL_PATH" >/dev/null
         callgrind_control -i on "$pid" >/dev/null 2>&1
-        out="$(h2load -c"$H2_CONNECTIONS" -m"$H2_STREAMS" -n"$H2_REQUESTS" "http://$addr/small")"
+        out="$(h2load -c"$H2_CONNECTIONS" -m"$H2_STREAMS" -n"$H2_REQUESTS" "${authority[@]}" "http://$addr$URL_PATH")"
         requests="$(echo "$out" | awk '/^requests:/ {print $8}')"
         echo "$out" | grep -E '^(requests|status codes):' >&2
         name="$name-h2"
     else
-        wrk -t1 -c"$CONNECTIONS" -d3s -H "Host: $host" "${EXTRA_FIELDS[@]}" "http://$addr/small" >/dev/null
+        wrk -t1 -c"$CONNECTIONS" -d3s -H "Host: $host" "${EXTRA_FIELDS[@]}" "http://$addr$URL_PATH" >/dev/null
         callgrind_control -i on "$pid" >/dev/null 2>&1
-        out="$(wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" -H "Host: $host" "${EXTRA_FIELDS[@]}" "http://$addr/small")"
+        out="$(wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" -H "Host: $host" "${EXTRA_FIELDS[@]}" "http://$addr$URL_PATH")"
         requests="$(echo "$out" | awk '/requests in/ {print $1}')"
     fi
     callgrind_control -i off "$pid" >/dev/null 2>&1
@@ -150,15 +170,25 @@ measure() {
         "$(echo "$memcpys / $requests" | bc -l)"
 }
 
-"$BIN" upstream "$UPSTREAM" & pids+=($!)
-wait_for "$UPSTREAM"
+start_upstream "$UPSTREAM"
 
 if [ "$MODE" = h2 ]; then
-    valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/callgrind.rollway.%p" \
-        "$BIN" proxy "$ROLLWAY" "$UPSTREAM" 1 2>"$WORK/valgrind-rollway.log" & pids+=($!)
-    rollway_pid=$!
-    wait_for "$ROLLWAY"
-    measure rollway "$rollway_pid" "$ROLLWAY"
+    for mode in $MODES; do
+        case "$mode" in
+            static) suffix="" addr=$ROLLWAY host=bench args=("$ROLLWAY" "$UPSTREAM" 1) ;;
+            deployed)
+                start_upstream "$UPSTREAM_B"
+                suffix="-deployed" addr=$ROLLWAY_DEPLOYED host=$DEPLOYED_HOST
+                args=("$ROLLWAY_DEPLOYED" "$UPSTREAM,$UPSTREAM_B" 1 http1 deployed)
+                ;;
+            *) echo "unknown mode $mode" >&2; exit 2 ;;
+        esac
+        valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/callgrind.rollway$suffix.%p" \
+            "$BIN" proxy "${args[@]}" 2>"$WORK/valgrind-rollway$suffix.log" & pids+=($!)
+        rollway_pid=$!
+        wait_for "$addr" "$host"
+        measure "rollway$suffix" "$rollway_pid" "$addr" "$host"
+    done
     exit 0
 fi
 
@@ -236,8 +266,7 @@ measure_mode() {
 
 for mode in $MODES; do
     if [ "$mode" = deployed ] && [ -z "${upstream_b_started:-}" ]; then
-        "$BIN" upstream "$UPSTREAM_B" & pids+=($!)
-        wait_for "$UPSTREAM_B"
+        start_upstream "$UPSTREAM_B"
         upstream_b_started=1
     fi
     measure_mode "$mode"

@@ -8,7 +8,11 @@
 # Usage: bench/proxy/syscalls.sh [DURATION_S] [CONNECTIONS...]   (defaults 6 s, 64 and 512)
 # Environment: BENCH_PROXY_BIN (another build of bench_proxy, e.g. a copy of an earlier commit's),
 #   BENCH_PORT_BASE (moves every port, default 18780), TARGETS (default "rollway nginx haproxy"),
-#   ROUNDS (default 1; targets alternate within each round).
+#   ROUNDS (default 1; targets alternate within each round), H2C_STREAMS (set, e.g. 100: HTTP/2 to the
+#   proxies instead, h2c with prior knowledge, h2load -t2 with CONNECTIONS connections x H2C_STREAMS streams,
+#   `:authority` the route's host; nginx listens for h2c on its port then, and p99 is not measured),
+#   DEMO_APP (path to a built testkit `demo-app`: the two instances are demo apps, as deployed.sh deploys,
+#   and the path `/bytes/20`, instead of `bench_proxy upstream` and `/small`).
 # Every server binds 127.0.0.1; every process this script starts is killed by pid on exit.
 set -euo pipefail
 
@@ -46,8 +50,15 @@ cleanup() {
 trap cleanup EXIT
 ulimit -n "$(ulimit -Hn)"
 
-"$BIN" upstream "$UP_A" & pids+=($!)
-"$BIN" upstream "$UP_B" & pids+=($!)
+URL_PATH=/small
+if [ -n "${DEMO_APP:-}" ]; then
+    URL_PATH=/bytes/20
+    PORT="${UP_A##*:}" VERSION=v0 "$DEMO_APP" >/dev/null & pids+=($!)
+    PORT="${UP_B##*:}" VERSION=v0 "$DEMO_APP" >/dev/null & pids+=($!)
+else
+    "$BIN" upstream "$UP_A" & pids+=($!)
+    "$BIN" upstream "$UP_B" & pids+=($!)
+fi
 "$BIN" proxy "127.0.0.1:$RW_PORT" "$UP_A,$UP_B" 0 http1 deployed & RW_PID=$!
 pids+=("$RW_PID")
 
@@ -65,7 +76,7 @@ http {
     keepalive_requests 1000000;
     upstream app { least_conn; server $UP_A; server $UP_B; keepalive 512; }
     server {
-        listen 127.0.0.1:$NGINX_PORT;
+        listen 127.0.0.1:$NGINX_PORT${H2C_STREAMS:+ http2};
         server_name $HOST;
         client_max_body_size 2m;
         location / {
@@ -79,7 +90,7 @@ http {
             proxy_request_buffering off;
         }
     }
-    server { listen 127.0.0.1:$NGINX_PORT default_server; return 404; }
+    server { listen 127.0.0.1:$NGINX_PORT${H2C_STREAMS:+ http2} default_server; return 404; }
 }
 NGINX
 cat > "$WORK/haproxy.cfg" <<HAPROXY
@@ -94,7 +105,7 @@ defaults
     timeout http-keep-alive 75s
     option forwardfor
 frontend web
-    bind 127.0.0.1:$HAPROXY_PORT
+    bind 127.0.0.1:$HAPROXY_PORT${H2C_STREAMS:+ proto h2}
     http-request set-header X-Forwarded-Proto http
     use_backend app if { hdr(host),field(1,:) -i $HOST }
 backend app
@@ -110,9 +121,11 @@ if [[ " $TARGETS " == *" haproxy "* ]]; then
     setsid haproxy -W -f "$WORK/haproxy.cfg" >"$WORK/haproxy.out" 2>&1 &
     HAPROXY_PID=$!
 fi
+CURL_H2=()
+if [ -n "${H2C_STREAMS:-}" ]; then CURL_H2=(--http2-prior-knowledge); fi
 for port in "$RW_PORT" "$NGINX_PORT" "$HAPROXY_PORT"; do
     for _ in $(seq 1 100); do
-        curl -sf -o /dev/null -H "Host: $HOST" "http://127.0.0.1:$port/small" && break
+        curl -sf -o /dev/null "${CURL_H2[@]}" -H "Host: $HOST" "http://127.0.0.1:$port$URL_PATH" && break
         sleep 0.1
     done
 done
@@ -141,22 +154,37 @@ for round in $(seq 1 "$ROUNDS"); do
     for conns in "${CONNS[@]}"; do
         for target in $TARGETS; do
             case "$target" in rollway) port=$RW_PORT ;; nginx) port=$NGINX_PORT ;; haproxy) port=$HAPROXY_PORT ;; esac
-            url="http://127.0.0.1:$port/small"
-            wrk -t2 -c"$conns" -d2s -H "Host: $HOST" "$url" >/dev/null 2>&1 || true
+            url="http://127.0.0.1:$port$URL_PATH"
+            if [ -n "${H2C_STREAMS:-}" ]; then
+                load_cmd=(h2load -t2 -c"$conns" -m"$H2C_STREAMS" -H ":authority: $HOST")
+                timeout 30 "${load_cmd[@]}" -D 2 "$url" >/dev/null 2>&1 || true
+            else
+                wrk -t2 -c"$conns" -d2s -H "Host: $HOST" "$url" >/dev/null 2>&1 || true
+            fi
             tpids="$(target_pids "$target")"
             load="$(awk '{print $1}' /proc/loadavg)"
             before="$(cpu_ticks "$tpids")"
             # Connections open to the instances halfway through the run.
             (sleep "$((DURATION / 2))"; ss -tnH state established "( dport = :${UP_A##*:} or dport = :${UP_B##*:} )" \
                 | wc -l >"$WORK/upstream_conns") & counter=$!
-            perf stat -x, -o "$WORK/perf.csv" -e "$EVENTS" -p "$tpids" -- \
-                wrk -t2 -c"$conns" -d"${DURATION}s" --timeout 10s --latency -H "Host: $HOST" "$url" \
-                >"$WORK/wrk.txt" 2>&1 || true
-            after="$(cpu_ticks "$tpids")"
-            wait "$counter" || true
-            requests="$(awk '/requests in/ {print $1; exit}' "$WORK/wrk.txt")"
-            rps="$(awk '/Requests\/sec/ {print $2}' "$WORK/wrk.txt")"
-            p99="$(awk '$1 == "99%" {print $2}' "$WORK/wrk.txt")"
+            if [ -n "${H2C_STREAMS:-}" ]; then
+                perf stat -x, -o "$WORK/perf.csv" -e "$EVENTS" -p "$tpids" -- \
+                    timeout $((DURATION + 30)) "${load_cmd[@]}" -D "$DURATION" "$url" >"$WORK/wrk.txt" 2>&1 || true
+                after="$(cpu_ticks "$tpids")"
+                wait "$counter" || true
+                requests="$(awk '/^requests:/ {print $8; exit}' "$WORK/wrk.txt")"
+                rps="$(awk '/^finished in/ {gsub(",", "", $4); print $4; exit}' "$WORK/wrk.txt")"
+                p99="-"
+            else
+                perf stat -x, -o "$WORK/perf.csv" -e "$EVENTS" -p "$tpids" -- \
+                    wrk -t2 -c"$conns" -d"${DURATION}s" --timeout 10s --latency -H "Host: $HOST" "$url" \
+                    >"$WORK/wrk.txt" 2>&1 || true
+                after="$(cpu_ticks "$tpids")"
+                wait "$counter" || true
+                requests="$(awk '/requests in/ {print $1; exit}' "$WORK/wrk.txt")"
+                rps="$(awk '/Requests\/sec/ {print $2}' "$WORK/wrk.txt")"
+                p99="$(awk '$1 == "99%" {print $2}' "$WORK/wrk.txt")"
+            fi
             read -r bu bs <<<"$before"
             read -r au as <<<"$after"
             total="$(awk -F, -v n="$requests" '$3 == "raw_syscalls:sys_enter" {printf "%.2f", $1 / n}' "$WORK/perf.csv")"

@@ -43,6 +43,9 @@ pub(crate) struct ConnectionContext {
     /// close`, so a keep-alive client opens its next connection to the successor instead of racing a
     /// close (`server::Connection::serve_http1`).
     pub(crate) closing: AtomicBool,
+    /// Set once an HTTP/2 answer of this connection carried its `x-request-id` as a field HPACK may add
+    /// to the connection's header table (`request_id_for_http2`).
+    pub(crate) request_id_named: AtomicBool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,8 +86,12 @@ pub(crate) async fn handle(
         }
     };
     // An app's own request id on its answer is kept; the proxy's goes on answers that have none.
-    if let header::Entry::Vacant(entry) = response.headers_mut().entry(&X_REQUEST_ID) {
-        entry.insert(request_id);
+    if http1 {
+        if let header::Entry::Vacant(entry) = response.headers_mut().entry(&X_REQUEST_ID) {
+            entry.insert(request_id);
+        }
+    } else {
+        request_id_for_http2(&mut response, request_id, &context.request_id_named);
     }
     if let Some(seconds) = hsts
         && let header::Entry::Vacant(entry) = response
@@ -613,7 +620,7 @@ fn request_body_error(error: RequestBodyError) -> ProxyError {
 ///
 /// The flag says whether the value is the request's one `Host` field itself (no authority in the target):
 /// the instance's `Host` then needs no rewriting.
-fn request_host(request: &Request<ClientBody>) -> Result<(HeaderValue, bool), ProxyError> {
+fn request_host<B>(request: &Request<B>) -> Result<(HeaderValue, bool), ProxyError> {
     let mut hosts = request.headers().get_all(header::HOST).iter();
     let host = hosts.next();
     if hosts.next().is_some() {
@@ -641,14 +648,49 @@ fn request_host(request: &Request<ClientBody>) -> Result<(HeaderValue, bool), Pr
                 reason: BadRequestReason::HostMismatch,
             });
         }
-        // An authority is visible ASCII, always a valid header value.
-        return HeaderValue::from_str(authority.as_str())
+        return authority_value(authority.as_str())
             .map(|value| (value, false))
-            .map_err(|_| ProxyError::MissingHost);
+            .ok_or(ProxyError::MissingHost);
     }
     host.filter(|value| value.to_str().is_ok_and(|host| !host.is_empty()))
         .map(|value| (value.clone(), true))
         .ok_or(ProxyError::MissingHost)
+}
+
+/// How many authorities each thread keeps as `Host` values (`authority_value`).
+const AUTHORITY_VALUES: usize = 4;
+
+thread_local! {
+    /// This thread's last authorities as `Host` values, and where the next new one goes (oldest first).
+    static AUTHORITIES: std::cell::RefCell<([Option<HeaderValue>; AUTHORITY_VALUES], usize)> =
+        const { std::cell::RefCell::new(([const { None }; AUTHORITY_VALUES], 0)) };
+}
+
+/// `authority` (a request target's, as every HTTP/2 request has it) as a `Host` value.
+///
+/// A client names the same authority on every request of its connection, and a thread's connections
+/// a handful: the thread keeps the last `AUTHORITY_VALUES` values and hands out clones of them (a count
+/// up). Made anew, each value was two allocations (its copy, then the shared block its first clone
+/// made: the value goes to the instance's request and to the routing) and a validation. `None` for
+/// what is not a valid value (never, for a parsed authority: visible ASCII).
+fn authority_value(authority: &str) -> Option<HeaderValue> {
+    AUTHORITIES.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        let (values, next) = &mut *cache;
+        if let Some(value) = values
+            .iter()
+            .flatten()
+            .find(|value| value.as_bytes() == authority.as_bytes())
+        {
+            return Some(value.clone());
+        }
+        let value = HeaderValue::from_str(authority).ok()?;
+        // The kept one is a clone: the value itself moves to the shared block now, once, rather than
+        // on each request's first clone.
+        values[*next % AUTHORITY_VALUES] = Some(value.clone());
+        *next = next.wrapping_add(1);
+        Some(value)
+    })
 }
 
 /// Whether the client waits for `100 Continue` before it sends its body.
@@ -1111,6 +1153,28 @@ fn join_cookies(headers: &mut HeaderMap) {
 pub(crate) fn client_ip_value(client_addr: SocketAddr) -> HeaderValue {
     HeaderValue::from_str(&client_addr.ip().to_string())
         .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+/// Gives an HTTP/2 answer its `x-request-id` (the app's own if it has one), marked for HPACK.
+///
+/// Every answer's id is new, so it goes out as a literal never added to the connection's header table
+/// (as the date, `date_for_http2`): added, each new id would chain behind the stale ones. An app's own
+/// id is marked too (an app that echoes ids would add one per answer). The name, though, is the same on
+/// every answer: the first answer of the connection (`named`) lets HPACK add its field to the table, and
+/// every later id names it by its table index (1-2 bytes) instead of as a literal (~9 bytes, Huffman-coded
+/// by h2 on every answer; bench/proxy/README.md, "Session 31: HTTP/2 to clients").
+fn request_id_for_http2(
+    response: &mut Response<ProxyBody>,
+    request_id: HeaderValue,
+    named: &AtomicBool,
+) {
+    let id = match response.headers_mut().entry(&X_REQUEST_ID) {
+        header::Entry::Occupied(entry) => entry.into_mut(),
+        header::Entry::Vacant(entry) => entry.insert(request_id),
+    };
+    // One load per answer; the swap only until the first answer took it.
+    let first = !named.load(Ordering::Relaxed) && !named.swap(true, Ordering::Relaxed);
+    id.set_sensitive(!first);
 }
 
 /// Gives an HTTP/2 answer its `date`, in one lookup: the instance's is kept, otherwise the current time

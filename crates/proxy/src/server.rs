@@ -269,6 +269,7 @@ impl Connection {
             scheme,
             tracker: tracker.clone(),
             closing: AtomicBool::new(false),
+            request_id_named: AtomicBool::new(false),
         });
         let mut io = io;
         async move {

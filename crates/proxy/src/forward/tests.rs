@@ -176,6 +176,7 @@ fn context(trusted_peer: bool) -> ConnectionContext {
         scheme: Scheme::Http,
         tracker: TaskTracker::new(),
         closing: AtomicBool::new(false),
+        request_id_named: AtomicBool::new(false),
     }
 }
 
@@ -429,4 +430,36 @@ fn a_host_is_a_name_or_ip_literal_and_an_optional_port_of_digits() {
     for (host, valid) in cases {
         assert_eq!(is_host(host.as_bytes()), *valid, "{host:?}");
     }
+}
+
+// An HTTP/2 request's `Host` value is made once per authority on a thread, not per request (issue 20,
+// session 31): the same authority hands out the same shared bytes, another authority its own, and an
+// authority pushed out by `AUTHORITY_VALUES` newer ones is made anew.
+#[test]
+fn a_threads_recent_authorities_are_made_into_host_values_once() {
+    fn host_of(authority: &str) -> HeaderValue {
+        let request = Request::get(format!("http://{authority}/"))
+            .version(Version::HTTP_2)
+            .body(())
+            .expect("request");
+        let (host, from_field) = request_host(&request).expect("a host");
+        assert!(!from_field);
+        assert_eq!(host, authority);
+        host
+    }
+    // A thread of its own: the cache starts empty.
+    std::thread::spawn(|| {
+        let first = host_of("app.test");
+        let again = host_of("app.test");
+        assert_eq!(first.as_bytes().as_ptr(), again.as_bytes().as_ptr());
+        let other = host_of("app.test:8080");
+        assert_ne!(first.as_bytes().as_ptr(), other.as_bytes().as_ptr());
+        for index in 0..AUTHORITY_VALUES {
+            host_of(&format!("app{index}.test"));
+        }
+        let made_anew = host_of("app.test");
+        assert_ne!(first.as_bytes().as_ptr(), made_anew.as_bytes().as_ptr());
+    })
+    .join()
+    .expect("the test thread");
 }

@@ -283,3 +283,82 @@ async fn the_proxys_own_http2_answers_carry_a_date() {
     assert!(date.len() == 29 && date.ends_with(" GMT"), "{date}");
     test_proxy.stop().await;
 }
+
+/// Reads frames from `client` until the HEADERS frame of `stream`, answering the server's SETTINGS; its
+/// header block (the proxy's answers are small: one frame, no padding).
+async fn h2_answer_block(client: &mut TcpStream, stream: u32) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let mut head = [0u8; 9];
+        client
+            .read_exact(&mut head)
+            .await
+            .expect("a frame's header");
+        let length = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+        let (kind, flags) = (head[3], head[4]);
+        let id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        let mut payload = vec![0u8; length];
+        client
+            .read_exact(&mut payload)
+            .await
+            .expect("a frame's payload");
+        if kind == 0x4 && flags & 0x1 == 0 {
+            client
+                .write_all(&h2_frame(0x4, 0x1, 0, &[]))
+                .await
+                .expect("settings ack");
+        }
+        if kind == 0x1 && id == stream {
+            return payload;
+        }
+    }
+}
+
+// Every HTTP/2 answer's `x-request-id` is new, so HPACK sends it as a literal (never indexed, session 27);
+// its name, though, goes into the connection's header table with the first answer, and every later
+// answer names it by its index instead of as a literal (~9 bytes fewer per answer, and h2 Huffman-codes
+// a literal name on every answer). See: issue 20 (session 31, HTTP/2 to clients).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_answers_after_the_first_name_the_request_id_by_its_table_index() {
+    use tokio::io::AsyncWriteExt;
+    let test_proxy = TestProxy::start(ProxyConfig::default()).await;
+    let mut client = TcpStream::connect(test_proxy.addr).await.expect("connect");
+    let mut opening = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    opening.extend(h2_frame(0x4, 0, 0, &[]));
+    client.write_all(&opening).await.expect("preface");
+    let authority = b"unrouted.test";
+    let mut blocks = Vec::new();
+    // The proxy keeps a client's usable id.
+    for (index, id) in ["id-aa", "id-ac", "id-ae"].iter().enumerate() {
+        // :method GET, :scheme http, :path /, :authority as a literal, then `x-request-id` as a literal
+        // with a literal name, neither indexed.
+        let mut block = vec![0x82, 0x86, 0x84, 0x01, 13];
+        block.extend_from_slice(authority);
+        block.extend_from_slice(&[0x00, 12]);
+        block.extend_from_slice(b"x-request-id");
+        block.push(u8::try_from(id.len()).expect("id length"));
+        block.extend_from_slice(id.as_bytes());
+        let stream = 1 + 2 * u32::try_from(index).expect("index");
+        // END_STREAM | END_HEADERS; one stream at a time, so the answers are encoded in this order.
+        client
+            .write_all(&h2_frame(0x1, 0x5, stream, &block))
+            .await
+            .expect("request");
+        let answer = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            h2_answer_block(&mut client, stream),
+        )
+        .await
+        .expect("an answer within 10 s");
+        blocks.push(answer);
+    }
+    // `x-request-id` Huffman-coded (RFC 7541, appendix B), as a literal name is sent: in the first answer
+    // (which adds the field to the table), in no later one (a 1-2 byte index instead).
+    const NAME: [u8; 9] = [0xf2, 0xb5, 0x85, 0xed, 0x69, 0x50, 0x95, 0x8d, 0x27];
+    let names = |block: &Vec<u8>| block.windows(NAME.len()).filter(|w| *w == NAME).count();
+    assert_eq!(names(&blocks[0]), 1, "{blocks:02x?}");
+    assert_eq!(names(&blocks[1]), 0, "{blocks:02x?}");
+    assert_eq!(names(&blocks[2]), 0, "{blocks:02x?}");
+    drop(client);
+    test_proxy.stop().await;
+}
