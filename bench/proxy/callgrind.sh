@@ -11,6 +11,13 @@
 #             two upstream processes; wrk sends `Host: bench.localhost` (nginx: least_conn over the two
 #             servers, a server_name and a default 404 server, as bench/proxy/deployed.sh's)
 #
+# CALLGRIND_ARGS adds valgrind options (e.g. "--cache-sim=yes --branch-sim=yes": the D1/LL miss columns are then
+# kept with CALLGRIND_KEEP for callgrind_annotate). WITH_NGINX=0 measures Rollway only. WARMUP_S (3) is the
+# unmeasured wrk run before (longer at many connections, so that pools have grown before counting).
+# STEADY=1 (HTTP/1): one wrk run, instrumentation on for DURATION_S in its middle, so that no connection
+# (client or upstream) is opened in the window (each wrk run opens its own: with few requests per connection
+# under callgrind, their set-up weighs on the figures); requests are then counted by the proxy in the window
+# (calls to Rollway's `ProxyBody::upstream`, nginx's `ngx_http_create_request`), not by wrk.
 # CALLGRIND_MODE=h2: HTTP/2 to the client instead (h2c, prior knowledge, HTTP/1.1 upstream), Rollway only
 # (nginx's h2c is not what is compared, and HAProxy does not run well under callgrind): a bounded h2load
 # run of H2_REQUESTS (20000) requests over H2_CONNECTIONS (4) connections x H2_STREAMS (50) streams, after
@@ -21,6 +28,7 @@
 set -euo pipefail
 
 MODE="${CALLGRIND_MODE:-http1}"
+read -r -a EXTRA_VALGRIND <<< "${CALLGRIND_ARGS:-}"
 H2_REQUESTS="${H2_REQUESTS:-20000}"
 H2_CONNECTIONS="${H2_CONNECTIONS:-4}"
 H2_STREAMS="${H2_STREAMS:-50}"
@@ -141,16 +149,32 @@ measure() {
         echo "$out" | grep -E '^(requests|status codes):' >&2
         name="$name-h2"
     else
-        wrk -t1 -c"$CONNECTIONS" -d3s -H "Host: $host" "${EXTRA_FIELDS[@]}" "http://$addr$URL_PATH" >/dev/null
-        callgrind_control -i on "$pid" >/dev/null 2>&1
-        out="$(wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" -H "Host: $host" "${EXTRA_FIELDS[@]}" "http://$addr$URL_PATH")"
-        requests="$(echo "$out" | awk '/requests in/ {print $1}')"
+        if [ -n "${STEADY:-}" ]; then
+            # One wrk run, counted in its middle: the same connections (client and upstream) throughout.
+            wrk -t1 -c"$CONNECTIONS" -d"$((${WARMUP_S:-3} + DURATION + 3))s" -H "Host: $host" "${EXTRA_FIELDS[@]}" \
+                "http://$addr$URL_PATH" >/dev/null &
+            local wrk_pid=$!
+            sleep "${WARMUP_S:-3}"
+            callgrind_control -i on "$pid" >/dev/null 2>&1
+            sleep "$DURATION"
+        else
+            wrk -t1 -c"$CONNECTIONS" -d"${WARMUP_S:-3}s" -H "Host: $host" "${EXTRA_FIELDS[@]}" "http://$addr$URL_PATH" >/dev/null
+            callgrind_control -i on "$pid" >/dev/null 2>&1
+            out="$(wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" -H "Host: $host" "${EXTRA_FIELDS[@]}" "http://$addr$URL_PATH")"
+            requests="$(echo "$out" | awk '/requests in/ {print $1}')"
+        fi
     fi
     callgrind_control -i off "$pid" >/dev/null 2>&1
     callgrind_control -d "$pid" >/dev/null 2>&1
     sleep 1
     local file
     file="$(ls -t "$WORK"/callgrind."${name%-h2}".* | head -1)"
+    if [ -n "${STEADY:-}" ] && [ "$MODE" != h2 ]; then
+        wait "$wrk_pid" || true
+        # Requests counted by the proxy itself in the window: Rollway's answers taken from an upstream,
+        # nginx's requests made (one per request, keep-alive or not).
+        requests="$(calls_to "$file" proxy::body::ProxyBody::upstream,ngx_http_create_request)"
+    fi
     if [ -n "${CALLGRIND_KEEP:-}" ]; then
         cp "$file" "$CALLGRIND_KEEP/callgrind.$name.out"
     fi
@@ -183,7 +207,7 @@ if [ "$MODE" = h2 ]; then
                 ;;
             *) echo "unknown mode $mode" >&2; exit 2 ;;
         esac
-        valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/callgrind.rollway$suffix.%p" \
+        valgrind --tool=callgrind "${EXTRA_VALGRIND[@]}" --instr-atstart=no --callgrind-out-file="$WORK/callgrind.rollway$suffix.%p" \
             "$BIN" proxy "${args[@]}" 2>"$WORK/valgrind-rollway$suffix.log" & pids+=($!)
         rollway_pid=$!
         wait_for "$addr" "$host"
@@ -252,15 +276,17 @@ measure_mode() {
             ;;
         *) echo "unknown mode $mode" >&2; exit 2 ;;
     esac
-    valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/callgrind.rollway$suffix.%p" \
+    valgrind --tool=callgrind "${EXTRA_VALGRIND[@]}" --instr-atstart=no --callgrind-out-file="$WORK/callgrind.rollway$suffix.%p" \
         "$BIN" proxy "${args[@]}" 2>"$WORK/valgrind-rollway$suffix.log" & pids+=($!)
     local rollway_pid=$!
-    valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/callgrind.nginx$suffix.%p" \
-        nginx -c "$WORK/nginx-$mode.conf" -p "$WORK" 2>"$WORK/valgrind-nginx$suffix.log" & pids+=($!)
-    local nginx_pid=$!
     wait_for "$rollway_addr" "$host"
-    wait_for "$nginx_addr" "$host"
-    measure "nginx$suffix" "$nginx_pid" "$nginx_addr" "$host"
+    if [ "${WITH_NGINX:-1}" != 0 ]; then
+        valgrind --tool=callgrind "${EXTRA_VALGRIND[@]}" --instr-atstart=no --callgrind-out-file="$WORK/callgrind.nginx$suffix.%p" \
+            nginx -c "$WORK/nginx-$mode.conf" -p "$WORK" 2>"$WORK/valgrind-nginx$suffix.log" & pids+=($!)
+        local nginx_pid=$!
+        wait_for "$nginx_addr" "$host"
+        measure "nginx$suffix" "$nginx_pid" "$nginx_addr" "$host"
+    fi
     measure "rollway$suffix" "$rollway_pid" "$rollway_addr" "$host"
 }
 

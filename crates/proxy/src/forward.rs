@@ -62,61 +62,66 @@ static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Answers one request. Never fails: errors become answers through `error_response`.
-pub(crate) async fn handle(
+#[allow(clippy::manual_async_fn)] // See `forward`: an `async fn` would hold the request twice.
+pub(crate) fn handle(
     request: Request<ClientBody>,
     context: Arc<ConnectionContext>,
     active: ActiveRequest,
-) -> Result<Response<ProxyBody>, std::convert::Infallible> {
-    let mut active = Some(active);
-    let http1 = request.version() < Version::HTTP_2;
-    let request_id = request_id(request.headers());
-    let mut hsts = None;
-    let mut response = match forward(request, &context, &request_id, &mut active, &mut hsts).await {
-        Ok(response) => response,
-        Err((error, stats)) => {
-            let stats = stats.unwrap_or_else(|| Arc::clone(&context.proxy.inner().unrouted));
-            stats.record_error(error.kind());
-            tracing::debug!(
-                message = "Request failed.",
-                %error,
-                request_id = %request_id.to_str().unwrap_or(""),
-                client = %context.client_addr
-            );
-            error_response(&error)
+) -> impl Future<Output = Result<Response<ProxyBody>, std::convert::Infallible>> {
+    async move {
+        let mut active = Some(active);
+        let http1 = request.version() < Version::HTTP_2;
+        let request_id = request_id(request.headers());
+        let mut hsts = None;
+        let mut response = match forward(request, &context, &request_id, &mut active, &mut hsts)
+            .await
+        {
+            Ok(response) => response,
+            Err((error, stats)) => {
+                let stats = stats.unwrap_or_else(|| Arc::clone(&context.proxy.inner().unrouted));
+                stats.record_error(error.kind());
+                tracing::debug!(
+                    message = "Request failed.",
+                    %error,
+                    request_id = %request_id.to_str().unwrap_or(""),
+                    client = %context.client_addr
+                );
+                error_response(&error)
+            }
+        };
+        // An app's own request id on its answer is kept; the proxy's goes on answers that have none.
+        if http1 {
+            if let header::Entry::Vacant(entry) = response.headers_mut().entry(&X_REQUEST_ID) {
+                entry.insert(request_id);
+            }
+        } else {
+            request_id_for_http2(&mut response, request_id, &context.request_id_named);
         }
-    };
-    // An app's own request id on its answer is kept; the proxy's goes on answers that have none.
-    if http1 {
-        if let header::Entry::Vacant(entry) = response.headers_mut().entry(&X_REQUEST_ID) {
-            entry.insert(request_id);
+        if let Some(seconds) = hsts
+            && let header::Entry::Vacant(entry) = response
+                .headers_mut()
+                .entry(header::STRICT_TRANSPORT_SECURITY)
+            && let Ok(value) = HeaderValue::from_str(&format!("max-age={seconds}"))
+        {
+            entry.insert(value);
         }
-    } else {
-        request_id_for_http2(&mut response, request_id, &context.request_id_named);
+        if http1
+            && context.closing.load(Ordering::Relaxed)
+            && response.status() != StatusCode::SWITCHING_PROTOCOLS
+        {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if !http1 {
+            date_for_http2(&mut response);
+        }
+        // The upgrade tunnel takes the active-request count when there is one; otherwise the answer holds it.
+        if let Some(active) = active {
+            response.body_mut().attach_active(active);
+        }
+        Ok(response)
     }
-    if let Some(seconds) = hsts
-        && let header::Entry::Vacant(entry) = response
-            .headers_mut()
-            .entry(header::STRICT_TRANSPORT_SECURITY)
-        && let Ok(value) = HeaderValue::from_str(&format!("max-age={seconds}"))
-    {
-        entry.insert(value);
-    }
-    if http1
-        && context.closing.load(Ordering::Relaxed)
-        && response.status() != StatusCode::SWITCHING_PROTOCOLS
-    {
-        response
-            .headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    if !http1 {
-        date_for_http2(&mut response);
-    }
-    // The upgrade tunnel takes the active-request count when there is one; otherwise the answer holds it.
-    if let Some(active) = active {
-        response.body_mut().attach_active(active);
-    }
-    Ok(response)
 }
 
 type Failure = (ProxyError, Option<Arc<ReleaseStats>>);
@@ -143,345 +148,359 @@ fn redirect_to_https(host: &str, uri: &Uri, https_port: Option<u16>) -> Response
     response
 }
 
-async fn forward(
+/// Not an `async fn`: an `async fn` keeps its arguments beside the locals they are moved into, so the
+/// request (264 bytes) was written twice into the exchange's state; the block keeps it where it was put.
+#[allow(clippy::manual_async_fn)] // See above: an `async fn` would hold the request twice.
+fn forward(
     mut request: Request<ClientBody>,
     context: &ConnectionContext,
     request_id: &HeaderValue,
     active: &mut Option<ActiveRequest>,
     hsts: &mut Option<u64>,
-) -> Result<Response<ProxyBody>, Failure> {
-    let proxy = &context.proxy;
-    let config = proxy.config();
-    let started = Instant::now();
+) -> impl Future<Output = Result<Response<ProxyBody>, Failure>> {
+    async move {
+        let proxy = &context.proxy;
+        let config = proxy.config();
+        let started = Instant::now();
 
-    // A proxy that is not a forward proxy has nothing to tunnel to (RFC 9110 section 9.3.6).
-    if request.method() == Method::CONNECT {
-        return Err((
-            ProxyError::MethodNotAllowed {
-                method: Method::CONNECT,
-            },
-            None,
-        ));
-    }
-    // ACME HTTP-01: answered before any route, since a host gets its certificate before it is routed.
-    if context.scheme == Scheme::Http
-        && let Some(token) = request
-            .uri()
-            .path()
-            .strip_prefix(crate::tls::ACME_HTTP_PREFIX)
-        && let Some(key_authorization) = proxy.tls().http01(token)
-    {
-        let mut response = Response::new(ProxyBody::full(Bytes::from(key_authorization)));
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/octet-stream"),
-        );
-        return Ok(response);
-    }
-    let (host_value, host_is_field) = request_host(&request).map_err(|error| (error, None))?;
-    let host = host_value.to_str().unwrap_or_default();
-    let host_key = normalise_host(host);
-    let (route_name, settings, admission) = {
-        let table = proxy.inner().table.load();
-        let route = table
-            .route_for(&host_key, request.uri().path())
-            .ok_or_else(|| {
-                (
-                    ProxyError::NoRoute {
-                        host: host_key.clone().into_owned(),
-                        path: request.uri().path().to_owned(),
-                    },
-                    None,
-                )
-            })?;
-        let edge = &route.spec().edge;
-        let admission = if edge.is_open() {
-            Ok(Admission::Pass)
-        } else {
-            let client =
-                crate::edge::client_addr(config, context.client_addr.ip(), request.headers());
-            edge.admit(
-                route.name(),
-                &route.live.rates,
-                client,
-                request.uri().path(),
-                // The request's arrival is its time for the rate, as good as a clock read more.
-                started,
-                SystemTime::now,
-            )
-        };
-        (route.name().clone(), route.spec().settings, admission)
-    };
-    match context.scheme {
-        Scheme::Http
-            if settings.tls.redirect
-                && !request
-                    .uri()
-                    .path()
-                    .starts_with(crate::tls::ACME_HTTP_PREFIX) =>
-        {
-            return Ok(redirect_to_https(
-                &host_key,
-                request.uri(),
-                config.https_port,
+        // A proxy that is not a forward proxy has nothing to tunnel to (RFC 9110 section 9.3.6).
+        if request.method() == Method::CONNECT {
+            return Err((
+                ProxyError::MethodNotAllowed {
+                    method: Method::CONNECT,
+                },
+                None,
             ));
         }
-        Scheme::Https => *hsts = settings.tls.hsts_seconds,
-        Scheme::Http => {}
-    }
-    // One budget for every wait of this request (a pause, no routable instance).
-    let mut hold = Hold::new(settings.hold);
-    // The awaits that few requests reach (a pause, a refused body, a body read whole, a second send)
-    // are boxed: their state would otherwise size this future, and so every request's, which is
-    // copied whole on its way into its task.
-    match admission {
-        Ok(Admission::Pass) => {}
-        Ok(Admission::Hold { until }) => {
-            Box::pin(crate::hold::while_paused(
-                proxy,
-                &route_name,
-                &host_key,
-                request.uri().path(),
-                until,
-                &mut hold,
-            ))
-            .await?;
+        // ACME HTTP-01: answered before any route, since a host gets its certificate before it is routed.
+        if context.scheme == Scheme::Http
+            && let Some(token) = request
+                .uri()
+                .path()
+                .strip_prefix(crate::tls::ACME_HTTP_PREFIX)
+            && let Some(key_authorization) = proxy.tls().http01(token)
+        {
+            let mut response = Response::new(ProxyBody::full(Bytes::from(key_authorization)));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            return Ok(response);
         }
-        Err(refusal) => {
+        let (host_value, host_is_field) = request_host(&request).map_err(|error| (error, None))?;
+        let host = host_value.to_str().unwrap_or_default();
+        let host_key = normalise_host(host);
+        let (route_name, settings, admission) = {
+            let table = proxy.inner().table.load();
+            let route = table
+                .route_for(&host_key, request.uri().path())
+                .ok_or_else(|| {
+                    (
+                        ProxyError::NoRoute {
+                            host: host_key.clone().into_owned(),
+                            path: request.uri().path().to_owned(),
+                        },
+                        None,
+                    )
+                })?;
+            let edge = &route.spec().edge;
+            let admission = if edge.is_open() {
+                Ok(Admission::Pass)
+            } else {
+                let client =
+                    crate::edge::client_addr(config, context.client_addr.ip(), request.headers());
+                edge.admit(
+                    route.name(),
+                    &route.live.rates,
+                    client,
+                    request.uri().path(),
+                    // The request's arrival is its time for the rate, as good as a clock read more.
+                    started,
+                    SystemTime::now,
+                )
+            };
+            (route.name().clone(), route.spec().settings, admission)
+        };
+        match context.scheme {
+            Scheme::Http
+                if settings.tls.redirect
+                    && !request
+                        .uri()
+                        .path()
+                        .starts_with(crate::tls::ACME_HTTP_PREFIX) =>
+            {
+                return Ok(redirect_to_https(
+                    &host_key,
+                    request.uri(),
+                    config.https_port,
+                ));
+            }
+            Scheme::Https => *hsts = settings.tls.hsts_seconds,
+            Scheme::Http => {}
+        }
+        // One budget for every wait of this request (a pause, no routable instance).
+        let mut hold = Hold::new(settings.hold);
+        // The awaits that few requests reach (a pause, a refused body, a body read whole, a second send)
+        // are boxed: their state would otherwise size this future, and so every request's, which is
+        // copied whole on its way into its task.
+        match admission {
+            Ok(Admission::Pass) => {}
+            Ok(Admission::Hold { until }) => {
+                Box::pin(crate::hold::while_paused(
+                    proxy,
+                    &route_name,
+                    &host_key,
+                    request.uri().path(),
+                    until,
+                    &mut hold,
+                ))
+                .await?;
+            }
+            Err(refusal) => {
+                if !expects_continue(request.headers()) {
+                    Box::pin(discard_body(request.into_body())).await;
+                }
+                return Err((refusal, None));
+            }
+        }
+        let announced_length = content_length(request.headers());
+        if let Some(length) = announced_length
+            && length > settings.max_body_bytes
+        {
+            // A client that sent `Expect: 100-continue` waits for a go-ahead: it gets the 413 at once and its
+            // body is not read (reading it is what makes hyper send `100 Continue`).
             if !expects_continue(request.headers()) {
                 Box::pin(discard_body(request.into_body())).await;
             }
-            return Err((refusal, None));
+            return Err((
+                ProxyError::BodyTooLarge {
+                    limit: settings.max_body_bytes,
+                },
+                None,
+            ));
         }
-    }
-    let announced_length = content_length(request.headers());
-    if let Some(length) = announced_length
-        && length > settings.max_body_bytes
-    {
-        // A client that sent `Expect: 100-continue` waits for a go-ahead: it gets the 413 at once and its
-        // body is not read (reading it is what makes hyper send `100 Continue`).
-        if !expects_continue(request.headers()) {
-            Box::pin(discard_body(request.into_body())).await;
-        }
-        return Err((
-            ProxyError::BodyTooLarge {
-                limit: settings.max_body_bytes,
-            },
-            None,
-        ));
-    }
 
-    let upgrade = request.version() == Version::HTTP_11
-        && settings.protocol == UpstreamProtocol::Http1
-        && is_upgrade(request.headers());
-    let downstream_upgrade = upgrade.then(|| DownstreamUpgrade::of(&mut request));
-    // Interim answers can be passed on to an HTTP/1.1 client only (hyper's HTTP/2 server has no way to
-    // send them, and HTTP/1.0 clients must not get them).
-    let interim = (request.version() == Version::HTTP_11)
-        .then(|| active.as_ref().map(ActiveRequest::interim_sender))
-        .flatten();
-    let (mut parts, body) = request.into_parts();
-    let added = prepare_request_headers(
-        &mut parts.headers,
-        &host_value,
-        host_is_field,
-        context,
-        request_id,
-        upgrade,
-        settings.protocol,
-    );
-    let upstream_uri = upstream_uri(&parts.uri, &host_value, settings.protocol);
-    let upstream_version = match settings.protocol {
-        UpstreamProtocol::Http1 => Version::HTTP_11,
-        UpstreamProtocol::H2c | UpstreamProtocol::Grpc => Version::HTTP_2,
-    };
-
-    // A small announced body is read whole before an instance is picked: a slow client then holds only
-    // its own connection, and its slowness is a 408 for it rather than a 504 blamed on the instance.
-    let mut body = RequestBody::new(body, settings.max_body_bytes, config.body_read_timeout);
-    let mut whole_body = body.is_end_stream().then(Bytes::new);
-    if whole_body.is_none()
-        && !upgrade
-        && announced_length.is_some_and(|length| length <= config.request_buffer_bytes)
-    {
-        let bytes = Box::pin(body.read_whole())
-            .await
-            .map_err(|error| (request_body_error(error), None))?;
-        body = RequestBody::full(bytes.clone());
-        whole_body = Some(bytes);
-        // The client's `Expect: 100-continue` was answered here (hyper sent `100 Continue` when the body
-        // was read); the instance gets the whole body at once and nothing to answer.
-        parts.headers.remove(header::EXPECT);
-    }
-    let replayable = whole_body.is_some() && is_idempotent(&parts.method);
-
-    let build = |body: RequestBody, headers: HeaderMap| {
-        let mut upstream = Request::new(body);
-        *upstream.method_mut() = parts.method.clone();
-        *upstream.uri_mut() = upstream_uri.clone();
-        *upstream.version_mut() = upstream_version;
-        *upstream.headers_mut() = headers;
-        // The proxy's HTTP/1 client passes interim answers on itself (`upstream::h1`); hyper's,
-        // which carries upgrades, through this hook.
-        if upgrade
-            && let Some(interim) = interim.clone()
-            && upstream_version == Version::HTTP_11
-        {
-            // 100 Continue is hop-by-hop (hyper answered the client's own); 101 is a final answer here.
-            hyper::ext::on_informational(&mut upstream, move |answer| {
-                let status = answer.status();
-                if status != StatusCode::CONTINUE && status != StatusCode::SWITCHING_PROTOCOLS {
-                    let mut headers = answer.headers().clone();
-                    strip_hop_by_hop(&mut headers, false);
-                    interim.send(status, &headers);
-                }
-            });
-        }
-        upstream
-    };
-    // The proxy's HTTP/1 client gives a request it tried back whole (`GivenBack::Whole`); hyper's clients
-    // (h2c, upgrades) keep it, so for them a replayable request is rebuilt for each attempt from a copy
-    // of its headers. Other requests move their headers.
-    let copy_for_replay = replayable && (settings.protocol != UpstreamProtocol::Http1 || upgrade);
-    let mut pending = Some(if copy_for_replay {
-        build(body, parts.headers.clone())
-    } else {
-        build(body, std::mem::take(&mut parts.headers))
-    });
-
-    let mut tried = Tried::default();
-    // Attempts that may have reached an instance; a refused connection sent nothing and is not counted
-    // (its retries are bounded by the route's hold instead).
-    let mut attempt = 0;
-    loop {
-        let guard = crate::hold::pick(
-            proxy,
-            &route_name,
-            &host_key,
-            parts.uri.path(),
-            &mut tried,
-            &mut hold,
-        )
-        .await?;
-        // Borrowed from the guard, not cloned: both `Arc`s are shared by every worker, and each clone and
-        // drop is an atomic write to a cache line the other workers use too.
-        let instance = guard.instance();
-        let stats = guard.stats();
-        let upstream_request = match pending.take() {
-            Some(upstream_request) => upstream_request,
-            // Only with `copy_for_replay` (see `can_replay` below).
-            None => build(
-                RequestBody::full(whole_body.clone().unwrap_or_default()),
-                parts.headers.clone(),
-            ),
-        };
-        let sent = upstream::send_with(
-            instance,
-            upstream_request,
-            config,
-            &settings,
+        let upgrade = request.version() == Version::HTTP_11
+            && settings.protocol == UpstreamProtocol::Http1
+            && is_upgrade(request.headers());
+        let downstream_upgrade = upgrade.then(|| DownstreamUpgrade::of(&mut request));
+        // Interim answers can be passed on to an HTTP/1.1 client only (hyper's HTTP/2 server has no way to
+        // send them, and HTTP/1.0 clients must not get them).
+        let interim = (request.version() == Version::HTTP_11)
+            .then(|| active.as_ref().map(ActiveRequest::interim_sender))
+            .flatten();
+        let (mut parts, body) = request.into_parts();
+        let added = prepare_request_headers(
+            &mut parts.headers,
+            &host_value,
+            host_is_field,
+            context,
+            request_id,
             upgrade,
-            interim.as_ref(),
-            added,
-        )
-        .await;
-        match sent {
-            Ok(mut response) => {
-                instance.record_success();
-                // One clock read: the answer head's time, for its latency and the start of the body's
-                // idle timeout.
-                let answered = Instant::now();
-                let latency = answered.saturating_duration_since(started);
-                // A gRPC answer is counted by its `grpc-status`, which a 200 carries in its trailers
-                // unless it is a trailers-only answer.
-                let grpc_pending = settings.protocol == UpstreamProtocol::Grpc
-                    && response.status() == StatusCode::OK
-                    && crate::grpc::status(response.headers()).is_none();
-                if !grpc_pending {
-                    // Only a gRPC route's answers are looked at for `grpc-status` (one header lookup
-                    // fewer for every other answer).
-                    let grpc_status = (settings.protocol == UpstreamProtocol::Grpc)
-                        .then(|| crate::grpc::status(response.headers()))
-                        .flatten();
-                    let status = grpc_status
-                        .map_or_else(|| response.status().as_u16(), crate::grpc::counted_status);
-                    stats.record_response(status, latency);
-                }
-                if response.status() == StatusCode::SWITCHING_PROTOCOLS
-                    && let Some(downstream_upgrade) = downstream_upgrade
-                {
-                    let upstream_upgrade = hyper::upgrade::on(&mut response);
-                    let websocket = response
-                        .headers()
-                        .get(header::UPGRADE)
-                        .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"websocket"));
-                    spawn_tunnel(
-                        context,
-                        downstream_upgrade,
-                        upstream_upgrade,
-                        guard,
-                        active.take(),
-                        websocket,
-                    );
-                    let (mut head, _) = response.into_parts();
-                    strip_hop_by_hop(&mut head.headers, true);
-                    return Ok(Response::from_parts(head, ProxyBody::empty()));
-                }
-                let (mut head, incoming) = response.into_parts();
-                strip_hop_by_hop(&mut head.headers, false);
-                let checkin = (!upgrade).then(|| {
-                    (
-                        Arc::clone(instance),
-                        upstream::IdleLimits {
-                            max: config.upstream_max_idle_per_instance,
-                            timeout: config.upstream_idle_timeout,
-                        },
-                    )
+            settings.protocol,
+        );
+        let upstream_uri = upstream_uri(&parts.uri, &host_value, settings.protocol);
+        let upstream_version = match settings.protocol {
+            UpstreamProtocol::Http1 => Version::HTTP_11,
+            UpstreamProtocol::H2c | UpstreamProtocol::Grpc => Version::HTTP_2,
+        };
+
+        // A small announced body is read whole before an instance is picked: a slow client then holds only
+        // its own connection, and its slowness is a 408 for it rather than a 504 blamed on the instance.
+        let mut body = RequestBody::new(body, settings.max_body_bytes, config.body_read_timeout);
+        let mut whole_body = body.is_end_stream().then(Bytes::new);
+        if whole_body.is_none()
+            && !upgrade
+            && announced_length.is_some_and(|length| length <= config.request_buffer_bytes)
+        {
+            let bytes = Box::pin(body.read_whole())
+                .await
+                .map_err(|error| (request_body_error(error), None))?;
+            body = RequestBody::full(bytes.clone());
+            whole_body = Some(bytes);
+            // The client's `Expect: 100-continue` was answered here (hyper sent `100 Continue` when the body
+            // was read); the instance gets the whole body at once and nothing to answer.
+            parts.headers.remove(header::EXPECT);
+        }
+        let replayable = whole_body.is_some() && is_idempotent(&parts.method);
+
+        let build = |body: RequestBody, headers: HeaderMap| {
+            let mut upstream = Request::new(body);
+            *upstream.method_mut() = parts.method.clone();
+            *upstream.uri_mut() = upstream_uri.clone();
+            *upstream.version_mut() = upstream_version;
+            *upstream.headers_mut() = headers;
+            // The proxy's HTTP/1 client passes interim answers on itself (`upstream::h1`); hyper's,
+            // which carries upgrades, through this hook.
+            if upgrade
+                && let Some(interim) = interim.clone()
+                && upstream_version == Version::HTTP_11
+            {
+                // 100 Continue is hop-by-hop (hyper answered the client's own); 101 is a final answer here.
+                hyper::ext::on_informational(&mut upstream, move |answer| {
+                    let status = answer.status();
+                    if status != StatusCode::CONTINUE && status != StatusCode::SWITCHING_PROTOCOLS {
+                        let mut headers = answer.headers().clone();
+                        strip_hop_by_hop(&mut headers, false);
+                        interim.send(status, &headers);
+                    }
                 });
-                let grpc_stats = grpc_pending.then(|| Arc::clone(stats));
-                let mut body = ProxyBody::upstream(
-                    incoming,
-                    checkin,
-                    Some(guard),
-                    settings.idle_timeout,
-                    answered,
-                );
-                if let Some(stats) = grpc_stats {
-                    body.count_grpc_status(stats, latency);
-                }
-                return Ok(Response::from_parts(head, body));
             }
-            Err(SendFailure { error, request }) => {
-                let error = classify_body_error(error);
-                let refused = matches!(error, ProxyError::Connect { .. });
-                if refused
-                    && instance.record_connect_failure(config.passive_health.consecutive_failures)
-                {
-                    crate::health::spawn_probe(proxy.clone(), Arc::clone(instance));
-                }
-                if !refused {
-                    attempt += 1;
-                }
-                let (can_replay, request) = match request {
-                    GivenBack::Unsent(request) => (true, Some(request)),
-                    GivenBack::Whole(request) => (replayable, Some(request)),
-                    GivenBack::Nothing => (copy_for_replay, None),
-                    GivenBack::Answered => (false, None),
-                };
-                if (refused || attempt < config.max_attempts) && error.retry_allowed() && can_replay
-                {
-                    stats.record_error(error.kind());
-                    stats.record_error(crate::ids::ErrorKind::Retried);
-                    tracing::debug!(
-                        message = "Retrying on another instance.",
-                        %error,
-                        instance = %instance.id()
+            upstream
+        };
+        // The proxy's HTTP/1 client gives a request it tried back whole (`GivenBack::Whole`); hyper's clients
+        // (h2c, upgrades) keep it, so for them a replayable request is rebuilt for each attempt from a copy
+        // of its headers. Other requests move their headers.
+        let copy_for_replay =
+            replayable && (settings.protocol != UpstreamProtocol::Http1 || upgrade);
+        let mut pending = Some(if copy_for_replay {
+            build(body, parts.headers.clone())
+        } else {
+            build(body, std::mem::take(&mut parts.headers))
+        });
+
+        let mut tried = Tried::default();
+        // Attempts that may have reached an instance; a refused connection sent nothing and is not counted
+        // (its retries are bounded by the route's hold instead).
+        let mut attempt = 0;
+        loop {
+            let guard = crate::hold::pick(
+                proxy,
+                &route_name,
+                &host_key,
+                parts.uri.path(),
+                &mut tried,
+                &mut hold,
+            )
+            .await?;
+            // Borrowed from the guard, not cloned: both `Arc`s are shared by every worker, and each clone and
+            // drop is an atomic write to a cache line the other workers use too.
+            let instance = guard.instance();
+            let stats = guard.stats();
+            let upstream_request = match pending.take() {
+                Some(upstream_request) => upstream_request,
+                // Only with `copy_for_replay` (see `can_replay` below).
+                None => build(
+                    RequestBody::full(whole_body.clone().unwrap_or_default()),
+                    parts.headers.clone(),
+                ),
+            };
+            let sent = upstream::send_with(
+                instance,
+                upstream_request,
+                config,
+                &settings,
+                upgrade,
+                interim.as_ref(),
+                added,
+            )
+            .await;
+            match sent {
+                Ok(mut response) => {
+                    instance.record_success();
+                    // One clock read: the answer head's time, for its latency and the start of the body's
+                    // idle timeout.
+                    let answered = Instant::now();
+                    let latency = answered.saturating_duration_since(started);
+                    // A gRPC answer is counted by its `grpc-status`, which a 200 carries in its trailers
+                    // unless it is a trailers-only answer.
+                    let grpc_pending = settings.protocol == UpstreamProtocol::Grpc
+                        && response.status() == StatusCode::OK
+                        && crate::grpc::status(response.headers()).is_none();
+                    if !grpc_pending {
+                        // Only a gRPC route's answers are looked at for `grpc-status` (one header lookup
+                        // fewer for every other answer).
+                        let grpc_status = (settings.protocol == UpstreamProtocol::Grpc)
+                            .then(|| crate::grpc::status(response.headers()))
+                            .flatten();
+                        let status = grpc_status.map_or_else(
+                            || response.status().as_u16(),
+                            crate::grpc::counted_status,
+                        );
+                        stats.record_response(status, latency);
+                    }
+                    if response.status() == StatusCode::SWITCHING_PROTOCOLS
+                        && let Some(downstream_upgrade) = downstream_upgrade
+                    {
+                        let upstream_upgrade = hyper::upgrade::on(&mut response);
+                        let websocket =
+                            response
+                                .headers()
+                                .get(header::UPGRADE)
+                                .is_some_and(|value| {
+                                    value.as_bytes().eq_ignore_ascii_case(b"websocket")
+                                });
+                        spawn_tunnel(
+                            context,
+                            downstream_upgrade,
+                            upstream_upgrade,
+                            guard,
+                            active.take(),
+                            websocket,
+                        );
+                        let (mut head, _) = response.into_parts();
+                        strip_hop_by_hop(&mut head.headers, true);
+                        return Ok(Response::from_parts(head, ProxyBody::empty()));
+                    }
+                    let (mut head, incoming) = response.into_parts();
+                    strip_hop_by_hop(&mut head.headers, false);
+                    let checkin = (!upgrade).then(|| {
+                        (
+                            Arc::clone(instance),
+                            upstream::IdleLimits {
+                                max: config.upstream_max_idle_per_instance,
+                                timeout: config.upstream_idle_timeout,
+                            },
+                        )
+                    });
+                    let grpc_stats = grpc_pending.then(|| Arc::clone(stats));
+                    let mut body = ProxyBody::upstream(
+                        incoming,
+                        checkin,
+                        Some(guard),
+                        settings.idle_timeout,
+                        answered,
                     );
-                    pending = request;
-                    tried.failed(instance.id(), refused, stats);
-                    continue;
+                    if let Some(stats) = grpc_stats {
+                        body.count_grpc_status(stats, latency);
+                    }
+                    return Ok(Response::from_parts(head, body));
                 }
-                return Err((error, Some(Arc::clone(stats))));
+                Err(SendFailure { error, request }) => {
+                    let error = classify_body_error(error);
+                    let refused = matches!(error, ProxyError::Connect { .. });
+                    if refused
+                        && instance
+                            .record_connect_failure(config.passive_health.consecutive_failures)
+                    {
+                        crate::health::spawn_probe(proxy.clone(), Arc::clone(instance));
+                    }
+                    if !refused {
+                        attempt += 1;
+                    }
+                    let (can_replay, request) = match request {
+                        GivenBack::Unsent(request) => (true, Some(request)),
+                        GivenBack::Whole(request) => (replayable, Some(request)),
+                        GivenBack::Nothing => (copy_for_replay, None),
+                        GivenBack::Answered => (false, None),
+                    };
+                    if (refused || attempt < config.max_attempts)
+                        && error.retry_allowed()
+                        && can_replay
+                    {
+                        stats.record_error(error.kind());
+                        stats.record_error(crate::ids::ErrorKind::Retried);
+                        tracing::debug!(
+                            message = "Retrying on another instance.",
+                            %error,
+                            instance = %instance.id()
+                        );
+                        pending = request;
+                        tried.failed(instance.id(), refused, stats);
+                        continue;
+                    }
+                    return Err((error, Some(Arc::clone(stats))));
+                }
             }
         }
     }

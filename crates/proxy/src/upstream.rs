@@ -281,7 +281,8 @@ pub(crate) async fn send(
 /// `send`, with the proxy's own fields for an HTTP/1 instance written into the request's head by
 /// `h1::start` rather than carried in its header map (`forward::prepare_request_headers` says which;
 /// `None` for an upgrade or an HTTP/2 instance, whose fields are all in the map).
-pub(crate) async fn send_with(
+#[allow(clippy::manual_async_fn)] // See `forward::forward`: an `async fn` would hold the request twice.
+pub(crate) fn send_with(
     instance: &Arc<InstanceLive>,
     mut request: Request<RequestBody>,
     config: &ProxyConfig,
@@ -289,84 +290,88 @@ pub(crate) async fn send_with(
     upgrade: bool,
     interim: Option<&InterimSender>,
     added: Option<h1::AddedFields<'_>>,
-) -> Result<Response<UpstreamBody>, SendFailure> {
-    // Their fields are all in the request's header map.
-    debug_assert!(added.is_none() || (settings.protocol == UpstreamProtocol::Http1 && !upgrade));
-    if settings.protocol != UpstreamProtocol::Http1 {
-        // Boxed: its state (1.9 KB, most of it the h2 handshake's) would otherwise size every
-        // request's future, HTTP/1 ones included; an h2c request allocates a lot anyway.
-        return Box::pin(send_h2(instance, request, config, settings)).await;
-    }
-    if upgrade {
-        // Rare, and boxed for the same reason.
-        return Box::pin(send_upgrade(instance, request, config, settings)).await;
-    }
-    // Most requests have no body, or one held whole that goes with the head: no signal to allocate
-    // then.
-    let streamed = !request.body().is_end_stream() && request.body().held().is_none();
-    let progress = streamed.then(|| request.body_mut().progress());
-    loop {
-        let pooled = instance.connections.checkout(config.upstream_idle_timeout);
-        let reused = pooled.is_some();
-        let mut connection = match pooled {
-            Some(connection) => connection,
-            // Boxed: a new connection is rare, and its state would size every request's future.
-            None => match Box::pin(connect_tcp(instance, config)).await {
-                Ok(stream) => h1::Connection::new(stream),
-                Err(error) => {
-                    return Err(SendFailure {
-                        error,
-                        request: GivenBack::Unsent(request),
-                    });
-                }
-            },
-        };
-        let mut timer = connection.answer_timer.take();
-        let sent = {
-            // Pinned where it is made, and waited on through the pin: handing the exchange's future
-            // over by value copied it (536 bytes) on each of its moves into the wait's state.
-            let exchange = std::pin::pin!(h1::exchange(
-                connection,
-                &mut request,
-                settings.max_header_fields,
-                interim,
-                added,
-            ));
-            match progress.as_deref() {
-                None => answer_by(settings.timeout, &mut timer, exchange).await,
-                // Boxed: its state would size every request's future.
-                Some(progress) => {
-                    Box::pin(answer_within(settings.timeout, progress, exchange)).await
-                }
-            }
-        };
-        match sent {
-            Some(Ok((head, mut body))) => {
-                body.keep_answer_timer(timer);
-                // The request is done with: its header map parses the thread's next answer head.
-                h1::recycle_fields(std::mem::take(request.headers_mut()));
-                return Ok(Response::from_parts(head, UpstreamBody::Http1(body)));
-            }
-            // A pooled connection found closed: the request is whole, try the next one.
-            Some(Err(failure)) if failure.unsent && reused => {}
-            Some(Err(failure)) => {
-                let given_back = if failure.unsent {
-                    GivenBack::Unsent(request)
-                } else if failure.answered {
-                    // An invalid or cut answer is an answer: a 502, not a second send of the
-                    // request (it was sent the same up to `max_attempts` times before session 31).
-                    GivenBack::Answered
-                } else {
-                    whole(request, streamed)
-                };
-                return Err(SendFailure::upstream(instance, failure.error, given_back));
-            }
-            None => {
-                return Err(SendFailure::timed_out(
-                    instance,
-                    settings.timeout,
-                    whole(request, streamed),
+) -> impl Future<Output = Result<Response<UpstreamBody>, SendFailure>> {
+    async move {
+        // Their fields are all in the request's header map.
+        debug_assert!(
+            added.is_none() || (settings.protocol == UpstreamProtocol::Http1 && !upgrade)
+        );
+        if settings.protocol != UpstreamProtocol::Http1 {
+            // Boxed: its state (1.9 KB, most of it the h2 handshake's) would otherwise size every
+            // request's future, HTTP/1 ones included; an h2c request allocates a lot anyway.
+            return Box::pin(send_h2(instance, request, config, settings)).await;
+        }
+        if upgrade {
+            // Rare, and boxed for the same reason.
+            return Box::pin(send_upgrade(instance, request, config, settings)).await;
+        }
+        // Most requests have no body, or one held whole that goes with the head: no signal to allocate
+        // then.
+        let streamed = !request.body().is_end_stream() && request.body().held().is_none();
+        let progress = streamed.then(|| request.body_mut().progress());
+        loop {
+            let pooled = instance.connections.checkout(config.upstream_idle_timeout);
+            let reused = pooled.is_some();
+            let mut connection = match pooled {
+                Some(connection) => connection,
+                // Boxed: a new connection is rare, and its state would size every request's future.
+                None => match Box::pin(connect_tcp(instance, config)).await {
+                    Ok(stream) => h1::Connection::new(stream),
+                    Err(error) => {
+                        return Err(SendFailure {
+                            error,
+                            request: GivenBack::Unsent(request),
+                        });
+                    }
+                },
+            };
+            let mut timer = connection.answer_timer.take();
+            let sent = {
+                // Pinned where it is made, and waited on through the pin: handing the exchange's future
+                // over by value copied it (536 bytes) on each of its moves into the wait's state.
+                let exchange = std::pin::pin!(h1::exchange(
+                    connection,
+                    &mut request,
+                    settings.max_header_fields,
+                    interim,
+                    added,
                 ));
+                match progress.as_deref() {
+                    None => answer_by(settings.timeout, &mut timer, exchange).await,
+                    // Boxed: its state would size every request's future.
+                    Some(progress) => {
+                        Box::pin(answer_within(settings.timeout, progress, exchange)).await
+                    }
+                }
+            };
+            match sent {
+                Some(Ok((head, mut body))) => {
+                    body.keep_answer_timer(timer);
+                    // The request is done with: its header map parses the thread's next answer head.
+                    h1::recycle_fields(std::mem::take(request.headers_mut()));
+                    return Ok(Response::from_parts(head, UpstreamBody::Http1(body)));
+                }
+                // A pooled connection found closed: the request is whole, try the next one.
+                Some(Err(failure)) if failure.unsent && reused => {}
+                Some(Err(failure)) => {
+                    let given_back = if failure.unsent {
+                        GivenBack::Unsent(request)
+                    } else if failure.answered {
+                        // An invalid or cut answer is an answer: a 502, not a second send of the
+                        // request (it was sent the same up to `max_attempts` times before session 31).
+                        GivenBack::Answered
+                    } else {
+                        whole(request, streamed)
+                    };
+                    return Err(SendFailure::upstream(instance, failure.error, given_back));
+                }
+                None => {
+                    return Err(SendFailure::timed_out(
+                        instance,
+                        settings.timeout,
+                        whole(request, streamed),
+                    ));
+                }
             }
         }
     }
