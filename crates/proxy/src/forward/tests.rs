@@ -492,3 +492,44 @@ fn issue_20_the_forwarding_state_holds_the_request_once_per_level() {
         "handle's state {handle_size} bytes, forward's {forward_size}, a request {request_size}"
     );
 }
+
+/// Each check of `check_http2_request` on its own: a `:scheme` (seen with `:authority`), a target
+/// that is neither a path nor `*` of OPTIONS, and whitespace at either end of any value.
+#[test]
+fn an_http2_request_is_checked_for_scheme_target_and_value_whitespace() {
+    let request = |method: Method, uri: &str, value: &'static str| {
+        let request = Request::builder()
+            .version(Version::HTTP_2)
+            .method(method)
+            .uri(uri)
+            .header("accept", "*/*")
+            .header("x-a", HeaderValue::from_static(value))
+            .body(())
+            .expect("request");
+        check_http2_request(&request)
+    };
+    assert_eq!(request(Method::GET, "http://demo.test/a?b", "1"), Ok(()));
+    assert_eq!(request(Method::GET, "https://demo.test/a", "1 2"), Ok(()));
+    assert_eq!(request(Method::GET, "HTTPS://demo.test/a", ""), Ok(()));
+    assert_eq!(request(Method::GET, "/a", "1"), Ok(()));
+    assert_eq!(request(Method::OPTIONS, "*", "1"), Ok(()));
+    assert_eq!(
+        request(Method::GET, "gopher://demo.test/a", "1"),
+        Err(BadRequestReason::InvalidScheme)
+    );
+    assert_eq!(
+        request(Method::GET, "httpx://demo.test/a", "1"),
+        Err(BadRequestReason::InvalidScheme)
+    );
+    assert_eq!(
+        request(Method::GET, "*", "1"),
+        Err(BadRequestReason::InvalidTarget)
+    );
+    for value in [" 1", "1 ", "\t1", "1\t", " "] {
+        assert_eq!(
+            request(Method::GET, "/a", value),
+            Err(BadRequestReason::FieldValueWhitespace),
+            "{value:?}"
+        );
+    }
+}
