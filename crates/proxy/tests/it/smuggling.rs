@@ -12,7 +12,8 @@
 //! proxy's to believe, a host must be `name[:port]`; and HTTP/2 from a raw client (frames written by
 //! hand, the end of this file): malformed requests, `:authority` against `Host`, a body against its
 //! `content-length`, CONTINUATION floods and rapid reset, over h2c and TLS; and an h2c instance's
-//! malformed answer (a raw h2c instance, the end of this file).
+//! malformed answer (a raw h2c instance, the end of this file). Round three: HTTP/2 field values with
+//! whitespace at an end, `:scheme`, `:path` and CONNECT; `*` only for OPTIONS in HTTP/1 too.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -2561,6 +2562,18 @@ async fn an_http2_scheme_or_path_the_proxy_does_not_serve_reaches_no_instance() 
     )
     .await;
     assert_eq!(statuses(&answers(&raw, &[])), vec![200]);
+    // A fragment in an HTTP/1 target is dropped as over HTTP/2: routing and the app read `/ok5`.
+    let raw = exchange(
+        test_proxy.addr,
+        b"GET /ok5#fragment HTTP/1.1\r\nHost: demo.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(statuses(&answers(&raw, &[])), vec![200]);
+    assert!(
+        recorder
+            .request_for("/ok5")
+            .starts_with("GET /ok5 HTTP/1.1\r\n")
+    );
     test_proxy.stop().await;
-    assert_eq!(recorder.requests().len(), 6, "{:?}", recorder.requests());
+    assert_eq!(recorder.requests().len(), 7, "{:?}", recorder.requests());
 }
