@@ -704,14 +704,21 @@ fn check_http2_request<B>(request: &Request<B>) -> Result<(), BadRequestReason> 
     if !is_target {
         return Err(BadRequestReason::InvalidTarget);
     }
-    let edge = |byte: Option<&u8>| matches!(byte, Some(b' ' | b'\t'));
-    if request.headers().values().any(|value| {
-        let bytes = value.as_bytes();
-        edge(bytes.first()) || edge(bytes.last())
-    }) {
+    if request
+        .headers()
+        .values()
+        .any(|value| has_edge_whitespace(value.as_bytes()))
+    {
         return Err(BadRequestReason::FieldValueWhitespace);
     }
     Ok(())
+}
+
+/// Whether a field value starts or ends with a space or tab: malformed over HTTP/2 (RFC 9113 section
+/// 8.2.1), and never so from the proxy's HTTP/1 parsers, which trim them.
+pub(crate) fn has_edge_whitespace(value: &[u8]) -> bool {
+    let edge = |byte: Option<&u8>| matches!(byte, Some(b' ' | b'\t'));
+    edge(value.first()) || edge(value.last())
 }
 
 /// How many authorities each thread keeps as `Host` values (`authority_value`).

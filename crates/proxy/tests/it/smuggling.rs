@@ -2577,3 +2577,26 @@ async fn an_http2_scheme_or_path_the_proxy_does_not_serve_reaches_no_instance() 
     test_proxy.stop().await;
     assert_eq!(recorder.requests().len(), 7, "{:?}", recorder.requests());
 }
+
+/// HTTP/2 request trailers with a value that has whitespace at an end (RFC 9113 section 8.2.1): the head
+/// and body went on already, so the field is left out of the trailers the instance gets, as a forbidden
+/// name is; the others pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_request_trailers_with_whitespace_at_an_end_are_left_out() {
+    let recorder = Recorder::start(ok).await;
+    let test_proxy = proxy_to(&recorder, ProxyConfig::default()).await;
+    let head = request_block(b"POST", Some(b"http"), true, Some(b"/rt"), &[]);
+    let mut frames = frame(HEADERS, END_HEADERS, 1, &head);
+    frames.extend(frame(DATA, 0, 1, b"hello"));
+    let trailers = block(&[(b"x-t", b" 1"), (b"x-u", b"2"), (b"x-v", b"3\t")]);
+    frames.extend(frame(HEADERS, END_HEADERS | END_STREAM, 1, &trailers));
+    let outcome = h2_raw(test_proxy.addr, &frames, &[1]).await;
+    assert_eq!(outcome.streams.get(&1), Some(&StreamEnd::Status(200)));
+    let seen = recorder.request_for("/rt");
+    let trailer_section = seen
+        .split_once("\r\n0\r\n")
+        .map(|(_, trailers)| trailers.to_owned())
+        .expect("chunked");
+    assert_eq!(trailer_section, "x-u: 2\r\n\r\n", "{seen:?}");
+    test_proxy.stop().await;
+}
