@@ -533,3 +533,23 @@ fn an_http2_request_is_checked_for_scheme_target_and_value_whitespace() {
         );
     }
 }
+
+/// An HTTP/2 `OPTIONS *` (h2 builds its URI from `:scheme`, `:authority` and `:path` `*`) stays `*` to
+/// either kind of instance: `OPTIONS * HTTP/1.1`, or `:path` `*` to an h2c one.
+#[test]
+fn options_star_stays_star_to_every_instance() {
+    let host = HeaderValue::from_static("demo.test");
+    let mut parts = hyper::http::uri::Parts::default();
+    parts.scheme = Some(hyper::http::uri::Scheme::HTTP);
+    parts.authority = Some(hyper::http::uri::Authority::from_static("demo.test"));
+    parts.path_and_query = Some(hyper::http::uri::PathAndQuery::from_static("*"));
+    let uri = Uri::from_parts(parts).expect("uri");
+    for protocol in [UpstreamProtocol::Http1, UpstreamProtocol::H2c] {
+        let upstream = upstream_uri(&uri, &host, protocol);
+        assert_eq!(
+            upstream.path_and_query().map(|path| path.as_str()),
+            Some("*"),
+            "{protocol:?}"
+        );
+    }
+}
