@@ -137,6 +137,21 @@ pub enum BadRequestReason {
     /// the name after the `@`: `demo.test:80@evil.test` was routed to demo.test and reached its app.
     #[error("host is not `name[:port]`")]
     InvalidHost,
+    /// RFC 9113 section 8.3.1: an HTTP/2 `:scheme` other than `http` or `https` (any case), such as
+    /// `gopher`: the proxy serves only those two (which one the client used over the connection is the
+    /// connection's, `X-Forwarded-Proto`, whatever `:scheme` says).
+    #[error("`:scheme` is not `http` or `https`")]
+    InvalidScheme,
+    /// RFC 9113 section 8.3.1 and RFC 9112 section 3.2: a target that is neither an absolute path
+    /// (`/...`) nor `*` of an `OPTIONS` request: `GET *` or an HTTP/2 `:path` of `?q`, which an HTTP/1
+    /// instance would get as a request line it cannot read.
+    #[error("request target is not `/path` (or `*` for `OPTIONS`)")]
+    InvalidTarget,
+    /// RFC 9113 section 8.2.1: an HTTP/2 field value that starts or ends with a space or tab is
+    /// malformed (HTTP/1 cannot carry one: its parser trims them, so an app would read another value
+    /// than the proxy checked).
+    #[error("a field value starts or ends with whitespace")]
+    FieldValueWhitespace,
 }
 
 /// Who caused an error: decides the status class and whether it counts against a release.

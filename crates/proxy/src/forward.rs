@@ -172,6 +172,12 @@ fn forward(
                 None,
             ));
         }
+        // What h2 lets through of what RFC 9113 calls malformed (HTTP/1 heads are checked as parsed).
+        if request.version() == Version::HTTP_2
+            && let Err(reason) = check_http2_request(&request)
+        {
+            return Err((ProxyError::BadRequest { reason }, None));
+        }
         // ACME HTTP-01: answered before any route, since a host gets its certificate before it is routed.
         if context.scheme == Scheme::Http
             && let Some(token) = request
@@ -674,6 +680,45 @@ fn request_host<B>(request: &Request<B>) -> Result<(HeaderValue, bool), ProxyErr
     host.filter(|value| value.to_str().is_ok_and(|host| !host.is_empty()))
         .map(|value| (value.clone(), true))
         .ok_or(ProxyError::MissingHost)
+}
+
+/// The parts of an HTTP/2 request that RFC 9113 calls malformed and h2 (0.4) does not refuse itself: a
+/// `:scheme` other than `http` or `https`, a `:path` that is neither an absolute path nor `*` of an
+/// `OPTIONS` (h2 refuses an empty one, and `http`'s parser some others, but `?q` and `GET *` came through),
+/// and a field value with a space or tab at either end (section 8.2.1; h2 refuses CR, LF and NUL).
+///
+/// Not seen here, so not checked: a `:scheme` without `:authority` (h2 checks that it parses and drops
+/// it; nothing of it reaches an app either), and a fragment in `:path` (`/a#f`: `http`'s parser drops it
+/// before the proxy gets the request, so routing and the app both read `/a`).
+fn check_http2_request<B>(request: &Request<B>) -> Result<(), BadRequestReason> {
+    let uri = request.uri();
+    if let Some(scheme) = uri.scheme_str()
+        && !scheme.eq_ignore_ascii_case("http")
+        && !scheme.eq_ignore_ascii_case("https")
+    {
+        return Err(BadRequestReason::InvalidScheme);
+    }
+    let target = uri.path_and_query().map_or("", |path| path.as_str());
+    let is_target =
+        target.starts_with('/') || (target == "*" && request.method() == Method::OPTIONS);
+    if !is_target {
+        return Err(BadRequestReason::InvalidTarget);
+    }
+    if request
+        .headers()
+        .values()
+        .any(|value| has_edge_whitespace(value.as_bytes()))
+    {
+        return Err(BadRequestReason::FieldValueWhitespace);
+    }
+    Ok(())
+}
+
+/// Whether a field value starts or ends with a space or tab: malformed over HTTP/2 (RFC 9113 section
+/// 8.2.1), and never so from the proxy's HTTP/1 parsers, which trim them.
+pub(crate) fn has_edge_whitespace(value: &[u8]) -> bool {
+    let edge = |byte: Option<&u8>| matches!(byte, Some(b' ' | b'\t'));
+    edge(value.first()) || edge(value.last())
 }
 
 /// How many authorities each thread keeps as `Host` values (`authority_value`).

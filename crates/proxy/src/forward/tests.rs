@@ -492,3 +492,64 @@ fn issue_20_the_forwarding_state_holds_the_request_once_per_level() {
         "handle's state {handle_size} bytes, forward's {forward_size}, a request {request_size}"
     );
 }
+
+/// Each check of `check_http2_request` on its own: a `:scheme` (seen with `:authority`), a target
+/// that is neither a path nor `*` of OPTIONS, and whitespace at either end of any value.
+#[test]
+fn an_http2_request_is_checked_for_scheme_target_and_value_whitespace() {
+    let request = |method: Method, uri: &str, value: &'static str| {
+        let request = Request::builder()
+            .version(Version::HTTP_2)
+            .method(method)
+            .uri(uri)
+            .header("accept", "*/*")
+            .header("x-a", HeaderValue::from_static(value))
+            .body(())
+            .expect("request");
+        check_http2_request(&request)
+    };
+    assert_eq!(request(Method::GET, "http://demo.test/a?b", "1"), Ok(()));
+    assert_eq!(request(Method::GET, "https://demo.test/a", "1 2"), Ok(()));
+    assert_eq!(request(Method::GET, "HTTPS://demo.test/a", ""), Ok(()));
+    assert_eq!(request(Method::GET, "/a", "1"), Ok(()));
+    assert_eq!(request(Method::OPTIONS, "*", "1"), Ok(()));
+    assert_eq!(
+        request(Method::GET, "gopher://demo.test/a", "1"),
+        Err(BadRequestReason::InvalidScheme)
+    );
+    assert_eq!(
+        request(Method::GET, "httpx://demo.test/a", "1"),
+        Err(BadRequestReason::InvalidScheme)
+    );
+    assert_eq!(
+        request(Method::GET, "*", "1"),
+        Err(BadRequestReason::InvalidTarget)
+    );
+    for value in [" 1", "1 ", "\t1", "1\t", " "] {
+        assert_eq!(
+            request(Method::GET, "/a", value),
+            Err(BadRequestReason::FieldValueWhitespace),
+            "{value:?}"
+        );
+    }
+}
+
+/// An HTTP/2 `OPTIONS *` (h2 builds its URI from `:scheme`, `:authority` and `:path` `*`) stays `*` to
+/// either kind of instance: `OPTIONS * HTTP/1.1`, or `:path` `*` to an h2c one.
+#[test]
+fn options_star_stays_star_to_every_instance() {
+    let host = HeaderValue::from_static("demo.test");
+    let mut parts = hyper::http::uri::Parts::default();
+    parts.scheme = Some(hyper::http::uri::Scheme::HTTP);
+    parts.authority = Some(hyper::http::uri::Authority::from_static("demo.test"));
+    parts.path_and_query = Some(hyper::http::uri::PathAndQuery::from_static("*"));
+    let uri = Uri::from_parts(parts).expect("uri");
+    for protocol in [UpstreamProtocol::Http1, UpstreamProtocol::H2c] {
+        let upstream = upstream_uri(&uri, &host, protocol);
+        assert_eq!(
+            upstream.path_and_query().map(|path| path.as_str()),
+            Some("*"),
+            "{protocol:?}"
+        );
+    }
+}

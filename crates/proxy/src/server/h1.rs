@@ -229,8 +229,16 @@ pub(crate) fn parse_head_from(
     };
     let method =
         Method::from_bytes(method.as_bytes()).map_err(|_| HeadError::Malformed("method"))?;
-    let uri = if method == Method::CONNECT || path.starts_with('/') || path == "*" {
+    let uri = if path.starts_with('/') || method == Method::CONNECT {
         Uri::from_maybe_shared(head.slice_ref(path.as_bytes()))
+    } else if path == "*" {
+        // The asterisk form is for a server-wide `OPTIONS` only (RFC 9112 section 3.2.4).
+        if method != Method::OPTIONS {
+            return Err(HeadError::Malformed(
+                "request target `*` of a method other than OPTIONS",
+            ));
+        }
+        Ok(Uri::from_static("*"))
     } else {
         // An absolute form (`http://host/path`, RFC 9112 section 3.2.2).
         Uri::try_from(path)
