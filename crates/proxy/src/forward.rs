@@ -377,14 +377,15 @@ fn forward(
             // drop is an atomic write to a cache line the other workers use too.
             let instance = guard.instance();
             let stats = guard.stats();
-            let upstream_request = match pending.take() {
-                Some(upstream_request) => upstream_request,
+            // Sent from here, and left here by a failed send (`GivenBack`): the request is not moved into
+            // the send's state and back out with its failure.
+            let upstream_request = pending.get_or_insert_with(|| {
                 // Only with `copy_for_replay` (see `can_replay` below).
-                None => build(
+                build(
                     RequestBody::full(whole_body.clone().unwrap_or_default()),
                     parts.headers.clone(),
-                ),
-            };
+                )
+            });
             let sent = upstream::send_with(
                 instance,
                 upstream_request,
@@ -478,11 +479,18 @@ fn forward(
                     if !refused {
                         attempt += 1;
                     }
-                    let (can_replay, request) = match request {
-                        GivenBack::Unsent(request) => (true, Some(request)),
-                        GivenBack::Whole(request) => (replayable, Some(request)),
-                        GivenBack::Nothing => (copy_for_replay, None),
-                        GivenBack::Answered => (false, None),
+                    let can_replay = match request {
+                        GivenBack::Unsent => true,
+                        GivenBack::Whole => replayable,
+                        // What is left in `pending` is not to be sent: a replay is built anew.
+                        GivenBack::Nothing => {
+                            pending = None;
+                            copy_for_replay
+                        }
+                        GivenBack::Answered => {
+                            pending = None;
+                            false
+                        }
                     };
                     if (refused || attempt < config.max_attempts)
                         && error.retry_allowed()
@@ -495,7 +503,6 @@ fn forward(
                             %error,
                             instance = %instance.id()
                         );
-                        pending = request;
                         tried.failed(instance.id(), refused, stats);
                         continue;
                     }
