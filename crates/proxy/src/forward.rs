@@ -295,9 +295,11 @@ fn forward(
         let interim = (request.version() == Version::HTTP_11)
             .then(|| active.as_ref().map(ActiveRequest::interim_sender))
             .flatten();
-        let (mut parts, body) = request.into_parts();
+        // The client's head becomes the upstream request's, in place: its fields rewritten, its target in the
+        // instance's form. Only h2c and upgrades keep a copy of it for a replay (`replay_head`).
+        let (mut head, body) = request.into_parts();
         let added = prepare_request_headers(
-            &mut parts.headers,
+            &mut head.headers,
             &host_value,
             host_is_field,
             context,
@@ -305,11 +307,13 @@ fn forward(
             upgrade,
             settings.protocol,
         );
-        let upstream_uri = upstream_uri(&parts.uri, &host_value, settings.protocol);
-        let upstream_version = match settings.protocol {
+        set_upstream_uri(&mut head.uri, &host_value, settings.protocol);
+        head.version = match settings.protocol {
             UpstreamProtocol::Http1 => Version::HTTP_11,
             UpstreamProtocol::H2c | UpstreamProtocol::Grpc => Version::HTTP_2,
         };
+        // The client's extensions (hyper's, the server's) are not for the instance.
+        head.extensions.clear();
 
         // A small announced body is read whole before an instance is picked: a slow client then holds only
         // its own connection, and its slowness is a 408 for it rather than a 504 blamed on the instance.
@@ -326,24 +330,19 @@ fn forward(
             whole_body = Some(bytes);
             // The client's `Expect: 100-continue` was answered here (hyper sent `100 Continue` when the body
             // was read); the instance gets the whole body at once and nothing to answer.
-            parts.headers.remove(header::EXPECT);
+            head.headers.remove(header::EXPECT);
         }
-        let replayable = whole_body.is_some() && is_idempotent(&parts.method);
+        let replayable = whole_body.is_some() && is_idempotent(&head.method);
 
-        let build = |body: RequestBody, headers: HeaderMap| {
-            let mut upstream = Request::new(body);
-            *upstream.method_mut() = parts.method.clone();
-            *upstream.uri_mut() = upstream_uri.clone();
-            *upstream.version_mut() = upstream_version;
-            *upstream.headers_mut() = headers;
+        let hook = |upstream: &mut Request<RequestBody>| {
             // The proxy's HTTP/1 client passes interim answers on itself (`upstream::h1`); hyper's,
             // which carries upgrades, through this hook.
             if upgrade
                 && let Some(interim) = interim.clone()
-                && upstream_version == Version::HTTP_11
+                && upstream.version() == Version::HTTP_11
             {
                 // 100 Continue is hop-by-hop (hyper answered the client's own); 101 is a final answer here.
-                hyper::ext::on_informational(&mut upstream, move |answer| {
+                hyper::ext::on_informational(upstream, move |answer| {
                     let status = answer.status();
                     if status != StatusCode::CONTINUE && status != StatusCode::SWITCHING_PROTOCOLS {
                         let mut headers = answer.headers().clone();
@@ -352,29 +351,35 @@ fn forward(
                     }
                 });
             }
-            upstream
         };
-        // The proxy's HTTP/1 client gives a request it tried back whole (`GivenBack::Whole`); hyper's clients
-        // (h2c, upgrades) keep it, so for them a replayable request is rebuilt for each attempt from a copy
-        // of its headers. Other requests move their headers.
-        let copy_for_replay =
-            replayable && (settings.protocol != UpstreamProtocol::Http1 || upgrade);
-        let mut pending = Some(if copy_for_replay {
-            build(body, parts.headers.clone())
-        } else {
-            build(body, std::mem::take(&mut parts.headers))
-        });
+        // The proxy's HTTP/1 client leaves a request it tried whole in `outgoing` (`GivenBack::Whole`);
+        // hyper's clients (h2c, upgrades) keep it, so for them a replayable request is rebuilt for each
+        // attempt from a copy of its head, boxed (rare: HTTP/1 keep-alive requests never make one).
+        let replay_head = (replayable && (settings.protocol != UpstreamProtocol::Http1 || upgrade))
+            .then(|| {
+                Box::new((
+                    head.method.clone(),
+                    head.uri.clone(),
+                    head.version,
+                    head.headers.clone(),
+                ))
+            });
+        // Sent from here, and left here by a failed send (`GivenBack`): the request is not moved into the
+        // send's state and back out with its failure.
+        let mut outgoing = Request::from_parts(head, body);
+        hook(&mut outgoing);
 
         let mut tried = Tried::default();
         // Attempts that may have reached an instance; a refused connection sent nothing and is not counted
         // (its retries are bounded by the route's hold instead).
         let mut attempt = 0;
         loop {
+            // The upstream target's path is the client's (`upstream_uri`).
             let guard = crate::hold::pick(
                 proxy,
                 &route_name,
                 &host_key,
-                parts.uri.path(),
+                outgoing.uri().path(),
                 &mut tried,
                 &mut hold,
             )
@@ -383,17 +388,9 @@ fn forward(
             // drop is an atomic write to a cache line the other workers use too.
             let instance = guard.instance();
             let stats = guard.stats();
-            let upstream_request = match pending.take() {
-                Some(upstream_request) => upstream_request,
-                // Only with `copy_for_replay` (see `can_replay` below).
-                None => build(
-                    RequestBody::full(whole_body.clone().unwrap_or_default()),
-                    parts.headers.clone(),
-                ),
-            };
             let sent = upstream::send_with(
                 instance,
-                upstream_request,
+                &mut outgoing,
                 config,
                 &settings,
                 upgrade,
@@ -484,11 +481,26 @@ fn forward(
                     if !refused {
                         attempt += 1;
                     }
-                    let (can_replay, request) = match request {
-                        GivenBack::Unsent(request) => (true, Some(request)),
-                        GivenBack::Whole(request) => (replayable, Some(request)),
-                        GivenBack::Nothing => (copy_for_replay, None),
-                        GivenBack::Answered => (false, None),
+                    let can_replay = match request {
+                        GivenBack::Unsent => true,
+                        GivenBack::Whole => replayable,
+                        // What is left in `outgoing` is not to be sent: a replay is built anew.
+                        GivenBack::Nothing => match replay_head.as_deref() {
+                            Some((method, uri, version, headers)) => {
+                                let mut replay = Request::new(RequestBody::full(
+                                    whole_body.clone().unwrap_or_default(),
+                                ));
+                                *replay.method_mut() = method.clone();
+                                *replay.uri_mut() = uri.clone();
+                                *replay.version_mut() = *version;
+                                *replay.headers_mut() = headers.clone();
+                                hook(&mut replay);
+                                outgoing = replay;
+                                true
+                            }
+                            None => false,
+                        },
+                        GivenBack::Answered => false,
                     };
                     if (refused || attempt < config.max_attempts)
                         && error.retry_allowed()
@@ -501,7 +513,6 @@ fn forward(
                             %error,
                             instance = %instance.id()
                         );
-                        pending = request;
                         tried.failed(instance.id(), refused, stats);
                         continue;
                     }
@@ -801,11 +812,23 @@ fn is_idempotent(method: &Method) -> bool {
     )
 }
 
+/// `upstream_uri` in place: most requests' target (origin-form, to an HTTP/1 instance) is left as it is.
+fn set_upstream_uri(uri: &mut Uri, host: &HeaderValue, protocol: UpstreamProtocol) {
+    if protocol == UpstreamProtocol::Http1
+        && uri.path_and_query().is_some()
+        && uri.authority().is_none()
+        && uri.scheme().is_none()
+    {
+        return;
+    }
+    *uri = upstream_uri(std::mem::take(uri), host, protocol);
+}
+
 /// The target sent to an instance: origin-form for HTTP/1.1; for HTTP/2, which carries `:scheme` and
 /// `:authority`, an absolute URI with the request's host.
-fn upstream_uri(uri: &Uri, host: &HeaderValue, protocol: UpstreamProtocol) -> Uri {
+fn upstream_uri(uri: Uri, host: &HeaderValue, protocol: UpstreamProtocol) -> Uri {
     let origin = match uri.path_and_query() {
-        Some(_) if uri.authority().is_none() && uri.scheme().is_none() => uri.clone(),
+        Some(_) if uri.authority().is_none() && uri.scheme().is_none() => uri,
         Some(path_and_query) => Uri::from(path_and_query.clone()),
         None => Uri::from_static("/"),
     };

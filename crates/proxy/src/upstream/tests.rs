@@ -435,7 +435,7 @@ async fn the_proxys_own_fields_are_written_after_the_requests_fields() {
     let config = ProxyConfig::default();
     let response = super::send_with(
         &instance,
-        request,
+        &mut request,
         &config,
         &RouteSettings::default(),
         false,
@@ -451,6 +451,111 @@ async fn the_proxys_own_fields_are_written_after_the_requests_fields() {
         String::from_utf8_lossy(&requests[0]),
         "POST /p HTTP/1.1\r\nhost: app\r\nx-forwarded-for: 192.0.2.7\r\nx-forwarded-proto: https\r\n\
          x-forwarded-host: app\r\nx-request-id: id-1\r\ncontent-length: 3\r\n\r\nabc"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_connection_leaves_the_request_in_the_slot_unsent() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    drop(listener);
+    let instance = instance(addr);
+    let mut request = get("/a?b");
+    let config = ProxyConfig::default();
+    let settings = RouteSettings::default();
+    let sent = send_with(
+        &instance,
+        &mut request,
+        &config,
+        &settings,
+        false,
+        None,
+        None,
+    )
+    .await;
+    let Err(failure) = sent else {
+        panic!("nothing listens on {addr}");
+    };
+    assert!(
+        matches!(failure.error, ProxyError::Connect { .. }),
+        "{}",
+        failure.error
+    );
+    assert_eq!(failure.request, GivenBack::Unsent);
+    assert_eq!(request.uri(), "/a?b");
+    assert_eq!(request.headers()[hyper::header::HOST], "app");
+}
+
+#[tokio::test]
+async fn a_request_the_instance_closed_on_unanswered_stays_whole_in_the_slot() {
+    // A new connection (nothing to retry inside the send): the instance reads the request and closes.
+    let script = script(vec![closing("")]).await;
+    let instance = instance(script.addr);
+    let mut request = get("/p");
+    *request.method_mut() = hyper::Method::PUT;
+    *request.body_mut() = RequestBody::full(Bytes::from_static(b"abc"));
+    let config = ProxyConfig::default();
+    let settings = RouteSettings::default();
+    let sent = send_with(
+        &instance,
+        &mut request,
+        &config,
+        &settings,
+        false,
+        None,
+        None,
+    )
+    .await;
+    let Err(failure) = sent else {
+        panic!("the instance closed without an answer");
+    };
+    assert_eq!(failure.request, GivenBack::Whole, "{}", failure.error);
+    assert_eq!(request.method(), hyper::Method::PUT);
+    assert_eq!(request.uri(), "/p");
+    assert_eq!(request.headers()[hyper::header::HOST], "app");
+    assert_eq!(
+        request.body().held(),
+        Some(&Bytes::from_static(b"abc")),
+        "the held body stays for a replay"
+    );
+}
+
+#[test]
+fn issue_20_a_send_and_its_failure_do_not_hold_the_request() {
+    let request_size = std::mem::size_of::<Request<RequestBody>>();
+    let failure_size = std::mem::size_of::<SendFailure>();
+    // Before session 31's `s31-state`, the request moved into the send and came back in its failure
+    // (`GivenBack::Unsent(request)`): 352 bytes in both, and in the `Result` every answer is returned in.
+    assert!(
+        failure_size < request_size,
+        "a failure {failure_size} bytes, a request {request_size}"
+    );
+    let instance = instance(SocketAddr::from(([127, 0, 0, 1], 9)));
+    let mut request = get("/");
+    let config = ProxyConfig::default();
+    let settings = RouteSettings::default();
+    let sending = send_with(
+        &instance,
+        &mut request,
+        &config,
+        &settings,
+        false,
+        None,
+        None,
+    );
+    let sending_size = std::mem::size_of_val(&sending);
+    drop(sending);
+    let result_size = std::mem::size_of::<Result<Response<UpstreamBody>, SendFailure>>();
+    let answer_size = std::mem::size_of::<Response<UpstreamBody>>();
+    assert!(
+        result_size <= answer_size + 8,
+        "the send's result {result_size} bytes, an answer {answer_size}"
+    );
+    // The send's own state (the exchange's future, the timer, the pool's connection) was 1,384 bytes in
+    // a stable debug build with the request in it, 1,040 without.
+    assert!(
+        sending_size + 256 < 1384,
+        "the send's state {sending_size} bytes, a request {request_size}"
     );
 }
 

@@ -2317,6 +2317,11 @@ async fn http2_over_tls_refuses_the_same_attacks() {
 /// An h2c instance that answers every request with `answer` (a header block), counting the requests
 /// (HEADERS frames) it got over all its connections.
 async fn h2c_instance(answer: Vec<u8>) -> (SocketAddr, Arc<AtomicUsize>) {
+    h2c_instance_or_hang_up(Some(answer)).await
+}
+
+/// `h2c_instance`, or with `None` one that closes its connection on each request's HEADERS frame.
+async fn h2c_instance_or_hang_up(answer: Option<Vec<u8>>) -> (SocketAddr, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let requests = Arc::new(AtomicUsize::new(0));
@@ -2351,7 +2356,10 @@ async fn h2c_instance(answer: Vec<u8>) -> (SocketAddr, Arc<AtomicUsize>) {
                         buf.drain(..9 + length);
                         if kind == HEADERS {
                             requests.fetch_add(1, Ordering::SeqCst);
-                            let reply = frame(HEADERS, END_HEADERS | END_STREAM, id, &answer);
+                            let Some(answer) = &answer else {
+                                return;
+                            };
+                            let reply = frame(HEADERS, END_HEADERS | END_STREAM, id, answer);
                             if stream.write_all(&reply).await.is_err() {
                                 return;
                             }
@@ -2366,6 +2374,40 @@ async fn h2c_instance(answer: Vec<u8>) -> (SocketAddr, Arc<AtomicUsize>) {
         }
     });
     (addr, requests)
+}
+
+/// A GET an h2c instance hung up on goes again, whole, to another instance: hyper's client keeps the
+/// request it sent, so `forward` rebuilds it from its copy of the head (`replay_head`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_an_h2c_instance_hung_up_on_is_sent_again_to_another() {
+    const MAX_ROUNDS: usize = 64;
+    let h2c = RouteSettings {
+        protocol: proxy::UpstreamProtocol::H2c,
+        ..RouteSettings::default()
+    };
+    let (hangs_up, hung_up_on) = h2c_instance_or_hang_up(None).await;
+    let (answering, answered) = h2c_instance_or_hang_up(Some(vec![0x88])).await;
+    let test_proxy = TestProxy::start_with(ProxyConfig::default(), h2c).await;
+    test_proxy.add_ready("hangs-up", "R", hangs_up);
+    test_proxy.add_ready("answers", "R", answering);
+    let get = b"GET /again HTTP/1.1\r\nHost: demo.test\r\nConnection: close\r\n\r\n";
+    // The instance is picked at random: more requests (bounded) until one reached the one that hangs up.
+    let mut gets = 0;
+    while gets < 4 || (hung_up_on.load(Ordering::SeqCst) == 0 && gets < MAX_ROUNDS) {
+        gets += 1;
+        let got = answers(&exchange(test_proxy.addr, get).await, &[]);
+        assert_eq!(statuses(&got), vec![200], "{got:?}");
+    }
+    assert!(
+        hung_up_on.load(Ordering::SeqCst) >= 1,
+        "no GET reached the instance that hangs up"
+    );
+    assert_eq!(
+        answered.load(Ordering::SeqCst),
+        gets,
+        "every GET answered once"
+    );
+    test_proxy.stop().await;
 }
 
 /// A malformed answer from an h2c instance (an uppercase field name, RFC 9113 section 8.2.1) is a 502
