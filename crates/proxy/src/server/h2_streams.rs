@@ -36,11 +36,16 @@ where
     fn execute(&self, future: F) {
         // A stream that panics ends alone, as its own task did: the unwinding stops at its future
         // (whose drop resets the stream), not at the connection's task.
-        let future = AssertUnwindSafe(future).catch_unwind().map(|_| ());
+        // Allocated first, then written: made in its box rather than on the stack and copied there.
+        let future = Box::write(
+            Box::new_uninit(),
+            AssertUnwindSafe(future).catch_unwind().map(|_| ()),
+        );
+        let future: StreamFuture = Box::into_pin(future);
         self.queued
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push(Box::pin(future));
+            .push(future);
     }
 }
 
