@@ -134,12 +134,15 @@ fn prepare(engine: &Arc<Engine>, command: &Command<'_>) -> Result<Prepared, OneO
             source,
         })?;
     let mut process = spec.confinement.command(command, &spec.workdir);
-    process.env_clear().envs(spec.confinement.base_env()).envs(
-        spec.env
-            .iter()
-            .chain(env.iter())
-            .map(|(name, value)| (name.as_str(), value.as_str())),
-    );
+    process
+        .env_clear()
+        .envs(spec.confinement.inherited_env())
+        .envs(
+            spec.env
+                .iter()
+                .chain(env.iter())
+                .map(|(name, value)| (name.as_str(), value.as_str())),
+        );
     Ok(Prepared {
         process,
         user: spec.confinement.user,

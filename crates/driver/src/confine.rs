@@ -236,7 +236,7 @@ impl Confinement {
     /// [`PASSED_THROUGH_VARIABLES`], with [`Confinement::env`]'s values in place of the agent's
     /// where it has them. The one place builds, release commands, one-offs, backup checks and
     /// instances get it from.
-    pub fn base_env(&self) -> Vec<(OsString, OsString)> {
+    pub fn inherited_env(&self) -> Vec<(OsString, OsString)> {
         let private = self.env();
         let mut env: Vec<(OsString, OsString)> = passed_through_env()
             .into_iter()
@@ -252,7 +252,7 @@ impl Confinement {
 pub const PASSED_THROUGH_VARIABLES: [&str; 4] = ["PATH", "HOME", "LANG", "TZ"];
 
 /// The agent's values of [`PASSED_THROUGH_VARIABLES`] that are set, for a process the agent runs as
-/// itself (`pg_dump`); an app's processes get [`Confinement::base_env`] instead.
+/// itself (`pg_dump`); an app's processes get [`Confinement::inherited_env`] instead.
 pub fn passed_through_env() -> Vec<(OsString, OsString)> {
     PASSED_THROUGH_VARIABLES
         .iter()

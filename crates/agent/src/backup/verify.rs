@@ -413,7 +413,7 @@ async fn app_check(
     let mut child = confinement.command(command, &dir);
     child
         .env_clear()
-        .envs(confinement.base_env())
+        .envs(confinement.inherited_env())
         .envs(
             env.iter()
                 .map(|(key, value)| (key.as_str(), value.as_str())),

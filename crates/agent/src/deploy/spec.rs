@@ -553,7 +553,7 @@ async fn run_command(
     let mut child = confinement
         .command(command, dir)
         .env_clear()
-        .envs(confinement.base_env())
+        .envs(confinement.inherited_env())
         .envs(
             env.iter()
                 .map(|(key, value)| (key.as_str(), value.as_str())),

@@ -138,13 +138,13 @@ fn a_process_of_its_own_user_gets_the_path_it_can_use_and_others_the_agents() {
 }
 
 #[test]
-fn the_base_env_is_the_agents_few_variables_with_the_private_ones_in_their_place() {
+fn the_inherited_env_is_the_agents_few_variables_with_the_private_ones_in_their_place() {
     let confined = Confinement {
         user: Some(USER),
         temp_dir: Some(PathBuf::from("/t")),
         ..Confinement::default()
     };
-    let env = confined.base_env();
+    let env = confined.inherited_env();
     let mut names: Vec<&OsString> = env.iter().map(|(name, _)| name).collect();
     names.sort();
     let count = names.len();
@@ -168,7 +168,7 @@ fn the_base_env_is_the_agents_few_variables_with_the_private_ones_in_their_place
     }
     // Unconfined: the agent's own values, nothing else.
     assert_eq!(
-        Confinement::default().base_env(),
+        Confinement::default().inherited_env(),
         super::passed_through_env()
     );
 }

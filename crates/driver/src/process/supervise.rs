@@ -472,7 +472,7 @@ async fn rotate_logs(dir: &Path, limit: u64) {
 /// The instance's whole environment: a few of the agent's variables (`HOME` and `TMPDIR` its
 /// private folder when it has one), the spec's env, `PORT`.
 fn child_env(spec: &InstanceSpec) -> Vec<(OsString, OsString)> {
-    let mut env = spec.confinement.base_env();
+    let mut env = spec.confinement.inherited_env();
     env.extend(
         spec.env
             .iter()
