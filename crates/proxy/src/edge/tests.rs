@@ -98,7 +98,11 @@ fn the_table_stays_bounded_when_many_addresses_pass_by() {
 
 #[test]
 fn an_active_client_keeps_its_bucket_when_idle_ones_are_evicted() {
-    let table = RateTable::with_capacity(128);
+    // 32 addresses per shard. The table's hasher is random per run, so the counts are chosen for every
+    // hash: 2,000 quiet clients fill each of the 16 shards (125 each on average), and 200 new ones put at
+    // least one in the busy client's shard (all miss it with p = (15/16)^200 < 3e-6) but never 32 (mean
+    // 12.5). 50 new clients (the first version of this test, 8 per shard) crossed the bound about 1 run in 100.
+    let table = RateTable::with_capacity(512);
     let limit = RateLimit {
         requests: 1,
         per: Duration::from_secs(10),
@@ -106,30 +110,64 @@ fn an_active_client_keeps_its_bucket_when_idle_ones_are_evicted() {
     };
     let start = Instant::now();
     let client = |n: u32| IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + n));
-    // 100 clients pass once and go quiet; their buckets are full again 10 s later.
-    for n in 0..100 {
+    // The quiet clients pass once and go quiet; their buckets are full again 10 s later.
+    for n in 0..2_000 {
         assert!(table.take(client(n), &limit, start).is_ok());
     }
+    assert_eq!(table.len(), 512, "every shard holds its bound");
     let busy = ip("192.0.2.1");
     assert!(
         table
             .take(busy, &limit, start + Duration::from_secs(9))
             .is_ok()
     );
-    // 50 new clients fill the shards: the quiet (full) buckets make room, the busy one stays empty.
-    for n in 1000..1050 {
+    // New clients come when the quiet buckets are full: those make room, the busy one stays empty.
+    for n in 10_000..10_200 {
         assert!(
             table
                 .take(client(n), &limit, start + Duration::from_secs(15))
                 .is_ok()
         );
     }
-    assert!(table.len() <= 128, "{} tracked", table.len());
+    assert!(table.len() <= 512, "{} tracked", table.len());
     assert!(
         table
             .take(busy, &limit, start + Duration::from_millis(15_500))
             .is_err(),
         "the busy client's empty bucket was evicted"
+    );
+}
+
+#[test]
+fn eviction_drops_the_refilled_buckets_and_then_the_least_recently_seen() {
+    let start = Instant::now();
+    let key = |n: u32| HashedAddr {
+        hash: u64::from(n),
+        addr: IpAddr::V4(Ipv4Addr::from(n)),
+    };
+    let bucket = |tokens: f64, secs: u64| Bucket {
+        tokens,
+        last: start + Duration::from_secs(secs),
+    };
+    // One token per 10 s, burst 1, looked at 15 s after the start.
+    let now = start + Duration::from_secs(15);
+    let mut shard = Shard::default();
+    shard.insert(key(1), bucket(0.0, 0)); // refilled by now: same as no bucket
+    shard.insert(key(2), bucket(0.0, 9)); // 0.6 tokens: active
+    shard.insert(key(3), bucket(0.0, 12)); // 0.3 tokens: active
+    evict(&mut shard, 1.0, 0.1, now, 3);
+    let mut left: Vec<u32> = shard.keys().map(|key| key.hash as u32).collect();
+    left.sort_unstable();
+    assert_eq!(left, vec![2, 3], "only the refilled bucket goes");
+    // All active and at the bound: the least recently seen goes.
+    shard.insert(key(4), bucket(0.0, 14));
+    evict(&mut shard, 1.0, 0.1, now, 3);
+    let mut left: Vec<u32> = shard.keys().map(|key| key.hash as u32).collect();
+    left.sort_unstable();
+    assert_eq!(
+        left,
+        vec![3, 4],
+        "the least recently seen active bucket goes"
     );
 }
 
