@@ -14,6 +14,9 @@
 #   switch        per-second req/s of a keep-alive wrk run (64 connections) while the traffic switches:
 #                 Rollway: `rollway deploy` of a new release; nginx: a reload (SIGHUP); HAProxy: a
 #                 reload (SIGUSR2 to its master)
+#   still         the switch run with nothing done at the trigger: the same "lowest second after the
+#                 trigger over the median second before it" of a steady load, i.e. how low that ratio goes
+#                 on this machine when nothing switches (the floor the switch goal is measured against)
 # For each run: req/s, p99, the proxy's CPU per request (user and system apart, from /proc/PID/stat of
 # the proxy and its child processes) and its RSS (VmRSS summed the same way).
 #
@@ -568,20 +571,21 @@ idle_run() { # ROUND TARGET
     sleep 2
 }
 
-switch_run() { # ROUND TARGET
-    local round="$1" target="$2" port pid url load start trigger persec
+switch_run() { # ROUND TARGET [SCENARIO: switch (default) or still (nothing done at the trigger)]
+    local round="$1" target="$2" scenario="${3:-switch}" port pid url load start trigger persec
     port="$(target_port "$target")"
     pid="$(target_pid "$target")"
     url="http://127.0.0.1:$port/bytes/20"
     persec="$OUT/persec-$round-$target.txt"
+    [ "$scenario" = still ] && persec="$OUT/persec-still-$round-$target.txt"
     load="$(load1)"
     local seconds=$((DURATION + 8))
     PERSEC_FILE="$persec" setsid wrk -t2 -c64 -d"${seconds}s" --timeout 10s -H "Host: $HOST" -s "$WORK/persec.lua" "$url" \
-        >"$OUT/wrk-$round-switch-$target.txt" 2>&1 &
+        >"$OUT/wrk-$round-$scenario-$target.txt" 2>&1 &
     local wrk_pid=$!
     BG_PIDS+=("$wrk_pid")
     local trace_pid=""
-    if [ "$target" = rollway ]; then
+    if [ "$target" = rollway ] && [ "$scenario" = switch ]; then
         # Where the CPU goes around the deploy (cpu_trace.py): every process at 10 Hz, 5 s before
         # the trigger to 15 s after it, by role; load-independent CPU-seconds.
         python3 "$ROOT/bench/proxy/cpu_trace.py" "$OUT/cpu-$round" 20 5 "proxy=$RW_PID" \
@@ -592,10 +596,11 @@ switch_run() { # ROUND TARGET
     fi
     sleep 5
     trigger="$(date +%s)"
-    case "$target" in
-        rollway) VERSION_N=$((VERSION_N + 1)); deploy || echo "the deploy during the switch run failed" >&2 ;;
-        nginx) kill -HUP "$NGINX_PID" ;;
-        haproxy) kill -USR2 "$HAPROXY_PID" ;;
+    case "$scenario:$target" in
+        still:*) ;;
+        *:rollway) VERSION_N=$((VERSION_N + 1)); deploy || echo "the deploy during the switch run failed" >&2 ;;
+        *:nginx) kill -HUP "$NGINX_PID" ;;
+        *:haproxy) kill -USR2 "$HAPROXY_PID" ;;
     esac
     wait "$wrk_pid" || true
     [ -n "$trace_pid" ] && { wait "$trace_pid" || true; }
@@ -618,10 +623,10 @@ PY
     read -r steady min ratio nbad <<<"$summary"
     # The same at 100 ms (per100.py); the series from 1 s before the trigger in OUT/per100-ROUND-TARGET.txt.
     local tenths
-    tenths="$(python3 "$ROOT/bench/proxy/per100.py" "$persec.100ms" "$trigger" "$OUT/per100-$round-$target.txt" || true)"
-    record "$round" switch "$target" "$steady" "" "" "" "$(awk -v k="$(rss_kb "$pid")" 'BEGIN {printf "%.1f", k / 1024}')" \
+    tenths="$(python3 "$ROOT/bench/proxy/per100.py" "$persec.100ms" "$trigger" "$OUT/per100-${persec#"$OUT/persec-"}" || true)"
+    record "$round" "$scenario" "$target" "$steady" "" "" "" "$(awk -v k="$(rss_kb "$pid")" 'BEGIN {printf "%.1f", k / 1024}')" \
         "$load" "$nbad" "steady $steady/s, lowest second $min/s, ratio $ratio; $tenths"
-    if [ "$target" = rollway ]; then
+    if [ "$target" = rollway ] && [ "$scenario" = switch ]; then
         # nginx and HAProxy follow the new serving instances before the next measurement.
         sleep 12 # the observe window of the release (10 s) ends
         reload_peers
@@ -638,7 +643,8 @@ run_scenario() { # ROUND SCENARIO TARGET
         post1m) wrk_run "$1" post1m "$3" 64 /bytes/20 -s "$WORK/post1m.lua" ;;
         h2c) h2c_run "$1" "$3" ;;
         idle) idle_run "$1" "$3" ;;
-        switch) switch_run "$1" "$3" ;;
+        switch) switch_run "$1" "$3" switch ;;
+        still) switch_run "$1" "$3" still ;;
         *) echo "unknown scenario $2" >&2; exit 2 ;;
     esac
 }
