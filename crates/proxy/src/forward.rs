@@ -290,8 +290,8 @@ fn forward(
             && settings.protocol == UpstreamProtocol::Http1
             && is_upgrade(request.headers());
         let downstream_upgrade = upgrade.then(|| DownstreamUpgrade::of(&mut request));
-        // Interim answers can be passed on to an HTTP/1.1 client only (hyper's HTTP/2 server has no way to
-        // send them, and HTTP/1.0 clients must not get them).
+        // Interim answers can be passed on to an HTTP/1.1 client only (the HTTP/2 server, `server::h2_conn`,
+        // does not send them, and HTTP/1.0 clients must not get them).
         let interim = (request.version() == Version::HTTP_11)
             .then(|| active.as_ref().map(ActiveRequest::interim_sender))
             .flatten();
@@ -1265,8 +1265,8 @@ fn request_id_for_http2(
 }
 
 /// Gives an HTTP/2 answer its `date`, in one lookup: the instance's is kept, otherwise the current time
-/// (hyper's HTTP/2 server would add it with a lookup of its own, `auto_date_header`, switched off in
-/// `server`; its HTTP/1 server writes the date without a lookup and still does).
+/// (`server::h2_conn` adds none; hyper's HTTP/2 server, used before session 32, added it with a lookup of
+/// its own, `auto_date_header`, switched off then).
 ///
 /// Either way the date is marked for HPACK as a literal never added to the HTTP/2 connection's header
 /// table (the request id is marked where it is made, `request_id`). h2's table chains entries of one

@@ -224,7 +224,7 @@ impl Connection {
         let config = proxy.config();
         let activity = Arc::new(ConnectionActivity::default());
         // Boxed: the socket's state moves between this task's frames and the connection that serves it
-        // (`h1::ServerConn`, hyper's HTTP/2 server), and each place that can hold it would otherwise
+        // (`h1::ServerConn`, `h2_conn`'s connection), and each place that can hold it would otherwise
         // keep room for all of it in every connection's task.
         let io = Box::new(TimedIo::new(
             stream,

@@ -127,9 +127,10 @@ where
     /// connection again while streams started or ended (their answers are then written in this poll, not
     /// after a wake-up). Ready when the connection ended; its streams may still be running (`finish`).
     pub(super) fn poll_connection(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), h2::Error>> {
+        // Once per poll, not per round: its timer's waker is the same for every round.
+        self.keep_alive
+            .poll(cx, &mut self.connection, self.accepted);
         for _ in 0..ROUNDS_PER_POLL {
-            self.keep_alive
-                .poll(cx, &mut self.connection, self.accepted);
             let mut started = false;
             loop {
                 match self.connection.poll_accept(cx) {
