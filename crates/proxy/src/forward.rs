@@ -1261,6 +1261,13 @@ fn request_id_for_http2(
     };
     // One load per answer; the swap only until the first answer took it.
     let first = !named.load(Ordering::Relaxed) && !named.swap(true, Ordering::Relaxed);
+    if first {
+        // HPACK's table keeps this one for the connection's life: a copy of its own, not a slice that
+        // would keep its thread's whole block of ids (`new_request_id`). Once per connection.
+        if let Ok(copy) = HeaderValue::from_bytes(id.as_bytes()) {
+            *id = copy;
+        }
+    }
     id.set_sensitive(!first);
 }
 
