@@ -80,8 +80,12 @@ pub enum RequestBodyError {
 /// Why reading a client's body failed, as its connection's server reported it.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientBodyError {
+    /// Only where a hyper server serves (tests).
+    #[cfg(test)]
     #[error(transparent)]
     Hyper(hyper::Error),
+    #[error(transparent)]
+    H2(h2::Error),
     #[error(transparent)]
     Http1(crate::server::h1::BodyError),
 }
@@ -91,6 +95,7 @@ impl ClientBodyError {
     pub(crate) fn is_malformed(&self) -> bool {
         match self {
             // hyper reports a bad chunk as invalid input or data.
+            #[cfg(test)]
             ClientBodyError::Hyper(error) => {
                 let mut cause: Option<&(dyn std::error::Error + 'static)> =
                     std::error::Error::source(error);
@@ -105,6 +110,10 @@ impl ClientBodyError {
                 }
                 false
             }
+            // A stream whose framing h2 finds broken is reset by h2 itself: the client gets no answer
+            // to it, so it is a client gone, not a 400 (as it was through hyper, whose error had no
+            // cause below h2's).
+            ClientBodyError::H2(_) => false,
             ClientBodyError::Http1(error) => {
                 !matches!(error, crate::server::h1::BodyError::Incomplete)
             }
@@ -112,11 +121,14 @@ impl ClientBodyError {
     }
 }
 
-/// A client's request body as its connection's server gives it: hyper's for HTTP/2, the proxy's own
-/// HTTP/1 connection's (`server::h1`) for HTTP/1.
+/// A client's request body as its connection's server gives it: `h2`'s stream for HTTP/2
+/// (`server::h2_conn`), the proxy's own HTTP/1 connection's (`server::h1`) for HTTP/1, hyper's where a
+/// hyper server serves (tests).
 #[derive(Debug)]
 pub(crate) enum ClientBody {
+    #[cfg(test)]
     Hyper(Incoming),
+    H2(crate::server::h2_conn::H2Body),
     Http1(crate::server::h1::H1Body),
 }
 
@@ -129,9 +141,13 @@ impl Body for ClientBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
         match self.get_mut() {
+            #[cfg(test)]
             ClientBody::Hyper(incoming) => Pin::new(incoming)
                 .poll_frame(cx)
                 .map(|polled| polled.map(|frame| frame.map_err(ClientBodyError::Hyper))),
+            ClientBody::H2(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map(|polled| polled.map(|frame| frame.map_err(ClientBodyError::H2))),
             ClientBody::Http1(body) => Pin::new(body)
                 .poll_frame(cx)
                 .map(|polled| polled.map(|frame| frame.map_err(ClientBodyError::Http1))),
@@ -140,14 +156,18 @@ impl Body for ClientBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
+            #[cfg(test)]
             ClientBody::Hyper(incoming) => incoming.is_end_stream(),
+            ClientBody::H2(body) => body.is_end_stream(),
             ClientBody::Http1(body) => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
+            #[cfg(test)]
             ClientBody::Hyper(incoming) => incoming.size_hint(),
+            ClientBody::H2(body) => body.size_hint(),
             ClientBody::Http1(body) => body.size_hint(),
         }
     }

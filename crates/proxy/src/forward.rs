@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use hyper::body::Body;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
@@ -290,8 +290,8 @@ fn forward(
             && settings.protocol == UpstreamProtocol::Http1
             && is_upgrade(request.headers());
         let downstream_upgrade = upgrade.then(|| DownstreamUpgrade::of(&mut request));
-        // Interim answers can be passed on to an HTTP/1.1 client only (hyper's HTTP/2 server has no way to
-        // send them, and HTTP/1.0 clients must not get them).
+        // Interim answers can be passed on to an HTTP/1.1 client only (the HTTP/2 server, `server::h2_conn`,
+        // does not send them, and HTTP/1.0 clients must not get them).
         let interim = (request.version() == Version::HTTP_11)
             .then(|| active.as_ref().map(ActiveRequest::interim_sender))
             .flatten();
@@ -1261,12 +1261,19 @@ fn request_id_for_http2(
     };
     // One load per answer; the swap only until the first answer took it.
     let first = !named.load(Ordering::Relaxed) && !named.swap(true, Ordering::Relaxed);
+    if first {
+        // HPACK's table keeps this one for the connection's life: a copy of its own, not a slice that
+        // would keep its thread's whole block of ids (`new_request_id`). Once per connection.
+        if let Ok(copy) = HeaderValue::from_bytes(id.as_bytes()) {
+            *id = copy;
+        }
+    }
     id.set_sensitive(!first);
 }
 
 /// Gives an HTTP/2 answer its `date`, in one lookup: the instance's is kept, otherwise the current time
-/// (hyper's HTTP/2 server would add it with a lookup of its own, `auto_date_header`, switched off in
-/// `server`; its HTTP/1 server writes the date without a lookup and still does).
+/// (`server::h2_conn` adds none; hyper's HTTP/2 server, used before session 32, added it with a lookup of
+/// its own, `auto_date_header`, switched off then).
 ///
 /// Either way the date is marked for HPACK as a literal never added to the HTTP/2 connection's header
 /// table (the request id is marked where it is made, `request_id`). h2's table chains entries of one
@@ -1365,15 +1372,42 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
 
 /// A new random 128-bit id in hex.
 ///
-/// Its bytes are owned by a shared `Bytes` from the start (`Bytes::from_owner`: one allocation). A value
-/// copied into a `Vec`-backed `Bytes` (`HeaderValue::from_bytes`) is allocated again on its first clone,
-/// and the id is cloned for every request (into the upstream request, and kept for the answer).
+/// Its bytes are a slice of the thread's block of ids (`REQUEST_IDS`), a shared `Bytes` from the start:
+/// 32 ids take the block's two allocations (its bytes and, at its first split, the count shared by its
+/// slices) where each id took one of its own (`Bytes::from_owner`, session 30: one of the ~1 allocation
+/// per HTTP/1 request, of ~9 per h2c one). A value copied into a `Vec`-backed `Bytes`
+/// (`HeaderValue::from_bytes`) would be allocated again on its first clone, and the id is cloned for
+/// every request (into the upstream request, and kept for the answer). A block is freed once its last id
+/// is: a request that lives long (a tunnel, a long poll) keeps at most its 1 KiB block.
 fn new_request_id() -> HeaderValue {
-    let mut id = [0u8; 32];
+    let mut id = [0u8; REQUEST_ID_LEN];
     id[..16].copy_from_slice(&hex_digits(random_u64()));
     id[16..].copy_from_slice(&hex_digits(random_u64()));
-    HeaderValue::from_maybe_shared(Bytes::from_owner(id))
-        .unwrap_or_else(|_| HeaderValue::from_static("0"))
+    let bytes = REQUEST_IDS
+        .try_with(|block| {
+            let mut block = block.try_borrow_mut().ok()?;
+            if block.capacity() - block.len() < REQUEST_ID_LEN {
+                *block = BytesMut::with_capacity(REQUEST_ID_BLOCK);
+            }
+            block.extend_from_slice(&id);
+            Some(block.split().freeze())
+        })
+        .ok()
+        .flatten()
+        // While the thread's locals are torn down.
+        .unwrap_or_else(|| Bytes::from_owner(id));
+    HeaderValue::from_maybe_shared(bytes).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+/// A request id's length: 128 bits in hex.
+const REQUEST_ID_LEN: usize = 32;
+
+/// The bytes of a thread's block of request ids (32 ids).
+const REQUEST_ID_BLOCK: usize = 32 * REQUEST_ID_LEN;
+
+thread_local! {
+    /// This thread's block of request ids, from which `new_request_id` splits each new id.
+    static REQUEST_IDS: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
 }
 
 /// `value`'s 16 lower-case hex digits, most significant first, computed on all of them at once (a

@@ -1,5 +1,6 @@
 //! Listeners: accepts connections (plain or TLS), serves HTTP/1.1 (the proxy's own connection, `h1`) and
-//! HTTP/2 (hyper's) on them through `forward`, and enforces the header-read and idle timeouts.
+//! HTTP/2 (`h2_conn`, over the `h2` crate) on them through `forward`, and enforces the header-read and idle
+//! timeouts.
 //!
 //! The caller binds the listener (tests use `127.0.0.1:0`) and owns the shutdown signal.
 
@@ -13,10 +14,6 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use hyper::Request;
-use hyper::body::Incoming;
-use hyper::server::conn::http2;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::time::{Instant, Sleep};
@@ -27,9 +24,9 @@ use crate::active::ConnectionActivity;
 use crate::body::ClientBody;
 use crate::control::Proxy;
 use crate::forward::{self, ConnectionContext, Scheme};
-use h2_streams::{ConnectionStreams, StreamExecutor};
 
 pub(crate) mod h1;
+pub(crate) mod h2_conn;
 
 /// Serves plain HTTP (HTTP/1.1 and h2c) on `listener` until `shutdown` is cancelled, then stops
 /// accepting, lets open requests finish, and returns when the last connection has closed.
@@ -170,14 +167,11 @@ async fn serve_with(
     Ok(())
 }
 
-/// hyper's HTTP/2 server and the limits of the proxy's own HTTP/1 one (`h1`), configured once per
-/// listener. The protocol is chosen per connection from its first bytes (the HTTP/2 preface or not).
+/// The limits of the HTTP/1 server (`h1`) and the HTTP/2 one (`h2_conn`), configured once per listener.
+/// The protocol is chosen per connection from its first bytes (the HTTP/2 preface or not).
 struct Builders {
     http1: h1::HeadLimits,
-    /// `max_header_list_size` of HTTP/2 connections, whose builders are made one per connection: each
-    /// connection has an executor of its own (`h2_streams`), and hyper's builder cannot change its
-    /// executor.
-    http2_max_header_list_size: u32,
+    http2: h2_conn::Settings,
 }
 
 impl Builders {
@@ -188,35 +182,12 @@ impl Builders {
         };
         Builders {
             http1,
-            http2_max_header_list_size: u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX),
+            http2: h2_conn::Settings {
+                max_header_list_size: u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX),
+            },
         }
     }
-
-    /// hyper's HTTP/2 server for one connection whose streams `executor` takes.
-    fn http2(&self, executor: StreamExecutor) -> http2::Builder<StreamExecutor> {
-        let mut http2 = http2::Builder::new(executor);
-        http2
-            .max_header_list_size(self.http2_max_header_list_size)
-            // Bounds what a client that stops reading makes the proxy hold (HAProxy allows 100 streams).
-            .max_concurrent_streams(HTTP2_MAX_STREAMS)
-            .max_send_buf_size(HTTP2_SEND_BUFFER)
-            .keep_alive_interval(Some(Duration::from_secs(20)))
-            // `forward::date_for_http2` adds the date where an answer has none, in the one lookup that
-            // also marks it for HPACK.
-            .auto_date_header(false)
-            .timer(TokioTimer::new());
-        http2
-    }
 }
-
-/// Streams an HTTP/2 client may have open at once (hyper's default: 200).
-const HTTP2_MAX_STREAMS: u32 = 100;
-
-/// The answer bytes an HTTP/2 stream holds for a client that does not read (hyper's default: 400 KiB):
-/// with `HTTP2_MAX_STREAMS`, at most 25 MiB of send buffers per connection (80 MiB before). 64 KiB
-/// halved the rate of 64 KiB answers (more, smaller writes; bench/proxy/README.md, "Session 29: HTTP/2
-/// to clients"); 256 KiB measured as the default did.
-const HTTP2_SEND_BUFFER: usize = 256 * 1024;
 
 /// The HTTP/2 connection preface (RFC 9113 section 3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -253,7 +224,7 @@ impl Connection {
         let config = proxy.config();
         let activity = Arc::new(ConnectionActivity::default());
         // Boxed: the socket's state moves between this task's frames and the connection that serves it
-        // (`h1::ServerConn`, hyper's HTTP/2 server), and each place that can hold it would otherwise
+        // (`h1::ServerConn`, `h2_conn`'s connection), and each place that can hold it would otherwise
         // keep room for all of it in every connection's task.
         let io = Box::new(TimedIo::new(
             stream,
@@ -290,70 +261,76 @@ impl Connection {
                 }
             };
             if http2 {
-                let service = {
-                    let context = Arc::clone(&context);
-                    let activity = Arc::clone(&activity);
-                    service_fn(move |request: Request<Incoming>| {
-                        // Counted here, synchronously, so the IO wrapper sees the request before it
-                        // next reads.
-                        let active = activity.start();
-                        crate::memory::request_started();
-                        // Boxed: hyper moves the service's future by value (into the connection's
-                        // stream set, `h2_streams`), and the forwarding future is large; a pointer is cheaper to
-                        // move than its state (13% of an h2c run's CPU was memcpy). Boxed as it is made:
-                        // each move of it on the way costs a copy of its whole size. Made in its box
-                        // (allocated first, then written): `Box::pin(future)` made it on the stack and
-                        // copied all of it (3.4 KB, most of it not yet in use) into the box.
-                        Box::into_pin(Box::write(
-                            Box::new_uninit(),
-                            forward::handle(
-                                request.map(ClientBody::Hyper),
-                                Arc::clone(&context),
-                                active,
-                            ),
-                        ))
-                    })
-                };
                 // Boxed: HTTP/2's connection state would otherwise size every connection's task, HTTP/1
                 // ones included (idle connections are mostly HTTP/1 keep-alive).
-                Box::pin(self.serve_http2(io, service)).await;
+                Box::pin(self.serve_http2(io, &context, &activity)).await;
             } else {
                 self.serve_http1(io, &context, &activity).await;
             }
         }
     }
 
-    async fn serve_http2<S, F>(&self, io: Box<TimedIo<S>>, service: F)
-    where
+    /// Serves HTTP/2 streams (`h2_conn`) until the connection ends; on shutdown, sends GOAWAY (which
+    /// clients retry safely) and lets the open streams finish.
+    async fn serve_http2<S>(
+        &self,
+        io: Box<TimedIo<S>>,
+        context: &Arc<ConnectionContext>,
+        activity: &Arc<ConnectionActivity>,
+    ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-        F: hyper::service::HttpService<Incoming, ResBody = crate::body::ProxyBody> + Send + 'static,
-        F::Future: Send + 'static,
-        F::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        // The connection's streams run in this task (`h2_streams`), with an executor of its own.
-        let executor = StreamExecutor::default();
-        let connection = self
-            .builder
-            .http2(executor.clone())
-            .serve_connection(TokioIo::new(io), service);
-        tokio::pin!(connection);
-        let mut streams = ConnectionStreams::new(executor);
-        let ended = tokio::select! {
-            result = std::future::poll_fn(|cx| streams.poll_with(connection.as_mut(), cx)) => Some(result),
-            () = self.shutdown.cancelled() => None,
+        let handshake = h2_conn::builder(self.builder.http2).handshake::<_, Bytes>(io);
+        tokio::pin!(handshake);
+        let mut closing = false;
+        let handshaken = tokio::select! {
+            handshaken = &mut handshake => handshaken,
+            () = self.shutdown.cancelled() => {
+                // GOAWAY needs the connection: it goes once the handshake is done.
+                closing = true;
+                handshake.await
+            }
+        };
+        let connection = match handshaken {
+            Ok(connection) => connection,
+            Err(error) => {
+                tracing::debug!(message = "HTTP/2 handshake failed.", %error, client = %self.client_addr);
+                return;
+            }
+        };
+        let start = |request: Request<ClientBody>| {
+            // Counted here, synchronously, so the IO wrapper sees the request before it next reads.
+            let active = activity.start();
+            crate::memory::request_started();
+            // Boxed: the stream set moves the stream's state, and the forwarding future is large (a
+            // pointer is cheaper to move). Made in its box (allocated first, then written):
+            // `Box::pin(future)` made it on the stack and copied all of it (3.4 KB, most of it not yet
+            // in use) into the box.
+            Box::into_pin(Box::write(
+                Box::new_uninit(),
+                forward::handle(request, Arc::clone(context), active),
+            ))
+        };
+        let mut served = h2_conn::Served::new(connection, start);
+        let ended = if closing {
+            None
+        } else {
+            tokio::select! {
+                result = std::future::poll_fn(|cx| served.poll_connection(cx)) => Some(result),
+                () = self.shutdown.cancelled() => None,
+            }
         };
         let result = match ended {
             Some(result) => result,
             None => {
-                // HTTP/2 has GOAWAY, which clients retry safely.
-                connection.as_mut().graceful_shutdown();
-                std::future::poll_fn(|cx| streams.poll_with(connection.as_mut(), cx)).await
+                served.graceful_shutdown();
+                std::future::poll_fn(|cx| served.poll_connection(cx)).await
             }
         };
         if let Err(error) = result {
             tracing::debug!(message = "Connection ended with an error.", %error, client = %self.client_addr);
         }
-        streams.finish().await;
+        served.finish().await;
     }
 
     /// Serves HTTP/1 requests with the proxy's own connection (`h1::ServerConn`) until it closes. A
@@ -916,8 +893,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TimedIo<S> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
-
-mod h2_streams;
 
 #[cfg(test)]
 mod tests;

@@ -130,6 +130,44 @@ fn request_ids_are_kept_out_of_the_hpack_table_and_a_client_s_usable_one_is_kept
     assert_eq!(request_id(&headers).len(), 32);
 }
 
+/// A thread's new ids are slices of one block (one allocation per 32 ids, not one per id): of three made
+/// one after another, at least two lie side by side (the block may end after the first).
+#[test]
+fn new_request_ids_of_a_thread_are_cut_from_one_block() {
+    let ids: Vec<HeaderValue> = (0..3).map(|_| request_id(&HeaderMap::new())).collect();
+    let start = |id: &HeaderValue| id.as_bytes().as_ptr() as usize;
+    let adjacent = ids
+        .windows(2)
+        .filter(|pair| start(&pair[1]) == start(&pair[0]) + 32)
+        .count();
+    assert!(adjacent >= 1, "{ids:?}");
+    for id in &ids {
+        assert_eq!(id.len(), 32);
+        assert!(id.as_bytes().iter().all(u8::is_ascii_hexdigit), "{id:?}");
+    }
+    assert!(ids[0] != ids[1] && ids[1] != ids[2] && ids[0] != ids[2]);
+}
+
+/// The id HPACK keeps (a connection's first answer's) is a copy of its own, not a slice that would keep
+/// its thread's whole block of ids for the connection's life; later answers' ids stay slices.
+#[test]
+fn the_request_id_an_http2_connection_s_table_keeps_is_a_copy_of_its_own() {
+    let named = AtomicBool::new(false);
+    for first in [true, false] {
+        let id = request_id(&HeaderMap::new());
+        let mut response = Response::new(ProxyBody::empty());
+        request_id_for_http2(&mut response, id.clone(), &named);
+        let sent = &response.headers()[&X_REQUEST_ID];
+        assert_eq!(sent, &id);
+        assert_eq!(
+            sent.as_bytes().as_ptr() != id.as_bytes().as_ptr(),
+            first,
+            "first answer: {first}"
+        );
+        assert_eq!(sent.is_sensitive(), !first);
+    }
+}
+
 #[test]
 fn a_new_request_id_is_32_hex_digits_and_its_clones_are_the_same_value() {
     let made = request_id(&HeaderMap::new());
