@@ -431,6 +431,28 @@ impl RequestBody {
         }
     }
 
+    /// The client's body as the request arrives, before its route's limits are known (`limit`): the
+    /// request it is in can then become the upstream request where it lies (`forward::handle`).
+    pub(crate) fn client(incoming: ClientBody) -> RequestBody {
+        RequestBody::new(incoming, u64::MAX, Duration::ZERO)
+    }
+
+    /// The route's limits: the most bytes the instance is sent, and the longest pause of the client.
+    /// Set before the body is first read; the body is then as `new` would have made it.
+    pub(crate) fn limit(&mut self, limit: u64, timeout: Duration) {
+        self.limit = limit;
+        self.timeout = timeout;
+        if self.inner.as_ref().is_some_and(ClientBody::is_end_stream) {
+            self.inner = None;
+        }
+    }
+
+    /// The client's body, taken out unread (a refused request's, to discard it); `None` when nothing of
+    /// it was left to come.
+    pub(crate) fn take_client(&mut self) -> Option<ClientBody> {
+        self.inner.take()
+    }
+
     pub(crate) fn empty() -> RequestBody {
         RequestBody {
             inner: None,

@@ -62,33 +62,42 @@ static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Answers one request. Never fails: errors become answers through `error_response`.
+///
+/// The request is held here, once, for the whole exchange: `forward` rewrites it in place into the
+/// upstream request and sends it from here. Its body is wrapped for the instance as it comes in
+/// (`RequestBody::client`; the route's limits are set in `forward`). Until session 32 the request was
+/// moved from here into `forward`'s state and from there into the upstream request, in a third slot:
+/// three copies of it written into the exchange's state per request, each a few cache lines that
+/// are cold again by the connection's next request (bench/proxy/README.md, "Session 32: the HTTP/1
+/// exchange").
 #[allow(clippy::manual_async_fn)] // See `forward`: an `async fn` would hold the request twice.
 pub(crate) fn handle(
     request: Request<ClientBody>,
     context: Arc<ConnectionContext>,
     active: ActiveRequest,
 ) -> impl Future<Output = Result<Response<ProxyBody>, std::convert::Infallible>> {
+    let mut request = request.map(RequestBody::client);
     async move {
         let mut active = Some(active);
         let http1 = request.version() < Version::HTTP_2;
         let request_id = request_id(request.headers());
         let mut hsts = None;
-        let mut response = match forward(request, &context, &request_id, &mut active, &mut hsts)
-            .await
-        {
-            Ok(response) => response,
-            Err((error, stats)) => {
-                let stats = stats.unwrap_or_else(|| Arc::clone(&context.proxy.inner().unrouted));
-                stats.record_error(error.kind());
-                tracing::debug!(
-                    message = "Request failed.",
-                    %error,
-                    request_id = %request_id.to_str().unwrap_or(""),
-                    client = %context.client_addr
-                );
-                error_response(&error)
-            }
-        };
+        let mut response =
+            match forward(&mut request, &context, &request_id, &mut active, &mut hsts).await {
+                Ok(response) => response,
+                Err((error, stats)) => {
+                    let stats =
+                        stats.unwrap_or_else(|| Arc::clone(&context.proxy.inner().unrouted));
+                    stats.record_error(error.kind());
+                    tracing::debug!(
+                        message = "Request failed.",
+                        %error,
+                        request_id = %request_id.to_str().unwrap_or(""),
+                        client = %context.client_addr
+                    );
+                    error_response(&error)
+                }
+            };
         // An app's own request id on its answer is kept; the proxy's goes on answers that have none.
         if http1 {
             if let header::Entry::Vacant(entry) = response.headers_mut().entry(&X_REQUEST_ID) {
@@ -148,16 +157,19 @@ fn redirect_to_https(host: &str, uri: &Uri, https_port: Option<u16>) -> Response
     response
 }
 
-/// Not an `async fn`: an `async fn` keeps its arguments beside the locals they are moved into, so the
-/// request (264 bytes) was written twice into the exchange's state; the block keeps it where it was put.
-#[allow(clippy::manual_async_fn)] // See above: an `async fn` would hold the request twice.
-fn forward(
-    mut request: Request<ClientBody>,
-    context: &ConnectionContext,
-    request_id: &HeaderValue,
-    active: &mut Option<ActiveRequest>,
-    hsts: &mut Option<u64>,
-) -> impl Future<Output = Result<Response<ProxyBody>, Failure>> {
+/// The request is `handle`'s, rewritten in place into the upstream request and sent from there: this
+/// state holds no copy of it (see `handle`).
+///
+/// Not an `async fn`: an `async fn` keeps its arguments beside the locals they are moved into; the
+/// block keeps them where they were put.
+#[allow(clippy::manual_async_fn)] // See above: an `async fn` would hold its arguments twice.
+fn forward<'a>(
+    request: &'a mut Request<RequestBody>,
+    context: &'a ConnectionContext,
+    request_id: &'a HeaderValue,
+    active: &'a mut Option<ActiveRequest>,
+    hsts: &'a mut Option<u64>,
+) -> impl Future<Output = Result<Response<ProxyBody>, Failure>> + 'a {
     async move {
         let proxy = &context.proxy;
         let config = proxy.config();
@@ -174,7 +186,7 @@ fn forward(
         }
         // What h2 lets through of what RFC 9113 calls malformed (HTTP/1 heads are checked as parsed).
         if request.version() == Version::HTTP_2
-            && let Err(reason) = check_http2_request(&request)
+            && let Err(reason) = check_http2_request(request)
         {
             return Err((ProxyError::BadRequest { reason }, None));
         }
@@ -193,7 +205,7 @@ fn forward(
             );
             return Ok(response);
         }
-        let (host_value, host_is_field) = request_host(&request).map_err(|error| (error, None))?;
+        let (host_value, host_is_field) = request_host(request).map_err(|error| (error, None))?;
         let host = host_value.to_str().unwrap_or_default();
         let host_key = normalise_host(host);
         let (route_name, settings, admission) = {
@@ -263,8 +275,10 @@ fn forward(
                 .await?;
             }
             Err(refusal) => {
-                if !expects_continue(request.headers()) {
-                    Box::pin(discard_body(request.into_body())).await;
+                if !expects_continue(request.headers())
+                    && let Some(body) = request.body_mut().take_client()
+                {
+                    Box::pin(discard_body(body)).await;
                 }
                 return Err((refusal, None));
             }
@@ -275,8 +289,10 @@ fn forward(
         {
             // A client that sent `Expect: 100-continue` waits for a go-ahead: it gets the 413 at once and its
             // body is not read (reading it is what makes hyper send `100 Continue`).
-            if !expects_continue(request.headers()) {
-                Box::pin(discard_body(request.into_body())).await;
+            if !expects_continue(request.headers())
+                && let Some(body) = request.body_mut().take_client()
+            {
+                Box::pin(discard_body(body)).await;
             }
             return Err((
                 ProxyError::BodyTooLarge {
@@ -289,17 +305,17 @@ fn forward(
         let upgrade = request.version() == Version::HTTP_11
             && settings.protocol == UpstreamProtocol::Http1
             && is_upgrade(request.headers());
-        let downstream_upgrade = upgrade.then(|| DownstreamUpgrade::of(&mut request));
+        let downstream_upgrade = upgrade.then(|| DownstreamUpgrade::of(request));
         // Interim answers can be passed on to an HTTP/1.1 client only (the HTTP/2 server, `server::h2_conn`,
         // does not send them, and HTTP/1.0 clients must not get them).
         let interim = (request.version() == Version::HTTP_11)
             .then(|| active.as_ref().map(ActiveRequest::interim_sender))
             .flatten();
-        // The client's head becomes the upstream request's, in place: its fields rewritten, its target in the
-        // instance's form. Only h2c and upgrades keep a copy of it for a replay (`replay_head`).
-        let (mut head, body) = request.into_parts();
+        // The client's request becomes the upstream request, in place: its fields rewritten, its target in
+        // the instance's form, its body under the route's limits. Only h2c and upgrades keep a copy of its
+        // head for a replay (`replay_head`).
         let added = prepare_request_headers(
-            &mut head.headers,
+            request.headers_mut(),
             &host_value,
             host_is_field,
             context,
@@ -307,32 +323,35 @@ fn forward(
             upgrade,
             settings.protocol,
         );
-        set_upstream_uri(&mut head.uri, &host_value, settings.protocol);
-        head.version = match settings.protocol {
+        set_upstream_uri(request.uri_mut(), &host_value, settings.protocol);
+        *request.version_mut() = match settings.protocol {
             UpstreamProtocol::Http1 => Version::HTTP_11,
             UpstreamProtocol::H2c | UpstreamProtocol::Grpc => Version::HTTP_2,
         };
         // The client's extensions (hyper's, the server's) are not for the instance.
-        head.extensions.clear();
+        request.extensions_mut().clear();
+        request
+            .body_mut()
+            .limit(settings.max_body_bytes, config.body_read_timeout);
 
         // A small announced body is read whole before an instance is picked: a slow client then holds only
         // its own connection, and its slowness is a 408 for it rather than a 504 blamed on the instance.
-        let mut body = RequestBody::new(body, settings.max_body_bytes, config.body_read_timeout);
-        let mut whole_body = body.is_end_stream().then(Bytes::new);
+        let mut whole_body = request.body().is_end_stream().then(Bytes::new);
         if whole_body.is_none()
             && !upgrade
             && announced_length.is_some_and(|length| length <= config.request_buffer_bytes)
         {
+            let body = std::mem::replace(request.body_mut(), RequestBody::empty());
             let bytes = Box::pin(body.read_whole())
                 .await
                 .map_err(|error| (request_body_error(error), None))?;
-            body = RequestBody::full(bytes.clone());
+            *request.body_mut() = RequestBody::full(bytes.clone());
             whole_body = Some(bytes);
             // The client's `Expect: 100-continue` was answered here (hyper sent `100 Continue` when the body
             // was read); the instance gets the whole body at once and nothing to answer.
-            head.headers.remove(header::EXPECT);
+            request.headers_mut().remove(header::EXPECT);
         }
-        let replayable = whole_body.is_some() && is_idempotent(&head.method);
+        let replayable = whole_body.is_some() && is_idempotent(request.method());
 
         let hook = |upstream: &mut Request<RequestBody>| {
             // The proxy's HTTP/1 client passes interim answers on itself (`upstream::h1`); hyper's,
@@ -352,22 +371,21 @@ fn forward(
                 });
             }
         };
-        // The proxy's HTTP/1 client leaves a request it tried whole in `outgoing` (`GivenBack::Whole`);
+        // The proxy's HTTP/1 client leaves a request it tried whole in `request` (`GivenBack::Whole`);
         // hyper's clients (h2c, upgrades) keep it, so for them a replayable request is rebuilt for each
         // attempt from a copy of its head, boxed (rare: HTTP/1 keep-alive requests never make one).
         let replay_head = (replayable && (settings.protocol != UpstreamProtocol::Http1 || upgrade))
             .then(|| {
                 Box::new((
-                    head.method.clone(),
-                    head.uri.clone(),
-                    head.version,
-                    head.headers.clone(),
+                    request.method().clone(),
+                    request.uri().clone(),
+                    request.version(),
+                    request.headers().clone(),
                 ))
             });
-        // Sent from here, and left here by a failed send (`GivenBack`): the request is not moved into the
-        // send's state and back out with its failure.
-        let mut outgoing = Request::from_parts(head, body);
-        hook(&mut outgoing);
+        // Sent from `handle`'s state, and left there by a failed send (`GivenBack`): the request is not
+        // moved into the send's state and back out with its failure.
+        hook(request);
 
         let mut tried = Tried::default();
         // Attempts that may have reached an instance; a refused connection sent nothing and is not counted
@@ -379,7 +397,7 @@ fn forward(
                 proxy,
                 &route_name,
                 &host_key,
-                outgoing.uri().path(),
+                request.uri().path(),
                 &mut tried,
                 &mut hold,
             )
@@ -390,7 +408,7 @@ fn forward(
             let stats = guard.stats();
             let sent = upstream::send_with(
                 instance,
-                &mut outgoing,
+                request,
                 config,
                 &settings,
                 upgrade,
@@ -469,7 +487,10 @@ fn forward(
                     }
                     return Ok(Response::from_parts(head, body));
                 }
-                Err(SendFailure { error, request }) => {
+                Err(SendFailure {
+                    error,
+                    request: given_back,
+                }) => {
                     let error = classify_body_error(error);
                     let refused = matches!(error, ProxyError::Connect { .. });
                     if refused
@@ -481,10 +502,10 @@ fn forward(
                     if !refused {
                         attempt += 1;
                     }
-                    let can_replay = match request {
+                    let can_replay = match given_back {
                         GivenBack::Unsent => true,
                         GivenBack::Whole => replayable,
-                        // What is left in `outgoing` is not to be sent: a replay is built anew.
+                        // What is left in `request` is not to be sent: a replay is built anew.
                         GivenBack::Nothing => match replay_head.as_deref() {
                             Some((method, uri, version, headers)) => {
                                 let mut replay = Request::new(RequestBody::full(
@@ -495,7 +516,7 @@ fn forward(
                                 *replay.version_mut() = *version;
                                 *replay.headers_mut() = headers.clone();
                                 hook(&mut replay);
-                                outgoing = replay;
+                                *request = replay;
                                 true
                             }
                             None => false,
@@ -564,7 +585,7 @@ enum DownstreamUpgrade {
 }
 
 impl DownstreamUpgrade {
-    fn of(request: &mut Request<ClientBody>) -> DownstreamUpgrade {
+    fn of(request: &mut Request<RequestBody>) -> DownstreamUpgrade {
         match request
             .extensions_mut()
             .remove::<crate::server::h1::PendingUpgrade>()

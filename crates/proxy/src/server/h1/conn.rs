@@ -191,74 +191,52 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> ServerConn<S> {
                     }
                     Err(HeadFailure::Io(error)) => return Next::End(Ended::Failed(error)),
                 };
-                let super::RequestHead {
-                    parts,
-                    framing,
+                // Built outside this future (`start`): a local of an async block that was ever borrowed
+                // is kept in its state for as long as it is in scope, across the waits for the answer.
+                let Started {
+                    request,
+                    mut feeder,
+                    upgrade_sender,
+                    head_request,
+                    version,
                     keep_alive,
-                    expect_continue,
-                    wants_upgrade,
                     wants_trailers,
-                } = head;
-                let head_request = parts.method == Method::HEAD;
-                let version = parts.version;
-                let upgrade = (version == Version::HTTP_11 && wants_upgrade)
-                    .then(oneshot::channel::<Upgraded>);
-                let decoder = BodyDecoder::new(framing);
-                let (body, mut feeder) = if decoder.is_done() {
-                    (H1Body::empty(), None)
-                } else {
-                    let (sender, receiver) = mpsc::unbounded_channel();
-                    let want = Arc::new(Want::default());
-                    let body = H1Body {
-                        receiver: Some(receiver),
-                        want: Some(Arc::clone(&want)),
-                        remaining: decoder.remaining(),
-                    };
-                    let feeder = Feeder {
-                        decoder,
-                        sender: Some(sender),
-                        want,
-                        expect_continue,
-                        continue_out: b"",
-                        broken: false,
-                    };
-                    (body, Some(feeder))
-                };
-                let mut request = Request::from_parts(parts, body);
-                let upgrade_sender = upgrade.map(|(sender, receiver)| {
-                    request.extensions_mut().insert(PendingUpgrade(Arc::new(
-                        std::sync::Mutex::new(Some(receiver)),
-                    )));
-                    sender
-                });
-                // Pinned where it is made: `pin!` of a named future copied it into a second slot (one
-                // memcpy a request more, ~8 more L1 write misses; callgrind, bench/proxy/README.md).
-                let mut answer = std::pin::pin!(service(request));
-                // Whether the socket was read (or polled) while this request was in progress: the socket's
-                // wrapper (`TimedIo`) learns of a request only from such a read, and without one would keep
-                // the header-read timer after the answer instead of the idle one.
-                let mut touched = false;
-                let response = std::future::poll_fn(|cx| {
-                    loop {
-                        if let Poll::Ready(response) = answer.as_mut().poll(cx) {
-                            if !touched {
-                                let mut empty = ReadBuf::new(&mut []);
-                                let _ = Pin::new(&mut self.io).poll_read(cx, &mut empty);
-                            }
-                            return Poll::Ready(Ok(response));
-                        }
-                        if !ready!(self.poll_feed(cx, feeder.as_mut())).map_err(Some)? {
-                            if feeder.as_ref().is_none_or(Feeder::is_done) {
-                                touched = true;
-                                if self.poll_client_gone(cx) {
-                                    return Poll::Ready(Err(None));
+                } = start(head);
+                // The service's future in a block of its own too: its storage ends with the answer's
+                // head, and what is kept while the answer is written (its body, its framing) may take
+                // the same bytes of the state.
+                let response = {
+                    // Pinned where it is made: `pin!` of a named future copied it into a second slot
+                    // (one memcpy a request more, ~8 more L1 write misses; callgrind,
+                    // bench/proxy/README.md).
+                    let mut answer = std::pin::pin!(service(request));
+                    // Whether the socket was read (or polled) while this request was in progress: the
+                    // socket's wrapper (`TimedIo`) learns of a request only from such a read, and
+                    // without one would keep the header-read timer after the answer instead of the
+                    // idle one.
+                    let mut touched = false;
+                    std::future::poll_fn(|cx| {
+                        loop {
+                            if let Poll::Ready(response) = answer.as_mut().poll(cx) {
+                                if !touched {
+                                    let mut empty = ReadBuf::new(&mut []);
+                                    let _ = Pin::new(&mut self.io).poll_read(cx, &mut empty);
                                 }
+                                return Poll::Ready(Ok(response));
                             }
-                            return Poll::Pending;
+                            if !ready!(self.poll_feed(cx, feeder.as_mut())).map_err(Some)? {
+                                if feeder.as_ref().is_none_or(Feeder::is_done) {
+                                    touched = true;
+                                    if self.poll_client_gone(cx) {
+                                        return Poll::Ready(Err(None));
+                                    }
+                                }
+                                return Poll::Pending;
+                            }
                         }
-                    }
-                })
-                .await;
+                    })
+                    .await
+                };
                 let response = match response {
                     Ok(Ok(response)) => response,
                     Ok(Err(error)) => {
@@ -268,40 +246,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> ServerConn<S> {
                     Err(None) => return Next::End(Ended::Closed),
                     Err(Some(error)) => return Next::End(Ended::Failed(error)),
                 };
-                let (parts, mut body) = response.into_parts();
-                let length = if body.is_end_stream() {
-                    Some(0)
-                } else {
-                    body.size_hint().exact()
-                };
-                let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
-                let keep_alive = keep_alive && !closing.load(Ordering::Relaxed) && !switching;
-                // The final answer goes out now: no `100 Continue` after its head (it would land in
-                // the answer's body; hyper sent one only before any answer), and one begun is
-                // finished before it.
-                if let Some(feeder) = feeder.as_mut() {
-                    let begun = feeder.continue_out;
-                    self.out().head.extend_from_slice(begun);
-                    feeder.continue_out = b"";
-                    feeder.expect_continue = false;
-                }
-                let (framing, keep_alive) = super::encode_head(
-                    &mut self.out().head,
-                    parts.status,
-                    &parts.headers,
-                    length,
+                // Taken apart outside this future too (`answer_head`), for the same reason as `start`.
+                let (mut body, framing, keep_alive, switching) = self.answer_head(
+                    response,
+                    feeder.as_mut(),
                     AnswerContext {
                         head_request,
                         request_version: version,
-                        keep_alive,
+                        keep_alive: keep_alive && !closing.load(Ordering::Relaxed),
                     },
-                    &crate::forward::current_date(),
                 );
-                // Written: the answer's map parses a next head on this thread (no allocation for it then).
-                let hyper::http::response::Parts {
-                    status: _, headers, ..
-                } = parts;
-                crate::upstream::h1::recycle_fields(headers);
                 if switching {
                     if let Err(error) = std::future::poll_fn(|cx| self.poll_write_out(cx)).await {
                         return Next::End(Ended::Failed(error));
@@ -345,6 +299,52 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> ServerConn<S> {
                 }
             }
         }
+    }
+
+    /// Writes the answer's head into the out buffer (after what is left of a `100 Continue` begun) and
+    /// gives back its body, its framing, whether the connection stays open, and whether the answer
+    /// switches protocols. A function of its own, not code of the exchange's future: the answer's
+    /// head is borrowed here, and a borrowed local of an async block is kept in its state (one more
+    /// slot written per request, cold again by the connection's next request at many connections).
+    fn answer_head<B: Body>(
+        &mut self,
+        response: Response<B>,
+        feeder: Option<&mut Feeder>,
+        context: AnswerContext,
+    ) -> (B, AnswerFraming, bool, bool) {
+        let (parts, body) = response.into_parts();
+        let length = if body.is_end_stream() {
+            Some(0)
+        } else {
+            body.size_hint().exact()
+        };
+        let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
+        let context = AnswerContext {
+            keep_alive: context.keep_alive && !switching,
+            ..context
+        };
+        // The final answer goes out now: no `100 Continue` after its head (it would land in the
+        // answer's body; hyper sent one only before any answer), and one begun is finished before it.
+        if let Some(feeder) = feeder {
+            let begun = feeder.continue_out;
+            self.out().head.extend_from_slice(begun);
+            feeder.continue_out = b"";
+            feeder.expect_continue = false;
+        }
+        let (framing, keep_alive) = super::encode_head(
+            &mut self.out().head,
+            parts.status,
+            &parts.headers,
+            length,
+            context,
+            &crate::forward::current_date(),
+        );
+        // Written: the answer's map parses a next head on this thread (no allocation for it then).
+        let hyper::http::response::Parts {
+            status: _, headers, ..
+        } = parts;
+        crate::upstream::h1::recycle_fields(headers);
+        (body, framing, keep_alive, switching)
     }
 
     /// Reads until a whole request head is in the read buffer: `None` when the client closed between
@@ -615,6 +615,77 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> ServerConn<S> {
                 return Poll::Pending;
             }
         }
+    }
+}
+
+/// A request as the service gets it, and what the connection keeps of it for its answer.
+struct Started {
+    request: Request<H1Body>,
+    feeder: Option<Feeder>,
+    upgrade_sender: Option<oneshot::Sender<Upgraded>>,
+    head_request: bool,
+    version: Version,
+    keep_alive: bool,
+    wants_trailers: bool,
+}
+
+/// The request of a head, its body fed by the connection (`Feeder`) when it has one.
+///
+/// Not code of the exchange's future: a local of an async block that was ever borrowed (`parts.method
+/// == ..`, `request.extensions_mut()`) is kept in the block's state for as long as it is in scope,
+/// across the wait for the answer. The head's parts and the request were each one more slot of the
+/// exchange's state written per request, ~8 cache lines that are cold again by the connection's next
+/// request at many connections (bench/proxy/README.md, "Session 32: the HTTP/1 exchange").
+fn start(head: super::RequestHead) -> Started {
+    let super::RequestHead {
+        parts,
+        framing,
+        keep_alive,
+        expect_continue,
+        wants_upgrade,
+        wants_trailers,
+    } = head;
+    let head_request = parts.method == Method::HEAD;
+    let version = parts.version;
+    let upgrade = (version == Version::HTTP_11 && wants_upgrade).then(oneshot::channel::<Upgraded>);
+    let decoder = BodyDecoder::new(framing);
+    let (body, feeder) = if decoder.is_done() {
+        (H1Body::empty(), None)
+    } else {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let want = Arc::new(Want::default());
+        let body = H1Body {
+            receiver: Some(receiver),
+            want: Some(Arc::clone(&want)),
+            remaining: decoder.remaining(),
+        };
+        let feeder = Feeder {
+            decoder,
+            sender: Some(sender),
+            want,
+            expect_continue,
+            continue_out: b"",
+            broken: false,
+        };
+        (body, Some(feeder))
+    };
+    let mut request = Request::from_parts(parts, body);
+    let upgrade_sender = upgrade.map(|(sender, receiver)| {
+        request
+            .extensions_mut()
+            .insert(PendingUpgrade(Arc::new(std::sync::Mutex::new(Some(
+                receiver,
+            )))));
+        sender
+    });
+    Started {
+        request,
+        feeder,
+        upgrade_sender,
+        head_request,
+        version,
+        keep_alive,
+        wants_trailers,
     }
 }
 

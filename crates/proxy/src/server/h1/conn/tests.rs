@@ -405,3 +405,29 @@ async fn a_long_answer_over_many_polls_keeps_the_connection_alive() {
     drop(client);
     assert!(matches!(task.await.expect("task"), Ended::Closed));
 }
+
+/// The exchanges' future beside the service's: what the connection itself keeps across the wait for an
+/// answer and across its write. Until session 32 it kept the request head's parts, the request and the
+/// answer's parts there besides (locals of the async block that were borrowed, so kept in its state while
+/// in scope), each written per request into lines that are cold again by the connection's next request at
+/// 512 connections (bench/proxy/README.md, "Session 32: the HTTP/1 exchange").
+// See: issue 20 (ka512).
+#[test]
+fn issue_20_the_exchange_keeps_no_request_of_its_own() {
+    let (_client, server) = tokio::io::duplex(1024);
+    let mut connection = ServerConn::new(server, LIMITS, Bytes::new());
+    let (closing, idle) = (AtomicBool::new(false), AtomicBool::new(false));
+    let hooks = Hooks {
+        closing: &closing,
+        idle: &idle,
+        activity: None,
+    };
+    let mut service = |_: Request<H1Body>| {
+        std::future::ready(Ok::<_, Infallible>(Response::new(Full::new(Bytes::new()))))
+    };
+    let service_size = std::mem::size_of_val(&service(Request::new(H1Body::empty())));
+    let exchanges = connection.exchanges(&mut service, hooks);
+    let own = std::mem::size_of_val(&exchanges) - service_size;
+    // 1,528 bytes in a stable debug build before session 32, 648 since.
+    assert!(own < 800, "the exchanges' own state {own} bytes");
+}
