@@ -308,6 +308,9 @@ impl ControlServer {
         let warm = desired::add_to_warm(&self.proxy, &now_state)?;
         crate::warm::warm(&self.proxy, &warm, crate::warm::WARM_BOUND).await;
         desired::apply(&self.proxy, &now_state)?;
+        applying
+            .slow_start
+            .first_step_applied(tokio::time::Instant::now());
         applying.slow_start.applied(now_state);
         if applying.slow_start.ramping() && !applying.stepping {
             applying.stepping = true;

@@ -39,6 +39,8 @@ pub(crate) struct SlowStart {
     desired: Option<DesiredState>,
     /// Ramps in progress, by desired route name.
     ramps: BTreeMap<String, Ramp>,
+    /// The routes whose ramp the last `receive` started and whose first step is not applied yet.
+    starting: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -58,6 +60,7 @@ impl SlowStart {
             applied,
             desired: None,
             ramps: BTreeMap::new(),
+            starting: Vec::new(),
         }
     }
 
@@ -65,6 +68,7 @@ impl SlowStart {
     /// state to apply now (the first step of a new ramp, or `desired` itself when nothing ramps).
     pub(crate) fn receive(&mut self, desired: DesiredState, now: Instant) -> DesiredState {
         let mut ramps = BTreeMap::new();
+        self.starting.clear();
         for route in &desired.routes {
             let target = target_weights(route);
             if let Some(ramp) = self.ramps.remove(&route.name)
@@ -98,6 +102,7 @@ impl SlowStart {
                 .iter()
                 .any(|(release, _)| !from.iter().any(|pool| pool.release == *release));
             if newcomer {
+                self.starting.push(route.name.clone());
                 ramps.insert(
                     route.name.clone(),
                     Ramp {
@@ -135,6 +140,18 @@ impl SlowStart {
             }
         }
         state
+    }
+
+    /// Starts the clock of the ramps that the last `receive` began, now that their first step is applied.
+    /// The first step waits for the new instances' warm (up to `warm::WARM_BOUND`, longer than a short
+    /// ramp) and for the state's save; counted from the state's arrival, a slow warm took the ramp's
+    /// first steps, and the next step jumped most of the way at once.
+    pub(crate) fn first_step_applied(&mut self, now: Instant) {
+        for name in std::mem::take(&mut self.starting) {
+            if let Some(ramp) = self.ramps.get_mut(&name) {
+                ramp.started = now;
+            }
+        }
     }
 
     /// When the next step is due, if a ramp runs.

@@ -103,6 +103,54 @@ fn a_release_weighted_in_on_a_serving_route_takes_its_share_in_ten_steps() {
     assert_eq!(now - start, Duration::from_millis(900));
 }
 
+/// The first step goes out after the new instances' warm (up to `warm::WARM_BOUND`, as long as this
+/// ramp): the ten steps count from there. Counted from the state's arrival, a warm of 800 ms left the
+/// next look at 900 ms to jump from the first step to the ninth (seen as the process test's "too few
+/// steps" on a loaded machine).
+#[test]
+fn a_ramps_steps_count_from_its_first_step_applied_not_from_the_states_arrival() {
+    let arrived = Instant::now();
+    let mut slow = SlowStart::new(Some(v1()));
+    let first = slow.receive(v2(), arrived);
+    let applied_at = arrived + Duration::from_millis(800);
+    slow.first_step_applied(applied_at);
+    slow.applied(first.clone());
+    assert_eq!(
+        slow.next_step(applied_at),
+        Some(applied_at + Duration::from_millis(100))
+    );
+    let shortly = applied_at + Duration::from_millis(99);
+    assert_eq!(slow.current(shortly), first, "still the first step");
+    let second = slow.current(applied_at + Duration::from_millis(100));
+    assert_eq!(
+        pools_of(&second)
+            .iter()
+            .map(|(release, weight, _)| (release.as_str(), *weight))
+            .collect::<Vec<_>>(),
+        [("r1", 80), ("r2", 20)]
+    );
+    slow.applied(second);
+    assert!(
+        slow.ramping(),
+        "the ramp runs until 900 ms after its first step"
+    );
+    assert_eq!(slow.current(applied_at + Duration::from_millis(900)), v2());
+    assert!(!slow.ramping());
+    // A state with the same weights later carries the ramp on without starting its clock again.
+    let mut slow = SlowStart::new(Some(v1()));
+    let first = slow.receive(v2(), arrived);
+    slow.first_step_applied(arrived);
+    slow.applied(first);
+    let again_at = arrived + Duration::from_millis(450);
+    let carried = slow.receive(v2(), again_at);
+    slow.first_step_applied(again_at + Duration::from_millis(300));
+    assert_eq!(carried, slow.current(again_at));
+    assert_eq!(
+        slow.next_step(again_at),
+        Some(arrived + Duration::from_millis(500))
+    );
+}
+
 #[test]
 fn no_ramp_for_a_first_release_a_zero_setting_or_a_weight_change_among_serving_releases() {
     let now = Instant::now();

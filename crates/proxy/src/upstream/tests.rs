@@ -675,9 +675,11 @@ async fn checkin_drops_connections_idle_past_the_timeout_and_keeps_the_newest_wi
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let pool = ConnectionPool::default();
     let shards = pool.shards.len();
+    // The three check-ins must come within the timeout of each other, whatever the machine's load: a
+    // stall of 100 ms (the timeout before) between two of them dropped one more and failed the cap's count.
     let limits = IdleLimits {
         max: 2 * shards,
-        timeout: Duration::from_millis(100),
+        timeout: Duration::from_secs(2),
     };
     let mut peers = Vec::new();
     for _ in 0..3 {
@@ -687,7 +689,7 @@ async fn checkin_drops_connections_idle_past_the_timeout_and_keeps_the_newest_wi
     }
     // The cap (two per shard) dropped the oldest.
     assert_eq!(pool.shard().lock().expect("lock").idle.len(), 2);
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    tokio::time::sleep(limits.timeout + Duration::from_millis(50)).await;
     let (connection, peer) = open(&listener).await;
     peers.push(peer);
     pool.checkin(connection, limits);
@@ -983,9 +985,11 @@ async fn read_until_stopped(mut body: ProxyBody) -> (usize, String) {
 
 #[tokio::test]
 async fn an_answer_body_silent_for_the_idle_timeout_ends_and_each_frame_restarts_it() {
-    let idle = Duration::from_millis(300);
-    // Frames every 100 ms for 600 ms: longer than the idle timeout in all, never silent that long.
-    let addr = chunked_then_silent(6, Duration::from_millis(100)).await;
+    // Frames every 100 ms for 1.2 s: longer than the idle timeout in all, never silent that long. A gap
+    // of 900 ms between two frames (a stalled machine) would end it early; with a 300 ms timeout, 200 ms
+    // did.
+    let idle = Duration::from_secs(1);
+    let addr = chunked_then_silent(12, Duration::from_millis(100)).await;
     let instance = instance(addr);
     let config = ProxyConfig::default();
     let response = send(
@@ -998,16 +1002,40 @@ async fn an_answer_body_silent_for_the_idle_timeout_ends_and_each_frame_restarts
     )
     .await
     .unwrap_or_else(|failure| panic!("{}", failure.error));
-    let started = Instant::now();
     let (_, body) = response.into_parts();
     let body = ProxyBody::upstream(body, None, None, idle, Instant::now());
-    let (data, stopped) = read_until_stopped(body).await;
-    assert_eq!(data, 6);
+    let (data, last_frame, stopped) = read_until_stopped_timed(body).await;
+    assert_eq!(data, 12);
     assert!(stopped.contains("sent nothing"), "{stopped}");
-    // Ended by the silence after the last frame (at ~600 ms), not before it nor long after.
-    let elapsed = started.elapsed();
-    assert!(elapsed >= Duration::from_millis(850), "{elapsed:?}");
-    assert!(elapsed < Duration::from_millis(2500), "{elapsed:?}");
+    // Ended by the silence after the last frame (every frame came, so not before it: the frames alone
+    // took 1.2 s, longer than the timeout), the timeout after it (the timer restarts as the frame is
+    // read, just before this clock reading), and not long after: a timer that ran twice as long would
+    // end it 2 s after. Measured from the last frame, not from the head, so that a slow sender moves
+    // neither bound.
+    let ended = Instant::now();
+    let silence = ended - last_frame.expect("frames came");
+    assert!(
+        silence >= idle - Duration::from_millis(100),
+        "{silence:?} after the last frame"
+    );
+    assert!(silence < idle * 2, "{silence:?} after the last frame");
+}
+
+/// `read_until_stopped`, with the time the last data frame was read.
+async fn read_until_stopped_timed(mut body: ProxyBody) -> (usize, Option<Instant>, String) {
+    let mut data = 0;
+    let mut last_frame = None;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(3), body.frame()).await {
+            Ok(Some(Ok(frame))) => {
+                data += frame.into_data().map_or(0, |bytes| bytes.len());
+                last_frame = Some(Instant::now());
+            }
+            Ok(Some(Err(error))) => return (data, last_frame, error.to_string()),
+            Ok(None) => return (data, last_frame, "end".to_owned()),
+            Err(_) => return (data, last_frame, "still waiting".to_owned()),
+        }
+    }
 }
 
 #[tokio::test]
@@ -1027,12 +1055,18 @@ async fn an_answer_body_s_idle_timeout_runs_from_the_head_s_time() {
     .await
     .unwrap_or_else(|failure| panic!("{}", failure.error));
     let (_, body) = response.into_parts();
+    // An idle timeout longer than `read_until_stopped`'s 3 s patience: counted from now instead of from
+    // the head's time, the body would be "still waiting". (With 500 ms and a bound of 400 ms, a stall
+    // of 400 ms failed it.)
+    let idle = Duration::from_secs(5);
     let now = Instant::now();
-    let head_time = now.checked_sub(Duration::from_secs(1)).unwrap_or(now);
-    let body = ProxyBody::upstream(body, None, None, Duration::from_millis(500), head_time);
+    let head_time = now
+        .checked_sub(idle + Duration::from_secs(1))
+        .unwrap_or(now);
+    let body = ProxyBody::upstream(body, None, None, idle, head_time);
     let started = Instant::now();
     let (data, stopped) = read_until_stopped(body).await;
     assert_eq!(data, 0);
     assert!(stopped.contains("sent nothing"), "{stopped}");
-    assert!(started.elapsed() < Duration::from_millis(400));
+    assert!(started.elapsed() < idle, "{:?}", started.elapsed());
 }

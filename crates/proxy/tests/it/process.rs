@@ -267,13 +267,20 @@ async fn weights_until(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_release_takes_its_share_in_steps_and_the_old_one_drains_only_at_the_end() {
+    // Ten steps of 500 ms. The test sees a step only when one of its looks lands in it, and a look
+    // can take up to the control client's 2 s timeout on a loaded machine (a stalled look fails the
+    // test anyway): the put's answer shows step 1, some look lands in steps 2-5 ([0.5 s, 2.5 s)), another
+    // in steps 6-9 ([2.5 s, 4.5 s)), and the last shows the end. With 100 ms steps, one stall of a
+    // second hid every middle step.
+    const RAMP_MS: u64 = 5_000;
+    let step = Duration::from_millis(RAMP_MS / 10);
     let process_a = demo("A");
     let process_b = demo("B");
     let state_dir = tempfile::tempdir().expect("temporary state dir");
     let running = RunningProxy::start(state_dir.path()).await;
     running
         .client
-        .put_state(&slow(one_release("r-a", "a", process_a.addr()), 1_000))
+        .put_state(&slow(one_release("r-a", "a", process_a.addr()), RAMP_MS))
         .await
         .expect("put A");
     let load = Load::new(running.addr)
@@ -289,7 +296,7 @@ async fn a_new_release_takes_its_share_in_steps_and_the_old_one_drains_only_at_t
 
     // B in, A out, in one state; nobody sends another (as when the agent is killed mid-ramp): the
     // proxy steps the ramp on its own.
-    let b = slow(warmed(one_release("r-b", "b", process_b.addr())), 1_000);
+    let b = slow(warmed(one_release("r-b", "b", process_b.addr())), RAMP_MS);
     let put_at = std::time::Instant::now();
     let observed = running.client.put_state(&b).await.expect("put B");
     assert_eq!(weights_of(&observed), ["r-a:90", "r-b:10"]);
@@ -297,19 +304,23 @@ async fn a_new_release_takes_its_share_in_steps_and_the_old_one_drains_only_at_t
         instance_state(&observed, "a"),
         Some(ObservedInstanceState::Ready)
     );
-    let seen = weights_until(&running, put_at, Duration::from_secs(5), |observed| {
-        instance_state(observed, "a").is_none()
-    })
+    // The ramp's length, then the patience of every other wait.
+    let seen = weights_until(
+        &running,
+        put_at,
+        Duration::from_millis(RAMP_MS) + Duration::from_secs(10),
+        |observed| instance_state(observed, "a").is_none(),
+    )
     .await;
     // The share of B only grows, in steps, and A takes requests until B has them all.
-    let b_weights: Vec<u8> = seen
-        .iter()
-        .filter_map(|(_, weights, _)| {
-            weights
-                .iter()
-                .find_map(|w| w.strip_prefix("r-b:"))
-                .and_then(|w| w.parse().ok())
-        })
+    let b_weight = |weights: &[String]| -> Option<u8> {
+        weights
+            .iter()
+            .find_map(|w| w.strip_prefix("r-b:"))
+            .and_then(|w| w.parse().ok())
+    };
+    let b_weights: Vec<u8> = std::iter::once(10)
+        .chain(seen.iter().filter_map(|(_, weights, _)| b_weight(weights)))
         .collect();
     assert!(
         b_weights.windows(2).all(|pair| pair[0] <= pair[1]),
@@ -317,6 +328,16 @@ async fn a_new_release_takes_its_share_in_steps_and_the_old_one_drains_only_at_t
     );
     let steps: std::collections::BTreeSet<u8> = b_weights.iter().copied().collect();
     assert!(steps.len() >= 4, "too few steps seen: {seen:?}");
+    // And never ahead of its time: a look that ended `at` after the put was sent (the ramp started
+    // later) shows at most step `at / step + 1`, a tenth of the way each.
+    for (at, weights, _) in &seen {
+        let due = u32::try_from(at.as_millis() / step.as_millis() + 1).unwrap_or(u32::MAX);
+        let most = u8::try_from(due.min(10) * 10).unwrap_or(100);
+        assert!(
+            b_weight(weights).is_some_and(|weight| weight <= most),
+            "B's share ahead of the ramp at {at:?}: {seen:?}"
+        );
+    }
     for (_, weights, a) in &seen {
         if weights
             .iter()
@@ -328,9 +349,9 @@ async fn a_new_release_takes_its_share_in_steps_and_the_old_one_drains_only_at_t
     let (took, last, a) = seen.last().expect("sampled");
     assert_eq!(*last, ["r-b:100"], "{seen:?}");
     assert_eq!(*a, None, "{seen:?}");
-    // The last step (the state as sent) comes 9 steps of 100 ms after the first.
+    // The last step (the state as sent) comes 9 steps after the first.
     assert!(
-        *took >= Duration::from_millis(900),
+        *took >= step * 9,
         "the ramp ended {took:?} after the state was sent"
     );
     // What is saved is the state as sent: a restart applies it at once.

@@ -86,14 +86,19 @@ async fn past_the_queue_length_the_answer_is_503_at_once() {
 /// answers again. Each request is counted once, on its release.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_refused_by_the_only_instance_are_held_until_it_answers_again() {
+    const HOLD: Duration = Duration::from_secs(30);
     let mut process = demo("A");
-    let port = process.port();
-    let test_proxy = start(Duration::from_secs(30), 100).await;
+    let addr = process.addr();
+    let test_proxy = start(HOLD, 100).await;
     let proxy = &test_proxy.proxy;
-    test_proxy.add_ready("a", "A", process.addr());
+    test_proxy.add_ready("a", "A", addr);
+    // The clients wait longer than the proxy holds: a request held too long is the proxy's 503, not a
+    // client that gave up. With the default 5 s, the first request held waited for the assertion below,
+    // a new process's start and a probe interval, and a loaded machine made that a timeout.
     let load = Load::new(test_proxy.addr)
         .host(HOST)
         .concurrency(4)
+        .timeout(HOLD + Duration::from_secs(10))
         .duration(Duration::from_secs(60))
         .start();
     let release = ReleaseId::new("A");
@@ -102,15 +107,22 @@ async fn requests_refused_by_the_only_instance_are_held_until_it_answers_again()
         "no traffic reached release A"
     );
     process.kill9().expect("kill -9");
+    // The port stays this test's while the instance is dead: bound, not listening, so a connection to
+    // it is refused as to a dead process, and no other test's `bind 127.0.0.1:0` (nor an outgoing
+    // connection's local port) takes it before the instance starts again on it.
+    let reserved = tokio::net::TcpSocket::new_v4().expect("socket");
+    reserved.set_reuseaddr(true).expect("SO_REUSEADDR");
+    reserved.bind(addr).expect("keep the dead instance's port");
     assert_eventually!(
         proxy.waiting()[0].1 > 0,
         "no request is held while the only instance is dead: {}",
         load.snapshot()
     );
     assert_eq!(load.snapshot().failed, 0, "{}", load.snapshot());
+    drop(reserved);
     let _again = DemoApp::new()
         .version("A")
-        .port(port)
+        .port(addr.port())
         .spawn()
         .expect("spawn the instance again");
     load.wait_for_more(
