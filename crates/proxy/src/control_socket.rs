@@ -310,8 +310,7 @@ impl ControlServer {
         desired::apply(&self.proxy, &now_state)?;
         applying
             .slow_start
-            .first_step_applied(tokio::time::Instant::now());
-        applying.slow_start.applied(now_state);
+            .applied(now_state, tokio::time::Instant::now());
         if applying.slow_start.ramping() && !applying.stepping {
             applying.stepping = true;
             tokio::spawn(Arc::clone(self).step_ramps());
@@ -343,7 +342,9 @@ impl ControlServer {
                 state = received;
             }
             match desired::apply(&self.proxy, &state) {
-                Ok(_) => applying.slow_start.applied(state),
+                Ok(_) => applying
+                    .slow_start
+                    .applied(state, tokio::time::Instant::now()),
                 Err(error) => {
                     tracing::error!(message = "A slow-start step could not be applied; the ramp ends.", error = %ErrorChain(&error));
                     applying.slow_start.end_ramps();

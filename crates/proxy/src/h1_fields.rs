@@ -1,5 +1,5 @@
 //! Field values that both HTTP/1 sides read the same way: the clients' requests (`server::h1`) and the
-//! instances' answers (`upstream::h1`).
+//! instances' answers (`upstream::h1`); `Content-Length` also for HTTP/2 clients' bodies (`server::h2_conn`).
 
 /// One `Content-Length` field: a number, or a list of the same number (`5, 5`).
 pub(crate) fn parse_content_length(value: &[u8]) -> Option<u64> {

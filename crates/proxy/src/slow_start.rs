@@ -142,18 +142,6 @@ impl SlowStart {
         state
     }
 
-    /// Starts the clock of the ramps that the last `receive` began, now that their first step is applied.
-    /// The first step waits for the new instances' warm (up to `warm::WARM_BOUND`, longer than a short
-    /// ramp) and for the state's save; counted from the state's arrival, a slow warm took the ramp's
-    /// first steps, and the next step jumped most of the way at once.
-    pub(crate) fn first_step_applied(&mut self, now: Instant) {
-        for name in std::mem::take(&mut self.starting) {
-            if let Some(ramp) = self.ramps.get_mut(&name) {
-                ramp.started = now;
-            }
-        }
-    }
-
     /// When the next step is due, if a ramp runs.
     pub(crate) fn next_step(&self, now: Instant) -> Option<Instant> {
         self.ramps
@@ -171,9 +159,18 @@ impl SlowStart {
         !self.ramps.is_empty()
     }
 
-    /// Records what was applied (the intermediate state, or the final one).
-    pub(crate) fn applied(&mut self, state: DesiredState) {
+    /// Records what was applied at `now` (the intermediate state, or the final one). The ramps that the
+    /// last `receive` began start their clock here, with their first step applied: that step waits for
+    /// the new instances' warm (up to `warm::WARM_BOUND`, longer than a short ramp) and for the state's
+    /// save; counted from the state's arrival, a slow warm took the ramp's first steps, and the next step
+    /// jumped most of the way at once.
+    pub(crate) fn applied(&mut self, state: DesiredState, now: Instant) {
         self.applied = Some(state);
+        for name in std::mem::take(&mut self.starting) {
+            if let Some(ramp) = self.ramps.get_mut(&name) {
+                ramp.started = now;
+            }
+        }
     }
 
     /// Ends every ramp: the state received last is applied as it is from now on (when a step cannot be

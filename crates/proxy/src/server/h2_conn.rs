@@ -24,14 +24,14 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use h2::server::{Connection, SendResponse};
 use h2::{Ping, PingPong, Reason, RecvStream, SendStream};
 use hyper::body::{Body, Frame, SizeHint};
-use hyper::header::{
-    CONNECTION, CONTENT_LENGTH, HeaderName, HeaderValue, TE, TRANSFER_ENCODING, UPGRADE,
-};
+use hyper::header::{CONTENT_LENGTH, HeaderValue};
 use hyper::{HeaderMap, Request, Response};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
 
 use crate::body::{ClientBody, ProxyBody};
+use crate::forward::strip_hop_by_hop;
+use crate::h1_fields::parse_content_length;
 
 /// The connection-level settings the proxy's HTTP/2 server announces and keeps.
 #[derive(Clone, Copy, Debug)]
@@ -298,7 +298,10 @@ where
                     };
                     let (head, body) = response.into_parts();
                     let mut head = Response::from_parts(head, ());
-                    strip_connection_fields(head.headers_mut());
+                    // The fields HTTP/2 forbids (RFC 9113 section 8.2.2), which `h2` would refuse (the stream then
+                    // reset instead of answered): an instance's were dropped by `forward`, but the proxy's
+                    // own answers can carry `connection: close`. One pass finds none in most answers.
+                    strip_hop_by_hop(head.headers_mut(), false);
                     if body.is_end_stream() {
                         if let Err(error) = self.reply.send_response(head, true) {
                             tracing::debug!(message = "Sending an HTTP/2 answer failed.", %error);
@@ -418,36 +421,6 @@ fn send_body(
     }
 }
 
-/// Removes from an answer the fields HTTP/2 forbids (RFC 9113 section 8.2.2), which `h2` would refuse
-/// (the stream then reset instead of answered), and the fields `Connection` names. One pass over the
-/// names finds none in most answers; only then is anything looked up.
-fn strip_connection_fields(headers: &mut HeaderMap) {
-    if !headers.keys().any(is_connection_specific) {
-        return;
-    }
-    for name in [TRANSFER_ENCODING, UPGRADE, TE] {
-        headers.remove(name);
-    }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
-    if let Some(named) = headers.remove(CONNECTION)
-        && let Ok(named) = named.to_str()
-    {
-        for name in named.split(',') {
-            headers.remove(name.trim());
-        }
-    }
-}
-
-fn is_connection_specific(name: &HeaderName) -> bool {
-    *name == CONNECTION
-        || *name == TRANSFER_ENCODING
-        || *name == UPGRADE
-        || *name == TE
-        || name.as_str() == "keep-alive"
-        || name.as_str() == "proxy-connection"
-}
-
 /// The reason a stream is reset with for a body error: an HTTP/2 error's own (an upstream HTTP/2
 /// stream's reset passed on), INTERNAL_ERROR otherwise.
 fn reset_reason(error: &(dyn std::error::Error + 'static)) -> Reason {
@@ -468,21 +441,13 @@ fn reset_reason(error: &(dyn std::error::Error + 'static)) -> Reason {
 /// stream whose DATA does not add up to it).
 fn content_length(headers: &HeaderMap) -> Option<u64> {
     let mut values = headers.get_all(CONTENT_LENGTH).iter();
-    let first = parse_length(values.next()?)?;
+    let first = parse_content_length(values.next()?.as_bytes())?;
     for value in values {
-        if parse_length(value)? != first {
+        if parse_content_length(value.as_bytes())? != first {
             return None;
         }
     }
     Some(first)
-}
-
-fn parse_length(value: &HeaderValue) -> Option<u64> {
-    let bytes = value.as_bytes();
-    if bytes.is_empty() || bytes.len() > 19 || !bytes.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(bytes).ok()?.parse().ok()
 }
 
 /// A client's HTTP/2 request body: DATA frames as they come (each given back to the client's window as it
@@ -558,6 +523,7 @@ impl Body for H2Body {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hyper::header::{CONNECTION, HeaderName, TE, TRANSFER_ENCODING, UPGRADE};
 
     #[test]
     fn a_content_length_counts_only_when_every_value_agrees() {
@@ -594,7 +560,7 @@ mod tests {
         headers.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
         headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
         headers.insert(TE, HeaderValue::from_static("trailers"));
-        strip_connection_fields(&mut headers);
+        strip_hop_by_hop(&mut headers, false);
         let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
         left.sort_unstable();
         assert_eq!(left, ["content-type", "x-keep-me"]);
@@ -610,7 +576,7 @@ mod tests {
             let mut headers = HeaderMap::new();
             headers.insert("content-type", HeaderValue::from_static("text/plain"));
             headers.insert(HeaderName::from_static(name), HeaderValue::from_static("x"));
-            strip_connection_fields(&mut headers);
+            strip_hop_by_hop(&mut headers, false);
             assert_eq!(headers.len(), 1, "{name}");
         }
     }

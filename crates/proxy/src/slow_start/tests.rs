@@ -69,7 +69,7 @@ fn a_release_weighted_in_on_a_serving_route_takes_its_share_in_ten_steps() {
             ("r2".to_owned(), 10, vec!["c".to_owned(), "d".to_owned()]),
         ]
     );
-    slow.applied(first);
+    slow.applied(first, start);
     let mut shares = Vec::new();
     let mut now = start;
     while let Some(due) = slow.next_step(now) {
@@ -83,7 +83,7 @@ fn a_release_weighted_in_on_a_serving_route_takes_its_share_in_ten_steps() {
                 .collect::<Vec<_>>()
                 .join(" "),
         );
-        slow.applied(step);
+        slow.applied(step, now);
     }
     assert_eq!(
         shares,
@@ -113,8 +113,7 @@ fn a_ramps_steps_count_from_its_first_step_applied_not_from_the_states_arrival()
     let mut slow = SlowStart::new(Some(v1()));
     let first = slow.receive(v2(), arrived);
     let applied_at = arrived + Duration::from_millis(800);
-    slow.first_step_applied(applied_at);
-    slow.applied(first.clone());
+    slow.applied(first.clone(), applied_at);
     assert_eq!(
         slow.next_step(applied_at),
         Some(applied_at + Duration::from_millis(100))
@@ -129,7 +128,7 @@ fn a_ramps_steps_count_from_its_first_step_applied_not_from_the_states_arrival()
             .collect::<Vec<_>>(),
         [("r1", 80), ("r2", 20)]
     );
-    slow.applied(second);
+    slow.applied(second, applied_at + Duration::from_millis(100));
     assert!(
         slow.ramping(),
         "the ramp runs until 900 ms after its first step"
@@ -139,11 +138,10 @@ fn a_ramps_steps_count_from_its_first_step_applied_not_from_the_states_arrival()
     // A state with the same weights later carries the ramp on without starting its clock again.
     let mut slow = SlowStart::new(Some(v1()));
     let first = slow.receive(v2(), arrived);
-    slow.first_step_applied(arrived);
-    slow.applied(first);
+    slow.applied(first, arrived);
     let again_at = arrived + Duration::from_millis(450);
     let carried = slow.receive(v2(), again_at);
-    slow.first_step_applied(again_at + Duration::from_millis(300));
+    slow.applied(carried.clone(), again_at + Duration::from_millis(300));
     assert_eq!(carried, slow.current(again_at));
     assert_eq!(
         slow.next_step(again_at),
@@ -183,10 +181,10 @@ fn the_same_weights_again_carry_the_ramp_on_and_other_weights_end_it_at_once() {
     let start = Instant::now();
     let mut slow = SlowStart::new(Some(v1()));
     let first = slow.receive(v2(), start);
-    slow.applied(first);
+    slow.applied(first, start);
     let at = start + Duration::from_millis(350);
     let step = slow.current(at);
-    slow.applied(step);
+    slow.applied(step, at);
     // The agent sends the same target again (as after a switch): the ramp goes on where it was.
     let again = slow.receive(v2(), at);
     assert!(slow.ramping());
@@ -197,7 +195,7 @@ fn the_same_weights_again_carry_the_ramp_on_and_other_weights_end_it_at_once() {
             .collect::<Vec<_>>(),
         [("r1", 60), ("r2", 40)]
     );
-    slow.applied(again);
+    slow.applied(again, at);
     // A rollback: r1 at 100 again. At once, and r2 is left out (drained).
     let back = slow.receive(v1(), at);
     assert!(!slow.ramping());
@@ -209,7 +207,7 @@ fn an_instance_that_fails_health_during_the_ramp_leaves_at_once_and_the_ramp_goe
     let start = Instant::now();
     let mut slow = SlowStart::new(Some(v1()));
     let first = slow.receive(v2(), start);
-    slow.applied(first);
+    slow.applied(first, start);
     // `d` failed its health check: the agent leaves it out, weights unchanged.
     let without_d = state(1_000, vec![pool("r2", 100, &[("c", 3)])]);
     let at = start + Duration::from_millis(500);
@@ -233,7 +231,7 @@ fn a_ramp_past_its_end_when_the_state_comes_again_is_over() {
     let start = Instant::now();
     let mut slow = SlowStart::new(Some(v1()));
     let first = slow.receive(v2(), start);
-    slow.applied(first);
+    slow.applied(first, start);
     // No step was applied (say the proxy was busy); the state comes again after the ramp's time.
     let late = slow.receive(v2(), start + Duration::from_secs(2));
     assert_eq!(late, v2());
