@@ -17,6 +17,12 @@
 #   still         the switch run with nothing done at the trigger: the same "lowest second after the
 #                 trigger over the median second before it" of a steady load, i.e. how low that ratio goes
 #                 on this machine when nothing switches (the floor the switch goal is measured against)
+#   pswitch, pstill   the same two under an open-loop load instead of wrk's closed loop: PACED_RATE
+#                 requests a second (default 10000) over 64 keep-alive connections, each request sent
+#                 when it is due whatever happened to the one before (`bench_proxy paced-clients`,
+#                 bench/proxy/paced.py), latency counted from when it was due. At a rate the machine
+#                 serves with room, fewer answers in a second means requests held up, not CPU taken
+#                 by the deploy's own work; the p99 and max columns say how long they were held
 # For each run: req/s, p99, the proxy's CPU per request (user and system apart, from /proc/PID/stat of
 # the proxy and its child processes) and its RSS (VmRSS summed the same way).
 #
@@ -76,6 +82,16 @@ else
     RW="$TARGET_DIR/release/rollway"
     DEMO="$TARGET_DIR/release/demo-app"
 fi
+# The open-loop client of pswitch/pstill: PACED_CLIENT, or bench_proxy built here.
+PACED_RATE="${PACED_RATE:-10000}"
+case " ${SCENARIOS:-} " in
+    *" pswitch "* | *" pstill "*)
+        if [ -z "${PACED_CLIENT:-}" ]; then
+            cargo build --release -p proxy --example bench_proxy --manifest-path "$ROOT/Cargo.toml"
+            PACED_CLIENT="$(cargo metadata --format-version 1 --no-deps --manifest-path "$ROOT/Cargo.toml" | jq -r .target_directory)/release/examples/bench_proxy"
+        fi
+        ;;
+esac
 
 # 5,000 client sockets plus as many on the proxy's side: as many descriptors as this shell may have
 # (the hard limit; HAProxy's maxconn below is sized to fit 20,000).
@@ -571,8 +587,8 @@ idle_run() { # ROUND TARGET
     sleep 2
 }
 
-switch_run() { # ROUND TARGET [SCENARIO: switch (default) or still (nothing done at the trigger)]
-    local round="$1" target="$2" scenario="${3:-switch}" port pid url load start trigger persec
+switch_run() { # ROUND TARGET [SCENARIO: switch (default), still (nothing done at the trigger), pswitch, pstill]
+    local round="$1" target="$2" scenario="${3:-switch}" port pid url load start trigger trigger_ms persec paced=""
     port="$(target_port "$target")"
     pid="$(target_pid "$target")"
     url="http://127.0.0.1:$port/bytes/20"
@@ -580,30 +596,46 @@ switch_run() { # ROUND TARGET [SCENARIO: switch (default) or still (nothing done
     [ "$scenario" = still ] && persec="$OUT/persec-still-$round-$target.txt"
     load="$(load1)"
     local seconds=$((DURATION + 8))
-    PERSEC_FILE="$persec" setsid wrk -t2 -c64 -d"${seconds}s" --timeout 10s -H "Host: $HOST" -s "$WORK/persec.lua" "$url" \
-        >"$OUT/wrk-$round-$scenario-$target.txt" 2>&1 &
+    if [ "$scenario" = pswitch ] || [ "$scenario" = pstill ]; then
+        paced="$OUT/paced-$round-$scenario-$target.txt"
+        setsid "$PACED_CLIENT" paced-clients "127.0.0.1:$port" "$HOST" /bytes/20 "$PACED_RATE" 64 "$seconds" "$paced" \
+            >"$OUT/paced-client-$round-$scenario-$target.txt" 2>&1 &
+    else
+        PERSEC_FILE="$persec" setsid wrk -t2 -c64 -d"${seconds}s" --timeout 10s -H "Host: $HOST" -s "$WORK/persec.lua" "$url" \
+            >"$OUT/wrk-$round-$scenario-$target.txt" 2>&1 &
+    fi
     local wrk_pid=$!
     BG_PIDS+=("$wrk_pid")
     local trace_pid=""
-    if [ "$target" = rollway ] && [ "$scenario" = switch ]; then
+    if [ "$target" = rollway ] && { [ "$scenario" = switch ] || [ "$scenario" = pswitch ]; }; then
         # Where the CPU goes around the deploy (cpu_trace.py): every process at 10 Hz, 5 s before
         # the trigger to 15 s after it, by role; load-independent CPU-seconds.
-        python3 "$ROOT/bench/proxy/cpu_trace.py" "$OUT/cpu-$round" 20 5 "proxy=$RW_PID" \
+        python3 "$ROOT/bench/proxy/cpu_trace.py" "$OUT/cpu-${scenario#switch}$round" 20 5 "proxy=$RW_PID" \
             "agent=$AGENT_PID" "wrk=$wrk_pid" "apps=$STATE-apps" "rollway=$(readlink -f "$RW")" "sock=$STATE/proxy/proxy.sock" \
             >/dev/null 2>&1 &
         trace_pid=$!
         BG_PIDS+=("$trace_pid")
     fi
     sleep 5
-    trigger="$(date +%s)"
+    trigger_ms="$(date +%s%3N)"
+    trigger=$((trigger_ms / 1000))
     case "$scenario:$target" in
-        still:*) ;;
+        still:* | pstill:*) ;;
         *:rollway) VERSION_N=$((VERSION_N + 1)); deploy || echo "the deploy during the switch run failed" >&2 ;;
         *:nginx) kill -HUP "$NGINX_PID" ;;
         *:haproxy) kill -USR2 "$HAPROXY_PID" ;;
     esac
     wait "$wrk_pid" || true
     [ -n "$trace_pid" ] && { wait "$trace_pid" || true; }
+    if [ -n "$paced" ]; then
+        record "$round" "$scenario" "$target" "" "" "" "" "$(awk -v k="$(rss_kb "$pid")" 'BEGIN {printf "%.1f", k / 1024}')" \
+            "$load" "" "$(python3 "$ROOT/bench/proxy/paced.py" "$paced" "$trigger_ms" || true)"
+        if [ "$target" = rollway ] && [ "$scenario" = pswitch ]; then
+            sleep 12
+            reload_peers
+        fi
+        return
+    fi
     # steady: median of the whole seconds before the trigger (first second dropped); dip: the
     # lowest whole second from the trigger to the end (last second dropped).
     local summary
@@ -645,6 +677,8 @@ run_scenario() { # ROUND SCENARIO TARGET
         idle) idle_run "$1" "$3" ;;
         switch) switch_run "$1" "$3" switch ;;
         still) switch_run "$1" "$3" still ;;
+        pswitch) switch_run "$1" "$3" pswitch ;;
+        pstill) switch_run "$1" "$3" pstill ;;
         *) echo "unknown scenario $2" >&2; exit 2 ;;
     esac
 }

@@ -35,7 +35,7 @@ def main(path):
                 for r in by[(scenario, target)]:
                     print(f"  round {r['round']} {target:8} RSS {r['rss_mb']:>6} MB  load {r['load1']:>5}  {r['note']}")
             continue
-        if scenario in ("switch", "still"):
+        if scenario in ("switch", "still", "pswitch", "pstill"):
             for target in ("rollway",) + PEERS:
                 for r in by[(scenario, target)]:
                     print(f"  round {r['round']} {target:8} {r['note']}, non-2xx/errors {r['errors']}, load {r['load1']}")

@@ -111,8 +111,31 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             };
             runtime.block_on(idle_clients(target, count, hold, burst))
         }
+        Some("paced-clients") => {
+            let target: SocketAddr = args.get(2).ok_or("missing TARGET_ADDR")?.parse()?;
+            let host = args.get(3).ok_or("missing HOST")?.clone();
+            let path = args.get(4).ok_or("missing PATH")?.clone();
+            let rate: u32 = args.get(5).ok_or("missing RATE")?.parse()?;
+            let connections: u32 = args.get(6).ok_or("missing CONNECTIONS")?.parse()?;
+            let seconds: u32 = args.get(7).ok_or("missing SECONDS")?.parse()?;
+            let out = args.get(8).ok_or("missing OUT_FILE")?.clone();
+            if rate == 0 || connections == 0 || seconds == 0 || seconds > 600 {
+                return Err("RATE and CONNECTIONS must be > 0, SECONDS 1-600".into());
+            }
+            runtime.block_on(paced_clients(
+                target,
+                &host,
+                &path,
+                Pace {
+                    rate,
+                    connections,
+                    seconds,
+                },
+                &out,
+            ))
+        }
         _ => Err(
-            "usage: bench_proxy upstream|grpc-upstream LISTEN_ADDR | bench_proxy idle-clients TARGET_ADDR COUNT HOLD_S [sequential|burst] | bench_proxy switch LISTEN_ADDR ADDR_A,ADDR_A ADDR_B,ADDR_B [WORKERS] | bench_proxy proxy LISTEN_ADDR UPSTREAM_ADDR[,UPSTREAM_ADDR...] [WORKERS] [http1|h2c|grpc] [open|limited|deployed] | bench_proxy proxy-https LISTEN_ADDR UPSTREAM_ADDR HOST CERT_PEM KEY_PEM [WORKERS]"
+            "usage: bench_proxy upstream|grpc-upstream LISTEN_ADDR | bench_proxy idle-clients TARGET_ADDR COUNT HOLD_S [sequential|burst] | bench_proxy paced-clients TARGET_ADDR HOST PATH RATE CONNECTIONS SECONDS OUT_FILE | bench_proxy switch LISTEN_ADDR ADDR_A,ADDR_A ADDR_B,ADDR_B [WORKERS] | bench_proxy proxy LISTEN_ADDR UPSTREAM_ADDR[,UPSTREAM_ADDR...] [WORKERS] [http1|h2c|grpc] [open|limited|deployed] | bench_proxy proxy-https LISTEN_ADDR UPSTREAM_ADDR HOST CERT_PEM KEY_PEM [WORKERS]"
                 .into(),
         ),
     }
@@ -205,6 +228,169 @@ async fn idle_clients(
     tokio::time::sleep(std::time::Duration::from_secs(hold_s)).await;
     drop(connections);
     println!("closed");
+    Ok(())
+}
+
+/// The schedule of `paced-clients`: RATE requests a second in all, over CONNECTIONS keep-alive
+/// connections, for SECONDS.
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    rate: u32,
+    connections: u32,
+    seconds: u32,
+}
+
+/// One request of `paced-clients`: when it was due (µs after the schedule's start), when its answer
+/// ended (µs after the start; `u64::MAX` when it failed) and whether it was a 2xx answer.
+#[derive(Debug, Clone, Copy)]
+struct Paced {
+    due_us: u64,
+    done_us: u64,
+    ok: bool,
+}
+
+/// An open-loop load: request `k` of connection `i` is due at `(k * CONNECTIONS + i) / RATE` seconds
+/// after the start, whatever happened to the ones before it (a connection whose answer is late sends
+/// its next request as soon as the answer is in, and that request's latency counts from when it was due:
+/// no coordinated omission). Unlike a closed loop (wrk), the offered rate does not fall when the
+/// target slows, so at a rate the machine serves with room, a lower count of answers in a window is
+/// a stall, not CPU taken by something else. A failed exchange is recorded and the connection made
+/// again. Writes per 100 ms window (of the wall clock, Unix ms) `WINDOW_MS DUE ANSWERED OK_OF_DUE
+/// P50_US P99_US MAX_US FAILED`: requests due in the window, answers that ended in it, due ones
+/// answered 2xx, latency percentiles from due to answer of the ones due in it, failed ones due in it.
+async fn paced_clients(
+    target: SocketAddr,
+    host: &str,
+    path: &str,
+    pace: Pace,
+    out: &str,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+    let start = tokio::time::Instant::now() + Duration::from_millis(300);
+    let start_unix_us = (SystemTime::now().duration_since(UNIX_EPOCH)? + Duration::from_millis(300))
+        .as_micros() as u64;
+    let total = u64::from(pace.rate) * u64::from(pace.seconds);
+    let uri: hyper::Uri = path.parse()?;
+    let host = hyper::header::HeaderValue::from_str(host)?;
+    let mut tasks = Vec::new();
+    for connection in 0..u64::from(pace.connections) {
+        let (uri, host) = (uri.clone(), host.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut records = Vec::new();
+            let mut sender: Option<
+                hyper::client::conn::http1::SendRequest<http_body_util::Empty<Bytes>>,
+            > = None;
+            let mut k = 0u64;
+            loop {
+                let index = k * u64::from(pace.connections) + connection;
+                if index >= total {
+                    break;
+                }
+                k += 1;
+                let due_us = index * 1_000_000 / u64::from(pace.rate);
+                tokio::time::sleep_until(start + Duration::from_micros(due_us)).await;
+                let request = Request::get(uri.clone())
+                    .header(hyper::header::HOST, host.clone())
+                    .body(http_body_util::Empty::<Bytes>::new());
+                let exchange = async {
+                    if sender.as_ref().is_none_or(|s| s.is_closed()) {
+                        let stream = tokio::net::TcpStream::connect(target).await?;
+                        let _ = stream.set_nodelay(true);
+                        let (s, connection) =
+                            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+                        tokio::spawn(connection);
+                        sender = Some(s);
+                    }
+                    let s = sender.as_mut().ok_or("no connection")?;
+                    s.ready().await?;
+                    let answer = s.send_request(request?).await?;
+                    let status = answer.status();
+                    http_body_util::BodyExt::collect(answer.into_body()).await?;
+                    Ok::<_, Box<dyn std::error::Error + Send + Sync>>(status.is_success())
+                };
+                let result = tokio::time::timeout(Duration::from_secs(10), exchange).await;
+                let done_us = start.elapsed().as_micros() as u64;
+                match result {
+                    Ok(Ok(ok)) => records.push(Paced {
+                        due_us,
+                        done_us,
+                        ok,
+                    }),
+                    _ => {
+                        sender = None;
+                        records.push(Paced {
+                            due_us,
+                            done_us: u64::MAX,
+                            ok: false,
+                        });
+                    }
+                }
+            }
+            records
+        }));
+    }
+    let mut records = Vec::with_capacity(total as usize);
+    for task in tasks {
+        records.extend(task.await?);
+    }
+    // Windows of 100 ms of the wall clock, from the schedule's start to 10 s past its end.
+    let first_window = start_unix_us / 100_000;
+    let windows = (u64::from(pace.seconds) * 10 + 100) as usize;
+    let mut due = vec![0u32; windows];
+    let mut answered = vec![0u32; windows];
+    let mut ok = vec![0u32; windows];
+    let mut failed = vec![0u32; windows];
+    let mut latencies: Vec<Vec<u32>> = vec![Vec::new(); windows];
+    let window_of = |us: u64| ((start_unix_us + us) / 100_000 - first_window) as usize;
+    for record in &records {
+        let w = window_of(record.due_us).min(windows - 1);
+        due[w] += 1;
+        if record.done_us == u64::MAX {
+            failed[w] += 1;
+            continue;
+        }
+        ok[w] += u32::from(record.ok);
+        latencies[w]
+            .push((record.done_us.saturating_sub(record.due_us)).min(u64::from(u32::MAX)) as u32);
+        answered[window_of(record.done_us).min(windows - 1)] += 1;
+    }
+    let mut text = format!(
+        "# paced-clients rate {} connections {} seconds {} start_unix_ms {}\n",
+        pace.rate,
+        pace.connections,
+        pace.seconds,
+        start_unix_us / 1000
+    );
+    for w in 0..windows {
+        if due[w] == 0 && answered[w] == 0 {
+            continue;
+        }
+        let l = &mut latencies[w];
+        l.sort_unstable();
+        let at = |q: f64| {
+            l.get(((l.len() as f64 * q) as usize).min(l.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or(0)
+        };
+        text.push_str(&format!(
+            "{} {} {} {} {} {} {} {}\n",
+            (first_window + w as u64) * 100,
+            due[w],
+            answered[w],
+            ok[w],
+            at(0.5),
+            at(0.99),
+            l.last().copied().unwrap_or(0),
+            failed[w]
+        ));
+    }
+    std::fs::write(out, text)?;
+    let failed: u32 = failed.iter().sum();
+    println!(
+        "paced-clients: {} requests, {} failed",
+        records.len(),
+        failed
+    );
     Ok(())
 }
 
