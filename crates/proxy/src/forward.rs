@@ -29,16 +29,14 @@ use crate::stats::ReleaseStats;
 use crate::upstream::{self, GivenBack, SendFailure};
 
 /// What a request knows about the connection it came on.
+///
+/// In its declared order (`repr(C)`): the flags `handle` reads after the upstream's answer first, in
+/// the cache line of the `Arc`'s counts, which `handle` writes then too (its clone of the context
+/// ends); rustc's order put `closing` on a line of its own, one more cold line per request at many
+/// connections (bench/proxy/README.md, "Session 33: 512 connections").
 #[derive(Debug)]
+#[repr(C)]
 pub(crate) struct ConnectionContext {
-    pub(crate) proxy: Proxy,
-    pub(crate) client_addr: SocketAddr,
-    /// The client's IP as a header value, made once per connection for `X-Forwarded-For`.
-    pub(crate) client_ip: HeaderValue,
-    /// Whether the peer is a trusted proxy (`ProxyConfig::trusted_proxies`), decided once per connection.
-    pub(crate) trusted_peer: bool,
-    pub(crate) scheme: Scheme,
-    pub(crate) tracker: TaskTracker,
     /// Set when the process stops accepting: every HTTP/1 answer from then on says `connection:
     /// close`, so a keep-alive client opens its next connection to the successor instead of racing a
     /// close (`server::Connection::serve_http1`).
@@ -46,6 +44,14 @@ pub(crate) struct ConnectionContext {
     /// Set once an HTTP/2 answer of this connection carried its `x-request-id` as a field HPACK may add
     /// to the connection's header table (`request_id_for_http2`).
     pub(crate) request_id_named: AtomicBool,
+    /// Whether the peer is a trusted proxy (`ProxyConfig::trusted_proxies`), decided once per connection.
+    pub(crate) trusted_peer: bool,
+    pub(crate) scheme: Scheme,
+    pub(crate) proxy: Proxy,
+    pub(crate) tracker: TaskTracker,
+    pub(crate) client_addr: SocketAddr,
+    /// The client's IP as a header value, made once per connection for `X-Forwarded-For`.
+    pub(crate) client_ip: HeaderValue,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
