@@ -29,16 +29,14 @@ use crate::stats::ReleaseStats;
 use crate::upstream::{self, GivenBack, SendFailure};
 
 /// What a request knows about the connection it came on.
+///
+/// In its declared order (`repr(C)`): the flags `handle` reads after the upstream's answer first, in
+/// the cache line of the `Arc`'s counts, which `handle` writes then too (its clone of the context
+/// ends); rustc's order put `closing` on a line of its own, one more cold line per request at many
+/// connections (bench/proxy/README.md, "Session 33: 512 connections").
 #[derive(Debug)]
+#[repr(C)]
 pub(crate) struct ConnectionContext {
-    pub(crate) proxy: Proxy,
-    pub(crate) client_addr: SocketAddr,
-    /// The client's IP as a header value, made once per connection for `X-Forwarded-For`.
-    pub(crate) client_ip: HeaderValue,
-    /// Whether the peer is a trusted proxy (`ProxyConfig::trusted_proxies`), decided once per connection.
-    pub(crate) trusted_peer: bool,
-    pub(crate) scheme: Scheme,
-    pub(crate) tracker: TaskTracker,
     /// Set when the process stops accepting: every HTTP/1 answer from then on says `connection:
     /// close`, so a keep-alive client opens its next connection to the successor instead of racing a
     /// close (`server::Connection::serve_http1`).
@@ -46,6 +44,14 @@ pub(crate) struct ConnectionContext {
     /// Set once an HTTP/2 answer of this connection carried its `x-request-id` as a field HPACK may add
     /// to the connection's header table (`request_id_for_http2`).
     pub(crate) request_id_named: AtomicBool,
+    /// Whether the peer is a trusted proxy (`ProxyConfig::trusted_proxies`), decided once per connection.
+    pub(crate) trusted_peer: bool,
+    pub(crate) scheme: Scheme,
+    pub(crate) proxy: Proxy,
+    pub(crate) tracker: TaskTracker,
+    pub(crate) client_addr: SocketAddr,
+    /// The client's IP as a header value, made once per connection for `X-Forwarded-For`.
+    pub(crate) client_ip: HeaderValue,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -261,7 +267,10 @@ fn forward<'a>(
         // The awaits that few requests reach (a pause, a refused body, a body read whole, a second send)
         // are boxed: their state would otherwise size this future, and so every request's, which is
         // copied whole on its way into its task.
-        match admission {
+        // `admission` is moved into the match (`identity`): a local still in scope is kept in this
+        // future's state, and its drop at the end read it again after the upstream's answer, when it
+        // is cold at many connections (a passed request moves nothing out of it).
+        match std::convert::identity(admission) {
             Ok(Admission::Pass) => {}
             Ok(Admission::Hold { until }) => {
                 Box::pin(crate::hold::while_paused(
@@ -309,7 +318,7 @@ fn forward<'a>(
         // Interim answers can be passed on to an HTTP/1.1 client only (the HTTP/2 server, `server::h2_conn`,
         // does not send them, and HTTP/1.0 clients must not get them).
         let interim = (request.version() == Version::HTTP_11)
-            .then(|| active.as_ref().map(ActiveRequest::interim_sender))
+            .then(|| active.as_ref().map(ActiveRequest::interim))
             .flatten();
         // The client's request becomes the upstream request, in place: its fields rewritten, its target in
         // the instance's form, its body under the route's limits. Only h2c and upgrades keep a copy of its
@@ -357,7 +366,7 @@ fn forward<'a>(
             // The proxy's HTTP/1 client passes interim answers on itself (`upstream::h1`); hyper's,
             // which carries upgrades, through this hook.
             if upgrade
-                && let Some(interim) = interim.clone()
+                && let Some(interim) = interim.cloned()
                 && upstream.version() == Version::HTTP_11
             {
                 // 100 Continue is hop-by-hop (hyper answered the client's own); 101 is a final answer here.
@@ -374,6 +383,8 @@ fn forward<'a>(
         // The proxy's HTTP/1 client leaves a request it tried whole in `request` (`GivenBack::Whole`);
         // hyper's clients (h2c, upgrades) keep it, so for them a replayable request is rebuilt for each
         // attempt from a copy of its head, boxed (rare: HTTP/1 keep-alive requests never make one).
+        // The whole body goes into the box too, or is dropped here: a local kept to the answer is one
+        // more slot of this future's state read again (by its drop) after the upstream's answer.
         let replay_head = (replayable && (settings.protocol != UpstreamProtocol::Http1 || upgrade))
             .then(|| {
                 Box::new((
@@ -381,6 +392,7 @@ fn forward<'a>(
                     request.uri().clone(),
                     request.version(),
                     request.headers().clone(),
+                    whole_body.unwrap_or_default(),
                 ))
             });
         // Sent from `handle`'s state, and left there by a failed send (`GivenBack`): the request is not
@@ -407,13 +419,7 @@ fn forward<'a>(
             let instance = guard.instance();
             let stats = guard.stats();
             let sent = upstream::send_with(
-                instance,
-                request,
-                config,
-                &settings,
-                upgrade,
-                interim.as_ref(),
-                added,
+                instance, request, config, &settings, upgrade, interim, added,
             )
             .await;
             match sent {
@@ -507,10 +513,9 @@ fn forward<'a>(
                         GivenBack::Whole => replayable,
                         // What is left in `request` is not to be sent: a replay is built anew.
                         GivenBack::Nothing => match replay_head.as_deref() {
-                            Some((method, uri, version, headers)) => {
-                                let mut replay = Request::new(RequestBody::full(
-                                    whole_body.clone().unwrap_or_default(),
-                                ));
+                            Some((method, uri, version, headers, whole_body)) => {
+                                let mut replay =
+                                    Request::new(RequestBody::full(whole_body.clone()));
                                 *replay.method_mut() = method.clone();
                                 *replay.uri_mut() = uri.clone();
                                 *replay.version_mut() = *version;

@@ -637,3 +637,17 @@ fn issue_20_the_forwarding_state_holds_no_request_across_the_upstream_wait() {
         "forward's state {forward_size} bytes, the send's {sending_size}: {own} of its own"
     );
 }
+
+/// `handle` reads `closing` after the upstream's answer and ends its clone of the context's `Arc` then:
+/// both are in the allocation's first cache line (the `Arc`'s counts are its first 16 bytes, and a
+/// 128-byte block is 128-aligned by mimalloc, which sizes it to a power of two here).
+#[test]
+fn issue_20_the_flags_read_after_the_answer_share_the_arc_counts_line() {
+    let counts = 2 * std::mem::size_of::<usize>();
+    assert!(counts + std::mem::offset_of!(ConnectionContext, closing) < 64);
+    let allocation = counts + std::mem::size_of::<ConnectionContext>();
+    assert!(
+        (65..=128).contains(&allocation),
+        "the context's allocation is {allocation} bytes"
+    );
+}
