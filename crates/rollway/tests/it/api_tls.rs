@@ -46,16 +46,25 @@ fn log_lines(agent: &TestAgent, message: &str) -> Vec<String> {
         .collect()
 }
 
+/// How long a wait for the agent's log lines lasts before failing: a deadline, not a count of
+/// polls (100 polls of 50 ms are 5 s, a bound a loaded machine crosses).
+const LOG_PATIENCE: Duration = Duration::from_secs(30);
+
 /// Waits (bounded) until the agent logged `message` more than `before` times.
 async fn wait_for_log(agent: &TestAgent, message: &str, before: usize) -> Vec<String> {
-    for _ in 0..100 {
+    let deadline = tokio::time::Instant::now() + LOG_PATIENCE;
+    loop {
         let lines = log_lines(agent, message);
         if lines.len() > before {
             return lines;
         }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the agent never logged `{message}`:\n{}",
+            agent.log()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("the agent never logged `{message}`:\n{}", agent.log());
 }
 
 /// A different valid fingerprint than `fingerprint`.
@@ -405,7 +414,8 @@ async fn an_agent_beyond_loopback_answers_no_plain_http() {
     );
     // ... because the agent took it for a TLS handshake and refused it.
     let mut refused_plain = false;
-    for _ in 0..100 {
+    let deadline = tokio::time::Instant::now() + LOG_PATIENCE;
+    while tokio::time::Instant::now() < deadline {
         refused_plain = log_text().lines().any(|line| {
             line.contains("\"message\":\"API TLS handshake failed.\"")
                 && line.contains("InvalidContentType")
