@@ -79,7 +79,9 @@ pub(crate) fn handle(
     let mut request = request.map(RequestBody::client);
     async move {
         let mut active = Some(active);
-        let http1 = request.version() < Version::HTTP_2;
+        // The client's, kept: `forward` rewrites the request's into the instance's.
+        let version = request.version();
+        let http1 = version < Version::HTTP_2;
         let request_id = request_id(request.headers());
         let mut hsts = None;
         let mut response =
@@ -95,7 +97,7 @@ pub(crate) fn handle(
                         request_id = %request_id.to_str().unwrap_or(""),
                         client = %context.client_addr
                     );
-                    error_response(&error)
+                    error_response(&error, version)
                 }
             };
         // An app's own request id on its answer is kept; the proxy's goes on answers that have none.
@@ -136,7 +138,12 @@ pub(crate) fn handle(
 type Failure = (ProxyError, Option<Arc<ReleaseStats>>);
 
 /// 308 to the same URL over https: the method and body are kept by the client (unlike 301).
-fn redirect_to_https(host: &str, uri: &Uri, https_port: Option<u16>) -> Response<ProxyBody> {
+fn redirect_to_https(
+    host: &str,
+    uri: &Uri,
+    https_port: Option<u16>,
+    version: Version,
+) -> Response<ProxyBody> {
     let path = uri.path_and_query().map_or("/", |path| path.as_str());
     // `host` is normalised (no port); an IPv6 literal keeps its brackets.
     let location = match https_port {
@@ -151,7 +158,7 @@ fn redirect_to_https(host: &str, uri: &Uri, https_port: Option<u16>) -> Response
         }
         // The host and path came in a valid request; a value that still does not fit is a 400.
         Err(_) => {
-            return error_response(&ProxyError::MissingHost);
+            return error_response(&ProxyError::MissingHost, version);
         }
     }
     response
@@ -251,6 +258,7 @@ fn forward<'a>(
                     &host_key,
                     request.uri(),
                     config.https_port,
+                    request.version(),
                 ));
             }
             Scheme::Https => *hsts = settings.tls.hsts_seconds,
