@@ -492,6 +492,22 @@ fn a_threads_recent_authorities_are_made_into_host_values_once() {
         assert_eq!(first.as_bytes().as_ptr(), again.as_bytes().as_ptr());
         let other = host_of("app.test:8080");
         assert_ne!(first.as_bytes().as_ptr(), other.as_bytes().as_ptr());
+        // Only checked values are kept (one found is not checked again): an authority that is not
+        // `name[:port]` is refused every time, and takes no place of a kept one.
+        for _ in 0..AUTHORITY_VALUES + 1 {
+            let request = Request::get("http://demo.test:80@evil.test/")
+                .version(Version::HTTP_2)
+                .body(())
+                .expect("request");
+            assert!(matches!(
+                request_host(&request),
+                Err(ProxyError::BadRequest {
+                    reason: BadRequestReason::InvalidHost
+                })
+            ));
+        }
+        let kept = host_of("app.test");
+        assert_eq!(first.as_bytes().as_ptr(), kept.as_bytes().as_ptr());
         for index in 0..AUTHORITY_VALUES {
             host_of(&format!("app{index}.test"));
         }
