@@ -82,24 +82,34 @@ pub(crate) fn handle(
         // The client's, kept: `forward` rewrites the request's into the instance's.
         let version = request.version();
         let http1 = version < Version::HTTP_2;
-        let request_id = request_id(request.headers());
+        // The one pass over the client's fields: what it finds spares the lookups of fields most
+        // requests do not have (`X-Request-Id`; an HTTP/2 request's `Host`).
+        let fields = request_fields(request.headers());
+        let request_id = request_id(request.headers(), fields.request_id);
         let mut hsts = None;
-        let mut response =
-            match forward(&mut request, &context, &request_id, &mut active, &mut hsts).await {
-                Ok(response) => response,
-                Err((error, stats)) => {
-                    let stats =
-                        stats.unwrap_or_else(|| Arc::clone(&context.proxy.inner().unrouted));
-                    stats.record_error(error.kind());
-                    tracing::debug!(
-                        message = "Request failed.",
-                        %error,
-                        request_id = %request_id.to_str().unwrap_or(""),
-                        client = %context.client_addr
-                    );
-                    error_response(&error, version)
-                }
-            };
+        let mut response = match forward(
+            &mut request,
+            &fields,
+            &context,
+            &request_id,
+            &mut active,
+            &mut hsts,
+        )
+        .await
+        {
+            Ok(response) => response,
+            Err((error, stats)) => {
+                let stats = stats.unwrap_or_else(|| Arc::clone(&context.proxy.inner().unrouted));
+                stats.record_error(error.kind());
+                tracing::debug!(
+                    message = "Request failed.",
+                    %error,
+                    request_id = %request_id.to_str().unwrap_or(""),
+                    client = %context.client_addr
+                );
+                error_response(&error, version)
+            }
+        };
         // An app's own request id on its answer is kept; the proxy's goes on answers that have none.
         if http1 {
             if let header::Entry::Vacant(entry) = response.headers_mut().entry(&X_REQUEST_ID) {
@@ -172,6 +182,7 @@ fn redirect_to_https(
 #[allow(clippy::manual_async_fn)] // See above: an `async fn` would hold its arguments twice.
 fn forward<'a>(
     request: &'a mut Request<RequestBody>,
+    fields: &'a RequestFields,
     context: &'a ConnectionContext,
     request_id: &'a HeaderValue,
     active: &'a mut Option<ActiveRequest>,
@@ -212,7 +223,8 @@ fn forward<'a>(
             );
             return Ok(response);
         }
-        let (host_value, host_is_field) = request_host(request).map_err(|error| (error, None))?;
+        let (host_value, host_is_field) =
+            request_host(request, fields.host_fields).map_err(|error| (error, None))?;
         let host = host_value.to_str().unwrap_or_default();
         let host_key = normalise_host(host);
         let (route_name, settings, admission) = {
@@ -324,6 +336,7 @@ fn forward<'a>(
         // head for a replay (`replay_head`).
         let added = prepare_request_headers(
             request.headers_mut(),
+            fields,
             &host_value,
             host_is_field,
             context,
@@ -685,17 +698,24 @@ fn request_body_error(error: RequestBodyError) -> ProxyError {
 ///
 /// The flag says whether the value is the request's one `Host` field itself (no authority in the target):
 /// the instance's `Host` then needs no rewriting.
-fn request_host<B>(request: &Request<B>) -> Result<(HeaderValue, bool), ProxyError> {
+fn request_host<B>(
+    request: &Request<B>,
+    host_fields: usize,
+) -> Result<(HeaderValue, bool), ProxyError> {
     let invalid = || ProxyError::BadRequest {
         reason: BadRequestReason::InvalidHost,
     };
-    let mut hosts = request.headers().get_all(header::HOST).iter();
-    let host = hosts.next();
-    if hosts.next().is_some() {
-        return Err(ProxyError::BadRequest {
-            reason: BadRequestReason::DuplicateHost,
-        });
-    }
+    // Counted in the pass over the fields (`request_fields`): most HTTP/2 requests have none, and are
+    // spared the lookup.
+    let host = match host_fields {
+        0 => None,
+        1 => request.headers().get(header::HOST),
+        _ => {
+            return Err(ProxyError::BadRequest {
+                reason: BadRequestReason::DuplicateHost,
+            });
+        }
+    };
     if !host.is_none_or(|host| is_host(host.as_bytes())) {
         return Err(invalid());
     }
@@ -996,7 +1016,7 @@ fn strip_hop_by_hop_of_kind(headers: &mut HeaderMap, upgrade: bool, kind: HopByH
 }
 
 /// What one pass over a message's fields finds of hop-by-hop headers.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum HopByHop {
     None,
     /// Only `Connection` fields whose every option is `keep-alive` or `close`, and perhaps a
@@ -1059,9 +1079,10 @@ impl HopScan {
     }
 }
 
-/// What one pass over a request's fields finds, so that `prepare_request_headers` looks up by name
-/// (each lookup hashes the name) only the fields a request has: most have no `TE`, one `Host`, at most
-/// one `Cookie` and no forwarding headers.
+/// What one pass over a request's fields finds (made once, in `handle`, before any is changed), so that
+/// `request_id`, `request_host` and `prepare_request_headers` look up by name (each lookup hashes the
+/// name) only the fields a request has: most have no `X-Request-Id`, no `TE`, one `Host` (an HTTP/2 one
+/// none), at most one `Cookie` and no forwarding headers.
 struct RequestFields {
     hop: HopByHop,
     host_fields: usize,
@@ -1119,8 +1140,13 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 /// (`X-Forwarded-*`, `X-Request-Id`) are not put in the map but answered, for `upstream::h1::start` to
 /// write after the map's fields: the client's fields of those names are removed from the map all the
 /// same.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call, each argument a different fact of the request, its route or its connection"
+)]
 fn prepare_request_headers<'a>(
     headers: &mut HeaderMap,
+    fields: &RequestFields,
     host: &'a HeaderValue,
     host_is_field: bool,
     context: &'a ConnectionContext,
@@ -1128,7 +1154,6 @@ fn prepare_request_headers<'a>(
     upgrade: bool,
     protocol: UpstreamProtocol,
 ) -> Option<upstream::h1::AddedFields<'a>> {
-    let fields = request_fields(headers);
     let written = protocol == UpstreamProtocol::Http1 && !upgrade && !context.trusted_peer;
     // `TE` is hop-by-hop: a request without one takes the short path, and has no `trailers` to keep.
     let wants_trailers = protocol == UpstreamProtocol::Grpc
@@ -1389,8 +1414,9 @@ fn http_date(seconds: u64) -> [u8; 29] {
 /// table (HTTP/1 ignores the mark): a value unique to one request only fills the table, so that every
 /// later answer's id is compared with the dozens of stale ones and evicts the `date` entry (a tenth of an h2c
 /// request's instructions; see bench/proxy/README.md, "Session 27: HTTP/2").
-fn request_id(headers: &HeaderMap) -> HeaderValue {
-    let mut id = match headers.get(&X_REQUEST_ID) {
+fn request_id(headers: &HeaderMap, has_one: bool) -> HeaderValue {
+    // Looked up only when the pass over the fields saw one (`RequestFields::request_id`).
+    let mut id = match has_one.then(|| headers.get(&X_REQUEST_ID)).flatten() {
         Some(value) if !value.is_empty() && value.len() <= 200 => value.clone(),
         _ => new_request_id(),
     };
