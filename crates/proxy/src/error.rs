@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::header::{self, HeaderValue};
-use hyper::{Response, StatusCode};
+use hyper::{Response, StatusCode, Version};
 
 use crate::body::ProxyBody;
 use crate::ids::{ErrorKind, InstanceId, ReleaseId, RouteName};
@@ -223,7 +223,13 @@ impl ProxyError {
 
 /// Turns an error into the answer the client gets. This is the only place that picks a status code for a
 /// failure, so the 400/404/405/408/413/431/502/503/504 rules live here and nowhere else.
-pub fn error_response(error: &ProxyError) -> Response<ProxyBody> {
+///
+/// `version` is the client's request's: an HTTP/1 answer to a request whose rest cannot be trusted says
+/// `connection: close`. An HTTP/2 answer never does: the field is connection-specific, which HTTP/2
+/// forbids (RFC 9113 section 8.2.2; `h2` would reset the stream rather than send it), and a malformed
+/// request is an error of its stream only (section 8.1.1), not of the connection. So no answer of the
+/// proxy's own carries a field the HTTP/2 server must remove (`server::h2_conn` looks for none).
+pub fn error_response(error: &ProxyError, version: Version) -> Response<ProxyBody> {
     let status = match error {
         ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
         ProxyError::MissingHost | ProxyError::BadRequest { .. } => StatusCode::BAD_REQUEST,
@@ -276,14 +282,16 @@ pub fn error_response(error: &ProxyError) -> Response<ProxyBody> {
             HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH, TRACE"),
         );
     }
-    if matches!(
-        error,
-        ProxyError::ClientTimeout { .. }
-            | ProxyError::BodyTooLarge { .. }
-            | ProxyError::HeadersTooLarge { .. }
-            | ProxyError::BadRequest { .. }
-            | ProxyError::ClientGone { .. }
-    ) {
+    if version < Version::HTTP_2
+        && matches!(
+            error,
+            ProxyError::ClientTimeout { .. }
+                | ProxyError::BodyTooLarge { .. }
+                | ProxyError::HeadersTooLarge { .. }
+                | ProxyError::BadRequest { .. }
+                | ProxyError::ClientGone { .. }
+        )
+    {
         // The rest of the request cannot be trusted to be read; close so the next request starts clean.
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
@@ -306,4 +314,76 @@ pub enum ControlError {
     },
     #[error("weight {weight} for release `{release}` is above 100")]
     WeightOutOfRange { release: ReleaseId, weight: u8 },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error answer whose request cannot be trusted to its end says `connection: close` to an HTTP/1
+    /// client; an HTTP/2 client's never carries the field (HTTP/2 forbids it: `h2` would reset the
+    /// stream instead of answering), whatever the error.
+    #[test]
+    fn only_an_http1_error_answer_says_connection_close() {
+        let instance = || InstanceId::new("i-1");
+        let addr: SocketAddr = ([127, 0, 0, 1], 1).into();
+        let cases: Vec<(ProxyError, bool)> = vec![
+            (
+                ProxyError::BadRequest {
+                    reason: BadRequestReason::DuplicateHost,
+                },
+                true,
+            ),
+            (ProxyError::BodyTooLarge { limit: 1 }, true),
+            (
+                ProxyError::ClientTimeout {
+                    timeout: Duration::from_secs(1),
+                },
+                true,
+            ),
+            (ProxyError::HeadersTooLarge { limit: 1 }, true),
+            (
+                ProxyError::ClientGone {
+                    source: "gone".into(),
+                },
+                true,
+            ),
+            (ProxyError::MissingHost, false),
+            (
+                ProxyError::MethodNotAllowed {
+                    method: hyper::Method::CONNECT,
+                },
+                false,
+            ),
+            (
+                ProxyError::UpstreamTimeout {
+                    instance: instance(),
+                    addr,
+                    timeout: Duration::from_secs(1),
+                },
+                false,
+            ),
+        ];
+        for (error, closes) in &cases {
+            for version in [Version::HTTP_10, Version::HTTP_11] {
+                let answer = error_response(error, version);
+                let connection = answer.headers().get(header::CONNECTION);
+                assert_eq!(
+                    connection.is_some_and(|value| value == "close"),
+                    *closes,
+                    "{error} over {version:?}"
+                );
+            }
+            let answer = error_response(error, Version::HTTP_2);
+            assert!(
+                answer.headers().get(header::CONNECTION).is_none(),
+                "{error} over HTTP/2"
+            );
+            assert_eq!(
+                answer.status(),
+                error_response(error, Version::HTTP_11).status(),
+                "{error}: the same status over either"
+            );
+        }
+    }
 }

@@ -85,25 +85,37 @@ pub(crate) fn handle(
     let mut request = request.map(RequestBody::client);
     async move {
         let mut active = Some(active);
-        let http1 = request.version() < Version::HTTP_2;
-        let request_id = request_id(request.headers());
+        // The client's, kept: `forward` rewrites the request's into the instance's.
+        let version = request.version();
+        let http1 = version < Version::HTTP_2;
+        // The one pass over the client's fields: what it finds spares the lookups of fields most
+        // requests do not have (`X-Request-Id`; an HTTP/2 request's `Host`).
+        let fields = request_fields(request.headers());
+        let request_id = request_id(request.headers(), fields.request_id);
         let mut hsts = None;
-        let mut response =
-            match forward(&mut request, &context, &request_id, &mut active, &mut hsts).await {
-                Ok(response) => response,
-                Err((error, stats)) => {
-                    let stats =
-                        stats.unwrap_or_else(|| Arc::clone(&context.proxy.inner().unrouted));
-                    stats.record_error(error.kind());
-                    tracing::debug!(
-                        message = "Request failed.",
-                        %error,
-                        request_id = %request_id.to_str().unwrap_or(""),
-                        client = %context.client_addr
-                    );
-                    error_response(&error)
-                }
-            };
+        let mut response = match forward(
+            &mut request,
+            &fields,
+            &context,
+            &request_id,
+            &mut active,
+            &mut hsts,
+        )
+        .await
+        {
+            Ok(response) => response,
+            Err((error, stats)) => {
+                let stats = stats.unwrap_or_else(|| Arc::clone(&context.proxy.inner().unrouted));
+                stats.record_error(error.kind());
+                tracing::debug!(
+                    message = "Request failed.",
+                    %error,
+                    request_id = %request_id.to_str().unwrap_or(""),
+                    client = %context.client_addr
+                );
+                error_response(&error, version)
+            }
+        };
         // An app's own request id on its answer is kept; the proxy's goes on answers that have none.
         if http1 {
             if let header::Entry::Vacant(entry) = response.headers_mut().entry(&X_REQUEST_ID) {
@@ -142,7 +154,12 @@ pub(crate) fn handle(
 type Failure = (ProxyError, Option<Arc<ReleaseStats>>);
 
 /// 308 to the same URL over https: the method and body are kept by the client (unlike 301).
-fn redirect_to_https(host: &str, uri: &Uri, https_port: Option<u16>) -> Response<ProxyBody> {
+fn redirect_to_https(
+    host: &str,
+    uri: &Uri,
+    https_port: Option<u16>,
+    version: Version,
+) -> Response<ProxyBody> {
     let path = uri.path_and_query().map_or("/", |path| path.as_str());
     // `host` is normalised (no port); an IPv6 literal keeps its brackets.
     let location = match https_port {
@@ -157,7 +174,7 @@ fn redirect_to_https(host: &str, uri: &Uri, https_port: Option<u16>) -> Response
         }
         // The host and path came in a valid request; a value that still does not fit is a 400.
         Err(_) => {
-            return error_response(&ProxyError::MissingHost);
+            return error_response(&ProxyError::MissingHost, version);
         }
     }
     response
@@ -171,6 +188,7 @@ fn redirect_to_https(host: &str, uri: &Uri, https_port: Option<u16>) -> Response
 #[allow(clippy::manual_async_fn)] // See above: an `async fn` would hold its arguments twice.
 fn forward<'a>(
     request: &'a mut Request<RequestBody>,
+    fields: &'a RequestFields,
     context: &'a ConnectionContext,
     request_id: &'a HeaderValue,
     active: &'a mut Option<ActiveRequest>,
@@ -211,7 +229,8 @@ fn forward<'a>(
             );
             return Ok(response);
         }
-        let (host_value, host_is_field) = request_host(request).map_err(|error| (error, None))?;
+        let (host_value, host_is_field) =
+            request_host(request, fields.host_fields).map_err(|error| (error, None))?;
         let host = host_value.to_str().unwrap_or_default();
         let host_key = normalise_host(host);
         let (route_name, settings, admission) = {
@@ -257,6 +276,7 @@ fn forward<'a>(
                     &host_key,
                     request.uri(),
                     config.https_port,
+                    request.version(),
                 ));
             }
             Scheme::Https => *hsts = settings.tls.hsts_seconds,
@@ -325,6 +345,7 @@ fn forward<'a>(
         // head for a replay (`replay_head`).
         let added = prepare_request_headers(
             request.headers_mut(),
+            fields,
             &host_value,
             host_is_field,
             context,
@@ -682,41 +703,42 @@ fn request_body_error(error: RequestBodyError) -> ProxyError {
 ///
 /// The flag says whether the value is the request's one `Host` field itself (no authority in the target):
 /// the instance's `Host` then needs no rewriting.
-fn request_host<B>(request: &Request<B>) -> Result<(HeaderValue, bool), ProxyError> {
-    let mut hosts = request.headers().get_all(header::HOST).iter();
-    let host = hosts.next();
-    if hosts.next().is_some() {
-        return Err(ProxyError::BadRequest {
-            reason: BadRequestReason::DuplicateHost,
-        });
+fn request_host<B>(
+    request: &Request<B>,
+    host_fields: usize,
+) -> Result<(HeaderValue, bool), ProxyError> {
+    let invalid = || ProxyError::BadRequest {
+        reason: BadRequestReason::InvalidHost,
+    };
+    // Counted in the pass over the fields (`request_fields`): most HTTP/2 requests have none, and are
+    // spared the lookup.
+    let host = match host_fields {
+        0 => None,
+        1 => request.headers().get(header::HOST),
+        _ => {
+            return Err(ProxyError::BadRequest {
+                reason: BadRequestReason::DuplicateHost,
+            });
+        }
+    };
+    if !host.is_none_or(|host| is_host(host.as_bytes())) {
+        return Err(invalid());
     }
-    let authority = request.uri().authority();
-    if !host.is_none_or(|host| is_host(host.as_bytes()))
-        || !authority.is_none_or(|authority| is_host(authority.as_str().as_bytes()))
-    {
-        return Err(ProxyError::BadRequest {
-            reason: BadRequestReason::InvalidHost,
-        });
-    }
-    if let Some(authority) = authority {
+    if let Some(authority) = request.uri().authority() {
+        // Checked as it is made into a value, once per authority on a thread (`authority_value`).
+        let value = authority_value(authority.as_str()).ok_or_else(invalid)?;
         if request.version() == Version::HTTP_2
-            && host.is_some_and(|host| {
-                !host
-                    .as_bytes()
-                    .eq_ignore_ascii_case(authority.as_str().as_bytes())
-            })
+            && host.is_some_and(|host| !host.as_bytes().eq_ignore_ascii_case(value.as_bytes()))
         {
             return Err(ProxyError::BadRequest {
                 reason: BadRequestReason::HostMismatch,
             });
         }
-        return authority_value(authority.as_str())
-            .map(|value| (value, false))
-            .ok_or(ProxyError::MissingHost);
+        return Ok((value, false));
     }
     host.filter(|value| value.to_str().is_ok_and(|host| !host.is_empty()))
         .map(|value| (value.clone(), true))
-        .ok_or(ProxyError::MissingHost)
+        .ok_or_else(|| ProxyError::MissingHost)
 }
 
 /// The parts of an HTTP/2 request that RFC 9113 calls malformed and h2 (0.4) does not refuse itself: a
@@ -767,13 +789,15 @@ thread_local! {
         const { std::cell::RefCell::new(([const { None }; AUTHORITY_VALUES], 0)) };
 }
 
-/// `authority` (a request target's, as every HTTP/2 request has it) as a `Host` value.
+/// `authority` (a request target's, as every HTTP/2 request has it) as a `Host` value; `None` when it is
+/// not `name[:port]` (`is_host`).
 ///
 /// A client names the same authority on every request of its connection, and a thread's connections
 /// a handful: the thread keeps the last `AUTHORITY_VALUES` values and hands out clones of them (a count
 /// up). Made anew, each value was two allocations (its copy, then the shared block its first clone
-/// made: the value goes to the instance's request and to the routing) and a validation. `None` for
-/// what is not a valid value (never, for a parsed authority: visible ASCII).
+/// made: the value goes to the instance's request and to the routing) and a validation. Only valid
+/// values are kept, so one found among them is not checked again (a byte comparison, where `is_host`
+/// looked up each byte: ~110 instructions per HTTP/2 request).
 fn authority_value(authority: &str) -> Option<HeaderValue> {
     AUTHORITIES.with(|cache| {
         let mut cache = cache.borrow_mut();
@@ -784,6 +808,9 @@ fn authority_value(authority: &str) -> Option<HeaderValue> {
             .find(|value| value.as_bytes() == authority.as_bytes())
         {
             return Some(value.clone());
+        }
+        if !is_host(authority.as_bytes()) {
+            return None;
         }
         let value = HeaderValue::from_str(authority).ok()?;
         // The kept one is a clone: the value itself moves to the shared block now, once, rather than
@@ -994,7 +1021,7 @@ fn strip_hop_by_hop_of_kind(headers: &mut HeaderMap, upgrade: bool, kind: HopByH
 }
 
 /// What one pass over a message's fields finds of hop-by-hop headers.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum HopByHop {
     None,
     /// Only `Connection` fields whose every option is `keep-alive` or `close`, and perhaps a
@@ -1057,9 +1084,10 @@ impl HopScan {
     }
 }
 
-/// What one pass over a request's fields finds, so that `prepare_request_headers` looks up by name
-/// (each lookup hashes the name) only the fields a request has: most have no `TE`, one `Host`, at most
-/// one `Cookie` and no forwarding headers.
+/// What one pass over a request's fields finds (made once, in `handle`, before any is changed), so that
+/// `request_id`, `request_host` and `prepare_request_headers` look up by name (each lookup hashes the
+/// name) only the fields a request has: most have no `X-Request-Id`, no `TE`, one `Host` (an HTTP/2 one
+/// none), at most one `Cookie` and no forwarding headers.
 struct RequestFields {
     hop: HopByHop,
     host_fields: usize,
@@ -1117,8 +1145,13 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 /// (`X-Forwarded-*`, `X-Request-Id`) are not put in the map but answered, for `upstream::h1::start` to
 /// write after the map's fields: the client's fields of those names are removed from the map all the
 /// same.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call, each argument a different fact of the request, its route or its connection"
+)]
 fn prepare_request_headers<'a>(
     headers: &mut HeaderMap,
+    fields: &RequestFields,
     host: &'a HeaderValue,
     host_is_field: bool,
     context: &'a ConnectionContext,
@@ -1126,7 +1159,6 @@ fn prepare_request_headers<'a>(
     upgrade: bool,
     protocol: UpstreamProtocol,
 ) -> Option<upstream::h1::AddedFields<'a>> {
-    let fields = request_fields(headers);
     let written = protocol == UpstreamProtocol::Http1 && !upgrade && !context.trusted_peer;
     // `TE` is hop-by-hop: a request without one takes the short path, and has no `trailers` to keep.
     let wants_trailers = protocol == UpstreamProtocol::Grpc
@@ -1387,8 +1419,9 @@ fn http_date(seconds: u64) -> [u8; 29] {
 /// table (HTTP/1 ignores the mark): a value unique to one request only fills the table, so that every
 /// later answer's id is compared with the dozens of stale ones and evicts the `date` entry (a tenth of an h2c
 /// request's instructions; see bench/proxy/README.md, "Session 27: HTTP/2").
-fn request_id(headers: &HeaderMap) -> HeaderValue {
-    let mut id = match headers.get(&X_REQUEST_ID) {
+fn request_id(headers: &HeaderMap, has_one: bool) -> HeaderValue {
+    // Looked up only when the pass over the fields saw one (`RequestFields::request_id`).
+    let mut id = match has_one.then(|| headers.get(&X_REQUEST_ID)).flatten() {
         Some(value) if !value.is_empty() && value.len() <= 200 => value.clone(),
         _ => new_request_id(),
     };

@@ -116,25 +116,30 @@ fn upgrade_needs_both_headers() {
 
 #[test]
 fn request_ids_are_kept_out_of_the_hpack_table_and_a_client_s_usable_one_is_kept() {
-    let made = request_id(&HeaderMap::new());
+    let made = request_id(&HeaderMap::new(), false);
     assert_eq!(made.len(), 32);
     assert!(made.is_sensitive());
 
     let mut headers = HeaderMap::new();
     headers.insert(&X_REQUEST_ID, HeaderValue::from_static("client-id-1"));
-    let kept = request_id(&headers);
+    let kept = request_id(&headers, request_fields(&headers).request_id);
     assert_eq!(kept, "client-id-1");
     assert!(kept.is_sensitive());
 
     headers.insert(&X_REQUEST_ID, HeaderValue::from_static(""));
-    assert_eq!(request_id(&headers).len(), 32);
+    assert_eq!(
+        request_id(&headers, request_fields(&headers).request_id).len(),
+        32
+    );
 }
 
 /// A thread's new ids are slices of one block (one allocation per 32 ids, not one per id): of three made
 /// one after another, at least two lie side by side (the block may end after the first).
 #[test]
 fn new_request_ids_of_a_thread_are_cut_from_one_block() {
-    let ids: Vec<HeaderValue> = (0..3).map(|_| request_id(&HeaderMap::new())).collect();
+    let ids: Vec<HeaderValue> = (0..3)
+        .map(|_| request_id(&HeaderMap::new(), false))
+        .collect();
     let start = |id: &HeaderValue| id.as_bytes().as_ptr() as usize;
     let adjacent = ids
         .windows(2)
@@ -154,7 +159,7 @@ fn new_request_ids_of_a_thread_are_cut_from_one_block() {
 fn the_request_id_an_http2_connection_s_table_keeps_is_a_copy_of_its_own() {
     let named = AtomicBool::new(false);
     for first in [true, false] {
-        let id = request_id(&HeaderMap::new());
+        let id = request_id(&HeaderMap::new(), false);
         let mut response = Response::new(ProxyBody::empty());
         request_id_for_http2(&mut response, id.clone(), &named);
         let sent = &response.headers()[&X_REQUEST_ID];
@@ -170,9 +175,9 @@ fn the_request_id_an_http2_connection_s_table_keeps_is_a_copy_of_its_own() {
 
 #[test]
 fn a_new_request_id_is_32_hex_digits_and_its_clones_are_the_same_value() {
-    let made = request_id(&HeaderMap::new());
+    let made = request_id(&HeaderMap::new(), false);
     assert!(made.as_bytes().iter().all(u8::is_ascii_hexdigit));
-    assert_ne!(made, request_id(&HeaderMap::new()));
+    assert_ne!(made, request_id(&HeaderMap::new(), false));
     let clone = made.clone();
     assert_eq!(clone, made);
     assert!(clone.is_sensitive());
@@ -231,8 +236,10 @@ fn prepared(
     let host = HeaderValue::from_static(host);
     let context = context(false);
     let request_id = HeaderValue::from_static("id-1");
+    let fields = request_fields(&headers);
     let added = prepare_request_headers(
         &mut headers,
+        &fields,
         &host,
         host_is_field,
         &context,
@@ -350,8 +357,10 @@ async fn an_http1_instance_gets_the_proxys_own_fields_from_the_writer_not_the_ma
         for (name, value) in fields {
             headers.append(*name, HeaderValue::from_static(value));
         }
+        let request_fields = request_fields(&headers);
         let written = prepare_request_headers(
             &mut headers,
+            &request_fields,
             &host,
             true,
             context,
@@ -480,7 +489,7 @@ fn a_threads_recent_authorities_are_made_into_host_values_once() {
             .version(Version::HTTP_2)
             .body(())
             .expect("request");
-        let (host, from_field) = request_host(&request).expect("a host");
+        let (host, from_field) = request_host(&request, 0).expect("a host");
         assert!(!from_field);
         assert_eq!(host, authority);
         host
@@ -492,6 +501,22 @@ fn a_threads_recent_authorities_are_made_into_host_values_once() {
         assert_eq!(first.as_bytes().as_ptr(), again.as_bytes().as_ptr());
         let other = host_of("app.test:8080");
         assert_ne!(first.as_bytes().as_ptr(), other.as_bytes().as_ptr());
+        // Only checked values are kept (one found is not checked again): an authority that is not
+        // `name[:port]` is refused every time, and takes no place of a kept one.
+        for _ in 0..AUTHORITY_VALUES + 1 {
+            let request = Request::get("http://demo.test:80@evil.test/")
+                .version(Version::HTTP_2)
+                .body(())
+                .expect("request");
+            assert!(matches!(
+                request_host(&request, 0),
+                Err(ProxyError::BadRequest {
+                    reason: BadRequestReason::InvalidHost
+                })
+            ));
+        }
+        let kept = host_of("app.test");
+        assert_eq!(first.as_bytes().as_ptr(), kept.as_bytes().as_ptr());
         for index in 0..AUTHORITY_VALUES {
             host_of(&format!("app{index}.test"));
         }
@@ -520,7 +545,15 @@ fn issue_20_the_forwarding_state_holds_the_request_once() {
     let mut active = Some(activity.start());
     let mut hsts = None;
     let mut request = client_request().map(RequestBody::client);
-    let forwarding = forward(&mut request, &context, &request_id, &mut active, &mut hsts);
+    let fields = request_fields(request.headers());
+    let forwarding = forward(
+        &mut request,
+        &fields,
+        &context,
+        &request_id,
+        &mut active,
+        &mut hsts,
+    );
     let forward_size = std::mem::size_of_val(&forwarding);
     drop(forwarding);
     let handling = handle(client_request(), Arc::clone(&context), activity.start());
@@ -606,7 +639,15 @@ fn issue_20_the_forwarding_state_holds_no_request_across_the_upstream_wait() {
     let mut active = Some(activity.start());
     let mut hsts = None;
     let mut request = Request::new(RequestBody::empty());
-    let forwarding = forward(&mut request, &context, &request_id, &mut active, &mut hsts);
+    let fields = request_fields(request.headers());
+    let forwarding = forward(
+        &mut request,
+        &fields,
+        &context,
+        &request_id,
+        &mut active,
+        &mut hsts,
+    );
     let forward_size = std::mem::size_of_val(&forwarding);
     drop(forwarding);
     let instance = Arc::new(crate::instance::InstanceLive::new(

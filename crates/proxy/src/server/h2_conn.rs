@@ -5,10 +5,11 @@
 //! It is not an HTTP/2 implementation (framing, HPACK, flow-control windows, stream states, the limits on
 //! resets and CONTINUATION frames are all `h2`'s), and it knows nothing of routing (`forward`). It is what
 //! hyper's HTTP/2 server layer (`hyper::proto::h2::server`) did for the proxy, without what the proxy did
-//! not use (an executor, upgrades, CONNECT tunnels, adaptive windows, its `Incoming` body), and with its
-//! removal of connection-specific fields from answers made a single pass that finds none in most (`forward`
-//! removes them from instances' answers; some of the proxy's own errors say `connection: close`, for
-//! HTTP/1). Measured in bench/proxy/README.md, "Session 32: HTTP/2 without hyper's server layer".
+//! not use (an executor, upgrades, CONNECT tunnels, adaptive windows, its `Incoming` body), and without its
+//! removal of connection-specific fields from every answer: `forward` removes them from instances'
+//! answers and the proxy's own answers to HTTP/2 requests have none (`error::error_response`), so none
+//! reaches this module (checked in debug builds). Measured in bench/proxy/README.md, "Session 32: HTTP/2
+//! without hyper's server layer" and "Session 33: HTTP/2 to clients".
 //!
 //! A stream is polled only when it was woken (`FuturesUnordered`), and all of a connection's streams run on
 //! its thread. A stream that panics ends alone (its dropped `SendResponse` resets it), as its own task did.
@@ -24,13 +25,12 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use h2::server::{Connection, SendResponse};
 use h2::{Ping, PingPong, Reason, RecvStream, SendStream};
 use hyper::body::{Body, Frame, SizeHint};
-use hyper::header::{CONTENT_LENGTH, HeaderValue};
+use hyper::header::{CONTENT_LENGTH, HeaderValue, TE};
 use hyper::{HeaderMap, Request, Response};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
 
 use crate::body::{ClientBody, ProxyBody};
-use crate::forward::strip_hop_by_hop;
 use crate::h1_fields::parse_content_length;
 
 /// The connection-level settings the proxy's HTTP/2 server announces and keeps.
@@ -298,10 +298,15 @@ where
                     };
                     let (head, body) = response.into_parts();
                     let mut head = Response::from_parts(head, ());
-                    // The fields HTTP/2 forbids (RFC 9113 section 8.2.2), which `h2` would refuse (the stream then
-                    // reset instead of answered): an instance's were dropped by `forward`, but the proxy's
-                    // own answers can carry `connection: close`. One pass finds none in most answers.
-                    strip_hop_by_hop(head.headers_mut(), false);
+                    // No answer carries a field HTTP/2 forbids (RFC 9113 section 8.2.2), which `h2` would
+                    // refuse (the stream then reset instead of answered): `forward` removes an
+                    // instance's, and the proxy's own answers to HTTP/2 requests have none
+                    // (`error::error_response`). Not looked for here: a pass over every answer's fields.
+                    debug_assert!(
+                        !has_connection_specific_field(head.headers()),
+                        "{:?}",
+                        head.headers()
+                    );
                     if body.is_end_stream() {
                         if let Err(error) = self.reply.send_response(head, true) {
                             tracing::debug!(message = "Sending an HTTP/2 answer failed.", %error);
@@ -437,6 +442,17 @@ fn reset_reason(error: &(dyn std::error::Error + 'static)) -> Reason {
     Reason::INTERNAL_ERROR
 }
 
+/// Whether `headers` has a field `h2` refuses to send in an answer (RFC 9113 section 8.2.2): what the
+/// proxy's answers never carry (see `Stream::poll_stream`), checked in debug builds (the tests).
+fn has_connection_specific_field(headers: &HeaderMap) -> bool {
+    headers.keys().any(|name| {
+        matches!(
+            name.as_str(),
+            "connection" | "keep-alive" | "proxy-connection" | "transfer-encoding" | "upgrade"
+        )
+    }) || headers.get_all(TE).iter().any(|value| value != "trailers")
+}
+
 /// The request's `content-length`, when its every value says the same valid length (`h2` refuses a
 /// stream whose DATA does not add up to it).
 fn content_length(headers: &HeaderMap) -> Option<u64> {
@@ -523,7 +539,8 @@ impl Body for H2Body {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hyper::header::{CONNECTION, HeaderName, TE, TRANSFER_ENCODING, UPGRADE};
+    use crate::forward::strip_hop_by_hop;
+    use hyper::header::{CONNECTION, HeaderName, TRANSFER_ENCODING, UPGRADE};
 
     #[test]
     fn a_content_length_counts_only_when_every_value_agrees() {
@@ -640,6 +657,64 @@ mod tests {
             let answer = format!("{bytes} {}", checksum.as_deref().unwrap_or("none"));
             Ok(Response::new(ProxyBody::full(Bytes::from(answer))))
         })
+    }
+
+    /// The proxy's own error answers reach an HTTP/2 client as answers (not stream resets): those that
+    /// close an HTTP/1 connection carry no `connection` field over HTTP/2, which `h2` would refuse to send
+    /// (this module no longer looks for one), and the connection stays open for the client's next streams.
+    #[tokio::test]
+    async fn the_proxys_own_error_answers_reach_an_http2_client_and_its_connection_stays() {
+        fn refuse(
+            request: Request<ClientBody>,
+        ) -> Pin<Box<impl Future<Output = Result<Response<ProxyBody>, std::convert::Infallible>>>>
+        {
+            let error = match request.uri().path() {
+                "/bad" => crate::error::ProxyError::BadRequest {
+                    reason: crate::error::BadRequestReason::HostMismatch,
+                },
+                "/large" => crate::error::ProxyError::BodyTooLarge { limit: 1 },
+                _ => crate::error::ProxyError::HeadersTooLarge { limit: 1 },
+            };
+            let answer = crate::error::error_response(&error, request.version());
+            Box::pin(async move { Ok(answer) })
+        }
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let server = tokio::spawn(serve_until_end(server_io, refuse, KEEP_ALIVE));
+        let (mut client, connection) = h2::client::handshake(client_io).await.expect("handshake");
+        let connection = tokio::spawn(connection);
+        for (path, status) in [
+            ("/bad", 400),
+            ("/large", 413),
+            ("/head", 431),
+            ("/bad", 400),
+        ] {
+            let request = Request::get(format!("http://proxy.test{path}"))
+                .body(())
+                .expect("a request");
+            let (answer, _) = client.send_request(request, true).expect("sent");
+            let answer = tokio::time::timeout(Duration::from_secs(10), answer)
+                .await
+                .expect("answered in time")
+                .expect("an answer, not a reset");
+            assert_eq!(answer.status(), status, "{path}");
+            assert!(answer.headers().get(CONNECTION).is_none(), "{path}");
+            let mut body = answer.into_body();
+            let mut text = Vec::new();
+            while let Some(data) = body.data().await {
+                text.extend_from_slice(&data.expect("answer data"));
+            }
+            assert!(
+                String::from_utf8_lossy(&text).starts_with(&status.to_string()),
+                "{path}: {text:?}"
+            );
+        }
+        assert!(!connection.is_finished(), "the connection stays open");
+        drop(client);
+        tokio::time::timeout(Duration::from_secs(10), server)
+            .await
+            .expect("the connection ends once the client is gone")
+            .expect("no panic")
+            .expect("no connection error");
     }
 
     /// An upload larger than both receive windows (1 MiB) arrives whole: the body gives each DATA frame

@@ -78,9 +78,22 @@ struct Spares {
     // next answers are read into them without allocating (heads and bodies are shared slices of them, as
     // before). Several, as a connection holds its buffer from the answer's first read to its check-in
     // and many answers are read at once; one spare saved 0.45 of the 2 allocations. Only buffers that
-    // never grew past `READ_CHUNK` are kept, so they pin at most about 128 KB per thread.
+    // never grew past `READ_CHUNK` are kept, so they pin at most about 512 KB per thread under load
+    // (none once the sweep found the pool going quiet).
     read: RefCell<Vec<BytesMut>>,
 }
+
+/// The fields the proxy adds to an instance's answer in most cases, which its header map is made with
+/// room for: its `x-request-id` (when the instance sent none) and, for an HTTP/2 client, its `date` (when
+/// the instance sent none; HTTP/1 writes it beside the map). Rarer ones grow the map when added: HSTS on an
+/// HTTPS route that sets it, `connection: close` to an HTTP/1 client while the proxy stops.
+///
+/// Not more: a map has room for at most 6 fields until it has 16 slots, and an HTTP/2 client's request
+/// maps (made by `h2`, then kept by the thread, `recycle_fields`, for the next answers parsed) have 8 when
+/// the request has few fields, as a load tool's do: with room for 8 more, every small answer's map was
+/// made anew (2 allocations; bench/proxy/README.md, "Session 33: HTTP/2 to clients"). An HTTP/1 client's
+/// request maps are made with more room (`server::h1`), so its answers find a spare map either way.
+const ANSWER_ADDED_FIELDS: usize = 2;
 
 /// How many emptied header maps a thread keeps (see `Spares::fields`): ~1.5 KB each for a small head.
 /// Four overflowed under 8 connections on a thread (0.6 maps a request freed, and as many allocated).
@@ -128,8 +141,11 @@ fn head_buf(bytes: usize) -> Vec<u8> {
     buf
 }
 
-/// How many idle connections' read buffers a thread keeps (see `Spares::read`).
-const SPARE_READ_BUFS: usize = 8;
+/// How many idle connections' read buffers a thread keeps (see `Spares::read`). 8 ran out under an
+/// HTTP/2 client's 100 streams (answers are checked in by the batch): 0.93 read buffers were allocated
+/// per h2c request at 8, 0.68 in a profiled run at 64 (bench/proxy/README.md, "Session 33: HTTP/2 to
+/// clients").
+const SPARE_READ_BUFS: usize = 64;
 
 /// Keeps an idle connection's empty read buffer for a next answer read on this thread.
 fn recycle_read_buf(buf: BytesMut) {
@@ -769,9 +785,8 @@ fn parse_head(
     } else {
         Version::HTTP_11
     };
-    // Room for the fields the proxy adds to the answer (request id, HSTS, `connection: close`)
-    // without growing the map.
-    let mut headers = fields_map(fields.len() + 8);
+    // Room for the fields the proxy adds to most answers (`ANSWER_ADDED_FIELDS`) without growing the map.
+    let mut headers = fields_map(fields.len() + ANSWER_ADDED_FIELDS);
     let mut close = false;
     let mut keep_alive_token = false;
     let mut transfer_encoding = None;
@@ -1307,6 +1322,38 @@ mod head_tests {
             next_head(&mut buf, &mut scan, 100, false).is_err()
         });
         assert!(refused.is_some_and(|index| index < 2 * 24), "{refused:?}");
+    }
+
+    /// A small answer's head is parsed into the map an HTTP/2 client's small request left (`h2` makes it
+    /// with room for 6 fields), and the fields the proxy adds to it fit there too: neither the parse nor
+    /// the additions make a new map (with room asked for 8 more, each answer's was made anew).
+    #[test]
+    fn a_small_answer_and_its_added_fields_fit_in_a_recycled_http2_request_map() {
+        let mut request = HeaderMap::new();
+        for (name, value) in [("user-agent", "h2load"), ("host", "a"), ("accept", "*/*")] {
+            request.append(name, HeaderValue::from_static(value));
+        }
+        let recycled = request.capacity();
+        assert_eq!(recycled, 6, "as h2 makes it");
+        recycle_fields(request);
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\
+               x-version: 1\r\nserver: app\r\n\r\nok"[..],
+        );
+        let Ok(Some(Parsed::Final(mut parts, _, _))) = parse_head(&mut buf, 100, false) else {
+            panic!("a final answer");
+        };
+        assert_eq!(parts.headers.capacity(), recycled, "the recycled map");
+        assert_eq!(parts.headers.len(), 4);
+        // What `forward` adds to an HTTP/2 client's answer from an instance that sent neither.
+        parts
+            .headers
+            .insert("x-request-id", HeaderValue::from_static("1"));
+        parts
+            .headers
+            .insert(header::DATE, HeaderValue::from_static("now"));
+        assert_eq!(parts.headers.capacity(), recycled, "not grown");
+        assert_eq!(parts.headers.len(), 4 + ANSWER_ADDED_FIELDS);
     }
 
     #[test]

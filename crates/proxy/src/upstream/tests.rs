@@ -343,7 +343,7 @@ async fn answers_up_to_the_route_field_limit_are_served_and_more_fields_are_an_e
         }
     ));
     assert_eq!(
-        crate::error::error_response(&failure.error).status(),
+        crate::error::error_response(&failure.error, hyper::Version::HTTP_11).status(),
         StatusCode::BAD_GATEWAY
     );
     // Under hyper's default of 100 as well.
