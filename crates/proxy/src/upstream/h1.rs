@@ -78,8 +78,7 @@ struct Spares {
     // next answers are read into them without allocating (heads and bodies are shared slices of them, as
     // before). Several, as a connection holds its buffer from the answer's first read to its check-in
     // and many answers are read at once; one spare saved 0.45 of the 2 allocations. Only buffers that
-    // never grew past `READ_CHUNK` are kept, so they pin at most about 512 KB per thread under load
-    // (none once the sweep found the pool going quiet).
+    // never grew past `READ_CHUNK` are kept, so they pin at most about 128 KB per thread.
     read: RefCell<Vec<BytesMut>>,
 }
 
@@ -141,11 +140,8 @@ fn head_buf(bytes: usize) -> Vec<u8> {
     buf
 }
 
-/// How many idle connections' read buffers a thread keeps (see `Spares::read`). 8 ran out under an
-/// HTTP/2 client's 100 streams (answers are checked in by the batch): 0.93 read buffers were allocated
-/// per h2c request at 8, 0.68 in a profiled run at 64 (bench/proxy/README.md, "Session 33: HTTP/2 to
-/// clients").
-const SPARE_READ_BUFS: usize = 64;
+/// How many idle connections' read buffers a thread keeps (see `Spares::read`).
+const SPARE_READ_BUFS: usize = 8;
 
 /// Keeps an idle connection's empty read buffer for a next answer read on this thread.
 fn recycle_read_buf(buf: BytesMut) {
