@@ -1031,6 +1031,14 @@ impl Body for AnswerBody {
         if let Some(writer) = this.writer.as_mut() {
             match writer.poll_write(&mut connection.stream, cx) {
                 Poll::Ready(Ok(())) => this.writer = None,
+                Poll::Ready(Err(UpstreamError::RequestBody(error))) => {
+                    // The client's side of the body broke off (over the route's limit, a stalled or
+                    // gone client): the instance will never get the rest of its request, so an answer
+                    // that waits for it would not end before the route's idle timeout. The exchange
+                    // ends here, the answer cut and the instance's connection closed.
+                    this.writer = None;
+                    return this.fail(cx, UpstreamError::RequestBody(error));
+                }
                 Poll::Ready(Err(_)) => {
                     // The instance stopped taking the body; its answer may still be whole.
                     this.writer = None;
