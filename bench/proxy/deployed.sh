@@ -27,7 +27,9 @@
 # the proxy and its child processes) and its RSS (VmRSS summed the same way).
 #
 # Usage: bench/proxy/deployed.sh [DURATION_S] [ROUNDS]   (defaults 8 and 3)
-# Environment: SCENARIOS (default all, e.g. "ka64 h2c idle"), H2C_CONNECTIONS (default 8),
+# Environment: SCENARIOS (default all but pswitch/pstill, e.g. "ka64 h2c idle"), H2C_CONNECTIONS (default 8),
+#   PACED_RATE (pswitch/pstill: requests a second, default 10000), PACED_CLIENT (a built `bench_proxy` for
+#   them; unset: built here),
 #   IDLE_CONNECTIONS (default 5000), SMAPS (set: the idle run also keeps /proc/PID/smaps of each of
 #   the proxy's processes before, 3 s after and 6 s after, in OUT as smaps-ROUND-TARGET-WHEN-PID), OUT (keep the results here; default a temp dir, printed),
 #   CARGO_TARGET_DIR (as cargo reads it), ROLLWAY_BIN (a built `rollway` to measure, `demo-app` beside
