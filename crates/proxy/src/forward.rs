@@ -979,6 +979,13 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     strip_hop_by_hop_of_kind(headers, upgrade, kind);
 }
 
+/// Whether `headers` has a field `strip_hop_by_hop` would remove: none is left on an answer that reaches
+/// the HTTP/2 server (`server::h2_conn` checks it in debug builds; `h2` refuses the connection-specific
+/// ones, RFC 9113 section 8.2.2).
+pub(crate) fn has_hop_by_hop(headers: &HeaderMap) -> bool {
+    hop_by_hop_kind(headers) != HopByHop::None
+}
+
 /// `strip_hop_by_hop` once the pass over the fields was made (`hop_by_hop_kind`, or the request's
 /// `RequestFields`); an upgrade always takes the general path.
 fn strip_hop_by_hop_of_kind(headers: &mut HeaderMap, upgrade: bool, kind: HopByHop) {

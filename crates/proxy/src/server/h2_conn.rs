@@ -25,7 +25,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use h2::server::{Connection, SendResponse};
 use h2::{Ping, PingPong, Reason, RecvStream, SendStream};
 use hyper::body::{Body, Frame, SizeHint};
-use hyper::header::{CONTENT_LENGTH, HeaderValue, TE};
+use hyper::header::{CONTENT_LENGTH, HeaderValue};
 use hyper::{HeaderMap, Request, Response};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
@@ -303,7 +303,7 @@ where
                     // instance's, and the proxy's own answers to HTTP/2 requests have none
                     // (`error::error_response`). Not looked for here: a pass over every answer's fields.
                     debug_assert!(
-                        !has_connection_specific_field(head.headers()),
+                        !crate::forward::has_hop_by_hop(head.headers()),
                         "{:?}",
                         head.headers()
                     );
@@ -442,17 +442,6 @@ fn reset_reason(error: &(dyn std::error::Error + 'static)) -> Reason {
     Reason::INTERNAL_ERROR
 }
 
-/// Whether `headers` has a field `h2` refuses to send in an answer (RFC 9113 section 8.2.2): what the
-/// proxy's answers never carry (see `Stream::poll_stream`), checked in debug builds (the tests).
-fn has_connection_specific_field(headers: &HeaderMap) -> bool {
-    headers.keys().any(|name| {
-        matches!(
-            name.as_str(),
-            "connection" | "keep-alive" | "proxy-connection" | "transfer-encoding" | "upgrade"
-        )
-    }) || headers.get_all(TE).iter().any(|value| value != "trailers")
-}
-
 /// The request's `content-length`, when its every value says the same valid length (`h2` refuses a
 /// stream whose DATA does not add up to it).
 fn content_length(headers: &HeaderMap) -> Option<u64> {
@@ -540,7 +529,7 @@ impl Body for H2Body {
 mod tests {
     use super::*;
     use crate::forward::strip_hop_by_hop;
-    use hyper::header::{CONNECTION, HeaderName, TRANSFER_ENCODING, UPGRADE};
+    use hyper::header::{CONNECTION, HeaderName, TE, TRANSFER_ENCODING, UPGRADE};
 
     #[test]
     fn a_content_length_counts_only_when_every_value_agrees() {
