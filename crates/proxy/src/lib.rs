@@ -25,6 +25,7 @@
 //! 7. Any failure becomes an answer in exactly one place, `error_response`.
 
 mod active;
+mod balance;
 mod body;
 mod config;
 mod control;

@@ -15,12 +15,13 @@ use std::time::Duration;
 use bytes::{Buf, Bytes};
 use hyper::Request;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::active::ConnectionActivity;
+use crate::balance::{Balancer, Counted};
 use crate::body::ClientBody;
 use crate::control::Proxy;
 use crate::forward::{self, ConnectionContext, Scheme};
@@ -35,7 +36,7 @@ pub async fn serve(
     proxy: Proxy,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
-    serve_with(listener, proxy, shutdown, None).await
+    serve_with(listener, proxy, shutdown, None, None).await
 }
 
 /// Serves HTTP/1.1 and HTTP/2 over TLS (ALPN `h2`, `http/1.1`) with the given rustls configuration.
@@ -50,6 +51,7 @@ pub async fn serve_tls(
         proxy,
         shutdown,
         Some(tokio_rustls::TlsAcceptor::from(tls)),
+        None,
     )
     .await
 }
@@ -61,8 +63,13 @@ pub async fn serve_https(
     proxy: Proxy,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
+    let tls = https_acceptor(&proxy)?;
+    serve_with(listener, proxy, shutdown, Some(tls), None).await
+}
+
+fn https_acceptor(proxy: &Proxy) -> io::Result<tokio_rustls::TlsAcceptor> {
     let config = crate::tls::server_config(Arc::clone(proxy.tls())).map_err(io::Error::other)?;
-    serve_tls(listener, proxy, config, shutdown).await
+    Ok(tokio_rustls::TlsAcceptor::from(config))
 }
 
 /// Every half `upstream_idle_timeout` (0.1 to 1 s), drops this thread's idle upstream
@@ -92,11 +99,26 @@ pub(crate) async fn sweep_idle_upstreams(proxy: Proxy) {
     }
 }
 
+/// As `serve` (plain) or `serve_https` (HTTPS, with the certificates of `proxy.tls()`) for one worker of
+/// `crate::workers`: the connections it accepts go to the least busy worker when it serves more
+/// (`crate::balance`), and it serves those other workers hand it.
+pub(crate) async fn serve_balanced(
+    listener: TcpListener,
+    proxy: Proxy,
+    shutdown: CancellationToken,
+    https: bool,
+    balancer: Balancer,
+) -> io::Result<()> {
+    let tls = https.then(|| https_acceptor(&proxy)).transpose()?;
+    serve_with(listener, proxy, shutdown, tls, Some(balancer)).await
+}
+
 async fn serve_with(
     listener: TcpListener,
     proxy: Proxy,
     shutdown: CancellationToken,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    mut balancer: Option<Balancer>,
 ) -> io::Result<()> {
     crate::memory::configure_allocator();
     let config = proxy.config().clone();
@@ -111,24 +133,13 @@ async fn serve_with(
     } else {
         Scheme::Http
     };
-    loop {
-        let (stream, client_addr) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // Typically EMFILE: back off instead of spinning, and keep serving.
-                    tracing::warn!(message = "Accepting a connection failed.", %error);
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = shutdown.cancelled() => break,
-        };
+    let serve_one = |stream: TcpStream, client_addr: SocketAddr| {
         let _ = stream.set_nodelay(true);
         let connection = Connection {
             builder: Arc::clone(&builder),
             client_addr,
             shutdown: shutdown.clone(),
+            _counted: Counted::taken(),
         };
         match &tls {
             None => {
@@ -156,6 +167,34 @@ async fn serve_with(
                     }
                 });
             }
+        }
+    };
+    loop {
+        let (stream, client_addr) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => match &balancer {
+                    None => accepted,
+                    Some(balancer) => match balancer.place(accepted.0, accepted.1) {
+                        Some(here) => here,
+                        None => continue,
+                    },
+                },
+                Err(error) => {
+                    // Typically EMFILE: back off instead of spinning, and keep serving.
+                    tracing::warn!(message = "Accepting a connection failed.", %error);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            Some(handed) = async { balancer.as_mut()?.handed().await } => handed,
+            () = shutdown.cancelled() => break,
+        };
+        serve_one(stream, client_addr);
+    }
+    // Those other workers handed this one before it stopped taking them are served like the rest.
+    if let Some(balancer) = &mut balancer {
+        for (stream, client_addr) in balancer.close() {
+            serve_one(stream, client_addr);
         }
     }
     // Closed now, not after the drain: a connection the kernel completed meanwhile would wait in a
@@ -201,6 +240,8 @@ struct Connection {
     builder: Arc<Builders>,
     client_addr: SocketAddr,
     shutdown: CancellationToken,
+    /// This worker's count of the connection (`crate::balance`), given back when the task ends.
+    _counted: Counted,
 }
 
 impl Connection {

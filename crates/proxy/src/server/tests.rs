@@ -19,6 +19,7 @@ async fn issue_20_an_idle_connections_task_is_small() {
         builder: Arc::new(Builders::new(proxy.config())),
         client_addr: stream.local_addr().expect("address"),
         shutdown: CancellationToken::new(),
+        _counted: crate::balance::Counted::taken(),
     };
     let run = connection.run(stream, &proxy, Scheme::Http, &TaskTracker::new());
     let size = std::mem::size_of_val(&run);
@@ -116,6 +117,7 @@ async fn issue_20_a_request_answered_at_once_wakes_its_connection_once() {
         builder: Arc::new(Builders::new(proxy.config())),
         client_addr,
         shutdown: CancellationToken::new(),
+        _counted: crate::balance::Counted::taken(),
     };
     let wakes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let run = connection.run(stream, &proxy, Scheme::Http, &TaskTracker::new());
