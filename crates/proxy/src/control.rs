@@ -66,6 +66,8 @@ pub(crate) struct ProxyInner {
     /// (`crate::warm`) opens each worker's own upstream connections on its thread. std Mutex: pushed
     /// once per worker, cloned out by a warm, never held across an await.
     workers: Mutex<Vec<tokio::runtime::Handle>>,
+    /// The worker threads' client connection counts (`crate::balance`), once workers serve this proxy.
+    balance: std::sync::OnceLock<Arc<crate::balance::Balance>>,
 }
 
 #[derive(Debug, Default)]
@@ -102,6 +104,7 @@ impl Proxy {
                 tls: Arc::new(crate::tls::TlsStore::default()),
                 control: Mutex::new(ControlState::default()),
                 workers: Mutex::new(Vec::new()),
+                balance: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -123,6 +126,22 @@ impl Proxy {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .push(handle);
+    }
+
+    /// Records the counts of client connections of the workers serving this proxy (`crate::workers`;
+    /// the first set of workers started for it).
+    pub(crate) fn set_balance(&self, balance: Arc<crate::balance::Balance>) {
+        let _ = self.inner.balance.set(balance);
+    }
+
+    /// The client connections each data-plane worker serves now, worker `i` at index `i` (empty when
+    /// the proxy is served by `crate::serve` on a runtime of the caller's).
+    pub fn worker_connections(&self) -> Vec<usize> {
+        self.inner
+            .balance
+            .get()
+            .map(|balance| balance.open())
+            .unwrap_or_default()
     }
 
     /// The runtimes of the worker threads registered so far (none when the proxy is served by

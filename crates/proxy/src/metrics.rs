@@ -122,6 +122,20 @@ pub fn render(proxy: &Proxy) -> String {
             escape(route.as_str())
         );
     }
+    let workers = proxy.worker_connections();
+    if !workers.is_empty() {
+        let _ = writeln!(
+            out,
+            "# HELP rollway_proxy_worker_connections Client connections each data-plane worker serves."
+        );
+        let _ = writeln!(out, "# TYPE rollway_proxy_worker_connections gauge");
+        for (worker, open) in workers.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "rollway_proxy_worker_connections{{worker=\"{worker}\"}} {open}"
+            );
+        }
+    }
     out
 }
 

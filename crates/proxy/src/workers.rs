@@ -165,6 +165,7 @@ pub fn serve_with_https(
         .max(https.as_ref().map_or(0, DataListeners::len));
     // One count of client connections per worker for both listeners; a hand-over channel per listener.
     let balance = Balance::new(count);
+    proxy.set_balance(Arc::clone(&balance));
     let mut workers = Workers {
         done: Vec::with_capacity(count),
         cut: CancellationToken::new(),
@@ -344,7 +345,7 @@ mod tests {
         };
         let shutdown = CancellationToken::new();
         let proxy = Proxy::new(ProxyConfig::default());
-        let workers = serve(listeners, proxy, shutdown.clone()).expect("workers");
+        let workers = serve(listeners, proxy.clone(), shutdown.clone()).expect("workers");
 
         let mut clients = Vec::new();
         for _ in 0..20 {
@@ -356,6 +357,12 @@ mod tests {
         // Worker 0 keeps a connection until it serves two more than worker 1 (without the balance:
         // [20, 0]).
         assert_eq!(workers.connections(), [11, 9]);
+        let metrics = crate::metrics::render(&proxy);
+        assert!(
+            metrics.contains("rollway_proxy_worker_connections{worker=\"0\"} 11\n")
+                && metrics.contains("rollway_proxy_worker_connections{worker=\"1\"} 9\n"),
+            "{metrics}"
+        );
         // Each is served on, on whichever worker it went to.
         for client in &mut clients {
             assert!(answered(client).await.starts_with("HTTP/1.1 404"));
