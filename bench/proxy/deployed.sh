@@ -172,7 +172,7 @@ free_port() {
 }
 API_PORT="$(free_port)"
 ports=()
-while [ "${#ports[@]}" -lt 5 ]; do
+while [ "${#ports[@]}" -lt 6 ]; do
     p="$(free_port)"
     [[ " $API_PORT ${ports[*]} " == *" $p "* ]] || ports+=("$p")
 done
@@ -180,6 +180,9 @@ RW_PORT="${ports[0]}"
 NGINX_PORT="${ports[1]}"
 NGINX_H2C_PORT="${ports[2]}"
 HAPROXY_PORT="${ports[3]}"
+# Rollway's proxy's /metrics (not on the data path): the client connections of each worker, read
+# halfway through every Rollway run (the note column, e.g. `workers 32/32`).
+RW_METRICS_PORT="${ports[5]}"
 HAPROXY_H2C_PORT="${ports[4]}"
 API="http://127.0.0.1:$API_PORT"
 
@@ -217,7 +220,8 @@ ${SLOW_START:+slow_start = \"$SLOW_START\"}
 observe = "10s"
 TOML
 
-(cd "$STATE" && exec "$RW" agent --state "$STATE" --api "127.0.0.1:$API_PORT" --proxy "127.0.0.1:$RW_PORT") \
+(cd "$STATE" && exec "$RW" agent --state "$STATE" --api "127.0.0.1:$API_PORT" --proxy "127.0.0.1:$RW_PORT" \
+    --proxy-metrics "127.0.0.1:$RW_METRICS_PORT") \
     >"$WORK/agent.log" 2>&1 &
 AGENT_PID=$!
 for _ in $(seq 1 100); do
@@ -460,6 +464,19 @@ record() { # ROUND SCENARIO TARGET RPS P99 USER_US SYS_US RSS_MB LOAD ERRORS NOT
     printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n" "$@" | tee -a "$RESULTS"
 }
 
+workers_at() { # TARGET DELAY_S FILE: Rollway's client connections per worker, DELAY_S into a run
+    rm -f "$3"
+    WORKERS_PID=""
+    [ "$1" = rollway ] || return 0
+    (sleep "$2"; curl -sf --max-time 2 "http://127.0.0.1:$RW_METRICS_PORT/metrics" |
+        awk '/^rollway_proxy_worker_connections/ {printf "%s%s", sep, $2; sep = "/"}' >"$3") &
+    WORKERS_PID="$!"
+    BG_PIDS+=("$WORKERS_PID")
+}
+workers_note() { # FILE
+    [ -s "$1" ] && echo "workers $(cat "$1")" || true
+}
+
 wrk_run() { # ROUND SCENARIO TARGET CONNECTIONS PATH [wrk args...]
     local round="$1" scenario="$2" target="$3" conns="$4" path="$5"
     shift 5
@@ -470,8 +487,10 @@ wrk_run() { # ROUND SCENARIO TARGET CONNECTIONS PATH [wrk args...]
     wrk -t2 -c"$conns" -d2s -H "Host: $HOST" "$@" "$url" >/dev/null 2>&1 || true
     load="$(load1)"
     before="$(cpu_ticks "$pid")"
+    workers_at "$target" "$((DURATION / 2))" "$WORK/workers"
     out="$(wrk -t2 -c"$conns" -d"${DURATION}s" --timeout 10s --latency -H "Host: $HOST" "$@" "$url" 2>&1)" || true
     after="$(cpu_ticks "$pid")"
+    [ -z "$WORKERS_PID" ] || wait "$WORKERS_PID" 2>/dev/null || true
     echo "$out" >"$OUT/wrk-$round-$scenario-$target.txt"
     requests="$(echo "$out" | awk '/requests in/ {print $1; exit}')"
     rps="$(echo "$out" | awk '/Requests\/sec/ {print $2}')"
@@ -482,7 +501,8 @@ wrk_run() { # ROUND SCENARIO TARGET CONNECTIONS PATH [wrk args...]
     record "$round" "$scenario" "$target" "${rps:-0}" "$p99" \
         "$(awk -v d="$((au - bu))" -v n="${requests:-0}" -v t="$TICK_US" 'BEGIN {printf "%.1f", n ? d * t / n : 0}')" \
         "$(awk -v d="$((as - bs))" -v n="${requests:-0}" -v t="$TICK_US" 'BEGIN {printf "%.1f", n ? d * t / n : 0}')" \
-        "$(awk -v k="$(rss_kb "$pid")" 'BEGIN {printf "%.1f", k / 1024}')" "$load" "$errors" ""
+        "$(awk -v k="$(rss_kb "$pid")" 'BEGIN {printf "%.1f", k / 1024}')" "$load" "$errors" \
+        "$(workers_note "$WORK/workers")"
 }
 
 h2c_run() { # ROUND TARGET
@@ -494,8 +514,10 @@ h2c_run() { # ROUND TARGET
     timeout 30 h2load -D2 "${args[@]}" >/dev/null 2>&1 || true
     load="$(load1)"
     before="$(cpu_ticks "$pid")"
+    workers_at "$target" "$((DURATION / 2))" "$WORK/workers"
     out="$(timeout $((DURATION + 30)) h2load -D"$DURATION" --log-file="$log" "${args[@]}" 2>&1)" || true
     after="$(cpu_ticks "$pid")"
+    [ -z "$WORKERS_PID" ] || wait "$WORKERS_PID" 2>/dev/null || true
     echo "$out" >"$OUT/h2load-$round-$target.txt"
     requests="$(echo "$out" | awk '/^requests:/ {print $8; exit}')"   # succeeded
     rps="$(echo "$out" | awk '/^finished in/ {print $4; exit}')"
@@ -507,7 +529,8 @@ h2c_run() { # ROUND TARGET
     record "$round" h2c "$target" "${rps:-0}" "$p99" \
         "$(awk -v d="$((au - bu))" -v n="${requests:-0}" -v t="$TICK_US" 'BEGIN {printf "%.1f", n ? d * t / n : 0}')" \
         "$(awk -v d="$((as - bs))" -v n="${requests:-0}" -v t="$TICK_US" 'BEGIN {printf "%.1f", n ? d * t / n : 0}')" \
-        "$(awk -v k="$(rss_kb "$pid")" 'BEGIN {printf "%.1f", k / 1024}')" "$load" "${errors:-0}" ""
+        "$(awk -v k="$(rss_kb "$pid")" 'BEGIN {printf "%.1f", k / 1024}')" "$load" "${errors:-0}" \
+        "$(workers_note "$WORK/workers")"
 }
 
 # IDLE_CONNECTIONS keep-alive connections, each makes one request and reads its answer, then all

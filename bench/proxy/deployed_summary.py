@@ -57,6 +57,9 @@ def main(path):
                   f"{' '.join(f'{(p or 0):7.2f}' for p in p99):>24} "
                   f"{means[target][2]:12.1f} + {means[target][3]:6.1f}     "
                   f"{max(num(r['rss_mb']) or 0 for r in rs):7.1f} {sum(int(num(r['errors']) or 0) for r in rs):6d}")
+        notes = [r["note"] for r in by[(scenario, "rollway")] if r["note"]]
+        if notes:
+            print(f"  rollway  {'; '.join(notes)} (client connections per worker, mid-run)")
         if "rollway" not in means:
             continue
         rw = means["rollway"]
@@ -67,8 +70,14 @@ def main(path):
             per_round = [a / b if b else 0.0 for a, b in zip(rw[4], pm[4])]
             p99_round = [a / b if a and b else 0.0 for a, b in zip(rw[5], pm[5])]
             cpu = (rw[2] + rw[3]) / (pm[2] + pm[3]) if pm[2] + pm[3] else 0.0
-            print(f"  rollway/{peer:8} req/s {', '.join(f'{v:.2f}' for v in per_round)} (means {rw[0] / pm[0]:.2f}); "
-                  f"p99 {', '.join(f'{v:.2f}' for v in p99_round)} (medians {rw[1] / pm[1] if pm[1] else 0:.2f}); "
+            # The median of the per-round ratios as well as the ratio of the means: with many rounds on a
+            # machine whose speed drifts between minutes, it is the one an outlier round moves least.
+            ratio_median = statistics.median(per_round) if per_round else 0.0
+            p99_median = statistics.median([v for v in p99_round if v] or [0.0])
+            print(f"  rollway/{peer:8} req/s {', '.join(f'{v:.2f}' for v in per_round)} (means {rw[0] / pm[0]:.2f}, "
+                  f"median of rounds {ratio_median:.2f}); "
+                  f"p99 {', '.join(f'{v:.2f}' for v in p99_round)} (medians {rw[1] / pm[1] if pm[1] else 0:.2f}, "
+                  f"median of rounds {p99_median:.2f}); "
                   f"CPU/req {cpu:.2f}")
 
 
