@@ -154,6 +154,14 @@ impl Balancer {
         if chosen == self.index {
             return Some((stream, client_addr));
         }
+        if self.peers[chosen].is_closed() {
+            // That worker serves no listener of this kind, or stopped accepting: serve it here.
+            self.balance.closed(chosen);
+            self.balance.open[self.index]
+                .0
+                .fetch_add(1, Ordering::Relaxed);
+            return Some((stream, client_addr));
+        }
         // Out of this runtime's reactor, to be registered with the other worker's.
         let stream = match stream.into_std() {
             Ok(stream) => stream,
@@ -254,6 +262,40 @@ mod tests {
         assert_eq!(balance.place(0), 0);
         // 70 >= 64 + 2 + 4: on to worker 1.
         assert_eq!(balance.place(0), 1);
+    }
+
+    async fn accepted(listener: &tokio::net::TcpListener) -> (TcpStream, SocketAddr) {
+        let addr = listener.local_addr().expect("addr");
+        let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        // The client end goes away with the test; the proxy's end is what is placed.
+        drop(client.expect("connect"));
+        accepted.expect("accept")
+    }
+
+    #[tokio::test]
+    async fn a_worker_that_stops_serves_what_was_handed_to_it_and_takes_no_more() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let balance = Balance::new(2);
+        let mut balancers = balancers(&balance).into_iter();
+        let (first, mut second) = (
+            balancers.next().expect("worker 0"),
+            balancers.next().expect("worker 1"),
+        );
+        balance.open[0].0.fetch_add(2, Ordering::Relaxed);
+        let (stream, addr) = accepted(&listener).await;
+        assert!(first.place(stream, addr).is_none(), "handed to worker 1");
+        assert_eq!(balance.open(), [2, 1]);
+        // Worker 1 stops accepting: what it was handed is served, not dropped.
+        let left = second.close();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].1, addr);
+        // Worker 0 now serves what it accepts itself, counted for itself.
+        balance.open[0].0.fetch_add(2, Ordering::Relaxed);
+        let (stream, addr) = accepted(&listener).await;
+        assert!(first.place(stream, addr).is_some(), "kept by worker 0");
+        assert_eq!(balance.open(), [5, 1]);
     }
 
     #[test]
