@@ -54,10 +54,10 @@ thread_local! {
     /// encoded into, once written out, the header maps of the last requests sent, once their answer's
     /// head came, and of the last answers written to HTTP/1 clients (`recycle_fields`; taken by the next
     /// answer heads and client request heads parsed, `fields_map`), and the read buffers of the last
-    /// connections checked in. A thread keeps at most one head buffer, `SPARE_MAPS` maps (a few KB) and
-    /// `SPARE_READ_BUFS` read buffers (8 KB
-    /// each, usually), whatever the number of connections, and drops its read buffers when its sweep
-    /// finds the pool going quiet (`drop_spare_read_bufs`). See bench/proxy/README.md, "Session 29:
+    /// connections checked in. A thread keeps at most one head buffer, `SPARE_MAPS` maps (~100 KB) and
+    /// `SPARE_READ_BUFS` read buffers (8 KB each, usually), whatever the number of connections, and
+    /// drops them all when it started no request for a tick of its sweep (`drop_spares`), its read
+    /// buffers also when its sweep finds idle upstream connections to close (`drop_spare_read_bufs`). See bench/proxy/README.md, "Session 29:
     /// the upstream side at 512 connections".
     static SPARES: Spares = const {
         Spares {
@@ -78,7 +78,7 @@ struct Spares {
     // next answers are read into them without allocating (heads and bodies are shared slices of them, as
     // before). Several, as a connection holds its buffer from the answer's first read to its check-in
     // and many answers are read at once; one spare saved 0.45 of the 2 allocations. Only buffers that
-    // never grew past `READ_CHUNK` are kept, so they pin at most about 128 KB per thread.
+    // never grew past `READ_CHUNK` are kept, so they pin at most about 512 KB per busy thread.
     read: RefCell<Vec<BytesMut>>,
 }
 
@@ -95,8 +95,10 @@ struct Spares {
 const ANSWER_ADDED_FIELDS: usize = 2;
 
 /// How many emptied header maps a thread keeps (see `Spares::fields`): ~1.5 KB each for a small head.
-/// Four overflowed under 8 connections on a thread (0.6 maps a request freed, and as many allocated).
-const SPARE_MAPS: usize = 16;
+/// Four overflowed under 8 connections on a thread (0.6 maps a request freed, and as many allocated);
+/// sixteen under 512 (1.2 maps a request allocated: answers come back by the batch). All are freed
+/// when the thread goes quiet for a tick of its sweep (`drop_spares`).
+const SPARE_MAPS: usize = 64;
 
 /// Keeps a header map whose fields are no longer needed (a request that has its answer, an answer
 /// written to an HTTP/1 client), emptied, for the next head this thread parses.
@@ -140,8 +142,11 @@ fn head_buf(bytes: usize) -> Vec<u8> {
     buf
 }
 
-/// How many idle connections' read buffers a thread keeps (see `Spares::read`).
-const SPARE_READ_BUFS: usize = 8;
+/// How many idle connections' read buffers a thread keeps (see `Spares::read`): eight ran out under
+/// 512 client connections (0.7 buffers a request allocated, ~300 instructions); 64 are 512 KB a busy
+/// thread keeps, freed when it goes quiet for a tick of its sweep (`drop_spares`), so an idle proxy
+/// keeps none.
+const SPARE_READ_BUFS: usize = 64;
 
 /// Keeps an idle connection's empty read buffer for a next answer read on this thread.
 fn recycle_read_buf(buf: BytesMut) {
@@ -165,6 +170,26 @@ pub(crate) fn drop_spare_read_bufs() {
             *bufs = Vec::new();
         }
     });
+}
+
+/// Frees every spare this thread keeps (read buffers, header maps, the head buffer): it started no
+/// request for a whole tick of its sweep (`memory::collect_if_due`). Returns whether there was any.
+pub(crate) fn drop_spares() -> bool {
+    SPARES
+        .try_with(|spares| {
+            let head = spares.head.take();
+            let mut freed = head.capacity() > 0;
+            if let Ok(mut bufs) = spares.read.try_borrow_mut() {
+                freed |= !bufs.is_empty();
+                *bufs = Vec::new();
+            }
+            if let Ok(mut maps) = spares.fields.try_borrow_mut() {
+                freed |= !maps.is_empty();
+                *maps = Vec::new();
+            }
+            freed
+        })
+        .unwrap_or(false)
 }
 
 /// One of the thread's spare read buffers, if it has one.
