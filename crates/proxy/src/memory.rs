@@ -99,12 +99,9 @@ impl Local {
     /// One tick: whether the thread's heap is to be collected now (this thread freed something since
     /// it last collected and started no request since the previous tick, or `trims` moved on since
     /// it last collected); counted as done when it is.
-    fn tick(&self, trims: u64, on_quiet: impl FnOnce() -> bool) -> bool {
+    fn tick(&self, trims: u64) -> bool {
         let requests = self.requests.get();
         let quiet = self.requests_seen.replace(requests) == requests;
-        if quiet && on_quiet() {
-            self.freed.set(true);
-        }
         let due = (self.freed.get() && quiet) || self.trims_seen.get() != trims;
         if due {
             self.freed.set(false);
@@ -262,16 +259,19 @@ fn freed_here() {
     LOCAL.with(|local| local.freed.set(true));
 }
 
+/// This thread freed memory it kept for later (spare buffers): collected when it is quiet.
+pub(crate) fn freed() {
+    freed_here();
+}
+
 /// Collects this thread's heap when it is due: this thread freed something since its last collection
 /// and started no request since the previous tick, or a trim ran since its last collection. Called by
 /// each worker thread on a tick every `every` (`server::sweep_idle_upstreams`, 0.1 to 1 s; calls closer
-/// than half of it are one tick); returns whether it collected. When the thread started no request
-/// since the previous tick, `on_quiet` runs first: it frees what the thread keeps for its next requests
-/// and says whether it freed anything (then collected in the same tick).
-pub(crate) fn collect_if_due(every: Duration, on_quiet: impl FnOnce() -> bool) -> bool {
+/// than half of it are one tick); returns whether it collected.
+pub(crate) fn collect_if_due(every: Duration) -> bool {
     let trims = TRIMS.load(Ordering::Acquire);
     let now = Instant::now();
-    let due = LOCAL.with(|local| local.ticked(now, every) && local.tick(trims, on_quiet));
+    let due = LOCAL.with(|local| local.ticked(now, every) && local.tick(trims));
     if due {
         collect_this_thread();
     }
@@ -434,39 +434,18 @@ mod tests {
     #[test]
     fn a_thread_collects_its_heap_once_quiet_after_freeing() {
         let local = Local::new();
-        assert!(
-            !local.tick(0, || false),
-            "nothing freed, nothing to collect"
-        );
+        assert!(!local.tick(0), "nothing freed, nothing to collect");
         local.freed.set(true);
         local.requests.set(1);
         assert!(
-            !local.tick(0, || false),
+            !local.tick(0),
             "a request since the previous tick: not quiet"
         );
         local.requests.set(2);
-        assert!(!local.tick(0, || false), "still serving");
-        assert!(local.tick(0, || false), "quiet for a tick after freeing");
-        assert!(!local.tick(0, || false), "collected once");
+        assert!(!local.tick(0), "still serving");
+        assert!(local.tick(0), "quiet for a tick after freeing");
+        assert!(!local.tick(0), "collected once");
         assert_eq!(local.collections.get(), 1);
-    }
-
-    /// What a thread keeps for its next requests (spare buffers) is freed once it went quiet, and
-    /// collected in that same tick; not while it serves.
-    #[test]
-    fn a_quiet_thread_frees_its_spares_and_collects_them_at_once() {
-        let local = Local::new();
-        let calls = Cell::new(0);
-        let spares = || {
-            calls.set(calls.get() + 1);
-            true
-        };
-        local.requests.set(1);
-        assert!(!local.tick(0, spares), "serving: the spares are kept");
-        assert_eq!(calls.get(), 0);
-        assert!(local.tick(0, spares), "quiet: freed and collected");
-        assert_eq!(calls.get(), 1);
-        assert!(!local.tick(0, || false), "nothing more to free");
     }
 
     #[test]
@@ -483,13 +462,10 @@ mod tests {
     fn a_trim_elsewhere_makes_every_thread_collect_once_even_while_serving() {
         let local = Local::new();
         local.requests.set(1);
-        assert!(
-            local.tick(1, || false),
-            "a trim ran since this thread last collected"
-        );
+        assert!(local.tick(1), "a trim ran since this thread last collected");
         local.requests.set(2);
-        assert!(!local.tick(1, || false), "that trim is done here");
-        assert!(local.tick(2, || false));
+        assert!(!local.tick(1), "that trim is done here");
+        assert!(local.tick(2));
     }
 
     #[test]

@@ -94,9 +94,12 @@ pub(crate) async fn sweep_idle_upstreams(proxy: Proxy) {
             tracing::debug!(message = "Idle upstream connections closed.", n = expired);
             crate::memory::upstream_connections_dropped(expired);
         }
-        // This worker's own heap, once it went quiet after freeing (`memory::collect_if_due`); quiet
-        // for a tick, it first frees the buffers and maps it kept for the next requests.
-        crate::memory::collect_if_due(every, crate::upstream::h1::drop_spares);
+        // The buffers and maps this thread kept for its next requests and did not need for a tick.
+        if crate::upstream::h1::trim_spares() {
+            crate::memory::freed();
+        }
+        // This worker's own heap, once it went quiet after freeing (`memory::collect_if_due`).
+        crate::memory::collect_if_due(every);
     }
 }
 

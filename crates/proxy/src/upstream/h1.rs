@@ -54,16 +54,19 @@ thread_local! {
     /// encoded into, once written out, the header maps of the last requests sent, once their answer's
     /// head came, and of the last answers written to HTTP/1 clients (`recycle_fields`; taken by the next
     /// answer heads and client request heads parsed, `fields_map`), and the read buffers of the last
-    /// connections checked in. A thread keeps at most one head buffer, `SPARE_MAPS` maps (~100 KB) and
-    /// `SPARE_READ_BUFS` read buffers (8 KB each, usually), whatever the number of connections, and
-    /// drops them all when it started no request for a tick of its sweep (`drop_spares`), its read
-    /// buffers also when its sweep finds idle upstream connections to close (`drop_spare_read_bufs`). See bench/proxy/README.md, "Session 29:
+    /// connections checked in. A thread keeps one head buffer and the maps and read buffers (8 KB each,
+    /// usually) its batches of answers took since its sweep's last tick: those it did not need for a
+    /// whole tick are freed (`trim_spares`; at most `SPARE_MAPS` and `SPARE_READ_BUFS` in a burst), its
+    /// read buffers also when its sweep finds idle upstream connections to close (`drop_spare_read_bufs`). See bench/proxy/README.md, "Session 29:
     /// the upstream side at 512 connections".
     static SPARES: Spares = const {
         Spares {
             head: Cell::new(Vec::new()),
             fields: RefCell::new(Vec::new()),
             read: RefCell::new(Vec::new()),
+            fields_low: Cell::new(0),
+            read_low: Cell::new(0),
+            taken: Cell::new(false),
         }
     };
 }
@@ -78,8 +81,14 @@ struct Spares {
     // next answers are read into them without allocating (heads and bodies are shared slices of them, as
     // before). Several, as a connection holds its buffer from the answer's first read to its check-in
     // and many answers are read at once; one spare saved 0.45 of the 2 allocations. Only buffers that
-    // never grew past `READ_CHUNK` are kept, so they pin at most about 512 KB per busy thread.
+    // never grew past `READ_CHUNK` are kept.
     read: RefCell<Vec<BytesMut>>,
+    // The fewest maps and read buffers the thread had spare since its sweep's last tick
+    // (`trim_spares`): that many were not needed for a whole tick, and are freed then.
+    fields_low: Cell<usize>,
+    read_low: Cell<usize>,
+    // Whether a spare of any kind was taken since the sweep's last tick.
+    taken: Cell<bool>,
 }
 
 /// The fields the proxy adds to an instance's answer in most cases, which its header map is made with
@@ -94,11 +103,11 @@ struct Spares {
 /// request maps are made with more room (`server::h1`), so its answers find a spare map either way.
 const ANSWER_ADDED_FIELDS: usize = 2;
 
-/// How many emptied header maps a thread keeps (see `Spares::fields`): ~1.5 KB each for a small head.
-/// Four overflowed under 8 connections on a thread (0.6 maps a request freed, and as many allocated);
-/// sixteen under 512 (1.2 maps a request allocated: answers come back by the batch). All are freed
-/// when the thread goes quiet for a tick of its sweep (`drop_spares`).
-const SPARE_MAPS: usize = 64;
+/// At most how many emptied header maps a thread keeps (see `Spares::fields`): ~1.5 KB each for a
+/// small head. Four overflowed under 8 connections on a thread (0.6 maps a request freed, and as many
+/// allocated); sixteen under 64 and 512 (1.2 maps a request allocated: answers come back by the batch).
+/// Those a thread did not need for a tick of its sweep are freed (`trim_spares`), so this bounds a burst.
+const SPARE_MAPS: usize = 1024;
 
 /// Keeps a header map whose fields are no longer needed (a request that has its answer, an answer
 /// written to an HTTP/1 client), emptied, for the next head this thread parses.
@@ -121,7 +130,15 @@ pub(crate) fn recycle_fields(mut fields: HeaderMap) {
 /// An empty header map for `fields` fields: one of the thread's spares when it has one.
 pub(crate) fn fields_map(fields: usize) -> HeaderMap {
     let spare = SPARES
-        .try_with(|spares| spares.fields.try_borrow_mut().ok()?.pop())
+        .try_with(|spares| {
+            let mut maps = spares.fields.try_borrow_mut().ok()?;
+            let map = maps.pop()?;
+            spares
+                .fields_low
+                .set(spares.fields_low.get().min(maps.len()));
+            spares.taken.set(true);
+            Some(map)
+        })
         .ok()
         .flatten();
     match spare {
@@ -136,17 +153,20 @@ pub(crate) fn fields_map(fields: usize) -> HeaderMap {
 /// An empty buffer for a request head of about `bytes` bytes: the thread's spare when it has one.
 fn head_buf(bytes: usize) -> Vec<u8> {
     let mut buf = SPARES
-        .try_with(|spares| spares.head.take())
+        .try_with(|spares| {
+            spares.taken.set(true);
+            spares.head.take()
+        })
         .unwrap_or_default();
     buf.reserve(bytes);
     buf
 }
 
-/// How many idle connections' read buffers a thread keeps (see `Spares::read`): eight ran out under
-/// 512 client connections (0.7 buffers a request allocated, ~300 instructions); 64 are 512 KB a busy
-/// thread keeps, freed when it goes quiet for a tick of its sweep (`drop_spares`), so an idle proxy
-/// keeps none.
-const SPARE_READ_BUFS: usize = 64;
+/// At most how many idle connections' read buffers a thread keeps (see `Spares::read`): eight ran out
+/// under 64 and 512 client connections (0.7 buffers a request allocated, ~300 instructions). Those a
+/// thread did not need for a tick of its sweep are freed (`trim_spares`): a busy thread keeps what its
+/// batches take (8 KB each), an idle one none; this bounds a burst (8 MB).
+const SPARE_READ_BUFS: usize = 1024;
 
 /// Keeps an idle connection's empty read buffer for a next answer read on this thread.
 fn recycle_read_buf(buf: BytesMut) {
@@ -172,20 +192,36 @@ pub(crate) fn drop_spare_read_bufs() {
     });
 }
 
-/// Frees every spare this thread keeps (read buffers, header maps, the head buffer): it started no
-/// request for a whole tick of its sweep (`memory::collect_if_due`). Returns whether there was any.
-pub(crate) fn drop_spares() -> bool {
+/// Frees the spares this thread did not need since the previous call (its sweep's tick,
+/// `server::sweep_idle_upstreams`): as many read buffers and header maps as it had spare all along (the
+/// least recently kept first), and every spare, the head buffer too, when it took none in that tick. A
+/// busy thread keeps what its batches take; one that went quiet keeps nothing after a tick. Returns
+/// whether it freed any.
+pub(crate) fn trim_spares() -> bool {
+    fn trim<T>(spares: &RefCell<Vec<T>>, low: &Cell<usize>, quiet: bool) -> bool {
+        let Ok(mut spares) = spares.try_borrow_mut() else {
+            return false;
+        };
+        let unused = if quiet {
+            spares.len()
+        } else {
+            low.get().min(spares.len())
+        };
+        spares.drain(..unused);
+        if spares.is_empty() && spares.capacity() > 0 {
+            *spares = Vec::new();
+        }
+        low.set(spares.len());
+        unused > 0
+    }
     SPARES
         .try_with(|spares| {
-            let head = spares.head.take();
-            let mut freed = head.capacity() > 0;
-            if let Ok(mut bufs) = spares.read.try_borrow_mut() {
-                freed |= !bufs.is_empty();
-                *bufs = Vec::new();
-            }
-            if let Ok(mut maps) = spares.fields.try_borrow_mut() {
-                freed |= !maps.is_empty();
-                *maps = Vec::new();
+            let quiet = !spares.taken.replace(false);
+            let mut freed = trim(&spares.fields, &spares.fields_low, quiet);
+            freed |= trim(&spares.read, &spares.read_low, quiet);
+            if quiet {
+                let head = spares.head.take();
+                freed |= head.capacity() > 0;
             }
             freed
         })
@@ -195,7 +231,13 @@ pub(crate) fn drop_spares() -> bool {
 /// One of the thread's spare read buffers, if it has one.
 fn spare_read_buf() -> Option<BytesMut> {
     SPARES
-        .try_with(|spares| spares.read.try_borrow_mut().ok()?.pop())
+        .try_with(|spares| {
+            let mut bufs = spares.read.try_borrow_mut().ok()?;
+            let buf = bufs.pop()?;
+            spares.read_low.set(spares.read_low.get().min(bufs.len()));
+            spares.taken.set(true);
+            Some(buf)
+        })
         .ok()
         .flatten()
 }
@@ -1477,6 +1519,55 @@ mod spare_tests {
         assert_eq!(read, 3);
         assert_eq!(&next.read_buf[..], b"abc");
         assert_eq!(next.read_buf.as_ptr(), given, "a new buffer was allocated");
+    }
+
+    /// Spares a thread did not need for a whole tick of its sweep are freed, the least recently kept
+    /// first; those its requests took are kept; a quiet thread keeps none.
+    #[test]
+    fn spares_not_needed_for_a_tick_are_freed() {
+        let spares = || {
+            SPARES.with(|spares| {
+                (
+                    spares.fields.borrow().len(),
+                    spares.read.borrow().len(),
+                    spares.head.take().capacity() > 0,
+                )
+            })
+        };
+        let head = |capacity| {
+            SPARES.with(|spares| spares.head.set(Vec::with_capacity(capacity)));
+        };
+        std::thread::spawn(move || {
+            for _ in 0..3 {
+                recycle_fields(HeaderMap::with_capacity(4));
+                recycle_read_buf(BytesMut::with_capacity(READ_CHUNK));
+            }
+            // A busy tick (spares taken and given back): those that came in during it are kept.
+            recycle_fields(fields_map(4));
+            recycle_read_buf(spare_read_buf().expect("a spare read buffer"));
+            assert!(!trim_spares());
+            head(64);
+            assert_eq!(spares(), (3, 3, true));
+            // One of each taken during the next tick: two of each were not needed.
+            let map = fields_map(4);
+            let buf = spare_read_buf().expect("a spare read buffer");
+            head(64);
+            assert!(trim_spares());
+            assert_eq!(
+                spares(),
+                (0, 0, true),
+                "the head buffer stays: the thread was busy"
+            );
+            recycle_fields(map);
+            recycle_read_buf(buf);
+            // A tick with nothing taken: everything goes, the head buffer too.
+            head(64);
+            assert!(trim_spares());
+            assert_eq!(spares(), (0, 0, false));
+            assert!(!trim_spares(), "nothing left to free");
+        })
+        .join()
+        .expect("the test thread");
     }
 
     /// A buffer grown for a large answer is freed, not kept.
