@@ -312,7 +312,11 @@ fn forward<'a>(
                 return Err((refusal, None));
             }
         }
-        let announced_length = content_length(request.headers());
+        // Looked up only when the pass over the fields saw one (most requests have no body).
+        let announced_length = fields
+            .content_length
+            .then(|| content_length(request.headers()))
+            .flatten();
         if let Some(length) = announced_length
             && length > settings.max_body_bytes
         {
@@ -1102,6 +1106,8 @@ struct RequestFields {
     client_forwarding: bool,
     /// The client sent `X-Request-Id` (replaced by the proxy's).
     request_id: bool,
+    /// The client sent `Content-Length`.
+    content_length: bool,
     /// A value starts or ends with a space or tab (`has_edge_whitespace`): malformed over HTTP/2
     /// (`check_http2_request`). Looked for only in an HTTP/2 request's fields (HTTP/1 parsers trim).
     edge_whitespace: bool,
@@ -1115,6 +1121,7 @@ fn request_fields(headers: &HeaderMap, http2: bool) -> RequestFields {
     let mut cookie_fields = 0;
     let mut client_forwarding = false;
     let mut request_id = false;
+    let mut content_length = false;
     let mut edge_whitespace = false;
     for (name, value) in headers {
         if http2 {
@@ -1128,6 +1135,8 @@ fn request_fields(headers: &HeaderMap, http2: bool) -> RequestFields {
             client_forwarding = true;
         } else if name == X_REQUEST_ID {
             request_id = true;
+        } else if name == header::CONTENT_LENGTH {
+            content_length = true;
         } else {
             hop.see(name, value);
         }
@@ -1138,6 +1147,7 @@ fn request_fields(headers: &HeaderMap, http2: bool) -> RequestFields {
         cookie_fields,
         client_forwarding,
         request_id,
+        content_length,
         edge_whitespace,
     }
 }

@@ -719,3 +719,18 @@ fn issue_20_the_flags_read_after_the_answer_share_the_arc_counts_line() {
         "the context's allocation is {allocation} bytes"
     );
 }
+
+/// The pass over the fields says whether `Content-Length` came, so that `forward` looks up the
+/// announced length only then (most requests have no body).
+#[test]
+fn the_pass_over_the_fields_says_whether_a_content_length_came() {
+    let mut headers = HeaderMap::new();
+    headers.insert("accept", HeaderValue::from_static("*/*"));
+    for http2 in [false, true] {
+        assert!(!request_fields(&headers, http2).content_length, "{http2}");
+    }
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+    for http2 in [false, true] {
+        assert!(request_fields(&headers, http2).content_length, "{http2}");
+    }
+}
