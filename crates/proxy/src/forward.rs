@@ -90,7 +90,7 @@ pub(crate) fn handle(
         let http1 = version < Version::HTTP_2;
         // The one pass over the client's fields: what it finds spares the lookups of fields most
         // requests do not have (`X-Request-Id`; an HTTP/2 request's `Host`).
-        let fields = request_fields(request.headers());
+        let fields = request_fields(request.headers(), !http1);
         let request_id = request_id(request.headers(), fields.request_id);
         let mut hsts = None;
         let mut response = match forward(
@@ -210,7 +210,7 @@ fn forward<'a>(
         }
         // What h2 lets through of what RFC 9113 calls malformed (HTTP/1 heads are checked as parsed).
         if request.version() == Version::HTTP_2
-            && let Err(reason) = check_http2_request(request)
+            && let Err(reason) = check_http2_request(request, fields.edge_whitespace)
         {
             return Err((ProxyError::BadRequest { reason }, None));
         }
@@ -312,7 +312,11 @@ fn forward<'a>(
                 return Err((refusal, None));
             }
         }
-        let announced_length = content_length(request.headers());
+        // Looked up only when the pass over the fields saw one (most requests have no body).
+        let announced_length = fields
+            .content_length
+            .then(|| content_length(request.headers()))
+            .flatten();
         if let Some(length) = announced_length
             && length > settings.max_body_bytes
         {
@@ -744,12 +748,16 @@ fn request_host<B>(
 /// The parts of an HTTP/2 request that RFC 9113 calls malformed and h2 (0.4) does not refuse itself: a
 /// `:scheme` other than `http` or `https`, a `:path` that is neither an absolute path nor `*` of an
 /// `OPTIONS` (h2 refuses an empty one, and `http`'s parser some others, but `?q` and `GET *` came through),
-/// and a field value with a space or tab at either end (section 8.2.1; h2 refuses CR, LF and NUL).
+/// and a field value with a space or tab at either end (section 8.2.1; h2 refuses CR, LF and NUL), which
+/// the one pass over the request's fields looked for (`RequestFields::edge_whitespace`).
 ///
 /// Not seen here, so not checked: a `:scheme` without `:authority` (h2 checks that it parses and drops
 /// it; nothing of it reaches an app either), and a fragment in `:path` (`/a#f`: `http`'s parser drops it
 /// before the proxy gets the request, so routing and the app both read `/a`).
-fn check_http2_request<B>(request: &Request<B>) -> Result<(), BadRequestReason> {
+fn check_http2_request<B>(
+    request: &Request<B>,
+    edge_whitespace: bool,
+) -> Result<(), BadRequestReason> {
     let uri = request.uri();
     if let Some(scheme) = uri.scheme_str()
         && !scheme.eq_ignore_ascii_case("http")
@@ -763,11 +771,7 @@ fn check_http2_request<B>(request: &Request<B>) -> Result<(), BadRequestReason> 
     if !is_target {
         return Err(BadRequestReason::InvalidTarget);
     }
-    if request
-        .headers()
-        .values()
-        .any(|value| has_edge_whitespace(value.as_bytes()))
-    {
+    if edge_whitespace {
         return Err(BadRequestReason::FieldValueWhitespace);
     }
     Ok(())
@@ -1102,15 +1106,27 @@ struct RequestFields {
     client_forwarding: bool,
     /// The client sent `X-Request-Id` (replaced by the proxy's).
     request_id: bool,
+    /// The client sent `Content-Length`.
+    content_length: bool,
+    /// A value starts or ends with a space or tab (`has_edge_whitespace`): malformed over HTTP/2
+    /// (`check_http2_request`). Looked for only in an HTTP/2 request's fields (HTTP/1 parsers trim).
+    edge_whitespace: bool,
 }
 
-fn request_fields(headers: &HeaderMap) -> RequestFields {
+/// `http2`: the fields are an HTTP/2 request's, whose values are looked at for `edge_whitespace` too
+/// (in this pass, not in one of their own).
+fn request_fields(headers: &HeaderMap, http2: bool) -> RequestFields {
     let mut hop = HopScan::default();
     let mut host_fields = 0;
     let mut cookie_fields = 0;
     let mut client_forwarding = false;
     let mut request_id = false;
+    let mut content_length = false;
+    let mut edge_whitespace = false;
     for (name, value) in headers {
+        if http2 {
+            edge_whitespace |= has_edge_whitespace(value.as_bytes());
+        }
         if name == header::HOST {
             host_fields += 1;
         } else if name == header::COOKIE {
@@ -1119,6 +1135,8 @@ fn request_fields(headers: &HeaderMap) -> RequestFields {
             client_forwarding = true;
         } else if name == X_REQUEST_ID {
             request_id = true;
+        } else if name == header::CONTENT_LENGTH {
+            content_length = true;
         } else {
             hop.see(name, value);
         }
@@ -1129,6 +1147,8 @@ fn request_fields(headers: &HeaderMap) -> RequestFields {
         cookie_fields,
         client_forwarding,
         request_id,
+        content_length,
+        edge_whitespace,
     }
 }
 

@@ -122,13 +122,13 @@ fn request_ids_are_kept_out_of_the_hpack_table_and_a_client_s_usable_one_is_kept
 
     let mut headers = HeaderMap::new();
     headers.insert(&X_REQUEST_ID, HeaderValue::from_static("client-id-1"));
-    let kept = request_id(&headers, request_fields(&headers).request_id);
+    let kept = request_id(&headers, request_fields(&headers, false).request_id);
     assert_eq!(kept, "client-id-1");
     assert!(kept.is_sensitive());
 
     headers.insert(&X_REQUEST_ID, HeaderValue::from_static(""));
     assert_eq!(
-        request_id(&headers, request_fields(&headers).request_id).len(),
+        request_id(&headers, request_fields(&headers, false).request_id).len(),
         32
     );
 }
@@ -236,7 +236,7 @@ fn prepared(
     let host = HeaderValue::from_static(host);
     let context = context(false);
     let request_id = HeaderValue::from_static("id-1");
-    let fields = request_fields(&headers);
+    let fields = request_fields(&headers, false);
     let added = prepare_request_headers(
         &mut headers,
         &fields,
@@ -357,7 +357,7 @@ async fn an_http1_instance_gets_the_proxys_own_fields_from_the_writer_not_the_ma
         for (name, value) in fields {
             headers.append(*name, HeaderValue::from_static(value));
         }
-        let request_fields = request_fields(&headers);
+        let request_fields = request_fields(&headers, false);
         let written = prepare_request_headers(
             &mut headers,
             &request_fields,
@@ -545,7 +545,7 @@ fn issue_20_the_forwarding_state_holds_the_request_once() {
     let mut active = Some(activity.start());
     let mut hsts = None;
     let mut request = client_request().map(RequestBody::client);
-    let fields = request_fields(request.headers());
+    let fields = request_fields(request.headers(), false);
     let forwarding = forward(
         &mut request,
         &fields,
@@ -569,7 +569,8 @@ fn issue_20_the_forwarding_state_holds_the_request_once() {
 }
 
 /// Each check of `check_http2_request` on its own: a `:scheme` (seen with `:authority`), a target
-/// that is neither a path nor `*` of OPTIONS, and whitespace at either end of any value.
+/// that is neither a path nor `*` of OPTIONS, and whitespace at either end of any value (found by the
+/// pass over the fields, `request_fields`, for an HTTP/2 request only).
 #[test]
 fn an_http2_request_is_checked_for_scheme_target_and_value_whitespace() {
     let request = |method: Method, uri: &str, value: &'static str| {
@@ -581,7 +582,8 @@ fn an_http2_request_is_checked_for_scheme_target_and_value_whitespace() {
             .header("x-a", HeaderValue::from_static(value))
             .body(())
             .expect("request");
-        check_http2_request(&request)
+        let fields = request_fields(request.headers(), true);
+        check_http2_request(&request, fields.edge_whitespace)
     };
     assert_eq!(request(Method::GET, "http://demo.test/a?b", "1"), Ok(()));
     assert_eq!(request(Method::GET, "https://demo.test/a", "1 2"), Ok(()));
@@ -606,7 +608,32 @@ fn an_http2_request_is_checked_for_scheme_target_and_value_whitespace() {
             Err(BadRequestReason::FieldValueWhitespace),
             "{value:?}"
         );
+        // Found whatever the field's name: one the pass counts (`Host`, `Cookie`, a forwarding header,
+        // `X-Request-Id`, a hop-by-hop one) as well as any other.
+        for name in [
+            "host",
+            "cookie",
+            "x-forwarded-for",
+            "x-request-id",
+            "te",
+            "x-other",
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert("accept", HeaderValue::from_static("*/*"));
+            headers.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+            assert!(
+                request_fields(&headers, true).edge_whitespace,
+                "{name}: {value:?}"
+            );
+        }
     }
+    // An HTTP/1 request's values are not looked at (its parsers trim them).
+    let mut headers = HeaderMap::new();
+    headers.insert("x-a", HeaderValue::from_static(" 1"));
+    assert!(!request_fields(&headers, false).edge_whitespace);
 }
 
 /// An HTTP/2 `OPTIONS *` (h2 builds its URI from `:scheme`, `:authority` and `:path` `*`) stays `*` to
@@ -639,7 +666,7 @@ fn issue_20_the_forwarding_state_holds_no_request_across_the_upstream_wait() {
     let mut active = Some(activity.start());
     let mut hsts = None;
     let mut request = Request::new(RequestBody::empty());
-    let fields = request_fields(request.headers());
+    let fields = request_fields(request.headers(), false);
     let forwarding = forward(
         &mut request,
         &fields,
@@ -691,4 +718,19 @@ fn issue_20_the_flags_read_after_the_answer_share_the_arc_counts_line() {
         (65..=128).contains(&allocation),
         "the context's allocation is {allocation} bytes"
     );
+}
+
+/// The pass over the fields says whether `Content-Length` came, so that `forward` looks up the
+/// announced length only then (most requests have no body).
+#[test]
+fn the_pass_over_the_fields_says_whether_a_content_length_came() {
+    let mut headers = HeaderMap::new();
+    headers.insert("accept", HeaderValue::from_static("*/*"));
+    for http2 in [false, true] {
+        assert!(!request_fields(&headers, http2).content_length, "{http2}");
+    }
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+    for http2 in [false, true] {
+        assert!(request_fields(&headers, http2).content_length, "{http2}");
+    }
 }

@@ -137,9 +137,15 @@ where
                     Poll::Ready(Some(Ok((request, reply)))) => {
                         self.accepted += 1;
                         started = true;
-                        let content_length = content_length(request.headers());
+                        // A request that ended with its head has no body: its fields are not
+                        // looked up (`h2` resets a stream whose `content-length` says otherwise).
+                        let remaining = if request.body().is_end_stream() {
+                            Some(0)
+                        } else {
+                            content_length(request.headers())
+                        };
                         let request =
-                            request.map(|recv| ClientBody::H2(H2Body::new(recv, content_length)));
+                            request.map(|recv| ClientBody::H2(H2Body::new(recv, remaining)));
                         let future = (self.start)(request);
                         self.streams.push(Stream {
                             reply,
@@ -467,11 +473,9 @@ pub(crate) struct H2Body {
 }
 
 impl H2Body {
-    fn new(recv: RecvStream, content_length: Option<u64>) -> H2Body {
-        let remaining = match content_length {
-            None if recv.is_end_stream() => Some(0),
-            length => length,
-        };
+    /// `remaining`: the bytes the request said are to come (`content-length`), `Some(0)` for one that
+    /// ended with its head.
+    fn new(recv: RecvStream, remaining: Option<u64>) -> H2Body {
         H2Body {
             recv,
             remaining,
@@ -698,6 +702,66 @@ mod tests {
             );
         }
         assert!(!connection.is_finished(), "the connection stays open");
+        drop(client);
+        tokio::time::timeout(Duration::from_secs(10), server)
+            .await
+            .expect("the connection ends once the client is gone")
+            .expect("no panic")
+            .expect("no connection error");
+    }
+
+    /// A request body's size is the request's `content-length`, 0 for a request that ended with its
+    /// head (its fields not looked up), and unknown for one that announced none.
+    #[tokio::test]
+    async fn a_request_bodys_size_is_its_announced_length_or_0_when_it_ended_with_its_head() {
+        fn size(
+            request: Request<ClientBody>,
+        ) -> Pin<Box<impl Future<Output = Result<Response<ProxyBody>, std::convert::Infallible>>>>
+        {
+            let exact = request.body().size_hint().exact();
+            Box::pin(async move {
+                Ok(Response::new(ProxyBody::full(Bytes::from(format!(
+                    "{exact:?}"
+                )))))
+            })
+        }
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let server = tokio::spawn(serve_until_end(server_io, size, KEEP_ALIVE));
+        let (mut client, connection) = h2::client::handshake(client_io).await.expect("handshake");
+        tokio::spawn(connection);
+        // (content-length, body, ends with its head), and the size the proxy's side sees.
+        let cases: &[(Option<&str>, &[u8], bool, &str)] = &[
+            (None, b"", true, "Some(0)"),
+            (Some("0"), b"", true, "Some(0)"),
+            (Some("5"), b"hello", false, "Some(5)"),
+            (None, b"hello", false, "None"),
+        ];
+        for (length, body, ends, expected) in cases {
+            let mut request = Request::post("http://proxy.test/size");
+            if let Some(length) = length {
+                request = request.header(CONTENT_LENGTH, *length);
+            }
+            let request = request.body(()).expect("a request");
+            let (answer, mut send) = client.send_request(request, *ends).expect("sent");
+            if !*ends {
+                send.send_data(Bytes::from_static(body), true)
+                    .expect("data");
+            }
+            let answer = tokio::time::timeout(Duration::from_secs(10), answer)
+                .await
+                .expect("answered in time")
+                .expect("an answer");
+            let mut answer = answer.into_body();
+            let mut text = Vec::new();
+            while let Some(data) = answer.data().await {
+                text.extend_from_slice(&data.expect("answer data"));
+            }
+            assert_eq!(
+                String::from_utf8_lossy(&text),
+                *expected,
+                "{length:?} {ends}"
+            );
+        }
         drop(client);
         tokio::time::timeout(Duration::from_secs(10), server)
             .await

@@ -83,6 +83,52 @@ async fn oversized_bodies_get_413_whether_announced_or_streamed() {
     );
 }
 
+/// Over HTTP/2 too: an announced length over the limit is a 413 before any body is read, a small body
+/// is echoed, and a request that ends with its head (no body, no `content-length` looked up) is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_body_announced_over_the_limit_gets_413_and_a_small_one_is_echoed() {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let process = demo("A");
+    let test_proxy = TestProxy::start_with(config(), settings()).await;
+    test_proxy.add_ready("a", "A", process.addr());
+    let stream = TcpStream::connect(test_proxy.addr).await.expect("connect");
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(connection);
+    let mut exchange = async |method: &str, body: &'static [u8], length: Option<usize>| {
+        let path = if method == "GET" { "/" } else { "/echo" };
+        let mut request = Request::builder()
+            .method(method)
+            .uri(format!("http://{HOST}{path}"));
+        if let Some(length) = length {
+            request = request.header("content-length", length);
+        }
+        let request = request
+            .body(Full::new(Bytes::from_static(body)))
+            .expect("request");
+        let response = sender.send_request(request).await.expect("h2 answer");
+        let status = response.status().as_u16();
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .map(|collected| collected.to_bytes())
+            .unwrap_or_default();
+        (status, body)
+    };
+    const LARGE: &[u8] = &[b'x'; 4096];
+    assert_eq!(exchange("POST", LARGE, Some(LARGE.len())).await.0, 413);
+    assert_eq!(
+        exchange("POST", b"hello", Some(5)).await,
+        (200, Bytes::from_static(b"hello"))
+    );
+    assert_eq!(
+        exchange("GET", b"", None).await,
+        (200, Bytes::from_static(b"A\n"))
+    );
+    test_proxy.stop().await;
+}
+
 /// The limit trips after the instance started its answer (an app that answers before it read the whole
 /// body): the exchange ends at once, the answer cut and both connections closed, instead of the proxy
 /// waiting for an answer the instance cannot end (it waits for the rest of the body) until the route's
