@@ -21,7 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::assert_eventually;
-use crate::support::{HOST, TestProxy};
+use crate::support::{HOST, TestProxy, h2_client};
 
 /// An instance that records every request's raw bytes and answers each with `answer` (then closes, unless
 /// the answer is a `101`, in which case it reads until the proxy closes and records that it did).
@@ -193,12 +193,7 @@ fn header_count(answer: &str, name: &str) -> usize {
 async fn issue_13_http2_cookie_fields_are_joined_with_semicolons() {
     let instance = RawInstance::start(OK).await;
     let test_proxy = proxy_to(&instance, ProxyConfig::default(), RouteSettings::default()).await;
-    let stream = TcpStream::connect(test_proxy.addr).await.expect("connect");
-    let (mut sender, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .expect("h2 handshake");
-    tokio::spawn(connection);
+    let mut sender = h2_client(test_proxy.addr).await;
     let request = Request::get(format!("http://{HOST}/"))
         .header("cookie", "a=1")
         .header("cookie", "b=2")

@@ -9,7 +9,7 @@ use proxy::{ProxyConfig, RouteSettings};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{HOST, TestProxy, demo, get, send};
+use crate::support::{HOST, TestProxy, demo, get, h2_client, send};
 
 fn config() -> ProxyConfig {
     ProxyConfig {
@@ -87,16 +87,10 @@ async fn oversized_bodies_get_413_whether_announced_or_streamed() {
 /// is echoed, and a request that ends with its head (no body, no `content-length` looked up) is answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_body_announced_over_the_limit_gets_413_and_a_small_one_is_echoed() {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
     let process = demo("A");
     let test_proxy = TestProxy::start_with(config(), settings()).await;
     test_proxy.add_ready("a", "A", process.addr());
-    let stream = TcpStream::connect(test_proxy.addr).await.expect("connect");
-    let (mut sender, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .expect("h2 handshake");
-    tokio::spawn(connection);
+    let mut sender = h2_client(test_proxy.addr).await;
     let mut exchange = async |method: &str, body: &'static [u8], length: Option<usize>| {
         let path = if method == "GET" { "/" } else { "/echo" };
         let mut request = Request::builder()

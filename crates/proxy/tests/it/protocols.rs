@@ -11,19 +11,14 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, Serve
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{HOST, TestProxy, demo, route};
+use crate::support::{HOST, TestProxy, demo, h2_client, route};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_with_prior_knowledge_is_proxied_to_an_http1_instance() {
     let process = demo("A");
     let test_proxy = TestProxy::start(ProxyConfig::default()).await;
     test_proxy.add_ready("a", "A", process.addr());
-    let stream = TcpStream::connect(test_proxy.addr).await.expect("connect");
-    let (mut sender, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .expect("h2 handshake");
-    tokio::spawn(connection);
+    let mut sender = h2_client(test_proxy.addr).await;
     for _ in 0..3 {
         let request = Request::get(format!("http://{HOST}/"))
             .body(Empty::<Bytes>::new())
@@ -263,12 +258,7 @@ async fn a_slow_http2_client_cannot_make_the_proxy_buffer_without_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_proxys_own_http2_answers_carry_a_date() {
     let test_proxy = TestProxy::start(ProxyConfig::default()).await;
-    let stream = TcpStream::connect(test_proxy.addr).await.expect("connect");
-    let (mut sender, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .expect("h2 handshake");
-    tokio::spawn(connection);
+    let mut sender = h2_client(test_proxy.addr).await;
     let request = Request::get("http://unrouted.test/")
         .body(Empty::<Bytes>::new())
         .expect("request");

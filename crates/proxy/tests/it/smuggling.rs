@@ -23,12 +23,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::Request;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use proxy::{ProxyConfig, RouteSettings};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::support::{HOST, TestProxy};
+use crate::support::{HOST, TestProxy, h2_client};
 
 /// What the instance answers a request: the bytes, and whether it closes after them.
 struct Reply {
@@ -1155,12 +1154,7 @@ async fn recycled_header_maps_never_carry_a_field_into_the_next_message() {
     )
     .await;
     assert_eq!(statuses(&answers(&raw, &[])), vec![200]);
-    let stream = TcpStream::connect(test_proxy.addr).await.expect("connect");
-    let (mut sender, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .expect("h2 handshake");
-    tokio::spawn(connection);
+    let mut sender = h2_client(test_proxy.addr).await;
     let request = Request::get(format!("http://{HOST}/b5"))
         .body(Empty::<Bytes>::new())
         .expect("request");
@@ -1630,12 +1624,7 @@ async fn no_100_continue_is_written_after_the_final_answer_head() {
 async fn an_http2_request_gets_the_proxys_fields_once() {
     let recorder = Recorder::start(ok).await;
     let test_proxy = proxy_to(&recorder, ProxyConfig::default()).await;
-    let stream = TcpStream::connect(test_proxy.addr).await.expect("connect");
-    let (mut sender, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .expect("h2 handshake");
-    tokio::spawn(connection);
+    let mut sender = h2_client(test_proxy.addr).await;
     let request = Request::post(format!("http://{HOST}/h2"))
         .header("x-forwarded-for", "192.0.2.1")
         .header("x-forwarded-host", "evil.test")

@@ -159,6 +159,24 @@ pub fn demo(version: &str) -> DemoProcess {
 }
 
 /// One request on a new HTTP/1.1 connection; returns the answer with its body read.
+/// An HTTP/2 client connection (prior knowledge) to `addr`, driven by a task of its own.
+pub async fn h2_client<B>(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<B>
+where
+    B: hyper::body::Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("h2 handshake");
+    tokio::spawn(connection);
+    sender
+}
+
 pub async fn get(addr: SocketAddr, host: &str, path: &str) -> Response<Bytes> {
     let request = Request::get(path)
         .header(hyper::header::HOST, host)
