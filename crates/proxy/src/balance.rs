@@ -72,6 +72,12 @@ impl Balance {
     fn closed(&self, worker: usize) {
         self.open[worker].0.fetch_sub(1, Ordering::Relaxed);
     }
+
+    /// A connection counted for worker `from` is served by worker `to` after all.
+    fn moved(&self, from: usize, to: usize) {
+        self.closed(from);
+        self.open[to].0.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 thread_local! {
@@ -156,10 +162,7 @@ impl Balancer {
         }
         if self.peers[chosen].is_closed() {
             // That worker serves no listener of this kind, or stopped accepting: serve it here.
-            self.balance.closed(chosen);
-            self.balance.open[self.index]
-                .0
-                .fetch_add(1, Ordering::Relaxed);
+            self.balance.moved(chosen, self.index);
             return Some((stream, client_addr));
         }
         // Out of this runtime's reactor, to be registered with the other worker's.
@@ -179,10 +182,7 @@ impl Balancer {
             Ok(()) => None,
             Err(mpsc::error::SendError(handed)) => {
                 // That worker stopped accepting (a shutdown): serve it here after all.
-                self.balance.closed(chosen);
-                self.balance.open[self.index]
-                    .0
-                    .fetch_add(1, Ordering::Relaxed);
+                self.balance.moved(chosen, self.index);
                 self.adopt(handed)
             }
         }

@@ -229,10 +229,8 @@ impl ConnectionPool {
             expired += 1;
         }
         drop(shard);
-        if expired > 0 {
-            // Their read buffers went to the thread's spares: the proxy is going quiet, free those too.
-            h1::drop_spare_read_bufs();
-        }
+        // Their read buffers went to the thread's spares, which the same sweep tick frees when unused
+        // (`h1::trim_spares`).
         expired
     }
 

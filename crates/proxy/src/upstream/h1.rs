@@ -56,9 +56,9 @@ thread_local! {
     /// answer heads and client request heads parsed, `fields_map`), and the read buffers of the last
     /// connections checked in. A thread keeps one head buffer and the maps and read buffers (8 KB each,
     /// usually) its batches of answers took since its sweep's last tick: those it did not need for a
-    /// whole tick are freed (`trim_spares`; at most `SPARE_MAPS` and `SPARE_READ_BUFS` in a burst), its
-    /// read buffers also when its sweep finds idle upstream connections to close (`drop_spare_read_bufs`). See bench/proxy/README.md, "Session 29:
-    /// the upstream side at 512 connections".
+    /// whole tick are freed (`trim_spares`; at most `SPARE_MAPS` and `SPARE_READ_BUFS` in a burst). See
+    /// bench/proxy/README.md, "Session 29: the upstream side at 512 connections" and "Session 34: the
+    /// workers kept even, and spares that last a busy moment".
     static SPARES: Spares = const {
         Spares {
             head: Cell::new(Vec::new()),
@@ -178,16 +178,6 @@ fn recycle_read_buf(buf: BytesMut) {
             && bufs.len() < SPARE_READ_BUFS
         {
             bufs.push(buf);
-        }
-    });
-}
-
-/// Frees this thread's spare read buffers (the pool's sweep found idle connections to close: the
-/// proxy is going quiet).
-pub(crate) fn drop_spare_read_bufs() {
-    let _ = SPARES.try_with(|spares| {
-        if let Ok(mut bufs) = spares.read.try_borrow_mut() {
-            *bufs = Vec::new();
         }
     });
 }
